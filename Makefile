@@ -1,0 +1,47 @@
+# eventwire — the commands a user types. CMake does the building; this file only names the steps.
+#   make run     set up, build and run the system
+#   make test    set up, build, and run every test, plainly and under ASan + UBSan
+#   make bench   build optimised and run the benchmarks (never part of make test)
+
+JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD ?= build
+ASAN  ?= build-asan
+BENCH ?= build-bench
+
+.PHONY: all setup build run test test-plain test-asan bench format clean
+
+all: build
+
+setup:
+	@bash scripts/setup
+
+build: setup
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@bash scripts/run
+
+test: setup test-plain test-asan
+
+test-plain:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+test-asan:
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DEW_SANITIZE=ON -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(ASAN) -j $(JOBS)
+	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+bench: setup
+	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
+	@cmake --build $(BENCH) -j $(JOBS)
+	@bash scripts/bench $(BENCH)
+
+format:
+	@clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf $(BUILD) $(ASAN) $(BENCH)

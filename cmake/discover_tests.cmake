@@ -1,0 +1,15 @@
+# Runs a test executable with --list and writes one add_test() per case into OUT, which CTest
+# includes when it runs. Each case is then its own CTest entry, so a failure names itself.
+execute_process(COMMAND ${TEST_EXE} --list OUTPUT_VARIABLE cases RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${TEST_EXE} --list failed (${rc})")
+endif()
+string(REPLACE "\n" ";" cases "${cases}")
+set(content "")
+foreach(c ${cases})
+  if(c)
+    string(APPEND content "add_test(\"${TEST_NAME}.${c}\" \"${TEST_EXE}\" \"${c}\")\n")
+    string(APPEND content "set_tests_properties(\"${TEST_NAME}.${c}\" PROPERTIES TIMEOUT 300 WORKING_DIRECTORY \"${BIN_DIR}\" ENVIRONMENT \"EW_SOURCE_DIR=${SRC_DIR};EW_BUILD_DIR=${BIN_DIR}\")\n")
+  endif()
+endforeach()
+file(WRITE ${OUT} "${content}")

@@ -1,0 +1,186 @@
+/* eventwire — the event bus.
+ *
+ * One API over every backend (EVENT_BUS_TYPE: memory, sqlite, redis, kafka, rabbitmq). Services
+ * publish events and subscribe handlers to exact types or patterns ("user.*"); a shared
+ * dispatcher runs the handlers on worker threads with retries, idempotency and dead letters.
+ *
+ * Delivery (docs/bus.md):
+ *  - Every subscriber group receives every event it subscribed to. Within a group each handler
+ *    (named by opts.name) gets the event once; subscriptions with the same group and the same
+ *    name are consumers of one subscription and compete: each event goes to one of them, as
+ *    instances of one service do.
+ *  - Events of one type with the same subject are handled in publish order by one subscription,
+ *    also with concurrency > 1 (workers are chosen by subject).
+ *  - A handler returns ok, retry or fail. Retry backs off exponentially with jitter up to
+ *    max_attempts; then, and at once for fail, the event goes to the dead letter sink with the
+ *    error, attempts and times, and the subscription moves on.
+ *  - The memory backend delivers only to subscriptions that exist when an event is published,
+ *    keeps nothing across restarts, and publish returns once the event is queued. Durable
+ *    backends return from publish once the backend has the event.
+ *
+ * Threads: every function is thread-safe except ew_bus_close(), which must not race with other
+ * calls on the same bus and must not be called from a handler. Handlers run on the bus's worker
+ * threads. Two buses in one process share nothing. */
+#ifndef EVENTWIRE_BUS_H
+#define EVENTWIRE_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "eventwire/config.h"
+#include "eventwire/dlq.h"
+#include "eventwire/error.h"
+#include "eventwire/event.h"
+#include "eventwire/inbox.h"
+#include "eventwire/log.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ew_bus ew_bus;
+typedef struct ew_handler_ctx ew_handler_ctx;
+
+typedef enum ew_handler_result {
+    EW_HANDLER_OK = 0,    /* done: the event counts as handled */
+    EW_HANDLER_RETRY = 1, /* a passing failure: deliver again after a back-off */
+    EW_HANDLER_FAIL = 2   /* will never succeed: dead-letter it now */
+} ew_handler_result;
+
+/* A handler. ev is borrowed for the call (take ew_event_ref() to keep it). Runs on a worker
+ * thread of the subscription; one call at a time per worker. */
+typedef ew_handler_result (*ew_handler_fn)(const ew_event *ev, ew_handler_ctx *ctx, void *ud);
+
+typedef struct ew_bus_options {
+    const ew_config *config; /* NULL: defaults; otherwise copied at open */
+    ew_log_fn log;           /* NULL: silent */
+    void *log_ud;
+    ew_dlq_sink dlq;         /* .ops NULL: the bus keeps dead letters in memory (ew_bus_dead_letters) */
+    ew_inbox inbox;          /* .ops NULL: no idempotency check */
+} ew_bus_options;
+
+/* Opens the bus that opts->config names (EVENT_BUS_TYPE). Subscriptions may be added before or
+ * after ew_bus_start(). Caller closes it with ew_bus_close(). EW_ENOTSUP when this build has no
+ * such backend; EW_ECONFIG for a bad setting; EW_ECONNECT when a broker cannot be reached. */
+int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err);
+
+/* ew_bus_open() with the configuration read from the environment and no other options. */
+int ew_bus_open_env(ew_bus **out, ew_error *err);
+
+/* The backend's name: "memory", "sqlite", ... Static string. */
+const char *ew_bus_backend(const ew_bus *bus);
+
+/* The configuration in force. Borrowed: valid until the bus is closed. */
+const ew_config *ew_bus_config(const ew_bus *bus);
+
+typedef struct ew_subscribe_opts {
+    const char *group;          /* subscriber group; NULL: SERVICE_NAME */
+    const char *name;           /* handler name, unique in its group; NULL: the pattern */
+    int concurrency;            /* worker threads; 0: 1 */
+    int max_attempts;           /* 0: EVENT_HANDLER_MAX_ATTEMPTS; 1 means no retry */
+    int backoff_initial_ms;     /* 0: EVENT_HANDLER_BACKOFF_MS */
+    int backoff_max_ms;         /* 0: EVENT_HANDLER_BACKOFF_MAX_MS */
+    bool no_jitter;             /* exact back-off times (tests) */
+    bool no_inbox;              /* do not consult the bus's inbox for this handler */
+} ew_subscribe_opts;
+
+/* Subscribes fn to the events whose type matches pattern (ew_pattern_match). opts may be NULL.
+ * ud is borrowed until the bus is closed. Fails with EW_EINVAL for a bad pattern, EW_ECLOSED
+ * after close; when it fails, fn is never called. */
+int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *ud,
+                     const ew_subscribe_opts *opts, ew_error *err);
+
+/* Starts delivery. Events published earlier are delivered now. */
+int ew_bus_start(ew_bus *bus, ew_error *err);
+
+/* Publishes one event; the bus takes its own reference (the caller keeps theirs). */
+int ew_bus_publish(ew_bus *bus, const ew_event *ev, ew_error *err);
+
+/* Publishes n events as one batch (one round trip, one commit where the backend allows). On
+ * failure none or some were published: the error says which index failed. */
+int ew_bus_publish_batch(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *err);
+
+/* Builds an event with source SERVICE_NAME and publishes it. */
+int ew_bus_publish_new(ew_bus *bus, ew_type_id type, const void *data, const char *subject,
+                       ew_error *err);
+
+/* Hands ev to one subscription only (group and handler name): how dead letters are retried and
+ * stored events replayed. EW_ENOTFOUND when no such subscription exists in this process. */
+int ew_bus_deliver_to(ew_bus *bus, const char *group, const char *name, const ew_event *ev,
+                      ew_error *err);
+
+/* Waits until every published event has been handled, retried to the end or dead-lettered, and
+ * every follow-up event too. 0 when idle, EW_ETIMEDOUT after timeout_ms (< 0: no limit). */
+int ew_bus_wait_for_events(ew_bus *bus, int timeout_ms, ew_error *err);
+
+/* Stops taking new events, lets the handlers finish what was published (up to
+ * EVENT_BUS_DRAIN_TIMEOUT_MS), stops the workers and frees the bus. Returns EW_ETIMEDOUT when
+ * events were still pending at the deadline (they are logged as lost on the memory backend).
+ * NULL is ignored. */
+int ew_bus_close(ew_bus *bus);
+
+/* The dead letters kept in memory when no sink was given; NULL when a sink was given. Borrowed. */
+ew_memdlq *ew_bus_dead_letters(ew_bus *bus);
+
+/* ---- inside a handler ------------------------------------------------------------------ */
+
+/* 1 on the first delivery, 2 on the first retry, ... */
+int ew_ctx_attempt(const ew_handler_ctx *ctx);
+const char *ew_ctx_group(const ew_handler_ctx *ctx);
+const char *ew_ctx_handler(const ew_handler_ctx *ctx);
+
+/* The inbox's transaction for this delivery (what ew_inbox_ops.begin returned), or NULL. */
+void *ew_ctx_txn(const ew_handler_ctx *ctx);
+
+/* Records why the handler is about to return retry or fail; the dead letter keeps the last one. */
+void ew_ctx_set_error(ew_handler_ctx *ctx, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Fills attrs for a follow-up event: source SERVICE_NAME, the handled event's correlation id and
+ * traceparent, and its id as causation id. The strings are borrowed from the handled event. */
+void ew_ctx_follow_up_attrs(const ew_handler_ctx *ctx, ew_event_attrs *attrs);
+
+/* Publishes a follow-up event built with ew_ctx_follow_up_attrs(). It is published when the
+ * handler returns ok and dropped when it returns retry or fail, so a retried handler does not
+ * publish twice. */
+int ew_ctx_publish(ew_handler_ctx *ctx, ew_type_id type, const void *data, const char *subject,
+                   ew_error *err);
+
+/* The same for an event the handler built itself; takes a reference of its own. */
+int ew_ctx_publish_event(ew_handler_ctx *ctx, const ew_event *ev, ew_error *err);
+
+/* ---- metrics -------------------------------------------------------------------------- */
+
+typedef struct ew_bus_stats {
+    uint64_t published;     /* events accepted by publish */
+    uint64_t publish_errors;
+    uint64_t pending;       /* published or follow-up events not yet done with */
+    size_t subscriptions;
+} ew_bus_stats;
+
+typedef struct ew_handler_stats {
+    const char *group, *name, *pattern; /* borrowed until the bus is closed */
+    int consumers;                      /* workers */
+    uint64_t received;      /* deliveries, retries included */
+    uint64_t handled;       /* returned ok */
+    uint64_t retried;       /* returned retry and were delivered again */
+    uint64_t dead_lettered; /* sent to the dead letter sink */
+    uint64_t duplicates;    /* skipped because the inbox had them */
+    uint64_t queue_depth;   /* waiting now */
+    uint64_t time_total_ns; /* in the handler, all calls */
+    uint64_t time_max_ns;
+    double time_p50_ms, time_p99_ms; /* from a log2 histogram: within a factor of 2 */
+} ew_handler_stats;
+
+void ew_bus_stats_get(ew_bus *bus, ew_bus_stats *out);
+
+/* Stats of subscription i (0 .. subscriptions-1). EW_ENOTFOUND past the end. */
+int ew_bus_handler_stats(ew_bus *bus, size_t i, ew_handler_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,708 @@
+/* eventwire — the event object: building (with validation), reference counting, equality, and
+ * the CloudEvents structured-JSON codec. An event is one malloc: the header, then its strings
+ * and its data struct, sized exactly before they are copied in. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "catalog/upcast.h"
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/json.h"
+#include "eventwire/clock.h"
+#include "eventwire/event.h"
+#include "eventwire/id.h"
+
+struct ew_event {
+    atomic_int refs;
+    const ew_type_info *info;
+    const char *id, *source, *subject, *correlation_id, *causation_id, *traceparent;
+    int64_t time_us;
+    void *data;
+    /* the strings and the data struct follow */
+};
+
+#define DEFAULT_MAX_BYTES (1u << 20)
+#define DEFAULT_MAX_DEPTH 32
+#define MAX_ATTR_LEN 4096 /* id, source, subject and the other envelope strings */
+
+/* ---- validation ------------------------------------------------------------------------- */
+
+static bool email_valid(const char *s)
+{
+    const char *at = strchr(s, '@');
+    size_t n = strlen(s);
+    if (!at || at == s || n > 254 || strchr(at + 1, '@')) return false;
+    const char *dot = strrchr(at + 1, '.');
+    if (!dot || dot == at + 1 || dot[1] == '\0') return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == '<' || *p == '>' || *p == ',' || *p == '"')
+            return false;
+    return true;
+}
+
+static bool url_valid(const char *s)
+{
+    const char *rest = NULL;
+    if (strncmp(s, "https://", 8) == 0) rest = s + 8;
+    else if (strncmp(s, "http://", 7) == 0) rest = s + 7;
+    if (!rest || !*rest || *rest == '/') return false;
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == '"' || *p == '<' || *p == '>') return false;
+    return true;
+}
+
+static bool hex_run(const char *s, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
+    return true;
+}
+
+/* W3C trace context: version-traceid-parentid-flags, lower-case hex, ids not all zero. */
+static bool traceparent_valid(const char *s)
+{
+    if (strlen(s) != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
+    if (!hex_run(s, 2) || !hex_run(s + 3, 32) || !hex_run(s + 36, 16) || !hex_run(s + 53, 2))
+        return false;
+    if (strncmp(s, "ff", 2) == 0) return false;
+    return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
+}
+
+static int check_text(const char *what, const char *name, const char *s, ew_error *err)
+{
+    size_t n = strlen(s);
+    if (!ew_utf8_valid(s, n))
+        return ew_error_set(err, EW_EUTF8, "%s%s is not valid UTF-8", what, name);
+    return 0;
+}
+
+/* Checks one field's value against its kind. `what` prefixes messages ("data."). */
+static int check_field(const ew_type_info *t, const ew_field_info *f, const void *data,
+                       ew_error *err)
+{
+    const char *base = (const char *)data + f->offset;
+    bool req = f->flags & EW_FIELD_REQ;
+    switch (f->kind) {
+    case EW_FIELD_INT:
+    case EW_FIELD_BOOL:
+        return 0;
+    case EW_FIELD_STRLIST: {
+        const ew_strlist *l = (const ew_strlist *)(const void *)base;
+        if (req && l->count == 0)
+            return ew_error_set(err, EW_EDATA, "%s: data.%s must hold at least one item",
+                                t->type, f->name);
+        if (l->count && !l->items)
+            return ew_error_set(err, EW_EDATA, "%s: data.%s has %zu items but no array",
+                                t->type, f->name, l->count);
+        for (size_t i = 0; i < l->count; i++) {
+            if (!l->items[i])
+                return ew_error_set(err, EW_EDATA, "%s: data.%s[%zu] is NULL", t->type, f->name,
+                                    i);
+            int rc = check_text("data.", f->name, l->items[i], err);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    default:
+        break;
+    }
+    const char *s = *(const char *const *)(const void *)base;
+    if (!s) {
+        if (req) return ew_error_set(err, EW_EDATA, "%s: data.%s is required", t->type, f->name);
+        return 0;
+    }
+    if (req && !*s && f->kind != EW_FIELD_OBJECT)
+        return ew_error_set(err, EW_EDATA, "%s: data.%s must not be empty", t->type, f->name);
+    int rc = check_text("data.", f->name, s, err);
+    if (rc) return rc;
+    switch (f->kind) {
+    case EW_FIELD_UUID:
+        if (!ew_uuid_valid(s))
+            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.40s' is not a UUID", t->type,
+                                f->name, s);
+        break;
+    case EW_FIELD_EMAIL:
+        if (!email_valid(s))
+            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.64s' is not an email address",
+                                t->type, f->name, s);
+        break;
+    case EW_FIELD_TIME: {
+        int64_t t_us;
+        if (ew_time_parse(s, &t_us))
+            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.40s' is not an RFC 3339 time",
+                                t->type, f->name, s);
+        break;
+    }
+    case EW_FIELD_URL:
+        if (!url_valid(s))
+            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.64s' is not an http(s) URL",
+                                t->type, f->name, s);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int check_attrs(const ew_event_attrs *a, ew_error *err)
+{
+    if (!a || !a->source || !*a->source)
+        return ew_error_set(err, EW_EEMPTY, "attribute 'source' is required and must not be empty");
+    const char *names[] = {"id", "source", "subject", "correlationid", "causationid"};
+    const char *vals[] = {a->id, a->source, a->subject, a->correlation_id, a->causation_id};
+    for (int i = 0; i < 5; i++) {
+        if (!vals[i]) continue;
+        size_t n = strlen(vals[i]);
+        if (n == 0)
+            return ew_error_set(err, EW_EEMPTY, "attribute '%s' must not be empty", names[i]);
+        if (n > MAX_ATTR_LEN)
+            return ew_error_set(err, EW_ETOOBIG, "attribute '%s' is %zu bytes, more than %d",
+                                names[i], n, MAX_ATTR_LEN);
+        if (!ew_utf8_valid(vals[i], n))
+            return ew_error_set(err, EW_EUTF8, "attribute '%s' is not valid UTF-8", names[i]);
+    }
+    if (a->traceparent && !traceparent_valid(a->traceparent))
+        return ew_error_set(err, EW_EINVAL,
+                            "attribute 'traceparent' '%.60s' is not W3C trace context "
+                            "(00-<32 hex>-<16 hex>-<2 hex>)",
+                            a->traceparent);
+    return 0;
+}
+
+/* ---- building ------------------------------------------------------------------------- */
+
+/* Object fields are stored as compact JSON: parse what the publisher gave, write it back. The
+ * canonical text is appended to `canon` and its offset recorded in off[i] (SIZE_MAX: as given). */
+static int canon_objects(const ew_type_info *t, const void *data, ew_buf *canon, size_t *off,
+                         ew_error *err)
+{
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        off[i] = SIZE_MAX;
+        if (f->kind != EW_FIELD_OBJECT) continue;
+        const char *s = *(const char *const *)(const void *)((const char *)data + f->offset);
+        if (!s) continue;
+        char stack[2048];
+        ew_arena a;
+        ew_arena_init(&a, stack, sizeof stack);
+        ew_json *v;
+        ew_error perr;
+        int rc = ew_json_parse(&v, s, strlen(s), NULL, &a, &perr);
+        if (rc == 0 && v->kind != EW_JSON_OBJECT) {
+            rc = EW_EDATA;
+            snprintf(perr.msg, sizeof perr.msg, "not a JSON object");
+        }
+        if (rc) {
+            ew_arena_release(&a);
+            return ew_error_set(err, EW_EDATA, "%s: data.%s is not a JSON object: %s", t->type,
+                                f->name, perr.msg);
+        }
+        off[i] = canon->len;
+        ew_json_write(canon, v);
+        ew_buf_putc(canon, '\0');
+        ew_arena_release(&a);
+    }
+    return canon->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
+}
+
+/* Copies s into the event's tail at *p; returns the copy (NULL stays NULL). */
+static const char *put(char **p, const char *s)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    memcpy(*p, s, n);
+    const char *r = *p;
+    *p += n;
+    return r;
+}
+
+static size_t len0(const char *s)
+{
+    return s ? strlen(s) + 1 : 0;
+}
+
+#define ALIGN_UP(n) (((n) + 15) & ~(size_t)15)
+
+/* Validates and builds. `canon_given` tells that object fields are already compact JSON from our
+ * own parser (decoding), so they are copied as they are. */
+static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
+                 bool canon_given, ew_error *err)
+{
+    int rc = check_attrs(a, err);
+    if (rc) return rc;
+    for (size_t i = 0; i < t->nfields; i++)
+        if ((rc = check_field(t, &t->fields[i], data, err))) return rc;
+
+    size_t off[64];
+    if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
+    ew_buf canon;
+    ew_buf_init(&canon);
+    if (!canon_given && (rc = canon_objects(t, data, &canon, off, err))) {
+        ew_buf_release(&canon);
+        return rc;
+    }
+
+    char idbuf[EW_UUID_LEN + 1];
+    const char *id = a->id;
+    if (!id) {
+        ew_uuid7(idbuf);
+        id = idbuf;
+    }
+    /* Size: header, data struct, string arrays, then the text. */
+    size_t arrays = 0, text = len0(id) + len0(a->source) + len0(a->subject) +
+                              len0(a->correlation_id) + len0(a->causation_id) + len0(a->traceparent);
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        const char *base = (const char *)data + f->offset;
+        if (f->kind == EW_FIELD_STRLIST) {
+            const ew_strlist *l = (const ew_strlist *)(const void *)base;
+            arrays += l->count * sizeof(char *);
+            for (size_t j = 0; j < l->count; j++) text += strlen(l->items[j]) + 1;
+        } else if (f->kind == EW_FIELD_OBJECT && !canon_given && off[i] != SIZE_MAX) {
+            text += strlen(canon.data + off[i]) + 1;
+        } else if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL) {
+            text += len0(*(const char *const *)(const void *)base);
+        }
+    }
+    size_t head = ALIGN_UP(sizeof(ew_event)), body = ALIGN_UP(t->struct_size);
+    ew_event *ev = malloc(head + body + arrays + text);
+    if (!ev) {
+        ew_buf_release(&canon);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    char *d = (char *)ev + head;
+    const char **arr = (const char **)(void *)(d + body);
+    char *p = (char *)(arr) + arrays;
+
+    atomic_init(&ev->refs, 1);
+    ev->info = t;
+    ev->id = put(&p, id);
+    ev->source = put(&p, a->source);
+    ev->subject = put(&p, a->subject);
+    ev->correlation_id = a->correlation_id ? put(&p, a->correlation_id) : ev->id;
+    ev->causation_id = put(&p, a->causation_id);
+    ev->traceparent = put(&p, a->traceparent);
+    ev->time_us = a->time_us ? a->time_us : ew_now_us();
+    ev->data = d;
+    memcpy(d, data, t->struct_size);
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        char *dst = d + f->offset;
+        if (f->kind == EW_FIELD_STRLIST) {
+            ew_strlist *l = (ew_strlist *)(void *)dst;
+            if (l->count == 0) {
+                l->items = NULL;
+                continue;
+            }
+            for (size_t j = 0; j < l->count; j++) arr[j] = put(&p, l->items[j]);
+            l->items = arr;
+            arr += l->count;
+        } else if (f->kind == EW_FIELD_OBJECT && !canon_given && off[i] != SIZE_MAX) {
+            *(const char **)(void *)dst = put(&p, canon.data + off[i]);
+        } else if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL) {
+            const char **sp = (const char **)(void *)dst;
+            *sp = put(&p, *sp);
+        }
+    }
+    ew_buf_release(&canon);
+    *out = ev;
+    return 0;
+}
+
+int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_event_attrs *attrs,
+                 ew_error *err)
+{
+    const ew_type_info *t = ew_catalog_get(type);
+    if (!out || !data) return ew_error_set(err, EW_EINVAL, "out and data are required");
+    if (!t) return ew_error_set(err, EW_EUNKNOWNTYPE, "type id %d is not in the catalog", (int)type);
+    return build(out, t, data, attrs, false, err);
+}
+
+ew_event *ew_event_ref(const ew_event *ev)
+{
+    ew_event *e = (ew_event *)ev;
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+    return e;
+}
+
+void ew_event_unref(const ew_event *ev)
+{
+    if (!ev) return;
+    ew_event *e = (ew_event *)ev;
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) free(e);
+}
+
+const char *ew_event_id(const ew_event *ev) { return ev->id; }
+const char *ew_event_type(const ew_event *ev) { return ev->info->type; }
+ew_type_id ew_event_type_id(const ew_event *ev) { return ev->info->id; }
+const ew_type_info *ew_event_info(const ew_event *ev) { return ev->info; }
+int ew_event_version(const ew_event *ev) { return ev->info->version; }
+const char *ew_event_source(const ew_event *ev) { return ev->source; }
+const char *ew_event_subject(const ew_event *ev) { return ev->subject; }
+int64_t ew_event_time_us(const ew_event *ev) { return ev->time_us; }
+const char *ew_event_correlation_id(const ew_event *ev) { return ev->correlation_id; }
+const char *ew_event_causation_id(const ew_event *ev) { return ev->causation_id; }
+const char *ew_event_traceparent(const ew_event *ev) { return ev->traceparent; }
+
+const void *ew_event_data_as(const ew_event *ev, ew_type_id type)
+{
+    return ev && ev->info->id == type ? ev->data : NULL;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+int ew_event_equal(const ew_event *a, const ew_event *b)
+{
+    if (a == b) return 1;
+    if (!a || !b || a->info != b->info || a->time_us != b->time_us) return 0;
+    if (!str_eq(a->id, b->id) || !str_eq(a->source, b->source) ||
+        !str_eq(a->subject, b->subject) || !str_eq(a->correlation_id, b->correlation_id) ||
+        !str_eq(a->causation_id, b->causation_id) || !str_eq(a->traceparent, b->traceparent))
+        return 0;
+    const ew_type_info *t = a->info;
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        const char *pa = (const char *)a->data + f->offset, *pb = (const char *)b->data + f->offset;
+        switch (f->kind) {
+        case EW_FIELD_INT:
+            if (*(const int64_t *)(const void *)pa != *(const int64_t *)(const void *)pb) return 0;
+            break;
+        case EW_FIELD_BOOL:
+            if (*(const bool *)pa != *(const bool *)pb) return 0;
+            break;
+        case EW_FIELD_STRLIST: {
+            const ew_strlist *la = (const void *)pa, *lb = (const void *)pb;
+            if (la->count != lb->count) return 0;
+            for (size_t j = 0; j < la->count; j++)
+                if (strcmp(la->items[j], lb->items[j]) != 0) return 0;
+            break;
+        }
+        default:
+            if (!str_eq(*(const char *const *)(const void *)pa,
+                        *(const char *const *)(const void *)pb))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- encoding ------------------------------------------------------------------------- */
+
+static void put_attr(ew_buf *b, const char *name, const char *v)
+{
+    if (!v) return;
+    ew_buf_append(b, name, strlen(name));
+    ew_json_write_string(b, v, strlen(v));
+}
+
+int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
+{
+    if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
+    const ew_type_info *t = ev->info;
+    ew_buf b;
+    ew_buf_init(&b);
+    if (ew_buf_reserve(&b, 512)) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    char tbuf[EW_TIME_LEN + 1];
+    if (ew_time_format(ev->time_us, tbuf)) {
+        ew_buf_release(&b);
+        return ew_error_set(err, EW_ETIME, "event time %lld is outside years 0..9999",
+                            (long long)ev->time_us);
+    }
+    put_attr(&b, "{\"specversion\":\"1.0\",\"id\":", ev->id);
+    put_attr(&b, ",\"source\":", ev->source);
+    put_attr(&b, ",\"type\":", t->type);
+    put_attr(&b, ",\"subject\":", ev->subject);
+    ew_buf_printf(&b,
+                  ",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
+                  "\"dataschema\":\"urn:eventwire:schema:%s:%d\",\"eventversion\":%d",
+                  tbuf, t->type, t->version, t->version);
+    put_attr(&b, ",\"correlationid\":", ev->correlation_id);
+    put_attr(&b, ",\"causationid\":", ev->causation_id);
+    put_attr(&b, ",\"traceparent\":", ev->traceparent);
+    ew_buf_puts(&b, ",\"data\":{");
+    int first = 1;
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        const char *p = (const char *)ev->data + f->offset;
+        const char *s = NULL;
+        if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL && f->kind != EW_FIELD_STRLIST) {
+            s = *(const char *const *)(const void *)p;
+            if (!s) continue; /* absent optional field */
+        }
+        if (!first) ew_buf_putc(&b, ',');
+        first = 0;
+        ew_json_write_string(&b, f->name, strlen(f->name));
+        ew_buf_putc(&b, ':');
+        switch (f->kind) {
+        case EW_FIELD_INT:
+            ew_buf_printf(&b, "%lld", (long long)*(const int64_t *)(const void *)p);
+            break;
+        case EW_FIELD_BOOL:
+            ew_buf_puts(&b, *(const bool *)p ? "true" : "false");
+            break;
+        case EW_FIELD_STRLIST: {
+            const ew_strlist *l = (const void *)p;
+            ew_buf_putc(&b, '[');
+            for (size_t j = 0; j < l->count; j++) {
+                if (j) ew_buf_putc(&b, ',');
+                ew_json_write_string(&b, l->items[j], strlen(l->items[j]));
+            }
+            ew_buf_putc(&b, ']');
+            break;
+        }
+        case EW_FIELD_OBJECT:
+            ew_buf_puts(&b, s); /* compact JSON, made so when the event was built */
+            break;
+        default:
+            ew_json_write_string(&b, s, strlen(s));
+        }
+    }
+    ew_buf_puts(&b, "}}");
+    if (b.oom) {
+        ew_buf_release(&b);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    *out = ew_buf_steal(&b, out_len);
+    return 0;
+}
+
+/* ---- decoding ------------------------------------------------------------------------- */
+
+static const char *kind_name(ew_json_kind k)
+{
+    static const char *const n[] = {"null",   "false", "true",  "a number",
+                                    "a string", "an array", "an object"};
+    return n[k];
+}
+
+/* An envelope attribute that must be a string: EW_ETYPE otherwise. */
+static int attr_str(const ew_json *root, const char *name, bool required, const char **out,
+                    ew_error *err)
+{
+    const ew_json *v = ew_json_get(root, name);
+    *out = NULL;
+    if (!v) {
+        if (required)
+            return ew_error_set(err, EW_EMISSING, "missing required attribute '%s'", name);
+        return 0;
+    }
+    if (v->kind != EW_JSON_STRING)
+        return ew_error_set(err, EW_ETYPE, "attribute '%s' must be a string, not %s", name,
+                            kind_name(v->kind));
+    if (v->len == 0) return ew_error_set(err, EW_EEMPTY, "attribute '%s' must not be empty", name);
+    *out = v->str;
+    return 0;
+}
+
+/* Fills a data struct from a JSON object, for type t. Strings point into the tree; string
+ * arrays and object texts are allocated from the arena. */
+static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data, ew_arena *a,
+                          ew_error *err)
+{
+    memset(data, 0, t->struct_size);
+    for (const ew_json *m = obj->child; m; m = m->next) {
+        const ew_field_info *f = ew_type_field(t, m->key);
+        if (!f)
+            return ew_error_set(err, EW_EDATA, "%s v%d: data has no field '%.64s'", t->type,
+                                t->version, m->key);
+        char *dst = (char *)data + f->offset;
+        if (m->kind == EW_JSON_NULL && !(f->flags & EW_FIELD_REQ)) continue;
+        bool ok = true;
+        switch (f->kind) {
+        case EW_FIELD_INT:
+            ok = m->kind == EW_JSON_NUMBER && m->is_int;
+            if (ok) *(int64_t *)(void *)dst = m->i64;
+            break;
+        case EW_FIELD_BOOL:
+            ok = m->kind == EW_JSON_TRUE || m->kind == EW_JSON_FALSE;
+            if (ok) *(bool *)dst = m->kind == EW_JSON_TRUE;
+            break;
+        case EW_FIELD_STRLIST: {
+            ok = m->kind == EW_JSON_ARRAY;
+            if (!ok) break;
+            const char **items = ew_arena_alloc(a, (m->count ? m->count : 1) * sizeof(char *));
+            if (!items) return ew_error_set(err, EW_ENOMEM, "out of memory");
+            size_t j = 0;
+            for (const ew_json *e = m->child; e; e = e->next, j++) {
+                if (e->kind != EW_JSON_STRING)
+                    return ew_error_set(err, EW_EDATA, "%s: data.%s[%zu] must be a string, not %s",
+                                        t->type, f->name, j, kind_name(e->kind));
+                items[j] = e->str;
+            }
+            ((ew_strlist *)(void *)dst)->items = items;
+            ((ew_strlist *)(void *)dst)->count = j;
+            break;
+        }
+        case EW_FIELD_OBJECT: {
+            ok = m->kind == EW_JSON_OBJECT;
+            if (!ok) break;
+            ew_buf b;
+            ew_buf_init(&b);
+            ew_json_write(&b, m);
+            char *s = b.oom ? NULL : ew_arena_strndup(a, b.data, b.len);
+            ew_buf_release(&b);
+            if (!s) return ew_error_set(err, EW_ENOMEM, "out of memory");
+            *(const char **)(void *)dst = s;
+            break;
+        }
+        default:
+            ok = m->kind == EW_JSON_STRING;
+            if (ok) *(const char **)(void *)dst = m->str;
+        }
+        if (!ok) {
+            static const char *const want[] = {
+                [EW_FIELD_STRING] = "a string", [EW_FIELD_UUID] = "a string",
+                [EW_FIELD_EMAIL] = "a string",  [EW_FIELD_TIME] = "a string",
+                [EW_FIELD_URL] = "a string",    [EW_FIELD_INT] = "an integer",
+                [EW_FIELD_BOOL] = "a boolean",  [EW_FIELD_STRLIST] = "an array of strings",
+                [EW_FIELD_OBJECT] = "an object"};
+            return ew_error_set(err, EW_EDATA, "%s: data.%s must be %s, not %s", t->type, f->name,
+                                want[f->kind], kind_name(m->kind));
+        }
+    }
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        if ((f->flags & EW_FIELD_REQ) && !ew_json_get(obj, f->name))
+            return ew_error_set(err, EW_EDATA, "%s: data.%s is required", t->type, f->name);
+    }
+    return 0;
+}
+
+/* CloudEvents extension attribute names: lower-case letters and digits, at most 20. */
+static bool ext_name_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > 20) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9'))) return false;
+    return true;
+}
+
+static int check_members(const ew_json *root, ew_error *err)
+{
+    static const char *const known[] = {"specversion", "id", "source", "type", "subject", "time",
+                                        "datacontenttype", "dataschema", "data", "eventversion",
+                                        "correlationid", "causationid", "traceparent"};
+    for (const ew_json *m = root->child; m; m = m->next) {
+        bool k = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0] && !k; i++)
+            k = strcmp(m->key, known[i]) == 0;
+        if (k) continue;
+        if (strcmp(m->key, "data_base64") == 0)
+            return ew_error_set(err, EW_EDATA, "binary data (data_base64) is not supported: "
+                                               "event data must be a JSON object");
+        if (!ext_name_valid(m->key, m->key_len))
+            return ew_error_set(err, EW_ETYPE,
+                                "attribute name '%.40s' is not a CloudEvents name (a-z, 0-9, at "
+                                "most 20)",
+                                m->key);
+        if (m->kind == EW_JSON_OBJECT || m->kind == EW_JSON_ARRAY || m->kind == EW_JSON_NULL)
+            return ew_error_set(err, EW_ETYPE, "extension attribute '%.40s' must be a string, "
+                                               "number or boolean, not %s",
+                                m->key, kind_name(m->kind));
+    }
+    return 0;
+}
+
+static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_error *err)
+{
+    int rc;
+    if (root->kind != EW_JSON_OBJECT)
+        return ew_error_set(err, EW_ENOTOBJ, "an event must be a JSON object, not %s",
+                            kind_name(root->kind));
+    if ((rc = check_members(root, err))) return rc;
+    const char *spec, *type, *tstr, *ctype, *schema;
+    ew_event_attrs at = {0};
+    if ((rc = attr_str(root, "specversion", true, &spec, err))) return rc;
+    if (strcmp(spec, "1.0") != 0)
+        return ew_error_set(err, EW_ESPECVERSION, "specversion '%.20s' is not 1.0", spec);
+    if ((rc = attr_str(root, "id", true, &at.id, err)) ||
+        (rc = attr_str(root, "source", true, &at.source, err)) ||
+        (rc = attr_str(root, "type", true, &type, err)) ||
+        (rc = attr_str(root, "subject", false, &at.subject, err)) ||
+        (rc = attr_str(root, "time", false, &tstr, err)) ||
+        (rc = attr_str(root, "datacontenttype", false, &ctype, err)) ||
+        (rc = attr_str(root, "dataschema", false, &schema, err)) ||
+        (rc = attr_str(root, "correlationid", false, &at.correlation_id, err)) ||
+        (rc = attr_str(root, "causationid", false, &at.causation_id, err)) ||
+        (rc = attr_str(root, "traceparent", false, &at.traceparent, err)))
+        return rc;
+    if (tstr && ew_time_parse(tstr, &at.time_us))
+        return ew_error_set(err, EW_ETIME, "attribute 'time' '%.40s' is not an RFC 3339 time",
+                            tstr);
+    if (tstr && at.time_us == 0) at.time_us = 1; /* 0 means "now" to build() */
+    if (ctype && strncmp(ctype, "application/json", 16) != 0)
+        return ew_error_set(err, EW_EDATA, "datacontenttype '%.60s' is not application/json",
+                            ctype);
+    if (at.traceparent && !traceparent_valid(at.traceparent))
+        return ew_error_set(err, EW_ETYPE, "attribute 'traceparent' '%.60s' is not W3C trace "
+                                           "context",
+                            at.traceparent);
+
+    int version = 1;
+    const ew_json *vj = ew_json_get(root, "eventversion");
+    if (vj) {
+        if (vj->kind == EW_JSON_NUMBER && vj->is_int) {
+            version = vj->i64 > 0 && vj->i64 < 1000000 ? (int)vj->i64 : -1;
+        } else if (vj->kind == EW_JSON_STRING && vj->len > 0 && vj->len < 7 &&
+                   strspn(vj->str, "0123456789") == vj->len) {
+            version = atoi(vj->str);
+        } else {
+            return ew_error_set(err, EW_ETYPE, "attribute 'eventversion' must be a positive "
+                                               "integer");
+        }
+        if (version < 1)
+            return ew_error_set(err, EW_ETYPE, "attribute 'eventversion' must be a positive "
+                                               "integer");
+    }
+    const ew_type_info *latest = ew_catalog_find(type, 0);
+    if (!latest) return ew_error_set(err, EW_EUNKNOWNTYPE, "unknown event type '%.80s'", type);
+    const ew_type_info *t = ew_catalog_find(type, version);
+    if (!t)
+        return ew_error_set(err, EW_EVERSION, "%s version %d is not supported (this build reads "
+                                              "up to version %d)",
+                            type, version, latest->version);
+
+    const ew_json *dj = ew_json_get(root, "data");
+    if (!dj) return ew_error_set(err, EW_EMISSING, "missing required attribute 'data'");
+    if (dj->kind != EW_JSON_OBJECT)
+        return ew_error_set(err, EW_EDATA, "%s: data must be an object, not %s", type,
+                            kind_name(dj->kind));
+
+    /* Old versions: valid as what they claim to be, then upcast step by step. */
+    ew_json *data = (ew_json *)dj;
+    void *tmp = ew_arena_alloc(a, latest->struct_size > t->struct_size ? latest->struct_size
+                                                                       : t->struct_size);
+    if (!tmp) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    while (t != latest) {
+        if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
+        if ((rc = ew__upcast(t, data, a, err))) return rc;
+        const ew_type_info *next = ew_catalog_find(type, t->version + 1);
+        if (!next)
+            return ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
+                                t->version + 1);
+        t = next;
+    }
+    if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
+    return build(out, t, tmp, &at, true, err);
+}
+
+int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,
+                    ew_error *err)
+{
+    if (!out || (!json && len)) return ew_error_set(err, EW_EINVAL, "out and json are required");
+    ew_json_limits lim = {DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH};
+    if (opts && opts->max_bytes) lim.max_bytes = opts->max_bytes;
+    if (opts && opts->max_depth) lim.max_depth = opts->max_depth;
+    char stack[8192];
+    ew_arena a;
+    ew_arena_init(&a, stack, sizeof stack);
+    ew_json *root;
+    int rc = ew_json_parse(&root, json ? json : "", len, &lim, &a, err);
+    if (rc == 0) rc = decode_tree(out, root, &a, err);
+    ew_arena_release(&a);
+    return rc;
+}

@@ -1,0 +1,252 @@
+/* eventwire — the configuration object: a fixed table of known entries, each checked when set.
+ * The table is the one list of every setting; docs/configuration.md is printed from it. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "eventwire/config.h"
+
+typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME } kind;
+
+typedef struct entry {
+    ew_config_entry pub;
+    kind k;
+    int64_t min, max; /* K_INT */
+} entry;
+
+#define BUS_TYPES "memory|sqlite|redis|kafka|rabbitmq"
+
+static const entry entries[] = {
+    {{"EVENT_BUS_TYPE", "sqlite", BUS_TYPES, "Which bus carries the events."}, K_ENUM, 0, 0},
+    {{"SERVICE_NAME", "eventwire", "[a-z0-9._-]+",
+      "This process's service: the source of the events it publishes and its default subscriber "
+      "group."},
+     K_NAME, 0, 0},
+    {{"EVENT_MAX_BYTES", "1048576", "1024..67108864",
+      "Largest encoded event accepted from the wire or published, in bytes."},
+     K_INT, 1024, 64 << 20},
+    {{"EVENT_HANDLER_MAX_ATTEMPTS", "5", "1..1000",
+      "Deliveries of one event to a handler before it is dead-lettered."},
+     K_INT, 1, 1000},
+    {{"EVENT_HANDLER_BACKOFF_MS", "100", "1..3600000", "First retry delay; doubles each retry."},
+     K_INT, 1, 3600000},
+    {{"EVENT_HANDLER_BACKOFF_MAX_MS", "30000", "1..86400000", "Longest retry delay."},
+     K_INT, 1, 86400000},
+    {{"EVENT_BUS_DRAIN_TIMEOUT_MS", "30000", "0..3600000",
+      "How long closing a bus waits for pending events."},
+     K_INT, 0, 3600000},
+    {{"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
+      "The Redis server of the redis bus."},
+     K_URL, 0, 0},
+    {{"REDIS_CHANNEL_PREFIX", "events", "[a-z0-9._-]+",
+      "Prefix of the Redis streams and channels: PREFIX:TYPE."},
+     K_NAME, 0, 0},
+    {{"REDIS_MODE", "streams", "streams|pubsub",
+      "streams: durable consumer groups; pubsub: fire-and-forget Pub/Sub."},
+     K_ENUM, 0, 0},
+    {{"KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "host:port[,host:port...]",
+      "The Kafka brokers of the kafka bus."},
+     K_STRING, 0, 0},
+    {{"KAFKA_TOPIC_PREFIX", "events", "[a-z0-9._-]+", "Prefix of the Kafka topics: PREFIX.TYPE."},
+     K_NAME, 0, 0},
+    {{"KAFKA_CONSUMER_GROUP", "event-handlers", "[a-z0-9._-]+",
+      "Prefix of the Kafka consumer groups: PREFIX.GROUP."},
+     K_NAME, 0, 0},
+    {{"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/",
+      "amqp://user:password@host:port/[vhost]", "The RabbitMQ broker of the rabbitmq bus."},
+     K_URL, 0, 0},
+    {{"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to."}, K_NAME,
+     0, 0},
+    {{"ENABLE_EVENT_STORE", "false", "true|false",
+      "Record every published event in the event store (the audit trail)."},
+     K_BOOL, 0, 0},
+    {{"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
+      "The event store's database."},
+     K_URL, 0, 0},
+    {{"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever."},
+     K_INT, 0, 36500},
+    {{"ENABLE_SAGAS", "true", "true|false", "Run the saga engine."}, K_BOOL, 0, 0},
+    {{"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance."}, K_INT, 1,
+     31536000},
+};
+
+#define NENTRIES (sizeof entries / sizeof entries[0])
+
+struct ew_config {
+    char *values[NENTRIES];
+};
+
+static int find(const char *name)
+{
+    for (size_t i = 0; i < NENTRIES; i++)
+        if (strcmp(entries[i].pub.name, name) == 0) return (int)i;
+    return -1;
+}
+
+static int parse_int(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end != '\0') return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s)
+{
+    static const char *yes[] = {"true", "1", "yes", "on"}, *no[] = {"false", "0", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) return 1;
+        if (strcasecmp(s, no[i]) == 0) return 0;
+    }
+    return -1;
+}
+
+static int enum_has(const char *allowed, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *p = allowed; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+static int name_ok(const char *v)
+{
+    if (!*v) return 0;
+    for (const char *p = v; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' ||
+              *p == '-'))
+            return 0;
+    return 1;
+}
+
+static int check(const entry *e, const char *v, ew_error *err)
+{
+    const char *n = e->pub.name;
+    int64_t iv;
+    switch (e->k) {
+    case K_STRING:
+        if (!*v) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
+        return 0;
+    case K_ENUM:
+        if (!enum_has(e->pub.allowed, v))
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not one of %s", n, v,
+                                e->pub.allowed);
+        return 0;
+    case K_INT:
+        if (parse_int(v, &iv))
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a whole number", n, v);
+        if (iv < e->min || iv > e->max)
+            return ew_error_set(err, EW_ECONFIG, "%s: %lld is outside %lld..%lld", n,
+                                (long long)iv, (long long)e->min, (long long)e->max);
+        return 0;
+    case K_BOOL:
+        if (parse_bool(v) < 0)
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not true or false", n, v);
+        return 0;
+    case K_URL:
+        /* The scheme is checked here; the backend that uses the URL parses the rest. */
+        if (!strstr(v, ":") || !*v)
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a URL (%s)", n, v,
+                                e->pub.allowed);
+        return 0;
+    case K_NAME:
+        if (!name_ok(v))
+            return ew_error_set(err, EW_ECONFIG,
+                                "%s: '%.64s' may hold only a-z, 0-9, '.', '_' and '-'", n, v);
+        return 0;
+    }
+    return 0;
+}
+
+int ew_config_new(ew_config **out, ew_error *err)
+{
+    ew_config *c = calloc(1, sizeof *c);
+    if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; i < NENTRIES; i++) {
+        c->values[i] = strdup(entries[i].pub.def);
+        if (!c->values[i]) {
+            ew_config_free(c);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+    }
+    *out = c;
+    return 0;
+}
+
+int ew_config_dup(ew_config **out, const ew_config *cfg, ew_error *err)
+{
+    ew_config *c;
+    int rc = ew_config_new(&c, err);
+    if (rc) return rc;
+    for (size_t i = 0; i < NENTRIES; i++) {
+        char *v = strdup(cfg->values[i]);
+        if (!v) {
+            ew_config_free(c);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+        free(c->values[i]);
+        c->values[i] = v;
+    }
+    *out = c;
+    return 0;
+}
+
+void ew_config_free(ew_config *cfg)
+{
+    if (!cfg) return;
+    for (size_t i = 0; i < NENTRIES; i++) free(cfg->values[i]);
+    free(cfg);
+}
+
+int ew_config_set(ew_config *cfg, const char *name, const char *value, ew_error *err)
+{
+    if (!name || !value) return ew_error_set(err, EW_EINVAL, "config name and value are required");
+    int i = find(name);
+    if (i < 0) return ew_error_set(err, EW_ECONFIG, "%.64s: unknown setting", name);
+    int rc = check(&entries[i], value, err);
+    if (rc) return rc;
+    char *v = strdup(value);
+    if (!v) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    free(cfg->values[i]);
+    cfg->values[i] = v;
+    return 0;
+}
+
+int ew_config_from_env(ew_config *cfg, ew_error *err)
+{
+    for (size_t i = 0; i < NENTRIES; i++) {
+        const char *v = getenv(entries[i].pub.name);
+        if (!v) continue;
+        int rc = ew_config_set(cfg, entries[i].pub.name, v, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+const char *ew_config_get(const ew_config *cfg, const char *name)
+{
+    int i = find(name);
+    return i < 0 ? NULL : cfg->values[i];
+}
+
+int64_t ew_config_get_int(const ew_config *cfg, const char *name)
+{
+    int i = find(name);
+    if (i < 0) return 0;
+    if (entries[i].k == K_BOOL) return parse_bool(cfg->values[i]) == 1;
+    int64_t v = 0;
+    parse_int(cfg->values[i], &v);
+    return v;
+}
+
+const ew_config_entry *ew_config_describe(int i)
+{
+    return i >= 0 && (size_t)i < NENTRIES ? &entries[i].pub : NULL;
+}

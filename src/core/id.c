@@ -1,0 +1,101 @@
+/* eventwire — UUIDv7 ids (RFC 9562, method 1: a 12-bit counter in rand_a keeps a thread's ids of
+ * one millisecond in order). Randomness comes from a per-thread xoshiro256** generator seeded by
+ * getrandom(): ids must be unique, not secret, and a system call per id would cost more than the
+ * rest of building an event. */
+#include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+#include "eventwire/id.h"
+#include "core/rand.h"
+
+static _Thread_local struct {
+    int seeded;
+    uint64_t s[4];
+    uint64_t last_ms;
+    uint32_t counter;
+} tl;
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+uint64_t ew__rand64(void)
+{
+    if (!tl.seeded) {
+        uint64_t seed[4] = {0};
+        if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+            /* Only before the entropy pool is ready; mix what differs between threads. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            seed[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull;
+            seed[1] ^= (uint64_t)(uintptr_t)&tl;
+            seed[2] ^= (uint64_t)getpid() << 32 | (uint64_t)ts.tv_sec;
+        }
+        for (int i = 0; i < 4; i++) tl.s[i] = seed[i] ? seed[i] : 0x9e3779b97f4a7c15ull * (i + 1);
+        tl.seeded = 1;
+    }
+    uint64_t *s = tl.s;
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+double ew__rand_unit(void)
+{
+    return (double)(ew__rand64() >> 11) * 0x1.0p-53;
+}
+
+void ew_uuid7(char out[EW_UUID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t r = ew__rand64();
+    if (ms > tl.last_ms) {
+        tl.last_ms = ms;
+        tl.counter = (uint32_t)(r >> 52) & 0x1ff; /* random start, room to count up */
+    } else {
+        ms = tl.last_ms; /* the clock went back or stands still: stay ordered */
+        if (++tl.counter > 0xfff) {
+            tl.last_ms = ++ms; /* counter overflow: borrow the next millisecond */
+            tl.counter = 0;
+        }
+    }
+    uint8_t b[16];
+    for (int i = 0; i < 6; i++) b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    b[6] = (uint8_t)(0x70 | (tl.counter >> 8));
+    b[7] = (uint8_t)tl.counter;
+    uint64_t r2 = ew__rand64();
+    b[8] = (uint8_t)(0x80 | (r2 & 0x3f));
+    for (int i = 9; i < 16; i++) b[i] = (uint8_t)(r2 >> (8 * (i - 8)) ^ r >> (8 * (i - 9)));
+    char *p = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';
+        *p++ = hex[b[i] >> 4];
+        *p++ = hex[b[i] & 15];
+    }
+    *p = '\0';
+}
+
+bool ew_uuid_valid(const char *s)
+{
+    if (!s) return false;
+    for (int i = 0; i < EW_UUID_LEN; i++) {
+        char c = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-') return false;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return false;
+        }
+    }
+    return s[EW_UUID_LEN] == '\0';
+}

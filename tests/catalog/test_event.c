@@ -1,0 +1,481 @@
+/* Tests of the event object and its CloudEvents codec: building, round trips for every catalog
+ * type, upcasting, and every class of malformed input. */
+#include <stdlib.h>
+#include "support/ew_test.h"
+#include "core/json.h"
+#include "eventwire/clock.h"
+#include "eventwire/event.h"
+#include "eventwire/id.h"
+
+static const char *sample_roles[] = {"user", "admin"};
+
+/* Fills every field of a type's data struct with a valid value of its kind. */
+static void fill_sample(const ew_type_info *t, void *data, char uuid[EW_UUID_LEN + 1])
+{
+    memset(data, 0, t->struct_size);
+    ew_uuid7(uuid);
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        char *p = (char *)data + f->offset;
+        switch (f->kind) {
+        case EW_FIELD_STRING:
+            *(const char **)(void *)p = "some text \"quoted\" \xc3\xa9\n";
+            break;
+        case EW_FIELD_UUID:
+            *(const char **)(void *)p = uuid;
+            break;
+        case EW_FIELD_EMAIL:
+            *(const char **)(void *)p = "ann.lee+tag@example.com";
+            break;
+        case EW_FIELD_TIME:
+            *(const char **)(void *)p = "2026-11-27T10:00:00Z";
+            break;
+        case EW_FIELD_URL:
+            *(const char **)(void *)p = "http://127.0.0.1:8085/exports/1/download";
+            break;
+        case EW_FIELD_INT:
+            *(int64_t *)(void *)p = -9007199254740993LL;
+            break;
+        case EW_FIELD_BOOL:
+            *(bool *)p = true;
+            break;
+        case EW_FIELD_STRLIST:
+            ((ew_strlist *)(void *)p)->items = sample_roles;
+            ((ew_strlist *)(void *)p)->count = 2;
+            break;
+        case EW_FIELD_OBJECT:
+            *(const char **)(void *)p = "{ \"a\": [1, 2.5, {\"b\": null}], \"c\": \"\\u00e9\" }";
+            break;
+        }
+    }
+}
+
+static ew_event *sample_event(const ew_type_info *t)
+{
+    char data[1024], uuid[EW_UUID_LEN + 1];
+    assert_true(t->struct_size <= sizeof data);
+    fill_sample(t, data, uuid);
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    ew_event_attrs a = {.source = "test-service", .subject = uuid,
+                        .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
+    int rc = ew_event_new(&ev, t->id, data, &a, &err);
+    if (rc) fail_msg("%s v%d: %s", t->type, t->version, err.msg);
+    return ev;
+}
+
+static int decode_str(const char *json, ew_event **ev, ew_error *err)
+{
+    return ew_event_decode(ev, json, strlen(json), NULL, err);
+}
+
+static void test_roundtrip_every_catalog_type(void **state)
+{
+    for (size_t i = 0; i < ew_catalog_count(); i++) {
+        const ew_type_info *t = ew_catalog_at(i);
+        ew_event *ev = sample_event(t), *back = NULL;
+        char *json;
+        size_t len;
+        ew_error err = {0};
+        assert_int_equal(ew_event_encode(ev, &json, &len, &err), 0);
+        assert_int_equal(strlen(json), len);
+        int rc = ew_event_decode(&back, json, len, NULL, &err);
+        if (rc) fail_msg("%s v%d: %s\n%s", t->type, t->version, err.msg, json);
+        if (t->latest) {
+            if (!ew_event_equal(ev, back)) fail_msg("%s: decode(encode(e)) != e\n%s", t->type, json);
+            /* encode is deterministic: the same event gives the same text */
+            char *again;
+            assert_int_equal(ew_event_encode(back, &again, NULL, &err), 0);
+            assert_string_equal(json, again);
+            free(again);
+        } else {
+            /* an old version decodes as the latest version of its type */
+            assert_true(ew_event_info(back)->latest);
+            assert_string_equal(ew_event_type(back), t->type);
+            assert_true(ew_event_version(back) > t->version);
+            assert_string_equal(ew_event_id(back), ew_event_id(ev));
+        }
+        free(json);
+        ew_event_unref(back);
+        ew_event_unref(ev);
+    }
+}
+
+static void test_encode_is_cloudevents_json(void **state)
+{
+    const char *roles[] = {"user"};
+    char id[EW_UUID_LEN + 1];
+    ew_uuid7(id);
+    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = "ann",
+                            .roles = {roles, 1}};
+    ew_event *ev;
+    assert_int_equal(ew_user_registered_new(&ev, &d,
+                                            &(ew_event_attrs){.source = "auth-service",
+                                                              .subject = id,
+                                                              .time_us = 1795746285123456LL},
+                                            NULL),
+                     0);
+    char *json;
+    assert_int_equal(ew_event_encode(ev, &json, NULL, NULL), 0);
+    ew_arena a;
+    ew_arena_init(&a, NULL, 0);
+    ew_json *root;
+    assert_int_equal(ew_json_parse(&root, json, strlen(json), NULL, &a, NULL), 0);
+    assert_string_equal(ew_json_get(root, "specversion")->str, "1.0");
+    assert_string_equal(ew_json_get(root, "type")->str, "user.registered");
+    assert_string_equal(ew_json_get(root, "source")->str, "auth-service");
+    assert_string_equal(ew_json_get(root, "subject")->str, id);
+    assert_string_equal(ew_json_get(root, "id")->str, ew_event_id(ev));
+    assert_string_equal(ew_json_get(root, "time")->str, "2026-11-27T02:24:45.123456Z");
+    assert_string_equal(ew_json_get(root, "datacontenttype")->str, "application/json");
+    assert_string_equal(ew_json_get(root, "dataschema")->str,
+                        "urn:eventwire:schema:user.registered:2");
+    assert_int_equal(ew_json_get(root, "eventversion")->i64, 2);
+    /* a new conversation: the correlation id is the event's own id */
+    assert_string_equal(ew_json_get(root, "correlationid")->str, ew_event_id(ev));
+    assert_null(ew_json_get(root, "causationid"));
+    const ew_json *data = ew_json_get(root, "data");
+    assert_string_equal(ew_json_get(data, "email")->str, "a@example.com");
+    assert_string_equal(ew_json_get(data, "roles")->child->str, "user");
+    ew_arena_release(&a);
+    free(json);
+    ew_event_unref(ev);
+}
+
+static void test_ids_are_uuid7_and_ordered(void **state)
+{
+    char prev[EW_UUID_LEN + 1] = "", id[EW_UUID_LEN + 1];
+    for (int i = 0; i < 10000; i++) {
+        ew_uuid7(id);
+        assert_true(ew_uuid_valid(id));
+        assert_int_equal(id[14], '7');                  /* version */
+        assert_true(strchr("89ab", id[19]) != NULL);    /* variant */
+        assert_true(strcmp(prev, id) < 0);              /* time-ordered, unique */
+        memcpy(prev, id, sizeof id);
+    }
+    assert_false(ew_uuid_valid("not-a-uuid"));
+    assert_false(ew_uuid_valid("0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6"));
+    assert_true(ew_uuid_valid("0192D3C4-5E6F-7A8B-9C0D-1E2F3A4B5C6D"));
+}
+
+static void test_time_format_and_parse(void **state)
+{
+    char buf[EW_TIME_LEN + 1];
+    int64_t t;
+    assert_int_equal(ew_time_format(0, buf), 0);
+    assert_string_equal(buf, "1970-01-01T00:00:00.000000Z");
+    assert_int_equal(ew_time_format(951782400000001LL, buf), 0); /* a leap day */
+    assert_string_equal(buf, "2000-02-29T00:00:00.000001Z");
+    assert_int_equal(ew_time_format(-1, buf), 0);
+    assert_string_equal(buf, "1969-12-31T23:59:59.999999Z");
+    assert_int_equal(ew_time_parse("2000-02-29T00:00:00.000001Z", &t), 0);
+    assert_int_equal(t, 951782400000001LL);
+    assert_int_equal(ew_time_parse("2000-02-29T01:30:00+01:30", &t), 0);
+    assert_int_equal(t, 951782400000000LL);
+    assert_int_equal(ew_time_parse("2000-02-28t19:00:00.5-05:00", &t), 0);
+    assert_int_equal(t, 951782400500000LL);
+    const char *bad[] = {"", "2026-11-27", "2026-11-27T10:00:00", "2026-13-01T00:00:00Z",
+                         "2026-02-29T00:00:00Z", "2026-11-27T24:00:00Z", "2026-11-27T10:00:00.Z",
+                         "2026-11-27T10:00:00Zjunk", "2026-11-27 10:00:00Z",
+                         "2026-11-27T10:00:00+0100"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(ew_time_parse(bad[i], &t), EW_ETIME);
+    for (int64_t x = -86400000000LL; x < 4102444800000000LL; x += 123456789012345LL) {
+        assert_int_equal(ew_time_format(x, buf), 0);
+        assert_int_equal(ew_time_parse(buf, &t), 0);
+        assert_int_equal(t, x);
+    }
+}
+
+static const char *V1_REGISTERED =
+    "{\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"legacy-auth\",\"type\":\"user.registered\","
+    "\"time\":\"2025-01-02T03:04:05Z\",\"eventversion\":1,\"data\":{\"user_id\":"
+    "\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"email\":\"old@example.com\",\"username\":\"old\"}}";
+
+static void test_v2_consumer_reads_v1_event(void **state)
+{
+    ew_event *ev;
+    ew_error err = {0};
+    if (decode_str(V1_REGISTERED, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    const ew_user_registered *d = ew_user_registered_data(ev);
+    assert_non_null(d);
+    assert_string_equal(d->email, "old@example.com");
+    assert_int_equal(d->roles.count, 1);
+    assert_string_equal(d->roles.items[0], "user");
+    assert_null(ew_user_registered_v1_data(ev));
+    ew_event_unref(ev);
+    /* a v1 event that is not valid v1 is refused as such, not silently upcast */
+    const char *bad_v1 =
+        "{\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"s\",\"type\":\"user.registered\","
+        "\"eventversion\":\"1\",\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"email\":\"a@example.com\",\"username\":\"x\",\"roles\":[\"user\"]}}";
+    assert_int_equal(decode_str(bad_v1, &ev, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "roles"));
+}
+
+static void test_foreign_event_without_optional_attributes(void **state)
+{
+    /* what another CloudEvents producer might send: no time, no version, string version,
+     * unknown extension attributes (kept out), optional fields null */
+    const char *json =
+        "{\"specversion\":\"1.0\",\"id\":\"abc\",\"source\":\"/python/svc\",\"type\":"
+        "\"user.logged_in\",\"partitionkey\":\"k1\",\"datacontenttype\":\"application/json; "
+        "charset=utf-8\",\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"session_id\":\"s1\",\"ip_address\":null}}";
+    ew_event *ev;
+    ew_error err = {0};
+    int64_t before = ew_now_us();
+    if (decode_str(json, &ev, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_time_us(ev) >= before);
+    assert_string_equal(ew_event_correlation_id(ev), "abc");
+    assert_null(ew_user_logged_in_data(ev)->ip_address);
+    ew_event_unref(ev);
+}
+
+struct bad_case {
+    int code;
+    const char *needle; /* a piece of the message */
+    const char *json;
+};
+
+#define UID "\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\""
+#define HEAD "{\"specversion\":\"1.0\",\"id\":\"x1\",\"source\":\"s\","
+#define DATA_OK "\"data\":{\"user_id\":" UID ",\"session_id\":\"s1\"}"
+#define LOGIN(attrs) HEAD "\"type\":\"user.logged_in\"," attrs DATA_OK "}"
+
+static const struct bad_case bad_cases[] = {
+    {EW_EJSON, "empty", ""},
+    {EW_EJSON, "column", "{\"specversion\":"},
+    {EW_EJSON, "", "not json at all"},
+    {EW_EJSON, "", "{\"a\":1} trailing"},
+    {EW_ENOTOBJ, "not an array", "[1,2,3]"},
+    {EW_ENOTOBJ, "not a string", "\"event\""},
+    {EW_EMISSING, "'id'", "{\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"user.logged_in\","
+                          DATA_OK "}"},
+    {EW_EMISSING, "'source'", "{\"specversion\":\"1.0\",\"id\":\"x\",\"type\":\"user.logged_in\","
+                              DATA_OK "}"},
+    {EW_EMISSING, "'type'", HEAD DATA_OK "}"},
+    {EW_EMISSING, "'specversion'",
+     "{\"id\":\"x\",\"source\":\"s\",\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EMISSING, "'data'", HEAD "\"type\":\"user.logged_in\"}"},
+    {EW_ETYPE, "'id' must be a string", "{\"specversion\":\"1.0\",\"id\":7,\"source\":\"s\","
+                                        "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_ETYPE, "'subject'", LOGIN("\"subject\":true,")},
+    {EW_ETYPE, "eventversion", LOGIN("\"eventversion\":1.5,")},
+    {EW_ETYPE, "eventversion", LOGIN("\"eventversion\":\"one\",")},
+    {EW_ETYPE, "traceparent", LOGIN("\"traceparent\":\"00-xyz\",")},
+    {EW_ETYPE, "extension", LOGIN("\"myext\":{\"a\":1},")},
+    {EW_ETYPE, "CloudEvents name", LOGIN("\"Bad-Name\":\"x\",")},
+    {EW_ESPECVERSION, "0.3", "{\"specversion\":\"0.3\",\"id\":\"x\",\"source\":\"s\","
+                             "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EUNKNOWNTYPE, "user.exploded", HEAD "\"type\":\"user.exploded\"," DATA_OK "}"},
+    {EW_EVERSION, "version 9", LOGIN("\"eventversion\":9,")},
+    {EW_EVERSION, "version 2", LOGIN("\"eventversion\":\"2\",")},
+    {EW_EDATA, "data must be an object", HEAD "\"type\":\"user.logged_in\",\"data\":[1]}"},
+    {EW_EDATA, "data.session_id is required",
+     HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":" UID "}}"},
+    {EW_EDATA, "no field 'password'",
+     HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":" UID
+          ",\"session_id\":\"s\",\"password\":\"x\"}}"},
+    {EW_EDATA, "data.user_id must be a string",
+     HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":5,\"session_id\":\"s\"}}"},
+    {EW_EDATA, "is not a UUID",
+     HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":\"u-1\",\"session_id\":\"s\"}}"},
+    {EW_EDATA, "not an email", HEAD "\"type\":\"notification.email_sent\",\"data\":{\"email\":"
+                               "\"nobody\",\"template_name\":\"t\",\"message_id\":\"m\"}}"},
+    {EW_EDATA, "must be an integer",
+     HEAD "\"type\":\"user.data_deleted\",\"data\":{\"request_id\":" UID ",\"user_id\":" UID
+          ",\"service\":\"x\",\"records\":1.5}}"},
+    {EW_EDATA, "data.roles[1] must be a string",
+     HEAD "\"type\":\"user.registered\",\"eventversion\":2,\"data\":{\"user_id\":" UID
+          ",\"email\":\"a@b.co\",\"username\":\"u\",\"roles\":[\"a\",3]}}"},
+    {EW_EDATA, "at least one", HEAD "\"type\":\"user.registered\",\"eventversion\":2,\"data\":{"
+                               "\"user_id\":" UID ",\"email\":\"a@b.co\",\"username\":\"u\","
+                               "\"roles\":[]}}"},
+    {EW_EDATA, "data_base64", LOGIN("\"data_base64\":\"AAAA\",")},
+    {EW_EDATA, "datacontenttype", LOGIN("\"datacontenttype\":\"text/xml\",")},
+    {EW_EUTF8, "UTF-8", HEAD "\"type\":\"user.logged_in\",\"subject\":\"\xc3\x28\"," DATA_OK "}"},
+    {EW_EUTF8, "UTF-8", HEAD "\"type\":\"user.logged_in\",\"subject\":\"\xed\xa0\x80\"," DATA_OK
+                        "}"},
+    {EW_EDUPKEY, "id", "{\"specversion\":\"1.0\",\"id\":\"a\",\"id\":\"b\",\"source\":\"s\","
+                       "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EDUPKEY, "user_id", HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":" UID
+                                 ",\"user_id\":" UID ",\"session_id\":\"s\"}}"},
+    {EW_ETIME, "'time'", LOGIN("\"time\":\"yesterday\",")},
+    {EW_ETIME, "'time'", LOGIN("\"time\":\"2026-02-30T00:00:00Z\",")},
+    {EW_EEMPTY, "'id'", "{\"specversion\":\"1.0\",\"id\":\"\",\"source\":\"s\","
+                        "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EEMPTY, "'source'", "{\"specversion\":\"1.0\",\"id\":\"x\",\"source\":\"\","
+                            "\"type\":\"user.logged_in\"," DATA_OK "}"},
+};
+
+static void test_malformed_inputs_each_get_their_error(void **state)
+{
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const struct bad_case *c = &bad_cases[i];
+        ew_event *ev = NULL;
+        ew_error err = {0};
+        int rc = decode_str(c->json, &ev, &err);
+        if (rc != c->code)
+            fail_msg("case %zu: got %s (%s), want %s\n%s", i, ew_err_name(rc), err.msg,
+                     ew_err_name(c->code), c->json);
+        assert_null(ev);
+        assert_int_equal(err.code, c->code);
+        if (!strstr(err.msg, c->needle))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, err.msg, c->needle);
+    }
+}
+
+static void test_oversized_event_refused_before_parsing(void **state)
+{
+    size_t n = 2u << 20;
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    memset(big, ' ', n);
+    big[n] = '\0';
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    assert_int_equal(ew_event_decode(&ev, big, n, NULL, &err), EW_ETOOBIG);
+    assert_non_null(strstr(err.msg, "1048576"));
+    /* a configurable limit */
+    const char *small = LOGIN("");
+    ew_decode_opts opts = {.max_bytes = 64};
+    assert_int_equal(ew_event_decode(&ev, small, strlen(small), &opts, &err), EW_ETOOBIG);
+    free(big);
+}
+
+static void test_deep_nesting_refused(void **state)
+{
+    /* nesting inside an object field, far past the limit, and far past any stack */
+    size_t depth = 100000;
+    const char *pre = HEAD "\"type\":\"user.profile_updated\",\"data\":{\"user_id\":" UID
+                           ",\"changes\":{\"x\":";
+    size_t plen = strlen(pre);
+    char *s = malloc(plen + 2 * depth + 8);
+    assert_non_null(s);
+    memcpy(s, pre, plen);
+    for (size_t i = 0; i < depth; i++) {
+        s[plen + i] = '[';
+        s[plen + depth + i] = ']';
+    }
+    memcpy(s + plen + 2 * depth, "}}}", 4);
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    assert_int_equal(ew_event_decode(&ev, s, strlen(s), NULL, &err), EW_EDEPTH);
+    free(s);
+    /* and within the limit it is accepted */
+    const char *ok = HEAD "\"type\":\"user.profile_updated\",\"data\":{\"user_id\":" UID
+                          ",\"changes\":{\"x\":[[[[1]]]]}}}";
+    assert_int_equal(decode_str(ok, &ev, &err), 0);
+    assert_string_equal(ew_user_profile_updated_data(ev)->changes, "{\"x\":[[[[1]]]]}");
+    ew_event_unref(ev);
+}
+
+static void test_new_validates_data(void **state)
+{
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    ew_event_attrs a = {.source = "auth-service"};
+    char id[EW_UUID_LEN + 1];
+    ew_uuid7(id);
+    const char *roles[] = {"user"};
+    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = "ann",
+                            .roles = {roles, 1}};
+
+    ew_user_registered bad = d;
+    bad.email = "not-an-email";
+    assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "data.email"));
+    bad = d;
+    bad.user_id = NULL;
+    assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "data.user_id is required"));
+    bad = d;
+    bad.username = "";
+    assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EDATA);
+    bad = d;
+    bad.roles.count = 0;
+    assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EDATA);
+    bad = d;
+    bad.username = "\xff\xfe";
+    assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EUTF8);
+    assert_int_equal(ew_user_registered_new(&ev, &d, &(ew_event_attrs){0}, &err), EW_EEMPTY);
+    assert_int_equal(ew_user_registered_new(&ev, &d, NULL, &err), EW_EEMPTY);
+    assert_int_equal(ew_user_registered_new(&ev, &d,
+                                            &(ew_event_attrs){.source = "s", .traceparent = "x"},
+                                            &err),
+                     EW_EINVAL);
+    ew_user_preferences_updated p = {.user_id = id, .preferences = "{\"theme\": "};
+    assert_int_equal(ew_user_preferences_updated_new(&ev, &p, &a, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "not a JSON object"));
+    p.preferences = "[1]";
+    assert_int_equal(ew_user_preferences_updated_new(&ev, &p, &a, &err), EW_EDATA);
+    assert_null(ev);
+    assert_int_equal(ew_event_new(&ev, (ew_type_id)9999, &d, &a, &err), EW_EUNKNOWNTYPE);
+
+    /* objects are kept as compact JSON */
+    p.preferences = "{ \"theme\" : \"dark\",\n \"emails\": [ true ] }";
+    assert_int_equal(ew_user_preferences_updated_new(&ev, &p, &a, &err), 0);
+    assert_string_equal(ew_user_preferences_updated_data(ev)->preferences,
+                        "{\"theme\":\"dark\",\"emails\":[true]}");
+    ew_event_unref(ev);
+}
+
+static void test_event_copies_and_refcounts(void **state)
+{
+    char id[EW_UUID_LEN + 1], name[16] = "ann";
+    ew_uuid7(id);
+    const char *roles[] = {"user"};
+    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = name,
+                            .roles = {roles, 1}};
+    ew_event *ev;
+    assert_int_equal(ew_user_registered_new(&ev, &d, &(ew_event_attrs){.source = "s"}, NULL), 0);
+    strcpy(name, "bob"); /* the event kept its own copy */
+    assert_string_equal(ew_user_registered_data(ev)->username, "ann");
+    assert_ptr_equal(ew_event_ref(ev), ev);
+    ew_event_unref(ev);
+    assert_string_equal(ew_event_source(ev), "s");
+    assert_int_equal(ew_event_type_id(ev), EW_T_USER_REGISTERED);
+    assert_null(ew_event_data_as(ev, EW_T_USER_LOGGED_IN));
+    ew_event_unref(ev);
+    ew_event_unref(NULL);
+}
+
+static void test_follow_up_attributes_round_trip(void **state)
+{
+    ew_event *ev, *back;
+    ew_user_logged_out d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "s"};
+    ew_event_attrs a = {.source = "auth", .subject = "u", .id = "fixed-id",
+                        .correlation_id = "corr-1", .causation_id = "cause-1",
+                        .time_us = 1700000000000001LL};
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, NULL), 0);
+    char *json;
+    assert_int_equal(ew_event_encode(ev, &json, NULL, NULL), 0);
+    assert_int_equal(decode_str(json, &back, NULL), 0);
+    assert_string_equal(ew_event_id(back), "fixed-id");
+    assert_string_equal(ew_event_correlation_id(back), "corr-1");
+    assert_string_equal(ew_event_causation_id(back), "cause-1");
+    assert_int_equal(ew_event_time_us(back), 1700000000000001LL);
+    assert_true(ew_event_equal(ev, back));
+    free(json);
+    ew_event_unref(back);
+    ew_event_unref(ev);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_roundtrip_every_catalog_type),
+    cmocka_unit_test(test_encode_is_cloudevents_json),
+    cmocka_unit_test(test_ids_are_uuid7_and_ordered),
+    cmocka_unit_test(test_time_format_and_parse),
+    cmocka_unit_test(test_v2_consumer_reads_v1_event),
+    cmocka_unit_test(test_foreign_event_without_optional_attributes),
+    cmocka_unit_test(test_malformed_inputs_each_get_their_error),
+    cmocka_unit_test(test_oversized_event_refused_before_parsing),
+    cmocka_unit_test(test_deep_nesting_refused),
+    cmocka_unit_test(test_new_validates_data),
+    cmocka_unit_test(test_event_copies_and_refcounts),
+    cmocka_unit_test(test_follow_up_attributes_round_trip),
+};
+
+EW_TEST_MAIN(tests)

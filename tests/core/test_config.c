@@ -1,0 +1,101 @@
+/* Tests of the configuration object: defaults, validation of every kind, the environment. */
+#include <stdlib.h>
+#include "support/ew_test.h"
+#include "eventwire/config.h"
+
+static void test_defaults_are_the_documented_ones(void **state)
+{
+    ew_config *c;
+    assert_int_equal(ew_config_new(&c, NULL), 0);
+    assert_string_equal(ew_config_get(c, "EVENT_BUS_TYPE"), "sqlite");
+    assert_string_equal(ew_config_get(c, "REDIS_CHANNEL_PREFIX"), "events");
+    assert_string_equal(ew_config_get(c, "KAFKA_CONSUMER_GROUP"), "event-handlers");
+    assert_string_equal(ew_config_get(c, "EVENT_STORE_URL"), "sqlite:var/eventwire.db");
+    assert_int_equal(ew_config_get_int(c, "EVENT_STORE_TTL_DAYS"), 90);
+    assert_int_equal(ew_config_get_int(c, "SAGA_TIMEOUT_SECONDS"), 3600);
+    assert_int_equal(ew_config_get_int(c, "ENABLE_SAGAS"), 1);
+    assert_int_equal(ew_config_get_int(c, "ENABLE_EVENT_STORE"), 0);
+    assert_int_equal(ew_config_get_int(c, "EVENT_MAX_BYTES"), 1048576);
+    assert_null(ew_config_get(c, "NO_SUCH_THING"));
+    /* every described entry has a default that passes its own check */
+    for (int i = 0; ew_config_describe(i); i++) {
+        const ew_config_entry *e = ew_config_describe(i);
+        assert_int_equal(ew_config_set(c, e->name, e->def, NULL), 0);
+        assert_true(strlen(e->doc) > 0);
+    }
+    ew_config_free(c);
+}
+
+static void test_bad_values_are_refused_with_name_and_reason(void **state)
+{
+    ew_config *c;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&c, NULL), 0);
+    struct {
+        const char *name, *value, *needle;
+    } bad[] = {
+        {"EVENT_BUS_TYPE", "zeromq", "EVENT_BUS_TYPE: 'zeromq' is not one of memory|sqlite"},
+        {"EVENT_STORE_TTL_DAYS", "ninety", "EVENT_STORE_TTL_DAYS: 'ninety' is not a whole number"},
+        {"EVENT_STORE_TTL_DAYS", "-1", "outside 0..36500"},
+        {"EVENT_STORE_TTL_DAYS", "12abc", "not a whole number"},
+        {"SAGA_TIMEOUT_SECONDS", "99999999999999999999", "not a whole number"},
+        {"ENABLE_SAGAS", "maybe", "ENABLE_SAGAS: 'maybe' is not true or false"},
+        {"REDIS_CHANNEL_PREFIX", "My Events", "may hold only"},
+        {"REDIS_EVENT_URL", "localhost", "not a URL"},
+        {"KAFKA_BOOTSTRAP_SERVERS", "", "must not be empty"},
+        {"EVENT_BUS_TYPO", "memory", "EVENT_BUS_TYPO: unknown setting"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ew_config_set(c, bad[i].name, bad[i].value, &err), EW_ECONFIG);
+        if (!strstr(err.msg, bad[i].needle))
+            fail_msg("%s=%s: '%s' lacks '%s'", bad[i].name, bad[i].value, err.msg, bad[i].needle);
+    }
+    /* a refused value leaves the old one */
+    assert_string_equal(ew_config_get(c, "EVENT_BUS_TYPE"), "sqlite");
+    assert_int_equal(ew_config_set(c, "ENABLE_SAGAS", "FALSE", NULL), 0);
+    assert_int_equal(ew_config_get_int(c, "ENABLE_SAGAS"), 0);
+    ew_config_free(c);
+}
+
+static void test_environment_is_read(void **state)
+{
+    ew_config *c, *d;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&c, NULL), 0);
+    setenv("EVENT_BUS_TYPE", "memory", 1);
+    setenv("SAGA_TIMEOUT_SECONDS", "60", 1);
+    assert_int_equal(ew_config_from_env(c, &err), 0);
+    assert_string_equal(ew_config_get(c, "EVENT_BUS_TYPE"), "memory");
+    assert_int_equal(ew_config_get_int(c, "SAGA_TIMEOUT_SECONDS"), 60);
+    assert_int_equal(ew_config_dup(&d, c, NULL), 0);
+    assert_string_equal(ew_config_get(d, "EVENT_BUS_TYPE"), "memory");
+    setenv("EVENT_BUS_TYPE", "carrier-pigeon", 1);
+    assert_int_equal(ew_config_from_env(c, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "EVENT_BUS_TYPE"));
+    unsetenv("EVENT_BUS_TYPE");
+    unsetenv("SAGA_TIMEOUT_SECONDS");
+    ew_config_free(c);
+    ew_config_free(d);
+}
+
+static void test_error_names_and_messages(void **state)
+{
+    assert_string_equal(ew_err_name(EW_EINVAL), "EW_EINVAL");
+    assert_string_equal(ew_strerror(EW_ETOOBIG), "input larger than the configured limit");
+    assert_string_equal(ew_err_name(12345), "EW_UNKNOWN");
+    assert_true(ew_err_retriable(EW_ETIMEDOUT));
+    assert_false(ew_err_retriable(EW_EJSON));
+    ew_error err;
+    assert_int_equal(ew_error_set(&err, EW_ECONFIG, "x=%d", 5), EW_ECONFIG);
+    assert_string_equal(err.msg, "x=5");
+    assert_int_equal(ew_error_set(NULL, EW_ECONFIG, "ignored"), EW_ECONFIG);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_defaults_are_the_documented_ones),
+    cmocka_unit_test(test_bad_values_are_refused_with_name_and_reason),
+    cmocka_unit_test(test_environment_is_read),
+    cmocka_unit_test(test_error_names_and_messages),
+};
+
+EW_TEST_MAIN(tests)

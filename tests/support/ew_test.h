@@ -1,0 +1,24 @@
+/* Test support: every test file ends with EW_TEST_MAIN(tests), which gives the executable two
+ * modes: `--list` prints the names of its cases (CMake turns each into a CTest entry), and a name
+ * as argument runs only that case. Without arguments every case runs. */
+#ifndef EW_TEST_H
+#define EW_TEST_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n,
+                 const char *group);
+
+#define EW_TEST_MAIN(tests)                                                                        \
+    int main(int argc, char **argv)                                                                \
+    {                                                                                              \
+        return ew_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), __FILE__);        \
+    }
+
+#endif

@@ -1,0 +1,165 @@
+/* Tests of ewctl as a user runs it: the built binary, its output and its exit status. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "support/ew_test.h"
+
+/* Runs `ewctl ARGS` through the shell with optional standard input; returns the exit status
+ * and the standard output (malloc'ed) in *out. Standard error goes to *errout likewise. */
+static int run(const char *args, const char *input, char **out, char **errout)
+{
+    const char *bin = getenv("EW_BUILD_DIR");
+    char in_path[] = "/tmp/ewctl-in-XXXXXX", err_path[] = "/tmp/ewctl-err-XXXXXX";
+    int fd = mkstemp(in_path), efd = mkstemp(err_path);
+    assert_true(fd >= 0 && efd >= 0);
+    if (input) assert_int_equal(write(fd, input, strlen(input)), (ssize_t)strlen(input));
+    close(fd);
+    close(efd);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s/ewctl %s < %s 2> %s", bin ? bin : ".", args, in_path, err_path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap);
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    FILE *e = fopen(err_path, "r");
+    char *ebuf = calloc(1, 1 << 16);
+    size_t elen = fread(ebuf, 1, (1 << 16) - 1, e);
+    ebuf[elen] = '\0';
+    fclose(e);
+    unlink(in_path);
+    unlink(err_path);
+    *out = buf;
+    if (errout) *errout = ebuf;
+    else free(ebuf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_help_on_every_command(void **state)
+{
+    const char *cmds[] = {"--help", "schema --help", "validate --help", "config --help"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char *out;
+        assert_int_equal(run(cmds[i], NULL, &out, NULL), 0);
+        assert_non_null(strstr(out, "usage: ewctl"));
+        free(out);
+    }
+    char *out, *err;
+    assert_int_equal(run("frobnicate", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "unknown command 'frobnicate'"));
+    free(out);
+    free(err);
+}
+
+static void test_schema_list_and_show(void **state)
+{
+    char *out, *err;
+    assert_int_equal(run("schema list", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "user.registered\t2\tlatest"));
+    assert_non_null(strstr(out, "user.registered\t1\told"));
+    assert_non_null(strstr(out, "user.deletion_completed\t1\tlatest"));
+    free(out);
+    assert_int_equal(run("schema show user.registered", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"$schema\": \"https://json-schema.org/draft/2020-12/schema\""));
+    assert_non_null(strstr(out, "\"x-personal-data\": true"));
+    free(out);
+    assert_int_equal(run("schema show user.registered --version 1", NULL, &out, NULL), 0);
+    assert_null(strstr(out, "roles"));
+    free(out);
+    assert_int_equal(run("schema show user.registered --envelope", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"specversion\": {\"const\": \"1.0\"}"));
+    free(out);
+    assert_int_equal(run("schema show user.nothing", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "unknown event type 'user.nothing'"));
+    free(out);
+    free(err);
+    assert_int_equal(run("schema show", NULL, &out, &err), 2);
+    free(out);
+    free(err);
+}
+
+#define GOOD                                                                                       \
+    "{\"specversion\":\"1.0\",\"id\":\"a1\",\"source\":\"s\",\"type\":\"user.logged_out\","       \
+    "\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}}"
+
+static void test_validate_reports_each_bad_line(void **state)
+{
+    const char *input = GOOD "\n"
+                             "{\"specversion\":\"1.0\"\n"
+                             "\n"
+                             "[1]\n" GOOD "\n"
+                             "{\"specversion\":\"1.0\",\"id\":\"a\",\"source\":\"s\",\"type\":"
+                             "\"user.nope\",\"data\":{}}\n";
+    char *out, *err;
+    assert_int_equal(run("validate -", input, &out, &err), 1);
+    assert_non_null(strstr(out, "line 1: ok user.logged_out v1 a1"));
+    assert_non_null(strstr(out, "line 2: EW_EJSON: "));
+    assert_non_null(strstr(out, "line 4: EW_ENOTOBJ: "));
+    assert_non_null(strstr(out, "line 5: ok"));
+    assert_non_null(strstr(out, "line 6: EW_EUNKNOWNTYPE: unknown event type 'user.nope'"));
+    assert_null(strstr(out, "line 3"));
+    assert_non_null(strstr(err, "5 events, 2 valid, 3 invalid"));
+    free(out);
+    free(err);
+    assert_int_equal(run("validate --quiet --json -", input, &out, NULL), 1);
+    assert_null(strstr(out, "\"ok\":true"));
+    assert_non_null(strstr(out, "{\"line\":4,\"ok\":false,\"error\":\"EW_ENOTOBJ\""));
+    free(out);
+    assert_int_equal(run("validate -", GOOD "\n" GOOD "\n", &out, NULL), 0);
+    free(out);
+    assert_int_equal(run("validate /nonexistent/file", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "cannot open /nonexistent/file"));
+    free(out);
+    free(err);
+}
+
+static void test_validate_honours_size_limit(void **state)
+{
+    char *out;
+    assert_int_equal(run("validate -", GOOD "\n", &out, NULL), 0);
+    free(out);
+    setenv("EVENT_MAX_BYTES", "1024", 1);
+    char big[4096];
+    snprintf(big, sizeof big, "{\"specversion\":\"1.0\",\"pad\":\"%03000d\"}\n", 0);
+    assert_int_equal(run("validate -", big, &out, NULL), 1);
+    assert_non_null(strstr(out, "EW_ETOOBIG"));
+    free(out);
+    char *err;
+    setenv("EVENT_MAX_BYTES", "lots", 1);
+    assert_int_equal(run("validate -", GOOD "\n", &out, &err), 2);
+    assert_non_null(strstr(err, "EVENT_MAX_BYTES"));
+    free(out);
+    free(err);
+    unsetenv("EVENT_MAX_BYTES");
+}
+
+static void test_config_lists_settings(void **state)
+{
+    char *out, *err;
+    assert_int_equal(run("config", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "EVENT_BUS_TYPE\t"));
+    assert_non_null(strstr(out, "SAGA_TIMEOUT_SECONDS\t3600\t3600"));
+    free(out);
+    setenv("SAGA_TIMEOUT_SECONDS", "never", 1);
+    assert_int_equal(run("config", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "SAGA_TIMEOUT_SECONDS: 'never' is not a whole number"));
+    unsetenv("SAGA_TIMEOUT_SECONDS");
+    free(out);
+    free(err);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_help_on_every_command),
+    cmocka_unit_test(test_schema_list_and_show),
+    cmocka_unit_test(test_validate_reports_each_bad_line),
+    cmocka_unit_test(test_validate_honours_size_limit),
+    cmocka_unit_test(test_config_lists_settings),
+};
+
+EW_TEST_MAIN(tests)

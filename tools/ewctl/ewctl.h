@@ -1,0 +1,24 @@
+/* ewctl — the command-line tool: one function per command, each taking the arguments after its
+ * name and returning the process's exit status (0 ok, 1 failure, 2 usage). */
+#ifndef EWCTL_H
+#define EWCTL_H
+
+#include <stdio.h>
+
+typedef struct ewctl_cmd {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} ewctl_cmd;
+
+int ewctl_schema(int argc, char **argv);
+int ewctl_validate(int argc, char **argv);
+int ewctl_config(int argc, char **argv);
+
+/* Is argv[i] a request for help? */
+int ewctl_wants_help(int argc, char **argv);
+
+/* Prints "ewctl: " and the message on stderr; returns status. */
+int ewctl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
