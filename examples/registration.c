@@ -3,6 +3,7 @@
  * created; notification sends the welcome email; analytics counts the user. Every event is
  * printed as a CloudEvents JSON line as it is handled. `make run` runs this until the services
  * run as processes of their own. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>

@@ -22,7 +22,7 @@ void ew_buf_append(ew_buf *b, const void *p, size_t n);
 void ew_buf_puts(ew_buf *b, const char *s);
 void ew_buf_putc(ew_buf *b, char c);
 void ew_buf_printf(ew_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void ew_buf_vprintf(ew_buf *b, const char *fmt, va_list ap);
+void ew_buf_vprintf(ew_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* Hands the data to the caller (free() it) and empties b. NULL when b ran out of memory. */
 char *ew_buf_steal(ew_buf *b, size_t *len);
