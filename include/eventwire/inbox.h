@@ -25,7 +25,8 @@ typedef struct ew_inbox_ops {
     int (*begin)(void *self, const char *handler, const char *event_id, void **txn,
                  ew_error *err);
     /* After the handler returned ok: record the pair (in txn) and commit. < 0: the delivery is
-     * retried, and begin() will tell whether the record made it. */
+     * retried, and begin() will tell whether the record made it. commit() ends txn either way:
+     * rollback() is not called after it. */
     int (*commit)(void *self, const char *handler, const char *event_id, void *txn,
                   ew_error *err);
     /* After the handler returned retry or fail: undo what txn holds. */

@@ -182,7 +182,7 @@ int ew_config_new(ew_config **out, ew_error *err)
 
 int ew_config_dup(ew_config **out, const ew_config *cfg, ew_error *err)
 {
-    ew_config *c;
+    ew_config *c = NULL;
     int rc = ew_config_new(&c, err);
     if (rc) return rc;
     for (size_t i = 0; i < NENTRIES; i++) {

@@ -1,0 +1,138 @@
+/* eventwire — the interface between the bus and its backends.
+ *
+ * A backend moves events between publishers and the shared dispatcher (dispatch.c), which runs
+ * the handlers: routing, worker threads, retries, the inbox and dead letters are written once,
+ * there, for every backend. Each backend is one file, src/bus/<name>.c, that fills a struct
+ * ew_bus_ops, and one line in EW_BUS_BACKENDS below; nothing else in the bus names a backend.
+ *
+ * How a backend works with the dispatcher:
+ *
+ *   publish   ew_bus_publish() calls ops->publish. A durable backend returns once the broker or
+ *             the store has the events. The memory backend hands each event straight to the
+ *             dispatcher with ew__dispatch_deliver() and an ew_delivery without done().
+ *
+ *   consume   A durable backend runs its own consumer threads, one or more per subscriber group
+ *             (a Kafka consumer group, a Redis consumer group, a RabbitMQ queue). For every
+ *             message it receives it fills an ew_delivery that it owns, naming the group, and
+ *             calls ew__dispatch_deliver(). The dispatcher gives the event to every handler of
+ *             that group whose pattern matches its type and calls dl->done() exactly once, when
+ *             all of them are finished with it: handled, skipped by the inbox, or dead-lettered
+ *             (EW_DELIVERY_ACK: acknowledge it now — XACK, commit the offset, basic.ack), or when
+ *             the bus closed before they were (EW_DELIVERY_ABANDONED: do not acknowledge it; the
+ *             broker delivers it again). done() is never called before the handlers finished.
+ *
+ * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
+ * follow-up events of a handler are published from its worker), also after ops->stop. done() runs
+ * on a dispatcher worker thread, or on the thread calling ew__dispatch_deliver() when no handler
+ * wants the event; deliveries finish out of order across subjects, so a backend that commits
+ * offsets commits only up to the oldest delivery not yet done. The dispatcher queues what it is
+ * given without limit: a durable backend bounds its own in-flight deliveries (prefetch,
+ * max.poll.records) by counting the done() calls it has not yet received.
+ *
+ * Lifecycle, driven by bus.c: open → subscribed (any number, before or after start) → start →
+ * publish / deliveries → stop (no more deliveries after it returns) → the dispatcher drains and
+ * joins its workers (every done() has been called) → close. */
+#ifndef EW_BUS_BACKEND_H
+#define EW_BUS_BACKEND_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include "eventwire/bus.h"
+
+typedef struct ew_dispatcher ew_dispatcher;
+
+/* ---- what a backend implements ---------------------------------------------------------- */
+
+#define EW_BUS_OPS_VERSION 1
+
+/* Members only grow at the end; a backend built against an older version leaves the newer ones
+ * out (zero), and bus.c checks version before it reads them. */
+typedef struct ew_bus_ops {
+    int version;      /* EW_BUS_OPS_VERSION */
+    const char *name; /* the EVENT_BUS_TYPE value: "memory", "kafka", ... */
+
+    /* Creates the backend's state for bus, reading its settings from cfg (borrowed until close;
+     * the bus owns it). Connects where there is something to connect to: EW_ECONNECT when a
+     * broker cannot be reached, EW_ECONFIG for a setting it cannot use. On failure nothing is
+     * left to close. */
+    int (*open)(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err);
+
+    /* Publishes evs[0..n) in order (borrowed: take references to keep them). Sets *npublished to
+     * how many made it, also on failure, when err names the index that failed. Thread-safe. */
+    int (*publish)(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
+                   ew_error *err);
+
+    /* Subscriber group `group` gained a subscription to `pattern` (a valid ew_pattern_match
+     * pattern): create or widen what the group consumes (topics, bindings, streams). Called
+     * before or after start, never concurrently with itself. When it fails the subscription is
+     * not made. NULL when the backend needs nothing. */
+    int (*subscribed)(void *self, const char *group, const char *pattern, ew_error *err);
+
+    /* Starts consuming: from here on deliveries may arrive. The dispatcher's workers already run.
+     * NULL when there is nothing to start. */
+    int (*start)(void *self, ew_error *err);
+
+    /* Stops consuming and joins the consumer threads: after it returns the backend makes no more
+     * ew__dispatch_deliver() calls. ops->publish and done() keep working. NULL: nothing to do. */
+    void (*stop)(void *self);
+
+    /* Frees everything. Called after every delivery's done() has been called. */
+    void (*close)(void *self);
+} ew_bus_ops;
+
+/* The backends of this build: X(name) for a `const ew_bus_ops ew__bus_<name>_ops` defined in
+ * src/bus/<name>.c. A backend of a library that is not always installed goes in its own #if. */
+#define EW_BUS_BACKENDS(X) X(memory)
+
+#define EW__BUS_DECLARE_OPS(name) extern const ew_bus_ops ew__bus_##name##_ops;
+EW_BUS_BACKENDS(EW__BUS_DECLARE_OPS)
+#undef EW__BUS_DECLARE_OPS
+
+/* ---- what the dispatcher offers a backend ------------------------------------------------ */
+
+typedef enum ew_delivery_outcome {
+    EW_DELIVERY_ACK = 0,      /* every handler is done with it: acknowledge it */
+    EW_DELIVERY_ABANDONED = 1 /* the bus closed first: leave it unacknowledged, for redelivery */
+} ew_delivery_outcome;
+
+typedef struct ew_delivery ew_delivery;
+
+/* One event handed to the dispatcher. The backend owns the struct (typically embedded in its own
+ * message record) and fills the first five members; the rest is the dispatcher's. */
+struct ew_delivery {
+    const ew_event *event; /* borrowed for the call: the dispatcher takes its own references */
+    const char *group;     /* only this group's handlers; NULL: every group (the memory bus) */
+    const char *name;      /* only the handler of that name in group (the group is required);
+                              NULL: every handler whose pattern matches */
+    /* Called once when every handler that got the event is finished with it. NULL: nothing to
+     * acknowledge, and the dispatcher does not keep dl after ew__dispatch_deliver() returns.
+     * Otherwise dl must stay valid until done() is called; done() may free it. */
+    void (*done)(ew_delivery *dl, ew_delivery_outcome outcome);
+    void *token; /* the backend's own: stream entry id, offset, delivery tag, ... */
+
+    /* dispatcher-private: handlers not yet finished (+1 while delivering); any abandoned? */
+    atomic_uint ew__refs;
+    atomic_int ew__abandoned;
+};
+
+/* Hands dl->event to the handlers dl selects, each on the worker its subject chooses (so one
+ * subject's events keep their order), and returns once it is queued. When no handler wants it,
+ * done(ACK) is called before this returns. With dl->name set, EW_ENOTFOUND when no such
+ * subscription exists and EW_EINVAL when its pattern does not match the event's type.
+ * On failure (EW_ENOMEM when nothing could be queued, EW_EINVAL for an event without a catalog
+ * type) done() is never called. When only some of several handlers could be given the event, the
+ * others are logged as lost, the call succeeds and done() reports EW_DELIVERY_ABANDONED.
+ * Thread-safe; called from backends' consumer threads (and the memory backend's publishers). */
+int ew__dispatch_deliver(ew_dispatcher *d, ew_delivery *dl, ew_error *err);
+
+/* The bus's dispatcher, for deliveries. Valid from open until close. */
+ew_dispatcher *ew__bus_dispatcher(ew_bus *bus);
+
+/* Logs one sentence through the bus's log callback (the library never prints). Any thread. */
+void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* SERVICE_NAME, the bus's default group. Borrowed until close. */
+const char *ew__bus_service(const ew_bus *bus);
+
+#endif

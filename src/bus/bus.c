@@ -1,0 +1,410 @@
+/* eventwire — the public bus: opens the backend that EVENT_BUS_TYPE names (from the table in
+ * backend.h), wires it to the dispatcher, and implements the ew_bus_* calls on top of both.
+ * Nothing here knows a particular backend. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bus/backend.h"
+#include "bus/dispatch.h"
+#include "eventwire/bus.h"
+#include "eventwire/catalog.h"
+
+#define MAX_CONCURRENCY 1024
+#define MAX_NAME 200
+
+struct ew_bus {
+    const ew_bus_ops *ops;
+    void *be; /* the backend's state */
+    ew_dispatcher *disp;
+    ew_config *cfg;
+    ew_log_fn log;
+    void *log_ud;
+    ew_memdlq *own_dlq; /* when the options gave no sink */
+    ew_dlq_sink dlq;
+    ew_inbox inbox;
+    const char *service; /* in cfg */
+    int max_attempts, backoff_ms, backoff_max_ms, drain_ms;
+
+    pthread_mutex_t mu; /* serialises subscribe and start (and the backend's view of them) */
+    bool started;
+    atomic_bool closed;
+    _Alignas(64) atomic_uint_fast64_t published;
+    atomic_uint_fast64_t publish_errors;
+};
+
+#define EW__BUS_TABLE_ENTRY(name) &ew__bus_##name##_ops,
+static const ew_bus_ops *const backends[] = {EW_BUS_BACKENDS(EW__BUS_TABLE_ENTRY)};
+#undef EW__BUS_TABLE_ENTRY
+#define NBACKENDS (sizeof backends / sizeof backends[0])
+
+/* ---- for backends ------------------------------------------------------------------------ */
+
+ew_dispatcher *ew__bus_dispatcher(ew_bus *bus)
+{
+    return bus->disp;
+}
+
+const char *ew__bus_service(const ew_bus *bus)
+{
+    return bus->service;
+}
+
+static void vlog(const ew_bus *bus, ew_log_level level, const char *fmt, va_list ap)
+{
+    if (!bus->log) return;
+    char msg[768];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    bus->log(bus->log_ud, level, msg);
+}
+
+void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(bus, level, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- open and close ---------------------------------------------------------------------- */
+
+static const ew_bus_ops *find_backend(const char *name)
+{
+    for (size_t i = 0; i < NBACKENDS; i++)
+        if (strcmp(backends[i]->name, name) == 0) return backends[i];
+    return NULL;
+}
+
+static int not_supported(const char *type, ew_error *err)
+{
+    char built[256] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < NBACKENDS && len < sizeof built; i++)
+        len += (size_t)snprintf(built + len, sizeof built - len, "%s%s", i ? ", " : "",
+                                backends[i]->name);
+    return ew_error_set(err, EW_ENOTSUP,
+                        "EVENT_BUS_TYPE=%.64s: this build has no %.64s backend (it has: %s)", type,
+                        type, built);
+}
+
+/* The internal publish: follow-ups of handlers go through here, also while closing. */
+static int publish_internal(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
+                            ew_error *err)
+{
+    ew_bus *bus = self;
+    size_t done = 0;
+    int rc = bus->ops->publish(bus->be, evs, n, &done, err);
+    if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
+    if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
+    if (npublished) *npublished = done;
+    return rc;
+}
+
+static void bus_free(ew_bus *bus)
+{
+    ew__dispatch_free(bus->disp);
+    ew_memdlq_free(bus->own_dlq);
+    ew_config_free(bus->cfg);
+    pthread_mutex_destroy(&bus->mu);
+    free(bus);
+}
+
+int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
+{
+    static const ew_bus_options none;
+    if (!out) return ew_error_set(err, EW_EINVAL, "ew_bus_open: out is NULL");
+    *out = NULL;
+    if (!opts) opts = &none;
+    if (opts->dlq.ops && (opts->dlq.ops->version < 1 || !opts->dlq.ops->put))
+        return ew_error_set(err, EW_EINVAL, "the dead letter sink has no put()");
+    if (opts->inbox.ops && (opts->inbox.ops->version < 1 || !opts->inbox.ops->begin ||
+                            !opts->inbox.ops->commit || !opts->inbox.ops->rollback))
+        return ew_error_set(err, EW_EINVAL, "the inbox lacks begin(), commit() or rollback()");
+
+    ew_bus *bus = aligned_alloc(_Alignof(ew_bus), sizeof(ew_bus)); /* the counters' own line */
+    if (!bus) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    memset(bus, 0, sizeof *bus);
+    int rc =
+        opts->config ? ew_config_dup(&bus->cfg, opts->config, err) : ew_config_new(&bus->cfg, err);
+    if (rc) goto fail_bus;
+    if (pthread_mutex_init(&bus->mu, NULL)) {
+        rc = ew_error_set(err, EW_ENOMEM, "cannot create a mutex");
+        goto fail_cfg;
+    }
+    const char *type = ew_config_get(bus->cfg, "EVENT_BUS_TYPE");
+    if (!(bus->ops = find_backend(type))) {
+        rc = not_supported(type, err);
+        goto fail_mu;
+    }
+    bus->log = opts->log;
+    bus->log_ud = opts->log_ud;
+    bus->inbox = opts->inbox;
+    bus->service = ew_config_get(bus->cfg, "SERVICE_NAME");
+    bus->max_attempts = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_MAX_ATTEMPTS");
+    bus->backoff_ms = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_BACKOFF_MS");
+    bus->backoff_max_ms = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_BACKOFF_MAX_MS");
+    bus->drain_ms = (int)ew_config_get_int(bus->cfg, "EVENT_BUS_DRAIN_TIMEOUT_MS");
+    if (opts->dlq.ops) {
+        bus->dlq = opts->dlq;
+    } else {
+        if ((rc = ew_memdlq_new(&bus->own_dlq, err))) goto fail_mu;
+        bus->dlq = ew_memdlq_sink(bus->own_dlq);
+    }
+    ew_dispatch_host host = {
+        .log = bus->log,
+        .log_ud = bus->log_ud,
+        .dlq = bus->dlq,
+        .inbox = bus->inbox,
+        .service = bus->service,
+        .publish = publish_internal,
+        .bus = bus,
+    };
+    if ((rc = ew__dispatch_new(&bus->disp, &host, err))) goto fail_dlq;
+    if ((rc = bus->ops->open(&bus->be, bus, bus->cfg, err))) goto fail_disp;
+    ew__bus_log(bus, EW_LOG_DEBUG, "bus opened: backend %s, service %s", bus->ops->name,
+                bus->service);
+    *out = bus;
+    return 0;
+
+fail_disp:
+    ew__dispatch_free(bus->disp);
+fail_dlq:
+    ew_memdlq_free(bus->own_dlq);
+fail_mu:
+    pthread_mutex_destroy(&bus->mu);
+fail_cfg:
+    ew_config_free(bus->cfg);
+fail_bus:
+    free(bus);
+    return rc;
+}
+
+int ew_bus_open_env(ew_bus **out, ew_error *err)
+{
+    ew_config *cfg;
+    int rc = ew_config_new(&cfg, err);
+    if (rc) return rc;
+    if (!(rc = ew_config_from_env(cfg, err)))
+        rc = ew_bus_open(out, &(ew_bus_options){.config = cfg}, err);
+    ew_config_free(cfg);
+    return rc;
+}
+
+int ew_bus_close(ew_bus *bus)
+{
+    if (!bus) return 0;
+    if (ew__dispatch_in_handler(bus->disp)) {
+        ew__bus_log(bus, EW_LOG_ERROR, "ew_bus_close called from a handler: refused");
+        return EW_ESTATE;
+    }
+    atomic_store(&bus->closed, true);
+    /* No new deliveries from the backend; handlers still publish their follow-ups. */
+    if (bus->ops->stop) bus->ops->stop(bus->be);
+    int rc = 0;
+    uint64_t pending = ew__dispatch_pending(bus->disp);
+    if (pending && bus->started) {
+        ew__bus_log(bus, EW_LOG_INFO, "closing: draining %llu pending deliveries (up to %d ms)",
+                    (unsigned long long)pending, bus->drain_ms);
+        ew_error e;
+        rc = ew__dispatch_wait(bus->disp, bus->drain_ms, &e);
+    } else if (pending) {
+        ew__bus_log(bus, EW_LOG_WARN,
+                    "closing a bus that was never started with %llu pending "
+                    "deliveries",
+                    (unsigned long long)pending);
+    }
+    if (ew__dispatch_stop(bus->disp)) rc = EW_ETIMEDOUT;
+    bus->ops->close(bus->be);
+    ew__bus_log(bus, EW_LOG_DEBUG, "bus closed: %llu events published",
+                (unsigned long long)atomic_load(&bus->published));
+    bus_free(bus);
+    return rc;
+}
+
+const char *ew_bus_backend(const ew_bus *bus)
+{
+    return bus->ops->name;
+}
+
+const ew_config *ew_bus_config(const ew_bus *bus)
+{
+    return bus->cfg;
+}
+
+ew_memdlq *ew_bus_dead_letters(ew_bus *bus)
+{
+    return bus->own_dlq;
+}
+
+/* ---- subscribe and start ----------------------------------------------------------------- */
+
+static bool group_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return n > 0 && n <= MAX_NAME;
+}
+
+static bool name_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if ((unsigned char)s[n] < 0x20 || s[n] == 0x7f) return false;
+    return n > 0 && n <= MAX_NAME;
+}
+
+int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *ud,
+                     const ew_subscribe_opts *opts, ew_error *err)
+{
+    static const ew_subscribe_opts none;
+    if (!bus) return ew_error_set(err, EW_EINVAL, "ew_bus_subscribe: bus is NULL");
+    if (!opts) opts = &none;
+    if (atomic_load(&bus->closed)) return ew_error_set(err, EW_ECLOSED, "the bus is closed");
+    if (!pattern || !ew_pattern_valid(pattern))
+        return ew_error_set(err, EW_EINVAL,
+                            "'%.100s' is not a valid pattern (dotted segments of a-z, 0-9 and _, "
+                            "or * or # alone in a segment)",
+                            pattern ? pattern : "(null)");
+    if (!fn) return ew_error_set(err, EW_EINVAL, "no handler function for %.100s", pattern);
+    ew_dispatch_sub s = {
+        .group = opts->group ? opts->group : bus->service,
+        .name = opts->name ? opts->name : pattern,
+        .pattern = pattern,
+        .fn = fn,
+        .ud = ud,
+        .concurrency = opts->concurrency ? opts->concurrency : 1,
+        .max_attempts = opts->max_attempts ? opts->max_attempts : bus->max_attempts,
+        .backoff_initial_ms = opts->backoff_initial_ms ? opts->backoff_initial_ms : bus->backoff_ms,
+        .backoff_max_ms = opts->backoff_max_ms ? opts->backoff_max_ms : bus->backoff_max_ms,
+        .no_jitter = opts->no_jitter,
+        .no_inbox = opts->no_inbox,
+    };
+    if (!group_ok(s.group))
+        return ew_error_set(err, EW_EINVAL,
+                            "group '%.100s' must be 1 to %d of a-z, A-Z, 0-9, '.', '_' and '-'",
+                            s.group, MAX_NAME);
+    if (!name_ok(s.name))
+        return ew_error_set(err, EW_EINVAL,
+                            "handler name '%.100s' must be 1 to %d printable characters", s.name,
+                            MAX_NAME);
+    if (s.concurrency < 0 || s.concurrency > MAX_CONCURRENCY)
+        return ew_error_set(err, EW_EINVAL, "concurrency %d is outside 0..%d", s.concurrency,
+                            MAX_CONCURRENCY);
+    if (s.max_attempts < 0 || s.backoff_initial_ms < 0 || s.backoff_max_ms < 0)
+        return ew_error_set(err, EW_EINVAL, "max_attempts and back-off times must not be negative");
+
+    pthread_mutex_lock(&bus->mu);
+    int rc = 0;
+    const char *existing = NULL;
+    bool has = ew__dispatch_has(bus->disp, s.group, s.name, &existing);
+    if (has && strcmp(existing, pattern) != 0) {
+        rc = ew_error_set(err, EW_EEXIST, "handler %.100s/%.100s already subscribes to %s", s.group,
+                          s.name, existing);
+    } else {
+        /* The backend learns of a new subscription first: if it cannot consume the pattern, the
+         * handler is never added. */
+        if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, s.group, pattern, err);
+        if (!rc) rc = ew__dispatch_subscribe(bus->disp, &s, NULL, err);
+    }
+    pthread_mutex_unlock(&bus->mu);
+    if (!rc)
+        ew__bus_log(bus, EW_LOG_DEBUG, "subscribed %s/%s to %s (%d workers)", s.group, s.name,
+                    pattern, s.concurrency);
+    return rc;
+}
+
+int ew_bus_start(ew_bus *bus, ew_error *err)
+{
+    if (!bus) return ew_error_set(err, EW_EINVAL, "ew_bus_start: bus is NULL");
+    if (atomic_load(&bus->closed)) return ew_error_set(err, EW_ECLOSED, "the bus is closed");
+    pthread_mutex_lock(&bus->mu);
+    int rc = 0;
+    if (!bus->started) {
+        rc = ew__dispatch_start(bus->disp, err);
+        if (!rc && bus->ops->start) rc = bus->ops->start(bus->be, err);
+        bus->started = rc == 0;
+    }
+    pthread_mutex_unlock(&bus->mu);
+    return rc;
+}
+
+/* ---- publish ----------------------------------------------------------------------------- */
+
+int ew_bus_publish_batch(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    if (!bus) return ew_error_set(err, EW_EINVAL, "ew_bus_publish: bus is NULL");
+    if (atomic_load_explicit(&bus->closed, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
+        return ew_error_set(err, EW_ECLOSED, "the bus is closed");
+    }
+    if (n && !evs) return ew_error_set(err, EW_EINVAL, "ew_bus_publish_batch: evs is NULL");
+    for (size_t i = 0; i < n; i++) {
+        if (!evs[i]) {
+            atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
+            return ew_error_set(err, EW_EINVAL, "event %zu of %zu is NULL: nothing published", i,
+                                n);
+        }
+    }
+    return n ? publish_internal(bus, evs, n, NULL, err) : 0;
+}
+
+int ew_bus_publish(ew_bus *bus, const ew_event *ev, ew_error *err)
+{
+    return ew_bus_publish_batch(bus, &ev, 1, err);
+}
+
+int ew_bus_publish_new(ew_bus *bus, ew_type_id type, const void *data, const char *subject,
+                       ew_error *err)
+{
+    if (!bus) return ew_error_set(err, EW_EINVAL, "ew_bus_publish_new: bus is NULL");
+    ew_event *ev;
+    int rc = ew_event_new(&ev, type, data,
+                          &(ew_event_attrs){.source = bus->service, .subject = subject}, err);
+    if (rc) {
+        atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
+        return rc;
+    }
+    rc = ew_bus_publish(bus, ev, err);
+    ew_event_unref(ev);
+    return rc;
+}
+
+int ew_bus_deliver_to(ew_bus *bus, const char *group, const char *name, const ew_event *ev,
+                      ew_error *err)
+{
+    if (!bus || !group || !name || !ev)
+        return ew_error_set(err, EW_EINVAL,
+                            "ew_bus_deliver_to: bus, group, name and event are "
+                            "required");
+    if (atomic_load(&bus->closed)) return ew_error_set(err, EW_ECLOSED, "the bus is closed");
+    ew_delivery dl = {.event = ev, .group = group, .name = name};
+    return ew__dispatch_deliver(bus->disp, &dl, err);
+}
+
+int ew_bus_wait_for_events(ew_bus *bus, int timeout_ms, ew_error *err)
+{
+    if (!bus) return ew_error_set(err, EW_EINVAL, "ew_bus_wait_for_events: bus is NULL");
+    return ew__dispatch_wait(bus->disp, timeout_ms, err);
+}
+
+/* ---- metrics ----------------------------------------------------------------------------- */
+
+void ew_bus_stats_get(ew_bus *bus, ew_bus_stats *out)
+{
+    out->published = atomic_load_explicit(&bus->published, memory_order_relaxed);
+    out->publish_errors = atomic_load_explicit(&bus->publish_errors, memory_order_relaxed);
+    out->pending = ew__dispatch_pending(bus->disp);
+    out->subscriptions = ew__dispatch_count(bus->disp);
+}
+
+int ew_bus_handler_stats(ew_bus *bus, size_t i, ew_handler_stats *out)
+{
+    return ew__dispatch_stats(bus->disp, i, out);
+}
