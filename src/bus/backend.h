@@ -81,8 +81,30 @@ typedef struct ew_bus_ops {
 } ew_bus_ops;
 
 /* The backends of this build: X(name) for a `const ew_bus_ops ew__bus_<name>_ops` defined in
- * src/bus/<name>.c. A backend of a library that is not always installed goes in its own #if. */
-#define EW_BUS_BACKENDS(X) X(memory)
+ * src/bus/<name>.c. A backend whose client library may be missing is built only when CMake
+ * found it (EW_HAVE_<NAME>); its file is empty otherwise, and asking for it says so. */
+#ifdef EW_HAVE_REDIS
+#define EW__BUS_REDIS(X) X(redis)
+#else
+#define EW__BUS_REDIS(X)
+#endif
+#ifdef EW_HAVE_KAFKA
+#define EW__BUS_KAFKA(X) X(kafka)
+#else
+#define EW__BUS_KAFKA(X)
+#endif
+#ifdef EW_HAVE_RABBITMQ
+#define EW__BUS_RABBITMQ(X) X(rabbitmq)
+#else
+#define EW__BUS_RABBITMQ(X)
+#endif
+#ifdef EW_HAVE_SQLITE_BUS
+#define EW__BUS_SQLITE(X) X(sqlite)
+#else
+#define EW__BUS_SQLITE(X)
+#endif
+#define EW_BUS_BACKENDS(X)                                                                         \
+    X(memory) EW__BUS_SQLITE(X) EW__BUS_REDIS(X) EW__BUS_KAFKA(X) EW__BUS_RABBITMQ(X)
 
 #define EW__BUS_DECLARE_OPS(name) extern const ew_bus_ops ew__bus_##name##_ops;
 EW_BUS_BACKENDS(EW__BUS_DECLARE_OPS)

@@ -1,0 +1,675 @@
+/* The bus conformance suite: one set of tests that every backend passes. A backend's test file
+ * (tests/bus/test_conformance_<backend>.c) defines a cf_backend profile named CF_BACKEND, then
+ * includes this file and ends with
+ *
+ *     static const struct CMUnitTest tests[] = {CF_TESTS};
+ *     EW_TEST_MAIN(tests)
+ *
+ * Each test runs in a namespace of its own (prefixes, exchange, group names) so that tests
+ * running at the same time against one broker never see each other's events. Where a backend
+ * is at-least-once, counts are of distinct event ids and duplicates are allowed only where the
+ * case says so. */
+#ifndef EW_TESTS_CONFORMANCE_H
+#define EW_TESTS_CONFORMANCE_H
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "bus/bus_test_util.h"
+#include "eventwire/clock.h"
+
+typedef struct cf_backend {
+    const char *name; /* EVENT_BUS_TYPE */
+    /* Sets the backend's settings on cfg for namespace ns (unique per test: a prefix, an
+     * exchange, a database). Returns 0, or -1 to skip the test (the backend is not available). */
+    int (*configure)(ew_config *cfg, const char *ns);
+    bool durable;            /* events outlive the publisher's and consumers' processes */
+    bool at_least_once;      /* a consumer that dies mid-event sees it again */
+    /* Restarts the broker (really: the server process); NULL when the backend has none. */
+    int (*restart_broker)(void);
+    /* Puts raw bytes where a consumer of `type` in namespace ns will read them, as a foreign
+     * producer would; NULL when the backend has no wire. */
+    int (*inject_raw)(const char *ns, const char *type, const void *bytes, size_t n);
+} cf_backend;
+
+static const cf_backend *cf_be(void);
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+typedef struct cf_ns {
+    char name[48];
+} cf_ns;
+
+static inline cf_ns cf_new_ns(const char *test)
+{
+    cf_ns ns;
+    char id[EW_UUID_LEN + 1];
+    ew_uuid7(id);
+    /* the random tail of a UUIDv7, so that names stay short and unique */
+    snprintf(ns.name, sizeof ns.name, "cf%.3s%.8s", test, id + 24);
+    for (char *p = ns.name; *p; p++)
+        if (*p == '_') *p = 'x';
+    return ns;
+}
+
+/* A bus for namespace ns, as service `service`. Returns NULL and skips when the backend is not
+ * available. */
+static inline ew_bus *cf_open(const cf_ns *ns, const char *service, ew_bus_options *opts)
+{
+    ew_config *cfg;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "EVENT_BUS_TYPE", cf_be()->name, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", service, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "EVENT_HANDLER_BACKOFF_MS", "2", &err), 0);
+    assert_int_equal(ew_config_set(cfg, "EVENT_HANDLER_BACKOFF_MAX_MS", "10", &err), 0);
+    if (cf_be()->configure(cfg, ns->name) != 0) {
+        ew_config_free(cfg);
+        return NULL;
+    }
+    ew_bus_options o = opts ? *opts : (ew_bus_options){0};
+    o.config = cfg;
+    ew_bus *bus = NULL;
+    if (ew_bus_open(&bus, &o, &err)) fail_msg("ew_bus_open(%s): %s", cf_be()->name, err.msg);
+    ew_config_free(cfg);
+    return bus;
+}
+
+#define CF_OPEN(bus, ns, service, opts)                                                            \
+    do {                                                                                           \
+        (bus) = cf_open((ns), (service), (opts));                                                  \
+        if (!(bus)) skip();                                                                        \
+    } while (0)
+
+/* Waits until *counter >= n, or fails after timeout_ms. */
+static inline void cf_wait_count(atomic_int *counter, int n, int timeout_ms, const char *what)
+{
+    int64_t end = ew_mono_ns() + (int64_t)timeout_ms * 1000000;
+    while (atomic_load(counter) < n) {
+        if (ew_mono_ns() > end)
+            fail_msg("%s: %d of %d after %d ms", what, atomic_load(counter), n, timeout_ms);
+        usleep(2000);
+    }
+}
+
+/* A set of event ids seen by handlers, with how often each was seen. */
+typedef struct cf_seen {
+    pthread_mutex_t mu;
+    char (*ids)[EW_UUID_LEN + 1];
+    int *times;
+    long *seq;     /* the seq of each delivery, in arrival order, per subject index */
+    int n, cap;
+    atomic_int distinct, total;
+} cf_seen;
+
+static inline void cf_seen_init(cf_seen *s, int cap)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    s->ids = calloc((size_t)cap, sizeof *s->ids);
+    s->times = calloc((size_t)cap, sizeof *s->times);
+    s->cap = cap;
+}
+
+static inline void cf_seen_release(cf_seen *s)
+{
+    free(s->ids);
+    free(s->times);
+    pthread_mutex_destroy(&s->mu);
+}
+
+static inline void cf_seen_add(cf_seen *s, const char *id)
+{
+    pthread_mutex_lock(&s->mu);
+    int i;
+    for (i = 0; i < s->n; i++)
+        if (strcmp(s->ids[i], id) == 0) break;
+    if (i == s->n && s->n < s->cap) {
+        snprintf(s->ids[s->n], sizeof s->ids[0], "%s", id);
+        s->n++;
+        atomic_fetch_add(&s->distinct, 1);
+    }
+    if (i < s->cap) s->times[i]++;
+    atomic_fetch_add(&s->total, 1);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static inline int cf_seen_times(cf_seen *s, const char *id)
+{
+    pthread_mutex_lock(&s->mu);
+    int t = 0;
+    for (int i = 0; i < s->n; i++)
+        if (strcmp(s->ids[i], id) == 0) t = s->times[i];
+    pthread_mutex_unlock(&s->mu);
+    return t;
+}
+
+static inline ew_handler_result cf_record(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_seen_add(ud, ew_event_id(ev));
+    return EW_HANDLER_OK;
+}
+
+/* ---- the cases ---------------------------------------------------------------------------- */
+
+#define CF_TIMEOUT_MS 60000
+
+/* Publish and subscribe: every event arrives, intact. */
+static inline void cf_publish_subscribe(void **state)
+{
+    cf_ns ns = cf_new_ns("pub");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_seen seen;
+    cf_seen_init(&seen, 1000);
+    tb_subscribe(bus, "user.registered", cf_record, &seen, NULL);
+    tb_start(bus);
+    enum { N = 200 };
+    char *ids = calloc(N, EW_UUID_LEN + 1);
+    for (int i = 0; i < N; i++) {
+        ew_event *ev = tb_user_registered();
+        strcpy(ids + i * (EW_UUID_LEN + 1), ew_event_id(ev));
+        tb_publish_owned(bus, ev);
+    }
+    cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "events handled");
+    for (int i = 0; i < N; i++) assert_true(cf_seen_times(&seen, ids + i * (EW_UUID_LEN + 1)) >= 1);
+    tb_close(bus);
+    assert_int_equal(atomic_load(&seen.distinct), N);
+    free(ids);
+    cf_seen_release(&seen);
+}
+
+/* The event a handler gets equals the event published: every attribute and field. */
+typedef struct cf_keep {
+    pthread_mutex_t mu;
+    ew_event *got;
+    atomic_int n;
+} cf_keep;
+
+static inline ew_handler_result cf_keep_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_keep *k = ud;
+    pthread_mutex_lock(&k->mu);
+    if (!k->got) k->got = ew_event_ref(ev);
+    pthread_mutex_unlock(&k->mu);
+    atomic_fetch_add(&k->n, 1);
+    return EW_HANDLER_OK;
+}
+
+static inline void cf_event_arrives_intact(void **state)
+{
+    cf_ns ns = cf_new_ns("int");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_keep k = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    tb_subscribe(bus, "user.data_collected", cf_keep_fn, &k, NULL);
+    tb_start(bus);
+    ew_event_attrs a = {.source = "export-service",
+                        .correlation_id = "corr-1",
+                        .causation_id = "cause-1",
+                        .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
+    ew_event *ev = tb_event_full(EW_T_USER_DATA_COLLECTED, NULL, 7, &a);
+    ew_error err = {0};
+    assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
+    cf_wait_count(&k.n, 1, CF_TIMEOUT_MS, "event handled");
+    tb_close(bus);
+    assert_true(ew_event_equal(ev, k.got));
+    ew_event_unref(k.got);
+    ew_event_unref(ev);
+}
+
+/* Patterns: exact, one segment, any number of segments. */
+static inline void cf_patterns(void **state)
+{
+    cf_ns ns = cf_new_ns("pat");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    atomic_int exact = 0, user_star = 0, notif_hash = 0;
+    tb_subscribe(bus, "user.logged_in", tb_count, &exact, &(ew_subscribe_opts){.name = "exact"});
+    tb_subscribe(bus, "user.*", tb_count, &user_star, &(ew_subscribe_opts){.name = "star"});
+    tb_subscribe(bus, "notification.#", tb_count, &notif_hash, &(ew_subscribe_opts){.name = "hash"});
+    tb_start(bus);
+    ew_type_id types[] = {EW_T_USER_LOGGED_IN, EW_T_USER_LOGGED_OUT, EW_T_NOTIFICATION_EMAIL_SENT,
+                          EW_T_PASSWORD_RESET_REQUESTED};
+    for (int r = 0; r < 5; r++)
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            tb_publish_owned(bus, tb_event(types[i], NULL));
+    cf_wait_count(&exact, 5, CF_TIMEOUT_MS, "user.logged_in");
+    cf_wait_count(&user_star, 10, CF_TIMEOUT_MS, "user.*");
+    cf_wait_count(&notif_hash, 5, CF_TIMEOUT_MS, "notification.#");
+    /* a moment for anything wrongly routed to show up */
+    usleep(200000);
+    tb_close(bus);
+    assert_int_equal(atomic_load(&exact), 5);
+    assert_int_equal(atomic_load(&user_star), 10);
+    assert_int_equal(atomic_load(&notif_hash), 5);
+}
+
+/* Groups: each group gets every event; within a group, two instances of one service share
+ * them, each event going to one of them. */
+static inline void cf_groups(void **state)
+{
+    cf_ns ns = cf_new_ns("grp");
+    /* Instances of a service are buses of their own on a durable backend; in memory they are
+     * subscriptions of one bus (nothing else could reach them). */
+    bool own = cf_be()->durable;
+    ew_bus *a1, *a2, *b, *pub;
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    a1 = a2 = b = pub;
+    if (own) {
+        CF_OPEN(a1, &ns, "svc-a", NULL);
+        CF_OPEN(a2, &ns, "svc-a", NULL);
+        CF_OPEN(b, &ns, "svc-b", NULL);
+    }
+    cf_seen sa, sb;
+    cf_seen_init(&sa, 1000);
+    cf_seen_init(&sb, 1000);
+    tb_subscribe(a1, "user.*", cf_record, &sa, &(ew_subscribe_opts){.group = "svc-a", .name = "h"});
+    tb_subscribe(a2, "user.*", cf_record, &sa, &(ew_subscribe_opts){.group = "svc-a", .name = "h"});
+    tb_subscribe(b, "user.*", cf_record, &sb, &(ew_subscribe_opts){.group = "svc-b", .name = "h"});
+    if (own) {
+        tb_start(a1);
+        tb_start(a2);
+        tb_start(b);
+    }
+    tb_start(pub);
+    enum { N = 100 };
+    for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_IN, NULL));
+    cf_wait_count(&sa.distinct, N, CF_TIMEOUT_MS, "group a");
+    cf_wait_count(&sb.distinct, N, CF_TIMEOUT_MS, "group b");
+    usleep(200000);
+    if (own) {
+        tb_close(a1);
+        tb_close(a2);
+        tb_close(b);
+    }
+    tb_close(pub);
+    /* no failures happened, so nobody saw an event twice */
+    assert_int_equal(atomic_load(&sa.total), N);
+    assert_int_equal(atomic_load(&sb.total), N);
+    cf_seen_release(&sa);
+    cf_seen_release(&sb);
+}
+
+/* Batch publish: one call, many events, all delivered. */
+static inline void cf_batch_publish(void **state)
+{
+    cf_ns ns = cf_new_ns("bat");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_seen seen;
+    cf_seen_init(&seen, 1000);
+    tb_subscribe(bus, "#", cf_record, &seen, NULL);
+    tb_start(bus);
+    enum { N = 300 };
+    ew_event *evs[N];
+    for (int i = 0; i < N; i++)
+        evs[i] = tb_event(i % 2 ? EW_T_USER_LOGGED_IN : EW_T_USER_LOGGED_OUT, NULL);
+    ew_error err = {0};
+    if (ew_bus_publish_batch(bus, (const ew_event *const *)evs, N, &err))
+        fail_msg("publish_batch: %s", err.msg);
+    cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "batch handled");
+    tb_close(bus);
+    for (int i = 0; i < N; i++) ew_event_unref(evs[i]);
+    cf_seen_release(&seen);
+}
+
+/* Retry, then dead letter: the failing event goes to the dead letter queue with its error and
+ * attempts, and the events after it are handled. */
+static atomic_int cf_fail_calls;
+static inline ew_handler_result cf_fail_some(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    const ew_user_logged_in *d = ew_user_logged_in_data(ev);
+    if (d && strcmp(d->session_id, "poison") == 0) {
+        atomic_fetch_add(&cf_fail_calls, 1);
+        ew_ctx_set_error(ctx, "cannot handle session %s", d->session_id);
+        return EW_HANDLER_RETRY;
+    }
+    cf_seen_add(ud, ew_event_id(ev));
+    return EW_HANDLER_OK;
+}
+
+static inline void cf_retry_then_dead_letter(void **state)
+{
+    cf_ns ns = cf_new_ns("dlq");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_seen seen;
+    cf_seen_init(&seen, 100);
+    atomic_store(&cf_fail_calls, 0);
+    tb_subscribe(bus, "user.logged_in", cf_fail_some, &seen,
+                 &(ew_subscribe_opts){.name = "picky", .max_attempts = 3, .no_jitter = true});
+    tb_start(bus);
+    ew_user_logged_in d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "poison"};
+    ew_event *poison;
+    assert_int_equal(ew_user_logged_in_new(&poison, &d, &(ew_event_attrs){.source = "t"}, NULL), 0);
+    ew_error err = {0};
+    assert_int_equal(ew_bus_publish(bus, poison, &err), 0);
+    for (int i = 0; i < 10; i++) tb_publish_owned(bus, tb_event(EW_T_USER_LOGGED_IN, NULL));
+    cf_wait_count(&seen.distinct, 10, CF_TIMEOUT_MS, "good events after the poison one");
+    ew_memdlq *q = ew_bus_dead_letters(bus);
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (ew_memdlq_count(q) < 1 && ew_mono_ns() < end) usleep(2000);
+    assert_int_equal(ew_memdlq_count(q), 1);
+    ew_memdlq_entry e;
+    assert_int_equal(ew_memdlq_get(q, 0, &e), 0);
+    assert_string_equal(e.event_id, ew_event_id(poison));
+    assert_string_equal(e.handler, "picky");
+    assert_string_equal(e.group, "svc-a");
+    assert_int_equal(e.attempts, 3);
+    assert_non_null(strstr(e.error, "cannot handle session poison"));
+    assert_true(e.first_failed_us <= e.last_failed_us);
+    ew_memdlq_entry_release(&e);
+    tb_close(bus);
+    assert_int_equal(atomic_load(&cf_fail_calls), 3);
+    ew_event_unref(poison);
+    cf_seen_release(&seen);
+}
+
+/* Idempotent redelivery: the same event (same id) twice reaches the handler once. */
+static inline void cf_inbox_absorbs_redelivery(void **state)
+{
+    cf_ns ns = cf_new_ns("inb");
+    ew_meminbox *ib;
+    assert_int_equal(ew_meminbox_new(&ib, NULL), 0);
+    ew_bus_options o = {.inbox = ew_meminbox_inbox(ib)};
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", &o);
+    cf_seen seen;
+    cf_seen_init(&seen, 100);
+    tb_subscribe(bus, "user.registered", cf_record, &seen, NULL);
+    tb_start(bus);
+    ew_event *ev = tb_user_registered();
+    ew_error err = {0};
+    assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
+    assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
+    ew_event *after = tb_user_registered();
+    assert_int_equal(ew_bus_publish(bus, after, &err), 0);
+    cf_wait_count(&seen.distinct, 2, CF_TIMEOUT_MS, "events handled");
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (tb_stats(bus, 0).duplicates < 1 && ew_mono_ns() < end) usleep(2000);
+    assert_int_equal(tb_stats(bus, 0).duplicates, 1);
+    tb_close(bus);
+    assert_int_equal(cf_seen_times(&seen, ew_event_id(ev)), 1);
+    ew_event_unref(ev);
+    ew_event_unref(after);
+    ew_meminbox_free(ib);
+    cf_seen_release(&seen);
+}
+
+/* Order: one subject's events of one type are handled in publish order, also with several
+ * workers and many subjects interleaved. */
+enum { CF_SUBJECTS = 8, CF_PER_SUBJECT = 40 };
+typedef struct cf_order {
+    pthread_mutex_t mu;
+    char subjects[CF_SUBJECTS][EW_UUID_LEN + 1];
+    long last[CF_SUBJECTS];
+    int out_of_order;
+    atomic_int n;
+} cf_order;
+
+static inline ew_handler_result cf_order_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_order *o = ud;
+    const ew_user_data_deleted *d = ew_user_data_deleted_data(ev);
+    pthread_mutex_lock(&o->mu);
+    for (int i = 0; i < CF_SUBJECTS; i++) {
+        if (strcmp(o->subjects[i], ew_event_subject(ev)) != 0) continue;
+        if (d->records != o->last[i] + 1) o->out_of_order++;
+        o->last[i] = d->records;
+    }
+    pthread_mutex_unlock(&o->mu);
+    atomic_fetch_add(&o->n, 1);
+    return EW_HANDLER_OK;
+}
+
+static inline void cf_order_per_subject(void **state)
+{
+    cf_ns ns = cf_new_ns("ord");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    static cf_order o;
+    memset(&o, 0, sizeof o);
+    pthread_mutex_init(&o.mu, NULL);
+    for (int i = 0; i < CF_SUBJECTS; i++) ew_uuid7(o.subjects[i]);
+    tb_subscribe(bus, "user.data_deleted", cf_order_fn, &o, &(ew_subscribe_opts){.concurrency = 4});
+    tb_start(bus);
+    for (int k = 1; k <= CF_PER_SUBJECT; k++)
+        for (int i = 0; i < CF_SUBJECTS; i++)
+            tb_publish_owned(bus, tb_event_full(EW_T_USER_DATA_DELETED, o.subjects[i], k, NULL));
+    cf_wait_count(&o.n, CF_SUBJECTS * CF_PER_SUBJECT, CF_TIMEOUT_MS, "ordered events");
+    tb_close(bus);
+    assert_int_equal(o.out_of_order, 0);
+    for (int i = 0; i < CF_SUBJECTS; i++) assert_int_equal(o.last[i], CF_PER_SUBJECT);
+}
+
+/* Graceful close: what was published before close is handled; on a durable backend, what a
+ * closed consumer did not take is handled by the next one. */
+static inline void cf_graceful_close(void **state)
+{
+    cf_ns ns = cf_new_ns("cls");
+    ew_bus *pub, *con;
+    cf_seen seen;
+    cf_seen_init(&seen, 1000);
+    enum { N = 200 };
+    if (!cf_be()->durable) {
+        /* in memory the consumer's bus is the publisher's: close drains it, losing nothing */
+        CF_OPEN(pub, &ns, "svc-a", NULL);
+        tb_subscribe(pub, "user.logged_out", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
+        tb_start(pub);
+        for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
+        tb_close(pub);
+        assert_int_equal(atomic_load(&seen.distinct), N);
+        cf_seen_release(&seen);
+        return;
+    }
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    CF_OPEN(con, &ns, "svc-a", NULL);
+    tb_subscribe(con, "user.logged_out", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
+    tb_start(con);
+    tb_start(pub);
+    for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
+    tb_close(pub);
+    {
+        cf_wait_count(&seen.distinct, 1, CF_TIMEOUT_MS, "first event");
+        tb_close(con);
+        CF_OPEN(con, &ns, "svc-a", NULL);
+        tb_subscribe(con, "user.logged_out", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
+        tb_start(con);
+        cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "events after reopening");
+        tb_close(con);
+    }
+    cf_seen_release(&seen);
+}
+
+/* A consumer killed with SIGKILL mid-stream and started again: no event is lost; duplicates only
+ * where the backend is at-least-once. The consumers are child processes that write the ids they
+ * handle to a file; the parent has no threads when it forks them. */
+typedef struct cf_file_rec {
+    int fd;
+} cf_file_rec;
+
+static inline ew_handler_result cf_write_id(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    char line[EW_UUID_LEN + 2];
+    snprintf(line, sizeof line, "%s\n", ew_event_id(ev));
+    if (write(((cf_file_rec *)ud)->fd, line, strlen(line)) < 0) return EW_HANDLER_RETRY;
+    usleep(1000); /* slow enough to be killed mid-stream */
+    return EW_HANDLER_OK;
+}
+
+static inline pid_t cf_spawn_consumer(const cf_ns *ns, const char *path)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ew_bus *bus = cf_open(ns, "svc-k", NULL);
+        if (!bus) _exit(3);
+        static cf_file_rec rec;
+        rec.fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0600);
+        ew_error err = {0};
+        if (rec.fd < 0 ||
+            ew_bus_subscribe(bus, "user.logged_in", cf_write_id, &rec,
+                             &(ew_subscribe_opts){.name = "k"}, &err) ||
+            ew_bus_start(bus, &err))
+            _exit(4);
+        for (;;) pause();
+    }
+    return pid;
+}
+
+/* How many lines the file has, and whether each of ids[0..n) is among them (and how often). */
+static inline int cf_count_ids(const char *path, char (*ids)[EW_UUID_LEN + 1], int n, int *missing,
+                               int *dups)
+{
+    FILE *f = fopen(path, "r");
+    int lines = 0;
+    int *times = calloc((size_t)n, sizeof *times);
+    char line[128];
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        lines++;
+        for (int i = 0; i < n; i++)
+            if (strcmp(ids[i], line) == 0) times[i]++;
+    }
+    if (f) fclose(f);
+    *missing = *dups = 0;
+    for (int i = 0; i < n; i++) {
+        if (times[i] == 0) (*missing)++;
+        if (times[i] > 1) *dups += times[i] - 1;
+    }
+    free(times);
+    return lines;
+}
+
+static inline void cf_consumer_killed_and_restarted(void **state)
+{
+    if (!cf_be()->durable) skip();
+    cf_ns ns = cf_new_ns("kil");
+    char path[] = "/tmp/ew-cf-kill-XXXXXX";
+    int tfd = mkstemp(path);
+    assert_true(tfd >= 0);
+    close(tfd);
+    enum { N = 400 };
+    static char ids[N][EW_UUID_LEN + 1];
+    /* the consumer group exists before the events: start and stop one consumer first */
+    pid_t c = cf_spawn_consumer(&ns, path);
+    ew_bus *pub;
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    tb_start(pub);
+    for (int i = 0; i < N; i++) {
+        ew_event *ev = tb_event(EW_T_USER_LOGGED_IN, NULL);
+        strcpy(ids[i], ew_event_id(ev));
+        tb_publish_owned(pub, ev);
+    }
+    tb_close(pub);
+    int missing, dups, lines;
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while ((lines = cf_count_ids(path, ids, N, &missing, &dups)) < N / 4 && ew_mono_ns() < end)
+        usleep(5000);
+    assert_true(lines >= N / 4);
+    assert_true(lines < N); /* killed mid-stream */
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    c = cf_spawn_consumer(&ns, path);
+    end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while ((cf_count_ids(path, ids, N, &missing, &dups), missing) > 0 && ew_mono_ns() < end)
+        usleep(10000);
+    kill(c, SIGKILL);
+    waitpid(c, NULL, 0);
+    unlink(path);
+    assert_int_equal(missing, 0);
+    if (!cf_be()->at_least_once) assert_int_equal(dups, 0);
+    /* duplicates are the events in flight when the consumer died: a handful, not the stream */
+    assert_true(dups <= 64);
+}
+
+/* The broker restarted mid-stream: publishers and consumers reconnect and nothing is lost. */
+static inline void cf_broker_restart(void **state)
+{
+    if (!cf_be()->restart_broker) skip();
+    cf_ns ns = cf_new_ns("rst");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_seen seen;
+    cf_seen_init(&seen, 1000);
+    tb_subscribe(bus, "user.verified", cf_record, &seen, NULL);
+    tb_start(bus);
+    enum { N = 100 };
+    for (int i = 0; i < N; i++) {
+        if (i == N / 2) {
+            cf_wait_count(&seen.distinct, N / 2, CF_TIMEOUT_MS, "events before the restart");
+            assert_int_equal(cf_be()->restart_broker(), 0);
+        }
+        ew_event *ev = tb_event(EW_T_USER_VERIFIED, NULL);
+        ew_error err = {0};
+        int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+        while (ew_bus_publish(bus, ev, &err) != 0) {
+            if (ew_mono_ns() > end) fail_msg("publish after the restart: %s", err.msg);
+            assert_true(ew_err_retriable(err.code)); /* the error says it is worth retrying */
+            usleep(100000);
+        }
+        ew_event_unref(ev);
+    }
+    cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "events after the restart");
+    tb_close(bus);
+    cf_seen_release(&seen);
+}
+
+/* Bad input on the wire: a foreign, malformed or oversized message goes to the dead letter
+ * queue with the reason, and the consumer carries on. */
+static inline void cf_bad_input_is_dead_lettered(void **state)
+{
+    if (!cf_be()->inject_raw) skip();
+    cf_ns ns = cf_new_ns("bad");
+    ew_bus *bus;
+    CF_OPEN(bus, &ns, "svc-a", NULL);
+    cf_seen seen;
+    cf_seen_init(&seen, 100);
+    tb_subscribe(bus, "user.registered", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
+    tb_start(bus);
+    const char *garbage = "this is not an event";
+    const char *wrong = "{\"specversion\":\"1.0\",\"id\":\"x\",\"source\":\"s\","
+                        "\"type\":\"user.registered\",\"data\":{\"user_id\":5}}";
+    size_t big_n = 2u << 20;
+    char *big = malloc(big_n);
+    memset(big, 'x', big_n);
+    assert_int_equal(cf_be()->inject_raw(ns.name, "user.registered", garbage, strlen(garbage)), 0);
+    assert_int_equal(cf_be()->inject_raw(ns.name, "user.registered", wrong, strlen(wrong)), 0);
+    assert_int_equal(cf_be()->inject_raw(ns.name, "user.registered", big, big_n), 0);
+    free(big);
+    ew_event *good = tb_user_registered();
+    tb_publish_owned(bus, good);
+    cf_wait_count(&seen.distinct, 1, CF_TIMEOUT_MS, "the good event after the bad ones");
+    ew_memdlq *q = ew_bus_dead_letters(bus);
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (ew_memdlq_count(q) < 3 && ew_mono_ns() < end) usleep(2000);
+    assert_int_equal(ew_memdlq_count(q), 3);
+    int json = 0, data = 0, size = 0;
+    for (size_t i = 0; i < 3; i++) {
+        ew_memdlq_entry e;
+        assert_int_equal(ew_memdlq_get(q, i, &e), 0);
+        assert_null(e.event);
+        assert_non_null(e.payload);
+        json += strstr(e.error, "EW_EJSON") != NULL;
+        data += strstr(e.error, "EW_EDATA") != NULL;
+        size += strstr(e.error, "EW_ETOOBIG") != NULL;
+        ew_memdlq_entry_release(&e);
+    }
+    assert_int_equal(json + data + size, 3);
+    tb_close(bus);
+    cf_seen_release(&seen);
+}
+
+#define CF_TESTS                                                                                   \
+    cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
+        cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
+        cmocka_unit_test(cf_batch_publish), cmocka_unit_test(cf_retry_then_dead_letter),           \
+        cmocka_unit_test(cf_inbox_absorbs_redelivery), cmocka_unit_test(cf_order_per_subject),     \
+        cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
+        cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered)
+
+#endif
