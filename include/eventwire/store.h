@@ -178,6 +178,23 @@ typedef struct ew_txn ew_txn;
 int ew_txn_exec(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
                 int64_t *changes, ew_error *err);
 
+/* One result row of ew_txn_query: column names and values as text (NULL for SQL NULL), in the
+ * database's own text form (PostgreSQL prints timestamptz its way, SQLite keeps RFC 3339).
+ * Borrowed for the duration of the callback. */
+typedef struct ew_row {
+    size_t ncols;
+    const char *const *names;
+    const char *const *values;
+} ew_row;
+
+/* Called for each row. Return 0 to go on, anything else to stop (the query then returns 0). */
+typedef int (*ew_row_fn)(void *ud, const ew_row *row);
+
+/* Runs one statement in the transaction, like ew_txn_exec, and hands each result row to fn: a
+ * handler reads its own tables in the transaction it writes them in. */
+int ew_txn_query(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                 ew_row_fn fn, void *ud, ew_error *err);
+
 /* ---- the outbox (event_store.outbox) ----------------------------------------------------- */
 
 /* Begins a transaction for a service's own writes and the events they publish (ew_txn_exec,
