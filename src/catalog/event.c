@@ -9,6 +9,7 @@
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
+#include "core/uuid.h"
 #include "eventwire/clock.h"
 #include "eventwire/event.h"
 #include "eventwire/id.h"
@@ -69,18 +70,11 @@ static bool traceparent_valid(const char *s)
     return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
 }
 
-static int check_text(const char *what, const char *name, const char *s, ew_error *err)
-{
-    size_t n = strlen(s);
-    if (!ew_utf8_valid(s, n))
-        return ew_error_set(err, EW_EUTF8, "%s%s is not valid UTF-8", what, name);
-    return 0;
-}
-
 /* Checks one field's value against its kind. `what` prefixes messages ("data."). */
 static int check_field(const ew_type_info *t, const ew_field_info *f, const void *data,
-                       ew_error *err)
+                       size_t *len, ew_error *err)
 {
+    *len = 0;
     const char *base = (const char *)data + f->offset;
     bool req = f->flags & EW_FIELD_REQ;
     switch (f->kind) {
@@ -99,8 +93,10 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
             if (!l->items[i])
                 return ew_error_set(err, EW_EDATA, "%s: data.%s[%zu] is NULL", t->type, f->name,
                                     i);
-            int rc = check_text("data.", f->name, l->items[i], err);
-            if (rc) return rc;
+            size_t n = strlen(l->items[i]);
+            if (!ew_utf8_valid(l->items[i], n))
+                return ew_error_set(err, EW_EUTF8, "data.%s[%zu] is not valid UTF-8", f->name, i);
+            *len += n + 1;
         }
         return 0;
     }
@@ -114,8 +110,9 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
     }
     if (req && !*s && f->kind != EW_FIELD_OBJECT)
         return ew_error_set(err, EW_EDATA, "%s: data.%s must not be empty", t->type, f->name);
-    int rc = check_text("data.", f->name, s, err);
-    if (rc) return rc;
+    *len = strlen(s);
+    if (!ew_utf8_valid(s, *len))
+        return ew_error_set(err, EW_EUTF8, "data.%s is not valid UTF-8", f->name);
     switch (f->kind) {
     case EW_FIELD_UUID:
         if (!ew_uuid_valid(s))
@@ -145,15 +142,19 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
     return 0;
 }
 
-static int check_attrs(const ew_event_attrs *a, ew_error *err)
+/* The envelope strings, in the order build() lays them out. */
+enum { A_ID, A_SOURCE, A_SUBJECT, A_CORRELATION, A_CAUSATION, A_TRACEPARENT, A_COUNT };
+
+static int check_attrs(const ew_event_attrs *a, size_t alen[A_COUNT], ew_error *err)
 {
     if (!a || !a->source || !*a->source)
         return ew_error_set(err, EW_EEMPTY, "attribute 'source' is required and must not be empty");
     const char *names[] = {"id", "source", "subject", "correlationid", "causationid"};
     const char *vals[] = {a->id, a->source, a->subject, a->correlation_id, a->causation_id};
     for (int i = 0; i < 5; i++) {
+        alen[i] = 0;
         if (!vals[i]) continue;
-        size_t n = strlen(vals[i]);
+        size_t n = alen[i] = strlen(vals[i]);
         if (n == 0)
             return ew_error_set(err, EW_EEMPTY, "attribute '%s' must not be empty", names[i]);
         if (n > MAX_ATTR_LEN)
@@ -162,6 +163,7 @@ static int check_attrs(const ew_event_attrs *a, ew_error *err)
         if (!ew_utf8_valid(vals[i], n))
             return ew_error_set(err, EW_EUTF8, "attribute '%s' is not valid UTF-8", names[i]);
     }
+    alen[A_TRACEPARENT] = a->traceparent ? strlen(a->traceparent) : 0;
     if (a->traceparent && !traceparent_valid(a->traceparent))
         return ew_error_set(err, EW_EINVAL,
                             "attribute 'traceparent' '%.60s' is not W3C trace context "
@@ -206,20 +208,15 @@ static int canon_objects(const ew_type_info *t, const void *data, ew_buf *canon,
     return canon->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
 }
 
-/* Copies s into the event's tail at *p; returns the copy (NULL stays NULL). */
-static const char *put(char **p, const char *s)
+/* Copies s (n bytes and a NUL) into the event's tail at *p; returns the copy (NULL stays NULL). */
+static const char *put(char **p, const char *s, size_t n)
 {
     if (!s) return NULL;
-    size_t n = strlen(s) + 1;
     memcpy(*p, s, n);
+    (*p)[n] = '\0';
     const char *r = *p;
-    *p += n;
+    *p += n + 1;
     return r;
-}
-
-static size_t len0(const char *s)
-{
-    return s ? strlen(s) + 1 : 0;
 }
 
 #define ALIGN_UP(n) (((n) + 15) & ~(size_t)15)
@@ -229,13 +226,14 @@ static size_t len0(const char *s)
 static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
                  bool canon_given, ew_error *err)
 {
-    int rc = check_attrs(a, err);
+    size_t alen[A_COUNT], flen[64];
+    if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
+    int rc = check_attrs(a, alen, err);
     if (rc) return rc;
     for (size_t i = 0; i < t->nfields; i++)
-        if ((rc = check_field(t, &t->fields[i], data, err))) return rc;
+        if ((rc = check_field(t, &t->fields[i], data, &flen[i], err))) return rc;
 
     size_t off[64];
-    if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
     ew_buf canon;
     ew_buf_init(&canon);
     if (!canon_given && (rc = canon_objects(t, data, &canon, off, err))) {
@@ -243,26 +241,29 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         return rc;
     }
 
+    /* One clock read serves the id and the time. */
+    int64_t now = a->time_us && a->id ? a->time_us : ew_now_us();
     char idbuf[EW_UUID_LEN + 1];
     const char *id = a->id;
     if (!id) {
-        ew_uuid7(idbuf);
+        ew__uuid7_at(idbuf, now);
         id = idbuf;
+        alen[A_ID] = EW_UUID_LEN;
     }
-    /* Size: header, data struct, string arrays, then the text. */
-    size_t arrays = 0, text = len0(id) + len0(a->source) + len0(a->subject) +
-                              len0(a->correlation_id) + len0(a->causation_id) + len0(a->traceparent);
+    /* Size: header, data struct, string arrays, then the text, each string with its NUL. */
+    size_t arrays = 0, text = 0;
+    for (int i = 0; i < A_COUNT; i++) text += alen[i] + 1;
     for (size_t i = 0; i < t->nfields; i++) {
         const ew_field_info *f = &t->fields[i];
-        const char *base = (const char *)data + f->offset;
         if (f->kind == EW_FIELD_STRLIST) {
-            const ew_strlist *l = (const ew_strlist *)(const void *)base;
+            const ew_strlist *l = (const ew_strlist *)(const void *)((const char *)data + f->offset);
             arrays += l->count * sizeof(char *);
-            for (size_t j = 0; j < l->count; j++) text += strlen(l->items[j]) + 1;
+            text += flen[i];
         } else if (f->kind == EW_FIELD_OBJECT && !canon_given && off[i] != SIZE_MAX) {
-            text += strlen(canon.data + off[i]) + 1;
+            flen[i] = strlen(canon.data + off[i]);
+            text += flen[i] + 1;
         } else if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL) {
-            text += len0(*(const char *const *)(const void *)base);
+            text += flen[i] + 1;
         }
     }
     size_t head = ALIGN_UP(sizeof(ew_event)), body = ALIGN_UP(t->struct_size);
@@ -277,13 +278,14 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
 
     atomic_init(&ev->refs, 1);
     ev->info = t;
-    ev->id = put(&p, id);
-    ev->source = put(&p, a->source);
-    ev->subject = put(&p, a->subject);
-    ev->correlation_id = a->correlation_id ? put(&p, a->correlation_id) : ev->id;
-    ev->causation_id = put(&p, a->causation_id);
-    ev->traceparent = put(&p, a->traceparent);
-    ev->time_us = a->time_us ? a->time_us : ew_now_us();
+    ev->id = put(&p, id, alen[A_ID]);
+    ev->source = put(&p, a->source, alen[A_SOURCE]);
+    ev->subject = put(&p, a->subject, alen[A_SUBJECT]);
+    ev->correlation_id =
+        a->correlation_id ? put(&p, a->correlation_id, alen[A_CORRELATION]) : ev->id;
+    ev->causation_id = put(&p, a->causation_id, alen[A_CAUSATION]);
+    ev->traceparent = put(&p, a->traceparent, alen[A_TRACEPARENT]);
+    ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
     memcpy(d, data, t->struct_size);
     for (size_t i = 0; i < t->nfields; i++) {
@@ -295,14 +297,15 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
                 l->items = NULL;
                 continue;
             }
-            for (size_t j = 0; j < l->count; j++) arr[j] = put(&p, l->items[j]);
+            for (size_t j = 0; j < l->count; j++)
+                arr[j] = put(&p, l->items[j], strlen(l->items[j]));
             l->items = arr;
             arr += l->count;
         } else if (f->kind == EW_FIELD_OBJECT && !canon_given && off[i] != SIZE_MAX) {
-            *(const char **)(void *)dst = put(&p, canon.data + off[i]);
+            *(const char **)(void *)dst = put(&p, canon.data + off[i], flen[i]);
         } else if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL) {
             const char **sp = (const char **)(void *)dst;
-            *sp = put(&p, *sp);
+            *sp = put(&p, *sp, flen[i]);
         }
     }
     ew_buf_release(&canon);

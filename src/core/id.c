@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include "eventwire/id.h"
 #include "core/rand.h"
+#include "core/uuid.h"
 
 static _Thread_local struct {
     int seeded;
@@ -53,12 +54,10 @@ double ew__rand_unit(void)
     return (double)(ew__rand64() >> 11) * 0x1.0p-53;
 }
 
-void ew_uuid7(char out[EW_UUID_LEN + 1])
+void ew__uuid7_at(char out[EW_UUID_LEN + 1], int64_t now_us)
 {
     static const char hex[] = "0123456789abcdef";
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t ms = now_us > 0 ? (uint64_t)now_us / 1000 : 0;
     uint64_t r = ew__rand64();
     if (ms > tl.last_ms) {
         tl.last_ms = ms;
@@ -86,16 +85,31 @@ void ew_uuid7(char out[EW_UUID_LEN + 1])
     *p = '\0';
 }
 
+void ew_uuid7(char out[EW_UUID_LEN + 1])
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ew__uuid7_at(out, (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+}
+
+/* 1 for the hexadecimal digits, either case. */
+static const unsigned char is_hex[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1};
+
 bool ew_uuid_valid(const char *s)
 {
     if (!s) return false;
+    const unsigned char *u = (const unsigned char *)s;
+    /* Stops at the first byte that does not fit, so it never reads past a shorter string's
+     * NUL (which is neither a digit nor a hyphen). */
     for (int i = 0; i < EW_UUID_LEN; i++) {
-        char c = s[i];
         if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-') return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            if (u[i] != '-') return false;
+        } else if (!is_hex[u[i]]) {
             return false;
         }
     }
-    return s[EW_UUID_LEN] == '\0';
+    return u[EW_UUID_LEN] == '\0';
 }
