@@ -82,6 +82,10 @@ typedef struct ew_subscribe_opts {
     int backoff_max_ms;         /* 0: EVENT_HANDLER_BACKOFF_MAX_MS */
     bool no_jitter;             /* exact back-off times (tests) */
     bool no_inbox;              /* do not consult the bus's inbox for this handler */
+    /* Where a group that does not exist yet starts. false: with the events published from
+     * now on. true: with the oldest event the backend still holds (a replay, `ewctl tail
+     * --from-beginning`). A group that exists resumes where it left off either way. */
+    bool from_beginning;
 } ew_subscribe_opts;
 
 /* Subscribes fn to the events whose type matches pattern (ew_pattern_match). opts may be NULL.

@@ -42,6 +42,12 @@ typedef struct ew_event_attrs {
 int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_event_attrs *attrs,
                  ew_error *err);
 
+/* Builds an event of the latest version of `type` ("user.registered") from its data as JSON
+ * text (an object), validated exactly as decoding validates it: how HTTP bodies and the command
+ * line become events. attrs as for ew_event_new(). EW_EUNKNOWNTYPE, EW_EJSON, EW_EDATA, ... */
+int ew_event_from_json(ew_event **out, const char *type, const char *data_json, size_t len,
+                       const ew_event_attrs *attrs, ew_error *err);
+
 /* Takes one more reference; returns ev. */
 ew_event *ew_event_ref(const ew_event *ev);
 

@@ -709,3 +709,27 @@ int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decod
     ew_arena_release(&a);
     return rc;
 }
+
+int ew_event_from_json(ew_event **out, const char *type, const char *data_json, size_t len,
+                       const ew_event_attrs *attrs, ew_error *err)
+{
+    if (!out || !type || (!data_json && len))
+        return ew_error_set(err, EW_EINVAL, "out, type and data are required");
+    const ew_type_info *t = ew_catalog_find(type, 0);
+    if (!t) return ew_error_set(err, EW_EUNKNOWNTYPE, "unknown event type '%.80s'", type);
+    ew_json_limits lim = {DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH};
+    char stack[8192];
+    ew_arena a;
+    ew_arena_init(&a, stack, sizeof stack);
+    ew_json *root;
+    int rc = ew_json_parse(&root, data_json ? data_json : "", len, &lim, &a, err);
+    if (rc == 0 && root->kind != EW_JSON_OBJECT)
+        rc = ew_error_set(err, EW_EDATA, "%s: data must be an object, not %s", type,
+                          kind_name(root->kind));
+    void *tmp = rc ? NULL : ew_arena_alloc(&a, t->struct_size);
+    if (rc == 0 && !tmp) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (rc == 0) rc = data_from_json(t, root, tmp, &a, err);
+    if (rc == 0) rc = build(out, t, tmp, attrs, true, err);
+    ew_arena_release(&a);
+    return rc;
+}

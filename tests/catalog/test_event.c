@@ -463,7 +463,31 @@ static void test_follow_up_attributes_round_trip(void **state)
     ew_event_unref(ev);
 }
 
+static void test_event_from_json_data(void **state)
+{
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    ew_event_attrs a = {.source = "ewctl", .subject = "s1"};
+    const char *data = "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}";
+    assert_int_equal(ew_event_from_json(&ev, "user.logged_out", data, strlen(data), &a, &err), 0);
+    assert_string_equal(ew_user_logged_out_data(ev)->session_id, "x");
+    assert_string_equal(ew_event_subject(ev), "s1");
+    assert_int_equal(ew_event_version(ev), 1);
+    ew_event_unref(ev);
+    assert_int_equal(ew_event_from_json(&ev, "user.nope", "{}", 2, &a, &err), EW_EUNKNOWNTYPE);
+    assert_int_equal(ew_event_from_json(&ev, "user.logged_out", "{", 1, &a, &err), EW_EJSON);
+    assert_int_equal(ew_event_from_json(&ev, "user.logged_out", "[]", 2, &a, &err), EW_EDATA);
+    assert_int_equal(ew_event_from_json(&ev, "user.logged_out", "{}", 2, &a, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "is required"));
+    /* object fields become compact JSON, as when built from C */
+    const char *p = "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"preferences\": { \"a\" : 1 }}";
+    assert_int_equal(ew_event_from_json(&ev, "user.preferences_updated", p, strlen(p), &a, &err), 0);
+    assert_string_equal(ew_user_preferences_updated_data(ev)->preferences, "{\"a\":1}");
+    ew_event_unref(ev);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_event_from_json_data),
     cmocka_unit_test(test_roundtrip_every_catalog_type),
     cmocka_unit_test(test_encode_is_cloudevents_json),
     cmocka_unit_test(test_ids_are_uuid7_and_ordered),

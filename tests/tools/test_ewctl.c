@@ -43,7 +43,8 @@ static int run(const char *args, const char *input, char **out, char **errout)
 
 static void test_help_on_every_command(void **state)
 {
-    const char *cmds[] = {"--help", "schema --help", "validate --help", "config --help"};
+    const char *cmds[] = {"--help",         "schema --help",  "validate --help",
+                          "config --help",  "publish --help", "tail --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
         assert_int_equal(run(cmds[i], NULL, &out, NULL), 0);
@@ -154,7 +155,44 @@ static void test_config_lists_settings(void **state)
     free(err);
 }
 
+static void test_publish_validates_before_it_publishes(void **state)
+{
+    char *out, *err;
+    setenv("EVENT_BUS_TYPE", "memory", 1);
+    assert_int_equal(run("publish user.logged_out --subject s --data "
+                         "'{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}'",
+                         NULL, &out, NULL),
+                     0);
+    assert_int_equal(strlen(out), 37); /* the new event's id and a newline */
+    free(out);
+    assert_int_equal(run("publish user.logged_out --data -", "{\"user_id\":\"nope\"}", &out, &err), 1);
+    assert_non_null(strstr(err, "EW_EDATA"));
+    free(out);
+    free(err);
+    assert_int_equal(run("publish user.exploded --data '{}'", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "unknown event type 'user.exploded'"));
+    free(out);
+    free(err);
+    assert_int_equal(run("publish user.logged_out", NULL, &out, &err), 2);
+    free(out);
+    free(err);
+    assert_int_equal(run("publish user.logged_out --data @/nonexistent", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "cannot read /nonexistent"));
+    free(out);
+    free(err);
+    setenv("EVENT_BUS_TYPE", "carrier-pigeon", 1);
+    assert_int_equal(run("tail", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "EVENT_BUS_TYPE"));
+    free(out);
+    free(err);
+    unsetenv("EVENT_BUS_TYPE");
+    assert_int_equal(run("tail 'user..x'", NULL, &out, &err), 2);
+    free(out);
+    free(err);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),
     cmocka_unit_test(test_schema_list_and_show),
     cmocka_unit_test(test_validate_reports_each_bad_line),

@@ -14,6 +14,8 @@ typedef struct ewctl_cmd {
 int ewctl_schema(int argc, char **argv);
 int ewctl_validate(int argc, char **argv);
 int ewctl_config(int argc, char **argv);
+int ewctl_publish(int argc, char **argv);
+int ewctl_tail(int argc, char **argv);
 
 /* Is argv[i] a request for help? */
 int ewctl_wants_help(int argc, char **argv);

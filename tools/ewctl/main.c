@@ -8,6 +8,8 @@ static const ewctl_cmd commands[] = {
     {"schema", "list the event catalog, print an event type's JSON Schema", ewctl_schema},
     {"validate", "check events (JSON lines) and say what is wrong with each bad one",
      ewctl_validate},
+    {"publish", "publish an event built from its data on the configured bus", ewctl_publish},
+    {"tail", "print events as JSON lines as they arrive on the configured bus", ewctl_tail},
     {"config", "list every setting, its default and its value here", ewctl_config},
 };
 

@@ -1,0 +1,216 @@
+/* ewctl publish and ewctl tail — the bus from the command line, on whatever backend the
+ * environment configures (EVENT_BUS_TYPE and its settings). */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "ewctl.h"
+#include "eventwire/bus.h"
+#include "eventwire/id.h"
+
+static const char publish_usage[] =
+    "usage: ewctl publish TYPE --subject S --data JSON|@FILE|- [--source NAME]\n"
+    "                          [--correlation-id ID] [--causation-id ID]\n"
+    "\n"
+    "Builds an event of TYPE (the latest version) from its data, validated against the catalog,\n"
+    "publishes it on the bus the environment configures (EVENT_BUS_TYPE, ...) and prints its\n"
+    "id once the backend has it. --data @FILE reads the data from a file, - from standard input.\n"
+    "--source defaults to SERVICE_NAME, or \"ewctl\" when that is unset.\n";
+
+static const char tail_usage[] =
+    "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N]\n"
+    "\n"
+    "Prints the events whose type matches PATTERN (default #, everything) as CloudEvents JSON,\n"
+    "one per line, as they arrive on the bus the environment configures. Without --group it\n"
+    "reads as a group of its own, so it takes nothing from the services' groups. A new group\n"
+    "starts with events published from now on; --from-beginning starts it with the oldest event\n"
+    "the backend still holds. Stops after N events with --count, or on Ctrl-C.\n";
+
+/* Reads all of a file (or standard input for "-"): malloc'ed, NUL-terminated. */
+static char *read_all(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0, got;
+    char *buf = malloc(cap);
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) free(buf);
+            buf = nb;
+        }
+    }
+    if (f != stdin) fclose(f);
+    if (buf) buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+static int open_bus(ew_bus **bus)
+{
+    ew_error err = {0};
+    if (ew_bus_open_env(bus, &err)) return ewctl_fail(1, "cannot open the bus: %s", err.msg);
+    return 0;
+}
+
+int ewctl_publish(int argc, char **argv)
+{
+    if (ewctl_wants_help(argc, argv)) {
+        fputs(publish_usage, stdout);
+        return 0;
+    }
+    const char *type = NULL, *data = NULL;
+    ew_event_attrs a = {0};
+    for (int i = 0; i < argc; i++) {
+        const char *opt = argv[i];
+        const char **dst = strcmp(opt, "--subject") == 0          ? &a.subject
+                           : strcmp(opt, "--data") == 0           ? &data
+                           : strcmp(opt, "--source") == 0         ? &a.source
+                           : strcmp(opt, "--correlation-id") == 0 ? &a.correlation_id
+                           : strcmp(opt, "--causation-id") == 0   ? &a.causation_id
+                                                                  : NULL;
+        if (dst) {
+            if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", opt);
+            *dst = argv[++i];
+        } else if (opt[0] == '-') {
+            return ewctl_fail(2, "unknown option '%s'", opt);
+        } else if (!type) {
+            type = opt;
+        } else {
+            return ewctl_fail(2, "publish takes one TYPE");
+        }
+    }
+    if (!type || !data) {
+        fputs(publish_usage, stderr);
+        return 2;
+    }
+    if (!ew_catalog_find(type, 0))
+        return ewctl_fail(1, "unknown event type '%s' (ewctl schema list shows them)", type);
+    char *owned = NULL;
+    size_t len = strlen(data);
+    if (data[0] == '@' || strcmp(data, "-") == 0) {
+        const char *path = data[0] == '@' ? data + 1 : "-";
+        owned = read_all(path, &len);
+        if (!owned) return ewctl_fail(1, "cannot read %s: %s", path, strerror(errno));
+        data = owned;
+    }
+    if (!a.source) a.source = getenv("SERVICE_NAME") ? getenv("SERVICE_NAME") : "ewctl";
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    int rc = ew_event_from_json(&ev, type, data, len, &a, &err);
+    free(owned);
+    if (rc) return ewctl_fail(1, "%s: %s", ew_err_name(rc), err.msg);
+    ew_bus *bus;
+    if (open_bus(&bus)) {
+        ew_event_unref(ev);
+        return 1;
+    }
+    rc = ew_bus_start(bus, &err);
+    if (rc == 0) rc = ew_bus_publish(bus, ev, &err);
+    if (rc == 0) printf("%s\n", ew_event_id(ev));
+    ew_event_unref(ev);
+    ew_bus_close(bus);
+    if (rc) return ewctl_fail(1, "publish failed: %s", err.msg);
+    return 0;
+}
+
+typedef struct tail {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long printed, count; /* count 0: no limit */
+} tail;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static ew_handler_result print_event(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    tail *t = ud;
+    char *json;
+    size_t n;
+    if (ew_event_encode(ev, &json, &n, NULL)) return EW_HANDLER_RETRY;
+    pthread_mutex_lock(&t->mu);
+    if (t->count == 0 || t->printed < t->count) {
+        fwrite(json, 1, n, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        t->printed++;
+    }
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    free(json);
+    return EW_HANDLER_OK;
+}
+
+int ewctl_tail(int argc, char **argv)
+{
+    if (ewctl_wants_help(argc, argv)) {
+        fputs(tail_usage, stdout);
+        return 0;
+    }
+    const char *pattern = "#", *group = NULL;
+    bool from_beginning = false;
+    tail t = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--group") == 0 && i + 1 < argc) {
+            group = argv[++i];
+        } else if (strcmp(argv[i], "--from-beginning") == 0) {
+            from_beginning = true;
+        } else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
+            char *end;
+            t.count = strtol(argv[++i], &end, 10);
+            if (*end || t.count < 1) return ewctl_fail(2, "--count takes a positive number");
+        } else if (argv[i][0] == '-') {
+            return ewctl_fail(2, "unknown option '%s'", argv[i]);
+        } else if (npos++ == 0) {
+            pattern = argv[i];
+        } else {
+            return ewctl_fail(2, "tail takes one PATTERN");
+        }
+    }
+    if (!ew_pattern_valid(pattern))
+        return ewctl_fail(2, "'%s' is not a pattern (user.registered, user.*, user.#, #)", pattern);
+    char own_group[64];
+    if (!group) {
+        char id[EW_UUID_LEN + 1];
+        ew_uuid7(id);
+        snprintf(own_group, sizeof own_group, "ewctl-tail-%.12s", id + 24);
+        group = own_group;
+    }
+    ew_bus *bus;
+    if (open_bus(&bus)) return 1;
+    ew_error err = {0};
+    ew_subscribe_opts so = {.group = group, .name = "tail", .from_beginning = from_beginning};
+    if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
+        ew_bus_close(bus);
+        return ewctl_fail(1, "%s", err.msg);
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    pthread_mutex_lock(&t.mu);
+    while (!interrupted && (t.count == 0 || t.printed < t.count)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&t.cv, &t.mu, &ts);
+    }
+    pthread_mutex_unlock(&t.mu);
+    ew_bus_close(bus);
+    return 0;
+}
