@@ -24,7 +24,7 @@ static int run(const char *args, const char *input, char **out, char **errout)
     if (input) assert_int_equal(write(fd, input, strlen(input)), (ssize_t)strlen(input));
     close(fd);
     close(efd);
-    char cmd[4096];
+    char cmd[16384];
     snprintf(cmd, sizeof cmd, "%s/ewctl %s < %s 2> %s", bin ? bin : ".", args, in_path, err_path);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
