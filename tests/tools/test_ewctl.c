@@ -199,7 +199,30 @@ static void test_publish_validates_before_it_publishes(void **state)
     free(err);
 }
 
+static void test_configuration_doc_matches_the_table(void **state)
+{
+    const char *src = getenv("EW_SOURCE_DIR");
+    if (!src) skip();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/configuration.md", src);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *doc = calloc(1, 1 << 16);
+    size_t n = fread(doc, 1, (1 << 16) - 1, f);
+    fclose(f);
+    doc[n] = '\0';
+    char *out;
+    unsetenv("EVENT_BUS_TYPE");
+    assert_int_equal(run("config --markdown", NULL, &out, NULL), 0);
+    if (!strstr(doc, out))
+        fail_msg("docs/configuration.md is out of date: regenerate its table with "
+                 "`ewctl config --markdown`");
+    free(out);
+    free(doc);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_configuration_doc_matches_the_table),
     cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),
     cmocka_unit_test(test_schema_list_and_show),
