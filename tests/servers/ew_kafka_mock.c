@@ -74,8 +74,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "ew-kafka-mock: mkfifo %s: %s\n", ctl, strerror(errno));
         return 1;
     }
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
+    /* without SA_RESTART, so that the read of the FIFO below returns when a signal comes */
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     if (write_file(url, rd_kafka_mock_cluster_bootstraps(mc)) != 0) {
         fprintf(stderr, "ew-kafka-mock: cannot write %s\n", url);
         return 1;
