@@ -157,4 +157,9 @@ void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
 /* SERVICE_NAME, the bus's default group. Borrowed until close. */
 const char *ew__bus_service(const ew_bus *bus);
 
+/* Puts dl into the bus's dead letter sink (the options' sink, or the bus's memory one): how a
+ * backend keeps a message it could not decode before acknowledging it. dl is borrowed for the
+ * call. 0, or the sink's error (then the message must not be acknowledged). Any thread. */
+int ew__bus_dead_letter(ew_bus *bus, const ew_dead_letter *dl, ew_error *err);
+
 #endif

@@ -52,6 +52,11 @@ const char *ew__bus_service(const ew_bus *bus)
     return bus->service;
 }
 
+int ew__bus_dead_letter(ew_bus *bus, const ew_dead_letter *dl, ew_error *err)
+{
+    return bus->dlq.ops->put(bus->dlq.self, dl, err);
+}
+
 static void vlog(const ew_bus *bus, ew_log_level level, const char *fmt, va_list ap)
 {
     if (!bus->log) return;

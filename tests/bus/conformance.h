@@ -501,8 +501,14 @@ static inline ew_handler_result cf_write_id(const ew_event *ev, ew_handler_ctx *
     return EW_HANDLER_OK;
 }
 
+/* Returns once the child has subscribed (it creates path.ready then), so that the group exists
+ * before anything is published: a broker that routes at publish time (RabbitMQ) keeps nothing
+ * for a group whose queue is not bound yet. */
 static inline pid_t cf_spawn_consumer(const cf_ns *ns, const char *path)
 {
+    char ready[256];
+    snprintf(ready, sizeof ready, "%s.ready", path);
+    unlink(ready);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -516,8 +522,20 @@ static inline pid_t cf_spawn_consumer(const cf_ns *ns, const char *path)
                              &(ew_subscribe_opts){.name = "k"}, &err) ||
             ew_bus_start(bus, &err))
             _exit(4);
+        int rfd = open(ready, O_WRONLY | O_CREAT, 0600);
+        if (rfd < 0) _exit(5);
+        close(rfd);
         for (;;) pause();
     }
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    int status;
+    while (access(ready, F_OK) != 0) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            fail_msg("the consumer process exited (status %d) before it subscribed", status);
+        if (ew_mono_ns() > end) fail_msg("the consumer process did not subscribe in time");
+        usleep(2000);
+    }
+    unlink(ready);
     return pid;
 }
 
