@@ -17,7 +17,11 @@
  *
  * Threads: a store handle may be used from several threads; calls are serialised on its
  * connection. For parallel work open one handle per thread. Several processes may open the same
- * database. */
+ * database. An open transaction (ew_store_begin, or the inbox's from begin() to commit() or
+ * rollback()) holds the handle's connection until it ends, on the thread that began it: calls
+ * from other threads wait, and calls on the handle from that thread fail with EW_ESTATE (use the
+ * transaction, or another handle). Callbacks of reads and listings run without the handle held
+ * and may call the store. */
 #ifndef EVENTWIRE_STORE_H
 #define EVENTWIRE_STORE_H
 
@@ -98,15 +102,18 @@ int ew_store_read_stream(ew_store *s, const char *stream_id, int64_t from_versio
 int ew_store_read_all(ew_store *s, int64_t from_position, const char *pattern, size_t max,
                       ew_store_read_fn fn, void *ud, ew_error *err);
 
-/* The global position of the last event stored (0 when empty). */
+/* The global position of the last event stored (0 when none ever was). When the purge deleted the
+ * newest events, the position of the last one: positions are never handed out twice. */
 int ew_store_head(ew_store *s, int64_t *position, ew_error *err);
 
-/* The stream's version (0 when it does not exist). */
+/* The stream's version (0 when it does not exist). A stream keeps its version when the purge
+ * deletes its events. */
 int ew_store_stream_version(ew_store *s, const char *stream_id, int64_t *version, ew_error *err);
 
 /* Deletes events recorded more than EVENT_STORE_TTL_DAYS ago (none when it is 0), in batches of
- * at most `batch` rows, each its own short transaction so appends wait at most one batch.
- * *purged (when not NULL) gets the number deleted. */
+ * at most `batch` rows (0: 1000), each its own short transaction so appends wait at most one
+ * batch. An event's expiry is fixed when it is appended (expires_at). *purged (when not NULL)
+ * gets the number deleted. */
 int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err);
 
 /* ---- dead letters (event_store.dead_letter_queue) --------------------------------------- */
@@ -214,6 +221,9 @@ typedef int (*ew_outbox_publish_fn)(void *ud, const ew_event *const *evs, size_t
                                     ew_error *err);
 int ew_store_outbox_relay(ew_store *s, size_t batch, ew_outbox_publish_fn publish, void *ud,
                           size_t *sent, ew_error *err);
+/* batch 0 means 100. publish runs on the calling thread without the handle held (it may use the
+ * store); when it fails nothing is marked, and its error is returned. One relay runs at a time per
+ * handle. */
 
 #ifdef __cplusplus
 }

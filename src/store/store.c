@@ -1,0 +1,989 @@
+/* eventwire — the event store's shared part: the URL and configuration, events into rows and rows
+ * back into events, paged reads, the handle's mutex and its transactions, and the glue that makes
+ * the store a dead letter sink, an inbox and an outbox. The SQL lives in one file per backend
+ * (sqlite.c, postgres.c) behind struct ew_store_ops (store_impl.h). */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include "core/json.h"
+#include "eventwire/clock.h"
+#include "store/store_impl.h"
+
+/* Reads go to the database a page at a time, and the rows of a page are decoded and handed to
+ * the caller with the handle's mutex released: a slow reader does not hold up writers, and a
+ * reader's callback may call the store. */
+#define PAGE_ROWS 256
+#define PAGE_BYTES (4u << 20)
+#define DEFAULT_PURGE_BATCH 1000
+#define DEFAULT_RELAY_BATCH 100
+
+/* The backends, by URL scheme. keep: the backend gets the whole URL, not what follows it. */
+static const struct backend {
+    const char *prefix;
+    int keep;
+    const ew_store_ops *ops;
+} backends[] = {
+    {"sqlite:", 0, &ew__store_sqlite},
+    {"postgresql://", 1, &ew__store_postgres},
+    {"postgres://", 1, &ew__store_postgres},
+};
+
+/* The one transaction a handle can have open: it holds the handle's mutex from begin to its end,
+ * so it lives in the handle and needs no allocation. */
+struct ew_txn {
+    ew_store *s;
+    int active;
+    int failed;        /* a statement in it failed: it can only be rolled back */
+    ew_txn *held_next; /* the other transactions the same thread holds */
+};
+
+struct ew_store {
+    const ew_store_ops *ops;
+    void *conn;
+    pthread_mutex_t mu;       /* guards conn; held by an open transaction */
+    pthread_mutex_t relay_mu; /* one outbox relay at a time */
+    ew__store_log log;
+    int64_t ttl_us;   /* 0: events never expire */
+    size_t max_bytes; /* EVENT_MAX_BYTES */
+    ew_txn txn;
+};
+
+/* The transactions this thread holds, so that a call that would wait for its own thread's
+ * transaction fails instead of deadlocking. */
+static _Thread_local ew_txn *held_txns;
+
+/* ---- small things ---------------------------------------------------------------------- */
+
+void ew__store_logf(const ew__store_log *log, ew_log_level level, const char *fmt, ...)
+{
+    if (!log || !log->fn) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log->fn(log->ud, level, msg);
+}
+
+static const char *const status_names[] = {"pending", "retried", "resolved", "discarded"};
+
+const char *ew_dlq_status_name(ew_dlq_status st)
+{
+    return (unsigned)st < 4 ? status_names[st] : "unknown";
+}
+
+int ew__dlq_status_parse(const char *name)
+{
+    for (int i = 0; name && i < 4; i++)
+        if (strcmp(name, status_names[i]) == 0) return i;
+    return -1;
+}
+
+const char *ew_store_backend(const ew_store *s)
+{
+    return s ? s->ops->name : NULL;
+}
+
+static int lock(ew_store *s, ew_error *err)
+{
+    for (const ew_txn *t = held_txns; t; t = t->held_next)
+        if (t->s == s)
+            return ew_error_set(err, EW_ESTATE,
+                                "this thread has a transaction open on the store: use the "
+                                "transaction (ew_txn_exec), or another store handle");
+    pthread_mutex_lock(&s->mu);
+    return 0;
+}
+
+static void unlock(ew_store *s)
+{
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- open and close --------------------------------------------------------------------- */
+
+int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
+{
+    if (!out) return ew_error_set(err, EW_EINVAL, "out is required");
+    *out = NULL;
+    ew_store_options none = {0};
+    if (!opts) opts = &none;
+    ew_config *defaults = NULL;
+    const ew_config *cfg = opts->config;
+    int rc;
+    if (!cfg) {
+        if ((rc = ew_config_new(&defaults, err))) return rc;
+        cfg = defaults;
+    }
+    const char *url = opts->url ? opts->url : ew_config_get(cfg, "EVENT_STORE_URL");
+    int64_t ttl_days = ew_config_get_int(cfg, "EVENT_STORE_TTL_DAYS");
+    int64_t max_bytes = ew_config_get_int(cfg, "EVENT_MAX_BYTES");
+
+    const struct backend *b = NULL;
+    for (size_t i = 0; url && i < sizeof backends / sizeof backends[0] && !b; i++)
+        if (strncasecmp(url, backends[i].prefix, strlen(backends[i].prefix)) == 0) b = &backends[i];
+    if (!b) {
+        rc = ew_error_set(err, EW_ECONFIG,
+                          "EVENT_STORE_URL: '%.100s' is not sqlite:PATH or postgresql://...",
+                          url ? url : "");
+        goto fail_config;
+    }
+    ew_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        goto fail_config;
+    }
+    s->ops = b->ops;
+    s->log.fn = opts->log;
+    s->log.ud = opts->log_ud;
+    s->ttl_us = ttl_days * 86400LL * 1000000LL;
+    s->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 1u << 20;
+    s->txn.s = s;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->relay_mu, NULL);
+    if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
+        goto fail_store;
+    ew__store_logf(&s->log, EW_LOG_DEBUG, "store: opened %s", s->ops->name);
+    ew_config_free(defaults);
+    *out = s;
+    return 0;
+
+fail_store:
+    pthread_mutex_destroy(&s->relay_mu);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+fail_config:
+    ew_config_free(defaults);
+    return rc;
+}
+
+static void txn_close(ew_store *s);
+
+void ew_store_close(ew_store *s)
+{
+    if (!s) return;
+    if (s->txn.active) { /* a transaction left open by its owner, which must be this thread */
+        s->ops->rollback(s->conn);
+        txn_close(s);
+    }
+    s->ops->close(s->conn);
+    pthread_mutex_destroy(&s->relay_mu);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+/* ---- events into rows -------------------------------------------------------------------- */
+
+/* Encodes ev and splits the text in place into the envelope without data and data: the encoder
+ * writes data last, and no envelope attribute can hold a bare `,"` (quotes in strings are
+ * escaped), so the first `,"data":` is the member. *text is the buffer both point into. */
+static int encode_rec(const ew_store *s, const ew_event *ev, char **text, ew__store_rec *r,
+                      ew_error *err)
+{
+    size_t len;
+    int rc = ew_event_encode(ev, text, &len, err);
+    if (rc) return rc;
+    if (len > s->max_bytes) {
+        rc = ew_error_set(err, EW_ETOOBIG,
+                          "event %s encodes to %zu bytes, more than EVENT_MAX_BYTES (%zu)",
+                          ew_event_id(ev), len, s->max_bytes);
+        goto fail;
+    }
+    char *d = strstr(*text, ",\"data\":");
+    if (!d || len < 2 || (*text)[len - 1] != '}') {
+        rc = ew_error_set(err, EW_EINVAL, "event %s: its encoding has no data member",
+                          ew_event_id(ev));
+        goto fail;
+    }
+    *d = '}';
+    r->event_id = ew_event_id(ev);
+    r->event_type = ew_event_type(ev);
+    r->event_version = ew_event_version(ev);
+    r->metadata = *text;
+    r->metadata_len = (size_t)(d - *text) + 1;
+    r->data = d + 8;
+    r->data_len = len - 1 - (size_t)(d + 8 - *text);
+    return 0;
+fail:
+    free(*text);
+    *text = NULL;
+    return rc;
+}
+
+static int cmp_rec_id(const void *a, const void *b)
+{
+    const ew__store_rec *const *x = a, *const *y = b;
+    int c = strcmp((*x)->event_id, (*y)->event_id);
+    return c ? c : (*x < *y ? -1 : *x > *y);
+}
+
+/* Removes from recs[0..n) every event whose id came earlier in the batch, keeping the order;
+ * returns how many are left. Backends then see each id once. */
+static size_t drop_repeats(ew__store_rec *recs, size_t n, ew_error *err, int *rc)
+{
+    if (n < 2) return n;
+    const ew__store_rec **by_id = malloc(n * sizeof *by_id);
+    char *drop = calloc(n, 1);
+    if (!by_id || !drop) {
+        free(by_id);
+        free(drop);
+        *rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        by_id[i] = &recs[i];
+    qsort(by_id, n, sizeof *by_id, cmp_rec_id);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(by_id[i]->event_id, by_id[i - 1]->event_id) == 0) drop[by_id[i] - recs] = 1;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!drop[i]) recs[k++] = recs[i];
+    free(by_id);
+    free(drop);
+    return k;
+}
+
+int ew_store_append(ew_store *s, const char *stream_id, int64_t expected_version,
+                    const ew_event *const *evs, size_t n, ew_append_result *res, ew_error *err)
+{
+    if (!s || !stream_id || !*stream_id || (n && !evs))
+        return ew_error_set(err, EW_EINVAL, "store, stream id and events are required");
+    if (expected_version < EW_EXPECT_ANY)
+        return ew_error_set(err, EW_EINVAL, "expected version %lld is not -1, 0 or a version",
+                            (long long)expected_version);
+    ew__store_rec one_rec;
+    char *one_text = NULL;
+    ew__store_rec *recs = n > 1 ? calloc(n, sizeof *recs) : &one_rec;
+    char **texts = n > 1 ? calloc(n, sizeof *texts) : &one_text;
+    int rc = 0;
+    if (!recs || !texts) {
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!evs[i]) {
+            rc = ew_error_set(err, EW_EINVAL, "event %zu of %zu is NULL", i + 1, n);
+            goto done;
+        }
+        if ((rc = encode_rec(s, evs[i], &texts[i], &recs[i], err))) goto done;
+    }
+    size_t unique = drop_repeats(recs, n, err, &rc);
+    if (rc) goto done;
+    ew__append_args a = {stream_id, expected_version, recs, unique, ew_now_us(), 0};
+    if (s->ttl_us) a.expires_us = a.recorded_us + s->ttl_us;
+    ew_append_result r = {0};
+    if ((rc = lock(s, err))) goto done;
+    rc = s->ops->append(s->conn, &a, &r, err);
+    unlock(s);
+    r.duplicates += n - unique;
+    if (!rc && res) *res = r;
+done:
+    if (texts)
+        for (size_t i = 0; i < n; i++)
+            free(texts[i]);
+    if (n > 1) {
+        free(recs);
+        free(texts);
+    }
+    return rc;
+}
+
+/* ---- rows back into events: paged reads ---------------------------------------------------- */
+
+typedef struct page_row {
+    int64_t position, version, recorded_us;
+    char *stream_id; /* the stream id, then the CloudEvent text, in one block */
+    char *json;
+    size_t json_len;
+} page_row;
+
+typedef struct page {
+    page_row *rows;
+    size_t n, cap;
+    size_t scanned, bytes;
+    int full; /* stopped early on PAGE_BYTES */
+    int oom;
+    const char *pattern;   /* filter applied here; NULL: none */
+    int64_t last_position; /* of the last row scanned */
+    int64_t last_version;
+} page;
+
+static void page_clear(page *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        free(p->rows[i].stream_id);
+    p->n = p->scanned = p->bytes = 0;
+    p->full = p->oom = 0;
+}
+
+/* Copies a row into the page, as the CloudEvent it stores: the metadata object without its
+ * closing brace, then ,"data": and the data, then the brace. */
+static int page_add(void *ud, const ew__event_row *r)
+{
+    page *p = ud;
+    p->scanned++;
+    p->last_position = r->position;
+    p->last_version = r->version;
+    if (p->pattern && !ew_pattern_match(p->pattern, r->event_type)) return 0;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        page_row *rows = realloc(p->rows, cap * sizeof *rows);
+        if (!rows) goto oom;
+        p->rows = rows;
+        p->cap = cap;
+    }
+    size_t sl = strlen(r->stream_id);
+    size_t ml = r->metadata_len ? r->metadata_len - 1 : 0;
+    size_t jl = ml + 8 + r->data_len + 1;
+    char *block = malloc(sl + 1 + jl + 1);
+    if (!block) goto oom;
+    memcpy(block, r->stream_id, sl + 1);
+    char *j = block + sl + 1;
+    memcpy(j, r->metadata, ml);
+    memcpy(j + ml, ",\"data\":", 8);
+    memcpy(j + ml + 8, r->data, r->data_len);
+    j[jl - 1] = '}';
+    j[jl] = '\0';
+    page_row *pr = &p->rows[p->n++];
+    pr->position = r->position;
+    pr->version = r->version;
+    pr->recorded_us = r->recorded_us;
+    pr->stream_id = block;
+    pr->json = j;
+    pr->json_len = jl;
+    p->bytes += jl;
+    if (p->bytes >= PAGE_BYTES) {
+        p->full = 1;
+        return 1;
+    }
+    return 0;
+oom:
+    p->oom = 1;
+    return 1;
+}
+
+/* Decodes the page's rows and hands them to fn, without the mutex. 1: fn said stop, or max
+ * events were delivered. */
+static int page_deliver(page *p, ew_store_read_fn fn, void *ud, size_t max, size_t *delivered,
+                        int *rc, ew_error *err)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        page_row *r = &p->rows[i];
+        ew_event *ev;
+        ew_decode_opts o = {r->json_len + 1, 0}; /* stored events are read whatever the limit */
+        ew_error e = {0};
+        if ((*rc = ew_event_decode(&ev, r->json, r->json_len, &o, &e))) {
+            ew_error_set(err, *rc, "event at position %lld: %s", (long long)r->position, e.msg);
+            return 1;
+        }
+        ew_stored_event se = {r->position, r->stream_id, r->version, r->recorded_us, ev};
+        int stop = fn(ud, &se);
+        ew_event_unref(ev);
+        (*delivered)++;
+        if (stop || (max && *delivered >= max)) return 1;
+    }
+    return 0;
+}
+
+/* A pattern that is one exact type can be given to the database as a filter. */
+static int pattern_is_exact(const char *p)
+{
+    return strcmp(p, "*") != 0 && !strchr(p, '*') && !strchr(p, '#');
+}
+
+static int read_pages(ew_store *s, int by_stream, const char *stream_id, int64_t from,
+                      const char *pattern, size_t max, ew_store_read_fn fn, void *ud, ew_error *err)
+{
+    const char *type = NULL;
+    page p = {0};
+    if (pattern && strcmp(pattern, "*") == 0) pattern = NULL;
+    if (pattern && pattern_is_exact(pattern))
+        type = pattern;
+    else
+        p.pattern = pattern;
+    size_t delivered = 0;
+    int rc = 0;
+    for (;;) {
+        size_t limit = PAGE_ROWS;
+        if (max && !p.pattern && max - delivered < limit) limit = max - delivered;
+        page_clear(&p);
+        if ((rc = lock(s, err))) break;
+        if (by_stream)
+            rc = s->ops->read_stream(s->conn, stream_id, from, limit, page_add, &p, err);
+        else
+            rc = s->ops->read_all(s->conn, from, type, limit, page_add, &p, err);
+        unlock(s);
+        if (rc) break;
+        if (p.oom) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+            break;
+        }
+        if (page_deliver(&p, fn, ud, max, &delivered, &rc, err)) break;
+        if (p.scanned < limit && !p.full) break; /* the end */
+        from = by_stream ? p.last_version + 1 : p.last_position;
+    }
+    page_clear(&p);
+    free(p.rows);
+    return rc;
+}
+
+int ew_store_read_stream(ew_store *s, const char *stream_id, int64_t from_version, size_t max,
+                         ew_store_read_fn fn, void *ud, ew_error *err)
+{
+    if (!s || !stream_id || !fn)
+        return ew_error_set(err, EW_EINVAL, "store, stream id and callback are required");
+    return read_pages(s, 1, stream_id, from_version < 1 ? 1 : from_version, NULL, max, fn, ud, err);
+}
+
+int ew_store_read_all(ew_store *s, int64_t from_position, const char *pattern, size_t max,
+                      ew_store_read_fn fn, void *ud, ew_error *err)
+{
+    if (!s || !fn) return ew_error_set(err, EW_EINVAL, "store and callback are required");
+    if (pattern && !ew_pattern_valid(pattern))
+        return ew_error_set(err, EW_EINVAL, "'%.80s' is not a valid pattern", pattern);
+    return read_pages(s, 0, NULL, from_position < 0 ? 0 : from_position, pattern, max, fn, ud, err);
+}
+
+int ew_store_head(ew_store *s, int64_t *position, ew_error *err)
+{
+    if (!s || !position) return ew_error_set(err, EW_EINVAL, "store and position are required");
+    int rc = lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->head(s->conn, position, err);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_stream_version(ew_store *s, const char *stream_id, int64_t *version, ew_error *err)
+{
+    if (!s || !stream_id || !version)
+        return ew_error_set(err, EW_EINVAL, "store, stream id and version are required");
+    int rc = lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->stream_version(s->conn, stream_id, version, err);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
+{
+    if (purged) *purged = 0;
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    if (!s->ttl_us) return 0;
+    if (!batch) batch = DEFAULT_PURGE_BATCH;
+    const int64_t now = ew_now_us(); /* fixed: the purge ends even while events keep expiring */
+    size_t total = 0;
+    int rc;
+    for (;;) {
+        size_t n = 0;
+        if ((rc = lock(s, err))) break;
+        rc = s->ops->purge(s->conn, now, batch, &n, err);
+        unlock(s);
+        total += n;
+        if (rc || n < batch) break;
+    }
+    if (total) ew__store_logf(&s->log, EW_LOG_INFO, "store: purged %zu expired events", total);
+    if (purged) *purged = total;
+    return rc;
+}
+
+/* ---- dead letters ---------------------------------------------------------------------------- */
+
+/* Text the database takes: valid UTF-8 without NUL. A byte that is not part of a valid
+ * sequence is written \xNN. Returns a malloc'ed string, or NULL when out of memory. */
+static char *utf8_text(const char *s, size_t n)
+{
+    char *out = malloc(n * 4 + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        if (c != 0 && i + k <= n && ew_utf8_valid(s + i, k)) {
+            memcpy(o, s + i, k);
+            o += k;
+            i += k;
+        } else {
+            o += sprintf(o, "\\x%02X", c);
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* s itself when it is valid text, else a cleaned copy in *own. */
+static const char *text_of(const char *s, char **own)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s);
+    if (ew_utf8_valid(s, n)) return s;
+    return *own = utf8_text(s, n);
+}
+
+static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
+{
+    ew_store *s = self;
+    if (!s || !dl) return ew_error_set(err, EW_EINVAL, "store and dead letter are required");
+    char *own[6] = {0};
+    int rc = 0;
+    ew__dlq_put p = {0};
+    if (dl->event) {
+        if ((rc = ew_event_encode(dl->event, &own[0], NULL, err))) return rc;
+        p.event = own[0];
+    } else {
+        p.event = own[0] =
+            utf8_text(dl->payload ? dl->payload : "", dl->payload ? dl->payload_len : 0);
+    }
+    const char *id = dl->event_id, *type = dl->event_type;
+    if (!id && dl->event) id = ew_event_id(dl->event);
+    if (!type && dl->event) type = ew_event_type(dl->event);
+    p.event_id = text_of(id, &own[1]);
+    p.event_name = text_of(type, &own[2]);
+    p.handler = text_of(dl->handler ? dl->handler : "", &own[3]);
+    p.group = text_of(dl->group ? dl->group : "", &own[4]);
+    p.error = text_of(dl->error ? dl->error : "", &own[5]);
+    if (!p.event || (id && !p.event_id) || (type && !p.event_name) || !p.handler || !p.group ||
+        !p.error) {
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        goto done;
+    }
+    p.attempts = dl->attempts > 0 ? dl->attempts : 1;
+    p.now_us = ew_now_us();
+    p.last_failed_us = dl->last_failed_us ? dl->last_failed_us : p.now_us;
+    p.first_failed_us = dl->first_failed_us ? dl->first_failed_us : p.last_failed_us;
+    if ((rc = lock(s, err))) goto done;
+    rc = s->ops->dlq_put(s->conn, &p, err);
+    unlock(s);
+    if (!rc)
+        ew__store_logf(&s->log, EW_LOG_WARN, "store: dead letter %s (%s) for %s/%s: %s",
+                       p.event_id ? p.event_id : "-", p.event_name ? p.event_name : "-", p.group,
+                       p.handler, p.error);
+done:
+    for (int i = 0; i < 6; i++)
+        free(own[i]);
+    return rc;
+}
+
+static const ew_dlq_sink_ops dlq_sink_ops = {1, dlq_put};
+
+ew_dlq_sink ew_store_dlq_sink(ew_store *s)
+{
+    ew_dlq_sink k = {&dlq_sink_ops, s};
+    return k;
+}
+
+void ew_dlq_row_release(ew_dlq_row *row)
+{
+    if (!row) return;
+    free(row->event_id);
+    free(row->event_name);
+    free(row->handler);
+    free(row->subscriber_group);
+    free(row->event);
+    free(row->error);
+    memset(row, 0, sizeof *row);
+}
+
+static char *dup_or_null(const char *s, int *oom)
+{
+    if (!s) return NULL;
+    char *d = strdup(s);
+    if (!d) *oom = 1;
+    return d;
+}
+
+typedef struct dlq_rows {
+    ew_dlq_row *rows;
+    size_t n, cap;
+    int oom;
+} dlq_rows;
+
+static int dlq_collect(void *ud, const ew_dlq_row *r)
+{
+    dlq_rows *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        ew_dlq_row *rows = realloc(l->rows, cap * sizeof *rows);
+        if (!rows) {
+            l->oom = 1;
+            return 1;
+        }
+        l->rows = rows;
+        l->cap = cap;
+    }
+    ew_dlq_row *c = &l->rows[l->n++];
+    *c = *r;
+    c->event_id = dup_or_null(r->event_id, &l->oom);
+    c->event_name = dup_or_null(r->event_name, &l->oom);
+    c->handler = dup_or_null(r->handler, &l->oom);
+    c->subscriber_group = dup_or_null(r->subscriber_group, &l->oom);
+    c->event = dup_or_null(r->event, &l->oom);
+    c->error = dup_or_null(r->error, &l->oom);
+    return l->oom;
+}
+
+static int dlq_query(ew_store *s, const ew_dlq_filter *f, int64_t id, dlq_rows *l, ew_error *err)
+{
+    int rc = lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->dlq_list(s->conn, f, id, dlq_collect, l, err);
+    unlock(s);
+    if (!rc && l->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    return rc;
+}
+
+static void dlq_rows_release(dlq_rows *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        ew_dlq_row_release(&l->rows[i]);
+    free(l->rows);
+}
+
+int ew_store_dlq_list(ew_store *s, const ew_dlq_filter *f, ew_dlq_list_fn fn, void *ud,
+                      ew_error *err)
+{
+    if (!s || !fn) return ew_error_set(err, EW_EINVAL, "store and callback are required");
+    ew_dlq_filter any = {NULL, NULL, NULL, -1, 0};
+    if (!f) f = &any;
+    if (f->status < -1 || f->status > EW_DLQ_DISCARDED)
+        return ew_error_set(err, EW_EINVAL, "status %d is not a dead letter status", f->status);
+    dlq_rows l = {0};
+    int rc = dlq_query(s, f, 0, &l, err);
+    for (size_t i = 0; !rc && i < l.n; i++)
+        if (fn(ud, &l.rows[i])) break;
+    dlq_rows_release(&l);
+    return rc;
+}
+
+int ew_store_dlq_get(ew_store *s, int64_t id, ew_dlq_row *row, ew_error *err)
+{
+    if (!s || !row) return ew_error_set(err, EW_EINVAL, "store and row are required");
+    memset(row, 0, sizeof *row);
+    ew_dlq_filter any = {NULL, NULL, NULL, -1, 1};
+    dlq_rows l = {0};
+    int rc = id > 0 ? dlq_query(s, &any, id, &l, err) : 0;
+    if (!rc && l.n == 0) rc = ew_error_set(err, EW_ENOTFOUND, "no dead letter %lld", (long long)id);
+    if (!rc) {
+        *row = l.rows[0];
+        l.n = 0;
+    }
+    dlq_rows_release(&l);
+    return rc;
+}
+
+int ew_store_dlq_set_status(ew_store *s, int64_t id, ew_dlq_status st, ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    if ((unsigned)st > EW_DLQ_DISCARDED)
+        return ew_error_set(err, EW_EINVAL, "status %d is not a dead letter status", (int)st);
+    int changed = 0;
+    int rc = lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->dlq_set_status(s->conn, id, st, ew_now_us(), &changed, err);
+    unlock(s);
+    if (!rc && !changed) rc = ew_error_set(err, EW_ENOTFOUND, "no dead letter %lld", (long long)id);
+    return rc;
+}
+
+/* ---- transactions ---------------------------------------------------------------------------- */
+
+static int txn_open(ew_store *s, ew_error *err)
+{
+    int rc = lock(s, err);
+    if (rc) return rc;
+    if ((rc = s->ops->begin(s->conn, err))) {
+        unlock(s);
+        return rc;
+    }
+    s->txn.active = 1;
+    s->txn.failed = 0;
+    s->txn.held_next = held_txns;
+    held_txns = &s->txn;
+    return 0;
+}
+
+static void txn_close(ew_store *s)
+{
+    for (ew_txn **p = &held_txns; *p; p = &(*p)->held_next)
+        if (*p == &s->txn) {
+            *p = s->txn.held_next;
+            break;
+        }
+    s->txn.active = 0;
+    s->txn.held_next = NULL;
+    unlock(s);
+}
+
+static int txn_check(ew_txn *t, ew_error *err)
+{
+    if (!t || !t->active) return ew_error_set(err, EW_ESTATE, "the transaction is not open");
+    if (t->failed)
+        return ew_error_set(err, EW_ESTATE,
+                            "an earlier statement of this transaction failed: "
+                            "it can only be rolled back");
+    return 0;
+}
+
+int ew_store_begin(ew_store *s, ew_txn **out, ew_error *err)
+{
+    if (!s || !out) return ew_error_set(err, EW_EINVAL, "store and out are required");
+    *out = NULL;
+    int rc = txn_open(s, err);
+    if (!rc) *out = &s->txn;
+    return rc;
+}
+
+int ew_txn_commit(ew_txn *t, ew_error *err)
+{
+    if (!t || !t->active) return ew_error_set(err, EW_ESTATE, "the transaction is not open");
+    ew_store *s = t->s;
+    int rc;
+    if (t->failed) {
+        s->ops->rollback(s->conn);
+        rc = ew_error_set(err, EW_ESTATE,
+                          "a statement of this transaction failed: it was rolled "
+                          "back");
+    } else {
+        rc = s->ops->commit(s->conn, err);
+    }
+    txn_close(s);
+    return rc;
+}
+
+void ew_txn_rollback(ew_txn *t)
+{
+    if (!t || !t->active) return;
+    t->s->ops->rollback(t->s->conn);
+    txn_close(t->s);
+}
+
+static int txn_run(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                   ew__exec_row_fn fn, void *ud, int64_t *changes, ew_error *err)
+{
+    int rc = txn_check(t, err);
+    if (rc) return rc;
+    if (!sql || (nparams && !params))
+        return ew_error_set(err, EW_EINVAL, "sql and its parameters are required");
+    if ((rc = t->s->ops->exec(t->s->conn, sql, params, nparams, fn, ud, changes, err)))
+        t->failed = 1;
+    return rc;
+}
+
+int ew_txn_exec(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                int64_t *changes, ew_error *err)
+{
+    return txn_run(t, sql, params, nparams, NULL, NULL, changes, err);
+}
+
+int ew_txn_query(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                 ew_row_fn fn, void *ud, ew_error *err)
+{
+    if (!fn) return ew_error_set(err, EW_EINVAL, "callback is required");
+    return txn_run(t, sql, params, nparams, fn, ud, NULL, err);
+}
+
+/* ---- the inbox ------------------------------------------------------------------------------- */
+
+static int inbox_begin(void *self, const char *handler, const char *event_id, void **txn,
+                       ew_error *err)
+{
+    ew_store *s = self;
+    *txn = NULL;
+    if (!s || !handler || !event_id)
+        return ew_error_set(err, EW_EINVAL, "handler and event id are required");
+    int seen = 0;
+    int rc = txn_open(s, err);
+    if (rc) return rc;
+    if ((rc = s->ops->inbox_seen(s->conn, handler, event_id, &seen, err)) || seen) {
+        s->ops->rollback(s->conn);
+        txn_close(s);
+        return rc ? rc : 1;
+    }
+    *txn = &s->txn;
+    return 0;
+}
+
+static int inbox_commit(void *self, const char *handler, const char *event_id, void *txn,
+                        ew_error *err)
+{
+    ew_store *s = self;
+    ew_txn *t = txn;
+    if (!t || t != &s->txn || !t->active)
+        return ew_error_set(err, EW_ESTATE, "no inbox transaction is open");
+    int rc = txn_check(t, err);
+    if (!rc) rc = s->ops->inbox_record(s->conn, handler, event_id, ew_now_us(), err);
+    if (rc) {
+        s->ops->rollback(s->conn);
+        txn_close(s);
+        return rc;
+    }
+    rc = s->ops->commit(s->conn, err);
+    txn_close(s);
+    return rc;
+}
+
+static void inbox_rollback(void *self, void *txn)
+{
+    (void)self;
+    ew_txn_rollback(txn);
+}
+
+static const ew_inbox_ops inbox_ops = {1, inbox_begin, inbox_commit, inbox_rollback};
+
+ew_inbox ew_store_inbox(ew_store *s)
+{
+    ew_inbox ib = {&inbox_ops, s};
+    return ib;
+}
+
+int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_error *err)
+{
+    if (purged) *purged = 0;
+    if (!s || max_age_s < 0)
+        return ew_error_set(err, EW_EINVAL, "store and a max age >= 0 are required");
+    const int64_t before = ew_now_us() - max_age_s * 1000000;
+    size_t total = 0;
+    int rc;
+    for (;;) {
+        size_t n = 0;
+        if ((rc = lock(s, err))) break;
+        rc = s->ops->inbox_purge(s->conn, before, DEFAULT_PURGE_BATCH, &n, err);
+        unlock(s);
+        total += n;
+        if (rc || n < DEFAULT_PURGE_BATCH) break;
+    }
+    if (purged) *purged = total;
+    return rc;
+}
+
+/* ---- the outbox ------------------------------------------------------------------------------ */
+
+int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err)
+{
+    int rc = txn_check(t, err);
+    if (rc) return rc;
+    if (!ev) return ew_error_set(err, EW_EINVAL, "event is required");
+    char *text;
+    size_t len;
+    if ((rc = ew_event_encode(ev, &text, &len, err))) return rc;
+    if (len > t->s->max_bytes)
+        rc = ew_error_set(err, EW_ETOOBIG,
+                          "event %s encodes to %zu bytes, more than EVENT_MAX_BYTES (%zu)",
+                          ew_event_id(ev), len, t->s->max_bytes);
+    else if ((rc = t->s->ops->outbox_add(t->s->conn, ew_event_id(ev), text, len, ew_now_us(), err)))
+        t->failed = 1;
+    free(text);
+    return rc;
+}
+
+typedef struct outbox_rows {
+    int64_t *ids;
+    char **texts;
+    size_t *lens;
+    size_t n, cap;
+    int oom;
+} outbox_rows;
+
+static int outbox_collect(void *ud, const ew__outbox_row *r)
+{
+    outbox_rows *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        int64_t *ids = realloc(l->ids, cap * sizeof *ids);
+        if (ids) l->ids = ids;
+        char **texts = ids ? realloc(l->texts, cap * sizeof *texts) : NULL;
+        if (texts) l->texts = texts;
+        size_t *lens = texts ? realloc(l->lens, cap * sizeof *lens) : NULL;
+        if (!lens) {
+            l->oom = 1;
+            return 1;
+        }
+        l->lens = lens;
+        l->cap = cap;
+    }
+    char *t = malloc(r->len + 1);
+    if (!t) {
+        l->oom = 1;
+        return 1;
+    }
+    memcpy(t, r->event, r->len);
+    t[r->len] = '\0';
+    l->ids[l->n] = r->id;
+    l->texts[l->n] = t;
+    l->lens[l->n++] = r->len;
+    return 0;
+}
+
+/* Ends a claim: mark (sent) or give the rows back. release() touches only what claim() set up,
+ * so it runs even when the mutex cannot be had. */
+static int outbox_end(ew_store *s, outbox_rows *l, int mark, ew_error *err)
+{
+    ew_error e = {0};
+    int rc = lock(s, mark ? err : &e);
+    if (rc) {
+        s->ops->outbox_release(s->conn);
+        return rc;
+    }
+    if (mark)
+        rc = s->ops->outbox_mark(s->conn, l->ids, l->n, ew_now_us(), err);
+    else
+        s->ops->outbox_release(s->conn);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_outbox_relay(ew_store *s, size_t batch, ew_outbox_publish_fn publish, void *ud,
+                          size_t *sent, ew_error *err)
+{
+    if (sent) *sent = 0;
+    if (!s || !publish) return ew_error_set(err, EW_EINVAL, "store and publish are required");
+    if (!batch) batch = DEFAULT_RELAY_BATCH;
+    outbox_rows l = {0};
+    ew_event **evs = NULL;
+    size_t nev = 0;
+    pthread_mutex_lock(&s->relay_mu);
+    int rc = lock(s, err);
+    if (rc) goto done;
+    rc = s->ops->outbox_claim(s->conn, batch, outbox_collect, &l, err);
+    unlock(s);
+    if (rc) goto done;
+    if (l.oom || !(evs = calloc(l.n ? l.n : 1, sizeof *evs))) {
+        outbox_end(s, &l, 0, NULL);
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (; nev < l.n; nev++) {
+        ew_decode_opts o = {l.lens[nev] + 1, 0};
+        ew_error e = {0};
+        if ((rc = ew_event_decode(&evs[nev], l.texts[nev], l.lens[nev], &o, &e))) {
+            outbox_end(s, &l, 0, NULL);
+            ew_error_set(err, rc, "outbox row %lld: %s", (long long)l.ids[nev], e.msg);
+            goto done;
+        }
+    }
+    if (l.n == 0) {
+        outbox_end(s, &l, 0, NULL);
+        goto done;
+    }
+    if ((rc = publish(ud, (const ew_event *const *)evs, l.n, err))) {
+        outbox_end(s, &l, 0, NULL);
+        goto done;
+    }
+    /* A crash here publishes the batch again on the next run: at least once. */
+    if ((rc = outbox_end(s, &l, 1, err))) goto done;
+    if (sent) *sent = l.n;
+done:
+    pthread_mutex_unlock(&s->relay_mu);
+    for (size_t i = 0; i < nev; i++)
+        ew_event_unref(evs[i]);
+    free(evs);
+    for (size_t i = 0; i < l.n; i++)
+        free(l.texts[i]);
+    free(l.ids);
+    free(l.texts);
+    free(l.lens);
+    return rc;
+}

@@ -1,0 +1,21 @@
+/* Test support: a fresh PostgreSQL database for each test case, on the server that CTest starts
+ * for test files marked `ew-fixture: postgres` (scripts/test-servers). CTest runs cases in
+ * parallel, so no two cases share a database. */
+#ifndef EW_TEST_PG_H
+#define EW_TEST_PG_H
+
+#include <stddef.h>
+
+/* The server's URL, malloc'ed: $EW_SERVERS_DIR/postgres.url under CTest, else $EW_PG_URL. NULL
+ * when there is none, with the reason in msg. */
+char *ew_test_pg_server_url(char *msg, size_t n);
+
+/* Creates a database with a name no other case uses and returns its URL (malloc'ed), or NULL
+ * with the reason in msg. */
+char *ew_test_pg_create(char *msg, size_t n);
+
+/* Drops the database of url (from ew_test_pg_create), even while connections to it are open,
+ * and frees url. NULL is ignored. */
+void ew_test_pg_drop(char *url);
+
+#endif
