@@ -2,6 +2,8 @@
  * one millisecond in order). Randomness comes from a per-thread xoshiro256** generator seeded by
  * getrandom(): ids must be unique, not secret, and a system call per id would cost more than the
  * rest of building an event. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
@@ -11,8 +13,24 @@
 #include "core/rand.h"
 #include "core/uuid.h"
 
+/* Bumped in a child after fork(): the child's threads must not repeat the parent's random
+ * stream (two processes would make the same ids). The one piece of process-wide state here, and
+ * it only ever counts forks. */
+static atomic_uint fork_generation = 1;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    atomic_fetch_add_explicit(&fork_generation, 1, memory_order_relaxed);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
 static _Thread_local struct {
-    int seeded;
+    unsigned seeded; /* the fork generation the state was seeded in; 0: never */
     uint64_t s[4];
     uint64_t last_ms;
     uint32_t counter;
@@ -25,7 +43,10 @@ static inline uint64_t rotl(uint64_t x, int k)
 
 uint64_t ew__rand64(void)
 {
-    if (!tl.seeded) {
+    unsigned gen = atomic_load_explicit(&fork_generation, memory_order_relaxed);
+    if (tl.seeded != gen) {
+        pthread_once(&atfork_once, register_atfork);
+        gen = atomic_load_explicit(&fork_generation, memory_order_relaxed);
         uint64_t seed[4] = {0};
         if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
             /* Only before the entropy pool is ready; mix what differs between threads. */
@@ -36,7 +57,8 @@ uint64_t ew__rand64(void)
             seed[2] ^= (uint64_t)getpid() << 32 | (uint64_t)ts.tv_sec;
         }
         for (int i = 0; i < 4; i++) tl.s[i] = seed[i] ? seed[i] : 0x9e3779b97f4a7c15ull * (i + 1);
-        tl.seeded = 1;
+        tl.seeded = gen;
+        tl.last_ms = 0;
     }
     uint64_t *s = tl.s;
     uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;

@@ -1,6 +1,8 @@
 /* Tests of the event object and its CloudEvents codec: building, round trips for every catalog
  * type, upcasting, and every class of malformed input. */
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "support/ew_test.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
@@ -156,6 +158,32 @@ static void test_ids_are_uuid7_and_ordered(void **state)
     assert_false(ew_uuid_valid("not-a-uuid"));
     assert_false(ew_uuid_valid("0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6"));
     assert_true(ew_uuid_valid("0192D3C4-5E6F-7A8B-9C0D-1E2F3A4B5C6D"));
+}
+
+/* A forked child must not repeat its parent's ids (their random state is copied by fork). */
+static void test_forked_processes_make_different_ids(void **state)
+{
+    char parent_id[EW_UUID_LEN + 1];
+    ew_uuid7(parent_id); /* the parent's random state exists before the fork */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char id[EW_UUID_LEN + 1];
+        ew_uuid7(id);
+        ssize_t w = write(fds[1], id, EW_UUID_LEN);
+        _exit(w == EW_UUID_LEN ? 0 : 1);
+    }
+    char mine[EW_UUID_LEN + 1], theirs[EW_UUID_LEN + 1] = {0};
+    ew_uuid7(mine);
+    assert_int_equal(read(fds[0], theirs, EW_UUID_LEN), EW_UUID_LEN);
+    int status;
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    close(fds[1]);
+    /* the random tails differ (the times may be the same millisecond) */
+    assert_string_not_equal(mine + 19, theirs + 19);
 }
 
 static void test_time_format_and_parse(void **state)
@@ -491,6 +519,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_roundtrip_every_catalog_type),
     cmocka_unit_test(test_encode_is_cloudevents_json),
     cmocka_unit_test(test_ids_are_uuid7_and_ordered),
+    cmocka_unit_test(test_forked_processes_make_different_ids),
     cmocka_unit_test(test_time_format_and_parse),
     cmocka_unit_test(test_v2_consumer_reads_v1_event),
     cmocka_unit_test(test_foreign_event_without_optional_attributes),
