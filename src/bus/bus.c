@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bus/backend.h"
+#include "eventwire/store.h"
 #include "bus/dispatch.h"
 #include "eventwire/bus.h"
 #include "eventwire/catalog.h"
@@ -25,6 +26,7 @@ struct ew_bus {
     ew_memdlq *own_dlq; /* when the options gave no sink */
     ew_dlq_sink dlq;
     ew_inbox inbox;
+    ew_store *audit;     /* ENABLE_EVENT_STORE: every published event is recorded here first */
     const char *service; /* in cfg */
     int max_attempts, backoff_ms, backoff_max_ms, drain_ms;
 
@@ -94,13 +96,36 @@ static int not_supported(const char *type, ew_error *err)
                         type, built);
 }
 
+/* The audit trail: with ENABLE_EVENT_STORE every event is appended to the event store before the
+ * backend gets it, to the stream of its subject (its type when it has none). The store skips an
+ * id it has, so a retried publish records once; when recording fails nothing is published. */
+static int record(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *stream = ew_event_subject(evs[i]) ? ew_event_subject(evs[i])
+                                                      : ew_event_type(evs[i]);
+        ew_error e = {0};
+        int rc = ew_store_append(bus->audit, stream, EW_EXPECT_ANY, &evs[i], 1, NULL, &e);
+        if (rc)
+            return ew_error_set(err, rc, "event %zu (%s) not recorded in the event store: %s", i,
+                                ew_event_id(evs[i]), e.msg);
+    }
+    return 0;
+}
+
 /* The internal publish: follow-ups of handlers go through here, also while closing. */
 static int publish_internal(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
                             ew_error *err)
 {
     ew_bus *bus = self;
     size_t done = 0;
-    int rc = bus->ops->publish(bus->be, evs, n, &done, err);
+    int rc = bus->audit ? record(bus, evs, n, err) : 0;
+    if (rc) {
+        atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
+        if (npublished) *npublished = 0;
+        return rc;
+    }
+    rc = bus->ops->publish(bus->be, evs, n, &done, err);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
@@ -109,6 +134,7 @@ static int publish_internal(void *self, const ew_event *const *evs, size_t n, si
 
 static void bus_free(ew_bus *bus)
 {
+    ew_store_close(bus->audit);
     ew__dispatch_free(bus->disp);
     ew_memdlq_free(bus->own_dlq);
     ew_config_free(bus->cfg);
@@ -166,7 +192,12 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
         .publish = publish_internal,
         .bus = bus,
     };
-    if ((rc = ew__dispatch_new(&bus->disp, &host, err))) goto fail_dlq;
+    /* The sqlite bus is the event store already: nothing to record twice. */
+    if (ew_config_get_int(bus->cfg, "ENABLE_EVENT_STORE") && strcmp(bus->ops->name, "sqlite") != 0) {
+        ew_store_options so = {.config = bus->cfg, .log = bus->log, .log_ud = bus->log_ud};
+        if ((rc = ew_store_open(&bus->audit, &so, err))) goto fail_dlq;
+    }
+    if ((rc = ew__dispatch_new(&bus->disp, &host, err))) goto fail_store;
     if ((rc = bus->ops->open(&bus->be, bus, bus->cfg, err))) goto fail_disp;
     ew__bus_log(bus, EW_LOG_DEBUG, "bus opened: backend %s, service %s", bus->ops->name,
                 bus->service);
@@ -175,6 +206,8 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
 
 fail_disp:
     ew__dispatch_free(bus->disp);
+fail_store:
+    ew_store_close(bus->audit);
 fail_dlq:
     ew_memdlq_free(bus->own_dlq);
 fail_mu:
