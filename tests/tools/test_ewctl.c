@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/ew_test.h"
+#include "eventwire/event.h"
+#include "eventwire/store.h"
 
 /* Runs `ewctl ARGS` through the shell with optional standard input; returns the exit status
  * and the standard output (malloc'ed) in *out. Standard error goes to *errout likewise. */
@@ -51,8 +53,8 @@ static int run(const char *args, const char *input, char **out, char **errout)
 
 static void test_help_on_every_command(void **state)
 {
-    const char *cmds[] = {"--help",         "schema --help",  "validate --help",
-                          "config --help",  "publish --help", "tail --help"};
+    const char *cmds[] = {"--help",         "schema --help",  "validate --help", "config --help",
+                          "publish --help", "tail --help",    "dlq --help",      "store --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
         assert_int_equal(run(cmds[i], NULL, &out, NULL), 0);
@@ -221,7 +223,83 @@ static void test_configuration_doc_matches_the_table(void **state)
     free(doc);
 }
 
+static void test_dlq_and_store_commands(void **state)
+{
+    char dir[] = "/tmp/ewctl-store-XXXXXX", url[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/s.db", dir);
+    ew_store *st;
+    ew_error err = {0};
+    if (ew_store_open(&st, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_user_logged_out d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "s"};
+    ew_event *ev[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(ew_user_logged_out_new(&ev[i], &d, &(ew_event_attrs){.source = "t"}, NULL), 0);
+    assert_int_equal(ew_store_append(st, "user-1", EW_EXPECT_ANY, (const ew_event *const *)ev, 2,
+                                     NULL, &err), 0);
+    ew_dlq_sink sink = ew_store_dlq_sink(st);
+    ew_dead_letter dl = {.event = ev[0], .event_id = ew_event_id(ev[0]),
+                         .event_type = "user.logged_out", .group = "auth-service",
+                         .handler = "end-session", .error = "database is locked", .attempts = 5,
+                         .first_failed_us = 1700000000000000LL, .last_failed_us = 1700000001000000LL};
+    assert_int_equal(sink.ops->put(sink.self, &dl, &err), 0);
+    dl.event = ev[1];
+    dl.event_id = ew_event_id(ev[1]);
+    dl.handler = "other";
+    assert_int_equal(sink.ops->put(sink.self, &dl, &err), 0);
+    ew_store_close(st);
+    setenv("EVENT_STORE_URL", url, 1);
+
+    char *out, *errout;
+    assert_int_equal(run("dlq list", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"handler\":\"end-session\""));
+    assert_non_null(strstr(out, "\"handler\":\"other\""));
+    assert_non_null(strstr(out, "\"status\":\"pending\""));
+    assert_null(strstr(out, "\"event\":")); /* list leaves the event out */
+    free(out);
+    assert_int_equal(run("dlq list --handler other", NULL, &out, NULL), 0);
+    assert_null(strstr(out, "end-session"));
+    assert_non_null(strstr(out, "\"attempts\":5"));
+    free(out);
+    assert_int_equal(run("dlq show 1", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"event\":\"{\\\"specversion\\\""));
+    assert_non_null(strstr(out, "\"error\":\"database is locked\""));
+    free(out);
+    assert_int_equal(run("dlq discard 1", NULL, &out, NULL), 0);
+    free(out);
+    assert_int_equal(run("dlq list --status discarded", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"id\":1,"));
+    assert_null(strstr(out, "\"id\":2,"));
+    free(out);
+    assert_int_equal(run("dlq show 99", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "99"));
+    free(out);
+    free(errout);
+    assert_int_equal(run("dlq list --status lost", NULL, &out, &errout), 2);
+    free(out);
+    free(errout);
+    assert_int_equal(run("store stream user-1", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"version\":1"));
+    assert_non_null(strstr(out, "\"version\":2"));
+    assert_non_null(strstr(out, ew_event_id(ev[1])));
+    free(out);
+    assert_int_equal(run("store purge", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "{\"purged\":0}"));
+    free(out);
+    setenv("EVENT_STORE_URL", "oracle://x", 1);
+    assert_int_equal(run("dlq list", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "cannot open the event store"));
+    free(out);
+    free(errout);
+    unsetenv("EVENT_STORE_URL");
+    for (int i = 0; i < 2; i++) ew_event_unref(ev[i]);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),
     cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),

@@ -16,6 +16,8 @@ int ewctl_validate(int argc, char **argv);
 int ewctl_config(int argc, char **argv);
 int ewctl_publish(int argc, char **argv);
 int ewctl_tail(int argc, char **argv);
+int ewctl_dlq(int argc, char **argv);
+int ewctl_store(int argc, char **argv);
 
 /* Is argv[i] a request for help? */
 int ewctl_wants_help(int argc, char **argv);

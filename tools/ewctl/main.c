@@ -10,6 +10,8 @@ static const ewctl_cmd commands[] = {
      ewctl_validate},
     {"publish", "publish an event built from its data on the configured bus", ewctl_publish},
     {"tail", "print events as JSON lines as they arrive on the configured bus", ewctl_tail},
+    {"dlq", "list, show and discard dead letters in the event store", ewctl_dlq},
+    {"store", "read a stream of the event store, purge old events", ewctl_store},
     {"config", "list every setting, its default and its value here", ewctl_config},
 };
 
