@@ -1,7 +1,8 @@
 # Runs a test executable with --list and writes one add_test() per case into OUT, which CTest
 # includes when it runs. Each case is then its own CTest entry, so a failure names itself.
 # A test source that says `ew-fixture: NAME` (in a comment) gets the CTest fixture NAME: the
-# server of that name runs while its cases do (see scripts/test-servers).
+# server of that name runs while its cases do (see scripts/test-servers). Cases named
+# *broker_restart* run alone: they restart the server every test of that fixture shares.
 execute_process(COMMAND ${TEST_EXE} --list OUTPUT_VARIABLE cases RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "${TEST_EXE} --list failed (${rc})")
@@ -19,6 +20,10 @@ foreach(c ${cases})
   if(c)
     string(APPEND content "add_test(\"${TEST_NAME}.${c}\" \"${TEST_EXE}\" \"${c}\")\n")
     string(APPEND content "set_tests_properties(\"${TEST_NAME}.${c}\" PROPERTIES TIMEOUT 300 WORKING_DIRECTORY \"${BIN_DIR}\" ENVIRONMENT \"EW_SOURCE_DIR=${SRC_DIR};EW_BUILD_DIR=${BIN_DIR};EW_SERVERS_DIR=${BIN_DIR}/servers\")\n")
+    # A case that restarts a shared server must not run beside the others that use it.
+    if(c MATCHES "broker_restart")
+      string(APPEND content "set_tests_properties(\"${TEST_NAME}.${c}\" PROPERTIES RUN_SERIAL TRUE)\n")
+    endif()
     if(fixtures)
       string(APPEND content "set_tests_properties(\"${TEST_NAME}.${c}\" PROPERTIES FIXTURES_REQUIRED \"${fixtures}\")\n")
     endif()
