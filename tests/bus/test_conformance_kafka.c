@@ -1,0 +1,89 @@
+/* The bus conformance suite against the Kafka backend, on librdkafka's mock cluster (three
+ * brokers in a helper process that speaks the Kafka protocol over TCP).
+ * ew-fixture: kafka */
+#include <librdkafka/rdkafka.h>
+#include "bus/conformance.h"
+
+/* The fixture's bootstrap list, or "" when there is none (the cases then skip). */
+static const char *bootstrap(void)
+{
+    static char url[512];
+    if (url[0]) return url;
+    const char *dir = getenv("EW_SERVERS_DIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/kafka.url", dir ? dir : "servers");
+    FILE *f = fopen(path, "r");
+    if (!f) return "";
+    if (!fgets(url, sizeof url, f)) url[0] = '\0';
+    fclose(f);
+    url[strcspn(url, "\r\n")] = '\0';
+    return url;
+}
+
+/* Each test's namespace is its topic prefix and its group prefix. */
+static int kafka_configure(ew_config *cfg, const char *ns)
+{
+    if (!*bootstrap()) return -1;
+    ew_error err = {0};
+    if (ew_config_set(cfg, "KAFKA_BOOTSTRAP_SERVERS", bootstrap(), &err) ||
+        ew_config_set(cfg, "KAFKA_TOPIC_PREFIX", ns, &err) ||
+        ew_config_set(cfg, "KAFKA_CONSUMER_GROUP", ns, &err))
+        fail_msg("%s", err.msg);
+    return 0;
+}
+
+static int kafka_restart(void)
+{
+    const char *src = getenv("EW_SOURCE_DIR"), *dir = getenv("EW_SERVERS_DIR");
+    if (!src || !dir) return -1;
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "'%s/scripts/test-servers' restart kafka '%s' >/dev/null", src, dir);
+    int st = system(cmd);
+    return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static void inject_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    *(rd_kafka_resp_err_t *)m->_private = m->err;
+}
+
+/* A foreign producer: the bytes as they are, no headers, to the topic of `type`. */
+static int kafka_inject(const char *ns, const char *type, const void *bytes, size_t n)
+{
+    char errstr[512], topic[256], maxb[32];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    snprintf(maxb, sizeof maxb, "%zu", n + (1u << 20));
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap(), errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "message.max.bytes", maxb, errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr))
+        fail_msg("%s", errstr);
+    rd_kafka_conf_set_dr_msg_cb(conf, inject_dr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) fail_msg("%s", errstr);
+    snprintf(topic, sizeof topic, "%s.%s", ns, type);
+    rd_kafka_resp_err_t result = RD_KAFKA_RESP_ERR__IN_PROGRESS;
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE((void *)bytes, n),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(&result), RD_KAFKA_V_END);
+    if (!e) rd_kafka_flush(rk, 30000);
+    rd_kafka_destroy(rk);
+    return !e && result == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
+}
+
+static const cf_backend kafka_backend = {
+    .name = "kafka",
+    .configure = kafka_configure,
+    .durable = true,
+    .at_least_once = true,
+    .restart_broker = kafka_restart,
+    .inject_raw = kafka_inject,
+};
+
+static const cf_backend *cf_be(void)
+{
+    return &kafka_backend;
+}
+
+static const struct CMUnitTest tests[] = {CF_TESTS};
+
+EW_TEST_MAIN(tests)
