@@ -57,12 +57,16 @@ enum {
     P_OUTBOX_ADD,
     P_OUTBOX_CLAIM,
     P_OUTBOX_MARK,
+    P_GROUP_CREATE,
+    P_GROUP_GET,
+    P_GROUP_LEASE,
+    P_GROUP_COMMIT,
     P__COUNT
 };
 
 #define EVENT_COLUMNS                                                                              \
     "position, stream_id, version, event_type, metadata, data, "                                   \
-    "(extract(epoch FROM recorded_at) * 1000000)::bigint"
+    "(extract(epoch FROM recorded_at) * 1000000)::bigint, event_id"
 
 static const struct {
     const char *name, *what, *sql;
@@ -156,6 +160,29 @@ static const struct {
     [P_OUTBOX_MARK] = {"eventwire_outbox_mark", "outbox",
                        "UPDATE event_store.outbox SET sent_at = $2::timestamptz "
                        "WHERE id = ANY($1::bigint[])"},
+    /* The subscriber groups of the SQLite bus (002_bus_groups.sql), the same here. */
+    [P_GROUP_CREATE] =
+        {"eventwire_group_create", "subscriber group",
+         "INSERT INTO event_store.bus_groups (group_name, position, owner, "
+         "lease_until, updated_at) SELECT $1, CASE WHEN $2::boolean THEN 0 ELSE " LAST_POSITION
+         " END, NULL, NULL, $3::timestamptz "
+         "ON CONFLICT (group_name) DO NOTHING"},
+    [P_GROUP_GET] = {"eventwire_group_get", "subscriber group",
+                     "SELECT position, owner, "
+                     "(extract(epoch FROM lease_until) * 1000000)::bigint, "
+                     "(extract(epoch FROM updated_at) * 1000000)::bigint "
+                     "FROM event_store.bus_groups WHERE group_name = $1"},
+    [P_GROUP_LEASE] = {"eventwire_group_lease", "subscriber group lease",
+                       "UPDATE event_store.bus_groups SET owner = $2, "
+                       "lease_until = $4::timestamptz, updated_at = $3::timestamptz "
+                       "WHERE group_name = $1 AND (owner IS NULL OR owner = $2 OR "
+                       "lease_until IS NULL OR lease_until < $3::timestamptz OR owner = $5)"},
+    [P_GROUP_COMMIT] = {"eventwire_group_commit", "subscriber group position",
+                        "UPDATE event_store.bus_groups SET "
+                        "position = greatest(position, $3::bigint), "
+                        "owner = CASE WHEN $5::timestamptz IS NULL THEN NULL ELSE owner END, "
+                        "lease_until = $5::timestamptz, updated_at = $4::timestamptz "
+                        "WHERE group_name = $1 AND owner = $2"},
 };
 
 typedef struct session {
@@ -417,6 +444,31 @@ static void arr_str(ew_buf *b, const char *s, size_t n)
     ew_buf_putc(b, '"');
 }
 
+/* The array parameters $3..$7 of the append statements, for recs[0..n), into v[2..6]. */
+static int fill_arrays(pgs *c, const ew__store_rec *recs, size_t n, const char **v, ew_error *err)
+{
+    ew_buf *ids = &c->arr[0], *types = &c->arr[1], *tv = &c->arr[2], *meta = &c->arr[3],
+           *data = &c->arr[4];
+    for (int i = 0; i < 5; i++)
+        ew_buf_reset(&c->arr[i]);
+    for (size_t i = 0; i < n; i++) {
+        const ew__store_rec *r = &recs[i];
+        arr_str(ids, r->event_id, strlen(r->event_id));
+        arr_str(types, r->event_type, strlen(r->event_type));
+        ew_buf_printf(tv, "%c%d", i ? ',' : '{', r->event_version);
+        arr_str(meta, r->metadata, r->metadata_len);
+        arr_str(data, r->data, r->data_len);
+    }
+    for (int i = 0; i < 5; i++) {
+        if (n == 0) ew_buf_putc(&c->arr[i], '{');
+        ew_buf_putc(&c->arr[i], '}');
+        if (c->arr[i].oom) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    const char *many[5] = {ids->data, types->data, tv->data, meta->data, data->data};
+    memcpy(v + 2, many, sizeof many);
+    return 0;
+}
+
 /* The fast path (P_APPEND_ONE, P_APPEND_MANY): one statement, its own transaction. 0: appended;
  * 1: nothing was written and append_events must decide (the lock was busy, an id is stored, the
  * expected version does not hold, or the statement saw the log before the last append). */
@@ -469,8 +521,7 @@ static int pg_append(void *conn, const ew__append_args *a, ew_append_result *res
                         NULL,
                         fmt_time(rec, a->recorded_us),
                         a->expires_us ? fmt_time(exp, a->expires_us) : NULL};
-    ew_buf *ids = &c->arr[0], *types = &c->arr[1], *tv = &c->arr[2], *meta = &c->arr[3],
-           *data = &c->arr[4];
+    ew_buf *meta = &c->arr[3], *data = &c->arr[4];
     if (a->n == 1) { /* scalars; text parameters end at a NUL, so metadata and data are copied */
         const ew__store_rec *r = &a->recs[0];
         snprintf(tv1, sizeof tv1, "%d", r->event_version);
@@ -483,23 +534,7 @@ static int pg_append(void *conn, const ew__append_args *a, ew_append_result *res
         memcpy(v + 2, one, sizeof one);
         if ((rc = append_fast(c, a, v, res, err)) <= 0) return rc;
     }
-    for (int i = 0; i < 5; i++)
-        ew_buf_reset(&c->arr[i]);
-    for (size_t i = 0; i < a->n; i++) {
-        const ew__store_rec *r = &a->recs[i];
-        arr_str(ids, r->event_id, strlen(r->event_id));
-        arr_str(types, r->event_type, strlen(r->event_type));
-        ew_buf_printf(tv, "%c%d", i ? ',' : '{', r->event_version);
-        arr_str(meta, r->metadata, r->metadata_len);
-        arr_str(data, r->data, r->data_len);
-    }
-    for (int i = 0; i < 5; i++) {
-        if (a->n == 0) ew_buf_putc(&c->arr[i], '{');
-        ew_buf_putc(&c->arr[i], '}');
-        if (c->arr[i].oom) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    }
-    const char *many[5] = {ids->data, types->data, tv->data, meta->data, data->data};
-    memcpy(v + 2, many, sizeof many);
+    if ((rc = fill_arrays(c, a->recs, a->n, v, err))) return rc;
     if (a->n > 1 && (rc = append_fast(c, a, v, res, err)) <= 0) return rc;
 
     /* The general path: duplicates, conflicts, nothing to write. */
@@ -543,6 +578,7 @@ static int event_rows(PGresult *r, ew__event_row_fn fn, void *ud)
         row.data = PQgetvalue(r, i, 5);
         row.data_len = (size_t)PQgetlength(r, i, 5);
         row.recorded_us = to_i64(PQgetvalue(r, i, 6));
+        row.event_id = PQgetvalue(r, i, 7);
         if (fn(ud, &row)) break;
     }
     PQclear(r);
@@ -695,6 +731,115 @@ static int pg_dlq_set_status(void *conn, int64_t id, ew_dlq_status status, int64
     int rc = changing(conn, P_DLQ_STATUS, 3, v, &n, err);
     *changed = n > 0;
     return rc;
+}
+
+/* ---- the log as a bus ---------------------------------------------------------------------- */
+
+/* In the caller's transaction: each run of events of one stream through append_events, which
+ * takes the appends' lock (held to the commit) and skips stored ids. */
+static int pg_record(void *conn, const ew__record_args *a, ew_append_result *res, ew_error *err)
+{
+    pgs *c = conn;
+    char rec[EW_TIME_LEN + 1], exp[EW_TIME_LEN + 1];
+    const char *v[9] = {NULL,
+                        "-1",
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        NULL,
+                        fmt_time(rec, a->recorded_us),
+                        a->expires_us ? fmt_time(exp, a->expires_us) : NULL};
+    memset(res, 0, sizeof *res);
+    for (size_t i = 0, j; i < a->n; i = j) {
+        for (j = i + 1; j < a->n && strcmp(a->streams[j], a->streams[i]) == 0;)
+            j++;
+        v[0] = a->streams[i];
+        int rc = fill_arrays(c, a->recs + i, j - i, v, err);
+        if (rc) return rc;
+        PGresult *r = run(&c->main, P_APPEND, 9, v, &rc, err);
+        if (!r) return rc;
+        if (PQntuples(r) != 1 || PQnfields(r) != 5) {
+            PQclear(r);
+            return ew_error_set(err, EW_EIO, "postgresql: record: unexpected result");
+        }
+        size_t appended = (size_t)to_i64(PQgetvalue(r, 0, 3));
+        if (appended) {
+            res->version = to_i64(PQgetvalue(r, 0, 0));
+            if (!res->first_position) res->first_position = to_i64(PQgetvalue(r, 0, 1));
+            res->last_position = to_i64(PQgetvalue(r, 0, 2));
+        }
+        res->appended += appended;
+        res->duplicates += (size_t)to_i64(PQgetvalue(r, 0, 4));
+        PQclear(r);
+    }
+    return 0;
+}
+
+static int pg_data_version(void *conn, int64_t *version, ew_error *err)
+{
+    *version = 0;
+    return ew_error_set(err, EW_ENOTSUP, "postgresql has no data version: poll ew_store_head");
+}
+
+static int pg_group_create(void *conn, const char *group, int from_beginning, int64_t now_us,
+                           ew_error *err)
+{
+    char now[EW_TIME_LEN + 1];
+    const char *v[3] = {group, from_beginning ? "true" : "false", fmt_time(now, now_us)};
+    return changing(conn, P_GROUP_CREATE, 3, v, NULL, err);
+}
+
+static int pg_group_get(void *conn, const char *group, int (*fn)(void *, const ew__group_row *),
+                        void *ud, int *found, ew_error *err)
+{
+    pgs *c = conn;
+    int rc = ready(c, &c->main, err);
+    if (rc) return rc;
+    const char *v[1] = {group};
+    PGresult *r = run(&c->main, P_GROUP_GET, 1, v, &rc, err);
+    if (!r) return rc;
+    *found = PQntuples(r) > 0;
+    if (*found) {
+        ew__group_row row = {to_i64(PQgetvalue(r, 0, 0)),
+                             PQgetisnull(r, 0, 1) ? NULL : PQgetvalue(r, 0, 1),
+                             to_i64(PQgetvalue(r, 0, 2)), to_i64(PQgetvalue(r, 0, 3))};
+        fn(ud, &row);
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int pg_group_lease(void *conn, const char *group, const char *owner, const char *from,
+                          int64_t now_us, int64_t until_us, int *held, ew_error *err)
+{
+    char now[EW_TIME_LEN + 1], until[EW_TIME_LEN + 1];
+    const char *v[5] = {group, owner, fmt_time(now, now_us), fmt_time(until, until_us), from};
+    size_t changed = 0;
+    int rc = changing(conn, P_GROUP_LEASE, 5, v, &changed, err);
+    *held = !rc && changed > 0;
+    return rc;
+}
+
+static int pg_group_commit(void *conn, const char *group, const char *owner, int64_t position,
+                           int64_t now_us, int64_t until_us, int *held, ew_error *err)
+{
+    char pos[24], now[EW_TIME_LEN + 1], until[EW_TIME_LEN + 1];
+    snprintf(pos, sizeof pos, "%lld", (long long)position);
+    const char *v[5] = {group, owner, pos, fmt_time(now, now_us),
+                        until_us ? fmt_time(until, until_us) : NULL};
+    size_t changed = 0;
+    int rc = changing(conn, P_GROUP_COMMIT, 5, v, &changed, err);
+    *held = !rc && changed > 0;
+    return rc;
+}
+
+static int pg_sync_commits(void *conn, int on, ew_error *err)
+{
+    (void)on; /* commits wait for the WAL flush unless the server says otherwise */
+    pgs *c = conn;
+    if (c->main.in_txn) return ew_error_set(err, EW_ESTATE, "postgresql: not inside a transaction");
+    return 0;
 }
 
 /* ---- transactions ------------------------------------------------------------------------- */
@@ -883,7 +1028,7 @@ static int pg_outbox_mark(void *conn, const int64_t *ids, size_t n, int64_t now_
 }
 
 const ew_store_ops ew__store_postgres = {
-    .version = 1,
+    .version = 2,
     .name = "postgresql",
     .open = pg_open,
     .close = pg_close,
@@ -907,4 +1052,11 @@ const ew_store_ops ew__store_postgres = {
     .outbox_claim = pg_outbox_claim,
     .outbox_mark = pg_outbox_mark,
     .outbox_release = pg_outbox_release,
+    .record = pg_record,
+    .data_version = pg_data_version,
+    .group_create = pg_group_create,
+    .group_get = pg_group_get,
+    .group_lease = pg_group_lease,
+    .group_commit = pg_group_commit,
+    .sync_commits = pg_sync_commits,
 };

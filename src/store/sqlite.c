@@ -45,6 +45,11 @@ enum {
     S_MIG_TABLE,
     S_MIG_APPLIED,
     S_MIG_RECORD,
+    S_DATA_VERSION,
+    S_GROUP_CREATE,
+    S_GROUP_GET,
+    S_GROUP_LEASE,
+    S_GROUP_COMMIT,
     S__COUNT
 };
 
@@ -59,7 +64,8 @@ enum {
 /* The purge's batch: the oldest expired positions. */
 #define PURGE_BATCH                                                                                \
     "(SELECT position FROM event_store.events WHERE expires_at <= ?1 ORDER BY position LIMIT ?2)"
-#define EVENT_COLUMNS "position, stream_id, version, event_type, metadata, data, recorded_at"
+#define EVENT_COLUMNS                                                                              \
+    "position, stream_id, version, event_type, metadata, data, recorded_at, event_id"
 
 static const char *const sql_text[S__COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -123,6 +129,21 @@ static const char *const sql_text[S__COUNT] = {
     [S_MIG_APPLIED] = "SELECT 1 FROM event_store.schema_migrations WHERE number = ?1",
     [S_MIG_RECORD] = "INSERT INTO event_store.schema_migrations (number, name, applied_at) "
                      "VALUES (?1, ?2, ?3)",
+    /* Reads the WAL index in shared memory: no disk I/O. */
+    [S_DATA_VERSION] = "PRAGMA event_store.data_version",
+    /* One statement, so the head it reads is the head when the row is written. */
+    [S_GROUP_CREATE] = "INSERT INTO event_store.bus_groups (group_name, position, owner, "
+                       "lease_until, updated_at) SELECT ?1, CASE WHEN ?2 THEN 0 ELSE " LAST_POSITION
+                       " END, NULL, NULL, ?3 WHERE true ON CONFLICT (group_name) DO NOTHING",
+    [S_GROUP_GET] = "SELECT position, owner, lease_until, updated_at FROM event_store.bus_groups "
+                    "WHERE group_name = ?1",
+    /* Times are RFC 3339 text of one width: they compare as text. */
+    [S_GROUP_LEASE] = "UPDATE event_store.bus_groups SET owner = ?2, lease_until = ?4, "
+                      "updated_at = ?3 WHERE group_name = ?1 AND (owner IS NULL OR owner = ?2 OR "
+                      "lease_until IS NULL OR lease_until < ?3 OR owner = ?5)",
+    [S_GROUP_COMMIT] = "UPDATE event_store.bus_groups SET position = max(position, ?3), "
+                       "owner = CASE WHEN ?5 IS NULL THEN NULL ELSE owner END, lease_until = ?5, "
+                       "updated_at = ?4 WHERE group_name = ?1 AND owner = ?2",
 };
 
 typedef struct cached {
@@ -464,6 +485,7 @@ static int read_rows(sq *c, sqlite3_stmt *st, ew__event_row_fn fn, void *ud, ew_
         r.data = (const char *)sqlite3_column_text(st, 5);
         r.data_len = (size_t)sqlite3_column_bytes(st, 5);
         r.recorded_us = col_time(st, 6);
+        r.event_id = (const char *)sqlite3_column_text(st, 7);
         if (!r.stream_id || !r.event_type || !r.metadata || !r.data) {
             rc = ew_error_set(err, EW_EIO, "sqlite: event at position %lld has NULL columns",
                               (long long)r.position);
@@ -556,6 +578,145 @@ static int sq_purge(void *conn, int64_t now_us, size_t limit, size_t *deleted, e
 fail:
     rollback_tx(c);
     return rc ? rc : EW_EIO;
+}
+
+/* ---- the log as a bus ---------------------------------------------------------------------- */
+
+static int sq_record(void *conn, const ew__record_args *a, ew_append_result *res, ew_error *err)
+{
+    sq *c = conn;
+    int64_t pos;
+    int rc = one_int(c, S_HEAD, NULL, &pos, err);
+    if (rc) return rc;
+    sqlite3_stmt *ins = stmt(c, S_APPEND_INSERT, err);
+    if (!ins) return EW_EIO;
+    bind_time(ins, 9, a->recorded_us);
+    bind_time(ins, 10, a->expires_us);
+    const char *stream = NULL;
+    int64_t version = 0;
+    size_t appended = 0, dups = 0;
+    int64_t first = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        const ew__store_rec *r = &a->recs[i];
+        /* The transaction sees its own rows: a stream met again in the batch reads its new
+         * version; the same stream twice in a row needs no reading. */
+        if (!stream || strcmp(stream, a->streams[i]) != 0) {
+            stream = a->streams[i];
+            if ((rc = one_int(c, S_STREAM_VERSION, stream, &version, err))) break;
+        }
+        sqlite3_bind_int64(ins, 1, pos + 1);
+        sqlite3_bind_text(ins, 2, r->event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 3, stream, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(ins, 4, version + 1);
+        sqlite3_bind_text(ins, 5, r->event_type, -1, SQLITE_STATIC);
+        sqlite3_bind_int(ins, 6, r->event_version);
+        sqlite3_bind_text(ins, 7, r->data, (int)r->data_len, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 8, r->metadata, (int)r->metadata_len, SQLITE_STATIC);
+        int step = sqlite3_step(ins);
+        sqlite3_reset(ins);
+        if (step != SQLITE_DONE) {
+            rc = fail(c, err, "record");
+            break;
+        }
+        if (sqlite3_changes(c->db) == 0) { /* the id is stored: a duplicate */
+            dups++;
+            continue;
+        }
+        pos++;
+        version++;
+        if (!appended++) first = pos;
+    }
+    sqlite3_clear_bindings(ins);
+    if (rc) return rc;
+    res->version = version;
+    res->first_position = first;
+    res->last_position = appended ? pos : 0;
+    res->appended = appended;
+    res->duplicates = dups;
+    return 0;
+}
+
+static int sq_data_version(void *conn, int64_t *version, ew_error *err)
+{
+    return one_int(conn, S_DATA_VERSION, NULL, version, err);
+}
+
+static int sq_group_create(void *conn, const char *group, int from_beginning, int64_t now_us,
+                           ew_error *err)
+{
+    sq *c = conn;
+    sqlite3_stmt *st = stmt(c, S_GROUP_CREATE, err);
+    if (!st) return EW_EIO;
+    sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, from_beginning);
+    bind_time(st, 3, now_us);
+    int step = sqlite3_step(st);
+    done(st);
+    return step == SQLITE_DONE ? 0 : fail(c, err, "subscriber group");
+}
+
+static int sq_group_get(void *conn, const char *group, int (*fn)(void *, const ew__group_row *),
+                        void *ud, int *found, ew_error *err)
+{
+    sq *c = conn;
+    sqlite3_stmt *st = stmt(c, S_GROUP_GET, err);
+    if (!st) return EW_EIO;
+    sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+    int step = sqlite3_step(st);
+    *found = step == SQLITE_ROW;
+    if (step == SQLITE_ROW) {
+        ew__group_row r = {sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+                           col_time(st, 2), col_time(st, 3)};
+        fn(ud, &r);
+    }
+    done(st);
+    return step == SQLITE_ROW || step == SQLITE_DONE ? 0 : fail(c, err, "subscriber group");
+}
+
+static int sq_group_lease(void *conn, const char *group, const char *owner, const char *from,
+                          int64_t now_us, int64_t until_us, int *held, ew_error *err)
+{
+    sq *c = conn;
+    sqlite3_stmt *st = stmt(c, S_GROUP_LEASE, err);
+    if (!st) return EW_EIO;
+    sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    bind_time(st, 3, now_us);
+    bind_time(st, 4, until_us);
+    bind_str(st, 5, from);
+    int step = sqlite3_step(st);
+    done(st);
+    if (step != SQLITE_DONE) return fail(c, err, "subscriber group lease");
+    *held = sqlite3_changes(c->db) > 0;
+    return 0;
+}
+
+static int sq_group_commit(void *conn, const char *group, const char *owner, int64_t position,
+                           int64_t now_us, int64_t until_us, int *held, ew_error *err)
+{
+    sq *c = conn;
+    sqlite3_stmt *st = stmt(c, S_GROUP_COMMIT, err);
+    if (!st) return EW_EIO;
+    sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, position);
+    bind_time(st, 4, now_us);
+    bind_time(st, 5, until_us); /* 0: NULL, which gives the lease up */
+    int step = sqlite3_step(st);
+    done(st);
+    if (step != SQLITE_DONE) return fail(c, err, "subscriber group position");
+    *held = sqlite3_changes(c->db) > 0;
+    return 0;
+}
+
+static int sq_sync_commits(void *conn, int on, ew_error *err)
+{
+    sq *c = conn;
+    if (!sqlite3_get_autocommit(c->db))
+        return ew_error_set(err, EW_ESTATE, "sqlite: synchronous cannot change in a transaction");
+    return pragma(
+        c, on ? "PRAGMA event_store.synchronous=FULL" : "PRAGMA event_store.synchronous=NORMAL",
+        NULL, 0, err);
 }
 
 /* ---- dead letters ------------------------------------------------------------------------- */
@@ -838,7 +999,7 @@ static void sq_outbox_release(void *conn)
 }
 
 const ew_store_ops ew__store_sqlite = {
-    .version = 1,
+    .version = 2,
     .name = "sqlite",
     .open = sq_open,
     .close = sq_close,
@@ -862,4 +1023,11 @@ const ew_store_ops ew__store_sqlite = {
     .outbox_claim = sq_outbox_claim,
     .outbox_mark = sq_outbox_mark,
     .outbox_release = sq_outbox_release,
+    .record = sq_record,
+    .data_version = sq_data_version,
+    .group_create = sq_group_create,
+    .group_get = sq_group_get,
+    .group_lease = sq_group_lease,
+    .group_commit = sq_group_commit,
+    .sync_commits = sq_sync_commits,
 };

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "store/store_impl.h"
@@ -49,6 +50,11 @@ struct ew_store {
     int64_t ttl_us;   /* 0: events never expire */
     size_t max_bytes; /* EVENT_MAX_BYTES */
     ew_txn txn;
+    /* SQLite files: the file's identity, to find a transaction of this thread on the same file
+     * through another handle (ew_store_thread_txn). */
+    int has_file;
+    dev_t dev;
+    ino_t ino;
 };
 
 /* The transactions this thread holds, so that a call that would wait for its own thread's
@@ -146,6 +152,15 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     pthread_mutex_init(&s->relay_mu, NULL);
     if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
         goto fail_store;
+    if (s->ops == &ew__store_sqlite) {
+        struct stat st;
+        const char *path = url + strlen(b->prefix);
+        if (strcmp(path, ":memory:") != 0 && stat(path, &st) == 0) {
+            s->has_file = 1;
+            s->dev = st.st_dev;
+            s->ino = st.st_ino;
+        }
+    }
     ew__store_logf(&s->log, EW_LOG_DEBUG, "store: opened %s", s->ops->name);
     ew_config_free(defaults);
     *out = s;
@@ -220,9 +235,11 @@ static int cmp_rec_id(const void *a, const void *b)
     return c ? c : (*x < *y ? -1 : *x > *y);
 }
 
-/* Removes from recs[0..n) every event whose id came earlier in the batch, keeping the order;
- * returns how many are left. Backends then see each id once. */
-static size_t drop_repeats(ew__store_rec *recs, size_t n, ew_error *err, int *rc)
+/* Removes from recs[0..n) every event whose id came earlier in the batch, keeping the order (and
+ * the same from streams[0..n) when not NULL); returns how many are left. Backends then see each
+ * id once. */
+static size_t drop_repeats(ew__store_rec *recs, const char **streams, size_t n, ew_error *err,
+                           int *rc)
 {
     if (n < 2) return n;
     const ew__store_rec **by_id = malloc(n * sizeof *by_id);
@@ -239,8 +256,11 @@ static size_t drop_repeats(ew__store_rec *recs, size_t n, ew_error *err, int *rc
     for (size_t i = 1; i < n; i++)
         if (strcmp(by_id[i]->event_id, by_id[i - 1]->event_id) == 0) drop[by_id[i] - recs] = 1;
     size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (!drop[i]) recs[k++] = recs[i];
+    for (size_t i = 0; i < n; i++) {
+        if (drop[i]) continue;
+        if (streams) streams[k] = streams[i];
+        recs[k++] = recs[i];
+    }
     free(by_id);
     free(drop);
     return k;
@@ -270,7 +290,7 @@ int ew_store_append(ew_store *s, const char *stream_id, int64_t expected_version
         }
         if ((rc = encode_rec(s, evs[i], &texts[i], &recs[i], err))) goto done;
     }
-    size_t unique = drop_repeats(recs, n, err, &rc);
+    size_t unique = drop_repeats(recs, NULL, n, err, &rc);
     if (rc) goto done;
     ew__append_args a = {stream_id, expected_version, recs, unique, ew_now_us(), 0};
     if (s->ttl_us) a.expires_us = a.recorded_us + s->ttl_us;
@@ -295,7 +315,8 @@ done:
 
 typedef struct page_row {
     int64_t position, version, recorded_us;
-    char *stream_id; /* the stream id, then the CloudEvent text, in one block */
+    char *stream_id; /* the stream id, event id, type, then the CloudEvent text, in one block */
+    char *event_id, *event_type;
     char *json;
     size_t json_len;
 } page_row;
@@ -306,7 +327,9 @@ typedef struct page {
     size_t scanned, bytes;
     int full; /* stopped early on PAGE_BYTES */
     int oom;
-    const char *pattern;   /* filter applied here; NULL: none */
+    const char *pattern;         /* filter applied here; NULL: none */
+    const char *const *patterns; /* or any of these (ew_store_scan); npatterns 0: none */
+    size_t npatterns;
     int64_t last_position; /* of the last row scanned */
     int64_t last_version;
 } page;
@@ -328,6 +351,12 @@ static int page_add(void *ud, const ew__event_row *r)
     p->last_position = r->position;
     p->last_version = r->version;
     if (p->pattern && !ew_pattern_match(p->pattern, r->event_type)) return 0;
+    if (p->npatterns) {
+        size_t i = 0;
+        while (i < p->npatterns && !ew_pattern_match(p->patterns[i], r->event_type))
+            i++;
+        if (i == p->npatterns) return 0;
+    }
     if (p->n == p->cap) {
         size_t cap = p->cap ? p->cap * 2 : 64;
         page_row *rows = realloc(p->rows, cap * sizeof *rows);
@@ -335,13 +364,16 @@ static int page_add(void *ud, const ew__event_row *r)
         p->rows = rows;
         p->cap = cap;
     }
-    size_t sl = strlen(r->stream_id);
+    const char *id = r->event_id ? r->event_id : "";
+    size_t sl = strlen(r->stream_id), il = strlen(id), tl = strlen(r->event_type);
     size_t ml = r->metadata_len ? r->metadata_len - 1 : 0;
     size_t jl = ml + 8 + r->data_len + 1;
-    char *block = malloc(sl + 1 + jl + 1);
+    char *block = malloc(sl + 1 + il + 1 + tl + 1 + jl + 1);
     if (!block) goto oom;
     memcpy(block, r->stream_id, sl + 1);
-    char *j = block + sl + 1;
+    memcpy(block + sl + 1, id, il + 1);
+    memcpy(block + sl + 1 + il + 1, r->event_type, tl + 1);
+    char *j = block + sl + 1 + il + 1 + tl + 1;
     memcpy(j, r->metadata, ml);
     memcpy(j + ml, ",\"data\":", 8);
     memcpy(j + ml + 8, r->data, r->data_len);
@@ -352,6 +384,8 @@ static int page_add(void *ud, const ew__event_row *r)
     pr->version = r->version;
     pr->recorded_us = r->recorded_us;
     pr->stream_id = block;
+    pr->event_id = block + sl + 1;
+    pr->event_type = block + sl + 1 + il + 1;
     pr->json = j;
     pr->json_len = jl;
     p->bytes += jl;
@@ -985,5 +1019,318 @@ done:
     free(l.ids);
     free(l.texts);
     free(l.lens);
+    return rc;
+}
+
+/* ---- the log as a bus: record, scan, data version, groups ---------------------------------- */
+
+static int has_v2(const ew_store *s, ew_error *err)
+{
+    if (s->ops->version >= 2) return 0;
+    return ew_error_set(err, EW_ENOTSUP, "the %s store has no bus functions", s->ops->name);
+}
+
+/* The events of a record, encoded, each with its stream, repeats dropped. */
+typedef struct record_set {
+    ew__store_rec *recs;
+    const char **streams;
+    char **texts;
+    size_t n, unique;
+} record_set;
+
+static void record_set_release(record_set *r)
+{
+    if (r->texts)
+        for (size_t i = 0; i < r->n; i++)
+            free(r->texts[i]);
+    free(r->texts);
+    free(r->recs);
+    free(r->streams);
+}
+
+static int record_set_init(record_set *r, const ew_store *s, const ew_event *const *evs, size_t n,
+                           ew_error *err)
+{
+    memset(r, 0, sizeof *r);
+    if (n && !evs) return ew_error_set(err, EW_EINVAL, "events are required");
+    r->n = n;
+    size_t k = n ? n : 1;
+    r->recs = calloc(k, sizeof *r->recs);
+    r->streams = calloc(k, sizeof *r->streams);
+    r->texts = calloc(k, sizeof *r->texts);
+    if (!r->recs || !r->streams || !r->texts) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (!evs[i]) return ew_error_set(err, EW_EINVAL, "event %zu of %zu is NULL", i, n);
+        ew_error e = {0};
+        int rc = encode_rec(s, evs[i], &r->texts[i], &r->recs[i], &e);
+        if (rc) return ew_error_set(err, rc, "event %zu of %zu: %s", i, n, e.msg);
+        const char *subject = ew_event_subject(evs[i]);
+        r->streams[i] = subject && *subject ? subject : ew_event_type(evs[i]);
+    }
+    int rc = 0;
+    r->unique = drop_repeats(r->recs, r->streams, n, err, &rc);
+    return rc;
+}
+
+/* Runs the record op on an open transaction of s. */
+static int record_in_txn(ew_store *s, record_set *r, ew_append_result *res, ew_error *err)
+{
+    ew__record_args a = {r->recs, r->streams, r->unique, ew_now_us(), 0};
+    if (s->ttl_us) a.expires_us = a.recorded_us + s->ttl_us;
+    ew_append_result out = {0};
+    int rc = s->ops->record(s->conn, &a, &out, err);
+    out.duplicates += r->n - r->unique;
+    if (!rc && res) *res = out;
+    return rc;
+}
+
+int ew_store_record(ew_store *s, const ew_event *const *evs, size_t n, ew_append_result *res,
+                    ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    int rc = has_v2(s, err);
+    if (rc) return rc;
+    record_set r;
+    if ((rc = record_set_init(&r, s, evs, n, err))) goto done;
+    if (r.unique == 0) {
+        if (res) *res = (ew_append_result){.duplicates = n};
+        goto done;
+    }
+    if ((rc = lock(s, err))) goto done;
+    if (!(rc = s->ops->begin(s->conn, err))) {
+        if ((rc = record_in_txn(s, &r, res, err)))
+            s->ops->rollback(s->conn);
+        else
+            rc = s->ops->commit(s->conn, err);
+    }
+    unlock(s);
+done:
+    record_set_release(&r);
+    return rc;
+}
+
+int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_result *res,
+                  ew_error *err)
+{
+    int rc = txn_check(t, err);
+    if (rc) return rc;
+    if ((rc = has_v2(t->s, err))) return rc;
+    record_set r;
+    if (!(rc = record_set_init(&r, t->s, evs, n, err))) {
+        if (r.unique == 0) {
+            if (res) *res = (ew_append_result){.duplicates = n};
+        } else if ((rc = record_in_txn(t->s, &r, res, err))) {
+            t->failed = 1;
+        }
+    }
+    record_set_release(&r);
+    return rc;
+}
+
+ew_txn *ew_store_thread_txn(const ew_store *s)
+{
+    if (!s || !s->has_file) return NULL;
+    for (ew_txn *t = held_txns; t; t = t->held_next)
+        if (t->s->has_file && t->s->dev == s->dev && t->s->ino == s->ino) return t;
+    return NULL;
+}
+
+int ew_store_data_version(ew_store *s, int64_t *version, ew_error *err)
+{
+    if (!s || !version) return ew_error_set(err, EW_EINVAL, "store and version are required");
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    rc = s->ops->data_version(s->conn, version, err);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_sync_commits(ew_store *s, int on, ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    rc = s->ops->sync_commits(s->conn, on != 0, err);
+    unlock(s);
+    return rc;
+}
+
+/* Hands the page's rows to fn, decoded where they decode. 1: fn said stop. */
+static int scan_deliver(page *p, size_t max_bytes, ew_store_scan_fn fn, void *ud, int64_t *last)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        page_row *r = &p->rows[i];
+        ew_event *ev = NULL;
+        ew_error e = {0};
+        int code = 0;
+        if (max_bytes && r->json_len > max_bytes) {
+            code =
+                ew_error_set(&e, EW_ETOOBIG, "event at position %lld is %zu bytes, more than %zu",
+                             (long long)r->position, r->json_len, max_bytes);
+        } else {
+            ew_decode_opts o = {r->json_len + 1, 0};
+            code = ew_event_decode(&ev, r->json, r->json_len, &o, &e);
+        }
+        ew_store_entry en = {
+            .position = r->position,
+            .event_id = r->event_id,
+            .event_type = r->event_type,
+            .stream_id = r->stream_id,
+            .version = r->version,
+            .recorded_us = r->recorded_us,
+            .event = code ? NULL : ev,
+            .json = r->json,
+            .json_len = r->json_len,
+            .error = code,
+            .error_msg = code ? e.msg : "",
+        };
+        int stop = fn(ud, &en);
+        ew_event_unref(ev);
+        if (stop) {
+            *last = r->position;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int ew_store_scan(ew_store *s, int64_t from_position, const char *const *patterns, size_t npatterns,
+                  size_t max, size_t max_bytes, ew_store_scan_fn fn, void *ud,
+                  int64_t *last_position, ew_error *err)
+{
+    if (last_position) *last_position = from_position;
+    if (!s || !fn || (npatterns && !patterns))
+        return ew_error_set(err, EW_EINVAL, "store, callback and patterns are required");
+    for (size_t i = 0; i < npatterns; i++)
+        if (!patterns[i] || !ew_pattern_valid(patterns[i]))
+            return ew_error_set(err, EW_EINVAL, "'%.80s' is not a valid pattern",
+                                patterns[i] ? patterns[i] : "(null)");
+    page p = {0};
+    p.patterns = patterns;
+    p.npatterns = npatterns;
+    for (size_t i = 0; i < npatterns; i++)
+        if (strcmp(patterns[i], "*") == 0) p.npatterns = 0; /* matches every type */
+    int64_t from = from_position < 0 ? 0 : from_position, last = from;
+    size_t looked = 0;
+    int rc = 0;
+    for (;;) {
+        size_t limit = PAGE_ROWS;
+        if (max && max - looked < limit) limit = max - looked;
+        page_clear(&p);
+        if ((rc = lock(s, err))) break;
+        rc = s->ops->read_all(s->conn, from, NULL, limit, page_add, &p, err);
+        unlock(s);
+        if (rc) break;
+        if (p.oom) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+            break;
+        }
+        if (scan_deliver(&p, max_bytes, fn, ud, &last)) break;
+        if (p.scanned) last = p.last_position;
+        looked += p.scanned;
+        if ((p.scanned < limit && !p.full) || (max && looked >= max)) break; /* the end */
+        from = p.last_position;
+    }
+    page_clear(&p);
+    free(p.rows);
+    if (last_position && !rc) *last_position = last;
+    return rc;
+}
+
+/* ---- subscriber groups ---- */
+
+/* 1 to 200 of a-z, A-Z, 0-9, '.', '_', '-': what the bus allows. */
+static int group_name_ok(const char *g)
+{
+    size_t n = 0;
+    for (; g && g[n]; n++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", g[n]))
+            return 0;
+    return n > 0 && n <= 200;
+}
+
+static int owner_ok(const char *o)
+{
+    return o && *o && strlen(o) < EW_STORE_OWNER_MAX;
+}
+
+static int group_copy(void *ud, const ew__group_row *row)
+{
+    ew_store_group *g = ud;
+    memset(g, 0, sizeof *g);
+    g->position = row->position;
+    snprintf(g->owner, sizeof g->owner, "%s", row->owner ? row->owner : "");
+    g->lease_until_us = row->lease_until_us;
+    g->updated_us = row->updated_us;
+    return 0;
+}
+
+static int group_read(ew_store *s, const char *group, ew_store_group *g, ew_error *err)
+{
+    ew_store_group tmp;
+    int found = 0;
+    int rc = s->ops->group_get(s->conn, group, group_copy, g ? g : &tmp, &found, err);
+    if (!rc && !found) rc = ew_error_set(err, EW_ENOTFOUND, "no subscriber group %s", group);
+    return rc;
+}
+
+int ew_store_group_open(ew_store *s, const char *group, int from_beginning, ew_store_group *g,
+                        ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    if (!group_name_ok(group))
+        return ew_error_set(err, EW_EINVAL,
+                            "group '%.100s' must be 1 to 200 of a-z, A-Z, 0-9, '.', '_' and '-'",
+                            group ? group : "(null)");
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    if (!(rc = s->ops->group_create(s->conn, group, from_beginning != 0, ew_now_us(), err)))
+        rc = group_read(s, group, g, err);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_group_get(ew_store *s, const char *group, ew_store_group *g, ew_error *err)
+{
+    if (!s || !group || !g) return ew_error_set(err, EW_EINVAL, "store, group and g are required");
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    rc = group_read(s, group, g, err);
+    unlock(s);
+    return rc;
+}
+
+int ew_store_group_lease(ew_store *s, const char *group, const char *owner, const char *from,
+                         int64_t lease_ms, int *held, ew_error *err)
+{
+    if (held) *held = 0;
+    if (!s || !group || !held || lease_ms <= 0)
+        return ew_error_set(err, EW_EINVAL, "store, group, held and a lease time are required");
+    if (!owner_ok(owner) || (from && !owner_ok(from)))
+        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    int64_t now = ew_now_us();
+    rc = s->ops->group_lease(s->conn, group, owner, from, now, now + lease_ms * 1000, held, err);
+    if (!rc && !*held) rc = group_read(s, group, NULL, err); /* EW_ENOTFOUND, or held by another */
+    unlock(s);
+    return rc;
+}
+
+int ew_store_group_commit(ew_store *s, const char *group, const char *owner, int64_t position,
+                          int64_t lease_ms, int *held, ew_error *err)
+{
+    if (held) *held = 0;
+    if (!s || !group || !held || lease_ms < 0 || position < 0)
+        return ew_error_set(err, EW_EINVAL,
+                            "store, group, held, a position and a lease time are required");
+    if (!owner_ok(owner))
+        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
+    int rc = has_v2(s, err);
+    if (rc || (rc = lock(s, err))) return rc;
+    int64_t now = ew_now_us();
+    rc = s->ops->group_commit(s->conn, group, owner, position, now,
+                              lease_ms ? now + lease_ms * 1000 : 0, held, err);
+    unlock(s);
     return rc;
 }

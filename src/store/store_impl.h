@@ -61,10 +61,28 @@ typedef struct ew__event_row {
     const char *data;
     size_t data_len;
     int64_t recorded_us;
+    const char *event_id; /* added for ew_store_scan; every read fills it */
 } ew__event_row;
 
 /* 0: go on; 1: stop reading (not an error). */
 typedef int (*ew__event_row_fn)(void *ud, const ew__event_row *row);
+
+/* Events for ew_store_record: recs[i] goes to the stream streams[i], whatever its version; each id
+ * appears once (store.c drops repeats first). */
+typedef struct ew__record_args {
+    const ew__store_rec *recs;
+    const char *const *streams;
+    size_t n;
+    int64_t recorded_us;
+    int64_t expires_us; /* 0: never */
+} ew__record_args;
+
+/* A row of event_store.bus_groups. */
+typedef struct ew__group_row {
+    int64_t position;
+    const char *owner; /* NULL when nobody holds the lease */
+    int64_t lease_until_us, updated_us;
+} ew__group_row;
 
 /* A dead letter to put, its text fields valid UTF-8. */
 typedef struct ew__dlq_put {
@@ -94,7 +112,7 @@ typedef int (*ew__outbox_row_fn)(void *ud, const ew__outbox_row *row);
 typedef int (*ew__exec_row_fn)(void *ud, const ew_row *row);
 
 typedef struct ew_store_ops {
-    int version;      /* 1; the table only grows at its end */
+    int version;      /* 2; the table only grows at its end */
     const char *name; /* "sqlite", "postgresql": ew_store_backend() */
 
     /* Connects to `target` (what follows "sqlite:", or the whole postgresql:// URL), creates
@@ -165,6 +183,34 @@ typedef struct ew_store_ops {
     int (*outbox_claim)(void *conn, size_t limit, ew__outbox_row_fn fn, void *ud, ew_error *err);
     int (*outbox_mark)(void *conn, const int64_t *ids, size_t n, int64_t now_us, ew_error *err);
     void (*outbox_release)(void *conn);
+
+    /* ---- version 2: the log as a bus (ew_store_record, ew_store_data_version, the groups) --- */
+
+    /* In a transaction the caller began: appends each event to its stream (EW_EXPECT_ANY),
+     * skipping stored ids, with positions in the order of recs. */
+    int (*record)(void *conn, const ew__record_args *a, ew_append_result *res, ew_error *err);
+    /* A number that changes when another connection commits (SQLite: PRAGMA data_version);
+     * EW_ENOTSUP where there is none. */
+    int (*data_version)(void *conn, int64_t *version, ew_error *err);
+    /* Inserts the group at the last position handed out (at 0 with from_beginning) unless it
+     * exists. Its own transaction. */
+    int (*group_create)(void *conn, const char *group, int from_beginning, int64_t now_us,
+                        ew_error *err);
+    /* Hands the group's row to fn (*found 0 when there is none); the row is borrowed. */
+    int (*group_get)(void *conn, const char *group, int (*fn)(void *ud, const ew__group_row *row),
+                     void *ud, int *found, ew_error *err);
+    /* Sets owner and lease_until when the lease is free, expired (lease_until < now), owner's
+     * already, or held by `from` (not NULL). *held: 1 when owner holds it now. */
+    int (*group_lease)(void *conn, const char *group, const char *owner, const char *from,
+                       int64_t now_us, int64_t until_us, int *held, ew_error *err);
+    /* While owner holds the lease: position = max(position, new), lease_until = until (0:
+     * releases the lease: owner and lease_until NULL). *held: 0 when owner did not hold it
+     * (nothing changed). */
+    int (*group_commit)(void *conn, const char *group, const char *owner, int64_t position,
+                        int64_t now_us, int64_t until_us, int *held, ew_error *err);
+    /* on: each commit of this connection returns once it is on disk (SQLite: synchronous=FULL);
+     * off: the backend's default. Outside a transaction. */
+    int (*sync_commits)(void *conn, int on, ew_error *err);
 } ew_store_ops;
 
 extern const ew_store_ops ew__store_sqlite;
