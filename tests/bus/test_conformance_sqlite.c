@@ -18,7 +18,7 @@ static void cf_cleanup(void)
     static const char *const tails[] = {"", "-wal", "-shm"};
     for (int i = 0; i < cf_npaths; i++) {
         for (int k = 0; k < 3; k++) {
-            char p[300];
+            char p[4200];
             snprintf(p, sizeof p, "%s%s", cf_paths[i], tails[k]);
             unlink(p);
         }
