@@ -21,7 +21,6 @@
 #include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
@@ -30,24 +29,26 @@
 #include "eventwire/id.h"
 #include "eventwire/store.h"
 
-#define LEASE_MS 5000   /* a group's lease lasts this long unless renewed ... */
-#define RENEW_MS 1000   /* ... which its holder does this often */
-#define STANDBY_MS 100  /* a consumer without the lease looks at it this often */
-#define COMMIT_MS 10    /* a moved position is written at most this often */
-#define FALLBACK_MS 100 /* an idle consumer with inotify checks data_version this often ... */
-#define POLL_US 2000    /* ... and without inotify, this often */
-#define SETTLE_US 1000  /* after a write to the WAL with no commit visible yet: look again */
-#define SETTLE_MS                                                                                  \
-    3                /* this often, for this long (the bus's own publishers say when their         \
-                        synced commits are visible: IN_ATTRIB) */
-#define RETRY_MS 100 /* after a database error, before trying again */
-#define MAX_COMMIT_EVENTS 4096 /* one group commit takes at most this many events (>= 1 call) */
-#define CHUNK                                                                                      \
-    1024 /* slots are allocated this many at a time, as the in-flight count needs them             \
-          */
-/* Publish returns once the commit is on disk (synchronous=FULL on the publishing connection):
- * what group commit shares between publishers is that sync. */
-#define SYNC_COMMITS 1
+/* A group's lease lasts LEASE_MS unless renewed, which its holder does every RENEW_MS; a
+ * consumer without it looks at it every STANDBY_MS. */
+#define LEASE_MS 5000
+#define RENEW_MS 1000
+#define STANDBY_MS 100
+/* A position that moved is written at most every COMMIT_MS. */
+#define COMMIT_MS 10
+/* An idle consumer with inotify checks data_version every FALLBACK_MS anyway; without inotify it
+ * polls every POLL_US. After a write to the WAL with no commit visible yet (a commit being synced
+ * in the lock: SQLite's synchronous=FULL), it looks again every SETTLE_US for SETTLE_MS. */
+#define FALLBACK_MS 100
+#define POLL_US 2000
+#define SETTLE_US 1000
+#define SETTLE_MS 3
+/* After a database error, before trying again. */
+#define RETRY_MS 100
+/* One group commit takes at most this many events (and always at least one publish). */
+#define MAX_COMMIT_EVENTS 4096
+/* Slots of deliveries in flight are allocated this many at a time, when first needed. */
+#define CHUNK 1024
 
 typedef struct sqbus sqbus;
 typedef struct group group;
@@ -123,7 +124,7 @@ struct sqbus {
     ew_store *st; /* publishing and group creation */
     size_t max_inflight, max_bytes;
     char *wal_path; /* the database's WAL file, which idle consumers watch */
-    int wal_fd;     /* open on it, to touch it after each commit; -1 when it cannot be */
+    int wal_fd;     /* open on it, to sync it after each group commit; -1: FULL commits instead */
     char host[64], pidns[32];
     pid_t pid;
 
@@ -262,15 +263,14 @@ static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
 
 /* ---- waiting for work ----------------------------------------------------------------------- */
 
-enum { WOKE_KICK = 1, WOKE_WRITE = 2, WOKE_COMMIT = 4 };
+enum { WOKE_KICK = 1, WOKE_WRITE = 2 };
 
-/* Watches the WAL: a commit by anyone writes it (IN_MODIFY); the bus's publishers also touch it
- * once their commit is visible (IN_ATTRIB). Without inotify (a limit reached, a file system that
- * has none) the consumer polls. */
+/* Watches the WAL: a commit by anyone writes it (IN_MODIFY). Without inotify (a limit reached,
+ * a file system that has none) the consumer polls. */
 static void watch_wal(group *g)
 {
     if (g->ino_fd < 0 || g->watching || !g->b->wal_path) return;
-    g->watching = inotify_add_watch(g->ino_fd, g->b->wal_path, IN_MODIFY | IN_ATTRIB) >= 0;
+    g->watching = inotify_add_watch(g->ino_fd, g->b->wal_path, IN_MODIFY) >= 0;
 }
 
 static int drain_inotify(group *g)
@@ -281,8 +281,7 @@ static int drain_inotify(group *g)
     while ((n = read(g->ino_fd, buf, sizeof buf)) > 0) {
         for (char *p = buf; p < buf + n;) {
             const struct inotify_event *e = (const struct inotify_event *)p;
-            if (e->mask & IN_MODIFY) why |= WOKE_WRITE;
-            if (e->mask & IN_ATTRIB) why |= WOKE_COMMIT;
+            if (e->mask & (IN_MODIFY | IN_Q_OVERFLOW)) why |= WOKE_WRITE;
             if (e->mask & IN_IGNORED) g->watching = false; /* the WAL went: watch it again */
             p += sizeof *e + e->len;
         }
@@ -678,12 +677,9 @@ static group *group_find(sqbus *b, const char *name)
 
 /* ---- publishing ------------------------------------------------------------------------------ */
 
-/* After a commit: this bus's consumers read at once; other processes' consumers are woken by the
- * touch of the WAL (IN_ATTRIB), which comes after the commit is visible, also when its sync
- * took longer than their settling. */
+/* After a commit: this bus's consumers read at once (other processes' see the WAL written). */
 static void committed(sqbus *b)
 {
-    if (b->wal_fd >= 0) futimens(b->wal_fd, NULL);
     for (group *g = atomic_load(&b->groups); g; g = g->next) {
         pthread_mutex_lock(&g->mu);
         g->kick = true;
@@ -733,6 +729,25 @@ static void commit_batch(sqbus *b, pubreq *first, pubreq *end)
     }
 }
 
+/* Makes the group's commits durable before anyone is told: one fdatasync of the WAL, made after
+ * the commit let go of the file's write lock (see sq_open). A failed sync fails the publishes it
+ * was for; their events are stored, and publishing them again stores nothing twice. */
+static void sync_batch(sqbus *b, pubreq *first, pubreq *end)
+{
+    if (b->wal_fd < 0) return; /* the connection commits with synchronous=FULL */
+    bool any = false;
+    for (pubreq *r = first; r != end && !any; r = r->next)
+        any = r->rc == 0;
+    if (!any || fdatasync(b->wal_fd) == 0) return;
+    int e = errno;
+    for (pubreq *r = first; r != end; r = r->next)
+        if (r->rc == 0)
+            r->rc = ew_error_set(&r->err, EW_EIO,
+                                 "sqlite bus: the commit could not be synced to disk (%s); "
+                                 "publishing again is safe: a stored event is not stored twice",
+                                 strerror(e));
+}
+
 static int sq_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
                       ew_error *err)
 {
@@ -776,6 +791,7 @@ static int sq_publish(void *self, const ew_event *const *evs, size_t n, size_t *
         if (!end) b->q_tail = NULL;
         pthread_mutex_unlock(&b->gc_mu);
         commit_batch(b, first, end);
+        sync_batch(b, first, end);
         committed(b);
         for (pubreq *r = first; r != end;) {
             pubreq *next = r->next; /* r may return and be gone once posted */
@@ -838,6 +854,21 @@ static void whoami(sqbus *b)
     b->pid = getpid();
 }
 
+/* Syncs the folder that holds path, so that a file created in it keeps its name after a crash. */
+static void sync_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash)
+        strcpy(dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash > path ? slash - path : 1), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    fsync(fd);
+    close(fd);
+}
+
 static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err)
 {
     const char *url = ew_config_get(cfg, "EVENT_STORE_URL");
@@ -857,13 +888,28 @@ static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     if (pthread_mutex_init(&b->gc_mu, NULL)) goto fail_mu;
     ew_store_options so = {.config = cfg, .log = store_log, .log_ud = bus};
     if ((rc = ew_store_open(&b->st, &so, err))) goto fail_gc;
-    if ((rc = ew_store_sync_commits(b->st, SYNC_COMMITS, err))) goto fail_store;
-    /* The WAL exists while a connection is open (ours is). */
+    /* Publish returns once its commit is on disk, and group commit shares that sync between
+     * publishers. The publishing connection commits with synchronous=NORMAL, which holds the
+     * file's write lock only while it writes the WAL; the leader of a group commit then syncs
+     * the WAL itself, without the lock. With synchronous=FULL the lock would be held through
+     * every sync, and since SQLite's lock has no queue, a writer that wants it for a moment (a
+     * group's position, a lease, a handler's inbox transaction) would have to find it free
+     * between two of a busy publisher's commits: it waited hundreds of milliseconds. The sync
+     * covers every frame written so far, ours included; a checkpoint that copies frames into the
+     * database syncs the WAL before and the database after, before the WAL may be reused. (The
+     * WAL exists while a connection is open: ours is.) When the WAL cannot be opened: FULL. */
     size_t len = strlen(url + 7);
     if ((b->wal_path = malloc(len + 5))) {
         memcpy(b->wal_path, url + 7, len);
         memcpy(b->wal_path + len, "-wal", 5);
         b->wal_fd = open(b->wal_path, O_RDONLY | O_CLOEXEC);
+    }
+    if (b->wal_fd >= 0) {
+        sync_dir(b->wal_path); /* the WAL's own name, once */
+    } else {
+        ew__bus_log(bus, EW_LOG_WARN, "sqlite bus: cannot open %s (%s): commits sync in the lock",
+                    b->wal_path ? b->wal_path : "the WAL", strerror(errno));
+        if ((rc = ew_store_sync_commits(b->st, 1, err))) goto fail_store;
     }
     ew__bus_log(bus, EW_LOG_DEBUG, "sqlite bus: %s opened", url);
     *self = b;
