@@ -93,7 +93,7 @@ struct kgroup {
     size_t nparts, capparts;
     atomic_int inflight; /* delivered, done() not yet called */
     bool full;           /* the consumer thread waits for room under the in-flight bound */
-    bool dirty;          /* a next_commit moved */
+    atomic_bool dirty;   /* a next_commit moved (written under mu) */
     bool draining;       /* stop: waiting for the in-flight messages */
     bool closed;         /* the consumer is closed: no more commits or wake-ups */
 
