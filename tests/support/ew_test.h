@@ -15,6 +15,10 @@
 int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n,
                  const char *group);
 
+/* The address of the server NAME that CTest started for this run (the first line of
+ * $EW_SERVERS_DIR/NAME.url, see scripts/test-servers), in a static buffer; NULL when none. */
+const char *ew_test_server_url(const char *name);
+
 #define EW_TEST_MAIN(tests)                                                                        \
     int main(int argc, char **argv)                                                                \
     {                                                                                              \
