@@ -36,6 +36,7 @@
 #define EW_BUS_BACKEND_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include "eventwire/bus.h"
 
@@ -43,10 +44,20 @@ typedef struct ew_dispatcher ew_dispatcher;
 
 /* ---- what a backend implements ---------------------------------------------------------- */
 
-#define EW_BUS_OPS_VERSION 1
+#define EW_BUS_OPS_VERSION 2
 
 /* Members only grow at the end; a backend built against an older version leaves the newer ones
  * out (zero), and bus.c checks version before it reads them. */
+/* A subscription as a backend sees it: which group consumes what, and where a new group starts. */
+typedef struct ew_backend_sub {
+    const char *group;   /* the subscriber group */
+    const char *pattern; /* a valid ew_pattern_match pattern */
+    /* The subscriber's ew_subscribe_opts.from_beginning: a group the backend does not know yet
+     * starts with the oldest event it still holds (true) or with the events published from now
+     * on (false). A group the backend knows resumes where it left off either way. */
+    bool from_beginning;
+} ew_backend_sub;
+
 typedef struct ew_bus_ops {
     int version;      /* EW_BUS_OPS_VERSION */
     const char *name; /* the EVENT_BUS_TYPE value: "memory", "kafka", ... */
@@ -62,11 +73,11 @@ typedef struct ew_bus_ops {
     int (*publish)(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
                    ew_error *err);
 
-    /* Subscriber group `group` gained a subscription to `pattern` (a valid ew_pattern_match
-     * pattern): create or widen what the group consumes (topics, bindings, streams). Called
-     * before or after start, never concurrently with itself. When it fails the subscription is
-     * not made. NULL when the backend needs nothing. */
-    int (*subscribed)(void *self, const char *group, const char *pattern, ew_error *err);
+    /* Subscriber group sub->group gained a subscription to sub->pattern: create or widen what
+     * the group consumes (topics, bindings, streams). Called before or after start, never
+     * concurrently with itself; sub is borrowed for the call. When it fails the subscription is
+     * not made. NULL when the backend needs nothing. (Version 2: the ew_backend_sub argument.) */
+    int (*subscribed)(void *self, const ew_backend_sub *sub, ew_error *err);
 
     /* Starts consuming: from here on deliveries may arrive. The dispatcher's workers already run.
      * NULL when there is nothing to start. */

@@ -348,7 +348,8 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
     } else {
         /* The backend learns of a new subscription first: if it cannot consume the pattern, the
          * handler is never added. */
-        if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, s.group, pattern, err);
+        ew_backend_sub bs = {s.group, pattern, opts->from_beginning};
+        if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
         if (!rc) rc = ew__dispatch_subscribe(bus->disp, &s, NULL, err);
     }
     pthread_mutex_unlock(&bus->mu);

@@ -1391,8 +1391,9 @@ static int k_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err)
     return 0;
 }
 
-static int k_subscribed(void *self, const char *group, const char *pattern, ew_error *err)
+static int k_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
 {
+    const char *group = bsub->group, *pattern = bsub->pattern;
     kafka *k = self;
     char *sub = pattern_sub(k->prefix, pattern);
     if (!sub) return oom(err);

@@ -1213,8 +1213,9 @@ static consumer *find_group(rmq *r, const char *group)
     return NULL;
 }
 
-static int rmq_subscribed(void *self, const char *group, const char *pattern, ew_error *err)
+static int rmq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
 {
+    const char *group = bsub->group, *pattern = bsub->pattern;
     rmq *r = self;
     char queue[2 * AMQP_NAME_MAX];
     int ql = snprintf(queue, sizeof queue, "%s.%s", r->exchange, group);

@@ -1819,8 +1819,9 @@ static int consumer_start(rconsumer *c, ew_error *err)
     return rb->pubsub ? pubsub_wait_confirmed(c, err) : 0;
 }
 
-static int rd_subscribed(void *self, const char *group, const char *pattern, ew_error *err)
+static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
 {
+    const char *group = bsub->group, *pattern = bsub->pattern;
     redis_bus *rb = self;
     rconsumer *c = consumer_get(rb, group, err);
     if (!c) return EW_ENOMEM;

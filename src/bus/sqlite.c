@@ -925,8 +925,9 @@ fail_free:
     return rc ? rc : ew_error_set(err, EW_ENOMEM, "cannot create a mutex");
 }
 
-static int sq_subscribed(void *self, const char *name, const char *pattern, ew_error *err)
+static int sq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
 {
+    const char *name = bsub->group, *pattern = bsub->pattern;
     sqbus *b = self;
     int rc = 0;
     pthread_mutex_lock(&b->mu);
