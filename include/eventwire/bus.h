@@ -113,6 +113,22 @@ int ew_bus_publish_new(ew_bus *bus, ew_type_id type, const void *data, const cha
 int ew_bus_deliver_to(ew_bus *bus, const char *group, const char *name, const ew_event *ev,
                       ew_error *err);
 
+/* Hands ev again to subscriber group `group` only — to its handler `handler`, or (NULL) to every
+ * handler of the group whose pattern matches — wherever that group consumes: in this process or
+ * in another one on the same bus. It publishes an eventwire.redelivery event wrapping ev, which
+ * every group's consumers receive and only that group unwraps (docs/bus.md, "Redelivery");
+ * the inbox still applies. dead_letter_id > 0 names the dead letter being retried: the dead
+ * letter sink of the process that handles it marks it resolved (ew_dlq_sink_ops.resolved). A
+ * redelivery that cannot be carried out (no such handler there, a type it does not take) is
+ * dead-lettered there with the reason. Returns once published, as ew_bus_publish does. */
+int ew_bus_redeliver(ew_bus *bus, const char *group, const char *handler, const ew_event *ev,
+                     int64_t dead_letter_id, ew_error *err);
+
+/* Redelivers n events to group, every handler whose pattern matches each one, as one batch:
+ * how stored events are replayed (`ewctl store replay --to-group`). */
+int ew_bus_replay(ew_bus *bus, const char *group, const ew_event *const *evs, size_t n,
+                  ew_error *err);
+
 /* Waits until every published event has been handled, retried to the end or dead-lettered, and
  * every follow-up event too. 0 when idle, EW_ETIMEDOUT after timeout_ms (< 0: no limit). */
 int ew_bus_wait_for_events(ew_bus *bus, int timeout_ms, ew_error *err);

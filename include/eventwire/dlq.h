@@ -32,9 +32,13 @@ typedef struct ew_dead_letter {
 } ew_dead_letter;
 
 typedef struct ew_dlq_sink_ops {
-    int version; /* 1 */
+    int version; /* 1, or 2 with resolved */
     /* Keeps a copy of dl. 0, or an error: the dispatcher then keeps the event and tries again. */
     int (*put)(void *self, const ew_dead_letter *dl, ew_error *err);
+    /* Version 2; may be NULL. The dead letter with this id (one the sink numbered, such as
+     * event_store.dead_letter_queue.id) was retried (eventwire.redelivery) and its handler has
+     * now handled it. A failure is logged; the event stays handled. */
+    int (*resolved)(void *self, int64_t dead_letter_id, ew_error *err);
 } ew_dlq_sink_ops;
 
 typedef struct ew_dlq_sink {

@@ -143,9 +143,11 @@ struct ew_delivery {
     void (*done)(ew_delivery *dl, ew_delivery_outcome outcome);
     void *token; /* the backend's own: stream entry id, offset, delivery tag, ... */
 
-    /* dispatcher-private: handlers not yet finished (+1 while delivering); any abandoned? */
+    /* dispatcher-private: handlers not yet finished (+1 while delivering); any abandoned? any
+     * dead-lettered? */
     atomic_uint ew__refs;
     atomic_int ew__abandoned;
+    atomic_int ew__failed;
 };
 
 /* Hands dl->event to the handlers dl selects, each on the worker its subject chooses (so one

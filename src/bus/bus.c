@@ -10,6 +10,7 @@
 #include "bus/backend.h"
 #include "eventwire/store.h"
 #include "bus/dispatch.h"
+#include "bus/redeliver.h"
 #include "eventwire/bus.h"
 #include "eventwire/catalog.h"
 
@@ -349,7 +350,14 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
         /* The backend learns of a new subscription first: if it cannot consume the pattern, the
          * handler is never added. */
         ew_backend_sub bs = {s.group, pattern, opts->from_beginning};
+        bool new_group = !ew__dispatch_has(bus->disp, s.group, NULL, NULL);
         if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
+        /* Every group also consumes the redeliveries (redeliver.h), from where its own
+         * subscription starts. */
+        if (!rc && new_group && bus->ops->subscribed) {
+            bs.pattern = EW_REDELIVERY_TYPE;
+            rc = bus->ops->subscribed(bus->be, &bs, err);
+        }
         if (!rc) rc = ew__dispatch_subscribe(bus->disp, &s, NULL, err);
     }
     pthread_mutex_unlock(&bus->mu);
@@ -425,6 +433,51 @@ int ew_bus_deliver_to(ew_bus *bus, const char *group, const char *name, const ew
     if (atomic_load(&bus->closed)) return ew_error_set(err, EW_ECLOSED, "the bus is closed");
     ew_delivery dl = {.event = ev, .group = group, .name = name};
     return ew__dispatch_deliver(bus->disp, &dl, err);
+}
+
+/* The group and handler a redelivery names must be ones ew_bus_subscribe would accept. */
+static int redelivery_check(ew_bus *bus, const char *group, const char *handler, ew_error *err)
+{
+    if (!bus || !group) return ew_error_set(err, EW_EINVAL, "bus and group are required");
+    if (!group_ok(group))
+        return ew_error_set(err, EW_EINVAL, "'%.100s' is not a subscriber group name", group);
+    if (handler && !name_ok(handler))
+        return ew_error_set(err, EW_EINVAL, "'%.100s' is not a handler name", handler);
+    return 0;
+}
+
+int ew_bus_redeliver(ew_bus *bus, const char *group, const char *handler, const ew_event *ev,
+                     int64_t dead_letter_id, ew_error *err)
+{
+    int rc = redelivery_check(bus, group, handler, err);
+    if (rc) return rc;
+    if (!ev) return ew_error_set(err, EW_EINVAL, "ew_bus_redeliver: event is NULL");
+    ew_event *r;
+    if ((rc = ew__redelivery_new(&r, bus->service, group, handler, dead_letter_id, ev, err)))
+        return rc;
+    rc = ew_bus_publish(bus, r, err);
+    ew_event_unref(r);
+    return rc;
+}
+
+int ew_bus_replay(ew_bus *bus, const char *group, const ew_event *const *evs, size_t n,
+                  ew_error *err)
+{
+    int rc = redelivery_check(bus, group, NULL, err);
+    if (rc || n == 0) return rc;
+    if (!evs) return ew_error_set(err, EW_EINVAL, "ew_bus_replay: events are NULL");
+    ew_event **rs = calloc(n, sizeof *rs);
+    if (!rs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    size_t i = 0;
+    for (; i < n && !rc; i++) {
+        rc = evs[i] ? ew__redelivery_new(&rs[i], bus->service, group, NULL, 0, evs[i], err)
+                    : ew_error_set(err, EW_EINVAL, "event %zu is NULL", i);
+    }
+    if (!rc) rc = ew_bus_publish_batch(bus, (const ew_event *const *)rs, n, err);
+    for (size_t k = 0; k < n; k++)
+        ew_event_unref(rs[k]);
+    free(rs);
+    return rc;
 }
 
 int ew_bus_wait_for_events(ew_bus *bus, int timeout_ms, ew_error *err)

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "bus/dispatch.h"
+#include "bus/redeliver.h"
 #include "core/rand.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
@@ -457,6 +458,7 @@ static bool run_item(worker *w, const item *it)
         }
         if (!dead_letter(w, &ctx, attempt, first_fail, last_fail)) return false;
         bump(&w->dead_lettered, 1);
+        if (it->dl) atomic_store(&it->dl->ew__failed, 1);
         item_finish(w, it, false);
         return true;
     }
@@ -702,6 +704,7 @@ static int enqueue(ew_dispatcher *d, ew_delivery *dl, const route *r, const rout
     if (keep) {
         atomic_store(&dl->ew__refs, n + 1); /* +1 until every handler has it */
         atomic_store(&dl->ew__abandoned, 0);
+        atomic_store(&dl->ew__failed, 0);
     }
     atomic_fetch_add(&d->outstanding, n);
     const char *subject = ew_event_subject(ev);
@@ -745,6 +748,7 @@ int ew__dispatch_deliver(ew_dispatcher *d, ew_delivery *dl, ew_error *err)
     ew_type_id ty = ew_event_type_id(ev);
     if (ty <= EW_T_NONE || ty >= EW_T__COUNT)
         return ew_error_set(err, EW_EINVAL, "event %s has no catalog type", ew_event_id(ev));
+    if (ty == EW_T_BUS_REDELIVERY) return ew__redelivery_deliver(d, dl, err);
     const table *t = atomic_load_explicit(&d->table, memory_order_acquire);
     if (dl->name) return deliver_named(d, t, dl, err);
     const route *r = t->routes + t->first[ty], *end = t->routes + t->first[ty + 1];
@@ -878,12 +882,17 @@ out:
     return rc;
 }
 
+const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d)
+{
+    return &d->host.dlq;
+}
+
 bool ew__dispatch_has(ew_dispatcher *d, const char *group, const char *name, const char **pattern)
 {
     const table *t = atomic_load_explicit(&d->table, memory_order_acquire);
     for (size_t i = 0; i < t->nsubs; i++) {
         const sub *s = t->subs[i].s;
-        if (strcmp(s->group, group) == 0 && strcmp(s->name, name) == 0) {
+        if (strcmp(s->group, group) == 0 && (!name || strcmp(s->name, name) == 0)) {
             if (pattern) *pattern = s->pattern;
             return true;
         }

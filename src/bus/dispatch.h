@@ -50,8 +50,12 @@ int ew__dispatch_new(ew_dispatcher **out, const ew_dispatch_host *host, ew_error
 int ew__dispatch_subscribe(ew_dispatcher *d, const ew_dispatch_sub *s, bool *created,
                            ew_error *err);
 
-/* Is there a subscription (group, name)? Its pattern is stored in *pattern when not NULL. */
+/* Is there a subscription (group, name), or with name NULL any in group? Its pattern is stored in
+ * *pattern when not NULL. */
 bool ew__dispatch_has(ew_dispatcher *d, const char *group, const char *name, const char **pattern);
+
+/* The dead letter sink the dispatcher writes to. Borrowed. */
+const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d);
 
 /* Starts every worker thread. Idempotent. */
 int ew__dispatch_start(ew_dispatcher *d, ew_error *err);

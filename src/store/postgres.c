@@ -140,7 +140,8 @@ static const struct {
                     "ORDER BY last_failed_at DESC, id DESC LIMIT $6::bigint"},
     [P_DLQ_STATUS] = {"eventwire_dlq_status", "dead letter status",
                       "UPDATE event_store.dead_letter_queue SET status = $2, "
-                      "updated_at = $3::timestamptz WHERE id = $1::bigint"},
+                      "updated_at = $3::timestamptz WHERE id = $1::bigint "
+                      "AND ($4::text IS NULL OR status = $4)"},
     [P_INBOX_SEEN] = {"eventwire_inbox_seen", "inbox",
                       "SELECT 1 FROM event_store.processed_events WHERE handler = $1 AND "
                       "event_id = $2"},
@@ -721,14 +722,15 @@ static int pg_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
     return 0;
 }
 
-static int pg_dlq_set_status(void *conn, int64_t id, ew_dlq_status status, int64_t now_us,
-                             int *changed, ew_error *err)
+static int pg_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status,
+                             int64_t now_us, int *changed, ew_error *err)
 {
     char ids[24], now[EW_TIME_LEN + 1];
     snprintf(ids, sizeof ids, "%lld", (long long)id);
-    const char *v[3] = {ids, ew_dlq_status_name(status), fmt_time(now, now_us)};
+    const char *v[4] = {ids, ew_dlq_status_name(status), fmt_time(now, now_us),
+                        from >= 0 ? ew_dlq_status_name((ew_dlq_status)from) : NULL};
     size_t n = 0;
-    int rc = changing(conn, P_DLQ_STATUS, 3, v, &n, err);
+    int rc = changing(conn, P_DLQ_STATUS, 4, v, &n, err);
     *changed = n > 0;
     return rc;
 }

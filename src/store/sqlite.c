@@ -110,7 +110,7 @@ static const char *const sql_text[S__COUNT] = {
                    "AND (?5 IS NULL OR id = ?5) "
                    "ORDER BY last_failed_at DESC, id DESC LIMIT ?6",
     [S_DLQ_STATUS] = "UPDATE event_store.dead_letter_queue SET status = ?2, updated_at = ?3 "
-                     "WHERE id = ?1",
+                     "WHERE id = ?1 AND (?4 IS NULL OR status = ?4)",
     [S_INBOX_SEEN] = "SELECT 1 FROM event_store.processed_events WHERE handler = ?1 AND "
                      "event_id = ?2",
     [S_INBOX_RECORD] = "INSERT INTO event_store.processed_events (handler, event_id, "
@@ -775,8 +775,8 @@ static int sq_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
     return rc;
 }
 
-static int sq_dlq_set_status(void *conn, int64_t id, ew_dlq_status status, int64_t now_us,
-                             int *changed, ew_error *err)
+static int sq_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status,
+                             int64_t now_us, int *changed, ew_error *err)
 {
     sq *c = conn;
     sqlite3_stmt *st = stmt(c, S_DLQ_STATUS, err);
@@ -784,6 +784,7 @@ static int sq_dlq_set_status(void *conn, int64_t id, ew_dlq_status status, int64
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_text(st, 2, ew_dlq_status_name(status), -1, SQLITE_STATIC);
     bind_time(st, 3, now_us);
+    bind_str(st, 4, from >= 0 ? ew_dlq_status_name((ew_dlq_status)from) : NULL);
     int step = sqlite3_step(st);
     done(st);
     if (step != SQLITE_DONE) return fail(c, err, "dead letter status");

@@ -601,7 +601,23 @@ done:
     return rc;
 }
 
-static const ew_dlq_sink_ops dlq_sink_ops = {1, dlq_put};
+/* A retried dead letter was handled: retried → resolved. A row that is not "retried" any more
+ * (failed again and pending, or discarded meanwhile) keeps its status. */
+static int dlq_resolved(void *self, int64_t id, ew_error *err)
+{
+    ew_store *s = self;
+    int changed = 0;
+    int rc = lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->dlq_set_status(s->conn, id, EW_DLQ_RETRIED, EW_DLQ_RESOLVED, ew_now_us(),
+                                &changed, err);
+    unlock(s);
+    if (!rc && changed)
+        ew__store_logf(&s->log, EW_LOG_INFO, "store: dead letter %lld resolved", (long long)id);
+    return rc;
+}
+
+static const ew_dlq_sink_ops dlq_sink_ops = {2, dlq_put, dlq_resolved};
 
 ew_dlq_sink ew_store_dlq_sink(ew_store *s)
 {
@@ -716,7 +732,7 @@ int ew_store_dlq_set_status(ew_store *s, int64_t id, ew_dlq_status st, ew_error 
     int changed = 0;
     int rc = lock(s, err);
     if (rc) return rc;
-    rc = s->ops->dlq_set_status(s->conn, id, st, ew_now_us(), &changed, err);
+    rc = s->ops->dlq_set_status(s->conn, id, -1, st, ew_now_us(), &changed, err);
     unlock(s);
     if (!rc && !changed) rc = ew_error_set(err, EW_ENOTFOUND, "no dead letter %lld", (long long)id);
     return rc;

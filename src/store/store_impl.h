@@ -149,9 +149,10 @@ typedef struct ew_store_ops {
     /* Rows matching f, newest last failure first; only the row with this id when id > 0. */
     int (*dlq_list)(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_row_fn fn, void *ud,
                     ew_error *err);
-    /* *changed: 1 when the row exists, else 0. */
-    int (*dlq_set_status)(void *conn, int64_t id, ew_dlq_status st, int64_t now_us, int *changed,
-                          ew_error *err);
+    /* Sets the row's status to st when its status is `from` (-1: whatever it is). *changed: 1
+     * when the row was changed, else 0. */
+    int (*dlq_set_status)(void *conn, int64_t id, int from, ew_dlq_status st, int64_t now_us,
+                          int *changed, ew_error *err);
 
     /* ---- transactions (the inbox's, the outbox's, a service's) ---------------------------- */
 

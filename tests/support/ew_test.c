@@ -1,5 +1,7 @@
 /* The main() of every test executable: list the cases, or run one, or run all. */
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "support/ew_test.h"
 
 int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n,
@@ -27,4 +29,46 @@ const char *ew_test_server_url(const char *name)
     if (!got) return NULL;
     url[strcspn(url, "\n")] = '\0';
     return url;
+}
+
+int ew_test_ewctl(const char *args, const char *input, char **out, char **errout)
+{
+    /* ewctl sits beside this test executable (CTest also says where, in EW_BUILD_DIR) */
+    char self[4096] = ".";
+    const char *bin = getenv("EW_BUILD_DIR");
+    ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (!bin && sn > 0) {
+        self[sn] = '\0';
+        *strrchr(self, '/') = '\0';
+        bin = self;
+    }
+    char in_path[] = "/tmp/ewctl-in-XXXXXX", err_path[] = "/tmp/ewctl-err-XXXXXX";
+    int fd = mkstemp(in_path), efd = mkstemp(err_path);
+    assert_true(fd >= 0 && efd >= 0);
+    if (input) assert_int_equal(write(fd, input, strlen(input)), (ssize_t)strlen(input));
+    close(fd);
+    close(efd);
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s/ewctl %s < %s 2> %s", bin ? bin : ".", args, in_path, err_path);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap);
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    FILE *e = fopen(err_path, "r");
+    char *ebuf = calloc(1, 1 << 16);
+    size_t elen = fread(ebuf, 1, (1 << 16) - 1, e);
+    ebuf[elen] = '\0';
+    fclose(e);
+    unlink(in_path);
+    unlink(err_path);
+    *out = buf;
+    if (errout) *errout = ebuf;
+    else free(ebuf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

@@ -19,6 +19,12 @@ int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n
  * $EW_SERVERS_DIR/NAME.url, see scripts/test-servers), in a static buffer; NULL when none. */
 const char *ew_test_server_url(const char *name);
 
+/* Runs `ewctl ARGS` (the one built beside the test, or in $EW_BUILD_DIR) through the shell, with
+ * `input` (may be NULL) on its standard input; returns its exit status (-1 when it did not exit)
+ * and its standard output in *out, and its standard error in *errout when that is not NULL
+ * (both malloc'ed: the caller frees them). The environment is the test's. */
+int ew_test_ewctl(const char *args, const char *input, char **out, char **errout);
+
 #define EW_TEST_MAIN(tests)                                                                        \
     int main(int argc, char **argv)                                                                \
     {                                                                                              \

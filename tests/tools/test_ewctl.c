@@ -4,52 +4,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/ew_test.h"
+#include <stdatomic.h>
+#include <stdbool.h>
+#include "eventwire/bus.h"
 #include "eventwire/event.h"
 #include "eventwire/store.h"
-
-/* Runs `ewctl ARGS` through the shell with optional standard input; returns the exit status
- * and the standard output (malloc'ed) in *out. Standard error goes to *errout likewise. */
-static int run(const char *args, const char *input, char **out, char **errout)
-{
-    /* ewctl sits beside this test executable (CTest also says where, in EW_BUILD_DIR) */
-    char self[4096] = ".";
-    const char *bin = getenv("EW_BUILD_DIR");
-    ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (!bin && sn > 0) {
-        self[sn] = '\0';
-        *strrchr(self, '/') = '\0';
-        bin = self;
-    }
-    char in_path[] = "/tmp/ewctl-in-XXXXXX", err_path[] = "/tmp/ewctl-err-XXXXXX";
-    int fd = mkstemp(in_path), efd = mkstemp(err_path);
-    assert_true(fd >= 0 && efd >= 0);
-    if (input) assert_int_equal(write(fd, input, strlen(input)), (ssize_t)strlen(input));
-    close(fd);
-    close(efd);
-    char cmd[16384];
-    snprintf(cmd, sizeof cmd, "%s/ewctl %s < %s 2> %s", bin ? bin : ".", args, in_path, err_path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    FILE *e = fopen(err_path, "r");
-    char *ebuf = calloc(1, 1 << 16);
-    size_t elen = fread(ebuf, 1, (1 << 16) - 1, e);
-    ebuf[elen] = '\0';
-    fclose(e);
-    unlink(in_path);
-    unlink(err_path);
-    *out = buf;
-    if (errout) *errout = ebuf;
-    else free(ebuf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 static void test_help_on_every_command(void **state)
 {
@@ -57,12 +16,12 @@ static void test_help_on_every_command(void **state)
                           "publish --help", "tail --help",    "dlq --help",      "store --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
-        assert_int_equal(run(cmds[i], NULL, &out, NULL), 0);
+        assert_int_equal(ew_test_ewctl(cmds[i], NULL, &out, NULL), 0);
         assert_non_null(strstr(out, "usage: ewctl"));
         free(out);
     }
     char *out, *err;
-    assert_int_equal(run("frobnicate", NULL, &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("frobnicate", NULL, &out, &err), 2);
     assert_non_null(strstr(err, "unknown command 'frobnicate'"));
     free(out);
     free(err);
@@ -71,26 +30,26 @@ static void test_help_on_every_command(void **state)
 static void test_schema_list_and_show(void **state)
 {
     char *out, *err;
-    assert_int_equal(run("schema list", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("schema list", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "user.registered\t2\tlatest"));
     assert_non_null(strstr(out, "user.registered\t1\told"));
     assert_non_null(strstr(out, "user.deletion_completed\t1\tlatest"));
     free(out);
-    assert_int_equal(run("schema show user.registered", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("schema show user.registered", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"$schema\": \"https://json-schema.org/draft/2020-12/schema\""));
     assert_non_null(strstr(out, "\"x-personal-data\": true"));
     free(out);
-    assert_int_equal(run("schema show user.registered --version 1", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("schema show user.registered --version 1", NULL, &out, NULL), 0);
     assert_null(strstr(out, "\"roles\": {"));
     free(out);
-    assert_int_equal(run("schema show user.registered --envelope", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("schema show user.registered --envelope", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"specversion\": {\"const\": \"1.0\"}"));
     free(out);
-    assert_int_equal(run("schema show user.nothing", NULL, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("schema show user.nothing", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "unknown event type 'user.nothing'"));
     free(out);
     free(err);
-    assert_int_equal(run("schema show", NULL, &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("schema show", NULL, &out, &err), 2);
     free(out);
     free(err);
 }
@@ -108,7 +67,7 @@ static void test_validate_reports_each_bad_line(void **state)
                              "{\"specversion\":\"1.0\",\"id\":\"a\",\"source\":\"s\",\"type\":"
                              "\"user.nope\",\"data\":{}}\n";
     char *out, *err;
-    assert_int_equal(run("validate -", input, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("validate -", input, &out, &err), 1);
     assert_non_null(strstr(out, "line 1: ok user.logged_out v1 a1"));
     assert_non_null(strstr(out, "line 2: EW_EJSON: "));
     assert_non_null(strstr(out, "line 4: EW_ENOTOBJ: "));
@@ -118,13 +77,13 @@ static void test_validate_reports_each_bad_line(void **state)
     assert_non_null(strstr(err, "5 events, 2 valid, 3 invalid"));
     free(out);
     free(err);
-    assert_int_equal(run("validate --quiet --json -", input, &out, NULL), 1);
+    assert_int_equal(ew_test_ewctl("validate --quiet --json -", input, &out, NULL), 1);
     assert_null(strstr(out, "\"ok\":true"));
     assert_non_null(strstr(out, "{\"line\":4,\"ok\":false,\"error\":\"EW_ENOTOBJ\""));
     free(out);
-    assert_int_equal(run("validate -", GOOD "\n" GOOD "\n", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("validate -", GOOD "\n" GOOD "\n", &out, NULL), 0);
     free(out);
-    assert_int_equal(run("validate /nonexistent/file", NULL, &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("validate /nonexistent/file", NULL, &out, &err), 2);
     assert_non_null(strstr(err, "cannot open /nonexistent/file"));
     free(out);
     free(err);
@@ -133,17 +92,17 @@ static void test_validate_reports_each_bad_line(void **state)
 static void test_validate_honours_size_limit(void **state)
 {
     char *out;
-    assert_int_equal(run("validate -", GOOD "\n", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("validate -", GOOD "\n", &out, NULL), 0);
     free(out);
     setenv("EVENT_MAX_BYTES", "1024", 1);
     char big[4096];
     snprintf(big, sizeof big, "{\"specversion\":\"1.0\",\"pad\":\"%03000d\"}\n", 0);
-    assert_int_equal(run("validate -", big, &out, NULL), 1);
+    assert_int_equal(ew_test_ewctl("validate -", big, &out, NULL), 1);
     assert_non_null(strstr(out, "EW_ETOOBIG"));
     free(out);
     char *err;
     setenv("EVENT_MAX_BYTES", "lots", 1);
-    assert_int_equal(run("validate -", GOOD "\n", &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("validate -", GOOD "\n", &out, &err), 2);
     assert_non_null(strstr(err, "EVENT_MAX_BYTES"));
     free(out);
     free(err);
@@ -153,12 +112,12 @@ static void test_validate_honours_size_limit(void **state)
 static void test_config_lists_settings(void **state)
 {
     char *out, *err;
-    assert_int_equal(run("config", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "EVENT_BUS_TYPE\t"));
     assert_non_null(strstr(out, "SAGA_TIMEOUT_SECONDS\t3600\t3600"));
     free(out);
     setenv("SAGA_TIMEOUT_SECONDS", "never", 1);
-    assert_int_equal(run("config", NULL, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "SAGA_TIMEOUT_SECONDS: 'never' is not a whole number"));
     unsetenv("SAGA_TIMEOUT_SECONDS");
     free(out);
@@ -169,34 +128,34 @@ static void test_publish_validates_before_it_publishes(void **state)
 {
     char *out, *err;
     setenv("EVENT_BUS_TYPE", "memory", 1);
-    assert_int_equal(run("publish user.logged_out --subject s --data "
+    assert_int_equal(ew_test_ewctl("publish user.logged_out --subject s --data "
                          "'{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}'",
                          NULL, &out, NULL),
                      0);
     assert_int_equal(strlen(out), 37); /* the new event's id and a newline */
     free(out);
-    assert_int_equal(run("publish user.logged_out --data -", "{\"user_id\":\"nope\"}", &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("publish user.logged_out --data -", "{\"user_id\":\"nope\"}", &out, &err), 1);
     assert_non_null(strstr(err, "EW_EDATA"));
     free(out);
     free(err);
-    assert_int_equal(run("publish user.exploded --data '{}'", NULL, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("publish user.exploded --data '{}'", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "unknown event type 'user.exploded'"));
     free(out);
     free(err);
-    assert_int_equal(run("publish user.logged_out", NULL, &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("publish user.logged_out", NULL, &out, &err), 2);
     free(out);
     free(err);
-    assert_int_equal(run("publish user.logged_out --data @/nonexistent", NULL, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("publish user.logged_out --data @/nonexistent", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "cannot read /nonexistent"));
     free(out);
     free(err);
     setenv("EVENT_BUS_TYPE", "carrier-pigeon", 1);
-    assert_int_equal(run("tail", NULL, &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("tail", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "EVENT_BUS_TYPE"));
     free(out);
     free(err);
     unsetenv("EVENT_BUS_TYPE");
-    assert_int_equal(run("tail 'user..x'", NULL, &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("tail 'user..x'", NULL, &out, &err), 2);
     free(out);
     free(err);
 }
@@ -215,7 +174,7 @@ static void test_configuration_doc_matches_the_table(void **state)
     doc[n] = '\0';
     char *out;
     unsetenv("EVENT_BUS_TYPE");
-    assert_int_equal(run("config --markdown", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("config --markdown", NULL, &out, NULL), 0);
     if (!strstr(doc, out))
         fail_msg("docs/configuration.md is out of date: regenerate its table with "
                  "`ewctl config --markdown`");
@@ -251,43 +210,43 @@ static void test_dlq_and_store_commands(void **state)
     setenv("EVENT_STORE_URL", url, 1);
 
     char *out, *errout;
-    assert_int_equal(run("dlq list", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("dlq list", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"handler\":\"end-session\""));
     assert_non_null(strstr(out, "\"handler\":\"other\""));
     assert_non_null(strstr(out, "\"status\":\"pending\""));
     assert_null(strstr(out, "\"event\":")); /* list leaves the event out */
     free(out);
-    assert_int_equal(run("dlq list --handler other", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("dlq list --handler other", NULL, &out, NULL), 0);
     assert_null(strstr(out, "end-session"));
     assert_non_null(strstr(out, "\"attempts\":5"));
     free(out);
-    assert_int_equal(run("dlq show 1", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("dlq show 1", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"event\":\"{\\\"specversion\\\""));
     assert_non_null(strstr(out, "\"error\":\"database is locked\""));
     free(out);
-    assert_int_equal(run("dlq discard 1", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, NULL), 0);
     free(out);
-    assert_int_equal(run("dlq list --status discarded", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("dlq list --status discarded", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"id\":1,"));
     assert_null(strstr(out, "\"id\":2,"));
     free(out);
-    assert_int_equal(run("dlq show 99", NULL, &out, &errout), 1);
+    assert_int_equal(ew_test_ewctl("dlq show 99", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "99"));
     free(out);
     free(errout);
-    assert_int_equal(run("dlq list --status lost", NULL, &out, &errout), 2);
+    assert_int_equal(ew_test_ewctl("dlq list --status lost", NULL, &out, &errout), 2);
     free(out);
     free(errout);
-    assert_int_equal(run("store stream user-1", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("store stream user-1", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"version\":1"));
     assert_non_null(strstr(out, "\"version\":2"));
     assert_non_null(strstr(out, ew_event_id(ev[1])));
     free(out);
-    assert_int_equal(run("store purge", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("store purge", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "{\"purged\":0}"));
     free(out);
     setenv("EVENT_STORE_URL", "oracle://x", 1);
-    assert_int_equal(run("dlq list", NULL, &out, &errout), 1);
+    assert_int_equal(ew_test_ewctl("dlq list", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "cannot open the event store"));
     free(out);
     free(errout);
@@ -298,7 +257,172 @@ static void test_dlq_and_store_commands(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+static ew_handler_result tb_count_late(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    atomic_fetch_add((atomic_int *)ud, 1);
+    return EW_HANDLER_OK;
+}
+
+/* ---- dlq retry and store replay: another process reaches a handler through the bus --------- */
+
+typedef struct flaky {
+    atomic_int fail, handled;
+} flaky;
+
+static ew_handler_result flaky_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    flaky *f = ud;
+    if (atomic_load(&f->fail)) {
+        ew_ctx_set_error(ctx, "profile database unavailable");
+        return EW_HANDLER_FAIL;
+    }
+    atomic_fetch_add(&f->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+static int first_id(void *ud, const ew_dlq_row *r)
+{
+    *(int64_t *)ud = r->id;
+    return 1;
+}
+
+/* Polls cond(ud) for up to 20 s. */
+static bool eventually(bool (*cond)(void *), void *ud)
+{
+    for (int i = 0; i < 2000; i++) {
+        if (cond(ud)) return true;
+        usleep(10000);
+    }
+    return cond(ud);
+}
+
+typedef struct probe {
+    ew_store *st;
+    int64_t id;
+    atomic_int *counter;
+    int want;
+} probe;
+
+static bool has_dead_letter(void *ud)
+{
+    probe *p = ud;
+    ew_dlq_filter f = {.handler = "create-profile", .status = -1};
+    return ew_store_dlq_list(p->st, &f, first_id, &p->id, NULL) == 0 && p->id > 0;
+}
+
+static bool counted(void *ud)
+{
+    probe *p = ud;
+    return atomic_load(p->counter) >= p->want;
+}
+
+static bool resolved(void *ud)
+{
+    probe *p = ud;
+    ew_dlq_row r;
+    if (ew_store_dlq_get(p->st, p->id, &r, NULL)) return false;
+    bool yes = r.status == EW_DLQ_RESOLVED;
+    ew_dlq_row_release(&r);
+    return yes;
+}
+
+static void test_dlq_retry_and_store_replay_through_the_bus(void **state)
+{
+    char dir[] = "/tmp/ewctl-retry-XXXXXX", url[128], cmd[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    ew_error err = {0};
+    ew_store *st;
+    if (ew_store_open(&st, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_config *cfg;
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_from_env(cfg, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "user-service", &err), 0);
+    ew_bus *bus;
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .dlq = ew_store_dlq_sink(st)}, &err))
+        fail_msg("%s", err.msg);
+    ew_config_free(cfg);
+    flaky f = {.fail = 1};
+    ew_subscribe_opts so = {.group = "user-service", .name = "create-profile", .max_attempts = 1};
+    assert_int_equal(ew_bus_subscribe(bus, "user.registered", flaky_handle, &f, &so, &err), 0);
+    assert_int_equal(ew_bus_start(bus, &err), 0);
+
+    /* A service's handler fails for good: the event is a dead letter. */
+    char *out, *errout;
+    assert_int_equal(ew_test_ewctl("publish user.registered --subject 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d "
+                                   "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+                                   "\"email\":\"ada@example.com\",\"username\":\"ada\","
+                                   "\"roles\":[\"user\"]}'",
+                                   NULL, &out, NULL),
+                     0);
+    free(out);
+    probe p = {.st = st, .counter = &f.handled};
+    assert_true(eventually(has_dead_letter, &p));
+    snprintf(cmd, sizeof cmd, "dlq list --handler create-profile --status pending");
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "profile database unavailable"));
+    free(out);
+
+    /* The cause is fixed; the operator retries it from another process. */
+    atomic_store(&f.fail, 0);
+    snprintf(cmd, sizeof cmd, "dlq retry %lld", (long long)p.id);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, &errout), 0);
+    assert_non_null(strstr(out, "\"status\":\"retried\""));
+    free(out);
+    free(errout);
+    p.want = 1;
+    assert_true(eventually(counted, &p));
+    assert_true(eventually(resolved, &p));
+    snprintf(cmd, sizeof cmd, "dlq show %lld", (long long)p.id);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"status\":\"resolved\""));
+    free(out);
+    /* Nothing left to retry. */
+    snprintf(cmd, sizeof cmd, "dlq retry %lld", (long long)p.id);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "resolved"));
+    free(out);
+    free(errout);
+    assert_int_equal(ew_test_ewctl("dlq retry --all --event user.registered", NULL, &out, NULL), 0);
+    assert_string_equal(out, "");
+    free(out);
+    assert_int_equal(ew_test_ewctl("dlq retry", NULL, &out, &errout), 2);
+    free(out);
+    free(errout);
+
+    /* A group that joined late gets the stored events replayed; the others do not. */
+    atomic_int late = 0;
+    assert_int_equal(ew_bus_subscribe(bus, "user.*", tb_count_late, &late,
+                                      &(ew_subscribe_opts){.group = "late-projection"}, &err),
+                     0);
+    assert_int_equal(ew_test_ewctl("store replay --from 1 'user.#' --to-group late-projection",
+                                   NULL, &out, &errout),
+                     0);
+    assert_non_null(strstr(out, "\"replayed\":1"));
+    free(out);
+    free(errout);
+    probe q = {.counter = &late, .want = 1};
+    assert_true(eventually(counted, &q));
+    usleep(200000);
+    assert_int_equal(atomic_load(&late), 1);
+    assert_int_equal(atomic_load(&f.handled), 1);
+    assert_int_equal(ew_test_ewctl("store replay 'user.#' --to-group x", NULL, &out, &errout), 2);
+    assert_non_null(strstr(errout, "--from"));
+    free(out);
+    free(errout);
+
+    assert_int_equal(ew_bus_close(bus), 0);
+    ew_store_close(st);
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),
     cmocka_unit_test(test_publish_validates_before_it_publishes),

@@ -1,31 +1,46 @@
-/* ewctl dlq and ewctl store — the event store from the command line: dead letters, streams and
- * the TTL purge, on the store EVENT_STORE_URL names. Rows print as JSON lines. */
+/* ewctl dlq and ewctl store — the event store from the command line: dead letters, streams,
+ * replays and the TTL purge, on the store EVENT_STORE_URL names. Rows print as JSON lines.
+ * Retries and replays reach the handlers through the bus the environment configures
+ * (ew_bus_redeliver, ew_bus_replay). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ewctl.h"
 #include "core/buf.h"
 #include "core/json.h"
+#include "eventwire/bus.h"
+#include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 #include "eventwire/store.h"
 
 static const char dlq_usage[] =
     "usage: ewctl dlq list [--event TYPE] [--handler H] [--group G] [--status S] [--limit N]\n"
     "       ewctl dlq show ID\n"
+    "       ewctl dlq retry ID | --all [--event TYPE] [--handler H] [--group G]\n"
     "       ewctl dlq discard ID\n"
     "\n"
     "The dead letter queue of the event store EVENT_STORE_URL names\n"
     "(event_store.dead_letter_queue). list prints one JSON object per dead letter, newest\n"
     "failure first, without the event; show prints one with its event; discard marks it\n"
-    "discarded. S is pending, retried, resolved or discarded.\n";
+    "discarded. S is pending, retried, resolved or discarded.\n"
+    "retry hands a dead letter's event back to its handler, in that handler's subscriber group\n"
+    "only, through the configured bus (EVENT_BUS_TYPE ...), wherever that group runs: it is\n"
+    "marked retried, and resolved once the handler has handled it (a new failure makes it\n"
+    "pending again). --all retries every pending dead letter the filters select. Prints one\n"
+    "JSON object per dead letter retried.\n";
 
 static const char store_usage[] =
     "usage: ewctl store stream STREAM_ID [--from VERSION]\n"
+    "       ewctl store replay --from POSITION [PATTERN] --to-group G\n"
     "       ewctl store purge\n"
     "\n"
     "stream prints a stream's events in order, one JSON object per line: position, version,\n"
-    "recorded time and the CloudEvent. purge deletes the events older than\n"
-    "EVENT_STORE_TTL_DAYS now, in small batches, and prints how many it deleted.\n";
+    "recorded time and the CloudEvent. replay hands the stored events from global position\n"
+    "POSITION on (1: the first), those whose type matches PATTERN (default #), to subscriber\n"
+    "group G only, through the configured bus; every handler of G whose pattern matches gets\n"
+    "them again (its inbox still skips what it has processed). It prints how many it replayed.\n"
+    "purge deletes the events older than EVENT_STORE_TTL_DAYS now, in small batches, and\n"
+    "prints how many it deleted.\n";
 
 static int open_store(ew_store **st)
 {
@@ -36,6 +51,16 @@ static int open_store(ew_store **st)
     if (rc == 0) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
     ew_config_free(cfg);
     if (rc) return ewctl_fail(1, "cannot open the event store: %s", err.msg);
+    return 0;
+}
+
+static int open_bus(ew_bus **bus)
+{
+    ew_error err = {0};
+    if (ew_bus_open_env(bus, &err) || ew_bus_start(*bus, &err)) {
+        if (*bus) ew_bus_close(*bus);
+        return ewctl_fail(1, "cannot open the bus: %s", err.msg);
+    }
     return 0;
 }
 
@@ -84,6 +109,87 @@ static int parse_id(const char *s, int64_t *id)
     return 0;
 }
 
+/* ---- dlq retry ----------------------------------------------------------------------------- */
+
+typedef struct retry {
+    ew_store *st;
+    ew_bus *bus;
+    size_t retried, failed;
+} retry;
+
+/* Hands one dead letter back to its handler: marked retried first (its handler may resolve it
+ * at once), then redelivered; when the redelivery cannot be published it is pending again. */
+static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
+{
+    if (row->status == EW_DLQ_RESOLVED || row->status == EW_DLQ_DISCARDED)
+        return ew_error_set(err, EW_ESTATE, "dead letter %lld is %s: there is nothing to retry",
+                            (long long)row->id, ew_dlq_status_name(row->status));
+    if (!row->handler[0] || !row->subscriber_group[0])
+        return ew_error_set(err, EW_EINVAL, "dead letter %lld names no handler and group",
+                            (long long)row->id);
+    ew_event *ev;
+    ew_error e = {0};
+    if (ew_event_decode(&ev, row->event, strlen(row->event), NULL, &e))
+        return ew_error_set(err, e.code,
+                            "dead letter %lld holds no event that decodes (%s): it cannot be "
+                            "retried, only discarded",
+                            (long long)row->id, e.msg);
+    int rc = ew_store_dlq_set_status(r->st, row->id, EW_DLQ_RETRIED, err);
+    if (!rc) {
+        rc = ew_bus_redeliver(r->bus, row->subscriber_group, row->handler, ev, row->id, err);
+        if (rc) ew_store_dlq_set_status(r->st, row->id, row->status, NULL);
+    }
+    ew_event_unref(ev);
+    if (rc) return rc;
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_printf(&b, "{\"id\":%lld", (long long)row->id);
+    put_str(&b, "event_id", row->event_id);
+    put_str(&b, "handler", row->handler);
+    put_str(&b, "subscriber_group", row->subscriber_group);
+    put_str(&b, "status", "retried");
+    ew_buf_puts(&b, "}\n");
+    if (!b.oom) fputs(b.data, stdout);
+    ew_buf_release(&b);
+    return 0;
+}
+
+static int retry_listed(void *ud, const ew_dlq_row *row)
+{
+    retry *r = ud;
+    ew_error err = {0};
+    if (retry_row(r, row, &err)) {
+        r->failed++;
+        ewctl_fail(1, "%s", err.msg);
+    } else {
+        r->retried++;
+    }
+    return 0;
+}
+
+static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
+{
+    retry r = {.st = st};
+    if (open_bus(&r.bus)) return 1;
+    ew_error err = {0};
+    int rc = 0;
+    if (id > 0) {
+        ew_dlq_row row;
+        rc = ew_store_dlq_get(st, id, &row, &err);
+        if (!rc) {
+            rc = retry_row(&r, &row, &err);
+            ew_dlq_row_release(&row);
+        }
+    } else {
+        f->status = EW_DLQ_PENDING;
+        rc = ew_store_dlq_list(st, f, retry_listed, &r, &err);
+    }
+    /* Closing the bus waits for its publishes to be done with. */
+    ew_bus_close(r.bus);
+    if (rc) return ewctl_fail(1, "%s", err.msg);
+    return r.failed ? 1 : 0;
+}
+
 int ewctl_dlq(int argc, char **argv)
 {
     if (ewctl_wants_help(argc, argv)) {
@@ -112,6 +218,32 @@ int ewctl_dlq(int argc, char **argv)
                     return ewctl_fail(2, "--status takes pending, retried, resolved or discarded");
             } else return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
         }
+    } else if (strcmp(cmd, "retry") == 0) {
+        bool all = false;
+        for (int i = 1; i < argc; i++) {
+            if (strcmp(argv[i], "--all") == 0) {
+                all = true;
+                continue;
+            }
+            if (argv[i][0] != '-') {
+                if (id || parse_id(argv[i], &id)) return ewctl_fail(2, "dlq retry takes one ID");
+                continue;
+            }
+            if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
+            const char *v = argv[++i];
+            if (strcmp(argv[i - 1], "--event") == 0) f.event_name = v;
+            else if (strcmp(argv[i - 1], "--handler") == 0) f.handler = v;
+            else if (strcmp(argv[i - 1], "--group") == 0) f.group = v;
+            else return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
+        }
+        if (all == (id > 0)) return ewctl_fail(2, "dlq retry takes an ID or --all");
+        if (id && (f.event_name || f.handler || f.group))
+            return ewctl_fail(2, "the filters go with --all, not with an ID");
+        ew_store *st;
+        if (open_store(&st)) return 1;
+        int status = dlq_retry(st, id, &f);
+        ew_store_close(st);
+        return status;
     } else if (strcmp(cmd, "show") == 0 || strcmp(cmd, "discard") == 0) {
         if (argc != 2) return ewctl_fail(2, "dlq %s takes one ID", cmd);
         if (parse_id(argv[1], &id)) return 2;
@@ -156,6 +288,84 @@ static int print_stored(void *ud, const ew_stored_event *se)
     return 0;
 }
 
+/* ---- store replay ------------------------------------------------------------------------- */
+
+#define REPLAY_BATCH 100
+
+typedef struct replay {
+    ew_bus *bus;
+    const char *group;
+    const ew_event *batch[REPLAY_BATCH];
+    size_t n, replayed;
+    int rc;
+    ew_error *err;
+} replay;
+
+static int replay_flush(replay *r)
+{
+    if (r->n && !r->rc) {
+        r->rc = ew_bus_replay(r->bus, r->group, r->batch, r->n, r->err);
+        if (!r->rc) r->replayed += r->n;
+    }
+    for (size_t i = 0; i < r->n; i++)
+        ew_event_unref(r->batch[i]);
+    r->n = 0;
+    return r->rc;
+}
+
+static int replay_one(void *ud, const ew_stored_event *se)
+{
+    replay *r = ud;
+    /* Redeliveries in the log (the SQLite bus, the audit trail) are not replayed themselves. */
+    if (ew_event_type_id(se->event) == EW_T_BUS_REDELIVERY) return 0;
+    r->batch[r->n++] = ew_event_ref(se->event);
+    return r->n == REPLAY_BATCH ? replay_flush(r) : 0;
+}
+
+static int store_replay(int argc, char **argv)
+{
+    int64_t from = 0;
+    const char *pattern = "#", *group = NULL;
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--from") == 0 && i + 1 < argc) {
+            char *end;
+            from = strtoll(argv[++i], &end, 10);
+            if (*end || from < 1) return ewctl_fail(2, "--from takes a position from 1");
+        } else if (strcmp(argv[i], "--to-group") == 0 && i + 1 < argc) {
+            group = argv[++i];
+        } else if (argv[i][0] == '-') {
+            return ewctl_fail(2, "unknown option '%s'", argv[i]);
+        } else if (npos++ == 0) {
+            pattern = argv[i];
+        } else {
+            return ewctl_fail(2, "store replay takes one PATTERN");
+        }
+    }
+    if (!from) return ewctl_fail(2, "store replay needs --from POSITION");
+    if (!group) return ewctl_fail(2, "store replay needs --to-group G");
+    if (!ew_pattern_valid(pattern))
+        return ewctl_fail(2, "'%s' is not a pattern (user.registered, user.*, user.#, #)", pattern);
+    ew_store *st;
+    if (open_store(&st)) return 1;
+    ew_error err = {0};
+    replay r = {.group = group, .err = &err};
+    if (open_bus(&r.bus)) {
+        ew_store_close(st);
+        return 1;
+    }
+    /* --from is inclusive; the store reads after the position it is given */
+    int rc = ew_store_read_all(st, from - 1, pattern, 0, replay_one, &r, &err);
+    if (!rc) rc = replay_flush(&r);
+    else replay_flush(&r);
+    if (!rc && r.rc) rc = r.rc;
+    ew_bus_close(r.bus);
+    ew_store_close(st);
+    if (rc) return ewctl_fail(1, "replay stopped after %zu events: %s", r.replayed, err.msg);
+    printf("{\"replayed\":%zu,\"group\":\"%s\"}\n", r.replayed, group);
+    return 0;
+}
+
 int ewctl_store(int argc, char **argv)
 {
     if (ewctl_wants_help(argc, argv)) {
@@ -181,6 +391,8 @@ int ewctl_store(int argc, char **argv)
         if (from < 1) return ewctl_fail(2, "--from takes a version from 1");
         if (open_store(&st)) return 1;
         rc = ew_store_read_stream(st, stream, from, 0, print_stored, NULL, &err);
+    } else if (strcmp(argv[0], "replay") == 0) {
+        return store_replay(argc, argv);
     } else if (strcmp(argv[0], "purge") == 0) {
         if (argc != 1) return ewctl_fail(2, "store purge takes no arguments");
         if (open_store(&st)) return 1;
