@@ -97,20 +97,15 @@ static int not_supported(const char *type, ew_error *err)
                         type, built);
 }
 
-/* The audit trail: with ENABLE_EVENT_STORE every event is appended to the event store before the
- * backend gets it, to the stream of its subject (its type when it has none). The store skips an
- * id it has, so a retried publish records once; when recording fails nothing is published. */
+/* The audit trail: with ENABLE_EVENT_STORE every batch is recorded in the event store, in one
+ * transaction, before the backend gets it, each event in the stream of its subject (its type when
+ * it has none). The store skips an id it has, so a retried publish records once; when recording
+ * fails nothing is published. */
 static int record(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *err)
 {
-    for (size_t i = 0; i < n; i++) {
-        const char *stream = ew_event_subject(evs[i]) ? ew_event_subject(evs[i])
-                                                      : ew_event_type(evs[i]);
-        ew_error e = {0};
-        int rc = ew_store_append(bus->audit, stream, EW_EXPECT_ANY, &evs[i], 1, NULL, &e);
-        if (rc)
-            return ew_error_set(err, rc, "event %zu (%s) not recorded in the event store: %s", i,
-                                ew_event_id(evs[i]), e.msg);
-    }
+    ew_error e = {0};
+    int rc = ew_store_record(bus->audit, evs, n, NULL, &e);
+    if (rc) return ew_error_set(err, rc, "events not recorded in the event store: %s", e.msg);
     return 0;
 }
 

@@ -40,19 +40,27 @@ static void test_published_events_are_recorded(void **state)
     }
     /* the same event again: recorded once */
     assert_int_equal(ew_bus_publish(bus, evs[0], NULL), 0);
+    /* a batch is recorded as one, in order, with the ids already stored skipped */
+    ew_event *more[3] = {tb_user_registered(), evs[1], tb_event(EW_T_USER_LOGGED_OUT, "subject-1")};
+    assert_int_equal(ew_bus_publish_batch(bus, (const ew_event *const *)more, 3, NULL), 0);
     tb_wait(bus);
     tb_close(bus);
-    assert_int_equal(atomic_load(&handled), 4);
+    assert_int_equal(atomic_load(&handled), 7);
 
     ew_store *st;
     ew_error err = {0};
     if (ew_store_open(&st, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
     got g = {0};
     assert_int_equal(ew_store_read_all(st, 0, NULL, 0, collect, &g, &err), 0);
-    assert_int_equal(g.n, 3);
+    assert_int_equal(g.n, 5);
     for (int i = 0; i < 3; i++) assert_string_equal(g.ids[i], ew_event_id(evs[i]));
+    assert_string_equal(g.ids[3], ew_event_id(more[0]));
+    assert_string_equal(g.ids[4], ew_event_id(more[2]));
     /* the stream is the subject */
     assert_string_equal(g.streams[2], "subject-1");
+    assert_string_equal(g.streams[4], "subject-1");
+    ew_event_unref(more[0]);
+    ew_event_unref(more[2]);
     assert_string_equal(g.streams[0], ew_event_subject(evs[0]));
     ew_store_close(st);
     for (int i = 0; i < 3; i++) ew_event_unref(evs[i]);
