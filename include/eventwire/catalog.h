@@ -45,6 +45,7 @@ typedef struct ew_field_info {
     unsigned flags;
     size_t offset; /* of the member in the type's data struct */
     const char *doc;
+    size_t name_len; /* strlen(name) */
 } ew_field_info;
 
 /* Type ids: one per entry of events.def, old versions included. */
@@ -91,6 +92,7 @@ typedef struct ew_type_info {
     size_t struct_size;
     const ew_field_info *fields;
     size_t nfields;
+    size_t type_len; /* strlen(type) */
 } ew_type_info;
 
 /* The type with this id, or NULL. */
@@ -98,6 +100,9 @@ const ew_type_info *ew_catalog_get(ew_type_id id);
 
 /* The type with this name at this version (0: the latest), or NULL. */
 const ew_type_info *ew_catalog_find(const char *type, int version);
+
+/* The same for the name type[0..len), which need not be NUL-terminated. */
+const ew_type_info *ew_catalog_find_n(const char *type, size_t len, int version);
 
 /* Every entry, in declaration order: i from 0 to ew_catalog_count() - 1. */
 size_t ew_catalog_count(void);

@@ -14,7 +14,7 @@
 #define PII EW_FIELD_PII
 #define EW_EVENT(ID, name, type, version, doc) static const ew_field_info ew__fields_##name[] = {
 #define EW_FIELD(name, field, kind, flags, doc)                                                    \
-    {#field, EW_FIELD_##kind, (flags), offsetof(ew_##name, field), doc},
+    {#field, EW_FIELD_##kind, (flags), offsetof(ew_##name, field), doc, sizeof #field - 1},
 #define EW_END(name)                                                                               \
     }                                                                                              \
     ;
@@ -34,7 +34,8 @@
      "ew_" #name,                                                                                  \
      sizeof(ew_##name),                                                                            \
      ew__fields_##name,                                                                            \
-     sizeof ew__fields_##name / sizeof ew__fields_##name[0]},
+     sizeof ew__fields_##name / sizeof ew__fields_##name[0],                                       \
+     sizeof type - 1},
 
 /* The types in declaration order: types[id - 1]. */
 static const ew_type_info types[] = {
@@ -66,20 +67,29 @@ const ew_type_info *ew_catalog_get(ew_type_id id)
     return id > EW_T_NONE && id < EW_T__COUNT ? &types[id - 1] : NULL;
 }
 
-const ew_type_info *ew_catalog_find(const char *type, int version)
+/* Lengths first: most names differ in length, and the decoder looks a type up per event. */
+const ew_type_info *ew_catalog_find_n(const char *type, size_t len, int version)
 {
     if (!type) return NULL;
     for (size_t i = 0; i < NTYPES; i++) {
-        if (strcmp(types[i].type, type) != 0) continue;
-        if (version == 0 ? types[i].latest : types[i].version == version) return &types[i];
+        const ew_type_info *t = &types[i];
+        if (t->type_len != len || memcmp(t->type, type, len) != 0) continue;
+        if (version == 0 ? t->latest : t->version == version) return t;
     }
     return NULL;
 }
 
+const ew_type_info *ew_catalog_find(const char *type, int version)
+{
+    return type ? ew_catalog_find_n(type, strlen(type), version) : NULL;
+}
+
 const ew_field_info *ew_type_field(const ew_type_info *t, const char *name)
 {
+    size_t len = strlen(name);
     for (size_t i = 0; i < t->nfields; i++)
-        if (strcmp(t->fields[i].name, name) == 0) return &t->fields[i];
+        if (t->fields[i].name_len == len && memcmp(t->fields[i].name, name, len) == 0)
+            return &t->fields[i];
     return NULL;
 }
 

@@ -482,11 +482,10 @@ static const char *kind_name(ew_json_kind k)
     return n[k];
 }
 
-/* An envelope attribute that must be a string: EW_ETYPE otherwise. */
-static int attr_str(const ew_json *root, const char *name, bool required, const char **out,
+/* An envelope attribute that must be a string: EW_ETYPE otherwise. v: the member, or NULL. */
+static int attr_str(const ew_json *v, const char *name, bool required, const char **out,
                     ew_error *err)
 {
-    const ew_json *v = ew_json_get(root, name);
     *out = NULL;
     if (!v) {
         if (required)
@@ -503,15 +502,27 @@ static int attr_str(const ew_json *root, const char *name, bool required, const 
 
 /* Fills a data struct from a JSON object, for type t. Strings point into the tree; string
  * arrays and object texts are allocated from the arena. */
+/* The field named key[0..len), or NULL. */
+static const ew_field_info *field_n(const ew_type_info *t, const char *key, size_t len)
+{
+    for (size_t i = 0; i < t->nfields; i++)
+        if (t->fields[i].name_len == len && memcmp(t->fields[i].name, key, len) == 0)
+            return &t->fields[i];
+    return NULL;
+}
+
 static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data, ew_arena *a,
                           ew_error *err)
 {
     memset(data, 0, t->struct_size);
+    uint64_t seen = 0; /* fields present, by index (a type has fewer than 64) */
     for (const ew_json *m = obj->child; m; m = m->next) {
-        const ew_field_info *f = ew_type_field(t, m->key);
+        const ew_field_info *f = field_n(t, m->key, m->key_len);
         if (!f)
             return ew_error_set(err, EW_EDATA, "%s v%d: data has no field '%.64s'", t->type,
                                 t->version, m->key);
+        size_t fi = (size_t)(f - t->fields);
+        if (fi < 64) seen |= UINT64_C(1) << fi;
         char *dst = (char *)data + f->offset;
         if (m->kind == EW_JSON_NULL && !(f->flags & EW_FIELD_REQ)) continue;
         bool ok = true;
@@ -569,7 +580,8 @@ static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data,
     }
     for (size_t i = 0; i < t->nfields; i++) {
         const ew_field_info *f = &t->fields[i];
-        if ((f->flags & EW_FIELD_REQ) && !ew_json_get(obj, f->name))
+        bool present = i < 64 ? (seen >> i) & 1 : ew_json_get(obj, f->name) != NULL;
+        if ((f->flags & EW_FIELD_REQ) && !present)
             return ew_error_set(err, EW_EDATA, "%s: data.%s is required", t->type, f->name);
     }
     return 0;
@@ -584,16 +596,49 @@ static bool ext_name_valid(const char *s, size_t n)
     return true;
 }
 
-static int check_members(const ew_json *root, ew_error *err)
+/* The envelope's members, found in one pass over the object (the parser has refused duplicate
+ * names already). */
+enum {
+    M_SPECVERSION,
+    M_ID,
+    M_SOURCE,
+    M_TYPE,
+    M_SUBJECT,
+    M_TIME,
+    M_DATACONTENTTYPE,
+    M_DATASCHEMA,
+    M_DATA,
+    M_EVENTVERSION,
+    M_CORRELATIONID,
+    M_CAUSATIONID,
+    M_TRACEPARENT,
+    M__COUNT
+};
+
+static const struct {
+    const char *name;
+    size_t len;
+} attr_names[M__COUNT] = {
+#define A(s) {s, sizeof s - 1}
+    A("specversion"),   A("id"),         A("source"),       A("type"),
+    A("subject"),       A("time"),       A("datacontenttype"), A("dataschema"),
+    A("data"),          A("eventversion"), A("correlationid"), A("causationid"),
+    A("traceparent"),
+#undef A
+};
+
+static int find_members(const ew_json *root, const ew_json *at[M__COUNT], ew_error *err)
 {
-    static const char *const known[] = {"specversion", "id", "source", "type", "subject", "time",
-                                        "datacontenttype", "dataschema", "data", "eventversion",
-                                        "correlationid", "causationid", "traceparent"};
+    memset(at, 0, M__COUNT * sizeof at[0]);
     for (const ew_json *m = root->child; m; m = m->next) {
-        bool k = false;
-        for (size_t i = 0; i < sizeof known / sizeof known[0] && !k; i++)
-            k = strcmp(m->key, known[i]) == 0;
-        if (k) continue;
+        size_t i = 0;
+        while (i < M__COUNT &&
+               (attr_names[i].len != m->key_len || memcmp(attr_names[i].name, m->key, m->key_len)))
+            i++;
+        if (i < M__COUNT) {
+            at[i] = m;
+            continue;
+        }
         if (strcmp(m->key, "data_base64") == 0)
             return ew_error_set(err, EW_EDATA, "binary data (data_base64) is not supported: "
                                                "event data must be a JSON object");
@@ -616,22 +661,23 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
     if (root->kind != EW_JSON_OBJECT)
         return ew_error_set(err, EW_ENOTOBJ, "an event must be a JSON object, not %s",
                             kind_name(root->kind));
-    if ((rc = check_members(root, err))) return rc;
+    const ew_json *m[M__COUNT];
+    if ((rc = find_members(root, m, err))) return rc;
     const char *spec, *type, *tstr, *ctype, *schema;
     ew_event_attrs at = {0};
-    if ((rc = attr_str(root, "specversion", true, &spec, err))) return rc;
+    if ((rc = attr_str(m[M_SPECVERSION], "specversion", true, &spec, err))) return rc;
     if (strcmp(spec, "1.0") != 0)
         return ew_error_set(err, EW_ESPECVERSION, "specversion '%.20s' is not 1.0", spec);
-    if ((rc = attr_str(root, "id", true, &at.id, err)) ||
-        (rc = attr_str(root, "source", true, &at.source, err)) ||
-        (rc = attr_str(root, "type", true, &type, err)) ||
-        (rc = attr_str(root, "subject", false, &at.subject, err)) ||
-        (rc = attr_str(root, "time", false, &tstr, err)) ||
-        (rc = attr_str(root, "datacontenttype", false, &ctype, err)) ||
-        (rc = attr_str(root, "dataschema", false, &schema, err)) ||
-        (rc = attr_str(root, "correlationid", false, &at.correlation_id, err)) ||
-        (rc = attr_str(root, "causationid", false, &at.causation_id, err)) ||
-        (rc = attr_str(root, "traceparent", false, &at.traceparent, err)))
+    if ((rc = attr_str(m[M_ID], "id", true, &at.id, err)) ||
+        (rc = attr_str(m[M_SOURCE], "source", true, &at.source, err)) ||
+        (rc = attr_str(m[M_TYPE], "type", true, &type, err)) ||
+        (rc = attr_str(m[M_SUBJECT], "subject", false, &at.subject, err)) ||
+        (rc = attr_str(m[M_TIME], "time", false, &tstr, err)) ||
+        (rc = attr_str(m[M_DATACONTENTTYPE], "datacontenttype", false, &ctype, err)) ||
+        (rc = attr_str(m[M_DATASCHEMA], "dataschema", false, &schema, err)) ||
+        (rc = attr_str(m[M_CORRELATIONID], "correlationid", false, &at.correlation_id, err)) ||
+        (rc = attr_str(m[M_CAUSATIONID], "causationid", false, &at.causation_id, err)) ||
+        (rc = attr_str(m[M_TRACEPARENT], "traceparent", false, &at.traceparent, err)))
         return rc;
     if (tstr && ew_time_parse(tstr, &at.time_us))
         return ew_error_set(err, EW_ETIME, "attribute 'time' '%.40s' is not an RFC 3339 time",
@@ -646,7 +692,7 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
                             at.traceparent);
 
     int version = 1;
-    const ew_json *vj = ew_json_get(root, "eventversion");
+    const ew_json *vj = m[M_EVENTVERSION];
     if (vj) {
         if (vj->kind == EW_JSON_NUMBER && vj->is_int) {
             version = vj->i64 > 0 && vj->i64 < 1000000 ? (int)vj->i64 : -1;
@@ -661,15 +707,17 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
             return ew_error_set(err, EW_ETYPE, "attribute 'eventversion' must be a positive "
                                                "integer");
     }
-    const ew_type_info *latest = ew_catalog_find(type, 0);
+    size_t type_len = m[M_TYPE]->len;
+    const ew_type_info *latest = ew_catalog_find_n(type, type_len, 0);
     if (!latest) return ew_error_set(err, EW_EUNKNOWNTYPE, "unknown event type '%.80s'", type);
-    const ew_type_info *t = ew_catalog_find(type, version);
+    const ew_type_info *t =
+        latest->version == version ? latest : ew_catalog_find_n(type, type_len, version);
     if (!t)
         return ew_error_set(err, EW_EVERSION, "%s version %d is not supported (this build reads "
                                               "up to version %d)",
                             type, version, latest->version);
 
-    const ew_json *dj = ew_json_get(root, "data");
+    const ew_json *dj = m[M_DATA];
     if (!dj) return ew_error_set(err, EW_EMISSING, "missing required attribute 'data'");
     if (dj->kind != EW_JSON_OBJECT)
         return ew_error_set(err, EW_EDATA, "%s: data must be an object, not %s", type,
