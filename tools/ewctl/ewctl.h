@@ -18,6 +18,8 @@ int ewctl_publish(int argc, char **argv);
 int ewctl_tail(int argc, char **argv);
 int ewctl_dlq(int argc, char **argv);
 int ewctl_store(int argc, char **argv);
+int ewctl_up(int argc, char **argv);
+int ewctl_down(int argc, char **argv);
 
 /* Is argv[i] a request for help? */
 int ewctl_wants_help(int argc, char **argv);
