@@ -347,10 +347,12 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
         ew_backend_sub bs = {s.group, pattern, opts->from_beginning};
         bool new_group = !ew__dispatch_has(bus->disp, s.group, NULL, NULL);
         if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
-        /* Every group also consumes the redeliveries (redeliver.h), from where its own
-         * subscription starts. */
+        /* Every group also consumes the redeliveries (redeliver.h), from now on whatever its
+         * own subscription says: one addressed to a group of that name before it existed is
+         * stale (it would retry an old dead letter again). */
         if (!rc && new_group && bus->ops->subscribed) {
             bs.pattern = EW_REDELIVERY_TYPE;
+            bs.from_beginning = false;
             rc = bus->ops->subscribed(bus->be, &bs, err);
         }
         if (!rc) rc = ew__dispatch_subscribe(bus->disp, &s, NULL, err);

@@ -61,6 +61,14 @@ typedef struct kmsg {
 
 enum { KM_PENDING, KM_ACKED, KM_ABANDONED };
 
+/* Where a partition starts for a group that has committed nothing there (a group new to Kafka):
+ * recorded when a subscription of the group was made. */
+typedef struct kstart {
+    char *topic;
+    int32_t partition;
+    int64_t offset; /* the partition's end then (from now on), or RD_KAFKA_OFFSET_BEGINNING */
+} kstart;
+
 /* An assigned partition and its window of messages not yet committable, in offset order. */
 struct kpart {
     char *topic;
@@ -80,6 +88,8 @@ struct kgroup {
     char *group_id; /* KAFKA_CONSUMER_GROUP.name */
     char **subs;    /* topics and ^regexes */
     size_t nsubs, capsubs;
+    kstart *starts; /* under mu: written by subscribed(), read on assignment */
+    size_t nstarts, capstarts;
     rd_kafka_t *rk;
     rd_kafka_queue_t *cq;      /* the consumer queue, to wake the thread */
     rd_kafka_queue_t *commitq; /* results of asynchronous commits, served by the thread */
@@ -109,6 +119,8 @@ struct kafka {
     ew_bus *bus;
     ew_dispatcher *disp;
     char *bootstrap, *prefix, *group_prefix, *service;
+    char **client_conf; /* KAFKA_CLIENT_CONFIG: name, value, name, value, ... */
+    size_t nclient_conf;
     size_t max_bytes;
     int connect_ms, drain_ms, publish_timeout_ms, max_inflight;
 
@@ -199,6 +211,97 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, 
     char errstr[256];
     if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
         return ew_error_set(err, EW_ECONFIG, "kafka: %s=%s: %s", name, value, errstr);
+    return 0;
+}
+
+/* KAFKA_CLIENT_CONFIG, applied last to the producer's and every consumer's configuration, so
+ * that TLS, SASL and tuning reach librdkafka as they are. Errors name the property, never its
+ * value (a value may be a password). */
+static int conf_client(kafka *k, rd_kafka_conf_t *conf, ew_error *err)
+{
+    for (size_t i = 0; i + 1 < k->nclient_conf; i += 2) {
+        const char *name = k->client_conf[i], *value = k->client_conf[i + 1];
+        char errstr[256];
+        rd_kafka_conf_res_t r = rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr);
+        if (r == RD_KAFKA_CONF_UNKNOWN)
+            return ew_error_set(err, EW_ECONFIG,
+                                "KAFKA_CLIENT_CONFIG: '%.100s' is not a librdkafka property", name);
+        if (r != RD_KAFKA_CONF_OK)
+            return ew_error_set(err, EW_ECONFIG, "KAFKA_CLIENT_CONFIG: %.100s: %s", name, errstr);
+    }
+    return 0;
+}
+
+/* Properties the bus sets itself: what it relies on (its offsets, its groups, its producer's
+ * guarantees) or what a setting of its own says. */
+static const char *const owned_props[][2] = {
+    {"bootstrap.servers", "KAFKA_BOOTSTRAP_SERVERS"},
+    {"metadata.broker.list", "KAFKA_BOOTSTRAP_SERVERS"},
+    {"group.id", "KAFKA_CONSUMER_GROUP"},
+    {"enable.auto.commit", "the bus commits what its handlers finished"},
+    {"enable.auto.offset.store", "the bus commits what its handlers finished"},
+    {"auto.offset.reset", "ew_subscribe_opts.from_beginning"},
+    {"enable.idempotence", "the bus's producer is idempotent"},
+};
+
+/* Splits KAFKA_CLIENT_CONFIG (key=value,key=value; spaces around items and around = ignored,
+ * a backslash keeps the next character, a comma included) into k->client_conf. */
+static int parse_client_conf(kafka *k, const char *s, ew_error *err)
+{
+    size_t cap = 2;
+    for (const char *p = s; *p; p++)
+        if (*p == ',') cap += 2;
+    if (!(k->client_conf = calloc(cap, sizeof *k->client_conf))) return oom(err);
+    const char *p = s;
+    while (*p == ' ')
+        p++;
+    for (int item = 1; *p; item++) {
+        char *buf = malloc(strlen(p) + 1);
+        if (!buf) return oom(err);
+        size_t n = 0, eq = 0;
+        bool have_eq = false;
+        for (; *p && *p != ','; p++) {
+            if (*p == '=' && !have_eq) {
+                have_eq = true;
+                while (n && buf[n - 1] == ' ')
+                    n--; /* spaces before = */
+                buf[n++] = '\0';
+                eq = n;
+                while (p[1] == ' ')
+                    p++; /* and after it */
+                continue;
+            }
+            if (*p == '\\' && p[1]) p++;
+            buf[n++] = *p;
+        }
+        while (n > eq && buf[n - 1] == ' ')
+            n--;
+        buf[n] = '\0';
+        if (!have_eq || !buf[0]) {
+            free(buf);
+            return ew_error_set(err, EW_ECONFIG,
+                                "KAFKA_CLIENT_CONFIG: item %d is not key=value", item);
+        }
+        for (size_t i = 0; i < sizeof owned_props / sizeof owned_props[0]; i++) {
+            if (strcmp(buf, owned_props[i][0]) == 0) {
+                int rc = ew_error_set(err, EW_ECONFIG,
+                                      "KAFKA_CLIENT_CONFIG: %s is set by the bus (%s)", buf,
+                                      owned_props[i][1]);
+                free(buf);
+                return rc;
+            }
+        }
+        char *value = strdup(buf + eq);
+        if (!value) {
+            free(buf);
+            return oom(err);
+        }
+        k->client_conf[k->nclient_conf++] = buf; /* the name, first in buf */
+        k->client_conf[k->nclient_conf++] = value;
+        if (*p == ',') p++;
+        while (*p == ' ')
+            p++;
+    }
     return 0;
 }
 
@@ -331,7 +434,8 @@ static int prod_new(kafka *k, kprod **out, ew_error *err)
         (rc = conf_set(conf, "message.max.bytes", maxb, err)) ||
         (rc = conf_set(conf, "linger.ms", "0", err)) ||
         /* the Java client's partitioner: a subject lands where a Java producer would put it */
-        (rc = conf_set(conf, "partitioner", "murmur2_random", err))) {
+        (rc = conf_set(conf, "partitioner", "murmur2_random", err)) ||
+        (rc = conf_client(k, conf, err))) {
         rd_kafka_conf_destroy(conf);
         prod_free(p);
         return rc;
@@ -553,6 +657,206 @@ static void ensure_topics(kafka *k, const char *pattern)
             rd_kafka_metadata_destroy(md);
     }
     pthread_rwlock_unlock(&k->plock);
+}
+
+/* ---- where a new group starts --------------------------------------------------------------- */
+
+/* What librdkafka offers for "a group new to Kafka" is auto.offset.reset, earliest or latest,
+ * applied when the consumer first fetches: after the group's first join, which takes seconds
+ * (about 3 s on the mock cluster). latest would lose what is published between subscribe and
+ * that join; earliest replays everything for a group that asked for events from now on. So the
+ * bus decides itself: when a group subscribes, it records the end offset of every partition of
+ * the topics the pattern matches (from_beginning: their beginning), and when the group is first
+ * assigned a partition on which it has committed nothing, it starts there (a partition that did
+ * not exist at subscribe time: at its beginning, as everything in it came later) and commits
+ * that position at once, so that from then on the group is known to Kafka and resumes where it
+ * left off. End offsets rather than a timestamp (ListOffsets by time, rd_kafka_offsets_for_times):
+ * they need no clock, and librdkafka's mock cluster, which the tests run on, answers -1 to every
+ * query by time. docs/bus-kafka.md has the same in words. */
+
+static kstart *start_find(kgroup *g, const char *topic, int32_t partition)
+{
+    for (size_t i = 0; i < g->nstarts; i++)
+        if (g->starts[i].partition == partition && strcmp(g->starts[i].topic, topic) == 0)
+            return &g->starts[i];
+    return NULL;
+}
+
+/* Adds (topic, partition) → offset unless the partition has a start already (the first
+ * subscription that covers it decides). Under g->mu. */
+static int start_add(kgroup *g, const char *topic, int32_t partition, int64_t offset)
+{
+    if (start_find(g, topic, partition)) return 0;
+    if (g->nstarts == g->capstarts) {
+        size_t cap = g->capstarts ? 2 * g->capstarts : 16;
+        kstart *v = realloc(g->starts, cap * sizeof *v);
+        if (!v) return -1;
+        g->starts = v;
+        g->capstarts = cap;
+    }
+    char *t = strdup(topic);
+    if (!t) return -1;
+    g->starts[g->nstarts++] = (kstart){t, partition, offset};
+    return 0;
+}
+
+/* The topic of a type this pattern matches: {prefix}.{type} with type matching. */
+static bool topic_matches(const kafka *k, const char *topic, const char *pattern)
+{
+    size_t np = strlen(k->prefix);
+    return strncmp(topic, k->prefix, np) == 0 && topic[np] == '.' && topic[np + 1] &&
+           ew_pattern_match(pattern, topic + np + 1);
+}
+
+/* Records where group g starts on each partition that exists now of the topics pattern matches:
+ * at its end offset, or at its beginning with from_beginning. Asks the cluster for its topics
+ * and (without from_beginning) for their end offsets: fails with EW_ECONNECT when it cannot
+ * answer, since a group that asked for the events from now on would otherwise replay the past. */
+static int record_starts(kafka *k, kgroup *g, const char *pattern, bool from_beginning,
+                         ew_error *err)
+{
+    pthread_rwlock_rdlock(&k->plock);
+    rd_kafka_t *rk = k->prod->rk;
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, k->publish_timeout_ms);
+    rd_kafka_topic_partition_list_t *l = NULL;
+    int rc = 0;
+    if (e) {
+        if (from_beginning) {
+            /* a partition without a recorded start starts at its beginning anyway */
+            ew__bus_log(k->bus, EW_LOG_WARN, "kafka group %s: cannot list the topics of %s: %s",
+                        g->group_id, pattern, rd_kafka_err2str(e));
+        } else {
+            rc = ew_error_set(err, map_err(e) == EW_ECONFIG ? EW_ECONFIG : EW_ECONNECT,
+                              "kafka group %s: cannot list the topics of %s at %s to start from "
+                              "their end: %s",
+                              g->group_id, pattern, k->bootstrap, rd_kafka_err2str(e));
+        }
+        goto out;
+    }
+    if (!(l = rd_kafka_topic_partition_list_new(16))) {
+        rc = oom(err);
+        goto out;
+    }
+    pthread_mutex_lock(&g->mu);
+    for (int t = 0; t < md->topic_cnt; t++) {
+        const struct rd_kafka_metadata_topic *mt = &md->topics[t];
+        if (mt->err || !topic_matches(k, mt->topic, pattern)) continue;
+        for (int i = 0; i < mt->partition_cnt; i++)
+            if (!start_find(g, mt->topic, mt->partitions[i].id))
+                rd_kafka_topic_partition_list_add(l, mt->topic, mt->partitions[i].id)->offset =
+                    from_beginning ? RD_KAFKA_OFFSET_BEGINNING : RD_KAFKA_OFFSET_END;
+    }
+    pthread_mutex_unlock(&g->mu);
+    /* With the offset RD_KAFKA_OFFSET_END as the "timestamp", ListOffsets answers the end. */
+    if (!from_beginning && l->cnt > 0 &&
+        (e = rd_kafka_offsets_for_times(rk, l, k->publish_timeout_ms))) {
+        rc = ew_error_set(err, map_err(e) == EW_ECONFIG ? EW_ECONFIG : EW_ECONNECT,
+                          "kafka group %s: cannot read the end offsets of the topics of %s at %s: "
+                          "%s",
+                          g->group_id, pattern, k->bootstrap, rd_kafka_err2str(e));
+        goto out;
+    }
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < l->cnt && !rc; i++) {
+        const rd_kafka_topic_partition_t *tp = &l->elems[i];
+        if (tp->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) continue; /* gone meanwhile */
+        if (tp->err || (!from_beginning && tp->offset < 0)) {
+            rc = ew_error_set(err, map_err(tp->err) == EW_ECONFIG ? EW_ECONFIG : EW_ECONNECT,
+                              "kafka group %s: cannot read the end offset of %s [%d]: %s",
+                              g->group_id, tp->topic, (int)tp->partition,
+                              tp->err ? rd_kafka_err2str(tp->err) : "no offset");
+            break;
+        }
+        if (start_add(g, tp->topic, tp->partition, tp->offset)) rc = oom(err);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (!rc)
+        ew__bus_log(k->bus, EW_LOG_DEBUG,
+                    "kafka group %s: %s: %d partitions start at their %s if the group is new",
+                    g->group_id, pattern, l->cnt, from_beginning ? "beginning" : "end");
+out:
+    if (l) rd_kafka_topic_partition_list_destroy(l);
+    if (md) rd_kafka_metadata_destroy(md);
+    pthread_rwlock_unlock(&k->plock);
+    return rc;
+}
+
+/* On assignment (consumer thread, in the rebalance callback): partitions where the group has a
+ * committed offset resume there; the others start where record_starts said (at the beginning
+ * when it said nothing: the partition came later), and that position is committed at once. When
+ * the committed offsets cannot be read, the offsets are left to librdkafka (committed, else
+ * auto.offset.reset=earliest): at worst a replay, never a loss. */
+static void set_start_offsets(kgroup *g, rd_kafka_topic_partition_list_t *parts)
+{
+    kafka *k = g->k;
+    if (parts->cnt == 0) return;
+    rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
+    if (!c) return;
+    rd_kafka_resp_err_t e = rd_kafka_committed(g->rk, c, k->publish_timeout_ms);
+    if (e) {
+        ew__bus_log(k->bus, EW_LOG_WARN,
+                    "kafka group %s: cannot read its committed offsets (%s): partitions new to "
+                    "it start at their beginning",
+                    g->group_id, rd_kafka_err2str(e));
+        rd_kafka_topic_partition_list_destroy(c);
+        return;
+    }
+    rd_kafka_topic_partition_list_t *fresh = rd_kafka_topic_partition_list_new(c->cnt);
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < c->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &c->elems[i];
+        if (tp->err) continue; /* librdkafka finds its position itself */
+        rd_kafka_topic_partition_t *dst =
+            rd_kafka_topic_partition_list_find(parts, tp->topic, tp->partition);
+        if (!dst) continue;
+        if (tp->offset >= 0) {
+            dst->offset = tp->offset; /* the group's own position */
+            continue;
+        }
+        const kstart *st = start_find(g, tp->topic, tp->partition);
+        dst->offset = st ? st->offset : RD_KAFKA_OFFSET_BEGINNING;
+        if (fresh) rd_kafka_topic_partition_list_add(fresh, tp->topic, tp->partition)->offset =
+            dst->offset;
+    }
+    pthread_mutex_unlock(&g->mu);
+    rd_kafka_topic_partition_list_destroy(c);
+    if (!fresh || fresh->cnt == 0) goto out;
+
+    /* A commit needs real offsets: the beginnings become their partitions' first offsets. */
+    rd_kafka_topic_partition_list_t *begin = rd_kafka_topic_partition_list_new(fresh->cnt);
+    for (int i = 0; begin && i < fresh->cnt; i++)
+        if (fresh->elems[i].offset == RD_KAFKA_OFFSET_BEGINNING)
+            rd_kafka_topic_partition_list_add(begin, fresh->elems[i].topic,
+                                              fresh->elems[i].partition)
+                ->offset = RD_KAFKA_OFFSET_BEGINNING;
+    if (begin && begin->cnt > 0 &&
+        rd_kafka_offsets_for_times(g->rk, begin, k->publish_timeout_ms) == 0) {
+        for (int i = 0; i < begin->cnt; i++) {
+            const rd_kafka_topic_partition_t *b = &begin->elems[i];
+            rd_kafka_topic_partition_t *f =
+                rd_kafka_topic_partition_list_find(fresh, b->topic, b->partition);
+            if (f && !b->err && b->offset >= 0) f->offset = b->offset;
+        }
+    }
+    if (begin) rd_kafka_topic_partition_list_destroy(begin);
+    /* commit only what is known exactly; a logical beginning left over is found again next time */
+    rd_kafka_topic_partition_list_t *commit_l = rd_kafka_topic_partition_list_new(fresh->cnt);
+    for (int i = 0; commit_l && i < fresh->cnt; i++) {
+        const rd_kafka_topic_partition_t *f = &fresh->elems[i];
+        ew__bus_log(k->bus, EW_LOG_DEBUG, "kafka group %s: %s [%d] is new to it: starts at %lld",
+                    g->group_id, f->topic, (int)f->partition, (long long)f->offset);
+        if (f->offset >= 0)
+            rd_kafka_topic_partition_list_add(commit_l, f->topic, f->partition)->offset = f->offset;
+    }
+    if (commit_l && commit_l->cnt > 0 && (e = rd_kafka_commit(g->rk, commit_l, 0)))
+        ew__bus_log(k->bus, EW_LOG_WARN,
+                    "kafka group %s: cannot commit where it starts (%s): a restart before its "
+                    "first commit looks for the start again",
+                    g->group_id, rd_kafka_err2str(e));
+    if (commit_l) rd_kafka_topic_partition_list_destroy(commit_l);
+out:
+    if (fresh) rd_kafka_topic_partition_list_destroy(fresh);
 }
 
 /* ---- consuming: the windows ---------------------------------------------------------------- */
@@ -810,6 +1114,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 {
     kgroup *g = opaque;
     if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        set_start_offsets(g, parts);
         pthread_mutex_lock(&g->mu);
         for (int i = 0; i < parts->cnt; i++)
             if (!assign_one(g, parts->elems[i].topic, parts->elems[i].partition))
@@ -1223,6 +1528,9 @@ static void group_free(kgroup *g)
     for (size_t i = 0; i < g->nsubs; i++)
         free(g->subs[i]);
     free(g->subs);
+    for (size_t i = 0; i < g->nstarts; i++)
+        free(g->starts[i].topic);
+    free(g->starts);
     free(g->name);
     free(g->group_id);
     pthread_cond_destroy(&g->cv);
@@ -1284,7 +1592,8 @@ static int group_start(kgroup *g, ew_error *err)
     /* receive.message.max.bytes must exceed fetch.max.bytes */
     char recv[32];
     snprintf(recv, sizeof recv, "%zu", (fb < 52428800 ? (size_t)52428800 : fb) + 1048576);
-    if ((rc = conf_set(conf, "receive.message.max.bytes", recv, err))) {
+    if ((rc = conf_set(conf, "receive.message.max.bytes", recv, err)) ||
+        (rc = conf_client(k, conf, err))) {
         rd_kafka_conf_destroy(conf);
         return rc;
     }
@@ -1324,6 +1633,9 @@ static void k_free(kafka *k)
         group_free(g);
     }
     prod_free(k->prod);
+    for (size_t i = 0; i < k->nclient_conf; i++)
+        free(k->client_conf[i]);
+    free(k->client_conf);
     free(k->bootstrap);
     free(k->prefix);
     free(k->group_prefix);
@@ -1362,6 +1674,11 @@ static int k_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err)
     if (!k->bootstrap || !k->prefix || !k->group_prefix || !k->service) {
         k_free(k);
         return oom(err);
+    }
+    const char *client = ew_config_get(cfg, "KAFKA_CLIENT_CONFIG");
+    if ((rc = parse_client_conf(k, client ? client : "", err))) {
+        k_free(k);
+        return rc;
     }
     k->max_bytes = (size_t)ew_config_get_int(cfg, "EVENT_MAX_BYTES");
     k->connect_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_CONNECT_TIMEOUT_MS");
@@ -1433,6 +1750,20 @@ static int k_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     bool started = k->started;
     pthread_mutex_unlock(&k->mu);
     ensure_topics(k, pattern);
+    /* Where the group starts on these topics if it is new, before anything is published after
+     * this call returns. (Subscriptions are never made concurrently: g stays.) */
+    if (!have && (rc = record_starts(k, g, pattern, bsub->from_beginning, err))) {
+        pthread_mutex_lock(&k->mu);
+        for (size_t i = 0; i < g->nsubs; i++) {
+            if (strcmp(g->subs[i], sub) == 0) {
+                free(g->subs[i]);
+                g->subs[i] = g->subs[--g->nsubs];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&k->mu);
+        return rc;
+    }
     if (started && !have) {
         if (!g->rk)
             rc = group_start(g, err);
@@ -1449,7 +1780,7 @@ static int k_start(void *self, ew_error *err)
     k->started = true;
     int rc = 0;
     for (kgroup *g = k->groups; g && !rc; g = g->next)
-        if (!g->rk) rc = group_start(g, err);
+        if (!g->rk && g->nsubs > 0) rc = group_start(g, err); /* none: its subscribe failed */
     pthread_mutex_unlock(&k->mu);
     return rc;
 }

@@ -4,7 +4,8 @@
  * that exists at that moment (events published before ew_bus_start() wait in those queues and
  * run at start; an event that no subscription matches is dropped, and still counts as
  * published). Nothing is durable: publish returns once the event is queued, and what is still
- * queued when the bus closes after its drain time-out is lost (and logged). */
+ * queued when the bus closes after its drain time-out is lost (and logged). There is no history,
+ * so ew_subscribe_opts.from_beginning has nothing to replay (no subscribed() op at all). */
 #include <stdlib.h>
 #include "bus/backend.h"
 

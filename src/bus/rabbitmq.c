@@ -1227,7 +1227,8 @@ static int rmq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     if (!key) return ew_error_set(err, EW_ENOMEM, "out of memory");
 
     /* The binding exists before subscribe returns: what is published from now on is kept in
-     * the group's queue, also before the bus starts. */
+     * the group's queue, also before the bus starts. bsub->from_beginning changes nothing: a
+     * queue holds only what was routed to it once bound, so there is no history to replay. */
     pthread_mutex_lock(&r->pmu);
     pub_check_idle(r);
     int rc = pub_ensure(r, err);

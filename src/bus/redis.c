@@ -1826,6 +1826,7 @@ static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     rconsumer *c = consumer_get(rb, group, err);
     if (!c) return EW_ENOMEM;
     if (rb->pubsub) {
+        /* Pub/Sub keeps nothing: bsub->from_beginning has nothing to replay and is ignored. */
         char *g = pattern_glob(rb, pattern);
         if (!g) return ew_error_set(err, EW_ENOMEM, "out of memory");
         pthread_mutex_lock(&c->mu);
@@ -1894,7 +1895,10 @@ static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
         bool fresh;
         for (int attempt = 0; attempt < 2; attempt++) {
             if ((rc = pub_conn(rb, &fresh, err))) break;
-            rc = create_groups(rb, rb->pub, c, added, nadded, "$", err);
+            /* A group new on a stream starts at its end ($), or at its first entry (0) with
+             * from_beginning; on a stream where it exists (BUSYGROUP) it stays where it is. */
+            rc = create_groups(rb, rb->pub, c, added, nadded, bsub->from_beginning ? "0" : "$",
+                               err);
             if (!rc || rb->pub->err == 0) break;
             pub_drop(rb); /* a dead idle connection: one more try on a new one */
             if (fresh) break;

@@ -935,8 +935,9 @@ static int sq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     bool fresh = !g;
     if (fresh) {
         /* The group's row first: from now on the log keeps its events, also before start and
-         * while none of its consumers runs. */
-        if ((rc = ew_store_group_open(b->st, name, 0, NULL, err))) goto out;
+         * while none of its consumers runs. A group the file does not have yet starts at the
+         * head of the log, or at its start with from_beginning; one it has keeps its position. */
+        if ((rc = ew_store_group_open(b->st, name, bsub->from_beginning, NULL, err))) goto out;
         if (!(g = group_new(b, name))) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
             goto out;

@@ -1,12 +1,13 @@
 /* eventwire — the configuration object: a fixed table of known entries, each checked when set.
  * The table is the one list of every setting; docs/configuration.md is printed from it. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include "eventwire/config.h"
 
-typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME } kind;
+typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME, K_PAIRS } kind;
 
 typedef struct entry {
     ew_config_entry pub;
@@ -64,6 +65,10 @@ static const entry entries[] = {
     {{"KAFKA_CONSUMER_GROUP", "event-handlers", "[a-z0-9._-]+",
       "Prefix of the Kafka consumer groups: PREFIX.GROUP."},
      K_NAME, 0, 0},
+    {{"KAFKA_CLIENT_CONFIG", "", "key=value[,key=value...]",
+      "librdkafka properties for the kafka bus's producer and consumers (TLS, SASL); a "
+      "backslash before a comma keeps it in the value."},
+     K_PAIRS, 0, 0},
     {{"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/",
       "amqp://user:password@host:port/[vhost]", "The RabbitMQ broker of the rabbitmq bus."},
      K_URL, 0, 0},
@@ -128,6 +133,35 @@ static int enum_has(const char *allowed, const char *v)
     return 0;
 }
 
+/* K_PAIRS: empty, or key=value items separated by commas (spaces around them allowed; in a
+ * value a backslash keeps the next character, so a backslash and a comma is a comma). Returns 0,
+ * or the 1-based index of the first item that is not key=value. Values may be secrets: callers
+ * never quote them. */
+static int pairs_bad_item(const char *v)
+{
+    int item = 1;
+    const char *p = v;
+    while (*p == ' ')
+        p++;
+    if (!*p) return 0;
+    for (;;) {
+        while (*p == ' ')
+            p++;
+        const char *key = p;
+        while (*p && *p != '=' && *p != ',' && *p != ' ')
+            p++;
+        bool key_ok = p > key;
+        while (*p == ' ')
+            p++;
+        if (!key_ok || *p != '=') return item;
+        for (p++; *p && *p != ','; p++)
+            if (*p == '\\' && p[1]) p++;
+        if (!*p) return 0;
+        p++; /* the comma */
+        item++;
+    }
+}
+
 static int name_ok(const char *v)
 {
     if (!*v) return 0;
@@ -166,6 +200,11 @@ static int check(const entry *e, const char *v, ew_error *err)
         /* The scheme is checked here; the backend that uses the URL parses the rest. */
         if (!strstr(v, ":") || !*v)
             return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a URL (%s)", n, v,
+                                e->pub.allowed);
+        return 0;
+    case K_PAIRS:
+        if ((iv = pairs_bad_item(v)))
+            return ew_error_set(err, EW_ECONFIG, "%s: item %d is not key=value (%s)", n, (int)iv,
                                 e->pub.allowed);
         return 0;
     case K_NAME:

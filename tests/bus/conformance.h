@@ -28,6 +28,10 @@ typedef struct cf_backend {
     int (*configure)(ew_config *cfg, const char *ns);
     bool durable;            /* events outlive the publisher's and consumers' processes */
     bool at_least_once;      /* a consumer that dies mid-event sees it again */
+    /* events published while no group subscribes to them are kept (a log, a stream, a topic), so
+     * a new group with from_beginning gets them; false where they are dropped (memory, and
+     * RabbitMQ, which routes an event only to the queues bound when it is published) */
+    bool keeps_history;
     /* Restarts the broker (really: the server process); NULL when the backend has none. */
     int (*restart_broker)(void);
     /* Puts raw bytes where a consumer of `type` in namespace ns will read them, as a foreign
@@ -145,6 +149,27 @@ static inline int cf_seen_times(cf_seen *s, const char *id)
         if (strcmp(s->ids[i], id) == 0) t = s->times[i];
     pthread_mutex_unlock(&s->mu);
     return t;
+}
+
+/* How many of ids[0..n) s has seen. */
+static inline int cf_seen_count(cf_seen *s, char (*ids)[EW_UUID_LEN + 1], int n)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += cf_seen_times(s, ids[i]) > 0;
+    return c;
+}
+
+/* Waits until s has seen every one of ids[0..n), or fails after timeout_ms. */
+static inline void cf_wait_ids(cf_seen *s, char (*ids)[EW_UUID_LEN + 1], int n, int timeout_ms,
+                               const char *what)
+{
+    int64_t end = ew_mono_ns() + (int64_t)timeout_ms * 1000000;
+    int got;
+    while ((got = cf_seen_count(s, ids, n)) < n) {
+        if (ew_mono_ns() > end) fail_msg("%s: %d of %d after %d ms", what, got, n, timeout_ms);
+        usleep(2000);
+    }
 }
 
 static inline ew_handler_result cf_record(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
@@ -683,12 +708,99 @@ static inline void cf_bad_input_is_dead_lettered(void **state)
     cf_seen_release(&seen);
 }
 
+
+/* Where a new group starts (ew_subscribe_opts.from_beginning). Events are published while no
+ * group subscribes to their type; then group A subscribes with from_beginning and group B
+ * without, and more events follow. A gets the old ones (where the backend keeps them) and the
+ * new ones, B only the new ones. Then both subscribe again, both with from_beginning: groups
+ * that exist resume where they left off, so neither sees an old event again. */
+static inline void cf_from_beginning(void **state)
+{
+    cf_ns ns = cf_new_ns("frm");
+    enum { OLD = 12, NEW = 12 };
+    static char old_ids[OLD][EW_UUID_LEN + 1], new_ids[NEW][EW_UUID_LEN + 1],
+        last_id[1][EW_UUID_LEN + 1];
+    bool history = cf_be()->keeps_history;
+    ew_bus *pub;
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    tb_start(pub);
+    for (int i = 0; i < OLD; i++) {
+        ew_event *ev = tb_event(EW_T_USER_LOGGED_OUT, NULL);
+        strcpy(old_ids[i], ew_event_id(ev));
+        tb_publish_owned(pub, ev);
+    }
+    tb_close(pub);
+
+    cf_seen sa, sb;
+    cf_seen_init(&sa, 1000);
+    cf_seen_init(&sb, 1000);
+    ew_bus *con;
+    CF_OPEN(con, &ns, "svc-f", NULL);
+    tb_subscribe(con, "user.logged_out", cf_record, &sa,
+                 &(ew_subscribe_opts){.group = "from-start", .name = "h", .from_beginning = true});
+    tb_subscribe(con, "user.logged_out", cf_record, &sb,
+                 &(ew_subscribe_opts){.group = "from-now", .name = "h"});
+    tb_start(con);
+    /* The new events share a subject (one Kafka partition): on the others the groups handle
+     * nothing, and must still resume there, not start again, when subscribed again below. */
+    char subject[EW_UUID_LEN + 1];
+    ew_uuid7(subject);
+    for (int i = 0; i < NEW; i++) {
+        ew_event *ev = tb_event(EW_T_USER_LOGGED_OUT, subject);
+        strcpy(new_ids[i], ew_event_id(ev));
+        tb_publish_owned(con, ev);
+    }
+    cf_wait_ids(&sb, new_ids, NEW, CF_TIMEOUT_MS, "new events, group without from_beginning");
+    cf_wait_ids(&sa, new_ids, NEW, CF_TIMEOUT_MS, "new events, group with from_beginning");
+    if (history) cf_wait_ids(&sa, old_ids, OLD, CF_TIMEOUT_MS, "old events, from_beginning");
+    usleep(500000); /* a moment for anything wrongly replayed to show up */
+    tb_close(con);
+    if (cf_seen_count(&sb, old_ids, OLD) > 0)
+        fail_msg("the group without from_beginning got %d of the %d events published before it "
+                 "existed",
+                 cf_seen_count(&sb, old_ids, OLD), OLD);
+    if (!history) assert_int_equal(cf_seen_count(&sa, old_ids, OLD), 0);
+    if (!cf_be()->at_least_once) {
+        assert_int_equal(atomic_load(&sa.total), (history ? OLD : 0) + NEW);
+        assert_int_equal(atomic_load(&sb.total), NEW);
+    }
+
+    /* Both groups exist now: from_beginning changes nothing for them. */
+    cf_seen ra, rb;
+    cf_seen_init(&ra, 1000);
+    cf_seen_init(&rb, 1000);
+    CF_OPEN(con, &ns, "svc-f", NULL);
+    tb_subscribe(con, "user.logged_out", cf_record, &ra,
+                 &(ew_subscribe_opts){.group = "from-start", .name = "h", .from_beginning = true});
+    tb_subscribe(con, "user.logged_out", cf_record, &rb,
+                 &(ew_subscribe_opts){.group = "from-now", .name = "h", .from_beginning = true});
+    tb_start(con);
+    ew_event *ev = tb_event(EW_T_USER_LOGGED_OUT, NULL);
+    strcpy(last_id[0], ew_event_id(ev));
+    tb_publish_owned(con, ev);
+    cf_wait_ids(&ra, last_id, 1, CF_TIMEOUT_MS, "the last event, first group");
+    cf_wait_ids(&rb, last_id, 1, CF_TIMEOUT_MS, "the last event, second group");
+    usleep(500000);
+    tb_close(con);
+    if (cf_seen_count(&ra, old_ids, OLD) + cf_seen_count(&rb, old_ids, OLD) > 0)
+        fail_msg("groups that existed replayed old events when subscribed again with "
+                 "from_beginning (%d and %d of %d)",
+                 cf_seen_count(&ra, old_ids, OLD), cf_seen_count(&rb, old_ids, OLD), OLD);
+    /* what they had handled before is not handled again (a closed consumer committed it) */
+    assert_int_equal(cf_seen_count(&ra, new_ids, NEW) + cf_seen_count(&rb, new_ids, NEW), 0);
+    cf_seen_release(&sa);
+    cf_seen_release(&sb);
+    cf_seen_release(&ra);
+    cf_seen_release(&rb);
+}
+
 #define CF_TESTS                                                                                   \
     cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
         cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
         cmocka_unit_test(cf_batch_publish), cmocka_unit_test(cf_retry_then_dead_letter),           \
         cmocka_unit_test(cf_inbox_absorbs_redelivery), cmocka_unit_test(cf_order_per_subject),     \
         cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
-        cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered)
+        cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),     \
+        cmocka_unit_test(cf_from_beginning)
 
 #endif

@@ -75,6 +75,7 @@ static const cf_backend kafka_backend = {
     .configure = kafka_configure,
     .durable = true,
     .at_least_once = true,
+    .keeps_history = true,
     .restart_broker = kafka_restart,
     .inject_raw = kafka_inject,
 };

@@ -11,6 +11,7 @@ static const cf_backend memory_backend = {
     .configure = memory_configure,
     .durable = false,
     .at_least_once = false,
+    .keeps_history = false,
 };
 
 static const cf_backend *cf_be(void)

@@ -88,6 +88,7 @@ static const cf_backend rabbitmq_backend = {
     .configure = rabbitmq_configure,
     .durable = true,
     .at_least_once = true,
+    .keeps_history = false,
     .restart_broker = rabbitmq_restart,
     .inject_raw = rabbitmq_inject,
 };

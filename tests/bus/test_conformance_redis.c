@@ -71,6 +71,7 @@ static const cf_backend redis_backend = {
     .configure = redis_configure,
     .durable = true,
     .at_least_once = true,
+    .keeps_history = true,
     .restart_broker = redis_restart,
     .inject_raw = redis_inject,
 };

@@ -115,6 +115,7 @@ static const cf_backend sqlite_backend = {
     .configure = sqlite_configure,
     .durable = true,
     .at_least_once = true,
+    .keeps_history = true,
     .restart_broker = NULL, /* no broker */
     .inject_raw = sqlite_inject,
 };
@@ -204,6 +205,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_consumer_killed_and_restarted),
     cmocka_unit_test(cf_broker_restart),
     cmocka_unit_test(cf_bad_input_is_dead_lettered),
+    cmocka_unit_test(cf_from_beginning),
 };
 
 EW_TEST_MAIN(tests)

@@ -1,5 +1,5 @@
 /* Tests of what is particular to the Kafka backend: KAFKA_BOOTSTRAP_SERVERS forms, an
- * unreachable cluster, where events land (topic, key, header), both CloudEvents modes on the
+ * unreachable cluster, KAFKA_CLIENT_CONFIG, where events land (topic, key, header), both CloudEvents modes on the
  * way in, offsets committed only once handled and never past a message still in flight, the
  * in-flight bound, EVENT_MAX_BYTES, patterns picking up topics made later, and publishing while
  * the brokers are down (on a mock cluster of the test's own). The shared behaviour is in
@@ -331,6 +331,62 @@ static void test_unreachable_broker(void **state)
     assert_true(tb_log_has(&log, "127.0.0.1:1"));
 }
 
+/* KAFKA_CLIENT_CONFIG: librdkafka properties pass through to the producer and the consumers; a
+ * property librdkafka does not have, a bad value, or one the bus sets itself is EW_ECONFIG at
+ * open, naming the property and never repeating a value (it may be a password). */
+static void test_client_config(void **state)
+{
+    static const struct {
+        const char *conf, *says;
+    } bad[] = {
+        {"socket.keepalive.enable=true,sasl.pasword=hunter2", "'sasl.pasword'"},
+        {"no.such.thing=1", "'no.such.thing'"},
+        {"acks=lots", "acks"},
+        {"group.id=mine", "group.id"},
+        {"auto.offset.reset=latest", "from_beginning"},
+        {"bootstrap.servers=elsewhere:9092", "KAFKA_BOOTSTRAP_SERVERS"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ew_config *cfg = kafka_config(bootstrap(), NULL, "kt");
+        set(cfg, "KAFKA_CLIENT_CONFIG", bad[i].conf);
+        ew_bus *bus = NULL;
+        ew_error err = {0};
+        int rc = ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err);
+        ew_config_free(cfg);
+        if (rc != EW_ECONFIG)
+            fail_msg("'%s': %d (%s), expected EW_ECONFIG", bad[i].conf, rc, err.msg);
+        assert_null(bus);
+        assert_non_null(strstr(err.msg, "KAFKA_CLIENT_CONFIG"));
+        if (!strstr(err.msg, bad[i].says)) fail_msg("'%s': %s", bad[i].conf, err.msg);
+        assert_null(strstr(err.msg, "hunter2"));
+    }
+    /* what is not key=value is refused by the configuration itself, by position only */
+    ew_config *cfg;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "KAFKA_CLIENT_CONFIG", "a=1,sasl.password", &err),
+                     EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "item 2"));
+    assert_null(strstr(err.msg, "sasl.password"));
+    assert_int_equal(ew_config_set(cfg, "KAFKA_CLIENT_CONFIG", "=1", &err), EW_ECONFIG);
+    assert_int_equal(ew_config_set(cfg, "KAFKA_CLIENT_CONFIG", "", &err), 0);
+    ew_config_free(cfg);
+
+    /* Good properties, producer's and consumer's, spaces and an escaped comma: a working bus. */
+    ns n = new_ns("cc");
+    cfg = kafka_config(bootstrap(), &n, "kt");
+    set(cfg, "KAFKA_CLIENT_CONFIG",
+        " socket.keepalive.enable = true , fetch.min.bytes=1,client.rack=rack\\,1,"
+        "security.protocol=plaintext");
+    ew_bus *bus = open_cfg(cfg, NULL);
+    atomic_int count = 0;
+    tb_subscribe(bus, "user.verified", tb_count, &count, NULL);
+    tb_start(bus);
+    tb_publish_owned(bus, tb_event(EW_T_USER_VERIFIED, NULL));
+    wait_count(&count, 1, "the event");
+    tb_close(bus);
+}
+
 /* ---- where events go ---------------------------------------------------------------------- */
 
 /* Topic PREFIX.TYPE, key = subject, structured mode: the value is the event as CloudEvents JSON
@@ -424,7 +480,8 @@ static void test_settings_at_their_limits(void **state)
     set(cfg, "EVENT_BUS_MAX_IN_FLIGHT", "1000000");
     bus = open_cfg(cfg, NULL);
     atomic_store(&count, 0);
-    tb_subscribe(bus, "user.verified", tb_count, &count, &(ew_subscribe_opts){.group = "other"});
+    tb_subscribe(bus, "user.verified", tb_count, &count,
+                 &(ew_subscribe_opts){.group = "other", .from_beginning = true});
     tb_start(bus);
     wait_count(&count, 5, "events handled by a second group");
     tb_close(bus);
@@ -766,6 +823,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_bootstrap_bad_forms),
     cmocka_unit_test(test_bootstrap_good_forms),
     cmocka_unit_test(test_unreachable_broker),
+    cmocka_unit_test(test_client_config),
     cmocka_unit_test(test_topic_key_and_header),
     cmocka_unit_test(test_event_max_bytes),
     cmocka_unit_test(test_settings_at_their_limits),
