@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include "bus/bus_test_util.h"
 #include "eventwire/clock.h"
+#include "eventwire/store.h"
 
 typedef struct cf_backend {
     const char *name; /* EVENT_BUS_TYPE */
@@ -794,6 +795,87 @@ static inline void cf_from_beginning(void **state)
     cf_seen_release(&rb);
 }
 
+/* A dead letter retried from another bus (another process, as `ewctl dlq retry` is) reaches its
+ * handler only, through the backend, and is resolved. The service's dead letter queue is a
+ * store's (an in-memory SQLite one). */
+typedef struct cf_flaky {
+    atomic_int fail, handled;
+} cf_flaky;
+
+static inline ew_handler_result cf_flaky_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_flaky *f = ud;
+    if (atomic_load(&f->fail)) {
+        ew_ctx_set_error(ctx, "downstream unavailable");
+        return EW_HANDLER_FAIL;
+    }
+    atomic_fetch_add(&f->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+static inline int cf_first_dead_letter(void *ud, const ew_dlq_row *r)
+{
+    *(int64_t *)ud = r->id;
+    return 1;
+}
+
+static inline ew_dlq_status cf_dlq_status(ew_store *st, int64_t id)
+{
+    ew_dlq_row r;
+    assert_int_equal(ew_store_dlq_get(st, id, &r, NULL), 0);
+    ew_dlq_status s = r.status;
+    ew_dlq_row_release(&r);
+    return s;
+}
+
+static inline void cf_dead_letter_retry(void **state)
+{
+    cf_ns ns = cf_new_ns("rty");
+    ew_store *st;
+    ew_error err = {0};
+    if (ew_store_open(&st, &(ew_store_options){.url = "sqlite::memory:"}, &err))
+        fail_msg("%s", err.msg);
+    ew_bus_options so = {.dlq = ew_store_dlq_sink(st)};
+    ew_bus *svc;
+    CF_OPEN(svc, &ns, "svc-r", &so);
+    cf_flaky f = {.fail = 1};
+    atomic_int others = 0;
+    tb_subscribe(svc, "user.registered", cf_flaky_fn, &f,
+                 &(ew_subscribe_opts){.name = "create-profile", .max_attempts = 1});
+    tb_subscribe(svc, "#", tb_count, &others, &(ew_subscribe_opts){.group = "svc-other"});
+    tb_start(svc);
+    /* the operator's side: another bus on the same backend, unless nothing is shared */
+    ew_bus *ops = cf_be()->durable ? cf_open(&ns, "ops", NULL) : svc;
+    assert_non_null(ops);
+    tb_start(ops);
+    ew_event *ev = tb_user_registered();
+    assert_int_equal(ew_bus_publish(ops, ev, &err), 0);
+    int64_t id = 0, end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    ew_dlq_filter df = {.handler = "create-profile", .status = -1};
+    while (id == 0 && ew_mono_ns() < end) {
+        assert_int_equal(ew_store_dlq_list(st, &df, cf_first_dead_letter, &id, &err), 0);
+        if (!id) usleep(5000);
+    }
+    if (!id) fail_msg("the failing event never reached the dead letter queue");
+    cf_wait_count(&others, 1, CF_TIMEOUT_MS, "the other group's copy");
+
+    atomic_store(&f.fail, 0);
+    assert_int_equal(ew_store_dlq_set_status(st, id, EW_DLQ_RETRIED, &err), 0);
+    assert_int_equal(ew_bus_redeliver(ops, "svc-r", "create-profile", ev, id, &err), 0);
+    cf_wait_count(&f.handled, 1, CF_TIMEOUT_MS, "the retried event");
+    end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (cf_dlq_status(st, id) != EW_DLQ_RESOLVED && ew_mono_ns() < end) usleep(5000);
+    assert_int_equal(cf_dlq_status(st, id), EW_DLQ_RESOLVED);
+    /* the other group never saw the retry, neither wrapped nor unwrapped */
+    usleep(200000);
+    assert_int_equal(atomic_load(&others), 1);
+    assert_int_equal(atomic_load(&f.handled), 1);
+    if (ops != svc) tb_close(ops);
+    tb_close(svc);
+    ew_store_close(st);
+    ew_event_unref(ev);
+}
+
 #define CF_TESTS                                                                                   \
     cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
         cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
@@ -801,6 +883,6 @@ static inline void cf_from_beginning(void **state)
         cmocka_unit_test(cf_inbox_absorbs_redelivery), cmocka_unit_test(cf_order_per_subject),     \
         cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
         cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),     \
-        cmocka_unit_test(cf_from_beginning)
+        cmocka_unit_test(cf_from_beginning), cmocka_unit_test(cf_dead_letter_retry)
 
 #endif

@@ -206,6 +206,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_broker_restart),
     cmocka_unit_test(cf_bad_input_is_dead_lettered),
     cmocka_unit_test(cf_from_beginning),
+    cmocka_unit_test(cf_dead_letter_retry),
 };
 
 EW_TEST_MAIN(tests)
