@@ -1096,6 +1096,20 @@ static void dead_letters(env *e)
     assert_int_equal(one.last_failed_us, t0 + 5000);
     assert_int_equal(one.status, EW_DLQ_PENDING);
     ew_dlq_row_release(&one);
+
+    /* the sink hears that a retried one was handled: only a retried row becomes resolved */
+    ew_dlq_sink sink = ew_store_dlq_sink(s);
+    assert_true(sink.ops->version >= 2 && sink.ops->resolved);
+    assert_int_equal(sink.ops->resolved(sink.self, id, &err), 0);
+    assert_int_equal(ew_store_dlq_get(s, id, &one, &err), 0);
+    assert_int_equal(one.status, EW_DLQ_PENDING); /* it failed again meanwhile: stays pending */
+    ew_dlq_row_release(&one);
+    assert_int_equal(ew_store_dlq_set_status(s, id, EW_DLQ_RETRIED, &err), 0);
+    assert_int_equal(sink.ops->resolved(sink.self, id, &err), 0);
+    assert_int_equal(ew_store_dlq_get(s, id, &one, &err), 0);
+    assert_int_equal(one.status, EW_DLQ_RESOLVED);
+    ew_dlq_row_release(&one);
+    assert_int_equal(ew_store_dlq_set_status(s, id, EW_DLQ_PENDING, &err), 0);
     assert_int_equal(ew_store_dlq_get(s, id + 1000, &one, &err), EW_ENOTFOUND);
     assert_int_equal(ew_store_dlq_set_status(s, id + 1000, EW_DLQ_RESOLVED, &err), EW_ENOTFOUND);
     assert_int_equal(ew_store_dlq_set_status(s, id, (ew_dlq_status)7, &err), EW_EINVAL);
