@@ -421,7 +421,40 @@ static void test_dlq_retry_and_store_replay_through_the_bus(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+static void test_tail_brief_prints_one_line_per_event(void **state)
+{
+    char dir[] = "/tmp/ewctl-brief-XXXXXX", url[128], cmd[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    char *out, *id;
+    assert_int_equal(ew_test_ewctl("publish user.logged_out --subject subj-1 --source auth-service "
+                                   "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+                                   "\"session_id\":\"s1\"}'",
+                                   NULL, &id, NULL),
+                     0);
+    id[strcspn(id, "\n")] = '\0';
+    assert_int_equal(ew_test_ewctl("tail --brief --from-beginning --count 1", NULL, &out, NULL), 0);
+    /* "HH:MM:SS.mmm  user.logged_out  auth-service  subj-1  corr=<id's first 8>" */
+    assert_non_null(strstr(out, "user.logged_out"));
+    assert_non_null(strstr(out, "auth-service"));
+    assert_non_null(strstr(out, "subj-1"));
+    char corr[16];
+    snprintf(corr, sizeof corr, "corr=%.8s", id);
+    assert_non_null(strstr(out, corr));
+    assert_null(strchr(out, '{'));
+    assert_int_equal((int)(strchr(out, '\n') - out) + 1, (int)strlen(out)); /* one line */
+    free(out);
+    free(id);
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_tail_brief_prints_one_line_per_event),
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include "ewctl.h"
 #include "eventwire/bus.h"
+#include "eventwire/clock.h"
 #include "eventwire/id.h"
 
 static const char publish_usage[] =
@@ -22,13 +23,14 @@ static const char publish_usage[] =
     "--source defaults to SERVICE_NAME, or \"ewctl\" when that is unset.\n";
 
 static const char tail_usage[] =
-    "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N]\n"
+    "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N] [--brief]\n"
     "\n"
     "Prints the events whose type matches PATTERN (default #, everything) as CloudEvents JSON,\n"
     "one per line, as they arrive on the bus the environment configures. Without --group it\n"
     "reads as a group of its own, so it takes nothing from the services' groups. A new group\n"
     "starts with events published from now on; --from-beginning starts it with the oldest event\n"
-    "the backend still holds. Stops after N events with --count, or on Ctrl-C.\n";
+    "the backend still holds. Stops after N events with --count, or on Ctrl-C. --brief prints\n"
+    "one short line per event instead: time, type, source, subject and correlation id.\n";
 
 /* Reads all of a file (or standard input for "-"): malloc'ed, NUL-terminated. */
 static char *read_all(const char *path, size_t *len)
@@ -123,6 +125,7 @@ typedef struct tail {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long printed, count; /* count 0: no limit */
+    bool brief;
 } tail;
 
 static volatile sig_atomic_t interrupted;
@@ -133,12 +136,27 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
+/* --brief: "12:00:01.123  user.registered  auth-service  <subject>  corr=<8 chars>" */
+static int brief_line(const ew_event *ev, char **out, size_t *n)
+{
+    char t[EW_TIME_LEN + 1] = "";
+    ew_time_format(ew_event_time_us(ev), t);
+    const char *subject = ew_event_subject(ev), *corr = ew_event_correlation_id(ev);
+    int len = asprintf(out, "%.12s  %-32s %-22s %s  corr=%.8s", t[0] ? t + 11 : "",
+                       ew_event_type(ev), ew_event_source(ev), subject ? subject : "-",
+                       corr ? corr : "-");
+    if (len < 0) return -1;
+    *n = (size_t)len;
+    return 0;
+}
+
 static ew_handler_result print_event(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     tail *t = ud;
     char *json;
     size_t n;
-    if (ew_event_encode(ev, &json, &n, NULL)) return EW_HANDLER_RETRY;
+    if (t->brief ? brief_line(ev, &json, &n) != 0 : ew_event_encode(ev, &json, &n, NULL) != 0)
+        return EW_HANDLER_RETRY;
     pthread_mutex_lock(&t->mu);
     if (t->count == 0 || t->printed < t->count) {
         fwrite(json, 1, n, stdout);
@@ -167,6 +185,8 @@ int ewctl_tail(int argc, char **argv)
             group = argv[++i];
         } else if (strcmp(argv[i], "--from-beginning") == 0) {
             from_beginning = true;
+        } else if (strcmp(argv[i], "--brief") == 0) {
+            t.brief = true;
         } else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
             char *end;
             t.count = strtol(argv[++i], &end, 10);
