@@ -13,7 +13,8 @@
 static void test_help_on_every_command(void **state)
 {
     const char *cmds[] = {"--help",         "schema --help",  "validate --help", "config --help",
-                          "publish --help", "tail --help",    "dlq --help",      "store --help"};
+                          "publish --help", "tail --help",    "dlq --help",      "store --help",
+                          "saga --help",    "up --help",      "down --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
         assert_int_equal(ew_test_ewctl(cmds[i], NULL, &out, NULL), 0);

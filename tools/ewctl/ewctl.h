@@ -18,6 +18,7 @@ int ewctl_publish(int argc, char **argv);
 int ewctl_tail(int argc, char **argv);
 int ewctl_dlq(int argc, char **argv);
 int ewctl_store(int argc, char **argv);
+int ewctl_saga(int argc, char **argv);
 int ewctl_up(int argc, char **argv);
 int ewctl_down(int argc, char **argv);
 
