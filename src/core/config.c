@@ -85,6 +85,73 @@ static const entry entries[] = {
     {{"ENABLE_SAGAS", "true", "true|false", "Run the saga engine."}, K_BOOL, 0, 0},
     {{"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance."}, K_INT, 1,
      31536000},
+    /* ---- the services (services/common, docs/services.md) ---- */
+    {{"HTTP_ADDR", "127.0.0.1", "an IPv4 or IPv6 address",
+      "The address a service's HTTP API listens on."},
+     K_STRING, 0, 0},
+    {{"HTTP_PORT", "8000", "0..65535",
+      "The port of a service's HTTP API; 0 picks a free one (the service prints it). Unset, each "
+      "service takes its own: auth-service 8001, user-service 8002, notification-service 8003, "
+      "analytics-service 8004, export-service 8005."},
+     K_INT, 0, 65535},
+    {{"HTTP_MAX_BODY_BYTES", "65536", "1024..67108864",
+      "Largest request body a service reads; a larger one is answered 413."},
+     K_INT, 1024, 64 << 20},
+    {{"HTTP_MAX_CONNECTIONS", "256", "1..100000",
+      "Connections a service's HTTP API serves at once (one thread each)."},
+     K_INT, 1, 100000},
+    {{"HTTP_DRAIN_TIMEOUT_MS", "10000", "1..3600000",
+      "How long a stopping service waits for the HTTP requests in flight."},
+     K_INT, 1, 3600000},
+    {{"SERVICE_DB_URL", "sqlite:var/{SERVICE_NAME}.db", "sqlite:PATH|postgresql://...",
+      "A service's own database (its tables, inbox and outbox); {SERVICE_NAME} becomes the "
+      "service's name."},
+     K_URL, 0, 0},
+    {{"OUTBOX_POLL_MS", "1000", "10..60000",
+      "How often a service's outbox relay looks for unsent events, besides being woken by each "
+      "commit."},
+     K_INT, 10, 60000},
+    {{"AUTH_PASSWORD_HASH", "interactive", "min|interactive|moderate|sensitive",
+      "libsodium crypto_pwhash limits for stored passwords; min is for tests only."},
+     K_ENUM, 0, 0},
+    {{"AUTH_SESSION_TTL_SECONDS", "86400", "60..31536000",
+      "How long a login token of auth-service stays valid."},
+     K_INT, 60, 31536000},
+    {{"AUTH_RESET_TOKEN_TTL_SECONDS", "3600", "1..604800",
+      "How long a password reset token of auth-service stays valid."},
+     K_INT, 1, 604800},
+    /* ---- notification-service, export-service (docs/services-notification.md, -export.md) ---- */
+    {{"SMTP_URL", "", "smtp://[user:password@]host:port|smtps://...",
+      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered); "
+      "unset, each message is written as an .eml file into MAIL_DIR."},
+     K_URL, 0, 0},
+    {{"SMTP_TIMEOUT_MS", "10000", "100..600000",
+      "How long notification-service waits for the SMTP server to take one message."},
+     K_INT, 100, 600000},
+    {{"MAIL_FROM", "eventwire <no-reply@eventwire.local>", "address|Name <address>",
+      "The sender of notification-service's messages (From: and the SMTP envelope)."},
+     K_STRING, 0, 0},
+    {{"MAIL_DIR", "var/mail", "a folder",
+      "Where notification-service writes each message as MESSAGE_ID.eml when SMTP_URL is unset."},
+     K_STRING, 0, 0},
+    {{"EXPORT_DIR", "var/exports", "a folder",
+      "Where export-service keeps the assembled data exports (EXPORT_ID.json)."},
+     K_STRING, 0, 0},
+    {{"EXPORT_SERVICES",
+      "auth-service,user-service,notification-service,analytics-service,export-service",
+      "name[,name...]",
+      "The services whose user.data_collected answer a data export waits for."},
+     K_STRING, 0, 0},
+    {{"EXPORT_TIMEOUT_SECONDS", "300", "1..86400",
+      "How long a data export waits for every service's answer before it fails, naming the "
+      "missing ones."},
+     K_INT, 1, 86400},
+    {{"EXPORT_LINK_TTL_SECONDS", "86400", "1..31536000",
+      "How long the download link of a completed data export works; then its file is deleted."},
+     K_INT, 1, 31536000},
+    {{"EXPORT_PUBLIC_URL", "", "http(s)://host[:port][/prefix]",
+      "The base of export-service's download links; unset, its own http://HTTP_ADDR:PORT."},
+     K_URL, 0, 0},
 };
 
 #define NENTRIES (sizeof entries / sizeof entries[0])
@@ -197,7 +264,9 @@ static int check(const entry *e, const char *v, ew_error *err)
             return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not true or false", n, v);
         return 0;
     case K_URL:
-        /* The scheme is checked here; the backend that uses the URL parses the rest. */
+        /* The scheme is checked here; the backend that uses the URL parses the rest. An URL
+         * whose default is empty is optional: empty means unset. */
+        if (!*v && !*e->pub.def) return 0;
         if (!strstr(v, ":") || !*v)
             return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a URL (%s)", n, v,
                                 e->pub.allowed);

@@ -17,6 +17,9 @@ static void test_defaults_are_the_documented_ones(void **state)
     assert_int_equal(ew_config_get_int(c, "ENABLE_EVENT_STORE"), 0);
     assert_int_equal(ew_config_get_int(c, "EVENT_MAX_BYTES"), 1048576);
     assert_null(ew_config_get(c, "NO_SUCH_THING"));
+    /* an optional URL may be empty (unset); a required one may not */
+    assert_int_equal(ew_config_set(c, "SMTP_URL", "", NULL), 0);
+    assert_int_equal(ew_config_set(c, "REDIS_EVENT_URL", "", NULL), EW_ECONFIG);
     /* every described entry has a default that passes its own check */
     for (int i = 0; ew_config_describe(i); i++) {
         const ew_config_entry *e = ew_config_describe(i);

@@ -276,6 +276,7 @@ int ewctl_up(int argc, char **argv)
     if (parse_args(argc, argv, names, &n, &timeout_s)) return 2;
     if (make_dirs()) return 1;
     size_t started = 0;
+    bool failed = false;
     for (size_t i = 0; i < n; i++) {
         if (running_pid(names[i]))
             return ewctl_fail(1, "%s is running already (var/run/%s.pid): ewctl down first",
@@ -286,13 +287,14 @@ int ewctl_up(int argc, char **argv)
         char url[256];
         pid_t pid = spawn(names[started], &at);
         if (pid < 0 || await_listening(names[started], pid, at, timeout_s, url, sizeof url)) {
-            if (pid > 0) started++;
+            if (pid > 0) started++; /* to be stopped (and its pid file removed) with the others */
+            failed = true;
             break;
         }
         printf("%s %s\n", names[started], url);
         fflush(stdout);
     }
-    if (started == n) return 0;
+    if (!failed) return 0;
     stop_services(names, started, 10, false);
     return 1;
 }

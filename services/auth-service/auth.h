@@ -1,0 +1,40 @@
+/* auth-service: users, passwords, sessions, roles and password resets (docs/services.md).
+ *
+ * Tables (in the service's database, schema event_store; created at start by main.c):
+ *   auth_users            one row per user: ids, names, password hash, roles (a JSON array),
+ *                         status, whether the profile exists
+ *   auth_sessions         one row per login: the token's hash, never the token; ended at logout
+ *   auth_password_resets  one row per reset request: the token's hash, expiry, use */
+#ifndef AUTH_H
+#define AUTH_H
+
+#include <sodium.h>
+#include <stdint.h>
+#include "svc.h"
+
+#define AUTH_SERVICE "auth-service"
+#define AUTH_PORT 8001
+
+typedef struct auth {
+    svc *s;
+    unsigned long long opslimit; /* crypto_pwhash limits (AUTH_PASSWORD_HASH) */
+    size_t memlimit;
+    int64_t session_ttl_s, reset_ttl_s;
+    char dummy_hash[crypto_pwhash_STRBYTES]; /* verified against for unknown users */
+} auth;
+
+/* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
+int auth_routes(auth *a, ew_error *err);
+int auth_handlers(auth *a, ew_error *err);
+
+/* A secret token for the client (43 characters of URL-safe base64 for 32 random bytes) and the
+ * hash that is stored instead (64 hex digits of BLAKE2b-256). */
+#define AUTH_TOKEN_LEN 43
+#define AUTH_HASH_LEN 64
+void auth_new_token(char token[AUTH_TOKEN_LEN + 1]);
+void auth_token_hash(const char *token, char hash[AUTH_HASH_LEN + 1]);
+
+/* RFC 3339 UTC of now + offset seconds. */
+void auth_time(int64_t offset_s, char out[32]);
+
+#endif

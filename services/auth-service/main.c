@@ -1,0 +1,112 @@
+/* auth-service: the process. Its tables, its settings, and the runtime (services/common). */
+#include <stdio.h>
+#include <string.h>
+#include "auth.h"
+#include "eventwire/clock.h"
+
+/* The service's tables. Created at every start, in one transaction; a later change of a table
+ * is a new statement here (ALTER TABLE ... guarded, or a new table), never an edit of these. */
+static const char *const schema[] = {
+    "CREATE TABLE IF NOT EXISTS event_store.auth_users ("
+    " user_id TEXT PRIMARY KEY,"
+    " username TEXT NOT NULL,"
+    " username_key TEXT NOT NULL UNIQUE,"
+    " email TEXT NOT NULL UNIQUE,"
+    " password_hash TEXT NOT NULL,"
+    " roles TEXT NOT NULL,"
+    " status TEXT NOT NULL CHECK (status IN ('active', 'deactivated')),"
+    " status_reason TEXT,"
+    " profile_created INTEGER NOT NULL DEFAULT 0,"
+    " created_at TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_store.auth_sessions ("
+    " session_id TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " token_hash TEXT NOT NULL UNIQUE,"
+    " ip_address TEXT,"
+    " user_agent TEXT,"
+    " created_at TEXT NOT NULL,"
+    " expires_at TEXT NOT NULL,"
+    " ended_at TEXT,"
+    " UNIQUE (user_id, session_id))",
+    "CREATE TABLE IF NOT EXISTS event_store.auth_password_resets ("
+    " request_id TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " token_hash TEXT NOT NULL UNIQUE,"
+    " created_at TEXT NOT NULL,"
+    " expires_at TEXT NOT NULL,"
+    " used_at TEXT,"
+    " UNIQUE (user_id, request_id))",
+};
+
+void auth_new_token(char token[AUTH_TOKEN_LEN + 1])
+{
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(token, AUTH_TOKEN_LEN + 1, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+}
+
+void auth_token_hash(const char *token, char hash[AUTH_HASH_LEN + 1])
+{
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, (const unsigned char *)token, strlen(token), NULL, 0);
+    sodium_bin2hex(hash, AUTH_HASH_LEN + 1, h, sizeof h);
+}
+
+void auth_time(int64_t offset_s, char out[32])
+{
+    ew_time_format(ew_now_us() + offset_s * 1000000, out);
+}
+
+static int setup(svc *s, void *ud, ew_error *err)
+{
+    auth *a = ud;
+    a->s = s;
+    const ew_config *c = svc_config(s);
+    const char *cost = ew_config_get(c, "AUTH_PASSWORD_HASH");
+    if (!strcmp(cost, "min")) {
+        a->opslimit = crypto_pwhash_OPSLIMIT_MIN;
+        a->memlimit = crypto_pwhash_MEMLIMIT_MIN;
+        svc_log(s, EW_LOG_WARN, "AUTH_PASSWORD_HASH=min: passwords are hashed for tests only");
+    } else if (!strcmp(cost, "moderate")) {
+        a->opslimit = crypto_pwhash_OPSLIMIT_MODERATE;
+        a->memlimit = crypto_pwhash_MEMLIMIT_MODERATE;
+    } else if (!strcmp(cost, "sensitive")) {
+        a->opslimit = crypto_pwhash_OPSLIMIT_SENSITIVE;
+        a->memlimit = crypto_pwhash_MEMLIMIT_SENSITIVE;
+    } else {
+        a->opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
+        a->memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+    }
+    a->session_ttl_s = ew_config_get_int(c, "AUTH_SESSION_TTL_SECONDS");
+    a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
+    /* unknown users cost a login as much as known ones */
+    char pw[AUTH_TOKEN_LEN + 1];
+    auth_new_token(pw);
+    if (crypto_pwhash_str(a->dummy_hash, pw, strlen(pw), a->opslimit, a->memlimit))
+        return ew_error_set(err, EW_ENOMEM, "cannot hash a password with AUTH_PASSWORD_HASH=%s "
+                                            "(out of memory?)", cost);
+    int rc = auth_routes(a, err);
+    if (!rc) rc = auth_handlers(a, err);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (sodium_init() < 0) {
+        fprintf(stderr, "%s: libsodium cannot be initialised\n", AUTH_SERVICE);
+        return 1;
+    }
+    static auth a;
+    svc_def def = {
+        .name = AUTH_SERVICE,
+        .default_port = AUTH_PORT,
+        .schema = schema,
+        .nschema = sizeof schema / sizeof schema[0],
+        .setup = setup,
+        .ud = &a,
+    };
+    return svc_main(&def, argc, argv);
+}

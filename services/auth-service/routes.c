@@ -1,0 +1,711 @@
+/* auth-service: the HTTP API. Every write and the events it publishes go in one transaction
+ * (svc_begin ... svc_emit ... svc_commit); a request that fails writes nothing. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "auth.h"
+#include "core/arena.h"
+#include "core/buf.h"
+#include "core/json.h"
+#include "eventwire/id.h"
+
+#define USERNAME_MIN 3
+#define USERNAME_MAX 32
+#define PASSWORD_MIN 8
+#define PASSWORD_MAX 128
+#define EMAIL_MAX 254
+#define ROLE_MAX 32
+#define ROLES_MAX 16
+#define USER_AGENT_MAX 512
+
+/* ---- helpers ------------------------------------------------------------------------------- */
+
+static bool username_valid(const char *u)
+{
+    size_t n = strlen(u);
+    if (n < USERNAME_MIN || n > USERNAME_MAX) return false;
+    for (const char *p = u; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '_' && *p != '-') return false;
+    return true;
+}
+
+static void lower(char *s)
+{
+    for (; *s; s++) *s = (char)tolower((unsigned char)*s);
+}
+
+static bool role_valid(const char *r)
+{
+    for (const char *p = r; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return false;
+    return *r != '\0';
+}
+
+/* Checks the password of a request: 0, or -1 after answering 400. */
+static int password_ok(ew_http_response *res, const char *field, const char *pw)
+{
+    if (strlen(pw) < PASSWORD_MIN) {
+        ew_http_reply_error(res, 400, field, "%s must be at least %d characters", field,
+                            PASSWORD_MIN);
+        return -1;
+    }
+    return 0;
+}
+
+/* A JSON array of strings as text. Caller frees. */
+static char *json_strlist(const char *const *items, size_t n)
+{
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_putc(&b, '[');
+    for (size_t i = 0; i < n; i++) {
+        if (i) ew_buf_putc(&b, ',');
+        ew_json_write_string(&b, items[i], strlen(items[i]));
+    }
+    ew_buf_putc(&b, ']');
+    return ew_buf_steal(&b, NULL);
+}
+
+/* The roles column (a JSON array) as a list, in arena. */
+static size_t parse_roles(const char *text, ew_arena *ar, const char **items, size_t cap)
+{
+    ew_json *j;
+    size_t n = 0;
+    if (!text || ew_json_parse(&j, text, strlen(text), NULL, ar, NULL) || j->kind != EW_JSON_ARRAY)
+        return 0;
+    for (const ew_json *e = j->child; e && n < cap; e = e->next)
+        if (e->kind == EW_JSON_STRING) items[n++] = e->str;
+    return n;
+}
+
+/* Is this a unique-constraint failure of the database (a race lost to a concurrent insert)? */
+static bool unique_violation(const ew_error *e)
+{
+    return strstr(e->msg, "UNIQUE constraint") || strstr(e->msg, "duplicate key");
+}
+
+/* The user a valid bearer token belongs to, into user_id; 0 when there is no token, 1 when the
+ * token is good, -1 after answering 401 for a bad one or 5xx for a failure. */
+static int bearer_user(auth *a, const ew_http_request *rq, ew_http_response *res,
+                       char user_id[EW_UUID_LEN + 1], char session_id[EW_UUID_LEN + 1])
+{
+    const char *tok = ew_http_bearer(rq);
+    if (!tok) return 0;
+    char hash[AUTH_HASH_LEN + 1], now[32];
+    auth_token_hash(tok, hash);
+    auth_time(0, now);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row;
+    const char *p[] = {hash, now};
+    int rc = svc_begin(a->s, &t, &e);
+    if (!rc) {
+        rc = svc_query_row(t,
+                           "SELECT user_id, session_id FROM event_store.auth_sessions "
+                           "WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
+                           p, 2, &row, &e);
+        ew_txn_rollback(t);
+    }
+    if (rc) {
+        svc_reply_failure(a->s, res, "checking the token", &e);
+        return -1;
+    }
+    if (!row.found) {
+        ew_http_reply_error(res, 401, NULL,
+                            "the bearer token is not valid (unknown, expired or logged out)");
+        return -1;
+    }
+    snprintf(user_id, EW_UUID_LEN + 1, "%s", row.v[0] ? row.v[0] : "");
+    if (session_id) snprintf(session_id, EW_UUID_LEN + 1, "%s", row.v[1] ? row.v[1] : "");
+    svc_row_free(&row);
+    return 1;
+}
+
+/* The {id} of the path, which must be a user id the service could have made; else 404. */
+static const char *path_user(const ew_http_request *rq, ew_http_response *res)
+{
+    const char *id = ew_http_param(rq, "id");
+    if (!svc_uuid_valid(id)) {
+        ew_http_reply_error(res, 404, NULL, "no user %.64s", id ? id : "");
+        return NULL;
+    }
+    return id;
+}
+
+/* ---- POST /auth/register ------------------------------------------------------------------- */
+
+static void h_register(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    static const char *const fields[] = {"username", "email", "password", NULL};
+    const char *username, *email_in, *password;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "username", SVC_REQUIRED, USERNAME_MAX, &username) ||
+        svc_json_str(rq, res, "email", SVC_REQUIRED, EMAIL_MAX, &email_in) ||
+        svc_json_str(rq, res, "password", SVC_REQUIRED, PASSWORD_MAX, &password))
+        return;
+    if (!username_valid(username)) {
+        ew_http_reply_error(res, 400, "username",
+                            "username must be %d to %d characters of a-z, A-Z, 0-9, '.', '_' and "
+                            "'-'",
+                            USERNAME_MIN, USERNAME_MAX);
+        return;
+    }
+    if (!svc_email_valid(email_in)) {
+        ew_http_reply_error(res, 400, "email", "'%.64s' is not a valid email address", email_in);
+        return;
+    }
+    if (password_ok(res, "password", password)) return;
+    char email[EMAIL_MAX + 1], key[USERNAME_MAX + 1];
+    snprintf(email, sizeof email, "%s", email_in);
+    snprintf(key, sizeof key, "%s", username);
+    lower(email);
+    lower(key);
+
+    char hash[crypto_pwhash_STRBYTES];
+    if (crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit)) {
+        ew_error e = {0};
+        ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
+        svc_reply_failure(a->s, res, "registering", &e);
+        return;
+    }
+    char user_id[EW_UUID_LEN + 1], now[32];
+    ew_uuid7(user_id);
+    auth_time(0, now);
+    static const char *const roles[] = {"user"};
+    char *roles_json = json_strlist(roles, 1);
+
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *q[] = {key, email};
+    rc = svc_query_row(t,
+                       "SELECT username_key, email FROM event_store.auth_users "
+                       "WHERE username_key = $1 OR email = $2",
+                       q, 2, &row, &e);
+    if (!rc && row.found) {
+        ew_txn_rollback(t);
+        if (row.v[0] && !strcmp(row.v[0], key))
+            ew_http_reply_error(res, 409, "username", "the username %s is taken", username);
+        else
+            ew_http_reply_error(res, 409, "email", "a user with this email address exists already");
+        svc_row_free(&row);
+        free(roles_json);
+        return;
+    }
+    const char *ins[] = {user_id, username, key, email, hash, roles_json, now};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.auth_users (user_id, username, username_key, "
+                         "email, password_hash, roles, status, profile_created, created_at, "
+                         "updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'active', 0, $7, $7)",
+                         ins, 7, NULL, &e);
+    ew_user_registered ev = {.user_id = user_id, .email = email, .username = username,
+                             .roles = {roles, 1}};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_REGISTERED, &ev, user_id, &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+failed:
+    free(roles_json);
+    sodium_memzero(hash, sizeof hash);
+    if (rc && unique_violation(&e)) {
+        ew_http_reply_error(res, 409, NULL, "the username or email address is taken");
+        return;
+    }
+    if (rc) {
+        svc_reply_failure(a->s, res, "registering", &e);
+        return;
+    }
+    char loc[64];
+    snprintf(loc, sizeof loc, "/auth/users/%s", user_id);
+    ew_http_header_add(res, "Location", loc);
+    ew_http_obj_begin(res, 201);
+    ew_http_obj_str(res, "user_id", user_id);
+    ew_http_obj_end(res);
+}
+
+/* ---- POST /auth/login ---------------------------------------------------------------------- */
+
+static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    static const char *const fields[] = {"username", "email", "password", NULL};
+    const char *username, *email_in, *password;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "username", SVC_OPTIONAL, USERNAME_MAX, &username) ||
+        svc_json_str(rq, res, "email", SVC_OPTIONAL, EMAIL_MAX, &email_in) ||
+        svc_json_str(rq, res, "password", SVC_REQUIRED, PASSWORD_MAX, &password))
+        return;
+    if (!username && !email_in) {
+        ew_http_reply_error(res, 400, "username", "username or email is required");
+        return;
+    }
+    if (username && email_in) {
+        ew_http_reply_error(res, 400, "email", "give username or email, not both");
+        return;
+    }
+    char key[EMAIL_MAX + 1];
+    snprintf(key, sizeof key, "%s", username ? username : email_in);
+    lower(key);
+
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    const char *p[] = {key};
+    int rc = svc_begin(a->s, &t, &e);
+    if (!rc) {
+        rc = svc_query_row(t,
+                           username ? "SELECT user_id, password_hash, status FROM "
+                                      "event_store.auth_users WHERE username_key = $1"
+                                    : "SELECT user_id, password_hash, status FROM "
+                                      "event_store.auth_users WHERE email = $1",
+                           p, 1, &row, &e);
+        ew_txn_rollback(t);
+    }
+    if (rc) {
+        svc_reply_failure(a->s, res, "logging in", &e);
+        return;
+    }
+    /* the password is checked outside any transaction: it takes a while on purpose */
+    const char *stored = row.found && row.v[1] ? row.v[1] : a->dummy_hash;
+    int good = crypto_pwhash_str_verify(stored, password, strlen(password)) == 0 && row.found;
+    if (!good) {
+        svc_row_free(&row);
+        ew_http_reply_error(res, 401, NULL, "wrong %s or password",
+                            username ? "username" : "email");
+        return;
+    }
+    if (!row.v[2] || strcmp(row.v[2], "active")) {
+        svc_row_free(&row);
+        ew_http_reply_error(res, 403, NULL, "this account is deactivated");
+        return;
+    }
+    char user_id[EW_UUID_LEN + 1];
+    snprintf(user_id, sizeof user_id, "%s", row.v[0]);
+    svc_row_free(&row);
+
+    char token[AUTH_TOKEN_LEN + 1], hash[AUTH_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
+    char now[32], expires[32], agent[USER_AGENT_MAX + 1];
+    auth_new_token(token);
+    auth_token_hash(token, hash);
+    ew_uuid7(session_id);
+    auth_time(0, now);
+    auth_time(a->session_ttl_s, expires);
+    const char *ip = ew_http_client_addr(rq);
+    const char *ua = ew_http_header(rq, "User-Agent");
+    snprintf(agent, sizeof agent, "%s", ua ? ua : "");
+    const char *ins[] = {session_id, user_id, hash, *ip ? ip : NULL, ua ? agent : NULL, now,
+                         expires};
+    if ((rc = svc_begin(a->s, &t, &e))) goto failed;
+    rc = ew_txn_exec(t,
+                     "INSERT INTO event_store.auth_sessions (session_id, user_id, token_hash, "
+                     "ip_address, user_agent, created_at, expires_at) "
+                     "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                     ins, 7, NULL, &e);
+    ew_user_logged_in ev = {.user_id = user_id, .session_id = session_id,
+                            .ip_address = *ip ? ip : NULL, .user_agent = ua ? agent : NULL};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_IN, &ev, user_id, &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+failed:
+    if (rc) {
+        svc_reply_failure(a->s, res, "logging in", &e);
+        return;
+    }
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "token", token);
+    ew_http_obj_str(res, "user_id", user_id);
+    ew_http_obj_str(res, "session_id", session_id);
+    ew_http_obj_str(res, "expires_at", expires);
+    ew_http_obj_end(res);
+    sodium_memzero(token, sizeof token);
+}
+
+/* ---- POST /auth/logout --------------------------------------------------------------------- */
+
+static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    const char *tok = ew_http_bearer(rq);
+    if (!tok) {
+        ew_http_header_add(res, "WWW-Authenticate", "Bearer");
+        ew_http_reply_error(res, 401, NULL, "an Authorization: Bearer <token> header is required");
+        return;
+    }
+    char hash[AUTH_HASH_LEN + 1], now[32];
+    auth_token_hash(tok, hash);
+    auth_time(0, now);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {hash, now};
+    rc = svc_query_row(t,
+                       "SELECT session_id, user_id FROM event_store.auth_sessions "
+                       "WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
+                       p, 2, &row, &e);
+    if (!rc && !row.found) {
+        ew_txn_rollback(t);
+        ew_http_header_add(res, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        ew_http_reply_error(res, 401, NULL,
+                            "the bearer token is not valid (unknown, expired or logged out)");
+        return;
+    }
+    if (!rc) {
+        const char *u[] = {row.v[0], now};
+        rc = ew_txn_exec(t, "UPDATE event_store.auth_sessions SET ended_at = $2 WHERE session_id = $1",
+                         u, 2, NULL, &e);
+    }
+    ew_user_logged_out ev = {.user_id = row.v[1], .session_id = row.v[0]};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_OUT, &ev, row.v[1], &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+    svc_row_free(&row);
+failed:
+    if (rc) {
+        svc_reply_failure(a->s, res, "logging out", &e);
+        return;
+    }
+    ew_http_status(res, 204);
+}
+
+/* ---- PUT /auth/users/{id}/roles ------------------------------------------------------------ */
+
+static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    const char *user_id = path_user(rq, res);
+    if (!user_id) return;
+    static const char *const fields[] = {"roles", NULL};
+    const char *roles[ROLES_MAX];
+    size_t n = 0;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_strlist(rq, res, "roles", SVC_REQUIRED, ROLES_MAX, ROLE_MAX, roles, &n))
+        return;
+    if (n == 0) {
+        ew_http_reply_error(res, 400, "roles", "roles must hold at least one role");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!role_valid(roles[i])) {
+            ew_http_reply_error(res, 400, "roles",
+                                "roles[%zu] '%.32s' may hold only a-z, 0-9, '_' and '-'", i,
+                                roles[i]);
+            return;
+        }
+    char by[EW_UUID_LEN + 1] = "";
+    int who = bearer_user(a, rq, res, by, NULL);
+    if (who < 0) return;
+
+    char *roles_json = json_strlist(roles, n), now[32];
+    auth_time(0, now);
+    ew_arena ar;
+    ew_arena_init(&ar, NULL, 0);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {user_id};
+    rc = svc_query_row(t, "SELECT roles FROM event_store.auth_users WHERE user_id = $1", p, 1,
+                       &row, &e);
+    if (!rc && !row.found) {
+        ew_txn_rollback(t);
+        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
+        goto out;
+    }
+    const char *prev[ROLES_MAX * 2];
+    size_t nprev = rc ? 0 : parse_roles(row.v[0], &ar, prev, ROLES_MAX * 2);
+    const char *u[] = {user_id, roles_json, now};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
+                         "WHERE user_id = $1",
+                         u, 3, NULL, &e);
+    ew_user_role_changed ev = {.user_id = user_id, .roles = {roles, n},
+                               .previous_roles = {prev, nprev},
+                               .changed_by = who > 0 ? by : NULL};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+failed:
+    if (rc) {
+        svc_reply_failure(a->s, res, "changing roles", &e);
+        goto out;
+    }
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "user_id", user_id);
+    ew_http_obj_strlist(res, "roles", roles, n);
+    ew_http_obj_strlist(res, "previous_roles", prev, nprev);
+    ew_http_obj_end(res);
+out:
+    svc_row_free(&row);
+    ew_arena_release(&ar);
+    free(roles_json);
+}
+
+/* ---- POST /auth/password-reset -------------------------------------------------------------- */
+
+static void h_reset_request(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    static const char *const fields[] = {"email", NULL};
+    const char *email_in;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "email", SVC_REQUIRED, EMAIL_MAX, &email_in))
+        return;
+    if (!svc_email_valid(email_in)) {
+        ew_http_reply_error(res, 400, "email", "'%.64s' is not a valid email address", email_in);
+        return;
+    }
+    char email[EMAIL_MAX + 1];
+    snprintf(email, sizeof email, "%s", email_in);
+    lower(email);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {email};
+    rc = svc_query_row(t,
+                       "SELECT user_id FROM event_store.auth_users "
+                       "WHERE email = $1 AND status = 'active'",
+                       p, 1, &row, &e);
+    if (!rc && !row.found) {
+        /* nobody to send it to; the answer is the same, so that it tells nothing */
+        ew_txn_rollback(t);
+        goto accepted;
+    }
+    char request_id[EW_UUID_LEN + 1], token[AUTH_TOKEN_LEN + 1], hash[AUTH_HASH_LEN + 1];
+    char now[32], expires[32];
+    ew_uuid7(request_id);
+    auth_new_token(token);
+    auth_token_hash(token, hash);
+    auth_time(0, now);
+    auth_time(a->reset_ttl_s, expires);
+    const char *ins[] = {request_id, rc ? "" : row.v[0], hash, now, expires};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.auth_password_resets (request_id, user_id, "
+                         "token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                         ins, 5, NULL, &e);
+    ew_password_reset_requested req = {.request_id = request_id, .user_id = ins[1], .email = email};
+    ew_password_reset_token_issued iss = {.request_id = request_id, .user_id = ins[1],
+                                          .email = email, .token = token, .expires_at = expires};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_REQUESTED, &req, ins[1], &e);
+    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_TOKEN_ISSUED, &iss, ins[1], &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+    sodium_memzero(token, sizeof token);
+failed:
+    if (rc) {
+        svc_row_free(&row);
+        svc_reply_failure(a->s, res, "requesting a password reset", &e);
+        return;
+    }
+accepted:
+    svc_row_free(&row);
+    ew_http_obj_begin(res, 202);
+    ew_http_obj_str(res, "status", "accepted");
+    ew_http_obj_str(res, "message",
+                    "if an account has this address, a reset link is on its way to it");
+    ew_http_obj_end(res);
+}
+
+/* ---- POST /auth/password-reset/confirm ------------------------------------------------------ */
+
+static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    static const char *const fields[] = {"token", "password", NULL};
+    const char *token, *password;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "token", SVC_REQUIRED, 256, &token) ||
+        svc_json_str(rq, res, "password", SVC_REQUIRED, PASSWORD_MAX, &password) ||
+        password_ok(res, "password", password))
+        return;
+    char hash[AUTH_HASH_LEN + 1], now[32], pwhash[crypto_pwhash_STRBYTES];
+    auth_token_hash(token, hash);
+    auth_time(0, now);
+    /* hashed before the transaction: it takes a while on purpose */
+    if (crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit)) {
+        ew_error e = {0};
+        ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
+        svc_reply_failure(a->s, res, "resetting the password", &e);
+        return;
+    }
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {hash};
+    rc = svc_query_row(t,
+                       "SELECT request_id, user_id, expires_at, used_at FROM "
+                       "event_store.auth_password_resets WHERE token_hash = $1",
+                       p, 1, &row, &e);
+    const char *why = NULL;
+    if (!rc && !row.found) why = "the reset token is not valid";
+    else if (!rc && row.v[3]) why = "the reset token was used already";
+    else if (!rc && (!row.v[2] || strcmp(row.v[2], now) <= 0)) why = "the reset token has expired";
+    if (why) {
+        ew_txn_rollback(t);
+        svc_row_free(&row);
+        ew_http_reply_error(res, 400, "token", "%s", why);
+        return;
+    }
+    const char *request_id = rc ? NULL : row.v[0], *user_id = rc ? NULL : row.v[1];
+    const char *u1[] = {user_id, pwhash, now};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_users SET password_hash = $2, updated_at = $3 "
+                         "WHERE user_id = $1",
+                         u1, 3, NULL, &e);
+    /* every token of the user is spent, and every session ends */
+    const char *u2[] = {user_id, now};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_password_resets SET used_at = $2 "
+                         "WHERE user_id = $1 AND used_at IS NULL",
+                         u2, 2, NULL, &e);
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_sessions SET ended_at = $2 "
+                         "WHERE user_id = $1 AND ended_at IS NULL",
+                         u2, 2, NULL, &e);
+    ew_password_reset_completed ev = {.request_id = request_id, .user_id = user_id};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_COMPLETED, &ev, user_id, &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+failed:
+    sodium_memzero(pwhash, sizeof pwhash);
+    if (rc) {
+        svc_row_free(&row);
+        svc_reply_failure(a->s, res, "resetting the password", &e);
+        return;
+    }
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "user_id", row.v[1]);
+    ew_http_obj_str(res, "status", "password changed");
+    ew_http_obj_end(res);
+    svc_row_free(&row);
+}
+
+/* ---- GET /auth/users/{id} ------------------------------------------------------------------ */
+
+static void h_user(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    const char *user_id = path_user(rq, res);
+    if (!user_id) return;
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    const char *p[] = {user_id};
+    int rc = svc_begin(a->s, &t, &e);
+    if (!rc) {
+        rc = svc_query_row(t,
+                           "SELECT user_id, status, profile_created, roles, created_at, "
+                           "updated_at FROM event_store.auth_users WHERE user_id = $1",
+                           p, 1, &row, &e);
+        ew_txn_rollback(t);
+    }
+    if (rc) {
+        svc_reply_failure(a->s, res, "reading the user", &e);
+        return;
+    }
+    if (!row.found) {
+        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
+        return;
+    }
+    ew_arena ar;
+    ew_arena_init(&ar, NULL, 0);
+    const char *roles[ROLES_MAX * 2];
+    size_t n = parse_roles(row.v[3], &ar, roles, ROLES_MAX * 2);
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "user_id", row.v[0]);
+    ew_http_obj_str(res, "status", row.v[1]);
+    ew_http_obj_bool(res, "profile_created", row.v[2] && strcmp(row.v[2], "0") != 0);
+    ew_http_obj_strlist(res, "roles", roles, n);
+    ew_http_obj_str(res, "created_at", row.v[4]);
+    ew_http_obj_str(res, "updated_at", row.v[5]);
+    ew_http_obj_end(res);
+    ew_arena_release(&ar);
+    svc_row_free(&row);
+}
+
+/* ---- DELETE /auth/users/{id} --------------------------------------------------------------- */
+
+static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    auth *a = ud;
+    const char *user_id = path_user(rq, res);
+    if (!user_id) return;
+    const char *reason = ew_http_query(rq, "reason");
+    if (reason && strlen(reason) > 500) {
+        ew_http_reply_error(res, 400, "reason", "reason is longer than 500 bytes");
+        return;
+    }
+    char by[EW_UUID_LEN + 1] = "";
+    int who = bearer_user(a, rq, res, by, NULL);
+    if (who < 0) return;
+    char request_id[EW_UUID_LEN + 1];
+    ew_uuid7(request_id);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(a->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {user_id};
+    rc = svc_query_row(t, "SELECT user_id FROM event_store.auth_users WHERE user_id = $1", p, 1,
+                       &row, &e);
+    if (!rc && !row.found) {
+        ew_txn_rollback(t);
+        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
+        return;
+    }
+    svc_row_free(&row);
+    ew_user_deletion_requested ev = {.request_id = request_id, .user_id = user_id,
+                                     .reason = reason && *reason ? reason : NULL,
+                                     .requested_by = who > 0 ? by : NULL};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
+    if (rc) ew_txn_rollback(t);
+    else rc = svc_commit(a->s, t, &e);
+failed:
+    if (rc) {
+        svc_reply_failure(a->s, res, "requesting the deletion", &e);
+        return;
+    }
+    ew_http_obj_begin(res, 202);
+    ew_http_obj_str(res, "request_id", request_id);
+    ew_http_obj_str(res, "user_id", user_id);
+    ew_http_obj_end(res);
+}
+
+int auth_routes(auth *a, ew_error *err)
+{
+    struct {
+        const char *route;
+        unsigned flags;
+        ew_http_handler fn;
+    } r[] = {
+        {"POST /auth/register", EW_HTTP_JSON, h_register},
+        {"POST /auth/login", EW_HTTP_JSON, h_login},
+        {"POST /auth/logout", 0, h_logout},
+        {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
+        {"POST /auth/password-reset", EW_HTTP_JSON, h_reset_request},
+        {"POST /auth/password-reset/confirm", EW_HTTP_JSON, h_reset_confirm},
+        {"GET /auth/users/{id}", 0, h_user},
+        {"DELETE /auth/users/{id}", 0, h_delete},
+    };
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        int rc = svc_route(a->s, r[i].route, r[i].flags, r[i].fn, a, err);
+        if (rc) return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,496 @@
+/* The service runtime (svc.h, docs/services.md): configuration, the service's database, the bus
+ * with the database's inbox, the outbox relay, the HTTP server, signals and the orderly stop. */
+#include "svc.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include "core/buf.h"
+#include "eventwire/clock.h"
+
+#define RELAY_BATCH 100
+
+struct svc {
+    const svc_def *def;
+    ew_config *cfg;
+    char *db_url;
+    ew_store *db;      /* the service's own database: tables, inbox, outbox */
+    ew_store *events;  /* the event store (EVENT_STORE_URL): dead letters */
+    ew_bus *bus;
+    ew_http_server *http;
+    ew_inbox inner;    /* the database's inbox, which ours wraps */
+    /* the relay */
+    pthread_t relay;
+    int relay_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int wake, stop;
+    int64_t poll_ms;
+    char relay_error[256]; /* the last pass's error; "" when it worked (under mu) */
+    pthread_mutex_t log_mu;
+};
+
+/* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
+static _Thread_local int tl_emitted;
+
+/* ---- logging ------------------------------------------------------------------------------- */
+
+static void vlog(svc *s, ew_log_level lv, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void vlog(svc *s, ew_log_level lv, const char *fmt, va_list ap)
+{
+    if (lv < EW_LOG_INFO) return;
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    pthread_mutex_lock(&s->log_mu);
+    fprintf(stderr, "%s: %s: %s\n", s->def->name, ew_log_level_name(lv), msg);
+    fflush(stderr);
+    pthread_mutex_unlock(&s->log_mu);
+}
+
+void svc_log(svc *s, ew_log_level lv, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(s, lv, fmt, ap);
+    va_end(ap);
+}
+
+static void lib_log(void *ud, ew_log_level lv, const char *msg) { svc_log(ud, lv, "%s", msg); }
+
+/* ---- accessors ----------------------------------------------------------------------------- */
+
+const char *svc_name(const svc *s) { return s->def->name; }
+const ew_config *svc_config(const svc *s) { return s->cfg; }
+ew_store *svc_db(svc *s) { return s->db; }
+ew_bus *svc_bus(svc *s) { return s->bus; }
+
+int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
+              ew_error *err)
+{
+    return ew_http_route(s->http, route, flags, fn, ud, err);
+}
+
+int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err)
+{
+    ew_subscribe_opts o = {.group = s->def->name, .name = pattern};
+    return ew_bus_subscribe(s->bus, pattern, fn, ud, &o, err);
+}
+
+/* ---- the relay ----------------------------------------------------------------------------- */
+
+static void relay_wake(svc *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->wake = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int relay_publish(void *ud, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    svc *s = ud;
+    return ew_bus_publish_batch(s->bus, evs, n, err);
+}
+
+/* Publishes everything unsent; 0, or the error of the pass that failed. */
+static int relay_pass(svc *s, ew_error *err)
+{
+    for (;;) {
+        size_t sent = 0;
+        int rc = ew_store_outbox_relay(s->db, RELAY_BATCH, relay_publish, s, &sent, err);
+        if (rc) return rc;
+        if (sent < RELAY_BATCH) return 0;
+    }
+}
+
+static void *relay_main(void *p)
+{
+    svc *s = p;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (!s->wake && !s->stop) {
+            struct timespec dl;
+            clock_gettime(CLOCK_MONOTONIC, &dl);
+            dl.tv_sec += s->poll_ms / 1000;
+            dl.tv_nsec += (long)(s->poll_ms % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) {
+                dl.tv_sec++;
+                dl.tv_nsec -= 1000000000L;
+            }
+            while (!s->wake && !s->stop)
+                if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) break;
+        }
+        int stopping = s->stop;
+        s->wake = 0;
+        pthread_mutex_unlock(&s->mu);
+        ew_error e = {0};
+        int rc = relay_pass(s, &e);
+        pthread_mutex_lock(&s->mu);
+        if (rc) {
+            if (strcmp(s->relay_error, e.msg))
+                svc_log(s, EW_LOG_WARN, "outbox relay: %s (trying again every %lld ms)", e.msg,
+                        (long long)s->poll_ms);
+            snprintf(s->relay_error, sizeof s->relay_error, "%s", e.msg);
+        } else if (s->relay_error[0]) {
+            svc_log(s, EW_LOG_INFO, "outbox relay: publishing again");
+            s->relay_error[0] = '\0';
+        }
+        if (stopping) break;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+static int relay_start(svc *s, ew_error *err)
+{
+    int rc = pthread_create(&s->relay, NULL, relay_main, s);
+    if (rc) return ew_error_set(err, EW_ENOMEM, "cannot start the outbox relay: %s", strerror(rc));
+    s->relay_started = 1;
+    return 0;
+}
+
+/* Makes the relay do one last pass and end. */
+static void relay_stop(svc *s)
+{
+    if (!s->relay_started) return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->relay, NULL);
+    s->relay_started = 0;
+}
+
+/* ---- the inbox: the database's, and a wake-up of the relay after commits that emitted ----- */
+
+static int ib_begin(void *self, const char *handler, const char *event_id, void **txn,
+                    ew_error *err)
+{
+    svc *s = self;
+    tl_emitted = 0;
+    return s->inner.ops->begin(s->inner.self, handler, event_id, txn, err);
+}
+
+static int ib_commit(void *self, const char *handler, const char *event_id, void *txn,
+                     ew_error *err)
+{
+    svc *s = self;
+    int rc = s->inner.ops->commit(s->inner.self, handler, event_id, txn, err);
+    if (!rc && tl_emitted) relay_wake(s);
+    tl_emitted = 0;
+    return rc;
+}
+
+static void ib_rollback(void *self, void *txn)
+{
+    svc *s = self;
+    tl_emitted = 0;
+    s->inner.ops->rollback(s->inner.self, txn);
+}
+
+static const ew_inbox_ops svc_inbox_ops = {1, ib_begin, ib_commit, ib_rollback};
+
+/* ---- the outbox ---------------------------------------------------------------------------- */
+
+int svc_begin(svc *s, ew_txn **t, ew_error *err) { return ew_store_begin(s->db, t, err); }
+
+static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_attrs *a,
+                ew_error *err)
+{
+    ew_event *ev;
+    int rc = ew_event_new(&ev, type, data, a, err);
+    if (rc) return rc;
+    rc = ew_outbox_add(t, ev, err);
+    ew_event_unref(ev);
+    return rc;
+}
+
+int svc_emit(svc *s, ew_txn *t, ew_type_id type, const void *data, const char *subject,
+             ew_error *err)
+{
+    ew_event_attrs a = {.source = s->def->name, .subject = subject};
+    return emit(t, type, data, &a, err);
+}
+
+int svc_commit(svc *s, ew_txn *t, ew_error *err)
+{
+    int rc = ew_txn_commit(t, err);
+    if (!rc) relay_wake(s);
+    return rc;
+}
+
+int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
+                 const char *subject, ew_error *err)
+{
+    ew_txn *t = ew_ctx_txn(ctx);
+    if (!t) return ew_error_set(err, EW_ESTATE, "the handler has no inbox transaction");
+    ew_event_attrs a;
+    ew_ctx_follow_up_attrs(ctx, &a);
+    a.source = s->def->name;
+    a.subject = subject;
+    int rc = emit(t, type, data, &a, err);
+    if (!rc) tl_emitted = 1;
+    return rc;
+}
+
+/* ---- rows ---------------------------------------------------------------------------------- */
+
+static int keep_first_row(void *ud, const ew_row *r)
+{
+    svc_row *row = ud;
+    row->found = true;
+    row->n = r->ncols < SVC_ROW_MAX ? r->ncols : SVC_ROW_MAX;
+    for (size_t i = 0; i < row->n; i++)
+        if (r->values[i] && !(row->v[i] = strdup(r->values[i]))) return -1;
+    return 1;
+}
+
+int svc_query_row(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                  svc_row *row, ew_error *err)
+{
+    memset(row, 0, sizeof *row);
+    int rc = ew_txn_query(t, sql, params, nparams, keep_first_row, row, err);
+    if (rc) svc_row_free(row);
+    return rc;
+}
+
+void svc_row_free(svc_row *row)
+{
+    for (size_t i = 0; i < SVC_ROW_MAX; i++) {
+        free(row->v[i]);
+        row->v[i] = NULL;
+    }
+    row->found = false;
+    row->n = 0;
+}
+
+void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err)
+{
+    int code = err ? err->code : 0;
+    svc_log(s, EW_LOG_ERROR, "%s: %s", what, err && err->msg[0] ? err->msg : ew_strerror(code));
+    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN)
+        ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later", what);
+    else
+        ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
+}
+
+/* ---- health -------------------------------------------------------------------------------- */
+
+static int health(void *ud, char *why, size_t n)
+{
+    svc *s = ud;
+    pthread_mutex_lock(&s->mu);
+    int bad = s->relay_error[0] != '\0';
+    if (bad) snprintf(why, n, "outbox relay: %s", s->relay_error);
+    pthread_mutex_unlock(&s->mu);
+    return bad;
+}
+
+/* ---- start and stop ------------------------------------------------------------------------ */
+
+static char *expand_name(const char *url, const char *name)
+{
+    ew_buf b;
+    ew_buf_init(&b);
+    static const char key[] = "{SERVICE_NAME}";
+    for (const char *p = url; *p;) {
+        const char *k = strstr(p, key);
+        if (!k) {
+            ew_buf_puts(&b, p);
+            break;
+        }
+        ew_buf_append(&b, p, (size_t)(k - p));
+        ew_buf_puts(&b, name);
+        p = k + sizeof key - 1;
+    }
+    return ew_buf_steal(&b, NULL);
+}
+
+static int create_schema(svc *s, ew_error *err)
+{
+    if (!s->def->nschema) return 0;
+    ew_txn *t;
+    int rc = ew_store_begin(s->db, &t, err);
+    for (size_t i = 0; !rc && i < s->def->nschema; i++)
+        rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
+    if (rc) {
+        ew_txn_rollback(t);
+        return rc;
+    }
+    return ew_txn_commit(t, err);
+}
+
+static int configure(svc *s, ew_error *err)
+{
+    int rc = ew_config_new(&s->cfg, err);
+    if (!rc) rc = ew_config_from_env(s->cfg, err);
+    if (!rc) rc = ew_config_set(s->cfg, "SERVICE_NAME", s->def->name, err);
+    if (!rc && !getenv("HTTP_PORT") && s->def->default_port > 0) {
+        char port[16];
+        snprintf(port, sizeof port, "%d", s->def->default_port);
+        rc = ew_config_set(s->cfg, "HTTP_PORT", port, err);
+    }
+    if (rc) return rc;
+    s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");
+    s->db_url = expand_name(ew_config_get(s->cfg, "SERVICE_DB_URL"), s->def->name);
+    if (!s->db_url) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    return 0;
+}
+
+static int open_all(svc *s, ew_error *err)
+{
+    int rc = configure(s, err);
+    if (rc) return rc;
+    ew_store_options so = {.config = s->cfg, .url = s->db_url, .log = lib_log, .log_ud = s};
+    if ((rc = ew_store_open(&s->db, &so, err))) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "%s", err->msg);
+        return ew_error_set(err, rc, "SERVICE_DB_URL %s: %s", s->db_url, m);
+    }
+    if ((rc = create_schema(s, err))) return rc;
+    ew_store_options eo = {.config = s->cfg, .log = lib_log, .log_ud = s};
+    if ((rc = ew_store_open(&s->events, &eo, err))) {
+        char m[sizeof err->msg];
+        snprintf(m, sizeof m, "%s", err->msg);
+        return ew_error_set(err, rc, "EVENT_STORE_URL %s: %s",
+                            ew_config_get(s->cfg, "EVENT_STORE_URL"), m);
+    }
+    s->inner = ew_store_inbox(s->db);
+    ew_bus_options bo = {.config = s->cfg,
+                         .log = lib_log,
+                         .log_ud = s,
+                         .dlq = ew_store_dlq_sink(s->events),
+                         .inbox = {&svc_inbox_ops, s}};
+    if ((rc = ew_bus_open(&s->bus, &bo, err))) return rc;
+    ew_http_options ho = {
+        .addr = ew_config_get(s->cfg, "HTTP_ADDR"),
+        .port = (int)ew_config_get_int(s->cfg, "HTTP_PORT"),
+        .max_body_bytes = (size_t)ew_config_get_int(s->cfg, "HTTP_MAX_BODY_BYTES"),
+        .max_connections = (unsigned)ew_config_get_int(s->cfg, "HTTP_MAX_CONNECTIONS"),
+        .stop_timeout_ms = (int)ew_config_get_int(s->cfg, "HTTP_DRAIN_TIMEOUT_MS"),
+        .health = health,
+        .health_ud = s,
+        .log = lib_log,
+        .log_ud = s,
+    };
+    return ew_http_new(&s->http, &ho, err);
+}
+
+static void close_all(svc *s)
+{
+    ew_http_free(s->http);
+    s->http = NULL;
+    relay_stop(s);
+    if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
+        svc_log(s, EW_LOG_WARN, "the bus closed with events still pending");
+    s->bus = NULL;
+    ew_store_close(s->events);
+    ew_store_close(s->db);
+    s->events = s->db = NULL;
+    ew_config_free(s->cfg);
+    s->cfg = NULL;
+    free(s->db_url);
+    s->db_url = NULL;
+}
+
+static void usage(const svc_def *def, FILE *f)
+{
+    fprintf(f,
+            "usage: %s\n\n"
+            "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment\n"
+            "(`ewctl config` lists them; docs/services.md says which a service reads):\n"
+            "HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL, EVENT_BUS_TYPE,\n"
+            "EVENT_STORE_URL, ... When ready it prints `%s listening on http://ADDR:PORT`.\n",
+            def->name, def->name, def->default_port, def->name);
+}
+
+int svc_main(const svc_def *def, int argc, char **argv)
+{
+    if (argc > 1) {
+        if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+            usage(def, stdout);
+            return 0;
+        }
+        fprintf(stderr, "%s: unknown argument '%s'\n", def->name, argv[1]);
+        usage(def, stderr);
+        return 2;
+    }
+    /* Every thread started from here on inherits the blocked signals: only sigwait() below
+     * sees SIGTERM and SIGINT. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    svc sv;
+    memset(&sv, 0, sizeof sv);
+    svc *s = &sv;
+    s->def = def;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->log_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    ew_error err = {0};
+    int rc = open_all(s, &err);
+    if (!rc && def->setup) rc = def->setup(s, def->ud, &err);
+    if (!rc) rc = relay_start(s, &err);
+    if (!rc) rc = ew_bus_start(s->bus, &err);
+    if (!rc) rc = ew_http_start(s->http, &err);
+    if (rc) {
+        fprintf(stderr, "%s: cannot start: %s\n", def->name, err.msg[0] ? err.msg : ew_strerror(rc));
+        close_all(s);
+        if (def->teardown) def->teardown(s, def->ud);
+        return 1;
+    }
+    const char *addr = ew_config_get(s->cfg, "HTTP_ADDR");
+    int v6 = strchr(addr, ':') != NULL;
+    printf("%s listening on http://%s%s%s:%d\n", def->name, v6 ? "[" : "", addr, v6 ? "]" : "",
+           ew_http_port(s->http));
+    fflush(stdout);
+    svc_log(s, EW_LOG_INFO, "bus %s, database %s", ew_bus_backend(s->bus), s->db_url);
+
+    int sig = 0;
+    while (sigwait(&sigs, &sig) != 0) {
+    }
+    svc_log(s, EW_LOG_INFO, "%s: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+
+    int status = 0;
+    int64_t t0 = ew_mono_ns();
+    /* 1. no new requests; those in flight finish (and may commit to the outbox) */
+    if (ew_http_stop(s->http)) status = 1;
+    int64_t t1 = ew_mono_ns();
+    /* 2. events in flight are handled while the relay still publishes what they emit */
+    int64_t drain = ew_config_get_int(s->cfg, "EVENT_BUS_DRAIN_TIMEOUT_MS");
+    if (ew_bus_wait_for_events(s->bus, (int)drain, &err))
+        svc_log(s, EW_LOG_WARN, "events still in flight at the deadline: %s", err.msg);
+    int64_t t2 = ew_mono_ns();
+    /* 3. the relay's last pass, then the bus, then the rest */
+    relay_stop(s);
+    int64_t t3 = ew_mono_ns();
+    close_all(s);
+    if (def->teardown) def->teardown(s, def->ud);
+    int64_t t4 = ew_mono_ns();
+    svc_log(s, EW_LOG_INFO,
+            "stopped in %lld ms (HTTP %lld, events %lld, outbox %lld, closing %lld)",
+            (long long)((t4 - t0) / 1000000), (long long)((t1 - t0) / 1000000),
+            (long long)((t2 - t1) / 1000000), (long long)((t3 - t2) / 1000000),
+            (long long)((t4 - t3) / 1000000));
+    pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->log_mu);
+    pthread_cond_destroy(&s->cv);
+    return status;
+}

@@ -1,0 +1,169 @@
+/* The service runtime: what every service of the reference system shares (docs/services.md).
+ *
+ * A service is a process with its own database, an HTTP JSON API and event handlers. svc_main()
+ * runs one from start to exit:
+ *
+ *  1. reads the configuration from the environment (ew_config_from_env); SERVICE_NAME is the
+ *     service's own name whatever the environment says; HTTP_PORT, when the environment does not
+ *     set it, is the service's own port (svc_def.default_port);
+ *  2. opens the service's database, an ew_store on SERVICE_DB_URL ("{SERVICE_NAME}" in it becomes
+ *     the name), and creates the service's tables there: svc_def.schema, statements of the form
+ *     CREATE TABLE IF NOT EXISTS event_store.<table> (...), run in one transaction at every start;
+ *  3. opens the bus (EVENT_BUS_TYPE, ...) with the database's inbox, so that a handler's writes
+ *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
+ *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
+ *  4. calls svc_def.setup, which registers the routes (svc_route) and handlers (svc_subscribe);
+ *  5. starts the outbox relay: a thread that publishes what transactions put in the database's
+ *     outbox, woken after each commit of svc_commit() or of a handler that used svc_ctx_emit(),
+ *     and every OUTBOX_POLL_MS anyway;
+ *  6. starts the bus and the HTTP server (HTTP_ADDR, HTTP_PORT, HTTP_MAX_BODY_BYTES, with
+ *     GET /healthz), and prints one line to stdout: "NAME listening on http://ADDR:PORT";
+ *  7. on SIGTERM or SIGINT: stops accepting HTTP and lets the requests in flight finish
+ *     (HTTP_DRAIN_TIMEOUT_MS), lets the events in flight be handled (EVENT_BUS_DRAIN_TIMEOUT_MS)
+ *     while the relay keeps publishing, publishes what is left in the outbox, closes the bus, the
+ *     relay and the databases, and returns 0.
+ *
+ * Writing and publishing from an HTTP handler, all or nothing:
+ *
+ *     ew_txn *t;
+ *     if (svc_begin(s, &t, &err)) ...
+ *     ew_txn_exec(t, "INSERT INTO event_store.auth_users ...", params, n, NULL, &err);
+ *     svc_emit(s, t, EW_T_USER_REGISTERED, &data, user_id, &err);
+ *     svc_commit(s, t, &err);          (or ew_txn_rollback(t): neither rows nor events)
+ *
+ * and from an event handler, in the inbox's transaction:
+ *
+ *     ew_txn_exec(ew_ctx_txn(ctx), "UPDATE event_store.auth_users ...", ...);
+ *     svc_ctx_emit(s, ctx, EW_T_USER_DATA_DELETED, &data, user_id, &err);
+ *     return EW_HANDLER_OK;            (retry or fail: neither the writes nor the events happen)
+ *
+ * The SQLite store opens ":memory:" and attaches the file as schema event_store: a service's
+ * tables are always named event_store.<table>, and the same SQL then runs on PostgreSQL. */
+#ifndef EW_SVC_H
+#define EW_SVC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "eventwire/bus.h"
+#include "eventwire/config.h"
+#include "eventwire/http.h"
+#include "eventwire/store.h"
+
+typedef struct svc svc;
+
+typedef struct svc_def {
+    const char *name;           /* "auth-service": SERVICE_NAME, its events' source, its group */
+    int default_port;           /* HTTP_PORT when the environment does not set it */
+    const char *const *schema;  /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
+    size_t nschema;
+    /* Registers routes and handlers; runs once, before the bus and the HTTP server start. A
+     * nonzero return stops the service with err's message. */
+    int (*setup)(svc *s, void *ud, ew_error *err);
+    /* Runs once after everything is closed (may be NULL). */
+    void (*teardown)(svc *s, void *ud);
+    void *ud;
+} svc_def;
+
+/* Runs the service until SIGTERM or SIGINT; returns the process's exit status: 0 after a clean
+ * stop, 1 when it could not start (the reason on stderr), 2 for a bad argument. argv may hold
+ * --help. */
+int svc_main(const svc_def *def, int argc, char **argv);
+
+/* ---- in setup ------------------------------------------------------------------------------ */
+
+/* ew_http_route on the service's server. */
+int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
+              ew_error *err);
+
+/* Subscribes fn to pattern in the service's group (handler name: the pattern). The handler runs
+ * in the inbox's transaction (ew_ctx_txn). */
+int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err);
+
+/* ---- anywhere ------------------------------------------------------------------------------ */
+
+const char *svc_name(const svc *s);
+const ew_config *svc_config(const svc *s);
+ew_store *svc_db(svc *s);
+ew_bus *svc_bus(svc *s);
+
+/* Logs to stderr as "NAME: level: message" (debug is not printed). */
+void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- the outbox ---------------------------------------------------------------------------- */
+
+/* Begins a transaction on the service's database (ew_store_begin). */
+int svc_begin(svc *s, ew_txn **t, ew_error *err);
+
+/* Builds an event (source: the service; subject) and adds it to the outbox in t. */
+int svc_emit(svc *s, ew_txn *t, ew_type_id type, const void *data, const char *subject,
+             ew_error *err);
+
+/* Commits t and wakes the relay. On failure t is rolled back. */
+int svc_commit(svc *s, ew_txn *t, ew_error *err);
+
+/* In an event handler: adds a follow-up event (ew_ctx_follow_up_attrs: correlation and
+ * causation from the handled event) to the outbox in the inbox's transaction; it is published
+ * when the handler returned ok and the transaction committed. */
+int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
+                 const char *subject, ew_error *err);
+
+/* ---- reading rows -------------------------------------------------------------------------- */
+
+#define SVC_ROW_MAX 16
+
+/* One result row, its values copied (NULL for SQL NULL). */
+typedef struct svc_row {
+    bool found;
+    size_t n;
+    char *v[SVC_ROW_MAX];
+} svc_row;
+
+/* Runs a query in t and keeps its first row in *row (row->found false when there is none).
+ * Release with svc_row_free(). */
+int svc_query_row(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                  svc_row *row, ew_error *err);
+void svc_row_free(svc_row *row);
+
+/* ---- answering ----------------------------------------------------------------------------- */
+
+/* Logs err and answers 503 (a database or broker that cannot be reached, a time-out) or 500
+ * (anything else) with a JSON error that names no internals. */
+void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err);
+
+/* ---- reading request bodies ---------------------------------------------------------------- */
+/* Each returns 0 when the value is good, or -1 after answering 400 with the field's name and what
+ * is wrong with it. On a route whose body is optional (EW_HTTP_JSON_OPT) and a request without
+ * one, every member is absent. */
+
+#define SVC_OPTIONAL 0
+#define SVC_REQUIRED 1
+
+/* Refuses members of the body not in names (NULL-terminated). */
+int svc_json_only(const ew_http_request *rq, ew_http_response *res, const char *const *names);
+
+/* A string member: *out is NULL when it is absent and optional. Required strings must not be
+ * empty. max_len counts bytes. */
+int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *field,
+                 int required, size_t max_len, const char **out);
+
+/* An array of strings, at most max_items of at most max_len bytes each, none empty, no two the
+ * same; items[] (cap max_items) gets them and *n their count. */
+int svc_json_strlist(const ew_http_request *rq, ew_http_response *res, const char *field,
+                     int required, size_t max_items, size_t max_len, const char **items,
+                     size_t *n);
+
+/* A boolean member: *out unchanged when it is absent and optional; *present (may be NULL) says. */
+int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *field,
+                  int required, bool *out, bool *present);
+
+/* An object member: *out (JSON text, malloc'ed, caller frees) NULL when absent and optional. */
+int svc_json_object(const ew_http_request *rq, ew_http_response *res, const char *field,
+                    int required, char **out);
+
+/* Is s a plausible email address (local@domain.tld, at most 254 bytes)? */
+bool svc_email_valid(const char *s);
+
+/* Is s a UUID in canonical lower-case 8-4-4-4-12 form (what the services hand out)? */
+bool svc_uuid_valid(const char *s);
+
+#endif

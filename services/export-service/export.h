@@ -1,0 +1,96 @@
+/* export-service: GDPR data exports (docs/services-export.md).
+ *
+ * POST /exports (or a user.data_export_requested from elsewhere) opens an export; every service
+ * answers with user.data_collected; when all of EXPORT_SERVICES have, the answers become one JSON
+ * document EXPORT_DIR/<export_id>.json, served at a download link until it expires, and
+ * user.data_export_completed goes out. An export still waiting at its deadline fails with
+ * user.data_export_failed naming the services that did not answer.
+ *
+ * Tables (in the service's database, schema event_store; created at start by main.c):
+ *   export_requests  one row per export: user, status, the services it waits for, deadline,
+ *                    and once completed its link, expiry and file
+ *   export_answers   one row per (export, service) that answered; the data is kept until the
+ *                    document is written, then only the fact that it answered
+ *
+ * Deadlines are enforced by a sweeper thread (sweeper.c) with a database handle of its own,
+ * every EXPORT_SWEEP_MS, and at once by GET /exports/{id} for the export it reads. The sweeper
+ * also deletes the files of expired links. */
+#ifndef EXPORT_H
+#define EXPORT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "core/buf.h"
+#include "svc.h"
+
+#define EXPORT_SERVICE "export-service"
+#define EXPORT_PORT 8005
+#define EXPORT_MAX_SERVICES 32
+#define EXPORT_SWEEP_MS 250
+
+typedef struct exporter {
+    svc *s;
+    char *dir;          /* EXPORT_DIR */
+    char *services_csv; /* EXPORT_SERVICES, checked */
+    int64_t timeout_s, link_ttl_s;
+    char *public_url; /* EXPORT_PUBLIC_URL without a trailing '/'; NULL */
+    char *http_addr;
+    int http_port;      /* 0: discovered when first needed */
+    pthread_mutex_t mu; /* guards base_url */
+    char base_url[512]; /* "" until known */
+    /* the sweeper (sweeper.c) */
+    ew_store *db2;
+    pthread_t sweeper;
+    bool sweeper_started;
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    bool stop;
+} exporter;
+
+/* A list of service names parsed from "a,b,c" (at most EXPORT_MAX_SERVICES). */
+typedef struct export_names {
+    char buf[1024];
+    const char *name[EXPORT_MAX_SERVICES];
+    size_t n;
+} export_names;
+
+/* Parses csv into l; -1 when it is not a list of 1..EXPORT_MAX_SERVICES distinct names of
+ * [a-z0-9._-]. */
+int export_names_parse(export_names *l, const char *csv);
+bool export_names_has(const export_names *l, const char *name);
+
+/* main.c: the base of download links ("http://127.0.0.1:8005"), into out; -1 when the HTTP
+ * port is not known yet. */
+int export_base_url(exporter *x, char *out, size_t n);
+
+/* handlers.c: if export_id is pending and its deadline has passed (now: RFC 3339), fails it in t
+ * and adds user.data_export_failed to t's outbox; *failed says whether it did. */
+int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *now, bool *failed,
+                    ew_error *err);
+
+/* handlers.c: the names of the services that answered export_id, in order, into l. */
+int export_answered(ew_txn *t, const char *export_id, export_names *l, ew_error *err);
+
+/* handlers.c: the user's data as export-service holds it, appended to b: {"exports": [...]}, or
+ * {} (and *found false) when it holds nothing. */
+int export_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err);
+
+/* main.c: runs a query in t and appends its rows to b as a JSON array of objects, one member per
+ * column (text, or null); columns named in ints (NULL-terminated, may be NULL) are written as
+ * numbers. *count (may be NULL) gets the number of rows. */
+int export_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                     const char *const *ints, ew_buf *b, size_t *count, ew_error *err);
+
+/* The path of an export's document. */
+void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);
+
+/* Registers the HTTP routes (http.c) and the event handlers (handlers.c); starts and stops the
+ * sweeper (sweeper.c). */
+int export_routes(exporter *x, ew_error *err);
+int export_handlers(exporter *x, ew_error *err);
+int export_sweeper_start(exporter *x, const char *db_url, ew_error *err);
+void export_sweeper_stop(exporter *x);
+
+#endif

@@ -1,0 +1,296 @@
+/* export-service: the HTTP API.
+ *
+ *   POST /exports {user_id, requested_by?}  202 {export_id, status, status_url}
+ *   GET  /exports?user_id=ID                the user's exports
+ *   GET  /exports/{export_id}               status, who answered, the link once completed
+ *   GET  /exports/{export_id}/download      the document; 404 before completion, 410 after
+ *                                           expiry */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/json.h"
+#include "eventwire/clock.h"
+#include "eventwire/id.h"
+#include "export.h"
+
+#define REQUESTED_BY_MAX 200
+
+static bool bad_id(ew_http_response *res, const char *field, const char *id)
+{
+    if (svc_uuid_valid(id)) return false;
+    ew_http_reply_error(res, 400, field, "%s must be a UUID (lower-case 8-4-4-4-12)", field);
+    return true;
+}
+
+/* ---- POST /exports --------------------------------------------------------------------------- */
+
+static void post_export(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    exporter *x = ud;
+    static const char *const fields[] = {"user_id", "requested_by", NULL};
+    const char *user_id, *by;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "user_id", SVC_REQUIRED, 64, &user_id) ||
+        svc_json_str(rq, res, "requested_by", SVC_OPTIONAL, REQUESTED_BY_MAX, &by))
+        return;
+    if (bad_id(res, "user_id", user_id)) return;
+    char export_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1];
+    char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];
+    ew_uuid7(export_id);
+    ew_uuid7(event_id);
+    int64_t now_us = ew_now_us();
+    ew_time_format(now_us, now);
+    ew_time_format(now_us + x->timeout_s * 1000000, deadline);
+    ew_txn *t;
+    ew_error e = {0};
+    if (svc_begin(x->s, &t, &e)) {
+        svc_reply_failure(x->s, res, "requesting an export", &e);
+        return;
+    }
+    /* the row and the event that asks every service, in one transaction */
+    const char *p[] = {export_id, user_id, by, x->services_csv, now, deadline, event_id};
+    int rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.export_requests (export_id, user_id,"
+                         " requested_by, status, expected, created_at, deadline_at,"
+                         " correlation_id) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)",
+                         p, 7, NULL, &e);
+    ew_event *ev = NULL;
+    if (!rc) {
+        ew_user_data_export_requested d = {
+            .export_id = export_id, .user_id = user_id, .requested_by = by};
+        ew_event_attrs a = {.source = svc_name(x->s), .subject = user_id, .id = event_id};
+        rc = ew_event_new(&ev, EW_T_USER_DATA_EXPORT_REQUESTED, &d, &a, &e);
+    }
+    if (!rc) rc = ew_outbox_add(t, ev, &e);
+    ew_event_unref(ev);
+    if (rc) {
+        ew_txn_rollback(t);
+        svc_reply_failure(x->s, res, "requesting an export", &e);
+        return;
+    }
+    if (svc_commit(x->s, t, &e)) {
+        svc_reply_failure(x->s, res, "requesting an export", &e);
+        return;
+    }
+    char loc[80];
+    snprintf(loc, sizeof loc, "/exports/%s", export_id);
+    ew_http_header_add(res, "Location", loc);
+    ew_http_obj_begin(res, 202);
+    ew_http_obj_str(res, "export_id", export_id);
+    ew_http_obj_str(res, "user_id", user_id);
+    ew_http_obj_str(res, "status", "pending");
+    ew_http_obj_str(res, "status_url", loc);
+    ew_http_obj_str(res, "deadline_at", deadline);
+    ew_http_obj_end(res);
+}
+
+/* ---- GET /exports?user_id= ------------------------------------------------------------------- */
+
+static void list_exports(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    exporter *x = ud;
+    const char *user_id = ew_http_query(rq, "user_id");
+    if (!user_id) {
+        ew_http_reply_error(res, 400, "user_id", "the query parameter user_id is required");
+        return;
+    }
+    if (bad_id(res, "user_id", user_id)) return;
+    ew_txn *t;
+    ew_error e = {0};
+    if (svc_begin(x->s, &t, &e)) {
+        svc_reply_failure(x->s, res, "listing exports", &e);
+        return;
+    }
+    ew_buf rows;
+    ew_buf_init(&rows);
+    const char *p[] = {user_id};
+    int rc = export_rows_json(t,
+                              "SELECT export_id, status, created_at, deadline_at, finished_at,"
+                              " download_url, expires_at FROM event_store.export_requests"
+                              " WHERE user_id = $1 ORDER BY created_at, export_id",
+                              p, 1, NULL, &rows, NULL, &e);
+    ew_txn_rollback(t);
+    if (rc) {
+        svc_reply_failure(x->s, res, "listing exports", &e);
+    } else {
+        ew_http_obj_begin(res, 200);
+        ew_http_obj_str(res, "user_id", user_id);
+        ew_http_obj_raw(res, "exports", rows.data);
+        ew_http_obj_end(res);
+    }
+    ew_buf_release(&rows);
+}
+
+/* ---- GET /exports/{export_id} ---------------------------------------------------------------- */
+
+enum {
+    C_USER,
+    C_STATUS,
+    C_EXPECTED,
+    C_CREATED,
+    C_DEADLINE,
+    C_FINISHED,
+    C_URL,
+    C_EXPIRES,
+    C_FILE,
+    C_REASON,
+    C_BY
+};
+#define EXPORT_COLUMNS                                                                             \
+    "SELECT user_id, status, expected, created_at, deadline_at, finished_at, download_url,"        \
+    " expires_at, file_name, reason, requested_by FROM event_store.export_requests"                \
+    " WHERE export_id = $1"
+
+static void get_export(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    exporter *x = ud;
+    const char *id = ew_http_param(rq, "export_id");
+    if (bad_id(res, "export_id", id)) return;
+    char now[EW_TIME_LEN + 1];
+    ew_time_format(ew_now_us(), now);
+    ew_txn *t;
+    ew_error e = {0};
+    if (svc_begin(x->s, &t, &e)) {
+        svc_reply_failure(x->s, res, "reading an export", &e);
+        return;
+    }
+    /* a deadline that passed since the sweeper's last look is enforced now */
+    bool failed = false;
+    svc_row r = {0};
+    export_names answered;
+    const char *p[] = {id};
+    int rc = export_fail_due(x, t, id, now, &failed, &e);
+    if (!rc) rc = svc_query_row(t, EXPORT_COLUMNS, p, 1, &r, &e);
+    if (!rc) rc = export_answered(t, id, &answered, &e);
+    if (rc) {
+        ew_txn_rollback(t);
+    } else if (failed) {
+        rc = svc_commit(x->s, t, &e);
+    } else {
+        ew_txn_rollback(t);
+    }
+    if (rc) {
+        svc_reply_failure(x->s, res, "reading an export", &e);
+        svc_row_free(&r);
+        return;
+    }
+    if (!r.found) {
+        ew_http_reply_error(res, 404, "export_id", "no export %s", id);
+        return;
+    }
+    export_names expected, missing;
+    if (export_names_parse(&expected, r.v[C_EXPECTED])) expected.n = 0;
+    missing.n = 0;
+    for (size_t i = 0; i < expected.n; i++)
+        if (!export_names_has(&answered, expected.name[i]))
+            missing.name[missing.n++] = expected.name[i];
+    bool completed = !strcmp(r.v[C_STATUS], "completed");
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "export_id", id);
+    ew_http_obj_str(res, "user_id", r.v[C_USER]);
+    ew_http_obj_str(res, "status", r.v[C_STATUS]);
+    ew_http_obj_str(res, "requested_by", r.v[C_BY]);
+    ew_http_obj_str(res, "created_at", r.v[C_CREATED]);
+    ew_http_obj_str(res, "deadline_at", r.v[C_DEADLINE]);
+    ew_http_obj_str(res, "finished_at", r.v[C_FINISHED]);
+    ew_http_obj_strlist(res, "services_expected", expected.name, expected.n);
+    ew_http_obj_strlist(res, "services_answered", answered.name, answered.n);
+    ew_http_obj_strlist(res, "services_missing", missing.name, missing.n);
+    if (completed) {
+        ew_http_obj_str(res, "download_url", r.v[C_URL]);
+        ew_http_obj_str(res, "expires_at", r.v[C_EXPIRES]);
+        ew_http_obj_bool(res, "expired",
+                         !r.v[C_FILE] || (r.v[C_EXPIRES] && strcmp(r.v[C_EXPIRES], now) <= 0));
+    }
+    if (r.v[C_REASON]) ew_http_obj_str(res, "reason", r.v[C_REASON]);
+    ew_http_obj_end(res);
+    svc_row_free(&r);
+}
+
+/* ---- GET /exports/{export_id}/download ------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    ew_buf b;
+    ew_buf_init(&b);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        ew_buf_append(&b, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || b.oom) {
+        ew_buf_release(&b);
+        return NULL;
+    }
+    if (!b.data) ew_buf_puts(&b, "");
+    return ew_buf_steal(&b, len);
+}
+
+static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    exporter *x = ud;
+    const char *id = ew_http_param(rq, "export_id");
+    if (bad_id(res, "export_id", id)) return;
+    char now[EW_TIME_LEN + 1];
+    ew_time_format(ew_now_us(), now);
+    ew_txn *t;
+    ew_error e = {0};
+    if (svc_begin(x->s, &t, &e)) {
+        svc_reply_failure(x->s, res, "reading an export", &e);
+        return;
+    }
+    svc_row r;
+    const char *p[] = {id};
+    int rc = svc_query_row(t, EXPORT_COLUMNS, p, 1, &r, &e);
+    ew_txn_rollback(t);
+    if (rc) {
+        svc_reply_failure(x->s, res, "reading an export", &e);
+        return;
+    }
+    if (!r.found) {
+        ew_http_reply_error(res, 404, "export_id", "no export %s", id);
+    } else if (!strcmp(r.v[C_STATUS], "pending")) {
+        ew_http_reply_error(res, 404, "export_id",
+                            "export %s is not ready: still waiting for answers", id);
+    } else if (!strcmp(r.v[C_STATUS], "failed")) {
+        ew_http_reply_error(res, 404, "export_id", "export %s failed: %s", id,
+                            r.v[C_REASON] ? r.v[C_REASON] : "unknown reason");
+    } else if (!r.v[C_FILE] || !r.v[C_EXPIRES] || strcmp(r.v[C_EXPIRES], now) <= 0) {
+        ew_http_reply_error(res, 410, "export_id", "the download link of export %s expired at %s",
+                            id, r.v[C_EXPIRES] ? r.v[C_EXPIRES] : "?");
+    } else {
+        char path[4200];
+        export_file_path(x, r.v[C_FILE], path, sizeof path);
+        size_t len = 0;
+        char *doc = read_file(path, &len);
+        if (doc) {
+            char disp[120];
+            snprintf(disp, sizeof disp, "attachment; filename=\"export-%s.json\"", id);
+            ew_http_header_add(res, "Content-Disposition", disp);
+            ew_http_header_add(res, "Cache-Control", "no-store");
+            ew_http_reply_raw(res, 200, doc, len);
+            free(doc);
+        } else if (errno == ENOENT) {
+            ew_http_reply_error(res, 410, "export_id", "the document of export %s is gone", id);
+        } else {
+            svc_log(x->s, EW_LOG_ERROR, "export %s: cannot read %s: %s", id, path, strerror(errno));
+            ew_http_reply_error(res, 500, NULL,
+                                "reading an export: internal error (see the "
+                                "service's log)");
+        }
+    }
+    svc_row_free(&r);
+}
+
+int export_routes(exporter *x, ew_error *err)
+{
+    int rc = svc_route(x->s, "POST /exports", EW_HTTP_JSON, post_export, x, err);
+    if (!rc) rc = svc_route(x->s, "GET /exports", 0, list_exports, x, err);
+    if (!rc) rc = svc_route(x->s, "GET /exports/{export_id}", 0, get_export, x, err);
+    if (!rc) rc = svc_route(x->s, "GET /exports/{export_id}/download", 0, download, x, err);
+    return rc;
+}

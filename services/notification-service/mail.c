@@ -1,0 +1,297 @@
+/* notification-service: composing RFC 5322 messages and delivering them, over SMTP (libcurl) when
+ * SMTP_URL is set, else as .eml files in MAIL_DIR (a spool that tests and developers read). */
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include "notification.h"
+
+/* ---- settings -------------------------------------------------------------------------------- */
+
+static int mkdirs(const char *path)
+{
+    char p[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof p) return -1;
+    memcpy(p, path, n + 1);
+    for (char *c = p + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = '\0';
+        if (mkdir(p, 0700) && errno != EEXIST) return -1;
+        *c = '/';
+    }
+    if (mkdir(p, 0700) && errno != EEXIST) return -1;
+    return 0;
+}
+
+/* MAIL_FROM is "addr" or "Display Name <addr>". */
+static int parse_from(notif *n, const char *v, ew_error *err)
+{
+    for (const char *c = v; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return ew_error_set(err, EW_ECONFIG, "MAIL_FROM: must not hold control characters");
+    const char *lt = strchr(v, '<');
+    char *addr;
+    if (lt) {
+        const char *gt = strchr(lt, '>');
+        if (!gt || gt[1] != '\0')
+            return ew_error_set(err, EW_ECONFIG, "MAIL_FROM: '%.128s' is not 'Name <address>'", v);
+        addr = strndup(lt + 1, (size_t)(gt - lt - 1));
+    } else {
+        addr = strdup(v);
+    }
+    if (!addr) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!svc_email_valid(addr)) {
+        ew_error_set(err, EW_ECONFIG, "MAIL_FROM: '%.128s' is not a valid address", addr);
+        free(addr);
+        return EW_ECONFIG;
+    }
+    n->from_addr = addr;
+    n->from_header = strdup(v);
+    n->domain = strdup(strchr(addr, '@') + 1);
+    if (!n->from_header || !n->domain) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    return 0;
+}
+
+int notif_mail_setup(notif *n, ew_error *err)
+{
+    const ew_config *c = svc_config(n->s);
+    const char *url = ew_config_get(c, "SMTP_URL");
+    if (url && *url) {
+        if (strncmp(url, "smtp://", 7) && strncmp(url, "smtps://", 8))
+            return ew_error_set(err, EW_ECONFIG,
+                                "SMTP_URL: must be smtp://host:port or smtps://host:port");
+        if (!(n->smtp_url = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    int rc = parse_from(n, ew_config_get(c, "MAIL_FROM"), err);
+    if (rc) return rc;
+    n->smtp_timeout_ms = (long)ew_config_get_int(c, "SMTP_TIMEOUT_MS");
+    const char *dir = ew_config_get(c, "MAIL_DIR");
+    if (!(n->mail_dir = strdup(dir))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!n->smtp_url && mkdirs(dir))
+        return ew_error_set(err, EW_EIO, "MAIL_DIR %s: cannot create it: %s", dir, strerror(errno));
+    if (n->smtp_url)
+        svc_log(n->s, EW_LOG_INFO, "mail goes over SMTP (SMTP_URL), from %s", n->from_addr);
+    else
+        svc_log(n->s, EW_LOG_INFO, "mail is written as .eml files into %s (SMTP_URL is not set)",
+                dir);
+    return 0;
+}
+
+void notif_mail_teardown(notif *n)
+{
+    free(n->smtp_url);
+    free(n->from_header);
+    free(n->from_addr);
+    free(n->domain);
+    free(n->mail_dir);
+    n->smtp_url = n->from_header = n->from_addr = n->domain = n->mail_dir = NULL;
+}
+
+/* ---- composing ------------------------------------------------------------------------------- */
+
+static int is_ascii_printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) return 0;
+    return 1;
+}
+
+/* A header value: control characters become spaces (no header injection), and text that is not
+ * ASCII becomes RFC 2047 encoded-words of at most 75 characters, each holding whole UTF-8
+ * characters, folded onto continuation lines. */
+static void put_header_text(ew_buf *b, const char *s)
+{
+    size_t n = strlen(s);
+    char *clean = malloc(n + 1);
+    if (!clean) {
+        b->oom = 1;
+        return;
+    }
+    for (size_t i = 0; i <= n; i++)
+        clean[i] = (i < n && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)) ? ' ' : s[i];
+    if (is_ascii_printable(clean)) {
+        ew_buf_puts(b, clean);
+        free(clean);
+        return;
+    }
+    const size_t chunk = 45; /* 60 base64 characters + 12 of framing */
+    for (size_t i = 0; i < n;) {
+        size_t len = n - i < chunk ? n - i : chunk;
+        /* back off to a character boundary (continuation bytes are 10xxxxxx) */
+        while (len < n - i && len > 0 && ((unsigned char)clean[i + len] & 0xc0) == 0x80)
+            len--;
+        if (len == 0) len = n - i < chunk ? n - i : chunk;
+        char b64[sodium_base64_ENCODED_LEN(45, sodium_base64_VARIANT_ORIGINAL)];
+        sodium_bin2base64(b64, sizeof b64, (const unsigned char *)clean + i, len,
+                          sodium_base64_VARIANT_ORIGINAL);
+        if (i) ew_buf_puts(b, "\r\n ");
+        ew_buf_printf(b, "=?UTF-8?B?%s?=", b64);
+        i += len;
+    }
+    free(clean);
+}
+
+/* The body: \n becomes CRLF, other control characters but tab become spaces. */
+static void put_body(ew_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n')
+            ew_buf_puts(b, "\r\n");
+        else if (c == '\r')
+            continue;
+        else if ((c < 0x20 && c != '\t') || c == 0x7f)
+            ew_buf_putc(b, ' ');
+        else
+            ew_buf_putc(b, (char)c);
+    }
+    if (b->len < 2 || strcmp(b->data + b->len - 2, "\r\n")) ew_buf_puts(b, "\r\n");
+}
+
+static char *compose(notif *n, const notif_mail *m, size_t *len)
+{
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_printf(&b, "From: %s\r\n", n->from_header);
+    ew_buf_printf(&b, "To: %s\r\n", m->to);
+    ew_buf_puts(&b, "Subject: ");
+    put_header_text(&b, m->subject);
+    ew_buf_printf(&b, "\r\nDate: %s\r\n", date);
+    ew_buf_printf(&b, "Message-ID: <%s@%s>\r\n", m->message_id, n->domain);
+    ew_buf_puts(&b, "MIME-Version: 1.0\r\n"
+                    "Content-Type: text/plain; charset=utf-8\r\n"
+                    "Content-Transfer-Encoding: 8bit\r\n");
+    ew_buf_printf(&b, "X-Eventwire-Template: %s\r\n\r\n", m->template_name);
+    put_body(&b, m->body);
+    return ew_buf_steal(&b, len);
+}
+
+/* ---- delivering ------------------------------------------------------------------------------ */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Written under a temporary name and renamed, so that a reader never sees half a message and a
+ * retried send of the same message replaces it. */
+static int deliver_file(notif *n, const notif_mail *m, const char *text, size_t len, char *why,
+                        size_t why_len)
+{
+    char path[4200], tmp[4200];
+    snprintf(path, sizeof path, "%s/%s.eml", n->mail_dir, m->message_id);
+    snprintf(tmp, sizeof tmp, "%s/.%s.eml.tmp", n->mail_dir, m->message_id);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(why, why_len, "cannot write %.300s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    int bad = write_all(fd, text, len);
+    int e = errno;
+    if (close(fd) && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    if (bad || rename(tmp, path)) {
+        if (!bad) e = errno;
+        snprintf(why, why_len, "cannot write %.300s: %s", path, strerror(e));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct upload {
+    const char *p;
+    size_t left;
+} upload;
+
+static size_t read_cb(char *buf, size_t size, size_t nmemb, void *ud)
+{
+    upload *u = ud;
+    size_t n = size * nmemb;
+    if (n > u->left) n = u->left;
+    memcpy(buf, u->p, n);
+    u->p += n;
+    u->left -= n;
+    return n;
+}
+
+/* One SMTP transaction per message: libcurl sends EHLO, STARTTLS when the server offers it,
+ * MAIL FROM, RCPT TO and DATA (dot-stuffing the text), and logs in with the user and password
+ * of the URL when it has them. */
+static int deliver_smtp(notif *n, const notif_mail *m, const char *text, size_t len, char *why,
+                        size_t why_len)
+{
+    CURL *c = curl_easy_init();
+    if (!c) {
+        snprintf(why, why_len, "libcurl: cannot make a handle");
+        return -1;
+    }
+    char from[300], to[300], eb[CURL_ERROR_SIZE] = "";
+    snprintf(from, sizeof from, "<%s>", n->from_addr);
+    snprintf(to, sizeof to, "<%s>", m->to);
+    struct curl_slist *rcpt = curl_slist_append(NULL, to);
+    upload u = {text, len};
+    curl_easy_setopt(c, CURLOPT_URL, n->smtp_url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, n->smtp_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, n->smtp_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
+    curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
+    curl_easy_setopt(c, CURLOPT_READDATA, &u);
+    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, eb);
+    CURLcode rc = rcpt ? curl_easy_perform(c) : CURLE_OUT_OF_MEMORY;
+    curl_slist_free_all(rcpt);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK) {
+        snprintf(why, why_len, "SMTP: %s", eb[0] ? eb : curl_easy_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+int notif_send(notif *n, const notif_mail *m, char *why, size_t why_len)
+{
+    size_t len = 0;
+    char *text = compose(n, m, &len);
+    if (!text) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    int rc = n->smtp_url ? deliver_smtp(n, m, text, len, why, why_len)
+                         : deliver_file(n, m, text, len, why, why_len);
+    free(text);
+    return rc;
+}
+
+void notif_mail_forget(notif *n, const char *message_id)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s.eml", n->mail_dir, message_id);
+    if (unlink(path) && errno != ENOENT)
+        svc_log(n->s, EW_LOG_WARN, "cannot remove %s: %s", path, strerror(errno));
+}

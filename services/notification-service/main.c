@@ -1,0 +1,144 @@
+/* notification-service: the process. Its tables, its settings, and the runtime (services/common).
+ */
+#include <curl/curl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include "core/json.h"
+#include "notification.h"
+
+/* The service's tables. Created at every start, in one transaction; a later change of a table is
+ * a new statement here, never an edit of these. */
+static const char *const schema[] = {
+    "CREATE TABLE IF NOT EXISTS event_store.notification_users ("
+    " user_id TEXT PRIMARY KEY,"
+    " email TEXT NOT NULL,"
+    " username TEXT NOT NULL,"
+    " created_at TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_store.notification_messages ("
+    " message_id TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " template TEXT NOT NULL,"
+    " ref TEXT NOT NULL,"
+    " email TEXT NOT NULL,"
+    " subject TEXT NOT NULL,"
+    " transport TEXT NOT NULL CHECK (transport IN ('smtp', 'file')),"
+    " sent_at TEXT NOT NULL,"
+    " UNIQUE (user_id, template, ref))",
+};
+
+void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1])
+{
+    unsigned char h[16];
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, (const unsigned char *)"eventwire-mail", 14, sizeof h);
+    crypto_generichash_update(&st, (const unsigned char *)template_name, strlen(template_name) + 1);
+    crypto_generichash_update(&st, (const unsigned char *)ref, strlen(ref));
+    crypto_generichash_final(&st, h, sizeof h);
+    h[6] = (unsigned char)((h[6] & 0x0f) | 0x80); /* UUID version 8: custom */
+    h[8] = (unsigned char)((h[8] & 0x3f) | 0x80); /* RFC 9562 variant */
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < sizeof h; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[h[i] >> 4];
+        out[o++] = hex[h[i] & 15];
+    }
+    out[o] = '\0';
+}
+
+/* ---- rows as JSON ---------------------------------------------------------------------------- */
+
+typedef struct rows_ctx {
+    ew_buf *b;
+    const char *const *ints;
+    size_t n;
+} rows_ctx;
+
+static int is_int_text(const char *v)
+{
+    if (*v == '-') v++;
+    if (!*v) return 0;
+    for (; *v; v++)
+        if (*v < '0' || *v > '9') return 0;
+    return 1;
+}
+
+static int row_cb(void *ud, const ew_row *r)
+{
+    rows_ctx *c = ud;
+    ew_buf_puts(c->b, c->n++ ? ",{" : "{");
+    for (size_t i = 0; i < r->ncols; i++) {
+        if (i) ew_buf_putc(c->b, ',');
+        ew_json_write_string(c->b, r->names[i], strlen(r->names[i]));
+        ew_buf_putc(c->b, ':');
+        const char *v = r->values[i];
+        int as_int = 0;
+        for (const char *const *k = c->ints; k && *k && !as_int; k++)
+            as_int = !strcmp(*k, r->names[i]);
+        if (!v)
+            ew_buf_puts(c->b, "null");
+        else if (as_int && is_int_text(v))
+            ew_buf_puts(c->b, v);
+        else
+            ew_json_write_string(c->b, v, strlen(v));
+    }
+    ew_buf_putc(c->b, '}');
+    return 0;
+}
+
+int notif_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                    const char *const *ints, ew_buf *b, size_t *count, ew_error *err)
+{
+    rows_ctx c = {b, ints, 0};
+    ew_buf_putc(b, '[');
+    int rc = ew_txn_query(t, sql, params, nparams, row_cb, &c, err);
+    ew_buf_putc(b, ']');
+    if (count) *count = c.n;
+    if (!rc && b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    return rc;
+}
+
+/* ---- the process ----------------------------------------------------------------------------- */
+
+static int setup(svc *s, void *ud, ew_error *err)
+{
+    notif *n = ud;
+    n->s = s;
+    int rc = notif_mail_setup(n, err);
+    if (!rc) rc = notif_routes(n, err);
+    if (!rc) rc = notif_handlers(n, err);
+    return rc;
+}
+
+static void teardown(svc *s, void *ud)
+{
+    notif_mail_teardown(ud);
+}
+
+int main(int argc, char **argv)
+{
+    if (sodium_init() < 0) {
+        fprintf(stderr, "%s: libsodium cannot be initialised\n", NOTIF_SERVICE);
+        return 1;
+    }
+    /* before any thread: libcurl's global state is not thread-safe to set up */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "%s: libcurl cannot be initialised\n", NOTIF_SERVICE);
+        return 1;
+    }
+    static notif n;
+    svc_def def = {
+        .name = NOTIF_SERVICE,
+        .default_port = NOTIF_PORT,
+        .schema = schema,
+        .nschema = sizeof schema / sizeof schema[0],
+        .setup = setup,
+        .teardown = teardown,
+        .ud = &n,
+    };
+    int status = svc_main(&def, argc, argv);
+    curl_global_cleanup();
+    return status;
+}

@@ -1,0 +1,71 @@
+/* notification-service: the emails of the flows (docs/services-notification.md).
+ *
+ * Tables (in the service's database, schema event_store; created at start by main.c):
+ *   notification_users     one row per user: the address and name from user.registered
+ *   notification_messages  one row per message sent, unique per (user, template, what it is
+ *                          about): the record that makes a redelivered or repeated event send
+ *                          nothing twice
+ *
+ * Delivery (mail.c): over SMTP with libcurl when SMTP_URL is set, else each message is an
+ * RFC 5322 file MAIL_DIR/<message_id>.eml. */
+#ifndef NOTIFICATION_H
+#define NOTIFICATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "core/buf.h"
+#include "svc.h"
+
+#define NOTIF_SERVICE "notification-service"
+#define NOTIF_PORT 8003
+
+/* Message ids: 36 characters, UUID-shaped, derived from (template, reference), so that a retried
+ * send of one message has the same id, the same file name and the same Message-ID header. */
+#define NOTIF_ID_LEN 36
+
+typedef struct notif {
+    svc *s;
+    char *smtp_url;    /* NULL: .eml files into mail_dir */
+    char *from_header; /* MAIL_FROM as configured: "Name <addr>" or "addr" */
+    char *from_addr;   /* its address alone */
+    char *domain;      /* the address's domain, for Message-ID */
+    char *mail_dir;
+    long smtp_timeout_ms;
+} notif;
+
+typedef struct notif_mail {
+    const char *to;            /* a plain address */
+    const char *subject;       /* UTF-8; encoded for the header when it is not ASCII */
+    const char *body;          /* UTF-8 text, lines separated by \n */
+    const char *template_name; /* "welcome", "password_reset", "data_export_ready" */
+    char message_id[NOTIF_ID_LEN + 1];
+} notif_mail;
+
+/* mail.c: reads SMTP_URL, MAIL_FROM, MAIL_DIR, SMTP_TIMEOUT_MS; creates MAIL_DIR. */
+int notif_mail_setup(notif *n, ew_error *err);
+void notif_mail_teardown(notif *n);
+
+/* Sends one message. 0, or -1 with the reason in why. */
+int notif_send(notif *n, const notif_mail *m, char *why, size_t why_len);
+
+/* Removes the .eml file of a message from MAIL_DIR, when there is one. */
+void notif_mail_forget(notif *n, const char *message_id);
+
+/* The id of the message `template_name` about `ref` (a user, a reset request, an export). */
+void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1]);
+
+/* The user's data as notification-service holds it, appended to b: {"address": {...} or null,
+ * "messages": [...]}, or {} (and *found false) when it holds nothing (handlers.c). */
+int notif_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err);
+
+/* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
+int notif_routes(notif *n, ew_error *err);
+int notif_handlers(notif *n, ew_error *err);
+
+/* Runs a query in t and appends its rows to b as a JSON array of objects, one member per column
+ * (text, or null); columns named in ints (NULL-terminated, may be NULL) are written as numbers.
+ * *count (may be NULL) gets the number of rows. */
+int notif_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                    const char *const *ints, ew_buf *b, size_t *count, ew_error *err);
+
+#endif

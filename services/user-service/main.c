@@ -1,0 +1,49 @@
+/* user-service: the process. Its tables and the runtime (services/common). */
+#include "user.h"
+#include "eventwire/clock.h"
+
+/* Created at every start, in one transaction; a change is a new statement, never an edit. */
+static const char *const schema[] = {
+    "CREATE TABLE IF NOT EXISTS event_store.user_profiles ("
+    " user_id TEXT PRIMARY KEY,"
+    " username TEXT NOT NULL,"
+    " email TEXT NOT NULL,"
+    " display_name TEXT NOT NULL,"
+    " bio TEXT,"
+    " location TEXT,"
+    " website TEXT,"
+    " verified INTEGER NOT NULL DEFAULT 0,"
+    " verification_method TEXT,"
+    " verified_at TEXT,"
+    " created_at TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_store.user_preferences ("
+    " user_id TEXT PRIMARY KEY,"
+    " preferences TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL)",
+};
+
+void user_now(char out[32]) { ew_time_format(ew_now_us(), out); }
+
+static int setup(svc *s, void *ud, ew_error *err)
+{
+    usvc *u = ud;
+    u->s = s;
+    int rc = user_routes(u, err);
+    if (!rc) rc = user_handlers(u, err);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static usvc u;
+    svc_def def = {
+        .name = USER_SERVICE,
+        .default_port = USER_PORT,
+        .schema = schema,
+        .nschema = sizeof schema / sizeof schema[0],
+        .setup = setup,
+        .ud = &u,
+    };
+    return svc_main(&def, argc, argv);
+}

@@ -1,0 +1,28 @@
+/* user-service: profiles, preferences and verification (docs/services.md).
+ *
+ * Tables (in the service's database, schema event_store; created at start by main.c):
+ *   user_profiles      one row per user, made on user.registered
+ *   user_preferences   one row per user: the preferences in force, as a JSON object */
+#ifndef USER_H
+#define USER_H
+
+#include "svc.h"
+
+#define USER_SERVICE "user-service"
+#define USER_PORT 8002
+
+/* The preferences every new user starts with. */
+#define USER_DEFAULT_PREFERENCES                                                                   \
+    "{\"language\":\"en\",\"timezone\":\"UTC\",\"newsletter\":false,\"notifications\":true}"
+
+typedef struct usvc {
+    svc *s;
+} usvc;
+
+int user_routes(usvc *u, ew_error *err);
+int user_handlers(usvc *u, ew_error *err);
+
+/* RFC 3339 UTC now. */
+void user_now(char out[32]);
+
+#endif

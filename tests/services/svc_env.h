@@ -1,0 +1,190 @@
+/* Test support for the service tests: a folder with the event store (the SQLite bus's log), the
+ * service under test as a process (svc_proc.h), HTTP calls to it, and the events it published.
+ * A test file defines SVC_UNDER_TEST ("auth-service") before including this. Header-only. */
+#ifndef EW_TEST_SVC_ENV_H
+#define EW_TEST_SVC_ENV_H
+
+#include "http/http_client.h"
+#include "services/svc_proc.h"
+#include "eventwire/bus.h"
+#include "eventwire/store.h"
+
+typedef struct env {
+    char dir[256];
+    svc_proc p;
+    ew_store *events;
+    ew_bus *bus;
+} env;
+
+/* Starts the service SVC_UNDER_TEST (defined by the test file) in a fresh folder. */
+static inline env *up_service(const char *name, const char *dir, const char *const *extra)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    env *e = calloc(1, sizeof *e);
+    if (dir) snprintf(e->dir, sizeof e->dir, "%s", dir);
+    else svc_tmpdir(e->dir);
+    if (svc_proc_start(&e->p, name, e->dir, extra)) fail_msg("%s did not start", name);
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s/events.db", e->dir);
+    ew_error err = {0};
+    if (ew_store_open(&e->events, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    return e;
+}
+
+/* A bus on the service's event store, for publishing what the service handles. */
+static inline ew_bus *bus(env *e)
+{
+    if (e->bus) return e->bus;
+    ew_config *c;
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s/events.db", e->dir);
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&c, NULL), 0);
+    if (ew_config_set(c, "EVENT_BUS_TYPE", "sqlite", &err) ||
+        ew_config_set(c, "EVENT_STORE_URL", url, &err) ||
+        ew_config_set(c, "SERVICE_NAME", "test-publisher", &err) ||
+        ew_bus_open(&e->bus, &(ew_bus_options){.config = c}, &err))
+        fail_msg("%s", err.msg);
+    ew_config_free(c);
+    return e->bus;
+}
+
+static inline env *up(const char *const *extra)
+{
+    return up_service(SVC_UNDER_TEST, NULL, extra);
+}
+
+static inline void down(env *e)
+{
+    ew_bus_close(e->bus);
+    e->bus = NULL;
+    svc_proc_stop(&e->p);
+    ew_store_close(e->events);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", e->dir);
+    free(e);
+}
+
+static inline http_result api_on(const svc_proc *p, const char *method, const char *path,
+                          const char *body, const char *bearer)
+{
+    char url[512], auth[300];
+    snprintf(url, sizeof url, "%s%s", p->base, path);
+    const char *hdrs[] = {auth, "User-Agent: " SVC_UNDER_TEST "-test/1.0", NULL};
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer ? bearer : "");
+    http_req rq = {.method = method, .body = body, .headers = bearer ? hdrs : hdrs + 1};
+    return http_do(url, &rq);
+}
+
+static inline http_result api(env *e, const char *method, const char *path, const char *body,
+                       const char *bearer)
+{
+    return api_on(&e->p, method, path, body, bearer);
+}
+
+/* Status and, when want_field is not NULL, the error's field; the body must hold needle. */
+static inline void expect(env *e, const char *method, const char *path, const char *body, long status,
+                   const char *want_field, const char *needle)
+{
+    http_result r = api(e, method, path, body, NULL);
+    if (r.status != status) {
+        svc_proc_dump(&e->p);
+        fail_msg("%s %s %s: want %ld, got %ld: %s", method, path, body ? body : "", status,
+                 r.status, r.body);
+    }
+    if (want_field) {
+        const char *f = http_member(&r, "field");
+        if (!f || strcmp(f, want_field))
+            fail_msg("%s %s %s: want field %s: %s", method, path, body ? body : "", want_field,
+                     r.body);
+    }
+    if (needle) {
+        const char *m = http_member(&r, "error");
+        if (!m || !strstr(m, needle))
+            fail_msg("%s %s %s: want an error with '%s': %s", method, path, body ? body : "",
+                     needle, r.body);
+    }
+    http_result_free(&r);
+}
+
+/* ---- events ---------------------------------------------------------------------------------- */
+
+typedef struct find {
+    const char *subject;
+    ew_event *last;
+    int count;
+} find;
+
+static inline int on_stored(void *ud, const ew_stored_event *se)
+{
+    find *f = ud;
+    const char *subj = ew_event_subject(se->event);
+    if (f->subject && (!subj || strcmp(subj, f->subject))) return 0;
+    f->count++;
+    ew_event_unref(f->last);
+    f->last = ew_event_ref(se->event);
+    return 0;
+}
+
+/* How many events of type (about subject, when not NULL) the log holds; *last (may be NULL) gets
+ * a reference to the newest. */
+static inline int count_events(env *e, const char *type, const char *subject, ew_event **last)
+{
+    find f = {subject, NULL, 0};
+    ew_error err = {0};
+    if (ew_store_read_all(e->events, 0, type, 0, on_stored, &f, &err)) fail_msg("%s", err.msg);
+    if (last) *last = f.last;
+    else ew_event_unref(f.last);
+    return f.count;
+}
+
+/* Waits up to 10 s for the n-th event of type about subject; returns the newest (caller unrefs). */
+static inline ew_event *wait_event(env *e, const char *type, const char *subject, int n)
+{
+    int64_t deadline = ew_mono_ns() + 10000000000LL;
+    for (;;) {
+        ew_event *ev = NULL;
+        if (count_events(e, type, subject, &ev) >= n) return ev;
+        ew_event_unref(ev);
+        if (ew_mono_ns() > deadline) {
+            svc_proc_dump(&e->p);
+            fail_msg("no %s about %s within 10 s", type, subject ? subject : "anyone");
+        }
+        usleep(20000);
+    }
+}
+
+static inline void strlist_is(ew_strlist l, const char *const *want, size_t n)
+{
+    assert_int_equal(l.count, n);
+    for (size_t i = 0; i < n; i++) assert_string_equal(l.items[i], want[i]);
+}
+
+/* What the service's database holds: the first column of the first row of sql (with $1 = param
+ * when not NULL) as a number, read through a store handle of the test's own on the file. */
+static inline int first_value(void *ud, const ew_row *row)
+{
+    *(long *)ud = row->ncols && row->values[0] ? atol(row->values[0]) : -1;
+    return 1;
+}
+
+static inline long db_count(env *e, const char *sql, const char *param)
+{
+    char url[300];
+    snprintf(url, sizeof url, "sqlite:%s/" SVC_UNDER_TEST ".db", e->dir);
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_txn *t;
+    long n = -1;
+    const char *p[] = {param};
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    if (ew_txn_query(t, sql, param ? p : NULL, param ? 1 : 0, first_value, &n, &err))
+        fail_msg("%s: %s", sql, err.msg);
+    ew_txn_rollback(t);
+    ew_store_close(db);
+    return n;
+}
+
+#endif

@@ -1,0 +1,545 @@
+/* Tests of auth-service as a process: the real executable (EW_BUILD_DIR), its own database and
+ * the SQLite bus in a temporary folder, driven over HTTP with libcurl. The events it publishes are
+ * read from the event store (the SQLite bus's log); events it handles are published by the test
+ * through a bus of its own. One case keeps the service's database in PostgreSQL.
+ * ew-fixture: postgres */
+#include <pthread.h>
+#include "support/ew_test.h"
+#include "http/http_client.h"
+#define SVC_UNDER_TEST "auth-service"
+#include "services/svc_env.h"
+#include "support/pg.h"
+#include "eventwire/id.h"
+
+/* Registers a user and returns its id (static buffer per call site is the caller's). */
+static void register_user(env *e, const char *username, const char *email, const char *pw,
+                          char *user_id)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"username\":\"%s\",\"email\":\"%s\",\"password\":\"%s\"}",
+             username, email, pw);
+    http_result r = api(e, "POST", "/auth/register", body, NULL);
+    if (r.status != 201) fail_msg("register %s: %ld %s", username, r.status, r.body);
+    snprintf(user_id, EW_UUID_LEN + 1, "%.36s", http_member(&r, "user_id"));
+    http_result_free(&r);
+}
+
+static void login(env *e, const char *body, char *token)
+{
+    http_result r = api(e, "POST", "/auth/login", body, NULL);
+    if (r.status != 200) fail_msg("login %s: %ld %s", body, r.status, r.body);
+    snprintf(token, 64, "%.63s", http_member(&r, "token"));
+    http_result_free(&r);
+}
+
+/* ---- cases ----------------------------------------------------------------------------------- */
+
+static void test_register_login_logout(void **state)
+{
+    env *e = up(NULL);
+    http_result r = api(e, "POST", "/auth/register",
+                        "{\"username\":\"Ada\",\"email\":\"Ada@Example.com\","
+                        "\"password\":\"correct horse\"}",
+                        NULL);
+    assert_int_equal(r.status, 201);
+    char user_id[EW_UUID_LEN + 1], loc[128], want_loc[128];
+    snprintf(user_id, sizeof user_id, "%.36s", http_member(&r, "user_id"));
+    assert_true(ew_uuid_valid(user_id));
+    snprintf(want_loc, sizeof want_loc, "/auth/users/%s", user_id);
+    assert_string_equal(http_header_value(&r, "Location", loc, sizeof loc), want_loc);
+    http_result_free(&r);
+
+    /* user.registered, v2 with roles ["user"], went out through the outbox */
+    ew_event *ev = wait_event(e, "user.registered", user_id, 1);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_string_equal(ew_event_source(ev), "auth-service");
+    const ew_user_registered *u = ew_user_registered_data(ev);
+    assert_string_equal(u->user_id, user_id);
+    assert_string_equal(u->username, "Ada");
+    assert_string_equal(u->email, "ada@example.com");
+    static const char *const roles[] = {"user"};
+    strlist_is(u->roles, roles, 1);
+    ew_event_unref(ev);
+
+    /* login by username (any case) and by email */
+    char tok1[64], tok2[64];
+    login(e, "{\"username\":\"ada\",\"password\":\"correct horse\"}", tok1);
+    login(e, "{\"email\":\"ADA@example.com\",\"password\":\"correct horse\"}", tok2);
+    assert_int_equal(strlen(tok1), 43);
+    assert_string_not_equal(tok1, tok2);
+    ev = wait_event(e, "user.logged_in", user_id, 2);
+    const ew_user_logged_in *li = ew_user_logged_in_data(ev);
+    assert_string_equal(li->ip_address, "127.0.0.1");
+    assert_string_equal(li->user_agent, "auth-service-test/1.0");
+    char session[EW_UUID_LEN + 1];
+    snprintf(session, sizeof session, "%s", li->session_id);
+    ew_event_unref(ev);
+
+    /* the token is stored hashed, never as it is */
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions", NULL), 2);
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions WHERE "
+                                 "token_hash = $1 OR user_agent = $1", tok1), 0);
+
+    /* logout with the second token ends that session */
+    r = api(e, "POST", "/auth/logout", NULL, tok2);
+    assert_int_equal(r.status, 204);
+    assert_int_equal(r.len, 0);
+    http_result_free(&r);
+    ev = wait_event(e, "user.logged_out", user_id, 1);
+    assert_string_equal(ew_user_logged_out_data(ev)->session_id, session);
+    ew_event_unref(ev);
+    r = api(e, "POST", "/auth/logout", NULL, tok2);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(http_member(&r, "error"), "not valid"));
+    http_result_free(&r);
+    r = api(e, "POST", "/auth/logout", NULL, NULL);
+    assert_int_equal(r.status, 401);
+    assert_non_null(strstr(http_member(&r, "error"), "Bearer"));
+    http_result_free(&r);
+
+    /* the status */
+    char path[128];
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "user_id"), user_id);
+    assert_string_equal(http_member(&r, "status"), "active");
+    assert_string_equal(http_member(&r, "profile_created"), "false");
+    assert_string_equal(http_member(&r, "roles"), "[\"user\"]");
+    assert_non_null(http_member(&r, "created_at"));
+    assert_null(http_member(&r, "password_hash"));
+    http_result_free(&r);
+
+    /* the health endpoint */
+    r = api(e, "GET", "/healthz", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    down(e);
+}
+
+static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
+{
+    static const char *const extra[] = {"HTTP_MAX_BODY_BYTES=2048", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1];
+    register_user(e, "grace", "grace@example.com", "hopper1906", user_id);
+    struct {
+        const char *method, *path, *body;
+        long status;
+        const char *field, *needle;
+    } bad[] = {
+        /* malformed JSON names the position */
+        {"POST", "/auth/register", "{\"username\": \"x\",", 400, "(null)", "malformed JSON: line 1, column 18"},
+        {"POST", "/auth/register", "[]", 400, NULL, "must be a JSON object"},
+        {"POST", "/auth/register", "", 400, NULL, "body is empty"},
+        /* missing and wrong fields */
+        {"POST", "/auth/register", "{\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "username is required"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"password\":\"12345678\"}", 400, "email", "email is required"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\"}", 400, "password", "password is required"},
+        {"POST", "/auth/register", "{\"username\":7,\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "must be a string"},
+        {"POST", "/auth/register", "{\"username\":\"a b\",\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "username must be"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"12345678\",\"admin\":true}", 400, "admin", "unknown field admin"},
+        /* bad email */
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"not-an-email\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a..b@b.io\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
+        /* weak password */
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"short\"}", 400, "password", "at least 8 characters"},
+        /* duplicates */
+        {"POST", "/auth/register", "{\"username\":\"GRACE\",\"email\":\"other@example.com\",\"password\":\"12345678\"}", 409, "username", "taken"},
+        {"POST", "/auth/register", "{\"username\":\"other\",\"email\":\"Grace@Example.com\",\"password\":\"12345678\"}", 409, "email", "exists already"},
+        /* login */
+        {"POST", "/auth/login", "{\"username\":\"grace\",\"password\":\"wrong password\"}", 401, "(null)", "wrong username or password"},
+        {"POST", "/auth/login", "{\"username\":\"nobody\",\"password\":\"wrong password\"}", 401, "(null)", "wrong username or password"},
+        {"POST", "/auth/login", "{\"email\":\"nobody@example.com\",\"password\":\"wrong password\"}", 401, NULL, "wrong email or password"},
+        {"POST", "/auth/login", "{\"password\":\"hopper1906\"}", 400, "username", "username or email is required"},
+        {"POST", "/auth/login", "{\"username\":\"grace\",\"email\":\"grace@example.com\",\"password\":\"hopper1906\"}", 400, "email", "not both"},
+        {"POST", "/auth/login", "{\"username\":\"grace\"}", 400, "password", "password is required"},
+        /* routes and ids */
+        {"GET", "/auth/nothing", NULL, 404, "(null)", "no route for /auth/nothing"},
+        {"GET", "/auth/register", NULL, 405, NULL, "not allowed"},
+        {"GET", "/auth/users/not-a-uuid", NULL, 404, NULL, "no user not-a-uuid"},
+        {"GET", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
+        {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
+        {"PUT", "/auth/users/01a21b84-0000-7000-8000-000000000000/roles", "{\"roles\":[\"user\"]}", 404, NULL, "no user"},
+        /* password reset */
+        {"POST", "/auth/password-reset", "{\"email\":\"nope\"}", 400, "email", "not a valid email address"},
+        {"POST", "/auth/password-reset", "{}", 400, "email", "email is required"},
+        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"12345678\"}", 400, "token", "not valid"},
+        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"1234\"}", 400, "password", "at least 8"},
+        {"POST", "/auth/password-reset/confirm", "{\"password\":\"12345678\"}", 400, "token", "token is required"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect(e, bad[i].method, bad[i].path, bad[i].body, bad[i].status, bad[i].field,
+               bad[i].needle);
+    /* a body over HTTP_MAX_BODY_BYTES */
+    char *big = malloc(4096);
+    snprintf(big, 4096, "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"%03000d\"}", 1);
+    expect(e, "POST", "/auth/register", big, 413, "(null)", "larger than the limit of 2048 bytes");
+    free(big);
+
+    /* nothing of the refused requests was written or published */
+    assert_int_equal(count_events(e, "user.registered", NULL, NULL), 1);
+    assert_int_equal(count_events(e, "user.logged_in", NULL, NULL), 0);
+    assert_int_equal(count_events(e, "password.#", NULL, NULL), 0);
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_users", NULL), 1);
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions", NULL), 0);
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL), 0);
+    /* and the user registered first still logs in */
+    char tok[64];
+    login(e, "{\"username\":\"grace\",\"password\":\"hopper1906\"}", tok);
+    down(e);
+}
+
+static void test_roles_change(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], admin_id[EW_UUID_LEN + 1], tok[64], path[128];
+    register_user(e, "edsger", "edsger@example.com", "goto harmful", user_id);
+    register_user(e, "root", "root@example.com", "superuser", admin_id);
+    login(e, "{\"username\":\"root\",\"password\":\"superuser\"}", tok);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
+    struct {
+        const char *body, *needle;
+    } bad[] = {
+        {"{\"roles\":[]}", "at least one role"},
+        {"{\"roles\":\"admin\"}", "must be an array of strings"},
+        {"{\"roles\":[\"Admin!\"]}", "may hold only"},
+        {"{\"roles\":[\"a\",\"a\"]}", "twice"},
+        {"{\"roles\":[1]}", "non-empty string"},
+        {"{\"roles\":[\"user\"],\"x\":1}", "unknown field x"},
+        {"{}", "roles is required"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect(e, "PUT", path, bad[i].body, 400, NULL, bad[i].needle);
+    /* a bad token is refused; a good one names who changed the roles */
+    http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", "bogus");
+    assert_int_equal(r.status, 401);
+    http_result_free(&r);
+    r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", tok);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "roles"), "[\"user\",\"editor\"]");
+    assert_string_equal(http_member(&r, "previous_roles"), "[\"user\"]");
+    http_result_free(&r);
+    ew_event *ev = wait_event(e, "user.role_changed", user_id, 1);
+    const ew_user_role_changed *rc = ew_user_role_changed_data(ev);
+    static const char *const now_roles[] = {"user", "editor"}, *const before[] = {"user"};
+    strlist_is(rc->roles, now_roles, 2);
+    strlist_is(rc->previous_roles, before, 1);
+    assert_string_equal(rc->changed_by, admin_id);
+    ew_event_unref(ev);
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_string_equal(http_member(&r, "roles"), "[\"user\",\"editor\"]");
+    http_result_free(&r);
+    down(e);
+}
+
+static void test_password_reset(void **state)
+{
+    static const char *const extra[] = {"AUTH_RESET_TOKEN_TTL_SECONDS=2", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], tok[64];
+    register_user(e, "barbara", "barbara@example.com", "liskov1939", user_id);
+    login(e, "{\"username\":\"barbara\",\"password\":\"liskov1939\"}", tok);
+    /* no account enumeration: unknown and known addresses get the same answer */
+    http_result r1 = api(e, "POST", "/auth/password-reset", "{\"email\":\"nobody@example.com\"}", NULL);
+    http_result r2 = api(e, "POST", "/auth/password-reset", "{\"email\":\"Barbara@example.com\"}", NULL);
+    assert_int_equal(r1.status, 202);
+    assert_int_equal(r2.status, 202);
+    assert_string_equal(r1.body, r2.body);
+    http_result_free(&r1);
+    http_result_free(&r2);
+    ew_event *req = wait_event(e, "password.reset_requested", user_id, 1);
+    ew_event *iss = wait_event(e, "password.reset_token_issued", user_id, 1);
+    assert_int_equal(count_events(e, "password.reset_requested", NULL, NULL), 1);
+    const ew_password_reset_token_issued *ti = ew_password_reset_token_issued_data(iss);
+    assert_string_equal(ti->request_id, ew_password_reset_requested_data(req)->request_id);
+    assert_string_equal(ti->email, "barbara@example.com");
+    char body[256];
+    snprintf(body, sizeof body, "{\"token\":\"%s\",\"password\":\"new password 1\"}", ti->token);
+    char request_id[EW_UUID_LEN + 1], weak[256];
+    snprintf(request_id, sizeof request_id, "%s", ti->request_id);
+    snprintf(weak, sizeof weak, "{\"token\":\"%s\",\"password\":\"1234\"}", ti->token);
+    ew_event_unref(req);
+    ew_event_unref(iss);
+    /* a too short new password is refused and the token stays good */
+    expect(e, "POST", "/auth/password-reset/confirm", weak, 400, "password", "at least 8");
+    http_result r = api(e, "POST", "/auth/password-reset/confirm", body, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "user_id"), user_id);
+    http_result_free(&r);
+    ew_event *done = wait_event(e, "password.reset_completed", user_id, 1);
+    assert_string_equal(ew_password_reset_completed_data(done)->request_id, request_id);
+    ew_event_unref(done);
+    /* single use; the old password and the old sessions are gone */
+    expect(e, "POST", "/auth/password-reset/confirm", body, 400, "token", "used already");
+    expect(e, "POST", "/auth/login", "{\"username\":\"barbara\",\"password\":\"liskov1939\"}", 401,
+           NULL, "wrong username or password");
+    r = api(e, "POST", "/auth/logout", NULL, tok);
+    assert_int_equal(r.status, 401);
+    http_result_free(&r);
+    login(e, "{\"username\":\"barbara\",\"password\":\"new password 1\"}", tok);
+    /* a token that expired */
+    r = api(e, "POST", "/auth/password-reset", "{\"email\":\"barbara@example.com\"}", NULL);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    iss = wait_event(e, "password.reset_token_issued", user_id, 2);
+    snprintf(body, sizeof body, "{\"token\":\"%s\",\"password\":\"new password 2\"}",
+             ew_password_reset_token_issued_data(iss)->token);
+    ew_event_unref(iss);
+    usleep(2200000);
+    expect(e, "POST", "/auth/password-reset/confirm", body, 400, "token", "expired");
+    assert_int_equal(count_events(e, "password.reset_completed", NULL, NULL), 1);
+    down(e);
+}
+
+static void test_handlers_profile_created_and_deactivated(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], path[128];
+    register_user(e, "ken", "ken@example.com", "unix1969", user_id);
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    ew_error err = {0};
+    ew_user_profile_created pc = {.user_id = user_id, .display_name = "Ken"};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_PROFILE_CREATED, &pc, user_id, &err))
+        fail_msg("%s", err.msg);
+    int64_t deadline = ew_mono_ns() + 10000000000LL;
+    for (;;) {
+        http_result r = api(e, "GET", path, NULL, NULL);
+        int done = r.status == 200 && !strcmp(http_member(&r, "profile_created"), "true");
+        http_result_free(&r);
+        if (done) break;
+        if (ew_mono_ns() > deadline) {
+            svc_proc_dump(&e->p);
+            fail_msg("profile_created did not become true within 10 s");
+        }
+        usleep(20000);
+    }
+    /* the registration saga's compensation deactivates the user */
+    ew_user_deactivated d = {.user_id = user_id, .reason = "profile creation failed"};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DEACTIVATED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    for (;;) {
+        http_result r = api(e, "GET", path, NULL, NULL);
+        int done = r.status == 200 && !strcmp(http_member(&r, "status"), "deactivated");
+        http_result_free(&r);
+        if (done) break;
+        if (ew_mono_ns() > deadline) fail_msg("the user was not deactivated within 10 s");
+        usleep(20000);
+    }
+    expect(e, "POST", "/auth/login", "{\"username\":\"ken\",\"password\":\"unix1969\"}", 403, NULL,
+           "deactivated");
+    /* and a password reset is not offered to it */
+    expect(e, "POST", "/auth/password-reset", "{\"email\":\"ken@example.com\"}", 202, NULL, NULL);
+    usleep(200000);
+    assert_int_equal(count_events(e, "password.reset_requested", NULL, NULL), 0);
+    down(e);
+}
+
+static void test_deletion_and_export(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], other[EW_UUID_LEN + 1], tok[64], path[128];
+    register_user(e, "dennis", "dennis@example.com", "cprogramming", user_id);
+    register_user(e, "brian", "brian@example.com", "awkward1977", other);
+    login(e, "{\"username\":\"dennis\",\"password\":\"cprogramming\"}", tok);
+
+    /* export: the service answers with what it holds */
+    ew_error err = {0};
+    char export_id[EW_UUID_LEN + 1];
+    ew_uuid7(export_id);
+    ew_user_data_export_requested x = {.export_id = export_id, .user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DATA_EXPORT_REQUESTED, &x, user_id, &err))
+        fail_msg("%s", err.msg);
+    ew_event *ev = wait_event(e, "user.data_collected", user_id, 1);
+    const ew_user_data_collected *dc = ew_user_data_collected_data(ev);
+    assert_string_equal(dc->export_id, export_id);
+    assert_string_equal(dc->service, "auth-service");
+    assert_non_null(strstr(dc->data, "\"username\":\"dennis\""));
+    assert_non_null(strstr(dc->data, "\"email\":\"dennis@example.com\""));
+    assert_non_null(strstr(dc->data, "\"sessions\":[{"));
+    assert_null(strstr(dc->data, "password_hash"));
+    assert_null(strstr(dc->data, "token_hash"));
+    ew_event *asked;
+    assert_int_equal(count_events(e, "user.data_export_requested", user_id, &asked), 1);
+    assert_string_equal(ew_event_causation_id(ev), ew_event_id(asked));
+    assert_string_equal(ew_event_correlation_id(ev), ew_event_correlation_id(asked));
+    ew_event_unref(asked);
+    ew_event_unref(ev);
+
+    /* deletion: 202, user.deletion_requested, then the service's own handler deletes */
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    http_result r = api(e, "DELETE", path, NULL, tok);
+    assert_int_equal(r.status, 202);
+    char request_id[EW_UUID_LEN + 1];
+    snprintf(request_id, sizeof request_id, "%.36s", http_member(&r, "request_id"));
+    http_result_free(&r);
+    ev = wait_event(e, "user.deletion_requested", user_id, 1);
+    assert_string_equal(ew_user_deletion_requested_data(ev)->request_id, request_id);
+    assert_string_equal(ew_user_deletion_requested_data(ev)->requested_by, user_id);
+    ew_event_unref(ev);
+    ev = wait_event(e, "user.data_deleted", user_id, 1);
+    const ew_user_data_deleted *dd = ew_user_data_deleted_data(ev);
+    assert_string_equal(dd->request_id, request_id);
+    assert_string_equal(dd->service, "auth-service");
+    assert_int_equal(dd->records, 2); /* the user and its session */
+    ew_event_unref(ev);
+    expect(e, "GET", path, NULL, 404, NULL, "no user");
+    expect(e, "POST", "/auth/login", "{\"username\":\"dennis\",\"password\":\"cprogramming\"}", 401,
+           NULL, NULL);
+    /* the other user is untouched */
+    char tok2[64];
+    login(e, "{\"username\":\"brian\",\"password\":\"awkward1977\"}", tok2);
+    down(e);
+}
+
+typedef struct slow_req {
+    env *e;
+    http_result r;
+} slow_req;
+
+static void *register_thread(void *p)
+{
+    slow_req *s = p;
+    s->r = api(s->e, "POST", "/auth/register",
+               "{\"username\":\"late\",\"email\":\"late@example.com\",\"password\":\"in flight\"}",
+               NULL);
+    return NULL;
+}
+
+static void test_sigterm_finishes_the_request_in_flight_and_exits_zero(void **state)
+{
+    /* the real password hash (64 MiB, a noticeable time) keeps the request in flight */
+    static const char *const extra[] = {"AUTH_PASSWORD_HASH=moderate", NULL};
+    env *e = up(extra);
+    slow_req s = {.e = e};
+    pthread_t t;
+    pthread_create(&t, NULL, register_thread, &s);
+    usleep(150000);
+    int64_t t0 = ew_mono_ns();
+    assert_int_equal(svc_proc_signal_wait(&e->p, SIGTERM, 15000), 0);
+    int64_t ms = (ew_mono_ns() - t0) / 1000000;
+    pthread_join(t, NULL);
+    assert_int_equal(e->p.exit_status, 0);
+    assert_int_equal(s.r.status, 201);
+    char user_id[EW_UUID_LEN + 1];
+    snprintf(user_id, sizeof user_id, "%.36s", http_member(&s.r, "user_id"));
+    http_result_free(&s.r);
+    /* its event was published before the service exited */
+    assert_int_equal(count_events(e, "user.registered", user_id, NULL), 1);
+    if (ms > 10000) fail_msg("stopping took %lld ms", (long long)ms);
+    /* started again on the same database, the user is there and the schema is as it was */
+    static const char *const again[] = {NULL};
+    if (svc_proc_start(&e->p, "auth-service", e->dir, again)) fail_msg("no restart");
+    char tok[64];
+    login(e, "{\"username\":\"late\",\"password\":\"in flight\"}", tok);
+    /* an idle service stops at once */
+    assert_int_equal(svc_proc_signal_wait(&e->p, SIGTERM, 10000), 0);
+    assert_int_equal(e->p.exit_status, 0);
+    if (e->p.stop_ms > 3000) fail_msg("an idle service took %lld ms to stop", (long long)e->p.stop_ms);
+    /* SIGINT too */
+    if (svc_proc_start(&e->p, "auth-service", e->dir, again)) fail_msg("no restart");
+    assert_int_equal(svc_proc_signal_wait(&e->p, SIGINT, 10000), 0);
+    assert_int_equal(e->p.exit_status, 0);
+    down(e);
+}
+
+static void test_default_password_hash(void **state)
+{
+    /* AUTH_PASSWORD_HASH unset: libsodium's interactive limits */
+    static const char *const extra[] = {"AUTH_PASSWORD_HASH=interactive", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], tok[64];
+    register_user(e, "alan", "alan@example.com", "enigma1912", user_id);
+    login(e, "{\"email\":\"alan@example.com\",\"password\":\"enigma1912\"}", tok);
+    expect(e, "POST", "/auth/login", "{\"email\":\"alan@example.com\",\"password\":\"enigma1913\"}",
+           401, NULL, "wrong email or password");
+    down(e);
+}
+
+static void test_bad_configuration_stops_at_start(void **state)
+{
+    char dir[256];
+    svc_tmpdir(dir);
+    svc_proc p;
+    static const char *const extra[] = {"HTTP_PORT=http", NULL};
+    assert_int_equal(svc_proc_start(&p, "auth-service", dir, extra), -1);
+    char path[512], text[4096] = "";
+    snprintf(path, sizeof path, "%s/auth-service.stderr", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "HTTP_PORT: 'http' is not a whole number"));
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+
+static void test_on_postgresql(void **state)
+{
+    char msg[256];
+    char *url = ew_test_pg_create(msg, sizeof msg);
+    if (!url) {
+        fprintf(stderr, "skipped: %s\n", msg);
+        skip();
+    }
+    char db[600];
+    snprintf(db, sizeof db, "SERVICE_DB_URL=%s", url);
+    const char *const extra[] = {db, NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], tok[64], path[128];
+    register_user(e, "pguser", "pg@example.com", "postgres15", user_id);
+    expect(e, "POST", "/auth/register",
+           "{\"username\":\"PGUSER\",\"email\":\"x@example.com\",\"password\":\"12345678\"}",
+           409, "username", "taken");
+    login(e, "{\"username\":\"pguser\",\"password\":\"postgres15\"}", tok);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
+    http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"admin\"]}", tok);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    r = api(e, "POST", "/auth/logout", NULL, tok);
+    assert_int_equal(r.status, 204);
+    http_result_free(&r);
+    ew_event_unref(wait_event(e, "user.logged_out", user_id, 1));
+    /* a handler's write in PostgreSQL, in the inbox's transaction */
+    ew_error err = {0};
+    ew_user_profile_created pc = {.user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_PROFILE_CREATED, &pc, user_id, &err))
+        fail_msg("%s", err.msg);
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    int64_t deadline = ew_mono_ns() + 10000000000LL;
+    for (;;) {
+        r = api(e, "GET", path, NULL, NULL);
+        int done = r.status == 200 && !strcmp(http_member(&r, "profile_created"), "true");
+        if (done) assert_string_equal(http_member(&r, "roles"), "[\"user\",\"admin\"]");
+        http_result_free(&r);
+        if (done) break;
+        if (ew_mono_ns() > deadline) fail_msg("profile_created did not become true within 10 s");
+        usleep(20000);
+    }
+    r = api(e, "DELETE", path, NULL, NULL);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    ew_event_unref(wait_event(e, "user.data_deleted", user_id, 1));
+    expect(e, "GET", path, NULL, 404, NULL, "no user");
+    down(e);
+    ew_test_pg_drop(url);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_register_login_logout),
+    cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
+    cmocka_unit_test(test_roles_change),
+    cmocka_unit_test(test_password_reset),
+    cmocka_unit_test(test_handlers_profile_created_and_deactivated),
+    cmocka_unit_test(test_deletion_and_export),
+    cmocka_unit_test(test_sigterm_finishes_the_request_in_flight_and_exits_zero),
+    cmocka_unit_test(test_default_password_hash),
+    cmocka_unit_test(test_bad_configuration_stops_at_start),
+    cmocka_unit_test(test_on_postgresql),
+};
+
+EW_TEST_MAIN(tests)

@@ -1,0 +1,257 @@
+/* Tests of user-service as a process (see test_auth_service.c for the set-up): profiles made on
+ * user.registered, the profile, preferences and verification endpoints, the GDPR handlers, and
+ * the registration flow across two processes: auth-service registers, user-service creates the
+ * profile, auth-service marks it. */
+#include "support/ew_test.h"
+#define SVC_UNDER_TEST "user-service"
+#include "services/svc_env.h"
+#include "eventwire/id.h"
+
+/* Publishes user.registered for a new user and waits for its profile; user_id gets the id. */
+static void new_user(env *e, const char *username, char *user_id)
+{
+    ew_uuid7(user_id);
+    char email[128];
+    snprintf(email, sizeof email, "%s@example.com", username);
+    static const char *const roles[] = {"user"};
+    ew_user_registered d = {.user_id = user_id, .email = email, .username = username,
+                            .roles = {roles, 1}};
+    ew_error err = {0};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    ew_event_unref(wait_event(e, "user.profile_created", user_id, 1));
+}
+
+static void test_profile_is_created_on_registration(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], path[128];
+    new_user(e, "margaret", user_id);
+    ew_event *ev = wait_event(e, "user.profile_created", user_id, 1);
+    assert_string_equal(ew_user_profile_created_data(ev)->display_name, "margaret");
+    assert_string_equal(ew_event_source(ev), "user-service");
+    ew_event *reg;
+    assert_int_equal(count_events(e, "user.registered", user_id, &reg), 1);
+    assert_string_equal(ew_event_causation_id(ev), ew_event_id(reg));
+    ew_event_unref(reg);
+    ew_event_unref(ev);
+    ev = wait_event(e, "user.preferences_updated", user_id, 1);
+    assert_non_null(strstr(ew_user_preferences_updated_data(ev)->preferences, "\"language\":\"en\""));
+    ew_event_unref(ev);
+
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    http_result r = api(e, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "user_id"), user_id);
+    assert_string_equal(http_member(&r, "display_name"), "margaret");
+    assert_string_equal(http_member(&r, "email"), "margaret@example.com");
+    assert_string_equal(http_member(&r, "verified"), "false");
+    assert_string_equal(http_member(&r, "bio"), "(null)");
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/users/%s/preferences", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "preferences"),
+                        "{\"language\":\"en\",\"timezone\":\"UTC\",\"newsletter\":false,"
+                        "\"notifications\":true}");
+    http_result_free(&r);
+
+    /* the same event again (a redelivery the inbox did not see: another id) changes nothing */
+    static const char *const roles[] = {"user"};
+    ew_user_registered d = {.user_id = user_id, .email = "other@example.com",
+                            .username = "margaret", .roles = {roles, 1}};
+    ew_error err = {0};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    char other[EW_UUID_LEN + 1];
+    new_user(e, "katherine", other); /* handled after it, in order */
+    assert_int_equal(count_events(e, "user.profile_created", user_id, NULL), 1);
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_string_equal(http_member(&r, "email"), "margaret@example.com");
+    http_result_free(&r);
+    down(e);
+}
+
+static void test_profile_preferences_and_verification(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], path[128];
+    new_user(e, "hedy", user_id);
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    http_result r = api(e, "PUT", path,
+                        "{\"display_name\":\"Hedy L.\",\"bio\":\"inventor\","
+                        "\"website\":\"https://example.com/hedy\"}",
+                        NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "display_name"), "Hedy L.");
+    assert_string_equal(http_member(&r, "bio"), "inventor");
+    assert_string_equal(http_member(&r, "website"), "https://example.com/hedy");
+    http_result_free(&r);
+    ew_event *ev = wait_event(e, "user.profile_updated", user_id, 1);
+    assert_string_equal(ew_user_profile_updated_data(ev)->changes,
+                        "{\"display_name\":\"Hedy L.\",\"bio\":\"inventor\","
+                        "\"website\":\"https://example.com/hedy\"}");
+    ew_event_unref(ev);
+    /* null clears an optional member */
+    r = api(e, "PUT", path, "{\"bio\":null}", NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "bio"), "(null)");
+    assert_string_equal(http_member(&r, "display_name"), "Hedy L.");
+    http_result_free(&r);
+
+    struct {
+        const char *body, *field, *needle;
+    } bad[] = {
+        {"{}", "(null)", "nothing to change"},
+        {"{\"display_name\":\"\"}", "display_name", "must not be empty"},
+        {"{\"display_name\":null}", "display_name", "must not be empty"},
+        {"{\"display_name\":5}", "display_name", "must be a string"},
+        {"{\"website\":\"ftp://x\"}", "website", "http:// or https://"},
+        {"{\"nickname\":\"x\"}", "nickname", "unknown field"},
+        {"{\"bio\":\"a\\u0001b\"}", "bio", "control characters"},
+        {"{\"display_name\":\"x\",", "(null)", "malformed JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect(e, "PUT", path, bad[i].body, 400, bad[i].field, bad[i].needle);
+    assert_int_equal(count_events(e, "user.profile_updated", user_id, NULL), 2);
+
+    /* preferences */
+    snprintf(path, sizeof path, "/users/%s/preferences", user_id);
+    r = api(e, "PUT", path, "{\"preferences\":{\"language\":\"de\",\"newsletter\":true,\"volume\":7}}",
+            NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "preferences"),
+                        "{\"language\":\"de\",\"newsletter\":true,\"volume\":7}");
+    http_result_free(&r);
+    ev = wait_event(e, "user.preferences_updated", user_id, 2);
+    assert_string_equal(ew_user_preferences_updated_data(ev)->preferences,
+                        "{\"language\":\"de\",\"newsletter\":true,\"volume\":7}");
+    ew_event_unref(ev);
+    struct {
+        const char *body, *needle;
+    } badp[] = {
+        {"{}", "preferences is required"},
+        {"{\"preferences\":[]}", "must be an object"},
+        {"{\"preferences\":{\"Language\":\"de\"}}", "preference names"},
+        {"{\"preferences\":{\"tags\":[1]}}", "must be a string, number"},
+    };
+    for (size_t i = 0; i < sizeof badp / sizeof badp[0]; i++)
+        expect(e, "PUT", path, badp[i].body, 400, "preferences", badp[i].needle);
+
+    /* verification, once */
+    snprintf(path, sizeof path, "/users/%s/verify", user_id);
+    expect(e, "POST", path, "{\"method\":\"Email!\"}", 400, "method", "a-z");
+    r = api(e, "POST", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "method"), "email");
+    http_result_free(&r);
+    ev = wait_event(e, "user.verified", user_id, 1);
+    assert_string_equal(ew_user_verified_data(ev)->method, "email");
+    ew_event_unref(ev);
+    expect(e, "POST", path, "{\"method\":\"phone\"}", 409, NULL, "verified already");
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_string_equal(http_member(&r, "verified"), "true");
+    assert_string_equal(http_member(&r, "verification_method"), "email");
+    http_result_free(&r);
+
+    /* unknown users */
+    expect(e, "GET", "/users/01a21b84-0000-7000-8000-000000000000/profile", NULL, 404, NULL,
+           "no profile");
+    expect(e, "PUT", "/users/01a21b84-0000-7000-8000-000000000000/profile", "{\"bio\":\"x\"}",
+           404, NULL, "no profile");
+    expect(e, "POST", "/users/01a21b84-0000-7000-8000-000000000000/verify", NULL, 404, NULL,
+           "no profile");
+    expect(e, "GET", "/users/nope/profile", NULL, 404, NULL, "no profile");
+    expect(e, "DELETE", path, NULL, 405, NULL, "not allowed");
+    down(e);
+}
+
+static void test_export_and_deletion(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], path[128], id[EW_UUID_LEN + 1];
+    new_user(e, "frances", user_id);
+    ew_error err = {0};
+    ew_uuid7(id);
+    ew_user_data_export_requested x = {.export_id = id, .user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DATA_EXPORT_REQUESTED, &x, user_id, &err))
+        fail_msg("%s", err.msg);
+    ew_event *ev = wait_event(e, "user.data_collected", user_id, 1);
+    const ew_user_data_collected *dc = ew_user_data_collected_data(ev);
+    assert_string_equal(dc->service, "user-service");
+    assert_string_equal(dc->export_id, id);
+    assert_non_null(strstr(dc->data, "\"display_name\":\"frances\""));
+    assert_non_null(strstr(dc->data, "\"preferences\":{\"preferences\":{\"language\":\"en\""));
+    ew_event_unref(ev);
+
+    ew_uuid7(id);
+    ew_user_deletion_requested del = {.request_id = id, .user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DELETION_REQUESTED, &del, user_id, &err))
+        fail_msg("%s", err.msg);
+    ev = wait_event(e, "user.data_deleted", user_id, 1);
+    assert_string_equal(ew_user_data_deleted_data(ev)->service, "user-service");
+    assert_string_equal(ew_user_data_deleted_data(ev)->request_id, id);
+    assert_int_equal(ew_user_data_deleted_data(ev)->records, 2);
+    ew_event_unref(ev);
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    expect(e, "GET", path, NULL, 404, NULL, "no profile");
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.user_preferences WHERE user_id = $1",
+                              user_id),
+                     0);
+    down(e);
+}
+
+/* The registration flow across processes: auth-service → user.registered → user-service →
+ * user.profile_created → auth-service marks the profile created. */
+static void test_registration_flow_across_two_services(void **state)
+{
+    env *e = up(NULL); /* user-service */
+    svc_proc auth;
+    static const char *const none[] = {NULL};
+    if (svc_proc_start(&auth, "auth-service", e->dir, none)) fail_msg("auth-service did not start");
+    http_result r = api_on(&auth, "POST", "/auth/register",
+                           "{\"username\":\"annie\",\"email\":\"annie@example.com\","
+                           "\"password\":\"easley1933\"}",
+                           NULL);
+    assert_int_equal(r.status, 201);
+    char user_id[EW_UUID_LEN + 1], path[128];
+    snprintf(user_id, sizeof user_id, "%.36s", http_member(&r, "user_id"));
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    int64_t deadline = ew_mono_ns() + 15000000000LL;
+    for (;;) {
+        r = api_on(&auth, "GET", path, NULL, NULL);
+        int done = r.status == 200 && !strcmp(http_member(&r, "profile_created"), "true");
+        http_result_free(&r);
+        if (done) break;
+        if (ew_mono_ns() > deadline) {
+            svc_proc_dump(&auth);
+            svc_proc_dump(&e->p);
+            fail_msg("the profile was not marked created within 15 s");
+        }
+        usleep(20000);
+    }
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "display_name"), "annie");
+    http_result_free(&r);
+    /* the deletion reaches both */
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    r = api_on(&auth, "DELETE", path, NULL, NULL);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    ew_event *ev = wait_event(e, "user.data_deleted", user_id, 2);
+    ew_event_unref(ev);
+    svc_proc_stop(&auth);
+    down(e);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_profile_is_created_on_registration),
+    cmocka_unit_test(test_profile_preferences_and_verification),
+    cmocka_unit_test(test_export_and_deletion),
+    cmocka_unit_test(test_registration_flow_across_two_services),
+};
+
+EW_TEST_MAIN(tests)
