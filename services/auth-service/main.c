@@ -107,6 +107,7 @@ int main(int argc, char **argv)
         .nschema = sizeof schema / sizeof schema[0],
         .setup = setup,
         .ud = &a,
+        .sagas = true,
     };
     return svc_main(&def, argc, argv);
 }

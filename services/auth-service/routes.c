@@ -497,8 +497,21 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     ew_password_reset_requested req = {.request_id = request_id, .user_id = ins[1], .email = email};
     ew_password_reset_token_issued iss = {.request_id = request_id, .user_id = ins[1],
                                           .email = email, .token = token, .expires_at = expires};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_REQUESTED, &req, ins[1], &e);
-    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_TOKEN_ISSUED, &iss, ins[1], &e);
+    /* One conversation: the token's event follows from the request's (its correlation id, and
+     * the request as its cause), so what answers the token (the email) is part of it too and
+     * the PasswordReset saga finds it. */
+    ew_event *evs[2] = {NULL, NULL};
+    ew_event_attrs at = {.source = svc_name(a->s), .subject = ins[1]};
+    if (!rc) rc = ew_password_reset_requested_new(&evs[0], &req, &at, &e);
+    if (!rc) {
+        at.correlation_id = ew_event_correlation_id(evs[0]);
+        at.causation_id = ew_event_id(evs[0]);
+        rc = ew_password_reset_token_issued_new(&evs[1], &iss, &at, &e);
+    }
+    for (int i = 0; i < 2 && !rc; i++)
+        rc = ew_outbox_add(t, evs[i], &e);
+    ew_event_unref(evs[0]);
+    ew_event_unref(evs[1]);
     if (rc) ew_txn_rollback(t);
     else rc = svc_commit(a->s, t, &e);
     sodium_memzero(token, sizeof token);

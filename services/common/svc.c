@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include "core/buf.h"
 #include "eventwire/clock.h"
+#include "eventwire/sagas.h"
 
 #define RELAY_BATCH 100
 
@@ -23,6 +24,8 @@ struct svc {
     char *db_url;
     ew_store *db;      /* the service's own database: tables, inbox, outbox */
     ew_store *events;  /* the event store (EVENT_STORE_URL): dead letters */
+    ew_store *saga_db; /* svc_def.sagas: the engine's own handle on the event store */
+    ew_saga_engine *sagas;
     ew_bus *bus;
     ew_http_server *http;
     ew_inbox inner;    /* the database's inbox, which ours wraps */
@@ -384,14 +387,36 @@ static int open_all(svc *s, ew_error *err)
     return ew_http_new(&s->http, &ho, err);
 }
 
+/* The saga engine (svc_def.sagas): its state and the events its transitions issue live in the
+ * event store, whose outbox the engine relays itself. */
+static int sagas_start(svc *s, ew_error *err)
+{
+    ew_store_options so = {.config = s->cfg, .log = lib_log, .log_ud = s};
+    int rc = ew_store_open(&s->saga_db, &so, err);
+    ew_saga_engine_options eo = {
+        .bus = s->bus, .store = s->saga_db, .config = s->cfg, .log = lib_log, .log_ud = s};
+    if (!rc) rc = ew_saga_engine_open(&s->sagas, &eo, err);
+    if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, err);
+    if (!rc) rc = ew_saga_engine_start(s->sagas, err);
+    if (!rc && !ew_saga_engine_enabled(s->sagas))
+        svc_log(s, EW_LOG_INFO, "ENABLE_SAGAS=false: the saga engine does not run");
+    return rc;
+}
+
 static void close_all(svc *s)
 {
     ew_http_free(s->http);
     s->http = NULL;
     relay_stop(s);
+    /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
+    if (s->sagas) ew_saga_engine_stop(s->sagas);
     if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
         svc_log(s, EW_LOG_WARN, "the bus closed with events still pending");
     s->bus = NULL;
+    ew_saga_engine_close(s->sagas);
+    s->sagas = NULL;
+    ew_store_close(s->saga_db);
+    s->saga_db = NULL;
     ew_store_close(s->events);
     ew_store_close(s->db);
     s->events = s->db = NULL;
@@ -447,6 +472,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
     ew_error err = {0};
     int rc = open_all(s, &err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, &err);
+    if (!rc && def->sagas) rc = sagas_start(s, &err);
     if (!rc) rc = relay_start(s, &err);
     if (!rc) rc = ew_bus_start(s->bus, &err);
     if (!rc) rc = ew_http_start(s->http, &err);

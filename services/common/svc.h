@@ -13,6 +13,8 @@
  *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
  *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
  *  4. calls svc_def.setup, which registers the routes (svc_route) and handlers (svc_subscribe);
+ *     with svc_def.sagas, starts the saga engine (saga.h) on a handle of its own on the event
+ *     store, with the three sagas of sagas.h;
  *  5. starts the outbox relay: a thread that publishes what transactions put in the database's
  *     outbox, woken after each commit of svc_commit() or of a handler that used svc_ctx_emit(),
  *     and every OUTBOX_POLL_MS anyway;
@@ -62,6 +64,9 @@ typedef struct svc_def {
     /* Runs once after everything is closed (may be NULL). */
     void (*teardown)(svc *s, void *ud);
     void *ud;
+    /* Hosts the saga engine with the sagas of the reference system (sagas.h), on the event
+     * store (EVENT_STORE_URL), unless ENABLE_SAGAS=false. One service of a system does. */
+    bool sagas;
 } svc_def;
 
 /* Runs the service until SIGTERM or SIGINT; returns the process's exit status: 0 after a clean
