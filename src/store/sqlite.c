@@ -17,7 +17,10 @@
 #include "store/store_impl.h"
 
 #define BUSY_TIMEOUT_MS 10000
-#define EXEC_CACHE 16 /* ew_txn_exec statements kept prepared, by their SQL */
+/* ew_txn_exec statements kept prepared, by a hash of their SQL into this many slots: a service or
+ * the saga engine runs a few dozen distinct statements, and two sharing a slot would be prepared
+ * again at every turn. */
+#define EXEC_CACHE 256
 
 enum {
     S_BEGIN,
