@@ -343,6 +343,24 @@ static void sq_close(void *conn)
     free(c);
 }
 
+/* Another connection holds the write lock: wait for it in short steps. SQLite's own busy timeout
+ * sleeps up to 100 ms at a time once it has waited a little, which is what a commit shared by
+ * several processes (the SQLite bus, the saga engine, the relays) then costs in latency; here a
+ * waiter sleeps 50 us, doubling to 2 ms, and gives up after BUSY_TIMEOUT_MS. */
+static int busy_wait(void *ud, int count)
+{
+    (void)ud;
+    static const int64_t limit_us = (int64_t)BUSY_TIMEOUT_MS * 1000;
+    int64_t slept = 0, step = 50;
+    for (int i = 0; i < count && slept < limit_us; i++) {
+        slept += step;
+        if (step < 2000) step *= 2;
+    }
+    if (slept >= limit_us) return 0;
+    usleep((useconds_t)step);
+    return 1;
+}
+
 static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_error *err)
 {
     if (!*path)
@@ -367,7 +385,7 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
         goto fail;
     }
     sqlite3_extended_result_codes(c->db, 1);
-    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    sqlite3_busy_handler(c->db, busy_wait, NULL);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(c->db, "ATTACH DATABASE ?1 AS event_store", -1, &st, NULL) !=
         SQLITE_OK) {
