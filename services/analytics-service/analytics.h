@@ -12,7 +12,6 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "core/buf.h"
 #include "svc.h"
 
 #define ANALYTICS_SERVICE "analytics-service"
@@ -29,16 +28,10 @@ typedef struct analytics {
 int analytics_routes(analytics *a, ew_error *err);
 int analytics_handlers(analytics *a, ew_error *err);
 
-/* The user's data as analytics-service holds it, appended to b: {"registered_at": ... or null,
- * "events": [{"event_type", "count", "first_at", "last_at"}, ...]}, or {} (and *found false)
- * when it holds nothing (handlers.c). */
-int analytics_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err);
-
-/* Runs a query in t and appends its rows to b as a JSON array of objects, one member per column
- * (text, or null); columns named in ints (NULL-terminated, may be NULL) are written as numbers.
- * *count (may be NULL) gets the number of rows (main.c). */
-int analytics_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                        const char *const *ints, ew_buf *b, size_t *count, ew_error *err);
+/* The user's data as analytics-service holds it (handlers.c): {"registered_at": ... or null,
+ * "events": [{"event_type", "count", "first_at", "last_at"}, ...]}, or {} when it holds nothing;
+ * the runtime answers the GDPR events from it, GET /stats/users/{user_id} serves it. */
+extern const svc_gdpr analytics_gdpr;
 
 /* The erasure key of a user id: 64 hex digits of BLAKE2b-256 (main.c). */
 void analytics_user_hash(const char *user_id, char out[65]);

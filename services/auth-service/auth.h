@@ -23,9 +23,13 @@ typedef struct auth {
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified against for unknown users */
 } auth;
 
-/* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
+/* Registers the HTTP routes (routes.c) and the event handlers (handlers.c). */
 int auth_routes(auth *a, ew_error *err);
 int auth_handlers(auth *a, ew_error *err);
+
+/* The user's data as auth-service holds it (handlers.c): {"user": {...} or null, "sessions": [...],
+ * "password_resets": [...]}; the runtime answers the GDPR events from it. */
+extern const svc_gdpr auth_gdpr;
 
 /* A secret token for the client (43 characters of URL-safe base64 for 32 random bytes) and the
  * hash that is stored instead (64 hex digits of BLAKE2b-256). */

@@ -1,5 +1,4 @@
 /* auth-service: the process. Its tables, its settings, and the runtime (services/common). */
-#include <stdio.h>
 #include <string.h>
 #include "auth.h"
 #include "eventwire/clock.h"
@@ -95,10 +94,6 @@ static int setup(svc *s, void *ud, ew_error *err)
 
 int main(int argc, char **argv)
 {
-    if (sodium_init() < 0) {
-        fprintf(stderr, "%s: libsodium cannot be initialised\n", AUTH_SERVICE);
-        return 1;
-    }
     static auth a;
     svc_def def = {
         .name = AUTH_SERVICE,
@@ -108,6 +103,7 @@ int main(int argc, char **argv)
         .setup = setup,
         .ud = &a,
         .sagas = true,
+        .gdpr = &auth_gdpr,
     };
     return svc_main(&def, argc, argv);
 }

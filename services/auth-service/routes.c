@@ -207,8 +207,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     ew_user_registered ev = {.user_id = user_id, .email = email, .username = username,
                              .roles = {roles, 1}};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_REGISTERED, &ev, user_id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
 failed:
     free(roles_json);
     sodium_memzero(hash, sizeof hash);
@@ -309,8 +308,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_user_logged_in ev = {.user_id = user_id, .session_id = session_id,
                             .ip_address = *ip ? ip : NULL, .user_agent = ua ? agent : NULL};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_IN, &ev, user_id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
         svc_reply_failure(a->s, res, "logging in", &e);
@@ -363,8 +361,7 @@ static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
     }
     ew_user_logged_out ev = {.user_id = row.v[1], .session_id = row.v[0]};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_OUT, &ev, row.v[1], &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
     svc_row_free(&row);
 failed:
     if (rc) {
@@ -431,8 +428,7 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                                .previous_roles = {prev, nprev},
                                .changed_by = who > 0 ? by : NULL};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
         svc_reply_failure(a->s, res, "changing roles", &e);
@@ -512,8 +508,7 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
         rc = ew_outbox_add(t, evs[i], &e);
     ew_event_unref(evs[0]);
     ew_event_unref(evs[1]);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
     sodium_memzero(token, sizeof token);
 failed:
     if (rc) {
@@ -593,8 +588,7 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
                          u2, 2, NULL, &e);
     ew_password_reset_completed ev = {.request_id = request_id, .user_id = user_id};
     if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_COMPLETED, &ev, user_id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
 failed:
     sodium_memzero(pwhash, sizeof pwhash);
     if (rc) {
@@ -687,8 +681,7 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
                                      .reason = reason && *reason ? reason : NULL,
                                      .requested_by = who > 0 ? by : NULL};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(a->s, t, &e);
+    rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
         svc_reply_failure(a->s, res, "requesting the deletion", &e);
@@ -702,11 +695,7 @@ failed:
 
 int auth_routes(auth *a, ew_error *err)
 {
-    struct {
-        const char *route;
-        unsigned flags;
-        ew_http_handler fn;
-    } r[] = {
+    static const svc_http_route routes[] = {
         {"POST /auth/register", EW_HTTP_JSON, h_register},
         {"POST /auth/login", EW_HTTP_JSON, h_login},
         {"POST /auth/logout", 0, h_logout},
@@ -716,9 +705,5 @@ int auth_routes(auth *a, ew_error *err)
         {"GET /auth/users/{id}", 0, h_user},
         {"DELETE /auth/users/{id}", 0, h_delete},
     };
-    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
-        int rc = svc_route(a->s, r[i].route, r[i].flags, r[i].fn, a, err);
-        if (rc) return rc;
-    }
-    return 0;
+    return svc_route_all(a->s, routes, sizeof routes / sizeof routes[0], a, err);
 }

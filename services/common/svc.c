@@ -5,11 +5,13 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "core/buf.h"
@@ -71,9 +73,33 @@ static void lib_log(void *ud, ew_log_level lv, const char *msg) { svc_log(ud, lv
 /* ---- accessors ----------------------------------------------------------------------------- */
 
 const char *svc_name(const svc *s) { return s->def->name; }
+const svc_def *svc_definition(const svc *s)
+{
+    return s->def;
+}
 const ew_config *svc_config(const svc *s) { return s->cfg; }
 ew_store *svc_db(svc *s) { return s->db; }
 ew_bus *svc_bus(svc *s) { return s->bus; }
+const char *svc_db_url(const svc *s)
+{
+    return s->db_url;
+}
+
+int svc_mkdirs(const char *path)
+{
+    char p[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof p) return -1;
+    memcpy(p, path, n + 1);
+    for (char *c = p + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = '\0';
+        if (mkdir(p, 0700) && errno != EEXIST) return -1;
+        *c = '/';
+    }
+    if (mkdir(p, 0700) && errno != EEXIST) return -1;
+    return 0;
+}
 
 int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
               ew_error *err)
@@ -85,6 +111,24 @@ int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_er
 {
     ew_subscribe_opts o = {.group = s->def->name, .name = pattern};
     return ew_bus_subscribe(s->bus, pattern, fn, ud, &o, err);
+}
+
+int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = svc_route(s, routes[i].route, routes[i].flags, routes[i].fn, ud, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = svc_subscribe(s, subs[i].pattern, subs[i].fn, ud, err);
+        if (rc) return rc;
+    }
+    return 0;
 }
 
 /* ---- the relay ----------------------------------------------------------------------------- */
@@ -230,6 +274,13 @@ int svc_commit(svc *s, ew_txn *t, ew_error *err)
     return rc;
 }
 
+int svc_finish(svc *s, ew_txn *t, int rc, ew_error *err)
+{
+    if (!rc) return svc_commit(s, t, err);
+    ew_txn_rollback(t);
+    return rc;
+}
+
 int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
                  const char *subject, ew_error *err)
 {
@@ -242,6 +293,37 @@ int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
     int rc = emit(t, type, data, &a, err);
     if (!rc) tl_emitted = 1;
     return rc;
+}
+
+/* ---- in event handlers --------------------------------------------------------------------- */
+
+ew_handler_result svc_retry(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err)
+{
+    ew_ctx_set_error(ctx, "%s: %s", what, err->msg[0] ? err->msg : ew_strerror(err->code));
+    svc_log(s, EW_LOG_WARN, "%s: %s (will retry)", what, err->msg);
+    return EW_HANDLER_RETRY;
+}
+
+ew_handler_result svc_failed(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err)
+{
+    (void)s;
+    ew_ctx_set_error(ctx, "%s: %s", what, err->msg);
+    return ew_err_retriable(err->code) ? EW_HANDLER_RETRY : EW_HANDLER_FAIL;
+}
+
+ew_handler_result svc_not_mine(ew_handler_ctx *ctx, const ew_event *ev)
+{
+    ew_ctx_set_error(ctx, "unexpected event type %s", ew_event_type(ev));
+    return EW_HANDLER_FAIL;
+}
+
+ew_handler_result svc_ctx_emit_or_retry(svc *s, ew_handler_ctx *ctx, ew_type_id type,
+                                        const void *data, const char *subject)
+{
+    ew_error e = {0};
+    if (svc_ctx_emit(s, ctx, type, data, subject, &e))
+        return svc_retry(s, ctx, "emitting an event", &e);
+    return EW_HANDLER_OK;
 }
 
 /* ---- rows ---------------------------------------------------------------------------------- */
@@ -448,6 +530,10 @@ int svc_main(const svc_def *def, int argc, char **argv)
         usage(def, stderr);
         return 2;
     }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "%s: libsodium cannot be initialised\n", def->name);
+        return 1;
+    }
     /* Every thread started from here on inherits the blocked signals: only sigwait() below
      * sees SIGTERM and SIGINT. */
     sigset_t sigs;
@@ -472,6 +558,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
     ew_error err = {0};
     int rc = open_all(s, &err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, &err);
+    if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, &err);
     if (!rc && def->sagas) rc = sagas_start(s, &err);
     if (!rc) rc = relay_start(s, &err);
     if (!rc) rc = ew_bus_start(s->bus, &err);

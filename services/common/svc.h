@@ -13,8 +13,8 @@
  *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
  *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
  *  4. calls svc_def.setup, which registers the routes (svc_route) and handlers (svc_subscribe);
- *     with svc_def.sagas, starts the saga engine (saga.h) on a handle of its own on the event
- *     store, with the three sagas of sagas.h;
+ *     with svc_def.gdpr, subscribes the answers to the GDPR events; with svc_def.sagas, starts the
+ * saga engine (saga.h) on a handle of its own on the event store, with the three sagas of sagas.h;
  *  5. starts the outbox relay: a thread that publishes what transactions put in the database's
  *     outbox, woken after each commit of svc_commit() or of a handler that used svc_ctx_emit(),
  *     and every OUTBOX_POLL_MS anyway;
@@ -50,8 +50,10 @@
 #include "eventwire/config.h"
 #include "eventwire/http.h"
 #include "eventwire/store.h"
+#include "core/buf.h"
 
 typedef struct svc svc;
+typedef struct svc_gdpr svc_gdpr;
 
 typedef struct svc_def {
     const char *name;           /* "auth-service": SERVICE_NAME, its events' source, its group */
@@ -67,11 +69,15 @@ typedef struct svc_def {
     /* Hosts the saga engine with the sagas of the reference system (sagas.h), on the event
      * store (EVENT_STORE_URL), unless ENABLE_SAGAS=false. One service of a system does. */
     bool sagas;
+    /* The user's data the service holds (may be NULL): after setup the runtime subscribes
+     * user.data_export_requested and user.deletion_requested and answers them from it (see
+     * "the user's data" below). */
+    const svc_gdpr *gdpr;
 } svc_def;
 
 /* Runs the service until SIGTERM or SIGINT; returns the process's exit status: 0 after a clean
  * stop, 1 when it could not start (the reason on stderr), 2 for a bad argument. argv may hold
- * --help. */
+ * --help. Initialises libsodium first. */
 int svc_main(const svc_def *def, int argc, char **argv);
 
 /* ---- in setup ------------------------------------------------------------------------------ */
@@ -84,12 +90,33 @@ int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, voi
  * in the inbox's transaction (ew_ctx_txn). */
 int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err);
 
+/* A table of routes, or of handlers: svc_route, or svc_subscribe, for each, with the same ud;
+ * stops at the first failure. */
+typedef struct svc_http_route {
+    const char *route;
+    unsigned flags;
+    ew_http_handler fn;
+} svc_http_route;
+int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err);
+
+typedef struct svc_handler {
+    const char *pattern;
+    ew_handler_fn fn;
+} svc_handler;
+int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_error *err);
+
 /* ---- anywhere ------------------------------------------------------------------------------ */
 
 const char *svc_name(const svc *s);
+const svc_def *svc_definition(const svc *s);
 const ew_config *svc_config(const svc *s);
 ew_store *svc_db(svc *s);
 ew_bus *svc_bus(svc *s);
+/* SERVICE_DB_URL with {SERVICE_NAME} replaced: the database the runtime opened. */
+const char *svc_db_url(const svc *s);
+
+/* mkdir -p, mode 0700: 0, or -1 with errno set. */
+int svc_mkdirs(const char *path);
 
 /* Logs to stderr as "NAME: level: message" (debug is not printed). */
 void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -106,11 +133,32 @@ int svc_emit(svc *s, ew_txn *t, ew_type_id type, const void *data, const char *s
 /* Commits t and wakes the relay. On failure t is rolled back. */
 int svc_commit(svc *s, ew_txn *t, ew_error *err);
 
+/* Ends t as rc says: svc_commit when rc is 0, else a rollback. Returns rc, or the commit's. */
+int svc_finish(svc *s, ew_txn *t, int rc, ew_error *err);
+
 /* In an event handler: adds a follow-up event (ew_ctx_follow_up_attrs: correlation and
  * causation from the handled event) to the outbox in the inbox's transaction; it is published
  * when the handler returned ok and the transaction committed. */
 int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
                  const char *subject, ew_error *err);
+
+/* ---- in event handlers --------------------------------------------------------------------- */
+
+/* What a handler answers for a failure (of the database, of the outbox): "what: message" as the
+ * delivery's error, and
+ *   svc_retry:  retry, after a warning in the log;
+ *   svc_failed: retry when err's code is retriable (ew_err_retriable), else fail. */
+typedef ew_handler_result (*svc_failure_fn)(svc *s, ew_handler_ctx *ctx, const char *what,
+                                            const ew_error *err);
+ew_handler_result svc_retry(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
+ew_handler_result svc_failed(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
+
+/* An event whose data is not of the type the handler was subscribed to: fail. */
+ew_handler_result svc_not_mine(ew_handler_ctx *ctx, const ew_event *ev);
+
+/* svc_ctx_emit; on failure svc_retry(..., "emitting an event", ...). */
+ew_handler_result svc_ctx_emit_or_retry(svc *s, ew_handler_ctx *ctx, ew_type_id type,
+                                        const void *data, const char *subject);
 
 /* ---- reading rows -------------------------------------------------------------------------- */
 
@@ -128,6 +176,83 @@ typedef struct svc_row {
 int svc_query_row(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
                   svc_row *row, ew_error *err);
 void svc_row_free(svc_row *row);
+
+/* ---- rows as JSON (svc_rows.c) ------------------------------------------------------------- */
+
+/* How a row is written as a JSON object: one member per column, its value a string (null for
+ * SQL NULL), except for the columns named in (NULL-terminated lists, each may be NULL)
+ *   ints:  a number, when the text is an integer;
+ *   bools: true or false ("0" is false);
+ *   json:  as it is, when the text is a JSON array or object. */
+typedef struct svc_cols {
+    const char *const *ints;
+    const char *const *bools;
+    const char *const *json;
+} svc_cols;
+
+/* Appends r to b as a JSON object; cols may be NULL (every value a string). */
+void svc_row_json(ew_buf *b, const ew_row *r, const svc_cols *cols);
+
+/* Runs a query in t and appends its rows to b as a JSON array of objects (svc_row_json). *count
+ * (may be NULL) gets the number of rows. */
+int svc_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
+                  const svc_cols *cols, ew_buf *b, size_t *count, ew_error *err);
+
+/* ---- the user's data: GDPR exports and deletions (svc_gdpr.c) ------------------------------ */
+/* A service describes the data it holds about a user as data (svc_def.gdpr); the runtime then
+ * answers
+ *   user.data_export_requested  with user.data_collected: the parts, as one JSON object;
+ *   user.deletion_requested     by running the deletes (and the service's hooks) in the inbox's
+ *                               transaction, with user.data_deleted: the rows deleted. */
+
+enum {
+    SVC_GDPR_ROWS,  /* every row: an array of objects */
+    SVC_GDPR_ROW,   /* the first row: an object, or null */
+    SVC_GDPR_VALUE, /* the first row's first column: a string, or null */
+};
+
+typedef struct svc_gdpr_part {
+    const char *key; /* its member of the user's data */
+    int kind;        /* SVC_GDPR_ROWS, _ROW or _VALUE */
+    const char *sql; /* $1: the user id */
+    svc_cols cols;
+} svc_gdpr_part;
+
+/* The hooks get svc_def.ud as ud. */
+struct svc_gdpr {
+    /* The members of the user's data, in order; the last part is {0}. */
+    const svc_gdpr_part *parts;
+    /* The data is {} when no part has a row (else every member is there, null or []). */
+    bool empty_is_nothing;
+    /* DELETE statements ($1: the user id), NULL-terminated, run in order; the rows they delete
+     * are the records of user.data_deleted. */
+    const char *const *deletes;
+    /* What lives outside the database (may be NULL): a query ($1: the user id) for its names,
+     * run before the deletes; once they worked, forget() gets each name. */
+    const char *leftovers;
+    void (*forget)(svc *s, void *ud, const char *name);
+    /* Runs after the deletes, in their transaction (may be NULL). */
+    int (*after_delete)(svc *s, void *ud, ew_txn *t, const char *user_id, ew_error *err);
+    /* Runs before the data is collected for an export, in the handler's transaction (may be
+     * NULL); anything but ok is the handler's result. */
+    ew_handler_result (*before_export)(svc *s, void *ud, const ew_event *ev, ew_handler_ctx *ctx);
+    /* What a failure answers: svc_retry (also when NULL) or svc_failed. */
+    svc_failure_fn failure;
+};
+
+/* Subscribes the two handlers for svc_def.gdpr (svc_main does, after setup). */
+int svc_gdpr_subscribe(svc *s, ew_error *err);
+
+/* The user's data as the service holds it, appended to b (the object described above); *found
+ * says whether any part has a row. */
+int svc_user_data(ew_txn *t, const svc_gdpr *g, const char *user_id, ew_buf *b, bool *found,
+                  ew_error *err);
+
+/* An HTTP handler's whole answer for the service's data about the path's {user_id}: 400 when it
+ * is not a UUID, 404 when the service holds nothing, else 200 {"user_id": ..., <the data's
+ * members>}; what names the request in failures. */
+void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *res,
+                         const char *what);
 
 /* ---- answering ----------------------------------------------------------------------------- */
 

@@ -22,7 +22,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include "core/buf.h"
 #include "svc.h"
 
 #define EXPORT_SERVICE "export-service"
@@ -73,15 +72,10 @@ int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *n
 /* handlers.c: the names of the services that answered export_id, in order, into l. */
 int export_answered(ew_txn *t, const char *export_id, export_names *l, ew_error *err);
 
-/* handlers.c: the user's data as export-service holds it, appended to b: {"exports": [...]}, or
- * {} (and *found false) when it holds nothing. */
-int export_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err);
-
-/* main.c: runs a query in t and appends its rows to b as a JSON array of objects, one member per
- * column (text, or null); columns named in ints (NULL-terminated, may be NULL) are written as
- * numbers. *count (may be NULL) gets the number of rows. */
-int export_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                     const char *const *ints, ew_buf *b, size_t *count, ew_error *err);
+/* handlers.c: the user's data as export-service holds it: {"exports": [...]}, or {} when it
+ * holds nothing; the runtime answers the GDPR events from it, opening an export that came from
+ * elsewhere than POST /exports first, and removing the user's documents with their rows. */
+extern const svc_gdpr export_gdpr;
 
 /* The path of an export's document. */
 void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);

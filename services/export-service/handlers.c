@@ -1,43 +1,21 @@
 /* export-service: the event handlers, each in the inbox's transaction, and the two ends of an
  * export: completion (all answered) and failure (deadline passed).
  *
+ *  user.data_collected         records an answer; the last expected one completes the export
+ *
+ * and the runtime answers the GDPR events from export_gdpr (svc.h):
  *  user.data_export_requested  opens the export when it came from elsewhere than POST /exports,
  *                              and answers for export-service itself
- *  user.data_collected         records an answer; the last expected one completes the export
  *  user.deletion_requested     deletes the user's exports, their answers and files */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "export.h"
-
-static ew_handler_result retry_db(exporter *x, ew_handler_ctx *ctx, const char *what,
-                                  const ew_error *e)
-{
-    ew_ctx_set_error(ctx, "%s: %s", what, e->msg[0] ? e->msg : ew_strerror(e->code));
-    svc_log(x->s, EW_LOG_WARN, "%s: %s (will retry)", what, e->msg);
-    return EW_HANDLER_RETRY;
-}
-
-static ew_handler_result not_mine(ew_handler_ctx *ctx, const ew_event *ev)
-{
-    ew_ctx_set_error(ctx, "unexpected event type %s", ew_event_type(ev));
-    return EW_HANDLER_FAIL;
-}
-
-static ew_handler_result emit(exporter *x, ew_handler_ctx *ctx, ew_type_id type, const void *data,
-                              const char *subject)
-{
-    ew_error e = {0};
-    if (svc_ctx_emit(x->s, ctx, type, data, subject, &e))
-        return retry_db(x, ctx, "emitting an event", &e);
-    return EW_HANDLER_OK;
-}
 
 static void time_text(int64_t offset_s, char out[EW_TIME_LEN + 1])
 {
@@ -207,7 +185,7 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
     export_names expected, answered;
     if (export_names_parse(&expected, expected_csv)) expected.n = 0;
     if (export_answered(t, export_id, &answered, &e))
-        return retry_db(x, ctx, "reading an export's answers", &e);
+        return svc_retry(x->s, ctx, "reading an export's answers", &e);
     for (size_t i = 0; i < expected.n; i++)
         if (!export_names_has(&answered, expected.name[i])) return EW_HANDLER_OK; /* not yet */
 
@@ -227,7 +205,7 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
                     " finished_at = $2, download_url = $3, expires_at = $4, file_name = $5"
                     " WHERE export_id = $1 AND status = 'pending'",
                     pu, 5, &changes, &e))
-        return retry_db(x, ctx, "completing an export", &e);
+        return svc_retry(x->s, ctx, "completing an export", &e);
     if (changes != 1) return EW_HANDLER_OK; /* failed or completed meanwhile */
 
     /* the document: {export_id, user_id, created_at, completed_at, services: {name: data}} */
@@ -247,7 +225,7 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
                      " ORDER BY service",
                      p, 1, doc_member, &d, &e)) {
         ew_buf_release(&b);
-        return retry_db(x, ctx, "reading an export's answers", &e);
+        return svc_retry(x->s, ctx, "reading an export's answers", &e);
     }
     ew_buf_puts(&b, "}}\n");
     char path[4200], why[512];
@@ -263,13 +241,14 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
     /* the copies now live in the document only, until its link expires */
     if (ew_txn_exec(t, "UPDATE event_store.export_answers SET data = '{}' WHERE export_id = $1", p,
                     1, NULL, &e))
-        return retry_db(x, ctx, "completing an export", &e);
+        return svc_retry(x->s, ctx, "completing an export", &e);
     ew_user_data_export_completed c = {.export_id = export_id,
                                        .user_id = user_id,
                                        .download_url = url,
                                        .expires_at = expires,
                                        .services = {answered.name, answered.n}};
-    ew_handler_result r = emit(x, ctx, EW_T_USER_DATA_EXPORT_COMPLETED, &c, user_id);
+    ew_handler_result r =
+        svc_ctx_emit_or_retry(x->s, ctx, EW_T_USER_DATA_EXPORT_COMPLETED, &c, user_id);
     if (r == EW_HANDLER_OK)
         svc_log(x->s, EW_LOG_INFO, "export %s completed: %zu services, %s", export_id, answered.n,
                 path);
@@ -282,7 +261,7 @@ static ew_handler_result on_collected(const ew_event *ev, ew_handler_ctx *ctx, v
 {
     exporter *x = ud;
     const ew_user_data_collected *d = ew_user_data_collected_data(ev);
-    if (!d) return not_mine(ctx, ev);
+    if (!d) return svc_not_mine(ctx, ev);
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
     const char *p[] = {d->export_id};
@@ -291,7 +270,7 @@ static ew_handler_result on_collected(const ew_event *ev, ew_handler_ctx *ctx, v
                       "SELECT user_id, status, expected, created_at"
                       " FROM event_store.export_requests WHERE export_id = $1",
                       p, 1, &r, &e))
-        return retry_db(x, ctx, "reading an export", &e);
+        return svc_retry(x->s, ctx, "reading an export", &e);
     ew_handler_result res = EW_HANDLER_OK;
     if (!r.found) {
         svc_log(x->s, EW_LOG_INFO, "answer of %s for unknown export %s: ignored", d->service,
@@ -311,7 +290,7 @@ static ew_handler_result on_collected(const ew_event *ev, ew_handler_ctx *ctx, v
                         " (export_id, service, data, received_at) VALUES ($1, $2, $3, $4)"
                         " ON CONFLICT (export_id, service) DO NOTHING",
                         pa, 4, NULL, &e))
-            res = retry_db(x, ctx, "recording an answer", &e);
+            res = svc_retry(x->s, ctx, "recording an answer", &e);
         else
             res = maybe_complete(x, ctx, d->export_id, r.v[0], r.v[2], r.v[3]);
     }
@@ -319,19 +298,18 @@ static ew_handler_result on_collected(const ew_event *ev, ew_handler_ctx *ctx, v
     return res;
 }
 
-/* ---- user.data_export_requested -------------------------------------------------------------- */
+/* ---- GDPR: the runtime answers from this ---------------------------------------------------- */
 
-static ew_handler_result on_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+/* user.data_export_requested, before export-service's own share is collected: POST /exports made
+ * the row already; an export requested by another service starts here. */
+static ew_handler_result open_export(svc *s, void *ud, const ew_event *ev, ew_handler_ctx *ctx)
 {
     exporter *x = ud;
     const ew_user_data_export_requested *d = ew_user_data_export_requested_data(ev);
-    if (!d) return not_mine(ctx, ev);
-    ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
     char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];
     time_text(0, now);
     time_text(x->timeout_s, deadline);
-    /* POST /exports made the row already; an export requested by another service starts here */
     const char *pi[] = {d->export_id,
                         d->user_id,
                         d->requested_by,
@@ -339,144 +317,54 @@ static ew_handler_result on_requested(const ew_event *ev, ew_handler_ctx *ctx, v
                         now,
                         deadline,
                         ew_event_correlation_id(ev)};
-    if (ew_txn_exec(t,
+    if (ew_txn_exec(ew_ctx_txn(ctx),
                     "INSERT INTO event_store.export_requests (export_id, user_id, requested_by,"
                     " status, expected, created_at, deadline_at, correlation_id)"
                     " VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7)"
                     " ON CONFLICT (export_id) DO NOTHING",
                     pi, 7, NULL, &e))
-        return retry_db(x, ctx, "opening an export", &e);
-    /* export-service's own share: the user's exports */
-    ew_buf b;
-    ew_buf_init(&b);
-    bool found = false;
-    if (export_user_json(t, d->user_id, &b, &found, &e)) {
-        ew_buf_release(&b);
-        return retry_db(x, ctx, "collecting a user's data", &e);
-    }
-    ew_user_data_collected c = {.export_id = d->export_id,
-                                .user_id = d->user_id,
-                                .service = svc_name(x->s),
-                                .data = b.data};
-    ew_handler_result r = emit(x, ctx, EW_T_USER_DATA_COLLECTED, &c, d->user_id);
-    ew_buf_release(&b);
-    return r;
+        return svc_retry(s, ctx, "opening an export", &e);
+    return EW_HANDLER_OK;
 }
 
-int export_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err)
+/* user.deletion_requested, once the rows are gone: the documents go too. */
+static void remove_document(svc *s, void *ud, const char *file_name)
 {
-    const char *p[] = {user_id};
-    ew_buf rows;
-    ew_buf_init(&rows);
-    size_t n = 0;
-    int rc = export_rows_json(t,
-                              "SELECT export_id, status, requested_by, created_at, finished_at,"
-                              " expires_at FROM event_store.export_requests WHERE user_id = $1"
-                              " ORDER BY created_at, export_id",
-                              p, 1, NULL, &rows, &n, err);
-    if (!rc) {
-        *found = n > 0;
-        if (n) {
-            ew_buf_puts(b, "{\"exports\":");
-            ew_buf_append(b, rows.data, rows.len);
-            ew_buf_putc(b, '}');
-        } else {
-            ew_buf_puts(b, "{}");
-        }
-        if (b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    }
-    ew_buf_release(&rows);
-    return rc;
+    char path[4200];
+    export_file_path(ud, file_name, path, sizeof path);
+    if (unlink(path) && errno != ENOENT)
+        svc_log(s, EW_LOG_WARN, "cannot remove %s: %s", path, strerror(errno));
 }
 
-/* ---- user.deletion_requested ----------------------------------------------------------------- */
-
-typedef struct files {
-    char **name;
-    size_t n, cap;
-    int oom;
-} files;
-
-static int add_file(void *ud, const ew_row *r)
-{
-    files *f = ud;
-    if (!r->values[0]) return 0;
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 8;
-        char **p = realloc(f->name, cap * sizeof *p);
-        if (!p) {
-            f->oom = 1;
-            return 1;
-        }
-        f->name = p;
-        f->cap = cap;
-    }
-    if (!(f->name[f->n] = strdup(r->values[0]))) {
-        f->oom = 1;
-        return 1;
-    }
-    f->n++;
-    return 0;
-}
-
-static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
-{
-    exporter *x = ud;
-    const ew_user_deletion_requested *d = ew_user_deletion_requested_data(ev);
-    if (!d) return not_mine(ctx, ev);
-    ew_txn *t = ew_ctx_txn(ctx);
-    const char *p[] = {d->user_id};
-    files f = {0};
-    int64_t answers = 0, exports = 0;
-    ew_error e = {0};
-    int rc = ew_txn_query(t,
-                          "SELECT file_name FROM event_store.export_requests"
-                          " WHERE user_id = $1 AND file_name IS NOT NULL",
-                          p, 1, add_file, &f, &e);
-    if (!rc && f.oom) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
-    if (!rc)
-        rc = ew_txn_exec(t,
-                         "DELETE FROM event_store.export_answers WHERE export_id IN"
-                         " (SELECT export_id FROM event_store.export_requests WHERE user_id = $1)",
-                         p, 1, &answers, &e);
-    if (!rc)
-        rc = ew_txn_exec(t, "DELETE FROM event_store.export_requests WHERE user_id = $1", p, 1,
-                         &exports, &e);
-    if (!rc)
-        for (size_t i = 0; i < f.n; i++) {
-            char path[4200];
-            export_file_path(x, f.name[i], path, sizeof path);
-            if (unlink(path) && errno != ENOENT)
-                svc_log(x->s, EW_LOG_WARN, "cannot remove %s: %s", path, strerror(errno));
-        }
-    for (size_t i = 0; i < f.n; i++)
-        free(f.name[i]);
-    free(f.name);
-    if (rc) return retry_db(x, ctx, "deleting a user's data", &e);
-    ew_user_data_deleted dd = {.request_id = d->request_id,
-                               .user_id = d->user_id,
-                               .service = svc_name(x->s),
-                               .records = answers + exports};
-    ew_handler_result r = emit(x, ctx, EW_T_USER_DATA_DELETED, &dd, d->user_id);
-    if (r == EW_HANDLER_OK)
-        svc_log(x->s, EW_LOG_INFO, "deleted user %s: %lld records (request %s)", d->user_id,
-                (long long)(answers + exports), d->request_id);
-    return r;
-}
+const svc_gdpr export_gdpr = {
+    .parts =
+        (const svc_gdpr_part[]){
+            {.key = "exports",
+             .kind = SVC_GDPR_ROWS,
+             .sql = "SELECT export_id, status, requested_by, created_at, finished_at,"
+                    " expires_at FROM event_store.export_requests WHERE user_id = $1"
+                    " ORDER BY created_at, export_id"},
+            {0},
+        },
+    .empty_is_nothing = true,
+    .deletes =
+        (const char *const[]){
+            "DELETE FROM event_store.export_answers WHERE export_id IN"
+            " (SELECT export_id FROM event_store.export_requests WHERE user_id = $1)",
+            "DELETE FROM event_store.export_requests WHERE user_id = $1",
+            NULL,
+        },
+    .leftovers = "SELECT file_name FROM event_store.export_requests"
+                 " WHERE user_id = $1 AND file_name IS NOT NULL",
+    .forget = remove_document,
+    .before_export = open_export,
+    .failure = svc_retry,
+};
 
 int export_handlers(exporter *x, ew_error *err)
 {
-    static const struct {
-        const char *type;
-        ew_handler_fn fn;
-    } subs[] = {
-        {"user.data_export_requested", on_requested},
+    static const svc_handler subs[] = {
         {"user.data_collected", on_collected},
-        {"user.deletion_requested", on_deletion_requested},
     };
-    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
-        int rc = svc_subscribe(x->s, subs[i].type, subs[i].fn, x, err);
-        if (rc) return rc;
-    }
-    return 0;
+    return svc_subscribe_all(x->s, subs, sizeof subs / sizeof subs[0], x, err);
 }

@@ -64,12 +64,7 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
     }
     if (!rc) rc = ew_outbox_add(t, ev, &e);
     ew_event_unref(ev);
-    if (rc) {
-        ew_txn_rollback(t);
-        svc_reply_failure(x->s, res, "requesting an export", &e);
-        return;
-    }
-    if (svc_commit(x->s, t, &e)) {
+    if (svc_finish(x->s, t, rc, &e)) {
         svc_reply_failure(x->s, res, "requesting an export", &e);
         return;
     }
@@ -105,11 +100,11 @@ static void list_exports(const ew_http_request *rq, ew_http_response *res, void 
     ew_buf rows;
     ew_buf_init(&rows);
     const char *p[] = {user_id};
-    int rc = export_rows_json(t,
-                              "SELECT export_id, status, created_at, deadline_at, finished_at,"
-                              " download_url, expires_at FROM event_store.export_requests"
-                              " WHERE user_id = $1 ORDER BY created_at, export_id",
-                              p, 1, NULL, &rows, NULL, &e);
+    int rc = svc_rows_json(t,
+                           "SELECT export_id, status, created_at, deadline_at, finished_at,"
+                           " download_url, expires_at FROM event_store.export_requests"
+                           " WHERE user_id = $1 ORDER BY created_at, export_id",
+                           p, 1, NULL, &rows, NULL, &e);
     ew_txn_rollback(t);
     if (rc) {
         svc_reply_failure(x->s, res, "listing exports", &e);
@@ -142,19 +137,30 @@ enum {
     " expires_at, file_name, reason, requested_by FROM event_store.export_requests"                \
     " WHERE export_id = $1"
 
+/* The {export_id} of the path, checked, the time now, and a transaction to read the export in:
+ * 0, or -1 after answering. */
+static int begin_read(exporter *x, const ew_http_request *rq, ew_http_response *res,
+                      const char **id, char now[EW_TIME_LEN + 1], ew_txn **t)
+{
+    *id = ew_http_param(rq, "export_id");
+    if (bad_id(res, "export_id", *id)) return -1;
+    ew_time_format(ew_now_us(), now);
+    ew_error e = {0};
+    if (svc_begin(x->s, t, &e)) {
+        svc_reply_failure(x->s, res, "reading an export", &e);
+        return -1;
+    }
+    return 0;
+}
+
 static void get_export(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     exporter *x = ud;
-    const char *id = ew_http_param(rq, "export_id");
-    if (bad_id(res, "export_id", id)) return;
+    const char *id;
     char now[EW_TIME_LEN + 1];
-    ew_time_format(ew_now_us(), now);
     ew_txn *t;
+    if (begin_read(x, rq, res, &id, now, &t)) return;
     ew_error e = {0};
-    if (svc_begin(x->s, &t, &e)) {
-        svc_reply_failure(x->s, res, "reading an export", &e);
-        return;
-    }
     /* a deadline that passed since the sweeper's last look is enforced now */
     bool failed = false;
     svc_row r = {0};
@@ -233,16 +239,11 @@ static char *read_file(const char *path, size_t *len)
 static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     exporter *x = ud;
-    const char *id = ew_http_param(rq, "export_id");
-    if (bad_id(res, "export_id", id)) return;
+    const char *id;
     char now[EW_TIME_LEN + 1];
-    ew_time_format(ew_now_us(), now);
     ew_txn *t;
+    if (begin_read(x, rq, res, &id, now, &t)) return;
     ew_error e = {0};
-    if (svc_begin(x->s, &t, &e)) {
-        svc_reply_failure(x->s, res, "reading an export", &e);
-        return;
-    }
     svc_row r;
     const char *p[] = {id};
     int rc = svc_query_row(t, EXPORT_COLUMNS, p, 1, &r, &e);
@@ -288,9 +289,11 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
 
 int export_routes(exporter *x, ew_error *err)
 {
-    int rc = svc_route(x->s, "POST /exports", EW_HTTP_JSON, post_export, x, err);
-    if (!rc) rc = svc_route(x->s, "GET /exports", 0, list_exports, x, err);
-    if (!rc) rc = svc_route(x->s, "GET /exports/{export_id}", 0, get_export, x, err);
-    if (!rc) rc = svc_route(x->s, "GET /exports/{export_id}/download", 0, download, x, err);
-    return rc;
+    static const svc_http_route routes[] = {
+        {"POST /exports", EW_HTTP_JSON, post_export},
+        {"GET /exports", 0, list_exports},
+        {"GET /exports/{export_id}", 0, get_export},
+        {"GET /exports/{export_id}/download", 0, download},
+    };
+    return svc_route_all(x->s, routes, sizeof routes / sizeof routes[0], x, err);
 }

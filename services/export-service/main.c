@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include "core/json.h"
 #include "export.h"
 
 /* The service's tables. Created at every start, in one transaction; a later change of a table is
@@ -73,58 +71,6 @@ void export_file_path(const exporter *x, const char *file_name, char *out, size_
     snprintf(out, n, "%s/%s", x->dir, file_name);
 }
 
-/* ---- rows as JSON ---------------------------------------------------------------------------- */
-
-typedef struct rows_ctx {
-    ew_buf *b;
-    const char *const *ints;
-    size_t n;
-} rows_ctx;
-
-static int is_int_text(const char *v)
-{
-    if (*v == '-') v++;
-    if (!*v) return 0;
-    for (; *v; v++)
-        if (*v < '0' || *v > '9') return 0;
-    return 1;
-}
-
-static int row_cb(void *ud, const ew_row *r)
-{
-    rows_ctx *c = ud;
-    ew_buf_puts(c->b, c->n++ ? ",{" : "{");
-    for (size_t i = 0; i < r->ncols; i++) {
-        if (i) ew_buf_putc(c->b, ',');
-        ew_json_write_string(c->b, r->names[i], strlen(r->names[i]));
-        ew_buf_putc(c->b, ':');
-        const char *v = r->values[i];
-        int as_int = 0;
-        for (const char *const *k = c->ints; k && *k && !as_int; k++)
-            as_int = !strcmp(*k, r->names[i]);
-        if (!v)
-            ew_buf_puts(c->b, "null");
-        else if (as_int && is_int_text(v))
-            ew_buf_puts(c->b, v);
-        else
-            ew_json_write_string(c->b, v, strlen(v));
-    }
-    ew_buf_putc(c->b, '}');
-    return 0;
-}
-
-int export_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                     const char *const *ints, ew_buf *b, size_t *count, ew_error *err)
-{
-    rows_ctx c = {b, ints, 0};
-    ew_buf_putc(b, '[');
-    int rc = ew_txn_query(t, sql, params, nparams, row_cb, &c, err);
-    ew_buf_putc(b, ']');
-    if (count) *count = c.n;
-    if (!rc && b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    return rc;
-}
-
 /* ---- the base of download links -------------------------------------------------------------- */
 
 /* The port of this process's listening TCP socket (the HTTP server's: the only one), for
@@ -181,41 +127,6 @@ int export_base_url(exporter *x, char *out, size_t n)
 
 /* ---- settings and the process ---------------------------------------------------------------- */
 
-static int mkdirs(const char *path)
-{
-    char p[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof p) return -1;
-    memcpy(p, path, n + 1);
-    for (char *c = p + 1; *c; c++) {
-        if (*c != '/') continue;
-        *c = '\0';
-        if (mkdir(p, 0700) && errno != EEXIST) return -1;
-        *c = '/';
-    }
-    if (mkdir(p, 0700) && errno != EEXIST) return -1;
-    return 0;
-}
-
-/* SERVICE_DB_URL with {SERVICE_NAME} replaced, as the runtime opens it. */
-static char *db_url(const char *url, const char *name)
-{
-    static const char key[] = "{SERVICE_NAME}";
-    ew_buf b;
-    ew_buf_init(&b);
-    for (const char *p = url; *p;) {
-        const char *k = strstr(p, key);
-        if (!k) {
-            ew_buf_puts(&b, p);
-            break;
-        }
-        ew_buf_append(&b, p, (size_t)(k - p));
-        ew_buf_puts(&b, name);
-        p = k + sizeof key - 1;
-    }
-    return ew_buf_steal(&b, NULL);
-}
-
 static int setup(svc *s, void *ud, ew_error *err)
 {
     exporter *x = ud;
@@ -246,17 +157,12 @@ static int setup(svc *s, void *ud, ew_error *err)
     x->http_port = (int)ew_config_get_int(c, "HTTP_PORT");
     x->timeout_s = ew_config_get_int(c, "EXPORT_TIMEOUT_SECONDS");
     x->link_ttl_s = ew_config_get_int(c, "EXPORT_LINK_TTL_SECONDS");
-    if (mkdirs(x->dir))
+    if (svc_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
     int rc = export_routes(x, err);
     if (!rc) rc = export_handlers(x, err);
-    if (!rc) {
-        char *url = db_url(ew_config_get(c, "SERVICE_DB_URL"), svc_name(s));
-        if (!url) return ew_error_set(err, EW_ENOMEM, "out of memory");
-        rc = export_sweeper_start(x, url, err);
-        free(url);
-    }
+    if (!rc) rc = export_sweeper_start(x, svc_db_url(s), err);
     if (!rc)
         svc_log(s, EW_LOG_INFO, "exports wait %lld s for: %s; documents in %s",
                 (long long)x->timeout_s, x->services_csv, x->dir);
@@ -286,6 +192,7 @@ int main(int argc, char **argv)
         .setup = setup,
         .teardown = teardown,
         .ud = &x,
+        .gdpr = &export_gdpr,
     };
     int status = svc_main(&def, argc, argv);
     pthread_mutex_destroy(&x.mu);

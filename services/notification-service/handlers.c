@@ -5,7 +5,10 @@
  * notification_messages is inserted before the send, in the handler's transaction, and a second
  * event finds it and sends nothing. A failed send publishes notification.email_failed at once
  * (outside the transaction, which is rolled back) and returns retry; after the last attempt the
- * bus dead-letters the event. */
+ * bus dead-letters the event.
+ *
+ * The GDPR events (user.data_export_requested, user.deletion_requested) the runtime answers from
+ * notif_gdpr (svc.h). */
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,20 +17,6 @@
 #include "notification.h"
 
 #define NAME_MAX_BYTES 100 /* of a user's name quoted in a message */
-
-static ew_handler_result retry_db(notif *n, ew_handler_ctx *ctx, const char *what,
-                                  const ew_error *e)
-{
-    ew_ctx_set_error(ctx, "%s: %s", what, e->msg[0] ? e->msg : ew_strerror(e->code));
-    svc_log(n->s, EW_LOG_WARN, "%s: %s (will retry)", what, e->msg);
-    return EW_HANDLER_RETRY;
-}
-
-static ew_handler_result not_mine(ew_handler_ctx *ctx, const ew_event *ev)
-{
-    ew_ctx_set_error(ctx, "unexpected event type %s", ew_event_type(ev));
-    return EW_HANDLER_FAIL;
-}
 
 static void now_text(char out[EW_TIME_LEN + 1])
 {
@@ -85,7 +74,7 @@ static ew_handler_result send_once(notif *n, ew_handler_ctx *ctx, const char *us
                     " (message_id, user_id, template, ref, email, subject, transport, sent_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                     p, 8, &changes, &e))
-        return retry_db(n, ctx, "recording a message", &e);
+        return svc_retry(n->s, ctx, "recording a message", &e);
     if (changes == 0) {
         svc_log(n->s, EW_LOG_INFO, "%s for %s was sent already (message %s): not sending again",
                 m->template_name, user_id, id);
@@ -113,21 +102,12 @@ static ew_handler_result find_user(notif *n, ew_handler_ctx *ctx, const char *us
                       "SELECT email, username FROM event_store.notification_users"
                       " WHERE user_id = $1",
                       p, 1, u, &e))
-        return retry_db(n, ctx, "reading a user", &e);
+        return svc_retry(n->s, ctx, "reading a user", &e);
     if (!u->found) {
         /* user.registered may simply not have been handled yet: its subscription runs apart */
         ew_ctx_set_error(ctx, "no address known for user %s (user.registered not seen)", user_id);
         return EW_HANDLER_RETRY;
     }
-    return EW_HANDLER_OK;
-}
-
-static ew_handler_result emit(notif *n, ew_handler_ctx *ctx, ew_type_id type, const void *data,
-                              const char *subject)
-{
-    ew_error e = {0};
-    if (svc_ctx_emit(n->s, ctx, type, data, subject, &e))
-        return retry_db(n, ctx, "emitting an event", &e);
     return EW_HANDLER_OK;
 }
 
@@ -137,7 +117,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
 {
     notif *n = ud;
     const ew_user_registered *d = ew_user_registered_data(ev);
-    if (!d) return not_mine(ctx, ev);
+    if (!d) return svc_not_mine(ctx, ev);
     char now[EW_TIME_LEN + 1];
     now_text(now);
     const char *p[] = {d->user_id, d->email, d->username, now};
@@ -149,7 +129,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
                     " SET email = excluded.email, username = excluded.username,"
                     " updated_at = excluded.updated_at",
                     p, 4, NULL, &e))
-        return retry_db(n, ctx, "recording a user", &e);
+        return svc_retry(n->s, ctx, "recording a user", &e);
     return EW_HANDLER_OK;
 }
 
@@ -159,7 +139,7 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
 {
     notif *n = ud;
     const ew_user_profile_created *d = ew_user_profile_created_data(ev);
-    if (!d) return not_mine(ctx, ev);
+    if (!d) return svc_not_mine(ctx, ev);
     svc_row u;
     ew_handler_result r = find_user(n, ctx, d->user_id, &u);
     if (r != EW_HANDLER_OK) return r;
@@ -185,7 +165,7 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
     if (r == EW_HANDLER_OK && sent) {
         ew_notification_welcome_email_sent w = {
             .user_id = d->user_id, .email = u.v[0], .message_id = m.message_id};
-        r = emit(n, ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &w, d->user_id);
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &w, d->user_id);
         if (r == EW_HANDLER_OK)
             svc_log(n->s, EW_LOG_INFO, "welcome email %s sent to user %s", m.message_id,
                     d->user_id);
@@ -201,7 +181,7 @@ static ew_handler_result on_reset_token(const ew_event *ev, ew_handler_ctx *ctx,
 {
     notif *n = ud;
     const ew_password_reset_token_issued *d = ew_password_reset_token_issued_data(ev);
-    if (!d) return not_mine(ctx, ev);
+    if (!d) return svc_not_mine(ctx, ev);
     char *body = NULL;
     if (asprintf(&body,
                  "Hello,\n\n"
@@ -226,7 +206,7 @@ static ew_handler_result on_reset_token(const ew_event *ev, ew_handler_ctx *ctx,
                                         .email = d->email,
                                         .template_name = "password_reset",
                                         .message_id = m.message_id};
-        r = emit(n, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
     }
     /* the token is a secret: do not leave it in freed memory */
     sodium_memzero(body, strlen(body));
@@ -240,7 +220,7 @@ static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx 
 {
     notif *n = ud;
     const ew_user_data_export_completed *d = ew_user_data_export_completed_data(ev);
-    if (!d) return not_mine(ctx, ev);
+    if (!d) return svc_not_mine(ctx, ev);
     svc_row u;
     ew_handler_result r = find_user(n, ctx, d->user_id, &u);
     if (r != EW_HANDLER_OK) return r;
@@ -268,165 +248,54 @@ static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx 
                                         .email = u.v[0],
                                         .template_name = "data_export_ready",
                                         .message_id = m.message_id};
-        r = emit(n, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
     }
     free(body);
     svc_row_free(&u);
     return r;
 }
 
-/* ---- GDPR: deletion and export --------------------------------------------------------------- */
+/* ---- GDPR: the runtime answers from this ---------------------------------------------------- */
 
-typedef struct idlist {
-    char **ids;
-    size_t n, cap;
-    int oom;
-} idlist;
-
-static int collect_id(void *ud, const ew_row *r)
+/* Once the rows are gone, the spool's copies of the messages go too. */
+static void forget_message(svc *s, void *ud, const char *message_id)
 {
-    idlist *l = ud;
-    if (!r->values[0]) return 0;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        char **p = realloc(l->ids, cap * sizeof *p);
-        if (!p) {
-            l->oom = 1;
-            return 1;
-        }
-        l->ids = p;
-        l->cap = cap;
-    }
-    if (!(l->ids[l->n] = strdup(r->values[0]))) {
-        l->oom = 1;
-        return 1;
-    }
-    l->n++;
-    return 0;
+    notif_mail_forget(ud, message_id);
 }
 
-static void idlist_release(idlist *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->ids[i]);
-    free(l->ids);
-    memset(l, 0, sizeof *l);
-}
-
-static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
-{
-    notif *n = ud;
-    const ew_user_deletion_requested *d = ew_user_deletion_requested_data(ev);
-    if (!d) return not_mine(ctx, ev);
-    ew_txn *t = ew_ctx_txn(ctx);
-    const char *p[] = {d->user_id};
-    ew_error e = {0};
-    idlist ids = {0};
-    int64_t messages = 0, users = 0;
-    if (ew_txn_query(t,
-                     "SELECT message_id FROM event_store.notification_messages"
-                     " WHERE user_id = $1",
-                     p, 1, collect_id, &ids, &e) ||
-        ids.oom ||
-        ew_txn_exec(t, "DELETE FROM event_store.notification_messages WHERE user_id = $1", p, 1,
-                    &messages, &e) ||
-        ew_txn_exec(t, "DELETE FROM event_store.notification_users WHERE user_id = $1", p, 1,
-                    &users, &e)) {
-        if (ids.oom && !e.code) ew_error_set(&e, EW_ENOMEM, "out of memory");
-        idlist_release(&ids);
-        return retry_db(n, ctx, "deleting a user's data", &e);
-    }
-    /* the spool's copies of the messages go too */
-    for (size_t i = 0; i < ids.n; i++)
-        notif_mail_forget(n, ids.ids[i]);
-    idlist_release(&ids);
-    ew_user_data_deleted dd = {.request_id = d->request_id,
-                               .user_id = d->user_id,
-                               .service = svc_name(n->s),
-                               .records = messages + users};
-    ew_handler_result r = emit(n, ctx, EW_T_USER_DATA_DELETED, &dd, d->user_id);
-    if (r == EW_HANDLER_OK)
-        svc_log(n->s, EW_LOG_INFO, "deleted user %s: %lld records (request %s)", d->user_id,
-                (long long)(messages + users), d->request_id);
-    return r;
-}
-
-int notif_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err)
-{
-    const char *p[] = {user_id};
-    ew_buf addr, msgs;
-    ew_buf_init(&addr);
-    ew_buf_init(&msgs);
-    size_t na = 0, nm = 0;
-    int rc = notif_rows_json(t,
-                             "SELECT email, username, created_at AS known_since"
-                             " FROM event_store.notification_users WHERE user_id = $1",
-                             p, 1, NULL, &addr, &na, err);
-    if (!rc)
-        rc = notif_rows_json(t,
-                             "SELECT message_id, template, subject, email, transport, sent_at"
-                             " FROM event_store.notification_messages WHERE user_id = $1"
-                             " ORDER BY sent_at, message_id",
-                             p, 1, NULL, &msgs, &nm, err);
-    if (!rc) {
-        *found = na || nm;
-        ew_buf_putc(b, '{');
-        if (*found) {
-            ew_buf_puts(b, "\"address\":");
-            /* at most one row: the object inside the array, or null */
-            if (na)
-                ew_buf_append(b, addr.data + 1, addr.len - 2);
-            else
-                ew_buf_puts(b, "null");
-            ew_buf_puts(b, ",\"messages\":");
-            ew_buf_append(b, msgs.data, msgs.len);
-        }
-        ew_buf_putc(b, '}');
-        if (b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    }
-    ew_buf_release(&addr);
-    ew_buf_release(&msgs);
-    return rc;
-}
-
-static ew_handler_result on_export_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
-{
-    notif *n = ud;
-    const ew_user_data_export_requested *d = ew_user_data_export_requested_data(ev);
-    if (!d) return not_mine(ctx, ev);
-    ew_buf b;
-    ew_buf_init(&b);
-    bool found;
-    ew_error e = {0};
-    if (notif_user_json(ew_ctx_txn(ctx), d->user_id, &b, &found, &e)) {
-        ew_buf_release(&b);
-        return retry_db(n, ctx, "collecting a user's data", &e);
-    }
-    ew_user_data_collected c = {.export_id = d->export_id,
-                                .user_id = d->user_id,
-                                .service = svc_name(n->s),
-                                .data = b.data};
-    ew_handler_result r = emit(n, ctx, EW_T_USER_DATA_COLLECTED, &c, d->user_id);
-    ew_buf_release(&b);
-    return r;
-}
+const svc_gdpr notif_gdpr = {
+    .parts =
+        (const svc_gdpr_part[]){
+            {.key = "address",
+             .kind = SVC_GDPR_ROW,
+             .sql = "SELECT email, username, created_at AS known_since"
+                    " FROM event_store.notification_users WHERE user_id = $1"},
+            {.key = "messages",
+             .kind = SVC_GDPR_ROWS,
+             .sql = "SELECT message_id, template, subject, email, transport, sent_at"
+                    " FROM event_store.notification_messages WHERE user_id = $1"
+                    " ORDER BY sent_at, message_id"},
+            {0},
+        },
+    .empty_is_nothing = true,
+    .deletes =
+        (const char *const[]){
+            "DELETE FROM event_store.notification_messages WHERE user_id = $1",
+            "DELETE FROM event_store.notification_users WHERE user_id = $1",
+            NULL,
+        },
+    .leftovers = "SELECT message_id FROM event_store.notification_messages WHERE user_id = $1",
+    .forget = forget_message,
+    .failure = svc_retry,
+};
 
 int notif_handlers(notif *n, ew_error *err)
 {
-    static const struct {
-        const char *type;
-        ew_handler_fn fn;
-    } subs[] = {
+    static const svc_handler subs[] = {
         {"user.registered", on_registered},
         {"user.profile_created", on_profile_created},
         {"password.reset_token_issued", on_reset_token},
         {"user.data_export_completed", on_export_completed},
-        {"user.deletion_requested", on_deletion_requested},
-        {"user.data_export_requested", on_export_requested},
     };
-    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
-        int rc = svc_subscribe(n->s, subs[i].type, subs[i].fn, n, err);
-        if (rc) return rc;
-    }
-    return 0;
+    return svc_subscribe_all(n->s, subs, sizeof subs / sizeof subs[0], n, err);
 }

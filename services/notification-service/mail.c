@@ -7,28 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include "notification.h"
 
 /* ---- settings -------------------------------------------------------------------------------- */
-
-static int mkdirs(const char *path)
-{
-    char p[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof p) return -1;
-    memcpy(p, path, n + 1);
-    for (char *c = p + 1; *c; c++) {
-        if (*c != '/') continue;
-        *c = '\0';
-        if (mkdir(p, 0700) && errno != EEXIST) return -1;
-        *c = '/';
-    }
-    if (mkdir(p, 0700) && errno != EEXIST) return -1;
-    return 0;
-}
 
 /* MAIL_FROM is "addr" or "Display Name <addr>". */
 static int parse_from(notif *n, const char *v, ew_error *err)
@@ -74,7 +57,7 @@ int notif_mail_setup(notif *n, ew_error *err)
     n->smtp_timeout_ms = (long)ew_config_get_int(c, "SMTP_TIMEOUT_MS");
     const char *dir = ew_config_get(c, "MAIL_DIR");
     if (!(n->mail_dir = strdup(dir))) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (!n->smtp_url && mkdirs(dir))
+    if (!n->smtp_url && svc_mkdirs(dir))
         return ew_error_set(err, EW_EIO, "MAIL_DIR %s: cannot create it: %s", dir, strerror(errno));
     if (n->smtp_url)
         svc_log(n->s, EW_LOG_INFO, "mail goes over SMTP (SMTP_URL), from %s", n->from_addr);

@@ -13,7 +13,6 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include "core/buf.h"
 #include "svc.h"
 
 #define NOTIF_SERVICE "notification-service"
@@ -54,18 +53,13 @@ void notif_mail_forget(notif *n, const char *message_id);
 /* The id of the message `template_name` about `ref` (a user, a reset request, an export). */
 void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1]);
 
-/* The user's data as notification-service holds it, appended to b: {"address": {...} or null,
- * "messages": [...]}, or {} (and *found false) when it holds nothing (handlers.c). */
-int notif_user_json(ew_txn *t, const char *user_id, ew_buf *b, bool *found, ew_error *err);
+/* The user's data as notification-service holds it (handlers.c): {"address": {...} or null,
+ * "messages": [...]}, or {} when it holds nothing; the runtime answers the GDPR events from it,
+ * GET /notifications/{user_id} serves it. */
+extern const svc_gdpr notif_gdpr;
 
 /* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
 int notif_routes(notif *n, ew_error *err);
 int notif_handlers(notif *n, ew_error *err);
-
-/* Runs a query in t and appends its rows to b as a JSON array of objects, one member per column
- * (text, or null); columns named in ints (NULL-terminated, may be NULL) are written as numbers.
- * *count (may be NULL) gets the number of rows. */
-int notif_rows_json(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                    const char *const *ints, ew_buf *b, size_t *count, ew_error *err);
 
 #endif

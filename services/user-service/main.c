@@ -44,6 +44,7 @@ int main(int argc, char **argv)
         .nschema = sizeof schema / sizeof schema[0],
         .setup = setup,
         .ud = &u,
+        .gdpr = &user_gdpr,
     };
     return svc_main(&def, argc, argv);
 }

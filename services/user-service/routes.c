@@ -170,8 +170,7 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     if (!rc && changes.oom) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
     if (!rc) rc = svc_emit(u->s, t, EW_T_USER_PROFILE_UPDATED, &ev, id, &e);
     if (!rc) rc = read_profile(t, id, &row, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(u->s, t, &e);
+    rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) svc_reply_failure(u->s, res, "updating the profile", &e);
     else reply_profile(res, &row);
@@ -262,8 +261,7 @@ static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, 
                          p, 3, NULL, &e);
     ew_user_preferences_updated ev = {.user_id = id, .preferences = text.data};
     if (!rc) rc = svc_emit(u->s, t, EW_T_USER_PREFERENCES_UPDATED, &ev, id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(u->s, t, &e);
+    rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {
         svc_reply_failure(u->s, res, "setting the preferences", &e);
@@ -358,8 +356,7 @@ static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
                          p, 3, NULL, &e);
     ew_user_verified ev = {.user_id = id, .method = method};
     if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFIED, &ev, id, &e);
-    if (rc) ew_txn_rollback(t);
-    else rc = svc_commit(u->s, t, &e);
+    rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {
         svc_reply_failure(u->s, res, "verifying the user", &e);
@@ -375,20 +372,12 @@ failed:
 
 int user_routes(usvc *u, ew_error *err)
 {
-    struct {
-        const char *route;
-        unsigned flags;
-        ew_http_handler fn;
-    } r[] = {
+    static const svc_http_route routes[] = {
         {"GET /users/{id}/profile", 0, h_get_profile},
         {"PUT /users/{id}/profile", EW_HTTP_JSON, h_put_profile},
         {"GET /users/{id}/preferences", 0, h_get_preferences},
         {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
         {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
     };
-    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
-        int rc = svc_route(u->s, r[i].route, r[i].flags, r[i].fn, u, err);
-        if (rc) return rc;
-    }
-    return 0;
+    return svc_route_all(u->s, routes, sizeof routes / sizeof routes[0], u, err);
 }

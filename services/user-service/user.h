@@ -22,6 +22,10 @@ typedef struct usvc {
 int user_routes(usvc *u, ew_error *err);
 int user_handlers(usvc *u, ew_error *err);
 
+/* The user's data as user-service holds it (handlers.c): {"profile": {...} or null,
+ * "preferences": {...} or null}; the runtime answers the GDPR events from it. */
+extern const svc_gdpr user_gdpr;
+
 /* RFC 3339 UTC now. */
 void user_now(char out[32]);
 

@@ -253,6 +253,12 @@ static int try_event(ew__saga_type *t, const ew_event *ev, const char *key, bool
     if (parked) { /* applied or of no use: either way it leaves the parking */
         rc = ew__saga_unpark(txn, t, ew_event_id(ev), err);
         keep = !rc;
+    } else if (!seen && keep) {
+        /* The same event may be parked already: parked by a process that died before it looked
+         * for the instance again, and now delivered again. Applied here, it leaves the parking
+         * too, or it would wait there for an instance that has come and gone. */
+        rc = ew__saga_unpark(txn, t, ew_event_id(ev), err);
+        if (rc) keep = false;
     }
 out:
     if (rc) {

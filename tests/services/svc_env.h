@@ -1,6 +1,7 @@
 /* Test support for the service tests: a folder with the event store (the SQLite bus's log), the
- * service under test as a process (svc_proc.h), HTTP calls to it, and the events it published.
- * A test file defines SVC_UNDER_TEST ("auth-service") before including this. Header-only. */
+ * service under test as a process (svc_proc.h), HTTP calls to it, the events it published, and
+ * events published to it. A test file defines SVC_UNDER_TEST ("auth-service") before including
+ * this. Header-only. */
 #ifndef EW_TEST_SVC_ENV_H
 #define EW_TEST_SVC_ENV_H
 
@@ -8,6 +9,7 @@
 #include "services/svc_proc.h"
 #include "eventwire/bus.h"
 #include "eventwire/store.h"
+#include "support/pg.h"
 
 typedef struct env {
     char dir[256];
@@ -16,13 +18,26 @@ typedef struct env {
     ew_bus *bus;
 } env;
 
-/* Starts the service SVC_UNDER_TEST (defined by the test file) in a fresh folder. */
+/* The service the running case started, until down(): reap(), as a cmocka teardown, kills it
+ * when the case failed before down(), so that no service outlives its test. */
+static env *current;
+
+/* rm -rf dir; system()'s status. */
+static inline int rm_dir(const char *dir)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+/* Starts the service name in dir (NULL: a fresh folder) with extra; it is `current`. */
 static inline env *up_service(const char *name, const char *dir, const char *const *extra)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     env *e = calloc(1, sizeof *e);
     if (dir) snprintf(e->dir, sizeof e->dir, "%s", dir);
     else svc_tmpdir(e->dir);
+    current = e;
     if (svc_proc_start(&e->p, name, e->dir, extra)) fail_msg("%s did not start", name);
     char url[300];
     snprintf(url, sizeof url, "sqlite:%s/events.db", e->dir);
@@ -54,16 +69,94 @@ static inline env *up(const char *const *extra)
     return up_service(SVC_UNDER_TEST, NULL, extra);
 }
 
+/* Starts SVC_UNDER_TEST in a fresh folder, with fast retries and a fast relay
+ * (EVENT_HANDLER_BACKOFF_MS=20, OUTBOX_POLL_MS=50), with dir_var=FOLDER/dir_sub when dir_var is
+ * not NULL ("MAIL_DIR", "mail"), then own and extra ("NAME=value" lists, NULL-terminated, each
+ * may be NULL). */
+static inline env *up_fast(const char *dir_var, const char *dir_sub, const char *const *own,
+                           const char *const *extra)
+{
+    char dir[256], setting[600];
+    svc_tmpdir(dir);
+    const char *all[32];
+    size_t n = 0;
+    if (dir_var) {
+        snprintf(setting, sizeof setting, "%s=%s/%s", dir_var, dir, dir_sub);
+        all[n++] = setting;
+    }
+    all[n++] = "EVENT_HANDLER_BACKOFF_MS=20";
+    all[n++] = "OUTBOX_POLL_MS=50";
+    for (size_t i = 0; own && own[i] && n < 31; i++)
+        all[n++] = own[i];
+    for (size_t i = 0; extra && extra[i] && n < 31; i++)
+        all[n++] = extra[i];
+    all[n] = NULL;
+    return up_service(SVC_UNDER_TEST, dir, all);
+}
+
 static inline void down(env *e)
 {
+    if (current == e) current = NULL;
     ew_bus_close(e->bus);
     e->bus = NULL;
     svc_proc_stop(&e->p);
     ew_store_close(e->events);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", e->dir);
+    if (rm_dir(e->dir)) fprintf(stderr, "could not remove %s\n", e->dir);
     free(e);
+}
+
+static inline int reap(void **state)
+{
+    env *e = current;
+    current = NULL;
+    if (!e) return 0;
+    if (e->p.pid) {
+        kill(e->p.pid, SIGKILL);
+        waitpid(e->p.pid, NULL, 0);
+        close(e->p.out_fd);
+    }
+    ew_bus_close(e->bus);
+    ew_store_close(e->events);
+    if (rm_dir(e->dir)) fprintf(stderr, "could not remove %s\n", e->dir);
+    free(e);
+    return 0;
+}
+
+/* Starts SVC_UNDER_TEST with extra in dir (NULL: a fresh folder, removed after), where it must
+ * not start (svc_proc_start: -1); returns all it wrote on stderr there so far (malloc'ed). */
+static inline char *start_fails(const char *dir, const char *const *extra)
+{
+    char fresh[256];
+    if (!dir) {
+        svc_tmpdir(fresh);
+        dir = fresh;
+    }
+    svc_proc p;
+    assert_int_equal(svc_proc_start(&p, SVC_UNDER_TEST, dir, extra), -1);
+    char path[512];
+    snprintf(path, sizeof path, "%s/" SVC_UNDER_TEST ".stderr", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *out = calloc(1, 65536);
+    size_t got = fread(out, 1, 65535, f);
+    out[got] = '\0';
+    fclose(f);
+    if (dir == fresh) assert_int_equal(rm_dir(fresh), 0);
+    return out;
+}
+
+/* A fresh PostgreSQL database for the case (support/pg.h: drop it with ew_test_pg_drop), and
+ * "SERVICE_DB_URL=<its URL>" in db; skips the case when there is no server. */
+static inline char *pg_service_db(char db[600])
+{
+    char msg[256];
+    char *url = ew_test_pg_create(msg, sizeof msg);
+    if (!url) {
+        fprintf(stderr, "skipped: %s\n", msg);
+        skip();
+    }
+    snprintf(db, 600, "SERVICE_DB_URL=%s", url);
+    return url;
 }
 
 static inline http_result api_on(const svc_proc *p, const char *method, const char *path,
@@ -109,6 +202,37 @@ static inline void expect(env *e, const char *method, const char *path, const ch
 }
 
 /* ---- events ---------------------------------------------------------------------------------- */
+
+/* Publishes an event (source "test"; id: NULL for a new one) to the service, through bus(). */
+static inline void publish(env *e, ew_type_id type, const void *data, const char *subject,
+                           const char *id)
+{
+    ew_event_attrs a = {.source = "test", .subject = subject, .id = id};
+    ew_event *ev;
+    ew_error err = {0};
+    if (ew_event_new(&ev, type, data, &a, &err) || ew_bus_publish(bus(e), ev, &err))
+        fail_msg("publish: %s", err.msg);
+    ew_event_unref(ev);
+}
+
+/* Waits up to 10 s until the service's subscriber group is past everything published so far. */
+static inline void wait_handled(env *e)
+{
+    int64_t head = 0;
+    ew_error err = {0};
+    assert_int_equal(ew_store_head(e->events, &head, &err), 0);
+    int64_t deadline = ew_mono_ns() + 10000000000LL;
+    for (;;) {
+        ew_store_group g;
+        if (ew_store_group_get(e->events, SVC_UNDER_TEST, &g, &err) == 0 && g.position >= head)
+            return;
+        if (ew_mono_ns() > deadline) {
+            svc_proc_dump(&e->p);
+            fail_msg("the service did not reach position %lld within 10 s", (long long)head);
+        }
+        usleep(20000);
+    }
+}
 
 typedef struct find {
     const char *subject;

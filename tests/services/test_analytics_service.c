@@ -8,59 +8,11 @@
 #include "services/svc_env.h"
 #include "core/json.h"
 #include "eventwire/id.h"
-#include "support/pg.h"
 
-/* The service of the running case, stopped by finish(); reap() kills it when the case failed
- * before it got there, so that no service outlives its test. */
-static env *current;
-
-static void finish(env *e)
+/* The service with fast retries and a fast relay, plus extra. */
+static env *start(const char *const *extra)
 {
-    current = NULL;
-    down(e);
-}
-
-static int reap(void **state)
-{
-    env *e = current;
-    current = NULL;
-    if (!e) return 0;
-    if (e->p.pid) {
-        kill(e->p.pid, SIGKILL);
-        waitpid(e->p.pid, NULL, 0);
-        close(e->p.out_fd);
-    }
-    ew_bus_close(e->bus);
-    ew_store_close(e->events);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", e->dir);
-    free(e);
-    return 0;
-}
-
-static env *start_with(const char *db_url)
-{
-    char db[600];
-    snprintf(db, sizeof db, "SERVICE_DB_URL=%s", db_url ? db_url : "");
-    const char *extra[] = {"EVENT_HANDLER_BACKOFF_MS=20", "OUTBOX_POLL_MS=50", db_url ? db : NULL,
-                           NULL};
-    return current = up_service(SVC_UNDER_TEST, NULL, extra);
-}
-
-static env *start(void)
-{
-    return start_with(NULL);
-}
-
-static void publish(env *e, ew_type_id type, const void *data, const char *subject, const char *id)
-{
-    ew_event_attrs a = {.source = "test", .subject = subject, .id = id};
-    ew_event *ev;
-    ew_error err = {0};
-    if (ew_event_new(&ev, type, data, &a, &err) || ew_bus_publish(bus(e), ev, &err))
-        fail_msg("publish: %s", err.msg);
-    ew_event_unref(ev);
+    return up_fast(NULL, NULL, NULL, extra);
 }
 
 static void registered(env *e, const char *user_id, const char *username)
@@ -85,25 +37,6 @@ static void logged_out(env *e, const char *user_id)
 {
     ew_user_logged_out d = {.user_id = user_id, .session_id = "s"};
     publish(e, EW_T_USER_LOGGED_OUT, &d, user_id, NULL);
-}
-
-/* Waits until the service's subscriber group is past everything published so far. */
-static void wait_handled(env *e)
-{
-    int64_t head = 0;
-    ew_error err = {0};
-    assert_int_equal(ew_store_head(e->events, &head, &err), 0);
-    int64_t deadline = ew_mono_ns() + 10000000000LL;
-    for (;;) {
-        ew_store_group g;
-        if (ew_store_group_get(e->events, SVC_UNDER_TEST, &g, &err) == 0 && g.position >= head)
-            return;
-        if (ew_mono_ns() > deadline) {
-            svc_proc_dump(&e->p);
-            fail_msg("the service did not reach position %lld within 10 s", (long long)head);
-        }
-        usleep(20000);
-    }
 }
 
 /* The number at path ("counters/logins", '/' between members) of the JSON text; -1 when there is
@@ -142,7 +75,7 @@ static char *stats(env *e)
 
 static void test_counts_events_and_serves_stats(void **state)
 {
-    env *e = start();
+    env *e = start(NULL);
     char ada[EW_UUID_LEN + 1], bob[EW_UUID_LEN + 1];
     ew_uuid7(ada);
     ew_uuid7(bob);
@@ -196,12 +129,12 @@ static void test_counts_events_and_serves_stats(void **state)
     assert_non_null(strstr(r.body, "{\"event_type\":\"user.registered\",\"count\":1,"));
     assert_string_not_equal(http_member(&r, "registered_at"), "(null)");
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_a_redelivered_event_is_counted_once(void **state)
 {
-    env *e = start();
+    env *e = start(NULL);
     char ada[EW_UUID_LEN + 1], id[EW_UUID_LEN + 1];
     ew_uuid7(ada);
     ew_uuid7(id);
@@ -226,12 +159,12 @@ static void test_a_redelivered_event_is_counted_once(void **state)
                               " WHERE user_id = $1 AND event_type = 'user.logged_in'",
                               ada),
                      1);
-    finish(e);
+    down(e);
 }
 
 static void test_gdpr_export_and_deletion(void **state)
 {
-    env *e = start();
+    env *e = start(NULL);
     char ada[EW_UUID_LEN + 1], nobody[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1],
         request_id[EW_UUID_LEN + 1];
     ew_uuid7(ada);
@@ -305,12 +238,12 @@ static void test_gdpr_export_and_deletion(void **state)
     assert_int_equal(jnum(s, "counters/deletions_requested"), 1);
     assert_int_equal(jnum(s, "counters/users"), 0);
     free(s);
-    finish(e);
+    down(e);
 }
 
 static void test_bad_requests(void **state)
 {
-    env *e = start();
+    env *e = start(NULL);
     expect(e, "GET", "/stats/users/xyz", NULL, 400, "user_id", "UUID");
     expect(e, "GET", "/stats/users/0190a6b2-9a5e-7c3d-8e4f-0123456789ab", NULL, 404, "user_id",
            NULL);
@@ -323,18 +256,15 @@ static void test_bad_requests(void **state)
     assert_int_equal(jnum(s, "counters/registrations"), 0);
     assert_non_null(strstr(s, "\"totals\":{}"));
     free(s);
-    finish(e);
+    down(e);
 }
 
 static void test_on_postgresql(void **state)
 {
-    char msg[256];
-    char *url = ew_test_pg_create(msg, sizeof msg);
-    if (!url) {
-        fprintf(stderr, "skipped: %s\n", msg);
-        skip();
-    }
-    env *e = start_with(url);
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *extra[] = {db, NULL};
+    env *e = start(extra);
     char ada[EW_UUID_LEN + 1], id[EW_UUID_LEN + 1], request_id[EW_UUID_LEN + 1];
     ew_uuid7(ada);
     ew_uuid7(id);
@@ -368,7 +298,7 @@ static void test_on_postgresql(void **state)
     char path[128];
     snprintf(path, sizeof path, "/stats/users/%s", ada);
     expect(e, "GET", path, NULL, 404, "user_id", NULL);
-    finish(e);
+    down(e);
     ew_test_pg_drop(url);
 }
 

@@ -8,7 +8,6 @@
 #include "http/http_client.h"
 #define SVC_UNDER_TEST "auth-service"
 #include "services/svc_env.h"
-#include "support/pg.h"
 #include "eventwire/id.h"
 
 /* Registers a user and returns its id (static buffer per call site is the caller's). */
@@ -459,35 +458,17 @@ static void test_default_password_hash(void **state)
 
 static void test_bad_configuration_stops_at_start(void **state)
 {
-    char dir[256];
-    svc_tmpdir(dir);
-    svc_proc p;
     static const char *const extra[] = {"HTTP_PORT=http", NULL};
-    assert_int_equal(svc_proc_start(&p, "auth-service", dir, extra), -1);
-    char path[512], text[4096] = "";
-    snprintf(path, sizeof path, "%s/auth-service.stderr", dir);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
+    char *text = start_fails(NULL, extra);
     assert_non_null(strstr(text, "HTTP_PORT: 'http' is not a whole number"));
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    free(text);
 }
 
 
 static void test_on_postgresql(void **state)
 {
-    char msg[256];
-    char *url = ew_test_pg_create(msg, sizeof msg);
-    if (!url) {
-        fprintf(stderr, "skipped: %s\n", msg);
-        skip();
-    }
     char db[600];
-    snprintf(db, sizeof db, "SERVICE_DB_URL=%s", url);
+    char *url = pg_service_db(db);
     const char *const extra[] = {db, NULL};
     env *e = up(extra);
     char user_id[EW_UUID_LEN + 1], tok[64], path[128];

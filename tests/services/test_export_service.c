@@ -10,59 +10,11 @@
 #include "services/svc_env.h"
 #include "core/json.h"
 #include "eventwire/id.h"
-#include "support/pg.h"
 
-/* The service of the running case, stopped by finish(); reap() kills it when the case failed
- * before it got there, so that no service outlives its test. */
-static env *current;
-
-static void finish(env *e)
-{
-    current = NULL;
-    down(e);
-}
-
-static int reap(void **state)
-{
-    env *e = current;
-    current = NULL;
-    if (!e) return 0;
-    if (e->p.pid) {
-        kill(e->p.pid, SIGKILL);
-        waitpid(e->p.pid, NULL, 0);
-        close(e->p.out_fd);
-    }
-    ew_bus_close(e->bus);
-    ew_store_close(e->events);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", e->dir);
-    free(e);
-    return 0;
-}
-
-/* Starts the service with its documents in DIR/exports and a fast relay, plus extra. */
+/* The service with its documents in DIR/exports, fast retries and a fast relay, plus extra. */
 static env *start(const char *const *extra)
 {
-    char dir[256], exports[300];
-    svc_tmpdir(dir);
-    snprintf(exports, sizeof exports, "EXPORT_DIR=%s/exports", dir);
-    const char *all[24] = {exports, "EVENT_HANDLER_BACKOFF_MS=20", "OUTBOX_POLL_MS=50"};
-    size_t n = 3;
-    for (size_t i = 0; extra && extra[i] && n < 23; i++)
-        all[n++] = extra[i];
-    all[n] = NULL;
-    return current = up_service(SVC_UNDER_TEST, dir, all);
-}
-
-static void publish(env *e, ew_type_id type, const void *data, const char *subject)
-{
-    ew_event_attrs a = {.source = "test", .subject = subject};
-    ew_event *ev;
-    ew_error err = {0};
-    if (ew_event_new(&ev, type, data, &a, &err) || ew_bus_publish(bus(e), ev, &err))
-        fail_msg("publish: %s", err.msg);
-    ew_event_unref(ev);
+    return up_fast("EXPORT_DIR", "exports", NULL, extra);
 }
 
 /* Plays `service` answering export_id. */
@@ -71,7 +23,7 @@ static void answer(env *e, const char *export_id, const char *user_id, const cha
 {
     ew_user_data_collected c = {
         .export_id = export_id, .user_id = user_id, .service = service, .data = data};
-    publish(e, EW_T_USER_DATA_COLLECTED, &c, user_id);
+    publish(e, EW_T_USER_DATA_COLLECTED, &c, user_id, NULL);
 }
 
 /* POST /exports for user_id; export_id gets the id. */
@@ -272,7 +224,7 @@ static void test_export_completes_when_every_service_answered(void **state)
     assert_string_equal(jget(r.body, "exports/0/export_id"), export_id);
     assert_string_equal(jget(r.body, "exports/0/status"), "completed");
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_export_fails_when_a_service_stays_silent(void **state)
@@ -312,7 +264,7 @@ static void test_export_fails_when_a_service_stays_silent(void **state)
     usleep(200000);
     assert_int_equal(count_events(e, "user.data_export_completed", user_id, NULL), 0);
     assert_int_equal(count_events(e, "user.data_export_failed", user_id, NULL), 1);
-    finish(e);
+    down(e);
 }
 
 static void test_link_expires(void **state)
@@ -343,7 +295,7 @@ static void test_link_expires(void **state)
     http_result r = get3(e, "/exports/", export_id, "");
     assert_string_equal(http_member(&r, "expired"), "true");
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_export_requested_by_an_event_and_public_url(void **state)
@@ -356,7 +308,7 @@ static void test_export_requested_by_an_event_and_public_url(void **state)
     ew_uuid7(export_id);
     ew_user_data_export_requested rq = {
         .export_id = export_id, .user_id = user_id, .requested_by = "user-service"};
-    publish(e, EW_T_USER_DATA_EXPORT_REQUESTED, &rq, user_id);
+    publish(e, EW_T_USER_DATA_EXPORT_REQUESTED, &rq, user_id, NULL);
     ew_event_unref(wait_event(e, "user.data_collected", user_id, 1));
     answer(e, export_id, user_id, "auth-service", "{\"username\":\"grace\"}");
     ew_event *ev = wait_event(e, "user.data_export_completed", user_id, 1);
@@ -371,7 +323,7 @@ static void test_export_requested_by_an_event_and_public_url(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(r.body, "services/auth-service/username"), "grace");
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_deletion_removes_exports_and_documents(void **state)
@@ -396,7 +348,7 @@ static void test_deletion_removes_exports_and_documents(void **state)
 
     ew_uuid7(request_id);
     ew_user_deletion_requested dr = {.request_id = request_id, .user_id = user_id};
-    publish(e, EW_T_USER_DELETION_REQUESTED, &dr, user_id);
+    publish(e, EW_T_USER_DELETION_REQUESTED, &dr, user_id, NULL);
     ew_event *ev = wait_event(e, "user.data_deleted", user_id, 1);
     const ew_user_data_deleted *dd = ew_user_data_deleted_data(ev);
     assert_string_equal(dd->service, "export-service");
@@ -419,7 +371,7 @@ static void test_deletion_removes_exports_and_documents(void **state)
     r = get3(e, "/exports/", other_id, "");
     assert_int_equal(r.status, 200);
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_bad_input(void **state)
@@ -443,30 +395,18 @@ static void test_bad_input(void **state)
     /* nothing was half-written */
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.export_requests", NULL), 0);
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.outbox", NULL), 0);
-    finish(e);
+    down(e);
 
-    char dir[256];
-    svc_tmpdir(dir);
-    svc_proc p;
     const char *bad[] = {"EXPORT_SERVICES=auth-service,,user-service", NULL};
-    assert_int_equal(svc_proc_start(&p, SVC_UNDER_TEST, dir, bad), -1);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "grep -q EXPORT_SERVICES '%s/" SVC_UNDER_TEST ".stderr'", dir);
-    assert_int_equal(system(cmd), 0);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    char *out = start_fails(NULL, bad);
+    assert_non_null(strstr(out, "EXPORT_SERVICES"));
+    free(out);
 }
 
 static void test_on_postgresql(void **state)
 {
-    char msg[256];
-    char *url = ew_test_pg_create(msg, sizeof msg);
-    if (!url) {
-        fprintf(stderr, "skipped: %s\n", msg);
-        skip();
-    }
     char db[600];
-    snprintf(db, sizeof db, "SERVICE_DB_URL=%s", url);
+    char *url = pg_service_db(db);
     const char *extra[] = {db, "EXPORT_SERVICES=export-service,auth-service",
                            "EXPORT_TIMEOUT_SECONDS=1", NULL};
     env *e = start(extra);
@@ -488,14 +428,14 @@ static void test_on_postgresql(void **state)
     ew_event_unref(ev);
     ew_uuid7(request_id);
     ew_user_deletion_requested dr = {.request_id = request_id, .user_id = user_id};
-    publish(e, EW_T_USER_DELETION_REQUESTED, &dr, user_id);
+    publish(e, EW_T_USER_DELETION_REQUESTED, &dr, user_id, NULL);
     ev = wait_event(e, "user.data_deleted", user_id, 1);
     assert_int_equal(ew_user_data_deleted_data(ev)->records, 2 + 3);
     ew_event_unref(ev);
     r = get3(e, "/exports/", done_id, "");
     assert_int_equal(r.status, 404);
     http_result_free(&r);
-    finish(e);
+    down(e);
     ew_test_pg_drop(url);
 }
 

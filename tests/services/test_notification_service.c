@@ -12,60 +12,12 @@
 #define SVC_UNDER_TEST "notification-service"
 #include "services/svc_env.h"
 #include "eventwire/id.h"
-#include "support/pg.h"
 
-/* The service of the running case, stopped by finish(); reap() kills it when the case failed
- * before it got there, so that no service outlives its test. */
-static env *current;
-
-static void finish(env *e)
-{
-    current = NULL;
-    down(e);
-}
-
-static int reap(void **state)
-{
-    env *e = current;
-    current = NULL;
-    if (!e) return 0;
-    if (e->p.pid) {
-        kill(e->p.pid, SIGKILL);
-        waitpid(e->p.pid, NULL, 0);
-        close(e->p.out_fd);
-    }
-    ew_bus_close(e->bus);
-    ew_store_close(e->events);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
-    if (system(cmd)) fprintf(stderr, "could not remove %s\n", e->dir);
-    free(e);
-    return 0;
-}
-
-/* Starts the service with its mail in DIR/mail, fast retries and a fast relay, plus extra. */
+/* The service with its mail in DIR/mail, fast retries and a fast relay, plus extra. */
 static env *start(const char *const *extra)
 {
-    char dir[256], mail[300];
-    svc_tmpdir(dir);
-    snprintf(mail, sizeof mail, "MAIL_DIR=%s/mail", dir);
-    const char *all[24] = {mail, "EVENT_HANDLER_BACKOFF_MS=20", "EVENT_HANDLER_BACKOFF_MAX_MS=100",
-                           "OUTBOX_POLL_MS=50"};
-    size_t n = 4;
-    for (size_t i = 0; extra && extra[i] && n < 23; i++)
-        all[n++] = extra[i];
-    all[n] = NULL;
-    return current = up_service(SVC_UNDER_TEST, dir, all);
-}
-
-static void publish(env *e, ew_type_id type, const void *data, const char *subject, const char *id)
-{
-    ew_event_attrs a = {.source = "test", .subject = subject, .id = id};
-    ew_event *ev;
-    ew_error err = {0};
-    if (ew_event_new(&ev, type, data, &a, &err) || ew_bus_publish(bus(e), ev, &err))
-        fail_msg("publish: %s", err.msg);
-    ew_event_unref(ev);
+    static const char *const own[] = {"EVENT_HANDLER_BACKOFF_MAX_MS=100", NULL};
+    return up_fast("MAIL_DIR", "mail", own, extra);
 }
 
 static void registered(env *e, const char *user_id, const char *username, const char *email)
@@ -74,25 +26,6 @@ static void registered(env *e, const char *user_id, const char *username, const 
     ew_user_registered d = {
         .user_id = user_id, .email = email, .username = username, .roles = {roles, 1}};
     publish(e, EW_T_USER_REGISTERED, &d, user_id, NULL);
-}
-
-/* Waits until the service's subscriber group is past everything published so far. */
-static void wait_handled(env *e)
-{
-    int64_t head = 0;
-    ew_error err = {0};
-    assert_int_equal(ew_store_head(e->events, &head, &err), 0);
-    int64_t deadline = ew_mono_ns() + 10000000000LL;
-    for (;;) {
-        ew_store_group g;
-        if (ew_store_group_get(e->events, SVC_UNDER_TEST, &g, &err) == 0 && g.position >= head)
-            return;
-        if (ew_mono_ns() > deadline) {
-            svc_proc_dump(&e->p);
-            fail_msg("the service did not reach position %lld within 10 s", (long long)head);
-        }
-        usleep(20000);
-    }
 }
 
 /* The .eml files in the mail folder: how many, and (when not NULL) the text of the one whose
@@ -231,7 +164,7 @@ static void test_welcome_email_is_sent_once(void **state)
     assert_non_null(strstr(msgs, "\"template\":\"welcome\""));
     assert_non_null(strstr(msgs, "\"sent_at\":\""));
     http_result_free(&r);
-    finish(e);
+    down(e);
 }
 
 static void test_profile_before_registration_waits_for_the_address(void **state)
@@ -248,7 +181,7 @@ static void test_profile_before_registration_waits_for_the_address(void **state)
     assert_non_null(strstr(text, "Subject: Welcome, grace!\r\n"));
     free(text);
     ew_event_unref(ev);
-    finish(e);
+    down(e);
 }
 
 static void test_password_reset_email_holds_the_token(void **state)
@@ -282,7 +215,7 @@ static void test_password_reset_email_holds_the_token(void **state)
                               " WHERE subject LIKE '%tok-%' OR ref = $1",
                               "tok-3f9a1c0d2b"),
                      0);
-    finish(e);
+    down(e);
 }
 
 static void test_export_link_is_mailed(void **state)
@@ -310,7 +243,7 @@ static void test_export_link_is_mailed(void **state)
     assert_non_null(strstr(text, "Subject: Your data export is ready\r\n"));
     free(text);
     ew_event_unref(ev);
-    finish(e);
+    down(e);
 }
 
 /* A port nothing listens on. */
@@ -363,7 +296,7 @@ static void test_smtp_failure_publishes_email_failed_and_dead_letters(void **sta
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.notification_messages", NULL),
                      0);
     assert_int_equal(mails(e, NULL, NULL), 0);
-    finish(e);
+    down(e);
 }
 
 /* ---- a fake SMTP server ---------------------------------------------------------------------- */
@@ -471,7 +404,7 @@ static void test_smtp_delivery(void **state)
     free(s.data);
     /* nothing in the spool: the mail went over SMTP */
     assert_int_equal(mails(e, NULL, NULL), 0);
-    finish(e);
+    down(e);
 }
 
 static void test_gdpr_export_and_deletion(void **state)
@@ -533,7 +466,7 @@ static void test_gdpr_export_and_deletion(void **state)
     char path[128];
     snprintf(path, sizeof path, "/notifications/%s", user_id);
     expect(e, "GET", path, NULL, 404, "user_id", "holds nothing");
-    finish(e);
+    down(e);
 }
 
 static void test_bad_requests_and_settings(void **state)
@@ -551,41 +484,25 @@ static void test_bad_requests_and_settings(void **state)
     r = api(e, "GET", "/healthz", NULL, NULL);
     assert_int_equal(r.status, 200);
     http_result_free(&r);
-    finish(e);
+    down(e);
 
     /* settings it cannot work with stop it at start, saying which */
     char dir[256];
     svc_tmpdir(dir);
-    svc_proc p;
     const char *bad_from[] = {"MAIL_FROM=nobody", NULL};
-    assert_int_equal(svc_proc_start(&p, SVC_UNDER_TEST, dir, bad_from), -1);
+    free(start_fails(dir, bad_from));
     const char *bad_url[] = {"SMTP_URL=http://127.0.0.1:25", NULL};
-    assert_int_equal(svc_proc_start(&p, SVC_UNDER_TEST, dir, bad_url), -1);
-    char cmd[300], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s/" SVC_UNDER_TEST ".stderr", dir);
-    FILE *f = fopen(cmd, "r");
-    assert_non_null(f);
-    out = calloc(1, 65536);
-    size_t got = fread(out, 1, 65535, f);
-    out[got] = '\0';
-    fclose(f);
+    char *out = start_fails(dir, bad_url); /* both starts' stderr */
     assert_non_null(strstr(out, "MAIL_FROM"));
     assert_non_null(strstr(out, "SMTP_URL"));
     free(out);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(rm_dir(dir), 0);
 }
 
 static void test_on_postgresql(void **state)
 {
-    char msg[256];
-    char *url = ew_test_pg_create(msg, sizeof msg);
-    if (!url) {
-        fprintf(stderr, "skipped: %s\n", msg);
-        skip();
-    }
     char db[600];
-    snprintf(db, sizeof db, "SERVICE_DB_URL=%s", url);
+    char *url = pg_service_db(db);
     const char *extra[] = {db, NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], request_id[EW_UUID_LEN + 1], path[128];
@@ -610,7 +527,7 @@ static void test_on_postgresql(void **state)
     assert_int_equal(ew_user_data_deleted_data(ev)->records, 2);
     ew_event_unref(ev);
     expect(e, "GET", path, NULL, 404, "user_id", NULL);
-    finish(e);
+    down(e);
     ew_test_pg_drop(url);
 }
 

@@ -2,7 +2,6 @@
  * engine ran two UserRegistration sagas, one completed and one compensated. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include "support/ew_test.h"
 #include "eventwire/bus.h"
@@ -11,49 +10,6 @@
 #include "eventwire/saga.h"
 #include "eventwire/sagas.h"
 #include "eventwire/store.h"
-
-/* Runs `ewctl ARGS`; returns the exit status, the standard output in *out and the standard error
- * in *errout (when not NULL), both malloc'ed. */
-static int run(const char *args, char **out, char **errout)
-{
-    /* ewctl sits beside this test executable (CTest also says where, in EW_BUILD_DIR) */
-    char self[4096] = ".";
-    const char *bin = getenv("EW_BUILD_DIR");
-    ssize_t sn = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (!bin && sn > 0) {
-        self[sn] = '\0';
-        *strrchr(self, '/') = '\0';
-        bin = self;
-    }
-    char err_path[] = "/tmp/ewctl-saga-err-XXXXXX";
-    int efd = mkstemp(err_path);
-    assert_true(efd >= 0);
-    close(efd);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s/ewctl %s < /dev/null 2> %s", bin, args, err_path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap) buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    FILE *e = fopen(err_path, "r");
-    char *ebuf = calloc(1, 1 << 14);
-    size_t elen = fread(ebuf, 1, (1 << 14) - 1, e);
-    ebuf[elen] = '\0';
-    fclose(e);
-    unlink(err_path);
-    *out = buf;
-    if (errout)
-        *errout = ebuf;
-    else
-        free(ebuf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 static void publish(ew_bus *bus, ew_type_id type, const void *data, const char *subject)
 {
@@ -139,14 +95,15 @@ static void test_saga_list_and_show(void **state)
     setenv("EVENT_STORE_URL", url, 1);
 
     char *out, *err, args[256];
-    assert_int_equal(run("saga list", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("saga list", NULL, &out, NULL), 0);
     assert_int_equal(lines(out), 2);
     assert_non_null(strstr(out, "\"type\":\"UserRegistration\""));
     assert_non_null(strstr(out, "\"status\":\"completed\""));
     assert_non_null(strstr(out, "\"status\":\"compensated\""));
     free(out);
 
-    assert_int_equal(run("saga list --status completed --type UserRegistration", &out, NULL), 0);
+    assert_int_equal(
+        ew_test_ewctl("saga list --status completed --type UserRegistration", NULL, &out, NULL), 0);
     assert_int_equal(lines(out), 1);
     char key[80];
     snprintf(key, sizeof key, "\"correlation_key\":\"%s\"", ok);
@@ -160,15 +117,15 @@ static void test_saga_list_and_show(void **state)
     assert_non_null(p);
     snprintf(id, sizeof id, "%s", p + 7);
     free(out);
-    assert_int_equal(run("saga list --type PasswordReset", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("saga list --type PasswordReset", NULL, &out, NULL), 0);
     assert_string_equal(out, "");
     free(out);
-    assert_int_equal(run("saga list --status failed --limit 5", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("saga list --status failed --limit 5", NULL, &out, NULL), 0);
     assert_string_equal(out, "");
     free(out);
 
     snprintf(args, sizeof args, "saga show %s", id);
-    assert_int_equal(run(args, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl(args, NULL, &out, NULL), 0);
     assert_int_equal(lines(out), 1);
     snprintf(key, sizeof key, "\"data\":{\"user_id\":\"%s\"}", ok);
     assert_non_null(strstr(out, key));
@@ -180,7 +137,7 @@ static void test_saga_list_and_show(void **state)
     free(out);
 
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", bad);
-    assert_int_equal(run(args, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl(args, NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"status\":\"compensated\""));
     assert_non_null(strstr(out, "\"reason\":\"Step profile failed (user.profile_creation_failed): "
                                 "disk full\""));
@@ -191,26 +148,27 @@ static void test_saga_list_and_show(void **state)
     free(out);
 
     /* mistakes */
-    assert_int_equal(run("saga show 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", &out, &err), 1);
+    assert_int_equal(
+        ew_test_ewctl("saga show 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "no saga with id 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
     free(out);
     free(err);
-    assert_int_equal(run("saga list --status lost", &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("saga list --status lost", NULL, &out, &err), 2);
     assert_non_null(strstr(err, "--status takes running"));
     free(out);
     free(err);
-    assert_int_equal(run("saga show", &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("saga show", NULL, &out, &err), 2);
     free(out);
     free(err);
-    assert_int_equal(run("saga frob", &out, &err), 2);
+    assert_int_equal(ew_test_ewctl("saga frob", NULL, &out, &err), 2);
     assert_non_null(strstr(err, "unknown saga command 'frob'"));
     free(out);
     free(err);
-    assert_int_equal(run("saga --help", &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("saga --help", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "usage: ewctl saga list"));
     free(out);
     setenv("EVENT_STORE_URL", "oracle://x", 1);
-    assert_int_equal(run("saga list", &out, &err), 1);
+    assert_int_equal(ew_test_ewctl("saga list", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "cannot open the event store"));
     free(out);
     free(err);

@@ -24,31 +24,10 @@ static const char saga_usage[] =
     "caused it (none for a deadline), when, and what happened. S is running, completed,\n"
     "compensating, compensated, failed or timed_out.\n";
 
-static int open_store(ew_store **st)
-{
-    ew_config *cfg = NULL;
-    ew_error err = {0};
-    int rc = ew_config_new(&cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(cfg, &err);
-    if (rc == 0) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
-    ew_config_free(cfg);
-    if (rc) return ewctl_fail(1, "cannot open the event store: %s", err.msg);
-    return 0;
-}
-
-static void put_str(ew_buf *b, const char *key, const char *v)
-{
-    ew_buf_printf(b, ",\"%s\":", key);
-    if (v)
-        ew_json_write_string(b, v, strlen(v));
-    else
-        ew_buf_puts(b, "null");
-}
-
 static void put_time(ew_buf *b, const char *key, int64_t us)
 {
     char t[EW_TIME_LEN + 1];
-    put_str(b, key, us && ew_time_format(us, t) == 0 ? t : NULL);
+    ewctl_put_str(b, key, us && ew_time_format(us, t) == 0 ? t : NULL);
 }
 
 /* A column holding JSON: as JSON when it parses, else as a string (a hand-edited row). */
@@ -61,7 +40,7 @@ static void put_json(ew_buf *b, const char *key, const char *v)
         ew_buf_printf(b, ",\"%s\":", key);
         ew_json_write(b, j);
     } else {
-        put_str(b, key, v);
+        ewctl_put_str(b, key, v);
     }
     ew_arena_release(&a);
 }
@@ -71,15 +50,15 @@ static void put_info(ew_buf *b, const ew_saga_info *in)
 {
     ew_buf_puts(b, "{\"id\":");
     ew_json_write_string(b, in->id, strlen(in->id));
-    put_str(b, "type", in->type);
-    put_str(b, "status", ew_saga_status_name(in->status));
-    put_str(b, "step", in->step);
+    ewctl_put_str(b, "type", in->type);
+    ewctl_put_str(b, "status", ew_saga_status_name(in->status));
+    ewctl_put_str(b, "step", in->step);
     ew_buf_printf(b, ",\"step_attempts\":%d", in->step_attempts);
     put_json(b, "steps_done", in->steps_done);
-    put_str(b, "correlation_key", in->correlation_key);
-    put_str(b, "correlation_id", in->correlation_id);
-    put_str(b, "subject", in->subject);
-    put_str(b, "reason", in->reason);
+    ewctl_put_str(b, "correlation_key", in->correlation_key);
+    ewctl_put_str(b, "correlation_id", in->correlation_id);
+    ewctl_put_str(b, "subject", in->subject);
+    ewctl_put_str(b, "reason", in->reason);
     ew_buf_printf(b, ",\"version\":%lld", (long long)in->version);
     put_time(b, "started_at", in->started_us);
     put_time(b, "updated_at", in->updated_us);
@@ -105,13 +84,13 @@ static int put_transition(void *ud, const ew_saga_transition *t)
     ew_buf *b = ud;
     ew_buf_printf(b, "%s{\"seq\":%lld", b->data[b->len - 1] == '[' ? "" : ",", (long long)t->seq);
     put_time(b, "at", t->at_us);
-    put_str(b, "from_status", t->from_status);
-    put_str(b, "to_status", t->to_status);
-    put_str(b, "from_step", t->from_step);
-    put_str(b, "to_step", t->to_step);
-    put_str(b, "event_id", t->event_id);
-    put_str(b, "event_type", t->event_type);
-    put_str(b, "note", t->note);
+    ewctl_put_str(b, "from_status", t->from_status);
+    ewctl_put_str(b, "to_status", t->to_status);
+    ewctl_put_str(b, "from_step", t->from_step);
+    ewctl_put_str(b, "to_step", t->to_step);
+    ewctl_put_str(b, "event_id", t->event_id);
+    ewctl_put_str(b, "event_type", t->event_type);
+    ewctl_put_str(b, "note", t->note);
     ew_buf_putc(b, '}');
     return 0;
 }
@@ -193,7 +172,7 @@ int ewctl_saga(int argc, char **argv)
         return ewctl_fail(2, "unknown saga command '%s'", argv[0]);
     }
     ew_store *st;
-    if (open_store(&st)) return 1;
+    if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
     int rc = strcmp(argv[0], "list") == 0 ? ew_saga_list(st, &f, print_info, NULL, &err)
                                           : show(st, id, type, key, &err);

@@ -42,18 +42,6 @@ static const char store_usage[] =
     "purge deletes the events older than EVENT_STORE_TTL_DAYS now, in small batches, and\n"
     "prints how many it deleted.\n";
 
-static int open_store(ew_store **st)
-{
-    ew_config *cfg = NULL;
-    ew_error err = {0};
-    int rc = ew_config_new(&cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(cfg, &err);
-    if (rc == 0) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
-    ew_config_free(cfg);
-    if (rc) return ewctl_fail(1, "cannot open the event store: %s", err.msg);
-    return 0;
-}
-
 static int open_bus(ew_bus **bus)
 {
     ew_error err = {0};
@@ -64,18 +52,11 @@ static int open_bus(ew_bus **bus)
     return 0;
 }
 
-static void put_str(ew_buf *b, const char *key, const char *v)
-{
-    ew_buf_printf(b, ",\"%s\":", key);
-    if (v) ew_json_write_string(b, v, strlen(v));
-    else ew_buf_puts(b, "null");
-}
-
 static void put_time(ew_buf *b, const char *key, int64_t us)
 {
     char t[EW_TIME_LEN + 1];
     if (ew_time_format(us, t) != 0) t[0] = '\0';
-    put_str(b, key, t);
+    ewctl_put_str(b, key, t);
 }
 
 static int print_row(void *ud, const ew_dlq_row *r)
@@ -84,16 +65,16 @@ static int print_row(void *ud, const ew_dlq_row *r)
     ew_buf b;
     ew_buf_init(&b);
     ew_buf_printf(&b, "{\"id\":%lld", (long long)r->id);
-    put_str(&b, "event_id", r->event_id);
-    put_str(&b, "event_name", r->event_name);
-    put_str(&b, "handler", r->handler);
-    put_str(&b, "subscriber_group", r->subscriber_group);
-    put_str(&b, "error", r->error);
+    ewctl_put_str(&b, "event_id", r->event_id);
+    ewctl_put_str(&b, "event_name", r->event_name);
+    ewctl_put_str(&b, "handler", r->handler);
+    ewctl_put_str(&b, "subscriber_group", r->subscriber_group);
+    ewctl_put_str(&b, "error", r->error);
     ew_buf_printf(&b, ",\"attempts\":%d", r->attempts);
     put_time(&b, "first_failed_at", r->first_failed_us);
     put_time(&b, "last_failed_at", r->last_failed_us);
-    put_str(&b, "status", ew_dlq_status_name(r->status));
-    if (with_event) put_str(&b, "event", r->event);
+    ewctl_put_str(&b, "status", ew_dlq_status_name(r->status));
+    if (with_event) ewctl_put_str(&b, "event", r->event);
     ew_buf_puts(&b, "}\n");
     if (!b.oom) fputs(b.data, stdout);
     ew_buf_release(&b);
@@ -144,10 +125,10 @@ static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
     ew_buf b;
     ew_buf_init(&b);
     ew_buf_printf(&b, "{\"id\":%lld", (long long)row->id);
-    put_str(&b, "event_id", row->event_id);
-    put_str(&b, "handler", row->handler);
-    put_str(&b, "subscriber_group", row->subscriber_group);
-    put_str(&b, "status", "retried");
+    ewctl_put_str(&b, "event_id", row->event_id);
+    ewctl_put_str(&b, "handler", row->handler);
+    ewctl_put_str(&b, "subscriber_group", row->subscriber_group);
+    ewctl_put_str(&b, "status", "retried");
     ew_buf_puts(&b, "}\n");
     if (!b.oom) fputs(b.data, stdout);
     ew_buf_release(&b);
@@ -240,7 +221,7 @@ int ewctl_dlq(int argc, char **argv)
         if (id && (f.event_name || f.handler || f.group))
             return ewctl_fail(2, "the filters go with --all, not with an ID");
         ew_store *st;
-        if (open_store(&st)) return 1;
+        if (ewctl_open_store(&st)) return 1;
         int status = dlq_retry(st, id, &f);
         ew_store_close(st);
         return status;
@@ -251,7 +232,7 @@ int ewctl_dlq(int argc, char **argv)
         return ewctl_fail(2, "unknown dlq command '%s'", cmd);
     }
     ew_store *st;
-    if (open_store(&st)) return 1;
+    if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
     int rc, with_event = strcmp(cmd, "show") == 0;
     if (strcmp(cmd, "list") == 0) {
@@ -279,7 +260,7 @@ static int print_stored(void *ud, const ew_stored_event *se)
     ew_buf_init(&b);
     ew_buf_printf(&b, "{\"position\":%lld,\"version\":%lld", (long long)se->position,
                   (long long)se->version);
-    put_str(&b, "stream_id", se->stream_id);
+    ewctl_put_str(&b, "stream_id", se->stream_id);
     put_time(&b, "recorded_at", se->recorded_us);
     ew_buf_printf(&b, ",\"event\":%s}\n", json);
     if (!b.oom) fputs(b.data, stdout);
@@ -347,7 +328,7 @@ static int store_replay(int argc, char **argv)
     if (!ew_pattern_valid(pattern))
         return ewctl_fail(2, "'%s' is not a pattern (user.registered, user.*, user.#, #)", pattern);
     ew_store *st;
-    if (open_store(&st)) return 1;
+    if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
     replay r = {.group = group, .err = &err};
     if (open_bus(&r.bus)) {
@@ -389,13 +370,13 @@ int ewctl_store(int argc, char **argv)
         }
         if (!stream) return ewctl_fail(2, "store stream needs a STREAM_ID");
         if (from < 1) return ewctl_fail(2, "--from takes a version from 1");
-        if (open_store(&st)) return 1;
+        if (ewctl_open_store(&st)) return 1;
         rc = ew_store_read_stream(st, stream, from, 0, print_stored, NULL, &err);
     } else if (strcmp(argv[0], "replay") == 0) {
         return store_replay(argc, argv);
     } else if (strcmp(argv[0], "purge") == 0) {
         if (argc != 1) return ewctl_fail(2, "store purge takes no arguments");
-        if (open_store(&st)) return 1;
+        if (ewctl_open_store(&st)) return 1;
         size_t purged = 0;
         rc = ew_store_purge(st, 0, &purged, &err);
         if (rc == 0) printf("{\"purged\":%zu}\n", purged);

@@ -4,6 +4,8 @@
 #define EWCTL_H
 
 #include <stdio.h>
+#include "core/buf.h"
+#include "eventwire/store.h"
 
 typedef struct ewctl_cmd {
     const char *name;
@@ -27,5 +29,12 @@ int ewctl_wants_help(int argc, char **argv);
 
 /* Prints "ewctl: " and the message on stderr; returns status. */
 int ewctl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Opens the event store the environment names (EVENT_STORE_URL, ...) into *st: 0, or 1 after
+ * saying why on stderr (common.c). */
+int ewctl_open_store(ew_store **st);
+
+/* Appends ,"key":v to b, v as a JSON string, or null when it is NULL (common.c). */
+void ewctl_put_str(ew_buf *b, const char *key, const char *v);
 
 #endif

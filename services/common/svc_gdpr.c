@@ -1,0 +1,231 @@
+/* The user's data (svc.h): every service answers the GDPR machinery the same way, from a
+ * description of the tables it holds (svc_def.gdpr).
+ *
+ *  user.data_export_requested  user.data_collected with the user's data (svc_user_data)
+ *  user.deletion_requested     the deletes and the service's hooks, in the inbox's transaction;
+ *                              user.data_deleted with the number of rows deleted */
+#include <stdlib.h>
+#include <string.h>
+#include "core/json.h"
+#include "svc.h"
+
+static ew_handler_result failure(const svc_gdpr *g, svc *s, ew_handler_ctx *ctx, const char *what,
+                                 const ew_error *e)
+{
+    return (g->failure ? g->failure : svc_retry)(s, ctx, what, e);
+}
+
+/* ---- collecting ------------------------------------------------------------------------------ */
+
+typedef struct first_row {
+    ew_buf *b;
+    const svc_gdpr_part *part;
+    bool found;
+} first_row;
+
+static int write_first(void *ud, const ew_row *r)
+{
+    first_row *f = ud;
+    f->found = true;
+    if (f->part->kind == SVC_GDPR_ROW)
+        svc_row_json(f->b, r, &f->part->cols);
+    else if (r->ncols && r->values[0])
+        ew_json_write_string(f->b, r->values[0], strlen(r->values[0]));
+    else
+        ew_buf_puts(f->b, "null");
+    return 1;
+}
+
+int svc_user_data(ew_txn *t, const svc_gdpr *g, const char *user_id, ew_buf *b, bool *found,
+                  ew_error *err)
+{
+    const char *p[] = {user_id};
+    ew_buf out;
+    ew_buf_init(&out);
+    *found = false;
+    int rc = 0;
+    ew_buf_putc(&out, '{');
+    for (const svc_gdpr_part *part = g->parts; !rc && part->key; part++) {
+        if (part != g->parts) ew_buf_putc(&out, ',');
+        ew_json_write_string(&out, part->key, strlen(part->key));
+        ew_buf_putc(&out, ':');
+        if (part->kind == SVC_GDPR_ROWS) {
+            size_t n = 0;
+            rc = svc_rows_json(t, part->sql, p, 1, &part->cols, &out, &n, err);
+            if (n) *found = true;
+        } else {
+            first_row f = {&out, part, false};
+            rc = ew_txn_query(t, part->sql, p, 1, write_first, &f, err);
+            if (f.found)
+                *found = true;
+            else
+                ew_buf_puts(&out, "null");
+        }
+    }
+    ew_buf_putc(&out, '}');
+    if (!rc) {
+        if (*found || !g->empty_is_nothing)
+            ew_buf_append(b, out.data, out.len);
+        else
+            ew_buf_puts(b, "{}");
+        if (out.oom || b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    ew_buf_release(&out);
+    return rc;
+}
+
+static ew_handler_result on_export_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    svc *s = ud;
+    const svc_def *def = svc_definition(s);
+    const svc_gdpr *g = def->gdpr;
+    const ew_user_data_export_requested *d = ew_user_data_export_requested_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    if (g->before_export) {
+        ew_handler_result r = g->before_export(s, def->ud, ev, ctx);
+        if (r != EW_HANDLER_OK) return r;
+    }
+    ew_buf b;
+    ew_buf_init(&b);
+    bool found;
+    ew_error e = {0};
+    ew_handler_result r = EW_HANDLER_OK;
+    if (svc_user_data(ew_ctx_txn(ctx), g, d->user_id, &b, &found, &e)) {
+        r = failure(g, s, ctx, "collecting the user's data", &e);
+    } else {
+        ew_user_data_collected c = {.export_id = d->export_id,
+                                    .user_id = d->user_id,
+                                    .service = svc_name(s),
+                                    .data = b.data};
+        if (svc_ctx_emit(s, ctx, EW_T_USER_DATA_COLLECTED, &c, d->user_id, &e))
+            r = failure(g, s, ctx, "publishing user.data_collected", &e);
+    }
+    ew_buf_release(&b);
+    return r;
+}
+
+/* ---- deleting -------------------------------------------------------------------------------- */
+
+typedef struct names {
+    char **v;
+    size_t n, cap;
+    bool oom;
+} names;
+
+static int add_name(void *ud, const ew_row *r)
+{
+    names *l = ud;
+    if (!r->ncols || !r->values[0]) return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        char **p = realloc(l->v, cap * sizeof *p);
+        if (!p) {
+            l->oom = true;
+            return 1;
+        }
+        l->v = p;
+        l->cap = cap;
+    }
+    if (!(l->v[l->n] = strdup(r->values[0]))) {
+        l->oom = true;
+        return 1;
+    }
+    l->n++;
+    return 0;
+}
+
+static void names_release(names *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    svc *s = ud;
+    const svc_def *def = svc_definition(s);
+    const svc_gdpr *g = def->gdpr;
+    const ew_user_deletion_requested *d = ew_user_deletion_requested_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    ew_txn *t = ew_ctx_txn(ctx);
+    const char *p[] = {d->user_id};
+    names left = {0};
+    int64_t records = 0;
+    ew_error e = {0};
+    int rc = 0;
+    if (g->leftovers) {
+        rc = ew_txn_query(t, g->leftovers, p, 1, add_name, &left, &e);
+        if (!rc && left.oom) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
+    }
+    for (const char *const *sql = g->deletes; !rc && *sql; sql++) {
+        int64_t n = 0;
+        rc = ew_txn_exec(t, *sql, p, 1, &n, &e);
+        records += n;
+    }
+    if (!rc && g->after_delete) rc = g->after_delete(s, def->ud, t, d->user_id, &e);
+    if (!rc && g->forget)
+        for (size_t i = 0; i < left.n; i++)
+            g->forget(s, def->ud, left.v[i]);
+    names_release(&left);
+    if (rc) return failure(g, s, ctx, "deleting the user's data", &e);
+    ew_user_data_deleted dd = {.request_id = d->request_id,
+                               .user_id = d->user_id,
+                               .service = svc_name(s),
+                               .records = records};
+    if (svc_ctx_emit(s, ctx, EW_T_USER_DATA_DELETED, &dd, d->user_id, &e))
+        return failure(g, s, ctx, "publishing user.data_deleted", &e);
+    svc_log(s, EW_LOG_INFO, "deleted user %s: %lld records (request %s)", d->user_id,
+            (long long)records, d->request_id);
+    return EW_HANDLER_OK;
+}
+
+int svc_gdpr_subscribe(svc *s, ew_error *err)
+{
+    static const svc_handler subs[] = {
+        {"user.deletion_requested", on_deletion_requested},
+        {"user.data_export_requested", on_export_requested},
+    };
+    return svc_subscribe_all(s, subs, sizeof subs / sizeof subs[0], s, err);
+}
+
+/* ---- over HTTP ------------------------------------------------------------------------------- */
+
+void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *res, const char *what)
+{
+    const char *id = ew_http_param(rq, "user_id");
+    if (!svc_uuid_valid(id)) {
+        ew_http_reply_error(res, 400, "user_id", "user_id must be a UUID (lower-case 8-4-4-4-12)");
+        return;
+    }
+    ew_txn *t;
+    ew_error e = {0};
+    if (svc_begin(s, &t, &e)) {
+        svc_reply_failure(s, res, what, &e);
+        return;
+    }
+    ew_buf data;
+    ew_buf_init(&data);
+    bool found = false;
+    int rc = svc_user_data(t, svc_definition(s)->gdpr, id, &data, &found, &e);
+    ew_txn_rollback(t);
+    if (rc) {
+        svc_reply_failure(s, res, what, &e);
+    } else if (!found) {
+        ew_http_reply_error(res, 404, "user_id", "%s holds nothing about user %s", svc_name(s), id);
+    } else {
+        ew_buf b;
+        ew_buf_init(&b);
+        ew_buf_puts(&b, "{\"user_id\":");
+        ew_json_write_string(&b, id, strlen(id));
+        ew_buf_putc(&b, ',');
+        ew_buf_append(&b, data.data + 1, data.len - 1); /* the members of data, and its '}' */
+        if (b.oom)
+            ew_http_reply_error(res, 500, NULL, "out of memory");
+        else
+            ew_http_reply_raw(res, 200, b.data, b.len);
+        ew_buf_release(&b);
+    }
+    ew_buf_release(&data);
+}
