@@ -111,6 +111,9 @@ static ew_handler_result find_user(notif *n, ew_handler_ctx *ctx, const char *us
     return EW_HANDLER_OK;
 }
 
+static ew_handler_result send_welcome(notif *n, ew_handler_ctx *ctx, const char *user_id,
+                                      const char *display_name, svc_row *u);
+
 /* ---- user.registered: keep the address ------------------------------------------------------- */
 
 static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
@@ -130,24 +133,45 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
                     " updated_at = excluded.updated_at",
                     p, 4, NULL, &e))
         return svc_retry(n->s, ctx, "recording a user", &e);
-    return EW_HANDLER_OK;
+    /* a welcome that arrived first (user.profile_created) is owed now */
+    svc_row w;
+    const char *q[] = {d->user_id};
+    if (svc_query_row(ew_ctx_txn(ctx),
+                      "SELECT display_name FROM event_store.notification_pending_welcomes"
+                      " WHERE user_id = $1",
+                      q, 1, &w, &e))
+        return svc_retry(n->s, ctx, "reading a pending welcome", &e);
+    if (!w.found) {
+        svc_row_free(&w);
+        return EW_HANDLER_OK;
+    }
+    svc_row u = {.found = true, .n = 2, .v = {strdup(d->email), strdup(d->username)}};
+    ew_handler_result r = EW_HANDLER_RETRY;
+    if (!u.v[0] || !u.v[1])
+        ew_ctx_set_error(ctx, "out of memory");
+    else if (ew_txn_exec(ew_ctx_txn(ctx),
+                         "DELETE FROM event_store.notification_pending_welcomes WHERE user_id = $1",
+                         q, 1, NULL, &e))
+        r = svc_retry(n->s, ctx, "taking a pending welcome", &e);
+    else
+        r = send_welcome(n, ctx, d->user_id, w.v[0], &u);
+    svc_row_free(&u);
+    svc_row_free(&w);
+    return r;
 }
 
 /* ---- user.profile_created: the welcome email ------------------------------------------------- */
 
-static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+/* The welcome email to user_id, whose address and name are in u, once. */
+static ew_handler_result send_welcome(notif *n, ew_handler_ctx *ctx, const char *user_id,
+                                      const char *display_name, svc_row *u)
 {
-    notif *n = ud;
-    const ew_user_profile_created *d = ew_user_profile_created_data(ev);
-    if (!d) return svc_not_mine(ctx, ev);
-    svc_row u;
-    ew_handler_result r = find_user(n, ctx, d->user_id, &u);
-    if (r != EW_HANDLER_OK) return r;
+    ew_handler_result r;
     char name[NAME_MAX_BYTES + 1], subject[NAME_MAX_BYTES + 64], *body = NULL;
-    cut_utf8(d->display_name && *d->display_name ? d->display_name : u.v[1], name, NAME_MAX_BYTES);
+    cut_utf8(display_name && *display_name ? display_name : u->v[1], name, NAME_MAX_BYTES);
     snprintf(subject, sizeof subject, "Welcome, %s!", name);
     char uname[NAME_MAX_BYTES + 1];
-    cut_utf8(u.v[1], uname, NAME_MAX_BYTES);
+    cut_utf8(u->v[1], uname, NAME_MAX_BYTES);
     if (asprintf(&body,
                  "Hello %s,\n\n"
                  "welcome aboard: your account \"%s\" is ready and your profile is set up.\n\n"
@@ -155,22 +179,53 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
                  "account.\n\n"
                  "-- \neventwire\n",
                  name, uname) < 0) {
-        svc_row_free(&u);
         ew_ctx_set_error(ctx, "out of memory");
         return EW_HANDLER_RETRY;
     }
-    notif_mail m = {.to = u.v[0], .subject = subject, .body = body, .template_name = "welcome"};
+    notif_mail m = {.to = u->v[0], .subject = subject, .body = body, .template_name = "welcome"};
     bool sent;
-    r = send_once(n, ctx, d->user_id, d->user_id, &m, &sent);
+    r = send_once(n, ctx, user_id, user_id, &m, &sent);
     if (r == EW_HANDLER_OK && sent) {
         ew_notification_welcome_email_sent w = {
-            .user_id = d->user_id, .email = u.v[0], .message_id = m.message_id};
-        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &w, d->user_id);
+            .user_id = user_id, .email = u->v[0], .message_id = m.message_id};
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &w, user_id);
         if (r == EW_HANDLER_OK)
             svc_log(n->s, EW_LOG_INFO, "welcome email %s sent to user %s", m.message_id,
-                    d->user_id);
+                    user_id);
     }
     free(body);
+    return r;
+}
+
+static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    notif *n = ud;
+    const ew_user_profile_created *d = ew_user_profile_created_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    svc_row u;
+    ew_error e = {0};
+    const char *p[] = {d->user_id};
+    if (svc_query_row(ew_ctx_txn(ctx),
+                      "SELECT email, username FROM event_store.notification_users"
+                      " WHERE user_id = $1",
+                      p, 1, &u, &e))
+        return svc_retry(n->s, ctx, "reading a user", &e);
+    if (!u.found) {
+        /* user.registered has not been handled yet (its subscription runs apart): the welcome
+         * waits for it rather than retrying after a back-off */
+        svc_row_free(&u);
+        char now[EW_TIME_LEN + 1];
+        now_text(now);
+        const char *w[] = {d->user_id, d->display_name, now};
+        if (ew_txn_exec(ew_ctx_txn(ctx),
+                        "INSERT INTO event_store.notification_pending_welcomes"
+                        " (user_id, display_name, created_at) VALUES ($1, $2, $3)"
+                        " ON CONFLICT (user_id) DO NOTHING",
+                        w, 3, NULL, &e))
+            return svc_retry(n->s, ctx, "keeping a welcome for later", &e);
+        return EW_HANDLER_OK;
+    }
+    ew_handler_result r = send_welcome(n, ctx, d->user_id, d->display_name, &u);
     svc_row_free(&u);
     return r;
 }
@@ -282,6 +337,7 @@ const svc_gdpr notif_gdpr = {
         (const char *const[]){
             "DELETE FROM event_store.notification_messages WHERE user_id = $1",
             "DELETE FROM event_store.notification_users WHERE user_id = $1",
+            "DELETE FROM event_store.notification_pending_welcomes WHERE user_id = $1",
             NULL,
         },
     .leftovers = "SELECT message_id FROM event_store.notification_messages WHERE user_id = $1",

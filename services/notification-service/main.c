@@ -25,6 +25,12 @@ static const char *const schema[] = {
     " transport TEXT NOT NULL CHECK (transport IN ('smtp', 'file')),"
     " sent_at TEXT NOT NULL,"
     " UNIQUE (user_id, template, ref))",
+    /* A welcome owed to a user whose address is not known yet (user.profile_created handled
+     * before user.registered: their subscriptions run apart); sent when the address comes. */
+    "CREATE TABLE IF NOT EXISTS event_store.notification_pending_welcomes ("
+    " user_id TEXT PRIMARY KEY,"
+    " display_name TEXT,"
+    " created_at TEXT NOT NULL)",
 };
 
 void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1])
