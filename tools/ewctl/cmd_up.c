@@ -239,10 +239,16 @@ static int await_listening(const char *name, pid_t pid, off_t at, double timeout
     }
 }
 
-/* Reads [SERVICE...] [--timeout S]; names[0..*n). */
+/* Reads [SERVICE...] [--timeout S] into names[0..*n) (all five when none is named) and
+ * *timeout_s (30 s unless given). -1 after printing the help; 2 for a bad argument. */
 static int parse_args(int argc, char **argv, const char **names, size_t *n, double *timeout_s)
 {
+    if (ewctl_wants_help(argc, argv)) {
+        fputs(up_usage, stdout);
+        return -1;
+    }
     *n = 0;
+    *timeout_s = 30;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
             char *end;
@@ -266,14 +272,11 @@ static int parse_args(int argc, char **argv, const char **names, size_t *n, doub
 
 int ewctl_up(int argc, char **argv)
 {
-    if (ewctl_wants_help(argc, argv)) {
-        fputs(up_usage, stdout);
-        return 0;
-    }
     const char *names[NSERVICES];
     size_t n;
-    double timeout_s = 30;
-    if (parse_args(argc, argv, names, &n, &timeout_s)) return 2;
+    double timeout_s;
+    int rc = parse_args(argc, argv, names, &n, &timeout_s);
+    if (rc) return rc < 0 ? 0 : rc;
     if (make_dirs()) return 1;
     size_t started = 0;
     bool failed = false;
@@ -301,14 +304,11 @@ int ewctl_up(int argc, char **argv)
 
 int ewctl_down(int argc, char **argv)
 {
-    if (ewctl_wants_help(argc, argv)) {
-        fputs(up_usage, stdout);
-        return 0;
-    }
     const char *names[NSERVICES];
     size_t n;
-    double timeout_s = 30;
-    if (parse_args(argc, argv, names, &n, &timeout_s)) return 2;
+    double timeout_s;
+    int rc = parse_args(argc, argv, names, &n, &timeout_s);
+    if (rc) return rc < 0 ? 0 : rc;
     stop_services(names, n, timeout_s, true);
     return 0;
 }
