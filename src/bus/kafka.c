@@ -579,7 +579,7 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
         const char *subject = ew_event_subject(ev);
         slots[i] = (pslot){.b = &b};
         atomic_fetch_add_explicit(&b.remaining, 1, memory_order_relaxed);
-        int64_t give_up = ew_mono_ns() + (int64_t)k->publish_timeout_ms * 1000000;
+        int64_t give_up = 0; /* read the clock only when the queue is full */
         rd_kafka_resp_err_t e;
         for (;;) {
             e = rd_kafka_producev(
@@ -589,7 +589,9 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
                 RD_KAFKA_V_HEADER("content-type", CE_CONTENT_TYPE, -1),
                 RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
             /* The local queue is full: serve reports until there is room (bounded). */
-            if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || ew_mono_ns() > give_up) break;
+            if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+            if (!give_up) give_up = ew_mono_ns() + (int64_t)k->publish_timeout_ms * 1000000;
+            else if (ew_mono_ns() > give_up) break;
             rd_kafka_poll(p->rk, 10);
         }
         if (e) {
