@@ -7,17 +7,8 @@
 /* The fixture's bootstrap list, or "" when there is none (the cases then skip). */
 static const char *bootstrap(void)
 {
-    static char url[512];
-    if (url[0]) return url;
-    const char *dir = getenv("EW_SERVERS_DIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/kafka.url", dir ? dir : "servers");
-    FILE *f = fopen(path, "r");
-    if (!f) return "";
-    if (!fgets(url, sizeof url, f)) url[0] = '\0';
-    fclose(f);
-    url[strcspn(url, "\r\n")] = '\0';
-    return url;
+    const char *url = ew_test_server_url("kafka");
+    return url ? url : "";
 }
 
 /* Each test's namespace is its topic prefix and its group prefix. */

@@ -9,18 +9,7 @@
 /* The broker's URL from $EW_SERVERS_DIR/rabbitmq.url, or NULL when no server runs. */
 static const char *rabbitmq_url(void)
 {
-    static char url[256];
-    const char *dir = getenv("EW_SERVERS_DIR");
-    if (!dir) return NULL;
-    char path[512];
-    snprintf(path, sizeof path, "%s/rabbitmq.url", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *got = fgets(url, sizeof url, f);
-    fclose(f);
-    if (!got) return NULL;
-    url[strcspn(url, "\n")] = '\0';
-    return url;
+    return ew_test_server_url("rabbitmq");
 }
 
 static int rabbitmq_configure(ew_config *cfg, const char *ns)

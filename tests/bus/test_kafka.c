@@ -30,14 +30,8 @@ static void read_line(const char *path, char *out, size_t cap)
 /* The fixture's bootstrap list; skips the test when there is none. */
 static const char *bootstrap(void)
 {
-    static char url[512];
-    if (!url[0]) {
-        const char *dir = getenv("EW_SERVERS_DIR");
-        char path[4096];
-        snprintf(path, sizeof path, "%s/kafka.url", dir ? dir : "servers");
-        read_line(path, url, sizeof url);
-    }
-    if (!url[0]) skip();
+    const char *url = ew_test_server_url("kafka");
+    if (!url) skip();
     return url;
 }
 

@@ -17,18 +17,7 @@
 
 static const char *server_url(void)
 {
-    static char url[256];
-    const char *dir = getenv("EW_SERVERS_DIR");
-    if (!dir) return NULL;
-    char path[512];
-    snprintf(path, sizeof path, "%s/rabbitmq.url", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *got = fgets(url, sizeof url, f);
-    fclose(f);
-    if (!got) return NULL;
-    url[strcspn(url, "\n")] = '\0';
-    return url;
+    return ew_test_server_url("rabbitmq");
 }
 
 #define NEED_SERVER(url)                                                                           \

@@ -15,18 +15,7 @@
 
 static const char *srv_url(void)
 {
-    static char url[256];
-    const char *dir = getenv("EW_SERVERS_DIR");
-    if (!dir) return NULL;
-    char path[512];
-    snprintf(path, sizeof path, "%s/redis.url", dir);
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    char *got = fgets(url, sizeof url, f);
-    fclose(f);
-    if (!got) return NULL;
-    url[strcspn(url, "\r\n")] = '\0';
-    return url;
+    return ew_test_server_url("redis");
 }
 
 static int srv_port(void)

@@ -11,26 +11,10 @@
 #define WAIT_MS 60000
 #define PYTHON "/usr/bin/python3"
 
-static void read_line(const char *path, char *out, size_t cap)
-{
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    if (!fgets(out, (int)cap, f)) out[0] = '\0';
-    fclose(f);
-    out[strcspn(out, "\r\n")] = '\0';
-}
-
 static const char *bootstrap(void)
 {
-    static char url[512];
-    if (!url[0]) {
-        const char *dir = getenv("EW_SERVERS_DIR");
-        char path[4096];
-        snprintf(path, sizeof path, "%s/kafka.url", dir ? dir : "servers");
-        read_line(path, url, sizeof url);
-    }
-    if (!url[0]) skip();
+    const char *url = ew_test_server_url("kafka");
+    if (!url) skip();
     return url;
 }
 

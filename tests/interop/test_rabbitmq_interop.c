@@ -7,30 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "bus/bus_test_util.h"
+#include "interop/interop.h"
 #include "eventwire/clock.h"
 
 #define WAIT_MS 60000
-#define PYTHON "/usr/bin/python3"
 
 static const char *server_url(void)
 {
     return ew_test_server_url("rabbitmq");
-}
-
-/* The command that runs the script with args; skips when Python or the server is missing. */
-static void script_cmd(char *cmd, size_t n, const char *args)
-{
-    const char *src = getenv("EW_SOURCE_DIR");
-    if (!src || access(PYTHON, X_OK) != 0) skip();
-    snprintf(cmd, n, "%s '%s/tests/interop/rabbitmq_interop.py' %s", PYTHON, src, args);
-}
-
-/* The script's exit status; 77 (pika missing) skips. */
-static int script_status(int status)
-{
-    assert_true(WIFEXITED(status));
-    if (WEXITSTATUS(status) == 77) skip();
-    return WEXITSTATUS(status);
 }
 
 static ew_bus *open_bus(const char *url, const char *exchange)
@@ -66,7 +50,7 @@ static void python_consumes_eventwire_events(void **state)
     ew_bus *bus = open_bus(url, ex); /* declares the exchange */
     enum { N = 5 };
     snprintf(args, sizeof args, "consume '%s' '%s' %d", url, ex, N);
-    script_cmd(cmd, sizeof cmd, args);
+    interop_script_cmd(cmd, sizeof cmd, "rabbitmq_interop.py", args);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096];
@@ -106,7 +90,7 @@ static void python_consumes_eventwire_events(void **state)
         if (!matched) fail_msg("python saw an event we did not publish: %s", line);
         seen++;
     }
-    int rc = script_status(pclose(p));
+    int rc = interop_status(pclose(p));
     assert_int_equal(rc, 0);
     assert_int_equal(seen, N);
     assert_true(ok_line);
@@ -141,12 +125,12 @@ static void eventwire_handles_python_event(void **state)
     tb_subscribe(bus, "user.registered", keep, &g, &(ew_subscribe_opts){.group = "user-service"});
     tb_start(bus);
     snprintf(args, sizeof args, "publish '%s' '%s'", url, ex);
-    script_cmd(cmd, sizeof cmd, args);
+    interop_script_cmd(cmd, sizeof cmd, "rabbitmq_interop.py", args);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096] = "";
     char *got = fgets(line, sizeof line, p);
-    int rc = script_status(pclose(p));
+    int rc = interop_status(pclose(p));
     assert_int_equal(rc, 0);
     assert_non_null(got);
     /* the id the script printed: {"specversion": "1.0", "id": "...", ... */
@@ -192,7 +176,7 @@ static void rabbitmqctl_lists_the_group_queue(void **state)
     atomic_int n = 0;
     tb_subscribe(bus, "user.*", tb_count, &n, &(ew_subscribe_opts){.group = "analytics-service"});
     snprintf(args, sizeof args, "queues '%s' '%s'", dir, ex);
-    script_cmd(cmd, sizeof cmd, args);
+    interop_script_cmd(cmd, sizeof cmd, "rabbitmq_interop.py", args);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096];
@@ -206,7 +190,7 @@ static void rabbitmqctl_lists_the_group_queue(void **state)
         snprintf(want, sizeof want, "{\"name\": \"%s.dlx\", \"durable\": true", ex);
         dlx_q = dlx_q || strncmp(line, want, strlen(want)) == 0;
     }
-    int rc = script_status(pclose(p));
+    int rc = interop_status(pclose(p));
     tb_close(bus);
     assert_int_equal(rc, 0);
     assert_true(group_q);

@@ -7,30 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "bus/bus_test_util.h"
+#include "interop/interop.h"
 #include "eventwire/clock.h"
 
 #define WAIT_MS 60000
-#define PYTHON "/usr/bin/python3"
 
 static const char *server_url(void)
 {
     return ew_test_server_url("redis");
-}
-
-/* The command that runs the script with args; skips when Python is missing. */
-static void script_cmd(char *cmd, size_t n, const char *args)
-{
-    const char *src = getenv("EW_SOURCE_DIR");
-    if (!src || access(PYTHON, X_OK) != 0) skip();
-    snprintf(cmd, n, "%s '%s/tests/interop/redis_interop.py' %s", PYTHON, src, args);
-}
-
-/* The exit status of a command; 77 (redis-py missing) skips. */
-static int cmd_status(int status)
-{
-    assert_true(WIFEXITED(status));
-    if (WEXITSTATUS(status) == 77) skip();
-    return WEXITSTATUS(status);
 }
 
 static ew_bus *open_bus(const char *url, const char *prefix)
@@ -85,7 +69,7 @@ static void python_consumes_eventwire_events(void **state)
     }
     snprintf(args, sizeof args, "consume '%s' '%s:user.registered' python-service %d", url, prefix,
              N);
-    script_cmd(cmd, sizeof cmd, args);
+    interop_script_cmd(cmd, sizeof cmd, "redis_interop.py", args);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096];
@@ -110,7 +94,7 @@ static void python_consumes_eventwire_events(void **state)
         if (!matched) fail_msg("python saw an event we did not publish, or altered: %s", line);
         seen++;
     }
-    int rc = cmd_status(pclose(p));
+    int rc = interop_status(pclose(p));
     assert_int_equal(rc, 0);
     assert_int_equal(seen, N);
     assert_true(ok_line);
@@ -167,12 +151,12 @@ static void eventwire_handles_python_event(void **state)
     tb_subscribe(bus, "user.*", keep, &g, &(ew_subscribe_opts){.group = "user-service"});
     tb_start(bus);
     snprintf(args, sizeof args, "publish '%s' '%s:user.registered'", url, prefix);
-    script_cmd(cmd, sizeof cmd, args);
+    interop_script_cmd(cmd, sizeof cmd, "redis_interop.py", args);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     char line[4096] = "";
     char *got = fgets(line, sizeof line, p);
-    assert_int_equal(cmd_status(pclose(p)), 0);
+    assert_int_equal(interop_status(pclose(p)), 0);
     assert_non_null(got);
     const char *id = strstr(line, "\"id\": \"");
     assert_non_null(id);
@@ -223,7 +207,7 @@ static void redis_cli_reads_and_writes(void **state)
         field = field || strcmp(line, "event") == 0;
         json = json || strcmp(line, encoded) == 0;
     }
-    assert_int_equal(cmd_status(pclose(p)), 0);
+    assert_int_equal(interop_status(pclose(p)), 0);
     free(encoded);
     assert_int_equal(lines, 3); /* entry id, field, value */
     assert_true(field);
@@ -250,7 +234,7 @@ static void redis_cli_reads_and_writes(void **state)
     assert_non_null(p);
     while (fgets(line, sizeof line, p)) {
     }
-    assert_int_equal(cmd_status(pclose(p)), 0);
+    assert_int_equal(interop_status(pclose(p)), 0);
     unlink(path);
     ew_event *ev = wait_got(&g);
     assert_string_equal(ew_event_source(ev), "ops-script");
