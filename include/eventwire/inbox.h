@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 typedef struct ew_inbox_ops {
-    int version; /* 1 */
+    int version; /* 1, or 2 with hold and release */
     /* Before the handler. 1: (handler, event_id) was processed already, skip it. 0: go on; *txn
      * may be set to a transaction for the handler. < 0: an error; the delivery is retried. */
     int (*begin)(void *self, const char *handler, const char *event_id, void **txn,
@@ -31,6 +31,12 @@ typedef struct ew_inbox_ops {
                   ew_error *err);
     /* After the handler returned retry or fail: undo what txn holds. */
     void (*rollback)(void *self, void *txn);
+    /* Version 2. Before a batch of deliveries on the calling thread: commit() may return before
+     * the commit, and release() says how the commits since hold() went; the dispatcher
+     * acknowledges the batch's events only after release() returned 0. hold() < 0: no hold (the
+     * commits are done one by one, as without it). */
+    int (*hold)(void *self, ew_error *err);
+    int (*release)(void *self, ew_error *err);
 } ew_inbox_ops;
 
 typedef struct ew_inbox {

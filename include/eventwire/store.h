@@ -210,6 +210,21 @@ int ew_store_begin(ew_store *s, ew_txn **out, ew_error *err);
 int ew_txn_commit(ew_txn *t, ew_error *err);
 void ew_txn_rollback(ew_txn *t);
 
+/* Group commit. A handle runs one transaction at a time; when one commits while other threads
+ * wait to begin theirs, the next ones go on in the same database transaction (each as a
+ * savepoint: its rollback undoes only itself) and one database commit ends them all. Every
+ * ew_txn_commit still returns only once its writes are committed, and a failed database commit
+ * fails each of them. Nothing to do for this: it happens by itself under load.
+ *
+ * Between ew_store_hold and ew_store_release, the calling thread's own commits on s return at
+ * once, before the database commit, which ew_store_release does (or any other use of the handle,
+ * earlier): its result is ew_store_release's. For a thread that runs many short transactions in
+ * a row and can wait to act on all of them, as a bus worker does before it acknowledges a batch
+ * of deliveries (ew_subscribe_opts.batch_store). Other threads' commits on s wait for the
+ * release: hold briefly. One holder per handle (EW_EAGAIN) and per thread (EW_ESTATE). */
+int ew_store_hold(ew_store *s, ew_error *err);
+int ew_store_release(ew_store *s, ew_error *err);
+
 /* Adds an event to the outbox inside the transaction; it is published when the transaction
  * has committed and a relay runs. */
 int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err);

@@ -44,6 +44,9 @@ struct svc {
 
 /* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
 static _Thread_local int tl_emitted;
+/* The handler's thread holds the database (a batch of deliveries, ew_inbox_ops.hold), and a
+ * commit in it emitted: the relay is woken at the release. */
+static _Thread_local int tl_holding, tl_wake;
 
 /* ---- logging ------------------------------------------------------------------------------- */
 
@@ -231,7 +234,12 @@ static int ib_commit(void *self, const char *handler, const char *event_id, void
 {
     svc *s = self;
     int rc = s->inner.ops->commit(s->inner.self, handler, event_id, txn, err);
-    if (!rc && tl_emitted) relay_wake(s);
+    if (!rc && tl_emitted) {
+        if (tl_holding) /* committed at the release: the relay would only commit it early */
+            tl_wake = 1;
+        else
+            relay_wake(s);
+    }
     tl_emitted = 0;
     return rc;
 }
@@ -243,7 +251,26 @@ static void ib_rollback(void *self, void *txn)
     s->inner.ops->rollback(s->inner.self, txn);
 }
 
-static const ew_inbox_ops svc_inbox_ops = {1, ib_begin, ib_commit, ib_rollback};
+static int ib_hold(void *self, ew_error *err)
+{
+    svc *s = self;
+    int rc = s->inner.ops->hold(s->inner.self, err);
+    tl_holding = rc == 0;
+    tl_wake = 0;
+    return rc;
+}
+
+static int ib_release(void *self, ew_error *err)
+{
+    svc *s = self;
+    int rc = s->inner.ops->release(s->inner.self, err);
+    if (tl_wake) relay_wake(s); /* also after a failure: what did commit is worth sending */
+    tl_holding = tl_wake = 0;
+    return rc;
+}
+
+static const ew_inbox_ops svc_inbox_ops = {2,           ib_begin, ib_commit,
+                                           ib_rollback, ib_hold,  ib_release};
 
 /* ---- the outbox ---------------------------------------------------------------------------- */
 

@@ -3,6 +3,7 @@
  * the store a dead letter sink, an inbox and an outbox. The SQL lives in one file per backend
  * (sqlite.c, postgres.c) behind struct ew_store_ops (store_impl.h). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,12 +33,32 @@ static const struct backend {
     {"postgres://", 1, &ew__store_postgres},
 };
 
+/* Group commit. A handle runs one transaction at a time, and under load its threads queue for
+ * it. When a transaction commits while another thread waits to begin one, the database
+ * transaction is not committed yet: the next one goes on in it, as a savepoint (its rollback
+ * undoes only itself), and the first waits. Whoever finds nobody waiting, or the chain at
+ * CHAIN_MAX transactions or CHAIN_MAX_NS old, commits them all at once and tells the waiting
+ * ones how it went: a commit returns only once its writes are on the database, and a failed
+ * commit fails every transaction of the chain. One database commit then stands for many: one
+ * lock round, one WAL write of each page however many of them changed it (SQLite), one fsync
+ * (PostgreSQL, durable). Any other use of the handle commits the open chain first. */
+#define CHAIN_MAX 32
+#define CHAIN_MAX_NS 5000000
+
+typedef struct chain_waiter {
+    int rc;
+    ew_error err;
+    int done;
+    struct chain_waiter *next;
+} chain_waiter;
+
 /* The one transaction a handle can have open: it holds the handle's mutex from begin to its end,
  * so it lives in the handle and needs no allocation. */
 struct ew_txn {
     ew_store *s;
     int active;
     int failed;        /* a statement in it failed: it can only be rolled back */
+    int savepoint;     /* it runs as a savepoint of a chain (see group commit above) */
     ew_txn *held_next; /* the other transactions the same thread holds */
 };
 
@@ -50,6 +71,20 @@ struct ew_store {
     int64_t ttl_us;   /* 0: events never expire */
     size_t max_bytes; /* EVENT_MAX_BYTES */
     ew_txn txn;
+    /* Group commit: guarded by mu, but for the waiters' list (chain_mu) and want. */
+    atomic_int want;  /* threads waiting for mu */
+    int chain_open;   /* the database transaction holds committed transactions */
+    int chain_n;      /* how many */
+    int64_t chain_t0; /* when the first of them committed */
+    pthread_mutex_t chain_mu;
+    pthread_cond_t chain_cv;
+    chain_waiter *waiters; /* their threads, waiting for the database commit */
+    /* ew_store_hold: the holding thread's commits wait for ew_store_release. */
+    int held;
+    pthread_t holder;
+    int chain_held; /* the open chain has transactions of the holder */
+    int hold_rc;    /* a commit of the holder's transactions failed */
+    ew_error hold_err;
     /* SQLite files: the file's identity, to find a transaction of this thread on the same file
      * through another handle (ew_store_thread_txn). */
     int has_file;
@@ -60,6 +95,9 @@ struct ew_store {
 /* The transactions this thread holds, so that a call that would wait for its own thread's
  * transaction fails instead of deadlocking. */
 static _Thread_local ew_txn *held_txns;
+/* The handle this thread holds (ew_store_hold), whose open chain may hold the database's write
+ * lock while the thread does other things. */
+static _Thread_local ew_store *held_store;
 
 /* ---- small things ---------------------------------------------------------------------- */
 
@@ -93,15 +131,45 @@ const char *ew_store_backend(const ew_store *s)
     return s ? s->ops->name : NULL;
 }
 
-static int lock(ew_store *s, ew_error *err)
+static void release_lock_of_held(ew_store *s);
+
+/* Takes the handle's mutex, counted in want while it waits (a committing transaction looks at
+ * it to decide whether to wait for company). */
+static int lock_raw(ew_store *s, ew_error *err)
 {
     for (const ew_txn *t = held_txns; t; t = t->held_next)
         if (t->s == s)
             return ew_error_set(err, EW_ESTATE,
                                 "this thread has a transaction open on the store: use the "
                                 "transaction (ew_txn_exec), or another store handle");
+    release_lock_of_held(s);
+    atomic_fetch_add_explicit(&s->want, 1, memory_order_relaxed);
     pthread_mutex_lock(&s->mu);
+    atomic_fetch_sub_explicit(&s->want, 1, memory_order_relaxed);
     return 0;
+}
+
+static void chain_end(ew_store *s);
+static int same_file(const ew_store *a, const ew_store *b);
+
+/* Before this thread writes through handle s: when it holds another handle on the same SQLite
+ * file, that handle's chain is committed first, or the write would wait for this very thread's
+ * lock on the file until the busy timeout. */
+static void release_lock_of_held(ew_store *s)
+{
+    ew_store *h = held_store;
+    if (!h || h == s || !same_file(h, s)) return;
+    pthread_mutex_lock(&h->mu);
+    if (h->chain_open) chain_end(h);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* The handle for anything but a transaction: an open chain is committed first. */
+static int lock(ew_store *s, ew_error *err)
+{
+    int rc = lock_raw(s, err);
+    if (!rc && s->chain_open) chain_end(s);
+    return rc;
 }
 
 static void unlock(ew_store *s)
@@ -150,6 +218,8 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     s->txn.s = s;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->relay_mu, NULL);
+    pthread_mutex_init(&s->chain_mu, NULL);
+    pthread_cond_init(&s->chain_cv, NULL);
     if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
         goto fail_store;
     if (s->ops == &ew__store_sqlite) {
@@ -167,6 +237,8 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     return 0;
 
 fail_store:
+    pthread_cond_destroy(&s->chain_cv);
+    pthread_mutex_destroy(&s->chain_mu);
     pthread_mutex_destroy(&s->relay_mu);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -180,11 +252,14 @@ static void txn_close(ew_store *s);
 void ew_store_close(ew_store *s)
 {
     if (!s) return;
-    if (s->txn.active) { /* a transaction left open by its owner, which must be this thread */
-        s->ops->rollback(s->conn);
-        txn_close(s);
-    }
+    if (s->txn.active) /* a transaction left open by its owner, which must be this thread */
+        ew_txn_rollback(&s->txn);
+    pthread_mutex_lock(&s->mu);
+    if (s->chain_open) chain_end(s);
+    pthread_mutex_unlock(&s->mu);
     s->ops->close(s->conn);
+    pthread_cond_destroy(&s->chain_cv);
+    pthread_mutex_destroy(&s->chain_mu);
     pthread_mutex_destroy(&s->relay_mu);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -740,11 +815,56 @@ int ew_store_dlq_set_status(ew_store *s, int64_t id, ew_dlq_status st, ew_error 
 
 /* ---- transactions ---------------------------------------------------------------------------- */
 
+static int unit_sql(ew_store *s, const char *sql, ew_error *err)
+{
+    return s->ops->exec(s->conn, sql, NULL, 0, NULL, NULL, NULL, err);
+}
+
+/* Commits the chain's database transaction and tells its waiting transactions. mu held. */
+static void chain_end(ew_store *s)
+{
+    ew_error err = {0};
+    int rc = s->ops->commit(s->conn, &err);
+    if (rc && s->chain_held && !s->hold_rc) {
+        s->hold_rc = rc;
+        ew_error_set(&s->hold_err, rc, "the commit failed: %s", err.msg);
+    }
+    s->chain_open = 0;
+    s->chain_n = 0;
+    s->chain_held = 0;
+    pthread_mutex_lock(&s->chain_mu);
+    for (chain_waiter *w = s->waiters; w; w = w->next) {
+        w->rc = rc;
+        if (rc) ew_error_set(&w->err, rc, "the commit failed: %s", err.msg);
+        w->done = 1;
+    }
+    s->waiters = NULL;
+    pthread_cond_broadcast(&s->chain_cv);
+    pthread_mutex_unlock(&s->chain_mu);
+}
+
+/* The chain can take the transaction that just committed: its thread holds the handle (the
+ * release commits), or somebody waits to begin one and the chain is neither long nor old. When
+ * another thread holds the handle, the commit is done now, with the holder's so far: nobody
+ * waits for a holder. mu held. */
+static int chain_goes_on(ew_store *s)
+{
+    if (s->held) return pthread_equal(s->holder, pthread_self());
+    if (atomic_load_explicit(&s->want, memory_order_relaxed) == 0 || s->chain_n >= CHAIN_MAX)
+        return 0;
+    return !s->chain_open || ew_mono_ns() - s->chain_t0 < CHAIN_MAX_NS;
+}
+
 static int txn_open(ew_store *s, ew_error *err)
 {
-    int rc = lock(s, err);
+    int rc = lock_raw(s, err);
     if (rc) return rc;
-    if ((rc = s->ops->begin(s->conn, err))) {
+    s->txn.savepoint = s->chain_open;
+    if (s->chain_open && unit_sql(s, "SAVEPOINT ew_txn", err) != 0) {
+        chain_end(s); /* a fresh transaction instead */
+        s->txn.savepoint = 0;
+    }
+    if (!s->txn.savepoint && (rc = s->ops->begin(s->conn, err))) {
         unlock(s);
         return rc;
     }
@@ -765,6 +885,70 @@ static void txn_close(ew_store *s)
     s->txn.active = 0;
     s->txn.held_next = NULL;
     unlock(s);
+}
+
+/* Ends the open transaction without its writes. */
+static void txn_undo(ew_store *s)
+{
+    if (!s->txn.savepoint) {
+        s->ops->rollback(s->conn); /* the chain is empty: the database transaction is all its own */
+    } else if (unit_sql(s, "ROLLBACK TO SAVEPOINT ew_txn", NULL) ||
+               unit_sql(s, "RELEASE SAVEPOINT ew_txn", NULL)) {
+        /* The database transaction is in no known state: the chain's commit says so. */
+        chain_end(s);
+    } else if (!s->held && !chain_goes_on(s)) { /* held: the holder ends it */
+        chain_end(s);
+    }
+    txn_close(s);
+}
+
+/* Ends the open transaction with its writes: returns once they are committed, with the chain
+ * or alone. */
+static int txn_keep(ew_store *s, ew_error *err)
+{
+    if (s->txn.savepoint && unit_sql(s, "RELEASE SAVEPOINT ew_txn", err)) {
+        int rc = err && err->code ? err->code : EW_EIO;
+        txn_undo(s);
+        return rc;
+    }
+    if (!chain_goes_on(s)) {
+        int rc = 0;
+        if (s->chain_open) {
+            chain_waiter me = {0};
+            pthread_mutex_lock(&s->chain_mu);
+            me.next = s->waiters;
+            s->waiters = &me;
+            pthread_mutex_unlock(&s->chain_mu);
+            chain_end(s);
+            if ((rc = me.rc)) ew_error_set(err, rc, "%s", me.err.msg);
+        } else {
+            rc = s->ops->commit(s->conn, err);
+        }
+        txn_close(s);
+        return rc;
+    }
+    if (!s->chain_open) {
+        s->chain_open = 1;
+        s->chain_t0 = ew_mono_ns();
+    }
+    s->chain_n++;
+    if (s->held && pthread_equal(s->holder, pthread_self())) {
+        s->chain_held = 1; /* committed by ew_store_release, or by whoever comes first */
+        txn_close(s);
+        return 0;
+    }
+    chain_waiter me = {0};
+    pthread_mutex_lock(&s->chain_mu);
+    me.next = s->waiters;
+    s->waiters = &me;
+    pthread_mutex_unlock(&s->chain_mu);
+    txn_close(s);
+    pthread_mutex_lock(&s->chain_mu);
+    while (!me.done)
+        pthread_cond_wait(&s->chain_cv, &s->chain_mu);
+    pthread_mutex_unlock(&s->chain_mu);
+    if (me.rc) ew_error_set(err, me.rc, "%s", me.err.msg);
+    return me.rc;
 }
 
 static int txn_check(ew_txn *t, ew_error *err)
@@ -789,25 +973,51 @@ int ew_store_begin(ew_store *s, ew_txn **out, ew_error *err)
 int ew_txn_commit(ew_txn *t, ew_error *err)
 {
     if (!t || !t->active) return ew_error_set(err, EW_ESTATE, "the transaction is not open");
-    ew_store *s = t->s;
-    int rc;
     if (t->failed) {
-        s->ops->rollback(s->conn);
-        rc = ew_error_set(err, EW_ESTATE,
-                          "a statement of this transaction failed: it was rolled "
-                          "back");
-    } else {
-        rc = s->ops->commit(s->conn, err);
+        txn_undo(t->s);
+        return ew_error_set(err, EW_ESTATE,
+                            "a statement of this transaction failed: it was rolled back");
     }
-    txn_close(s);
-    return rc;
+    return txn_keep(t->s, err);
 }
 
 void ew_txn_rollback(ew_txn *t)
 {
     if (!t || !t->active) return;
-    t->s->ops->rollback(t->s->conn);
-    txn_close(t->s);
+    txn_undo(t->s);
+}
+
+int ew_store_hold(ew_store *s, ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "a store is required");
+    if (held_store) return ew_error_set(err, EW_ESTATE, "this thread holds a store already");
+    int rc = lock(s, err);
+    if (rc) return rc;
+    if (s->held) {
+        rc = ew_error_set(err, EW_EAGAIN, "another thread holds the store");
+    } else {
+        s->held = 1;
+        s->holder = pthread_self();
+        s->hold_rc = 0;
+        held_store = s;
+    }
+    unlock(s);
+    return rc;
+}
+
+int ew_store_release(ew_store *s, ew_error *err)
+{
+    if (!s || held_store != s)
+        return ew_error_set(err, EW_ESTATE, "this thread does not hold the store");
+    held_store = NULL;
+    int rc = lock_raw(s, err);
+    if (rc) return rc;
+    s->held = 0;
+    if (s->chain_open) chain_end(s);
+    if ((rc = s->hold_rc)) ew_error_set(err, rc, "%s", s->hold_err.msg);
+    s->hold_rc = 0;
+    unlock(s);
+    return rc;
 }
 
 static int txn_run(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
@@ -848,8 +1058,7 @@ static int inbox_begin(void *self, const char *handler, const char *event_id, vo
     int rc = txn_open(s, err);
     if (rc) return rc;
     if ((rc = s->ops->inbox_seen(s->conn, handler, event_id, &seen, err)) || seen) {
-        s->ops->rollback(s->conn);
-        txn_close(s);
+        txn_undo(s);
         return rc ? rc : 1;
     }
     *txn = &s->txn;
@@ -866,13 +1075,10 @@ static int inbox_commit(void *self, const char *handler, const char *event_id, v
     int rc = txn_check(t, err);
     if (!rc) rc = s->ops->inbox_record(s->conn, handler, event_id, ew_now_us(), err);
     if (rc) {
-        s->ops->rollback(s->conn);
-        txn_close(s);
+        txn_undo(s);
         return rc;
     }
-    rc = s->ops->commit(s->conn, err);
-    txn_close(s);
-    return rc;
+    return txn_keep(s, err);
 }
 
 static void inbox_rollback(void *self, void *txn)
@@ -881,7 +1087,22 @@ static void inbox_rollback(void *self, void *txn)
     ew_txn_rollback(txn);
 }
 
-static const ew_inbox_ops inbox_ops = {1, inbox_begin, inbox_commit, inbox_rollback};
+static int inbox_hold(void *self, ew_error *err)
+{
+    return ew_store_hold(self, err);
+}
+
+static int inbox_release(void *self, ew_error *err)
+{
+    return ew_store_release(self, err);
+}
+
+static const ew_inbox_ops inbox_ops = {.version = 2,
+                                       .begin = inbox_begin,
+                                       .commit = inbox_commit,
+                                       .rollback = inbox_rollback,
+                                       .hold = inbox_hold,
+                                       .release = inbox_release};
 
 ew_inbox ew_store_inbox(ew_store *s)
 {
@@ -1141,6 +1362,11 @@ int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_res
     }
     record_set_release(&r);
     return rc;
+}
+
+static int same_file(const ew_store *a, const ew_store *b)
+{
+    return a->has_file && b->has_file && a->dev == b->dev && a->ino == b->ino;
 }
 
 ew_txn *ew_store_thread_txn(const ew_store *s)

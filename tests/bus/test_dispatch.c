@@ -553,7 +553,8 @@ static void spy_rollback(void *self, void *txn)
     pthread_mutex_unlock(&s->mu);
 }
 
-static const ew_inbox_ops spy_ops = {1, spy_begin, spy_commit, spy_rollback};
+static const ew_inbox_ops spy_ops = {
+    .version = 1, .begin = spy_begin, .commit = spy_commit, .rollback = spy_rollback};
 
 static ew_handler_result take_txn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
