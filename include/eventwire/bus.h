@@ -33,6 +33,7 @@
 #include "eventwire/event.h"
 #include "eventwire/inbox.h"
 #include "eventwire/log.h"
+#include "eventwire/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,6 +87,15 @@ typedef struct ew_subscribe_opts {
      * now on. true: with the oldest event the backend still holds (a replay, `ewctl tail
      * --from-beginning`). A group that exists resumes where it left off either way. */
     bool from_beginning;
+    /* A store the handler writes through transactions of its own (ew_store_begin), as the saga
+     * engine does: a worker that has several deliveries queued holds it (ew_store_hold) while it
+     * runs them, so that their transactions commit together, and acknowledges them after. NULL:
+     * none. The bus's inbox is held the same way, without this, when it can (ew_inbox_ops v2). */
+    ew_store *batch_store;
+    /* When the group has a handler of this name with other patterns: this pattern is added to
+     * it (false: EW_EEXIST). One handler then takes several types in one queue, in the order
+     * they come, with its workers (concurrency is not added to), as the saga engine does. */
+    bool add_pattern;
 } ew_subscribe_opts;
 
 /* Subscribes fn to the events whose type matches pattern (ew_pattern_match). opts may be NULL.

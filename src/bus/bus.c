@@ -319,6 +319,8 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
         .backoff_max_ms = opts->backoff_max_ms ? opts->backoff_max_ms : bus->backoff_max_ms,
         .no_jitter = opts->no_jitter,
         .no_inbox = opts->no_inbox,
+        .batch_store = opts->batch_store,
+        .add_pattern = opts->add_pattern,
     };
     if (!group_ok(s.group))
         return ew_error_set(err, EW_EINVAL,
@@ -338,15 +340,16 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
     int rc = 0;
     const char *existing = NULL;
     bool has = ew__dispatch_has(bus->disp, s.group, s.name, &existing);
-    if (has && strcmp(existing, pattern) != 0) {
+    bool takes = has && ew__dispatch_has_pattern(bus->disp, s.group, s.name, pattern);
+    if (has && !takes && !opts->add_pattern) {
         rc = ew_error_set(err, EW_EEXIST, "handler %.100s/%.100s already subscribes to %s", s.group,
                           s.name, existing);
     } else {
-        /* The backend learns of a new subscription first: if it cannot consume the pattern, the
-         * handler is never added. */
+        /* The backend learns of a new subscription (or pattern) first: if it cannot consume the
+         * pattern, the handler is never added. */
         ew_backend_sub bs = {s.group, pattern, opts->from_beginning};
         bool new_group = !ew__dispatch_has(bus->disp, s.group, NULL, NULL);
-        if (!has && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
+        if (!takes && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
         /* Every group also consumes the redeliveries (redeliver.h), from now on whatever its
          * own subscription says: one addressed to a group of that name before it existed is
          * stale (it would retry an old dead letter again). */

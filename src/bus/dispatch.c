@@ -39,6 +39,12 @@
  * per this many, or when it goes idle or backs off: publishers increment that counter for every
  * event, and a worker decrementing it per batch would pull its cache line back and forth. */
 #define FLUSH_EVERY 1024
+/* A worker with several deliveries queued holds the inbox's store (and the subscription's
+ * batch_store) while it runs them, so that their transactions commit together; it acknowledges
+ * them after the commit. At most this many, for at most this long, per commit. */
+#define HOLD_MAX 64
+#define MAX_PATTERNS 128 /* patterns of one subscription (ew_subscribe_opts.add_pattern) */
+#define HOLD_MAX_NS 5000000
 
 typedef struct item {
     const ew_event *ev; /* one reference, the dispatcher's */
@@ -84,15 +90,24 @@ typedef struct worker {
     uint64_t unflushed;  /* finished items not yet taken off d->outstanding */
     const ew_event **fu; /* follow-ups of the running handler (references) */
     size_t fun, fucap;
+    /* A hold (HOLD_MAX): the batch items handled since it began, acknowledged at its end. */
+    bool holding, held_inbox, held_store;
+    int64_t hold_t0;
+    size_t pend[HOLD_MAX];
+    size_t pendn;
 
     counter received, handled, retried, dead_lettered, duplicates, time_total_ns, time_max_ns;
     counter hist[HIST_BUCKETS];
 } worker;
 
 struct sub {
-    char *group, *name, *pattern, *inbox_key; /* inbox_key: "group/name" */
+    char *group, *name, *pattern, *inbox_key; /* inbox_key: "group/name"; pattern: the first */
+    /* Every pattern: appended under d->mu (the pointer, then the count), read without it. */
+    char *patterns[MAX_PATTERNS];
+    atomic_size_t npatterns;
     int max_attempts, backoff_initial_ms, backoff_max_ms;
     bool no_jitter, no_inbox;
+    ew_store *batch_store;
     worker **workers; /* every worker, in order of creation; under d->mu */
     size_t nworkers, wcap;
     atomic_uint rr; /* round robin for events without a subject */
@@ -285,9 +300,76 @@ static void drop_follow_ups(worker *w)
     w->fun = 0;
 }
 
+static bool run_item(worker *w, const item *it);
+
+/* ---- holds: a batch's transactions committed together -------------------------------------- */
+
+static bool inbox_holds(const ew_dispatcher *d, const sub *s)
+{
+    const ew_inbox_ops *ops = d->host.inbox.ops;
+    return ops && !s->no_inbox && ops->version >= 2 && ops->hold && ops->release;
+}
+
+static void hold_begin(worker *w)
+{
+    ew_dispatcher *d = w->d;
+    ew_error e = {0};
+    if (inbox_holds(d, w->s)) w->held_inbox = d->host.inbox.ops->hold(d->host.inbox.self, &e) == 0;
+    if (w->s->batch_store) w->held_store = ew_store_hold(w->s->batch_store, &e) == 0;
+    w->holding = w->held_inbox || w->held_store;
+    w->hold_t0 = w->holding ? ew_mono_ns() : 0;
+}
+
+/* A delivery is done with: at once, or at the end of the hold. */
+static void settle_done(worker *w, const item *it)
+{
+    if (w->holding)
+        w->pend[w->pendn++] = (size_t)(it - w->batch);
+    else
+        item_finish(w, it, false);
+}
+
+/* Ends a hold: commits, then acknowledges what it covered. When the commit failed, nothing of
+ * it is on the database: those deliveries run again, one by one. */
+static void hold_end(worker *w)
+{
+    if (!w->holding) return;
+    ew_dispatcher *d = w->d;
+    ew_error e = {0}, e2 = {0};
+    int rc = 0;
+    if (w->held_inbox) rc = d->host.inbox.ops->release(d->host.inbox.self, &e);
+    if (w->held_store) {
+        int rc2 = ew_store_release(w->s->batch_store, &e2);
+        if (!rc && rc2) {
+            rc = rc2;
+            e = e2;
+        }
+    }
+    w->holding = w->held_inbox = w->held_store = false;
+    size_t n = w->pendn;
+    w->pendn = 0;
+    if (!rc) {
+        for (size_t i = 0; i < n; i++)
+            item_finish(w, &w->batch[w->pend[i]], false);
+        return;
+    }
+    ew__dispatch_log(d, EW_LOG_WARN,
+                     "%s: the commit of %zu handled events failed, they run again: %s",
+                     w->s->inbox_key, n, e.code ? e.msg : ew_strerror(rc));
+    size_t again[HOLD_MAX];
+    memcpy(again, w->pend, n * sizeof *again);
+    for (size_t i = 0; i < n; i++)
+        if (!run_item(w, &w->batch[again[i]])) { /* stopping: left to their redelivery */
+            for (; i < n; i++)
+                item_finish(w, &w->batch[again[i]], true);
+            return;
+        }
+}
+
 /* Waits delay_us unless the dispatcher stops first: false then. */
 static bool backoff_wait(worker *w, int64_t delay_us)
 {
+    hold_end(w); /* what it holds must not wait for the back-off */
     flush_done(w);
     struct timespec ts = mono_after_us(delay_us);
     pthread_mutex_lock(&w->mu);
@@ -419,7 +501,7 @@ static bool run_item(worker *w, const item *it)
                                               &ctx.txn, &e);
             if (rc == 1) {
                 bump(&w->duplicates, 1);
-                item_finish(w, it, false);
+                settle_done(w, it);
                 return true;
             }
             if (rc < 0) {
@@ -433,7 +515,7 @@ static bool run_item(worker *w, const item *it)
             r = settle_ok(w, &ctx, use_inbox);
             if (r == EW_HANDLER_OK) {
                 bump(&w->handled, 1);
-                item_finish(w, it, false);
+                settle_done(w, it);
                 return true;
             }
         } else {
@@ -535,9 +617,13 @@ static void *worker_main(void *arg)
 
         while (w->bi < w->bn && !atomic_load_explicit(&w->stop, memory_order_relaxed)) {
             atomic_store_explicit(&w->batch_left, w->bn - w->bi - 1, memory_order_relaxed);
+            if (!w->holding && w->bn - w->bi > 1) hold_begin(w);
             if (!run_item(w, &w->batch[w->bi])) break;
             w->bi++;
+            if (w->holding && (w->pendn == HOLD_MAX || ew_mono_ns() - w->hold_t0 >= HOLD_MAX_NS))
+                hold_end(w);
         }
+        hold_end(w);
         atomic_store_explicit(&w->batch_left, w->bn - w->bi, memory_order_relaxed);
         if (w->unflushed >= FLUSH_EVERY) flush_done(w);
         if (w->bi == w->bn && w->bcap > BATCH_KEEP) {
@@ -634,6 +720,23 @@ static void worker_join(worker *w)
     w->running = false;
 }
 
+/* Does one of the subscription's patterns match type? */
+static bool sub_match(const sub *s, const char *type)
+{
+    size_t n = atomic_load_explicit(&((sub *)s)->npatterns, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (ew_pattern_match(s->patterns[i], type)) return true;
+    return false;
+}
+
+static bool sub_has_pattern(const sub *s, const char *pattern)
+{
+    size_t n = atomic_load_explicit(&((sub *)s)->npatterns, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s->patterns[i], pattern) == 0) return true;
+    return false;
+}
+
 /* ---- routing tables ---------------------------------------------------------------------- */
 
 static void table_free(table *t)
@@ -672,7 +775,7 @@ static table *table_build(ew_dispatcher *d)
             const ew_type_info *info = ty ? ew_catalog_get((ew_type_id)ty) : NULL;
             if (!info) continue;
             for (size_t i = 0; i < t->nsubs; i++) {
-                if (!ew_pattern_match(t->subs[i].s->pattern, info->type)) continue;
+                if (!sub_match(t->subs[i].s, info->type)) continue;
                 if (pass) t->routes[nroutes] = t->subs[i];
                 nroutes++;
             }
@@ -732,7 +835,7 @@ static int deliver_named(ew_dispatcher *d, const table *t, ew_delivery *dl, ew_e
     for (size_t i = 0; i < t->nsubs; i++) {
         const route *r = &t->subs[i];
         if (strcmp(r->s->group, dl->group) != 0 || strcmp(r->s->name, dl->name) != 0) continue;
-        if (!ew_pattern_match(r->s->pattern, ew_event_type(dl->event)))
+        if (!sub_match(r->s, ew_event_type(dl->event)))
             return ew_error_set(err, EW_EINVAL, "handler %s (%s) does not take %s events",
                                 r->s->inbox_key, r->s->pattern, ew_event_type(dl->event));
         return enqueue(d, dl, r, r + 1, NULL, 1, err);
@@ -775,6 +878,9 @@ static void sub_free(sub *s)
     free(s->workers);
     free(s->group);
     free(s->name);
+    size_t np = atomic_load(&s->npatterns);
+    for (size_t i = 1; i < np; i++)
+        free(s->patterns[i]);
     free(s->pattern);
     free(s->inbox_key);
     free(s);
@@ -792,11 +898,14 @@ static sub *sub_new(const ew_dispatch_sub *o)
         sub_free(s);
         return NULL;
     }
+    s->patterns[0] = s->pattern;
+    atomic_store(&s->npatterns, 1);
     s->max_attempts = o->max_attempts;
     s->backoff_initial_ms = o->backoff_initial_ms;
     s->backoff_max_ms = o->backoff_max_ms;
     s->no_jitter = o->no_jitter;
     s->no_inbox = o->no_inbox;
+    s->batch_store = o->batch_store;
     return s;
 }
 
@@ -810,6 +919,27 @@ static int grow(void **p, size_t *cap, size_t need, size_t size)
     if (!q) return EW_ENOMEM;
     *p = q;
     *cap = n;
+    return 0;
+}
+
+/* Another pattern for subscription s, in the same workers. d->mu held. */
+static int add_pattern(ew_dispatcher *d, sub *s, const char *pattern, ew_error *err)
+{
+    size_t n = atomic_load(&s->npatterns);
+    if (n == MAX_PATTERNS)
+        return ew_error_set(err, EW_EINVAL, "handler %s has %d patterns, the most there can be",
+                            s->inbox_key, MAX_PATTERNS);
+    if (!(s->patterns[n] = strdup(pattern))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    atomic_store_explicit(&s->npatterns, n + 1, memory_order_release);
+    table *t = table_build(d);
+    if (!t) {
+        atomic_store(&s->npatterns, n);
+        free(s->patterns[n]);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    table *old = atomic_exchange_explicit(&d->table, t, memory_order_acq_rel);
+    old->older = d->retired;
+    d->retired = old;
     return 0;
 }
 
@@ -827,9 +957,14 @@ int ew__dispatch_subscribe(ew_dispatcher *d, const ew_dispatch_sub *o, bool *cre
     for (size_t i = 0; i < d->nsubs && !s; i++)
         if (strcmp(d->subs[i]->group, o->group) == 0 && strcmp(d->subs[i]->name, o->name) == 0)
             s = d->subs[i];
-    if (s && strcmp(s->pattern, o->pattern) != 0) {
-        rc = ew_error_set(err, EW_EEXIST, "handler %s already subscribes to %s, not %.100s",
-                          s->inbox_key, s->pattern, o->pattern);
+    if (s && !sub_has_pattern(s, o->pattern)) {
+        if (!o->add_pattern) {
+            rc = ew_error_set(err, EW_EEXIST, "handler %s already subscribes to %s, not %.100s",
+                              s->inbox_key, s->pattern, o->pattern);
+            goto out;
+        }
+        rc = add_pattern(d, s, o->pattern, err);
+        if (!rc && created) *created = false;
         goto out;
     }
     if (!s) {
@@ -885,6 +1020,18 @@ out:
 const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d)
 {
     return &d->host.dlq;
+}
+
+bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *name,
+                              const char *pattern)
+{
+    const table *t = atomic_load_explicit(&d->table, memory_order_acquire);
+    for (size_t i = 0; i < t->nsubs; i++) {
+        const sub *s = t->subs[i].s;
+        if (strcmp(s->group, group) == 0 && strcmp(s->name, name) == 0)
+            return sub_has_pattern(s, pattern);
+    }
+    return false;
 }
 
 bool ew__dispatch_has(ew_dispatcher *d, const char *group, const char *name, const char **pattern)

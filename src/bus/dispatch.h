@@ -37,6 +37,8 @@ typedef struct ew_dispatch_sub {
     int max_attempts;
     int backoff_initial_ms, backoff_max_ms;
     bool no_jitter, no_inbox;
+    ew_store *batch_store; /* borrowed; NULL: none */
+    bool add_pattern;      /* (group, name) exists: pattern is added to it (no new workers) */
 } ew_dispatch_sub;
 
 int ew__dispatch_new(ew_dispatcher **out, const ew_dispatch_host *host, ew_error *err);
@@ -44,15 +46,20 @@ int ew__dispatch_new(ew_dispatcher **out, const ew_dispatch_host *host, ew_error
 /* Adds a subscription, or workers to the existing subscription of the same group and name
  * (competing consumers, each worker with its own fn and ud; *created tells which). The options of
  * the first subscription stay in force. EW_EEXIST when that name is taken in the group by another
- * pattern. Starts the new workers when the dispatcher runs. Serialised by the caller.
- * Adding workers changes which worker a subject maps to: events of a subject already queued may
- * then run beside its newer ones, so add consumers before publishing where order matters. */
+ * pattern, unless add_pattern: the subscription then takes that pattern too. Starts the new workers
+ * when the dispatcher runs. Serialised by the caller. Adding workers changes which worker a subject
+ * maps to: events of a subject already queued may then run beside its newer ones, so add consumers
+ * before publishing where order matters. */
 int ew__dispatch_subscribe(ew_dispatcher *d, const ew_dispatch_sub *s, bool *created,
                            ew_error *err);
 
-/* Is there a subscription (group, name), or with name NULL any in group? Its pattern is stored in
- * *pattern when not NULL. */
+/* Is there a subscription (group, name), or with name NULL any in group? Its first pattern is
+ * stored in *pattern when not NULL. */
 bool ew__dispatch_has(ew_dispatcher *d, const char *group, const char *name, const char **pattern);
+
+/* Does subscription (group, name) take pattern (one of its patterns, exactly)? */
+bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *name,
+                              const char *pattern);
 
 /* The dead letter sink the dispatcher writes to. Borrowed. */
 const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d);
