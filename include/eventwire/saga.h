@@ -196,7 +196,8 @@ int ew_saga_engine_open(ew_saga_engine **out, const ew_saga_engine_options *o, e
  * that name; EW_ESTATE after start. */
 int ew_saga_engine_register(ew_saga_engine *e, const ew_saga_def *def, ew_error *err);
 
-/* Subscribes the handlers (group "saga.<name>", one subscription per event type) and starts
+/* Subscribes the handlers (group "saga.<name>", one handler "<name>" for all the saga's event
+ * types, holding the store across a worker's batch: ew_subscribe_opts) and starts
  * the timer thread, which first publishes what a previous process left in the outbox. With
  * ENABLE_SAGAS=false it does nothing and returns 0: no subscription, no thread. */
 int ew_saga_engine_start(ew_saga_engine *e, ew_error *err);

@@ -148,6 +148,15 @@ static void kick_timer(ew_saga_engine *e, int64_t at_us)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* Has the timer thread publish what the outbox holds, now. */
+static void relay_soon(ew_saga_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->kick = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
 /* ---- applying an event ----------------------------------------------------------------------- */
 
 typedef enum outcome {
@@ -194,9 +203,11 @@ static void committed(ew_saga_engine *e, const ew_saga *s)
     if (s->is_new) bump(&e->n_started);
     if (s->cause) bump(&e->n_applied);
     if (s->status != EW_SAGA_RUNNING) bump(&e->n_finished);
-    if (s->nout) relay(e);
     int64_t wake = ew__saga_wake_us(s);
-    if (wake) kick_timer(e, wake);
+    if (s->nout)
+        relay_soon(e); /* not here: a worker's batch commits at its end (batch_store) */
+    else if (wake)
+        kick_timer(e, wake);
 }
 
 /* Ends the transaction: commits when keep, else rolls back. */
@@ -780,10 +791,15 @@ int ew_saga_engine_start(ew_saga_engine *e, ew_error *err)
     for (size_t i = 0; i < e->ntypes; i++) {
         ew__saga_type *t = e->types[i];
         for (size_t j = 0; j < t->ntypes; j++) {
+            /* One handler for all the saga's types: one queue, in the order the events come
+             * (a start event is seldom overtaken by its answers), a worker's batch committed
+             * at once. */
             ew_subscribe_opts so = {.group = t->group,
-                                    .name = t->types[j],
+                                    .name = t->name,
                                     .concurrency = e->concurrency,
-                                    .no_inbox = true}; /* the engine keeps its own record */
+                                    .no_inbox = true, /* the engine keeps its own record */
+                                    .batch_store = e->store,
+                                    .add_pattern = true};
             int rc = ew_bus_subscribe(e->bus, t->types[j], on_event, t, &so, err);
             if (rc) return rc;
         }
