@@ -33,6 +33,11 @@ typedef struct cf_backend {
      * a new group with from_beginning gets them; false where they are dropped (memory, and
      * RabbitMQ, which routes an event only to the queues bound when it is published) */
     bool keeps_history;
+    /* A consumer joining a group while another member consumes may make the group see some events
+     * twice: librdkafka's mock cluster refuses offset commits while a group rebalances (a broker
+     * takes those of the current generation), so what the old member handled and had not
+     * committed yet is delivered again after the rebalance. At least once, still. */
+    bool join_redelivers;
     /* Restarts the broker (really: the server process); NULL when the backend has none. */
     int (*restart_broker)(void);
     /* Puts raw bytes where a consumer of `type` in namespace ns will read them, as a foreign
@@ -313,8 +318,12 @@ static inline void cf_groups(void **state)
         tb_close(b);
     }
     tb_close(pub);
-    /* no failures happened, so nobody saw an event twice */
-    assert_int_equal(atomic_load(&sa.total), N);
+    /* no failures happened, so nobody saw an event twice (but see join_redelivers) */
+    if (cf_be()->join_redelivers) {
+        assert_true(atomic_load(&sa.total) >= N);
+    } else {
+        assert_int_equal(atomic_load(&sa.total), N);
+    }
     assert_int_equal(atomic_load(&sb.total), N);
     cf_seen_release(&sa);
     cf_seen_release(&sb);

@@ -67,6 +67,7 @@ static const cf_backend kafka_backend = {
     .durable = true,
     .at_least_once = true,
     .keeps_history = true,
+    .join_redelivers = true, /* the mock cluster; a broker would not */
     .restart_broker = kafka_restart,
     .inject_raw = kafka_inject,
 };
