@@ -820,11 +820,13 @@ static int unit_sql(ew_store *s, const char *sql, ew_error *err)
     return s->ops->exec(s->conn, sql, NULL, 0, NULL, NULL, NULL, err);
 }
 
-/* Commits the chain's database transaction and tells its waiting transactions. mu held. */
-static void chain_end(ew_store *s)
+/* Commits the chain's database transaction and tells its waiting transactions; its result also
+ * goes to the caller (err may be NULL). mu held. */
+static int chain_end_with(ew_store *s, ew_error *out)
 {
     ew_error err = {0};
     int rc = s->ops->commit(s->conn, &err);
+    if (rc) ew_error_set(out, rc, "the commit failed: %s", err.msg);
     if (rc && s->chain_held && !s->hold_rc) {
         s->hold_rc = rc;
         ew_error_set(&s->hold_err, rc, "the commit failed: %s", err.msg);
@@ -841,6 +843,12 @@ static void chain_end(ew_store *s)
     s->waiters = NULL;
     pthread_cond_broadcast(&s->chain_cv);
     pthread_mutex_unlock(&s->chain_mu);
+    return rc;
+}
+
+static void chain_end(ew_store *s)
+{
+    chain_end_with(s, NULL);
 }
 
 /* The chain can take the transaction that just committed: its thread holds the handle (the
@@ -912,18 +920,7 @@ static int txn_keep(ew_store *s, ew_error *err)
         return rc;
     }
     if (!chain_goes_on(s)) {
-        int rc = 0;
-        if (s->chain_open) {
-            chain_waiter me = {0};
-            pthread_mutex_lock(&s->chain_mu);
-            me.next = s->waiters;
-            s->waiters = &me;
-            pthread_mutex_unlock(&s->chain_mu);
-            chain_end(s);
-            if ((rc = me.rc)) ew_error_set(err, rc, "%s", me.err.msg);
-        } else {
-            rc = s->ops->commit(s->conn, err);
-        }
+        int rc = s->chain_open ? chain_end_with(s, err) : s->ops->commit(s->conn, err);
         txn_close(s);
         return rc;
     }

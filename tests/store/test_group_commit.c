@@ -70,6 +70,16 @@ static void insert(ew_store *s, const char *id, const char *who, bool keep, int 
     }
 }
 
+/* Another handle on the case's database. */
+static ew_store *open_other(env *e)
+{
+    ew_store *other = NULL;
+    ew_error err = {0};
+    ew_store_options o = {.url = e->url};
+    if (ew_store_open(&other, &o, &err)) fail_msg("ew_store_open: %s", err.msg);
+    return other;
+}
+
 /* ---- many threads on one handle -------------------------------------------------------------- */
 
 typedef struct writer {
@@ -99,10 +109,7 @@ static void *writer_main(void *arg)
 static void commits_of_many_threads(env *e)
 {
     setup_table(e->s);
-    ew_store *other = NULL;
-    ew_error err = {0};
-    ew_store_options o = {.url = e->url};
-    assert_int_equal(ew_store_open(&other, &o, &err), 0);
+    ew_store *other = open_other(e);
     writer w[THREADS];
     for (int i = 0; i < THREADS; i++) {
         w[i] = (writer){.index = i, .s = e->s, .other = other};
@@ -125,10 +132,8 @@ static void commits_of_many_threads(env *e)
 static void hold_commits_at_release(env *e)
 {
     setup_table(e->s);
-    ew_store *other = NULL;
     ew_error err = {0};
-    ew_store_options o = {.url = e->url};
-    assert_int_equal(ew_store_open(&other, &o, &err), 0);
+    ew_store *other = open_other(e);
     assert_int_equal(ew_store_hold(e->s, &err), 0);
     assert_int_equal(ew_store_hold(e->s, &err), EW_ESTATE); /* one per thread */
     insert(e->s, "a", "held", true, NULL);
@@ -151,9 +156,7 @@ static void other_uses_commit_early(env *e)
 {
     setup_table(e->s);
     ew_error err = {0};
-    ew_store *other = NULL;
-    ew_store_options o = {.url = e->url};
-    assert_int_equal(ew_store_open(&other, &o, &err), 0);
+    ew_store *other = open_other(e);
     assert_int_equal(ew_store_hold(e->s, &err), 0);
     insert(e->s, "a", "held", true, NULL);
     int64_t head = 0;
@@ -174,9 +177,7 @@ static void sqlite_holder_writes_through_another_handle(void **state)
     env *e = *state;
     setup_table(e->s);
     ew_error err = {0};
-    ew_store *other = NULL;
-    ew_store_options o = {.url = e->url};
-    assert_int_equal(ew_store_open(&other, &o, &err), 0);
+    ew_store *other = open_other(e);
     assert_int_equal(ew_store_hold(e->s, &err), 0);
     insert(e->s, "a", "held", true, NULL);
     int64_t t0 = ew_mono_ns();
@@ -204,9 +205,7 @@ static void holder_never_blocks_others(env *e)
 {
     setup_table(e->s);
     ew_error err = {0};
-    ew_store *other = NULL;
-    ew_store_options o = {.url = e->url};
-    assert_int_equal(ew_store_open(&other, &o, &err), 0);
+    ew_store *other = open_other(e);
     assert_int_equal(ew_store_hold(e->s, &err), 0);
     insert(e->s, "a", "held", true, NULL);
     bystander b = {.s = e->s, .rc = -1};
