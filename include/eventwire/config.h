@@ -46,6 +46,16 @@ int ew_config_from_env(ew_config *cfg, ew_error *err);
  * an unknown name. */
 const char *ew_config_get(const ew_config *cfg, const char *name);
 
+/* The value of an entry as it may be shown (ewctl config, logs): the password of a URL
+ * (scheme://user:***@host) and of a password= parameter, and in key=value lists the values of
+ * keys that name a password, a secret, a key or credentials, are written ***. Into buf (n bytes,
+ * NUL included; cut when longer); returns buf, or NULL for an unknown name. */
+const char *ew_config_shown(const ew_config *cfg, const char *name, char *buf, size_t n);
+
+/* url with the password of its user info and of a password= parameter written ***, into buf
+ * (n bytes, NUL included; cut when longer). Returns buf. For logs and messages. */
+const char *ew_url_redact(const char *url, char *buf, size_t n);
+
 /* The value of a numeric or boolean entry (booleans are 0 or 1). Unknown names give 0. */
 int64_t ew_config_get_int(const ew_config *cfg, const char *name);
 

@@ -463,17 +463,18 @@ static int open_all(svc *s, ew_error *err)
     if (rc) return rc;
     ew_store_options so = {.config = s->cfg, .url = s->db_url, .log = lib_log, .log_ud = s};
     if ((rc = ew_store_open(&s->db, &so, err))) {
-        char m[sizeof err->msg];
+        char m[sizeof err->msg], shown[256];
         snprintf(m, sizeof m, "%s", err->msg);
-        return ew_error_set(err, rc, "SERVICE_DB_URL %s: %s", s->db_url, m);
+        return ew_error_set(err, rc, "SERVICE_DB_URL %s: %s",
+                            ew_url_redact(s->db_url, shown, sizeof shown), m);
     }
     if ((rc = create_schema(s, err))) return rc;
     ew_store_options eo = {.config = s->cfg, .log = lib_log, .log_ud = s};
     if ((rc = ew_store_open(&s->events, &eo, err))) {
-        char m[sizeof err->msg];
+        char m[sizeof err->msg], shown[256];
         snprintf(m, sizeof m, "%s", err->msg);
         return ew_error_set(err, rc, "EVENT_STORE_URL %s: %s",
-                            ew_config_get(s->cfg, "EVENT_STORE_URL"), m);
+                            ew_config_shown(s->cfg, "EVENT_STORE_URL", shown, sizeof shown), m);
     }
     s->inner = ew_store_inbox(s->db);
     ew_bus_options bo = {.config = s->cfg,
@@ -601,7 +602,9 @@ int svc_main(const svc_def *def, int argc, char **argv)
     printf("%s listening on http://%s%s%s:%d\n", def->name, v6 ? "[" : "", addr, v6 ? "]" : "",
            ew_http_port(s->http));
     fflush(stdout);
-    svc_log(s, EW_LOG_INFO, "bus %s, database %s", ew_bus_backend(s->bus), s->db_url);
+    char shown[512];
+    svc_log(s, EW_LOG_INFO, "bus %s, database %s", ew_bus_backend(s->bus),
+            ew_url_redact(s->db_url, shown, sizeof shown));
 
     int sig = 0;
     while (sigwait(&sigs, &sig) != 0) {

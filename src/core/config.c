@@ -356,6 +356,108 @@ const char *ew_config_get(const ew_config *cfg, const char *name)
     return i < 0 ? NULL : cfg->values[i];
 }
 
+/* ---- values as they may be shown ------------------------------------------------------------ */
+
+typedef struct out {
+    char *buf;
+    size_t n, len;
+} out;
+
+static void put(out *o, const char *s, size_t k)
+{
+    for (size_t i = 0; i < k && o->len + 1 < o->n; i++)
+        o->buf[o->len++] = s[i];
+    o->buf[o->len] = '\0';
+}
+
+static bool has_ci(const char *s, size_t len, const char *needle)
+{
+    size_t m = strlen(needle);
+    for (size_t i = 0; i + m <= len; i++)
+        if (strncasecmp(s + i, needle, m) == 0) return true;
+    return false;
+}
+
+/* A URL: the password of its user info, and of password= in its query, become ***. */
+static void shown_url(out *o, const char *v)
+{
+    const char *p = strstr(v, "://");
+    if (p) {
+        p += 3;
+        size_t auth = strcspn(p, "/?#");
+        const char *at = NULL;
+        for (size_t i = 0; i < auth; i++)
+            if (p[i] == '@') at = p + i;
+        const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+        if (colon) {
+            put(o, v, (size_t)(colon + 1 - v));
+            put(o, "***", 3);
+            v = at;
+        }
+    }
+    while (*v) {
+        const char *q = strpbrk(v, "?&");
+        if (!q) break;
+        put(o, v, (size_t)(q + 1 - v));
+        v = q + 1;
+        if (strncasecmp(v, "password=", 9) == 0) {
+            put(o, v, 9);
+            put(o, "***", 3);
+            v += 9 + strcspn(v + 9, "&#");
+        }
+    }
+    put(o, v, strlen(v));
+}
+
+/* key=value items (K_PAIRS): the values of secret-looking keys become ***. */
+static void shown_pairs(out *o, const char *v)
+{
+    while (*v) {
+        const char *eq = strchr(v, '=');
+        if (!eq) break;
+        bool secret = has_ci(v, (size_t)(eq - v), "password") ||
+                      has_ci(v, (size_t)(eq - v), "secret") || has_ci(v, (size_t)(eq - v), "key") ||
+                      has_ci(v, (size_t)(eq - v), "credentials");
+        put(o, v, (size_t)(eq + 1 - v));
+        const char *p = eq + 1;
+        while (*p && *p != ',')
+            p += *p == '\\' && p[1] ? 2 : 1;
+        if (secret)
+            put(o, "***", 3);
+        else
+            put(o, eq + 1, (size_t)(p - eq - 1));
+        if (!*p) return;
+        put(o, ",", 1);
+        v = p + 1;
+    }
+    put(o, v, strlen(v));
+}
+
+const char *ew_url_redact(const char *url, char *buf, size_t n)
+{
+    if (!buf || n == 0) return buf;
+    out o = {buf, n, 0};
+    buf[0] = '\0';
+    if (url) shown_url(&o, url);
+    return buf;
+}
+
+const char *ew_config_shown(const ew_config *cfg, const char *name, char *buf, size_t n)
+{
+    int i = find(name);
+    if (i < 0 || !buf || n == 0) return NULL;
+    out o = {buf, n, 0};
+    buf[0] = '\0';
+    const char *v = cfg->values[i];
+    if (entries[i].k == K_PAIRS)
+        shown_pairs(&o, v);
+    else if (strstr(v, "://"))
+        shown_url(&o, v);
+    else
+        put(&o, v, strlen(v));
+    return buf;
+}
+
 int64_t ew_config_get_int(const ew_config *cfg, const char *name)
 {
     int i = find(name);

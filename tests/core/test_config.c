@@ -94,11 +94,51 @@ static void test_error_names_and_messages(void **state)
     assert_int_equal(ew_error_set(NULL, EW_ECONFIG, "ignored"), EW_ECONFIG);
 }
 
+/* What ewctl config prints: passwords and secrets as ***, the rest as it is. */
+static void test_shown_values_hide_secrets(void **state)
+{
+    (void)state;
+    ew_config *c;
+    ew_error err = {0};
+    char buf[512];
+    assert_int_equal(ew_config_new(&c, &err), 0);
+    static const struct {
+        const char *name, *value, *shown;
+    } cases[] = {
+        {"RABBITMQ_URL", "amqp://app:s3cret@mq:5672/prod", "amqp://app:***@mq:5672/prod"},
+        {"RABBITMQ_URL", "amqp://app@mq:5672/", "amqp://app@mq:5672/"},
+        {"REDIS_EVENT_URL", "redis://:pa@ss@cache:6379/0", "redis://:***@cache:6379/0"},
+        {"EVENT_STORE_URL", "postgresql://u:p@db/x?sslmode=require&password=zz&a=b",
+         "postgresql://u:***@db/x?sslmode=require&password=***&a=b"},
+        {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:var/eventwire.db"},
+        {"SMTP_URL", "smtps://mailer:hunter2@smtp.example.com:465",
+         "smtps://mailer:***@smtp.example.com:465"},
+        {"KAFKA_CLIENT_CONFIG",
+         "security.protocol=SASL_SSL,sasl.username=bob,sasl.password=a\\,b,ssl.key.pem=PEM",
+         "security.protocol=SASL_SSL,sasl.username=bob,sasl.password=***,ssl.key.pem=***"},
+        {"SERVICE_NAME", "auth-service", "auth-service"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (ew_config_set(c, cases[i].name, cases[i].value, &err))
+            fail_msg("%s=%s: %s", cases[i].name, cases[i].value, err.msg);
+        assert_string_equal(ew_config_shown(c, cases[i].name, buf, sizeof buf), cases[i].shown);
+        assert_string_equal(ew_config_get(c, cases[i].name), cases[i].value); /* kept as it is */
+    }
+    assert_null(ew_config_shown(c, "NO_SUCH_SETTING", buf, sizeof buf));
+    assert_string_equal(ew_url_redact("postgresql://svc:pw@db:5432/auth", buf, sizeof buf),
+                        "postgresql://svc:***@db:5432/auth");
+    /* a short buffer cuts, never overflows */
+    char small[8];
+    assert_string_equal(ew_config_shown(c, "SERVICE_NAME", small, sizeof small), "auth-se");
+    ew_config_free(c);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_defaults_are_the_documented_ones),
     cmocka_unit_test(test_bad_values_are_refused_with_name_and_reason),
     cmocka_unit_test(test_environment_is_read),
     cmocka_unit_test(test_error_names_and_messages),
+    cmocka_unit_test(test_shown_values_hide_secrets),
 };
 
 EW_TEST_MAIN(tests)

@@ -9,9 +9,10 @@
 static const char usage[] =
     "usage: ewctl config [--markdown]\n"
     "\n"
-    "Lists every setting eventwire reads from the environment: name, value in force here,\n"
-    "default, allowed values and meaning (tab-separated). --markdown prints the table of\n"
-    "docs/configuration.md. Exit status 1 when a variable in the environment is invalid.\n";
+    "Lists every setting eventwire reads from the environment: name, value in force here\n"
+    "(passwords and secrets as ***), default, allowed values and meaning (tab-separated).\n"
+    "--markdown prints the table of docs/configuration.md. Exit status 1 when a variable in\n"
+    "the environment is invalid.\n";
 
 int ewctl_config(int argc, char **argv)
 {
@@ -34,8 +35,9 @@ int ewctl_config(int argc, char **argv)
     } else {
         for (int i = 0; ew_config_describe(i); i++) {
             const ew_config_entry *e = ew_config_describe(i);
-            printf("%s\t%s\t%s\t%s\t%s\n", e->name, ew_config_get(cfg, e->name), e->def,
-                   e->allowed, e->doc);
+            char shown[4096];
+            printf("%s\t%s\t%s\t%s\t%s\n", e->name,
+                   ew_config_shown(cfg, e->name, shown, sizeof shown), e->def, e->allowed, e->doc);
         }
     }
     ew_config_free(cfg);
