@@ -3,7 +3,6 @@
  * the store a dead letter sink, an inbox and an outbox. The SQL lives in one file per backend
  * (sqlite.c, postgres.c) behind struct ew_store_ops (store_impl.h). */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +11,7 @@
 #include <sys/stat.h>
 #include "core/json.h"
 #include "eventwire/clock.h"
-#include "store/store_impl.h"
+#include "store/handle.h"
 
 /* Reads go to the database a page at a time, and the rows of a page are decoded and handed to
  * the caller with the handle's mutex released: a slow reader does not hold up writers, and a
@@ -32,72 +31,6 @@ static const struct backend {
     {"postgresql://", 1, &ew__store_postgres},
     {"postgres://", 1, &ew__store_postgres},
 };
-
-/* Group commit. A handle runs one transaction at a time, and under load its threads queue for
- * it. When a transaction commits while another thread waits to begin one, the database
- * transaction is not committed yet: the next one goes on in it, as a savepoint (its rollback
- * undoes only itself), and the first waits. Whoever finds nobody waiting, or the chain at
- * CHAIN_MAX transactions or CHAIN_MAX_NS old, commits them all at once and tells the waiting
- * ones how it went: a commit returns only once its writes are on the database, and a failed
- * commit fails every transaction of the chain. One database commit then stands for many: one
- * lock round, one WAL write of each page however many of them changed it (SQLite), one fsync
- * (PostgreSQL, durable). Any other use of the handle commits the open chain first. */
-#define CHAIN_MAX 32
-#define CHAIN_MAX_NS 5000000
-
-typedef struct chain_waiter {
-    int rc;
-    ew_error err;
-    int done;
-    struct chain_waiter *next;
-} chain_waiter;
-
-/* The one transaction a handle can have open: it holds the handle's mutex from begin to its end,
- * so it lives in the handle and needs no allocation. */
-struct ew_txn {
-    ew_store *s;
-    int active;
-    int failed;        /* a statement in it failed: it can only be rolled back */
-    int savepoint;     /* it runs as a savepoint of a chain (see group commit above) */
-    ew_txn *held_next; /* the other transactions the same thread holds */
-};
-
-struct ew_store {
-    const ew_store_ops *ops;
-    void *conn;
-    pthread_mutex_t mu;       /* guards conn; held by an open transaction */
-    pthread_mutex_t relay_mu; /* one outbox relay at a time */
-    ew__store_log log;
-    int64_t ttl_us;   /* 0: events never expire */
-    size_t max_bytes; /* EVENT_MAX_BYTES */
-    ew_txn txn;
-    /* Group commit: guarded by mu, but for the waiters' list (chain_mu) and want. */
-    atomic_int want;  /* threads waiting for mu */
-    int chain_open;   /* the database transaction holds committed transactions */
-    int chain_n;      /* how many */
-    int64_t chain_t0; /* when the first of them committed */
-    pthread_mutex_t chain_mu;
-    pthread_cond_t chain_cv;
-    chain_waiter *waiters; /* their threads, waiting for the database commit */
-    /* ew_store_hold: the holding thread's commits wait for ew_store_release. */
-    int held;
-    pthread_t holder;
-    int chain_held; /* the open chain has transactions of the holder */
-    int hold_rc;    /* a commit of the holder's transactions failed */
-    ew_error hold_err;
-    /* SQLite files: the file's identity, to find a transaction of this thread on the same file
-     * through another handle (ew_store_thread_txn). */
-    int has_file;
-    dev_t dev;
-    ino_t ino;
-};
-
-/* The transactions this thread holds, so that a call that would wait for its own thread's
- * transaction fails instead of deadlocking. */
-static _Thread_local ew_txn *held_txns;
-/* The handle this thread holds (ew_store_hold), whose open chain may hold the database's write
- * lock while the thread does other things. */
-static _Thread_local ew_store *held_store;
 
 /* ---- small things ---------------------------------------------------------------------- */
 
@@ -129,52 +62,6 @@ int ew__dlq_status_parse(const char *name)
 const char *ew_store_backend(const ew_store *s)
 {
     return s ? s->ops->name : NULL;
-}
-
-static void release_lock_of_held(ew_store *s);
-
-/* Takes the handle's mutex, counted in want while it waits (a committing transaction looks at
- * it to decide whether to wait for company). */
-static int lock_raw(ew_store *s, ew_error *err)
-{
-    for (const ew_txn *t = held_txns; t; t = t->held_next)
-        if (t->s == s)
-            return ew_error_set(err, EW_ESTATE,
-                                "this thread has a transaction open on the store: use the "
-                                "transaction (ew_txn_exec), or another store handle");
-    release_lock_of_held(s);
-    atomic_fetch_add_explicit(&s->want, 1, memory_order_relaxed);
-    pthread_mutex_lock(&s->mu);
-    atomic_fetch_sub_explicit(&s->want, 1, memory_order_relaxed);
-    return 0;
-}
-
-static void chain_end(ew_store *s);
-static int same_file(const ew_store *a, const ew_store *b);
-
-/* Before this thread writes through handle s: when it holds another handle on the same SQLite
- * file, that handle's chain is committed first, or the write would wait for this very thread's
- * lock on the file until the busy timeout. */
-static void release_lock_of_held(ew_store *s)
-{
-    ew_store *h = held_store;
-    if (!h || h == s || !same_file(h, s)) return;
-    pthread_mutex_lock(&h->mu);
-    if (h->chain_open) chain_end(h);
-    pthread_mutex_unlock(&h->mu);
-}
-
-/* The handle for anything but a transaction: an open chain is committed first. */
-static int lock(ew_store *s, ew_error *err)
-{
-    int rc = lock_raw(s, err);
-    if (!rc && s->chain_open) chain_end(s);
-    return rc;
-}
-
-static void unlock(ew_store *s)
-{
-    pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- open and close --------------------------------------------------------------------- */
@@ -215,11 +102,8 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     s->log.ud = opts->log_ud;
     s->ttl_us = ttl_days * 86400LL * 1000000LL;
     s->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 1u << 20;
-    s->txn.s = s;
-    pthread_mutex_init(&s->mu, NULL);
+    ew__store_handle_init(s);
     pthread_mutex_init(&s->relay_mu, NULL);
-    pthread_mutex_init(&s->chain_mu, NULL);
-    pthread_cond_init(&s->chain_cv, NULL);
     if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
         goto fail_store;
     if (s->ops == &ew__store_sqlite) {
@@ -237,31 +121,21 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     return 0;
 
 fail_store:
-    pthread_cond_destroy(&s->chain_cv);
-    pthread_mutex_destroy(&s->chain_mu);
     pthread_mutex_destroy(&s->relay_mu);
-    pthread_mutex_destroy(&s->mu);
+    ew__store_handle_free(s);
     free(s);
 fail_config:
     ew_config_free(defaults);
     return rc;
 }
 
-static void txn_close(ew_store *s);
-
 void ew_store_close(ew_store *s)
 {
     if (!s) return;
-    if (s->txn.active) /* a transaction left open by its owner, which must be this thread */
-        ew_txn_rollback(&s->txn);
-    pthread_mutex_lock(&s->mu);
-    if (s->chain_open) chain_end(s);
-    pthread_mutex_unlock(&s->mu);
+    ew__store_handle_end(s);
     s->ops->close(s->conn);
-    pthread_cond_destroy(&s->chain_cv);
-    pthread_mutex_destroy(&s->chain_mu);
     pthread_mutex_destroy(&s->relay_mu);
-    pthread_mutex_destroy(&s->mu);
+    ew__store_handle_free(s);
     free(s);
 }
 
@@ -370,9 +244,9 @@ int ew_store_append(ew_store *s, const char *stream_id, int64_t expected_version
     ew__append_args a = {stream_id, expected_version, recs, unique, ew_now_us(), 0};
     if (s->ttl_us) a.expires_us = a.recorded_us + s->ttl_us;
     ew_append_result r = {0};
-    if ((rc = lock(s, err))) goto done;
+    if ((rc = ew__store_lock(s, err))) goto done;
     rc = s->ops->append(s->conn, &a, &r, err);
-    unlock(s);
+    ew__store_unlock(s);
     r.duplicates += n - unique;
     if (!rc && res) *res = r;
 done:
@@ -519,12 +393,12 @@ static int read_pages(ew_store *s, int by_stream, const char *stream_id, int64_t
         size_t limit = PAGE_ROWS;
         if (max && !p.pattern && max - delivered < limit) limit = max - delivered;
         page_clear(&p);
-        if ((rc = lock(s, err))) break;
+        if ((rc = ew__store_lock(s, err))) break;
         if (by_stream)
             rc = s->ops->read_stream(s->conn, stream_id, from, limit, page_add, &p, err);
         else
             rc = s->ops->read_all(s->conn, from, type, limit, page_add, &p, err);
-        unlock(s);
+        ew__store_unlock(s);
         if (rc) break;
         if (p.oom) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -559,10 +433,10 @@ int ew_store_read_all(ew_store *s, int64_t from_position, const char *pattern, s
 int ew_store_head(ew_store *s, int64_t *position, ew_error *err)
 {
     if (!s || !position) return ew_error_set(err, EW_EINVAL, "store and position are required");
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) return rc;
     rc = s->ops->head(s->conn, position, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -570,10 +444,10 @@ int ew_store_stream_version(ew_store *s, const char *stream_id, int64_t *version
 {
     if (!s || !stream_id || !version)
         return ew_error_set(err, EW_EINVAL, "store, stream id and version are required");
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) return rc;
     rc = s->ops->stream_version(s->conn, stream_id, version, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -588,9 +462,9 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
     int rc;
     for (;;) {
         size_t n = 0;
-        if ((rc = lock(s, err))) break;
+        if ((rc = ew__store_lock(s, err))) break;
         rc = s->ops->purge(s->conn, now, batch, &n, err);
-        unlock(s);
+        ew__store_unlock(s);
         total += n;
         if (rc || n < batch) break;
     }
@@ -663,9 +537,9 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     p.now_us = ew_now_us();
     p.last_failed_us = dl->last_failed_us ? dl->last_failed_us : p.now_us;
     p.first_failed_us = dl->first_failed_us ? dl->first_failed_us : p.last_failed_us;
-    if ((rc = lock(s, err))) goto done;
+    if ((rc = ew__store_lock(s, err))) goto done;
     rc = s->ops->dlq_put(s->conn, &p, err);
-    unlock(s);
+    ew__store_unlock(s);
     if (!rc)
         ew__store_logf(&s->log, EW_LOG_WARN, "store: dead letter %s (%s) for %s/%s: %s",
                        p.event_id ? p.event_id : "-", p.event_name ? p.event_name : "-", p.group,
@@ -682,11 +556,11 @@ static int dlq_resolved(void *self, int64_t id, ew_error *err)
 {
     ew_store *s = self;
     int changed = 0;
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) return rc;
     rc = s->ops->dlq_set_status(s->conn, id, EW_DLQ_RETRIED, EW_DLQ_RESOLVED, ew_now_us(),
                                 &changed, err);
-    unlock(s);
+    ew__store_unlock(s);
     if (!rc && changed)
         ew__store_logf(&s->log, EW_LOG_INFO, "store: dead letter %lld resolved", (long long)id);
     return rc;
@@ -752,10 +626,10 @@ static int dlq_collect(void *ud, const ew_dlq_row *r)
 
 static int dlq_query(ew_store *s, const ew_dlq_filter *f, int64_t id, dlq_rows *l, ew_error *err)
 {
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) return rc;
     rc = s->ops->dlq_list(s->conn, f, id, dlq_collect, l, err);
-    unlock(s);
+    ew__store_unlock(s);
     if (!rc && l->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     return rc;
 }
@@ -805,241 +679,12 @@ int ew_store_dlq_set_status(ew_store *s, int64_t id, ew_dlq_status st, ew_error 
     if ((unsigned)st > EW_DLQ_DISCARDED)
         return ew_error_set(err, EW_EINVAL, "status %d is not a dead letter status", (int)st);
     int changed = 0;
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) return rc;
     rc = s->ops->dlq_set_status(s->conn, id, -1, st, ew_now_us(), &changed, err);
-    unlock(s);
+    ew__store_unlock(s);
     if (!rc && !changed) rc = ew_error_set(err, EW_ENOTFOUND, "no dead letter %lld", (long long)id);
     return rc;
-}
-
-/* ---- transactions ---------------------------------------------------------------------------- */
-
-static int unit_sql(ew_store *s, const char *sql, ew_error *err)
-{
-    return s->ops->exec(s->conn, sql, NULL, 0, NULL, NULL, NULL, err);
-}
-
-/* Commits the chain's database transaction and tells its waiting transactions; its result also
- * goes to the caller (err may be NULL). mu held. */
-static int chain_end_with(ew_store *s, ew_error *out)
-{
-    ew_error err = {0};
-    int rc = s->ops->commit(s->conn, &err);
-    if (rc) ew_error_set(out, rc, "the commit failed: %s", err.msg);
-    if (rc && s->chain_held && !s->hold_rc) {
-        s->hold_rc = rc;
-        ew_error_set(&s->hold_err, rc, "the commit failed: %s", err.msg);
-    }
-    s->chain_open = 0;
-    s->chain_n = 0;
-    s->chain_held = 0;
-    pthread_mutex_lock(&s->chain_mu);
-    for (chain_waiter *w = s->waiters; w; w = w->next) {
-        w->rc = rc;
-        if (rc) ew_error_set(&w->err, rc, "the commit failed: %s", err.msg);
-        w->done = 1;
-    }
-    s->waiters = NULL;
-    pthread_cond_broadcast(&s->chain_cv);
-    pthread_mutex_unlock(&s->chain_mu);
-    return rc;
-}
-
-static void chain_end(ew_store *s)
-{
-    chain_end_with(s, NULL);
-}
-
-/* The chain can take the transaction that just committed: its thread holds the handle (the
- * release commits), or somebody waits to begin one and the chain is neither long nor old. When
- * another thread holds the handle, the commit is done now, with the holder's so far: nobody
- * waits for a holder. mu held. */
-static int chain_goes_on(ew_store *s)
-{
-    if (s->held) return pthread_equal(s->holder, pthread_self());
-    if (atomic_load_explicit(&s->want, memory_order_relaxed) == 0 || s->chain_n >= CHAIN_MAX)
-        return 0;
-    return !s->chain_open || ew_mono_ns() - s->chain_t0 < CHAIN_MAX_NS;
-}
-
-static int txn_open(ew_store *s, ew_error *err)
-{
-    int rc = lock_raw(s, err);
-    if (rc) return rc;
-    s->txn.savepoint = s->chain_open;
-    if (s->chain_open && unit_sql(s, "SAVEPOINT ew_txn", err) != 0) {
-        chain_end(s); /* a fresh transaction instead */
-        s->txn.savepoint = 0;
-    }
-    if (!s->txn.savepoint && (rc = s->ops->begin(s->conn, err))) {
-        unlock(s);
-        return rc;
-    }
-    s->txn.active = 1;
-    s->txn.failed = 0;
-    s->txn.held_next = held_txns;
-    held_txns = &s->txn;
-    return 0;
-}
-
-static void txn_close(ew_store *s)
-{
-    for (ew_txn **p = &held_txns; *p; p = &(*p)->held_next)
-        if (*p == &s->txn) {
-            *p = s->txn.held_next;
-            break;
-        }
-    s->txn.active = 0;
-    s->txn.held_next = NULL;
-    unlock(s);
-}
-
-/* Ends the open transaction without its writes. */
-static void txn_undo(ew_store *s)
-{
-    if (!s->txn.savepoint) {
-        s->ops->rollback(s->conn); /* the chain is empty: the database transaction is all its own */
-    } else if (unit_sql(s, "ROLLBACK TO SAVEPOINT ew_txn", NULL) ||
-               unit_sql(s, "RELEASE SAVEPOINT ew_txn", NULL)) {
-        /* The database transaction is in no known state: the chain's commit says so. */
-        chain_end(s);
-    } else if (!s->held && !chain_goes_on(s)) { /* held: the holder ends it */
-        chain_end(s);
-    }
-    txn_close(s);
-}
-
-/* Ends the open transaction with its writes: returns once they are committed, with the chain
- * or alone. */
-static int txn_keep(ew_store *s, ew_error *err)
-{
-    if (s->txn.savepoint && unit_sql(s, "RELEASE SAVEPOINT ew_txn", err)) {
-        int rc = err && err->code ? err->code : EW_EIO;
-        txn_undo(s);
-        return rc;
-    }
-    if (!chain_goes_on(s)) {
-        int rc = s->chain_open ? chain_end_with(s, err) : s->ops->commit(s->conn, err);
-        txn_close(s);
-        return rc;
-    }
-    if (!s->chain_open) {
-        s->chain_open = 1;
-        s->chain_t0 = ew_mono_ns();
-    }
-    s->chain_n++;
-    if (s->held && pthread_equal(s->holder, pthread_self())) {
-        s->chain_held = 1; /* committed by ew_store_release, or by whoever comes first */
-        txn_close(s);
-        return 0;
-    }
-    chain_waiter me = {0};
-    pthread_mutex_lock(&s->chain_mu);
-    me.next = s->waiters;
-    s->waiters = &me;
-    pthread_mutex_unlock(&s->chain_mu);
-    txn_close(s);
-    pthread_mutex_lock(&s->chain_mu);
-    while (!me.done)
-        pthread_cond_wait(&s->chain_cv, &s->chain_mu);
-    pthread_mutex_unlock(&s->chain_mu);
-    if (me.rc) ew_error_set(err, me.rc, "%s", me.err.msg);
-    return me.rc;
-}
-
-static int txn_check(ew_txn *t, ew_error *err)
-{
-    if (!t || !t->active) return ew_error_set(err, EW_ESTATE, "the transaction is not open");
-    if (t->failed)
-        return ew_error_set(err, EW_ESTATE,
-                            "an earlier statement of this transaction failed: "
-                            "it can only be rolled back");
-    return 0;
-}
-
-int ew_store_begin(ew_store *s, ew_txn **out, ew_error *err)
-{
-    if (!s || !out) return ew_error_set(err, EW_EINVAL, "store and out are required");
-    *out = NULL;
-    int rc = txn_open(s, err);
-    if (!rc) *out = &s->txn;
-    return rc;
-}
-
-int ew_txn_commit(ew_txn *t, ew_error *err)
-{
-    if (!t || !t->active) return ew_error_set(err, EW_ESTATE, "the transaction is not open");
-    if (t->failed) {
-        txn_undo(t->s);
-        return ew_error_set(err, EW_ESTATE,
-                            "a statement of this transaction failed: it was rolled back");
-    }
-    return txn_keep(t->s, err);
-}
-
-void ew_txn_rollback(ew_txn *t)
-{
-    if (!t || !t->active) return;
-    txn_undo(t->s);
-}
-
-int ew_store_hold(ew_store *s, ew_error *err)
-{
-    if (!s) return ew_error_set(err, EW_EINVAL, "a store is required");
-    if (held_store) return ew_error_set(err, EW_ESTATE, "this thread holds a store already");
-    int rc = lock(s, err);
-    if (rc) return rc;
-    if (s->held) {
-        rc = ew_error_set(err, EW_EAGAIN, "another thread holds the store");
-    } else {
-        s->held = 1;
-        s->holder = pthread_self();
-        s->hold_rc = 0;
-        held_store = s;
-    }
-    unlock(s);
-    return rc;
-}
-
-int ew_store_release(ew_store *s, ew_error *err)
-{
-    if (!s || held_store != s)
-        return ew_error_set(err, EW_ESTATE, "this thread does not hold the store");
-    held_store = NULL;
-    int rc = lock_raw(s, err);
-    if (rc) return rc;
-    s->held = 0;
-    if (s->chain_open) chain_end(s);
-    if ((rc = s->hold_rc)) ew_error_set(err, rc, "%s", s->hold_err.msg);
-    s->hold_rc = 0;
-    unlock(s);
-    return rc;
-}
-
-static int txn_run(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                   ew__exec_row_fn fn, void *ud, int64_t *changes, ew_error *err)
-{
-    int rc = txn_check(t, err);
-    if (rc) return rc;
-    if (!sql || (nparams && !params))
-        return ew_error_set(err, EW_EINVAL, "sql and its parameters are required");
-    if ((rc = t->s->ops->exec(t->s->conn, sql, params, nparams, fn, ud, changes, err)))
-        t->failed = 1;
-    return rc;
-}
-
-int ew_txn_exec(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                int64_t *changes, ew_error *err)
-{
-    return txn_run(t, sql, params, nparams, NULL, NULL, changes, err);
-}
-
-int ew_txn_query(ew_txn *t, const char *sql, const char *const *params, size_t nparams,
-                 ew_row_fn fn, void *ud, ew_error *err)
-{
-    if (!fn) return ew_error_set(err, EW_EINVAL, "callback is required");
-    return txn_run(t, sql, params, nparams, fn, ud, NULL, err);
 }
 
 /* ---- the inbox ------------------------------------------------------------------------------- */
@@ -1052,10 +697,10 @@ static int inbox_begin(void *self, const char *handler, const char *event_id, vo
     if (!s || !handler || !event_id)
         return ew_error_set(err, EW_EINVAL, "handler and event id are required");
     int seen = 0;
-    int rc = txn_open(s, err);
+    int rc = ew__txn_open(s, err);
     if (rc) return rc;
     if ((rc = s->ops->inbox_seen(s->conn, handler, event_id, &seen, err)) || seen) {
-        txn_undo(s);
+        ew__txn_undo(s);
         return rc ? rc : 1;
     }
     *txn = &s->txn;
@@ -1069,13 +714,13 @@ static int inbox_commit(void *self, const char *handler, const char *event_id, v
     ew_txn *t = txn;
     if (!t || t != &s->txn || !t->active)
         return ew_error_set(err, EW_ESTATE, "no inbox transaction is open");
-    int rc = txn_check(t, err);
+    int rc = ew__txn_check(t, err);
     if (!rc) rc = s->ops->inbox_record(s->conn, handler, event_id, ew_now_us(), err);
     if (rc) {
-        txn_undo(s);
+        ew__txn_undo(s);
         return rc;
     }
-    return txn_keep(s, err);
+    return ew__txn_keep(s, err);
 }
 
 static void inbox_rollback(void *self, void *txn)
@@ -1117,9 +762,9 @@ int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_erro
     int rc;
     for (;;) {
         size_t n = 0;
-        if ((rc = lock(s, err))) break;
+        if ((rc = ew__store_lock(s, err))) break;
         rc = s->ops->inbox_purge(s->conn, before, DEFAULT_PURGE_BATCH, &n, err);
-        unlock(s);
+        ew__store_unlock(s);
         total += n;
         if (rc || n < DEFAULT_PURGE_BATCH) break;
     }
@@ -1131,7 +776,7 @@ int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_erro
 
 int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err)
 {
-    int rc = txn_check(t, err);
+    int rc = ew__txn_check(t, err);
     if (rc) return rc;
     if (!ev) return ew_error_set(err, EW_EINVAL, "event is required");
     char *text;
@@ -1190,7 +835,7 @@ static int outbox_collect(void *ud, const ew__outbox_row *r)
 static int outbox_end(ew_store *s, outbox_rows *l, int mark, ew_error *err)
 {
     ew_error e = {0};
-    int rc = lock(s, mark ? err : &e);
+    int rc = ew__store_lock(s, mark ? err : &e);
     if (rc) {
         s->ops->outbox_release(s->conn);
         return rc;
@@ -1199,7 +844,7 @@ static int outbox_end(ew_store *s, outbox_rows *l, int mark, ew_error *err)
         rc = s->ops->outbox_mark(s->conn, l->ids, l->n, ew_now_us(), err);
     else
         s->ops->outbox_release(s->conn);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1213,10 +858,10 @@ int ew_store_outbox_relay(ew_store *s, size_t batch, ew_outbox_publish_fn publis
     ew_event **evs = NULL;
     size_t nev = 0;
     pthread_mutex_lock(&s->relay_mu);
-    int rc = lock(s, err);
+    int rc = ew__store_lock(s, err);
     if (rc) goto done;
     rc = s->ops->outbox_claim(s->conn, batch, outbox_collect, &l, err);
-    unlock(s);
+    ew__store_unlock(s);
     if (rc) goto done;
     if (l.oom || !(evs = calloc(l.n ? l.n : 1, sizeof *evs))) {
         outbox_end(s, &l, 0, NULL);
@@ -1330,14 +975,14 @@ int ew_store_record(ew_store *s, const ew_event *const *evs, size_t n, ew_append
         if (res) *res = (ew_append_result){.duplicates = n};
         goto done;
     }
-    if ((rc = lock(s, err))) goto done;
+    if ((rc = ew__store_lock(s, err))) goto done;
     if (!(rc = s->ops->begin(s->conn, err))) {
         if ((rc = record_in_txn(s, &r, res, err)))
             s->ops->rollback(s->conn);
         else
             rc = s->ops->commit(s->conn, err);
     }
-    unlock(s);
+    ew__store_unlock(s);
 done:
     record_set_release(&r);
     return rc;
@@ -1346,7 +991,7 @@ done:
 int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_result *res,
                   ew_error *err)
 {
-    int rc = txn_check(t, err);
+    int rc = ew__txn_check(t, err);
     if (rc) return rc;
     if ((rc = has_v2(t->s, err))) return rc;
     record_set r;
@@ -1361,26 +1006,13 @@ int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_res
     return rc;
 }
 
-static int same_file(const ew_store *a, const ew_store *b)
-{
-    return a->has_file && b->has_file && a->dev == b->dev && a->ino == b->ino;
-}
-
-ew_txn *ew_store_thread_txn(const ew_store *s)
-{
-    if (!s || !s->has_file) return NULL;
-    for (ew_txn *t = held_txns; t; t = t->held_next)
-        if (t->s->has_file && t->s->dev == s->dev && t->s->ino == s->ino) return t;
-    return NULL;
-}
-
 int ew_store_data_version(ew_store *s, int64_t *version, ew_error *err)
 {
     if (!s || !version) return ew_error_set(err, EW_EINVAL, "store and version are required");
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     rc = s->ops->data_version(s->conn, version, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1388,9 +1020,9 @@ int ew_store_sync_commits(ew_store *s, int on, ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     rc = s->ops->sync_commits(s->conn, on != 0, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1456,9 +1088,9 @@ int ew_store_scan(ew_store *s, int64_t from_position, const char *const *pattern
         size_t limit = PAGE_ROWS;
         if (max && max - looked < limit) limit = max - looked;
         page_clear(&p);
-        if ((rc = lock(s, err))) break;
+        if ((rc = ew__store_lock(s, err))) break;
         rc = s->ops->read_all(s->conn, from, NULL, limit, page_add, &p, err);
-        unlock(s);
+        ew__store_unlock(s);
         if (rc) break;
         if (p.oom) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -1522,10 +1154,10 @@ int ew_store_group_open(ew_store *s, const char *group, int from_beginning, ew_s
                             "group '%.100s' must be 1 to 200 of a-z, A-Z, 0-9, '.', '_' and '-'",
                             group ? group : "(null)");
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     if (!(rc = s->ops->group_create(s->conn, group, from_beginning != 0, ew_now_us(), err)))
         rc = group_read(s, group, g, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1533,9 +1165,9 @@ int ew_store_group_get(ew_store *s, const char *group, ew_store_group *g, ew_err
 {
     if (!s || !group || !g) return ew_error_set(err, EW_EINVAL, "store, group and g are required");
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     rc = group_read(s, group, g, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1548,11 +1180,11 @@ int ew_store_group_lease(ew_store *s, const char *group, const char *owner, cons
     if (!owner_ok(owner) || (from && !owner_ok(from)))
         return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     int64_t now = ew_now_us();
     rc = s->ops->group_lease(s->conn, group, owner, from, now, now + lease_ms * 1000, held, err);
     if (!rc && !*held) rc = group_read(s, group, NULL, err); /* EW_ENOTFOUND, or held by another */
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
 
@@ -1566,10 +1198,10 @@ int ew_store_group_commit(ew_store *s, const char *group, const char *owner, int
     if (!owner_ok(owner))
         return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
     int rc = has_v2(s, err);
-    if (rc || (rc = lock(s, err))) return rc;
+    if (rc || (rc = ew__store_lock(s, err))) return rc;
     int64_t now = ew_now_us();
     rc = s->ops->group_commit(s->conn, group, owner, position, now,
                               lease_ms ? now + lease_ms * 1000 : 0, held, err);
-    unlock(s);
+    ew__store_unlock(s);
     return rc;
 }
