@@ -101,9 +101,13 @@ static dl_count dead_letters(env *e, const ew_dlq_filter *f)
 static void test_welcome_email_is_sent_once(void **state)
 {
     env *e = start(NULL);
-    char user_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1];
+    char user_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1], reg_id[EW_UUID_LEN + 1];
     ew_uuid7(user_id);
-    registered(e, user_id, "ada", "ada@example.com");
+    ew_uuid7(reg_id);
+    static const char *const roles[] = {"user"};
+    ew_user_registered reg = {
+        .user_id = user_id, .email = "ada@example.com", .username = "ada", .roles = {roles, 1}};
+    publish(e, EW_T_USER_REGISTERED, &reg, user_id, reg_id);
     ew_uuid7(event_id);
     ew_user_profile_created pc = {.user_id = user_id, .display_name = "Ada Lovelace"};
     publish(e, EW_T_USER_PROFILE_CREATED, &pc, user_id, event_id);
@@ -113,7 +117,10 @@ static void test_welcome_email_is_sent_once(void **state)
     assert_string_equal(w->user_id, user_id);
     assert_string_equal(w->email, "ada@example.com");
     assert_string_equal(ew_event_source(ev), "notification-service");
-    assert_string_equal(ew_event_causation_id(ev), event_id);
+    /* Caused by whichever of the two came second: the two types' handlers run side by side,
+     * and a profile that beats the registration waits for it (pending welcomes). */
+    const char *cause = ew_event_causation_id(ev);
+    assert_true(strcmp(cause, event_id) == 0 || strcmp(cause, reg_id) == 0);
     char message_id[64];
     snprintf(message_id, sizeof message_id, "%s", w->message_id);
     assert_true(ew_uuid_valid(message_id));
