@@ -99,9 +99,12 @@ void ew__store_unlock(ew_store *s)
 
 /* ---- transactions ---------------------------------------------------------------------------- */
 
+/* Savepoint statements, in one round trip. A committed transaction of a chain keeps its
+ * savepoint open (sp_kept): the next one's SAVEPOINT releases it in the same trip, and the
+ * database commit releases the last. */
 static int unit_sql(ew_store *s, const char *sql, ew_error *err)
 {
-    return s->ops->exec(s->conn, sql, NULL, 0, NULL, NULL, NULL, err);
+    return s->ops->script(s->conn, sql, err);
 }
 
 /* Commits the chain's database transaction and tells its waiting transactions; its result also
@@ -118,6 +121,7 @@ static int chain_end_with(ew_store *s, ew_error *out)
     s->chain_open = 0;
     s->chain_n = 0;
     s->chain_held = 0;
+    s->sp_kept = 0;
     pthread_mutex_lock(&s->chain_mu);
     for (chain_waiter *w = s->waiters; w; w = w->next) {
         w->rc = rc;
@@ -152,9 +156,15 @@ int ew__txn_open(ew_store *s, ew_error *err)
     int rc = lock_raw(s, err);
     if (rc) return rc;
     s->txn.savepoint = s->chain_open;
-    if (s->chain_open && unit_sql(s, "SAVEPOINT ew_txn", err) != 0) {
-        chain_end(s); /* a fresh transaction instead */
-        s->txn.savepoint = 0;
+    if (s->chain_open) {
+        const char *sql =
+            s->sp_kept ? "RELEASE SAVEPOINT ew_txn; SAVEPOINT ew_txn" : "SAVEPOINT ew_txn";
+        if (unit_sql(s, sql, err) == 0) {
+            s->sp_kept = 0;
+        } else {
+            chain_end(s); /* a fresh transaction instead */
+            s->txn.savepoint = 0;
+        }
     }
     if (!s->txn.savepoint && (rc = s->ops->begin(s->conn, err))) {
         ew__store_unlock(s);
@@ -184,8 +194,7 @@ void ew__txn_undo(ew_store *s)
 {
     if (!s->txn.savepoint) {
         s->ops->rollback(s->conn); /* the chain is empty: the database transaction is all its own */
-    } else if (unit_sql(s, "ROLLBACK TO SAVEPOINT ew_txn", NULL) ||
-               unit_sql(s, "RELEASE SAVEPOINT ew_txn", NULL)) {
+    } else if (unit_sql(s, "ROLLBACK TO SAVEPOINT ew_txn; RELEASE SAVEPOINT ew_txn", NULL)) {
         /* The database transaction is in no known state: the chain's commit says so. */
         chain_end(s);
     } else if (!s->held && !chain_goes_on(s)) { /* held: the holder ends it */
@@ -198,11 +207,7 @@ void ew__txn_undo(ew_store *s)
  * or alone. */
 int ew__txn_keep(ew_store *s, ew_error *err)
 {
-    if (s->txn.savepoint && unit_sql(s, "RELEASE SAVEPOINT ew_txn", err)) {
-        int rc = err && err->code ? err->code : EW_EIO;
-        ew__txn_undo(s);
-        return rc;
-    }
+    s->sp_kept = s->txn.savepoint; /* released by the next SAVEPOINT, or by the commit */
     if (!chain_goes_on(s)) {
         int rc = s->chain_open ? chain_end_with(s, err) : s->ops->commit(s->conn, err);
         txn_close(s);

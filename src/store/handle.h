@@ -43,6 +43,7 @@ struct ew_store {
     atomic_int want;  /* threads waiting for mu */
     int chain_open;   /* the database transaction holds committed transactions */
     int chain_n;      /* how many */
+    int sp_kept;      /* the last one's savepoint is still open: released with the next one's */
     int64_t chain_t0; /* when the first of them committed */
     pthread_mutex_t chain_mu;
     pthread_cond_t chain_cv;

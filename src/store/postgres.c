@@ -878,6 +878,16 @@ static void pg_rollback(void *conn)
     if (PQstatus(c->main.conn) == CONNECTION_OK) simple(&c->main, "ROLLBACK", NULL);
 }
 
+static int pg_script(void *conn, const char *sql, ew_error *err)
+{
+    pgs *c = conn;
+    session *s = &c->main;
+    PGresult *r = PQexec(s->conn, sql); /* the simple protocol: several statements at once */
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) return fail(s, r, err, sql);
+    PQclear(r);
+    return 0;
+}
+
 static int pg_exec(void *conn, const char *sql, const char *const *params, size_t nparams,
                    ew__exec_row_fn fn, void *ud, int64_t *changes, ew_error *err)
 {
@@ -1061,4 +1071,5 @@ const ew_store_ops ew__store_postgres = {
     .group_lease = pg_group_lease,
     .group_commit = pg_group_commit,
     .sync_commits = pg_sync_commits,
+    .script = pg_script,
 };

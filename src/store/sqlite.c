@@ -867,6 +867,12 @@ static int bind_params(sqlite3_stmt *st, const char *const *params, size_t n, ew
     return 0;
 }
 
+static int sq_script(void *conn, const char *sql, ew_error *err)
+{
+    sq *c = conn;
+    return sqlite3_exec(c->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : fail(c, err, sql);
+}
+
 static int sq_exec(void *conn, const char *sql, const char *const *params, size_t nparams,
                    ew__exec_row_fn fn, void *ud, int64_t *changes, ew_error *err)
 {
@@ -1052,4 +1058,5 @@ const ew_store_ops ew__store_sqlite = {
     .group_lease = sq_group_lease,
     .group_commit = sq_group_commit,
     .sync_commits = sq_sync_commits,
+    .script = sq_script,
 };

@@ -212,6 +212,9 @@ typedef struct ew_store_ops {
     /* on: each commit of this connection returns once it is on disk (SQLite: synchronous=FULL);
      * off: the backend's default. Outside a transaction. */
     int (*sync_commits)(void *conn, int on, ew_error *err);
+    /* Statements without parameters, separated by ';', in one round trip (handle.c's
+     * savepoints). */
+    int (*script)(void *conn, const char *sql, ew_error *err);
 } ew_store_ops;
 
 extern const ew_store_ops ew__store_sqlite;

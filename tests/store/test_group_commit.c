@@ -150,6 +150,27 @@ static void hold_commits_at_release(env *e)
     ew_store_close(other);
 }
 
+/* Savepoints one after the other: a rollback after several commits undoes only itself. */
+static void hold_rollback_after_commits(env *e)
+{
+    setup_table(e->s);
+    ew_error err = {0};
+    assert_int_equal(ew_store_hold(e->s, &err), 0);
+    insert(e->s, "a", "held", true, NULL);
+    insert(e->s, "b", "held", true, NULL);
+    insert(e->s, "c", "held", true, NULL);
+    insert(e->s, "d", "held", false, NULL);
+    insert(e->s, "e", "held", false, NULL);
+    insert(e->s, "f", "held", true, NULL);
+    assert_int_equal(ew_store_release(e->s, &err), 0);
+    ew_store *other = open_other(e);
+    assert_int_equal(count_rows(other, NULL), 4);
+    assert_int_equal(count_rows(other, "d"), 0);
+    assert_int_equal(count_rows(other, "e"), 0);
+    assert_int_equal(count_rows(other, "f"), 1);
+    ew_store_close(other);
+}
+
 /* Anything else done with the handle commits what is held so far; the release then has the
  * rest. */
 static void other_uses_commit_early(env *e)
@@ -221,6 +242,7 @@ static void holder_never_blocks_others(env *e)
 
 BOTH(commits_of_many_threads)
 BOTH(hold_commits_at_release)
+BOTH(hold_rollback_after_commits)
 BOTH(other_uses_commit_early)
 BOTH(holder_never_blocks_others)
 
@@ -259,6 +281,7 @@ static void postgres_failed_commit_fails_the_hold(void **state)
 static const struct CMUnitTest tests[] = {
     CASES(commits_of_many_threads),
     CASES(hold_commits_at_release),
+    CASES(hold_rollback_after_commits),
     CASES(other_uses_commit_early),
     CASES(holder_never_blocks_others),
     cmocka_unit_test_setup_teardown(sqlite_holder_writes_through_another_handle, setup_sqlite,
