@@ -96,6 +96,12 @@ typedef struct ew_subscribe_opts {
      * it (false: EW_EEXIST). One handler then takes several types in one queue, in the order
      * they come, with its workers (concurrency is not added to), as the saga engine does. */
     bool add_pattern;
+    /* The group lives as long as this bus: what the backend keeps for it is removed when the bus
+     * closes (SQLite: its row; Redis: its consumer group on each stream; Kafka: nothing is
+     * committed; RabbitMQ: its queue is not durable and is deleted once no consumer is left, or
+     * after a minute unused). For a look at the traffic, `ewctl tail`; only for a group nobody
+     * else consumes. Every subscription of the group must say the same. */
+    bool ephemeral;
 } ew_subscribe_opts;
 
 /* Subscribes fn to the events whose type matches pattern (ew_pattern_match). opts may be NULL.

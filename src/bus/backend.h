@@ -56,6 +56,9 @@ typedef struct ew_backend_sub {
      * starts with the oldest event it still holds (true) or with the events published from now
      * on (false). A group the backend knows resumes where it left off either way. */
     bool from_beginning;
+    /* The group is the subscriber's alone and removed from the backend at close
+     * (ew_subscribe_opts.ephemeral). The same for every subscription of the group. */
+    bool ephemeral;
 } ew_backend_sub;
 
 typedef struct ew_bus_ops {

@@ -347,7 +347,7 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
     } else {
         /* The backend learns of a new subscription (or pattern) first: if it cannot consume the
          * pattern, the handler is never added. */
-        ew_backend_sub bs = {s.group, pattern, opts->from_beginning};
+        ew_backend_sub bs = {s.group, pattern, opts->from_beginning, opts->ephemeral};
         bool new_group = !ew__dispatch_has(bus->disp, s.group, NULL, NULL);
         if (!takes && bus->ops->subscribed) rc = bus->ops->subscribed(bus->be, &bs, err);
         /* Every group also consumes the redeliveries (redeliver.h), from now on whatever its

@@ -86,6 +86,7 @@ struct kgroup {
     kafka *k;   /* first, as in struct kafka: what the librdkafka callbacks read from the opaque */
     char *name; /* the subscriber group */
     char *group_id; /* KAFKA_CONSUMER_GROUP.name */
+    bool ephemeral; /* commits nothing: the broker keeps no position for it */
     char **subs;    /* topics and ^regexes */
     size_t nsubs, capsubs;
     kstart *starts; /* under mu: written by subscribed(), read on assignment */
@@ -823,7 +824,7 @@ static void set_start_offsets(kgroup *g, rd_kafka_topic_partition_list_t *parts)
     }
     pthread_mutex_unlock(&g->mu);
     rd_kafka_topic_partition_list_destroy(c);
-    if (!fresh || fresh->cnt == 0) goto out;
+    if (!fresh || fresh->cnt == 0 || g->ephemeral) goto out;
 
     /* A commit needs real offsets: the beginnings become their partitions' first offsets. */
     rd_kafka_topic_partition_list_t *begin = rd_kafka_topic_partition_list_new(fresh->cnt);
@@ -937,6 +938,7 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_part
 
 static void commit(kgroup *g, bool sync)
 {
+    if (g->ephemeral) return;
     if (!sync) {
         rd_kafka_queue_poll_callback(g->commitq, 0); /* results of earlier commits */
         if (g->commit_inflight || ew_mono_ns() < g->next_commit_ns) return;
@@ -1730,6 +1732,7 @@ static int k_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
         g->next = k->groups;
         k->groups = g;
     }
+    if (bsub->ephemeral) g->ephemeral = true;
     bool have = false;
     for (size_t i = 0; i < g->nsubs; i++)
         if (strcmp(g->subs[i], sub) == 0) have = true;

@@ -44,6 +44,7 @@
 #define CONS_BACKOFF_MAX_MS 5000
 #define FRAMES_PER_STEP 256 /* frames a consumer reads before it sends acks again */
 #define IDLE_POLL_MS 1000
+#define EPHEMERAL_EXPIRES_MS 60000 /* an ephemeral group's queue, unused this long, is deleted */
 #define DECODE_HANDLER "<decode>" /* the handler named by dead letters of undecodable messages */
 
 typedef struct rmq rmq;
@@ -57,6 +58,7 @@ typedef struct ack_item {
 typedef struct consumer {
     rmq *r;
     char *group, *queue;
+    bool ephemeral;  /* its queue is not durable and goes with its last consumer */
     char **patterns; /* AMQP binding keys, under r->mu */
     size_t npatterns, cappatterns;
     pthread_t th;
@@ -327,16 +329,21 @@ static int declare_topology(rmq *r, amqp_connection_state_t st, ew_error *err)
     return rpc_check(st, EW_EIO, err, what);
 }
 
-/* A group's durable queue, wired to the dead-letter exchange, bound with keys[0..n). */
+/* A group's durable queue, wired to the dead-letter exchange, bound with keys[0..n). An
+ * ephemeral group's is neither durable nor lasting: deleted with its last consumer, or after
+ * EPHEMERAL_EXPIRES_MS without one (a consumer that died). */
 static int declare_queue(rmq *r, amqp_connection_state_t st, const char *queue, char *const *keys,
-                         size_t n, ew_error *err)
+                         size_t n, bool ephemeral, ew_error *err)
 {
     char what[600];
-    amqp_table_entry_t arg = {
-        .key = amqp_cstring_bytes("x-dead-letter-exchange"),
-        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(r->dlx)}};
-    amqp_table_t args = {.num_entries = 1, .entries = &arg};
-    amqp_queue_declare(st, CHANNEL, amqp_cstring_bytes(queue), 0, 1, 0, 0, args);
+    amqp_table_entry_t arg[2] = {
+        {.key = amqp_cstring_bytes("x-dead-letter-exchange"),
+         .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes(r->dlx)}},
+        {.key = amqp_cstring_bytes("x-expires"),
+         .value = {.kind = AMQP_FIELD_KIND_I32, .value.i32 = EPHEMERAL_EXPIRES_MS}},
+    };
+    amqp_table_t args = {.num_entries = ephemeral ? 2 : 1, .entries = arg};
+    amqp_queue_declare(st, CHANNEL, amqp_cstring_bytes(queue), 0, !ephemeral, 0, ephemeral, args);
     snprintf(what, sizeof what, "declaring the queue '%s'", queue);
     int rc = rpc_check(st, EW_EIO, err, what);
     if (rc) return rc;
@@ -968,7 +975,7 @@ static int cons_connect(consumer *c, ew_error *err)
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto fail;
     }
-    rc = declare_queue(r, st, c->queue, keys, n, err);
+    rc = declare_queue(r, st, c->queue, keys, n, c->ephemeral, err);
     for (size_t i = 0; i < n; i++)
         free(keys[i]);
     free(keys);
@@ -1233,7 +1240,7 @@ static int rmq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     pub_check_idle(r);
     int rc = pub_ensure(r, err);
     if (!rc) {
-        rc = declare_queue(r, r->pst, queue, &key, 1, err);
+        rc = declare_queue(r, r->pst, queue, &key, 1, bsub->ephemeral, err);
         if (rc) pub_down(r);
     }
     pthread_mutex_unlock(&r->pmu);
@@ -1263,6 +1270,7 @@ static int rmq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
         r->groups[r->ngroups++] = c;
         created = true;
     }
+    if (bsub->ephemeral) c->ephemeral = true;
     bool have = false;
     for (size_t i = 0; i < c->npatterns; i++)
         have = have || strcmp(c->patterns[i], key) == 0;

@@ -86,6 +86,7 @@ typedef struct rconsumer {
     redis_bus *rb;
     char *group;
     char name[128]; /* the Redis consumer name: unique per bus */
+    bool ephemeral; /* the group goes with the bus (XGROUP DESTROY at close) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;     /* the reader waits here: room, back-off, streams */
@@ -1825,6 +1826,7 @@ static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
     redis_bus *rb = self;
     rconsumer *c = consumer_get(rb, group, err);
     if (!c) return EW_ENOMEM;
+    if (bsub->ephemeral) c->ephemeral = true;
     if (rb->pubsub) {
         /* Pub/Sub keeps nothing: bsub->from_beginning has nothing to replay and is ignored. */
         char *g = pattern_glob(rb, pattern);
@@ -1995,13 +1997,39 @@ static void rd_stop(void *self)
     }
 }
 
+/* An ephemeral group goes from every stream (XGROUP DESTROY), pending entries and all. */
+static void destroy_group(redis_bus *rb, rconsumer *c)
+{
+    size_t n = c->nstreams;
+    ew_buf b;
+    ew_buf_init(&b);
+    for (size_t i = 0; i < n; i++) {
+        const char *argv[] = {"XGROUP", "DESTROY", c->streams[i].key, c->group};
+        put_cmd(&b, 4, argv);
+    }
+    redisReply **r = calloc(n, sizeof *r);
+    size_t got = 0;
+    pthread_mutex_lock(&rb->pub_mu);
+    if (r && pub_exchange(rb, &b, r, n, &got, NULL))
+        ew__bus_log(rb->bus, EW_LOG_WARN, "redis: group %s was not removed from its streams",
+                    c->group);
+    if (r) free_replies(r, got);
+    pthread_mutex_unlock(&rb->pub_mu);
+    free(r);
+    ew_buf_release(&b);
+}
+
 /* Removes this bus's consumer from its group on every stream where it holds nothing pending
  * (where it does, it stays, so that its entries can be taken over), so that closed buses do not
- * pile up in XINFO CONSUMERS. Best effort. */
+ * pile up in XINFO CONSUMERS; an ephemeral group goes altogether. Best effort. */
 static void forget_consumer(redis_bus *rb, rconsumer *c)
 {
     size_t n = c->nstreams;
     if (!n || !rb->pub) return; /* nothing, or Redis is away: no new connection to close */
+    if (c->ephemeral) {
+        destroy_group(rb, c);
+        return;
+    }
     ew_buf b;
     ew_buf_init(&b);
     for (size_t i = 0; i < n; i++) {

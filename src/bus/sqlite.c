@@ -72,6 +72,7 @@ struct group {
     sqbus *b;
     group *next; /* the bus's groups, newest first; never removed before close */
     char *name;
+    bool ephemeral; /* its row goes when the bus closes */
     char owner[EW_STORE_OWNER_MAX];
 
     pthread_mutex_t mu; /* everything down to idle */
@@ -943,6 +944,7 @@ static int sq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
             goto out;
         }
     }
+    if (bsub->ephemeral) g->ephemeral = true;
     pthread_mutex_lock(&g->mu);
     bool have = false;
     for (size_t i = 0; i < g->npatterns && !have; i++)
@@ -1012,15 +1014,34 @@ static void sq_stop(void *self)
     }
 }
 
+/* An ephemeral group's row goes with the bus. */
+static void forget_group(sqbus *b, group *g)
+{
+    ew_txn *t;
+    ew_error e = {0};
+    const char *p[] = {g->name};
+    int rc = ew_store_begin(b->st, &t, &e);
+    if (!rc && !(rc = ew_txn_exec(t, "DELETE FROM event_store.bus_groups WHERE group_name = $1", p,
+                                  1, NULL, &e)))
+        rc = ew_txn_commit(t, &e);
+    else if (!rc)
+        ew_txn_rollback(t);
+    if (rc)
+        ew__bus_log(b->bus, EW_LOG_WARN, "sqlite bus: group %s was not removed: %s", g->name,
+                    e.msg);
+}
+
 /* Every done() has been called: writes each group's final position and gives its lease up, so
- * that a standby consumer takes over at once. */
+ * that a standby consumer takes over at once; an ephemeral group is removed instead. */
 static void sq_close(void *self)
 {
     sqbus *b = self;
     sq_stop(b);
     for (group *g = atomic_load(&b->groups), *next; g; g = next) {
         next = g->next;
-        if (g->st && g->active) {
+        if (g->ephemeral) {
+            forget_group(b, g);
+        } else if (g->st && g->active) {
             pthread_mutex_lock(&g->mu);
             int64_t floor = ring_floor(g);
             pthread_mutex_unlock(&g->mu);

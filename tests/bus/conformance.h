@@ -27,8 +27,8 @@ typedef struct cf_backend {
     /* Sets the backend's settings on cfg for namespace ns (unique per test: a prefix, an
      * exchange, a database). Returns 0, or -1 to skip the test (the backend is not available). */
     int (*configure)(ew_config *cfg, const char *ns);
-    bool durable;            /* events outlive the publisher's and consumers' processes */
-    bool at_least_once;      /* a consumer that dies mid-event sees it again */
+    bool durable;       /* events outlive the publisher's and consumers' processes */
+    bool at_least_once; /* a consumer that dies mid-event sees it again */
     /* events published while no group subscribes to them are kept (a log, a stream, a topic), so
      * a new group with from_beginning gets them; false where they are dropped (memory, and
      * RabbitMQ, which routes an event only to the queues bound when it is published) */
@@ -110,7 +110,7 @@ typedef struct cf_seen {
     pthread_mutex_t mu;
     char (*ids)[EW_UUID_LEN + 1];
     int *times;
-    long *seq;     /* the seq of each delivery, in arrival order, per subject index */
+    long *seq; /* the seq of each delivery, in arrival order, per subject index */
     int n, cap;
     atomic_int distinct, total;
 } cf_seen;
@@ -206,7 +206,8 @@ static inline void cf_publish_subscribe(void **state)
         tb_publish_owned(bus, ev);
     }
     cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "events handled");
-    for (int i = 0; i < N; i++) assert_true(cf_seen_times(&seen, ids + i * (EW_UUID_LEN + 1)) >= 1);
+    for (int i = 0; i < N; i++)
+        assert_true(cf_seen_times(&seen, ids + i * (EW_UUID_LEN + 1)) >= 1);
     tb_close(bus);
     assert_int_equal(atomic_load(&seen.distinct), N);
     free(ids);
@@ -261,7 +262,8 @@ static inline void cf_patterns(void **state)
     atomic_int exact = 0, user_star = 0, notif_hash = 0;
     tb_subscribe(bus, "user.logged_in", tb_count, &exact, &(ew_subscribe_opts){.name = "exact"});
     tb_subscribe(bus, "user.*", tb_count, &user_star, &(ew_subscribe_opts){.name = "star"});
-    tb_subscribe(bus, "notification.#", tb_count, &notif_hash, &(ew_subscribe_opts){.name = "hash"});
+    tb_subscribe(bus, "notification.#", tb_count, &notif_hash,
+                 &(ew_subscribe_opts){.name = "hash"});
     tb_start(bus);
     ew_type_id types[] = {EW_T_USER_LOGGED_IN, EW_T_USER_LOGGED_OUT, EW_T_NOTIFICATION_EMAIL_SENT,
                           EW_T_PASSWORD_RESET_REQUESTED};
@@ -308,7 +310,8 @@ static inline void cf_groups(void **state)
     }
     tb_start(pub);
     enum { N = 100 };
-    for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_IN, NULL));
+    for (int i = 0; i < N; i++)
+        tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_IN, NULL));
     cf_wait_count(&sa.distinct, N, CF_TIMEOUT_MS, "group a");
     cf_wait_count(&sb.distinct, N, CF_TIMEOUT_MS, "group b");
     usleep(200000);
@@ -348,7 +351,8 @@ static inline void cf_batch_publish(void **state)
         fail_msg("publish_batch: %s", err.msg);
     cf_wait_count(&seen.distinct, N, CF_TIMEOUT_MS, "batch handled");
     tb_close(bus);
-    for (int i = 0; i < N; i++) ew_event_unref(evs[i]);
+    for (int i = 0; i < N; i++)
+        ew_event_unref(evs[i]);
     cf_seen_release(&seen);
 }
 
@@ -378,16 +382,19 @@ static inline void cf_retry_then_dead_letter(void **state)
     tb_subscribe(bus, "user.logged_in", cf_fail_some, &seen,
                  &(ew_subscribe_opts){.name = "picky", .max_attempts = 3, .no_jitter = true});
     tb_start(bus);
-    ew_user_logged_in d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "poison"};
+    ew_user_logged_in d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d",
+                           .session_id = "poison"};
     ew_event *poison;
     assert_int_equal(ew_user_logged_in_new(&poison, &d, &(ew_event_attrs){.source = "t"}, NULL), 0);
     ew_error err = {0};
     assert_int_equal(ew_bus_publish(bus, poison, &err), 0);
-    for (int i = 0; i < 10; i++) tb_publish_owned(bus, tb_event(EW_T_USER_LOGGED_IN, NULL));
+    for (int i = 0; i < 10; i++)
+        tb_publish_owned(bus, tb_event(EW_T_USER_LOGGED_IN, NULL));
     cf_wait_count(&seen.distinct, 10, CF_TIMEOUT_MS, "good events after the poison one");
     ew_memdlq *q = ew_bus_dead_letters(bus);
     int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
-    while (ew_memdlq_count(q) < 1 && ew_mono_ns() < end) usleep(2000);
+    while (ew_memdlq_count(q) < 1 && ew_mono_ns() < end)
+        usleep(2000);
     assert_int_equal(ew_memdlq_count(q), 1);
     ew_memdlq_entry e;
     assert_int_equal(ew_memdlq_get(q, 0, &e), 0);
@@ -425,7 +432,8 @@ static inline void cf_inbox_absorbs_redelivery(void **state)
     assert_int_equal(ew_bus_publish(bus, after, &err), 0);
     cf_wait_count(&seen.distinct, 2, CF_TIMEOUT_MS, "events handled");
     int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
-    while (tb_stats(bus, 0).duplicates < 1 && ew_mono_ns() < end) usleep(2000);
+    while (tb_stats(bus, 0).duplicates < 1 && ew_mono_ns() < end)
+        usleep(2000);
     assert_int_equal(tb_stats(bus, 0).duplicates, 1);
     tb_close(bus);
     assert_int_equal(cf_seen_times(&seen, ew_event_id(ev)), 1);
@@ -469,7 +477,8 @@ static inline void cf_order_per_subject(void **state)
     static cf_order o;
     memset(&o, 0, sizeof o);
     pthread_mutex_init(&o.mu, NULL);
-    for (int i = 0; i < CF_SUBJECTS; i++) ew_uuid7(o.subjects[i]);
+    for (int i = 0; i < CF_SUBJECTS; i++)
+        ew_uuid7(o.subjects[i]);
     tb_subscribe(bus, "user.data_deleted", cf_order_fn, &o, &(ew_subscribe_opts){.concurrency = 4});
     tb_start(bus);
     for (int k = 1; k <= CF_PER_SUBJECT; k++)
@@ -478,7 +487,8 @@ static inline void cf_order_per_subject(void **state)
     cf_wait_count(&o.n, CF_SUBJECTS * CF_PER_SUBJECT, CF_TIMEOUT_MS, "ordered events");
     tb_close(bus);
     assert_int_equal(o.out_of_order, 0);
-    for (int i = 0; i < CF_SUBJECTS; i++) assert_int_equal(o.last[i], CF_PER_SUBJECT);
+    for (int i = 0; i < CF_SUBJECTS; i++)
+        assert_int_equal(o.last[i], CF_PER_SUBJECT);
 }
 
 /* Graceful close: what was published before close is handled; on a durable backend, what a
@@ -495,7 +505,8 @@ static inline void cf_graceful_close(void **state)
         CF_OPEN(pub, &ns, "svc-a", NULL);
         tb_subscribe(pub, "user.logged_out", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
         tb_start(pub);
-        for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
+        for (int i = 0; i < N; i++)
+            tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
         tb_close(pub);
         assert_int_equal(atomic_load(&seen.distinct), N);
         cf_seen_release(&seen);
@@ -506,7 +517,8 @@ static inline void cf_graceful_close(void **state)
     tb_subscribe(con, "user.logged_out", cf_record, &seen, &(ew_subscribe_opts){.name = "h"});
     tb_start(con);
     tb_start(pub);
-    for (int i = 0; i < N; i++) tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
+    for (int i = 0; i < N; i++)
+        tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_OUT, NULL));
     tb_close(pub);
     {
         cf_wait_count(&seen.distinct, 1, CF_TIMEOUT_MS, "first event");
@@ -560,7 +572,8 @@ static inline pid_t cf_spawn_consumer(const cf_ns *ns, const char *path)
         int rfd = open(ready, O_WRONLY | O_CREAT, 0600);
         if (rfd < 0) _exit(5);
         close(rfd);
-        for (;;) pause();
+        for (;;)
+            pause();
     }
     int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
     int status;
@@ -700,7 +713,8 @@ static inline void cf_bad_input_is_dead_lettered(void **state)
     cf_wait_count(&seen.distinct, 1, CF_TIMEOUT_MS, "the good event after the bad ones");
     ew_memdlq *q = ew_bus_dead_letters(bus);
     int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
-    while (ew_memdlq_count(q) < 3 && ew_mono_ns() < end) usleep(2000);
+    while (ew_memdlq_count(q) < 3 && ew_mono_ns() < end)
+        usleep(2000);
     assert_int_equal(ew_memdlq_count(q), 3);
     int json = 0, data = 0, size = 0;
     for (size_t i = 0; i < 3; i++) {
@@ -717,7 +731,6 @@ static inline void cf_bad_input_is_dead_lettered(void **state)
     tb_close(bus);
     cf_seen_release(&seen);
 }
-
 
 /* Where a new group starts (ew_subscribe_opts.from_beginning). Events are published while no
  * group subscribes to their type; then group A subscribes with from_beginning and group B
@@ -837,6 +850,57 @@ static inline ew_dlq_status cf_dlq_status(ew_store *st, int64_t id)
     return s;
 }
 
+/* An ephemeral group leaves nothing on the backend: subscribed again after its bus closed it is a
+ * new group, which does not get what was published while nobody consumed; a group kept the
+ * ordinary way, beside it, does. */
+static inline void cf_ephemeral_group(void **state)
+{
+    if (!cf_be()->durable) skip(); /* in memory every group goes with its bus anyway */
+    cf_ns ns = cf_new_ns("eph");
+    static char first[1][EW_UUID_LEN + 1], between[1][EW_UUID_LEN + 1], last[1][EW_UUID_LEN + 1];
+    char subject[EW_UUID_LEN + 1];
+    ew_uuid7(subject); /* one Kafka partition */
+    ew_bus *pub, *a, *b;
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    tb_start(pub);
+    cf_seen eph, kept;
+    cf_seen_init(&eph, 100);
+    cf_seen_init(&kept, 100);
+    ew_subscribe_opts oe = {.group = "looker", .name = "h", .ephemeral = true};
+    ew_subscribe_opts ok = {.group = "keeper", .name = "h"};
+    CF_OPEN(a, &ns, "svc-e", NULL);
+    tb_subscribe(a, "user.logged_in", cf_record, &eph, &oe);
+    tb_subscribe(a, "user.logged_in", cf_record, &kept, &ok);
+    tb_start(a);
+    ew_event *ev = tb_event(EW_T_USER_LOGGED_IN, subject);
+    strcpy(first[0], ew_event_id(ev));
+    tb_publish_owned(pub, ev);
+    cf_wait_ids(&eph, first, 1, CF_TIMEOUT_MS, "first event, ephemeral group");
+    cf_wait_ids(&kept, first, 1, CF_TIMEOUT_MS, "first event, kept group");
+    tb_close(a);
+
+    ev = tb_event(EW_T_USER_LOGGED_IN, subject); /* nobody consumes now */
+    strcpy(between[0], ew_event_id(ev));
+    tb_publish_owned(pub, ev);
+
+    CF_OPEN(b, &ns, "svc-e", NULL);
+    tb_subscribe(b, "user.logged_in", cf_record, &eph, &oe);
+    tb_subscribe(b, "user.logged_in", cf_record, &kept, &ok);
+    tb_start(b);
+    ev = tb_event(EW_T_USER_LOGGED_IN, subject);
+    strcpy(last[0], ew_event_id(ev));
+    tb_publish_owned(pub, ev);
+    cf_wait_ids(&eph, last, 1, CF_TIMEOUT_MS, "last event, ephemeral group again");
+    cf_wait_ids(&kept, between, 1, CF_TIMEOUT_MS, "the event between, kept group");
+    cf_wait_ids(&kept, last, 1, CF_TIMEOUT_MS, "last event, kept group");
+    usleep(300000); /* a moment for a wrongly kept event to show up */
+    tb_close(b);
+    tb_close(pub);
+    assert_int_equal(cf_seen_count(&eph, between, 1), 0);
+    cf_seen_release(&eph);
+    cf_seen_release(&kept);
+}
+
 static inline void cf_dead_letter_retry(void **state)
 {
     cf_ns ns = cf_new_ns("rty");
@@ -873,7 +937,8 @@ static inline void cf_dead_letter_retry(void **state)
     assert_int_equal(ew_bus_redeliver(ops, "svc-r", "create-profile", ev, id, &err), 0);
     cf_wait_count(&f.handled, 1, CF_TIMEOUT_MS, "the retried event");
     end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
-    while (cf_dlq_status(st, id) != EW_DLQ_RESOLVED && ew_mono_ns() < end) usleep(5000);
+    while (cf_dlq_status(st, id) != EW_DLQ_RESOLVED && ew_mono_ns() < end)
+        usleep(5000);
     assert_int_equal(cf_dlq_status(st, id), EW_DLQ_RESOLVED);
     /* the other group never saw the retry, neither wrapped nor unwrapped */
     usleep(200000);
@@ -891,7 +956,8 @@ static inline void cf_dead_letter_retry(void **state)
         cmocka_unit_test(cf_batch_publish), cmocka_unit_test(cf_retry_then_dead_letter),           \
         cmocka_unit_test(cf_inbox_absorbs_redelivery), cmocka_unit_test(cf_order_per_subject),     \
         cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
-        cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),     \
-        cmocka_unit_test(cf_from_beginning), cmocka_unit_test(cf_dead_letter_retry)
+        cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),      \
+        cmocka_unit_test(cf_from_beginning), cmocka_unit_test(cf_dead_letter_retry),               \
+        cmocka_unit_test(cf_ephemeral_group)
 
 #endif

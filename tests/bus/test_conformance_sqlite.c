@@ -207,6 +207,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_bad_input_is_dead_lettered),
     cmocka_unit_test(cf_from_beginning),
     cmocka_unit_test(cf_dead_letter_retry),
+    cmocka_unit_test(cf_ephemeral_group),
 };
 
 EW_TEST_MAIN(tests)

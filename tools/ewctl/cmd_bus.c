@@ -27,7 +27,8 @@ static const char tail_usage[] =
     "\n"
     "Prints the events whose type matches PATTERN (default #, everything) as CloudEvents JSON,\n"
     "one per line, as they arrive on the bus the environment configures. Without --group it\n"
-    "reads as a group of its own, so it takes nothing from the services' groups. A new group\n"
+    "reads as a group of its own, so it takes nothing from the services' groups, and removes\n"
+    "that group from the backend when it ends. A new group\n"
     "starts with events published from now on; --from-beginning starts it with the oldest event\n"
     "the backend still holds. Stops after N events with --count, or on Ctrl-C. --brief prints\n"
     "one short line per event instead: time, type, source, subject and correlation id.\n";
@@ -202,6 +203,7 @@ int ewctl_tail(int argc, char **argv)
     if (!ew_pattern_valid(pattern))
         return ewctl_fail(2, "'%s' is not a pattern (user.registered, user.*, user.#, #)", pattern);
     char own_group[64];
+    bool own = !group; /* a group of its own goes when the tail ends */
     if (!group) {
         char id[EW_UUID_LEN + 1];
         ew_uuid7(id);
@@ -211,7 +213,8 @@ int ewctl_tail(int argc, char **argv)
     ew_bus *bus;
     if (open_bus(&bus)) return 1;
     ew_error err = {0};
-    ew_subscribe_opts so = {.group = group, .name = "tail", .from_beginning = from_beginning};
+    ew_subscribe_opts so = {
+        .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
     if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
         ew_bus_close(bus);
         return ewctl_fail(1, "%s", err.msg);
