@@ -1,6 +1,7 @@
 /* Benchmark of the whole system: the registration flow through the five services as processes
  * (started with `ewctl up`, as a user does), from the HTTP request to the UserRegistration saga's
- * completion (profile, preferences, welcome email, analytics), on the SQLite bus and on Redis:
+ * completion (profile, preferences, welcome email, analytics), on the SQLite bus, Redis, Kafka
+ * and RabbitMQ:
  *
  *   flow.registration.BACKEND          registrations completed per second: N_USERS registered by
  *                                      CLIENTS keep-alive HTTP clients at once, from the first
@@ -11,8 +12,9 @@
  * Passwords are hashed with AUTH_PASSWORD_HASH=min here: the interactive limits cost about 0.1 s
  * of a core per registration by design and would measure libsodium, not the flow (the first
  * figure below says what they cost on this machine). There is no raw baseline for a flow of five
- * processes; the figures stand alone. Redis comes from $EW_REDIS_URL (`make bench` starts one);
- * without it only sqlite runs. The services and ewctl are found beside this executable; each
+ * processes; the figures stand alone. The brokers come from $EW_REDIS_URL, $EW_KAFKA_URL and
+ * $EW_RABBITMQ_URL (`make bench` starts them); a broker without its variable is skipped. An
+ * argument runs that backend alone. The services and ewctl are found beside this executable; each
  * run's state goes into a folder under $TMPDIR (default /tmp), all removed at the end. */
 #include <curl/curl.h>
 #include <limits.h>
@@ -38,12 +40,12 @@ static char bindir[PATH_MAX], workdir[PATH_MAX], auth_url[256];
 /* Every run's folders, removed when the benchmark ends: removed between runs, their files would
  * slow the next run's file creation (ext4 without a journal skips inodes freed in the last
  * minutes, one by one), which is the file system's cost, not the flow's. */
-static char workdirs[8][PATH_MAX / 8];
+static char workdirs[16][PATH_MAX / 16];
 static int nworkdirs;
 
 static void keep_for_cleanup(const char *dir)
 {
-    if (nworkdirs < 8 && strlen(dir) < sizeof workdirs[0]) strcpy(workdirs[nworkdirs++], dir);
+    if (nworkdirs < 16 && strlen(dir) < sizeof workdirs[0]) strcpy(workdirs[nworkdirs++], dir);
 }
 
 static void die(const char *what)
@@ -98,7 +100,10 @@ static void up(const char *backend, const char *ns)
         unsetenv("MAIL_DIR");
     }
     setenv("EVENT_BUS_TYPE", backend, 1);
-    setenv("REDIS_CHANNEL_PREFIX", ns, 1);
+    setenv("REDIS_CHANNEL_PREFIX", ns, 1); /* each run in a namespace of its own */
+    setenv("KAFKA_TOPIC_PREFIX", ns, 1);
+    setenv("KAFKA_CONSUMER_GROUP", ns, 1);
+    setenv("RABBITMQ_EXCHANGE", ns, 1);
     setenv("HTTP_PORT", "0", 1);
     setenv("AUTH_PASSWORD_HASH", "min", 1);
     setenv("EW_SERVICES_DIR", bindir, 1);
@@ -309,13 +314,24 @@ int main(int argc, char **argv)
            "services below hash with AUTH_PASSWORD_HASH=min\n",
            (ew_mono_ns() - t0) / 1e6);
     const char *only = argc > 1 ? argv[1] : NULL;
-    if (!only || strcmp(only, "sqlite") == 0) run("sqlite");
-    const char *redis = getenv("EW_REDIS_URL");
-    if (redis && (!only || strcmp(only, "redis") == 0)) {
-        setenv("REDIS_EVENT_URL", redis, 1);
-        run("redis");
-    } else if (!redis) {
-        printf("# flow.registration.redis: skipped (EW_REDIS_URL unset)\n");
+    static const struct {
+        const char *backend, *url_var, *setting; /* where the broker is, and who says so */
+    } backends[] = {
+        {"sqlite", NULL, NULL},
+        {"redis", "EW_REDIS_URL", "REDIS_EVENT_URL"},
+        {"kafka", "EW_KAFKA_URL", "KAFKA_BOOTSTRAP_SERVERS"},
+        {"rabbitmq", "EW_RABBITMQ_URL", "RABBITMQ_URL"},
+    };
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        if (only && strcmp(only, backends[i].backend) != 0) continue;
+        const char *url = backends[i].url_var ? getenv(backends[i].url_var) : NULL;
+        if (backends[i].url_var && !url) {
+            printf("# flow.registration.%s: skipped (%s unset)\n", backends[i].backend,
+                   backends[i].url_var);
+            continue;
+        }
+        if (url) setenv(backends[i].setting, url, 1);
+        run(backends[i].backend);
     }
     cleanup();
     curl_global_cleanup();
