@@ -18,6 +18,10 @@
 
 #define CHAIN_MAX 32
 #define CHAIN_MAX_NS 5000000
+/* A held chain is committed every this many transactions all the same: PostgreSQL keeps 64
+ * subtransaction ids per backend in shared memory, and other sessions' snapshots slow down once
+ * a transaction has more. */
+#define HELD_MAX 64
 
 /* The transactions this thread holds, so that a call that would wait for its own thread's
  * transaction fails instead of deadlocking. */
@@ -78,10 +82,7 @@ static int lock_raw(ew_store *s, ew_error *err)
 static void release_lock_of_held(ew_store *s)
 {
     ew_store *h = held_store;
-    if (!h || h == s || !same_file(h, s)) return;
-    pthread_mutex_lock(&h->mu);
-    if (h->chain_open) chain_end(h);
-    pthread_mutex_unlock(&h->mu);
+    if (h && h != s && same_file(h, s)) ew__store_release_held_file(s->dev, s->ino);
 }
 
 /* The handle for anything but a transaction: an open chain is committed first. */
@@ -145,7 +146,7 @@ static void chain_end(ew_store *s)
  * waits for a holder. mu held. */
 static int chain_goes_on(ew_store *s)
 {
-    if (s->held) return pthread_equal(s->holder, pthread_self());
+    if (s->held) return pthread_equal(s->holder, pthread_self()) && s->chain_n + 1 < HELD_MAX;
     if (atomic_load_explicit(&s->want, memory_order_relaxed) == 0 || s->chain_n >= CHAIN_MAX)
         return 0;
     return !s->chain_open || ew_mono_ns() - s->chain_t0 < CHAIN_MAX_NS;
@@ -329,6 +330,15 @@ int ew_txn_query(ew_txn *t, const char *sql, const char *const *params, size_t n
 {
     if (!fn) return ew_error_set(err, EW_EINVAL, "callback is required");
     return txn_run(t, sql, params, nparams, fn, ud, NULL, err);
+}
+
+void ew__store_release_held_file(dev_t dev, ino_t ino)
+{
+    ew_store *h = held_store;
+    if (!h || !h->has_file || h->dev != dev || h->ino != ino) return;
+    pthread_mutex_lock(&h->mu);
+    if (h->chain_open) chain_end(h);
+    pthread_mutex_unlock(&h->mu);
 }
 
 /* ---- this thread's transactions on a file ------------------------------------------------- */

@@ -74,6 +74,11 @@ void ew__store_handle_free(ew_store *s);
 int ew__store_lock(ew_store *s, ew_error *err);
 void ew__store_unlock(ew_store *s);
 
+/* When this thread holds a handle on the SQLite file (dev, ino), commits what it holds: a
+ * connection about to write the file (one being opened, another handle) would otherwise wait
+ * for this very thread's lock. */
+void ew__store_release_held_file(dev_t dev, ino_t ino);
+
 /* Begins the handle's transaction (or the next savepoint of an open chain). */
 int ew__txn_open(ew_store *s, ew_error *err);
 /* Ends it with its writes, returning once they are committed (or, held, at once). */

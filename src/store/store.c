@@ -104,6 +104,11 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     s->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 1u << 20;
     ew__store_handle_init(s);
     pthread_mutex_init(&s->relay_mu, NULL);
+    if (s->ops == &ew__store_sqlite) { /* opening may write (migrations) */
+        struct stat st;
+        if (stat(url + strlen(b->prefix), &st) == 0)
+            ew__store_release_held_file(st.st_dev, st.st_ino);
+    }
     if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
         goto fail_store;
     if (s->ops == &ew__store_sqlite) {

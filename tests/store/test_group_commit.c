@@ -171,6 +171,25 @@ static void hold_rollback_after_commits(env *e)
     ew_store_close(other);
 }
 
+/* A long hold is committed every 64 transactions (PostgreSQL's subtransaction cache); the
+ * release commits the rest. */
+static void long_hold_commits_in_steps(env *e)
+{
+    setup_table(e->s);
+    ew_error err = {0};
+    assert_int_equal(ew_store_hold(e->s, &err), 0);
+    for (int i = 0; i < 100; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "r%d", i);
+        insert(e->s, id, "held", true, NULL);
+    }
+    ew_store *other = open_other(e);
+    if (e->pg) assert_int_equal(count_rows(other, NULL), 64); /* SQLite: the read commits all */
+    assert_int_equal(ew_store_release(e->s, &err), 0);
+    assert_int_equal(count_rows(other, NULL), 100);
+    ew_store_close(other);
+}
+
 /* Anything else done with the handle commits what is held so far; the release then has the
  * rest. */
 static void other_uses_commit_early(env *e)
@@ -243,6 +262,7 @@ static void holder_never_blocks_others(env *e)
 BOTH(commits_of_many_threads)
 BOTH(hold_commits_at_release)
 BOTH(hold_rollback_after_commits)
+BOTH(long_hold_commits_in_steps)
 BOTH(other_uses_commit_early)
 BOTH(holder_never_blocks_others)
 
@@ -282,6 +302,7 @@ static const struct CMUnitTest tests[] = {
     CASES(commits_of_many_threads),
     CASES(hold_commits_at_release),
     CASES(hold_rollback_after_commits),
+    CASES(long_hold_commits_in_steps),
     CASES(other_uses_commit_early),
     CASES(holder_never_blocks_others),
     cmocka_unit_test_setup_teardown(sqlite_holder_writes_through_another_handle, setup_sqlite,
