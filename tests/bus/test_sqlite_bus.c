@@ -6,14 +6,13 @@
  * ew-fixture: postgres */
 #ifdef EW_HAVE_SQLITE_BUS
 #include <fcntl.h>
-#include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "bus/bus_test_util.h"
-#include "support/pg.h"
+#include "support/case_db.h"
 #include "eventwire/clock.h"
 #include "eventwire/store.h"
 
@@ -38,15 +37,10 @@ static int setup(void **state)
     return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
-
 static int teardown(void **state)
 {
     env *e = *state;
-    nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ew_test_rmtree(e->dir);
     free(e);
     return 0;
 }
@@ -694,14 +688,12 @@ static int setup_store_sqlite(void **state)
 static int setup_store_pg(void **state)
 {
     senv *e = calloc(1, sizeof *e);
-    char msg[512];
-    e->pg = 1;
-    e->url = ew_test_pg_create(msg, sizeof msg);
-    if (!e->url) {
-        print_error("postgres: %s\n", msg);
+    char dir[64];
+    if (!e || ew_test_db_create(1, "sqbus", NULL, dir, &e->url)) {
         free(e);
         return -1;
     }
+    e->pg = 1;
     e->s = open_store(e->url, NULL);
     *state = e;
     return 0;
@@ -711,12 +703,7 @@ static int teardown_store(void **state)
 {
     senv *e = *state;
     ew_store_close(e->s);
-    if (e->pg) {
-        ew_test_pg_drop(e->url);
-    } else {
-        nftw(e->fs.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-        free(e->url);
-    }
+    ew_test_db_drop(e->pg, e->fs.dir, e->url);
     free(e);
     return 0;
 }

@@ -6,7 +6,6 @@
  * SQLite bus, kills it with SIGKILL mid-flow and lets another process finish the sagas.
  * Timeouts are short (hundreds of milliseconds) through the declarations and configuration.
  * ew-fixture: postgres */
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "support/ew_test.h"
-#include "support/pg.h"
+#include "support/case_db.h"
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
@@ -146,40 +145,26 @@ static env *env_new(int pg)
     return e;
 }
 
-static int setup_sqlite(void **state)
+/* The engine's store and a probe beside it, on the case's database. */
+static int setup_db(void **state, int pg)
 {
-    env *e = env_new(0);
-    strcpy(e->dir, "/tmp/ew-saga-XXXXXX");
-    if (!mkdtemp(e->dir)) return -1;
-    e->url = malloc(128);
-    snprintf(e->url, 128, "sqlite:%s/eventwire.db", e->dir);
+    env *e = env_new(pg);
+    if (ew_test_db_create(pg, "saga", "eventwire.db", e->dir, &e->url)) return -1;
     cfg_set(e, "EVENT_STORE_URL", e->url);
     e->store = open_store(e->url);
     e->probe = open_store(e->url);
     *state = e;
     return 0;
+}
+
+static int setup_sqlite(void **state)
+{
+    return setup_db(state, 0);
 }
 
 static int setup_postgres(void **state)
 {
-    env *e = env_new(1);
-    char msg[512];
-    e->url = ew_test_pg_create(msg, sizeof msg);
-    if (!e->url) {
-        print_error("postgres: %s\n", msg);
-        return -1;
-    }
-    cfg_set(e, "EVENT_STORE_URL", e->url);
-    e->store = open_store(e->url);
-    e->probe = open_store(e->url);
-    *state = e;
-    return 0;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
+    return setup_db(state, 1);
 }
 
 /* Shuts down in the order saga.h asks: engines' timers, the bus, then the engines. */
@@ -204,28 +189,10 @@ static int teardown(void **state)
     ew_store_close(e->store2);
     ew_store_close(e->probe);
     ew_config_free(e->cfg);
-    if (e->pg) {
-        ew_test_pg_drop(e->url);
-    } else {
-        nftw(e->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-        free(e->url);
-    }
+    ew_test_db_drop(e->pg, e->dir, e->url);
     free(e);
     return 0;
 }
-
-#define BOTH(name)                                                                                 \
-    static void test_sqlite_##name(void **state)                                                   \
-    {                                                                                              \
-        name(*state);                                                                              \
-    }                                                                                              \
-    static void test_postgres_##name(void **state)                                                 \
-    {                                                                                              \
-        name(*state);                                                                              \
-    }
-#define CASES(name)                                                                                \
-    cmocka_unit_test_setup_teardown(test_sqlite_##name, setup_sqlite, teardown),                   \
-        cmocka_unit_test_setup_teardown(test_postgres_##name, setup_postgres, teardown)
 
 /* ---- buses and engines
  * ---------------------------------------------------------------------------- */

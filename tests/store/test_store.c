@@ -4,7 +4,6 @@
  * ew-fixture: postgres */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <ftw.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -1464,7 +1463,7 @@ static void bad_urls(void **state)
     assert_int_equal(ew_store_open(&s, &o, NULL), 0);
     ew_store_close(s);
     ew_config_free(cfg);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    ew_test_rmtree(dir);
     /* the file is a folder: an I/O error, not a crash */
     char d2[] = "/tmp/ew-store-XXXXXX";
     assert_non_null(mkdtemp(d2));
