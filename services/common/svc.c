@@ -457,25 +457,28 @@ static int configure(svc *s, ew_error *err)
     return 0;
 }
 
+/* A store at url (NULL: EVENT_STORE_URL); a failure names the setting and its URL, without
+ * the password. */
+static int open_store(svc *s, ew_store **out, const char *setting, const char *url, ew_error *err)
+{
+    ew_store_options o = {.config = s->cfg, .url = url, .log = lib_log, .log_ud = s};
+    int rc = ew_store_open(out, &o, err);
+    if (rc) {
+        char m[sizeof err->msg], shown[256];
+        snprintf(m, sizeof m, "%s", err->msg);
+        ew_url_redact(url ? url : ew_config_get(s->cfg, setting), shown, sizeof shown);
+        return ew_error_set(err, rc, "%s %s: %s", setting, shown, m);
+    }
+    return 0;
+}
+
 static int open_all(svc *s, ew_error *err)
 {
     int rc = configure(s, err);
     if (rc) return rc;
-    ew_store_options so = {.config = s->cfg, .url = s->db_url, .log = lib_log, .log_ud = s};
-    if ((rc = ew_store_open(&s->db, &so, err))) {
-        char m[sizeof err->msg], shown[256];
-        snprintf(m, sizeof m, "%s", err->msg);
-        return ew_error_set(err, rc, "SERVICE_DB_URL %s: %s",
-                            ew_url_redact(s->db_url, shown, sizeof shown), m);
-    }
+    if ((rc = open_store(s, &s->db, "SERVICE_DB_URL", s->db_url, err))) return rc;
     if ((rc = create_schema(s, err))) return rc;
-    ew_store_options eo = {.config = s->cfg, .log = lib_log, .log_ud = s};
-    if ((rc = ew_store_open(&s->events, &eo, err))) {
-        char m[sizeof err->msg], shown[256];
-        snprintf(m, sizeof m, "%s", err->msg);
-        return ew_error_set(err, rc, "EVENT_STORE_URL %s: %s",
-                            ew_config_shown(s->cfg, "EVENT_STORE_URL", shown, sizeof shown), m);
-    }
+    if ((rc = open_store(s, &s->events, "EVENT_STORE_URL", NULL, err))) return rc;
     s->inner = ew_store_inbox(s->db);
     ew_bus_options bo = {.config = s->cfg,
                          .log = lib_log,
@@ -501,8 +504,7 @@ static int open_all(svc *s, ew_error *err)
  * event store, whose outbox the engine relays itself. */
 static int sagas_start(svc *s, ew_error *err)
 {
-    ew_store_options so = {.config = s->cfg, .log = lib_log, .log_ud = s};
-    int rc = ew_store_open(&s->saga_db, &so, err);
+    int rc = open_store(s, &s->saga_db, "EVENT_STORE_URL", NULL, err);
     ew_saga_engine_options eo = {
         .bus = s->bus, .store = s->saga_db, .config = s->cfg, .log = lib_log, .log_ud = s};
     if (!rc) rc = ew_saga_engine_open(&s->sagas, &eo, err);

@@ -356,12 +356,11 @@ static void hold_end(worker *w)
     ew__dispatch_log(d, EW_LOG_WARN,
                      "%s: the commit of %zu handled events failed, they run again: %s",
                      w->s->inbox_key, n, e.code ? e.msg : ew_strerror(rc));
-    size_t again[HOLD_MAX];
-    memcpy(again, w->pend, n * sizeof *again);
+    /* Not holding now, so these runs settle at once and leave w->pend as it is. */
     for (size_t i = 0; i < n; i++)
-        if (!run_item(w, &w->batch[again[i]])) { /* stopping: left to their redelivery */
+        if (!run_item(w, &w->batch[w->pend[i]])) { /* stopping: left to their redelivery */
             for (; i < n; i++)
-                item_finish(w, &w->batch[again[i]], true);
+                item_finish(w, &w->batch[w->pend[i]], true);
             return;
         }
 }
