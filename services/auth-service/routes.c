@@ -123,6 +123,23 @@ static int bearer_user(auth *a, const ew_http_request *rq, ew_http_response *res
     return 1;
 }
 
+/* Begins a transaction on the user user_id and reads its row (sql selects from auth_users
+ * WHERE user_id = $1). 1: found, *t open, *row filled; 0: no such user, 404 answered; < 0: a
+ * failure, in e. Nothing is open unless it returns 1. */
+static int begin_on_user(auth *a, ew_http_response *res, const char *user_id, const char *sql,
+                         ew_txn **t, svc_row *row, ew_error *e)
+{
+    int rc = svc_begin(a->s, t, e);
+    if (rc) return rc;
+    const char *p[] = {user_id};
+    if ((rc = svc_query_row(*t, sql, p, 1, row, e)) || !row->found) {
+        ew_txn_rollback(*t);
+        if (!rc) ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
+        return rc;
+    }
+    return 1;
+}
+
 /* The {id} of the path, which must be a user id the service could have made; else 404. */
 static const char *path_user(const ew_http_request *rq, ew_http_response *res)
 {
@@ -406,24 +423,19 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
-    int rc = svc_begin(a->s, &t, &e);
-    if (rc) goto failed;
-    const char *p[] = {user_id};
-    rc = svc_query_row(t, "SELECT roles FROM event_store.auth_users WHERE user_id = $1", p, 1,
-                       &row, &e);
-    if (!rc && !row.found) {
-        ew_txn_rollback(t);
-        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
-        goto out;
-    }
     const char *prev[ROLES_MAX * 2];
-    size_t nprev = rc ? 0 : parse_roles(row.v[0], &ar, prev, ROLES_MAX * 2);
+    size_t nprev = 0;
+    int rc =
+        begin_on_user(a, res, user_id,
+                      "SELECT roles FROM event_store.auth_users WHERE user_id = $1", &t, &row, &e);
+    if (rc == 0) goto out;
+    if (rc < 0) goto failed;
+    nprev = parse_roles(row.v[0], &ar, prev, ROLES_MAX * 2);
     const char *u[] = {user_id, roles_json, now};
-    if (!rc)
-        rc = ew_txn_exec(t,
-                         "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
-                         "WHERE user_id = $1",
-                         u, 3, NULL, &e);
+    rc = ew_txn_exec(t,
+                     "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
+                     "WHERE user_id = $1",
+                     u, 3, NULL, &e);
     ew_user_role_changed ev = {.user_id = user_id, .roles = {roles, n},
                                .previous_roles = {prev, nprev},
                                .changed_by = who > 0 ? by : NULL};
@@ -613,23 +625,16 @@ static void h_user(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
-    const char *p[] = {user_id};
-    int rc = svc_begin(a->s, &t, &e);
-    if (!rc) {
-        rc = svc_query_row(t,
+    int rc = begin_on_user(a, res, user_id,
                            "SELECT user_id, status, profile_created, roles, created_at, "
                            "updated_at FROM event_store.auth_users WHERE user_id = $1",
-                           p, 1, &row, &e);
-        ew_txn_rollback(t);
-    }
-    if (rc) {
+                           &t, &row, &e);
+    if (rc == 0) return;
+    if (rc < 0) {
         svc_reply_failure(a->s, res, "reading the user", &e);
         return;
     }
-    if (!row.found) {
-        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
-        return;
-    }
+    ew_txn_rollback(t);
     ew_arena ar;
     ew_arena_init(&ar, NULL, 0);
     const char *roles[ROLES_MAX * 2];
@@ -666,21 +671,16 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
-    int rc = svc_begin(a->s, &t, &e);
-    if (rc) goto failed;
-    const char *p[] = {user_id};
-    rc = svc_query_row(t, "SELECT user_id FROM event_store.auth_users WHERE user_id = $1", p, 1,
-                       &row, &e);
-    if (!rc && !row.found) {
-        ew_txn_rollback(t);
-        ew_http_reply_error(res, 404, NULL, "no user %s", user_id);
-        return;
-    }
+    int rc = begin_on_user(a, res, user_id,
+                           "SELECT user_id FROM event_store.auth_users WHERE user_id = $1", &t,
+                           &row, &e);
+    if (rc == 0) return;
+    if (rc < 0) goto failed;
     svc_row_free(&row);
     ew_user_deletion_requested ev = {.request_id = request_id, .user_id = user_id,
                                      .reason = reason && *reason ? reason : NULL,
                                      .requested_by = who > 0 ? by : NULL};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
+    rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
