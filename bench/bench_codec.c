@@ -19,11 +19,12 @@ int main(void)
     char id[EW_UUID_LEN + 1];
     ew_uuid7(id);
     const char *roles[] = {"user"};
-    ew_user_registered d = {.user_id = id, .email = "ada.lovelace@example.com",
-                            .username = "ada", .roles = {roles, 1}};
+    ew_user_registered d = {
+        .user_id = id, .email = "ada.lovelace@example.com", .username = "ada", .roles = {roles, 1}};
     ew_event *ev;
     ew_error err = {0};
-    ew_event_attrs a = {.source = "auth-service", .subject = id,
+    ew_event_attrs a = {.source = "auth-service",
+                        .subject = id,
                         .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
     if (ew_user_registered_new(&ev, &d, &a, &err)) {
         fprintf(stderr, "bench_codec: %s\n", err.msg);

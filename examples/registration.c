@@ -46,8 +46,8 @@ static ew_handler_result send_welcome(const ew_event *ev, ew_handler_ctx *ctx, v
     const ew_user_registered *u = ew_user_registered_data(ev);
     char msgid[EW_UUID_LEN + 1];
     ew_uuid7(msgid);
-    ew_notification_welcome_email_sent s = {.user_id = u->user_id, .email = u->email,
-                                            .message_id = msgid};
+    ew_notification_welcome_email_sent s = {
+        .user_id = u->user_id, .email = u->email, .message_id = msgid};
     atomic_fetch_add(&((demo *)ud)->welcome_emails, 1);
     return ew_ctx_publish(ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &s, u->user_id, NULL)
                ? EW_HANDLER_RETRY
@@ -60,9 +60,8 @@ static ew_handler_result count_user(const ew_event *ev, ew_handler_ctx *ctx, voi
     const ew_user_registered *u = ew_user_registered_data(ev);
     ew_analytics_user_tracked t = {.user_id = u->user_id, .event = "user.registered"};
     atomic_fetch_add(&((demo *)ud)->users_counted, 1);
-    return ew_ctx_publish(ctx, EW_T_ANALYTICS_USER_TRACKED, &t, u->user_id, NULL)
-               ? EW_HANDLER_RETRY
-               : EW_HANDLER_OK;
+    return ew_ctx_publish(ctx, EW_T_ANALYTICS_USER_TRACKED, &t, u->user_id, NULL) ? EW_HANDLER_RETRY
+                                                                                  : EW_HANDLER_OK;
 }
 
 /* A console tap: every event, as the JSON that would go on the wire. */
@@ -129,8 +128,8 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "%s%d", names[i % 6], i + 1);
         snprintf(email, sizeof email, "%s@example.com", name);
         const char *roles[] = {"user"};
-        ew_user_registered u = {.user_id = id, .email = email, .username = name,
-                                .roles = {roles, 1}};
+        ew_user_registered u = {
+            .user_id = id, .email = email, .username = name, .roles = {roles, 1}};
         if (ew_bus_publish_new(bus, EW_T_USER_REGISTERED, &u, id, &err)) {
             fprintf(stderr, "demo: %s\n", err.msg);
             break;

@@ -56,8 +56,8 @@ typedef struct ew_bus_options {
     const ew_config *config; /* NULL: defaults; otherwise copied at open */
     ew_log_fn log;           /* NULL: silent */
     void *log_ud;
-    ew_dlq_sink dlq;         /* .ops NULL: the bus keeps dead letters in memory (ew_bus_dead_letters) */
-    ew_inbox inbox;          /* .ops NULL: no idempotency check */
+    ew_dlq_sink dlq; /* .ops NULL: the bus keeps dead letters in memory (ew_bus_dead_letters) */
+    ew_inbox inbox;  /* .ops NULL: no idempotency check */
 } ew_bus_options;
 
 /* Opens the bus that opts->config names (EVENT_BUS_TYPE). Subscriptions may be added before or
@@ -75,14 +75,14 @@ const char *ew_bus_backend(const ew_bus *bus);
 const ew_config *ew_bus_config(const ew_bus *bus);
 
 typedef struct ew_subscribe_opts {
-    const char *group;          /* subscriber group; NULL: SERVICE_NAME */
-    const char *name;           /* handler name, unique in its group; NULL: the pattern */
-    int concurrency;            /* worker threads; 0: 1 */
-    int max_attempts;           /* 0: EVENT_HANDLER_MAX_ATTEMPTS; 1 means no retry */
-    int backoff_initial_ms;     /* 0: EVENT_HANDLER_BACKOFF_MS */
-    int backoff_max_ms;         /* 0: EVENT_HANDLER_BACKOFF_MAX_MS */
-    bool no_jitter;             /* exact back-off times (tests) */
-    bool no_inbox;              /* do not consult the bus's inbox for this handler */
+    const char *group;      /* subscriber group; NULL: SERVICE_NAME */
+    const char *name;       /* handler name, unique in its group; NULL: the pattern */
+    int concurrency;        /* worker threads; 0: 1 */
+    int max_attempts;       /* 0: EVENT_HANDLER_MAX_ATTEMPTS; 1 means no retry */
+    int backoff_initial_ms; /* 0: EVENT_HANDLER_BACKOFF_MS */
+    int backoff_max_ms;     /* 0: EVENT_HANDLER_BACKOFF_MAX_MS */
+    bool no_jitter;         /* exact back-off times (tests) */
+    bool no_inbox;          /* do not consult the bus's inbox for this handler */
     /* Where a group that does not exist yet starts. false: with the events published from
      * now on. true: with the oldest event the backend still holds (a replay, `ewctl tail
      * --from-beginning`). A group that exists resumes where it left off either way. */
@@ -191,22 +191,22 @@ int ew_ctx_publish_event(ew_handler_ctx *ctx, const ew_event *ev, ew_error *err)
 /* ---- metrics -------------------------------------------------------------------------- */
 
 typedef struct ew_bus_stats {
-    uint64_t published;     /* events accepted by publish */
+    uint64_t published; /* events accepted by publish */
     uint64_t publish_errors;
-    uint64_t pending;       /* published or follow-up events not yet done with */
+    uint64_t pending; /* published or follow-up events not yet done with */
     size_t subscriptions;
 } ew_bus_stats;
 
 typedef struct ew_handler_stats {
     const char *group, *name, *pattern; /* borrowed until the bus is closed */
     int consumers;                      /* workers */
-    uint64_t received;      /* deliveries, retries included */
-    uint64_t handled;       /* returned ok */
-    uint64_t retried;       /* returned retry and were delivered again */
-    uint64_t dead_lettered; /* sent to the dead letter sink */
-    uint64_t duplicates;    /* skipped because the inbox had them */
-    uint64_t queue_depth;   /* waiting now */
-    uint64_t time_total_ns; /* in the handler, all calls */
+    uint64_t received;                  /* deliveries, retries included */
+    uint64_t handled;                   /* returned ok */
+    uint64_t retried;                   /* returned retry and were delivered again */
+    uint64_t dead_lettered;             /* sent to the dead letter sink */
+    uint64_t duplicates;                /* skipped because the inbox had them */
+    uint64_t queue_depth;               /* waiting now */
+    uint64_t time_total_ns;             /* in the handler, all calls */
     uint64_t time_max_ns;
     double time_p50_ms, time_p99_ms; /* from a log2 histogram: within a factor of 2 */
 } ew_handler_stats;

@@ -84,9 +84,9 @@ typedef enum ew_type_id {
 /* One type at one version. */
 typedef struct ew_type_info {
     ew_type_id id;
-    const char *type;      /* "user.registered" */
-    int version;           /* 1, 2, ... */
-    bool latest;           /* the version publishers build and decoding yields */
+    const char *type; /* "user.registered" */
+    int version;      /* 1, 2, ... */
+    bool latest;      /* the version publishers build and decoding yields */
     const char *doc;
     const char *struct_name; /* "ew_user_registered" */
     size_t struct_size;

@@ -21,10 +21,11 @@ typedef struct ew_config ew_config;
 
 /* One known configuration entry. */
 typedef struct ew_config_entry {
-    const char *name;     /* the environment variable, e.g. "EVENT_BUS_TYPE" */
-    const char *def;      /* the default value as text; "" for none */
-    const char *allowed;  /* what a value may be, in words, e.g. "memory|sqlite|redis|kafka|rabbitmq" */
-    const char *doc;      /* one sentence */
+    const char *name; /* the environment variable, e.g. "EVENT_BUS_TYPE" */
+    const char *def;  /* the default value as text; "" for none */
+    const char
+        *allowed;    /* what a value may be, in words, e.g. "memory|sqlite|redis|kafka|rabbitmq" */
+    const char *doc; /* one sentence */
 } ew_config_entry;
 
 /* A new configuration holding every default. Caller frees with ew_config_free(). */

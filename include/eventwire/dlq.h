@@ -18,8 +18,8 @@ extern "C" {
 
 /* One dead letter. Every pointer is borrowed for the duration of the call that passes it. */
 typedef struct ew_dead_letter {
-    const ew_event *event;  /* NULL when the message could not be decoded */
-    const char *payload;    /* the message as received, when event is NULL; else NULL */
+    const ew_event *event; /* NULL when the message could not be decoded */
+    const char *payload;   /* the message as received, when event is NULL; else NULL */
     size_t payload_len;
     const char *event_id;   /* from the event, or what could be read of the payload; may be NULL */
     const char *event_type; /* likewise */
@@ -52,7 +52,7 @@ typedef struct ew_memdlq ew_memdlq;
 
 /* A dead letter kept by the memory sink: the sink's own copy. */
 typedef struct ew_memdlq_entry {
-    uint64_t seq; /* 1, 2, ... in arrival order; never reused */
+    uint64_t seq;    /* 1, 2, ... in arrival order; never reused */
     ew_event *event; /* NULL when undecodable */
     char *payload;
     size_t payload_len;

@@ -53,8 +53,8 @@ enum {
 /* The last error of a call, when the caller asks for it. Owned by the caller, usually on its
  * stack; a call that succeeds leaves it untouched. */
 typedef struct ew_error {
-    int code;       /* 0 or an EW_E... code */
-    char msg[256];  /* the sentence; always NUL-terminated */
+    int code;      /* 0 or an EW_E... code */
+    char msg[256]; /* the sentence; always NUL-terminated */
 } ew_error;
 
 /* "invalid argument" for EW_EINVAL; "unknown error" for a code not in the list. Static strings. */

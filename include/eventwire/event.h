@@ -32,7 +32,7 @@ typedef struct ew_event_attrs {
     int64_t time_us;            /* microseconds since the epoch, UTC; 0: now */
     const char *correlation_id; /* NULL: the event's own id (it starts a conversation) */
     const char *causation_id;   /* the id of the event that caused this one; NULL for none */
-    const char *traceparent;    /* W3C trace context "00-<32 hex>-<16 hex>-<2 hex>"; NULL for none */
+    const char *traceparent; /* W3C trace context "00-<32 hex>-<16 hex>-<2 hex>"; NULL for none */
 } ew_event_attrs;
 
 /* Builds an event of a catalog type from its data struct (ew_user_registered for
@@ -56,12 +56,12 @@ void ew_event_unref(const ew_event *ev);
 
 /* Attributes. Strings are borrowed: valid while the caller holds a reference. */
 const char *ew_event_id(const ew_event *ev);
-const char *ew_event_type(const ew_event *ev);        /* "user.registered" */
+const char *ew_event_type(const ew_event *ev); /* "user.registered" */
 ew_type_id ew_event_type_id(const ew_event *ev);
 const ew_type_info *ew_event_info(const ew_event *ev);
 int ew_event_version(const ew_event *ev);
 const char *ew_event_source(const ew_event *ev);
-const char *ew_event_subject(const ew_event *ev);     /* NULL when none */
+const char *ew_event_subject(const ew_event *ev); /* NULL when none */
 int64_t ew_event_time_us(const ew_event *ev);
 const char *ew_event_correlation_id(const ew_event *ev);
 const char *ew_event_causation_id(const ew_event *ev); /* NULL when none */
@@ -95,8 +95,8 @@ int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decod
  *                              const ew_event_attrs *a, ew_error *err);
  *   const ew_user_registered *ew_user_registered_data(const ew_event *ev);  -- NULL if not one */
 #define EW_EVENT(ID, name, type, version, doc)                                                     \
-    static inline int ew_##name##_new(ew_event **out, const ew_##name *d,                          \
-                                      const ew_event_attrs *a, ew_error *err)                      \
+    static inline int ew_##name##_new(ew_event **out, const ew_##name *d, const ew_event_attrs *a, \
+                                      ew_error *err)                                               \
     {                                                                                              \
         return ew_event_new(out, EW_T_##ID, d, a, err);                                            \
     }                                                                                              \

@@ -50,15 +50,15 @@ typedef struct ew_json ew_json; /* a parsed JSON value (src/core/json.h) */
 typedef int (*ew_http_health_fn)(void *ud, char *why, size_t n);
 
 typedef struct ew_http_options {
-    const char *addr;        /* IPv4 or IPv6 literal to listen on; NULL: "127.0.0.1" */
-    int port;                /* 0: an ephemeral port (ew_http_port() tells which) */
-    size_t max_body_bytes;   /* 0: 1 MiB */
+    const char *addr;         /* IPv4 or IPv6 literal to listen on; NULL: "127.0.0.1" */
+    int port;                 /* 0: an ephemeral port (ew_http_port() tells which) */
+    size_t max_body_bytes;    /* 0: 1 MiB */
     unsigned max_connections; /* 0: 256 */
-    unsigned idle_timeout_s; /* a silent connection is closed after this; 0: 60 */
-    int stop_timeout_ms;     /* how long ew_http_stop() waits for requests in flight; 0: 10000 */
+    unsigned idle_timeout_s;  /* a silent connection is closed after this; 0: 60 */
+    int stop_timeout_ms;      /* how long ew_http_stop() waits for requests in flight; 0: 10000 */
     ew_http_health_fn health; /* NULL: always healthy */
     void *health_ud;
-    ew_log_fn log;           /* NULL: silent */
+    ew_log_fn log; /* NULL: silent */
     void *log_ud;
 } ew_http_options;
 
@@ -67,7 +67,8 @@ typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *re
 
 /* Route flags. */
 #define EW_HTTP_JSON 1u     /* the body must be a JSON object: parsed before the handler runs */
-#define EW_HTTP_JSON_OPT 2u /* the same when there is a body; no body is fine (ew_http_json NULL) */
+#define EW_HTTP_JSON_OPT 2u /* the same when there is a body; no body is fine (ew_http_json NULL)  \
+                             */
 
 /* A server, not yet listening. opts may be NULL. Caller frees it with ew_http_free(). */
 int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err);
@@ -124,8 +125,7 @@ void ew_http_header_add(ew_http_response *res, const char *name, const char *val
 void ew_http_reply_raw(ew_http_response *res, int status, const char *json, size_t len);
 
 /* The standard error: status, {"error": message, "field": field or null}. */
-void ew_http_reply_error(ew_http_response *res, int status, const char *field, const char *fmt,
-                         ...)
+void ew_http_reply_error(ew_http_response *res, int status, const char *field, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 4, 5)))
 #endif

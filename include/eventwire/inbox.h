@@ -22,13 +22,11 @@ typedef struct ew_inbox_ops {
     int version; /* 1, or 2 with hold and release */
     /* Before the handler. 1: (handler, event_id) was processed already, skip it. 0: go on; *txn
      * may be set to a transaction for the handler. < 0: an error; the delivery is retried. */
-    int (*begin)(void *self, const char *handler, const char *event_id, void **txn,
-                 ew_error *err);
+    int (*begin)(void *self, const char *handler, const char *event_id, void **txn, ew_error *err);
     /* After the handler returned ok: record the pair (in txn) and commit. < 0: the delivery is
      * retried, and begin() will tell whether the record made it. commit() ends txn either way:
      * rollback() is not called after it. */
-    int (*commit)(void *self, const char *handler, const char *event_id, void *txn,
-                  ew_error *err);
+    int (*commit)(void *self, const char *handler, const char *event_id, void *txn, ew_error *err);
     /* After the handler returned retry or fail: undo what txn holds. */
     void (*rollback)(void *self, void *txn);
     /* Version 2. Before a batch of deliveries on the calling thread: commit() may return before

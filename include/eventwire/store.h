@@ -41,9 +41,10 @@ extern "C" {
 typedef struct ew_store ew_store;
 
 typedef struct ew_store_options {
-    const ew_config *config; /* EVENT_STORE_URL, EVENT_STORE_TTL_DAYS, EVENT_MAX_BYTES; NULL: defaults */
-    const char *url;         /* overrides EVENT_STORE_URL when not NULL */
-    ew_log_fn log;           /* NULL: silent */
+    const ew_config
+        *config;     /* EVENT_STORE_URL, EVENT_STORE_TTL_DAYS, EVENT_MAX_BYTES; NULL: defaults */
+    const char *url; /* overrides EVENT_STORE_URL when not NULL */
+    ew_log_fn log;   /* NULL: silent */
     void *log_ud;
 } ew_store_options;
 
@@ -58,16 +59,16 @@ const char *ew_store_backend(const ew_store *s);
 
 /* ---- events ------------------------------------------------------------------------------ */
 
-#define EW_EXPECT_ANY (-1)      /* append whatever the stream's version */
-#define EW_EXPECT_NO_STREAM 0   /* the stream must not exist yet */
+#define EW_EXPECT_ANY (-1)    /* append whatever the stream's version */
+#define EW_EXPECT_NO_STREAM 0 /* the stream must not exist yet */
 /* n > 0: the stream's version must be exactly n (its last event has version n). */
 
 typedef struct ew_append_result {
     int64_t version;        /* the stream's version after the append */
     int64_t first_position; /* global position of the first event appended; 0 when none was */
     int64_t last_position;
-    size_t appended;        /* events written */
-    size_t duplicates;      /* events whose id the store already had: skipped, not an error */
+    size_t appended;   /* events written */
+    size_t duplicates; /* events whose id the store already had: skipped, not an error */
 } ew_append_result;
 
 /* Appends n events to a stream in one transaction, all or none. An event whose id is already
@@ -119,10 +120,10 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err);
 /* ---- dead letters (event_store.dead_letter_queue) --------------------------------------- */
 
 typedef enum ew_dlq_status {
-    EW_DLQ_PENDING = 0,   /* waiting for someone to look at it */
-    EW_DLQ_RETRIED = 1,   /* handed back to its handler; a new failure makes it pending again */
-    EW_DLQ_RESOLVED = 2,  /* the retried event was handled */
-    EW_DLQ_DISCARDED = 3  /* given up on by a person */
+    EW_DLQ_PENDING = 0,  /* waiting for someone to look at it */
+    EW_DLQ_RETRIED = 1,  /* handed back to its handler; a new failure makes it pending again */
+    EW_DLQ_RESOLVED = 2, /* the retried event was handled */
+    EW_DLQ_DISCARDED = 3 /* given up on by a person */
 } ew_dlq_status;
 
 /* "pending", "retried", "resolved", "discarded". */
@@ -133,7 +134,7 @@ const char *ew_dlq_status_name(ew_dlq_status st);
 typedef struct ew_dlq_row {
     int64_t id;
     char *event_id, *event_name, *handler, *subscriber_group;
-    char *event;  /* the CloudEvent JSON, or the raw message when it could not be decoded */
+    char *event; /* the CloudEvent JSON, or the raw message when it could not be decoded */
     char *error;
     int attempts;
     int64_t first_failed_us, last_failed_us;
@@ -232,8 +233,7 @@ int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err);
 /* Publishes up to `batch` unsent outbox events in order, through `publish` (normally a bus
  * publish of the batch), then marks them sent. A crash between the two publishes them again
  * on the next run: at least once, never lost. *sent gets the count. */
-typedef int (*ew_outbox_publish_fn)(void *ud, const ew_event *const *evs, size_t n,
-                                    ew_error *err);
+typedef int (*ew_outbox_publish_fn)(void *ud, const ew_event *const *evs, size_t n, ew_error *err);
 int ew_store_outbox_relay(ew_store *s, size_t batch, ew_outbox_publish_fn publish, void *ud,
                           size_t *sent, ew_error *err);
 /* batch 0 means 100. publish runs on the calling thread without the handle held (it may use the

@@ -85,8 +85,10 @@ static int setup(svc *s, void *ud, ew_error *err)
     char pw[AUTH_TOKEN_LEN + 1];
     auth_new_token(pw);
     if (crypto_pwhash_str(a->dummy_hash, pw, strlen(pw), a->opslimit, a->memlimit))
-        return ew_error_set(err, EW_ENOMEM, "cannot hash a password with AUTH_PASSWORD_HASH=%s "
-                                            "(out of memory?)", cost);
+        return ew_error_set(err, EW_ENOMEM,
+                            "cannot hash a password with AUTH_PASSWORD_HASH=%s "
+                            "(out of memory?)",
+                            cost);
     int rc = auth_routes(a, err);
     if (!rc) rc = auth_handlers(a, err);
     return rc;

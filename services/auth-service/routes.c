@@ -32,7 +32,8 @@ static bool username_valid(const char *u)
 
 static void lower(char *s)
 {
-    for (; *s; s++) *s = (char)tolower((unsigned char)*s);
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
 }
 
 static bool role_valid(const char *r)
@@ -221,8 +222,8 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
                          "email, password_hash, roles, status, profile_created, created_at, "
                          "updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'active', 0, $7, $7)",
                          ins, 7, NULL, &e);
-    ew_user_registered ev = {.user_id = user_id, .email = email, .username = username,
-                             .roles = {roles, 1}};
+    ew_user_registered ev = {
+        .user_id = user_id, .email = email, .username = username, .roles = {roles, 1}};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_REGISTERED, &ev, user_id, &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
@@ -314,16 +315,18 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     const char *ip = ew_http_client_addr(rq);
     const char *ua = ew_http_header(rq, "User-Agent");
     snprintf(agent, sizeof agent, "%s", ua ? ua : "");
-    const char *ins[] = {session_id, user_id, hash, *ip ? ip : NULL, ua ? agent : NULL, now,
-                         expires};
+    const char *ins[] = {session_id,        user_id, hash,   *ip ? ip : NULL,
+                         ua ? agent : NULL, now,     expires};
     if ((rc = svc_begin(a->s, &t, &e))) goto failed;
     rc = ew_txn_exec(t,
                      "INSERT INTO event_store.auth_sessions (session_id, user_id, token_hash, "
                      "ip_address, user_agent, created_at, expires_at) "
                      "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                      ins, 7, NULL, &e);
-    ew_user_logged_in ev = {.user_id = user_id, .session_id = session_id,
-                            .ip_address = *ip ? ip : NULL, .user_agent = ua ? agent : NULL};
+    ew_user_logged_in ev = {.user_id = user_id,
+                            .session_id = session_id,
+                            .ip_address = *ip ? ip : NULL,
+                            .user_agent = ua ? agent : NULL};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_IN, &ev, user_id, &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
@@ -373,7 +376,8 @@ static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
     }
     if (!rc) {
         const char *u[] = {row.v[0], now};
-        rc = ew_txn_exec(t, "UPDATE event_store.auth_sessions SET ended_at = $2 WHERE session_id = $1",
+        rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_sessions SET ended_at = $2 WHERE session_id = $1",
                          u, 2, NULL, &e);
     }
     ew_user_logged_out ev = {.user_id = row.v[1], .session_id = row.v[0]};
@@ -436,7 +440,8 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                      "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
                      "WHERE user_id = $1",
                      u, 3, NULL, &e);
-    ew_user_role_changed ev = {.user_id = user_id, .roles = {roles, n},
+    ew_user_role_changed ev = {.user_id = user_id,
+                               .roles = {roles, n},
                                .previous_roles = {prev, nprev},
                                .changed_by = who > 0 ? by : NULL};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
@@ -503,8 +508,11 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
                          "token_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
                          ins, 5, NULL, &e);
     ew_password_reset_requested req = {.request_id = request_id, .user_id = ins[1], .email = email};
-    ew_password_reset_token_issued iss = {.request_id = request_id, .user_id = ins[1],
-                                          .email = email, .token = token, .expires_at = expires};
+    ew_password_reset_token_issued iss = {.request_id = request_id,
+                                          .user_id = ins[1],
+                                          .email = email,
+                                          .token = token,
+                                          .expires_at = expires};
     /* One conversation: the token's event follows from the request's (its correlation id, and
      * the request as its cause), so what answers the token (the email) is part of it too and
      * the PasswordReset saga finds it. */
@@ -570,9 +578,12 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
                        "event_store.auth_password_resets WHERE token_hash = $1",
                        p, 1, &row, &e);
     const char *why = NULL;
-    if (!rc && !row.found) why = "the reset token is not valid";
-    else if (!rc && row.v[3]) why = "the reset token was used already";
-    else if (!rc && (!row.v[2] || strcmp(row.v[2], now) <= 0)) why = "the reset token has expired";
+    if (!rc && !row.found)
+        why = "the reset token is not valid";
+    else if (!rc && row.v[3])
+        why = "the reset token was used already";
+    else if (!rc && (!row.v[2] || strcmp(row.v[2], now) <= 0))
+        why = "the reset token has expired";
     if (why) {
         ew_txn_rollback(t);
         svc_row_free(&row);
@@ -677,7 +688,8 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
     if (rc == 0) return;
     if (rc < 0) goto failed;
     svc_row_free(&row);
-    ew_user_deletion_requested ev = {.request_id = request_id, .user_id = user_id,
+    ew_user_deletion_requested ev = {.request_id = request_id,
+                                     .user_id = user_id,
                                      .reason = reason && *reason ? reason : NULL,
                                      .requested_by = who > 0 ? by : NULL};
     rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);

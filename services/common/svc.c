@@ -30,7 +30,7 @@ struct svc {
     ew_saga_engine *sagas;
     ew_bus *bus;
     ew_http_server *http;
-    ew_inbox inner;    /* the database's inbox, which ours wraps */
+    ew_inbox inner; /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
     int relay_started;
@@ -71,18 +71,33 @@ void svc_log(svc *s, ew_log_level lv, const char *fmt, ...)
     va_end(ap);
 }
 
-static void lib_log(void *ud, ew_log_level lv, const char *msg) { svc_log(ud, lv, "%s", msg); }
+static void lib_log(void *ud, ew_log_level lv, const char *msg)
+{
+    svc_log(ud, lv, "%s", msg);
+}
 
 /* ---- accessors ----------------------------------------------------------------------------- */
 
-const char *svc_name(const svc *s) { return s->def->name; }
+const char *svc_name(const svc *s)
+{
+    return s->def->name;
+}
 const svc_def *svc_definition(const svc *s)
 {
     return s->def;
 }
-const ew_config *svc_config(const svc *s) { return s->cfg; }
-ew_store *svc_db(svc *s) { return s->db; }
-ew_bus *svc_bus(svc *s) { return s->bus; }
+const ew_config *svc_config(const svc *s)
+{
+    return s->cfg;
+}
+ew_store *svc_db(svc *s)
+{
+    return s->db;
+}
+ew_bus *svc_bus(svc *s)
+{
+    return s->bus;
+}
 const char *svc_db_url(const svc *s)
 {
     return s->db_url;
@@ -274,7 +289,10 @@ static const ew_inbox_ops svc_inbox_ops = {2,           ib_begin, ib_commit,
 
 /* ---- the outbox ---------------------------------------------------------------------------- */
 
-int svc_begin(svc *s, ew_txn **t, ew_error *err) { return ew_store_begin(s->db, t, err); }
+int svc_begin(svc *s, ew_txn **t, ew_error *err)
+{
+    return ew_store_begin(s->db, t, err);
+}
 
 static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_attrs *a,
                 ew_error *err)
@@ -389,7 +407,8 @@ void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew
     int code = err ? err->code : 0;
     svc_log(s, EW_LOG_ERROR, "%s: %s", what, err && err->msg[0] ? err->msg : ew_strerror(code));
     if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN)
-        ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later", what);
+        ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later",
+                            what);
     else
         ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
 }
@@ -594,7 +613,8 @@ int svc_main(const svc_def *def, int argc, char **argv)
     if (!rc) rc = ew_bus_start(s->bus, &err);
     if (!rc) rc = ew_http_start(s->http, &err);
     if (rc) {
-        fprintf(stderr, "%s: cannot start: %s\n", def->name, err.msg[0] ? err.msg : ew_strerror(rc));
+        fprintf(stderr, "%s: cannot start: %s\n", def->name,
+                err.msg[0] ? err.msg : ew_strerror(rc));
         close_all(s);
         if (def->teardown) def->teardown(s, def->ud);
         return 1;

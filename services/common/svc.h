@@ -56,9 +56,9 @@ typedef struct svc svc;
 typedef struct svc_gdpr svc_gdpr;
 
 typedef struct svc_def {
-    const char *name;           /* "auth-service": SERVICE_NAME, its events' source, its group */
-    int default_port;           /* HTTP_PORT when the environment does not set it */
-    const char *const *schema;  /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
+    const char *name;          /* "auth-service": SERVICE_NAME, its events' source, its group */
+    int default_port;          /* HTTP_PORT when the environment does not set it */
+    const char *const *schema; /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
     size_t nschema;
     /* Registers routes and handlers; runs once, before the bus and the HTTP server start. A
      * nonzero return stops the service with err's message. */
@@ -273,18 +273,17 @@ int svc_json_only(const ew_http_request *rq, ew_http_response *res, const char *
 
 /* A string member: *out is NULL when it is absent and optional. Required strings must not be
  * empty. max_len counts bytes. */
-int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *field,
-                 int required, size_t max_len, const char **out);
+int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *field, int required,
+                 size_t max_len, const char **out);
 
 /* An array of strings, at most max_items of at most max_len bytes each, none empty, no two the
  * same; items[] (cap max_items) gets them and *n their count. */
 int svc_json_strlist(const ew_http_request *rq, ew_http_response *res, const char *field,
-                     int required, size_t max_items, size_t max_len, const char **items,
-                     size_t *n);
+                     int required, size_t max_items, size_t max_len, const char **items, size_t *n);
 
 /* A boolean member: *out unchanged when it is absent and optional; *present (may be NULL) says. */
-int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *field,
-                  int required, bool *out, bool *present);
+int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *field, int required,
+                  bool *out, bool *present);
 
 /* An object member: *out (JSON text, malloc'ed, caller frees) NULL when absent and optional. */
 int svc_json_object(const ew_http_request *rq, ew_http_response *res, const char *field,

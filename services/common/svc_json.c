@@ -27,7 +27,8 @@ int svc_json_only(const ew_http_request *rq, ew_http_response *res, const char *
     if (!j) return 0;
     for (const ew_json *m = j->child; m; m = m->next) {
         int known = 0;
-        for (const char *const *n = names; *n && !known; n++) known = !strcmp(*n, m->key);
+        for (const char *const *n = names; *n && !known; n++)
+            known = !strcmp(*n, m->key);
         if (!known) {
             ew_http_reply_error(res, 400, m->key, "unknown field %.64s", m->key);
             return -1;
@@ -36,8 +37,8 @@ int svc_json_only(const ew_http_request *rq, ew_http_response *res, const char *
     return 0;
 }
 
-int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *field,
-                 int required, size_t max_len, const char **out)
+int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *field, int required,
+                 size_t max_len, const char **out)
 {
     *out = NULL;
     const ew_json *m = member(rq, field);
@@ -59,8 +60,7 @@ int svc_json_str(const ew_http_request *rq, ew_http_response *res, const char *f
 }
 
 int svc_json_strlist(const ew_http_request *rq, ew_http_response *res, const char *field,
-                     int required, size_t max_items, size_t max_len, const char **items,
-                     size_t *n)
+                     int required, size_t max_items, size_t max_len, const char **items, size_t *n)
 {
     *n = 0;
     const ew_json *m = member(rq, field);
@@ -94,8 +94,8 @@ int svc_json_strlist(const ew_http_request *rq, ew_http_response *res, const cha
     return 0;
 }
 
-int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *field,
-                  int required, bool *out, bool *present)
+int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *field, int required,
+                  bool *out, bool *present)
 {
     if (present) *present = false;
     const ew_json *m = member(rq, field);

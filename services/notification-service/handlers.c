@@ -190,8 +190,7 @@ static ew_handler_result send_welcome(notif *n, ew_handler_ctx *ctx, const char 
             .user_id = user_id, .email = u->v[0], .message_id = m.message_id};
         r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_WELCOME_EMAIL_SENT, &w, user_id);
         if (r == EW_HANDLER_OK)
-            svc_log(n->s, EW_LOG_INFO, "welcome email %s sent to user %s", m.message_id,
-                    user_id);
+            svc_log(n->s, EW_LOG_INFO, "welcome email %s sent to user %s", m.message_id, user_id);
     }
     free(body);
     return r;

@@ -28,8 +28,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
         ew_txn_exec(t,
                     "INSERT INTO event_store.user_preferences (user_id, preferences, updated_at) "
                     "VALUES ($1, $2, $3)",
-                    (const char *const[]){d->user_id, USER_DEFAULT_PREFERENCES, now}, 3, NULL,
-                    &e))
+                    (const char *const[]){d->user_id, USER_DEFAULT_PREFERENCES, now}, 3, NULL, &e))
         return svc_failed(u->s, ctx, "creating the profile", &e);
     ew_user_profile_created pc = {.user_id = d->user_id, .display_name = d->username};
     ew_user_preferences_updated pu = {.user_id = d->user_id,

@@ -23,7 +23,10 @@ static const char *const schema[] = {
     " updated_at TEXT NOT NULL)",
 };
 
-void user_now(char out[32]) { ew_time_format(ew_now_us(), out); }
+void user_now(char out[32])
+{
+    ew_time_format(ew_now_us(), out);
+}
 
 static int setup(svc *s, void *ud, ew_error *err)
 {

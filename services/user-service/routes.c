@@ -29,7 +29,9 @@ static const char *path_user(const ew_http_request *rq, ew_http_response *res)
 
 static bool website_valid(const char *s)
 {
-    const char *rest = !strncmp(s, "https://", 8) ? s + 8 : !strncmp(s, "http://", 7) ? s + 7 : NULL;
+    const char *rest = !strncmp(s, "https://", 8)  ? s + 8
+                       : !strncmp(s, "http://", 7) ? s + 7
+                                                   : NULL;
     if (!rest || !*rest || *rest == '/') return false;
     for (const char *p = s; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == '"' || *p == '<' || *p == '>' || *p == '\\')
@@ -70,8 +72,9 @@ static void reply_profile(ew_http_response *res, const svc_row *row)
 static int read_profile(ew_txn *t, const char *user_id, svc_row *row, ew_error *err)
 {
     const char *p[] = {user_id};
-    return svc_query_row(t, "SELECT " PROFILE_COLUMNS " FROM event_store.user_profiles "
-                            "WHERE user_id = $1",
+    return svc_query_row(t,
+                         "SELECT " PROFILE_COLUMNS " FROM event_store.user_profiles "
+                         "WHERE user_id = $1",
                          p, 1, row, err);
 }
 
@@ -94,8 +97,10 @@ static void h_get_profile(const ew_http_request *rq, ew_http_response *res, void
         svc_reply_failure(u->s, res, "reading the profile", &e);
         return;
     }
-    if (!row.found) ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
-    else reply_profile(res, &row);
+    if (!row.found)
+        ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
+    else
+        reply_profile(res, &row);
     svc_row_free(&row);
 }
 
@@ -155,7 +160,8 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     svc_row_free(&row);
     /* each given member is set (an empty string or null clears an optional one) */
     static const char *const sql[] = {
-        "UPDATE event_store.user_profiles SET display_name = $2, updated_at = $3 WHERE user_id = $1",
+        "UPDATE event_store.user_profiles SET display_name = $2, updated_at = $3 WHERE user_id = "
+        "$1",
         "UPDATE event_store.user_profiles SET bio = $2, updated_at = $3 WHERE user_id = $1",
         "UPDATE event_store.user_profiles SET location = $2, updated_at = $3 WHERE user_id = $1",
         "UPDATE event_store.user_profiles SET website = $2, updated_at = $3 WHERE user_id = $1",
@@ -172,8 +178,10 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     if (!rc) rc = read_profile(t, id, &row, &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
-    if (rc) svc_reply_failure(u->s, res, "updating the profile", &e);
-    else reply_profile(res, &row);
+    if (rc)
+        svc_reply_failure(u->s, res, "updating the profile", &e);
+    else
+        reply_profile(res, &row);
 out:
     svc_row_free(&row);
     ew_buf_release(&changes);
@@ -241,8 +249,8 @@ static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, 
     const char *p[] = {id, text.data, now};
     int rc = text.oom ? ew_error_set(&e, EW_ENOMEM, "out of memory") : svc_begin(u->s, &t, &e);
     if (rc) goto failed;
-    rc = svc_query_row(t, "SELECT user_id FROM event_store.user_profiles WHERE user_id = $1", p,
-                       1, &row, &e);
+    rc = svc_query_row(t, "SELECT user_id FROM event_store.user_profiles WHERE user_id = $1", p, 1,
+                       &row, &e);
     if (!rc && !row.found) {
         ew_txn_rollback(t);
         ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
@@ -250,15 +258,17 @@ static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, 
     }
     int64_t changed = 0;
     if (!rc)
-        rc = ew_txn_exec(t,
-                         "UPDATE event_store.user_preferences SET preferences = $2, updated_at = $3 "
-                         "WHERE user_id = $1",
-                         p, 3, &changed, &e);
+        rc =
+            ew_txn_exec(t,
+                        "UPDATE event_store.user_preferences SET preferences = $2, updated_at = $3 "
+                        "WHERE user_id = $1",
+                        p, 3, &changed, &e);
     if (!rc && changed == 0)
-        rc = ew_txn_exec(t,
-                         "INSERT INTO event_store.user_preferences (user_id, preferences, updated_at) "
-                         "VALUES ($1, $2, $3)",
-                         p, 3, NULL, &e);
+        rc = ew_txn_exec(
+            t,
+            "INSERT INTO event_store.user_preferences (user_id, preferences, updated_at) "
+            "VALUES ($1, $2, $3)",
+            p, 3, NULL, &e);
     ew_user_preferences_updated ev = {.user_id = id, .preferences = text.data};
     if (!rc) rc = svc_emit(u->s, t, EW_T_USER_PREFERENCES_UPDATED, &ev, id, &e);
     rc = svc_finish(u->s, t, rc, &e);
@@ -296,8 +306,10 @@ static void h_get_preferences(const ew_http_request *rq, ew_http_response *res, 
                            p, 1, &row, &e);
         ew_txn_rollback(t);
     }
-    if (rc) svc_reply_failure(u->s, res, "reading the preferences", &e);
-    else if (!row.found) ew_http_reply_error(res, 404, NULL, "no preferences for user %s", id);
+    if (rc)
+        svc_reply_failure(u->s, res, "reading the preferences", &e);
+    else if (!row.found)
+        ew_http_reply_error(res, 404, NULL, "no preferences for user %s", id);
     else {
         ew_http_obj_begin(res, 200);
         ew_http_obj_str(res, "user_id", id);
@@ -342,8 +354,10 @@ static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
                        &row, &e);
     if (!rc && (!row.found || (row.v[0] && strcmp(row.v[0], "0")))) {
         ew_txn_rollback(t);
-        if (!row.found) ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
-        else ew_http_reply_error(res, 409, NULL, "user %s is verified already", id);
+        if (!row.found)
+            ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
+        else
+            ew_http_reply_error(res, 409, NULL, "user %s is verified already", id);
         svc_row_free(&row);
         return;
     }

@@ -189,7 +189,8 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
         .bus = bus,
     };
     /* The sqlite bus is the event store already: nothing to record twice. */
-    if (ew_config_get_int(bus->cfg, "ENABLE_EVENT_STORE") && strcmp(bus->ops->name, "sqlite") != 0) {
+    if (ew_config_get_int(bus->cfg, "ENABLE_EVENT_STORE") &&
+        strcmp(bus->ops->name, "sqlite") != 0) {
         ew_store_options so = {.config = bus->cfg, .log = bus->log, .log_ud = bus->log_ud};
         if ((rc = ew_store_open(&bus->audit, &so, err))) goto fail_dlq;
     }

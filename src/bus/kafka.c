@@ -280,14 +280,14 @@ static int parse_client_conf(kafka *k, const char *s, ew_error *err)
         buf[n] = '\0';
         if (!have_eq || !buf[0]) {
             free(buf);
-            return ew_error_set(err, EW_ECONFIG,
-                                "KAFKA_CLIENT_CONFIG: item %d is not key=value", item);
+            return ew_error_set(err, EW_ECONFIG, "KAFKA_CLIENT_CONFIG: item %d is not key=value",
+                                item);
         }
         for (size_t i = 0; i < sizeof owned_props / sizeof owned_props[0]; i++) {
             if (strcmp(buf, owned_props[i][0]) == 0) {
-                int rc = ew_error_set(err, EW_ECONFIG,
-                                      "KAFKA_CLIENT_CONFIG: %s is set by the bus (%s)", buf,
-                                      owned_props[i][1]);
+                int rc =
+                    ew_error_set(err, EW_ECONFIG, "KAFKA_CLIENT_CONFIG: %s is set by the bus (%s)",
+                                 buf, owned_props[i][1]);
                 free(buf);
                 return rc;
             }
@@ -591,8 +591,10 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
                 RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
             /* The local queue is full: serve reports until there is room (bounded). */
             if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
-            if (!give_up) give_up = ew_mono_ns() + (int64_t)k->publish_timeout_ms * 1000000;
-            else if (ew_mono_ns() > give_up) break;
+            if (!give_up)
+                give_up = ew_mono_ns() + (int64_t)k->publish_timeout_ms * 1000000;
+            else if (ew_mono_ns() > give_up)
+                break;
             rd_kafka_poll(p->rk, 10);
         }
         if (e) {
@@ -819,8 +821,9 @@ static void set_start_offsets(kgroup *g, rd_kafka_topic_partition_list_t *parts)
         }
         const kstart *st = start_find(g, tp->topic, tp->partition);
         dst->offset = st ? st->offset : RD_KAFKA_OFFSET_BEGINNING;
-        if (fresh) rd_kafka_topic_partition_list_add(fresh, tp->topic, tp->partition)->offset =
-            dst->offset;
+        if (fresh)
+            rd_kafka_topic_partition_list_add(fresh, tp->topic, tp->partition)->offset =
+                dst->offset;
     }
     pthread_mutex_unlock(&g->mu);
     rd_kafka_topic_partition_list_destroy(c);

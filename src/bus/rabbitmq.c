@@ -45,7 +45,7 @@
 #define FRAMES_PER_STEP 256 /* frames a consumer reads before it sends acks again */
 #define IDLE_POLL_MS 1000
 #define EPHEMERAL_EXPIRES_MS 60000 /* an ephemeral group's queue, unused this long, is deleted */
-#define DECODE_HANDLER "<decode>" /* the handler named by dead letters of undecodable messages */
+#define DECODE_HANDLER "<decode>"  /* the handler named by dead letters of undecodable messages */
 
 typedef struct rmq rmq;
 

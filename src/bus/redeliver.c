@@ -133,8 +133,10 @@ int ew__redelivery_deliver(ew_dispatcher *d, ew_delivery *outer, ew_error *err)
         r->handler = rd->handler ? strdup(rd->handler) : NULL;
     }
     if (!r || !r->group || (rd->handler && !r->handler)) {
-        if (r) redelivery_free(r);
-        else ew_event_unref(ev);
+        if (r)
+            redelivery_free(r);
+        else
+            ew_event_unref(ev);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     r->dl.event = ev;

@@ -1899,8 +1899,8 @@ static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
             if ((rc = pub_conn(rb, &fresh, err))) break;
             /* A group new on a stream starts at its end ($), or at its first entry (0) with
              * from_beginning; on a stream where it exists (BUSYGROUP) it stays where it is. */
-            rc = create_groups(rb, rb->pub, c, added, nadded, bsub->from_beginning ? "0" : "$",
-                               err);
+            rc =
+                create_groups(rb, rb->pub, c, added, nadded, bsub->from_beginning ? "0" : "$", err);
             if (!rc || rb->pub->err == 0) break;
             pub_drop(rb); /* a dead idle connection: one more try on a new one */
             if (fresh) break;

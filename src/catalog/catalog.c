@@ -124,7 +124,8 @@ static bool match_from(const char *p, const char *t)
     for (;;) {
         if (*p == '#') {
             if (p[1] == '\0') return true;
-            /* '#.' then the rest: try the rest at every segment boundary of t, t itself included. */
+            /* '#.' then the rest: try the rest at every segment boundary of t, t itself included.
+             */
             for (const char *s = t;; s++) {
                 if ((s == t || s[-1] == '.') && match_from(p + 2, s)) return true;
                 if (*s == '\0') return false;
@@ -156,7 +157,8 @@ bool ew_pattern_match(const char *pattern, const char *type)
 static void indent(ew_buf *b, int n)
 {
     ew_buf_putc(b, '\n');
-    for (int i = 0; i < n; i++) ew_buf_putc(b, ' ');
+    for (int i = 0; i < n; i++)
+        ew_buf_putc(b, ' ');
 }
 
 static void put_key(ew_buf *b, int ind, const char *k)
@@ -301,14 +303,12 @@ int ew_type_envelope_schema(const ew_type_info *t, char **out, ew_error *err)
     ew_buf_puts(&b, "\n    \"specversion\": {\"const\": \"1.0\"},"
                     "\n    \"id\": {\"type\": \"string\", \"minLength\": 1},");
     ew_buf_printf(&b, "\n    \"type\": {\"const\": \"%s\"},", t->type);
-    ew_buf_puts(&b,
-                "\n    \"source\": {\"type\": \"string\", \"minLength\": 1},"
-                "\n    \"subject\": {\"type\": \"string\"},"
-                "\n    \"time\": {\"type\": \"string\", \"format\": \"date-time\"},"
-                "\n    \"datacontenttype\": {\"const\": \"application/json\"},");
+    ew_buf_puts(&b, "\n    \"source\": {\"type\": \"string\", \"minLength\": 1},"
+                    "\n    \"subject\": {\"type\": \"string\"},"
+                    "\n    \"time\": {\"type\": \"string\", \"format\": \"date-time\"},"
+                    "\n    \"datacontenttype\": {\"const\": \"application/json\"},");
     ew_buf_printf(&b, "\n    \"dataschema\": {\"const\": \"%s\"},", uri);
-    ew_buf_printf(&b, "\n    \"eventversion\": {\"enum\": [%d, \"%d\"]},", t->version,
-                  t->version);
+    ew_buf_printf(&b, "\n    \"eventversion\": {\"enum\": [%d, \"%d\"]},", t->version, t->version);
     ew_buf_puts(&b, "\n    \"correlationid\": {\"type\": \"string\"},"
                     "\n    \"causationid\": {\"type\": \"string\"},"
                     "\n    \"traceparent\": {\"type\": \"string\", \"pattern\": "

@@ -45,8 +45,10 @@ static bool email_valid(const char *s)
 static bool url_valid(const char *s)
 {
     const char *rest = NULL;
-    if (strncmp(s, "https://", 8) == 0) rest = s + 8;
-    else if (strncmp(s, "http://", 7) == 0) rest = s + 7;
+    if (strncmp(s, "https://", 8) == 0)
+        rest = s + 8;
+    else if (strncmp(s, "http://", 7) == 0)
+        rest = s + 7;
     if (!rest || !*rest || *rest == '/') return false;
     for (const char *p = s; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == '"' || *p == '<' || *p == '>') return false;
@@ -71,8 +73,8 @@ static bool traceparent_valid(const char *s)
 }
 
 /* Checks one field's value against its kind. `what` prefixes messages ("data."). */
-static int check_field(const ew_type_info *t, const ew_field_info *f, const void *data,
-                       size_t *len, ew_error *err)
+static int check_field(const ew_type_info *t, const ew_field_info *f, const void *data, size_t *len,
+                       ew_error *err)
 {
     *len = 0;
     const char *base = (const char *)data + f->offset;
@@ -84,15 +86,14 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
     case EW_FIELD_STRLIST: {
         const ew_strlist *l = (const ew_strlist *)(const void *)base;
         if (req && l->count == 0)
-            return ew_error_set(err, EW_EDATA, "%s: data.%s must hold at least one item",
-                                t->type, f->name);
+            return ew_error_set(err, EW_EDATA, "%s: data.%s must hold at least one item", t->type,
+                                f->name);
         if (l->count && !l->items)
-            return ew_error_set(err, EW_EDATA, "%s: data.%s has %zu items but no array",
-                                t->type, f->name, l->count);
+            return ew_error_set(err, EW_EDATA, "%s: data.%s has %zu items but no array", t->type,
+                                f->name, l->count);
         for (size_t i = 0; i < l->count; i++) {
             if (!l->items[i])
-                return ew_error_set(err, EW_EDATA, "%s: data.%s[%zu] is NULL", t->type, f->name,
-                                    i);
+                return ew_error_set(err, EW_EDATA, "%s: data.%s[%zu] is NULL", t->type, f->name, i);
             size_t n = strlen(l->items[i]);
             if (!ew_utf8_valid(l->items[i], n))
                 return ew_error_set(err, EW_EUTF8, "data.%s[%zu] is not valid UTF-8", f->name, i);
@@ -133,8 +134,8 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
     }
     case EW_FIELD_URL:
         if (!url_valid(s))
-            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.64s' is not an http(s) URL",
-                                t->type, f->name, s);
+            return ew_error_set(err, EW_EDATA, "%s: data.%s '%.64s' is not an http(s) URL", t->type,
+                                f->name, s);
         break;
     default:
         break;
@@ -252,11 +253,13 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
     }
     /* Size: header, data struct, string arrays, then the text, each string with its NUL. */
     size_t arrays = 0, text = 0;
-    for (int i = 0; i < A_COUNT; i++) text += alen[i] + 1;
+    for (int i = 0; i < A_COUNT; i++)
+        text += alen[i] + 1;
     for (size_t i = 0; i < t->nfields; i++) {
         const ew_field_info *f = &t->fields[i];
         if (f->kind == EW_FIELD_STRLIST) {
-            const ew_strlist *l = (const ew_strlist *)(const void *)((const char *)data + f->offset);
+            const ew_strlist *l =
+                (const ew_strlist *)(const void *)((const char *)data + f->offset);
             arrays += l->count * sizeof(char *);
             text += flen[i];
         } else if (f->kind == EW_FIELD_OBJECT && !canon_given && off[i] != SIZE_MAX) {
@@ -318,7 +321,8 @@ int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_eve
 {
     const ew_type_info *t = ew_catalog_get(type);
     if (!out || !data) return ew_error_set(err, EW_EINVAL, "out and data are required");
-    if (!t) return ew_error_set(err, EW_EUNKNOWNTYPE, "type id %d is not in the catalog", (int)type);
+    if (!t)
+        return ew_error_set(err, EW_EUNKNOWNTYPE, "type id %d is not in the catalog", (int)type);
     return build(out, t, data, attrs, false, err);
 }
 
@@ -336,17 +340,50 @@ void ew_event_unref(const ew_event *ev)
     if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) free(e);
 }
 
-const char *ew_event_id(const ew_event *ev) { return ev->id; }
-const char *ew_event_type(const ew_event *ev) { return ev->info->type; }
-ew_type_id ew_event_type_id(const ew_event *ev) { return ev->info->id; }
-const ew_type_info *ew_event_info(const ew_event *ev) { return ev->info; }
-int ew_event_version(const ew_event *ev) { return ev->info->version; }
-const char *ew_event_source(const ew_event *ev) { return ev->source; }
-const char *ew_event_subject(const ew_event *ev) { return ev->subject; }
-int64_t ew_event_time_us(const ew_event *ev) { return ev->time_us; }
-const char *ew_event_correlation_id(const ew_event *ev) { return ev->correlation_id; }
-const char *ew_event_causation_id(const ew_event *ev) { return ev->causation_id; }
-const char *ew_event_traceparent(const ew_event *ev) { return ev->traceparent; }
+const char *ew_event_id(const ew_event *ev)
+{
+    return ev->id;
+}
+const char *ew_event_type(const ew_event *ev)
+{
+    return ev->info->type;
+}
+ew_type_id ew_event_type_id(const ew_event *ev)
+{
+    return ev->info->id;
+}
+const ew_type_info *ew_event_info(const ew_event *ev)
+{
+    return ev->info;
+}
+int ew_event_version(const ew_event *ev)
+{
+    return ev->info->version;
+}
+const char *ew_event_source(const ew_event *ev)
+{
+    return ev->source;
+}
+const char *ew_event_subject(const ew_event *ev)
+{
+    return ev->subject;
+}
+int64_t ew_event_time_us(const ew_event *ev)
+{
+    return ev->time_us;
+}
+const char *ew_event_correlation_id(const ew_event *ev)
+{
+    return ev->correlation_id;
+}
+const char *ew_event_causation_id(const ew_event *ev)
+{
+    return ev->causation_id;
+}
+const char *ew_event_traceparent(const ew_event *ev)
+{
+    return ev->traceparent;
+}
 
 const void *ew_event_data_as(const ew_event *ev, ew_type_id type)
 {
@@ -362,8 +399,8 @@ int ew_event_equal(const ew_event *a, const ew_event *b)
 {
     if (a == b) return 1;
     if (!a || !b || a->info != b->info || a->time_us != b->time_us) return 0;
-    if (!str_eq(a->id, b->id) || !str_eq(a->source, b->source) ||
-        !str_eq(a->subject, b->subject) || !str_eq(a->correlation_id, b->correlation_id) ||
+    if (!str_eq(a->id, b->id) || !str_eq(a->source, b->source) || !str_eq(a->subject, b->subject) ||
+        !str_eq(a->correlation_id, b->correlation_id) ||
         !str_eq(a->causation_id, b->causation_id) || !str_eq(a->traceparent, b->traceparent))
         return 0;
     const ew_type_info *t = a->info;
@@ -477,7 +514,7 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
 
 static const char *kind_name(ew_json_kind k)
 {
-    static const char *const n[] = {"null",   "false", "true",  "a number",
+    static const char *const n[] = {"null",     "false",    "true",     "a number",
                                     "a string", "an array", "an object"};
     return n[k];
 }
@@ -619,10 +656,13 @@ static const struct {
     const char *name;
     size_t len;
 } attr_names[M__COUNT] = {
-#define A(s) {s, sizeof s - 1}
-    A("specversion"),   A("id"),         A("source"),       A("type"),
-    A("subject"),       A("time"),       A("datacontenttype"), A("dataschema"),
-    A("data"),          A("eventversion"), A("correlationid"), A("causationid"),
+#define A(s)                                                                                       \
+    {                                                                                              \
+        s, sizeof s - 1                                                                            \
+    }
+    A("specversion"), A("id"),           A("source"),          A("type"),
+    A("subject"),     A("time"),         A("datacontenttype"), A("dataschema"),
+    A("data"),        A("eventversion"), A("correlationid"),   A("causationid"),
     A("traceparent"),
 #undef A
 };
@@ -640,16 +680,18 @@ static int find_members(const ew_json *root, const ew_json *at[M__COUNT], ew_err
             continue;
         }
         if (strcmp(m->key, "data_base64") == 0)
-            return ew_error_set(err, EW_EDATA, "binary data (data_base64) is not supported: "
-                                               "event data must be a JSON object");
+            return ew_error_set(err, EW_EDATA,
+                                "binary data (data_base64) is not supported: "
+                                "event data must be a JSON object");
         if (!ext_name_valid(m->key, m->key_len))
             return ew_error_set(err, EW_ETYPE,
                                 "attribute name '%.40s' is not a CloudEvents name (a-z, 0-9, at "
                                 "most 20)",
                                 m->key);
         if (m->kind == EW_JSON_OBJECT || m->kind == EW_JSON_ARRAY || m->kind == EW_JSON_NULL)
-            return ew_error_set(err, EW_ETYPE, "extension attribute '%.40s' must be a string, "
-                                               "number or boolean, not %s",
+            return ew_error_set(err, EW_ETYPE,
+                                "extension attribute '%.40s' must be a string, "
+                                "number or boolean, not %s",
                                 m->key, kind_name(m->kind));
     }
     return 0;
@@ -687,8 +729,9 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
         return ew_error_set(err, EW_EDATA, "datacontenttype '%.60s' is not application/json",
                             ctype);
     if (at.traceparent && !traceparent_valid(at.traceparent))
-        return ew_error_set(err, EW_ETYPE, "attribute 'traceparent' '%.60s' is not W3C trace "
-                                           "context",
+        return ew_error_set(err, EW_ETYPE,
+                            "attribute 'traceparent' '%.60s' is not W3C trace "
+                            "context",
                             at.traceparent);
 
     int version = 1;
@@ -700,12 +743,14 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
                    strspn(vj->str, "0123456789") == vj->len) {
             version = atoi(vj->str);
         } else {
-            return ew_error_set(err, EW_ETYPE, "attribute 'eventversion' must be a positive "
-                                               "integer");
+            return ew_error_set(err, EW_ETYPE,
+                                "attribute 'eventversion' must be a positive "
+                                "integer");
         }
         if (version < 1)
-            return ew_error_set(err, EW_ETYPE, "attribute 'eventversion' must be a positive "
-                                               "integer");
+            return ew_error_set(err, EW_ETYPE,
+                                "attribute 'eventversion' must be a positive "
+                                "integer");
     }
     size_t type_len = m[M_TYPE]->len;
     const ew_type_info *latest = ew_catalog_find_n(type, type_len, 0);
@@ -713,8 +758,9 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
     const ew_type_info *t =
         latest->version == version ? latest : ew_catalog_find_n(type, type_len, version);
     if (!t)
-        return ew_error_set(err, EW_EVERSION, "%s version %d is not supported (this build reads "
-                                              "up to version %d)",
+        return ew_error_set(err, EW_EVERSION,
+                            "%s version %d is not supported (this build reads "
+                            "up to version %d)",
                             type, version, latest->version);
 
     const ew_json *dj = m[M_DATA];

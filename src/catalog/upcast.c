@@ -18,7 +18,8 @@ static void add_member(ew_json *obj, const char *key, ew_json *v)
     v->key = key;
     v->key_len = strlen(key);
     ew_json **p = &obj->child;
-    while (*p) p = &(*p)->next;
+    while (*p)
+        p = &(*p)->next;
     *p = v;
     obj->count++;
 }
@@ -48,6 +49,6 @@ int ew__upcast(const ew_type_info *from, ew_json *data, ew_arena *arena, ew_erro
 {
     for (size_t i = 0; i < sizeof upcasters / sizeof upcasters[0]; i++)
         if (upcasters[i].from == from->id) return upcasters[i].fn(data, arena, err);
-    return ew_error_set(err, EW_EVERSION, "%s version %d has no upcaster to version %d",
-                        from->type, from->version, from->version + 1);
+    return ew_error_set(err, EW_EVERSION, "%s version %d has no upcaster to version %d", from->type,
+                        from->version, from->version + 1);
 }

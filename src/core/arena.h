@@ -13,7 +13,7 @@ typedef struct ew_arena {
     ew__arena_chunk *head; /* the chunk being filled; older chunks follow */
     char *inline_buf;      /* optional caller-provided first block */
     size_t inline_size, inline_used;
-    size_t next_size;      /* size of the next chunk to allocate */
+    size_t next_size; /* size of the next chunk to allocate */
 } ew_arena;
 
 /* An empty arena. With buf, the first allocations come from that caller-owned block. */

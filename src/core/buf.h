@@ -8,7 +8,7 @@
 typedef struct ew_buf {
     char *data; /* NUL-terminated when len > 0 or after any append; NULL before */
     size_t len, cap;
-    int oom;    /* set when a growth failed; further appends do nothing */
+    int oom; /* set when a growth failed; further appends do nothing */
 } ew_buf;
 
 void ew_buf_init(ew_buf *b);

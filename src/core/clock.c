@@ -120,7 +120,8 @@ int ew_time_parse(const char *s, int64_t *t_us)
             n++;
             p++;
         }
-        for (; n < 6; n++) frac *= 10;
+        for (; n < 6; n++)
+            frac *= 10;
     }
     int64_t offset = 0;
     if (*p == 'Z' || *p == 'z') {

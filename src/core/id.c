@@ -56,7 +56,8 @@ uint64_t ew__rand64(void)
             seed[1] ^= (uint64_t)(uintptr_t)&tl;
             seed[2] ^= (uint64_t)getpid() << 32 | (uint64_t)ts.tv_sec;
         }
-        for (int i = 0; i < 4; i++) tl.s[i] = seed[i] ? seed[i] : 0x9e3779b97f4a7c15ull * (i + 1);
+        for (int i = 0; i < 4; i++)
+            tl.s[i] = seed[i] ? seed[i] : 0x9e3779b97f4a7c15ull * (i + 1);
         tl.seeded = gen;
         tl.last_ms = 0;
     }
@@ -92,12 +93,14 @@ void ew__uuid7_at(char out[EW_UUID_LEN + 1], int64_t now_us)
         }
     }
     uint8_t b[16];
-    for (int i = 0; i < 6; i++) b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    for (int i = 0; i < 6; i++)
+        b[i] = (uint8_t)(ms >> (40 - 8 * i));
     b[6] = (uint8_t)(0x70 | (tl.counter >> 8));
     b[7] = (uint8_t)tl.counter;
     uint64_t r2 = ew__rand64();
     b[8] = (uint8_t)(0x80 | (r2 & 0x3f));
-    for (int i = 9; i < 16; i++) b[i] = (uint8_t)(r2 >> (8 * (i - 8)) ^ r >> (8 * (i - 9)));
+    for (int i = 9; i < 16; i++)
+        b[i] = (uint8_t)(r2 >> (8 * (i - 8)) ^ r >> (8 * (i - 9)));
     char *p = out;
     for (int i = 0; i < 16; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10) *p++ = '-';

@@ -28,9 +28,9 @@ typedef enum ew_json_kind {
 typedef struct ew_json ew_json;
 struct ew_json {
     ew_json_kind kind;
-    const char *key;  /* member name when the value is in an object (unescaped, NUL-terminated) */
+    const char *key; /* member name when the value is in an object (unescaped, NUL-terminated) */
     size_t key_len;
-    ew_json *next;    /* next element or member of the parent, NULL at the end */
+    ew_json *next; /* next element or member of the parent, NULL at the end */
     /* STRING: the unescaped text (NUL-terminated) and its length.
      * NUMBER: the number's text as written in the input (NUL-terminated) and its length. */
     const char *str;

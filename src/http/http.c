@@ -35,8 +35,8 @@
 
 typedef struct route {
     char method[16];
-    char *tmpl;                /* "/auth/users/{id}" as registered */
-    char *segs[MAX_SEGS];      /* literal text, or the parameter's name */
+    char *tmpl;           /* "/auth/users/{id}" as registered */
+    char *segs[MAX_SEGS]; /* literal text, or the parameter's name */
     bool is_param[MAX_SEGS];
     size_t nsegs;
     unsigned flags;
@@ -73,8 +73,8 @@ struct ew_http_request {
     char *pvals[MAX_PARAMS];
     size_t np;
     ew_buf body;
-    int too_big;   /* past the limit: the rest of the body is dropped */
-    int answered;  /* a response is queued */
+    int too_big;  /* past the limit: the rest of the body is dropped */
+    int answered; /* a response is queued */
     ew_arena arena;
     ew_json *json;
     char client[INET6_ADDRSTRLEN];
@@ -111,7 +111,8 @@ static void mhd_logger(void *cls, const char *fm, va_list ap)
     char msg[512];
     vsnprintf(msg, sizeof msg, fm, ap);
     size_t n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
     char line[540];
     snprintf(line, sizeof line, "http: %s", msg);
     s->o.log(s->o.log_ud, EW_LOG_WARN, line);
@@ -122,7 +123,8 @@ static void mhd_logger(void *cls, const char *fm, va_list ap)
 static void route_free(route *r)
 {
     free(r->tmpl);
-    for (size_t i = 0; i < r->nsegs; i++) free(r->segs[i]);
+    for (size_t i = 0; i < r->nsegs; i++)
+        free(r->segs[i]);
 }
 
 static int name_char(char c)
@@ -157,16 +159,18 @@ static int parse_template(route *r, const char *path, ew_error *err)
                                         "route path '%.100s': parameter names are [A-Za-z0-9_]",
                                         path);
             size_t np = 0;
-            for (size_t i = 0; i < r->nsegs; i++) np += r->is_param[i];
+            for (size_t i = 0; i < r->nsegs; i++)
+                np += r->is_param[i];
             if (np == MAX_PARAMS)
-                return ew_error_set(err, EW_EINVAL, "route path '%.100s' has more than %d parameters",
-                                    path, MAX_PARAMS);
+                return ew_error_set(err, EW_EINVAL,
+                                    "route path '%.100s' has more than %d parameters", path,
+                                    MAX_PARAMS);
         } else {
             for (size_t i = 0; i < n; i++)
                 if (p[i] == '{' || p[i] == '}')
-                    return ew_error_set(err, EW_EINVAL,
-                                        "route path '%.100s': a parameter is a whole segment {name}",
-                                        path);
+                    return ew_error_set(
+                        err, EW_EINVAL,
+                        "route path '%.100s': a parameter is a whole segment {name}", path);
         }
         r->segs[r->nsegs] = param ? strndup(p + 1, n - 2) : strndup(p, n);
         if (!r->segs[r->nsegs]) return ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -210,12 +214,15 @@ int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err
     return 0;
 }
 
-int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_handler fn,
-                  void *ud, ew_error *err)
+int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_handler fn, void *ud,
+                  ew_error *err)
 {
-    if (!s || !spec || !fn) return ew_error_set(err, EW_EINVAL, "server, route and handler are required");
-    if (s->started) return ew_error_set(err, EW_ESTATE, "routes must be added before the server starts");
-    if (flags & ~(EW_HTTP_JSON | EW_HTTP_JSON_OPT)) return ew_error_set(err, EW_EINVAL, "unknown route flags %#x", flags);
+    if (!s || !spec || !fn)
+        return ew_error_set(err, EW_EINVAL, "server, route and handler are required");
+    if (s->started)
+        return ew_error_set(err, EW_ESTATE, "routes must be added before the server starts");
+    if (flags & ~(EW_HTTP_JSON | EW_HTTP_JSON_OPT))
+        return ew_error_set(err, EW_EINVAL, "unknown route flags %#x", flags);
     const char *sp = strchr(spec, ' ');
     size_t ml = sp ? (size_t)(sp - spec) : 0;
     route r = {0};
@@ -234,7 +241,8 @@ int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_h
         if (strcmp(o->method, r.method) || o->nsegs != r.nsegs) continue;
         size_t j = 0;
         for (; j < r.nsegs; j++)
-            if (o->is_param[j] != r.is_param[j] || (!r.is_param[j] && strcmp(o->segs[j], r.segs[j])))
+            if (o->is_param[j] != r.is_param[j] ||
+                (!r.is_param[j] && strcmp(o->segs[j], r.segs[j])))
                 break;
         if (j == r.nsegs)
             rc = ew_error_set(err, EW_EEXIST, "route '%.100s' conflicts with '%s %s'", spec,
@@ -243,7 +251,8 @@ int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_h
     if (!rc && s->nroutes == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 16;
         route *nr = realloc(s->routes, cap * sizeof *nr);
-        if (!nr) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        if (!nr)
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         else {
             s->routes = nr;
             s->cap = cap;
@@ -281,7 +290,8 @@ static int route_match(const route *r, char *const *segs, size_t nsegs, ew_http_
 static size_t route_params(const route *r)
 {
     size_t n = 0;
-    for (size_t i = 0; i < r->nsegs; i++) n += r->is_param[i];
+    for (size_t i = 0; i < r->nsegs; i++)
+        n += r->is_param[i];
     return n;
 }
 
@@ -370,8 +380,7 @@ static void reply_error_v(ew_http_response *res, int status, const char *field, 
     res->obj_members = -1;
 }
 
-void ew_http_reply_error(ew_http_response *res, int status, const char *field, const char *fmt,
-                         ...)
+void ew_http_reply_error(ew_http_response *res, int status, const char *field, const char *fmt, ...)
 {
     if (!res) return;
     va_list ap;
@@ -420,8 +429,7 @@ void ew_http_obj_bool(ew_http_response *res, const char *key, bool value)
     ew_buf_puts(&res->body, value ? "true" : "false");
 }
 
-void ew_http_obj_strlist(ew_http_response *res, const char *key, const char *const *items,
-                         size_t n)
+void ew_http_obj_strlist(ew_http_response *res, const char *key, const char *const *items, size_t n)
 {
     if (obj_key(res, key)) return;
     ew_buf_putc(&res->body, '[');
@@ -454,20 +462,20 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
     ew_http_server *s = r->s;
     if (res->obj_members >= 0) ew_http_obj_end(res);
     if (res->status == 0 || res->body.oom) {
-        const char *why = res->body.oom ? "out of memory building the response"
-                                        : "the handler gave no response";
+        const char *why =
+            res->body.oom ? "out of memory building the response" : "the handler gave no response";
         logf_(s, EW_LOG_ERROR, "http: %s %s: %s", r->method, r->path, why);
         ew_http_reply_error(res, 500, NULL, "internal error: %s", why);
     }
     int no_body = res->status == 204 || res->status == 304 || res->status < 200;
     size_t len = no_body || !res->has_body ? 0 : res->body.len;
-    struct MHD_Response *mr =
-        MHD_create_response_from_buffer(len, len ? res->body.data : (void *)"",
-                                        MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *mr = MHD_create_response_from_buffer(
+        len, len ? res->body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
     if (!mr) return MHD_NO;
     if (len || (!no_body && res->has_body))
         MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    for (size_t i = 0; i < res->nh; i++) MHD_add_response_header(mr, res->hname[i], res->hval[i]);
+    for (size_t i = 0; i < res->nh; i++)
+        MHD_add_response_header(mr, res->hname[i], res->hval[i]);
     if (atomic_load(&s->stopping)) MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)res->status, mr);
     MHD_destroy_response(mr);
@@ -499,8 +507,14 @@ static enum MHD_Result send_error(ew_http_request *r, int status, const char *al
 
 /* ---- requests ------------------------------------------------------------------------------ */
 
-const char *ew_http_method(const ew_http_request *r) { return r ? r->method : NULL; }
-const char *ew_http_path(const ew_http_request *r) { return r ? r->path : NULL; }
+const char *ew_http_method(const ew_http_request *r)
+{
+    return r ? r->method : NULL;
+}
+const char *ew_http_path(const ew_http_request *r)
+{
+    return r ? r->path : NULL;
+}
 
 const char *ew_http_param(const ew_http_request *r, const char *name)
 {
@@ -533,16 +547,23 @@ const char *ew_http_body(const ew_http_request *r, size_t *len)
     return r && r->body.data ? r->body.data : "";
 }
 
-const ew_json *ew_http_json(const ew_http_request *r) { return r ? r->json : NULL; }
+const ew_json *ew_http_json(const ew_http_request *r)
+{
+    return r ? r->json : NULL;
+}
 
-const char *ew_http_client_addr(const ew_http_request *r) { return r ? r->client : ""; }
+const char *ew_http_client_addr(const ew_http_request *r)
+{
+    return r ? r->client : "";
+}
 
 const char *ew_http_bearer(const ew_http_request *r)
 {
     const char *h = ew_http_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncasecmp(h, "Bearer ", 7)) return NULL;
     h += 7;
-    while (*h == ' ') h++;
+    while (*h == ' ')
+        h++;
     return *h ? h : NULL;
 }
 
@@ -616,7 +637,8 @@ static enum MHD_Result route_request(ew_http_request *r)
     if (!allow[0] && routable && nsegs == 1 && !strcmp(segs[0], "healthz")) {
         free(copy);
         if (strcmp(m, "GET") && !head)
-            return send_error(r, 405, "GET, HEAD", "method %s is not allowed on /healthz; allowed: GET, HEAD", m);
+            return send_error(r, 405, "GET, HEAD",
+                              "method %s is not allowed on /healthz; allowed: GET, HEAD", m);
         char why[256];
         ew_http_response res;
         res_init(&res);
@@ -650,7 +672,8 @@ static enum MHD_Result run_handler(ew_http_request *r)
         ew_json_limits lim = {.max_bytes = r->s->o.max_body_bytes, .max_depth = JSON_MAX_DEPTH};
         if (ew_json_parse(&r->json, r->body.data, r->body.len, &lim, &r->arena, &e)) {
             r->json = NULL;
-            if (e.code == EW_ENOMEM) return send_error(r, 500, NULL, "internal error: out of memory");
+            if (e.code == EW_ENOMEM)
+                return send_error(r, 500, NULL, "internal error: out of memory");
             return send_error(r, 400, NULL, "malformed JSON: %s", e.msg);
         }
         if (r->json->kind != EW_JSON_OBJECT) {
@@ -667,8 +690,8 @@ static enum MHD_Result run_handler(ew_http_request *r)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
 {
     ew_http_server *s = cls;
     ew_http_request *r = *con_cls;
@@ -694,16 +717,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         enum MHD_Result ok = route_request(r);
         if (r->answered || ok != MHD_YES) return ok;
         /* a declared body over the limit is refused before it is read */
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             char *end;
             errno = 0;
             unsigned long long n = strtoull(cl, &end, 10);
             if (!errno && end != cl && n > s->o.max_body_bytes)
-                return send_error(r, 413, NULL,
-                                  "the request body (%llu bytes) is larger than the limit of %zu bytes",
-                                  n, s->o.max_body_bytes);
+                return send_error(
+                    r, 413, NULL,
+                    "the request body (%llu bytes) is larger than the limit of %zu bytes", n,
+                    s->o.max_body_bytes);
         }
         return MHD_YES;
     }
@@ -754,8 +778,8 @@ int ew_http_start(ew_http_server *s, ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "server is required");
     if (s->started) return ew_error_set(err, EW_ESTATE, "the server was started already");
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_USE_AUTO;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG | MHD_USE_AUTO;
     socklen_t salen;
     memset(&s->sa, 0, sizeof s->sa);
     if (strchr(s->addr, ':')) {
@@ -773,15 +797,15 @@ int ew_http_start(ew_http_server *s, ew_error *err)
         salen = sizeof s->sa.v4;
     }
     (void)salen;
-    s->d = MHD_start_daemon(
-        flags, (uint16_t)s->o.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_logger, s, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&s->sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        s->o.idle_timeout_s, MHD_OPTION_END);
+    s->d = MHD_start_daemon(flags, (uint16_t)s->o.port, NULL, NULL, on_request, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_SOCK_ADDR,
+                            (struct sockaddr *)&s->sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, s->o.idle_timeout_s, MHD_OPTION_END);
     if (!s->d)
-        return ew_error_set(err, EW_EIO, "cannot listen on %s port %d (in use, or not an address "
-                                         "of this machine?)",
+        return ew_error_set(err, EW_EIO,
+                            "cannot listen on %s port %d (in use, or not an address "
+                            "of this machine?)",
                             s->addr, s->o.port);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di && di->port ? di->port : s->o.port;
@@ -790,7 +814,10 @@ int ew_http_start(ew_http_server *s, ew_error *err)
     return 0;
 }
 
-int ew_http_port(const ew_http_server *s) { return s && s->started ? s->port : 0; }
+int ew_http_port(const ew_http_server *s)
+{
+    return s && s->started ? s->port : 0;
+}
 
 int ew_http_stop(ew_http_server *s)
 {
@@ -827,7 +854,8 @@ void ew_http_free(ew_http_server *s)
 {
     if (!s) return;
     ew_http_stop(s);
-    for (size_t i = 0; i < s->nroutes; i++) route_free(&s->routes[i]);
+    for (size_t i = 0; i < s->nroutes; i++)
+        route_free(&s->routes[i]);
     free(s->routes);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);

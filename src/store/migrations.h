@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 typedef struct ew_migration {
-    int number;      /* from the file name: 1 for 001_init.sql */
+    int number;       /* from the file name: 1 for 001_init.sql */
     const char *name; /* the file name without .sql */
     const char *sql;  /* the whole file */
 } ew_migration;

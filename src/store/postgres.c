@@ -722,8 +722,8 @@ static int pg_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
     return 0;
 }
 
-static int pg_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status,
-                             int64_t now_us, int *changed, ew_error *err)
+static int pg_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status, int64_t now_us,
+                             int *changed, ew_error *err)
 {
     char ids[24], now[EW_TIME_LEN + 1];
     snprintf(ids, sizeof ids, "%lld", (long long)id);

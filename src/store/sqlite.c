@@ -796,8 +796,8 @@ static int sq_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
     return rc;
 }
 
-static int sq_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status,
-                             int64_t now_us, int *changed, ew_error *err)
+static int sq_dlq_set_status(void *conn, int64_t id, int from, ew_dlq_status status, int64_t now_us,
+                             int *changed, ew_error *err)
 {
     sq *c = conn;
     sqlite3_stmt *st = stmt(c, S_DLQ_STATUS, err);

@@ -563,8 +563,8 @@ static int dlq_resolved(void *self, int64_t id, ew_error *err)
     int changed = 0;
     int rc = ew__store_lock(s, err);
     if (rc) return rc;
-    rc = s->ops->dlq_set_status(s->conn, id, EW_DLQ_RETRIED, EW_DLQ_RESOLVED, ew_now_us(),
-                                &changed, err);
+    rc = s->ops->dlq_set_status(s->conn, id, EW_DLQ_RETRIED, EW_DLQ_RESOLVED, ew_now_us(), &changed,
+                                err);
     ew__store_unlock(s);
     if (!rc && changed)
         ew__store_logf(&s->log, EW_LOG_INFO, "store: dead letter %lld resolved", (long long)id);

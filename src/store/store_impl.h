@@ -3,14 +3,15 @@
  * store.c owns everything that does not depend on the database: the URL, the configuration,
  * turning events into rows (data + metadata) and rows back into events, paging, and the DLQ
  * sink and inbox glue; handle.c the mutex that serialises a handle's connection and transactions
- * as the API sees them (group commit, holds). A backend (sqlite.c, postgres.c) fills one struct ew_store_ops with the SQL of its
- * dialect. Adding a backend is a new file and a line in store.c's table.
+ * as the API sees them (group commit, holds). A backend (sqlite.c, postgres.c) fills one struct
+ * ew_store_ops with the SQL of its dialect. Adding a backend is a new file and a line in store.c's
+ * table.
  *
- * Calling convention: store.c and handle.c call every op (but open and close) with the handle's mutex held,
- * so a backend never locks. `conn` is what open() returned. Strings passed in are borrowed for
- * the call; rows passed to callbacks are borrowed for the callback. Every error becomes an EW_E...
- * code with the database's own message in err: EW_EIO (or EW_ECONNECT when the connection is
- * gone, EW_ECONFLICT for versions). */
+ * Calling convention: store.c and handle.c call every op (but open and close) with the handle's
+ * mutex held, so a backend never locks. `conn` is what open() returned. Strings passed in are
+ * borrowed for the call; rows passed to callbacks are borrowed for the callback. Every error
+ * becomes an EW_E... code with the database's own message in err: EW_EIO (or EW_ECONNECT when the
+ * connection is gone, EW_ECONFLICT for versions). */
 #ifndef EW_STORE_IMPL_H
 #define EW_STORE_IMPL_H
 

@@ -53,7 +53,8 @@ static void test_published_events_are_recorded(void **state)
     got g = {0};
     assert_int_equal(ew_store_read_all(st, 0, NULL, 0, collect, &g, &err), 0);
     assert_int_equal(g.n, 5);
-    for (int i = 0; i < 3; i++) assert_string_equal(g.ids[i], ew_event_id(evs[i]));
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(g.ids[i], ew_event_id(evs[i]));
     assert_string_equal(g.ids[3], ew_event_id(more[0]));
     assert_string_equal(g.ids[4], ew_event_id(more[2]));
     /* the stream is the subject */
@@ -63,7 +64,8 @@ static void test_published_events_are_recorded(void **state)
     ew_event_unref(more[2]);
     assert_string_equal(g.streams[0], ew_event_subject(evs[0]));
     ew_store_close(st);
-    for (int i = 0; i < 3; i++) ew_event_unref(evs[i]);
+    for (int i = 0; i < 3; i++)
+        ew_event_unref(evs[i]);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);

@@ -1,10 +1,9 @@
 /* Tests of what is particular to the Kafka backend: KAFKA_BOOTSTRAP_SERVERS forms, an
- * unreachable cluster, KAFKA_CLIENT_CONFIG, where events land (topic, key, header), both CloudEvents modes on the
- * way in, offsets committed only once handled and never past a message still in flight, the
- * in-flight bound, EVENT_MAX_BYTES, patterns picking up topics made later, and publishing while
- * the brokers are down (on a mock cluster of the test's own). The shared behaviour is in
- * test_conformance_kafka.c.
- * ew-fixture: kafka */
+ * unreachable cluster, KAFKA_CLIENT_CONFIG, where events land (topic, key, header), both
+ * CloudEvents modes on the way in, offsets committed only once handled and never past a message
+ * still in flight, the in-flight bound, EVENT_MAX_BYTES, patterns picking up topics made later, and
+ * publishing while the brokers are down (on a mock cluster of the test's own). The shared behaviour
+ * is in test_conformance_kafka.c. ew-fixture: kafka */
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>

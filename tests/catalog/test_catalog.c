@@ -6,13 +6,24 @@
 
 static void test_catalog_has_every_event_of_the_flows(void **state)
 {
-    static const char *const required[] = {
-        "user.registered", "user.logged_in", "user.logged_out", "user.role_changed",
-        "password.reset_requested", "password.reset_completed", "user.profile_created",
-        "user.profile_updated", "user.preferences_updated", "user.verified",
-        "notification.welcome_email_sent", "notification.email_sent",
-        "user.data_export_requested", "user.data_collected", "user.data_export_completed",
-        "user.deletion_requested", "user.data_deleted", "user.deletion_completed"};
+    static const char *const required[] = {"user.registered",
+                                           "user.logged_in",
+                                           "user.logged_out",
+                                           "user.role_changed",
+                                           "password.reset_requested",
+                                           "password.reset_completed",
+                                           "user.profile_created",
+                                           "user.profile_updated",
+                                           "user.preferences_updated",
+                                           "user.verified",
+                                           "notification.welcome_email_sent",
+                                           "notification.email_sent",
+                                           "user.data_export_requested",
+                                           "user.data_collected",
+                                           "user.data_export_completed",
+                                           "user.deletion_requested",
+                                           "user.data_deleted",
+                                           "user.deletion_completed"};
     for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
         const ew_type_info *t = ew_catalog_find(required[i], 0);
         if (!t) fail_msg("%s is missing from the catalog", required[i]);
@@ -39,7 +50,8 @@ static void test_every_type_is_well_declared(void **state)
         /* exactly one latest version per type, and versions 1..latest all declared */
         const ew_type_info *latest = ew_catalog_find(t->type, 0);
         assert_non_null(latest);
-        for (int v = 1; v <= latest->version; v++) assert_non_null(ew_catalog_find(t->type, v));
+        for (int v = 1; v <= latest->version; v++)
+            assert_non_null(ew_catalog_find(t->type, v));
         for (size_t j = 0; j < t->nfields; j++) {
             assert_ptr_equal(ew_type_field(t, t->fields[j].name), &t->fields[j]);
             assert_true(t->fields[j].offset < t->struct_size);
@@ -138,8 +150,8 @@ static void test_patterns_match_like_amqp_topics(void **state)
         if (ew_pattern_match(cases[i].p, cases[i].t) != cases[i].m)
             fail_msg("'%s' vs '%s': want %d", cases[i].p, cases[i].t, cases[i].m);
     const char *valid[] = {"user.registered", "user.*", "#", "*", "a.#", "a_b.c1"};
-    const char *invalid[] = {"", "user.", ".user", "user..x", "User.Registered", "user.re*",
-                             "user registered", "user.#x"};
+    const char *invalid[] = {"",         "user.",           ".user",  "user..x", "User.Registered",
+                             "user.re*", "user registered", "user.#x"};
     for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++)
         assert_true(ew_pattern_valid(valid[i]));
     for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++)

@@ -59,7 +59,8 @@ static ew_event *sample_event(const ew_type_info *t)
     fill_sample(t, data, uuid);
     ew_event *ev = NULL;
     ew_error err = {0};
-    ew_event_attrs a = {.source = "test-service", .subject = uuid,
+    ew_event_attrs a = {.source = "test-service",
+                        .subject = uuid,
                         .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
     int rc = ew_event_new(&ev, t->id, data, &a, &err);
     if (rc) fail_msg("%s v%d: %s", t->type, t->version, err.msg);
@@ -84,7 +85,8 @@ static void test_roundtrip_every_catalog_type(void **state)
         int rc = ew_event_decode(&back, json, len, NULL, &err);
         if (rc) fail_msg("%s v%d: %s\n%s", t->type, t->version, err.msg, json);
         if (t->latest) {
-            if (!ew_event_equal(ev, back)) fail_msg("%s: decode(encode(e)) != e\n%s", t->type, json);
+            if (!ew_event_equal(ev, back))
+                fail_msg("%s: decode(encode(e)) != e\n%s", t->type, json);
             /* encode is deterministic: the same event gives the same text */
             char *again;
             assert_int_equal(ew_event_encode(back, &again, NULL, &err), 0);
@@ -108,8 +110,8 @@ static void test_encode_is_cloudevents_json(void **state)
     const char *roles[] = {"user"};
     char id[EW_UUID_LEN + 1];
     ew_uuid7(id);
-    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = "ann",
-                            .roles = {roles, 1}};
+    ew_user_registered d = {
+        .user_id = id, .email = "a@example.com", .username = "ann", .roles = {roles, 1}};
     ew_event *ev;
     assert_int_equal(ew_user_registered_new(&ev, &d,
                                             &(ew_event_attrs){.source = "auth-service",
@@ -150,9 +152,9 @@ static void test_ids_are_uuid7_and_ordered(void **state)
     for (int i = 0; i < 10000; i++) {
         ew_uuid7(id);
         assert_true(ew_uuid_valid(id));
-        assert_int_equal(id[14], '7');                  /* version */
-        assert_true(strchr("89ab", id[19]) != NULL);    /* variant */
-        assert_true(strcmp(prev, id) < 0);              /* time-ordered, unique */
+        assert_int_equal(id[14], '7');               /* version */
+        assert_true(strchr("89ab", id[19]) != NULL); /* variant */
+        assert_true(strcmp(prev, id) < 0);           /* time-ordered, unique */
         memcpy(prev, id, sizeof id);
     }
     assert_false(ew_uuid_valid("not-a-uuid"));
@@ -202,9 +204,15 @@ static void test_time_format_and_parse(void **state)
     assert_int_equal(t, 951782400000000LL);
     assert_int_equal(ew_time_parse("2000-02-28t19:00:00.5-05:00", &t), 0);
     assert_int_equal(t, 951782400500000LL);
-    const char *bad[] = {"", "2026-11-27", "2026-11-27T10:00:00", "2026-13-01T00:00:00Z",
-                         "2026-02-29T00:00:00Z", "2026-11-27T24:00:00Z", "2026-11-27T10:00:00.Z",
-                         "2026-11-27T10:00:00Zjunk", "2026-11-27 10:00:00Z",
+    const char *bad[] = {"",
+                         "2026-11-27",
+                         "2026-11-27T10:00:00",
+                         "2026-13-01T00:00:00Z",
+                         "2026-02-29T00:00:00Z",
+                         "2026-11-27T24:00:00Z",
+                         "2026-11-27T10:00:00.Z",
+                         "2026-11-27T10:00:00Zjunk",
+                         "2026-11-27 10:00:00Z",
                          "2026-11-27T10:00:00+0100"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_int_equal(ew_time_parse(bad[i], &t), EW_ETIME);
@@ -216,7 +224,8 @@ static void test_time_format_and_parse(void **state)
 }
 
 static const char *V1_REGISTERED =
-    "{\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"legacy-auth\",\"type\":\"user.registered\","
+    "{\"specversion\":\"1.0\",\"id\":\"e1\",\"source\":\"legacy-auth\",\"type\":\"user."
+    "registered\","
     "\"time\":\"2025-01-02T03:04:05Z\",\"eventversion\":1,\"data\":{\"user_id\":"
     "\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"email\":\"old@example.com\",\"username\":\"old\"}}";
 
@@ -279,24 +288,26 @@ static const struct bad_case bad_cases[] = {
     {EW_EJSON, "", "{\"a\":1} trailing"},
     {EW_ENOTOBJ, "not an array", "[1,2,3]"},
     {EW_ENOTOBJ, "not a string", "\"event\""},
-    {EW_EMISSING, "'id'", "{\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"user.logged_in\","
-                          DATA_OK "}"},
-    {EW_EMISSING, "'source'", "{\"specversion\":\"1.0\",\"id\":\"x\",\"type\":\"user.logged_in\","
-                              DATA_OK "}"},
+    {EW_EMISSING, "'id'",
+     "{\"specversion\":\"1.0\",\"source\":\"s\",\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EMISSING, "'source'",
+     "{\"specversion\":\"1.0\",\"id\":\"x\",\"type\":\"user.logged_in\"," DATA_OK "}"},
     {EW_EMISSING, "'type'", HEAD DATA_OK "}"},
     {EW_EMISSING, "'specversion'",
      "{\"id\":\"x\",\"source\":\"s\",\"type\":\"user.logged_in\"," DATA_OK "}"},
     {EW_EMISSING, "'data'", HEAD "\"type\":\"user.logged_in\"}"},
-    {EW_ETYPE, "'id' must be a string", "{\"specversion\":\"1.0\",\"id\":7,\"source\":\"s\","
-                                        "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_ETYPE, "'id' must be a string",
+     "{\"specversion\":\"1.0\",\"id\":7,\"source\":\"s\","
+     "\"type\":\"user.logged_in\"," DATA_OK "}"},
     {EW_ETYPE, "'subject'", LOGIN("\"subject\":true,")},
     {EW_ETYPE, "eventversion", LOGIN("\"eventversion\":1.5,")},
     {EW_ETYPE, "eventversion", LOGIN("\"eventversion\":\"one\",")},
     {EW_ETYPE, "traceparent", LOGIN("\"traceparent\":\"00-xyz\",")},
     {EW_ETYPE, "extension", LOGIN("\"myext\":{\"a\":1},")},
     {EW_ETYPE, "CloudEvents name", LOGIN("\"Bad-Name\":\"x\",")},
-    {EW_ESPECVERSION, "0.3", "{\"specversion\":\"0.3\",\"id\":\"x\",\"source\":\"s\","
-                             "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_ESPECVERSION, "0.3",
+     "{\"specversion\":\"0.3\",\"id\":\"x\",\"source\":\"s\","
+     "\"type\":\"user.logged_in\"," DATA_OK "}"},
     {EW_EUNKNOWNTYPE, "user.exploded", HEAD "\"type\":\"user.exploded\"," DATA_OK "}"},
     {EW_EVERSION, "version 9", LOGIN("\"eventversion\":9,")},
     {EW_EVERSION, "version 2", LOGIN("\"eventversion\":\"2\",")},
@@ -310,32 +321,38 @@ static const struct bad_case bad_cases[] = {
      HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":5,\"session_id\":\"s\"}}"},
     {EW_EDATA, "is not a UUID",
      HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":\"u-1\",\"session_id\":\"s\"}}"},
-    {EW_EDATA, "not an email", HEAD "\"type\":\"notification.email_sent\",\"data\":{\"email\":"
-                               "\"nobody\",\"template_name\":\"t\",\"message_id\":\"m\"}}"},
+    {EW_EDATA, "not an email",
+     HEAD "\"type\":\"notification.email_sent\",\"data\":{\"email\":"
+          "\"nobody\",\"template_name\":\"t\",\"message_id\":\"m\"}}"},
     {EW_EDATA, "must be an integer",
      HEAD "\"type\":\"user.data_deleted\",\"data\":{\"request_id\":" UID ",\"user_id\":" UID
           ",\"service\":\"x\",\"records\":1.5}}"},
     {EW_EDATA, "data.roles[1] must be a string",
      HEAD "\"type\":\"user.registered\",\"eventversion\":2,\"data\":{\"user_id\":" UID
           ",\"email\":\"a@b.co\",\"username\":\"u\",\"roles\":[\"a\",3]}}"},
-    {EW_EDATA, "at least one", HEAD "\"type\":\"user.registered\",\"eventversion\":2,\"data\":{"
-                               "\"user_id\":" UID ",\"email\":\"a@b.co\",\"username\":\"u\","
-                               "\"roles\":[]}}"},
+    {EW_EDATA, "at least one",
+     HEAD "\"type\":\"user.registered\",\"eventversion\":2,\"data\":{"
+          "\"user_id\":" UID ",\"email\":\"a@b.co\",\"username\":\"u\","
+          "\"roles\":[]}}"},
     {EW_EDATA, "data_base64", LOGIN("\"data_base64\":\"AAAA\",")},
     {EW_EDATA, "datacontenttype", LOGIN("\"datacontenttype\":\"text/xml\",")},
     {EW_EUTF8, "UTF-8", HEAD "\"type\":\"user.logged_in\",\"subject\":\"\xc3\x28\"," DATA_OK "}"},
-    {EW_EUTF8, "UTF-8", HEAD "\"type\":\"user.logged_in\",\"subject\":\"\xed\xa0\x80\"," DATA_OK
-                        "}"},
-    {EW_EDUPKEY, "id", "{\"specversion\":\"1.0\",\"id\":\"a\",\"id\":\"b\",\"source\":\"s\","
-                       "\"type\":\"user.logged_in\"," DATA_OK "}"},
-    {EW_EDUPKEY, "user_id", HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":" UID
-                                 ",\"user_id\":" UID ",\"session_id\":\"s\"}}"},
+    {EW_EUTF8, "UTF-8",
+     HEAD "\"type\":\"user.logged_in\",\"subject\":\"\xed\xa0\x80\"," DATA_OK "}"},
+    {EW_EDUPKEY, "id",
+     "{\"specversion\":\"1.0\",\"id\":\"a\",\"id\":\"b\",\"source\":\"s\","
+     "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EDUPKEY, "user_id",
+     HEAD "\"type\":\"user.logged_in\",\"data\":{\"user_id\":" UID ",\"user_id\":" UID
+          ",\"session_id\":\"s\"}}"},
     {EW_ETIME, "'time'", LOGIN("\"time\":\"yesterday\",")},
     {EW_ETIME, "'time'", LOGIN("\"time\":\"2026-02-30T00:00:00Z\",")},
-    {EW_EEMPTY, "'id'", "{\"specversion\":\"1.0\",\"id\":\"\",\"source\":\"s\","
-                        "\"type\":\"user.logged_in\"," DATA_OK "}"},
-    {EW_EEMPTY, "'source'", "{\"specversion\":\"1.0\",\"id\":\"x\",\"source\":\"\","
-                            "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EEMPTY, "'id'",
+     "{\"specversion\":\"1.0\",\"id\":\"\",\"source\":\"s\","
+     "\"type\":\"user.logged_in\"," DATA_OK "}"},
+    {EW_EEMPTY, "'source'",
+     "{\"specversion\":\"1.0\",\"id\":\"x\",\"source\":\"\","
+     "\"type\":\"user.logged_in\"," DATA_OK "}"},
 };
 
 static void test_malformed_inputs_each_get_their_error(void **state)
@@ -377,8 +394,8 @@ static void test_deep_nesting_refused(void **state)
 {
     /* nesting inside an object field, far past the limit, and far past any stack */
     size_t depth = 100000;
-    const char *pre = HEAD "\"type\":\"user.profile_updated\",\"data\":{\"user_id\":" UID
-                           ",\"changes\":{\"x\":";
+    const char *pre =
+        HEAD "\"type\":\"user.profile_updated\",\"data\":{\"user_id\":" UID ",\"changes\":{\"x\":";
     size_t plen = strlen(pre);
     char *s = malloc(plen + 2 * depth + 8);
     assert_non_null(s);
@@ -408,8 +425,8 @@ static void test_new_validates_data(void **state)
     char id[EW_UUID_LEN + 1];
     ew_uuid7(id);
     const char *roles[] = {"user"};
-    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = "ann",
-                            .roles = {roles, 1}};
+    ew_user_registered d = {
+        .user_id = id, .email = "a@example.com", .username = "ann", .roles = {roles, 1}};
 
     ew_user_registered bad = d;
     bad.email = "not-an-email";
@@ -430,10 +447,9 @@ static void test_new_validates_data(void **state)
     assert_int_equal(ew_user_registered_new(&ev, &bad, &a, &err), EW_EUTF8);
     assert_int_equal(ew_user_registered_new(&ev, &d, &(ew_event_attrs){0}, &err), EW_EEMPTY);
     assert_int_equal(ew_user_registered_new(&ev, &d, NULL, &err), EW_EEMPTY);
-    assert_int_equal(ew_user_registered_new(&ev, &d,
-                                            &(ew_event_attrs){.source = "s", .traceparent = "x"},
-                                            &err),
-                     EW_EINVAL);
+    assert_int_equal(
+        ew_user_registered_new(&ev, &d, &(ew_event_attrs){.source = "s", .traceparent = "x"}, &err),
+        EW_EINVAL);
     ew_user_preferences_updated p = {.user_id = id, .preferences = "{\"theme\": "};
     assert_int_equal(ew_user_preferences_updated_new(&ev, &p, &a, &err), EW_EDATA);
     assert_non_null(strstr(err.msg, "not a JSON object"));
@@ -455,8 +471,8 @@ static void test_event_copies_and_refcounts(void **state)
     char id[EW_UUID_LEN + 1], name[16] = "ann";
     ew_uuid7(id);
     const char *roles[] = {"user"};
-    ew_user_registered d = {.user_id = id, .email = "a@example.com", .username = name,
-                            .roles = {roles, 1}};
+    ew_user_registered d = {
+        .user_id = id, .email = "a@example.com", .username = name, .roles = {roles, 1}};
     ew_event *ev;
     assert_int_equal(ew_user_registered_new(&ev, &d, &(ew_event_attrs){.source = "s"}, NULL), 0);
     strcpy(name, "bob"); /* the event kept its own copy */
@@ -474,8 +490,11 @@ static void test_follow_up_attributes_round_trip(void **state)
 {
     ew_event *ev, *back;
     ew_user_logged_out d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "s"};
-    ew_event_attrs a = {.source = "auth", .subject = "u", .id = "fixed-id",
-                        .correlation_id = "corr-1", .causation_id = "cause-1",
+    ew_event_attrs a = {.source = "auth",
+                        .subject = "u",
+                        .id = "fixed-id",
+                        .correlation_id = "corr-1",
+                        .causation_id = "cause-1",
                         .time_us = 1700000000000001LL};
     assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, NULL), 0);
     char *json;
@@ -496,7 +515,8 @@ static void test_event_from_json_data(void **state)
     ew_event *ev = NULL;
     ew_error err = {0};
     ew_event_attrs a = {.source = "ewctl", .subject = "s1"};
-    const char *data = "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}";
+    const char *data =
+        "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}";
     assert_int_equal(ew_event_from_json(&ev, "user.logged_out", data, strlen(data), &a, &err), 0);
     assert_string_equal(ew_user_logged_out_data(ev)->session_id, "x");
     assert_string_equal(ew_event_subject(ev), "s1");
@@ -508,8 +528,10 @@ static void test_event_from_json_data(void **state)
     assert_int_equal(ew_event_from_json(&ev, "user.logged_out", "{}", 2, &a, &err), EW_EDATA);
     assert_non_null(strstr(err.msg, "is required"));
     /* object fields become compact JSON, as when built from C */
-    const char *p = "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"preferences\": { \"a\" : 1 }}";
-    assert_int_equal(ew_event_from_json(&ev, "user.preferences_updated", p, strlen(p), &a, &err), 0);
+    const char *p =
+        "{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"preferences\": { \"a\" : 1 }}";
+    assert_int_equal(ew_event_from_json(&ev, "user.preferences_updated", p, strlen(p), &a, &err),
+                     0);
     assert_string_equal(ew_user_preferences_updated_data(ev)->preferences, "{\"a\":1}");
     ew_event_unref(ev);
 }

@@ -213,8 +213,10 @@ static void register_user(sys *s, const char *name, char *id)
 static void append(char *dst, size_t cap, const char *a, const char *b)
 {
     size_t len = strlen(dst);
-    for (const char *p = a; *p && len + 1 < cap; p++) dst[len++] = *p;
-    for (const char *p = b; *p && len + 1 < cap; p++) dst[len++] = *p;
+    for (const char *p = a; *p && len + 1 < cap; p++)
+        dst[len++] = *p;
+    for (const char *p = b; *p && len + 1 < cap; p++)
+        dst[len++] = *p;
     dst[len] = '\0';
 }
 
@@ -258,15 +260,17 @@ static long db_grep(const char *svc, const char *needle, char *where, size_t n)
     ew_txn *t;
     assert_int_equal(ew_store_begin(db, &t, &err), 0);
     tables tl = {0};
-    assert_int_equal(ew_txn_query(t, "SELECT name FROM event_store.sqlite_master WHERE type = 'table'",
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT name FROM event_store.sqlite_master WHERE type = 'table'",
                                   NULL, 0, list_table, &tl, &err),
                      0);
     grep g = {.needle = needle};
     for (int i = 0; i < tl.n; i++) {
         /* the store's own tables: the log, the outbox of sent events, dead letters, ... carry
          * events, whose personal data the security layer makes unreadable (crypto-shredding) */
-        const char *own[] = {"events", "outbox", "dead_letter_queue", "processed_events",
-                             "migrations", "positions", "streams", "bus_groups", "sagas",
+        const char *own[] = {"events",           "outbox",        "dead_letter_queue",
+                             "processed_events", "migrations",    "positions",
+                             "streams",          "bus_groups",    "sagas",
                              "saga_transitions", "saga_consumed", "saga_parked"};
         bool skip_it = false;
         for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
@@ -372,10 +376,22 @@ static void flows_on(const char *backend)
     sys_down(&s);
 }
 
-static void test_flows_sqlite(void **state) { flows_on("sqlite"); }
-static void test_flows_redis(void **state) { flows_on("redis"); }
-static void test_flows_kafka(void **state) { flows_on("kafka"); }
-static void test_flows_rabbitmq(void **state) { flows_on("rabbitmq"); }
+static void test_flows_sqlite(void **state)
+{
+    flows_on("sqlite");
+}
+static void test_flows_redis(void **state)
+{
+    flows_on("redis");
+}
+static void test_flows_kafka(void **state)
+{
+    flows_on("kafka");
+}
+static void test_flows_rabbitmq(void **state)
+{
+    flows_on("rabbitmq");
+}
 
 /* ---- when things go wrong ------------------------------------------------------------------ */
 
@@ -384,8 +400,8 @@ static void test_flows_rabbitmq(void **state) { flows_on("rabbitmq"); }
 static void test_silent_participant_times_out_and_compensates(void **state)
 {
     sys s;
-    assert_true(sys_up(&s, "sqlite",
-                       "auth-service user-service notification-service export-service", "3"));
+    assert_true(
+        sys_up(&s, "sqlite", "auth-service user-service notification-service export-service", "3"));
     char user[EW_UUID_LEN + 1], args[256], path[256];
     register_user(&s, "bob", user);
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
@@ -447,7 +463,8 @@ static void test_duplicate_delivery_sends_one_welcome_email(void **state)
     free(await_ewctl(args, "\"status\":\"completed\""));
     ew_store *st;
     ew_error err = {0};
-    assert_int_equal(ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
+    assert_int_equal(
+        ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
     ew_event *ev = NULL;
     assert_int_equal(ew_store_read_all(st, 0, "user.profile_created", 0, keep_event, &ev, &err), 0);
     assert_non_null(ev);
@@ -464,11 +481,10 @@ static void test_duplicate_delivery_sends_one_welcome_email(void **state)
     /* a second event about the same user */
     ew_user_profile_created d = {.user_id = user, .display_name = "dave"};
     ew_event *again;
-    assert_int_equal(ew_user_profile_created_new(&again, &d,
-                                                 &(ew_event_attrs){.source = "user-service",
-                                                                   .subject = user},
-                                                 &err),
-                     0);
+    assert_int_equal(
+        ew_user_profile_created_new(
+            &again, &d, &(ew_event_attrs){.source = "user-service", .subject = user}, &err),
+        0);
     assert_int_equal(ew_bus_publish(bus, again, &err), 0);
     ew_bus_close(bus);
     ew_event_unref(again);

@@ -14,22 +14,22 @@
 #include "core/json.h"
 
 typedef struct http_result {
-    long status;     /* 0 when the request failed */
-    char *body;      /* NUL-terminated, malloc'ed */
+    long status; /* 0 when the request failed */
+    char *body;  /* NUL-terminated, malloc'ed */
     size_t len;
-    char *headers;   /* the raw response header lines */
+    char *headers; /* the raw response header lines */
     size_t hlen;
     char error[CURL_ERROR_SIZE];
-    double seconds;  /* total time */
+    double seconds; /* total time */
 } http_result;
 
 typedef struct http_req {
-    const char *method;       /* NULL: GET, or POST with a body */
-    const char *body;         /* NULL: none */
-    size_t body_len;          /* 0 with body: strlen(body) */
-    int chunked;              /* send the body with Transfer-Encoding: chunked */
+    const char *method;         /* NULL: GET, or POST with a body */
+    const char *body;           /* NULL: none */
+    size_t body_len;            /* 0 with body: strlen(body) */
+    int chunked;                /* send the body with Transfer-Encoding: chunked */
     const char *const *headers; /* NULL-terminated "Name: value" lines */
-    long timeout_ms;          /* 0: 15000 */
+    long timeout_ms;            /* 0: 15000 */
 } http_req;
 
 static inline size_t http__append(char **p, size_t *n, const char *data, size_t len)
@@ -84,7 +84,8 @@ static inline http_result http_do(const char *url, const http_req *rq)
     if (!rq) rq = &def;
     CURL *c = curl_easy_init();
     struct curl_slist *hl = NULL;
-    for (const char *const *h = rq->headers; h && *h; h++) hl = curl_slist_append(hl, *h);
+    for (const char *const *h = rq->headers; h && *h; h++)
+        hl = curl_slist_append(hl, *h);
     http__upload up = {rq->body, rq->body ? (rq->body_len ? rq->body_len : strlen(rq->body)) : 0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -136,9 +137,11 @@ static inline const char *http_header_value(const http_result *r, const char *na
         size_t ll = eol ? (size_t)(eol - p) : strlen(p);
         if (ll > nl && !strncasecmp(p, name, nl) && p[nl] == ':') {
             const char *v = p + nl + 1;
-            while (*v == ' ') v++;
+            while (*v == ' ')
+                v++;
             size_t vl = (size_t)(p + ll - v);
-            while (vl && (v[vl - 1] == '\r' || v[vl - 1] == ' ')) vl--;
+            while (vl && (v[vl - 1] == '\r' || v[vl - 1] == ' '))
+                vl--;
             if (vl >= n) vl = n - 1;
             memcpy(buf, v, vl);
             buf[vl] = '\0';

@@ -13,8 +13,8 @@
 typedef struct fixture {
     ew_http_server *s;
     int port;
-    atomic_int entered;   /* slow handlers that started */
-    atomic_int finished;  /* slow handlers that returned */
+    atomic_int entered;  /* slow handlers that started */
+    atomic_int finished; /* slow handlers that returned */
     int slow_ms;
     atomic_int healthy;
 } fixture;
@@ -122,8 +122,12 @@ static fixture *start(size_t max_body)
     atomic_store(&f->healthy, 1);
     f->slow_ms = 600;
     ew_error err = {0};
-    ew_http_options o = {.addr = "127.0.0.1", .port = 0, .max_body_bytes = max_body,
-                         .health = health, .health_ud = f, .stop_timeout_ms = 5000};
+    ew_http_options o = {.addr = "127.0.0.1",
+                         .port = 0,
+                         .max_body_bytes = max_body,
+                         .health = health,
+                         .health_ud = f,
+                         .stop_timeout_ms = 5000};
     assert_int_equal(ew_http_new(&f->s, &o, &err), 0);
     struct {
         const char *r;
@@ -418,7 +422,8 @@ static void test_handlers_run_concurrently(void **state)
         a[i].f = f;
         pthread_create(&t[i], NULL, client_thread, &a[i]);
     }
-    for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
     int64_t ms = (ew_mono_ns() - t0) / 1000000;
     for (int i = 0; i < 3; i++) {
         assert_int_equal(a[i].r.status, 200);
@@ -435,7 +440,8 @@ static void test_stop_finishes_the_request_in_flight(void **state)
     pthread_t t;
     client_arg a = {.f = f};
     pthread_create(&t, NULL, client_thread, &a);
-    for (int i = 0; i < 500 && !atomic_load(&f->entered); i++) usleep(10000);
+    for (int i = 0; i < 500 && !atomic_load(&f->entered); i++)
+        usleep(10000);
     assert_int_equal(atomic_load(&f->entered), 1);
     int64_t t0 = ew_mono_ns();
     assert_int_equal(ew_http_stop(f->s), 0);
@@ -495,7 +501,8 @@ static void test_stopping_answers_kept_alive_connections_503(void **state)
     pthread_t t, ts;
     client_arg a = {.f = f};
     pthread_create(&t, NULL, client_thread, &a);
-    for (int i = 0; i < 500 && !atomic_load(&f->entered); i++) usleep(10000);
+    for (int i = 0; i < 500 && !atomic_load(&f->entered); i++)
+        usleep(10000);
     stopper st = {f->s, -1};
     pthread_create(&ts, NULL, stop_thread, &st);
     usleep(150000);
@@ -528,12 +535,9 @@ static void test_bad_routes_and_addresses_are_refused(void **state)
         int code;
         const char *needle;
     } bad[] = {
-        {"GET", EW_EINVAL, "is not 'METHOD /path'"},
-        {"get /x", EW_EINVAL, "capitals"},
-        {"GET x", EW_EINVAL, "must start with '/'"},
-        {"GET /a//b", EW_EINVAL, "empty segment"},
-        {"GET /a/{b", EW_EINVAL, "whole segment"},
-        {"GET /a/x{b}", EW_EINVAL, "whole segment"},
+        {"GET", EW_EINVAL, "is not 'METHOD /path'"},    {"get /x", EW_EINVAL, "capitals"},
+        {"GET x", EW_EINVAL, "must start with '/'"},    {"GET /a//b", EW_EINVAL, "empty segment"},
+        {"GET /a/{b", EW_EINVAL, "whole segment"},      {"GET /a/x{b}", EW_EINVAL, "whole segment"},
         {"GET /a/{b-c}", EW_EINVAL, "parameter names"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -72,8 +72,10 @@ int main(int argc, char **argv)
     const char *dir = NULL;
     int brokers = 3;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir = argv[++i];
-        else if (strcmp(argv[i], "--brokers") == 0 && i + 1 < argc) brokers = atoi(argv[++i]);
+        if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc)
+            dir = argv[++i];
+        else if (strcmp(argv[i], "--brokers") == 0 && i + 1 < argc)
+            brokers = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: ew-kafka-mock --dir DIR [--brokers N]\n");
             return 2;

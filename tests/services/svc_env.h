@@ -35,8 +35,10 @@ static inline env *up_service(const char *name, const char *dir, const char *con
 {
     curl_global_init(CURL_GLOBAL_ALL);
     env *e = calloc(1, sizeof *e);
-    if (dir) snprintf(e->dir, sizeof e->dir, "%s", dir);
-    else svc_tmpdir(e->dir);
+    if (dir)
+        snprintf(e->dir, sizeof e->dir, "%s", dir);
+    else
+        svc_tmpdir(e->dir);
     current = e;
     if (svc_proc_start(&e->p, name, e->dir, extra)) fail_msg("%s did not start", name);
     char url[300];
@@ -160,7 +162,7 @@ static inline char *pg_service_db(char db[600])
 }
 
 static inline http_result api_on(const svc_proc *p, const char *method, const char *path,
-                          const char *body, const char *bearer)
+                                 const char *body, const char *bearer)
 {
     char url[512], auth[300];
     snprintf(url, sizeof url, "%s%s", p->base, path);
@@ -171,14 +173,14 @@ static inline http_result api_on(const svc_proc *p, const char *method, const ch
 }
 
 static inline http_result api(env *e, const char *method, const char *path, const char *body,
-                       const char *bearer)
+                              const char *bearer)
 {
     return api_on(&e->p, method, path, body, bearer);
 }
 
 /* Status and, when want_field is not NULL, the error's field; the body must hold needle. */
-static inline void expect(env *e, const char *method, const char *path, const char *body, long status,
-                   const char *want_field, const char *needle)
+static inline void expect(env *e, const char *method, const char *path, const char *body,
+                          long status, const char *want_field, const char *needle)
 {
     http_result r = api(e, method, path, body, NULL);
     if (r.status != status) {
@@ -258,8 +260,10 @@ static inline int count_events(env *e, const char *type, const char *subject, ew
     find f = {subject, NULL, 0};
     ew_error err = {0};
     if (ew_store_read_all(e->events, 0, type, 0, on_stored, &f, &err)) fail_msg("%s", err.msg);
-    if (last) *last = f.last;
-    else ew_event_unref(f.last);
+    if (last)
+        *last = f.last;
+    else
+        ew_event_unref(f.last);
     return f.count;
 }
 
@@ -282,7 +286,8 @@ static inline ew_event *wait_event(env *e, const char *type, const char *subject
 static inline void strlist_is(ew_strlist l, const char *const *want, size_t n)
 {
     assert_int_equal(l.count, n);
-    for (size_t i = 0; i < n; i++) assert_string_equal(l.items[i], want[i]);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(l.items[i], want[i]);
 }
 
 /* What the service's database holds: the first column of the first row of sql (with $1 = param

@@ -22,7 +22,7 @@ extern char **environ;
 
 typedef struct svc_proc {
     char name[64];
-    char dir[256];   /* the temporary folder, shared by the services of one test */
+    char dir[256]; /* the temporary folder, shared by the services of one test */
     pid_t pid;
     int port;
     int out_fd;      /* the read end of its stdout */
@@ -47,7 +47,8 @@ static inline void svc_proc_dump(const svc_proc *p)
     if (!f) return;
     fprintf(stderr, "---- %s stderr ----\n", p->name);
     char line[1024];
-    while (fgets(line, sizeof line, f)) fputs(line, stderr);
+    while (fgets(line, sizeof line, f))
+        fputs(line, stderr);
     fprintf(stderr, "----\n");
     fclose(f);
 }
@@ -82,8 +83,10 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
     snprintf(own[nown++], 600, "AUTH_PASSWORD_HASH=min");
     snprintf(own[nown++], 600, "EVENT_BUS_DRAIN_TIMEOUT_MS=5000");
     size_t nenv = 0, nextra = 0;
-    while (environ[nenv]) nenv++;
-    while (extra && extra[nextra]) nextra++;
+    while (environ[nenv])
+        nenv++;
+    while (extra && extra[nextra])
+        nextra++;
     const char **envp = calloc(nenv + nown + nextra + 1, sizeof *envp);
     size_t k = 0;
     for (size_t i = 0; i < nenv; i++) {
@@ -104,7 +107,8 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
             overridden = !strncmp(extra[x], own[j], nl) && extra[x][nl] == '=';
         if (!overridden) envp[k++] = own[j];
     }
-    for (size_t j = 0; j < nextra; j++) envp[k++] = extra[j];
+    for (size_t j = 0; j < nextra; j++)
+        envp[k++] = extra[j];
     envp[k] = NULL;
     char errpath[512];
     snprintf(errpath, sizeof errpath, "%s/%s.stderr", dir, name);

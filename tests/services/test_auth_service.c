@@ -76,8 +76,11 @@ static void test_register_login_logout(void **state)
 
     /* the token is stored hashed, never as it is */
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions", NULL), 2);
-    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions WHERE "
-                                 "token_hash = $1 OR user_agent = $1", tok1), 0);
+    assert_int_equal(db_count(e,
+                              "SELECT count(*) FROM event_store.auth_sessions WHERE "
+                              "token_hash = $1 OR user_agent = $1",
+                              tok1),
+                     0);
 
     /* logout with the second token ends that session */
     r = api(e, "POST", "/auth/logout", NULL, tok2);
@@ -128,45 +131,80 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
         const char *field, *needle;
     } bad[] = {
         /* malformed JSON names the position */
-        {"POST", "/auth/register", "{\"username\": \"x\",", 400, "(null)", "malformed JSON: line 1, column 18"},
+        {"POST", "/auth/register", "{\"username\": \"x\",", 400, "(null)",
+         "malformed JSON: line 1, column 18"},
         {"POST", "/auth/register", "[]", 400, NULL, "must be a JSON object"},
         {"POST", "/auth/register", "", 400, NULL, "body is empty"},
         /* missing and wrong fields */
-        {"POST", "/auth/register", "{\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "username is required"},
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"password\":\"12345678\"}", 400, "email", "email is required"},
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\"}", 400, "password", "password is required"},
-        {"POST", "/auth/register", "{\"username\":7,\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "must be a string"},
-        {"POST", "/auth/register", "{\"username\":\"a b\",\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username", "username must be"},
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"12345678\",\"admin\":true}", 400, "admin", "unknown field admin"},
+        {"POST", "/auth/register", "{\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400,
+         "username", "username is required"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"password\":\"12345678\"}", 400, "email",
+         "email is required"},
+        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\"}", 400, "password",
+         "password is required"},
+        {"POST", "/auth/register",
+         "{\"username\":7,\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username",
+         "must be a string"},
+        {"POST", "/auth/register",
+         "{\"username\":\"a b\",\"email\":\"a@b.io\",\"password\":\"12345678\"}", 400, "username",
+         "username must be"},
+        {"POST", "/auth/register",
+         "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"12345678\",\"admin\":true}",
+         400, "admin", "unknown field admin"},
         /* bad email */
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"not-an-email\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a..b@b.io\",\"password\":\"12345678\"}", 400, "email", "not a valid email address"},
+        {"POST", "/auth/register",
+         "{\"username\":\"abc\",\"email\":\"not-an-email\",\"password\":\"12345678\"}", 400,
+         "email", "not a valid email address"},
+        {"POST", "/auth/register",
+         "{\"username\":\"abc\",\"email\":\"a@b\",\"password\":\"12345678\"}", 400, "email",
+         "not a valid email address"},
+        {"POST", "/auth/register",
+         "{\"username\":\"abc\",\"email\":\"a..b@b.io\",\"password\":\"12345678\"}", 400, "email",
+         "not a valid email address"},
         /* weak password */
-        {"POST", "/auth/register", "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"short\"}", 400, "password", "at least 8 characters"},
+        {"POST", "/auth/register",
+         "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"short\"}", 400, "password",
+         "at least 8 characters"},
         /* duplicates */
-        {"POST", "/auth/register", "{\"username\":\"GRACE\",\"email\":\"other@example.com\",\"password\":\"12345678\"}", 409, "username", "taken"},
-        {"POST", "/auth/register", "{\"username\":\"other\",\"email\":\"Grace@Example.com\",\"password\":\"12345678\"}", 409, "email", "exists already"},
+        {"POST", "/auth/register",
+         "{\"username\":\"GRACE\",\"email\":\"other@example.com\",\"password\":\"12345678\"}", 409,
+         "username", "taken"},
+        {"POST", "/auth/register",
+         "{\"username\":\"other\",\"email\":\"Grace@Example.com\",\"password\":\"12345678\"}", 409,
+         "email", "exists already"},
         /* login */
-        {"POST", "/auth/login", "{\"username\":\"grace\",\"password\":\"wrong password\"}", 401, "(null)", "wrong username or password"},
-        {"POST", "/auth/login", "{\"username\":\"nobody\",\"password\":\"wrong password\"}", 401, "(null)", "wrong username or password"},
-        {"POST", "/auth/login", "{\"email\":\"nobody@example.com\",\"password\":\"wrong password\"}", 401, NULL, "wrong email or password"},
-        {"POST", "/auth/login", "{\"password\":\"hopper1906\"}", 400, "username", "username or email is required"},
-        {"POST", "/auth/login", "{\"username\":\"grace\",\"email\":\"grace@example.com\",\"password\":\"hopper1906\"}", 400, "email", "not both"},
-        {"POST", "/auth/login", "{\"username\":\"grace\"}", 400, "password", "password is required"},
+        {"POST", "/auth/login", "{\"username\":\"grace\",\"password\":\"wrong password\"}", 401,
+         "(null)", "wrong username or password"},
+        {"POST", "/auth/login", "{\"username\":\"nobody\",\"password\":\"wrong password\"}", 401,
+         "(null)", "wrong username or password"},
+        {"POST", "/auth/login",
+         "{\"email\":\"nobody@example.com\",\"password\":\"wrong password\"}", 401, NULL,
+         "wrong email or password"},
+        {"POST", "/auth/login", "{\"password\":\"hopper1906\"}", 400, "username",
+         "username or email is required"},
+        {"POST", "/auth/login",
+         "{\"username\":\"grace\",\"email\":\"grace@example.com\",\"password\":\"hopper1906\"}",
+         400, "email", "not both"},
+        {"POST", "/auth/login", "{\"username\":\"grace\"}", 400, "password",
+         "password is required"},
         /* routes and ids */
         {"GET", "/auth/nothing", NULL, 404, "(null)", "no route for /auth/nothing"},
         {"GET", "/auth/register", NULL, 405, NULL, "not allowed"},
         {"GET", "/auth/users/not-a-uuid", NULL, 404, NULL, "no user not-a-uuid"},
         {"GET", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
         {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
-        {"PUT", "/auth/users/01a21b84-0000-7000-8000-000000000000/roles", "{\"roles\":[\"user\"]}", 404, NULL, "no user"},
+        {"PUT", "/auth/users/01a21b84-0000-7000-8000-000000000000/roles", "{\"roles\":[\"user\"]}",
+         404, NULL, "no user"},
         /* password reset */
-        {"POST", "/auth/password-reset", "{\"email\":\"nope\"}", 400, "email", "not a valid email address"},
+        {"POST", "/auth/password-reset", "{\"email\":\"nope\"}", 400, "email",
+         "not a valid email address"},
         {"POST", "/auth/password-reset", "{}", 400, "email", "email is required"},
-        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"12345678\"}", 400, "token", "not valid"},
-        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"1234\"}", 400, "password", "at least 8"},
-        {"POST", "/auth/password-reset/confirm", "{\"password\":\"12345678\"}", 400, "token", "token is required"},
+        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"12345678\"}",
+         400, "token", "not valid"},
+        {"POST", "/auth/password-reset/confirm", "{\"token\":\"abc\",\"password\":\"1234\"}", 400,
+         "password", "at least 8"},
+        {"POST", "/auth/password-reset/confirm", "{\"password\":\"12345678\"}", 400, "token",
+         "token is required"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect(e, bad[i].method, bad[i].path, bad[i].body, bad[i].status, bad[i].field,
@@ -183,7 +221,8 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
     assert_int_equal(count_events(e, "password.#", NULL, NULL), 0);
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_users", NULL), 1);
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.auth_sessions", NULL), 0);
-    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL), 0);
+    assert_int_equal(
+        db_count(e, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL), 0);
     /* and the user registered first still logs in */
     char tok[64];
     login(e, "{\"username\":\"grace\",\"password\":\"hopper1906\"}", tok);
@@ -242,8 +281,10 @@ static void test_password_reset(void **state)
     register_user(e, "barbara", "barbara@example.com", "liskov1939", user_id);
     login(e, "{\"username\":\"barbara\",\"password\":\"liskov1939\"}", tok);
     /* no account enumeration: unknown and known addresses get the same answer */
-    http_result r1 = api(e, "POST", "/auth/password-reset", "{\"email\":\"nobody@example.com\"}", NULL);
-    http_result r2 = api(e, "POST", "/auth/password-reset", "{\"email\":\"Barbara@example.com\"}", NULL);
+    http_result r1 =
+        api(e, "POST", "/auth/password-reset", "{\"email\":\"nobody@example.com\"}", NULL);
+    http_result r2 =
+        api(e, "POST", "/auth/password-reset", "{\"email\":\"Barbara@example.com\"}", NULL);
     assert_int_equal(r1.status, 202);
     assert_int_equal(r2.status, 202);
     assert_string_equal(r1.body, r2.body);
@@ -317,7 +358,8 @@ static void test_handlers_profile_created_and_deactivated(void **state)
     }
     /* the registration saga's compensation deactivates the user */
     ew_user_deactivated d = {.user_id = user_id, .reason = "profile creation failed"};
-    if (ew_bus_publish_new(bus(e), EW_T_USER_DEACTIVATED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DEACTIVATED, &d, user_id, &err))
+        fail_msg("%s", err.msg);
     for (;;) {
         http_result r = api(e, "GET", path, NULL, NULL);
         int done = r.status == 200 && !strcmp(http_member(&r, "status"), "deactivated");
@@ -435,7 +477,8 @@ static void test_sigterm_finishes_the_request_in_flight_and_exits_zero(void **st
     /* an idle service stops at once */
     assert_int_equal(svc_proc_signal_wait(&e->p, SIGTERM, 10000), 0);
     assert_int_equal(e->p.exit_status, 0);
-    if (e->p.stop_ms > 3000) fail_msg("an idle service took %lld ms to stop", (long long)e->p.stop_ms);
+    if (e->p.stop_ms > 3000)
+        fail_msg("an idle service took %lld ms to stop", (long long)e->p.stop_ms);
     /* SIGINT too */
     if (svc_proc_start(&e->p, "auth-service", e->dir, again)) fail_msg("no restart");
     assert_int_equal(svc_proc_signal_wait(&e->p, SIGINT, 10000), 0);
@@ -464,7 +507,6 @@ static void test_bad_configuration_stops_at_start(void **state)
     free(text);
 }
 
-
 static void test_on_postgresql(void **state)
 {
     char db[600];
@@ -474,8 +516,8 @@ static void test_on_postgresql(void **state)
     char user_id[EW_UUID_LEN + 1], tok[64], path[128];
     register_user(e, "pguser", "pg@example.com", "postgres15", user_id);
     expect(e, "POST", "/auth/register",
-           "{\"username\":\"PGUSER\",\"email\":\"x@example.com\",\"password\":\"12345678\"}",
-           409, "username", "taken");
+           "{\"username\":\"PGUSER\",\"email\":\"x@example.com\",\"password\":\"12345678\"}", 409,
+           "username", "taken");
     login(e, "{\"username\":\"pguser\",\"password\":\"postgres15\"}", tok);
     snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
     http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"admin\"]}", tok);

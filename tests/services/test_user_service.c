@@ -14,10 +14,11 @@ static void new_user(env *e, const char *username, char *user_id)
     char email[128];
     snprintf(email, sizeof email, "%s@example.com", username);
     static const char *const roles[] = {"user"};
-    ew_user_registered d = {.user_id = user_id, .email = email, .username = username,
-                            .roles = {roles, 1}};
+    ew_user_registered d = {
+        .user_id = user_id, .email = email, .username = username, .roles = {roles, 1}};
     ew_error err = {0};
-    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err))
+        fail_msg("%s", err.msg);
     ew_event_unref(wait_event(e, "user.profile_created", user_id, 1));
 }
 
@@ -35,7 +36,8 @@ static void test_profile_is_created_on_registration(void **state)
     ew_event_unref(reg);
     ew_event_unref(ev);
     ev = wait_event(e, "user.preferences_updated", user_id, 1);
-    assert_non_null(strstr(ew_user_preferences_updated_data(ev)->preferences, "\"language\":\"en\""));
+    assert_non_null(
+        strstr(ew_user_preferences_updated_data(ev)->preferences, "\"language\":\"en\""));
     ew_event_unref(ev);
 
     snprintf(path, sizeof path, "/users/%s/profile", user_id);
@@ -57,10 +59,13 @@ static void test_profile_is_created_on_registration(void **state)
 
     /* the same event again (a redelivery the inbox did not see: another id) changes nothing */
     static const char *const roles[] = {"user"};
-    ew_user_registered d = {.user_id = user_id, .email = "other@example.com",
-                            .username = "margaret", .roles = {roles, 1}};
+    ew_user_registered d = {.user_id = user_id,
+                            .email = "other@example.com",
+                            .username = "margaret",
+                            .roles = {roles, 1}};
     ew_error err = {0};
-    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err)) fail_msg("%s", err.msg);
+    if (ew_bus_publish_new(bus(e), EW_T_USER_REGISTERED, &d, user_id, &err))
+        fail_msg("%s", err.msg);
     char other[EW_UUID_LEN + 1];
     new_user(e, "katherine", other); /* handled after it, in order */
     assert_int_equal(count_events(e, "user.profile_created", user_id, NULL), 1);
@@ -116,8 +121,8 @@ static void test_profile_preferences_and_verification(void **state)
 
     /* preferences */
     snprintf(path, sizeof path, "/users/%s/preferences", user_id);
-    r = api(e, "PUT", path, "{\"preferences\":{\"language\":\"de\",\"newsletter\":true,\"volume\":7}}",
-            NULL);
+    r = api(e, "PUT", path,
+            "{\"preferences\":{\"language\":\"de\",\"newsletter\":true,\"volume\":7}}", NULL);
     assert_int_equal(r.status, 200);
     assert_string_equal(http_member(&r, "preferences"),
                         "{\"language\":\"de\",\"newsletter\":true,\"volume\":7}");
@@ -157,8 +162,8 @@ static void test_profile_preferences_and_verification(void **state)
     /* unknown users */
     expect(e, "GET", "/users/01a21b84-0000-7000-8000-000000000000/profile", NULL, 404, NULL,
            "no profile");
-    expect(e, "PUT", "/users/01a21b84-0000-7000-8000-000000000000/profile", "{\"bio\":\"x\"}",
-           404, NULL, "no profile");
+    expect(e, "PUT", "/users/01a21b84-0000-7000-8000-000000000000/profile", "{\"bio\":\"x\"}", 404,
+           NULL, "no profile");
     expect(e, "POST", "/users/01a21b84-0000-7000-8000-000000000000/verify", NULL, 404, NULL,
            "no profile");
     expect(e, "GET", "/users/nope/profile", NULL, 404, NULL, "no profile");
@@ -195,9 +200,10 @@ static void test_export_and_deletion(void **state)
     ew_event_unref(ev);
     snprintf(path, sizeof path, "/users/%s/profile", user_id);
     expect(e, "GET", path, NULL, 404, NULL, "no profile");
-    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.user_preferences WHERE user_id = $1",
-                              user_id),
-                     0);
+    assert_int_equal(
+        db_count(e, "SELECT count(*) FROM event_store.user_preferences WHERE user_id = $1",
+                 user_id),
+        0);
     down(e);
 }
 

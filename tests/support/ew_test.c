@@ -4,11 +4,11 @@
 #include <unistd.h>
 #include "support/ew_test.h"
 
-int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n,
-                 const char *group)
+int ew_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n, const char *group)
 {
     if (argc > 1 && strcmp(argv[1], "--list") == 0) {
-        for (size_t i = 0; i < n; i++) printf("%s\n", tests[i].name);
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", tests[i].name);
         return 0;
     }
     if (argc > 1) cmocka_set_test_filter(argv[1]);
@@ -68,7 +68,9 @@ int ew_test_ewctl(const char *args, const char *input, char **out, char **errout
     unlink(in_path);
     unlink(err_path);
     *out = buf;
-    if (errout) *errout = ebuf;
-    else free(ebuf);
+    if (errout)
+        *errout = ebuf;
+    else
+        free(ebuf);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

@@ -12,9 +12,9 @@
 
 static void test_help_on_every_command(void **state)
 {
-    const char *cmds[] = {"--help",         "schema --help",  "validate --help", "config --help",
-                          "publish --help", "tail --help",    "dlq --help",      "store --help",
-                          "saga --help",    "up --help",      "down --help"};
+    const char *cmds[] = {"--help",         "schema --help", "validate --help", "config --help",
+                          "publish --help", "tail --help",   "dlq --help",      "store --help",
+                          "saga --help",    "up --help",     "down --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
         assert_int_equal(ew_test_ewctl(cmds[i], NULL, &out, NULL), 0);
@@ -56,7 +56,7 @@ static void test_schema_list_and_show(void **state)
 }
 
 #define GOOD                                                                                       \
-    "{\"specversion\":\"1.0\",\"id\":\"a1\",\"source\":\"s\",\"type\":\"user.logged_out\","       \
+    "{\"specversion\":\"1.0\",\"id\":\"a1\",\"source\":\"s\",\"type\":\"user.logged_out\","        \
     "\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}}"
 
 static void test_validate_reports_each_bad_line(void **state)
@@ -129,13 +129,16 @@ static void test_publish_validates_before_it_publishes(void **state)
 {
     char *out, *err;
     setenv("EVENT_BUS_TYPE", "memory", 1);
-    assert_int_equal(ew_test_ewctl("publish user.logged_out --subject s --data "
-                         "'{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}'",
-                         NULL, &out, NULL),
-                     0);
+    assert_int_equal(
+        ew_test_ewctl(
+            "publish user.logged_out --subject s --data "
+            "'{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"x\"}'",
+            NULL, &out, NULL),
+        0);
     assert_int_equal(strlen(out), 37); /* the new event's id and a newline */
     free(out);
-    assert_int_equal(ew_test_ewctl("publish user.logged_out --data -", "{\"user_id\":\"nope\"}", &out, &err), 1);
+    assert_int_equal(
+        ew_test_ewctl("publish user.logged_out --data -", "{\"user_id\":\"nope\"}", &out, &err), 1);
     assert_non_null(strstr(err, "EW_EDATA"));
     free(out);
     free(err);
@@ -146,7 +149,8 @@ static void test_publish_validates_before_it_publishes(void **state)
     assert_int_equal(ew_test_ewctl("publish user.logged_out", NULL, &out, &err), 2);
     free(out);
     free(err);
-    assert_int_equal(ew_test_ewctl("publish user.logged_out --data @/nonexistent", NULL, &out, &err), 1);
+    assert_int_equal(
+        ew_test_ewctl("publish user.logged_out --data @/nonexistent", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "cannot read /nonexistent"));
     free(out);
     free(err);
@@ -194,14 +198,21 @@ static void test_dlq_and_store_commands(void **state)
     ew_user_logged_out d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "s"};
     ew_event *ev[2];
     for (int i = 0; i < 2; i++)
-        assert_int_equal(ew_user_logged_out_new(&ev[i], &d, &(ew_event_attrs){.source = "t"}, NULL), 0);
-    assert_int_equal(ew_store_append(st, "user-1", EW_EXPECT_ANY, (const ew_event *const *)ev, 2,
-                                     NULL, &err), 0);
+        assert_int_equal(ew_user_logged_out_new(&ev[i], &d, &(ew_event_attrs){.source = "t"}, NULL),
+                         0);
+    assert_int_equal(
+        ew_store_append(st, "user-1", EW_EXPECT_ANY, (const ew_event *const *)ev, 2, NULL, &err),
+        0);
     ew_dlq_sink sink = ew_store_dlq_sink(st);
-    ew_dead_letter dl = {.event = ev[0], .event_id = ew_event_id(ev[0]),
-                         .event_type = "user.logged_out", .group = "auth-service",
-                         .handler = "end-session", .error = "database is locked", .attempts = 5,
-                         .first_failed_us = 1700000000000000LL, .last_failed_us = 1700000001000000LL};
+    ew_dead_letter dl = {.event = ev[0],
+                         .event_id = ew_event_id(ev[0]),
+                         .event_type = "user.logged_out",
+                         .group = "auth-service",
+                         .handler = "end-session",
+                         .error = "database is locked",
+                         .attempts = 5,
+                         .first_failed_us = 1700000000000000LL,
+                         .last_failed_us = 1700000001000000LL};
     assert_int_equal(sink.ops->put(sink.self, &dl, &err), 0);
     dl.event = ev[1];
     dl.event_id = ew_event_id(ev[1]);
@@ -252,7 +263,8 @@ static void test_dlq_and_store_commands(void **state)
     free(out);
     free(errout);
     unsetenv("EVENT_STORE_URL");
-    for (int i = 0; i < 2; i++) ew_event_unref(ev[i]);
+    for (int i = 0; i < 2; i++)
+        ew_event_unref(ev[i]);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
@@ -352,12 +364,13 @@ static void test_dlq_retry_and_store_replay_through_the_bus(void **state)
 
     /* A service's handler fails for good: the event is a dead letter. */
     char *out, *errout;
-    assert_int_equal(ew_test_ewctl("publish user.registered --subject 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d "
-                                   "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
-                                   "\"email\":\"ada@example.com\",\"username\":\"ada\","
-                                   "\"roles\":[\"user\"]}'",
-                                   NULL, &out, NULL),
-                     0);
+    assert_int_equal(
+        ew_test_ewctl("publish user.registered --subject 0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d "
+                      "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+                      "\"email\":\"ada@example.com\",\"username\":\"ada\","
+                      "\"roles\":[\"user\"]}'",
+                      NULL, &out, NULL),
+        0);
     free(out);
     probe p = {.st = st, .counter = &f.handled};
     assert_true(eventually(has_dead_letter, &p));

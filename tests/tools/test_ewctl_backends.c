@@ -124,8 +124,7 @@ static void bg_start(bg_tail *t, const char *group)
             dup2(nul, 2);
         }
         if (group)
-            execl(ewctl_path(), "ewctl", "tail", "user.registered", "--group", group,
-                  (char *)NULL);
+            execl(ewctl_path(), "ewctl", "tail", "user.registered", "--group", group, (char *)NULL);
         else
             execl(ewctl_path(), "ewctl", "tail", "user.registered", (char *)NULL);
         _exit(127);
@@ -173,8 +172,7 @@ static void bg_stop(bg_tail *t)
         waitpid(t->pid, &st, 0);
         fail_msg("ewctl tail did not stop within 10 s of SIGTERM");
     }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        fail_msg("ewctl tail ended with status %d", st);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("ewctl tail ended with status %d", st);
 }
 
 /* Publishes events until the tail prints one (it is subscribed then); fails after 15 s. */

@@ -143,9 +143,9 @@ static int brief_line(const ew_event *ev, char **out, size_t *n)
     char t[EW_TIME_LEN + 1] = "";
     ew_time_format(ew_event_time_us(ev), t);
     const char *subject = ew_event_subject(ev), *corr = ew_event_correlation_id(ev);
-    int len = asprintf(out, "%.12s  %-32s %-22s %s  corr=%.8s", t[0] ? t + 11 : "",
-                       ew_event_type(ev), ew_event_source(ev), subject ? subject : "-",
-                       corr ? corr : "-");
+    int len =
+        asprintf(out, "%.12s  %-32s %-22s %s  corr=%.8s", t[0] ? t + 11 : "", ew_event_type(ev),
+                 ew_event_source(ev), subject ? subject : "-", corr ? corr : "-");
     if (len < 0) return -1;
     *n = (size_t)len;
     return 0;

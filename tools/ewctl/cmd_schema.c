@@ -56,8 +56,7 @@ int ewctl_schema(int argc, char **argv)
     if (!type) return ewctl_fail(2, "schema show needs a TYPE (ewctl schema list shows them)");
     const ew_type_info *t = ew_catalog_find(type, version);
     if (!t) {
-        if (ew_catalog_find(type, 0))
-            return ewctl_fail(1, "%s has no version %d", type, version);
+        if (ew_catalog_find(type, 0)) return ewctl_fail(1, "%s has no version %d", type, version);
         return ewctl_fail(1, "unknown event type '%s' (ewctl schema list shows them)", type);
     }
     char *s;

@@ -188,16 +188,21 @@ int ewctl_dlq(int argc, char **argv)
         for (int i = 1; i < argc; i++) {
             if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
             const char *v = argv[++i];
-            if (strcmp(argv[i - 1], "--event") == 0) f.event_name = v;
-            else if (strcmp(argv[i - 1], "--handler") == 0) f.handler = v;
-            else if (strcmp(argv[i - 1], "--group") == 0) f.group = v;
-            else if (strcmp(argv[i - 1], "--limit") == 0) f.limit = (size_t)strtoul(v, NULL, 10);
+            if (strcmp(argv[i - 1], "--event") == 0)
+                f.event_name = v;
+            else if (strcmp(argv[i - 1], "--handler") == 0)
+                f.handler = v;
+            else if (strcmp(argv[i - 1], "--group") == 0)
+                f.group = v;
+            else if (strcmp(argv[i - 1], "--limit") == 0)
+                f.limit = (size_t)strtoul(v, NULL, 10);
             else if (strcmp(argv[i - 1], "--status") == 0) {
                 for (int s = EW_DLQ_PENDING; s <= EW_DLQ_DISCARDED; s++)
                     if (strcmp(v, ew_dlq_status_name((ew_dlq_status)s)) == 0) f.status = s;
                 if (f.status < 0)
                     return ewctl_fail(2, "--status takes pending, retried, resolved or discarded");
-            } else return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
+            } else
+                return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
         }
     } else if (strcmp(cmd, "retry") == 0) {
         bool all = false;
@@ -212,10 +217,14 @@ int ewctl_dlq(int argc, char **argv)
             }
             if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
             const char *v = argv[++i];
-            if (strcmp(argv[i - 1], "--event") == 0) f.event_name = v;
-            else if (strcmp(argv[i - 1], "--handler") == 0) f.handler = v;
-            else if (strcmp(argv[i - 1], "--group") == 0) f.group = v;
-            else return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
+            if (strcmp(argv[i - 1], "--event") == 0)
+                f.event_name = v;
+            else if (strcmp(argv[i - 1], "--handler") == 0)
+                f.handler = v;
+            else if (strcmp(argv[i - 1], "--group") == 0)
+                f.group = v;
+            else
+                return ewctl_fail(2, "unknown option '%s'", argv[i - 1]);
         }
         if (all == (id > 0)) return ewctl_fail(2, "dlq retry takes an ID or --all");
         if (id && (f.event_name || f.handler || f.group))
@@ -337,8 +346,10 @@ static int store_replay(int argc, char **argv)
     }
     /* --from is inclusive; the store reads after the position it is given */
     int rc = ew_store_read_all(st, from - 1, pattern, 0, replay_one, &r, &err);
-    if (!rc) rc = replay_flush(&r);
-    else replay_flush(&r);
+    if (!rc)
+        rc = replay_flush(&r);
+    else
+        replay_flush(&r);
     if (!rc && r.rc) rc = r.rc;
     ew_bus_close(r.bus);
     ew_store_close(st);
@@ -364,9 +375,12 @@ int ewctl_store(int argc, char **argv)
         int64_t from = 1;
         const char *stream = NULL;
         for (int i = 1; i < argc; i++) {
-            if (strcmp(argv[i], "--from") == 0 && i + 1 < argc) from = strtoll(argv[++i], NULL, 10);
-            else if (argv[i][0] == '-') return ewctl_fail(2, "unknown option '%s'", argv[i]);
-            else stream = argv[i];
+            if (strcmp(argv[i], "--from") == 0 && i + 1 < argc)
+                from = strtoll(argv[++i], NULL, 10);
+            else if (argv[i][0] == '-')
+                return ewctl_fail(2, "unknown option '%s'", argv[i]);
+            else
+                stream = argv[i];
         }
         if (!stream) return ewctl_fail(2, "store stream needs a STREAM_ID");
         if (from < 1) return ewctl_fail(2, "--from takes a version from 1");

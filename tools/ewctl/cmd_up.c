@@ -137,8 +137,10 @@ static void stop_services(const char *const *names, size_t n, double timeout_s, 
     pid_t pids[NSERVICES] = {0};
     for (size_t i = 0; i < n && i < NSERVICES; i++) {
         pids[i] = running_pid(names[i]);
-        if (pids[i]) kill(pids[i], SIGTERM);
-        else remove_pid_file(names[i]);
+        if (pids[i])
+            kill(pids[i], SIGTERM);
+        else
+            remove_pid_file(names[i]);
     }
     double deadline = now_s() + timeout_s;
     for (size_t i = 0; i < n && i < NSERVICES; i++) {
@@ -222,8 +224,9 @@ static int await_listening(const char *name, pid_t pid, off_t at, double timeout
         bool exited = waitpid(pid, &status, WNOHANG) == pid;
         if (exited || now_s() > deadline) {
             if (exited)
-                ewctl_fail(1, "%s exited (%s %d) before it listened; its log, var/log/%s.log:",
-                           name, WIFEXITED(status) ? "status" : "signal",
+                ewctl_fail(1,
+                           "%s exited (%s %d) before it listened; its log, var/log/%s.log:", name,
+                           WIFEXITED(status) ? "status" : "signal",
                            WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), name);
             else
                 ewctl_fail(1, "%s did not listen within %.0f s; its log, var/log/%s.log:", name,

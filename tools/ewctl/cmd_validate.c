@@ -55,12 +55,16 @@ int ewctl_validate(int argc, char **argv)
     const char *path = NULL;
     int quiet = 0, json = 0;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--quiet") == 0) quiet = 1;
-        else if (strcmp(argv[i], "--json") == 0) json = 1;
+        if (strcmp(argv[i], "--quiet") == 0)
+            quiet = 1;
+        else if (strcmp(argv[i], "--json") == 0)
+            json = 1;
         else if (argv[i][0] == '-' && argv[i][1] != '\0')
             return ewctl_fail(2, "unknown option '%s'", argv[i]);
-        else if (!path) path = argv[i];
-        else return ewctl_fail(2, "validate takes one FILE");
+        else if (!path)
+            path = argv[i];
+        else
+            return ewctl_fail(2, "validate takes one FILE");
     }
     if (!path) {
         fputs(usage, stderr);
@@ -82,7 +86,8 @@ int ewctl_validate(int argc, char **argv)
     ssize_t n;
     while ((n = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = '\0';
         if (strspn(line, " \t") == (size_t)n) continue;
         total++;
         ew_event *ev = NULL;
