@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <librdkafka/rdkafka.h>
 #include "bus/backend.h"
+#include "bus/binding.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
@@ -1168,70 +1169,6 @@ static bool header(rd_kafka_headers_t *h, const char *name, const char **v, size
     return true;
 }
 
-static void base64(ew_buf *b, const unsigned char *p, size_t n)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) |
-                     (i + 2 < n ? p[i + 2] : 0);
-        char q[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63], i + 1 < n ? tab[v >> 6 & 63] : '=',
-                     i + 2 < n ? tab[v & 63] : '='};
-        ew_buf_append(b, q, 4);
-    }
-}
-
-/* A binary-mode message (CloudEvents Kafka binding: attributes in ce_* headers, content-type the
- * datacontenttype, the value the data) as the structured JSON that ew_event_decode() reads. The
- * JSON is built also when the value is not JSON (then as data_base64, which decoding refuses),
- * so that a dead letter keeps the whole message in one readable document. */
-static int binary_to_json(rd_kafka_headers_t *h, const rd_kafka_message_t *m, size_t max, ew_buf *b,
-                          ew_error *err)
-{
-    int rc = 0;
-    if (m->len) {
-        /* the value must be one JSON value and nothing else before it is spliced in */
-        ew_arena a;
-        ew_arena_init(&a, NULL, 0);
-        ew_json *v;
-        ew_error e = {0};
-        rc = ew_json_parse(&v, m->payload, m->len,
-                           &(ew_json_limits){.max_bytes = max, .max_depth = 32}, &a, &e);
-        ew_arena_release(&a);
-        if (rc) ew_error_set(err, rc, "binary-mode value: %s", e.msg);
-    }
-    ew_buf_putc(b, '{');
-    const char *name;
-    const void *val;
-    size_t n;
-    for (size_t i = 0; rd_kafka_header_get_all(h, i, &name, &val, &n) == 0; i++) {
-        const char *key;
-        if (strncmp(name, "ce_", 3) == 0)
-            key = name + 3;
-        else if (strcasecmp(name, "content-type") == 0)
-            key = "datacontenttype";
-        else
-            continue;
-        ew_json_write_string(b, key, strlen(key));
-        ew_buf_putc(b, ':');
-        ew_json_write_string(b, val ? val : "", val ? n : 0);
-        ew_buf_putc(b, ',');
-    }
-    if (rc) {
-        ew_buf_puts(b, "\"data_base64\":\"");
-        base64(b, m->payload, m->len);
-        ew_buf_puts(b, "\"}");
-    } else {
-        ew_buf_puts(b, "\"data\":");
-        if (m->len)
-            ew_buf_append(b, m->payload, m->len);
-        else
-            ew_buf_puts(b, "null");
-        ew_buf_putc(b, '}');
-    }
-    if (b->oom) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    return rc;
-}
-
 /* What a dead letter can say of a message that did not decode: its id and type, when readable
  * (the type of its topic otherwise). */
 static void readable_id_type(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_t *h,
@@ -1303,30 +1240,34 @@ static int dead_letter(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_
     return rc;
 }
 
-/* Decodes a record: structured mode (content-type application/cloudevents..., or no CloudEvents
- * headers at all) or binary mode (a ce_specversion header). On failure *e says why and, for a
- * binary-mode record, json holds it rebuilt as structured JSON (for its dead letter). */
+/* Decodes a record by the CloudEvents Kafka binding (binding.c): structured mode, or binary
+ * mode (a ce_specversion header). On failure *e says why and, for a binary-mode record, json
+ * holds it rebuilt as structured JSON (for its dead letter). */
 static int decode(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_t **h, bool *binary,
                   ew_buf *json, ew_event **ev, ew_error *e)
 {
-    size_t max = g->k->max_bytes;
-    const char *v;
-    size_t n;
-    if (rd_kafka_message_headers(m, h) != RD_KAFKA_RESP_ERR_NO_ERROR) *h = NULL;
     *binary = false;
-    if (!(header(*h, "content-type", &v, &n) && n >= 23 &&
-          strncasecmp(v, "application/cloudevents", 23) == 0))
-        *binary = header(*h, "ce_specversion", &v, &n);
-    if (m->len > max)
-        return ew_error_set(e, EW_ETOOBIG,
-                            "the message is %zu bytes, more than EVENT_MAX_BYTES=%zu", m->len, max);
-    int rc;
-    if (*binary) {
-        if ((rc = binary_to_json(*h, m, max, json, e))) return rc;
-        return ew_event_decode(ev, json->data, json->len, &(ew_decode_opts){.max_bytes = max}, e);
-    }
-    return ew_event_decode(ev, m->payload ? m->payload : "", m->len,
-                           &(ew_decode_opts){.max_bytes = max}, e);
+    if (rd_kafka_message_headers(m, h) != RD_KAFKA_RESP_ERR_NO_ERROR) *h = NULL;
+    size_t count = *h ? rd_kafka_header_cnt(*h) : 0;
+    ew__header local[32], *hs = local;
+    if (count > 32 && !(hs = malloc(count * sizeof *hs)))
+        return ew_error_set(e, EW_ENOMEM, "out of memory");
+    size_t nh = 0;
+    const char *name;
+    const void *val;
+    size_t n;
+    while (nh < count && rd_kafka_header_get_all(*h, nh, &name, &val, &n) == 0)
+        hs[nh++] = (ew__header){
+            .name = name, .name_len = strlen(name), .value = val, .value_len = val ? n : 0};
+    ew__wire_msg wm = {.binding = EW__BINDING_KAFKA,
+                       .body = m->payload,
+                       .body_len = m->len,
+                       .headers = hs,
+                       .nheaders = nh};
+    *binary = ew__binding_is_binary(&wm);
+    int rc = ew__binding_decode(&wm, &(ew_decode_opts){.max_bytes = g->k->max_bytes}, ev, json, e);
+    if (hs != local) free(hs);
+    return rc;
 }
 
 /* Puts records in their partitions' windows, in the order given (their offset order), and

@@ -1,0 +1,71 @@
+/* eventwire — CloudEvents protocol bindings: how one event travels in one broker message.
+ *
+ * Structured mode: the message body is the whole event as CloudEvents JSON (content type
+ * application/cloudevents+json). Binary mode: the attributes travel as the message's headers
+ * (Kafka: `ce_<name>` headers; AMQP: `cloudEvents_<name>` or `cloudEvents:<name>` application
+ * properties), `datacontenttype` as the message's content type, and the body is the data.
+ * Redis and the SQLite bus have no binding of their own: their messages are structured.
+ *
+ * The transport adapters (src/bus/<broker>.c) only move bytes and headers; which mode a message
+ * is in, and how it becomes an event, is decided here, once, for every broker. */
+#ifndef EW_BUS_BINDING_H
+#define EW_BUS_BINDING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "core/buf.h"
+#include "eventwire/error.h"
+#include "eventwire/event.h"
+
+typedef enum ew__binding {
+    EW__BINDING_STRUCTURED = 0, /* the body is structured JSON; headers are ignored */
+    EW__BINDING_KAFKA,          /* CloudEvents Kafka protocol binding */
+    EW__BINDING_AMQP            /* CloudEvents AMQP protocol binding */
+} ew__binding;
+
+/* What a header's value is. Kafka headers are always bytes; AMQP application properties are
+ * typed, and the adapter passes the types it meets as they are. */
+typedef enum ew__header_kind {
+    EW__HV_BYTES = 0, /* value, value_len */
+    EW__HV_INT,       /* num */
+    EW__HV_BOOL,      /* num: 0 or 1 */
+    EW__HV_TIME_S,    /* num: an AMQP timestamp, seconds since the epoch */
+    EW__HV_OTHER      /* a type the binding does not map (a table, an array, ...) */
+} ew__header_kind;
+
+/* One header or application property as received, borrowed for the call. Names and values are
+ * not NUL-terminated. */
+typedef struct ew__header {
+    const char *name;
+    size_t name_len;
+    ew__header_kind kind;
+    const void *value; /* EW__HV_BYTES */
+    size_t value_len;
+    int64_t num; /* EW__HV_INT, EW__HV_BOOL, EW__HV_TIME_S */
+} ew__header;
+
+/* One received message, as its transport hands it over. Everything is borrowed for the call. */
+typedef struct ew__wire_msg {
+    ew__binding binding;
+    const void *body; /* NULL with body_len 0 for an empty body */
+    size_t body_len;
+    /* The message's own content type where the protocol has one apart from its headers (AMQP's
+     * content-type property); NULL when none. Kafka's is the `content-type` header. */
+    const char *content_type;
+    size_t content_type_len;
+    const ew__header *headers;
+    size_t nheaders;
+} ew__wire_msg;
+
+/* Decodes m into an event (validated, upcast to its latest version; opts as for
+ * ew_event_decode, and its max_bytes also bounds the body). On success *out holds one reference.
+ * On failure err says why; when as_json is not NULL and m was in binary mode, as_json receives
+ * the message rebuilt as one structured JSON document (data that is not JSON as data_base64),
+ * so that a dead letter keeps the whole message readable. */
+int ew__binding_decode(const ew__wire_msg *m, const ew_decode_opts *opts, ew_event **out,
+                       ew_buf *as_json, ew_error *err);
+
+/* Is m in binary mode by its binding's rules? */
+int ew__binding_is_binary(const ew__wire_msg *m);
+
+#endif
