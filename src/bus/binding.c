@@ -1,6 +1,7 @@
 /* eventwire — CloudEvents protocol bindings (binding.h). */
 #include "bus/binding.h"
 
+#include <stdlib.h>
 #include <strings.h>
 #include <string.h>
 #include "core/arena.h"
@@ -116,4 +117,28 @@ int ew__binding_decode(const ew__wire_msg *m, const ew_decode_opts *opts, ew_eve
         return rc;
     }
     return ew_event_decode(out, m->body ? m->body : "", m->body_len, &o, err);
+}
+
+int ew__binding_encode(const ew_event *ev, ew__binding b, ew__content_mode mode, size_t max_bytes,
+                       ew__wire_out *out, ew_error *err)
+{
+    (void)b;
+    (void)mode; /* binary mode: not yet; structured on every binding */
+    *out = (ew__wire_out){.content_type = "application/cloudevents+json"};
+    int rc = ew_event_encode(ev, &out->body, &out->body_len, err);
+    if (rc) return rc;
+    if (max_bytes && out->body_len > max_bytes) {
+        size_t len = out->body_len;
+        ew__wire_out_release(out);
+        return ew_error_set(err, EW_ETOOBIG, "%s %s is %zu bytes, more than EVENT_MAX_BYTES=%zu",
+                            ew_event_type(ev), ew_event_id(ev), len, max_bytes);
+    }
+    return 0;
+}
+
+void ew__wire_out_release(ew__wire_out *out)
+{
+    free(out->body);
+    free(out->headers);
+    *out = (ew__wire_out){0};
 }

@@ -68,4 +68,25 @@ int ew__binding_decode(const ew__wire_msg *m, const ew_decode_opts *opts, ew_eve
 /* Is m in binary mode by its binding's rules? */
 int ew__binding_is_binary(const ew__wire_msg *m);
 
+/* How we publish: structured (the default) or binary (EVENT_CONTENT_MODE=binary), on the
+ * brokers whose binding has a binary mode (Kafka, AMQP); structured elsewhere. */
+typedef enum ew__content_mode { EW__MODE_STRUCTURED = 0, EW__MODE_BINARY } ew__content_mode;
+
+/* One message to send, as ew__binding_encode() made it. Everything in it is owned by it until
+ * ew__wire_out_release(). */
+typedef struct ew__wire_out {
+    char *body; /* NUL-terminated */
+    size_t body_len;
+    const char *content_type; /* static: the message's content type */
+    ew__header *headers;      /* EW__HV_BYTES only */
+    size_t nheaders;
+} ew__wire_out;
+
+/* Encodes ev for binding b in mode (structured where b has no binary mode). EW_ETOOBIG when the
+ * message (body and headers) is larger than max_bytes (0: no limit); then out holds nothing. */
+int ew__binding_encode(const ew_event *ev, ew__binding b, ew__content_mode mode, size_t max_bytes,
+                       ew__wire_out *out, ew_error *err);
+
+void ew__wire_out_release(ew__wire_out *out);
+
 #endif
