@@ -153,9 +153,10 @@ typedef struct logbuf {
     unsigned long long events, commits;
 } logbuf;
 
-static void bus_log(void *ud, ew_log_level level, const char *msg)
+static void bus_log(void *ud, const ew_log_record *rec)
 {
     logbuf *l = ud;
+    const char *msg = rec->msg;
     unsigned long long e, c;
     if (l && sscanf(msg, "sqlite bus: %llu events published in %llu commits", &e, &c) == 2) {
         pthread_mutex_lock(&l->mu);

@@ -39,7 +39,7 @@ struct svc {
     int wake, stop;
     int64_t poll_ms;
     char relay_error[256]; /* the last pass's error; "" when it worked (under mu) */
-    pthread_mutex_t log_mu;
+    ew_logger *log;
 };
 
 /* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
@@ -50,30 +50,16 @@ static _Thread_local int tl_holding, tl_wake;
 
 /* ---- logging ------------------------------------------------------------------------------- */
 
-static void vlog(svc *s, ew_log_level lv, const char *fmt, va_list ap)
-    __attribute__((format(printf, 3, 0)));
-static void vlog(svc *s, ew_log_level lv, const char *fmt, va_list ap)
-{
-    if (lv < EW_LOG_INFO) return;
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    pthread_mutex_lock(&s->log_mu);
-    fprintf(stderr, "%s: %s: %s\n", s->def->name, ew_log_level_name(lv), msg);
-    fflush(stderr);
-    pthread_mutex_unlock(&s->log_mu);
-}
-
+/* The service's own lines and the library's go through one logger (eventwire/log.h): JSON lines
+ * on stderr unless LOG_FORMAT says text. */
 void svc_log(svc *s, ew_log_level lv, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vlog(s, lv, fmt, ap);
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-}
-
-static void lib_log(void *ud, ew_log_level lv, const char *msg)
-{
-    svc_log(ud, lv, "%s", msg);
+    ew_logger_printf(s->log, lv, NULL, "%s", msg);
 }
 
 /* ---- accessors ----------------------------------------------------------------------------- */
@@ -464,6 +450,7 @@ static int configure(svc *s, ew_error *err)
     int rc = ew_config_new(&s->cfg, err);
     if (!rc) rc = ew_config_from_env(s->cfg, err);
     if (!rc) rc = ew_config_set(s->cfg, "SERVICE_NAME", s->def->name, err);
+    if (!rc) ew_logger_configure(s->log, s->cfg);
     if (!rc && !getenv("HTTP_PORT") && s->def->default_port > 0) {
         char port[16];
         snprintf(port, sizeof port, "%d", s->def->default_port);
@@ -480,7 +467,7 @@ static int configure(svc *s, ew_error *err)
  * the password. */
 static int open_store(svc *s, ew_store **out, const char *setting, const char *url, ew_error *err)
 {
-    ew_store_options o = {.config = s->cfg, .url = url, .log = lib_log, .log_ud = s};
+    ew_store_options o = {.config = s->cfg, .url = url, .log = ew_logger_sink, .log_ud = s->log};
     int rc = ew_store_open(out, &o, err);
     if (rc) {
         char m[sizeof err->msg], shown[256];
@@ -500,8 +487,8 @@ static int open_all(svc *s, ew_error *err)
     if ((rc = open_store(s, &s->events, "EVENT_STORE_URL", NULL, err))) return rc;
     s->inner = ew_store_inbox(s->db);
     ew_bus_options bo = {.config = s->cfg,
-                         .log = lib_log,
-                         .log_ud = s,
+                         .log = ew_logger_sink,
+                         .log_ud = s->log,
                          .dlq = ew_store_dlq_sink(s->events),
                          .inbox = {&svc_inbox_ops, s}};
     if ((rc = ew_bus_open(&s->bus, &bo, err))) return rc;
@@ -513,8 +500,8 @@ static int open_all(svc *s, ew_error *err)
         .stop_timeout_ms = (int)ew_config_get_int(s->cfg, "HTTP_DRAIN_TIMEOUT_MS"),
         .health = health,
         .health_ud = s,
-        .log = lib_log,
-        .log_ud = s,
+        .log = ew_logger_sink,
+        .log_ud = s->log,
     };
     return ew_http_new(&s->http, &ho, err);
 }
@@ -524,8 +511,11 @@ static int open_all(svc *s, ew_error *err)
 static int sagas_start(svc *s, ew_error *err)
 {
     int rc = open_store(s, &s->saga_db, "EVENT_STORE_URL", NULL, err);
-    ew_saga_engine_options eo = {
-        .bus = s->bus, .store = s->saga_db, .config = s->cfg, .log = lib_log, .log_ud = s};
+    ew_saga_engine_options eo = {.bus = s->bus,
+                                 .store = s->saga_db,
+                                 .config = s->cfg,
+                                 .log = ew_logger_sink,
+                                 .log_ud = s->log};
     if (!rc) rc = ew_saga_engine_open(&s->sagas, &eo, err);
     if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, err);
     if (!rc) rc = ew_saga_engine_start(s->sagas, err);
@@ -597,7 +587,10 @@ int svc_main(const svc_def *def, int argc, char **argv)
     svc *s = &sv;
     s->def = def;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->log_mu, NULL);
+    if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL)) {
+        fprintf(stderr, "%s: cannot start: out of memory\n", def->name);
+        return 1;
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -617,6 +610,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
                 err.msg[0] ? err.msg : ew_strerror(rc));
         close_all(s);
         if (def->teardown) def->teardown(s, def->ud);
+        ew_logger_free(s->log);
         return 1;
     }
     const char *addr = ew_config_get(s->cfg, "HTTP_ADDR");
@@ -655,7 +649,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
             (long long)((t2 - t1) / 1000000), (long long)((t3 - t2) / 1000000),
             (long long)((t4 - t3) / 1000000));
     pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->log_mu);
+    ew_logger_free(s->log);
     pthread_cond_destroy(&s->cv);
     return status;
 }

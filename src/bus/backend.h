@@ -170,6 +170,9 @@ ew_dispatcher *ew__bus_dispatcher(ew_bus *bus);
 void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Passes a record made elsewhere (a store the backend opened) to the bus's log callback. */
+void ew__bus_log_record(ew_bus *bus, const ew_log_record *rec);
+
 /* SERVICE_NAME, the bus's default group. Borrowed until close. */
 const char *ew__bus_service(const ew_bus *bus);
 

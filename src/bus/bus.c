@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "core/log.h"
 #include "bus/backend.h"
 #include "eventwire/store.h"
 #include "bus/dispatch.h"
@@ -60,19 +61,16 @@ int ew__bus_dead_letter(ew_bus *bus, const ew_dead_letter *dl, ew_error *err)
     return bus->dlq.ops->put(bus->dlq.self, dl, err);
 }
 
-static void vlog(const ew_bus *bus, ew_log_level level, const char *fmt, va_list ap)
+void ew__bus_log_record(ew_bus *bus, const ew_log_record *rec)
 {
-    if (!bus->log) return;
-    char msg[768];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    bus->log(bus->log_ud, level, msg);
+    if (bus->log) bus->log(bus->log_ud, rec);
 }
 
 void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vlog(bus, level, fmt, ap);
+    ew__logv(&(ew__log_sink){bus->log, bus->log_ud}, level, "bus", NULL, fmt, ap);
     va_end(ap);
 }
 

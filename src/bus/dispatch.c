@@ -22,6 +22,7 @@
 #include <sched.h>
 #include <time.h>
 #include <unistd.h>
+#include "core/log.h"
 #include "bus/dispatch.h"
 #include "bus/redeliver.h"
 #include "core/rand.h"
@@ -161,15 +162,13 @@ static _Thread_local const ew_dispatcher *tl_dispatcher;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const char *fmt, ...)
+void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const ew_event *ev,
+                      const char *fmt, ...)
 {
-    if (!d->host.log) return;
-    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ew__logv(&(ew__log_sink){d->host.log, d->host.log_ud}, level, "dispatch", ev, fmt, ap);
     va_end(ap);
-    d->host.log(d->host.log_ud, level, msg);
 }
 
 static int cond_init_mono(pthread_cond_t *cv)
@@ -353,7 +352,7 @@ static void hold_end(worker *w)
             item_finish(w, &w->batch[w->pend[i]], false);
         return;
     }
-    ew__dispatch_log(d, EW_LOG_WARN,
+    ew__dispatch_log(d, EW_LOG_WARN, NULL,
                      "%s: the commit of %zu handled events failed, they run again: %s",
                      w->s->inbox_key, n, e.code ? e.msg : ew_strerror(rc));
     /* Not holding now, so these runs settle at once and leave w->pend as it is. */
@@ -421,14 +420,14 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
         ew_error e = {0};
         int rc = d->host.dlq.ops->put(d->host.dlq.self, &dl, &e);
         if (rc == 0) {
-            ew__dispatch_log(d, EW_LOG_WARN,
+            ew__dispatch_log(d, EW_LOG_WARN, ev,
                              "event %s (%s) dead-lettered by %s after %d attempts: %s", dl.event_id,
                              dl.event_type, s->inbox_key, attempts, ctx->error);
             return true;
         }
         int64_t delay = backoff_us(s, tries);
         ew__dispatch_log(
-            d, EW_LOG_ERROR,
+            d, EW_LOG_ERROR, ev,
             "dead letter sink refused event %s of %s (%s: %s); trying again in %lld ms",
             dl.event_id, s->inbox_key, ew_err_name(rc), e.code ? e.msg : ew_strerror(rc),
             (long long)(delay / 1000));
@@ -818,7 +817,7 @@ static int enqueue(ew_dispatcher *d, ew_delivery *dl, const route *r, const rout
         if (worker_push(pick(p, subject, h), ev, keep) == 0) continue;
         ew_event_unref(ev);
         failed++;
-        ew__dispatch_log(d, EW_LOG_ERROR, "out of memory: event %s (%s) lost for %s",
+        ew__dispatch_log(d, EW_LOG_ERROR, ev, "out of memory: event %s (%s) lost for %s",
                          ew_event_id(ev), ew_event_type(ev), p->s->inbox_key);
     }
     if (failed) outstanding_done(d, failed);
@@ -1096,7 +1095,7 @@ int ew__dispatch_start(ew_dispatcher *d, ew_error *err)
 static void item_lose(worker *w, const item *it, uint64_t *lost)
 {
     if (*lost < LOST_LOG_LIMIT)
-        ew__dispatch_log(w->d, EW_LOG_WARN, "bus closed: event %s (%s) lost for %s",
+        ew__dispatch_log(w->d, EW_LOG_WARN, it->ev, "bus closed: event %s (%s) lost for %s",
                          ew_event_id(it->ev), ew_event_type(it->ev), w->s->inbox_key);
     (*lost)++;
     item_finish(w, it, true);
@@ -1132,7 +1131,8 @@ uint64_t ew__dispatch_stop(ew_dispatcher *d)
         }
     }
     if (lost)
-        ew__dispatch_log(d, EW_LOG_ERROR, "bus closed with %llu handler deliveries not done: lost",
+        ew__dispatch_log(d, EW_LOG_ERROR, NULL,
+                         "bus closed with %llu handler deliveries not done: lost",
                          (unsigned long long)lost);
     return lost;
 }

@@ -90,8 +90,8 @@ size_t ew__dispatch_count(const ew_dispatcher *d);
 /* Stats of subscription i in subscription order; EW_ENOTFOUND past the end. */
 int ew__dispatch_stats(ew_dispatcher *d, size_t i, ew_handler_stats *out);
 
-/* Logs through the host's callback. */
-void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Logs through the host's callback, about ev when not NULL. */
+void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const ew_event *ev,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

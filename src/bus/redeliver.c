@@ -63,7 +63,7 @@ static void redelivery_done(ew_delivery *dl, ew_delivery_outcome outcome)
         sink->ops->version >= 2 && sink->ops->resolved) {
         ew_error e = {0};
         if (sink->ops->resolved(sink->self, r->dead_letter_id, &e))
-            ew__dispatch_log(r->d, EW_LOG_ERROR,
+            ew__dispatch_log(r->d, EW_LOG_ERROR, NULL,
                              "dead letter %lld was handled, but marking it resolved failed: %s",
                              (long long)r->dead_letter_id, e.msg);
     }
@@ -97,7 +97,7 @@ static int refuse(ew_dispatcher *d, ew_delivery *outer, const ew_bus_redelivery 
         return ew_error_set(err, e.code ? e.code : EW_EIO,
                             "redelivery %s could not be dead-lettered: %s",
                             ew_event_id(outer->event), e.msg);
-    ew__dispatch_log(d, EW_LOG_WARN, "redelivery %s to %s/%s dead-lettered: %s",
+    ew__dispatch_log(d, EW_LOG_WARN, outer->event, "redelivery %s to %s/%s dead-lettered: %s",
                      ew_event_id(outer->event), rd->group, dl.handler, reason);
     finish(outer, EW_DELIVERY_ACK);
     return 0;

@@ -147,9 +147,9 @@ static int64_t mono_ms(void)
     return ew_mono_ns() / 1000000;
 }
 
-static void store_log(void *ud, ew_log_level level, const char *msg)
+static void store_log(void *ud, const ew_log_record *rec)
 {
-    ew__bus_log(ud, level, "%s", msg);
+    ew__bus_log_record(ud, rec);
 }
 
 /* Logs a consumer's database error at most once a second while it keeps failing. */

@@ -131,6 +131,16 @@ static const entry entries[] = {
      K_INT,
      1,
      31536000},
+    {{"LOG_LEVEL", "info", "debug|info|warn|error", "The least severe log records written."},
+     K_ENUM,
+     0,
+     0},
+    {{"LOG_FORMAT", "auto", "auto|json|text",
+      "How log lines are written: JSON lines (ts, level, service, module, msg and the event's "
+      "ids), or text; auto: JSON for the services, text for ewctl."},
+     K_ENUM,
+     0,
+     0},
     /* ---- the services (services/common, docs/services.md) ---- */
     {{"HTTP_ADDR", "127.0.0.1", "an IPv4 or IPv6 address",
       "The address a service's HTTP API listens on."},

@@ -64,18 +64,3 @@ void ew_error_clear(ew_error *err)
         err->msg[0] = '\0';
     }
 }
-
-const char *ew_log_level_name(ew_log_level level)
-{
-    switch (level) {
-    case EW_LOG_DEBUG:
-        return "debug";
-    case EW_LOG_INFO:
-        return "info";
-    case EW_LOG_WARN:
-        return "warn";
-    case EW_LOG_ERROR:
-        return "error";
-    }
-    return "unknown";
-}

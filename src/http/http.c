@@ -8,6 +8,7 @@
  * body, the rest is dropped and 413 goes out at its end). On the last call the body is parsed
  * when the route wants JSON and the handler runs. The request-completed callback frees the state
  * and counts the request out of flight, which is what ew_http_stop() waits for. */
+#include "core/log.h"
 #include "eventwire/http.h"
 
 #include <arpa/inet.h>
@@ -95,27 +96,22 @@ static void logf_(ew_http_server *s, ew_log_level lv, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void logf_(ew_http_server *s, ew_log_level lv, const char *fmt, ...)
 {
-    if (!s->o.log) return;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ew__logv(&(ew__log_sink){s->o.log, s->o.log_ud}, lv, "http", NULL, fmt, ap);
     va_end(ap);
-    s->o.log(s->o.log_ud, lv, msg);
 }
 
 static void mhd_logger(void *cls, const char *fm, va_list ap)
 {
     ew_http_server *s = cls;
     if (!s->o.log) return;
-    char msg[512];
+    char msg[EW__LOG_MSG_MAX];
     vsnprintf(msg, sizeof msg, fm, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    char line[540];
-    snprintf(line, sizeof line, "http: %s", msg);
-    s->o.log(s->o.log_ud, EW_LOG_WARN, line);
+    logf_(s, EW_LOG_WARN, "libmicrohttpd: %s", msg);
 }
 
 /* ---- routes -------------------------------------------------------------------------------- */

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "core/log.h"
 #include "eventwire/clock.h"
 #include "saga/saga_impl.h"
 
@@ -73,13 +74,10 @@ struct ew_saga_engine {
 
 void ew__saga_engine_log(ew_saga_engine *e, ew_log_level level, const char *fmt, ...)
 {
-    if (!e->log) return;
-    char msg[768];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ew__logv(&(ew__log_sink){e->log, e->log_ud}, level, "saga", NULL, fmt, ap);
     va_end(ap);
-    e->log(e->log_ud, level, msg);
 }
 
 const char *ew__saga_engine_source(const ew_saga_engine *e)

@@ -226,7 +226,7 @@ static void notice(void *arg, const char *message)
     pgs *c = arg;
     char msg[240];
     one_line(msg, sizeof msg, message);
-    ew__store_logf(c->log, EW_LOG_DEBUG, "store: postgresql: %s", msg);
+    ew__store_logf(c->log, EW_LOG_DEBUG, "postgresql: %s", msg);
 }
 
 /* Runs SQL without parameters (several statements allowed). */
@@ -269,7 +269,7 @@ static int ready(pgs *c, session *s, ew_error *err)
 {
     if (s->conn && PQstatus(s->conn) == CONNECTION_OK) return 0;
     if (!s->conn) return session_connect(c, s, err);
-    ew__store_logf(c->log, EW_LOG_WARN, "store: postgresql: connection lost, reconnecting");
+    ew__store_logf(c->log, EW_LOG_WARN, "postgresql: connection lost, reconnecting");
     PQreset(s->conn);
     if (PQstatus(s->conn) != CONNECTION_OK) {
         char msg[240];
@@ -374,7 +374,7 @@ static int migrate(pgs *c, ew_error *err)
                 goto fail;
             }
             PQclear(r);
-            ew__store_logf(c->log, EW_LOG_INFO, "store: postgresql: applied migration %s", m->name);
+            ew__store_logf(c->log, EW_LOG_INFO, "postgresql: applied migration %s", m->name);
         }
         if ((rc = simple(s, "COMMIT", err))) return rc;
         continue;

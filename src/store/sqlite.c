@@ -318,7 +318,7 @@ static int migrate(sq *c, ew_error *err)
                 rc = fail(c, err, "recording a migration");
                 goto fail;
             }
-            ew__store_logf(c->log, EW_LOG_INFO, "store: sqlite: applied migration %s", m->name);
+            ew__store_logf(c->log, EW_LOG_INFO, "sqlite: applied migration %s", m->name);
         }
         if ((rc = commit_tx(c, err))) return rc;
         continue;
@@ -405,7 +405,7 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
             goto fail;
         if (strcmp(mode, "wal") != 0)
             ew__store_logf(log, EW_LOG_WARN,
-                           "store: sqlite: %s is in journal mode %s, not WAL: readers will wait "
+                           "sqlite: %s is in journal mode %s, not WAL: readers will wait "
                            "for writers",
                            path, mode);
         if ((rc = pragma(c, "PRAGMA event_store.synchronous=NORMAL", NULL, 0, err))) goto fail;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include "core/log.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "store/handle.h"
@@ -36,13 +37,10 @@ static const struct backend {
 
 void ew__store_logf(const ew__store_log *log, ew_log_level level, const char *fmt, ...)
 {
-    if (!log || !log->fn) return;
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ew__logv(log, level, "store", NULL, fmt, ap);
     va_end(ap);
-    log->fn(log->ud, level, msg);
 }
 
 static const char *const status_names[] = {"pending", "retried", "resolved", "discarded"};
@@ -120,7 +118,7 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
             s->ino = st.st_ino;
         }
     }
-    ew__store_logf(&s->log, EW_LOG_DEBUG, "store: opened %s", s->ops->name);
+    ew__store_logf(&s->log, EW_LOG_DEBUG, "opened %s", s->ops->name);
     ew_config_free(defaults);
     *out = s;
     return 0;
@@ -473,7 +471,7 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
         total += n;
         if (rc || n < batch) break;
     }
-    if (total) ew__store_logf(&s->log, EW_LOG_INFO, "store: purged %zu expired events", total);
+    if (total) ew__store_logf(&s->log, EW_LOG_INFO, "purged %zu expired events", total);
     if (purged) *purged = total;
     return rc;
 }
@@ -546,7 +544,7 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     rc = s->ops->dlq_put(s->conn, &p, err);
     ew__store_unlock(s);
     if (!rc)
-        ew__store_logf(&s->log, EW_LOG_WARN, "store: dead letter %s (%s) for %s/%s: %s",
+        ew__store_logf(&s->log, EW_LOG_WARN, "dead letter %s (%s) for %s/%s: %s",
                        p.event_id ? p.event_id : "-", p.event_name ? p.event_name : "-", p.group,
                        p.handler, p.error);
 done:
@@ -567,7 +565,7 @@ static int dlq_resolved(void *self, int64_t id, ew_error *err)
                                 err);
     ew__store_unlock(s);
     if (!rc && changed)
-        ew__store_logf(&s->log, EW_LOG_INFO, "store: dead letter %lld resolved", (long long)id);
+        ew__store_logf(&s->log, EW_LOG_INFO, "dead letter %lld resolved", (long long)id);
     return rc;
 }
 

@@ -17,13 +17,11 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "core/log.h"
 #include "eventwire/store.h"
 
 /* The handle's logger, given to the backend at open. */
-typedef struct ew__store_log {
-    ew_log_fn fn; /* NULL: silent */
-    void *ud;
-} ew__store_log;
+typedef ew__log_sink ew__store_log;
 
 void ew__store_logf(const ew__store_log *log, ew_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -28,9 +28,11 @@ typedef struct tb_log {
     int errors, warnings;
 } tb_log;
 
-static inline void tb_log_fn(void *ud, ew_log_level level, const char *msg)
+static inline void tb_log_fn(void *ud, const ew_log_record *rec)
 {
     tb_log *l = ud;
+    ew_log_level level = rec->level;
+    const char *msg = rec->msg;
     pthread_mutex_lock(&l->mu);
     size_t n = strlen(l->text);
     snprintf(l->text + n, sizeof l->text - n, "%s: %s\n", ew_log_level_name(level), msg);
