@@ -728,8 +728,11 @@ static void test_100k_member_object_with_duplicate_at_end_is_fast(void **state)
     assert_int_equal(ew_json_get(v, "k0099999")->i64, 99999);
     ew_arena_release(&a);
     free(doc);
-    /* Quadratic comparison would take minutes; even sanitized builds take milliseconds. */
-    if (dup_time > 1.0 || ok_time > 1.0) fail_msg("too slow: %.3f s, %.3f s", dup_time, ok_time);
+    /* Quadratic comparison (5e9 of them) would take many minutes; a sanitized build on a loaded
+     * machine takes a second or two. The bound only tells those apart: speed itself is measured
+     * by the benchmarks (bench/bench_codec.c). */
+    if (dup_time > 30.0 || ok_time > 30.0)
+        fail_msg("quadratic? %.3f s, %.3f s", dup_time, ok_time);
 }
 
 /* ---- UTF-8 validation ----------------------------------------------------------------------- */
