@@ -197,6 +197,10 @@ typedef struct ew_bus_stats {
     size_t subscriptions;
 } ew_bus_stats;
 
+/* Handler times are counted in EW_HANDLER_HIST_BUCKETS buckets: bucket b holds the calls that
+ * took less than 2^b nanoseconds and at least 2^(b-1) (bucket 0: none measurable). */
+#define EW_HANDLER_HIST_BUCKETS 64
+
 typedef struct ew_handler_stats {
     const char *group, *name, *pattern; /* borrowed until the bus is closed */
     int consumers;                      /* workers */
@@ -208,13 +212,29 @@ typedef struct ew_handler_stats {
     uint64_t queue_depth;               /* waiting now */
     uint64_t time_total_ns;             /* in the handler, all calls */
     uint64_t time_max_ns;
-    double time_p50_ms, time_p99_ms; /* from a log2 histogram: within a factor of 2 */
+    double time_p50_ms, time_p99_ms;             /* from a log2 histogram: within a factor of 2 */
+    uint64_t time_hist[EW_HANDLER_HIST_BUCKETS]; /* calls by duration, as above */
 } ew_handler_stats;
+
+/* What one subscription's handler did with the events of one type. */
+typedef struct ew_handler_type_stats {
+    uint64_t handled;       /* returned ok */
+    uint64_t retried;       /* returned retry and were delivered again */
+    uint64_t dead_lettered; /* sent to the dead letter sink */
+} ew_handler_type_stats;
 
 void ew_bus_stats_get(ew_bus *bus, ew_bus_stats *out);
 
 /* Stats of subscription i (0 .. subscriptions-1). EW_ENOTFOUND past the end. */
 int ew_bus_handler_stats(ew_bus *bus, size_t i, ew_handler_stats *out);
+
+/* The same, for the events of one type only. EW_ENOTFOUND past the end, EW_EINVAL for a type
+ * that is not in the catalog. */
+int ew_bus_handler_type_stats(ew_bus *bus, size_t i, ew_type_id type, ew_handler_type_stats *out);
+
+/* Events of one type this bus published (its own and its handlers' follow-ups); 0 for a type
+ * that is not in the catalog. */
+uint64_t ew_bus_published_count(ew_bus *bus, ew_type_id type);
 
 #ifdef __cplusplus
 }

@@ -66,9 +66,10 @@ typedef struct ew_http_options {
 typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *res, void *ud);
 
 /* Route flags. */
-#define EW_HTTP_JSON 1u     /* the body must be a JSON object: parsed before the handler runs */
-#define EW_HTTP_JSON_OPT 2u /* the same when there is a body; no body is fine (ew_http_json NULL)  \
-                             */
+#define EW_HTTP_JSON 1u /* the body must be a JSON object: parsed before the handler runs */
+#define EW_HTTP_JSON_OPT                                                                           \
+    2u /* the same when there is a body; no body is fine (ew_http_json NULL)                       \
+        */
 
 /* A server, not yet listening. opts may be NULL. Caller frees it with ew_http_free(). */
 int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err);
@@ -124,6 +125,11 @@ void ew_http_header_add(ew_http_response *res, const char *name, const char *val
 /* Sets status and a body of JSON text (copied as is; the caller vouches for it). */
 void ew_http_reply_raw(ew_http_response *res, int status, const char *json, size_t len);
 
+/* Sets status and a body of another type (copied), e.g. "text/plain; version=0.0.4".
+ * content_type must be static. */
+void ew_http_reply_body(ew_http_response *res, int status, const char *content_type,
+                        const char *body, size_t len);
+
 /* The standard error: status, {"error": message, "field": field or null}. */
 void ew_http_reply_error(ew_http_response *res, int status, const char *field, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -142,6 +148,30 @@ void ew_http_obj_strlist(ew_http_response *res, const char *key, const char *con
 /* A member whose value is JSON text written by the caller (an array, an object). */
 void ew_http_obj_raw(ew_http_response *res, const char *key, const char *json);
 void ew_http_obj_end(ew_http_response *res);
+
+/* ---- what the server answered ---------------------------------------------------------------- */
+
+#define EW_HTTP_DURATION_BUCKETS 12
+
+/* Upper bounds, in seconds, of the request duration buckets (one more bucket holds the rest). */
+extern const double ew_http_duration_bounds[EW_HTTP_DURATION_BUCKETS];
+
+/* The answers of one route, from the request's arrival to its response being queued. */
+typedef struct ew_http_stats {
+    const char *method;      /* "GET"; "" for answers no route gave */
+    const char *route;       /* the template, "/auth/users/{id}"; "/healthz" (built in) or
+                                "(unmatched)" (404, 405, ...): borrowed until the server is freed */
+    uint64_t by_status[500]; /* answers by status: [status - 100] */
+    uint64_t duration[EW_HTTP_DURATION_BUCKETS + 1]; /* by ew_http_duration_bounds; not summed */
+    uint64_t count;
+    double duration_sum_s;
+} ew_http_stats;
+
+/* How many rows ew_http_route_stats() has: every route, then /healthz, then the unmatched. */
+size_t ew_http_route_count(const ew_http_server *s);
+
+/* Row i (0 .. ew_http_route_count()-1); EW_ENOTFOUND past the end. Any thread, any time. */
+int ew_http_route_stats(const ew_http_server *s, size_t i, ew_http_stats *out);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "core/buf.h"
 #include "eventwire/clock.h"
+#include "eventwire/metrics.h"
 #include "eventwire/sagas.h"
 
 #define RELAY_BATCH 100
@@ -30,7 +31,8 @@ struct svc {
     ew_saga_engine *sagas;
     ew_bus *bus;
     ew_http_server *http;
-    ew_inbox inner; /* the database's inbox, which ours wraps */
+    ew_metrics *metrics; /* GET /metrics */
+    ew_inbox inner;      /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
     int relay_started;
@@ -503,7 +505,14 @@ static int open_all(svc *s, ew_error *err)
         .log = ew_logger_sink,
         .log_ud = s->log,
     };
-    return ew_http_new(&s->http, &ho, err);
+    if ((rc = ew_http_new(&s->http, &ho, err))) return rc;
+    /* GET /metrics: the bus, the HTTP server, the outbox and the event store of this process */
+    if ((rc = ew_metrics_new(&s->metrics, err))) return rc;
+    ew_metrics_set_bus(s->metrics, s->bus);
+    ew_metrics_set_http(s->metrics, s->http);
+    ew_metrics_set_outbox(s->metrics, s->db);
+    ew_metrics_set_event_store(s->metrics, s->events);
+    return ew_http_route(s->http, "GET /metrics", 0, ew_metrics_http_handler, s->metrics, err);
 }
 
 /* The saga engine (svc_def.sagas): its state and the events its transitions issue live in the
@@ -528,6 +537,8 @@ static void close_all(svc *s)
 {
     ew_http_free(s->http);
     s->http = NULL;
+    ew_metrics_free(s->metrics);
+    s->metrics = NULL;
     relay_stop(s);
     /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
     if (s->sagas) ew_saga_engine_stop(s->sagas);

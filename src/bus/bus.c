@@ -36,6 +36,7 @@ struct ew_bus {
     bool started;
     atomic_bool closed;
     _Alignas(64) atomic_uint_fast64_t published;
+    atomic_uint_fast64_t published_by_type[EW_T__COUNT];
     atomic_uint_fast64_t publish_errors;
 };
 
@@ -121,6 +122,11 @@ static int publish_internal(void *self, const ew_event *const *evs, size_t n, si
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, err);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
+    for (size_t i = 0; i < done; i++) {
+        unsigned t = (unsigned)ew_event_type_id(evs[i]);
+        if (t < EW_T__COUNT)
+            atomic_fetch_add_explicit(&bus->published_by_type[t], 1, memory_order_relaxed);
+    }
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
     return rc;
@@ -498,4 +504,15 @@ void ew_bus_stats_get(ew_bus *bus, ew_bus_stats *out)
 int ew_bus_handler_stats(ew_bus *bus, size_t i, ew_handler_stats *out)
 {
     return ew__dispatch_stats(bus->disp, i, out);
+}
+
+int ew_bus_handler_type_stats(ew_bus *bus, size_t i, ew_type_id type, ew_handler_type_stats *out)
+{
+    return ew__dispatch_type_stats(bus->disp, i, type, out);
+}
+
+uint64_t ew_bus_published_count(ew_bus *bus, ew_type_id type)
+{
+    if ((unsigned)type >= EW_T__COUNT) return 0;
+    return atomic_load_explicit(&bus->published_by_type[type], memory_order_relaxed);
 }

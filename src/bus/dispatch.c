@@ -29,7 +29,7 @@
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
-#define HIST_BUCKETS 64    /* bucket b: handler times of bit length b, in ns */
+#define HIST_BUCKETS EW_HANDLER_HIST_BUCKETS /* bucket b: handler times of bit length b, in ns */
 #define LOST_LOG_LIMIT 100 /* lost events named one by one at close; the rest are counted */
 #define QUEUE_MIN 256      /* first allocation of a worker queue, in items */
 #define BATCH_KEEP 65536   /* a drained batch buffer larger than this is given back */
@@ -99,6 +99,7 @@ typedef struct worker {
 
     counter received, handled, retried, dead_lettered, duplicates, time_total_ns, time_max_ns;
     counter hist[HIST_BUCKETS];
+    counter by_type[EW_T__COUNT][3]; /* handled, retried, dead-lettered, by the event's type */
 } worker;
 
 struct sub {
@@ -475,6 +476,13 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
     return EW_HANDLER_OK;
 }
 
+/* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of ev's type. */
+static void count_type(worker *w, const ew_event *ev, int outcome)
+{
+    unsigned t = (unsigned)ew_event_type_id(ev);
+    if (t < EW_T__COUNT) bump(&w->by_type[t][outcome], 1);
+}
+
 /* Runs one event through the handler to its final disposition: handled, skipped by the inbox or
  * dead-lettered. False when the dispatcher stopped first; the item is then left in place. */
 static bool run_item(worker *w, const item *it)
@@ -513,6 +521,7 @@ static bool run_item(worker *w, const item *it)
             r = settle_ok(w, &ctx, use_inbox);
             if (r == EW_HANDLER_OK) {
                 bump(&w->handled, 1);
+                count_type(w, it->ev, 0);
                 settle_done(w, it);
                 return true;
             }
@@ -533,11 +542,13 @@ static bool run_item(worker *w, const item *it)
         if (!first_fail) first_fail = last_fail;
         if (r == EW_HANDLER_RETRY && attempt < s->max_attempts) {
             bump(&w->retried, 1);
+            count_type(w, it->ev, 1);
             if (!backoff_wait(w, backoff_us(s, attempt))) return false;
             continue;
         }
         if (!dead_letter(w, &ctx, attempt, first_fail, last_fail)) return false;
         bump(&w->dead_lettered, 1);
+        count_type(w, it->ev, 2);
         if (it->dl) atomic_store(&it->dl->ew__failed, 1);
         item_finish(w, it, false);
         return true;
@@ -1190,7 +1201,7 @@ int ew__dispatch_stats(ew_dispatcher *d, size_t i, ew_handler_stats *out)
     out->name = s->name;
     out->pattern = s->pattern;
     out->consumers = (int)r->nw;
-    uint64_t hist[HIST_BUCKETS] = {0}, calls = 0;
+    uint64_t calls = 0;
     for (size_t k = 0; k < r->nw; k++) {
         worker *w = r->w[k];
         out->received += get(&w->received);
@@ -1203,7 +1214,7 @@ int ew__dispatch_stats(ew_dispatcher *d, size_t i, ew_handler_stats *out)
         if (mx > out->time_max_ns) out->time_max_ns = mx;
         for (int b = 0; b < HIST_BUCKETS; b++) {
             uint64_t c = get(&w->hist[b]);
-            hist[b] += c;
+            out->time_hist[b] += c;
             calls += c;
         }
         pthread_mutex_lock(&w->mu);
@@ -1211,8 +1222,23 @@ int ew__dispatch_stats(ew_dispatcher *d, size_t i, ew_handler_stats *out)
         pthread_mutex_unlock(&w->mu);
         out->queue_depth += atomic_load_explicit(&w->batch_left, memory_order_relaxed);
     }
-    out->time_p50_ms = hist_quantile_ms(hist, calls, 0.50, out->time_max_ns);
-    out->time_p99_ms = hist_quantile_ms(hist, calls, 0.99, out->time_max_ns);
+    out->time_p50_ms = hist_quantile_ms(out->time_hist, calls, 0.50, out->time_max_ns);
+    out->time_p99_ms = hist_quantile_ms(out->time_hist, calls, 0.99, out->time_max_ns);
+    return 0;
+}
+
+int ew__dispatch_type_stats(ew_dispatcher *d, size_t i, ew_type_id type, ew_handler_type_stats *out)
+{
+    const table *t = atomic_load_explicit(&d->table, memory_order_acquire);
+    if (i >= t->nsubs) return EW_ENOTFOUND;
+    if ((unsigned)type >= EW_T__COUNT) return EW_EINVAL;
+    const route *r = &t->subs[i];
+    memset(out, 0, sizeof *out);
+    for (size_t k = 0; k < r->nw; k++) {
+        out->handled += get(&r->w[k]->by_type[type][0]);
+        out->retried += get(&r->w[k]->by_type[type][1]);
+        out->dead_lettered += get(&r->w[k]->by_type[type][2]);
+    }
     return 0;
 }
 

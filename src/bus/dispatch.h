@@ -90,6 +90,10 @@ size_t ew__dispatch_count(const ew_dispatcher *d);
 /* Stats of subscription i in subscription order; EW_ENOTFOUND past the end. */
 int ew__dispatch_stats(ew_dispatcher *d, size_t i, ew_handler_stats *out);
 
+/* The same, for the events of one type; EW_EINVAL for a type outside the catalog. */
+int ew__dispatch_type_stats(ew_dispatcher *d, size_t i, ew_type_id type,
+                            ew_handler_type_stats *out);
+
 /* Logs through the host's callback, about ev when not NULL. */
 void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const ew_event *ev,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));

@@ -28,11 +28,22 @@
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
+#include "eventwire/clock.h"
 
 #define MAX_PARAMS 8
 #define MAX_SEGS 32
 #define MAX_RESP_HEADERS 8
 #define JSON_MAX_DEPTH 32
+
+/* What one route answered: counts by status and by duration. Written by connection threads. */
+typedef struct route_stats {
+    atomic_uint_fast64_t by_status[500]; /* [status - 100] */
+    atomic_uint_fast64_t duration[EW_HTTP_DURATION_BUCKETS + 1];
+    atomic_uint_fast64_t duration_ns;
+} route_stats;
+
+const double ew_http_duration_bounds[EW_HTTP_DURATION_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 typedef struct route {
     char method[16];
@@ -43,6 +54,7 @@ typedef struct route {
     unsigned flags;
     ew_http_handler fn;
     void *ud;
+    route_stats *stats;
 } route;
 
 struct ew_http_server {
@@ -61,6 +73,7 @@ struct ew_http_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int inflight;
+    route_stats healthz, unmatched; /* answers of the built-in /healthz, and of no route */
 };
 
 struct ew_http_request {
@@ -79,6 +92,8 @@ struct ew_http_request {
     ew_arena arena;
     ew_json *json;
     char client[INET6_ADDRSTRLEN];
+    int64_t t0_ns; /* when it arrived (monotonic) */
+    bool healthz;  /* answered by the built-in /healthz */
 };
 
 struct ew_http_response {
@@ -87,7 +102,8 @@ struct ew_http_response {
     int has_body;
     char *hname[MAX_RESP_HEADERS], *hval[MAX_RESP_HEADERS];
     size_t nh;
-    int obj_members; /* -1: no object open; else members written */
+    int obj_members;          /* -1: no object open; else members written */
+    const char *content_type; /* static; NULL: application/json */
 };
 
 /* ---- logging ------------------------------------------------------------------------------- */
@@ -118,6 +134,7 @@ static void mhd_logger(void *cls, const char *fm, va_list ap)
 
 static void route_free(route *r)
 {
+    free(r->stats);
     free(r->tmpl);
     for (size_t i = 0; i < r->nsegs; i++)
         free(r->segs[i]);
@@ -231,7 +248,8 @@ int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_h
     memcpy(r.method, spec, ml);
     r.method[ml] = '\0';
     int rc = parse_template(&r, sp + 1, err);
-    if (!rc && !(r.tmpl = strdup(sp + 1))) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!rc && (!(r.tmpl = strdup(sp + 1)) || !(r.stats = calloc(1, sizeof *r.stats))))
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; !rc && i < s->nroutes; i++) {
         const route *o = &s->routes[i];
         if (strcmp(o->method, r.method) || o->nsegs != r.nsegs) continue;
@@ -345,6 +363,14 @@ void ew_http_header_add(ew_http_response *res, const char *name, const char *val
     res->hval[res->nh++] = v;
 }
 
+void ew_http_reply_body(ew_http_response *res, int status, const char *content_type,
+                        const char *body, size_t len)
+{
+    if (!res) return;
+    ew_http_reply_raw(res, status, body, len);
+    res->content_type = content_type;
+}
+
 void ew_http_reply_raw(ew_http_response *res, int status, const char *json, size_t len)
 {
     if (!res) return;
@@ -453,6 +479,23 @@ void ew_http_obj_end(ew_http_response *res)
 }
 
 /* Queues res on the connection. MHD_NO when MHD would not take it. */
+/* Counts an answer under its route (or /healthz, or no route), by status and duration. */
+static void count_answer(const ew_http_request *r, int status)
+{
+    ew_http_server *s = r->s;
+    route_stats *st = r->rt ? r->rt->stats : r->healthz ? &s->healthz : &s->unmatched;
+    if (status >= 100 && status <= 599)
+        atomic_fetch_add_explicit(&st->by_status[status - 100], 1, memory_order_relaxed);
+    int64_t ns = ew_mono_ns() - r->t0_ns;
+    double sec = (double)ns / 1e9;
+    int b = 0;
+    while (b < EW_HTTP_DURATION_BUCKETS && sec > ew_http_duration_bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&st->duration[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->duration_ns, (uint_fast64_t)(ns > 0 ? ns : 0),
+                              memory_order_relaxed);
+}
+
 static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
 {
     ew_http_server *s = r->s;
@@ -469,7 +512,8 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
         len, len ? res->body.data : (void *)"", MHD_RESPMEM_MUST_COPY);
     if (!mr) return MHD_NO;
     if (len || (!no_body && res->has_body))
-        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                res->content_type ? res->content_type : "application/json");
     for (size_t i = 0; i < res->nh; i++)
         MHD_add_response_header(mr, res->hname[i], res->hval[i]);
     if (atomic_load(&s->stopping)) MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -477,6 +521,7 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
     MHD_destroy_response(mr);
     if (ok != MHD_YES) return ok;
     r->answered = 1;
+    count_answer(r, res->status);
     if (res->status >= 500)
         logf_(s, EW_LOG_WARN, "http: %s %s -> %d", r->method, r->path, res->status);
     else
@@ -632,6 +677,7 @@ static enum MHD_Result route_request(ew_http_request *r)
     }
     if (!allow[0] && routable && nsegs == 1 && !strcmp(segs[0], "healthz")) {
         free(copy);
+        r->healthz = true;
         if (strcmp(m, "GET") && !head)
             return send_error(r, 405, "GET, HEAD",
                               "method %s is not allowed on /healthz; allowed: GET, HEAD", m);
@@ -697,6 +743,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->s = s;
         r->conn = conn;
         r->method = method;
+        r->t0_ns = ew_mono_ns();
         ew_buf_init(&r->body);
         ew_arena_init(&r->arena, NULL, 0);
         if (!(r->path = strdup(url))) {
@@ -807,6 +854,40 @@ int ew_http_start(ew_http_server *s, ew_error *err)
     s->port = di && di->port ? di->port : s->o.port;
     s->started = 1;
     logf_(s, EW_LOG_INFO, "http: listening on %s port %d", s->addr, s->port);
+    return 0;
+}
+
+size_t ew_http_route_count(const ew_http_server *s)
+{
+    return s ? s->nroutes + 2 : 0;
+}
+
+int ew_http_route_stats(const ew_http_server *s, size_t i, ew_http_stats *out)
+{
+    if (!s || i >= s->nroutes + 2) return EW_ENOTFOUND;
+    const route_stats *st;
+    memset(out, 0, sizeof *out);
+    if (i < s->nroutes) {
+        out->method = s->routes[i].method;
+        out->route = s->routes[i].tmpl;
+        st = s->routes[i].stats;
+    } else if (i == s->nroutes) {
+        out->method = "GET";
+        out->route = "/healthz";
+        st = &s->healthz;
+    } else {
+        out->method = "";
+        out->route = "(unmatched)";
+        st = &s->unmatched;
+    }
+    for (int k = 0; k < 500; k++)
+        out->by_status[k] = atomic_load_explicit(&st->by_status[k], memory_order_relaxed);
+    for (int b = 0; b <= EW_HTTP_DURATION_BUCKETS; b++) {
+        out->duration[b] = atomic_load_explicit(&st->duration[b], memory_order_relaxed);
+        out->count += out->duration[b];
+    }
+    out->duration_sum_s =
+        (double)atomic_load_explicit(&st->duration_ns, memory_order_relaxed) / 1e9;
     return 0;
 }
 
