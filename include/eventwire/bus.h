@@ -33,6 +33,7 @@
 #include "eventwire/event.h"
 #include "eventwire/inbox.h"
 #include "eventwire/log.h"
+#include "eventwire/trace.h"
 #include "eventwire/store.h"
 
 #ifdef __cplusplus
@@ -56,6 +57,8 @@ typedef struct ew_bus_options {
     const ew_config *config; /* NULL: defaults; otherwise copied at open */
     ew_log_fn log;           /* NULL: silent */
     void *log_ud;
+    ew_span_fn span; /* NULL: handler spans are not reported (eventwire/trace.h) */
+    void *span_ud;
     ew_dlq_sink dlq; /* .ops NULL: the bus keeps dead letters in memory (ew_bus_dead_letters) */
     ew_inbox inbox;  /* .ops NULL: no idempotency check */
 } ew_bus_options;
@@ -175,9 +178,15 @@ void ew_ctx_set_error(ew_handler_ctx *ctx, const char *fmt, ...)
 #endif
     ;
 
-/* Fills attrs for a follow-up event: source SERVICE_NAME, the handled event's correlation id and
- * traceparent, and its id as causation id. The strings are borrowed from the handled event. */
-void ew_ctx_follow_up_attrs(const ew_handler_ctx *ctx, ew_event_attrs *attrs);
+/* The handler's span as a traceparent: a child of the handled event's traceparent (the root of
+ * a new trace when it has none), one per call of the handler. Borrowed until the handler
+ * returns. */
+const char *ew_ctx_traceparent(ew_handler_ctx *ctx);
+
+/* Fills attrs for a follow-up event: source SERVICE_NAME, the handled event's correlation id,
+ * its id as causation id, and the handler's span (ew_ctx_traceparent) as traceparent. The
+ * strings are borrowed from the handled event and the handler's call. */
+void ew_ctx_follow_up_attrs(ew_handler_ctx *ctx, ew_event_attrs *attrs);
 
 /* Publishes a follow-up event built with ew_ctx_follow_up_attrs(). It is published when the
  * handler returns ok and dropped when it returns retry or fail, so a retried handler does not

@@ -35,6 +35,7 @@
 #include <stdint.h>
 #include "eventwire/error.h"
 #include "eventwire/log.h"
+#include "eventwire/trace.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,6 +61,8 @@ typedef struct ew_http_options {
     void *health_ud;
     ew_log_fn log; /* NULL: silent */
     void *log_ud;
+    ew_span_fn span; /* NULL: server spans are not reported (eventwire/trace.h) */
+    void *span_ud;
 } ew_http_options;
 
 /* A handler: reads req, fills res. Both are borrowed for the call. ud is the route's. */
@@ -113,6 +116,10 @@ const ew_json *ew_http_json(const ew_http_request *r);
 const char *ew_http_client_addr(const ew_http_request *r);
 /* The token of "Authorization: Bearer TOKEN"; NULL when there is none. */
 const char *ew_http_bearer(const ew_http_request *r);
+/* The span answering this request as a traceparent: a child of the request's traceparent
+ * header, or the root of a new trace when it has none (or a malformed one). Events published
+ * while serving the request carry it; the response's traceparent header says it. */
+const char *ew_http_traceparent(const ew_http_request *r);
 
 /* ---- the response --------------------------------------------------------------------------- */
 

@@ -17,6 +17,7 @@
 #include "core/buf.h"
 #include "eventwire/clock.h"
 #include "eventwire/metrics.h"
+#include "eventwire/otlp.h"
 #include "eventwire/sagas.h"
 
 #define RELAY_BATCH 100
@@ -32,6 +33,7 @@ struct svc {
     ew_bus *bus;
     ew_http_server *http;
     ew_metrics *metrics; /* GET /metrics */
+    ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     ew_inbox inner;      /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
@@ -488,7 +490,18 @@ static int open_all(svc *s, ew_error *err)
     if ((rc = create_schema(s, err))) return rc;
     if ((rc = open_store(s, &s->events, "EVENT_STORE_URL", NULL, err))) return rc;
     s->inner = ew_store_inbox(s->db);
+    const char *otlp = ew_config_get(s->cfg, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    if (otlp && *otlp &&
+        (rc = ew_otlp_new(&s->otlp,
+                          &(ew_otlp_options){.endpoint = otlp,
+                                             .service_name = s->def->name,
+                                             .log = ew_logger_sink,
+                                             .log_ud = s->log},
+                          err)))
+        return rc;
     ew_bus_options bo = {.config = s->cfg,
+                         .span = s->otlp ? ew_otlp_span : NULL,
+                         .span_ud = s->otlp,
                          .log = ew_logger_sink,
                          .log_ud = s->log,
                          .dlq = ew_store_dlq_sink(s->events),
@@ -504,6 +517,8 @@ static int open_all(svc *s, ew_error *err)
         .health_ud = s,
         .log = ew_logger_sink,
         .log_ud = s->log,
+        .span = s->otlp ? ew_otlp_span : NULL,
+        .span_ud = s->otlp,
     };
     if ((rc = ew_http_new(&s->http, &ho, err))) return rc;
     /* GET /metrics: the bus, the HTTP server, the outbox and the event store of this process */
@@ -547,6 +562,8 @@ static void close_all(svc *s)
     s->bus = NULL;
     ew_saga_engine_close(s->sagas);
     s->sagas = NULL;
+    ew_otlp_free(s->otlp); /* after the bus and the HTTP server: nothing reports spans now */
+    s->otlp = NULL;
     ew_store_close(s->saga_db);
     s->saga_db = NULL;
     ew_store_close(s->events);

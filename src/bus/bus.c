@@ -186,6 +186,8 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
     ew_dispatch_host host = {
         .log = bus->log,
         .log_ud = bus->log_ud,
+        .span = opts->span,
+        .span_ud = opts->span_ud,
         .dlq = bus->dlq,
         .inbox = bus->inbox,
         .service = bus->service,

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "core/log.h"
+#include "eventwire/trace.h"
 #include "bus/dispatch.h"
 #include "bus/redeliver.h"
 #include "core/rand.h"
@@ -156,6 +157,11 @@ struct ew_handler_ctx {
     void *txn;
     bool has_error;
     char error[512];
+    /* The handler's span, a child of the event's (made when first asked for, or when spans are
+     * reported): follow-up events carry it. */
+    bool has_span;
+    ew_trace_ctx span;
+    char traceparent[EW_TRACEPARENT_LEN + 1];
 };
 
 /* Which dispatcher's handler the current thread runs, to refuse waiting on oneself. */
@@ -436,12 +442,54 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
     }
 }
 
+/* The handler's span: a child of the event's traceparent, or the root of a new trace. */
+static void make_span(ew_handler_ctx *ctx)
+{
+    if (ctx->has_span) return;
+    ew_trace_ctx parent;
+    bool has_parent = ew_trace_parse(ew_event_traceparent(ctx->ev), &parent);
+    ew_trace_child(has_parent ? &parent : NULL, &ctx->span);
+    ew_trace_format(&ctx->span, ctx->traceparent);
+    ctx->has_span = true;
+}
+
+/* Reports the handler's call as a consumer span, a child of the event's. */
+static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
+                        ew_handler_result r)
+{
+    const ew_dispatch_host *h = &w->d->host;
+    ew_span sp = {.ctx = ctx->span,
+                  .kind = EW_SPAN_CONSUMER,
+                  .start_us = start_us,
+                  .end_us = end_us,
+                  .error = r != EW_HANDLER_OK,
+                  .event_id = ew_event_id(ctx->ev),
+                  .event_type = ew_event_type(ctx->ev),
+                  .group = w->s->group,
+                  .handler = w->s->name};
+    ew_trace_ctx parent;
+    if (ew_trace_parse(ew_event_traceparent(ctx->ev), &parent))
+        memcpy(sp.parent_span_id, parent.span_id, sizeof sp.parent_span_id);
+    char name[256];
+    snprintf(name, sizeof name, "%s %s", sp.event_type, w->s->inbox_key);
+    sp.name = name;
+    h->span(h->span_ud, &sp);
+}
+
 static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
 {
+    const ew_dispatch_host *h = &w->d->host;
+    ctx->has_span = false;
+    int64_t start_us = 0;
+    if (h->span) {
+        make_span(ctx);
+        start_us = ew_now_us();
+    }
     int64_t t0 = ew_mono_ns();
     ew_handler_result r = w->fn(ctx->ev, ctx, w->ud);
     int64_t t1 = ew_mono_ns();
     record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
+    if (h->span) report_span(w, ctx, start_us, start_us + (t1 - t0) / 1000, r);
     return r;
 }
 
@@ -1273,13 +1321,19 @@ void ew_ctx_set_error(ew_handler_ctx *ctx, const char *fmt, ...)
     ctx->has_error = true;
 }
 
-void ew_ctx_follow_up_attrs(const ew_handler_ctx *ctx, ew_event_attrs *attrs)
+const char *ew_ctx_traceparent(ew_handler_ctx *ctx)
+{
+    make_span(ctx);
+    return ctx->traceparent;
+}
+
+void ew_ctx_follow_up_attrs(ew_handler_ctx *ctx, ew_event_attrs *attrs)
 {
     *attrs = (ew_event_attrs){
         .source = ctx->w->d->host.service,
         .correlation_id = ew_event_correlation_id(ctx->ev),
         .causation_id = ew_event_id(ctx->ev),
-        .traceparent = ew_event_traceparent(ctx->ev),
+        .traceparent = ew_ctx_traceparent(ctx),
     };
 }
 

@@ -18,6 +18,8 @@
 typedef struct ew_dispatch_host {
     ew_log_fn log; /* NULL: silent */
     void *log_ud;
+    ew_span_fn span; /* NULL: handler spans are not reported */
+    void *span_ud;
     ew_dlq_sink dlq;     /* required */
     ew_inbox inbox;      /* .ops NULL: none */
     const char *service; /* SERVICE_NAME: the source of follow-up events */

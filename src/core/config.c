@@ -141,6 +141,12 @@ static const entry entries[] = {
      K_ENUM,
      0,
      0},
+    {{"OTEL_EXPORTER_OTLP_ENDPOINT", "", "http(s)://host:port",
+      "An OpenTelemetry collector's OTLP/HTTP endpoint: the services send their spans to "
+      "ENDPOINT/v1/traces (JSON); unset, no spans are sent."},
+     K_URL,
+     0,
+     0},
     /* ---- the services (services/common, docs/services.md) ---- */
     {{"HTTP_ADDR", "127.0.0.1", "an IPv4 or IPv6 address",
       "The address a service's HTTP API listens on."},

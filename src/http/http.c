@@ -92,8 +92,13 @@ struct ew_http_request {
     ew_arena arena;
     ew_json *json;
     char client[INET6_ADDRSTRLEN];
-    int64_t t0_ns; /* when it arrived (monotonic) */
-    bool healthz;  /* answered by the built-in /healthz */
+    int64_t t0_ns;     /* when it arrived (monotonic) */
+    int64_t t0_us;     /* and by the wall clock */
+    ew_trace_ctx span; /* the server span answering it */
+    bool has_parent;   /* a valid traceparent header came with it */
+    uint8_t parent_span_id[8];
+    char traceparent[EW_TRACEPARENT_LEN + 1];
+    bool healthz; /* answered by the built-in /healthz */
 };
 
 struct ew_http_response {
@@ -479,6 +484,36 @@ void ew_http_obj_end(ew_http_response *res)
 }
 
 /* Queues res on the connection. MHD_NO when MHD would not take it. */
+/* The server span: a child of the request's traceparent, or a new trace. */
+static void trace_request(ew_http_request *r)
+{
+    ew_trace_ctx parent;
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent");
+    r->has_parent = h && ew_trace_parse(h, &parent);
+    ew_trace_child(r->has_parent ? &parent : NULL, &r->span);
+    if (r->has_parent) memcpy(r->parent_span_id, parent.span_id, sizeof r->parent_span_id);
+    ew_trace_format(&r->span, r->traceparent);
+}
+
+static void report_span(const ew_http_request *r, int status)
+{
+    ew_http_server *s = r->s;
+    const char *tmpl = r->rt ? r->rt->tmpl : r->healthz ? "/healthz" : NULL;
+    char name[160];
+    snprintf(name, sizeof name, "%s %s", r->method, tmpl ? tmpl : "(unmatched)");
+    ew_span sp = {.ctx = r->span,
+                  .name = name,
+                  .kind = EW_SPAN_SERVER,
+                  .start_us = r->t0_us,
+                  .end_us = r->t0_us + (ew_mono_ns() - r->t0_ns) / 1000,
+                  .error = status >= 500,
+                  .http_method = r->method,
+                  .http_route = tmpl,
+                  .http_status = status};
+    if (r->has_parent) memcpy(sp.parent_span_id, r->parent_span_id, sizeof sp.parent_span_id);
+    s->o.span(s->o.span_ud, &sp);
+}
+
 /* Counts an answer under its route (or /healthz, or no route), by status and duration. */
 static void count_answer(const ew_http_request *r, int status)
 {
@@ -516,12 +551,16 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
                                 res->content_type ? res->content_type : "application/json");
     for (size_t i = 0; i < res->nh; i++)
         MHD_add_response_header(mr, res->hname[i], res->hval[i]);
+    MHD_add_response_header(mr, "traceparent", r->traceparent);
     if (atomic_load(&s->stopping)) MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
+    /* counted before it is queued: the client may read the answer before queueing returns,
+     * and what it reads next (GET /metrics) must include it */
+    count_answer(r, res->status);
+    if (s->o.span) report_span(r, res->status);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)res->status, mr);
     MHD_destroy_response(mr);
     if (ok != MHD_YES) return ok;
     r->answered = 1;
-    count_answer(r, res->status);
     if (res->status >= 500)
         logf_(s, EW_LOG_WARN, "http: %s %s -> %d", r->method, r->path, res->status);
     else
@@ -596,6 +635,11 @@ const ew_json *ew_http_json(const ew_http_request *r)
 const char *ew_http_client_addr(const ew_http_request *r)
 {
     return r ? r->client : "";
+}
+
+const char *ew_http_traceparent(const ew_http_request *r)
+{
+    return r ? r->traceparent : NULL;
 }
 
 const char *ew_http_bearer(const ew_http_request *r)
@@ -744,6 +788,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->conn = conn;
         r->method = method;
         r->t0_ns = ew_mono_ns();
+        r->t0_us = ew_now_us();
+        trace_request(r);
         ew_buf_init(&r->body);
         ew_arena_init(&r->arena, NULL, 0);
         if (!(r->path = strdup(url))) {

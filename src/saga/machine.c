@@ -15,6 +15,7 @@
 #include <string.h>
 #include "eventwire/clock.h"
 #include "saga/saga_impl.h"
+#include "eventwire/trace.h"
 
 /* ---- the instance ---------------------------------------------------------------------------- */
 
@@ -186,12 +187,17 @@ int ew_saga_issue(ew_saga *s, ew_type_id type, const void *data, const char *sub
         s->out = out;
         s->outcap = cap;
     }
+    /* The step's own span, a child of the event that caused it (of nothing, for a deadline) */
+    ew_trace_ctx cause, step;
+    char tp[EW_TRACEPARENT_LEN + 1];
+    bool traced = s->cause && ew_trace_parse(ew_event_traceparent(s->cause), &cause);
+    ew_trace_child(traced ? &cause : NULL, &step);
     ew_event_attrs a = {
         .source = ew__saga_engine_source(s->t->e),
         .subject = subject ? subject : s->subject,
         .correlation_id = s->correlation_id,
         .causation_id = s->cause ? ew_event_id(s->cause) : NULL,
-        .traceparent = s->cause ? ew_event_traceparent(s->cause) : NULL,
+        .traceparent = ew_trace_format(&step, tp),
     };
     ew_event *ev = NULL;
     ew_error e = {0};

@@ -458,7 +458,13 @@ static void test_follow_up_inherits_correlation_and_causation(void **state)
     assert_string_equal(c.correlation, CORRELATION);
     assert_string_equal(c.causation, parent_id);
     assert_string_equal(c.source, TB_SERVICE);
-    assert_string_equal(c.traceparent, TRACEPARENT);
+    /* the same trace; the span is the handler's, a child of the event's (W3C trace context) */
+    ew_trace_ctx parent, follow_up;
+    assert_true(ew_trace_parse(TRACEPARENT, &parent));
+    assert_true(ew_trace_parse(c.traceparent, &follow_up));
+    assert_memory_equal(follow_up.trace_id, parent.trace_id, 16);
+    assert_memory_not_equal(follow_up.span_id, parent.span_id, 8);
+    assert_int_equal(follow_up.flags, parent.flags);
 }
 
 static void test_follow_up_published_once_after_retries(void **state)
