@@ -117,6 +117,11 @@ int ew_store_stream_version(ew_store *s, const char *stream_id, int64_t *version
  * gets the number deleted. */
 int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err);
 
+/* One batch of that: deletes at most `batch` events (0: 1000) that had expired at now_us, in one
+ * short transaction; *purged gets how many. Fewer than `batch` means none is left. For callers
+ * that report progress or spread the work out. */
+int ew_store_purge_batch(ew_store *s, int64_t now_us, size_t batch, size_t *purged, ew_error *err);
+
 /* ---- dead letters (event_store.dead_letter_queue) --------------------------------------- */
 
 typedef enum ew_dlq_status {

@@ -454,6 +454,19 @@ int ew_store_stream_version(ew_store *s, const char *stream_id, int64_t *version
     return rc;
 }
 
+int ew_store_purge_batch(ew_store *s, int64_t now_us, size_t batch, size_t *purged, ew_error *err)
+{
+    *purged = 0;
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    if (!s->ttl_us) return 0;
+    if (!batch) batch = DEFAULT_PURGE_BATCH;
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
+    rc = s->ops->purge(s->conn, now_us, batch, purged, err);
+    ew__store_unlock(s);
+    return rc;
+}
+
 int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
 {
     if (purged) *purged = 0;
@@ -465,9 +478,7 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
     int rc;
     for (;;) {
         size_t n = 0;
-        if ((rc = ew__store_lock(s, err))) break;
-        rc = s->ops->purge(s->conn, now, batch, &n, err);
-        ew__store_unlock(s);
+        rc = ew_store_purge_batch(s, now, batch, &n, err);
         total += n;
         if (rc || n < batch) break;
     }

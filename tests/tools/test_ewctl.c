@@ -254,9 +254,11 @@ static void test_dlq_and_store_commands(void **state)
     assert_non_null(strstr(out, "\"version\":2"));
     assert_non_null(strstr(out, ew_event_id(ev[1])));
     free(out);
-    assert_int_equal(ew_test_ewctl("store purge", NULL, &out, NULL), 0);
+    assert_int_equal(ew_test_ewctl("store purge", NULL, &out, &errout), 0);
     assert_non_null(strstr(out, "{\"purged\":0}"));
+    assert_non_null(strstr(errout, "purged 0 events in "));
     free(out);
+    free(errout);
     setenv("EVENT_STORE_URL", "oracle://x", 1);
     assert_int_equal(ew_test_ewctl("dlq list", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "cannot open the event store"));
@@ -415,6 +417,9 @@ static void test_dlq_retry_and_store_replay_through_the_bus(void **state)
                                    NULL, &out, &errout),
                      0);
     assert_non_null(strstr(out, "\"replayed\":1"));
+    /* not a terminal: plain lines, the summary last */
+    assert_non_null(strstr(errout, "replayed 1 events in "));
+    assert_null(strchr(errout, '\r'));
     free(out);
     free(errout);
     probe q = {.counter = &late, .want = 1};

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ewctl.h"
+#include "progress.h"
 #include "core/buf.h"
 #include "core/json.h"
 #include "eventwire/bus.h"
@@ -96,6 +97,7 @@ typedef struct retry {
     ew_store *st;
     ew_bus *bus;
     size_t retried, failed;
+    ewctl_progress progress;
 } retry;
 
 /* Hands one dead letter back to its handler: marked retried first (its handler may resolve it
@@ -145,6 +147,7 @@ static int retry_listed(void *ud, const ew_dlq_row *row)
     } else {
         r->retried++;
     }
+    ewctl_progress_add(&r->progress, 1);
     return 0;
 }
 
@@ -163,7 +166,9 @@ static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
         }
     } else {
         f->status = EW_DLQ_PENDING;
+        ewctl_progress_start(&r.progress, stderr, "retried", "dead letters", 0);
         rc = ew_store_dlq_list(st, f, retry_listed, &r, &err);
+        ewctl_progress_end(&r.progress);
     }
     /* Closing the bus waits for its publishes to be done with. */
     ew_bus_close(r.bus);
@@ -289,13 +294,17 @@ typedef struct replay {
     size_t n, replayed;
     int rc;
     ew_error *err;
+    ewctl_progress progress;
 } replay;
 
 static int replay_flush(replay *r)
 {
     if (r->n && !r->rc) {
         r->rc = ew_bus_replay(r->bus, r->group, r->batch, r->n, r->err);
-        if (!r->rc) r->replayed += r->n;
+        if (!r->rc) {
+            r->replayed += r->n;
+            ewctl_progress_add(&r->progress, r->n);
+        }
     }
     for (size_t i = 0; i < r->n; i++)
         ew_event_unref(r->batch[i]);
@@ -344,18 +353,45 @@ static int store_replay(int argc, char **argv)
         ew_store_close(st);
         return 1;
     }
-    /* --from is inclusive; the store reads after the position it is given */
+    /* --from is inclusive; the store reads after the position it is given. The head bounds how
+     * many there can be: exact for every type (#), at most that for a narrower pattern. */
+    int64_t head = 0;
+    uint64_t total = 0;
+    if (ew_store_head(st, &head, NULL) == 0 && head >= from && strcmp(pattern, "#") == 0)
+        total = (uint64_t)(head - from + 1);
+    ewctl_progress_start(&r.progress, stderr, "replayed", "events", total);
     int rc = ew_store_read_all(st, from - 1, pattern, 0, replay_one, &r, &err);
     if (!rc)
         rc = replay_flush(&r);
     else
         replay_flush(&r);
+    ewctl_progress_end(&r.progress);
     if (!rc && r.rc) rc = r.rc;
     ew_bus_close(r.bus);
     ew_store_close(st);
     if (rc) return ewctl_fail(1, "replay stopped after %zu events: %s", r.replayed, err.msg);
     printf("{\"replayed\":%zu,\"group\":\"%s\"}\n", r.replayed, group);
     return 0;
+}
+
+/* The purge in batches, with progress; the time is fixed at the start, so it ends even while
+ * events keep expiring. */
+static int store_purge(ew_store *st, ew_error *err)
+{
+    const int64_t now = ew_now_us();
+    const size_t batch = 1000;
+    ewctl_progress p;
+    ewctl_progress_start(&p, stderr, "purged", "events", 0);
+    int rc;
+    for (;;) {
+        size_t n = 0;
+        rc = ew_store_purge_batch(st, now, batch, &n, err);
+        ewctl_progress_add(&p, n);
+        if (rc || n < batch) break;
+    }
+    ewctl_progress_end(&p);
+    if (!rc) printf("{\"purged\":%llu}\n", (unsigned long long)p.done);
+    return rc;
 }
 
 int ewctl_store(int argc, char **argv)
@@ -391,9 +427,7 @@ int ewctl_store(int argc, char **argv)
     } else if (strcmp(argv[0], "purge") == 0) {
         if (argc != 1) return ewctl_fail(2, "store purge takes no arguments");
         if (ewctl_open_store(&st)) return 1;
-        size_t purged = 0;
-        rc = ew_store_purge(st, 0, &purged, &err);
-        if (rc == 0) printf("{\"purged\":%zu}\n", purged);
+        rc = store_purge(st, &err);
     } else {
         return ewctl_fail(2, "unknown store command '%s'", argv[0]);
     }
