@@ -21,6 +21,7 @@ int ewctl_tail(int argc, char **argv);
 int ewctl_dlq(int argc, char **argv);
 int ewctl_store(int argc, char **argv);
 int ewctl_saga(int argc, char **argv);
+int ewctl_audit(int argc, char **argv);
 int ewctl_up(int argc, char **argv);
 int ewctl_down(int argc, char **argv);
 

@@ -13,6 +13,7 @@ static const ewctl_cmd commands[] = {
     {"dlq", "list, show and discard dead letters in the event store", ewctl_dlq},
     {"store", "read a stream of the event store, purge old events", ewctl_store},
     {"saga", "list saga instances, show one and every transition it went through", ewctl_saga},
+    {"audit", "list, verify and print the signed heads of the services' audit chains", ewctl_audit},
     {"config", "list every setting, its default and its value here", ewctl_config},
     {"up", "start the five services in the background, state under ./var", ewctl_up},
     {"down", "stop the services that ewctl up started", ewctl_down},
