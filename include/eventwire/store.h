@@ -122,6 +122,14 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err);
  * that report progress or spread the work out. */
 int ew_store_purge_batch(ew_store *s, int64_t now_us, size_t batch, size_t *purged, ew_error *err);
 
+/* Retention of the outbox and the dead letters, a batch at a time (at most `batch` rows, 0:
+ * 1000, in one short transaction; fewer than `batch` means none is left): outbox rows published
+ * before sent_before_us, and dead letters whose last failure was before before_us, whatever
+ * their status. *n gets how many went. */
+int ew_store_outbox_prune(ew_store *s, int64_t sent_before_us, size_t batch, size_t *n,
+                          ew_error *err);
+int ew_store_dlq_purge(ew_store *s, int64_t before_us, size_t batch, size_t *n, ew_error *err);
+
 /* ---- dead letters (event_store.dead_letter_queue) --------------------------------------- */
 
 typedef enum ew_dlq_status {

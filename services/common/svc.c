@@ -1,6 +1,7 @@
 /* The service runtime (svc.h, docs/services.md): configuration, the service's database, the bus
  * with the database's inbox, the outbox relay, the HTTP server, signals and the orderly stop. */
 #include "svc.h"
+#include "keeper.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -34,6 +35,7 @@ struct svc {
     ew_http_server *http;
     ew_metrics *metrics; /* GET /metrics */
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
+    svc_keeper *keeper;  /* retention, on a timer */
     ew_inbox inner;      /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
@@ -555,6 +557,8 @@ static void close_all(svc *s)
     ew_metrics_free(s->metrics);
     s->metrics = NULL;
     relay_stop(s);
+    svc_keeper_stop(s->keeper);
+    s->keeper = NULL;
     /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
     if (s->sagas) ew_saga_engine_stop(s->sagas);
     if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
@@ -631,6 +635,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
     if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, &err);
     if (!rc && def->sagas) rc = sagas_start(s, &err);
     if (!rc) rc = relay_start(s, &err);
+    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, &err);
     if (!rc) rc = ew_bus_start(s->bus, &err);
     if (!rc) rc = ew_http_start(s->http, &err);
     if (rc) {

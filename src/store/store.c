@@ -487,6 +487,49 @@ int ew_store_purge(ew_store *s, size_t batch, size_t *purged, ew_error *err)
     return rc;
 }
 
+/* ---- retention ------------------------------------------------------------------------------- */
+
+/* One batch of `DELETE ... WHERE id IN (SELECT id ... WHERE <col> < $1 ... LIMIT batch)`: the
+ * same SQL on both databases (SQLite keeps RFC 3339 text, which sorts as time; PostgreSQL reads
+ * the text as timestamptz). */
+static int delete_before(ew_store *s, const char *table, const char *cond, int64_t before_us,
+                         size_t batch, size_t *n, ew_error *err)
+{
+    *n = 0;
+    if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
+    if (!batch) batch = DEFAULT_PURGE_BATCH;
+    char t[EW_TIME_LEN + 1], sql[512];
+    if (ew_time_format(before_us, t)) return ew_error_set(err, EW_EINVAL, "time out of range");
+    snprintf(sql, sizeof sql,
+             "DELETE FROM event_store.%s WHERE id IN (SELECT id FROM event_store.%s WHERE %s"
+             " ORDER BY id LIMIT %zu)",
+             table, table, cond, batch);
+    ew_txn *tx;
+    int rc = ew_store_begin(s, &tx, err);
+    if (rc) return rc;
+    const char *p[] = {t};
+    int64_t changes = 0;
+    rc = ew_txn_exec(tx, sql, p, 1, &changes, err);
+    if (rc) {
+        ew_txn_rollback(tx);
+        return rc;
+    }
+    if (!(rc = ew_txn_commit(tx, err))) *n = (size_t)changes;
+    return rc;
+}
+
+int ew_store_outbox_prune(ew_store *s, int64_t sent_before_us, size_t batch, size_t *n,
+                          ew_error *err)
+{
+    return delete_before(s, "outbox", "sent_at IS NOT NULL AND sent_at < $1", sent_before_us, batch,
+                         n, err);
+}
+
+int ew_store_dlq_purge(ew_store *s, int64_t before_us, size_t batch, size_t *n, ew_error *err)
+{
+    return delete_before(s, "dead_letter_queue", "last_failed_at < $1", before_us, batch, n, err);
+}
+
 /* ---- dead letters ---------------------------------------------------------------------------- */
 
 /* Text the database takes: valid UTF-8 without NUL. A byte that is not part of a valid
