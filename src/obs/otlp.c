@@ -249,6 +249,17 @@ static void *run(void *arg)
     return NULL;
 }
 
+/* Frees what ew_otlp_new made, its thread stopped or never started. */
+static void release(ew_otlp *x)
+{
+    pthread_mutex_destroy(&x->mu);
+    pthread_cond_destroy(&x->cv);
+    free(x->endpoint);
+    free(x->service);
+    free(x->q);
+    free(x);
+}
+
 int ew_otlp_new(ew_otlp **out, const ew_otlp_options *opts, ew_error *err)
 {
     *out = NULL;
@@ -288,12 +299,7 @@ int ew_otlp_new(ew_otlp **out, const ew_otlp_options *opts, ew_error *err)
     pthread_condattr_destroy(&ca);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (pthread_create(&x->thread, NULL, run, x)) {
-        pthread_mutex_destroy(&x->mu);
-        pthread_cond_destroy(&x->cv);
-        free(x->endpoint);
-        free(x->service);
-        free(x->q);
-        free(x);
+        release(x);
         return ew_error_set(err, EW_ENOMEM, "cannot start the OTLP exporter's thread");
     }
     *out = x;
@@ -308,12 +314,7 @@ void ew_otlp_free(ew_otlp *x)
     pthread_mutex_unlock(&x->mu);
     pthread_cond_signal(&x->cv);
     pthread_join(x->thread, NULL);
-    pthread_mutex_destroy(&x->mu);
-    pthread_cond_destroy(&x->cv);
-    free(x->endpoint);
-    free(x->service);
-    free(x->q);
-    free(x);
+    release(x);
 }
 
 void ew_otlp_stats_get(ew_otlp *x, ew_otlp_stats *out)
