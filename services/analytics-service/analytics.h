@@ -6,7 +6,9 @@
  *   analytics_user_events   one row per (user, event type): which events each user caused, how
  *                           many, first and last time -- the personal data it exports and deletes
  *   analytics_erased        one row per erased user: a BLAKE2b hash of the id, never the id, so
- *                           that events still in flight for the user do not bring rows back */
+ *                           that events still in flight for the user do not bring rows back
+ *   analytics_opted_out     one row per user who withdrew consent for the purpose "analytics"
+ *                           (user.consent_changed): the same hash; such a user is not counted */
 #ifndef ANALYTICS_H
 #define ANALYTICS_H
 
@@ -16,6 +18,9 @@
 
 #define ANALYTICS_SERVICE "analytics-service"
 #define ANALYTICS_PORT 8004
+
+/* The consent purpose analytics-service honours (user.consent_changed). */
+#define ANALYTICS_PURPOSE "analytics"
 
 /* "Active" users caused an event in this many seconds before now. */
 #define ANALYTICS_ACTIVE_WINDOW_S (24 * 3600)

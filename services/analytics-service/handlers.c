@@ -6,6 +6,8 @@
  *                              the GDPR machinery's events and analytics' own
  *  user.registered             records the user, publishes analytics.user_tracked (the
  *                              registration saga waits for it)
+ *  user.consent_changed        purpose "analytics" withdrawn: the user's rows go and the user
+ *                              is not counted any more (until consent is given again)
  *
  * and the runtime answers the GDPR events from analytics_gdpr (svc.h):
  *  user.deletion_requested     deletes the user's rows, remembers the erasure, publishes
@@ -36,16 +38,20 @@ static bool user_activity(const char *type)
            strncmp(type, "analytics.", 10);
 }
 
-/* Was the user erased? *erased is set; nonzero on a database error. */
-static int is_erased(ew_txn *t, const char *user_id, bool *erased, ew_error *err)
+/* Must the user not be counted — erased, or consent for analytics withdrawn? *skip is set;
+ * nonzero on a database error. */
+static int not_counted(ew_txn *t, const char *user_id, bool *skip, ew_error *err)
 {
     char h[65];
     analytics_user_hash(user_id, h);
     const char *p[] = {h};
     svc_row r;
-    int rc = svc_query_row(t, "SELECT 1 FROM event_store.analytics_erased WHERE user_hash = $1", p,
-                           1, &r, err);
-    *erased = !rc && r.found;
+    int rc = svc_query_row(t,
+                           "SELECT 1 FROM event_store.analytics_erased WHERE user_hash = $1"
+                           " UNION ALL"
+                           " SELECT 1 FROM event_store.analytics_opted_out WHERE user_hash = $1",
+                           p, 1, &r, err);
+    *skip = !rc && r.found;
     svc_row_free(&r);
     return rc;
 }
@@ -73,9 +79,9 @@ static ew_handler_result on_any(const ew_event *ev, ew_handler_ctx *ctx, void *u
         return svc_retry(a->s, ctx, "counting an event", &e);
     const char *user = user_activity(type) ? event_user(ev) : NULL;
     if (!user) return EW_HANDLER_OK;
-    bool erased;
-    if (is_erased(t, user, &erased, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);
-    if (erased) return EW_HANDLER_OK;
+    bool skip;
+    if (not_counted(t, user, &skip, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);
+    if (skip) return EW_HANDLER_OK;
     const char *pu[] = {user, type, at};
     if (ew_txn_exec(t,
                     "INSERT INTO event_store.analytics_user_events AS u"
@@ -99,12 +105,15 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
     if (!d) return svc_not_mine(ctx, ev);
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
-    bool erased;
-    if (is_erased(t, d->user_id, &erased, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);
-    if (erased) {
-        svc_log(a->s, EW_LOG_INFO, "user.registered %s: the user was erased; not tracked",
+    bool skip;
+    if (not_counted(t, d->user_id, &skip, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);
+    if (skip) {
+        svc_log(a->s, EW_LOG_INFO,
+                "user.registered %s: the user was erased or withdrew consent; not tracked",
                 ew_event_id(ev));
-        return EW_HANDLER_OK;
+        /* the registration saga still hears that analytics is done with it */
+        ew_analytics_user_tracked tr = {.user_id = d->user_id, .event = "user.registered"};
+        return svc_ctx_emit_or_retry(a->s, ctx, EW_T_ANALYTICS_USER_TRACKED, &tr, d->user_id);
     }
     char at[EW_TIME_LEN + 1], now[EW_TIME_LEN + 1];
     ew_time_format(ew_event_time_us(ev), at);
@@ -117,6 +126,40 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
         return svc_retry(a->s, ctx, "recording a user", &e);
     ew_analytics_user_tracked tr = {.user_id = d->user_id, .event = "user.registered"};
     return svc_ctx_emit_or_retry(a->s, ctx, EW_T_ANALYTICS_USER_TRACKED, &tr, d->user_id);
+}
+
+/* ---- user.consent_changed ------------------------------------------------------------------- */
+
+static ew_handler_result on_consent(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    analytics *a = ud;
+    const ew_user_consent_changed *d = ew_user_consent_changed_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    if (strcmp(d->purpose, ANALYTICS_PURPOSE) != 0) return EW_HANDLER_OK; /* not ours */
+    ew_txn *t = ew_ctx_txn(ctx);
+    ew_error e = {0};
+    char h[65], now[EW_TIME_LEN + 1];
+    analytics_user_hash(d->user_id, h);
+    ew_time_format(ew_now_us(), now);
+    const char *ph[] = {h, now}, *pu[] = {d->user_id};
+    int rc;
+    if (d->granted) {
+        rc = ew_txn_exec(t, "DELETE FROM event_store.analytics_opted_out WHERE user_hash = $1", ph,
+                         1, NULL, &e);
+    } else {
+        rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.analytics_opted_out (user_hash, opted_out_at)"
+                         " VALUES ($1, $2) ON CONFLICT (user_hash) DO NOTHING",
+                         ph, 2, NULL, &e);
+        if (!rc)
+            rc = ew_txn_exec(t, "DELETE FROM event_store.analytics_user_events WHERE user_id = $1",
+                             pu, 1, NULL, &e);
+        if (!rc)
+            rc = ew_txn_exec(t, "DELETE FROM event_store.analytics_users WHERE user_id = $1", pu, 1,
+                             NULL, &e);
+    }
+    if (rc) return svc_retry(a->s, ctx, "recording a change of consent", &e);
+    return EW_HANDLER_OK;
 }
 
 /* ---- GDPR: the runtime answers from this ---------------------------------------------------- */
@@ -167,6 +210,7 @@ int analytics_handlers(analytics *a, ew_error *err)
     static const svc_handler subs[] = {
         {"#", on_any},
         {"user.registered", on_registered},
+        {"user.consent_changed", on_consent},
     };
     return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
 }

@@ -93,6 +93,8 @@ static void get_stats(const ew_http_request *rq, ew_http_response *res, void *ud
                      NULL, 0, total_cb, &tt, &e);
     int64_t users =
         count_of(t, "SELECT count(*) FROM event_store.analytics_users", NULL, 0, &rc, &e);
+    int64_t opted_out =
+        count_of(t, "SELECT count(*) FROM event_store.analytics_opted_out", NULL, 0, &rc, &e);
     int64_t active =
         count_of(t,
                  "SELECT count(DISTINCT user_id) FROM event_store.analytics_user_events"
@@ -115,8 +117,10 @@ static void get_stats(const ew_http_request *rq, ew_http_response *res, void *ud
     ew_buf_printf(&b, "},\"events\":%lld,\"counters\":{", (long long)tt.all);
     for (size_t i = 0; i < NCOUNTERS; i++)
         ew_buf_printf(&b, "\"%s\":%lld,", counters[i].name, (long long)tt.counter[i]);
-    ew_buf_printf(&b, "\"users\":%lld,\"active_users\":%lld,\"logged_in_users\":%lld}",
-                  (long long)users, (long long)active, (long long)logged_in);
+    ew_buf_printf(&b,
+                  "\"users\":%lld,\"active_users\":%lld,\"logged_in_users\":%lld,"
+                  "\"users_opted_out\":%lld}",
+                  (long long)users, (long long)active, (long long)logged_in, (long long)opted_out);
     ew_buf_printf(&b, ",\"active_window_seconds\":%d,\"since\":", ANALYTICS_ACTIVE_WINDOW_S);
     if (tt.first)
         ew_json_write_string(&b, tt.first, strlen(tt.first));

@@ -25,6 +25,9 @@ static const char *const schema[] = {
     "CREATE TABLE IF NOT EXISTS event_store.analytics_erased ("
     " user_hash TEXT PRIMARY KEY,"
     " erased_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_store.analytics_opted_out ("
+    " user_hash TEXT PRIMARY KEY,"
+    " opted_out_at TEXT NOT NULL)",
 };
 
 void analytics_user_hash(const char *user_id, char out[65])

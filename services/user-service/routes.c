@@ -384,6 +384,57 @@ failed:
     ew_http_obj_end(res);
 }
 
+/* ---- PUT /users/{id}/consent --------------------------------------------------------------- */
+
+/* A user grants or withdraws consent for a purpose ("analytics", "marketing", ...): the
+ * services that process for that purpose honour user.consent_changed. Nothing is kept here. */
+static void h_put_consent(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    usvc *u = ud;
+    const char *id = path_user(rq, res);
+    if (!id) return;
+    static const char *const fields[] = {"purpose", "granted", NULL};
+    const char *purpose = NULL;
+    bool granted = false;
+    if (svc_json_only(rq, res, fields) ||
+        svc_json_str(rq, res, "purpose", SVC_REQUIRED, METHOD_MAX, &purpose) ||
+        svc_json_bool(rq, res, "granted", SVC_REQUIRED, &granted, NULL))
+        return;
+    for (const char *p = purpose; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || *p == '_')) {
+            ew_http_reply_error(res, 400, "purpose", "purpose may hold only a-z and '_'");
+            return;
+        }
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(u->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {id};
+    rc = svc_query_row(t, "SELECT 1 FROM event_store.user_profiles WHERE user_id = $1", p, 1, &row,
+                       &e);
+    if (!rc && !row.found) {
+        ew_txn_rollback(t);
+        svc_row_free(&row);
+        ew_http_reply_error(res, 404, NULL, "no profile for user %s", id);
+        return;
+    }
+    svc_row_free(&row);
+    ew_user_consent_changed ev = {.user_id = id, .purpose = purpose, .granted = granted};
+    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_CONSENT_CHANGED, &ev, id, &e);
+    rc = svc_finish(u->s, t, rc, &e);
+failed:
+    if (rc) {
+        svc_reply_failure(u->s, res, "recording the consent", &e);
+        return;
+    }
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "user_id", id);
+    ew_http_obj_str(res, "purpose", purpose);
+    ew_http_obj_bool(res, "granted", granted);
+    ew_http_obj_end(res);
+}
+
 int user_routes(usvc *u, ew_error *err)
 {
     static const svc_http_route routes[] = {
@@ -392,6 +443,7 @@ int user_routes(usvc *u, ew_error *err)
         {"GET /users/{id}/preferences", 0, h_get_preferences},
         {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
         {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
+        {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
     };
     return svc_route_all(u->s, routes, sizeof routes / sizeof routes[0], u, err);
 }

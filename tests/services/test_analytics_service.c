@@ -162,6 +162,61 @@ static void test_a_redelivered_event_is_counted_once(void **state)
     down(e);
 }
 
+static void consent(env *e, const char *user_id, const char *purpose, bool granted)
+{
+    ew_user_consent_changed d = {.user_id = user_id, .purpose = purpose, .granted = granted};
+    publish(e, EW_T_USER_CONSENT_CHANGED, &d, user_id, NULL);
+}
+
+/* A user who withdrew consent for analytics is not counted — their rows go, their events are
+ * not added — and /stats says how many did; consent given again counts them again. Consent for
+ * another purpose changes nothing here. */
+static void test_withdrawn_consent_is_honoured(void **state)
+{
+    env *e = start(NULL);
+    char ada[EW_UUID_LEN + 1], bob[EW_UUID_LEN + 1];
+    ew_uuid7(ada);
+    ew_uuid7(bob);
+    registered(e, ada, "ada");
+    registered(e, bob, "bob");
+    logged_in(e, ada, NULL);
+    consent(e, bob, "marketing", false); /* not analytics' purpose */
+    wait_handled(e);
+    const char *rows = "SELECT count(*) FROM event_store.analytics_user_events WHERE user_id = $1";
+    assert_true(db_count(e, rows, ada) >= 2); /* registered, logged in */
+
+    consent(e, ada, "analytics", false);
+    wait_handled(e);
+    assert_int_equal(db_count(e, rows, ada), 0);
+    assert_int_equal(
+        db_count(e, "SELECT count(*) FROM event_store.analytics_users WHERE user_id = $1", ada), 0);
+    logged_in(e, ada, NULL); /* counted as an event, not as ada's */
+    logged_in(e, bob, NULL);
+    wait_handled(e);
+    assert_int_equal(db_count(e, rows, ada), 0);
+    assert_true(db_count(e, rows, bob) >= 2);
+    char *s = stats(e);
+    assert_int_equal(jnum(s, "counters/users_opted_out"), 1);
+    assert_int_equal(jnum(s, "counters/users"), 1);
+    assert_int_equal(jnum(s, "counters/logins"), 3);
+    free(s);
+
+    consent(e, ada, "analytics", true);
+    wait_handled(e);
+    logged_in(e, ada, NULL);
+    wait_handled(e);
+    assert_int_equal(
+        db_count(e,
+                 "SELECT total FROM event_store.analytics_user_events WHERE user_id = $1"
+                 " AND event_type = 'user.logged_in'",
+                 ada),
+        1);
+    s = stats(e);
+    assert_int_equal(jnum(s, "counters/users_opted_out"), 0);
+    free(s);
+    down(e);
+}
+
 static void test_gdpr_export_and_deletion(void **state)
 {
     env *e = start(NULL);
@@ -305,6 +360,7 @@ static void test_on_postgresql(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_counts_events_and_serves_stats, reap),
     cmocka_unit_test_teardown(test_a_redelivered_event_is_counted_once, reap),
+    cmocka_unit_test_teardown(test_withdrawn_consent_is_honoured, reap),
     cmocka_unit_test_teardown(test_gdpr_export_and_deletion, reap),
     cmocka_unit_test_teardown(test_bad_requests, reap),
     cmocka_unit_test_teardown(test_on_postgresql, reap),

@@ -256,11 +256,38 @@ static void test_registration_flow_across_two_services(void **state)
     down(e);
 }
 
+static void test_consent_is_published(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], path[128];
+    new_user(e, "grace", user_id);
+    snprintf(path, sizeof path, "/users/%s/consent", user_id);
+    http_result r = api(e, "PUT", path, "{\"purpose\":\"analytics\",\"granted\":false}", NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "granted"), "false");
+    http_result_free(&r);
+    ew_event *ev = wait_event(e, "user.consent_changed", user_id, 1);
+    const ew_user_consent_changed *c = ew_user_consent_changed_data(ev);
+    assert_string_equal(c->purpose, "analytics");
+    assert_false(c->granted);
+    ew_event_unref(ev);
+    expect(e, "PUT", path, "{\"purpose\":\"Ads!\",\"granted\":true}", 400, "purpose", "a-z");
+    expect(e, "PUT", path, "{\"purpose\":\"analytics\"}", 400, "granted", "granted");
+    char other[EW_UUID_LEN + 1], opath[128];
+    ew_uuid7(other);
+    snprintf(opath, sizeof opath, "/users/%s/consent", other);
+    expect(e, "PUT", opath, "{\"purpose\":\"analytics\",\"granted\":true}", 404, "(null)",
+           "no profile");
+    assert_int_equal(count_events(e, "user.consent_changed", NULL, NULL), 1);
+    down(e);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_profile_is_created_on_registration),
     cmocka_unit_test(test_profile_preferences_and_verification),
     cmocka_unit_test(test_export_and_deletion),
     cmocka_unit_test(test_registration_flow_across_two_services),
+    cmocka_unit_test(test_consent_is_published),
 };
 
 EW_TEST_MAIN(tests)
