@@ -237,7 +237,26 @@ static void test_dlq_and_store_commands(void **state)
     assert_non_null(strstr(out, "\"error\":\"database is locked\""));
     free(out);
     assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "{\"id\":1,\"status\":\"discarded\"}"));
     free(out);
+    /* discarded already: nothing to discard */
+    assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "dead letter 1 is discarded already"));
+    free(out);
+    free(errout);
+    /* --limit is checked; a type that is not the catalog's is warned about */
+    assert_int_equal(ew_test_ewctl("dlq list --limit ten", NULL, &out, &errout), 2);
+    assert_non_null(strstr(errout, "--limit takes a number from 1"));
+    free(out);
+    free(errout);
+    assert_int_equal(ew_test_ewctl("saga list --limit 0", NULL, &out, &errout), 2);
+    assert_non_null(strstr(errout, "--limit takes a number from 1"));
+    free(out);
+    free(errout);
+    assert_int_equal(ew_test_ewctl("dlq list --event user.regstered", NULL, &out, &errout), 0);
+    assert_non_null(strstr(errout, "'user.regstered' is not an event type of the catalog"));
+    free(out);
+    free(errout);
     assert_int_equal(ew_test_ewctl("dlq list --status discarded", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "\"id\":1,"));
     assert_null(strstr(out, "\"id\":2,"));
@@ -472,7 +491,30 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A read command where there is no store says so, and makes none. */
+static void test_no_store_is_said_not_made(void **state)
+{
+    char dir[] = "/tmp/ew-nostore-XXXXXX", url[160], path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/var/eventwire.db", dir);
+    snprintf(url, sizeof url, "sqlite:%s", path);
+    setenv("EVENT_STORE_URL", url, 1);
+    const char *cmds[] = {"dlq list", "store stream user-1", "saga list", "store purge"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char *out, *errout;
+        assert_int_equal(ew_test_ewctl(cmds[i], NULL, &out, &errout), 1);
+        if (!strstr(errout, "no event store at ") || !strstr(errout, "EVENT_STORE_URL"))
+            fail_msg("%s: %s", cmds[i], errout);
+        free(out);
+        free(errout);
+    }
+    assert_int_equal(access(path, F_OK), -1);
+    unsetenv("EVENT_STORE_URL");
+    rmdir(dir);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_no_store_is_said_not_made),
     cmocka_unit_test(test_tail_brief_prints_one_line_per_event),
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ewctl.h"
+#include "eventwire/sagas.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
@@ -122,15 +123,20 @@ static int list_options(int argc, char **argv, ew_saga_filter *f)
         const char *opt = argv[i], *v = argv[++i];
         if (strcmp(opt, "--type") == 0) {
             f->type = v;
+            if (strcmp(v, EW_SAGA_USER_REGISTRATION) && strcmp(v, EW_SAGA_USER_DELETION) &&
+                strcmp(v, EW_SAGA_PASSWORD_RESET))
+                fprintf(stderr,
+                        "ewctl: warning: '%s' is not a saga of the reference system "
+                        "(" EW_SAGA_USER_REGISTRATION ", " EW_SAGA_USER_DELETION
+                        ", " EW_SAGA_PASSWORD_RESET
+                        "); only a saga of another program can match it\n",
+                        v);
         } else if (strcmp(opt, "--status") == 0) {
             if ((f->status = ew_saga_status_parse(v)) < 0)
                 return ewctl_fail(2, "--status takes running, completed, compensating, "
                                      "compensated, failed or timed_out");
         } else if (strcmp(opt, "--limit") == 0) {
-            char *end;
-            long long n = strtoll(v, &end, 10);
-            if (*end || n < 1) return ewctl_fail(2, "--limit takes a number from 1");
-            f->limit = (size_t)n;
+            if (ewctl_parse_limit(v, &f->limit)) return 2;
         } else {
             return ewctl_fail(2, "unknown option '%s'", opt);
         }

@@ -193,15 +193,16 @@ int ewctl_dlq(int argc, char **argv)
         for (int i = 1; i < argc; i++) {
             if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
             const char *v = argv[++i];
-            if (strcmp(argv[i - 1], "--event") == 0)
+            if (strcmp(argv[i - 1], "--event") == 0) {
                 f.event_name = v;
-            else if (strcmp(argv[i - 1], "--handler") == 0)
+                ewctl_check_type(v);
+            } else if (strcmp(argv[i - 1], "--handler") == 0)
                 f.handler = v;
             else if (strcmp(argv[i - 1], "--group") == 0)
                 f.group = v;
-            else if (strcmp(argv[i - 1], "--limit") == 0)
-                f.limit = (size_t)strtoul(v, NULL, 10);
-            else if (strcmp(argv[i - 1], "--status") == 0) {
+            else if (strcmp(argv[i - 1], "--limit") == 0) {
+                if (ewctl_parse_limit(v, &f.limit)) return 2;
+            } else if (strcmp(argv[i - 1], "--status") == 0) {
                 for (int s = EW_DLQ_PENDING; s <= EW_DLQ_DISCARDED; s++)
                     if (strcmp(v, ew_dlq_status_name((ew_dlq_status)s)) == 0) f.status = s;
                 if (f.status < 0)
@@ -222,9 +223,10 @@ int ewctl_dlq(int argc, char **argv)
             }
             if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
             const char *v = argv[++i];
-            if (strcmp(argv[i - 1], "--event") == 0)
+            if (strcmp(argv[i - 1], "--event") == 0) {
                 f.event_name = v;
-            else if (strcmp(argv[i - 1], "--handler") == 0)
+                ewctl_check_type(v);
+            } else if (strcmp(argv[i - 1], "--handler") == 0)
                 f.handler = v;
             else if (strcmp(argv[i - 1], "--group") == 0)
                 f.group = v;
@@ -259,7 +261,14 @@ int ewctl_dlq(int argc, char **argv)
             ew_dlq_row_release(&row);
         }
     } else {
-        rc = ew_store_dlq_set_status(st, id, EW_DLQ_DISCARDED, &err);
+        ew_dlq_row row;
+        rc = ew_store_dlq_get(st, id, &row, &err);
+        if (!rc && (row.status == EW_DLQ_RESOLVED || row.status == EW_DLQ_DISCARDED))
+            rc = ew_error_set(&err, EW_ESTATE, "dead letter %lld is %s already: nothing to discard",
+                              (long long)id, ew_dlq_status_name(row.status));
+        if (!rc) ew_dlq_row_release(&row);
+        if (!rc) rc = ew_store_dlq_set_status(st, id, EW_DLQ_DISCARDED, &err);
+        if (!rc) printf("{\"id\":%lld,\"status\":\"discarded\"}\n", (long long)id);
     }
     ew_store_close(st);
     if (rc) return ewctl_fail(1, "%s", err.msg);

@@ -1,7 +1,11 @@
 /* ewctl: what several commands share. */
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "ewctl.h"
 #include "core/json.h"
+#include "eventwire/catalog.h"
 #include "eventwire/config.h"
 
 int ewctl_open_store(ew_store **st)
@@ -10,6 +14,15 @@ int ewctl_open_store(ew_store **st)
     ew_error err = {0};
     int rc = ew_config_new(&cfg, &err);
     if (rc == 0) rc = ew_config_from_env(cfg, &err);
+    /* a command that reads the store must not make an empty one where there is none */
+    const char *url = rc ? NULL : ew_config_get(cfg, "EVENT_STORE_URL");
+    if (url && strncmp(url, "sqlite:", 7) == 0 && access(url + 7, F_OK) != 0) {
+        ew_config_free(cfg);
+        return ewctl_fail(1,
+                          "no event store at %s — run where `ewctl up` ran, or set "
+                          "EVENT_STORE_URL",
+                          url + 7);
+    }
     if (rc == 0) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
     ew_config_free(cfg);
     if (rc) return ewctl_fail(1, "cannot open the event store: %s", err.msg);
@@ -23,4 +36,24 @@ void ewctl_put_str(ew_buf *b, const char *key, const char *v)
         ew_json_write_string(b, v, strlen(v));
     else
         ew_buf_puts(b, "null");
+}
+
+int ewctl_parse_limit(const char *v, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || n < 1 || n > 1000000)
+        return ewctl_fail(2, "--limit takes a number from 1 to 1000000, not '%s'", v);
+    *out = (size_t)n;
+    return 0;
+}
+
+void ewctl_check_type(const char *type)
+{
+    if (!type || ew_catalog_find(type, 0)) return;
+    fprintf(stderr,
+            "ewctl: warning: '%s' is not an event type of the catalog (`ewctl schema` lists "
+            "them); only foreign events can match it\n",
+            type);
 }

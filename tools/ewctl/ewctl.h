@@ -35,6 +35,12 @@ int ewctl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2
  * saying why on stderr (common.c). */
 int ewctl_open_store(ew_store **st);
 
+/* --limit N: 0, or 2 after saying what it takes (common.c). */
+int ewctl_parse_limit(const char *v, size_t *out);
+
+/* Warns on stderr when type is not a catalog type: a filter that will match nothing of ours. */
+void ewctl_check_type(const char *type);
+
 /* Appends ,"key":v to b, v as a JSON string, or null when it is NULL (common.c). */
 void ewctl_put_str(ew_buf *b, const char *key, const char *v);
 
