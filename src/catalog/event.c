@@ -633,6 +633,57 @@ static void put_attr(ew_buf *b, const char *name, const char *v)
     ew_json_write_string(b, v, strlen(v));
 }
 
+/* Writes the event's data as a compact JSON object. */
+static void write_data(ew_buf *b, const ew_event *ev)
+{
+    const ew_type_info *t = ev->info;
+    ew_buf_putc(b, '{');
+    int first = 1;
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        const char *p = (const char *)ev->data + f->offset;
+        const char *s = NULL;
+        if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL && f->kind != EW_FIELD_STRLIST) {
+            s = *(const char *const *)(const void *)p;
+            if (!s) continue; /* absent optional field */
+        }
+        if (!first) ew_buf_putc(b, ',');
+        first = 0;
+        ew_json_write_string(b, f->name, strlen(f->name));
+        ew_buf_putc(b, ':');
+        switch (f->kind) {
+        case EW_FIELD_INT:
+            ew_buf_printf(b, "%lld", (long long)*(const int64_t *)(const void *)p);
+            break;
+        case EW_FIELD_BOOL:
+            ew_buf_puts(b, *(const bool *)p ? "true" : "false");
+            break;
+        case EW_FIELD_STRLIST: {
+            const ew_strlist *l = (const void *)p;
+            ew_buf_putc(b, '[');
+            for (size_t j = 0; j < l->count; j++) {
+                if (j) ew_buf_putc(b, ',');
+                ew_json_write_string(b, l->items[j], strlen(l->items[j]));
+            }
+            ew_buf_putc(b, ']');
+            break;
+        }
+        case EW_FIELD_OBJECT:
+            ew_buf_puts(b, s); /* compact JSON, made so when the event was built */
+            break;
+        default:
+            ew_json_write_string(b, s, strlen(s));
+        }
+    }
+    ew_buf_putc(b, '}');
+}
+
+int ew__event_encode_data(const ew_event *ev, ew_buf *b)
+{
+    write_data(b, ev);
+    return b->oom ? EW_ENOMEM : 0;
+}
+
 int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
 {
     if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
@@ -673,45 +724,9 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
         else
             ew_buf_puts(&b, x->value);
     }
-    ew_buf_puts(&b, ",\"data\":{");
-    int first = 1;
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        const char *p = (const char *)ev->data + f->offset;
-        const char *s = NULL;
-        if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL && f->kind != EW_FIELD_STRLIST) {
-            s = *(const char *const *)(const void *)p;
-            if (!s) continue; /* absent optional field */
-        }
-        if (!first) ew_buf_putc(&b, ',');
-        first = 0;
-        ew_json_write_string(&b, f->name, strlen(f->name));
-        ew_buf_putc(&b, ':');
-        switch (f->kind) {
-        case EW_FIELD_INT:
-            ew_buf_printf(&b, "%lld", (long long)*(const int64_t *)(const void *)p);
-            break;
-        case EW_FIELD_BOOL:
-            ew_buf_puts(&b, *(const bool *)p ? "true" : "false");
-            break;
-        case EW_FIELD_STRLIST: {
-            const ew_strlist *l = (const void *)p;
-            ew_buf_putc(&b, '[');
-            for (size_t j = 0; j < l->count; j++) {
-                if (j) ew_buf_putc(&b, ',');
-                ew_json_write_string(&b, l->items[j], strlen(l->items[j]));
-            }
-            ew_buf_putc(&b, ']');
-            break;
-        }
-        case EW_FIELD_OBJECT:
-            ew_buf_puts(&b, s); /* compact JSON, made so when the event was built */
-            break;
-        default:
-            ew_json_write_string(&b, s, strlen(s));
-        }
-    }
-    ew_buf_puts(&b, "}}");
+    ew_buf_puts(&b, ",\"data\":");
+    write_data(&b, ev);
+    ew_buf_putc(&b, '}');
     if (b.oom) {
         ew_buf_release(&b);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
