@@ -1,8 +1,9 @@
 /* eventwire — the event envelope and its codec.
  *
  * An ew_event is one domain event in a CloudEvents 1.0 envelope: id (UUIDv7), type, source,
- * subject, time, the extension attributes eventversion, correlationid, causationid and
- * traceparent, and the typed data of its catalog type. Events are immutable once built and
+ * subject, time, dataschema, the extension attributes eventversion, correlationid, causationid
+ * and traceparent, any other extension attributes its producer set (carried unchanged), and the
+ * typed data of its catalog type. Events are immutable once built and
  * reference counted, so one event can be handed to many handlers on many threads.
  *
  * On the wire an event is CloudEvents structured-mode JSON (docs/events.md). Decoding is strict:
@@ -24,6 +25,24 @@ extern "C" {
 
 typedef struct ew_event ew_event;
 
+/* What an extension attribute's value is, as the JSON event format carries it. */
+typedef enum ew_ext_kind {
+    EW_EXT_STRING = 0, /* a JSON string (CloudEvents String, URI, Timestamp, Binary as text) */
+    EW_EXT_NUMBER,     /* a JSON number; value is its text as written ("42", "0.5") */
+    EW_EXT_BOOL        /* a JSON boolean; value is "true" or "false" */
+} ew_ext_kind;
+
+/* An extension attribute that is not one of eventwire's own (eventversion, correlationid,
+ * causationid, traceparent): `tenantid`, `partitionkey`, `tracestate`, ... Events carry them
+ * unchanged from decoding through handlers to re-encoding. The name is lower-case ASCII letters
+ * and digits (the CloudEvents rule; the spec recommends at most 20 characters, which is not
+ * enforced) and is none of the context attributes. */
+typedef struct ew_event_ext {
+    const char *name;
+    ew_ext_kind kind;
+    const char *value; /* NUL-terminated text, as described by kind */
+} ew_event_ext;
+
 /* Envelope attributes a publisher chooses. Every pointer is copied by ew_event_new(). */
 typedef struct ew_event_attrs {
     const char *source;         /* required: the publishing service, e.g. "auth-service" */
@@ -33,6 +52,12 @@ typedef struct ew_event_attrs {
     const char *correlation_id; /* NULL: the event's own id (it starts a conversation) */
     const char *causation_id;   /* the id of the event that caused this one; NULL for none */
     const char *traceparent; /* W3C trace context "00-<32 hex>-<16 hex>-<2 hex>"; NULL for none */
+    /* The producer's dataschema URI; NULL: the catalog's, urn:eventwire:schema:TYPE:VERSION. */
+    const char *dataschema;
+    /* Further extension attributes (names unique; order does not matter); NULL for none. A bad
+     * name, a duplicate or a value that is not of its kind is EW_EINVAL. */
+    const ew_event_ext *extensions;
+    size_t nextensions;
 } ew_event_attrs;
 
 /* Builds an event of a catalog type from its data struct (ew_user_registered for
@@ -67,10 +92,25 @@ const char *ew_event_correlation_id(const ew_event *ev);
 const char *ew_event_causation_id(const ew_event *ev); /* NULL when none */
 const char *ew_event_traceparent(const ew_event *ev);  /* NULL when none */
 
+/* The dataschema the producer set, kept as sent while the event keeps the version it was
+ * published as; NULL when the event carries its catalog type's own,
+ * urn:eventwire:schema:TYPE:VERSION (ew_type_schema_uri), also after an upcast. */
+const char *ew_event_dataschema(const ew_event *ev);
+
+/* Extension attributes other than eventwire's own: the one named `name`, or NULL. Borrowed, like
+ * the attributes above. */
+const ew_event_ext *ew_event_extension(const ew_event *ev, const char *name);
+
+/* Every extension attribute, by index from 0 to ew_event_extension_count() - 1, in the order of
+ * their names. */
+size_t ew_event_extension_count(const ew_event *ev);
+const ew_event_ext *ew_event_extension_at(const ew_event *ev, size_t i);
+
 /* The event's data struct, or NULL when the event is not of type `type`. Borrowed. */
 const void *ew_event_data_as(const ew_event *ev, ew_type_id type);
 
-/* Do two events hold the same attributes and the same data? */
+/* Do two events hold the same attributes (extensions and dataschema included) and the same
+ * data? */
 int ew_event_equal(const ew_event *a, const ew_event *b);
 
 /* Encodes ev as CloudEvents structured JSON (compact, one line). *out is malloc'ed and

@@ -58,32 +58,56 @@ typedef struct ew__wire_msg {
 } ew__wire_msg;
 
 /* Decodes m into an event (validated, upcast to its latest version; opts as for
- * ew_event_decode, and its max_bytes also bounds the body). On success *out holds one reference.
+ * ew_event_decode, and its max_bytes also bounds the body, and in binary mode the body and the
+ * attribute headers together). On success *out holds one reference.
  * On failure err says why; when as_json is not NULL and m was in binary mode, as_json receives
  * the message rebuilt as one structured JSON document (data that is not JSON as data_base64),
- * so that a dead letter keeps the whole message readable. */
+ * so that a dead letter keeps the whole message readable.
+ *
+ * Which mode (Kafka and AMQP): a content type that starts with application/cloudevents is
+ * structured mode (only application/cloudevents+json is read: EW_ENOTSUP for other formats and
+ * for batches); else a specversion attribute header (Kafka `ce_specversion`, AMQP
+ * `cloudEvents_specversion` or `cloudEvents:specversion`) is binary mode; else the body is
+ * tried as a structured event, and the error says that it was neither. In binary mode the
+ * attribute headers map to attributes by the binding's type rules (AMQP longs to numbers,
+ * booleans, timestamps to RFC 3339 times; EW_ETYPE for a type with no mapping), the content type
+ * is datacontenttype (a `ce_datacontenttype` header beside a `content-type` one, as the
+ * JavaScript SDK sends, gives way to it), and the body is the data: JSON when the content type is
+ * a JSON media type or absent, else EW_EDATA (catalog events carry JSON data). One attribute
+ * twice with different values (a repeated Kafka header, both AMQP prefixes) is EW_EDUPKEY. */
 int ew__binding_decode(const ew__wire_msg *m, const ew_decode_opts *opts, ew_event **out,
                        ew_buf *as_json, ew_error *err);
 
-/* Is m in binary mode by its binding's rules? */
+/* Is m in binary mode by its binding's rules (Kafka and AMQP only)? */
 int ew__binding_is_binary(const ew__wire_msg *m);
 
 /* How we publish: structured (the default) or binary (EVENT_CONTENT_MODE=binary), on the
  * brokers whose binding has a binary mode (Kafka, AMQP); structured elsewhere. */
 typedef enum ew__content_mode { EW__MODE_STRUCTURED = 0, EW__MODE_BINARY } ew__content_mode;
 
+/* EVENT_CONTENT_MODE's value as a mode: "structured" (also NULL or empty) or "binary";
+ * EW_ECONFIG (and structured) for anything else. */
+int ew__content_mode_parse(const char *s, ew__content_mode *mode);
+
 /* One message to send, as ew__binding_encode() made it. Everything in it is owned by it until
  * ew__wire_out_release(). */
 typedef struct ew__wire_out {
     char *body; /* NUL-terminated */
     size_t body_len;
-    const char *content_type; /* static: the message's content type */
-    ew__header *headers;      /* EW__HV_BYTES only */
+    /* static: the message's content type, which the adapter sends as Kafka's `content-type`
+     * header or AMQP's content-type property: application/cloudevents+json (structured) or
+     * application/json (binary: the datacontenttype) */
+    const char *content_type;
+    /* EW__HV_BYTES only, names and values in their canonical string form: the attribute headers
+     * of binary mode (Kafka `ce_*`, AMQP `cloudEvents_*` application properties), none in
+     * structured mode; the content type is not among them */
+    ew__header *headers;
     size_t nheaders;
 } ew__wire_out;
 
 /* Encodes ev for binding b in mode (structured where b has no binary mode). EW_ETOOBIG when the
- * message (body and headers) is larger than max_bytes (0: no limit); then out holds nothing. */
+ * event (the body, and in binary mode the headers too) is larger than max_bytes (0: no limit);
+ * then out holds nothing. */
 int ew__binding_encode(const ew_event *ev, ew__binding b, ew__content_mode mode, size_t max_bytes,
                        ew__wire_out *out, ew_error *err);
 

@@ -1,10 +1,12 @@
 /* eventwire — the event object: building (with validation), reference counting, equality, and
- * the CloudEvents structured-JSON codec. An event is one malloc: the header, then its strings
- * and its data struct, sized exactly before they are copied in. */
+ * the CloudEvents structured-JSON codec. An event is one malloc: the header, then its data
+ * struct, its extension table and its strings, sized exactly before they are copied in. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include "catalog/event_internal.h"
 #include "catalog/upcast.h"
 #include "core/arena.h"
 #include "core/buf.h"
@@ -18,9 +20,12 @@ struct ew_event {
     atomic_int refs;
     const ew_type_info *info;
     const char *id, *source, *subject, *correlation_id, *causation_id, *traceparent;
+    const char *dataschema; /* NULL: the catalog's */
     int64_t time_us;
     void *data;
-    /* the strings and the data struct follow */
+    const ew_event_ext *ext; /* sorted by name, names unique */
+    size_t next;
+    /* the data struct, the extension table and the strings follow */
 };
 
 #define DEFAULT_MAX_BYTES (1u << 20)
@@ -29,7 +34,14 @@ struct ew_event {
 
 /* ---- validation ------------------------------------------------------------------------- */
 
-static bool email_valid(const char *s)
+/* The checks every field of every event goes through, inlined into their callers. */
+#if defined(__GNUC__)
+#define HOT_INLINE inline __attribute__((always_inline))
+#else
+#define HOT_INLINE inline
+#endif
+
+static HOT_INLINE bool email_valid(const char *s)
 {
     const char *at = strchr(s, '@');
     size_t n = strlen(s);
@@ -72,9 +84,10 @@ static bool traceparent_valid(const char *s)
     return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
 }
 
-/* Checks one field's value against its kind. `what` prefixes messages ("data."). */
-static int check_field(const ew_type_info *t, const ew_field_info *f, const void *data, size_t *len,
-                       ew_error *err)
+/* Checks one field's value against its kind. Inlined: it runs for every field of every event
+ * built or decoded. */
+static HOT_INLINE int check_field(const ew_type_info *t, const ew_field_info *f, const void *data,
+                                  size_t *len, ew_error *err)
 {
     *len = 0;
     const char *base = (const char *)data + f->offset;
@@ -144,15 +157,25 @@ static int check_field(const ew_type_info *t, const ew_field_info *f, const void
 }
 
 /* The envelope strings, in the order build() lays them out. */
-enum { A_ID, A_SOURCE, A_SUBJECT, A_CORRELATION, A_CAUSATION, A_TRACEPARENT, A_COUNT };
+enum {
+    A_ID,
+    A_SOURCE,
+    A_SUBJECT,
+    A_CORRELATION,
+    A_CAUSATION,
+    A_DATASCHEMA,
+    A_TRACEPARENT,
+    A_COUNT
+};
 
 static int check_attrs(const ew_event_attrs *a, size_t alen[A_COUNT], ew_error *err)
 {
     if (!a || !a->source || !*a->source)
         return ew_error_set(err, EW_EEMPTY, "attribute 'source' is required and must not be empty");
-    const char *names[] = {"id", "source", "subject", "correlationid", "causationid"};
-    const char *vals[] = {a->id, a->source, a->subject, a->correlation_id, a->causation_id};
-    for (int i = 0; i < 5; i++) {
+    const char *names[] = {"id", "source", "subject", "correlationid", "causationid", "dataschema"};
+    const char *vals[] = {a->id,           a->source,    a->subject, a->correlation_id,
+                          a->causation_id, a->dataschema};
+    for (int i = 0; i < A_TRACEPARENT; i++) {
         alen[i] = 0;
         if (!vals[i]) continue;
         size_t n = alen[i] = strlen(vals[i]);
@@ -171,6 +194,126 @@ static int check_attrs(const ew_event_attrs *a, size_t alen[A_COUNT], ew_error *
                             "(00-<32 hex>-<16 hex>-<2 hex>)",
                             a->traceparent);
     return 0;
+}
+
+/* CloudEvents attribute names: lower-case ASCII letters and digits. The spec recommends at
+ * most 20 characters (SHOULD); longer names are valid, and accepted. */
+static bool ext_name_valid(const char *s, size_t n)
+{
+    if (n == 0) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9'))) return false;
+    return true;
+}
+
+/* The context attributes and eventwire's own extensions: not names of further extensions. */
+static bool attr_name_reserved(const char *s)
+{
+    static const char *const names[] = {
+        "specversion",     "id",         "source", "type",         "subject",       "time",
+        "datacontenttype", "dataschema", "data",   "eventversion", "correlationid", "causationid",
+        "traceparent"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i]) == 0) return true;
+    return false;
+}
+
+/* A JSON number's text: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static bool json_number_valid(const char *s)
+{
+    if (*s == '-') s++;
+    if (*s == '0')
+        s++;
+    else if (*s >= '1' && *s <= '9')
+        s += strspn(s, "0123456789");
+    else
+        return false;
+    if (*s == '.') {
+        size_t n = strspn(++s, "0123456789");
+        if (!n) return false;
+        s += n;
+    }
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '+' || *s == '-') s++;
+        size_t n = strspn(s, "0123456789");
+        if (!n) return false;
+        s += n;
+    }
+    return *s == '\0';
+}
+
+static int ext_cmp(const void *a, const void *b)
+{
+    return strcmp((*(const ew_event_ext *const *)a)->name, (*(const ew_event_ext *const *)b)->name);
+}
+
+/* Checks the extensions of attrs and sorts them by name into sorted[0..n); *text gets the bytes
+ * their names and values take with their NULs. */
+static int check_exts(const ew_event_attrs *a, const ew_event_ext **sorted, size_t *text,
+                      ew_error *err)
+{
+    *text = 0;
+    for (size_t i = 0; i < a->nextensions; i++) {
+        const ew_event_ext *x = &a->extensions[i];
+        if (!x->name || !ext_name_valid(x->name, strlen(x->name)))
+            return ew_error_set(err, EW_EINVAL,
+                                "extension attribute name '%.40s' is not a CloudEvents name "
+                                "(lower-case letters a-z and digits 0-9)",
+                                x->name ? x->name : "(null)");
+        if (attr_name_reserved(x->name))
+            return ew_error_set(err, EW_EINVAL,
+                                "'%s' is an attribute of its own, not a further extension",
+                                x->name);
+        if (!x->value)
+            return ew_error_set(err, EW_EINVAL, "extension attribute '%.40s' has no value",
+                                x->name);
+        size_t vn = strlen(x->value);
+        bool ok;
+        switch (x->kind) {
+        case EW_EXT_STRING:
+            ok = ew_utf8_valid(x->value, vn);
+            break;
+        case EW_EXT_NUMBER:
+            ok = json_number_valid(x->value);
+            break;
+        case EW_EXT_BOOL:
+            ok = strcmp(x->value, "true") == 0 || strcmp(x->value, "false") == 0;
+            break;
+        default:
+            ok = false;
+        }
+        if (!ok)
+            return ew_error_set(err, EW_EINVAL,
+                                "extension attribute '%.40s': '%.40s' is not a valid %s", x->name,
+                                x->value,
+                                x->kind == EW_EXT_NUMBER ? "JSON number"
+                                : x->kind == EW_EXT_BOOL ? "boolean (true or false)"
+                                                         : "UTF-8 string");
+        sorted[i] = x;
+        *text += strlen(x->name) + 1 + vn + 1;
+    }
+    if (a->nextensions > 1) qsort(sorted, a->nextensions, sizeof *sorted, ext_cmp);
+    for (size_t i = 1; i < a->nextensions; i++)
+        if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0)
+            return ew_error_set(err, EW_EINVAL, "extension attribute '%.40s' is given twice",
+                                sorted[i]->name);
+    return 0;
+}
+
+/* Is s the type's own dataschema, urn:eventwire:schema:TYPE:VERSION? */
+static bool schema_is_default(const ew_type_info *t, const char *s)
+{
+    static const char pre[] = "urn:eventwire:schema:";
+    if (strncmp(s, pre, sizeof pre - 1) != 0) return false;
+    s += sizeof pre - 1;
+    if (strncmp(s, t->type, t->type_len) != 0 || s[t->type_len] != ':') return false;
+    s += t->type_len + 1;
+    if (*s < '1' || *s > '9') return false;
+    int v = 0;
+    for (; *s >= '0' && *s <= '9' && v < 1000000; s++)
+        v = v * 10 + (*s - '0');
+    return *s == '\0' && v == t->version;
 }
 
 /* ---- building ------------------------------------------------------------------------- */
@@ -229,16 +372,36 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
 {
     size_t alen[A_COUNT], flen[64];
     if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
+    /* The catalog's own dataschema is not kept: it is what the event carries without one. */
+    ew_event_attrs norm;
+    if (a && a->dataschema && schema_is_default(t, a->dataschema)) {
+        norm = *a;
+        norm.dataschema = NULL;
+        a = &norm;
+    }
     int rc = check_attrs(a, alen, err);
     if (rc) return rc;
+    if (a->nextensions && !a->extensions)
+        return ew_error_set(err, EW_EINVAL, "%zu extensions but no array", a->nextensions);
     for (size_t i = 0; i < t->nfields; i++)
         if ((rc = check_field(t, &t->fields[i], data, &flen[i], err))) return rc;
+    const char *schema = a->dataschema;
+
+    const ew_event_ext *sorted_stack[16], **sorted = sorted_stack;
+    size_t next = a->nextensions, ext_text = 0;
+    if (next > 16 && !(sorted = malloc(next * sizeof *sorted)))
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (next && (rc = check_exts(a, sorted, &ext_text, err))) {
+        if (sorted != sorted_stack) free(sorted);
+        return rc;
+    }
 
     size_t off[64];
     ew_buf canon;
     ew_buf_init(&canon);
     if (!canon_given && (rc = canon_objects(t, data, &canon, off, err))) {
         ew_buf_release(&canon);
+        if (sorted != sorted_stack) free(sorted);
         return rc;
     }
 
@@ -251,8 +414,9 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         id = idbuf;
         alen[A_ID] = EW_UUID_LEN;
     }
-    /* Size: header, data struct, string arrays, then the text, each string with its NUL. */
-    size_t arrays = 0, text = 0;
+    /* Size: header, data struct, string arrays, extension table, then the text, each string
+     * with its NUL. */
+    size_t arrays = 0, text = ext_text;
     for (int i = 0; i < A_COUNT; i++)
         text += alen[i] + 1;
     for (size_t i = 0; i < t->nfields; i++) {
@@ -270,14 +434,17 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         }
     }
     size_t head = ALIGN_UP(sizeof(ew_event)), body = ALIGN_UP(t->struct_size);
-    ew_event *ev = malloc(head + body + arrays + text);
+    size_t exts = next * sizeof(ew_event_ext);
+    ew_event *ev = malloc(head + body + arrays + exts + text);
     if (!ev) {
         ew_buf_release(&canon);
+        if (sorted != sorted_stack) free(sorted);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     char *d = (char *)ev + head;
     const char **arr = (const char **)(void *)(d + body);
-    char *p = (char *)(arr) + arrays;
+    ew_event_ext *ext = (ew_event_ext *)(void *)((char *)arr + arrays);
+    char *p = (char *)ext + exts;
 
     atomic_init(&ev->refs, 1);
     ev->info = t;
@@ -288,6 +455,15 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         a->correlation_id ? put(&p, a->correlation_id, alen[A_CORRELATION]) : ev->id;
     ev->causation_id = put(&p, a->causation_id, alen[A_CAUSATION]);
     ev->traceparent = put(&p, a->traceparent, alen[A_TRACEPARENT]);
+    ev->dataschema = put(&p, schema, alen[A_DATASCHEMA]);
+    for (size_t i = 0; i < next; i++) {
+        ext[i].name = put(&p, sorted[i]->name, strlen(sorted[i]->name));
+        ext[i].kind = sorted[i]->kind;
+        ext[i].value = put(&p, sorted[i]->value, strlen(sorted[i]->value));
+    }
+    ev->ext = next ? ext : NULL;
+    ev->next = next;
+    if (sorted != sorted_stack) free(sorted);
     ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
     memcpy(d, data, t->struct_size);
@@ -384,6 +560,32 @@ const char *ew_event_traceparent(const ew_event *ev)
 {
     return ev->traceparent;
 }
+const char *ew_event_dataschema(const ew_event *ev)
+{
+    return ev->dataschema;
+}
+size_t ew_event_extension_count(const ew_event *ev)
+{
+    return ev->next;
+}
+const ew_event_ext *ew_event_extension_at(const ew_event *ev, size_t i)
+{
+    return i < ev->next ? &ev->ext[i] : NULL;
+}
+const ew_event_ext *ew_event_extension(const ew_event *ev, const char *name)
+{
+    size_t lo = 0, hi = ev->next;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, ev->ext[mid].name);
+        if (c == 0) return &ev->ext[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
 
 const void *ew_event_data_as(const ew_event *ev, ew_type_id type)
 {
@@ -401,8 +603,13 @@ int ew_event_equal(const ew_event *a, const ew_event *b)
     if (!a || !b || a->info != b->info || a->time_us != b->time_us) return 0;
     if (!str_eq(a->id, b->id) || !str_eq(a->source, b->source) || !str_eq(a->subject, b->subject) ||
         !str_eq(a->correlation_id, b->correlation_id) ||
-        !str_eq(a->causation_id, b->causation_id) || !str_eq(a->traceparent, b->traceparent))
+        !str_eq(a->causation_id, b->causation_id) || !str_eq(a->traceparent, b->traceparent) ||
+        !str_eq(a->dataschema, b->dataschema) || a->next != b->next)
         return 0;
+    for (size_t i = 0; i < a->next; i++)
+        if (a->ext[i].kind != b->ext[i].kind || strcmp(a->ext[i].name, b->ext[i].name) != 0 ||
+            strcmp(a->ext[i].value, b->ext[i].value) != 0)
+            return 0;
     const ew_type_info *t = a->info;
     for (size_t i = 0; i < t->nfields; i++) {
         const ew_field_info *f = &t->fields[i];
@@ -439,6 +646,57 @@ static void put_attr(ew_buf *b, const char *name, const char *v)
     ew_json_write_string(b, v, strlen(v));
 }
 
+/* Writes the members of the event's data object (compact JSON, no braces). */
+static HOT_INLINE void write_data(ew_buf *b, const ew_event *ev)
+{
+    const ew_type_info *t = ev->info;
+    int first = 1;
+    for (size_t i = 0; i < t->nfields; i++) {
+        const ew_field_info *f = &t->fields[i];
+        const char *p = (const char *)ev->data + f->offset;
+        const char *s = NULL;
+        if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL && f->kind != EW_FIELD_STRLIST) {
+            s = *(const char *const *)(const void *)p;
+            if (!s) continue; /* absent optional field */
+        }
+        if (!first) ew_buf_putc(b, ',');
+        first = 0;
+        ew_json_write_string(b, f->name, strlen(f->name));
+        ew_buf_putc(b, ':');
+        switch (f->kind) {
+        case EW_FIELD_INT:
+            ew_buf_printf(b, "%lld", (long long)*(const int64_t *)(const void *)p);
+            break;
+        case EW_FIELD_BOOL:
+            ew_buf_puts(b, *(const bool *)p ? "true" : "false");
+            break;
+        case EW_FIELD_STRLIST: {
+            const ew_strlist *l = (const void *)p;
+            ew_buf_putc(b, '[');
+            for (size_t j = 0; j < l->count; j++) {
+                if (j) ew_buf_putc(b, ',');
+                ew_json_write_string(b, l->items[j], strlen(l->items[j]));
+            }
+            ew_buf_putc(b, ']');
+            break;
+        }
+        case EW_FIELD_OBJECT:
+            ew_buf_puts(b, s); /* compact JSON, made so when the event was built */
+            break;
+        default:
+            ew_json_write_string(b, s, strlen(s));
+        }
+    }
+}
+
+int ew__event_encode_data(const ew_event *ev, ew_buf *b)
+{
+    ew_buf_putc(b, '{');
+    write_data(b, ev);
+    ew_buf_putc(b, '}');
+    return b->oom ? EW_ENOMEM : 0;
+}
+
 int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
 {
     if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
@@ -456,51 +714,31 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
     put_attr(&b, ",\"source\":", ev->source);
     put_attr(&b, ",\"type\":", t->type);
     put_attr(&b, ",\"subject\":", ev->subject);
-    ew_buf_printf(&b,
-                  ",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
-                  "\"dataschema\":\"urn:eventwire:schema:%s:%d\",\"eventversion\":%d",
-                  tbuf, t->type, t->version, t->version);
+    if (ev->dataschema) {
+        ew_buf_printf(&b, ",\"time\":\"%s\",\"datacontenttype\":\"application/json\"", tbuf);
+        put_attr(&b, ",\"dataschema\":", ev->dataschema);
+        ew_buf_printf(&b, ",\"eventversion\":%d", t->version);
+    } else {
+        ew_buf_printf(&b,
+                      ",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
+                      "\"dataschema\":\"urn:eventwire:schema:%s:%d\",\"eventversion\":%d",
+                      tbuf, t->type, t->version, t->version);
+    }
     put_attr(&b, ",\"correlationid\":", ev->correlation_id);
     put_attr(&b, ",\"causationid\":", ev->causation_id);
     put_attr(&b, ",\"traceparent\":", ev->traceparent);
-    ew_buf_puts(&b, ",\"data\":{");
-    int first = 1;
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        const char *p = (const char *)ev->data + f->offset;
-        const char *s = NULL;
-        if (f->kind != EW_FIELD_INT && f->kind != EW_FIELD_BOOL && f->kind != EW_FIELD_STRLIST) {
-            s = *(const char *const *)(const void *)p;
-            if (!s) continue; /* absent optional field */
-        }
-        if (!first) ew_buf_putc(&b, ',');
-        first = 0;
-        ew_json_write_string(&b, f->name, strlen(f->name));
+    for (size_t i = 0; i < ev->next; i++) {
+        const ew_event_ext *x = &ev->ext[i];
+        ew_buf_putc(&b, ',');
+        ew_json_write_string(&b, x->name, strlen(x->name));
         ew_buf_putc(&b, ':');
-        switch (f->kind) {
-        case EW_FIELD_INT:
-            ew_buf_printf(&b, "%lld", (long long)*(const int64_t *)(const void *)p);
-            break;
-        case EW_FIELD_BOOL:
-            ew_buf_puts(&b, *(const bool *)p ? "true" : "false");
-            break;
-        case EW_FIELD_STRLIST: {
-            const ew_strlist *l = (const void *)p;
-            ew_buf_putc(&b, '[');
-            for (size_t j = 0; j < l->count; j++) {
-                if (j) ew_buf_putc(&b, ',');
-                ew_json_write_string(&b, l->items[j], strlen(l->items[j]));
-            }
-            ew_buf_putc(&b, ']');
-            break;
-        }
-        case EW_FIELD_OBJECT:
-            ew_buf_puts(&b, s); /* compact JSON, made so when the event was built */
-            break;
-        default:
-            ew_json_write_string(&b, s, strlen(s));
-        }
+        if (x->kind == EW_EXT_STRING)
+            ew_json_write_string(&b, x->value, strlen(x->value));
+        else
+            ew_buf_puts(&b, x->value);
     }
+    ew_buf_puts(&b, ",\"data\":{");
+    write_data(&b, ev);
     ew_buf_puts(&b, "}}");
     if (b.oom) {
         ew_buf_release(&b);
@@ -624,15 +862,6 @@ static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data,
     return 0;
 }
 
-/* CloudEvents extension attribute names: lower-case letters and digits, at most 20. */
-static bool ext_name_valid(const char *s, size_t n)
-{
-    if (n == 0 || n > 20) return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9'))) return false;
-    return true;
-}
-
 /* The envelope's members, found in one pass over the object (the parser has refused duplicate
  * names already). */
 enum {
@@ -667,9 +896,13 @@ static const struct {
 #undef A
 };
 
-static int find_members(const ew_json *root, const ew_json *at[M__COUNT], ew_error *err)
+/* Finds the envelope's members; the further extensions go to *ext (from arena a), *next of them. */
+static int find_members(const ew_json *root, const ew_json *at[M__COUNT], ew_event_ext **ext,
+                        size_t *next, ew_arena *a, ew_error *err)
 {
     memset(at, 0, M__COUNT * sizeof at[0]);
+    *ext = NULL;
+    *next = 0;
     for (const ew_json *m = root->child; m; m = m->next) {
         size_t i = 0;
         while (i < M__COUNT &&
@@ -685,16 +918,117 @@ static int find_members(const ew_json *root, const ew_json *at[M__COUNT], ew_err
                                 "event data must be a JSON object");
         if (!ext_name_valid(m->key, m->key_len))
             return ew_error_set(err, EW_ETYPE,
-                                "attribute name '%.40s' is not a CloudEvents name (a-z, 0-9, at "
-                                "most 20)",
+                                "attribute name '%.40s' is not a CloudEvents name (lower-case "
+                                "a-z and 0-9 only)",
                                 m->key);
         if (m->kind == EW_JSON_OBJECT || m->kind == EW_JSON_ARRAY || m->kind == EW_JSON_NULL)
             return ew_error_set(err, EW_ETYPE,
                                 "extension attribute '%.40s' must be a string, "
                                 "number or boolean, not %s",
                                 m->key, kind_name(m->kind));
+        if (!*ext && !(*ext = ew_arena_alloc(a, root->count * sizeof **ext)))
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        ew_event_ext *x = &(*ext)[(*next)++];
+        x->name = m->key;
+        x->kind = m->kind == EW_JSON_STRING   ? EW_EXT_STRING
+                  : m->kind == EW_JSON_NUMBER ? EW_EXT_NUMBER
+                                              : EW_EXT_BOOL;
+        x->value = m->kind == EW_JSON_TRUE ? "true" : m->kind == EW_JSON_FALSE ? "false" : m->str;
     }
     return 0;
+}
+
+bool ew__media_type_json(const char *s, size_t n)
+{
+    if (n >= 16 && memcmp(s, "application/json", 16) == 0 &&
+        (n == 16 || s[16] == ';' || s[16] == ' ' || s[16] == '\t'))
+        return true; /* what nearly every event says */
+    while (n && (*s == ' ' || *s == '\t'))
+        s++, n--;
+    size_t end = 0;
+    while (end < n && s[end] != ';' && s[end] != ' ' && s[end] != '\t')
+        end++;
+    if (end == 16 && strncasecmp(s, "application/json", 16) == 0) return true;
+    if (end == 9 && strncasecmp(s, "text/json", 9) == 0) return true;
+    const char *slash = memchr(s, '/', end);
+    return slash && slash > s && end >= 5 && (size_t)(s + end - slash) > 5 &&
+           strncasecmp(s + end - 5, "+json", 5) == 0;
+}
+
+/* The version a dataschema names: urn:eventwire:schema:TYPE:N, or a URL ending in vN, -vN or /N
+ * (before an optional ".json"). 0 and *version 0 when it names none; an error when it is our
+ * URN of another type or without a version. */
+static int schema_version(const char *type, size_t tlen, const char *s, size_t n, int *version,
+                          ew_error *err)
+{
+    static const char urn[] = "urn:eventwire:schema:";
+    *version = 0;
+    if (n >= sizeof urn - 1 && strncmp(s, urn, sizeof urn - 1) == 0) {
+        const char *r = s + sizeof urn - 1, *colon = memrchr(r, ':', n - (sizeof urn - 1));
+        if (!colon || (size_t)(colon - r) != tlen || memcmp(r, type, tlen) != 0)
+            return ew_error_set(err, EW_ETYPE,
+                                "dataschema '%.100s' is not urn:eventwire:schema:%.60s:VERSION", s,
+                                type);
+        size_t dn = (size_t)(s + n - colon - 1);
+        if (dn == 0 || dn > 6 || colon[1] == '0' || strspn(colon + 1, "0123456789") != dn)
+            return ew_error_set(err, EW_ETYPE, "dataschema '%.100s' has no version number", s);
+        *version = atoi(colon + 1);
+        return 0;
+    }
+    if (n > 5 && strncasecmp(s + n - 5, ".json", 5) == 0) n -= 5;
+    size_t d = 0;
+    while (d < n && s[n - 1 - d] >= '0' && s[n - 1 - d] <= '9')
+        d++;
+    if (d == 0 || d > 6 || s[n - d] == '0' || d == n) return 0;
+    char before = s[n - d - 1];
+    bool named = before == '/';
+    if (before == 'v' || before == 'V') {
+        char b2 = n - d - 1 > 0 ? s[n - d - 2] : '/';
+        named = !((b2 >= 'a' && b2 <= 'z') || (b2 >= 'A' && b2 <= 'Z') || (b2 >= '0' && b2 <= '9'));
+    }
+    if (named) *version = atoi(s + n - d);
+    return 0;
+}
+
+/* Does data fit version t: its fields, their JSON types and their formats? Fills tmp. */
+static int data_fits(const ew_type_info *t, const ew_json *data, void *tmp, ew_arena *a,
+                     ew_error *err)
+{
+    int rc = data_from_json(t, data, tmp, a, err);
+    for (size_t i = 0; !rc && i < t->nfields; i++) {
+        size_t len;
+        rc = check_field(t, &t->fields[i], tmp, &len, err);
+    }
+    return rc;
+}
+
+/* No eventversion and a dataschema that names none: the newest version whose schema the data
+ * satisfies. EW_EDATA with each version's first error when none does. */
+static int version_by_data(const ew_type_info *latest, const ew_json *data, void *tmp, ew_arena *a,
+                           const ew_type_info **out, ew_error *err)
+{
+    ew_buf why;
+    ew_buf_init(&why);
+    for (int v = latest->version; v >= 1; v--) {
+        const ew_type_info *t = ew_catalog_find(latest->type, v);
+        if (!t) continue;
+        ew_error e = {0};
+        int rc = data_fits(t, data, tmp, a, &e);
+        if (rc == EW_ENOMEM) {
+            ew_buf_release(&why);
+            return ew_error_set(err, rc, "out of memory");
+        }
+        if (!rc) {
+            ew_buf_release(&why);
+            *out = t;
+            return 0;
+        }
+        ew_buf_printf(&why, "%sv%d: %.90s", v == latest->version ? "" : "; ", v, e.msg);
+    }
+    int rc = ew_error_set(err, EW_EDATA, "%s without eventversion: the data fits no version: %s",
+                          latest->type, why.oom ? "out of memory" : why.data);
+    ew_buf_release(&why);
+    return rc;
 }
 
 static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_error *err)
@@ -704,9 +1038,11 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
         return ew_error_set(err, EW_ENOTOBJ, "an event must be a JSON object, not %s",
                             kind_name(root->kind));
     const ew_json *m[M__COUNT];
-    if ((rc = find_members(root, m, err))) return rc;
+    ew_event_ext *ext;
+    size_t next;
+    if ((rc = find_members(root, m, &ext, &next, a, err))) return rc;
     const char *spec, *type, *tstr, *ctype, *schema;
-    ew_event_attrs at = {0};
+    ew_event_attrs at = {.extensions = ext, .nextensions = next};
     if ((rc = attr_str(m[M_SPECVERSION], "specversion", true, &spec, err))) return rc;
     if (strcmp(spec, "1.0") != 0)
         return ew_error_set(err, EW_ESPECVERSION, "specversion '%.20s' is not 1.0", spec);
@@ -725,8 +1061,10 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
         return ew_error_set(err, EW_ETIME, "attribute 'time' '%.40s' is not an RFC 3339 time",
                             tstr);
     if (tstr && at.time_us == 0) at.time_us = 1; /* 0 means "now" to build() */
-    if (ctype && strncmp(ctype, "application/json", 16) != 0)
-        return ew_error_set(err, EW_EDATA, "datacontenttype '%.60s' is not application/json",
+    if (ctype && !ew__media_type_json(ctype, strlen(ctype)))
+        return ew_error_set(err, EW_EDATA,
+                            "datacontenttype '%.60s' is not JSON (application/json or +json): "
+                            "catalog events carry JSON data",
                             ctype);
     if (at.traceparent && !traceparent_valid(at.traceparent))
         return ew_error_set(err, EW_ETYPE,
@@ -734,7 +1072,7 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
                             "context",
                             at.traceparent);
 
-    int version = 1;
+    int version = 0; /* 0: not given */
     const ew_json *vj = m[M_EVENTVERSION];
     if (vj) {
         if (vj->kind == EW_JSON_NUMBER && vj->is_int) {
@@ -755,13 +1093,19 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
     size_t type_len = m[M_TYPE]->len;
     const ew_type_info *latest = ew_catalog_find_n(type, type_len, 0);
     if (!latest) return ew_error_set(err, EW_EUNKNOWNTYPE, "unknown event type '%.80s'", type);
-    const ew_type_info *t =
-        latest->version == version ? latest : ew_catalog_find_n(type, type_len, version);
-    if (!t)
-        return ew_error_set(err, EW_EVERSION,
-                            "%s version %d is not supported (this build reads "
-                            "up to version %d)",
-                            type, version, latest->version);
+    /* Without eventversion, a dataschema that names a version decides. */
+    if (!version && schema &&
+        (rc = schema_version(type, type_len, schema, m[M_DATASCHEMA]->len, &version, err)))
+        return rc;
+    const ew_type_info *t = NULL;
+    if (version) {
+        t = latest->version == version ? latest : ew_catalog_find_n(type, type_len, version);
+        if (!t)
+            return ew_error_set(err, EW_EVERSION,
+                                "%s version %d is not supported (this build reads "
+                                "up to version %d)",
+                                type, version, latest->version);
+    }
 
     const ew_json *dj = m[M_DATA];
     if (!dj) return ew_error_set(err, EW_EMISSING, "missing required attribute 'data'");
@@ -769,19 +1113,32 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
         return ew_error_set(err, EW_EDATA, "%s: data must be an object, not %s", type,
                             kind_name(dj->kind));
 
-    /* Old versions: valid as what they claim to be, then upcast step by step. */
+    /* Room for the data struct of the version read and of the latest; of every version when
+     * the data is to decide. */
+    size_t tmp_size = latest->struct_size;
+    if (t && t->struct_size > tmp_size) tmp_size = t->struct_size;
+    for (int v = 1; !t && v < latest->version; v++) {
+        const ew_type_info *o = ew_catalog_find_n(type, type_len, v);
+        if (o && o->struct_size > tmp_size) tmp_size = o->struct_size;
+    }
     ew_json *data = (ew_json *)dj;
-    void *tmp = ew_arena_alloc(a, latest->struct_size > t->struct_size ? latest->struct_size
-                                                                       : t->struct_size);
+    void *tmp = ew_arena_alloc(a, tmp_size);
     if (!tmp) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    /* Otherwise the newest version the data fits. */
+    if (!t && (rc = version_by_data(latest, dj, tmp, a, &t, err))) return rc;
+    /* The producer's dataschema describes the version it published: kept while the event keeps
+     * it, replaced by the catalog's after an upcast. */
+    at.dataschema = t == latest ? schema : NULL;
+
+    /* Old versions: valid as what they claim to be, then upcast step by step. */
     while (t != latest) {
         if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
         if ((rc = ew__upcast(t, data, a, err))) return rc;
-        const ew_type_info *next = ew_catalog_find(type, t->version + 1);
-        if (!next)
+        const ew_type_info *up = ew_catalog_find(type, t->version + 1);
+        if (!up)
             return ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
                                 t->version + 1);
-        t = next;
+        t = up;
     }
     if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
     return build(out, t, tmp, &at, true, err);

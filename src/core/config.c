@@ -30,6 +30,14 @@ static const entry entries[] = {
      K_INT,
      1024,
      64 << 20},
+    {{"EVENT_CONTENT_MODE", "structured", "structured|binary",
+      "How the kafka and rabbitmq buses publish events by the CloudEvents bindings: structured "
+      "(the message is the whole event as JSON) or binary (attributes in headers or application "
+      "properties, the message body is the data). Both are always read; other buses publish "
+      "structured."},
+     K_ENUM,
+     0,
+     0},
     {{"EVENT_HANDLER_MAX_ATTEMPTS", "5", "1..1000",
       "Deliveries of one event to a handler before it is dead-lettered."},
      K_INT,

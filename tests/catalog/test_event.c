@@ -59,9 +59,14 @@ static ew_event *sample_event(const ew_type_info *t)
     fill_sample(t, data, uuid);
     ew_event *ev = NULL;
     ew_error err = {0};
+    static const ew_event_ext exts[] = {{"tenantid", EW_EXT_STRING, "acme \"q\" \xc3\xa9"},
+                                        {"priority", EW_EXT_NUMBER, "-5"},
+                                        {"sampled", EW_EXT_BOOL, "true"}};
     ew_event_attrs a = {.source = "test-service",
                         .subject = uuid,
-                        .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"};
+                        .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                        .extensions = exts,
+                        .nextensions = 3};
     int rc = ew_event_new(&ev, t->id, data, &a, &err);
     if (rc) fail_msg("%s v%d: %s", t->type, t->version, err.msg);
     return ev;
@@ -98,6 +103,8 @@ static void test_roundtrip_every_catalog_type(void **state)
             assert_string_equal(ew_event_type(back), t->type);
             assert_true(ew_event_version(back) > t->version);
             assert_string_equal(ew_event_id(back), ew_event_id(ev));
+            assert_int_equal(ew_event_extension_count(back), 3);
+            assert_string_equal(ew_event_extension(back, "tenantid")->value, "acme \"q\" \xc3\xa9");
         }
         free(json);
         ew_event_unref(back);
@@ -254,7 +261,7 @@ static void test_v2_consumer_reads_v1_event(void **state)
 static void test_foreign_event_without_optional_attributes(void **state)
 {
     /* what another CloudEvents producer might send: no time, no version, string version,
-     * unknown extension attributes (kept out), optional fields null */
+     * extension attributes we do not know (kept), optional fields null */
     const char *json =
         "{\"specversion\":\"1.0\",\"id\":\"abc\",\"source\":\"/python/svc\",\"type\":"
         "\"user.logged_in\",\"partitionkey\":\"k1\",\"datacontenttype\":\"application/json; "
@@ -267,6 +274,7 @@ static void test_foreign_event_without_optional_attributes(void **state)
     assert_true(ew_event_time_us(ev) >= before);
     assert_string_equal(ew_event_correlation_id(ev), "abc");
     assert_null(ew_user_logged_in_data(ev)->ip_address);
+    assert_string_equal(ew_event_extension(ev, "partitionkey")->value, "k1");
     ew_event_unref(ev);
 }
 
@@ -305,6 +313,9 @@ static const struct bad_case bad_cases[] = {
     {EW_ETYPE, "traceparent", LOGIN("\"traceparent\":\"00-xyz\",")},
     {EW_ETYPE, "extension", LOGIN("\"myext\":{\"a\":1},")},
     {EW_ETYPE, "CloudEvents name", LOGIN("\"Bad-Name\":\"x\",")},
+    {EW_ETYPE, "CloudEvents name", LOGIN("\"tenant_id\":\"x\",")},
+    {EW_ETYPE, "extension", LOGIN("\"tenantid\":null,")},
+    {EW_ETYPE, "extension", LOGIN("\"tenantid\":[\"a\"],")},
     {EW_ESPECVERSION, "0.3",
      "{\"specversion\":\"0.3\",\"id\":\"x\",\"source\":\"s\","
      "\"type\":\"user.logged_in\"," DATA_OK "}"},
@@ -536,7 +547,295 @@ static void test_event_from_json_data(void **state)
     ew_event_unref(ev);
 }
 
+/* ---- extension attributes, dataschema, version resolution ------------------------------ */
+
+#define REG_DATA_V2                                                                                \
+    "\"data\":{\"user_id\":" UID ",\"email\":\"a@example.com\",\"username\":\"ann\","              \
+    "\"roles\":[\"user\",\"admin\"]}"
+#define REG_DATA_V1                                                                                \
+    "\"data\":{\"user_id\":" UID ",\"email\":\"a@example.com\",\"username\":\"ann\"}"
+#define REG(attrs, data) HEAD "\"type\":\"user.registered\"," attrs data "}"
+
+/* Extension attributes we do not know travel through decode and encode unchanged, with their
+ * JSON types, and are readable one by one and in order. */
+static void test_extensions_carried_through(void **state)
+{
+    const char *json = REG("\"tenantid\":\"acme\",\"priority\":5,\"rate\":0.25,\"sampled\":false,"
+                           "\"averyveryverylongextensionname\":\"x\",\"eventversion\":2,",
+                           REG_DATA_V2);
+    ew_event *ev, *back;
+    ew_error err = {0};
+    if (decode_str(json, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_extension_count(ev), 5);
+    const ew_event_ext *x = ew_event_extension(ev, "tenantid");
+    assert_non_null(x);
+    assert_int_equal(x->kind, EW_EXT_STRING);
+    assert_string_equal(x->value, "acme");
+    x = ew_event_extension(ev, "priority");
+    assert_int_equal(x->kind, EW_EXT_NUMBER);
+    assert_string_equal(x->value, "5");
+    assert_string_equal(ew_event_extension(ev, "rate")->value, "0.25");
+    x = ew_event_extension(ev, "sampled");
+    assert_int_equal(x->kind, EW_EXT_BOOL);
+    assert_string_equal(x->value, "false");
+    /* the spec recommends 20 characters at most; longer names are valid */
+    assert_non_null(ew_event_extension(ev, "averyveryverylongextensionname"));
+    assert_null(ew_event_extension(ev, "nope"));
+    assert_null(ew_event_extension(ev, "eventversion")); /* our own: not a further extension */
+    const char *order[] = {"averyveryverylongextensionname", "priority", "rate", "sampled",
+                           "tenantid"};
+    for (size_t i = 0; i < 5; i++)
+        assert_string_equal(ew_event_extension_at(ev, i)->name, order[i]);
+    assert_null(ew_event_extension_at(ev, 5));
+
+    char *out;
+    assert_int_equal(ew_event_encode(ev, &out, NULL, &err), 0);
+    assert_non_null(strstr(out, "\"tenantid\":\"acme\""));
+    assert_non_null(strstr(out, "\"priority\":5"));
+    assert_non_null(strstr(out, "\"rate\":0.25"));
+    assert_non_null(strstr(out, "\"sampled\":false"));
+    if (decode_str(out, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(ev, back));
+    free(out);
+    ew_event_unref(back);
+
+    /* an extension that differs makes events differ */
+    const char *other = REG("\"tenantid\":\"acme\",\"priority\":\"5\",\"rate\":0.25,"
+                            "\"sampled\":false,\"averyveryverylongextensionname\":\"x\","
+                            "\"eventversion\":2,",
+                            REG_DATA_V2);
+    if (decode_str(other, &back, &err)) fail_msg("%s", err.msg);
+    assert_false(ew_event_equal(ev, back)); /* "5" is a string, 5 a number */
+    ew_event_unref(back);
+    ew_event_unref(ev);
+}
+
+/* Publishers set extensions through ew_event_attrs; bad ones are refused. */
+static void test_extensions_set_when_building(void **state)
+{
+    char id[EW_UUID_LEN + 1];
+    ew_uuid7(id);
+    ew_user_logged_out d = {.user_id = id, .session_id = "s"};
+    ew_event_ext x[] = {{"tenantid", EW_EXT_STRING, "acme"}, {"attempt", EW_EXT_NUMBER, "2"}};
+    ew_event *ev = NULL, *back;
+    ew_error err = {0};
+    ew_event_attrs a = {.source = "s", .extensions = x, .nextensions = 2};
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, &err), 0);
+    x[0].value = "changed"; /* copied */
+    assert_string_equal(ew_event_extension(ev, "tenantid")->value, "acme");
+    assert_string_equal(ew_event_extension_at(ev, 0)->name, "attempt");
+    char *json;
+    assert_int_equal(ew_event_encode(ev, &json, NULL, &err), 0);
+    assert_int_equal(decode_str(json, &back, &err), 0);
+    assert_true(ew_event_equal(ev, back));
+    free(json);
+    ew_event_unref(back);
+    ew_event_unref(ev);
+
+    struct {
+        ew_event_ext x;
+        const char *needle;
+    } bad[] = {
+        {{"TenantId", EW_EXT_STRING, "a"}, "CloudEvents name"},
+        {{"tenant-id", EW_EXT_STRING, "a"}, "CloudEvents name"},
+        {{"", EW_EXT_STRING, "a"}, "CloudEvents name"},
+        {{NULL, EW_EXT_STRING, "a"}, "CloudEvents name"},
+        {{"id", EW_EXT_STRING, "a"}, "attribute of its own"},
+        {{"traceparent", EW_EXT_STRING, "a"}, "attribute of its own"},
+        {{"dataschema", EW_EXT_STRING, "a"}, "attribute of its own"},
+        {{"n", EW_EXT_NUMBER, "1.5.2"}, "JSON number"},
+        {{"n", EW_EXT_NUMBER, "012"}, "JSON number"},
+        {{"n", EW_EXT_NUMBER, ""}, "JSON number"},
+        {{"b", EW_EXT_BOOL, "yes"}, "boolean"},
+        {{"s", EW_EXT_STRING, "\xff"}, "UTF-8"},
+        {{"s", EW_EXT_STRING, NULL}, "no value"},
+        {{"s", (ew_ext_kind)7, "x"}, "valid"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        a.extensions = &bad[i].x;
+        a.nextensions = 1;
+        ev = NULL;
+        int rc = ew_user_logged_out_new(&ev, &d, &a, &err);
+        if (rc != EW_EINVAL || !strstr(err.msg, bad[i].needle))
+            fail_msg("case %zu: %s: %s", i, ew_err_name(rc), err.msg);
+        assert_null(ev);
+    }
+    ew_event_ext twice[] = {
+        {"a", EW_EXT_STRING, "1"}, {"b", EW_EXT_STRING, "2"}, {"a", EW_EXT_STRING, "3"}};
+    a.extensions = twice;
+    a.nextensions = 3;
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, &err), EW_EINVAL);
+    assert_non_null(strstr(err.msg, "twice"));
+
+    /* many extensions (more than fit on the stack while sorting) */
+    enum { MANY = 40 };
+    ew_event_ext many[MANY];
+    char names[MANY][8];
+    for (int i = 0; i < MANY; i++) {
+        snprintf(names[i], sizeof names[i], "x%02d", MANY - 1 - i);
+        many[i] = (ew_event_ext){names[i], EW_EXT_NUMBER, "1"};
+    }
+    a.extensions = many;
+    a.nextensions = MANY;
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, &err), 0);
+    assert_int_equal(ew_event_extension_count(ev), MANY);
+    assert_string_equal(ew_event_extension_at(ev, 0)->name, "x00");
+    assert_non_null(ew_event_extension(ev, "x39"));
+    ew_event_unref(ev);
+}
+
+/* A producer's dataschema is kept as sent while the event keeps its version; an upcast event
+ * carries its new version's schema; the catalog's own reads as NULL. */
+static void test_dataschema_kept_or_replaced(void **state)
+{
+    ew_event *ev, *back;
+    ew_error err = {0};
+    const char *mine = "https://schemas.example.com/user.registered/v2.json";
+    char json[2048];
+    snprintf(json, sizeof json, REG("\"dataschema\":\"%s\",\"eventversion\":2,", REG_DATA_V2),
+             mine);
+    if (decode_str(json, &ev, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(ew_event_dataschema(ev), mine);
+    char *out;
+    assert_int_equal(ew_event_encode(ev, &out, NULL, &err), 0);
+    assert_non_null(strstr(out, "\"dataschema\":\"https://schemas.example.com/user.registered/"
+                                "v2.json\""));
+    assert_null(strstr(out, "urn:eventwire"));
+    assert_int_equal(decode_str(out, &back, &err), 0);
+    assert_true(ew_event_equal(ev, back));
+    free(out);
+    ew_event_unref(back);
+    ew_event_unref(ev);
+
+    /* upcast: v1's schema no longer describes the data */
+    snprintf(json, sizeof json,
+             REG("\"dataschema\":\"https://schemas.example.com/user.registered/v1.json\","
+                 "\"eventversion\":1,",
+                 REG_DATA_V1));
+    if (decode_str(json, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_null(ew_event_dataschema(ev));
+    assert_int_equal(ew_event_encode(ev, &out, NULL, &err), 0);
+    assert_non_null(strstr(out, "\"dataschema\":\"urn:eventwire:schema:user.registered:2\""));
+    free(out);
+    ew_event_unref(ev);
+
+    /* the catalog's own URN is the default: NULL, and equal to an event built without one */
+    snprintf(json, sizeof json,
+             REG("\"dataschema\":\"urn:eventwire:schema:user.registered:2\",", REG_DATA_V2));
+    if (decode_str(json, &ev, &err)) fail_msg("%s", err.msg);
+    assert_null(ew_event_dataschema(ev));
+    ew_event_unref(ev);
+
+    /* set when building */
+    ew_user_logged_out d = {.user_id = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d", .session_id = "s"};
+    ew_event_attrs a = {.source = "s", .dataschema = "https://example.com/logged_out.json"};
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, &err), 0);
+    assert_string_equal(ew_event_dataschema(ev), "https://example.com/logged_out.json");
+    ew_event_unref(ev);
+    a.dataschema = "";
+    assert_int_equal(ew_user_logged_out_new(&ev, &d, &a, &err), EW_EEMPTY);
+}
+
+struct version_case {
+    const char *json;
+    int code;  /* 0: decodes */
+    int roles; /* roles of the decoded v2 event: 2 as sent, 1 upcast from v1 */
+    const char *needle;
+};
+
+/* Without eventversion: a dataschema that names a version decides, else the newest version the
+ * data fits; none fits: each version's first error. */
+static void test_version_resolution(void **state)
+{
+    const struct version_case cases[] = {
+        /* the data decides */
+        {REG("", REG_DATA_V2), 0, 2, NULL},
+        {REG("", REG_DATA_V1), 0, 1, NULL},
+        {REG("\"dataschema\":\"https://example.com/schemas/user.json\",", REG_DATA_V2), 0, 2, NULL},
+        {REG("\"dataschema\":\"https://example.com/schemas/user.json\",", REG_DATA_V1), 0, 1, NULL},
+        /* the dataschema decides */
+        {REG("\"dataschema\":\"urn:eventwire:schema:user.registered:2\",", REG_DATA_V2), 0, 2,
+         NULL},
+        {REG("\"dataschema\":\"urn:eventwire:schema:user.registered:1\",", REG_DATA_V1), 0, 1,
+         NULL},
+        {REG("\"dataschema\":\"https://example.com/user.registered/v1\",", REG_DATA_V1), 0, 1,
+         NULL},
+        {REG("\"dataschema\":\"https://example.com/user.registered-v1.json\",", REG_DATA_V1), 0, 1,
+         NULL},
+        {REG("\"dataschema\":\"https://example.com/user.registered/2\",", REG_DATA_V2), 0, 2, NULL},
+        {REG("\"dataschema\":\"https://example.com/user.registered_V2\",", REG_DATA_V2), 0, 2,
+         NULL},
+        /* ... and is not second-guessed by the data */
+        {REG("\"dataschema\":\"urn:eventwire:schema:user.registered:2\",", REG_DATA_V1), EW_EDATA,
+         0, "data.roles is required"},
+        {REG("\"dataschema\":\"https://example.com/user.registered/v1\",", REG_DATA_V2), EW_EDATA,
+         0, "no field 'roles'"},
+        {REG("\"dataschema\":\"https://example.com/user.registered/v3\",", REG_DATA_V2),
+         EW_EVERSION, 0, "version 3"},
+        {REG("\"dataschema\":\"urn:eventwire:schema:user.verified:2\",", REG_DATA_V2), EW_ETYPE, 0,
+         "not urn:eventwire:schema:user.registered:VERSION"},
+        {REG("\"dataschema\":\"urn:eventwire:schema:user.registered:x\",", REG_DATA_V2), EW_ETYPE,
+         0, "no version"},
+        /* eventversion wins over the dataschema */
+        {REG("\"eventversion\":2,\"dataschema\":\"https://example.com/x/v1\",", REG_DATA_V2), 0, 2,
+         NULL},
+        /* no version fits: each one's first error */
+        {REG("", "\"data\":{\"user_id\":" UID ",\"email\":\"nope\",\"username\":\"ann\"}"),
+         EW_EDATA, 0, "fits no version: v2: user.registered: data.roles is required; v1: "},
+        {REG("", "\"data\":{\"user_id\":" UID ",\"email\":\"nope\",\"username\":\"ann\"}"),
+         EW_EDATA, 0, "is not an email address"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct version_case *c = &cases[i];
+        ew_event *ev = NULL;
+        ew_error err = {0};
+        int rc = decode_str(c->json, &ev, &err);
+        if (rc != c->code)
+            fail_msg("case %zu: got %s (%s), want %s\n%s", i, ew_err_name(rc), err.msg,
+                     ew_err_name(c->code), c->json);
+        if (rc) {
+            assert_null(ev);
+            if (!strstr(err.msg, c->needle))
+                fail_msg("case %zu: message '%s' lacks '%s'", i, err.msg, c->needle);
+            continue;
+        }
+        assert_int_equal(ew_event_version(ev), 2);
+        const ew_user_registered *d = ew_user_registered_data(ev);
+        if ((int)d->roles.count != c->roles)
+            fail_msg("case %zu: %zu roles, want %d", i, d->roles.count, c->roles);
+        ew_event_unref(ev);
+    }
+}
+
+/* datacontenttype: JSON media types by the JSON format's rule; anything else is refused. */
+static void test_data_content_types(void **state)
+{
+    const char *ok[] = {"application/json", "application/json; charset=utf-8", "Application/JSON",
+                        "application/vnd.eventwire+json", "text/json"};
+    const char *bad[] = {"text/plain", "application/xml", "application/jsonx", "+json",
+                         "application/octet-stream"};
+    char json[1024];
+    ew_error err = {0};
+    ew_event *ev = NULL;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        snprintf(json, sizeof json, LOGIN("\"datacontenttype\":\"%s\","), ok[i]);
+        if (decode_str(json, &ev, &err)) fail_msg("%s: %s", ok[i], err.msg);
+        ew_event_unref(ev);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(json, sizeof json, LOGIN("\"datacontenttype\":\"%s\","), bad[i]);
+        assert_int_equal(decode_str(json, &ev, &err), EW_EDATA);
+        assert_non_null(strstr(err.msg, "not JSON"));
+    }
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_extensions_carried_through),
+    cmocka_unit_test(test_extensions_set_when_building),
+    cmocka_unit_test(test_dataschema_kept_or_replaced),
+    cmocka_unit_test(test_version_resolution),
+    cmocka_unit_test(test_data_content_types),
     cmocka_unit_test(test_event_from_json_data),
     cmocka_unit_test(test_roundtrip_every_catalog_type),
     cmocka_unit_test(test_encode_is_cloudevents_json),
