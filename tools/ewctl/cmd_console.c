@@ -147,11 +147,20 @@ static void get_stream(const ew_http_request *req, ew_http_response *res, void *
                      .subject = ew_http_query(req, "subject"),
                      .correlation = ew_http_query(req, "correlation_id"),
                      .trace = ew_http_query(req, "trace_id")};
+    int wait_ms = 10000; /* ?wait_ms= for API clients */
+    const char *w = ew_http_query(req, "wait_ms");
+    if (w && *w) {
+        char *end;
+        long v = strtol(w, &end, 10);
+        if (*end || v < 0 || v > 10000)
+            return ew_http_reply_error(res, 400, "wait_ms", "wait_ms is 0..10000");
+        wait_ms = (int)v;
+    }
     ew_buf b;
     ew_buf_init(&b);
     ew_buf_puts(&b, "retry: 100\n\n");
     /* a new client gets its answer at once, so that it knows where it is */
-    live_read(c->feed, after, &f, after == UINT64_MAX ? 0 : 10000, 200, &b);
+    live_read(c->feed, after, &f, after == UINT64_MAX ? 0 : wait_ms, 200, &b);
     ew_http_header_add(res, "Cache-Control", "no-cache");
     if (b.oom)
         ew_http_reply_error(res, 500, NULL, "out of memory");
