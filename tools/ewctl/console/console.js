@@ -96,7 +96,7 @@ function liveQuery() {
   return p.toString();
 }
 
-function stopLive() { if (source) { source.close(); source = null; } }
+function stopLive() { if (source) { source.close(); source = null; } delete document.body.dataset.live; }
 
 function startLive() {
   stopLive();
@@ -104,6 +104,7 @@ function startLive() {
   liveEvents.clear();
   liveCount = 0;
   source = new EventSource('/api/stream?' + liveQuery());
+  source.onopen = () => { document.body.dataset.live = 'open'; };
   source.onmessage = m => { pending.push(JSON.parse(m.data)); schedule(); };
   source.addEventListener('skipped', m => { pending.push({skipped: JSON.parse(m.data).skipped}); schedule(); });
   source.onerror = () => {
@@ -401,6 +402,7 @@ async function loadCharts() {
     ? up + ' of ' + r.services.length + ' services answer /metrics (scraped every ' + r.interval_ms / 1000 + ' s): ' + r.services.map(s => s.url + (s.up ? '' : ' (down)')).join(', ')
     : 'No services to scrape: start ewctl console with --services, or beside ewctl up.';
   const s = r.samples;
+  document.body.dataset.samples = s.length;
   chart($('#chart-publish'), s, [['publish_rate', '#2563eb']]);
   chart($('#chart-handle'), s, [['handle_rate', '#059669']]);
   chart($('#chart-latency'), s, [['p50_ms', '#7c3aed'], ['p99_ms', '#db2777']]);
