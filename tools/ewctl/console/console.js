@@ -440,6 +440,8 @@ function chart(canvas, samples, series) {
     }
     g.stroke();
     g.lineWidth = 1;
+    g.fillStyle = color; // points too: a lone figure between gaps draws no line
+    for (const p of samples) if (p[k] !== null) g.fillRect(x(p.t) - 1.5, y(p[k]) - 1.5, 3, 3);
   }
   let lx = L + 4;
   for (const [k, color] of series) { g.fillStyle = color; g.fillText(k, lx, 12); lx += 70; }
