@@ -43,6 +43,7 @@ static const char console_usage[] =
 typedef struct console {
     char token[129];
     ew_store *st;
+    ew_store *log; /* the SQLite bus's log, read by the live feed's thread */
     ew_bus *bus;
     live *feed;
     scrape *scr;
@@ -572,19 +573,36 @@ int ewctl_console(int argc, char **argv)
         ewctl_fail(1, "out of memory");
         goto fail_store;
     }
-    /* The console's own look at the bus: a group of its own that goes when it ends, one
-     * worker, no inbox, never a retry: it copies and goes on. */
-    char group[64], id[EW_UUID_LEN + 1];
-    ew_uuid7(id);
-    snprintf(group, sizeof group, "ewctl-console-%.12s", id + 24);
-    ew_subscribe_opts so = {
-        .group = group, .name = "console", .ephemeral = true, .no_inbox = true, .max_attempts = 1};
-    if (ew_bus_open(&c.bus, &(ew_bus_options){.config = cfg}, &err) ||
-        ew_bus_subscribe(c.bus, "#", live_handle, c.feed, &so, &err) || ew_bus_start(c.bus, &err)) {
+    if (ew_bus_open(&c.bus, &(ew_bus_options){.config = cfg}, &err)) {
         ewctl_fail(1, "cannot open the bus: %s", err.msg);
         goto fail_bus;
     }
     c.bus_type = ew_bus_backend(c.bus);
+    int rc;
+    if (strcmp(c.bus_type, "sqlite") == 0 && strcmp(ew_store_backend(c.st), "sqlite") == 0) {
+        /* The log is the bus: read it, as a subscriber group would, but without a group's
+         * writes (its position, its lease), which would wait for the publishers' locks and
+         * make them wait for ours. */
+        if (ewctl_open_store(&c.log)) goto fail_bus;
+        rc = live_follow(c.feed, c.log);
+        if (rc) ew_error_set(&err, EW_ENOMEM, "cannot start a thread");
+    } else {
+        /* A group of its own that goes when the console ends, one worker, no inbox, never a
+         * retry: it copies each event and goes on. */
+        char group[64], id[EW_UUID_LEN + 1];
+        ew_uuid7(id);
+        snprintf(group, sizeof group, "ewctl-console-%.12s", id + 24);
+        ew_subscribe_opts so = {.group = group,
+                                .name = "console",
+                                .ephemeral = true,
+                                .no_inbox = true,
+                                .max_attempts = 1};
+        rc = ew_bus_subscribe(c.bus, "#", live_handle, c.feed, &so, &err);
+    }
+    if (rc || ew_bus_start(c.bus, &err)) {
+        ewctl_fail(1, "cannot read the bus: %s", err.msg);
+        goto fail_bus;
+    }
     nurls = find_services(services, urls, 64);
     if (scrape_start(&c.scr, urls, nurls, (int)interval_s * 1000)) {
         ewctl_fail(1, "out of memory");
@@ -628,7 +646,8 @@ fail_scrape:
     scrape_free(c.scr);
 fail_bus:
     if (c.bus) ew_bus_close(c.bus);
-    live_free(c.feed);
+    live_free(c.feed); /* stops the log's reader first */
+    if (c.log) ew_store_close(c.log);
 fail_store:
     ew_store_close(c.st);
 fail_config:

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include "core/buf.h"
 #include "eventwire/bus.h"
+#include "eventwire/store.h"
 
 /* ---- assets (generated) ---- */
 
@@ -42,6 +43,11 @@ int live_new(live **out);
 void live_free(live *l);
 /* The handler to subscribe to the bus: copies each event into the ring (ud: the live). */
 ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud);
+/* Instead of a subscription, on the SQLite bus: a thread that reads the log (log: a store handle
+ * of its own on the bus's database, borrowed until live_stop) from its head on, with plain reads
+ * that take no lock from the writers and write nothing, as a subscriber group would have to
+ * (its position). */
+int live_follow(live *l, ew_store *log);
 /* The sequence number of the newest event (0: none yet). */
 uint64_t live_head(live *l);
 /* Appends to b, as server-sent events, what follows position after (matching f), waiting up to
@@ -50,7 +56,7 @@ uint64_t live_head(live *l);
  * the newest events the ring holds (at most backlog). Returns the position to resume after. */
 uint64_t live_read(live *l, uint64_t after, const live_filter *f, int wait_ms, size_t backlog,
                    ew_buf *b);
-/* Wakes every reader and makes live_read return at once from now on. */
+/* Wakes every reader and makes live_read return at once from now on; stops live_follow. */
 void live_stop(live *l);
 /* Counters: events seen, and events a client was too slow for. */
 void live_counts(live *l, uint64_t *seen, uint64_t *skipped);

@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "console.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
+#include "eventwire/store.h"
 
 typedef struct item {
     uint64_t seq;
@@ -25,6 +27,9 @@ struct live {
     uint64_t head; /* seq of the newest item; items are head-LIVE_RING+1 .. head */
     uint64_t skipped;
     bool stopped;
+    ew_store *log; /* live_follow: the log read, borrowed */
+    pthread_t follower;
+    bool following;
 };
 
 static char *dup_or_empty(const char *s)
@@ -58,6 +63,7 @@ int live_new(live **out)
 void live_free(live *l)
 {
     if (!l) return;
+    live_stop(l);
     for (size_t i = 0; i < LIVE_RING; i++)
         item_clear(&l->ring[i]);
     pthread_mutex_destroy(&l->mu);
@@ -65,13 +71,12 @@ void live_free(live *l)
     free(l);
 }
 
-ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+/* Copies ev into the ring. */
+static void add(live *l, const ew_event *ev)
 {
-    (void)ctx;
-    live *l = ud;
     char *json = NULL;
     size_t n = 0;
-    if (ew_event_encode(ev, &json, &n, NULL) != 0) return EW_HANDLER_OK; /* nothing to show */
+    if (ew_event_encode(ev, &json, &n, NULL) != 0) return; /* nothing to show */
     item it = {.type = dup_or_empty(ew_event_type(ev)),
                .subject = dup_or_empty(ew_event_subject(ev)),
                .corr = dup_or_empty(ew_event_correlation_id(ev))};
@@ -103,7 +108,7 @@ ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
     if (b.oom || !it.type || !it.subject || !it.corr) {
         ew_buf_release(&b);
         item_clear(&it);
-        return EW_HANDLER_OK;
+        return;
     }
     it.line = ew_buf_steal(&b, NULL);
     pthread_mutex_lock(&l->mu);
@@ -119,7 +124,63 @@ ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
     item_clear(&old);
+}
+
+ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    (void)ctx;
+    add(ud, ev);
     return EW_HANDLER_OK;
+}
+
+/* ---- following the SQLite log ---- */
+
+static int follow_row(void *ud, const ew_store_entry *e)
+{
+    if (e->event) add(ud, e->event);
+    return 0;
+}
+
+static bool stopping(live *l)
+{
+    pthread_mutex_lock(&l->mu);
+    bool s = l->stopped;
+    pthread_mutex_unlock(&l->mu);
+    return s;
+}
+
+/* Reads what was appended after the last position read, when the database changed (PRAGMA
+ * data_version: shared memory, no disk), else sleeps FOLLOW_POLL_MS. */
+#define FOLLOW_POLL_MS 50
+#define FOLLOW_BATCH 2000
+
+static void *follow(void *ud)
+{
+    live *l = ud;
+    int64_t pos = 0, seen = -1, v;
+    ew_store_head(l->log, &pos, NULL);
+    while (!stopping(l)) {
+        if (ew_store_data_version(l->log, &v, NULL) == 0 && v == seen) {
+            usleep(FOLLOW_POLL_MS * 1000);
+            continue;
+        }
+        int64_t last = pos;
+        if (ew_store_scan(l->log, pos, NULL, 0, FOLLOW_BATCH, 0, follow_row, l, &last, NULL) != 0)
+            last = pos;
+        /* more may have come while reading: read again before trusting data_version */
+        seen = last == pos ? v : -1;
+        if (last == pos) usleep(FOLLOW_POLL_MS * 1000);
+        pos = last;
+    }
+    return NULL;
+}
+
+int live_follow(live *l, ew_store *log)
+{
+    l->log = log;
+    if (pthread_create(&l->follower, NULL, follow, l)) return -1;
+    l->following = true;
+    return 0;
 }
 
 uint64_t live_head(live *l)
@@ -136,6 +197,8 @@ void live_stop(live *l)
     l->stopped = true;
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
+    if (l->following) pthread_join(l->follower, NULL);
+    l->following = false;
 }
 
 void live_counts(live *l, uint64_t *seen, uint64_t *skipped)
