@@ -422,6 +422,33 @@ static void test_api_dead_letter_retry_and_discard(void **state)
     env_close(&e);
 }
 
+/* CONSOLE_TOKEN: checked at start, never shown. */
+static void test_console_token_setting(void **state)
+{
+    (void)state;
+    char *out, *errout;
+    setenv("CONSOLE_TOKEN", "short", 1);
+    assert_int_equal(ew_test_ewctl("console --port 0", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "CONSOLE_TOKEN: must be at least 16 characters"));
+    free(out);
+    free(errout);
+    setenv("CONSOLE_TOKEN", TOKEN, 1);
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "CONSOLE_TOKEN\t***"));
+    assert_null(strstr(out, TOKEN));
+    free(out);
+    unsetenv("CONSOLE_TOKEN");
+    assert_int_equal(ew_test_ewctl("console --help", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "operator token"));
+    free(out);
+    assert_int_equal(ew_test_ewctl("--help", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "console"));
+    free(out);
+    assert_int_equal(ew_test_ewctl("console --port 99999", NULL, &out, &errout), 2);
+    free(out);
+    free(errout);
+}
+
 /* ---- the browser, over the five services ---- */
 
 static const char *const service_names[] = {"auth-service", "user-service", "notification-service",
@@ -511,6 +538,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_api_needs_the_token),
     cmocka_unit_test(test_api_stream_batches_and_filters),
     cmocka_unit_test(test_api_dead_letter_retry_and_discard),
+    cmocka_unit_test(test_console_token_setting),
     cmocka_unit_test(test_console_in_a_browser),
 };
 
