@@ -3,7 +3,9 @@
  * a real browser — headless Chromium driven by Playwright (tests/console/browser.mjs) — over the
  * five services: a wrong token is refused, a registration's events arrive live, its saga and
  * timeline open, a dead letter is retried from the page and resolved. Screenshots of each page go
- * to BUILD/console-artifacts. */
+ * to BUILD/console-artifacts. On another bus (Redis) the console reads as an ephemeral group.
+ *
+ * ew-fixture: redis */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -422,6 +424,48 @@ static void test_api_dead_letter_retry_and_discard(void **state)
     env_close(&e);
 }
 
+/* On Redis the console reads through a group of its own, and knows no group positions. */
+static void test_api_stream_on_redis(void **state)
+{
+    (void)state;
+    const char *url = ew_test_server_url("redis");
+    if (!url) skip();
+    env e = {0};
+    svc_tmpdir(e.dir);
+    char store[400], prefix[64];
+    snprintf(store, sizeof store, "sqlite:%s/events.db", e.dir);
+    snprintf(prefix, sizeof prefix, "console%lld", (long long)(ew_now_us() % 1000000000));
+    setenv("EVENT_STORE_URL", store, 1);
+    setenv("EVENT_BUS_TYPE", "redis", 1);
+    setenv("REDIS_EVENT_URL", url, 1);
+    setenv("REDIS_CHANNEL_PREFIX", prefix, 1);
+    setenv("CONSOLE_TOKEN", TOKEN, 1);
+    console_proc c;
+    console_start(&c, NULL);
+    http_result r = api(&c, "GET", "/api/stream", TOKEN); /* where the stream is */
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    publish_refused();
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    for (;;) {
+        r = api(&c, "GET", "/api/stream?after=0&wait_ms=1000", TOKEN);
+        bool got = strstr(r.body, "\"type\":\"compliance.retention_applied\"") != NULL;
+        http_result_free(&r);
+        if (got) break;
+        if (ew_mono_ns() > end) fail_msg("the event never reached the stream on redis");
+    }
+    r = api(&c, "GET", "/api/groups", TOKEN);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"known\":false"));
+    assert_non_null(strstr(r.body, "not known here"));
+    http_result_free(&r);
+    console_stop(&c);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", e.dir);
+    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", e.dir);
+}
+
 /* CONSOLE_TOKEN: checked at start, never shown. */
 static void test_console_token_setting(void **state)
 {
@@ -538,6 +582,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_api_needs_the_token),
     cmocka_unit_test(test_api_stream_batches_and_filters),
     cmocka_unit_test(test_api_dead_letter_retry_and_discard),
+    cmocka_unit_test(test_api_stream_on_redis),
     cmocka_unit_test(test_console_token_setting),
     cmocka_unit_test(test_console_in_a_browser),
 };
