@@ -276,9 +276,15 @@ uint64_t live_read(live *l, uint64_t after, const live_filter *f, int wait_ms, s
             /* too far behind: skip to the newest LIVE_MAX_BATCH and say so */
             uint64_t to = l->head - LIVE_MAX_BATCH;
             if (to < oldest - 1) to = oldest - 1;
-            ew_buf_printf(b, "event: skipped\ndata: {\"skipped\":%llu}\n\n",
-                          (unsigned long long)(to - after));
-            l->skipped += to - after;
+            /* what the client would have been sent: the matching ones still in the ring, and
+             * every one that left it (no telling which of those matched) */
+            uint64_t n = 0;
+            for (uint64_t s = after + 1; s <= to; s++)
+                n += s < oldest || matches(&l->ring[s % LIVE_RING], f);
+            if (n)
+                ew_buf_printf(b, "event: skipped\ndata: {\"skipped\":%llu}\n\n",
+                              (unsigned long long)n);
+            l->skipped += n;
             after = to;
         }
         while (after < l->head && sent < LIVE_MAX_BATCH) {
