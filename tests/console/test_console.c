@@ -348,6 +348,44 @@ static void test_api_stream_batches_and_filters(void **state)
     assert_null(strstr(r.body, "compliance.retention_applied"));
     http_result_free(&r);
     /* the timeline of its correlation id holds it */
+    /* a client far behind gets a summary and the newest 500, never more */
+    const char *data = "{\"service\":\"load\",\"category\":\"events\",\"purged\":1,"
+                       "\"older_than\":\"2026-01-01T00:00:00Z\"}";
+    ew_event *evs[100];
+    ew_error err = {0};
+    for (int round = 0; round < 12; round++) {
+        for (int i = 0; i < 100; i++)
+            assert_int_equal(
+                ew_event_from_json(&evs[i], "compliance.retention_applied", data, strlen(data),
+                                   &(ew_event_attrs){.source = "load", .subject = "bulk"}, &err),
+                0);
+        assert_int_equal(ew_bus_publish_batch(e.bus, (const ew_event *const *)evs, 100, &err), 0);
+        for (int i = 0; i < 100; i++)
+            ew_event_unref(evs[i]);
+    }
+    for (;;) {
+        r = api(&c, "GET", "/api/info", TOKEN);
+        bool all = strstr(r.body, "\"events_seen\":1201") != NULL;
+        http_result_free(&r);
+        if (all) break;
+        if (ew_mono_ns() > end + (int64_t)WAIT_MS * 1000000) fail_msg("the 1,200 never came");
+        usleep(20000);
+    }
+    r = api(&c, "GET", "/api/stream?after=1&wait_ms=0&subject=bulk", TOKEN);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "event: skipped\ndata: {\"skipped\":700}"));
+    size_t n = 0;
+    for (const char *p = r.body; (p = strstr(p, "\ndata: {\"seq\"")); p++)
+        n++;
+    assert_int_equal(n, 500);
+    assert_non_null(strstr(r.body, "id: 1201\nevent: pos"));
+    http_result_free(&r);
+    /* a filter that lets none of them through is told of nothing skipped */
+    r = api(&c, "GET", "/api/stream?after=1&wait_ms=0&subject=nobody", TOKEN);
+    assert_null(strstr(r.body, "event: skipped"));
+    assert_non_null(strstr(r.body, "id: 1201\nevent: pos"));
+    http_result_free(&r);
+
     r = api(&c, "GET", "/api/stream?after=0&wait_ms=99999", TOKEN);
     assert_int_equal(r.status, 400);
     http_result_free(&r);
