@@ -608,6 +608,7 @@ static void test_console_in_a_browser(void **state)
     r = api(&c, "GET", "/api/metrics", TOKEN);
     assert_int_equal(r.status, 200);
     assert_null(strstr(r.body, "\"up\":false"));
+    assert_non_null(strstr(r.body, "\"bus\":[{\"t\":"));
     http_result_free(&r);
 
     console_stop(&c);

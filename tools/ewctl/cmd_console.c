@@ -48,6 +48,7 @@ typedef struct console {
     live *feed;
     scrape *scr;
     const char *bus_type;
+    int rate_step_s; /* the charts' step: the scrape interval */
 } console;
 
 static volatile sig_atomic_t interrupted;
@@ -448,7 +449,11 @@ static void get_metrics(const ew_http_request *req, ew_http_response *res, void 
     if (!authorized(c, req, res)) return;
     ew_buf b;
     ew_buf_init(&b);
+    ew_buf_puts(&b, "{\"scraped\":");
     scrape_json(c->scr, &b);
+    ew_buf_puts(&b, ",\"bus\":");
+    live_rates_json(c->feed, c->rate_step_s, &b);
+    ew_buf_putc(&b, '}');
     reply_buf(res, &b);
 }
 
@@ -603,6 +608,7 @@ int ewctl_console(int argc, char **argv)
         ewctl_fail(1, "cannot read the bus: %s", err.msg);
         goto fail_bus;
     }
+    c.rate_step_s = (int)interval_s;
     nurls = find_services(services, urls, 64);
     if (scrape_start(&c.scr, urls, nurls, (int)interval_s * 1000)) {
         ewctl_fail(1, "out of memory");

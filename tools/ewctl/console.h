@@ -25,9 +25,10 @@ extern const size_t console_assets_count;
 
 /* ---- the live feed: the newest events of the bus in a bounded ring ---- */
 
-#define LIVE_RING 4096       /* events kept for the live view */
-#define LIVE_MAX_BATCH 500   /* events one SSE answer carries at most */
-#define LIVE_EVENT_MAX 16384 /* larger events are listed without their JSON */
+#define LIVE_RING 4096        /* events kept for the live view */
+#define LIVE_MAX_BATCH 500    /* events one SSE answer carries at most */
+#define LIVE_EVENT_MAX 16384  /* larger events are listed without their JSON */
+#define LIVE_RATE_SECONDS 600 /* how far back the console's own count of events goes */
 
 typedef struct live live;
 
@@ -58,6 +59,9 @@ uint64_t live_read(live *l, uint64_t after, const live_filter *f, int wait_ms, s
                    ew_buf *b);
 /* Wakes every reader and makes live_read return at once from now on; stops live_follow. */
 void live_stop(live *l);
+/* Appends [{"t":MS,"rate":EVENTS_PER_S},...]: the events the feed saw per second of arrival,
+ * averaged over steps of step_s seconds, for the last LIVE_RATE_SECONDS (t: a step's end). */
+void live_rates_json(live *l, int step_s, ew_buf *b);
 /* Counters: events seen, and events a client was too slow for. */
 void live_counts(live *l, uint64_t *seen, uint64_t *skipped);
 

@@ -11,6 +11,7 @@
 #include "console.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
+#include "eventwire/clock.h"
 #include "eventwire/store.h"
 
 typedef struct item {
@@ -28,6 +29,10 @@ struct live {
     uint64_t skipped;
     bool stopped;
     ew_store *log; /* live_follow: the log read, borrowed */
+    /* events seen per second of arrival, for the last LIVE_RATE_SECONDS */
+    uint32_t per_sec[LIVE_RATE_SECONDS];
+    int64_t sec_of[LIVE_RATE_SECONDS];
+    int64_t started_s; /* the count starts here */
     pthread_t follower;
     bool following;
 };
@@ -56,6 +61,7 @@ int live_new(live **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&l->cv, &ca);
     pthread_condattr_destroy(&ca);
+    l->started_s = ew_now_us() / 1000000;
     *out = l;
     return 0;
 }
@@ -111,7 +117,14 @@ static void add(live *l, const ew_event *ev)
         return;
     }
     it.line = ew_buf_steal(&b, NULL);
+    int64_t sec = ew_now_us() / 1000000;
     pthread_mutex_lock(&l->mu);
+    size_t slot_s = (size_t)(sec % LIVE_RATE_SECONDS);
+    if (l->sec_of[slot_s] != sec) {
+        l->sec_of[slot_s] = sec;
+        l->per_sec[slot_s] = 0;
+    }
+    l->per_sec[slot_s]++;
     it.seq = ++l->head;
     /* the sequence number goes in the place kept for it, padded with spaces */
     char num[21];
@@ -199,6 +212,28 @@ void live_stop(live *l)
     pthread_mutex_unlock(&l->mu);
     if (l->following) pthread_join(l->follower, NULL);
     l->following = false;
+}
+
+void live_rates_json(live *l, int step_s, ew_buf *b)
+{
+    int64_t now = ew_now_us() / 1000000;
+    ew_buf_puts(b, "[");
+    pthread_mutex_lock(&l->mu);
+    /* whole steps only, the current (unfinished) second left out */
+    int64_t last = now - 1, first = last - LIVE_RATE_SECONDS + 1;
+    if (first < l->started_s) first = l->started_s;
+    first += (last - first + 1) % step_s;
+    for (int64_t t = first; t + step_s - 1 <= last; t += step_s) {
+        uint64_t n = 0;
+        for (int64_t s = t; s < t + step_s; s++) {
+            size_t i = (size_t)(s % LIVE_RATE_SECONDS);
+            if (l->sec_of[i] == s) n += l->per_sec[i];
+        }
+        ew_buf_printf(b, "%s{\"t\":%lld,\"rate\":%.6g}", t == first ? "" : ",",
+                      (long long)(t + step_s) * 1000, (double)n / step_s);
+    }
+    pthread_mutex_unlock(&l->mu);
+    ew_buf_puts(b, "]");
 }
 
 void live_counts(live *l, uint64_t *seen, uint64_t *skipped)

@@ -395,8 +395,10 @@ async function loadGroups() {
 // ---- charts ----
 
 async function loadCharts() {
-  let r;
-  try { r = await api('/api/metrics'); } catch (e) { return; }
+  let all;
+  try { all = await api('/api/metrics'); } catch (e) { return; }
+  const r = all.scraped;
+  chart($('#chart-bus'), all.bus, [['rate', '#0891b2']]);
   const up = r.services.filter(s => s.up).length;
   $('#charts-services').textContent = r.services.length
     ? up + ' of ' + r.services.length + ' services answer /metrics (scraped every ' + r.interval_ms / 1000 + ' s): ' + r.services.map(s => s.url + (s.up ? '' : ' (down)')).join(', ')
