@@ -7,7 +7,7 @@
 #include <strings.h>
 #include "eventwire/config.h"
 
-typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME, K_PAIRS } kind;
+typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME, K_PAIRS, K_SECRET } kind;
 
 typedef struct entry {
     ew_config_entry pub;
@@ -153,6 +153,12 @@ static const entry entries[] = {
       "An OpenTelemetry collector's OTLP/HTTP endpoint: the services send their spans to "
       "ENDPOINT/v1/traces (JSON); unset, no spans are sent."},
      K_URL,
+     0,
+     0},
+    {{"CONSOLE_TOKEN", "", "16 characters or more",
+      "The operator token every API call of `ewctl console` needs (Authorization: Bearer); "
+      "unset, the console makes a random one and prints it at start."},
+     K_SECRET,
      0,
      0},
     /* ---- the services (services/common, docs/services.md) ---- */
@@ -406,6 +412,10 @@ static int check(const entry *e, const char *v, ew_error *err)
             return ew_error_set(err, EW_ECONFIG, "%s: item %d is not key=value (%s)", n, (int)iv,
                                 e->pub.allowed);
         return 0;
+    case K_SECRET:
+        if (*v && strlen(v) < 16)
+            return ew_error_set(err, EW_ECONFIG, "%s: must be at least 16 characters", n);
+        return 0;
     case K_NAME:
         if (!name_ok(v))
             return ew_error_set(err, EW_ECONFIG,
@@ -582,6 +592,8 @@ const char *ew_config_shown(const ew_config *cfg, const char *name, char *buf, s
     const char *v = cfg->values[i];
     if (entries[i].k == K_PAIRS)
         shown_pairs(&o, v);
+    else if (entries[i].k == K_SECRET)
+        put(&o, *v ? "***" : "", *v ? 3 : 0);
     else if (strstr(v, "://"))
         shown_url(&o, v);
     else

@@ -47,7 +47,7 @@ static void put_json(ew_buf *b, const char *key, const char *v)
 }
 
 /* The instance's fields, without the closing brace. */
-static void put_info(ew_buf *b, const ew_saga_info *in)
+void ewctl_saga_put_info(ew_buf *b, const ew_saga_info *in)
 {
     ew_buf_puts(b, "{\"id\":");
     ew_json_write_string(b, in->id, strlen(in->id));
@@ -73,7 +73,7 @@ static int print_info(void *ud, const ew_saga_info *in)
     (void)ud;
     ew_buf b;
     ew_buf_init(&b);
-    put_info(&b, in);
+    ewctl_saga_put_info(&b, in);
     ew_buf_puts(&b, "}\n");
     if (!b.oom) fputs(b.data, stdout);
     ew_buf_release(&b);
@@ -96,22 +96,29 @@ static int put_transition(void *ud, const ew_saga_transition *t)
     return 0;
 }
 
-static int show(ew_store *st, const char *id, const char *type, const char *key, ew_error *err)
+int ewctl_saga_show_json(ew_store *st, const char *id, const char *type, const char *key, ew_buf *b,
+                         ew_error *err)
 {
     ew_saga_info in;
     int rc = id ? ew_saga_get_info(st, id, &in, err) : ew_saga_find(st, type, key, &in, err);
     if (rc) return rc;
+    ewctl_saga_put_info(b, &in);
+    put_json(b, "data", in.data);
+    ew_buf_puts(b, ",\"transitions\":[");
+    rc = ew_saga_transitions(st, in.id, put_transition, b, err);
+    ew_buf_puts(b, "]}");
+    if (!rc && b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    ew_saga_info_release(&in);
+    return rc;
+}
+
+static int show(ew_store *st, const char *id, const char *type, const char *key, ew_error *err)
+{
     ew_buf b;
     ew_buf_init(&b);
-    put_info(&b, &in);
-    put_json(&b, "data", in.data);
-    ew_buf_puts(&b, ",\"transitions\":[");
-    rc = ew_saga_transitions(st, in.id, put_transition, &b, err);
-    ew_buf_puts(&b, "]}\n");
-    if (!rc && !b.oom) fputs(b.data, stdout);
-    if (!rc && b.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = ewctl_saga_show_json(st, id, type, key, &b, err);
+    if (!rc) printf("%s\n", b.data);
     ew_buf_release(&b);
-    ew_saga_info_release(&in);
     return rc;
 }
 

@@ -60,23 +60,28 @@ static void put_time(ew_buf *b, const char *key, int64_t us)
     ewctl_put_str(b, key, t);
 }
 
+void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event)
+{
+    ew_buf_printf(b, "{\"id\":%lld", (long long)r->id);
+    ewctl_put_str(b, "event_id", r->event_id);
+    ewctl_put_str(b, "event_name", r->event_name);
+    ewctl_put_str(b, "handler", r->handler);
+    ewctl_put_str(b, "subscriber_group", r->subscriber_group);
+    ewctl_put_str(b, "error", r->error);
+    ew_buf_printf(b, ",\"attempts\":%d", r->attempts);
+    put_time(b, "first_failed_at", r->first_failed_us);
+    put_time(b, "last_failed_at", r->last_failed_us);
+    ewctl_put_str(b, "status", ew_dlq_status_name(r->status));
+    if (with_event) ewctl_put_str(b, "event", r->event);
+    ew_buf_putc(b, '}');
+}
+
 static int print_row(void *ud, const ew_dlq_row *r)
 {
-    int with_event = *(int *)ud;
     ew_buf b;
     ew_buf_init(&b);
-    ew_buf_printf(&b, "{\"id\":%lld", (long long)r->id);
-    ewctl_put_str(&b, "event_id", r->event_id);
-    ewctl_put_str(&b, "event_name", r->event_name);
-    ewctl_put_str(&b, "handler", r->handler);
-    ewctl_put_str(&b, "subscriber_group", r->subscriber_group);
-    ewctl_put_str(&b, "error", r->error);
-    ew_buf_printf(&b, ",\"attempts\":%d", r->attempts);
-    put_time(&b, "first_failed_at", r->first_failed_us);
-    put_time(&b, "last_failed_at", r->last_failed_us);
-    ewctl_put_str(&b, "status", ew_dlq_status_name(r->status));
-    if (with_event) ewctl_put_str(&b, "event", r->event);
-    ew_buf_puts(&b, "}\n");
+    ewctl_dlq_put_row(&b, r, *(int *)ud);
+    ew_buf_putc(&b, '\n');
     if (!b.oom) fputs(b.data, stdout);
     ew_buf_release(&b);
     return 0;
@@ -102,7 +107,7 @@ typedef struct retry {
 
 /* Hands one dead letter back to its handler: marked retried first (its handler may resolve it
  * at once), then redelivered; when the redelivery cannot be published it is pending again. */
-static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
+int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_error *err)
 {
     if (row->status == EW_DLQ_RESOLVED || row->status == EW_DLQ_DISCARDED)
         return ew_error_set(err, EW_ESTATE, "dead letter %lld is %s: there is nothing to retry",
@@ -117,12 +122,18 @@ static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
                             "dead letter %lld holds no event that decodes (%s): it cannot be "
                             "retried, only discarded",
                             (long long)row->id, e.msg);
-    int rc = ew_store_dlq_set_status(r->st, row->id, EW_DLQ_RETRIED, err);
+    int rc = ew_store_dlq_set_status(st, row->id, EW_DLQ_RETRIED, err);
     if (!rc) {
-        rc = ew_bus_redeliver(r->bus, row->subscriber_group, row->handler, ev, row->id, err);
-        if (rc) ew_store_dlq_set_status(r->st, row->id, row->status, NULL);
+        rc = ew_bus_redeliver(bus, row->subscriber_group, row->handler, ev, row->id, err);
+        if (rc) ew_store_dlq_set_status(st, row->id, row->status, NULL);
     }
     ew_event_unref(ev);
+    return rc;
+}
+
+static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
+{
+    int rc = ewctl_dlq_retry_one(r->st, r->bus, row, err);
     if (rc) return rc;
     ew_buf b;
     ew_buf_init(&b);

@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 #include "core/buf.h"
+#include "eventwire/bus.h"
+#include "eventwire/saga.h"
 #include "eventwire/store.h"
 
 typedef struct ewctl_cmd {
@@ -24,6 +26,7 @@ int ewctl_saga(int argc, char **argv);
 int ewctl_audit(int argc, char **argv);
 int ewctl_up(int argc, char **argv);
 int ewctl_down(int argc, char **argv);
+int ewctl_console(int argc, char **argv);
 
 /* Is argv[i] a request for help? */
 int ewctl_wants_help(int argc, char **argv);
@@ -43,5 +46,21 @@ void ewctl_check_type(const char *type);
 
 /* Appends ,"key":v to b, v as a JSON string, or null when it is NULL (common.c). */
 void ewctl_put_str(ew_buf *b, const char *key, const char *v);
+
+/* A dead letter as JSON (dlq list/show, the console): the row's fields, its event when
+ * with_event (cmd_store.c). */
+void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event);
+
+/* Hands a pending (or retried) dead letter back to its handler through bus, as dlq retry does:
+ * marked retried, then redelivered (cmd_store.c). */
+int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_error *err);
+
+/* A saga instance's fields as JSON, without the closing brace (cmd_saga.c). */
+void ewctl_saga_put_info(ew_buf *b, const ew_saga_info *in);
+
+/* One saga instance (by id, or by type and key) with its data and transitions, as saga show
+ * prints it (cmd_saga.c). */
+int ewctl_saga_show_json(ew_store *st, const char *id, const char *type, const char *key, ew_buf *b,
+                         ew_error *err);
 
 #endif

@@ -15,6 +15,8 @@ static const ewctl_cmd commands[] = {
     {"saga", "list saga instances, show one and every transition it went through", ewctl_saga},
     {"audit", "list, verify and print the signed heads of the services' audit chains", ewctl_audit},
     {"config", "list every setting, its default and its value here", ewctl_config},
+    {"console", "serve a web console: live events, timelines, dead letters, sagas, charts",
+     ewctl_console},
     {"up", "start the five services in the background, state under ./var", ewctl_up},
     {"down", "stop the services that ewctl up started", ewctl_down},
 };
