@@ -573,7 +573,7 @@ int ewctl_console(int argc, char **argv)
         snprintf(c.token, sizeof c.token, "%s", configured);
     else
         random_token(c.token);
-    if (ewctl_open_store(&c.st)) goto fail_config;
+    if (ewctl_open_store_or_make(&c.st, true)) goto fail_config;
     if (live_new(&c.feed)) {
         ewctl_fail(1, "out of memory");
         goto fail_store;
@@ -588,7 +588,7 @@ int ewctl_console(int argc, char **argv)
         /* The log is the bus: read it, as a subscriber group would, but without a group's
          * writes (its position, its lease), which would wait for the publishers' locks and
          * make them wait for ours. */
-        if (ewctl_open_store(&c.log)) goto fail_bus;
+        if (ewctl_open_store_or_make(&c.log, true)) goto fail_bus;
         rc = live_follow(c.feed, c.log);
         if (rc) ew_error_set(&err, EW_ENOMEM, "cannot start a thread");
     } else {

@@ -10,18 +10,22 @@
 
 int ewctl_open_store(ew_store **st)
 {
+    return ewctl_open_store_or_make(st, false);
+}
+
+int ewctl_open_store_or_make(ew_store **st, bool make)
+{
     ew_config *cfg = NULL;
     ew_error err = {0};
     int rc = ew_config_new(&cfg, &err);
     if (rc == 0) rc = ew_config_from_env(cfg, &err);
     /* a command that reads the store must not make an empty one where there is none */
     const char *url = rc ? NULL : ew_config_get(cfg, "EVENT_STORE_URL");
-    if (url && strncmp(url, "sqlite:", 7) == 0 && access(url + 7, F_OK) != 0) {
+    if (!make && url && strncmp(url, "sqlite:", 7) == 0 && access(url + 7, F_OK) != 0) {
+        ewctl_fail(1, "no event store at %s — run where `ewctl up` ran, or set EVENT_STORE_URL",
+                   url + 7);
         ew_config_free(cfg);
-        return ewctl_fail(1,
-                          "no event store at %s — run where `ewctl up` ran, or set "
-                          "EVENT_STORE_URL",
-                          url + 7);
+        return 1;
     }
     if (rc == 0) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
     ew_config_free(cfg);

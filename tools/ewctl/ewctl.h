@@ -3,6 +3,7 @@
 #ifndef EWCTL_H
 #define EWCTL_H
 
+#include <stdbool.h>
 #include <stdio.h>
 #include "core/buf.h"
 #include "eventwire/bus.h"
@@ -37,6 +38,9 @@ int ewctl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2
 /* Opens the event store the environment names (EVENT_STORE_URL, ...) into *st: 0, or 1 after
  * saying why on stderr (common.c). */
 int ewctl_open_store(ew_store **st);
+
+/* The same, making the store when there is none (a command that runs on, like console). */
+int ewctl_open_store_or_make(ew_store **st, bool make);
 
 /* --limit N: 0, or 2 after saying what it takes (common.c). */
 int ewctl_parse_limit(const char *v, size_t *out);
