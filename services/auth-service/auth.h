@@ -19,7 +19,8 @@ typedef struct auth {
     svc *s;
     unsigned long long opslimit; /* crypto_pwhash limits (AUTH_PASSWORD_HASH) */
     size_t memlimit;
-    int64_t session_ttl_s, reset_ttl_s;
+    int64_t token_ttl_s, reset_ttl_s;
+    svc_token_keys keys;                     /* signs access tokens (AUTH_KEY_DIR) */
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified against for unknown users */
 } auth;
 
@@ -37,6 +38,12 @@ extern const svc_gdpr auth_gdpr;
 #define AUTH_HASH_LEN 64
 void auth_new_token(char token[AUTH_TOKEN_LEN + 1]);
 void auth_token_hash(const char *token, char hash[AUTH_HASH_LEN + 1]);
+
+/* Ends tokens of user_id in every service, in t (an HTTP request's transaction, ctx NULL) or in
+ * a handler's (ctx): with session_id, that session's; else every token issued until now, and
+ * logins from now on get tokens issued after (auth_token_epochs). Publishes user.tokens_revoked. */
+int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
+                const char *session_id, const char *reason, ew_error *err);
 
 /* RFC 3339 UTC of now + offset seconds. */
 void auth_time(int64_t offset_s, char out[32]);

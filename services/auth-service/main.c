@@ -1,4 +1,5 @@
 /* auth-service: the process. Its tables, its settings, and the runtime (services/common). */
+#include <stdio.h>
 #include <string.h>
 #include "auth.h"
 #include "eventwire/clock.h"
@@ -36,6 +37,10 @@ static const char *const schema[] = {
     " expires_at TEXT NOT NULL,"
     " used_at TEXT,"
     " UNIQUE (user_id, request_id))",
+    /* tokens of the user issued (iat) before not_before are revoked everywhere */
+    "CREATE TABLE IF NOT EXISTS event_store.auth_token_epochs ("
+    " user_id TEXT PRIMARY KEY,"
+    " not_before BIGINT NOT NULL)",
 };
 
 void auth_new_token(char token[AUTH_TOKEN_LEN + 1])
@@ -52,6 +57,36 @@ void auth_token_hash(const char *token, char hash[AUTH_HASH_LEN + 1])
     unsigned char h[32];
     crypto_generichash(h, sizeof h, (const unsigned char *)token, strlen(token), NULL, 0);
     sodium_bin2hex(hash, AUTH_HASH_LEN + 1, h, sizeof h);
+}
+
+int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
+                const char *session_id, const char *reason, ew_error *err)
+{
+    /* Tokens carry whole seconds: everything issued up to now is before now + 1, and a login
+     * after this gets iat >= now + 1 (routes.c), so that it is not refused. */
+    int64_t nb = ew_now_us() / 1000000 + 1;
+    char nbs[24];
+    snprintf(nbs, sizeof nbs, "%lld", (long long)nb);
+    const char *p[] = {user_id, nbs};
+    int rc = 0;
+    if (!session_id) {
+        rc = ew_txn_exec(t, "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1", p, 1,
+                         NULL, err);
+        if (!rc)
+            rc = ew_txn_exec(t,
+                             "INSERT INTO event_store.auth_token_epochs (user_id, not_before) "
+                             "VALUES ($1, $2)",
+                             p, 2, NULL, err);
+    }
+    ew_user_tokens_revoked ev = {
+        .user_id = user_id, .session_id = session_id, .not_before = nb, .reason = reason};
+    if (!rc)
+        rc = ctx ? svc_ctx_emit(a->s, ctx, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err)
+                 : svc_emit(a->s, t, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err);
+    /* here at once (too early is harmless: the transaction may still fail, and the tokens were
+     * meant to end); elsewhere when the event arrives */
+    if (!rc) svc_revoke(a->s, user_id, session_id, nb);
+    return rc;
 }
 
 void auth_time(int64_t offset_s, char out[32])
@@ -79,7 +114,9 @@ static int setup(svc *s, void *ud, ew_error *err)
         a->opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
         a->memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     }
-    a->session_ttl_s = ew_config_get_int(c, "AUTH_SESSION_TTL_SECONDS");
+    a->token_ttl_s = svc_token_ttl(s);
+    int krc = svc_token_keys_open(&a->keys, svc_key_dir(s), err);
+    if (krc) return krc;
     a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
     /* unknown users cost a login as much as known ones */
     char pw[AUTH_TOKEN_LEN + 1];
