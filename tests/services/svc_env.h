@@ -207,7 +207,7 @@ static inline const char *admin_token(env *e)
 static inline http_result api_on(const svc_proc *p, const char *method, const char *path,
                                  const char *body, const char *bearer)
 {
-    char url[1100], auth[SVC_TOKEN_MAX + 40];
+    char url[2048], auth[SVC_TOKEN_MAX + 40];
     snprintf(url, sizeof url, "%s%s", p->base, path);
     const char *hdrs[] = {auth, "User-Agent: " SVC_UNDER_TEST "-test/1.0", NULL};
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer ? bearer : "");
