@@ -557,7 +557,79 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* ---- two confirmations of one reset token at once: exactly one succeeds ---------------------- */
+
+typedef struct confirm {
+    env *e;
+    const char *body;
+    pthread_barrier_t *go;
+    long status;
+} confirm;
+
+static void *confirm_thread(void *p)
+{
+    confirm *c = p;
+    pthread_barrier_wait(c->go);
+    http_result r = api(c->e, "POST", "/auth/password-reset/confirm", c->body, NO_TOKEN);
+    c->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static void race_confirmations(env *e, const char *name)
+{
+    char user_id[EW_UUID_LEN + 1], email[128], body[256];
+    snprintf(email, sizeof email, "%s@example.com", name);
+    register_user(e, name, email, "first password", user_id);
+    for (int round = 1; round <= 5; round++) {
+        snprintf(body, sizeof body, "{\"email\":\"%s\"}", email);
+        http_result r = api(e, "POST", "/auth/password-reset", body, NO_TOKEN);
+        assert_int_equal(r.status, 202);
+        http_result_free(&r);
+        ew_event *iss = wait_event(e, "password.reset_token_issued", user_id, round);
+        snprintf(body, sizeof body, "{\"token\":\"%s\",\"password\":\"password %d\"}",
+                 ew_password_reset_token_issued_data(iss)->token, round);
+        ew_event_unref(iss);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        confirm c[2] = {{e, body, &go, 0}, {e, body, &go, 0}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&t[i], NULL, confirm_thread, &c[i]);
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        if (!((c[0].status == 200 && c[1].status == 400) ||
+              (c[0].status == 400 && c[1].status == 200)))
+            fail_msg("round %d: the two confirmations got %ld and %ld", round, c[0].status,
+                     c[1].status);
+        ew_event_unref(wait_event(e, "password.reset_completed", user_id, round));
+    }
+    usleep(200000);
+    assert_int_equal(count_events(e, "password.reset_completed", user_id, NULL), 5);
+}
+
+static void test_concurrent_reset_confirmations_one_wins(void **state)
+{
+    env *e = up(NULL);
+    race_confirmations(e, "racer");
+    down(e);
+}
+
+static void test_concurrent_reset_confirmations_one_wins_on_postgresql(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *const extra[] = {db, NULL};
+    env *e = up(extra);
+    race_confirmations(e, "pgracer");
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_concurrent_reset_confirmations_one_wins),
+    cmocka_unit_test(test_concurrent_reset_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_register_login_logout),
     cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
     cmocka_unit_test(test_roles_change),

@@ -1,7 +1,10 @@
 /* Tests of user-service as a process (see test_auth_service.c for the set-up): profiles made on
  * user.registered, the profile, preferences and verification endpoints, the GDPR handlers, and
  * the registration flow across two processes: auth-service registers, user-service creates the
- * profile, auth-service marks it. */
+ * profile, auth-service marks it.
+ *
+ * ew-fixture: postgres */
+#include <pthread.h>
 #include "support/ew_test.h"
 #define SVC_UNDER_TEST "user-service"
 #include "services/svc_env.h"
@@ -271,7 +274,79 @@ static void test_registration_flow_across_two_services(void **state)
     down(e);
 }
 
+/* ---- two confirmations of one verification token at once: exactly one succeeds ------------- */
+
+typedef struct confirm {
+    env *e;
+    const char *body;
+    pthread_barrier_t *go;
+    long status;
+} confirm;
+
+static void *confirm_thread(void *p)
+{
+    confirm *c = p;
+    pthread_barrier_wait(c->go);
+    http_result r = api(c->e, "POST", "/users/verify/confirm", c->body, NO_TOKEN);
+    c->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static void race_confirmations(env *e)
+{
+    for (int round = 0; round < 4; round++) {
+        char user_id[EW_UUID_LEN + 1], name[32], path[128], body[256];
+        snprintf(name, sizeof name, "racer%d", round);
+        new_user(e, name, user_id);
+        snprintf(path, sizeof path, "/users/%s/verify", user_id);
+        http_result r = api(e, "POST", path, NULL, NULL);
+        assert_int_equal(r.status, 202);
+        http_result_free(&r);
+        ew_event *ev = wait_event(e, "user.verification_requested", user_id, 1);
+        snprintf(body, sizeof body, "{\"token\":\"%s\"}",
+                 ew_user_verification_requested_data(ev)->token);
+        ew_event_unref(ev);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        confirm c[2] = {{e, body, &go, 0}, {e, body, &go, 0}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&t[i], NULL, confirm_thread, &c[i]);
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        if (!((c[0].status == 200 && c[1].status == 400) ||
+              (c[0].status == 400 && c[1].status == 200)))
+            fail_msg("round %d: the two confirmations got %ld and %ld", round, c[0].status,
+                     c[1].status);
+        ew_event_unref(wait_event(e, "user.verified", user_id, 1));
+        usleep(100000);
+        assert_int_equal(count_events(e, "user.verified", user_id, NULL), 1);
+    }
+}
+
+static void test_concurrent_verification_confirmations_one_wins(void **state)
+{
+    env *e = up(NULL);
+    race_confirmations(e);
+    down(e);
+}
+
+static void test_concurrent_verification_confirmations_one_wins_on_postgresql(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *const extra[] = {db, NULL};
+    env *e = up(extra);
+    race_confirmations(e);
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_concurrent_verification_confirmations_one_wins),
+    cmocka_unit_test(test_concurrent_verification_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_profile_is_created_on_registration),
     cmocka_unit_test(test_profile_preferences_and_verification),
     cmocka_unit_test(test_export_and_deletion),
