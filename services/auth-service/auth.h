@@ -11,6 +11,7 @@
 #include <sodium.h>
 #include <stdint.h>
 #include "svc.h"
+#include "svc_limit.h"
 
 #define AUTH_SERVICE "auth-service"
 #define AUTH_PORT 8001
@@ -20,7 +21,10 @@ typedef struct auth {
     unsigned long long opslimit; /* crypto_pwhash limits (AUTH_PASSWORD_HASH) */
     size_t memlimit;
     int64_t token_ttl_s, reset_ttl_s;
-    svc_token_keys keys;                     /* signs access tokens (AUTH_KEY_DIR) */
+    svc_token_keys keys; /* signs access tokens (AUTH_KEY_DIR) */
+    /* abuse limits (AUTH_LIMIT_WINDOW_SECONDS, AUTH_LOGIN_FAILURES_PER_*, AUTH_RESETS_PER_*) */
+    svc_limiter *limits;
+    int64_t window_s, fail_account, fail_address, resets_address, resets_email;
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified against for unknown users */
 } auth;
 

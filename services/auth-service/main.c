@@ -117,6 +117,12 @@ static int setup(svc *s, void *ud, ew_error *err)
     a->token_ttl_s = svc_token_ttl(s);
     int krc = svc_token_keys_open(&a->keys, svc_key_dir(s), err);
     if (krc) return krc;
+    a->window_s = ew_config_get_int(c, "AUTH_LIMIT_WINDOW_SECONDS");
+    a->fail_account = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ACCOUNT");
+    a->fail_address = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ADDRESS");
+    a->resets_address = ew_config_get_int(c, "AUTH_RESETS_PER_ADDRESS");
+    a->resets_email = ew_config_get_int(c, "AUTH_RESETS_PER_EMAIL");
+    if (!(a->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
     /* unknown users cost a login as much as known ones */
     char pw[AUTH_TOKEN_LEN + 1];
@@ -131,6 +137,15 @@ static int setup(svc *s, void *ud, ew_error *err)
     return rc;
 }
 
+static void teardown(svc *s, void *ud)
+{
+    (void)s;
+    auth *a = ud;
+    svc_limiter_free(a->limits);
+    a->limits = NULL;
+    sodium_memzero(&a->keys, sizeof a->keys);
+}
+
 int main(int argc, char **argv)
 {
     static auth a;
@@ -140,6 +155,7 @@ int main(int argc, char **argv)
         .schema = schema,
         .nschema = sizeof schema / sizeof schema[0],
         .setup = setup,
+        .teardown = teardown,
         .ud = &a,
         .sagas = true,
         .gdpr = &auth_gdpr,

@@ -82,6 +82,15 @@ static size_t parse_roles(const char *text, ew_arena *ar, const char **items, si
     return n;
 }
 
+/* Answers 429 with Retry-After: wait_s. */
+static void too_many(ew_http_response *res, int64_t wait_s, const char *what)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+    ew_http_header_add(res, "Retry-After", v);
+    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
+}
+
 /* Is this a unique-constraint failure of the database (a race lost to a concurrent insert)? */
 static bool unique_violation(const ew_error *e)
 {
@@ -234,6 +243,18 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     char key[EMAIL_MAX + 1];
     snprintf(key, sizeof key, "%s", username ? username : email_in);
     lower(key);
+    /* failed logins per account (existing or not) and per address: past the limit, no password
+     * is checked at all, the right one neither */
+    char acct[EMAIL_MAX + 16], addr[80];
+    snprintf(acct, sizeof acct, "login:%s", key);
+    snprintf(addr, sizeof addr, "login-ip:%s", ew_http_client_addr(rq));
+    int64_t now_s = ew_now_us() / 1000000;
+    int64_t wait = svc_limiter_check(a->limits, acct, a->fail_account, a->window_s, now_s);
+    int64_t wait2 = svc_limiter_check(a->limits, addr, a->fail_address, a->window_s, now_s);
+    if (wait || wait2) {
+        too_many(res, wait > wait2 ? wait : wait2, "failed logins");
+        return;
+    }
 
     ew_txn *t;
     ew_error e = {0};
@@ -261,6 +282,8 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     const char *stored = row.found && row.v[1] ? row.v[1] : a->dummy_hash;
     int good = crypto_pwhash_str_verify(stored, password, strlen(password)) == 0 && row.found;
     if (!good) {
+        svc_limiter_hit(a->limits, acct, a->window_s, now_s);
+        svc_limiter_hit(a->limits, addr, a->window_s, now_s);
         svc_row_free(&row);
         ew_http_reply_error(res, 401, NULL, "wrong %s or password",
                             username ? "username" : "email");
@@ -271,6 +294,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 403, NULL, "this account is deactivated");
         return;
     }
+    svc_limiter_clear(a->limits, acct);
     char user_id[EW_UUID_LEN + 1];
     snprintf(user_id, sizeof user_id, "%s", row.v[0]);
     /* a token is issued after the user's last revocation (auth_revoke), else it is refused */
@@ -445,6 +469,17 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     char email[EMAIL_MAX + 1];
     snprintf(email, sizeof email, "%s", email_in);
     lower(email);
+    /* requests per address and per email, counted whether the address has an account or not */
+    char by_addr[80], by_email[EMAIL_MAX + 16];
+    snprintf(by_addr, sizeof by_addr, "reset-ip:%s", ew_http_client_addr(rq));
+    snprintf(by_email, sizeof by_email, "reset:%s", email);
+    int64_t now_s = ew_now_us() / 1000000;
+    int64_t wait = svc_limiter_take(a->limits, by_addr, a->resets_address, a->window_s, now_s);
+    if (!wait) wait = svc_limiter_take(a->limits, by_email, a->resets_email, a->window_s, now_s);
+    if (wait) {
+        too_many(res, wait, "password reset requests");
+        return;
+    }
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};

@@ -557,6 +557,101 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* ---- abuse limits ------------------------------------------------------------------------------
+ */
+
+static long login_status(env *e, const char *user, const char *pw, char *retry, size_t n)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"username\":\"%s\",\"password\":\"%s\"}", user, pw);
+    http_result r = api(e, "POST", "/auth/login", body, NO_TOKEN);
+    long st = r.status;
+    if (retry) {
+        const char *v = http_header_value(&r, "Retry-After", retry, n);
+        if (!v) retry[0] = '\0';
+    }
+    http_result_free(&r);
+    return st;
+}
+
+/* With the defaults: ten failed logins a minute per account, and per client address; the 11th
+ * is 429 with Retry-After, whatever the password and whether the account exists. */
+static void test_failed_logins_are_limited(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], retry[32], name[32];
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    /* per address: ten failures on ten accounts that do not exist */
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "nobody%d", i);
+        assert_int_equal(login_status(e, name, "wrong password", NULL, 0), 401);
+    }
+    assert_int_equal(login_status(e, "nobody99", "wrong password", retry, sizeof retry), 429);
+    assert_true(atoi(retry) >= 1 && atoi(retry) <= 60);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 429);
+    down(e);
+
+    /* per account, the address's limit raised: an account that exists and one that does not
+     * behave alike, the right password does not pass the limit, other accounts are not held */
+    static const char *const extra[] = {"AUTH_LOGIN_FAILURES_PER_ADDRESS=1000", NULL};
+    e = up(extra);
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    register_user(e, "alan", "alan@example.com", "right password", user_id);
+    const char *const who[] = {"grace", "ghost"};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 10; i++)
+            assert_int_equal(login_status(e, who[k], "wrong password", NULL, 0), 401);
+        assert_int_equal(login_status(e, who[k], "wrong password", retry, sizeof retry), 429);
+        assert_true(atoi(retry) >= 1);
+        assert_int_equal(login_status(e, who[k], "right password", NULL, 0), 429);
+    }
+    assert_int_equal(login_status(e, "alan", "right password", NULL, 0), 200);
+    down(e);
+
+    /* the window ends; a success forgets the account's failures */
+    static const char *const quick[] = {"AUTH_LIMIT_WINDOW_SECONDS=1", NULL};
+    e = up(quick);
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(login_status(e, "grace", "wrong password", NULL, 0), 401);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 429);
+    usleep(2100000);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 200);
+    down(e);
+}
+
+/* Password reset requests: five per email and ten per address a minute, the same answer whether
+ * the address has an account. */
+static void test_reset_requests_are_limited(void **state)
+{
+    static const char *const extra[] = {"AUTH_RESETS_PER_ADDRESS=1000", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], body[128];
+    register_user(e, "ada", "ada@example.com", "right password", user_id);
+    const char *const to[] = {"ada@example.com", "nobody@example.com"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(body, sizeof body, "{\"email\":\"%s\"}", to[k]);
+        for (int i = 0; i < 5; i++)
+            expect(e, "POST", "/auth/password-reset", body, 202, NULL, NULL);
+        http_result r = api(e, "POST", "/auth/password-reset", body, NO_TOKEN);
+        assert_int_equal(r.status, 429);
+        char retry[32];
+        assert_non_null(http_header_value(&r, "Retry-After", retry, sizeof retry));
+        http_result_free(&r);
+    }
+    ew_event_unref(wait_event(e, "password.reset_requested", user_id, 5));
+    usleep(200000);
+    assert_int_equal(count_events(e, "password.reset_requested", user_id, NULL), 5);
+    down(e);
+    /* ten from one address, to ten addresses: the eleventh is refused */
+    e = up(NULL);
+    for (int i = 0; i < 11; i++) {
+        snprintf(body, sizeof body, "{\"email\":\"someone%d@example.com\"}", i);
+        expect(e, "POST", "/auth/password-reset", body, i < 10 ? 202 : 429, NULL, NULL);
+    }
+    down(e);
+}
+
 /* ---- two confirmations of one reset token at once: exactly one succeeds ---------------------- */
 
 typedef struct confirm {
@@ -628,6 +723,8 @@ static void test_concurrent_reset_confirmations_one_wins_on_postgresql(void **st
 }
 
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_failed_logins_are_limited),
+    cmocka_unit_test(test_reset_requests_are_limited),
     cmocka_unit_test(test_concurrent_reset_confirmations_one_wins),
     cmocka_unit_test(test_concurrent_reset_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_register_login_logout),

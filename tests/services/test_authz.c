@@ -98,7 +98,9 @@ static world *build(void)
 {
     world *w = calloc(1, sizeof *w);
     running = w;
-    w->e = up(NULL);
+    static const char *const limits[] = {"AUTH_RESETS_PER_EMAIL=1000",
+                                         "AUTH_RESETS_PER_ADDRESS=1000", NULL};
+    w->e = up(limits);
     w->p[AUTH] = w->e->p;
     static const char *const fast[] = {"OUTBOX_POLL_MS=50", "EVENT_HANDLER_BACKOFF_MS=20",
                                        "EXPORT_SERVICES=auth-service,user-service,"
