@@ -61,7 +61,7 @@ static void test_register_login_logout(void **state)
     ew_event_unref(ev);
 
     /* login by username (any case) and by email */
-    char tok1[64], tok2[SVC_TOKEN_MAX + 1];
+    char tok1[SVC_TOKEN_MAX + 1], tok2[SVC_TOKEN_MAX + 1];
     login(e, "{\"username\":\"ada\",\"password\":\"correct horse\"}", tok1);
     login(e, "{\"email\":\"ADA@example.com\",\"password\":\"correct horse\"}", tok2);
     assert_int_equal(strncmp(tok1, "eyJ", 3), 0); /* a JWT: header.claims.signature */
