@@ -278,8 +278,11 @@ svc_token_status svc_token_verify(const unsigned char pk[crypto_sign_PUBLICKEYBY
 #define REVOKE_BUCKETS 1024
 #define KEY_RETRY_S 2
 
+#define WAYS 8 /* the cache is set-associative: a token may sit in any of WAYS slots */
+
 typedef struct cached {
     unsigned char digest[DIGEST]; /* keyed BLAKE2b of the token; all zero: empty */
+    uint64_t stamp;               /* when it was put there: the oldest of a set gives way */
     svc_claims c;
 } cached;
 
@@ -298,7 +301,7 @@ struct svc_authn {
     unsigned char hash_key[crypto_generichash_KEYBYTES]; /* per process: collisions unguessable */
     cached *cache;
     size_t cap, used;
-    uint64_t hits, misses;
+    uint64_t hits, misses, stamp;
     revocation *revoked[REVOKE_BUCKETS];
 };
 
@@ -306,7 +309,8 @@ int svc_authn_new(svc_authn **out, const char *key_dir, size_t cache_cap, ew_err
 {
     svc_authn *a = calloc(1, sizeof *a);
     if (!a) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    a->cap = cache_cap ? cache_cap : 1;
+    a->cap = (cache_cap + WAYS - 1) / WAYS * WAYS;
+    if (a->cap < WAYS) a->cap = WAYS;
     a->cache = calloc(a->cap, sizeof *a->cache);
     a->key_dir = strdup(key_dir ? key_dir : "");
     if (!a->cache || !a->key_dir) {
@@ -426,13 +430,15 @@ svc_token_status svc_authn_check(svc_authn *a, const char *token, int64_t now, s
     unsigned char d[DIGEST];
     crypto_generichash(d, sizeof d, (const unsigned char *)token, len, a->hash_key,
                        sizeof a->hash_key);
-    size_t slot = 0;
-    memcpy(&slot, d, sizeof slot < DIGEST ? sizeof slot : DIGEST);
-    slot %= a->cap;
+    size_t set = 0;
+    memcpy(&set, d, sizeof set < DIGEST ? sizeof set : DIGEST);
+    set = set % (a->cap / WAYS) * WAYS;
 
     pthread_rwlock_rdlock(&a->lock);
-    const cached *e = &a->cache[slot];
-    if (a->have_key && sodium_memcmp(e->digest, d, DIGEST) == 0) {
+    const cached *e = NULL;
+    for (size_t w = 0; w < WAYS && a->have_key; w++)
+        if (sodium_memcmp(a->cache[set + w].digest, d, DIGEST) == 0) e = &a->cache[set + w];
+    if (e) {
         *c = e->c;
         svc_token_status st = now >= c->exp      ? SVC_TOKEN_EXPIRED
                               : is_revoked(a, c) ? SVC_TOKEN_REVOKED
@@ -462,9 +468,18 @@ svc_token_status svc_authn_check(svc_authn *a, const char *token, int64_t now, s
     if (st != SVC_TOKEN_OK) return st;
     pthread_rwlock_wrlock(&a->lock);
     if (sodium_memcmp(pk, a->pk, sizeof pk) == 0) {
-        cached *w = &a->cache[slot];
+        cached *w = NULL; /* an empty slot of the set, else its oldest */
+        for (size_t i = 0; i < WAYS; i++) {
+            cached *x = &a->cache[set + i];
+            if (sodium_is_zero(x->digest, DIGEST)) {
+                w = x;
+                break;
+            }
+            if (!w || x->stamp < w->stamp) w = x;
+        }
         bool empty = sodium_is_zero(w->digest, DIGEST);
         memcpy(w->digest, d, DIGEST);
+        w->stamp = ++a->stamp;
         w->c = *c;
         if (empty) a->used++;
     }
