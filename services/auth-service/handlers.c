@@ -117,6 +117,7 @@ const svc_gdpr auth_gdpr = {
             "DELETE FROM event_store.auth_sessions WHERE user_id = $1",
             "DELETE FROM event_store.auth_password_resets WHERE user_id = $1",
             "DELETE FROM event_store.auth_users WHERE user_id = $1",
+            "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1",
             NULL,
         },
     .failure = svc_failed,

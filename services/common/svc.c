@@ -267,13 +267,18 @@ static ew_handler_result on_tokens_revoked(const ew_event *ev, ew_handler_ctx *c
     if (!d) return svc_not_mine(ctx, ev);
     svc_authn_revoke(s->authn, d->user_id, d->session_id, d->not_before,
                      s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
-    char key[80], nb[24];
+    char key[80], nb[24], cutoff[24];
     snprintf(key, sizeof key, "%s/%s", d->user_id, d->session_id ? d->session_id : "");
     snprintf(nb, sizeof nb, "%lld", (long long)d->not_before);
-    const char *p[] = {key, d->user_id, d->session_id, nb};
+    /* what can refuse nothing any more (every token it could refuse has expired) goes */
+    snprintf(cutoff, sizeof cutoff, "%lld",
+             (long long)(ew_now_us() / 1000000 - s->token_ttl_s - SVC_TOKEN_LEEWAY_S));
+    const char *p[] = {key, d->user_id, d->session_id, nb}, *old[] = {cutoff};
     ew_error e = {0};
     ew_txn *t = ew_ctx_txn(ctx);
-    if (ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE rkey = $1", p, 1, NULL,
+    if (ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE not_before < $1", old,
+                    1, NULL, &e) ||
+        ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE rkey = $1", p, 1, NULL,
                     &e) ||
         ew_txn_exec(t,
                     "INSERT INTO event_store.svc_token_revocations (rkey, user_id, session_id, "

@@ -428,7 +428,7 @@ static void test_deletion_and_export(void **state)
     const ew_user_data_deleted *dd = ew_user_data_deleted_data(ev);
     assert_string_equal(dd->request_id, request_id);
     assert_string_equal(dd->service, "auth-service");
-    assert_int_equal(dd->records, 2); /* the user and its session */
+    assert_int_equal(dd->records, 3); /* the user, its session, its tokens' epoch */
     ew_event_unref(ev);
     expect(e, "GET", path, NULL, 404, NULL, "no user");
     expect(e, "POST", "/auth/login", "{\"username\":\"dennis\",\"password\":\"cprogramming\"}", 401,
