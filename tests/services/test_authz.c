@@ -327,6 +327,32 @@ static void test_every_route_with_every_kind_of_caller(void **state)
         }
     }
     if (failures) fail_msg("%d call(s) answered otherwise than documented", failures);
+    /* no token reached a log: a JWT starts with the base64 of {"alg" */
+    for (int i = 0; i < NSVC; i++) {
+        char log[512];
+        snprintf(log, sizeof log, "%s/%s.stderr", w->e->dir, names[i]);
+        FILE *f = fopen(log, "r");
+        assert_non_null(f);
+        char *text = calloc(1, 1 << 20);
+        size_t n = fread(text, 1, (1 << 20) - 1, f);
+        fclose(f);
+        text[n] = '\0';
+        if (strstr(text, "eyJhbGci") || strstr(text, w->key))
+            fail_msg("%s logged a token or a download key", names[i]);
+        free(text);
+    }
+    /* the signing key: 0600 in a 0700 folder; the public key readable */
+    struct stat st;
+    char kp[400];
+    snprintf(kp, sizeof kp, "%s/keys", w->e->dir);
+    assert_int_equal(stat(kp, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    snprintf(kp, sizeof kp, "%s/keys/auth-token.key", w->e->dir);
+    assert_int_equal(stat(kp, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(kp, sizeof kp, "%s/keys/auth-token.pub", w->e->dir);
+    assert_int_equal(stat(kp, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
     down(w->e);
     w->e = NULL;
     for (int i = 1; i < NSVC; i++)
