@@ -1,5 +1,6 @@
 /* auth-service: the process. Its tables, its settings, and the runtime (services/common). */
 #include <stdio.h>
+#include <time.h>
 #include <string.h>
 #include "auth.h"
 #include "eventwire/clock.h"
@@ -89,6 +90,33 @@ int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
     return rc;
 }
 
+int auth_hash_begin(auth *a)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    int rc = 0;
+    pthread_mutex_lock(&a->hash_mu);
+    while (a->hashing >= a->max_hashes && rc == 0)
+        rc = pthread_cond_timedwait(&a->hash_cv, &a->hash_mu, &until);
+    if (a->hashing < a->max_hashes) {
+        a->hashing++;
+        rc = 0;
+    } else {
+        rc = -1;
+    }
+    pthread_mutex_unlock(&a->hash_mu);
+    return rc;
+}
+
+void auth_hash_end(auth *a)
+{
+    pthread_mutex_lock(&a->hash_mu);
+    a->hashing--;
+    pthread_cond_signal(&a->hash_cv);
+    pthread_mutex_unlock(&a->hash_mu);
+}
+
 void auth_time(int64_t offset_s, char out[32])
 {
     ew_time_format(ew_now_us() + offset_s * 1000000, out);
@@ -117,6 +145,9 @@ static int setup(svc *s, void *ud, ew_error *err)
     a->token_ttl_s = svc_token_ttl(s);
     int krc = svc_token_keys_open(&a->keys, svc_key_dir(s), err);
     if (krc) return krc;
+    a->max_hashes = (int)ew_config_get_int(c, "AUTH_MAX_CONCURRENT_HASHES");
+    pthread_mutex_init(&a->hash_mu, NULL);
+    pthread_cond_init(&a->hash_cv, NULL);
     a->window_s = ew_config_get_int(c, "AUTH_LIMIT_WINDOW_SECONDS");
     a->fail_account = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ACCOUNT");
     a->fail_address = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ADDRESS");
@@ -143,6 +174,10 @@ static void teardown(svc *s, void *ud)
     auth *a = ud;
     svc_limiter_free(a->limits);
     a->limits = NULL;
+    if (a->max_hashes) {
+        pthread_mutex_destroy(&a->hash_mu);
+        pthread_cond_destroy(&a->hash_cv);
+    }
     sodium_memzero(&a->keys, sizeof a->keys);
 }
 

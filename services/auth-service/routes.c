@@ -91,6 +91,13 @@ static void too_many(ew_http_response *res, int64_t wait_s, const char *what)
     ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
 }
 
+/* Answers 503 when no password hash could start (auth_hash_begin). */
+static void too_busy(ew_http_response *res)
+{
+    ew_http_header_add(res, "Retry-After", "1");
+    ew_http_reply_error(res, 503, NULL, "too many password checks at once; try again");
+}
+
 /* Is this a unique-constraint failure of the database (a race lost to a concurrent insert)? */
 static bool unique_violation(const ew_error *e)
 {
@@ -158,7 +165,13 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     lower(key);
 
     char hash[crypto_pwhash_STRBYTES];
-    if (crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit)) {
+    if (auth_hash_begin(a)) {
+        too_busy(res);
+        return;
+    }
+    int hrc = crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit);
+    auth_hash_end(a);
+    if (hrc) {
         ew_error e = {0};
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
         svc_reply_failure(a->s, res, "registering", &e);
@@ -280,7 +293,13 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     }
     /* the password is checked outside any transaction: it takes a while on purpose */
     const char *stored = row.found && row.v[1] ? row.v[1] : a->dummy_hash;
+    if (auth_hash_begin(a)) {
+        svc_row_free(&row);
+        too_busy(res);
+        return;
+    }
     int good = crypto_pwhash_str_verify(stored, password, strlen(password)) == 0 && row.found;
+    auth_hash_end(a);
     if (!good) {
         svc_limiter_hit(a->limits, acct, a->window_s, now_s);
         svc_limiter_hit(a->limits, addr, a->window_s, now_s);
@@ -599,7 +618,14 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
         return;
     }
     /* hashed outside any transaction: it takes a while on purpose */
-    if (crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit)) {
+    if (auth_hash_begin(a)) {
+        svc_row_free(&row);
+        too_busy(res);
+        return;
+    }
+    int hrc = crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit);
+    auth_hash_end(a);
+    if (hrc) {
         svc_row_free(&row);
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
         svc_reply_failure(a->s, res, "resetting the password", &e);

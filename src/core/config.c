@@ -200,6 +200,12 @@ static const entry entries[] = {
      K_INT,
      1,
      604800},
+    {{"AUTH_MAX_CONCURRENT_HASHES", "4", "1..1024",
+      "Password hashes auth-service computes at once (each takes AUTH_PASSWORD_HASH's memory, 64 "
+      "MiB for interactive); more requests wait, up to 10 s, then get 503 with Retry-After."},
+     K_INT,
+     1,
+     1024},
     {{"AUTH_LIMIT_WINDOW_SECONDS", "60", "1..86400",
       "The window the AUTH_*_PER_* limits count in (each key's from its first attempt)."},
      K_INT,

@@ -504,6 +504,60 @@ static void test_default_password_hash(void **state)
     down(e);
 }
 
+/* Many logins at once with the interactive limits (64 MiB a hash): AUTH_MAX_CONCURRENT_HASHES=2
+ * keeps the service's peak resident memory near two hashes' worth; every login is answered. */
+typedef struct hammer {
+    env *e;
+    long status;
+} hammer;
+
+static void *login_thread(void *p)
+{
+    hammer *h = p;
+    http_result r = api(h->e, "POST", "/auth/login",
+                        "{\"username\":\"nobody\",\"password\":\"wrong password\"}", NO_TOKEN);
+    h->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static long peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kib = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kib;
+}
+
+static void test_concurrent_hashes_are_capped(void **state)
+{
+    static const char *const extra[] = {
+        "AUTH_PASSWORD_HASH=interactive", "AUTH_MAX_CONCURRENT_HASHES=2",
+        "AUTH_LOGIN_FAILURES_PER_ACCOUNT=1000", "AUTH_LOGIN_FAILURES_PER_ADDRESS=1000", NULL};
+    env *e = up(extra);
+    enum { N = 12 };
+    hammer h[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        h[i] = (hammer){e, 0};
+        pthread_create(&t[i], NULL, login_thread, &h[i]);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(h[i].status, 401);
+    long peak = peak_rss_kib(e->p.pid);
+    fprintf(stderr, "auth-service peak resident memory: %ld MiB for %d logins at once\n",
+            peak / 1024, N);
+    /* two hashes (128 MiB) and the service itself; without the cap, twelve would take 768 */
+    assert_true(peak > 0 && peak < 320 * 1024);
+    down(e);
+}
+
 static void test_bad_configuration_stops_at_start(void **state)
 {
     static const char *const extra[] = {"HTTP_PORT=http", NULL};
@@ -735,6 +789,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_deletion_and_export),
     cmocka_unit_test(test_sigterm_finishes_the_request_in_flight_and_exits_zero),
     cmocka_unit_test(test_default_password_hash),
+    cmocka_unit_test(test_concurrent_hashes_are_capped),
     cmocka_unit_test(test_bad_configuration_stops_at_start),
     cmocka_unit_test(test_on_postgresql),
 };
