@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "core/arena.h"
 #include "core/json.h"
 #include "eventwire/bus.h"
@@ -89,6 +90,11 @@ int ewctl_user(int argc, char **argv)
         goto out;
     }
     char *url = auth_db_url(cfg);
+    if (!strncmp(url, "sqlite:", 7) && access(url + 7, F_OK)) { /* do not make an empty one */
+        ewctl_fail(1, "auth-service's database %s is not there (SERVICE_DB_URL)", url + 7);
+        free(url);
+        goto out;
+    }
     int rc = ew_store_open(&db, &(ew_store_options){.config = cfg, .url = url}, &err);
     free(url);
     if (rc) {
