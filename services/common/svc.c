@@ -203,15 +203,41 @@ int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, s
     return -1;
 }
 
+static void claims_free(void *p)
+{
+    sodium_memzero(p, sizeof(svc_claims));
+    free(p);
+}
+
+/* The HTTP server's guard (EW_HTTP_GUARDED routes): the token is checked when the headers are
+ * in, so a request without a valid one is answered 401 before its body is read or parsed. */
+static void http_guard(ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    svc *s = ud;
+    svc_claims *c = malloc(sizeof *c);
+    if (!c) {
+        ew_http_reply_error(res, 503, NULL, "out of memory");
+        return;
+    }
+    if (svc_authenticate(s, rq, res, c)) {
+        claims_free(c);
+        return;
+    }
+    ew_http_set_data(rq, c, claims_free);
+}
+
+/* The handler of a guarded route, with the caller the guard found. */
 static void guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     guard *g = ud;
-    svc_claims c;
-    if (svc_authenticate(g->s, rq, res, &c)) return;
-    tl_caller = &c;
+    const svc_claims *c = ew_http_data(rq);
+    if (!c) { /* never: the guard answers every request it does not pass */
+        ew_http_reply_error(res, 500, NULL, "internal error");
+        return;
+    }
+    tl_caller = c;
     g->fn(rq, res, g->ud);
     tl_caller = NULL;
-    sodium_memzero(&c, sizeof c);
 }
 
 int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
@@ -222,7 +248,7 @@ int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, voi
     if (!g) return ew_error_set(err, EW_ENOMEM, "out of memory");
     *g = (guard){s->guards, s, fn, ud};
     s->guards = g;
-    return ew_http_route(s->http, route, flags, guarded, g, err);
+    return ew_http_route(s->http, route, flags | EW_HTTP_GUARDED, guarded, g, err);
 }
 
 const char *svc_key_dir(const svc *s)
@@ -749,6 +775,8 @@ static int open_all(svc *s, ew_error *err)
         .stop_timeout_ms = (int)ew_config_get_int(s->cfg, "HTTP_DRAIN_TIMEOUT_MS"),
         .health = health,
         .health_ud = s,
+        .guard = http_guard,
+        .guard_ud = s,
         .log = lib_log,
         .log_ud = s,
     };
