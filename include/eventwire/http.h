@@ -50,6 +50,12 @@ typedef struct ew_json ew_json; /* a parsed JSON value (src/core/json.h) */
  * NUL-terminated) and return nonzero. Runs on a connection thread. */
 typedef int (*ew_http_health_fn)(void *ud, char *why, size_t n);
 
+/* Guard of the routes flagged EW_HTTP_GUARDED (ew_http_options.guard): runs when the request's
+ * headers are in, before its body is read, on the connection's thread. Answering (any status set
+ * in res) ends the request there -- the body is never read nor parsed; setting nothing lets it
+ * go on to the handler. It may attach data to the request (ew_http_set_data) for the handler. */
+typedef void (*ew_http_guard_fn)(ew_http_request *req, ew_http_response *res, void *ud);
+
 typedef struct ew_http_options {
     const char *addr;         /* IPv4 or IPv6 literal to listen on; NULL: "127.0.0.1" */
     int port;                 /* 0: an ephemeral port (ew_http_port() tells which) */
@@ -63,6 +69,8 @@ typedef struct ew_http_options {
     void *log_ud;
     ew_span_fn span; /* NULL: server spans are not reported (eventwire/trace.h) */
     void *span_ud;
+    ew_http_guard_fn guard; /* runs first on EW_HTTP_GUARDED routes; NULL: none may be added */
+    void *guard_ud;
 } ew_http_options;
 
 /* A handler: reads req, fills res. Both are borrowed for the call. ud is the route's. */
@@ -73,6 +81,9 @@ typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *re
 #define EW_HTTP_JSON_OPT                                                                           \
     2u /* the same when there is a body; no body is fine (ew_http_json NULL)                       \
         */
+/* ew_http_options.guard runs before the body is read (the bearer token is checked, say): a
+ * request it refuses is never read nor parsed. */
+#define EW_HTTP_GUARDED 4u
 
 /* A server, not yet listening. opts may be NULL. Caller frees it with ew_http_free(). */
 int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err);
@@ -120,6 +131,10 @@ const char *ew_http_bearer(const ew_http_request *r);
  * header, or the root of a new trace when it has none (or a malformed one). Events published
  * while serving the request carry it; the response's traceparent header says it. */
 const char *ew_http_traceparent(const ew_http_request *r);
+/* Data the guard attached to the request (NULL: none). Borrowed until the request ends, when
+ * free_fn (may be NULL) gets it; a second call replaces (and frees) the first. */
+void ew_http_set_data(ew_http_request *r, void *data, void (*free_fn)(void *));
+void *ew_http_data(const ew_http_request *r);
 
 /* ---- the response --------------------------------------------------------------------------- */
 

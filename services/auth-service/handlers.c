@@ -2,7 +2,10 @@
  * it emits (svc_ctx_emit, through the outbox) and the record that the event was handled commit
  * together, so a redelivered event changes nothing twice. The GDPR events the runtime answers from
  * auth_gdpr (svc.h). */
+#include <string.h>
 #include "auth.h"
+#include "core/buf.h"
+#include "core/json.h"
 
 /* user.profile_created: the user's profile exists. */
 static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
@@ -39,8 +42,45 @@ static ew_handler_result on_deactivated(const ew_event *ev, ew_handler_ctx *ctx,
         ew_txn_exec(t,
                     "UPDATE event_store.auth_sessions SET ended_at = $2 "
                     "WHERE user_id = $1 AND ended_at IS NULL",
-                    p, 2, NULL, &e))
+                    p, 2, NULL, &e) ||
+        auth_revoke(a, t, ctx, d->user_id, NULL, "deactivation", &e))
         return svc_failed(a->s, ctx, "deactivating the user", &e);
+    return EW_HANDLER_OK;
+}
+
+/* user.role_changed from elsewhere than the HTTP API -- the operator's `ewctl user grant-admin`
+ * on the deployment: the roles are set and the user's tokens revoked. The service's own events
+ * find the roles set already and change nothing. */
+static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    auth *a = ud;
+    const ew_user_role_changed *d = ew_user_role_changed_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_putc(&b, '[');
+    for (size_t i = 0; i < d->roles.count; i++) {
+        if (i) ew_buf_putc(&b, ',');
+        ew_json_write_string(&b, d->roles.items[i], strlen(d->roles.items[i]));
+    }
+    ew_buf_putc(&b, ']');
+    char now[32];
+    auth_time(0, now);
+    const char *p[] = {d->user_id, b.data, now};
+    ew_txn *t = ew_ctx_txn(ctx);
+    ew_error e = {0};
+    int64_t changed = 0;
+    int rc = ew_txn_exec(t,
+                         "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
+                         "WHERE user_id = $1 AND roles <> $2",
+                         p, 3, &changed, &e);
+    if (!rc && changed) {
+        svc_log(a->s, EW_LOG_INFO, "user %s: roles %s (event %s from %s)", d->user_id, b.data,
+                ew_event_id(ev), ew_event_source(ev));
+        rc = auth_revoke(a, t, ctx, d->user_id, NULL, "role_change", &e);
+    }
+    ew_buf_release(&b);
+    if (rc) return svc_failed(a->s, ctx, "changing roles", &e);
     return EW_HANDLER_OK;
 }
 
@@ -77,6 +117,7 @@ const svc_gdpr auth_gdpr = {
             "DELETE FROM event_store.auth_sessions WHERE user_id = $1",
             "DELETE FROM event_store.auth_password_resets WHERE user_id = $1",
             "DELETE FROM event_store.auth_users WHERE user_id = $1",
+            "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1",
             NULL,
         },
     .failure = svc_failed,
@@ -87,6 +128,7 @@ int auth_handlers(auth *a, ew_error *err)
     static const svc_handler subs[] = {
         {"user.profile_created", on_profile_created},
         {"user.deactivated", on_deactivated},
+        {"user.role_changed", on_role_changed},
     };
     return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
 }

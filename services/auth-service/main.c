@@ -1,4 +1,6 @@
 /* auth-service: the process. Its tables, its settings, and the runtime (services/common). */
+#include <stdio.h>
+#include <time.h>
 #include <string.h>
 #include "auth.h"
 #include "eventwire/clock.h"
@@ -36,6 +38,10 @@ static const char *const schema[] = {
     " expires_at TEXT NOT NULL,"
     " used_at TEXT,"
     " UNIQUE (user_id, request_id))",
+    /* tokens of the user issued (iat) before not_before are revoked everywhere */
+    "CREATE TABLE IF NOT EXISTS event_store.auth_token_epochs ("
+    " user_id TEXT PRIMARY KEY,"
+    " not_before BIGINT NOT NULL)",
 };
 
 void auth_new_token(char token[AUTH_TOKEN_LEN + 1])
@@ -52,6 +58,63 @@ void auth_token_hash(const char *token, char hash[AUTH_HASH_LEN + 1])
     unsigned char h[32];
     crypto_generichash(h, sizeof h, (const unsigned char *)token, strlen(token), NULL, 0);
     sodium_bin2hex(hash, AUTH_HASH_LEN + 1, h, sizeof h);
+}
+
+int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
+                const char *session_id, const char *reason, ew_error *err)
+{
+    /* Tokens carry whole seconds: everything issued up to now is before now + 1, and a login
+     * after this gets iat >= now + 1 (routes.c), so that it is not refused. */
+    int64_t nb = ew_now_us() / 1000000 + 1;
+    char nbs[24];
+    snprintf(nbs, sizeof nbs, "%lld", (long long)nb);
+    const char *p[] = {user_id, nbs};
+    int rc = 0;
+    if (!session_id) {
+        rc = ew_txn_exec(t, "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1", p, 1,
+                         NULL, err);
+        if (!rc)
+            rc = ew_txn_exec(t,
+                             "INSERT INTO event_store.auth_token_epochs (user_id, not_before) "
+                             "VALUES ($1, $2)",
+                             p, 2, NULL, err);
+    }
+    ew_user_tokens_revoked ev = {
+        .user_id = user_id, .session_id = session_id, .not_before = nb, .reason = reason};
+    if (!rc)
+        rc = ctx ? svc_ctx_emit(a->s, ctx, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err)
+                 : svc_emit(a->s, t, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err);
+    /* here at once (too early is harmless: the transaction may still fail, and the tokens were
+     * meant to end); elsewhere when the event arrives */
+    if (!rc) svc_revoke(a->s, user_id, session_id, nb);
+    return rc;
+}
+
+int auth_hash_begin(auth *a)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    int rc = 0;
+    pthread_mutex_lock(&a->hash_mu);
+    while (a->hashing >= a->max_hashes && rc == 0)
+        rc = pthread_cond_timedwait(&a->hash_cv, &a->hash_mu, &until);
+    if (a->hashing < a->max_hashes) {
+        a->hashing++;
+        rc = 0;
+    } else {
+        rc = -1;
+    }
+    pthread_mutex_unlock(&a->hash_mu);
+    return rc;
+}
+
+void auth_hash_end(auth *a)
+{
+    pthread_mutex_lock(&a->hash_mu);
+    a->hashing--;
+    pthread_cond_signal(&a->hash_cv);
+    pthread_mutex_unlock(&a->hash_mu);
 }
 
 void auth_time(int64_t offset_s, char out[32])
@@ -79,7 +142,18 @@ static int setup(svc *s, void *ud, ew_error *err)
         a->opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
         a->memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
     }
-    a->session_ttl_s = ew_config_get_int(c, "AUTH_SESSION_TTL_SECONDS");
+    a->token_ttl_s = svc_token_ttl(s);
+    int krc = svc_token_keys_open(&a->keys, svc_key_dir(s), err);
+    if (krc) return krc;
+    a->max_hashes = (int)ew_config_get_int(c, "AUTH_MAX_CONCURRENT_HASHES");
+    pthread_mutex_init(&a->hash_mu, NULL);
+    pthread_cond_init(&a->hash_cv, NULL);
+    a->window_s = ew_config_get_int(c, "AUTH_LIMIT_WINDOW_SECONDS");
+    a->fail_account = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ACCOUNT");
+    a->fail_address = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ADDRESS");
+    a->resets_address = ew_config_get_int(c, "AUTH_RESETS_PER_ADDRESS");
+    a->resets_email = ew_config_get_int(c, "AUTH_RESETS_PER_EMAIL");
+    if (!(a->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
     /* unknown users cost a login as much as known ones */
     char pw[AUTH_TOKEN_LEN + 1];
@@ -94,6 +168,19 @@ static int setup(svc *s, void *ud, ew_error *err)
     return rc;
 }
 
+static void teardown(svc *s, void *ud)
+{
+    (void)s;
+    auth *a = ud;
+    svc_limiter_free(a->limits);
+    a->limits = NULL;
+    if (a->max_hashes) {
+        pthread_mutex_destroy(&a->hash_mu);
+        pthread_cond_destroy(&a->hash_cv);
+    }
+    sodium_memzero(&a->keys, sizeof a->keys);
+}
+
 int main(int argc, char **argv)
 {
     static auth a;
@@ -103,6 +190,7 @@ int main(int argc, char **argv)
         .schema = schema,
         .nschema = sizeof schema / sizeof schema[0],
         .setup = setup,
+        .teardown = teardown,
         .ud = &a,
         .sagas = true,
         .gdpr = &auth_gdpr,

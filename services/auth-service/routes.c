@@ -3,11 +3,13 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include "auth.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
+#include "eventwire/clock.h"
 #include "eventwire/id.h"
 
 #define USERNAME_MIN 3
@@ -81,47 +83,26 @@ static size_t parse_roles(const char *text, ew_arena *ar, const char **items, si
     return n;
 }
 
+/* Answers 429 with Retry-After: wait_s. */
+static void too_many(ew_http_response *res, int64_t wait_s, const char *what)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+    ew_http_header_add(res, "Retry-After", v);
+    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
+}
+
+/* Answers 503 when no password hash could start (auth_hash_begin). */
+static void too_busy(ew_http_response *res)
+{
+    ew_http_header_add(res, "Retry-After", "1");
+    ew_http_reply_error(res, 503, NULL, "too many password checks at once; try again");
+}
+
 /* Is this a unique-constraint failure of the database (a race lost to a concurrent insert)? */
 static bool unique_violation(const ew_error *e)
 {
     return strstr(e->msg, "UNIQUE constraint") || strstr(e->msg, "duplicate key");
-}
-
-/* The user a valid bearer token belongs to, into user_id; 0 when there is no token, 1 when the
- * token is good, -1 after answering 401 for a bad one or 5xx for a failure. */
-static int bearer_user(auth *a, const ew_http_request *rq, ew_http_response *res,
-                       char user_id[EW_UUID_LEN + 1], char session_id[EW_UUID_LEN + 1])
-{
-    const char *tok = ew_http_bearer(rq);
-    if (!tok) return 0;
-    char hash[AUTH_HASH_LEN + 1], now[32];
-    auth_token_hash(tok, hash);
-    auth_time(0, now);
-    ew_txn *t;
-    ew_error e = {0};
-    svc_row row;
-    const char *p[] = {hash, now};
-    int rc = svc_begin(a->s, &t, &e);
-    if (!rc) {
-        rc = svc_query_row(t,
-                           "SELECT user_id, session_id FROM event_store.auth_sessions "
-                           "WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
-                           p, 2, &row, &e);
-        ew_txn_rollback(t);
-    }
-    if (rc) {
-        svc_reply_failure(a->s, res, "checking the token", &e);
-        return -1;
-    }
-    if (!row.found) {
-        ew_http_reply_error(res, 401, NULL,
-                            "the bearer token is not valid (unknown, expired or logged out)");
-        return -1;
-    }
-    snprintf(user_id, EW_UUID_LEN + 1, "%s", row.v[0] ? row.v[0] : "");
-    if (session_id) snprintf(session_id, EW_UUID_LEN + 1, "%s", row.v[1] ? row.v[1] : "");
-    svc_row_free(&row);
-    return 1;
 }
 
 /* Begins a transaction on the user user_id and reads its row (sql selects from auth_users
@@ -141,10 +122,12 @@ static int begin_on_user(auth *a, ew_http_response *res, const char *user_id, co
     return 1;
 }
 
-/* The {id} of the path, which must be a user id the service could have made; else 404. */
+/* The {id} of the path, which the caller must be, or be an admin (403); and which must be a user
+ * id the service could have made (404). */
 static const char *path_user(const ew_http_request *rq, ew_http_response *res)
 {
     const char *id = ew_http_param(rq, "id");
+    if (svc_allow_user(res, id)) return NULL;
     if (!svc_uuid_valid(id)) {
         ew_http_reply_error(res, 404, NULL, "no user %.64s", id ? id : "");
         return NULL;
@@ -183,7 +166,13 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     lower(key);
 
     char hash[crypto_pwhash_STRBYTES];
-    if (crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit)) {
+    if (auth_hash_begin(a)) {
+        too_busy(res);
+        return;
+    }
+    int hrc = crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit);
+    auth_hash_end(a);
+    if (hrc) {
         ew_error e = {0};
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
         svc_reply_failure(a->s, res, "registering", &e);
@@ -268,6 +257,18 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     char key[EMAIL_MAX + 1];
     snprintf(key, sizeof key, "%s", username ? username : email_in);
     lower(key);
+    /* failed logins per account (existing or not) and per address: past the limit, no password
+     * is checked at all, the right one neither */
+    char acct[EMAIL_MAX + 16], addr[80];
+    snprintf(acct, sizeof acct, "login:%s", key);
+    snprintf(addr, sizeof addr, "login-ip:%s", ew_http_client_addr(rq));
+    int64_t now_s = ew_now_us() / 1000000;
+    int64_t wait = svc_limiter_check(a->limits, acct, a->fail_account, a->window_s, now_s);
+    int64_t wait2 = svc_limiter_check(a->limits, addr, a->fail_address, a->window_s, now_s);
+    if (wait || wait2) {
+        too_many(res, wait > wait2 ? wait : wait2, "failed logins");
+        return;
+    }
 
     ew_txn *t;
     ew_error e = {0};
@@ -276,10 +277,14 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     int rc = svc_begin(a->s, &t, &e);
     if (!rc) {
         rc = svc_query_row(t,
-                           username ? "SELECT user_id, password_hash, status FROM "
-                                      "event_store.auth_users WHERE username_key = $1"
-                                    : "SELECT user_id, password_hash, status FROM "
-                                      "event_store.auth_users WHERE email = $1",
+                           username ? "SELECT u.user_id, u.password_hash, u.status, u.roles, "
+                                      "e.not_before FROM event_store.auth_users u LEFT JOIN "
+                                      "event_store.auth_token_epochs e ON e.user_id = u.user_id "
+                                      "WHERE u.username_key = $1"
+                                    : "SELECT u.user_id, u.password_hash, u.status, u.roles, "
+                                      "e.not_before FROM event_store.auth_users u LEFT JOIN "
+                                      "event_store.auth_token_epochs e ON e.user_id = u.user_id "
+                                      "WHERE u.email = $1",
                            p, 1, &row, &e);
         ew_txn_rollback(t);
     }
@@ -289,8 +294,16 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     }
     /* the password is checked outside any transaction: it takes a while on purpose */
     const char *stored = row.found && row.v[1] ? row.v[1] : a->dummy_hash;
+    if (auth_hash_begin(a)) {
+        svc_row_free(&row);
+        too_busy(res);
+        return;
+    }
     int good = crypto_pwhash_str_verify(stored, password, strlen(password)) == 0 && row.found;
+    auth_hash_end(a);
     if (!good) {
+        svc_limiter_hit(a->limits, acct, a->window_s, now_s);
+        svc_limiter_hit(a->limits, addr, a->window_s, now_s);
         svc_row_free(&row);
         ew_http_reply_error(res, 401, NULL, "wrong %s or password",
                             username ? "username" : "email");
@@ -301,17 +314,33 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 403, NULL, "this account is deactivated");
         return;
     }
+    svc_limiter_clear(a->limits, acct);
     char user_id[EW_UUID_LEN + 1];
     snprintf(user_id, sizeof user_id, "%s", row.v[0]);
+    /* a token is issued after the user's last revocation (auth_revoke), else it is refused */
+    int64_t iat = ew_now_us() / 1000000, not_before = row.v[4] ? strtoll(row.v[4], NULL, 10) : 0;
+    if (iat < not_before) iat = not_before;
+    int64_t exp = iat + a->token_ttl_s;
+    ew_arena ar;
+    ew_arena_init(&ar, NULL, 0);
+    const char *roles[ROLES_MAX * 2];
+    size_t nroles = parse_roles(row.v[3], &ar, roles, ROLES_MAX * 2);
     svc_row_free(&row);
 
-    char token[AUTH_TOKEN_LEN + 1], hash[AUTH_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
+    char token[SVC_TOKEN_MAX + 1], hash[AUTH_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
     char now[32], expires[32], agent[USER_AGENT_MAX + 1];
-    auth_new_token(token);
-    auth_token_hash(token, hash);
     ew_uuid7(session_id);
+    rc =
+        svc_token_sign(&a->keys, user_id, session_id, roles, nroles, iat, exp, token, sizeof token);
+    ew_arena_release(&ar);
+    if (rc) {
+        ew_error_set(&e, rc, "cannot sign a token");
+        svc_reply_failure(a->s, res, "logging in", &e);
+        return;
+    }
+    auth_token_hash(token, hash);
     auth_time(0, now);
-    auth_time(a->session_ttl_s, expires);
+    ew_time_format(exp * 1000000, expires);
     const char *ip = ew_http_client_addr(rq);
     const char *ua = ew_http_header(rq, "User-Agent");
     snprintf(agent, sizeof agent, "%s", ua ? ua : "");
@@ -334,8 +363,11 @@ failed:
         svc_reply_failure(a->s, res, "logging in", &e);
         return;
     }
+    ew_http_header_add(res, "Cache-Control", "no-store");
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "token", token);
+    ew_http_obj_str(res, "token_type", "Bearer");
+    ew_http_obj_int(res, "expires_in", exp - ew_now_us() / 1000000);
     ew_http_obj_str(res, "user_id", user_id);
     ew_http_obj_str(res, "session_id", session_id);
     ew_http_obj_str(res, "expires_at", expires);
@@ -347,43 +379,24 @@ failed:
 
 static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
+    (void)rq;
     auth *a = ud;
-    const char *tok = ew_http_bearer(rq);
-    if (!tok) {
-        ew_http_header_add(res, "WWW-Authenticate", "Bearer");
-        ew_http_reply_error(res, 401, NULL, "an Authorization: Bearer <token> header is required");
-        return;
-    }
-    char hash[AUTH_HASH_LEN + 1], now[32];
-    auth_token_hash(tok, hash);
+    const svc_claims *c = svc_caller();
+    char now[32];
     auth_time(0, now);
     ew_txn *t;
     ew_error e = {0};
-    svc_row row = {0};
     int rc = svc_begin(a->s, &t, &e);
     if (rc) goto failed;
-    const char *p[] = {hash, now};
-    rc = svc_query_row(t,
-                       "SELECT session_id, user_id FROM event_store.auth_sessions "
-                       "WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
-                       p, 2, &row, &e);
-    if (!rc && !row.found) {
-        ew_txn_rollback(t);
-        ew_http_header_add(res, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        ew_http_reply_error(res, 401, NULL,
-                            "the bearer token is not valid (unknown, expired or logged out)");
-        return;
-    }
-    if (!rc) {
-        const char *u[] = {row.v[0], now};
-        rc = ew_txn_exec(t,
-                         "UPDATE event_store.auth_sessions SET ended_at = $2 WHERE session_id = $1",
-                         u, 2, NULL, &e);
-    }
-    ew_user_logged_out ev = {.user_id = row.v[1], .session_id = row.v[0]};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_OUT, &ev, row.v[1], &e);
+    const char *u[] = {c->sid, now, c->sub};
+    rc = ew_txn_exec(t,
+                     "UPDATE event_store.auth_sessions SET ended_at = $2 "
+                     "WHERE session_id = $1 AND user_id = $3 AND ended_at IS NULL",
+                     u, 3, NULL, &e);
+    ew_user_logged_out ev = {.user_id = c->sub, .session_id = c->sid};
+    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_OUT, &ev, c->sub, &e);
+    if (!rc) rc = auth_revoke(a, t, NULL, c->sub, c->sid, "logout", &e);
     rc = svc_finish(a->s, t, rc, &e);
-    svc_row_free(&row);
 failed:
     if (rc) {
         svc_reply_failure(a->s, res, "logging out", &e);
@@ -397,6 +410,7 @@ failed:
 static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     auth *a = ud;
+    if (svc_require_admin(res)) return;
     const char *user_id = path_user(rq, res);
     if (!user_id) return;
     static const char *const fields[] = {"roles", NULL};
@@ -416,10 +430,7 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                                 roles[i]);
             return;
         }
-    char by[EW_UUID_LEN + 1] = "";
-    int who = bearer_user(a, rq, res, by, NULL);
-    if (who < 0) return;
-
+    const char *by = svc_caller()->sub;
     char *roles_json = json_strlist(roles, n), now[32];
     auth_time(0, now);
     ew_arena ar;
@@ -440,11 +451,10 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                      "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
                      "WHERE user_id = $1",
                      u, 3, NULL, &e);
-    ew_user_role_changed ev = {.user_id = user_id,
-                               .roles = {roles, n},
-                               .previous_roles = {prev, nprev},
-                               .changed_by = who > 0 ? by : NULL};
+    ew_user_role_changed ev = {
+        .user_id = user_id, .roles = {roles, n}, .previous_roles = {prev, nprev}, .changed_by = by};
     if (!rc) rc = svc_emit(a->s, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
+    if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "role_change", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
@@ -464,9 +474,22 @@ out:
 
 /* ---- POST /auth/password-reset -------------------------------------------------------------- */
 
+/* The least time a reset request's 202 takes, whether the address has an account (a row and two
+ * events written) or not (nothing written): the answer's timing tells nothing either. */
+#define RESET_ANSWER_MIN_NS 100000000LL
+
+static void sleep_until(int64_t mono_ns)
+{
+    for (int64_t left; (left = mono_ns - ew_mono_ns()) > 0;) {
+        struct timespec ts = {(time_t)(left / 1000000000LL), (long)(left % 1000000000LL)};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void h_reset_request(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     auth *a = ud;
+    int64_t started = ew_mono_ns();
     static const char *const fields[] = {"email", NULL};
     const char *email_in;
     if (svc_json_only(rq, res, fields) ||
@@ -479,6 +502,17 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     char email[EMAIL_MAX + 1];
     snprintf(email, sizeof email, "%s", email_in);
     lower(email);
+    /* requests per address and per email, counted whether the address has an account or not */
+    char by_addr[80], by_email[EMAIL_MAX + 16];
+    snprintf(by_addr, sizeof by_addr, "reset-ip:%s", ew_http_client_addr(rq));
+    snprintf(by_email, sizeof by_email, "reset:%s", email);
+    int64_t now_s = ew_now_us() / 1000000;
+    int64_t wait = svc_limiter_take(a->limits, by_addr, a->resets_address, a->window_s, now_s);
+    if (!wait) wait = svc_limiter_take(a->limits, by_email, a->resets_email, a->window_s, now_s);
+    if (wait) {
+        too_many(res, wait, "password reset requests");
+        return;
+    }
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
@@ -538,6 +572,7 @@ failed:
     }
 accepted:
     svc_row_free(&row);
+    sleep_until(started + RESET_ANSWER_MIN_NS);
     ew_http_obj_begin(res, 202);
     ew_http_obj_str(res, "status", "accepted");
     ew_http_obj_str(res, "message",
@@ -546,6 +581,34 @@ accepted:
 }
 
 /* ---- POST /auth/password-reset/confirm ------------------------------------------------------ */
+
+/* The reset of token's hash: 0 and its request and user when it can be used, 1 after answering
+ * 400 when it cannot, < 0 for a failure (in e). */
+static int reset_lookup(auth *a, ew_http_response *res, const char *hash, const char *now,
+                        svc_row *row, ew_error *e)
+{
+    ew_txn *t;
+    int rc = svc_begin(a->s, &t, e);
+    if (rc) return rc;
+    const char *p[] = {hash};
+    rc = svc_query_row(t,
+                       "SELECT request_id, user_id, expires_at, used_at FROM "
+                       "event_store.auth_password_resets WHERE token_hash = $1",
+                       p, 1, row, e);
+    ew_txn_rollback(t);
+    if (rc) return rc;
+    const char *why = NULL;
+    if (!row->found)
+        why = "the reset token is not valid";
+    else if (row->v[3])
+        why = "the reset token was used already";
+    else if (!row->v[2] || strcmp(row->v[2], now) <= 0)
+        why = "the reset token has expired";
+    if (!why) return 0;
+    svc_row_free(row);
+    ew_http_reply_error(res, 400, "token", "%s", why);
+    return 1;
+}
 
 static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
@@ -560,37 +623,47 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
     char hash[AUTH_HASH_LEN + 1], now[32], pwhash[crypto_pwhash_STRBYTES];
     auth_token_hash(token, hash);
     auth_time(0, now);
-    /* hashed before the transaction: it takes a while on purpose */
-    if (crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit)) {
-        ew_error e = {0};
+    ew_error e = {0};
+    svc_row row = {0};
+    /* the token first: a wrong one costs no password hash */
+    int rc = reset_lookup(a, res, hash, now, &row, &e);
+    if (rc > 0) return;
+    if (rc) {
+        svc_reply_failure(a->s, res, "resetting the password", &e);
+        return;
+    }
+    /* hashed outside any transaction: it takes a while on purpose */
+    if (auth_hash_begin(a)) {
+        svc_row_free(&row);
+        too_busy(res);
+        return;
+    }
+    int hrc = crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit);
+    auth_hash_end(a);
+    if (hrc) {
+        svc_row_free(&row);
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
         svc_reply_failure(a->s, res, "resetting the password", &e);
         return;
     }
+    const char *request_id = row.v[0], *user_id = row.v[1];
     ew_txn *t;
-    ew_error e = {0};
-    svc_row row = {0};
-    int rc = svc_begin(a->s, &t, &e);
-    if (rc) goto failed;
-    const char *p[] = {hash};
-    rc = svc_query_row(t,
-                       "SELECT request_id, user_id, expires_at, used_at FROM "
-                       "event_store.auth_password_resets WHERE token_hash = $1",
-                       p, 1, &row, &e);
-    const char *why = NULL;
-    if (!rc && !row.found)
-        why = "the reset token is not valid";
-    else if (!rc && row.v[3])
-        why = "the reset token was used already";
-    else if (!rc && (!row.v[2] || strcmp(row.v[2], now) <= 0))
-        why = "the reset token has expired";
-    if (why) {
+    if ((rc = svc_begin(a->s, &t, &e))) goto failed;
+    /* the token is spent here, once: of two confirmations at once, one changes the row and
+     * the other finds it used (and writes nothing) */
+    int64_t spent = 0;
+    const char *u0[] = {request_id, now};
+    rc = ew_txn_exec(t,
+                     "UPDATE event_store.auth_password_resets SET used_at = $2 "
+                     "WHERE request_id = $1 AND used_at IS NULL AND expires_at > $2",
+                     u0, 2, &spent, &e);
+    if (!rc && spent != 1) {
         ew_txn_rollback(t);
         svc_row_free(&row);
-        ew_http_reply_error(res, 400, "token", "%s", why);
+        sodium_memzero(pwhash, sizeof pwhash);
+        ew_http_reply_error(res, 400, "token", "the reset token was used already");
         return;
     }
-    const char *request_id = rc ? NULL : row.v[0], *user_id = rc ? NULL : row.v[1];
     const char *u1[] = {user_id, pwhash, now};
     if (!rc)
         rc = ew_txn_exec(t,
@@ -611,6 +684,7 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
                          u2, 2, NULL, &e);
     ew_password_reset_completed ev = {.request_id = request_id, .user_id = user_id};
     if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_COMPLETED, &ev, user_id, &e);
+    if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "password_reset", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     sodium_memzero(pwhash, sizeof pwhash);
@@ -674,9 +748,7 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 400, "reason", "reason is longer than 500 bytes");
         return;
     }
-    char by[EW_UUID_LEN + 1] = "";
-    int who = bearer_user(a, rq, res, by, NULL);
-    if (who < 0) return;
+    const char *by = svc_caller()->sub;
     char request_id[EW_UUID_LEN + 1];
     ew_uuid7(request_id);
     ew_txn *t;
@@ -691,8 +763,9 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_user_deletion_requested ev = {.request_id = request_id,
                                      .user_id = user_id,
                                      .reason = reason && *reason ? reason : NULL,
-                                     .requested_by = who > 0 ? by : NULL};
+                                     .requested_by = by};
     rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
+    if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "deletion", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
@@ -708,12 +781,12 @@ failed:
 int auth_routes(auth *a, ew_error *err)
 {
     static const svc_http_route routes[] = {
-        {"POST /auth/register", EW_HTTP_JSON, h_register},
-        {"POST /auth/login", EW_HTTP_JSON, h_login},
+        {"POST /auth/register", EW_HTTP_JSON | SVC_PUBLIC, h_register},
+        {"POST /auth/login", EW_HTTP_JSON | SVC_PUBLIC, h_login},
         {"POST /auth/logout", 0, h_logout},
         {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
-        {"POST /auth/password-reset", EW_HTTP_JSON, h_reset_request},
-        {"POST /auth/password-reset/confirm", EW_HTTP_JSON, h_reset_confirm},
+        {"POST /auth/password-reset", EW_HTTP_JSON | SVC_PUBLIC, h_reset_request},
+        {"POST /auth/password-reset/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_reset_confirm},
         {"GET /auth/users/{id}", 0, h_user},
         {"DELETE /auth/users/{id}", 0, h_delete},
     };

@@ -2,6 +2,7 @@
  * with the database's inbox, the outbox relay, the HTTP server, signals and the orderly stop. */
 #include "svc.h"
 #include "keeper.h"
+#include "svc_auth.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +48,11 @@ struct svc {
     int64_t poll_ms;
     char relay_error[256]; /* the last pass's error; "" when it worked (under mu) */
     ew_logger *log;
+    /* access tokens (svc_auth.h) */
+    svc_authn *authn;
+    char *key_dir;
+    int64_t token_ttl_s;
+    struct guard *guards; /* the routes that require a token */
 };
 
 /* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
@@ -111,10 +118,258 @@ int svc_mkdirs(const char *path)
     return 0;
 }
 
+/* ---- access tokens on every route (docs/security.md) ----------------------------------------- */
+
+/* A route that requires a token: its handler and ud, behind guarded(). */
+typedef struct guard {
+    struct guard *next;
+    svc *s;
+    ew_http_handler fn;
+    void *ud;
+} guard;
+
+/* The caller of the request this thread is handling (a guarded route's handler runs on it). */
+static _Thread_local const svc_claims *tl_caller;
+
+const svc_claims *svc_caller(void)
+{
+    return tl_caller;
+}
+
+bool svc_caller_admin(void)
+{
+    return tl_caller && tl_caller->admin;
+}
+
+bool svc_caller_may(const char *user_id)
+{
+    return tl_caller && (tl_caller->admin || (user_id && !strcmp(tl_caller->sub, user_id)));
+}
+
+int svc_allow_user(ew_http_response *res, const char *user_id)
+{
+    if (svc_caller_may(user_id)) return 0;
+    ew_http_reply_error(res, 403, NULL, "forbidden: only the user themselves or an admin may");
+    return -1;
+}
+
+int svc_require_admin(ew_http_response *res)
+{
+    if (svc_caller_admin()) return 0;
+    ew_http_reply_error(res, 403, NULL, "forbidden: only an admin may");
+    return -1;
+}
+
+static void reply_401(ew_http_response *res, const char *error, const char *why)
+{
+    char h[200];
+    if (error)
+        snprintf(h, sizeof h, "Bearer realm=\"eventwire\", error=\"%s\", error_description=\"%s\"",
+                 error, why);
+    else
+        snprintf(h, sizeof h, "Bearer realm=\"eventwire\"");
+    ew_http_header_add(res, "WWW-Authenticate", h);
+    ew_http_reply_error(res, 401, NULL, "%s", why);
+}
+
+int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, svc_claims *c)
+{
+    const char *tok = ew_http_bearer(rq);
+    if (!tok) {
+        const char *h = ew_http_header(rq, "Authorization");
+        if (h && !strncasecmp(h, "Bearer", 6))
+            reply_401(res, "invalid_request", "the Authorization header holds no bearer token");
+        else
+            reply_401(res, NULL, "an Authorization: Bearer <token> header is required");
+        return -1;
+    }
+    svc_token_status st = svc_authn_check(s->authn, tok, ew_now_us() / 1000000, c);
+    if (st == SVC_TOKEN_OK) return 0;
+    if (st == SVC_TOKEN_NO_KEY) {
+        svc_log(s, EW_LOG_ERROR, "cannot check a token: no public key in %s", s->key_dir);
+        ew_http_header_add(res, "Retry-After", "2");
+        ew_http_reply_error(res, 503, NULL, "tokens cannot be checked yet; try again");
+        return -1;
+    }
+    reply_401(res, "invalid_token", svc_token_status_text(st));
+    return -1;
+}
+
+static void claims_free(void *p)
+{
+    sodium_memzero(p, sizeof(svc_claims));
+    free(p);
+}
+
+/* The HTTP server's guard (EW_HTTP_GUARDED routes): the token is checked when the headers are
+ * in, so a request without a valid one is answered 401 before its body is read or parsed. */
+static void http_guard(ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    svc *s = ud;
+    svc_claims *c = malloc(sizeof *c);
+    if (!c) {
+        ew_http_reply_error(res, 503, NULL, "out of memory");
+        return;
+    }
+    if (svc_authenticate(s, rq, res, c)) {
+        claims_free(c);
+        return;
+    }
+    ew_http_set_data(rq, c, claims_free);
+}
+
+/* The handler of a guarded route, with the caller the guard found. */
+static void guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    guard *g = ud;
+    const svc_claims *c = ew_http_data(rq);
+    if (!c) { /* never: the guard answers every request it does not pass */
+        ew_http_reply_error(res, 500, NULL, "internal error");
+        return;
+    }
+    tl_caller = c;
+    g->fn(rq, res, g->ud);
+    tl_caller = NULL;
+}
+
 int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
               ew_error *err)
 {
-    return ew_http_route(s->http, route, flags, fn, ud, err);
+    if (flags & SVC_PUBLIC) return ew_http_route(s->http, route, flags & ~SVC_PUBLIC, fn, ud, err);
+    guard *g = calloc(1, sizeof *g);
+    if (!g) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    *g = (guard){s->guards, s, fn, ud};
+    s->guards = g;
+    return ew_http_route(s->http, route, flags | EW_HTTP_GUARDED, guarded, g, err);
+}
+
+const char *svc_key_dir(const svc *s)
+{
+    return s->key_dir;
+}
+
+int64_t svc_token_ttl(const svc *s)
+{
+    return s->token_ttl_s;
+}
+
+void svc_random_uuid(char out[37])
+{
+    unsigned char b[16];
+    randombytes_buf(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* variant */
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+    sodium_memzero(b, sizeof b);
+}
+
+void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before)
+{
+    svc_authn_revoke(s->authn, user_id, session_id, not_before,
+                     s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
+}
+
+/* user.tokens_revoked: remembered in memory, where every request looks, and in the service's
+ * database, so that a restart within a token's lifetime remembers it too. */
+static ew_handler_result on_tokens_revoked(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    svc *s = ud;
+    const ew_user_tokens_revoked *d = ew_user_tokens_revoked_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    svc_authn_revoke(s->authn, d->user_id, d->session_id, d->not_before,
+                     s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
+    char key[80], nb[24], cutoff[24];
+    snprintf(key, sizeof key, "%s/%s", d->user_id, d->session_id ? d->session_id : "");
+    snprintf(nb, sizeof nb, "%lld", (long long)d->not_before);
+    /* what can refuse nothing any more (every token it could refuse has expired) goes */
+    snprintf(cutoff, sizeof cutoff, "%lld",
+             (long long)(ew_now_us() / 1000000 - s->token_ttl_s - SVC_TOKEN_LEEWAY_S));
+    const char *p[] = {key, d->user_id, d->session_id, nb}, *old[] = {cutoff};
+    ew_error e = {0};
+    ew_txn *t = ew_ctx_txn(ctx);
+    if (ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE not_before < $1", old,
+                    1, NULL, &e) ||
+        ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE rkey = $1", p, 1, NULL,
+                    &e) ||
+        ew_txn_exec(t,
+                    "INSERT INTO event_store.svc_token_revocations (rkey, user_id, session_id, "
+                    "not_before) VALUES ($1, $2, $3, $4)",
+                    p, 4, NULL, &e))
+        return svc_retry(s, ctx, "recording a token revocation", &e);
+    return EW_HANDLER_OK;
+}
+
+static int keep_revocation(void *ud, const ew_row *r)
+{
+    svc *s = ud;
+    if (r->ncols < 3 || !r->values[0] || !r->values[2]) return 0;
+    svc_authn_revoke(s->authn, r->values[0], r->values[1], strtoll(r->values[2], NULL, 10),
+                     s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
+    return 0;
+}
+
+/* The token checker, the revocations still in force, and their handler. */
+static int authn_start(svc *s, ew_error *err)
+{
+    const ew_config *c = s->cfg;
+    s->token_ttl_s = ew_config_get_int(c, "AUTH_TOKEN_TTL_SECONDS");
+    const char *dir = ew_config_get(c, "AUTH_KEY_DIR");
+    const char *store = ew_config_get(c, "EVENT_STORE_URL");
+    if (dir && *dir) {
+        s->key_dir = strdup(dir);
+    } else if (!strncmp(store, "sqlite:", 7)) {
+        const char *path = store + 7, *slash = strrchr(path, '/');
+        ew_buf b;
+        ew_buf_init(&b);
+        if (slash) ew_buf_append(&b, path, (size_t)(slash - path) + 1);
+        ew_buf_puts(&b, "keys");
+        s->key_dir = ew_buf_steal(&b, NULL);
+    } else {
+        s->key_dir = strdup("var/keys");
+    }
+    if (!s->key_dir) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = svc_authn_new(&s->authn, s->key_dir,
+                           (size_t)ew_config_get_int(c, "AUTH_TOKEN_CACHE_SIZE"), err);
+    if (rc) return rc;
+    char cutoff[24];
+    snprintf(cutoff, sizeof cutoff, "%lld",
+             (long long)(ew_now_us() / 1000000 - s->token_ttl_s - SVC_TOKEN_LEEWAY_S));
+    const char *p[] = {cutoff};
+    ew_txn *t;
+    if ((rc = ew_store_begin(s->db, &t, err))) return rc;
+    rc = ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE not_before < $1", p, 1,
+                     NULL, err);
+    if (!rc)
+        rc = ew_txn_query(t,
+                          "SELECT user_id, session_id, not_before FROM "
+                          "event_store.svc_token_revocations",
+                          NULL, 0, keep_revocation, s, err);
+    if (rc)
+        ew_txn_rollback(t);
+    else
+        rc = ew_txn_commit(t, err);
+    if (!rc) rc = svc_subscribe(s, "user.tokens_revoked", on_tokens_revoked, s, err);
+    return rc;
+}
+
+static void authn_stop(svc *s)
+{
+    svc_authn_free(s->authn);
+    s->authn = NULL;
+    free(s->key_dir);
+    s->key_dir = NULL;
+    while (s->guards) {
+        guard *g = s->guards;
+        s->guards = g->next;
+        free(g);
+    }
 }
 
 int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err)
@@ -439,9 +694,15 @@ static char *expand_name(const char *url, const char *name)
 
 static int create_schema(svc *s, ew_error *err)
 {
-    if (!s->def->nschema) return 0;
     ew_txn *t;
     int rc = ew_store_begin(s->db, &t, err);
+    if (rc) return rc;
+    /* the runtime's own: the token revocations this service was told of */
+    rc = ew_txn_exec(t,
+                     "CREATE TABLE IF NOT EXISTS event_store.svc_token_revocations ("
+                     " rkey TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT,"
+                     " not_before BIGINT NOT NULL)",
+                     NULL, 0, NULL, err);
     for (size_t i = 0; !rc && i < s->def->nschema; i++)
         rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
     if (rc) {
@@ -509,6 +770,7 @@ static int open_all(svc *s, ew_error *err)
                          .dlq = ew_store_dlq_sink(s->events),
                          .inbox = {&svc_inbox_ops, s}};
     if ((rc = ew_bus_open(&s->bus, &bo, err))) return rc;
+    if ((rc = authn_start(s, err))) return rc;
     ew_http_options ho = {
         .addr = ew_config_get(s->cfg, "HTTP_ADDR"),
         .port = (int)ew_config_get_int(s->cfg, "HTTP_PORT"),
@@ -517,6 +779,8 @@ static int open_all(svc *s, ew_error *err)
         .stop_timeout_ms = (int)ew_config_get_int(s->cfg, "HTTP_DRAIN_TIMEOUT_MS"),
         .health = health,
         .health_ud = s,
+        .guard = http_guard,
+        .guard_ud = s,
         .log = ew_logger_sink,
         .log_ud = s->log,
         .span = s->otlp ? ew_otlp_span : NULL,
@@ -577,6 +841,7 @@ static void close_all(svc *s)
     s->cfg = NULL;
     free(s->db_url);
     s->db_url = NULL;
+    authn_stop(s);
 }
 
 static void usage(const svc_def *def, FILE *f)

@@ -51,6 +51,7 @@
 #include "eventwire/http.h"
 #include "eventwire/store.h"
 #include "core/buf.h"
+#include "svc_auth.h"
 
 typedef struct svc svc;
 typedef struct svc_gdpr svc_gdpr;
@@ -90,6 +91,11 @@ int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, voi
  * in the inbox's transaction (ew_ctx_txn). */
 int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err);
 
+/* A route flag (with EW_HTTP_JSON, EW_HTTP_JSON_OPT): the route needs no token. Every other
+ * route answers 401 (WWW-Authenticate: Bearer) unless the request carries a valid access token
+ * (svc_auth.h), before its handler runs; the handler then finds the caller in svc_caller(). */
+#define SVC_PUBLIC 0x100u
+
 /* A table of routes, or of handlers: svc_route, or svc_subscribe, for each, with the same ud;
  * stops at the first failure. */
 typedef struct svc_http_route {
@@ -104,6 +110,31 @@ typedef struct svc_handler {
     ew_handler_fn fn;
 } svc_handler;
 int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_error *err);
+
+/* ---- the caller (docs/security.md) --------------------------------------------------------- */
+
+/* In the handler of a route without SVC_PUBLIC: what the caller's token says (borrowed until the
+ * handler returns); NULL elsewhere. */
+const svc_claims *svc_caller(void);
+/* Is the caller an admin? Is the caller user_id, or an admin? */
+bool svc_caller_admin(void);
+bool svc_caller_may(const char *user_id);
+/* 0 when svc_caller_may(user_id) (svc_caller_admin()); else -1 after answering 403. */
+int svc_allow_user(ew_http_response *res, const char *user_id);
+int svc_require_admin(ew_http_response *res);
+/* Checks the request's bearer token: 0 and *c, or -1 after answering 401 (503 when the public
+ * key cannot be read). What guarded routes do before their handler. */
+int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, svc_claims *c);
+/* Refuses tokens of user_id (with session_id: of that session) issued before not_before in this
+ * process at once; user.tokens_revoked carries the same to every service (auth-service calls
+ * this when it revokes, so that its own next request already sees it). */
+void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before);
+/* The folder of auth-service's token keys (AUTH_KEY_DIR, or its default), and
+ * AUTH_TOKEN_TTL_SECONDS. */
+const char *svc_key_dir(const svc *s);
+int64_t svc_token_ttl(const svc *s);
+/* A random (version 4) UUID from libsodium's CSPRNG, for ids that must not be guessed. */
+void svc_random_uuid(char out[37]);
 
 /* ---- anywhere ------------------------------------------------------------------------------ */
 

@@ -194,7 +194,15 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
         ew_ctx_set_error(ctx, "the HTTP server's port is not known yet");
         return EW_HANDLER_RETRY;
     }
-    snprintf(url, sizeof url, "%s/exports/%s/download", base, export_id);
+    /* the link carries a capability: 256 bits from the CSPRNG, asked for besides the owner's or
+     * an admin's token (http.c) */
+    unsigned char cap[32];
+    char key[64];
+    randombytes_buf(cap, sizeof cap);
+    sodium_bin2base64(key, sizeof key, cap, sizeof cap, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(cap, sizeof cap);
+    snprintf(url, sizeof url, "%s/exports/%s/download?key=%s", base, export_id, key);
+    sodium_memzero(key, sizeof key);
     time_text(0, now);
     time_text(x->link_ttl_s, expires);
     snprintf(file, sizeof file, "%s.json", export_id);

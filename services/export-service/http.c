@@ -3,8 +3,11 @@
  *   POST /exports {user_id, requested_by?}  202 {export_id, status, status_url}
  *   GET  /exports?user_id=ID                the user's exports
  *   GET  /exports/{export_id}               status, who answered, the link once completed
- *   GET  /exports/{export_id}/download      the document; 404 before completion, 410 after
- *                                           expiry */
+ *   GET  /exports/{export_id}/download?key= the document; 404 before completion, 410 after
+ *                                           expiry
+ *
+ * Every route takes the owner's token or an admin's (svc_caller); an export of another user is
+ * answered 404, as one that does not exist; the download also needs the link's key. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,9 +38,11 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
         svc_json_str(rq, res, "requested_by", SVC_OPTIONAL, REQUESTED_BY_MAX, &by))
         return;
     if (bad_id(res, "user_id", user_id)) return;
+    if (svc_allow_user(res, user_id)) return;
+    if (!by) by = svc_caller()->sub;
     char export_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1];
     char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];
-    ew_uuid7(export_id);
+    svc_random_uuid(export_id); /* it names a download: not guessable, not its time */
     ew_uuid7(event_id);
     int64_t now_us = ew_now_us();
     ew_time_format(now_us, now);
@@ -86,11 +91,9 @@ static void list_exports(const ew_http_request *rq, ew_http_response *res, void 
 {
     exporter *x = ud;
     const char *user_id = ew_http_query(rq, "user_id");
-    if (!user_id) {
-        ew_http_reply_error(res, 400, "user_id", "the query parameter user_id is required");
-        return;
-    }
+    if (!user_id) user_id = svc_caller()->sub; /* the caller's own */
     if (bad_id(res, "user_id", user_id)) return;
+    if (svc_allow_user(res, user_id)) return;
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(x->s, &t, &e)) {
@@ -181,8 +184,9 @@ static void get_export(const ew_http_request *rq, ew_http_response *res, void *u
         svc_row_free(&r);
         return;
     }
-    if (!r.found) {
+    if (!r.found || !svc_caller_may(r.v[C_USER])) { /* another's: as if there were none */
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
+        svc_row_free(&r);
         return;
     }
     export_names expected, missing;
@@ -236,6 +240,20 @@ static char *read_file(const char *path, size_t *len)
     return ew_buf_steal(&b, len);
 }
 
+/* Does the key of the request match the one in the export's link? Both are hashed first, so that
+ * the comparison takes the same time whatever they hold. A pending export has no link: it matches
+ * no key, and answers 404 as before. */
+static bool key_matches(const char *url, const char *key)
+{
+    const char *k = url ? strstr(url, "?key=") : NULL;
+    if (!k || !key) return false;
+    k += 5;
+    unsigned char a[32], b[32];
+    crypto_generichash(a, sizeof a, (const unsigned char *)k, strlen(k), NULL, 0);
+    crypto_generichash(b, sizeof b, (const unsigned char *)key, strlen(key), NULL, 0);
+    return sodium_memcmp(a, b, sizeof a) == 0;
+}
+
 static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     exporter *x = ud;
@@ -252,7 +270,7 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
         svc_reply_failure(x->s, res, "reading an export", &e);
         return;
     }
-    if (!r.found) {
+    if (!r.found || !svc_caller_may(r.v[C_USER])) { /* another's: as if there were none */
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
     } else if (!strcmp(r.v[C_STATUS], "pending")) {
         ew_http_reply_error(res, 404, "export_id",
@@ -260,6 +278,8 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
     } else if (!strcmp(r.v[C_STATUS], "failed")) {
         ew_http_reply_error(res, 404, "export_id", "export %s failed: %s", id,
                             r.v[C_REASON] ? r.v[C_REASON] : "unknown reason");
+    } else if (!key_matches(r.v[C_URL], ew_http_query(rq, "key"))) {
+        ew_http_reply_error(res, 404, "key", "no export %s with this key", id);
     } else if (!r.v[C_FILE] || !r.v[C_EXPIRES] || strcmp(r.v[C_EXPIRES], now) <= 0) {
         ew_http_reply_error(res, 410, "export_id", "the download link of export %s expired at %s",
                             id, r.v[C_EXPIRES] ? r.v[C_EXPIRES] : "?");

@@ -268,6 +268,44 @@ static ew_handler_result on_reset_token(const ew_event *ev, ew_handler_ctx *ctx,
     return r;
 }
 
+/* ---- user.verification_requested: the address verification email ----------------------------- */
+
+static ew_handler_result on_verification(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    notif *n = ud;
+    const ew_user_verification_requested *d = ew_user_verification_requested_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    char *body = NULL;
+    if (asprintf(&body,
+                 "Hello,\n\n"
+                 "please confirm that this address is yours with this token\n"
+                 "(POST /users/verify/confirm {\"token\": \"...\"}):\n\n"
+                 "    %s\n\n"
+                 "It can be used once, until %s.\n"
+                 "If you did not ask for it, ignore this message.\n\n"
+                 "-- \neventwire\n",
+                 d->token, d->expires_at) < 0) {
+        ew_ctx_set_error(ctx, "out of memory");
+        return EW_HANDLER_RETRY;
+    }
+    notif_mail m = {.to = d->email,
+                    .subject = "Confirm your email address",
+                    .body = body,
+                    .template_name = "email_verification"};
+    bool sent;
+    ew_handler_result r = send_once(n, ctx, d->user_id, ew_event_id(ev), &m, &sent);
+    if (r == EW_HANDLER_OK && sent) {
+        ew_notification_email_sent s = {.user_id = d->user_id,
+                                        .email = d->email,
+                                        .template_name = "email_verification",
+                                        .message_id = m.message_id};
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
+    }
+    sodium_memzero(body, strlen(body));
+    free(body);
+    return r;
+}
+
 /* ---- user.data_export_completed: the download link ------------------------------------------- */
 
 static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
@@ -350,6 +388,7 @@ int notif_handlers(notif *n, ew_error *err)
         {"user.registered", on_registered},
         {"user.profile_created", on_profile_created},
         {"password.reset_token_issued", on_reset_token},
+        {"user.verification_requested", on_verification},
         {"user.data_export_completed", on_export_completed},
     };
     return svc_subscribe_all(n->s, subs, sizeof subs / sizeof subs[0], n, err);

@@ -64,6 +64,7 @@ const svc_gdpr user_gdpr = {
         },
     .deletes =
         (const char *const[]){
+            "DELETE FROM event_store.user_verifications WHERE user_id = $1",
             "DELETE FROM event_store.user_preferences WHERE user_id = $1",
             "DELETE FROM event_store.user_profiles WHERE user_id = $1",
             NULL,

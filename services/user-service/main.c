@@ -21,6 +21,14 @@ static const char *const schema[] = {
     " user_id TEXT PRIMARY KEY,"
     " preferences TEXT NOT NULL,"
     " updated_at TEXT NOT NULL)",
+    /* email verification: the hash of each token mailed, never the token */
+    "CREATE TABLE IF NOT EXISTS event_store.user_verifications ("
+    " token_hash TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " email TEXT NOT NULL,"
+    " created_at TEXT NOT NULL,"
+    " expires_at TEXT NOT NULL,"
+    " used_at TEXT)",
 };
 
 void user_now(char out[32])
@@ -32,6 +40,7 @@ static int setup(svc *s, void *ud, ew_error *err)
 {
     usvc *u = ud;
     u->s = s;
+    u->verify_ttl_s = ew_config_get_int(svc_config(s), "USER_VERIFICATION_TTL_SECONDS");
     int rc = user_routes(u, err);
     if (!rc) rc = user_handlers(u, err);
     return rc;

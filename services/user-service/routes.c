@@ -5,6 +5,7 @@
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
+#include "eventwire/clock.h"
 #include "user.h"
 
 #define DISPLAY_NAME_MAX 64
@@ -20,6 +21,7 @@
 static const char *path_user(const ew_http_request *rq, ew_http_response *res)
 {
     const char *id = ew_http_param(rq, "id");
+    if (svc_allow_user(res, id)) return NULL; /* the user themselves or an admin: else 403 */
     if (!svc_uuid_valid(id)) {
         ew_http_reply_error(res, 404, NULL, "no profile for user %.64s", id ? id : "");
         return NULL;
@@ -320,38 +322,42 @@ static void h_get_preferences(const ew_http_request *rq, ew_http_response *res, 
     svc_row_free(&row);
 }
 
-/* ---- POST /users/{id}/verify --------------------------------------------------------------- */
+/* ---- POST /users/{id}/verify, POST /users/verify/confirm ---------------------------------- */
 
+static void token_hash(const char *token, char hash[65])
+{
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, (const unsigned char *)token, strlen(token), NULL, 0);
+    sodium_bin2hex(hash, 65, h, sizeof h);
+}
+
+/* Mails a single-use token to the profile's address (user.verification_requested, which
+ * notification-service answers); the address is verified when the token comes back. */
 static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
     const char *id = path_user(rq, res);
     if (!id) return;
-    static const char *const fields[] = {"method", NULL};
-    const char *method = NULL;
-    if (svc_json_only(rq, res, fields) ||
-        svc_json_str(rq, res, "method", SVC_OPTIONAL, METHOD_MAX, &method))
-        return;
-    if (!method) method = "email";
-    for (const char *p = method; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || *p == '_')) {
-            ew_http_reply_error(res, 400, "method", "method may hold only a-z and '_'");
-            return;
-        }
-    if (!*method) {
-        ew_http_reply_error(res, 400, "method", "method must not be empty");
-        return;
-    }
-    char now[32];
+    static const char *const fields[] = {NULL};
+    if (svc_json_only(rq, res, fields)) return;
+    char now[32], expires[32], token[64], hash[65];
     user_now(now);
+    ew_time_format(ew_now_us() + u->verify_ttl_s * 1000000, expires);
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(token, sizeof token, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+    token_hash(token, hash);
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
     int rc = svc_begin(u->s, &t, &e);
     if (rc) goto failed;
-    const char *p[] = {id, method, now};
-    rc = svc_query_row(t, "SELECT verified FROM event_store.user_profiles WHERE user_id = $1", p, 1,
-                       &row, &e);
+    const char *p[] = {id};
+    rc =
+        svc_query_row(t, "SELECT verified, email FROM event_store.user_profiles WHERE user_id = $1",
+                      p, 1, &row, &e);
     if (!rc && (!row.found || (row.v[0] && strcmp(row.v[0], "0")))) {
         ew_txn_rollback(t);
         if (!row.found)
@@ -359,29 +365,93 @@ static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
         else
             ew_http_reply_error(res, 409, NULL, "user %s is verified already", id);
         svc_row_free(&row);
+        sodium_memzero(token, sizeof token);
         return;
     }
+    const char *ins[] = {hash, id, rc ? "" : row.v[1], now, expires};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.user_verifications (token_hash, user_id, email, "
+                         "created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+                         ins, 5, NULL, &e);
+    ew_user_verification_requested ev = {
+        .user_id = id, .email = ins[2], .token = token, .expires_at = expires};
+    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFICATION_REQUESTED, &ev, id, &e);
+    rc = svc_finish(u->s, t, rc, &e);
     svc_row_free(&row);
+failed:
+    sodium_memzero(token, sizeof token);
+    if (rc) {
+        svc_reply_failure(u->s, res, "verifying the user", &e);
+        return;
+    }
+    ew_http_obj_begin(res, 202);
+    ew_http_obj_str(res, "user_id", id);
+    ew_http_obj_str(res, "status", "verification mail on its way");
+    ew_http_obj_str(res, "expires_at", expires);
+    ew_http_obj_end(res);
+}
+
+/* The token from the mail, without a bearer token: spent once (an UPDATE that only one of two
+ * confirmations at once can make), and only while it has not expired and the address is the
+ * profile's still. */
+static void h_verify_confirm(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    usvc *u = ud;
+    static const char *const fields[] = {"token", NULL};
+    const char *token;
+    if (svc_json_only(rq, res, fields) || svc_json_str(rq, res, "token", SVC_REQUIRED, 256, &token))
+        return;
+    char now[32], hash[65];
+    user_now(now);
+    token_hash(token, hash);
+    ew_txn *t;
+    ew_error e = {0};
+    svc_row row = {0};
+    int rc = svc_begin(u->s, &t, &e);
+    if (rc) goto failed;
+    const char *p[] = {hash, now};
+    int64_t spent = 0;
+    rc = ew_txn_exec(t,
+                     "UPDATE event_store.user_verifications SET used_at = $2 WHERE token_hash = $1 "
+                     "AND used_at IS NULL AND expires_at > $2",
+                     p, 2, &spent, &e);
+    if (!rc && spent == 1)
+        rc = svc_query_row(t,
+                           "SELECT v.user_id FROM event_store.user_verifications v JOIN "
+                           "event_store.user_profiles p ON p.user_id = v.user_id AND "
+                           "p.email = v.email WHERE v.token_hash = $1",
+                           p, 1, &row, &e);
+    if (!rc && (spent != 1 || !row.found)) {
+        ew_txn_rollback(t);
+        svc_row_free(&row);
+        ew_http_reply_error(res, 400, "token",
+                            "the verification token is not valid (unknown, used or expired)");
+        return;
+    }
+    const char *u1[] = {rc ? "" : row.v[0], "email", now};
     if (!rc)
         rc = ew_txn_exec(t,
                          "UPDATE event_store.user_profiles SET verified = 1, "
                          "verification_method = $2, verified_at = $3, updated_at = $3 "
                          "WHERE user_id = $1",
-                         p, 3, NULL, &e);
-    ew_user_verified ev = {.user_id = id, .method = method};
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFIED, &ev, id, &e);
+                         u1, 3, NULL, &e);
+    ew_user_verified ev = {.user_id = u1[0], .method = "email"};
+    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFIED, &ev, u1[0], &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {
+        svc_row_free(&row);
         svc_reply_failure(u->s, res, "verifying the user", &e);
         return;
     }
     ew_http_obj_begin(res, 200);
-    ew_http_obj_str(res, "user_id", id);
+    ew_http_obj_str(res, "user_id", row.v[0]);
     ew_http_obj_bool(res, "verified", true);
-    ew_http_obj_str(res, "method", method);
+    ew_http_obj_str(res, "method", "email");
     ew_http_obj_str(res, "verified_at", now);
     ew_http_obj_end(res);
+    svc_row_free(&row);
 }
 
 /* ---- PUT /users/{id}/consent --------------------------------------------------------------- */
@@ -444,6 +514,7 @@ int user_routes(usvc *u, ew_error *err)
         {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
         {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
         {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
+        {"POST /users/verify/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_verify_confirm},
     };
     return svc_route_all(u->s, routes, sizeof routes / sizeof routes[0], u, err);
 }

@@ -2,7 +2,8 @@
  *
  * Tables (in the service's database, schema event_store; created at start by main.c):
  *   user_profiles      one row per user, made on user.registered
- *   user_preferences   one row per user: the preferences in force, as a JSON object */
+ *   user_preferences   one row per user: the preferences in force, as a JSON object
+ *   user_verifications one row per verification mail: the token's hash, expiry, use */
 #ifndef USER_H
 #define USER_H
 
@@ -17,6 +18,7 @@
 
 typedef struct usvc {
     svc *s;
+    int64_t verify_ttl_s; /* USER_VERIFICATION_TTL_SECONDS */
 } usvc;
 
 int user_routes(usvc *u, ew_error *err);

@@ -99,6 +99,8 @@ struct ew_http_request {
     uint8_t parent_span_id[8];
     char traceparent[EW_TRACEPARENT_LEN + 1];
     bool healthz; /* answered by the built-in /healthz */
+    void *data;   /* the guard's (ew_http_set_data) */
+    void (*data_free)(void *);
 };
 
 struct ew_http_response {
@@ -239,8 +241,11 @@ int ew_http_route(ew_http_server *s, const char *spec, unsigned flags, ew_http_h
         return ew_error_set(err, EW_EINVAL, "server, route and handler are required");
     if (s->started)
         return ew_error_set(err, EW_ESTATE, "routes must be added before the server starts");
-    if (flags & ~(EW_HTTP_JSON | EW_HTTP_JSON_OPT))
+    if (flags & ~(EW_HTTP_JSON | EW_HTTP_JSON_OPT | EW_HTTP_GUARDED))
         return ew_error_set(err, EW_EINVAL, "unknown route flags %#x", flags);
+    if ((flags & EW_HTTP_GUARDED) && !s->o.guard)
+        return ew_error_set(err, EW_EINVAL,
+                            "route '%.100s' is guarded, but the server has no guard", spec);
     const char *sp = strchr(spec, ' ');
     size_t ml = sp ? (size_t)(sp - spec) : 0;
     route r = {0};
@@ -666,9 +671,22 @@ static void client_addr(ew_http_request *r)
                   sizeof r->client);
 }
 
+void ew_http_set_data(ew_http_request *r, void *data, void (*free_fn)(void *))
+{
+    if (r->data_free && r->data) r->data_free(r->data);
+    r->data = data;
+    r->data_free = free_fn;
+}
+
+void *ew_http_data(const ew_http_request *r)
+{
+    return r->data;
+}
+
 static void request_free(ew_http_request *r)
 {
     if (!r) return;
+    if (r->data_free && r->data) r->data_free(r->data);
     free(r->path);
     free(r->segbuf);
     ew_buf_release(&r->body);
@@ -805,6 +823,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return send_error(r, 503, NULL, "the server is shutting down");
         enum MHD_Result ok = route_request(r);
         if (r->answered || ok != MHD_YES) return ok;
+        /* the guard, before a byte of the body is read */
+        if ((r->rt->flags & EW_HTTP_GUARDED) && s->o.guard) {
+            ew_http_response res;
+            res_init(&res);
+            s->o.guard(r, &res, s->o.guard_ud);
+            if (res.status) {
+                ok = send_response(r, &res);
+                res_release(&res);
+                return ok;
+            }
+            res_release(&res);
+        }
         /* a declared body over the limit is refused before it is read */
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -20,6 +20,7 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "eventwire/store.h"
+#include "svc_auth.h"
 
 #define WAIT_MS 45000
 
@@ -30,6 +31,10 @@ static const char *const services[] = {"auth-service", "user-service", "notifica
 typedef struct sys {
     char dir[64];
     char url[NSERVICES][128]; /* http://127.0.0.1:PORT of each service, in services[] order */
+    /* call()'s bearer token: the user's, from login(), once there is one; before that, and
+     * for the admin-only GET /stats, the operator's admin token, signed with the deployment's
+     * key (var/keys, made by auth-service) as an operator on the machine could */
+    char token[SVC_TOKEN_MAX + 1], admin[SVC_TOKEN_MAX + 1];
 } sys;
 
 /* Sets the environment for backend (sqlite, redis, kafka, rabbitmq) in a namespace of the
@@ -88,6 +93,17 @@ static bool sys_up(sys *s, const char *backend, const char *which, const char *s
     }
     free(out);
     free(err);
+    svc_token_keys k;
+    ew_error e = {0};
+    char sub[EW_UUID_LEN + 1], sid[EW_UUID_LEN + 1];
+    ew_uuid7(sub);
+    ew_uuid7(sid);
+    const char *admin[] = {"admin"};
+    int64_t now = ew_now_us() / 1000000;
+    if (svc_token_keys_open(&k, "var/keys", &e) ||
+        svc_token_sign(&k, sub, sid, admin, 1, now, now + 3600, s->admin, sizeof s->admin))
+        fail_msg("cannot make an admin token: %s", e.msg);
+    sodium_memzero(&k, sizeof k);
     return true;
 }
 
@@ -107,10 +123,12 @@ static void sys_down(sys *s)
 static http_result call(sys *s, const char *svc, const char *method, const char *path,
                         const char *body)
 {
-    char url[512];
+    char url[512], auth[SVC_TOKEN_MAX + 32];
     snprintf(url, sizeof url, "%s%s", s->url[url_index(svc)], path);
-    const char *const json[] = {"Content-Type: application/json", NULL};
-    http_req rq = {.method = method, .body = body, .headers = body ? json : NULL};
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s",
+             s->token[0] && strcmp(path, "/stats") ? s->token : s->admin);
+    const char *const hdrs[] = {auth, "Content-Type: application/json", NULL};
+    http_req rq = {.method = method, .body = body, .headers = hdrs};
     return http_do(url, &rq);
 }
 
@@ -204,6 +222,17 @@ static void register_user(sys *s, const char *name, char *id)
     http_result r = call(s, "auth-service", "POST", "/auth/register", body);
     assert_int_equal(r.status, 201);
     member(&r, "user_id", id, EW_UUID_LEN + 1);
+    http_result_free(&r);
+}
+
+/* Logs in; the token is call()'s from then on. */
+static void login(sys *s, const char *name, const char *password)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"username\":\"%s\",\"password\":\"%s\"}", name, password);
+    http_result r = call(s, "auth-service", "POST", "/auth/login", body);
+    if (r.status != 200) fail_msg("login %s: %ld %s", name, r.status, r.body);
+    member(&r, "token", s->token, sizeof s->token);
     http_result_free(&r);
 }
 
@@ -302,6 +331,7 @@ static void flows_on(const char *backend)
 
     /* 1. registration: profile, preferences, welcome email, analytics; the saga completes */
     register_user(&s, name, user);
+    login(&s, name, "first password");
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
     free(await_ewctl(args, "\"status\":\"completed\""));
     snprintf(path, sizeof path, "/auth/users/%s", user);
@@ -321,8 +351,13 @@ static void flows_on(const char *backend)
     member(&r, "export_id", export_id, sizeof export_id);
     http_result_free(&r);
     snprintf(path, sizeof path, "/exports/%s", export_id);
-    free(await_http(&s, "export-service", path, "\"status\":\"completed\""));
-    snprintf(path, sizeof path, "/exports/%s/download", export_id);
+    char *status = await_http(&s, "export-service", path, "\"status\":\"completed\"");
+    /* the link, with its key: from /exports/ on */
+    const char *link = strstr(status, "\"download_url\":\"");
+    link = link ? strstr(link, "/exports/") : NULL;
+    if (!link) fail_msg("no download link: %s", status);
+    snprintf(path, sizeof path, "%.*s", (int)strcspn(link, "\""), link);
+    free(status);
     char *doc = await_http(&s, "export-service", path, user);
     for (int i = 0; i < NSERVICES; i++)
         if (!strstr(doc, services[i])) fail_msg("the export lacks %s: %s", services[i], doc);
@@ -349,10 +384,7 @@ static void flows_on(const char *backend)
     r = call(&s, "auth-service", "POST", "/auth/password-reset/confirm", body);
     if (r.status != 200) fail_msg("confirm: %ld %s", r.status, r.body);
     http_result_free(&r);
-    snprintf(body, sizeof body, "{\"username\":\"%s\",\"password\":\"second password\"}", name);
-    r = call(&s, "auth-service", "POST", "/auth/login", body);
-    assert_int_equal(r.status, 200);
-    http_result_free(&r);
+    login(&s, name, "second password"); /* the reset revoked the first token */
     free(await_ewctl("saga list --type PasswordReset --status completed", "\"completed\""));
 
     /* 4. GDPR deletion: every service deletes and confirms; the saga completes; nothing left */

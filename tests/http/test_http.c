@@ -584,7 +584,73 @@ static void test_ipv6_loopback(void **state)
     ew_http_free(s);
 }
 
+/* ---- the guard (EW_HTTP_GUARDED) ---------------------------------------------------------------
+ */
+
+static atomic_int guarded_calls;
+
+static void guard_fn(ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    const char *who = ew_http_header(rq, "X-Who");
+    if (!who || strcmp(who, "friend")) {
+        ew_http_reply_error(res, 401, NULL, "who are you?");
+        return;
+    }
+    ew_http_set_data(rq, strdup(who), free);
+}
+
+static void h_guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
+{
+    atomic_fetch_add(&guarded_calls, 1);
+    ew_http_obj_begin(res, 200);
+    ew_http_obj_str(res, "who", ew_http_data(rq));
+    ew_http_obj_end(res);
+}
+
+/* The guard answers before the body is read or parsed (a malformed or oversized body of a caller
+ * it refuses gets its answer, not 400 or 413); a caller it passes reaches the handler with the
+ * guard's data. A guarded route needs a guard. */
+static void test_the_guard_runs_before_the_body(void **state)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    ew_http_server *s;
+    ew_error err = {0};
+    ew_http_options o = {.port = 0, .max_body_bytes = 1000, .guard = guard_fn};
+    assert_int_equal(ew_http_new(&s, &o, &err), 0);
+    assert_int_equal(
+        ew_http_route(s, "POST /secret", EW_HTTP_JSON | EW_HTTP_GUARDED, h_guarded, NULL, &err), 0);
+    assert_int_equal(ew_http_start(s, &err), 0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/secret", ew_http_port(s));
+    char *big = calloc(1, 5001);
+    memset(big, 'x', 5000);
+    const char *const friend[] = {"X-Who: friend", NULL}, *const stranger[] = {"X-Who: x", NULL};
+    struct {
+        const char *const *hdrs;
+        const char *body;
+        long want;
+    } cases[] = {
+        {stranger, "{\"a\":", 401}, {NULL, big, 401},   {stranger, "{}", 401},
+        {friend, "{\"a\":", 400},   {friend, big, 413}, {friend, "{}", 200},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        http_req rq = {.method = "POST", .body = cases[i].body, .headers = cases[i].hdrs};
+        http_result r = http_do(url, &rq);
+        if (r.status != cases[i].want)
+            fail_msg("case %zu: want %ld, got %ld %s", i, cases[i].want, r.status, r.body);
+        if (r.status == 200) assert_string_equal(http_member(&r, "who"), "friend");
+        http_result_free(&r);
+    }
+    assert_int_equal(atomic_load(&guarded_calls), 1);
+    free(big);
+    ew_http_free(s);
+    assert_int_equal(ew_http_new(&s, NULL, &err), 0);
+    assert_int_equal(ew_http_route(s, "GET /x", EW_HTTP_GUARDED, h_guarded, NULL, &err), EW_EINVAL);
+    ew_http_free(s);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_the_guard_runs_before_the_body),
     cmocka_unit_test(test_routes_params_query_and_headers),
     cmocka_unit_test(test_unknown_path_is_404_and_wrong_method_405_with_allow),
     cmocka_unit_test(test_body_over_the_limit_is_413),

@@ -10,12 +10,16 @@
 #include "eventwire/bus.h"
 #include "eventwire/store.h"
 #include "support/pg.h"
+#include "eventwire/clock.h"
+#include "eventwire/id.h"
+#include "svc_auth.h"
 
 typedef struct env {
     char dir[256];
     svc_proc p;
     ew_store *events;
     ew_bus *bus;
+    char admin[SVC_TOKEN_MAX + 1]; /* admin_token(): "" until made */
 } env;
 
 /* The service the running case started, until down(): reap(), as a cmocka teardown, kills it
@@ -161,10 +165,49 @@ static inline char *pg_service_db(char db[600])
     return url;
 }
 
+/* ---- access tokens ------------------------------------------------------------------------- */
+
+/* api()'s bearer for a request without any Authorization header. */
+static const char NO_TOKEN[] = "(no token)";
+
+/* Signs a token as auth-service would, with the key pair in the case's folder (DIR/keys, where
+ * the services look beside the event store DIR/events.db; made here when auth-service has not
+ * made it): for user sub (NULL: a user id of its own), with the role admin or user, issued at
+ * iat, expiring at exp (Unix seconds). */
+static inline void mint_in(const char *dir, const char *sub, bool admin, int64_t iat, int64_t exp,
+                           char out[SVC_TOKEN_MAX + 1])
+{
+    char kdir[300];
+    snprintf(kdir, sizeof kdir, "%s/keys", dir);
+    svc_token_keys k;
+    ew_error err = {0};
+    if (svc_token_keys_open(&k, kdir, &err)) fail_msg("%s", err.msg);
+    char sid[EW_UUID_LEN + 1], own[EW_UUID_LEN + 1];
+    ew_uuid7(sid);
+    ew_uuid7(own);
+    const char *roles[] = {admin ? "admin" : "user"};
+    if (svc_token_sign(&k, sub ? sub : own, sid, roles, 1, iat, exp, out, SVC_TOKEN_MAX + 1))
+        fail_msg("cannot sign a token");
+    sodium_memzero(&k, sizeof k);
+}
+
+static inline void mint(env *e, const char *sub, bool admin, char out[SVC_TOKEN_MAX + 1])
+{
+    int64_t now = ew_now_us() / 1000000;
+    mint_in(e->dir, sub, admin, now, now + 3600, out);
+}
+
+/* An admin's token for the case: what api() sends when it is given no bearer. */
+static inline const char *admin_token(env *e)
+{
+    if (!e->admin[0]) mint(e, NULL, true, e->admin);
+    return e->admin;
+}
+
 static inline http_result api_on(const svc_proc *p, const char *method, const char *path,
                                  const char *body, const char *bearer)
 {
-    char url[512], auth[300];
+    char url[2048], auth[SVC_TOKEN_MAX + 40];
     snprintf(url, sizeof url, "%s%s", p->base, path);
     const char *hdrs[] = {auth, "User-Agent: " SVC_UNDER_TEST "-test/1.0", NULL};
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer ? bearer : "");
@@ -172,10 +215,13 @@ static inline http_result api_on(const svc_proc *p, const char *method, const ch
     return http_do(url, &rq);
 }
 
+/* A request to the case's service, with bearer (NULL: an admin's, admin_token(); NO_TOKEN: no
+ * Authorization header). */
 static inline http_result api(env *e, const char *method, const char *path, const char *body,
                               const char *bearer)
 {
-    return api_on(&e->p, method, path, body, bearer);
+    if (bearer == NO_TOKEN) return api_on(&e->p, method, path, body, NULL);
+    return api_on(&e->p, method, path, body, bearer ? bearer : admin_token(e));
 }
 
 /* Status and, when want_field is not NULL, the error's field; the body must hold needle. */

@@ -27,7 +27,7 @@ static void login(env *e, const char *body, char *token)
 {
     http_result r = api(e, "POST", "/auth/login", body, NULL);
     if (r.status != 200) fail_msg("login %s: %ld %s", body, r.status, r.body);
-    snprintf(token, 64, "%.63s", http_member(&r, "token"));
+    snprintf(token, SVC_TOKEN_MAX + 1, "%.2048s", http_member(&r, "token"));
     http_result_free(&r);
 }
 
@@ -61,10 +61,11 @@ static void test_register_login_logout(void **state)
     ew_event_unref(ev);
 
     /* login by username (any case) and by email */
-    char tok1[64], tok2[64];
+    char tok1[SVC_TOKEN_MAX + 1], tok2[SVC_TOKEN_MAX + 1];
     login(e, "{\"username\":\"ada\",\"password\":\"correct horse\"}", tok1);
     login(e, "{\"email\":\"ADA@example.com\",\"password\":\"correct horse\"}", tok2);
-    assert_int_equal(strlen(tok1), 43);
+    assert_int_equal(strncmp(tok1, "eyJ", 3), 0); /* a JWT: header.claims.signature */
+    assert_non_null(strchr(strchr(tok1, '.') + 1, '.'));
     assert_string_not_equal(tok1, tok2);
     ev = wait_event(e, "user.logged_in", user_id, 2);
     const ew_user_logged_in *li = ew_user_logged_in_data(ev);
@@ -92,9 +93,9 @@ static void test_register_login_logout(void **state)
     ew_event_unref(ev);
     r = api(e, "POST", "/auth/logout", NULL, tok2);
     assert_int_equal(r.status, 401);
-    assert_non_null(strstr(http_member(&r, "error"), "not valid"));
+    assert_non_null(strstr(http_member(&r, "error"), "revoked"));
     http_result_free(&r);
-    r = api(e, "POST", "/auth/logout", NULL, NULL);
+    r = api(e, "POST", "/auth/logout", NULL, NO_TOKEN);
     assert_int_equal(r.status, 401);
     assert_non_null(strstr(http_member(&r, "error"), "Bearer"));
     http_result_free(&r);
@@ -224,7 +225,7 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
     assert_int_equal(
         db_count(e, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL), 0);
     /* and the user registered first still logs in */
-    char tok[64];
+    char tok[SVC_TOKEN_MAX + 1];
     login(e, "{\"username\":\"grace\",\"password\":\"hopper1906\"}", tok);
     down(e);
 }
@@ -232,7 +233,7 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
 static void test_roles_change(void **state)
 {
     env *e = up(NULL);
-    char user_id[EW_UUID_LEN + 1], admin_id[EW_UUID_LEN + 1], tok[64], path[128];
+    char user_id[EW_UUID_LEN + 1], admin_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1], path[128];
     register_user(e, "edsger", "edsger@example.com", "goto harmful", user_id);
     register_user(e, "root", "root@example.com", "superuser", admin_id);
     login(e, "{\"username\":\"root\",\"password\":\"superuser\"}", tok);
@@ -250,10 +251,14 @@ static void test_roles_change(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect(e, "PUT", path, bad[i].body, 400, NULL, bad[i].needle);
-    /* a bad token is refused; a good one names who changed the roles */
+    /* a bad token is refused, a user's too; an admin's names who changed the roles */
     http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", "bogus");
     assert_int_equal(r.status, 401);
     http_result_free(&r);
+    r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", tok);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    mint(e, admin_id, true, tok);
     r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", tok);
     assert_int_equal(r.status, 200);
     assert_string_equal(http_member(&r, "roles"), "[\"user\",\"editor\"]");
@@ -277,14 +282,19 @@ static void test_password_reset(void **state)
 {
     static const char *const extra[] = {"AUTH_RESET_TOKEN_TTL_SECONDS=2", NULL};
     env *e = up(extra);
-    char user_id[EW_UUID_LEN + 1], tok[64];
+    char user_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1];
     register_user(e, "barbara", "barbara@example.com", "liskov1939", user_id);
     login(e, "{\"username\":\"barbara\",\"password\":\"liskov1939\"}", tok);
     /* no account enumeration: unknown and known addresses get the same answer */
+    int64_t t0 = ew_mono_ns();
     http_result r1 =
         api(e, "POST", "/auth/password-reset", "{\"email\":\"nobody@example.com\"}", NULL);
+    int64_t t1 = ew_mono_ns();
     http_result r2 =
         api(e, "POST", "/auth/password-reset", "{\"email\":\"Barbara@example.com\"}", NULL);
+    int64_t t2 = ew_mono_ns();
+    /* nor by the time the answer takes: both at least 100 ms, whatever each wrote */
+    assert_true(t1 - t0 >= 100000000LL && t2 - t1 >= 100000000LL);
     assert_int_equal(r1.status, 202);
     assert_int_equal(r2.status, 202);
     assert_string_equal(r1.body, r2.body);
@@ -380,7 +390,7 @@ static void test_handlers_profile_created_and_deactivated(void **state)
 static void test_deletion_and_export(void **state)
 {
     env *e = up(NULL);
-    char user_id[EW_UUID_LEN + 1], other[EW_UUID_LEN + 1], tok[64], path[128];
+    char user_id[EW_UUID_LEN + 1], other[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1], path[128];
     register_user(e, "dennis", "dennis@example.com", "cprogramming", user_id);
     register_user(e, "brian", "brian@example.com", "awkward1977", other);
     login(e, "{\"username\":\"dennis\",\"password\":\"cprogramming\"}", tok);
@@ -423,13 +433,13 @@ static void test_deletion_and_export(void **state)
     const ew_user_data_deleted *dd = ew_user_data_deleted_data(ev);
     assert_string_equal(dd->request_id, request_id);
     assert_string_equal(dd->service, "auth-service");
-    assert_int_equal(dd->records, 2); /* the user and its session */
+    assert_int_equal(dd->records, 3); /* the user, its session, its tokens' epoch */
     ew_event_unref(ev);
     expect(e, "GET", path, NULL, 404, NULL, "no user");
     expect(e, "POST", "/auth/login", "{\"username\":\"dennis\",\"password\":\"cprogramming\"}", 401,
            NULL, NULL);
     /* the other user is untouched */
-    char tok2[64];
+    char tok2[SVC_TOKEN_MAX + 1];
     login(e, "{\"username\":\"brian\",\"password\":\"awkward1977\"}", tok2);
     down(e);
 }
@@ -472,7 +482,7 @@ static void test_sigterm_finishes_the_request_in_flight_and_exits_zero(void **st
     /* started again on the same database, the user is there and the schema is as it was */
     static const char *const again[] = {NULL};
     if (svc_proc_start(&e->p, "auth-service", e->dir, again)) fail_msg("no restart");
-    char tok[64];
+    char tok[SVC_TOKEN_MAX + 1];
     login(e, "{\"username\":\"late\",\"password\":\"in flight\"}", tok);
     /* an idle service stops at once */
     assert_int_equal(svc_proc_signal_wait(&e->p, SIGTERM, 10000), 0);
@@ -491,11 +501,65 @@ static void test_default_password_hash(void **state)
     /* AUTH_PASSWORD_HASH unset: libsodium's interactive limits */
     static const char *const extra[] = {"AUTH_PASSWORD_HASH=interactive", NULL};
     env *e = up(extra);
-    char user_id[EW_UUID_LEN + 1], tok[64];
+    char user_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1];
     register_user(e, "alan", "alan@example.com", "enigma1912", user_id);
     login(e, "{\"email\":\"alan@example.com\",\"password\":\"enigma1912\"}", tok);
     expect(e, "POST", "/auth/login", "{\"email\":\"alan@example.com\",\"password\":\"enigma1913\"}",
            401, NULL, "wrong email or password");
+    down(e);
+}
+
+/* Many logins at once with the interactive limits (64 MiB a hash): AUTH_MAX_CONCURRENT_HASHES=2
+ * keeps the service's peak resident memory near two hashes' worth; every login is answered. */
+typedef struct hammer {
+    env *e;
+    long status;
+} hammer;
+
+static void *login_thread(void *p)
+{
+    hammer *h = p;
+    http_result r = api(h->e, "POST", "/auth/login",
+                        "{\"username\":\"nobody\",\"password\":\"wrong password\"}", NO_TOKEN);
+    h->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static long peak_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kib = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kib;
+}
+
+static void test_concurrent_hashes_are_capped(void **state)
+{
+    static const char *const extra[] = {
+        "AUTH_PASSWORD_HASH=interactive", "AUTH_MAX_CONCURRENT_HASHES=2",
+        "AUTH_LOGIN_FAILURES_PER_ACCOUNT=1000", "AUTH_LOGIN_FAILURES_PER_ADDRESS=1000", NULL};
+    env *e = up(extra);
+    enum { N = 12 };
+    hammer h[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        h[i] = (hammer){e, 0};
+        pthread_create(&t[i], NULL, login_thread, &h[i]);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(h[i].status, 401);
+    long peak = peak_rss_kib(e->p.pid);
+    fprintf(stderr, "auth-service peak resident memory: %ld MiB for %d logins at once\n",
+            peak / 1024, N);
+    /* two hashes (128 MiB) and the service itself; without the cap, twelve would take 768 */
+    assert_true(peak > 0 && peak < 320 * 1024);
     down(e);
 }
 
@@ -513,18 +577,18 @@ static void test_on_postgresql(void **state)
     char *url = pg_service_db(db);
     const char *const extra[] = {db, NULL};
     env *e = up(extra);
-    char user_id[EW_UUID_LEN + 1], tok[64], path[128];
+    char user_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1], path[128];
     register_user(e, "pguser", "pg@example.com", "postgres15", user_id);
     expect(e, "POST", "/auth/register",
            "{\"username\":\"PGUSER\",\"email\":\"x@example.com\",\"password\":\"12345678\"}", 409,
            "username", "taken");
     login(e, "{\"username\":\"pguser\",\"password\":\"postgres15\"}", tok);
-    snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
-    http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"admin\"]}", tok);
-    assert_int_equal(r.status, 200);
-    http_result_free(&r);
-    r = api(e, "POST", "/auth/logout", NULL, tok);
+    http_result r = api(e, "POST", "/auth/logout", NULL, tok);
     assert_int_equal(r.status, 204);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
+    r = api(e, "PUT", path, "{\"roles\":[\"user\",\"admin\"]}", NULL);
+    assert_int_equal(r.status, 200);
     http_result_free(&r);
     ew_event_unref(wait_event(e, "user.logged_out", user_id, 1));
     /* a handler's write in PostgreSQL, in the inbox's transaction */
@@ -552,7 +616,176 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* ---- abuse limits ------------------------------------------------------------------------------
+ */
+
+static long login_status(env *e, const char *user, const char *pw, char *retry, size_t n)
+{
+    char body[256];
+    snprintf(body, sizeof body, "{\"username\":\"%s\",\"password\":\"%s\"}", user, pw);
+    http_result r = api(e, "POST", "/auth/login", body, NO_TOKEN);
+    long st = r.status;
+    if (retry) {
+        const char *v = http_header_value(&r, "Retry-After", retry, n);
+        if (!v) retry[0] = '\0';
+    }
+    http_result_free(&r);
+    return st;
+}
+
+/* With the defaults: ten failed logins a minute per account, and per client address; the 11th
+ * is 429 with Retry-After, whatever the password and whether the account exists. */
+static void test_failed_logins_are_limited(void **state)
+{
+    env *e = up(NULL);
+    char user_id[EW_UUID_LEN + 1], retry[32], name[32];
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    /* per address: ten failures on ten accounts that do not exist */
+    for (int i = 0; i < 10; i++) {
+        snprintf(name, sizeof name, "nobody%d", i);
+        assert_int_equal(login_status(e, name, "wrong password", NULL, 0), 401);
+    }
+    assert_int_equal(login_status(e, "nobody99", "wrong password", retry, sizeof retry), 429);
+    assert_true(atoi(retry) >= 1 && atoi(retry) <= 60);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 429);
+    down(e);
+
+    /* per account, the address's limit raised: an account that exists and one that does not
+     * behave alike, the right password does not pass the limit, other accounts are not held */
+    static const char *const extra[] = {"AUTH_LOGIN_FAILURES_PER_ADDRESS=1000", NULL};
+    e = up(extra);
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    register_user(e, "alan", "alan@example.com", "right password", user_id);
+    const char *const who[] = {"grace", "ghost"};
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 10; i++)
+            assert_int_equal(login_status(e, who[k], "wrong password", NULL, 0), 401);
+        assert_int_equal(login_status(e, who[k], "wrong password", retry, sizeof retry), 429);
+        assert_true(atoi(retry) >= 1);
+        assert_int_equal(login_status(e, who[k], "right password", NULL, 0), 429);
+    }
+    assert_int_equal(login_status(e, "alan", "right password", NULL, 0), 200);
+    down(e);
+
+    /* the window ends; a success forgets the account's failures */
+    static const char *const quick[] = {"AUTH_LIMIT_WINDOW_SECONDS=1", NULL};
+    e = up(quick);
+    register_user(e, "grace", "grace@example.com", "right password", user_id);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(login_status(e, "grace", "wrong password", NULL, 0), 401);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 429);
+    usleep(2100000);
+    assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 200);
+    down(e);
+}
+
+/* Password reset requests: five per email and ten per address a minute, the same answer whether
+ * the address has an account. */
+static void test_reset_requests_are_limited(void **state)
+{
+    static const char *const extra[] = {"AUTH_RESETS_PER_ADDRESS=1000", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], body[128];
+    register_user(e, "ada", "ada@example.com", "right password", user_id);
+    const char *const to[] = {"ada@example.com", "nobody@example.com"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(body, sizeof body, "{\"email\":\"%s\"}", to[k]);
+        for (int i = 0; i < 5; i++)
+            expect(e, "POST", "/auth/password-reset", body, 202, NULL, NULL);
+        http_result r = api(e, "POST", "/auth/password-reset", body, NO_TOKEN);
+        assert_int_equal(r.status, 429);
+        char retry[32];
+        assert_non_null(http_header_value(&r, "Retry-After", retry, sizeof retry));
+        http_result_free(&r);
+    }
+    ew_event_unref(wait_event(e, "password.reset_requested", user_id, 5));
+    usleep(200000);
+    assert_int_equal(count_events(e, "password.reset_requested", user_id, NULL), 5);
+    down(e);
+    /* ten from one address, to ten addresses: the eleventh is refused */
+    e = up(NULL);
+    for (int i = 0; i < 11; i++) {
+        snprintf(body, sizeof body, "{\"email\":\"someone%d@example.com\"}", i);
+        expect(e, "POST", "/auth/password-reset", body, i < 10 ? 202 : 429, NULL, NULL);
+    }
+    down(e);
+}
+
+/* ---- two confirmations of one reset token at once: exactly one succeeds ---------------------- */
+
+typedef struct confirm {
+    env *e;
+    const char *body;
+    pthread_barrier_t *go;
+    long status;
+} confirm;
+
+static void *confirm_thread(void *p)
+{
+    confirm *c = p;
+    pthread_barrier_wait(c->go);
+    http_result r = api(c->e, "POST", "/auth/password-reset/confirm", c->body, NO_TOKEN);
+    c->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static void race_confirmations(env *e, const char *name)
+{
+    char user_id[EW_UUID_LEN + 1], email[128], body[256];
+    snprintf(email, sizeof email, "%s@example.com", name);
+    register_user(e, name, email, "first password", user_id);
+    for (int round = 1; round <= 5; round++) {
+        snprintf(body, sizeof body, "{\"email\":\"%s\"}", email);
+        http_result r = api(e, "POST", "/auth/password-reset", body, NO_TOKEN);
+        assert_int_equal(r.status, 202);
+        http_result_free(&r);
+        ew_event *iss = wait_event(e, "password.reset_token_issued", user_id, round);
+        snprintf(body, sizeof body, "{\"token\":\"%s\",\"password\":\"password %d\"}",
+                 ew_password_reset_token_issued_data(iss)->token, round);
+        ew_event_unref(iss);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        confirm c[2] = {{e, body, &go, 0}, {e, body, &go, 0}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&t[i], NULL, confirm_thread, &c[i]);
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        if (!((c[0].status == 200 && c[1].status == 400) ||
+              (c[0].status == 400 && c[1].status == 200)))
+            fail_msg("round %d: the two confirmations got %ld and %ld", round, c[0].status,
+                     c[1].status);
+        ew_event_unref(wait_event(e, "password.reset_completed", user_id, round));
+    }
+    usleep(200000);
+    assert_int_equal(count_events(e, "password.reset_completed", user_id, NULL), 5);
+}
+
+static void test_concurrent_reset_confirmations_one_wins(void **state)
+{
+    env *e = up(NULL);
+    race_confirmations(e, "racer");
+    down(e);
+}
+
+static void test_concurrent_reset_confirmations_one_wins_on_postgresql(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *const extra[] = {db, NULL};
+    env *e = up(extra);
+    race_confirmations(e, "pgracer");
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_failed_logins_are_limited),
+    cmocka_unit_test(test_reset_requests_are_limited),
+    cmocka_unit_test(test_concurrent_reset_confirmations_one_wins),
+    cmocka_unit_test(test_concurrent_reset_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_register_login_logout),
     cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
     cmocka_unit_test(test_roles_change),
@@ -561,6 +794,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_deletion_and_export),
     cmocka_unit_test(test_sigterm_finishes_the_request_in_flight_and_exits_zero),
     cmocka_unit_test(test_default_password_hash),
+    cmocka_unit_test(test_concurrent_hashes_are_capped),
     cmocka_unit_test(test_bad_configuration_stops_at_start),
     cmocka_unit_test(test_on_postgresql),
 };

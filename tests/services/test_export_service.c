@@ -92,6 +92,36 @@ static http_result get3(env *e, const char *prefix, const char *id, const char *
     return api(e, "GET", path, NULL, NULL);
 }
 
+/* GET of a download link (its path from /exports/ on: EXPORT_PUBLIC_URL may name another host),
+ * with the case's admin token. */
+static http_result fetch(env *e, const char *url)
+{
+    const char *path = strstr(url, "/exports/");
+    if (!path) fail_msg("not a download link: %s", url);
+    return api(e, "GET", path, NULL, NULL);
+}
+
+/* The download of a completed export, through the link its status shows. */
+static http_result download(env *e, const char *export_id)
+{
+    http_result r = get3(e, "/exports/", export_id, "");
+    const char *url = http_member(&r, "download_url");
+    if (r.status != 200 || !url) fail_msg("no download link: %ld %s", r.status, r.body);
+    char link[512];
+    snprintf(link, sizeof link, "%.500s", url);
+    http_result_free(&r);
+    return fetch(e, link);
+}
+
+/* Is url the link of export_id at base, with a key of 256 bits? */
+static void link_is(const char *url, const char *base, const char *export_id)
+{
+    char want[512];
+    snprintf(want, sizeof want, "%s/exports/%s/download?key=", base, export_id);
+    if (strncmp(url, want, strlen(want)) || strlen(url + strlen(want)) != 43)
+        fail_msg("%s is not %s<43 characters>", url, want);
+}
+
 static bool exists(const char *path)
 {
     struct stat st;
@@ -169,8 +199,8 @@ static void test_export_completes_when_every_service_answered(void **state)
     ev = wait_event(e, "user.data_export_completed", user_id, 1);
     const ew_user_data_export_completed *c = ew_user_data_export_completed_data(ev);
     char url[256];
-    snprintf(url, sizeof url, "%s/exports/%s/download", e->p.base, export_id);
-    assert_string_equal(c->download_url, url);
+    link_is(c->download_url, e->p.base, export_id);
+    snprintf(url, sizeof url, "%s", c->download_url);
     assert_string_equal(c->export_id, export_id);
     static const char *const all[] = {"analytics-service", "auth-service", "export-service",
                                       "notification-service", "user-service"};
@@ -188,7 +218,7 @@ static void test_export_completes_when_every_service_answered(void **state)
     http_result_free(&r);
 
     /* the document */
-    http_result d = http_do(url, NULL);
+    http_result d = fetch(e, url);
     assert_int_equal(d.status, 200);
     assert_string_equal(jget(d.body, "export_id"), export_id);
     assert_string_equal(jget(d.body, "user_id"), user_id);
@@ -214,8 +244,42 @@ static void test_export_completes_when_every_service_answered(void **state)
     answer(e, export_id, user_id, "auth-service", "{\"late\":true}");
     usleep(200000);
     assert_int_equal(count_events(e, "user.data_export_completed", user_id, NULL), 1);
-    d = http_do(url, NULL);
+    d = fetch(e, url);
     assert_null(strstr(d.body, "late"));
+    http_result_free(&d);
+
+    /* the owner or an admin, with the link's key; anyone else finds nothing */
+    char owner[SVC_TOKEN_MAX + 1], other[SVC_TOKEN_MAX + 1];
+    mint(e, user_id, false, owner);
+    mint(e, NULL, false, other);
+    const char *link = strstr(url, "/exports/");
+    struct {
+        const char *path, *bearer;
+        long status;
+    } who[] = {
+        {link, owner, 200},    {link, other, 404},
+        {link, NO_TOKEN, 401}, {link, "eyJhbGciOiJub25lIn0.e30.", 401},
+        {path, owner, 404},
+    };
+    snprintf(path, sizeof path, "/exports/%s/download?key=%s", export_id,
+             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    for (size_t i = 0; i < sizeof who / sizeof who[0]; i++) {
+        d = api(e, "GET", who[i].path, NULL, who[i].bearer);
+        if (d.status != who[i].status)
+            fail_msg("GET %s as #%zu: want %ld, got %ld %s", who[i].path, i, who[i].status,
+                     d.status, d.body);
+        http_result_free(&d);
+    }
+    snprintf(path, sizeof path, "/exports/%s", export_id);
+    d = api(e, "GET", path, NULL, other);
+    assert_int_equal(d.status, 404);
+    http_result_free(&d);
+    snprintf(path, sizeof path, "/exports?user_id=%s", user_id);
+    d = api(e, "GET", path, NULL, other);
+    assert_int_equal(d.status, 403);
+    http_result_free(&d);
+    d = api(e, "GET", path, NULL, owner);
+    assert_int_equal(d.status, 200);
     http_result_free(&d);
 
     /* the user's exports */
@@ -279,7 +343,7 @@ static void test_link_expires(void **state)
     char url[256];
     snprintf(url, sizeof url, "%s", ew_user_data_export_completed_data(ev)->download_url);
     ew_event_unref(ev);
-    http_result d = http_do(url, NULL);
+    http_result d = fetch(e, url);
     assert_int_equal(d.status, 200);
     http_result_free(&d);
     char path[512];
@@ -288,7 +352,7 @@ static void test_link_expires(void **state)
     while (exists(path) && ew_mono_ns() < deadline)
         usleep(50000);
     assert_false(exists(path)); /* the sweeper deleted it */
-    d = http_do(url, NULL);
+    d = fetch(e, url);
     assert_int_equal(d.status, 410);
     assert_non_null(strstr(http_member(&d, "error"), "expired"));
     http_result_free(&d);
@@ -312,14 +376,13 @@ static void test_export_requested_by_an_event_and_public_url(void **state)
     ew_event_unref(wait_event(e, "user.data_collected", user_id, 1));
     answer(e, export_id, user_id, "auth-service", "{\"username\":\"grace\"}");
     ew_event *ev = wait_event(e, "user.data_export_completed", user_id, 1);
-    char url[256];
-    snprintf(url, sizeof url, "https://exports.example.com/gdpr/exports/%s/download", export_id);
-    assert_string_equal(ew_user_data_export_completed_data(ev)->download_url, url);
+    link_is(ew_user_data_export_completed_data(ev)->download_url,
+            "https://exports.example.com/gdpr", export_id);
     ew_event_unref(ev);
     http_result r = get3(e, "/exports/", export_id, "");
     assert_string_equal(http_member(&r, "requested_by"), "user-service");
     http_result_free(&r);
-    r = get3(e, "/exports/", export_id, "/download");
+    r = download(e, export_id);
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(r.body, "services/auth-service/username"), "grace");
     http_result_free(&r);
@@ -390,7 +453,7 @@ static void test_bad_input(void **state)
            "no export");
     expect(e, "GET", "/exports/0190a6b2-9a5e-7c3d-8e4f-0123456789ab/download", NULL, 404,
            "export_id", "no export");
-    expect(e, "GET", "/exports", NULL, 400, "user_id", "required");
+    expect(e, "GET", "/exports", NULL, 200, NULL, NULL); /* the caller's own: none */
     expect(e, "GET", "/exports?user_id=x", NULL, 400, "user_id", "UUID");
     /* nothing was half-written */
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.export_requests", NULL), 0);
@@ -416,7 +479,7 @@ static void test_on_postgresql(void **state)
     request_export(e, user_id, done_id);
     answer(e, done_id, user_id, "auth-service", "{\"username\":\"pg\"}");
     ew_event_unref(wait_event(e, "user.data_export_completed", user_id, 1));
-    http_result r = get3(e, "/exports/", done_id, "/download");
+    http_result r = download(e, done_id);
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(r.body, "services/auth-service/username"), "pg");
     http_result_free(&r);

@@ -1,7 +1,10 @@
 /* Tests of user-service as a process (see test_auth_service.c for the set-up): profiles made on
  * user.registered, the profile, preferences and verification endpoints, the GDPR handlers, and
  * the registration flow across two processes: auth-service registers, user-service creates the
- * profile, auth-service marks it. */
+ * profile, auth-service marks it.
+ *
+ * ew-fixture: postgres */
+#include <pthread.h>
 #include "support/ew_test.h"
 #define SVC_UNDER_TEST "user-service"
 #include "services/svc_env.h"
@@ -145,17 +148,35 @@ static void test_profile_preferences_and_verification(void **state)
     for (size_t i = 0; i < sizeof badp / sizeof badp[0]; i++)
         expect(e, "PUT", path, badp[i].body, 400, "preferences", badp[i].needle);
 
-    /* verification, once */
+    /* verification: a single-use token by mail (user.verification_requested, for
+     * notification-service), confirmed without a bearer token, once */
     snprintf(path, sizeof path, "/users/%s/verify", user_id);
-    expect(e, "POST", path, "{\"method\":\"Email!\"}", 400, "method", "a-z");
+    expect(e, "POST", path, "{\"method\":\"email\"}", 400, "method", "unknown field");
     r = api(e, "POST", path, NULL, NULL);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    ev = wait_event(e, "user.verification_requested", user_id, 1);
+    const ew_user_verification_requested *vr = ew_user_verification_requested_data(ev);
+    assert_string_equal(vr->email, "hedy@example.com");
+    char confirm[256];
+    snprintf(confirm, sizeof confirm, "{\"token\":\"%s\"}", vr->token);
+    ew_event_unref(ev);
+    r = api(e, "POST", "/users/verify/confirm", "{\"token\":\"not-the-token\"}", NO_TOKEN);
+    assert_int_equal(r.status, 400);
+    http_result_free(&r);
+    assert_int_equal(count_events(e, "user.verified", user_id, NULL), 0);
+    r = api(e, "POST", "/users/verify/confirm", confirm, NO_TOKEN);
     assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "user_id"), user_id);
     assert_string_equal(http_member(&r, "method"), "email");
     http_result_free(&r);
     ev = wait_event(e, "user.verified", user_id, 1);
     assert_string_equal(ew_user_verified_data(ev)->method, "email");
     ew_event_unref(ev);
-    expect(e, "POST", path, "{\"method\":\"phone\"}", 409, NULL, "verified already");
+    r = api(e, "POST", "/users/verify/confirm", confirm, NO_TOKEN);
+    assert_int_equal(r.status, 400); /* used */
+    http_result_free(&r);
+    expect(e, "POST", path, NULL, 409, NULL, "verified already");
     snprintf(path, sizeof path, "/users/%s/profile", user_id);
     r = api(e, "GET", path, NULL, NULL);
     assert_string_equal(http_member(&r, "verified"), "true");
@@ -229,7 +250,7 @@ static void test_registration_flow_across_two_services(void **state)
     snprintf(path, sizeof path, "/auth/users/%s", user_id);
     int64_t deadline = ew_mono_ns() + 15000000000LL;
     for (;;) {
-        r = api_on(&auth, "GET", path, NULL, NULL);
+        r = api_on(&auth, "GET", path, NULL, admin_token(e));
         int done = r.status == 200 && !strcmp(http_member(&r, "profile_created"), "true");
         http_result_free(&r);
         if (done) break;
@@ -247,7 +268,7 @@ static void test_registration_flow_across_two_services(void **state)
     http_result_free(&r);
     /* the deletion reaches both */
     snprintf(path, sizeof path, "/auth/users/%s", user_id);
-    r = api_on(&auth, "DELETE", path, NULL, NULL);
+    r = api_on(&auth, "DELETE", path, NULL, admin_token(e));
     assert_int_equal(r.status, 202);
     http_result_free(&r);
     ew_event *ev = wait_event(e, "user.data_deleted", user_id, 2);
@@ -282,7 +303,79 @@ static void test_consent_is_published(void **state)
     down(e);
 }
 
+/* ---- two confirmations of one verification token at once: exactly one succeeds ------------- */
+
+typedef struct confirm {
+    env *e;
+    const char *body;
+    pthread_barrier_t *go;
+    long status;
+} confirm;
+
+static void *confirm_thread(void *p)
+{
+    confirm *c = p;
+    pthread_barrier_wait(c->go);
+    http_result r = api(c->e, "POST", "/users/verify/confirm", c->body, NO_TOKEN);
+    c->status = r.status;
+    http_result_free(&r);
+    return NULL;
+}
+
+static void race_confirmations(env *e)
+{
+    for (int round = 0; round < 4; round++) {
+        char user_id[EW_UUID_LEN + 1], name[32], path[128], body[256];
+        snprintf(name, sizeof name, "racer%d", round);
+        new_user(e, name, user_id);
+        snprintf(path, sizeof path, "/users/%s/verify", user_id);
+        http_result r = api(e, "POST", path, NULL, NULL);
+        assert_int_equal(r.status, 202);
+        http_result_free(&r);
+        ew_event *ev = wait_event(e, "user.verification_requested", user_id, 1);
+        snprintf(body, sizeof body, "{\"token\":\"%s\"}",
+                 ew_user_verification_requested_data(ev)->token);
+        ew_event_unref(ev);
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        confirm c[2] = {{e, body, &go, 0}, {e, body, &go, 0}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++)
+            pthread_create(&t[i], NULL, confirm_thread, &c[i]);
+        for (int i = 0; i < 2; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+        if (!((c[0].status == 200 && c[1].status == 400) ||
+              (c[0].status == 400 && c[1].status == 200)))
+            fail_msg("round %d: the two confirmations got %ld and %ld", round, c[0].status,
+                     c[1].status);
+        ew_event_unref(wait_event(e, "user.verified", user_id, 1));
+        usleep(100000);
+        assert_int_equal(count_events(e, "user.verified", user_id, NULL), 1);
+    }
+}
+
+static void test_concurrent_verification_confirmations_one_wins(void **state)
+{
+    env *e = up(NULL);
+    race_confirmations(e);
+    down(e);
+}
+
+static void test_concurrent_verification_confirmations_one_wins_on_postgresql(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *const extra[] = {db, NULL};
+    env *e = up(extra);
+    race_confirmations(e);
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_concurrent_verification_confirmations_one_wins),
+    cmocka_unit_test(test_concurrent_verification_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_profile_is_created_on_registration),
     cmocka_unit_test(test_profile_preferences_and_verification),
     cmocka_unit_test(test_export_and_deletion),

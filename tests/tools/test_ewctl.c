@@ -14,7 +14,7 @@ static void test_help_on_every_command(void **state)
 {
     const char *cmds[] = {"--help",         "schema --help", "validate --help", "config --help",
                           "publish --help", "tail --help",   "dlq --help",      "store --help",
-                          "saga --help",    "up --help",     "down --help"};
+                          "saga --help",    "up --help",     "down --help",     "user --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         char *out;
         assert_int_equal(ew_test_ewctl(cmds[i], NULL, &out, NULL), 0);
@@ -26,6 +26,36 @@ static void test_help_on_every_command(void **state)
     assert_non_null(strstr(err, "unknown command 'frobnicate'"));
     free(out);
     free(err);
+}
+
+/* ewctl user: a usage error is 2; a user who is not there is 1, and nothing is published (the
+ * grant itself is tested with the services running, in tests/services/test_authz.c). */
+static void test_user_grant_admin_refuses_what_it_cannot_do(void **state)
+{
+    char *out, *err;
+    assert_int_equal(ew_test_ewctl("user grant-admin", NULL, &out, &err), 2);
+    free(out);
+    free(err);
+    assert_int_equal(ew_test_ewctl("user make-god ada", NULL, &out, &err), 2);
+    free(out);
+    free(err);
+    char dir[] = "/tmp/ewctl-user-XXXXXX", url[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/{SERVICE_NAME}.db", dir);
+    setenv("SERVICE_DB_URL", url, 1);
+    snprintf(url, sizeof url, "sqlite:%s/events.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    assert_int_equal(ew_test_ewctl("user grant-admin nobody", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "ewctl:"));
+    free(out);
+    free(err);
+    unsetenv("SERVICE_DB_URL");
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
 }
 
 static void test_schema_list_and_show(void **state)
@@ -519,6 +549,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),
+    cmocka_unit_test(test_user_grant_admin_refuses_what_it_cannot_do),
     cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),
     cmocka_unit_test(test_schema_list_and_show),

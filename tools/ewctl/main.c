@@ -19,6 +19,7 @@ static const ewctl_cmd commands[] = {
      ewctl_console},
     {"up", "start the five services in the background, state under ./var", ewctl_up},
     {"down", "stop the services that ewctl up started", ewctl_down},
+    {"user", "grant-admin / revoke-admin: change a user's roles as the operator", ewctl_user},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
