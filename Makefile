@@ -1,14 +1,16 @@
 # eventwire — the commands a user types. CMake does the building; this file only names the steps.
 #   make run     set up, build and run the system
 #   make test    set up, build, and run every test, plainly and under ASan + UBSan
+#   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
 ASAN  ?= build-asan
+PREFIX ?= /usr/local
 BENCH ?= build-bench
 
-.PHONY: all setup build run test test-plain test-asan bench format clean
+.PHONY: all setup build run install test test-plain test-asan bench format clean
 
 all: build
 
@@ -21,6 +23,9 @@ build: setup
 
 run: build
 	@bash scripts/run
+
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
 
 test: setup test-plain test-asan
 
