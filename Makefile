@@ -10,7 +10,7 @@ ASAN  ?= build-asan
 PREFIX ?= /usr/local
 BENCH ?= build-bench
 
-.PHONY: all setup build run install test test-plain test-asan bench format clean
+.PHONY: all setup build run install test test-plain test-asan bench format format-check clean
 
 all: build
 
@@ -47,6 +47,9 @@ bench: setup
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	@bash scripts/check-format
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(BENCH)
