@@ -1,16 +1,18 @@
 # eventwire — the commands a user types. CMake does the building; this file only names the steps.
 #   make run     set up, build and run the system
-#   make test    set up, build, and run every test, plainly and under ASan + UBSan
+#   make test    set up, build, and run every test, plainly and under ASan + UBSan, and the
+#                threaded ones under ThreadSanitizer
 #   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
 ASAN  ?= build-asan
+TSAN  ?= build-tsan
 PREFIX ?= /usr/local
 BENCH ?= build-bench
 
-.PHONY: all setup build run install test test-plain test-asan bench format format-check clean
+.PHONY: all setup build run install test test-plain test-asan test-tsan bench format format-check clean
 
 all: build
 
@@ -27,7 +29,7 @@ run: build
 install: build
 	@cmake --install $(BUILD) --prefix $(PREFIX)
 
-test: setup test-plain test-asan
+test: setup test-plain test-asan test-tsan
 
 test-plain:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -39,6 +41,18 @@ test-asan:
 	@cmake --build $(ASAN) -j $(JOBS)
 	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS)
+
+# The tests of the threaded library (core, catalog, store, saga, dispatcher, memory, SQLite, Redis
+# and RabbitMQ backends; CMakeLists.txt picks them) under ThreadSanitizer. Any report fails its test.
+# Left out there: the Kafka fixture (no Kafka test is built), and two cases whose premise is speed,
+# which TSan's 5-15x slowdown breaks: a 100k-member JSON document parsed within a second, and a
+# consumer process killed mid-stream, which needs publishing 400 events to outrun one consumer.
+TSAN_SKIP ?= fixture\.kafka|test_100k_member_object_with_duplicate_at_end_is_fast|cf_consumer_killed_and_restarted
+test-tsan:
+	@cmake -S . -B $(TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEW_TSAN=ON -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(TSAN) -j $(JOBS)
+	@cd $(TSAN) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+		ctest --output-on-failure -j $(JOBS) -E '$(TSAN_SKIP)'
 
 bench: setup
 	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
@@ -52,4 +66,4 @@ format-check:
 	@bash scripts/check-format
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(BENCH)
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(BENCH)
