@@ -50,7 +50,7 @@ test-asan:
 TSAN_SKIP ?= fixture\.kafka|test_100k_member_object_with_duplicate_at_end_is_fast|cf_consumer_killed_and_restarted
 test-tsan:
 	@cmake -S . -B $(TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEW_TSAN=ON -DEW_BENCH=OFF >/dev/null
-	@cmake --build $(TSAN) -j $(JOBS)
+	@cmake --build $(TSAN) -j $(JOBS) --target ew_tests
 	@cd $(TSAN) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
 		ctest --output-on-failure -j $(JOBS) -E '$(TSAN_SKIP)'
 
