@@ -15,8 +15,14 @@ target_compile_options(eventwire PRIVATE -fno-semantic-interposition)
 file(GLOB EW_PUBLIC_HEADERS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/include/eventwire/*.h
      ${PROJECT_SOURCE_DIR}/include/eventwire/*.def)
 set(EW_EXPORT_MAP ${CMAKE_BINARY_DIR}/generated/eventwire.map)
+# The list comes from GCC's -aux-info: the compiler when it is GCC, else gcc beside it.
+if(CMAKE_C_COMPILER_ID STREQUAL "GNU")
+  set(EW_AUX_CC ${CMAKE_C_COMPILER})
+else()
+  find_program(EW_AUX_CC gcc REQUIRED)
+endif()
 add_custom_command(OUTPUT ${EW_EXPORT_MAP}
-  COMMAND ${CMAKE_COMMAND} -DCC=${CMAKE_C_COMPILER} -DINCLUDE=${PROJECT_SOURCE_DIR}/include
+  COMMAND ${CMAKE_COMMAND} -DCC=${EW_AUX_CC} -DINCLUDE=${PROJECT_SOURCE_DIR}/include
           -DOUT=${EW_EXPORT_MAP} -P ${PROJECT_SOURCE_DIR}/cmake/export_map.cmake
   DEPENDS ${EW_PUBLIC_HEADERS} ${PROJECT_SOURCE_DIR}/cmake/export_map.cmake
   COMMENT "Listing the public API for libeventwire.so"

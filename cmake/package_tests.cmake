@@ -9,5 +9,5 @@ foreach(step exports headers pkgconfig cmake programs)
   add_test(NAME package.${step}
            COMMAND ${PROJECT_SOURCE_DIR}/tests/package/check.sh ${step} ${PROJECT_SOURCE_DIR} ${CMAKE_BINARY_DIR})
   set_tests_properties(package.${step} PROPERTIES FIXTURES_REQUIRED package TIMEOUT 300
-                       ENVIRONMENT "CC=${CMAKE_C_COMPILER}")
+                       ENVIRONMENT "CC=${CMAKE_C_COMPILER};AUX_CC=${EW_AUX_CC}")
 endforeach()

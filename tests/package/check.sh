@@ -69,7 +69,7 @@ exports)
     # function declaration GCC's -aux-info lists from eventwire/*.h, less the static inline ones.
     tu=$work/all_headers.c
     for h in "$prefix"/include/eventwire/*.h; do echo "#include <eventwire/$(basename "$h")>"; done >"$tu"
-    $CC -std=c11 -fsyntax-only -I"$prefix/include" -aux-info "$work/decls.aux" "$tu"
+    ${AUX_CC:-gcc} -std=c11 -fsyntax-only -I"$prefix/include" -aux-info "$work/decls.aux" "$tu"
     grep '/eventwire/[^/:]*:[0-9]*:[A-Z]* \*/ ' "$work/decls.aux" | grep -v '\*/ static ' |
         sed -n 's/^\/\* [^ ]* \*\/ [^(]*[ *]\(ew_[A-Za-z0-9_]*\) (.*/\1/p' | sort -u >"$work/declared"
     nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' | sort -u >"$work/exported"
