@@ -46,8 +46,8 @@ target_link_options(eventwire_shared PRIVATE -Wl,--version-script=${EW_EXPORT_MA
 set_property(TARGET eventwire_shared APPEND PROPERTY LINK_DEPENDS ${EW_EXPORT_MAP})
 target_include_directories(eventwire_shared INTERFACE
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
-# libeventwire.so -> libeventwire.so.0 (the SONAME; its number changes when the ABI does, and
-# before 1.0 the major version is 0) -> libeventwire.so.0.1.0
+# libeventwire.so -> libeventwire.so.0 (the SONAME: the major version; no ABI promise before 1.0,
+# from then on it changes when the ABI does) -> libeventwire.so.0.1.0
 set_target_properties(eventwire_shared PROPERTIES
   OUTPUT_NAME eventwire
   VERSION ${PROJECT_VERSION}

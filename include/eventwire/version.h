@@ -2,7 +2,9 @@
  *
  * The one place the version is written: CMake reads it from here (project(... VERSION)), and from
  * it come the shared library's name (libeventwire.so.MAJOR), eventwire.pc and the CMake package.
- * Until 1.0 the ABI may change with any minor version; the SONAME's number says when it did.
+ * There is no ABI promise before 1.0: any 0.x release may change the ABI and stays
+ * libeventwire.so.0, so a program is rebuilt against each (the CMake package accepts only the same
+ * MAJOR.MINOR); from 1.0 the SONAME's number changes when the ABI does.
  * EW_VERSION_* say which header a program was compiled against, ew_version() which library it
  * runs with. */
 #ifndef EVENTWIRE_VERSION_H
