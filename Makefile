@@ -1,14 +1,18 @@
 # eventwire — the commands a user types. CMake does the building; this file only names the steps.
 #   make run     set up, build and run the system
-#   make test    set up, build, and run every test, plainly and under ASan + UBSan
+#   make test    set up, build, and run every test, plainly and under ASan + UBSan, and the
+#                threaded ones under ThreadSanitizer
+#   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
 ASAN  ?= build-asan
+TSAN  ?= build-tsan
+PREFIX ?= /usr/local
 BENCH ?= build-bench
 
-.PHONY: all setup build run test test-plain test-asan bench format clean
+.PHONY: all setup build run install test test-plain test-asan test-tsan bench format format-check clean
 
 all: build
 
@@ -22,7 +26,10 @@ build: setup
 run: build
 	@bash scripts/run
 
-test: setup test-plain test-asan
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
+
+test: setup test-plain test-asan test-tsan
 
 test-plain:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -35,6 +42,24 @@ test-asan:
 	@cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		ctest --output-on-failure -j $(JOBS)
 
+# The tests of the threaded library (core, catalog, store, saga, dispatcher, memory, SQLite, Redis
+# and RabbitMQ backends; CMakeLists.txt picks them) under ThreadSanitizer. Any report fails its test.
+# Left out there: the Kafka fixture (no Kafka test is built), and two cases whose premise is speed,
+# which TSan's 5-15x slowdown breaks: a 100k-member JSON document parsed within a second, and a
+# consumer process killed mid-stream, which needs publishing 400 events to outrun one consumer.
+# GCC 12's TSan cannot map its shadow memory when the kernel randomises mmap with more than 28
+# bits (newer hosts: "unexpected memory mapping"); there the run goes through setarch -R, without
+# address randomisation, where the system allows it. Only there: RabbitMQ's fixture sometimes
+# failed to start under setarch -R.
+NO_ASLR := $(shell [ "$$(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 0)" -gt 28 ] && \
+             setarch $$(uname -m) -R true 2>/dev/null && echo setarch $$(uname -m) -R)
+TSAN_SKIP ?= fixture\.kafka|test_100k_member_object_with_duplicate_at_end_is_fast|cf_consumer_killed_and_restarted
+test-tsan:
+	@cmake -S . -B $(TSAN) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEW_TSAN=ON -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(TSAN) -j $(JOBS) --target ew_tests
+	@cd $(TSAN) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+		$(NO_ASLR) ctest --output-on-failure -j $(JOBS) -E '$(TSAN_SKIP)'
+
 bench: setup
 	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
 	@cmake --build $(BENCH) -j $(JOBS)
@@ -43,5 +68,8 @@ bench: setup
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
 
+format-check:
+	@bash scripts/check-format
+
 clean:
-	rm -rf $(BUILD) $(ASAN) $(BENCH)
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(BENCH)

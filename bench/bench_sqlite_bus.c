@@ -164,7 +164,7 @@ static void bus_log(void *ud, const ew_log_record *rec)
         l->commits += c;
         pthread_mutex_unlock(&l->mu);
     }
-    if (level >= EW_LOG_ERROR) fprintf(stderr, "bench_sqlite_bus: %s\n", msg);
+    if (rec->level >= EW_LOG_ERROR) fprintf(stderr, "bench_sqlite_bus: %s\n", msg);
 }
 
 static ew_bus *open_bus(const char *path, const char *service, logbuf *l)

@@ -76,13 +76,12 @@ typedef struct ew_http_options {
 /* A handler: reads req, fills res. Both are borrowed for the call. ud is the route's. */
 typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *res, void *ud);
 
-/* Route flags. */
-#define EW_HTTP_JSON 1u /* the body must be a JSON object: parsed before the handler runs */
-#define EW_HTTP_JSON_OPT                                                                           \
-    2u /* the same when there is a body; no body is fine (ew_http_json NULL)                       \
-        */
-/* ew_http_options.guard runs before the body is read (the bearer token is checked, say): a
- * request it refuses is never read nor parsed. */
+/* Route flags. EW_HTTP_JSON: the body must be a JSON object, parsed before the handler runs.
+ * EW_HTTP_JSON_OPT: the same when there is a body; no body is fine (ew_http_json NULL).
+ * EW_HTTP_GUARDED: ew_http_options.guard runs before the body is read (the bearer token is
+ * checked, say): a request it refuses is never read nor parsed. */
+#define EW_HTTP_JSON 1u
+#define EW_HTTP_JSON_OPT 2u
 #define EW_HTTP_GUARDED 4u
 
 /* A server, not yet listening. opts may be NULL. Caller frees it with ew_http_free(). */

@@ -731,8 +731,7 @@ static void test_100k_member_object_with_duplicate_at_end_is_fast(void **state)
     /* Quadratic comparison (5e9 of them) would take many minutes; a sanitized build on a loaded
      * machine takes a second or two. The bound only tells those apart: speed itself is measured
      * by the benchmarks (bench/bench_codec.c). */
-    if (dup_time > 30.0 || ok_time > 30.0)
-        fail_msg("quadratic? %.3f s, %.3f s", dup_time, ok_time);
+    if (dup_time > 30.0 || ok_time > 30.0) fail_msg("quadratic? %.3f s, %.3f s", dup_time, ok_time);
 }
 
 /* ---- UTF-8 validation ----------------------------------------------------------------------- */

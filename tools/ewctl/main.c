@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include "eventwire/version.h"
 #include "ewctl.h"
 
 static const ewctl_cmd commands[] = {
@@ -47,7 +48,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: ewctl COMMAND [ARGS...]\n\ncommands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\n'ewctl COMMAND --help' tells more about each.\n");
+    fprintf(f, "\n'ewctl COMMAND --help' tells more about each; 'ewctl --version' prints the "
+               "version.\n");
 }
 
 int main(int argc, char **argv)
@@ -59,6 +61,10 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("ewctl %s\n", ew_version());
         return 0;
     }
     for (size_t i = 0; i < NCOMMANDS; i++)
