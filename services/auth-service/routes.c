@@ -304,12 +304,17 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     if (!good) {
         svc_limiter_hit(a->limits, acct, a->window_s, now_s);
         svc_limiter_hit(a->limits, addr, a->window_s, now_s);
+        /* the account by id when it exists; never the name or address that was tried */
+        svc_audit(a->s, "anonymous", "auth.login_failed", row.found ? row.v[0] : NULL,
+                  "{\"reason\":\"wrong password or no such account\"}");
         svc_row_free(&row);
         ew_http_reply_error(res, 401, NULL, "wrong %s or password",
                             username ? "username" : "email");
         return;
     }
     if (!row.v[2] || strcmp(row.v[2], "active")) {
+        svc_audit(a->s, "anonymous", "auth.login_failed", row.v[0],
+                  "{\"reason\":\"account deactivated\"}");
         svc_row_free(&row);
         ew_http_reply_error(res, 403, NULL, "this account is deactivated");
         return;
@@ -363,6 +368,10 @@ failed:
         svc_reply_failure(a->s, res, "logging in", &e);
         return;
     }
+    char who[EW_UUID_LEN + 8], details[80];
+    snprintf(who, sizeof who, "user:%s", user_id);
+    snprintf(details, sizeof details, "{\"session_id\":\"%s\"}", session_id);
+    svc_audit(a->s, who, "auth.login", user_id, details);
     ew_http_header_add(res, "Cache-Control", "no-store");
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "token", token);
@@ -402,6 +411,7 @@ failed:
         svc_reply_failure(a->s, res, "logging out", &e);
         return;
     }
+    svc_audit(a->s, NULL, "auth.logout", c->sub, NULL);
     ew_http_status(res, 204);
 }
 
@@ -461,6 +471,11 @@ failed:
         svc_reply_failure(a->s, res, "changing roles", &e);
         goto out;
     }
+    ew_buf d;
+    ew_buf_init(&d);
+    ew_buf_printf(&d, "{\"roles\":%s}", roles_json ? roles_json : "null");
+    svc_audit(a->s, NULL, "user.role_changed", user_id, d.oom ? NULL : d.data);
+    ew_buf_release(&d);
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "user_id", user_id);
     ew_http_obj_strlist(res, "roles", roles, n);
@@ -693,6 +708,7 @@ failed:
         svc_reply_failure(a->s, res, "resetting the password", &e);
         return;
     }
+    svc_audit(a->s, "anonymous", "auth.password_reset", row.v[1], NULL);
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "user_id", row.v[1]);
     ew_http_obj_str(res, "status", "password changed");
@@ -772,6 +788,9 @@ failed:
         svc_reply_failure(a->s, res, "requesting the deletion", &e);
         return;
     }
+    char details[80];
+    snprintf(details, sizeof details, "{\"request_id\":\"%s\"}", request_id);
+    svc_audit(a->s, NULL, "user.deletion_requested", user_id, details);
     ew_http_obj_begin(res, 202);
     ew_http_obj_str(res, "request_id", request_id);
     ew_http_obj_str(res, "user_id", user_id);

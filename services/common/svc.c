@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include "core/buf.h"
 #include "eventwire/clock.h"
+#include "eventwire/audit.h"
 #include "eventwire/metrics.h"
 #include "eventwire/otlp.h"
 #include "eventwire/sagas.h"
@@ -38,6 +39,7 @@ struct svc {
     ew_metrics *metrics; /* GET /metrics */
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     svc_keeper *keeper;  /* retention, on a timer */
+    ew_audit *audit;     /* who did what: the service's chain (eventwire/audit.h) */
     ew_inbox inner;      /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
@@ -313,6 +315,38 @@ static int keep_revocation(void *ud, const ew_row *r)
     svc_authn_revoke(s->authn, r->values[0], r->values[1], strtoll(r->values[2], NULL, 10),
                      s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
     return 0;
+}
+
+/* ---- the audit chain ----------------------------------------------------------------------- */
+
+/* The chain in the service's database, signed with KEY_DIR/NAME.audit.key (made at first
+ * start, 0600). */
+static int audit_open(svc *s, ew_error *err)
+{
+    ew_buf path;
+    ew_buf_init(&path);
+    ew_buf_printf(&path, "%s/%s.audit.key", s->key_dir, s->def->name);
+    int rc = path.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
+                      : ew_audit_open(&s->audit, s->db, s->def->name, path.data, err);
+    ew_buf_release(&path);
+    return rc;
+}
+
+void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
+               const char *details)
+{
+    char who[64];
+    if (!actor) {
+        const svc_claims *c = svc_caller();
+        if (c)
+            snprintf(who, sizeof who, "user:%s", c->sub);
+        else
+            snprintf(who, sizeof who, "anonymous");
+        actor = who;
+    }
+    ew_error e = {0};
+    if (ew_audit_append(s->audit, actor, action, subject, details, NULL, &e))
+        svc_log(s, EW_LOG_ERROR, "audit: %s by %s not recorded: %s", action, actor, e.msg);
 }
 
 /* The token checker, the revocations still in force, and their handler. */
@@ -771,6 +805,7 @@ static int open_all(svc *s, ew_error *err)
                          .inbox = {&svc_inbox_ops, s}};
     if ((rc = ew_bus_open(&s->bus, &bo, err))) return rc;
     if ((rc = authn_start(s, err))) return rc;
+    if ((rc = audit_open(s, err))) return rc;
     ew_http_options ho = {
         .addr = ew_config_get(s->cfg, "HTTP_ADDR"),
         .port = (int)ew_config_get_int(s->cfg, "HTTP_PORT"),
@@ -835,6 +870,8 @@ static void close_all(svc *s)
     ew_store_close(s->saga_db);
     s->saga_db = NULL;
     ew_store_close(s->events);
+    ew_audit_close(s->audit); /* signs the chain's head */
+    s->audit = NULL;
     ew_store_close(s->db);
     s->events = s->db = NULL;
     ew_config_free(s->cfg);

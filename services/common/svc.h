@@ -136,6 +136,13 @@ int64_t svc_token_ttl(const svc *s);
 /* A random (version 4) UUID from libsodium's CSPRNG, for ids that must not be guessed. */
 void svc_random_uuid(char out[37]);
 
+/* Appends to the service's audit chain (docs/audit.md): actor NULL means the caller of the
+ * request being served ("user:ID", or "anonymous"); action ("auth.login", ...); subject an id
+ * or NULL; details a JSON object or NULL. Ids only, never personal data in clear. A failure is
+ * logged; the action it records has happened already. */
+void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
+               const char *details);
+
 /* ---- anywhere ------------------------------------------------------------------------------ */
 
 const char *svc_name(const svc *s);

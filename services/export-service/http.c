@@ -73,6 +73,9 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
         svc_reply_failure(x->s, res, "requesting an export", &e);
         return;
     }
+    char details[80];
+    snprintf(details, sizeof details, "{\"export_id\":\"%s\"}", export_id);
+    svc_audit(x->s, NULL, "export.requested", user_id, details);
     char loc[80];
     snprintf(loc, sizeof loc, "/exports/%s", export_id);
     ew_http_header_add(res, "Location", loc);
@@ -295,6 +298,9 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
             ew_http_header_add(res, "Cache-Control", "no-store");
             ew_http_reply_raw(res, 200, doc, len);
             free(doc);
+            char details[80];
+            snprintf(details, sizeof details, "{\"export_id\":\"%s\"}", id);
+            svc_audit(x->s, NULL, "export.downloaded", r.v[C_USER], details);
         } else if (errno == ENOENT) {
             ew_http_reply_error(res, 410, "export_id", "the document of export %s is gone", id);
         } else {

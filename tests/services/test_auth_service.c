@@ -230,6 +230,61 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
     down(e);
 }
 
+/* Logins, failed logins and role changes land in auth-service's audit chain, by id only, and
+ * `ewctl audit verify` finds the chain whole, signed with the service's key. */
+static void test_actions_are_audited(void **state)
+{
+    env *e = up(NULL);
+    char ada[EW_UUID_LEN + 1], admin[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1], path[128];
+    register_user(e, "adaaudit", "ada.audit@example.com", "analytical engine", ada);
+    register_user(e, "rootaudit", "root.audit@example.com", "superuser", admin);
+    login(e, "{\"username\":\"adaaudit\",\"password\":\"analytical engine\"}", tok);
+    http_result r = api(e, "POST", "/auth/login",
+                        "{\"username\":\"adaaudit\",\"password\":\"wrong guess\"}", NO_TOKEN);
+    assert_int_equal(r.status, 401);
+    http_result_free(&r);
+    r = api(e, "POST", "/auth/login", "{\"username\":\"nobody\",\"password\":\"x\"}", NO_TOKEN);
+    assert_int_equal(r.status, 401);
+    http_result_free(&r);
+    mint(e, admin, true, tok);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", ada);
+    r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", tok);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+
+    char url[400], cmd[600];
+    snprintf(url, sizeof url, "sqlite:%s/{SERVICE_NAME}.db", e->dir);
+    setenv("SERVICE_DB_URL", url, 1);
+    char *out;
+    assert_int_equal(ew_test_ewctl("audit list --service auth-service", NULL, &out, NULL), 0);
+    char login_ok[160], failed[160], role[200];
+    snprintf(login_ok, sizeof login_ok,
+             "\"actor\":\"user:%s\",\"action\":\"auth.login\",\"subject\":\"%s\"", ada, ada);
+    snprintf(failed, sizeof failed,
+             "\"actor\":\"anonymous\",\"action\":\"auth.login_failed\",\"subject\":\"%s\"", ada);
+    snprintf(role, sizeof role,
+             "\"actor\":\"user:%s\",\"action\":\"user.role_changed\",\"subject\":\"%s\","
+             "\"details\":{\"roles\":[\"user\",\"editor\"]}",
+             admin, ada);
+    if (!strstr(out, login_ok) || !strstr(out, failed) || !strstr(out, role))
+        fail_msg("audit list lacks an entry:\n%s", out);
+    /* the unknown name's failure names no subject; nothing names a person */
+    assert_non_null(strstr(out, "\"action\":\"auth.login_failed\",\"subject\":null"));
+    assert_null(strstr(out, "adaaudit"));
+    assert_null(strstr(out, "example.com"));
+    assert_null(strstr(out, "nobody"));
+    assert_null(strstr(out, "wrong guess"));
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "audit verify --service auth-service --key %s/keys/auth-service.audit.key.pub",
+             e->dir);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"service\":\"auth-service\",\"ok\":true"));
+    free(out);
+    unsetenv("SERVICE_DB_URL");
+    down(e);
+}
+
 static void test_roles_change(void **state)
 {
     env *e = up(NULL);
@@ -789,6 +844,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_register_login_logout),
     cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
     cmocka_unit_test(test_roles_change),
+    cmocka_unit_test(test_actions_are_audited),
     cmocka_unit_test(test_password_reset),
     cmocka_unit_test(test_handlers_profile_created_and_deactivated),
     cmocka_unit_test(test_deletion_and_export),
