@@ -83,7 +83,7 @@ int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
         .user_id = user_id, .session_id = session_id, .not_before = nb, .reason = reason};
     if (!rc)
         rc = ctx ? svc_ctx_emit(a->s, ctx, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err)
-                 : svc_emit(a->s, t, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err);
+                 : svc_emit(a->s, NULL, t, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err);
     /* here at once (too early is harmless: the transaction may still fail, and the tokens were
      * meant to end); elsewhere when the event arrives */
     if (!rc) svc_revoke(a->s, user_id, session_id, nb);

@@ -213,7 +213,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
                          ins, 7, NULL, &e);
     ew_user_registered ev = {
         .user_id = user_id, .email = email, .username = username, .roles = {roles, 1}};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_REGISTERED, &ev, user_id, &e);
+    if (!rc) rc = svc_emit(a->s, rq, t, EW_T_USER_REGISTERED, &ev, user_id, &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     free(roles_json);
@@ -361,7 +361,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
                             .session_id = session_id,
                             .ip_address = *ip ? ip : NULL,
                             .user_agent = ua ? agent : NULL};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_IN, &ev, user_id, &e);
+    if (!rc) rc = svc_emit(a->s, rq, t, EW_T_USER_LOGGED_IN, &ev, user_id, &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
     if (rc) {
@@ -403,7 +403,7 @@ static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
                      "WHERE session_id = $1 AND user_id = $3 AND ended_at IS NULL",
                      u, 3, NULL, &e);
     ew_user_logged_out ev = {.user_id = c->sub, .session_id = c->sid};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_LOGGED_OUT, &ev, c->sub, &e);
+    if (!rc) rc = svc_emit(a->s, rq, t, EW_T_USER_LOGGED_OUT, &ev, c->sub, &e);
     if (!rc) rc = auth_revoke(a, t, NULL, c->sub, c->sid, "logout", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
@@ -463,7 +463,7 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                      u, 3, NULL, &e);
     ew_user_role_changed ev = {
         .user_id = user_id, .roles = {roles, n}, .previous_roles = {prev, nprev}, .changed_by = by};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
+    if (!rc) rc = svc_emit(a->s, rq, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
     if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "role_change", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
@@ -566,7 +566,8 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
      * the request as its cause), so what answers the token (the email) is part of it too and
      * the PasswordReset saga finds it. */
     ew_event *evs[2] = {NULL, NULL};
-    ew_event_attrs at = {.source = svc_name(a->s), .subject = ins[1]};
+    ew_event_attrs at = {
+        .source = svc_name(a->s), .subject = ins[1], .traceparent = ew_http_traceparent(rq)};
     if (!rc) rc = ew_password_reset_requested_new(&evs[0], &req, &at, &e);
     if (!rc) {
         at.correlation_id = ew_event_correlation_id(evs[0]);
@@ -698,7 +699,7 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
                          "WHERE user_id = $1 AND ended_at IS NULL",
                          u2, 2, NULL, &e);
     ew_password_reset_completed ev = {.request_id = request_id, .user_id = user_id};
-    if (!rc) rc = svc_emit(a->s, t, EW_T_PASSWORD_RESET_COMPLETED, &ev, user_id, &e);
+    if (!rc) rc = svc_emit(a->s, rq, t, EW_T_PASSWORD_RESET_COMPLETED, &ev, user_id, &e);
     if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "password_reset", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:
@@ -780,7 +781,7 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
                                      .user_id = user_id,
                                      .reason = reason && *reason ? reason : NULL,
                                      .requested_by = by};
-    rc = svc_emit(a->s, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
+    rc = svc_emit(a->s, rq, t, EW_T_USER_DELETION_REQUESTED, &ev, user_id, &e);
     if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "deletion", &e);
     rc = svc_finish(a->s, t, rc, &e);
 failed:

@@ -586,10 +586,12 @@ static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_att
     return rc;
 }
 
-int svc_emit(svc *s, ew_txn *t, ew_type_id type, const void *data, const char *subject,
-             ew_error *err)
+int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
+             const char *subject, ew_error *err)
 {
-    ew_event_attrs a = {.source = s->def->name, .subject = subject};
+    ew_event_attrs a = {.source = s->def->name,
+                        .subject = subject,
+                        .traceparent = rq ? ew_http_traceparent(rq) : NULL};
     return emit(t, type, data, &a, err);
 }
 

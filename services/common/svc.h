@@ -30,7 +30,7 @@
  *     ew_txn *t;
  *     if (svc_begin(s, &t, &err)) ...
  *     ew_txn_exec(t, "INSERT INTO event_store.auth_users ...", params, n, NULL, &err);
- *     svc_emit(s, t, EW_T_USER_REGISTERED, &data, user_id, &err);
+ *     svc_emit(s, rq, t, EW_T_USER_REGISTERED, &data, user_id, &err);
  *     svc_commit(s, t, &err);          (or ew_txn_rollback(t): neither rows nor events)
  *
  * and from an event handler, in the inbox's transaction:
@@ -164,9 +164,10 @@ void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((forma
 /* Begins a transaction on the service's database (ew_store_begin). */
 int svc_begin(svc *s, ew_txn **t, ew_error *err);
 
-/* Builds an event (source: the service; subject) and adds it to the outbox in t. */
-int svc_emit(svc *s, ew_txn *t, ew_type_id type, const void *data, const char *subject,
-             ew_error *err);
+/* Builds an event (source: the service; subject) and adds it to the outbox in t. rq: the HTTP
+ * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. */
+int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
+             const char *subject, ew_error *err);
 
 /* Commits t and wakes the relay. On failure t is rolled back. */
 int svc_commit(svc *s, ew_txn *t, ew_error *err);

@@ -64,7 +64,10 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
     if (!rc) {
         ew_user_data_export_requested d = {
             .export_id = export_id, .user_id = user_id, .requested_by = by};
-        ew_event_attrs a = {.source = svc_name(x->s), .subject = user_id, .id = event_id};
+        ew_event_attrs a = {.source = svc_name(x->s),
+                            .subject = user_id,
+                            .id = event_id,
+                            .traceparent = ew_http_traceparent(rq)};
         rc = ew_event_new(&ev, EW_T_USER_DATA_EXPORT_REQUESTED, &d, &a, &e);
     }
     if (!rc) rc = ew_outbox_add(t, ev, &e);

@@ -176,7 +176,7 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     }
     ew_user_profile_updated ev = {.user_id = id, .changes = changes.data};
     if (!rc && changes.oom) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_PROFILE_UPDATED, &ev, id, &e);
+    if (!rc) rc = svc_emit(u->s, rq, t, EW_T_USER_PROFILE_UPDATED, &ev, id, &e);
     if (!rc) rc = read_profile(t, id, &row, &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
@@ -272,7 +272,7 @@ static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, 
             "VALUES ($1, $2, $3)",
             p, 3, NULL, &e);
     ew_user_preferences_updated ev = {.user_id = id, .preferences = text.data};
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_PREFERENCES_UPDATED, &ev, id, &e);
+    if (!rc) rc = svc_emit(u->s, rq, t, EW_T_USER_PREFERENCES_UPDATED, &ev, id, &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {
@@ -376,7 +376,7 @@ static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
                          ins, 5, NULL, &e);
     ew_user_verification_requested ev = {
         .user_id = id, .email = ins[2], .token = token, .expires_at = expires};
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFICATION_REQUESTED, &ev, id, &e);
+    if (!rc) rc = svc_emit(u->s, rq, t, EW_T_USER_VERIFICATION_REQUESTED, &ev, id, &e);
     rc = svc_finish(u->s, t, rc, &e);
     svc_row_free(&row);
 failed:
@@ -437,7 +437,7 @@ static void h_verify_confirm(const ew_http_request *rq, ew_http_response *res, v
                          "WHERE user_id = $1",
                          u1, 3, NULL, &e);
     ew_user_verified ev = {.user_id = u1[0], .method = "email"};
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_VERIFIED, &ev, u1[0], &e);
+    if (!rc) rc = svc_emit(u->s, rq, t, EW_T_USER_VERIFIED, &ev, u1[0], &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {
@@ -491,7 +491,7 @@ static void h_put_consent(const ew_http_request *rq, ew_http_response *res, void
     }
     svc_row_free(&row);
     ew_user_consent_changed ev = {.user_id = id, .purpose = purpose, .granted = granted};
-    if (!rc) rc = svc_emit(u->s, t, EW_T_USER_CONSENT_CHANGED, &ev, id, &e);
+    if (!rc) rc = svc_emit(u->s, rq, t, EW_T_USER_CONSENT_CHANGED, &ev, id, &e);
     rc = svc_finish(u->s, t, rc, &e);
 failed:
     if (rc) {

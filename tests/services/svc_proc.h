@@ -41,8 +41,8 @@ static inline void svc_tmpdir(char *dir)
 /* Prints the service's stderr (for a failing test). */
 static inline void svc_proc_dump(const svc_proc *p)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s.stderr", p->dir, p->name);
+    char path[sizeof p->dir + sizeof p->name + 8]; /* whatever the compiler thinks p holds */
+    snprintf(path, sizeof path, "%.255s/%.63s.stderr", p->dir, p->name);
     FILE *f = fopen(path, "r");
     if (!f) return;
     fprintf(stderr, "---- %s stderr ----\n", p->name);
