@@ -74,6 +74,7 @@ static int print_row(void *ud, const ew_dlq_row *r)
     put_time(&b, "first_failed_at", r->first_failed_us);
     put_time(&b, "last_failed_at", r->last_failed_us);
     ewctl_put_str(&b, "status", ew_dlq_status_name(r->status));
+    if (r->transport) ewctl_put_str(&b, "transport", r->transport);
     if (with_event) ewctl_put_str(&b, "event", r->event);
     ew_buf_puts(&b, "}\n");
     if (!b.oom) fputs(b.data, stdout);
