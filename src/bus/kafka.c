@@ -17,15 +17,13 @@
 #include <librdkafka/rdkafka.h>
 #include "bus/backend.h"
 #include "bus/binding.h"
-#include "core/arena.h"
+#include "bus/receive.h"
 #include "core/buf.h"
-#include "core/json.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
 /* Structured mode (the value is the whole CloudEvent); the header says so, as the CloudEvents
  * Kafka binding asks. */
-#define CE_CONTENT_TYPE "application/cloudevents+json; charset=UTF-8"
 #define POLL_MS 100             /* longest a consumer thread sleeps in poll */
 #define SESSION_TIMEOUT "10000" /* a killed consumer's partitions move on after this */
 #define FETCH_WAIT_MAX "100"    /* how long a broker may hold an empty fetch */
@@ -124,6 +122,7 @@ struct kafka {
     char **client_conf; /* KAFKA_CLIENT_CONFIG: name, value, name, value, ... */
     size_t nclient_conf;
     size_t max_bytes;
+    ew__content_mode content_mode; /* how it publishes: structured (binding.h) */
     int connect_ms, drain_ms, publish_timeout_ms, max_inflight;
 
     pthread_rwlock_t plock; /* prod: read to publish, write to replace it */
@@ -523,42 +522,31 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
 {
     kafka *k = self;
     *npublished = 0;
-    enum { ONSTACK = 128 }; /* a batch of that many needs no allocation (4 KiB of stack) */
-    char *bufs_s[ONSTACK];
-    size_t lens_s[ONSTACK];
+    enum { ONSTACK = 128 }; /* a batch of that many needs no allocation (7 KiB of stack) */
+    ew__wire_out outs_s[ONSTACK];
     pslot slots_s[ONSTACK];
-    char **bufs = bufs_s;
-    size_t *lens = lens_s;
+    ew__wire_out *outs = outs_s;
     pslot *slots = slots_s;
     if (n > ONSTACK) {
-        bufs = calloc(n, sizeof *bufs);
-        lens = calloc(n, sizeof *lens);
+        outs = calloc(n, sizeof *outs);
         slots = calloc(n, sizeof *slots);
-        if (!bufs || !lens || !slots) {
-            free(bufs);
-            free(lens);
+        if (!outs || !slots) {
+            free(outs);
             free(slots);
             return oom(err);
         }
     }
     int rc = 0;
     size_t encoded = 0;
-    /* Encode everything first: an event that cannot go fails the batch before any is sent. */
+    /* Encode everything first, by the Kafka binding (binding.c: the value, the content-type and
+     * any ce_ headers, the size checked): an event that cannot go fails the batch before any is
+     * sent. */
     for (; encoded < n; encoded++) {
         size_t i = encoded;
         ew_error e = {0};
-        if ((rc = ew_event_encode(evs[i], &bufs[i], &lens[i], &e))) {
-            ew_error_set(err, rc, "event %zu of %zu (%s): %s: nothing published", i, n,
-                         ew_event_id(evs[i]), e.msg);
-            goto out;
-        }
-        if (lens[i] > k->max_bytes) {
-            encoded++;
-            rc = ew_error_set(err, EW_ETOOBIG,
-                              "event %zu of %zu (%s %s) is %zu bytes, more than "
-                              "EVENT_MAX_BYTES=%zu: nothing published",
-                              i, n, ew_event_type(evs[i]), ew_event_id(evs[i]), lens[i],
-                              k->max_bytes);
+        if ((rc = ew__binding_encode(evs[i], EW__BINDING_KAFKA, k->content_mode, k->max_bytes,
+                                     &outs[i], &e))) {
+            ew_error_set(err, rc, "event %zu of %zu: %s: nothing published", i, n, e.msg);
             goto out;
         }
     }
@@ -584,12 +572,25 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
         int64_t give_up = 0; /* read the clock only when the queue is full */
         rd_kafka_resp_err_t e;
         for (;;) {
+            /* The message's headers: its content type, then what the binding added (binary
+             * mode's ce_ attributes). librdkafka owns hs once producev succeeds. */
+            rd_kafka_headers_t *hs = rd_kafka_headers_new(1 + outs[i].nheaders);
+            if (!hs) {
+                e = RD_KAFKA_RESP_ERR__FAIL;
+                break;
+            }
+            rd_kafka_header_add(hs, "content-type", -1, outs[i].content_type, -1);
+            for (size_t h = 0; h < outs[i].nheaders; h++)
+                rd_kafka_header_add(hs, outs[i].headers[h].name,
+                                    (ssize_t)outs[i].headers[h].name_len, outs[i].headers[h].value,
+                                    (ssize_t)outs[i].headers[h].value_len);
             e = rd_kafka_producev(
                 p->rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
-                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE), RD_KAFKA_V_VALUE(bufs[i], lens[i]),
-                RD_KAFKA_V_KEY(subject, subject ? strlen(subject) : 0),
-                RD_KAFKA_V_HEADER("content-type", CE_CONTENT_TYPE, -1),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                RD_KAFKA_V_VALUE(outs[i].body, outs[i].body_len),
+                RD_KAFKA_V_KEY(subject, subject ? strlen(subject) : 0), RD_KAFKA_V_HEADERS(hs),
                 RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
+            if (e) rd_kafka_headers_destroy(hs);
             /* The local queue is full: serve reports until there is room (bounded). */
             if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
             if (!give_up)
@@ -604,7 +605,7 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
             failed_err = e;
             break;
         }
-        bufs[i] = NULL; /* librdkafka frees it */
+        outs[i].body = NULL; /* librdkafka frees it */
     }
     /* Every produced message's report must arrive before slots (on this stack) go away. */
     await_reports(k, p, &b);
@@ -632,10 +633,9 @@ static int k_publish(void *self, const ew_event *const *evs, size_t n, size_t *n
     }
 out:
     for (size_t i = 0; i < encoded; i++)
-        free(bufs[i]);
+        ew__wire_out_release(&outs[i]);
     if (n > ONSTACK) {
-        free(bufs);
-        free(lens);
+        free(outs);
         free(slots);
     }
     return rc;
@@ -1160,114 +1160,51 @@ static kpart *part_of(kgroup *g, const rd_kafka_message_t *m)
     return p;
 }
 
-static bool header(rd_kafka_headers_t *h, const char *name, const char **v, size_t *n)
+/* ew__receive's question while the dead letter sink refuses a record. */
+static bool recv_stopping(void *ud)
 {
-    const void *val = NULL;
-    if (!h || rd_kafka_header_get_last(h, name, &val, n) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        return false;
-    *v = val ? val : "";
-    return true;
+    kgroup *g = ud;
+    return atomic_load(&g->stopping);
 }
 
-/* What a dead letter can say of a message that did not decode: its id and type, when readable
- * (the type of its topic otherwise). */
-static void readable_id_type(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_t *h,
-                             bool binary, char *id, char *type, size_t cap)
+/* A record through the receive path (receive.h), by the CloudEvents Kafka binding: every header
+ * as received, the binding decides the mode. EW__RECV_DEAD: it is in the dead letter sink. */
+static ew__recv_result receive(kgroup *g, const rd_kafka_message_t *m, ew_event **ev)
 {
-    const char *v;
-    size_t n;
-    id[0] = type[0] = '\0';
-    if (binary) {
-        if (header(h, "ce_id", &v, &n)) snprintf(id, cap, "%.*s", (int)n, v);
-        if (header(h, "ce_type", &v, &n)) snprintf(type, cap, "%.*s", (int)n, v);
-    } else if (m->len <= g->k->max_bytes) {
-        ew_arena a;
-        ew_arena_init(&a, NULL, 0);
-        ew_json *root;
-        if (ew_json_parse(&root, m->payload, m->len, &(ew_json_limits){.max_depth = 32}, &a,
-                          NULL) == 0) {
-            const ew_json *j = ew_json_get(root, "id");
-            if (j && j->kind == EW_JSON_STRING) snprintf(id, cap, "%s", j->str);
-            j = ew_json_get(root, "type");
-            if (j && j->kind == EW_JSON_STRING) snprintf(type, cap, "%s", j->str);
-        }
-        ew_arena_release(&a);
-    }
-    if (!type[0]) {
-        const char *topic = rd_kafka_topic_name(m->rkt);
-        size_t np = strlen(g->k->prefix);
-        if (strncmp(topic, g->k->prefix, np) == 0 && topic[np] == '.')
-            snprintf(type, cap, "%s", topic + np + 1);
-    }
-}
-
-/* Puts a message that did not decode into the bus's dead letter sink, trying again for a while
- * when the sink refuses. 0 when it is kept there. */
-static int dead_letter(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_t *h, bool binary,
-                       const ew_buf *json, int code, const ew_error *why)
-{
-    char id[128], type[128], error[400];
-    readable_id_type(g, m, h, binary, id, type, sizeof id);
-    snprintf(error, sizeof error, "%s: %s", ew_err_name(code), why->msg);
-    int64_t now = ew_now_us();
-    ew_dead_letter dl = {
-        .event = NULL,
-        /* binary mode: the event as structured JSON, so that it can be read and retried */
-        .payload = binary && json->data ? json->data : (m->payload ? m->payload : ""),
-        .payload_len = binary && json->data ? json->len : m->len,
-        .event_id = id[0] ? id : NULL,
-        .event_type = type[0] ? type : NULL,
-        .group = g->name,
-        .handler = "<decode>",
-        .error = error,
-        .attempts = 1,
-        .first_failed_us = now,
-        .last_failed_us = now,
-    };
-    ew__bus_log(g->k->bus, EW_LOG_WARN, "kafka group %s: %s [%d] offset %lld dead-lettered: %s",
-                g->group_id, rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
-                error);
-    int rc = 0;
-    for (int attempt = 0, wait_ms = 50; attempt < 8; attempt++, wait_ms *= 2) {
-        ew_error e = {0};
-        if (!(rc = ew__bus_dead_letter(g->k->bus, &dl, &e))) return 0;
-        ew__bus_log(g->k->bus, EW_LOG_WARN, "kafka group %s: the dead letter sink refused: %s",
-                    g->group_id, e.msg);
-        if (atomic_load(&g->stopping)) break;
-        struct timespec ts = {wait_ms / 1000, (long)(wait_ms % 1000) * 1000000};
-        nanosleep(&ts, NULL);
-    }
-    return rc;
-}
-
-/* Decodes a record by the CloudEvents Kafka binding (binding.c): structured mode, or binary
- * mode (a ce_specversion header). On failure *e says why and, for a binary-mode record, json
- * holds it rebuilt as structured JSON (for its dead letter). */
-static int decode(kgroup *g, const rd_kafka_message_t *m, rd_kafka_headers_t **h, bool *binary,
-                  ew_buf *json, ew_event **ev, ew_error *e)
-{
-    *binary = false;
-    if (rd_kafka_message_headers(m, h) != RD_KAFKA_RESP_ERR_NO_ERROR) *h = NULL;
-    size_t count = *h ? rd_kafka_header_cnt(*h) : 0;
+    rd_kafka_headers_t *h = NULL;
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR) h = NULL;
+    size_t count = h ? rd_kafka_header_cnt(h) : 0;
     ew__header local[32], *hs = local;
-    if (count > 32 && !(hs = malloc(count * sizeof *hs)))
-        return ew_error_set(e, EW_ENOMEM, "out of memory");
+    if (count > 32 && !(hs = malloc(count * sizeof *hs))) {
+        hs = local;
+        count = 32; /* out of memory: the first 32 (the binding may then refuse it) */
+    }
     size_t nh = 0;
     const char *name;
     const void *val;
     size_t n;
-    while (nh < count && rd_kafka_header_get_all(*h, nh, &name, &val, &n) == 0)
+    while (nh < count && rd_kafka_header_get_all(h, nh, &name, &val, &n) == 0)
         hs[nh++] = (ew__header){
             .name = name, .name_len = strlen(name), .value = val, .value_len = val ? n : 0};
-    ew__wire_msg wm = {.binding = EW__BINDING_KAFKA,
-                       .body = m->payload,
-                       .body_len = m->len,
-                       .headers = hs,
-                       .nheaders = nh};
-    *binary = ew__binding_is_binary(&wm);
-    int rc = ew__binding_decode(&wm, &(ew_decode_opts){.max_bytes = g->k->max_bytes}, ev, json, e);
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    size_t np = strlen(g->k->prefix);
+    char where[400];
+    snprintf(where, sizeof where, "kafka topic=%.300s partition=%d offset=%lld", topic,
+             (int)m->partition, (long long)m->offset);
+    ew__recv_msg rm = {
+        .wire = {.binding = EW__BINDING_KAFKA,
+                 .body = m->payload,
+                 .body_len = m->len,
+                 .headers = hs,
+                 .nheaders = nh},
+        .group = g->name,
+        .type_hint =
+            strncmp(topic, g->k->prefix, np) == 0 && topic[np] == '.' ? topic + np + 1 : NULL,
+        .transport = where,
+    };
+    ew__recv_result r = ew__receive(g->k->bus, &rm, g->k->max_bytes, recv_stopping, g, ev);
     if (hs != local) free(hs);
-    return rc;
+    return r;
 }
 
 /* Puts records in their partitions' windows, in the order given (their offset order), and
@@ -1355,25 +1292,19 @@ static void handle_batch(kgroup *g, rd_kafka_message_t *const *ms, size_t n)
         km->offset = m->offset;
         km->dl.group = g->name;
         km->dl.done = on_done;
-        rd_kafka_headers_t *h = NULL;
-        bool binary;
-        ew_buf json;
-        ew_buf_init(&json);
         ew_event *ev = NULL;
-        ew_error e = {0};
-        int rc = decode(g, m, &h, &binary, &json, &ev, &e);
-        if (rc == 0) {
+        ew__recv_result r = receive(g, m, &ev);
+        if (r == EW__RECV_EVENT) {
             d[nd++] = (decoded){km, ev};
         } else {
-            /* Not an event of ours: kept as a dead letter, then acknowledged; if the sink will
-             * not take it, it stays unacknowledged (nothing past it is committed). */
+            /* Dead-lettered: committed like a handled record, in its place in the order (the
+             * records before it go first). The bus stopped while the sink refused it: not
+             * committed (nothing past it is), delivered again. */
             deliver(g, d, nd);
             nd = 0;
             track(g, &km, 1);
-            int drc = dead_letter(g, m, h, binary, &json, rc, &e);
-            on_done(&km->dl, drc ? EW_DELIVERY_ABANDONED : EW_DELIVERY_ACK);
+            on_done(&km->dl, r == EW__RECV_DEAD ? EW_DELIVERY_ACK : EW_DELIVERY_ABANDONED);
         }
-        ew_buf_release(&json);
     }
     deliver(g, d, nd);
 }

@@ -30,8 +30,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "bus/backend.h"
-#include "core/arena.h"
-#include "core/json.h"
+#include "bus/binding.h"
+#include "bus/receive.h"
+#include "bus/wire.h"
 #include "eventwire/clock.h"
 
 #define CHANNEL 1
@@ -45,7 +46,6 @@
 #define FRAMES_PER_STEP 256 /* frames a consumer reads before it sends acks again */
 #define IDLE_POLL_MS 1000
 #define EPHEMERAL_EXPIRES_MS 60000 /* an ephemeral group's queue, unused this long, is deleted */
-#define DECODE_HANDLER "<decode>"  /* the handler named by dead letters of undecodable messages */
 
 typedef struct rmq rmq;
 
@@ -102,6 +102,7 @@ struct rmq {
     char *exchange, *dlx;
     int connect_ms, max_in_flight;
     size_t max_bytes;
+    ew__content_mode content_mode; /* how it publishes: structured (binding.h) */
 
     /* The publisher's connection, also used for declarations. */
     pthread_mutex_t pmu;
@@ -118,20 +119,6 @@ struct rmq {
 };
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-
-static struct timeval ms_tv(int64_t ms)
-{
-    if (ms < 1) ms = 1;
-    return (struct timeval){.tv_sec = (time_t)(ms / 1000),
-                            .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-}
-
-static int jitter_ms(int ms)
-{
-    /* +-25 %, from the clock's low bits: spreads reconnections without shared random state */
-    int span = ms / 2 + 1;
-    return ms - ms / 4 + (int)((uint64_t)ew_mono_ns() / 1000 % (uint64_t)span);
-}
 
 /* What an RPC reply says, in words. */
 static void reply_text(amqp_rpc_reply_t rr, char *buf, size_t n)
@@ -266,7 +253,7 @@ static int conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
     amqp_tcp_socket_set_sockfd(sock, fd); /* the connection owns fd from here */
     struct timeval tv;
     int64_t left_ms = (deadline - ew_mono_ns()) / 1000000;
-    tv = ms_tv(left_ms);
+    tv = ew__ms_tv(left_ms);
     amqp_set_handshake_timeout(st, &tv);
     amqp_set_rpc_timeout(st, &tv);
     /* Heartbeats are off: nothing here would send them while a connection idles (an idle
@@ -289,7 +276,7 @@ static int conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
         amqp_destroy_connection(st);
         return rc;
     }
-    tv = ms_tv(OP_TIMEOUT_MS > r->connect_ms ? OP_TIMEOUT_MS : r->connect_ms);
+    tv = ew__ms_tv(OP_TIMEOUT_MS > r->connect_ms ? OP_TIMEOUT_MS : r->connect_ms);
     amqp_set_rpc_timeout(st, &tv);
     *out = st;
     return 0;
@@ -299,7 +286,7 @@ static int conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
 static void conn_close(amqp_connection_state_t st)
 {
     if (!st) return;
-    struct timeval tv = ms_tv(2000);
+    struct timeval tv = ew__ms_tv(2000);
     amqp_set_rpc_timeout(st, &tv);
     amqp_rpc_reply_t rr = amqp_channel_close(st, CHANNEL, AMQP_REPLY_SUCCESS);
     if (rr.reply_type == AMQP_RESPONSE_NORMAL) amqp_connection_close(st, AMQP_REPLY_SUCCESS);
@@ -425,9 +412,8 @@ static int pub_ensure(rmq *r, ew_error *err)
     if (rc) {
         if (st) amqp_destroy_connection(st);
         snprintf(r->pwhy, sizeof r->pwhy, "%s", err ? err->msg : "cannot connect");
-        r->pnext_try_ns = ew_mono_ns() + (int64_t)jitter_ms(r->pbackoff_ms) * 1000000;
-        r->pbackoff_ms =
-            r->pbackoff_ms * 2 > PUB_BACKOFF_MAX_MS ? PUB_BACKOFF_MAX_MS : r->pbackoff_ms * 2;
+        r->pnext_try_ns = ew_mono_ns() + (int64_t)ew__jitter_ms(r->pbackoff_ms) * 1000000;
+        r->pbackoff_ms = ew__backoff_next(r->pbackoff_ms, BACKOFF_MIN_MS, PUB_BACKOFF_MAX_MS);
         return rc == EW_EIO ? EW_ECONNECT : rc;
     }
     if (r->pbackoff_ms > BACKOFF_MIN_MS)
@@ -478,7 +464,7 @@ static int pub_wait_confirms(rmq *r, uint64_t first, size_t n, unsigned char *st
                             "no confirm from RabbitMQ at %s within %d ms for %zu of %zu events",
                             r->addr, OP_TIMEOUT_MS, n - settled, n);
         }
-        struct timeval tv = ms_tv(left);
+        struct timeval tv = ew__ms_tv(left);
         amqp_frame_t f;
         int rc = amqp_simple_wait_frame_noblock(r->pst, &f, &tv);
         if (rc == AMQP_STATUS_TIMEOUT) continue;
@@ -540,29 +526,25 @@ static int rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
 {
     rmq *r = self;
     *npublished = 0;
-    char *one_body;
-    size_t one_len;
+    ew__wire_out one_out;
     unsigned char one_state;
-    char **bodies = n == 1 ? &one_body : calloc(n, sizeof *bodies);
-    size_t *lens = n == 1 ? &one_len : calloc(n, sizeof *lens);
+    ew__wire_out *outs = n == 1 ? &one_out : calloc(n, sizeof *outs);
     unsigned char *state = n == 1 ? &one_state : calloc(n, 1);
     int rc = 0;
     size_t encoded = 0;
-    if (!bodies || !lens || !state) {
+    if (!outs || !state) {
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto out;
     }
-    /* Encode everything first: a batch with an event we refuse publishes none of it. */
+    /* Encode everything first, by the AMQP binding (binding.c: body, content type, any
+     * cloudEvents_ application properties, the size checked): a batch with an event we refuse
+     * publishes none of it. */
     for (; encoded < n; encoded++) {
         size_t i = encoded;
-        if ((rc = ew_event_encode(evs[i], &bodies[i], &lens[i], err))) goto out;
-        if (lens[i] > r->max_bytes) {
-            free(bodies[i]);
-            rc = ew_error_set(err, EW_ETOOBIG,
-                              "event %zu of %zu (%s %s) is %zu bytes, more than EVENT_MAX_BYTES "
-                              "(%zu): nothing published",
-                              i, n, ew_event_type(evs[i]), ew_event_id(evs[i]), lens[i],
-                              r->max_bytes);
+        ew_error e = {0};
+        if ((rc = ew__binding_encode(evs[i], EW__BINDING_AMQP, r->content_mode, r->max_bytes,
+                                     &outs[i], &e))) {
+            ew_error_set(err, rc, "event %zu of %zu: %s: nothing published", i, n, e.msg);
             goto out;
         }
         state[i] = C_PENDING;
@@ -579,7 +561,7 @@ static int rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
             ._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
                       AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
                       AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG,
-            .content_type = amqp_cstring_bytes("application/cloudevents+json"),
+            .content_type = amqp_cstring_bytes(outs[i].content_type),
             .delivery_mode = AMQP_DELIVERY_PERSISTENT,
             .message_id = amqp_cstring_bytes(ew_event_id(ev)),
             .timestamp = (uint64_t)(ew_event_time_us(ev) / 1000000),
@@ -590,9 +572,29 @@ static int rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
             p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
             p.correlation_id = amqp_cstring_bytes(corr);
         }
-        amqp_bytes_t body = {.len = lens[i], .bytes = bodies[i]};
+        /* the binding's headers as application properties, strings */
+        amqp_table_entry_t hs_s[16], *hs = hs_s;
+        size_t nh = outs[i].nheaders;
+        if (nh > 16 && !(hs = malloc(nh * sizeof *hs))) {
+            rc =
+                ew_error_set(err, EW_ENOMEM, "out of memory: event %zu of %zu not published", i, n);
+            goto unlock;
+        }
+        for (size_t h = 0; h < nh; h++) {
+            const ew__header *x = &outs[i].headers[h];
+            hs[h] = (amqp_table_entry_t){
+                .key = {.len = x->name_len, .bytes = (void *)x->name},
+                .value = {.kind = AMQP_FIELD_KIND_UTF8,
+                          .value.bytes = {.len = x->value_len, .bytes = (void *)x->value}}};
+        }
+        if (nh) {
+            p._flags |= AMQP_BASIC_HEADERS_FLAG;
+            p.headers = (amqp_table_t){.num_entries = (int)nh, .entries = hs};
+        }
+        amqp_bytes_t body = {.len = outs[i].body_len, .bytes = outs[i].body};
         int arc = amqp_basic_publish(r->pst, CHANNEL, amqp_cstring_bytes(r->exchange),
                                      amqp_cstring_bytes(ew_event_type(ev)), 0, 0, &p, body);
+        if (hs != hs_s) free(hs);
         if (arc != AMQP_STATUS_OK) {
             rc = pub_fail(r, err, EW_EIO, "publishing event %zu of %zu to %s: %s", i, n, r->addr,
                           amqp_error_string2(arc));
@@ -616,10 +618,9 @@ unlock:
     }
 out:
     for (size_t i = 0; i < encoded; i++)
-        free(bodies[i]);
+        ew__wire_out_release(&outs[i]);
     if (n != 1) {
-        free(bodies);
-        free(lens);
+        free(outs);
         free(state);
     }
     return rc;
@@ -764,65 +765,106 @@ static int reject(consumer *c, uint64_t tag, bool requeue, ew_error *err)
     return 0;
 }
 
-/* A message that is not one of our events: into the bus's dead letter sink with the raw payload
- * and the reason, then acknowledged. If the sink refuses it, the broker dead-letters it instead
- * (basic.reject without requeue routes it to {exchange}.dlx): it is never dropped. */
-static int dead_letter_raw(consumer *c, uint64_t tag, const amqp_message_t *m, const char *rkey,
-                           int code, const ew_error *why, ew_error *err)
+/* ew__receive's question while the dead letter sink refuses a message. */
+static bool recv_stopping(void *ud)
+{
+    consumer *c = ud;
+    pthread_mutex_lock(&c->mu);
+    bool s = c->stopping;
+    pthread_mutex_unlock(&c->mu);
+    return s;
+}
+
+/* An application property as the binding sees it: its type kept where the binding maps it. */
+static ew__header amqp_header(const amqp_table_entry_t *t)
+{
+    ew__header h = {.name = t->key.bytes, .name_len = t->key.len, .kind = EW__HV_OTHER};
+    const amqp_field_value_t *v = &t->value;
+    switch (v->kind) {
+    case AMQP_FIELD_KIND_UTF8:
+    case AMQP_FIELD_KIND_BYTES:
+        h.kind = EW__HV_BYTES;
+        h.value = v->value.bytes.bytes ? v->value.bytes.bytes : "";
+        h.value_len = v->value.bytes.len;
+        break;
+    case AMQP_FIELD_KIND_BOOLEAN:
+        h.kind = EW__HV_BOOL;
+        h.num = v->value.boolean ? 1 : 0;
+        break;
+    case AMQP_FIELD_KIND_I8:
+        h.kind = EW__HV_INT, h.num = v->value.i8;
+        break;
+    case AMQP_FIELD_KIND_U8:
+        h.kind = EW__HV_INT, h.num = v->value.u8;
+        break;
+    case AMQP_FIELD_KIND_I16:
+        h.kind = EW__HV_INT, h.num = v->value.i16;
+        break;
+    case AMQP_FIELD_KIND_U16:
+        h.kind = EW__HV_INT, h.num = v->value.u16;
+        break;
+    case AMQP_FIELD_KIND_I32:
+        h.kind = EW__HV_INT, h.num = v->value.i32;
+        break;
+    case AMQP_FIELD_KIND_U32:
+        h.kind = EW__HV_INT, h.num = v->value.u32;
+        break;
+    case AMQP_FIELD_KIND_I64:
+        h.kind = EW__HV_INT, h.num = v->value.i64;
+        break;
+    case AMQP_FIELD_KIND_U64:
+        if (v->value.u64 <= INT64_MAX) h.kind = EW__HV_INT, h.num = (int64_t)v->value.u64;
+        break;
+    case AMQP_FIELD_KIND_TIMESTAMP:
+        if (v->value.u64 <= INT64_MAX) h.kind = EW__HV_TIME_S, h.num = (int64_t)v->value.u64;
+        break;
+    default:
+        break; /* tables, arrays, floats, decimals, void: not mapped */
+    }
+    return h;
+}
+
+/* A message through the receive path (receive.h), by the CloudEvents AMQP binding: its body,
+ * content type and every application property as received. */
+static ew__recv_result receive(consumer *c, uint64_t tag, const amqp_message_t *m, const char *rkey,
+                               const char *exchange, ew_event **ev)
 {
     rmq *r = c->r;
-    char abuf[2048];
-    ew_arena a;
-    ew_arena_init(&a, abuf, sizeof abuf);
-    const char *body = m->body.bytes ? m->body.bytes : "";
-    const char *id = NULL, *type = NULL;
-    if (m->body.len <= r->max_bytes) {
-        ew_json *root;
-        ew_json_limits lim = {.max_bytes = r->max_bytes, .max_depth = 32};
-        if (ew_json_parse(&root, body, m->body.len, &lim, &a, NULL) == 0 &&
-            root->kind == EW_JSON_OBJECT) {
-            const ew_json *v = ew_json_get(root, "id");
-            if (v && v->kind == EW_JSON_STRING && v->len > 0 && v->len <= 200) id = v->str;
-            v = ew_json_get(root, "type");
-            if (v && v->kind == EW_JSON_STRING && v->len > 0 && v->len <= 200) type = v->str;
-        }
+    const amqp_basic_properties_t *p = &m->properties;
+    size_t nh = (p->_flags & AMQP_BASIC_HEADERS_FLAG) && p->headers.num_entries > 0
+                    ? (size_t)p->headers.num_entries
+                    : 0;
+    ew__header local[32], *hs = local;
+    if (nh > 32 && !(hs = malloc(nh * sizeof *hs))) {
+        hs = local;
+        nh = 32; /* out of memory: the first 32 (the binding may then refuse it) */
     }
-    if (!id && (m->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-        m->properties.message_id.len <= 200 &&
-        ew_utf8_valid(m->properties.message_id.bytes, m->properties.message_id.len))
-        id = ew_arena_strndup(&a, m->properties.message_id.bytes, m->properties.message_id.len);
-    if (!type && *rkey) type = rkey;
-    char reason[300];
-    snprintf(reason, sizeof reason, "%s: %s", ew_err_name(code), why->msg);
-    int64_t now = ew_now_us();
-    ew_dead_letter dl = {
-        .event = NULL,
-        .payload = body,
-        .payload_len = m->body.len,
-        .event_id = id,
-        .event_type = type,
+    for (size_t i = 0; i < nh; i++)
+        hs[i] = amqp_header(&p->headers.entries[i]);
+    char id[AMQP_NAME_MAX + 1] = "";
+    if ((p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) && p->message_id.len <= 200 &&
+        ew_utf8_valid(p->message_id.bytes, p->message_id.len))
+        snprintf(id, sizeof id, "%.*s", (int)p->message_id.len, (const char *)p->message_id.bytes);
+    char where[3 * AMQP_NAME_MAX + 100];
+    snprintf(where, sizeof where, "rabbitmq queue=%s delivery-tag=%llu exchange=%s routing-key=%s",
+             c->queue, (unsigned long long)tag, exchange, rkey);
+    bool has_ct = (p->_flags & AMQP_BASIC_CONTENT_TYPE_FLAG) != 0;
+    ew__recv_msg rm = {
+        .wire = {.binding = EW__BINDING_AMQP,
+                 .body = m->body.bytes,
+                 .body_len = m->body.len,
+                 .content_type = has_ct ? p->content_type.bytes : NULL,
+                 .content_type_len = has_ct ? p->content_type.len : 0,
+                 .headers = hs,
+                 .nheaders = nh},
         .group = c->group,
-        .handler = DECODE_HANDLER,
-        .error = reason,
-        .attempts = 1,
-        .first_failed_us = now,
-        .last_failed_us = now,
+        .type_hint = *rkey ? rkey : NULL,
+        .id_hint = id[0] ? id : NULL,
+        .transport = where,
     };
-    ew_error se = {0};
-    int src = ew__bus_dead_letter(r->bus, &dl, &se);
-    ew_arena_release(&a);
-    if (src == 0) {
-        ew__bus_log(r->bus, EW_LOG_WARN,
-                    "rabbitmq: a message on queue %s could not be decoded (%s): dead-lettered",
-                    c->queue, reason);
-        out_mark(c, tag);
-        return 0;
-    }
-    ew__bus_log(r->bus, EW_LOG_ERROR,
-                "rabbitmq: a message on queue %s could not be decoded (%s) and the dead letter "
-                "sink refused it (%s): rejected to the exchange %s",
-                c->queue, reason, se.msg, r->dlx);
-    return reject(c, tag, false, err);
+    ew__recv_result res = ew__receive(r->bus, &rm, r->max_bytes, recv_stopping, c, ev);
+    if (hs != local) free(hs);
+    return res;
 }
 
 /* Hands a decoded event to the dispatcher, unless the consumer is stopping (then it goes back to
@@ -869,12 +911,14 @@ static int dispatch_event(consumer *c, uint64_t tag, const ew_event *ev, ew_erro
 
 static int on_deliver(consumer *c, const amqp_basic_deliver_t *d, ew_error *err)
 {
-    rmq *r = c->r;
     uint64_t tag = d->delivery_tag;
-    char rkey[AMQP_NAME_MAX + 1];
+    char rkey[AMQP_NAME_MAX + 1], exchange[AMQP_NAME_MAX + 1];
     size_t kl = d->routing_key.len < AMQP_NAME_MAX ? d->routing_key.len : AMQP_NAME_MAX;
     memcpy(rkey, d->routing_key.bytes, kl);
     rkey[kl] = '\0';
+    kl = d->exchange.len < AMQP_NAME_MAX ? d->exchange.len : AMQP_NAME_MAX;
+    memcpy(exchange, d->exchange.bytes, kl);
+    exchange[kl] = '\0';
     amqp_message_t m;
     amqp_rpc_reply_t rr = amqp_read_message(c->st, CHANNEL, &m, 0);
     if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
@@ -888,14 +932,17 @@ static int on_deliver(consumer *c, const amqp_basic_deliver_t *d, ew_error *err)
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     ew_event *ev = NULL;
-    ew_error de = {0};
-    ew_decode_opts opts = {.max_bytes = r->max_bytes};
-    int drc = ew_event_decode(&ev, m.body.bytes ? m.body.bytes : "", m.body.len, &opts, &de);
-    if (drc) {
-        rc = dead_letter_raw(c, tag, &m, rkey, drc, &de, err);
-    } else {
+    switch (receive(c, tag, &m, rkey, exchange, &ev)) {
+    case EW__RECV_EVENT:
         rc = dispatch_event(c, tag, ev, err);
         ew_event_unref(ev);
+        break;
+    case EW__RECV_DEAD: /* in the dead letter sink: acknowledged */
+        out_mark(c, tag);
+        break;
+    case EW__RECV_STOPPED: /* the sink refused it until the stop: back to the queue */
+        rc = reject(c, tag, true, err);
+        break;
     }
     amqp_destroy_message(&m);
     return rc;
@@ -1045,8 +1092,8 @@ static void *consumer_main(void *arg)
                 ew__bus_log(r->bus, EW_LOG_WARN,
                             "rabbitmq: consumer of queue %s: %s; retrying in about %d ms", c->queue,
                             e.msg, backoff);
-                next_try = ew_mono_ns() + (int64_t)jitter_ms(backoff) * 1000000;
-                backoff = backoff * 2 > CONS_BACKOFF_MAX_MS ? CONS_BACKOFF_MAX_MS : backoff * 2;
+                next_try = ew_mono_ns() + (int64_t)ew__jitter_ms(backoff) * 1000000;
+                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, CONS_BACKOFF_MAX_MS);
             }
             continue;
         }
@@ -1077,7 +1124,7 @@ static void *consumer_main(void *arg)
             amqp_destroy_connection(c->st);
             c->st = NULL;
             c->nout = 0;
-            next_try = ew_mono_ns() + (int64_t)jitter_ms(backoff) * 1000000;
+            next_try = ew_mono_ns() + (int64_t)ew__jitter_ms(backoff) * 1000000;
         }
     }
     conn_close(c->st);

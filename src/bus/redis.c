@@ -27,7 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
-#include "core/arena.h"
+#include "bus/binding.h"
+#include "bus/receive.h"
+#include "bus/wire.h"
 #include "core/buf.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
@@ -153,38 +155,6 @@ struct redis_bus {
 };
 
 /* ---- small helpers ----------------------------------------------------------------------- */
-
-static struct timeval ms_tv(int ms)
-{
-    return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-}
-
-static struct timespec mono_deadline(int64_t ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
-}
-
-static void cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-}
-
-static int next_backoff(int ms)
-{
-    return ms <= 0 ? BACKOFF_MIN_MS : ms >= BACKOFF_MAX_MS / 2 ? BACKOFF_MAX_MS : ms * 2;
-}
 
 static bool reply_is(const redisReply *r, int type)
 {
@@ -448,7 +418,8 @@ static int check_server(redis_bus *rb, redisContext *c, ew_error *err)
  * after io_ms. */
 static redisContext *rconnect(redis_bus *rb, int io_ms, bool check_version, ew_error *err)
 {
-    redisContext *c = redisConnectWithTimeout(rb->url.host, rb->url.port, ms_tv(rb->connect_ms));
+    redisContext *c =
+        redisConnectWithTimeout(rb->url.host, rb->url.port, ew__ms_tv(rb->connect_ms));
     if (!c) {
         ew_error_set(err, EW_ENOMEM, "out of memory connecting to Redis");
         return NULL;
@@ -458,7 +429,7 @@ static redisContext *rconnect(redis_bus *rb, int io_ms, bool check_version, ew_e
                      c->errstr);
         goto fail;
     }
-    if (redisSetTimeout(c, ms_tv(rb->connect_ms)) != REDIS_OK) {
+    if (redisSetTimeout(c, ew__ms_tv(rb->connect_ms)) != REDIS_OK) {
         ew_error_set(err, EW_ECONNECT, "Redis at %s: %s", rb->addr, c->errstr);
         goto fail;
     }
@@ -497,7 +468,7 @@ static redisContext *rconnect(redis_bus *rb, int io_ms, bool check_version, ew_e
         freeReplyObject(r);
     }
     if (check_version && check_server(rb, c, err)) goto fail;
-    if (redisSetTimeout(c, ms_tv(io_ms)) != REDIS_OK) {
+    if (redisSetTimeout(c, ew__ms_tv(io_ms)) != REDIS_OK) {
         ew_error_set(err, EW_ECONNECT, "Redis at %s: %s", rb->addr, c->errstr);
         goto fail;
     }
@@ -520,8 +491,8 @@ static int pub_conn(redis_bus *rb, bool *fresh, ew_error *err)
     ew_error e = {0};
     rb->pub = rconnect(rb, rb->io_ms, false, &e);
     if (!rb->pub) {
-        rb->pub_backoff_ms = next_backoff(rb->pub_backoff_ms);
-        rb->pub_retry_ns = now + (int64_t)rb->pub_backoff_ms * 1000000;
+        rb->pub_backoff_ms = ew__backoff_next(rb->pub_backoff_ms, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+        rb->pub_retry_ns = now + (int64_t)ew__jitter_ms(rb->pub_backoff_ms) * 1000000;
         snprintf(rb->pub_last_err, sizeof rb->pub_last_err, "%s", e.msg);
         if (err) *err = e;
         return e.code;
@@ -592,23 +563,14 @@ static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *
     ew_buf_init(&b);
     ew_buf_reserve(&b, n * 640);
     for (size_t i = 0; i < n; i++) {
-        char *json;
-        size_t len;
+        /* Redis has no CloudEvents binding: structured, the JSON in the entry's event field */
+        ew__wire_out w;
         ew_error e = {0};
-        int rc = ew_event_encode(evs[i], &json, &len, &e);
+        int rc = ew__binding_encode(evs[i], EW__BINDING_STRUCTURED, EW__MODE_STRUCTURED,
+                                    rb->max_bytes, &w, &e);
         if (rc) {
             ew_buf_release(&b);
-            return ew_error_set(err, rc, "event %zu of %zu (%s): %s: nothing published", i, n,
-                                ew_event_id(evs[i]), e.msg);
-        }
-        if (len > rb->max_bytes) {
-            free(json);
-            ew_buf_release(&b);
-            return ew_error_set(err, EW_ETOOBIG,
-                                "event %zu of %zu (%s, %s) is %zu bytes encoded, more than "
-                                "EVENT_MAX_BYTES (%zu): nothing published",
-                                i, n, ew_event_id(evs[i]), ew_event_type(evs[i]), len,
-                                rb->max_bytes);
+            return ew_error_set(err, rc, "event %zu of %zu: %s: nothing published", i, n, e.msg);
         }
         if (rb->pubsub) {
             ew_buf_append(&b, "*3\r\n$7\r\nPUBLISH\r\n", 17);
@@ -618,8 +580,8 @@ static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *
         }
         put_key(&b, rb, ew_event_type(evs[i]));
         if (!rb->pubsub) ew_buf_append(&b, rb->xadd_mid, rb->xadd_mid_len);
-        put_arg(&b, json, len);
-        free(json);
+        put_arg(&b, w.body, w.body_len);
+        ew__wire_out_release(&w);
     }
     if (b.oom) {
         ew_buf_release(&b);
@@ -665,7 +627,7 @@ static bool stopping(rconsumer *c)
 /* Waits ms unless the consumer is stopped first: true then. */
 static bool wait_stop(rconsumer *c, int ms)
 {
-    struct timespec ts = mono_deadline(ms);
+    struct timespec ts = ew__mono_deadline(ms);
     pthread_mutex_lock(&c->mu);
     while (!c->stop)
         if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) break;
@@ -780,78 +742,30 @@ static bool known_locked(rconsumer *c, uint32_t stream, const char *id)
     return false;
 }
 
-/* What can be read of an undecodable payload: its id and type, when it is a JSON object. */
-static void readable_attrs(const char *payload, size_t len, size_t max_bytes, ew_arena *a,
-                           const char **id, const char **type)
+/* ew__receive's question while the dead letter sink refuses a message. */
+static bool recv_stopping(void *ud)
 {
-    ew_json *root;
-    ew_json_limits lim = {.max_bytes = max_bytes, .max_depth = 32};
-    if (len > max_bytes || ew_json_parse(&root, payload, len, &lim, a, NULL)) return;
-    const ew_json *v = ew_json_get(root, "id");
-    if (v && v->kind == EW_JSON_STRING) *id = v->str;
-    v = ew_json_get(root, "type");
-    if (v && v->kind == EW_JSON_STRING) *type = v->str;
+    return stopping(ud);
 }
 
-/* Keeps a message that could not be decoded in the bus's dead letter sink. true when it is
- * kept (the message may then be acknowledged). */
-static bool dead_letter(rconsumer *c, const char *type, const char *what, const char *name,
-                        const char *payload, size_t len, int code, const char *msg)
+/* One message through the receive path (receive.h): the event, or NULL when it was
+ * dead-lettered (*kept: acknowledge it) or the bus stopped while the sink refused it. */
+static ew_event *receive(rconsumer *c, const char *type, const char *where, const char *payload,
+                         size_t len, int code, const char *why, bool *kept)
 {
-    redis_bus *rb = c->rb;
-    ew_arena a;
-    ew_arena_init(&a, NULL, 0);
-    const char *id = NULL, *etype = NULL;
-    readable_attrs(payload, len, rb->max_bytes, &a, &id, &etype);
-    char error[400];
-    snprintf(error, sizeof error, "%s: %s", ew_err_name(code), msg);
-    int64_t now = ew_now_us();
-    ew_dead_letter dl = {
-        .event = NULL,
-        .payload = payload,
-        .payload_len = len,
-        .event_id = id,
-        .event_type = etype ? etype : type,
+    ew__recv_msg rm = {
+        .wire = {.binding = EW__BINDING_STRUCTURED, .body = payload, .body_len = len},
         .group = c->group,
-        .handler = "<decode>",
-        .error = error,
-        .attempts = 1,
-        .first_failed_us = now,
-        .last_failed_us = now,
+        .type_hint = type,
+        .transport = where,
+        .predecoded = code != 0, /* the entry has no event to decode */
+        .error = code,
+        .error_msg = why,
     };
-    ew_error e = {0};
-    int rc = ew__bus_dead_letter(rb->bus, &dl, &e);
-    if (rc)
-        ew__bus_log(rb->bus, EW_LOG_ERROR,
-                    "redis: %s %s (%s) could not be decoded (%s) nor dead-lettered: %s; left "
-                    "pending",
-                    what, name, type ? type : "?", error, e.msg);
-    else
-        ew__bus_log(rb->bus, EW_LOG_WARN, "redis: %s %s (%s) dead-lettered for group %s: %s", what,
-                    name, type ? type : "?", c->group, error);
-    ew_arena_release(&a);
-    return rc == 0;
-}
-
-/* Decodes a payload into an event, or dead-letters it (*kept tells whether the sink has it). */
-static ew_event *decode_or_dead_letter(rconsumer *c, const char *type, const char *what,
-                                       const char *name, const char *payload, size_t len,
-                                       bool *kept)
-{
-    redis_bus *rb = c->rb;
-    *kept = false;
-    ew_error e = {0};
-    int code;
-    if (len > rb->max_bytes) {
-        code = ew_error_set(&e, EW_ETOOBIG, "%zu bytes, more than EVENT_MAX_BYTES (%zu)", len,
-                            rb->max_bytes);
-    } else {
-        ew_event *ev = NULL;
-        ew_decode_opts o = {.max_bytes = rb->max_bytes};
-        if (!(code = ew_event_decode(&ev, payload, len, &o, &e))) return ev;
-    }
-    *kept = dead_letter(c, type, what, name, payload, len, code, e.msg);
-    return NULL;
+    ew_event *ev = NULL;
+    ew__recv_result r = ew__receive(c->rb->bus, &rm, c->rb->max_bytes, recv_stopping, c, &ev);
+    *kept = r == EW__RECV_DEAD;
+    return ev;
 }
 
 /* ---- the streams consumer ---------------------------------------------------------------- */
@@ -898,6 +812,8 @@ static void take_entry(rconsumer *c, uint32_t s, const redisReply *e, rbatch *ba
         }
     bool kept = false;
     ew_event *ev = NULL;
+    char where[ID_MAX + 300];
+    snprintf(where, sizeof where, "redis stream=%.256s entry=%s", c->streams[s].key, id);
     if (!val || val->type != REDIS_REPLY_STRING) {
         const redisReply *first = f->elements >= 2 ? f->element[1] : NULL;
         const char *p = first && first->type == REDIS_REPLY_STRING ? first->str : "";
@@ -905,12 +821,14 @@ static void take_entry(rconsumer *c, uint32_t s, const redisReply *e, rbatch *ba
         char msg[200];
         snprintf(msg, sizeof msg, "stream entry %s of %s has no 'event' field", id,
                  c->streams[s].key);
-        kept = dead_letter(c, c->streams[s].type, "entry", id, p, pl, EW_EMISSING, msg);
+        ev = receive(c, c->streams[s].type, where, p, pl, EW_EMISSING, msg, &kept);
     } else {
-        ev = decode_or_dead_letter(c, c->streams[s].type, "entry", id, val->str, val->len, &kept);
+        ev = receive(c, c->streams[s].type, where, val->str, val->len, 0, NULL, &kept);
         batch->bytes += val->len;
     }
     if (!ev) {
+        /* dead-lettered: acknowledged; or the bus stopped while the sink refused it: left
+         * pending, for this group's next reader */
         if (kept) {
             pthread_mutex_lock(&c->mu);
             ack_push_locked(c, s, id);
@@ -1239,7 +1157,7 @@ static int read_new(rconsumer *c, redisContext *conn, rbatch *batch, size_t avai
     pthread_mutex_lock(&c->mu);
     size_t n = c->nstreams;
     if (n == 0) {
-        struct timespec ts = mono_deadline(BLOCK_MS);
+        struct timespec ts = ew__mono_deadline(BLOCK_MS);
         if (!c->stop) pthread_cond_timedwait(&c->cv, &c->mu, &ts);
         pthread_mutex_unlock(&c->mu);
         return 0;
@@ -1289,7 +1207,7 @@ static redisContext *consumer_connect(rconsumer *c, int io_ms, int *backoff, boo
                                       const char *role)
 {
     redis_bus *rb = c->rb;
-    if (*backoff && wait_stop(c, *backoff)) return NULL;
+    if (*backoff && wait_stop(c, ew__jitter_ms(*backoff))) return NULL;
     ew_error e = {0};
     redisContext *conn = rconnect(rb, io_ms, false, &e);
     if (!conn) {
@@ -1297,7 +1215,7 @@ static redisContext *consumer_connect(rconsumer *c, int io_ms, int *backoff, boo
             ew__bus_log(rb->bus, EW_LOG_WARN, "redis: %s of group %s: %s; retrying", role, c->group,
                         e.msg);
         *was_down = true;
-        *backoff = next_backoff(*backoff);
+        *backoff = ew__backoff_next(*backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
         return NULL;
     }
     if (*was_down)
@@ -1366,7 +1284,7 @@ static void *stream_reader_main(void *arg)
         }
         if (rc) {
             consumer_drop(c, &conn, &was_down, "the reader");
-            backoff = next_backoff(backoff);
+            backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
         }
     }
     consumer_drop(c, &conn, &was_down, "the reader");
@@ -1445,7 +1363,7 @@ static void collect_stale_locked(rconsumer *c, rackv *h, int64_t now)
 /* Sleeps ms on the acker's condition variable (mu held). */
 static void acker_sleep_locked(rconsumer *c, int ms)
 {
-    struct timespec ts = mono_deadline(ms);
+    struct timespec ts = ew__mono_deadline(ms);
     while (pthread_cond_timedwait(&c->ack_cv, &c->mu, &ts) != ETIMEDOUT)
         if (c->ack_stop) break;
 }
@@ -1471,7 +1389,7 @@ static void *acker_main(void *arg)
         if (!c->sending.n && !hb.n) {
             while (!c->acks.n && !c->ack_stop && ew_mono_ns() < next_hb) {
                 c->ack_wait = true;
-                struct timespec ts = mono_deadline((next_hb - ew_mono_ns()) / 1000000 + 1);
+                struct timespec ts = ew__mono_deadline((next_hb - ew_mono_ns()) / 1000000 + 1);
                 pthread_cond_timedwait(&c->ack_cv, &c->mu, &ts);
             }
             c->ack_wait = false;
@@ -1513,7 +1431,7 @@ static void *acker_main(void *arg)
                                 "redis: acknowledgements of group %s wait: %s; retrying", c->group,
                                 e.msg);
                 was_down = true;
-                backoff = next_backoff(backoff);
+                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
             } else {
                 if (was_down)
                     ew__bus_log(rb->bus, EW_LOG_INFO,
@@ -1526,7 +1444,7 @@ static void *acker_main(void *arg)
             redisReply *stack[32];
             redisReply **r = ncmd <= 32 ? stack : malloc(ncmd * sizeof *r);
             if (!r) {
-                backoff = next_backoff(backoff);
+                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
             } else if (!rexchange(conn, &b, r, ncmd)) {
                 ew__bus_log(rb->bus, EW_LOG_WARN,
                             "redis: acknowledgements of group %s: connection lost: %s", c->group,
@@ -1534,7 +1452,7 @@ static void *acker_main(void *arg)
                 redisFree(conn);
                 conn = NULL;
                 was_down = true;
-                backoff = next_backoff(backoff);
+                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
             } else {
                 ok = true;
                 for (size_t i = 0; i < ncmd; i++)
@@ -1621,8 +1539,9 @@ static void pubsub_message(rconsumer *c, const redisReply *r)
     size_t pl = strlen(rb->prefix);
     const char *type = strlen(channel) > pl + 1 ? channel + pl + 1 : channel;
     bool kept;
-    ew_event *ev = decode_or_dead_letter(c, type, "message on", channel, r->element[3]->str,
-                                         r->element[3]->len, &kept);
+    char where[300];
+    snprintf(where, sizeof where, "redis channel=%.256s", channel);
+    ew_event *ev = receive(c, type, where, r->element[3]->str, r->element[3]->len, 0, NULL, &kept);
     if (!ev) return;
     pmsg *m = malloc(sizeof *m);
     if (!m) {
@@ -1714,7 +1633,7 @@ static void *pubsub_reader_main(void *arg)
         continue;
     drop:
         consumer_drop(c, &conn, &was_down, "the subscriber");
-        backoff = next_backoff(backoff);
+        backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     }
     consumer_drop(c, &conn, &was_down, "the subscriber");
     pthread_mutex_lock(&c->mu);
@@ -1728,7 +1647,7 @@ static void *pubsub_reader_main(void *arg)
 static int pubsub_wait_confirmed(rconsumer *c, ew_error *err)
 {
     redis_bus *rb = c->rb;
-    struct timespec ts = mono_deadline(rb->connect_ms);
+    struct timespec ts = ew__mono_deadline(rb->connect_ms);
     pthread_mutex_lock(&c->mu);
     while (c->nglobs_confirmed < c->nglobs)
         if (pthread_cond_timedwait(&c->sub_cv, &c->mu, &ts) == ETIMEDOUT) break;
@@ -1787,9 +1706,9 @@ static rconsumer *consumer_get(redis_bus *rb, const char *group, ew_error *err)
     c->efd = -1;
     c->group = strdup(group);
     pthread_mutex_init(&c->mu, NULL);
-    cond_init_mono(&c->cv);
-    cond_init_mono(&c->ack_cv);
-    cond_init_mono(&c->sub_cv);
+    ew__cond_init_mono(&c->cv);
+    ew__cond_init_mono(&c->ack_cv);
+    ew__cond_init_mono(&c->sub_cv);
     if (!c->group || (rb->pubsub && (c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)) {
         consumer_free(c);
         goto oom;
@@ -1981,7 +1900,7 @@ static void rd_stop(void *self)
         for (size_t i = 0; i < rb->ncons; i++) {
             rconsumer *c = rb->cons[i];
             if (!c->running) continue;
-            struct timespec ts = mono_deadline(20);
+            struct timespec ts = ew__mono_deadline(20);
             pthread_mutex_lock(&c->mu);
             while (!c->exited)
                 if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) break;

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "bus/receive.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
@@ -320,38 +321,11 @@ static int consumer_wait(group *g, int64_t timeout_us, bool awake, bool for_room
 
 /* ---- consuming ------------------------------------------------------------------------------ */
 
-/* Keeps a row that cannot be decoded in the bus's dead letter sink, trying again while the sink
- * refuses it. False when the bus stopped first. */
-static bool dead_letter_row(group *g, const ew_store_entry *e, int code, const char *msg)
+/* ew__receive's question while the dead letter sink refuses a row. */
+static bool recv_stopping(void *ud)
 {
-    char error[400];
-    snprintf(error, sizeof error, "%s: event at position %lld: %s", ew_err_name(code),
-             (long long)e->position, msg);
-    int64_t now = ew_now_us();
-    ew_dead_letter dl = {
-        .event = NULL,
-        .payload = e->json,
-        .payload_len = e->json_len,
-        .event_id = e->event_id && *e->event_id ? e->event_id : NULL,
-        .event_type = e->event_type,
-        .group = g->name,
-        .handler = "<decode>",
-        .error = error,
-        .attempts = 1,
-        .first_failed_us = now,
-        .last_failed_us = now,
-    };
-    for (;;) {
-        ew_error err = {0};
-        if (ew__bus_dead_letter(g->b->bus, &dl, &err) == 0) {
-            ew__bus_log(g->b->bus, EW_LOG_WARN, "sqlite bus: group %s: %s (dead-lettered)", g->name,
-                        error);
-            return true;
-        }
-        consumer_error(g, "the dead letter sink refused a row that does not decode", &err);
-        if (atomic_load(&g->b->stopping)) return false;
-        usleep(RETRY_MS * 1000);
-    }
+    group *g = ud;
+    return atomic_load(&g->b->stopping);
 }
 
 /* Hands a slot's event to the dispatcher, waiting out a shortage of memory. False when the bus
@@ -364,11 +338,10 @@ static bool deliver(group *g, slot *s)
         int rc = ew__dispatch_deliver(g->b->disp, &s->dl, &e);
         if (rc == 0) return true;
         if (rc != EW_ENOMEM) { /* not a catalog event: cannot happen for a decoded one */
-            ew_store_entry en = {.position = s->position,
-                                 .event_id = ew_event_id(s->ev),
-                                 .event_type = ew_event_type(s->ev),
-                                 .json = ""};
-            if (!dead_letter_row(g, &en, rc, e.msg)) break;
+            char where[64];
+            snprintf(where, sizeof where, "sqlite position=%lld", (long long)s->position);
+            if (!ew__recv_refused(g->b->bus, s->ev, g->name, where, rc, e.msg, recv_stopping, g))
+                break;
             slot_finish(s, SLOT_DONE);
             return true;
         }
@@ -389,7 +362,7 @@ static int on_entry(void *ud, const ew_store_entry *e)
     slot *s = slot_at(g, (g->head + g->count) % g->b->max_inflight);
     s->g = g;
     s->position = e->position;
-    s->ev = e->event ? ew_event_ref(e->event) : NULL;
+    s->ev = NULL;
     s->state = SLOT_BUSY;
     g->count++;
     pthread_mutex_unlock(&g->mu);
@@ -397,13 +370,35 @@ static int on_entry(void *ud, const ew_store_entry *e)
         slot_finish(s, SLOT_ABANDONED);
         return 1;
     }
-    if (e->event) return deliver(g, s) ? 0 : 1;
-    if (!dead_letter_row(g, e, e->error, e->error_msg)) {
-        slot_finish(s, SLOT_ABANDONED);
-        return 1;
+    /* The store's scan decoded the row already: the receive path takes its result as it is
+     * (predecoded) and runs the rest — the hook points, or the dead letter and its retries. */
+    char where[64], why[400];
+    snprintf(where, sizeof where, "sqlite position=%lld", (long long)e->position);
+    if (!e->event)
+        snprintf(why, sizeof why, "event at position %lld: %s", (long long)e->position,
+                 e->error_msg ? e->error_msg : "cannot be decoded");
+    ew__recv_msg rm = {
+        .wire = {.binding = EW__BINDING_STRUCTURED, .body = e->json, .body_len = e->json_len},
+        .group = g->name,
+        .type_hint = e->event_type,
+        .id_hint = e->event_id,
+        .transport = where,
+        .predecoded = true,
+        .event = e->event,
+        .error = e->error,
+        .error_msg = e->event ? NULL : why,
+    };
+    switch (ew__receive(g->b->bus, &rm, g->b->max_bytes, recv_stopping, g, &s->ev)) {
+    case EW__RECV_EVENT:
+        return deliver(g, s) ? 0 : 1;
+    case EW__RECV_DEAD:
+        slot_finish(s, SLOT_DONE);
+        return 0;
+    case EW__RECV_STOPPED:
+        break;
     }
-    slot_finish(s, SLOT_DONE);
-    return 0;
+    slot_finish(s, SLOT_ABANDONED);
+    return 1;
 }
 
 /* Delivers again, in order of position, the slots whose delivery was abandoned while the bus
