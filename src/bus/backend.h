@@ -2,8 +2,9 @@
  *
  * A backend moves events between publishers and the shared dispatcher (dispatch.c), which runs
  * the handlers: routing, worker threads, retries, the inbox and dead letters are written once,
- * there, for every backend. Each backend is one file, src/bus/<name>.c, that fills a struct
- * ew_bus_ops, and one line in EW_BUS_BACKENDS below; nothing else in the bus names a backend.
+ * there, for every backend. Each backend is src/bus/<name>.c (with <name>_*.c and <name>.h where
+ * it is split by concern), which fills a struct ew_bus_ops, and one line in EW_BUS_BACKENDS
+ * below; nothing else in the bus names a backend.
  *
  * How a backend works with the dispatcher:
  *
