@@ -152,7 +152,7 @@ ew__recv_result ew__receive(ew_bus *bus, const ew__recv_msg *m, size_t max_bytes
     if (m->predecoded) {
         code = m->event ? 0 : m->error ? m->error : EW_EINVAL;
         if (m->event)
-            ev = ew_event_ref((ew_event *)m->event);
+            ev = ew_event_ref(m->event);
         else
             ew_error_set(&e, code, "%s", m->error_msg ? m->error_msg : "cannot be decoded");
     } else {
