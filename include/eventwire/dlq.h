@@ -29,6 +29,10 @@ typedef struct ew_dead_letter {
     int attempts;
     int64_t first_failed_us;
     int64_t last_failed_us;
+    /* Where the message came from, when it could not be decoded: the transport's own words for
+     * its place, such as "kafka topic=ew.user.registered partition=0 offset=42" or "redis
+     * stream=ew:user.registered entry=1700000000000-0"; NULL for a handler's failure. */
+    const char *transport;
 } ew_dead_letter;
 
 typedef struct ew_dlq_sink_ops {
@@ -59,6 +63,7 @@ typedef struct ew_memdlq_entry {
     char *event_id, *event_type, *group, *handler, *error;
     int attempts;
     int64_t first_failed_us, last_failed_us;
+    char *transport; /* ew_dead_letter.transport; NULL when none */
 } ew_memdlq_entry;
 
 /* Caller frees with ew_memdlq_free(). Thread-safe: entries may be added from worker threads

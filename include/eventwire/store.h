@@ -152,6 +152,7 @@ typedef struct ew_dlq_row {
     int attempts;
     int64_t first_failed_us, last_failed_us;
     ew_dlq_status status;
+    char *transport; /* where an undecodable message came from (ew_dead_letter.transport); NULL */
 } ew_dlq_row;
 
 void ew_dlq_row_release(ew_dlq_row *row);

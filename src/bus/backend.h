@@ -2,8 +2,9 @@
  *
  * A backend moves events between publishers and the shared dispatcher (dispatch.c), which runs
  * the handlers: routing, worker threads, retries, the inbox and dead letters are written once,
- * there, for every backend. Each backend is one file, src/bus/<name>.c, that fills a struct
- * ew_bus_ops, and one line in EW_BUS_BACKENDS below; nothing else in the bus names a backend.
+ * there, for every backend. Each backend is src/bus/<name>.c (with <name>_*.c and <name>.h where
+ * it is split by concern), which fills a struct ew_bus_ops, and one line in EW_BUS_BACKENDS
+ * below; nothing else in the bus names a backend.
  *
  * How a backend works with the dispatcher:
  *
@@ -20,6 +21,24 @@
  *             (EW_DELIVERY_ACK: acknowledge it now — XACK, commit the offset, basic.ack), or when
  *             the bus closed before they were (EW_DELIVERY_ABANDONED: do not acknowledge it; the
  *             broker delivers it again). done() is never called before the handlers finished.
+ *
+ *   receive   Every message a durable backend receives goes through ew__receive() (receive.h)
+ *             before the dispatcher: bytes, content type and headers as received, and the
+ *             transport's metadata (where it came from) in. EW__RECV_EVENT: deliver the event.
+ *             EW__RECV_DEAD: it is in the dead letter sink — settle it now as done(ACK) would,
+ *             in its place in the order. EW__RECV_STOPPED: the sink refused it until the bus
+ *             stopped — leave it unsettled, for redelivery. A backend never dead-letters, drops
+ *             or retries a message it cannot decode on its own. Publishing encodes with
+ *             ew__binding_encode() (binding.h) and sends what it returns.
+ *
+ * A backend is a transport adapter: what it owns is the broker's protocol — connect (and
+ * reconnect with back-off, wire.h), send a batch and return once the broker has it durably
+ * (publish), fetch messages with their ack tokens (its consumer threads), acknowledge or commit
+ * in order and never past the oldest delivery not yet done, bind a group to its patterns
+ * (subscribed), close. Everything about events is above it: decoding and the dead letter policy
+ * (receive.c), the encoding (binding.c), handlers, retries and the inbox (dispatch.c). The
+ * consumer threads, the in-flight window and the in-order acknowledgements are each backend's
+ * own code still, behind these ops.
  *
  * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
  * follow-up events of a handler are published from its worker), also after ops->stop. done() runs

@@ -26,6 +26,7 @@
 #include "eventwire/trace.h"
 #include "bus/dispatch.h"
 #include "bus/redeliver.h"
+#include "bus/wire.h"
 #include "core/rand.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
@@ -176,17 +177,6 @@ void ew__dispatch_log(const ew_dispatcher *d, ew_log_level level, const ew_event
     va_start(ap, fmt);
     ew__logv(&(ew__log_sink){d->host.log, d->host.log_ud}, level, "dispatch", ev, fmt, ap);
     va_end(ap);
-}
-
-static int cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    int rc = pthread_condattr_init(&a);
-    if (rc) return rc;
-    rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (!rc) rc = pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-    return rc;
 }
 
 static struct timespec mono_after_us(int64_t us)
@@ -724,7 +714,7 @@ static worker *worker_new(ew_dispatcher *d, sub *s, ew_handler_fn fn, void *ud)
     if (!w) return NULL;
     memset(w, 0, sizeof *w);
     if (pthread_mutex_init(&w->mu, NULL)) goto fail_free;
-    if (cond_init_mono(&w->cv)) goto fail_mutex;
+    if (ew__cond_init_mono(&w->cv)) goto fail_mutex;
     w->s = s;
     w->fn = fn;
     w->ud = ud;
@@ -1115,7 +1105,7 @@ int ew__dispatch_new(ew_dispatcher **out, const ew_dispatch_host *host, ew_error
     d->spin_ns = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? SPIN_NS : 0;
     if (pthread_mutex_init(&d->mu, NULL)) goto fail_free;
     if (pthread_mutex_init(&d->wmu, NULL)) goto fail_mu;
-    if (cond_init_mono(&d->wcv)) goto fail_wmu;
+    if (ew__cond_init_mono(&d->wcv)) goto fail_wmu;
     table *t = table_build(d);
     if (!t) goto fail_wcv;
     atomic_init(&d->table, t);

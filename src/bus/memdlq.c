@@ -36,6 +36,7 @@ void ew_memdlq_entry_release(ew_memdlq_entry *e)
     free(e->group);
     free(e->handler);
     free(e->error);
+    free(e->transport);
     memset(e, 0, sizeof *e);
 }
 
@@ -78,7 +79,7 @@ static int copy_entry(ew_memdlq_entry *dst, const ew_memdlq_entry *src)
     if (dup_mem(&dst->payload, src->payload, src->payload_len) ||
         dup_str(&dst->event_id, src->event_id) || dup_str(&dst->event_type, src->event_type) ||
         dup_str(&dst->group, src->group) || dup_str(&dst->handler, src->handler) ||
-        dup_str(&dst->error, src->error)) {
+        dup_str(&dst->error, src->error) || dup_str(&dst->transport, src->transport)) {
         ew_memdlq_entry_release(dst);
         return EW_ENOMEM;
     }
@@ -106,6 +107,7 @@ static int put(void *self, const ew_dead_letter *dl, ew_error *err)
         .attempts = dl->attempts,
         .first_failed_us = dl->first_failed_us,
         .last_failed_us = dl->last_failed_us,
+        .transport = (char *)dl->transport,
     };
     ew_memdlq_entry e;
     if (copy_entry(&e, &src)) return ew_error_set(err, EW_ENOMEM, "out of memory");

@@ -13,7 +13,6 @@
 #include "core/json.h"
 #include "core/rand.h"
 
-#define DEFAULT_DEPTH 64
 #define SMALL_OBJECT 16 /* members compared one by one up to this many, then a hash set */
 #define KEY_IN_MSG 64   /* bytes of a member name quoted in a message */
 
@@ -917,7 +916,7 @@ int ew_json_parse(ew_json **out, const char *text, size_t len, const ew_json_lim
     int max_depth = lim ? lim->max_depth : 0;
     if (max_depth < 0)
         return ew_error_set(err, EW_EINVAL, "JSON max_depth %d must not be negative", max_depth);
-    if (max_depth == 0) max_depth = DEFAULT_DEPTH;
+    if (max_depth == 0) max_depth = EW_JSON_DEPTH;
     if (max_depth > EW_JSON_DEPTH_CAP) max_depth = EW_JSON_DEPTH_CAP;
 
     parser ps = {.text = text,

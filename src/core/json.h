@@ -47,12 +47,17 @@ struct ew_json {
 
 typedef struct ew_json_limits {
     size_t max_bytes; /* 0: no limit */
-    int max_depth;    /* 0: 64. The top-level value is depth 1; each array/object adds one. */
+    int max_depth;    /* 0: EW_JSON_DEPTH. The top-level value is depth 1; each array/object adds
+                         one. */
 } ew_json_limits;
 
 /* Whatever max_depth asks for, nesting is refused beyond this: the parser recurses, and the C
  * stack of a thread must survive 1 MB of '['. */
 #define EW_JSON_DEPTH_CAP 512
+
+/* The nesting every reader of events allows by default (the codec, and the backends when they
+ * look into a message that did not decode): one value, here. */
+#define EW_JSON_DEPTH 64
 
 /* Parses text[0..len) (need not be NUL-terminated) into a tree allocated from arena. lim may be
  * NULL. Errors: EW_ETOOBIG (checked first, before reading), EW_EUTF8, EW_EJSON (syntax, also

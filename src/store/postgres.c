@@ -120,18 +120,20 @@ static const struct {
     [P_DLQ_PUT] = {"eventwire_dlq_put", "dead letter",
                    "INSERT INTO event_store.dead_letter_queue AS d (event_id, event_name, "
                    "handler, subscriber_group, event, error, attempts, first_failed_at, "
-                   "last_failed_at, status, updated_at) VALUES ($1, $2, $3, $4, $5, $6, "
-                   "$7::integer, $8::timestamptz, $9::timestamptz, 'pending', $10::timestamptz) "
+                   "last_failed_at, status, updated_at, transport) VALUES ($1, $2, $3, $4, $5, "
+                   "$6, $7::integer, $8::timestamptz, $9::timestamptz, 'pending', "
+                   "$10::timestamptz, $11) "
                    "ON CONFLICT (event_id, handler, subscriber_group) DO UPDATE SET "
                    "attempts = d.attempts + excluded.attempts, "
                    "first_failed_at = least(d.first_failed_at, excluded.first_failed_at), "
                    "last_failed_at = excluded.last_failed_at, error = excluded.error, "
                    "event = excluded.event, event_name = excluded.event_name, "
-                   "status = 'pending', updated_at = excluded.updated_at"},
+                   "status = 'pending', updated_at = excluded.updated_at, "
+                   "transport = excluded.transport"},
     [P_DLQ_LIST] = {"eventwire_dlq_list", "dead letters",
                     "SELECT id, event_id, event_name, handler, subscriber_group, event, error, "
                     "attempts, (extract(epoch FROM first_failed_at) * 1000000)::bigint, "
-                    "(extract(epoch FROM last_failed_at) * 1000000)::bigint, status "
+                    "(extract(epoch FROM last_failed_at) * 1000000)::bigint, status, transport "
                     "FROM event_store.dead_letter_queue "
                     "WHERE ($1::text IS NULL OR event_name = $1) "
                     "AND ($2::text IS NULL OR handler = $2) "
@@ -671,7 +673,7 @@ static int pg_dlq_put(void *conn, const ew__dlq_put *p, ew_error *err)
 {
     char attempts[16], first[EW_TIME_LEN + 1], last[EW_TIME_LEN + 1], now[EW_TIME_LEN + 1];
     snprintf(attempts, sizeof attempts, "%d", p->attempts);
-    const char *v[10] = {p->event_id,
+    const char *v[11] = {p->event_id,
                          p->event_name,
                          p->handler,
                          p->group,
@@ -680,8 +682,9 @@ static int pg_dlq_put(void *conn, const ew__dlq_put *p, ew_error *err)
                          attempts,
                          fmt_time(first, p->first_failed_us),
                          fmt_time(last, p->last_failed_us),
-                         fmt_time(now, p->now_us)};
-    return changing(conn, P_DLQ_PUT, 10, v, NULL, err);
+                         fmt_time(now, p->now_us),
+                         p->transport};
+    return changing(conn, P_DLQ_PUT, 11, v, NULL, err);
 }
 
 static int pg_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_row_fn fn, void *ud,
@@ -716,6 +719,7 @@ static int pg_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
         row.last_failed_us = to_i64(PQgetvalue(r, i, 9));
         int st = ew__dlq_status_parse(PQgetvalue(r, i, 10));
         row.status = st < 0 ? EW_DLQ_PENDING : (ew_dlq_status)st;
+        row.transport = PQgetisnull(r, i, 11) ? NULL : PQgetvalue(r, i, 11);
         if (fn(ud, &row)) break;
     }
     PQclear(r);

@@ -98,15 +98,17 @@ static const char *const sql_text[S__COUNT] = {
     [S_PURGE] = "DELETE FROM event_store.events WHERE position IN " PURGE_BATCH,
     [S_DLQ_PUT] = "INSERT INTO event_store.dead_letter_queue (event_id, event_name, handler, "
                   "subscriber_group, event, error, attempts, first_failed_at, last_failed_at, "
-                  "status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10) "
+                  "status, updated_at, transport) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+                  "'pending', ?10, ?11) "
                   "ON CONFLICT (event_id, handler, subscriber_group) DO UPDATE SET "
                   "attempts = attempts + excluded.attempts, "
                   "first_failed_at = min(first_failed_at, excluded.first_failed_at), "
                   "last_failed_at = excluded.last_failed_at, error = excluded.error, "
                   "event = excluded.event, event_name = excluded.event_name, "
-                  "status = 'pending', updated_at = excluded.updated_at",
+                  "status = 'pending', updated_at = excluded.updated_at, "
+                  "transport = excluded.transport",
     [S_DLQ_LIST] = "SELECT id, event_id, event_name, handler, subscriber_group, event, error, "
-                   "attempts, first_failed_at, last_failed_at, status "
+                   "attempts, first_failed_at, last_failed_at, status, transport "
                    "FROM event_store.dead_letter_queue "
                    "WHERE (?1 IS NULL OR event_name = ?1) AND (?2 IS NULL OR handler = ?2) "
                    "AND (?3 IS NULL OR subscriber_group = ?3) AND (?4 IS NULL OR status = ?4) "
@@ -757,6 +759,7 @@ static int sq_dlq_put(void *conn, const ew__dlq_put *p, ew_error *err)
     bind_time(st, 8, p->first_failed_us);
     bind_time(st, 9, p->last_failed_us);
     bind_time(st, 10, p->now_us);
+    bind_str(st, 11, p->transport);
     int step = sqlite3_step(st);
     done(st);
     return step == SQLITE_DONE ? 0 : fail(c, err, "dead letter");
@@ -789,6 +792,7 @@ static int sq_dlq_list(void *conn, const ew_dlq_filter *f, int64_t id, ew__dlq_r
         r.last_failed_us = col_time(st, 9);
         int status = ew__dlq_status_parse((const char *)sqlite3_column_text(st, 10));
         r.status = status < 0 ? EW_DLQ_PENDING : (ew_dlq_status)status;
+        r.transport = (char *)sqlite3_column_text(st, 11);
         if (fn(ud, &r)) break;
     }
     int rc = step == SQLITE_ROW || step == SQLITE_DONE ? 0 : fail(c, err, "dead letters");

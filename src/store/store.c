@@ -567,7 +567,7 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
 {
     ew_store *s = self;
     if (!s || !dl) return ew_error_set(err, EW_EINVAL, "store and dead letter are required");
-    char *own[6] = {0};
+    char *own[7] = {0};
     int rc = 0;
     ew__dlq_put p = {0};
     if (dl->event) {
@@ -585,8 +585,9 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     p.handler = text_of(dl->handler ? dl->handler : "", &own[3]);
     p.group = text_of(dl->group ? dl->group : "", &own[4]);
     p.error = text_of(dl->error ? dl->error : "", &own[5]);
+    p.transport = text_of(dl->transport, &own[6]);
     if (!p.event || (id && !p.event_id) || (type && !p.event_name) || !p.handler || !p.group ||
-        !p.error) {
+        !p.error || (dl->transport && !p.transport)) {
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto done;
     }
@@ -602,7 +603,7 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
                        p.event_id ? p.event_id : "-", p.event_name ? p.event_name : "-", p.group,
                        p.handler, p.error);
 done:
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         free(own[i]);
     return rc;
 }
@@ -640,6 +641,7 @@ void ew_dlq_row_release(ew_dlq_row *row)
     free(row->subscriber_group);
     free(row->event);
     free(row->error);
+    free(row->transport);
     memset(row, 0, sizeof *row);
 }
 
@@ -678,6 +680,7 @@ static int dlq_collect(void *ud, const ew_dlq_row *r)
     c->subscriber_group = dup_or_null(r->subscriber_group, &l->oom);
     c->event = dup_or_null(r->event, &l->oom);
     c->error = dup_or_null(r->error, &l->oom);
+    c->transport = dup_or_null(r->transport, &l->oom);
     return l->oom;
 }
 

@@ -93,6 +93,7 @@ typedef struct ew__dlq_put {
     const char *error;
     int attempts;
     int64_t first_failed_us, last_failed_us, now_us;
+    const char *transport; /* may be NULL */
 } ew__dlq_put;
 
 /* The rows of a DLQ query: the row and its strings are borrowed for the call. */

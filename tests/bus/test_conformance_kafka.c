@@ -61,6 +61,50 @@ static int kafka_inject(const char *ns, const char *type, const void *bytes, siz
     return !e && result == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
 }
 
+/* Records of the type's topic past the group's committed offsets ({ns}.{group}), summed over
+ * its partitions; a partition without a commit counts from its low watermark. */
+static long kafka_unsettled(const char *ns, const char *group, const char *type)
+{
+    char errstr[512], topic[256], gid[256];
+    snprintf(topic, sizeof topic, "%s.%s", ns, type);
+    snprintf(gid, sizeof gid, "%s.%s", ns, group);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap(), errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "group.id", gid, errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof errstr))
+        fail_msg("%s", errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) fail_msg("%s", errstr);
+    long n = -1;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        md->topic_cnt == 1) {
+        int np = md->topics[0].partition_cnt;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(np);
+        for (int i = 0; i < np; i++)
+            rd_kafka_topic_partition_list_add(l, topic, md->topics[0].partitions[i].id);
+        if (rd_kafka_committed(rk, l, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            n = 0;
+            for (int i = 0; i < l->cnt && n >= 0; i++) {
+                int64_t lo, hi;
+                if (rd_kafka_query_watermark_offsets(rk, topic, l->elems[i].partition, &lo, &hi,
+                                                     10000)) {
+                    n = -1;
+                    break;
+                }
+                int64_t from = l->elems[i].offset >= 0 ? l->elems[i].offset : lo;
+                n += hi > from ? (long)(hi - from) : 0;
+            }
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+    return n;
+}
+
 static const cf_backend kafka_backend = {
     .name = "kafka",
     .configure = kafka_configure,
@@ -70,6 +114,7 @@ static const cf_backend kafka_backend = {
     .join_redelivers = true, /* the mock cluster; a broker would not */
     .restart_broker = kafka_restart,
     .inject_raw = kafka_inject,
+    .unsettled = kafka_unsettled,
 };
 
 static const cf_backend *cf_be(void)

@@ -72,6 +72,38 @@ out:
     return rc;
 }
 
+/* The messages waiting in the group's queue {exchange}.{group} (a passive queue.declare): with no
+ * consumer of the group running, what was not acknowledged is back there. */
+static long rabbitmq_unsettled(const char *ns, const char *group, const char *type)
+{
+    (void)type;
+    const char *url = rabbitmq_url();
+    if (!url) return -1;
+    char buf[256], queue[200];
+    snprintf(buf, sizeof buf, "%s", url);
+    snprintf(queue, sizeof queue, "%s.%s", ns, group);
+    struct amqp_connection_info ci;
+    if (amqp_parse_url(buf, &ci) != AMQP_STATUS_OK) return -1;
+    amqp_connection_state_t st = amqp_new_connection();
+    amqp_socket_t *sock = amqp_tcp_socket_new(st);
+    long n = -1;
+    if (amqp_socket_open(sock, ci.host, ci.port) != AMQP_STATUS_OK) goto out;
+    if (amqp_login(st, *ci.vhost ? ci.vhost : "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user,
+                   ci.password)
+            .reply_type != AMQP_RESPONSE_NORMAL)
+        goto out;
+    amqp_channel_open(st, 1);
+    if (amqp_get_rpc_reply(st).reply_type != AMQP_RESPONSE_NORMAL) goto out;
+    amqp_queue_declare_ok_t *ok =
+        amqp_queue_declare(st, 1, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+    if (ok) n = (long)ok->message_count;
+    amqp_channel_close(st, 1, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(st, AMQP_REPLY_SUCCESS);
+out:
+    amqp_destroy_connection(st);
+    return n;
+}
+
 static const cf_backend rabbitmq_backend = {
     .name = "rabbitmq",
     .configure = rabbitmq_configure,
@@ -80,6 +112,7 @@ static const cf_backend rabbitmq_backend = {
     .keeps_history = false,
     .restart_broker = rabbitmq_restart,
     .inject_raw = rabbitmq_inject,
+    .unsettled = rabbitmq_unsettled,
 };
 
 static const cf_backend *cf_be(void)

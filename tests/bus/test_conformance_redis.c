@@ -55,6 +55,30 @@ static int redis_inject(const char *ns, const char *type, const void *bytes, siz
     return rc;
 }
 
+/* XPENDING PREFIX:TYPE GROUP: entries delivered to the group and not acknowledged. */
+static long redis_unsettled(const char *ns, const char *group, const char *type)
+{
+    const char *url = redis_url();
+    char host[128];
+    int port;
+    if (!url || sscanf(url, "redis://%127[^:]:%d", host, &port) != 2) return -1;
+    redisContext *c = redisConnect(host, port);
+    if (!c || c->err) {
+        if (c) redisFree(c);
+        return -1;
+    }
+    char key[200];
+    snprintf(key, sizeof key, "%s:%s", ns, type);
+    redisReply *r = redisCommand(c, "XPENDING %s %s", key, group);
+    long n = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                     r->element[0]->type == REDIS_REPLY_INTEGER
+                 ? (long)r->element[0]->integer
+                 : -1;
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
 static const cf_backend redis_backend = {
     .name = "redis",
     .configure = redis_configure,
@@ -63,6 +87,7 @@ static const cf_backend redis_backend = {
     .keeps_history = true,
     .restart_broker = redis_restart,
     .inject_raw = redis_inject,
+    .unsettled = redis_unsettled,
 };
 
 static const cf_backend *cf_be(void)

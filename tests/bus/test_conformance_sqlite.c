@@ -110,6 +110,32 @@ static int sqlite_inject(const char *ns, const char *type, const void *bytes, si
     return rc == SQLITE_OK ? 0 : -1;
 }
 
+/* Rows of the type past the group's position in event_store.bus_groups. */
+static long sqlite_unsettled(const char *ns, const char *group, const char *type)
+{
+    char path[256];
+    cf_path(ns, path, sizeof path);
+    sqlite3 *db = NULL;
+    if (sqlite3_open(path, &db) != SQLITE_OK) {
+        sqlite3_close(db);
+        return -1;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt *st = NULL;
+    long n = -1;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT count(*) FROM events WHERE event_type = ?1 AND position > "
+                           "(SELECT position FROM bus_groups WHERE group_name = ?2)",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, type, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, group, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) n = (long)sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
 static const cf_backend sqlite_backend = {
     .name = "sqlite",
     .configure = sqlite_configure,
@@ -118,6 +144,7 @@ static const cf_backend sqlite_backend = {
     .keeps_history = true,
     .restart_broker = NULL, /* no broker */
     .inject_raw = sqlite_inject,
+    .unsettled = sqlite_unsettled,
 };
 
 static const cf_backend *cf_be(void)
@@ -205,6 +232,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_consumer_killed_and_restarted),
     cmocka_unit_test(cf_broker_restart),
     cmocka_unit_test(cf_bad_input_is_dead_lettered),
+    cmocka_unit_test(cf_dead_letter_sink_refuses),
     cmocka_unit_test(cf_from_beginning),
     cmocka_unit_test(cf_dead_letter_retry),
     cmocka_unit_test(cf_ephemeral_group),

@@ -1096,15 +1096,16 @@ static void dead_letters(env *e)
         "BY last_failed_at DESC;",
         "SELECT * FROM event_store.dead_letter_queue\nWHERE event_name = 'user.registered'\n"
         "ORDER BY last_failed_at DESC;"};
-    static const char *const columns[12] = {
-        "id",    "event_id", "event_name",      "handler",        "subscriber_group", "event",
-        "error", "attempts", "first_failed_at", "last_failed_at", "status",           "updated_at"};
+    static const char *const columns[13] = {
+        "id",     "event_id",   "event_name", "handler",         "subscriber_group",
+        "event",  "error",      "attempts",   "first_failed_at", "last_failed_at",
+        "status", "updated_at", "transport"};
     for (int k = 0; k < 2; k++) {
         rows q;
         query(s, seed[k], NULL, 0, &q);
         assert_int_equal(q.n, 4);
-        assert_int_equal(q.ncols, 12);
-        for (int j = 0; j < 12; j++)
+        assert_int_equal(q.ncols, 13);
+        for (int j = 0; j < 13; j++)
             assert_string_equal(q.names[j], columns[j]);
         assert_string_equal(q.v[0][1], ew_event_id(more[1])); /* t0 + 30000 */
         assert_string_equal(q.v[1][1], ew_event_id(more[2])); /* t0 + 20000 */

@@ -543,9 +543,76 @@ static void test_no_store_is_said_not_made(void **state)
     rmdir(dir);
 }
 
+/* An event the tail cannot take gets one line on stderr — id, type, reason, where it came from,
+ * where it went — and the tail goes on; its exit status stays 0. With --group the dead letter
+ * is kept in the store's queue, where ewctl dlq shows where it came from. */
+static void test_tail_says_what_it_drops(void **state)
+{
+    char dir[] = "/tmp/ewctl-drop-XXXXXX", url[128], cmd[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    const char *pub =
+        "publish user.logged_out --subject s --data "
+        "'{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"session_id\":\"s1\"}'";
+    char *out, *err;
+    assert_int_equal(ew_test_ewctl(pub, NULL, &out, NULL), 0);
+    free(out);
+    /* someone writes a row with SQL whose data the schema refuses */
+    ew_store *st;
+    ew_error e = {0};
+    assert_int_equal(ew_store_open(&st, &(ew_store_options){.url = url}, &e), 0);
+    ew_txn *t;
+    assert_int_equal(ew_store_begin(st, &t, &e), 0);
+    assert_int_equal(
+        ew_txn_exec(t,
+                    "INSERT INTO event_store.events (position, event_id, stream_id, version, "
+                    "event_type, event_version, data, metadata, recorded_at) VALUES ((SELECT "
+                    "max(position) + 1 FROM event_store.events), 'raw-1', 'raw', 1, "
+                    "'user.logged_out', 1, '{\"user_id\":5}', '{\"id\":\"raw-1\"}', "
+                    "'2026-01-01T00:00:00.000000Z')",
+                    NULL, 0, NULL, &e),
+        0);
+    assert_int_equal(ew_txn_commit(t, &e), 0);
+    ew_store_close(st);
+    assert_int_equal(ew_test_ewctl(pub, NULL, &out, NULL), 0);
+    free(out);
+
+    assert_int_equal(ew_test_ewctl("tail --from-beginning --count 2", NULL, &out, &err), 0);
+    assert_int_equal(strchr(strchr(out, '\n') + 1, '\n') - out + 1, (long)strlen(out)); /* 2 */
+    const char *line = strstr(err, "ewctl tail: could not take id=raw-1 type=user.logged_out: ");
+    assert_non_null(line);
+    assert_non_null(strstr(line, "EW_E"));
+    assert_non_null(strstr(line, "from sqlite position=2"));
+    assert_non_null(strstr(line, "dropped"));
+    assert_null(strstr(strchr(line, '\n'), "could not take")); /* one line for it */
+    free(out);
+    free(err);
+
+    assert_int_equal(ew_test_ewctl("tail --group g1 --from-beginning --count 2", NULL, &out, &err),
+                     0);
+    line = strstr(err, "ewctl tail: could not take id=raw-1 type=user.logged_out: ");
+    assert_non_null(line);
+    assert_non_null(
+        strstr(line, "kept in event_store.dead_letter_queue (ewctl dlq list --group g1)"));
+    free(out);
+    free(err);
+    assert_int_equal(ew_test_ewctl("dlq list --group g1", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"event_id\":\"raw-1\""));
+    assert_non_null(strstr(out, "\"handler\":\"<decode>\""));
+    assert_non_null(strstr(out, "\"transport\":\"sqlite position=2\""));
+    free(out);
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_no_store_is_said_not_made),
     cmocka_unit_test(test_tail_brief_prints_one_line_per_event),
+    cmocka_unit_test(test_tail_says_what_it_drops),
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),

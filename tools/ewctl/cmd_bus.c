@@ -11,7 +11,10 @@
 #include "ewctl.h"
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
+#include "eventwire/config.h"
+#include "eventwire/dlq.h"
 #include "eventwire/id.h"
+#include "eventwire/store.h"
 
 static const char publish_usage[] =
     "usage: ewctl publish TYPE --subject S --data JSON|@FILE|- [--source NAME]\n"
@@ -31,7 +34,9 @@ static const char tail_usage[] =
     "that group from the backend when it ends. A new group\n"
     "starts with events published from now on; --from-beginning starts it with the oldest event\n"
     "the backend still holds. Stops after N events with --count, or on Ctrl-C. --brief prints\n"
-    "one short line per event instead: time, type, source, subject and correlation id.\n";
+    "one short line per event instead: time, type, source, subject and correlation id.\n"
+    "An event it cannot take (undecodable, too large, invalid) gets one line on stderr: its id\n"
+    "and type when known, the reason, where it came from and where it went.\n";
 
 /* Reads all of a file (or standard input for "-"): malloc'ed, NUL-terminated. */
 static char *read_all(const char *path, size_t *len)
@@ -171,6 +176,58 @@ static ew_handler_result print_event(const ew_event *ev, ew_handler_ctx *ctx, vo
     return EW_HANDLER_OK;
 }
 
+/* The tail's dead letter sink: every event the tail could not take gets one line on stderr —
+ * id when known, type, reason, where it came from and where it went — once it is kept where
+ * the line says (a tail of its own group keeps nothing: the services' groups have their own
+ * copies; with --group, the store's dead letter queue when the store opens). Called on the
+ * bus's threads. */
+typedef struct tail_dlq {
+    ew_dlq_sink keep; /* .ops NULL: kept nowhere */
+    ew_store *st;
+    char where[200];
+} tail_dlq;
+
+static int tail_dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
+{
+    tail_dlq *d = self;
+    int rc = d->keep.ops ? d->keep.ops->put(d->keep.self, dl, err) : 0;
+    if (rc) return rc; /* the bus tries again; the line comes once it is kept */
+    const char *id = dl->event_id ? dl->event_id : dl->event ? ew_event_id(dl->event) : NULL;
+    const char *type = dl->event_type ? dl->event_type
+                       : dl->event    ? ew_event_type(dl->event)
+                                      : NULL;
+    fprintf(stderr, "ewctl tail: could not take id=%s type=%s: %s; from %s; %s\n", id ? id : "-",
+            type ? type : "-", dl->error ? dl->error : "-",
+            dl->transport ? dl->transport : "handler", d->where);
+    return 0;
+}
+
+static const ew_dlq_sink_ops tail_dlq_ops = {.version = 1, .put = tail_dlq_put};
+
+/* Where the tail's dead letters go: nowhere for its own group, the store's queue for a real
+ * group (in memory, lost at exit, when the store does not open). */
+static void tail_dlq_init(tail_dlq *d, const char *group, bool own, ew_memdlq *mem)
+{
+    if (own) {
+        snprintf(d->where, sizeof d->where,
+                 "dropped: the tail's own group keeps nothing (the services' groups have their "
+                 "own copies)");
+        return;
+    }
+    ew_config *cfg = NULL;
+    if (ew_config_new(&cfg, NULL) == 0 && ew_config_from_env(cfg, NULL) == 0 &&
+        ew_store_open(&d->st, &(ew_store_options){.config = cfg}, NULL) == 0) {
+        d->keep = ew_store_dlq_sink(d->st);
+        snprintf(d->where, sizeof d->where,
+                 "kept in event_store.dead_letter_queue (ewctl dlq list --group %s)", group);
+    } else {
+        d->keep = ew_memdlq_sink(mem);
+        snprintf(d->where, sizeof d->where,
+                 "kept in memory only, lost when ewctl exits (the event store did not open)");
+    }
+    ew_config_free(cfg);
+}
+
 int ewctl_tail(int argc, char **argv)
 {
     if (ewctl_wants_help(argc, argv)) {
@@ -210,13 +267,30 @@ int ewctl_tail(int argc, char **argv)
         snprintf(own_group, sizeof own_group, "ewctl-tail-%.12s", id + 24);
         group = own_group;
     }
-    ew_bus *bus;
-    if (open_bus(&bus)) return 1;
+    ew_memdlq *mem = NULL;
+    tail_dlq dlq = {0};
     ew_error err = {0};
+    if (ew_memdlq_new(&mem, &err)) return ewctl_fail(1, "%s", err.msg);
+    tail_dlq_init(&dlq, group, own, mem);
+    ew_config *cfg = NULL;
+    ew_bus *bus = NULL;
+    int rc = ew_config_new(&cfg, &err);
+    if (rc == 0) rc = ew_config_from_env(cfg, &err);
+    if (rc == 0)
+        rc =
+            ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .dlq = {&tail_dlq_ops, &dlq}}, &err);
+    ew_config_free(cfg);
+    if (rc) {
+        ew_store_close(dlq.st);
+        ew_memdlq_free(mem);
+        return ewctl_fail(1, "cannot open the bus: %s", err.msg);
+    }
     ew_subscribe_opts so = {
         .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
     if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
         ew_bus_close(bus);
+        ew_store_close(dlq.st);
+        ew_memdlq_free(mem);
         return ewctl_fail(1, "%s", err.msg);
     }
     struct sigaction sa = {.sa_handler = on_signal};
@@ -235,5 +309,7 @@ int ewctl_tail(int argc, char **argv)
     }
     pthread_mutex_unlock(&t.mu);
     ew_bus_close(bus);
+    ew_store_close(dlq.st);
+    ew_memdlq_free(mem);
     return 0;
 }

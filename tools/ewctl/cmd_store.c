@@ -72,6 +72,7 @@ void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event)
     put_time(b, "first_failed_at", r->first_failed_us);
     put_time(b, "last_failed_at", r->last_failed_us);
     ewctl_put_str(b, "status", ew_dlq_status_name(r->status));
+    if (r->transport) ewctl_put_str(b, "transport", r->transport);
     if (with_event) ewctl_put_str(b, "event", r->event);
     ew_buf_putc(b, '}');
 }
