@@ -253,7 +253,7 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
         ew_json *v;
         ew_error e = {0};
         rc = ew_json_parse(&v, m->body, m->body_len,
-                           &(ew_json_limits){.max_bytes = max, .max_depth = 32}, &a, &e);
+                           &(ew_json_limits){.max_bytes = max, .max_depth = EW_JSON_DEPTH}, &a, &e);
         ew_arena_release(&a);
         if (rc) ew_error_set(err, rc, "binary-mode data: %s", e.msg);
     }

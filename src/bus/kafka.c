@@ -221,6 +221,7 @@ static int k_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err)
         return rc;
     }
     k->max_bytes = (size_t)ew_config_get_int(cfg, "EVENT_MAX_BYTES");
+    ew__content_mode_parse(ew_config_get(cfg, "EVENT_CONTENT_MODE"), &k->content_mode);
     k->connect_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_CONNECT_TIMEOUT_MS");
     k->drain_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_DRAIN_TIMEOUT_MS");
     k->max_inflight = (int)ew_config_get_int(cfg, "EVENT_BUS_MAX_IN_FLIGHT");

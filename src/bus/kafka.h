@@ -114,7 +114,7 @@ struct kafka {
     char **client_conf; /* KAFKA_CLIENT_CONFIG: name, value, name, value, ... */
     size_t nclient_conf;
     size_t max_bytes;
-    ew__content_mode content_mode; /* how it publishes: structured (binding.h) */
+    ew__content_mode content_mode; /* how it publishes: EVENT_CONTENT_MODE (binding.h) */
     int connect_ms, drain_ms, publish_timeout_ms, max_inflight;
 
     pthread_rwlock_t plock; /* prod: read to publish, write to replace it */

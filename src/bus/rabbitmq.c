@@ -89,6 +89,7 @@ static int rmq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
     r->connect_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_CONNECT_TIMEOUT_MS");
     r->max_in_flight = (int)ew_config_get_int(cfg, "EVENT_BUS_MAX_IN_FLIGHT");
     r->max_bytes = (size_t)ew_config_get_int(cfg, "EVENT_MAX_BYTES");
+    ew__content_mode_parse(ew_config_get(cfg, "EVENT_CONTENT_MODE"), &r->content_mode);
     r->pbackoff_ms = BACKOFF_MIN_MS;
     const char *ex = ew_config_get(cfg, "RABBITMQ_EXCHANGE");
     int rc = parse_url(r, ew_config_get(cfg, "RABBITMQ_URL"), err);

@@ -83,7 +83,7 @@ struct rmq {
     char *exchange, *dlx;
     int connect_ms, max_in_flight;
     size_t max_bytes;
-    ew__content_mode content_mode; /* how it publishes: structured (binding.h) */
+    ew__content_mode content_mode; /* how it publishes: EVENT_CONTENT_MODE (binding.h) */
 
     /* The publisher's connection, also used for declarations. */
     pthread_mutex_t pmu;

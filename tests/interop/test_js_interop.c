@@ -20,7 +20,7 @@
  * application property and the content type handed to the binding; ew__binding_encode's
  * message published as it is, EVENT_CONTENT_MODE=binary honoured) skip, saying so, until these
  * land: then set this to 1. EW_INTEROP_ALL=1 runs them anyway. */
-#define ADAPTERS_PASS_HEADERS 0
+#define ADAPTERS_PASS_HEADERS 1
 
 static void waits_for_adapters(const char *what)
 {
