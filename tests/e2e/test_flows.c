@@ -249,10 +249,18 @@ static void append(char *dst, size_t cap, const char *a, const char *b)
     dst[len] = '\0';
 }
 
+/* Columns that hold copies of whole events (CloudEvent JSON, or an event's data): the event log,
+ * the outboxes of sent events, dead letters, events parked for a saga. Personal data in them is
+ * for the security layer to make unreadable by destroying the user's key (crypto-shredding,
+ * DESIGN.md), which is not built yet: until it is, hits there are counted apart and printed,
+ * and a hit anywhere else fails. */
+static const char *const event_copies[] = {"events.data", "outbox.event", "dead_letter_queue.event",
+                                           "saga_parked.event"};
+
 typedef struct grep {
-    const char *needle;
-    char where[256];
-    long hits;
+    const char *needle, *table;
+    char where[512];
+    long hits, copies;
 } grep;
 
 static int grep_row(void *ud, const ew_row *row)
@@ -260,8 +268,17 @@ static int grep_row(void *ud, const ew_row *row)
     grep *g = ud;
     for (size_t i = 0; i < row->ncols; i++)
         if (row->values[i] && strstr(row->values[i], g->needle)) {
-            g->hits++;
-            append(g->where, sizeof g->where, " ", row->names[i]);
+            char col[160];
+            snprintf(col, sizeof col, "%s.%s", g->table, row->names[i]);
+            bool copy = false;
+            for (size_t k = 0; k < sizeof event_copies / sizeof event_copies[0]; k++)
+                copy = copy || strcmp(col, event_copies[k]) == 0;
+            if (copy) {
+                g->copies++;
+            } else {
+                g->hits++;
+                append(g->where, sizeof g->where, " ", col);
+            }
         }
     return 0;
 }
@@ -278,11 +295,12 @@ static int list_table(void *ud, const ew_row *row)
     return 0;
 }
 
-/* How many values in the service's own tables (all but the store's own) contain needle. */
-static long db_grep(const char *svc, const char *needle, char *where, size_t n)
+/* Searches every table of the SQLite database at path for needle: g->hits and g->where count
+ * and name the columns outside event_copies that hold it, g->copies the others. */
+static void db_grep_file(const char *path, grep *g)
 {
-    char url[300];
-    snprintf(url, sizeof url, "sqlite:var/%s.db", svc);
+    char url[600];
+    snprintf(url, sizeof url, "sqlite:%s", path);
     ew_store *db;
     ew_error err = {0};
     if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
@@ -293,28 +311,40 @@ static long db_grep(const char *svc, const char *needle, char *where, size_t n)
                                   "SELECT name FROM event_store.sqlite_master WHERE type = 'table'",
                                   NULL, 0, list_table, &tl, &err),
                      0);
-    grep g = {.needle = needle};
+    assert_true(tl.n > 0 && tl.n < 64);
     for (int i = 0; i < tl.n; i++) {
-        /* the store's own tables: the log, the outbox of sent events, dead letters, ... carry
-         * events, whose personal data the security layer makes unreadable (crypto-shredding) */
-        const char *own[] = {"events",           "outbox",        "dead_letter_queue",
-                             "processed_events", "migrations",    "positions",
-                             "streams",          "bus_groups",    "sagas",
-                             "saga_transitions", "saga_consumed", "saga_parked"};
-        bool skip_it = false;
-        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
-            skip_it = skip_it || strcmp(tl.names[i], own[k]) == 0;
-        if (skip_it) continue;
         char sql[128];
-        snprintf(sql, sizeof sql, "SELECT * FROM event_store.%s", tl.names[i]);
-        size_t before = strlen(g.where);
-        assert_int_equal(ew_txn_query(t, sql, NULL, 0, grep_row, &g, &err), 0);
-        if (strlen(g.where) > before) append(g.where, sizeof g.where, " in ", tl.names[i]);
+        snprintf(sql, sizeof sql, "SELECT * FROM event_store.\"%s\"", tl.names[i]);
+        g->table = tl.names[i];
+        assert_int_equal(ew_txn_query(t, sql, NULL, 0, grep_row, g, &err), 0);
     }
     ew_txn_rollback(t);
     ew_store_close(db);
-    snprintf(where, n, "%s", g.where);
-    return g.hits;
+}
+
+/* Fails when a table of a database under var/ (each service's own and the event store,
+ * var/eventwire.db) holds needle outside the event copies; prints how many of those hold it.
+ * Returns how many databases it searched. */
+static int no_database_holds(const char *needle)
+{
+    DIR *d = opendir("var");
+    assert_non_null(d);
+    int searched = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t len = strlen(de->d_name);
+        if (len < 4 || strcmp(de->d_name + len - 3, ".db") != 0) continue;
+        char path[512];
+        snprintf(path, sizeof path, "var/%s", de->d_name);
+        grep g = {.needle = needle};
+        db_grep_file(path, &g);
+        if (g.hits) fail_msg("%s still holds %s (%ld values):%s", path, needle, g.hits, g.where);
+        if (g.copies)
+            print_message("%s: %s in %ld event copies (for crypto-shredding)\n", path, needle,
+                          g.copies);
+        searched++;
+    }
+    closedir(d);
+    return searched;
 }
 
 /* ---- the four flows -------------------------------------------------------------------------- */
@@ -397,13 +427,9 @@ static void flows_on(const char *backend)
     snprintf(args, sizeof args, "saga show --type UserDeletion --key %s", request);
     out = await_ewctl(args, "\"status\":\"completed\"");
     free(out);
-    for (int i = 0; i < NSERVICES; i++) {
-        char where[256];
-        long hits = db_grep(services[i], email, where, sizeof where);
-        if (hits) fail_msg("%s still holds %s:%s", services[i], email, where);
-        hits = db_grep(services[i], name, where, sizeof where);
-        if (hits) fail_msg("%s still holds %s:%s", services[i], name, where);
-    }
+    /* every service's database and the event store: the five services' and eventwire.db */
+    assert_true(no_database_holds(email) >= NSERVICES + 1);
+    no_database_holds(name);
     assert_int_equal(mails(email, NULL, NULL), 0); /* the mails sent to the user are gone too */
     sys_down(&s);
 }
