@@ -292,9 +292,16 @@ static const entry entries[] = {
      604800},
     /* ---- notification-service, export-service (docs/services-notification.md, -export.md) ---- */
     {{"SMTP_URL", "", "smtp://[user:password@]host:port|smtps://...",
-      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered); "
-      "unset, each message is written as an .eml file into MAIL_DIR."},
+      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered, "
+      "required when the URL has a user); unset, each message is written as an .eml file into "
+      "MAIL_DIR."},
      K_URL,
+     0,
+     0},
+    {{"SMTP_CA_FILE", "", "a PEM file",
+      "The certificate authorities notification-service trusts for the SMTP server's TLS "
+      "certificate (STARTTLS or smtps://); unset, the system's."},
+     K_STRING,
      0,
      0},
     {{"SMTP_TIMEOUT_MS", "10000", "100..600000",
