@@ -439,7 +439,8 @@ static int check(const entry *e, const char *v, ew_error *err)
     int64_t iv;
     switch (e->k) {
     case K_STRING:
-        if (!*v) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
+        /* a string whose default is empty is optional, as an URL is: empty means unset */
+        if (!*v && *e->pub.def) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
         return 0;
     case K_ENUM:
         if (!enum_has(e->pub.allowed, v))

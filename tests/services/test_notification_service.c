@@ -706,6 +706,11 @@ static void test_bad_requests_and_settings(void **state)
     assert_non_null(strstr(out, "MAIL_FROM"));
     assert_non_null(strstr(out, "SMTP_URL"));
     free(out);
+    const char *bad_ca[] = {"SMTP_URL=smtp://127.0.0.1:25", "SMTP_CA_FILE=/nonexistent/ca.pem",
+                            NULL};
+    out = start_fails(dir, bad_ca);
+    assert_non_null(strstr(out, "SMTP_CA_FILE: cannot read /nonexistent/ca.pem"));
+    free(out);
     assert_int_equal(rm_dir(dir), 0);
 }
 
