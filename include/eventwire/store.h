@@ -319,9 +319,9 @@ int ew_store_data_version(ew_store *s, int64_t *version, ew_error *err);
  * default). SQLite: PRAGMA synchronous=FULL, which syncs the WAL at each commit, instead of
  * NORMAL, which syncs it only at checkpoints — a commit is then safe from a crash of the process
  * but not from one of the machine. The setting is the handle's own (other handles and processes
- * keep theirs); a sync also makes every commit before it on disk. PostgreSQL: commits are durable
- * already (synchronous_commit), and on = 0 changes nothing. Not inside a transaction
- * (EW_ESTATE). */
+ * keep theirs); a sync also makes every commit before it on disk. PostgreSQL: the session's
+ * synchronous_commit = on (whatever the server's default, which may be off), kept across
+ * reconnects; on = 0 gives it the server's default back. Not inside a transaction (EW_ESTATE). */
 int ew_store_sync_commits(ew_store *s, int on, ew_error *err);
 
 /* ---- subscriber groups of the SQLite bus (event_store.bus_groups) -------------------------- */

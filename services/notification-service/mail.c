@@ -51,6 +51,18 @@ int notif_mail_setup(notif *n, ew_error *err)
             return ew_error_set(err, EW_ECONFIG,
                                 "SMTP_URL: must be smtp://host:port or smtps://host:port");
         if (!(n->smtp_url = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+        /* a user in the authority (smtp://user:password@host): the password must never cross
+         * the network in the clear, so a server that does not offer STARTTLS is refused */
+        const char *auth = url + strcspn(url, ":") + 3;
+        const char *at = strchr(auth, '@');
+        n->smtp_login = at && at < auth + strcspn(auth, "/?#");
+    }
+    const char *ca = ew_config_get(c, "SMTP_CA_FILE");
+    if (ca && *ca) {
+        if (access(ca, R_OK) != 0)
+            return ew_error_set(err, EW_ECONFIG, "SMTP_CA_FILE: cannot read %s: %s", ca,
+                                strerror(errno));
+        if (!(n->smtp_ca = strdup(ca))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     int rc = parse_from(n, ew_config_get(c, "MAIL_FROM"), err);
     if (rc) return rc;
@@ -70,6 +82,8 @@ int notif_mail_setup(notif *n, ew_error *err)
 void notif_mail_teardown(notif *n)
 {
     free(n->smtp_url);
+    free(n->smtp_ca);
+    n->smtp_ca = NULL;
     free(n->from_header);
     free(n->from_addr);
     free(n->domain);
@@ -219,9 +233,10 @@ static size_t read_cb(char *buf, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* One SMTP transaction per message: libcurl sends EHLO, STARTTLS when the server offers it,
- * MAIL FROM, RCPT TO and DATA (dot-stuffing the text), and logs in with the user and password
- * of the URL when it has them. */
+/* One SMTP transaction per message: libcurl sends EHLO, STARTTLS when the server offers it (and
+ * gives up when it does not and the URL has a user: no password in the clear), MAIL FROM, RCPT
+ * TO and DATA (dot-stuffing the text), and logs in with the user and password of the URL when it
+ * has them. The server's certificate is verified (SMTP_CA_FILE, else the system's authorities). */
 static int deliver_smtp(notif *n, const notif_mail *m, const char *text, size_t len, char *why,
                         size_t why_len)
 {
@@ -240,7 +255,8 @@ static int deliver_smtp(notif *n, const notif_mail *m, const char *text, size_t 
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, n->smtp_timeout_ms);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, n->smtp_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)(n->smtp_login ? CURLUSESSL_ALL : CURLUSESSL_TRY));
+    if (n->smtp_ca) curl_easy_setopt(c, CURLOPT_CAINFO, n->smtp_ca);
     curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
     curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);

@@ -25,6 +25,8 @@
 typedef struct notif {
     svc *s;
     char *smtp_url;    /* NULL: .eml files into mail_dir */
+    char *smtp_ca;     /* SMTP_CA_FILE; NULL: the system's authorities */
+    bool smtp_login;   /* the URL has a user: TLS is required */
     char *from_header; /* MAIL_FROM as configured: "Name <addr>" or "addr" */
     char *from_addr;   /* its address alone */
     char *domain;      /* the address's domain, for Message-ID */
@@ -40,7 +42,7 @@ typedef struct notif_mail {
     char message_id[NOTIF_ID_LEN + 1];
 } notif_mail;
 
-/* mail.c: reads SMTP_URL, MAIL_FROM, MAIL_DIR, SMTP_TIMEOUT_MS; creates MAIL_DIR. */
+/* mail.c: reads SMTP_URL, SMTP_CA_FILE, MAIL_FROM, MAIL_DIR, SMTP_TIMEOUT_MS; creates MAIL_DIR. */
 int notif_mail_setup(notif *n, ew_error *err);
 void notif_mail_teardown(notif *n);
 

@@ -292,9 +292,16 @@ static const entry entries[] = {
      604800},
     /* ---- notification-service, export-service (docs/services-notification.md, -export.md) ---- */
     {{"SMTP_URL", "", "smtp://[user:password@]host:port|smtps://...",
-      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered); "
-      "unset, each message is written as an .eml file into MAIL_DIR."},
+      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered, "
+      "required when the URL has a user); unset, each message is written as an .eml file into "
+      "MAIL_DIR."},
      K_URL,
+     0,
+     0},
+    {{"SMTP_CA_FILE", "", "a PEM file",
+      "The certificate authorities notification-service trusts for the SMTP server's TLS "
+      "certificate (STARTTLS or smtps://); unset, the system's."},
+     K_STRING,
      0,
      0},
     {{"SMTP_TIMEOUT_MS", "10000", "100..600000",
@@ -432,7 +439,8 @@ static int check(const entry *e, const char *v, ew_error *err)
     int64_t iv;
     switch (e->k) {
     case K_STRING:
-        if (!*v) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
+        /* a string whose default is empty is optional, as an URL is: empty means unset */
+        if (!*v && *e->pub.def) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
         return 0;
     case K_ENUM:
         if (!enum_has(e->pub.allowed, v))

@@ -196,6 +196,7 @@ typedef struct session {
 
 typedef struct pgs {
     session main, relay;
+    bool sync; /* ew_store_sync_commits: synchronous_commit = on in every session */
     char *url;
     const ew__store_log *log;
     ew_buf arr[5]; /* the append's array parameters, reused */
@@ -246,7 +247,9 @@ static int session_setup(pgs *c, session *s, ew_error *err)
     PQsetNoticeProcessor(s->conn, notice, c);
     s->prepared = 0;
     s->in_txn = 0;
-    return simple(s, "SET TIME ZONE 'UTC'; SET client_min_messages = warning", err);
+    int rc = simple(s, "SET TIME ZONE 'UTC'; SET client_min_messages = warning", err);
+    if (!rc && c->sync) rc = simple(s, "SET synchronous_commit = on", err);
+    return rc;
 }
 
 static int session_connect(pgs *c, session *s, ew_error *err)
@@ -842,10 +845,17 @@ static int pg_group_commit(void *conn, const char *group, const char *owner, int
 
 static int pg_sync_commits(void *conn, int on, ew_error *err)
 {
-    (void)on; /* commits wait for the WAL flush unless the server says otherwise */
+    /* The server's synchronous_commit may be off (a deployment's choice, or the tests'): on = 1
+     * sets it on for the handle's session, and again after a reconnect (session_setup); on = 0
+     * gives the session the server's setting back. (The relay's session marks rows sent, which
+     * a crash at worst sends again: it keeps what it had when it connected.) */
     pgs *c = conn;
     if (c->main.in_txn) return ew_error_set(err, EW_ESTATE, "postgresql: not inside a transaction");
-    return 0;
+    c->sync = on;
+    int rc = ready(c, &c->main, err);
+    if (!rc)
+        rc = simple(&c->main, on ? "SET synchronous_commit = on" : "RESET synchronous_commit", err);
+    return rc;
 }
 
 /* ---- transactions ------------------------------------------------------------------------- */

@@ -273,50 +273,6 @@ static void test_subscribe_bad_pattern_is_einval(void **state)
     tb_close(bus);
 }
 
-/* A backend this build lacks (its client library was not installed): NULL when it has them all. */
-static const char *unbuilt_backend(void)
-{
-#ifndef EW_HAVE_KAFKA
-    return "kafka";
-#elif !defined(EW_HAVE_RABBITMQ)
-    return "rabbitmq";
-#elif !defined(EW_HAVE_REDIS)
-    return "redis";
-#else
-    return NULL;
-#endif
-}
-
-static void test_unbuilt_backend_is_enotsup(void **state)
-{
-    const char *missing = unbuilt_backend();
-    if (!missing) { /* this build has every backend */
-        skip();
-        return;
-    }
-    ew_config *cfg;
-    ew_error err = {0};
-    assert_int_equal(ew_config_new(&cfg, &err), 0);
-    assert_int_equal(ew_config_set(cfg, "EVENT_BUS_TYPE", missing, &err), 0);
-    ew_bus *bus = (ew_bus *)&err; /* must be cleared */
-    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), EW_ENOTSUP);
-    assert_null(bus);
-    assert_int_equal(err.code, EW_ENOTSUP);
-    assert_non_null(strstr(err.msg, missing));
-    assert_non_null(strstr(err.msg, "memory")); /* says what this build has */
-    ew_config_free(cfg);
-
-    /* The same through the environment. */
-    assert_int_equal(setenv("EVENT_BUS_TYPE", missing, 1), 0);
-    assert_int_equal(ew_bus_open_env(&bus, &err), EW_ENOTSUP);
-    assert_non_null(strstr(err.msg, missing));
-    assert_int_equal(setenv("EVENT_BUS_TYPE", "memory", 1), 0);
-    assert_int_equal(ew_bus_open_env(&bus, &err), 0);
-    assert_string_equal(ew_bus_backend(bus), "memory");
-    tb_close(bus);
-    unsetenv("EVENT_BUS_TYPE");
-}
-
 static void test_open_reports_config_and_backend(void **state)
 {
     ew_bus *bus = tb_open(NULL);
@@ -460,7 +416,6 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_close_after_drain_timeout_reports_lost),
     cmocka_unit_test(test_close_unstarted_bus_reports_lost),
     cmocka_unit_test(test_subscribe_bad_pattern_is_einval),
-    cmocka_unit_test(test_unbuilt_backend_is_enotsup),
     cmocka_unit_test(test_open_reports_config_and_backend),
     cmocka_unit_test(test_two_buses_are_independent),
     cmocka_unit_test(test_publish_new_uses_service_name),

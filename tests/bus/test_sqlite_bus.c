@@ -1002,18 +1002,56 @@ static void scan_hands_over_bad_rows(void **state)
     ew_event_unref(late);
 }
 
+static int first_text(void *ud, const ew_row *row)
+{
+    snprintf(ud, 32, "%s", row->values[0] ? row->values[0] : "(null)");
+    return 1;
+}
+
+/* The handle's commit durability as the database reports it: SQLite's synchronous level of the
+ * store (1 NORMAL, 2 FULL), PostgreSQL's synchronous_commit of the session. */
+static void durability(ew_store *s, int pg, char out[32])
+{
+    ew_txn *t;
+    ew_error err = {0};
+    assert_int_equal(ew_store_begin(s, &t, &err), 0);
+    out[0] = '\0';
+    const char *sql = pg ? "SHOW synchronous_commit" : "PRAGMA event_store.synchronous";
+    if (ew_txn_query(t, sql, NULL, 0, first_text, out, &err)) fail_msg("%s: %s", sql, err.msg);
+    ew_txn_rollback(t);
+}
+
+/* ew_store_sync_commits makes the handle's commits wait for the disk, as the database says, and
+ * only that handle's; off again, the handle has what it had; not inside a transaction. */
 static void sync_commits(void **state)
 {
     senv *e = *state;
     ew_error err = {0};
+    char before[32], now[32], other[32];
+    durability(e->s, e->pg, before);
+    assert_string_equal(before, e->pg ? before : "1"); /* SQLite: NORMAL by default */
     assert_int_equal(ew_store_sync_commits(e->s, 1, &err), 0);
+    durability(e->s, e->pg, now);
+    assert_string_equal(now, e->pg ? "on" : "2");
+    ew_store *s2 = open_store(e->url, NULL);
+    durability(s2, e->pg, other);
+    assert_string_equal(other, before); /* another handle keeps its own */
     ew_event *ev = ev_with(EW_T_USER_LOGGED_IN, NULL);
     const ew_event *evs[] = {ev};
     assert_int_equal(ew_store_record(e->s, evs, 1, NULL, &err), 0);
+    durability(e->s, e->pg, now); /* a commit keeps it */
+    assert_string_equal(now, e->pg ? "on" : "2");
     ew_txn *t;
     assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
     ew_txn_rollback(t);
     assert_int_equal(ew_store_sync_commits(e->s, 0, &err), 0);
+    durability(e->s, e->pg, now);
+    assert_string_equal(now, before);
+    /* not inside a transaction */
+    assert_int_equal(ew_store_begin(s2, &t, &err), 0);
+    assert_int_equal(ew_store_sync_commits(s2, 1, &err), EW_ESTATE);
+    ew_txn_rollback(t);
+    ew_store_close(s2);
     ew_event_unref(ev);
 }
 

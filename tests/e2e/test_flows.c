@@ -2,8 +2,9 @@
  * driven over HTTP like a client, on every backend. The four flows of the system: registration
  * (the UserRegistration saga completes), GDPR data export, password reset (the PasswordReset saga
  * completes, the new password works), GDPR deletion (the UserDeletion saga completes and no
- * service database holds the user's personal data any more). Then what goes wrong: a service
- * killed mid-flow and restarted, a participant that never answers, an event delivered twice.
+ * database under var/ holds the user's personal data outside whole-event copies). Then what goes
+ * wrong, on every backend too: a service killed mid-flow and restarted, a participant that never
+ * answers, an event delivered twice (waited for on notification-service itself).
  *
  * ew-fixture: redis
  * ew-fixture: kafka
@@ -17,6 +18,7 @@
 #include "http/http_client.h"
 #include "support/ew_test.h"
 #include "eventwire/bus.h"
+#include "eventwire/dlq.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "eventwire/store.h"
@@ -249,10 +251,18 @@ static void append(char *dst, size_t cap, const char *a, const char *b)
     dst[len] = '\0';
 }
 
+/* Columns that hold copies of whole events (CloudEvent JSON, or an event's data): the event log,
+ * the outboxes of sent events, dead letters, events parked for a saga. Personal data in them is
+ * for the security layer to make unreadable by destroying the user's key (crypto-shredding,
+ * DESIGN.md), which is not built yet: until it is, hits there are counted apart and printed,
+ * and a hit anywhere else fails. */
+static const char *const event_copies[] = {"events.data", "outbox.event", "dead_letter_queue.event",
+                                           "saga_parked.event"};
+
 typedef struct grep {
-    const char *needle;
-    char where[256];
-    long hits;
+    const char *needle, *table;
+    char where[512];
+    long hits, copies;
 } grep;
 
 static int grep_row(void *ud, const ew_row *row)
@@ -260,8 +270,17 @@ static int grep_row(void *ud, const ew_row *row)
     grep *g = ud;
     for (size_t i = 0; i < row->ncols; i++)
         if (row->values[i] && strstr(row->values[i], g->needle)) {
-            g->hits++;
-            append(g->where, sizeof g->where, " ", row->names[i]);
+            char col[160];
+            snprintf(col, sizeof col, "%s.%s", g->table, row->names[i]);
+            bool copy = false;
+            for (size_t k = 0; k < sizeof event_copies / sizeof event_copies[0]; k++)
+                copy = copy || strcmp(col, event_copies[k]) == 0;
+            if (copy) {
+                g->copies++;
+            } else {
+                g->hits++;
+                append(g->where, sizeof g->where, " ", col);
+            }
         }
     return 0;
 }
@@ -278,11 +297,12 @@ static int list_table(void *ud, const ew_row *row)
     return 0;
 }
 
-/* How many values in the service's own tables (all but the store's own) contain needle. */
-static long db_grep(const char *svc, const char *needle, char *where, size_t n)
+/* Searches every table of the SQLite database at path for needle: g->hits and g->where count
+ * and name the columns outside event_copies that hold it, g->copies the others. */
+static void db_grep_file(const char *path, grep *g)
 {
-    char url[300];
-    snprintf(url, sizeof url, "sqlite:var/%s.db", svc);
+    char url[600];
+    snprintf(url, sizeof url, "sqlite:%s", path);
     ew_store *db;
     ew_error err = {0};
     if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
@@ -293,28 +313,40 @@ static long db_grep(const char *svc, const char *needle, char *where, size_t n)
                                   "SELECT name FROM event_store.sqlite_master WHERE type = 'table'",
                                   NULL, 0, list_table, &tl, &err),
                      0);
-    grep g = {.needle = needle};
+    assert_true(tl.n > 0 && tl.n < 64);
     for (int i = 0; i < tl.n; i++) {
-        /* the store's own tables: the log, the outbox of sent events, dead letters, ... carry
-         * events, whose personal data the security layer makes unreadable (crypto-shredding) */
-        const char *own[] = {"events",           "outbox",        "dead_letter_queue",
-                             "processed_events", "migrations",    "positions",
-                             "streams",          "bus_groups",    "sagas",
-                             "saga_transitions", "saga_consumed", "saga_parked"};
-        bool skip_it = false;
-        for (size_t k = 0; k < sizeof own / sizeof own[0]; k++)
-            skip_it = skip_it || strcmp(tl.names[i], own[k]) == 0;
-        if (skip_it) continue;
         char sql[128];
-        snprintf(sql, sizeof sql, "SELECT * FROM event_store.%s", tl.names[i]);
-        size_t before = strlen(g.where);
-        assert_int_equal(ew_txn_query(t, sql, NULL, 0, grep_row, &g, &err), 0);
-        if (strlen(g.where) > before) append(g.where, sizeof g.where, " in ", tl.names[i]);
+        snprintf(sql, sizeof sql, "SELECT * FROM event_store.\"%s\"", tl.names[i]);
+        g->table = tl.names[i];
+        assert_int_equal(ew_txn_query(t, sql, NULL, 0, grep_row, g, &err), 0);
     }
     ew_txn_rollback(t);
     ew_store_close(db);
-    snprintf(where, n, "%s", g.where);
-    return g.hits;
+}
+
+/* Fails when a table of a database under var/ (each service's own and the event store,
+ * var/eventwire.db) holds needle outside the event copies; prints how many of those hold it.
+ * Returns how many databases it searched. */
+static int no_database_holds(const char *needle)
+{
+    DIR *d = opendir("var");
+    assert_non_null(d);
+    int searched = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t len = strlen(de->d_name);
+        if (len < 4 || strcmp(de->d_name + len - 3, ".db") != 0) continue;
+        char path[512];
+        snprintf(path, sizeof path, "var/%s", de->d_name);
+        grep g = {.needle = needle};
+        db_grep_file(path, &g);
+        if (g.hits) fail_msg("%s still holds %s (%ld values):%s", path, needle, g.hits, g.where);
+        if (g.copies)
+            print_message("%s: %s in %ld event copies (for crypto-shredding)\n", path, needle,
+                          g.copies);
+        searched++;
+    }
+    closedir(d);
+    return searched;
 }
 
 /* ---- the four flows -------------------------------------------------------------------------- */
@@ -397,13 +429,9 @@ static void flows_on(const char *backend)
     snprintf(args, sizeof args, "saga show --type UserDeletion --key %s", request);
     out = await_ewctl(args, "\"status\":\"completed\"");
     free(out);
-    for (int i = 0; i < NSERVICES; i++) {
-        char where[256];
-        long hits = db_grep(services[i], email, where, sizeof where);
-        if (hits) fail_msg("%s still holds %s:%s", services[i], email, where);
-        hits = db_grep(services[i], name, where, sizeof where);
-        if (hits) fail_msg("%s still holds %s:%s", services[i], name, where);
-    }
+    /* every service's database and the event store: the five services' and eventwire.db */
+    assert_true(no_database_holds(email) >= NSERVICES + 1);
+    no_database_holds(name);
     assert_int_equal(mails(email, NULL, NULL), 0); /* the mails sent to the user are gone too */
     sys_down(&s);
 }
@@ -429,11 +457,14 @@ static void test_flows_rabbitmq(void **state)
 
 /* A participant that never answers: without analytics-service the registration saga times out
  * and compensates — the account is deactivated. */
-static void test_silent_participant_times_out_and_compensates(void **state)
+static void silent_participant_on(const char *backend)
 {
     sys s;
-    assert_true(
-        sys_up(&s, "sqlite", "auth-service user-service notification-service export-service", "3"));
+    if (!sys_up(&s, backend, "auth-service user-service notification-service export-service",
+                "3")) {
+        skip();
+        return;
+    }
     char user[EW_UUID_LEN + 1], args[256], path[256];
     register_user(&s, "bob", user);
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
@@ -445,19 +476,38 @@ static void test_silent_participant_times_out_and_compensates(void **state)
     sys_down(&s);
 }
 
-/* A service killed mid-flow (SIGKILL, no goodbye) and started again completes its part: the
- * events published meanwhile wait for it on the bus. */
-static void test_killed_service_completes_after_restart(void **state)
+/* The pid of a service that `ewctl up` started (var/run/NAME.pid). */
+static pid_t service_pid(const char *name)
 {
-    sys s;
-    assert_true(sys_up(&s, "sqlite", NULL, NULL));
-    FILE *f = fopen("var/run/notification-service.pid", "r");
+    char path[128];
+    snprintf(path, sizeof path, "var/run/%s.pid", name);
+    FILE *f = fopen(path, "r");
     assert_non_null(f);
     long pid = 0;
     assert_int_equal(fscanf(f, "%ld", &pid), 1);
     fclose(f);
-    assert_int_equal(kill((pid_t)pid, SIGKILL), 0);
-    usleep(200000);
+    return (pid_t)pid;
+}
+
+/* A service killed mid-flow (SIGKILL, no goodbye) and started again completes its part: the
+ * events published meanwhile wait for it on the bus. */
+static void killed_service_on(const char *backend)
+{
+    sys s;
+    if (!sys_up(&s, backend, NULL, NULL)) {
+        skip();
+        return;
+    }
+    /* the service has handled a registration: it consumes (on Kafka its group has joined and
+     * committed its positions, docs/bus-kafka.md "Where a new group starts") */
+    char first[EW_UUID_LEN + 1];
+    register_user(&s, "carl", first);
+    await_mails("carl@example.com", "Welcome", 1, NULL);
+    pid_t pid = service_pid("notification-service");
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    while (kill(pid, 0) == 0 && ew_mono_ns() < end) /* gone (ewctl up's child: reaped by init) */
+        usleep(10000);
     char user[EW_UUID_LEN + 1], args[256];
     register_user(&s, "carol", user);
     /* everything but the welcome email happens; the saga waits */
@@ -467,6 +517,7 @@ static void test_killed_service_completes_after_restart(void **state)
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
     char *out = await_ewctl(args, "\"status\":\"running\"");
     free(out);
+    assert_int_equal(mails("carol@example.com", "Welcome", NULL), 0);
     char *o, *e;
     assert_int_equal(ew_test_ewctl("up notification-service --timeout 60", NULL, &o, &e), 0);
     free(o);
@@ -476,31 +527,109 @@ static void test_killed_service_completes_after_restart(void **state)
     sys_down(&s);
 }
 
-static int keep_event(void *ud, const ew_stored_event *se)
+static int keep_event(void *ud, const ew_row *row)
 {
-    if (strcmp(ew_event_type(se->event), "user.profile_created") != 0) return 0;
-    *(ew_event **)ud = ew_event_ref(se->event);
+    ew_error err = {0};
+    if (ew_event_decode(ud, row->values[0], strlen(row->values[0]), NULL, &err))
+        fail_msg("user-service's outbox: %s", err.msg);
     return 1;
 }
 
+/* The user.profile_created that user-service published (from its outbox, sent rows included),
+ * whatever the bus. */
+static ew_event *profile_created_event(void)
+{
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = "sqlite:var/user-service.db"}, &err))
+        fail_msg("%s", err.msg);
+    ew_txn *t;
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    ew_event *ev = NULL;
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT event FROM event_store.outbox WHERE event LIKE "
+                                  "'%\"type\":\"user.profile_created\"%' AND sent_at IS NOT NULL",
+                                  NULL, 0, keep_event, &ev, &err),
+                     0);
+    ew_txn_rollback(t);
+    ew_store_close(db);
+    assert_non_null(ev);
+    return ev;
+}
+
+static int first_id(void *ud, const ew_dlq_row *row)
+{
+    *(int64_t *)ud = row->id;
+    return 1;
+}
+
+static int count_rows(void *ud, const ew_row *row)
+{
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* Whether notification-service's inbox (its own database) holds event id. */
+static bool notification_handled(const char *id)
+{
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = "sqlite:var/notification-service.db"}, &err))
+        fail_msg("%s", err.msg);
+    ew_txn *t;
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    int n = 0;
+    const char *p[1] = {id};
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT 1 FROM event_store.processed_events WHERE event_id = $1",
+                                  p, 1, count_rows, &n, &err),
+                     0);
+    ew_txn_rollback(t);
+    ew_store_close(db);
+    return n > 0;
+}
+
 /* The same user.profile_created delivered again (same event, and a second event for the same
- * user): one welcome email. */
-static void test_duplicate_delivery_sends_one_welcome_email(void **state)
+ * user): one welcome email. notification-service says when it has handled each: the copy comes
+ * as the retry of a dead letter (what `ewctl dlq retry` does), which its dead letter sink marks
+ * resolved once handled — skipped by the inbox; the second event's id enters its inbox. */
+static void duplicate_delivery_on(const char *backend)
 {
     sys s;
-    assert_true(sys_up(&s, "sqlite", NULL, NULL));
+    if (!sys_up(&s, backend, NULL, NULL)) {
+        skip();
+        return;
+    }
     char user[EW_UUID_LEN + 1], args[256];
     register_user(&s, "dave", user);
     snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
     free(await_ewctl(args, "\"status\":\"completed\""));
+    assert_int_equal(await_mails("dave@example.com", "Welcome", 1, NULL), 1);
     ew_store *st;
     ew_error err = {0};
     assert_int_equal(
         ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
-    ew_event *ev = NULL;
-    assert_int_equal(ew_store_read_all(st, 0, "user.profile_created", 0, keep_event, &ev, &err), 0);
-    assert_non_null(ev);
-    ew_store_close(st);
+    ew_event *ev = profile_created_event();
+    assert_true(notification_handled(ew_event_id(ev)));
+    /* a dead letter of notification-service for it, as a failure would have left */
+    ew_dlq_sink sink = ew_store_dlq_sink(st);
+    int64_t now = ew_now_us();
+    ew_dead_letter dl = {.event = ev,
+                         .event_id = ew_event_id(ev),
+                         .event_type = ew_event_type(ev),
+                         .group = "notification-service",
+                         .handler = "user.profile_created",
+                         .error = "e2e: a copy to deliver again",
+                         .attempts = 1,
+                         .first_failed_us = now,
+                         .last_failed_us = now};
+    assert_int_equal(sink.ops->put(sink.self, &dl, &err), 0);
+    int64_t dl_id = 0;
+    ew_dlq_filter f = {.group = "notification-service", .status = -1};
+    assert_int_equal(ew_store_dlq_list(st, &f, first_id, &dl_id, &err), 0);
+    assert_true(dl_id > 0);
+    assert_int_equal(ew_store_dlq_set_status(st, dl_id, EW_DLQ_RETRIED, &err), 0);
+
     ew_bus *bus;
     ew_config *cfg;
     assert_int_equal(ew_config_new(&cfg, &err), 0);
@@ -508,8 +637,8 @@ static void test_duplicate_delivery_sends_one_welcome_email(void **state)
     assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), 0);
     ew_config_free(cfg);
     assert_int_equal(ew_bus_start(bus, &err), 0);
-    /* the very same event: the store skips a known id, so hand it to the group as a retry */
-    assert_int_equal(ew_bus_redeliver(bus, "notification-service", NULL, ev, 0, &err), 0);
+    /* the very same event, to notification-service only, as the retry of that dead letter */
+    assert_int_equal(ew_bus_redeliver(bus, "notification-service", NULL, ev, dl_id, &err), 0);
     /* a second event about the same user */
     ew_user_profile_created d = {.user_id = user, .display_name = "dave"};
     ew_event *again;
@@ -519,14 +648,49 @@ static void test_duplicate_delivery_sends_one_welcome_email(void **state)
         0);
     assert_int_equal(ew_bus_publish(bus, again, &err), 0);
     ew_bus_close(bus);
+
+    /* notification-service handled both */
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    ew_dlq_row row = {0};
+    for (;;) {
+        assert_int_equal(ew_store_dlq_get(st, dl_id, &row, &err), 0);
+        bool done = row.status == EW_DLQ_RESOLVED && notification_handled(ew_event_id(again));
+        if (done) break;
+        if (ew_mono_ns() > end)
+            fail_msg("notification-service did not handle both: dead letter %s, second event %s",
+                     ew_dlq_status_name(row.status),
+                     notification_handled(ew_event_id(again)) ? "handled" : "not handled");
+        ew_dlq_row_release(&row);
+        usleep(50000);
+    }
+    ew_dlq_row_release(&row);
+    ew_store_close(st);
     ew_event_unref(again);
     ew_event_unref(ev);
-    /* give both time to be handled: the analytics count of profile_created reaches 2 */
-    free(await_http(&s, "analytics-service", "/stats", "user.profile_created\":2"));
-    usleep(500000);
     assert_int_equal(mails("dave@example.com", "Welcome", NULL), 1);
     sys_down(&s);
 }
+
+#define ON_EVERY_BACKEND(what)                                                                     \
+    static void test_##what##_sqlite(void **state)                                                 \
+    {                                                                                              \
+        what##_on("sqlite");                                                                       \
+    }                                                                                              \
+    static void test_##what##_redis(void **state)                                                  \
+    {                                                                                              \
+        what##_on("redis");                                                                        \
+    }                                                                                              \
+    static void test_##what##_kafka(void **state)                                                  \
+    {                                                                                              \
+        what##_on("kafka");                                                                        \
+    }                                                                                              \
+    static void test_##what##_rabbitmq(void **state)                                               \
+    {                                                                                              \
+        what##_on("rabbitmq");                                                                     \
+    }
+ON_EVERY_BACKEND(silent_participant)
+ON_EVERY_BACKEND(killed_service)
+ON_EVERY_BACKEND(duplicate_delivery)
 
 /* After a case, pass or fail: whatever it left running in its folder is stopped. */
 static int stop_leftovers(void **state)
@@ -547,9 +711,18 @@ static const struct CMUnitTest tests[] = {
     CASE(test_flows_redis),
     CASE(test_flows_kafka),
     CASE(test_flows_rabbitmq),
-    CASE(test_silent_participant_times_out_and_compensates),
-    CASE(test_killed_service_completes_after_restart),
-    CASE(test_duplicate_delivery_sends_one_welcome_email),
+    CASE(test_silent_participant_sqlite),
+    CASE(test_silent_participant_redis),
+    CASE(test_silent_participant_kafka),
+    CASE(test_silent_participant_rabbitmq),
+    CASE(test_killed_service_sqlite),
+    CASE(test_killed_service_redis),
+    CASE(test_killed_service_kafka),
+    CASE(test_killed_service_rabbitmq),
+    CASE(test_duplicate_delivery_sqlite),
+    CASE(test_duplicate_delivery_redis),
+    CASE(test_duplicate_delivery_kafka),
+    CASE(test_duplicate_delivery_rabbitmq),
 };
 
 EW_TEST_MAIN(tests)

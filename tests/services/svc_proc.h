@@ -55,8 +55,9 @@ static inline void svc_proc_dump(const svc_proc *p)
 
 /* Starts EW_BUILD_DIR/name with the environment of this process, plus: HTTP_PORT=0,
  * EVENT_BUS_TYPE=sqlite, EVENT_STORE_URL and SERVICE_DB_URL in dir, AUTH_PASSWORD_HASH=min, and
- * extra ("NAME=value" strings, NULL-terminated; they win). Returns 0 once it printed its
- * address, or -1 (with its stderr printed) when it exited or did not start within 20 s. */
+ * extra ("NAME=value" strings, NULL-terminated; they win; a bare "NAME" unsets NAME). Returns 0
+ * once it printed its address, or -1 (with its stderr printed) when it exited or did not start
+ * within 20 s. */
 static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
                                  const char *const *extra)
 {
@@ -96,7 +97,8 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
         for (size_t j = 0; j < nown && !overridden; j++)
             overridden = !strncmp(own[j], environ[i], nl) && own[j][nl] == '=';
         for (size_t j = 0; j < nextra && !overridden; j++)
-            overridden = !strncmp(extra[j], environ[i], nl) && extra[j][nl] == '=';
+            overridden =
+                !strncmp(extra[j], environ[i], nl) && (extra[j][nl] == '=' || extra[j][nl] == '\0');
         if (!overridden) envp[k++] = environ[i];
     }
     for (size_t j = 0; j < nown; j++) {
@@ -104,11 +106,12 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
         size_t nl = (size_t)(eq - own[j]);
         int overridden = 0;
         for (size_t x = 0; x < nextra && !overridden; x++)
-            overridden = !strncmp(extra[x], own[j], nl) && extra[x][nl] == '=';
+            overridden =
+                !strncmp(extra[x], own[j], nl) && (extra[x][nl] == '=' || extra[x][nl] == '\0');
         if (!overridden) envp[k++] = own[j];
     }
     for (size_t j = 0; j < nextra; j++)
-        envp[k++] = extra[j];
+        if (strchr(extra[j], '=')) envp[k++] = extra[j];
     envp[k] = NULL;
     char errpath[512];
     snprintf(errpath, sizeof errpath, "%s/%s.stderr", dir, name);

@@ -4,6 +4,7 @@
  * through a bus of its own. One case keeps the service's database in PostgreSQL.
  * ew-fixture: postgres */
 #include <pthread.h>
+#include <sodium.h>
 #include "support/ew_test.h"
 #include "http/http_client.h"
 #define SVC_UNDER_TEST "auth-service"
@@ -551,16 +552,44 @@ static void test_sigterm_finishes_the_request_in_flight_and_exits_zero(void **st
     down(e);
 }
 
+static int first_text(void *ud, const ew_row *row)
+{
+    snprintf(ud, 256, "%s", row->values[0] ? row->values[0] : "(null)");
+    return 1;
+}
+
 static void test_default_password_hash(void **state)
 {
-    /* AUTH_PASSWORD_HASH unset: libsodium's interactive limits */
-    static const char *const extra[] = {"AUTH_PASSWORD_HASH=interactive", NULL};
+    /* AUTH_PASSWORD_HASH unset (the test harness sets min otherwise): libsodium's interactive
+     * limits, 64 MiB and 2 passes, as the stored hash says */
+    static const char *const extra[] = {"AUTH_PASSWORD_HASH", NULL};
     env *e = up(extra);
     char user_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1];
     register_user(e, "alan", "alan@example.com", "enigma1912", user_id);
     login(e, "{\"email\":\"alan@example.com\",\"password\":\"enigma1912\"}", tok);
     expect(e, "POST", "/auth/login", "{\"email\":\"alan@example.com\",\"password\":\"enigma1913\"}",
            401, NULL, "wrong email or password");
+    char url[300], hash[256] = "";
+    snprintf(url, sizeof url, "sqlite:%s/auth-service.db", e->dir);
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_txn *t;
+    const char *p[] = {user_id};
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT password_hash FROM event_store.auth_users "
+                                  "WHERE user_id = $1",
+                                  p, 1, first_text, hash, &err),
+                     0);
+    ew_txn_rollback(t);
+    ew_store_close(db);
+    char want[64];
+    snprintf(want, sizeof want, "$argon2id$v=19$m=%llu,t=%llu,",
+             (unsigned long long)crypto_pwhash_MEMLIMIT_INTERACTIVE / 1024,
+             (unsigned long long)crypto_pwhash_OPSLIMIT_INTERACTIVE);
+    if (strncmp(hash, want, strlen(want)) != 0)
+        fail_msg("stored hash %s, wanted %s...", hash, want);
     down(e);
 }
 

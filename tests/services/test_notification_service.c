@@ -7,7 +7,11 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "support/ew_test.h"
 #define SVC_UNDER_TEST "notification-service"
 #include "services/svc_env.h"
@@ -414,6 +418,205 @@ static void test_smtp_delivery(void **state)
     down(e);
 }
 
+/* ---- a real SMTP server with STARTTLS and AUTH (tests/services/smtp_server.py) --------------- */
+
+typedef struct smtp_tls {
+    char dir[256]; /* its certificate, key, auth.log and N.msg files */
+    pid_t pid;
+    int port;
+} smtp_tls;
+
+/* A copy of the server the running case started, until smtp_tls_stop(): reap_smtp(), as a
+ * teardown, stops it when the case failed first (and the service, as reap() does). */
+static smtp_tls smtp_current;
+
+/* Starts smtp_server.py in MODE (starttls: a throw-away certificate for 127.0.0.1 made here with
+ * openssl; plain-auth: no TLS, AUTH in the clear); false when python3-aiosmtpd or openssl is not
+ * there (the case then skips, and says why). */
+static bool smtp_tls_start(smtp_tls *t, const char *mode)
+{
+    const char *src = getenv("EW_SOURCE_DIR");
+    char script[512];
+    snprintf(script, sizeof script, "%s/tests/services/smtp_server.py", src ? src : ".");
+    if (!src || access(script, R_OK) || access("/usr/bin/python3", X_OK) ||
+        system("/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null") != 0 ||
+        system("command -v openssl >/dev/null") != 0) {
+        fprintf(stderr, "skipped: needs EW_SOURCE_DIR, /usr/bin/python3 with aiosmtpd, openssl "
+                        "(scripts/setup)\n");
+        return false;
+    }
+    svc_tmpdir(t->dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout '%s/key.pem' -out '%s/cert.pem' -days 1 -subj /CN=127.0.0.1 "
+             "-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1",
+             t->dir, t->dir);
+    assert_int_equal(system(cmd), 0);
+    int out[2];
+    assert_int_equal(pipe(out), 0);
+    char cert[300], key[300], errpath[300];
+    snprintf(cert, sizeof cert, "%s/cert.pem", t->dir);
+    snprintf(key, sizeof key, "%s/key.pem", t->dir);
+    snprintf(errpath, sizeof errpath, "%s/server.stderr", t->dir);
+    fflush(NULL);
+    t->pid = fork();
+    assert_true(t->pid >= 0);
+    if (t->pid == 0) {
+        dup2(out[1], 1);
+        int efd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (efd >= 0) dup2(efd, 2);
+        close(out[0]);
+        execl("/usr/bin/python3", "python3", script, mode, t->dir, cert, key, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[32] = "";
+    size_t len = 0;
+    while (len + 1 < sizeof line && read(out[0], line + len, 1) == 1 && line[len] != '\n')
+        len++;
+    line[len] = '\0';
+    close(out[0]);
+    t->port = atoi(line);
+    smtp_current = *t;
+    if (t->port <= 0) {
+        char text[2048] = "";
+        FILE *f = fopen(errpath, "r");
+        if (f) {
+            text[fread(text, 1, sizeof text - 1, f)] = '\0';
+            fclose(f);
+        }
+        fail_msg("smtp_server.py %s did not start: %s", mode, text);
+    }
+    return true;
+}
+
+static void smtp_tls_stop(smtp_tls *t)
+{
+    smtp_current.pid = 0;
+    kill(t->pid, SIGTERM);
+    waitpid(t->pid, NULL, 0);
+    assert_int_equal(rm_dir(t->dir), 0);
+}
+
+static int reap_smtp(void **state)
+{
+    if (smtp_current.pid > 0) {
+        kill(smtp_current.pid, SIGKILL);
+        waitpid(smtp_current.pid, NULL, 0);
+        rm_dir(smtp_current.dir);
+        smtp_current.pid = 0;
+    }
+    return reap(state);
+}
+
+/* The text of file name in the server's folder ("" when there is none); the caller frees. */
+static char *smtp_tls_file(const smtp_tls *t, const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", t->dir, name);
+    char *text = calloc(1, 1 << 16);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        text[fread(text, 1, (1 << 16) - 1, f)] = '\0';
+        fclose(f);
+    }
+    return text;
+}
+
+static void reset_token(env *e, const char *user_id, const char *email, const char *token)
+{
+    char request_id[EW_UUID_LEN + 1];
+    ew_uuid7(request_id);
+    ew_password_reset_token_issued t = {.request_id = request_id,
+                                        .user_id = user_id,
+                                        .email = email,
+                                        .token = token,
+                                        .expires_at = "2030-01-01T00:00:00Z"};
+    publish(e, EW_T_PASSWORD_RESET_TOKEN_ISSUED, &t, user_id, NULL);
+}
+
+/* A server that requires STARTTLS and then AUTH: the service upgrades, verifies the server's
+ * certificate against SMTP_CA_FILE, logs in with the URL's user and password, and delivers. */
+static void test_smtp_starttls_and_auth(void **state)
+{
+    smtp_tls t;
+    if (!smtp_tls_start(&t, "starttls")) skip();
+    char url[128], ca[320];
+    snprintf(url, sizeof url, "SMTP_URL=smtp://mailer:s3cret@127.0.0.1:%d", t.port);
+    snprintf(ca, sizeof ca, "SMTP_CA_FILE=%s/cert.pem", t.dir);
+    const char *extra[] = {url, ca, "MAIL_FROM=Reset Desk <reset@mail.example.org>", NULL};
+    env *e = start(extra);
+    char user_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    reset_token(e, user_id, "radia@example.com", "tls-token-7");
+    ew_event_unref(wait_event(e, "notification.email_sent", user_id, 1));
+    char *log = smtp_tls_file(&t, "auth.log");
+    assert_string_equal(log, "mailer tls=yes ok\n");
+    free(log);
+    char *msg = smtp_tls_file(&t, "1.msg");
+    if (!strstr(msg, "from: reset@mail.example.org\nrcpt: radia@example.com\ntls: yes\n"
+                     "auth: mailer\n"))
+        fail_msg("the server saw: %s", msg);
+    assert_non_null(strstr(msg, "tls-token-7"));
+    free(msg);
+    assert_int_equal(mails(e, NULL, NULL), 0);
+    down(e);
+    smtp_tls_stop(&t);
+}
+
+/* The same server without SMTP_CA_FILE: its certificate is nobody's the system trusts, so
+ * nothing is sent (email_failed names the certificate), and no password went out. */
+static void test_smtp_untrusted_certificate_is_refused(void **state)
+{
+    smtp_tls t;
+    if (!smtp_tls_start(&t, "starttls")) skip();
+    char url[128];
+    snprintf(url, sizeof url, "SMTP_URL=smtp://mailer:s3cret@127.0.0.1:%d", t.port);
+    const char *extra[] = {url, "EVENT_HANDLER_MAX_ATTEMPTS=1", NULL};
+    env *e = start(extra);
+    char user_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    reset_token(e, user_id, "radia@example.com", "tls-token-8");
+    ew_event *ev = wait_event(e, "notification.email_failed", user_id, 1);
+    const char *why = ew_notification_email_failed_data(ev)->error;
+    if (!strstr(why, "certificate") && !strstr(why, "SSL")) fail_msg("email_failed says: %s", why);
+    ew_event_unref(ev);
+    char *log = smtp_tls_file(&t, "auth.log");
+    assert_string_equal(log, "");
+    free(log);
+    char *msg = smtp_tls_file(&t, "1.msg");
+    assert_string_equal(msg, "");
+    free(msg);
+    down(e);
+    smtp_tls_stop(&t);
+}
+
+/* A server that offers AUTH but no STARTTLS (or one whose offer was stripped on the way): with
+ * a user in SMTP_URL the service refuses to send rather than hand over the password in the
+ * clear. */
+static void test_smtp_password_never_goes_in_the_clear(void **state)
+{
+    smtp_tls t;
+    if (!smtp_tls_start(&t, "plain-auth")) skip();
+    char url[128];
+    snprintf(url, sizeof url, "SMTP_URL=smtp://mailer:s3cret@127.0.0.1:%d", t.port);
+    const char *extra[] = {url, "EVENT_HANDLER_MAX_ATTEMPTS=1", NULL};
+    env *e = start(extra);
+    char user_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    reset_token(e, user_id, "radia@example.com", "tls-token-9");
+    ew_event_unref(wait_event(e, "notification.email_failed", user_id, 1));
+    char *log = smtp_tls_file(&t, "auth.log");
+    assert_string_equal(log, ""); /* no AUTH reached the server */
+    free(log);
+    char *msg = smtp_tls_file(&t, "1.msg");
+    assert_string_equal(msg, "");
+    free(msg);
+    down(e);
+    smtp_tls_stop(&t);
+}
+
 static void test_gdpr_export_and_deletion(void **state)
 {
     env *e = start(NULL);
@@ -503,6 +706,11 @@ static void test_bad_requests_and_settings(void **state)
     assert_non_null(strstr(out, "MAIL_FROM"));
     assert_non_null(strstr(out, "SMTP_URL"));
     free(out);
+    const char *bad_ca[] = {"SMTP_URL=smtp://127.0.0.1:25", "SMTP_CA_FILE=/nonexistent/ca.pem",
+                            NULL};
+    out = start_fails(dir, bad_ca);
+    assert_non_null(strstr(out, "SMTP_CA_FILE: cannot read /nonexistent/ca.pem"));
+    free(out);
     assert_int_equal(rm_dir(dir), 0);
 }
 
@@ -545,6 +753,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_export_link_is_mailed, reap),
     cmocka_unit_test_teardown(test_smtp_failure_publishes_email_failed_and_dead_letters, reap),
     cmocka_unit_test_teardown(test_smtp_delivery, reap),
+    cmocka_unit_test_teardown(test_smtp_starttls_and_auth, reap_smtp),
+    cmocka_unit_test_teardown(test_smtp_untrusted_certificate_is_refused, reap_smtp),
+    cmocka_unit_test_teardown(test_smtp_password_never_goes_in_the_clear, reap_smtp),
     cmocka_unit_test_teardown(test_gdpr_export_and_deletion, reap),
     cmocka_unit_test_teardown(test_bad_requests_and_settings, reap),
     cmocka_unit_test_teardown(test_on_postgresql, reap),

@@ -1,7 +1,8 @@
 /* Tests of user-service as a process (see test_auth_service.c for the set-up): profiles made on
  * user.registered, the profile, preferences and verification endpoints, the GDPR handlers, and
  * the registration flow across two processes: auth-service registers, user-service creates the
- * profile, auth-service marks it.
+ * profile, auth-service marks it. One case takes a profile through its whole life with the
+ * service's database in PostgreSQL.
  *
  * ew-fixture: postgres */
 #include <pthread.h>
@@ -373,6 +374,108 @@ static void test_concurrent_verification_confirmations_one_wins_on_postgresql(vo
     ew_test_pg_drop(url);
 }
 
+/* The number the query answers on the PostgreSQL database at url ($1 = param). */
+static long pg_count(const char *url, const char *sql, const char *param)
+{
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_txn *t;
+    long n = -1;
+    const char *p[] = {param};
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    if (ew_txn_query(t, sql, p, 1, first_value, &n, &err)) fail_msg("%s: %s", sql, err.msg);
+    ew_txn_rollback(t);
+    ew_store_close(db);
+    return n;
+}
+
+/* The whole life of a profile with the service's database in PostgreSQL: created on
+ * registration (once, whatever is delivered again), changed, verified, exported, deleted; and
+ * the rows are where the service says, then gone. */
+static void test_on_postgresql(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *extra[] = {db, NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], path[128], id[EW_UUID_LEN + 1];
+    new_user(e, "grace", user_id);
+    ew_event *reg;
+    assert_int_equal(count_events(e, "user.registered", user_id, &reg), 1);
+    ew_error err = {0};
+    assert_int_equal(ew_bus_redeliver(bus(e), SVC_UNDER_TEST, NULL, reg, 0, &err), 0);
+    ew_event_unref(reg);
+    wait_handled(e);
+    assert_int_equal(count_events(e, "user.profile_created", user_id, NULL), 1);
+    assert_int_equal(
+        pg_count(url, "SELECT count(*) FROM event_store.user_profiles WHERE user_id = $1", user_id),
+        1);
+    assert_int_equal(
+        pg_count(url, "SELECT count(*) FROM event_store.user_preferences WHERE user_id = $1",
+                 user_id),
+        1);
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    http_result r = api(e, "PUT", path, "{\"display_name\":\"Grace H.\",\"bio\":\"COBOL\"}", NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "display_name"), "Grace H.");
+    http_result_free(&r);
+    ew_event_unref(wait_event(e, "user.profile_updated", user_id, 1));
+    snprintf(path, sizeof path, "/users/%s/preferences", user_id);
+    r = api(e, "PUT", path, "{\"preferences\":{\"language\":\"fr\"}}", NULL);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/users/%s/verify", user_id);
+    r = api(e, "POST", path, NULL, NULL);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    ew_event *vev = wait_event(e, "user.verification_requested", user_id, 1);
+    char body[256];
+    snprintf(body, sizeof body, "{\"token\":\"%s\"}",
+             ew_user_verification_requested_data(vev)->token);
+    ew_event_unref(vev);
+    r = api(e, "POST", "/users/verify/confirm", body, NO_TOKEN);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    expect(e, "POST", path, NULL, 409, NULL, "verified already");
+    snprintf(path, sizeof path, "/users/%s/profile", user_id);
+    r = api(e, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_member(&r, "display_name"), "Grace H.");
+    assert_string_equal(http_member(&r, "verified"), "true");
+    http_result_free(&r);
+
+    ew_uuid7(id);
+    ew_user_data_export_requested x = {.export_id = id, .user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DATA_EXPORT_REQUESTED, &x, user_id, &err))
+        fail_msg("%s", err.msg);
+    ew_event *ev = wait_event(e, "user.data_collected", user_id, 1);
+    assert_non_null(strstr(ew_user_data_collected_data(ev)->data, "\"display_name\":\"Grace H.\""));
+    assert_non_null(strstr(ew_user_data_collected_data(ev)->data, "\"language\":\"fr\""));
+    ew_event_unref(ev);
+    ew_uuid7(id);
+    ew_user_deletion_requested del = {.request_id = id, .user_id = user_id};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DELETION_REQUESTED, &del, user_id, &err))
+        fail_msg("%s", err.msg);
+    ev = wait_event(e, "user.data_deleted", user_id, 1);
+    assert_int_equal(ew_user_data_deleted_data(ev)->records, 3); /* profile, preferences, token */
+    ew_event_unref(ev);
+    expect(e, "GET", path, NULL, 404, NULL, "no profile");
+    assert_int_equal(
+        pg_count(url, "SELECT count(*) FROM event_store.user_profiles WHERE user_id = $1", user_id),
+        0);
+    assert_int_equal(
+        pg_count(url, "SELECT count(*) FROM event_store.user_preferences WHERE user_id = $1",
+                 user_id),
+        0);
+    assert_int_equal(
+        pg_count(url, "SELECT count(*) FROM event_store.user_verifications WHERE user_id = $1",
+                 user_id),
+        0);
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_concurrent_verification_confirmations_one_wins),
     cmocka_unit_test(test_concurrent_verification_confirmations_one_wins_on_postgresql),
@@ -381,6 +484,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_export_and_deletion),
     cmocka_unit_test(test_registration_flow_across_two_services),
     cmocka_unit_test(test_consent_is_published),
+    cmocka_unit_test_teardown(test_on_postgresql, reap),
 };
 
 EW_TEST_MAIN(tests)
