@@ -48,15 +48,25 @@ struct ew_json {
 typedef struct ew_json_limits {
     size_t max_bytes; /* 0: no limit */
     int max_depth;    /* 0: 64. The top-level value is depth 1; each array/object adds one. */
+    size_t max_mem;   /* 0: EW_JSON_MEM_FACTOR * input bytes + EW_JSON_MEM_BASE */
 } ew_json_limits;
+
+/* The memory a parse may use, in proportion to its input: the tree (a node is 96 bytes, so
+ * `[0,0,...]` would take 56 bytes per input byte), its strings and numbers (as the arena rounds
+ * them, to 16 bytes) and the hash sets of big objects' member names. Past it the parse stops with
+ * EW_ETOOBIG. 16 per byte is four times what a typical event takes (docs/fuzzing.md); the base
+ * lets any small document through. */
+#define EW_JSON_MEM_FACTOR 16
+#define EW_JSON_MEM_BASE (64 * 1024)
 
 /* Whatever max_depth asks for, nesting is refused beyond this: the parser recurses, and the C
  * stack of a thread must survive 1 MB of '['. */
 #define EW_JSON_DEPTH_CAP 512
 
 /* Parses text[0..len) (need not be NUL-terminated) into a tree allocated from arena. lim may be
- * NULL. Errors: EW_ETOOBIG (checked first, before reading), EW_EUTF8, EW_EJSON (syntax, also
- * empty input and trailing data), EW_EDUPKEY, EW_EDEPTH; err->msg names the position and the
+ * NULL. Errors: EW_ETOOBIG (input over max_bytes, checked first, before reading; or a tree that
+ * needs more memory than max_mem, "needs more than N bytes of memory"), EW_EUTF8, EW_EJSON (syntax,
+ * also empty input and trailing data), EW_EDUPKEY, EW_EDEPTH; err->msg names the position and the
  * problem. On error nothing is returned but what arena holds is not freed (the arena owns it). */
 int ew_json_parse(ew_json **out, const char *text, size_t len, const ew_json_limits *lim,
                   ew_arena *arena, ew_error *err);
