@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "bus/url.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/json.h"
@@ -48,13 +49,7 @@
 
 /* ---- settings ---------------------------------------------------------------------------- */
 
-typedef struct rurl {
-    char host[256];
-    int port;
-    char user[128], pass[256];
-    bool has_pass; /* AUTH: user and password, or the password alone when user is empty */
-    int db;
-} rurl;
+typedef ew__redis_url rurl; /* bus/url.h */
 
 typedef struct redis_bus redis_bus;
 
@@ -348,7 +343,7 @@ static int url_error(ew_error *err, const char *what)
 }
 
 /* redis://[user:password@]host[:port][/db]; port 6379 and db 0 when left out. */
-static int parse_url(rurl *u, const char *url, ew_error *err)
+int ew__redis_url_parse(rurl *u, const char *url, ew_error *err)
 {
     memset(u, 0, sizeof *u);
     u->port = 6379;
@@ -2086,7 +2081,7 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
 {
     redis_bus *rb = calloc(1, sizeof *rb);
     if (!rb) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = parse_url(&rb->url, ew_config_get(cfg, URL_VAR), err);
+    int rc = ew__redis_url_parse(&rb->url, ew_config_get(cfg, URL_VAR), err);
     if (rc) {
         free(rb);
         return rc;
