@@ -125,7 +125,7 @@ static void logf_(ew_http_server *s, ew_log_level lv, const char *fmt, ...)
     va_end(ap);
 }
 
-static void mhd_logger(void *cls, const char *fm, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fm, va_list ap)
 {
     ew_http_server *s = cls;
     if (!s->o.log) return;
