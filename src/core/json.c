@@ -1111,6 +1111,33 @@ void ew_json_write_string(ew_buf *b, const char *s, size_t n)
     put_c(b, '"');
 }
 
+void ew_json_write_string_lossy(ew_buf *b, const char *s, size_t n)
+{
+    if (ew_utf8_valid(s, n)) {
+        ew_json_write_string(b, s, n);
+        return;
+    }
+    ew_buf t;
+    ew_buf_init(&t);
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        int fault;
+        size_t k = *p < 0x80 ? 1 : utf8_seq(p, end, &fault);
+        if (k) {
+            ew_buf_append(&t, p, k);
+            p += k;
+        } else {
+            ew_buf_append(&t, "\xEF\xBF\xBD", 3); /* U+FFFD REPLACEMENT CHARACTER */
+            p++;
+        }
+    }
+    if (t.oom)
+        b->oom = 1;
+    else
+        ew_json_write_string(b, t.data ? t.data : "", t.len);
+    ew_buf_release(&t);
+}
+
 static void write_indent(ew_buf *b, size_t n)
 {
     static const char spaces[] = "                                                                ";

@@ -81,6 +81,11 @@ bool ew_utf8_valid(const char *s, size_t n);
  * (\b \f \n \r \t, others as \u00XX); everything else, non-ASCII UTF-8 included, as is. */
 void ew_json_write_string(ew_buf *b, const char *s, size_t n);
 
+/* The same for text that may hold anything (a request's path, a header, a message quoting
+ * them): each byte that is not part of well-formed UTF-8 is written as U+FFFD, so that the
+ * result is always JSON. */
+void ew_json_write_string_lossy(ew_buf *b, const char *s, size_t n);
+
 /* Appends v as compact JSON (no white space). Numbers are written as their original text. */
 void ew_json_write(ew_buf *b, const ew_json *v);
 

@@ -406,10 +406,10 @@ static void reply_error_v(ew_http_response *res, int status, const char *field, 
     ew_http_status(res, status);
     ew_buf_reset(&res->body);
     ew_buf_puts(&res->body, "{\"error\":");
-    ew_json_write_string(&res->body, msg, strlen(msg));
+    ew_json_write_string_lossy(&res->body, msg, strlen(msg));
     ew_buf_puts(&res->body, ",\"field\":");
     if (field)
-        ew_json_write_string(&res->body, field, strlen(field));
+        ew_json_write_string_lossy(&res->body, field, strlen(field));
     else
         ew_buf_puts(&res->body, "null");
     ew_buf_putc(&res->body, '}');
@@ -440,7 +440,7 @@ static int obj_key(ew_http_response *res, const char *key)
 {
     if (!res || !key || res->obj_members < 0) return -1;
     if (res->obj_members++) ew_buf_putc(&res->body, ',');
-    ew_json_write_string(&res->body, key, strlen(key));
+    ew_json_write_string_lossy(&res->body, key, strlen(key));
     ew_buf_putc(&res->body, ':');
     return 0;
 }
@@ -449,7 +449,7 @@ void ew_http_obj_str(ew_http_response *res, const char *key, const char *value)
 {
     if (obj_key(res, key)) return;
     if (value)
-        ew_json_write_string(&res->body, value, strlen(value));
+        ew_json_write_string_lossy(&res->body, value, strlen(value));
     else
         ew_buf_puts(&res->body, "null");
 }
@@ -473,7 +473,7 @@ void ew_http_obj_strlist(ew_http_response *res, const char *key, const char *con
     for (size_t i = 0; i < n; i++) {
         if (i) ew_buf_putc(&res->body, ',');
         if (items[i])
-            ew_json_write_string(&res->body, items[i], strlen(items[i]));
+            ew_json_write_string_lossy(&res->body, items[i], strlen(items[i]));
         else
             ew_buf_puts(&res->body, "null");
     }

@@ -733,6 +733,26 @@ static void test_memory_cap_counts_the_member_name_set(void **state)
     ew_buf_release(&b);
 }
 
+static void test_write_string_lossy_makes_json_of_any_bytes(void **state)
+{
+    ew_buf b;
+    ew_buf_init(&b);
+    /* Valid text is written as ew_json_write_string writes it. */
+    ew_json_write_string_lossy(&b, "a\"\xc3\xa9\n", 5);
+    assert_string_equal(b.data, "\"a\\\"\xc3\xa9\\n\"");
+    /* Each stray byte, overlong, surrogate or cut sequence becomes U+FFFD; the rest is kept. */
+    ew_buf_reset(&b);
+    ew_json_write_string_lossy(&b, "\xe9t\xe9|\xc0\xaf|\xed\xa0\x80|\xe2\x82", 13);
+    assert_string_equal(b.data, "\"\xef\xbf\xbdt\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|"
+                                "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd\"");
+    ew_arena a;
+    ew_json *v;
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, b.data, b.len, NULL, &a, NULL), 0);
+    ew_arena_release(&a);
+    ew_buf_release(&b);
+}
+
 /* ---- duplicate names ------------------------------------------------------------------------ */
 
 static void test_duplicate_names_are_refused(void **state)
@@ -1061,6 +1081,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_memory_is_capped_in_proportion_to_the_input),
     cmocka_unit_test(test_memory_cap_lets_ordinary_documents_through),
     cmocka_unit_test(test_memory_cap_counts_the_member_name_set),
+    cmocka_unit_test(test_write_string_lossy_makes_json_of_any_bytes),
     cmocka_unit_test(test_duplicate_names_are_refused),
     cmocka_unit_test(test_same_names_in_different_objects_are_fine),
     cmocka_unit_test(test_duplicate_names_beyond_16_members_use_the_hash_set),
