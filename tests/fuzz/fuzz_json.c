@@ -47,6 +47,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ew_arena_init(&a, NULL, 0);
     int rc = ew_json_parse(&v, text, size, NULL, &a, &err);
     (void)ew_utf8_valid(text, size);
+    /* Again under a memory limit of 1 to 16 bytes per input byte (the first byte says): the
+     * same result, or EW_ETOOBIG, cleanly (the default limit is never reached by the small
+     * inputs of fuzzing). */
+    ew_arena small;
+    ew_json *sv = NULL;
+    ew_json_limits lim = {.max_mem = size ? (size_t)(data[0] % 16 + 1) * size : 1};
+    ew_error serr = {0};
+    ew_arena_init(&small, NULL, 0);
+    int src = ew_json_parse(&sv, text, size, &lim, &small, &serr);
+    FUZZ_CHECK(src == rc || src == EW_ETOOBIG);
+    if (src == EW_ETOOBIG) FUZZ_CHECK(sv == NULL && strstr(serr.msg, "bytes of memory"));
+    ew_arena_release(&small);
     if (rc != 0) {
         FUZZ_CHECK(rc < 0 && err.code == rc && err.msg[0] != '\0' && v == NULL);
         FUZZ_CHECK(strlen(err.msg) < sizeof err.msg);
