@@ -31,17 +31,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     ew_config *copy = NULL;
     FUZZ_CHECK(ew_config_dup(&copy, cfg, NULL) == 0);
-    static const size_t sizes[] = {1, 7, 256, 4096};
+    /* Lookups by name are what costs here (libFuzzer hooks every strcmp): a few sizes only. */
+    static const size_t sizes[] = {1, 9, 4096};
     char a[4096], b[4096];
     for (int i = 0; ew_config_describe(i); i++) {
         const char *name = ew_config_describe(i)->name;
         for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
             memset(a, 'Z', sizes[k]);
-            memset(b, 'Y', sizes[k]);
             FUZZ_CHECK(ew_config_shown(cfg, name, a, sizes[k]) == a);
-            FUZZ_CHECK(ew_config_shown(copy, name, b, sizes[k]) == b);
-            FUZZ_CHECK(strlen(a) < sizes[k] && strcmp(a, b) == 0);
+            FUZZ_CHECK(strlen(a) < sizes[k]);
         }
+        FUZZ_CHECK(ew_config_shown(copy, name, b, sizeof b) == b && strcmp(a, b) == 0);
     }
     ew_error err = {0};
     FUZZ_CHECK(ew_config_set(cfg, value, "x", &err) != 0 || ew_config_get(cfg, value) != NULL);
