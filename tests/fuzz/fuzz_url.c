@@ -6,11 +6,12 @@
  * The input, cut at its first NUL, is one URL given to each. Properties: a refusal has its code
  * and message; a parsed Redis URL has a host and a port in 1..65535; a redacted URL fits its
  * buffer, and a password that a URL carries once, in its user info, never shows in it. */
+#include <libpq-fe.h>
+#include <strings.h>
 #include "bus/url.h"
 #include "eventwire/config.h"
 #include "fuzz.h"
 #include "store/store_impl.h"
-#include <libpq-fe.h>
 #ifdef EW_HAVE_RABBITMQ
 #include <amqp.h>
 #endif
@@ -28,10 +29,27 @@ static size_t count_of(const char *hay, const char *needle)
     return n;
 }
 
+/* Is pass written as it is, once, where a password goes: in the user info (up to the last '@'
+ * before the first '/', the widest any of the parsers reads) or after "password="? A password
+ * the parser decoded from %-escapes is not, and its decoded form may match other text. */
+static int written_once_as_password(const char *url, const char *pass)
+{
+    const char *at = strstr(url, pass), *p = strstr(url, "://");
+    if (!at || count_of(url, pass) != 1) return 0;
+    if (p) {
+        p += 3;
+        const char *last = NULL;
+        for (const char *q = p; q < p + strcspn(p, "/"); q++)
+            if (*q == '@') last = q;
+        if (last && at >= p && at + strlen(pass) <= last) return 1;
+    }
+    return at - url >= 9 && strncasecmp(at - 9, "password=", 9) == 0;
+}
+
 /* The redacted forms of url fit their buffers, and pass, the password a parser took from url,
- * never shows in them: when it is long enough to be told apart from the rest of the URL and the
- * URL holds it once (else its other copy, in a host or a path, may show legitimately). The same
- * for the value of a URL setting as ew_config_shown() shows it. */
+ * never shows in them when it is written once where a password goes and is long enough to be
+ * told apart from the rest of the URL. The same for the value of a URL setting as
+ * ew_config_shown() shows it. */
 static void check_redacted(const char *url, const char *pass, ew_config *cfg, const char *setting)
 {
     static const size_t sizes[] = {1, 2, 9, 64, 4096};
@@ -41,7 +59,7 @@ static void check_redacted(const char *url, const char *pass, ew_config *cfg, co
         const char *r = ew_url_redact(url, buf, sizes[i]);
         FUZZ_CHECK(r == buf && strlen(buf) < sizes[i]);
     }
-    if (!pass || strlen(pass) < 4 || strchr(pass, '*') || count_of(url, pass) != 1 ||
+    if (!pass || strlen(pass) < 4 || strchr(pass, '*') || !written_once_as_password(url, pass) ||
         strlen(url) >= sizeof buf / 2)
         return;
     ew_url_redact(url, buf, sizeof buf);
