@@ -823,7 +823,7 @@ static enum MHD_Result run_handler(ew_http_request *r)
     return ok;
 }
 
-/* The headers are in: the request's state, routed (or answered: 404, 405, 503, 413). *out is
+/* The headers are in: the request's state, routed (or answered: 404, 405, 503, 413). *out_r is
  * set whenever the state was made, also when the result is MHD_NO. */
 static enum MHD_Result request_begin(ew_http_server *s, struct MHD_Connection *conn,
                                      const ew__http_input *in, ew__http_output *out,
