@@ -1,9 +1,10 @@
 # eventwire — the commands a user types. CMake does the building; this file only names the steps.
 #   make run     set up, build and run the system
 #   make test    set up, build, and run every test, plainly and under ASan + UBSan, and the
-#                threaded ones under ThreadSanitizer
+#                threaded ones under ThreadSanitizer, and fuzz each harness of tests/fuzz for 5 s
 #   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
+#   make fuzz    build the fuzz harnesses with clang and run each for FUZZ_SECONDS (default 300)
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
@@ -11,8 +12,11 @@ ASAN  ?= build-asan
 TSAN  ?= build-tsan
 PREFIX ?= /usr/local
 BENCH ?= build-bench
+FUZZ  ?= build-fuzz
+FUZZ_SECONDS ?= 300
 
-.PHONY: all setup build run install test test-plain test-asan test-tsan bench format format-check clean
+.PHONY: all setup build run install test test-plain test-asan test-tsan test-fuzz fuzz bench format format-check \
+        clean
 
 all: build
 
@@ -29,7 +33,7 @@ run: build
 install: build
 	@cmake --install $(BUILD) --prefix $(PREFIX)
 
-test: setup test-plain test-asan test-tsan
+test: setup test-plain test-asan test-tsan test-fuzz
 
 test-plain:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -60,6 +64,16 @@ test-tsan:
 	@cd $(TSAN) && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" \
 		$(NO_ASLR) ctest --output-on-failure -j $(JOBS) -E '$(TSAN_SKIP)'
 
+# Each harness of tests/fuzz runs for FUZZ_SECONDS; make test runs them for 5 s each.
+fuzz: setup
+	@cmake -S . -B $(FUZZ) -DCMAKE_C_COMPILER=clang-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEW_FUZZ=ON \
+		-DEW_TESTS=OFF -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(FUZZ) -j $(JOBS) --target fuzz
+	@cd $(FUZZ) && FUZZ_SECONDS=$(FUZZ_SECONDS) ctest --output-on-failure -j $(JOBS)
+
+test-fuzz:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=5
+
 bench: setup
 	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
 	@cmake --build $(BENCH) -j $(JOBS)
@@ -72,4 +86,4 @@ format-check:
 	@bash scripts/check-format
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(TSAN) $(BENCH)
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(BENCH) $(FUZZ)

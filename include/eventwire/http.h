@@ -159,7 +159,8 @@ void ew_http_reply_error(ew_http_response *res, int status, const char *field, c
     ;
 
 /* A flat JSON object built member by member: ew_http_obj_begin(res, 200), then the members, then
- * ew_http_obj_end(res). Strings are escaped; NULL strings become null. */
+ * ew_http_obj_end(res). Strings are escaped, bytes in them that are not UTF-8 written as U+FFFD
+ * (so a path or header echoed is still JSON); NULL strings become null. */
 void ew_http_obj_begin(ew_http_response *res, int status);
 void ew_http_obj_str(ew_http_response *res, const char *key, const char *value);
 void ew_http_obj_int(ew_http_response *res, const char *key, int64_t value);

@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "bus/url.h"
 #include "bus/binding.h"
 #include "bus/rabbitmq.h"
 #include "bus/receive.h"
@@ -55,24 +56,30 @@ static void rmq_free(rmq *r)
 
 /* Parses RABBITMQ_URL: amqp://[user[:password]@]host[:port][/vhost]. "/" or nothing after the
  * address is the default vhost "/", as most clients read it; "%2f" spells it too. */
-static int parse_url(rmq *r, const char *url, ew_error *err)
+int ew__amqp_url_parse(const char *url, char **buf, struct amqp_connection_info *ci, ew_error *err)
 {
-    if (!(r->url_buf = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    amqp_default_connection_info(&r->ci);
+    if (!(*buf = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    amqp_default_connection_info(ci);
     if (strncmp(url, "amqps://", 8) == 0)
         return ew_error_set(err, EW_ECONFIG,
                             "RABBITMQ_URL: amqps:// (TLS) is not supported by this backend; use "
                             "amqp://");
-    if (strncmp(url, "amqp://", 7) != 0 || amqp_parse_url(r->url_buf, &r->ci) != AMQP_STATUS_OK)
+    if (strncmp(url, "amqp://", 7) != 0 || amqp_parse_url(*buf, ci) != AMQP_STATUS_OK)
         return ew_error_set(err, EW_ECONFIG,
                             "RABBITMQ_URL: '%.100s' is not an AMQP URL "
                             "(amqp://user:password@host:port/vhost)",
                             url);
-    if (!*r->ci.host)
+    if (!*ci->host)
         return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: '%.100s' names no host", url);
-    if (r->ci.port < 1 || r->ci.port > 65535)
-        return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: port %d is outside 1..65535",
-                            r->ci.port);
+    if (ci->port < 1 || ci->port > 65535)
+        return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: port %d is outside 1..65535", ci->port);
+    return 0;
+}
+
+static int parse_url(rmq *r, const char *url, ew_error *err)
+{
+    int rc = ew__amqp_url_parse(url, &r->url_buf, &r->ci, err);
+    if (rc) return rc;
     r->vhost = *r->ci.vhost ? r->ci.vhost : "/";
     snprintf(r->addr, sizeof r->addr, "%s:%d vhost %s", r->ci.host, r->ci.port, r->vhost);
     return 0;

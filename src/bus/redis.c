@@ -448,7 +448,7 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
 {
     redis_bus *rb = calloc(1, sizeof *rb);
     if (!rb) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = ew__rd_parse_url(&rb->url, ew_config_get(cfg, URL_VAR), err);
+    int rc = ew__redis_url_parse(&rb->url, ew_config_get(cfg, URL_VAR), err);
     if (rc) {
         free(rb);
         return rc;

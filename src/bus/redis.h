@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "bus/url.h"
 #include "bus/backend.h"
 #include "core/buf.h"
 #include "eventwire/catalog.h"
@@ -29,13 +30,7 @@
 
 /* ---- settings ---------------------------------------------------------------------------- */
 
-typedef struct rurl {
-    char host[256];
-    int port;
-    char user[128], pass[256];
-    bool has_pass; /* AUTH: user and password, or the password alone when user is empty */
-    int db;
-} rurl;
+typedef ew__redis_url rurl; /* bus/url.h */
 
 typedef struct redis_bus redis_bus;
 
@@ -136,7 +131,7 @@ struct redis_bus {
 /* ---- redis_conn.c ---------------------------------------------------------------- */
 
 void ew__rd_free_replies(redisReply **r, size_t n);
-int ew__rd_parse_url(rurl *u, const char *url, ew_error *err);
+/* ew__redis_url_parse (bus/url.h), in redis_conn.c. */
 int ew__rd_pub_conn(redis_bus *rb, bool *fresh, ew_error *err);
 void ew__rd_pub_drop(redis_bus *rb);
 int ew__rd_pub_exchange(redis_bus *rb, const ew_buf *b, redisReply **replies, size_t n,

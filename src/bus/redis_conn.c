@@ -192,7 +192,7 @@ static int url_error(ew_error *err, const char *what)
 }
 
 /* redis://[user:password@]host[:port][/db]; port 6379 and db 0 when left out. */
-int ew__rd_parse_url(rurl *u, const char *url, ew_error *err)
+int ew__redis_url_parse(rurl *u, const char *url, ew_error *err)
 {
     memset(u, 0, sizeof *u);
     u->port = 6379;

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "bus/url.h"
 #include "bus/receive.h"
 #include "bus/sqlite_bus.h"
 #include "eventwire/catalog.h"
@@ -178,7 +179,7 @@ static int sq_publish(void *self, const ew_event *const *evs, size_t n, size_t *
 
 /* EVENT_STORE_URL must name an SQLite file: the bus's connections (one to publish, one per
  * group) and other processes must all reach the same database. */
-static int check_url(const char *url, ew_error *err)
+int ew__sqlite_bus_url_check(const char *url, ew_error *err)
 {
     if (!url || strncasecmp(url, "sqlite:", 7) != 0)
         return ew_error_set(err, EW_ECONFIG,
@@ -232,7 +233,7 @@ static void sync_dir(const char *path)
 static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err)
 {
     const char *url = ew_config_get(cfg, "EVENT_STORE_URL");
-    int rc = check_url(url, err);
+    int rc = ew__sqlite_bus_url_check(url, err);
     if (rc) return rc;
     sqbus *b = calloc(1, sizeof *b);
     if (!b) return ew_error_set(err, EW_ENOMEM, "out of memory");

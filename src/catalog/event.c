@@ -1148,7 +1148,7 @@ int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decod
                     ew_error *err)
 {
     if (!out || (!json && len)) return ew_error_set(err, EW_EINVAL, "out and json are required");
-    ew_json_limits lim = {DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH};
+    ew_json_limits lim = {.max_bytes = DEFAULT_MAX_BYTES, .max_depth = DEFAULT_MAX_DEPTH};
     if (opts && opts->max_bytes) lim.max_bytes = opts->max_bytes;
     if (opts && opts->max_depth) lim.max_depth = opts->max_depth;
     char stack[8192];
@@ -1168,7 +1168,7 @@ int ew_event_from_json(ew_event **out, const char *type, const char *data_json, 
         return ew_error_set(err, EW_EINVAL, "out, type and data are required");
     const ew_type_info *t = ew_catalog_find(type, 0);
     if (!t) return ew_error_set(err, EW_EUNKNOWNTYPE, "unknown event type '%.80s'", type);
-    ew_json_limits lim = {DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH};
+    ew_json_limits lim = {.max_bytes = DEFAULT_MAX_BYTES, .max_depth = DEFAULT_MAX_DEPTH};
     char stack[8192];
     ew_arena a;
     ew_arena_init(&a, stack, sizeof stack);

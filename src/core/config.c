@@ -578,13 +578,16 @@ static bool has_ci(const char *s, size_t len, const char *needle)
     return false;
 }
 
-/* A URL: the password of its user info, and of password= in its query, become ***. */
+/* A URL: the password of its user info, and of password= in its query, become ***. The user
+ * info ends at the last '@' before the first '/': libpq and librabbitmq read a '?' or '#' there
+ * as part of the password, so cutting at them (as RFC 3986 does) would show it. A password= value
+ * ends at '&' only, as libpq reads it. */
 static void shown_url(out *o, const char *v)
 {
     const char *p = strstr(v, "://");
     if (p) {
         p += 3;
-        size_t auth = strcspn(p, "/?#");
+        size_t auth = strcspn(p, "/");
         const char *at = NULL;
         for (size_t i = 0; i < auth; i++)
             if (p[i] == '@') at = p + i;
@@ -603,7 +606,7 @@ static void shown_url(out *o, const char *v)
         if (strncasecmp(v, "password=", 9) == 0) {
             put(o, v, 9);
             put(o, "***", 3);
-            v += 9 + strcspn(v + 9, "&#");
+            v += 9 + strcspn(v + 9, "&");
         }
     }
     put(o, v, strlen(v));

@@ -30,7 +30,9 @@ typedef struct parser {
     ew_arena *arena;
     ew_error *err;
     int max_depth;
-    int code; /* what the first failure was */
+    int code;         /* what the first failure was */
+    size_t used, mem; /* bytes taken so far, and the most allowed (EW_JSON_MEM_FACTOR) */
+    size_t len;       /* of the input, for the message */
 } parser;
 
 static const char *parse_value(parser *ps, const char *p, ew_json *v, int depth);
@@ -69,9 +71,33 @@ __attribute__((format(printf, 4, 5))) static const char *fail(parser *ps, const 
 
 static const char *oom(parser *ps)
 {
+    if (ps->code == EW_ETOOBIG) return NULL; /* over the memory limit: said already */
     ps->code = EW_ENOMEM;
     ew_error_set(ps->err, EW_ENOMEM, "out of memory while parsing JSON");
     return NULL;
+}
+
+/* Charges n bytes (as the arena rounds them) to the parse; EW_ETOOBIG past its limit. */
+static int charge(parser *ps, size_t n)
+{
+    size_t need = (n + 15) & ~(size_t)15;
+    if (need < n || need > ps->mem - ps->used) {
+        ps->code = EW_ETOOBIG;
+        ew_error_set(ps->err, EW_ETOOBIG,
+                     "JSON text of %zu bytes needs more than %zu bytes of memory to parse (the "
+                     "limit is %d bytes per input byte and %d KiB)",
+                     ps->len, ps->mem, EW_JSON_MEM_FACTOR, EW_JSON_MEM_BASE / 1024);
+        return EW_ETOOBIG;
+    }
+    ps->used += need;
+    return 0;
+}
+
+/* n bytes of the arena, charged; NULL when over the limit or out of memory (ps->code says). */
+static inline void *palloc(parser *ps, size_t n)
+{
+    if (charge(ps, n)) return NULL;
+    return ew_arena_alloc(ps->arena, n);
 }
 
 /* "'x'" for a visible ASCII character, "byte 0xNN" for anything else. */
@@ -408,7 +434,7 @@ static const char *parse_string(parser *ps, const char *p, const char **out, siz
         }
     }
     size_t raw = (size_t)(p - body);
-    char *d = ew_arena_alloc(ps->arena, raw + 1);
+    char *d = palloc(ps, raw + 1);
     if (!d) return oom(ps);
     if (!esc) {
         copy_short(d, body, raw);
@@ -508,7 +534,7 @@ __attribute__((noinline)) static const char *parse_number(parser *ps, const char
                     show_char(shown, sizeof shown, (unsigned char)*p));
 
     size_t n = (size_t)(p - s);
-    char *text = ew_arena_alloc(ps->arena, n + 1);
+    char *text = palloc(ps, n + 1);
     if (!text) return oom(ps);
     copy_short(text, s, n);
     text[n] = '\0';
@@ -584,11 +610,14 @@ typedef struct keyset {
     uint64_t k0, k1;
 } keyset;
 
-static int keyset_grow(keyset *s)
+/* The set's memory is charged to the parse while it lives (set_free gives it back). */
+static int keyset_grow(parser *ps, keyset *s)
 {
     size_t cap = s->slot ? (s->mask + 1) * 2 : 64;
+    if (charge(ps, cap * sizeof(keyslot))) return EW_ETOOBIG;
     keyslot *t = calloc(cap, sizeof *t);
     if (!t) return EW_ENOMEM;
+    if (s->slot) ps->used -= (s->mask + 1) * sizeof(keyslot); /* freed below */
     if (!s->slot) {
         s->k0 = ew__rand64();
         s->k1 = ew__rand64();
@@ -606,10 +635,12 @@ static int keyset_grow(keyset *s)
     return 0;
 }
 
-/* 1 when m's name is new (and now in the set), 0 when it is a duplicate, or EW_ENOMEM. */
-static int keyset_add(keyset *s, const ew_json *m)
+/* 1 when m's name is new (and now in the set), 0 when it is a duplicate, or EW_ENOMEM or
+ * EW_ETOOBIG. */
+static int keyset_add(parser *ps, keyset *s, const ew_json *m)
 {
-    if ((!s->slot || (s->n + 1) * 2 > s->mask + 1) && keyset_grow(s) != 0) return EW_ENOMEM;
+    int rc;
+    if ((!s->slot || (s->n + 1) * 2 > s->mask + 1) && (rc = keyset_grow(ps, s)) != 0) return rc;
     uint64_t h = siphash13(m->key, m->key_len, s->k0, s->k1);
     size_t i = h & s->mask;
     for (; s->slot[i].m; i = (i + 1) & s->mask) {
@@ -635,7 +666,7 @@ static inline const char *skip_ws(const char *p, const char *end)
 
 static inline ew_json *new_node(parser *ps)
 {
-    ew_json *n = ew_arena_alloc(ps->arena, sizeof *n);
+    ew_json *n = palloc(ps, sizeof *n);
     if (n) { /* field by field: a memset of this size becomes a slow `rep stos` */
         n->kind = EW_JSON_NULL;
         n->key = n->str = NULL;
@@ -767,17 +798,19 @@ static int check_name(parser *ps, const char *at, const char *name_end, ew_json 
         nm->sig[count] = sig;
     } else {
         keyset *set = &nm->set;
-        for (const ew_json *m = set->slot ? NULL : obj->child; m && r > 0; m = m->next)
-            r = keyset_add(set, m) < 0 ? EW_ENOMEM : 1;
-        if (r > 0) r = keyset_add(set, n);
+        for (const ew_json *m = set->slot ? NULL : obj->child; m && r > 0; m = m->next) {
+            int k = keyset_add(ps, set, m);
+            r = k < 0 ? k : 1;
+        }
+        if (r > 0) r = keyset_add(ps, set, n);
     }
     if (r == 0) {
         duplicate(ps, at, n);
         return EW_EDUPKEY;
     }
     if (r < 0) {
-        oom(ps);
-        return EW_ENOMEM;
+        oom(ps); /* a no-op when over the memory limit, which is said already */
+        return r;
     }
     return 0;
 }
@@ -845,6 +878,7 @@ __attribute__((noinline)) static const char *parse_object(parser *ps, const char
         }
     }
 out: /* on success too, with p not NULL */
+    if (nm.set.slot) ps->used -= (nm.set.mask + 1) * sizeof(keyslot);
     free(nm.set.slot);
     return p;
 }
@@ -918,13 +952,21 @@ int ew_json_parse(ew_json **out, const char *text, size_t len, const ew_json_lim
         return ew_error_set(err, EW_EINVAL, "JSON max_depth %d must not be negative", max_depth);
     if (max_depth == 0) max_depth = EW_JSON_DEPTH;
     if (max_depth > EW_JSON_DEPTH_CAP) max_depth = EW_JSON_DEPTH_CAP;
+    size_t mem = lim ? lim->max_mem : 0;
+    if (mem == 0)
+        mem = len > (SIZE_MAX - EW_JSON_MEM_BASE) / EW_JSON_MEM_FACTOR
+                  ? SIZE_MAX
+                  : len * EW_JSON_MEM_FACTOR + EW_JSON_MEM_BASE;
 
     parser ps = {.text = text,
                  .end = text + len,
                  .arena = arena,
                  .err = err,
                  .max_depth = max_depth,
-                 .code = 0};
+                 .code = 0,
+                 .used = 0,
+                 .mem = mem,
+                 .len = len};
     const char *p = text;
     if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) {
         fail(&ps, p, EW_EJSON, "a byte order mark (U+FEFF) is not allowed");
@@ -1066,6 +1108,33 @@ void ew_json_write_string(ew_buf *b, const char *s, size_t n)
     }
     put_n(b, s + run, n - run);
     put_c(b, '"');
+}
+
+void ew_json_write_string_lossy(ew_buf *b, const char *s, size_t n)
+{
+    if (ew_utf8_valid(s, n)) {
+        ew_json_write_string(b, s, n);
+        return;
+    }
+    ew_buf t;
+    ew_buf_init(&t);
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (p < end) {
+        int fault;
+        size_t k = *p < 0x80 ? 1 : utf8_seq(p, end, &fault);
+        if (k) {
+            ew_buf_append(&t, p, k);
+            p += k;
+        } else {
+            ew_buf_append(&t, "\xEF\xBF\xBD", 3); /* U+FFFD REPLACEMENT CHARACTER */
+            p++;
+        }
+    }
+    if (t.oom)
+        b->oom = 1;
+    else
+        ew_json_write_string(b, t.data ? t.data : "", t.len);
+    ew_buf_release(&t);
 }
 
 static void write_indent(ew_buf *b, size_t n)

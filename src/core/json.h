@@ -49,7 +49,16 @@ typedef struct ew_json_limits {
     size_t max_bytes; /* 0: no limit */
     int max_depth;    /* 0: EW_JSON_DEPTH. The top-level value is depth 1; each array/object adds
                          one. */
+    size_t max_mem;   /* 0: EW_JSON_MEM_FACTOR * input bytes + EW_JSON_MEM_BASE */
 } ew_json_limits;
+
+/* The memory a parse may use, in proportion to its input: the tree (a node is 96 bytes, so
+ * `[0,0,...]` would take 56 bytes per input byte), its strings and numbers (as the arena rounds
+ * them, to 16 bytes) and the hash sets of big objects' member names. Past it the parse stops with
+ * EW_ETOOBIG. 16 per byte is about four times what an event takes (the catalog's events take
+ * 4.2 on average, 6.2 at most: docs/fuzzing.md); the base lets any small document through. */
+#define EW_JSON_MEM_FACTOR 16
+#define EW_JSON_MEM_BASE (64 * 1024)
 
 /* Whatever max_depth asks for, nesting is refused beyond this: the parser recurses, and the C
  * stack of a thread must survive 1 MB of '['. */
@@ -60,8 +69,9 @@ typedef struct ew_json_limits {
 #define EW_JSON_DEPTH 64
 
 /* Parses text[0..len) (need not be NUL-terminated) into a tree allocated from arena. lim may be
- * NULL. Errors: EW_ETOOBIG (checked first, before reading), EW_EUTF8, EW_EJSON (syntax, also
- * empty input and trailing data), EW_EDUPKEY, EW_EDEPTH; err->msg names the position and the
+ * NULL. Errors: EW_ETOOBIG (input over max_bytes, checked first, before reading; or a tree that
+ * needs more memory than max_mem, "needs more than N bytes of memory"), EW_EUTF8, EW_EJSON (syntax,
+ * also empty input and trailing data), EW_EDUPKEY, EW_EDEPTH; err->msg names the position and the
  * problem. On error nothing is returned but what arena holds is not freed (the arena owns it). */
 int ew_json_parse(ew_json **out, const char *text, size_t len, const ew_json_limits *lim,
                   ew_arena *arena, ew_error *err);
@@ -75,6 +85,11 @@ bool ew_utf8_valid(const char *s, size_t n);
 /* Appends s[0..n) as a JSON string with quotes; escapes '"', '\\' and control characters
  * (\b \f \n \r \t, others as \u00XX); everything else, non-ASCII UTF-8 included, as is. */
 void ew_json_write_string(ew_buf *b, const char *s, size_t n);
+
+/* The same for text that may hold anything (a request's path, a header, a message quoting
+ * them): each byte that is not part of well-formed UTF-8 is written as U+FFFD, so that the
+ * result is always JSON. */
+void ew_json_write_string_lossy(ew_buf *b, const char *s, size_t n);
 
 /* Appends v as compact JSON (no white space). Numbers are written as their original text. */
 void ew_json_write(ew_buf *b, const ew_json *v);

@@ -29,6 +29,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
+#include "http/http_internal.h"
 
 #define MAX_PARAMS 8
 #define MAX_SEGS 32
@@ -101,6 +102,10 @@ struct ew_http_request {
     bool healthz; /* answered by the built-in /healthz */
     void *data;   /* the guard's (ew_http_set_data) */
     void (*data_free)(void *);
+    /* Without a connection (conn NULL: ew__http_handle), the request comes from in and the
+     * answer goes to out. */
+    const ew__http_input *in;
+    ew__http_output *out;
 };
 
 struct ew_http_response {
@@ -125,7 +130,7 @@ static void logf_(ew_http_server *s, ew_log_level lv, const char *fmt, ...)
     va_end(ap);
 }
 
-static void mhd_logger(void *cls, const char *fm, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fm, va_list ap)
 {
     ew_http_server *s = cls;
     if (!s->o.log) return;
@@ -401,10 +406,10 @@ static void reply_error_v(ew_http_response *res, int status, const char *field, 
     ew_http_status(res, status);
     ew_buf_reset(&res->body);
     ew_buf_puts(&res->body, "{\"error\":");
-    ew_json_write_string(&res->body, msg, strlen(msg));
+    ew_json_write_string_lossy(&res->body, msg, strlen(msg));
     ew_buf_puts(&res->body, ",\"field\":");
     if (field)
-        ew_json_write_string(&res->body, field, strlen(field));
+        ew_json_write_string_lossy(&res->body, field, strlen(field));
     else
         ew_buf_puts(&res->body, "null");
     ew_buf_putc(&res->body, '}');
@@ -435,7 +440,7 @@ static int obj_key(ew_http_response *res, const char *key)
 {
     if (!res || !key || res->obj_members < 0) return -1;
     if (res->obj_members++) ew_buf_putc(&res->body, ',');
-    ew_json_write_string(&res->body, key, strlen(key));
+    ew_json_write_string_lossy(&res->body, key, strlen(key));
     ew_buf_putc(&res->body, ':');
     return 0;
 }
@@ -444,7 +449,7 @@ void ew_http_obj_str(ew_http_response *res, const char *key, const char *value)
 {
     if (obj_key(res, key)) return;
     if (value)
-        ew_json_write_string(&res->body, value, strlen(value));
+        ew_json_write_string_lossy(&res->body, value, strlen(value));
     else
         ew_buf_puts(&res->body, "null");
 }
@@ -468,7 +473,7 @@ void ew_http_obj_strlist(ew_http_response *res, const char *key, const char *con
     for (size_t i = 0; i < n; i++) {
         if (i) ew_buf_putc(&res->body, ',');
         if (items[i])
-            ew_json_write_string(&res->body, items[i], strlen(items[i]));
+            ew_json_write_string_lossy(&res->body, items[i], strlen(items[i]));
         else
             ew_buf_puts(&res->body, "null");
     }
@@ -493,7 +498,7 @@ void ew_http_obj_end(ew_http_response *res)
 static void trace_request(ew_http_request *r)
 {
     ew_trace_ctx parent;
-    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "traceparent");
+    const char *h = ew_http_header(r, "traceparent");
     r->has_parent = h && ew_trace_parse(h, &parent);
     ew_trace_child(r->has_parent ? &parent : NULL, &r->span);
     if (r->has_parent) memcpy(r->parent_span_id, parent.span_id, sizeof r->parent_span_id);
@@ -562,6 +567,16 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
      * and what it reads next (GET /metrics) must include it */
     count_answer(r, res->status);
     if (s->o.span) report_span(r, res->status);
+    if (!r->conn) { /* ew__http_handle: the answer goes to out */
+        MHD_destroy_response(mr);
+        r->out->status = res->status;
+        ew_buf_append(&r->out->body, len ? res->body.data : "", len);
+        for (size_t i = 0; i < res->nh; i++)
+            if (!strcasecmp(res->hname[i], "Allow"))
+                snprintf(r->out->allow, sizeof r->out->allow, "%s", res->hval[i]);
+        r->answered = 1;
+        return MHD_YES;
+    }
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)res->status, mr);
     MHD_destroy_response(mr);
     if (ok != MHD_YES) return ok;
@@ -614,6 +629,12 @@ const char *ew_http_query(const ew_http_request *r, const char *name)
     if (!r || !name) return NULL;
     const char *v = NULL;
     size_t vlen = 0;
+    if (!r->conn) {
+        for (size_t i = 0; i < r->in->nquery; i++)
+            if (!strcmp(r->in->query[2 * i], name))
+                return r->in->query[2 * i + 1] ? r->in->query[2 * i + 1] : "";
+        return NULL;
+    }
     if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
                                       &vlen) != MHD_YES)
         return NULL;
@@ -623,6 +644,11 @@ const char *ew_http_query(const ew_http_request *r, const char *name)
 const char *ew_http_header(const ew_http_request *r, const char *name)
 {
     if (!r || !name) return NULL;
+    if (!r->conn) {
+        for (size_t i = 0; i < r->in->nheaders; i++)
+            if (!strcasecmp(r->in->headers[2 * i], name)) return r->in->headers[2 * i + 1];
+        return NULL;
+    }
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
@@ -659,6 +685,10 @@ const char *ew_http_bearer(const ew_http_request *r)
 
 static void client_addr(ew_http_request *r)
 {
+    if (!r->conn) {
+        snprintf(r->client, sizeof r->client, "127.0.0.1");
+        return;
+    }
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (!ci || !ci->client_addr) return;
@@ -793,6 +823,101 @@ static enum MHD_Result run_handler(ew_http_request *r)
     return ok;
 }
 
+/* The headers are in: the request's state, routed (or answered: 404, 405, 503, 413). *out_r is
+ * set whenever the state was made, also when the result is MHD_NO. */
+static enum MHD_Result request_begin(ew_http_server *s, struct MHD_Connection *conn,
+                                     const ew__http_input *in, ew__http_output *out,
+                                     const char *url, const char *method, ew_http_request **out_r)
+{
+    ew_http_request *r = calloc(1, sizeof *r);
+    if (!r) return MHD_NO;
+    r->s = s;
+    r->conn = conn;
+    r->in = in;
+    r->out = out;
+    r->method = method;
+    r->t0_ns = ew_mono_ns();
+    r->t0_us = ew_now_us();
+    trace_request(r);
+    ew_buf_init(&r->body);
+    ew_arena_init(&r->arena, NULL, 0);
+    if (!(r->path = strdup(url))) {
+        free(r);
+        return MHD_NO;
+    }
+    *out_r = r;
+    pthread_mutex_lock(&s->mu);
+    s->inflight++;
+    pthread_mutex_unlock(&s->mu);
+    client_addr(r);
+    if (atomic_load(&s->stopping)) return send_error(r, 503, NULL, "the server is shutting down");
+    enum MHD_Result ok = route_request(r);
+    if (r->answered || ok != MHD_YES) return ok;
+    /* the guard, before a byte of the body is read */
+    if ((r->rt->flags & EW_HTTP_GUARDED) && s->o.guard) {
+        ew_http_response res;
+        res_init(&res);
+        s->o.guard(r, &res, s->o.guard_ud);
+        if (res.status) {
+            ok = send_response(r, &res);
+            res_release(&res);
+            return ok;
+        }
+        res_release(&res);
+    }
+    /* a declared body over the limit is refused before it is read */
+    const char *cl = ew_http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (!errno && end != cl && n > s->o.max_body_bytes)
+            return send_error(r, 413, NULL,
+                              "the request body (%llu bytes) is larger than the limit of %zu bytes",
+                              n, s->o.max_body_bytes);
+    }
+    return MHD_YES;
+}
+
+/* A piece of the body. */
+static enum MHD_Result request_data(ew_http_request *r, const char *data, size_t n)
+{
+    ew_http_server *s = r->s;
+    if (r->answered || r->too_big) return MHD_YES;
+    if (r->body.len + n > s->o.max_body_bytes) {
+        r->too_big = 1;
+        ew_buf_release(&r->body);
+        ew_buf_init(&r->body);
+        /* MHD may refuse a response in the middle of a body: then the rest is dropped and
+         * the answer goes out at its end */
+        send_error(r, 413, NULL, "the request body is larger than the limit of %zu bytes",
+                   s->o.max_body_bytes);
+        return MHD_YES;
+    }
+    ew_buf_append(&r->body, data, n);
+    if (r->body.oom) return MHD_NO;
+    return MHD_YES;
+}
+
+/* The body is complete: answer. */
+static enum MHD_Result request_end(ew_http_request *r)
+{
+    if (r->answered) return MHD_YES;
+    if (r->too_big)
+        return send_error(r, 413, NULL, "the request body is larger than the limit of %zu bytes",
+                          r->s->o.max_body_bytes);
+    return run_handler(r);
+}
+
+/* The request is over (answered or not): frees it and counts it out of flight. */
+static void request_done(ew_http_server *s, ew_http_request *r)
+{
+    request_free(r);
+    pthread_mutex_lock(&s->mu);
+    if (--s->inflight == 0) pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
@@ -800,79 +925,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     ew_http_server *s = cls;
     ew_http_request *r = *con_cls;
     if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
-        r->s = s;
-        r->conn = conn;
-        r->method = method;
-        r->t0_ns = ew_mono_ns();
-        r->t0_us = ew_now_us();
-        trace_request(r);
-        ew_buf_init(&r->body);
-        ew_arena_init(&r->arena, NULL, 0);
-        if (!(r->path = strdup(url))) {
-            free(r);
-            return MHD_NO;
-        }
-        *con_cls = r;
-        pthread_mutex_lock(&s->mu);
-        s->inflight++;
-        pthread_mutex_unlock(&s->mu);
-        client_addr(r);
-        if (atomic_load(&s->stopping))
-            return send_error(r, 503, NULL, "the server is shutting down");
-        enum MHD_Result ok = route_request(r);
-        if (r->answered || ok != MHD_YES) return ok;
-        /* the guard, before a byte of the body is read */
-        if ((r->rt->flags & EW_HTTP_GUARDED) && s->o.guard) {
-            ew_http_response res;
-            res_init(&res);
-            s->o.guard(r, &res, s->o.guard_ud);
-            if (res.status) {
-                ok = send_response(r, &res);
-                res_release(&res);
-                return ok;
-            }
-            res_release(&res);
-        }
-        /* a declared body over the limit is refused before it is read */
-        const char *cl =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl) {
-            char *end;
-            errno = 0;
-            unsigned long long n = strtoull(cl, &end, 10);
-            if (!errno && end != cl && n > s->o.max_body_bytes)
-                return send_error(
-                    r, 413, NULL,
-                    "the request body (%llu bytes) is larger than the limit of %zu bytes", n,
-                    s->o.max_body_bytes);
-        }
-        return MHD_YES;
+        enum MHD_Result ok = request_begin(s, conn, NULL, NULL, url, method, &r);
+        if (r) *con_cls = r;
+        return ok;
     }
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->answered || r->too_big) return MHD_YES;
-        if (r->body.len + n > s->o.max_body_bytes) {
-            r->too_big = 1;
-            ew_buf_release(&r->body);
-            ew_buf_init(&r->body);
-            /* MHD may refuse a response in the middle of a body: then the rest is dropped and
-             * the answer goes out at its end */
-            send_error(r, 413, NULL, "the request body is larger than the limit of %zu bytes",
-                       s->o.max_body_bytes);
-            return MHD_YES;
-        }
-        ew_buf_append(&r->body, upload_data, n);
-        if (r->body.oom) return MHD_NO;
-        return MHD_YES;
+        return request_data(r, upload_data, n);
     }
-    if (r->answered) return MHD_YES;
-    if (r->too_big)
-        return send_error(r, 413, NULL, "the request body is larger than the limit of %zu bytes",
-                          s->o.max_body_bytes);
-    return run_handler(r);
+    return request_end(r);
+}
+
+int ew__http_handle(ew_http_server *s, const ew__http_input *in, ew__http_output *out)
+{
+    ew_buf_init(&out->body);
+    out->status = 0;
+    out->allow[0] = '\0';
+    ew_http_request *r = NULL;
+    enum MHD_Result ok = request_begin(s, NULL, in, out, in->path, in->method, &r);
+    size_t step = in->chunk ? in->chunk : in->body_len;
+    for (size_t off = 0; ok == MHD_YES && off < in->body_len; off += step)
+        ok = request_data(r, in->body + off, in->body_len - off < step ? in->body_len - off : step);
+    if (ok == MHD_YES) ok = request_end(r);
+    if (r) request_done(s, r);
+    if (out->body.oom) return EW_ENOMEM;
+    return ok == MHD_YES ? 0 : EW_EIO;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -885,10 +963,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         logf_(s, EW_LOG_DEBUG, "http: %s %s ended early (%d)", r->method, r->path ? r->path : "",
               (int)toe);
-    request_free(r);
-    pthread_mutex_lock(&s->mu);
-    if (--s->inflight == 0) pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    request_done(s, r);
 }
 
 /* ---- start and stop ------------------------------------------------------------------------ */

@@ -402,7 +402,7 @@ static void pg_close(void *conn)
     free(c);
 }
 
-static int pg_open(void **conn, const char *url, const ew__store_log *log, ew_error *err)
+int ew__pg_url_check(const char *url, ew_error *err)
 {
     char *perr = NULL;
     PQconninfoOption *o = PQconninfoParse(url, &perr);
@@ -413,6 +413,13 @@ static int pg_open(void **conn, const char *url, const ew__store_log *log, ew_er
         return ew_error_set(err, EW_ECONFIG, "EVENT_STORE_URL: %s", msg);
     }
     PQconninfoFree(o);
+    return 0;
+}
+
+static int pg_open(void **conn, const char *url, const ew__store_log *log, ew_error *err)
+{
+    int rc = ew__pg_url_check(url, err);
+    if (rc) return rc;
     pgs *c = calloc(1, sizeof *c);
     if (!c || !(c->url = strdup(url))) {
         free(c);
@@ -421,7 +428,7 @@ static int pg_open(void **conn, const char *url, const ew__store_log *log, ew_er
     c->log = log;
     for (int i = 0; i < 5; i++)
         ew_buf_init(&c->arr[i]);
-    int rc = session_connect(c, &c->main, err);
+    rc = session_connect(c, &c->main, err);
     if (!rc) rc = migrate(c, err);
     if (rc) {
         pg_close(c);

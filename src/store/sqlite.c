@@ -363,7 +363,7 @@ static int busy_wait(void *ud, int count)
     return 1;
 }
 
-static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_error *err)
+int ew__sqlite_path_check(const char *path, ew_error *err)
 {
     if (!*path)
         return ew_error_set(err, EW_ECONFIG,
@@ -373,8 +373,14 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
         return ew_error_set(err, EW_ECONFIG,
                             "EVENT_STORE_URL: write sqlite:PATH (sqlite:var/x.db, "
                             "sqlite:/abs/x.db), not sqlite://");
-    const int memory = strcmp(path, ":memory:") == 0;
+    return 0;
+}
+
+static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_error *err)
+{
     int rc;
+    if ((rc = ew__sqlite_path_check(path, err))) return rc;
+    const int memory = strcmp(path, ":memory:") == 0;
     if (!memory && (rc = make_dirs(path, err))) return rc;
     sq *c = calloc(1, sizeof *c);
     if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");

@@ -33,6 +33,18 @@ static const struct backend {
     {"postgres://", 1, &ew__store_postgres},
 };
 
+const char *ew__store_url_arg(const char *url, const ew_store_ops **ops)
+{
+    for (size_t i = 0; url && i < sizeof backends / sizeof backends[0]; i++) {
+        const struct backend *b = &backends[i];
+        if (strncasecmp(url, b->prefix, strlen(b->prefix)) == 0) {
+            *ops = b->ops;
+            return b->keep ? url : url + strlen(b->prefix);
+        }
+    }
+    return NULL;
+}
+
 /* ---- small things ---------------------------------------------------------------------- */
 
 void ew__store_logf(const ew__store_log *log, ew_log_level level, const char *fmt, ...)
@@ -81,10 +93,9 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     int64_t ttl_days = ew_config_get_int(cfg, "EVENT_STORE_TTL_DAYS");
     int64_t max_bytes = ew_config_get_int(cfg, "EVENT_MAX_BYTES");
 
-    const struct backend *b = NULL;
-    for (size_t i = 0; url && i < sizeof backends / sizeof backends[0] && !b; i++)
-        if (strncasecmp(url, backends[i].prefix, strlen(backends[i].prefix)) == 0) b = &backends[i];
-    if (!b) {
+    const ew_store_ops *ops = NULL;
+    const char *arg = ew__store_url_arg(url, &ops);
+    if (!arg) {
         rc = ew_error_set(err, EW_ECONFIG,
                           "EVENT_STORE_URL: '%.100s' is not sqlite:PATH or postgresql://...",
                           url ? url : "");
@@ -95,7 +106,7 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto fail_config;
     }
-    s->ops = b->ops;
+    s->ops = ops;
     s->log.fn = opts->log;
     s->log.ud = opts->log_ud;
     s->ttl_us = ttl_days * 86400LL * 1000000LL;
@@ -104,15 +115,12 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     pthread_mutex_init(&s->relay_mu, NULL);
     if (s->ops == &ew__store_sqlite) { /* opening may write (migrations) */
         struct stat st;
-        if (stat(url + strlen(b->prefix), &st) == 0)
-            ew__store_release_held_file(st.st_dev, st.st_ino);
+        if (stat(arg, &st) == 0) ew__store_release_held_file(st.st_dev, st.st_ino);
     }
-    if ((rc = s->ops->open(&s->conn, b->keep ? url : url + strlen(b->prefix), &s->log, err)))
-        goto fail_store;
+    if ((rc = s->ops->open(&s->conn, arg, &s->log, err))) goto fail_store;
     if (s->ops == &ew__store_sqlite) {
         struct stat st;
-        const char *path = url + strlen(b->prefix);
-        if (strcmp(path, ":memory:") != 0 && stat(path, &st) == 0) {
+        if (strcmp(arg, ":memory:") != 0 && stat(arg, &st) == 0) {
             s->has_file = 1;
             s->dev = st.st_dev;
             s->ino = st.st_ino;

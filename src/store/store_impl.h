@@ -220,6 +220,16 @@ typedef struct ew_store_ops {
 extern const ew_store_ops ew__store_sqlite;
 extern const ew_store_ops ew__store_postgres;
 
+/* EVENT_STORE_URL, parsed as ew_store_open() does, shared with the fuzzers
+ * (tests/fuzz/fuzz_url.c). ew__store_url_arg: the backend the URL's scheme names (*ops) and what
+ * its open() is given (the path after sqlite:, the whole URL for PostgreSQL), or NULL for another
+ * scheme. The checks each backend's open() makes before it touches a file or a server:
+ * ew__sqlite_path_check on that path, ew__pg_url_check (libpq's PQconninfoParse) on that URL;
+ * 0 or EW_ECONFIG naming EVENT_STORE_URL. */
+const char *ew__store_url_arg(const char *url, const ew_store_ops **ops);
+int ew__sqlite_path_check(const char *path, ew_error *err);
+int ew__pg_url_check(const char *url, ew_error *err);
+
 /* The status names stored in dead_letter_queue.status; -1 for an unknown name. */
 int ew__dlq_status_parse(const char *name);
 

@@ -133,12 +133,33 @@ static void test_shown_values_hide_secrets(void **state)
     ew_config_free(c);
 }
 
+/* Found by fuzzing (tests/fuzz/corpus/url/pg-password-with-hash): libpq and librabbitmq end
+ * the user info at the first '/', not at '?' or '#', so "u:#pw99@host" carries the password
+ * "#pw99". The redacted form showed it whole. */
+static void test_redact_hides_a_password_holding_hash_or_question_mark(void **state)
+{
+    (void)state;
+    char buf[256];
+    static const struct {
+        const char *url, *shown;
+    } cases[] = {
+        {"postgresql://u:#pw99@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"},
+        {"postgresql://u:pa?ss@db/x", "postgresql://u:***@db/x"},
+        {"amqp://app:s#cret@mq:5672/", "amqp://app:***@mq:5672/"},
+        {"redis://:x?y#z@cache:6379/0", "redis://:***@cache:6379/0"},
+        {"postgresql://db/x?user=u&password=p#q", "postgresql://db/x?user=u&password=***"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        assert_string_equal(ew_url_redact(cases[i].url, buf, sizeof buf), cases[i].shown);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_defaults_are_the_documented_ones),
     cmocka_unit_test(test_bad_values_are_refused_with_name_and_reason),
     cmocka_unit_test(test_environment_is_read),
     cmocka_unit_test(test_error_names_and_messages),
     cmocka_unit_test(test_shown_values_hide_secrets),
+    cmocka_unit_test(test_redact_hides_a_password_holding_hash_or_question_mark),
 };
 
 EW_TEST_MAIN(tests)

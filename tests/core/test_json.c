@@ -3,6 +3,7 @@
 #include <float.h>
 #include <limits.h>
 #include <locale.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <time.h>
@@ -645,6 +646,113 @@ static void test_megabyte_of_brackets_is_capped_even_with_a_huge_limit(void **st
     free(doc);
 }
 
+/* "[0,0,...,0]" of n bytes (n odd, >= 3), malloc'ed: the densest tree JSON can ask for. */
+static char *zeros_array(size_t n)
+{
+    char *doc = malloc(n);
+    assert_non_null(doc);
+    for (size_t i = 0; i < n; i++)
+        doc[i] = i % 2 ? '0' : ',';
+    doc[0] = '[';
+    doc[n - 1] = ']';
+    return doc;
+}
+
+static void test_memory_is_capped_in_proportion_to_the_input(void **state)
+{
+    /* 64 KiB of "[0,0,...]" is 32 Ki nodes of 96 bytes: about 3.6 MB uncapped. */
+    size_t n = 64 * 1024 + 1;
+    size_t cap = n * EW_JSON_MEM_FACTOR + EW_JSON_MEM_BASE;
+    char *doc = zeros_array(n);
+    char want[96];
+    snprintf(want, sizeof want, "needs more than %zu bytes of memory", cap);
+    struct mallinfo2 before = mallinfo2();
+    expect_error_n(doc, n, NULL, EW_ETOOBIG, want);
+    expect_error_n(doc, n, NULL, EW_ETOOBIG, "16 bytes per input byte and 64 KiB");
+    /* The refusal came at the cap, not after the whole tree was built: the heap never held more
+     * than the cap and the arena's last chunk (mallinfo2 counts nothing under ASan: skipped). */
+    ew_arena a;
+    ew_json *v;
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, doc, n, NULL, &a, NULL), EW_ETOOBIG);
+    struct mallinfo2 after = mallinfo2();
+    if (after.uordblks > before.uordblks)
+        assert_true(after.uordblks - before.uordblks <= cap + 64 * 1024);
+    ew_arena_release(&a);
+    /* The same text under a caller's larger limit parses: the cap is what refused it. */
+    ew_json_limits lim = {.max_mem = 8u << 20};
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, doc, n, &lim, &a, NULL), 0);
+    assert_int_equal(v->count, n / 2);
+    ew_arena_release(&a);
+    /* And a smaller limit is obeyed exactly. */
+    /* The root takes 96 bytes, each element 112 (its node and its text, rounded to 16): seven
+     * elements fit in 900, the eighth does not. */
+    lim.max_mem = 900;
+    expect_error_n("[0,0,0,0,0,0,0,0]", 17, &lim, EW_ETOOBIG, "more than 900 bytes");
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, "[0,0,0,0,0,0,0]", 15, &lim, &a, NULL), 0);
+    ew_arena_release(&a);
+    free(doc);
+}
+
+static void test_memory_cap_lets_ordinary_documents_through(void **state)
+{
+    /* One big string costs about its size. */
+    size_t n = 1 << 20;
+    char *doc = malloc(n);
+    assert_non_null(doc);
+    memset(doc, 'x', n);
+    doc[0] = '"';
+    doc[n - 1] = '"';
+    expect_ok_n(doc, n);
+    free(doc);
+    /* A small document of the densest kind passes on the base allowance. */
+    doc = zeros_array(1001);
+    expect_ok_n(doc, 1001);
+    free(doc);
+}
+
+static void test_memory_cap_counts_the_member_name_set(void **state)
+{
+    /* 4096 members: nodes, names and numbers take 128 bytes each, the name set 32 more. */
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_putc(&b, '{');
+    for (int i = 0; i < 4096; i++)
+        ew_buf_printf(&b, "%s\"k%d\":0", i ? "," : "", i);
+    ew_buf_putc(&b, '}');
+    ew_json_limits lim = {.max_mem = 4096 * 128 + 64 * 1024};
+    expect_error_n(b.data, b.len, &lim, EW_ETOOBIG, "needs more than");
+    lim.max_mem = 4096 * 128 + 256 * 1024;
+    ew_arena a;
+    ew_json *v;
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, b.data, b.len, &lim, &a, NULL), 0);
+    ew_arena_release(&a);
+    ew_buf_release(&b);
+}
+
+static void test_write_string_lossy_makes_json_of_any_bytes(void **state)
+{
+    ew_buf b;
+    ew_buf_init(&b);
+    /* Valid text is written as ew_json_write_string writes it. */
+    ew_json_write_string_lossy(&b, "a\"\xc3\xa9\n", 5);
+    assert_string_equal(b.data, "\"a\\\"\xc3\xa9\\n\"");
+    /* Each stray byte, overlong, surrogate or cut sequence becomes U+FFFD; the rest is kept. */
+    ew_buf_reset(&b);
+    ew_json_write_string_lossy(&b, "\xe9t\xe9|\xc0\xaf|\xed\xa0\x80|\xe2\x82", 13);
+    assert_string_equal(b.data, "\"\xef\xbf\xbdt\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|"
+                                "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd\"");
+    ew_arena a;
+    ew_json *v;
+    ew_arena_init(&a, NULL, 0);
+    assert_int_equal(ew_json_parse(&v, b.data, b.len, NULL, &a, NULL), 0);
+    ew_arena_release(&a);
+    ew_buf_release(&b);
+}
+
 /* ---- duplicate names ------------------------------------------------------------------------ */
 
 static void test_duplicate_names_are_refused(void **state)
@@ -970,6 +1078,10 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_nesting_limit_counts_containers_only),
     cmocka_unit_test(test_2000_nested_arrays_fail_cleanly),
     cmocka_unit_test(test_megabyte_of_brackets_is_capped_even_with_a_huge_limit),
+    cmocka_unit_test(test_memory_is_capped_in_proportion_to_the_input),
+    cmocka_unit_test(test_memory_cap_lets_ordinary_documents_through),
+    cmocka_unit_test(test_memory_cap_counts_the_member_name_set),
+    cmocka_unit_test(test_write_string_lossy_makes_json_of_any_bytes),
     cmocka_unit_test(test_duplicate_names_are_refused),
     cmocka_unit_test(test_same_names_in_different_objects_are_fine),
     cmocka_unit_test(test_duplicate_names_beyond_16_members_use_the_hash_set),

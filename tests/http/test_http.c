@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include "support/ew_test.h"
 #include "http/http_client.h"
+#include "core/json.h"
 #include "eventwire/clock.h"
 #include "eventwire/http.h"
 
@@ -271,6 +272,31 @@ static void test_unknown_path_is_404_and_wrong_method_405_with_allow(void **stat
     r = req(f, "DELETE", "/healthz", NULL);
     assert_int_equal(r.status, 405);
     http_result_free(&r);
+    finish(f);
+}
+
+/* Found by fuzzing (tests/fuzz/corpus/http/latin1-path): MHD hands over the path with its
+ * %-escapes decoded, whatever bytes they make; echoed in the 404's message they made an answer
+ * that was not JSON. Bytes that are not UTF-8 are now written as U+FFFD, in the built-in answers
+ * and in what handlers write with ew_http_obj_str. */
+static void test_answers_are_json_whatever_bytes_the_request_holds(void **state)
+{
+    fixture *f = start(0);
+    const char *paths[] = {"/no/%E9t%E9", "/items/%FF%C3?q=%C0%AF&flag=%ED%A0%80"};
+    const long want[] = {404, 200};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        http_result r = req(f, NULL, paths[i], NULL);
+        if (r.status != want[i]) fail_msg("%s: %ld %s", paths[i], r.status, r.body);
+        ew_arena a;
+        ew_json *v;
+        ew_error err = {0};
+        ew_arena_init(&a, NULL, 0);
+        if (ew_json_parse(&v, r.body, strlen(r.body), NULL, &a, &err))
+            fail_msg("%s: the answer is not JSON (%s): %s", paths[i], err.msg, r.body);
+        assert_non_null(strstr(r.body, "\xEF\xBF\xBD"));
+        ew_arena_release(&a);
+        http_result_free(&r);
+    }
     finish(f);
 }
 
@@ -653,6 +679,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_the_guard_runs_before_the_body),
     cmocka_unit_test(test_routes_params_query_and_headers),
     cmocka_unit_test(test_unknown_path_is_404_and_wrong_method_405_with_allow),
+    cmocka_unit_test(test_answers_are_json_whatever_bytes_the_request_holds),
     cmocka_unit_test(test_body_over_the_limit_is_413),
     cmocka_unit_test(test_malformed_json_is_400_naming_the_position),
     cmocka_unit_test(test_healthz_reports_the_callback),
