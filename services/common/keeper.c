@@ -1,5 +1,6 @@
 /* The service runtime's housekeeping (keeper.h). */
 #include "keeper.h"
+#include "core/mono.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -58,14 +59,7 @@ static void *run(void *arg)
     int64_t last_warn = 0;
     pthread_mutex_lock(&k->mu);
     for (;;) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += k->interval_ms / 1000;
-        dl.tv_nsec += (long)(k->interval_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = ew__mono_deadline(k->interval_ms);
         while (!k->stop)
             if (pthread_cond_timedwait(&k->cv, &k->mu, &dl) == ETIMEDOUT) break;
         if (k->stop) break;
@@ -102,11 +96,7 @@ int svc_keeper_start(svc_keeper **out, const ew_config *cfg, ew_store *db, ew_st
     k->dead_letter_days = ew_config_get_int(cfg, "DEAD_LETTER_RETENTION_DAYS");
     k->inbox_days = ew_config_get_int(cfg, "INBOX_RETENTION_DAYS");
     pthread_mutex_init(&k->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&k->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&k->cv);
     int rc = pthread_create(&k->thread, NULL, run, k);
     if (rc) {
         pthread_mutex_destroy(&k->mu);

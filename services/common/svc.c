@@ -1,6 +1,7 @@
 /* The service runtime (svc.h, docs/services.md): configuration, the service's database, the bus
  * with the database's inbox, the outbox relay, the HTTP server, signals and the orderly stop. */
 #include "svc.h"
+#include "core/mono.h"
 #include "keeper.h"
 #include "svc_auth.h"
 
@@ -463,14 +464,7 @@ static void *relay_main(void *p)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (!s->wake && !s->stop) {
-            struct timespec dl;
-            clock_gettime(CLOCK_MONOTONIC, &dl);
-            dl.tv_sec += s->poll_ms / 1000;
-            dl.tv_nsec += (long)(s->poll_ms % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
+            struct timespec dl = ew__mono_deadline(s->poll_ms);
             while (!s->wake && !s->stop)
                 if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) break;
         }
@@ -927,11 +921,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
         fprintf(stderr, "%s: cannot start: out of memory\n", def->name);
         return 1;
     }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&s->cv);
 
     ew_error err = {0};
     int rc = open_all(s, &err);

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
+#include "core/mono.h"
 #include "export.h"
 
 #define SWEEP_BATCH 100
@@ -104,11 +105,7 @@ static void *sweeper_main(void *p)
     char last[256] = "";
     pthread_mutex_lock(&x->smu);
     while (!x->stop) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_nsec += (long)EXPORT_SWEEP_MS * 1000000L;
-        dl.tv_sec += dl.tv_nsec / 1000000000L;
-        dl.tv_nsec %= 1000000000L;
+        struct timespec dl = ew__mono_deadline(EXPORT_SWEEP_MS);
         while (!x->stop && pthread_cond_timedwait(&x->scv, &x->smu, &dl) != ETIMEDOUT) {
         }
         if (x->stop) break;
@@ -138,11 +135,7 @@ int export_sweeper_start(exporter *x, const char *db_url, ew_error *err)
                 "SERVICE_DB_URL is in memory: the sweeper does not see the "
                 "service's exports (deadlines are checked on GET only)");
     pthread_mutex_init(&x->smu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&x->scv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&x->scv);
     x->stop = false;
     if ((rc = pthread_create(&x->sweeper, NULL, sweeper_main, x))) {
         pthread_mutex_destroy(&x->smu);

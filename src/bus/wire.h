@@ -1,5 +1,6 @@
 /* eventwire — small helpers the broker backends share: time-outs as the socket APIs want them,
- * monotonic condition variables, reconnection back-off with jitter. One copy, here. */
+ * reconnection back-off with jitter (and, from core/mono.h, monotonic condition variables and
+ * deadlines). One copy, here. */
 #ifndef EW_BUS_WIRE_H
 #define EW_BUS_WIRE_H
 
@@ -8,6 +9,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include "core/json.h"
+#include "core/mono.h"
 #include "core/rand.h"
 
 /* How deep a backend looks into a message that did not decode (for its id and type). */
@@ -20,33 +22,6 @@ static inline struct timeval ew__ms_tv(int64_t ms)
     if (ms < 1) ms = 1;
     return (struct timeval){.tv_sec = (time_t)(ms / 1000),
                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-}
-
-/* CLOCK_MONOTONIC now + ms, for pthread_cond_timedwait on a condvar from ew__cond_init_mono. */
-static inline struct timespec ew__mono_deadline(int64_t ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
-}
-
-/* A condition variable whose timed waits run on CLOCK_MONOTONIC (wall-clock jumps do not move
- * them). 0 or the pthread error. */
-static inline int ew__cond_init_mono(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    int rc = pthread_condattr_init(&a);
-    if (rc) return rc;
-    rc = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (!rc) rc = pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-    return rc;
 }
 
 /* The next reconnection back-off: min_ms first (ms <= 0), then doubling up to max_ms. */

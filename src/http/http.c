@@ -9,6 +9,7 @@
  * when the route wants JSON and the handler runs. The request-completed callback frees the state
  * and counts the request out of flight, which is what ew_http_stop() waits for. */
 #include "core/log.h"
+#include "core/mono.h"
 #include "eventwire/http.h"
 
 #include <arpa/inet.h>
@@ -230,11 +231,7 @@ int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err
     if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
     if (s->o.stop_timeout_ms <= 0) s->o.stop_timeout_ms = 10000;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&s->cv);
     *out = s;
     return 0;
 }

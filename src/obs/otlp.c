@@ -1,5 +1,6 @@
 /* eventwire — the OTLP/HTTP JSON span exporter (eventwire/otlp.h). */
 #include "eventwire/otlp.h"
+#include "core/mono.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -180,19 +181,6 @@ static bool post(ew_otlp *x, CURL *c, const char *body, size_t len, char *why, s
     return rc == CURLE_OK && status >= 200 && status <= 299;
 }
 
-static struct timespec after_ms(int ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 static void *run(void *arg)
 {
     ew_otlp *x = arg;
@@ -202,7 +190,7 @@ static void *run(void *arg)
     ew_buf_init(&b);
     for (;;) {
         pthread_mutex_lock(&x->mu);
-        struct timespec dl = after_ms(x->o.interval_ms);
+        struct timespec dl = ew__mono_deadline(x->o.interval_ms);
         while (!x->stop && x->n < x->o.batch_max)
             if (pthread_cond_timedwait(&x->cv, &x->mu, &dl) == ETIMEDOUT) break;
         size_t n = x->n < x->o.batch_max ? x->n : x->o.batch_max;
@@ -292,11 +280,7 @@ int ew_otlp_new(ew_otlp **out, const ew_otlp_options *opts, ew_error *err)
     x->o.endpoint = x->endpoint;
     x->o.service_name = x->service;
     pthread_mutex_init(&x->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&x->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&x->cv);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (pthread_create(&x->thread, NULL, run, x)) {
         release(x);

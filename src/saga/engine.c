@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 #include "core/log.h"
+#include "core/mono.h"
 #include "eventwire/clock.h"
 #include "saga/saga_impl.h"
 
@@ -758,11 +759,7 @@ int ew_saga_engine_open(ew_saga_engine **out, const ew_saga_engine_options *o, e
     e->enabled = ew_config_get_int(e->cfg, "ENABLE_SAGAS") != 0;
     e->timeout_ms = ew_config_get_int(e->cfg, "SAGA_TIMEOUT_SECONDS") * 1000;
     e->source = strdup(ew_config_get(e->cfg, "SERVICE_NAME"));
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&e->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&e->cv);
     pthread_mutex_init(&e->mu, NULL);
     if (!e->source) {
         ew_saga_engine_close(e);

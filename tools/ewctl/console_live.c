@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "console.h"
+#include "core/mono.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
@@ -56,11 +57,7 @@ int live_new(live **out)
     live *l = calloc(1, sizeof *l);
     if (!l) return -1;
     pthread_mutex_init(&l->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&l->cv);
     l->started_s = ew_now_us() / 1000000;
     *out = l;
     return 0;

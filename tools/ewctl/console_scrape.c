@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include "console.h"
+#include "core/mono.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
 
@@ -177,14 +178,7 @@ static void *run(void *ud)
         s->hist[s->next] = smp;
         s->next = (s->next + 1) % SCRAPE_HISTORY;
         if (s->n < SCRAPE_HISTORY) s->n++;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += s->interval_ms / 1000;
-        ts.tv_nsec += (long)(s->interval_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = ew__mono_deadline(s->interval_ms);
         while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &ts) == 0) {
         }
     }
@@ -204,11 +198,7 @@ int scrape_start(scrape **out, char **urls, size_t nurls, int interval_ms)
     s->nurls = nurls;
     s->interval_ms = interval_ms;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    ew__cond_init_mono(&s->cv);
     s->started = pthread_create(&s->thread, NULL, run, s) == 0;
     *out = s;
     return 0;
