@@ -7,6 +7,7 @@
 #include "bus/binding.h"
 
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -198,12 +199,16 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
     bool have_ct = content_type(m, &ct, &ctn);
     const ew__header *ct_attr = NULL;
 
+    /* An attribute that cannot be read is left out, the first such error kept, and the rest
+     * still written: the document stays whole for the dead letter. */
     ew_buf_putc(b, '{');
-    for (size_t i = 0; i < n && !rc; i++) {
+    ew_buf one;
+    ew_buf_init(&one);
+    for (size_t i = 0; i < n; i++) {
         const attr *a = &as[i];
         if (i + 1 < n && a->klen == as[i + 1].klen && memcmp(a->key, as[i + 1].key, a->klen) == 0) {
             /* the same attribute twice (one header repeated, or both AMQP prefixes) */
-            if (!same_value(a->h, as[i + 1].h))
+            if (!same_value(a->h, as[i + 1].h) && !rc)
                 rc = ew_error_set(err, EW_EDUPKEY,
                                   "attribute '%.*s' is given twice with different values (headers "
                                   "'%.*s' and '%.*s')",
@@ -218,18 +223,26 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
             if (have_ct) continue;
         }
         if (eq_ci(a->key, a->klen, "data") || eq_ci(a->key, a->klen, "data_base64")) {
-            rc = ew_error_set(err, EW_ETYPE,
-                              "header '%.*s': in binary mode the data is the message body",
-                              (int)(a->h->name_len > 60 ? 60 : a->h->name_len), a->h->name);
-            break;
+            if (!rc)
+                rc = ew_error_set(err, EW_ETYPE,
+                                  "header '%.*s': in binary mode the data is the message body",
+                                  (int)(a->h->name_len > 60 ? 60 : a->h->name_len), a->h->name);
+            continue;
         }
-        ew_json_write_string(b, a->key, a->klen);
-        ew_buf_putc(b, ':');
-        if ((rc = put_value(b, a->h, err))) break;
-        ew_buf_putc(b, ',');
+        ew_buf_reset(&one);
+        ew_json_write_string(&one, a->key, a->klen);
+        ew_buf_putc(&one, ':');
+        ew_error e = {0};
+        int vrc = put_value(&one, a->h, &e);
+        if (vrc) {
+            if (!rc) rc = ew_error_set(err, vrc, "%s", e.msg);
+            continue;
+        }
+        ew_buf_putc(&one, ',');
+        ew_buf_append(b, one.data, one.len);
     }
+    ew_buf_release(&one);
     if (as != local) free(as);
-    if (rc) return rc;
     if (have_ct) {
         ew_buf_puts(b, "\"datacontenttype\":");
         ew_json_write_string(b, ct, ctn);
@@ -241,7 +254,9 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
 
     /* The data: JSON when the content type says so, or says nothing (the JSON format's
      * default); anything else cannot be a catalog event, whose data is a JSON object. */
-    if (ct && !ew__media_type_json(ct, ctn)) {
+    if (rc) {
+        /* refused already: the data goes along as base64 */
+    } else if (ct && !ew__media_type_json(ct, ctn)) {
         rc = ew_error_set(err, EW_EDATA,
                           "binary-mode data of content type '%.*s' is not JSON: catalog events "
                           "carry JSON data (application/json)",
@@ -346,6 +361,8 @@ typedef struct hdrs {
     size_t n, cap;
     struct {
         size_t name, name_len, value, value_len;
+        ew__header_kind kind; /* EW__HV_BYTES, or a typed AMQP value (num) */
+        int64_t num;
     } * at;
     bool oom;
 } hdrs;
@@ -369,13 +386,37 @@ static void hdr_add(hdrs *h, const char *prefix, const char *name, const char *v
     h->at[h->n].value = h->text.len;
     ew_buf_puts(&h->text, value);
     h->at[h->n].value_len = h->text.len - h->at[h->n].value;
+    h->at[h->n].kind = EW__HV_BYTES;
+    h->at[h->n].num = 0;
     h->n++;
 }
 
+/* An extension attribute as a header: AMQP carries an integer or a boolean as its own type (the
+ * binding maps CloudEvents Integer to a long and Boolean to a boolean), so that it reads back
+ * as one; everything else, and every Kafka header, is its canonical string. */
+static void ext_add(hdrs *h, ew__binding b, const char *prefix, const ew_event_ext *x)
+{
+    hdr_add(h, prefix, x->name, x->value);
+    if (b != EW__BINDING_AMQP || h->oom) return;
+    if (x->kind == EW_EXT_BOOL) {
+        h->at[h->n - 1].kind = EW__HV_BOOL;
+        h->at[h->n - 1].num = strcmp(x->value, "true") == 0;
+    } else if (x->kind == EW_EXT_NUMBER) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(x->value, &end, 10);
+        if (!errno && *x->value && !*end) {
+            h->at[h->n - 1].kind = EW__HV_INT;
+            h->at[h->n - 1].num = v;
+        }
+    }
+}
+
 /* The event's attributes as binary-mode headers, every value in its canonical string form
- * (which the bindings allow for every type and which Kafka headers require). */
-static int binary_headers(const ew_event *ev, const char *prefix, ew__wire_out *out, size_t *bytes,
-                          ew_error *err)
+ * (which the bindings allow for every type and which Kafka headers require), AMQP's integer and
+ * boolean extensions typed besides (ext_add). */
+static int binary_headers(const ew_event *ev, ew__binding b, const char *prefix, ew__wire_out *out,
+                          size_t *bytes, ew_error *err)
 {
     hdrs h = {0};
     ew_buf_init(&h.text);
@@ -401,8 +442,7 @@ static int binary_headers(const ew_event *ev, const char *prefix, ew__wire_out *
     if (ew_event_causation_id(ev)) hdr_add(&h, prefix, "causationid", ew_event_causation_id(ev));
     if (ew_event_traceparent(ev)) hdr_add(&h, prefix, "traceparent", ew_event_traceparent(ev));
     for (size_t i = 0; i < ew_event_extension_count(ev); i++) {
-        const ew_event_ext *x = ew_event_extension_at(ev, i);
-        hdr_add(&h, prefix, x->name, x->value);
+        ext_add(&h, b, prefix, ew_event_extension_at(ev, i));
     }
     int rc = 0;
     if (h.oom || h.text.oom) {
@@ -421,9 +461,10 @@ static int binary_headers(const ew_event *ev, const char *prefix, ew__wire_out *
             for (size_t i = 0; i < h.n; i++)
                 hs[i] = (ew__header){.name = text + h.at[i].name,
                                      .name_len = h.at[i].name_len,
-                                     .kind = EW__HV_BYTES,
+                                     .kind = h.at[i].kind,
                                      .value = text + h.at[i].value,
-                                     .value_len = h.at[i].value_len};
+                                     .value_len = h.at[i].value_len,
+                                     .num = h.at[i].num};
             out->headers = hs;
             out->nheaders = h.n;
             *bytes = h.text.len;
@@ -442,7 +483,8 @@ int ew__binding_encode(const ew_event *ev, ew__binding b, ew__content_mode mode,
     size_t hbytes = 0;
     if (mode == EW__MODE_BINARY && (b == EW__BINDING_KAFKA || b == EW__BINDING_AMQP)) {
         out->content_type = DATA_JSON;
-        rc = binary_headers(ev, b == EW__BINDING_KAFKA ? "ce_" : "cloudEvents_", out, &hbytes, err);
+        rc = binary_headers(ev, b, b == EW__BINDING_KAFKA ? "ce_" : "cloudEvents_", out, &hbytes,
+                            err);
         if (!rc) {
             ew_buf body;
             ew_buf_init(&body);

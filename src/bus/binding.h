@@ -98,9 +98,10 @@ typedef struct ew__wire_out {
      * header or AMQP's content-type property: application/cloudevents+json (structured) or
      * application/json (binary: the datacontenttype) */
     const char *content_type;
-    /* EW__HV_BYTES only, names and values in their canonical string form: the attribute headers
-     * of binary mode (Kafka `ce_*`, AMQP `cloudEvents_*` application properties), none in
-     * structured mode; the content type is not among them */
+    /* The attribute headers of binary mode (Kafka `ce_*`, AMQP `cloudEvents_*` application
+     * properties), none in structured mode; the content type is not among them. Names and values
+     * in their canonical string form; for AMQP an integer or boolean extension is also EW__HV_INT
+     * or EW__HV_BOOL with num set, to be sent as that type (value keeps the string). */
     ew__header *headers;
     size_t nheaders;
 } ew__wire_out;

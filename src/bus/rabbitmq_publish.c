@@ -255,7 +255,8 @@ int ew__mq_rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
             p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
             p.correlation_id = amqp_cstring_bytes(corr);
         }
-        /* the binding's headers as application properties, strings */
+        /* the binding's headers as application properties: strings, and integers and booleans
+         * as their own types */
         amqp_table_entry_t hs_s[16], *hs = hs_s;
         size_t nh = outs[i].nheaders;
         if (nh > 16 && !(hs = malloc(nh * sizeof *hs))) {
@@ -269,6 +270,12 @@ int ew__mq_rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
                 .key = {.len = x->name_len, .bytes = (void *)x->name},
                 .value = {.kind = AMQP_FIELD_KIND_UTF8,
                           .value.bytes = {.len = x->value_len, .bytes = (void *)x->value}}};
+            if (x->kind == EW__HV_INT)
+                hs[h].value =
+                    (amqp_field_value_t){.kind = AMQP_FIELD_KIND_I64, .value.i64 = x->num};
+            else if (x->kind == EW__HV_BOOL)
+                hs[h].value = (amqp_field_value_t){.kind = AMQP_FIELD_KIND_BOOLEAN,
+                                                   .value.boolean = (int)x->num};
         }
         if (nh) {
             p._flags |= AMQP_BASIC_HEADERS_FLAG;

@@ -439,6 +439,80 @@ static void test_encode_binary_types_become_strings(void **state)
     ew_event_unref(ev);
 }
 
+/* AMQP carries an integer or boolean extension as its own type (long, boolean), so that it reads
+ * back as the same event; a fraction stays a string, as on Kafka. Found by fuzz_binding. */
+static void test_amqp_binary_keeps_integer_and_boolean_extensions(void **state)
+{
+    ew_user_logged_out d = {.user_id = UID, .session_id = "s"};
+    ew_event_ext x[] = {{"priority", EW_EXT_NUMBER, "5"},
+                        {"sampled", EW_EXT_BOOL, "true"},
+                        {"ratio", EW_EXT_NUMBER, "0.5"}};
+    ew_event *ev;
+    assert_int_equal(
+        ew_user_logged_out_new(
+            &ev, &d, &(ew_event_attrs){.source = "s", .extensions = x, .nextensions = 3}, NULL),
+        0);
+    ew__wire_out o;
+    assert_int_equal(ew__binding_encode(ev, EW__BINDING_AMQP, EW__MODE_BINARY, 0, &o, NULL), 0);
+    int typed = 0;
+    for (size_t i = 0; i < o.nheaders; i++) {
+        const ew__header *h = &o.headers[i];
+        if (h->name_len == 20 && !memcmp(h->name, "cloudEvents_priority", 20)) {
+            assert_int_equal(h->kind, EW__HV_INT);
+            assert_int_equal(h->num, 5);
+            typed++;
+        } else if (h->name_len == 19 && !memcmp(h->name, "cloudEvents_sampled", 19)) {
+            assert_int_equal(h->kind, EW__HV_BOOL);
+            assert_int_equal(h->num, 1);
+            typed++;
+        } else {
+            assert_int_equal(h->kind, EW__HV_BYTES);
+        }
+    }
+    assert_int_equal(typed, 2);
+    ew__wire_msg m = amqp(o.body, o.content_type, o.headers, o.nheaders);
+    ew_event *back = must_decode(&m);
+    assert_int_equal(ew_event_extension(back, "priority")->kind, EW_EXT_NUMBER);
+    assert_int_equal(ew_event_extension(back, "sampled")->kind, EW_EXT_BOOL);
+    assert_int_equal(ew_event_extension(back, "ratio")->kind, EW_EXT_STRING);
+    assert_string_equal(ew_event_extension(back, "ratio")->value, "0.5");
+    ew_event_unref(back);
+    ew__wire_out_release(&o);
+    ew_event_unref(ev);
+}
+
+/* A binary message refused for one of its attributes is still rebuilt as one whole JSON document
+ * for its dead letter (it was cut off at the refused attribute). Found by fuzz_binding. */
+static void test_a_refused_binary_message_is_still_one_document(void **state)
+{
+    const ew__header dup[] = {HS("cloudEvents_specversion", "1.0"), HS("cloudEvents_id", "a"),
+                              HS("cloudEvents:id", "b"), HS("cloudEvents_type", "user.registered"),
+                              HS("cloudEvents_source", "s")};
+    const ew__header untyped[] = {HS("cloudEvents_specversion", "1.0"), HS("cloudEvents_id", "a"),
+                                  HO("cloudEvents_map"), HS("cloudEvents_type", "user.registered"),
+                                  HS("cloudEvents_source", "s")};
+    struct {
+        const ew__header *h;
+        size_t n;
+        int code;
+    } cases[] = {{dup, NH(dup), EW_EDUPKEY}, {untyped, NH(untyped), EW_ETYPE}};
+    for (size_t i = 0; i < 2; i++) {
+        ew__wire_msg m = amqp(DATA_V2, "application/json", cases[i].h, cases[i].n);
+        ew_event *ev = NULL;
+        ew_error err = {0};
+        ew_buf json;
+        ew_buf_init(&json);
+        assert_int_equal(ew__binding_decode(&m, NULL, &ev, &json, &err), cases[i].code);
+        assert_null(ev);
+        assert_non_null(json.data);
+        assert_int_equal(json.data[0], '{');
+        assert_int_equal(json.data[json.len - 1], '}');
+        assert_non_null(strstr(json.data, "\"data_base64\":\""));
+        assert_non_null(strstr(json.data, "\"type\":\"user.registered\""));
+        ew_buf_release(&json);
+    }
+}
+
 /* EVENT_MAX_BYTES bounds the event in both modes, extensions and headers included. */
 static void test_max_bytes_counts_extensions_and_headers(void **state)
 {
@@ -507,6 +581,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_encode_structured),
     cmocka_unit_test(test_encode_binary_round_trip),
     cmocka_unit_test(test_encode_binary_types_become_strings),
+    cmocka_unit_test(test_amqp_binary_keeps_integer_and_boolean_extensions),
+    cmocka_unit_test(test_a_refused_binary_message_is_still_one_document),
     cmocka_unit_test(test_max_bytes_counts_extensions_and_headers),
     cmocka_unit_test(test_content_mode_setting),
 };
