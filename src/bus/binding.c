@@ -145,6 +145,9 @@ static int put_value(ew_buf *b, const ew__header *h, ew_error *err)
 {
     switch (h->kind) {
     case EW__HV_BYTES:
+        if (h->value && !ew_utf8_valid(h->value, h->value_len))
+            return ew_error_set(err, EW_EUTF8, "header '%.*s' is not UTF-8 text",
+                                (int)(h->name_len > 60 ? 60 : h->name_len), h->name);
         ew_json_write_string(b, h->value ? h->value : "", h->value ? h->value_len : 0);
         return 0;
     case EW__HV_INT:
@@ -229,6 +232,10 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
                                   (int)(a->h->name_len > 60 ? 60 : a->h->name_len), a->h->name);
             continue;
         }
+        if (!ew_utf8_valid(a->key, a->klen)) {
+            if (!rc) rc = ew_error_set(err, EW_EUTF8, "a header's name is not UTF-8 text");
+            continue;
+        }
         ew_buf_reset(&one);
         ew_json_write_string(&one, a->key, a->klen);
         ew_buf_putc(&one, ':');
@@ -243,7 +250,9 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
     }
     ew_buf_release(&one);
     if (as != local) free(as);
-    if (have_ct) {
+    if (have_ct && !ew_utf8_valid(ct, ctn)) {
+        if (!rc) rc = ew_error_set(err, EW_EUTF8, "the content type is not UTF-8 text");
+    } else if (have_ct) {
         ew_buf_puts(b, "\"datacontenttype\":");
         ew_json_write_string(b, ct, ctn);
         ew_buf_putc(b, ',');

@@ -6,6 +6,7 @@
 #include <string.h>
 #include "support/ew_test.h"
 #include "bus/binding.h"
+#include "core/json.h"
 #include "eventwire/clock.h"
 #include "eventwire/event.h"
 
@@ -511,6 +512,23 @@ static void test_a_refused_binary_message_is_still_one_document(void **state)
         assert_non_null(strstr(json.data, "\"type\":\"user.registered\""));
         ew_buf_release(&json);
     }
+    /* a header or content type that is not UTF-8 is refused, and left out of the document */
+    const ew__header latin1[] = {HS("ce_specversion", "1.0"),
+                                 HS("ce_id", "a"),
+                                 HS("ce_type", "user.registered"),
+                                 HS("ce_source", "s"),
+                                 HS("content-type", "text/pl\xbe\xbein"),
+                                 HS("ce_x", "caf\xe9")};
+    ew__wire_msg m = kafka("hello", latin1, NH(latin1));
+    ew_event *ev = NULL;
+    ew_error err = {0};
+    ew_buf json;
+    ew_buf_init(&json);
+    assert_int_equal(ew__binding_decode(&m, NULL, &ev, &json, &err), EW_EUTF8);
+    assert_true(ew_utf8_valid(json.data, json.len));
+    assert_int_equal(json.data[json.len - 1], '}');
+    assert_null(strstr(json.data, "\"x\""));
+    ew_buf_release(&json);
 }
 
 /* EVENT_MAX_BYTES bounds the event in both modes, extensions and headers included. */

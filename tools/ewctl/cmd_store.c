@@ -275,10 +275,13 @@ int ewctl_dlq(int argc, char **argv)
     } else {
         ew_dlq_row row;
         rc = ew_store_dlq_get(st, id, &row, &err);
-        if (!rc && (row.status == EW_DLQ_RESOLVED || row.status == EW_DLQ_DISCARDED))
-            rc = ew_error_set(&err, EW_ESTATE, "dead letter %lld is %s already: nothing to discard",
-                              (long long)id, ew_dlq_status_name(row.status));
-        if (!rc) ew_dlq_row_release(&row);
+        if (!rc) {
+            if (row.status == EW_DLQ_RESOLVED || row.status == EW_DLQ_DISCARDED)
+                rc = ew_error_set(&err, EW_ESTATE,
+                                  "dead letter %lld is %s already: nothing to discard",
+                                  (long long)id, ew_dlq_status_name(row.status));
+            ew_dlq_row_release(&row);
+        }
         if (!rc) rc = ew_store_dlq_set_status(st, id, EW_DLQ_DISCARDED, &err);
         if (!rc) printf("{\"id\":%lld,\"status\":\"discarded\"}\n", (long long)id);
     }
