@@ -141,12 +141,19 @@ static bool same_value(const ew__header *a, const ew__header *b)
 /* Writes one header's value as the JSON value of its attribute, by the binding's type mapping:
  * strings (and Kafka's bytes) as strings, AMQP longs as numbers, booleans as booleans,
  * timestamps as RFC 3339 strings. */
+/* Text an attribute may hold: UTF-8, and no NUL (which no attribute of ours carries, and which
+ * the strict parser refuses in a string). */
+static bool text_ok(const char *s, size_t n)
+{
+    return ew_utf8_valid(s, n) && !memchr(s, 0, n);
+}
+
 static int put_value(ew_buf *b, const ew__header *h, ew_error *err)
 {
     switch (h->kind) {
     case EW__HV_BYTES:
-        if (h->value && !ew_utf8_valid(h->value, h->value_len))
-            return ew_error_set(err, EW_EUTF8, "header '%.*s' is not UTF-8 text",
+        if (h->value && !text_ok(h->value, h->value_len))
+            return ew_error_set(err, EW_EUTF8, "header '%.*s' is not UTF-8 text without NUL",
                                 (int)(h->name_len > 60 ? 60 : h->name_len), h->name);
         ew_json_write_string(b, h->value ? h->value : "", h->value ? h->value_len : 0);
         return 0;
@@ -232,7 +239,7 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
                                   (int)(a->h->name_len > 60 ? 60 : a->h->name_len), a->h->name);
             continue;
         }
-        if (!ew_utf8_valid(a->key, a->klen)) {
+        if (!text_ok(a->key, a->klen)) {
             if (!rc) rc = ew_error_set(err, EW_EUTF8, "a header's name is not UTF-8 text");
             continue;
         }
@@ -250,7 +257,7 @@ static int binary_to_json(const ew__wire_msg *m, size_t max, ew_buf *b, ew_error
     }
     ew_buf_release(&one);
     if (as != local) free(as);
-    if (have_ct && !ew_utf8_valid(ct, ctn)) {
+    if (have_ct && !text_ok(ct, ctn)) {
         if (!rc) rc = ew_error_set(err, EW_EUTF8, "the content type is not UTF-8 text");
     } else if (have_ct) {
         ew_buf_puts(b, "\"datacontenttype\":");
