@@ -14,6 +14,7 @@
 #include "core/arena.h"
 #include "core/json.h"
 #include "fuzz.h"
+#include <errno.h>
 #include <stdbool.h>
 
 #define MAX_HEADERS 64
@@ -57,8 +58,9 @@ static bool types_survive(const ew_event *ev, ew__binding b)
         if (b == EW__BINDING_KAFKA) return false;
         if (b == EW__BINDING_AMQP && x->kind == EW_EXT_NUMBER) {
             char *end;
+            errno = 0;
             strtoll(x->value, &end, 10);
-            if (*end) return false;
+            if (*end || errno) return false; /* a fraction, or past a long: a string */
         }
     }
     return true;
