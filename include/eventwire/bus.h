@@ -245,6 +245,30 @@ int ew_bus_handler_type_stats(ew_bus *bus, size_t i, ew_type_id type, ew_handler
  * that is not in the catalog. */
 uint64_t ew_bus_published_count(ew_bus *bus, ew_type_id type);
 
+/* ---- consumer lag --------------------------------------------------------------------- */
+
+/* One group's lag, for ew_bus_lag(). group is borrowed for the call. Return 0 to go on,
+ * anything else to stop. */
+typedef int (*ew_lag_fn)(void *ud, const char *group, uint64_t lag);
+
+/* The consumer lag of subscriber group `group` as the backend records it, whichever process
+ * consumes for the group (docs/metrics.md):
+ *   sqlite:   the log's head minus the group's position;
+ *   redis:    entries after the group's last-delivered id plus its pending entries, summed over
+ *             the group's streams (REDIS_MODE=pubsub keeps nothing: EW_ENOTSUP);
+ *   kafka:    end offset minus the committed offset, summed over the partitions of the topics
+ *             the group has committed offsets in;
+ *   rabbitmq: the ready messages of the group's queue (messages delivered to a consumer and not
+ *             yet acknowledged are not counted: AMQP does not tell them);
+ *   memory:   the events queued for, or in, the group's handlers in this process (the most of
+ *             any of its handlers).
+ * Calls fn once with the figure. With group NULL: once for every group the backend knows
+ * (sqlite, redis, memory), in no set order; EW_ENOTSUP where the backend cannot list its groups
+ * (kafka, rabbitmq). EW_ENOTFOUND when the backend has no record of group; EW_ECONNECT when the
+ * broker cannot be reached. Makes a round trip or a few to the broker or the store; thread-safe,
+ * also from a handler. When it fails, fn may have been called for some groups already. */
+int ew_bus_lag(ew_bus *bus, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
+
 #ifdef __cplusplus
 }
 #endif

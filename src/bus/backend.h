@@ -63,7 +63,7 @@ typedef struct ew_dispatcher ew_dispatcher;
 
 /* ---- what a backend implements ---------------------------------------------------------- */
 
-#define EW_BUS_OPS_VERSION 2
+#define EW_BUS_OPS_VERSION 3
 
 /* Members only grow at the end; a backend built against an older version leaves the newer ones
  * out (zero), and bus.c checks version before it reads them. */
@@ -111,6 +111,15 @@ typedef struct ew_bus_ops {
 
     /* Frees everything. Called after every delivery's done() has been called. */
     void (*close)(void *self);
+
+    /* (Version 3.) The consumer lag of subscriber group `group` as the backend itself records it:
+     * the events published to the group that it has not acknowledged yet (ew_bus_lag() says what
+     * each backend counts). Calls fn(ud, group, lag) once; with group NULL, once for every group
+     * the backend knows, or EW_ENOTSUP when it cannot list them. EW_ENOTFOUND when the backend has
+     * no record of group. Asks the broker or the store (a round trip or a few); may be called from
+     * any thread at any time between open and close. When fn returns nonzero the call stops and
+     * returns 0. NULL: EW_ENOTSUP. */
+    int (*lag)(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
 } ew_bus_ops;
 
 /* The backends of this build: X(name) for a `const ew_bus_ops ew__bus_<name>_ops` defined in

@@ -269,6 +269,17 @@ const char *ew_bus_backend(const ew_bus *bus)
     return bus->ops->name;
 }
 
+int ew_bus_lag(ew_bus *bus, const char *group, ew_lag_fn fn, void *ud, ew_error *err)
+{
+    if (!bus || !fn) return ew_error_set(err, EW_EINVAL, "bus and fn are required");
+    if (group && (!*group || strlen(group) > MAX_NAME))
+        return ew_error_set(err, EW_EINVAL, "group must be 1 to %d bytes", MAX_NAME);
+    if (bus->ops->version < 3 || !bus->ops->lag)
+        return ew_error_set(err, EW_ENOTSUP, "the %s backend does not report consumer lag",
+                            bus->ops->name);
+    return bus->ops->lag(bus->be, group, fn, ud, err);
+}
+
 const ew_config *ew_bus_config(const ew_bus *bus)
 {
     return bus->cfg;

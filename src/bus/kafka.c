@@ -357,6 +357,7 @@ const ew_bus_ops ew__bus_kafka_ops = {
     .start = k_start,
     .stop = k_stop,
     .close = k_close,
+    .lag = ew__kf_lag,
 };
 
 #else

@@ -139,6 +139,10 @@ int ew__kf_map_err(rd_kafka_resp_err_t e);
 int ew__kf_oom(ew_error *err);
 int ew__kf_parse_client_conf(kafka *k, const char *s, ew_error *err);
 
+/* ---- kafka_lag.c ------------------------------------------------------------------------- */
+
+int ew__kf_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
+
 /* ---- kafka_produce.c --------------------------------------------------------------------- */
 
 void ew__kf_ensure_topics(kafka *k, const char *pattern);

@@ -7,7 +7,9 @@
  * queued when the bus closes after its drain time-out is lost (and logged). There is no history,
  * so ew_subscribe_opts.from_beginning has nothing to replay (no subscribed() op at all). */
 #include <stdlib.h>
+#include <string.h>
 #include "bus/backend.h"
+#include "bus/dispatch.h"
 #include "bus/receive.h"
 
 typedef struct memory {
@@ -55,6 +57,49 @@ static int mem_publish(void *self, const ew_event *const *evs, size_t n, size_t 
     return 0;
 }
 
+/* What one handler has not finished: queued, plus the one it runs (received counts every call,
+ * retries too, and each call ends as a retry, ok, fail or duplicate). */
+static uint64_t handler_lag(const ew_handler_stats *hs)
+{
+    uint64_t ended = hs->retried + hs->handled + hs->dead_lettered + hs->duplicates;
+    return hs->queue_depth + (hs->received > ended ? hs->received - ended : 0);
+}
+
+/* The memory bus has no record of a group but its subscriptions in this process: a group's lag
+ * is the most any of its handlers has not finished (each handler gets every event of the
+ * group). */
+static int mem_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err)
+{
+    memory *m = self;
+    size_t n = ew__dispatch_count(m->disp);
+    ew_handler_stats *hs = n ? malloc(n * sizeof *hs) : NULL;
+    if (n && !hs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ew__dispatch_stats(m->disp, i, &hs[got]) == 0) got++;
+    bool found = false;
+    for (size_t i = 0; i < got; i++) {
+        if (!hs[i].group || (group && strcmp(hs[i].group, group) != 0)) continue;
+        bool first = true; /* the group's first handler: report the group from here */
+        for (size_t j = 0; j < i && first; j++)
+            if (hs[j].group && strcmp(hs[j].group, hs[i].group) == 0) first = false;
+        if (!first) continue;
+        uint64_t lag = 0;
+        for (size_t j = i; j < got; j++) {
+            if (!hs[j].group || strcmp(hs[j].group, hs[i].group) != 0) continue;
+            uint64_t l = handler_lag(&hs[j]);
+            if (l > lag) lag = l;
+        }
+        found = true;
+        if (fn(ud, hs[i].group, lag)) break;
+        if (group) break;
+    }
+    free(hs);
+    if (group && !found)
+        return ew_error_set(err, EW_ENOTFOUND, "memory bus: no subscription of group %s", group);
+    return 0;
+}
+
 static void mem_close(void *self)
 {
     free(self);
@@ -69,4 +114,5 @@ const ew_bus_ops ew__bus_memory_ops = {
     .start = NULL,
     .stop = NULL,
     .close = mem_close,
+    .lag = mem_lag,
 };

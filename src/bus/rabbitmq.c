@@ -262,6 +262,7 @@ const ew_bus_ops ew__bus_rabbitmq_ops = {
     .start = rmq_start,
     .stop = rmq_stop,
     .close = rmq_close,
+    .lag = ew__mq_lag,
 };
 
 #else

@@ -110,6 +110,10 @@ int ew__mq_declare_topology(rmq *r, amqp_connection_state_t st, ew_error *err);
 void ew__mq_reply_text(amqp_rpc_reply_t rr, char *buf, size_t n);
 int ew__mq_rpc_check(amqp_connection_state_t st, int code, ew_error *err, const char *what);
 
+/* ---- rabbitmq_lag.c ---------------------------------------------------------------------- */
+
+int ew__mq_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
+
 /* ---- rabbitmq_publish.c ------------------------------------------------------------------ */
 
 void ew__mq_pub_check_idle(rmq *r);

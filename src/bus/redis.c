@@ -524,6 +524,7 @@ const ew_bus_ops ew__bus_redis_ops = {
     .start = rd_start,
     .stop = rd_stop,
     .close = rd_close,
+    .lag = ew__rd_lag,
 };
 
 #else

@@ -171,6 +171,10 @@ int ew__rd_create_groups(redis_bus *rb, redisContext *conn, rconsumer *c, rstrea
                          size_t n, const char *start_id, ew_error *err);
 void *ew__rd_stream_reader_main(void *arg);
 
+/* ---- redis_lag.c ----------------------------------------------------------------- */
+
+int ew__rd_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
+
 /* ---- redis_pubsub.c -------------------------------------------------------------- */
 
 char *ew__rd_pattern_glob(const redis_bus *rb, const char *pattern);

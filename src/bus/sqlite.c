@@ -429,6 +429,51 @@ static void sq_close(void *self)
     free(b);
 }
 
+/* ---- consumer lag ---------------------------------------------------------------------------- */
+
+typedef struct lagq {
+    int64_t head;
+    ew_lag_fn fn;
+    void *ud;
+    bool found;
+} lagq;
+
+static int lag_row(void *ud, const ew_row *row)
+{
+    lagq *q = ud;
+    if (row->ncols < 2 || !row->values[0] || !row->values[1]) return 0;
+    int64_t pos = strtoll(row->values[1], NULL, 10);
+    q->found = true;
+    return q->fn(q->ud, row->values[0], q->head > pos ? (uint64_t)(q->head - pos) : 0);
+}
+
+/* A group's lag is the log's head (the last position handed out) minus the group's position
+ * (the last one it is done with), as the row says: what its consumers in any process have
+ * written. Positions are written as deliveries finish, so a busy group's figure is behind by
+ * what its consumer has not written yet. */
+static int sq_lag(void *self, const char *name, ew_lag_fn fn, void *ud, ew_error *err)
+{
+    sqbus *b = self;
+    lagq q = {.fn = fn, .ud = ud};
+    ew_txn *t;
+    const char *p[] = {name};
+    /* the head first: a position read after it may have passed it (then the lag is 0) */
+    int rc = ew_store_head(b->st, &q.head, err);
+    if (rc) return rc;
+    if ((rc = ew_store_begin(b->st, &t, err))) return rc;
+    rc = ew_txn_query(t,
+                      name ? "SELECT group_name, position FROM event_store.bus_groups "
+                             "WHERE group_name = $1"
+                           : "SELECT group_name, position FROM event_store.bus_groups "
+                             "ORDER BY group_name",
+                      name ? p : NULL, name ? 1 : 0, lag_row, &q, err);
+    ew_txn_rollback(t);
+    if (rc) return rc;
+    if (name && !q.found)
+        return ew_error_set(err, EW_ENOTFOUND, "sqlite bus: no group %s in the log", name);
+    return 0;
+}
+
 const ew_bus_ops ew__bus_sqlite_ops = {
     .version = EW_BUS_OPS_VERSION,
     .name = "sqlite",
@@ -438,6 +483,7 @@ const ew_bus_ops ew__bus_sqlite_ops = {
     .start = sq_start,
     .stop = sq_stop,
     .close = sq_close,
+    .lag = sq_lag,
 };
 
 #else

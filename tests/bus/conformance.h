@@ -1071,6 +1071,139 @@ static inline void cf_dead_letter_retry(void **state)
     ew_event_unref(ev);
 }
 
+/* ---- consumer lag ------------------------------------------------------------------------- */
+
+typedef struct cf_lag_seen {
+    const char *group; /* the group looked for */
+    uint64_t lag;
+    int calls, matches;
+} cf_lag_seen;
+
+static inline int cf_lag_record(void *ud, const char *group, uint64_t lag)
+{
+    cf_lag_seen *l = ud;
+    l->calls++;
+    if (strcmp(group, l->group) == 0) {
+        l->matches++;
+        l->lag = lag;
+    }
+    return 0;
+}
+
+/* The group's lag by ew_bus_lag(bus, group): exactly one call, for that group. */
+static inline uint64_t cf_lag_of(ew_bus *bus, const char *group)
+{
+    cf_lag_seen l = {.group = group};
+    ew_error err = {0};
+    int rc = ew_bus_lag(bus, group, cf_lag_record, &l, &err);
+    if (rc) fail_msg("ew_bus_lag(%s): %s", group, err.msg);
+    assert_int_equal(l.calls, 1);
+    assert_int_equal(l.matches, 1);
+    return l.lag;
+}
+
+/* Waits until the group's lag is want (acknowledgements and commits reach the broker a moment
+ * after the handlers finish), or fails with the last figure. */
+static inline void cf_wait_lag(ew_bus *bus, const char *group, uint64_t want, const char *what)
+{
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    uint64_t lag;
+    while ((lag = cf_lag_of(bus, group)) != want) {
+        if (ew_mono_ns() > end)
+            fail_msg("%s: lag of group %s is %llu, not %llu, after %d ms", what, group,
+                     (unsigned long long)lag, (unsigned long long)want, CF_TIMEOUT_MS);
+        usleep(20000);
+    }
+}
+
+typedef struct cf_lag_handler {
+    atomic_int handled;
+    int free_passes; /* handled at once; the ones after wait at the gate */
+    tb_gate gate;
+} cf_lag_handler;
+
+static inline ew_handler_result cf_lag_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_lag_handler *h = ud;
+    if (atomic_load(&h->handled) >= h->free_passes) tb_gate_pass(&h->gate);
+    atomic_fetch_add(&h->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+/* Consumer lag (ew_bus_lag): publish N, consume K, and the group's lag is N - K as the backend
+ * records it; once the rest is consumed it is 0. A durable backend is asked by a bus that does
+ * not consume for the group (as `ewctl metrics` asks), while no consumer runs, so the figure is
+ * exact; the memory bus knows only its own handlers: K handled, one held in the handler, the
+ * rest queued. A group the backend has no record of is EW_ENOTFOUND. */
+static inline void cf_consumer_lag(void **state)
+{
+    cf_ns ns = cf_new_ns("lag");
+    enum { N = 30, K = 12 };
+    ew_error err = {0};
+    char subject[EW_UUID_LEN + 1]; /* one subject: one Kafka partition, committed in by K */
+    ew_uuid7(subject);
+    cf_lag_handler h = {.free_passes = K, .gate = TB_GATE_INIT};
+    const ew_subscribe_opts so = {.group = "lagged", .name = "h"};
+    ew_bus *con, *pub;
+    if (!cf_be()->durable) {
+        CF_OPEN(con, &ns, "svc-l", NULL);
+        tb_subscribe(con, "user.logged_in", cf_lag_handle, &h, &so);
+        tb_start(con);
+        assert_int_equal(cf_lag_of(con, "lagged"), 0);
+        for (int i = 0; i < N; i++)
+            tb_publish_owned(con, tb_event(EW_T_USER_LOGGED_IN, subject));
+        tb_gate_wait_arrivals(&h.gate, 1);
+        assert_int_equal(atomic_load(&h.handled), K);
+        cf_wait_lag(con, "lagged", N - K, "K handled, one in the handler");
+        tb_gate_open(&h.gate);
+        cf_wait_lag(con, "lagged", 0, "all handled");
+        assert_int_equal(atomic_load(&h.handled), N);
+        assert_int_equal(
+            ew_bus_lag(con, "nobody", cf_lag_record, &(cf_lag_seen){.group = ""}, &err),
+            EW_ENOTFOUND);
+        tb_close(con);
+        return;
+    }
+    h.free_passes = N; /* nobody waits */
+    CF_OPEN(con, &ns, "svc-l", NULL);
+    tb_subscribe(con, "user.logged_in", cf_lag_handle, &h, &so);
+    tb_start(con);
+    for (int i = 0; i < K; i++)
+        tb_publish_owned(con, tb_event(EW_T_USER_LOGGED_IN, subject));
+    cf_wait_count(&h.handled, K, CF_TIMEOUT_MS, "first events handled");
+    cf_wait_lag(con, "lagged", 0, "first events acknowledged");
+    tb_close(con); /* the group's consumers are gone; its record stays */
+
+    CF_OPEN(pub, &ns, "publisher", NULL);
+    tb_start(pub);
+    for (int i = K; i < N; i++)
+        tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_IN, subject));
+    cf_wait_lag(pub, "lagged", N - K, "published while nobody consumed");
+    usleep(200000); /* and it stays there: nothing consumes */
+    assert_int_equal(cf_lag_of(pub, "lagged"), N - K);
+
+    /* Every group at once, where the backend lists them. */
+    cf_lag_seen all = {.group = "lagged"};
+    int rc = ew_bus_lag(pub, NULL, cf_lag_record, &all, &err);
+    if (rc == 0) {
+        assert_int_equal(all.matches, 1);
+        assert_int_equal(all.lag, N - K);
+    } else {
+        assert_int_equal(rc, EW_ENOTSUP);
+    }
+    err = (ew_error){0};
+    assert_int_equal(ew_bus_lag(pub, "nobody", cf_lag_record, &(cf_lag_seen){.group = ""}, &err),
+                     EW_ENOTFOUND);
+
+    CF_OPEN(con, &ns, "svc-l", NULL);
+    tb_subscribe(con, "user.logged_in", cf_lag_handle, &h, &so);
+    tb_start(con);
+    cf_wait_count(&h.handled, N, CF_TIMEOUT_MS, "the rest handled");
+    cf_wait_lag(pub, "lagged", 0, "the rest acknowledged");
+    tb_close(con);
+    tb_close(pub);
+}
+
 #define CF_TESTS                                                                                   \
     cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
         cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
@@ -1079,6 +1212,7 @@ static inline void cf_dead_letter_retry(void **state)
         cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
         cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),      \
         cmocka_unit_test(cf_dead_letter_sink_refuses), cmocka_unit_test(cf_from_beginning),        \
-        cmocka_unit_test(cf_dead_letter_retry), cmocka_unit_test(cf_ephemeral_group)
+        cmocka_unit_test(cf_dead_letter_retry), cmocka_unit_test(cf_ephemeral_group),              \
+        cmocka_unit_test(cf_consumer_lag)
 
 #endif

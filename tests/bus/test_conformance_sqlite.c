@@ -236,6 +236,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_from_beginning),
     cmocka_unit_test(cf_dead_letter_retry),
     cmocka_unit_test(cf_ephemeral_group),
+    cmocka_unit_test(cf_consumer_lag),
 };
 
 EW_TEST_MAIN(tests)
