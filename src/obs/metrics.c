@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,76 @@ static void bus_metrics(ew_buf *b, ew_bus *bus)
         ew__prom_histogram(b, "eventwire_handler_duration_seconds", l, bounds, counts, HB_N,
                            (double)hs.time_total_ns / 1e9);
     }
+}
+
+/* ---- consumer lag ------------------------------------------------------------------------- */
+
+/* The groups this bus consumes for, each once, and their lag as ew_bus_lag() found it. */
+typedef struct lagset {
+    const char **groups; /* borrowed from the bus's handler stats */
+    uint64_t *lag;
+    bool *known;
+    size_t n;
+} lagset;
+
+static int lag_take(void *ud, const char *group, uint64_t lag)
+{
+    lagset *ls = ud;
+    for (size_t i = 0; i < ls->n; i++)
+        if (strcmp(ls->groups[i], group) == 0) {
+            ls->lag[i] = lag;
+            ls->known[i] = true;
+        }
+    return 0;
+}
+
+/* eventwire_consumer_lag for the groups of this process's subscriptions, as the backend records
+ * it: one ew_bus_lag() call for all of them where the backend lists its groups, one per group
+ * where it does not. A group the backend could not answer for is left out and counted as a
+ * scrape error; a backend that keeps no lag (Redis Pub/Sub) reports none. */
+static void lag_metrics(ew_metrics *m, ew_buf *b, ew_bus *bus)
+{
+    ew_bus_stats bs;
+    ew_bus_stats_get(bus, &bs);
+    if (!bs.subscriptions) return;
+    lagset ls = {0};
+    ls.groups = calloc(bs.subscriptions, sizeof *ls.groups);
+    ls.lag = calloc(bs.subscriptions, sizeof *ls.lag);
+    ls.known = calloc(bs.subscriptions, sizeof *ls.known);
+    if (!ls.groups || !ls.lag || !ls.known) {
+        b->oom = 1;
+        goto out;
+    }
+    ew_handler_stats hs;
+    for (size_t i = 0; ls.n < bs.subscriptions && ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
+        size_t k = 0;
+        while (k < ls.n && strcmp(ls.groups[k], hs.group) != 0)
+            k++;
+        if (k == ls.n) ls.groups[ls.n++] = hs.group;
+    }
+    ew_error e = {0};
+    int rc = ls.n > 1 ? ew_bus_lag(bus, NULL, lag_take, &ls, &e) : EW_ENOTSUP;
+    if (rc == EW_ENOTSUP) {
+        for (size_t i = 0; i < ls.n; i++) {
+            int r = ew_bus_lag(bus, ls.groups[i], lag_take, &ls, &e);
+            if (r && r != EW_ENOTSUP)
+                atomic_fetch_add_explicit(&m->scrape_errors, 1, memory_order_relaxed);
+        }
+    } else if (rc) {
+        atomic_fetch_add_explicit(&m->scrape_errors, 1, memory_order_relaxed);
+    }
+    ew__prom_family(b, "eventwire_consumer_lag", "gauge",
+                    "Events published to a subscriber group and not yet acknowledged by it, as "
+                    "the backend records it, by group and backend.");
+    for (size_t i = 0; i < ls.n; i++) {
+        if (!ls.known[i]) continue;
+        ew__label l[] = {{"group", ls.groups[i]}, {"backend", ew_bus_backend(bus)}, {0}};
+        ew__prom_sample_u64(b, "eventwire_consumer_lag", l, ls.lag[i]);
+    }
+out:
+    free(ls.groups);
+    free(ls.lag);
+    free(ls.known);
 }
 
 /* ---- HTTP --------------------------------------------------------------------------------- */
@@ -325,6 +396,7 @@ int ew_metrics_render(ew_metrics *m, char **out, size_t *len, ew_error *err)
     ew_buf b;
     ew_buf_init(&b);
     if (m->bus) bus_metrics(&b, m->bus);
+    if (m->bus) lag_metrics(m, &b, m->bus);
     if (m->http) http_metrics(&b, m->http);
     if (m->outbox) outbox_metrics(m, &b);
     if (m->events) event_store_metrics(m, &b);

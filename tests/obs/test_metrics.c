@@ -210,8 +210,66 @@ static void test_a_service_serves_its_metrics(void **state)
     assert_true(sample(lines, "eventwire_outbox_oldest_age_seconds{}") >= 0);
     assert_true(sample(lines, "eventwire_scrape_errors_total{}") == 0);
     assert_true(sample(lines, "process_resident_memory_bytes{}") > 1e6);
+    /* the service's group as the SQLite log records it: a number, small once it is idle */
+    double lag = sample(lines, "eventwire_consumer_lag{backend=\"sqlite\",group=\"user-service\"}");
+    if (!(lag >= 0 && lag < 100)) fail_msg("lag %g in\n%s", lag, lines);
     free(lines);
     down(e);
+}
+
+static ew_handler_result held(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    tb_gate_pass(ud);
+    return EW_HANDLER_OK;
+}
+
+static char *render(ew_metrics *m)
+{
+    char *text;
+    size_t len;
+    ew_error err = {0};
+    assert_int_equal(ew_metrics_render(m, &text, &len, &err), 0);
+    char *lines = parsed(text);
+    free(text);
+    return lines;
+}
+
+/* eventwire_consumer_lag per group: one group's handler is held while five events wait for it,
+ * the other group has handled them all; once released, both are at 0. */
+static void test_consumer_lag_per_group(void **state)
+{
+    tb_gate gate = TB_GATE_INIT;
+    atomic_int n = 0;
+    ew_bus *bus = tb_open(NULL);
+    tb_subscribe(bus, "user.logged_in", held, &gate,
+                 &(ew_subscribe_opts){.group = "slow", .name = "h"});
+    tb_subscribe(bus, "user.logged_in", tb_count, &n,
+                 &(ew_subscribe_opts){.group = "quick", .name = "h"});
+    tb_start(bus);
+    char subject[EW_UUID_LEN + 1];
+    ew_uuid7(subject);
+    for (int i = 0; i < 5; i++)
+        tb_publish_owned(bus, tb_event(EW_T_USER_LOGGED_IN, subject));
+    tb_gate_wait_arrivals(&gate, 1);
+    for (int i = 0; i < 500 && atomic_load(&n) < 5; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&n), 5);
+    ew_metrics *m;
+    ew_error err = {0};
+    assert_int_equal(ew_metrics_new(&m, &err), 0);
+    ew_metrics_set_bus(m, bus);
+    char *lines = render(m);
+    assert_true(sample(lines, "eventwire_consumer_lag{backend=\"memory\",group=\"slow\"}") == 5);
+    assert_true(sample(lines, "eventwire_consumer_lag{backend=\"memory\",group=\"quick\"}") == 0);
+    assert_true(sample(lines, "eventwire_scrape_errors_total{}") == 0);
+    free(lines);
+    tb_gate_open(&gate);
+    assert_int_equal(ew_bus_wait_for_events(bus, 10000, &err), 0);
+    lines = render(m);
+    assert_true(sample(lines, "eventwire_consumer_lag{backend=\"memory\",group=\"slow\"}") == 0);
+    free(lines);
+    ew_metrics_free(m);
+    tb_close(bus);
 }
 
 /* A port nobody listens on now (bound, read, closed). */
@@ -298,6 +356,7 @@ static void test_prometheus_scrapes_a_service(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_counters_equal_what_happened),
+    cmocka_unit_test(test_consumer_lag_per_group),
     cmocka_unit_test_teardown(test_a_service_serves_its_metrics, reap),
     cmocka_unit_test_teardown(test_prometheus_scrapes_a_service, reap),
 };
