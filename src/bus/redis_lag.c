@@ -128,7 +128,7 @@ int ew__rd_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *
     redisContext *c = ew__rd_rconnect(rb, rb->io_ms, false, err);
     if (!c) return err && err->code ? err->code : EW_ECONNECT;
     int rc = 0;
-    size_t n = EW_T__COUNT - 1;
+    size_t n = EW_T__COUNT - 1, nk = 0; /* catalog types; distinct streams */
     char **keys = calloc(n, sizeof *keys);
     redisReply **replies = calloc(n, sizeof *replies);
     glags gs = {0};
@@ -147,19 +147,30 @@ int ew__rd_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *
             goto out;
         }
         snprintf(keys[i], len, "%s:%s", rb->prefix, type);
+        /* a type of several versions has one stream: ask once */
+        bool seen = false;
+        for (size_t j = 0; j < nk && !seen; j++)
+            seen = strcmp(keys[j], keys[i]) == 0;
+        if (seen) {
+            free(keys[i]);
+            keys[i] = NULL;
+            continue;
+        }
         const char *argv[] = {"XINFO", "GROUPS", keys[i]};
         ew__rd_put_cmd(&b, 3, argv);
+        keys[nk++] = keys[i];
+        if (nk - 1 != i) keys[i] = NULL;
     }
     if (b.oom) {
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto out;
     }
-    if (!ew__rd_rexchange(c, &b, replies, n)) {
+    if (!ew__rd_rexchange(c, &b, replies, nk)) {
         rc = ew_error_set(err, EW_ECONNECT, "redis bus: XINFO GROUPS on %s: %s", rb->addr,
                           c->errstr);
         goto out;
     }
-    for (size_t i = 0; i < n && !rc; i++) {
+    for (size_t i = 0; i < nk && !rc; i++) {
         const redisReply *r = replies[i];
         if (r->type == REDIS_REPLY_ERROR) {
             if (strstr(r->str, "no such key")) continue; /* nobody published that type */

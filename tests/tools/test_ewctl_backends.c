@@ -21,7 +21,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/ew_test.h"
+#include <stdatomic.h>
 #include "eventwire/bus.h"
+#include "eventwire/catalog.h"
+#include "eventwire/store.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 
@@ -333,11 +336,174 @@ static void test_rabbitmq(void **state)
     check_backend("rabbitmq");
 }
 
+/* ---- ewctl metrics ------------------------------------------------------------------------ */
+
+static const char *const roles[] = {"user"};
+
+static ew_handler_result fail_it(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    atomic_fetch_add((atomic_int *)ud, 1);
+    return EW_HANDLER_FAIL;
+}
+
+/* ewctl metrics on backend be: group G took one event (dead-lettered into the store, so
+ * acknowledged) and then three were published by `ewctl publish` with nobody consuming: its lag
+ * is 3 as `ewctl metrics --group G` prints it, and in the list of every group where the backend
+ * lists them. One dead letter pending; user-service's outbox holds one unsent event. */
+static void check_metrics(const char *be)
+{
+    char ns[32];
+    backend_env(be, ns);
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/ewctl-mt-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char url[128], svc_url[128];
+    if (strcmp(be, "sqlite") != 0) {
+        snprintf(url, sizeof url, "sqlite:%s/events.db", dir);
+        setenv("EVENT_STORE_URL", url, 1);
+    }
+    snprintf(svc_url, sizeof svc_url, "sqlite:%s/{SERVICE_NAME}.db", dir);
+    setenv("SERVICE_DB_URL", svc_url, 1);
+    char group[64];
+    snprintf(group, sizeof group, "%s-m", ns);
+
+    ew_error err = {0};
+    ew_config *cfg;
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    if (ew_config_from_env(cfg, &err)) fail_msg("%s", err.msg);
+    ew_store *st;
+    if (ew_store_open(&st, &(ew_store_options){.config = cfg}, &err)) fail_msg("%s", err.msg);
+    ew_bus *bus;
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .dlq = ew_store_dlq_sink(st)}, &err))
+        fail_msg("ew_bus_open: %s", err.msg);
+    atomic_int calls = 0;
+    if (ew_bus_subscribe(bus, "user.registered", fail_it, &calls,
+                         &(ew_subscribe_opts){.group = group, .name = "h"}, &err) ||
+        ew_bus_start(bus, &err))
+        fail_msg("subscribe: %s", err.msg);
+    char id[EW_UUID_LEN + 1];
+    int64_t end = ew_mono_ns() + 15000000000LL;
+    /* Kafka: a new group starts at the end once it has its partitions; publish until one lands */
+    while (atomic_load(&calls) == 0 && ew_mono_ns() < end) {
+        ew_uuid7(id);
+        ew_user_registered d = {
+            .user_id = id, .email = "m@example.com", .username = "m", .roles = {roles, 1}};
+        if (ew_bus_publish_new(bus, EW_T_USER_REGISTERED, &d, "one-subject", &err))
+            fail_msg("publish: %s", err.msg);
+        for (int i = 0; i < 100 && atomic_load(&calls) == 0; i++)
+            usleep(20000);
+    }
+    assert_true(atomic_load(&calls) > 0);
+    assert_int_equal(ew_bus_wait_for_events(bus, 10000, &err), 0);
+    int handled = atomic_load(&calls);
+    assert_int_equal(ew_bus_close(bus), 0);
+
+    /* an unsent event in user-service's outbox */
+    char own[160];
+    snprintf(own, sizeof own, "sqlite:%s/user-service.db", dir);
+    assert_int_equal(ew_config_set(cfg, "EVENT_STORE_URL", own, &err), 0);
+    ew_store *db;
+    if (ew_store_open(&db, &(ew_store_options){.config = cfg}, &err)) fail_msg("%s", err.msg);
+    ew_txn *t;
+    ew_event *ev;
+    ew_user_registered d = {
+        .user_id = id, .email = "o@example.com", .username = "o", .roles = {roles, 1}};
+    assert_int_equal(ew_event_new(&ev, EW_T_USER_REGISTERED, &d,
+                                  &(ew_event_attrs){.source = "user-service", .subject = id}, &err),
+                     0);
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    assert_int_equal(ew_outbox_add(t, ev, &err), 0);
+    assert_int_equal(ew_txn_commit(t, &err), 0);
+    ew_event_unref(ev);
+    ew_store_close(db);
+    ew_config_free(cfg);
+
+    for (int i = 0; i < 3; i++)
+        publish(id);
+
+    char args[256], out[65536], errs[4096], want[256];
+    snprintf(args, sizeof args, "metrics --group %s --group nobody-%s", group, ns);
+    snprintf(want, sizeof want, "{\"group\":\"%s\",\"lag\":3,\"known\":true}", group);
+    /* acknowledgements and commits reach the broker a moment after the handler */
+    end = ew_mono_ns() + 15000000000LL;
+    int rc;
+    do {
+        rc = ewctl(args, out, sizeof out, errs, sizeof errs);
+        if (rc != 0) fail_msg("ewctl %s exited %d: %s", args, rc, errs);
+    } while (!strstr(out, want) && ew_mono_ns() < end && usleep(100000) == 0);
+    if (!strstr(out, want)) fail_msg("expected %s in: %s", want, out);
+    snprintf(want, sizeof want, "{\"group\":\"nobody-%s\",\"lag\":null,\"known\":false}", ns);
+    if (!strstr(out, want)) fail_msg("expected %s in: %s", want, out);
+    if (!strstr(out, "\"groups_from\":\"arguments\""))
+        fail_msg("expected groups_from arguments in: %s", out);
+    snprintf(want, sizeof want, "\"dead_letters\":{\"pending\":%d,", handled);
+    if (!strstr(out, want)) fail_msg("expected %s in: %s", want, out);
+    if (!strstr(out, "\"outbox\":[{\"service\":\"user-service\",\"pending\":1,"))
+        fail_msg("expected user-service's outbox with one event in: %s", out);
+    snprintf(want, sizeof want, "{\"bus\":\"%s\",\"store\":\"sqlite\"", be);
+    if (strncmp(out, want, strlen(want)) != 0)
+        fail_msg("expected %s at the start of: %s", want, out);
+
+    /* every group: listed by the backend, or the system's groups where it cannot list them */
+    rc = ewctl("metrics", out, sizeof out, errs, sizeof errs);
+    if (rc != 0) fail_msg("ewctl metrics exited %d: %s", rc, errs);
+    bool lists = strcmp(be, "sqlite") == 0 || strcmp(be, "redis") == 0;
+    if (!strstr(out, lists ? "\"groups_from\":\"backend\"" : "\"groups_from\":\"services\""))
+        fail_msg("groups_from is not what %s does: %s", be, out);
+    snprintf(want, sizeof want, "{\"group\":\"%s\",\"lag\":3,\"known\":true}", group);
+    if (lists && !strstr(out, want)) fail_msg("expected %s in: %s", want, out);
+
+    /* bad input: a clear error, exit status 2 */
+    rc = ewctl("metrics --bogus", out, sizeof out, errs, sizeof errs);
+    assert_int_equal(rc, 2);
+    if (!strstr(errs, "unexpected argument '--bogus'")) fail_msg("stderr: %s", errs);
+
+    ew_store_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    backend_cleanup(be);
+    unsetenv("SERVICE_DB_URL");
+    unsetenv("EVENT_STORE_URL");
+}
+
+static void test_metrics_sqlite(void **state)
+{
+#ifndef EW_HAVE_SQLITE_BUS
+    skip();
+#endif
+    check_metrics("sqlite");
+}
+
+static void test_metrics_redis(void **state)
+{
+#ifndef EW_HAVE_REDIS
+    skip();
+#endif
+    check_metrics("redis");
+}
+
+static void test_metrics_kafka(void **state)
+{
+#ifndef EW_HAVE_KAFKA
+    skip();
+#endif
+    check_metrics("kafka");
+}
+
+static void test_metrics_rabbitmq(void **state)
+{
+#ifndef EW_HAVE_RABBITMQ
+    skip();
+#endif
+    check_metrics("rabbitmq");
+}
+
 static const struct CMUnitTest tests[] = {
-    cmocka_unit_test(test_sqlite),
-    cmocka_unit_test(test_redis),
-    cmocka_unit_test(test_kafka),
-    cmocka_unit_test(test_rabbitmq),
+    cmocka_unit_test(test_sqlite),         cmocka_unit_test(test_redis),
+    cmocka_unit_test(test_kafka),          cmocka_unit_test(test_rabbitmq),
+    cmocka_unit_test(test_metrics_sqlite), cmocka_unit_test(test_metrics_redis),
+    cmocka_unit_test(test_metrics_kafka),  cmocka_unit_test(test_metrics_rabbitmq),
 };
 
 EW_TEST_MAIN(tests)
