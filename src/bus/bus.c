@@ -29,6 +29,7 @@ struct ew_bus {
     ew_dlq_sink dlq;
     ew_inbox inbox;
     ew_store *audit;     /* ENABLE_EVENT_STORE: every published event is recorded here first */
+    bool no_metrics;     /* ENABLE_METRICS=false: no counts by type, no handler times */
     const char *service; /* in cfg */
     int max_attempts, backoff_ms, backoff_max_ms, drain_ms;
 
@@ -122,7 +123,7 @@ static int publish_internal(void *self, const ew_event *const *evs, size_t n, si
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, err);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
-    for (size_t i = 0; i < done; i++) {
+    for (size_t i = 0; i < done && !bus->no_metrics; i++) {
         unsigned t = (unsigned)ew_event_type_id(evs[i]);
         if (t < EW_T__COUNT)
             atomic_fetch_add_explicit(&bus->published_by_type[t], 1, memory_order_relaxed);
@@ -193,6 +194,7 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
         .service = bus->service,
         .publish = publish_internal,
         .bus = bus,
+        .no_metrics = bus->no_metrics = !ew_config_get_int(bus->cfg, "ENABLE_METRICS"),
     };
     /* The sqlite bus is the event store already: nothing to record twice. */
     if (ew_config_get_int(bus->cfg, "ENABLE_EVENT_STORE") &&

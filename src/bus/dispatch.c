@@ -475,10 +475,11 @@ static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
         make_span(ctx);
         start_us = ew_now_us();
     }
+    if (h->no_metrics && !h->span) return w->fn(ctx->ev, ctx, w->ud);
     int64_t t0 = ew_mono_ns();
     ew_handler_result r = w->fn(ctx->ev, ctx, w->ud);
     int64_t t1 = ew_mono_ns();
-    record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
+    if (!h->no_metrics) record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
     if (h->span) report_span(w, ctx, start_us, start_us + (t1 - t0) / 1000, r);
     return r;
 }
@@ -517,6 +518,7 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
 /* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of ev's type. */
 static void count_type(worker *w, const ew_event *ev, int outcome)
 {
+    if (w->d->host.no_metrics) return;
     unsigned t = (unsigned)ew_event_type_id(ev);
     if (t < EW_T__COUNT) bump(&w->by_type[t][outcome], 1);
 }

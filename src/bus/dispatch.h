@@ -28,6 +28,9 @@ typedef struct ew_dispatch_host {
     int (*publish)(void *bus, const ew_event *const *evs, size_t n, size_t *npublished,
                    ew_error *err);
     void *bus;
+    /* ENABLE_METRICS=false: handler calls are not timed (no clock read around them) and not
+     * counted by type; the other counters, which the bus works with, still are. */
+    bool no_metrics;
 } ew_dispatch_host;
 
 /* A subscription with every option resolved (no zeros meaning "default"). */

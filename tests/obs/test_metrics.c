@@ -354,9 +354,47 @@ static void test_prometheus_scrapes_a_service(void **state)
     down(e);
 }
 
+/* ENABLE_METRICS=false: handler calls are not timed and nothing is counted by type, while the
+ * handling itself and the counts the bus works with go on. */
+static void test_metrics_off(void **state)
+{
+    ew_config *cfg;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "EVENT_BUS_TYPE", "memory", &err), 0);
+    assert_int_equal(ew_config_set(cfg, "ENABLE_METRICS", "false", &err), 0);
+    ew_bus *bus;
+    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), 0);
+    ew_config_free(cfg);
+    atomic_int n = 0;
+    tb_subscribe(bus, "user.logged_in", tb_count, &n,
+                 &(ew_subscribe_opts){.group = "g", .name = "h"});
+    tb_start(bus);
+    for (int i = 0; i < 7; i++)
+        tb_publish_owned(bus, tb_event(EW_T_USER_LOGGED_IN, NULL));
+    assert_int_equal(ew_bus_wait_for_events(bus, 10000, &err), 0);
+    assert_int_equal(atomic_load(&n), 7);
+    ew_handler_stats hs = tb_stats(bus, 0);
+    assert_int_equal(hs.handled, 7);
+    assert_int_equal(hs.time_total_ns, 0);
+    uint64_t timed = 0;
+    for (int b = 0; b < EW_HANDLER_HIST_BUCKETS; b++)
+        timed += hs.time_hist[b];
+    assert_int_equal(timed, 0);
+    ew_handler_type_stats ts;
+    assert_int_equal(ew_bus_handler_type_stats(bus, 0, EW_T_USER_LOGGED_IN, &ts), 0);
+    assert_int_equal(ts.handled, 0);
+    assert_int_equal(ew_bus_published_count(bus, EW_T_USER_LOGGED_IN), 0);
+    ew_bus_stats bs;
+    ew_bus_stats_get(bus, &bs);
+    assert_int_equal(bs.published, 7);
+    tb_close(bus);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_counters_equal_what_happened),
     cmocka_unit_test(test_consumer_lag_per_group),
+    cmocka_unit_test(test_metrics_off),
     cmocka_unit_test_teardown(test_a_service_serves_its_metrics, reap),
     cmocka_unit_test_teardown(test_prometheus_scrapes_a_service, reap),
 };
