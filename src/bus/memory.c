@@ -73,29 +73,34 @@ static int mem_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_err
     memory *m = self;
     size_t n = ew__dispatch_count(m->disp);
     ew_handler_stats *hs = n ? malloc(n * sizeof *hs) : NULL;
-    if (n && !hs) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    size_t got = 0;
-    for (size_t i = 0; i < n; i++)
-        if (ew__dispatch_stats(m->disp, i, &hs[got]) == 0) got++;
-    bool found = false;
-    for (size_t i = 0; i < got; i++) {
-        if (!hs[i].group || (group && strcmp(hs[i].group, group) != 0)) continue;
-        bool first = true; /* the group's first handler: report the group from here */
-        for (size_t j = 0; j < i && first; j++)
-            if (hs[j].group && strcmp(hs[j].group, hs[i].group) == 0) first = false;
-        if (!first) continue;
-        uint64_t lag = 0;
-        for (size_t j = i; j < got; j++) {
-            if (!hs[j].group || strcmp(hs[j].group, hs[i].group) != 0) continue;
-            uint64_t l = handler_lag(&hs[j]);
-            if (l > lag) lag = l;
-        }
-        found = true;
-        if (fn(ud, hs[i].group, lag)) break;
-        if (group) break;
+    const char **names = n ? malloc(n * sizeof *names) : NULL;
+    uint64_t *lags = n ? calloc(n, sizeof *lags) : NULL;
+    if (n && (!hs || !names || !lags)) {
+        free(hs);
+        free(names);
+        free(lags);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
+    size_t ng = 0; /* distinct groups so far, in names[] */
+    for (size_t i = 0; i < n; i++) {
+        if (ew__dispatch_stats(m->disp, i, &hs[i]) || !hs[i].group) continue;
+        if (group && strcmp(hs[i].group, group) != 0) continue;
+        size_t k = ng;
+        while (k > 0 && strcmp(names[k - 1], hs[i].group) != 0)
+            k--;
+        if (k == 0) {
+            names[ng] = hs[i].group;
+            k = ++ng;
+        }
+        uint64_t l = handler_lag(&hs[i]);
+        if (l > lags[k - 1]) lags[k - 1] = l;
+    }
+    for (size_t k = 0; k < ng; k++)
+        if (fn(ud, names[k], lags[k])) break;
     free(hs);
-    if (group && !found)
+    free(names);
+    free(lags);
+    if (group && !ng)
         return ew_error_set(err, EW_ENOTFOUND, "memory bus: no subscription of group %s", group);
     return 0;
 }

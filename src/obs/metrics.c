@@ -20,6 +20,7 @@ struct ew_metrics {
     ew_http_server *http;
     ew_store *outbox, *events;
     atomic_uint_fast64_t scrape_errors;
+    atomic_size_t last_len; /* the last scrape's size: the next one starts with that much room */
 };
 
 int ew_metrics_new(ew_metrics **out, ew_error *err)
@@ -58,7 +59,25 @@ void ew_metrics_set_event_store(ew_metrics *m, ew_store *events)
 #define HB_STEP 2
 #define HB_N 11
 
-static void bus_metrics(ew_buf *b, ew_bus *bus)
+/* Every subscription's stats, taken once per scrape: *n of them, malloc'ed (NULL when none, or
+ * out of memory: then b->oom is set). */
+static ew_handler_stats *all_stats(ew_bus *bus, size_t *n, ew_buf *b)
+{
+    ew_bus_stats bs;
+    ew_bus_stats_get(bus, &bs);
+    *n = 0;
+    if (!bs.subscriptions) return NULL;
+    ew_handler_stats *hs = malloc(bs.subscriptions * sizeof *hs);
+    if (!hs) {
+        b->oom = 1;
+        return NULL;
+    }
+    while (*n < bs.subscriptions && ew_bus_handler_stats(bus, *n, &hs[*n]) == 0)
+        (*n)++;
+    return hs;
+}
+
+static void bus_metrics(ew_buf *b, ew_bus *bus, const ew_handler_stats *hs, size_t nh)
 {
     const char *backend = ew_bus_backend(bus);
     ew__prom_family(b, "eventwire_events_published_total", "counter",
@@ -79,11 +98,11 @@ static void bus_metrics(ew_buf *b, ew_bus *bus)
                     "Published or follow-up events this process has not finished with.");
     ew__prom_sample_u64(b, "eventwire_events_pending", NULL, bs.pending);
 
-    ew_handler_stats hs;
     ew__prom_family(b, "eventwire_events_handled_total", "counter",
                     "Deliveries to handlers by group, handler, type and result: ok (handled), "
                     "retry (delivered again), fail (dead-lettered).");
-    for (size_t i = 0; ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
+    for (size_t i = 0; i < nh; i++) {
+        if (!hs[i].handled && !hs[i].retried && !hs[i].dead_lettered) continue;
         for (int t = 1; t < EW_T__COUNT; t++) {
             ew_handler_type_stats ts;
             if (ew_bus_handler_type_stats(bus, i, (ew_type_id)t, &ts)) continue;
@@ -94,8 +113,8 @@ static void bus_metrics(ew_buf *b, ew_bus *bus)
                 uint64_t n;
             } r[] = {{"ok", ts.handled}, {"retry", ts.retried}, {"fail", ts.dead_lettered}};
             for (int k = 0; k < 3; k++) {
-                ew__label l[] = {{"group", hs.group},
-                                 {"handler", hs.name},
+                ew__label l[] = {{"group", hs[i].group},
+                                 {"handler", hs[i].name},
                                  {"type", ty},
                                  {"result", r[k].result},
                                  {0}};
@@ -106,32 +125,34 @@ static void bus_metrics(ew_buf *b, ew_bus *bus)
     ew__prom_family(b, "eventwire_events_duplicate_total", "counter",
                     "Deliveries the inbox skipped because the handler had done them, by group and "
                     "handler.");
-    for (size_t i = 0; ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
-        ew__label l[] = {{"group", hs.group}, {"handler", hs.name}, {0}};
-        ew__prom_sample_u64(b, "eventwire_events_duplicate_total", l, hs.duplicates);
+    for (size_t i = 0; i < nh; i++) {
+        ew__label l[] = {{"group", hs[i].group}, {"handler", hs[i].name}, {0}};
+        ew__prom_sample_u64(b, "eventwire_events_duplicate_total", l, hs[i].duplicates);
     }
     ew__prom_family(b, "eventwire_handler_queue_depth", "gauge",
                     "Events waiting in this process for a handler, by group and handler.");
-    for (size_t i = 0; ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
-        ew__label l[] = {{"group", hs.group}, {"handler", hs.name}, {0}};
-        ew__prom_sample_u64(b, "eventwire_handler_queue_depth", l, hs.queue_depth);
+    for (size_t i = 0; i < nh; i++) {
+        ew__label l[] = {{"group", hs[i].group}, {"handler", hs[i].name}, {0}};
+        ew__prom_sample_u64(b, "eventwire_handler_queue_depth", l, hs[i].queue_depth);
     }
     double bounds[HB_N];
     for (int k = 0; k < HB_N; k++)
         bounds[k] = (double)((uint64_t)1 << (HB_FIRST + HB_STEP * k)) / 1e9;
+    ew__prom_buckets bk;
+    ew__prom_buckets_init(&bk, bounds, HB_N);
     ew__prom_family(b, "eventwire_handler_duration_seconds", "histogram",
                     "Time in the handler per call, by group and handler.");
-    for (size_t i = 0; ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
+    for (size_t i = 0; i < nh; i++) {
         uint64_t counts[HB_N + 1] = {0};
-        for (int bk = 0; bk < EW_HANDLER_HIST_BUCKETS; bk++) {
-            int k = 0; /* the first bound at or above 2^bk ns */
-            while (k < HB_N && HB_FIRST + HB_STEP * k < bk)
+        for (int bkt = 0; bkt < EW_HANDLER_HIST_BUCKETS; bkt++) {
+            int k = 0; /* the first bound at or above 2^bkt ns */
+            while (k < HB_N && HB_FIRST + HB_STEP * k < bkt)
                 k++;
-            counts[k] += hs.time_hist[bk];
+            counts[k] += hs[i].time_hist[bkt];
         }
-        ew__label l[] = {{"group", hs.group}, {"handler", hs.name}, {0}};
-        ew__prom_histogram(b, "eventwire_handler_duration_seconds", l, bounds, counts, HB_N,
-                           (double)hs.time_total_ns / 1e9);
+        ew__label l[] = {{"group", hs[i].group}, {"handler", hs[i].name}, {0}};
+        ew__prom_histogram(b, "eventwire_handler_duration_seconds", l, &bk, counts,
+                           (double)hs[i].time_total_ns / 1e9);
     }
 }
 
@@ -160,25 +181,24 @@ static int lag_take(void *ud, const char *group, uint64_t lag)
  * it: one ew_bus_lag() call for all of them where the backend lists its groups, one per group
  * where it does not. A group the backend could not answer for is left out and counted as a
  * scrape error; a backend that keeps no lag (Redis Pub/Sub) reports none. */
-static void lag_metrics(ew_metrics *m, ew_buf *b, ew_bus *bus)
+static void lag_metrics(ew_metrics *m, ew_buf *b, ew_bus *bus, const ew_handler_stats *hs,
+                        size_t nh)
 {
-    ew_bus_stats bs;
-    ew_bus_stats_get(bus, &bs);
-    if (!bs.subscriptions) return;
+    if (!nh) return;
     lagset ls = {0};
-    ls.groups = calloc(bs.subscriptions, sizeof *ls.groups);
-    ls.lag = calloc(bs.subscriptions, sizeof *ls.lag);
-    ls.known = calloc(bs.subscriptions, sizeof *ls.known);
+    ls.groups = calloc(nh, sizeof *ls.groups);
+    ls.lag = calloc(nh, sizeof *ls.lag);
+    ls.known = calloc(nh, sizeof *ls.known);
     if (!ls.groups || !ls.lag || !ls.known) {
         b->oom = 1;
         goto out;
     }
-    ew_handler_stats hs;
-    for (size_t i = 0; ls.n < bs.subscriptions && ew_bus_handler_stats(bus, i, &hs) == 0; i++) {
-        size_t k = 0;
-        while (k < ls.n && strcmp(ls.groups[k], hs.group) != 0)
-            k++;
-        if (k == ls.n) ls.groups[ls.n++] = hs.group;
+    for (size_t i = 0; i < nh; i++) {
+        size_t k = ls.n;
+        /* subscriptions of a group mostly come together: look from the last one back */
+        while (k > 0 && strcmp(ls.groups[k - 1], hs[i].group) != 0)
+            k--;
+        if (k == 0) ls.groups[ls.n++] = hs[i].group;
     }
     ew_error e = {0};
     int rc = ls.n > 1 ? ew_bus_lag(bus, NULL, lag_take, &ls, &e) : EW_ENOTSUP;
@@ -227,13 +247,15 @@ static void http_metrics(ew_buf *b, ew_http_server *http)
             ew__prom_sample_u64(b, "eventwire_http_requests_total", l, st->by_status[k]);
         }
     }
+    ew__prom_buckets bk;
+    ew__prom_buckets_init(&bk, ew_http_duration_bounds, EW_HTTP_DURATION_BUCKETS);
     ew__prom_family(b, "eventwire_http_request_duration_seconds", "histogram",
                     "Time from a request's arrival to its answer, by method and route.");
     for (size_t i = 0; i < n; i++) {
         if (ew_http_route_stats(http, i, st) || !st->count) continue;
         ew__label l[] = {{"method", st->method}, {"route", st->route}, {0}};
-        ew__prom_histogram(b, "eventwire_http_request_duration_seconds", l, ew_http_duration_bounds,
-                           st->duration, EW_HTTP_DURATION_BUCKETS, st->duration_sum_s);
+        ew__prom_histogram(b, "eventwire_http_request_duration_seconds", l, &bk, st->duration,
+                           st->duration_sum_s);
     }
     free(st);
 }
@@ -395,8 +417,14 @@ int ew_metrics_render(ew_metrics *m, char **out, size_t *len, ew_error *err)
 {
     ew_buf b;
     ew_buf_init(&b);
-    if (m->bus) bus_metrics(&b, m->bus);
-    if (m->bus) lag_metrics(m, &b, m->bus);
+    ew_buf_reserve(&b, atomic_load_explicit(&m->last_len, memory_order_relaxed) + 4096);
+    if (m->bus) {
+        size_t nh;
+        ew_handler_stats *hs = all_stats(m->bus, &nh, &b);
+        bus_metrics(&b, m->bus, hs, nh);
+        lag_metrics(m, &b, m->bus, hs, nh);
+        free(hs);
+    }
     if (m->http) http_metrics(&b, m->http);
     if (m->outbox) outbox_metrics(m, &b);
     if (m->events) event_store_metrics(m, &b);
@@ -405,6 +433,7 @@ int ew_metrics_render(ew_metrics *m, char **out, size_t *len, ew_error *err)
                     "Queries of a scrape that failed (their metrics were left out).");
     ew__prom_sample_u64(&b, "eventwire_scrape_errors_total", NULL,
                         atomic_load_explicit(&m->scrape_errors, memory_order_relaxed));
+    atomic_store_explicit(&m->last_len, b.len, memory_order_relaxed);
     *out = ew_buf_steal(&b, len);
     if (!*out) {
         ew_buf_release(&b);

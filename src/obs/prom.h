@@ -22,9 +22,19 @@ void ew__prom_family(ew_buf *b, const char *name, const char *type, const char *
 void ew__prom_sample(ew_buf *b, const char *name, const ew__label *labels, double value);
 void ew__prom_sample_u64(ew_buf *b, const char *name, const ew__label *labels, uint64_t value);
 
-/* A histogram's samples: name_bucket{labels,le=...} cumulative over counts[0..nb] (counts[nb]
+#define EW__PROM_MAX_BUCKETS 32
+
+/* A histogram's bucket bounds, formatted once for all the histograms of a family. */
+typedef struct ew__prom_buckets {
+    size_t n; /* bounds, at most EW__PROM_MAX_BUCKETS (more are left out) */
+    char le[EW__PROM_MAX_BUCKETS][32];
+} ew__prom_buckets;
+
+void ew__prom_buckets_init(ew__prom_buckets *bk, const double *bounds, size_t n);
+
+/* A histogram's samples: name_bucket{labels,le=...} cumulative over counts[0..bk->n] (counts[n]
  * is past the last bound, le="+Inf"), name_sum and name_count. */
-void ew__prom_histogram(ew_buf *b, const char *name, const ew__label *labels, const double *bounds,
-                        const uint64_t *counts, size_t nb, double sum);
+void ew__prom_histogram(ew_buf *b, const char *name, const ew__label *labels,
+                        const ew__prom_buckets *bk, const uint64_t *counts, double sum);
 
 #endif
