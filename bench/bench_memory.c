@@ -1,8 +1,14 @@
 /* Benchmark of the memory bus: events built with ew_event_new() and published in a loop, until
  * every handler has handled them, with 1 handler and with 4 (four groups, each event handled
  * by all four). The baseline, in the same run: pre-built pointers handed through a plain
- * mutex + condvar queue to one thread, the least a cross-thread hand-off costs. */
+ * mutex + condvar queue to one thread, the least a cross-thread hand-off costs.
+ *
+ * publish_to_handled.metrics_on / .metrics_off: the 1-handler figure with metrics and tracing
+ * on (ENABLE_METRICS=true, the default, and a span callback, so that every handler call is
+ * timed, counted by type and reported as a span) and off (ENABLE_METRICS=false, no span
+ * callback), taking turns, best of five each. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "eventwire/bus.h"
@@ -78,17 +84,29 @@ static void die(const char *what, const ew_error *err)
     exit(1);
 }
 
+enum { OBS_DEFAULT, OBS_ON, OBS_OFF }; /* metrics and tracing: as configured, on, off */
+
+static atomic_long spans;
+
+/* What an exporter is handed: here only counted. */
+static void span_fn(void *ud, const ew_span *sp)
+{
+    atomic_fetch_add_explicit(&spans, 1, memory_order_relaxed);
+}
+
 /* Publishes n new user.registered events to a memory bus with `handlers` subscriptions in as
  * many groups; returns handled events per second, from the first publish to the last handled. */
-static double bench_bus(long n, int handlers, ew_handler_stats *st0)
+static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs)
 {
     ew_config *cfg;
     ew_error err = {0};
     if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "EVENT_BUS_TYPE", "memory", &err) ||
-        ew_config_set(cfg, "SERVICE_NAME", "bench", &err))
+        ew_config_set(cfg, "SERVICE_NAME", "bench", &err) ||
+        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
         die("config", &err);
     ew_bus *bus;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err)) die("open", &err);
+    ew_bus_options bo = {.config = cfg, .span = obs == OBS_ON ? span_fn : NULL};
+    if (ew_bus_open(&bus, &bo, &err)) die("open", &err);
     ew_config_free(cfg);
     long counts[4] = {0};
     static const char *const groups[] = {"g0", "g1", "g2", "g3"};
@@ -129,6 +147,11 @@ static double bench_bus(long n, int handlers, ew_handler_stats *st0)
     return rate(handled, ns);
 }
 
+static double bench_bus(long n, int handlers, ew_handler_stats *st0)
+{
+    return bench_bus_obs(n, handlers, st0, OBS_DEFAULT);
+}
+
 /* What building (and freeing) the events alone costs, for reading the figures. */
 static double bench_build(long n)
 {
@@ -159,6 +182,20 @@ int main(void)
     double one = bench_bus(n1, 1, &st);
     double four = bench_bus(n4, 4, NULL);
     double build = bench_build(n1);
+    double on = 0, off = 0, v;
+    for (int round = 0; round < 5; round++) {
+        for (int k = 0; k < 2; k++) {
+            if ((k + round) % 2 == 0) {
+                if ((v = bench_bus_obs(n1 / 2, 1, NULL, OBS_ON)) > on) on = v;
+            } else if ((v = bench_bus_obs(n1 / 2, 1, NULL, OBS_OFF)) > off) {
+                off = v;
+            }
+        }
+    }
+    if (atomic_load(&spans) != 5 * (n1 / 2)) {
+        fprintf(stderr, "bench_memory: not one span per handler call with tracing on\n");
+        return 1;
+    }
 
     printf("bench: memory.raw_queue %.0f events/s\n", raw);
     printf("bench: memory.publish_to_handled.1_handler %.0f events/s ratio=%.2f "
@@ -167,6 +204,10 @@ int main(void)
     printf("bench: memory.publish_to_handled.4_handlers %.0f events/s ratio=%.2f "
            "baseline=memory.raw_queue\n",
            four, four / raw);
+    printf("bench: memory.publish_to_handled.metrics_off %.0f events/s\n", off);
+    printf("bench: memory.publish_to_handled.metrics_on %.0f events/s ratio=%.2f "
+           "baseline=memory.publish_to_handled.metrics_off\n",
+           on, on / off);
     printf("# memory: building an event alone (ew_event_new + unref, one thread): %.0f events/s; "
            "1 handler: p50 %.6f ms, p99 %.6f ms in the handler\n",
            build, st.time_p50_ms, st.time_p99_ms);

@@ -11,6 +11,11 @@
  *                           batched XACK; from the first publish to the last event handled
  *   latency                 1,000 events/s for 3 s through the bus, published one at a time;
  *                           from building the event to its handler (p50, p99)
+ *   publish_to_handled.metrics_on / .metrics_off
+ *                           publish_to_handled with metrics and tracing on (ENABLE_METRICS=true,
+ *                           the default, and a span callback: every handler call is timed,
+ *                           counted by type and reported as a span) and with them off
+ *                           (ENABLE_METRICS=false, no span callback), taking turns
  *
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
@@ -305,19 +310,36 @@ static double bench_raw_publish_to_handled(void)
 
 static ew_event *events[N_EVENTS];
 
-static ew_bus *bus_open(const char *pfx)
+enum { OBS_DEFAULT, OBS_ON, OBS_OFF }; /* metrics and tracing: as configured, on, off */
+
+static atomic_long spans;
+
+/* What an exporter is handed: here only counted. */
+static void span_fn(void *ud, const ew_span *sp)
+{
+    atomic_fetch_add_explicit(&spans, 1, memory_order_relaxed);
+}
+
+static ew_bus *bus_open_obs(const char *pfx, int obs)
 {
     ew_config *cfg;
     ew_error err = {0};
     if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "EVENT_BUS_TYPE", "redis", &err) ||
         ew_config_set(cfg, "SERVICE_NAME", "bench", &err) ||
         ew_config_set(cfg, "REDIS_EVENT_URL", url, &err) ||
-        ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err))
+        ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err) ||
+        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
         die("config", err.msg);
     ew_bus *bus;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err)) die("open", err.msg);
+    ew_bus_options o = {.config = cfg, .span = obs == OBS_ON ? span_fn : NULL};
+    if (ew_bus_open(&bus, &o, &err)) die("open", err.msg);
     ew_config_free(cfg);
     return bus;
+}
+
+static ew_bus *bus_open(const char *pfx)
+{
+    return bus_open_obs(pfx, OBS_DEFAULT);
 }
 
 static void bus_publish_all(ew_bus *bus)
@@ -368,13 +390,13 @@ static void wait_count(counter *c, long n)
     }
 }
 
-static double bench_bus_publish_to_handled(int round)
+static double bench_bus_publish_to_handled_obs(int round, int obs)
 {
     quiesce();
     char pfx[96], key[160];
-    snprintf(pfx, sizeof pfx, "%s-bush%d", prefix, round);
+    snprintf(pfx, sizeof pfx, "%s-bush%d-%d", prefix, round, obs);
     snprintf(key, sizeof key, "%s:user.registered", pfx);
-    ew_bus *bus = bus_open(pfx);
+    ew_bus *bus = bus_open_obs(pfx, obs);
     counter cnt = {0};
     ew_error err = {0};
     if (ew_bus_subscribe(bus, "user.registered", count_fn, &cnt, NULL, &err) ||
@@ -387,6 +409,11 @@ static double bench_bus_publish_to_handled(int round)
     ew_bus_close(bus);
     raw_del(key);
     return r;
+}
+
+static double bench_bus_publish_to_handled(int round)
+{
+    return bench_bus_publish_to_handled_obs(round, OBS_DEFAULT);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -469,6 +496,20 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* metrics and tracing on and off, taking turns */
+    double on = 0, off = 0;
+    long spans0 = atomic_load(&spans);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < 2; k++) {
+            if ((k + round) % 2 == 0) {
+                if ((v = bench_bus_publish_to_handled_obs(round, OBS_ON)) > on) on = v;
+            } else if ((v = bench_bus_publish_to_handled_obs(round, OBS_OFF)) > off) {
+                off = v;
+            }
+        }
+    }
+    if (atomic_load(&spans) - spans0 != (long)ROUNDS * N_EVENTS)
+        die("spans", "not one span per handler call with tracing on");
     double p50, p99;
     bench_latency(&p50, &p99);
 
@@ -479,6 +520,10 @@ int main(int argc, char **argv)
     printf("bench: bus.redis.publish_to_handled %.0f events/s ratio=%.2f "
            "baseline=bus.redis.raw_publish_to_handled\n",
            e2e, e2e / raw_e2e);
+    printf("bench: bus.redis.publish_to_handled.metrics_off %.0f events/s\n", off);
+    printf("bench: bus.redis.publish_to_handled.metrics_on %.0f events/s ratio=%.2f "
+           "baseline=bus.redis.publish_to_handled.metrics_off\n",
+           on, on / off);
     printf("bench: bus.redis.latency.p50 %.3f ms\n", p50);
     printf("bench: bus.redis.latency.p99 %.3f ms\n", p99);
     printf("# redis: %d events of %.0f bytes on average, batches of %d, best of %d rounds; latency "
