@@ -160,9 +160,10 @@ struct ew_handler_ctx {
     char error[512];
     /* The handler's span, a child of the event's (made when first asked for, or when spans are
      * reported): follow-up events carry it. */
-    bool has_span;
+    bool has_span, has_parent;
     ew_trace_ctx span;
-    char traceparent[EW_TRACEPARENT_LEN + 1];
+    uint8_t parent_span_id[8];
+    char traceparent[EW_TRACEPARENT_LEN + 1]; /* "" until asked for */
 };
 
 /* Which dispatcher's handler the current thread runs, to refuse waiting on oneself. */
@@ -437,9 +438,10 @@ static void make_span(ew_handler_ctx *ctx)
 {
     if (ctx->has_span) return;
     ew_trace_ctx parent;
-    bool has_parent = ew_trace_parse(ew_event_traceparent(ctx->ev), &parent);
-    ew_trace_child(has_parent ? &parent : NULL, &ctx->span);
-    ew_trace_format(&ctx->span, ctx->traceparent);
+    ctx->has_parent = ew_trace_parse(ew_event_traceparent(ctx->ev), &parent);
+    ew_trace_child(ctx->has_parent ? &parent : NULL, &ctx->span);
+    if (ctx->has_parent) memcpy(ctx->parent_span_id, parent.span_id, sizeof ctx->parent_span_id);
+    ctx->traceparent[0] = '\0'; /* formatted when a handler asks for it */
     ctx->has_span = true;
 }
 
@@ -457,11 +459,15 @@ static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_
                   .event_type = ew_event_type(ctx->ev),
                   .group = w->s->group,
                   .handler = w->s->name};
-    ew_trace_ctx parent;
-    if (ew_trace_parse(ew_event_traceparent(ctx->ev), &parent))
-        memcpy(sp.parent_span_id, parent.span_id, sizeof sp.parent_span_id);
-    char name[256];
-    snprintf(name, sizeof name, "%s %s", sp.event_type, w->s->inbox_key);
+    if (ctx->has_parent) memcpy(sp.parent_span_id, ctx->parent_span_id, sizeof sp.parent_span_id);
+    char name[256]; /* "TYPE GROUP/HANDLER", cut at 255 bytes */
+    size_t nt = strlen(sp.event_type), nk = strlen(w->s->inbox_key);
+    if (nt > sizeof name - 2) nt = sizeof name - 2;
+    if (nk > sizeof name - 2 - nt) nk = sizeof name - 2 - nt;
+    memcpy(name, sp.event_type, nt);
+    name[nt] = ' ';
+    memcpy(name + nt + 1, w->s->inbox_key, nk);
+    name[nt + 1 + nk] = '\0';
     sp.name = name;
     h->span(h->span_ud, &sp);
 }
@@ -1316,6 +1322,7 @@ void ew_ctx_set_error(ew_handler_ctx *ctx, const char *fmt, ...)
 const char *ew_ctx_traceparent(ew_handler_ctx *ctx)
 {
     make_span(ctx);
+    if (!ctx->traceparent[0]) ew_trace_format(&ctx->span, ctx->traceparent);
     return ctx->traceparent;
 }
 

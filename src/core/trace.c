@@ -66,11 +66,15 @@ char *ew_trace_span_hex(const ew_trace_ctx *ctx, char *out)
     return hex(ctx->span_id, 8, out);
 }
 
+/* 00-TRACEID-SPANID-FLAGS, without printf: every handler call with spans on makes one. */
 char *ew_trace_format(const ew_trace_ctx *ctx, char *out)
 {
-    char t[33], s[17];
-    snprintf(out, EW_TRACEPARENT_LEN + 1, "00-%s-%s-%02x", ew_trace_id_hex(ctx, t),
-             ew_trace_span_hex(ctx, s), ctx->flags);
+    memcpy(out, "00-", 3);
+    hex(ctx->trace_id, 16, out + 3);
+    out[35] = '-';
+    hex(ctx->span_id, 8, out + 36);
+    out[52] = '-';
+    hex(&ctx->flags, 1, out + 53);
     return out;
 }
 
