@@ -29,7 +29,7 @@ static const char console_usage[] =
     "picks a free one): the live events of the bus the environment configures (EVENT_BUS_TYPE,\n"
     "...) with filters, an event's envelope and data, every event of one correlation id or trace\n"
     "id as a timeline, dead letters with retry and discard, sagas with their transitions,\n"
-    "subscriber groups and how far behind they are (SQLite bus), and charts of publish and handle\n"
+    "subscriber groups and their consumer lag, and charts of publish and handle\n"
     "rates, handler p50/p99 and errors, from the services' GET /metrics scraped every few\n"
     "seconds. The services are those of --services, else those `ewctl up` started here\n"
     "(var/log). Every API call needs the operator token: CONSOLE_TOKEN, or a random one printed\n"
@@ -405,6 +405,8 @@ static int group_row(void *ud, const ew_row *r)
     return 0;
 }
 
+/* Every group's consumer lag as the bus records it (ewctl metrics' "groups"); on the SQLite
+ * bus also where each group is in the log and which consumer holds it. */
 static void get_groups(const ew_http_request *req, ew_http_response *res, void *ud)
 {
     console *c = ud;
@@ -413,31 +415,31 @@ static void get_groups(const ew_http_request *req, ew_http_response *res, void *
     ew_buf_init(&b);
     ew_buf_puts(&b, "{\"bus\":");
     ew_json_write_string(&b, c->bus_type, strlen(c->bus_type));
-    if (strcmp(c->bus_type, "sqlite") != 0 || strcmp(ew_store_backend(c->st), "sqlite") != 0) {
-        ew_buf_puts(&b,
-                    ",\"known\":false,\"reason\":\"not known here: the console reads the "
-                    "positions of the SQLite bus only; this bus keeps its own\",\"groups\":[]}");
-        return reply_buf(res, &b);
-    }
+    ew_buf_puts(&b, ",\"known\":true,");
     ew_error err = {0};
-    int64_t head = 0;
-    ew_txn *t = NULL;
-    rows w = {.b = &b};
-    ew_buf_puts(&b, ",\"known\":true,\"groups\":[");
-    int rc = ew_store_head(c->st, &head, &err);
-    if (!rc) rc = ew_store_begin(c->st, &t, &err);
-    if (!rc) {
-        rc = ew_txn_query(t,
-                          "SELECT group_name, position, owner, updated_at FROM "
-                          "event_store.bus_groups ORDER BY group_name",
-                          NULL, 0, group_row, &w, &err);
-        ew_txn_rollback(t);
+    int rc = ewctl_put_group_lags(c->bus, c->st, NULL, 0, &b, &err);
+    if (!rc && strcmp(c->bus_type, "sqlite") == 0 &&
+        strcmp(ew_store_backend(c->st), "sqlite") == 0) {
+        int64_t head = 0;
+        ew_txn *t = NULL;
+        rows w = {.b = &b};
+        ew_buf_puts(&b, ",\"positions\":[");
+        rc = ew_store_head(c->st, &head, &err);
+        if (!rc) rc = ew_store_begin(c->st, &t, &err);
+        if (!rc) {
+            rc = ew_txn_query(t,
+                              "SELECT group_name, position, owner, updated_at FROM "
+                              "event_store.bus_groups ORDER BY group_name",
+                              NULL, 0, group_row, &w, &err);
+            ew_txn_rollback(t);
+        }
+        ew_buf_printf(&b, "],\"head\":%lld", (long long)head);
     }
     if (rc) {
         ew_buf_release(&b);
-        return ew_http_reply_error(res, 500, NULL, "%s", err.msg);
+        return ew_http_reply_error(res, rc == EW_ECONNECT ? 503 : 500, NULL, "%s", err.msg);
     }
-    ew_buf_printf(&b, "],\"head\":%lld}", (long long)head);
+    ew_buf_putc(&b, '}');
     reply_buf(res, &b);
 }
 

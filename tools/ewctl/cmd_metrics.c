@@ -69,12 +69,12 @@ static int saga_group(void *ud, const ew_row *r)
     return 0;
 }
 
-/* One group's lag, or "known":false. 0, or 1 after saying why on stderr. */
-static int one_group(ew_bus *bus, const char *group, lagw *w, bool unknown_shown)
+/* One group's lag, or "known":false (when unknown_shown; else nothing) for one it does not know. */
+static int one_group(ew_bus *bus, const char *group, lagw *w, bool unknown_shown, ew_error *err)
 {
-    ew_error err = {0};
-    int rc = ew_bus_lag(bus, group, put_lag, w, &err);
+    int rc = ew_bus_lag(bus, group, put_lag, w, err);
     if (rc == EW_ENOTFOUND) {
+        *err = (ew_error){0};
         if (unknown_shown) {
             ew_buf_puts(w->b, w->n++ ? ",{\"group\":" : "{\"group\":");
             ew_json_write_string(w->b, group, strlen(group));
@@ -82,47 +82,51 @@ static int one_group(ew_bus *bus, const char *group, lagw *w, bool unknown_shown
         }
         return 0;
     }
-    if (rc) return ewctl_fail(1, "consumer lag of group %s: %s", group, err.msg);
+    if (rc) {
+        ew_error inner = *err;
+        return ew_error_set(err, rc, "consumer lag of group %s: %s", group, inner.msg);
+    }
     return 0;
 }
 
-/* "groups":[...] and "groups_from". 0, or 1 after saying why. */
-static int put_groups(ew_bus *bus, ew_store *st, char **wanted, size_t nwanted, ew_buf *b)
+int ewctl_put_group_lags(ew_bus *bus, ew_store *st, char *const *wanted, size_t nwanted, ew_buf *b,
+                         ew_error *err)
 {
     lagw w = {.b = b};
-    ew_buf_puts(b, ",\"groups\":[");
+    ew_buf_puts(b, "\"groups\":[");
     if (nwanted) {
-        for (size_t i = 0; i < nwanted; i++)
-            if (one_group(bus, wanted[i], &w, true)) return 1;
+        for (size_t i = 0; i < nwanted; i++) {
+            int rc = one_group(bus, wanted[i], &w, true, err);
+            if (rc) return rc;
+        }
         ew_buf_puts(b, "],\"groups_from\":\"arguments\"");
         return 0;
     }
-    ew_error err = {0};
-    int rc = ew_bus_lag(bus, NULL, put_lag, &w, &err);
+    int rc = ew_bus_lag(bus, NULL, put_lag, &w, err);
     if (rc == 0) {
         ew_buf_puts(b, "],\"groups_from\":\"backend\"");
         return 0;
     }
-    if (rc != EW_ENOTSUP) return ewctl_fail(1, "consumer lag: %s", err.msg);
+    if (rc != EW_ENOTSUP) return rc;
+    *err = (ew_error){0};
     /* The backend cannot list its groups: the ones the system makes. */
     for (size_t i = 0; i < NSERVICES; i++)
-        if (one_group(bus, services[i], &w, false)) return 1;
+        if ((rc = one_group(bus, services[i], &w, false, err))) return rc;
     char **sagas = calloc(MAX_GROUPS, sizeof *sagas);
-    if (!sagas) return ewctl_fail(1, "out of memory");
+    if (!sagas) return ew_error_set(err, EW_ENOMEM, "out of memory");
     ew_txn *t;
-    rc = ew_store_begin(st, &t, &err);
+    rc = ew_store_begin(st, &t, err);
     if (!rc) {
         rc = ew_txn_query(t, "SELECT DISTINCT saga_type FROM event_store.sagas ORDER BY 1", NULL, 0,
-                          saga_group, &sagas, &err);
+                          saga_group, &sagas, err);
         ew_txn_rollback(t);
     }
     for (size_t i = 0; !rc && sagas[i]; i++)
-        if (one_group(bus, sagas[i], &w, false)) rc = 1;
+        rc = one_group(bus, sagas[i], &w, false, err);
     for (size_t i = 0; sagas[i]; i++)
         free(sagas[i]);
     free(sagas);
-    if (rc < 0) return ewctl_fail(1, "saga types: %s", err.msg);
-    if (rc) return 1;
+    if (rc) return rc;
     ew_buf_puts(b, "],\"groups_from\":\"services\"");
     return 0;
 }
@@ -328,9 +332,12 @@ int ewctl_metrics(int argc, char **argv)
     ew_buf_puts(&b, "{\"bus\":");
     ew_json_write_string(&b, ew_bus_backend(bus), strlen(ew_bus_backend(bus)));
     ewctl_put_str(&b, "store", ew_store_backend(st));
-    if (put_groups(bus, st, wanted, nwanted, &b) || put_event_store(st, &b) ||
-        put_outboxes(cfg, &b))
+    ew_buf_putc(&b, ',');
+    if (ewctl_put_group_lags(bus, st, wanted, nwanted, &b, &err)) {
+        ewctl_fail(1, "%s", err.msg);
         goto out;
+    }
+    if (put_event_store(st, &b) || put_outboxes(cfg, &b)) goto out;
     ew_buf_puts(&b, "}\n");
     if (b.oom) {
         ewctl_fail(1, "out of memory");

@@ -61,6 +61,14 @@ void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event);
  * marked retried, then redelivered (cmd_store.c). */
 int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_error *err);
 
+/* Appends "groups":[{"group":G,"lag":N,"known":true},...],"groups_from":F to b: the consumer
+ * lag of the groups named in wanted[0..nwanted) (F "arguments"; one the backend does not know
+ * as "lag":null,"known":false), else of every group the backend lists (F "backend"), else of
+ * the groups the system makes that the backend knows: the five services' and saga.TYPE for each
+ * saga type in st (F "services"). 0, or the error of the backend or the store (cmd_metrics.c). */
+int ewctl_put_group_lags(ew_bus *bus, ew_store *st, char *const *wanted, size_t nwanted, ew_buf *b,
+                         ew_error *err);
+
 /* A saga instance's fields as JSON, without the closing brace (cmd_saga.c). */
 void ewctl_saga_put_info(ew_buf *b, const ew_saga_info *in);
 

@@ -376,17 +376,25 @@ async function loadGroups() {
   try { r = await api('/api/groups'); } catch (e) { return; }
   const box = $('#groups');
   box.textContent = '';
-  if (!r.known) { box.append(el('p', 'Bus ' + r.bus + ': ' + r.reason + '.', 'muted')); return; }
-  box.append(el('p', 'The log\'s head is at position ' + r.head + '. A group is behind by the events after its position.', 'muted'));
+  const from = {backend: 'every group the ' + r.bus + ' bus knows',
+                services: 'the services\' and sagas\' groups the ' + r.bus + ' bus knows (it cannot list its groups)'}[r.groups_from] || '';
+  box.append(el('p', 'Consumer lag: the events published to a group and not yet acknowledged by it, as the ' + r.bus +
+                ' bus records it; ' + from + '.' + (r.head !== undefined ? ' The log\'s head is at position ' + r.head + '.' : ''), 'muted'));
+  const pos = {};
+  for (const p of r.positions || []) pos[p.group] = p;
   const t = el('table');
   t.id = 'groups-table';
   const head = el('tr');
-  ['group', 'position', 'behind', 'owner', 'updated'].forEach(x => head.append(el('th', x)));
+  const cols = r.positions ? ['group', 'lag', 'position', 'owner', 'updated'] : ['group', 'lag'];
+  cols.forEach(x => head.append(el('th', x)));
   t.append(head);
   for (const g of r.groups) {
     const tr = el('tr');
-    tr.append(el('td', g.group), el('td', g.position), el('td', Math.max(0, r.head - g.position)), el('td', g.owner || '—'),
-              el('td', fmtTime(g.updated_at)));
+    tr.append(el('td', g.group), el('td', g.lag === null ? '—' : g.lag));
+    if (r.positions) {
+      const p = pos[g.group] || {};
+      tr.append(el('td', p.position ?? '—'), el('td', p.owner || '—'), el('td', p.updated_at ? fmtTime(p.updated_at) : '—'));
+    }
     t.append(tr);
   }
   box.append(t);
