@@ -4,7 +4,10 @@
  * document in EXPORT_DIR, the deadline, the link's expiry, and deletion. One case keeps the
  * service's database in PostgreSQL.
  * ew-fixture: postgres */
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include "support/ew_test.h"
 #define SVC_UNDER_TEST "export-service"
 #include "services/svc_env.h"
@@ -502,6 +505,153 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* ---- ewctl export watch ---------------------------------------------------------------------- */
+
+/* ewctl ARGS in the background, with export-service's database where this env keeps it; its
+ * stdout and stderr into files of dir. */
+static pid_t ewctl_bg(env *e, const char *const *args, const char *out, const char *err)
+{
+    const char *bin = getenv("EW_BUILD_DIR");
+    if (!bin) fail_msg("EW_BUILD_DIR is not set: run through ctest");
+    char exe[600], db[400];
+    snprintf(exe, sizeof exe, "%s/ewctl", bin);
+    snprintf(db, sizeof db, "sqlite:%s/{SERVICE_NAME}.db", e->dir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("SERVICE_DB_URL", db, 1);
+        char xdir[400];
+        snprintf(xdir, sizeof xdir, "%s/exports", e->dir);
+        setenv("EXPORT_DIR", xdir, 1);
+        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600),
+            er = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (o < 0 || er < 0) _exit(126);
+        dup2(o, 1);
+        dup2(er, 2);
+        const char *argv[8] = {"ewctl"};
+        for (int i = 0; args[i] && i < 6; i++)
+            argv[i + 1] = args[i];
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_exit(pid_t pid, int timeout_s)
+{
+    int64_t end = ew_mono_ns() + (int64_t)timeout_s * 1000000000LL;
+    int st;
+    pid_t got;
+    while ((got = waitpid(pid, &st, WNOHANG)) == 0 && ew_mono_ns() < end)
+        usleep(20000);
+    if (got == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        fail_msg("ewctl did not end within %d s", timeout_s);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strdup(buf);
+}
+
+/* The count of lines of text that hold needle. */
+static int lines_with(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* `ewctl export watch` follows an export as export-service builds it: a line per answer as the
+ * services answer (stderr is not a terminal here), a summary, and the completed export as JSON
+ * without its link's key; an export that fails makes it exit 1 with the reason. */
+static void test_ewctl_export_watch(void **state)
+{
+    env *e = start(NULL);
+    char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    request_export(e, user_id, export_id);
+    char out[400], err[400];
+    snprintf(out, sizeof out, "%s/watch.out", e->dir);
+    snprintf(err, sizeof err, "%s/watch.err", e->dir);
+    const char *args[] = {"export", "watch", export_id, "--timeout", "60", NULL};
+    pid_t pid = ewctl_bg(e, args, out, err);
+    wait_answered(e, export_id, "export-service");
+    static const char *const others[] = {"auth-service", "user-service", "notification-service",
+                                         "analytics-service"};
+    for (int i = 0; i < 4; i++) {
+        usleep(400000); /* more than the watcher's poll: one line each */
+        answer(e, export_id, user_id, others[i], "{}");
+        wait_answered(e, export_id, others[i]);
+    }
+    int rc = wait_exit(pid, 30);
+    char *o = slurp(out), *er = slurp(err);
+    if (rc != 0) fail_msg("ewctl export watch exited %d: %s", rc, er);
+    /* the answers one by one, then the summary */
+    for (int k = 1; k <= 5; k++) {
+        char want[64];
+        snprintf(want, sizeof want, "collected %d of 5 (", k);
+        if (k > 1 && lines_with(er, want) != 1) fail_msg("no line '%s' in: %s", want, er);
+    }
+    if (!strstr(er, "collected 5 answers in ")) fail_msg("no summary in: %s", er);
+    char want[600];
+    snprintf(want, sizeof want, "{\"export_id\":\"%s\",\"user_id\":\"%s\",\"status\":\"completed\"",
+             export_id, user_id);
+    if (strncmp(o, want, strlen(want)) != 0) fail_msg("expected %s... on stdout: %s", want, o);
+    if (!strstr(o, "\"services_missing\":[]") ||
+        !strstr(o, "\"services_answered\":[\"analytics-service\",\"auth-service\","
+                   "\"export-service\",\"notification-service\",\"user-service\"]"))
+        fail_msg("the services: %s", o);
+    snprintf(want, sizeof want, "\"document\":\"%s/exports/%s.json\"", e->dir, export_id);
+    if (!strstr(o, want)) fail_msg("no document %s in: %s", want, o);
+    snprintf(want, sizeof want, "%s/exports/%s.json", e->dir, export_id);
+    assert_true(exists(want));
+    if (strstr(o, "key=") || strstr(er, "key=")) fail_msg("the link's key was printed");
+    free(o);
+    free(er);
+
+    /* one that fails at its deadline: exit 1 and the reason */
+    down(e);
+    static const char *const fast[] = {"EXPORT_TIMEOUT_SECONDS=1", NULL};
+    e = start(fast);
+    snprintf(out, sizeof out, "%s/watch.out", e->dir);
+    snprintf(err, sizeof err, "%s/watch.err", e->dir);
+    request_export(e, user_id, export_id);
+    const char *args2[] = {"export", "watch", export_id, NULL};
+    pid = ewctl_bg(e, args2, out, err);
+    rc = wait_exit(pid, 30);
+    o = slurp(out);
+    er = slurp(err);
+    assert_int_equal(rc, 1);
+    if (!strstr(o, "\"status\":\"failed\"") || !strstr(er, "failed:"))
+        fail_msg("expected the failure: %s / %s", o, er);
+    free(o);
+    free(er);
+
+    /* bad input: a clear error */
+    const char *bad[] = {"export", "watch", "not-an-id", NULL};
+    pid = ewctl_bg(e, bad, out, err);
+    assert_int_equal(wait_exit(pid, 10), 2);
+    ew_uuid7(export_id);
+    const char *unknown[] = {"export", "watch", export_id, NULL};
+    pid = ewctl_bg(e, unknown, out, err);
+    assert_int_equal(wait_exit(pid, 10), 1);
+    er = slurp(err);
+    if (!strstr(er, "no export")) fail_msg("stderr: %s", er);
+    free(er);
+    down(e);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_export_completes_when_every_service_answered, reap),
     cmocka_unit_test_teardown(test_export_fails_when_a_service_stays_silent, reap),
@@ -510,6 +660,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_deletion_removes_exports_and_documents, reap),
     cmocka_unit_test_teardown(test_bad_input, reap),
     cmocka_unit_test_teardown(test_on_postgresql, reap),
+    cmocka_unit_test_teardown(test_ewctl_export_watch, reap),
 };
 
 EW_TEST_MAIN(tests)

@@ -29,6 +29,7 @@ int ewctl_up(int argc, char **argv);
 int ewctl_down(int argc, char **argv);
 int ewctl_console(int argc, char **argv);
 int ewctl_metrics(int argc, char **argv);
+int ewctl_export(int argc, char **argv);
 int ewctl_user(int argc, char **argv);
 
 /* Is argv[i] a request for help? */

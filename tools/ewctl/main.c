@@ -16,6 +16,8 @@ static const ewctl_cmd commands[] = {
     {"saga", "list saga instances, show one and every transition it went through", ewctl_saga},
     {"audit", "list, verify and print the signed heads of the services' audit chains", ewctl_audit},
     {"config", "list every setting, its default and its value here", ewctl_config},
+    {"export", "watch a GDPR data export being built: answers as they come, then the result",
+     ewctl_export},
     {"metrics",
      "consumer lag per group, dead letters, outboxes and sagas, as the backends record them",
      ewctl_metrics},
