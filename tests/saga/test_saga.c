@@ -1112,6 +1112,11 @@ static void declarations_are_checked(env *e)
             fail_msg("case %zu: %s: %s", i, ew_err_name(rc), err.msg);
     }
     assert_int_equal(freed, (int)(sizeof cases / sizeof cases[0])); /* ud freed on refusal */
+    /* the deletion has no participants of its own: the system names them */
+    assert_int_equal(ew_saga_add_user_deletion(e->eng, NULL, &err), EW_EINVAL);
+    assert_non_null(strstr(err.msg, "participating services are required"));
+    assert_int_equal(ew_saga_add_reference_sagas(e->eng, &(ew_user_deletion_opts){0}, &err),
+                     EW_EINVAL);
     assert_int_equal(ew_saga_engine_register(e->eng, &d, &err), 0);
     assert_int_equal(ew_saga_engine_register(e->eng, &d, &err), EW_EEXIST);
     start(e, e->eng);
@@ -1228,9 +1233,12 @@ static ew_handler_result auth_service(const ew_event *ev, ew_handler_ctx *ctx, v
                : EW_HANDLER_OK;
 }
 
+/* The services holding user data in the reference system: the deletion's participants. */
+static const char *const names[] = {"auth-service", "user-service", "notification-service",
+                                    "analytics-service", "export-service"};
+
 static void subscribe_services(env *e, ew_bus *bus)
 {
-    static const char *names[] = EW_USER_DELETION_SERVICES;
     subscribe(bus, "user.registered", user_service, e, "user-service");
     subscribe(bus, "user.registered", notification_service, e, "notification-service");
     subscribe(bus, "password.reset_token_issued", notification_service, e, "notification-service");
@@ -1254,9 +1262,13 @@ static void reference_up(env *e, const ew_user_registration_opts *ro,
     subscribe_services(e, e->bus);
     e->eng = open_engine(e, e->store);
     ew_error err = {0};
+    ew_user_deletion_opts d = dopt ? *dopt : (ew_user_deletion_opts){0};
+    if (!d.services) {
+        d.services = names;
+        d.nservices = sizeof names / sizeof names[0];
+    }
     if (ew_saga_add_user_registration(e->eng, ro, &err) ||
-        ew_saga_add_user_deletion(e->eng, dopt, &err) ||
-        ew_saga_add_password_reset(e->eng, po, &err))
+        ew_saga_add_user_deletion(e->eng, &d, &err) || ew_saga_add_password_reset(e->eng, po, &err))
         fail_msg("%s", err.msg);
     start(e, e->eng);
     bus_start(e);
