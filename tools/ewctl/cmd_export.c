@@ -15,6 +15,7 @@
 #include "eventwire/id.h"
 #include "ewctl.h"
 #include "progress.h"
+#include "svc_settings.h"
 
 static const char export_usage[] =
     "usage: ewctl export watch EXPORT_ID [--timeout SECONDS]\n"
@@ -153,7 +154,9 @@ static int open_export_db(ew_store **st, char *dir, size_t dir_n)
 {
     ew_config *cfg = NULL;
     ew_error err = {0};
+    /* export-service's settings: SERVICE_DB_URL, EXPORT_DIR */
     int rc = ew_config_new(&cfg, &err);
+    if (!rc) rc = svc_settings_define(cfg, "export-service", &err);
     if (!rc) rc = ew_config_from_env(cfg, &err);
     if (rc) {
         ew_config_free(cfg);
@@ -175,8 +178,7 @@ static int open_export_db(ew_store **st, char *dir, size_t dir_n)
                           "set SERVICE_DB_URL",
                           url + 7);
     }
-    rc = ew_config_set(cfg, "EVENT_STORE_URL", url, &err);
-    if (!rc) rc = ew_store_open(st, &(ew_store_options){.config = cfg}, &err);
+    rc = ew_store_open(st, &(ew_store_options){.config = cfg, .url = url}, &err);
     ew_config_free(cfg);
     if (rc) return ewctl_fail(1, "cannot open export-service's database: %s", err.msg);
     return 0;

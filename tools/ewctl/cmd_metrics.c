@@ -266,10 +266,8 @@ static int put_outboxes(const ew_config *cfg, ew_buf *b)
         ew_error err = {0};
         ew_config *c = NULL;
         ew_store *st = NULL;
-        int rc = ew_config_new(&c, &err);
-        if (!rc) rc = ew_config_from_env(c, &err);
-        if (!rc) rc = ew_config_set(c, "EVENT_STORE_URL", url, &err);
-        if (!rc) rc = ew_store_open(&st, &(ew_store_options){.config = c}, &err);
+        int rc = ewctl_config_load(&c, &err);
+        if (!rc) rc = ew_store_open(&st, &(ew_store_options){.config = c, .url = url}, &err);
         ew_config_free(c);
         free(url);
         if (rc) return ewctl_fail(1, "the database of %s: %s", services[i], err.msg);
@@ -320,7 +318,7 @@ int ewctl_metrics(int argc, char **argv)
     ew_bus *bus = NULL;
     ew_buf b;
     ew_buf_init(&b);
-    if (ew_config_new(&cfg, &err) || ew_config_from_env(cfg, &err)) {
+    if (ewctl_config_load(&cfg, &err)) {
         ewctl_fail(1, "%s", err.msg);
         goto out;
     }
