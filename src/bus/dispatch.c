@@ -96,6 +96,7 @@ typedef struct worker {
     /* A hold (HOLD_MAX): the batch items handled since it began, acknowledged at its end. */
     bool holding, held_inbox, held_store;
     int64_t hold_t0;
+    int64_t wall_off_us, wall_at_ns; /* spans: wall-clock minus monotonic time, and when read */
     size_t pend[HOLD_MAX];
     size_t pendn;
 
@@ -476,13 +477,19 @@ static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
 {
     const ew_dispatch_host *h = &w->d->host;
     ctx->has_span = false;
-    int64_t start_us = 0;
-    if (h->span) {
-        make_span(ctx);
-        start_us = ew_now_us();
-    }
     if (h->no_metrics && !h->span) return w->fn(ctx->ev, ctx, w->ud);
+    int64_t start_us = 0;
+    if (h->span) make_span(ctx);
     int64_t t0 = ew_mono_ns();
+    if (h->span) {
+        /* A span's start in wall-clock time, from the monotonic clock and the worker's offset
+         * between the two, read again each second: one clock read per call fewer. */
+        if (!w->wall_at_ns || t0 - w->wall_at_ns > 1000000000LL) {
+            w->wall_off_us = ew_now_us() - t0 / 1000;
+            w->wall_at_ns = t0;
+        }
+        start_us = t0 / 1000 + w->wall_off_us;
+    }
     ew_handler_result r = w->fn(ctx->ev, ctx, w->ud);
     int64_t t1 = ew_mono_ns();
     if (!h->no_metrics) record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
