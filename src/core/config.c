@@ -66,6 +66,11 @@ static const ew_setting entries[] = {
     {"REDIS_STREAM_MAXLEN", "1000000", "0..1000000000",
      "Approximate length Redis streams are trimmed to on XADD; 0 never trims.", EW_SETTING_INT, 0,
      1000000000},
+    {"REDIS_STREAM_MAX_AGE_SECONDS", "604800", "0..315360000",
+     "Redis stream entries older than this are deleted (XTRIM MINID, by publishers and "
+     "consumers, each stream at most every minute), whether every group has read them or not; "
+     "0 keeps entries whatever their age.",
+     EW_SETTING_INT, 0, 315360000},
     {"REDIS_CLAIM_IDLE_MS", "30000", "100..86400000",
      "A pending Redis stream entry idle this long is reclaimed from its dead consumer.",
      EW_SETTING_INT, 100, 86400000},
