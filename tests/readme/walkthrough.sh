@@ -30,13 +30,16 @@ fail() {
 
 work=$(mktemp -d /tmp/ew-readme-XXXXXX)
 run_pid=
-finish() {
-    local rc=$?
+stop_system() {
     if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
         kill -TERM "$run_pid" 2>/dev/null || true # make run's Ctrl-C: ewctl down
         for _ in $(seq 300); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.1; done
     fi
     if [ -d "$work/run" ]; then (cd "$work/run" && "$bin/ewctl" down >/dev/null 2>&1) || true; fi
+}
+finish() {
+    local rc=$?
+    stop_system
     if [ "$rc" -ne 0 ]; then
         for f in make-run.log block.out block.err; do
             [ -f "$work/$f" ] && { echo "---- $f"; tail -n 60 "$work/$f"; }
@@ -112,6 +115,14 @@ saga=$(cd "$work/run" && "$bin/ewctl" saga show --type UserDeletion --key "$REQU
 [[ $saga == *'"type":"UserDeletion","status":"completed"'* && $saga == *"\"subject\":\"$USER_ID\""* ]] ||
     fail "the UserDeletion saga of $USER_ID is not completed: $saga"
 has "\"type\":\"UserDeletion\",\"status\":\"completed\"" "ewctl saga list shows no completed deletion"
+
+# Stopped as make run stops (Ctrl-C): in a sanitizer build, a report of any program on the way
+# (a service's log, ewctl's stderr) fails the walkthrough.
+stop_system
+if grep -l -E 'ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|ThreadSanitizer' \
+    "$work"/run/var/log/*.log "$work/block.err" "$work/make-run.log" 2>/dev/null; then
+    fail "a sanitizer report in the files above"
+fi
 
 echo "walkthrough: README.md's block ran as pasted ($(grep -c . "$work/block.sh") lines):"
 echo "  user $USER_ID registered, profile created; export $EXPORT_ID completed and downloaded;"
