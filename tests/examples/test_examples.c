@@ -109,6 +109,20 @@ static int is_service(const char *src, const char *name)
     return yes;
 }
 
+/* The service a case started and has not seen end yet: the case's teardown kills it when the
+ * case failed halfway, so that no example outlives its test. */
+static pid_t running;
+
+static int kill_running(void **state)
+{
+    if (running > 0) {
+        kill(running, SIGKILL);
+        waitpid(running, NULL, 0);
+        running = 0;
+    }
+    return 0;
+}
+
 /* Starts ew-NAME in dir, its stdout into dir/stdout and its stderr into dir/stderr, with env
  * (NAME=VALUE strings, NULL-terminated; may be NULL) added to the test's environment. */
 static pid_t start_service(const char *name, const char *dir, const char *const *env)
@@ -128,6 +142,7 @@ static pid_t start_service(const char *name, const char *dir, const char *const 
         execl(exe, exe, (char *)NULL);
         _exit(127);
     }
+    running = pid;
     return pid;
 }
 
@@ -143,9 +158,11 @@ static char *wait_for_text(pid_t pid, const char *dir, const char *name, const c
         char *got = slurp(path);
         if (strstr(got, text)) return got;
         int st;
-        if (pid > 0 && waitpid(pid, &st, WNOHANG) == pid)
+        if (pid > 0 && waitpid(pid, &st, WNOHANG) == pid) {
+            if (pid == running) running = 0;
             fail_msg("the example ended (status %d) before it wrote '%s': %s",
                      WIFEXITED(st) ? WEXITSTATUS(st) : -1, text, got);
+        }
         if (ew_mono_ns() > until)
             fail_msg("no '%s' in %s after %d ms: %s", text, name, timeout_ms, got);
         free(got);
@@ -159,14 +176,17 @@ static int wait_exit(pid_t pid, int timeout_ms)
 {
     int64_t until = ew_mono_ns() + (int64_t)timeout_ms * 1000000;
     int st;
-    while (waitpid(pid, &st, WNOHANG) == 0) {
+    pid_t got;
+    while ((got = waitpid(pid, &st, WNOHANG)) == 0) {
         if (ew_mono_ns() > until) {
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
+            if (pid == running) running = 0;
             fail_msg("pid %d still running %d ms after SIGTERM", (int)pid, timeout_ms);
         }
         nanosleep(&(struct timespec){0, 20000000}, NULL);
     }
+    if (got == pid && pid == running) running = 0;
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -464,11 +484,11 @@ static void test_greeter_refuses_a_bad_setting(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
-    cmocka_unit_test(test_every_example_runs),
+    cmocka_unit_test_teardown(test_every_example_runs, kill_running),
     cmocka_unit_test(test_registration_prints_the_flow),
     cmocka_unit_test(test_registration_refuses_a_bad_count),
-    cmocka_unit_test(test_greeter_greets_and_dead_letters),
-    cmocka_unit_test(test_greeter_refuses_a_bad_setting),
+    cmocka_unit_test_teardown(test_greeter_greets_and_dead_letters, kill_running),
+    cmocka_unit_test_teardown(test_greeter_refuses_a_bad_setting, kill_running),
 };
 
 EW_TEST_MAIN(tests)
