@@ -298,7 +298,9 @@ int ewctl_metrics(int argc, char **argv)
     char *wanted[MAX_GROUPS];
     size_t nwanted = 0;
     for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--group") == 0 && i + 1 < argc) {
+        if (strcmp(argv[i], "--group") == 0 && i + 1 == argc) {
+            return ewctl_fail(2, "--group needs a group name");
+        } else if (strcmp(argv[i], "--group") == 0) {
             const char *g = argv[++i];
             if (!*g || strlen(g) > 200)
                 return ewctl_fail(2, "--group takes a group name of 1 to 200 bytes");
