@@ -168,6 +168,9 @@ int ew__mq_tls_settings(rmq *r, const ew_config *cfg, ew_error *err)
         if (strlen(v) >= sizeof r->tls_ca)
             return ew_error_set(err, EW_ECONFIG, "%s: the path is longer than %zu bytes", names[i],
                                 sizeof r->tls_ca - 1);
+        if (*v && access(v, R_OK) != 0)
+            return ew_error_set(err, EW_ECONFIG, "%s: cannot read '%.200s': %s", names[i], v,
+                                strerror(errno));
         snprintf(dst[i], sizeof r->tls_ca, "%s", v);
     }
     if (!*r->tls_cert != !*r->tls_key)

@@ -469,6 +469,12 @@ int ew__rd_tls_open(redis_bus *rb, const ew_config *cfg, ew_error *err)
                             "%s is set but %s is not: a client certificate needs both",
                             *cert ? "REDIS_TLS_CERT_FILE" : "REDIS_TLS_KEY_FILE",
                             *cert ? "REDIS_TLS_KEY_FILE" : "REDIS_TLS_CERT_FILE");
+    const char *const files[][2] = {
+        {"REDIS_TLS_CA_FILE", ca}, {"REDIS_TLS_CERT_FILE", cert}, {"REDIS_TLS_KEY_FILE", key}};
+    for (int i = 0; i < 3; i++)
+        if (*files[i][1] && access(files[i][1], R_OK) != 0)
+            return ew_error_set(err, EW_ECONFIG, "%s: cannot read '%.200s': %s", files[i][0],
+                                files[i][1], strerror(errno));
     ERR_clear_error();
     int rc = 0;
     char why[160] = "";
