@@ -320,13 +320,21 @@ int ew__mq_conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
      * publisher would be cut off); TCP keepalive finds dead peers instead. */
     amqp_rpc_reply_t rr = amqp_login(st, r->vhost, 0, FRAME_MAX, 0, AMQP_SASL_METHOD_PLAIN,
                                      r->ci.user, r->ci.password);
-    char why[200];
+    char why[400];
     if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
         ew__mq_reply_text(rr, why, sizeof why);
         /* refused credentials or an unknown vhost: a setting to fix, not a broker to wait for */
         int code = reply_code(rr) == AMQP_ACCESS_REFUSED || reply_code(rr) == AMQP_NOT_ALLOWED
                        ? EW_ECONFIG
                        : EW_ECONNECT;
+        /* a broker that checks client certificates says no to one only after the handshake */
+        if (r->ci.ssl && rr.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            rr.library_error == AMQP_STATUS_SSL_ERROR) {
+            size_t l = strlen(why);
+            snprintf(why + l, sizeof why - l,
+                     " (the broker closed the TLS connection: does it want a client certificate "
+                     "it trusts? RABBITMQ_TLS_CERT_FILE, RABBITMQ_TLS_KEY_FILE)");
+        }
         amqp_destroy_connection(st);
         return ew_error_set(err, code, "cannot log in to RabbitMQ at %s as '%s' (RABBITMQ_URL): %s",
                             r->addr, r->ci.user, why);
