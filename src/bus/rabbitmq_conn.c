@@ -320,7 +320,7 @@ int ew__mq_conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
      * publisher would be cut off); TCP keepalive finds dead peers instead. */
     amqp_rpc_reply_t rr = amqp_login(st, r->vhost, 0, FRAME_MAX, 0, AMQP_SASL_METHOD_PLAIN,
                                      r->ci.user, r->ci.password);
-    char why[400];
+    char why[300];
     if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
         ew__mq_reply_text(rr, why, sizeof why);
         /* refused credentials or an unknown vhost: a setting to fix, not a broker to wait for */
@@ -332,8 +332,8 @@ int ew__mq_conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
             rr.library_error == AMQP_STATUS_SSL_ERROR) {
             size_t l = strlen(why);
             snprintf(why + l, sizeof why - l,
-                     " (the broker closed the TLS connection: does it want a client certificate "
-                     "it trusts? RABBITMQ_TLS_CERT_FILE, RABBITMQ_TLS_KEY_FILE)");
+                     " (a client certificate it does not take? "
+                     "RABBITMQ_TLS_CERT_FILE)");
         }
         amqp_destroy_connection(st);
         return ew_error_set(err, code, "cannot log in to RabbitMQ at %s as '%s' (RABBITMQ_URL): %s",
