@@ -111,6 +111,8 @@ static void test_ewctl_config_hides_passwords(void **state)
            "&sslrootcert=/etc/ssl/db-ca.pem",
            1);
     setenv("REDIS_TLS_CA_FILE", "/etc/ssl/redis-ca.pem", 1);
+    setenv("KAFKA_CLIENT_CONFIG",
+           "security.protocol=sasl_ssl,sasl.username=events,sasl.password=" SECRET, 1);
     char *out, *err;
     int rc = ew_test_ewctl("config", NULL, &out, &err);
     if (rc != 0) fail_msg("ewctl config exited %d: %s", rc, err);
@@ -120,6 +122,7 @@ static void test_ewctl_config_hides_passwords(void **state)
     assert_non_null(strstr(out, "amqps://someone:***@mq.example/prod"));
     assert_non_null(strstr(out, "postgresql://someone:***@db.example/events?sslmode=verify-full"));
     assert_non_null(strstr(out, "/etc/ssl/redis-ca.pem"));
+    assert_non_null(strstr(out, "sasl.username=events,sasl.password=***"));
     free(out);
     free(err);
 }
