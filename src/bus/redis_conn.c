@@ -365,7 +365,8 @@ int ew__redis_url_parse(rurl *u, const char *url, ew_error *err)
         size_t sl =
             strspn(url, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
         char what[160];
-        if (sl && sl <= 20 && url[sl] == ':')
+        bool alpha = (url[0] >= 'a' && url[0] <= 'z') || (url[0] >= 'A' && url[0] <= 'Z');
+        if (alpha && sl <= 20 && url[sl] == ':')
             snprintf(what, sizeof what, "the scheme '%.*s:' is neither redis:// nor rediss://",
                      (int)sl, url);
         else
