@@ -47,6 +47,37 @@ static void test_rediss_publish_subscribe_pubsub(void **state)
     tb_close(bus);
 }
 
+/* An ACL user over TLS, as over plain Redis: the user is made with redis-cli --tls. */
+static void test_rediss_acl_user(void **state)
+{
+    char url[256], id[EW_UUID_LEN + 1], user[32], cmd[2048];
+    tls_url(url, sizeof url, "redis-tls", NULL, NULL);
+    ew_uuid7(id);
+    snprintf(user, sizeof user, "tls%.8s", id + 28);
+    const char *port = strrchr(url, ':') + 1;
+    snprintf(cmd, sizeof cmd,
+             "redis-cli --tls --cacert '%s' -h 127.0.0.1 -p %s ACL SETUSER %s on '>%s' '~*' '&*' "
+             "+@all >/dev/null",
+             CA(0), port, user, TLS_SECRET);
+    if (system(cmd) != 0) fail_msg("redis-cli could not make the ACL user: %s", cmd);
+    char userinfo[96];
+    snprintf(userinfo, sizeof userinfo, "%s:%s", user, TLS_SECRET);
+    const char *kv[] = {"REDIS_EVENT_URL", tls_url(url, sizeof url, "redis-tls", userinfo, NULL),
+                        "REDIS_TLS_CA_FILE", CA(0), NULL};
+    tb_log log = TB_LOG_INIT;
+    ew_bus *bus;
+    ew_error err = {0};
+    if (tls_open(&bus, &log, "redis", kv, &err)) fail_msg("%s", err.msg);
+    tls_roundtrip(bus);
+    tb_close(bus);
+    tls_no_secret("the log", log.text);
+    /* and a wrong password for that user is refused, naming the URL's setting */
+    snprintf(userinfo, sizeof userinfo, "%s:not-%s", user, TLS_SECRET);
+    const char *wrong[] = {"REDIS_EVENT_URL", tls_url(url, sizeof url, "redis-tls", userinfo, NULL),
+                           "REDIS_TLS_CA_FILE", CA(0), NULL};
+    expect_refused(wrong, EW_ECONFIG, "refused the credentials", "REDIS_EVENT_URL");
+}
+
 static void test_rediss_client_certificate(void **state)
 {
     char url[256];
@@ -161,6 +192,7 @@ static void test_redis_password_never_shown(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_rediss_publish_subscribe_pubsub),
+    cmocka_unit_test(test_rediss_acl_user),
     cmocka_unit_test(test_rediss_client_certificate),
     cmocka_unit_test(test_rediss_without_client_certificate_refused),
     cmocka_unit_test(test_rediss_wrong_ca_refused),
