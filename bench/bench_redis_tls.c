@@ -1,5 +1,5 @@
 /* Benchmark of the Redis bus over TLS (rediss://) beside a raw TLS loop on the same server, in
- * the same run, doing the same durable work:
+ * the same run, doing the same work (the fixture's server keeps no append-only file):
  *
  *   tls.raw_publish_to_handled  OpenSSL and hiredis's reply parser used directly, no bus: one
  *                               thread pipelines pre-encoded user.registered events (XADD ...
