@@ -130,6 +130,13 @@ static const entry entries[] = {
      K_URL,
      0,
      0},
+    {{"KEY_STORE_URL", "", "sqlite:PATH",
+      "The key store: every key of the deployment (the services' bus keys, docs/security.md); "
+      "unset: keys/keys.db in the folder of EVENT_STORE_URL's SQLite file, or var/keys/keys.db "
+      "when the event store is not SQLite. Made 0600 in a 0700 folder."},
+     K_URL,
+     0,
+     0},
     {{"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever."},
      K_INT,
      0,
