@@ -66,6 +66,32 @@ static const entry entries[] = {
      K_INT,
      1,
      1000000},
+    {{"EVENT_AUTH", "mac", "mac|ed25519|off",
+      "How services authenticate the events they publish (docs/bus-auth.md): mac, a keyed BLAKE2b "
+      "tag per event (services sharing the key store can forge each other's events); ed25519, "
+      "signatures (they cannot); off, neither signed nor checked."},
+     K_ENUM,
+     0,
+     0},
+    {{"EVENT_POLICY_FILE", "", "a file",
+      "The bus policy: which service may publish and subscribe to which types, which types "
+      "foreign producers may publish (docs/bus-auth.md); unset: the built-in default, "
+      "docs/bus-policy.conf."},
+     K_STRING,
+     0,
+     0},
+    {{"EVENT_KEY_DIR", "", "a folder",
+      "Where each service keeps its bus key file, SERVICE.bus.key (0600, made at its first "
+      "start); unset: the key store's folder."},
+     K_STRING,
+     0,
+     0},
+    {{"EVENT_KEY_GRACE_SECONDS", "86400", "0..31536000",
+      "After a key rotation, how long the old key still authenticates new events; after it, it "
+      "only verifies events made before."},
+     K_INT,
+     0,
+     31536000},
     {{"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
       "The Redis server of the redis bus."},
      K_URL,
