@@ -34,8 +34,7 @@ static int open_keys(ew_config **cfg, ew_keys **keys)
 {
     ew_error err = {0};
     *keys = NULL;
-    int rc = ew_config_new(cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(*cfg, &err);
+    int rc = ewctl_config_load(cfg, &err);
     if (rc == 0) rc = ew_keys_open(keys, &(ew_keys_options){.config = *cfg}, &err);
     if (rc) {
         ew_config_free(*cfg);
