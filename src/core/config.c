@@ -318,6 +318,9 @@ int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error
             return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
         }
     }
+    /* An empty table adds nothing; and a realloc to the same size may move the arrays (it does
+     * under AddressSanitizer), which the assignments below skip for n == 0. */
+    if (n == 0) return 0;
     size_t old = count(cfg);
     const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
     if (n && !defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
