@@ -75,8 +75,20 @@ static const ew_setting entries[] = {
      "After a key rotation, how long the old key still authenticates new events; after it, it "
      "only verifies events made before.",
      EW_SETTING_INT, 0, 31536000},
-    {"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
-     "The Redis server of the redis bus.", EW_SETTING_URL, 0, 0},
+    {"REDIS_EVENT_URL", "redis://127.0.0.1:6379",
+     "redis://[user:password@]host:port[/db]|rediss://... (TLS)",
+     "The Redis server of the redis bus; rediss:// connects over TLS, verifying the server's "
+     "certificate and host name.",
+     EW_SETTING_URL, 0, 0},
+    {"REDIS_TLS_CA_FILE", "", "a PEM file",
+     "The certificate authorities trusted for a rediss:// server; empty: the system's.",
+     EW_SETTING_STRING, 0, 0},
+    {"REDIS_TLS_CERT_FILE", "", "a PEM file",
+     "The client certificate (chain) a rediss:// connection presents; with REDIS_TLS_KEY_FILE.",
+     EW_SETTING_STRING, 0, 0},
+    {"REDIS_TLS_KEY_FILE", "", "a PEM file",
+     "The private key of REDIS_TLS_CERT_FILE (unencrypted; keep it 0600).", EW_SETTING_STRING, 0,
+     0},
     {"REDIS_CHANNEL_PREFIX", "events", "[a-z0-9._-]+",
      "Prefix of the Redis streams and channels: PREFIX:TYPE.", EW_SETTING_NAME, 0, 0},
     {"REDIS_MODE", "streams", "streams|pubsub",
@@ -102,8 +114,21 @@ static const ew_setting entries[] = {
      "librdkafka properties for the kafka bus's producer and consumers (TLS, SASL); a "
      "backslash before a comma keeps it in the value.",
      EW_SETTING_PAIRS, 0, 0},
-    {"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/", "amqp://user:password@host:port/[vhost]",
-     "The RabbitMQ broker of the rabbitmq bus.", EW_SETTING_URL, 0, 0},
+    {"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/",
+     "amqp://user:password@host:port/[vhost]|amqps://... (TLS)",
+     "The RabbitMQ broker of the rabbitmq bus; amqps:// connects over TLS (port 5671 when left "
+     "out), verifying the broker's certificate and host name.",
+     EW_SETTING_URL, 0, 0},
+    {"RABBITMQ_TLS_CA_FILE", "", "a PEM file",
+     "The certificate authorities trusted for an amqps:// broker; empty: the system's.",
+     EW_SETTING_STRING, 0, 0},
+    {"RABBITMQ_TLS_CERT_FILE", "", "a PEM file",
+     "The client certificate (chain) an amqps:// connection presents; with "
+     "RABBITMQ_TLS_KEY_FILE.",
+     EW_SETTING_STRING, 0, 0},
+    {"RABBITMQ_TLS_KEY_FILE", "", "a PEM file",
+     "The private key of RABBITMQ_TLS_CERT_FILE (unencrypted; keep it 0600).", EW_SETTING_STRING, 0,
+     0},
     {"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to.",
      EW_SETTING_NAME, 0, 0},
     {"ENABLE_EVENT_STORE", "false", "true|false",
@@ -318,8 +343,8 @@ int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error
             return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
         }
     }
-    /* An empty table adds nothing; and a realloc to the same size may move the arrays (it does
-     * under AddressSanitizer), which the assignments below skip for n == 0. */
+    /* Nothing to add (a program without settings of its own): realloc to the same size could
+     * still move, or with nothing defined yet free, the arrays, which are then left dangling. */
     if (n == 0) return 0;
     size_t old = count(cfg);
     const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
