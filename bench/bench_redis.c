@@ -16,6 +16,11 @@
  *                           the default, and a span callback: every handler call is timed,
  *                           counted by type and reported as a span) and with them off
  *                           (ENABLE_METRICS=false, no span callback), taking turns
+ *   publish_to_handled_mac, publish_to_handled_ed25519
+ *                           publish_to_handled with authenticated events (EVENT_AUTH=mac, =ed25519:
+ *                           each event tagged or signed when published and checked when
+ *                           received, docs/bus-auth.md), beside publish_to_handled without
+ *                           (EVENT_AUTH=off) in the same rounds
  *
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
@@ -34,6 +39,7 @@
 #include <unistd.h>
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
+#include "eventwire/evauth.h"
 #include "eventwire/id.h"
 
 #define N_EVENTS 100000
@@ -320,18 +326,40 @@ static void span_fn(void *ud, const ew_span *sp)
     atomic_fetch_add_explicit(&spans, 1, memory_order_relaxed);
 }
 
-static ew_bus *bus_open_obs(const char *pfx, int obs)
+static ew_evauth *auth_mac, *auth_ed; /* auth-service's keys, in a key store of the run's */
+static char keys_dir[64];
+
+static ew_evauth *auth_open(const char *mode)
+{
+    char store[128], key_file[128];
+    snprintf(store, sizeof store, "sqlite:%s/keys.db", keys_dir);
+    snprintf(key_file, sizeof key_file, "%s/auth-service.%s.key", keys_dir, mode);
+    ew_config *cfg;
+    ew_evauth *a;
+    ew_error err = {0};
+    if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "KEY_STORE_URL", store, &err) ||
+        ew_config_set(cfg, "EVENT_AUTH", mode, &err) ||
+        ew_evauth_open(
+            &a,
+            &(ew_evauth_options){.config = cfg, .service = "auth-service", .key_file = key_file},
+            &err))
+        die("auth", err.msg);
+    ew_config_free(cfg);
+    return a;
+}
+
+static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
 {
     ew_config *cfg;
     ew_error err = {0};
     if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "EVENT_BUS_TYPE", "redis", &err) ||
-        ew_config_set(cfg, "SERVICE_NAME", "bench", &err) ||
+        ew_config_set(cfg, "SERVICE_NAME", auth ? "auth-service" : "bench", &err) ||
         ew_config_set(cfg, "REDIS_EVENT_URL", url, &err) ||
         ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err) ||
         (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
         die("config", err.msg);
     ew_bus *bus;
-    ew_bus_options o = {.config = cfg, .span = obs == OBS_ON ? span_fn : NULL};
+    ew_bus_options o = {.config = cfg, .auth = auth, .span = obs == OBS_ON ? span_fn : NULL};
     if (ew_bus_open(&bus, &o, &err)) die("open", err.msg);
     ew_config_free(cfg);
     return bus;
@@ -339,7 +367,7 @@ static ew_bus *bus_open_obs(const char *pfx, int obs)
 
 static ew_bus *bus_open(const char *pfx)
 {
-    return bus_open_obs(pfx, OBS_DEFAULT);
+    return bus_open_with(pfx, NULL, OBS_DEFAULT);
 }
 
 static void bus_publish_all(ew_bus *bus)
@@ -390,13 +418,17 @@ static void wait_count(counter *c, long n)
     }
 }
 
-static double bench_bus_publish_to_handled_obs(int round, int obs)
+static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int obs)
 {
     quiesce();
     char pfx[96], key[160];
-    snprintf(pfx, sizeof pfx, "%s-bush%d-%d", prefix, round, obs);
+    snprintf(pfx, sizeof pfx, "%s-bush%d%s-%d", prefix, round,
+             !auth              ? ""
+             : auth == auth_mac ? "m"
+                                : "e",
+             obs);
     snprintf(key, sizeof key, "%s:user.registered", pfx);
-    ew_bus *bus = bus_open_obs(pfx, obs);
+    ew_bus *bus = bus_open_with(pfx, auth, obs);
     counter cnt = {0};
     ew_error err = {0};
     if (ew_bus_subscribe(bus, "user.registered", count_fn, &cnt, NULL, &err) ||
@@ -413,7 +445,7 @@ static double bench_bus_publish_to_handled_obs(int round, int obs)
 
 static double bench_bus_publish_to_handled(int round)
 {
-    return bench_bus_publish_to_handled_obs(round, OBS_DEFAULT);
+    return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -497,19 +529,45 @@ int main(int argc, char **argv)
         }
     }
     /* metrics and tracing on and off, taking turns */
-    double on = 0, off = 0;
+    double m_on = 0, m_off = 0;
     long spans0 = atomic_load(&spans);
     for (int round = 0; round < ROUNDS; round++) {
         for (int k = 0; k < 2; k++) {
             if ((k + round) % 2 == 0) {
-                if ((v = bench_bus_publish_to_handled_obs(round, OBS_ON)) > on) on = v;
-            } else if ((v = bench_bus_publish_to_handled_obs(round, OBS_OFF)) > off) {
-                off = v;
+                if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_ON)) > m_on) m_on = v;
+            } else if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_OFF)) > m_off) {
+                m_off = v;
             }
         }
     }
     if (atomic_load(&spans) - spans0 != (long)ROUNDS * N_EVENTS)
         die("spans", "not one span per handler call with tracing on");
+    /* authenticated: off (no ew_evauth), mac and ed25519 take turns in each round */
+    snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+    if (!mkdtemp(keys_dir)) die("keys", "cannot make a folder");
+    auth_mac = auth_open("mac");
+    auth_ed = auth_open("ed25519");
+    double off = 0, mac = 0, ed = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < 3; k++) {
+            int which = (k + round) % 3;
+            if (which == 0 &&
+                (v = bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT)) > off)
+                off = v;
+            if (which == 1 &&
+                (v = bench_bus_publish_to_handled_with(round, auth_mac, OBS_DEFAULT)) > mac)
+                mac = v;
+            if (which == 2 &&
+                (v = bench_bus_publish_to_handled_with(round, auth_ed, OBS_DEFAULT)) > ed)
+                ed = v;
+        }
+    }
+    ew_evauth_close(auth_mac);
+    ew_evauth_close(auth_ed);
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+    if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+
     double p50, p99;
     bench_latency(&p50, &p99);
 
@@ -520,10 +578,17 @@ int main(int argc, char **argv)
     printf("bench: bus.redis.publish_to_handled %.0f events/s ratio=%.2f "
            "baseline=bus.redis.raw_publish_to_handled\n",
            e2e, e2e / raw_e2e);
-    printf("bench: bus.redis.publish_to_handled.metrics_off %.0f events/s\n", off);
+    printf("bench: bus.redis.publish_to_handled.metrics_off %.0f events/s\n", m_off);
     printf("bench: bus.redis.publish_to_handled.metrics_on %.0f events/s ratio=%.2f "
            "baseline=bus.redis.publish_to_handled.metrics_off\n",
-           on, on / off);
+           m_on, m_on / m_off);
+    printf("bench: bus.redis.publish_to_handled_mac %.0f events/s ratio=%.2f "
+           "baseline=bus.redis.publish_to_handled_off\n",
+           mac, mac / off);
+    printf("bench: bus.redis.publish_to_handled_ed25519 %.0f events/s ratio=%.2f "
+           "baseline=bus.redis.publish_to_handled_off\n",
+           ed, ed / off);
+    printf("bench: bus.redis.publish_to_handled_off %.0f events/s\n", off);
     printf("bench: bus.redis.latency.p50 %.3f ms\n", p50);
     printf("bench: bus.redis.latency.p99 %.3f ms\n", p99);
     printf("# redis: %d events of %.0f bytes on average, batches of %d, best of %d rounds; latency "

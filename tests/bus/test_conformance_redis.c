@@ -144,7 +144,7 @@ static void redis_lag_counted_when_xinfo_has_none(void **state)
     tb_close(pub);
 }
 
-static const struct CMUnitTest tests[] = {CF_TESTS,
+static const struct CMUnitTest tests[] = {CF_TESTS, CF_WIRE_TESTS,
                                           cmocka_unit_test(redis_lag_counted_when_xinfo_has_none)};
 
 EW_TEST_MAIN(tests)
