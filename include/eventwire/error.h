@@ -41,7 +41,8 @@ extern "C" {
     X(EAGAIN, -25, 1, "try again")                                                                 \
     X(ECONFLICT, -26, 0, "version conflict")                                                       \
     X(ESTATE, -27, 0, "not allowed in the current state")                                          \
-    X(EUSAGE, -28, 0, "usage error")
+    X(EUSAGE, -28, 0, "usage error")                                                               \
+    X(ECRYPTO, -29, 0, "encrypted data cannot be decrypted")
 
 enum {
     EW_OK = 0,

@@ -56,6 +56,7 @@ struct svc {
     char *key_dir;
     int64_t token_ttl_s;
     struct guard *guards; /* the routes that require a token */
+    struct svc_sub *subs; /* svc_subscribe's wrappers, freed at the end */
 };
 
 /* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
@@ -407,10 +408,76 @@ static void authn_stop(svc *s)
     }
 }
 
+/* ---- erased users ----------------------------------------------------------------------------
+ *
+ * Every handler a service subscribes runs behind a check: an event about a user whose data the
+ * service erased (its tombstone in svc_erased_users, written by the deletion in svc_gdpr.c), or
+ * one whose personal fields could not be decrypted because the user's key is destroyed
+ * (ew_event_erased), is acknowledged without running the handler, so that a replay or a dead
+ * letter retry of the user's old events re-creates nothing. The GDPR machinery itself and token
+ * revocations still run for them. */
+
+typedef struct svc_sub {
+    svc *s;
+    ew_handler_fn fn;
+    void *ud;
+    struct svc_sub *next;
+} svc_sub;
+
+static bool runs_for_erased(ew_type_id t)
+{
+    return t == EW_T_USER_DELETION_REQUESTED || t == EW_T_USER_DATA_DELETED ||
+           t == EW_T_USER_DELETION_COMPLETED || t == EW_T_USER_DELETION_FAILED ||
+           t == EW_T_USER_TOKENS_REVOKED;
+}
+
+/* The user an event is about: its data's user_id. */
+static const char *user_of(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const ew_field_info *f = ew_type_field(t, "user_id");
+    if (!f || f->kind != EW_FIELD_UUID) return NULL;
+    return *(const char *const *)(const void *)((const char *)ew_event_data_as(ev, t->id) +
+                                                f->offset);
+}
+
+static int found_row(void *ud, const ew_row *row)
+{
+    (void)row;
+    *(bool *)ud = true;
+    return 1;
+}
+
+static ew_handler_result erasure_guard(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    svc_sub *w = ud;
+    if (runs_for_erased(ew_event_type_id(ev))) return w->fn(ev, ctx, w->ud);
+    const char *user = user_of(ev);
+    bool erased = ew_event_erased(ev);
+    ew_txn *t = ew_ctx_txn(ctx);
+    if (!erased && user && t) {
+        const char *p[] = {user};
+        ew_error e = {0};
+        if (ew_txn_query(t, "SELECT 1 FROM event_store.svc_erased_users WHERE user_id = $1", p, 1,
+                         found_row, &erased, &e))
+            return svc_retry(w->s, ctx, "looking for the user's tombstone", &e);
+    }
+    if (erased) {
+        svc_log(w->s, EW_LOG_INFO, "%s %s: user %s was erased: nothing done", ew_event_type(ev),
+                ew_event_id(ev), user ? user : "-");
+        return EW_HANDLER_OK;
+    }
+    return w->fn(ev, ctx, w->ud);
+}
+
 int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err)
 {
+    svc_sub *w = malloc(sizeof *w);
+    if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    *w = (svc_sub){s, fn, ud, s->subs};
+    s->subs = w;
     ew_subscribe_opts o = {.group = s->def->name, .name = pattern};
-    return ew_bus_subscribe(s->bus, pattern, fn, ud, &o, err);
+    return ew_bus_subscribe(s->bus, pattern, erasure_guard, w, &o, err);
 }
 
 int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err)
@@ -727,12 +794,18 @@ static int create_schema(svc *s, ew_error *err)
     ew_txn *t;
     int rc = ew_store_begin(s->db, &t, err);
     if (rc) return rc;
-    /* the runtime's own: the token revocations this service was told of */
+    /* the runtime's own: the token revocations this service was told of, and the users whose
+     * data it erased (their tombstones: only the id, and when) */
     rc = ew_txn_exec(t,
                      "CREATE TABLE IF NOT EXISTS event_store.svc_token_revocations ("
                      " rkey TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT,"
                      " not_before BIGINT NOT NULL)",
                      NULL, 0, NULL, err);
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
+                         " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
+                         NULL, 0, NULL, err);
     for (size_t i = 0; !rc && i < s->def->nschema; i++)
         rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
     if (rc) {
@@ -870,6 +943,11 @@ static void close_all(svc *s)
     s->audit = NULL;
     ew_store_close(s->db);
     s->events = s->db = NULL;
+    while (s->subs) { /* the bus that called them is closed */
+        svc_sub *w = s->subs;
+        s->subs = w->next;
+        free(w);
+    }
     ew_config_free(s->cfg);
     s->cfg = NULL;
     free(s->db_url);

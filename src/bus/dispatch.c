@@ -1069,6 +1069,11 @@ const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d)
     return &d->host.dlq;
 }
 
+void *ew__dispatch_bus(const ew_dispatcher *d)
+{
+    return d->host.bus;
+}
+
 bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *name,
                               const char *pattern)
 {

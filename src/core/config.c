@@ -134,6 +134,33 @@ static const entry entries[] = {
      K_INT,
      0,
      36500},
+    {{"EVENT_ENCRYPTION", "on", "on|off",
+      "Encrypt the event fields the catalog marks personal or secret, per subject "
+      "(docs/security.md#encrypted-fields); off only for interop tests and consumers without keys: "
+      "events then carry those fields in clear, and encrypted ones received are dead-lettered."},
+     K_ENUM,
+     0,
+     0},
+    {{"EVENT_ENCRYPTION_KEY_FILE", "", "a file",
+      "The key-encryption key that wraps every subject's data key (32 bytes, 0600; made at first "
+      "start when the key store holds no keys yet); unset: eventwire.kek in the folder keys beside "
+      "EVENT_STORE_URL's SQLite file, or var/keys when the event store is not SQLite."},
+     K_STRING,
+     0,
+     0},
+    {{"KEY_STORE_URL", "", "sqlite:PATH",
+      "The key store: the subjects' wrapped data keys (and their erasure); unset: keys.db beside "
+      "EVENT_STORE_URL's SQLite file, or var/keys.db when the event store is not SQLite."},
+     K_URL,
+     0,
+     0},
+    {{"EVENT_KEY_CACHE_SECONDS", "30", "0..3600",
+      "How long a process keeps a subject's data key in memory before it reads the key store "
+      "again: the longest a destroyed key stays usable in a running process (0: read it for "
+      "every event)."},
+     K_INT,
+     0,
+     3600},
     {{"ENABLE_SAGAS", "true", "true|false", "Run the saga engine."}, K_BOOL, 0, 0},
     {{"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance."},
      K_INT,

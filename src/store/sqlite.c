@@ -418,6 +418,9 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
                            path, mode);
         if ((rc = pragma(c, "PRAGMA event_store.synchronous=NORMAL", NULL, 0, err))) goto fail;
     }
+    /* What is deleted is overwritten with zeros in the file, not left in freed pages (an
+     * erasure must leave nothing readable: docs/security.md#erasure). */
+    if ((rc = pragma(c, "PRAGMA event_store.secure_delete=ON", NULL, 0, err))) goto fail;
     if ((rc = migrate(c, err))) goto fail;
     *conn = c;
     return 0;
