@@ -42,7 +42,9 @@ extern "C" {
     X(ECONFLICT, -26, 0, "version conflict")                                                       \
     X(ESTATE, -27, 0, "not allowed in the current state")                                          \
     X(EUSAGE, -28, 0, "usage error")                                                               \
-    X(ECRYPTO, -29, 0, "encrypted data cannot be decrypted")
+    X(EPERM, -29, 0, "not allowed by the policy")                                                  \
+    X(EAUTH, -30, 0, "not authenticated")                                                          \
+    X(ECRYPTO, -31, 0, "encrypted data cannot be decrypted")
 
 enum {
     EW_OK = 0,

@@ -200,6 +200,10 @@ struct ew__keyring *ew__bus_keyring(const ew_bus *bus);
 void ew__bus_keep_encrypted(ew_bus *bus);
 bool ew__bus_keeps_encrypted(const ew_bus *bus);
 
+/* The bus's ew_bus_options.auth when its backend carries events between processes; NULL for
+ * the memory bus and a bus without one. Borrowed until close. */
+ew_evauth *ew__bus_auth(const ew_bus *bus);
+
 /* SERVICE_NAME, the bus's default group. Borrowed until close. */
 const char *ew__bus_service(const ew_bus *bus);
 

@@ -1074,6 +1074,11 @@ void *ew__dispatch_bus(const ew_dispatcher *d)
     return d->host.bus;
 }
 
+int ew__dispatch_verify(const ew_dispatcher *d, const ew_event *ev, ew_error *err)
+{
+    return d->host.verify ? d->host.verify(d->host.bus, ev, err) : 0;
+}
+
 bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *name,
                               const char *pattern)
 {

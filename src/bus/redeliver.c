@@ -132,10 +132,20 @@ int ew__redelivery_deliver(ew_dispatcher *d, ew_delivery *outer, ew_error *err)
         ew_event_unref(ev);
         return rc;
     }
-    /* The event inside passes the receive path's checks and decryption as any event does. */
+    /* The event inside is checked as one from the wire is: a redelivery carries what it is
+     * given, and only the event's own tag says who made it. */
+    if (ew__dispatch_verify(d, ev, &e)) {
+        snprintf(why, sizeof why, "%s: the event inside redelivery %s: %s", ew_err_name(e.code),
+                 ew_event_id(outer->event), e.msg);
+        int rc = refuse(d, outer, rd, ev, why, err);
+        ew_event_unref(ev);
+        return rc;
+    }
+    /* and decrypted as one from the wire is */
     ew_event *plain = NULL;
-    if (ew__recv_accept(ew__dispatch_bus(d), ev, &plain, &e)) {
-        snprintf(why, sizeof why, "%s: %s", ew_err_name(e.code), e.msg);
+    if (ew__recv_decrypt(ew__dispatch_bus(d), ev, &plain, &e)) {
+        snprintf(why, sizeof why, "%s: the event inside redelivery %s: %s", ew_err_name(e.code),
+                 ew_event_id(outer->event), e.msg);
         int rc = refuse(d, outer, rd, ev, why, err);
         ew_event_unref(ev);
         return rc;

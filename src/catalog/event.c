@@ -627,6 +627,19 @@ uint64_t ew__event_sealed(const ew_event *ev)
     return ev->sealed;
 }
 
+int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out, ew_error *err)
+{
+    const ew_type_info *t = ev->info;
+    uint64_t skip = ev->sealed;
+    for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
+        if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
+    int rc = build(out, t, ev->data, a, true, skip, err);
+    if (rc) return rc;
+    (*out)->sealed = ev->sealed;
+    (*out)->erased = ev->erased;
+    return 0;
+}
+
 int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
                       uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err)
 {

@@ -27,6 +27,11 @@ int ew__event_encode_data(const ew_event *ev, ew_buf *b);
 /* The fields of ev (bits by index) that hold ciphertext. */
 uint64_t ew__event_sealed(const ew_event *ev);
 
+/* A copy of ev with the attributes a (the data as ev has it, ciphertext and erased fields
+ * included): how an event gets attributes added after it was built (signing). */
+int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out,
+                         ew_error *err);
+
 /* A copy of ev whose fields named by `replace` (bits by field index) hold values[i] instead: the
  * copy's `sealed` fields are ciphertext (not checked), its `erased` fields are emptied values of
  * a destroyed key (not checked, ew_event_erased() true), and every other replaced field is

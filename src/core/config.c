@@ -66,6 +66,32 @@ static const entry entries[] = {
      K_INT,
      1,
      1000000},
+    {{"EVENT_AUTH", "mac", "mac|ed25519|off",
+      "How services authenticate the events they publish (docs/bus-auth.md): mac, a keyed BLAKE2b "
+      "tag per event (services sharing the key store can forge each other's events); ed25519, "
+      "signatures (they cannot); off, neither signed nor checked."},
+     K_ENUM,
+     0,
+     0},
+    {{"EVENT_POLICY_FILE", "", "a file",
+      "The bus policy: which service may publish and subscribe to which types, which types "
+      "foreign producers may publish (docs/bus-auth.md); unset: the built-in default, "
+      "docs/bus-policy.conf."},
+     K_STRING,
+     0,
+     0},
+    {{"EVENT_KEY_DIR", "", "a folder",
+      "Where each service keeps its bus key file, SERVICE.bus.key (0600, made at its first "
+      "start); unset: the key store's folder."},
+     K_STRING,
+     0,
+     0},
+    {{"EVENT_KEY_GRACE_SECONDS", "86400", "0..31536000",
+      "After a key rotation, how long the old key still authenticates new events; after it, it "
+      "only verifies events made before."},
+     K_INT,
+     0,
+     31536000},
     {{"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
       "The Redis server of the redis bus."},
      K_URL,
@@ -130,6 +156,14 @@ static const entry entries[] = {
      K_URL,
      0,
      0},
+    {{"KEY_STORE_URL", "", "sqlite:PATH",
+      "The key store: every key of the deployment (the services' bus keys and the subjects' "
+      "wrapped data keys, docs/security.md); "
+      "unset: keys/keys.db in the folder of EVENT_STORE_URL's SQLite file, or var/keys/keys.db "
+      "when the event store is not SQLite. Made 0600 in a 0700 folder."},
+     K_URL,
+     0,
+     0},
     {{"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever."},
      K_INT,
      0,
@@ -146,12 +180,6 @@ static const entry entries[] = {
       "start when the key store holds no keys yet); unset: eventwire.kek in the folder keys beside "
       "EVENT_STORE_URL's SQLite file, or var/keys when the event store is not SQLite."},
      K_STRING,
-     0,
-     0},
-    {{"KEY_STORE_URL", "", "sqlite:PATH",
-      "The key store: the subjects' wrapped data keys (and their erasure); unset: keys.db beside "
-      "EVENT_STORE_URL's SQLite file, or var/keys.db when the event store is not SQLite."},
-     K_URL,
      0,
      0},
     {{"EVENT_KEY_CACHE_SECONDS", "30", "0..3600",

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <sqlite3.h>
+#include "security/keys_impl.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,9 @@ struct ew__keyring {
     pthread_mutex_t mu;    /* the cache */
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
+    /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
+     * connection, used only under db_mu: nothing else uses this handle. */
+    ew_keys *store;
     sqlite3 *db;
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
@@ -102,7 +106,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
         return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
     }
     k->key_file = kf && *kf ? strdup(kf) : beside_store(store_url, "keys/", "eventwire.kek");
-    k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "", "keys.db");
+    k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
     k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
     k->slots = sodium_malloc(NSLOTS * sizeof *k->slots);
     if (!k->key_file || !k->store_path || !k->slots) {
@@ -117,7 +121,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
-    if (k->db) sqlite3_close(k->db);
+    ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
     pthread_mutex_destroy(&k->mu);
@@ -157,31 +161,21 @@ static int exec(ew__keyring *k, const char *sql, ew_error *err)
     return 0;
 }
 
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS kek ("
-    " id INTEGER PRIMARY KEY CHECK (id = 1), fingerprint TEXT NOT NULL, rotated_at INTEGER);"
-    "CREATE TABLE IF NOT EXISTS subject_keys ("
-    " subject TEXT PRIMARY KEY, wrapped BLOB, created_at INTEGER NOT NULL,"
-    " erased_at INTEGER);";
-
+/* The key store (eventwire/keys.h) with the tables of its migration 002_subject_keys. */
 static int store_open(ew__keyring *k, ew_error *err)
 {
-    if (mkdir_of(k->store_path))
-        return ew_error_set(err, EW_ECONFIG, "key store %s: cannot make its folder: %s",
-                            k->store_path, strerror(errno));
-    int fd = open(k->store_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return ew_error_set(err, EW_ECONFIG, "key store %s: %s", k->store_path, strerror(errno));
-    close(fd);
-    if (sqlite3_open_v2(k->store_path, &k->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK)
-        return db_fail(k, "cannot open it", err);
-    sqlite3_busy_timeout(k->db, BUSY_MS);
-    /* Rollback journal (no WAL, whose file would keep old pages) and freed pages zeroed: a
-     * destroyed key is gone from the file when the transaction ends. */
-    int rc = exec(k, "PRAGMA secure_delete=ON; PRAGMA journal_mode=DELETE;", err);
-    if (!rc) rc = exec(k, schema, err);
-    return rc;
+    ew_buf url;
+    ew_buf_init(&url);
+    ew_buf_printf(&url, "sqlite:%s", k->store_path);
+    int rc = url.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
+                     : ew_keys_open(&k->store, &(ew_keys_options){.url = url.data}, err);
+    ew_buf_release(&url);
+    if (rc) return rc;
+    k->db = ew__keys_lock(k->store);
+    ew__keys_unlock(k->store);
+    /* Freed pages zeroed (the store keeps a rollback journal, no WAL): a destroyed key is gone
+     * from the file when its transaction ends. */
+    return exec(k, "PRAGMA secure_delete=ON", err);
 }
 
 /* The fingerprint of a key-encryption key: what the store keeps to recognise it. */

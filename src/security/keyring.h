@@ -2,8 +2,9 @@
  *
  * A keyring encrypts the fields the catalog marks personal or secret (EW_FIELD_ENCRYPTED) with
  * XChaCha20-Poly1305 under the data key of the event's subject (the data's user_id, else the
- * event's subject), and decrypts them again. Data keys live in the key store (KEY_STORE_URL: an
- * SQLite file, table subject_keys) wrapped by the key-encryption key (EVENT_ENCRYPTION_KEY_FILE),
+ * event's subject), and decrypts them again. Data keys live in the deployment's one key store
+ * (eventwire/keys.h, KEY_STORE_URL; tables kek and subject_keys, its migration 002) wrapped by
+ * the key-encryption key (EVENT_ENCRYPTION_KEY_FILE),
  * and are cached in memory for at most EVENT_KEY_CACHE_SECONDS. Erasing a subject destroys its
  * data key: every copy of its encrypted fields, wherever it is, can no longer be read, and
  * decrypting them yields an event marked erased (ew_event_erased) instead of an error.

@@ -46,6 +46,7 @@ typedef struct console {
     ew_store *st;
     ew_store *log; /* the SQLite bus's log, read by the live feed's thread */
     ew_bus *bus;
+    ewctl_bus ebus; /* bus is ebus.bus */
     live *feed;
     scrape *scr;
     const char *bus_type;
@@ -579,10 +580,8 @@ int ewctl_console(int argc, char **argv)
         ewctl_fail(1, "out of memory");
         goto fail_store;
     }
-    if (ew_bus_open(&c.bus, &(ew_bus_options){.config = cfg}, &err)) {
-        ewctl_fail(1, "cannot open the bus: %s", err.msg);
-        goto fail_bus;
-    }
+    if (ewctl_bus_open(&c.ebus, cfg, NULL, NULL, false)) goto fail_bus;
+    c.bus = c.ebus.bus;
     c.bus_type = ew_bus_backend(c.bus);
     ew__bus_keep_encrypted(c.bus); /* personal fields as the wire carries them */
     int rc;
@@ -653,7 +652,7 @@ fail_http:
 fail_scrape:
     scrape_free(c.scr);
 fail_bus:
-    if (c.bus) ew_bus_close(c.bus);
+    ewctl_bus_close(&c.ebus);
     live_free(c.feed); /* stops the log's reader first */
     if (c.log) ew_store_close(c.log);
 fail_store:
