@@ -367,10 +367,38 @@ static const char *put(char **p, const char *s, size_t n)
 
 #define ALIGN_UP(n) (((n) + 15) & ~(size_t)15)
 
+/* The length check_field() gives a field, for one known to be valid. */
+static size_t field_len(const ew_field_info *f, const void *data)
+{
+    const char *base = (const char *)data + f->offset;
+    if (f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL) return 0;
+    if (f->kind == EW_FIELD_STRLIST) {
+        const ew_strlist *l = (const ew_strlist *)(const void *)base;
+        size_t n = 0;
+        for (size_t i = 0; i < l->count; i++)
+            n += strlen(l->items[i]) + 1;
+        return n;
+    }
+    const char *str = *(const char *const *)(const void *)base;
+    return str ? strlen(str) : 0;
+}
+
+/* check_attrs()' lengths, for attributes known to be valid (those of an existing event). */
+static void attr_lens(const ew_event_attrs *a, size_t alen[A_COUNT])
+{
+    const char *vals[A_COUNT] = {a->id,           a->source,     a->subject,    a->correlation_id,
+                                 a->causation_id, a->dataschema, a->traceparent};
+    for (int i = 0; i < A_COUNT; i++)
+        alen[i] = vals[i] ? strlen(vals[i]) : 0;
+}
+
 /* Validates and builds. `canon_given` tells that object fields are already compact JSON from our
- * own parser (decoding), so they are copied as they are. */
-static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
-                 bool canon_given, uint64_t sealed, ew_error *err)
+ * own parser (decoding), so they are copied as they are. `sealed` fields hold ciphertext and
+ * are not checked; `known` fields (and with attrs_known the attributes) come from an event that
+ * was checked already, and are not checked again. */
+static int build_known(ew_event **out, const ew_type_info *t, const void *data,
+                       const ew_event_attrs *a, bool canon_given, uint64_t sealed, uint64_t known,
+                       bool attrs_known, ew_error *err)
 {
     size_t alen[A_COUNT], flen[64];
     if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
@@ -381,8 +409,11 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         norm.dataschema = NULL;
         a = &norm;
     }
-    int rc = check_attrs(a, alen, err);
-    if (rc) return rc;
+    int rc = 0;
+    if (attrs_known)
+        attr_lens(a, alen);
+    else if ((rc = check_attrs(a, alen, err)))
+        return rc;
     if (a->nextensions && !a->extensions)
         return ew_error_set(err, EW_EINVAL, "%zu extensions but no array", a->nextensions);
     for (size_t i = 0; i < t->nfields; i++) {
@@ -390,6 +421,10 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
             const char *s =
                 *(const char *const *)(const void *)((const char *)data + t->fields[i].offset);
             flen[i] = s ? strlen(s) : 0;
+            continue;
+        }
+        if ((known >> i) & 1) {
+            flen[i] = field_len(&t->fields[i], data);
             continue;
         }
         if ((rc = check_field(t, &t->fields[i], data, &flen[i], err))) return rc;
@@ -510,6 +545,12 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
     ew_buf_release(&canon);
     *out = ev;
     return 0;
+}
+
+static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
+                 bool canon_given, uint64_t sealed, ew_error *err)
+{
+    return build_known(out, t, data, a, canon_given, sealed, 0, false, err);
 }
 
 int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_event_attrs *attrs,
@@ -633,7 +674,7 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
     uint64_t skip = ev->sealed;
     for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
         if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
-    int rc = build(out, t, ev->data, a, true, skip, err);
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), false, err);
     if (rc) return rc;
     (*out)->sealed = ev->sealed;
     (*out)->erased = ev->erased;
@@ -669,7 +710,8 @@ int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *v
                         .nextensions = ev->next};
     /* Untouched fields keep what the event had: ciphertext stays ciphertext. */
     uint64_t keep = ev->sealed & ~replace;
-    int rc = build(out, t, tmp, &a, !plain_object, sealed | erased | keep, err);
+    int rc =
+        build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace, true, err);
     if (rc) return rc;
     (*out)->sealed = sealed | keep;
     (*out)->erased = ev->erased || erased != 0;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sodium.h>
 #include <sqlite3.h>
 #include "security/keys_impl.h"
@@ -45,7 +46,19 @@ struct ew__keyring {
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
     slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
+    /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
+     * of one keyring share a nonce and none needs a system call for randomness. */
+    unsigned char nonce_prefix[NONCE_BYTES - 8];
+    atomic_uint_fast64_t nonce_seq;
 };
+
+static void next_nonce(ew__keyring *k, unsigned char *nonce)
+{
+    uint64_t n = atomic_fetch_add_explicit(&k->nonce_seq, 1, memory_order_relaxed);
+    memcpy(nonce, k->nonce_prefix, sizeof k->nonce_prefix);
+    for (int i = 0; i < 8; i++)
+        nonce[sizeof k->nonce_prefix + (size_t)i] = (unsigned char)(n >> (8 * i));
+}
 
 /* ---- paths -------------------------------------------------------------------------------- */
 
@@ -114,6 +127,8 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     memset(k->slots, 0, NSLOTS * sizeof *k->slots);
+    randombytes_buf(k->nonce_prefix, sizeof k->nonce_prefix);
+    atomic_init(&k->nonce_seq, 0);
     *out = k;
     return 0;
 }
@@ -646,13 +661,82 @@ static const char *subject_of(const ew_event *ev)
     return ew_event_subject(ev);
 }
 
-/* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere. */
+/* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
+ * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
 static size_t aad_of(char *buf, size_t cap, const ew_event *ev, const ew_field_info *f,
                      const char *subject)
 {
-    int n = snprintf(buf, cap, "ewenc1|%s|%s|%s|%s", ew_event_type(ev), f->name, subject,
-                     ew_event_id(ev));
-    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+    const char *parts[] = {"ewenc1", ew_event_type(ev), f->name, subject, ew_event_id(ev)};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        size_t l = strlen(parts[i]);
+        if (i && n < cap) buf[n++] = '|';
+        if (l > cap - n) l = cap - n;
+        memcpy(buf + n, parts[i], l);
+        n += l;
+    }
+    return n;
+}
+
+/* base64url without padding (RFC 4648 §5). Ciphertext is not secret: no need for libsodium's
+ * constant-time codec, which costs more than the cipher on short fields. */
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static size_t b64_encode(char *out, const unsigned char *in, size_t n)
+{
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+        out[o++] = b64[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+}
+
+/* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
+ * that base64url without padding does not have. */
+static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
+{
+    if (n % 4 == 1) return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64_value((unsigned char)in[i]);
+        if (v < 0) return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
+    *outlen = o;
+    return 0;
 }
 
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
@@ -703,18 +787,17 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         }
         char aad[512];
         size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
-        randombytes_buf(c, NONCE_BYTES);
+        next_nonce(k, c);
         crypto_aead_xchacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
                                                    plen, (const unsigned char *)aad, alen, NULL, c,
                                                    dek);
-        size_t b64 = sodium_base64_ENCODED_LEN(clen, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
         offs[i] = text.len;
-        ew_buf_printf(&text, EW__SEALED_PREFIX "%s.", subject);
-        if (!ew_buf_reserve(&text, b64 + 1)) {
-            sodium_bin2base64(text.data + text.len, b64, c, clen,
-                              sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-            text.len += b64; /* with its NUL: the values are NUL-separated */
-        }
+        ew_buf_puts(&text, EW__SEALED_PREFIX);
+        ew_buf_puts(&text, subject);
+        ew_buf_putc(&text, '.');
+        if (!ew_buf_reserve(&text, clen * 4 / 3 + 4))
+            text.len += b64_encode(text.data + text.len, c, clen) + 1; /* the values are
+                                                                          NUL-separated */
         if (c != stack) free(c);
     }
     sodium_memzero(dek, sizeof dek);
@@ -742,6 +825,10 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     ew_buf_init(&text);
     size_t offs[64];
     int rc = 0;
+    /* The fields of one event are nearly always one subject's: its key is looked up once. */
+    char last[SUBJECT_MAX + 1] = "";
+    key_state state = KEY_NONE;
+    unsigned char dek[KEY_BYTES];
     for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
@@ -754,23 +841,23 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
                               f->name);
             break;
         }
-        snprintf(subject, sizeof subject, "%.*s", (int)(dot - subj), subj);
-        const char *b64 = dot + 1;
-        size_t b64len = strlen(b64), cap = b64len * 3 / 4 + 3, clen = 0;
+        memcpy(subject, subj, (size_t)(dot - subj));
+        subject[dot - subj] = '\0';
+        const char *enc = dot + 1;
+        size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
         unsigned char stack[1024], *c = cap <= sizeof stack ? stack : malloc(cap);
         if (!c) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
             break;
         }
-        if (sodium_base642bin(c, cap, b64, b64len, NULL, &clen, NULL,
-                              sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-            clen < NONCE_BYTES + TAG_BYTES) {
+        if (b64_decode(c, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES) {
             rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
                               t->type, f->name);
         }
-        key_state state = KEY_NONE;
-        unsigned char dek[KEY_BYTES];
-        if (!rc) rc = get_key(k, subject, false, &state, dek, err);
+        if (!rc && strcmp(subject, last) != 0) {
+            if (!(rc = get_key(k, subject, false, &state, dek, err)))
+                memcpy(last, subject, sizeof last);
+        }
         if (!rc && state == KEY_NONE)
             rc = ew_error_set(err, EW_ECRYPTO,
                               "%s: data.%s is encrypted for subject %.64s, whose key this key "
@@ -800,9 +887,9 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
                 text.len += plen + 1;
             }
         }
-        sodium_memzero(dek, sizeof dek);
         if (c != stack) free(c);
     }
+    sodium_memzero(dek, sizeof dek);
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
