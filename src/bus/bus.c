@@ -216,14 +216,14 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
         return rc;
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, err);
-    release_signed(signed_evs, n);
-    unseal_all(evs_in, sealed, n);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
     for (size_t i = 0; i < done; i++) {
         unsigned t = (unsigned)ew_event_type_id(evs_in[i]);
         if (t < EW_T__COUNT)
             atomic_fetch_add_explicit(&bus->published_by_type[t], 1, memory_order_relaxed);
     }
+    release_signed(signed_evs, n);
+    unseal_all(evs_in, sealed, n);
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
     return rc;

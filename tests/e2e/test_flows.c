@@ -18,6 +18,7 @@
 #include "http/http_client.h"
 #include "support/ew_test.h"
 #include "eventwire/bus.h"
+#include "eventwire/evauth.h"
 #include "eventwire/dlq.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
@@ -609,8 +610,24 @@ static void duplicate_delivery_on(const char *backend)
     ew_error err = {0};
     assert_int_equal(
         ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
-    ew_event *ev = profile_created_event();
-    assert_true(notification_handled(ew_event_id(ev)));
+    ew_event *sent = profile_created_event();
+    assert_true(notification_handled(ew_event_id(sent)));
+    /* The buses of the operator (ewctl's key) and of user-service (its key file, as `ewctl
+     * publish --as user-service` uses it), made by the services at their first start. */
+    ew_config *cfg;
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_from_env(cfg, &err), 0);
+    ew_evauth *as_ewctl, *as_user;
+    ew_evauth_options ao = {.config = cfg, .service = "ewctl"};
+    assert_int_equal(ew_evauth_open(&as_ewctl, &ao, &err), 0);
+    ao.service = "user-service";
+    ao.existing_key_only = true;
+    assert_int_equal(ew_evauth_open(&as_user, &ao, &err), 0);
+    /* the event as notification-service received it: with user-service's tag (the outbox keeps
+     * it unsigned; the relay signs what it publishes) */
+    ew_event *ev;
+    assert_int_equal(ew_evauth_sign(as_user, sent, &ev, &err), 0);
+    ew_event_unref(sent);
     /* a dead letter of notification-service for it, as a failure would have left */
     ew_dlq_sink sink = ew_store_dlq_sink(st);
     int64_t now = ew_now_us();
@@ -630,13 +647,16 @@ static void duplicate_delivery_on(const char *backend)
     assert_true(dl_id > 0);
     assert_int_equal(ew_store_dlq_set_status(st, dl_id, EW_DLQ_RETRIED, &err), 0);
 
-    ew_bus *bus;
-    ew_config *cfg;
-    assert_int_equal(ew_config_new(&cfg, &err), 0);
-    assert_int_equal(ew_config_from_env(cfg, &err), 0);
-    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), 0);
+    ew_bus *bus, *ubus;
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "ewctl", &err), 0);
+    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = as_ewctl}, &err),
+                     0);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "user-service", &err), 0);
+    assert_int_equal(ew_bus_open(&ubus, &(ew_bus_options){.config = cfg, .auth = as_user}, &err),
+                     0);
     ew_config_free(cfg);
     assert_int_equal(ew_bus_start(bus, &err), 0);
+    assert_int_equal(ew_bus_start(ubus, &err), 0);
     /* the very same event, to notification-service only, as the retry of that dead letter */
     assert_int_equal(ew_bus_redeliver(bus, "notification-service", NULL, ev, dl_id, &err), 0);
     /* a second event about the same user */
@@ -646,8 +666,11 @@ static void duplicate_delivery_on(const char *backend)
         ew_user_profile_created_new(
             &again, &d, &(ew_event_attrs){.source = "user-service", .subject = user}, &err),
         0);
-    assert_int_equal(ew_bus_publish(bus, again, &err), 0);
+    assert_int_equal(ew_bus_publish(ubus, again, &err), 0);
     ew_bus_close(bus);
+    ew_bus_close(ubus);
+    ew_evauth_close(as_ewctl);
+    ew_evauth_close(as_user);
 
     /* notification-service handled both */
     int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
