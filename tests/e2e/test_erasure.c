@@ -2,8 +2,9 @@
  * processes (`ewctl up`) on each backend; a user registers, logs in, exports their data and
  * resets their password; then they are deleted and the UserDeletion saga completes. With the
  * services stopped, every byte of every file under the run folder (databases with their WAL and
- * freed pages, logs, the mail spool, the export folder, the keys) and, on Redis, every entry of
- * every stream of the deployment is searched for the user's email address, user name and reset
+ * freed pages, logs, the mail spool, the export folder, the keys) and the broker's content (every
+ * entry of every Redis stream, every record of every Kafka topic, every message waiting in the
+ * services' RabbitMQ queues) is searched for the user's email address, user name and reset
  * token: none may be found. Then the services start again, the whole event store is replayed to
  * every service and every dead letter retried, and nothing of the user comes back: no profile,
  * no account, and again no byte of their data anywhere.
@@ -26,6 +27,13 @@
 #include "svc_auth.h"
 #ifdef EW_HAVE_REDIS
 #include <hiredis/hiredis.h>
+#endif
+#ifdef EW_HAVE_KAFKA
+#include <librdkafka/rdkafka.h>
+#endif
+#ifdef EW_HAVE_RABBITMQ
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
 #endif
 
 #define WAIT_MS 45000
@@ -289,6 +297,123 @@ static void search_redis(const char *ns)
 }
 #endif
 
+#ifdef EW_HAVE_KAFKA
+/* Every record of every topic of the deployment, from the start of each partition. */
+static void search_kafka(const char *ns)
+{
+    char errstr[512], group[64], prefix[64];
+    snprintf(group, sizeof group, "%s-search", ns);
+    snprintf(prefix, sizeof prefix, "%s.", ns);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", ew_test_server_url("kafka"), errstr,
+                          sizeof errstr) ||
+        rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof errstr) ||
+        rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof errstr))
+        fail_msg("kafka: %s", errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (!rk) fail_msg("kafka: %s", errstr);
+    const struct rd_kafka_metadata *md;
+    assert_int_equal(rd_kafka_metadata(rk, 1, NULL, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(64);
+    for (int i = 0; i < md->topic_cnt; i++) {
+        if (strncmp(md->topics[i].topic, prefix, strlen(prefix)) != 0) continue;
+        for (int p = 0; p < md->topics[i].partition_cnt; p++)
+            rd_kafka_topic_partition_list_add(parts, md->topics[i].topic,
+                                              md->topics[i].partitions[p].id)
+                ->offset = RD_KAFKA_OFFSET_BEGINNING;
+    }
+    rd_kafka_metadata_destroy(md);
+    int nparts = parts->cnt, eofs = 0;
+    long records = 0;
+    if (nparts == 0) fail_msg("no Kafka topics under %s: the search would prove nothing", prefix);
+    assert_int_equal(rd_kafka_assign(rk, parts), RD_KAFKA_RESP_ERR_NO_ERROR);
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    while (eofs < nparts && ew_mono_ns() < end) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (!m) continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            eofs++;
+        } else if (!m->err) {
+            search_bytes(rd_kafka_topic_name(m->rkt), m->payload, m->len);
+            rd_kafka_headers_t *h = NULL;
+            const char *name;
+            const void *v;
+            size_t vlen;
+            if (!rd_kafka_message_headers(m, &h))
+                for (size_t i = 0; !rd_kafka_header_get_all(h, i, &name, &v, &vlen); i++)
+                    if (v) search_bytes(rd_kafka_topic_name(m->rkt), v, vlen);
+            records++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    if (eofs < nparts) fail_msg("kafka: read %d of %d partitions to their end", eofs, nparts);
+    if (records == 0) fail_msg("no Kafka records under %s: the search would prove nothing", prefix);
+    print_message("kafka: %ld records in %d partitions searched\n", records, nparts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+}
+#endif
+
+#ifdef EW_HAVE_RABBITMQ
+/* Every message waiting in the queue of each subscriber group of the deployment (services and
+ * sagas), read without acknowledging it: it stays where it was. */
+static void search_rabbitmq(const char *ns)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s", ew_test_server_url("rabbitmq"));
+    struct amqp_connection_info ci;
+    assert_int_equal(amqp_parse_url(url, &ci), AMQP_STATUS_OK);
+    amqp_connection_state_t c = amqp_new_connection();
+    amqp_socket_t *sock = amqp_tcp_socket_new(c);
+    assert_int_equal(amqp_socket_open(sock, ci.host, ci.port), AMQP_STATUS_OK);
+    amqp_rpc_reply_t r =
+        amqp_login(c, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+    assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
+    static const char *const groups[] = {
+        "auth-service",   "user-service",          "notification-service", "analytics-service",
+        "export-service", "saga.UserRegistration", "saga.UserDeletion",    "saga.PasswordReset"};
+    int queues = 0;
+    long messages = 0;
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+        char q[128];
+        snprintf(q, sizeof q, "%s.%s", ns, groups[g]);
+        amqp_channel_open(c, 1);
+        assert_int_equal(amqp_get_rpc_reply(c).reply_type, AMQP_RESPONSE_NORMAL);
+        amqp_queue_declare(c, 1, amqp_cstring_bytes(q), 1, 0, 0, 0, amqp_empty_table);
+        if (amqp_get_rpc_reply(c).reply_type != AMQP_RESPONSE_NORMAL) {
+            amqp_channel_close_ok_t ok = {0}; /* no such queue: the broker closed the channel */
+            amqp_send_method(c, 1, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+            continue;
+        }
+        queues++;
+        for (;;) {
+            r = amqp_basic_get(c, 1, amqp_cstring_bytes(q), 0);
+            assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
+            if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) break;
+            amqp_message_t m;
+            assert_int_equal(amqp_read_message(c, 1, &m, 0).reply_type, AMQP_RESPONSE_NORMAL);
+            search_bytes(q, m.body.bytes, m.body.len);
+            for (int h = 0; (m.properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
+                            h < m.properties.headers.num_entries;
+                 h++) {
+                amqp_field_value_t *v = &m.properties.headers.entries[h].value;
+                if (v->kind == AMQP_FIELD_KIND_UTF8 || v->kind == AMQP_FIELD_KIND_BYTES)
+                    search_bytes(q, v->value.bytes.bytes, v->value.bytes.len);
+            }
+            amqp_destroy_message(&m);
+            messages++;
+        }
+        amqp_channel_close(c, 1, AMQP_REPLY_SUCCESS); /* what was read goes back, unacked */
+    }
+    if (queues < NSERVICES) fail_msg("rabbitmq: %d of the services' queues found", queues);
+    print_message("rabbitmq: %ld waiting messages in %d queues searched\n", messages, queues);
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+}
+#endif
+
 /* Searches every file under the run folder, and the broker where the test can read it; fails
  * naming each place that holds a needle. */
 static void nothing_anywhere(const char *backend, const char *ns, const char *const *needles,
@@ -301,10 +426,14 @@ static void nothing_anywhere(const char *backend, const char *ns, const char *co
     assert_true(g_files > NSERVICES); /* the databases at least */
 #ifdef EW_HAVE_REDIS
     if (strcmp(backend, "redis") == 0) search_redis(ns);
-#else
-    (void)ns;
 #endif
-    (void)backend;
+#ifdef EW_HAVE_KAFKA
+    if (strcmp(backend, "kafka") == 0) search_kafka(ns);
+#endif
+#ifdef EW_HAVE_RABBITMQ
+    if (strcmp(backend, "rabbitmq") == 0) search_rabbitmq(ns);
+#endif
+    (void)backend, (void)ns;
     if (g_found[0]) fail_msg("%s, the user's data is still readable: %s", when, g_found);
     print_message("%s: %d files searched, nothing of the user found\n", when, g_files);
 }
