@@ -368,8 +368,9 @@ static void search_rabbitmq(const char *ns)
     amqp_connection_state_t c = amqp_new_connection();
     amqp_socket_t *sock = amqp_tcp_socket_new(c);
     assert_int_equal(amqp_socket_open(sock, ci.host, ci.port), AMQP_STATUS_OK);
+    const char *vhost = ci.vhost && *ci.vhost ? ci.vhost : "/"; /* "amqp://h:p/" names "/" */
     amqp_rpc_reply_t r =
-        amqp_login(c, ci.vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
+        amqp_login(c, vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, ci.user, ci.password);
     assert_int_equal(r.reply_type, AMQP_RESPONSE_NORMAL);
     static const char *const groups[] = {
         "auth-service",   "user-service",          "notification-service", "analytics-service",

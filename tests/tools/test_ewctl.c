@@ -1,4 +1,5 @@
 /* Tests of ewctl as a user runs it: the built binary, its output and its exit status. */
+#include <ctype.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
@@ -27,6 +28,55 @@ static void test_help_on_every_command(void **state)
     assert_non_null(strstr(err, "unknown command 'frobnicate'"));
     free(out);
     free(err);
+}
+
+/* Is word in text as a word of its own (not inside another)? */
+static bool has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(text, word); p; p = strstr(p + 1, word)) {
+        bool before = p == text || !(isalnum((unsigned char)p[-1]) || p[-1] == '-');
+        bool after = !(isalnum((unsigned char)p[n]) || p[n] == '-');
+        if (before && after) return true;
+    }
+    return false;
+}
+
+/* What a newcomer reads first is complete: every command `ewctl help` lists answers --help, and
+ * its line in `ewctl help` names every subcommand its usage shows (`ewctl dlq retry`, `ewctl
+ * store replay`, `ewctl audit checkpoint`, ...). */
+static void test_help_names_every_subcommand(void **state)
+{
+    char *help, *save = NULL;
+    assert_int_equal(ew_test_ewctl("help", NULL, &help, NULL), 0);
+    int commands = 0, subcommands = 0;
+    for (char *line = strtok_r(help, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char name[64];
+        int at = 0;
+        if (strncmp(line, "  ", 2) != 0 || sscanf(line + 2, "%63[a-z-] %n", name, &at) != 1 || !at)
+            continue;
+        const char *summary = line + 2 + at;
+        char args[128], *usage;
+        snprintf(args, sizeof args, "%s --help", name);
+        if (ew_test_ewctl(args, NULL, &usage, NULL) != 0) fail_msg("ewctl %s --help failed", name);
+        commands++;
+        char prefix[80];
+        snprintf(prefix, sizeof prefix, "ewctl %s ", name);
+        for (const char *p = strstr(usage, prefix); p; p = strstr(p + 1, prefix)) {
+            char sub[64];
+            if (sscanf(p + strlen(prefix), "%63[a-z-]", sub) != 1 ||
+                !isalpha((unsigned char)sub[0]))
+                continue;
+            subcommands++;
+            if (!has_word(summary, sub))
+                fail_msg("`ewctl help` says of %s \"%s\", which does not name its subcommand %s",
+                         name, summary, sub);
+        }
+        free(usage);
+    }
+    free(help);
+    assert_true(commands >= 13);
+    assert_true(subcommands >= 10);
 }
 
 /* ewctl user: a usage error is 2; a user who is not there is 1, and nothing is published (the
@@ -152,6 +202,73 @@ static void test_config_lists_settings(void **state)
     assert_int_equal(ew_test_ewctl("config", NULL, &out, &err), 1);
     assert_non_null(strstr(err, "SAGA_TIMEOUT_SECONDS: 'never' is not a whole number"));
     unsetenv("SAGA_TIMEOUT_SECONDS");
+    free(out);
+    free(err);
+}
+
+/* The standard output of the service NAME run with args, beside ewctl. Caller frees. */
+static char *run_service(const char *name, const char *args)
+{
+    char self[4096] = ".", cmd[8192];
+    const char *bin = getenv("EW_BUILD_DIR");
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (!bin && n > 0) {
+        self[n] = '\0';
+        *strrchr(self, '/') = '\0';
+        bin = self;
+    }
+    snprintf(cmd, sizeof cmd, "%s/%s %s", bin ? bin : ".", name, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char *buf = calloc(1, 1 << 16);
+    size_t len = fread(buf, 1, (1 << 16) - 1, p);
+    buf[len] = '\0';
+    assert_int_equal(pclose(p), 0);
+    return buf;
+}
+
+/* The library's table holds the library's settings; each service's are its own. */
+static void test_config_lists_each_programs_settings(void **state)
+{
+    char *out, *err;
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "CONSOLE_TOKEN	")); /* ewctl's own */
+    assert_null(strstr(out, "AUTH_PASSWORD_HASH"));
+    assert_null(strstr(out, "HTTP_PORT"));
+    free(out);
+    assert_int_equal(ew_test_ewctl("config --service auth-service", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "HTTP_PORT	")); /* every service's */
+    assert_non_null(strstr(out, "AUTH_PASSWORD_HASH	interactive	"));
+    assert_null(strstr(out, "SMTP_URL"));       /* notification-service's */
+    assert_null(strstr(out, "EVENT_BUS_TYPE")); /* the library's */
+    /* the service itself says the same */
+    char *own = run_service("auth-service", "--settings");
+    assert_string_equal(own, out);
+    free(own);
+    free(out);
+    /* a service's setting is checked as the library's are, and its secrets hidden */
+    setenv("SMTP_URL", "smtp://mailer:hunter2@mail.example:25", 1);
+    assert_int_equal(ew_test_ewctl("config --service notification-service", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "SMTP_URL	smtp://mailer:***@mail.example:25	"));
+    assert_null(strstr(out, "hunter2"));
+    unsetenv("SMTP_URL");
+    free(out);
+    setenv("AUTH_PASSWORD_HASH", "weak", 1);
+    assert_int_equal(ew_test_ewctl("config --service auth-service", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "AUTH_PASSWORD_HASH: 'weak' is not one of"));
+    free(out);
+    free(err);
+    /* ... and only where it is read: ewctl does not refuse another program's setting */
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
+    free(out);
+    unsetenv("AUTH_PASSWORD_HASH");
+    assert_int_equal(ew_test_ewctl("config --service mail-service", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "no service 'mail-service'"));
+    assert_non_null(strstr(err, "notification-service"));
+    free(out);
+    free(err);
+    assert_int_equal(ew_test_ewctl("config --service", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "--service needs"));
     free(out);
     free(err);
 }
@@ -697,10 +814,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_user_grant_admin_refuses_what_it_cannot_do),
     cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),
+    cmocka_unit_test(test_help_names_every_subcommand),
     cmocka_unit_test(test_schema_list_and_show),
     cmocka_unit_test(test_validate_reports_each_bad_line),
     cmocka_unit_test(test_validate_honours_size_limit),
     cmocka_unit_test(test_config_lists_settings),
+    cmocka_unit_test(test_config_lists_each_programs_settings),
 };
 
 EW_TEST_MAIN(tests)

@@ -225,7 +225,7 @@ static void tail_dlq_init(tail_dlq *d, const char *group, bool own, ew_memdlq *m
         return;
     }
     ew_config *cfg = NULL;
-    if (ew_config_new(&cfg, NULL) == 0 && ew_config_from_env(cfg, NULL) == 0 &&
+    if (ewctl_config_load(&cfg, NULL) == 0 &&
         ew_store_open(&d->st, &(ew_store_options){.config = cfg}, NULL) == 0) {
         d->keep = ew_store_dlq_sink(d->st);
         snprintf(d->where, sizeof d->where,

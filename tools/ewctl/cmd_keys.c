@@ -39,8 +39,7 @@ static int open_keys(ew_config **cfg, ew_keys **keys)
 {
     ew_error err = {0};
     *keys = NULL;
-    int rc = ew_config_new(cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(*cfg, &err);
+    int rc = ewctl_config_load(cfg, &err);
     if (rc == 0) rc = ew_keys_open(keys, &(ew_keys_options){.config = *cfg}, &err);
     if (rc) {
         ew_config_free(*cfg);
@@ -101,8 +100,7 @@ static int rotate_kek(void)
     ew_config *cfg = NULL;
     ew__keyring *k = NULL;
     ew_error err = {0};
-    int rc = ew_config_new(&cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(cfg, &err);
+    int rc = ewctl_config_load(&cfg, &err);
     if (rc == 0) rc = ew__keyring_new(&k, cfg, NULL, &err);
     ew_config_free(cfg);
     if (rc) return ewctl_fail(1, "%s", err.msg);
