@@ -509,7 +509,8 @@ static int found_row(void *ud, const ew_row *row)
 static ew_handler_result erasure_guard(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     svc_sub *w = ud;
-    if (runs_for_erased(ew_event_type_id(ev))) return w->fn(ev, ctx, w->ud);
+    if (w->s->def->runs_for_erased_users || runs_for_erased(ew_event_type_id(ev)))
+        return w->fn(ev, ctx, w->ud);
     const char *user = user_of(ev);
     bool erased = ew_event_erased(ev);
     ew_txn *t = ew_ctx_txn(ctx);
