@@ -136,8 +136,8 @@ static const ew_setting entries[] = {
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
      "The event store's database.", EW_SETTING_URL, 0, 0},
     {"KEY_STORE_URL", "", "sqlite:PATH",
-     "The key store: every key of the deployment (the services' bus keys and the subjects' "
-     "wrapped data keys, docs/security.md); unset: keys/keys.db in the folder of "
+     "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md, and "
+     "the subjects' wrapped data keys, docs/encryption.md); unset: keys/keys.db in the folder of "
      "EVENT_STORE_URL's SQLite file, or var/keys/keys.db when the event store is not SQLite. "
      "Made 0600 in a 0700 folder.",
      EW_SETTING_URL, 0, 0},

