@@ -5,6 +5,9 @@
 #   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
 #   make fuzz    build the fuzz harnesses with clang and run each for FUZZ_SECONDS (default 300)
+#   make soak    the chaos soak on every backend for SOAK_SECONDS (default 600) and the fault
+#                tests (never part of make test, which runs a 60-second soak on sqlite and redis);
+#                make soak-asan runs them on the ASan + UBSan build
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
@@ -16,7 +19,7 @@ FUZZ  ?= build-fuzz
 FUZZ_SECONDS ?= 300
 
 .PHONY: all setup build run install test test-plain test-asan test-tsan test-fuzz fuzz bench format format-check \
-        clean
+        clean soak soak-asan
 
 all: build
 
@@ -78,6 +81,16 @@ bench: setup
 	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
 	@cmake --build $(BENCH) -j $(JOBS)
 	@bash scripts/bench $(BENCH)
+
+SOAK_SECONDS ?= 600
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak $(BUILD)
+
+soak-asan: setup
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DEW_SANITIZE=ON -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(ASAN) -j $(JOBS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak $(ASAN)
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
