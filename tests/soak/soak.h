@@ -26,6 +26,11 @@ typedef struct soak_service {
     long rss_last_kb;     /* the last sample */
     long rss_peak_kb;
     long rss_samples;
+    /* the incarnation that lived longest (a trend needs one process): its memory 5 s after it
+     * started and at its end, and how long it lived */
+    long inc_first_kb, inc_last_kb;
+    long life_first_kb, life_last_kb;
+    int64_t life_ms;
 } soak_service;
 
 typedef struct soak_ctx {
@@ -75,6 +80,8 @@ int soak_reap(soak_ctx *c);
  * the first sample when there is none yet. */
 void soak_sample_rss(soak_ctx *c, bool warm);
 long soak_rss_kb(pid_t pid);
+/* Counts the running incarnations in the longest-life figures (at the end of a run). */
+void soak_rss_finish(soak_ctx *c);
 /* Restarts the broker (scripts/test-servers restart); 0 or -1. Stops it when down is true
  * and starts it again when it is false (for an outage of a chosen length). */
 int soak_broker(soak_ctx *c, const char *action);

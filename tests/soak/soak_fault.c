@@ -41,7 +41,7 @@ typedef struct offer {
     volatile int stop;
     pthread_t thread;
     pthread_mutex_t lock;
-    int next;
+    int *serial; /* the registrations' numbering, shared by the offers of one test */
     long created, refused, no_answer, other, worst_other_status;
     double max_ms;
     char (*ids)[EW_UUID_LEN + 1]; /* the accepted ones' user ids */
@@ -57,7 +57,7 @@ static void *offer_main(void *ud)
         int64_t now = soak_ms();
         if (next > now) usleep((useconds_t)(next - now) * 1000);
         next += step;
-        int n = ++o->next;
+        int n = ++*o->serial;
         char body[256], email[48];
         snprintf(email, sizeof email, "fault%06dz@example.com", n);
         snprintf(body, sizeof body,
@@ -91,10 +91,11 @@ static void *offer_main(void *ud)
     return NULL;
 }
 
-static void offer_start(offer *o, soak_ctx *c, int rate)
+static void offer_start(offer *o, soak_ctx *c, int rate, int *serial)
 {
     memset(o, 0, sizeof *o);
     o->c = c;
+    o->serial = serial;
     o->rate = rate;
     pthread_mutex_init(&o->lock, NULL);
     pthread_create(&o->thread, NULL, offer_main, o);
@@ -188,10 +189,10 @@ static int start_all(soak_ctx *c)
 }
 
 /* Warm-up: a few registrations through the whole flow, so that every consumer runs. */
-static int warm_up(soak_ctx *c)
+static int warm_up(soak_ctx *c, int *serial)
 {
     offer o;
-    offer_start(&o, c, 5);
+    offer_start(&o, c, 5, serial);
     sleep(2);
     offer_stop(&o);
     long n = o.created;
@@ -225,7 +226,8 @@ static int broker_down(soak_ctx *c, int seconds)
         return -1;
     }
     if (start_all(c)) return -1;
-    int warm = warm_up(c);
+    int serial = 0;
+    int warm = warm_up(c, &serial);
     if (warm < 0) return -1;
     long base[SOAK_NSERVICES], peak[SOAK_NSERVICES];
     for (int i = 0; i < SOAK_NSERVICES; i++)
@@ -236,7 +238,7 @@ static int broker_down(soak_ctx *c, int seconds)
         return -1;
     }
     offer o;
-    offer_start(&o, c, 10);
+    offer_start(&o, c, 10, &serial);
     int64_t end = soak_ms() + seconds * 1000LL;
     while (soak_ms() < end) {
         sample(c, peak);
@@ -244,6 +246,11 @@ static int broker_down(soak_ctx *c, int seconds)
     }
     offer_stop(&o);
     sample(c, peak);
+    /* the situation was reached: nothing got through while the broker was down */
+    long during = completed_registrations();
+    soak_figure(c, "completed_during_outage", during, "count");
+    soak_check(c, during == warm, "no registration completed while the broker was down",
+               "%ld of the %d before it", during, warm);
     soak_say("fault: %s comes back", c->backend);
     int64_t up0 = soak_ms();
     if (soak_broker(c, "up")) {
@@ -285,7 +292,8 @@ static int slow_consumer(soak_ctx *c, int seconds)
 {
     setenv("EVENT_BUS_MAX_IN_FLIGHT", "50", 1);
     if (start_all(c)) return -1;
-    int warm = warm_up(c);
+    int serial = 0;
+    int warm = warm_up(c, &serial);
     if (warm < 0) return -1;
     long base[SOAK_NSERVICES], peak[SOAK_NSERVICES];
     for (int i = 0; i < SOAK_NSERVICES; i++)
@@ -293,7 +301,7 @@ static int slow_consumer(soak_ctx *c, int seconds)
     pid_t slow = c->svc[NOTIFICATION].pid;
     soak_say("fault: notification-service runs 100 ms of every second for %d s", seconds);
     offer o;
-    offer_start(&o, c, 20);
+    offer_start(&o, c, 20, &serial);
     int64_t end = soak_ms() + seconds * 1000LL;
     long backlog_peak = 0;
     int tick = 0;

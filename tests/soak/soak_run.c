@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <arpa/inet.h>
 #include <poll.h>
@@ -238,6 +239,9 @@ int soak_service_start(soak_ctx *c, int i)
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
+        /* a soak that dies (a time-out's SIGKILL) takes its services with it; the thread that
+         * started one outlives it (soak.c) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(fds[1], 1);
         dup2(errfd, 2);
         char *const args[] = {exe, NULL};
@@ -288,9 +292,30 @@ int soak_service_start_retry(soak_ctx *c, int i, int64_t give_up_ms)
     }
 }
 
+/* The incarnation of v ends: the longest-life figures. Under c->lock. */
+static void incarnation_ends(soak_service *v)
+{
+    int64_t life = soak_ms() - v->started_ms;
+    if (v->inc_first_kb && life > v->life_ms) {
+        v->life_ms = life;
+        v->life_first_kb = v->inc_first_kb;
+        v->life_last_kb = v->inc_last_kb;
+    }
+    v->inc_first_kb = v->inc_last_kb = 0;
+}
+
+void soak_rss_finish(soak_ctx *c)
+{
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < SOAK_NSERVICES; i++)
+        if (c->svc[i].pid) incarnation_ends(&c->svc[i]);
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void forget(soak_ctx *c, int i)
 {
     pthread_mutex_lock(&c->lock);
+    incarnation_ends(&c->svc[i]);
     c->svc[i].pid = 0;
     if (c->svc[i].out_fd >= 0) close(c->svc[i].out_fd);
     c->svc[i].out_fd = -1;
@@ -365,6 +390,8 @@ void soak_sample_rss(soak_ctx *c, bool warm)
         if (kb <= 0) continue;
         if (warm && !v->rss_first_kb) v->rss_first_kb = kb;
         v->rss_last_kb = kb;
+        if (!v->inc_first_kb && soak_ms() - v->started_ms >= 5000) v->inc_first_kb = kb;
+        if (v->inc_first_kb) v->inc_last_kb = kb;
         if (kb > v->rss_peak_kb) v->rss_peak_kb = kb;
         v->rss_samples++;
     }
