@@ -144,7 +144,7 @@ static void mail_scan(mail_index *m)
         }
         mail *x = &m->v[m->n++];
         memset(x, 0, sizeof *x);
-        snprintf(x->file, sizeof x->file, "%s", e->d_name);
+        snprintf(x->file, sizeof x->file, "%.79s", e->d_name); /* len < sizeof: checked */
         mail_parse(text, x);
     }
     closedir(d);
