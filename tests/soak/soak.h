@@ -62,6 +62,18 @@ void soak_figure(soak_ctx *c, const char *name, double value, const char *unit);
 void soak_check(soak_ctx *c, bool ok, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void soak_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Whether resident memory means anything in this build: not under AddressSanitizer, whose
+ * quarantine keeps freed memory and whose shadow grows with it (LeakSanitizer, at each service's
+ * exit, is the check there). The soak, its services and their build are one build folder. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SOAK_RSS_MEANINGFUL false
+#else
+#define SOAK_RSS_MEANINGFUL true
+#endif
+/* A memory check: judged where SOAK_RSS_MEANINGFUL, else printed as skipped. */
+void soak_check_rss(soak_ctx *c, bool ok, const char *what, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 int64_t soak_ms(void);
 
 /* ---- processes --------------------------------------------------------------------------- */

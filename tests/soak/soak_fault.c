@@ -168,8 +168,8 @@ static void rss_figures(soak_ctx *c, const long *base, const long *peak, long bo
         soak_figure(c, name, peak[i] / 1024.0, "MiB");
         snprintf(name, sizeof name, "%s's memory stayed within %ld MiB of its start",
                  c->svc[i].name, bound_kb / 1024);
-        soak_check(c, peak[i] - base[i] <= bound_kb, name, "%.1f -> %.1f MiB", base[i] / 1024.0,
-                   peak[i] / 1024.0);
+        soak_check_rss(c, peak[i] - base[i] <= bound_kb, name, "%.1f -> %.1f MiB", base[i] / 1024.0,
+                       peak[i] / 1024.0);
     }
 }
 
