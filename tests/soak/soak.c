@@ -217,7 +217,7 @@ static int soak_main(const char *backend, int seconds, int rate, bool keep)
     soak_figure(&c, "chaos.pauses", ch.pauses, "count");
     soak_check(&c, pending == 0, "the system settled", "%d outcomes still pending after %.0f s",
                pending, settle_ms / 1000.0);
-    soak_check(&c, ch.kills >= seconds / 8, "services were killed", "%d kills", ch.kills);
+    soak_check(&c, ch.kills >= seconds / 15, "services were killed", "%d kills", ch.kills);
     soak_check(&c, ch.pauses == 1, "a service was paused", "%d pauses", ch.pauses);
     if (strcmp(backend, "sqlite"))
         soak_check(&c, ch.broker_restarts == 2 && !ch.broker_restart_failures,
