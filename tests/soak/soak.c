@@ -234,6 +234,8 @@ static int soak_main(const char *backend, int seconds, int rate, bool keep)
     for (int i = 0; i < SOAK_NSERVICES; i++) {
         soak_service *v = &c.svc[i];
         char name[128];
+        snprintf(name, sizeof name, "chaos.kills.%s", v->name);
+        soak_figure(&c, name, v->kills, "count");
         snprintf(name, sizeof name, "rss.%s.start", v->name);
         soak_figure(&c, name, v->rss_first_kb / 1024.0, "MiB");
         snprintf(name, sizeof name, "rss.%s.end", v->name);
