@@ -258,7 +258,8 @@ static user *pick(soak_load *l, ustate st, bool (*ok)(const user *))
     pthread_mutex_lock(&l->lock);
     for (int tries = 0; tries < 32 && l->nusers && !found; tries++) {
         user *u = l->users[(size_t)rand() % l->nusers];
-        if (u->state == st && !u->busy && (!ok || ok(u))) found = u;
+        if (!u->busy && u->state == st && (!ok || ok(u)))
+            found = u; /* a busy one is being changed */
     }
     if (found) found->busy = true;
     pthread_mutex_unlock(&l->lock);
