@@ -4,6 +4,7 @@
 #include "core/mono.h"
 #include "keeper.h"
 #include "svc_auth.h"
+#include "svc_settings.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -779,6 +780,7 @@ static int check_origins(const char *list, ew_error *err)
 static int configure(svc *s, ew_error *err)
 {
     int rc = ew_config_new(&s->cfg, err);
+    if (!rc) rc = svc_settings_define(s->cfg, s->def->name, err);
     if (!rc) rc = ew_config_from_env(s->cfg, err);
     if (!rc) rc = ew_config_set(s->cfg, "SERVICE_NAME", s->def->name, err);
     if (!rc) ew_logger_configure(s->log, s->cfg);
@@ -876,8 +878,13 @@ static int sagas_start(svc *s, ew_error *err)
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
                                  .log_ud = s->log};
-    if (!rc) rc = ew_saga_engine_open(&s->sagas, &eo, err);
-    if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, err);
+    if (rc) return rc;
+    /* the deletion waits for every service holding user data */
+    svc_names l;
+    if ((rc = svc_user_data_services(s->cfg, &l, err))) return rc;
+    ew_user_deletion_opts del = {.services = l.name, .nservices = l.n};
+    rc = ew_saga_engine_open(&s->sagas, &eo, err);
+    if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, &del, err);
     if (!rc) rc = ew_saga_engine_start(s->sagas, err);
     if (!rc && !ew_saga_engine_enabled(s->sagas))
         svc_log(s, EW_LOG_INFO, "ENABLE_SAGAS=false: the saga engine does not run");
@@ -919,14 +926,43 @@ static void close_all(svc *s)
 static void usage(const svc_def *def, FILE *f)
 {
     fprintf(f,
-            "usage: %s [--routes]\n\n"
-            "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment\n"
-            "(`ewctl config` lists them; docs/services.md says which a service reads):\n"
-            "HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL, EVENT_BUS_TYPE,\n"
-            "EVENT_STORE_URL, ... When ready it prints `%s listening on http://ADDR:PORT`.\n"
-            "--routes prints its HTTP routes instead, `METHOD /path public|token` each, and\n"
-            "exits (it opens its database and the bus to get them, as a start would).\n",
-            def->name, def->name, def->default_port, def->name);
+            "usage: %s [--settings | --routes]\n\n"
+            "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment:\n"
+            "the library's (`ewctl config`), those of every service and this one's own\n"
+            "(`%s --settings`): HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL,\n"
+            "EVENT_BUS_TYPE, EVENT_STORE_URL, ... When ready it prints\n"
+            "`%s listening on http://ADDR:PORT`.\n\n"
+            "--settings  lists the service's settings (those of every service, then its own):\n"
+            "            name, value in force here, default, allowed values and meaning,\n"
+            "            tab-separated; exit status 1 when the environment holds a bad value.\n"
+            "--routes    prints its HTTP routes instead of starting, `METHOD /path public|token`\n"
+            "            each (it opens its database and the bus to get them, as a start would).\n",
+            def->name, def->name, def->name, def->default_port, def->name);
+}
+
+/* --settings: the services' settings this one reads, as `ewctl config` prints the library's. */
+static int print_settings(const svc_def *def)
+{
+    ew_config *cfg = NULL;
+    ew_error err = {0};
+    int rc = ew_config_new(&cfg, &err);
+    if (!rc) rc = svc_settings_define(cfg, def->name, &err);
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", def->name, err.msg);
+        ew_config_free(cfg);
+        return 1;
+    }
+    int bad = ew_config_from_env(cfg, &err);
+    for (int i = 0; ew_config_setting(cfg, i); i++) {
+        const ew_setting *e = ew_config_setting(cfg, i);
+        if (ew_config_describe(i)) continue; /* the library's: `ewctl config` */
+        char shown[4096];
+        printf("%s\t%s\t%s\t%s\t%s\n", e->name, ew_config_shown(cfg, e->name, shown, sizeof shown),
+               e->def, e->allowed, e->doc);
+    }
+    ew_config_free(cfg);
+    if (bad) fprintf(stderr, "%s: %s\n", def->name, err.msg);
+    return bad ? 1 : 0;
 }
 
 /* --routes: every route the service answers (the built-in GET /healthz too), and whether it
@@ -954,6 +990,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
             usage(def, stdout);
             return 0;
         }
+        if (!strcmp(argv[1], "--settings") && argc == 2) return print_settings(def);
         list_routes = argc == 2 && !strcmp(argv[1], "--routes");
     }
     if (argc > 1 && !list_routes) {
