@@ -2,9 +2,14 @@
  * client address, exports per user, 300 requests at once against each service with its resident
  * memory measured, and the modes of everything the services create under a umask that would let
  * anyone read it. The failed-login and reset limits have their cases in test_auth_service.c. */
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include "support/ew_test.h"
 #define SVC_UNDER_TEST "auth-service"
 #include "services/svc_env.h"
@@ -251,6 +256,72 @@ static void test_300_requests_at_once_keep_memory_bounded(void **state)
     down(e);
 }
 
+/* ---- the HTTP settings, as a service reads them ------------------------------------------------
+ */
+
+/* HTTP_CORS_ORIGINS, HTTP_IDLE_TIMEOUT_SECONDS and the 415 of JSON routes, on auth-service; a
+ * malformed HTTP_CORS_ORIGINS stops it at start. */
+static void test_http_settings_reach_the_service(void **state)
+{
+    static const char *const extra[] = {"HTTP_CORS_ORIGINS=https://app.example.com",
+                                        "HTTP_IDLE_TIMEOUT_SECONDS=1", NULL};
+    env *e = up(extra);
+    char url[256], h[256];
+    snprintf(url, sizeof url, "%s/auth/login", e->p.base);
+    static const char login[] = "{\"username\":\"nobody\",\"password\":\"wrong password\"}";
+    const char *const app[] = {"Origin: https://app.example.com", NULL};
+    const char *const pre[] = {"Origin: https://app.example.com",
+                               "Access-Control-Request-Method: POST",
+                               "Access-Control-Request-Headers: content-type", NULL};
+    const char *const evil[] = {"Origin: https://evil.example", NULL};
+    const char *const form[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+    http_req rq = {.method = "OPTIONS", .headers = pre};
+    http_result r = http_do(url, &rq);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h),
+                        "https://app.example.com");
+    http_result_free(&r);
+    rq = (http_req){.method = "POST", .body = login, .headers = app};
+    r = http_do(url, &rq);
+    assert_int_equal(r.status, 401); /* served, with the CORS headers */
+    assert_string_equal(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h),
+                        "https://app.example.com");
+    http_result_free(&r);
+    rq = (http_req){.method = "POST", .body = login, .headers = evil};
+    r = http_do(url, &rq);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    rq = (http_req){.method = "POST", .body = login, .headers = form}; /* curl -d's default */
+    r = http_do(url, &rq);
+    assert_int_equal(r.status, 415);
+    http_result_free(&r);
+    /* nothing was counted as a failed login: 403 and 415 came before the handler */
+    assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.audit_log WHERE action = $1",
+                              "auth.login_failed"),
+                     1);
+    /* a silent connection is closed after a second */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)e->p.port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int64_t t0 = ew_mono_ns();
+    char c;
+    ssize_t k = recv(fd, &c, 1, 0);
+    int64_t ms = (ew_mono_ns() - t0) / 1000000;
+    close(fd);
+    fprintf(stderr, "an idle connection was closed after %lld ms\n", (long long)ms);
+    assert_true(k == 0 || (k < 0 && errno == ECONNRESET));
+    assert_true(ms >= 500 && ms < 5000);
+    down(e);
+
+    static const char *const bad[] = {"HTTP_CORS_ORIGINS=app.example.com/x", NULL};
+    char *out = start_fails(NULL, bad);
+    assert_non_null(strstr(out, "HTTP_CORS_ORIGINS: 'app.example.com/x' is not an origin"));
+    free(out);
+}
+
 /* ---- file modes ------------------------------------------------------------------------------ */
 
 /* The folder ewctl up runs in, until the case is over: stop() stops the services there when it
@@ -421,6 +492,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_registrations_per_address_are_limited, reap),
     cmocka_unit_test_teardown(test_exports_per_user_are_limited, reap),
     cmocka_unit_test_teardown(test_300_requests_at_once_keep_memory_bounded, reap),
+    cmocka_unit_test_teardown(test_http_settings_reach_the_service, reap),
     cmocka_unit_test_teardown(test_everything_the_services_create_is_private_whatever_the_umask,
                               stop_up),
 };
