@@ -295,8 +295,8 @@ int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error
             return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
         }
     }
-    /* nothing to add: a realloc to the same size may still move the block (it does under ASan),
-     * and the pointers below are kept only when n > 0 */
+    /* Nothing to add (a program without settings of its own): realloc to the same size could
+     * still move, or with nothing defined yet free, the arrays, which are then left dangling. */
     if (n == 0) return 0;
     size_t old = count(cfg);
     const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
