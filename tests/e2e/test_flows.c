@@ -4,9 +4,11 @@
  * completes, the new password works), GDPR deletion (the UserDeletion saga completes and no
  * database under var/ holds the user's personal data outside whole-event copies). Then what goes
  * wrong, on every backend too: a service killed mid-flow and restarted, a participant that never
- * answers, an event delivered twice (waited for on notification-service itself).
+ * answers, an event delivered twice (waited for on notification-service itself). The flows run
+ * over TLS too (rediss://, amqps://, the fixtures' CA in REDIS_TLS_CA_FILE, RABBITMQ_TLS_CA_FILE).
  *
  * ew-fixture: redis
+ * ew-fixture: redis_tls
  * ew-fixture: kafka
  * ew-fixture: rabbitmq */
 #include <dirent.h>
@@ -39,15 +41,23 @@ typedef struct sys {
     char token[SVC_TOKEN_MAX + 1], admin[SVC_TOKEN_MAX + 1];
 } sys;
 
-/* Sets the environment for backend (sqlite, redis, kafka, rabbitmq) in a namespace of the
- * test's own; false when the backend's server is not there (the case then skips). */
+/* Sets the environment for backend (sqlite, redis, kafka, rabbitmq; redis-tls and rabbitmq-tls:
+ * the same over TLS) in a namespace of the test's own; false when the backend's server is not
+ * there (the case then skips). */
 static bool backend_env(const char *backend, const char *ns)
 {
-    setenv("EVENT_BUS_TYPE", backend, 1);
+    bool tls = strstr(backend, "-tls") != NULL;
+    char type[32], ca[1024];
+    snprintf(type, sizeof type, "%.*s", (int)strcspn(backend, "-"), backend);
+    setenv("EVENT_BUS_TYPE", type, 1);
     if (strcmp(backend, "sqlite") == 0) return true;
     const char *url = ew_test_server_url(backend);
     if (!url) return false;
-    if (strcmp(backend, "redis") == 0) {
+    if (tls) {
+        snprintf(ca, sizeof ca, "%s/%s/ca.pem", getenv("EW_SERVERS_DIR"), backend);
+        setenv(strcmp(type, "redis") == 0 ? "REDIS_TLS_CA_FILE" : "RABBITMQ_TLS_CA_FILE", ca, 1);
+    }
+    if (strcmp(type, "redis") == 0) {
         setenv("REDIS_EVENT_URL", url, 1);
         setenv("REDIS_CHANNEL_PREFIX", ns, 1);
     } else if (strcmp(backend, "kafka") == 0) {
@@ -447,6 +457,14 @@ static void test_flows_redis(void **state)
 {
     flows_on("redis");
 }
+static void test_flows_redis_tls(void **state)
+{
+    flows_on("redis-tls");
+}
+static void test_flows_rabbitmq_tls(void **state)
+{
+    flows_on("rabbitmq-tls");
+}
 static void test_flows_kafka(void **state)
 {
     flows_on("kafka");
@@ -714,6 +732,8 @@ static const struct CMUnitTest tests[] = {
     CASE(test_flows_redis),
     CASE(test_flows_kafka),
     CASE(test_flows_rabbitmq),
+    CASE(test_flows_redis_tls),
+    CASE(test_flows_rabbitmq_tls),
     CASE(test_silent_participant_sqlite),
     CASE(test_silent_participant_redis),
     CASE(test_silent_participant_kafka),
