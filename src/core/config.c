@@ -57,6 +57,24 @@ static const ew_setting entries[] = {
     {"EVENT_BUS_MAX_IN_FLIGHT", "1000", "1..1000000",
      "Events a consumer holds unacknowledged at once (prefetch, poll size).", EW_SETTING_INT, 1,
      1000000},
+    {"EVENT_AUTH", "mac", "mac|ed25519|off",
+     "How services authenticate the events they publish (docs/bus-auth.md): mac, a keyed BLAKE2b "
+     "tag per event (services sharing the key store can forge each other's events); ed25519, "
+     "signatures (they cannot); off, neither signed nor checked.",
+     EW_SETTING_ENUM, 0, 0},
+    {"EVENT_POLICY_FILE", "", "a file",
+     "The bus policy: which service may publish and subscribe to which types, which types "
+     "foreign producers may publish (docs/bus-auth.md); unset: the built-in default, "
+     "docs/bus-policy.conf.",
+     EW_SETTING_STRING, 0, 0},
+    {"EVENT_KEY_DIR", "", "a folder",
+     "Where each service keeps its bus key file, SERVICE.bus.key (0600, made at its first "
+     "start); unset: the key store's folder.",
+     EW_SETTING_STRING, 0, 0},
+    {"EVENT_KEY_GRACE_SECONDS", "86400", "0..31536000",
+     "After a key rotation, how long the old key still authenticates new events; after it, it "
+     "only verifies events made before.",
+     EW_SETTING_INT, 0, 31536000},
     {"REDIS_EVENT_URL", "redis://127.0.0.1:6379",
      "redis://[user:password@]host:port[/db]|rediss://... (TLS)",
      "The Redis server of the redis bus; rediss:// connects over TLS, verifying the server's "
@@ -117,6 +135,11 @@ static const ew_setting entries[] = {
      "Record every published event in the event store (the audit trail).", EW_SETTING_BOOL, 0, 0},
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
      "The event store's database.", EW_SETTING_URL, 0, 0},
+    {"KEY_STORE_URL", "", "sqlite:PATH",
+     "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md); "
+     "unset: keys/keys.db in the folder of EVENT_STORE_URL's SQLite file, or var/keys/keys.db "
+     "when the event store is not SQLite. Made 0600 in a 0700 folder.",
+     EW_SETTING_URL, 0, 0},
     {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
      EW_SETTING_INT, 0, 36500},
     {"ENABLE_SAGAS", "true", "true|false", "Run the saga engine.", EW_SETTING_BOOL, 0, 0},
