@@ -63,11 +63,12 @@ static int make_dirs(void)
     /* the bus policy the services read, unless the environment names one */
     const char *set = getenv("EVENT_POLICY_FILE");
     if (set && *set) return 0;
-    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd >= 0) {
         const char *text = ew_policy_default_text();
         size_t n = strlen(text);
-        bool ok = write(fd, text, n) == (ssize_t)n;
+        /* 0600 whatever the umask, as everything under var/ */
+        bool ok = fchmod(fd, 0600) == 0 && write(fd, text, n) == (ssize_t)n;
         close(fd);
         if (!ok) {
             unlink(POLICY_FILE);
