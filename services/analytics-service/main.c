@@ -60,6 +60,9 @@ int main(int argc, char **argv)
         .setup = setup,
         .ud = &a,
         .gdpr = &analytics_gdpr,
+        /* counts what still arrives about an erased user, anonymously; its own tombstones
+         * (analytics_erased, by hash) keep the user's rows from coming back */
+        .runs_for_erased_users = true,
     };
     return svc_main(&def, argc, argv);
 }
