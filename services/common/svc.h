@@ -81,6 +81,28 @@ typedef struct svc_def {
  * --help. Initialises libsodium first. */
 int svc_main(const svc_def *def, int argc, char **argv);
 
+/* ---- in-process: tests and fuzz harnesses ---------------------------------------------------- */
+
+/* Opens the service as svc_main() does -- its database and tables, the bus with its handlers
+ * (started), the routes, the outbox relay, the keeper, the saga engine -- with the settings of
+ * cfg (copied; SERVICE_NAME becomes the service's) instead of the environment, and without the
+ * HTTP server listening or any signal handling: requests go to svc_http() through
+ * ew__http_handle() (src/http/http_internal.h). def and its ud are borrowed until svc_close().
+ * Initialises libsodium. Caller closes it with svc_close(). */
+int svc_open(svc **out, const svc_def *def, const ew_config *cfg, ew_error *err);
+
+/* The service's HTTP server, its routes registered, not listening. Borrowed. */
+ew_http_server *svc_http(svc *s);
+
+/* Waits until the service is quiet: every event on its bus handled (or dead-lettered), and the
+ * outbox relay has made a pass that found nothing to publish. 0, EW_ETIMEDOUT after timeout_ms,
+ * or the relay's error. Not to be called from a handler. */
+int svc_settle(svc *s, int timeout_ms, ew_error *err);
+
+/* Stops and closes a service of svc_open() (the bus drains first), running def's teardown.
+ * NULL is ignored. */
+void svc_close(svc *s);
+
 /* ---- in setup ------------------------------------------------------------------------------ */
 
 /* ew_http_route on the service's server. */

@@ -77,6 +77,11 @@ int export_answered(ew_txn *t, const char *export_id, export_names *l, ew_error 
  * elsewhere than POST /exports first, and removing the user's documents with their rows. */
 extern const svc_gdpr export_gdpr;
 
+/* The service for svc_main() (service.c), with x as its state: zeroed, alive as long as
+ * the service runs. x->mu is the caller's to
+ * initialise before svc_main() and destroy after. */
+svc_def export_service(exporter *x);
+
 /* The path of an export's document. */
 void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);
 
