@@ -805,6 +805,8 @@ static enum MHD_Result run_handler(ew_http_request *r)
             r->json = NULL;
             if (e.code == EW_ENOMEM)
                 return send_error(r, 500, NULL, "internal error: out of memory");
+            /* within max_body_bytes, so over the parser's memory cap (docs/http.md) */
+            if (e.code == EW_ETOOBIG) return send_error(r, 413, NULL, "%s", e.msg);
             return send_error(r, 400, NULL, "malformed JSON: %s", e.msg);
         }
         if (r->json->kind != EW_JSON_OBJECT) {
