@@ -41,6 +41,7 @@ typedef struct exporter {
     char base_url[512]; /* "" until known */
     /* the sweeper (sweeper.c) */
     ew_store *db2;
+    struct export_idrows *rows; /* the ids a pass reads, the sweeper's own */
     pthread_t sweeper;
     bool sweeper_started;
     pthread_mutex_t smu;
