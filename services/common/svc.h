@@ -356,4 +356,10 @@ bool svc_email_valid(const char *s);
 /* Is s a UUID in canonical lower-case 8-4-4-4-12 form (what the services hand out)? */
 bool svc_uuid_valid(const char *s);
 
+/* Copies text a client chose freely and nobody checks (a User-Agent header) into out (cap
+ * bytes, cap >= 4) as UTF-8 that events and JSON accept: each byte that is not part of
+ * well-formed UTF-8 becomes U+FFFD, and the copy ends before a character that does not fit,
+ * never inside one. Returns out. */
+char *svc_text_utf8(char *out, size_t cap, const char *in);
+
 #endif
