@@ -767,6 +767,10 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 400, "reason", "reason is longer than 500 bytes");
         return;
     }
+    if (reason && !ew_utf8_valid(reason, strlen(reason))) {
+        ew_http_reply_error(res, 400, "reason", "reason is not valid UTF-8");
+        return;
+    }
     const char *by = svc_caller()->sub;
     char request_id[EW_UUID_LEN + 1];
     ew_uuid7(request_id);

@@ -239,6 +239,9 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
         {"GET", "/auth/users/not-a-uuid", NULL, 404, NULL, "no user not-a-uuid"},
         {"GET", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
         {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
+        /* found by fuzz_service: a reason that is not UTF-8 could not go into the event (500) */
+        {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000?reason=gone%FF", NULL, 400,
+         "reason", "not valid UTF-8"},
         {"PUT", "/auth/users/01a21b84-0000-7000-8000-000000000000/roles", "{\"roles\":[\"user\"]}",
          404, NULL, "no user"},
         /* password reset */
