@@ -3,13 +3,16 @@
  * A configuration is an object set by name and value (librdkafka's rd_kafka_conf_set): every
  * entry is checked when it is set, so a bad value is refused at start with its name and the
  * reason. The names are the environment variables of the system (EVENT_BUS_TYPE, ...);
- * ew_config_from_env() reads all of them at once. ew_config_describe() lists every name with its
- * default and meaning; docs/configuration.md and `ewctl config` print that list.
+ * ew_config_from_env() reads all of them at once. ew_config_describe() lists the library's
+ * settings with their defaults and meaning; a program adds its own with ew_config_define(), and
+ * they are then checked, read and shown the same way. docs/configuration.md and `ewctl config`
+ * print those lists.
  *
  * Thread safety: a config is not locked. Set it up on one thread, then share it read-only. */
 #ifndef EVENTWIRE_CONFIG_H
 #define EVENTWIRE_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "eventwire/error.h"
 
@@ -19,14 +22,27 @@ extern "C" {
 
 typedef struct ew_config ew_config;
 
-/* One known configuration entry. */
-typedef struct ew_config_entry {
-    const char *name; /* the environment variable, e.g. "EVENT_BUS_TYPE" */
-    const char *def;  /* the default value as text; "" for none */
-    const char
-        *allowed;    /* what a value may be, in words, e.g. "memory|sqlite|redis|kafka|rabbitmq" */
-    const char *doc; /* one sentence */
-} ew_config_entry;
+/* How a setting's value is checked when it is set. */
+typedef enum ew_setting_type {
+    EW_SETTING_STRING = 0, /* any text; empty only when the default is empty (then: unset) */
+    EW_SETTING_ENUM,       /* one of the words of allowed, separated by '|' */
+    EW_SETTING_INT,        /* a whole number in min..max */
+    EW_SETTING_BOOL,       /* true|false (also 1|0, yes|no, on|off) */
+    EW_SETTING_URL,        /* scheme:rest; empty only when the default is empty (then: unset) */
+    EW_SETTING_NAME,       /* a-z, 0-9, '.', '_' and '-' */
+    EW_SETTING_PAIRS,      /* key=value[,key=value...]; secret-looking keys' values shown *** */
+    EW_SETTING_SECRET      /* at least 16 characters, or empty; always shown *** */
+} ew_setting_type;
+
+/* One setting: the library's (ew_config_describe) or a program's own (ew_config_define). */
+typedef struct ew_setting {
+    const char *name;    /* the environment variable, e.g. "EVENT_BUS_TYPE" */
+    const char *def;     /* the default value as text; "" for none */
+    const char *allowed; /* what a value may be, in words, e.g. "memory|sqlite|redis" */
+    const char *doc;     /* one sentence or two */
+    ew_setting_type type;
+    int64_t min, max; /* EW_SETTING_INT */
+} ew_setting;
 
 /* A new configuration holding every default. Caller frees with ew_config_free(). */
 int ew_config_new(ew_config **out, ew_error *err);
@@ -60,8 +76,19 @@ const char *ew_url_redact(const char *url, char *buf, size_t n);
 /* The value of a numeric or boolean entry (booleans are 0 or 1). Unknown names give 0. */
 int64_t ew_config_get_int(const ew_config *cfg, const char *name);
 
-/* The table of known entries: entry i for i < n, or NULL past the end. Static storage. */
-const ew_config_entry *ew_config_describe(int i);
+/* The library's settings: entry i for i < n, or NULL past the end. Static storage. */
+const ew_setting *ew_config_describe(int i);
+
+/* Adds a program's own settings to cfg, so that they are set, checked, read from the
+ * environment and shown exactly as the library's are: n entries of table, which must outlive
+ * cfg (a static table). Each default is checked and set. EW_ECONFIG naming the setting when its
+ * name is already known to cfg or its default fails its own check; then cfg is unchanged. The
+ * definitions go with ew_config_dup(). */
+int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error *err);
+
+/* Every setting cfg knows: the library's, then those defined on it, in order; NULL past the end.
+ * Borrowed: valid as long as cfg. */
+const ew_setting *ew_config_setting(const ew_config *cfg, int i);
 
 #ifdef __cplusplus
 }

@@ -42,16 +42,9 @@ typedef struct ew_user_registration_opts {
 int ew_saga_add_user_registration(ew_saga_engine *e, const ew_user_registration_opts *o,
                                   ew_error *err);
 
-/* The services that hold user data and confirm a deletion, by default. */
-#define EW_USER_DELETION_SERVICES                                                                  \
-    {                                                                                              \
-        "auth-service", "user-service", "notification-service", "analytics-service",               \
-            "export-service"                                                                       \
-    }
-
 typedef struct ew_user_deletion_opts {
-    const char *const *services; /* the participants (their user.data_deleted "service");
-                                    NULL: EW_USER_DELETION_SERVICES */
+    const char *const *services; /* the participants, required: the services holding user data,
+                                    each confirming with user.data_deleted (its "service") */
     size_t nservices;
     int retries;             /* requests sent again before escalating; 0: 2; -1: none */
     int64_t step_timeout_ms; /* the wait for confirmations before each retry; 0: the saga's
@@ -68,8 +61,10 @@ typedef struct ew_password_reset_opts {
 
 int ew_saga_add_password_reset(ew_saga_engine *e, const ew_password_reset_opts *o, ew_error *err);
 
-/* The three with their defaults. */
-int ew_saga_add_reference_sagas(ew_saga_engine *e, ew_error *err);
+/* The three, with their defaults but the deletion's participants, which deletion names (its
+ * other fields may be 0 for their defaults). */
+int ew_saga_add_reference_sagas(ew_saga_engine *e, const ew_user_deletion_opts *deletion,
+                                ew_error *err);
 
 #ifdef __cplusplus
 }

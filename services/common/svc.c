@@ -4,6 +4,7 @@
 #include "core/mono.h"
 #include "keeper.h"
 #include "svc_auth.h"
+#include "svc_settings.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -778,14 +779,42 @@ static int create_schema(svc *s, ew_error *err)
     return ew_txn_commit(t, err);
 }
 
-/* The settings: a copy of cfg, or (cfg NULL) the environment's. */
-static int configure(svc *s, const ew_config *cfg, ew_error *err)
+/* Whether cfg knows the setting name. */
+static bool known_setting(const ew_config *cfg, const char *name)
 {
-    int rc = cfg ? ew_config_dup(&s->cfg, cfg, err) : ew_config_new(&s->cfg, err);
-    if (!rc && !cfg) rc = ew_config_from_env(s->cfg, err);
+    for (int i = 0; ew_config_setting(cfg, i); i++)
+        if (!strcmp(ew_config_setting(cfg, i)->name, name)) return true;
+    return false;
+}
+
+/* Sets the "NAME=value" entries of settings that cfg knows, in order, as ew_config_from_env()
+ * sets those the environment holds. */
+static int set_given(ew_config *cfg, const char *const *settings, ew_error *err)
+{
+    for (size_t i = 0; settings[i]; i++) {
+        const char *eq = strchr(settings[i], '=');
+        char name[128];
+        if (!eq || eq == settings[i] || (size_t)(eq - settings[i]) >= sizeof name)
+            return ew_error_set(err, EW_EINVAL, "'%.64s' is not NAME=value", settings[i]);
+        memcpy(name, settings[i], (size_t)(eq - settings[i]));
+        name[eq - settings[i]] = '\0';
+        if (!known_setting(cfg, name)) continue;
+        int rc = ew_config_set(cfg, name, eq + 1, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* The settings: the library's, every service's and this one's, from the environment, or (settings
+ * not NULL) from settings instead. */
+static int configure(svc *s, const char *const *settings, ew_error *err)
+{
+    int rc = ew_config_new(&s->cfg, err);
+    if (!rc) rc = svc_settings_define(s->cfg, s->def->name, err);
+    if (!rc) rc = settings ? set_given(s->cfg, settings, err) : ew_config_from_env(s->cfg, err);
     if (!rc) rc = ew_config_set(s->cfg, "SERVICE_NAME", s->def->name, err);
     if (!rc) ew_logger_configure(s->log, s->cfg);
-    if (!rc && !cfg && !getenv("HTTP_PORT") && s->def->default_port > 0) {
+    if (!rc && !settings && !getenv("HTTP_PORT") && s->def->default_port > 0) {
         char port[16];
         snprintf(port, sizeof port, "%d", s->def->default_port);
         rc = ew_config_set(s->cfg, "HTTP_PORT", port, err);
@@ -812,9 +841,9 @@ static int open_store(svc *s, ew_store **out, const char *setting, const char *u
     return 0;
 }
 
-static int open_all(svc *s, const ew_config *cfg, ew_error *err)
+static int open_all(svc *s, const char *const *settings, ew_error *err)
 {
-    int rc = configure(s, cfg, err);
+    int rc = configure(s, settings, err);
     if (rc) return rc;
     if ((rc = open_store(s, &s->db, "SERVICE_DB_URL", s->db_url, err))) return rc;
     if ((rc = create_schema(s, err))) return rc;
@@ -874,8 +903,13 @@ static int sagas_start(svc *s, ew_error *err)
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
                                  .log_ud = s->log};
-    if (!rc) rc = ew_saga_engine_open(&s->sagas, &eo, err);
-    if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, err);
+    if (rc) return rc;
+    /* the deletion waits for every service holding user data */
+    svc_names l;
+    if ((rc = svc_user_data_services(s->cfg, &l, err))) return rc;
+    ew_user_deletion_opts del = {.services = l.name, .nservices = l.n};
+    rc = ew_saga_engine_open(&s->sagas, &eo, err);
+    if (!rc) rc = ew_saga_add_reference_sagas(s->sagas, &del, err);
     if (!rc) rc = ew_saga_engine_start(s->sagas, err);
     if (!rc && !ew_saga_engine_enabled(s->sagas))
         svc_log(s, EW_LOG_INFO, "ENABLE_SAGAS=false: the saga engine does not run");
@@ -914,9 +948,9 @@ static void close_all(svc *s)
     authn_stop(s);
 }
 
-/* Everything svc_main() and svc_open() do before the HTTP server listens, from the settings of
- * cfg (NULL: the environment). On failure, finish() still has to run. */
-static int start(svc *s, const svc_def *def, const ew_config *cfg, ew_error *err)
+/* Everything svc_main() and svc_open() do before the HTTP server listens, from settings (NULL:
+ * the environment). On failure, finish() still has to run. */
+static int start(svc *s, const svc_def *def, const char *const *settings, ew_error *err)
 {
     memset(s, 0, sizeof *s);
     s->def = def;
@@ -925,7 +959,7 @@ static int start(svc *s, const svc_def *def, const ew_config *cfg, ew_error *err
     ew__cond_init_mono(&s->passed);
     if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL))
         return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = open_all(s, cfg, err);
+    int rc = open_all(s, settings, err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, err);
     if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, err);
     if (!rc && def->sagas) rc = sagas_start(s, err);
@@ -951,12 +985,41 @@ static void finish(svc *s)
 static void usage(const svc_def *def, FILE *f)
 {
     fprintf(f,
-            "usage: %s\n\n"
-            "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment\n"
-            "(`ewctl config` lists them; docs/services.md says which a service reads):\n"
-            "HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL, EVENT_BUS_TYPE,\n"
-            "EVENT_STORE_URL, ... When ready it prints `%s listening on http://ADDR:PORT`.\n",
-            def->name, def->name, def->default_port, def->name);
+            "usage: %s [--settings]\n\n"
+            "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment:\n"
+            "the library's (`ewctl config`), those of every service and this one's own\n"
+            "(`%s --settings`): HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL,\n"
+            "EVENT_BUS_TYPE, EVENT_STORE_URL, ... When ready it prints\n"
+            "`%s listening on http://ADDR:PORT`.\n\n"
+            "--settings  lists the service's settings (those of every service, then its own):\n"
+            "            name, value in force here, default, allowed values and meaning,\n"
+            "            tab-separated; exit status 1 when the environment holds a bad value.\n",
+            def->name, def->name, def->name, def->default_port, def->name);
+}
+
+/* --settings: the services' settings this one reads, as `ewctl config` prints the library's. */
+static int print_settings(const svc_def *def)
+{
+    ew_config *cfg = NULL;
+    ew_error err = {0};
+    int rc = ew_config_new(&cfg, &err);
+    if (!rc) rc = svc_settings_define(cfg, def->name, &err);
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", def->name, err.msg);
+        ew_config_free(cfg);
+        return 1;
+    }
+    int bad = ew_config_from_env(cfg, &err);
+    for (int i = 0; ew_config_setting(cfg, i); i++) {
+        const ew_setting *e = ew_config_setting(cfg, i);
+        if (ew_config_describe(i)) continue; /* the library's: `ewctl config` */
+        char shown[4096];
+        printf("%s\t%s\t%s\t%s\t%s\n", e->name, ew_config_shown(cfg, e->name, shown, sizeof shown),
+               e->def, e->allowed, e->doc);
+    }
+    ew_config_free(cfg);
+    if (bad) fprintf(stderr, "%s: %s\n", def->name, err.msg);
+    return bad ? 1 : 0;
 }
 
 int svc_main(const svc_def *def, int argc, char **argv)
@@ -966,6 +1029,7 @@ int svc_main(const svc_def *def, int argc, char **argv)
             usage(def, stdout);
             return 0;
         }
+        if (!strcmp(argv[1], "--settings") && argc == 2) return print_settings(def);
         fprintf(stderr, "%s: unknown argument '%s'\n", def->name, argv[1]);
         usage(def, stderr);
         return 2;
@@ -1036,15 +1100,15 @@ int svc_main(const svc_def *def, int argc, char **argv)
 
 /* ---- in-process ---------------------------------------------------------------------------- */
 
-int svc_open(svc **out, const svc_def *def, const ew_config *cfg, ew_error *err)
+int svc_open(svc **out, const svc_def *def, const char *const *settings, ew_error *err)
 {
     *out = NULL;
-    if (!def || !cfg)
+    if (!def || !settings)
         return ew_error_set(err, EW_EINVAL, "a service and its settings are required");
     if (sodium_init() < 0) return ew_error_set(err, EW_EIO, "libsodium cannot be initialised");
     svc *s = malloc(sizeof *s);
     if (!s) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = start(s, def, cfg, err);
+    int rc = start(s, def, settings, err);
     if (rc) {
         finish(s);
         free(s);

@@ -84,12 +84,14 @@ int svc_main(const svc_def *def, int argc, char **argv);
 /* ---- in-process: tests and fuzz harnesses ---------------------------------------------------- */
 
 /* Opens the service as svc_main() does -- its database and tables, the bus with its handlers
- * (started), the routes, the outbox relay, the keeper, the saga engine -- with the settings of
- * cfg (copied; SERVICE_NAME becomes the service's) instead of the environment, and without the
- * HTTP server listening or any signal handling: requests go to svc_http() through
- * ew__http_handle() (src/http/http_internal.h). def and its ud are borrowed until svc_close().
- * Initialises libsodium. Caller closes it with svc_close(). */
-int svc_open(svc **out, const svc_def *def, const ew_config *cfg, ew_error *err);
+ * (started), the routes, the outbox relay, the keeper, the saga engine -- with settings instead
+ * of the environment, and without the HTTP server listening or any signal handling: requests go
+ * to svc_http() through ew__http_handle() (src/http/http_internal.h). settings: "NAME=value"
+ * strings, NULL-terminated, set in order over the defaults as the environment's variables are:
+ * a name the service does not read is ignored (several services may share one list), a bad
+ * value is EW_ECONFIG naming it; SERVICE_NAME becomes the service's. def and its ud are
+ * borrowed until svc_close(). Initialises libsodium. Caller closes it with svc_close(). */
+int svc_open(svc **out, const svc_def *def, const char *const *settings, ew_error *err);
 
 /* The service's HTTP server, its routes registered, not listening. Borrowed. */
 ew_http_server *svc_http(svc *s);

@@ -1,8 +1,8 @@
 /* export-service: GDPR data exports (docs/services-export.md).
  *
  * POST /exports (or a user.data_export_requested from elsewhere) opens an export; every service
- * answers with user.data_collected; when all of EXPORT_SERVICES have, the answers become one JSON
- * document EXPORT_DIR/<export_id>.json, served at a download link until it expires, and
+ * answers with user.data_collected; when all of USER_DATA_SERVICES have, the answers become one
+ * JSON document EXPORT_DIR/<export_id>.json, served at a download link until it expires, and
  * user.data_export_completed goes out. An export still waiting at its deadline fails with
  * user.data_export_failed naming the services that did not answer.
  *
@@ -23,16 +23,16 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "svc.h"
+#include "svc_settings.h"
 
 #define EXPORT_SERVICE "export-service"
 #define EXPORT_PORT 8005
-#define EXPORT_MAX_SERVICES 32
 #define EXPORT_SWEEP_MS 250
 
 typedef struct exporter {
     svc *s;
     char *dir;          /* EXPORT_DIR */
-    char *services_csv; /* EXPORT_SERVICES, checked */
+    char *services_csv; /* USER_DATA_SERVICES, checked */
     int64_t timeout_s, link_ttl_s;
     char *public_url; /* EXPORT_PUBLIC_URL without a trailing '/'; NULL */
     char *http_addr;
@@ -49,18 +49,6 @@ typedef struct exporter {
     bool stop;
 } exporter;
 
-/* A list of service names parsed from "a,b,c" (at most EXPORT_MAX_SERVICES). */
-typedef struct export_names {
-    char buf[1024];
-    const char *name[EXPORT_MAX_SERVICES];
-    size_t n;
-} export_names;
-
-/* Parses csv into l; -1 when it is not a list of 1..EXPORT_MAX_SERVICES distinct names of
- * [a-z0-9._-]. */
-int export_names_parse(export_names *l, const char *csv);
-bool export_names_has(const export_names *l, const char *name);
-
 /* main.c: the base of download links ("http://127.0.0.1:8005"), into out; -1 when the HTTP
  * port is not known yet. */
 int export_base_url(exporter *x, char *out, size_t n);
@@ -71,7 +59,7 @@ int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *n
                     ew_error *err);
 
 /* handlers.c: the names of the services that answered export_id, in order, into l. */
-int export_answered(ew_txn *t, const char *export_id, export_names *l, ew_error *err);
+int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *err);
 
 /* handlers.c: the user's data as export-service holds it: {"exports": [...]}, or {} when it
  * holds nothing; the runtime answers the GDPR events from it, opening an export that came from

@@ -26,9 +26,9 @@ static void time_text(int64_t offset_s, char out[EW_TIME_LEN + 1])
 
 static int add_name(void *ud, const ew_row *r)
 {
-    export_names *l = ud;
+    svc_names *l = ud;
     const char *v = r->values[0];
-    if (!v || l->n == EXPORT_MAX_SERVICES) return 0;
+    if (!v || l->n == SVC_MAX_SERVICES) return 0;
     size_t used = 0;
     if (l->n) used = (size_t)(l->name[l->n - 1] - l->buf) + strlen(l->name[l->n - 1]) + 1;
     size_t len = strlen(v);
@@ -38,7 +38,7 @@ static int add_name(void *ud, const ew_row *r)
     return 0;
 }
 
-int export_answered(ew_txn *t, const char *export_id, export_names *l, ew_error *err)
+int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *err)
 {
     l->n = 0;
     const char *p[] = {export_id};
@@ -62,16 +62,16 @@ int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *n
                            p, 1, &r, err);
     if (rc) return rc;
     if (!r.found || strcmp(r.v[1], "pending") || strcmp(r.v[3], now) > 0) goto done;
-    export_names expected, answered;
-    if (export_names_parse(&expected, r.v[2])) expected.n = 0;
+    svc_names expected, answered;
+    if (svc_names_parse(&expected, r.v[2])) expected.n = 0;
     if ((rc = export_answered(t, export_id, &answered, err))) goto done;
-    const char *missing[EXPORT_MAX_SERVICES];
+    const char *missing[SVC_MAX_SERVICES];
     size_t nm = 0;
     ew_buf why;
     ew_buf_init(&why);
     ew_buf_printf(&why, "no answer by the deadline (%s) from:", r.v[3]);
     for (size_t i = 0; i < expected.n; i++)
-        if (!export_names_has(&answered, expected.name[i])) {
+        if (!svc_names_has(&answered, expected.name[i])) {
             ew_buf_printf(&why, "%s %s", nm ? "," : "", expected.name[i]);
             missing[nm++] = expected.name[i];
         }
@@ -182,12 +182,12 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
 {
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
-    export_names expected, answered;
-    if (export_names_parse(&expected, expected_csv)) expected.n = 0;
+    svc_names expected, answered;
+    if (svc_names_parse(&expected, expected_csv)) expected.n = 0;
     if (export_answered(t, export_id, &answered, &e))
         return svc_retry(x->s, ctx, "reading an export's answers", &e);
     for (size_t i = 0; i < expected.n; i++)
-        if (!export_names_has(&answered, expected.name[i])) return EW_HANDLER_OK; /* not yet */
+        if (!svc_names_has(&answered, expected.name[i])) return EW_HANDLER_OK; /* not yet */
 
     char base[512], url[700], now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1], file[64];
     if (export_base_url(x, base, sizeof base)) {

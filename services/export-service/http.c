@@ -173,7 +173,7 @@ static void get_export(const ew_http_request *rq, ew_http_response *res, void *u
     /* a deadline that passed since the sweeper's last look is enforced now */
     bool failed = false;
     svc_row r = {0};
-    export_names answered;
+    svc_names answered;
     const char *p[] = {id};
     int rc = export_fail_due(x, t, id, now, &failed, &e);
     if (!rc) rc = svc_query_row(t, EXPORT_COLUMNS, p, 1, &r, &e);
@@ -195,11 +195,11 @@ static void get_export(const ew_http_request *rq, ew_http_response *res, void *u
         svc_row_free(&r);
         return;
     }
-    export_names expected, missing;
-    if (export_names_parse(&expected, r.v[C_EXPECTED])) expected.n = 0;
+    svc_names expected, missing;
+    if (svc_names_parse(&expected, r.v[C_EXPECTED])) expected.n = 0;
     missing.n = 0;
     for (size_t i = 0; i < expected.n; i++)
-        if (!export_names_has(&answered, expected.name[i]))
+        if (!svc_names_has(&answered, expected.name[i]))
             missing.name[missing.n++] = expected.name[i];
     bool completed = !strcmp(r.v[C_STATUS], "completed");
     ew_http_obj_begin(res, 200);

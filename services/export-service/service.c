@@ -34,38 +34,6 @@ static const char *const schema[] = {
     " PRIMARY KEY (export_id, service))",
 };
 
-/* ---- service names --------------------------------------------------------------------------- */
-
-static bool name_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-}
-
-int export_names_parse(export_names *l, const char *csv)
-{
-    l->n = 0;
-    size_t len = strlen(csv);
-    if (len == 0 || len >= sizeof l->buf) return -1;
-    memcpy(l->buf, csv, len + 1);
-    for (char *p = l->buf;;) {
-        char *comma = strchr(p, ',');
-        if (comma) *comma = '\0';
-        if (!*p || l->n == EXPORT_MAX_SERVICES || export_names_has(l, p)) return -1;
-        for (const char *c = p; *c; c++)
-            if (!name_char(*c)) return -1;
-        l->name[l->n++] = p;
-        if (!comma) return 0;
-        p = comma + 1;
-    }
-}
-
-bool export_names_has(const export_names *l, const char *name)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (!strcmp(l->name[i], name)) return true;
-    return false;
-}
-
 void export_file_path(const exporter *x, const char *file_name, char *out, size_t n)
 {
     snprintf(out, n, "%s/%s", x->dir, file_name);
@@ -132,13 +100,10 @@ static int setup(svc *s, void *ud, ew_error *err)
     exporter *x = ud;
     x->s = s;
     const ew_config *c = svc_config(s);
-    export_names l;
-    const char *csv = ew_config_get(c, "EXPORT_SERVICES");
-    if (export_names_parse(&l, csv))
-        return ew_error_set(err, EW_ECONFIG,
-                            "EXPORT_SERVICES: '%.200s' is not a list of 1 to %d distinct service "
-                            "names (a-z, 0-9, '.', '_', '-') separated by commas",
-                            csv, EXPORT_MAX_SERVICES);
+    svc_names l;
+    int rc = svc_user_data_services(c, &l, err);
+    if (rc) return rc;
+    const char *csv = ew_config_get(c, "USER_DATA_SERVICES");
     const char *pub = ew_config_get(c, "EXPORT_PUBLIC_URL");
     if (*pub && strncmp(pub, "http://", 7) && strncmp(pub, "https://", 8))
         return ew_error_set(err, EW_ECONFIG,
@@ -160,7 +125,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     if (svc_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
-    int rc = export_routes(x, err);
+    rc = export_routes(x, err);
     if (!rc) rc = export_handlers(x, err);
     if (!rc) rc = export_sweeper_start(x, svc_db_url(s), err);
     if (!rc)

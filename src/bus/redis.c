@@ -93,6 +93,12 @@ static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *
     size_t nread = 0;
     pthread_mutex_lock(&rb->pub_mu);
     int rc = ew__rd_pub_exchange(rb, &b, replies, n, &nread, err);
+    /* each stream written to is trimmed by age now and then (REDIS_STREAM_MAX_AGE_SECONDS) */
+    for (size_t i = 0; !rc && !rb->pubsub && rb->max_age_ms > 0 && i < n; i++) {
+        char key[300];
+        snprintf(key, sizeof key, "%s:%s", rb->prefix, ew_event_type(evs[i]));
+        if (rb->pub && ew__rd_trim_by_age(rb, rb->pub, key)) ew__rd_pub_drop(rb);
+    }
     pthread_mutex_unlock(&rb->pub_mu);
     size_t ok = 0;
     while (ok < nread && replies[ok]->type != REDIS_REPLY_ERROR)
@@ -440,6 +446,10 @@ static void rd_close(void *self)
     free(rb->cons);
     if (rb->pub) redisFree(rb->pub);
     pthread_mutex_destroy(&rb->pub_mu);
+    for (size_t i = 0; i < rb->ntrims; i++)
+        free(rb->trims[i].key);
+    free(rb->trims);
+    pthread_mutex_destroy(&rb->trim_mu);
     free(rb->prefix);
     free(rb);
 }
@@ -461,6 +471,10 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
         snprintf(rb->addr, sizeof rb->addr, "%s:%d", rb->url.host, rb->url.port);
     rb->pubsub = strcmp(ew_config_get(cfg, "REDIS_MODE"), "pubsub") == 0;
     rb->maxlen = (long long)ew_config_get_int(cfg, "REDIS_STREAM_MAXLEN");
+    rb->max_age_ms = ew_config_get_int(cfg, "REDIS_STREAM_MAX_AGE_SECONDS") * 1000;
+    rb->trim_every_ms = rb->max_age_ms / 2 < 100     ? 100
+                        : rb->max_age_ms / 2 > 60000 ? 60000
+                                                     : rb->max_age_ms / 2;
     rb->claim_idle_ms = ew_config_get_int(cfg, "REDIS_CLAIM_IDLE_MS");
     rb->connect_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_CONNECT_TIMEOUT_MS");
     rb->io_ms = rb->connect_ms < 5000 ? 5000 : rb->connect_ms;
@@ -469,6 +483,7 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     rb->max_bytes = (size_t)ew_config_get_int(cfg, "EVENT_MAX_BYTES");
     rb->prefix = strdup(ew_config_get(cfg, "REDIS_CHANNEL_PREFIX"));
     pthread_mutex_init(&rb->pub_mu, NULL);
+    pthread_mutex_init(&rb->trim_mu, NULL);
     if (!rb->prefix) {
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         goto fail;
@@ -510,6 +525,7 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
 fail:
     if (rb->pub) redisFree(rb->pub);
     pthread_mutex_destroy(&rb->pub_mu);
+    pthread_mutex_destroy(&rb->trim_mu);
     free(rb->prefix);
     free(rb);
     return rc;

@@ -106,6 +106,15 @@ struct redis_bus {
     char *prefix;
     bool pubsub;
     long long maxlen;
+    /* REDIS_STREAM_MAX_AGE_SECONDS in ms (0: no age limit), and how often one stream is trimmed
+     * by it; trims guards when each stream last was (publisher and readers share it) */
+    int64_t max_age_ms, trim_every_ms;
+    pthread_mutex_t trim_mu;
+    struct rtrim {
+        char *key;
+        int64_t at_ms;
+    } * trims;
+    size_t ntrims, trims_cap;
     int64_t claim_idle_ms;
     int connect_ms, io_ms;
     size_t max_inflight, low_water;
@@ -162,6 +171,11 @@ ew_event *ew__rd_receive(rconsumer *c, const char *type, const char *where, cons
                          size_t len, int code, const char *why, bool *kept);
 void ew__rd_room_freed(rconsumer *c);
 bool ew__rd_stopping(rconsumer *c);
+
+/* Trims the stream key by age (REDIS_STREAM_MAX_AGE_SECONDS: XTRIM key MINID now-age) through
+ * conn, when its last trim is trim_every_ms old or more; nothing without an age limit. -1 when
+ * the connection failed (a refusal by Redis is logged and is not one). Thread-safe. */
+int ew__rd_trim_by_age(redis_bus *rb, redisContext *conn, const char *key);
 size_t ew__rd_wait_room(rconsumer *c);
 bool ew__rd_wait_stop(rconsumer *c, int ms);
 

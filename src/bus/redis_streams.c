@@ -27,6 +27,57 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 
+/* ---- trimming by age ---------------------------------------------------------------------- */
+
+/* Whether key is due for a trim now; marks it trimmed when it is. */
+static bool trim_due(redis_bus *rb, const char *key, int64_t now_ms)
+{
+    bool due = false;
+    pthread_mutex_lock(&rb->trim_mu);
+    size_t i = 0;
+    while (i < rb->ntrims && strcmp(rb->trims[i].key, key) != 0)
+        i++;
+    if (i == rb->ntrims) {
+        if (rb->ntrims == rb->trims_cap) {
+            size_t cap = rb->trims_cap ? rb->trims_cap * 2 : 16;
+            struct rtrim *t = realloc(rb->trims, cap * sizeof *t);
+            if (t) {
+                rb->trims = t;
+                rb->trims_cap = cap;
+            }
+        }
+        char *k = rb->ntrims < rb->trims_cap ? strdup(key) : NULL;
+        if (k) rb->trims[rb->ntrims++] = (struct rtrim){k, 0};
+        due = true; /* unremembered (out of memory): trimmed every time, which is only slower */
+        if (k) rb->trims[i].at_ms = now_ms;
+    } else if (now_ms - rb->trims[i].at_ms >= rb->trim_every_ms) {
+        rb->trims[i].at_ms = now_ms;
+        due = true;
+    }
+    pthread_mutex_unlock(&rb->trim_mu);
+    return due;
+}
+
+int ew__rd_trim_by_age(redis_bus *rb, redisContext *conn, const char *key)
+{
+    if (rb->max_age_ms <= 0) return 0;
+    int64_t now_ms = ew_now_us() / 1000;
+    if (!trim_due(rb, key, now_ms)) return 0;
+    /* entry ids are the milliseconds Redis added them at: MINID keeps those from threshold on */
+    char minid[32];
+    snprintf(minid, sizeof minid, "%lld", (long long)(now_ms - rb->max_age_ms));
+    const char *argv[] = {"XTRIM", key, "MINID", minid};
+    redisReply *r = ew__rd_rcmd(conn, 4, argv);
+    if (!r) return -1;
+    if (r->type == REDIS_REPLY_ERROR)
+        ew__bus_log(rb->bus, EW_LOG_WARN, "redis: trimming %s by age: %.200s", key, r->str);
+    else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        ew__bus_log(rb->bus, EW_LOG_DEBUG, "redis: trimmed %lld entries older than %lld s from %s",
+                    (long long)r->integer, (long long)(rb->max_age_ms / 1000), key);
+    freeReplyObject(r);
+    return 0;
+}
+
 /* ---- the streams consumer ---------------------------------------------------------------- */
 
 /* A batch of entries taken from one XREADGROUP / XAUTOCLAIM reply, ready to deliver. */
@@ -476,7 +527,7 @@ void *ew__rd_stream_reader_main(void *arg)
                                : rb->claim_idle_ms / 4 > 5000 ? 5000
                                                               : rb->claim_idle_ms / 4) *
                               1000000;
-    int64_t next_claim = 0;
+    int64_t next_claim = 0, next_trim = 0;
     while (!ew__rd_stopping(c)) {
         if (!conn) {
             if (!(conn = ew__rd_consumer_connect(c, BLOCK_MS + rb->io_ms, &backoff, &was_down,
@@ -500,6 +551,14 @@ void *ew__rd_stream_reader_main(void *arg)
             if (!avail) break;
             rc = autoclaim(c, conn, &batch, avail);
             next_claim = now + claim_period_ns;
+        }
+        if (!rc && rb->max_age_ms > 0 && now >= next_trim) {
+            pthread_mutex_lock(&c->mu);
+            size_t n = c->nstreams;
+            pthread_mutex_unlock(&c->mu);
+            for (size_t i = 0; !rc && i < n; i++)
+                rc = ew__rd_trim_by_age(rb, conn, c->streams[i].key);
+            next_trim = now + rb->trim_every_ms * 1000000;
         }
         if (!rc) {
             size_t avail = ew__rd_wait_room(c);

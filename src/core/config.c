@@ -1,363 +1,138 @@
-/* eventwire — the configuration object: a fixed table of known entries, each checked when set.
- * The table is the one list of every setting; docs/configuration.md is printed from it. */
+/* eventwire — the configuration object: the library's table of settings, and those a program
+ * defines beside them (ew_config_define), each checked when set. docs/configuration.md is printed
+ * from these tables (`ewctl config --markdown`). */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include "eventwire/config.h"
 
-typedef enum { K_STRING, K_ENUM, K_INT, K_BOOL, K_URL, K_NAME, K_PAIRS, K_SECRET } kind;
+/* The backends this build contains (CMakeLists.txt defines EW_HAVE_* for the broker clients it
+ * found), so that EVENT_BUS_TYPE is refused at once for one it lacks. */
+#ifdef EW_HAVE_REDIS
+#define BUS_REDIS "|redis"
+#else
+#define BUS_REDIS ""
+#endif
+#ifdef EW_HAVE_KAFKA
+#define BUS_KAFKA "|kafka"
+#else
+#define BUS_KAFKA ""
+#endif
+#ifdef EW_HAVE_RABBITMQ
+#define BUS_RABBITMQ "|rabbitmq"
+#else
+#define BUS_RABBITMQ ""
+#endif
+#define BUS_TYPES "memory|sqlite" BUS_REDIS BUS_KAFKA BUS_RABBITMQ
 
-typedef struct entry {
-    ew_config_entry pub;
-    kind k;
-    int64_t min, max; /* K_INT */
-} entry;
-
-#define BUS_TYPES "memory|sqlite|redis|kafka|rabbitmq"
-
-static const entry entries[] = {
-    {{"EVENT_BUS_TYPE", "sqlite", BUS_TYPES, "Which bus carries the events."}, K_ENUM, 0, 0},
-    {{"SERVICE_NAME", "eventwire", "[a-z0-9._-]+",
-      "This process's service: the source of the events it publishes and its default subscriber "
-      "group."},
-     K_NAME,
-     0,
-     0},
-    {{"EVENT_MAX_BYTES", "1048576", "1024..67108864",
-      "Largest encoded event accepted from the wire or published, in bytes."},
-     K_INT,
-     1024,
+static const ew_setting entries[] = {
+    {"EVENT_BUS_TYPE", "sqlite", BUS_TYPES, "Which bus carries the events.", EW_SETTING_ENUM, 0, 0},
+    {"SERVICE_NAME", "eventwire", "[a-z0-9._-]+",
+     "This process's service: the source of the events it publishes and its default subscriber "
+     "group.",
+     EW_SETTING_NAME, 0, 0},
+    {"EVENT_MAX_BYTES", "1048576", "1024..67108864",
+     "Largest encoded event accepted from the wire or published, in bytes.", EW_SETTING_INT, 1024,
      64 << 20},
-    {{"EVENT_CONTENT_MODE", "structured", "structured|binary",
-      "How the kafka and rabbitmq buses publish events by the CloudEvents bindings: structured "
-      "(the message is the whole event as JSON) or binary (attributes in headers or application "
-      "properties, the message body is the data). Both are always read; other buses publish "
-      "structured."},
-     K_ENUM,
-     0,
-     0},
-    {{"EVENT_HANDLER_MAX_ATTEMPTS", "5", "1..1000",
-      "Deliveries of one event to a handler before it is dead-lettered."},
-     K_INT,
-     1,
-     1000},
-    {{"EVENT_HANDLER_BACKOFF_MS", "100", "1..3600000", "First retry delay; doubles each retry."},
-     K_INT,
-     1,
-     3600000},
-    {{"EVENT_HANDLER_BACKOFF_MAX_MS", "30000", "1..86400000", "Longest retry delay."},
-     K_INT,
-     1,
-     86400000},
-    {{"EVENT_BUS_DRAIN_TIMEOUT_MS", "30000", "0..3600000",
-      "How long closing a bus waits for pending events."},
-     K_INT,
-     0,
-     3600000},
-    {{"EVENT_BUS_CONNECT_TIMEOUT_MS", "10000", "100..600000",
-      "How long opening a bus waits for its broker before it gives up with an error."},
-     K_INT,
-     100,
-     600000},
-    {{"EVENT_BUS_MAX_IN_FLIGHT", "1000", "1..1000000",
-      "Events a consumer holds unacknowledged at once (prefetch, poll size)."},
-     K_INT,
-     1,
+    {"EVENT_CONTENT_MODE", "structured", "structured|binary",
+     "How the kafka and rabbitmq buses publish events by the CloudEvents bindings: structured "
+     "(the message is the whole event as JSON) or binary (attributes in headers or application "
+     "properties, the message body is the data). Both are always read; other buses publish "
+     "structured.",
+     EW_SETTING_ENUM, 0, 0},
+    {"EVENT_HANDLER_MAX_ATTEMPTS", "5", "1..1000",
+     "Deliveries of one event to a handler before it is dead-lettered.", EW_SETTING_INT, 1, 1000},
+    {"EVENT_HANDLER_BACKOFF_MS", "100", "1..3600000", "First retry delay; doubles each retry.",
+     EW_SETTING_INT, 1, 3600000},
+    {"EVENT_HANDLER_BACKOFF_MAX_MS", "30000", "1..86400000", "Longest retry delay.", EW_SETTING_INT,
+     1, 86400000},
+    {"EVENT_BUS_DRAIN_TIMEOUT_MS", "30000", "0..3600000",
+     "How long closing a bus waits for pending events.", EW_SETTING_INT, 0, 3600000},
+    {"EVENT_BUS_CONNECT_TIMEOUT_MS", "10000", "100..600000",
+     "How long opening a bus waits for its broker before it gives up with an error.",
+     EW_SETTING_INT, 100, 600000},
+    {"EVENT_BUS_MAX_IN_FLIGHT", "1000", "1..1000000",
+     "Events a consumer holds unacknowledged at once (prefetch, poll size).", EW_SETTING_INT, 1,
      1000000},
-    {{"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
-      "The Redis server of the redis bus."},
-     K_URL,
-     0,
-     0},
-    {{"REDIS_CHANNEL_PREFIX", "events", "[a-z0-9._-]+",
-      "Prefix of the Redis streams and channels: PREFIX:TYPE."},
-     K_NAME,
-     0,
-     0},
-    {{"REDIS_MODE", "streams", "streams|pubsub",
-      "streams: durable consumer groups; pubsub: fire-and-forget Pub/Sub."},
-     K_ENUM,
-     0,
-     0},
-    {{"REDIS_STREAM_MAXLEN", "1000000", "0..1000000000",
-      "Approximate length Redis streams are trimmed to on XADD; 0 never trims."},
-     K_INT,
-     0,
+    {"REDIS_EVENT_URL", "redis://127.0.0.1:6379", "redis://[user:password@]host:port[/db]",
+     "The Redis server of the redis bus.", EW_SETTING_URL, 0, 0},
+    {"REDIS_CHANNEL_PREFIX", "events", "[a-z0-9._-]+",
+     "Prefix of the Redis streams and channels: PREFIX:TYPE.", EW_SETTING_NAME, 0, 0},
+    {"REDIS_MODE", "streams", "streams|pubsub",
+     "streams: durable consumer groups; pubsub: fire-and-forget Pub/Sub.", EW_SETTING_ENUM, 0, 0},
+    {"REDIS_STREAM_MAXLEN", "1000000", "0..1000000000",
+     "Approximate length Redis streams are trimmed to on XADD; 0 never trims.", EW_SETTING_INT, 0,
      1000000000},
-    {{"REDIS_CLAIM_IDLE_MS", "30000", "100..86400000",
-      "A pending Redis stream entry idle this long is reclaimed from its dead consumer."},
-     K_INT,
-     100,
-     86400000},
-    {{"KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "host:port[,host:port...]",
-      "The Kafka brokers of the kafka bus."},
-     K_STRING,
-     0,
-     0},
-    {{"KAFKA_TOPIC_PREFIX", "events", "[a-z0-9._-]+", "Prefix of the Kafka topics: PREFIX.TYPE."},
-     K_NAME,
-     0,
-     0},
-    {{"KAFKA_CONSUMER_GROUP", "event-handlers", "[a-z0-9._-]+",
-      "Prefix of the Kafka consumer groups: PREFIX.GROUP."},
-     K_NAME,
-     0,
-     0},
-    {{"KAFKA_CLIENT_CONFIG", "", "key=value[,key=value...]",
-      "librdkafka properties for the kafka bus's producer and consumers (TLS, SASL); a "
-      "backslash before a comma keeps it in the value."},
-     K_PAIRS,
-     0,
-     0},
-    {{"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/",
-      "amqp://user:password@host:port/[vhost]", "The RabbitMQ broker of the rabbitmq bus."},
-     K_URL,
-     0,
-     0},
-    {{"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to."},
-     K_NAME,
-     0,
-     0},
-    {{"ENABLE_EVENT_STORE", "false", "true|false",
-      "Record every published event in the event store (the audit trail)."},
-     K_BOOL,
-     0,
-     0},
-    {{"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
-      "The event store's database."},
-     K_URL,
-     0,
-     0},
-    {{"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever."},
-     K_INT,
-     0,
-     36500},
-    {{"ENABLE_SAGAS", "true", "true|false", "Run the saga engine."}, K_BOOL, 0, 0},
-    {{"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance."},
-     K_INT,
-     1,
-     31536000},
-    {{"LOG_LEVEL", "info", "debug|info|warn|error", "The least severe log records written."},
-     K_ENUM,
-     0,
-     0},
-    {{"LOG_FORMAT", "auto", "auto|json|text",
-      "How log lines are written: JSON lines (ts, level, service, module, msg and the event's "
-      "ids), or text; auto: JSON for the services, text for ewctl."},
-     K_ENUM,
-     0,
-     0},
-    {{"OTEL_EXPORTER_OTLP_ENDPOINT", "", "http(s)://host:port",
-      "An OpenTelemetry collector's OTLP/HTTP endpoint: the services send their spans to "
-      "ENDPOINT/v1/traces (JSON); unset, no spans are sent."},
-     K_URL,
-     0,
-     0},
-    {{"CONSOLE_TOKEN", "", "16 characters or more",
-      "The operator token every API call of `ewctl console` needs (Authorization: Bearer); "
-      "unset, the console makes a random one and prints it at start."},
-     K_SECRET,
-     0,
-     0},
-    /* ---- the services (services/common, docs/services.md) ---- */
-    {{"HTTP_ADDR", "127.0.0.1", "an IPv4 or IPv6 address",
-      "The address a service's HTTP API listens on."},
-     K_STRING,
-     0,
-     0},
-    {{"HTTP_PORT", "8000", "0..65535",
-      "The port of a service's HTTP API; 0 picks a free one (the service prints it). Unset, each "
-      "service takes its own: auth-service 8001, user-service 8002, notification-service 8003, "
-      "analytics-service 8004, export-service 8005."},
-     K_INT,
-     0,
-     65535},
-    {{"HTTP_MAX_BODY_BYTES", "65536", "1024..67108864",
-      "Largest request body a service reads; a larger one is answered 413."},
-     K_INT,
-     1024,
-     64 << 20},
-    {{"HTTP_MAX_CONNECTIONS", "256", "1..100000",
-      "Connections a service's HTTP API serves at once (one thread each)."},
-     K_INT,
-     1,
-     100000},
-    {{"HTTP_DRAIN_TIMEOUT_MS", "10000", "1..3600000",
-      "How long a stopping service waits for the HTTP requests in flight."},
-     K_INT,
-     1,
-     3600000},
-    {{"SERVICE_DB_URL", "sqlite:var/{SERVICE_NAME}.db", "sqlite:PATH|postgresql://...",
-      "A service's own database (its tables, inbox and outbox); {SERVICE_NAME} becomes the "
-      "service's name."},
-     K_URL,
-     0,
-     0},
-    {{"OUTBOX_RETENTION_SECONDS", "3600", "0..31536000",
-      "How long a service keeps an outbox row after publishing it (then it is deleted, and with "
-      "it the copy of the event); 0 keeps them."},
-     K_INT,
-     0,
-     31536000},
-    {{"DEAD_LETTER_RETENTION_DAYS", "30", "0..36500",
-      "Days a dead letter is kept after its last failure, whatever its status; 0 keeps them."},
-     K_INT,
-     0,
-     36500},
-    {{"INBOX_RETENTION_DAYS", "30", "0..36500",
-      "Days a service remembers an event id it handled (its inbox); a redelivery older than that "
-      "runs the handler again. 0 remembers forever."},
-     K_INT,
-     0,
-     36500},
-    {{"HOUSEKEEPING_INTERVAL_MS", "60000", "100..86400000",
-      "How often each service applies EVENT_STORE_TTL_DAYS, OUTBOX_RETENTION_SECONDS, "
-      "DEAD_LETTER_RETENTION_DAYS and INBOX_RETENTION_DAYS, in bounded batches."},
-     K_INT,
-     100,
-     86400000},
-    {{"OUTBOX_POLL_MS", "1000", "10..60000",
-      "How often a service's outbox relay looks for unsent events, besides being woken by each "
-      "commit."},
-     K_INT,
-     10,
-     60000},
-    {{"AUTH_PASSWORD_HASH", "interactive", "min|interactive|moderate|sensitive",
-      "libsodium crypto_pwhash limits for stored passwords; min is for tests only."},
-     K_ENUM,
-     0,
-     0},
-    {{"AUTH_TOKEN_TTL_SECONDS", "900", "60..86400",
-      "How long an access token from auth-service's POST /auth/login is accepted (its exp); the "
-      "session ends with it (docs/security.md)."},
-     K_INT,
-     60,
-     86400},
-    {{"AUTH_KEY_DIR", "", "a folder",
-      "Where auth-service keeps its token signing key (auth-token.key, 0600) and public key "
-      "(auth-token.pub), which every service reads to check tokens; unset: the folder keys "
-      "beside EVENT_STORE_URL's SQLite file, or var/keys when the event store is not SQLite."},
-     K_STRING,
-     0,
-     0},
-    {{"AUTH_TOKEN_CACHE_SIZE", "4096", "1..1048576",
-      "Checked access tokens each service remembers, so that a repeated token is not checked "
-      "again (its expiry and revocations are)."},
-     K_INT,
-     1,
-     1048576},
-    {{"AUTH_RESET_TOKEN_TTL_SECONDS", "3600", "1..604800",
-      "How long a password reset token of auth-service stays valid."},
-     K_INT,
-     1,
-     604800},
-    {{"AUTH_MAX_CONCURRENT_HASHES", "4", "1..1024",
-      "Password hashes auth-service computes at once (each takes AUTH_PASSWORD_HASH's memory, 64 "
-      "MiB for interactive); more requests wait, up to 10 s, then get 503 with Retry-After."},
-     K_INT,
-     1,
-     1024},
-    {{"AUTH_LIMIT_WINDOW_SECONDS", "60", "1..86400",
-      "The window the AUTH_*_PER_* limits count in (each key's from its first attempt)."},
-     K_INT,
-     1,
-     86400},
-    {{"AUTH_LOGIN_FAILURES_PER_ACCOUNT", "10", "1..1000000",
-      "Failed logins one username or email may have in a window; past it, 429 with Retry-After "
-      "(whether the account exists or not, and whatever the password)."},
-     K_INT,
-     1,
-     1000000},
-    {{"AUTH_LOGIN_FAILURES_PER_ADDRESS", "10", "1..1000000",
-      "Failed logins one client address may have in a window; past it, 429 with Retry-After."},
-     K_INT,
-     1,
-     1000000},
-    {{"AUTH_RESETS_PER_ADDRESS", "10", "1..1000000",
-      "Password reset requests one client address may make in a window; past it, 429."},
-     K_INT,
-     1,
-     1000000},
-    {{"AUTH_RESETS_PER_EMAIL", "5", "1..1000000",
-      "Password reset requests for one email address in a window; past it, 429."},
-     K_INT,
-     1,
-     1000000},
-    {{"USER_VERIFICATION_TTL_SECONDS", "86400", "60..604800",
-      "How long the email verification token that user-service mails stays valid."},
-     K_INT,
-     60,
-     604800},
-    /* ---- notification-service, export-service (docs/services-notification.md, -export.md) ---- */
-    {{"SMTP_URL", "", "smtp://[user:password@]host:port|smtps://...",
-      "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered, "
-      "required when the URL has a user); unset, each message is written as an .eml file into "
-      "MAIL_DIR."},
-     K_URL,
-     0,
-     0},
-    {{"SMTP_CA_FILE", "", "a PEM file",
-      "The certificate authorities notification-service trusts for the SMTP server's TLS "
-      "certificate (STARTTLS or smtps://); unset, the system's."},
-     K_STRING,
-     0,
-     0},
-    {{"SMTP_TIMEOUT_MS", "10000", "100..600000",
-      "How long notification-service waits for the SMTP server to take one message."},
-     K_INT,
-     100,
-     600000},
-    {{"MAIL_FROM", "eventwire <no-reply@eventwire.local>", "address|Name <address>",
-      "The sender of notification-service's messages (From: and the SMTP envelope)."},
-     K_STRING,
-     0,
-     0},
-    {{"MAIL_DIR", "var/mail", "a folder",
-      "Where notification-service writes each message as MESSAGE_ID.eml when SMTP_URL is unset."},
-     K_STRING,
-     0,
-     0},
-    {{"EXPORT_DIR", "var/exports", "a folder",
-      "Where export-service keeps the assembled data exports (EXPORT_ID.json)."},
-     K_STRING,
-     0,
-     0},
-    {{"EXPORT_SERVICES",
-      "auth-service,user-service,notification-service,analytics-service,export-service",
-      "name[,name...]", "The services whose user.data_collected answer a data export waits for."},
-     K_STRING,
-     0,
-     0},
-    {{"EXPORT_TIMEOUT_SECONDS", "300", "1..86400",
-      "How long a data export waits for every service's answer before it fails, naming the "
-      "missing ones."},
-     K_INT,
-     1,
-     86400},
-    {{"EXPORT_LINK_TTL_SECONDS", "86400", "1..31536000",
-      "How long the download link of a completed data export works; then its file is deleted."},
-     K_INT,
-     1,
-     31536000},
-    {{"EXPORT_PUBLIC_URL", "", "http(s)://host[:port][/prefix]",
-      "The base of export-service's download links; unset, its own http://HTTP_ADDR:PORT."},
-     K_URL,
-     0,
-     0},
+    {"REDIS_STREAM_MAX_AGE_SECONDS", "604800", "0..315360000",
+     "Redis stream entries older than this are deleted (XTRIM MINID, by publishers and "
+     "consumers, each stream at most every minute), whether every group has read them or not; "
+     "0 keeps entries whatever their age.",
+     EW_SETTING_INT, 0, 315360000},
+    {"REDIS_CLAIM_IDLE_MS", "30000", "100..86400000",
+     "A pending Redis stream entry idle this long is reclaimed from its dead consumer.",
+     EW_SETTING_INT, 100, 86400000},
+    {"KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "host:port[,host:port...]",
+     "The Kafka brokers of the kafka bus.", EW_SETTING_STRING, 0, 0},
+    {"KAFKA_TOPIC_PREFIX", "events", "[a-z0-9._-]+", "Prefix of the Kafka topics: PREFIX.TYPE.",
+     EW_SETTING_NAME, 0, 0},
+    {"KAFKA_CONSUMER_GROUP", "event-handlers", "[a-z0-9._-]+",
+     "Prefix of the Kafka consumer groups: PREFIX.GROUP.", EW_SETTING_NAME, 0, 0},
+    {"KAFKA_CLIENT_CONFIG", "", "key=value[,key=value...]",
+     "librdkafka properties for the kafka bus's producer and consumers (TLS, SASL); a "
+     "backslash before a comma keeps it in the value.",
+     EW_SETTING_PAIRS, 0, 0},
+    {"RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/", "amqp://user:password@host:port/[vhost]",
+     "The RabbitMQ broker of the rabbitmq bus.", EW_SETTING_URL, 0, 0},
+    {"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to.",
+     EW_SETTING_NAME, 0, 0},
+    {"ENABLE_EVENT_STORE", "false", "true|false",
+     "Record every published event in the event store (the audit trail).", EW_SETTING_BOOL, 0, 0},
+    {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
+     "The event store's database.", EW_SETTING_URL, 0, 0},
+    {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
+     EW_SETTING_INT, 0, 36500},
+    {"ENABLE_SAGAS", "true", "true|false", "Run the saga engine.", EW_SETTING_BOOL, 0, 0},
+    {"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance.", EW_SETTING_INT,
+     1, 31536000},
+    {"LOG_LEVEL", "info", "debug|info|warn|error", "The least severe log records written.",
+     EW_SETTING_ENUM, 0, 0},
+    {"LOG_FORMAT", "auto", "auto|json|text",
+     "How log lines are written: JSON lines (ts, level, service, module, msg and the event's "
+     "ids), or text; auto: JSON for the services, text for ewctl.",
+     EW_SETTING_ENUM, 0, 0},
+    {"OTEL_EXPORTER_OTLP_ENDPOINT", "", "http(s)://host:port",
+     "An OpenTelemetry collector's OTLP/HTTP endpoint: the services send their spans to "
+     "ENDPOINT/v1/traces (JSON); unset, no spans are sent.",
+     EW_SETTING_URL, 0, 0},
 };
 
 #define NENTRIES (sizeof entries / sizeof entries[0])
 
+/* The library's entries are entries[]; those a program defined follow, in defs[]. values[i] is
+ * the value of setting i in that order. */
 struct ew_config {
-    char *values[NENTRIES];
+    const ew_setting **defs; /* ndefs programs' settings, borrowed from their static tables */
+    size_t ndefs;
+    char **values; /* NENTRIES + ndefs */
 };
 
-static int find(const char *name)
+static size_t count(const ew_config *cfg)
 {
-    for (size_t i = 0; i < NENTRIES; i++)
-        if (strcmp(entries[i].pub.name, name) == 0) return (int)i;
+    return NENTRIES + cfg->ndefs;
+}
+
+static const ew_setting *at(const ew_config *cfg, size_t i)
+{
+    return i < NENTRIES ? &entries[i] : cfg->defs[i - NENTRIES];
+}
+
+static int find(const ew_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < count(cfg); i++)
+        if (strcmp(at(cfg, i)->name, name) == 0) return (int)i;
     return -1;
 }
 
@@ -394,7 +169,7 @@ static int enum_has(const char *allowed, const char *v)
     return 0;
 }
 
-/* K_PAIRS: empty, or key=value items separated by commas (spaces around them allowed; in a
+/* EW_SETTING_PAIRS: empty, or key=value items separated by commas (spaces around them allowed; in a
  * value a backslash keeps the next character, so a backslash and a comma is a comma). Returns 0,
  * or the 1-based index of the first item that is not key=value. Values may be secrets: callers
  * never quote them. */
@@ -433,49 +208,47 @@ static int name_ok(const char *v)
     return 1;
 }
 
-static int check(const entry *e, const char *v, ew_error *err)
+static int check(const ew_setting *e, const char *v, ew_error *err)
 {
-    const char *n = e->pub.name;
+    const char *n = e->name;
     int64_t iv;
-    switch (e->k) {
-    case K_STRING:
+    switch (e->type) {
+    case EW_SETTING_STRING:
         /* a string whose default is empty is optional, as an URL is: empty means unset */
-        if (!*v && *e->pub.def) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
+        if (!*v && *e->def) return ew_error_set(err, EW_ECONFIG, "%s: must not be empty", n);
         return 0;
-    case K_ENUM:
-        if (!enum_has(e->pub.allowed, v))
-            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not one of %s", n, v,
-                                e->pub.allowed);
+    case EW_SETTING_ENUM:
+        if (!enum_has(e->allowed, v))
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not one of %s", n, v, e->allowed);
         return 0;
-    case K_INT:
+    case EW_SETTING_INT:
         if (parse_int(v, &iv))
             return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a whole number", n, v);
         if (iv < e->min || iv > e->max)
             return ew_error_set(err, EW_ECONFIG, "%s: %lld is outside %lld..%lld", n, (long long)iv,
                                 (long long)e->min, (long long)e->max);
         return 0;
-    case K_BOOL:
+    case EW_SETTING_BOOL:
         if (parse_bool(v) < 0)
             return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not true or false", n, v);
         return 0;
-    case K_URL:
+    case EW_SETTING_URL:
         /* The scheme is checked here; the backend that uses the URL parses the rest. An URL
          * whose default is empty is optional: empty means unset. */
-        if (!*v && !*e->pub.def) return 0;
+        if (!*v && !*e->def) return 0;
         if (!strstr(v, ":") || !*v)
-            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a URL (%s)", n, v,
-                                e->pub.allowed);
+            return ew_error_set(err, EW_ECONFIG, "%s: '%.64s' is not a URL (%s)", n, v, e->allowed);
         return 0;
-    case K_PAIRS:
+    case EW_SETTING_PAIRS:
         if ((iv = pairs_bad_item(v)))
             return ew_error_set(err, EW_ECONFIG, "%s: item %d is not key=value (%s)", n, (int)iv,
-                                e->pub.allowed);
+                                e->allowed);
         return 0;
-    case K_SECRET:
+    case EW_SETTING_SECRET:
         if (*v && strlen(v) < 16)
             return ew_error_set(err, EW_ECONFIG, "%s: must be at least 16 characters", n);
         return 0;
-    case K_NAME:
+    case EW_SETTING_NAME:
         if (!name_ok(v))
             return ew_error_set(err, EW_ECONFIG,
                                 "%s: '%.64s' may hold only a-z, 0-9, '.', '_' and '-'", n, v);
@@ -487,32 +260,77 @@ static int check(const entry *e, const char *v, ew_error *err)
 int ew_config_new(ew_config **out, ew_error *err)
 {
     ew_config *c = calloc(1, sizeof *c);
-    if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    for (size_t i = 0; i < NENTRIES; i++) {
-        c->values[i] = strdup(entries[i].pub.def);
-        if (!c->values[i]) {
-            ew_config_free(c);
-            return ew_error_set(err, EW_ENOMEM, "out of memory");
-        }
+    if (c) c->values = calloc(NENTRIES, sizeof *c->values);
+    for (size_t i = 0; c && c->values && i < NENTRIES; i++)
+        if (!(c->values[i] = strdup(entries[i].def))) break;
+    if (!c || !c->values || !c->values[NENTRIES - 1]) {
+        ew_config_free(c);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
     *out = c;
     return 0;
 }
 
+int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error *err)
+{
+    if (!cfg || (!table && n)) return ew_error_set(err, EW_EINVAL, "config and table are required");
+    for (size_t i = 0; i < n; i++) {
+        const ew_setting *e = &table[i];
+        if (!e->name || !*e->name || !e->def || !e->allowed || !e->doc)
+            return ew_error_set(err, EW_ECONFIG,
+                                "setting %zu: name, def, allowed and doc are "
+                                "required",
+                                i);
+        if (find(cfg, e->name) >= 0)
+            return ew_error_set(err, EW_ECONFIG, "%.64s: already defined", e->name);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(table[j].name, e->name) == 0)
+                return ew_error_set(err, EW_ECONFIG, "%.64s: defined twice", e->name);
+        if (e->type == EW_SETTING_INT && e->min > e->max)
+            return ew_error_set(err, EW_ECONFIG, "%.64s: min is above max", e->name);
+        int rc = check(e, e->def, err);
+        if (rc) {
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err ? err->msg : "");
+            return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
+        }
+    }
+    size_t old = count(cfg);
+    const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
+    if (n && !defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (n) cfg->defs = defs;
+    char **values = realloc(cfg->values, (old + n) * sizeof *values);
+    if (n && !values) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (n) cfg->values = values;
+    for (size_t i = 0; i < n; i++) {
+        if (!(cfg->values[old + i] = strdup(table[i].def))) {
+            while (i--)
+                free(cfg->values[old + i]);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        cfg->defs[cfg->ndefs++] = &table[i];
+    return 0;
+}
+
 int ew_config_dup(ew_config **out, const ew_config *cfg, ew_error *err)
 {
-    ew_config *c = NULL;
-    int rc = ew_config_new(&c, err);
-    if (rc) return rc;
-    for (size_t i = 0; i < NENTRIES; i++) {
-        char *v = strdup(cfg->values[i]);
-        if (!v) {
+    ew_config *c = calloc(1, sizeof *c);
+    size_t n = count(cfg);
+    if (c) c->values = calloc(n, sizeof *c->values);
+    if (c && c->values && cfg->ndefs) c->defs = malloc(cfg->ndefs * sizeof *c->defs);
+    if (!c || !c->values || (cfg->ndefs && !c->defs)) {
+        ew_config_free(c);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    if (cfg->ndefs) memcpy(c->defs, cfg->defs, cfg->ndefs * sizeof *c->defs);
+    c->ndefs = cfg->ndefs;
+    for (size_t i = 0; i < n; i++)
+        if (!(c->values[i] = strdup(cfg->values[i]))) {
             ew_config_free(c);
             return ew_error_set(err, EW_ENOMEM, "out of memory");
         }
-        free(c->values[i]);
-        c->values[i] = v;
-    }
     *out = c;
     return 0;
 }
@@ -520,17 +338,20 @@ int ew_config_dup(ew_config **out, const ew_config *cfg, ew_error *err)
 void ew_config_free(ew_config *cfg)
 {
     if (!cfg) return;
-    for (size_t i = 0; i < NENTRIES; i++)
-        free(cfg->values[i]);
+    if (cfg->values)
+        for (size_t i = 0; i < count(cfg); i++)
+            free(cfg->values[i]);
+    free(cfg->values);
+    free(cfg->defs);
     free(cfg);
 }
 
 int ew_config_set(ew_config *cfg, const char *name, const char *value, ew_error *err)
 {
     if (!name || !value) return ew_error_set(err, EW_EINVAL, "config name and value are required");
-    int i = find(name);
+    int i = find(cfg, name);
     if (i < 0) return ew_error_set(err, EW_ECONFIG, "%.64s: unknown setting", name);
-    int rc = check(&entries[i], value, err);
+    int rc = check(at(cfg, (size_t)i), value, err);
     if (rc) return rc;
     char *v = strdup(value);
     if (!v) return ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -541,10 +362,11 @@ int ew_config_set(ew_config *cfg, const char *name, const char *value, ew_error 
 
 int ew_config_from_env(ew_config *cfg, ew_error *err)
 {
-    for (size_t i = 0; i < NENTRIES; i++) {
-        const char *v = getenv(entries[i].pub.name);
+    for (size_t i = 0; i < count(cfg); i++) {
+        const char *name = at(cfg, i)->name;
+        const char *v = getenv(name);
         if (!v) continue;
-        int rc = ew_config_set(cfg, entries[i].pub.name, v, err);
+        int rc = ew_config_set(cfg, name, v, err);
         if (rc) return rc;
     }
     return 0;
@@ -552,8 +374,13 @@ int ew_config_from_env(ew_config *cfg, ew_error *err)
 
 const char *ew_config_get(const ew_config *cfg, const char *name)
 {
-    int i = find(name);
+    int i = find(cfg, name);
     return i < 0 ? NULL : cfg->values[i];
+}
+
+const ew_setting *ew_config_setting(const ew_config *cfg, int i)
+{
+    return cfg && i >= 0 && (size_t)i < count(cfg) ? at(cfg, (size_t)i) : NULL;
 }
 
 /* ---- values as they may be shown ------------------------------------------------------------ */
@@ -612,7 +439,7 @@ static void shown_url(out *o, const char *v)
     put(o, v, strlen(v));
 }
 
-/* key=value items (K_PAIRS): the values of secret-looking keys become ***. */
+/* key=value items (EW_SETTING_PAIRS): the values of secret-looking keys become ***. */
 static void shown_pairs(out *o, const char *v)
 {
     while (*v) {
@@ -647,14 +474,15 @@ const char *ew_url_redact(const char *url, char *buf, size_t n)
 
 const char *ew_config_shown(const ew_config *cfg, const char *name, char *buf, size_t n)
 {
-    int i = find(name);
+    int i = find(cfg, name);
     if (i < 0 || !buf || n == 0) return NULL;
     out o = {buf, n, 0};
     buf[0] = '\0';
     const char *v = cfg->values[i];
-    if (entries[i].k == K_PAIRS)
+    ew_setting_type type = at(cfg, (size_t)i)->type;
+    if (type == EW_SETTING_PAIRS)
         shown_pairs(&o, v);
-    else if (entries[i].k == K_SECRET)
+    else if (type == EW_SETTING_SECRET)
         put(&o, *v ? "***" : "", *v ? 3 : 0);
     else if (strstr(v, "://"))
         shown_url(&o, v);
@@ -665,15 +493,15 @@ const char *ew_config_shown(const ew_config *cfg, const char *name, char *buf, s
 
 int64_t ew_config_get_int(const ew_config *cfg, const char *name)
 {
-    int i = find(name);
+    int i = find(cfg, name);
     if (i < 0) return 0;
-    if (entries[i].k == K_BOOL) return parse_bool(cfg->values[i]) == 1;
+    if (at(cfg, (size_t)i)->type == EW_SETTING_BOOL) return parse_bool(cfg->values[i]) == 1;
     int64_t v = 0;
     parse_int(cfg->values[i], &v);
     return v;
 }
 
-const ew_config_entry *ew_config_describe(int i)
+const ew_setting *ew_config_describe(int i)
 {
-    return i >= 0 && (size_t)i < NENTRIES ? &entries[i].pub : NULL;
+    return i >= 0 && (size_t)i < NENTRIES ? &entries[i] : NULL;
 }

@@ -138,9 +138,8 @@ static int on_end(ew_saga *s, void *ud, ew_error *err)
 
 static deletion *deletion_new(const ew_user_deletion_opts *o, int64_t saga_timeout_ms)
 {
-    static const char *const defaults[] = EW_USER_DELETION_SERVICES;
-    const char *const *svc = o && o->services ? o->services : defaults;
-    size_t n = o && o->services ? o->nservices : sizeof defaults / sizeof defaults[0];
+    const char *const *svc = o->services;
+    size_t n = o->nservices;
     deletion *d = calloc(1, sizeof *d);
     if (!d || !(d->services = calloc(n ? n : 1, sizeof *d->services))) {
         deletion_free(d);
@@ -151,9 +150,9 @@ static deletion *deletion_new(const ew_user_deletion_opts *o, int64_t saga_timeo
             deletion_free(d);
             return NULL;
         }
-    d->retries = !o || o->retries == 0 ? DEFAULT_RETRIES : o->retries < 0 ? 0 : o->retries;
-    int64_t timeout = o && o->timeout_ms ? o->timeout_ms : saga_timeout_ms;
-    d->step_timeout_ms = o && o->step_timeout_ms ? o->step_timeout_ms : timeout / (d->retries + 1);
+    d->retries = o->retries == 0 ? DEFAULT_RETRIES : o->retries < 0 ? 0 : o->retries;
+    int64_t timeout = o->timeout_ms ? o->timeout_ms : saga_timeout_ms;
+    d->step_timeout_ms = o->step_timeout_ms ? o->step_timeout_ms : timeout / (d->retries + 1);
     if (d->step_timeout_ms < 1) d->step_timeout_ms = 1;
     return d;
 }
@@ -161,12 +160,13 @@ static deletion *deletion_new(const ew_user_deletion_opts *o, int64_t saga_timeo
 int ew_saga_add_user_deletion(ew_saga_engine *e, const ew_user_deletion_opts *o, ew_error *err)
 {
     if (!e) return ew_error_set(err, EW_EINVAL, "an engine is required");
-    if (o && o->services && (o->nservices == 0 || o->nservices > 64))
-        return ew_error_set(err, EW_EINVAL, "UserDeletion: 1 to 64 services are required");
-    for (size_t i = 0; o && o->services && i < o->nservices; i++)
+    if (!o || !o->services || o->nservices == 0 || o->nservices > 64)
+        return ew_error_set(err, EW_EINVAL,
+                            "UserDeletion: 1 to 64 participating services are required");
+    for (size_t i = 0; i < o->nservices; i++)
         if (!o->services[i] || !*o->services[i])
             return ew_error_set(err, EW_EINVAL, "UserDeletion: service %zu has no name", i);
-    if (o && (o->step_timeout_ms < 0 || o->timeout_ms < 0))
+    if (o->step_timeout_ms < 0 || o->timeout_ms < 0)
         return ew_error_set(err, EW_EINVAL, "UserDeletion: negative timeout");
     deletion *d = deletion_new(o, ew__saga_engine_timeout_ms(e));
     if (!d) return ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -184,7 +184,7 @@ int ew_saga_add_user_deletion(ew_saga_engine *e, const ew_user_deletion_opts *o,
         .correlation_field = "request_id",
         .steps = steps,
         .nsteps = 1,
-        .timeout_ms = o ? o->timeout_ms : 0,
+        .timeout_ms = o->timeout_ms,
         .on_start = on_start,
         .on_end = on_end,
         .ud = d,

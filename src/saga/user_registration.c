@@ -68,10 +68,11 @@ int ew_saga_add_user_registration(ew_saga_engine *e, const ew_user_registration_
     return ew_saga_engine_register(e, &d, err);
 }
 
-int ew_saga_add_reference_sagas(ew_saga_engine *e, ew_error *err)
+int ew_saga_add_reference_sagas(ew_saga_engine *e, const ew_user_deletion_opts *deletion,
+                                ew_error *err)
 {
     int rc = ew_saga_add_user_registration(e, NULL, err);
-    if (!rc) rc = ew_saga_add_user_deletion(e, NULL, err);
+    if (!rc) rc = ew_saga_add_user_deletion(e, deletion, err);
     if (!rc) rc = ew_saga_add_password_reset(e, NULL, err);
     return rc;
 }

@@ -362,6 +362,59 @@ static void test_stream_maxlen(void **state)
     redisFree(c);
 }
 
+/* REDIS_STREAM_MAX_AGE_SECONDS: entries past the age are deleted by the publisher of the stream
+ * (at its next publish once the trim period has passed) and by the readers of a subscribed
+ * stream (on their own, with nothing published). */
+static void test_stream_max_age(void **state)
+{
+    NEED_SERVER();
+    char prefix[64], key[128];
+    redisContext *c = raw(0);
+    new_prefix(prefix, sizeof prefix, "age");
+    snprintf(key, sizeof key, "%s:user.logged_in", prefix);
+    ew_bus *bus;
+    OPEN(bus, NULL, "t", "REDIS_CHANNEL_PREFIX", prefix, "REDIS_STREAM_MAX_AGE_SECONDS", "1");
+    for (int i = 0; i < 3; i++) {
+        ew_event *ev = tb_event(EW_T_USER_LOGGED_IN, NULL);
+        ew_error err = {0};
+        if (ew_bus_publish(bus, ev, &err)) fail_msg("%s", err.msg);
+        ew_event_unref(ev);
+    }
+    assert_int_equal(raw_int(c, "XLEN %s", key), 3); /* none old enough yet */
+    usleep(1300 * 1000);
+    ew_event *ev = tb_event(EW_T_USER_LOGGED_IN, NULL);
+    ew_error err = {0};
+    if (ew_bus_publish(bus, ev, &err)) fail_msg("%s", err.msg);
+    ew_event_unref(ev);
+    assert_int_equal(raw_int(c, "XLEN %s", key), 1); /* the three older than a second are gone */
+    tb_close(bus);
+    raw_int(c, "DEL %s", key);
+
+    /* a subscribed stream is trimmed by its reader, with no publisher trimming */
+    snprintf(key, sizeof key, "%s:user.logged_out", prefix);
+    ew_bus *pub, *sub;
+    OPEN(pub, NULL, "p", "REDIS_CHANNEL_PREFIX", prefix, "REDIS_STREAM_MAX_AGE_SECONDS", "0");
+    OPEN(sub, NULL, "s", "REDIS_CHANNEL_PREFIX", prefix, "REDIS_STREAM_MAX_AGE_SECONDS", "1");
+    atomic_int n = 0;
+    tb_subscribe(sub, "user.logged_out", tb_count, &n, NULL);
+    tb_start(sub);
+    for (int i = 0; i < 2; i++) {
+        ev = tb_event(EW_T_USER_LOGGED_OUT, NULL);
+        if (ew_bus_publish(pub, ev, &err)) fail_msg("%s", err.msg);
+        ew_event_unref(ev);
+    }
+    assert_int_equal(raw_int(c, "XLEN %s", key), 2);
+    long long len = 2;
+    for (int i = 0; i < 100 && (len = raw_int(c, "XLEN %s", key)) > 0; i++)
+        usleep(50 * 1000);
+    if (len != 0) fail_msg("the reader left %lld entries older than a second", len);
+    assert_int_equal(atomic_load(&n), 2); /* both were handled first */
+    tb_close(sub);
+    tb_close(pub);
+    raw_int(c, "DEL %s", key);
+    redisFree(c);
+}
+
 /* An event larger than EVENT_MAX_BYTES is refused with EW_ETOOBIG and nothing of the batch is
  * published. */
 static void test_publish_too_big(void **state)
@@ -802,6 +855,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_open_times_out),
     cmocka_unit_test(test_publish_durable_then_acked),
     cmocka_unit_test(test_stream_maxlen),
+    cmocka_unit_test(test_stream_max_age),
     cmocka_unit_test(test_publish_too_big),
     cmocka_unit_test(test_publish_batch_error_names_index),
     cmocka_unit_test(test_max_in_flight),

@@ -18,11 +18,11 @@ static void test_defaults_are_the_documented_ones(void **state)
     assert_int_equal(ew_config_get_int(c, "EVENT_MAX_BYTES"), 1048576);
     assert_null(ew_config_get(c, "NO_SUCH_THING"));
     /* an optional URL may be empty (unset); a required one may not */
-    assert_int_equal(ew_config_set(c, "SMTP_URL", "", NULL), 0);
+    assert_int_equal(ew_config_set(c, "OTEL_EXPORTER_OTLP_ENDPOINT", "", NULL), 0);
     assert_int_equal(ew_config_set(c, "REDIS_EVENT_URL", "", NULL), EW_ECONFIG);
     /* every described entry has a default that passes its own check */
     for (int i = 0; ew_config_describe(i); i++) {
-        const ew_config_entry *e = ew_config_describe(i);
+        const ew_setting *e = ew_config_describe(i);
         assert_int_equal(ew_config_set(c, e->name, e->def, NULL), 0);
         assert_true(strlen(e->doc) > 0);
     }
@@ -111,8 +111,6 @@ static void test_shown_values_hide_secrets(void **state)
         {"EVENT_STORE_URL", "postgresql://u:p@db/x?sslmode=require&password=zz&a=b",
          "postgresql://u:***@db/x?sslmode=require&password=***&a=b"},
         {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:var/eventwire.db"},
-        {"SMTP_URL", "smtps://mailer:hunter2@smtp.example.com:465",
-         "smtps://mailer:***@smtp.example.com:465"},
         {"KAFKA_CLIENT_CONFIG",
          "security.protocol=SASL_SSL,sasl.username=bob,sasl.password=a\\,b,ssl.key.pem=PEM",
          "security.protocol=SASL_SSL,sasl.username=bob,sasl.password=***,ssl.key.pem=***"},
@@ -153,6 +151,74 @@ static void test_redact_hides_a_password_holding_hash_or_question_mark(void **st
         assert_string_equal(ew_url_redact(cases[i].url, buf, sizeof buf), cases[i].shown);
 }
 
+/* A program's own settings (ew_config_define) are set, checked, read from the environment,
+ * shown and copied exactly as the library's are, and never clash with them. */
+static const ew_setting program[] = {
+    {"TEST_APP_URL", "", "smtp://...", "Where the program sends mail.", EW_SETTING_URL, 0, 0},
+    {"TEST_APP_WORKERS", "4", "1..64", "Worker threads.", EW_SETTING_INT, 1, 64},
+    {"TEST_APP_MODE", "fast", "fast|safe", "How it runs.", EW_SETTING_ENUM, 0, 0},
+    {"TEST_APP_VERBOSE", "false", "true|false", "Say more.", EW_SETTING_BOOL, 0, 0},
+};
+
+static void test_a_program_defines_its_own_settings(void **state)
+{
+    (void)state;
+    ew_config *c, *d;
+    ew_error err = {0};
+    char buf[256];
+    assert_int_equal(ew_config_new(&c, &err), 0);
+    assert_null(ew_config_get(c, "TEST_APP_WORKERS"));
+    assert_int_equal(ew_config_set(c, "TEST_APP_WORKERS", "8", &err), EW_ECONFIG);
+    assert_int_equal(ew_config_define(c, program, 4, &err), 0);
+    /* defaults, typed reads */
+    assert_string_equal(ew_config_get(c, "TEST_APP_MODE"), "fast");
+    assert_int_equal(ew_config_get_int(c, "TEST_APP_WORKERS"), 4);
+    assert_int_equal(ew_config_get_int(c, "TEST_APP_VERBOSE"), 0);
+    /* the same checks as the library's, naming the setting */
+    assert_int_equal(ew_config_set(c, "TEST_APP_WORKERS", "65", &err), EW_ECONFIG);
+    assert_string_equal(err.msg, "TEST_APP_WORKERS: 65 is outside 1..64");
+    assert_int_equal(ew_config_set(c, "TEST_APP_MODE", "slow", &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "TEST_APP_MODE: 'slow' is not one of fast|safe"));
+    /* the environment, and a URL's password hidden when shown */
+    setenv("TEST_APP_URL", "smtps://mailer:hunter2@smtp.example.com:465", 1);
+    setenv("TEST_APP_VERBOSE", "yes", 1);
+    assert_int_equal(ew_config_from_env(c, &err), 0);
+    unsetenv("TEST_APP_URL");
+    unsetenv("TEST_APP_VERBOSE");
+    assert_int_equal(ew_config_get_int(c, "TEST_APP_VERBOSE"), 1);
+    assert_string_equal(ew_config_shown(c, "TEST_APP_URL", buf, sizeof buf),
+                        "smtps://mailer:***@smtp.example.com:465");
+    /* listed after the library's, in order */
+    int n = 0;
+    while (ew_config_describe(n))
+        n++;
+    assert_ptr_equal(ew_config_setting(c, 0), ew_config_describe(0));
+    assert_string_equal(ew_config_setting(c, n)->name, "TEST_APP_URL");
+    assert_string_equal(ew_config_setting(c, n + 3)->name, "TEST_APP_VERBOSE");
+    assert_null(ew_config_setting(c, n + 4));
+    /* a copy keeps the definitions and the values */
+    assert_int_equal(ew_config_dup(&d, c, &err), 0);
+    assert_int_equal(ew_config_set(c, "TEST_APP_WORKERS", "2", &err), 0);
+    assert_int_equal(ew_config_get_int(d, "TEST_APP_WORKERS"), 4);
+    assert_int_equal(ew_config_get_int(d, "TEST_APP_VERBOSE"), 1);
+    assert_int_equal(ew_config_set(d, "TEST_APP_WORKERS", "0", &err), EW_ECONFIG);
+    ew_config_free(d);
+    /* no name twice, no clash with the library, no default that fails its own check */
+    assert_int_equal(ew_config_define(c, program, 1, &err), EW_ECONFIG);
+    assert_string_equal(err.msg, "TEST_APP_URL: already defined");
+    static const ew_setting clash[] = {
+        {"EVENT_BUS_TYPE", "x", "x", "Mine.", EW_SETTING_STRING, 0, 0}};
+    assert_int_equal(ew_config_define(c, clash, 1, &err), EW_ECONFIG);
+    assert_string_equal(err.msg, "EVENT_BUS_TYPE: already defined");
+    static const ew_setting bad_default[] = {
+        {"TEST_APP_OK", "1", "1..2", "Fine.", EW_SETTING_INT, 1, 2},
+        {"TEST_APP_LIMIT", "100", "1..10", "Too big a default.", EW_SETTING_INT, 1, 10}};
+    assert_int_equal(ew_config_define(c, bad_default, 2, &err), EW_ECONFIG);
+    assert_string_equal(err.msg, "the default of TEST_APP_LIMIT: 100 is outside 1..10");
+    assert_null(ew_config_get(c, "TEST_APP_OK")); /* nothing of a refused table is kept */
+    ew_config_free(c);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_defaults_are_the_documented_ones),
     cmocka_unit_test(test_bad_values_are_refused_with_name_and_reason),
@@ -160,6 +226,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_error_names_and_messages),
     cmocka_unit_test(test_shown_values_hide_secrets),
     cmocka_unit_test(test_redact_hides_a_password_holding_hash_or_question_mark),
+    cmocka_unit_test(test_a_program_defines_its_own_settings),
 };
 
 EW_TEST_MAIN(tests)

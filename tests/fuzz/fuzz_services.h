@@ -227,43 +227,33 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     snprintf(f->dir, sizeof f->dir, "%s/ew-fuzz-XXXXXX", base);
     if (!mkdtemp(f->dir)) abort();
     char db[300], store[300], keys[300], mail[300], exports[300];
-    snprintf(db, sizeof db, "sqlite:%s/{SERVICE_NAME}.db", f->dir);
-    snprintf(store, sizeof store, "sqlite:%s/events.db", f->dir);
-    snprintf(keys, sizeof keys, "%s/keys", f->dir);
-    snprintf(mail, sizeof mail, "%s/mail", f->dir);
-    snprintf(exports, sizeof exports, "%s/exports", f->dir);
-    const char *settings[][2] = {
-        {"EVENT_BUS_TYPE", "memory"},
-        {"SERVICE_DB_URL", db},
-        {"EVENT_STORE_URL", store},
-        {"AUTH_KEY_DIR", keys},
-        {"MAIL_DIR", mail},
-        {"EXPORT_DIR", exports},
-        {"HTTP_PORT", "0"},
-        {"HTTP_MAX_BODY_BYTES", "4096"},
-        {"AUTH_PASSWORD_HASH", "min"},
-        {"AUTH_LIMIT_WINDOW_SECONDS", "1"},
-        {"ENABLE_SAGAS", "false"},
-        {"EVENT_HANDLER_MAX_ATTEMPTS", "2"},
-        {"EVENT_HANDLER_BACKOFF_MS", "1"},
-        {"EVENT_HANDLER_BACKOFF_MAX_MS", "1"},
-        {"LOG_LEVEL", "error"},
-        {"EXPORT_TIMEOUT_SECONDS", "60"},
-    };
-    ew_config *cfg;
+    snprintf(db, sizeof db, "SERVICE_DB_URL=sqlite:%s/{SERVICE_NAME}.db", f->dir);
+    snprintf(store, sizeof store, "EVENT_STORE_URL=sqlite:%s/events.db", f->dir);
+    snprintf(keys, sizeof keys, "AUTH_KEY_DIR=%s/keys", f->dir);
+    snprintf(mail, sizeof mail, "MAIL_DIR=%s/mail", f->dir);
+    snprintf(exports, sizeof exports, "EXPORT_DIR=%s/exports", f->dir);
+    const char *settings[64] = {"EVENT_BUS_TYPE=memory",
+                                db,
+                                store,
+                                keys,
+                                mail,
+                                exports,
+                                "HTTP_PORT=0",
+                                "HTTP_MAX_BODY_BYTES=4096",
+                                "AUTH_PASSWORD_HASH=min",
+                                "AUTH_LIMIT_WINDOW_SECONDS=1",
+                                "ENABLE_SAGAS=false",
+                                "EVENT_HANDLER_MAX_ATTEMPTS=2",
+                                "EVENT_HANDLER_BACKOFF_MS=1",
+                                "EVENT_HANDLER_BACKOFF_MAX_MS=1",
+                                "LOG_LEVEL=error",
+                                "EXPORT_TIMEOUT_SECONDS=60"};
+    size_t n = 0;
+    while (settings[n])
+        n++;
+    for (size_t i = 0; extra && extra[i] && n + 1 < sizeof settings / sizeof settings[0]; i++)
+        settings[n++] = extra[i];
     ew_error e = {0};
-    if (ew_config_new(&cfg, &e)) fuzz_services_fail("settings", &e);
-    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++)
-        if (ew_config_set(cfg, settings[i][0], settings[i][1], &e))
-            fuzz_services_fail(settings[i][0], &e);
-    for (size_t i = 0; extra && extra[i]; i++) {
-        char name[64];
-        const char *eq = strchr(extra[i], '=');
-        if (!eq || (size_t)(eq - extra[i]) >= sizeof name) abort();
-        memcpy(name, extra[i], (size_t)(eq - extra[i]));
-        name[eq - extra[i]] = '\0';
-        if (ew_config_set(cfg, name, eq + 1, &e)) fuzz_services_fail(name, &e);
-    }
     pthread_mutex_init(&f->exporter.mu, NULL);
     f->def[FZ_AUTH] = auth_service(&f->auth);
     f->def[FZ_USER] = user_service(&f->user);
@@ -272,8 +262,7 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     f->def[FZ_EXPORT] = export_service(&f->exporter);
     /* auth-service first: it makes the token keys the others read */
     for (int i = 0; i < FZ_NSERVICES; i++)
-        if (svc_open(&f->svc[i], &f->def[i], cfg, &e)) fuzz_services_fail(f->def[i].name, &e);
-    ew_config_free(cfg);
+        if (svc_open(&f->svc[i], &f->def[i], settings, &e)) fuzz_services_fail(f->def[i].name, &e);
 
     fuzz_services_register(f, "fuzzuser", f->user_id);
     fuzz_services_register(f, "fuzzadmin", f->admin_id);

@@ -113,6 +113,15 @@ typedef struct env {
     char hold_id[EW_UUID_LEN + 1];
     atomic_int holding, released;
     ew_bus *bus2;
+    /* What step three's on_event saw of its instance through the accessors, the first time. */
+    struct seen {
+        bool set;
+        char id[64], type[32], key[64], correlation[64], subject[64], step[16], reason[64];
+        char cause[32];
+        ew_saga_status state;
+        int attempts;
+        bool one_done, three_done;
+    } seen;
     struct owner {
         struct env *e;
         const char *name;
@@ -414,6 +423,24 @@ static ew_saga_verdict count_verified(ew_saga *s, const ew_event *ev, void *ud)
         while (!atomic_load(&e->released) && ew_mono_ns() < end)
             usleep(1000);
     }
+    if (!e->seen.set) {
+        struct seen *w = &e->seen;
+        w->set = true;
+        snprintf(w->id, sizeof w->id, "%s", ew_saga_id(s));
+        snprintf(w->type, sizeof w->type, "%s", ew_saga_type(s));
+        snprintf(w->key, sizeof w->key, "%s", ew_saga_key(s));
+        snprintf(w->correlation, sizeof w->correlation, "%s", ew_saga_correlation_id(s));
+        snprintf(w->subject, sizeof w->subject, "%s",
+                 ew_saga_subject(s) ? ew_saga_subject(s) : "(none)");
+        snprintf(w->step, sizeof w->step, "%s", ew_saga_step_name(s) ? ew_saga_step_name(s) : "");
+        snprintf(w->reason, sizeof w->reason, "%s", ew_saga_reason(s));
+        snprintf(w->cause, sizeof w->cause, "%s",
+                 ew_saga_cause(s) ? ew_event_type(ew_saga_cause(s)) : "(none)");
+        w->state = ew_saga_state(s);
+        w->attempts = ew_saga_step_attempts(s);
+        w->one_done = ew_saga_step_done(s, "one");
+        w->three_done = ew_saga_step_done(s, "three");
+    }
     const char *n = ew_saga_get(s, "verified");
     char buf[16];
     snprintf(buf, sizeof buf, "%d", (n ? atoi(n) : 0) + 1);
@@ -556,6 +583,21 @@ static void happy_path(env *e)
     assert_null(in.reason);
     assert_true(in.finished_us >= in.started_us);
     assert_non_null(strstr(in.data, "\"verified\":\"1\""));
+
+    /* Inside a callback the instance is what the store says it is. */
+    assert_true(e->seen.set);
+    assert_string_equal(e->seen.id, in.id);
+    assert_string_equal(e->seen.type, "Flow");
+    assert_string_equal(e->seen.key, user);
+    assert_string_equal(e->seen.correlation, ew_event_correlation_id(reg));
+    assert_string_equal(e->seen.subject, user);
+    assert_string_equal(e->seen.step, "three");
+    assert_string_equal(e->seen.reason, "");
+    assert_string_equal(e->seen.cause, "user.verified");
+    assert_int_equal(e->seen.state, EW_SAGA_RUNNING);
+    assert_int_equal(e->seen.attempts, 0);
+    assert_true(e->seen.one_done);
+    assert_false(e->seen.three_done);
 
     /* What the steps issued carries the saga's correlation, and the event that caused it. */
     assert_int_equal(rec_wait(&e->rec, "saga.completed", 1, WAIT_MS), 1);
@@ -1112,6 +1154,11 @@ static void declarations_are_checked(env *e)
             fail_msg("case %zu: %s: %s", i, ew_err_name(rc), err.msg);
     }
     assert_int_equal(freed, (int)(sizeof cases / sizeof cases[0])); /* ud freed on refusal */
+    /* the deletion has no participants of its own: the system names them */
+    assert_int_equal(ew_saga_add_user_deletion(e->eng, NULL, &err), EW_EINVAL);
+    assert_non_null(strstr(err.msg, "participating services are required"));
+    assert_int_equal(ew_saga_add_reference_sagas(e->eng, &(ew_user_deletion_opts){0}, &err),
+                     EW_EINVAL);
     assert_int_equal(ew_saga_engine_register(e->eng, &d, &err), 0);
     assert_int_equal(ew_saga_engine_register(e->eng, &d, &err), EW_EEXIST);
     start(e, e->eng);
@@ -1228,9 +1275,12 @@ static ew_handler_result auth_service(const ew_event *ev, ew_handler_ctx *ctx, v
                : EW_HANDLER_OK;
 }
 
+/* The services holding user data in the reference system: the deletion's participants. */
+static const char *const names[] = {"auth-service", "user-service", "notification-service",
+                                    "analytics-service", "export-service"};
+
 static void subscribe_services(env *e, ew_bus *bus)
 {
-    static const char *names[] = EW_USER_DELETION_SERVICES;
     subscribe(bus, "user.registered", user_service, e, "user-service");
     subscribe(bus, "user.registered", notification_service, e, "notification-service");
     subscribe(bus, "password.reset_token_issued", notification_service, e, "notification-service");
@@ -1254,9 +1304,13 @@ static void reference_up(env *e, const ew_user_registration_opts *ro,
     subscribe_services(e, e->bus);
     e->eng = open_engine(e, e->store);
     ew_error err = {0};
+    ew_user_deletion_opts d = dopt ? *dopt : (ew_user_deletion_opts){0};
+    if (!d.services) {
+        d.services = names;
+        d.nservices = sizeof names / sizeof names[0];
+    }
     if (ew_saga_add_user_registration(e->eng, ro, &err) ||
-        ew_saga_add_user_deletion(e->eng, dopt, &err) ||
-        ew_saga_add_password_reset(e->eng, po, &err))
+        ew_saga_add_user_deletion(e->eng, &d, &err) || ew_saga_add_password_reset(e->eng, po, &err))
         fail_msg("%s", err.msg);
     start(e, e->eng);
     bus_start(e);

@@ -103,7 +103,7 @@ static world *build(void)
     w->e = up(limits);
     w->p[AUTH] = w->e->p;
     static const char *const fast[] = {"OUTBOX_POLL_MS=50", "EVENT_HANDLER_BACKOFF_MS=20",
-                                       "EXPORT_SERVICES=auth-service,user-service,"
+                                       "USER_DATA_SERVICES=auth-service,user-service,"
                                        "notification-service,analytics-service,export-service",
                                        NULL};
     for (int i = 1; i < NSVC; i++)

@@ -149,7 +149,7 @@ static void wait_answered(env *e, const char *export_id, const char *service)
 
 static void test_export_completes_when_every_service_answered(void **state)
 {
-    env *e = start(NULL); /* EXPORT_SERVICES: the five services */
+    env *e = start(NULL); /* USER_DATA_SERVICES: the five services */
     char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
     ew_uuid7(user_id);
     request_export(e, user_id, export_id);
@@ -294,7 +294,8 @@ static void test_export_completes_when_every_service_answered(void **state)
 static void test_export_fails_when_a_service_stays_silent(void **state)
 {
     const char *extra[] = {"EXPORT_TIMEOUT_SECONDS=1",
-                           "EXPORT_SERVICES=export-service,analytics-service,user-service", NULL};
+                           "USER_DATA_SERVICES=export-service,analytics-service,user-service",
+                           NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
     ew_uuid7(user_id);
@@ -333,7 +334,7 @@ static void test_export_fails_when_a_service_stays_silent(void **state)
 
 static void test_link_expires(void **state)
 {
-    const char *extra[] = {"EXPORT_SERVICES=export-service", "EXPORT_LINK_TTL_SECONDS=1", NULL};
+    const char *extra[] = {"USER_DATA_SERVICES=export-service", "EXPORT_LINK_TTL_SECONDS=1", NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
     ew_uuid7(user_id);
@@ -364,7 +365,7 @@ static void test_link_expires(void **state)
 
 static void test_export_requested_by_an_event_and_public_url(void **state)
 {
-    const char *extra[] = {"EXPORT_SERVICES=export-service,auth-service",
+    const char *extra[] = {"USER_DATA_SERVICES=export-service,auth-service",
                            "EXPORT_PUBLIC_URL=https://exports.example.com/gdpr/", NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
@@ -391,7 +392,7 @@ static void test_export_requested_by_an_event_and_public_url(void **state)
 
 static void test_deletion_removes_exports_and_documents(void **state)
 {
-    const char *extra[] = {"EXPORT_SERVICES=export-service,auth-service", NULL};
+    const char *extra[] = {"USER_DATA_SERVICES=export-service,auth-service", NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], done_id[EW_UUID_LEN + 1], pending_id[EW_UUID_LEN + 1],
         other[EW_UUID_LEN + 1], other_id[EW_UUID_LEN + 1], request_id[EW_UUID_LEN + 1];
@@ -460,9 +461,9 @@ static void test_bad_input(void **state)
     assert_int_equal(db_count(e, "SELECT count(*) FROM event_store.outbox", NULL), 0);
     down(e);
 
-    const char *bad[] = {"EXPORT_SERVICES=auth-service,,user-service", NULL};
+    const char *bad[] = {"USER_DATA_SERVICES=auth-service,,user-service", NULL};
     char *out = start_fails(NULL, bad);
-    assert_non_null(strstr(out, "EXPORT_SERVICES"));
+    assert_non_null(strstr(out, "USER_DATA_SERVICES"));
     free(out);
 }
 
@@ -470,7 +471,7 @@ static void test_on_postgresql(void **state)
 {
     char db[600];
     char *url = pg_service_db(db);
-    const char *extra[] = {db, "EXPORT_SERVICES=export-service,auth-service",
+    const char *extra[] = {db, "USER_DATA_SERVICES=export-service,auth-service",
                            "EXPORT_TIMEOUT_SECONDS=1", NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], done_id[EW_UUID_LEN + 1], silent_id[EW_UUID_LEN + 1],

@@ -14,27 +14,21 @@ typedef struct rig {
     char dir[64];
     usvc u;
     svc_def def;
-    ew_config *cfg;
+    char db[128], store[128], keys[128];
+    const char *settings[8];
 } rig;
 
-static void rig_init(rig *r, const char *db_url)
+static void rig_init(rig *r)
 {
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "/tmp/ew-svc-runtime-XXXXXX");
     assert_non_null(mkdtemp(r->dir));
-    char db[128], store[128], keys[128];
-    snprintf(db, sizeof db, "sqlite:%s/{SERVICE_NAME}.db", r->dir);
-    snprintf(store, sizeof store, "sqlite:%s/events.db", r->dir);
-    snprintf(keys, sizeof keys, "%s/keys", r->dir);
-    ew_error e = {0};
-    assert_int_equal(ew_config_new(&r->cfg, &e), 0);
-    const char *set[][2] = {{"EVENT_BUS_TYPE", "memory"},
-                            {"SERVICE_DB_URL", db_url ? db_url : db},
-                            {"EVENT_STORE_URL", store},
-                            {"AUTH_KEY_DIR", keys},
-                            {"LOG_LEVEL", "error"}};
-    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
-        if (ew_config_set(r->cfg, set[i][0], set[i][1], &e)) fail_msg("%s", e.msg);
+    snprintf(r->db, sizeof r->db, "SERVICE_DB_URL=sqlite:%s/{SERVICE_NAME}.db", r->dir);
+    snprintf(r->store, sizeof r->store, "EVENT_STORE_URL=sqlite:%s/events.db", r->dir);
+    snprintf(r->keys, sizeof r->keys, "AUTH_KEY_DIR=%s/keys", r->dir);
+    const char *set[] = {"EVENT_BUS_TYPE=memory", r->db,        r->store, r->keys,
+                         "LOG_LEVEL=error",       "SMTP_URL=x", NULL};
+    memcpy(r->settings, set, sizeof set);
     r->def = user_service(&r->u);
 }
 
@@ -46,7 +40,6 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 static void rig_release(rig *r)
 {
-    ew_config_free(r->cfg);
     nftw(r->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -79,13 +72,15 @@ static int count_unsent(void *ud, const ew_row *row)
 static void test_a_service_runs_in_process(void **state)
 {
     rig r;
-    rig_init(&r, NULL);
+    rig_init(&r);
     svc *s;
     ew_error e = {0};
-    if (svc_open(&s, &r.def, r.cfg, &e)) fail_msg("%s", e.msg);
+    if (svc_open(&s, &r.def, r.settings, &e)) fail_msg("%s", e.msg);
     assert_string_equal(svc_name(s), "user-service");
-    /* the settings are the given ones, not the environment's */
+    /* the settings are the given ones, not the environment's; notification-service's SMTP_URL
+     * is none of user-service's and was left out */
     assert_string_equal(ew_config_get(svc_config(s), "EVENT_BUS_TYPE"), "memory");
+    assert_null(ew_config_get(svc_config(s), "SMTP_URL"));
     svc_token_keys k;
     char keys[128];
     snprintf(keys, sizeof keys, "%s/keys", r.dir);
@@ -140,25 +135,31 @@ static void test_a_service_runs_in_process(void **state)
     rig_release(&r);
 }
 
-/* A database that cannot be opened (its folder would be inside a file): svc_open fails naming
- * the setting, and returns nothing. */
+/* A database that cannot be opened (its folder would be inside a file), or a bad value: svc_open
+ * fails naming the setting, and returns nothing. */
 static void test_open_fails_cleanly(void **state)
 {
     rig r;
-    rig_init(&r, NULL);
-    char file[128], url[160];
+    rig_init(&r);
+    char file[128], url[200];
     snprintf(file, sizeof file, "%s/a-file", r.dir);
     FILE *f = fopen(file, "w");
     assert_non_null(f);
     fclose(f);
-    snprintf(url, sizeof url, "sqlite:%s/user.db", file);
-    ew_error e = {0};
-    assert_int_equal(ew_config_set(r.cfg, "SERVICE_DB_URL", url, &e), 0);
+    snprintf(url, sizeof url, "SERVICE_DB_URL=sqlite:%s/user.db", file);
+    r.settings[1] = url;
     svc *s = (svc *)&r; /* must be reset */
-    assert_int_not_equal(svc_open(&s, &r.def, r.cfg, &e), 0);
+    ew_error e = {0};
+    assert_int_not_equal(svc_open(&s, &r.def, r.settings, &e), 0);
     assert_null(s);
     assert_non_null(strstr(e.msg, "SERVICE_DB_URL"));
+    const char *bad[] = {"USER_VERIFICATION_TTL_SECONDS=soon", NULL};
+    assert_int_equal(svc_open(&s, &r.def, bad, &e), EW_ECONFIG);
+    assert_non_null(strstr(e.msg, "USER_VERIFICATION_TTL_SECONDS"));
+    const char *malformed[] = {"EVENT_BUS_TYPE", NULL};
+    assert_int_equal(svc_open(&s, &r.def, malformed, &e), EW_EINVAL);
     assert_int_equal(svc_open(&s, &r.def, NULL, &e), EW_EINVAL);
+    assert_null(s);
     rig_release(&r);
 }
 

@@ -155,6 +155,73 @@ static void test_config_lists_settings(void **state)
     free(err);
 }
 
+/* The standard output of the service NAME run with args, beside ewctl. Caller frees. */
+static char *run_service(const char *name, const char *args)
+{
+    char self[4096] = ".", cmd[8192];
+    const char *bin = getenv("EW_BUILD_DIR");
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (!bin && n > 0) {
+        self[n] = '\0';
+        *strrchr(self, '/') = '\0';
+        bin = self;
+    }
+    snprintf(cmd, sizeof cmd, "%s/%s %s", bin ? bin : ".", name, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char *buf = calloc(1, 1 << 16);
+    size_t len = fread(buf, 1, (1 << 16) - 1, p);
+    buf[len] = '\0';
+    assert_int_equal(pclose(p), 0);
+    return buf;
+}
+
+/* The library's table holds the library's settings; each service's are its own. */
+static void test_config_lists_each_programs_settings(void **state)
+{
+    char *out, *err;
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "CONSOLE_TOKEN	")); /* ewctl's own */
+    assert_null(strstr(out, "AUTH_PASSWORD_HASH"));
+    assert_null(strstr(out, "HTTP_PORT"));
+    free(out);
+    assert_int_equal(ew_test_ewctl("config --service auth-service", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "HTTP_PORT	")); /* every service's */
+    assert_non_null(strstr(out, "AUTH_PASSWORD_HASH	interactive	"));
+    assert_null(strstr(out, "SMTP_URL"));       /* notification-service's */
+    assert_null(strstr(out, "EVENT_BUS_TYPE")); /* the library's */
+    /* the service itself says the same */
+    char *own = run_service("auth-service", "--settings");
+    assert_string_equal(own, out);
+    free(own);
+    free(out);
+    /* a service's setting is checked as the library's are, and its secrets hidden */
+    setenv("SMTP_URL", "smtp://mailer:hunter2@mail.example:25", 1);
+    assert_int_equal(ew_test_ewctl("config --service notification-service", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "SMTP_URL	smtp://mailer:***@mail.example:25	"));
+    assert_null(strstr(out, "hunter2"));
+    unsetenv("SMTP_URL");
+    free(out);
+    setenv("AUTH_PASSWORD_HASH", "weak", 1);
+    assert_int_equal(ew_test_ewctl("config --service auth-service", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "AUTH_PASSWORD_HASH: 'weak' is not one of"));
+    free(out);
+    free(err);
+    /* ... and only where it is read: ewctl does not refuse another program's setting */
+    assert_int_equal(ew_test_ewctl("config", NULL, &out, NULL), 0);
+    free(out);
+    unsetenv("AUTH_PASSWORD_HASH");
+    assert_int_equal(ew_test_ewctl("config --service mail-service", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "no service 'mail-service'"));
+    assert_non_null(strstr(err, "notification-service"));
+    free(out);
+    free(err);
+    assert_int_equal(ew_test_ewctl("config --service", NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "--service needs"));
+    free(out);
+    free(err);
+}
+
 static void test_publish_validates_before_it_publishes(void **state)
 {
     char *out, *err;
@@ -623,6 +690,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_validate_reports_each_bad_line),
     cmocka_unit_test(test_validate_honours_size_limit),
     cmocka_unit_test(test_config_lists_settings),
+    cmocka_unit_test(test_config_lists_each_programs_settings),
 };
 
 EW_TEST_MAIN(tests)

@@ -108,7 +108,7 @@ static void test_up_reports_a_service_that_does_not_start(void **state)
     struct stat st;
     assert_int_equal(stat("var/run/auth-service.pid", &st), -1);
     assert_int_equal(ew_test_ewctl("up no-such-service", NULL, &out, &err), 2);
-    assert_non_null(strstr(err, "unknown service"));
+    assert_non_null(strstr(err, "no service"));
     free(out);
     free(err);
     leave_temp_dir(dir);

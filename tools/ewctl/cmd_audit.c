@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "ewctl.h"
+#include "svc_settings.h"
 #include "eventwire/audit.h"
 #include "eventwire/clock.h"
 #include "eventwire/config.h"
@@ -31,18 +32,13 @@ static const char usage[] =
     "Without --service, every service whose database exists here.\n"
     "Exit status: 0 ok, 1 a broken chain or an error, 2 usage.\n";
 
-static const char *const services[] = {"auth-service", "user-service", "notification-service",
-                                       "analytics-service", "export-service"};
-#define NSERVICES (sizeof services / sizeof services[0])
-
 /* Opens the database of service: 0, 1 after saying why, or -1 when it has none here (a SQLite
  * file that does not exist). */
 static int open_service_db(const char *service, ew_store **db)
 {
     ew_config *cfg = NULL;
     ew_error err = {0};
-    int rc = ew_config_new(&cfg, &err);
-    if (!rc) rc = ew_config_from_env(cfg, &err);
+    int rc = ewctl_config_load(&cfg, &err);
     if (rc) {
         ew_config_free(cfg);
         return ewctl_fail(1, "%s", err.msg);
@@ -120,14 +116,7 @@ int ewctl_audit(int argc, char **argv)
         if (i + 1 >= argc && a[0] == '-') return ewctl_fail(2, "%s needs a value", a);
         if (strcmp(a, "--service") == 0) {
             service = argv[++i];
-            bool known = false;
-            for (size_t k = 0; k < NSERVICES; k++)
-                known |= strcmp(service, services[k]) == 0;
-            if (!known)
-                return ewctl_fail(2,
-                                  "no service '%s' (auth-service, user-service, "
-                                  "notification-service, analytics-service, export-service)",
-                                  service);
+            if (!svc_settings_find(service)) return ewctl_unknown_service(service);
         } else if (strcmp(a, "--subject") == 0 && strcmp(cmd, "list") == 0) {
             subject = argv[++i];
         } else if (strcmp(a, "--since") == 0 && strcmp(cmd, "list") == 0) {
@@ -145,10 +134,10 @@ int ewctl_audit(int argc, char **argv)
     if (key && read_key(key, key_hex, sizeof key_hex)) return 1;
 
     int status = 0, seen = 0;
-    for (size_t k = 0; k < NSERVICES; k++) {
-        if (service && strcmp(service, services[k]) != 0) continue;
+    for (int k = 0; svc_system_name(k); k++) {
+        if (service && strcmp(service, svc_system_name(k)) != 0) continue;
         ew_store *db;
-        int o = open_service_db(services[k], &db);
+        int o = open_service_db(svc_system_name(k), &db);
         if (o < 0) {
             if (service) status = ewctl_fail(1, "%s has no database here", service);
             continue;
@@ -161,7 +150,7 @@ int ewctl_audit(int argc, char **argv)
         ew_error err = {0};
         int rc = 0;
         if (strcmp(cmd, "list") == 0) {
-            printer p = {services[k]};
+            printer p = {svc_system_name(k)};
             rc = ew_audit_list(db, subject, since, print_entry, &p, &err);
         } else if (strcmp(cmd, "verify") == 0) {
             ew_audit_report r;
@@ -171,8 +160,8 @@ int ewctl_audit(int argc, char **argv)
                 ew_buf_init(&b);
                 ew_buf_printf(&b,
                               "{\"service\":\"%s\",\"ok\":%s,\"entries\":%lld,\"checkpoints\":%lld",
-                              services[k], r.first_bad ? "false" : "true", (long long)r.entries,
-                              (long long)r.checkpoints);
+                              svc_system_name(k), r.first_bad ? "false" : "true",
+                              (long long)r.entries, (long long)r.checkpoints);
                 if (r.first_bad) {
                     ew_buf_printf(&b, ",\"first_bad\":%lld", (long long)r.first_bad);
                     ewctl_put_str(&b, "reason", r.reason);
@@ -189,12 +178,12 @@ int ewctl_audit(int argc, char **argv)
             if (!rc && found)
                 printf("{\"service\":\"%s\",\"seq\":%lld,\"hash\":\"%s\",\"signed_at\":\"%s\","
                        "\"public_key\":\"%s\",\"signature\":\"%s\"}\n",
-                       services[k], (long long)c.seq, c.hash, c.signed_at, c.public_key,
+                       svc_system_name(k), (long long)c.seq, c.hash, c.signed_at, c.public_key,
                        c.signature);
             else if (!rc)
-                printf("{\"service\":\"%s\",\"seq\":0}\n", services[k]);
+                printf("{\"service\":\"%s\",\"seq\":0}\n", svc_system_name(k));
         }
-        if (rc) status = ewctl_fail(1, "%s: %s", services[k], err.msg);
+        if (rc) status = ewctl_fail(1, "%s: %s", svc_system_name(k), err.msg);
         ew_store_close(db);
     }
     if (!seen && !service && !status)

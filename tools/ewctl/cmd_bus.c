@@ -215,7 +215,7 @@ static void tail_dlq_init(tail_dlq *d, const char *group, bool own, ew_memdlq *m
         return;
     }
     ew_config *cfg = NULL;
-    if (ew_config_new(&cfg, NULL) == 0 && ew_config_from_env(cfg, NULL) == 0 &&
+    if (ewctl_config_load(&cfg, NULL) == 0 &&
         ew_store_open(&d->st, &(ew_store_options){.config = cfg}, NULL) == 0) {
         d->keep = ew_store_dlq_sink(d->st);
         snprintf(d->where, sizeof d->where,
@@ -274,8 +274,7 @@ int ewctl_tail(int argc, char **argv)
     tail_dlq_init(&dlq, group, own, mem);
     ew_config *cfg = NULL;
     ew_bus *bus = NULL;
-    int rc = ew_config_new(&cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(cfg, &err);
+    int rc = ewctl_config_load(&cfg, &err);
     if (rc == 0)
         rc =
             ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .dlq = {&tail_dlq_ops, &dlq}}, &err);

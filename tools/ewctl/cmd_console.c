@@ -564,7 +564,7 @@ int ewctl_console(int argc, char **argv)
     char *urls[64];
     size_t nurls = 0;
     ew_http_server *http = NULL;
-    if (ew_config_new(&cfg, &err) || ew_config_from_env(cfg, &err)) {
+    if (ewctl_config_load(&cfg, &err)) {
         ewctl_fail(1, "%s", err.msg);
         goto fail_config;
     }

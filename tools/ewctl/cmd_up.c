@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "ewctl.h"
+#include "svc_settings.h"
 
 static const char up_usage[] =
     "usage: ewctl up [SERVICE...] [--timeout SECONDS]\n"
@@ -37,16 +38,7 @@ static const char up_usage[] =
     "timeout (default 30 s). The service programs are looked for beside ewctl, or in\n"
     "EW_SERVICES_DIR.\n";
 
-static const char *const all_services[] = {"auth-service", "user-service", "notification-service",
-                                           "analytics-service", "export-service"};
-#define NSERVICES (sizeof all_services / sizeof all_services[0])
-
-static bool known_service(const char *name)
-{
-    for (size_t i = 0; i < NSERVICES; i++)
-        if (strcmp(name, all_services[i]) == 0) return true;
-    return false;
-}
+#define NSERVICES SVC_MAX_SERVICES
 
 static double now_s(void)
 {
@@ -259,16 +251,15 @@ static int parse_args(int argc, char **argv, const char **names, size_t *n, doub
             if (*end || *timeout_s <= 0) return ewctl_fail(2, "--timeout takes seconds > 0");
         } else if (argv[i][0] == '-') {
             return ewctl_fail(2, "unknown option '%s'", argv[i]);
-        } else if (!known_service(argv[i])) {
-            return ewctl_fail(2, "unknown service '%s'", argv[i]);
+        } else if (!svc_settings_find(argv[i])) {
+            return ewctl_unknown_service(argv[i]);
         } else if (*n < NSERVICES) {
             names[(*n)++] = argv[i];
         }
     }
     if (*n == 0) {
-        for (size_t i = 0; i < NSERVICES; i++)
-            names[i] = all_services[i];
-        *n = NSERVICES;
+        for (*n = 0; svc_system_name((int)*n); (*n)++)
+            names[*n] = svc_system_name((int)*n);
     }
     return 0;
 }

@@ -85,7 +85,7 @@ int ewctl_user(int argc, char **argv)
     ew_arena ar;
     ew_arena_init(&ar, NULL, 0);
     int status = 1;
-    if (ew_config_new(&cfg, &err) || ew_config_from_env(cfg, &err)) {
+    if (ewctl_config_load(&cfg, &err)) {
         ewctl_fail(1, "%s", err.msg);
         goto out;
     }

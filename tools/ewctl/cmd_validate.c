@@ -72,7 +72,7 @@ int ewctl_validate(int argc, char **argv)
     }
     ew_config *cfg = NULL;
     ew_error err = {0};
-    if (ew_config_new(&cfg, &err) || ew_config_from_env(cfg, &err)) {
+    if (ewctl_config_load(&cfg, &err)) {
         ew_config_free(cfg);
         return ewctl_fail(2, "%s", err.msg);
     }

@@ -7,6 +7,35 @@
 #include "core/json.h"
 #include "eventwire/catalog.h"
 #include "eventwire/config.h"
+#include "svc_settings.h"
+
+/* ewctl's own settings. */
+static const ew_setting settings[] = {
+    {"CONSOLE_TOKEN", "", "16 characters or more",
+     "The operator token every API call of `ewctl console` needs (Authorization: Bearer); "
+     "unset, the console makes a random one and prints it at start.",
+     EW_SETTING_SECRET, 0, 0},
+};
+
+const ew_setting *ewctl_setting(int i)
+{
+    return i >= 0 && (size_t)i < sizeof settings / sizeof settings[0] ? &settings[i] : NULL;
+}
+
+int ewctl_config_load(ew_config **out, ew_error *err)
+{
+    ew_config *cfg = NULL;
+    int rc = ew_config_new(&cfg, err);
+    if (!rc) rc = ew_config_define(cfg, settings, sizeof settings / sizeof settings[0], err);
+    if (!rc) rc = svc_settings_define(cfg, NULL, err);
+    if (!rc) rc = ew_config_from_env(cfg, err);
+    if (rc) {
+        ew_config_free(cfg);
+        cfg = NULL;
+    }
+    *out = cfg;
+    return rc;
+}
 
 int ewctl_open_store(ew_store **st)
 {
@@ -17,8 +46,7 @@ int ewctl_open_store_or_make(ew_store **st, bool make)
 {
     ew_config *cfg = NULL;
     ew_error err = {0};
-    int rc = ew_config_new(&cfg, &err);
-    if (rc == 0) rc = ew_config_from_env(cfg, &err);
+    int rc = ewctl_config_load(&cfg, &err);
     /* a command that reads the store must not make an empty one where there is none */
     const char *url = rc ? NULL : ew_config_get(cfg, "EVENT_STORE_URL");
     if (!make && url && strncmp(url, "sqlite:", 7) == 0 && access(url + 7, F_OK) != 0) {
@@ -60,4 +88,13 @@ void ewctl_check_type(const char *type)
             "ewctl: warning: '%s' is not an event type of the catalog (`ewctl schema` lists "
             "them); only foreign events can match it\n",
             type);
+}
+
+int ewctl_unknown_service(const char *name)
+{
+    fprintf(stderr, "ewctl: no service '%s'; the services are:", name);
+    for (int i = 0; svc_system_name(i); i++)
+        fprintf(stderr, " %s", svc_system_name(i));
+    fputc('\n', stderr);
+    return 2;
 }

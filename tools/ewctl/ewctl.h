@@ -19,6 +19,18 @@ typedef struct ewctl_cmd {
 int ewctl_schema(int argc, char **argv);
 int ewctl_validate(int argc, char **argv);
 int ewctl_config(int argc, char **argv);
+
+/* The configuration every command reads: the library's settings, those every service reads
+ * (SERVICE_DB_URL, ...) and ewctl's own (ewctl_setting), from the environment. NULL and the
+ * error when the environment holds a bad value. Caller frees. */
+int ewctl_config_load(ew_config **out, ew_error *err);
+
+/* ewctl's own settings: i < n, then NULL. Static. */
+const ew_setting *ewctl_setting(int i);
+
+/* Says that name is not a service of the system, listing those that are; returns 2. */
+int ewctl_unknown_service(const char *name);
+
 int ewctl_publish(int argc, char **argv);
 int ewctl_tail(int argc, char **argv);
 int ewctl_dlq(int argc, char **argv);
