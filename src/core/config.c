@@ -295,13 +295,15 @@ int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error
             return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
         }
     }
+    /* an empty table changes nothing (and realloc to the same size may move the arrays) */
+    if (n == 0) return 0;
     size_t old = count(cfg);
     const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
-    if (n && !defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (n) cfg->defs = defs;
+    if (!defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    cfg->defs = defs;
     char **values = realloc(cfg->values, (old + n) * sizeof *values);
-    if (n && !values) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (n) cfg->values = values;
+    if (!values) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    cfg->values = values;
     for (size_t i = 0; i < n; i++) {
         if (!(cfg->values[old + i] = strdup(table[i].def))) {
             while (i--)
