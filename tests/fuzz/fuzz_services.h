@@ -33,6 +33,7 @@
 #include "fuzz.h"
 #include "http/http_internal.h"
 #include "notification.h"
+#include "svc_settings.h"
 #include "user.h"
 
 enum { FZ_AUTH, FZ_USER, FZ_NOTIF, FZ_ANALYTICS, FZ_EXPORT, FZ_NSERVICES };
@@ -217,6 +218,31 @@ static inline void fuzz_services_close(fuzz_services *f)
     curl_global_cleanup();
 }
 
+/* Aborts unless each "NAME=value" of settings names a setting the library or some service reads:
+ * svc_open() ignores the names a service does not read, so a misspelt one would go unnoticed. */
+static inline void fuzz_services_check_names(const char *const *settings)
+{
+    ew_config *all;
+    ew_error e = {0};
+    if (ew_config_new(&all, &e) || svc_settings_define(all, NULL, &e))
+        fuzz_services_fail("settings", &e);
+    for (int i = 0; svc_settings_at(i); i++)
+        if (ew_config_define(all, svc_settings_at(i)->own, svc_settings_at(i)->nown, &e))
+            fuzz_services_fail("settings", &e);
+    for (size_t i = 0; settings[i]; i++) {
+        char name[128];
+        size_t n = strcspn(settings[i], "=");
+        if (n >= sizeof name) abort();
+        memcpy(name, settings[i], n);
+        name[n] = '\0';
+        if (!ew_config_get(all, name)) {
+            fprintf(stderr, "fuzz_services: no program reads %s\n", name);
+            abort();
+        }
+    }
+    ew_config_free(all);
+}
+
 /* Opens the five services, with the settings below and `extra` ("NAME=value" strings, NULL-
  * terminated, may be NULL) over them, and makes the two users. */
 static inline void fuzz_services_open(fuzz_services *f, const char *const *extra)
@@ -254,6 +280,7 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     for (size_t i = 0; extra && extra[i] && n + 1 < sizeof settings / sizeof settings[0]; i++)
         settings[n++] = extra[i];
     ew_error e = {0};
+    fuzz_services_check_names(settings);
     pthread_mutex_init(&f->exporter.mu, NULL);
     f->def[FZ_AUTH] = auth_service(&f->auth);
     f->def[FZ_USER] = user_service(&f->user);
