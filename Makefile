@@ -5,6 +5,7 @@
 #   make install build and install into PREFIX (default /usr/local; DESTDIR works too)
 #   make bench   build optimised and run the benchmarks (never part of make test)
 #   make fuzz    build the fuzz harnesses with clang and run each for FUZZ_SECONDS (default 300)
+#   make docs    write docs/api.md, the API reference, from the public headers' comments
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
@@ -16,7 +17,7 @@ FUZZ  ?= build-fuzz
 FUZZ_SECONDS ?= 300
 
 .PHONY: all setup build run install test test-plain test-asan test-tsan test-fuzz fuzz bench format format-check \
-        clean
+        docs clean
 
 all: build
 
@@ -78,6 +79,12 @@ bench: setup
 	@cmake -S . -B $(BENCH) -DCMAKE_BUILD_TYPE=Release -DEW_TESTS=OFF >/dev/null
 	@cmake --build $(BENCH) -j $(JOBS)
 	@bash scripts/bench $(BENCH)
+
+# docs/api.md: scripts/api-doc reads include/eventwire/*.h (the test docs.api fails when the page
+# is out of step with them)
+docs:
+	@/usr/bin/python3 scripts/api-doc --write
+	@echo "docs/api.md written from include/eventwire/*.h"
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

@@ -1,5 +1,6 @@
 /* auth-service: what the service is (its tables, settings and setup), for main.c and for
  * the harnesses that run it in-process (tests/fuzz). */
+#include <stdlib.h>
 #include <stdio.h>
 #include <time.h>
 #include <string.h>
@@ -65,12 +66,24 @@ int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
                 const char *session_id, const char *reason, ew_error *err)
 {
     /* Tokens carry whole seconds: everything issued up to now is before now + 1, and a login
-     * after this gets iat >= now + 1 (routes.c), so that it is not refused. */
+     * after this gets iat >= not_before (routes.c), so that it is not refused. A second
+     * revocation of the user within the same second must also end the tokens issued after the
+     * first one, which have iat = its not_before: it goes one past the one before. (Each
+     * revocation in one second moves not_before a second ahead; logins then get an iat ahead of
+     * the clock, which other services accept up to SVC_TOKEN_LEEWAY_S.) */
     int64_t nb = ew_now_us() / 1000000 + 1;
+    const char *who[] = {user_id};
+    svc_row prev = {0};
+    int rc =
+        svc_query_row(t, "SELECT not_before FROM event_store.auth_token_epochs WHERE user_id = $1",
+                      who, 1, &prev, err);
+    if (rc) return rc;
+    if (prev.found && prev.v[0] && strtoll(prev.v[0], NULL, 10) >= nb)
+        nb = strtoll(prev.v[0], NULL, 10) + 1;
+    svc_row_free(&prev);
     char nbs[24];
     snprintf(nbs, sizeof nbs, "%lld", (long long)nb);
     const char *p[] = {user_id, nbs};
-    int rc = 0;
     if (!session_id) {
         rc = ew_txn_exec(t, "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1", p, 1,
                          NULL, err);

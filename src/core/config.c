@@ -295,15 +295,16 @@ int ew_config_define(ew_config *cfg, const ew_setting *table, size_t n, ew_error
             return ew_error_set(err, EW_ECONFIG, "the default of %s", why);
         }
     }
-    /* an empty table changes nothing (and realloc to the same size may move the arrays) */
+    /* Nothing to add (a program without settings of its own): realloc to the same size could
+     * still move, or with nothing defined yet free, the arrays, which are then left dangling. */
     if (n == 0) return 0;
     size_t old = count(cfg);
     const ew_setting **defs = realloc(cfg->defs, (cfg->ndefs + n) * sizeof *defs);
-    if (!defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    cfg->defs = defs;
+    if (n && !defs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (n) cfg->defs = defs;
     char **values = realloc(cfg->values, (old + n) * sizeof *values);
-    if (!values) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    cfg->values = values;
+    if (n && !values) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (n) cfg->values = values;
     for (size_t i = 0; i < n; i++) {
         if (!(cfg->values[old + i] = strdup(table[i].def))) {
             while (i--)

@@ -24,8 +24,8 @@ libdir() { # the folder the library was installed into (lib, or lib/<multiarch> 
     dirname "$f"
 }
 
-# Runs an example the way its comment says it runs and checks what it printed. A new example
-# gets a case here; one without a case must exit 0 on its own within a minute.
+# Runs an example the way its comment says it runs and checks what it did. A new example gets a
+# case here; one without a case must exit 0 on its own within a minute.
 run_example() {
     local name=$1 exe=$2 out err
     out=$(mktemp) err=$(mktemp)
@@ -37,6 +37,27 @@ run_example() {
             { cat "$out" "$err" >&2; fail "$exe: not 3 user.registered events on stdout"; }
         grep -q 'profiles marked 3, welcome emails 3, users counted 3' "$err" ||
             { cat "$err" >&2; fail "$exe: the flow did not complete"; }
+        ;;
+    greeter)
+        # A service: it runs in a folder of its own on the SQLite bus (the defaults), greets a
+        # user registered there with the installed ewctl, and closes cleanly on SIGTERM.
+        local dir pid uid status=0
+        dir=$(mktemp -d)
+        (cd "$dir" && exec timeout 120 "$exe") >"$out" 2>"$err" &
+        pid=$!
+        wait_for_line '"msg":"ready' "$err" "$pid" || { kill "$pid" 2>/dev/null; fail "$exe did not start"; }
+        uid=$(cat /proc/sys/kernel/random/uuid)
+        (cd "$dir" && "$prefix/bin/ewctl" publish user.registered --subject "$uid" \
+            --data "{\"user_id\":\"$uid\",\"email\":\"ada@example.com\",\"username\":\"ada\",\"roles\":[\"user\"]}" \
+            >/dev/null) || { kill "$pid"; fail "ewctl publish failed"; }
+        wait_for_line "greeted user $uid" "$err" "$pid" || { kill "$pid" 2>/dev/null; fail "$exe greeted nobody"; }
+        kill -TERM "$pid"
+        wait "$pid" || status=$?
+        [ "$status" -eq 0 ] || { cat "$err" >&2; fail "$exe exited $status after SIGTERM"; }
+        grep -q '"msg":"closed"' "$err" || { cat "$err" >&2; fail "$exe did not close cleanly"; }
+        grep -q '^To: ada@example.com' "$dir"/var/greetings/*.eml ||
+            fail "$exe wrote no mail into var/greetings"
+        rm -rf "$dir"
         ;;
     *)
         local dir
@@ -51,6 +72,18 @@ run_example() {
 }
 
 examples() { ls "$src"/examples/*.c; }
+
+# Waits up to 60 s for a line holding TEXT in FILE, written by process PID while it runs.
+wait_for_line() {
+    local text=$1 file=$2 pid=$3
+    for _ in $(seq 600); do
+        grep -qF -- "$text" "$file" && return 0
+        kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; return 1; }
+        sleep 0.1
+    done
+    cat "$file" >&2
+    return 1
+}
 
 case $step in
 install)

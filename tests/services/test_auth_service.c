@@ -333,6 +333,50 @@ static void test_actions_are_audited(void **state)
     down(e);
 }
 
+/* Two revocations of one user within one second: a token issued between them (its iat is the
+ * first's not_before) ends with the second too. Revocations count whole seconds, so the case is
+ * the one where both fall in the same second: the sequence is tried until it does. */
+static void test_revocations_within_one_second(void **state)
+{
+    env *e = up(NULL);
+    char ada[EW_UUID_LEN + 1], admin[EW_UUID_LEN + 1], adm[SVC_TOKEN_MAX + 1];
+    char tok[SVC_TOKEN_MAX + 1], path[128], self[128];
+    register_user(e, "adarevoke", "ada.revoke@example.com", "analytical engine", ada);
+    register_user(e, "rootrevoke", "root.revoke@example.com", "superuser", admin);
+    mint(e, admin, true, adm);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", ada);
+    snprintf(self, sizeof self, "/auth/users/%s", ada);
+    bool same_second = false;
+    for (int attempt = 0; attempt < 10 && !same_second; attempt++) {
+        int64_t t0 = ew_now_us() / 1000000;
+        http_result r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", adm);
+        assert_int_equal(r.status, 200);
+        http_result_free(&r);
+        login(e, "{\"username\":\"adarevoke\",\"password\":\"analytical engine\"}", tok);
+        r = api(e, "GET", self, NULL, tok);
+        assert_int_equal(r.status, 200); /* issued after the first revocation: good */
+        http_result_free(&r);
+        r = api(e, "PUT", path, "{\"roles\":[\"user\"]}", adm);
+        assert_int_equal(r.status, 200);
+        http_result_free(&r);
+        same_second = ew_now_us() / 1000000 == t0;
+        r = api(e, "GET", self, NULL, tok);
+        if (same_second && r.status != 401)
+            fail_msg("a token issued between two revocations in one second outlived the "
+                     "second: %ld",
+                     r.status);
+        assert_int_equal(r.status, 401); /* in any case */
+        http_result_free(&r);
+    }
+    assert_true(same_second);
+    /* and the user logs in again at once */
+    login(e, "{\"username\":\"adarevoke\",\"password\":\"analytical engine\"}", tok);
+    http_result r = api(e, "GET", self, NULL, tok);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    down(e);
+}
+
 static void test_roles_change(void **state)
 {
     env *e = up(NULL);
@@ -921,6 +965,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_login_keeps_what_can_be_carried_of_any_user_agent),
     cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
     cmocka_unit_test(test_roles_change),
+    cmocka_unit_test(test_revocations_within_one_second),
     cmocka_unit_test(test_actions_are_audited),
     cmocka_unit_test(test_password_reset),
     cmocka_unit_test(test_handlers_profile_created_and_deactivated),

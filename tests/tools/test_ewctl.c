@@ -1,4 +1,5 @@
 /* Tests of ewctl as a user runs it: the built binary, its output and its exit status. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -26,6 +27,55 @@ static void test_help_on_every_command(void **state)
     assert_non_null(strstr(err, "unknown command 'frobnicate'"));
     free(out);
     free(err);
+}
+
+/* Is word in text as a word of its own (not inside another)? */
+static bool has_word(const char *text, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = strstr(text, word); p; p = strstr(p + 1, word)) {
+        bool before = p == text || !(isalnum((unsigned char)p[-1]) || p[-1] == '-');
+        bool after = !(isalnum((unsigned char)p[n]) || p[n] == '-');
+        if (before && after) return true;
+    }
+    return false;
+}
+
+/* What a newcomer reads first is complete: every command `ewctl help` lists answers --help, and
+ * its line in `ewctl help` names every subcommand its usage shows (`ewctl dlq retry`, `ewctl
+ * store replay`, `ewctl audit checkpoint`, ...). */
+static void test_help_names_every_subcommand(void **state)
+{
+    char *help, *save = NULL;
+    assert_int_equal(ew_test_ewctl("help", NULL, &help, NULL), 0);
+    int commands = 0, subcommands = 0;
+    for (char *line = strtok_r(help, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char name[64];
+        int at = 0;
+        if (strncmp(line, "  ", 2) != 0 || sscanf(line + 2, "%63[a-z-] %n", name, &at) != 1 || !at)
+            continue;
+        const char *summary = line + 2 + at;
+        char args[128], *usage;
+        snprintf(args, sizeof args, "%s --help", name);
+        if (ew_test_ewctl(args, NULL, &usage, NULL) != 0) fail_msg("ewctl %s --help failed", name);
+        commands++;
+        char prefix[80];
+        snprintf(prefix, sizeof prefix, "ewctl %s ", name);
+        for (const char *p = strstr(usage, prefix); p; p = strstr(p + 1, prefix)) {
+            char sub[64];
+            if (sscanf(p + strlen(prefix), "%63[a-z-]", sub) != 1 ||
+                !isalpha((unsigned char)sub[0]))
+                continue;
+            subcommands++;
+            if (!has_word(summary, sub))
+                fail_msg("`ewctl help` says of %s \"%s\", which does not name its subcommand %s",
+                         name, summary, sub);
+        }
+        free(usage);
+    }
+    free(help);
+    assert_true(commands >= 13);
+    assert_true(subcommands >= 10);
 }
 
 /* ewctl user: a usage error is 2; a user who is not there is 1, and nothing is published (the
@@ -686,6 +736,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_user_grant_admin_refuses_what_it_cannot_do),
     cmocka_unit_test(test_publish_validates_before_it_publishes),
     cmocka_unit_test(test_help_on_every_command),
+    cmocka_unit_test(test_help_names_every_subcommand),
     cmocka_unit_test(test_schema_list_and_show),
     cmocka_unit_test(test_validate_reports_each_bad_line),
     cmocka_unit_test(test_validate_honours_size_limit),

@@ -6,15 +6,17 @@
 #include "ewctl.h"
 
 static const ewctl_cmd commands[] = {
-    {"schema", "list the event catalog, print an event type's JSON Schema", ewctl_schema},
+    {"schema", "list the event catalog, show an event type's JSON Schema", ewctl_schema},
     {"validate", "check events (JSON lines) and say what is wrong with each bad one",
      ewctl_validate},
     {"publish", "publish an event built from its data on the configured bus", ewctl_publish},
     {"tail", "print events as JSON lines as they arrive on the configured bus", ewctl_tail},
-    {"dlq", "list, show and discard dead letters in the event store", ewctl_dlq},
-    {"store", "read a stream of the event store, purge old events", ewctl_store},
+    {"dlq", "list, show, retry and discard dead letters in the event store", ewctl_dlq},
+    {"store", "read a stream of the event store, replay events to a group, purge old ones",
+     ewctl_store},
     {"saga", "list saga instances, show one and every transition it went through", ewctl_saga},
-    {"audit", "list, verify and print the signed heads of the services' audit chains", ewctl_audit},
+    {"audit", "list and verify the services' audit chains, checkpoint (sign) their heads",
+     ewctl_audit},
     {"config", "list every setting, its default and its value here", ewctl_config},
     {"console", "serve a web console: live events, timelines, dead letters, sagas, charts",
      ewctl_console},
