@@ -11,6 +11,11 @@
  *                           batched XACK; from the first publish to the last event handled
  *   latency                 1,000 events/s for 3 s through the bus, published one at a time;
  *                           from building the event to its handler (p50, p99)
+ *   publish_to_handled_mac, publish_to_handled_ed25519
+ *                           publish_to_handled with authenticated events (EVENT_AUTH=mac, =ed25519:
+ *                           each event tagged or signed when published and checked when
+ *                           received, docs/bus-auth.md), beside publish_to_handled without
+ *                           (EVENT_AUTH=off) in the same rounds
  *
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
@@ -29,6 +34,7 @@
 #include <unistd.h>
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
+#include "eventwire/evauth.h"
 #include "eventwire/id.h"
 
 #define N_EVENTS 100000
@@ -305,19 +311,47 @@ static double bench_raw_publish_to_handled(void)
 
 static ew_event *events[N_EVENTS];
 
-static ew_bus *bus_open(const char *pfx)
+static ew_evauth *auth_mac, *auth_ed; /* auth-service's keys, in a key store of the run's */
+static char keys_dir[64];
+
+static ew_evauth *auth_open(const char *mode)
+{
+    char store[128], key_file[128];
+    snprintf(store, sizeof store, "sqlite:%s/keys.db", keys_dir);
+    snprintf(key_file, sizeof key_file, "%s/auth-service.%s.key", keys_dir, mode);
+    ew_config *cfg;
+    ew_evauth *a;
+    ew_error err = {0};
+    if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "KEY_STORE_URL", store, &err) ||
+        ew_config_set(cfg, "EVENT_AUTH", mode, &err) ||
+        ew_evauth_open(
+            &a,
+            &(ew_evauth_options){.config = cfg, .service = "auth-service", .key_file = key_file},
+            &err))
+        die("auth", err.msg);
+    ew_config_free(cfg);
+    return a;
+}
+
+static ew_bus *bus_open_auth(const char *pfx, ew_evauth *auth)
 {
     ew_config *cfg;
     ew_error err = {0};
     if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "EVENT_BUS_TYPE", "redis", &err) ||
-        ew_config_set(cfg, "SERVICE_NAME", "bench", &err) ||
+        ew_config_set(cfg, "SERVICE_NAME", auth ? "auth-service" : "bench", &err) ||
         ew_config_set(cfg, "REDIS_EVENT_URL", url, &err) ||
         ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err))
         die("config", err.msg);
     ew_bus *bus;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err)) die("open", err.msg);
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
+        die("open", err.msg);
     ew_config_free(cfg);
     return bus;
+}
+
+static ew_bus *bus_open(const char *pfx)
+{
+    return bus_open_auth(pfx, NULL);
 }
 
 static void bus_publish_all(ew_bus *bus)
@@ -368,13 +402,16 @@ static void wait_count(counter *c, long n)
     }
 }
 
-static double bench_bus_publish_to_handled(int round)
+static double bench_bus_publish_to_handled_auth(int round, ew_evauth *auth)
 {
     quiesce();
     char pfx[96], key[160];
-    snprintf(pfx, sizeof pfx, "%s-bush%d", prefix, round);
+    snprintf(pfx, sizeof pfx, "%s-bush%d%s", prefix, round,
+             !auth              ? ""
+             : auth == auth_mac ? "m"
+                                : "e");
     snprintf(key, sizeof key, "%s:user.registered", pfx);
-    ew_bus *bus = bus_open(pfx);
+    ew_bus *bus = bus_open_auth(pfx, auth);
     counter cnt = {0};
     ew_error err = {0};
     if (ew_bus_subscribe(bus, "user.registered", count_fn, &cnt, NULL, &err) ||
@@ -387,6 +424,11 @@ static double bench_bus_publish_to_handled(int round)
     ew_bus_close(bus);
     raw_del(key);
     return r;
+}
+
+static double bench_bus_publish_to_handled(int round)
+{
+    return bench_bus_publish_to_handled_auth(round, NULL);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -469,6 +511,27 @@ int main(int argc, char **argv)
             }
         }
     }
+    /* authenticated: off (no ew_evauth), mac and ed25519 take turns in each round */
+    snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+    if (!mkdtemp(keys_dir)) die("keys", "cannot make a folder");
+    auth_mac = auth_open("mac");
+    auth_ed = auth_open("ed25519");
+    double off = 0, mac = 0, ed = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < 3; k++) {
+            int which = (k + round) % 3;
+            if (which == 0 && (v = bench_bus_publish_to_handled_auth(round, NULL)) > off) off = v;
+            if (which == 1 && (v = bench_bus_publish_to_handled_auth(round, auth_mac)) > mac)
+                mac = v;
+            if (which == 2 && (v = bench_bus_publish_to_handled_auth(round, auth_ed)) > ed) ed = v;
+        }
+    }
+    ew_evauth_close(auth_mac);
+    ew_evauth_close(auth_ed);
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+    if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+
     double p50, p99;
     bench_latency(&p50, &p99);
 
@@ -479,6 +542,13 @@ int main(int argc, char **argv)
     printf("bench: bus.redis.publish_to_handled %.0f events/s ratio=%.2f "
            "baseline=bus.redis.raw_publish_to_handled\n",
            e2e, e2e / raw_e2e);
+    printf("bench: bus.redis.publish_to_handled_mac %.0f events/s ratio=%.2f "
+           "baseline=bus.redis.publish_to_handled_off\n",
+           mac, mac / off);
+    printf("bench: bus.redis.publish_to_handled_ed25519 %.0f events/s ratio=%.2f "
+           "baseline=bus.redis.publish_to_handled_off\n",
+           ed, ed / off);
+    printf("bench: bus.redis.publish_to_handled_off %.0f events/s\n", off);
     printf("bench: bus.redis.latency.p50 %.3f ms\n", p50);
     printf("bench: bus.redis.latency.p99 %.3f ms\n", p99);
     printf("# redis: %d events of %.0f bytes on average, batches of %d, best of %d rounds; latency "

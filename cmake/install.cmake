@@ -65,6 +65,8 @@ if(TARGET ewctl)
   install(TARGETS ewctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   install(FILES ${PROJECT_SOURCE_DIR}/docs/ewctl.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
 endif()
+# The default bus policy, to copy and edit (EVENT_POLICY_FILE; the library has it built in).
+install(FILES ${PROJECT_SOURCE_DIR}/docs/bus-policy.conf DESTINATION ${CMAKE_INSTALL_DATADIR}/eventwire)
 # ewctl up finds the services beside itself.
 if(EW_SERVICES)
   install(TARGETS ${EW_SERVICES} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

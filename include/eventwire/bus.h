@@ -30,6 +30,7 @@
 #include "eventwire/config.h"
 #include "eventwire/dlq.h"
 #include "eventwire/error.h"
+#include "eventwire/evauth.h"
 #include "eventwire/event.h"
 #include "eventwire/inbox.h"
 #include "eventwire/log.h"
@@ -61,6 +62,12 @@ typedef struct ew_bus_options {
     void *span_ud;
     ew_dlq_sink dlq; /* .ops NULL: the bus keeps dead letters in memory (ew_bus_dead_letters) */
     ew_inbox inbox;  /* .ops NULL: no idempotency check */
+    /* Authenticated events (eventwire/evauth.h), borrowed: it must outlive the bus. Every
+     * publish is checked against the policy (EW_EPERM, nothing published) and signed, every
+     * subscription checked (EW_EPERM), every event received from a broker verified and checked
+     * in the receive path (dead-lettered with the reason when it fails), redeliveries' events
+     * too. NULL: nothing is signed or checked (EVENT_AUTH=off). */
+    ew_evauth *auth;
 } ew_bus_options;
 
 /* Opens the bus that opts->config names (EVENT_BUS_TYPE). Subscriptions may be added before or

@@ -41,7 +41,9 @@ extern "C" {
     X(EAGAIN, -25, 1, "try again")                                                                 \
     X(ECONFLICT, -26, 0, "version conflict")                                                       \
     X(ESTATE, -27, 0, "not allowed in the current state")                                          \
-    X(EUSAGE, -28, 0, "usage error")
+    X(EUSAGE, -28, 0, "usage error")                                                               \
+    X(EPERM, -29, 0, "not allowed by the policy")                                                  \
+    X(EAUTH, -30, 0, "not authenticated")
 
 enum {
     EW_OK = 0,

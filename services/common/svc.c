@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "core/buf.h"
+#include "core/json.h"
 #include "eventwire/clock.h"
 #include "eventwire/audit.h"
 #include "eventwire/metrics.h"
@@ -42,7 +43,11 @@ struct svc {
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     svc_keeper *keeper;  /* retention, on a timer */
     ew_audit *audit;     /* who did what: the service's chain (eventwire/audit.h) */
-    ew_inbox inner;      /* the database's inbox, which ours wraps */
+    ew_evauth *evauth;   /* the service's bus key and the bus policy; NULL with EVENT_AUTH=off */
+    /* a key made or rotated while opening, before the chain was open: recorded once it is */
+    ew_evauth_notice_kind early_kind;
+    char early_kid[EW_KEY_ID_LEN + 1];
+    ew_inbox inner; /* the database's inbox, which ours wraps */
     /* the relay */
     pthread_t relay;
     int relay_started;
@@ -325,6 +330,9 @@ static int keep_revocation(void *ud, const ew_row *r)
 
 /* ---- the audit chain ----------------------------------------------------------------------- */
 
+static void audit_evauth(svc *s, ew_evauth_notice_kind kind, const ew_event *ev,
+                         const char *detail);
+
 /* The chain in the service's database, signed with KEY_DIR/NAME.audit.key (made at first
  * start, 0600). */
 static int audit_open(svc *s, ew_error *err)
@@ -335,7 +343,56 @@ static int audit_open(svc *s, ew_error *err)
     int rc = path.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
                       : ew_audit_open(&s->audit, s->db, s->def->name, path.data, err);
     ew_buf_release(&path);
+    if (!rc && s->early_kind) audit_evauth(s, s->early_kind, NULL, s->early_kid);
     return rc;
+}
+
+/* What the bus's authentication tells (eventwire/evauth.h) goes to the chain: keys made and
+ * rotated, publishes, subscriptions and received events refused (with the reason; an event by
+ * its id, type and claimed source, never its data). */
+static void audit_evauth(svc *s, ew_evauth_notice_kind kind, const ew_event *ev, const char *detail)
+{
+    const char *action = kind == EW_EVAUTH_KEY_MADE          ? "bus.key_made"
+                         : kind == EW_EVAUTH_KEY_ROTATED     ? "bus.key_rotated"
+                         : kind == EW_EVAUTH_PUBLISH_REFUSED ? "bus.publish_refused"
+                         : kind == EW_EVAUTH_RECEIVE_REFUSED ? "bus.event_refused"
+                                                             : "bus.subscribe_refused";
+    if (kind == EW_EVAUTH_KEY_MADE || kind == EW_EVAUTH_KEY_ROTATED)
+        svc_log(s, EW_LOG_INFO, "%s: bus key %s", action + 4, detail);
+    if (!s->audit) {
+        if (kind == EW_EVAUTH_KEY_MADE || kind == EW_EVAUTH_KEY_ROTATED) {
+            s->early_kind = kind;
+            snprintf(s->early_kid, sizeof s->early_kid, "%s", detail);
+        }
+        return;
+    }
+    char actor[160];
+    ew_buf d;
+    ew_buf_init(&d);
+    if (kind == EW_EVAUTH_KEY_MADE || kind == EW_EVAUTH_KEY_ROTATED) {
+        snprintf(actor, sizeof actor, "service:%s", s->def->name);
+        ew_buf_puts(&d, "{\"kid\":");
+        ew_json_write_string(&d, detail, strlen(detail));
+    } else {
+        if (kind == EW_EVAUTH_RECEIVE_REFUSED && ev)
+            snprintf(actor, sizeof actor, "unverified:%.100s", ew_event_source(ev));
+        else
+            snprintf(actor, sizeof actor, "service:%s", s->def->name);
+        ew_buf_puts(&d, "{\"reason\":");
+        ew_json_write_string(&d, detail, strlen(detail));
+        if (ev) {
+            ew_buf_puts(&d, ",\"type\":");
+            ew_json_write_string(&d, ew_event_type(ev), strlen(ew_event_type(ev)));
+        }
+    }
+    ew_buf_putc(&d, '}');
+    if (!d.oom) svc_audit(s, actor, action, ev ? ew_event_id(ev) : NULL, d.data);
+    ew_buf_release(&d);
+}
+
+static void on_evauth(void *ud, ew_evauth_notice_kind kind, const ew_event *ev, const char *detail)
+{
+    audit_evauth(ud, kind, ev, detail);
 }
 
 void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
@@ -858,7 +915,13 @@ static int open_all(svc *s, const char *const *settings, ew_error *err)
                                              .log_ud = s->log},
                           err)))
         return rc;
-    ew_bus_options bo = {.config = s->cfg,
+    if (strcmp(ew_config_get(s->cfg, "EVENT_AUTH"), "off") != 0) {
+        ew_evauth_options ao = {
+            .config = s->cfg, .service = s->def->name, .notice = on_evauth, .notice_ud = s};
+        if ((rc = ew_evauth_open(&s->evauth, &ao, err))) return rc;
+    }
+    ew_bus_options bo = {.auth = s->evauth,
+                         .config = s->cfg,
                          .span = s->otlp ? ew_otlp_span : NULL,
                          .span_ud = s->otlp,
                          .log = ew_logger_sink,
@@ -931,6 +994,8 @@ static void close_all(svc *s)
         svc_log(s, EW_LOG_WARN, "the bus closed with events still pending");
     s->bus = NULL;
     ew_saga_engine_close(s->sagas);
+    ew_evauth_close(s->evauth); /* after the bus and the engine, which publish with it */
+    s->evauth = NULL;
     s->sagas = NULL;
     ew_otlp_free(s->otlp); /* after the bus and the HTTP server: nothing reports spans now */
     s->otlp = NULL;

@@ -192,6 +192,10 @@ void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
 /* Passes a record made elsewhere (a store the backend opened) to the bus's log callback. */
 void ew__bus_log_record(ew_bus *bus, const ew_log_record *rec);
 
+/* The bus's ew_bus_options.auth when its backend carries events between processes; NULL for
+ * the memory bus and a bus without one. Borrowed until close. */
+ew_evauth *ew__bus_auth(const ew_bus *bus);
+
 /* SERVICE_NAME, the bus's default group. Borrowed until close. */
 const char *ew__bus_service(const ew_bus *bus);
 

@@ -11,6 +11,7 @@
 #include "bus/backend.h"
 #include "eventwire/store.h"
 #include "bus/dispatch.h"
+#include "bus/receive.h"
 #include "bus/redeliver.h"
 #include "eventwire/bus.h"
 #include "eventwire/catalog.h"
@@ -29,6 +30,8 @@ struct ew_bus {
     ew_dlq_sink dlq;
     ew_inbox inbox;
     ew_store *audit;     /* ENABLE_EVENT_STORE: every published event is recorded here first */
+    ew_evauth *auth;     /* ew_bus_options.auth: borrowed */
+    bool sign;           /* auth, and a backend that carries events between processes */
     const char *service; /* in cfg */
     int max_attempts, backoff_ms, backoff_max_ms, drain_ms;
 
@@ -50,6 +53,16 @@ static const ew_bus_ops *const backends[] = {EW_BUS_BACKENDS(EW__BUS_TABLE_ENTRY
 ew_dispatcher *ew__bus_dispatcher(ew_bus *bus)
 {
     return bus->disp;
+}
+
+ew_evauth *ew__bus_auth(const ew_bus *bus)
+{
+    return bus->sign ? bus->auth : NULL;
+}
+
+static int verify_redelivered(void *self, const ew_event *ev, ew_error *err)
+{
+    return ew__recv_verify(self, ev, err);
 }
 
 const char *ew__bus_service(const ew_bus *bus)
@@ -108,16 +121,44 @@ static int record(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *e
     return 0;
 }
 
-/* The internal publish: follow-ups of handlers go through here, also while closing. */
+static void release_signed(ew_event **evs, size_t n)
+{
+    if (!evs) return;
+    for (size_t i = 0; i < n; i++)
+        ew_event_unref(evs[i]);
+    free(evs);
+}
+
+/* The internal publish: follow-ups of handlers go through here, also while closing. With
+ * ew_bus_options.auth, each event is checked against the policy and published signed. */
 static int publish_internal(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
                             ew_error *err)
 {
     ew_bus *bus = self;
     size_t done = 0;
-    int rc = bus->audit ? record(bus, evs, n, err) : 0;
+    ew_event **signed_evs = NULL;
+    int rc = 0;
+    if (bus->auth) {
+        /* the whole batch within the policy, or nothing leaves */
+        for (size_t i = 0; i < n && !rc; i++) {
+            ew_error e = {0};
+            if (!(rc = ew_evauth_check_publish(bus->auth, evs[i], &e))) continue;
+            if (n > 1)
+                ew_error_set(err, rc, "event %zu of %zu: %s: nothing published", i, n, e.msg);
+            else
+                ew_error_set(err, rc, "%s", e.msg);
+        }
+        if (!rc && bus->sign && !(signed_evs = calloc(n, sizeof *signed_evs)))
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        for (size_t i = 0; !rc && signed_evs && i < n; i++)
+            rc = ew_evauth_sign(bus->auth, evs[i], &signed_evs[i], err);
+        if (signed_evs) evs = (const ew_event *const *)signed_evs;
+    }
+    if (!rc && bus->audit) rc = record(bus, evs, n, err);
     if (rc) {
         atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
         if (npublished) *npublished = 0;
+        release_signed(signed_evs, n);
         return rc;
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, err);
@@ -127,6 +168,7 @@ static int publish_internal(void *self, const ew_event *const *evs, size_t n, si
         if (t < EW_T__COUNT)
             atomic_fetch_add_explicit(&bus->published_by_type[t], 1, memory_order_relaxed);
     }
+    release_signed(signed_evs, n);
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
     return rc;
@@ -172,6 +214,8 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
     bus->log = opts->log;
     bus->log_ud = opts->log_ud;
     bus->inbox = opts->inbox;
+    bus->auth = opts->auth;
+    bus->sign = opts->auth && strcmp(bus->ops->name, "memory") != 0;
     bus->service = ew_config_get(bus->cfg, "SERVICE_NAME");
     bus->max_attempts = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_MAX_ATTEMPTS");
     bus->backoff_ms = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_BACKOFF_MS");
@@ -193,6 +237,7 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
         .service = bus->service,
         .publish = publish_internal,
         .bus = bus,
+        .verify = bus->sign ? verify_redelivered : NULL,
     };
     /* The sqlite bus is the event store already: nothing to record twice. */
     if (ew_config_get_int(bus->cfg, "ENABLE_EVENT_STORE") &&
@@ -342,6 +387,10 @@ int ew_bus_subscribe(ew_bus *bus, const char *pattern, ew_handler_fn fn, void *u
                             MAX_CONCURRENCY);
     if (s.max_attempts < 0 || s.backoff_initial_ms < 0 || s.backoff_max_ms < 0)
         return ew_error_set(err, EW_EINVAL, "max_attempts and back-off times must not be negative");
+    if (bus->auth) {
+        int arc = ew_evauth_check_subscribe(bus->auth, pattern, err);
+        if (arc) return arc;
+    }
 
     pthread_mutex_lock(&bus->mu);
     int rc = 0;

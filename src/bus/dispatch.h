@@ -28,6 +28,9 @@ typedef struct ew_dispatch_host {
     int (*publish)(void *bus, const ew_event *const *evs, size_t n, size_t *npublished,
                    ew_error *err);
     void *bus;
+    /* Checks an event that arrives inside a redelivery as the receive path checks what arrives
+     * from the wire (receive.h): 0, or the reason it is refused. NULL: nothing to check. */
+    int (*verify)(void *bus, const ew_event *ev, ew_error *err);
 } ew_dispatch_host;
 
 /* A subscription with every option resolved (no zeros meaning "default"). */
@@ -65,6 +68,9 @@ bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *n
 
 /* The dead letter sink the dispatcher writes to. Borrowed. */
 const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d);
+
+/* The host's verify() for an event inside a redelivery: 0 when there is none. */
+int ew__dispatch_verify(const ew_dispatcher *d, const ew_event *ev, ew_error *err);
 
 /* Starts every worker thread. Idempotent. */
 int ew__dispatch_start(ew_dispatcher *d, ew_error *err);

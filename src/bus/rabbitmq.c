@@ -54,23 +54,23 @@ static void rmq_free(rmq *r)
     free(r);
 }
 
-/* Parses RABBITMQ_URL: amqp://[user[:password]@]host[:port][/vhost]. "/" or nothing after the
- * address is the default vhost "/", as most clients read it; "%2f" spells it too. */
+/* Parses RABBITMQ_URL: amqp://[user[:password]@]host[:port][/vhost], or amqps:// (TLS, port
+ * 5671 when left out). "/" or nothing after the address is the default vhost "/", as most
+ * clients read it; "%2f" spells it too. Messages show the URL with its password as ***. */
 int ew__amqp_url_parse(const char *url, char **buf, struct amqp_connection_info *ci, ew_error *err)
 {
     if (!(*buf = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     amqp_default_connection_info(ci);
-    if (strncmp(url, "amqps://", 8) == 0)
-        return ew_error_set(err, EW_ECONFIG,
-                            "RABBITMQ_URL: amqps:// (TLS) is not supported by this backend; use "
-                            "amqp://");
-    if (strncmp(url, "amqp://", 7) != 0 || amqp_parse_url(*buf, ci) != AMQP_STATUS_OK)
+    char shown[160];
+    ew_url_redact(url, shown, sizeof shown);
+    if ((strncmp(url, "amqp://", 7) != 0 && strncmp(url, "amqps://", 8) != 0) ||
+        amqp_parse_url(*buf, ci) != AMQP_STATUS_OK)
         return ew_error_set(err, EW_ECONFIG,
                             "RABBITMQ_URL: '%.100s' is not an AMQP URL "
-                            "(amqp://user:password@host:port/vhost)",
-                            url);
+                            "(amqp://user:password@host:port/vhost, or amqps://... for TLS)",
+                            shown);
     if (!*ci->host)
-        return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: '%.100s' names no host", url);
+        return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: '%.100s' names no host", shown);
     if (ci->port < 1 || ci->port > 65535)
         return ew_error_set(err, EW_ECONFIG, "RABBITMQ_URL: port %d is outside 1..65535", ci->port);
     return 0;
@@ -100,7 +100,7 @@ static int rmq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
     r->pbackoff_ms = BACKOFF_MIN_MS;
     const char *ex = ew_config_get(cfg, "RABBITMQ_EXCHANGE");
     int rc = parse_url(r, ew_config_get(cfg, "RABBITMQ_URL"), err);
-    if (rc) goto fail;
+    if (rc || (rc = ew__mq_tls_settings(r, cfg, err))) goto fail;
     if (strlen(ex) + 4 > AMQP_NAME_MAX) {
         rc = ew_error_set(err, EW_ECONFIG, "RABBITMQ_EXCHANGE: '%.64s...' is longer than %d bytes",
                           ex, AMQP_NAME_MAX - 4);
@@ -117,7 +117,8 @@ static int rmq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
     rc = ew__mq_pub_ensure(r, err);
     pthread_mutex_unlock(&r->pmu);
     if (rc) goto fail;
-    ew__bus_log(bus, EW_LOG_DEBUG, "rabbitmq: connected to %s, exchange %s", r->addr, r->exchange);
+    ew__bus_log(bus, EW_LOG_DEBUG, "rabbitmq: connected to %s%s, exchange %s", r->addr,
+                r->ci.ssl ? " over TLS" : "", r->exchange);
     *self = r;
     return 0;
 fail:

@@ -80,6 +80,8 @@ struct rmq {
     struct amqp_connection_info ci;
     const char *vhost;
     char addr[300]; /* "host:port vhost /": for messages (never the password) */
+    /* amqps:// (ci.ssl): RABBITMQ_TLS_CA_FILE, _CERT_FILE, _KEY_FILE; "" when unset */
+    char tls_ca[1024], tls_cert[1024], tls_key[1024];
     char *exchange, *dlx;
     int connect_ms, max_in_flight;
     size_t max_bytes;
@@ -109,6 +111,7 @@ int ew__mq_declare_queue(rmq *r, amqp_connection_state_t st, const char *queue, 
 int ew__mq_declare_topology(rmq *r, amqp_connection_state_t st, ew_error *err);
 void ew__mq_reply_text(amqp_rpc_reply_t rr, char *buf, size_t n);
 int ew__mq_rpc_check(amqp_connection_state_t st, int code, ew_error *err, const char *what);
+int ew__mq_tls_settings(rmq *r, const ew_config *cfg, ew_error *err);
 
 /* ---- rabbitmq_publish.c ------------------------------------------------------------------ */
 

@@ -1,14 +1,20 @@
-/* eventwire — the RabbitMQ backend, connections: TCP with a deadline, login, channel, the
- * topology (exchange, dead-letter exchange, group queues) and the small helpers around replies. */
+/* eventwire — the RabbitMQ backend, connections: TCP with a deadline, or TLS for amqps://
+ * (rabbitmq-c's amqp_ssl_socket), login, channel, the topology (exchange, dead-letter exchange,
+ * group queues) and the small helpers around replies. */
 #ifdef EW_HAVE_RABBITMQ
 
 #include <amqp.h>
 #include <amqp_framing.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -91,6 +97,18 @@ const char *ew__mq_binding_key(const char *pattern)
 
 /* ---- connections -------------------------------------------------------------------------- */
 
+/* Nagle off (small frames go at once); keepalive finds a peer that vanished, since the
+ * connections run without AMQP heartbeats. */
+static void tune_socket(int fd)
+{
+    int on = 1, idle = 30, intvl = 10, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
 /* A non-blocking TCP connection to the broker by the deadline (our own connect, for the reason
  * of a failure: rabbitmq-c only says "a socket error occurred"). */
 static int tcp_connect(rmq *r, int64_t deadline, int *out, ew_error *err)
@@ -131,35 +149,168 @@ static int tcp_connect(rmq *r, int64_t deadline, int *out, ew_error *err)
     if (fd < 0)
         return ew_error_set(err, EW_ECONNECT, "cannot connect to RabbitMQ at %s (RABBITMQ_URL): %s",
                             r->addr, why == ETIMEDOUT ? "timed out" : strerror(why));
-    /* Nagle off (small frames go at once); keepalive finds a peer that vanished, since the
-     * connections run without AMQP heartbeats. */
-    int on = 1, idle = 30, intvl = 10, cnt = 3;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    tune_socket(fd);
     *out = fd;
     return 0;
 }
 
+/* ---- TLS (amqps://) ------------------------------------------------------------------------ */
+
+/* The TLS files of an amqps:// bus (RABBITMQ_TLS_*), read once at open; each connection loads
+ * them into its own socket. 0, or EW_ECONFIG for a lone certificate or key, or a path too long. */
+int ew__mq_tls_settings(rmq *r, const ew_config *cfg, ew_error *err)
+{
+    static const char *const names[] = {"RABBITMQ_TLS_CA_FILE", "RABBITMQ_TLS_CERT_FILE",
+                                        "RABBITMQ_TLS_KEY_FILE"};
+    char *dst[] = {r->tls_ca, r->tls_cert, r->tls_key};
+    for (int i = 0; i < 3; i++) {
+        const char *v = ew_config_get(cfg, names[i]);
+        if (strlen(v) >= sizeof r->tls_ca)
+            return ew_error_set(err, EW_ECONFIG, "%s: the path is longer than %zu bytes", names[i],
+                                sizeof r->tls_ca - 1);
+        if (*v && access(v, R_OK) != 0)
+            return ew_error_set(err, EW_ECONFIG, "%s: cannot read '%.200s': %s", names[i], v,
+                                strerror(errno));
+        snprintf(dst[i], sizeof r->tls_ca, "%s", v);
+    }
+    if (!*r->tls_cert != !*r->tls_key)
+        return ew_error_set(err, EW_ECONFIG,
+                            "%s is set but %s is not: a client certificate needs both",
+                            *r->tls_cert ? names[1] : names[2], *r->tls_cert ? names[2] : names[1]);
+    return 0;
+}
+
+/* What verifying the broker's certificate found first, noted by verify_note() during the
+ * handshake: rabbitmq-c only says that verification failed. */
+typedef struct verify_seen {
+    int error; /* X509_V_OK, or the first error */
+} verify_seen;
+
+static int verify_note(int ok, X509_STORE_CTX *x)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    verify_seen *seen = ssl ? SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)) : NULL;
+    if (!ok && seen && seen->error == X509_V_OK) seen->error = X509_STORE_CTX_get_error(x);
+    return ok; /* rabbitmq-c refuses the connection after the handshake when this failed */
+}
+
+static const char *ssl_reason(void)
+{
+    unsigned long q = ERR_peek_last_error();
+    const char *why = q ? ERR_reason_error_string(q) : NULL;
+    return why ? why : "unknown error";
+}
+
+/* A TLS socket on st to the broker by the deadline: the broker's certificate checked against
+ * RABBITMQ_TLS_CA_FILE (or the system's authorities) and against the URL's host, which OpenSSL
+ * checks while it verifies the chain (a name, or an IP address literal: rabbitmq-c's own check
+ * knows names only); the client certificate when set. */
+static int tls_connect(rmq *r, amqp_connection_state_t st, int64_t deadline, ew_error *err)
+{
+    amqp_socket_t *sock = amqp_ssl_socket_new(st); /* owned by st */
+    if (!sock) return ew_error_set(err, EW_ENOMEM, "out of memory starting TLS");
+    SSL_CTX *ctx = amqp_ssl_socket_get_context(sock);
+    ERR_clear_error();
+    if (*r->tls_ca ? amqp_ssl_socket_set_cacert(sock, r->tls_ca) != AMQP_STATUS_OK
+                   : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        int rc = *r->tls_ca ? ew_error_set(err, EW_ECONFIG,
+                                           "RABBITMQ_TLS_CA_FILE: cannot load certificates from "
+                                           "'%.200s': %s",
+                                           r->tls_ca, ssl_reason())
+                            : ew_error_set(err, EW_ECONFIG,
+                                           "the system's certificate authorities cannot be "
+                                           "loaded (%s): set RABBITMQ_TLS_CA_FILE",
+                                           ssl_reason());
+        ERR_clear_error();
+        return rc;
+    }
+    if (*r->tls_cert && amqp_ssl_socket_set_key(sock, r->tls_cert, r->tls_key) != AMQP_STATUS_OK) {
+        int rc = ew_error_set(err, EW_ECONFIG,
+                              "RABBITMQ_TLS_CERT_FILE, RABBITMQ_TLS_KEY_FILE: cannot use "
+                              "'%.200s' with '%.200s': %s",
+                              r->tls_cert, r->tls_key, ssl_reason());
+        ERR_clear_error();
+        return rc;
+    }
+    amqp_ssl_socket_set_verify_peer(sock, 1);
+    amqp_ssl_socket_set_verify_hostname(sock, 0); /* checked in the chain, below */
+    unsigned char ip[16];
+    bool is_ip =
+        inet_pton(AF_INET, r->ci.host, ip) == 1 || inet_pton(AF_INET6, r->ci.host, ip) == 1;
+    X509_VERIFY_PARAM *param = SSL_CTX_get0_param(ctx);
+    if ((is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, r->ci.host)
+               : X509_VERIFY_PARAM_set1_host(param, r->ci.host, 0)) != 1) {
+        ERR_clear_error();
+        return ew_error_set(err, EW_ECONFIG,
+                            "RABBITMQ_URL: the host '%.100s' cannot be checked by TLS", r->ci.host);
+    }
+    verify_seen seen = {X509_V_OK};
+    SSL_CTX_set_app_data(ctx, &seen);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, verify_note);
+    int64_t left_ms = (deadline - ew_mono_ns()) / 1000000;
+    struct timeval tv = ew__ms_tv(left_ms);
+    int status = amqp_socket_open_noblock(sock, r->ci.host, r->ci.port, &tv);
+    SSL_CTX_set_app_data(ctx, NULL);
+    ERR_clear_error();
+    if (status == AMQP_STATUS_OK) {
+        tune_socket(amqp_socket_get_sockfd(sock));
+        return 0;
+    }
+    if (seen.error == X509_V_ERR_HOSTNAME_MISMATCH || seen.error == X509_V_ERR_IP_ADDRESS_MISMATCH)
+        return ew_error_set(err, EW_ECONFIG,
+                            "TLS to RabbitMQ at %s: its certificate is not for '%s' (the host of "
+                            "RABBITMQ_URL)",
+                            r->addr, r->ci.host);
+    if (seen.error != X509_V_OK || status == AMQP_STATUS_SSL_PEER_VERIFY_FAILED)
+        return ew_error_set(err, EW_ECONFIG,
+                            "TLS to RabbitMQ at %s: its certificate does not verify: %s (the "
+                            "trusted authorities: RABBITMQ_TLS_CA_FILE)",
+                            r->addr,
+                            seen.error != X509_V_OK ? X509_verify_cert_error_string(seen.error)
+                                                    : "no certificate");
+    if (status == AMQP_STATUS_SSL_CONNECTION_FAILED || status == AMQP_STATUS_SSL_ERROR)
+        return ew_error_set(err, EW_ECONNECT,
+                            "TLS handshake with RabbitMQ at %s failed (is it a TLS port?)",
+                            r->addr);
+    /* a socket error: our own connect says why */
+    int fd = -1;
+    int rc = tcp_connect(r, deadline, &fd, err);
+    if (fd >= 0) close(fd);
+    return rc ? rc
+              : ew_error_set(err, EW_ECONNECT,
+                             "cannot connect to RabbitMQ at %s (RABBITMQ_URL): %s", r->addr,
+                             amqp_error_string2(status));
+}
+
 /* Opens a connection with channel 1, within EVENT_BUS_CONNECT_TIMEOUT_MS for the TCP connection
- * and the login together. EW_ECONNECT naming the address when the broker cannot be reached. */
+ * (and TLS) and the login together. EW_ECONNECT naming the address when the broker cannot be
+ * reached; EW_ECONFIG naming the setting when TLS or the login refuses. */
 int ew__mq_conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
 {
     *out = NULL;
     int64_t deadline = ew_mono_ns() + (int64_t)r->connect_ms * 1000000;
-    int fd = -1;
-    int rc = tcp_connect(r, deadline, &fd, err);
-    if (rc) return rc;
+    int rc;
     amqp_connection_state_t st = amqp_new_connection();
-    amqp_socket_t *sock = st ? amqp_tcp_socket_new(st) : NULL;
-    if (!sock) {
-        close(fd);
-        if (st) amqp_destroy_connection(st);
-        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!st) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (r->ci.ssl) {
+        if ((rc = tls_connect(r, st, deadline, err))) {
+            amqp_destroy_connection(st);
+            return rc;
+        }
+    } else {
+        int fd = -1;
+        if ((rc = tcp_connect(r, deadline, &fd, err))) {
+            amqp_destroy_connection(st);
+            return rc;
+        }
+        amqp_socket_t *sock = amqp_tcp_socket_new(st);
+        if (!sock) {
+            close(fd);
+            amqp_destroy_connection(st);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+        amqp_tcp_socket_set_sockfd(sock, fd); /* the connection owns fd from here */
     }
-    amqp_tcp_socket_set_sockfd(sock, fd); /* the connection owns fd from here */
     struct timeval tv;
     int64_t left_ms = (deadline - ew_mono_ns()) / 1000000;
     tv = ew__ms_tv(left_ms);
@@ -169,13 +320,21 @@ int ew__mq_conn_open(rmq *r, amqp_connection_state_t *out, ew_error *err)
      * publisher would be cut off); TCP keepalive finds dead peers instead. */
     amqp_rpc_reply_t rr = amqp_login(st, r->vhost, 0, FRAME_MAX, 0, AMQP_SASL_METHOD_PLAIN,
                                      r->ci.user, r->ci.password);
-    char why[200];
+    char why[300];
     if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
         ew__mq_reply_text(rr, why, sizeof why);
         /* refused credentials or an unknown vhost: a setting to fix, not a broker to wait for */
         int code = reply_code(rr) == AMQP_ACCESS_REFUSED || reply_code(rr) == AMQP_NOT_ALLOWED
                        ? EW_ECONFIG
                        : EW_ECONNECT;
+        /* a broker that checks client certificates says no to one only after the handshake */
+        if (r->ci.ssl && rr.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            rr.library_error == AMQP_STATUS_SSL_ERROR) {
+            size_t l = strlen(why);
+            snprintf(why + l, sizeof why - l,
+                     " (a client certificate it does not take? "
+                     "RABBITMQ_TLS_CERT_FILE)");
+        }
         amqp_destroy_connection(st);
         return ew_error_set(err, code, "cannot log in to RabbitMQ at %s as '%s' (RABBITMQ_URL): %s",
                             r->addr, r->ci.user, why);

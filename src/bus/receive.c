@@ -32,11 +32,17 @@
 
 /* EW__RECV_HOOK_VERIFY: the event's authenticity — the publishing service's MAC or Ed25519
  * signature, and whether the access policy lets its source publish its type (DESIGN.md,
- * "Security"). Nothing to check yet. */
+ * "Security", docs/bus-auth.md). EW_EAUTH or EW_EPERM with the reason; nothing to check on the
+ * memory bus or a bus without ew_bus_options.auth. */
 static int hook_verify(ew_bus *bus, const ew_event *ev, ew_error *err)
 {
-    (void)bus, (void)ev, (void)err;
-    return 0;
+    ew_evauth *a = ew__bus_auth(bus);
+    return a ? ew_evauth_verify(a, ev, err) : 0;
+}
+
+int ew__recv_verify(ew_bus *bus, const ew_event *ev, ew_error *err)
+{
+    return hook_verify(bus, ev, err);
 }
 
 /* EW__RECV_HOOK_DECRYPT: fields encrypted with their subject's key become readable, in a new

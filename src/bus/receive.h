@@ -73,6 +73,10 @@ ew__recv_result ew__receive(ew_bus *bus, const ew__recv_msg *m, size_t max_bytes
  * (ew__recv_refused). Thread-safe. */
 int ew__recv_accept(ew_bus *bus, const ew_event *ev, ew_event **replaced, ew_error *err);
 
+/* The verify point alone (EW__RECV_HOOK_VERIFY), for an event that reaches the dispatcher
+ * inside a redelivery. 0, or EW_EAUTH / EW_EPERM with the reason. Thread-safe. */
+int ew__recv_verify(ew_bus *bus, const ew_event *ev, ew_error *err);
+
 /* Dead-letters an event that ew__recv_accept() refused, as ew__receive() does (same policy,
  * same retries). True when the sink has it. */
 bool ew__recv_refused(ew_bus *bus, const ew_event *ev, const char *group, const char *transport,

@@ -126,6 +126,15 @@ int ew__redelivery_deliver(ew_dispatcher *d, ew_delivery *outer, ew_error *err)
         ew_event_unref(ev);
         return rc;
     }
+    /* The event inside is checked as one from the wire is: a redelivery carries what it is
+     * given, and only the event's own tag says who made it. */
+    if (ew__dispatch_verify(d, ev, &e)) {
+        snprintf(why, sizeof why, "%s: the event inside redelivery %s: %s", ew_err_name(e.code),
+                 ew_event_id(outer->event), e.msg);
+        int rc = refuse(d, outer, rd, ev, why, err);
+        ew_event_unref(ev);
+        return rc;
+    }
     redelivery *r = calloc(1, sizeof *r);
     if (r) {
         r->ev = ev;

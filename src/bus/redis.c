@@ -444,7 +444,8 @@ static void rd_close(void *self)
         consumer_free(c);
     }
     free(rb->cons);
-    if (rb->pub) redisFree(rb->pub);
+    if (rb->pub) ew__rd_conn_free(rb->pub);
+    ew__rd_tls_close(rb);
     pthread_mutex_destroy(&rb->pub_mu);
     for (size_t i = 0; i < rb->ntrims; i++)
         free(rb->trims[i].key);
@@ -460,6 +461,10 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     if (!rb) return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = ew__redis_url_parse(&rb->url, ew_config_get(cfg, URL_VAR), err);
     if (rc) {
+        free(rb);
+        return rc;
+    }
+    if ((rc = ew__rd_tls_open(rb, cfg, err))) {
         free(rb);
         return rc;
     }
@@ -518,12 +523,14 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
         if (err) *err = e;
         goto fail;
     }
-    ew__bus_log(bus, EW_LOG_DEBUG, "redis: connected to %s (%s, prefix %s, consumer %s)", rb->addr,
-                rb->pubsub ? "pubsub" : "streams", rb->prefix, rb->consumer_base);
+    ew__bus_log(bus, EW_LOG_DEBUG, "redis: connected to %s%s (%s, prefix %s, consumer %s)",
+                rb->addr, rb->tls ? " over TLS" : "", rb->pubsub ? "pubsub" : "streams", rb->prefix,
+                rb->consumer_base);
     *self = rb;
     return 0;
 fail:
-    if (rb->pub) redisFree(rb->pub);
+    if (rb->pub) ew__rd_conn_free(rb->pub);
+    ew__rd_tls_close(rb);
     pthread_mutex_destroy(&rb->pub_mu);
     pthread_mutex_destroy(&rb->trim_mu);
     free(rb->prefix);

@@ -6,6 +6,7 @@
 #define EW_BUS_REDIS_H
 
 #include <hiredis/hiredis.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -17,7 +18,7 @@
 #include "eventwire/catalog.h"
 
 #define URL_VAR "REDIS_EVENT_URL"
-#define URL_FORM "redis://[user:password@]host:port[/db]"
+#define URL_FORM "redis://[user:password@]host:port[/db] or rediss://... for TLS"
 #define BLOCK_MS 500          /* one XREADGROUP BLOCK; stop() cuts it short with CLIENT UNBLOCK */
 #define BACKOFF_MIN_MS 50     /* reconnection back-off, doubling ... */
 #define BACKOFF_MAX_MS 2000   /* ... up to this */
@@ -102,7 +103,9 @@ struct redis_bus {
     ew_bus *bus;
     ew_dispatcher *disp;
     rurl url;
-    char addr[300]; /* host:port, for messages */
+    char addr[300];      /* host:port, for messages */
+    SSL_CTX *tls;        /* rediss://: the settings every connection's TLS starts from; else NULL */
+    BIO_METHOD *tls_bio; /* ... and our socket BIO (send with MSG_NOSIGNAL) */
     char *prefix;
     bool pubsub;
     long long maxlen;
@@ -139,6 +142,8 @@ struct redis_bus {
 
 /* ---- redis_conn.c ---------------------------------------------------------------- */
 
+void ew__rd_conn_free(redisContext *c);
+int ew__rd_conn_read(redisContext *c, bool nowait);
 void ew__rd_free_replies(redisReply **r, size_t n);
 /* ew__redis_url_parse (bus/url.h), in redis_conn.c. */
 int ew__rd_pub_conn(redis_bus *rb, bool *fresh, ew_error *err);
@@ -153,6 +158,8 @@ redisReply *ew__rd_rcmd(redisContext *c, int argc, const char *const *argv);
 redisContext *ew__rd_rconnect(redis_bus *rb, int io_ms, bool check_version, ew_error *err);
 bool ew__rd_reply_err_starts(const redisReply *r, const char *prefix);
 bool ew__rd_reply_is(const redisReply *r, int type);
+void ew__rd_tls_close(redis_bus *rb);
+int ew__rd_tls_open(redis_bus *rb, const ew_config *cfg, ew_error *err);
 bool ew__rd_rexchange(redisContext *c, const ew_buf *b, redisReply **replies, size_t n);
 int ew__rd_rsend(redisContext *c, const char *buf, size_t len);
 

@@ -1,11 +1,15 @@
 /* eventwire — the Redis backend, the connection: RESP commands formatted here and sent with
- * send(MSG_NOSIGNAL) (hiredis only reads replies), REDIS_EVENT_URL, connecting, and the shared
- * publishing connection. */
+ * send(MSG_NOSIGNAL) (hiredis only parses replies), TLS for rediss:// with OpenSSL on the same
+ * socket, REDIS_EVENT_URL, connecting, and the shared publishing connection. */
 #ifdef EW_HAVE_REDIS
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -82,9 +86,100 @@ static void conn_fail(redisContext *c, const char *what)
     snprintf(c->errstr, sizeof c->errstr, "%s", what);
 }
 
+/* ---- TLS (rediss://): OpenSSL on the connection's own socket. hiredis 0.14 has no TLS, so a
+ * connection stays a redisContext (its reader parses the replies) and its TLS state hangs on the
+ * reader's user field (redisReaderSetPrivdata), which hiredis leaves to its user: NULL on a
+ * plain connection. Bytes go through our BIO, which sends with MSG_NOSIGNAL like the plain path
+ * and keeps the socket's time-outs (SO_RCVTIMEO, SO_SNDTIMEO from redisSetTimeout). */
+
+typedef struct tls_conn {
+    SSL *ssl;
+    int fd;
+    bool nowait; /* a read must not block: the caller polled and wants only what is there */
+} tls_conn;
+
+static tls_conn *tls_of(const redisContext *c)
+{
+    return c->reader ? c->reader->privdata : NULL;
+}
+
+static int bio_write(BIO *b, const char *buf, int len)
+{
+    tls_conn *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    for (;;) {
+        ssize_t w = send(t->fd, buf, (size_t)len, MSG_NOSIGNAL);
+        if (w >= 0) return (int)w;
+        if (errno != EINTR) return -1; /* EAGAIN: SO_SNDTIMEO ran out, an error like any */
+    }
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+    tls_conn *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    for (;;) {
+        ssize_t r = recv(t->fd, buf, (size_t)len, t->nowait ? MSG_DONTWAIT : 0);
+        if (r >= 0) return (int)r;
+        if (errno == EINTR) continue;
+        if (t->nowait && (errno == EAGAIN || errno == EWOULDBLOCK)) BIO_set_retry_read(b);
+        return -1;
+    }
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+/* Why the last TLS call on t failed (ret its return), in words, into buf. */
+static void tls_why(const tls_conn *t, int ret, int saved_errno, char *buf, size_t n)
+{
+    int e = SSL_get_error(t->ssl, ret);
+    unsigned long q = ERR_peek_last_error();
+    if (q) {
+        const char *r = ERR_reason_error_string(q);
+        snprintf(buf, n, "%s", r ? r : "TLS error");
+    } else if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && saved_errno == 0)) {
+        snprintf(buf, n, "the server closed the connection");
+    } else if (e == SSL_ERROR_SYSCALL) {
+        snprintf(buf, n, "%s",
+                 saved_errno == EAGAIN || saved_errno == EWOULDBLOCK
+                     ? "no answer in time (timed out)"
+                     : strerror(saved_errno));
+    } else {
+        snprintf(buf, n, "TLS error %d", e);
+    }
+    ERR_clear_error();
+}
+
 int ew__rd_rsend(redisContext *c, const char *buf, size_t len)
 {
+    tls_conn *t = tls_of(c);
     while (len) {
+        if (t) {
+            int chunk = len > (1u << 30) ? 1 << 30 : (int)len;
+            ERR_clear_error();
+            errno = 0;
+            int w = SSL_write(t->ssl, buf, chunk);
+            if (w <= 0) {
+                int saved = errno;
+                char why[120];
+                tls_why(t, w, saved, why, sizeof why);
+                conn_fail(c, why);
+                return -1;
+            }
+            buf += w;
+            len -= (size_t)w;
+            continue;
+        }
         ssize_t w = send(c->fd, buf, len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR) continue;
@@ -98,17 +193,79 @@ int ew__rd_rsend(redisContext *c, const char *buf, size_t len)
     return 0;
 }
 
+/* Reads what the server sent into c's reader: what is there (nowait, after poll() said the
+ * socket is readable), or at least something, waiting up to the connection's time-out. 0, or -1
+ * with c->err and c->errstr set. This replaces redisBufferRead(), which reads the socket itself
+ * (and so cannot read TLS). */
+int ew__rd_conn_read(redisContext *c, bool nowait)
+{
+    tls_conn *t = tls_of(c);
+    if (!t) {
+        if (redisBufferRead(c) == REDIS_OK) return 0;
+        if (!c->err) conn_fail(c, "connection failed");
+        return -1;
+    }
+    char buf[16384];
+    t->nowait = nowait;
+    do {
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_read(t->ssl, buf, (int)sizeof buf);
+        if (r <= 0) {
+            int saved = errno;
+            if (SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_READ && nowait) break;
+            char why[120];
+            tls_why(t, r, saved, why, sizeof why);
+            conn_fail(c, why);
+            return -1;
+        }
+        if (redisReaderFeed(c->reader, buf, (size_t)r) != REDIS_OK) {
+            conn_fail(c, "out of memory reading a reply");
+            return -1;
+        }
+        /* what OpenSSL decrypted and holds is invisible to poll(): take it all now */
+    } while (SSL_pending(t->ssl) > 0);
+    return 0;
+}
+
+/* Closes the connection (TLS politely when it is sound) and frees it. */
+void ew__rd_conn_free(redisContext *c)
+{
+    if (!c) return;
+    tls_conn *t = tls_of(c);
+    if (t) {
+        t->nowait = true;
+        if (!c->err && SSL_is_init_finished(t->ssl)) SSL_shutdown(t->ssl);
+        ERR_clear_error();
+        SSL_free(t->ssl); /* and the BIO */
+        free(t);
+        redisReaderSetPrivdata(c->reader, NULL);
+    }
+    redisFree(c);
+}
+
 /* Reads one reply; NULL when the connection failed (c->errstr says why). */
 static redisReply *rread(redisContext *c)
 {
-    void *r = NULL;
-    if (redisGetReply(c, &r) != REDIS_OK) {
-        if (!c->err) conn_fail(c, "connection failed");
-        if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
-            snprintf(c->errstr, sizeof c->errstr, "no answer in time (read timed out)");
-        return NULL;
+    if (!tls_of(c)) {
+        void *r = NULL;
+        if (redisGetReply(c, &r) != REDIS_OK) {
+            if (!c->err) conn_fail(c, "connection failed");
+            if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+                snprintf(c->errstr, sizeof c->errstr, "no answer in time (read timed out)");
+            return NULL;
+        }
+        return r;
     }
-    return r;
+    for (;;) {
+        void *r = NULL;
+        if (redisGetReplyFromReader(c, &r) != REDIS_OK) {
+            if (!c->err) conn_fail(c, "protocol error");
+            return NULL;
+        }
+        if (r) return r;
+        if (ew__rd_conn_read(c, false)) return NULL;
+    }
 }
 
 /* Sends b and reads one reply per command in it, into replies[0..n). false when the connection
@@ -191,19 +348,31 @@ static int url_error(ew_error *err, const char *what)
     return ew_error_set(err, EW_ECONFIG, "%s: %s (expected %s)", URL_VAR, what, URL_FORM);
 }
 
-/* redis://[user:password@]host[:port][/db]; port 6379 and db 0 when left out. */
+/* redis://[user:password@]host[:port][/db], or rediss:// (TLS); port 6379 and db 0 when left
+ * out. No message shows the URL itself: it may hold a password. */
 int ew__redis_url_parse(rurl *u, const char *url, ew_error *err)
 {
     memset(u, 0, sizeof *u);
     u->port = 6379;
-    if (strncmp(url, "rediss://", 9) == 0)
-        return url_error(err, "TLS (rediss://) is not supported by this build");
-    if (strncmp(url, "redis://", 8) != 0) {
+    const char *p;
+    if (strncmp(url, "redis://", 8) == 0) {
+        p = url + 8;
+    } else if (strncmp(url, "rediss://", 9) == 0) {
+        u->tls = true;
+        p = url + 9;
+    } else {
+        /* the scheme alone, if it looks like one: never what follows */
+        size_t sl =
+            strspn(url, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
         char what[160];
-        snprintf(what, sizeof what, "'%.60s' does not start with redis://", url);
+        bool alpha = (url[0] >= 'a' && url[0] <= 'z') || (url[0] >= 'A' && url[0] <= 'Z');
+        if (alpha && sl <= 20 && url[sl] == ':')
+            snprintf(what, sizeof what, "the scheme '%.*s:' is neither redis:// nor rediss://",
+                     (int)sl, url);
+        else
+            snprintf(what, sizeof what, "it does not start with redis:// or rediss://");
         return url_error(err, what);
     }
-    const char *p = url + 8;
     size_t auth_len = strcspn(p, "/?#");
     const char *rest = p + auth_len;
     if (*rest == '?' || *rest == '#')
@@ -286,6 +455,166 @@ static int check_server(redis_bus *rb, redisContext *c, ew_error *err)
     return rc;
 }
 
+/* The TLS settings of a rediss:// bus, once, at open: the trusted authorities
+ * (REDIS_TLS_CA_FILE, or the system's), the client certificate and key when set, TLS 1.2 at
+ * least, the server's certificate verified. Nothing for redis://. 0, or EW_ECONFIG naming the
+ * setting whose file cannot be used. */
+int ew__rd_tls_open(redis_bus *rb, const ew_config *cfg, ew_error *err)
+{
+    if (!rb->url.tls) return 0;
+    const char *ca = ew_config_get(cfg, "REDIS_TLS_CA_FILE");
+    const char *cert = ew_config_get(cfg, "REDIS_TLS_CERT_FILE");
+    const char *key = ew_config_get(cfg, "REDIS_TLS_KEY_FILE");
+    if (!*cert != !*key)
+        return ew_error_set(err, EW_ECONFIG,
+                            "%s is set but %s is not: a client certificate needs both",
+                            *cert ? "REDIS_TLS_CERT_FILE" : "REDIS_TLS_KEY_FILE",
+                            *cert ? "REDIS_TLS_KEY_FILE" : "REDIS_TLS_CERT_FILE");
+    const char *const files[][2] = {
+        {"REDIS_TLS_CA_FILE", ca}, {"REDIS_TLS_CERT_FILE", cert}, {"REDIS_TLS_KEY_FILE", key}};
+    for (int i = 0; i < 3; i++)
+        if (*files[i][1] && access(files[i][1], R_OK) != 0)
+            return ew_error_set(err, EW_ECONFIG, "%s: cannot read '%.200s': %s", files[i][0],
+                                files[i][1], strerror(errno));
+    ERR_clear_error();
+    int rc = 0;
+    char why[160] = "";
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "eventwire-redis");
+    if (!ctx || !m || !BIO_meth_set_write(m, bio_write) || !BIO_meth_set_read(m, bio_read) ||
+        !BIO_meth_set_ctrl(m, bio_ctrl) || !BIO_meth_set_create(m, bio_create)) {
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory setting up TLS");
+        goto fail;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (*ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1
+            : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        unsigned long q = ERR_peek_last_error();
+        snprintf(why, sizeof why, "%s", q ? ERR_reason_error_string(q) : "unknown error");
+        rc = *ca ? ew_error_set(err, EW_ECONFIG,
+                                "REDIS_TLS_CA_FILE: cannot load certificates from '%.200s': %s", ca,
+                                why)
+                 : ew_error_set(err, EW_ECONFIG,
+                                "the system's certificate authorities cannot be loaded (%s): set "
+                                "REDIS_TLS_CA_FILE",
+                                why);
+        goto fail;
+    }
+    if (*cert && SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        unsigned long q = ERR_peek_last_error();
+        rc = ew_error_set(err, EW_ECONFIG,
+                          "REDIS_TLS_CERT_FILE: cannot use the certificate in '%.200s': %s", cert,
+                          q ? ERR_reason_error_string(q) : "unknown error");
+        goto fail;
+    }
+    if (*key && (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+                 SSL_CTX_check_private_key(ctx) != 1)) {
+        unsigned long q = ERR_peek_last_error();
+        rc = ew_error_set(err, EW_ECONFIG,
+                          "REDIS_TLS_KEY_FILE: cannot use the key in '%.200s' with "
+                          "REDIS_TLS_CERT_FILE: %s",
+                          key, q ? ERR_reason_error_string(q) : "unknown error");
+        goto fail;
+    }
+    ERR_clear_error();
+    rb->tls = ctx;
+    rb->tls_bio = m;
+    return 0;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    if (m) BIO_meth_free(m);
+    return rc;
+}
+
+void ew__rd_tls_close(redis_bus *rb)
+{
+    SSL_CTX_free(rb->tls);
+    if (rb->tls_bio) BIO_meth_free(rb->tls_bio);
+    rb->tls = NULL;
+    rb->tls_bio = NULL;
+}
+
+/* TLS on c's socket: the handshake, the server's certificate checked against the authorities and
+ * against the URL's host (a name, or an IP address literal). Then a PING, since a server that
+ * wants a client certificate says so only after the handshake (TLS 1.3). 0, or an error naming
+ * the setting to look at: EW_ECONFIG for a certificate that does not verify or a refused client,
+ * EW_ECONNECT for a server that does not speak TLS or does not answer. */
+static int tls_start(redis_bus *rb, redisContext *c, ew_error *err)
+{
+    tls_conn *t = calloc(1, sizeof *t);
+    BIO *bio = NULL;
+    if (!t || !(t->ssl = SSL_new(rb->tls)) || !(bio = BIO_new(rb->tls_bio))) {
+        if (t) SSL_free(t->ssl);
+        free(t);
+        return ew_error_set(err, EW_ENOMEM, "out of memory starting TLS");
+    }
+    t->fd = c->fd;
+    BIO_set_data(bio, t);
+    SSL_set_bio(t->ssl, bio, bio);
+    redisReaderSetPrivdata(c->reader, t); /* c owns t from here: ew__rd_conn_free */
+    unsigned char ip[16];
+    bool is_ip =
+        inet_pton(AF_INET, rb->url.host, ip) == 1 || inet_pton(AF_INET6, rb->url.host, ip) == 1;
+    X509_VERIFY_PARAM *param = SSL_get0_param(t->ssl);
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, rb->url.host) != 1
+              : (SSL_set_tlsext_host_name(t->ssl, rb->url.host) != 1 ||
+                 SSL_set1_host(t->ssl, rb->url.host) != 1)) {
+        ERR_clear_error();
+        return ew_error_set(err, EW_ECONFIG, "%s: the host '%.100s' cannot be checked by TLS",
+                            URL_VAR, rb->url.host);
+    }
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_connect(t->ssl);
+    if (r != 1) {
+        int saved = errno;
+        long v = SSL_get_verify_result(t->ssl);
+        if (v == X509_V_ERR_HOSTNAME_MISMATCH || v == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+            ERR_clear_error();
+            return ew_error_set(err, EW_ECONFIG,
+                                "TLS to Redis at %s: its certificate is not for '%s' (the host "
+                                "of %s)",
+                                rb->addr, rb->url.host, URL_VAR);
+        }
+        if (v != X509_V_OK) {
+            ERR_clear_error();
+            return ew_error_set(err, EW_ECONFIG,
+                                "TLS to Redis at %s: its certificate does not verify: %s (the "
+                                "trusted authorities: REDIS_TLS_CA_FILE)",
+                                rb->addr, X509_verify_cert_error_string(v));
+        }
+        char why[120];
+        tls_why(t, r, saved, why, sizeof why);
+        return ew_error_set(err, EW_ECONNECT,
+                            "TLS handshake with Redis at %s failed: %s (is it a TLS port?)",
+                            rb->addr, why);
+    }
+    /* TLS 1.3: the server judges the client's certificate after the handshake and answers with
+     * its session tickets, or with an alert and a closed connection. A PING sent into that close
+     * would meet a reset, which loses the alert: so the verdict is read first (what OpenSSL's
+     * servers, Redis among them, send at once; up to 200 ms for a server that sends nothing). */
+    bool ok = true;
+    if (SSL_version(t->ssl) >= TLS1_3_VERSION) {
+        struct pollfd pf = {.fd = t->fd, .events = POLLIN};
+        if (poll(&pf, 1, rb->connect_ms < 200 ? rb->connect_ms : 200) > 0)
+            ok = ew__rd_conn_read(c, true) == 0;
+    }
+    const char *argv[] = {"PING"};
+    redisReply *rep = ok ? ew__rd_rcmd(c, 1, argv) : NULL;
+    if (!rep) {
+        bool cert = strstr(c->errstr, "certificate") != NULL;
+        return ew_error_set(err, cert ? EW_ECONFIG : EW_ECONNECT,
+                            "Redis at %s refused the TLS connection: %s%s", rb->addr, c->errstr,
+                            cert ? " (the client certificate: REDIS_TLS_CERT_FILE, "
+                                   "REDIS_TLS_KEY_FILE)"
+                                 : "");
+    }
+    freeReplyObject(rep); /* an error here (NOAUTH) is AUTH's to report */
+    return 0;
+}
+
 /* A new connection, authenticated and on the URL's database; NULL with err set (EW_ECONNECT
  * when Redis cannot be reached or does not answer within EVENT_BUS_CONNECT_TIMEOUT_MS,
  * EW_ECONFIG when it refuses the credentials or the database). Commands on it then time out
@@ -307,6 +636,7 @@ redisContext *ew__rd_rconnect(redis_bus *rb, int io_ms, bool check_version, ew_e
         ew_error_set(err, EW_ECONNECT, "Redis at %s: %s", rb->addr, c->errstr);
         goto fail;
     }
+    if (rb->tls && tls_start(rb, c, err)) goto fail;
     if (rb->url.has_pass) {
         const char *argv[] = {"AUTH", rb->url.user, rb->url.pass};
         int argc = rb->url.user[0] ? 3 : 2;
@@ -348,7 +678,7 @@ redisContext *ew__rd_rconnect(redis_bus *rb, int io_ms, bool check_version, ew_e
     }
     return c;
 fail:
-    redisFree(c);
+    ew__rd_conn_free(c);
     return NULL;
 }
 
@@ -385,7 +715,7 @@ void ew__rd_pub_drop(redis_bus *rb)
     snprintf(rb->pub_last_err, sizeof rb->pub_last_err, "%s", rb->pub->errstr);
     ew__bus_log(rb->bus, EW_LOG_WARN, "redis: connection to %s lost: %s", rb->addr,
                 rb->pub->errstr);
-    redisFree(rb->pub);
+    ew__rd_conn_free(rb->pub);
     rb->pub = NULL;
 }
 

@@ -214,7 +214,7 @@ void ew__rd_consumer_drop(rconsumer *c, redisContext **conn, bool *was_down, con
         *was_down = true;
     }
     atomic_store(&c->client_id, 0);
-    redisFree(*conn);
+    ew__rd_conn_free(*conn);
     *conn = NULL;
 }
 /* ---- the acker --------------------------------------------------------------------------- */
@@ -370,7 +370,7 @@ void *ew__rd_acker_main(void *arg)
                 ew__bus_log(rb->bus, EW_LOG_WARN,
                             "redis: acknowledgements of group %s: connection lost: %s", c->group,
                             conn->errstr);
-                redisFree(conn);
+                ew__rd_conn_free(conn);
                 conn = NULL;
                 was_down = true;
                 backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
@@ -395,7 +395,7 @@ void *ew__rd_acker_main(void *arg)
         }
     }
     pthread_mutex_unlock(&c->mu);
-    if (conn) redisFree(conn);
+    if (conn) ew__rd_conn_free(conn);
     free(hb.v);
     ew_buf_release(&b);
     return NULL;

@@ -171,7 +171,7 @@ void *ew__rd_pubsub_reader_main(void *arg)
             }
         }
         if (pr > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-            if (redisBufferRead(conn) != REDIS_OK) goto drop;
+            if (ew__rd_conn_read(conn, true)) goto drop;
             for (;;) {
                 void *r = NULL;
                 if (redisGetReplyFromReader(conn, &r) != REDIS_OK) goto drop;

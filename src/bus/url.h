@@ -7,8 +7,9 @@
 #include <stdbool.h>
 #include "eventwire/error.h"
 
-/* REDIS_EVENT_URL, parsed: redis://[user:password@]host[:port][/db]. */
+/* REDIS_EVENT_URL, parsed: redis://[user:password@]host[:port][/db], or rediss://... (TLS). */
 typedef struct ew__redis_url {
+    bool tls;       /* rediss:// */
     char host[256]; /* without the brackets of an IPv6 literal */
     int port;       /* 6379 when left out */
     char user[128], pass[256];

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include "bus/bus_test_util.h"
 #include "eventwire/clock.h"
+#include "eventwire/evauth.h"
 #include "eventwire/store.h"
 
 typedef struct cf_backend {
@@ -1071,6 +1072,208 @@ static inline void cf_dead_letter_retry(void **state)
     ew_event_unref(ev);
 }
 
+/* ---- authenticated events (docs/bus-auth.md) ---------------------------------------------- */
+
+/* A key store, the services' keys and a policy of their own, in a folder of the test's. */
+typedef struct cf_auth {
+    char dir[64];
+    ew_config *cfg;
+    ew_keys *keys;
+    ew_policy *policy;
+} cf_auth;
+
+static inline ew_evauth *cf_auth_as(cf_auth *a, const char *service)
+{
+    ew_evauth *e;
+    ew_error err = {0};
+    ew_evauth_options o = {
+        .config = a->cfg, .service = service, .keys = a->keys, .policy = a->policy};
+    if (ew_evauth_open(&e, &o, &err)) fail_msg("ew_evauth_open(%s): %s", service, err.msg);
+    return e;
+}
+
+static inline void cf_auth_init(cf_auth *a)
+{
+    static const char policy[] = "publish auth-service user.*\n"
+                                 "publish export-service user.data_export_completed\n"
+                                 "subscribe user-service user.deletion_requested user.logged_in\n";
+    snprintf(a->dir, sizeof a->dir, "/tmp/ew-cfauth-XXXXXX");
+    assert_non_null(mkdtemp(a->dir));
+    char url[128];
+    ew_error err = {0};
+    snprintf(url, sizeof url, "sqlite:%s/keys.db", a->dir);
+    assert_int_equal(ew_config_new(&a->cfg, &err), 0);
+    assert_int_equal(ew_config_set(a->cfg, "KEY_STORE_URL", url, &err), 0);
+    assert_int_equal(ew_keys_open(&a->keys, &(ew_keys_options){.config = a->cfg}, &err), 0);
+    assert_int_equal(ew_policy_parse(&a->policy, policy, strlen(policy), "cf", &err), 0);
+}
+
+static inline void cf_auth_release(cf_auth *a)
+{
+    ew_keys_close(a->keys);
+    ew_policy_free(a->policy);
+    ew_config_free(a->cfg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", a->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* s with the first `from` replaced by `to`, malloc'ed. */
+static inline char *cf_str_edited(const char *s, const char *from, const char *to)
+{
+    const char *at = strstr(s, from);
+    assert_non_null(at);
+    size_t fl = strlen(from), tl = strlen(to);
+    char *out = malloc(strlen(s) + tl + 1);
+    memcpy(out, s, (size_t)(at - s));
+    memcpy(out + (at - s), to, tl);
+    strcpy(out + (at - s) + tl, at + fl);
+    return out;
+}
+
+/* ev's structured JSON with the first `from` replaced by `to` (from NULL: as it is), as bytes a
+ * client without the key writes to the broker. malloc'ed. */
+static inline char *cf_json_edited(const ew_event *ev, const char *from, const char *to)
+{
+    char *json;
+    ew_error err = {0};
+    assert_int_equal(ew_event_encode(ev, &json, NULL, &err), 0);
+    if (!from) return json;
+    char *out = cf_str_edited(json, from, to);
+    free(json);
+    return out;
+}
+
+static inline ew_event *cf_deletion(const char *source, const char *user)
+{
+    char rid[EW_UUID_LEN + 1];
+    ew_uuid7(rid);
+    ew_user_deletion_requested d = {.request_id = rid, .user_id = user};
+    ew_event *ev;
+    ew_error err = {0};
+    assert_int_equal(ew_user_deletion_requested_new(
+                         &ev, &d, &(ew_event_attrs){.source = source, .subject = user}, &err),
+                     0);
+    return ev;
+}
+
+/* Forged events written straight to the broker (or the log) by a client without the key:
+ * unauthenticated, signed with another service's key, tampered, replayed under another type, and
+ * well signed but outside the policy — each is dead-lettered once with its reason and never
+ * handled (a forged user.deletion_requested deletes nothing), while the real publisher's event
+ * is handled; a publish outside the policy fails with EW_EPERM before anything leaves. */
+static inline void cf_forged_events_are_dead_lettered(void **state)
+{
+    if (!cf_be()->inject_raw) skip();
+    cf_ns ns = cf_new_ns("frg");
+    cf_auth au;
+    cf_auth_init(&au);
+    ew_evauth *user = cf_auth_as(&au, "user-service"), *auth = cf_auth_as(&au, "auth-service"),
+              *exp = cf_auth_as(&au, "export-service");
+    ew_bus *bus, *pub;
+    CF_OPEN(bus, &ns, "user-service", &(ew_bus_options){.auth = user});
+    cf_seen deleted, logins;
+    cf_seen_init(&deleted, 100);
+    cf_seen_init(&logins, 100);
+    tb_subscribe(bus, "user.deletion_requested", cf_record, &deleted,
+                 &(ew_subscribe_opts){.name = "delete"});
+    tb_subscribe(bus, "user.logged_in", cf_record, &logins, &(ew_subscribe_opts){.name = "login"});
+    ew_error err = {0};
+    /* subscribing outside the policy is refused */
+    assert_int_equal(ew_bus_subscribe(bus, "user.role_changed", cf_record, &logins,
+                                      &(ew_subscribe_opts){.name = "roles"}, &err),
+                     EW_EPERM);
+    tb_start(bus);
+
+    const char *victim = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
+    /* 1. unauthenticated */
+    ew_event *plain = cf_deletion("auth-service", victim);
+    /* 2. another service's key on auth-service's event */
+    ew_event *other = cf_deletion("auth-service", victim), *other_s;
+    assert_int_equal(ew_evauth_sign(exp, other, &other_s, &err), 0);
+    /* 3. tampered: auth-service's real event, for another user */
+    ew_event *real = cf_deletion("auth-service", "0192d3c4-0000-7a8b-9c0d-1e2f3a4b5c6d"), *real_s;
+    assert_int_equal(ew_evauth_sign(auth, real, &real_s, &err), 0);
+    /* 4. replayed under another type: a logout, signed, as a login */
+    ew_user_logged_out lo = {.user_id = victim, .session_id = "s1"};
+    ew_event *out, *out_s;
+    assert_int_equal(
+        ew_user_logged_out_new(&out, &lo, &(ew_event_attrs){.source = "auth-service"}, &err), 0);
+    assert_int_equal(ew_evauth_sign(auth, out, &out_s, &err), 0);
+    char *retyped0 =
+        cf_json_edited(out_s, "\"type\":\"user.logged_out\"", "\"type\":\"user.logged_in\"");
+    /* its dataschema names the type too: both changed, as a forger would */
+    char *retyped = cf_str_edited(retyped0, "schema:user.logged_out:", "schema:user.logged_in:");
+    free(retyped0);
+    /* 5. well signed, outside the policy: export-service may not ask for deletions */
+    ew_event *exp_ev = cf_deletion("export-service", victim), *exp_s;
+    assert_int_equal(ew_evauth_sign(exp, exp_ev, &exp_s, &err), 0);
+
+    char *bytes[5] = {cf_json_edited(plain, NULL, NULL), cf_json_edited(other_s, NULL, NULL),
+                      cf_json_edited(real_s, "0192d3c4-0000-", "0192d3c4-5e6f-"), retyped,
+                      cf_json_edited(exp_s, NULL, NULL)};
+    const char *types[5] = {"user.deletion_requested", "user.deletion_requested",
+                            "user.deletion_requested", "user.logged_in", "user.deletion_requested"};
+    const char *reasons[5] = {"EW_EAUTH: unauthenticated", "belongs to service:export-service",
+                              "does not verify", "does not verify",
+                              "EW_EPERM: the policy does not let export-service"};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(cf_be()->inject_raw(ns.name, types[i], bytes[i], strlen(bytes[i])), 0);
+
+    /* the real publisher, through its own bus: handled */
+    CF_OPEN(pub, &ns, "auth-service", &(ew_bus_options){.auth = auth});
+    tb_start(pub);
+    ew_event *good = cf_deletion("auth-service", victim);
+    assert_int_equal(ew_bus_publish(pub, good, &err), 0);
+    cf_wait_count(&deleted.distinct, 1, CF_TIMEOUT_MS, "the real deletion request");
+    ew_memdlq *q = ew_bus_dead_letters(bus);
+    int64_t end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (ew_memdlq_count(q) < 5 && ew_mono_ns() < end)
+        usleep(2000);
+    usleep(200000); /* a moment for a handler call or a second copy, were there one */
+    assert_int_equal(ew_memdlq_count(q), 5);
+    int found[5] = {0};
+    for (size_t i = 0; i < 5; i++) {
+        ew_memdlq_entry e;
+        assert_int_equal(ew_memdlq_get(q, i, &e), 0);
+        assert_string_equal(e.group, "user-service");
+        assert_int_equal(strncmp(e.transport, cf_be()->name, strlen(cf_be()->name)), 0);
+        for (int k = 0; k < 5; k++)
+            if (strstr(e.error, reasons[k]) && strcmp(e.event_type, types[k]) == 0) found[k]++;
+        ew_memdlq_entry_release(&e);
+    }
+    for (int k = 0; k < 5; k++)
+        if (found[k] != 1)
+            fail_msg("forgery %d (%s): %d dead letters", k + 1, reasons[k], found[k]);
+    /* nothing forged was handled: one deletion (the real one), no login */
+    assert_int_equal(atomic_load(&deleted.total), 1);
+    assert_int_equal(cf_seen_times(&deleted, ew_event_id(good)), 1);
+    assert_int_equal(atomic_load(&logins.total), 0);
+
+    /* a publish outside the policy: refused here, nothing leaves */
+    ew_event *mine = cf_deletion("user-service", victim);
+    assert_int_equal(ew_bus_publish(bus, mine, &err), EW_EPERM);
+    assert_non_null(strstr(err.msg, "does not let user-service publish"));
+    usleep(200000);
+    assert_int_equal(atomic_load(&deleted.total), 1);
+
+    tb_close(pub);
+    tb_close(bus);
+    if (cf_be()->unsettled)
+        assert_int_equal(cf_be()->unsettled(ns.name, "user-service", "user.deletion_requested"), 0);
+    for (int i = 0; i < 5; i++)
+        free(bytes[i]);
+    ew_event *evs[] = {plain, other, other_s, real, real_s, out, out_s, exp_ev, exp_s, good, mine};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        ew_event_unref(evs[i]);
+    cf_seen_release(&deleted);
+    cf_seen_release(&logins);
+    ew_evauth_close(user);
+    ew_evauth_close(auth);
+    ew_evauth_close(exp);
+    cf_auth_release(&au);
+}
+
 #define CF_TESTS                                                                                   \
     cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
         cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
@@ -1080,5 +1283,9 @@ static inline void cf_dead_letter_retry(void **state)
         cmocka_unit_test(cf_broker_restart), cmocka_unit_test(cf_bad_input_is_dead_lettered),      \
         cmocka_unit_test(cf_dead_letter_sink_refuses), cmocka_unit_test(cf_from_beginning),        \
         cmocka_unit_test(cf_dead_letter_retry), cmocka_unit_test(cf_ephemeral_group)
+
+/* The cases of the backends that carry events between processes (not the memory bus, whose
+ * events never leave the process and are not checked). */
+#define CF_WIRE_TESTS cmocka_unit_test(cf_forged_events_are_dead_lettered)
 
 #endif

@@ -122,6 +122,6 @@ static const cf_backend *cf_be(void)
     return &kafka_backend;
 }
 
-static const struct CMUnitTest tests[] = {CF_TESTS};
+static const struct CMUnitTest tests[] = {CF_TESTS, CF_WIRE_TESTS};
 
 EW_TEST_MAIN(tests)

@@ -120,7 +120,7 @@ static const cf_backend *cf_be(void)
     return &rabbitmq_backend;
 }
 
-static const struct CMUnitTest tests[] = {CF_TESTS};
+static const struct CMUnitTest tests[] = {CF_TESTS, CF_WIRE_TESTS};
 
 EW_TEST_MAIN(tests)
 

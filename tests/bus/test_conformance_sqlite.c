@@ -218,7 +218,7 @@ static void sqlite_inbox_absorbs_redelivery(void **state)
     cf_seen_release(&seen);
 }
 
-/* CF_TESTS, with cf_inbox_absorbs_redelivery replaced (above). */
+/* CF_TESTS and CF_WIRE_TESTS, with cf_inbox_absorbs_redelivery replaced (above). */
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_publish_subscribe),
     cmocka_unit_test(cf_event_arrives_intact),
@@ -236,6 +236,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(cf_from_beginning),
     cmocka_unit_test(cf_dead_letter_retry),
     cmocka_unit_test(cf_ephemeral_group),
+    CF_WIRE_TESTS,
 };
 
 EW_TEST_MAIN(tests)

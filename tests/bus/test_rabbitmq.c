@@ -174,7 +174,7 @@ static void url_bad_forms_are_config_errors(void **state)
     static const char *const bad[] = {
         "http://127.0.0.1:5672/", "amqp://127.0.0.1:abc/", "amqp://127.0.0.1:99999/",
         "amqp://127.0.0.1:0/",    "amqp://127.0.0.1/a/b",  "amqp://h//",
-        "amqps://127.0.0.1/",     "amqp:127.0.0.1",        "rabbitmq://guest@h/",
+        "amqps://127.0.0.1:abc/", "amqp:127.0.0.1",        "rabbitmq://guest@h/",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ew_bus *bus;

@@ -159,8 +159,10 @@ static void bad_url(const char *url, const char *needle)
 
 static void test_url_malformed(void **state)
 {
-    bad_url("http://127.0.0.1:6379", "does not start with redis://");
-    bad_url("rediss://127.0.0.1:6379", "TLS");
+    bad_url("http://127.0.0.1:6379", "neither redis:// nor rediss://");
+    bad_url("127.0.0.1:6379", "does not start with redis:// or rediss://");
+    bad_url("rediss://", "host is missing");
+    bad_url("rediss://127.0.0.1:0", "port '0'");
     bad_url("redis://", "host is missing");
     bad_url("redis://:6379", "host is missing");
     bad_url("redis://127.0.0.1:0", "port '0'");

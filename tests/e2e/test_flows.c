@@ -4,9 +4,11 @@
  * completes, the new password works), GDPR deletion (the UserDeletion saga completes and no
  * database under var/ holds the user's personal data outside whole-event copies). Then what goes
  * wrong, on every backend too: a service killed mid-flow and restarted, a participant that never
- * answers, an event delivered twice (waited for on notification-service itself).
+ * answers, an event delivered twice (waited for on notification-service itself). The flows run
+ * over TLS too (rediss://, amqps://, the fixtures' CA in REDIS_TLS_CA_FILE, RABBITMQ_TLS_CA_FILE).
  *
  * ew-fixture: redis
+ * ew-fixture: redis_tls
  * ew-fixture: kafka
  * ew-fixture: rabbitmq */
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include "http/http_client.h"
 #include "support/ew_test.h"
 #include "eventwire/bus.h"
+#include "eventwire/evauth.h"
 #include "eventwire/dlq.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
@@ -39,15 +42,23 @@ typedef struct sys {
     char token[SVC_TOKEN_MAX + 1], admin[SVC_TOKEN_MAX + 1];
 } sys;
 
-/* Sets the environment for backend (sqlite, redis, kafka, rabbitmq) in a namespace of the
- * test's own; false when the backend's server is not there (the case then skips). */
+/* Sets the environment for backend (sqlite, redis, kafka, rabbitmq; redis-tls and rabbitmq-tls:
+ * the same over TLS) in a namespace of the test's own; false when the backend's server is not
+ * there (the case then skips). */
 static bool backend_env(const char *backend, const char *ns)
 {
-    setenv("EVENT_BUS_TYPE", backend, 1);
+    bool tls = strstr(backend, "-tls") != NULL;
+    char type[32], ca[1024];
+    snprintf(type, sizeof type, "%.*s", (int)strcspn(backend, "-"), backend);
+    setenv("EVENT_BUS_TYPE", type, 1);
     if (strcmp(backend, "sqlite") == 0) return true;
     const char *url = ew_test_server_url(backend);
     if (!url) return false;
-    if (strcmp(backend, "redis") == 0) {
+    if (tls) {
+        snprintf(ca, sizeof ca, "%s/%s/ca.pem", getenv("EW_SERVERS_DIR"), backend);
+        setenv(strcmp(type, "redis") == 0 ? "REDIS_TLS_CA_FILE" : "RABBITMQ_TLS_CA_FILE", ca, 1);
+    }
+    if (strcmp(type, "redis") == 0) {
         setenv("REDIS_EVENT_URL", url, 1);
         setenv("REDIS_CHANNEL_PREFIX", ns, 1);
     } else if (strcmp(backend, "kafka") == 0) {
@@ -444,6 +455,14 @@ static void test_flows_redis(void **state)
 {
     flows_on("redis");
 }
+static void test_flows_redis_tls(void **state)
+{
+    flows_on("redis-tls");
+}
+static void test_flows_rabbitmq_tls(void **state)
+{
+    flows_on("rabbitmq-tls");
+}
 static void test_flows_kafka(void **state)
 {
     flows_on("kafka");
@@ -609,8 +628,24 @@ static void duplicate_delivery_on(const char *backend)
     ew_error err = {0};
     assert_int_equal(
         ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
-    ew_event *ev = profile_created_event();
-    assert_true(notification_handled(ew_event_id(ev)));
+    ew_event *sent = profile_created_event();
+    assert_true(notification_handled(ew_event_id(sent)));
+    /* The buses of the operator (ewctl's key) and of user-service (its key file, as `ewctl
+     * publish --as user-service` uses it), made by the services at their first start. */
+    ew_config *cfg;
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_from_env(cfg, &err), 0);
+    ew_evauth *as_ewctl, *as_user;
+    ew_evauth_options ao = {.config = cfg, .service = "ewctl"};
+    assert_int_equal(ew_evauth_open(&as_ewctl, &ao, &err), 0);
+    ao.service = "user-service";
+    ao.existing_key_only = true;
+    assert_int_equal(ew_evauth_open(&as_user, &ao, &err), 0);
+    /* the event as notification-service received it: with user-service's tag (the outbox keeps
+     * it unsigned; the relay signs what it publishes) */
+    ew_event *ev;
+    assert_int_equal(ew_evauth_sign(as_user, sent, &ev, &err), 0);
+    ew_event_unref(sent);
     /* a dead letter of notification-service for it, as a failure would have left */
     ew_dlq_sink sink = ew_store_dlq_sink(st);
     int64_t now = ew_now_us();
@@ -630,13 +665,16 @@ static void duplicate_delivery_on(const char *backend)
     assert_true(dl_id > 0);
     assert_int_equal(ew_store_dlq_set_status(st, dl_id, EW_DLQ_RETRIED, &err), 0);
 
-    ew_bus *bus;
-    ew_config *cfg;
-    assert_int_equal(ew_config_new(&cfg, &err), 0);
-    assert_int_equal(ew_config_from_env(cfg, &err), 0);
-    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), 0);
+    ew_bus *bus, *ubus;
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "ewctl", &err), 0);
+    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = as_ewctl}, &err),
+                     0);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "user-service", &err), 0);
+    assert_int_equal(ew_bus_open(&ubus, &(ew_bus_options){.config = cfg, .auth = as_user}, &err),
+                     0);
     ew_config_free(cfg);
     assert_int_equal(ew_bus_start(bus, &err), 0);
+    assert_int_equal(ew_bus_start(ubus, &err), 0);
     /* the very same event, to notification-service only, as the retry of that dead letter */
     assert_int_equal(ew_bus_redeliver(bus, "notification-service", NULL, ev, dl_id, &err), 0);
     /* a second event about the same user */
@@ -646,8 +684,11 @@ static void duplicate_delivery_on(const char *backend)
         ew_user_profile_created_new(
             &again, &d, &(ew_event_attrs){.source = "user-service", .subject = user}, &err),
         0);
-    assert_int_equal(ew_bus_publish(bus, again, &err), 0);
+    assert_int_equal(ew_bus_publish(ubus, again, &err), 0);
     ew_bus_close(bus);
+    ew_bus_close(ubus);
+    ew_evauth_close(as_ewctl);
+    ew_evauth_close(as_user);
 
     /* notification-service handled both */
     int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
@@ -671,6 +712,137 @@ static void duplicate_delivery_on(const char *backend)
     sys_down(&s);
 }
 
+/* The dead letters of user.deletion_requested: which groups refused one, and why. */
+typedef struct refused {
+    int groups[NSERVICES];
+    int other;
+} refused;
+
+static int count_refused(void *ud, const ew_dlq_row *row)
+{
+    refused *r = ud;
+    if (strcmp(row->handler, "<decode>") || !strstr(row->error, "EW_EAUTH")) {
+        r->other++;
+        return 0;
+    }
+    int i = url_index(row->subscriber_group);
+    if (i >= 0) r->groups[i]++;
+    return 0;
+}
+
+/* Dead letters of one event refused by the policy. */
+typedef struct want_eperm {
+    const char *id;
+    int n;
+} want_eperm;
+
+static int count_eperm(void *ud, const ew_dlq_row *row)
+{
+    want_eperm *w = ud;
+    w->n += !strcmp(row->event_id, w->id) && strstr(row->error, "EW_EPERM") != NULL;
+    return 0;
+}
+
+/* A forged user.deletion_requested for a registered user, written to the broker (or the log) by a
+ * client without auth-service's key — once unauthenticated, once signed with ewctl's key, which
+ * may not ask for deletions — deletes nothing: every service dead-letters it (EW_EAUTH, EW_EPERM),
+ * no deletion saga starts, the user's profile is still there; auth-service's audit chain has the
+ * refusal. */
+static void forged_deletion_on(const char *backend)
+{
+    sys s;
+    if (!sys_up(&s, backend, NULL, NULL)) {
+        skip();
+        return;
+    }
+    char user[EW_UUID_LEN + 1], args[256], path[128];
+    register_user(&s, "mallory", user);
+    snprintf(args, sizeof args, "saga show --type UserRegistration --key %s", user);
+    free(await_ewctl(args, "\"status\":\"completed\""));
+
+    ew_config *cfg;
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_from_env(cfg, &err), 0);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "auth-service", &err), 0);
+    ew_bus *bus; /* a client of the broker: no key, nothing signed */
+    assert_int_equal(ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err), 0);
+    assert_int_equal(ew_bus_start(bus, &err), 0);
+    char rid[EW_UUID_LEN + 1];
+    ew_uuid7(rid);
+    ew_user_deletion_requested d = {.request_id = rid, .user_id = user, .requested_by = "mallory"};
+    ew_event *forged, *as_ewctl, *signed_ewctl;
+    assert_int_equal(
+        ew_user_deletion_requested_new(
+            &forged, &d, &(ew_event_attrs){.source = "auth-service", .subject = user}, &err),
+        0);
+    assert_int_equal(ew_bus_publish(bus, forged, &err), 0);
+    /* ewctl's own key: authentic, but outside the policy */
+    ew_evauth *ewctl;
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "ewctl", &err), 0);
+    assert_int_equal(
+        ew_evauth_open(&ewctl, &(ew_evauth_options){.config = cfg, .service = "ewctl"}, &err), 0);
+    ew_uuid7(rid);
+    assert_int_equal(
+        ew_user_deletion_requested_new(&as_ewctl, &d,
+                                       &(ew_event_attrs){.source = "ewctl", .subject = user}, &err),
+        0);
+    assert_int_equal(ew_evauth_sign(ewctl, as_ewctl, &signed_ewctl, &err), 0);
+    assert_int_equal(ew_bus_publish(bus, signed_ewctl, &err), 0);
+    ew_bus_close(bus);
+    ew_config_free(cfg);
+
+    /* each of the five services refuses the unauthenticated one */
+    ew_store *st;
+    assert_int_equal(
+        ew_store_open(&st, &(ew_store_options){.url = "sqlite:var/eventwire.db"}, &err), 0);
+    ew_dlq_filter f = {.event_name = "user.deletion_requested", .status = -1};
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    refused r;
+    for (;;) {
+        memset(&r, 0, sizeof r);
+        assert_int_equal(ew_store_dlq_list(st, &f, count_refused, &r, &err), 0);
+        int all = 1;
+        for (int i = 0; i < NSERVICES; i++)
+            all = all && r.groups[i] >= 1;
+        if (all) break;
+        if (ew_mono_ns() > end)
+            fail_msg("not every service dead-lettered the forged deletion: auth %d user %d "
+                     "notification %d analytics %d export %d",
+                     r.groups[0], r.groups[1], r.groups[2], r.groups[3], r.groups[4]);
+        usleep(100000);
+    }
+    /* and the one signed by ewctl: outside the policy */
+    want_eperm w = {ew_event_id(as_ewctl), 0};
+    end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    while (!w.n && ew_mono_ns() < end) {
+        assert_int_equal(ew_store_dlq_list(st, &f, count_eperm, &w, &err), 0);
+        if (!w.n) usleep(100000);
+    }
+    int eperm = w.n;
+    assert_true(eperm >= 1);
+    ew_store_close(st);
+
+    /* nothing happened: no deletion saga, the profile is there */
+    char *out, *e2;
+    assert_int_equal(ew_test_ewctl("saga list --type UserDeletion", NULL, &out, &e2), 0);
+    assert_null(strstr(out, user));
+    free(out);
+    free(e2);
+    snprintf(path, sizeof path, "/users/%s/profile", user);
+    http_result pr = call(&s, "user-service", "GET", path, NULL);
+    assert_int_equal(pr.status, 200);
+    http_result_free(&pr);
+    /* auth-service's audit chain has the refusal (by the source it claimed) */
+    free(await_ewctl("audit list --service auth-service", "bus.event_refused"));
+
+    ew_evauth_close(ewctl);
+    ew_event_unref(forged);
+    ew_event_unref(as_ewctl);
+    ew_event_unref(signed_ewctl);
+    sys_down(&s);
+}
+
 #define ON_EVERY_BACKEND(what)                                                                     \
     static void test_##what##_sqlite(void **state)                                                 \
     {                                                                                              \
@@ -691,6 +863,7 @@ static void duplicate_delivery_on(const char *backend)
 ON_EVERY_BACKEND(silent_participant)
 ON_EVERY_BACKEND(killed_service)
 ON_EVERY_BACKEND(duplicate_delivery)
+ON_EVERY_BACKEND(forged_deletion)
 
 /* After a case, pass or fail: whatever it left running in its folder is stopped. */
 static int stop_leftovers(void **state)
@@ -711,6 +884,8 @@ static const struct CMUnitTest tests[] = {
     CASE(test_flows_redis),
     CASE(test_flows_kafka),
     CASE(test_flows_rabbitmq),
+    CASE(test_flows_redis_tls),
+    CASE(test_flows_rabbitmq_tls),
     CASE(test_silent_participant_sqlite),
     CASE(test_silent_participant_redis),
     CASE(test_silent_participant_kafka),
@@ -723,6 +898,10 @@ static const struct CMUnitTest tests[] = {
     CASE(test_duplicate_delivery_redis),
     CASE(test_duplicate_delivery_kafka),
     CASE(test_duplicate_delivery_rabbitmq),
+    CASE(test_forged_deletion_sqlite),
+    CASE(test_forged_deletion_redis),
+    CASE(test_forged_deletion_kafka),
+    CASE(test_forged_deletion_rabbitmq),
 };
 
 EW_TEST_MAIN(tests)

@@ -7,9 +7,11 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "support/ew_test.h"
+#include "eventwire/evauth.h"
 
 #define INTEROP_PYTHON "/usr/bin/python3"
 
@@ -79,6 +81,48 @@ static inline char *interop_output(const char *cmd)
         fail_msg("the command above exited with status %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     }
     return out;
+}
+
+/* The consumers of foreign events authenticate (docs/bus-auth.md) under the default policy plus
+ * what the foreign producers send, admitted as unauthenticated (`foreign`), and subscriptions for
+ * the tests' groups: a key store and a key of their own in a folder of the case's. */
+typedef struct interop_auth {
+    char dir[64];
+    ew_config *cfg;
+    ew_policy *policy;
+    ew_evauth *auth;
+} interop_auth;
+
+static inline ew_evauth *interop_auth_open(interop_auth *ia, const char *service)
+{
+    static const char extra[] = "\n# the interop tests: what the foreign producers send\n"
+                                "foreign   user.registered user.logged_in user.profile_updated\n"
+                                "subscribe * user.*\n";
+    char text[8192], url[128];
+    snprintf(text, sizeof text, "%s%s", ew_policy_default_text(), extra);
+    snprintf(ia->dir, sizeof ia->dir, "/tmp/ew-interop-XXXXXX");
+    assert_non_null(mkdtemp(ia->dir));
+    snprintf(url, sizeof url, "sqlite:%s/keys.db", ia->dir);
+    ew_error err = {0};
+    if (ew_config_new(&ia->cfg, &err) || ew_config_set(ia->cfg, "KEY_STORE_URL", url, &err) ||
+        ew_policy_parse(&ia->policy, text, strlen(text), "interop policy", &err) ||
+        ew_evauth_open(
+            &ia->auth,
+            &(ew_evauth_options){.config = ia->cfg, .service = service, .policy = ia->policy},
+            &err))
+        fail_msg("interop auth: %s", err.msg);
+    return ia->auth;
+}
+
+/* After the bus that used it is closed. */
+static inline void interop_auth_close(interop_auth *ia)
+{
+    ew_evauth_close(ia->auth);
+    ew_policy_free(ia->policy);
+    ew_config_free(ia->cfg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", ia->dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", ia->dir);
 }
 
 #endif

@@ -47,7 +47,8 @@ static const char *broker_url(broker b)
 }
 
 /* A bus on broker b under a namespace of its own (topic prefix, exchange, stream prefix). */
-static ew_bus *open_bus(broker b, const char *ns, const char *mode, const char *service)
+static ew_bus *open_bus(broker b, const char *ns, const char *mode, const char *service,
+                        ew_evauth *auth)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -76,7 +77,7 @@ static ew_bus *open_bus(broker b, const char *ns, const char *mode, const char *
     }
     if (rc) fail_msg("%s", err.msg);
     ew_bus *bus = NULL;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err))
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
         fail_msg("ew_bus_open: %s", err.msg);
     ew_config_free(cfg);
     return bus;
@@ -135,7 +136,9 @@ static void sdk_to_eventwire(broker b, const char *mode, bool plain)
 {
     char ns[48], subject[UID_LEN + 1], args[1024], cmd[4096];
     new_ns(ns, sizeof ns, plain ? "p" : "s");
-    ew_bus *bus = open_bus(b, ns, "structured", "user-service");
+    interop_auth ia;
+    ew_bus *bus =
+        open_bus(b, ns, "structured", "user-service", interop_auth_open(&ia, "user-service"));
     got g = {.mu = PTHREAD_MUTEX_INITIALIZER};
     ew_uuid7(g.id);
     ew_uuid7(subject);
@@ -160,6 +163,7 @@ static void sdk_to_eventwire(broker b, const char *mode, bool plain)
     free(interop_output(cmd));
     ew_event *ev = wait_for(bus, &g);
     tb_close(bus);
+    interop_auth_close(&ia);
     assert_string_equal(ew_event_type(ev), "user.registered");
     assert_string_equal(ew_event_source(ev), "/js/service");
     assert_string_equal(ew_event_subject(ev), subject);
@@ -236,7 +240,7 @@ static void eventwire_to_sdk(broker b, const char *mode)
 {
     char ns[48], args[1024], cmd[4096];
     new_ns(ns, sizeof ns, "e");
-    ew_bus *bus = open_bus(b, ns, mode, "auth-service");
+    ew_bus *bus = open_bus(b, ns, mode, "auth-service", NULL);
     ew_event *ev = our_event();
     ew_error err = {0};
     const char *url = broker_url(b);

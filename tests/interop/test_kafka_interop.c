@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "bus/bus_test_util.h"
+#include "interop/interop.h"
 #include "eventwire/clock.h"
 
 #define WAIT_MS 60000
@@ -64,7 +65,7 @@ static ns new_ns(const char *tag)
     return n;
 }
 
-static ew_bus *open_bus(const ns *n, const char *service)
+static ew_bus *open_bus(const ns *n, const char *service, ew_evauth *auth)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -76,7 +77,7 @@ static ew_bus *open_bus(const ns *n, const char *service)
         ew_config_set(cfg, "KAFKA_CONSUMER_GROUP", n->name, &err))
         fail_msg("%s", err.msg);
     ew_bus *bus = NULL;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err))
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
         fail_msg("ew_bus_open: %s", err.msg);
     ew_config_free(cfg);
     return bus;
@@ -130,7 +131,7 @@ static void test_python_reads_published_events(void **state)
 {
     need(PYTHON);
     ns n = new_ns("pr");
-    ew_bus *bus = open_bus(&n, "auth-service");
+    ew_bus *bus = open_bus(&n, "auth-service", NULL);
     char path[] = "/tmp/ew-kafka-interop-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
@@ -162,7 +163,8 @@ static void test_python_publishes_handled_events(void **state)
 {
     need(PYTHON);
     ns n = new_ns("pp");
-    ew_bus *bus = open_bus(&n, "user-service");
+    interop_auth ia;
+    ew_bus *bus = open_bus(&n, "user-service", interop_auth_open(&ia, "user-service"));
     keep k = {.mu = PTHREAD_MUTEX_INITIALIZER};
     tb_subscribe(bus, "user.registered", keep_fn, &k, NULL);
     tb_start(bus);
@@ -181,6 +183,7 @@ static void test_python_publishes_handled_events(void **state)
     keep_wait(&k, 2);
     assert_int_equal(ew_memdlq_count(ew_bus_dead_letters(bus)), 0);
     tb_close(bus);
+    interop_auth_close(&ia);
     for (int i = 0; i < 2; i++) {
         const ew_event *ev = keep_find(&k, ids[i]);
         if (!ev) fail_msg("the %s event %s was not handled", modes[i], ids[i]);
@@ -205,7 +208,7 @@ static void test_kcat_reads_published_event(void **state)
 {
     need("/usr/bin/kcat");
     ns n = new_ns("kr");
-    ew_bus *bus = open_bus(&n, "auth-service");
+    ew_bus *bus = open_bus(&n, "auth-service", NULL);
     ew_event *ev = tb_user_registered();
     ew_error err = {0};
     assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
@@ -237,7 +240,8 @@ static void test_kcat_publishes_handled_event(void **state)
 {
     need("/usr/bin/kcat");
     ns n = new_ns("kp");
-    ew_bus *bus = open_bus(&n, "user-service");
+    interop_auth ia;
+    ew_bus *bus = open_bus(&n, "user-service", interop_auth_open(&ia, "user-service"));
     keep k = {.mu = PTHREAD_MUTEX_INITIALIZER};
     tb_subscribe(bus, "user.#", keep_fn, &k, NULL);
     tb_start(bus);
@@ -261,6 +265,7 @@ static void test_kcat_publishes_handled_event(void **state)
     if (rc != 0) fail_msg("kcat -P exited %d: %s", rc, out);
     keep_wait(&k, 1);
     tb_close(bus);
+    interop_auth_close(&ia);
     assert_true(ew_event_equal(ev, k.evs[0]));
     keep_release(&k);
     ew_event_unref(ev);

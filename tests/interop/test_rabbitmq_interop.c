@@ -17,7 +17,7 @@ static const char *server_url(void)
     return ew_test_server_url("rabbitmq");
 }
 
-static ew_bus *open_bus(const char *url, const char *exchange)
+static ew_bus *open_bus(const char *url, const char *exchange, ew_evauth *auth)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -27,7 +27,8 @@ static ew_bus *open_bus(const char *url, const char *exchange)
     assert_int_equal(ew_config_set(cfg, "RABBITMQ_URL", url, &err), 0);
     assert_int_equal(ew_config_set(cfg, "RABBITMQ_EXCHANGE", exchange, &err), 0);
     ew_bus *bus = NULL;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err)) fail_msg("open: %s", err.msg);
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
+        fail_msg("open: %s", err.msg);
     ew_config_free(cfg);
     return bus;
 }
@@ -47,7 +48,7 @@ static void python_consumes_eventwire_events(void **state)
     if (!url) skip();
     char ex[48], args[512], cmd[1024];
     new_exchange(ex, sizeof ex, "c");
-    ew_bus *bus = open_bus(url, ex); /* declares the exchange */
+    ew_bus *bus = open_bus(url, ex, NULL); /* declares the exchange */
     enum { N = 5 };
     snprintf(args, sizeof args, "consume '%s' '%s' %d", url, ex, N);
     interop_script_cmd(cmd, sizeof cmd, "rabbitmq_interop.py", args);
@@ -120,7 +121,8 @@ static void eventwire_handles_python_event(void **state)
     if (!url) skip();
     char ex[48], args[512], cmd[1024];
     new_exchange(ex, sizeof ex, "p");
-    ew_bus *bus = open_bus(url, ex);
+    interop_auth ia;
+    ew_bus *bus = open_bus(url, ex, interop_auth_open(&ia, "user-service"));
     got_one g = {.mu = PTHREAD_MUTEX_INITIALIZER};
     tb_subscribe(bus, "user.registered", keep, &g, &(ew_subscribe_opts){.group = "user-service"});
     tb_start(bus);
@@ -150,6 +152,7 @@ static void eventwire_handles_python_event(void **state)
     }
     assert_int_equal(ew_memdlq_count(ew_bus_dead_letters(bus)), 0); /* it decoded */
     tb_close(bus);
+    interop_auth_close(&ia);
     assert_string_equal(ew_event_id(g.ev), id);
     assert_string_equal(ew_event_type(g.ev), "user.registered");
     assert_string_equal(ew_event_source(g.ev), "python-service");
@@ -172,7 +175,7 @@ static void rabbitmqctl_lists_the_group_queue(void **state)
     if (!url || !dir) skip();
     char ex[48], args[512], cmd[1024], want[256];
     new_exchange(ex, sizeof ex, "q");
-    ew_bus *bus = open_bus(url, ex);
+    ew_bus *bus = open_bus(url, ex, NULL);
     atomic_int n = 0;
     tb_subscribe(bus, "user.*", tb_count, &n, &(ew_subscribe_opts){.group = "analytics-service"});
     snprintf(args, sizeof args, "queues '%s' '%s'", dir, ex);

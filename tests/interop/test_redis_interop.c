@@ -17,7 +17,7 @@ static const char *server_url(void)
     return ew_test_server_url("redis");
 }
 
-static ew_bus *open_bus(const char *url, const char *prefix)
+static ew_bus *open_bus(const char *url, const char *prefix, ew_evauth *auth)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -27,7 +27,8 @@ static ew_bus *open_bus(const char *url, const char *prefix)
     assert_int_equal(ew_config_set(cfg, "REDIS_EVENT_URL", url, &err), 0);
     assert_int_equal(ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", prefix, &err), 0);
     ew_bus *bus = NULL;
-    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg}, &err)) fail_msg("open: %s", err.msg);
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
+        fail_msg("open: %s", err.msg);
     ew_config_free(cfg);
     return bus;
 }
@@ -59,7 +60,7 @@ static void python_consumes_eventwire_events(void **state)
     if (!url) skip();
     char prefix[64], args[512], cmd[1024];
     new_prefix(prefix, sizeof prefix, "py");
-    ew_bus *bus = open_bus(url, prefix);
+    ew_bus *bus = open_bus(url, prefix, NULL);
     enum { N = 5 };
     ew_event *evs[N];
     ew_error err = {0};
@@ -146,7 +147,8 @@ static void eventwire_handles_python_event(void **state)
     if (!url) skip();
     char prefix[64], args[512], cmd[1024];
     new_prefix(prefix, sizeof prefix, "pyw");
-    ew_bus *bus = open_bus(url, prefix);
+    interop_auth ia;
+    ew_bus *bus = open_bus(url, prefix, interop_auth_open(&ia, "user-service"));
     got_one g = {.mu = PTHREAD_MUTEX_INITIALIZER};
     tb_subscribe(bus, "user.*", keep, &g, &(ew_subscribe_opts){.group = "user-service"});
     tb_start(bus);
@@ -174,6 +176,7 @@ static void eventwire_handles_python_event(void **state)
     assert_string_equal(ew_event_subject(ev), d->user_id);
     ew_event_unref(ev);
     tb_close(bus);
+    interop_auth_close(&ia);
     drop_prefix(url, prefix);
 }
 
@@ -185,14 +188,18 @@ static void redis_cli_reads_and_writes(void **state)
     if (!url || access("/usr/bin/redis-cli", X_OK) != 0) skip();
     char prefix[64], cmd[1024];
     new_prefix(prefix, sizeof prefix, "cli");
-    ew_bus *bus = open_bus(url, prefix);
+    interop_auth ia;
+    ew_bus *bus = open_bus(url, prefix, interop_auth_open(&ia, "user-service"));
     got_one g = {.mu = PTHREAD_MUTEX_INITIALIZER};
     tb_subscribe(bus, "user.logged_in", keep, &g, &(ew_subscribe_opts){.group = "audit"});
     tb_start(bus);
 
+    /* what the bus writes, published by a bus of its own (not authenticated: the JSON as is) */
+    ew_bus *pub = open_bus(url, prefix, NULL);
     ew_event *mine = tb_user_registered();
     ew_error err = {0};
-    assert_int_equal(ew_bus_publish(bus, mine, &err), 0);
+    assert_int_equal(ew_bus_publish(pub, mine, &err), 0);
+    tb_close(pub);
     snprintf(cmd, sizeof cmd, "redis-cli -u '%s' XRANGE '%s:user.registered' - +", url, prefix);
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
@@ -242,6 +249,7 @@ static void redis_cli_reads_and_writes(void **state)
     ew_event_unref(ev);
     ew_event_unref(mine);
     tb_close(bus);
+    interop_auth_close(&ia);
     drop_prefix(url, prefix);
 }
 

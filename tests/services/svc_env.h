@@ -19,6 +19,7 @@ typedef struct env {
     svc_proc p;
     ew_store *events;
     ew_bus *bus;
+    ew_evauth *auth;               /* the tests' publisher's key: bus() signs with it */
     char admin[SVC_TOKEN_MAX + 1]; /* admin_token(): "" until made */
 } env;
 
@@ -59,12 +60,16 @@ static inline ew_bus *bus(env *e)
     ew_config *c;
     char url[300];
     snprintf(url, sizeof url, "sqlite:%s/events.db", e->dir);
+    char policy[300];
+    snprintf(policy, sizeof policy, "%s/policy.conf", e->dir);
     ew_error err = {0};
     assert_int_equal(ew_config_new(&c, NULL), 0);
     if (ew_config_set(c, "EVENT_BUS_TYPE", "sqlite", &err) ||
         ew_config_set(c, "EVENT_STORE_URL", url, &err) ||
-        ew_config_set(c, "SERVICE_NAME", "test-publisher", &err) ||
-        ew_bus_open(&e->bus, &(ew_bus_options){.config = c}, &err))
+        ew_config_set(c, "EVENT_POLICY_FILE", policy, &err) ||
+        ew_config_set(c, "SERVICE_NAME", SVC_TEST_PUBLISHER, &err) ||
+        ew_evauth_open(&e->auth, &(ew_evauth_options){.config = c}, &err) ||
+        ew_bus_open(&e->bus, &(ew_bus_options){.config = c, .auth = e->auth}, &err))
         fail_msg("%s", err.msg);
     ew_config_free(c);
     return e->bus;
@@ -105,6 +110,8 @@ static inline void down(env *e)
     if (current == e) current = NULL;
     ew_bus_close(e->bus);
     e->bus = NULL;
+    ew_evauth_close(e->auth);
+    e->auth = NULL;
     svc_proc_stop(&e->p);
     ew_store_close(e->events);
     if (rm_dir(e->dir)) fprintf(stderr, "could not remove %s\n", e->dir);
@@ -122,6 +129,7 @@ static inline int reap(void **state)
         close(e->p.out_fd);
     }
     ew_bus_close(e->bus);
+    ew_evauth_close(e->auth);
     ew_store_close(e->events);
     if (rm_dir(e->dir)) fprintf(stderr, "could not remove %s\n", e->dir);
     free(e);
@@ -251,11 +259,12 @@ static inline void expect(env *e, const char *method, const char *path, const ch
 
 /* ---- events ---------------------------------------------------------------------------------- */
 
-/* Publishes an event (source "test"; id: NULL for a new one) to the service, through bus(). */
+/* Publishes an event (source SVC_TEST_PUBLISHER, signed with its key; id: NULL for a new one)
+ * to the service, through bus(). */
 static inline void publish(env *e, ew_type_id type, const void *data, const char *subject,
                            const char *id)
 {
-    ew_event_attrs a = {.source = "test", .subject = subject, .id = id};
+    ew_event_attrs a = {.source = SVC_TEST_PUBLISHER, .subject = subject, .id = id};
     ew_event *ev;
     ew_error err = {0};
     if (ew_event_new(&ev, type, data, &a, &err) || ew_bus_publish(bus(e), ev, &err))

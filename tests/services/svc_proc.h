@@ -5,6 +5,7 @@
 #ifndef EW_TEST_SVC_PROC_H
 #define EW_TEST_SVC_PROC_H
 
+#include "eventwire/policy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,6 +20,9 @@
 #include "eventwire/clock.h"
 
 extern char **environ;
+
+/* Who the tests publish as (svc_env.h), with a key and a policy line of its own. */
+#define SVC_TEST_PUBLISHER "test-publisher"
 
 typedef struct svc_proc {
     char name[64];
@@ -83,6 +87,19 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
     snprintf(own[nown++], 600, "SERVICE_DB_URL=sqlite:%s/%s.db", dir, name);
     snprintf(own[nown++], 600, "AUTH_PASSWORD_HASH=min");
     snprintf(own[nown++], 600, "EVENT_BUS_DRAIN_TIMEOUT_MS=5000");
+    /* The bus policy: the default, and the tests' publisher (svc_env.h), which stands in for
+     * every other service, may publish anything. */
+    char policy[520];
+    snprintf(policy, sizeof policy, "%.500s/policy.conf", dir);
+    FILE *polf = access(policy, F_OK) == 0 ? NULL : fopen(policy, "w");
+    if (polf) {
+        fputs(ew_policy_default_text(), polf);
+        fputs("\n# the tests' publisher stands in for the other services\n"
+              "publish   " SVC_TEST_PUBLISHER " #\n",
+              polf);
+        fclose(polf);
+    }
+    snprintf(own[nown++], 600, "EVENT_POLICY_FILE=%s", policy);
     size_t nenv = 0, nextra = 0;
     while (environ[nenv])
         nenv++;

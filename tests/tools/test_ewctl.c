@@ -1,6 +1,7 @@
 /* Tests of ewctl as a user runs it: the built binary, its output and its exit status. */
 #include <ctype.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -613,8 +614,21 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
     snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
     setenv("EVENT_STORE_URL", url, 1);
     setenv("EVENT_BUS_TYPE", "sqlite", 1);
-    char *out, *id;
+    char *out, *id, *errout;
+    /* as ewctl, another source is refused (EW_EPERM) and nothing is sent */
     assert_int_equal(ew_test_ewctl("publish user.logged_out --subject subj-1 --source auth-service "
+                                   "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+                                   "\"session_id\":\"s1\"}'",
+                                   NULL, &id, &errout),
+                     1);
+    assert_non_null(strstr(errout, "EW_EPERM"));
+    assert_non_null(strstr(errout, "publishes as itself"));
+    free(id);
+    free(errout);
+    /* with auth-service's key (made here by a rotation, as its first start would) */
+    assert_int_equal(ew_test_ewctl("keys rotate --service auth-service", NULL, &out, NULL), 0);
+    free(out);
+    assert_int_equal(ew_test_ewctl("publish user.logged_out --subject subj-1 --as auth-service "
                                    "--data '{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
                                    "\"session_id\":\"s1\"}'",
                                    NULL, &id, NULL),
@@ -632,6 +646,68 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
     assert_int_equal((int)(strchr(out, '\n') - out) + 1, (int)strlen(out)); /* one line */
     free(out);
     free(id);
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ewctl keys: list shows keys without secrets, rotate makes and retires, rotate without
+ * --service is reserved, policy prints the default; ewctl as itself may not publish a sensitive
+ * type, and --as needs the service's key file. */
+static void test_keys_commands(void **state)
+{
+    char dir[] = "/tmp/ewctl-keys-XXXXXX", url[128], cmd[256], path[160];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    char *out, *errout;
+    assert_int_equal(
+        ew_test_ewctl("keys rotate --service export-service --grace 60", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"service\":\"export-service\""));
+    assert_non_null(strstr(out, "\"alg\":\"mac\""));
+    free(out);
+    snprintf(path, sizeof path, "%s/keys/export-service.bus.key", dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(
+        ew_test_ewctl("keys rotate --service export-service --alg ed25519", NULL, &out, NULL), 0);
+    free(out);
+    assert_int_equal(ew_test_ewctl("keys list --service export-service", NULL, &out, NULL), 0);
+    /* two keys, the first retired a minute from now (still current), the second ed25519 */
+    char *second = strchr(out, '\n');
+    assert_non_null(second);
+    assert_non_null(strstr(out, "\"owner\":\"service:export-service\""));
+    assert_non_null(strstr(second, "\"alg\":\"ed25519\""));
+    assert_null(strstr(out, "material"));
+    assert_null(strstr(out, "secret"));
+    free(out);
+    /* reserved, and bad values */
+    assert_int_equal(ew_test_ewctl("keys rotate", NULL, &out, &errout), 2);
+    assert_non_null(strstr(errout, "key-encryption key"));
+    free(out);
+    free(errout);
+    assert_int_equal(ew_test_ewctl("keys rotate --service x --alg rsa", NULL, &out, &errout), 2);
+    free(out);
+    free(errout);
+    assert_int_equal(ew_test_ewctl("keys policy --default", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "publish   auth-service"));
+    free(out);
+    /* ewctl as itself: nothing sensitive; --as a service without a key file: refused */
+    const char *del = "publish user.deletion_requested --subject u --data '{\"request_id\":"
+                      "\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\",\"user_id\":"
+                      "\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\"}'";
+    assert_int_equal(ew_test_ewctl(del, NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "does not let ewctl publish user.deletion_requested"));
+    free(out);
+    free(errout);
+    snprintf(cmd, sizeof cmd, "%s --as auth-service", del);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "auth-service.bus.key"));
+    free(out);
+    free(errout);
     unsetenv("EVENT_STORE_URL");
     unsetenv("EVENT_BUS_TYPE");
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -729,6 +805,7 @@ static void test_tail_says_what_it_drops(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_no_store_is_said_not_made),
     cmocka_unit_test(test_tail_brief_prints_one_line_per_event),
+    cmocka_unit_test(test_keys_commands),
     cmocka_unit_test(test_tail_says_what_it_drops),
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
     cmocka_unit_test(test_dlq_and_store_commands),

@@ -17,13 +17,18 @@
 #include "eventwire/store.h"
 
 static const char publish_usage[] =
-    "usage: ewctl publish TYPE --subject S --data JSON|@FILE|- [--source NAME]\n"
-    "                          [--correlation-id ID] [--causation-id ID]\n"
+    "usage: ewctl publish TYPE --subject S --data JSON|@FILE|- [--as SERVICE]\n"
+    "                          [--source NAME] [--correlation-id ID] [--causation-id ID]\n"
     "\n"
     "Builds an event of TYPE (the latest version) from its data, validated against the catalog,\n"
     "publishes it on the bus the environment configures (EVENT_BUS_TYPE, ...) and prints its\n"
     "id once the backend has it. --data @FILE reads the data from a file, - from standard input.\n"
-    "--source defaults to SERVICE_NAME, or \"ewctl\" when that is unset.\n";
+    "The event is authenticated (EVENT_AUTH, docs/bus-auth.md) as ewctl itself, which the\n"
+    "default policy lets publish nothing sensitive, or with --as SERVICE as that service, with\n"
+    "its key file (EVENT_KEY_DIR/SERVICE.bus.key), which must exist; the source is that identity\n"
+    "(another --source is refused by the policy check). A publish the policy does not allow\n"
+    "fails (EW_EPERM) and nothing is sent. With EVENT_AUTH=off --source defaults to\n"
+    "SERVICE_NAME, or \"ewctl\" when that is unset.\n";
 
 static const char tail_usage[] =
     "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N] [--brief]\n"
@@ -59,20 +64,13 @@ static char *read_all(const char *path, size_t *len)
     return buf;
 }
 
-static int open_bus(ew_bus **bus)
-{
-    ew_error err = {0};
-    if (ew_bus_open_env(bus, &err)) return ewctl_fail(1, "cannot open the bus: %s", err.msg);
-    return 0;
-}
-
 int ewctl_publish(int argc, char **argv)
 {
     if (ewctl_wants_help(argc, argv)) {
         fputs(publish_usage, stdout);
         return 0;
     }
-    const char *type = NULL, *data = NULL;
+    const char *type = NULL, *data = NULL, *as = NULL;
     ew_event_attrs a = {0};
     for (int i = 0; i < argc; i++) {
         const char *opt = argv[i];
@@ -81,6 +79,7 @@ int ewctl_publish(int argc, char **argv)
                            : strcmp(opt, "--source") == 0         ? &a.source
                            : strcmp(opt, "--correlation-id") == 0 ? &a.correlation_id
                            : strcmp(opt, "--causation-id") == 0   ? &a.causation_id
+                           : strcmp(opt, "--as") == 0             ? &as
                                                                   : NULL;
         if (dst) {
             if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", opt);
@@ -107,23 +106,28 @@ int ewctl_publish(int argc, char **argv)
         if (!owned) return ewctl_fail(1, "cannot read %s: %s", path, strerror(errno));
         data = owned;
     }
-    if (!a.source) a.source = getenv("SERVICE_NAME") ? getenv("SERVICE_NAME") : "ewctl";
+    const char *auth_mode = getenv("EVENT_AUTH");
+    bool off = auth_mode && strcmp(auth_mode, "off") == 0;
+    if (!a.source)
+        a.source = as                       ? as
+                   : !off                   ? EWCTL_SERVICE
+                   : getenv("SERVICE_NAME") ? getenv("SERVICE_NAME")
+                                            : EWCTL_SERVICE;
     ew_event *ev = NULL;
     ew_error err = {0};
     int rc = ew_event_from_json(&ev, type, data, len, &a, &err);
     free(owned);
     if (rc) return ewctl_fail(1, "%s: %s", ew_err_name(rc), err.msg);
-    ew_bus *bus;
-    if (open_bus(&bus)) {
+    ewctl_bus b;
+    if ((rc = ewctl_bus_open(&b, NULL, as, NULL, true))) {
         ew_event_unref(ev);
-        return 1;
+        return rc;
     }
-    rc = ew_bus_start(bus, &err);
-    if (rc == 0) rc = ew_bus_publish(bus, ev, &err);
+    rc = ew_bus_publish(b.bus, ev, &err);
     if (rc == 0) printf("%s\n", ew_event_id(ev));
     ew_event_unref(ev);
-    ew_bus_close(bus);
-    if (rc) return ewctl_fail(1, "publish failed: %s", err.msg);
+    ewctl_bus_close(&b);
+    if (rc) return ewctl_fail(1, "publish failed: %s: %s", ew_err_name(rc), err.msg);
     return 0;
 }
 
@@ -272,22 +276,17 @@ int ewctl_tail(int argc, char **argv)
     ew_error err = {0};
     if (ew_memdlq_new(&mem, &err)) return ewctl_fail(1, "%s", err.msg);
     tail_dlq_init(&dlq, group, own, mem);
-    ew_config *cfg = NULL;
-    ew_bus *bus = NULL;
-    int rc = ewctl_config_load(&cfg, &err);
-    if (rc == 0)
-        rc =
-            ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .dlq = {&tail_dlq_ops, &dlq}}, &err);
-    ew_config_free(cfg);
-    if (rc) {
+    ewctl_bus b;
+    if (ewctl_bus_open(&b, NULL, NULL, &(ew_bus_options){.dlq = {&tail_dlq_ops, &dlq}}, false)) {
         ew_store_close(dlq.st);
         ew_memdlq_free(mem);
-        return ewctl_fail(1, "cannot open the bus: %s", err.msg);
+        return 1;
     }
+    ew_bus *bus = b.bus;
     ew_subscribe_opts so = {
         .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
     if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
-        ew_bus_close(bus);
+        ewctl_bus_close(&b);
         ew_store_close(dlq.st);
         ew_memdlq_free(mem);
         return ewctl_fail(1, "%s", err.msg);
@@ -307,7 +306,7 @@ int ewctl_tail(int argc, char **argv)
         pthread_cond_timedwait(&t.cv, &t.mu, &ts);
     }
     pthread_mutex_unlock(&t.mu);
-    ew_bus_close(bus);
+    ewctl_bus_close(&b);
     ew_store_close(dlq.st);
     ew_memdlq_free(mem);
     return 0;

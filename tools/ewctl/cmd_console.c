@@ -45,6 +45,7 @@ typedef struct console {
     ew_store *st;
     ew_store *log; /* the SQLite bus's log, read by the live feed's thread */
     ew_bus *bus;
+    ewctl_bus ebus; /* bus is ebus.bus */
     live *feed;
     scrape *scr;
     const char *bus_type;
@@ -578,10 +579,8 @@ int ewctl_console(int argc, char **argv)
         ewctl_fail(1, "out of memory");
         goto fail_store;
     }
-    if (ew_bus_open(&c.bus, &(ew_bus_options){.config = cfg}, &err)) {
-        ewctl_fail(1, "cannot open the bus: %s", err.msg);
-        goto fail_bus;
-    }
+    if (ewctl_bus_open(&c.ebus, cfg, NULL, NULL, false)) goto fail_bus;
+    c.bus = c.ebus.bus;
     c.bus_type = ew_bus_backend(c.bus);
     int rc;
     if (strcmp(c.bus_type, "sqlite") == 0 && strcmp(ew_store_backend(c.st), "sqlite") == 0) {
@@ -651,7 +650,7 @@ fail_http:
 fail_scrape:
     scrape_free(c.scr);
 fail_bus:
-    if (c.bus) ew_bus_close(c.bus);
+    ewctl_bus_close(&c.ebus);
     live_free(c.feed); /* stops the log's reader first */
     if (c.log) ew_store_close(c.log);
 fail_store:

@@ -43,13 +43,12 @@ static const char store_usage[] =
     "purge deletes the events older than EVENT_STORE_TTL_DAYS now, in small batches, and\n"
     "prints how many it deleted.\n";
 
-static int open_bus(ew_bus **bus)
+/* The bus, authenticated as ewctl: redeliveries are its to publish (the events inside keep
+ * their publishers' tags, and are checked by the receiving services). */
+static int open_bus(ewctl_bus *b, ew_bus **bus)
 {
-    ew_error err = {0};
-    if (ew_bus_open_env(bus, &err) || ew_bus_start(*bus, &err)) {
-        if (*bus) ew_bus_close(*bus);
-        return ewctl_fail(1, "cannot open the bus: %s", err.msg);
-    }
+    if (ewctl_bus_open(b, NULL, NULL, NULL, true)) return 1;
+    *bus = b->bus;
     return 0;
 }
 
@@ -166,7 +165,8 @@ static int retry_listed(void *ud, const ew_dlq_row *row)
 static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
 {
     retry r = {.st = st};
-    if (open_bus(&r.bus)) return 1;
+    ewctl_bus b;
+    if (open_bus(&b, &r.bus)) return 1;
     ew_error err = {0};
     int rc = 0;
     if (id > 0) {
@@ -183,7 +183,7 @@ static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
         ewctl_progress_end(&r.progress);
     }
     /* Closing the bus waits for its publishes to be done with. */
-    ew_bus_close(r.bus);
+    ewctl_bus_close(&b);
     if (rc) return ewctl_fail(1, "%s", err.msg);
     return r.failed ? 1 : 0;
 }
@@ -373,7 +373,8 @@ static int store_replay(int argc, char **argv)
     if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
     replay r = {.group = group, .err = &err};
-    if (open_bus(&r.bus)) {
+    ewctl_bus b;
+    if (open_bus(&b, &r.bus)) {
         ew_store_close(st);
         return 1;
     }
@@ -391,7 +392,7 @@ static int store_replay(int argc, char **argv)
         replay_flush(&r);
     ewctl_progress_end(&r.progress);
     if (!rc && r.rc) rc = r.rc;
-    ew_bus_close(r.bus);
+    ewctl_bus_close(&b);
     ew_store_close(st);
     if (rc) return ewctl_fail(1, "replay stopped after %zu events: %s", r.replayed, err.msg);
     printf("{\"replayed\":%zu,\"group\":\"%s\"}\n", r.replayed, group);

@@ -5,6 +5,9 @@
  *   var/eventwire.db       the event store, and the bus on the default EVENT_BUS_TYPE=sqlite
  *   var/log/<service>.log  what each service prints
  *   var/run/<service>.pid  how `ewctl down` finds them
+ *   var/bus-policy.conf    the bus policy (docs/bus-auth.md): the default, written when missing,
+ *                          for the operator to edit; EVENT_POLICY_FILE, when set, names another
+ *   var/keys/              the key store and the services' bus keys (made at their first start)
  *
  * The services take their settings from the environment ewctl runs in (EVENT_BUS_TYPE and the
  * backend's settings, HTTP_PORT, ...). `up` waits until each says `NAME listening on URL` and
@@ -24,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "ewctl.h"
+#include "eventwire/policy.h"
 #include "svc_settings.h"
 
 static const char up_usage[] =
@@ -47,12 +51,31 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+#define POLICY_FILE "var/bus-policy.conf"
+
 static int make_dirs(void)
 {
     const char *dirs[] = {"var", "var/log", "var/run"};
     for (size_t i = 0; i < 3; i++)
         if (mkdir(dirs[i], 0755) != 0 && errno != EEXIST)
             return ewctl_fail(1, "cannot create %s: %s", dirs[i], strerror(errno));
+    /* the bus policy the services read, unless the environment names one */
+    const char *set = getenv("EVENT_POLICY_FILE");
+    if (set && *set) return 0;
+    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        const char *text = ew_policy_default_text();
+        size_t n = strlen(text);
+        bool ok = write(fd, text, n) == (ssize_t)n;
+        close(fd);
+        if (!ok) {
+            unlink(POLICY_FILE);
+            return ewctl_fail(1, "cannot write %s", POLICY_FILE);
+        }
+    } else if (errno != EEXIST) {
+        return ewctl_fail(1, "cannot create %s: %s", POLICY_FILE, strerror(errno));
+    }
+    setenv("EVENT_POLICY_FILE", POLICY_FILE, 1);
     return 0;
 }
 

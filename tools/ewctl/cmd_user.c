@@ -79,7 +79,7 @@ int ewctl_user(int argc, char **argv)
     ew_config *cfg = NULL;
     ew_error err = {0};
     ew_store *db = NULL;
-    ew_bus *bus = NULL;
+    ewctl_bus eb = {0};
     ew_event *ev = NULL;
     found f = {0};
     ew_arena ar;
@@ -140,9 +140,16 @@ int ewctl_user(int argc, char **argv)
                               .roles = {after, na},
                               .previous_roles = {before, nb},
                               .changed_by = "operator (ewctl user)"};
-    ew_event_attrs a = {.source = "ewctl", .subject = f.user_id};
-    if ((rc = ew_user_role_changed_new(&ev, &d, &a, &err)) || (rc = ew_bus_open_env(&bus, &err)) ||
-        (rc = ew_bus_start(bus, &err)) || (rc = ew_bus_publish(bus, ev, &err))) {
+    /* A role change is auth-service's to publish (the policy lets nobody else): the operator
+     * publishes it as auth-service, with its key file, as `ewctl publish --as` does. */
+    bool off = strcmp(ew_config_get(cfg, "EVENT_AUTH"), "off") == 0;
+    ew_event_attrs a = {.source = off ? EWCTL_SERVICE : "auth-service", .subject = f.user_id};
+    if ((rc = ew_user_role_changed_new(&ev, &d, &a, &err))) {
+        ewctl_fail(1, "cannot publish user.role_changed: %s", err.msg);
+        goto out;
+    }
+    if ((rc = ewctl_bus_open(&eb, cfg, off ? NULL : "auth-service", NULL, true))) goto out;
+    if ((rc = ew_bus_publish(eb.bus, ev, &err))) {
         ewctl_fail(1, "cannot publish user.role_changed: %s", err.msg);
         goto out;
     }
@@ -163,7 +170,7 @@ int ewctl_user(int argc, char **argv)
     status = 0;
 out:
     ew_event_unref(ev);
-    ew_bus_close(bus);
+    ewctl_bus_close(&eb);
     ew_store_close(db);
     ew_config_free(cfg);
     free(f.roles);

@@ -90,6 +90,59 @@ void ewctl_check_type(const char *type)
             type);
 }
 
+int ewctl_bus_open(ewctl_bus *b, const ew_config *cfg, const char *as, const ew_bus_options *opts,
+                   bool start)
+{
+    b->bus = NULL;
+    b->auth = NULL;
+    ew_config *own = NULL;
+    ew_error err = {0};
+    int rc = 0;
+    if (!cfg) {
+        rc = ewctl_config_load(&own, &err);
+    } else {
+        rc = ew_config_dup(&own, cfg, &err);
+    }
+    if (rc) {
+        ew_config_free(own);
+        return ewctl_fail(1, "%s", err.msg);
+    }
+    bool off = strcmp(ew_config_get(own, "EVENT_AUTH"), "off") == 0;
+    if (as && off) {
+        ew_config_free(own);
+        return ewctl_fail(2, "--as %s: EVENT_AUTH=off, nothing to authenticate with", as);
+    }
+    if (!off) {
+        const char *who = as ? as : EWCTL_SERVICE;
+        rc = ew_config_set(own, "SERVICE_NAME", who, &err);
+        ew_evauth_options ao = {.config = own, .service = who, .existing_key_only = as != NULL};
+        if (rc == 0) rc = ew_evauth_open(&b->auth, &ao, &err);
+        if (rc) {
+            ew_config_free(own);
+            return ewctl_fail(1, "cannot authenticate as %s: %s", who, err.msg);
+        }
+    }
+    ew_bus_options o = opts ? *opts : (ew_bus_options){0};
+    o.config = own;
+    o.auth = b->auth;
+    rc = ew_bus_open(&b->bus, &o, &err);
+    ew_config_free(own);
+    if (rc == 0 && start) rc = ew_bus_start(b->bus, &err);
+    if (rc) {
+        ewctl_bus_close(b);
+        return ewctl_fail(1, "cannot open the bus: %s", err.msg);
+    }
+    return 0;
+}
+
+void ewctl_bus_close(ewctl_bus *b)
+{
+    if (b->bus) ew_bus_close(b->bus);
+    ew_evauth_close(b->auth);
+    b->bus = NULL;
+    b->auth = NULL;
+}
+
 int ewctl_unknown_service(const char *name)
 {
     fprintf(stderr, "ewctl: no service '%s'; the services are:", name);

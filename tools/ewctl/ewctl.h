@@ -41,6 +41,7 @@ int ewctl_up(int argc, char **argv);
 int ewctl_down(int argc, char **argv);
 int ewctl_console(int argc, char **argv);
 int ewctl_user(int argc, char **argv);
+int ewctl_keys(int argc, char **argv);
 
 /* Is argv[i] a request for help? */
 int ewctl_wants_help(int argc, char **argv);
@@ -71,6 +72,24 @@ void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event);
 /* Hands a pending (or retried) dead letter back to its handler through bus, as dlq retry does:
  * marked retried, then redelivered (cmd_store.c). */
 int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_error *err);
+
+/* A bus for a command, and what authenticates it (common.c). */
+typedef struct ewctl_bus {
+    ew_bus *bus;
+    ew_evauth *auth; /* NULL with EVENT_AUTH=off */
+} ewctl_bus;
+
+/* Opens the bus that cfg (NULL: the environment) configures, with opts' other members (may be
+ * NULL), authenticated as the service `as` with that service's key file, which must exist
+ * (--as), or as ewctl itself (its own key, made at first use) when as is NULL; SERVICE_NAME is
+ * that identity, unless EVENT_AUTH=off. Starts it when start. 0, or 1 after saying why on
+ * stderr. */
+int ewctl_bus_open(ewctl_bus *b, const ew_config *cfg, const char *as, const ew_bus_options *opts,
+                   bool start);
+void ewctl_bus_close(ewctl_bus *b);
+
+/* The identity ewctl publishes as without --as. */
+#define EWCTL_SERVICE "ewctl"
 
 /* A saga instance's fields as JSON, without the closing brace (cmd_saga.c). */
 void ewctl_saga_put_info(ew_buf *b, const ew_saga_info *in);

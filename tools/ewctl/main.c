@@ -23,6 +23,8 @@ static const ewctl_cmd commands[] = {
     {"up", "start the five services in the background, state under ./var", ewctl_up},
     {"down", "stop the services that ewctl up started", ewctl_down},
     {"user", "grant-admin / revoke-admin: change a user's roles as the operator", ewctl_user},
+    {"keys", "list the key store's keys, rotate a service's bus key, print the bus policy",
+     ewctl_keys},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

@@ -1,0 +1,460 @@
+/* eventwire — the key store (eventwire/keys.h): one SQLite file of keys, private to its user,
+ * with migrations of its own. */
+#include "eventwire/keys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "eventwire/clock.h"
+#include "security/keys_impl.h"
+
+#define BUSY_TIMEOUT_MS 10000
+
+/* The key store's migrations, applied in order at open; a number is never reused or changed, and
+ * new ones go at the end. */
+static const struct {
+    int number;
+    const char *name;
+    const char *sql;
+} migrations[] = {
+    {1, "001_keys",
+     "CREATE TABLE keys ("
+     " kid TEXT PRIMARY KEY,"
+     " owner TEXT NOT NULL,"
+     " alg TEXT NOT NULL,"
+     " material BLOB NOT NULL,"
+     " created_us INTEGER NOT NULL,"
+     " retired_us INTEGER NOT NULL DEFAULT 0);"
+     "CREATE INDEX keys_owner ON keys (owner, created_us);"},
+};
+#define NMIGRATIONS (sizeof migrations / sizeof migrations[0])
+
+struct ew_keys {
+    sqlite3 *db;
+    pthread_mutex_t mu;
+    char *path;
+};
+
+const char *ew_key_alg_name(ew_key_alg alg)
+{
+    switch (alg) {
+    case EW_KEY_MAC:
+        return "mac";
+    case EW_KEY_ED25519:
+        return "ed25519";
+    }
+    return NULL;
+}
+
+ew_key_alg ew_key_alg_from_name(const char *name)
+{
+    if (name && !strcmp(name, "mac")) return EW_KEY_MAC;
+    if (name && !strcmp(name, "ed25519")) return EW_KEY_ED25519;
+    return 0;
+}
+
+int ew_key_current(const ew_key *key, int64_t now_us)
+{
+    return key->retired_us == 0 || now_us < key->retired_us;
+}
+
+/* ---- the connection, for this file and the others of src/security ------------------------- */
+
+sqlite3 *ew__keys_lock(ew_keys *k)
+{
+    pthread_mutex_lock(&k->mu);
+    return k->db;
+}
+
+void ew__keys_unlock(ew_keys *k)
+{
+    pthread_mutex_unlock(&k->mu);
+}
+
+int ew__keys_fail(ew_keys *k, const char *what, ew_error *err)
+{
+    int code = sqlite3_extended_errcode(k->db);
+    return ew_error_set(err, (code & 0xff) == SQLITE_CONSTRAINT ? EW_EEXIST : EW_EIO,
+                        "key store %s: %s: %s", k->path, what, sqlite3_errmsg(k->db));
+}
+
+static int exec(ew_keys *k, const char *sql, const char *what, ew_error *err)
+{
+    if (sqlite3_exec(k->db, sql, NULL, NULL, NULL) != SQLITE_OK) return ew__keys_fail(k, what, err);
+    return 0;
+}
+
+int ew__keys_begin(ew_keys *k, ew_error *err)
+{
+    return exec(k, "BEGIN IMMEDIATE", "begin", err);
+}
+
+int ew__keys_commit(ew_keys *k, ew_error *err)
+{
+    return exec(k, "COMMIT", "commit", err);
+}
+
+void ew__keys_rollback(ew_keys *k)
+{
+    sqlite3_exec(k->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* ---- open ----------------------------------------------------------------------------------- */
+
+const char *ew_keys_default_url(const ew_config *cfg, char *buf, size_t n)
+{
+    const char *url = cfg ? ew_config_get(cfg, "KEY_STORE_URL") : NULL;
+    int w;
+    if (url && *url) {
+        w = snprintf(buf, n, "%s", url);
+    } else {
+        const char *store = cfg ? ew_config_get(cfg, "EVENT_STORE_URL") : "sqlite:var/eventwire.db";
+        if (!store || strncmp(store, "sqlite:", 7) != 0) {
+            w = snprintf(buf, n, "sqlite:var/keys/keys.db");
+        } else {
+            const char *path = store + 7, *slash = strrchr(path, '/');
+            w = snprintf(buf, n, "sqlite:%.*skeys/keys.db", slash ? (int)(slash - path + 1) : 0,
+                         path);
+        }
+    }
+    return w < 0 || (size_t)w >= n ? NULL : buf;
+}
+
+/* mkdir -p of path's folder, each folder made 0700. */
+static int make_dirs(const char *path, ew_error *err)
+{
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+        return ew_error_set(err, EW_ECONFIG, "key store: the path is too long");
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = '\0';
+    for (char *p = dir + 1;; p++) {
+        int end = *p == '\0';
+        if (*p == '/' || end) {
+            *p = '\0';
+            if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+                return ew_error_set(err, EW_ECONFIG, "key store: cannot create the folder %s: %s",
+                                    dir, strerror(errno));
+            if (end) break;
+            *p = '/';
+        }
+    }
+    return 0;
+}
+
+/* The file exists and is ours and private, or it is made so (empty, 0600). */
+static int private_file(const char *path, ew_error *err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return ew_error_set(err, EW_ECONFIG, "key store %s: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = ew_error_set(err, EW_ECONFIG, "key store %s: %s", path, strerror(errno));
+    else if (st.st_uid != geteuid())
+        rc = ew_error_set(err, EW_ECONFIG, "key store %s: belongs to another user", path);
+    else if (st.st_mode & 077)
+        rc = ew_error_set(err, EW_ECONFIG,
+                          "key store %s: others may read it (mode %03o): it must be 0600", path,
+                          (unsigned)(st.st_mode & 0777));
+    close(fd);
+    return rc;
+}
+
+static int migrate(ew_keys *k, ew_error *err)
+{
+    int rc = exec(k,
+                  "CREATE TABLE IF NOT EXISTS key_store_migrations ("
+                  " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)",
+                  "creating key_store_migrations", err);
+    for (size_t i = 0; !rc && i < NMIGRATIONS; i++) {
+        if ((rc = ew__keys_begin(k, err))) break;
+        sqlite3_stmt *st = NULL;
+        int applied = 0;
+        if (sqlite3_prepare_v2(k->db, "SELECT 1 FROM key_store_migrations WHERE number = ?1", -1,
+                               &st, NULL) != SQLITE_OK) {
+            rc = ew__keys_fail(k, "reading key_store_migrations", err);
+        } else {
+            sqlite3_bind_int(st, 1, migrations[i].number);
+            applied = sqlite3_step(st) == SQLITE_ROW;
+        }
+        sqlite3_finalize(st);
+        if (!rc && !applied) {
+            char what[96];
+            snprintf(what, sizeof what, "migration %s", migrations[i].name);
+            rc = exec(k, migrations[i].sql, what, err);
+            if (!rc &&
+                sqlite3_prepare_v2(k->db,
+                                   "INSERT INTO key_store_migrations (number, name, applied_us) "
+                                   "VALUES (?1, ?2, ?3)",
+                                   -1, &st, NULL) == SQLITE_OK) {
+                sqlite3_bind_int(st, 1, migrations[i].number);
+                sqlite3_bind_text(st, 2, migrations[i].name, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 3, ew_now_us());
+                if (sqlite3_step(st) != SQLITE_DONE) rc = ew__keys_fail(k, what, err);
+                sqlite3_finalize(st);
+            } else if (!rc) {
+                rc = ew__keys_fail(k, what, err);
+            }
+        }
+        if (rc)
+            ew__keys_rollback(k);
+        else
+            rc = ew__keys_commit(k, err);
+    }
+    return rc;
+}
+
+int ew_keys_open(ew_keys **out, const ew_keys_options *opts, ew_error *err)
+{
+    static const ew_keys_options none;
+    if (!out) return ew_error_set(err, EW_EINVAL, "ew_keys_open: out is NULL");
+    if (!opts) opts = &none;
+    if (sodium_init() < 0) return ew_error_set(err, EW_ENOMEM, "libsodium did not start");
+    char def[4096];
+    const char *url = opts->url ? opts->url : ew_keys_default_url(opts->config, def, sizeof def);
+    if (!url) return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: the path is too long");
+    if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11))
+        return ew_error_set(err, EW_ENOTSUP,
+                            "KEY_STORE_URL: the key store is an SQLite file (sqlite:PATH); "
+                            "PostgreSQL is not supported yet");
+    if (strncmp(url, "sqlite:", 7) != 0 || !url[7] || !strcmp(url + 7, ":memory:"))
+        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: '%.100s' is not sqlite:PATH", url);
+    const char *path = url + 7;
+    int rc = make_dirs(path, err);
+    if (rc || (rc = private_file(path, err))) return rc;
+
+    ew_keys *k = calloc(1, sizeof *k);
+    if (!k || !(k->path = strdup(path))) {
+        free(k);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&k->mu, NULL);
+    if (sqlite3_open_v2(path, &k->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
+                        NULL) != SQLITE_OK) {
+        rc = ew_error_set(err, EW_EIO, "key store %s: %s", path,
+                          k->db ? sqlite3_errmsg(k->db) : "cannot open it");
+        goto fail;
+    }
+    sqlite3_busy_timeout(k->db, BUSY_TIMEOUT_MS);
+    /* No WAL: its -wal and -shm files would be made with the process's umask, not 0600. */
+    if ((rc = exec(k, "PRAGMA journal_mode=DELETE", "journal mode", err))) goto fail;
+    if ((rc = migrate(k, err))) goto fail;
+    *out = k;
+    return 0;
+fail:
+    ew_keys_close(k);
+    return rc;
+}
+
+void ew_keys_close(ew_keys *k)
+{
+    if (!k) return;
+    sqlite3_close(k->db);
+    pthread_mutex_destroy(&k->mu);
+    free(k->path);
+    free(k);
+}
+
+const char *ew_keys_path(const ew_keys *k)
+{
+    return k->path;
+}
+
+/* ---- keys ----------------------------------------------------------------------------------- */
+
+static int key_ok(const ew_key *key, ew_error *err)
+{
+    if (!key) return ew_error_set(err, EW_EINVAL, "no key");
+    if (strlen(key->kid) != EW_KEY_ID_LEN || strspn(key->kid, "0123456789abcdef") != EW_KEY_ID_LEN)
+        return ew_error_set(err, EW_EINVAL, "a key id is %d lowercase hex digits", EW_KEY_ID_LEN);
+    if (!key->owner[0] || memchr(key->owner, 0, sizeof key->owner) == NULL)
+        return ew_error_set(err, EW_EINVAL, "a key needs an owner");
+    size_t want = key->alg == EW_KEY_MAC       ? crypto_generichash_KEYBYTES
+                  : key->alg == EW_KEY_ED25519 ? crypto_sign_PUBLICKEYBYTES
+                                               : 0;
+    if (!want) return ew_error_set(err, EW_EINVAL, "key %s: unknown algorithm", key->kid);
+    if (key->material_len != want)
+        return ew_error_set(err, EW_EINVAL, "key %s: %s material is %zu bytes, not %zu", key->kid,
+                            ew_key_alg_name(key->alg), want, key->material_len);
+    return 0;
+}
+
+static int insert(ew_keys *k, const ew_key *key, ew_error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db,
+                           "INSERT INTO keys (kid, owner, alg, material, created_us, retired_us) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return ew__keys_fail(k, "adding a key", err);
+    sqlite3_bind_text(st, 1, key->kid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, key->owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, ew_key_alg_name(key->alg), -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 4, key->material, (int)key->material_len, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, key->created_us ? key->created_us : ew_now_us());
+    sqlite3_bind_int64(st, 6, key->retired_us);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : ew__keys_fail(k, "adding a key", err);
+    sqlite3_finalize(st);
+    if (rc == EW_EEXIST) ew_error_set(err, rc, "key store: key %s exists already", key->kid);
+    return rc;
+}
+
+int ew_keys_add(ew_keys *k, const ew_key *key, ew_error *err)
+{
+    int rc = key_ok(key, err);
+    if (rc) return rc;
+    ew__keys_lock(k);
+    rc = insert(k, key, err);
+    ew__keys_unlock(k);
+    return rc;
+}
+
+static void row_to_key(sqlite3_stmt *st, ew_key *key)
+{
+    memset(key, 0, sizeof *key);
+    snprintf(key->kid, sizeof key->kid, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(key->owner, sizeof key->owner, "%s", (const char *)sqlite3_column_text(st, 1));
+    key->alg = ew_key_alg_from_name((const char *)sqlite3_column_text(st, 2));
+    int n = sqlite3_column_bytes(st, 3);
+    if (n > 0 && n <= EW_KEY_MATERIAL_MAX) {
+        memcpy(key->material, sqlite3_column_blob(st, 3), (size_t)n);
+        key->material_len = (size_t)n;
+    }
+    key->created_us = sqlite3_column_int64(st, 4);
+    key->retired_us = sqlite3_column_int64(st, 5);
+}
+
+#define KEY_COLUMNS "kid, owner, alg, material, created_us, retired_us"
+
+int ew_keys_get(ew_keys *k, const char *kid, ew_key *out, ew_error *err)
+{
+    if (!kid) return ew_error_set(err, EW_EINVAL, "ew_keys_get: kid is NULL");
+    ew__keys_lock(k);
+    sqlite3_stmt *st;
+    int rc = 0;
+    if (sqlite3_prepare_v2(k->db, "SELECT " KEY_COLUMNS " FROM keys WHERE kid = ?1", -1, &st,
+                           NULL) != SQLITE_OK) {
+        rc = ew__keys_fail(k, "reading a key", err);
+    } else {
+        sqlite3_bind_text(st, 1, kid, -1, SQLITE_STATIC);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW)
+            row_to_key(st, out);
+        else if (s == SQLITE_DONE)
+            rc = ew_error_set(err, EW_ENOTFOUND, "key store: no key %.32s", kid);
+        else
+            rc = ew__keys_fail(k, "reading a key", err);
+        sqlite3_finalize(st);
+    }
+    ew__keys_unlock(k);
+    return rc;
+}
+
+int ew_keys_list(ew_keys *k, const char *owner, ew_keys_fn fn, void *ud, ew_error *err)
+{
+    if (!fn) return ew_error_set(err, EW_EINVAL, "ew_keys_list: no callback");
+    /* Read under the lock, called without it (fn may use the store). */
+    ew_key *keys = NULL;
+    size_t n = 0, cap = 0;
+    ew__keys_lock(k);
+    sqlite3_stmt *st;
+    int rc = 0;
+    if (sqlite3_prepare_v2(k->db,
+                           "SELECT " KEY_COLUMNS " FROM keys WHERE ?1 IS NULL OR owner = ?1 "
+                           "ORDER BY owner, created_us, kid",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = ew__keys_fail(k, "listing keys", err);
+    } else {
+        if (owner) sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+        int s;
+        while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
+            if (n == cap) {
+                size_t nc = cap ? 2 * cap : 16;
+                ew_key *nk = realloc(keys, nc * sizeof *nk);
+                if (!nk) {
+                    rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+                    break;
+                }
+                keys = nk;
+                cap = nc;
+            }
+            row_to_key(st, &keys[n++]);
+        }
+        if (!rc && s != SQLITE_DONE) rc = ew__keys_fail(k, "listing keys", err);
+        sqlite3_finalize(st);
+    }
+    ew__keys_unlock(k);
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = fn(ud, &keys[i]);
+    if (keys) sodium_memzero(keys, n * sizeof *keys);
+    free(keys);
+    return rc;
+}
+
+int ew_keys_rotate(ew_keys *k, const ew_key *next, int64_t grace_us, int *retired, ew_error *err)
+{
+    int rc = key_ok(next, err);
+    if (rc) return rc;
+    if (grace_us < 0) return ew_error_set(err, EW_EINVAL, "a grace period is not negative");
+    ew__keys_lock(k);
+    if ((rc = ew__keys_begin(k, err))) goto out;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db,
+                           "UPDATE keys SET retired_us = ?3 WHERE owner = ?1 AND alg = ?2 AND "
+                           "(retired_us = 0 OR retired_us > ?3)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = ew__keys_fail(k, "retiring keys", err);
+    } else {
+        sqlite3_bind_text(st, 1, next->owner, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, ew_key_alg_name(next->alg), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, ew_now_us() + grace_us);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = ew__keys_fail(k, "retiring keys", err);
+        sqlite3_finalize(st);
+        if (!rc && retired) *retired = sqlite3_changes(k->db);
+    }
+    if (!rc) rc = insert(k, next, err);
+    if (rc)
+        ew__keys_rollback(k);
+    else
+        rc = ew__keys_commit(k, err);
+out:
+    ew__keys_unlock(k);
+    return rc;
+}
+
+int ew_key_generate(ew_key *key, const char *owner, ew_key_alg alg,
+                    unsigned char sk[EW_KEY_MATERIAL_MAX], ew_error *err)
+{
+    if (!key || !owner || !*owner || strlen(owner) >= EW_KEY_OWNER_MAX)
+        return ew_error_set(err, EW_EINVAL, "a key needs an owner of 1 to %d bytes",
+                            EW_KEY_OWNER_MAX - 1);
+    if (sodium_init() < 0) return ew_error_set(err, EW_ENOMEM, "libsodium did not start");
+    memset(key, 0, sizeof *key);
+    unsigned char id[EW_KEY_ID_LEN / 2];
+    randombytes_buf(id, sizeof id);
+    sodium_bin2hex(key->kid, sizeof key->kid, id, sizeof id);
+    snprintf(key->owner, sizeof key->owner, "%s", owner);
+    key->alg = alg;
+    key->created_us = ew_now_us();
+    switch (alg) {
+    case EW_KEY_MAC:
+        crypto_generichash_keygen(key->material);
+        key->material_len = crypto_generichash_KEYBYTES;
+        return 0;
+    case EW_KEY_ED25519:
+        if (!sk) return ew_error_set(err, EW_EINVAL, "an Ed25519 key needs room for its secret");
+        crypto_sign_keypair(key->material, sk);
+        key->material_len = crypto_sign_PUBLICKEYBYTES;
+        return 0;
+    }
+    return ew_error_set(err, EW_EINVAL, "unknown key algorithm %d", (int)alg);
+}

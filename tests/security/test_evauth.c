@@ -1,0 +1,502 @@
+/* Tests of authenticated events (eventwire/evauth.h) and the bus policy (eventwire/policy.h):
+ * signed events verify with MACs and with Ed25519, also after the Kafka and AMQP bindings
+ * carried them in binary mode; unauthenticated, tampered, re-typed, re-sourced, unknown-key and
+ * out-of-policy events are refused with the reason; foreign producers are admitted per type but
+ * never for a sensitive one; the key file is made 0600 and one open to others is refused; a
+ * rotation is picked up by the signer and old events still verify after the grace period; the
+ * default policy's rules; ewctl keys and the policy file in docs/ agree with the built-in one. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "support/ew_test.h"
+#include "bus/binding.h"
+#include "eventwire/catalog.h"
+#include "eventwire/clock.h"
+#include "eventwire/evauth.h"
+
+#define UID "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+
+typedef struct fx {
+    char dir[64];
+    ew_config *cfg;
+    ew_keys *keys;
+    ew_policy *policy;
+    /* notices seen */
+    int made, rotated, refused_in, refused_out;
+    char last[400];
+} fx;
+
+static void on_notice(void *ud, ew_evauth_notice_kind k, const ew_event *ev, const char *detail)
+{
+    fx *f = ud;
+    f->made += k == EW_EVAUTH_KEY_MADE;
+    f->rotated += k == EW_EVAUTH_KEY_ROTATED;
+    f->refused_in += k == EW_EVAUTH_RECEIVE_REFUSED;
+    f->refused_out += k == EW_EVAUTH_PUBLISH_REFUSED;
+    snprintf(f->last, sizeof f->last, "%s", detail);
+}
+
+static const char test_policy[] = "publish auth-service user.*\n"
+                                  "publish user-service user.profile_created\n"
+                                  "subscribe user-service user.registered user.deletion_requested\n"
+                                  "foreign user.profile_updated\n";
+
+static int setup_mode(void **state, const char *mode)
+{
+    fx *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/ew-evauth-XXXXXX");
+    if (!mkdtemp(f->dir)) return -1;
+    ew_error err = {0};
+    char url[128];
+    snprintf(url, sizeof url, "sqlite:%s/events.db", f->dir);
+    if (ew_config_new(&f->cfg, &err) || ew_config_set(f->cfg, "EVENT_STORE_URL", url, &err) ||
+        ew_config_set(f->cfg, "EVENT_AUTH", mode, &err) ||
+        ew_keys_open(&f->keys, &(ew_keys_options){.config = f->cfg}, &err) ||
+        ew_policy_parse(&f->policy, test_policy, strlen(test_policy), "test", &err)) {
+        fprintf(stderr, "setup: %s\n", err.msg);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int setup_mac(void **state)
+{
+    return setup_mode(state, "mac");
+}
+
+static int setup_ed(void **state)
+{
+    return setup_mode(state, "ed25519");
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    ew_keys_close(f->keys);
+    ew_policy_free(f->policy);
+    ew_config_free(f->cfg);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    int rc = system(cmd);
+    free(f);
+    return rc == 0 ? 0 : -1;
+}
+
+static ew_evauth *open_as(fx *f, const char *service)
+{
+    ew_evauth *a;
+    ew_error err = {0};
+    ew_evauth_options o = {.config = f->cfg,
+                           .service = service,
+                           .keys = f->keys,
+                           .policy = f->policy,
+                           .notice = on_notice,
+                           .notice_ud = f};
+    if (ew_evauth_open(&a, &o, &err)) fail_msg("ew_evauth_open(%s): %s", service, err.msg);
+    return a;
+}
+
+static ew_event *registered(const char *source, const char *email)
+{
+    static const char *const roles[] = {"user"};
+    ew_user_registered d = {.user_id = UID, .email = email, .username = "ada", .roles = {roles, 1}};
+    ew_event *ev;
+    ew_error err = {0};
+    ew_event_ext x = {"tenant", EW_EXT_STRING, "t1"};
+    ew_event_ext n = {"priority", EW_EXT_NUMBER, "7"};
+    ew_event_ext exts[] = {x, n};
+    if (ew_user_registered_new(
+            &ev, &d,
+            &(ew_event_attrs){
+                .source = source, .subject = UID, .extensions = exts, .nextensions = 2},
+            &err))
+        fail_msg("%s", err.msg);
+    return ev;
+}
+
+static ew_event *signed_copy(ew_evauth *a, const ew_event *ev)
+{
+    ew_event *out;
+    ew_error err = {0};
+    if (ew_evauth_sign(a, ev, &out, &err)) fail_msg("sign: %s", err.msg);
+    return out;
+}
+
+/* ev as JSON, edited by replacing `from` with `to`, decoded again (what an attacker on the wire
+ * can do). */
+static ew_event *edited(const ew_event *ev, const char *from, const char *to)
+{
+    char *json;
+    size_t n;
+    ew_error err = {0};
+    assert_int_equal(ew_event_encode(ev, &json, &n, &err), 0);
+    char *at = strstr(json, from);
+    assert_non_null(at);
+    size_t fl = strlen(from), tl = strlen(to);
+    char *out = malloc(n + tl + 1);
+    memcpy(out, json, (size_t)(at - json));
+    memcpy(out + (at - json), to, tl);
+    strcpy(out + (at - json) + tl, at + fl);
+    ew_event *back;
+    if (ew_event_decode(&back, out, strlen(out), NULL, &err)) fail_msg("decode: %s", err.msg);
+    free(json);
+    free(out);
+    return back;
+}
+
+static void expect_refused(ew_evauth *a, const ew_event *ev, int code, const char *words)
+{
+    ew_error err = {0};
+    assert_int_equal(ew_evauth_verify(a, ev, &err), code);
+    if (!strstr(err.msg, words)) fail_msg("'%s' does not say '%s'", err.msg, words);
+}
+
+static void roundtrip(void **state)
+{
+    fx *f = *state;
+    ew_evauth *auth = open_as(f, "auth-service"), *user = open_as(f, "user-service");
+    assert_int_equal(f->made, 2);
+    ew_error err = {0};
+    ew_event *ev = registered("auth-service", "ada@example.com");
+    assert_int_equal(ew_evauth_check_publish(auth, ev, &err), 0);
+    ew_event *s = signed_copy(auth, ev);
+    const ew_event_ext *tag = ew_event_extension(s, "ewauth");
+    assert_non_null(tag);
+    assert_string_equal(ew_event_extension(s, "ewkid")->value, ew_evauth_kid(auth));
+    assert_int_equal(strncmp(tag->value, ew_evauth_alg(auth) == EW_KEY_MAC ? "mac1:" : "ed1:",
+                             ew_evauth_alg(auth) == EW_KEY_MAC ? 5 : 4),
+                     0);
+    /* the other service verifies it, as sent and after a JSON round trip */
+    assert_int_equal(ew_evauth_verify(user, s, &err), 0);
+    char *json;
+    assert_int_equal(ew_event_encode(s, &json, NULL, &err), 0);
+    ew_event *back;
+    assert_int_equal(ew_event_decode(&back, json, strlen(json), NULL, &err), 0);
+    assert_int_equal(ew_evauth_verify(user, back, &err), 0);
+    free(json);
+    ew_event_unref(back);
+    /* and after the bindings carried it in binary mode: attributes and extensions in headers */
+    ew__binding bs[] = {EW__BINDING_KAFKA, EW__BINDING_AMQP};
+    for (int i = 0; i < 2; i++) {
+        ew__wire_out o;
+        assert_int_equal(ew__binding_encode(s, bs[i], EW__MODE_BINARY, 0, &o, &err), 0);
+        assert_true(o.nheaders > 0);
+        ew__wire_msg m = {.binding = bs[i],
+                          .body = o.body,
+                          .body_len = o.body_len,
+                          .content_type = bs[i] == EW__BINDING_AMQP ? o.content_type : NULL,
+                          .content_type_len =
+                              bs[i] == EW__BINDING_AMQP ? strlen(o.content_type) : 0,
+                          .headers = o.headers,
+                          .nheaders = o.nheaders};
+        assert_true(ew__binding_is_binary(&m));
+        if (ew__binding_decode(&m, NULL, &back, NULL, &err)) fail_msg("%s", err.msg);
+        if (ew_evauth_verify(user, back, &err)) fail_msg("binding %d: %s", i, err.msg);
+        ew_event_unref(back);
+        ew__wire_out_release(&o);
+    }
+    /* the canonical form leaves the tag out: the signed and the unsigned event have one form */
+    unsigned char *c1, *c2;
+    size_t l1, l2;
+    assert_int_equal(ew_evauth_canonical(ev, &c1, &l1, &err), 0);
+    assert_int_equal(ew_evauth_canonical(s, &c2, &l2, &err), 0);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(c1, c2, l1);
+    free(c1);
+    free(c2);
+    ew_event_unref(ev);
+    ew_event_unref(s);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+}
+
+static void forgeries_are_refused(void **state)
+{
+    fx *f = *state;
+    ew_evauth *auth = open_as(f, "auth-service"), *user = open_as(f, "user-service");
+    ew_event *ev = registered("auth-service", "ada@example.com");
+    ew_event *s = signed_copy(auth, ev);
+
+    /* unauthenticated */
+    expect_refused(user, ev, EW_EAUTH, "unauthenticated");
+    /* tampered data: another address for the same user */
+    ew_event *t = edited(s, "ada@example.com", "eve@example.com");
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    /* a tampered extension */
+    t = edited(s, "\"tenant\":\"t1\"", "\"tenant\":\"t2\"");
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    /* replayed under another type (same data, same tag) */
+    ew_user_logged_out lo = {.user_id = UID, .session_id = "s1"};
+    ew_event *out_ev, *out_s;
+    ew_error e0 = {0};
+    assert_int_equal(
+        ew_user_logged_out_new(&out_ev, &lo, &(ew_event_attrs){.source = "auth-service"}, &e0), 0);
+    out_s = signed_copy(auth, out_ev);
+    ew_event *t1 = edited(out_s, "\"type\":\"user.logged_out\"", "\"type\":\"user.logged_in\"");
+    t = edited(t1, "schema:user.logged_out:", "schema:user.logged_in:");
+    assert_string_equal(ew_event_type(t), "user.logged_in");
+    assert_non_null(ew_event_extension(t, "ewauth"));
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    ew_event_unref(t1);
+    ew_event_unref(out_s);
+    ew_event_unref(out_ev);
+    /* re-sourced: user-service's key on an event that says auth-service */
+    ew_event *mine = registered("user-service", "ada@example.com");
+    ew_event *ms = signed_copy(user, mine); /* signing does not check the policy */
+    t = edited(ms, "\"source\":\"user-service\"", "\"source\":\"auth-service\"");
+    expect_refused(user, t, EW_EAUTH, "belongs to service:user-service");
+    ew_event_unref(t);
+    /* well signed, but outside the policy: user-service may not publish user.registered */
+    expect_refused(auth, ms, EW_EPERM, "does not let user-service publish user.registered");
+    ew_error err = {0};
+    assert_int_equal(ew_evauth_check_publish(user, mine, &err), EW_EPERM);
+    assert_int_equal(f->refused_out, 1);
+    /* publishing under another source is refused before anything is signed */
+    assert_int_equal(ew_evauth_check_publish(user, ev, &err), EW_EPERM);
+    assert_non_null(strstr(err.msg, "publishes as itself"));
+    /* an unknown key, and a tag that is not one */
+    char kid[64];
+    snprintf(kid, sizeof kid, "\"ewkid\":\"%s\"", ew_evauth_kid(auth));
+    t = edited(s, kid, "\"ewkid\":\"00000000deadbeef\"");
+    expect_refused(user, t, EW_EAUTH, "unknown key");
+    ew_event_unref(t);
+    t = edited(s, "\"ewauth\":\"", "\"ewauth\":\"x");
+    expect_refused(user, t, EW_EAUTH, "is not a");
+    ew_event_unref(t);
+    assert_true(f->refused_in >= 7);
+    ew_event_unref(ms);
+    ew_event_unref(mine);
+    ew_event_unref(s);
+    ew_event_unref(ev);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+}
+
+static void test_foreign_producers(void **state)
+{
+    fx *f = *state;
+    ew_evauth *user = open_as(f, "user-service");
+    ew_error err = {0};
+    const char *data = "{\"user_id\":\"" UID "\",\"changes\":{\"bio\":\"hi\"}}";
+    ew_event *ev;
+    assert_int_equal(ew_event_from_json(&ev, "user.profile_updated", data, strlen(data),
+                                        &(ew_event_attrs){.source = "js-producer"}, &err),
+                     0);
+    assert_int_equal(ew_evauth_verify(user, ev, &err), 0); /* admitted by `foreign` */
+    ew_event_unref(ev);
+    ew_event *reg = registered("js-producer", "x@example.com");
+    expect_refused(user, reg, EW_EAUTH, "unauthenticated");
+    ew_event_unref(reg);
+    /* the sensitive types are never foreign, whatever the file says */
+    ew_policy *p = NULL;
+    const char bad[] = "foreign user.deletion_requested\n";
+    assert_int_equal(ew_policy_parse(&p, bad, strlen(bad), "bad.conf", &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "bad.conf:1"));
+    assert_non_null(strstr(err.msg, "sensitive"));
+    const char wide[] = "foreign user.*\n";
+    assert_int_equal(ew_policy_parse(&p, wide, strlen(wide), "wide", &err), 0);
+    assert_true(ew_policy_admits_foreign(p, "user.profile_updated"));
+    assert_false(ew_policy_admits_foreign(p, "user.deletion_requested"));
+    assert_false(ew_policy_admits_foreign(p, "user.role_changed"));
+    assert_false(ew_policy_admits_foreign(p, "user.data_collected"));
+    assert_false(ew_policy_admits_foreign(p, "user.data_export_completed"));
+    ew_policy_free(p);
+    ew_evauth_close(user);
+}
+
+static void test_key_file_is_private(void **state)
+{
+    fx *f = *state;
+    ew_evauth *a = open_as(f, "auth-service");
+    char path[256];
+    assert_non_null(ew_evauth_key_file(f->cfg, "auth-service", path, sizeof path));
+    char want[256];
+    snprintf(want, sizeof want, "%s/keys/auth-service.bus.key", f->dir);
+    assert_string_equal(path, want);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char kid[EW_KEY_ID_LEN + 1];
+    snprintf(kid, sizeof kid, "%s", ew_evauth_kid(a));
+    ew_evauth_close(a);
+    /* opened again: the same key, no new one */
+    a = open_as(f, "auth-service");
+    assert_string_equal(ew_evauth_kid(a), kid);
+    assert_int_equal(f->made, 1);
+    ew_evauth_close(a);
+    /* open to others: refused */
+    assert_int_equal(chmod(path, 0640), 0);
+    ew_evauth *b = NULL;
+    ew_error err = {0};
+    ew_evauth_options o = {
+        .config = f->cfg, .service = "auth-service", .keys = f->keys, .policy = f->policy};
+    assert_int_equal(ew_evauth_open(&b, &o, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "0600"));
+    /* a service without a key file, where only an existing one will do (ewctl --as) */
+    o.service = "export-service";
+    o.existing_key_only = true;
+    assert_int_equal(ew_evauth_open(&b, &o, &err), EW_ENOTFOUND);
+    assert_non_null(strstr(err.msg, "export-service"));
+    assert_null(b);
+}
+
+static void test_rotation(void **state)
+{
+    fx *f = *state;
+    ew_evauth *auth = open_as(f, "auth-service"), *user = open_as(f, "user-service");
+    char old_kid[EW_KEY_ID_LEN + 1], new_kid[EW_KEY_ID_LEN + 1];
+    snprintf(old_kid, sizeof old_kid, "%s", ew_evauth_kid(auth));
+    ew_event *ev = registered("auth-service", "ada@example.com");
+    ew_event *before = signed_copy(auth, ev);
+    ew_error err = {0};
+    /* rotated with an hour of grace: both keys are current */
+    assert_int_equal(
+        ew_evauth_rotate(f->cfg, f->keys, "auth-service", ew_evauth_alg(auth), 3600, new_kid, &err),
+        0);
+    assert_string_not_equal(new_kid, old_kid);
+    ew_event *during = signed_copy(auth, ev); /* read within the second: still the old key */
+    assert_int_equal(ew_evauth_verify(user, during, &err), 0);
+    usleep(1100 * 1000); /* the signer looks at its key file once a second */
+    ew_event *after = signed_copy(auth, ev);
+    assert_string_equal(ew_event_extension(after, "ewkid")->value, new_kid);
+    assert_int_equal(f->rotated, 1);
+    assert_int_equal(ew_evauth_verify(user, after, &err), 0);
+    assert_int_equal(ew_evauth_verify(user, before, &err), 0);
+
+    /* the new key's file, kept: after the next rotation it is a retired key */
+    char key_path[256], kept[300], cmd[700];
+    assert_non_null(ew_evauth_key_file(f->cfg, "auth-service", key_path, sizeof key_path));
+    snprintf(kept, sizeof kept, "%s/kept.key", f->dir);
+    snprintf(cmd, sizeof cmd, "cp -p %s %s", key_path, kept);
+    assert_int_equal(system(cmd), 0);
+
+    /* rotated again without grace: the earlier keys are retired now; an event made after that
+     * with one is refused, events made before still verify (replays, dead letter retries) */
+    assert_int_equal(
+        ew_evauth_rotate(f->cfg, f->keys, "auth-service", ew_evauth_alg(auth), 0, NULL, &err), 0);
+    usleep(5200 * 1000); /* the verifier reads retirements again every 5 s */
+    assert_int_equal(ew_evauth_verify(user, before, &err), 0);
+    assert_int_equal(ew_evauth_verify(user, after, &err), 0);
+    ew_evauth_options o = {.config = f->cfg,
+                           .service = "auth-service",
+                           .keys = f->keys,
+                           .policy = f->policy,
+                           .key_file = kept};
+    ew_evauth *stale;
+    assert_int_equal(ew_evauth_open(&stale, &o, &err), 0);
+    assert_string_equal(ew_evauth_kid(stale), new_kid);
+    ew_event *late = registered("auth-service", "ada@example.com");
+    ew_event *late_s = signed_copy(stale, late);
+    expect_refused(user, late_s, EW_EAUTH, "retired");
+    ew_event_unref(late_s);
+    ew_event_unref(late);
+    ew_evauth_close(stale);
+    ew_event_unref(before);
+    ew_event_unref(during);
+    ew_event_unref(after);
+    ew_event_unref(ev);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+}
+
+static void test_default_policy(void **state)
+{
+    (void)state;
+    ew_policy *p;
+    ew_error err = {0};
+    assert_int_equal(ew_policy_load(&p, NULL, &err), 0);
+    assert_true(ew_policy_may_publish(p, "auth-service", "user.deletion_requested"));
+    assert_true(ew_policy_may_publish(p, "auth-service", "saga.completed"));
+    assert_true(ew_policy_may_publish(p, "user-service", "user.data_collected"));
+    assert_false(ew_policy_may_publish(p, "user-service", "user.deletion_requested"));
+    assert_false(ew_policy_may_publish(p, "export-service", "user.role_changed"));
+    assert_true(ew_policy_may_publish(p, "export-service", "user.data_export_completed"));
+    assert_false(ew_policy_may_publish(p, "notification-service", "user.data_export_completed"));
+    /* ewctl as itself: redeliveries and what is not sensitive */
+    assert_true(ew_policy_may_publish(p, "ewctl", "eventwire.redelivery"));
+    assert_true(ew_policy_may_publish(p, "ewctl", "user.profile_updated"));
+    assert_false(ew_policy_may_publish(p, "ewctl", "user.deletion_requested"));
+    assert_false(ew_policy_may_publish(p, "ewctl", "user.role_changed"));
+    assert_false(ew_policy_may_publish(p, "ewctl", "user.data_collected"));
+    assert_false(ew_policy_may_publish(p, "ewctl", "user.tokens_revoked"));
+    assert_false(ew_policy_may_publish(p, "ewctl", "user.data_export_completed"));
+    assert_false(ew_policy_may_publish(p, "nobody", "user.profile_updated"));
+    /* subscriptions: patterns are judged by every catalog type they cover */
+    assert_true(ew_policy_may_subscribe(p, "analytics-service", "#"));
+    assert_true(ew_policy_may_subscribe(p, "export-service", "user.data_collected"));
+    assert_false(ew_policy_may_subscribe(p, "export-service", "user.*"));
+    assert_true(ew_policy_may_subscribe(p, "user-service", "user.deletion_requested"));
+    assert_false(ew_policy_may_subscribe(p, "user-service", "password.reset_token_issued"));
+    assert_true(ew_policy_may_subscribe(p, "auth-service", "password.*"));
+    assert_false(ew_policy_admits_foreign(p, "user.profile_updated"));
+    ew_policy_free(p);
+
+    /* bad files say where and what */
+    const char *bads[] = {"allow x y\n", "publish\n", "publish Auth user.x\n",
+                          "publish a user..x\n", "subscribe a\n"};
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+        p = NULL;
+        assert_int_equal(ew_policy_parse(&p, bads[i], strlen(bads[i]), "f", &err), EW_ECONFIG);
+        assert_non_null(strstr(err.msg, "f:1"));
+        assert_null(p);
+    }
+    assert_int_equal(ew_policy_load(&p, "/nonexistent/policy", &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "/nonexistent/policy"));
+}
+
+static void test_docs_policy_is_the_default(void **state)
+{
+    (void)state;
+    const char *src = getenv("EW_SOURCE_DIR");
+    if (!src) skip();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/bus-policy.conf", src);
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    if (strcmp(buf, ew_policy_default_text()) != 0)
+        fail_msg("docs/bus-policy.conf is not the built-in default: regenerate it with "
+                 "`ewctl keys policy --default > docs/bus-policy.conf`");
+}
+
+static void test_roundtrip_mac(void **state)
+{
+    roundtrip(state);
+}
+
+static void test_roundtrip_ed25519(void **state)
+{
+    roundtrip(state);
+}
+
+static void test_forgeries_refused_mac(void **state)
+{
+    forgeries_are_refused(state);
+}
+
+static void test_forgeries_refused_ed25519(void **state)
+{
+    forgeries_are_refused(state);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown(test_roundtrip_mac, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_roundtrip_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_forgeries_refused_mac, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_forgeries_refused_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_foreign_producers, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_key_file_is_private, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_rotation, setup_mac, teardown),
+    cmocka_unit_test(test_default_policy),
+    cmocka_unit_test(test_docs_policy_is_the_default),
+};
+
+EW_TEST_MAIN(tests)
