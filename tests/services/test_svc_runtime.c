@@ -26,8 +26,8 @@ static void rig_init(rig *r)
     snprintf(r->db, sizeof r->db, "SERVICE_DB_URL=sqlite:%s/{SERVICE_NAME}.db", r->dir);
     snprintf(r->store, sizeof r->store, "EVENT_STORE_URL=sqlite:%s/events.db", r->dir);
     snprintf(r->keys, sizeof r->keys, "AUTH_KEY_DIR=%s/keys", r->dir);
-    const char *set[] = {"EVENT_BUS_TYPE=memory", r->db,        r->store, r->keys,
-                         "LOG_LEVEL=error",       "SMTP_URL=x", NULL};
+    const char *set[] = {"EVENT_BUS_TYPE=memory", "EVENT_AUTH=off", r->db, r->store, r->keys,
+                         "LOG_LEVEL=error",       "SMTP_URL=x",     NULL};
     memcpy(r->settings, set, sizeof set);
     r->def = user_service(&r->u);
 }
@@ -147,7 +147,7 @@ static void test_open_fails_cleanly(void **state)
     assert_non_null(f);
     fclose(f);
     snprintf(url, sizeof url, "SERVICE_DB_URL=sqlite:%s/user.db", file);
-    r.settings[1] = url;
+    r.settings[2] = url;
     svc *s = (svc *)&r; /* must be reset */
     ew_error e = {0};
     assert_int_not_equal(svc_open(&s, &r.def, r.settings, &e), 0);
