@@ -6,6 +6,9 @@
 #   make bench   build optimised and run the benchmarks (never part of make test)
 #   make fuzz    build the fuzz harnesses with clang and run each for FUZZ_SECONDS (default 300)
 #   make docs    write docs/api.md, the API reference, from the public headers' comments
+#   make soak    the chaos soak on every backend for SOAK_SECONDS (default 600) and the fault
+#                tests (never part of make test, which runs a 60-second soak on sqlite and redis);
+#                make soak-asan runs them on the ASan + UBSan build
 
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
@@ -17,7 +20,7 @@ FUZZ  ?= build-fuzz
 FUZZ_SECONDS ?= 300
 
 .PHONY: all setup build run install test test-plain test-asan test-tsan test-fuzz fuzz bench format format-check \
-        docs clean
+        docs clean soak soak-asan
 
 all: build
 
@@ -85,6 +88,16 @@ bench: setup
 docs:
 	@/usr/bin/python3 scripts/api-doc --write
 	@echo "docs/api.md written from include/eventwire/*.h"
+
+SOAK_SECONDS ?= 600
+soak: build
+	@SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak $(BUILD)
+
+soak-asan: setup
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DEW_SANITIZE=ON -DEW_BENCH=OFF >/dev/null
+	@cmake --build $(ASAN) -j $(JOBS)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		SOAK_SECONDS=$(SOAK_SECONDS) bash scripts/soak $(ASAN)
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
