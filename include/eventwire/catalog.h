@@ -36,8 +36,12 @@ typedef enum ew_field_kind {
     EW_FIELD_OBJECT   /* const char *, a JSON object as compact text, NULL when absent */
 } ew_field_kind;
 
-#define EW_FIELD_REQ 1u /* must be present (strings must also be non-empty) */
-#define EW_FIELD_PII 2u /* personal data: encrypted per subject and erased with it */
+#define EW_FIELD_REQ 1u    /* must be present (strings must also be non-empty) */
+#define EW_FIELD_PII 2u    /* personal data: encrypted per subject and erased with it */
+#define EW_FIELD_SECRET 4u /* a secret (a token): encrypted like personal data, erased with it */
+/* The fields encrypted on the wire and at rest (docs/security.md#encrypted-fields): personal
+ * data and secrets. Only string-like kinds and OBJECT carry these flags. */
+#define EW_FIELD_ENCRYPTED (EW_FIELD_PII | EW_FIELD_SECRET)
 
 typedef struct ew_field_info {
     const char *name;
@@ -116,7 +120,8 @@ const ew_field_info *ew_type_field(const ew_type_info *t, const char *name);
 int ew_type_schema_uri(const ew_type_info *t, char *buf, size_t n);
 
 /* The JSON Schema (draft 2020-12) of the type's data, pretty-printed. Personal data fields carry
- * "x-personal-data": true. *out is malloc'ed and NUL-terminated: caller frees it with free(). */
+ * "x-personal-data": true, secrets "x-secret": true; both say "x-encrypted": true. *out is
+ * malloc'ed and NUL-terminated: caller frees it with free(). */
 int ew_type_schema(const ew_type_info *t, char **out, ew_error *err);
 
 /* The JSON Schema of a whole CloudEvent of this type (envelope attributes and data). */

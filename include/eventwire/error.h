@@ -43,7 +43,8 @@ extern "C" {
     X(ESTATE, -27, 0, "not allowed in the current state")                                          \
     X(EUSAGE, -28, 0, "usage error")                                                               \
     X(EPERM, -29, 0, "not allowed by the policy")                                                  \
-    X(EAUTH, -30, 0, "not authenticated")
+    X(EAUTH, -30, 0, "not authenticated")                                                          \
+    X(ECRYPTO, -31, 0, "encrypted data cannot be decrypted")
 
 enum {
     EW_OK = 0,

@@ -14,6 +14,7 @@
 #ifndef EVENTWIRE_EVENT_H
 #define EVENTWIRE_EVENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "eventwire/catalog.h"
@@ -108,6 +109,16 @@ const ew_event_ext *ew_event_extension_at(const ew_event *ev, size_t i);
 
 /* The event's data struct, or NULL when the event is not of type `type`. Borrowed. */
 const void *ew_event_data_as(const ew_event *ev, ew_type_id type);
+
+/* Does the event still hold ciphertext in fields the catalog marks personal or secret? Events
+ * handlers get are decrypted (false); `ewctl tail` without the key file and foreign consumers
+ * see them encrypted (docs/security.md#encrypted-fields). */
+bool ew_event_encrypted(const ew_event *ev);
+
+/* Was the event's subject erased (its data key destroyed) before the event was decrypted? Its
+ * personal and secret fields then hold "" (an object field "{}"): the data is gone. Handlers
+ * that would create something from it should do nothing. */
+bool ew_event_erased(const ew_event *ev);
 
 /* Do two events hold the same attributes (extensions and dataschema included) and the same
  * data? */

@@ -13,7 +13,9 @@
  *  - 413 when the body is larger than max_body_bytes: at once when Content-Length says so,
  *    else as soon as the bytes received pass the limit (the rest is read and dropped);
  *  - 400 for a body that is not JSON on an EW_HTTP_JSON route, naming line and column, or that
- *    is not an object;
+ *    is not an object; 415 for a body on such a route whose Content-Type is not JSON;
+ *  - 403 for a cross-origin request (an Origin header that is neither the server's own nor one
+ *    of cors_origins), before anything else; CORS headers and preflights for the allowed ones;
  *  - GET /healthz: 200 {"status": "ok"}, or 503 {"status": "unhealthy", "error": "..."} when the
  *    health callback says so (unless a route of its own was registered for it);
  *  - 500 when a handler leaves the response empty.
@@ -71,6 +73,15 @@ typedef struct ew_http_options {
     void *span_ud;
     ew_http_guard_fn guard; /* runs first on EW_HTTP_GUARDED routes; NULL: none may be added */
     void *guard_ud;
+    /* Connections one client address may hold at once; more are closed as soon as they are
+     * accepted (libmicrohttpd's per-IP limit), so that one address cannot take every connection
+     * of max_connections. 0: 64. */
+    unsigned max_connections_per_addr;
+    /* Origins ("https://app.example.com", comma-separated; "*" for any) whose cross-origin
+     * requests are served, with CORS headers and preflights. NULL or "": none -- a request whose
+     * Origin header is not the server's own (http:// + its Host) is answered 403. Borrowed
+     * until ew_http_free. */
+    const char *cors_origins;
 } ew_http_options;
 
 /* What one request may make the server hold, in proportion to what it sent (docs/http.md):
@@ -83,7 +94,8 @@ typedef struct ew_http_options {
 /* A handler: reads req, fills res. Both are borrowed for the call. ud is the route's. */
 typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *res, void *ud);
 
-/* Route flags. EW_HTTP_JSON: the body must be a JSON object, parsed before the handler runs.
+/* Route flags. EW_HTTP_JSON: the body must be a JSON object, sent as application/json (or
+ * application/...+json; else 415 before the body is read), parsed before the handler runs.
  * EW_HTTP_JSON_OPT: the same when there is a body; no body is fine (ew_http_json NULL).
  * EW_HTTP_GUARDED: ew_http_options.guard runs before the body is read (the bearer token is
  * checked, say): a request it refuses is never read nor parsed. */

@@ -60,5 +60,8 @@ svc_def analytics_service(analytics *a)
         .setup = setup,
         .ud = a,
         .gdpr = &analytics_gdpr,
+        /* counts what still arrives about an erased user, anonymously; its own tombstones
+         * (analytics_erased, by hash) keep the user's rows from coming back */
+        .runs_for_erased_users = true,
     };
 }

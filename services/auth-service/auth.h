@@ -29,7 +29,8 @@ typedef struct auth {
     pthread_mutex_t hash_mu;
     pthread_cond_t hash_cv;
     int hashing, max_hashes;
-    int64_t window_s, fail_account, fail_address, resets_address, resets_email;
+    int64_t window_s, fail_account, fail_address, resets_address, resets_email,
+        registrations_address;
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified against for unknown users */
 } auth;
 

@@ -159,6 +159,15 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
         return;
     }
     if (password_ok(res, "password", password)) return;
+    /* registrations per client address: every well-formed request counts, taken or not */
+    char by_addr[80];
+    snprintf(by_addr, sizeof by_addr, "register-ip:%s", ew_http_client_addr(rq));
+    int64_t wait = svc_limiter_take(a->limits, by_addr, a->registrations_address, a->window_s,
+                                    ew_now_us() / 1000000);
+    if (wait) {
+        too_many(res, wait, "registrations");
+        return;
+    }
     char email[EMAIL_MAX + 1], key[USERNAME_MAX + 1];
     snprintf(email, sizeof email, "%s", email_in);
     snprintf(key, sizeof key, "%s", username);

@@ -167,6 +167,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     a->fail_address = ew_config_get_int(c, "AUTH_LOGIN_FAILURES_PER_ADDRESS");
     a->resets_address = ew_config_get_int(c, "AUTH_RESETS_PER_ADDRESS");
     a->resets_email = ew_config_get_int(c, "AUTH_RESETS_PER_EMAIL");
+    a->registrations_address = ew_config_get_int(c, "AUTH_REGISTRATIONS_PER_ADDRESS");
     if (!(a->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
     /* unknown users cost a login as much as known ones */

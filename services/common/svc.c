@@ -66,6 +66,7 @@ struct svc {
     char *key_dir;
     int64_t token_ttl_s;
     struct guard *guards; /* the routes that require a token */
+    struct svc_sub *subs; /* svc_subscribe's wrappers, freed at the end */
 };
 
 /* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
@@ -124,10 +125,10 @@ int svc_mkdirs(const char *path)
     for (char *c = p + 1; *c; c++) {
         if (*c != '/') continue;
         *c = '\0';
-        if (mkdir(p, 0700) && errno != EEXIST) return -1;
+        if (mkdir(p, 0700) == 0 ? chmod(p, 0700) : errno != EEXIST) return -1;
         *c = '/';
     }
-    if (mkdir(p, 0700) && errno != EEXIST) return -1;
+    if (mkdir(p, 0700) == 0 ? chmod(p, 0700) : errno != EEXIST) return -1;
     return 0;
 }
 
@@ -139,6 +140,7 @@ typedef struct guard {
     svc *s;
     ew_http_handler fn;
     void *ud;
+    char *method, *tmpl; /* "GET" and "/users/{id}": the route split at its space */
 } guard;
 
 /* The caller of the request this thread is handling (a guarded route's handler runs on it). */
@@ -251,7 +253,14 @@ int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, voi
     if (flags & SVC_PUBLIC) return ew_http_route(s->http, route, flags & ~SVC_PUBLIC, fn, ud, err);
     guard *g = calloc(1, sizeof *g);
     if (!g) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    *g = (guard){s->guards, s, fn, ud};
+    const char *sp = strchr(route, ' ');
+    *g = (guard){s->guards, s, fn, ud, NULL, NULL};
+    if (sp &&
+        (!(g->method = strndup(route, (size_t)(sp - route))) || !(g->tmpl = strdup(sp + 1)))) {
+        free(g->method);
+        free(g);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
     s->guards = g;
     return ew_http_route(s->http, route, flags | EW_HTTP_GUARDED, guarded, g, err);
 }
@@ -465,14 +474,83 @@ static void authn_stop(svc *s)
     while (s->guards) {
         guard *g = s->guards;
         s->guards = g->next;
+        free(g->method);
+        free(g->tmpl);
         free(g);
     }
 }
 
+/* ---- erased users ----------------------------------------------------------------------------
+ *
+ * Every handler a service subscribes runs behind a check: an event about a user whose data the
+ * service erased (its tombstone in svc_erased_users, written by the deletion in svc_gdpr.c), or
+ * one whose personal fields could not be decrypted because the user's key is destroyed
+ * (ew_event_erased), is acknowledged without running the handler, so that a replay or a dead
+ * letter retry of the user's old events re-creates nothing. The GDPR machinery itself and token
+ * revocations still run for them. */
+
+typedef struct svc_sub {
+    svc *s;
+    ew_handler_fn fn;
+    void *ud;
+    struct svc_sub *next;
+} svc_sub;
+
+static bool runs_for_erased(ew_type_id t)
+{
+    return t == EW_T_USER_DELETION_REQUESTED || t == EW_T_USER_DATA_DELETED ||
+           t == EW_T_USER_DELETION_COMPLETED || t == EW_T_USER_DELETION_FAILED ||
+           t == EW_T_USER_TOKENS_REVOKED;
+}
+
+/* The user an event is about: its data's user_id. */
+static const char *user_of(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const ew_field_info *f = ew_type_field(t, "user_id");
+    if (!f || f->kind != EW_FIELD_UUID) return NULL;
+    return *(const char *const *)(const void *)((const char *)ew_event_data_as(ev, t->id) +
+                                                f->offset);
+}
+
+static int found_row(void *ud, const ew_row *row)
+{
+    (void)row;
+    *(bool *)ud = true;
+    return 1;
+}
+
+static ew_handler_result erasure_guard(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    svc_sub *w = ud;
+    if (w->s->def->runs_for_erased_users || runs_for_erased(ew_event_type_id(ev)))
+        return w->fn(ev, ctx, w->ud);
+    const char *user = user_of(ev);
+    bool erased = ew_event_erased(ev);
+    ew_txn *t = ew_ctx_txn(ctx);
+    if (!erased && user && t) {
+        const char *p[] = {user};
+        ew_error e = {0};
+        if (ew_txn_query(t, "SELECT 1 FROM event_store.svc_erased_users WHERE user_id = $1", p, 1,
+                         found_row, &erased, &e))
+            return svc_retry(w->s, ctx, "looking for the user's tombstone", &e);
+    }
+    if (erased) {
+        svc_log(w->s, EW_LOG_INFO, "%s %s: user %s was erased: nothing done", ew_event_type(ev),
+                ew_event_id(ev), user ? user : "-");
+        return EW_HANDLER_OK;
+    }
+    return w->fn(ev, ctx, w->ud);
+}
+
 int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_error *err)
 {
+    svc_sub *w = malloc(sizeof *w);
+    if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    *w = (svc_sub){s, fn, ud, s->subs};
+    s->subs = w;
     ew_subscribe_opts o = {.group = s->def->name, .name = pattern};
-    return ew_bus_subscribe(s->bus, pattern, fn, ud, &o, err);
+    return ew_bus_subscribe(s->bus, pattern, erasure_guard, w, &o, err);
 }
 
 int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err)
@@ -821,12 +899,18 @@ static int create_schema(svc *s, ew_error *err)
     ew_txn *t;
     int rc = ew_store_begin(s->db, &t, err);
     if (rc) return rc;
-    /* the runtime's own: the token revocations this service was told of */
+    /* the runtime's own: the token revocations this service was told of, and the users whose
+     * data it erased (their tombstones: only the id, and when) */
     rc = ew_txn_exec(t,
                      "CREATE TABLE IF NOT EXISTS event_store.svc_token_revocations ("
                      " rkey TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT,"
                      " not_before BIGINT NOT NULL)",
                      NULL, 0, NULL, err);
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
+                         " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
+                         NULL, 0, NULL, err);
     for (size_t i = 0; !rc && i < s->def->nschema; i++)
         rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
     if (rc) {
@@ -862,6 +946,30 @@ static int set_given(ew_config *cfg, const char *const *settings, ew_error *err)
     return 0;
 }
 
+/* HTTP_CORS_ORIGINS: "*", or origins as a browser sends them: scheme://host[:port], no path. */
+static int check_origins(const char *list, ew_error *err)
+{
+    if (!list) return 0;
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && p[m - 1] == ' ')
+            m--;
+        if (m && !(m == 1 && *p == '*')) {
+            size_t scheme = !strncmp(p, "https://", 8) ? 8 : !strncmp(p, "http://", 7) ? 7 : 0;
+            if (!scheme || m == scheme || memchr(p + scheme, '/', m - scheme))
+                return ew_error_set(err, EW_ECONFIG,
+                                    "HTTP_CORS_ORIGINS: '%.*s' is not an origin "
+                                    "(scheme://host[:port], as in https://app.example.com, or *)",
+                                    (int)(m > 100 ? 100 : m), p);
+        }
+        p += n;
+    }
+    return 0;
+}
+
 /* The settings: the library's, every service's and this one's, from the environment, or (settings
  * not NULL) from settings instead. */
 static int configure(svc *s, const char *const *settings, ew_error *err)
@@ -877,6 +985,7 @@ static int configure(svc *s, const char *const *settings, ew_error *err)
         rc = ew_config_set(s->cfg, "HTTP_PORT", port, err);
     }
     if (rc) return rc;
+    if ((rc = check_origins(ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"), err))) return rc;
     s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");
     s->db_url = expand_name(ew_config_get(s->cfg, "SERVICE_DB_URL"), s->def->name);
     if (!s->db_url) return ew_error_set(err, EW_ENOMEM, "out of memory");
@@ -936,6 +1045,10 @@ static int open_all(svc *s, const char *const *settings, ew_error *err)
         .port = (int)ew_config_get_int(s->cfg, "HTTP_PORT"),
         .max_body_bytes = (size_t)ew_config_get_int(s->cfg, "HTTP_MAX_BODY_BYTES"),
         .max_connections = (unsigned)ew_config_get_int(s->cfg, "HTTP_MAX_CONNECTIONS"),
+        .max_connections_per_addr =
+            (unsigned)ew_config_get_int(s->cfg, "HTTP_MAX_CONNECTIONS_PER_ADDRESS"),
+        .idle_timeout_s = (unsigned)ew_config_get_int(s->cfg, "HTTP_IDLE_TIMEOUT_SECONDS"),
+        .cors_origins = ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"),
         .stop_timeout_ms = (int)ew_config_get_int(s->cfg, "HTTP_DRAIN_TIMEOUT_MS"),
         .health = health,
         .health_ud = s,
@@ -1006,6 +1119,11 @@ static void close_all(svc *s)
     s->audit = NULL;
     ew_store_close(s->db);
     s->events = s->db = NULL;
+    while (s->subs) { /* the bus that called them is closed */
+        svc_sub *w = s->subs;
+        s->subs = w->next;
+        free(w);
+    }
     ew_config_free(s->cfg);
     s->cfg = NULL;
     free(s->db_url);
@@ -1014,8 +1132,10 @@ static void close_all(svc *s)
 }
 
 /* Everything svc_main() and svc_open() do before the HTTP server listens, from settings (NULL:
- * the environment). On failure, finish() still has to run. */
-static int start(svc *s, const svc_def *def, const char *const *settings, ew_error *err)
+ * the environment); with routes_only, up to the routes and handlers registered (--routes). On
+ * failure, finish() still has to run. */
+static int start(svc *s, const svc_def *def, const char *const *settings, bool routes_only,
+                 ew_error *err)
 {
     memset(s, 0, sizeof *s);
     s->def = def;
@@ -1027,7 +1147,8 @@ static int start(svc *s, const svc_def *def, const char *const *settings, ew_err
     int rc = open_all(s, settings, err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, err);
     if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, err);
-    if (!rc && def->sagas) rc = sagas_start(s, err);
+    if (rc || routes_only) return rc; /* --routes: the routes are registered */
+    if (def->sagas) rc = sagas_start(s, err);
     if (!rc) rc = relay_start(s, err);
     if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, err);
     if (!rc) rc = ew_bus_start(s->bus, err);
@@ -1050,7 +1171,7 @@ static void finish(svc *s)
 static void usage(const svc_def *def, FILE *f)
 {
     fprintf(f,
-            "usage: %s [--settings]\n\n"
+            "usage: %s [--settings | --routes]\n\n"
             "Runs %s until SIGTERM or SIGINT. Every setting comes from the environment:\n"
             "the library's (`ewctl config`), those of every service and this one's own\n"
             "(`%s --settings`): HTTP_ADDR, HTTP_PORT (default %d here), SERVICE_DB_URL,\n"
@@ -1058,7 +1179,9 @@ static void usage(const svc_def *def, FILE *f)
             "`%s listening on http://ADDR:PORT`.\n\n"
             "--settings  lists the service's settings (those of every service, then its own):\n"
             "            name, value in force here, default, allowed values and meaning,\n"
-            "            tab-separated; exit status 1 when the environment holds a bad value.\n",
+            "            tab-separated; exit status 1 when the environment holds a bad value.\n"
+            "--routes    prints its HTTP routes instead of starting, `METHOD /path public|token`\n"
+            "            each (it opens its database and the bus to get them, as a start would).\n",
             def->name, def->name, def->name, def->default_port, def->name);
 }
 
@@ -1087,14 +1210,35 @@ static int print_settings(const svc_def *def)
     return bad ? 1 : 0;
 }
 
+/* --routes: every route the service answers (the built-in GET /healthz too), and whether it
+ * needs a token. */
+static void print_routes(svc *s)
+{
+    size_t n = ew_http_route_count(s->http);
+    ew_http_stats *st = malloc(sizeof *st);
+    for (size_t i = 0; st && i < n; i++) {
+        if (ew_http_route_stats(s->http, i, st) || !st->method[0]) continue;
+        bool token = false;
+        for (const guard *g = s->guards; g && !token; g = g->next)
+            token = g->method && !strcmp(g->method, st->method) && !strcmp(g->tmpl, st->route);
+        printf("%s %s %s\n", st->method, st->route, token ? "token" : "public");
+    }
+    free(st);
+    fflush(stdout);
+}
+
 int svc_main(const svc_def *def, int argc, char **argv)
 {
+    bool list_routes = false;
     if (argc > 1) {
         if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
             usage(def, stdout);
             return 0;
         }
         if (!strcmp(argv[1], "--settings") && argc == 2) return print_settings(def);
+        list_routes = argc == 2 && !strcmp(argv[1], "--routes");
+    }
+    if (argc > 1 && !list_routes) {
         fprintf(stderr, "%s: unknown argument '%s'\n", def->name, argv[1]);
         usage(def, stderr);
         return 2;
@@ -1115,7 +1259,12 @@ int svc_main(const svc_def *def, int argc, char **argv)
     svc sv;
     svc *s = &sv;
     ew_error err = {0};
-    int rc = start(s, def, NULL, &err);
+    int rc = start(s, def, NULL, list_routes, &err);
+    if (!rc && list_routes) {
+        print_routes(s);
+        finish(s);
+        return 0;
+    }
     if (!rc) rc = ew_http_start(s->http, &err);
     if (rc) {
         fprintf(stderr, "%s: cannot start: %s\n", def->name,
@@ -1173,7 +1322,7 @@ int svc_open(svc **out, const svc_def *def, const char *const *settings, ew_erro
     if (sodium_init() < 0) return ew_error_set(err, EW_EIO, "libsodium cannot be initialised");
     svc *s = malloc(sizeof *s);
     if (!s) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = start(s, def, settings, err);
+    int rc = start(s, def, settings, false, err);
     if (rc) {
         finish(s);
         free(s);

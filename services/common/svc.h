@@ -74,6 +74,11 @@ typedef struct svc_def {
      * user.data_export_requested and user.deletion_requested and answers them from it (see
      * "the user's data" below). */
     const svc_gdpr *gdpr;
+    /* The service's handlers also run for events about users it erased (its tombstones in
+     * svc_erased_users, ew_event_erased events): for a service that keeps only anonymous
+     * aggregates after an erasure and its own tombstones (analytics-service). false: such events
+     * are acknowledged without running them, so nothing of the user comes back (svc.c). */
+    bool runs_for_erased_users;
 } svc_def;
 
 /* Runs the service until SIGTERM or SIGINT; returns the process's exit status: 0 after a clean
@@ -177,7 +182,8 @@ ew_bus *svc_bus(svc *s);
 /* SERVICE_DB_URL with {SERVICE_NAME} replaced: the database the runtime opened. */
 const char *svc_db_url(const svc *s);
 
-/* mkdir -p, mode 0700: 0, or -1 with errno set. */
+/* mkdir -p; the folders it makes are 0700 whatever the umask (those that exist are left as they
+ * are): 0, or -1 with errno set. */
 int svc_mkdirs(const char *path);
 
 /* Logs to stderr as "NAME: level: message" (debug is not printed). */

@@ -43,10 +43,10 @@ static int mkdirs(const char *path)
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0700) && errno != EEXIST) return -1;
+            if (mkdir(tmp, 0700) == 0 ? chmod(tmp, 0700) : errno != EEXIST) return -1;
             *p = '/';
         }
-    if (mkdir(tmp, 0700) && errno != EEXIST) return -1;
+    if (mkdir(tmp, 0700) == 0 ? chmod(tmp, 0700) : errno != EEXIST) return -1;
     return 0;
 }
 

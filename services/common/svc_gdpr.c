@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/json.h"
+#include "eventwire/clock.h"
 #include "svc.h"
 
 static ew_handler_result failure(const svc_gdpr *g, svc *s, ew_handler_ctx *ctx, const char *what,
@@ -165,6 +166,15 @@ static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ct
         records += n;
     }
     if (!rc && g->after_delete) rc = g->after_delete(s, def->ud, t, d->user_id, &e);
+    /* The tombstone: the user's old events, replayed or retried, re-create nothing (svc.c). */
+    char now[24];
+    snprintf(now, sizeof now, "%lld", (long long)(ew_now_us() / 1000000));
+    const char *tp[] = {d->user_id, now};
+    if (!rc)
+        rc = ew_txn_exec(t,
+                         "INSERT INTO event_store.svc_erased_users (user_id, erased_at) VALUES "
+                         "($1, $2) ON CONFLICT (user_id) DO NOTHING",
+                         tp, 2, NULL, &e);
     if (!rc && g->forget)
         for (size_t i = 0; i < left.n; i++)
             g->forget(s, def->ud, left.v[i]);

@@ -21,6 +21,17 @@ static const ew_setting common[] = {
     {"HTTP_MAX_CONNECTIONS", "256", "1..100000",
      "Connections a service's HTTP API serves at once (one thread each).", EW_SETTING_INT, 1,
      100000},
+    {"HTTP_MAX_CONNECTIONS_PER_ADDRESS", "64", "1..100000",
+     "Connections one client address may hold open to a service at once; more are closed as "
+     "soon as they are accepted. Load tests from one address raise it.",
+     EW_SETTING_INT, 1, 100000},
+    {"HTTP_IDLE_TIMEOUT_SECONDS", "30", "1..3600",
+     "A connection to a service on which nothing arrives for this long is closed.", EW_SETTING_INT,
+     1, 3600},
+    {"HTTP_CORS_ORIGINS", "", "origin[,origin...]|*",
+     "Origins (https://app.example.com) whose browser pages may call the services "
+     "(cross-origin, with CORS headers); unset, a request with another Origin is answered 403.",
+     EW_SETTING_STRING, 0, 0},
     {"HTTP_DRAIN_TIMEOUT_MS", "10000", "1..3600000",
      "How long a stopping service waits for the HTTP requests in flight.", EW_SETTING_INT, 1,
      3600000},
@@ -93,6 +104,10 @@ static const ew_setting auth[] = {
     {"AUTH_RESETS_PER_EMAIL", "5", "1..1000000",
      "Password reset requests for one email address in a window; past it, 429.", EW_SETTING_INT, 1,
      1000000},
+    {"AUTH_REGISTRATIONS_PER_ADDRESS", "10", "1..1000000",
+     "Registrations one client address may make in a window (AUTH_LIMIT_WINDOW_SECONDS); past "
+     "it, 429 with Retry-After.",
+     EW_SETTING_INT, 1, 1000000},
 };
 
 static const ew_setting user[] = {
@@ -102,10 +117,10 @@ static const ew_setting user[] = {
 };
 
 static const ew_setting notification[] = {
-    {"SMTP_URL", "", "smtp://[user:password@]host:port|smtps://...",
-     "The SMTP server notification-service sends mail through (libcurl; STARTTLS when offered, "
-     "required when the URL has a user); unset, each message is written as an .eml file into "
-     "MAIL_DIR.",
+    {"SMTP_URL", "", "smtp://[user:password@]host:port[?tls=none]|smtps://...",
+     "The SMTP server notification-service sends mail through (libcurl; STARTTLS required, "
+     "unless the URL ends in ?tls=none, which a user forbids); unset, each message is written "
+     "as an .eml file into MAIL_DIR.",
      EW_SETTING_URL, 0, 0},
     {"SMTP_CA_FILE", "", "a PEM file",
      "The certificate authorities notification-service trusts for the SMTP server's TLS "
@@ -136,6 +151,13 @@ static const ew_setting export[] = {
     {"EXPORT_PUBLIC_URL", "", "http(s)://host[:port][/prefix]",
      "The base of export-service's download links; unset, its own http://HTTP_ADDR:PORT.",
      EW_SETTING_URL, 0, 0},
+    {"EXPORT_REQUESTS_PER_USER", "5", "1..1000000",
+     "Data exports one user's data may be requested for in EXPORT_LIMIT_WINDOW_SECONDS (by the "
+     "user or an admin); past it, 429 with Retry-After.",
+     EW_SETTING_INT, 1, 1000000},
+    {"EXPORT_LIMIT_WINDOW_SECONDS", "3600", "1..604800",
+     "The window EXPORT_REQUESTS_PER_USER counts in (each user's from their first request).",
+     EW_SETTING_INT, 1, 604800},
 };
 
 #define N(t) (sizeof t / sizeof t[0])

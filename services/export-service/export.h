@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "svc.h"
+#include "svc_limit.h"
 #include "svc_settings.h"
 
 #define EXPORT_SERVICE "export-service"
@@ -34,6 +35,9 @@ typedef struct exporter {
     char *dir;          /* EXPORT_DIR */
     char *services_csv; /* USER_DATA_SERVICES, checked */
     int64_t timeout_s, link_ttl_s;
+    /* EXPORT_REQUESTS_PER_USER in EXPORT_LIMIT_WINDOW_SECONDS, counted per user in limits */
+    int64_t per_user, limit_window_s;
+    svc_limiter *limits;
     char *public_url; /* EXPORT_PUBLIC_URL without a trailing '/'; NULL */
     char *http_addr;
     int http_port;      /* 0: discovered when first needed */

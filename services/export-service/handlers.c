@@ -9,6 +9,7 @@
  *  user.deletion_requested     deletes the user's exports, their answers and files */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -136,6 +137,10 @@ static int write_file(const char *path, const char *data, size_t len, char *why,
     char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0 && fchmod(fd, 0600)) { /* 0600 whatever the umask, or a leftover's mode */
+        close(fd);
+        fd = -1;
+    }
     if (fd < 0) {
         snprintf(why, why_len, "cannot write %.300s: %s", tmp, strerror(errno));
         return -1;

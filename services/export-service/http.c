@@ -39,6 +39,19 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
         return;
     if (bad_id(res, "user_id", user_id)) return;
     if (svc_allow_user(res, user_id)) return;
+    /* exports of one user's data, by whoever asks: each one makes every service collect it */
+    char key[64];
+    snprintf(key, sizeof key, "export:%s", user_id);
+    int64_t wait =
+        svc_limiter_take(x->limits, key, x->per_user, x->limit_window_s, ew_now_us() / 1000000);
+    if (wait) {
+        char v[24];
+        snprintf(v, sizeof v, "%lld", (long long)wait);
+        ew_http_header_add(res, "Retry-After", v);
+        ew_http_reply_error(res, 429, NULL, "too many data exports of this user; try again in %s s",
+                            v);
+        return;
+    }
     if (!by) by = svc_caller()->sub;
     char export_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1];
     char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];

@@ -122,6 +122,9 @@ static int setup(svc *s, void *ud, ew_error *err)
     x->http_port = (int)ew_config_get_int(c, "HTTP_PORT");
     x->timeout_s = ew_config_get_int(c, "EXPORT_TIMEOUT_SECONDS");
     x->link_ttl_s = ew_config_get_int(c, "EXPORT_LINK_TTL_SECONDS");
+    x->per_user = ew_config_get_int(c, "EXPORT_REQUESTS_PER_USER");
+    x->limit_window_s = ew_config_get_int(c, "EXPORT_LIMIT_WINDOW_SECONDS");
+    if (!(x->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     if (svc_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
@@ -138,6 +141,8 @@ static void teardown(svc *s, void *ud)
 {
     exporter *x = ud;
     export_sweeper_stop(x);
+    svc_limiter_free(x->limits);
+    x->limits = NULL;
     free(x->dir);
     free(x->services_csv);
     free(x->http_addr);

@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,12 +51,27 @@ int notif_mail_setup(notif *n, ew_error *err)
         if (strncmp(url, "smtp://", 7) && strncmp(url, "smtps://", 8))
             return ew_error_set(err, EW_ECONFIG,
                                 "SMTP_URL: must be smtp://host:port or smtps://host:port");
-        if (!(n->smtp_url = strdup(url))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+        /* TLS (STARTTLS, or smtps://) is required, unless the URL says otherwise in so many
+         * words: ?tls=none, its only query */
+        const char *q = strchr(url, '?');
+        if (q && strcmp(q, "?tls=none"))
+            return ew_error_set(err, EW_ECONFIG,
+                                "SMTP_URL: the only query it takes is ?tls=none (no TLS)");
+        n->smtp_clear = q != NULL;
+        if (!(n->smtp_url = q ? strndup(url, (size_t)(q - url)) : strdup(url)))
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
         /* a user in the authority (smtp://user:password@host): the password must never cross
-         * the network in the clear, so a server that does not offer STARTTLS is refused */
-        const char *auth = url + strcspn(url, ":") + 3;
+         * the network in the clear */
+        const char *auth = n->smtp_url + strcspn(n->smtp_url, ":") + 3;
         const char *at = strchr(auth, '@');
         n->smtp_login = at && at < auth + strcspn(auth, "/?#");
+        if (n->smtp_login && n->smtp_clear)
+            return ew_error_set(err, EW_ECONFIG,
+                                "SMTP_URL: a user with ?tls=none would send its password in the "
+                                "clear");
+        if (n->smtp_clear && !strncmp(url, "smtps://", 8))
+            return ew_error_set(err, EW_ECONFIG,
+                                "SMTP_URL: smtps:// is TLS; ?tls=none contradicts it");
     }
     const char *ca = ew_config_get(c, "SMTP_CA_FILE");
     if (ca && *ca) {
@@ -71,8 +87,13 @@ int notif_mail_setup(notif *n, ew_error *err)
     if (!(n->mail_dir = strdup(dir))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!n->smtp_url && svc_mkdirs(dir))
         return ew_error_set(err, EW_EIO, "MAIL_DIR %s: cannot create it: %s", dir, strerror(errno));
-    if (n->smtp_url)
-        svc_log(n->s, EW_LOG_INFO, "mail goes over SMTP (SMTP_URL), from %s", n->from_addr);
+    if (n->smtp_clear)
+        svc_log(n->s, EW_LOG_WARN,
+                "mail goes over SMTP in the clear (SMTP_URL ends in ?tls=none), from %s",
+                n->from_addr);
+    else if (n->smtp_url)
+        svc_log(n->s, EW_LOG_INFO, "mail goes over SMTP (SMTP_URL, TLS required), from %s",
+                n->from_addr);
     else
         svc_log(n->s, EW_LOG_INFO, "mail is written as .eml files into %s (SMTP_URL is not set)",
                 dir);
@@ -198,6 +219,10 @@ static int deliver_file(notif *n, const notif_mail *m, const char *text, size_t 
     snprintf(path, sizeof path, "%s/%s.eml", n->mail_dir, m->message_id);
     snprintf(tmp, sizeof tmp, "%s/.%s.eml.tmp", n->mail_dir, m->message_id);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0 && fchmod(fd, 0600)) { /* 0600 whatever the umask, or a leftover's mode */
+        close(fd);
+        fd = -1;
+    }
     if (fd < 0) {
         snprintf(why, why_len, "cannot write %.300s: %s", tmp, strerror(errno));
         return -1;
@@ -233,8 +258,8 @@ static size_t read_cb(char *buf, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* One SMTP transaction per message: libcurl sends EHLO, STARTTLS when the server offers it (and
- * gives up when it does not and the URL has a user: no password in the clear), MAIL FROM, RCPT
+/* One SMTP transaction per message: libcurl sends EHLO, STARTTLS (and gives up when the server
+ * does not offer it, unless the URL ends in ?tls=none: no message in the clear), MAIL FROM, RCPT
  * TO and DATA (dot-stuffing the text), and logs in with the user and password of the URL when it
  * has them. The server's certificate is verified (SMTP_CA_FILE, else the system's authorities). */
 static int deliver_smtp(notif *n, const notif_mail *m, const char *text, size_t len, char *why,
@@ -255,7 +280,7 @@ static int deliver_smtp(notif *n, const notif_mail *m, const char *text, size_t 
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, n->smtp_timeout_ms);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, n->smtp_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)(n->smtp_login ? CURLUSESSL_ALL : CURLUSESSL_TRY));
+    curl_easy_setopt(c, CURLOPT_USE_SSL, (long)(n->smtp_clear ? CURLUSESSL_NONE : CURLUSESSL_ALL));
     if (n->smtp_ca) curl_easy_setopt(c, CURLOPT_CAINFO, n->smtp_ca);
     curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);

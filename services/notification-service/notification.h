@@ -26,7 +26,8 @@ typedef struct notif {
     svc *s;
     char *smtp_url;    /* NULL: .eml files into mail_dir */
     char *smtp_ca;     /* SMTP_CA_FILE; NULL: the system's authorities */
-    bool smtp_login;   /* the URL has a user: TLS is required */
+    bool smtp_login;   /* the URL has a user */
+    bool smtp_clear;   /* the URL ends in ?tls=none: no TLS (refused with a user) */
     char *from_header; /* MAIL_FROM as configured: "Name <addr>" or "addr" */
     char *from_addr;   /* its address alone */
     char *domain;      /* the address's domain, for Message-ID */

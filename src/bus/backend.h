@@ -192,6 +192,14 @@ void ew__bus_log(ew_bus *bus, ew_log_level level, const char *fmt, ...)
 /* Passes a record made elsewhere (a store the backend opened) to the bus's log callback. */
 void ew__bus_log_record(ew_bus *bus, const ew_log_record *rec);
 
+/* The bus's keyring (src/security/keyring.h): NULL when EVENT_ENCRYPTION=off. */
+struct ew__keyring *ew__bus_keyring(const ew_bus *bus);
+
+/* Received events keep their encrypted fields as ciphertext (`ewctl tail` without the key file)
+ * instead of being decrypted. Call before ew_bus_start(). */
+void ew__bus_keep_encrypted(ew_bus *bus);
+bool ew__bus_keeps_encrypted(const ew_bus *bus);
+
 /* The bus's ew_bus_options.auth when its backend carries events between processes; NULL for
  * the memory bus and a bus without one. Borrowed until close. */
 ew_evauth *ew__bus_auth(const ew_bus *bus);

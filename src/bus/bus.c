@@ -13,6 +13,7 @@
 #include "bus/dispatch.h"
 #include "bus/receive.h"
 #include "bus/redeliver.h"
+#include "security/keyring.h"
 #include "eventwire/bus.h"
 #include "eventwire/catalog.h"
 
@@ -33,6 +34,8 @@ struct ew_bus {
     ew_evauth *auth;     /* ew_bus_options.auth: borrowed */
     bool sign;           /* auth, and a backend that carries events between processes */
     const char *service; /* in cfg */
+    ew__keyring *keys;   /* EVENT_ENCRYPTION: seals what is published, opens what is received */
+    bool keep_encrypted; /* received events are not decrypted (ewctl tail) */
     int max_attempts, backoff_ms, backoff_max_ms, drain_ms;
 
     pthread_mutex_t mu; /* serialises subscribe and start (and the backend's view of them) */
@@ -53,6 +56,21 @@ static const ew_bus_ops *const backends[] = {EW_BUS_BACKENDS(EW__BUS_TABLE_ENTRY
 ew_dispatcher *ew__bus_dispatcher(ew_bus *bus)
 {
     return bus->disp;
+}
+
+ew__keyring *ew__bus_keyring(const ew_bus *bus)
+{
+    return bus->keys;
+}
+
+void ew__bus_keep_encrypted(ew_bus *bus)
+{
+    bus->keep_encrypted = true;
+}
+
+bool ew__bus_keeps_encrypted(const ew_bus *bus)
+{
+    return bus->keep_encrypted;
 }
 
 ew_evauth *ew__bus_auth(const ew_bus *bus)
@@ -121,6 +139,37 @@ static int record(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *e
     return 0;
 }
 
+/* The events as they leave the process: personal and secret fields encrypted (the events
+ * themselves when encryption is off). *sealed_out is evs, or an array of n references the caller
+ * releases with unseal_all(). */
+static int seal_all(ew_bus *bus, const ew_event *const *evs, size_t n,
+                    const ew_event *const **sealed_out, ew_error *err)
+{
+    *sealed_out = evs;
+    if (!bus->keys || n == 0) return 0;
+    ew_event **sealed = calloc(n, sizeof *sealed);
+    if (!sealed) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        int rc = ew__keyring_seal(bus->keys, evs[i], &sealed[i], err);
+        if (rc) {
+            for (size_t j = 0; j < i; j++)
+                ew_event_unref(sealed[j]);
+            free(sealed);
+            return rc;
+        }
+    }
+    *sealed_out = (const ew_event *const *)sealed;
+    return 0;
+}
+
+static void unseal_all(const ew_event *const *evs, const ew_event *const *sealed, size_t n)
+{
+    if (sealed == evs) return;
+    for (size_t i = 0; i < n; i++)
+        ew_event_unref(sealed[i]);
+    free((void *)sealed);
+}
+
 static void release_signed(ew_event **evs, size_t n)
 {
     if (!evs) return;
@@ -130,14 +179,16 @@ static void release_signed(ew_event **evs, size_t n)
 }
 
 /* The internal publish: follow-ups of handlers go through here, also while closing. With
- * ew_bus_options.auth, each event is checked against the policy and published signed. */
-static int publish_internal(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
+ * ew_bus_options.auth, each event is checked against the policy; personal fields are encrypted
+ * (seal_all), and what leaves is signed in that form, the form receivers verify. */
+static int publish_internal(void *self, const ew_event *const *evs_in, size_t n, size_t *npublished,
                             ew_error *err)
 {
     ew_bus *bus = self;
     size_t done = 0;
     ew_event **signed_evs = NULL;
     int rc = 0;
+    const ew_event *const *evs = evs_in, *const *sealed = evs_in;
     if (bus->auth) {
         /* the whole batch within the policy, or nothing leaves */
         for (size_t i = 0; i < n && !rc; i++) {
@@ -148,27 +199,31 @@ static int publish_internal(void *self, const ew_event *const *evs, size_t n, si
             else
                 ew_error_set(err, rc, "%s", e.msg);
         }
-        if (!rc && bus->sign && !(signed_evs = calloc(n, sizeof *signed_evs)))
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-        for (size_t i = 0; !rc && signed_evs && i < n; i++)
-            rc = ew_evauth_sign(bus->auth, evs[i], &signed_evs[i], err);
-        if (signed_evs) evs = (const ew_event *const *)signed_evs;
     }
+    if (!rc) rc = seal_all(bus, evs_in, n, &sealed, err);
+    if (!rc) evs = sealed;
+    if (!rc && bus->auth && bus->sign && !(signed_evs = calloc(n, sizeof *signed_evs)))
+        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && signed_evs && i < n; i++)
+        rc = ew_evauth_sign(bus->auth, evs[i], &signed_evs[i], err);
+    if (!rc && signed_evs) evs = (const ew_event *const *)signed_evs;
     if (!rc && bus->audit) rc = record(bus, evs, n, err);
     if (rc) {
         atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
         if (npublished) *npublished = 0;
         release_signed(signed_evs, n);
+        unseal_all(evs_in, sealed, n);
         return rc;
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, err);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
     for (size_t i = 0; i < done; i++) {
-        unsigned t = (unsigned)ew_event_type_id(evs[i]);
+        unsigned t = (unsigned)ew_event_type_id(evs_in[i]);
         if (t < EW_T__COUNT)
             atomic_fetch_add_explicit(&bus->published_by_type[t], 1, memory_order_relaxed);
     }
     release_signed(signed_evs, n);
+    unseal_all(evs_in, sealed, n);
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
     return rc;
@@ -179,6 +234,7 @@ static void bus_free(ew_bus *bus)
     ew_store_close(bus->audit);
     ew__dispatch_free(bus->disp);
     ew_memdlq_free(bus->own_dlq);
+    ew__keyring_free(bus->keys);
     ew_config_free(bus->cfg);
     pthread_mutex_destroy(&bus->mu);
     free(bus);
@@ -221,6 +277,7 @@ int ew_bus_open(ew_bus **out, const ew_bus_options *opts, ew_error *err)
     bus->backoff_ms = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_BACKOFF_MS");
     bus->backoff_max_ms = (int)ew_config_get_int(bus->cfg, "EVENT_HANDLER_BACKOFF_MAX_MS");
     bus->drain_ms = (int)ew_config_get_int(bus->cfg, "EVENT_BUS_DRAIN_TIMEOUT_MS");
+    if ((rc = ew__keyring_new(&bus->keys, bus->cfg, NULL, err))) goto fail_mu;
     if (opts->dlq.ops) {
         bus->dlq = opts->dlq;
     } else {
@@ -259,6 +316,7 @@ fail_store:
 fail_dlq:
     ew_memdlq_free(bus->own_dlq);
 fail_mu:
+    ew__keyring_free(bus->keys);
     pthread_mutex_destroy(&bus->mu);
 fail_cfg:
     ew_config_free(bus->cfg);
@@ -509,7 +567,8 @@ int ew_bus_redeliver(ew_bus *bus, const char *group, const char *handler, const 
     if (rc) return rc;
     if (!ev) return ew_error_set(err, EW_EINVAL, "ew_bus_redeliver: event is NULL");
     ew_event *r;
-    if ((rc = ew__redelivery_new(&r, bus->service, group, handler, dead_letter_id, ev, err)))
+    if ((rc = ew__redelivery_new(&r, bus->keys, bus->service, group, handler, dead_letter_id, ev,
+                                 err)))
         return rc;
     rc = ew_bus_publish(bus, r, err);
     ew_event_unref(r);
@@ -526,8 +585,9 @@ int ew_bus_replay(ew_bus *bus, const char *group, const ew_event *const *evs, si
     if (!rs) return ew_error_set(err, EW_ENOMEM, "out of memory");
     size_t i = 0;
     for (; i < n && !rc; i++) {
-        rc = evs[i] ? ew__redelivery_new(&rs[i], bus->service, group, NULL, 0, evs[i], err)
-                    : ew_error_set(err, EW_EINVAL, "event %zu is NULL", i);
+        rc = evs[i]
+                 ? ew__redelivery_new(&rs[i], bus->keys, bus->service, group, NULL, 0, evs[i], err)
+                 : ew_error_set(err, EW_EINVAL, "event %zu is NULL", i);
     }
     if (!rc) rc = ew_bus_publish_batch(bus, (const ew_event *const *)rs, n, err);
     for (size_t k = 0; k < n; k++)

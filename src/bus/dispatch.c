@@ -1069,6 +1069,11 @@ const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d)
     return &d->host.dlq;
 }
 
+void *ew__dispatch_bus(const ew_dispatcher *d)
+{
+    return d->host.bus;
+}
+
 int ew__dispatch_verify(const ew_dispatcher *d, const ew_event *ev, ew_error *err)
 {
     return d->host.verify ? d->host.verify(d->host.bus, ev, err) : 0;

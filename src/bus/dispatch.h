@@ -69,6 +69,9 @@ bool ew__dispatch_has_pattern(ew_dispatcher *d, const char *group, const char *n
 /* The dead letter sink the dispatcher writes to. Borrowed. */
 const ew_dlq_sink *ew__dispatch_sink(const ew_dispatcher *d);
 
+/* The bus the dispatcher serves (ew_dispatch_host.bus). */
+void *ew__dispatch_bus(const ew_dispatcher *d);
+
 /* The host's verify() for an event inside a redelivery: 0 when there is none. */
 int ew__dispatch_verify(const ew_dispatcher *d, const ew_event *ev, ew_error *err);
 

@@ -11,6 +11,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
+#include "security/keyring.h"
 
 /* While the dead letter sink refuses: the first wait, doubling up to the longest, each spread
  * by jitter; the stop callback is asked at least every STOP_CHECK_MS. A refusal is logged the
@@ -47,11 +48,33 @@ int ew__recv_verify(ew_bus *bus, const ew_event *ev, ew_error *err)
 
 /* EW__RECV_HOOK_DECRYPT: fields encrypted with their subject's key become readable, in a new
  * event put into *replaced (one reference, the caller's); *replaced stays NULL when ev is fine
- * as it is. Nothing is encrypted yet. */
+ * as it is. Decoding left the encrypted fields unchecked: the plaintext is checked here, as
+ * ew_event_new() checks it, so validation always runs on plaintext. A subject whose key was
+ * destroyed gives an event marked erased (ew_event_erased), never an error; ciphertext that does
+ * not authenticate (tampered) is refused with EW_ECRYPTO. A deletion that completed makes this
+ * process forget the subject's cached key at once. */
 static int hook_decrypt(ew_bus *bus, const ew_event *ev, ew_event **replaced, ew_error *err)
 {
-    (void)bus, (void)ev, (void)replaced, (void)err;
+    ew__keyring *keys = ew__bus_keyring(bus);
+    const ew_user_deletion_completed *done = ew_user_deletion_completed_data(ev);
+    if (keys && done) ew__keyring_forget(keys, done->user_id);
+    if (!ew_event_encrypted(ev) || ew__bus_keeps_encrypted(bus)) return 0;
+    if (!keys)
+        return ew_error_set(err, EW_ECRYPTO,
+                            "%s %s holds encrypted fields and EVENT_ENCRYPTION=off here: it "
+                            "cannot be read",
+                            ew_event_type(ev), ew_event_id(ev));
+    ew_event *plain;
+    int rc = ew__keyring_unseal(keys, ev, &plain, err);
+    if (rc) return rc;
+    *replaced = plain;
     return 0;
+}
+
+int ew__recv_decrypt(ew_bus *bus, const ew_event *ev, ew_event **replaced, ew_error *err)
+{
+    *replaced = NULL;
+    return hook_decrypt(bus, ev, replaced, err);
 }
 
 /* EW__RECV_HOOK_COUNT: the metrics of what was received — accepted (ev not NULL) or refused

@@ -77,6 +77,10 @@ int ew__recv_accept(ew_bus *bus, const ew_event *ev, ew_event **replaced, ew_err
  * inside a redelivery. 0, or EW_EAUTH / EW_EPERM with the reason. Thread-safe. */
 int ew__recv_verify(ew_bus *bus, const ew_event *ev, ew_error *err);
 
+/* The decrypt point alone (EW__RECV_HOOK_DECRYPT), for the same event after ew__recv_verify():
+ * *replaced as for ew__recv_accept(). 0, or EW_ECRYPTO / EW_EDATA with the reason. */
+int ew__recv_decrypt(ew_bus *bus, const ew_event *ev, ew_event **replaced, ew_error *err);
+
 /* Dead-letters an event that ew__recv_accept() refused, as ew__receive() does (same policy,
  * same retries). True when the sink has it. */
 bool ew__recv_refused(ew_bus *bus, const ew_event *ev, const char *group, const char *transport,

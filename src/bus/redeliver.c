@@ -4,15 +4,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bus/dispatch.h"
+#include "bus/receive.h"
 #include "bus/redeliver.h"
+#include "security/keyring.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
-int ew__redelivery_new(ew_event **out, const char *source, const char *group, const char *handler,
-                       int64_t dead_letter_id, const ew_event *ev, ew_error *err)
+int ew__redelivery_new(ew_event **out, struct ew__keyring *keys, const char *source,
+                       const char *group, const char *handler, int64_t dead_letter_id,
+                       const ew_event *ev, ew_error *err)
 {
     char *json;
-    int rc = ew_event_encode(ev, &json, NULL, err);
+    ew_event *sealed = NULL;
+    int rc = keys ? ew__keyring_seal(keys, ev, &sealed, err) : 0;
+    if (!rc) rc = ew_event_encode(sealed ? sealed : ev, &json, NULL, err);
+    ew_event_unref(sealed);
     if (rc) return rc;
     ew_bus_redelivery data = {
         .group = group,
@@ -134,6 +140,19 @@ int ew__redelivery_deliver(ew_dispatcher *d, ew_delivery *outer, ew_error *err)
         int rc = refuse(d, outer, rd, ev, why, err);
         ew_event_unref(ev);
         return rc;
+    }
+    /* and decrypted as one from the wire is */
+    ew_event *plain = NULL;
+    if (ew__recv_decrypt(ew__dispatch_bus(d), ev, &plain, &e)) {
+        snprintf(why, sizeof why, "%s: the event inside redelivery %s: %s", ew_err_name(e.code),
+                 ew_event_id(outer->event), e.msg);
+        int rc = refuse(d, outer, rd, ev, why, err);
+        ew_event_unref(ev);
+        return rc;
+    }
+    if (plain) {
+        ew_event_unref(ev);
+        ev = plain;
     }
     redelivery *r = calloc(1, sizeof *r);
     if (r) {

@@ -16,11 +16,15 @@
 
 #define EW_REDELIVERY_TYPE "eventwire.redelivery"
 
+struct ew__keyring;
+
 /* Builds the eventwire.redelivery event that hands ev to group (and only its handler `handler`
  * when not NULL), from source, keeping ev's subject and correlation id. dead_letter_id > 0 names
- * the dead letter being retried. *out holds one reference. */
-int ew__redelivery_new(ew_event **out, const char *source, const char *group, const char *handler,
-                       int64_t dead_letter_id, const ew_event *ev, ew_error *err);
+ * the dead letter being retried. The event inside is encrypted with keys (NULL: as it is), like
+ * every event that leaves the process. *out holds one reference. */
+int ew__redelivery_new(ew_event **out, struct ew__keyring *keys, const char *source,
+                       const char *group, const char *handler, int64_t dead_letter_id,
+                       const ew_event *ev, ew_error *err);
 
 /* The dispatcher's side: dl carries an eventwire.redelivery event. Delivers the event inside to
  * its group when this dispatcher has that group and dl is for it (dl->group NULL or the same);

@@ -12,6 +12,7 @@
 /* Field tables: ew__fields_user_registered[] and so on. */
 #define REQ EW_FIELD_REQ
 #define PII EW_FIELD_PII
+#define SECRET EW_FIELD_SECRET
 #define EW_EVENT(ID, name, type, version, doc) static const ew_field_info ew__fields_##name[] = {
 #define EW_FIELD(name, field, kind, flags, doc)                                                    \
     {#field, EW_FIELD_##kind, (flags), offsetof(ew_##name, field), doc, sizeof #field - 1},
@@ -24,6 +25,7 @@
 #undef EW_END
 #undef REQ
 #undef PII
+#undef SECRET
 
 #define TYPE_ENTRY(ID, name, type, version, doc, is_latest)                                        \
     {EW_T_##ID,                                                                                    \
@@ -213,6 +215,14 @@ static void field_schema(ew_buf *b, const ew_field_info *f, int ind)
     }
     if (f->flags & EW_FIELD_PII) {
         put_key(b, ind + 2, "x-personal-data");
+        ew_buf_puts(b, "true,");
+    }
+    if (f->flags & EW_FIELD_SECRET) {
+        put_key(b, ind + 2, "x-secret");
+        ew_buf_puts(b, "true,");
+    }
+    if (f->flags & EW_FIELD_ENCRYPTED) {
+        put_key(b, ind + 2, "x-encrypted");
         ew_buf_puts(b, "true,");
     }
     put_key(b, ind + 2, "description");

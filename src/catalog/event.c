@@ -25,6 +25,8 @@ struct ew_event {
     void *data;
     const ew_event_ext *ext; /* sorted by name, names unique */
     size_t next;
+    uint64_t sealed; /* fields (by index) that hold ciphertext (event_internal.h) */
+    bool erased;     /* fields whose subject's key was destroyed were emptied */
     /* the data struct, the extension table and the strings follow */
 };
 
@@ -320,13 +322,13 @@ static bool schema_is_default(const ew_type_info *t, const char *s)
 
 /* Object fields are stored as compact JSON: parse what the publisher gave, write it back. The
  * canonical text is appended to `canon` and its offset recorded in off[i] (SIZE_MAX: as given). */
-static int canon_objects(const ew_type_info *t, const void *data, ew_buf *canon, size_t *off,
-                         ew_error *err)
+static int canon_objects(const ew_type_info *t, const void *data, uint64_t sealed, ew_buf *canon,
+                         size_t *off, ew_error *err)
 {
     for (size_t i = 0; i < t->nfields; i++) {
         const ew_field_info *f = &t->fields[i];
         off[i] = SIZE_MAX;
-        if (f->kind != EW_FIELD_OBJECT) continue;
+        if (f->kind != EW_FIELD_OBJECT || ((sealed >> i) & 1)) continue;
         const char *s = *(const char *const *)(const void *)((const char *)data + f->offset);
         if (!s) continue;
         char stack[2048];
@@ -365,10 +367,38 @@ static const char *put(char **p, const char *s, size_t n)
 
 #define ALIGN_UP(n) (((n) + 15) & ~(size_t)15)
 
+/* The length check_field() gives a field, for one known to be valid. */
+static size_t field_len(const ew_field_info *f, const void *data)
+{
+    const char *base = (const char *)data + f->offset;
+    if (f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL) return 0;
+    if (f->kind == EW_FIELD_STRLIST) {
+        const ew_strlist *l = (const ew_strlist *)(const void *)base;
+        size_t n = 0;
+        for (size_t i = 0; i < l->count; i++)
+            n += strlen(l->items[i]) + 1;
+        return n;
+    }
+    const char *str = *(const char *const *)(const void *)base;
+    return str ? strlen(str) : 0;
+}
+
+/* check_attrs()' lengths, for attributes known to be valid (those of an existing event). */
+static void attr_lens(const ew_event_attrs *a, size_t alen[A_COUNT])
+{
+    const char *vals[A_COUNT] = {a->id,           a->source,     a->subject,    a->correlation_id,
+                                 a->causation_id, a->dataschema, a->traceparent};
+    for (int i = 0; i < A_COUNT; i++)
+        alen[i] = vals[i] ? strlen(vals[i]) : 0;
+}
+
 /* Validates and builds. `canon_given` tells that object fields are already compact JSON from our
- * own parser (decoding), so they are copied as they are. */
-static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
-                 bool canon_given, ew_error *err)
+ * own parser (decoding), so they are copied as they are. `sealed` fields hold ciphertext and
+ * are not checked; `known` fields (and with attrs_known the attributes) come from an event that
+ * was checked already, and are not checked again. */
+static int build_known(ew_event **out, const ew_type_info *t, const void *data,
+                       const ew_event_attrs *a, bool canon_given, uint64_t sealed, uint64_t known,
+                       bool attrs_known, ew_error *err)
 {
     size_t alen[A_COUNT], flen[64];
     if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
@@ -379,12 +409,35 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
         norm.dataschema = NULL;
         a = &norm;
     }
-    int rc = check_attrs(a, alen, err);
-    if (rc) return rc;
+    int rc = 0;
+    if (attrs_known)
+        attr_lens(a, alen);
+    else if ((rc = check_attrs(a, alen, err)))
+        return rc;
     if (a->nextensions && !a->extensions)
         return ew_error_set(err, EW_EINVAL, "%zu extensions but no array", a->nextensions);
-    for (size_t i = 0; i < t->nfields; i++)
+    for (size_t i = 0; i < t->nfields; i++) {
+        if ((sealed >> i) & 1) { /* ciphertext: checked when it is plaintext again */
+            const char *s =
+                *(const char *const *)(const void *)((const char *)data + t->fields[i].offset);
+            flen[i] = s ? strlen(s) : 0;
+            continue;
+        }
+        if ((known >> i) & 1) {
+            flen[i] = field_len(&t->fields[i], data);
+            continue;
+        }
         if ((rc = check_field(t, &t->fields[i], data, &flen[i], err))) return rc;
+        const ew_field_info *f = &t->fields[i];
+        const char *s = (f->flags & EW_FIELD_ENCRYPTED) && f->kind != EW_FIELD_STRLIST
+                            ? *(const char *const *)(const void *)((const char *)data + f->offset)
+                            : NULL;
+        if (s && strncmp(s, EW__SEALED_PREFIX, sizeof EW__SEALED_PREFIX - 1) == 0)
+            return ew_error_set(err, EW_EDATA,
+                                "%s: data.%s starts like ciphertext (" EW__SEALED_PREFIX
+                                "), which plaintext may not",
+                                t->type, f->name);
+    }
     const char *schema = a->dataschema;
 
     const ew_event_ext *sorted_stack[16], **sorted = sorted_stack;
@@ -399,7 +452,7 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
     size_t off[64];
     ew_buf canon;
     ew_buf_init(&canon);
-    if (!canon_given && (rc = canon_objects(t, data, &canon, off, err))) {
+    if (!canon_given && (rc = canon_objects(t, data, sealed, &canon, off, err))) {
         ew_buf_release(&canon);
         if (sorted != sorted_stack) free(sorted);
         return rc;
@@ -463,6 +516,8 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
     }
     ev->ext = next ? ext : NULL;
     ev->next = next;
+    ev->sealed = sealed;
+    ev->erased = false;
     if (sorted != sorted_stack) free(sorted);
     ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
@@ -492,6 +547,12 @@ static int build(ew_event **out, const ew_type_info *t, const void *data, const 
     return 0;
 }
 
+static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
+                 bool canon_given, uint64_t sealed, ew_error *err)
+{
+    return build_known(out, t, data, a, canon_given, sealed, 0, false, err);
+}
+
 int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_event_attrs *attrs,
                  ew_error *err)
 {
@@ -499,7 +560,7 @@ int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_eve
     if (!out || !data) return ew_error_set(err, EW_EINVAL, "out and data are required");
     if (!t)
         return ew_error_set(err, EW_EUNKNOWNTYPE, "type id %d is not in the catalog", (int)type);
-    return build(out, t, data, attrs, false, err);
+    return build(out, t, data, attrs, false, 0, err);
 }
 
 ew_event *ew_event_ref(const ew_event *ev)
@@ -592,6 +653,71 @@ const void *ew_event_data_as(const ew_event *ev, ew_type_id type)
     return ev && ev->info->id == type ? ev->data : NULL;
 }
 
+bool ew_event_encrypted(const ew_event *ev)
+{
+    return ev && ev->sealed != 0;
+}
+
+bool ew_event_erased(const ew_event *ev)
+{
+    return ev && ev->erased;
+}
+
+uint64_t ew__event_sealed(const ew_event *ev)
+{
+    return ev->sealed;
+}
+
+int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out, ew_error *err)
+{
+    const ew_type_info *t = ev->info;
+    uint64_t skip = ev->sealed;
+    for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
+        if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), false, err);
+    if (rc) return rc;
+    (*out)->sealed = ev->sealed;
+    (*out)->erased = ev->erased;
+    return 0;
+}
+
+int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
+                      uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err)
+{
+    const ew_type_info *t = ev->info;
+    _Alignas(max_align_t) char tmp[1024];
+    if (t->struct_size > sizeof tmp || t->nfields > 64)
+        return ew_error_set(err, EW_EINVAL, "%s: data struct too large", t->type);
+    memcpy(tmp, ev->data, t->struct_size);
+    bool plain_object = false;
+    for (size_t i = 0; i < t->nfields; i++) {
+        if (!((replace >> i) & 1)) continue;
+        const ew_field_info *f = &t->fields[i];
+        if (f->kind == EW_FIELD_STRLIST || f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL)
+            return ew_error_set(err, EW_EINVAL, "%s: data.%s cannot be replaced", t->type, f->name);
+        *(const char **)(void *)(tmp + f->offset) = values[i];
+        if (f->kind == EW_FIELD_OBJECT && !((sealed | erased) >> i & 1)) plain_object = true;
+    }
+    ew_event_attrs a = {.source = ev->source,
+                        .subject = ev->subject,
+                        .id = ev->id,
+                        .time_us = ev->time_us,
+                        .correlation_id = ev->correlation_id,
+                        .causation_id = ev->causation_id,
+                        .traceparent = ev->traceparent,
+                        .dataschema = ev->dataschema,
+                        .extensions = ev->ext,
+                        .nextensions = ev->next};
+    /* Untouched fields keep what the event had: ciphertext stays ciphertext. */
+    uint64_t keep = ev->sealed & ~replace;
+    int rc =
+        build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace, true, err);
+    if (rc) return rc;
+    (*out)->sealed = sealed | keep;
+    (*out)->erased = ev->erased || erased != 0;
+    return 0;
+}
+
 static bool str_eq(const char *a, const char *b)
 {
     return a == b || (a && b && strcmp(a, b) == 0);
@@ -604,7 +730,8 @@ int ew_event_equal(const ew_event *a, const ew_event *b)
     if (!str_eq(a->id, b->id) || !str_eq(a->source, b->source) || !str_eq(a->subject, b->subject) ||
         !str_eq(a->correlation_id, b->correlation_id) ||
         !str_eq(a->causation_id, b->causation_id) || !str_eq(a->traceparent, b->traceparent) ||
-        !str_eq(a->dataschema, b->dataschema) || a->next != b->next)
+        !str_eq(a->dataschema, b->dataschema) || a->next != b->next || a->sealed != b->sealed ||
+        a->erased != b->erased)
         return 0;
     for (size_t i = 0; i < a->next; i++)
         if (a->ext[i].kind != b->ext[i].kind || strcmp(a->ext[i].name, b->ext[i].name) != 0 ||
@@ -681,7 +808,10 @@ static HOT_INLINE void write_data(ew_buf *b, const ew_event *ev)
             break;
         }
         case EW_FIELD_OBJECT:
-            ew_buf_puts(b, s); /* compact JSON, made so when the event was built */
+            if ((ev->sealed >> i) & 1)
+                ew_json_write_string(b, s, strlen(s)); /* ciphertext is a string */
+            else
+                ew_buf_puts(b, s); /* compact JSON, made so when the event was built */
             break;
         default:
             ew_json_write_string(b, s, strlen(s));
@@ -786,10 +916,21 @@ static const ew_field_info *field_n(const ew_type_info *t, const char *key, size
     return NULL;
 }
 
+/* Is the JSON value m ciphertext of an encrypted field (event_internal.h)? */
+static bool is_sealed(const ew_field_info *f, const ew_json *m)
+{
+    return (f->flags & EW_FIELD_ENCRYPTED) && m->kind == EW_JSON_STRING &&
+           m->len > sizeof EW__SEALED_PREFIX - 1 &&
+           memcmp(m->str, EW__SEALED_PREFIX, sizeof EW__SEALED_PREFIX - 1) == 0;
+}
+
+/* Fills data from obj. Encrypted fields holding ciphertext are kept as their text, whatever
+ * their kind, and named in *sealed. */
 static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data, ew_arena *a,
-                          ew_error *err)
+                          uint64_t *sealed, ew_error *err)
 {
     memset(data, 0, t->struct_size);
+    *sealed = 0;
     uint64_t seen = 0; /* fields present, by index (a type has fewer than 64) */
     for (const ew_json *m = obj->child; m; m = m->next) {
         const ew_field_info *f = field_n(t, m->key, m->key_len);
@@ -800,6 +941,11 @@ static int data_from_json(const ew_type_info *t, const ew_json *obj, void *data,
         if (fi < 64) seen |= UINT64_C(1) << fi;
         char *dst = (char *)data + f->offset;
         if (m->kind == EW_JSON_NULL && !(f->flags & EW_FIELD_REQ)) continue;
+        if (fi < 64 && is_sealed(f, m)) {
+            *sealed |= UINT64_C(1) << fi;
+            *(const char **)(void *)dst = m->str;
+            continue;
+        }
         bool ok = true;
         switch (f->kind) {
         case EW_FIELD_INT:
@@ -994,10 +1140,11 @@ static int schema_version(const char *type, size_t tlen, const char *s, size_t n
 static int data_fits(const ew_type_info *t, const ew_json *data, void *tmp, ew_arena *a,
                      ew_error *err)
 {
-    int rc = data_from_json(t, data, tmp, a, err);
+    uint64_t sealed;
+    int rc = data_from_json(t, data, tmp, a, &sealed, err);
     for (size_t i = 0; !rc && i < t->nfields; i++) {
         size_t len;
-        rc = check_field(t, &t->fields[i], tmp, &len, err);
+        if (!((sealed >> i) & 1)) rc = check_field(t, &t->fields[i], tmp, &len, err);
     }
     return rc;
 }
@@ -1131,8 +1278,9 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
     at.dataschema = t == latest ? schema : NULL;
 
     /* Old versions: valid as what they claim to be, then upcast step by step. */
+    uint64_t sealed;
     while (t != latest) {
-        if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
+        if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
         if ((rc = ew__upcast(t, data, a, err))) return rc;
         const ew_type_info *up = ew_catalog_find(type, t->version + 1);
         if (!up)
@@ -1140,8 +1288,8 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
                                 t->version + 1);
         t = up;
     }
-    if ((rc = data_from_json(t, data, tmp, a, err))) return rc;
-    return build(out, t, tmp, &at, true, err);
+    if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
+    return build(out, t, tmp, &at, true, sealed, err);
 }
 
 int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,
@@ -1179,8 +1327,14 @@ int ew_event_from_json(ew_event **out, const char *type, const char *data_json, 
                           kind_name(root->kind));
     void *tmp = rc ? NULL : ew_arena_alloc(&a, t->struct_size);
     if (rc == 0 && !tmp) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (rc == 0) rc = data_from_json(t, root, tmp, &a, err);
-    if (rc == 0) rc = build(out, t, tmp, attrs, true, err);
+    uint64_t sealed = 0;
+    if (rc == 0) rc = data_from_json(t, root, tmp, &a, &sealed, err);
+    if (rc == 0 && sealed)
+        rc = ew_error_set(err, EW_EDATA,
+                          "%s: data holds ciphertext (" EW__SEALED_PREFIX
+                          "...): publish personal data as plaintext, it is encrypted on the way",
+                          type);
+    if (rc == 0) rc = build(out, t, tmp, attrs, true, 0, err);
     ew_arena_release(&a);
     return rc;
 }

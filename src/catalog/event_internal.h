@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "core/buf.h"
 #include "eventwire/event.h"
 
@@ -14,5 +15,29 @@ bool ew__media_type_json(const char *s, size_t n);
 /* Appends the event's data, as the compact JSON object ew_event_encode() puts in "data", to b:
  * the body of a binary-mode message. EW_ENOMEM when b ran out of memory. */
 int ew__event_encode_data(const ew_event *ev, ew_buf *b);
+
+/* ---- encrypted fields (src/security/keyring.c) ----
+ *
+ * An encrypted field (EW_FIELD_ENCRYPTED) travels as a JSON string that starts with this prefix:
+ * "ewenc1.SUBJECT.BASE64URL" (docs/security.md#encrypted-fields). Decoding keeps such a value as
+ * it is, whatever the field's kind, without checking its format, and marks the field sealed;
+ * encoding writes a sealed field back as that string. */
+#define EW__SEALED_PREFIX "ewenc1."
+
+/* The fields of ev (bits by index) that hold ciphertext. */
+uint64_t ew__event_sealed(const ew_event *ev);
+
+/* A copy of ev with the attributes a (the data as ev has it, ciphertext and erased fields
+ * included): how an event gets attributes added after it was built (signing). */
+int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out,
+                         ew_error *err);
+
+/* A copy of ev whose fields named by `replace` (bits by field index) hold values[i] instead: the
+ * copy's `sealed` fields are ciphertext (not checked), its `erased` fields are emptied values of
+ * a destroyed key (not checked, ew_event_erased() true), and every other replaced field is
+ * plaintext, checked as ew_event_new() checks it. Fields not replaced keep what ev had. On
+ * success *out holds one reference. */
+int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
+                      uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err);
 
 #endif

@@ -136,12 +136,28 @@ static const ew_setting entries[] = {
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
      "The event store's database.", EW_SETTING_URL, 0, 0},
     {"KEY_STORE_URL", "", "sqlite:PATH",
-     "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md); "
-     "unset: keys/keys.db in the folder of EVENT_STORE_URL's SQLite file, or var/keys/keys.db "
-     "when the event store is not SQLite. Made 0600 in a 0700 folder.",
+     "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md, and "
+     "the subjects' wrapped data keys, docs/encryption.md); unset: keys/keys.db in the folder of "
+     "EVENT_STORE_URL's SQLite file, or var/keys/keys.db when the event store is not SQLite. "
+     "Made 0600 in a 0700 folder.",
      EW_SETTING_URL, 0, 0},
     {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
      EW_SETTING_INT, 0, 36500},
+    {"EVENT_ENCRYPTION", "on", "on|off",
+     "Encrypt the event fields the catalog marks personal or secret, per subject "
+     "(docs/encryption.md); off only for interop tests and consumers without keys: events then "
+     "carry those fields in clear, and encrypted ones received are dead-lettered.",
+     EW_SETTING_ENUM, 0, 0},
+    {"EVENT_ENCRYPTION_KEY_FILE", "", "a file",
+     "The key-encryption key that wraps every subject's data key (32 bytes, 0600; made at first "
+     "start when the key store holds no keys yet); unset: eventwire.kek in the folder keys beside "
+     "EVENT_STORE_URL's SQLite file, or var/keys when the event store is not SQLite.",
+     EW_SETTING_STRING, 0, 0},
+    {"EVENT_KEY_CACHE_SECONDS", "30", "0..3600",
+     "How long a process keeps a subject's data key in memory before it reads the key store "
+     "again: the longest a destroyed key stays usable in a running process (0: read it for "
+     "every event).",
+     EW_SETTING_INT, 0, 3600},
     {"ENABLE_SAGAS", "true", "true|false", "Run the saga engine.", EW_SETTING_BOOL, 0, 0},
     {"SAGA_TIMEOUT_SECONDS", "3600", "1..31536000", "Deadline of a saga instance.", EW_SETTING_INT,
      1, 31536000},

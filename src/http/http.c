@@ -75,7 +75,9 @@ struct ew_http_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int inflight;
-    route_stats healthz, unmatched; /* answers of the built-in /healthz, and of no route */
+    route_stats healthz, unmatched;      /* answers of the built-in /healthz, and of no route */
+    char *cors;                          /* a copy of o.cors_origins; NULL: none */
+    atomic_int_fast64_t limit_logged_ns; /* when a connection limit was last logged */
 };
 
 struct ew_http_request {
@@ -101,6 +103,7 @@ struct ew_http_request {
     uint8_t parent_span_id[8];
     char traceparent[EW_TRACEPARENT_LEN + 1];
     bool healthz; /* answered by the built-in /healthz */
+    bool cors;    /* a cross-origin request from an allowed origin: CORS headers on the answer */
     void *data;   /* the guard's (ew_http_set_data) */
     void (*data_free)(void *);
     /* Without a connection (conn NULL: ew__http_handle), the request comes from in and the
@@ -140,6 +143,18 @@ __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const ch
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
+    /* A connection refused past a limit is what the limit is for: one line every 10 s says that
+     * it happens, not one per connection (300 of them from a client would flood the log). */
+    if (strstr(msg, "limit")) {
+        int64_t now = ew_mono_ns(), last = atomic_load(&s->limit_logged_ns);
+        if ((last && now - last < 10000000000LL) ||
+            !atomic_compare_exchange_strong(&s->limit_logged_ns, &last, now)) {
+            logf_(s, EW_LOG_DEBUG, "libmicrohttpd: %s", msg);
+            return;
+        }
+        logf_(s, EW_LOG_WARN, "libmicrohttpd: %s (logged once every 10 s)", msg);
+        return;
+    }
     logf_(s, EW_LOG_WARN, "libmicrohttpd: %s", msg);
 }
 
@@ -229,6 +244,12 @@ int ew_http_new(ew_http_server **out, const ew_http_options *opts, ew_error *err
     if (!s->o.max_body_bytes) s->o.max_body_bytes = 1u << 20;
     if (!s->o.max_connections) s->o.max_connections = 256;
     if (!s->o.idle_timeout_s) s->o.idle_timeout_s = 60;
+    if (!s->o.max_connections_per_addr) s->o.max_connections_per_addr = 64;
+    if (s->o.cors_origins && *s->o.cors_origins && !(s->cors = strdup(s->o.cors_origins))) {
+        free(s);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    s->o.cors_origins = s->cors;
     if (s->o.stop_timeout_ms <= 0) s->o.stop_timeout_ms = 10000;
     pthread_mutex_init(&s->mu, NULL);
     ew__cond_init_mono(&s->cv);
@@ -559,6 +580,13 @@ static enum MHD_Result send_response(ew_http_request *r, ew_http_response *res)
     for (size_t i = 0; i < res->nh; i++)
         MHD_add_response_header(mr, res->hname[i], res->hval[i]);
     MHD_add_response_header(mr, "traceparent", r->traceparent);
+    if (r->cors) {
+        MHD_add_response_header(mr, "Access-Control-Allow-Origin",
+                                ew_http_header(r, MHD_HTTP_HEADER_ORIGIN));
+        MHD_add_response_header(mr, "Access-Control-Expose-Headers",
+                                "Location, Retry-After, WWW-Authenticate, traceparent");
+        MHD_add_response_header(mr, "Vary", "Origin");
+    }
     if (atomic_load(&s->stopping)) MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
     /* counted before it is queued: the client may read the answer before queueing returns,
      * and what it reads next (GET /metrics) must include it */
@@ -731,6 +759,77 @@ static int health_ok(ew_http_server *s, char *why, size_t n)
     return rc == 0;
 }
 
+/* ---- content types and origins ------------------------------------------------------------- */
+
+/* Is the request's Content-Type JSON: application/json or application/<x>+json, parameters
+ * (charset) aside? */
+static int json_type(const ew_http_request *r)
+{
+    const char *ct = ew_http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!ct) return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    if (n < 12 || strncasecmp(ct, "application/", 12)) return 0;
+    if (n == 16 && !strncasecmp(ct + 12, "json", 4)) return 1;
+    return n > 17 && !strncasecmp(ct + n - 5, "+json", 5);
+}
+
+static enum MHD_Result send_unsupported_type(ew_http_request *r)
+{
+    const char *ct = ew_http_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ct)
+        return send_error(r, 415, NULL,
+                          "the request body is %.100s: this route takes application/json", ct);
+    return send_error(r, 415, NULL,
+                      "the request body has no Content-Type: this route takes application/json");
+}
+
+/* Is origin the server's own, http:// and the request's Host? (A browser sends Origin on some
+ * same-origin requests too, those of a page the server itself serves.) */
+static int same_origin(const ew_http_request *r, const char *origin)
+{
+    const char *host = ew_http_header(r, MHD_HTTP_HEADER_HOST);
+    return host && !strncasecmp(origin, "http://", 7) && !strcasecmp(origin + 7, host);
+}
+
+/* Is origin one of cors_origins (or is that "*")? */
+static int origin_allowed(const ew_http_server *s, const char *origin)
+{
+    if (!s->cors) return 0;
+    size_t ol = strlen(origin);
+    for (const char *p = s->cors; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && p[m - 1] == ' ')
+            m--;
+        if (m == 1 && *p == '*') return 1;
+        if (m && m == ol && !strncasecmp(p, origin, m)) return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method) from an allowed
+ * origin: what the routes may be called with; the route itself answers the real request. */
+static enum MHD_Result send_preflight(ew_http_request *r)
+{
+    ew_http_response res;
+    res_init(&res);
+    ew_http_status(&res, 204);
+    ew_http_header_add(&res, "Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE");
+    ew_http_header_add(&res, "Access-Control-Allow-Headers",
+                       "Authorization, Content-Type, traceparent");
+    ew_http_header_add(&res, "Access-Control-Max-Age", "600");
+    enum MHD_Result ok = send_response(r, &res);
+    res_release(&res);
+    return ok;
+}
+
 /* Routes the request when its headers are in: sets r->rt, or answers 404/405. */
 static enum MHD_Result route_request(ew_http_request *r)
 {
@@ -796,6 +895,8 @@ static enum MHD_Result route_request(ew_http_request *r)
 static enum MHD_Result run_handler(ew_http_request *r)
 {
     const route *rt = r->rt;
+    if ((rt->flags & (EW_HTTP_JSON | EW_HTTP_JSON_OPT)) && r->body.len && !json_type(r))
+        return send_unsupported_type(r);
     if ((rt->flags & EW_HTTP_JSON) || ((rt->flags & EW_HTTP_JSON_OPT) && r->body.len)) {
         if (!r->body.len)
             return send_error(r, 400, NULL, "the request body is empty: a JSON object is expected");
@@ -850,6 +951,16 @@ static enum MHD_Result request_begin(ew_http_server *s, struct MHD_Connection *c
     pthread_mutex_unlock(&s->mu);
     client_addr(r);
     if (atomic_load(&s->stopping)) return send_error(r, 503, NULL, "the server is shutting down");
+    const char *origin = ew_http_header(r, MHD_HTTP_HEADER_ORIGIN);
+    if (origin && !same_origin(r, origin)) {
+        if (!origin_allowed(s, origin))
+            return send_error(
+                r, 403, NULL,
+                "cross-origin requests from %.200s are not allowed (HTTP_CORS_ORIGINS)", origin);
+        r->cors = true;
+        if (!strcmp(method, "OPTIONS") && ew_http_header(r, "Access-Control-Request-Method"))
+            return send_preflight(r);
+    }
     enum MHD_Result ok = route_request(r);
     if (r->answered || ok != MHD_YES) return ok;
     /* the guard, before a byte of the body is read */
@@ -864,8 +975,13 @@ static enum MHD_Result request_begin(ew_http_server *s, struct MHD_Connection *c
         }
         res_release(&res);
     }
-    /* a declared body over the limit is refused before it is read */
+    /* a body of another type than JSON on a JSON route, and a declared body over the limit,
+     * are refused before they are read */
     const char *cl = ew_http_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    int has_body =
+        (cl && strtoull(cl, NULL, 10) > 0) || ew_http_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    if (has_body && (r->rt->flags & (EW_HTTP_JSON | EW_HTTP_JSON_OPT)) && !json_type(r))
+        return send_unsupported_type(r);
     if (cl) {
         char *end;
         errno = 0;
@@ -994,6 +1110,7 @@ int ew_http_start(ew_http_server *s, ew_error *err)
         flags, (uint16_t)s->o.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_logger, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&s->sa, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections_per_addr,
         MHD_OPTION_CONNECTION_TIMEOUT, s->o.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)EW_HTTP_HEADER_BYTES, MHD_OPTION_END);
     if (!s->d)
@@ -1085,6 +1202,7 @@ void ew_http_free(ew_http_server *s)
     for (size_t i = 0; i < s->nroutes; i++)
         route_free(&s->routes[i]);
     free(s->routes);
+    free(s->cors);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

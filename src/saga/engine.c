@@ -32,6 +32,8 @@
 #include "core/mono.h"
 #include "eventwire/clock.h"
 #include "saga/saga_impl.h"
+#include "security/keyring.h"
+#include "store/handle.h"
 
 #define DEFAULT_POLL_MS 1000
 #define MAX_CONFLICTS 64 /* a transition retried more often than this gives up (retry later) */
@@ -79,6 +81,12 @@ void ew__saga_engine_log(ew_saga_engine *e, ew_log_level level, const char *fmt,
     va_start(ap, fmt);
     ew__logv(&(ew__log_sink){e->log, e->log_ud}, level, "saga", NULL, fmt, ap);
     va_end(ap);
+}
+
+int ew__saga_shred(ew_saga *s, const char *subject, ew_error *err)
+{
+    ew__keyring *keys = ew__store_keyring(s->t->e->store);
+    return keys ? ew__keyring_shred(keys, subject, err) : 0;
 }
 
 const char *ew__saga_engine_source(const ew_saga_engine *e)

@@ -14,6 +14,7 @@
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "saga/saga_impl.h"
+#include "store/handle.h"
 
 #define SAGA_COLUMNS                                                                               \
     "id, saga_type, correlation_key, correlation_id, subject, status, step, step_index, "          \
@@ -357,7 +358,7 @@ int ew__saga_park(ew_txn *txn, const ew__saga_type *t, const ew_event *ev, const
                   ew_error *err)
 {
     char *json = NULL, at[EW_TIME_LEN + 1];
-    int rc = ew_event_encode(ev, &json, NULL, err);
+    int rc = ew__store_encode(txn->s, ev, &json, NULL, err); /* personal fields encrypted */
     if (rc) return rc;
     const char *p[5] = {t->name, ew_event_id(ev), key, json, fmt_time(at, ew_now_us())};
     rc = ew_txn_exec(txn,
@@ -386,6 +387,7 @@ void ew__parked_release(ew__parked *p)
 }
 
 typedef struct parked_rows {
+    const ew_store *s;
     ew__parked *out;
     size_t cap;
     int oom;
@@ -398,6 +400,10 @@ static int parked_row(void *ud, const ew_row *row)
     ew_event *ev = NULL;
     /* A row that does not decode (a type this build lacks) stays until the purge. */
     if (!json || ew_event_decode(&ev, json, strlen(json), NULL, NULL)) return 0;
+    if (ew__store_unseal(l->s, &ev, NULL)) { /* ciphertext that does not authenticate: as above */
+        ew_event_unref(ev);
+        return 0;
+    }
     if (l->out->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         ew_event **evs = realloc(l->out->evs, cap * sizeof *evs);
@@ -434,7 +440,7 @@ int ew__saga_parked(ew_txn *txn, const ew__saga_type *t, const char *key,
                  limit);
         np = 1;
     }
-    parked_rows l = {out, 0, 0};
+    parked_rows l = {txn->s, out, 0, 0};
     memset(out, 0, sizeof *out);
     int rc = ew_txn_query(txn, sql, p, np, parked_row, &l, err);
     if (!rc && l.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");

@@ -159,6 +159,10 @@ int ew__saga_time_parse(const char *s, int64_t *us);
 /* ---- the engine (engine.c) ------------------------------------------------------------------- */
 
 const char *ew__saga_engine_source(const ew_saga_engine *e);
+
+/* Destroys the data key of subject (crypto-shredding, src/security/keyring.h) in the key store
+ * of the engine's store; 0 without doing anything when EVENT_ENCRYPTION=off. */
+int ew__saga_shred(ew_saga *s, const char *subject, ew_error *err);
 int64_t ew__saga_engine_timeout_ms(const ew_saga_engine *e);
 void ew__saga_engine_log(ew_saga_engine *e, ew_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)

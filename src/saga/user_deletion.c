@@ -42,7 +42,7 @@ static int on_start(ew_saga *s, void *ud, ew_error *err)
     if (!r) return 0;
     int rc = ew_saga_set(s, "request_id", r->request_id, err);
     if (!rc) rc = ew_saga_set(s, "user_id", r->user_id, err);
-    if (!rc && r->reason) rc = ew_saga_set(s, "reason", r->reason, err);
+    /* Not the reason: it is personal data (encrypted in events), and saga data is not. */
     for (size_t i = 0; !rc && i < d->n; i++)
         if ((rc = ew_saga_list_add(s, "services", d->services[i], err)) > 0) rc = 0;
     if (rc) return rc;
@@ -100,7 +100,6 @@ static ew_saga_verdict no_answer(ew_saga *s, void *ud)
     }
     ew_user_deletion_requested r = {.request_id = ew_saga_get(s, "request_id"),
                                     .user_id = ew_saga_get(s, "user_id"),
-                                    .reason = ew_saga_get(s, "reason"),
                                     .requested_by = "saga UserDeletion"};
     ew_error err = {0};
     if (!r.request_id || !r.user_id ||
@@ -112,12 +111,17 @@ static ew_saga_verdict no_answer(ew_saga *s, void *ud)
     return EW_SAGA_RETRY;
 }
 
-/* Completed: everyone confirmed. Otherwise (escalated, or the backstop deadline): who did not. */
+/* Completed: everyone confirmed. Otherwise (escalated, or the backstop deadline): who did not.
+ * Either way the user's data key is destroyed first (crypto-shredding): every copy of their
+ * personal data left in events, brokers, outboxes and dead letters is unreadable from now on,
+ * also what a service that never confirmed still holds in events. */
 static int on_end(ew_saga *s, void *ud, ew_error *err)
 {
     (void)ud;
     const char *request = ew_saga_get(s, "request_id"), *user = ew_saga_get(s, "user_id");
     if (!request || !user) return 0;
+    int rc = ew__saga_shred(s, user, err);
+    if (rc) return rc;
     const char *list[64];
     size_t n;
     if (ew_saga_state(s) == EW_SAGA_COMPLETED) {

@@ -112,10 +112,11 @@ static int mkdirs(const char *dir)
     for (char *p = path + 1; *p; p++) {
         if (*p != '/') continue;
         *p = '\0';
-        if (mkdir(path, 0700) && errno != EEXIST) return -1;
+        if (mkdir(path, 0700) == 0 ? chmod(path, 0700) : errno != EEXIST) return -1;
         *p = '/';
     }
-    return mkdir(path, 0700) && errno != EEXIST ? -1 : 0;
+    /* 0700 whatever the umask; a folder that exists is left as it is */
+    return (mkdir(path, 0700) == 0 ? chmod(path, 0700) : errno != EEXIST) ? -1 : 0;
 }
 
 static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
@@ -148,7 +149,8 @@ static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
     }
     crypto_sign_keypair(a->pk, a->sk);
     fd = open(key_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, a->sk, sizeof a->sk) != (ssize_t)sizeof a->sk || fsync(fd)) {
+    if (fd < 0 || fchmod(fd, 0600) || write(fd, a->sk, sizeof a->sk) != (ssize_t)sizeof a->sk ||
+        fsync(fd)) {
         int e = errno;
         if (fd >= 0) close(fd);
         return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot write it: %s", key_file,
@@ -158,8 +160,11 @@ static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
     char pub[4096 + 8], hex[EW_AUDIT_PUBLIC_KEY_HEX + 2];
     snprintf(pub, sizeof pub, "%s.pub", key_file);
     sodium_bin2hex(hex, sizeof hex, a->pk, sizeof a->pk);
-    FILE *f = fopen(pub, "w");
-    if (!f || fprintf(f, "%s\n", hex) < 0 || fclose(f))
+    /* the public key is no secret: 0644 (in the key's 0700 folder), whatever the umask */
+    int pfd = open(pub, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    FILE *f = pfd < 0 ? NULL : fdopen(pfd, "w");
+    if (!f && pfd >= 0) close(pfd);
+    if (!f || fchmod(pfd, 0644) || fprintf(f, "%s\n", hex) < 0 || fclose(f))
         return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot write it", pub);
     return 0;
 }

@@ -552,8 +552,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
         .extensions = x,
         .nextensions = k,
     };
-    ew_type_id t = ew_event_type_id(ev);
-    int rc = ew_event_new(out, t, ew_event_data_as(ev, t), &at, err);
+    int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
     free(x);
     return rc;
 }

@@ -32,6 +32,19 @@ static const struct {
      " created_us INTEGER NOT NULL,"
      " retired_us INTEGER NOT NULL DEFAULT 0);"
      "CREATE INDEX keys_owner ON keys (owner, created_us);"},
+    /* field encryption (keyring.c): the fingerprint of the key-encryption key that wraps the
+     * data keys, and each subject's wrapped data key (NULL once erased, the row kept as the
+     * subject's tombstone) */
+    {2, "002_subject_keys",
+     "CREATE TABLE kek ("
+     " id INTEGER PRIMARY KEY CHECK (id = 1),"
+     " fingerprint TEXT NOT NULL,"
+     " rotated_at INTEGER);"
+     "CREATE TABLE subject_keys ("
+     " subject TEXT PRIMARY KEY,"
+     " wrapped BLOB,"
+     " created_at INTEGER NOT NULL,"
+     " erased_at INTEGER);"},
 };
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])
 

@@ -59,7 +59,21 @@ struct ew_store {
     int has_file;
     dev_t dev;
     ino_t ino;
+    /* EVENT_ENCRYPTION: encrypts the personal fields of every event the store writes (events,
+     * outbox, dead letters, parked saga events); NULL when off. */
+    struct ew__keyring *keys;
 };
+
+/* Encodes ev as ew_event_encode() does, its personal and secret fields encrypted when the
+ * store's keyring is on. *out is malloc'ed: caller frees it. */
+int ew__store_encode(const ew_store *s, const ew_event *ev, char **out, size_t *len, ew_error *err);
+
+/* Replaces *ev (a reference the caller holds) by its decrypted copy when it holds encrypted
+ * fields and the store's keyring is on (ew__keyring_unseal); leaves it otherwise. */
+int ew__store_unseal(const ew_store *s, ew_event **ev, ew_error *err);
+
+/* The store's keyring, NULL when EVENT_ENCRYPTION=off. */
+struct ew__keyring *ew__store_keyring(const ew_store *s);
 
 /* Mutexes and the transaction's back pointer; before the connection is opened. */
 void ew__store_handle_init(ew_store *s);

@@ -6,6 +6,7 @@
  * several processes can share it: one writer at a time, readers never blocked. Statements are
  * prepared once per connection and reused. */
 #include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,7 +244,8 @@ static int commit_tx(void *conn, ew_error *err)
 
 /* ---- open: the file, the pragmas, the migrations --------------------------------------------- */
 
-/* Creates the folders of path, like mkdir -p on its dirname. */
+/* Creates the folders of path, like mkdir -p on its dirname: 0700, whatever the umask (a
+ * folder that exists already is left as it is). */
 static int make_dirs(const char *path, ew_error *err)
 {
     char *p = strdup(path);
@@ -256,15 +258,38 @@ static int make_dirs(const char *path, ew_error *err)
             int end = *q == '\0';
             if (*q == '/' || end) {
                 *q = '\0';
-                if (mkdir(p, 0777) != 0 && errno != EEXIST)
+                if (mkdir(p, 0700) == 0) {
+                    if (chmod(p, 0700) != 0)
+                        rc = ew_error_set(err, EW_EIO, "sqlite: cannot set the mode of %s: %s", p,
+                                          strerror(errno));
+                } else if (errno != EEXIST) {
                     rc = ew_error_set(err, EW_EIO, "sqlite: cannot create the folder %s: %s", p,
                                       strerror(errno));
+                }
                 if (end) break;
                 *q = '/';
             }
         }
     }
     free(p);
+    return rc;
+}
+
+/* Creates the database file, empty, 0600 whatever the umask, unless it exists. SQLite would make
+ * it 0644 less the umask; its -wal and -shm files take the database's mode, so they are 0600
+ * too. */
+static int make_file(const char *path, ew_error *err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST) return 0;
+        return ew_error_set(err, EW_EIO, "sqlite: cannot create %s: %s", path, strerror(errno));
+    }
+    int rc = 0;
+    if (fchmod(fd, 0600) != 0)
+        rc = ew_error_set(err, EW_EIO, "sqlite: cannot set the mode of %s: %s", path,
+                          strerror(errno));
+    close(fd);
     return rc;
 }
 
@@ -381,7 +406,7 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
     int rc;
     if ((rc = ew__sqlite_path_check(path, err))) return rc;
     const int memory = strcmp(path, ":memory:") == 0;
-    if (!memory && (rc = make_dirs(path, err))) return rc;
+    if (!memory && ((rc = make_dirs(path, err)) || (rc = make_file(path, err)))) return rc;
     sq *c = calloc(1, sizeof *c);
     if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
     c->log = log;
@@ -418,6 +443,9 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
                            path, mode);
         if ((rc = pragma(c, "PRAGMA event_store.synchronous=NORMAL", NULL, 0, err))) goto fail;
     }
+    /* What is deleted is overwritten with zeros in the file, not left in freed pages (an
+     * erasure must leave nothing readable: docs/security.md#erasure). */
+    if ((rc = pragma(c, "PRAGMA event_store.secure_delete=ON", NULL, 0, err))) goto fail;
     if ((rc = migrate(c, err))) goto fail;
     *conn = c;
     return 0;

@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
+#include "security/keyring.h"
 #include "store/handle.h"
 
 /* Reads go to the database a page at a time, and the rows of a page are decoded and handed to
@@ -117,6 +118,7 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
         struct stat st;
         if (stat(arg, &st) == 0) ew__store_release_held_file(st.st_dev, st.st_ino);
     }
+    if ((rc = ew__keyring_new(&s->keys, cfg, url, err))) goto fail_store;
     if ((rc = s->ops->open(&s->conn, arg, &s->log, err))) goto fail_store;
     if (s->ops == &ew__store_sqlite) {
         struct stat st;
@@ -132,6 +134,7 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     return 0;
 
 fail_store:
+    ew__keyring_free(s->keys);
     pthread_mutex_destroy(&s->relay_mu);
     ew__store_handle_free(s);
     free(s);
@@ -145,12 +148,40 @@ void ew_store_close(ew_store *s)
     if (!s) return;
     ew__store_handle_end(s);
     s->ops->close(s->conn);
+    ew__keyring_free(s->keys);
     pthread_mutex_destroy(&s->relay_mu);
     ew__store_handle_free(s);
     free(s);
 }
 
 /* ---- events into rows -------------------------------------------------------------------- */
+
+struct ew__keyring *ew__store_keyring(const ew_store *s)
+{
+    return s->keys;
+}
+
+int ew__store_unseal(const ew_store *s, ew_event **ev, ew_error *err)
+{
+    if (!s->keys || !ew_event_encrypted(*ev)) return 0;
+    ew_event *plain;
+    int rc = ew__keyring_unseal(s->keys, *ev, &plain, err);
+    if (rc) return rc;
+    ew_event_unref(*ev);
+    *ev = plain;
+    return 0;
+}
+
+int ew__store_encode(const ew_store *s, const ew_event *ev, char **out, size_t *len, ew_error *err)
+{
+    if (!s->keys) return ew_event_encode(ev, out, len, err);
+    ew_event *sealed;
+    int rc = ew__keyring_seal(s->keys, ev, &sealed, err);
+    if (rc) return rc;
+    rc = ew_event_encode(sealed, out, len, err);
+    ew_event_unref(sealed);
+    return rc;
+}
 
 /* Encodes ev and splits the text in place into the envelope without data and data: the encoder
  * writes data last, and no envelope attribute can hold a bare `,"` (quotes in strings are
@@ -159,7 +190,7 @@ static int encode_rec(const ew_store *s, const ew_event *ev, char **text, ew__st
                       ew_error *err)
 {
     size_t len;
-    int rc = ew_event_encode(ev, text, &len, err);
+    int rc = ew__store_encode(s, ev, text, &len, err);
     if (rc) return rc;
     if (len > s->max_bytes) {
         rc = ew_error_set(err, EW_ETOOBIG,
@@ -579,7 +610,7 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     int rc = 0;
     ew__dlq_put p = {0};
     if (dl->event) {
-        if ((rc = ew_event_encode(dl->event, &own[0], NULL, err))) return rc;
+        if ((rc = ew__store_encode(s, dl->event, &own[0], NULL, err))) return rc;
         p.event = own[0];
     } else {
         p.event = own[0] =
@@ -849,7 +880,7 @@ int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err)
     if (!ev) return ew_error_set(err, EW_EINVAL, "event is required");
     char *text;
     size_t len;
-    if ((rc = ew_event_encode(ev, &text, &len, err))) return rc;
+    if ((rc = ew__store_encode(t->s, ev, &text, &len, err))) return rc;
     if (len > t->s->max_bytes)
         rc = ew_error_set(err, EW_ETOOBIG,
                           "event %s encodes to %zu bytes, more than EVENT_MAX_BYTES (%zu)",

@@ -110,7 +110,10 @@ static inline http_result http_do(const char *url, const http_req *rq)
     } else if (rq->method) {
         curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, rq->method);
     }
-    if (rq->body) hl = curl_slist_append(hl, "Content-Type: application/json");
+    int typed = 0; /* the caller's own Content-Type ("Content-Type:" alone: none at all) */
+    for (const char *const *h = rq->headers; h && *h; h++)
+        typed |= !strncasecmp(*h, "Content-Type:", 13);
+    if (rq->body && !typed) hl = curl_slist_append(hl, "Content-Type: application/json");
     hl = curl_slist_append(hl, "Expect:");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);

@@ -1,8 +1,13 @@
 /* Tests of the HTTP module (include/eventwire/http.h) through libcurl on loopback: routing, path,
  * query and header access, the built-in 404/405/413/400 answers, /healthz, concurrency, and a
  * stop that lets the request in flight finish. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include "support/ew_test.h"
@@ -727,6 +732,282 @@ static void test_the_guard_runs_before_the_body(void **state)
     ew_http_free(s);
 }
 
+/* ---- content types, origins, connections -------------------------------------------------- */
+
+static http_result req_h(fixture *f, const char *method, const char *path, const char *body,
+                         const char *const *headers)
+{
+    char url[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", f->port, path);
+    http_req rq = {.method = method, .body = body, .headers = headers};
+    return http_do(url, &rq);
+}
+
+/* A JSON route takes application/json (and application/...+json); a body of another type, or of
+ * none, is 415 before it is read; a route that takes any body is not concerned. */
+static void test_json_routes_refuse_other_content_types_with_415(void **state)
+{
+    fixture *f = start(0);
+    static const char body[] = "{\"name\":\"x\"}";
+    const char *const text[] = {"Content-Type: text/plain", NULL};
+    const char *const form[] = {"Content-Type: application/x-www-form-urlencoded", NULL};
+    const char *const none[] = {"Content-Type:", NULL};
+    const char *const charset[] = {"Content-Type: Application/JSON ; charset=utf-8", NULL};
+    const char *const suffix[] = {"Content-Type: application/merge-patch+json", NULL};
+    const char *const jsonp[] = {"Content-Type: application/jsonp", NULL};
+    http_result r = req_h(f, "POST", "/json", body, text);
+    assert_int_equal(r.status, 415);
+    assert_non_null(strstr(member(&r, "error"), "text/plain: this route takes application/json"));
+    http_result_free(&r);
+    r = req_h(f, "POST", "/json", body, form);
+    assert_int_equal(r.status, 415);
+    http_result_free(&r);
+    r = req_h(f, "POST", "/json", body, jsonp);
+    assert_int_equal(r.status, 415);
+    http_result_free(&r);
+    r = req_h(f, "POST", "/json", body, none);
+    assert_int_equal(r.status, 415);
+    assert_non_null(strstr(member(&r, "error"), "no Content-Type"));
+    http_result_free(&r);
+    r = req_h(f, "POST", "/opt", body, text); /* an optional body is JSON when it is there */
+    assert_int_equal(r.status, 415);
+    http_result_free(&r);
+    /* chunked, so that the type is judged without a Content-Length */
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/json", f->port);
+    http_req rq = {.method = "POST", .body = body, .chunked = 1, .headers = text};
+    r = http_do(url, &rq);
+    assert_int_equal(r.status, 415);
+    http_result_free(&r);
+    /* what is JSON passes */
+    r = req_h(f, "POST", "/json", body, charset);
+    assert_int_equal(r.status, 201);
+    http_result_free(&r);
+    r = req_h(f, "POST", "/json", body, suffix);
+    assert_int_equal(r.status, 201);
+    http_result_free(&r);
+    r = req_h(f, "POST", "/opt", NULL, none); /* no body: no type needed */
+    assert_int_equal(r.status, 200);
+    assert_member(&r, "json", "false");
+    http_result_free(&r);
+    r = req_h(f, "PUT", "/raw", "plain words", text); /* not a JSON route */
+    assert_int_equal(r.status, 200);
+    assert_member(&r, "body", "plain words");
+    http_result_free(&r);
+    /* every 415 is counted as an answer of its route */
+    ew_http_stats st;
+    for (size_t i = 0; i < ew_http_route_count(f->s); i++) {
+        assert_int_equal(ew_http_route_stats(f->s, i, &st), 0);
+        if (!strcmp(st.route, "/json")) assert_int_equal(st.by_status[415 - 100], 5);
+    }
+    finish(f);
+}
+
+static fixture *start_cors(const char *origins)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    fixture *f = calloc(1, sizeof *f);
+    atomic_store(&f->healthy, 1);
+    ew_error err = {0};
+    ew_http_options o = {.cors_origins = origins};
+    assert_int_equal(ew_http_new(&f->s, &o, &err), 0);
+    assert_int_equal(ew_http_route(f->s, "GET /items/{id}", 0, h_item, f, &err), 0);
+    assert_int_equal(ew_http_route(f->s, "DELETE /items/{id}", 0, h_delete, f, &err), 0);
+    assert_int_equal(ew_http_route(f->s, "POST /json", EW_HTTP_JSON, h_tag, f, &err), 0);
+    if (ew_http_start(f->s, &err)) fail_msg("%s", err.msg);
+    f->port = ew_http_port(f->s);
+    return f;
+}
+
+/* Without cors_origins every cross-origin request is 403 before it is routed; the server's own
+ * origin is not cross-origin; the configured origins get CORS headers and their preflights. */
+static void test_cross_origin_requests_are_refused_unless_configured(void **state)
+{
+    fixture *f = start_cors(NULL);
+    const char *const evil[] = {"Origin: https://evil.example", NULL};
+    const char *const evil_pre[] = {"Origin: https://evil.example",
+                                    "Access-Control-Request-Method: DELETE", NULL};
+    http_result r = req_h(f, "DELETE", "/items/1", NULL, evil);
+    assert_int_equal(r.status, 403);
+    assert_non_null(strstr(member(&r, "error"), "cross-origin requests from https://evil.example"));
+    char h[256];
+    assert_null(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h));
+    http_result_free(&r);
+    r = req_h(f, "OPTIONS", "/items/1", NULL, evil_pre);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    r = req_h(f, "POST", "/json", "{\"name\":\"x\"}", evil); /* before the body is even looked at */
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    char own[80];
+    snprintf(own, sizeof own, "Origin: http://127.0.0.1:%d", f->port);
+    const char *const same[] = {own, NULL};
+    r = req_h(f, "GET", "/items/1", NULL, same);
+    assert_int_equal(r.status, 200);
+    assert_null(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h));
+    http_result_free(&r);
+    r = req_h(f, "GET", "/items/1", NULL, NULL); /* no Origin: not a browser's cross-origin call */
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    finish(f);
+
+    f = start_cors("https://app.example.com, https://admin.example.com");
+    const char *const app[] = {"Origin: https://admin.example.com", NULL};
+    const char *const app_pre[] = {"Origin: https://app.example.com",
+                                   "Access-Control-Request-Method: DELETE",
+                                   "Access-Control-Request-Headers: authorization", NULL};
+    r = req_h(f, "GET", "/items/1", NULL, app);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h),
+                        "https://admin.example.com");
+    assert_string_equal(http_header_value(&r, "Vary", h, sizeof h), "Origin");
+    http_result_free(&r);
+    r = req_h(f, "OPTIONS", "/items/1", NULL, app_pre);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h),
+                        "https://app.example.com");
+    assert_non_null(
+        strstr(http_header_value(&r, "Access-Control-Allow-Methods", h, sizeof h), "DELETE"));
+    assert_non_null(strstr(http_header_value(&r, "Access-Control-Allow-Headers", h, sizeof h),
+                           "Authorization"));
+    http_result_free(&r);
+    r = req_h(f, "DELETE", "/items/1", NULL, evil);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    r = req_h(f, "OPTIONS", "/items/1", NULL, evil_pre);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    /* an origin is matched whole: a prefix of an allowed one is another origin */
+    const char *const near[] = {"Origin: https://app.example.co", NULL};
+    r = req_h(f, "GET", "/items/1", NULL, near);
+    assert_int_equal(r.status, 403);
+    http_result_free(&r);
+    finish(f);
+
+    f = start_cors("*");
+    r = req_h(f, "GET", "/items/1", NULL, evil);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_header_value(&r, "Access-Control-Allow-Origin", h, sizeof h),
+                        "https://evil.example");
+    http_result_free(&r);
+    finish(f);
+}
+
+/* A TCP connection to port from the address src ("127.0.0.2"); -1 when it cannot be made. */
+static int connect_from(const char *src, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &a.sin_addr);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a)) goto fail;
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    a.sin_port = htons((uint16_t)port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) goto fail;
+    return fd;
+fail:
+    if (fd >= 0) close(fd);
+    return -1;
+}
+
+/* Sends GET path on fd and reads the answer into out (at most n - 1 bytes, within 5 s): its
+ * length, 0 when the server closed without one. */
+static size_t get_on(int fd, const char *path, char *out, size_t n)
+{
+    char rq[256];
+    int len =
+        snprintf(rq, sizeof rq, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (send(fd, rq, (size_t)len, MSG_NOSIGNAL) != len) return 0;
+    size_t got = 0;
+    ssize_t k;
+    while (got + 1 < n && (k = recv(fd, out + got, n - 1 - got, 0)) > 0)
+        got += (size_t)k;
+    out[got] = '\0';
+    return got;
+}
+
+/* 300 idle connections from one address: the server keeps max_connections_per_addr of them and
+ * closes the rest at once, so another address is still served; the ones it kept are closed
+ * after idle_timeout_s, and the address is served again. */
+static void test_one_address_cannot_take_every_connection(void **state)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    fixture *f = calloc(1, sizeof *f);
+    ew_error err = {0};
+    ew_http_options o = {
+        .max_connections = 256, .max_connections_per_addr = 64, .idle_timeout_s = 2};
+    assert_int_equal(ew_http_new(&f->s, &o, &err), 0);
+    assert_int_equal(ew_http_route(f->s, "GET /items/{id}", 0, h_item, f, &err), 0);
+    assert_int_equal(ew_http_start(f->s, &err), 0);
+    f->port = ew_http_port(f->s);
+    int probe = connect_from("127.0.0.2", f->port);
+    if (probe < 0) {
+        fprintf(stderr, "skipped: no loopback address 127.0.0.2 to connect from\n");
+        finish(f);
+        skip();
+    }
+    close(probe);
+    enum { IDLE = 300 };
+    int fds[IDLE], open_fds = 0;
+    for (int i = 0; i < IDLE; i++)
+        if ((fds[i] = connect_from("127.0.0.1", f->port)) >= 0) open_fds++;
+    assert_int_equal(open_fds, IDLE); /* the kernel took them all; the server decides */
+    /* the server closes every one past 64 as it accepts them: a read on them sees the end (the
+     * server may take a moment to accept all 300 on a busy machine) */
+    int kept = IDLE;
+    for (int64_t deadline = ew_mono_ns() + 10000000000LL; kept > 64 && ew_mono_ns() < deadline;) {
+        usleep(100000);
+        kept = 0;
+        for (int i = 0; i < IDLE; i++) {
+            char c;
+            ssize_t k = recv(fds[i], &c, 1, MSG_DONTWAIT);
+            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) kept++;
+        }
+    }
+    fprintf(stderr, "the server kept %d of %d idle connections from 127.0.0.1\n", kept, IDLE);
+    assert_int_equal(kept, 64);
+    /* one more from 127.0.0.1 is closed unanswered; 127.0.0.2 is served */
+    char buf[4096];
+    int fd = connect_from("127.0.0.1", f->port);
+    assert_true(fd >= 0);
+    assert_int_equal(get_on(fd, "/items/1", buf, sizeof buf), 0);
+    close(fd);
+    fd = connect_from("127.0.0.2", f->port);
+    assert_true(fd >= 0);
+    assert_true(get_on(fd, "/items/2", buf, sizeof buf) > 0);
+    close(fd);
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    assert_non_null(strstr(buf, "\"client\":\"127.0.0.2\""));
+    /* the idle ones are closed after 2 s without a byte; then 127.0.0.1 is served again */
+    int64_t t0 = ew_mono_ns();
+    for (int i = 0; i < IDLE; i++) {
+        struct timeval tv = {8, 0};
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        char c;
+        ssize_t k = recv(fds[i], &c, 1, 0);
+        if (k != 0 && !(k < 0 && errno == ECONNRESET))
+            fail_msg("idle connection %d still open after %lld ms", i,
+                     (long long)((ew_mono_ns() - t0) / 1000000));
+        close(fds[i]);
+    }
+    int64_t closed_ms = (ew_mono_ns() - t0) / 1000000;
+    fprintf(stderr, "the idle connections were closed after %lld ms\n", (long long)closed_ms);
+    assert_true(closed_ms < 8000); /* (they were open when counted above) */
+    int64_t deadline = ew_mono_ns() + 5000000000LL;
+    size_t got = 0;
+    while (ew_mono_ns() < deadline) {
+        fd = connect_from("127.0.0.1", f->port);
+        got = fd >= 0 ? get_on(fd, "/items/3", buf, sizeof buf) : 0;
+        if (fd >= 0) close(fd);
+        if (got) break;
+        usleep(50000);
+    }
+    assert_true(got > 0);
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    finish(f);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_the_guard_runs_before_the_body),
     cmocka_unit_test(test_routes_params_query_and_headers),
@@ -743,6 +1024,9 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_stopping_answers_kept_alive_connections_503),
     cmocka_unit_test(test_bad_routes_and_addresses_are_refused),
     cmocka_unit_test(test_ipv6_loopback),
+    cmocka_unit_test(test_json_routes_refuse_other_content_types_with_415),
+    cmocka_unit_test(test_cross_origin_requests_are_refused_unless_configured),
+    cmocka_unit_test(test_one_address_cannot_take_every_connection),
 };
 
 EW_TEST_MAIN(tests)

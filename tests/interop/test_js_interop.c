@@ -75,6 +75,8 @@ static ew_bus *open_bus(broker b, const char *ns, const char *mode, const char *
              ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", ns, &err);
         break;
     }
+    /* the JavaScript SDK's side has no keys: personal fields in clear (docs/encryption.md) */
+    if (!rc) rc = ew_config_set(cfg, "EVENT_ENCRYPTION", "off", &err);
     if (rc) fail_msg("%s", err.msg);
     ew_bus *bus = NULL;
     if (ew_bus_open(&bus, &(ew_bus_options){.config = cfg, .auth = auth}, &err))

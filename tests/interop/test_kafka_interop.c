@@ -72,6 +72,7 @@ static ew_bus *open_bus(const ns *n, const char *service, ew_evauth *auth)
     assert_int_equal(ew_config_new(&cfg, &err), 0);
     if (ew_config_set(cfg, "EVENT_BUS_TYPE", "kafka", &err) ||
         ew_config_set(cfg, "SERVICE_NAME", service, &err) ||
+        ew_config_set(cfg, "EVENT_ENCRYPTION", "off", &err) || /* foreign consumers: no keys */
         ew_config_set(cfg, "KAFKA_BOOTSTRAP_SERVERS", bootstrap(), &err) ||
         ew_config_set(cfg, "KAFKA_TOPIC_PREFIX", n->name, &err) ||
         ew_config_set(cfg, "KAFKA_CONSUMER_GROUP", n->name, &err))

@@ -4,7 +4,8 @@
 
 MODE starttls: offers STARTTLS with CERT/KEY and requires it, and AUTH only after it (login
 "mailer", password "s3cret"). MODE plain-auth: no TLS at all, and AUTH offered in the clear — what
-a server (or someone between) that strips STARTTLS looks like. Every AUTH attempt appends a line
+a server (or someone between) that strips STARTTLS looks like. MODE plain: no TLS, no AUTH (a
+relay that takes anything). Every AUTH attempt appends a line
 to OUT_DIR/auth.log ("LOGIN tls=yes|no ok|refused"), every message is written to
 OUT_DIR/N.msg (a header of the envelope and the session, a blank line, the message). Prints its
 port on the first line of stdout once it accepts connections; runs until SIGTERM.
@@ -64,8 +65,10 @@ if mode == "starttls":
     opts = dict(tls_context=ctx, require_starttls=True, auth_required=True, auth_require_tls=True)
 elif mode == "plain-auth":
     opts = dict(auth_required=True, auth_require_tls=False)
+elif mode == "plain":
+    opts = dict(auth_required=False)
 else:
-    sys.exit("smtp_server.py: MODE is starttls or plain-auth")
+    sys.exit("smtp_server.py: MODE is starttls, plain-auth or plain")
 
 controller = Controller(Handler(), hostname="127.0.0.1", port=free_port(),
                         authenticator=authenticator, ready_timeout=10, **opts)

@@ -58,7 +58,8 @@ static inline void svc_proc_dump(const svc_proc *p)
 }
 
 /* Starts EW_BUILD_DIR/name with the environment of this process, plus: HTTP_PORT=0,
- * EVENT_BUS_TYPE=sqlite, EVENT_STORE_URL and SERVICE_DB_URL in dir, AUTH_PASSWORD_HASH=min, and
+ * EVENT_BUS_TYPE=sqlite, EVENT_STORE_URL and SERVICE_DB_URL in dir, AUTH_PASSWORD_HASH=min,
+ * AUTH_REGISTRATIONS_PER_ADDRESS and EXPORT_REQUESTS_PER_USER raised to 100000, and
  * extra ("NAME=value" strings, NULL-terminated; they win; a bare "NAME" unsets NAME). Returns 0
  * once it printed its address, or -1 (with its stderr printed) when it exited or did not start
  * within 20 s. */
@@ -79,7 +80,7 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
     }
     snprintf(exe, sizeof exe, "%s/%s", bin, name);
     /* the environment, built before fork: the child only execs */
-    char own[8][600];
+    char own[12][600];
     size_t nown = 0;
     snprintf(own[nown++], 600, "HTTP_PORT=0");
     snprintf(own[nown++], 600, "EVENT_BUS_TYPE=sqlite");
@@ -100,6 +101,10 @@ static inline int svc_proc_start(svc_proc *p, const char *name, const char *dir,
         fclose(polf);
     }
     snprintf(own[nown++], 600, "EVENT_POLICY_FILE=%s", policy);
+    /* the cases register users and request exports from one address by the dozen: those limits
+     * are raised here, explicitly, and the cases of the limits set them back */
+    snprintf(own[nown++], 600, "AUTH_REGISTRATIONS_PER_ADDRESS=100000");
+    snprintf(own[nown++], 600, "EXPORT_REQUESTS_PER_USER=100000");
     size_t nenv = 0, nextra = 0;
     while (environ[nenv])
         nenv++;

@@ -246,6 +246,8 @@ static const route routes[] = {
     {USER, "PUT", "/users/{U}/preferences", "{\"preferences\":{\"language\":\"en\"}}", PRIVATE(200),
      0},
     {USER, "POST", "/users/{U}/verify", NULL, PRIVATE(202), 0},
+    {USER, "PUT", "/users/{U}/consent", "{\"purpose\":\"analytics\",\"granted\":true}",
+     PRIVATE(200), 0},
     {USER, "POST", "/users/verify/confirm", "{\"token\":\"x\"}", PUBLIC(400), 0},
     {NOTIF, "GET", "/notifications/{U}", NULL, PRIVATE(200), 0},
     {ANALYTICS, "GET", "/stats", NULL, ADMIN_ONLY(200), 0},
@@ -261,7 +263,92 @@ static const route routes[] = {
     {NOTIF, "GET", "/healthz", NULL, PUBLIC(200), 0},
     {ANALYTICS, "GET", "/healthz", NULL, PUBLIC(200), 0},
     {EXPORT, "GET", "/healthz", NULL, PUBLIC(200), 0},
+    {AUTH, "GET", "/metrics", NULL, PUBLIC(200), 0},
+    {USER, "GET", "/metrics", NULL, PUBLIC(200), 0},
+    {NOTIF, "GET", "/metrics", NULL, PUBLIC(200), 0},
+    {ANALYTICS, "GET", "/metrics", NULL, PUBLIC(200), 0},
+    {EXPORT, "GET", "/metrics", NULL, PUBLIC(200), 0},
 };
+#define NROUTES (sizeof routes / sizeof routes[0])
+
+/* Does the table's path (parameters {U}, {X}, a query) name the service's route template
+ * ("/users/{id}/profile")? */
+static bool same_route(const char *path, const char *tmpl)
+{
+    for (;;) {
+        size_t pn = strcspn(path, "/?"), tn = strcspn(tmpl, "/");
+        bool pp = pn > 2 && path[0] == '{', tp = tn > 2 && tmpl[0] == '{';
+        if (pp != tp || (!pp && (pn != tn || strncmp(path, tmpl, pn)))) return false;
+        path += pn;
+        tmpl += tn;
+        if (*path != '/' || *tmpl != '/') return (*path == '\0' || *path == '?') && !*tmpl;
+        path++;
+        tmpl++;
+    }
+}
+
+/* Every route each service answers (its --routes) is in the table, with the kind of access it
+ * has (a route that takes no token is answered without one, and the other way round), and every
+ * row of the table is a route of its service: a route added without a row fails here. */
+static void test_every_route_of_every_service_is_in_the_table(void **state)
+{
+    (void)state;
+    char dir[256], cmd[1600], self[512];
+    svc_tmpdir(dir);
+    const char *bin = getenv("EW_BUILD_DIR");
+    if (!bin) {
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[n > 0 ? n : 0] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = '\0';
+        bin = self;
+    }
+    bool covered[NROUTES] = {false};
+    int missing = 0, total = 0;
+    for (int svc = 0; svc < NSVC; svc++) {
+        snprintf(cmd, sizeof cmd,
+                 "cd '%s' && EVENT_BUS_TYPE=sqlite EVENT_STORE_URL=sqlite:events.db "
+                 "SERVICE_DB_URL=sqlite:'{SERVICE_NAME}'.db '%s/%s' --routes 2>/dev/null",
+                 dir, bin, names[svc]);
+        FILE *f = popen(cmd, "r");
+        assert_non_null(f);
+        char line[512];
+        int n = 0;
+        while (fgets(line, sizeof line, f)) {
+            char method[16], tmpl[256], access[16];
+            if (sscanf(line, "%15s %255s %15s", method, tmpl, access) != 3)
+                fail_msg("%s --routes: '%s'", names[svc], line);
+            n++;
+            bool found = false;
+            for (size_t i = 0; i < NROUTES; i++) {
+                const route *rt = &routes[i];
+                if (rt->svc != svc || strcmp(rt->method, method) || !same_route(rt->path, tmpl))
+                    continue;
+                found = covered[i] = true;
+                bool open = rt->want[NONE] != 401;
+                if (open != !strcmp(access, "public"))
+                    fail_msg("%s %s %s is %s, but the table has it answer %ld without a token",
+                             names[svc], method, tmpl, access, rt->want[NONE]);
+            }
+            if (!found) {
+                fprintf(stderr, "%s %s %s (%s) is not in the table\n", names[svc], method, tmpl,
+                        access);
+                missing++;
+            }
+        }
+        assert_int_equal(pclose(f), 0);
+        if (n < 3) fail_msg("%s --routes printed %d routes", names[svc], n);
+        total += n;
+    }
+    if (missing) fail_msg("%d route(s) of the services are not in the table", missing);
+    for (size_t i = 0; i < NROUTES; i++)
+        if (!covered[i])
+            fail_msg("the table's %s %s %s is no route of that service", names[routes[i].svc],
+                     routes[i].method, routes[i].path);
+    fprintf(stderr, "%d routes of %d services, all in the table of %zu rows\n", total, NSVC,
+            NROUTES);
+    assert_int_equal(rm_dir(dir), 0);
+}
 
 /* t with {U}, {X}, {K} and {N} replaced, into out. */
 static void expand(world *w, const char *t, const char *user, char *out, size_t cap)
@@ -418,6 +505,7 @@ static void test_revocation_reaches_every_service_within_a_second(void **state)
 }
 
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_every_route_of_every_service_is_in_the_table),
     cmocka_unit_test_teardown(test_every_route_with_every_kind_of_caller, stop_others),
     cmocka_unit_test_teardown(test_revocation_reaches_every_service_within_a_second, stop_others),
 };

@@ -385,8 +385,8 @@ static void test_smtp_delivery(void **state)
     assert_int_equal(listen(s.lfd, 4), 0);
     assert_int_equal(getsockname(s.lfd, (struct sockaddr *)&a, &l), 0);
     assert_int_equal(pthread_create(&s.th, NULL, smtp_main, &s), 0);
-    char url[64];
-    snprintf(url, sizeof url, "SMTP_URL=smtp://127.0.0.1:%d", ntohs(a.sin_port));
+    char url[64]; /* a server without TLS: the URL must say so */
+    snprintf(url, sizeof url, "SMTP_URL=smtp://127.0.0.1:%d?tls=none", ntohs(a.sin_port));
     const char *extra[] = {url, "MAIL_FROM=Reset Desk <reset@mail.example.org>", NULL};
     env *e = start(extra);
     char user_id[EW_UUID_LEN + 1], request_id[EW_UUID_LEN + 1];
@@ -617,6 +617,53 @@ static void test_smtp_password_never_goes_in_the_clear(void **state)
     smtp_tls_stop(&t);
 }
 
+/* A server without STARTTLS and a URL without a user: TLS is required all the same, so nothing
+ * is sent; with ?tls=none at the end of the URL, the message goes in the clear. */
+static void test_smtp_requires_tls_unless_the_url_says_otherwise(void **state)
+{
+    smtp_tls t;
+    if (!smtp_tls_start(&t, "plain")) skip();
+    char url[128];
+    snprintf(url, sizeof url, "SMTP_URL=smtp://127.0.0.1:%d", t.port);
+    const char *extra[] = {url, "EVENT_HANDLER_MAX_ATTEMPTS=1", NULL};
+    env *e = start(extra);
+    char user_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    reset_token(e, user_id, "radia@example.com", "tls-token-10");
+    ew_event *ev = wait_event(e, "notification.email_failed", user_id, 1);
+    fprintf(stderr, "without ?tls=none: %s\n", ew_notification_email_failed_data(ev)->error);
+    ew_event_unref(ev);
+    char *msg = smtp_tls_file(&t, "1.msg");
+    assert_string_equal(msg, ""); /* nothing reached the server */
+    free(msg);
+    down(e);
+
+    snprintf(url, sizeof url, "SMTP_URL=smtp://127.0.0.1:%d?tls=none", t.port);
+    e = start(extra);
+    reset_token(e, user_id, "radia@example.com", "tls-token-11");
+    ew_event_unref(wait_event(e, "notification.email_sent", user_id, 1));
+    msg = smtp_tls_file(&t, "1.msg");
+    assert_non_null(strstr(msg, "tls: no\n"));
+    assert_non_null(strstr(msg, "tls-token-11"));
+    free(msg);
+    down(e);
+    smtp_tls_stop(&t);
+
+    /* a user with ?tls=none, or another query, stops the service at start */
+    char dir[256];
+    svc_tmpdir(dir);
+    const char *login_clear[] = {"SMTP_URL=smtp://mailer:s3cret@127.0.0.1:25?tls=none", NULL};
+    char *out = start_fails(dir, login_clear);
+    assert_non_null(strstr(out, "password in the clear"));
+    assert_null(strstr(out, "s3cret"));
+    free(out);
+    const char *query[] = {"SMTP_URL=smtp://127.0.0.1:25?tls=off", NULL};
+    out = start_fails(dir, query);
+    assert_non_null(strstr(out, "?tls=none"));
+    free(out);
+    assert_int_equal(rm_dir(dir), 0);
+}
+
 static void test_gdpr_export_and_deletion(void **state)
 {
     env *e = start(NULL);
@@ -756,6 +803,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_smtp_starttls_and_auth, reap_smtp),
     cmocka_unit_test_teardown(test_smtp_untrusted_certificate_is_refused, reap_smtp),
     cmocka_unit_test_teardown(test_smtp_password_never_goes_in_the_clear, reap_smtp),
+    cmocka_unit_test_teardown(test_smtp_requires_tls_unless_the_url_says_otherwise, reap_smtp),
     cmocka_unit_test_teardown(test_gdpr_export_and_deletion, reap),
     cmocka_unit_test_teardown(test_bad_requests_and_settings, reap),
     cmocka_unit_test_teardown(test_on_postgresql, reap),

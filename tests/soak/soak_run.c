@@ -190,6 +190,8 @@ int soak_open(soak_ctx *c, const char *backend, const char *prefix)
     setenv("AUTH_LOGIN_FAILURES_PER_ACCOUNT", "1000000", 1);
     setenv("AUTH_LOGIN_FAILURES_PER_ADDRESS", "1000000", 1);
     setenv("AUTH_RESETS_PER_ADDRESS", "1000000", 1);
+    setenv("AUTH_REGISTRATIONS_PER_ADDRESS", "1000000", 1);
+    setenv("EXPORT_REQUESTS_PER_USER", "1000000", 1);
     setenv("EVENT_HANDLER_BACKOFF_MS", "50", 1);
     setenv("EVENT_HANDLER_BACKOFF_MAX_MS", "2000", 1);
     setenv("OUTBOX_POLL_MS", "200", 1);

@@ -17,6 +17,7 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "eventwire/store.h"
+#include "store/handle.h"
 #include "store/migrations.h"
 
 #include "store/store_env.h"
@@ -127,6 +128,7 @@ static ew_append_result append(ew_store *s, const char *stream, int64_t expected
 /* ---- reading --------------------------------------------------------------------------------- */
 
 typedef struct got {
+    const ew_store *s; /* set by read_all and read_stream: decrypts what it reads */
     size_t n, cap, stop_after;
     ew_event **ev;
     int64_t *pos, *ver, *rec;
@@ -145,6 +147,10 @@ static int collect(void *ud, const ew_stored_event *se)
         g->stream = realloc(g->stream, g->cap * sizeof *g->stream);
     }
     g->ev[g->n] = ew_event_ref(se->event);
+    /* the store keeps personal fields encrypted (docs/encryption.md): read them back as a
+     * reader with the keys does */
+    if (g->s && ew__store_unseal(g->s, &g->ev[g->n], NULL))
+        fail_msg("cannot decrypt a stored event");
     g->pos[g->n] = se->position;
     g->ver[g->n] = se->version;
     g->rec[g->n] = se->recorded_us;
@@ -170,6 +176,7 @@ static void got_free(got *g)
 static void read_all(ew_store *s, int64_t from, const char *pattern, size_t max, got *g)
 {
     ew_error err = {0};
+    g->s = s;
     int rc = ew_store_read_all(s, from, pattern, max, collect, g, &err);
     if (rc) fail_msg("read_all: %s: %s", ew_err_name(rc), err.msg);
 }
@@ -177,6 +184,7 @@ static void read_all(ew_store *s, int64_t from, const char *pattern, size_t max,
 static void read_stream(ew_store *s, const char *stream, int64_t from, size_t max, got *g)
 {
     ew_error err = {0};
+    g->s = s;
     int rc = ew_store_read_stream(s, stream, from, max, collect, g, &err);
     if (rc) fail_msg("read_stream: %s: %s", ew_err_name(rc), err.msg);
 }
@@ -992,6 +1000,8 @@ static void dead_letters(env *e)
     assert_int_equal(r->status, EW_DLQ_PENDING);
     ew_event *back;
     assert_int_equal(ew_event_decode(&back, r->event, strlen(r->event), NULL, &err), 0);
+    assert_true(ew_event_encrypted(back)); /* as the store keeps it */
+    assert_int_equal(ew__store_unseal(s, &back, &err), 0);
     assert_true(ew_event_equal(back, ev));
     ew_event_unref(back);
     const int64_t id = r->id;
@@ -1285,8 +1295,12 @@ static void outbox(env *e)
     assert_int_equal(relay(s, 2, &p), 1);
     assert_int_equal(relay(s, 2, &p), 0);
     assert_int_equal(p.n, 3);
-    for (int i = 0; i < 3; i++)
-        assert_true(ew_event_equal(p.evs[i], evs[i]));
+    for (int i = 0; i < 3; i++) { /* the outbox keeps them as the wire will carry them */
+        ew_event *plain = ew_event_ref(p.evs[i]);
+        assert_int_equal(ew__store_unseal(s, &plain, &err), 0);
+        assert_true(ew_event_equal(plain, evs[i]));
+        ew_event_unref(plain);
+    }
     assert_int_equal(
         query_int(s, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL, 0), 0);
     published_free(&p);

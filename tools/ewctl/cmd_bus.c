@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "bus/backend.h"
 #include "ewctl.h"
+#include "security/keyring.h"
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
 #include "eventwire/config.h"
@@ -32,6 +34,7 @@ static const char publish_usage[] =
 
 static const char tail_usage[] =
     "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N] [--brief]\n"
+    "                  [--decrypt]\n"
     "\n"
     "Prints the events whose type matches PATTERN (default #, everything) as CloudEvents JSON,\n"
     "one per line, as they arrive on the bus the environment configures. Without --group it\n"
@@ -40,6 +43,9 @@ static const char tail_usage[] =
     "starts with events published from now on; --from-beginning starts it with the oldest event\n"
     "the backend still holds. Stops after N events with --count, or on Ctrl-C. --brief prints\n"
     "one short line per event instead: time, type, source, subject and correlation id.\n"
+    "Personal and secret fields are printed as the wire carries them, encrypted\n"
+    "(\"ewenc1.SUBJECT.…\"); --decrypt prints them in clear, with the key-encryption key\n"
+    "(EVENT_ENCRYPTION_KEY_FILE), and fails when that cannot be read.\n"
     "An event it cannot take (undecodable, too large, invalid) gets one line on stderr: its id\n"
     "and type when known, the reason, where it came from and where it went.\n";
 
@@ -239,7 +245,7 @@ int ewctl_tail(int argc, char **argv)
         return 0;
     }
     const char *pattern = "#", *group = NULL;
-    bool from_beginning = false;
+    bool from_beginning = false, decrypt = false;
     tail t = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     int npos = 0;
     for (int i = 0; i < argc; i++) {
@@ -249,6 +255,8 @@ int ewctl_tail(int argc, char **argv)
             from_beginning = true;
         } else if (strcmp(argv[i], "--brief") == 0) {
             t.brief = true;
+        } else if (strcmp(argv[i], "--decrypt") == 0) {
+            decrypt = true;
         } else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc) {
             char *end;
             t.count = strtol(argv[++i], &end, 10);
@@ -283,6 +291,16 @@ int ewctl_tail(int argc, char **argv)
         return 1;
     }
     ew_bus *bus = b.bus;
+    /* Ciphertext unless asked, and then only with the key file. */
+    ew__keyring *keys = ew__bus_keyring(bus);
+    if (!decrypt)
+        ew__bus_keep_encrypted(bus);
+    else if (keys && ew__keyring_load(keys, &err)) {
+        ewctl_bus_close(&b);
+        ew_store_close(dlq.st);
+        ew_memdlq_free(mem);
+        return ewctl_fail(1, "--decrypt: %s", err.msg);
+    }
     ew_subscribe_opts so = {
         .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
     if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {

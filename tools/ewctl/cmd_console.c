@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
+#include "bus/backend.h"
 #include "console.h"
 #include "ewctl.h"
 #include "core/json.h"
@@ -582,6 +583,7 @@ int ewctl_console(int argc, char **argv)
     if (ewctl_bus_open(&c.ebus, cfg, NULL, NULL, false)) goto fail_bus;
     c.bus = c.ebus.bus;
     c.bus_type = ew_bus_backend(c.bus);
+    ew__bus_keep_encrypted(c.bus); /* personal fields as the wire carries them */
     int rc;
     if (strcmp(c.bus_type, "sqlite") == 0 && strcmp(ew_store_backend(c.st), "sqlite") == 0) {
         /* The log is the bus: read it, as a subscriber group would, but without a group's

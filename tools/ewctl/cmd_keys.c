@@ -12,10 +12,12 @@
 #include "eventwire/evauth.h"
 #include "eventwire/keys.h"
 #include "eventwire/policy.h"
+#include "security/keyring.h"
 
 static const char keys_usage[] =
     "usage: ewctl keys list [--service SERVICE]\n"
     "       ewctl keys rotate --service SERVICE [--alg mac|ed25519] [--grace SECONDS]\n"
+    "       ewctl keys rotate\n"
     "       ewctl keys policy [--default]\n"
     "\n"
     "The key store KEY_STORE_URL names (by default keys/keys.db beside the event store's file).\n"
@@ -25,8 +27,11 @@ static const char keys_usage[] =
     "service's current keys at the end of the grace period (--grace, else\n"
     "EVENT_KEY_GRACE_SECONDS) and replaces the service's key file; a running service signs with\n"
     "the new key within a second, and every service accepts both until the grace period ends;\n"
-    "retired keys still verify the events made before. It prints the new key's id. (rotate\n"
-    "without --service is the key-encryption key's rotation, not part of this build.) policy\n"
+    "retired keys still verify the events made before. It prints the new key's id. rotate\n"
+    "without --service rotates the key-encryption key (EVENT_ENCRYPTION_KEY_FILE): a new key\n"
+    "wraps every subject's data key again, in one transaction of the key store, then replaces\n"
+    "the key file; events are not touched and stay readable, and running services pick the new\n"
+    "key up by themselves. It prints {\"rewrapped\":N,\"erased\":M,\"key_file\":PATH}. policy\n"
     "prints the bus policy in force: EVENT_POLICY_FILE, or the built-in default (--default: the\n"
     "built-in one, whatever EVENT_POLICY_FILE says).\n";
 
@@ -89,6 +94,33 @@ static int keys_list(int argc, char **argv)
     return rc ? ewctl_fail(1, "%s", err.msg) : 0;
 }
 
+/* The key-encryption key's rotation (src/security/keyring.h). */
+static int rotate_kek(void)
+{
+    ew_config *cfg = NULL;
+    ew__keyring *k = NULL;
+    ew_error err = {0};
+    int rc = ewctl_config_load(&cfg, &err);
+    if (rc == 0) rc = ew__keyring_new(&k, cfg, NULL, &err);
+    ew_config_free(cfg);
+    if (rc) return ewctl_fail(1, "%s", err.msg);
+    if (!k) return ewctl_fail(1, "EVENT_ENCRYPTION=off: there is no key-encryption key to rotate");
+    size_t n = 0, live = 0, erased = 0;
+    if (ew__keyring_rotate(k, &n, &err) || ew__keyring_count(k, &live, &erased, &err)) {
+        ew__keyring_free(k);
+        return ewctl_fail(1, "cannot rotate the key-encryption key: %s", err.msg);
+    }
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_printf(&b, "{\"rewrapped\":%zu,\"erased\":%zu", n, erased);
+    ewctl_put_str(&b, "key_file", ew__keyring_key_file(k));
+    ew_buf_puts(&b, "}\n");
+    fputs(b.data, stdout);
+    ew_buf_release(&b);
+    ew__keyring_free(k);
+    return 0;
+}
+
 static int keys_rotate(int argc, char **argv)
 {
     const char *service = NULL, *alg_name = NULL, *grace = NULL;
@@ -101,10 +133,10 @@ static int keys_rotate(int argc, char **argv)
         if (i + 1 >= argc) return ewctl_fail(2, "%s needs a value", argv[i]);
         *dst = argv[++i];
     }
-    if (!service)
-        return ewctl_fail(2, "keys rotate without --service rotates the key-encryption key, which "
-                             "this build does not have; to rotate a service's bus key: ewctl keys "
-                             "rotate --service SERVICE");
+    if (!service && (alg_name || grace))
+        return ewctl_fail(2, "--alg and --grace are for a service's bus key: ewctl keys rotate "
+                             "--service SERVICE");
+    if (!service) return rotate_kek();
     for (const char *p = service; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' ||
               *p == '-') ||

@@ -56,17 +56,19 @@ static double now_s(void)
 static int make_dirs(void)
 {
     const char *dirs[] = {"var", "var/log", "var/run"};
+    /* 0700 whatever the umask: the databases, keys, mail and exports are in there */
     for (size_t i = 0; i < 3; i++)
-        if (mkdir(dirs[i], 0755) != 0 && errno != EEXIST)
+        if (mkdir(dirs[i], 0700) == 0 ? chmod(dirs[i], 0700) != 0 : errno != EEXIST)
             return ewctl_fail(1, "cannot create %s: %s", dirs[i], strerror(errno));
     /* the bus policy the services read, unless the environment names one */
     const char *set = getenv("EVENT_POLICY_FILE");
     if (set && *set) return 0;
-    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd >= 0) {
         const char *text = ew_policy_default_text();
         size_t n = strlen(text);
-        bool ok = write(fd, text, n) == (ssize_t)n;
+        /* 0600 whatever the umask, as everything under var/ */
+        bool ok = fchmod(fd, 0600) == 0 && write(fd, text, n) == (ssize_t)n;
         close(fd);
         if (!ok) {
             unlink(POLICY_FILE);
@@ -175,7 +177,11 @@ static pid_t spawn(const char *name, off_t *log_at)
         return -1;
     }
     snprintf(log, sizeof log, "var/log/%s.log", name);
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd >= 0 && fchmod(fd, 0600)) { /* a log holds ids and addresses: 0600, whatever the umask */
+        close(fd);
+        fd = -1;
+    }
     if (fd < 0) {
         ewctl_fail(1, "cannot open %s: %s", log, strerror(errno));
         return -1;
@@ -203,7 +209,9 @@ static pid_t spawn(const char *name, off_t *log_at)
     close(fd);
     char pidfile[256];
     snprintf(pidfile, sizeof pidfile, "var/run/%s.pid", name);
-    FILE *f = fopen(pidfile, "w");
+    int pfd = open(pidfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = pfd >= 0 ? fdopen(pfd, "w") : NULL;
+    if (!f && pfd >= 0) close(pfd);
     if (f) {
         fprintf(f, "%ld\n", (long)pid);
         fclose(f);

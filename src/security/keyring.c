@@ -1,0 +1,901 @@
+/* eventwire — the keyring (keyring.h): the key-encryption key, the key store of wrapped data
+ * keys (SQLite), a bounded cache of unwrapped ones, and the sealing and unsealing of events. */
+#include "security/keyring.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sodium.h>
+#include <sqlite3.h>
+#include "security/keys_impl.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "catalog/event_internal.h"
+#include "core/buf.h"
+#include "eventwire/clock.h"
+
+#define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
+#define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
+#define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES      /* 16 */
+#define WRAPPED_BYTES (NONCE_BYTES + KEY_BYTES + TAG_BYTES)
+#define SUBJECT_MAX 128
+#define NSLOTS 1024 /* the cache: direct-mapped by the subject's hash */
+#define BUSY_MS 10000
+
+typedef struct slot {
+    char subject[SUBJECT_MAX + 1];
+    unsigned char dek[KEY_BYTES];
+    bool used, erased;
+    int64_t at_us;
+} slot;
+
+struct ew__keyring {
+    char *key_file, *store_path;
+    int64_t ttl_us;
+    pthread_mutex_t mu;    /* the cache */
+    pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
+    bool loaded;
+    /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
+     * connection, used only under db_mu: nothing else uses this handle. */
+    ew_keys *store;
+    sqlite3 *db;
+    unsigned char kek[KEY_BYTES];
+    char fingerprint[65];
+    slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
+    /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
+     * of one keyring share a nonce and none needs a system call for randomness. */
+    unsigned char nonce_prefix[NONCE_BYTES - 8];
+    atomic_uint_fast64_t nonce_seq;
+};
+
+static void next_nonce(ew__keyring *k, unsigned char *nonce)
+{
+    uint64_t n = atomic_fetch_add_explicit(&k->nonce_seq, 1, memory_order_relaxed);
+    memcpy(nonce, k->nonce_prefix, sizeof k->nonce_prefix);
+    for (int i = 0; i < 8; i++)
+        nonce[sizeof k->nonce_prefix + (size_t)i] = (unsigned char)(n >> (8 * i));
+}
+
+/* ---- paths -------------------------------------------------------------------------------- */
+
+/* SUB FILE in the folder of the store's SQLite file, or var/SUB FILE. */
+static char *beside_store(const char *store, const char *sub, const char *file)
+{
+    ew_buf b;
+    ew_buf_init(&b);
+    if (store && !strncmp(store, "sqlite:", 7) && strcmp(store + 7, ":memory:") != 0) {
+        const char *path = store + 7, *slash = strrchr(path, '/');
+        if (slash) ew_buf_append(&b, path, (size_t)(slash - path) + 1);
+    } else {
+        ew_buf_puts(&b, "var/");
+    }
+    ew_buf_puts(&b, sub);
+    ew_buf_puts(&b, file);
+    return ew_buf_steal(&b, NULL);
+}
+
+static int mkdirs(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(path, 0700) && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(path, 0700) && errno != EEXIST ? -1 : 0;
+}
+
+static int mkdir_of(const char *file)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = '\0';
+    return mkdirs(dir);
+}
+
+int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_url, ew_error *err)
+{
+    if (!store_url) store_url = ew_config_get(cfg, "EVENT_STORE_URL");
+    *out = NULL;
+    const char *on = ew_config_get(cfg, "EVENT_ENCRYPTION");
+    if (on && strcmp(on, "off") == 0) return 0;
+    if (sodium_init() < 0) return ew_error_set(err, EW_ENOMEM, "libsodium cannot start");
+    ew__keyring *k = calloc(1, sizeof *k);
+    if (!k) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_mutex_init(&k->db_mu, NULL);
+    const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
+    const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
+    if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
+        free(k);
+        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
+    }
+    k->key_file = kf && *kf ? strdup(kf) : beside_store(store_url, "keys/", "eventwire.kek");
+    k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
+    k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
+    k->slots = sodium_malloc(NSLOTS * sizeof *k->slots);
+    if (!k->key_file || !k->store_path || !k->slots) {
+        ew__keyring_free(k);
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    memset(k->slots, 0, NSLOTS * sizeof *k->slots);
+    randombytes_buf(k->nonce_prefix, sizeof k->nonce_prefix);
+    atomic_init(&k->nonce_seq, 0);
+    *out = k;
+    return 0;
+}
+
+void ew__keyring_free(ew__keyring *k)
+{
+    if (!k) return;
+    ew_keys_close(k->store);
+    if (k->slots) sodium_free(k->slots); /* zeroes them */
+    sodium_memzero(k->kek, sizeof k->kek);
+    pthread_mutex_destroy(&k->mu);
+    pthread_mutex_destroy(&k->db_mu);
+    free(k->key_file);
+    free(k->store_path);
+    free(k);
+}
+
+const char *ew__keyring_key_file(const ew__keyring *k)
+{
+    return k->key_file;
+}
+
+const char *ew__keyring_store_path(const ew__keyring *k)
+{
+    return k->store_path;
+}
+
+/* ---- the key store ------------------------------------------------------------------------ */
+
+static int db_fail(ew__keyring *k, const char *what, ew_error *err)
+{
+    return ew_error_set(err, EW_EIO, "key store %s: %s: %s", k->store_path, what,
+                        k->db ? sqlite3_errmsg(k->db) : "not open");
+}
+
+static int exec(ew__keyring *k, const char *sql, ew_error *err)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(k->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        int rc = ew_error_set(err, EW_EIO, "key store %s: %s", k->store_path,
+                              msg ? msg : sqlite3_errmsg(k->db));
+        sqlite3_free(msg);
+        return rc;
+    }
+    return 0;
+}
+
+/* The key store (eventwire/keys.h) with the tables of its migration 002_subject_keys. */
+static int store_open(ew__keyring *k, ew_error *err)
+{
+    ew_buf url;
+    ew_buf_init(&url);
+    ew_buf_printf(&url, "sqlite:%s", k->store_path);
+    int rc = url.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
+                     : ew_keys_open(&k->store, &(ew_keys_options){.url = url.data}, err);
+    ew_buf_release(&url);
+    if (rc) return rc;
+    k->db = ew__keys_lock(k->store);
+    ew__keys_unlock(k->store);
+    /* Freed pages zeroed (the store keeps a rollback journal, no WAL): a destroyed key is gone
+     * from the file when its transaction ends. */
+    return exec(k, "PRAGMA secure_delete=ON", err);
+}
+
+/* The fingerprint of a key-encryption key: what the store keeps to recognise it. */
+static void fingerprint_of(const unsigned char *kek, char out[65])
+{
+    static const char label[] = "eventwire key-encryption key";
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, (const unsigned char *)label, sizeof label - 1, kek, KEY_BYTES);
+    sodium_bin2hex(out, 65, h, sizeof h);
+}
+
+/* The store's fingerprint into out (65 bytes): 1 when there is one, 0 when none, < 0 on error. */
+static int stored_fingerprint(ew__keyring *k, char out[65], ew_error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db, "SELECT fingerprint FROM kek WHERE id = 1", -1, &st, NULL))
+        return db_fail(k, "reading the key's fingerprint", err);
+    int rc = sqlite3_step(st), found = 0;
+    if (rc == SQLITE_ROW) {
+        snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        found = db_fail(k, "reading the key's fingerprint", err);
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+static int count_where(ew__keyring *k, const char *sql, size_t *n, ew_error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db, sql, -1, &st, NULL)) return db_fail(k, "counting keys", err);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : db_fail(k, "counting keys", err);
+    if (!rc) *n = (size_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---- the key-encryption key ---------------------------------------------------------------- */
+
+/* Reads the key file into kek: 1 when read, 0 when there is none, < 0 with err. */
+static int read_key_file(const char *path, unsigned char kek[KEY_BYTES], ew_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return 0;
+        return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    unsigned char buf[KEY_BYTES + 1];
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077) == 0 && st.st_uid == geteuid())
+        n = read(fd, buf, sizeof buf);
+    close(fd);
+    if (n < 0)
+        return ew_error_set(err, EW_ECONFIG,
+                            "key-encryption key %s: must be a file of this user's, mode 0600",
+                            path);
+    if (n != KEY_BYTES) {
+        sodium_memzero(buf, sizeof buf);
+        return ew_error_set(err, EW_ECONFIG,
+                            "key-encryption key %s: not a key (%zd bytes, 32 expected)", path, n);
+    }
+    memcpy(kek, buf, KEY_BYTES);
+    sodium_memzero(buf, sizeof buf);
+    return 1;
+}
+
+static int write_key_file(const char *path, const unsigned char kek[KEY_BYTES], bool excl,
+                          ew_error *err)
+{
+    if (mkdir_of(path))
+        return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: cannot make its folder: %s",
+                            path, strerror(errno));
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (excl ? O_EXCL : O_TRUNC), 0600);
+    if (fd < 0 && excl && errno == EEXIST) return 1; /* another process made it first */
+    if (fd < 0 || fchmod(fd, 0600) || write(fd, kek, KEY_BYTES) != KEY_BYTES || fsync(fd)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: cannot write it: %s", path,
+                            strerror(e));
+    }
+    close(fd);
+    return 0;
+}
+
+/* Under db_mu: the key file matches the store's fingerprint, or the store gets its fingerprint
+ * when it has none. */
+static int check_kek(ew__keyring *k, ew_error *err)
+{
+    char stored[65];
+    int have = stored_fingerprint(k, stored, err);
+    if (have < 0) return have;
+    fingerprint_of(k->kek, k->fingerprint);
+    if (have) {
+        if (strcmp(stored, k->fingerprint) != 0)
+            return ew_error_set(err, EW_ECONFIG,
+                                "key-encryption key %s is not the key the key store %s was made "
+                                "with (fingerprint %.16s..., the store's %.16s...): restore the "
+                                "right file; the data keys cannot be read without it",
+                                k->key_file, k->store_path, k->fingerprint, stored);
+        return 0;
+    }
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db, "INSERT OR IGNORE INTO kek (id, fingerprint) VALUES (1, ?)", -1,
+                           &st, NULL))
+        return db_fail(k, "recording the key's fingerprint", err);
+    sqlite3_bind_text(st, 1, k->fingerprint, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "recording the fingerprint", err);
+    sqlite3_finalize(st);
+    if (rc) return rc;
+    /* A process that started at the same moment may have recorded its own first. */
+    have = stored_fingerprint(k, stored, err);
+    if (have <= 0) return have ? have : db_fail(k, "the fingerprint vanished", err);
+    if (strcmp(stored, k->fingerprint) != 0)
+        return ew_error_set(err, EW_ECONFIG, "key-encryption key %s changed while starting",
+                            k->key_file);
+    return 0;
+}
+
+/* Under db_mu: reads the key file again (after a rotation by another process). */
+static int reload_kek(ew__keyring *k, ew_error *err)
+{
+    unsigned char kek[KEY_BYTES];
+    int got = read_key_file(k->key_file, kek, err);
+    if (got < 0) return got;
+    if (!got) return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing", k->key_file);
+    memcpy(k->kek, kek, KEY_BYTES);
+    sodium_memzero(kek, sizeof kek);
+    return check_kek(k, err);
+}
+
+static int load_locked(ew__keyring *k, ew_error *err)
+{
+    if (k->loaded) return 0;
+    int rc = k->db ? 0 : store_open(k, err);
+    if (rc) return rc;
+    int got = read_key_file(k->key_file, k->kek, err);
+    if (got < 0) return got;
+    if (!got) {
+        /* No key file: made now only when the store has never had a key. */
+        char stored[65];
+        size_t n = 0;
+        int have = stored_fingerprint(k, stored, err);
+        if (have < 0) return have;
+        if ((rc = count_where(k, "SELECT count(*) FROM subject_keys", &n, err))) return rc;
+        if (have || n)
+            return ew_error_set(err, EW_ECONFIG,
+                                "key-encryption key %s is missing, but the key store %s holds "
+                                "data keys wrapped by one (fingerprint %.16s...): restore the "
+                                "file (a new key would leave every encrypted field unreadable)",
+                                k->key_file, k->store_path, have ? stored : "unknown");
+        unsigned char kek[KEY_BYTES];
+        crypto_aead_xchacha20poly1305_ietf_keygen(kek);
+        rc = write_key_file(k->key_file, kek, true, err);
+        sodium_memzero(kek, sizeof kek);
+        if (rc < 0) return rc;
+        got = read_key_file(k->key_file, k->kek, err); /* ours, or the one that won the race */
+        if (got <= 0)
+            return got ? got
+                       : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: vanished",
+                                      k->key_file);
+    }
+    if ((rc = check_kek(k, err))) return rc;
+    k->loaded = true;
+    return 0;
+}
+
+int ew__keyring_load(ew__keyring *k, ew_error *err)
+{
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    pthread_mutex_unlock(&k->db_mu);
+    return rc;
+}
+
+/* ---- data keys ----------------------------------------------------------------------------- */
+
+static int wrap(const unsigned char *kek, const char *subject, const unsigned char *dek,
+                unsigned char out[WRAPPED_BYTES])
+{
+    randombytes_buf(out, NONCE_BYTES);
+    return crypto_aead_xchacha20poly1305_ietf_encrypt(out + NONCE_BYTES, NULL, dek, KEY_BYTES,
+                                                      (const unsigned char *)subject,
+                                                      strlen(subject), NULL, out, kek);
+}
+
+static int unwrap(const unsigned char *kek, const char *subject, const unsigned char *w,
+                  size_t wlen, unsigned char dek[KEY_BYTES])
+{
+    if (wlen != WRAPPED_BYTES) return -1;
+    return crypto_aead_xchacha20poly1305_ietf_decrypt(
+        dek, NULL, NULL, w + NONCE_BYTES, wlen - NONCE_BYTES, (const unsigned char *)subject,
+        strlen(subject), w, kek);
+}
+
+typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
+
+/* Under db_mu: the subject's row. */
+static int read_key(ew__keyring *k, const char *subject, key_state *state,
+                    unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1, &st,
+                           NULL))
+        return db_fail(k, "reading a data key", err);
+    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st), ret = 0;
+    *state = KEY_NONE;
+    if (rc == SQLITE_ROW) {
+        const void *b = sqlite3_column_blob(st, 0);
+        int n = sqlite3_column_bytes(st, 0);
+        if (!b) {
+            *state = KEY_ERASED;
+        } else {
+            *state = KEY_LIVE;
+            *wlen = (size_t)n < WRAPPED_BYTES ? (size_t)n : WRAPPED_BYTES;
+            memcpy(w, b, *wlen);
+            if ((size_t)n != WRAPPED_BYTES) *wlen = 0;
+        }
+    } else if (rc != SQLITE_DONE) {
+        ret = db_fail(k, "reading a data key", err);
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* Under db_mu: makes the subject's data key unless it has a row already. */
+static int create_key(ew__keyring *k, const char *subject, ew_error *err)
+{
+    int rc = exec(k, "BEGIN IMMEDIATE", err);
+    if (rc) return rc;
+    /* A rotation by another process: wrap with the key the store knows now. */
+    char stored[65];
+    int have = stored_fingerprint(k, stored, err);
+    if (have > 0 && strcmp(stored, k->fingerprint) != 0 && (rc = reload_kek(k, err))) goto fail;
+    if (have < 0) {
+        rc = have;
+        goto fail;
+    }
+    unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
+    crypto_aead_xchacha20poly1305_ietf_keygen(dek);
+    wrap(k->kek, subject, dek, w);
+    sodium_memzero(dek, sizeof dek);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(k->db,
+                           "INSERT OR IGNORE INTO subject_keys (subject, wrapped, created_at) "
+                           "VALUES (?, ?, ?)",
+                           -1, &st, NULL)) {
+        rc = db_fail(k, "storing a data key", err);
+        goto fail;
+    }
+    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, w, sizeof w, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, ew_now_us() / 1000000);
+    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "storing a data key", err);
+    sqlite3_finalize(st);
+    if (rc) goto fail;
+    return exec(k, "COMMIT", err);
+fail:
+    exec(k, "ROLLBACK", NULL);
+    return rc;
+}
+
+static size_t slot_of(const char *subject)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (size_t)(h % NSLOTS);
+}
+
+/* The subject's data key into dek: KEY_LIVE, KEY_ERASED, or KEY_NONE (only when !create). */
+static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
+                   unsigned char dek[KEY_BYTES], ew_error *err)
+{
+    size_t i = slot_of(subject);
+    int64_t now = ew_now_us();
+    if (k->ttl_us > 0) {
+        pthread_mutex_lock(&k->mu);
+        slot *s = &k->slots[i];
+        if (s->used && now - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0) {
+            *state = s->erased ? KEY_ERASED : KEY_LIVE;
+            memcpy(dek, s->dek, KEY_BYTES);
+            pthread_mutex_unlock(&k->mu);
+            return 0;
+        }
+        pthread_mutex_unlock(&k->mu);
+    }
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    unsigned char w[WRAPPED_BYTES];
+    size_t wlen = 0;
+    if (!rc) rc = read_key(k, subject, state, w, &wlen, err);
+    if (!rc && *state == KEY_NONE && create) {
+        rc = create_key(k, subject, err);
+        if (!rc) rc = read_key(k, subject, state, w, &wlen, err);
+    }
+    if (!rc && *state == KEY_LIVE) {
+        if (unwrap(k->kek, subject, w, wlen, dek) != 0 &&
+            (reload_kek(k, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "the data key of subject %.64s does not unwrap with the "
+                              "key-encryption key %s",
+                              subject, k->key_file);
+    }
+    pthread_mutex_unlock(&k->db_mu);
+    if (rc || *state == KEY_NONE) return rc;
+    if (*state == KEY_ERASED) memset(dek, 0, KEY_BYTES);
+    if (k->ttl_us > 0) {
+        pthread_mutex_lock(&k->mu);
+        slot *s = &k->slots[i];
+        snprintf(s->subject, sizeof s->subject, "%s", subject);
+        memcpy(s->dek, dek, KEY_BYTES);
+        s->erased = *state == KEY_ERASED;
+        s->used = true;
+        s->at_us = now;
+        pthread_mutex_unlock(&k->mu);
+    }
+    return 0;
+}
+
+void ew__keyring_forget(ew__keyring *k, const char *subject)
+{
+    if (!k || !subject) return;
+    pthread_mutex_lock(&k->mu);
+    slot *s = &k->slots[slot_of(subject)];
+    if (s->used && strcmp(s->subject, subject) == 0) sodium_memzero(s, sizeof *s);
+    pthread_mutex_unlock(&k->mu);
+}
+
+int ew__keyring_shred(ew__keyring *k, const char *subject, ew_error *err)
+{
+    if (!subject || !*subject || strlen(subject) > SUBJECT_MAX)
+        return ew_error_set(err, EW_EINVAL, "a subject of 1 to %d bytes is required", SUBJECT_MAX);
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    sqlite3_stmt *st = NULL;
+    if (!rc && sqlite3_prepare_v2(k->db,
+                                  "INSERT INTO subject_keys (subject, wrapped, created_at, "
+                                  "erased_at) VALUES (?1, NULL, ?2, ?2) ON CONFLICT (subject) DO "
+                                  "UPDATE SET wrapped = NULL, erased_at = coalesce(erased_at, ?2)",
+                                  -1, &st, NULL))
+        rc = db_fail(k, "destroying a data key", err);
+    if (!rc) {
+        sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "destroying a data key", err);
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&k->db_mu);
+    ew__keyring_forget(k, subject);
+    return rc;
+}
+
+int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *err)
+{
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    if (!rc)
+        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NOT NULL", live,
+                         err);
+    if (!rc)
+        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NULL", erased, err);
+    pthread_mutex_unlock(&k->db_mu);
+    return rc;
+}
+
+int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    if (rc) goto out;
+    unsigned char next[KEY_BYTES];
+    crypto_aead_xchacha20poly1305_ietf_keygen(next);
+    char tmp[4096 + 8], fp[65];
+    snprintf(tmp, sizeof tmp, "%s.new", k->key_file);
+    fingerprint_of(next, fp);
+    /* The new key is on disk before the store depends on it. */
+    if ((rc = write_key_file(tmp, next, false, err))) goto out_key;
+    if ((rc = exec(k, "BEGIN IMMEDIATE", err))) goto out_key;
+    if ((rc = check_kek(k, err))) goto rollback;
+    sqlite3_stmt *sel = NULL, *upd = NULL;
+    if (sqlite3_prepare_v2(k->db,
+                           "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL",
+                           -1, &sel, NULL) ||
+        sqlite3_prepare_v2(k->db, "UPDATE subject_keys SET wrapped = ? WHERE subject = ?", -1, &upd,
+                           NULL)) {
+        rc = db_fail(k, "rewrapping", err);
+    }
+    while (!rc && sqlite3_step(sel) == SQLITE_ROW) {
+        const char *subject = (const char *)sqlite3_column_text(sel, 0);
+        unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
+        if (unwrap(k->kek, subject, sqlite3_column_blob(sel, 1),
+                   (size_t)sqlite3_column_bytes(sel, 1), dek) != 0) {
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "the data key of subject %.64s does not unwrap: nothing rotated",
+                              subject);
+            break;
+        }
+        wrap(next, subject, dek, w);
+        sodium_memzero(dek, sizeof dek);
+        sqlite3_reset(upd);
+        sqlite3_bind_blob(upd, 1, w, sizeof w, SQLITE_TRANSIENT);
+        sqlite3_bind_text(upd, 2, subject, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(upd) != SQLITE_DONE) rc = db_fail(k, "rewrapping", err);
+        n++;
+    }
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    if (!rc) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(k->db, "UPDATE kek SET fingerprint = ?, rotated_at = ? WHERE id = 1",
+                               -1, &st, NULL)) {
+            rc = db_fail(k, "recording the new key", err);
+        } else {
+            sqlite3_bind_text(st, 1, fp, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
+            if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "recording the new key", err);
+            sqlite3_finalize(st);
+        }
+    }
+    if (rc) goto rollback;
+    if ((rc = exec(k, "COMMIT", err))) goto rollback;
+    if (rename(tmp, k->key_file) != 0) {
+        rc = ew_error_set(err, EW_EIO,
+                          "the key store now uses the key in %s, which cannot replace %s: %s "
+                          "(move it there by hand)",
+                          tmp, k->key_file, strerror(errno));
+        goto out_key;
+    }
+    memcpy(k->kek, next, KEY_BYTES);
+    memcpy(k->fingerprint, fp, sizeof fp);
+    goto out_key;
+rollback:
+    exec(k, "ROLLBACK", NULL);
+    unlink(tmp);
+out_key:
+    sodium_memzero(next, sizeof next);
+out:
+    pthread_mutex_unlock(&k->db_mu);
+    if (rewrapped) *rewrapped = rc ? 0 : n;
+    return rc;
+}
+
+/* ---- sealing -------------------------------------------------------------------------------- */
+
+static bool subject_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && n <= SUBJECT_MAX &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789-_:@") == n;
+}
+
+/* Whose key encrypts the event's fields: its data's user_id, else its subject. */
+static const char *subject_of(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const ew_field_info *f = ew_type_field(t, "user_id");
+    if (f && f->kind == EW_FIELD_UUID) {
+        const char *u =
+            *(const char *const *)(const void *)((const char *)ew_event_data_as(ev, t->id) +
+                                                 f->offset);
+        if (u && *u) return u;
+    }
+    return ew_event_subject(ev);
+}
+
+/* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
+ * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
+static size_t aad_of(char *buf, size_t cap, const ew_event *ev, const ew_field_info *f,
+                     const char *subject)
+{
+    const char *parts[] = {"ewenc1", ew_event_type(ev), f->name, subject, ew_event_id(ev)};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        size_t l = strlen(parts[i]);
+        if (i && n < cap) buf[n++] = '|';
+        if (l > cap - n) l = cap - n;
+        memcpy(buf + n, parts[i], l);
+        n += l;
+    }
+    return n;
+}
+
+/* base64url without padding (RFC 4648 §5). Ciphertext is not secret: no need for libsodium's
+ * constant-time codec, which costs more than the cipher on short fields. */
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static size_t b64_encode(char *out, const unsigned char *in, size_t n)
+{
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+        out[o++] = b64[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64[v >> 18];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = b64[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+}
+
+/* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
+ * that base64url without padding does not have. */
+static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
+{
+    if (n % 4 == 1) return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = b64_value((unsigned char)in[i]);
+        if (v < 0) return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
+    *outlen = o;
+    return 0;
+}
+
+int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    uint64_t sealed = ew__event_sealed(ev), mask = 0;
+    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+        const ew_field_info *f = &t->fields[i];
+        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
+            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
+            continue;
+        if (*(const char *const *)(const void *)(data + f->offset)) mask |= UINT64_C(1) << i;
+    }
+    if (!mask) {
+        *out = ew_event_ref(ev);
+        return 0;
+    }
+    const char *subject = subject_of(ev);
+    if (!subject)
+        return ew_error_set(err, EW_EINVAL,
+                            "%s has personal data but neither a user_id nor a subject to "
+                            "encrypt it for",
+                            t->type);
+    if (!subject_ok(subject))
+        return ew_error_set(err, EW_EINVAL,
+                            "%s: subject '%.64s' cannot name a data key (1 to %d of A-Z a-z 0-9 "
+                            "- _ : @)",
+                            t->type, subject, SUBJECT_MAX);
+    key_state state;
+    unsigned char dek[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, err);
+    if (rc) return rc;
+    if (state == KEY_ERASED) crypto_aead_xchacha20poly1305_ietf_keygen(dek); /* nobody keeps it */
+    const char *values[64];
+    ew_buf text;
+    ew_buf_init(&text);
+    size_t offs[64];
+    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+        if (!((mask >> i) & 1)) continue;
+        const ew_field_info *f = &t->fields[i];
+        const char *p = *(const char *const *)(const void *)(data + f->offset);
+        size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
+        unsigned char stack[1024], *c = clen <= sizeof stack ? stack : malloc(clen);
+        if (!c) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+            break;
+        }
+        char aad[512];
+        size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
+        next_nonce(k, c);
+        crypto_aead_xchacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
+                                                   plen, (const unsigned char *)aad, alen, NULL, c,
+                                                   dek);
+        offs[i] = text.len;
+        ew_buf_puts(&text, EW__SEALED_PREFIX);
+        ew_buf_puts(&text, subject);
+        ew_buf_putc(&text, '.');
+        if (!ew_buf_reserve(&text, clen * 4 / 3 + 4))
+            text.len += b64_encode(text.data + text.len, c, clen) + 1; /* the values are
+                                                                          NUL-separated */
+        if (c != stack) free(c);
+    }
+    sodium_memzero(dek, sizeof dek);
+    if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!rc) {
+        for (size_t i = 0; i < t->nfields && i < 64; i++)
+            if ((mask >> i) & 1) values[i] = text.data + offs[i];
+        rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
+    }
+    ew_buf_release(&text);
+    return rc;
+}
+
+int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    uint64_t mask = ew__event_sealed(ev), erased = 0;
+    if (!mask) {
+        *out = ew_event_ref(ev);
+        return 0;
+    }
+    const char *values[64];
+    ew_buf text;
+    ew_buf_init(&text);
+    size_t offs[64];
+    int rc = 0;
+    /* The fields of one event are nearly always one subject's: its key is looked up once. */
+    char last[SUBJECT_MAX + 1] = "";
+    key_state state = KEY_NONE;
+    unsigned char dek[KEY_BYTES];
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
+        if (!((mask >> i) & 1)) continue;
+        const ew_field_info *f = &t->fields[i];
+        const char *tok = *(const char *const *)(const void *)(data + f->offset);
+        const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
+        char subject[SUBJECT_MAX + 1];
+        if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX) {
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", t->type,
+                              f->name);
+            break;
+        }
+        memcpy(subject, subj, (size_t)(dot - subj));
+        subject[dot - subj] = '\0';
+        const char *enc = dot + 1;
+        size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
+        unsigned char stack[1024], *c = cap <= sizeof stack ? stack : malloc(cap);
+        if (!c) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+            break;
+        }
+        if (b64_decode(c, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES) {
+            rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
+                              t->type, f->name);
+        }
+        if (!rc && strcmp(subject, last) != 0) {
+            if (!(rc = get_key(k, subject, false, &state, dek, err)))
+                memcpy(last, subject, sizeof last);
+        }
+        if (!rc && state == KEY_NONE)
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "%s: data.%s is encrypted for subject %.64s, whose key this key "
+                              "store never had",
+                              t->type, f->name, subject);
+        if (!rc && state == KEY_ERASED) {
+            erased |= UINT64_C(1) << i;
+            values[i] = f->kind == EW_FIELD_OBJECT ? "{}" : "";
+        } else if (!rc) {
+            size_t plen = clen - NONCE_BYTES - TAG_BYTES;
+            char aad[512];
+            size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
+            offs[i] = text.len;
+            if (ew_buf_reserve(&text, plen + 1)) {
+                rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+            } else if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+                           (unsigned char *)text.data + text.len, NULL, NULL, c + NONCE_BYTES,
+                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, c, dek) != 0) {
+                rc = ew_error_set(err, EW_ECRYPTO,
+                                  "%s: data.%s does not authenticate under subject %.64s's key "
+                                  "(tampered, or moved from another event or field)",
+                                  t->type, f->name, subject);
+            } else if (memchr(text.data + text.len, '\0', plen)) {
+                rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", t->type, f->name);
+            } else {
+                text.data[text.len + plen] = '\0';
+                text.len += plen + 1;
+            }
+        }
+        if (c != stack) free(c);
+    }
+    sodium_memzero(dek, sizeof dek);
+    if (!rc) {
+        for (size_t i = 0; i < t->nfields && i < 64; i++)
+            if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
+        rc = ew__event_replace(ev, mask, values, 0, erased, out, err);
+    }
+    if (text.data) sodium_memzero(text.data, text.len);
+    ew_buf_release(&text);
+    return rc;
+}

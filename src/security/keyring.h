@@ -1,0 +1,70 @@
+/* eventwire — field encryption with a data key per subject (docs/security.md#encrypted-fields).
+ *
+ * A keyring encrypts the fields the catalog marks personal or secret (EW_FIELD_ENCRYPTED) with
+ * XChaCha20-Poly1305 under the data key of the event's subject (the data's user_id, else the
+ * event's subject), and decrypts them again. Data keys live in the deployment's one key store
+ * (eventwire/keys.h, KEY_STORE_URL; tables kek and subject_keys, its migration 002) wrapped by
+ * the key-encryption key (EVENT_ENCRYPTION_KEY_FILE),
+ * and are cached in memory for at most EVENT_KEY_CACHE_SECONDS. Erasing a subject destroys its
+ * data key: every copy of its encrypted fields, wherever it is, can no longer be read, and
+ * decrypting them yields an event marked erased (ew_event_erased) instead of an error.
+ *
+ * Every function is thread-safe. Two keyrings share nothing but the files. */
+#ifndef EW_SECURITY_KEYRING_H
+#define EW_SECURITY_KEYRING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "eventwire/config.h"
+#include "eventwire/error.h"
+#include "eventwire/event.h"
+
+typedef struct ew__keyring ew__keyring;
+
+/* A keyring configured from cfg (EVENT_ENCRYPTION, EVENT_ENCRYPTION_KEY_FILE, KEY_STORE_URL,
+ * EVENT_KEY_CACHE_SECONDS); the default files are beside store_url's SQLite file (NULL:
+ * EVENT_STORE_URL's). *out is NULL when EVENT_ENCRYPTION=off. Nothing is read yet: the first
+ * call that needs a key loads them (ew__keyring_load). Caller frees it with ew__keyring_free(). */
+int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_url, ew_error *err);
+void ew__keyring_free(ew__keyring *k);
+
+/* Reads the key-encryption key and opens the key store; at the first start (no key store, or one
+ * without keys) makes both, the key file 0600 in a 0700 folder. A missing key file when the
+ * store holds keys, a file of another key, of the wrong size or readable by others: EW_ECONFIG
+ * with what is wrong, and nothing is ever written in clear instead. Idempotent. */
+int ew__keyring_load(ew__keyring *k, ew_error *err);
+
+/* The key file and the key store's file this keyring uses. Borrowed, valid until it is freed. */
+const char *ew__keyring_key_file(const ew__keyring *k);
+const char *ew__keyring_store_path(const ew__keyring *k);
+
+/* ev with its personal and secret fields encrypted (a new event, or ev itself when it has none
+ * in clear): *out holds one reference. A subject seen for the first time gets its data key now;
+ * an erased subject's fields are encrypted under a key nobody keeps. EW_EINVAL when the event has
+ * personal data but neither a user_id nor a subject. */
+int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
+
+/* ev with its encrypted fields decrypted and checked as plaintext (a new event, or ev itself when
+ * it has none): *out holds one reference. An erased subject's fields come back empty, the event
+ * marked erased. EW_ECRYPTO when a field does not authenticate (tampered, or encrypted under a
+ * key this store never had); EW_EDATA when the plaintext is not what its field holds. */
+int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
+
+/* Destroys the subject's data key (crypto-shredding), keeping a tombstone so that no new key is
+ * made for it, and forgets it in this keyring's cache. Other processes stop using theirs within
+ * EVENT_KEY_CACHE_SECONDS. Idempotent. */
+int ew__keyring_shred(ew__keyring *k, const char *subject, ew_error *err);
+
+/* Forgets the subject's cached key (it is read from the key store when next needed). */
+void ew__keyring_forget(ew__keyring *k, const char *subject);
+
+/* Rotates the key-encryption key: a new one wraps every live data key again, in one transaction
+ * of the key store, then replaces the key file (through KEY_FILE.new and a rename). Events are
+ * not touched. *rewrapped (may be NULL) gets the number of data keys. Running processes pick
+ * the new key file up when an unwrap or a wrap meets the new key. */
+int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err);
+
+/* Counts of the key store: live data keys and erased subjects. */
+int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *err);
+
+#endif

@@ -1,0 +1,494 @@
+/* Tests of field encryption (src/security/keyring.c): what the wire carries, the key-encryption
+ * key refused when it is missing, wrong or readable by others (never a fallback to plaintext),
+ * tampered ciphertext dead-lettered with the reason, validation on the plaintext, rotation that
+ * keeps every old event readable, a destroyed key that decodes as erased, and EVENT_ENCRYPTION=off
+ * refusing what it cannot read. Each case keeps its keys in a folder of its own. */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "bus/receive.h"
+#include "catalog/event_internal.h"
+#include "security/keyring.h"
+#include "support/ew_test.h"
+#include "eventwire/bus.h"
+#include "eventwire/config.h"
+#include "eventwire/dlq.h"
+#include "eventwire/id.h"
+
+typedef struct fx {
+    char dir[64], url[128], kek[128];
+    ew_config *cfg;
+} fx;
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/ew-keyring-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->url, sizeof f->url, "sqlite:%s/events.db", f->dir);
+    snprintf(f->kek, sizeof f->kek, "%s/keys/eventwire.kek", f->dir);
+    ew_error err = {0};
+    assert_int_equal(ew_config_new(&f->cfg, &err), 0);
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_STORE_URL", f->url, &err), 0);
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_BUS_TYPE", "memory", &err), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+    ew_config_free(f->cfg);
+    free(f);
+    return 0;
+}
+
+static ew__keyring *keyring(fx *f)
+{
+    ew__keyring *k;
+    ew_error err = {0};
+    if (ew__keyring_new(&k, f->cfg, NULL, &err)) fail_msg("%s", err.msg);
+    assert_non_null(k);
+    return k;
+}
+
+static ew_event *registered(const char *user, const char *email, const char *username)
+{
+    const char *roles[] = {"user"};
+    ew_user_registered d = {
+        .user_id = user, .email = email, .username = username, .roles = {roles, 1}};
+    ew_event *ev;
+    ew_error err = {0};
+    if (ew_user_registered_new(&ev, &d, &(ew_event_attrs){.source = "test", .subject = user}, &err))
+        fail_msg("%s", err.msg);
+    return ev;
+}
+
+/* ev sealed by k and encoded: the JSON the wire and the stores get (caller frees). */
+static char *sealed_json(ew__keyring *k, const ew_event *ev)
+{
+    ew_event *s;
+    ew_error err = {0};
+    if (ew__keyring_seal(k, ev, &s, &err)) fail_msg("seal: %s", err.msg);
+    char *json;
+    assert_int_equal(ew_event_encode(s, &json, NULL, &err), 0);
+    ew_event_unref(s);
+    return json;
+}
+
+/* Decodes json and decrypts it with k: 0 and *out, or the error. */
+static int open_json(ew__keyring *k, const char *json, ew_event **out, ew_error *err)
+{
+    ew_event *ev;
+    int rc = ew_event_decode(&ev, json, strlen(json), NULL, err);
+    if (rc) return rc;
+    assert_true(ew_event_encrypted(ev));
+    rc = ew__keyring_unseal(k, ev, out, err);
+    ew_event_unref(ev);
+    return rc;
+}
+
+static void test_the_wire_carries_ciphertext(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "ida@example.com", "ida_lovelace");
+    char *json = sealed_json(k, ev);
+    /* the fields are there, as strings a foreign consumer recognises; the values are not */
+    assert_null(strstr(json, "ida@example.com"));
+    assert_null(strstr(json, "ida_lovelace"));
+    char want[128];
+    snprintf(want, sizeof want, "\"email\":\"ewenc1.%s.", user);
+    assert_non_null(strstr(json, want));
+    snprintf(want, sizeof want, "\"username\":\"ewenc1.%s.", user);
+    assert_non_null(strstr(json, want));
+    snprintf(want, sizeof want, "\"user_id\":\"%s\"", user); /* not personal: in clear */
+    assert_non_null(strstr(json, want));
+    assert_non_null(strstr(json, "\"specversion\":\"1.0\""));
+    /* two encodings of one event differ (a fresh nonce each time) */
+    char *again = sealed_json(k, ev);
+    assert_string_not_equal(json, again);
+    ew_event *back;
+    ew_error err = {0};
+    if (open_json(k, json, &back, &err)) fail_msg("%s", err.msg);
+    assert_false(ew_event_encrypted(back));
+    assert_false(ew_event_erased(back));
+    assert_true(ew_event_equal(back, ev));
+    /* the key file is 0600 in a 0700 folder */
+    struct stat st;
+    assert_int_equal(stat(f->kek, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char keys[128];
+    snprintf(keys, sizeof keys, "%s/keys", f->dir);
+    assert_int_equal(stat(keys, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    ew_event_unref(back);
+    free(json);
+    free(again);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
+static void test_a_missing_key_file_is_refused_when_keys_exist(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "a@example.com", "ann");
+    free(sealed_json(k, ev)); /* a data key now exists */
+    ew__keyring_free(k);
+    assert_int_equal(unlink(f->kek), 0);
+    k = keyring(f);
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_load(k, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "is missing"));
+    /* and nothing leaves in clear instead */
+    ew_event *s = NULL;
+    assert_int_equal(ew__keyring_seal(k, ev, &s, &err), EW_ECONFIG);
+    assert_null(s);
+    assert_int_equal(access(f->kek, F_OK), -1); /* no new key made */
+    ew__keyring_free(k);
+    ew_event_unref(ev);
+}
+
+static void write_file(const char *path, const void *data, size_t n, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, n), (ssize_t)n);
+    close(fd);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+static void test_a_wrong_or_exposed_key_file_is_refused(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_load(k, &err), 0); /* made at first start */
+    ew__keyring_free(k);
+    unsigned char other[32];
+    memset(other, 7, sizeof other);
+    write_file(f->kek, other, sizeof other, 0600);
+    k = keyring(f);
+    assert_int_equal(ew__keyring_load(k, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "is not the key"));
+    ew__keyring_free(k);
+    write_file(f->kek, other, 16, 0600); /* too short */
+    k = keyring(f);
+    assert_int_equal(ew__keyring_load(k, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "not a key"));
+    ew__keyring_free(k);
+    write_file(f->kek, other, sizeof other, 0644); /* readable by others */
+    k = keyring(f);
+    assert_int_equal(ew__keyring_load(k, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "0600"));
+    ew__keyring_free(k);
+}
+
+/* A bus on the fixture's keys, with its dead letters in memory. */
+static ew_bus *bus_open(fx *f, const char *encryption)
+{
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_ENCRYPTION", encryption, &err), 0);
+    ew_bus *bus;
+    if (ew_bus_open(&bus, &(ew_bus_options){.config = f->cfg}, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_ENCRYPTION", "on", &err), 0);
+    return bus;
+}
+
+/* Receives json on bus as a broker's message: the result, and the dead letter's error. */
+static ew__recv_result receive(ew_bus *bus, const char *json, ew_event **got, char *why, size_t cap)
+{
+    ew__recv_msg m = {
+        .wire = {.binding = EW__BINDING_STRUCTURED, .body = json, .body_len = strlen(json)},
+        .group = "g1",
+        .transport = "test position=1",
+    };
+    *got = NULL;
+    ew__recv_result r = ew__receive(bus, &m, 1 << 20, NULL, NULL, got);
+    why[0] = '\0';
+    ew_memdlq *q = ew_bus_dead_letters(bus);
+    size_t n = ew_memdlq_count(q);
+    if (n) {
+        ew_memdlq_entry e;
+        assert_int_equal(ew_memdlq_get(q, n - 1, &e), 0);
+        snprintf(why, cap, "%s", e.error);
+        ew_memdlq_entry_release(&e);
+    }
+    return r;
+}
+
+static void test_tampered_ciphertext_is_dead_lettered(void **state)
+{
+    fx *f = *state;
+    ew_bus *bus = bus_open(f, "on");
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1], why[600];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "b@example.com", "bob");
+    char *json = sealed_json(k, ev);
+    ew_event *got;
+    assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_EVENT);
+    const ew_user_registered *d = ew_user_registered_data(got);
+    assert_string_equal(d->email, "b@example.com"); /* handlers see plaintext */
+    assert_false(ew_event_encrypted(got));
+    ew_event_unref(got);
+    /* one character of the email's ciphertext changed */
+    char *c = strstr(json, "\"email\":\"ewenc1.");
+    assert_non_null(c);
+    c += strlen("\"email\":\"ewenc1.") + EW_UUID_LEN + 5;
+    *c = *c == 'A' ? 'B' : 'A';
+    assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_DEAD);
+    assert_null(got);
+    assert_int_equal(ew_memdlq_count(ew_bus_dead_letters(bus)), 1);
+    assert_non_null(strstr(why, "EW_ECRYPTO"));
+    assert_non_null(strstr(why, "data.email does not authenticate"));
+    /* a ciphertext moved from another event does not authenticate either */
+    ew_event *other = registered(user, "c@example.com", "cid");
+    char *json2 = sealed_json(k, other), *json1 = sealed_json(k, ev);
+    char *e1 = strstr(json1, "\"email\":\""), *e2 = strstr(json2, "\"email\":\"");
+    size_t l1 = strcspn(e1 + 9, "\""), l2 = strcspn(e2 + 9, "\"");
+    assert_int_equal(l1, l2); /* same length of address, same length of ciphertext */
+    memcpy(e1 + 9, e2 + 9, l1);
+    assert_int_equal(receive(bus, json1, &got, why, sizeof why), EW__RECV_DEAD);
+    assert_non_null(strstr(why, "does not authenticate"));
+    free(json);
+    free(json1);
+    free(json2);
+    ew_event_unref(other);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+    assert_int_equal(ew_bus_close(bus), 0);
+}
+
+static void test_validation_runs_on_the_plaintext(void **state)
+{
+    fx *f = *state;
+    ew_bus *bus = bus_open(f, "on");
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1], why[600];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "d@example.com", "dan");
+    /* an email that is not one, slipped in unchecked, then encrypted: the ciphertext itself is
+     * well-formed; what it holds is not */
+    const ew_type_info *t = ew_event_info(ev);
+    size_t email = (size_t)(ew_type_field(t, "email") - t->fields);
+    const char *values[64] = {0};
+    values[email] = "not an address";
+    ew_event *bad;
+    ew_error err = {0};
+    assert_int_equal(
+        ew__event_replace(ev, UINT64_C(1) << email, values, 0, UINT64_C(1) << email, &bad, &err),
+        0);
+    char *json = sealed_json(k, bad);
+    ew_event *got;
+    assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_DEAD);
+    assert_non_null(strstr(why, "EW_EDATA"));
+    assert_non_null(strstr(why, "is not an email address"));
+    /* plaintext that looks like ciphertext is refused when the event is built */
+    const char *roles[] = {"user"};
+    ew_user_registered d = {
+        .user_id = user, .email = "e@example.com", .username = "ewenc1.x.y", .roles = {roles, 1}};
+    ew_event *fake = NULL;
+    assert_int_equal(ew_user_registered_new(&fake, &d, &(ew_event_attrs){.source = "t"}, &err),
+                     EW_EDATA);
+    free(json);
+    ew_event_unref(bad);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+    assert_int_equal(ew_bus_close(bus), 0);
+}
+
+static void test_rotation_keeps_every_old_event_readable(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SECONDS", "0", &err), 0);
+    ew__keyring *k = keyring(f), *running = keyring(f);
+    enum { N = 5 };
+    char *json[N];
+    ew_event *evs[N];
+    for (int i = 0; i < N; i++) {
+        char user[EW_UUID_LEN + 1], email[64];
+        ew_uuid7(user);
+        snprintf(email, sizeof email, "user%d@example.com", i);
+        evs[i] = registered(user, email, "someone");
+        json[i] = sealed_json(k, evs[i]);
+    }
+    assert_int_equal(ew__keyring_load(running, &err), 0); /* holds the old key in memory */
+    unsigned char before[32], after[32];
+    FILE *kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(before, 1, 32, kf), 32);
+    fclose(kf);
+    size_t n = 0;
+    if (ew__keyring_rotate(k, &n, &err)) fail_msg("rotate: %s", err.msg);
+    assert_int_equal(n, N);
+    kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(after, 1, 32, kf), 32);
+    fclose(kf);
+    assert_memory_not_equal(before, after, 32);
+    /* a fresh process with the new file, the rotating one, and one that started before */
+    ew__keyring *fresh = keyring(f);
+    ew__keyring *const all[] = {fresh, k, running};
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < N; i++) {
+            ew_event *back;
+            if (open_json(all[j], json[i], &back, &err)) fail_msg("%d/%d: %s", j, i, err.msg);
+            assert_true(ew_event_equal(back, evs[i]));
+            ew_event_unref(back);
+        }
+    /* the process that started before wraps a new subject's key with the new key */
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *late = registered(user, "late@example.com", "late");
+    char *lj = sealed_json(running, late);
+    ew_event *back;
+    if (open_json(fresh, lj, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, late));
+    ew_event_unref(back);
+    free(lj);
+    ew_event_unref(late);
+    /* the old key file no longer opens the store */
+    ew__keyring_free(fresh);
+    write_file(f->kek, before, 32, 0600);
+    fresh = keyring(f);
+    assert_int_equal(ew__keyring_load(fresh, &err), EW_ECONFIG);
+    ew__keyring_free(fresh);
+    for (int i = 0; i < N; i++) {
+        free(json[i]);
+        ew_event_unref(evs[i]);
+    }
+    ew__keyring_free(k);
+    ew__keyring_free(running);
+}
+
+static void test_a_shredded_subject_decodes_as_erased(void **state)
+{
+    fx *f = *state;
+    ew_bus *bus = bus_open(f, "on");
+    ew__keyring *k = keyring(f);
+    char gone[EW_UUID_LEN + 1], kept[EW_UUID_LEN + 1], why[600];
+    ew_uuid7(gone);
+    ew_uuid7(kept);
+    ew_event *a = registered(gone, "gone@example.com", "gone"),
+             *b = registered(kept, "kept@example.com", "kept");
+    char *ja = sealed_json(k, a), *jb = sealed_json(k, b);
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_shred(k, gone, &err), 0);
+    assert_int_equal(ew__keyring_shred(k, gone, &err), 0); /* idempotent */
+    ew_event *back;
+    assert_int_equal(open_json(k, ja, &back, &err), 0);
+    assert_true(ew_event_erased(back));
+    assert_string_equal(ew_user_registered_data(back)->email, "");
+    assert_string_equal(ew_user_registered_data(back)->user_id, gone);
+    ew_event_unref(back);
+    assert_int_equal(open_json(k, jb, &back, &err), 0);
+    assert_false(ew_event_erased(back));
+    assert_true(ew_event_equal(back, b));
+    ew_event_unref(back);
+    /* through the receive path: an erased event for handlers, not a dead letter */
+    ew_event *got;
+    assert_int_equal(receive(bus, ja, &got, why, sizeof why), EW__RECV_EVENT);
+    assert_true(ew_event_erased(got));
+    ew_event_unref(got);
+    assert_int_equal(ew_memdlq_count(ew_bus_dead_letters(bus)), 0);
+    /* new personal data about the erased user is encrypted under a key nobody keeps */
+    char *again = sealed_json(k, a);
+    assert_null(strstr(again, "gone@example.com"));
+    assert_int_equal(open_json(k, again, &back, &err), 0);
+    assert_true(ew_event_erased(back));
+    ew_event_unref(back);
+    size_t live, erased;
+    assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+    assert_int_equal(live, 1);
+    assert_int_equal(erased, 1);
+    free(again);
+    free(ja);
+    free(jb);
+    ew_event_unref(a);
+    ew_event_unref(b);
+    ew__keyring_free(k);
+    assert_int_equal(ew_bus_close(bus), 0);
+}
+
+static ew_handler_result remember(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    (void)ctx;
+    ew_event **seen = ud;
+    *seen = ew_event_ref(ev);
+    return EW_HANDLER_OK;
+}
+
+static void test_memory_bus_handlers_get_plaintext(void **state)
+{
+    fx *f = *state;
+    ew_bus *bus = bus_open(f, "on");
+    ew_event *seen = NULL;
+    ew_error err = {0};
+    assert_int_equal(ew_bus_subscribe(bus, "user.registered", remember, &seen, NULL, &err), 0);
+    assert_int_equal(ew_bus_start(bus, &err), 0);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "m@example.com", "mem");
+    assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
+    assert_int_equal(ew_bus_wait_for_events(bus, 5000, &err), 0);
+    assert_non_null(seen);
+    assert_false(ew_event_encrypted(seen));
+    assert_true(ew_event_equal(seen, ev));
+    ew_event_unref(seen);
+    ew_event_unref(ev);
+    assert_int_equal(ew_bus_close(bus), 0);
+}
+
+static void test_encryption_off_refuses_what_it_cannot_read(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    ew_bus *bus = bus_open(f, "off");
+    ew__keyring *none;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_ENCRYPTION", "off", &err), 0);
+    assert_int_equal(ew__keyring_new(&none, f->cfg, NULL, &err), 0);
+    assert_null(none);
+    char user[EW_UUID_LEN + 1], why[600];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "o@example.com", "off");
+    char *json = sealed_json(k, ev);
+    ew_event *got;
+    assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_DEAD);
+    assert_non_null(strstr(why, "EVENT_ENCRYPTION=off"));
+    /* and what it publishes itself is in clear, as documented */
+    char *plain;
+    assert_int_equal(ew_event_encode(ev, &plain, NULL, &err), 0);
+    assert_int_equal(receive(bus, plain, &got, why, sizeof why), EW__RECV_EVENT);
+    assert_string_equal(ew_user_registered_data(got)->email, "o@example.com");
+    ew_event_unref(got);
+    free(plain);
+    free(json);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+    assert_int_equal(ew_bus_close(bus), 0);
+}
+
+#define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+static const struct CMUnitTest tests[] = {
+    CASE(test_the_wire_carries_ciphertext),
+    CASE(test_a_missing_key_file_is_refused_when_keys_exist),
+    CASE(test_a_wrong_or_exposed_key_file_is_refused),
+    CASE(test_tampered_ciphertext_is_dead_lettered),
+    CASE(test_validation_runs_on_the_plaintext),
+    CASE(test_rotation_keeps_every_old_event_readable),
+    CASE(test_a_shredded_subject_decodes_as_erased),
+    CASE(test_memory_bus_handlers_get_plaintext),
+    CASE(test_encryption_off_refuses_what_it_cannot_read),
+};
+
+EW_TEST_MAIN(tests)
