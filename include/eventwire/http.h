@@ -84,6 +84,13 @@ typedef struct ew_http_options {
     const char *cors_origins;
 } ew_http_options;
 
+/* What one request may make the server hold, in proportion to what it sent (docs/http.md):
+ * its request line and headers at most EW_HTTP_HEADER_BYTES (libmicrohttpd's memory for the
+ * connection, which also holds its read buffer: past it, 431 or 414); its body at most
+ * max_body_bytes, in a buffer of less than twice its size; on an EW_HTTP_JSON route, the parsed
+ * body at most EW_JSON_MEM_FACTOR (16) bytes per body byte and 64 KiB (src/core/json.h). */
+#define EW_HTTP_HEADER_BYTES (32u * 1024u)
+
 /* A handler: reads req, fills res. Both are borrowed for the call. ud is the route's. */
 typedef void (*ew_http_handler)(const ew_http_request *req, ew_http_response *res, void *ud);
 

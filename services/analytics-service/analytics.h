@@ -38,6 +38,10 @@ int analytics_handlers(analytics *a, ew_error *err);
  * the runtime answers the GDPR events from it, GET /stats/users/{user_id} serves it. */
 extern const svc_gdpr analytics_gdpr;
 
+/* The service for svc_main() (service.c), with a as its state: zeroed, alive as long as
+ * the service runs. */
+svc_def analytics_service(analytics *a);
+
 /* The erasure key of a user id: 64 hex digits of BLAKE2b-256 (main.c). */
 void analytics_user_hash(const char *user_id, char out[65]);
 

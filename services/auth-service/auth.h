@@ -42,6 +42,10 @@ int auth_handlers(auth *a, ew_error *err);
  * "password_resets": [...]}; the runtime answers the GDPR events from it. */
 extern const svc_gdpr auth_gdpr;
 
+/* The service for svc_main() (service.c), with a as its state: zeroed, alive as long as
+ * the service runs. */
+svc_def auth_service(auth *a);
+
 /* A secret token for the client (43 characters of URL-safe base64 for 32 random bytes) and the
  * hash that is stored instead (64 hex digits of BLAKE2b-256). */
 #define AUTH_TOKEN_LEN 43

@@ -357,7 +357,9 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_time_format(exp * 1000000, expires);
     const char *ip = ew_http_client_addr(rq);
     const char *ua = ew_http_header(rq, "User-Agent");
-    snprintf(agent, sizeof agent, "%s", ua ? ua : "");
+    /* kept as the client sent it, as far as events and JSON can carry it (a header may hold
+     * any byte, and USER_AGENT_MAX may fall inside a character) */
+    svc_text_utf8(agent, sizeof agent, ua ? ua : "");
     const char *ins[] = {session_id,        user_id, hash,   *ip ? ip : NULL,
                          ua ? agent : NULL, now,     expires};
     if ((rc = svc_begin(a->s, &t, &e))) goto failed;
@@ -772,6 +774,10 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
     const char *reason = ew_http_query(rq, "reason");
     if (reason && strlen(reason) > 500) {
         ew_http_reply_error(res, 400, "reason", "reason is longer than 500 bytes");
+        return;
+    }
+    if (reason && !ew_utf8_valid(reason, strlen(reason))) {
+        ew_http_reply_error(res, 400, "reason", "reason is not valid UTF-8");
         return;
     }
     const char *by = svc_caller()->sub;

@@ -55,6 +55,10 @@ struct svc {
     pthread_cond_t cv;
     int wake, stop;
     int64_t poll_ms;
+    /* passes begun and ended, and what the last one published (under mu; svc_settle) */
+    uint64_t passes_begun, passes_ended;
+    size_t last_sent;
+    pthread_cond_t passed; /* broadcast at the end of each pass */
     char relay_error[256]; /* the last pass's error; "" when it worked (under mu) */
     ew_logger *log;
     /* access tokens (svc_auth.h) */
@@ -583,12 +587,14 @@ static int relay_publish(void *ud, const ew_event *const *evs, size_t n, ew_erro
     return ew_bus_publish_batch(s->bus, evs, n, err);
 }
 
-/* Publishes everything unsent; 0, or the error of the pass that failed. */
-static int relay_pass(svc *s, ew_error *err)
+/* Publishes everything unsent; 0, or the error of the pass that failed. *total: how many. */
+static int relay_pass(svc *s, size_t *total, ew_error *err)
 {
+    *total = 0;
     for (;;) {
         size_t sent = 0;
         int rc = ew_store_outbox_relay(s->db, RELAY_BATCH, relay_publish, s, &sent, err);
+        *total += sent;
         if (rc) return rc;
         if (sent < RELAY_BATCH) return 0;
     }
@@ -606,10 +612,15 @@ static void *relay_main(void *p)
         }
         int stopping = s->stop;
         s->wake = 0;
+        s->passes_begun++;
         pthread_mutex_unlock(&s->mu);
         ew_error e = {0};
-        int rc = relay_pass(s, &e);
+        size_t sent = 0;
+        int rc = relay_pass(s, &sent, &e);
         pthread_mutex_lock(&s->mu);
+        s->passes_ended++;
+        s->last_sent = sent;
+        pthread_cond_broadcast(&s->passed);
         if (rc) {
             if (strcmp(s->relay_error, e.msg))
                 svc_log(s, EW_LOG_WARN, "outbox relay: %s (trying again every %lld ms)", e.msg,
@@ -623,6 +634,31 @@ static void *relay_main(void *p)
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
+}
+
+/* Wakes the relay and waits for a pass that began after the call: 0 and *sent, EW_ETIMEDOUT at
+ * the deadline, or the pass's error (EW_ESTATE when the relay does not run). */
+static int relay_kick(svc *s, struct timespec deadline, size_t *sent, ew_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->relay_started || s->stop) {
+        pthread_mutex_unlock(&s->mu);
+        return ew_error_set(err, EW_ESTATE, "the outbox relay does not run");
+    }
+    uint64_t want = s->passes_begun + 1;
+    s->wake = 1;
+    pthread_cond_signal(&s->cv);
+    int rc = 0;
+    while (s->passes_ended < want && rc == 0)
+        rc = pthread_cond_timedwait(&s->passed, &s->mu, &deadline);
+    if (s->passes_ended >= want) {
+        *sent = s->last_sent;
+        rc = s->relay_error[0] ? ew_error_set(err, EW_EIO, "outbox relay: %s", s->relay_error) : 0;
+    } else {
+        rc = ew_error_set(err, EW_ETIMEDOUT, "the outbox relay did not finish a pass in time");
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
 static int relay_start(svc *s, ew_error *err)
@@ -884,6 +920,32 @@ static int create_schema(svc *s, ew_error *err)
     return ew_txn_commit(t, err);
 }
 
+/* Whether cfg knows the setting name. */
+static bool known_setting(const ew_config *cfg, const char *name)
+{
+    for (int i = 0; ew_config_setting(cfg, i); i++)
+        if (!strcmp(ew_config_setting(cfg, i)->name, name)) return true;
+    return false;
+}
+
+/* Sets the "NAME=value" entries of settings that cfg knows, in order, as ew_config_from_env()
+ * sets those the environment holds. */
+static int set_given(ew_config *cfg, const char *const *settings, ew_error *err)
+{
+    for (size_t i = 0; settings[i]; i++) {
+        const char *eq = strchr(settings[i], '=');
+        char name[128];
+        if (!eq || eq == settings[i] || (size_t)(eq - settings[i]) >= sizeof name)
+            return ew_error_set(err, EW_EINVAL, "'%.64s' is not NAME=value", settings[i]);
+        memcpy(name, settings[i], (size_t)(eq - settings[i]));
+        name[eq - settings[i]] = '\0';
+        if (!known_setting(cfg, name)) continue;
+        int rc = ew_config_set(cfg, name, eq + 1, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* HTTP_CORS_ORIGINS: "*", or origins as a browser sends them: scheme://host[:port], no path. */
 static int check_origins(const char *list, ew_error *err)
 {
@@ -908,14 +970,16 @@ static int check_origins(const char *list, ew_error *err)
     return 0;
 }
 
-static int configure(svc *s, ew_error *err)
+/* The settings: the library's, every service's and this one's, from the environment, or (settings
+ * not NULL) from settings instead. */
+static int configure(svc *s, const char *const *settings, ew_error *err)
 {
     int rc = ew_config_new(&s->cfg, err);
     if (!rc) rc = svc_settings_define(s->cfg, s->def->name, err);
-    if (!rc) rc = ew_config_from_env(s->cfg, err);
+    if (!rc) rc = settings ? set_given(s->cfg, settings, err) : ew_config_from_env(s->cfg, err);
     if (!rc) rc = ew_config_set(s->cfg, "SERVICE_NAME", s->def->name, err);
     if (!rc) ew_logger_configure(s->log, s->cfg);
-    if (!rc && !getenv("HTTP_PORT") && s->def->default_port > 0) {
+    if (!rc && !settings && !getenv("HTTP_PORT") && s->def->default_port > 0) {
         char port[16];
         snprintf(port, sizeof port, "%d", s->def->default_port);
         rc = ew_config_set(s->cfg, "HTTP_PORT", port, err);
@@ -943,9 +1007,9 @@ static int open_store(svc *s, ew_store **out, const char *setting, const char *u
     return 0;
 }
 
-static int open_all(svc *s, ew_error *err)
+static int open_all(svc *s, const char *const *settings, ew_error *err)
 {
-    int rc = configure(s, err);
+    int rc = configure(s, settings, err);
     if (rc) return rc;
     if ((rc = open_store(s, &s->db, "SERVICE_DB_URL", s->db_url, err))) return rc;
     if ((rc = create_schema(s, err))) return rc;
@@ -1067,6 +1131,43 @@ static void close_all(svc *s)
     authn_stop(s);
 }
 
+/* Everything svc_main() and svc_open() do before the HTTP server listens, from settings (NULL:
+ * the environment); with routes_only, up to the routes and handlers registered (--routes). On
+ * failure, finish() still has to run. */
+static int start(svc *s, const svc_def *def, const char *const *settings, bool routes_only,
+                 ew_error *err)
+{
+    memset(s, 0, sizeof *s);
+    s->def = def;
+    pthread_mutex_init(&s->mu, NULL);
+    ew__cond_init_mono(&s->cv);
+    ew__cond_init_mono(&s->passed);
+    if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL))
+        return ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = open_all(s, settings, err);
+    if (!rc && def->setup) rc = def->setup(s, def->ud, err);
+    if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, err);
+    if (rc || routes_only) return rc; /* --routes: the routes are registered */
+    if (def->sagas) rc = sagas_start(s, err);
+    if (!rc) rc = relay_start(s, err);
+    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, err);
+    if (!rc) rc = ew_bus_start(s->bus, err);
+    return rc;
+}
+
+/* Closes what start() opened (s->def NULL: the service was torn down already). */
+static void finish(svc *s)
+{
+    if (s->def) {
+        close_all(s);
+        if (s->def->teardown) s->def->teardown(s, s->def->ud);
+    }
+    ew_logger_free(s->log);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_cond_destroy(&s->passed);
+}
+
 static void usage(const svc_def *def, FILE *f)
 {
     fprintf(f,
@@ -1156,38 +1257,19 @@ int svc_main(const svc_def *def, int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     svc sv;
-    memset(&sv, 0, sizeof sv);
     svc *s = &sv;
-    s->def = def;
-    pthread_mutex_init(&s->mu, NULL);
-    if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL)) {
-        fprintf(stderr, "%s: cannot start: out of memory\n", def->name);
-        return 1;
-    }
-    ew__cond_init_mono(&s->cv);
-
     ew_error err = {0};
-    int rc = open_all(s, &err);
-    if (!rc && def->setup) rc = def->setup(s, def->ud, &err);
-    if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, &err);
+    int rc = start(s, def, NULL, list_routes, &err);
     if (!rc && list_routes) {
         print_routes(s);
-        close_all(s);
-        if (def->teardown) def->teardown(s, def->ud);
-        ew_logger_free(s->log);
+        finish(s);
         return 0;
     }
-    if (!rc && def->sagas) rc = sagas_start(s, &err);
-    if (!rc) rc = relay_start(s, &err);
-    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, &err);
-    if (!rc) rc = ew_bus_start(s->bus, &err);
     if (!rc) rc = ew_http_start(s->http, &err);
     if (rc) {
         fprintf(stderr, "%s: cannot start: %s\n", def->name,
                 err.msg[0] ? err.msg : ew_strerror(rc));
-        close_all(s);
-        if (def->teardown) def->teardown(s, def->ud);
-        ew_logger_free(s->log);
+        finish(s);
         return 1;
     }
     const char *addr = ew_config_get(s->cfg, "HTTP_ADDR");
@@ -1219,14 +1301,59 @@ int svc_main(const svc_def *def, int argc, char **argv)
     int64_t t3 = ew_mono_ns();
     close_all(s);
     if (def->teardown) def->teardown(s, def->ud);
+    s->def = NULL; /* finish() below: torn down already */
     int64_t t4 = ew_mono_ns();
     svc_log(s, EW_LOG_INFO,
             "stopped in %lld ms (HTTP %lld, events %lld, outbox %lld, closing %lld)",
             (long long)((t4 - t0) / 1000000), (long long)((t1 - t0) / 1000000),
             (long long)((t2 - t1) / 1000000), (long long)((t3 - t2) / 1000000),
             (long long)((t4 - t3) / 1000000));
-    pthread_mutex_destroy(&s->mu);
-    ew_logger_free(s->log);
-    pthread_cond_destroy(&s->cv);
+    finish(s);
     return status;
+}
+
+/* ---- in-process ---------------------------------------------------------------------------- */
+
+int svc_open(svc **out, const svc_def *def, const char *const *settings, ew_error *err)
+{
+    *out = NULL;
+    if (!def || !settings)
+        return ew_error_set(err, EW_EINVAL, "a service and its settings are required");
+    if (sodium_init() < 0) return ew_error_set(err, EW_EIO, "libsodium cannot be initialised");
+    svc *s = malloc(sizeof *s);
+    if (!s) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = start(s, def, settings, false, err);
+    if (rc) {
+        finish(s);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+ew_http_server *svc_http(svc *s)
+{
+    return s->http;
+}
+
+int svc_settle(svc *s, int timeout_ms, ew_error *err)
+{
+    struct timespec deadline = ew__mono_deadline(timeout_ms);
+    int64_t end = ew_mono_ns() + (int64_t)timeout_ms * 1000000;
+    for (;;) {
+        int64_t left_ms = (end - ew_mono_ns()) / 1000000;
+        if (left_ms <= 0) return ew_error_set(err, EW_ETIMEDOUT, "events still in flight");
+        int rc = ew_bus_wait_for_events(s->bus, (int)left_ms, err);
+        size_t sent = 0;
+        if (!rc) rc = relay_kick(s, deadline, &sent, err);
+        if (rc || sent == 0) return rc;
+    }
+}
+
+void svc_close(svc *s)
+{
+    if (!s) return;
+    finish(s);
+    free(s);
 }

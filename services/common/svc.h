@@ -86,6 +86,30 @@ typedef struct svc_def {
  * --help. Initialises libsodium first. */
 int svc_main(const svc_def *def, int argc, char **argv);
 
+/* ---- in-process: tests and fuzz harnesses ---------------------------------------------------- */
+
+/* Opens the service as svc_main() does -- its database and tables, the bus with its handlers
+ * (started), the routes, the outbox relay, the keeper, the saga engine -- with settings instead
+ * of the environment, and without the HTTP server listening or any signal handling: requests go
+ * to svc_http() through ew__http_handle() (src/http/http_internal.h). settings: "NAME=value"
+ * strings, NULL-terminated, set in order over the defaults as the environment's variables are:
+ * a name the service does not read is ignored (several services may share one list), a bad
+ * value is EW_ECONFIG naming it; SERVICE_NAME becomes the service's. def and its ud are
+ * borrowed until svc_close(). Initialises libsodium. Caller closes it with svc_close(). */
+int svc_open(svc **out, const svc_def *def, const char *const *settings, ew_error *err);
+
+/* The service's HTTP server, its routes registered, not listening. Borrowed. */
+ew_http_server *svc_http(svc *s);
+
+/* Waits until the service is quiet: every event on its bus handled (or dead-lettered), and the
+ * outbox relay has made a pass that found nothing to publish. 0, EW_ETIMEDOUT after timeout_ms,
+ * or the relay's error. Not to be called from a handler. */
+int svc_settle(svc *s, int timeout_ms, ew_error *err);
+
+/* Stops and closes a service of svc_open() (the bus drains first), running def's teardown.
+ * NULL is ignored. */
+void svc_close(svc *s);
+
 /* ---- in setup ------------------------------------------------------------------------------ */
 
 /* ew_http_route on the service's server. */
@@ -339,5 +363,11 @@ bool svc_email_valid(const char *s);
 
 /* Is s a UUID in canonical lower-case 8-4-4-4-12 form (what the services hand out)? */
 bool svc_uuid_valid(const char *s);
+
+/* Copies text a client chose freely and nobody checks (a User-Agent header) into out (cap
+ * bytes, cap >= 4) as UTF-8 that events and JSON accept: each byte that is not part of
+ * well-formed UTF-8 becomes U+FFFD, and the copy ends before a character that does not fit,
+ * never inside one. Returns out. */
+char *svc_text_utf8(char *out, size_t cap, const char *in);
 
 #endif

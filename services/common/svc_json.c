@@ -183,3 +183,26 @@ bool svc_uuid_valid(const char *s)
         if (*p >= 'A' && *p <= 'F') return false;
     return true;
 }
+
+char *svc_text_utf8(char *out, size_t cap, const char *in)
+{
+    size_t o = 0;
+    for (const char *p = in; *p;) {
+        size_t k = 1;
+        if ((unsigned char)*p >= 0x80) {
+            k = 0;
+            for (size_t n = 2; n <= 4 && !k; n++) {
+                if (strnlen(p, n) < n) break;
+                if (ew_utf8_valid(p, n)) k = n;
+            }
+        }
+        const char *from = k ? p : "\xEF\xBF\xBD"; /* U+FFFD */
+        size_t len = k ? k : 3;
+        if (o + len >= cap) break;
+        memcpy(out + o, from, len);
+        o += len;
+        p += k ? k : 1;
+    }
+    out[o] = '\0';
+    return out;
+}

@@ -45,6 +45,7 @@ typedef struct exporter {
     char base_url[512]; /* "" until known */
     /* the sweeper (sweeper.c) */
     ew_store *db2;
+    struct export_idrows *rows; /* the ids a pass reads, the sweeper's own */
     pthread_t sweeper;
     bool sweeper_started;
     pthread_mutex_t smu;
@@ -68,6 +69,11 @@ int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *er
  * holds nothing; the runtime answers the GDPR events from it, opening an export that came from
  * elsewhere than POST /exports first, and removing the user's documents with their rows. */
 extern const svc_gdpr export_gdpr;
+
+/* The service for svc_main() (service.c), with x as its state: zeroed, alive as long as
+ * the service runs. x->mu is the caller's to
+ * initialise before svc_main() and destroy after. */
+svc_def export_service(exporter *x);
 
 /* The path of an export's document. */
 void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);

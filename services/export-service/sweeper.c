@@ -16,7 +16,7 @@
 
 #define SWEEP_BATCH 100
 
-typedef struct idrows {
+typedef struct export_idrows {
     char id[SWEEP_BATCH][40];
     char file[SWEEP_BATCH][64];
     size_t n;
@@ -50,8 +50,7 @@ static int sweep(exporter *x, ew_error *err)
 {
     char now[EW_TIME_LEN + 1];
     ew_time_format(ew_now_us(), now);
-    idrows *l = malloc(sizeof *l);
-    if (!l) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    idrows *l = x->rows;
     /* exports past their deadline */
     int rc = select_ids(x,
                         "SELECT export_id FROM event_store.export_requests"
@@ -95,7 +94,6 @@ static int sweep(exporter *x, ew_error *err)
             rc = ew_txn_commit(t, err);
         if (!rc) svc_log(x->s, EW_LOG_INFO, "export %s: link expired, %s deleted", l->id[i], path);
     }
-    free(l);
     return rc;
 }
 
@@ -128,6 +126,8 @@ static void *sweeper_main(void *p)
 int export_sweeper_start(exporter *x, const char *db_url, ew_error *err)
 {
     ew_store_options o = {.config = svc_config(x->s), .url = db_url};
+    /* allocated once: a pass every EXPORT_SWEEP_MS has nothing to fail on */
+    if (!(x->rows = malloc(sizeof *x->rows))) return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = ew_store_open(&x->db2, &o, err);
     if (rc) return rc;
     if (strstr(db_url, ":memory:"))
@@ -162,4 +162,6 @@ void export_sweeper_stop(exporter *x)
     }
     ew_store_close(x->db2);
     x->db2 = NULL;
+    free(x->rows);
+    x->rows = NULL;
 }

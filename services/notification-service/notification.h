@@ -61,6 +61,10 @@ void notif_message_id(const char *template_name, const char *ref, char out[NOTIF
  * GET /notifications/{user_id} serves it. */
 extern const svc_gdpr notif_gdpr;
 
+/* The service for svc_main() (service.c), with n as its state: zeroed, alive as long as
+ * the service runs. curl_global_init() is the caller's, before any thread starts. */
+svc_def notif_service(notif *n);
+
 /* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
 int notif_routes(notif *n, ew_error *err);
 int notif_handlers(notif *n, ew_error *err);

@@ -162,8 +162,7 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     svc_row_free(&row);
     /* each given member is set (an empty string or null clears an optional one) */
     static const char *const sql[] = {
-        "UPDATE event_store.user_profiles SET display_name = $2, updated_at = $3 WHERE user_id = "
-        "$1",
+        "UPDATE event_store.user_profiles SET display_name = $2, updated_at = $3 WHERE user_id=$1",
         "UPDATE event_store.user_profiles SET bio = $2, updated_at = $3 WHERE user_id = $1",
         "UPDATE event_store.user_profiles SET location = $2, updated_at = $3 WHERE user_id = $1",
         "UPDATE event_store.user_profiles SET website = $2, updated_at = $3 WHERE user_id = $1",

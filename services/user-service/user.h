@@ -28,6 +28,10 @@ int user_handlers(usvc *u, ew_error *err);
  * "preferences": {...} or null}; the runtime answers the GDPR events from it. */
 extern const svc_gdpr user_gdpr;
 
+/* The service for svc_main() (service.c), with u as its state: zeroed, alive as long as
+ * the service runs. */
+svc_def user_service(usvc *u);
+
 /* RFC 3339 UTC now. */
 void user_now(char out[32]);
 

@@ -88,9 +88,10 @@ static void conn_fail(redisContext *c, const char *what)
 
 /* ---- TLS (rediss://): OpenSSL on the connection's own socket. hiredis 0.14 has no TLS, so a
  * connection stays a redisContext (its reader parses the replies) and its TLS state hangs on the
- * reader's user field (redisReaderSetPrivdata), which hiredis leaves to its user: NULL on a
- * plain connection. Bytes go through our BIO, which sends with MSG_NOSIGNAL like the plain path
- * and keeps the socket's time-outs (SO_RCVTIMEO, SO_SNDTIMEO from redisSetTimeout). */
+ * reader's user field (redisReader.privdata; not hiredis's redisReaderSetPrivdata, whose cast to
+ * int clang refuses), which hiredis leaves to its user: NULL on a plain connection. Bytes go
+ * through our BIO, which sends with MSG_NOSIGNAL like the plain path and keeps the socket's
+ * time-outs (SO_RCVTIMEO, SO_SNDTIMEO from redisSetTimeout). */
 
 typedef struct tls_conn {
     SSL *ssl;
@@ -239,7 +240,7 @@ void ew__rd_conn_free(redisContext *c)
         ERR_clear_error();
         SSL_free(t->ssl); /* and the BIO */
         free(t);
-        redisReaderSetPrivdata(c->reader, NULL);
+        c->reader->privdata = NULL;
     }
     redisFree(c);
 }
@@ -553,7 +554,7 @@ static int tls_start(redis_bus *rb, redisContext *c, ew_error *err)
     t->fd = c->fd;
     BIO_set_data(bio, t);
     SSL_set_bio(t->ssl, bio, bio);
-    redisReaderSetPrivdata(c->reader, t); /* c owns t from here: ew__rd_conn_free */
+    c->reader->privdata = t; /* c owns t from here: ew__rd_conn_free */
     unsigned char ip[16];
     bool is_ip =
         inet_pton(AF_INET, rb->url.host, ip) == 1 || inet_pton(AF_INET6, rb->url.host, ip) == 1;

@@ -906,6 +906,8 @@ static enum MHD_Result run_handler(ew_http_request *r)
             r->json = NULL;
             if (e.code == EW_ENOMEM)
                 return send_error(r, 500, NULL, "internal error: out of memory");
+            /* within max_body_bytes, so over the parser's memory cap (docs/http.md) */
+            if (e.code == EW_ETOOBIG) return send_error(r, 413, NULL, "%s", e.msg);
             return send_error(r, 400, NULL, "malformed JSON: %s", e.msg);
         }
         if (r->json->kind != EW_JSON_OBJECT) {
@@ -1104,12 +1106,13 @@ int ew_http_start(ew_http_server *s, ew_error *err)
         salen = sizeof s->sa.v4;
     }
     (void)salen;
-    s->d = MHD_start_daemon(flags, (uint16_t)s->o.port, NULL, NULL, on_request, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_SOCK_ADDR,
-                            (struct sockaddr *)&s->sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections_per_addr,
-                            MHD_OPTION_CONNECTION_TIMEOUT, s->o.idle_timeout_s, MHD_OPTION_END);
+    s->d = MHD_start_daemon(
+        flags, (uint16_t)s->o.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&s->sa, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections_per_addr,
+        MHD_OPTION_CONNECTION_TIMEOUT, s->o.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)EW_HTTP_HEADER_BYTES, MHD_OPTION_END);
     if (!s->d)
         return ew_error_set(err, EW_EIO,
                             "cannot listen on %s port %d (in use, or not an address "

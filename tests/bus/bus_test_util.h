@@ -12,6 +12,8 @@
 #include "support/ew_test.h"
 #include "eventwire/bus.h"
 #include "eventwire/id.h"
+#include "bus/backend.h"
+#include "security/keyring.h"
 
 #define TB_SERVICE "test-service"
 #define TB_WAIT_MS 60000 /* generous: a hang fails the test instead of the run */
@@ -174,6 +176,23 @@ static inline ew_event *tb_event(ew_type_id type, const char *subject)
 }
 
 /* The seed's event: a user registered. */
+/* A raw message of a tb_user_registered() event, as decoded from the wire, checked for what the
+ * wire must show: the personal fields as ciphertext (ewenc1.…, never the address in clear), and
+ * the same event once bus's keys open it (EVENT_ENCRYPTION). Consumes got. */
+static inline void tb_check_sealed(ew_bus *bus, const void *raw, size_t raw_len, ew_event *got,
+                                   const ew_event *want)
+{
+    assert_true(ew_event_encrypted(got));
+    assert_null(memmem(raw, raw_len, "a@example.com", 13));
+    assert_non_null(memmem(raw, raw_len, "ewenc1.", 7));
+    ew_event *plain = NULL;
+    ew_error err = {0};
+    if (ew__keyring_unseal(ew__bus_keyring(bus), got, &plain, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(want, plain));
+    ew_event_unref(plain);
+    ew_event_unref(got);
+}
+
 static inline ew_event *tb_user_registered(void)
 {
     char uuid[EW_UUID_LEN + 1];

@@ -12,12 +12,11 @@
  * answer JSON"). */
 #include "core/json.h"
 #include "fuzz.h"
+#include "fuzz_request.h"
 #include "http/http_internal.h"
 #include "svc.h"
 
 #define MAX_BODY 512
-#define MAX_HEADERS 16
-#define MAX_QUERY 16
 
 /* What a route's body holds, as the service reads it. */
 typedef struct body_spec {
@@ -143,18 +142,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* The next line of [*p, end) without its '\n' (and '\r'), NUL-terminated in place. */
-static char *next_line(char **p, char *end)
-{
-    if (*p >= end) return NULL;
-    char *s = *p, *nl = memchr(s, '\n', (size_t)(end - s));
-    char *e = nl ? nl : end;
-    *p = nl ? nl + 1 : end;
-    if (e > s && e[-1] == '\r') e--;
-    *e = '\0';
-    return s;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* One byte more than the input for the NULs the lines get. */
@@ -162,52 +149,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!buf) abort();
     memcpy(buf, data, size);
     buf[size] = '\0';
-    char *p = buf, *end = buf + size;
-    char *line = next_line(&p, end);
-    if (!line) line = buf + size;
-    char *sp = strchr(line, ' ');
-    const char *method = line, *path = "/";
-    if (sp) {
-        *sp = '\0';
-        path = sp + 1;
-    }
-    const char *query[2 * MAX_QUERY];
-    size_t nq = 0;
-    char *q = strchr(path, '?');
-    if (q) {
-        *q++ = '\0';
-        for (char *arg = strtok(q, "&"); arg && nq < MAX_QUERY; arg = strtok(NULL, "&")) {
-            char *eq = strchr(arg, '=');
-            if (eq) *eq++ = '\0';
-            query[2 * nq] = arg;
-            query[2 * nq++ + 1] = eq;
-        }
-    }
-    const char *headers[2 * MAX_HEADERS];
-    size_t nh = 0;
-    char *h;
-    while ((h = next_line(&p, end)) != NULL && *h) {
-        char *colon = strchr(h, ':');
-        if (!colon || nh == MAX_HEADERS) continue;
-        *colon = '\0';
-        char *v = colon + 1;
-        while (*v == ' ')
-            v++;
-        headers[2 * nh] = h;
-        headers[2 * nh++ + 1] = v;
-        if (!strcasecmp(h, "X-Fuzz-Unhealthy")) sick = 1;
-    }
-    ew__http_input in = {.method = method,
-                         .path = path,
-                         .headers = headers,
-                         .nheaders = nh,
-                         .query = query,
-                         .nquery = nq,
-                         .body = p,
-                         .body_len = (size_t)(end - p),
-                         .chunk = (size_t)(end - p) % 97 + 1};
+    fuzz_request r;
+    fuzz_request_parse(&r, buf, size);
+    sick = fuzz_request_header(&r, "X-Fuzz-Unhealthy") != NULL;
     ew__http_output out;
-    int rc = ew__http_handle(server, &in, &out);
+    int rc = ew__http_handle(server, &r.in, &out);
     sick = 0;
     FUZZ_CHECK(rc == 0);
     FUZZ_CHECK(out.status >= 100 && out.status <= 599);

@@ -345,6 +345,58 @@ static void test_body_over_the_limit_is_413(void **state)
     finish(f);
 }
 
+/* A request's headers live in libmicrohttpd's memory for the connection, EW_HTTP_HEADER_BYTES:
+ * headers that do not fit are refused (431) without the handler, and ordinary ones pass. */
+static void test_headers_past_the_header_memory_are_refused(void **state)
+{
+    fixture *f = start(0);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/items/1", f->port);
+    size_t big = EW_HTTP_HEADER_BYTES + 1024;
+    char *line = malloc(big + 16);
+    memcpy(line, "X-Test: ", 8);
+    memset(line + 8, 'a', big);
+    line[8 + big] = '\0';
+    const char *headers[] = {line, NULL};
+    http_req rq = {.headers = headers};
+    http_result r = http_do(url, &rq);
+    if (r.status != 431) fail_msg("%ld %s", r.status, r.body);
+    http_result_free(&r);
+    line[8 + EW_HTTP_HEADER_BYTES / 4] = '\0';
+    r = http_do(url, &rq);
+    assert_int_equal(r.status, 200);
+    assert_true(r.len > EW_HTTP_HEADER_BYTES / 4); /* the handler echoed the header */
+    http_result_free(&r);
+    free(line);
+    finish(f);
+}
+
+/* A body within the limit whose tree would take more than the parser's memory cap (16 bytes
+ * per input byte and 64 KiB): 413, saying so, and the handler never runs. */
+static void test_a_body_past_the_json_memory_cap_is_413(void **state)
+{
+    fixture *f = start(0);
+    size_t n = 100000;
+    char *body = malloc(2 * n + 64);
+    size_t o = (size_t)sprintf(body, "{\"name\":\"x\",\"a\":[0");
+    for (size_t i = 1; i < n; i++) {
+        body[o++] = ',';
+        body[o++] = '0';
+    }
+    memcpy(body + o, "]}", 3);
+    http_result r = req(f, "POST", "/json", body);
+    if (r.status != 413) fail_msg("%ld %s", r.status, r.body);
+    assert_non_null(strstr(member(&r, "error"), "needs more than"));
+    http_result_free(&r);
+    /* the same members, few numbers: parsed and handled */
+    memcpy(body + strlen("{\"name\":\"x\",\"a\":[0,0,0"), "]}", 3);
+    r = req(f, "POST", "/json", body);
+    assert_int_equal(r.status, 201);
+    http_result_free(&r);
+    free(body);
+    finish(f);
+}
+
 static void test_malformed_json_is_400_naming_the_position(void **state)
 {
     fixture *f = start(0);
@@ -962,6 +1014,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_unknown_path_is_404_and_wrong_method_405_with_allow),
     cmocka_unit_test(test_answers_are_json_whatever_bytes_the_request_holds),
     cmocka_unit_test(test_body_over_the_limit_is_413),
+    cmocka_unit_test(test_headers_past_the_header_memory_are_refused),
+    cmocka_unit_test(test_a_body_past_the_json_memory_cap_is_413),
     cmocka_unit_test(test_malformed_json_is_400_naming_the_position),
     cmocka_unit_test(test_healthz_reports_the_callback),
     cmocka_unit_test(test_a_handler_without_a_response_is_500),

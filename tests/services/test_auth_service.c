@@ -121,6 +121,50 @@ static void test_register_login_logout(void **state)
     down(e);
 }
 
+/* A User-Agent is any bytes a client likes: a login keeps what an event and JSON can carry of
+ * it (found by fuzz_service: one that was not UTF-8, or cut inside a character at 512 bytes, made
+ * user.logged_in refuse it and the login answer 500). */
+static void test_login_keeps_what_can_be_carried_of_any_user_agent(void **state)
+{
+    env *e = up(NULL);
+    http_result r = api(e, "POST", "/auth/register",
+                        "{\"username\":\"agentuser\",\"email\":\"ua@example.com\","
+                        "\"password\":\"correct horse\"}",
+                        NULL);
+    assert_int_equal(r.status, 201);
+    char user_id[EW_UUID_LEN + 1];
+    snprintf(user_id, sizeof user_id, "%.36s", http_member(&r, "user_id"));
+    http_result_free(&r);
+    char long_ua[12 + 600 + 1] = "User-Agent: ";
+    for (int i = 0; i < 300; i++)
+        memcpy(long_ua + 12 + 2 * i, "\xC3\xA9", 2); /* é, 2 bytes: 512 falls inside one */
+    long_ua[12 + 600] = '\0';
+    const char *agents[] = {"User-Agent: fuz\xFF\xFEz/1.0 \xC0\x80", long_ua};
+    char want_long[513] = "";
+    for (int i = 0; i < 256; i++)
+        strcat(want_long, "\xC3\xA9");
+    const char *want[] = {"fuz\xEF\xBF\xBD\xEF\xBF\xBDz/1.0 \xEF\xBF\xBD\xEF\xBF\xBD", want_long};
+    char url[2048];
+    snprintf(url, sizeof url, "%s/auth/login", e->p.base);
+    for (size_t i = 0; i < 2; i++) {
+        const char *hdrs[] = {agents[i], "Content-Type: application/json", NULL};
+        http_req rq = {.method = "POST",
+                       .body = "{\"username\":\"agentuser\",\"password\":\"correct horse\"}",
+                       .headers = hdrs};
+        r = http_do(url, &rq);
+        if (r.status != 200) fail_msg("login %zu: %ld %s", i, r.status, r.body);
+        http_result_free(&r);
+        ew_event *ev = wait_event(e, "user.logged_in", user_id, (int)i + 1);
+        const char *got = ew_user_logged_in_data(ev)->user_agent;
+        /* each login's event is waited for before the next login: the newest is i's */
+        assert_non_null(got);
+        assert_true(ew_utf8_valid(got, strlen(got)));
+        assert_string_equal(got, want[i]);
+        ew_event_unref(ev);
+    }
+    down(e);
+}
+
 static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
 {
     static const char *const extra[] = {"HTTP_MAX_BODY_BYTES=2048", NULL};
@@ -195,6 +239,9 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
         {"GET", "/auth/users/not-a-uuid", NULL, 404, NULL, "no user not-a-uuid"},
         {"GET", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
         {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000", NULL, 404, NULL, "no user"},
+        /* found by fuzz_service: a reason that is not UTF-8 could not go into the event (500) */
+        {"DELETE", "/auth/users/01a21b84-0000-7000-8000-000000000000?reason=gone%FF", NULL, 400,
+         "reason", "not valid UTF-8"},
         {"PUT", "/auth/users/01a21b84-0000-7000-8000-000000000000/roles", "{\"roles\":[\"user\"]}",
          404, NULL, "no user"},
         /* password reset */
@@ -918,6 +965,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_concurrent_reset_confirmations_one_wins),
     cmocka_unit_test(test_concurrent_reset_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_register_login_logout),
+    cmocka_unit_test(test_login_keeps_what_can_be_carried_of_any_user_agent),
     cmocka_unit_test(test_bad_input_is_refused_and_nothing_is_half_written),
     cmocka_unit_test(test_roles_change),
     cmocka_unit_test(test_revocations_within_one_second),

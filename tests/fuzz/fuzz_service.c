@@ -1,0 +1,115 @@
+/* eventwire — fuzzes the five services past reading the request: their real route tables and
+ * handlers, their database work and the events they publish and handle (fuzz_services.h: each
+ * service opened in this process by the runtime, on a memory bus with temporary databases).
+ *
+ * The first byte picks the service (fuzz_services.h) and what the rest is:
+ *  - a lowercase letter (or any byte with 0x20 set): an HTTP request in the form of
+ *    fuzz_request.h, run through the service's HTTP handling as libmicrohttpd hands a parsed
+ *    request over (ew__http_handle): routing, the token check of guarded routes, the body limit
+ *    (4096 bytes), the JSON body, the handler and its transaction; then the events it published
+ *    are handled;
+ *  - an uppercase letter (0x20 clear): an event, as CloudEvents structured JSON or "TYPE\nDATA",
+ *    published on the service's bus, so that the service's own handlers (and the GDPR answers of
+ *    the runtime) handle it against its database, and whatever they publish in turn.
+ * "$U", "$A", "$T", "$S" stand for the user's and the admin's ids and tokens.
+ *
+ * Properties: every request is answered with a status in 100..599, never 500 (bad input gets a
+ * clear error, and nothing here fails but the input); a 405 names what is allowed; every answer
+ * but /metrics' is a JSON object; with the user's token, nothing under the admin's id answers
+ * 2xx; after every input the service settles (its events handled) within 20 s. */
+#include "fuzz_request.h"
+#include "fuzz_services.h"
+
+static fuzz_services services;
+/* Inputs since the services were opened: they start afresh every RENEW_EVERY inputs, so that
+ * what inputs did to the two users (deleted them, revoked their tokens) does not last. */
+static unsigned runs;
+#define RENEW_EVERY 1024
+
+static void close_services(void)
+{
+    fuzz_services_close(&services);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    fuzz_services_open(&services, NULL);
+    atexit(close_services);
+    return 0;
+}
+
+static void check_answer(const fuzz_request *r, const ew__http_output *out)
+{
+    const char *path = r->in.path;
+    if (out->status < 100 || out->status > 599 || out->status == 500 ||
+        (out->status == 405 && !out->allow[0]))
+        fprintf(stderr, "answer %d to %s %s: %.*s\n", out->status, r->in.method, path,
+                (int)(out->body.len > 500 ? 500 : out->body.len), out->body.data);
+    FUZZ_CHECK(out->status >= 100 && out->status <= 599);
+    FUZZ_CHECK(out->status != 500);
+    if (out->status == 405) FUZZ_CHECK(out->allow[0] != '\0');
+    /* the user's token never reaches the admin's resources */
+    const char *bearer = fuzz_request_header(r, "Authorization");
+    if (bearer && strstr(bearer, services.user_token) && strstr(path, services.admin_id) &&
+        out->status >= 200 && out->status < 300) {
+        fprintf(stderr, "the user reached %s %s: %d\n", r->in.method, path, out->status);
+        FUZZ_CHECK(!"the user's token reached the admin's resources");
+    }
+    if (!out->body.len || !strcmp(path, "/metrics")) return;
+    ew_arena a;
+    ew_json *v = NULL;
+    ew_error err = {0};
+    ew_arena_init(&a, NULL, 0);
+    int prc = ew_json_parse(&v, out->body.data, out->body.len, NULL, &a, &err);
+    if (prc)
+        fprintf(stderr, "answer %d is not JSON (%s): %.*s\n", out->status, err.msg,
+                (int)(out->body.len > 300 ? 300 : out->body.len), out->body.data);
+    FUZZ_CHECK(prc == 0 && (v->kind == EW_JSON_OBJECT || v->kind == EW_JSON_ARRAY));
+    ew_arena_release(&a);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size == 0) return 0;
+    if (++runs % RENEW_EVERY == 0) {
+        fuzz_services_close(&services);
+        fuzz_services_open(&services, NULL);
+    }
+    /* fresh tokens, so that a logout or a role change by an earlier input does not end them */
+    fuzz_services_token(&services, services.user_id, false, services.user_token);
+    fuzz_services_token(&services, services.admin_id, true, services.admin_token);
+    int which = fuzz_service_of(data[0]);
+    bool http = data[0] & 0x20;
+    size_t len;
+    char *text = fuzz_services_expand(&services, data + 1, size - 1, &len);
+    ew_error e = {0};
+    if (http) {
+        fuzz_request r;
+        fuzz_request_parse(&r, text, len);
+        ew__http_output out;
+        int rc = fuzz_services_request(&services, which, &r.in, &out);
+        FUZZ_CHECK(rc == 0);
+        if (getenv("FUZZ_SERVICE_VERBOSE"))
+            fprintf(stderr, "%s %s %s: %d %.*s\n", services.def[which].name, r.in.method, r.in.path,
+                    out.status, (int)out.body.len, out.body.data);
+        check_answer(&r, &out);
+        ew_buf_release(&out.body);
+    } else {
+        ew_event *ev = NULL;
+        int drc = fuzz_event_from_text(&ev, text, len, &e);
+        if (getenv("FUZZ_SERVICE_VERBOSE"))
+            fprintf(stderr, "%s event: %s\n", services.def[which].name, drc ? e.msg : "ok");
+        if (drc == 0) {
+            int rc = ew_bus_publish(svc_bus(services.svc[which]), ev, &e);
+            if (rc) fprintf(stderr, "publishing: %s\n", e.msg);
+            FUZZ_CHECK(rc == 0);
+            ew_event_unref(ev);
+        }
+    }
+    int rc = svc_settle(services.svc[which], 20000, &e);
+    if (rc) fprintf(stderr, "settling: %s\n", e.msg);
+    FUZZ_CHECK(rc == 0);
+    free(text);
+    return 0;
+}

@@ -1,0 +1,171 @@
+/* The service runtime in-process (services/common/svc.h: svc_open, svc_http, svc_settle,
+ * svc_close), on user-service's own definition (services/user-service/service.c): a memory bus,
+ * the databases in a temporary folder. What the fuzz harnesses of tests/fuzz stand on. */
+#include <ftw.h>
+#include <unistd.h>
+#include "support/ew_test.h"
+#include "core/json.h"
+#include "eventwire/clock.h"
+#include "eventwire/id.h"
+#include "http/http_internal.h"
+#include "user.h"
+
+typedef struct rig {
+    char dir[64];
+    usvc u;
+    svc_def def;
+    char db[128], store[128], keys[128];
+    const char *settings[8];
+} rig;
+
+static void rig_init(rig *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->dir, sizeof r->dir, "/tmp/ew-svc-runtime-XXXXXX");
+    assert_non_null(mkdtemp(r->dir));
+    snprintf(r->db, sizeof r->db, "SERVICE_DB_URL=sqlite:%s/{SERVICE_NAME}.db", r->dir);
+    snprintf(r->store, sizeof r->store, "EVENT_STORE_URL=sqlite:%s/events.db", r->dir);
+    snprintf(r->keys, sizeof r->keys, "AUTH_KEY_DIR=%s/keys", r->dir);
+    const char *set[] = {"EVENT_BUS_TYPE=memory", "EVENT_AUTH=off", r->db, r->store, r->keys,
+                         "LOG_LEVEL=error",       "SMTP_URL=x",     NULL};
+    memcpy(r->settings, set, sizeof set);
+    r->def = user_service(&r->u);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void rig_release(rig *r)
+{
+    nftw(r->dir, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* GET path with a token of keys for user_id; the answer's status, its body in *body. */
+static int get(svc *s, const svc_token_keys *k, const char *path, const char *user_id, ew_buf *body)
+{
+    char tok[SVC_TOKEN_MAX], sid[37], auth[SVC_TOKEN_MAX + 16];
+    svc_random_uuid(sid);
+    const char *roles[] = {"user"};
+    int64_t now = ew_now_us() / 1000000;
+    assert_int_equal(svc_token_sign(k, user_id, sid, roles, 1, now, now + 60, tok, sizeof tok), 0);
+    snprintf(auth, sizeof auth, "Bearer %s", tok);
+    const char *headers[] = {"Authorization", auth};
+    ew__http_input in = {.method = "GET", .path = path, .headers = headers, .nheaders = 1};
+    ew__http_output out;
+    assert_int_equal(ew__http_handle(svc_http(s), &in, &out), 0);
+    *body = out.body;
+    return out.status;
+}
+
+static int count_unsent(void *ud, const ew_row *row)
+{
+    *(long *)ud = strtol(row->values[0], NULL, 10);
+    return 1;
+}
+
+/* An event handled by the service's handler, a request answered by its route, and a settle that
+ * leaves nothing in the outbox: user.registered makes a profile, whose user.profile_created the
+ * relay has published when svc_settle returns. */
+static void test_a_service_runs_in_process(void **state)
+{
+    rig r;
+    rig_init(&r);
+    svc *s;
+    ew_error e = {0};
+    if (svc_open(&s, &r.def, r.settings, &e)) fail_msg("%s", e.msg);
+    assert_string_equal(svc_name(s), "user-service");
+    /* the settings are the given ones, not the environment's; notification-service's SMTP_URL
+     * is none of user-service's and was left out */
+    assert_string_equal(ew_config_get(svc_config(s), "EVENT_BUS_TYPE"), "memory");
+    assert_null(ew_config_get(svc_config(s), "SMTP_URL"));
+    svc_token_keys k;
+    char keys[128];
+    snprintf(keys, sizeof keys, "%s/keys", r.dir);
+    assert_int_equal(svc_token_keys_open(&k, keys, &e), 0);
+
+    char id[EW_UUID_LEN + 1], data[256];
+    ew_uuid7(id);
+    snprintf(data, sizeof data,
+             "{\"user_id\":\"%s\",\"username\":\"runtime\",\"email\":\"rt@example.com\","
+             "\"roles\":[\"user\"]}",
+             id);
+    ew_event *ev;
+    ew_event_attrs a = {.source = "test"};
+    assert_int_equal(ew_event_from_json(&ev, "user.registered", data, strlen(data), &a, &e), 0);
+    assert_int_equal(ew_bus_publish(svc_bus(s), ev, &e), 0);
+    ew_event_unref(ev);
+    if (svc_settle(s, 10000, &e)) fail_msg("%s", e.msg);
+
+    /* the handler made the profile, and the relay published what it emitted */
+    ew_txn *t;
+    long unsent = -1;
+    assert_int_equal(ew_store_begin(svc_db(s), &t, &e), 0);
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL",
+                                  NULL, 0, count_unsent, &unsent, &e),
+                     0);
+    long sent = -1;
+    assert_int_equal(ew_txn_query(t,
+                                  "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NOT "
+                                  "NULL",
+                                  NULL, 0, count_unsent, &sent, &e),
+                     0);
+    ew_txn_rollback(t);
+    assert_int_equal(unsent, 0);
+    assert_true(sent >= 1); /* user.profile_created */
+
+    char path[128];
+    snprintf(path, sizeof path, "/users/%s/profile", id);
+    ew_buf body;
+    int status = get(s, &k, path, id, &body);
+    if (status != 200) fail_msg("%d %.*s", status, (int)body.len, body.data);
+    assert_non_null(strstr(body.data, "\"username\":\"runtime\""));
+    ew_buf_release(&body);
+    /* the route's token check is the runtime's: another user is refused */
+    char other[EW_UUID_LEN + 1];
+    ew_uuid7(other);
+    assert_int_equal(get(s, &k, path, other, &body), 403);
+    ew_buf_release(&body);
+
+    svc_close(s);
+    sodium_memzero(&k, sizeof k);
+    rig_release(&r);
+}
+
+/* A database that cannot be opened (its folder would be inside a file), or a bad value: svc_open
+ * fails naming the setting, and returns nothing. */
+static void test_open_fails_cleanly(void **state)
+{
+    rig r;
+    rig_init(&r);
+    char file[128], url[200];
+    snprintf(file, sizeof file, "%s/a-file", r.dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(url, sizeof url, "SERVICE_DB_URL=sqlite:%s/user.db", file);
+    r.settings[2] = url;
+    svc *s = (svc *)&r; /* must be reset */
+    ew_error e = {0};
+    assert_int_not_equal(svc_open(&s, &r.def, r.settings, &e), 0);
+    assert_null(s);
+    assert_non_null(strstr(e.msg, "SERVICE_DB_URL"));
+    const char *bad[] = {"USER_VERIFICATION_TTL_SECONDS=soon", NULL};
+    assert_int_equal(svc_open(&s, &r.def, bad, &e), EW_ECONFIG);
+    assert_non_null(strstr(e.msg, "USER_VERIFICATION_TTL_SECONDS"));
+    const char *malformed[] = {"EVENT_BUS_TYPE", NULL};
+    assert_int_equal(svc_open(&s, &r.def, malformed, &e), EW_EINVAL);
+    assert_int_equal(svc_open(&s, &r.def, NULL, &e), EW_EINVAL);
+    assert_null(s);
+    rig_release(&r);
+}
+
+static const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_a_service_runs_in_process),
+    cmocka_unit_test(test_open_fails_cleanly),
+};
+
+EW_TEST_MAIN(tests)
