@@ -62,9 +62,11 @@ try {
   if (!subjects.length || subjects.some(s => s !== userId)) throw new Error('the subject filter let through ' + subjects);
   // An event's detail: envelope and data.
   await row('user.registered').click();
-  await page.waitForFunction(u => document.querySelector('#detail-data')?.textContent.includes(u), username);
+  // The user's personal fields arrive encrypted, and the page says so; nothing of them in clear.
+  await page.waitForFunction(() => document.querySelector('#detail-data')?.textContent.includes('"username": "[encrypted]"'));
+  if ((await page.textContent('#detail-data')).includes(username)) throw new Error('the detail shows the username in clear');
   await shot('live');
-  step(`the subject filter shows ${subjects.length} events of the user; the detail shows the data`);
+  step(`the subject filter shows ${subjects.length} events of the user; the detail shows the data, its personal fields as encrypted`);
 
   // The registration saga, completed, with its transitions.
   await page.click('header nav button[data-view="sagas"]');

@@ -32,6 +32,11 @@ function ms(a, b) {
 }
 function traceId(ev) { return ev.traceparent ? ev.traceparent.split('-')[1] : ''; }
 function pretty(v) { return JSON.stringify(v, null, 2); }
+// An event's data, its encrypted fields (personal data and secrets, "ewenc1.SUBJECT.…" on the
+// wire: docs/encryption.md) shown as such: the console holds no key.
+function prettyData(v) {
+  return JSON.stringify(v, (k, x) => typeof x === 'string' && x.startsWith('ewenc1.') ? '[encrypted]' : x, 2);
+}
 
 // ---- login ----
 
@@ -182,7 +187,7 @@ function showEvent(box, item) {
   if (traceId(ev)) links.append(link('timeline of this trace', () => openTimeline('trace_id', traceId(ev))));
   box.append(links, el('h4', 'envelope'), el('pre', pretty(envelope)));
   box.append(el('h4', 'data'));
-  box.append(el('pre', item.too_big ? 'The event is ' + item.too_big + ' bytes: too large for the live view (ewctl store stream shows it).' : pretty(ev.data)));
+  box.append(el('pre', item.too_big ? 'The event is ' + item.too_big + ' bytes: too large for the live view (ewctl store stream shows it).' : prettyData(ev.data)));
   box.lastChild.id = 'detail-data';
 }
 
