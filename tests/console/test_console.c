@@ -23,6 +23,7 @@
 #include "services/svc_proc.h"
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
+#include "eventwire/id.h"
 #include "eventwire/config.h"
 #include "eventwire/store.h"
 
@@ -506,6 +507,71 @@ static void test_api_stream_on_redis(void **state)
 }
 
 /* CONSOLE_TOKEN: checked at start, never shown. */
+/* A user's personal fields reach the console as the log holds them, encrypted; with --decrypt
+ * (and the key file) the live stream and the timeline show them in clear. */
+static void test_console_decrypts_only_when_asked(void **state)
+{
+    (void)state;
+    env e = {0};
+    env_open(&e);
+    setenv("CONSOLE_TOKEN", TOKEN, 1);
+    ew_event *ev[2];
+    char user[2][EW_UUID_LEN + 1], email[2][64], path[160];
+    ew_error err = {0};
+    for (int i = 0; i < 2; i++) {
+        ew_uuid7(user[i]);
+        snprintf(email[i], sizeof email[i], "grace%d.console@example.com", i);
+        const char *roles[] = {"user"};
+        ew_user_registered d = {
+            .user_id = user[i], .email = email[i], .username = "graceconsole", .roles = {roles, 1}};
+        assert_int_equal(
+            ew_user_registered_new(
+                &ev[i], &d, &(ew_event_attrs){.source = "auth-service", .subject = user[i]}, &err),
+            0);
+    }
+    for (int decrypt = 0; decrypt < 2; decrypt++) {
+        const char *args[] = {"--decrypt", NULL};
+        console_proc c;
+        console_start(&c, decrypt ? args : NULL);
+        assert_int_equal(ew_bus_publish(e.bus, ev[decrypt], &err), 0);
+        /* the live stream: the event published since the console started */
+        int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+        http_result r;
+        for (;;) {
+            r = api(&c, "GET", "/api/stream?after=0&wait_ms=300&type=user.registered", TOKEN);
+            assert_int_equal(r.status, 200);
+            if (strstr(r.body, user[decrypt])) break;
+            http_result_free(&r);
+            if (ew_mono_ns() > end) fail_msg("the registration never reached the stream");
+        }
+        if (decrypt) {
+            assert_non_null(strstr(r.body, email[1]));
+        } else {
+            assert_null(strstr(r.body, email[0]));
+            assert_non_null(strstr(r.body, "\"email\":\"ewenc1."));
+        }
+        http_result_free(&r);
+        /* the timeline reads the log: the first event, whenever the console started */
+        snprintf(path, sizeof path, "/api/timeline?correlation_id=%s",
+                 ew_event_correlation_id(ev[0]));
+        r = api(&c, "GET", path, TOKEN);
+        assert_int_equal(r.status, 200);
+        assert_non_null(strstr(r.body, user[0]));
+        if (decrypt) {
+            assert_non_null(strstr(r.body, email[0]));
+            assert_non_null(strstr(r.body, "\"username\":\"graceconsole\""));
+        } else {
+            assert_null(strstr(r.body, email[0]));
+            assert_null(strstr(r.body, "graceconsole"));
+        }
+        http_result_free(&r);
+        console_stop(&c);
+    }
+    ew_event_unref(ev[0]);
+    ew_event_unref(ev[1]);
+    env_close(&e);
+}
+
 static void test_console_token_setting(void **state)
 {
     (void)state;
@@ -627,6 +693,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_api_dead_letter_retry_and_discard),
     cmocka_unit_test(test_api_stream_on_redis),
     cmocka_unit_test(test_console_token_setting),
+    cmocka_unit_test(test_console_decrypts_only_when_asked),
     cmocka_unit_test(test_console_in_a_browser),
 };
 

@@ -13,6 +13,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "security/keyring.h"
+#include "store/handle.h"
 #include "console.h"
 #include "ewctl.h"
 #include "core/json.h"
@@ -24,7 +26,7 @@
 
 static const char console_usage[] =
     "usage: ewctl console [--addr ADDR] [--port PORT] [--services URL[,URL...]]\n"
-    "                     [--scrape-interval SECONDS]\n"
+    "                     [--scrape-interval SECONDS] [--decrypt]\n"
     "\n"
     "Serves a web console of the system on http://ADDR:PORT/ (default 127.0.0.1:8080; port 0\n"
     "picks a free one): the live events of the bus the environment configures (EVENT_BUS_TYPE,\n"
@@ -35,7 +37,8 @@ static const char console_usage[] =
     "seconds. The services are those of --services, else those `ewctl up` started here\n"
     "(var/log). Every API call needs the operator token: CONSOLE_TOKEN, or a random one printed\n"
     "at start. The page, its script and style are in the binary: no network is needed. Stops on\n"
-    "Ctrl-C.\n";
+    "Ctrl-C. Personal fields show as encrypted; --decrypt shows the live events and timelines\n"
+    "in clear, opened with the key-encryption key (EVENT_ENCRYPTION_KEY_FILE), which it needs.\n";
 
 /* How far back the timeline looks in the log, in events. */
 #define TIMELINE_WINDOW 200000
@@ -43,6 +46,7 @@ static const char console_usage[] =
 
 typedef struct console {
     char token[129];
+    bool decrypt; /* --decrypt: personal fields in clear */
     ew_store *st;
     ew_store *log; /* the SQLite bus's log, read by the live feed's thread */
     ew_bus *bus;
@@ -179,6 +183,7 @@ typedef struct timeline {
     const char *corr, *trace;
     ew_buf *b;
     size_t n;
+    ew_store *st; /* decrypt with its keys; NULL: as stored */
 } timeline;
 
 static int timeline_row(void *ud, const ew_store_entry *e)
@@ -195,7 +200,15 @@ static int timeline_row(void *ud, const ew_store_entry *e)
                   (long long)e->position, at);
     ewctl_put_str(t->b, "stream_id", e->stream_id);
     ew_buf_puts(t->b, ",\"event\":");
-    ew_buf_append(t->b, e->json, e->json_len);
+    ew_event *ev = t->st ? ew_event_ref(e->event) : NULL;
+    char *json = NULL;
+    size_t n = 0;
+    if (ev && ew__store_unseal(t->st, &ev, NULL) == 0 && ew_event_encode(ev, &json, &n, NULL) == 0)
+        ew_buf_append(t->b, json, n);
+    else
+        ew_buf_append(t->b, e->json, e->json_len);
+    free(json);
+    ew_event_unref(ev);
     ew_buf_putc(t->b, '}');
     return ++t->n >= TIMELINE_MAX;
 }
@@ -224,7 +237,7 @@ static void get_timeline(const ew_http_request *req, ew_http_response *res, void
     int64_t head = 0;
     ew_buf b;
     ew_buf_init(&b);
-    timeline t = {.corr = corr, .trace = trace, .b = &b};
+    timeline t = {.corr = corr, .trace = trace, .b = &b, .st = c->decrypt ? c->st : NULL};
     int rc = ew_store_head(c->st, &head, &err);
     int64_t from = head > TIMELINE_WINDOW ? head - TIMELINE_WINDOW : 0;
     ew_buf_printf(&b, "{\"from_position\":%lld,\"head\":%lld,\"events\":[", (long long)from,
@@ -541,8 +554,13 @@ int ewctl_console(int argc, char **argv)
     }
     const char *addr = "127.0.0.1", *services = NULL;
     long port = 8080, interval_s = 5;
+    bool decrypt = false;
     for (int i = 0; i < argc; i++) {
         const char *opt = argv[i];
+        if (strcmp(opt, "--decrypt") == 0) {
+            decrypt = true;
+            continue;
+        }
         if (i + 1 >= argc) return ewctl_fail(2, "unknown option '%s'", opt);
         const char *v = argv[++i];
         char *end;
@@ -561,7 +579,7 @@ int ewctl_console(int argc, char **argv)
             return ewctl_fail(2, "unknown option '%s'", opt);
         }
     }
-    console c = {0};
+    console c = {.decrypt = decrypt};
     ew_error err = {0};
     ew_config *cfg = NULL;
     int status = 1;
@@ -585,14 +603,21 @@ int ewctl_console(int argc, char **argv)
     if (ewctl_bus_open(&c.ebus, cfg, NULL, NULL, false)) goto fail_bus;
     c.bus = c.ebus.bus;
     c.bus_type = ew_bus_backend(c.bus);
-    ew__bus_keep_encrypted(c.bus); /* personal fields as the wire carries them */
+    /* personal fields as the wire carries them, unless --decrypt, and then only with the key */
+    if (!c.decrypt) {
+        ew__bus_keep_encrypted(c.bus);
+    } else if ((ew__bus_keyring(c.bus) && ew__keyring_load(ew__bus_keyring(c.bus), &err)) ||
+               (ew__store_keyring(c.st) && ew__keyring_load(ew__store_keyring(c.st), &err))) {
+        ewctl_fail(1, "--decrypt: %s", err.msg);
+        goto fail_bus;
+    }
     int rc;
     if (strcmp(c.bus_type, "sqlite") == 0 && strcmp(ew_store_backend(c.st), "sqlite") == 0) {
         /* The log is the bus: read it, as a subscriber group would, but without a group's
          * writes (its position, its lease), which would wait for the publishers' locks and
          * make them wait for ours. */
         if (ewctl_open_store_or_make(&c.log, true)) goto fail_bus;
-        rc = live_follow(c.feed, c.log);
+        rc = live_follow(c.feed, c.log, c.decrypt);
         if (rc) ew_error_set(&err, EW_ENOMEM, "cannot start a thread");
     } else {
         /* A group of its own that goes when the console ends, one worker, no inbox, never a

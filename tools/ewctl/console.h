@@ -47,8 +47,9 @@ ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 /* Instead of a subscription, on the SQLite bus: a thread that reads the log (log: a store handle
  * of its own on the bus's database, borrowed until live_stop) from its head on, with plain reads
  * that take no lock from the writers and write nothing, as a subscriber group would have to
- * (its position). */
-int live_follow(live *l, ew_store *log);
+ * (its position). decrypt: personal fields in clear, opened with the log's keys (ewctl console
+ * --decrypt), else as the log holds them. */
+int live_follow(live *l, ew_store *log, bool decrypt);
 /* The sequence number of the newest event (0: none yet). */
 uint64_t live_head(live *l);
 /* Appends to b, as server-sent events, what follows position after (matching f), waiting up to

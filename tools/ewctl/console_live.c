@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "console.h"
+#include "store/handle.h"
 #include "core/mono.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
@@ -30,6 +31,7 @@ struct live {
     uint64_t skipped;
     bool stopped;
     ew_store *log; /* live_follow: the log read, borrowed */
+    bool decrypt;  /* live_follow: events opened with the log's keys */
     /* events seen per second of arrival, for the last LIVE_RATE_SECONDS */
     uint32_t per_sec[LIVE_RATE_SECONDS];
     int64_t sec_of[LIVE_RATE_SECONDS];
@@ -147,7 +149,16 @@ ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 
 static int follow_row(void *ud, const ew_store_entry *e)
 {
-    if (e->event) add(ud, e->event);
+    live *l = ud;
+    if (!e->event) return 0;
+    if (!l->decrypt) {
+        add(l, e->event);
+        return 0;
+    }
+    ew_event *ev = ew_event_ref(e->event);
+    if (ew__store_unseal(l->log, &ev, NULL) == 0)
+        add(l, ev); /* what cannot be opened is left out */
+    ew_event_unref(ev);
     return 0;
 }
 
@@ -185,9 +196,10 @@ static void *follow(void *ud)
     return NULL;
 }
 
-int live_follow(live *l, ew_store *log)
+int live_follow(live *l, ew_store *log, bool decrypt)
 {
     l->log = log;
+    l->decrypt = decrypt;
     if (pthread_create(&l->follower, NULL, follow, l)) return -1;
     l->following = true;
     return 0;
