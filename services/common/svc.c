@@ -22,6 +22,7 @@
 #include "core/buf.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
+#include "eventwire/keys.h"
 #include "eventwire/audit.h"
 #include "eventwire/metrics.h"
 #include "eventwire/otlp.h"
@@ -972,6 +973,30 @@ static int check_origins(const char *list, ew_error *err)
 
 /* The settings: the library's, every service's and this one's, from the environment, or (settings
  * not NULL) from settings instead. */
+/* Every store the service opens (its own database, the event store, the saga engine's) keeps its
+ * data keys in the deployment's one key store, and under its one key-encryption key: both are
+ * fixed here, beside EVENT_STORE_URL's file, unless set. Left to each store, a database
+ * elsewhere (PostgreSQL, another folder) would make keys nobody else reads. */
+static int pin_key_store(ew_config *cfg, ew_error *err)
+{
+    char url[4096];
+    const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
+    int rc = 0;
+    if (!ks || !*ks) {
+        if (!ew_keys_default_url(cfg, url, sizeof url))
+            return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: the path is too long");
+        if ((rc = ew_config_set(cfg, "KEY_STORE_URL", url, err))) return rc;
+        ks = ew_config_get(cfg, "KEY_STORE_URL");
+    }
+    const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
+    if ((!kf || !*kf) && !strncmp(ks, "sqlite:", 7)) {
+        const char *path = ks + 7, *slash = strrchr(path, '/');
+        snprintf(url, sizeof url, "%.*seventwire.kek", slash ? (int)(slash - path + 1) : 0, path);
+        rc = ew_config_set(cfg, "EVENT_ENCRYPTION_KEY_FILE", url, err);
+    }
+    return rc;
+}
+
 static int configure(svc *s, const char *const *settings, ew_error *err)
 {
     int rc = ew_config_new(&s->cfg, err);
@@ -984,6 +1009,7 @@ static int configure(svc *s, const char *const *settings, ew_error *err)
         snprintf(port, sizeof port, "%d", s->def->default_port);
         rc = ew_config_set(s->cfg, "HTTP_PORT", port, err);
     }
+    if (!rc) rc = pin_key_store(s->cfg, err);
     if (rc) return rc;
     if ((rc = check_origins(ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"), err))) return rc;
     s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");

@@ -150,8 +150,9 @@ static const ew_setting entries[] = {
      EW_SETTING_ENUM, 0, 0},
     {"EVENT_ENCRYPTION_KEY_FILE", "", "a file",
      "The key-encryption key that wraps every subject's data key (32 bytes, 0600; made at first "
-     "start when the key store holds no keys yet); unset: eventwire.kek in the folder keys beside "
-     "EVENT_STORE_URL's SQLite file, or var/keys when the event store is not SQLite.",
+     "start when the key store holds no keys yet); unset: eventwire.kek beside KEY_STORE_URL's "
+     "file when that is set, else in the folder keys beside EVENT_STORE_URL's SQLite file, or "
+     "var/keys when the event store is not SQLite.",
      EW_SETTING_STRING, 0, 0},
     {"EVENT_KEY_CACHE_SECONDS", "30", "0..3600",
      "How long a process keeps a subject's data key in memory before it reads the key store "

@@ -118,7 +118,10 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
         free(k);
         return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
     }
-    k->key_file = kf && *kf ? strdup(kf) : beside_store(store_url, "keys/", "eventwire.kek");
+    /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
+    k->key_file = kf && *kf   ? strdup(kf)
+                  : ks && *ks ? beside_store(ks, "", "eventwire.kek")
+                              : beside_store(store_url, "keys/", "eventwire.kek");
     k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
     k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
     k->slots = sodium_malloc(NSLOTS * sizeof *k->slots);

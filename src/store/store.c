@@ -118,10 +118,7 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
         struct stat st;
         if (stat(arg, &st) == 0) ew__store_release_held_file(st.st_dev, st.st_ino);
     }
-    /* The deployment's one key store: KEY_STORE_URL, or beside EVENT_STORE_URL's file, whatever
-     * store this is (a service's own database on PostgreSQL too). Only a store opened without a
-     * configuration keeps its keys beside itself. */
-    if ((rc = ew__keyring_new(&s->keys, cfg, opts->config ? NULL : url, err))) goto fail_store;
+    if ((rc = ew__keyring_new(&s->keys, cfg, url, err))) goto fail_store;
     if ((rc = s->ops->open(&s->conn, arg, &s->log, err))) goto fail_store;
     if (s->ops == &ew__store_sqlite) {
         struct stat st;
