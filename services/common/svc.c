@@ -117,22 +117,6 @@ const char *svc_db_url(const svc *s)
     return s->db_url;
 }
 
-int svc_mkdirs(const char *path)
-{
-    char p[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof p) return -1;
-    memcpy(p, path, n + 1);
-    for (char *c = p + 1; *c; c++) {
-        if (*c != '/') continue;
-        *c = '\0';
-        if (mkdir(p, 0700) == 0 ? chmod(p, 0700) : errno != EEXIST) return -1;
-        *c = '/';
-    }
-    if (mkdir(p, 0700) == 0 ? chmod(p, 0700) : errno != EEXIST) return -1;
-    return 0;
-}
-
 /* ---- access tokens on every route (docs/security.md) ----------------------------------------- */
 
 /* A route that requires a token: its handler and ud, behind guarded(). */

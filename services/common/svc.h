@@ -182,10 +182,6 @@ ew_bus *svc_bus(svc *s);
 /* SERVICE_DB_URL with {SERVICE_NAME} replaced: the database the runtime opened. */
 const char *svc_db_url(const svc *s);
 
-/* mkdir -p; the folders it makes are 0700 whatever the umask (those that exist are left as they
- * are): 0, or -1 with errno set. */
-int svc_mkdirs(const char *path);
-
 /* Logs to stderr as "NAME: level: message" (debug is not printed). */
 void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include "core/arena.h"
 #include "core/buf.h"
+#include "core/files.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
 
@@ -36,20 +37,6 @@ const char *svc_token_status_text(svc_token_status st)
 
 /* ---- keys ------------------------------------------------------------------------------------ */
 
-static int mkdirs(const char *path)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) return errno = ENAMETOOLONG, -1;
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0700) == 0 ? chmod(tmp, 0700) : errno != EEXIST) return -1;
-            *p = '/';
-        }
-    if (mkdir(tmp, 0700) == 0 ? chmod(tmp, 0700) : errno != EEXIST) return -1;
-    return 0;
-}
-
 /* Reads a file of base64 text decoding to exactly n bytes: 0, 1 when it does not exist, -1. */
 static int read_b64(const char *path, unsigned char *out, size_t n)
 {
@@ -67,29 +54,17 @@ static int read_b64(const char *path, unsigned char *out, size_t n)
     return rc || got != n ? -1 : 0;
 }
 
-/* Writes base64 of bytes to path with mode, atomically and only if path does not exist:
+/* Writes base64 of bytes to path with mode, whole and only if path does not exist:
  * 0, 1 when it exists already, -1. */
 static int write_b64_new(const char *path, const unsigned char *bytes, size_t n, mode_t mode)
 {
-    char tmp[4200], text[256];
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    char text[256];
     sodium_bin2base64(text, sizeof text, bytes, n, B64);
     size_t len = strlen(text);
     text[len++] = '\n';
-    unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0) return -1;
-    int bad = fchmod(fd, mode) || write(fd, text, len) != (ssize_t)len || fsync(fd);
+    int rc = ew_file_write_new(path, text, len, mode);
     sodium_memzero(text, sizeof text);
-    if (close(fd) || bad) {
-        unlink(tmp);
-        return -1;
-    }
-    int rc = link(tmp, path);
-    int e = errno;
-    unlink(tmp);
-    if (rc) return e == EEXIST ? 1 : (errno = e, -1);
-    return 0;
+    return rc;
 }
 
 int svc_token_pub_read(unsigned char pk[crypto_sign_PUBLICKEYBYTES], const char *dir, ew_error *err)
@@ -108,7 +83,7 @@ int svc_token_keys_open(svc_token_keys *k, const char *dir, ew_error *err)
     char kpath[4200], ppath[4200];
     snprintf(kpath, sizeof kpath, "%s/" SVC_TOKEN_KEY_FILE, dir);
     snprintf(ppath, sizeof ppath, "%s/" SVC_TOKEN_PUB_FILE, dir);
-    if (mkdirs(dir))
+    if (ew_mkdirs(dir))
         return ew_error_set(err, EW_EIO, "cannot make the key folder %s: %s", dir, strerror(errno));
     int rc = read_b64(kpath, k->sk, sizeof k->sk);
     if (rc > 0) {

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include "export.h"
+#include "core/files.h"
 
 /* The service's tables. Created at every start, in one transaction; a later change of a table is
  * a new statement here, never an edit of these. */
@@ -125,7 +126,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     x->per_user = ew_config_get_int(c, "EXPORT_REQUESTS_PER_USER");
     x->limit_window_s = ew_config_get_int(c, "EXPORT_LIMIT_WINDOW_SECONDS");
     if (!(x->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (svc_mkdirs(x->dir))
+    if (ew_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
     rc = export_routes(x, err);

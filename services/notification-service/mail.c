@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "notification.h"
+#include "core/files.h"
 
 /* ---- settings -------------------------------------------------------------------------------- */
 
@@ -85,7 +86,7 @@ int notif_mail_setup(notif *n, ew_error *err)
     n->smtp_timeout_ms = (long)ew_config_get_int(c, "SMTP_TIMEOUT_MS");
     const char *dir = ew_config_get(c, "MAIL_DIR");
     if (!(n->mail_dir = strdup(dir))) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (!n->smtp_url && svc_mkdirs(dir))
+    if (!n->smtp_url && ew_mkdirs(dir))
         return ew_error_set(err, EW_EIO, "MAIL_DIR %s: cannot create it: %s", dir, strerror(errno));
     if (n->smtp_clear)
         svc_log(n->s, EW_LOG_WARN,

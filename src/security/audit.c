@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
+#include "core/files.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 
@@ -105,20 +106,6 @@ static size_t checkpoint_message(unsigned char *m, size_t cap, const char *servi
 
 /* ---- the key file -------------------------------------------------------------------------- */
 
-static int mkdirs(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s", dir);
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(path, 0700) == 0 ? chmod(path, 0700) : errno != EEXIST) return -1;
-        *p = '/';
-    }
-    /* 0700 whatever the umask; a folder that exists is left as it is */
-    return (mkdir(path, 0700) == 0 ? chmod(path, 0700) : errno != EEXIST) ? -1 : 0;
-}
-
 static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
 {
     int fd = open(key_file, O_RDONLY | O_CLOEXEC);
@@ -139,33 +126,24 @@ static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
     }
     if (errno != ENOENT)
         return ew_error_set(err, EW_ECONFIG, "audit key %s: %s", key_file, strerror(errno));
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", key_file);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        if (mkdirs(dir))
-            return ew_error_set(err, EW_ECONFIG, "audit key folder %s: %s", dir, strerror(errno));
-    }
+    if (ew_mkdirs_for(key_file))
+        return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot make its folder: %s", key_file,
+                            strerror(errno));
     crypto_sign_keypair(a->pk, a->sk);
-    fd = open(key_file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0 || fchmod(fd, 0600) || write(fd, a->sk, sizeof a->sk) != (ssize_t)sizeof a->sk ||
-        fsync(fd)) {
-        int e = errno;
-        if (fd >= 0) close(fd);
+    int made = ew_file_write_new(key_file, a->sk, sizeof a->sk, 0600);
+    if (made < 0)
         return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot write it: %s", key_file,
-                            strerror(e));
-    }
-    close(fd);
+                            strerror(errno));
+    if (made) return load_or_make_key(a, key_file, err); /* another process made it first */
     char pub[4096 + 8], hex[EW_AUDIT_PUBLIC_KEY_HEX + 2];
     snprintf(pub, sizeof pub, "%s.pub", key_file);
     sodium_bin2hex(hex, sizeof hex, a->pk, sizeof a->pk);
+    size_t len = strlen(hex);
+    hex[len++] = '\n';
     /* the public key is no secret: 0644 (in the key's 0700 folder), whatever the umask */
-    int pfd = open(pub, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    FILE *f = pfd < 0 ? NULL : fdopen(pfd, "w");
-    if (!f && pfd >= 0) close(pfd);
-    if (!f || fchmod(pfd, 0644) || fprintf(f, "%s\n", hex) < 0 || fclose(f))
-        return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot write it", pub);
+    if (ew_file_replace(pub, hex, len, 0644))
+        return ew_error_set(err, EW_ECONFIG, "audit key %s: cannot write it: %s", pub,
+                            strerror(errno));
     return 0;
 }
 

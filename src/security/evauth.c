@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "core/buf.h"
+#include "core/files.h"
 #include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
@@ -146,27 +147,6 @@ const char *ew_evauth_key_file(const ew_config *cfg, const char *service, char *
     return w < 0 || (size_t)w >= n ? NULL : buf;
 }
 
-static int mkdirs_for(const char *file, ew_error *err)
-{
-    char dir[4096];
-    if (snprintf(dir, sizeof dir, "%s", file) >= (int)sizeof dir)
-        return ew_error_set(err, EW_ECONFIG, "key file %s: the path is too long", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return 0;
-    *slash = '\0';
-    for (char *p = dir + 1;; p++) {
-        int end = *p == '\0';
-        if (*p == '/' || end) {
-            *p = '\0';
-            if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-                return ew_error_set(err, EW_ECONFIG, "key folder %s: %s", dir, strerror(errno));
-            if (end) break;
-            *p = '/';
-        }
-    }
-    return 0;
-}
-
 typedef struct keyfile {
     char kid[EW_KEY_ID_LEN + 1];
     ew_key_alg alg;
@@ -217,22 +197,17 @@ static int keyfile_read(const char *path, keyfile *kf, ew_error *err)
 static int keyfile_write(const char *path, const char *kid, ew_key_alg alg,
                          const unsigned char *secret, size_t len, ew_error *err)
 {
-    int rc = mkdirs_for(path, err);
-    if (rc) return rc;
-    char tmp[4200], hex[2 * crypto_sign_SECRETKEYBYTES + 1], line[300];
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    if (ew_mkdirs_for(path))
+        return ew_error_set(err, EW_ECONFIG, "key file %s: cannot make its folder: %s", path,
+                            strerror(errno));
+    char hex[2 * crypto_sign_SECRETKEYBYTES + 1], line[300];
     sodium_bin2hex(hex, sizeof hex, secret, len);
     int n =
         snprintf(line, sizeof line, "%s %s %s %s\n", KEYFILE_MAGIC, kid, ew_key_alg_name(alg), hex);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0 || write(fd, line, (size_t)n) != n || fsync(fd) != 0) {
-        rc =
-            ew_error_set(err, EW_ECONFIG, "key file %s: cannot write it: %s", tmp, strerror(errno));
-    } else if (rename(tmp, path) != 0) {
-        rc = ew_error_set(err, EW_ECONFIG, "key file %s: %s", path, strerror(errno));
-    }
-    if (fd >= 0) close(fd);
-    if (rc) unlink(tmp);
+    int rc = 0;
+    if (ew_file_replace(path, line, (size_t)n, 0600))
+        rc = ew_error_set(err, EW_ECONFIG, "key file %s: cannot write it: %s", path,
+                          strerror(errno));
     sodium_memzero(hex, sizeof hex);
     sodium_memzero(line, sizeof line);
     return rc;

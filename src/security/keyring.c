@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include "catalog/event_internal.h"
 #include "core/buf.h"
+#include "core/files.h"
 #include "eventwire/clock.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
@@ -76,29 +77,6 @@ static char *beside_store(const char *store, const char *sub, const char *file)
     ew_buf_puts(&b, sub);
     ew_buf_puts(&b, file);
     return ew_buf_steal(&b, NULL);
-}
-
-static int mkdirs(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s", dir);
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(path, 0700) && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(path, 0700) && errno != EEXIST ? -1 : 0;
-}
-
-static int mkdir_of(const char *file)
-{
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return 0;
-    *slash = '\0';
-    return mkdirs(dir);
 }
 
 int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_url, ew_error *err)
@@ -262,22 +240,20 @@ static int read_key_file(const char *path, unsigned char kek[KEY_BYTES], ew_erro
     return 1;
 }
 
+/* Writes the key to path: only when there is none (excl: 1 when another process made it first),
+ * or over the one there. Either way a reader finds the whole key or none. */
 static int write_key_file(const char *path, const unsigned char kek[KEY_BYTES], bool excl,
                           ew_error *err)
 {
-    if (mkdir_of(path))
+    if (ew_mkdirs_for(path))
         return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: cannot make its folder: %s",
                             path, strerror(errno));
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (excl ? O_EXCL : O_TRUNC), 0600);
-    if (fd < 0 && excl && errno == EEXIST) return 1; /* another process made it first */
-    if (fd < 0 || fchmod(fd, 0600) || write(fd, kek, KEY_BYTES) != KEY_BYTES || fsync(fd)) {
-        int e = errno;
-        if (fd >= 0) close(fd);
+    int rc = excl ? ew_file_write_new(path, kek, KEY_BYTES, 0600)
+                  : ew_file_replace(path, kek, KEY_BYTES, 0600);
+    if (rc < 0)
         return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: cannot write it: %s", path,
-                            strerror(e));
-    }
-    close(fd);
-    return 0;
+                            strerror(errno));
+    return rc;
 }
 
 /* Under db_mu: the key file matches the store's fingerprint, or the store gets its fingerprint

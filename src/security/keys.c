@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "core/files.h"
 #include "eventwire/clock.h"
 #include "security/keys_impl.h"
 
@@ -139,48 +140,42 @@ const char *ew_keys_default_url(const ew_config *cfg, char *buf, size_t n)
     return w < 0 || (size_t)w >= n ? NULL : buf;
 }
 
-/* mkdir -p of path's folder, each folder made 0700. */
-static int make_dirs(const char *path, ew_error *err)
-{
-    char dir[4096];
-    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
-        return ew_error_set(err, EW_ECONFIG, "key store: the path is too long");
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return 0;
-    *slash = '\0';
-    for (char *p = dir + 1;; p++) {
-        int end = *p == '\0';
-        if (*p == '/' || end) {
-            *p = '\0';
-            if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-                return ew_error_set(err, EW_ECONFIG, "key store: cannot create the folder %s: %s",
-                                    dir, strerror(errno));
-            if (end) break;
-            *p = '/';
-        }
-    }
-    return 0;
-}
-
 /* The file exists and is ours and private, or it is made so (empty, 0600). */
 static int private_file(const char *path, ew_error *err)
 {
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) return ew_error_set(err, EW_ECONFIG, "key store %s: %s", path, strerror(errno));
+    if (ew_mkdirs_for(path))
+        return ew_error_set(err, EW_ECONFIG, "key store %s: cannot create its folder: %s", path,
+                            strerror(errno));
     struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) != 0)
-        rc = ew_error_set(err, EW_ECONFIG, "key store %s: %s", path, strerror(errno));
-    else if (st.st_uid != geteuid())
-        rc = ew_error_set(err, EW_ECONFIG, "key store %s: belongs to another user", path);
-    else if (st.st_mode & 077)
-        rc = ew_error_set(err, EW_ECONFIG,
-                          "key store %s: others may read it (mode %03o): it must be 0600", path,
-                          (unsigned)(st.st_mode & 0777));
-    close(fd);
-    return rc;
+    if (ew_file_create_empty(path, 0600) || lstat(path, &st))
+        return ew_error_set(err, EW_ECONFIG, "key store %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return ew_error_set(err, EW_ECONFIG, "key store %s: not a file", path);
+    if (st.st_uid != geteuid())
+        return ew_error_set(err, EW_ECONFIG, "key store %s: belongs to another user", path);
+    if (st.st_mode & 077)
+        return ew_error_set(err, EW_ECONFIG,
+                            "key store %s: others may read it (mode %03o): it must be 0600", path,
+                            (unsigned)(st.st_mode & 0777));
+    return 0;
 }
 
+/* 1 when migration number is applied, 0 when not, < 0 with err. */
+static int applied(ew_keys *k, int number, ew_error *err)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(k->db, "SELECT 1 FROM key_store_migrations WHERE number = ?1", -1, &st,
+                           NULL) != SQLITE_OK)
+        return ew__keys_fail(k, "reading key_store_migrations", err);
+    sqlite3_bind_int(st, 1, number);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW) return 1;
+    return rc == SQLITE_DONE ? 0 : ew__keys_fail(k, "reading key_store_migrations", err);
+}
+
+/* Applies the migrations a store lacks, each in a write transaction of its own; a store that has
+ * them all is only read. */
 static int migrate(ew_keys *k, ew_error *err)
 {
     int rc = exec(k,
@@ -188,19 +183,17 @@ static int migrate(ew_keys *k, ew_error *err)
                   " number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_us INTEGER NOT NULL)",
                   "creating key_store_migrations", err);
     for (size_t i = 0; !rc && i < NMIGRATIONS; i++) {
-        if ((rc = ew__keys_begin(k, err))) break;
-        sqlite3_stmt *st = NULL;
-        int applied = 0;
-        if (sqlite3_prepare_v2(k->db, "SELECT 1 FROM key_store_migrations WHERE number = ?1", -1,
-                               &st, NULL) != SQLITE_OK) {
-            rc = ew__keys_fail(k, "reading key_store_migrations", err);
-        } else {
-            sqlite3_bind_int(st, 1, migrations[i].number);
-            applied = sqlite3_step(st) == SQLITE_ROW;
+        int done = applied(k, migrations[i].number, err);
+        if (done) {
+            rc = done < 0 ? done : 0;
+            continue;
         }
-        sqlite3_finalize(st);
-        if (!rc && !applied) {
+        if ((rc = ew__keys_begin(k, err))) break;
+        done = applied(k, migrations[i].number, err); /* another process may have, meanwhile */
+        rc = done < 0 ? done : 0;
+        if (!rc && !done) {
             char what[96];
+            sqlite3_stmt *st = NULL;
             snprintf(what, sizeof what, "migration %s", migrations[i].name);
             rc = exec(k, migrations[i].sql, what, err);
             if (!rc &&
@@ -241,8 +234,8 @@ int ew_keys_open(ew_keys **out, const ew_keys_options *opts, ew_error *err)
     if (strncmp(url, "sqlite:", 7) != 0 || !url[7] || !strcmp(url + 7, ":memory:"))
         return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: '%.100s' is not sqlite:PATH", url);
     const char *path = url + 7;
-    int rc = make_dirs(path, err);
-    if (rc || (rc = private_file(path, err))) return rc;
+    int rc = private_file(path, err);
+    if (rc) return rc;
 
     ew_keys *k = calloc(1, sizeof *k);
     if (!k || !(k->path = strdup(path))) {

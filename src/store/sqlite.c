@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
+#include "core/files.h"
 #include "store/migrations.h"
 #include "store/store_impl.h"
 
@@ -244,55 +245,6 @@ static int commit_tx(void *conn, ew_error *err)
 
 /* ---- open: the file, the pragmas, the migrations --------------------------------------------- */
 
-/* Creates the folders of path, like mkdir -p on its dirname: 0700, whatever the umask (a
- * folder that exists already is left as it is). */
-static int make_dirs(const char *path, ew_error *err)
-{
-    char *p = strdup(path);
-    if (!p) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    char *slash = strrchr(p, '/');
-    int rc = 0;
-    if (slash) {
-        *slash = '\0';
-        for (char *q = p + 1; !rc; q++) {
-            int end = *q == '\0';
-            if (*q == '/' || end) {
-                *q = '\0';
-                if (mkdir(p, 0700) == 0) {
-                    if (chmod(p, 0700) != 0)
-                        rc = ew_error_set(err, EW_EIO, "sqlite: cannot set the mode of %s: %s", p,
-                                          strerror(errno));
-                } else if (errno != EEXIST) {
-                    rc = ew_error_set(err, EW_EIO, "sqlite: cannot create the folder %s: %s", p,
-                                      strerror(errno));
-                }
-                if (end) break;
-                *q = '/';
-            }
-        }
-    }
-    free(p);
-    return rc;
-}
-
-/* Creates the database file, empty, 0600 whatever the umask, unless it exists. SQLite would make
- * it 0644 less the umask; its -wal and -shm files take the database's mode, so they are 0600
- * too. */
-static int make_file(const char *path, ew_error *err)
-{
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        if (errno == EEXIST) return 0;
-        return ew_error_set(err, EW_EIO, "sqlite: cannot create %s: %s", path, strerror(errno));
-    }
-    int rc = 0;
-    if (fchmod(fd, 0600) != 0)
-        rc = ew_error_set(err, EW_EIO, "sqlite: cannot set the mode of %s: %s", path,
-                          strerror(errno));
-    close(fd);
-    return rc;
-}
-
 static int pragma(sq *c, const char *sql, char *out, size_t outsz, ew_error *err)
 {
     /* Switching to WAL needs the file to itself for a moment: wait like the busy handler. */
@@ -406,7 +358,10 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
     int rc;
     if ((rc = ew__sqlite_path_check(path, err))) return rc;
     const int memory = strcmp(path, ":memory:") == 0;
-    if (!memory && ((rc = make_dirs(path, err)) || (rc = make_file(path, err)))) return rc;
+    /* The database file is made 0600 whatever the umask (SQLite would make it 0644 less the
+     * umask); its -wal and -shm files take its mode. */
+    if (!memory && (ew_mkdirs_for(path) || ew_file_create_empty(path, 0600)))
+        return ew_error_set(err, EW_EIO, "sqlite: cannot create %s: %s", path, strerror(errno));
     sq *c = calloc(1, sizeof *c);
     if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
     c->log = log;

@@ -1,11 +1,14 @@
 /* Tests of the key store (eventwire/keys.h): where it is by default, the file made 0600 in a 0700
  * folder, a file open to others refused, keys added, read back and listed, a duplicate kid
  * refused, rotation retiring the old key at the end of its grace period, migrations applied once
- * across reopenings, bad URLs refused with their reason. */
+ * across reopenings, a second opening in one process that leaves the first one's locks alone,
+ * bad URLs refused with their reason. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
 #include "eventwire/keys.h"
@@ -218,11 +221,45 @@ static void test_bad_urls(void **state)
     assert_null(k);
 }
 
+/* A process that holds a read transaction on the key store opens it again (the bus's signing
+ * keys and its field keys each open one): another process must still wait to write. A close() of
+ * any descriptor on the file would have dropped this process's locks, and a writer elsewhere could
+ * then change the pages under the read (seen as "disk I/O error" on the key store). */
+static void test_second_open_keeps_locks(void **state)
+{
+    fx *f = *state;
+    ew_keys *first = open_store(f);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", 0, 0, 0), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT * FROM key_store_migrations", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW); /* holds SHARED */
+    ew_keys *second = open_store(f);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sqlite3 *other;
+        if (sqlite3_open(f->path, &other) != SQLITE_OK) _exit(2);
+        _exit(sqlite3_exec(other, "BEGIN EXCLUSIVE", 0, 0, 0) == SQLITE_BUSY ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* 1: the other process could write */
+    sqlite3_finalize(st);
+    sqlite3_exec(db, "COMMIT", 0, 0, 0);
+    sqlite3_close(db);
+    ew_keys_close(second);
+    ew_keys_close(first);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_default_url_beside_the_event_store),
     cmocka_unit_test_setup_teardown(test_file_is_private, setup, teardown),
     cmocka_unit_test_setup_teardown(test_add_get_list, setup, teardown),
     cmocka_unit_test_setup_teardown(test_rotation_retires_after_grace, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_second_open_keeps_locks, setup, teardown),
     cmocka_unit_test(test_bad_urls),
 };
 

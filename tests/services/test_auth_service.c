@@ -845,14 +845,21 @@ static void test_failed_logins_are_limited(void **state)
     assert_int_equal(login_status(e, "alan", "right password", NULL, 0), 200);
     down(e);
 
-    /* the window ends; a success forgets the account's failures */
-    static const char *const quick[] = {"AUTH_LIMIT_WINDOW_SECONDS=1", NULL};
+    /* the window ends; a success forgets the account's failures. A window counts whole seconds
+     * from the first failure's: the failures start just after a second begins, so a window of 5
+     * holds them for at least 4 s, however slow the machine */
+    static const char *const quick[] = {"AUTH_LIMIT_WINDOW_SECONDS=5", NULL};
     e = up(quick);
     register_user(e, "grace", "grace@example.com", "right password", user_id);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    usleep((useconds_t)(1000000 - ts.tv_nsec / 1000));
+    int64_t t0 = ew_now_us();
     for (int i = 0; i < 10; i++)
         assert_int_equal(login_status(e, "grace", "wrong password", NULL, 0), 401);
     assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 429);
-    usleep(2100000);
+    assert_true(ew_now_us() - t0 < 4000000); /* else the window could have ended meanwhile */
+    usleep(5100000);
     assert_int_equal(login_status(e, "grace", "right password", NULL, 0), 200);
     down(e);
 }

@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "core/files.h"
 #include "ewctl.h"
 #include "eventwire/policy.h"
 #include "svc_settings.h"
@@ -58,25 +59,15 @@ static int make_dirs(void)
     const char *dirs[] = {"var", "var/log", "var/run"};
     /* 0700 whatever the umask: the databases, keys, mail and exports are in there */
     for (size_t i = 0; i < 3; i++)
-        if (mkdir(dirs[i], 0700) == 0 ? chmod(dirs[i], 0700) != 0 : errno != EEXIST)
+        if (ew_mkdirs(dirs[i]))
             return ewctl_fail(1, "cannot create %s: %s", dirs[i], strerror(errno));
     /* the bus policy the services read, unless the environment names one */
     const char *set = getenv("EVENT_POLICY_FILE");
     if (set && *set) return 0;
-    int fd = open(POLICY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        const char *text = ew_policy_default_text();
-        size_t n = strlen(text);
-        /* 0600 whatever the umask, as everything under var/ */
-        bool ok = fchmod(fd, 0600) == 0 && write(fd, text, n) == (ssize_t)n;
-        close(fd);
-        if (!ok) {
-            unlink(POLICY_FILE);
-            return ewctl_fail(1, "cannot write %s", POLICY_FILE);
-        }
-    } else if (errno != EEXIST) {
-        return ewctl_fail(1, "cannot create %s: %s", POLICY_FILE, strerror(errno));
-    }
+    /* 0600 whatever the umask, as everything under var/; one that is there is kept */
+    const char *text = ew_policy_default_text();
+    if (ew_file_write_new(POLICY_FILE, text, strlen(text), 0600) < 0)
+        return ewctl_fail(1, "cannot write %s: %s", POLICY_FILE, strerror(errno));
     setenv("EVENT_POLICY_FILE", POLICY_FILE, 1);
     return 0;
 }
