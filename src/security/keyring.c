@@ -34,10 +34,20 @@ typedef struct slot {
     int64_t at_us;
 } slot;
 
+/* A subject whose data key a thread is about to make (get_key). Threads that need new keys at
+ * once queue here, and whichever holds db_mu next makes all of them in one transaction: a new
+ * subject costs the key store a commit, and one commit serves many. A node lives on its thread's
+ * stack and leaves the queue under db_mu, before its thread returns. */
+typedef struct wanted {
+    struct wanted *next;
+    const char *subject;
+} wanted;
+
 struct ew__keyring {
     char *key_file, *store_path;
     int64_t ttl_us;
-    pthread_mutex_t mu;    /* the cache */
+    pthread_mutex_t mu;    /* the cache and the queue of wanted keys */
+    wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
     /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
@@ -397,8 +407,23 @@ static int read_key(ew__keyring *k, const char *subject, key_state *state,
     return ret;
 }
 
-/* Under db_mu: makes the subject's data key unless it has a row already. */
-static int create_key(ew__keyring *k, const char *subject, ew_error *err)
+/* Under db_mu: one insert of a new data key for subject, unless it has a row already. */
+static int insert_key(ew__keyring *k, sqlite3_stmt *st, const char *subject, ew_error *err)
+{
+    unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
+    crypto_aead_xchacha20poly1305_ietf_keygen(dek);
+    wrap(k->kek, subject, dek, w);
+    sodium_memzero(dek, sizeof dek);
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, w, sizeof w, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, ew_now_us() / 1000000);
+    return sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "storing a data key", err);
+}
+
+/* Under db_mu: makes the data keys of subject and of the queued subjects in batch, in one
+ * transaction, for those without a row already. */
+static int create_keys(ew__keyring *k, const char *subject, const wanted *batch, ew_error *err)
 {
     int rc = exec(k, "BEGIN IMMEDIATE", err);
     if (rc) return rc;
@@ -410,10 +435,6 @@ static int create_key(ew__keyring *k, const char *subject, ew_error *err)
         rc = have;
         goto fail;
     }
-    unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
-    crypto_aead_xchacha20poly1305_ietf_keygen(dek);
-    wrap(k->kek, subject, dek, w);
-    sodium_memzero(dek, sizeof dek);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(k->db,
                            "INSERT OR IGNORE INTO subject_keys (subject, wrapped, created_at) "
@@ -422,16 +443,27 @@ static int create_key(ew__keyring *k, const char *subject, ew_error *err)
         rc = db_fail(k, "storing a data key", err);
         goto fail;
     }
-    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 2, w, sizeof w, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, ew_now_us() / 1000000);
-    rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "storing a data key", err);
+    rc = insert_key(k, st, subject, err);
+    for (const wanted *w = batch; !rc && w; w = w->next)
+        if (strcmp(w->subject, subject) != 0) rc = insert_key(k, st, w->subject, err);
     sqlite3_finalize(st);
     if (rc) goto fail;
     return exec(k, "COMMIT", err);
 fail:
     exec(k, "ROLLBACK", NULL);
     return rc;
+}
+
+/* Takes node out of the queue if it is still there. */
+static void dequeue(ew__keyring *k, wanted *node)
+{
+    pthread_mutex_lock(&k->mu);
+    for (wanted **p = &k->queue; *p; p = &(*p)->next)
+        if (*p == node) {
+            *p = node->next;
+            break;
+        }
+    pthread_mutex_unlock(&k->mu);
 }
 
 static size_t slot_of(const char *subject)
@@ -459,15 +491,28 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
         }
         pthread_mutex_unlock(&k->mu);
     }
+    wanted me = {.subject = subject};
+    if (create) {
+        pthread_mutex_lock(&k->mu);
+        me.next = k->queue;
+        k->queue = &me;
+        pthread_mutex_unlock(&k->mu);
+    }
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
     unsigned char w[WRAPPED_BYTES];
     size_t wlen = 0;
     if (!rc) rc = read_key(k, subject, state, w, &wlen, err);
     if (!rc && *state == KEY_NONE && create) {
-        rc = create_key(k, subject, err);
+        /* this thread makes its key and every key queued meanwhile */
+        pthread_mutex_lock(&k->mu);
+        wanted *batch = k->queue;
+        k->queue = NULL;
+        pthread_mutex_unlock(&k->mu);
+        rc = create_keys(k, subject, batch, err);
         if (!rc) rc = read_key(k, subject, state, w, &wlen, err);
     }
+    if (create) dequeue(k, &me);
     if (!rc && *state == KEY_LIVE) {
         if (unwrap(k->kek, subject, w, wlen, dek) != 0 &&
             (reload_kek(k, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))

@@ -4,6 +4,7 @@
  * keeps every old event readable, a destroyed key that decodes as erased, and EVENT_ENCRYPTION=off
  * refusing what it cannot read. Each case keeps its keys in a folder of its own. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -132,6 +133,59 @@ static void test_the_wire_carries_ciphertext(void **state)
     free(json);
     free(again);
     ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
+/* Threads that need new data keys at once share the key store's commits (one thread makes the
+ * keys queued meanwhile): each subject still gets exactly one key, and every event sealed under
+ * it opens with a keyring that has never seen it. */
+enum { MAKERS = 8, SUBJECTS_EACH = 40 };
+
+typedef struct maker {
+    ew__keyring *k;
+    char users[SUBJECTS_EACH][EW_UUID_LEN + 1];
+    char *json[SUBJECTS_EACH];
+} maker;
+
+static void *make_keys(void *arg)
+{
+    maker *m = arg;
+    for (int i = 0; i < SUBJECTS_EACH; i++) {
+        ew_uuid7(m->users[i]);
+        ew_event *ev = registered(m->users[i], "kat@example.com", "kat");
+        m->json[i] = sealed_json(m->k, ev);
+        ew_event_unref(ev);
+    }
+    return NULL;
+}
+
+static void test_new_keys_from_many_threads_at_once(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    static maker m[MAKERS];
+    pthread_t th[MAKERS];
+    for (int i = 0; i < MAKERS; i++) {
+        m[i].k = k;
+        assert_int_equal(pthread_create(&th[i], NULL, make_keys, &m[i]), 0);
+    }
+    for (int i = 0; i < MAKERS; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    size_t live = 0, erased = 0;
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+    assert_int_equal(live, MAKERS * SUBJECTS_EACH);
+    assert_int_equal(erased, 0);
+    ew__keyring *fresh = keyring(f);
+    for (int i = 0; i < MAKERS; i++)
+        for (int j = 0; j < SUBJECTS_EACH; j++) {
+            ew_event *back;
+            if (open_json(fresh, m[i].json[j], &back, &err)) fail_msg("%s", err.msg);
+            assert_string_equal(ew_user_registered_data(back)->user_id, m[i].users[j]);
+            assert_string_equal(ew_user_registered_data(back)->email, "kat@example.com");
+            ew_event_unref(back);
+            free(m[i].json[j]);
+        }
+    ew__keyring_free(fresh);
     ew__keyring_free(k);
 }
 
@@ -480,6 +534,7 @@ static void test_encryption_off_refuses_what_it_cannot_read(void **state)
 
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 static const struct CMUnitTest tests[] = {
+    CASE(test_new_keys_from_many_threads_at_once),
     CASE(test_the_wire_carries_ciphertext),
     CASE(test_a_missing_key_file_is_refused_when_keys_exist),
     CASE(test_a_wrong_or_exposed_key_file_is_refused),
