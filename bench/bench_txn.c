@@ -16,6 +16,7 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "eventwire/store.h"
+#include "store/batch.h"
 
 #define SECONDS 1.0
 #define THREADS 8
@@ -63,11 +64,11 @@ static void *run(void *arg)
     snprintf(tag, sizeof tag, "t%d", r->index);
     ew_error err = {0};
     while (ew_mono_ns() < r->until_ns) {
-        if (r->hold && ew_store_hold(r->s, &err)) die("hold", err.msg);
+        if (r->hold && ew__store_hold(r->s, &err)) die("hold", err.msg);
         int k = r->hold ? r->hold : 1;
         for (int i = 0; i < k; i++)
             one(r->s, tag, r->n++);
-        if (r->hold && ew_store_release(r->s, &err)) die("release", err.msg);
+        if (r->hold && ew__store_release(r->s, &err)) die("release", err.msg);
     }
     return NULL;
 }

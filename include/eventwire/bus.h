@@ -35,7 +35,6 @@
 #include "eventwire/inbox.h"
 #include "eventwire/log.h"
 #include "eventwire/trace.h"
-#include "eventwire/store.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +42,8 @@ extern "C" {
 
 typedef struct ew_bus ew_bus;
 typedef struct ew_handler_ctx ew_handler_ctx;
+/* An event store (eventwire/store.h), named here only by ew_subscribe_opts.batch_store. */
+typedef struct ew_store ew_store;
 
 typedef enum ew_handler_result {
     EW_HANDLER_OK = 0,    /* done: the event counts as handled */
@@ -98,9 +99,10 @@ typedef struct ew_subscribe_opts {
      * --from-beginning`). A group that exists resumes where it left off either way. */
     bool from_beginning;
     /* A store the handler writes through transactions of its own (ew_store_begin), as the saga
-     * engine does: a worker that has several deliveries queued holds it (ew_store_hold) while it
-     * runs them, so that their transactions commit together, and acknowledges them after. NULL:
-     * none. The bus's inbox is held the same way, without this, when it can (ew_inbox_ops v2). */
+     * engine does: a worker that has several deliveries queued runs them with the handle held,
+     * so that their transactions commit together (store.h, "Group commit"), and acknowledges
+     * them after. Borrowed: it must outlive the bus. NULL: none. The bus's inbox is held the
+     * same way, without this, when it can (ew_inbox_ops.hold). */
     ew_store *batch_store;
     /* When the group has a handler of this name with other patterns: this pattern is added to
      * it (false: EW_EEXIST). One handler then takes several types in one queue, in the order

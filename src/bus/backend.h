@@ -58,15 +58,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "eventwire/bus.h"
+#include "store/batch.h"
 
 typedef struct ew_dispatcher ew_dispatcher;
 
 /* ---- what a backend implements ---------------------------------------------------------- */
 
-#define EW_BUS_OPS_VERSION 3
-
-/* Members only grow at the end; a backend built against an older version leaves the newer ones
- * out (zero), and bus.c checks version before it reads them. */
 /* A subscription as a backend sees it: which group consumes what, and where a new group starts. */
 typedef struct ew_backend_sub {
     const char *group;   /* the subscriber group */
@@ -80,8 +77,9 @@ typedef struct ew_backend_sub {
     bool ephemeral;
 } ew_backend_sub;
 
+/* Every backend is compiled into the library with it: the table has no version, and an
+ * optional member a backend leaves NULL says it has no such thing. */
 typedef struct ew_bus_ops {
-    int version;      /* EW_BUS_OPS_VERSION */
     const char *name; /* the EVENT_BUS_TYPE value: "memory", "kafka", ... */
 
     /* Creates the backend's state for bus, reading its settings from cfg (borrowed until close;
@@ -91,9 +89,11 @@ typedef struct ew_bus_ops {
     int (*open)(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err);
 
     /* Publishes evs[0..n) in order (borrowed: take references to keep them). Sets *npublished to
-     * how many made it, also on failure, when err names the index that failed. Thread-safe. */
+     * how many made it, also on failure, when err names the index that failed. Thread-safe.
+     * batch: the publishing worker's (store/batch.h) for a handler's follow-ups, NULL otherwise;
+     * a backend that writes to an event store consults it (the SQLite bus). */
     int (*publish)(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                   ew_error *err);
+                   const ew__batch *batch, ew_error *err);
 
     /* Subscriber group sub->group gained a subscription to sub->pattern: create or widen what
      * the group consumes (topics, bindings, streams). Called before or after start, never
@@ -190,6 +190,11 @@ struct ew_delivery {
  * others are logged as lost, the call succeeds and done() reports EW_DELIVERY_ABANDONED.
  * Thread-safe; called from backends' consumer threads (and the memory backend's publishers). */
 int ew__dispatch_deliver(ew_dispatcher *d, ew_delivery *dl, ew_error *err);
+
+/* The batch (store/batch.h) of d's worker that runs on the calling thread; NULL when it is none
+ * of d's workers. Only that thread may use it, until its handler returns. Takes d's mutex: for
+ * the calls a handler makes without its worker at hand (ew_bus_publish), not for a hot path. */
+ew__batch *ew__dispatch_batch_here(ew_dispatcher *d);
 
 /* The bus's dispatcher, for deliveries. Valid from open until close. */
 ew_dispatcher *ew__bus_dispatcher(ew_bus *bus);

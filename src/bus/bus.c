@@ -9,7 +9,7 @@
 #include <string.h>
 #include "core/log.h"
 #include "bus/backend.h"
-#include "eventwire/store.h"
+#include "store/store_bus.h"
 #include "bus/dispatch.h"
 #include "bus/receive.h"
 #include "bus/redeliver.h"
@@ -132,10 +132,12 @@ static int not_supported(const char *type, ew_error *err)
  * transaction, before the backend gets it, each event in the stream of its subject (its type when
  * it has none). The store skips an id it has, so a retried publish records once; when recording
  * fails nothing is published. */
-static int record(ew_bus *bus, const ew_event *const *evs, size_t n, ew_error *err)
+static int record(ew_bus *bus, const ew_event *const *evs, size_t n, const ew__batch *batch,
+                  ew_error *err)
 {
     ew_error e = {0};
-    int rc = ew_store_record(bus->audit, evs, n, NULL, &e);
+    ew__batch_flush(batch, bus->audit);
+    int rc = ew__store_record(bus->audit, evs, n, NULL, &e);
     if (rc) return ew_error_set(err, rc, "events not recorded in the event store: %s", e.msg);
     return 0;
 }
@@ -179,11 +181,12 @@ static void release_signed(ew_event **evs, size_t n)
     free(evs);
 }
 
-/* The internal publish: follow-ups of handlers go through here, also while closing. With
- * ew_bus_options.auth, each event is checked against the policy; personal fields are encrypted
- * (seal_all), and what leaves is signed in that form, the form receivers verify. */
+/* The internal publish: follow-ups of handlers go through here, also while closing, with their
+ * worker's batch (NULL for others). With ew_bus_options.auth, each event is checked against the
+ * policy; personal fields are encrypted (seal_all), and what leaves is signed in that form, the
+ * form receivers verify. */
 static int publish_internal(void *self, const ew_event *const *evs_in, size_t n, size_t *npublished,
-                            ew_error *err)
+                            const ew__batch *batch, ew_error *err)
 {
     ew_bus *bus = self;
     size_t done = 0;
@@ -208,7 +211,7 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
     for (size_t i = 0; !rc && signed_evs && i < n; i++)
         rc = ew_evauth_sign(bus->auth, evs[i], &signed_evs[i], err);
     if (!rc && signed_evs) evs = (const ew_event *const *)signed_evs;
-    if (!rc && bus->audit) rc = record(bus, evs, n, err);
+    if (!rc && bus->audit) rc = record(bus, evs, n, batch, err);
     if (rc) {
         atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
         if (npublished) *npublished = 0;
@@ -216,7 +219,7 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
         unseal_all(evs_in, sealed, n);
         return rc;
     }
-    rc = bus->ops->publish(bus->be, evs, n, &done, err);
+    rc = bus->ops->publish(bus->be, evs, n, &done, batch, err);
     if (done) atomic_fetch_add_explicit(&bus->published, done, memory_order_relaxed);
     for (size_t i = 0; i < done && !bus->no_metrics; i++) {
         unsigned t = (unsigned)ew_event_type_id(evs_in[i]);
@@ -379,7 +382,7 @@ int ew_bus_lag(ew_bus *bus, const char *group, ew_lag_fn fn, void *ud, ew_error 
     if (!bus || !fn) return ew_error_set(err, EW_EINVAL, "bus and fn are required");
     if (group && (!*group || strlen(group) > MAX_NAME))
         return ew_error_set(err, EW_EINVAL, "group must be 1 to %d bytes", MAX_NAME);
-    if (bus->ops->version < 3 || !bus->ops->lag)
+    if (!bus->ops->lag)
         return ew_error_set(err, EW_ENOTSUP, "the %s backend does not report consumer lag",
                             bus->ops->name);
     return bus->ops->lag(bus->be, group, fn, ud, err);
@@ -526,7 +529,7 @@ int ew_bus_publish_batch(ew_bus *bus, const ew_event *const *evs, size_t n, ew_e
                                 n);
         }
     }
-    return n ? publish_internal(bus, evs, n, NULL, err) : 0;
+    return n ? publish_internal(bus, evs, n, NULL, NULL, err) : 0;
 }
 
 int ew_bus_publish(ew_bus *bus, const ew_event *ev, ew_error *err)

@@ -28,6 +28,7 @@
 #include "bus/redeliver.h"
 #include "bus/wire.h"
 #include "core/rand.h"
+#include "store/batch.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
@@ -42,9 +43,9 @@
  * per this many, or when it goes idle or backs off: publishers increment that counter for every
  * event, and a worker decrementing it per batch would pull its cache line back and forth. */
 #define FLUSH_EVERY 1024
-/* A worker with several deliveries queued holds the inbox's store (and the subscription's
+/* A worker with several deliveries queued holds the inbox's store (or the subscription's
  * batch_store) while it runs them, so that their transactions commit together; it acknowledges
- * them after the commit. At most this many, for at most this long, per commit. */
+ * them after the commit (store/batch.h). At most this many, for at most this long, per commit. */
 #define HOLD_MAX 64
 #define MAX_PATTERNS 128 /* patterns of one subscription (ew_subscribe_opts.add_pattern) */
 #define HOLD_MAX_NS 5000000
@@ -90,11 +91,15 @@ typedef struct worker {
     ew_dispatcher *d;
     pthread_t thread;
     bool running;        /* the thread was created and not yet joined */
+    bool has_thread;     /* thread was created (set once, under d->mu) */
     uint64_t unflushed;  /* finished items not yet taken off d->outstanding */
     const ew_event **fu; /* follow-ups of the running handler (references) */
     size_t fun, fucap;
-    /* A hold (HOLD_MAX): the batch items handled since it began, acknowledged at its end. */
+    /* A hold (HOLD_MAX): the batch items handled since it began, acknowledged at its end. What
+     * it holds, and the running delivery's inbox transaction, are in store_batch (store/batch.h),
+     * which goes with every publish of the worker. */
     bool holding, held_inbox, held_store;
+    ew__batch store_batch;
     int64_t hold_t0;
     int64_t wall_off_us, wall_at_ns; /* spans: wall-clock minus monotonic time, and when read */
     size_t pend[HOLD_MAX];
@@ -166,9 +171,6 @@ struct ew_handler_ctx {
     uint8_t parent_span_id[8];
     char traceparent[EW_TRACEPARENT_LEN + 1]; /* "" until asked for */
 };
-
-/* Which dispatcher's handler the current thread runs, to refuse waiting on oneself. */
-static _Thread_local const ew_dispatcher *tl_dispatcher;
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -243,7 +245,7 @@ uint64_t ew__dispatch_pending(const ew_dispatcher *d)
 
 int ew__dispatch_wait(ew_dispatcher *d, int timeout_ms, ew_error *err)
 {
-    if (tl_dispatcher == d)
+    if (ew__dispatch_in_handler(d))
         return ew_error_set(err, EW_ESTATE,
                             "a handler cannot wait for the bus's events: it would wait for itself");
     struct timespec deadline = mono_after_us((int64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000);
@@ -266,9 +268,23 @@ int ew__dispatch_wait(ew_dispatcher *d, int timeout_ms, ew_error *err)
     return 0;
 }
 
-bool ew__dispatch_in_handler(const ew_dispatcher *d)
+ew__batch *ew__dispatch_batch_here(ew_dispatcher *d)
 {
-    return tl_dispatcher == d;
+    pthread_t self = pthread_self();
+    ew__batch *b = NULL;
+    pthread_mutex_lock(&d->mu);
+    for (size_t i = 0; i < d->nsubs && !b; i++)
+        for (size_t j = 0; j < d->subs[i]->nworkers && !b; j++) {
+            worker *w = d->subs[i]->workers[j];
+            if (w->has_thread && pthread_equal(w->thread, self)) b = &w->store_batch;
+        }
+    pthread_mutex_unlock(&d->mu);
+    return b;
+}
+
+bool ew__dispatch_in_handler(ew_dispatcher *d)
+{
+    return ew__dispatch_batch_here(d) != NULL;
 }
 
 /* ---- deliveries that a backend acknowledges --------------------------------------------- */
@@ -308,12 +324,17 @@ static bool inbox_holds(const ew_dispatcher *d, const sub *s)
     return ops && !s->no_inbox && ops->version >= 2 && ops->hold && ops->release;
 }
 
+/* One store held per worker: two handles on one SQLite file, both held, would each wait for the
+ * other's write lock. */
 static void hold_begin(worker *w)
 {
     ew_dispatcher *d = w->d;
     ew_error e = {0};
+    ew_store *inbox_store = ew__inbox_store(d->host.inbox);
     if (inbox_holds(d, w->s)) w->held_inbox = d->host.inbox.ops->hold(d->host.inbox.self, &e) == 0;
-    if (w->s->batch_store) w->held_store = ew_store_hold(w->s->batch_store, &e) == 0;
+    if (w->s->batch_store && !(w->held_inbox && inbox_store))
+        w->held_store = ew__store_hold(w->s->batch_store, &e) == 0;
+    w->store_batch.held = w->held_store ? w->s->batch_store : w->held_inbox ? inbox_store : NULL;
     w->holding = w->held_inbox || w->held_store;
     w->hold_t0 = w->holding ? ew_mono_ns() : 0;
 }
@@ -337,13 +358,14 @@ static void hold_end(worker *w)
     int rc = 0;
     if (w->held_inbox) rc = d->host.inbox.ops->release(d->host.inbox.self, &e);
     if (w->held_store) {
-        int rc2 = ew_store_release(w->s->batch_store, &e2);
+        int rc2 = ew__store_release(w->s->batch_store, &e2);
         if (!rc && rc2) {
             rc = rc2;
             e = e2;
         }
     }
     w->holding = w->held_inbox = w->held_store = false;
+    w->store_batch.held = NULL;
     size_t n = w->pendn;
     w->pendn = 0;
     if (!rc) {
@@ -397,10 +419,12 @@ static void record_time(worker *w, uint64_t ns)
 }
 
 /* Hands the dead letter to the sink, again and again with back-off while the sink refuses it:
- * a dead letter is never dropped. False when the dispatcher stopped first. */
+ * a dead letter is never dropped. The hold ends first: the sink may write to the held store's
+ * file through a handle of its own. False when the dispatcher stopped first. */
 static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int64_t first_us,
                         int64_t last_us)
 {
+    hold_end(w);
     ew_dispatcher *d = w->d;
     const sub *s = w->s;
     const ew_event *ev = ctx->ev;
@@ -506,11 +530,12 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
     if (w->fun) {
         size_t done = 0;
         ew_error e = {0};
-        int rc = d->host.publish(d->host.bus, w->fu, w->fun, &done, &e);
+        int rc = d->host.publish(d->host.bus, w->fu, w->fun, &done, &w->store_batch, &e);
         size_t n = w->fun;
         drop_follow_ups(w);
         if (rc) {
             if (use_inbox) d->host.inbox.ops->rollback(d->host.inbox.self, ctx->txn);
+            w->store_batch.txn = NULL;
             ew_ctx_set_error(ctx, "publishing follow-up event %zu of %zu failed: %s", done + 1, n,
                              e.code ? e.msg : ew_strerror(rc));
             return EW_HANDLER_RETRY;
@@ -520,6 +545,7 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
         ew_error e = {0};
         int rc = d->host.inbox.ops->commit(d->host.inbox.self, w->s->inbox_key,
                                            ew_event_id(ctx->ev), ctx->txn, &e);
+        w->store_batch.txn = NULL;
         if (rc < 0) {
             ew_ctx_set_error(ctx, "inbox commit failed: %s", e.code ? e.msg : ew_strerror(rc));
             return EW_HANDLER_RETRY;
@@ -568,6 +594,7 @@ static bool run_item(worker *w, const item *it)
                 r = EW_HANDLER_RETRY;
                 goto failed;
             }
+            w->store_batch.txn = ew__inbox_txn(d->host.inbox, ctx.txn);
         }
         r = call_handler(w, &ctx);
         if (r == EW_HANDLER_OK) {
@@ -581,6 +608,7 @@ static bool run_item(worker *w, const item *it)
         } else {
             drop_follow_ups(w);
             if (use_inbox) d->host.inbox.ops->rollback(d->host.inbox.self, ctx.txn);
+            w->store_batch.txn = NULL;
             if (r != EW_HANDLER_RETRY && r != EW_HANDLER_FAIL) {
                 ew_ctx_set_error(&ctx, "handler returned %d, which is not ok, retry or fail",
                                  (int)r);
@@ -645,7 +673,6 @@ static void spin_for_work(worker *w)
 static void *worker_main(void *arg)
 {
     worker *w = arg;
-    tl_dispatcher = w->d;
     pthread_mutex_lock(&w->mu);
     for (;;) {
         if (queued(w) == 0 && w->d->spin_ns) {
@@ -761,6 +788,7 @@ static int worker_start(worker *w, ew_error *err)
         return ew_error_set(err, EW_EAGAIN, "cannot start a worker thread for %s: %s",
                             w->s->inbox_key, strerror(rc));
     w->running = true;
+    w->has_thread = true;
     char name[16];
     snprintf(name, sizeof name, "ew:%s", w->s->group);
     pthread_setname_np(w->thread, name);

@@ -24,9 +24,10 @@ typedef struct ew_dispatch_host {
     ew_inbox inbox;      /* .ops NULL: none */
     const char *service; /* SERVICE_NAME: the source of follow-up events */
     /* Publishes the follow-up events of a handler that returned ok (the bus's internal publish,
-     * which works during close). Same contract as ew_bus_ops.publish. */
+     * which works during close), with the worker's batch (store/batch.h). Same contract as
+     * ew_bus_ops.publish. */
     int (*publish)(void *bus, const ew_event *const *evs, size_t n, size_t *npublished,
-                   ew_error *err);
+                   const ew__batch *batch, ew_error *err);
     void *bus;
     /* ENABLE_METRICS=false: handler calls are not timed (no clock read around them) and not
      * counted by type; the other counters, which the bus works with, still are. */
@@ -86,7 +87,7 @@ int ew__dispatch_start(ew_dispatcher *d, ew_error *err);
 int ew__dispatch_wait(ew_dispatcher *d, int timeout_ms, ew_error *err);
 
 /* Is the calling thread one of d's workers? */
-bool ew__dispatch_in_handler(const ew_dispatcher *d);
+bool ew__dispatch_in_handler(ew_dispatcher *d);
 
 /* Stops the workers (those running a handler finish that call first), joins them, and drops
  * whatever is still queued: each event is logged as lost, deliveries are done(ABANDONED).

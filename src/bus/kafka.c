@@ -349,7 +349,6 @@ static void k_close(void *self)
 }
 
 const ew_bus_ops ew__bus_kafka_ops = {
-    .version = EW_BUS_OPS_VERSION,
     .name = "kafka",
     .open = k_open,
     .publish = ew__kf_k_publish,

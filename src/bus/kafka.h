@@ -147,7 +147,7 @@ int ew__kf_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *
 
 void ew__kf_ensure_topics(kafka *k, const char *pattern);
 int ew__kf_k_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                     ew_error *err);
+                     const ew__batch *batch, ew_error *err);
 void ew__kf_prod_free(kprod *p);
 int ew__kf_prod_new(kafka *k, kprod **out, ew_error *err);
 

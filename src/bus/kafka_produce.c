@@ -162,7 +162,7 @@ static void prod_replace(kafka *k, kprod *old)
 }
 
 int ew__kf_k_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                     ew_error *err)
+                     const ew__batch *batch, ew_error *err)
 {
     kafka *k = self;
     *npublished = 0;

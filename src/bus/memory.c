@@ -28,7 +28,7 @@ static int mem_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
 }
 
 static int mem_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                       ew_error *err)
+                       const ew__batch *batch, ew_error *err)
 {
     memory *m = self;
     for (size_t i = 0; i < n; i++) {
@@ -111,7 +111,6 @@ static void mem_close(void *self)
 }
 
 const ew_bus_ops ew__bus_memory_ops = {
-    .version = EW_BUS_OPS_VERSION,
     .name = "memory",
     .open = mem_open,
     .publish = mem_publish,

@@ -255,7 +255,6 @@ static void rmq_close(void *self)
 }
 
 const ew_bus_ops ew__bus_rabbitmq_ops = {
-    .version = EW_BUS_OPS_VERSION,
     .name = "rabbitmq",
     .open = rmq_open,
     .publish = ew__mq_rmq_publish,

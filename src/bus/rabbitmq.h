@@ -123,7 +123,7 @@ void ew__mq_pub_check_idle(rmq *r);
 void ew__mq_pub_down(rmq *r);
 int ew__mq_pub_ensure(rmq *r, ew_error *err);
 int ew__mq_rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                       ew_error *err);
+                       const ew__batch *batch, ew_error *err);
 
 /* ---- rabbitmq_consume.c ------------------------------------------------------------------ */
 

@@ -205,7 +205,7 @@ static int pub_wait_confirms(rmq *r, uint64_t first, size_t n, unsigned char *st
 }
 
 int ew__mq_rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                       ew_error *err)
+                       const ew__batch *batch, ew_error *err)
 {
     rmq *r = self;
     *npublished = 0;

@@ -52,7 +52,7 @@ static void put_key(ew_buf *b, const redis_bus *rb, const char *type)
 }
 
 static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                      ew_error *err)
+                      const ew__batch *batch, ew_error *err)
 {
     redis_bus *rb = self;
     *npublished = 0;
@@ -539,7 +539,6 @@ fail:
 }
 
 const ew_bus_ops ew__bus_redis_ops = {
-    .version = EW_BUS_OPS_VERSION,
     .name = "redis",
     .open = rd_open,
     .publish = rd_publish,

@@ -1,5 +1,5 @@
 /* eventwire — the SQLite bus (EVENT_BUS_TYPE=sqlite, the default): the event store's log is the
- * bus. Publishing appends to event_store.events (ew_store_record), with concurrent publishers of
+ * bus. Publishing appends to event_store.events (ew__store_record), with concurrent publishers of
  * one bus gathered into one transaction (group commit). Each subscriber group keeps its position
  * in event_store.bus_groups; one consumer thread per group reads the log after it, hands events
  * to the dispatcher and moves the position up to the oldest delivery not yet done. Several
@@ -35,6 +35,7 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "eventwire/store.h"
+#include "store/store_bus.h"
 
 /* ---- publishing ------------------------------------------------------------------------------ */
 
@@ -62,7 +63,7 @@ static void commit_batch(sqbus *b, pubreq *first, pubreq *end)
     int rc;
     ew_error e = {0};
     if (nreq == 1) {
-        rc = first->rc = ew_store_record(b->st, first->evs, first->n, NULL, &first->err);
+        rc = first->rc = ew__store_record(b->st, first->evs, first->n, NULL, &first->err);
     } else if (!all) {
         rc = EW_ENOMEM;
     } else {
@@ -71,7 +72,7 @@ static void commit_batch(sqbus *b, pubreq *first, pubreq *end)
             memcpy(all + k, r->evs, r->n * sizeof *all);
             k += r->n;
         }
-        rc = ew_store_record(b->st, all, total, NULL, &e);
+        rc = ew__store_record(b->st, all, total, NULL, &e);
         for (pubreq *r = first; r != end; r = r->next)
             r->rc = rc;
     }
@@ -81,7 +82,7 @@ static void commit_batch(sqbus *b, pubreq *first, pubreq *end)
         atomic_fetch_add(&b->events, total);
     } else if (nreq > 1) {
         for (pubreq *r = first; r != end; r = r->next) {
-            r->rc = ew_store_record(b->st, r->evs, r->n, NULL, &r->err);
+            r->rc = ew__store_record(b->st, r->evs, r->n, NULL, &r->err);
             if (r->rc == 0) {
                 atomic_fetch_add(&b->commits, 1);
                 atomic_fetch_add(&b->events, r->n);
@@ -110,19 +111,23 @@ static void sync_batch(sqbus *b, pubreq *first, pubreq *end)
 }
 
 static int sq_publish(void *self, const ew_event *const *evs, size_t n, size_t *npublished,
-                      ew_error *err)
+                      const ew__batch *batch, ew_error *err)
 {
     sqbus *b = self;
     *npublished = 0;
-    /* A thread inside a write transaction on the file (a handler's inbox, publishing its
-     * follow-ups) would wait for itself: the events go into that transaction, and are
-     * committed, or rolled back, with it. */
-    ew_txn *t = ew_store_thread_txn(b->st);
+    /* A handler's worker (its batch, store/batch.h: passed with its follow-ups, looked up for
+     * an ew_bus_publish from inside the handler) may hold the file's write lock: in the inbox's
+     * transaction, where the events go, to be committed or rolled back with it; or in a held
+     * store's chain, which is committed first. Either way the write would otherwise wait for
+     * its own thread until the busy timeout. */
+    if (!batch) batch = ew__dispatch_batch_here(ew__bus_dispatcher(b->bus));
+    ew_txn *t = ew__batch_txn_on(batch, b->st);
     if (t) {
-        int rc = ew_txn_record(t, evs, n, NULL, err);
+        int rc = ew__txn_record(t, evs, n, NULL, err);
         if (!rc) *npublished = n;
         return rc;
     }
+    ew__batch_flush(batch, b->st);
     pubreq me = {.evs = evs, .n = n};
     sem_init(&me.sem, 0, 0);
     pthread_mutex_lock(&b->gc_mu);
@@ -270,7 +275,7 @@ static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     } else {
         ew__bus_log(bus, EW_LOG_WARN, "sqlite bus: cannot open %s (%s): commits sync in the lock",
                     b->wal_path ? b->wal_path : "the WAL", strerror(errno));
-        if ((rc = ew_store_sync_commits(b->st, 1, err))) goto fail_store;
+        if ((rc = ew__store_sync_commits(b->st, 1, err))) goto fail_store;
     }
     ew__bus_log(bus, EW_LOG_DEBUG, "sqlite bus: %s opened", url);
     *self = b;
@@ -298,7 +303,7 @@ static int sq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
         /* The group's row first: from now on the log keeps its events, also before start and
          * while none of its consumers runs. A group the file does not have yet starts at the
          * head of the log, or at its start with from_beginning; one it has keeps its position. */
-        if ((rc = ew_store_group_open(b->st, name, bsub->from_beginning, NULL, err))) goto out;
+        if ((rc = ew__store_group_open(b->st, name, bsub->from_beginning, NULL, err))) goto out;
         if (!(g = ew__sq_group_new(b, name))) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
             goto out;
@@ -407,7 +412,7 @@ static void sq_close(void *self)
             pthread_mutex_unlock(&g->mu);
             int held = 0;
             ew_error e = {0};
-            if (ew_store_group_commit(g->st, g->name, g->owner, floor, 0, &held, &e))
+            if (ew__store_group_commit(g->st, g->name, g->owner, floor, 0, &held, &e))
                 ew__bus_log(b->bus, EW_LOG_ERROR,
                             "sqlite bus: group %s: position %lld not written at close: %s", g->name,
                             (long long)floor, e.msg);
@@ -475,7 +480,6 @@ static int sq_lag(void *self, const char *name, ew_lag_fn fn, void *ud, ew_error
 }
 
 const ew_bus_ops ew__bus_sqlite_ops = {
-    .version = EW_BUS_OPS_VERSION,
     .name = "sqlite",
     .open = sq_open,
     .publish = sq_publish,

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "bus/backend.h"
-#include "eventwire/store.h"
+#include "store/store_bus.h"
 
 /* A group's lease lasts LEASE_MS unless renewed, which its holder does every RENEW_MS; a
  * consumer without it looks at it every STANDBY_MS. */
@@ -58,7 +58,7 @@ struct group {
     group *next; /* the bus's groups, newest first; never removed before close */
     char *name;
     bool ephemeral; /* its row goes when the bus closes */
-    char owner[EW_STORE_OWNER_MAX];
+    char owner[EW__STORE_OWNER_MAX];
 
     pthread_mutex_t mu; /* everything down to idle */
     char **patterns;

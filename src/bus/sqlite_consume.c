@@ -27,7 +27,7 @@
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
-#include "eventwire/store.h"
+#include "store/store_bus.h"
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
@@ -241,9 +241,9 @@ static bool deliver(group *g, slot *s)
     return false;
 }
 
-/* ew_store_scan's callback: one wanted row into a slot, then to the dispatcher or the dead
+/* ew__store_scan's callback: one wanted row into a slot, then to the dispatcher or the dead
  * letters. The scan never brings more rows than there are free slots. */
-static int on_entry(void *ud, const ew_store_entry *e)
+static int on_entry(void *ud, const ew__store_entry *e)
 {
     group *g = ud;
     pthread_mutex_lock(&g->mu);
@@ -331,7 +331,7 @@ static bool scan(group *g, size_t room)
     }
     int64_t from = g->read_pos, last = from;
     ew_error e = {0};
-    int rc = ew_store_scan(g->st, from, pv, np, room, g->b->max_bytes, on_entry, g, &last, &e);
+    int rc = ew__store_scan(g->st, from, pv, np, room, g->b->max_bytes, on_entry, g, &last, &e);
     if (pv != pats) free(pv);
     if (rc) {
         consumer_error(g, "reading the log", &e);
@@ -354,9 +354,9 @@ static void try_acquire(group *g)
     size_t busy = g->count;
     pthread_mutex_unlock(&g->mu);
     if (busy) return;
-    ew_store_group row;
+    ew__store_group row;
     ew_error e = {0};
-    if (ew_store_group_get(g->st, g->name, &row, &e)) {
+    if (ew__store_group_get(g->st, g->name, &row, &e)) {
         consumer_error(g, "reading the group's row", &e);
         return;
     }
@@ -366,15 +366,15 @@ static void try_acquire(group *g)
         from = row.owner;
     }
     int held = 0;
-    if (ew_store_group_lease(g->st, g->name, g->owner, from, LEASE_MS, &held, &e)) {
+    if (ew__store_group_lease(g->st, g->name, g->owner, from, LEASE_MS, &held, &e)) {
         consumer_error(g, "taking the group's lease", &e);
         return;
     }
     if (!held) return;
-    if (ew_store_group_get(g->st, g->name, &row, &e)) { /* the position, now that it is ours */
+    if (ew__store_group_get(g->st, g->name, &row, &e)) { /* the position, now that it is ours */
         consumer_error(g, "reading the group's row", &e);
         int ignored;
-        ew_store_group_commit(g->st, g->name, g->owner, 0, 0, &ignored, NULL);
+        ew__store_group_commit(g->st, g->name, g->owner, 0, 0, &ignored, NULL);
         return;
     }
     g->active = true;
@@ -395,7 +395,7 @@ static void commit_position(group *g)
     pthread_mutex_unlock(&g->mu);
     int held = 0;
     ew_error e = {0};
-    if (ew_store_group_commit(g->st, g->name, g->owner, floor, LEASE_MS, &held, &e)) {
+    if (ew__store_group_commit(g->st, g->name, g->owner, floor, LEASE_MS, &held, &e)) {
         consumer_error(g, "writing the group's position", &e);
         return;
     }
@@ -450,7 +450,7 @@ static void *consumer_main(void *arg)
         if (retry) redeliver(g);
         watch_wal(g);
         if (want && room > 0) {
-            if (!have_dv) have_dv = ew_store_data_version(g->st, &dv, NULL) == 0;
+            if (!have_dv) have_dv = ew__store_data_version(g->st, &dv, NULL) == 0;
             want = scan(g, room);
             continue;
         }
@@ -471,7 +471,7 @@ static void *consumer_main(void *arg)
         }
         int64_t v;
         now = mono_ms();
-        if (ew_store_data_version(g->st, &v, NULL) != 0) {
+        if (ew__store_data_version(g->st, &v, NULL) != 0) {
             want = true;
             have_dv = false;
         } else if (!have_dv || v != dv) {

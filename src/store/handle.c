@@ -1,5 +1,5 @@
 /* eventwire — the store handle: the mutex that serialises its connection, its one transaction,
- * group commit and holds (store.h, docs/store.md "Group commit").
+ * group commit and holds (store.h, store/batch.h, docs/store.md "Group commit").
  *
  * Group commit. A handle runs one transaction at a time, and under load its threads queue for
  * it. When a transaction commits while another thread waits to begin one, the database
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "eventwire/clock.h"
+#include "store/batch.h"
 #include "store/handle.h"
 
 #define CHAIN_MAX 32
@@ -23,16 +24,8 @@
  * a transaction has more. */
 #define HELD_MAX 64
 
-/* The transactions this thread holds, so that a call that would wait for its own thread's
- * transaction fails instead of deadlocking. */
-static _Thread_local ew_txn *held_txns;
-/* The handle this thread holds (ew_store_hold), whose open chain may hold the database's write
- * lock while the thread does other things. */
-static _Thread_local ew_store *held_store;
-
 static void chain_end(ew_store *s);
 static int same_file(const ew_store *a, const ew_store *b);
-static void release_lock_of_held(ew_store *s);
 
 /* ---- the mutex ------------------------------------------------------------------------------ */
 
@@ -64,25 +57,14 @@ void ew__store_handle_free(ew_store *s)
  * it to decide whether to wait for company). */
 static int lock_raw(ew_store *s, ew_error *err)
 {
-    for (const ew_txn *t = held_txns; t; t = t->held_next)
-        if (t->s == s)
-            return ew_error_set(err, EW_ESTATE,
-                                "this thread has a transaction open on the store: use the "
-                                "transaction (ew_txn_exec), or another store handle");
-    release_lock_of_held(s);
+    if (atomic_load(&s->txn_busy) && pthread_equal(atomic_load(&s->txn_thread), pthread_self()))
+        return ew_error_set(err, EW_ESTATE,
+                            "this thread has a transaction open on the store: use the "
+                            "transaction (ew_txn_exec), or another store handle");
     atomic_fetch_add_explicit(&s->want, 1, memory_order_relaxed);
     pthread_mutex_lock(&s->mu);
     atomic_fetch_sub_explicit(&s->want, 1, memory_order_relaxed);
     return 0;
-}
-
-/* Before this thread writes through handle s: when it holds another handle on the same SQLite
- * file, that handle's chain is committed first, or the write would wait for this very thread's
- * lock on the file until the busy timeout. */
-static void release_lock_of_held(ew_store *s)
-{
-    ew_store *h = held_store;
-    if (h && h != s && same_file(h, s)) ew__store_release_held_file(s->dev, s->ino);
 }
 
 /* The handle for anything but a transaction: an open chain is committed first. */
@@ -173,20 +155,15 @@ int ew__txn_open(ew_store *s, ew_error *err)
     }
     s->txn.active = 1;
     s->txn.failed = 0;
-    s->txn.held_next = held_txns;
-    held_txns = &s->txn;
+    atomic_store(&s->txn_thread, pthread_self());
+    atomic_store(&s->txn_busy, 1);
     return 0;
 }
 
 static void txn_close(ew_store *s)
 {
-    for (ew_txn **p = &held_txns; *p; p = &(*p)->held_next)
-        if (*p == &s->txn) {
-            *p = s->txn.held_next;
-            break;
-        }
+    atomic_store(&s->txn_busy, 0);
     s->txn.active = 0;
-    s->txn.held_next = NULL;
     ew__store_unlock(s);
 }
 
@@ -220,7 +197,7 @@ int ew__txn_keep(ew_store *s, ew_error *err)
     }
     s->chain_n++;
     if (s->held && pthread_equal(s->holder, pthread_self())) {
-        s->chain_held = 1; /* committed by ew_store_release, or by whoever comes first */
+        s->chain_held = 1; /* committed by ew__store_release, or by whoever comes first */
         txn_close(s);
         return 0;
     }
@@ -274,31 +251,33 @@ void ew_txn_rollback(ew_txn *t)
     ew__txn_undo(t->s);
 }
 
-int ew_store_hold(ew_store *s, ew_error *err)
+int ew__store_hold(ew_store *s, ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "a store is required");
-    if (held_store) return ew_error_set(err, EW_ESTATE, "this thread holds a store already");
     int rc = ew__store_lock(s, err);
     if (rc) return rc;
-    if (s->held) {
+    if (s->held && pthread_equal(s->holder, pthread_self())) {
+        rc = ew_error_set(err, EW_ESTATE, "this thread holds the store already");
+    } else if (s->held) {
         rc = ew_error_set(err, EW_EAGAIN, "another thread holds the store");
     } else {
         s->held = 1;
         s->holder = pthread_self();
         s->hold_rc = 0;
-        held_store = s;
     }
     ew__store_unlock(s);
     return rc;
 }
 
-int ew_store_release(ew_store *s, ew_error *err)
+int ew__store_release(ew_store *s, ew_error *err)
 {
-    if (!s || held_store != s)
-        return ew_error_set(err, EW_ESTATE, "this thread does not hold the store");
-    held_store = NULL;
+    if (!s) return ew_error_set(err, EW_ESTATE, "this thread does not hold the store");
     int rc = lock_raw(s, err);
     if (rc) return rc;
+    if (!s->held || !pthread_equal(s->holder, pthread_self())) {
+        ew__store_unlock(s);
+        return ew_error_set(err, EW_ESTATE, "this thread does not hold the store");
+    }
     s->held = 0;
     if (s->chain_open) chain_end(s);
     if ((rc = s->hold_rc)) ew_error_set(err, rc, "%s", s->hold_err.msg);
@@ -332,26 +311,28 @@ int ew_txn_query(ew_txn *t, const char *sql, const char *const *params, size_t n
     return txn_run(t, sql, params, nparams, fn, ud, NULL, err);
 }
 
-void ew__store_release_held_file(dev_t dev, ino_t ino)
-{
-    ew_store *h = held_store;
-    if (!h || !h->has_file || h->dev != dev || h->ino != ino) return;
-    pthread_mutex_lock(&h->mu);
-    if (h->chain_open) chain_end(h);
-    pthread_mutex_unlock(&h->mu);
-}
-
-/* ---- this thread's transactions on a file ------------------------------------------------- */
+/* ---- a worker's batch (store/batch.h) ---------------------------------------------------------
+ */
 
 static int same_file(const ew_store *a, const ew_store *b)
 {
     return a->has_file && b->has_file && a->dev == b->dev && a->ino == b->ino;
 }
 
-ew_txn *ew_store_thread_txn(const ew_store *s)
+ew_txn *ew__batch_txn_on(const ew__batch *b, const ew_store *s)
 {
-    if (!s || !s->has_file) return NULL;
-    for (ew_txn *t = held_txns; t; t = t->held_next)
-        if (t->s->has_file && t->s->dev == s->dev && t->s->ino == s->ino) return t;
-    return NULL;
+    if (!b || !b->txn || !s || !b->txn->active) return NULL;
+    return same_file(b->txn->s, s) ? b->txn : NULL;
+}
+
+void ew__batch_flush(const ew__batch *b, const ew_store *s)
+{
+    ew_store *h = b ? b->held : NULL;
+    if (!h || !s || h == s || !same_file(h, s)) return;
+    /* This thread inside a transaction of h: h's mutex is its own, and the chain waits for it. */
+    if (atomic_load(&h->txn_busy) && pthread_equal(atomic_load(&h->txn_thread), pthread_self()))
+        return;
+    pthread_mutex_lock(&h->mu);
+    if (h->chain_open) chain_end(h);
+    pthread_mutex_unlock(&h->mu);
 }

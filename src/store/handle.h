@@ -25,9 +25,8 @@ typedef struct chain_waiter {
 struct ew_txn {
     ew_store *s;
     int active;
-    int failed;        /* a statement in it failed: it can only be rolled back */
-    int savepoint;     /* it runs as a savepoint of a chain (see handle.c) */
-    ew_txn *held_next; /* the other transactions the same thread holds */
+    int failed;    /* a statement in it failed: it can only be rolled back */
+    int savepoint; /* it runs as a savepoint of a chain (see handle.c) */
 };
 
 struct ew_store {
@@ -39,6 +38,10 @@ struct ew_store {
     int64_t ttl_us;   /* 0: events never expire */
     size_t max_bytes; /* EVENT_MAX_BYTES */
     ew_txn txn;
+    /* Which thread has txn open, readable without mu: a call on the handle from that very thread
+     * would wait for itself (ew__store_lock says EW_ESTATE instead). */
+    atomic_int txn_busy;
+    _Atomic(pthread_t) txn_thread;
     /* Group commit: guarded by mu, but for the waiters' list (chain_mu) and want. */
     atomic_int want;  /* threads waiting for mu */
     int chain_open;   /* the database transaction holds committed transactions */
@@ -48,14 +51,14 @@ struct ew_store {
     pthread_mutex_t chain_mu;
     pthread_cond_t chain_cv;
     chain_waiter *waiters; /* their threads, waiting for the database commit */
-    /* ew_store_hold: the holding thread's commits wait for ew_store_release. */
+    /* ew__store_hold (store/batch.h): the holding thread's commits wait for ew__store_release. */
     int held;
     pthread_t holder;
     int chain_held; /* the open chain has transactions of the holder */
     int hold_rc;    /* a commit of the holder's transactions failed */
     ew_error hold_err;
-    /* SQLite files: the file's identity, to find a transaction of this thread on the same file
-     * through another handle (ew_store_thread_txn). */
+    /* SQLite files: the file's identity, to tell handles on the same file apart from others
+     * (ew__batch_txn_on, ew__batch_flush). */
     int has_file;
     dev_t dev;
     ino_t ino;
@@ -87,11 +90,6 @@ void ew__store_handle_free(ew_store *s);
  * it (it would wait for itself). */
 int ew__store_lock(ew_store *s, ew_error *err);
 void ew__store_unlock(ew_store *s);
-
-/* When this thread holds a handle on the SQLite file (dev, ino), commits what it holds: a
- * connection about to write the file (one being opened, another handle) would otherwise wait
- * for this very thread's lock. */
-void ew__store_release_held_file(dev_t dev, ino_t ino);
 
 /* Begins the handle's transaction (or the next savepoint of an open chain). */
 int ew__txn_open(ew_store *s, ew_error *err);

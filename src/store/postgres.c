@@ -196,7 +196,7 @@ typedef struct session {
 
 typedef struct pgs {
     session main, relay;
-    bool sync; /* ew_store_sync_commits: synchronous_commit = on in every session */
+    bool sync; /* ew__store_sync_commits: synchronous_commit = on in every session */
     char *url;
     const ew__store_log *log;
     ew_buf arr[5]; /* the append's array parameters, reused */
@@ -1061,7 +1061,6 @@ static int pg_outbox_mark(void *conn, const int64_t *ids, size_t n, int64_t now_
 }
 
 const ew_store_ops ew__store_postgres = {
-    .version = 2,
     .name = "postgresql",
     .open = pg_open,
     .close = pg_close,

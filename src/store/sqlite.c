@@ -1020,7 +1020,6 @@ static void sq_outbox_release(void *conn)
 }
 
 const ew_store_ops ew__store_sqlite = {
-    .version = 2,
     .name = "sqlite",
     .open = sq_open,
     .close = sq_close,

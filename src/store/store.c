@@ -13,7 +13,9 @@
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "security/keyring.h"
+#include "store/batch.h"
 #include "store/handle.h"
+#include "store/store_bus.h"
 
 /* Reads go to the database a page at a time, and the rows of a page are decoded and handed to
  * the caller with the handle's mutex released: a slow reader does not hold up writers, and a
@@ -114,10 +116,6 @@ int ew_store_open(ew_store **out, const ew_store_options *opts, ew_error *err)
     s->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 1u << 20;
     ew__store_handle_init(s);
     pthread_mutex_init(&s->relay_mu, NULL);
-    if (s->ops == &ew__store_sqlite) { /* opening may write (migrations) */
-        struct stat st;
-        if (stat(arg, &st) == 0) ew__store_release_held_file(st.st_dev, st.st_ino);
-    }
     if ((rc = ew__keyring_new(&s->keys, cfg, url, err))) goto fail_store;
     if ((rc = s->ops->open(&s->conn, arg, &s->log, err))) goto fail_store;
     if (s->ops == &ew__store_sqlite) {
@@ -319,7 +317,7 @@ typedef struct page {
     int full; /* stopped early on PAGE_BYTES */
     int oom;
     const char *pattern;         /* filter applied here; NULL: none */
-    const char *const *patterns; /* or any of these (ew_store_scan); npatterns 0: none */
+    const char *const *patterns; /* or any of these (ew__store_scan); npatterns 0: none */
     size_t npatterns;
     int64_t last_position; /* of the last row scanned */
     int64_t last_version;
@@ -830,12 +828,12 @@ static void inbox_rollback(void *self, void *txn)
 
 static int inbox_hold(void *self, ew_error *err)
 {
-    return ew_store_hold(self, err);
+    return ew__store_hold(self, err);
 }
 
 static int inbox_release(void *self, ew_error *err)
 {
-    return ew_store_release(self, err);
+    return ew__store_release(self, err);
 }
 
 static const ew_inbox_ops inbox_ops = {.version = 2,
@@ -849,6 +847,16 @@ ew_inbox ew_store_inbox(ew_store *s)
 {
     ew_inbox ib = {&inbox_ops, s};
     return ib;
+}
+
+ew_store *ew__inbox_store(ew_inbox ib)
+{
+    return ib.ops == &inbox_ops ? ib.self : NULL;
+}
+
+ew_txn *ew__inbox_txn(ew_inbox ib, void *txn)
+{
+    return ib.ops == &inbox_ops ? txn : NULL;
 }
 
 int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_error *err)
@@ -1002,12 +1010,6 @@ done:
 
 /* ---- the log as a bus: record, scan, data version, groups ---------------------------------- */
 
-static int has_v2(const ew_store *s, ew_error *err)
-{
-    if (s->ops->version >= 2) return 0;
-    return ew_error_set(err, EW_ENOTSUP, "the %s store has no bus functions", s->ops->name);
-}
-
 /* The events of a record, encoded, each with its stream, repeats dropped. */
 typedef struct record_set {
     ew__store_rec *recs;
@@ -1062,12 +1064,11 @@ static int record_in_txn(ew_store *s, record_set *r, ew_append_result *res, ew_e
     return rc;
 }
 
-int ew_store_record(ew_store *s, const ew_event *const *evs, size_t n, ew_append_result *res,
-                    ew_error *err)
+int ew__store_record(ew_store *s, const ew_event *const *evs, size_t n, ew_append_result *res,
+                     ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
-    int rc = has_v2(s, err);
-    if (rc) return rc;
+    int rc;
     record_set r;
     if ((rc = record_set_init(&r, s, evs, n, err))) goto done;
     if (r.unique == 0) {
@@ -1087,12 +1088,11 @@ done:
     return rc;
 }
 
-int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_result *res,
-                  ew_error *err)
+int ew__txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_result *res,
+                   ew_error *err)
 {
     int rc = ew__txn_check(t, err);
     if (rc) return rc;
-    if ((rc = has_v2(t->s, err))) return rc;
     record_set r;
     if (!(rc = record_set_init(&r, t->s, evs, n, err))) {
         if (r.unique == 0) {
@@ -1105,28 +1105,28 @@ int ew_txn_record(ew_txn *t, const ew_event *const *evs, size_t n, ew_append_res
     return rc;
 }
 
-int ew_store_data_version(ew_store *s, int64_t *version, ew_error *err)
+int ew__store_data_version(ew_store *s, int64_t *version, ew_error *err)
 {
     if (!s || !version) return ew_error_set(err, EW_EINVAL, "store and version are required");
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     rc = s->ops->data_version(s->conn, version, err);
     ew__store_unlock(s);
     return rc;
 }
 
-int ew_store_sync_commits(ew_store *s, int on, ew_error *err)
+int ew__store_sync_commits(ew_store *s, int on, ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     rc = s->ops->sync_commits(s->conn, on != 0, err);
     ew__store_unlock(s);
     return rc;
 }
 
 /* Hands the page's rows to fn, decoded where they decode. 1: fn said stop. */
-static int scan_deliver(page *p, size_t max_bytes, ew_store_scan_fn fn, void *ud, int64_t *last)
+static int scan_deliver(page *p, size_t max_bytes, ew__store_scan_fn fn, void *ud, int64_t *last)
 {
     for (size_t i = 0; i < p->n; i++) {
         page_row *r = &p->rows[i];
@@ -1141,7 +1141,7 @@ static int scan_deliver(page *p, size_t max_bytes, ew_store_scan_fn fn, void *ud
             ew_decode_opts o = {r->json_len + 1, 0};
             code = ew_event_decode(&ev, r->json, r->json_len, &o, &e);
         }
-        ew_store_entry en = {
+        ew__store_entry en = {
             .position = r->position,
             .event_id = r->event_id,
             .event_type = r->event_type,
@@ -1164,9 +1164,9 @@ static int scan_deliver(page *p, size_t max_bytes, ew_store_scan_fn fn, void *ud
     return 0;
 }
 
-int ew_store_scan(ew_store *s, int64_t from_position, const char *const *patterns, size_t npatterns,
-                  size_t max, size_t max_bytes, ew_store_scan_fn fn, void *ud,
-                  int64_t *last_position, ew_error *err)
+int ew__store_scan(ew_store *s, int64_t from_position, const char *const *patterns,
+                   size_t npatterns, size_t max, size_t max_bytes, ew__store_scan_fn fn, void *ud,
+                   int64_t *last_position, ew_error *err)
 {
     if (last_position) *last_position = from_position;
     if (!s || !fn || (npatterns && !patterns))
@@ -1221,12 +1221,12 @@ static int group_name_ok(const char *g)
 
 static int owner_ok(const char *o)
 {
-    return o && *o && strlen(o) < EW_STORE_OWNER_MAX;
+    return o && *o && strlen(o) < EW__STORE_OWNER_MAX;
 }
 
 static int group_copy(void *ud, const ew__group_row *row)
 {
-    ew_store_group *g = ud;
+    ew__store_group *g = ud;
     memset(g, 0, sizeof *g);
     g->position = row->position;
     snprintf(g->owner, sizeof g->owner, "%s", row->owner ? row->owner : "");
@@ -1235,51 +1235,51 @@ static int group_copy(void *ud, const ew__group_row *row)
     return 0;
 }
 
-static int group_read(ew_store *s, const char *group, ew_store_group *g, ew_error *err)
+static int group_read(ew_store *s, const char *group, ew__store_group *g, ew_error *err)
 {
-    ew_store_group tmp;
+    ew__store_group tmp;
     int found = 0;
     int rc = s->ops->group_get(s->conn, group, group_copy, g ? g : &tmp, &found, err);
     if (!rc && !found) rc = ew_error_set(err, EW_ENOTFOUND, "no subscriber group %s", group);
     return rc;
 }
 
-int ew_store_group_open(ew_store *s, const char *group, int from_beginning, ew_store_group *g,
-                        ew_error *err)
+int ew__store_group_open(ew_store *s, const char *group, int from_beginning, ew__store_group *g,
+                         ew_error *err)
 {
     if (!s) return ew_error_set(err, EW_EINVAL, "store is required");
     if (!group_name_ok(group))
         return ew_error_set(err, EW_EINVAL,
                             "group '%.100s' must be 1 to 200 of a-z, A-Z, 0-9, '.', '_' and '-'",
                             group ? group : "(null)");
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     if (!(rc = s->ops->group_create(s->conn, group, from_beginning != 0, ew_now_us(), err)))
         rc = group_read(s, group, g, err);
     ew__store_unlock(s);
     return rc;
 }
 
-int ew_store_group_get(ew_store *s, const char *group, ew_store_group *g, ew_error *err)
+int ew__store_group_get(ew_store *s, const char *group, ew__store_group *g, ew_error *err)
 {
     if (!s || !group || !g) return ew_error_set(err, EW_EINVAL, "store, group and g are required");
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     rc = group_read(s, group, g, err);
     ew__store_unlock(s);
     return rc;
 }
 
-int ew_store_group_lease(ew_store *s, const char *group, const char *owner, const char *from,
-                         int64_t lease_ms, int *held, ew_error *err)
+int ew__store_group_lease(ew_store *s, const char *group, const char *owner, const char *from,
+                          int64_t lease_ms, int *held, ew_error *err)
 {
     if (held) *held = 0;
     if (!s || !group || !held || lease_ms <= 0)
         return ew_error_set(err, EW_EINVAL, "store, group, held and a lease time are required");
     if (!owner_ok(owner) || (from && !owner_ok(from)))
-        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW__STORE_OWNER_MAX - 1);
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     int64_t now = ew_now_us();
     rc = s->ops->group_lease(s->conn, group, owner, from, now, now + lease_ms * 1000, held, err);
     if (!rc && !*held) rc = group_read(s, group, NULL, err); /* EW_ENOTFOUND, or held by another */
@@ -1287,17 +1287,17 @@ int ew_store_group_lease(ew_store *s, const char *group, const char *owner, cons
     return rc;
 }
 
-int ew_store_group_commit(ew_store *s, const char *group, const char *owner, int64_t position,
-                          int64_t lease_ms, int *held, ew_error *err)
+int ew__store_group_commit(ew_store *s, const char *group, const char *owner, int64_t position,
+                           int64_t lease_ms, int *held, ew_error *err)
 {
     if (held) *held = 0;
     if (!s || !group || !held || lease_ms < 0 || position < 0)
         return ew_error_set(err, EW_EINVAL,
                             "store, group, held, a position and a lease time are required");
     if (!owner_ok(owner))
-        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW_STORE_OWNER_MAX - 1);
-    int rc = has_v2(s, err);
-    if (rc || (rc = ew__store_lock(s, err))) return rc;
+        return ew_error_set(err, EW_EINVAL, "an owner is 1 to %d bytes", EW__STORE_OWNER_MAX - 1);
+    int rc = ew__store_lock(s, err);
+    if (rc) return rc;
     int64_t now = ew_now_us();
     rc = s->ops->group_commit(s->conn, group, owner, position, now,
                               lease_ms ? now + lease_ms * 1000 : 0, held, err);

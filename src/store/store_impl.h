@@ -60,13 +60,13 @@ typedef struct ew__event_row {
     const char *data;
     size_t data_len;
     int64_t recorded_us;
-    const char *event_id; /* added for ew_store_scan; every read fills it */
+    const char *event_id; /* added for ew__store_scan; every read fills it */
 } ew__event_row;
 
 /* 0: go on; 1: stop reading (not an error). */
 typedef int (*ew__event_row_fn)(void *ud, const ew__event_row *row);
 
-/* Events for ew_store_record: recs[i] goes to the stream streams[i], whatever its version; each id
+/* Events for ew__store_record: recs[i] goes to the stream streams[i], whatever its version; each id
  * appears once (store.c drops repeats first). */
 typedef struct ew__record_args {
     const ew__store_rec *recs;
@@ -111,8 +111,8 @@ typedef int (*ew__outbox_row_fn)(void *ud, const ew__outbox_row *row);
 /* A row of an ew_txn_query result (store.h's ew_row), produced by exec. */
 typedef int (*ew__exec_row_fn)(void *ud, const ew_row *row);
 
+/* Both backends are compiled into the library with it: the table has no version. */
 typedef struct ew_store_ops {
-    int version;      /* 2; the table only grows at its end */
     const char *name; /* "sqlite", "postgresql": ew_store_backend() */
 
     /* Connects to `target` (what follows "sqlite:", or the whole postgresql:// URL), creates
@@ -185,7 +185,7 @@ typedef struct ew_store_ops {
     int (*outbox_mark)(void *conn, const int64_t *ids, size_t n, int64_t now_us, ew_error *err);
     void (*outbox_release)(void *conn);
 
-    /* ---- version 2: the log as a bus (ew_store_record, ew_store_data_version, the groups) --- */
+    /* ---- the log as a bus (ew__store_record, ew__store_data_version, the groups) ---------- */
 
     /* In a transaction the caller began: appends each event to its stream (EW_EXPECT_ANY),
      * skipping stored ids, with positions in the order of recs. */

@@ -155,7 +155,7 @@ static const cf_backend *cf_be(void)
 /* ---- what replaces cf_inbox_absorbs_redelivery ---------------------------------------------- */
 
 /* The suite's case publishes one event twice and expects the inbox to skip the second delivery.
- * Here the log itself keeps an id once (ew_store_record skips it), so a second publish delivers
+ * Here the log itself keeps an id once (ew__store_record skips it), so a second publish delivers
  * nothing and the handler sees the event once without the inbox's help. A real redelivery — the
  * group's position moved back, as after a consumer died before writing it — is what the inbox
  * absorbs: both cases here. */

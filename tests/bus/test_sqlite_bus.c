@@ -15,6 +15,8 @@
 #include "support/case_db.h"
 #include "eventwire/clock.h"
 #include "eventwire/store.h"
+#include "store/batch.h"
+#include "store/store_bus.h"
 
 #define WAIT_MS 60000
 
@@ -267,7 +269,7 @@ static void three_processes_one_killed_effects_once(void **state)
 
     /* Kill the one that holds the lease, mid-stream. (Read through a connection of our own:
      * opening a store would wait for the write lock that the handlers keep taking.) */
-    char owner[EW_STORE_OWNER_MAX];
+    char owner[EW__STORE_OWNER_MAX];
     sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'effects'", owner, sizeof owner);
     pid_t active = owner_pid(owner), survivor = active == a ? b : a;
     int ctl_survivor = active == a ? ctl_b : ctl_a;
@@ -290,14 +292,14 @@ static void three_processes_one_killed_effects_once(void **state)
     assert_int_equal(sql_int(e, "SELECT count(*) FROM processed_events"), KILL_N);
     assert_int_equal(sql_int(e, "SELECT count(*) FROM events"), KILL_N);
     st = open_store(e->url, NULL);
-    ew_store_group g;
+    ew__store_group g;
     ew_error err = {0};
-    assert_int_equal(ew_store_group_get(st, "effects", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(st, "effects", &g, &err), 0);
     assert_int_equal(owner_pid(g.owner), survivor);
 
     close(ctl_survivor); /* a graceful close gives the lease up */
     wait_exit(survivor, 0);
-    assert_int_equal(ew_store_group_get(st, "effects", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(st, "effects", &g, &err), 0);
     assert_string_equal(g.owner, "");
     assert_int_equal(g.position, KILL_N);
     ew_store_close(st);
@@ -332,9 +334,9 @@ static void group_positions_survive_restart(void **state)
     wait_count(&first, 50, "first consumer");
     tb_close(c);
     ew_store *st = open_store(e->url, NULL);
-    ew_store_group g;
+    ew__store_group g;
     ew_error err = {0};
-    assert_int_equal(ew_store_group_get(st, "svc", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(st, "svc", &g, &err), 0);
     assert_int_equal(g.position, 55);
     assert_string_equal(g.owner, "");
 
@@ -733,7 +735,7 @@ static void record_across_streams(void **state)
     const ew_event *evs[] = {a1, b1, a2};
     ew_append_result r;
     ew_error err = {0};
-    assert_int_equal(ew_store_record(e->s, evs, 3, &r, &err), 0);
+    assert_int_equal(ew__store_record(e->s, evs, 3, &r, &err), 0);
     assert_int_equal(r.appended, 3);
     assert_int_equal(r.duplicates, 0);
     assert_int_equal(r.first_position, 1);
@@ -752,7 +754,7 @@ static void record_across_streams(void **state)
     ew_event *nosub;
     assert_int_equal(ew_user_logged_in_new(&nosub, &d, &none, &err), 0);
     const ew_event *again[] = {b1, c, c, nosub};
-    assert_int_equal(ew_store_record(e->s, again, 4, &r, &err), 0);
+    assert_int_equal(ew__store_record(e->s, again, 4, &r, &err), 0);
     assert_int_equal(r.appended, 2);
     assert_int_equal(r.duplicates, 2);
     assert_int_equal(r.first_position, 4);
@@ -765,7 +767,7 @@ static void record_across_streams(void **state)
     /* All or none: a bad event fails the batch, naming its index. */
     ew_event *n1 = ev_with(EW_T_USER_LOGGED_IN, "s-3");
     const ew_event *with_null[] = {n1, NULL};
-    assert_int_equal(ew_store_record(e->s, with_null, 2, &r, &err), EW_EINVAL);
+    assert_int_equal(ew__store_record(e->s, with_null, 2, &r, &err), EW_EINVAL);
     assert_non_null(strstr(err.msg, "event 1 of 2"));
     int64_t head;
     assert_int_equal(ew_store_head(e->s, &head, &err), 0);
@@ -775,13 +777,13 @@ static void record_across_streams(void **state)
     ew_txn *t;
     const ew_event *one[] = {n1};
     assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
-    assert_int_equal(ew_txn_record(t, one, 1, &r, &err), 0);
+    assert_int_equal(ew__txn_record(t, one, 1, &r, &err), 0);
     assert_int_equal(r.first_position, 6);
     ew_txn_rollback(t);
     assert_int_equal(ew_store_head(e->s, &head, &err), 0);
     assert_int_equal(head, 5);
     assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
-    assert_int_equal(ew_txn_record(t, one, 1, &r, &err), 0);
+    assert_int_equal(ew__txn_record(t, one, 1, &r, &err), 0);
     assert_int_equal(ew_txn_commit(t, &err), 0);
     assert_int_equal(ew_store_head(e->s, &head, &err), 0);
     assert_int_equal(head, 6);
@@ -806,7 +808,7 @@ static void record_refuses_big_events(void **state)
     ew_event *ok = ev_with(EW_T_USER_LOGGED_IN, NULL), *huge;
     assert_int_equal(ew_user_logged_in_new(&huge, &d, &(ew_event_attrs){.source = "t"}, &err), 0);
     const ew_event *evs[] = {ok, huge};
-    assert_int_equal(ew_store_record(s, evs, 2, NULL, &err), EW_ETOOBIG);
+    assert_int_equal(ew__store_record(s, evs, 2, NULL, &err), EW_ETOOBIG);
     assert_non_null(strstr(err.msg, "event 1 of 2"));
     int64_t head;
     assert_int_equal(ew_store_head(s, &head, &err), 0);
@@ -823,106 +825,100 @@ static void groups_and_leases(void **state)
     ew_event *evs[3];
     for (int i = 0; i < 3; i++)
         evs[i] = ev_with(EW_T_USER_LOGGED_IN, NULL);
-    assert_int_equal(ew_store_record(e->s, (const ew_event *const *)evs, 3, NULL, &err), 0);
+    assert_int_equal(ew__store_record(e->s, (const ew_event *const *)evs, 3, NULL, &err), 0);
     for (int i = 0; i < 3; i++)
         ew_event_unref(evs[i]);
 
-    ew_store_group g;
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), EW_ENOTFOUND);
-    assert_int_equal(ew_store_group_open(e->s, "g", 0, &g, &err), 0);
+    ew__store_group g;
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), EW_ENOTFOUND);
+    assert_int_equal(ew__store_group_open(e->s, "g", 0, &g, &err), 0);
     assert_int_equal(g.position, 3); /* at the head */
     assert_string_equal(g.owner, "");
-    assert_int_equal(ew_store_group_open(e->s, "g", 1, &g, &err), 0);
+    assert_int_equal(ew__store_group_open(e->s, "g", 1, &g, &err), 0);
     assert_int_equal(g.position, 3); /* it exists: unchanged */
-    assert_int_equal(ew_store_group_open(e->s, "replay", 1, &g, &err), 0);
+    assert_int_equal(ew__store_group_open(e->s, "replay", 1, &g, &err), 0);
     assert_int_equal(g.position, 0);
-    assert_int_equal(ew_store_group_open(e->s, "bad name", 0, &g, &err), EW_EINVAL);
+    assert_int_equal(ew__store_group_open(e->s, "bad name", 0, &g, &err), EW_EINVAL);
 
     int held = -1;
-    assert_int_equal(ew_store_group_lease(e->s, "nope", "a", NULL, 5000, &held, &err),
+    assert_int_equal(ew__store_group_lease(e->s, "nope", "a", NULL, 5000, &held, &err),
                      EW_ENOTFOUND);
-    assert_int_equal(ew_store_group_lease(e->s, "g", "a", NULL, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_lease(e->s, "g", "a", NULL, 5000, &held, &err), 0);
     assert_int_equal(held, 1);
-    assert_int_equal(ew_store_group_lease(e->s, "g", "b", NULL, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_lease(e->s, "g", "b", NULL, 5000, &held, &err), 0);
     assert_int_equal(held, 0);
-    assert_int_equal(ew_store_group_commit(e->s, "g", "b", 9, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_commit(e->s, "g", "b", 9, 5000, &held, &err), 0);
     assert_int_equal(held, 0); /* not b's: nothing changes */
-    assert_int_equal(ew_store_group_commit(e->s, "g", "a", 2, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_commit(e->s, "g", "a", 2, 5000, &held, &err), 0);
     assert_int_equal(held, 1);
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), 0);
     assert_int_equal(g.position, 3); /* never backwards */
     assert_string_equal(g.owner, "a");
     assert_true(g.lease_until_us > ew_now_us());
-    assert_int_equal(ew_store_group_commit(e->s, "g", "a", 7, 5000, &held, &err), 0);
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), 0);
+    assert_int_equal(ew__store_group_commit(e->s, "g", "a", 7, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), 0);
     assert_int_equal(g.position, 7);
 
     /* b knows a is dead: it takes the lease from a by name. */
-    assert_int_equal(ew_store_group_lease(e->s, "g", "b", "a", 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_lease(e->s, "g", "b", "a", 5000, &held, &err), 0);
     assert_int_equal(held, 1);
     /* Given up: free for anyone. */
-    assert_int_equal(ew_store_group_commit(e->s, "g", "b", 8, 0, &held, &err), 0);
+    assert_int_equal(ew__store_group_commit(e->s, "g", "b", 8, 0, &held, &err), 0);
     assert_int_equal(held, 1);
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), 0);
     assert_string_equal(g.owner, "");
     assert_int_equal(g.lease_until_us, 0);
     assert_int_equal(g.position, 8);
     /* Expired: a lease of 1 ms, then another owner takes it once that time has passed. */
-    assert_int_equal(ew_store_group_lease(e->s, "g", "c", NULL, 1, &held, &err), 0);
+    assert_int_equal(ew__store_group_lease(e->s, "g", "c", NULL, 1, &held, &err), 0);
     assert_int_equal(held, 1);
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), 0);
     int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
     while (ew_now_us() <= g.lease_until_us && ew_mono_ns() < end)
         usleep(500);
-    assert_int_equal(ew_store_group_lease(e->s, "g", "d", NULL, 5000, &held, &err), 0);
+    assert_int_equal(ew__store_group_lease(e->s, "g", "d", NULL, 5000, &held, &err), 0);
     assert_int_equal(held, 1);
-    assert_int_equal(ew_store_group_get(e->s, "g", &g, &err), 0);
+    assert_int_equal(ew__store_group_get(e->s, "g", &g, &err), 0);
     assert_string_equal(g.owner, "d");
 }
 
-/* Two handles on one file: a transaction of this thread through one is found through the other;
- * another thread finds none. */
-static void *thread_txn_elsewhere(void *s)
-{
-    return ew_store_thread_txn(s);
-}
-
-static void thread_txn_and_data_version(void **state)
+/* Two handles on one file: a worker's batch with a transaction through one is found through the
+ * other (ew__batch_txn_on, how the SQLite bus writes a handler's follow-ups into its inbox's
+ * transaction); not once it has ended, not without a batch, not on PostgreSQL or in memory. */
+static void batch_txn_and_data_version(void **state)
 {
     senv *e = *state;
     ew_store *other = open_store(e->url, NULL);
     ew_error err = {0};
     int64_t v1, v2, v3;
     if (e->pg) {
-        assert_int_equal(ew_store_data_version(e->s, &v1, &err), EW_ENOTSUP);
+        assert_int_equal(ew__store_data_version(e->s, &v1, &err), EW_ENOTSUP);
     } else {
-        assert_int_equal(ew_store_data_version(e->s, &v1, &err), 0);
+        assert_int_equal(ew__store_data_version(e->s, &v1, &err), 0);
     }
     ew_txn *t;
     assert_int_equal(ew_store_begin(other, &t, &err), 0);
+    ew__batch b = {.txn = t};
+    assert_null(ew__batch_txn_on(NULL, e->s));
     if (e->pg) {
-        assert_null(ew_store_thread_txn(e->s));
+        assert_null(ew__batch_txn_on(&b, e->s));
     } else {
-        assert_ptr_equal(ew_store_thread_txn(e->s), t);
-        pthread_t th;
-        void *seen = (void *)1;
-        pthread_create(&th, NULL, thread_txn_elsewhere, e->s);
-        pthread_join(th, &seen);
-        assert_null(seen);
+        assert_ptr_equal(ew__batch_txn_on(&b, e->s), t);
+        assert_ptr_equal(ew__batch_txn_on(&b, other), t);
     }
     ew_event *ev = ev_with(EW_T_USER_LOGGED_IN, NULL);
     const ew_event *evs[] = {ev};
-    assert_int_equal(ew_txn_record(t, evs, 1, NULL, &err), 0);
+    assert_int_equal(ew__txn_record(t, evs, 1, NULL, &err), 0);
     assert_int_equal(ew_txn_commit(t, &err), 0);
-    assert_null(ew_store_thread_txn(e->s));
+    assert_null(ew__batch_txn_on(&b, e->s)); /* ended */
     if (!e->pg) {
         /* another connection committed: the number changed; our own commits do not change it */
-        assert_int_equal(ew_store_data_version(e->s, &v2, &err), 0);
+        assert_int_equal(ew__store_data_version(e->s, &v2, &err), 0);
         assert_true(v2 != v1);
         ew_event *ev2 = ev_with(EW_T_USER_LOGGED_IN, NULL);
         const ew_event *evs2[] = {ev2};
-        assert_int_equal(ew_store_record(e->s, evs2, 1, NULL, &err), 0);
-        assert_int_equal(ew_store_data_version(e->s, &v3, &err), 0);
+        assert_int_equal(ew__store_record(e->s, evs2, 1, NULL, &err), 0);
+        assert_int_equal(ew__store_data_version(e->s, &v3, &err), 0);
         assert_int_equal(v3, v2);
         ew_event_unref(ev2);
     }
@@ -931,7 +927,8 @@ static void thread_txn_and_data_version(void **state)
     /* a private in-memory database has no file to share */
     ew_store *mem = open_store("sqlite::memory:", NULL);
     assert_int_equal(ew_store_begin(mem, &t, &err), 0);
-    assert_null(ew_store_thread_txn(mem));
+    b.txn = t;
+    assert_null(ew__batch_txn_on(&b, mem));
     ew_txn_rollback(t);
     ew_store_close(mem);
 }
@@ -942,7 +939,7 @@ typedef struct scanned {
     int errors[16];
 } scanned;
 
-static int collect(void *ud, const ew_store_entry *en)
+static int collect(void *ud, const ew__store_entry *en)
 {
     scanned *s = ud;
     if (s->n < 16) {
@@ -967,7 +964,7 @@ static void scan_hands_over_bad_rows(void **state)
     ew_error err = {0};
     ew_event *in1 = ev_with(EW_T_USER_LOGGED_IN, NULL), *out = ev_with(EW_T_USER_LOGGED_OUT, NULL);
     const ew_event *evs[] = {in1, out};
-    assert_int_equal(ew_store_record(e->s, evs, 2, NULL, &err), 0); /* positions 1, 2 */
+    assert_int_equal(ew__store_record(e->s, evs, 2, NULL, &err), 0); /* positions 1, 2 */
     /* 3: JSON that is no event of its type; 4 (SQLite): not JSON; 5: a type nobody wants */
     exec_sql(e->s, "INSERT INTO event_store.events (position, event_id, stream_id, version, "
                    "event_type, event_version, data, metadata, recorded_at) VALUES (3, 'r3', 'r', "
@@ -983,12 +980,12 @@ static void scan_hands_over_bad_rows(void **state)
     }
     ew_event *late = ev_with(EW_T_NOTIFICATION_EMAIL_SENT, NULL);
     const ew_event *evs2[] = {late};
-    assert_int_equal(ew_store_record(e->s, evs2, 1, NULL, &err), 0);
+    assert_int_equal(ew__store_record(e->s, evs2, 1, NULL, &err), 0);
 
     const char *pats[] = {"user.logged_in"};
     scanned s = {0};
     int64_t last = -1;
-    assert_int_equal(ew_store_scan(e->s, 0, pats, 1, 0, 0, collect, &s, &last, &err), 0);
+    assert_int_equal(ew__store_scan(e->s, 0, pats, 1, 0, 0, collect, &s, &last, &err), 0);
     assert_int_equal(s.n, 1 + (int)(last_bad - 2));
     assert_int_equal(s.bad, (int)(last_bad - 2));
     assert_int_equal(s.positions[0], 1);
@@ -999,16 +996,16 @@ static void scan_hands_over_bad_rows(void **state)
 
     /* max counts rows looked at, wanted or not; from is exclusive */
     memset(&s, 0, sizeof s);
-    assert_int_equal(ew_store_scan(e->s, 1, pats, 1, 2, 0, collect, &s, &last, &err), 0);
+    assert_int_equal(ew__store_scan(e->s, 1, pats, 1, 2, 0, collect, &s, &last, &err), 0);
     assert_int_equal(last, 3);
     assert_int_equal(s.n, 1);
     /* a limit on size hands big rows over undecoded */
     memset(&s, 0, sizeof s);
-    assert_int_equal(ew_store_scan(e->s, 0, NULL, 0, 1, 100, collect, &s, &last, &err), 0);
+    assert_int_equal(ew__store_scan(e->s, 0, NULL, 0, 1, 100, collect, &s, &last, &err), 0);
     assert_int_equal(s.errors[0], EW_ETOOBIG);
     /* a bad pattern */
     const char *bad[] = {"user..x"};
-    assert_int_equal(ew_store_scan(e->s, 0, bad, 1, 0, 0, collect, &s, &last, &err), EW_EINVAL);
+    assert_int_equal(ew__store_scan(e->s, 0, bad, 1, 0, 0, collect, &s, &last, &err), EW_EINVAL);
     ew_event_unref(in1);
     ew_event_unref(out);
     ew_event_unref(late);
@@ -1033,7 +1030,7 @@ static void durability(ew_store *s, int pg, char out[32])
     ew_txn_rollback(t);
 }
 
-/* ew_store_sync_commits makes the handle's commits wait for the disk, as the database says, and
+/* ew__store_sync_commits makes the handle's commits wait for the disk, as the database says, and
  * only that handle's; off again, the handle has what it had; not inside a transaction. */
 static void sync_commits(void **state)
 {
@@ -1042,7 +1039,7 @@ static void sync_commits(void **state)
     char before[32], now[32], other[32];
     durability(e->s, e->pg, before);
     assert_string_equal(before, e->pg ? before : "1"); /* SQLite: NORMAL by default */
-    assert_int_equal(ew_store_sync_commits(e->s, 1, &err), 0);
+    assert_int_equal(ew__store_sync_commits(e->s, 1, &err), 0);
     durability(e->s, e->pg, now);
     assert_string_equal(now, e->pg ? "on" : "2");
     ew_store *s2 = open_store(e->url, NULL);
@@ -1050,18 +1047,18 @@ static void sync_commits(void **state)
     assert_string_equal(other, before); /* another handle keeps its own */
     ew_event *ev = ev_with(EW_T_USER_LOGGED_IN, NULL);
     const ew_event *evs[] = {ev};
-    assert_int_equal(ew_store_record(e->s, evs, 1, NULL, &err), 0);
+    assert_int_equal(ew__store_record(e->s, evs, 1, NULL, &err), 0);
     durability(e->s, e->pg, now); /* a commit keeps it */
     assert_string_equal(now, e->pg ? "on" : "2");
     ew_txn *t;
     assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
     ew_txn_rollback(t);
-    assert_int_equal(ew_store_sync_commits(e->s, 0, &err), 0);
+    assert_int_equal(ew__store_sync_commits(e->s, 0, &err), 0);
     durability(e->s, e->pg, now);
     assert_string_equal(now, before);
     /* not inside a transaction */
     assert_int_equal(ew_store_begin(s2, &t, &err), 0);
-    assert_int_equal(ew_store_sync_commits(s2, 1, &err), EW_ESTATE);
+    assert_int_equal(ew__store_sync_commits(s2, 1, &err), EW_ESTATE);
     ew_txn_rollback(t);
     ew_store_close(s2);
     ew_event_unref(ev);
@@ -1079,7 +1076,7 @@ static void sync_commits(void **state)
 STORE_CASE(record_across_streams)
 STORE_CASE(record_refuses_big_events)
 STORE_CASE(groups_and_leases)
-STORE_CASE(thread_txn_and_data_version)
+STORE_CASE(batch_txn_and_data_version)
 STORE_CASE(scan_hands_over_bad_rows)
 STORE_CASE(sync_commits)
 #define STORE_CASES(name)                                                                          \
@@ -1098,7 +1095,7 @@ static const struct CMUnitTest tests[] = {
     STORE_CASES(record_across_streams),
     STORE_CASES(record_refuses_big_events),
     STORE_CASES(groups_and_leases),
-    STORE_CASES(thread_txn_and_data_version),
+    STORE_CASES(batch_txn_and_data_version),
     STORE_CASES(scan_hands_over_bad_rows),
     STORE_CASES(sync_commits),
 };

@@ -13,6 +13,7 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "store/handle.h"
+#include "store/store_bus.h"
 #include "svc_auth.h"
 
 typedef struct env {
@@ -281,8 +282,8 @@ static inline void wait_handled(env *e)
     assert_int_equal(ew_store_head(e->events, &head, &err), 0);
     int64_t deadline = ew_mono_ns() + 10000000000LL;
     for (;;) {
-        ew_store_group g;
-        if (ew_store_group_get(e->events, SVC_UNDER_TEST, &g, &err) == 0 && g.position >= head)
+        ew__store_group g;
+        if (ew__store_group_get(e->events, SVC_UNDER_TEST, &g, &err) == 0 && g.position >= head)
             return;
         if (ew_mono_ns() > deadline) {
             svc_proc_dump(&e->p);

@@ -15,6 +15,7 @@
 #include "bus/backend.h"
 #include "security/keyring.h"
 #include "store/handle.h"
+#include "store/store_bus.h"
 #include "console.h"
 #include "ewctl.h"
 #include "core/json.h"
@@ -186,7 +187,7 @@ typedef struct timeline {
     ew_store *st; /* decrypt with its keys; NULL: as stored */
 } timeline;
 
-static int timeline_row(void *ud, const ew_store_entry *e)
+static int timeline_row(void *ud, const ew__store_entry *e)
 {
     timeline *t = ud;
     if (!e->event) return 0;
@@ -242,7 +243,7 @@ static void get_timeline(const ew_http_request *req, ew_http_response *res, void
     int64_t from = head > TIMELINE_WINDOW ? head - TIMELINE_WINDOW : 0;
     ew_buf_printf(&b, "{\"from_position\":%lld,\"head\":%lld,\"events\":[", (long long)from,
                   (long long)head);
-    if (!rc) rc = ew_store_scan(c->st, from, NULL, 0, 0, 1 << 20, timeline_row, &t, NULL, &err);
+    if (!rc) rc = ew__store_scan(c->st, from, NULL, 0, 0, 1 << 20, timeline_row, &t, NULL, &err);
     if (rc) {
         ew_buf_release(&b);
         return ew_http_reply_error(res, 500, NULL, "%s", err.msg);

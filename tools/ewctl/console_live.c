@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include "console.h"
 #include "store/handle.h"
+#include "store/store_bus.h"
 #include "core/mono.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
@@ -147,7 +148,7 @@ ew_handler_result live_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 
 /* ---- following the SQLite log ---- */
 
-static int follow_row(void *ud, const ew_store_entry *e)
+static int follow_row(void *ud, const ew__store_entry *e)
 {
     live *l = ud;
     if (!e->event) return 0;
@@ -181,12 +182,12 @@ static void *follow(void *ud)
     int64_t pos = 0, seen = -1, v;
     ew_store_head(l->log, &pos, NULL);
     while (!stopping(l)) {
-        if (ew_store_data_version(l->log, &v, NULL) == 0 && v == seen) {
+        if (ew__store_data_version(l->log, &v, NULL) == 0 && v == seen) {
             usleep(FOLLOW_POLL_MS * 1000);
             continue;
         }
         int64_t last = pos;
-        if (ew_store_scan(l->log, pos, NULL, 0, FOLLOW_BATCH, 0, follow_row, l, &last, NULL) != 0)
+        if (ew__store_scan(l->log, pos, NULL, 0, FOLLOW_BATCH, 0, follow_row, l, &last, NULL) != 0)
             last = pos;
         /* more may have come while reading: read again before trusting data_version */
         seen = last == pos ? v : -1;
