@@ -610,6 +610,111 @@ static void follow_ups_join_the_inbox_transaction(void **state)
     ew_store_close(st);
 }
 
+/* ---- a worker holding its batch_store on the bus's file ------------------------------------- */
+
+typedef struct heldw {
+    const env *e;
+    ew_bus *bus;
+    ew_store *st; /* the subscription's batch_store, on the bus's file */
+    atomic_int handled, held_before, visible_after, follow_ups;
+} heldw;
+
+/* Is the row of event id on the database (what another connection sees)? -1 for an error. No
+ * cmocka asserts: this runs on a worker thread. */
+static int row_visible(const env *e, const char *id)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+    if (sqlite3_open_v2(e->path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM held_rows WHERE event_id = ?1", -1, &st,
+                           NULL) == SQLITE_OK &&
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_TRANSIENT) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* Commits a row through the held store (the commit returns before the database commit, which
+ * keeps the file's write lock), then publishes on the bus, which writes the file through a
+ * connection of its own: straight from the handler (the bus finds the worker's batch) and as a
+ * follow-up (the worker passes it). Each commits the hold first instead of waiting for the lock
+ * its own thread keeps until the busy timeout (10 s, and then the publish fails). */
+static ew_handler_result held_writer(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    heldw *h = ud;
+    const char *id = ew_event_id(ev);
+    const char *p[1] = {id};
+    ew_txn *t;
+    ew_error err = {0};
+    if (ew_store_begin(h->st, &t, &err) ||
+        ew_txn_exec(t, "INSERT INTO event_store.held_rows (event_id) VALUES ($1)", p, 1, NULL,
+                    &err) ||
+        ew_txn_commit(t, &err)) {
+        ew_ctx_set_error(ctx, "%s", err.msg);
+        return EW_HANDLER_FAIL;
+    }
+    if (row_visible(h->e, id) == 0) atomic_fetch_add(&h->held_before, 1);
+    ew_user_logged_in d = {.user_id = ew_event_subject(ev), .session_id = id};
+    ew_event *f;
+    if (ew_user_logged_in_new(&f, &d, &(ew_event_attrs){.source = "t", .subject = d.user_id},
+                              &err) ||
+        ew_bus_publish(h->bus, f, &err)) {
+        ew_ctx_set_error(ctx, "publish from the handler: %s", err.msg);
+        return EW_HANDLER_FAIL;
+    }
+    ew_event_unref(f);
+    if (row_visible(h->e, id) == 1) atomic_fetch_add(&h->visible_after, 1);
+    ew_user_profile_created pc = {.user_id = ew_event_subject(ev), .display_name = "Ann"};
+    if (ew_ctx_publish(ctx, EW_T_USER_PROFILE_CREATED, &pc, ew_event_subject(ev), &err)) {
+        ew_ctx_set_error(ctx, "%s", err.msg);
+        return EW_HANDLER_FAIL;
+    }
+    atomic_fetch_add(&h->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+static ew_handler_result count_follow_up(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    atomic_fetch_add(&((heldw *)ud)->follow_ups, 1);
+    return EW_HANDLER_OK;
+}
+
+static void held_batch_store_and_the_bus_share_the_file(void **state)
+{
+    env *e = *state;
+    static heldw h;
+    memset(&h, 0, sizeof h);
+    h.e = e;
+    h.st = open_store(e->url, NULL);
+    exec_sql(h.st, "CREATE TABLE event_store.held_rows (event_id TEXT NOT NULL)");
+    h.bus = open_bus(e, "svc", NULL);
+    tb_subscribe(h.bus, "user.registered", held_writer, &h,
+                 &(ew_subscribe_opts){
+                     .group = "writers", .name = "held", .max_attempts = 1, .batch_store = h.st});
+    tb_subscribe(h.bus, "user.profile_created", count_follow_up, &h,
+                 &(ew_subscribe_opts){.group = "readers", .name = "follow-ups"});
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) /* queued before the start: the worker takes them as one batch */
+        tb_publish_owned(h.bus, tb_user_registered());
+    int64_t t0 = ew_mono_ns();
+    tb_start(h.bus);
+    wait_count(&h.follow_ups, N, "follow-ups handled");
+    assert_true(ew_mono_ns() - t0 < 8000000000LL); /* no publish waited out the busy timeout */
+    ew_handler_stats s = tb_stats(h.bus, 0);
+    assert_int_equal(s.handled, N);
+    assert_int_equal(s.dead_lettered, 0);
+    assert_true(atomic_load(&h.held_before) > 0); /* the situation: commits held by the worker */
+    assert_int_equal(atomic_load(&h.visible_after), N);
+    tb_close(h.bus);
+    ew_store_close(h.st);
+    assert_int_equal(sql_int(e, "SELECT count(*) FROM held_rows"), N);
+    assert_int_equal(sql_int(e, "SELECT count(*) FROM events WHERE event_type = 'user.logged_in'"),
+                     N);
+}
+
 /* ---- undecodable rows into the store's dead letter queue ------------------------------------ */
 
 static void bad_rows_go_to_the_stores_dead_letters(void **state)
@@ -1090,6 +1195,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(in_flight_window_wraps, setup, teardown),
     cmocka_unit_test_setup_teardown(group_commit_shares_commits, setup, teardown),
     cmocka_unit_test_setup_teardown(follow_ups_join_the_inbox_transaction, setup, teardown),
+    cmocka_unit_test_setup_teardown(held_batch_store_and_the_bus_share_the_file, setup, teardown),
     cmocka_unit_test_setup_teardown(bad_rows_go_to_the_stores_dead_letters, setup, teardown),
     cmocka_unit_test_setup_teardown(bad_store_url, setup, teardown),
     STORE_CASES(record_across_streams),
