@@ -1088,7 +1088,8 @@ static int sagas_start(svc *s, ew_error *err)
                                  .store = s->saga_db,
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
-                                 .log_ud = s->log};
+                                 .log_ud = s->log,
+                                 .audit = s->audit};
     if (rc) return rc;
     /* the deletion waits for every service holding user data */
     svc_names l;
