@@ -46,7 +46,7 @@ typedef struct wanted {
 struct ew__keyring {
     char *key_file, *store_path;
     int64_t ttl_us;
-    pthread_mutex_t mu;    /* the cache and the queue of wanted keys */
+    pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
