@@ -173,9 +173,10 @@ static int keyfile_read(const char *path, keyfile *kf, ew_error *err)
                           path);
     else
         n = read(fd, buf, sizeof buf);
+    int read_errno = errno;
     close(fd);
     if (rc) return rc;
-    if (n < 0) return ew_error_set(err, EW_ECONFIG, "key file %s: %s", path, strerror(errno));
+    if (n < 0) return ew_error_set(err, EW_ECONFIG, "key file %s: %s", path, strerror(read_errno));
     ew__bus_keyfile k;
     rc = ew__bus_keyfile_parse(path, buf, (size_t)n, &k, err);
     if (!rc) {
