@@ -97,6 +97,7 @@ typedef struct worker {
     bool holding, held_inbox, held_store;
     int64_t hold_t0;
     int64_t wall_off_us, wall_at_ns; /* spans: wall-clock minus monotonic time, and when read */
+    char *span_name[EW_T__COUNT];    /* "TYPE GROUP/HANDLER" by type id: made at its first span */
     size_t pend[HOLD_MAX];
     size_t pendn;
 
@@ -446,6 +447,18 @@ static void make_span(ew_handler_ctx *ctx)
     ctx->has_span = true;
 }
 
+/* "TYPE GROUP/HANDLER" into name (256 bytes), cut at 255 bytes. */
+static void span_name(char name[256], const char *type, const char *key)
+{
+    size_t nt = strlen(type), nk = strlen(key);
+    if (nt > 254) nt = 254;
+    if (nk > 254 - nt) nk = 254 - nt;
+    memcpy(name, type, nt);
+    name[nt] = ' ';
+    memcpy(name + nt + 1, key, nk);
+    name[nt + 1 + nk] = '\0';
+}
+
 /* Reports the handler's call as a consumer span, a child of the event's. */
 static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
                         ew_handler_result r)
@@ -461,15 +474,16 @@ static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_
                   .group = w->s->group,
                   .handler = w->s->name};
     if (ctx->has_parent) memcpy(sp.parent_span_id, ctx->parent_span_id, sizeof sp.parent_span_id);
-    char name[256]; /* "TYPE GROUP/HANDLER", cut at 255 bytes */
-    size_t nt = strlen(sp.event_type), nk = strlen(w->s->inbox_key);
-    if (nt > sizeof name - 2) nt = sizeof name - 2;
-    if (nk > sizeof name - 2 - nt) nk = sizeof name - 2 - nt;
-    memcpy(name, sp.event_type, nt);
-    name[nt] = ' ';
-    memcpy(name + nt + 1, w->s->inbox_key, nk);
-    name[nt + 1 + nk] = '\0';
-    sp.name = name;
+    /* The name is the same for every event of a type: made once per worker and type (a type
+     * outside the catalog, or no memory for it, makes it on the stack each time). */
+    unsigned t = (unsigned)ew_event_type_id(ctx->ev);
+    char tmp[256];
+    if (t < EW_T__COUNT && w->span_name[t]) {
+        sp.name = w->span_name[t];
+    } else {
+        span_name(tmp, sp.event_type, w->s->inbox_key);
+        sp.name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
+    }
     h->span(h->span_ud, &sp);
 }
 
@@ -746,6 +760,8 @@ static void worker_free(worker *w)
 {
     if (!w) return;
     drop_follow_ups(w);
+    for (size_t t = 0; t < EW_T__COUNT; t++)
+        free(w->span_name[t]);
     free(w->fu);
     free(w->q);
     free(w->batch);
