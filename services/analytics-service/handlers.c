@@ -117,7 +117,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
     }
     char at[EW_TIME_LEN + 1], now[EW_TIME_LEN + 1];
     ew_time_format(ew_event_time_us(ev), at);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *p[] = {d->user_id, at, now};
     if (ew_txn_exec(t,
                     "INSERT INTO event_store.analytics_users (user_id, registered_at, tracked_at)"
@@ -140,7 +140,7 @@ static ew_handler_result on_consent(const ew_event *ev, ew_handler_ctx *ctx, voi
     ew_error e = {0};
     char h[65], now[EW_TIME_LEN + 1];
     analytics_user_hash(d->user_id, h);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *ph[] = {h, now}, *pu[] = {d->user_id};
     int rc;
     if (d->granted) {
@@ -170,7 +170,7 @@ static int remember_erasure(svc *s, void *ud, ew_txn *t, const char *user_id, ew
 {
     char h[65], now[EW_TIME_LEN + 1];
     analytics_user_hash(user_id, h);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *p[] = {h, now};
     return ew_txn_exec(t,
                        "INSERT INTO event_store.analytics_erased (user_hash, erased_at)"

@@ -68,13 +68,15 @@ struct svc {
     int64_t token_ttl_s;
     struct guard *guards; /* the routes that require a token */
     struct svc_sub *subs; /* svc_subscribe's wrappers, freed at the end */
+    /* What the inbox's transactions did, for waking the relay after a commit that emitted (see
+     * "the inbox" below). Under hmu. */
+    pthread_mutex_t hmu;
+    void **emitted; /* the open inbox transactions in which svc_ctx_emit() added an event */
+    size_t nemitted, cap_emitted;
+    bool holding;         /* a thread holds the database (ew_inbox_ops.hold): holder */
+    pthread_t holder;     /* its commits happen at its release */
+    bool wake_at_release; /* and one of them emitted */
 };
-
-/* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
-static _Thread_local int tl_emitted;
-/* The handler's thread holds the database (a batch of deliveries, ew_inbox_ops.hold), and a
- * commit in it emitted: the relay is woken at the release. */
-static _Thread_local int tl_holding, tl_wake;
 
 /* ---- logging ------------------------------------------------------------------------------- */
 
@@ -128,36 +130,50 @@ typedef struct guard {
     char *method, *tmpl; /* "GET" and "/users/{id}": the route split at its space */
 } guard;
 
-/* The caller of the request this thread is handling (a guarded route's handler runs on it). */
-static _Thread_local const svc_claims *tl_caller;
-
-const svc_claims *svc_caller(void)
+/* The caller travels with the request: the guard attaches the token's claims to it
+ * (ew_http_set_data), and every question about the caller is asked of the request. */
+const svc_claims *svc_caller(const ew_http_request *rq)
 {
-    return tl_caller;
+    return rq ? ew_http_data(rq) : NULL;
 }
 
-bool svc_caller_admin(void)
+bool svc_caller_admin(const ew_http_request *rq)
 {
-    return tl_caller && tl_caller->admin;
+    const svc_claims *c = svc_caller(rq);
+    return c && c->admin;
 }
 
-bool svc_caller_may(const char *user_id)
+bool svc_caller_may(const ew_http_request *rq, const char *user_id)
 {
-    return tl_caller && (tl_caller->admin || (user_id && !strcmp(tl_caller->sub, user_id)));
+    const svc_claims *c = svc_caller(rq);
+    return c && (c->admin || (user_id && !strcmp(c->sub, user_id)));
 }
 
-int svc_allow_user(ew_http_response *res, const char *user_id)
+int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char *user_id)
 {
-    if (svc_caller_may(user_id)) return 0;
+    if (svc_caller_may(rq, user_id)) return 0;
     ew_http_reply_error(res, 403, NULL, "forbidden: only the user themselves or an admin may");
     return -1;
 }
 
-int svc_require_admin(ew_http_response *res)
+int svc_require_admin(const ew_http_request *rq, ew_http_response *res)
 {
-    if (svc_caller_admin()) return 0;
+    if (svc_caller_admin(rq)) return 0;
     ew_http_reply_error(res, 403, NULL, "forbidden: only an admin may");
     return -1;
+}
+
+const char *svc_path_user(const ew_http_request *rq, ew_http_response *res, const char *param,
+                          const char *what)
+{
+    const char *id = ew_http_param(rq, param);
+    if (svc_allow_user(rq, res, id)) return NULL;
+    if (svc_uuid_valid(id)) return id;
+    if (what)
+        ew_http_reply_error(res, 404, NULL, "no %s %.64s", what, id ? id : "");
+    else
+        svc_require_uuid(res, param, id);
+    return NULL;
 }
 
 static void reply_401(ew_http_response *res, const char *error, const char *why)
@@ -227,9 +243,7 @@ static void guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 500, NULL, "internal error");
         return;
     }
-    tl_caller = c;
     g->fn(rq, res, g->ud);
-    tl_caller = NULL;
 }
 
 int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
@@ -275,6 +289,22 @@ void svc_random_uuid(char out[37])
     }
     *o = '\0';
     sodium_memzero(b, sizeof b);
+}
+
+void svc_secret_new(char out[SVC_SECRET_LEN + 1])
+{
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(out, SVC_SECRET_LEN + 1, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+}
+
+void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1])
+{
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, (const unsigned char *)secret, strlen(secret), NULL, 0);
+    sodium_bin2hex(out, SVC_SECRET_HASH_LEN + 1, h, sizeof h);
 }
 
 void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before)
@@ -380,7 +410,7 @@ static void audit_evauth(svc *s, ew_evauth_notice_kind kind, const ew_event *ev,
         }
     }
     ew_buf_putc(&d, '}');
-    if (!d.oom) svc_audit(s, actor, action, ev ? ew_event_id(ev) : NULL, d.data);
+    if (!d.oom) svc_audit(s, NULL, actor, action, ev ? ew_event_id(ev) : NULL, d.data);
     ew_buf_release(&d);
 }
 
@@ -389,12 +419,12 @@ static void on_evauth(void *ud, ew_evauth_notice_kind kind, const ew_event *ev, 
     audit_evauth(ud, kind, ev, detail);
 }
 
-void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
-               const char *details)
+void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char *action,
+               const char *subject, const char *details)
 {
     char who[64];
     if (!actor) {
-        const svc_claims *c = svc_caller();
+        const svc_claims *c = svc_caller(rq);
         if (c)
             snprintf(who, sizeof who, "user:%s", c->sub);
         else
@@ -666,13 +696,62 @@ static void relay_stop(svc *s)
     s->relay_started = 0;
 }
 
-/* ---- the inbox: the database's, and a wake-up of the relay after commits that emitted ----- */
+/* ---- the inbox: the database's, and a wake-up of the relay after commits that emitted -----
+ *
+ * The dispatcher hands the inbox's transaction to the handler (ew_ctx_txn) and then to commit()
+ * or rollback(): the transaction is what links an emit to its commit. svc_ctx_emit() notes it in
+ * s->emitted; commit() takes it out and wakes the relay once the commit is done -- at the release
+ * when the committing thread holds the database (a batch of deliveries, ew_inbox_ops.hold): its
+ * commit happens there, and a relay woken earlier would only commit it early. */
+
+static bool emitted_find(svc *s, void *txn, size_t *at)
+{
+    for (size_t i = 0; i < s->nemitted; i++)
+        if (s->emitted[i] == txn) {
+            *at = i;
+            return true;
+        }
+    return false;
+}
+
+static int emitted_add(svc *s, void *txn, ew_error *err)
+{
+    pthread_mutex_lock(&s->hmu);
+    size_t at;
+    int rc = 0;
+    if (!emitted_find(s, txn, &at)) {
+        if (s->nemitted == s->cap_emitted) {
+            size_t cap = s->cap_emitted ? s->cap_emitted * 2 : 8;
+            void **p = realloc(s->emitted, cap * sizeof *p);
+            if (p) {
+                s->emitted = p;
+                s->cap_emitted = cap;
+            }
+        }
+        if (s->nemitted < s->cap_emitted)
+            s->emitted[s->nemitted++] = txn;
+        else
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    pthread_mutex_unlock(&s->hmu);
+    return rc;
+}
+
+/* Whether an event was emitted in txn; forgets it. */
+static bool emitted_take(svc *s, void *txn)
+{
+    pthread_mutex_lock(&s->hmu);
+    size_t at;
+    bool found = emitted_find(s, txn, &at);
+    if (found) s->emitted[at] = s->emitted[--s->nemitted];
+    pthread_mutex_unlock(&s->hmu);
+    return found;
+}
 
 static int ib_begin(void *self, const char *handler, const char *event_id, void **txn,
                     ew_error *err)
 {
     svc *s = self;
-    tl_emitted = 0;
     return s->inner.ops->begin(s->inner.self, handler, event_id, txn, err);
 }
 
@@ -680,21 +759,21 @@ static int ib_commit(void *self, const char *handler, const char *event_id, void
                      ew_error *err)
 {
     svc *s = self;
+    bool emitted = emitted_take(s, txn);
     int rc = s->inner.ops->commit(s->inner.self, handler, event_id, txn, err);
-    if (!rc && tl_emitted) {
-        if (tl_holding) /* committed at the release: the relay would only commit it early */
-            tl_wake = 1;
-        else
-            relay_wake(s);
-    }
-    tl_emitted = 0;
-    return rc;
+    if (rc || !emitted) return rc;
+    pthread_mutex_lock(&s->hmu);
+    bool later = s->holding && pthread_equal(s->holder, pthread_self());
+    if (later) s->wake_at_release = true; /* committed at the release */
+    pthread_mutex_unlock(&s->hmu);
+    if (!later) relay_wake(s);
+    return 0;
 }
 
 static void ib_rollback(void *self, void *txn)
 {
     svc *s = self;
-    tl_emitted = 0;
+    emitted_take(s, txn);
     s->inner.ops->rollback(s->inner.self, txn);
 }
 
@@ -702,8 +781,13 @@ static int ib_hold(void *self, ew_error *err)
 {
     svc *s = self;
     int rc = s->inner.ops->hold(s->inner.self, err);
-    tl_holding = rc == 0;
-    tl_wake = 0;
+    if (rc == 0) { /* one holder per handle: the store refuses a second */
+        pthread_mutex_lock(&s->hmu);
+        s->holding = true;
+        s->holder = pthread_self();
+        s->wake_at_release = false;
+        pthread_mutex_unlock(&s->hmu);
+    }
     return rc;
 }
 
@@ -711,8 +795,12 @@ static int ib_release(void *self, ew_error *err)
 {
     svc *s = self;
     int rc = s->inner.ops->release(s->inner.self, err);
-    if (tl_wake) relay_wake(s); /* also after a failure: what did commit is worth sending */
-    tl_holding = tl_wake = 0;
+    pthread_mutex_lock(&s->hmu);
+    bool mine = s->holding && pthread_equal(s->holder, pthread_self());
+    bool wake = mine && s->wake_at_release;
+    if (mine) s->holding = s->wake_at_release = false;
+    pthread_mutex_unlock(&s->hmu);
+    if (wake) relay_wake(s); /* also after a failure: what did commit is worth sending */
     return rc;
 }
 
@@ -770,7 +858,7 @@ int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
     a.source = s->def->name;
     a.subject = subject;
     int rc = emit(t, type, data, &a, err);
-    if (!rc) tl_emitted = 1;
+    if (!rc) rc = emitted_add(s, t, err);
     return rc;
 }
 
@@ -1150,6 +1238,7 @@ static int start(svc *s, const svc_def *def, const char *const *settings, bool r
     memset(s, 0, sizeof *s);
     s->def = def;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->hmu, NULL);
     ew__cond_init_mono(&s->cv);
     ew__cond_init_mono(&s->passed);
     if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL))
@@ -1174,6 +1263,8 @@ static void finish(svc *s)
     }
     ew_logger_free(s->log);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->hmu);
+    free(s->emitted);
     pthread_cond_destroy(&s->cv);
     pthread_cond_destroy(&s->passed);
 }

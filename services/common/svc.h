@@ -47,6 +47,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "eventwire/bus.h"
+#include "eventwire/clock.h"
 #include "eventwire/config.h"
 #include "eventwire/http.h"
 #include "eventwire/store.h"
@@ -142,15 +143,20 @@ int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_er
 
 /* ---- the caller (docs/security.md) --------------------------------------------------------- */
 
-/* In the handler of a route without SVC_PUBLIC: what the caller's token says (borrowed until the
- * handler returns); NULL elsewhere. */
-const svc_claims *svc_caller(void);
-/* Is the caller an admin? Is the caller user_id, or an admin? */
-bool svc_caller_admin(void);
-bool svc_caller_may(const char *user_id);
-/* 0 when svc_caller_may(user_id) (svc_caller_admin()); else -1 after answering 403. */
-int svc_allow_user(ew_http_response *res, const char *user_id);
-int svc_require_admin(ew_http_response *res);
+/* What the token of rq says, on a route without SVC_PUBLIC (the guard attached it to the
+ * request: borrowed until the handler returns); NULL on a public route. */
+const svc_claims *svc_caller(const ew_http_request *rq);
+/* Is the caller of rq an admin? Is it user_id, or an admin? */
+bool svc_caller_admin(const ew_http_request *rq);
+bool svc_caller_may(const ew_http_request *rq, const char *user_id);
+/* 0 when svc_caller_may(rq, user_id) (svc_caller_admin(rq)); else -1 after answering 403. */
+int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char *user_id);
+int svc_require_admin(const ew_http_request *rq, ew_http_response *res);
+/* The path parameter `param` of a route about one user: its value when the caller may reach that
+ * user (else 403) and it is a UUID as the services hand them out; else, after answering, NULL:
+ * 404 "no <what> <value>" with what, or 400 naming the parameter when what is NULL. */
+const char *svc_path_user(const ew_http_request *rq, ew_http_response *res, const char *param,
+                          const char *what);
 /* Checks the request's bearer token: 0 and *c, or -1 after answering 401 (503 when the public
  * key cannot be read). What guarded routes do before their handler. */
 int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, svc_claims *c);
@@ -164,13 +170,20 @@ const char *svc_key_dir(const svc *s);
 int64_t svc_token_ttl(const svc *s);
 /* A random (version 4) UUID from libsodium's CSPRNG, for ids that must not be guessed. */
 void svc_random_uuid(char out[37]);
+/* A secret handed to a client (a password-reset or verification token, a download key): 43
+ * characters of URL-safe base64 for 32 bytes of libsodium's CSPRNG. */
+#define SVC_SECRET_LEN 43
+void svc_secret_new(char out[SVC_SECRET_LEN + 1]);
+/* What is stored instead of such a secret: 64 hex digits of its BLAKE2b-256. */
+#define SVC_SECRET_HASH_LEN 64
+void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1]);
 
-/* Appends to the service's audit chain (docs/audit.md): actor NULL means the caller of the
- * request being served ("user:ID", or "anonymous"); action ("auth.login", ...); subject an id
- * or NULL; details a JSON object or NULL. Ids only, never personal data in clear. A failure is
- * logged; the action it records has happened already. */
-void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
-               const char *details);
+/* Appends to the service's audit chain (docs/audit.md): actor NULL means the caller of rq
+ * ("user:ID", or "anonymous" on a public route or without a request); action ("auth.login", ...);
+ * subject an id or NULL; details a JSON object or NULL. Ids only, never personal data in clear. A
+ * failure is logged; the action it records has happened already. */
+void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char *action,
+               const char *subject, const char *details);
 
 /* ---- anywhere ------------------------------------------------------------------------------ */
 
@@ -354,11 +367,18 @@ int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *
 int svc_json_object(const ew_http_request *rq, ew_http_response *res, const char *field,
                     int required, char **out);
 
-/* Is s a plausible email address (local@domain.tld, at most 254 bytes)? */
-bool svc_email_valid(const char *s);
-
 /* Is s a UUID in canonical lower-case 8-4-4-4-12 form (what the services hand out)? */
 bool svc_uuid_valid(const char *s);
+
+/* 0 when id is such a UUID; else -1 after answering 400 "<field> must be a UUID ...". */
+int svc_require_uuid(ew_http_response *res, const char *field, const char *id);
+
+/* An email address of a request: 0 when the catalog takes it (ew_field_valid, EW_FIELD_EMAIL: the
+ * rule every event with an address is checked by), else -1 after answering 400 for field. */
+int svc_require_email(ew_http_response *res, const char *field, const char *email);
+
+/* The time now + offset_s seconds, RFC 3339 UTC (ew_time_format), into out. */
+void svc_time(int64_t offset_s, char out[EW_TIME_LEN + 1]);
 
 /* Copies text a client chose freely and nobody checks (a User-Agent header) into out (cap
  * bytes, cap >= 4) as UTF-8 that events and JSON accept: each byte that is not part of

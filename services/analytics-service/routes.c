@@ -71,7 +71,7 @@ static int64_t count_of(ew_txn *t, const char *sql, const char *const *p, size_t
 static void get_stats(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     analytics *a = ud;
-    if (svc_require_admin(res)) return; /* totals over every user: admins only */
+    if (svc_require_admin(rq, res)) return; /* totals over every user: admins only */
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(a->s, &t, &e)) {
