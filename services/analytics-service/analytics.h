@@ -33,9 +33,10 @@ typedef struct analytics {
  * service runs */
 svc_def analytics_service(analytics *a);
 
-/* ---- routes.c and handlers.c: the HTTP routes and the event handlers, registered in setup */
-int analytics_routes(analytics *a, ew_error *err);
-int analytics_handlers(analytics *a, ew_error *err);
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route analytics_routes[];
+extern const svc_handler analytics_handlers[];
 /* The user's data as analytics-service holds it (handlers.c): {"registered_at": ... or null,
  * "events": [{"event_type", "count", "first_at", "last_at"}, ...]}, or {} when it holds nothing;
  * the runtime answers the GDPR events from it, GET /stats/users/{user_id} serves it. */

@@ -205,12 +205,9 @@ const svc_gdpr analytics_gdpr = {
     .failure = svc_retry,
 };
 
-int analytics_handlers(analytics *a, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"#", on_any},
-        {"user.registered", on_registered},
-        {"user.consent_changed", on_consent},
-    };
-    return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
-}
+const svc_handler analytics_handlers[] = {
+    {"#", on_any},
+    {"user.registered", on_registered},
+    {"user.consent_changed", on_consent},
+    {0},
+};

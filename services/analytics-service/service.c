@@ -6,9 +6,7 @@ static int setup(svc *s, void *ud, ew_error *err)
 {
     analytics *a = ud;
     a->s = s;
-    int rc = analytics_routes(a, err);
-    if (!rc) rc = analytics_handlers(a, err);
-    return rc;
+    return 0;
 }
 
 svc_def analytics_service(analytics *a)
@@ -18,6 +16,8 @@ svc_def analytics_service(analytics *a)
         .default_port = ANALYTICS_PORT,
         .schema = analytics_schema,
         .nschema = analytics_schema_len,
+        .routes = analytics_routes,
+        .handlers = analytics_handlers,
         .setup = setup,
         .ud = a,
         .gdpr = &analytics_gdpr,

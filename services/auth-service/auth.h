@@ -38,9 +38,10 @@ typedef struct auth {
  * service runs */
 svc_def auth_service(auth *a);
 
-/* ---- routes.c and handlers.c: the HTTP routes and the event handlers, registered in setup */
-int auth_routes(auth *a, ew_error *err);
-int auth_handlers(auth *a, ew_error *err);
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route auth_routes[];
+extern const svc_handler auth_handlers[];
 /* The user's data as auth-service holds it (handlers.c): {"user": {...} or null, "sessions": [...],
  * "password_resets": [...]}; the runtime answers the GDPR events from it. */
 extern const svc_gdpr auth_gdpr;

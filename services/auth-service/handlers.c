@@ -123,12 +123,9 @@ const svc_gdpr auth_gdpr = {
     .failure = svc_failed,
 };
 
-int auth_handlers(auth *a, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.profile_created", on_profile_created},
-        {"user.deactivated", on_deactivated},
-        {"user.role_changed", on_role_changed},
-    };
-    return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
-}
+const svc_handler auth_handlers[] = {
+    {"user.profile_created", on_profile_created},
+    {"user.deactivated", on_deactivated},
+    {"user.role_changed", on_role_changed},
+    {0},
+};

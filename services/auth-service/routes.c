@@ -823,17 +823,14 @@ failed:
     ew_http_obj_end(res);
 }
 
-int auth_routes(auth *a, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"POST /auth/register", EW_HTTP_JSON | SVC_PUBLIC, h_register},
-        {"POST /auth/login", EW_HTTP_JSON | SVC_PUBLIC, h_login},
-        {"POST /auth/logout", 0, h_logout},
-        {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
-        {"POST /auth/password-reset", EW_HTTP_JSON | SVC_PUBLIC, h_reset_request},
-        {"POST /auth/password-reset/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_reset_confirm},
-        {"GET /auth/users/{id}", 0, h_user},
-        {"DELETE /auth/users/{id}", 0, h_delete},
-    };
-    return svc_route_all(a->s, routes, sizeof routes / sizeof routes[0], a, err);
-}
+const svc_http_route auth_routes[] = {
+    {"POST /auth/register", EW_HTTP_JSON | SVC_PUBLIC, h_register},
+    {"POST /auth/login", EW_HTTP_JSON | SVC_PUBLIC, h_login},
+    {"POST /auth/logout", 0, h_logout},
+    {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
+    {"POST /auth/password-reset", EW_HTTP_JSON | SVC_PUBLIC, h_reset_request},
+    {"POST /auth/password-reset/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_reset_confirm},
+    {"GET /auth/users/{id}", 0, h_user},
+    {"DELETE /auth/users/{id}", 0, h_delete},
+    {0},
+};

@@ -45,9 +45,7 @@ static int setup(svc *s, void *ud, ew_error *err)
                             "cannot hash a password with AUTH_PASSWORD_HASH=%s "
                             "(out of memory?)",
                             cost);
-    int rc = auth_routes(a, err);
-    if (!rc) rc = auth_handlers(a, err);
-    return rc;
+    return 0;
 }
 
 static void teardown(svc *s, void *ud)
@@ -70,6 +68,8 @@ svc_def auth_service(auth *a)
         .default_port = AUTH_PORT,
         .schema = auth_schema,
         .nschema = auth_schema_len,
+        .routes = auth_routes,
+        .handlers = auth_handlers,
         .setup = setup,
         .teardown = teardown,
         .ud = a,

@@ -1245,6 +1245,10 @@ static int start(svc *s, const svc_def *def, const char *const *settings, bool r
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = open_all(s, settings, err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, err);
+    for (const svc_http_route *r = def->routes; !rc && r && r->route; r++)
+        rc = svc_route(s, r->route, r->flags, r->fn, def->ud, err);
+    for (const svc_handler *h = def->handlers; !rc && h && h->pattern; h++)
+        rc = svc_subscribe(s, h->pattern, h->fn, def->ud, err);
     if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, err);
     if (rc || routes_only) return rc; /* --routes: the routes are registered */
     if (def->sagas) rc = sagas_start(s, err);

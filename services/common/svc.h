@@ -12,7 +12,7 @@
  *  3. opens the bus (EVENT_BUS_TYPE, ...) with the database's inbox, so that a handler's writes
  *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
  *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
- *  4. calls svc_def.setup, which registers the routes (svc_route) and handlers (svc_subscribe);
+ *  4. calls svc_def.setup, then registers svc_def.routes (svc_route) and .handlers (svc_subscribe);
  *     with svc_def.gdpr, subscribes the answers to the GDPR events; with svc_def.sagas, starts the
  * saga engine (saga.h) on a handle of its own on the event store, with the three sagas of sagas.h;
  *  5. starts the outbox relay: a thread that publishes what transactions put in the database's
@@ -57,13 +57,32 @@
 typedef struct svc svc;
 typedef struct svc_gdpr svc_gdpr;
 
+/* An HTTP route of a service: "METHOD /path/{param}", its flags (EW_HTTP_JSON, EW_HTTP_JSON_OPT,
+ * SVC_PUBLIC) and its handler. */
+typedef struct svc_http_route {
+    const char *route;
+    unsigned flags;
+    ew_http_handler fn;
+} svc_http_route;
+
+/* An event handler of a service: the pattern it subscribes and the function. */
+typedef struct svc_handler {
+    const char *pattern;
+    ew_handler_fn fn;
+} svc_handler;
+
 typedef struct svc_def {
     const char *name;          /* "auth-service": SERVICE_NAME, its events' source, its group */
     int default_port;          /* HTTP_PORT when the environment does not set it */
     const char *const *schema; /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
     size_t nschema;
-    /* Registers routes and handlers; runs once, before the bus and the HTTP server start. A
-     * nonzero return stops the service with err's message. */
+    /* Its HTTP routes and event handlers (each may be NULL; the last entry is {0}), registered
+     * with ud as their ud once setup has run. */
+    const svc_http_route *routes;
+    const svc_handler *handlers;
+    /* Reads the service's settings into ud, and registers what routes and handlers do not say;
+     * runs once, before the bus and the HTTP server start. A nonzero return stops the service
+     * with err's message. */
     int (*setup)(svc *s, void *ud, ew_error *err);
     /* Runs once after everything is closed (may be NULL). */
     void (*teardown)(svc *s, void *ud);
@@ -128,17 +147,7 @@ int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_er
 
 /* A table of routes, or of handlers: svc_route, or svc_subscribe, for each, with the same ud;
  * stops at the first failure. */
-typedef struct svc_http_route {
-    const char *route;
-    unsigned flags;
-    ew_http_handler fn;
-} svc_http_route;
 int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err);
-
-typedef struct svc_handler {
-    const char *pattern;
-    ew_handler_fn fn;
-} svc_handler;
 int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_error *err);
 
 /* ---- the caller (docs/security.md) --------------------------------------------------------- */

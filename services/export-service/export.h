@@ -57,9 +57,10 @@ typedef struct exporter {
  * service runs */
 svc_def export_service(exporter *x);
 
-/* ---- routes.c and handlers.c: the HTTP routes and the event handlers, registered in setup */
-int export_routes(exporter *x, ew_error *err);
-int export_handlers(exporter *x, ew_error *err);
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route export_routes[];
+extern const svc_handler export_handlers[];
 /* The user's data as export-service holds it (handlers.c): {"exports": [...]}, or {} when it
  * holds nothing; the runtime answers the GDPR events from it, opening an export that came from
  * elsewhere than POST /exports first, and removing the user's documents with their rows. */

@@ -290,10 +290,7 @@ const svc_gdpr export_gdpr = {
     .failure = svc_retry,
 };
 
-int export_handlers(exporter *x, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.data_collected", on_collected},
-    };
-    return svc_subscribe_all(x->s, subs, sizeof subs / sizeof subs[0], x, err);
-}
+const svc_handler export_handlers[] = {
+    {"user.data_collected", on_collected},
+    {0},
+};

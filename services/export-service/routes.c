@@ -322,13 +322,10 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
     svc_row_free(&r);
 }
 
-int export_routes(exporter *x, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"POST /exports", EW_HTTP_JSON, post_export},
-        {"GET /exports", 0, list_exports},
-        {"GET /exports/{export_id}", 0, get_export},
-        {"GET /exports/{export_id}/download", 0, download},
-    };
-    return svc_route_all(x->s, routes, sizeof routes / sizeof routes[0], x, err);
-}
+const svc_http_route export_routes[] = {
+    {"POST /exports", EW_HTTP_JSON, post_export},
+    {"GET /exports", 0, list_exports},
+    {"GET /exports/{export_id}", 0, get_export},
+    {"GET /exports/{export_id}/download", 0, download},
+    {0},
+};

@@ -40,9 +40,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     if (ew_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
-    rc = export_routes(x, err);
-    if (!rc) rc = export_handlers(x, err);
-    if (!rc) rc = export_sweeper_start(x, svc_db_url(s), err);
+    rc = export_sweeper_start(x, svc_db_url(s), err);
     if (!rc)
         svc_log(s, EW_LOG_INFO, "exports wait %lld s for: %s; documents in %s",
                 (long long)x->timeout_s, x->services_csv, x->dir);
@@ -71,6 +69,8 @@ svc_def export_service(exporter *x)
         .default_port = EXPORT_PORT,
         .schema = export_schema,
         .nschema = export_schema_len,
+        .routes = export_routes,
+        .handlers = export_handlers,
         .setup = setup,
         .teardown = teardown,
         .ud = x,

@@ -377,14 +377,11 @@ const svc_gdpr notif_gdpr = {
     .failure = svc_retry,
 };
 
-int notif_handlers(notif *n, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.registered", on_registered},
-        {"user.profile_created", on_profile_created},
-        {"password.reset_token_issued", on_reset_token},
-        {"user.verification_requested", on_verification},
-        {"user.data_export_completed", on_export_completed},
-    };
-    return svc_subscribe_all(n->s, subs, sizeof subs / sizeof subs[0], n, err);
-}
+const svc_handler notif_handlers[] = {
+    {"user.registered", on_registered},
+    {"user.profile_created", on_profile_created},
+    {"password.reset_token_issued", on_reset_token},
+    {"user.verification_requested", on_verification},
+    {"user.data_export_completed", on_export_completed},
+    {0},
+};

@@ -47,9 +47,10 @@ typedef struct notif_mail {
  * service runs. curl_global_init() is the caller's, before any thread starts. */
 svc_def notif_service(notif *n);
 
-/* ---- routes.c and handlers.c: the HTTP routes and the event handlers, registered in setup */
-int notif_routes(notif *n, ew_error *err);
-int notif_handlers(notif *n, ew_error *err);
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route notif_routes[];
+extern const svc_handler notif_handlers[];
 /* The user's data as notification-service holds it (handlers.c): {"address": {...} or null,
  * "messages": [...]}, or {} when it holds nothing; the runtime answers the GDPR events from it,
  * GET /notifications/{user_id} serves it. */

@@ -6,10 +6,7 @@ static int setup(svc *s, void *ud, ew_error *err)
 {
     notif *n = ud;
     n->s = s;
-    int rc = notif_mail_setup(n, err);
-    if (!rc) rc = notif_routes(n, err);
-    if (!rc) rc = notif_handlers(n, err);
-    return rc;
+    return notif_mail_setup(n, err);
 }
 
 static void teardown(svc *s, void *ud)
@@ -24,6 +21,8 @@ svc_def notif_service(notif *n)
         .default_port = NOTIF_PORT,
         .schema = notif_schema,
         .nschema = notif_schema_len,
+        .routes = notif_routes,
+        .handlers = notif_handlers,
         .setup = setup,
         .teardown = teardown,
         .ud = n,

@@ -72,10 +72,7 @@ const svc_gdpr user_gdpr = {
     .failure = svc_failed,
 };
 
-int user_handlers(usvc *u, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.registered", on_registered},
-    };
-    return svc_subscribe_all(u->s, subs, sizeof subs / sizeof subs[0], u, err);
-}
+const svc_handler user_handlers[] = {
+    {"user.registered", on_registered},
+    {0},
+};

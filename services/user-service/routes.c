@@ -482,16 +482,13 @@ failed:
     ew_http_obj_end(res);
 }
 
-int user_routes(usvc *u, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"GET /users/{id}/profile", 0, h_get_profile},
-        {"PUT /users/{id}/profile", EW_HTTP_JSON, h_put_profile},
-        {"GET /users/{id}/preferences", 0, h_get_preferences},
-        {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
-        {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
-        {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
-        {"POST /users/verify/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_verify_confirm},
-    };
-    return svc_route_all(u->s, routes, sizeof routes / sizeof routes[0], u, err);
-}
+const svc_http_route user_routes[] = {
+    {"GET /users/{id}/profile", 0, h_get_profile},
+    {"PUT /users/{id}/profile", EW_HTTP_JSON, h_put_profile},
+    {"GET /users/{id}/preferences", 0, h_get_preferences},
+    {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
+    {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
+    {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
+    {"POST /users/verify/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_verify_confirm},
+    {0},
+};

@@ -7,9 +7,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     usvc *u = ud;
     u->s = s;
     u->verify_ttl_s = ew_config_get_int(svc_config(s), "USER_VERIFICATION_TTL_SECONDS");
-    int rc = user_routes(u, err);
-    if (!rc) rc = user_handlers(u, err);
-    return rc;
+    return 0;
 }
 
 svc_def user_service(usvc *u)
@@ -19,6 +17,8 @@ svc_def user_service(usvc *u)
         .default_port = USER_PORT,
         .schema = user_schema,
         .nschema = user_schema_len,
+        .routes = user_routes,
+        .handlers = user_handlers,
         .setup = setup,
         .ud = u,
         .gdpr = &user_gdpr,

@@ -25,9 +25,10 @@ typedef struct usvc {
  * service runs */
 svc_def user_service(usvc *u);
 
-/* ---- routes.c and handlers.c: the HTTP routes and the event handlers, registered in setup */
-int user_routes(usvc *u, ew_error *err);
-int user_handlers(usvc *u, ew_error *err);
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route user_routes[];
+extern const svc_handler user_handlers[];
 /* The user's data as user-service holds it (handlers.c): {"profile": {...} or null,
  * "preferences": {...} or null}; the runtime answers the GDPR events from it. */
 extern const svc_gdpr user_gdpr;
