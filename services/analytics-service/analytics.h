@@ -44,9 +44,8 @@ extern const svc_gdpr analytics_gdpr;
 
 /* ---- store.c: the tables */
 
-/* CREATE TABLE IF NOT EXISTS statements, run at every start (svc_def.schema). */
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
 extern const char *const analytics_schema[];
-extern const size_t analytics_schema_len;
 
 /* The erasure key of a user id: 64 hex digits of BLAKE2b-256. */
 void analytics_user_hash(const char *user_id, char out[65]);

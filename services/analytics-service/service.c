@@ -15,7 +15,6 @@ svc_def analytics_service(analytics *a)
         .name = ANALYTICS_SERVICE,
         .default_port = ANALYTICS_PORT,
         .schema = analytics_schema,
-        .nschema = analytics_schema_len,
         .routes = analytics_routes,
         .handlers = analytics_handlers,
         .setup = setup,

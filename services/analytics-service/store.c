@@ -29,8 +29,8 @@ const char *const analytics_schema[] = {
     "CREATE TABLE IF NOT EXISTS event_store.analytics_opted_out ("
     " user_hash TEXT PRIMARY KEY,"
     " opted_out_at TEXT NOT NULL)",
+    NULL,
 };
-const size_t analytics_schema_len = sizeof analytics_schema / sizeof analytics_schema[0];
 
 void analytics_user_hash(const char *user_id, char out[65])
 {

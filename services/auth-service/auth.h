@@ -48,9 +48,8 @@ extern const svc_gdpr auth_gdpr;
 
 /* ---- store.c: the tables and what routes and handlers both write there */
 
-/* CREATE TABLE IF NOT EXISTS statements, run at every start (svc_def.schema). */
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
 extern const char *const auth_schema[];
-extern const size_t auth_schema_len;
 
 /* Ends tokens of user_id in every service, in t (an HTTP request's transaction, ctx NULL) or in a
  * handler's (ctx): with session_id, that session's; else every token issued until now, and

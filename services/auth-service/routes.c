@@ -112,16 +112,7 @@ static size_t parse_roles(const char *text, ew_arena *ar, const char **items, si
     return n;
 }
 
-/* Answers 429 with Retry-After: wait_s. */
-static void too_many(ew_http_response *res, int64_t wait_s, const char *what)
-{
-    char v[24];
-    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
-    ew_http_header_add(res, "Retry-After", v);
-    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
-}
-
-/* Answers 503 when no password hash could start (auth_hash_begin). */
+/* Answers 503 when no password hash could start (hash_begin). */
 static void too_busy(ew_http_response *res)
 {
     ew_http_header_add(res, "Retry-After", "1");
@@ -178,7 +169,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     int64_t wait = svc_limiter_take(a->limits, by_addr, a->registrations_address, a->window_s,
                                     ew_now_us() / 1000000);
     if (wait) {
-        too_many(res, wait, "registrations");
+        svc_reply_too_many(res, wait, "registrations");
         return;
     }
     char email[EMAIL_MAX + 1], key[USERNAME_MAX + 1];
@@ -288,7 +279,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     int64_t wait = svc_limiter_check(a->limits, acct, a->fail_account, a->window_s, now_s);
     int64_t wait2 = svc_limiter_check(a->limits, addr, a->fail_address, a->window_s, now_s);
     if (wait || wait2) {
-        too_many(res, wait > wait2 ? wait : wait2, "failed logins");
+        svc_reply_too_many(res, wait > wait2 ? wait : wait2, "failed logins");
         return;
     }
 
@@ -546,7 +537,7 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     int64_t wait = svc_limiter_take(a->limits, by_addr, a->resets_address, a->window_s, now_s);
     if (!wait) wait = svc_limiter_take(a->limits, by_email, a->resets_email, a->window_s, now_s);
     if (wait) {
-        too_many(res, wait, "password reset requests");
+        svc_reply_too_many(res, wait, "password reset requests");
         return;
     }
     ew_txn *t;

@@ -67,7 +67,6 @@ svc_def auth_service(auth *a)
         .name = AUTH_SERVICE,
         .default_port = AUTH_PORT,
         .schema = auth_schema,
-        .nschema = auth_schema_len,
         .routes = auth_routes,
         .handlers = auth_handlers,
         .setup = setup,

@@ -42,8 +42,8 @@ const char *const auth_schema[] = {
     "CREATE TABLE IF NOT EXISTS event_store.auth_token_epochs ("
     " user_id TEXT PRIMARY KEY,"
     " not_before BIGINT NOT NULL)",
+    NULL,
 };
-const size_t auth_schema_len = sizeof auth_schema / sizeof auth_schema[0];
 
 int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
                 const char *session_id, const char *reason, ew_error *err)

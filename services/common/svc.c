@@ -935,6 +935,14 @@ void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew
         ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
 }
 
+void svc_reply_too_many(ew_http_response *res, int64_t wait_s, const char *what)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+    ew_http_header_add(res, "Retry-After", v);
+    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
+}
+
 /* ---- health -------------------------------------------------------------------------------- */
 
 static int health(void *ud, char *why, size_t n)
@@ -984,8 +992,8 @@ static int create_schema(svc *s, ew_error *err)
                          "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
                          " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
                          NULL, 0, NULL, err);
-    for (size_t i = 0; !rc && i < s->def->nschema; i++)
-        rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
+    for (const char *const *sql = s->def->schema; !rc && sql && *sql; sql++)
+        rc = ew_txn_exec(t, *sql, NULL, 0, NULL, err);
     if (rc) {
         ew_txn_rollback(t);
         return rc;

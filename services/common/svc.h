@@ -72,10 +72,10 @@ typedef struct svc_handler {
 } svc_handler;
 
 typedef struct svc_def {
-    const char *name;          /* "auth-service": SERVICE_NAME, its events' source, its group */
-    int default_port;          /* HTTP_PORT when the environment does not set it */
-    const char *const *schema; /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
-    size_t nschema;
+    const char *name; /* "auth-service": SERVICE_NAME, its events' source, its group */
+    int default_port; /* HTTP_PORT when the environment does not set it */
+    /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements, NULL-terminated (may be NULL) */
+    const char *const *schema;
     /* Its HTTP routes and event handlers (each may be NULL; the last entry is {0}), registered
      * with ud as their ud once setup has run. */
     const svc_http_route *routes;
@@ -346,6 +346,10 @@ void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *re
 /* Logs err and answers 503 (a database or broker that cannot be reached, a time-out) or 500
  * (anything else) with a JSON error that names no internals. */
 void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err);
+
+/* Answers 429 with Retry-After: wait_s (at least 1), "too many <what>; try again in N s": what a
+ * route answers past one of its limits (svc_limit.h). */
+void svc_reply_too_many(ew_http_response *res, int64_t wait_s, const char *what);
 
 /* ---- reading request bodies ---------------------------------------------------------------- */
 /* Each returns 0 when the value is good, or -1 after answering 400 with the field's name and what

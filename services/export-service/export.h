@@ -72,9 +72,8 @@ void export_sweeper_stop(exporter *x);
 
 /* ---- store.c: the tables and what routes, handlers and the sweeper all use */
 
-/* CREATE TABLE IF NOT EXISTS statements, run at every start (svc_def.schema). */
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
 extern const char *const export_schema[];
-extern const size_t export_schema_len;
 
 /* If export_id is pending and its deadline has passed (now: RFC 3339), fails it in t and adds
  * user.data_export_failed to t's outbox; *failed says whether it did. */

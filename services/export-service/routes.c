@@ -38,11 +38,7 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
     int64_t wait =
         svc_limiter_take(x->limits, key, x->per_user, x->limit_window_s, ew_now_us() / 1000000);
     if (wait) {
-        char v[24];
-        snprintf(v, sizeof v, "%lld", (long long)wait);
-        ew_http_header_add(res, "Retry-After", v);
-        ew_http_reply_error(res, 429, NULL, "too many data exports of this user; try again in %s s",
-                            v);
+        svc_reply_too_many(res, wait, "data exports of this user");
         return;
     }
     if (!by) by = svc_caller(rq)->sub;

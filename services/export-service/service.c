@@ -68,7 +68,6 @@ svc_def export_service(exporter *x)
         .name = EXPORT_SERVICE,
         .default_port = EXPORT_PORT,
         .schema = export_schema,
-        .nschema = export_schema_len,
         .routes = export_routes,
         .handlers = export_handlers,
         .setup = setup,

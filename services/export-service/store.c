@@ -29,8 +29,8 @@ const char *const export_schema[] = {
     " data TEXT NOT NULL,"
     " received_at TEXT NOT NULL,"
     " PRIMARY KEY (export_id, service))",
+    NULL,
 };
-const size_t export_schema_len = sizeof export_schema / sizeof export_schema[0];
 
 void export_file_path(const exporter *x, const char *file_name, char *out, size_t n)
 {

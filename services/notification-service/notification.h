@@ -58,9 +58,8 @@ extern const svc_gdpr notif_gdpr;
 
 /* ---- store.c: the tables */
 
-/* CREATE TABLE IF NOT EXISTS statements, run at every start (svc_def.schema). */
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
 extern const char *const notif_schema[];
-extern const size_t notif_schema_len;
 
 /* ---- mail.c: composing and delivering */
 

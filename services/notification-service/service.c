@@ -20,7 +20,6 @@ svc_def notif_service(notif *n)
         .name = NOTIF_SERVICE,
         .default_port = NOTIF_PORT,
         .schema = notif_schema,
-        .nschema = notif_schema_len,
         .routes = notif_routes,
         .handlers = notif_handlers,
         .setup = setup,

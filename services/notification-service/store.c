@@ -26,5 +26,5 @@ const char *const notif_schema[] = {
     " user_id TEXT PRIMARY KEY,"
     " display_name TEXT,"
     " created_at TEXT NOT NULL)",
+    NULL,
 };
-const size_t notif_schema_len = sizeof notif_schema / sizeof notif_schema[0];

@@ -16,7 +16,6 @@ svc_def user_service(usvc *u)
         .name = USER_SERVICE,
         .default_port = USER_PORT,
         .schema = user_schema,
-        .nschema = user_schema_len,
         .routes = user_routes,
         .handlers = user_handlers,
         .setup = setup,

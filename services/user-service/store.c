@@ -28,5 +28,5 @@ const char *const user_schema[] = {
     " created_at TEXT NOT NULL,"
     " expires_at TEXT NOT NULL,"
     " used_at TEXT)",
+    NULL,
 };
-const size_t user_schema_len = sizeof user_schema / sizeof user_schema[0];

@@ -35,8 +35,7 @@ extern const svc_gdpr user_gdpr;
 
 /* ---- store.c: the tables */
 
-/* CREATE TABLE IF NOT EXISTS statements, run at every start (svc_def.schema). */
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
 extern const char *const user_schema[];
-extern const size_t user_schema_len;
 
 #endif
