@@ -142,7 +142,7 @@ int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_er
 
 /* A route flag (with EW_HTTP_JSON, EW_HTTP_JSON_OPT): the route needs no token. Every other
  * route answers 401 (WWW-Authenticate: Bearer) unless the request carries a valid access token
- * (svc_auth.h), before its handler runs; the handler then finds the caller in svc_caller(). */
+ * (svc_auth.h), before its handler runs; the handler then finds the caller in svc_caller(rq). */
 #define SVC_PUBLIC 0x100u
 
 /* A table of routes, or of handlers: svc_route, or svc_subscribe, for each, with the same ud;
