@@ -17,19 +17,6 @@
 #include "analytics.h"
 #include "eventwire/clock.h"
 
-/* The user an event is about: its data's user_id field, when its type has one. */
-static const char *event_user(const ew_event *ev)
-{
-    const ew_type_info *ti = ew_event_info(ev);
-    const ew_field_info *f = ti ? ew_type_field(ti, "user_id") : NULL;
-    if (!f || f->kind != EW_FIELD_UUID) return NULL;
-    const char *data = ew_event_data_as(ev, ti->id);
-    if (!data) return NULL;
-    const char *v;
-    memcpy(&v, data + f->offset, sizeof v);
-    return v && *v ? v : NULL;
-}
-
 /* Events of the GDPR machinery (exports, deletions) and analytics' own are counted, but are not
  * activity of the user they name: per-user rows are what the user did. */
 static bool user_activity(const char *type)
@@ -77,7 +64,7 @@ static ew_handler_result on_any(const ew_event *ev, ew_handler_ctx *ctx, void *u
                     " THEN excluded.last_at ELSE c.last_at END",
                     p, 2, NULL, &e))
         return svc_retry(a->s, ctx, "counting an event", &e);
-    const char *user = user_activity(type) ? event_user(ev) : NULL;
+    const char *user = user_activity(type) ? svc_event_user(ev) : NULL;
     if (!user) return EW_HANDLER_OK;
     bool skip;
     if (not_counted(t, user, &skip, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);

@@ -518,14 +518,16 @@ static bool runs_for_erased(ew_type_id t)
            t == EW_T_USER_TOKENS_REVOKED;
 }
 
-/* The user an event is about: its data's user_id. */
-static const char *user_of(const ew_event *ev)
+const char *svc_event_user(const ew_event *ev)
 {
-    const ew_type_info *t = ew_event_info(ev);
-    const ew_field_info *f = ew_type_field(t, "user_id");
+    const ew_type_info *ti = ew_event_info(ev);
+    const ew_field_info *f = ti ? ew_type_field(ti, "user_id") : NULL;
     if (!f || f->kind != EW_FIELD_UUID) return NULL;
-    return *(const char *const *)(const void *)((const char *)ew_event_data_as(ev, t->id) +
-                                                f->offset);
+    const char *data = ew_event_data_as(ev, ti->id);
+    if (!data) return NULL;
+    const char *v;
+    memcpy(&v, data + f->offset, sizeof v);
+    return v && *v ? v : NULL;
 }
 
 static int found_row(void *ud, const ew_row *row)
@@ -540,7 +542,7 @@ static ew_handler_result erasure_guard(const ew_event *ev, ew_handler_ctx *ctx, 
     svc_sub *w = ud;
     if (w->s->def->runs_for_erased_users || runs_for_erased(ew_event_type_id(ev)))
         return w->fn(ev, ctx, w->ud);
-    const char *user = user_of(ev);
+    const char *user = svc_event_user(ev);
     bool erased = ew_event_erased(ev);
     ew_txn *t = ew_ctx_txn(ctx);
     if (!erased && user && t) {

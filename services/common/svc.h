@@ -240,6 +240,10 @@ typedef ew_handler_result (*svc_failure_fn)(svc *s, ew_handler_ctx *ctx, const c
 ew_handler_result svc_retry(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
 ew_handler_result svc_failed(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
 
+/* The user an event is about: its data's user_id field, when its type has one (a UUID) and it
+ * is set; else NULL. Borrowed from ev. */
+const char *svc_event_user(const ew_event *ev);
+
 /* An event whose data is not of the type the handler was subscribed to: fail. */
 ew_handler_result svc_not_mine(ew_handler_ctx *ctx, const ew_event *ev);
 
