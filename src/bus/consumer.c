@@ -47,6 +47,7 @@ struct ew__consumer {
     bool dirty;        /* a done() came since the thread last settled */
     bool wake_pending; /* efd was written since the thread last read it */
     bool stopping, quit, in_deliver;
+    bool lane_wait; /* the thread waits in ew__consumer_drain_lanes */
 
     /* the thread's own */
     pthread_t th;
@@ -70,6 +71,7 @@ static void wake_locked(ew__consumer *c)
     if (c->wake_pending) return;
     c->wake_pending = true;
     wake(c);
+    if (c->ops->wake) c->ops->wake(c->conf.t);
 }
 
 /* ---- the window ------------------------------------------------------------------------------ */
@@ -100,6 +102,7 @@ static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
     } else {
         e->state = outcome == EW_DELIVERY_ACK ? E_DONE : E_ABANDONED;
         c->dirty = true;
+        if (c->lane_wait) pthread_cond_broadcast(&c->cv);
     }
     wake_locked(c);
     pthread_mutex_unlock(&c->mu);
@@ -107,23 +110,34 @@ static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
 
 /* Under mu: forgets every token of the connection that went. Entries still being handled become
  * stale; the broker delivers them again on the next connection. */
+static void forget_lane_locked(ew__consumer *c, lane *l)
+{
+    for (centry *e = l->head, *next; e; e = next) {
+        next = e->next;
+        e->next = NULL;
+        if (e->state == E_PENDING) {
+            e->stale = true;
+        } else {
+            c->held--;
+            free(e);
+        }
+    }
+    l->head = l->tail = NULL;
+    l->blocked = false;
+}
+
 static void forget_locked(ew__consumer *c)
 {
-    for (size_t i = 0; i < c->nlanes; i++) {
-        lane *l = &c->lanes[i];
-        for (centry *e = l->head, *next; e; e = next) {
-            next = e->next;
-            e->next = NULL;
-            if (e->state == E_PENDING) {
-                e->stale = true;
-            } else {
-                c->held--;
-                free(e);
-            }
-        }
-        l->head = l->tail = NULL;
-        l->blocked = false;
-    }
+    for (size_t i = 0; i < c->nlanes; i++)
+        forget_lane_locked(c, &c->lanes[i]);
+}
+
+void ew__consumer_forget_lanes(ew__consumer *c, const uint32_t *lanes, size_t n)
+{
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < n; i++)
+        if (lanes[i] < c->nlanes) forget_lane_locked(c, &c->lanes[lanes[i]]);
+    pthread_mutex_unlock(&c->mu);
 }
 
 static int push_one(ew__consumer *c, ew__ack_token tok)
@@ -197,6 +211,36 @@ static int settle(ew__consumer *c, ew_error *err)
     return 0;
 }
 
+static bool lanes_busy_locked(ew__consumer *c, const uint32_t *lanes, size_t n, size_t *busy)
+{
+    *busy = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lanes[i] >= c->nlanes) continue;
+        for (centry *e = c->lanes[lanes[i]].head; e; e = e->next)
+            *busy += e->state == E_PENDING;
+    }
+    return *busy > 0;
+}
+
+size_t ew__consumer_drain_lanes(ew__consumer *c, const uint32_t *lanes, size_t n,
+                                int64_t deadline_ns, ew_error *err)
+{
+    size_t busy;
+    pthread_mutex_lock(&c->mu);
+    while (lanes_busy_locked(c, lanes, n, &busy)) {
+        int64_t left = deadline_ns - ew_mono_ns();
+        if (left <= 0) break;
+        struct timespec ts = ew__mono_deadline(left / 1000000 + 1);
+        c->lane_wait = true;
+        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+        c->lane_wait = false;
+    }
+    c->dirty = true;
+    pthread_mutex_unlock(&c->mu);
+    if (c->connected) settle(c, err);
+    return busy;
+}
+
 /* ---- receiving ------------------------------------------------------------------------------- */
 
 static bool recv_stopping(void *ud)
@@ -217,10 +261,18 @@ int ew__consumer_wake_fd(const ew__consumer *c)
     return c->efd;
 }
 
+/* A message not taken. With ops->release it goes back to the broker; without, it stays
+ * unsettled where it is, so no run of its lane may pass it. */
 static bool release(ew__consumer *c, const ew__ack_token *tok)
 {
-    if (c->ops->release && !c->release_rc)
-        c->release_rc = c->ops->release(c->conf.t, tok, &c->release_err);
+    if (c->ops->release) {
+        if (!c->release_rc) c->release_rc = c->ops->release(c->conf.t, tok, &c->release_err);
+        return false;
+    }
+    pthread_mutex_lock(&c->mu);
+    lane *l = lane_of(c, tok->lane);
+    if (l) l->blocked = true;
+    pthread_mutex_unlock(&c->mu);
     return false;
 }
 
@@ -425,7 +477,7 @@ int ew__consumer_new(ew__consumer **out, const ew__consumer_conf *conf, ew_error
         return ew_error_set(err, EW_ENOMEM, "cannot make an eventfd: %s", strerror(errno));
     }
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    ew__cond_init_mono(&c->cv);
     *out = c;
     return 0;
 }

@@ -89,6 +89,10 @@ typedef struct ew__consumer_ops {
      * requeue. NULL: leaving it unsettled is enough (the broker delivers it again). */
     int (*release)(void *t, const ew__ack_token *tok, ew_error *err);
 
+    /* Cuts a wait in ops->fetch short when the transport waits on something other than
+     * ew__consumer_wake_fd() (rd_kafka_queue_yield). Any thread. NULL: the fd is enough. */
+    void (*wake)(void *t);
+
     bool settle_one;    /* single tokens may be settled out of order (see the top) */
     int backoff_min_ms; /* reconnection back-off: doubles from this ... */
     int backoff_max_ms; /* ... up to this */
@@ -130,6 +134,17 @@ void ew__consumer_free(ew__consumer *c);
  * consumer is stopping, or the dispatcher had no memory): ops->release has been called for it
  * when there is one. */
 bool ew__consumer_receive(ew__consumer *c, const ew__recv_msg *m, ew__ack_token tok);
+
+/* For the transport, on the consumer thread, when lanes go away (Kafka partitions revoked in a
+ * rebalance): waits until no delivery of lanes[0..n) is still being handled, or until
+ * deadline_ns (ew_mono_ns), and settles what finished. Returns how many were still being handled
+ * at the deadline. ew__consumer_forget_lanes() then lets the lanes go. */
+size_t ew__consumer_drain_lanes(ew__consumer *c, const uint32_t *lanes, size_t n,
+                                int64_t deadline_ns, ew_error *err);
+
+/* Forgets every token of lanes[0..n): nothing of them is settled any more (what is still being
+ * handled finishes without it). The lane ids may then be used again. Consumer thread. */
+void ew__consumer_forget_lanes(ew__consumer *c, const uint32_t *lanes, size_t n);
 
 /* For ops->fetch: readable when the consumer thread has work (done() calls to settle, stop). */
 int ew__consumer_wake_fd(const ew__consumer *c);
