@@ -489,7 +489,9 @@ int ew__consumer_start(ew__consumer *c, ew_error *err)
     if (rc)
         return ew_error_set(err, EW_ENOMEM, "cannot start the thread of %s: %s", c->conf.what,
                             strerror(rc));
-    pthread_setname_np(c->th, "ew:consume");
+    char name[16];
+    snprintf(name, sizeof name, "%s", c->conf.thread ? c->conf.thread : "ew:consume");
+    pthread_setname_np(c->th, name);
     c->started = true;
     return 0;
 }

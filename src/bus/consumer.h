@@ -104,6 +104,7 @@ typedef struct ew__consumer_conf {
     ew_bus *bus;
     const char *group;   /* the subscriber group: deliveries carry it */
     const char *what;    /* how log lines name this consumer: "rabbitmq: consumer of queue Q" */
+    const char *thread;  /* the thread's name (top -H, debuggers): 15 bytes are kept */
     size_t max_inflight; /* EVENT_BUS_MAX_IN_FLIGHT, >= 1 */
     size_t max_bytes;    /* EVENT_MAX_BYTES, for ew__receive */
     const ew__consumer_ops *ops; /* borrowed, static */

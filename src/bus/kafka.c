@@ -87,6 +87,7 @@ static kgroup *group_new(kafka *k, const char *name)
     pthread_mutex_init(&g->mu, NULL);
     g->name = strdup(name);
     g->group_id = ew__kf_join(k->group_prefix, name);
+    snprintf(g->thread, sizeof g->thread, "ewk:%.11s", name); /* as ps and debuggers show it */
     if (!g->name || !g->group_id || asprintf(&g->what, "kafka group %s", g->group_id) < 0) {
         g->what = NULL;
         group_free(g);
@@ -96,6 +97,7 @@ static kgroup *group_new(kafka *k, const char *name)
         .bus = k->bus,
         .group = g->name,
         .what = g->what,
+        .thread = g->thread,
         .max_inflight = (size_t)k->max_inflight,
         .max_bytes = k->max_bytes,
         .ops = &ew__kf_transport,

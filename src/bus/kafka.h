@@ -61,10 +61,11 @@ struct kpart {
 struct kgroup {
     kafka *k;   /* first, as in struct kafka: what the librdkafka callbacks read from the opaque */
     char *name; /* the subscriber group */
-    char *group_id; /* KAFKA_CONSUMER_GROUP.name */
-    char *what;     /* "kafka group ID", for log lines */
-    bool ephemeral; /* commits nothing: the broker keeps no position for it */
-    char **subs;    /* topics and ^regexes */
+    char *group_id;  /* KAFKA_CONSUMER_GROUP.name */
+    char *what;      /* "kafka group ID", for log lines */
+    char thread[16]; /* its consumer thread's name, "ewk:GROUP" */
+    bool ephemeral;  /* commits nothing: the broker keeps no position for it */
+    char **subs;     /* topics and ^regexes */
     size_t nsubs, capsubs;
     kstart *starts; /* under mu: written by subscribed(), read on assignment */
     size_t nstarts, capstarts;

@@ -39,6 +39,7 @@ typedef struct consumer {
     rmq *r;
     char *group, *queue;
     char *what;      /* "rabbitmq: consumer of queue Q", for log lines */
+    char thread[16]; /* its consumer thread's name, "ewq:GROUP" */
     bool ephemeral;  /* its queue is not durable and goes with its last consumer */
     char **patterns; /* AMQP binding keys, under r->mu */
     size_t npatterns, cappatterns;

@@ -325,6 +325,7 @@ consumer *ew__mq_consumer_new(rmq *r, const char *group, const char *queue)
     consumer *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->r = r;
+    snprintf(c->thread, sizeof c->thread, "ewq:%.11s", group);
     c->group = strdup(group);
     c->queue = strdup(queue);
     if (!c->group || !c->queue || asprintf(&c->what, "rabbitmq: consumer of queue %s", queue) < 0) {
@@ -336,6 +337,7 @@ consumer *ew__mq_consumer_new(rmq *r, const char *group, const char *queue)
         .bus = r->bus,
         .group = c->group,
         .what = c->what,
+        .thread = c->thread,
         .max_inflight = (size_t)r->max_in_flight,
         .max_bytes = r->max_bytes,
         .ops = &transport,
