@@ -261,8 +261,11 @@ int ew__consumer_wake_fd(const ew__consumer *c)
     return c->efd;
 }
 
+static centry *track_locked(ew__consumer *c, ew__ack_token tok);
+
 /* A message not taken. With ops->release it goes back to the broker; without, it stays
- * unsettled where it is, so no run of its lane may pass it. */
+ * unsettled in its place: a hole in its lane that no run passes (the deliveries before it are
+ * still settled). */
 static bool release(ew__consumer *c, const ew__ack_token *tok)
 {
     if (c->ops->release) {
@@ -270,8 +273,14 @@ static bool release(ew__consumer *c, const ew__ack_token *tok)
         return false;
     }
     pthread_mutex_lock(&c->mu);
-    lane *l = lane_of(c, tok->lane);
-    if (l) l->blocked = true;
+    centry *e = track_locked(c, *tok);
+    if (e) {
+        e->state = E_ABANDONED;
+        c->dirty = true;
+    } else {
+        lane *l = lane_of(c, tok->lane); /* out of memory: block the lane from now on */
+        if (l) l->blocked = true;
+    }
     pthread_mutex_unlock(&c->mu);
     return false;
 }

@@ -125,6 +125,14 @@ static const ew__consumer_ops script_ops = {
     .idle_ms = 50,
 };
 
+static int tb_gate_arrived(tb_gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int n = g->arrived;
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
 static ew_handler_result handler(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     (void)ctx;
@@ -139,7 +147,7 @@ static ew_handler_result handler(const ew_event *ev, ew_handler_ctx *ctx, void *
     return EW_HANDLER_OK;
 }
 
-static ew_bus *script_open(script *s, size_t max_inflight)
+static ew_bus *script_open_ops(script *s, size_t max_inflight, const ew__consumer_ops *ops)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
@@ -159,11 +167,16 @@ static ew_bus *script_open(script *s, size_t max_inflight)
         .what = "test consumer",
         .max_inflight = max_inflight,
         .max_bytes = 1 << 20,
-        .ops = &script_ops,
+        .ops = ops,
         .t = s,
     };
     assert_int_equal(ew__consumer_new(&s->core, &conf, NULL), 0);
     return bus;
+}
+
+static ew_bus *script_open(script *s, size_t max_inflight)
+{
+    return script_open_ops(s, max_inflight, &script_ops);
 }
 
 /* Waits until every message is settled (or released). */
@@ -314,11 +327,60 @@ static void test_stop_releases_what_still_arrives(void **state)
     script_close(&s, bus);
 }
 
+/* A transport that cannot give a message back (Kafka: nothing to send) leaves what arrives after
+ * stop unsettled in its place: the deliveries before it are still settled, nothing after it. */
+static void test_without_release_a_hole_stops_only_what_follows(void **state)
+{
+    (void)state;
+    static ew__consumer_ops ops;
+    ops = script_ops;
+    ops.release = NULL;
+    script s;
+    ew_bus *bus = script_open_ops(&s, 4, &ops);
+    s.gate_all = true;
+    assert_int_equal(ew__consumer_start(s.core, NULL), 0);
+    int64_t end = ew_mono_ns() + 5000000000LL;
+    while (tb_gate_arrived(&s.gate) < 1) {
+        if (ew_mono_ns() > end) fail_msg("no delivery arrived");
+        usleep(2000);
+    }
+    ew__consumer_stop(s.core);
+    /* what the transport hands over while stopping is not delivered */
+    end = ew_mono_ns() + 5000000000LL;
+    for (;;) {
+        pthread_mutex_lock(&s.mu);
+        size_t n = s.next;
+        pthread_mutex_unlock(&s.mu);
+        if (n > 4) break;
+        if (ew_mono_ns() > end) fail_msg("nothing fetched after stop");
+        usleep(2000);
+    }
+    tb_gate_open(&s.gate);
+    end = ew_mono_ns() + 5000000000LL;
+    for (;;) {
+        pthread_mutex_lock(&s.mu);
+        size_t n = s.settled;
+        pthread_mutex_unlock(&s.mu);
+        if (n >= 4) break;
+        if (ew_mono_ns() > end) fail_msg("the deliveries before the hole were not settled");
+        usleep(2000);
+    }
+    usleep(100000); /* time for a settlement past the hole, which must not come */
+    pthread_mutex_lock(&s.mu);
+    assert_int_equal(s.settled, 4);
+    for (size_t i = 0; i < s.nsettles; i++)
+        assert_true(s.settles[i].tok <= 4);
+    assert_false(s.order_broken);
+    pthread_mutex_unlock(&s.mu);
+    script_close(&s, bus);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_settles_in_order_never_past_the_oldest),
     cmocka_unit_test(test_the_window_bounds_fetching),
     cmocka_unit_test(test_reconnects_with_growing_back_off),
     cmocka_unit_test(test_stop_releases_what_still_arrives),
+    cmocka_unit_test(test_without_release_a_hole_stops_only_what_follows),
 };
 
 EW_TEST_MAIN(tests)
