@@ -43,6 +43,7 @@ struct svc {
     ew_metrics *metrics; /* GET /metrics */
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     svc_keeper *keeper;  /* retention, on a timer */
+    char **erase_tables; /* the keeper's: the tables an erasure deletes from */
     ew_audit *audit;     /* who did what: the service's chain (eventwire/audit.h) */
     ew_evauth *evauth;   /* the service's bus key and the bus policy; NULL with EVENT_AUTH=off */
     /* a key made or rotated while opening, before the chain was open: recorded once it is */
@@ -56,6 +57,7 @@ struct svc {
     pthread_cond_t cv;
     int wake, stop;
     int64_t poll_ms;
+    int64_t outbox_max; /* OUTBOX_MAX_PENDING; 0: no bound */
     /* passes begun and ended, and what the last one published (under mu; svc_settle) */
     uint64_t passes_begun, passes_ended;
     size_t last_sent;
@@ -737,9 +739,38 @@ static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_att
     return rc;
 }
 
+static int count_row(void *ud, const ew_row *row)
+{
+    *(long long *)ud = row->ncols && row->values[0] ? atoll(row->values[0]) : 0;
+    return 0;
+}
+
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err)
+{
+    if (s->outbox_max <= 0) return 0;
+    /* counts no further than the bound: the unsent rows have an index of their own */
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM (SELECT 1 FROM event_store.outbox WHERE sent_at IS NULL "
+             "LIMIT %lld) AS pending",
+             (long long)s->outbox_max);
+    long long n = 0;
+    int rc = ew_txn_query(t, sql, NULL, 0, count_row, &n, err);
+    if (rc) return rc;
+    if (n < s->outbox_max) return 0;
+    return ew_error_set(err, EW_EAGAIN,
+                        "the outbox holds %lld events not yet published (OUTBOX_MAX_PENDING): "
+                        "the bus is down or slow",
+                        n);
+}
+
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err)
 {
+    if (rq) {
+        int rc = svc_outbox_room(s, t, err);
+        if (rc) return rc;
+    }
     ew_event_attrs a = {.source = s->def->name,
                         .subject = subject,
                         .traceparent = rq ? ew_http_traceparent(rq) : NULL};
@@ -840,10 +871,11 @@ void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew
 {
     int code = err ? err->code : 0;
     svc_log(s, EW_LOG_ERROR, "%s: %s", what, err && err->msg[0] ? err->msg : ew_strerror(code));
-    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN)
+    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN) {
+        ew_http_header_add(res, "Retry-After", SVC_RETRY_AFTER_S);
         ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later",
                             what);
-    else
+    } else
         ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
 }
 
@@ -997,6 +1029,7 @@ static int configure(svc *s, const char *const *settings, ew_error *err)
     if (rc) return rc;
     if ((rc = check_origins(ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"), err))) return rc;
     s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");
+    s->outbox_max = ew_config_get_int(s->cfg, "OUTBOX_MAX_PENDING");
     s->db_url = expand_name(ew_config_get(s->cfg, "SERVICE_DB_URL"), s->def->name);
     if (!s->db_url) return ew_error_set(err, EW_ENOMEM, "out of memory");
     return 0;
@@ -1088,7 +1121,8 @@ static int sagas_start(svc *s, ew_error *err)
                                  .store = s->saga_db,
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
-                                 .log_ud = s->log};
+                                 .log_ud = s->log,
+                                 .audit = s->audit};
     if (rc) return rc;
     /* the deletion waits for every service holding user data */
     svc_names l;
@@ -1111,6 +1145,8 @@ static void close_all(svc *s)
     relay_stop(s);
     svc_keeper_stop(s->keeper);
     s->keeper = NULL;
+    svc_gdpr_tables_free(s->erase_tables);
+    s->erase_tables = NULL;
     /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
     if (s->sagas) ew_saga_engine_stop(s->sagas);
     if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
@@ -1160,7 +1196,10 @@ static int start(svc *s, const svc_def *def, const char *const *settings, bool r
     if (rc || routes_only) return rc; /* --routes: the routes are registered */
     if (def->sagas) rc = sagas_start(s, err);
     if (!rc) rc = relay_start(s, err);
-    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, err);
+    if (!rc) rc = svc_gdpr_tables(def->gdpr, &s->erase_tables, err);
+    if (!rc)
+        rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events,
+                              (const char *const *)s->erase_tables, s->log, err);
     if (!rc) rc = ew_bus_start(s->bus, err);
     return rc;
 }

@@ -190,8 +190,16 @@ void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((forma
 /* Begins a transaction on the service's database (ew_store_begin). */
 int svc_begin(svc *s, ew_txn **t, ew_error *err);
 
+/* Whether the outbox in t has room for another event: 0, or EW_EAGAIN with the reason when it
+ * holds OUTBOX_MAX_PENDING events not yet published (the bus down or slow), which
+ * svc_reply_failure() answers 503 with Retry-After; or the database's error. */
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err);
+
 /* Builds an event (source: the service; subject) and adds it to the outbox in t. rq: the HTTP
- * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. */
+ * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. With
+ * rq, the outbox's bound is checked first (svc_outbox_room): a request past it writes nothing.
+ * Handlers' follow-ups (rq NULL, svc_ctx_emit) are never refused for it: the event they answer
+ * is already in. */
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err);
 
@@ -308,6 +316,12 @@ struct svc_gdpr {
 /* Subscribes the two handlers for svc_def.gdpr (svc_main does, after setup). */
 int svc_gdpr_subscribe(svc *s, ew_error *err);
 
+/* The tables g->deletes delete from ("DELETE FROM event_store.NAME ..."), NULL-terminated, for
+ * the compaction after an erasure (keeper.h); *out NULL when g is NULL. EW_EINVAL for a statement
+ * of another form. Caller frees with svc_gdpr_tables_free(). */
+int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err);
+void svc_gdpr_tables_free(char **tables);
+
 /* The user's data as the service holds it, appended to b (the object described above); *found
  * says whether any part has a row. */
 int svc_user_data(ew_txn *t, const svc_gdpr *g, const char *user_id, ew_buf *b, bool *found,
@@ -321,8 +335,11 @@ void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *re
 
 /* ---- answering ----------------------------------------------------------------------------- */
 
-/* Logs err and answers 503 (a database or broker that cannot be reached, a time-out) or 500
- * (anything else) with a JSON error that names no internals. */
+#define SVC_RETRY_AFTER_S "5" /* seconds, in the Retry-After of svc_reply_failure's 503s */
+
+/* Logs err and answers 503 with Retry-After: SVC_RETRY_AFTER_S (a database or broker that cannot
+ * be reached, a time-out, EW_EAGAIN: the outbox full) or 500 (anything else) with a JSON error
+ * that names no internals. */
 void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err);
 
 /* ---- reading request bodies ---------------------------------------------------------------- */

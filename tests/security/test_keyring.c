@@ -169,7 +169,8 @@ static void test_new_keys_from_many_threads_at_once(void **state)
         m[i].k = k;
         assert_int_equal(pthread_create(&th[i], NULL, make_keys, &m[i]), 0);
     }
-    for (int i = 0; i < MAKERS; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    for (int i = 0; i < MAKERS; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
     size_t live = 0, erased = 0;
     ew_error err = {0};
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
