@@ -623,8 +623,11 @@ static int refuse(ew_evauth *a, const ew_event *ev, int code, ew_error *err, con
     return ew_error_set(err, code, "%s", why);
 }
 
-int ew_evauth_verify(ew_evauth *a, const ew_event *ev, ew_error *err)
+int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
 {
+    /* The event as it came: an old version before its upcast, ciphertext before decryption. Its
+     * publisher's catalog may not know the version this one reads it as. */
+    const ew_event *ev = ew__event_received(ev_in);
     const ew_event_ext *xa = ew_event_extension(ev, EXT_AUTH),
                        *xk = ew_event_extension(ev, EXT_KID);
     const char *type = ew_event_type(ev), *src = ew_event_source(ev);

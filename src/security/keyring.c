@@ -46,7 +46,7 @@ typedef struct wanted {
 struct ew__keyring {
     char *key_file, *store_path;
     int64_t ttl_us;
-    pthread_mutex_t mu;    /* the cache and the queue of wanted keys */
+    pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
@@ -918,6 +918,9 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
         rc = ew__event_replace(ev, mask, values, 0, erased, out, err);
+        /* the ciphertext as it came stays with the plaintext: what its tag covers, what a dead
+         * letter of it keeps */
+        if (!rc) ew__event_keep_received(*out, ev);
     }
     if (text.data) sodium_memzero(text.data, text.len);
     ew_buf_release(&text);

@@ -277,6 +277,87 @@ static void forgeries_are_refused(void **state)
     ew_evauth_close(user);
 }
 
+/* An event published at an older version of its type (user.registered v1, without roles) by a
+ * keyed service verifies at a consumer whose catalog upcasts it to the latest: the tag covers it
+ * as published, and the check runs on that form; what the handlers get is the upcast event. A
+ * v1 event tampered with is still refused, and so is one that claims to be the latest version
+ * with the v1 tag. */
+static void upcast_events_verify(void **state)
+{
+    fx *f = *state;
+    ew_evauth *auth = open_as(f, "auth-service"), *user = open_as(f, "user-service");
+    ew_user_registered_v1 d1 = {.user_id = UID, .email = "ada@example.com", .username = "ada"};
+    ew_event *v1, *s;
+    ew_error err = {0};
+    assert_int_equal(ew_event_new(&v1, EW_T_USER_REGISTERED_V1, &d1,
+                                  &(ew_event_attrs){.source = "auth-service", .subject = UID},
+                                  &err),
+                     0);
+    s = signed_copy(auth, v1);
+    assert_int_equal(ew_event_version(s), 1);
+    char *json;
+    assert_int_equal(ew_event_encode(s, &json, NULL, &err), 0);
+    assert_non_null(strstr(json, "\"eventversion\":1"));
+    ew_event *back;
+    assert_int_equal(ew_event_decode(&back, json, strlen(json), NULL, &err), 0);
+    /* the consumer reads the latest version */
+    assert_int_equal(ew_event_version(back), 2);
+    const ew_user_registered *d2 = ew_user_registered_data(back);
+    assert_non_null(d2);
+    assert_int_equal(d2->roles.count, 1);
+    assert_string_equal(d2->roles.items[0], "user");
+    if (ew_evauth_verify(user, back, &err)) fail_msg("an upcast v1 event: %s", err.msg);
+    ew_event_unref(back);
+    /* and after a binding carried it in binary mode */
+    ew__wire_out o;
+    assert_int_equal(ew__binding_encode(s, EW__BINDING_KAFKA, EW__MODE_BINARY, 0, &o, &err), 0);
+    ew__wire_msg m = {.binding = EW__BINDING_KAFKA,
+                      .body = o.body,
+                      .body_len = o.body_len,
+                      .headers = o.headers,
+                      .nheaders = o.nheaders};
+    if (ew__binding_decode(&m, NULL, &back, NULL, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(back), 2);
+    if (ew_evauth_verify(user, back, &err)) fail_msg("kafka binary mode: %s", err.msg);
+    ew_event_unref(back);
+    ew__wire_out_release(&o);
+    /* tampered v1 data: refused */
+    ew_event *t = edited(s, "ada@example.com", "eve@example.com");
+    assert_int_equal(ew_event_version(t), 2);
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    /* the v1 tag on the event claimed as version 2 (roles added by the forger): refused */
+    char *t0 = strstr(json, "\"eventversion\":1");
+    assert_non_null(t0);
+    t0[sizeof "\"eventversion\":" - 1] = '2';
+    char *forged = malloc(strlen(json) + 40);
+    char *dat = strstr(json, "\"data\":{");
+    assert_non_null(dat);
+    size_t head = (size_t)(dat - json) + strlen("\"data\":{");
+    memcpy(forged, json, head);
+    strcpy(forged + head, "\"roles\":[\"user\"],");
+    strcat(forged, json + head);
+    assert_int_equal(ew_event_decode(&t, forged, strlen(forged), NULL, &err), 0);
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    free(forged);
+    free(json);
+    ew_event_unref(s);
+    ew_event_unref(v1);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+}
+
+static void test_upcast_events_verify_mac(void **state)
+{
+    upcast_events_verify(state);
+}
+
+static void test_upcast_events_verify_ed25519(void **state)
+{
+    upcast_events_verify(state);
+}
+
 static void test_foreign_producers(void **state)
 {
     fx *f = *state;
@@ -492,6 +573,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_roundtrip_ed25519, setup_ed, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_mac, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_upcast_events_verify_mac, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_upcast_events_verify_ed25519, setup_ed, teardown),
     cmocka_unit_test_setup_teardown(test_foreign_producers, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_key_file_is_private, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_rotation, setup_mac, teardown),
