@@ -140,7 +140,15 @@ const char *ew_evauth_key_file(const ew_config *cfg, const char *service, char *
         w = snprintf(buf, n, "%s/%s.bus.key", dir, service);
     } else {
         if (!ew_keys_default_url(cfg, url, sizeof url)) return NULL;
-        const char *path = strncmp(url, "sqlite:", 7) ? url : url + 7;
+        /* a key store on PostgreSQL: the folder its SQLite file would be in */
+        const char *store = cfg ? ew_config_get(cfg, "EVENT_STORE_URL") : NULL;
+        if (strncmp(url, "sqlite:", 7) != 0) {
+            const char *sp = store && !strncmp(store, "sqlite:", 7) ? store + 7 : NULL,
+                       *ss = sp ? strrchr(sp, '/') : NULL;
+            snprintf(url, sizeof url, "sqlite:%.*s%s", ss ? (int)(ss - sp + 1) : 0, sp ? sp : "",
+                     sp ? "keys/keys.db" : "var/keys/keys.db");
+        }
+        const char *path = url + 7;
         const char *slash = strrchr(path, '/');
         w = snprintf(buf, n, "%.*s%s.bus.key", slash ? (int)(slash - path + 1) : 0, path, service);
     }

@@ -102,9 +102,12 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     pthread_mutex_init(&k->db_mu, NULL);
     const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
     const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
+    /* The data keys are in an SQLite key store: KEY_STORE_URL's, or with a key store on
+     * PostgreSQL (which holds the bus keys only, so far) the one beside EVENT_STORE_URL's file
+     * that KEY_STORE_URL names when it is unset, whichever store this keyring serves. */
     if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
-        free(k);
-        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
+        ks = NULL;
+        store_url = ew_config_get(cfg, "EVENT_STORE_URL");
     }
     /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
     k->key_file = kf && *kf   ? strdup(kf)

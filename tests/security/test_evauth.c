@@ -4,11 +4,14 @@
  * out-of-policy events are refused with the reason; foreign producers are admitted per type but
  * never for a sensitive one; the key file is made 0600 and one open to others is refused; a
  * rotation is picked up by the signer and old events still verify after the grace period; the
- * default policy's rules; ewctl keys and the policy file in docs/ agree with the built-in one. */
+ * default policy's rules; ewctl keys and the policy file in docs/ agree with the built-in one.
+ * Signing and checking run with the key store on PostgreSQL too.
+ * ew-fixture: postgres */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "support/case_db.h"
 #include "support/ew_test.h"
 #include "bus/binding.h"
 #include "eventwire/catalog.h"
@@ -22,6 +25,7 @@ typedef struct fx {
     ew_config *cfg;
     ew_keys *keys;
     ew_policy *policy;
+    char *pg_url; /* the key store's database, when it is on PostgreSQL */
     /* notices seen */
     int made, rotated, refused_in, refused_out;
     char last[400];
@@ -42,15 +46,18 @@ static const char test_policy[] = "publish auth-service user.*\n"
                                   "subscribe user-service user.registered user.deletion_requested\n"
                                   "foreign user.profile_updated\n";
 
-static int setup_mode(void **state, const char *mode)
+static int setup_store(void **state, const char *mode, bool pg)
 {
     fx *f = calloc(1, sizeof *f);
     snprintf(f->dir, sizeof f->dir, "/tmp/ew-evauth-XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
     ew_error err = {0};
-    char url[128];
+    char url[128], tmp[64];
     snprintf(url, sizeof url, "sqlite:%s/events.db", f->dir);
+    if (pg && ew_test_db_create(1, "evauth", "", tmp, &f->pg_url)) return -1;
     if (ew_config_new(&f->cfg, &err) || ew_config_set(f->cfg, "EVENT_STORE_URL", url, &err) ||
+        (pg && (ew_config_set(f->cfg, "KEY_STORE_URL", f->pg_url, &err) ||
+                ew_config_set(f->cfg, "EVENT_KEY_DIR", f->dir, &err))) ||
         ew_config_set(f->cfg, "EVENT_AUTH", mode, &err) ||
         ew_keys_open(&f->keys, &(ew_keys_options){.config = f->cfg}, &err) ||
         ew_policy_parse(&f->policy, test_policy, strlen(test_policy), "test", &err)) {
@@ -63,12 +70,22 @@ static int setup_mode(void **state, const char *mode)
 
 static int setup_mac(void **state)
 {
-    return setup_mode(state, "mac");
+    return setup_store(state, "mac", false);
 }
 
 static int setup_ed(void **state)
 {
-    return setup_mode(state, "ed25519");
+    return setup_store(state, "ed25519", false);
+}
+
+static int setup_mac_pg(void **state)
+{
+    return setup_store(state, "mac", true);
+}
+
+static int setup_ed_pg(void **state)
+{
+    return setup_store(state, "ed25519", true);
 }
 
 static int teardown(void **state)
@@ -80,6 +97,7 @@ static int teardown(void **state)
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
     int rc = system(cmd);
+    if (f->pg_url) ew_test_db_drop(1, "", f->pg_url);
     free(f);
     return rc == 0 ? 0 : -1;
 }
@@ -558,6 +576,21 @@ static void test_roundtrip_ed25519(void **state)
     roundtrip(state);
 }
 
+/* The key store on PostgreSQL: the verifier finds the publisher's key there. */
+static void test_roundtrip_postgres_mac(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(strncmp(ew_keys_path(f->keys), "postgres", 8), 0);
+    roundtrip(state);
+    upcast_events_verify(state);
+}
+
+static void test_roundtrip_postgres_ed25519(void **state)
+{
+    roundtrip(state);
+    forgeries_are_refused(state);
+}
+
 static void test_forgeries_refused_mac(void **state)
 {
     forgeries_are_refused(state);
@@ -571,6 +604,8 @@ static void test_forgeries_refused_ed25519(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_roundtrip_mac, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_roundtrip_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_roundtrip_postgres_mac, setup_mac_pg, teardown),
+    cmocka_unit_test_setup_teardown(test_roundtrip_postgres_ed25519, setup_ed_pg, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_mac, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_ed25519, setup_ed, teardown),
     cmocka_unit_test_setup_teardown(test_upcast_events_verify_mac, setup_mac, teardown),
