@@ -31,6 +31,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -509,6 +510,39 @@ int main(int argc, char **argv)
         for (int round = 0; round < 5; round++)
             printf("bus e2e %.0f raw e2e %.0f\n", raw ? 0 : bench_bus_publish_to_handled(round),
                    bus ? 0 : bench_raw_publish_to_handled());
+        return 0;
+    }
+    /* bench_redis auth [off|mac]: only publish_to_handled without authentication and with
+     * EVENT_AUTH=mac, taking turns, as in the full run (for profiling); with off or mac, only
+     * that one (its peak memory, which the last line gives) */
+    if (argc > 1 && strcmp(argv[1], "auth") == 0) {
+        const char *only = argc > 2 ? argv[2] : NULL;
+        snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+        if (!mkdtemp(keys_dir)) die("keys", "cannot make a folder");
+        auth_mac = auth_open("mac");
+        double off = 0, mac = 0;
+        for (int round = 0; round < ROUNDS; round++) {
+            for (int k = 0; k < 2; k++) {
+                bool is_mac = (k + round) % 2 == 1;
+                if (only && strcmp(only, is_mac ? "mac" : "off") != 0) continue;
+                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT);
+                if (is_mac && v > mac) mac = v;
+                if (!is_mac && v > off) off = v;
+            }
+        }
+        ew_evauth_close(auth_mac);
+        char rm[128];
+        snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+        if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+        if (!only || !strcmp(only, "mac"))
+            printf("bench: bus.redis.publish_to_handled_mac %.0f events/s ratio=%.2f "
+                   "baseline=bus.redis.publish_to_handled_off\n",
+                   mac, off > 0 ? mac / off : 0);
+        if (!only || !strcmp(only, "off"))
+            printf("bench: bus.redis.publish_to_handled_off %.0f events/s\n", off);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("# peak resident memory %ld KiB\n", ru.ru_maxrss);
         return 0;
     }
     /* raw and bus alternate, each going first every other round */
