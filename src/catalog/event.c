@@ -694,7 +694,13 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
     uint64_t skip = ev->sealed;
     for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
         if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
-    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), false, err);
+    /* Attributes that are ev's own strings were checked when ev was built (signing adds
+     * extensions only): not again. The extensions are checked either way. */
+    bool own = a->id == ev->id && a->source == ev->source && a->subject == ev->subject &&
+               a->correlation_id == ev->correlation_id && a->causation_id == ev->causation_id &&
+               a->traceparent == ev->traceparent && a->dataschema == ev->dataschema &&
+               a->time_us == ev->time_us;
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), own, err);
     if (rc) return rc;
     (*out)->sealed = ev->sealed;
     (*out)->erased = ev->erased;

@@ -81,6 +81,7 @@ static void put_field(ew_buf *b, const char *s)
 
 static int canonical(const ew_event *ev, ew_buf *b)
 {
+    ew_buf_reserve(b, 1024); /* one allocation for an event of the usual size, not five */
     ew_buf_append(b, CANON_TAG, sizeof CANON_TAG); /* with its NUL */
     put_field(b, ew_event_id(ev));
     put_field(b, ew_event_source(ev));
@@ -515,7 +516,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
 
     /* the event again, its extensions but earlier ewauth and ewkid, and the two */
     size_t n = ew_event_extension_count(ev), k = 0;
-    ew_event_ext *x = malloc((n + 2) * sizeof *x);
+    ew_event_ext stack[16], *x = n + 2 <= 16 ? stack : malloc((n + 2) * sizeof *x);
     if (!x) return ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         const ew_event_ext *e = ew_event_extension_at(ev, i);
@@ -536,7 +537,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
         .nextensions = k,
     };
     int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
-    free(x);
+    if (x != stack) free(x);
     return rc;
 }
 

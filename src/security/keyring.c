@@ -838,6 +838,71 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
     return rc;
 }
 
+/* Has ev personal or secret fields in clear, which sealing encrypts? */
+static bool has_clear_fields(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    uint64_t sealed = ew__event_sealed(ev);
+    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+        const ew_field_info *f = &t->fields[i];
+        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
+            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
+            continue;
+        if (*(const char *const *)(const void *)(data + f->offset)) return true;
+    }
+    return false;
+}
+
+/* Is subject's key in the cache, fresh? */
+static bool cached(ew__keyring *k, const char *subject)
+{
+    if (k->ttl_us <= 0) return false;
+    pthread_mutex_lock(&k->mu);
+    const slot *s = &k->slots[slot_of(subject)];
+    bool yes = s->used && ew_now_us() - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0;
+    pthread_mutex_unlock(&k->mu);
+    return yes;
+}
+
+int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    if (!k || n < 2) return 0;
+    wanted *w = calloc(n, sizeof *w);
+    if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!has_clear_fields(evs[i])) continue;
+        const char *subject = subject_of(evs[i]);
+        /* a bad or missing subject is sealing's to report, event by event */
+        if (!subject || !subject_ok(subject) || cached(k, subject)) continue;
+        w[m++].subject = subject;
+    }
+    int rc = 0;
+    if (m >= 2) {
+        pthread_mutex_lock(&k->mu);
+        for (size_t j = 0; j < m; j++) {
+            w[j].next = k->queue;
+            k->queue = &w[j];
+        }
+        pthread_mutex_unlock(&k->mu);
+        pthread_mutex_lock(&k->db_mu);
+        rc = load_locked(k, err);
+        /* every key queued (ours, and other threads' meanwhile), in one transaction: those
+         * with a row already are left as they are */
+        pthread_mutex_lock(&k->mu);
+        wanted *batch = k->queue;
+        k->queue = NULL;
+        pthread_mutex_unlock(&k->mu);
+        if (!rc) rc = create_keys(k, w[0].subject, batch, err);
+        pthread_mutex_unlock(&k->db_mu);
+        for (size_t j = 0; j < m; j++) /* taken above; a failed load left them queued */
+            dequeue(k, &w[j]);
+    }
+    free(w);
+    return rc;
+}
+
 int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
