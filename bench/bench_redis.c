@@ -371,11 +371,14 @@ static ew_bus *bus_open(const char *pfx)
     return bus_open_with(pfx, NULL, OBS_DEFAULT);
 }
 
+/* How many of the events a bus run publishes: N_EVENTS, or fewer (bench_redis auth ... N). */
+static long n_bus_events = N_EVENTS;
+
 static void bus_publish_all(ew_bus *bus)
 {
     ew_error err = {0};
-    for (long i = 0; i < N_EVENTS; i += BATCH) {
-        long n = N_EVENTS - i < BATCH ? N_EVENTS - i : BATCH;
+    for (long i = 0; i < n_bus_events; i += BATCH) {
+        long n = n_bus_events - i < BATCH ? n_bus_events - i : BATCH;
         if (ew_bus_publish_batch(bus, (const ew_event *const *)events + i, (size_t)n, &err))
             die("publish", err.msg);
     }
@@ -437,8 +440,8 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
         die("subscribe", err.msg);
     int64_t t0 = ew_mono_ns();
     bus_publish_all(bus);
-    wait_count(&cnt, N_EVENTS);
-    double r = rate(N_EVENTS, ew_mono_ns() - t0);
+    wait_count(&cnt, n_bus_events);
+    double r = rate(n_bus_events, ew_mono_ns() - t0);
     ew_bus_close(bus);
     raw_del(key);
     return r;
@@ -512,11 +515,13 @@ int main(int argc, char **argv)
                    bus ? 0 : bench_raw_publish_to_handled());
         return 0;
     }
-    /* bench_redis auth [off|mac]: only publish_to_handled without authentication and with
-     * EVENT_AUTH=mac, taking turns, as in the full run (for profiling); with off or mac, only
-     * that one (its peak memory, which the last line gives) */
+    /* bench_redis auth [off|mac|both [N]]: only publish_to_handled without authentication and
+     * with EVENT_AUTH=mac, taking turns, as in the full run (for profiling, and a loaded
+     * machine: N events a run instead of N_EVENTS); with off or mac, only that one (its peak
+     * memory, which the last line gives) */
     if (argc > 1 && strcmp(argv[1], "auth") == 0) {
-        const char *only = argc > 2 ? argv[2] : NULL;
+        const char *only = argc > 2 && strcmp(argv[2], "both") != 0 ? argv[2] : NULL;
+        if (argc > 3 && atol(argv[3]) > 0 && atol(argv[3]) < N_EVENTS) n_bus_events = atol(argv[3]);
         snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
         if (!mkdtemp(keys_dir)) die("keys", "cannot make a folder");
         auth_mac = auth_open("mac");
