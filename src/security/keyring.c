@@ -54,6 +54,7 @@ struct ew__keyring {
      * connection, used only under db_mu: nothing else uses this handle. */
     ew_keys *store;
     sqlite3 *db;
+    sqlite3_stmt *read_st; /* read_key's, prepared once: every cache miss runs it */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
     slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
@@ -130,6 +131,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
+    sqlite3_finalize(k->read_st);
     ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
@@ -385,10 +387,11 @@ typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
                     unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1, &st,
-                           NULL))
+    if (!k->read_st &&
+        sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1,
+                           &k->read_st, NULL))
         return db_fail(k, "reading a data key", err);
+    sqlite3_stmt *st = k->read_st;
     sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st), ret = 0;
     *state = KEY_NONE;
@@ -406,7 +409,8 @@ static int read_key(ew__keyring *k, const char *subject, key_state *state,
     } else if (rc != SQLITE_DONE) {
         ret = db_fail(k, "reading a data key", err);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st); /* ends the read: the store's lock is released */
+    sqlite3_clear_bindings(st);
     return ret;
 }
 
