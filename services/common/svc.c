@@ -56,6 +56,7 @@ struct svc {
     pthread_cond_t cv;
     int wake, stop;
     int64_t poll_ms;
+    int64_t outbox_max; /* OUTBOX_MAX_PENDING; 0: no bound */
     /* passes begun and ended, and what the last one published (under mu; svc_settle) */
     uint64_t passes_begun, passes_ended;
     size_t last_sent;
@@ -737,9 +738,38 @@ static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_att
     return rc;
 }
 
+static int count_row(void *ud, const ew_row *row)
+{
+    *(long long *)ud = row->ncols && row->values[0] ? atoll(row->values[0]) : 0;
+    return 0;
+}
+
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err)
+{
+    if (s->outbox_max <= 0) return 0;
+    /* counts no further than the bound: the unsent rows have an index of their own */
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM (SELECT 1 FROM event_store.outbox WHERE sent_at IS NULL "
+             "LIMIT %lld) AS pending",
+             (long long)s->outbox_max);
+    long long n = 0;
+    int rc = ew_txn_query(t, sql, NULL, 0, count_row, &n, err);
+    if (rc) return rc;
+    if (n < s->outbox_max) return 0;
+    return ew_error_set(err, EW_EAGAIN,
+                        "the outbox holds %lld events not yet published (OUTBOX_MAX_PENDING): "
+                        "the bus is down or slow",
+                        n);
+}
+
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err)
 {
+    if (rq) {
+        int rc = svc_outbox_room(s, t, err);
+        if (rc) return rc;
+    }
     ew_event_attrs a = {.source = s->def->name,
                         .subject = subject,
                         .traceparent = rq ? ew_http_traceparent(rq) : NULL};
@@ -840,10 +870,11 @@ void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew
 {
     int code = err ? err->code : 0;
     svc_log(s, EW_LOG_ERROR, "%s: %s", what, err && err->msg[0] ? err->msg : ew_strerror(code));
-    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN)
+    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN) {
+        ew_http_header_add(res, "Retry-After", SVC_RETRY_AFTER_S);
         ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later",
                             what);
-    else
+    } else
         ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
 }
 
@@ -997,6 +1028,7 @@ static int configure(svc *s, const char *const *settings, ew_error *err)
     if (rc) return rc;
     if ((rc = check_origins(ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"), err))) return rc;
     s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");
+    s->outbox_max = ew_config_get_int(s->cfg, "OUTBOX_MAX_PENDING");
     s->db_url = expand_name(ew_config_get(s->cfg, "SERVICE_DB_URL"), s->def->name);
     if (!s->db_url) return ew_error_set(err, EW_ENOMEM, "out of memory");
     return 0;

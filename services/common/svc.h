@@ -190,8 +190,16 @@ void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((forma
 /* Begins a transaction on the service's database (ew_store_begin). */
 int svc_begin(svc *s, ew_txn **t, ew_error *err);
 
+/* Whether the outbox in t has room for another event: 0, or EW_EAGAIN with the reason when it
+ * holds OUTBOX_MAX_PENDING events not yet published (the bus down or slow), which
+ * svc_reply_failure() answers 503 with Retry-After; or the database's error. */
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err);
+
 /* Builds an event (source: the service; subject) and adds it to the outbox in t. rq: the HTTP
- * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. */
+ * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. With
+ * rq, the outbox's bound is checked first (svc_outbox_room): a request past it writes nothing.
+ * Handlers' follow-ups (rq NULL, svc_ctx_emit) are never refused for it: the event they answer
+ * is already in. */
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err);
 
@@ -321,8 +329,11 @@ void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *re
 
 /* ---- answering ----------------------------------------------------------------------------- */
 
-/* Logs err and answers 503 (a database or broker that cannot be reached, a time-out) or 500
- * (anything else) with a JSON error that names no internals. */
+#define SVC_RETRY_AFTER_S "5" /* seconds, in the Retry-After of svc_reply_failure's 503s */
+
+/* Logs err and answers 503 with Retry-After: SVC_RETRY_AFTER_S (a database or broker that cannot
+ * be reached, a time-out, EW_EAGAIN: the outbox full) or 500 (anything else) with a JSON error
+ * that names no internals. */
 void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err);
 
 /* ---- reading request bodies ---------------------------------------------------------------- */

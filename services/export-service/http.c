@@ -83,6 +83,7 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
                             .traceparent = ew_http_traceparent(rq)};
         rc = ew_event_new(&ev, EW_T_USER_DATA_EXPORT_REQUESTED, &d, &a, &e);
     }
+    if (!rc) rc = svc_outbox_room(x->s, t, &e);
     if (!rc) rc = ew_outbox_add(t, ev, &e);
     ew_event_unref(ev);
     if (svc_finish(x->s, t, rc, &e)) {

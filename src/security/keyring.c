@@ -18,6 +18,7 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/keyfile.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
 #define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
@@ -245,14 +246,9 @@ static int read_key_file(const char *path, unsigned char kek[KEY_BYTES], ew_erro
         return ew_error_set(err, EW_ECONFIG,
                             "key-encryption key %s: must be a file of this user's, mode 0600",
                             path);
-    if (n != KEY_BYTES) {
-        sodium_memzero(buf, sizeof buf);
-        return ew_error_set(err, EW_ECONFIG,
-                            "key-encryption key %s: not a key (%zd bytes, 32 expected)", path, n);
-    }
-    memcpy(kek, buf, KEY_BYTES);
+    int rc = ew__kek_parse(path, buf, (size_t)n, kek, err);
     sodium_memzero(buf, sizeof buf);
-    return 1;
+    return rc ? rc : 1;
 }
 
 /* Writes the key to path: only when there is none (excl: 1 when another process made it first),
