@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,12 +90,25 @@ static int simple(ew__keys_pg *p, const char *sql, const char *what, ew_error *e
     return 0;
 }
 
-/* Runs sql with n text parameters; *out gets the result when out is not NULL. */
+static int ready(ew__keys_pg *p, ew_error *err);
+
+/* Runs sql with n text parameters; *out gets the result when out is not NULL. A statement of its
+ * own (no transaction open) whose connection broke is run once more on a new one: the server
+ * restarted, or ended an idle session. */
 static int run(ew__keys_pg *p, const char *sql, int n, const char *const *params, PGresult **out,
                const char *what, ew_error *err)
 {
+    bool alone = PQtransactionStatus(p->conn) == PQTRANS_IDLE;
     PGresult *r = PQexecParams(p->conn, sql, n, NULL, params, NULL, NULL, 0);
     ExecStatusType t = PQresultStatus(r);
+    if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK && alone &&
+        PQstatus(p->conn) == CONNECTION_BAD) {
+        PQclear(r);
+        int rc = ready(p, err);
+        if (rc) return rc;
+        r = PQexecParams(p->conn, sql, n, NULL, params, NULL, NULL, 0);
+        t = PQresultStatus(r);
+    }
     if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK) return fail(p, r, what, err);
     if (out)
         *out = r;

@@ -2,7 +2,8 @@
  * operations as its SQLite file, on tables of the schema key_store, with the same migrations.
  *
  * A handle is one connection, used by one thread at a time (keys.c serialises the calls); a
- * connection that broke is re-established by the next call. */
+ * connection that broke is made again, and a statement outside a transaction that met the break
+ * is run once more on the new one (a rotation that met it fails, and the next call reconnects). */
 #ifndef EW_SECURITY_KEYS_POSTGRES_H
 #define EW_SECURITY_KEYS_POSTGRES_H
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -261,6 +262,30 @@ static void test_postgres_two_handles(void **state)
     ew_keys_close(a);
 }
 
+/* The server ends the store's session (a restart, an idle timeout): the next call connects again
+ * and answers. */
+static void test_postgres_reconnects(void **state)
+{
+    fx *f = *state;
+    ew_keys *k = open_store(f);
+    ew_error err = {0};
+    ew_key key, got;
+    assert_int_equal(ew_key_generate(&key, "service:auth-service", EW_KEY_MAC, NULL, &err), 0);
+    assert_int_equal(ew_keys_add(k, &key, &err), 0);
+    PGconn *c = PQconnectdb(f->url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = 'eventwire-keys' AND datname = "
+                            "current_database() AND pid <> pg_backend_pid()");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    PQfinish(c);
+    if (ew_keys_get(k, key.kid, &got, &err)) fail_msg("after the session ended: %s", err.msg);
+    assert_memory_equal(got.material, key.material, 32);
+    ew_keys_close(k);
+}
+
 static void test_bad_urls(void **state)
 {
     (void)state;
@@ -320,6 +345,7 @@ static const struct CMUnitTest tests[] = {
     CASES(add_get_list),
     CASES(rotation_retires_after_grace),
     cmocka_unit_test_setup_teardown(test_postgres_two_handles, setup_postgres, teardown),
+    cmocka_unit_test_setup_teardown(test_postgres_reconnects, setup_postgres, teardown),
     cmocka_unit_test_setup_teardown(test_second_open_keeps_locks, setup, teardown),
     cmocka_unit_test(test_bad_urls),
 };
