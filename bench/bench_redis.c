@@ -25,7 +25,10 @@
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
  * (found from $EW_SOURCE_DIR, the working folder or beside this executable) and stopped at the
- * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling). */
+ * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling).
+ * `bench_redis shipped [ROUNDS]` runs publish_to_handled as shipped — authenticated events
+ * (EVENT_AUTH=mac), personal fields encrypted (EVENT_ENCRYPTION=on, a data key per subject),
+ * metrics on and a span callback — against raw_publish_to_handled, taking turns. */
 #ifdef EW_HAVE_REDIS
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -507,6 +510,34 @@ int main(int argc, char **argv)
         total += payload_len[i];
     }
     double raw_pub = 0, pub = 0, raw_e2e = 0, e2e = 0, v;
+    if (argc > 1 && strcmp(argv[1], "shipped") == 0) {
+        int rounds = argc > 2 ? atoi(argv[2]) : ROUNDS;
+        snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+        if (rounds < 1 || !mkdtemp(keys_dir)) die("shipped", "usage: bench_redis shipped [ROUNDS]");
+        auth_mac = auth_open("mac");
+        for (int round = 0; round < rounds; round++) {
+            double r = 0, b = 0;
+            for (int k = 0; k < 2; k++) {
+                if ((k + round) % 2 == 0)
+                    r = bench_raw_publish_to_handled();
+                else
+                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON);
+            }
+            if (r > raw_e2e) raw_e2e = r;
+            if (b > e2e) e2e = b;
+            printf("# round %d: raw %.0f events/s, shipped %.0f events/s, ratio %.2f\n", round, r,
+                   b, b / r);
+        }
+        ew_evauth_close(auth_mac);
+        char rm[128];
+        snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+        if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+        printf("bench: bus.redis.raw_publish_to_handled %.0f events/s\n", raw_e2e);
+        printf("bench: bus.redis.publish_to_handled.shipped %.0f events/s ratio=%.2f "
+               "baseline=bus.redis.raw_publish_to_handled\n",
+               e2e, e2e / raw_e2e);
+        return 0;
+    }
     if (only_e2e) {
         bool raw = argc > 2 && strcmp(argv[2], "raw") == 0,
              bus = argc > 2 && strcmp(argv[2], "bus") == 0;

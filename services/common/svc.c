@@ -43,6 +43,7 @@ struct svc {
     ew_metrics *metrics; /* GET /metrics */
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     svc_keeper *keeper;  /* retention, on a timer */
+    char **erase_tables; /* the keeper's: the tables an erasure deletes from */
     ew_audit *audit;     /* who did what: the service's chain (eventwire/audit.h) */
     ew_evauth *evauth;   /* the service's bus key and the bus policy; NULL with EVENT_AUTH=off */
     /* a key made or rotated while opening, before the chain was open: recorded once it is */
@@ -1120,7 +1121,8 @@ static int sagas_start(svc *s, ew_error *err)
                                  .store = s->saga_db,
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
-                                 .log_ud = s->log};
+                                 .log_ud = s->log,
+                                 .audit = s->audit};
     if (rc) return rc;
     /* the deletion waits for every service holding user data */
     svc_names l;
@@ -1143,6 +1145,8 @@ static void close_all(svc *s)
     relay_stop(s);
     svc_keeper_stop(s->keeper);
     s->keeper = NULL;
+    svc_gdpr_tables_free(s->erase_tables);
+    s->erase_tables = NULL;
     /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
     if (s->sagas) ew_saga_engine_stop(s->sagas);
     if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
@@ -1192,7 +1196,10 @@ static int start(svc *s, const svc_def *def, const char *const *settings, bool r
     if (rc || routes_only) return rc; /* --routes: the routes are registered */
     if (def->sagas) rc = sagas_start(s, err);
     if (!rc) rc = relay_start(s, err);
-    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, err);
+    if (!rc) rc = svc_gdpr_tables(def->gdpr, &s->erase_tables, err);
+    if (!rc)
+        rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events,
+                              (const char *const *)s->erase_tables, s->log, err);
     if (!rc) rc = ew_bus_start(s->bus, err);
     return rc;
 }

@@ -316,6 +316,12 @@ struct svc_gdpr {
 /* Subscribes the two handlers for svc_def.gdpr (svc_main does, after setup). */
 int svc_gdpr_subscribe(svc *s, ew_error *err);
 
+/* The tables g->deletes delete from ("DELETE FROM event_store.NAME ..."), NULL-terminated, for
+ * the compaction after an erasure (keeper.h); *out NULL when g is NULL. EW_EINVAL for a statement
+ * of another form. Caller frees with svc_gdpr_tables_free(). */
+int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err);
+void svc_gdpr_tables_free(char **tables);
+
 /* The user's data as the service holds it, appended to b (the object described above); *found
  * says whether any part has a row. */
 int svc_user_data(ew_txn *t, const svc_gdpr *g, const char *user_id, ew_buf *b, bool *found,

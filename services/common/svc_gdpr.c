@@ -191,6 +191,44 @@ static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ct
     return EW_HANDLER_OK;
 }
 
+void svc_gdpr_tables_free(char **tables)
+{
+    for (size_t i = 0; tables && tables[i]; i++)
+        free(tables[i]);
+    free(tables);
+}
+
+int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err)
+{
+    *out = NULL;
+    if (!g || !g->deletes) return 0;
+    static const char head[] = "DELETE FROM event_store.";
+    size_t n = 0;
+    while (g->deletes[n])
+        n++;
+    char **t = calloc(n + 1, sizeof *t);
+    if (!t) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *sql = g->deletes[i], *name = sql + sizeof head - 1;
+        size_t l = strncmp(sql, head, sizeof head - 1) == 0
+                       ? strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_")
+                       : 0;
+        if (l == 0 || (name[l] != ' ' && name[l] != '\0')) {
+            svc_gdpr_tables_free(t);
+            return ew_error_set(err, EW_EINVAL,
+                                "an erasure's statement must be DELETE FROM event_store.TABLE ...: "
+                                "%.80s",
+                                sql);
+        }
+        if (!(t[i] = strndup(name, l))) {
+            svc_gdpr_tables_free(t);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+    }
+    *out = t;
+    return 0;
+}
+
 int svc_gdpr_subscribe(svc *s, ew_error *err)
 {
     static const svc_handler subs[] = {

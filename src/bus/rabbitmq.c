@@ -51,6 +51,7 @@ static void rmq_free(rmq *r)
     free(r->url_buf);
     free(r->exchange);
     free(r->dlx);
+    ew__mq_mgmt_free(r);
     free(r);
 }
 
@@ -100,7 +101,9 @@ static int rmq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
     r->pbackoff_ms = BACKOFF_MIN_MS;
     const char *ex = ew_config_get(cfg, "RABBITMQ_EXCHANGE");
     int rc = parse_url(r, ew_config_get(cfg, "RABBITMQ_URL"), err);
-    if (rc || (rc = ew__mq_tls_settings(r, cfg, err))) goto fail;
+    if (rc || (rc = ew__mq_tls_settings(r, cfg, err)) ||
+        (rc = ew__mq_mgmt_settings(r, ew_config_get(cfg, "RABBITMQ_MANAGEMENT_URL"), err)))
+        goto fail;
     if (strlen(ex) + 4 > AMQP_NAME_MAX) {
         rc = ew_error_set(err, EW_ECONFIG, "RABBITMQ_EXCHANGE: '%.64s...' is longer than %d bytes",
                           ex, AMQP_NAME_MAX - 4);

@@ -1,7 +1,8 @@
 /* eventwire — the RabbitMQ backend's internal header: its state, shared by its files
  * (rabbitmq.c: the ops; rabbitmq_conn.c: connections, declarations and small helpers;
  * rabbitmq_publish.c: publishing with confirms; rabbitmq_consume.c: the consumer threads,
- * acknowledgements and the receive path). Nothing here is used outside src/bus/rabbitmq*.c. Each
+ * acknowledgements and the receive path; rabbitmq_lag.c: consumer lag; rabbitmq_mgmt.c: the
+ * management plugin's HTTP API). Nothing here is used outside src/bus/rabbitmq*.c. Each
  * function's contract is stated where it is defined. */
 #ifndef EW_BUS_RABBITMQ_H
 #define EW_BUS_RABBITMQ_H
@@ -83,6 +84,10 @@ struct rmq {
     /* amqps:// (ci.ssl): RABBITMQ_TLS_CA_FILE, _CERT_FILE, _KEY_FILE; "" when unset */
     char tls_ca[1024], tls_cert[1024], tls_key[1024];
     char *exchange, *dlx;
+    /* RABBITMQ_MANAGEMENT_URL (rabbitmq_mgmt.c): the API's base URL without user info (NULL:
+     * unset), and the credentials apart, handed to libcurl alone, never into a message. */
+    char *mgmt_base, *mgmt_user, *mgmt_pass;
+    char mgmt_shown[200]; /* the URL as messages show it */
     int connect_ms, max_in_flight;
     size_t max_bytes;
     ew__content_mode content_mode; /* how it publishes: EVENT_CONTENT_MODE (binding.h) */
@@ -116,6 +121,12 @@ int ew__mq_tls_settings(rmq *r, const ew_config *cfg, ew_error *err);
 /* ---- rabbitmq_lag.c ---------------------------------------------------------------------- */
 
 int ew__mq_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
+
+/* ---- rabbitmq_mgmt.c --------------------------------------------------------------------- */
+
+void ew__mq_mgmt_free(rmq *r);
+int ew__mq_mgmt_queue(rmq *r, const char *queue, uint64_t *ready, uint64_t *unacked, ew_error *err);
+int ew__mq_mgmt_settings(rmq *r, const char *url, ew_error *err);
 
 /* ---- rabbitmq_publish.c ------------------------------------------------------------------ */
 

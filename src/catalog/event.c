@@ -73,21 +73,35 @@ static bool url_valid(const char *s)
     return true;
 }
 
-static bool hex_run(const char *s, int n)
+/* Lower-case hex digits. */
+static const unsigned char hex_digit[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+};
+
+/* Are s[0..n) lower-case hex digits? *nonzero (may be NULL): is one of them not '0'? One pass
+ * without branches: it runs for every event decoded. */
+static bool hex_run(const char *s, int n, bool *nonzero)
 {
-    for (int i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
-    return true;
+    unsigned char ok = 1, nz = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        ok &= hex_digit[c];
+        nz |= (unsigned char)(c ^ '0');
+    }
+    if (nonzero) *nonzero = nz != 0;
+    return ok;
 }
 
 /* W3C trace context: version-traceid-parentid-flags, lower-case hex, ids not all zero. */
 static bool traceparent_valid(const char *s)
 {
-    if (strlen(s) != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
-    if (!hex_run(s, 2) || !hex_run(s + 3, 32) || !hex_run(s + 36, 16) || !hex_run(s + 53, 2))
+    if (strnlen(s, 56) != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
+    bool trace, parent;
+    if (!hex_run(s, 2, NULL) || !hex_run(s + 3, 32, &trace) || !hex_run(s + 36, 16, &parent) ||
+        !hex_run(s + 53, 2, NULL))
         return false;
-    if (strncmp(s, "ff", 2) == 0) return false;
-    return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
+    return !(s[0] == 'f' && s[1] == 'f') && trace && parent;
 }
 
 /* Checks one field's value against its kind. Inlined: it runs for every field of every event
@@ -853,6 +867,24 @@ int ew__event_encode_data(const ew_event *ev, ew_buf *b)
     return b->oom ? EW_ENOMEM : 0;
 }
 
+/* v in decimal into buf (room for 12): its length. */
+static int int_text(char *buf, int v)
+{
+    char tmp[12];
+    int n = 0;
+    unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    int l = 0;
+    if (v < 0) buf[l++] = '-';
+    while (n)
+        buf[l++] = tmp[--n];
+    buf[l] = '\0';
+    return l;
+}
+
 int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
 {
     if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
@@ -870,16 +902,23 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
     put_attr(&b, ",\"source\":", ev->source);
     put_attr(&b, ",\"type\":", t->type);
     put_attr(&b, ",\"subject\":", ev->subject);
+    /* no printf on this path: it cost more than the rest of the envelope */
+    char ver[24];
+    int vl = int_text(ver, t->version);
+    ew_buf_puts(&b, ",\"time\":\"");
+    ew_buf_append(&b, tbuf, strlen(tbuf));
+    ew_buf_puts(&b, "\",\"datacontenttype\":\"application/json\"");
     if (ev->dataschema) {
-        ew_buf_printf(&b, ",\"time\":\"%s\",\"datacontenttype\":\"application/json\"", tbuf);
         put_attr(&b, ",\"dataschema\":", ev->dataschema);
-        ew_buf_printf(&b, ",\"eventversion\":%d", t->version);
     } else {
-        ew_buf_printf(&b,
-                      ",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
-                      "\"dataschema\":\"urn:eventwire:schema:%s:%d\",\"eventversion\":%d",
-                      tbuf, t->type, t->version, t->version);
+        ew_buf_puts(&b, ",\"dataschema\":\"urn:eventwire:schema:");
+        ew_buf_puts(&b, t->type);
+        ew_buf_putc(&b, ':');
+        ew_buf_append(&b, ver, (size_t)vl);
+        ew_buf_putc(&b, '"');
     }
+    ew_buf_puts(&b, ",\"eventversion\":");
+    ew_buf_append(&b, ver, (size_t)vl);
     put_attr(&b, ",\"correlationid\":", ev->correlation_id);
     put_attr(&b, ",\"causationid\":", ev->causation_id);
     put_attr(&b, ",\"traceparent\":", ev->traceparent);

@@ -131,6 +131,11 @@ static const ew_setting entries[] = {
      0},
     {"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to.",
      EW_SETTING_NAME, 0, 0},
+    {"RABBITMQ_MANAGEMENT_URL", "", "http[s]://[user:password@]host:port[/prefix]",
+     "The broker's management plugin HTTP API; when set, a group's consumer lag is its queue's "
+     "ready plus unacknowledged messages (GET /api/queues/VHOST/QUEUE), and without user info "
+     "in it RABBITMQ_URL's user and password log in; unset: the ready messages alone (AMQP).",
+     EW_SETTING_URL, 0, 0},
     {"ENABLE_EVENT_STORE", "false", "true|false",
      "Record every published event in the event store (the audit trail).", EW_SETTING_BOOL, 0, 0},
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",

@@ -31,6 +31,7 @@
 typedef struct slot {
     char subject[SUBJECT_MAX + 1];
     unsigned char dek[KEY_BYTES];
+    unsigned char sub[KEY_BYTES]; /* own_subkey() of dek */
     bool used, erased;
     int64_t at_us;
 } slot;
@@ -64,6 +65,16 @@ struct ew__keyring {
     unsigned char nonce_prefix[NONCE_BYTES - 8];
     atomic_uint_fast64_t nonce_seq;
 };
+
+/* XChaCha20-Poly1305 is HChaCha20(key, the nonce's first 16 bytes) as the key of
+ * ChaCha20-Poly1305 (IETF) with the nonce's last 8 bytes. Every field nonce of a keyring starts
+ * with its nonce_prefix, so the subkey of a data key is the same for every field this keyring
+ * encrypts under it: computed once, kept beside the key, and the ciphertext is byte for byte
+ * what crypto_aead_xchacha20poly1305_ietf_encrypt() makes. */
+static void own_subkey(const ew__keyring *k, const unsigned char *dek, unsigned char *sub)
+{
+    crypto_core_hchacha20(sub, k->nonce_prefix, dek, NULL);
+}
 
 static void next_nonce(ew__keyring *k, unsigned char *nonce)
 {
@@ -477,9 +488,10 @@ static size_t slot_of(const char *subject)
     return (size_t)(h % NSLOTS);
 }
 
-/* The subject's data key into dek: KEY_LIVE, KEY_ERASED, or KEY_NONE (only when !create). */
+/* The subject's data key into dek, and its own_subkey() into sub: KEY_LIVE, KEY_ERASED, or
+ * KEY_NONE (only when !create). */
 static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
-                   unsigned char dek[KEY_BYTES], ew_error *err)
+                   unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
 {
     size_t i = slot_of(subject);
     int64_t now = ew_now_us();
@@ -489,6 +501,7 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
         if (s->used && now - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0) {
             *state = s->erased ? KEY_ERASED : KEY_LIVE;
             memcpy(dek, s->dek, KEY_BYTES);
+            memcpy(sub, s->sub, KEY_BYTES);
             pthread_mutex_unlock(&k->mu);
             return 0;
         }
@@ -527,11 +540,13 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     pthread_mutex_unlock(&k->db_mu);
     if (rc || *state == KEY_NONE) return rc;
     if (*state == KEY_ERASED) memset(dek, 0, KEY_BYTES);
+    own_subkey(k, dek, sub);
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
         slot *s = &k->slots[i];
         snprintf(s->subject, sizeof s->subject, "%s", subject);
         memcpy(s->dek, dek, KEY_BYTES);
+        memcpy(s->sub, sub, KEY_BYTES);
         s->erased = *state == KEY_ERASED;
         s->used = true;
         s->at_us = now;
@@ -666,12 +681,37 @@ out:
 
 /* ---- sealing -------------------------------------------------------------------------------- */
 
+/* The value of each character in base64url, -1 for the others: one load per character where a
+ * chain of comparisons cost more than the cipher on short fields. */
+/* clang-format off */
+static const signed char b64_values[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
+/* clang-format on */
+
+/* 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @ (base64url's alphabet and two more). */
 static bool subject_ok(const char *s)
 {
-    size_t n = strlen(s);
-    return n > 0 && n <= SUBJECT_MAX &&
-           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     "0123456789-_:@") == n;
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (n == SUBJECT_MAX || (b64_values[(unsigned char)s[n]] < 0 && s[n] != ':' && s[n] != '@'))
+            return false;
+    return n > 0;
 }
 
 /* Whose key encrypts the event's fields: its data's user_id, else its subject. */
@@ -733,34 +773,37 @@ static size_t b64_encode(char *out, const unsigned char *in, size_t n)
     return o;
 }
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '-') return 62;
-    if (c == '_') return 63;
-    return -1;
-}
-
 /* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
- * that base64url without padding does not have. */
+ * that base64url without padding does not have. Four characters at a time; a bad character
+ * anywhere fails the whole. */
 static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
 {
     if (n % 4 == 1) return -1;
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0, i = 0;
+    int bad = 0; /* the values ORed: negative when one character was not base64url */
+    for (; i + 4 <= n; i += 4) {
+        int a = b64_values[p[i]], b = b64_values[p[i + 1]], c = b64_values[p[i + 2]],
+            d = b64_values[p[i + 3]];
+        bad |= a | b | c | d;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8);
+        out[o++] = (unsigned char)v;
+    }
     uint32_t acc = 0;
     int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)in[i]);
-        if (v < 0) return -1;
-        acc = acc << 6 | (uint32_t)v;
+    for (; i < n; i++) {
+        int v = b64_values[p[i]];
+        bad |= v;
+        acc = acc << 6 | (uint32_t)(v & 63);
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
             out[o++] = (unsigned char)(acc >> bits);
         }
     }
+    if (bad < 0) return -1;
     if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
     *outlen = o;
     return 0;
@@ -794,13 +837,17 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
                             "- _ : @)",
                             t->type, subject, SUBJECT_MAX);
     key_state state;
-    unsigned char dek[KEY_BYTES];
-    int rc = get_key(k, subject, true, &state, dek, err);
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, sub, err);
     if (rc) return rc;
-    if (state == KEY_ERASED) crypto_aead_xchacha20poly1305_ietf_keygen(dek); /* nobody keeps it */
+    if (state == KEY_ERASED) { /* a key nobody keeps */
+        crypto_aead_xchacha20poly1305_ietf_keygen(dek);
+        own_subkey(k, dek, sub);
+    }
     const char *values[64];
     ew_buf text;
     ew_buf_init(&text);
+    ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
     size_t offs[64];
     for (size_t i = 0; i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
@@ -815,9 +862,11 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         char aad[512];
         size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
         next_nonce(k, c);
-        crypto_aead_xchacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
-                                                   plen, (const unsigned char *)aad, alen, NULL, c,
-                                                   dek);
+        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+        memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
+        crypto_aead_chacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
+                                                  plen, (const unsigned char *)aad, alen, NULL, n12,
+                                                  sub);
         offs[i] = text.len;
         ew_buf_puts(&text, EW__SEALED_PREFIX);
         ew_buf_puts(&text, subject);
@@ -828,6 +877,7 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         if (c != stack) free(c);
     }
     sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
     if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
@@ -920,7 +970,10 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     /* The fields of one event are nearly always one subject's: its key is looked up once. */
     char last[SUBJECT_MAX + 1] = "";
     key_state state = KEY_NONE;
-    unsigned char dek[KEY_BYTES];
+    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
+     * publisher's: every field it encrypted has it) */
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
+    bool have_other = false;
     for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
@@ -947,8 +1000,9 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
                               t->type, f->name);
         }
         if (!rc && strcmp(subject, last) != 0) {
-            if (!(rc = get_key(k, subject, false, &state, dek, err)))
+            if (!(rc = get_key(k, subject, false, &state, dek, sub, err)))
                 memcpy(last, subject, sizeof last);
+            have_other = false;
         }
         if (!rc && state == KEY_NONE)
             rc = ew_error_set(err, EW_ECRYPTO,
@@ -963,11 +1017,23 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
             char aad[512];
             size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
             offs[i] = text.len;
+            /* the field's nonce is c's first 24 bytes: its prefix picks the subkey */
+            const unsigned char *key = sub;
+            if (memcmp(c, k->nonce_prefix, sizeof k->nonce_prefix) != 0) {
+                if (!have_other || memcmp(c, other_prefix, sizeof other_prefix) != 0) {
+                    crypto_core_hchacha20(other, c, dek, NULL);
+                    memcpy(other_prefix, c, sizeof other_prefix);
+                    have_other = true;
+                }
+                key = other;
+            }
+            unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+            memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
             if (ew_buf_reserve(&text, plen + 1)) {
                 rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            } else if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+            } else if (crypto_aead_chacha20poly1305_ietf_decrypt(
                            (unsigned char *)text.data + text.len, NULL, NULL, c + NONCE_BYTES,
-                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, c, dek) != 0) {
+                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12, key) != 0) {
                 rc = ew_error_set(err, EW_ECRYPTO,
                                   "%s: data.%s does not authenticate under subject %.64s's key "
                                   "(tampered, or moved from another event or field)",
@@ -982,6 +1048,8 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
         if (c != stack) free(c);
     }
     sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
+    sodium_memzero(other, sizeof other);
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];

@@ -385,14 +385,35 @@ static void test_dlq_and_store_commands(void **state)
     assert_non_null(strstr(out, "\"event\":\"{\\\"specversion\\\""));
     assert_non_null(strstr(out, "\"error\":\"database is locked\""));
     free(out);
+    /* no operator's chain before the operator did anything */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "the operator's chain holds nothing here yet"));
+    free(out);
+    free(errout);
     assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "{\"id\":1,\"status\":\"discarded\"}"));
     free(out);
-    /* discarded already: nothing to discard */
+    /* discarded already: nothing to discard, and nothing recorded */
     assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "dead letter 1 is discarded already"));
     free(out);
     free(errout);
+    /* the discard is in the operator's chain (in the event store, signed with keys/ewctl's key),
+     * once, by the dead letter's id and its event's, and the chain holds */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    const char *entry = strstr(out, "\"service\":\"ewctl\",\"seq\":1,");
+    assert_non_null(entry);
+    assert_non_null(strstr(entry, "\"actor\":\"operator\",\"action\":\"dlq.discarded\","
+                                  "\"subject\":\"1\""));
+    assert_non_null(strstr(entry, ew_event_id(ev[0])));
+    assert_non_null(strstr(entry, "\"handler\":\"end-session\""));
+    assert_null(strstr(out, "\"seq\":2,"));
+    free(out);
+    char pub[160];
+    snprintf(pub, sizeof pub, "audit verify --key %s/keys/ewctl.audit.key.pub", dir);
+    assert_int_equal(ew_test_ewctl(pub, NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "{\"service\":\"ewctl\",\"ok\":true,\"entries\":1"));
+    free(out);
     /* --limit is checked; a type that is not the catalog's is warned about */
     assert_int_equal(ew_test_ewctl("dlq list --limit ten", NULL, &out, &errout), 2);
     assert_non_null(strstr(errout, "--limit takes a number from 1"));
@@ -793,6 +814,17 @@ static void test_keys_commands(void **state)
     assert_non_null(strstr(second, "\"alg\":\"ed25519\""));
     assert_null(strstr(out, "material"));
     assert_null(strstr(out, "secret"));
+    free(out);
+    /* both rotations are in the operator's chain, by the service and the new key's id */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"seq\":1,"));
+    assert_non_null((second = strstr(out, "\"seq\":2,")));
+    assert_non_null(strstr(second, "\"action\":\"bus.key_rotated\",\"subject\":"
+                                   "\"service:export-service\""));
+    assert_non_null(strstr(second, "\"alg\":\"ed25519\""));
+    free(out);
+    assert_int_equal(ew_test_ewctl("audit verify --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"ok\":true,\"entries\":2"));
     free(out);
     /* bad values; without --service, rotate is the key-encryption key's, which takes neither
      * --alg nor --grace (tests/tools/test_ewctl_keys.c) */
