@@ -242,12 +242,8 @@ int svc_gdpr_subscribe(svc *s, ew_error *err)
 
 void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *res, const char *what)
 {
-    const char *id = ew_http_param(rq, "user_id");
-    if (svc_allow_user(res, id)) return; /* the user themselves or an admin */
-    if (!svc_uuid_valid(id)) {
-        ew_http_reply_error(res, 400, "user_id", "user_id must be a UUID (lower-case 8-4-4-4-12)");
-        return;
-    }
+    const char *id = svc_path_user(rq, res, "user_id", NULL); /* the user themselves or an admin */
+    if (!id) return;
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(s, &t, &e)) {

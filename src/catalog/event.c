@@ -104,6 +104,27 @@ static bool traceparent_valid(const char *s)
     return !(s[0] == 'f' && s[1] == 'f') && trace && parent;
 }
 
+bool ew_field_valid(ew_field_kind kind, const char *s)
+{
+    if (!s || !ew_utf8_valid(s, strlen(s))) return false;
+    switch (kind) {
+    case EW_FIELD_STRING:
+        return true;
+    case EW_FIELD_UUID:
+        return ew_uuid_valid(s);
+    case EW_FIELD_EMAIL:
+        return email_valid(s);
+    case EW_FIELD_TIME: {
+        int64_t t_us;
+        return ew_time_parse(s, &t_us) == 0;
+    }
+    case EW_FIELD_URL:
+        return url_valid(s);
+    default:
+        return false;
+    }
+}
+
 /* Checks one field's value against its kind. Inlined: it runs for every field of every event
  * built or decoded. */
 static HOT_INLINE int check_field(const ew_type_info *t, const ew_field_info *f, const void *data,

@@ -294,7 +294,6 @@ static inline void fuzz_services_close(fuzz_services *f)
         if (f->peer[i]) ew_evauth_close(f->peer[i]);
         f->peer[i] = NULL;
     }
-    pthread_mutex_destroy(&f->exporter.mu);
     if (f->dir[0]) nftw(f->dir, fuzz_services_rm, 16, FTW_DEPTH | FTW_PHYS);
     f->dir[0] = '\0';
     curl_global_cleanup();
@@ -365,7 +364,6 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
         settings[n++] = extra[i];
     ew_error e = {0};
     fuzz_services_check_names(settings);
-    pthread_mutex_init(&f->exporter.mu, NULL);
     f->def[FZ_AUTH] = auth_service(&f->auth);
     f->def[FZ_USER] = user_service(&f->user);
     f->def[FZ_NOTIF] = notif_service(&f->notif);

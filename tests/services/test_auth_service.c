@@ -197,7 +197,7 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
         {"POST", "/auth/register",
          "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"12345678\",\"admin\":true}",
          400, "admin", "unknown field admin"},
-        /* bad email */
+        /* bad email: what the catalog refuses in an event (ew_field_valid) */
         {"POST", "/auth/register",
          "{\"username\":\"abc\",\"email\":\"not-an-email\",\"password\":\"12345678\"}", 400,
          "email", "not a valid email address"},
@@ -205,8 +205,8 @@ static void test_bad_input_is_refused_and_nothing_is_half_written(void **state)
          "{\"username\":\"abc\",\"email\":\"a@b\",\"password\":\"12345678\"}", 400, "email",
          "not a valid email address"},
         {"POST", "/auth/register",
-         "{\"username\":\"abc\",\"email\":\"a..b@b.io\",\"password\":\"12345678\"}", 400, "email",
-         "not a valid email address"},
+         "{\"username\":\"abc\",\"email\":\"Ada <a@b.io>\",\"password\":\"12345678\"}", 400,
+         "email", "not a valid email address"},
         /* weak password */
         {"POST", "/auth/register",
          "{\"username\":\"abc\",\"email\":\"a@b.io\",\"password\":\"short\"}", 400, "password",
