@@ -27,6 +27,10 @@ struct ew_event {
     size_t next;
     uint64_t sealed; /* fields (by index) that hold ciphertext (event_internal.h) */
     bool erased;     /* fields whose subject's key was destroyed were emptied */
+    /* The event as it was received (one reference), when this one is not that: decoding
+     * upcast it from an older version, or decryption made a plaintext copy (event_internal.h,
+     * ew__event_received). NULL otherwise. */
+    const ew_event *received;
     /* the data struct, the extension table and the strings follow */
 };
 
@@ -553,6 +557,7 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
     ev->next = next;
     ev->sealed = sealed;
     ev->erased = false;
+    ev->received = NULL;
     if (sorted != sorted_stack) free(sorted);
     ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
@@ -609,7 +614,10 @@ void ew_event_unref(const ew_event *ev)
 {
     if (!ev) return;
     ew_event *e = (ew_event *)ev;
-    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) free(e);
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
+        ew_event_unref(e->received);
+        free(e);
+    }
 }
 
 const char *ew_event_id(const ew_event *ev)
@@ -703,13 +711,31 @@ uint64_t ew__event_sealed(const ew_event *ev)
     return ev->sealed;
 }
 
+const ew_event *ew__event_received(const ew_event *ev)
+{
+    return ev->received ? ev->received : ev;
+}
+
+void ew__event_keep_received(ew_event *copy, const ew_event *from)
+{
+    const ew_event *r = ew_event_ref(ew__event_received(from));
+    ew_event_unref(copy->received);
+    copy->received = r;
+}
+
 int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ev->info;
     uint64_t skip = ev->sealed;
     for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
         if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
-    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), false, err);
+    /* Attributes that are ev's own strings were checked when ev was built (signing adds
+     * extensions only): not again. The extensions are checked either way. */
+    bool own = a->id == ev->id && a->source == ev->source && a->subject == ev->subject &&
+               a->correlation_id == ev->correlation_id && a->causation_id == ev->causation_id &&
+               a->traceparent == ev->traceparent && a->dataschema == ev->dataschema &&
+               a->time_us == ev->time_us;
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), own, err);
     if (rc) return rc;
     (*out)->sealed = ev->sealed;
     (*out)->erased = ev->erased;
@@ -1337,19 +1363,35 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
      * it, replaced by the catalog's after an upcast. */
     at.dataschema = t == latest ? schema : NULL;
 
-    /* Old versions: valid as what they claim to be, then upcast step by step. */
+    /* Old versions: valid as what they claim to be, then upcast step by step. The event as
+     * received, at its own version, is built first and kept beside the upcast one: a tag or a
+     * signature covers that form (docs/bus-auth.md), and a dead letter or a redelivery carries
+     * it on as it came. */
     uint64_t sealed;
+    ew_event *received = NULL;
     while (t != latest) {
-        if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
-        if ((rc = ew__upcast(t, data, a, err))) return rc;
+        if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
+        if (!received) {
+            ew_event_attrs ra = at;
+            ra.dataschema = schema;
+            if ((rc = build(&received, t, tmp, &ra, true, sealed, err))) goto fail;
+        }
+        if ((rc = ew__upcast(t, data, a, err))) goto fail;
         const ew_type_info *up = ew_catalog_find(type, t->version + 1);
-        if (!up)
-            return ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
-                                t->version + 1);
+        if (!up) {
+            rc = ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
+                              t->version + 1);
+            goto fail;
+        }
         t = up;
     }
-    if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
-    return build(out, t, tmp, &at, true, sealed, err);
+    if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
+    if ((rc = build(out, t, tmp, &at, true, sealed, err))) goto fail;
+    (*out)->received = received;
+    return 0;
+fail:
+    ew_event_unref(received);
+    return rc;
 }
 
 int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,

@@ -140,11 +140,12 @@ static const ew_setting entries[] = {
      "Record every published event in the event store (the audit trail).", EW_SETTING_BOOL, 0, 0},
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
      "The event store's database.", EW_SETTING_URL, 0, 0},
-    {"KEY_STORE_URL", "", "sqlite:PATH",
+    {"KEY_STORE_URL", "", "sqlite:PATH|postgresql://...",
      "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md, and "
      "the subjects' wrapped data keys, docs/encryption.md); unset: keys/keys.db in the folder of "
      "EVENT_STORE_URL's SQLite file, or var/keys/keys.db when the event store is not SQLite. "
-     "Made 0600 in a 0700 folder.",
+     "Made 0600 in a 0700 folder. On PostgreSQL (schema key_store) it holds the bus keys; the "
+     "data keys stay in the SQLite store that the unset setting names.",
      EW_SETTING_URL, 0, 0},
     {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
      EW_SETTING_INT, 0, 36500},

@@ -82,6 +82,7 @@ static void put_field(ew_buf *b, const char *s)
 
 static int canonical(const ew_event *ev, ew_buf *b)
 {
+    ew_buf_reserve(b, 1024); /* one allocation for an event of the usual size, not five */
     ew_buf_append(b, CANON_TAG, sizeof CANON_TAG); /* with its NUL */
     put_field(b, ew_event_id(ev));
     put_field(b, ew_event_source(ev));
@@ -141,7 +142,15 @@ const char *ew_evauth_key_file(const ew_config *cfg, const char *service, char *
         w = snprintf(buf, n, "%s/%s.bus.key", dir, service);
     } else {
         if (!ew_keys_default_url(cfg, url, sizeof url)) return NULL;
-        const char *path = strncmp(url, "sqlite:", 7) ? url : url + 7;
+        /* a key store on PostgreSQL: the folder its SQLite file would be in */
+        const char *store = cfg ? ew_config_get(cfg, "EVENT_STORE_URL") : NULL;
+        if (strncmp(url, "sqlite:", 7) != 0) {
+            const char *sp = store && !strncmp(store, "sqlite:", 7) ? store + 7 : NULL,
+                       *ss = sp ? strrchr(sp, '/') : NULL;
+            snprintf(url, sizeof url, "sqlite:%.*s%s", ss ? (int)(ss - sp + 1) : 0, sp ? sp : "",
+                     sp ? "keys/keys.db" : "var/keys/keys.db");
+        }
+        const char *path = url + 7;
         const char *slash = strrchr(path, '/');
         w = snprintf(buf, n, "%.*s%s.bus.key", slash ? (int)(slash - path + 1) : 0, path, service);
     }
@@ -504,7 +513,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
 
     /* the event again, its extensions but earlier ewauth and ewkid, and the two */
     size_t n = ew_event_extension_count(ev), k = 0;
-    ew_event_ext *x = malloc((n + 2) * sizeof *x);
+    ew_event_ext stack[16], *x = n + 2 <= 16 ? stack : malloc((n + 2) * sizeof *x);
     if (!x) return ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         const ew_event_ext *e = ew_event_extension_at(ev, i);
@@ -525,7 +534,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
         .nextensions = k,
     };
     int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
-    free(x);
+    if (x != stack) free(x);
     return rc;
 }
 
@@ -620,8 +629,11 @@ static int refuse(ew_evauth *a, const ew_event *ev, int code, ew_error *err, con
     return ew_error_set(err, code, "%s", why);
 }
 
-int ew_evauth_verify(ew_evauth *a, const ew_event *ev, ew_error *err)
+int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
 {
+    /* The event as it came: an old version before its upcast, ciphertext before decryption. Its
+     * publisher's catalog may not know the version this one reads it as. */
+    const ew_event *ev = ew__event_received(ev_in);
     const ew_event_ext *xa = ew_event_extension(ev, EXT_AUTH),
                        *xk = ew_event_extension(ev, EXT_KID);
     const char *type = ew_event_type(ev), *src = ew_event_source(ev);

@@ -56,6 +56,7 @@ struct ew__keyring {
      * connection, used only under db_mu: nothing else uses this handle. */
     ew_keys *store;
     sqlite3 *db;
+    sqlite3_stmt *read_st; /* read_key's, prepared once: every cache miss runs it */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
     slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
@@ -114,9 +115,12 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     pthread_mutex_init(&k->db_mu, NULL);
     const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
     const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
+    /* The data keys are in an SQLite key store: KEY_STORE_URL's, or with a key store on
+     * PostgreSQL (which holds the bus keys only, so far) the one beside EVENT_STORE_URL's file
+     * that KEY_STORE_URL names when it is unset, whichever store this keyring serves. */
     if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
-        free(k);
-        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
+        ks = NULL;
+        store_url = ew_config_get(cfg, "EVENT_STORE_URL");
     }
     /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
     k->key_file = kf && *kf   ? strdup(kf)
@@ -139,6 +143,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
+    sqlite3_finalize(k->read_st);
     ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
@@ -389,10 +394,11 @@ typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
                     unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1, &st,
-                           NULL))
+    if (!k->read_st &&
+        sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1,
+                           &k->read_st, NULL))
         return db_fail(k, "reading a data key", err);
+    sqlite3_stmt *st = k->read_st;
     sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st), ret = 0;
     *state = KEY_NONE;
@@ -410,7 +416,8 @@ static int read_key(ew__keyring *k, const char *subject, key_state *state,
     } else if (rc != SQLITE_DONE) {
         ret = db_fail(k, "reading a data key", err);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st); /* ends the read: the store's lock is released */
+    sqlite3_clear_bindings(st);
     return ret;
 }
 
@@ -881,6 +888,71 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
     return rc;
 }
 
+/* Has ev personal or secret fields in clear, which sealing encrypts? */
+static bool has_clear_fields(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    uint64_t sealed = ew__event_sealed(ev);
+    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+        const ew_field_info *f = &t->fields[i];
+        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
+            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
+            continue;
+        if (*(const char *const *)(const void *)(data + f->offset)) return true;
+    }
+    return false;
+}
+
+/* Is subject's key in the cache, fresh? */
+static bool cached(ew__keyring *k, const char *subject)
+{
+    if (k->ttl_us <= 0) return false;
+    pthread_mutex_lock(&k->mu);
+    const slot *s = &k->slots[slot_of(subject)];
+    bool yes = s->used && ew_now_us() - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0;
+    pthread_mutex_unlock(&k->mu);
+    return yes;
+}
+
+int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    if (!k || n < 2) return 0;
+    wanted *w = calloc(n, sizeof *w);
+    if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!has_clear_fields(evs[i])) continue;
+        const char *subject = subject_of(evs[i]);
+        /* a bad or missing subject is sealing's to report, event by event */
+        if (!subject || !subject_ok(subject) || cached(k, subject)) continue;
+        w[m++].subject = subject;
+    }
+    int rc = 0;
+    if (m >= 2) {
+        pthread_mutex_lock(&k->mu);
+        for (size_t j = 0; j < m; j++) {
+            w[j].next = k->queue;
+            k->queue = &w[j];
+        }
+        pthread_mutex_unlock(&k->mu);
+        pthread_mutex_lock(&k->db_mu);
+        rc = load_locked(k, err);
+        /* every key queued (ours, and other threads' meanwhile), in one transaction: those
+         * with a row already are left as they are */
+        pthread_mutex_lock(&k->mu);
+        wanted *batch = k->queue;
+        k->queue = NULL;
+        pthread_mutex_unlock(&k->mu);
+        if (!rc) rc = create_keys(k, w[0].subject, batch, err);
+        pthread_mutex_unlock(&k->db_mu);
+        for (size_t j = 0; j < m; j++) /* taken above; a failed load left them queued */
+            dequeue(k, &w[j]);
+    }
+    free(w);
+    return rc;
+}
+
 int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
@@ -982,6 +1054,9 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
         rc = ew__event_replace(ev, mask, values, 0, erased, out, err);
+        /* the ciphertext as it came stays with the plaintext: what its tag covers, what a dead
+         * letter of it keeps */
+        if (!rc) ew__event_keep_received(*out, ev);
     }
     if (text.data) sodium_memzero(text.data, text.len);
     ew_buf_release(&text);

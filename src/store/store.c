@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include "catalog/event_internal.h"
 #include "core/log.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
@@ -610,7 +611,10 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     int rc = 0;
     ew__dlq_put p = {0};
     if (dl->event) {
-        if ((rc = ew__store_encode(s, dl->event, &own[0], NULL, err))) return rc;
+        /* as it was received (at its version, its ciphertext as it came): a retry of it
+         * verifies as the first delivery did */
+        if ((rc = ew__store_encode(s, ew__event_received(dl->event), &own[0], NULL, err)))
+            return rc;
         p.event = own[0];
     } else {
         p.event = own[0] =
