@@ -6,11 +6,16 @@
  * publish_to_handled.metrics_on / .metrics_off: the 1-handler figure with metrics and tracing
  * on (ENABLE_METRICS=true, the default, and a span callback, so that every handler call is
  * timed, counted by type and reported as a span) and off (ENABLE_METRICS=false, no span
- * callback), taking turns, best of five each. */
+ * callback), taking turns, best of five each. The pair runs with EVENT_ENCRYPTION=off: with it on
+ * every event of a new subject makes a data key, committed to the key store on disk, and the
+ * pair would compare two figures of the key store's commits (docs/encryption.md) instead of what
+ * metrics cost the dispatcher. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
@@ -96,13 +101,25 @@ static void span_fn(void *ud, const ew_span *sp)
 
 /* Publishes n new user.registered events to a memory bus with `handlers` subscriptions in as
  * many groups; returns handled events per second, from the first publish to the last handled. */
+/* CPU time of the process (every thread, user and system), in ns. */
+static int64_t cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
+           ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+}
+
+static double last_cpu_rate; /* handled events per second of CPU time of the last run */
+
 static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs)
 {
     ew_config *cfg;
     ew_error err = {0};
     if (ew_config_new(&cfg, &err) || ew_config_set(cfg, "EVENT_BUS_TYPE", "memory", &err) ||
         ew_config_set(cfg, "SERVICE_NAME", "bench", &err) ||
-        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
+        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)) ||
+        (obs != OBS_DEFAULT && ew_config_set(cfg, "EVENT_ENCRYPTION", "off", &err)))
         die("config", &err);
     ew_bus *bus;
     ew_bus_options bo = {.config = cfg, .span = obs == OBS_ON ? span_fn : NULL};
@@ -118,7 +135,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
     if (ew_bus_start(bus, &err)) die("start", &err);
 
     const char *roles[] = {"user"};
-    int64_t t0 = ew_mono_ns();
+    int64_t t0 = ew_mono_ns(), c0 = cpu_ns();
     for (long i = 0; i < n; i++) {
         char id[EW_UUID_LEN + 1];
         ew_uuid7(id);
@@ -134,7 +151,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
         ew_event_unref(ev);
     }
     if (ew_bus_wait_for_events(bus, -1, &err)) die("wait", &err);
-    int64_t ns = ew_mono_ns() - t0;
+    int64_t ns = ew_mono_ns() - t0, cpu = cpu_ns() - c0;
     long handled = 0;
     for (int i = 0; i < handlers; i++)
         handled += counts[i];
@@ -144,6 +161,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
     }
     if (st0 && ew_bus_handler_stats(bus, 0, st0)) abort();
     ew_bus_close(bus);
+    last_cpu_rate = rate(handled, cpu > 0 ? cpu : 1);
     return rate(handled, ns);
 }
 
@@ -173,8 +191,61 @@ static double bench_build(long n)
     return rate(n, ew_mono_ns() - t0);
 }
 
-int main(void)
+/* The metrics pair: on and off taking turns, rounds of each, n events a run; best of each. */
+static double cpu_on, cpu_off; /* the best of each in events per CPU second */
+
+static void bench_metrics_pair(long n, int rounds, double *on, double *off)
 {
+    double v;
+    *on = *off = cpu_on = cpu_off = 0;
+    for (int round = 0; round < rounds; round++) {
+        for (int k = 0; k < 2; k++) {
+            if ((k + round) % 2 == 0) {
+                if ((v = bench_bus_obs(n, 1, NULL, OBS_ON)) > *on) *on = v;
+                if (last_cpu_rate > cpu_on) cpu_on = last_cpu_rate;
+            } else {
+                if ((v = bench_bus_obs(n, 1, NULL, OBS_OFF)) > *off) *off = v;
+                if (last_cpu_rate > cpu_off) cpu_off = last_cpu_rate;
+            }
+        }
+    }
+}
+
+/* The pair by the clock on the wall, and by the CPU time the process spent: on a loaded
+ * machine the first follows the share of the cores the run got, the second what it cost. */
+static void print_metrics_pair(double on, double off)
+{
+    printf("bench: memory.publish_to_handled.metrics_off %.0f events/s\n", off);
+    printf("bench: memory.publish_to_handled.metrics_on %.0f events/s ratio=%.2f "
+           "baseline=memory.publish_to_handled.metrics_off\n",
+           on, on / off);
+    printf("bench: memory.publish_to_handled.metrics_off.cpu %.0f events/cpu-s\n", cpu_off);
+    printf("bench: memory.publish_to_handled.metrics_on.cpu %.0f events/cpu-s ratio=%.2f "
+           "baseline=memory.publish_to_handled.metrics_off.cpu\n",
+           cpu_on, cpu_on / cpu_off);
+}
+
+/* `bench_memory metrics [N [ROUNDS]]` runs the metrics pair alone (N events a run, 1,000,000 by
+ * default; ROUNDS rounds, 5 by default): quicker to repeat while profiling. */
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "metrics") == 0) {
+        long n = argc > 2 ? atol(argv[2]) : 1000000;
+        int rounds = argc > 3 ? atoi(argv[3]) : 5;
+        if (n < 1 || rounds < 1) {
+            fprintf(stderr, "usage: bench_memory [metrics [N [ROUNDS]]]\n");
+            return 2;
+        }
+        double on, off;
+        bench_bus_obs(n / 10 + 1, 1, NULL, OBS_OFF); /* warm up */
+        bench_metrics_pair(n, rounds, &on, &off);
+        if (atomic_load(&spans) != (long)rounds * n) {
+            fprintf(stderr, "bench_memory: not one span per handler call with tracing on\n");
+            return 1;
+        }
+        print_metrics_pair(on, off);
+        return 0;
+    }
     const long n_raw = 2000000, n1 = 2000000, n4 = 1000000;
     bench_bus(100000, 1, NULL); /* warm up: allocator, page faults, thread start */
     double raw = bench_raw(n_raw);
@@ -182,16 +253,8 @@ int main(void)
     double one = bench_bus(n1, 1, &st);
     double four = bench_bus(n4, 4, NULL);
     double build = bench_build(n1);
-    double on = 0, off = 0, v;
-    for (int round = 0; round < 5; round++) {
-        for (int k = 0; k < 2; k++) {
-            if ((k + round) % 2 == 0) {
-                if ((v = bench_bus_obs(n1 / 2, 1, NULL, OBS_ON)) > on) on = v;
-            } else if ((v = bench_bus_obs(n1 / 2, 1, NULL, OBS_OFF)) > off) {
-                off = v;
-            }
-        }
-    }
+    double on, off;
+    bench_metrics_pair(n1 / 2, 5, &on, &off);
     if (atomic_load(&spans) != 5 * (n1 / 2)) {
         fprintf(stderr, "bench_memory: not one span per handler call with tracing on\n");
         return 1;
@@ -204,10 +267,7 @@ int main(void)
     printf("bench: memory.publish_to_handled.4_handlers %.0f events/s ratio=%.2f "
            "baseline=memory.raw_queue\n",
            four, four / raw);
-    printf("bench: memory.publish_to_handled.metrics_off %.0f events/s\n", off);
-    printf("bench: memory.publish_to_handled.metrics_on %.0f events/s ratio=%.2f "
-           "baseline=memory.publish_to_handled.metrics_off\n",
-           on, on / off);
+    print_metrics_pair(on, off);
     printf("# memory: building an event alone (ew_event_new + unref, one thread): %.0f events/s; "
            "1 handler: p50 %.6f ms, p99 %.6f ms in the handler\n",
            build, st.time_p50_ms, st.time_p99_ms);

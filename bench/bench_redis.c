@@ -25,12 +25,16 @@
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
  * (found from $EW_SOURCE_DIR, the working folder or beside this executable) and stopped at the
- * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling). */
+ * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling).
+ * `bench_redis shipped [ROUNDS]` runs publish_to_handled as shipped — authenticated events
+ * (EVENT_AUTH=mac), personal fields encrypted (EVENT_ENCRYPTION=on, a data key per subject),
+ * metrics on and a span callback — against raw_publish_to_handled, taking turns. */
 #ifdef EW_HAVE_REDIS
 #include <hiredis/hiredis.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -370,11 +374,14 @@ static ew_bus *bus_open(const char *pfx)
     return bus_open_with(pfx, NULL, OBS_DEFAULT);
 }
 
+/* How many of the events a bus run publishes: N_EVENTS, or fewer (bench_redis auth ... N). */
+static long n_bus_events = N_EVENTS;
+
 static void bus_publish_all(ew_bus *bus)
 {
     ew_error err = {0};
-    for (long i = 0; i < N_EVENTS; i += BATCH) {
-        long n = N_EVENTS - i < BATCH ? N_EVENTS - i : BATCH;
+    for (long i = 0; i < n_bus_events; i += BATCH) {
+        long n = n_bus_events - i < BATCH ? n_bus_events - i : BATCH;
         if (ew_bus_publish_batch(bus, (const ew_event *const *)events + i, (size_t)n, &err))
             die("publish", err.msg);
     }
@@ -436,8 +443,8 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
         die("subscribe", err.msg);
     int64_t t0 = ew_mono_ns();
     bus_publish_all(bus);
-    wait_count(&cnt, N_EVENTS);
-    double r = rate(N_EVENTS, ew_mono_ns() - t0);
+    wait_count(&cnt, n_bus_events);
+    double r = rate(n_bus_events, ew_mono_ns() - t0);
     ew_bus_close(bus);
     raw_del(key);
     return r;
@@ -503,12 +510,77 @@ int main(int argc, char **argv)
         total += payload_len[i];
     }
     double raw_pub = 0, pub = 0, raw_e2e = 0, e2e = 0, v;
+    if (argc > 1 && strcmp(argv[1], "shipped") == 0) {
+        int rounds = argc > 2 ? atoi(argv[2]) : ROUNDS;
+        snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+        if (rounds < 1 || !mkdtemp(keys_dir)) die("shipped", "usage: bench_redis shipped [ROUNDS]");
+        auth_mac = auth_open("mac");
+        for (int round = 0; round < rounds; round++) {
+            double r = 0, b = 0;
+            for (int k = 0; k < 2; k++) {
+                if ((k + round) % 2 == 0)
+                    r = bench_raw_publish_to_handled();
+                else
+                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON);
+            }
+            if (r > raw_e2e) raw_e2e = r;
+            if (b > e2e) e2e = b;
+            printf("# round %d: raw %.0f events/s, shipped %.0f events/s, ratio %.2f\n", round, r,
+                   b, b / r);
+        }
+        ew_evauth_close(auth_mac);
+        char rm[128];
+        snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+        if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+        printf("bench: bus.redis.raw_publish_to_handled %.0f events/s\n", raw_e2e);
+        printf("bench: bus.redis.publish_to_handled.shipped %.0f events/s ratio=%.2f "
+               "baseline=bus.redis.raw_publish_to_handled\n",
+               e2e, e2e / raw_e2e);
+        return 0;
+    }
     if (only_e2e) {
         bool raw = argc > 2 && strcmp(argv[2], "raw") == 0,
              bus = argc > 2 && strcmp(argv[2], "bus") == 0;
         for (int round = 0; round < 5; round++)
             printf("bus e2e %.0f raw e2e %.0f\n", raw ? 0 : bench_bus_publish_to_handled(round),
                    bus ? 0 : bench_raw_publish_to_handled());
+        return 0;
+    }
+    /* bench_redis auth [off|mac|both [N]]: only publish_to_handled without authentication and
+     * with EVENT_AUTH=mac, taking turns, as in the full run (for profiling, and a loaded
+     * machine: N events a run instead of N_EVENTS); with off or mac, only that one (its peak
+     * memory, which the last line gives) */
+    if (argc > 1 && strcmp(argv[1], "auth") == 0) {
+        const char *only = argc > 2 && strcmp(argv[2], "both") != 0 ? argv[2] : NULL;
+        if (argc > 3 && atol(argv[3]) > 0 && atol(argv[3]) < N_EVENTS) n_bus_events = atol(argv[3]);
+        snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
+        if (!mkdtemp(keys_dir)) die("keys", "cannot make a folder");
+        auth_mac = auth_open("mac");
+        double off = 0, mac = 0;
+        for (int round = 0; round < ROUNDS; round++) {
+            for (int k = 0; k < 2; k++) {
+                bool is_mac = (k + round) % 2 == 1;
+                if (only && strcmp(only, is_mac ? "mac" : "off") != 0) continue;
+                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT);
+                if (is_mac && v > mac) mac = v;
+                if (!is_mac && v > off) off = v;
+            }
+        }
+        ew_evauth_close(auth_mac);
+        char rm[128];
+        snprintf(rm, sizeof rm, "rm -rf %s", keys_dir);
+        if (system(rm) != 0) fprintf(stderr, "could not remove %s\n", keys_dir);
+        if (only && !strcmp(only, "mac"))
+            printf("bench: bus.redis.publish_to_handled_mac %.0f events/s\n", mac);
+        else if (!only)
+            printf("bench: bus.redis.publish_to_handled_mac %.0f events/s ratio=%.2f "
+                   "baseline=bus.redis.publish_to_handled_off\n",
+                   mac, mac / off);
+        if (!only || !strcmp(only, "off"))
+            printf("bench: bus.redis.publish_to_handled_off %.0f events/s\n", off);
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("# peak resident memory %ld KiB\n", ru.ru_maxrss);
         return 0;
     }
     /* raw and bus alternate, each going first every other round */

@@ -115,6 +115,13 @@ const ew_type_info *ew_catalog_at(size_t i);
 /* The field of a type with this name, or NULL. */
 const ew_field_info *ew_type_field(const ew_type_info *t, const char *name);
 
+/* Does s pass the check that events make of a field of this kind -- the same rule, so that a
+ * program can refuse at its door what an event would refuse later? Valid UTF-8, and by kind:
+ * EW_FIELD_UUID 8-4-4-4-12 hex; EW_FIELD_EMAIL local@domain.tld, at most 254 bytes, no spaces,
+ * '<', '>', ',' or '"'; EW_FIELD_TIME RFC 3339; EW_FIELD_URL an absolute http(s) URL;
+ * EW_FIELD_STRING anything. false for NULL and for the other kinds. */
+bool ew_field_valid(ew_field_kind kind, const char *s);
+
 /* The dataschema URI of a type: "urn:eventwire:schema:user.registered:2". Writes at most n bytes
  * and returns the length it needed, like snprintf. */
 int ew_type_schema_uri(const ew_type_info *t, char *buf, size_t n);

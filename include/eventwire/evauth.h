@@ -92,7 +92,10 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
 /* Checks a received event: authenticated by a key of its source that the key store has and that
  * was current when the event was made, and published within the policy; or unauthenticated, of
  * a type the policy admits from foreign producers. 0, or EW_EAUTH (unauthenticated, forged,
- * tampered, unknown or retired key) or EW_EPERM (outside the policy) with the reason. */
+ * tampered, unknown or retired key) or EW_EPERM (outside the policy) with the reason. What is
+ * checked is the event as it was received: an event that decoding upcast from an older version
+ * is checked at the version it was published in, with the data it was published with, and a
+ * decrypted copy as the ciphertext it came as. */
 int ew_evauth_verify(ew_evauth *a, const ew_event *ev, ew_error *err);
 
 /* The canonical form the tag covers (docs/bus-auth.md#the-canonical-form): ev's attributes but

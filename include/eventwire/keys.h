@@ -5,6 +5,8 @@
  * other key tables later migrations add. It is an SQLite file, by default `keys.db` beside the
  * event store's file (KEY_STORE_URL, docs/configuration.md); the file is made 0600 in a folder
  * made 0700, and opening a file that others can read, or that is not this user's, is refused.
+ * With KEY_STORE_URL=postgresql://... it is the schema key_store of that database instead, with
+ * the same tables and migrations (docs/bus-auth.md#the-key-store).
  * The schema is the key store's own (table key_store_migrations numbers its migrations; they
  * are listed in src/security/keys.c and only grow at the end), not the event store's.
  *
@@ -70,14 +72,16 @@ typedef struct ew_keys_options {
  * store is not SQLite). Into buf (n bytes); returns buf, or NULL when it does not fit. */
 const char *ew_keys_default_url(const ew_config *cfg, char *buf, size_t n);
 
-/* Opens the store (creating the file 0600, its folder 0700, when missing) and applies pending
- * migrations. Caller closes it with ew_keys_close(). EW_ECONFIG for a URL that is not
- * sqlite:PATH or a file that others may read or that another user owns, EW_ENOTSUP for
- * postgresql:// (not yet), EW_EIO for a database error. */
+/* Opens the store (creating the file 0600, its folder 0700, when missing; on PostgreSQL the
+ * schema key_store) and applies pending migrations. Caller closes it with ew_keys_close().
+ * EW_ECONFIG for a URL that is neither sqlite:PATH nor postgresql://... or a file that others may
+ * read or that another user owns, EW_ECONNECT for a PostgreSQL server that cannot be reached,
+ * EW_EIO for a database error. */
 int ew_keys_open(ew_keys **out, const ew_keys_options *opts, ew_error *err);
 void ew_keys_close(ew_keys *k);
 
-/* The file path of the store. Borrowed until close. */
+/* The file path of the store; on PostgreSQL its URL without user, password and parameters.
+ * Borrowed until close. */
 const char *ew_keys_path(const ew_keys *k);
 
 /* Adds a key (its kid must be new: EW_EEXIST otherwise). key is copied. */

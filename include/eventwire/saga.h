@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "eventwire/audit.h"
 #include "eventwire/bus.h"
 #include "eventwire/config.h"
 #include "eventwire/error.h"
@@ -185,6 +186,11 @@ typedef struct ew_saga_engine_options {
     void *log_ud;
     int concurrency; /* workers of each subscription; 0: 1 */
     int64_t poll_ms; /* the timer's longest sleep; 0: 1000 */
+    ew_audit *audit; /* NULL: none. Borrowed, must outlive the engine, on a store handle other
+                        than `store`: the audit chain (eventwire/audit.h) where the engine
+                        records the data keys its sagas destroy ("key.shredded", actor
+                        "service:SERVICE_NAME", subject the user's id, details the saga's type
+                        and id), as the UserDeletion saga does */
 } ew_saga_engine_options;
 
 /* Opens an engine (nothing runs until ew_saga_engine_start). Caller frees it with

@@ -191,6 +191,18 @@ ew_inbox ew_store_inbox(ew_store *s);
 /* Deletes processed-event records older than max_age_s seconds. */
 int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_error *err);
 
+/* Makes the rows deleted from the named tables of the schema event_store (names without the
+ * schema: "user_profiles") leave nothing readable in the database's files, as an erasure needs.
+ * PostgreSQL keeps a deleted row in its table's and indexes' pages until VACUUM, and a plain
+ * VACUUM may leave its bytes in a page's free space: this runs VACUUM FULL on each table, which
+ * writes the live rows and indexes into new files and empties the old ones at once — holding an
+ * ACCESS EXCLUSIVE lock on the table while it rewrites it, for a time that grows with the
+ * table. The write-ahead log keeps what it logged until PostgreSQL recycles its segments (after
+ * checkpoints), and backups keep what they hold. On SQLite there is nothing to do (the store runs
+ * with secure_delete: a deleted row is overwritten at once) and it returns 0. Outside any
+ * transaction of s. EW_EINVAL for a name that is not [a-z0-9_], 1 to 63 characters. */
+int ew_store_compact(ew_store *s, const char *const *tables, size_t n, ew_error *err);
+
 /* A transaction on the store's database, as a handler sees it through ew_ctx_txn(). */
 typedef struct ew_txn ew_txn;
 

@@ -17,19 +17,6 @@
 #include "analytics.h"
 #include "eventwire/clock.h"
 
-/* The user an event is about: its data's user_id field, when its type has one. */
-static const char *event_user(const ew_event *ev)
-{
-    const ew_type_info *ti = ew_event_info(ev);
-    const ew_field_info *f = ti ? ew_type_field(ti, "user_id") : NULL;
-    if (!f || f->kind != EW_FIELD_UUID) return NULL;
-    const char *data = ew_event_data_as(ev, ti->id);
-    if (!data) return NULL;
-    const char *v;
-    memcpy(&v, data + f->offset, sizeof v);
-    return v && *v ? v : NULL;
-}
-
 /* Events of the GDPR machinery (exports, deletions) and analytics' own are counted, but are not
  * activity of the user they name: per-user rows are what the user did. */
 static bool user_activity(const char *type)
@@ -77,7 +64,7 @@ static ew_handler_result on_any(const ew_event *ev, ew_handler_ctx *ctx, void *u
                     " THEN excluded.last_at ELSE c.last_at END",
                     p, 2, NULL, &e))
         return svc_retry(a->s, ctx, "counting an event", &e);
-    const char *user = user_activity(type) ? event_user(ev) : NULL;
+    const char *user = user_activity(type) ? svc_event_user(ev) : NULL;
     if (!user) return EW_HANDLER_OK;
     bool skip;
     if (not_counted(t, user, &skip, &e)) return svc_retry(a->s, ctx, "reading erasures", &e);
@@ -117,7 +104,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
     }
     char at[EW_TIME_LEN + 1], now[EW_TIME_LEN + 1];
     ew_time_format(ew_event_time_us(ev), at);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *p[] = {d->user_id, at, now};
     if (ew_txn_exec(t,
                     "INSERT INTO event_store.analytics_users (user_id, registered_at, tracked_at)"
@@ -140,7 +127,7 @@ static ew_handler_result on_consent(const ew_event *ev, ew_handler_ctx *ctx, voi
     ew_error e = {0};
     char h[65], now[EW_TIME_LEN + 1];
     analytics_user_hash(d->user_id, h);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *ph[] = {h, now}, *pu[] = {d->user_id};
     int rc;
     if (d->granted) {
@@ -170,7 +157,7 @@ static int remember_erasure(svc *s, void *ud, ew_txn *t, const char *user_id, ew
 {
     char h[65], now[EW_TIME_LEN + 1];
     analytics_user_hash(user_id, h);
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     const char *p[] = {h, now};
     return ew_txn_exec(t,
                        "INSERT INTO event_store.analytics_erased (user_hash, erased_at)"
@@ -205,12 +192,9 @@ const svc_gdpr analytics_gdpr = {
     .failure = svc_retry,
 };
 
-int analytics_handlers(analytics *a, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"#", on_any},
-        {"user.registered", on_registered},
-        {"user.consent_changed", on_consent},
-    };
-    return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
-}
+const svc_handler analytics_handlers[] = {
+    {"#", on_any},
+    {"user.registered", on_registered},
+    {"user.consent_changed", on_consent},
+    {0},
+};

@@ -12,8 +12,8 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
 {
     auth *a = ud;
     const ew_user_profile_created *d = ew_user_profile_created_data(ev);
-    char now[32];
-    auth_time(0, now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     const char *p[] = {d->user_id, now};
     ew_error e = {0};
     if (ew_txn_exec(ew_ctx_txn(ctx),
@@ -30,8 +30,8 @@ static ew_handler_result on_deactivated(const ew_event *ev, ew_handler_ctx *ctx,
 {
     auth *a = ud;
     const ew_user_deactivated *d = ew_user_deactivated_data(ev);
-    char now[32];
-    auth_time(0, now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     const char *p[] = {d->user_id, now, d->reason};
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
@@ -64,8 +64,8 @@ static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx
         ew_json_write_string(&b, d->roles.items[i], strlen(d->roles.items[i]));
     }
     ew_buf_putc(&b, ']');
-    char now[32];
-    auth_time(0, now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     const char *p[] = {d->user_id, b.data, now};
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
@@ -123,12 +123,9 @@ const svc_gdpr auth_gdpr = {
     .failure = svc_failed,
 };
 
-int auth_handlers(auth *a, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.profile_created", on_profile_created},
-        {"user.deactivated", on_deactivated},
-        {"user.role_changed", on_role_changed},
-    };
-    return svc_subscribe_all(a->s, subs, sizeof subs / sizeof subs[0], a, err);
-}
+const svc_handler auth_handlers[] = {
+    {"user.profile_created", on_profile_created},
+    {"user.deactivated", on_deactivated},
+    {"user.role_changed", on_role_changed},
+    {0},
+};

@@ -23,6 +23,35 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
+/* A slot to compute a password hash in: 0, or -1 when none came free within 10 s. Every 0 is
+ * followed by hash_end(). Bounds the memory hashes take, whatever the load. */
+static int hash_begin(auth *a)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    int rc = 0;
+    pthread_mutex_lock(&a->hash_mu);
+    while (a->hashing >= a->max_hashes && rc == 0)
+        rc = pthread_cond_timedwait(&a->hash_cv, &a->hash_mu, &until);
+    if (a->hashing < a->max_hashes) {
+        a->hashing++;
+        rc = 0;
+    } else {
+        rc = -1;
+    }
+    pthread_mutex_unlock(&a->hash_mu);
+    return rc;
+}
+
+static void hash_end(auth *a)
+{
+    pthread_mutex_lock(&a->hash_mu);
+    a->hashing--;
+    pthread_cond_signal(&a->hash_cv);
+    pthread_mutex_unlock(&a->hash_mu);
+}
+
 static bool username_valid(const char *u)
 {
     size_t n = strlen(u);
@@ -83,16 +112,7 @@ static size_t parse_roles(const char *text, ew_arena *ar, const char **items, si
     return n;
 }
 
-/* Answers 429 with Retry-After: wait_s. */
-static void too_many(ew_http_response *res, int64_t wait_s, const char *what)
-{
-    char v[24];
-    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
-    ew_http_header_add(res, "Retry-After", v);
-    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
-}
-
-/* Answers 503 when no password hash could start (auth_hash_begin). */
+/* Answers 503 when no password hash could start (hash_begin). */
 static void too_busy(ew_http_response *res)
 {
     ew_http_header_add(res, "Retry-After", "1");
@@ -122,19 +142,6 @@ static int begin_on_user(auth *a, ew_http_response *res, const char *user_id, co
     return 1;
 }
 
-/* The {id} of the path, which the caller must be, or be an admin (403); and which must be a user
- * id the service could have made (404). */
-static const char *path_user(const ew_http_request *rq, ew_http_response *res)
-{
-    const char *id = ew_http_param(rq, "id");
-    if (svc_allow_user(res, id)) return NULL;
-    if (!svc_uuid_valid(id)) {
-        ew_http_reply_error(res, 404, NULL, "no user %.64s", id ? id : "");
-        return NULL;
-    }
-    return id;
-}
-
 /* ---- POST /auth/register ------------------------------------------------------------------- */
 
 static void h_register(const ew_http_request *rq, ew_http_response *res, void *ud)
@@ -154,10 +161,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
                             USERNAME_MIN, USERNAME_MAX);
         return;
     }
-    if (!svc_email_valid(email_in)) {
-        ew_http_reply_error(res, 400, "email", "'%.64s' is not a valid email address", email_in);
-        return;
-    }
+    if (svc_require_email(res, "email", email_in)) return;
     if (password_ok(res, "password", password)) return;
     /* registrations per client address: every well-formed request counts, taken or not */
     char by_addr[80];
@@ -165,7 +169,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     int64_t wait = svc_limiter_take(a->limits, by_addr, a->registrations_address, a->window_s,
                                     ew_now_us() / 1000000);
     if (wait) {
-        too_many(res, wait, "registrations");
+        svc_reply_too_many(res, wait, "registrations");
         return;
     }
     char email[EMAIL_MAX + 1], key[USERNAME_MAX + 1];
@@ -175,12 +179,12 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     lower(key);
 
     char hash[crypto_pwhash_STRBYTES];
-    if (auth_hash_begin(a)) {
+    if (hash_begin(a)) {
         too_busy(res);
         return;
     }
     int hrc = crypto_pwhash_str(hash, password, strlen(password), a->opslimit, a->memlimit);
-    auth_hash_end(a);
+    hash_end(a);
     if (hrc) {
         ew_error e = {0};
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
@@ -189,7 +193,7 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     }
     char user_id[EW_UUID_LEN + 1], now[32];
     ew_uuid7(user_id);
-    auth_time(0, now);
+    svc_time(0, now);
     static const char *const roles[] = {"user"};
     char *roles_json = json_strlist(roles, 1);
 
@@ -275,7 +279,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     int64_t wait = svc_limiter_check(a->limits, acct, a->fail_account, a->window_s, now_s);
     int64_t wait2 = svc_limiter_check(a->limits, addr, a->fail_address, a->window_s, now_s);
     if (wait || wait2) {
-        too_many(res, wait > wait2 ? wait : wait2, "failed logins");
+        svc_reply_too_many(res, wait > wait2 ? wait : wait2, "failed logins");
         return;
     }
 
@@ -303,18 +307,18 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     }
     /* the password is checked outside any transaction: it takes a while on purpose */
     const char *stored = row.found && row.v[1] ? row.v[1] : a->dummy_hash;
-    if (auth_hash_begin(a)) {
+    if (hash_begin(a)) {
         svc_row_free(&row);
         too_busy(res);
         return;
     }
     int good = crypto_pwhash_str_verify(stored, password, strlen(password)) == 0 && row.found;
-    auth_hash_end(a);
+    hash_end(a);
     if (!good) {
         svc_limiter_hit(a->limits, acct, a->window_s, now_s);
         svc_limiter_hit(a->limits, addr, a->window_s, now_s);
         /* the account by id when it exists; never the name or address that was tried */
-        svc_audit(a->s, "anonymous", "auth.login_failed", row.found ? row.v[0] : NULL,
+        svc_audit(a->s, rq, "anonymous", "auth.login_failed", row.found ? row.v[0] : NULL,
                   "{\"reason\":\"wrong password or no such account\"}");
         svc_row_free(&row);
         ew_http_reply_error(res, 401, NULL, "wrong %s or password",
@@ -322,7 +326,7 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
         return;
     }
     if (!row.v[2] || strcmp(row.v[2], "active")) {
-        svc_audit(a->s, "anonymous", "auth.login_failed", row.v[0],
+        svc_audit(a->s, rq, "anonymous", "auth.login_failed", row.v[0],
                   "{\"reason\":\"account deactivated\"}");
         svc_row_free(&row);
         ew_http_reply_error(res, 403, NULL, "this account is deactivated");
@@ -341,8 +345,8 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     size_t nroles = parse_roles(row.v[3], &ar, roles, ROLES_MAX * 2);
     svc_row_free(&row);
 
-    char token[SVC_TOKEN_MAX + 1], hash[AUTH_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
-    char now[32], expires[32], agent[USER_AGENT_MAX + 1];
+    char token[SVC_TOKEN_MAX + 1], hash[SVC_SECRET_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
+    char now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1], agent[USER_AGENT_MAX + 1];
     ew_uuid7(session_id);
     rc =
         svc_token_sign(&a->keys, user_id, session_id, roles, nroles, iat, exp, token, sizeof token);
@@ -352,8 +356,8 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
         svc_reply_failure(a->s, res, "logging in", &e);
         return;
     }
-    auth_token_hash(token, hash);
-    auth_time(0, now);
+    svc_secret_hash(token, hash);
+    svc_time(0, now);
     ew_time_format(exp * 1000000, expires);
     const char *ip = ew_http_client_addr(rq);
     const char *ua = ew_http_header(rq, "User-Agent");
@@ -382,7 +386,7 @@ failed:
     char who[EW_UUID_LEN + 8], details[80];
     snprintf(who, sizeof who, "user:%s", user_id);
     snprintf(details, sizeof details, "{\"session_id\":\"%s\"}", session_id);
-    svc_audit(a->s, who, "auth.login", user_id, details);
+    svc_audit(a->s, rq, who, "auth.login", user_id, details);
     ew_http_header_add(res, "Cache-Control", "no-store");
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "token", token);
@@ -401,9 +405,9 @@ static void h_logout(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     (void)rq;
     auth *a = ud;
-    const svc_claims *c = svc_caller();
-    char now[32];
-    auth_time(0, now);
+    const svc_claims *c = svc_caller(rq);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     ew_txn *t;
     ew_error e = {0};
     int rc = svc_begin(a->s, &t, &e);
@@ -422,7 +426,7 @@ failed:
         svc_reply_failure(a->s, res, "logging out", &e);
         return;
     }
-    svc_audit(a->s, NULL, "auth.logout", c->sub, NULL);
+    svc_audit(a->s, rq, NULL, "auth.logout", c->sub, NULL);
     ew_http_status(res, 204);
 }
 
@@ -431,8 +435,8 @@ failed:
 static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     auth *a = ud;
-    if (svc_require_admin(res)) return;
-    const char *user_id = path_user(rq, res);
+    if (svc_require_admin(rq, res)) return;
+    const char *user_id = svc_path_user(rq, res, "id", "user");
     if (!user_id) return;
     static const char *const fields[] = {"roles", NULL};
     const char *roles[ROLES_MAX];
@@ -451,9 +455,9 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
                                 roles[i]);
             return;
         }
-    const char *by = svc_caller()->sub;
+    const char *by = svc_caller(rq)->sub;
     char *roles_json = json_strlist(roles, n), now[32];
-    auth_time(0, now);
+    svc_time(0, now);
     ew_arena ar;
     ew_arena_init(&ar, NULL, 0);
     ew_txn *t;
@@ -485,7 +489,7 @@ failed:
     ew_buf d;
     ew_buf_init(&d);
     ew_buf_printf(&d, "{\"roles\":%s}", roles_json ? roles_json : "null");
-    svc_audit(a->s, NULL, "user.role_changed", user_id, d.oom ? NULL : d.data);
+    svc_audit(a->s, rq, NULL, "user.role_changed", user_id, d.oom ? NULL : d.data);
     ew_buf_release(&d);
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "user_id", user_id);
@@ -521,10 +525,7 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     if (svc_json_only(rq, res, fields) ||
         svc_json_str(rq, res, "email", SVC_REQUIRED, EMAIL_MAX, &email_in))
         return;
-    if (!svc_email_valid(email_in)) {
-        ew_http_reply_error(res, 400, "email", "'%.64s' is not a valid email address", email_in);
-        return;
-    }
+    if (svc_require_email(res, "email", email_in)) return;
     char email[EMAIL_MAX + 1];
     snprintf(email, sizeof email, "%s", email_in);
     lower(email);
@@ -536,7 +537,7 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     int64_t wait = svc_limiter_take(a->limits, by_addr, a->resets_address, a->window_s, now_s);
     if (!wait) wait = svc_limiter_take(a->limits, by_email, a->resets_email, a->window_s, now_s);
     if (wait) {
-        too_many(res, wait, "password reset requests");
+        svc_reply_too_many(res, wait, "password reset requests");
         return;
     }
     ew_txn *t;
@@ -554,13 +555,13 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
         ew_txn_rollback(t);
         goto accepted;
     }
-    char request_id[EW_UUID_LEN + 1], token[AUTH_TOKEN_LEN + 1], hash[AUTH_HASH_LEN + 1];
-    char now[32], expires[32];
+    char request_id[EW_UUID_LEN + 1], token[SVC_SECRET_LEN + 1], hash[SVC_SECRET_HASH_LEN + 1];
+    char now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1];
     ew_uuid7(request_id);
-    auth_new_token(token);
-    auth_token_hash(token, hash);
-    auth_time(0, now);
-    auth_time(a->reset_ttl_s, expires);
+    svc_secret_new(token);
+    svc_secret_hash(token, hash);
+    svc_time(0, now);
+    svc_time(a->reset_ttl_s, expires);
     const char *ins[] = {request_id, rc ? "" : row.v[0], hash, now, expires};
     if (!rc)
         rc = ew_txn_exec(t,
@@ -647,9 +648,9 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
         svc_json_str(rq, res, "password", SVC_REQUIRED, PASSWORD_MAX, &password) ||
         password_ok(res, "password", password))
         return;
-    char hash[AUTH_HASH_LEN + 1], now[32], pwhash[crypto_pwhash_STRBYTES];
-    auth_token_hash(token, hash);
-    auth_time(0, now);
+    char hash[SVC_SECRET_HASH_LEN + 1], now[EW_TIME_LEN + 1], pwhash[crypto_pwhash_STRBYTES];
+    svc_secret_hash(token, hash);
+    svc_time(0, now);
     ew_error e = {0};
     svc_row row = {0};
     /* the token first: a wrong one costs no password hash */
@@ -660,13 +661,13 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
         return;
     }
     /* hashed outside any transaction: it takes a while on purpose */
-    if (auth_hash_begin(a)) {
+    if (hash_begin(a)) {
         svc_row_free(&row);
         too_busy(res);
         return;
     }
     int hrc = crypto_pwhash_str(pwhash, password, strlen(password), a->opslimit, a->memlimit);
-    auth_hash_end(a);
+    hash_end(a);
     if (hrc) {
         svc_row_free(&row);
         ew_error_set(&e, EW_ENOMEM, "crypto_pwhash_str failed (out of memory)");
@@ -720,7 +721,7 @@ failed:
         svc_reply_failure(a->s, res, "resetting the password", &e);
         return;
     }
-    svc_audit(a->s, "anonymous", "auth.password_reset", row.v[1], NULL);
+    svc_audit(a->s, rq, "anonymous", "auth.password_reset", row.v[1], NULL);
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "user_id", row.v[1]);
     ew_http_obj_str(res, "status", "password changed");
@@ -733,7 +734,7 @@ failed:
 static void h_user(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     auth *a = ud;
-    const char *user_id = path_user(rq, res);
+    const char *user_id = svc_path_user(rq, res, "id", "user");
     if (!user_id) return;
     ew_txn *t;
     ew_error e = {0};
@@ -769,7 +770,7 @@ static void h_user(const ew_http_request *rq, ew_http_response *res, void *ud)
 static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     auth *a = ud;
-    const char *user_id = path_user(rq, res);
+    const char *user_id = svc_path_user(rq, res, "id", "user");
     if (!user_id) return;
     const char *reason = ew_http_query(rq, "reason");
     if (reason && strlen(reason) > 500) {
@@ -780,7 +781,7 @@ static void h_delete(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 400, "reason", "reason is not valid UTF-8");
         return;
     }
-    const char *by = svc_caller()->sub;
+    const char *by = svc_caller(rq)->sub;
     char request_id[EW_UUID_LEN + 1];
     ew_uuid7(request_id);
     ew_txn *t;
@@ -806,24 +807,21 @@ failed:
     }
     char details[80];
     snprintf(details, sizeof details, "{\"request_id\":\"%s\"}", request_id);
-    svc_audit(a->s, NULL, "user.deletion_requested", user_id, details);
+    svc_audit(a->s, rq, NULL, "user.deletion_requested", user_id, details);
     ew_http_obj_begin(res, 202);
     ew_http_obj_str(res, "request_id", request_id);
     ew_http_obj_str(res, "user_id", user_id);
     ew_http_obj_end(res);
 }
 
-int auth_routes(auth *a, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"POST /auth/register", EW_HTTP_JSON | SVC_PUBLIC, h_register},
-        {"POST /auth/login", EW_HTTP_JSON | SVC_PUBLIC, h_login},
-        {"POST /auth/logout", 0, h_logout},
-        {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
-        {"POST /auth/password-reset", EW_HTTP_JSON | SVC_PUBLIC, h_reset_request},
-        {"POST /auth/password-reset/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_reset_confirm},
-        {"GET /auth/users/{id}", 0, h_user},
-        {"DELETE /auth/users/{id}", 0, h_delete},
-    };
-    return svc_route_all(a->s, routes, sizeof routes / sizeof routes[0], a, err);
-}
+const svc_http_route auth_routes[] = {
+    {"POST /auth/register", EW_HTTP_JSON | SVC_PUBLIC, h_register},
+    {"POST /auth/login", EW_HTTP_JSON | SVC_PUBLIC, h_login},
+    {"POST /auth/logout", 0, h_logout},
+    {"PUT /auth/users/{id}/roles", EW_HTTP_JSON, h_roles},
+    {"POST /auth/password-reset", EW_HTTP_JSON | SVC_PUBLIC, h_reset_request},
+    {"POST /auth/password-reset/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_reset_confirm},
+    {"GET /auth/users/{id}", 0, h_user},
+    {"DELETE /auth/users/{id}", 0, h_delete},
+    {0},
+};

@@ -43,6 +43,7 @@ struct svc {
     ew_metrics *metrics; /* GET /metrics */
     ew_otlp *otlp;       /* OTEL_EXPORTER_OTLP_ENDPOINT: spans of handlers and requests */
     svc_keeper *keeper;  /* retention, on a timer */
+    char **erase_tables; /* the keeper's: the tables an erasure deletes from */
     ew_audit *audit;     /* who did what: the service's chain (eventwire/audit.h) */
     ew_evauth *evauth;   /* the service's bus key and the bus policy; NULL with EVENT_AUTH=off */
     /* a key made or rotated while opening, before the chain was open: recorded once it is */
@@ -56,6 +57,7 @@ struct svc {
     pthread_cond_t cv;
     int wake, stop;
     int64_t poll_ms;
+    int64_t outbox_max; /* OUTBOX_MAX_PENDING; 0: no bound */
     /* passes begun and ended, and what the last one published (under mu; svc_settle) */
     uint64_t passes_begun, passes_ended;
     size_t last_sent;
@@ -68,13 +70,15 @@ struct svc {
     int64_t token_ttl_s;
     struct guard *guards; /* the routes that require a token */
     struct svc_sub *subs; /* svc_subscribe's wrappers, freed at the end */
+    /* What the inbox's transactions did, for waking the relay after a commit that emitted (see
+     * "the inbox" below). Under hmu. */
+    pthread_mutex_t hmu;
+    void **emitted; /* the open inbox transactions in which svc_ctx_emit() added an event */
+    size_t nemitted, cap_emitted;
+    bool holding;         /* a thread holds the database (ew_inbox_ops.hold): holder */
+    pthread_t holder;     /* its commits happen at its release */
+    bool wake_at_release; /* and one of them emitted */
 };
-
-/* Set by svc_ctx_emit() on a handler's thread, read by the inbox commit that follows on it. */
-static _Thread_local int tl_emitted;
-/* The handler's thread holds the database (a batch of deliveries, ew_inbox_ops.hold), and a
- * commit in it emitted: the relay is woken at the release. */
-static _Thread_local int tl_holding, tl_wake;
 
 /* ---- logging ------------------------------------------------------------------------------- */
 
@@ -128,36 +132,50 @@ typedef struct guard {
     char *method, *tmpl; /* "GET" and "/users/{id}": the route split at its space */
 } guard;
 
-/* The caller of the request this thread is handling (a guarded route's handler runs on it). */
-static _Thread_local const svc_claims *tl_caller;
-
-const svc_claims *svc_caller(void)
+/* The caller travels with the request: the guard attaches the token's claims to it
+ * (ew_http_set_data), and every question about the caller is asked of the request. */
+const svc_claims *svc_caller(const ew_http_request *rq)
 {
-    return tl_caller;
+    return rq ? ew_http_data(rq) : NULL;
 }
 
-bool svc_caller_admin(void)
+bool svc_caller_admin(const ew_http_request *rq)
 {
-    return tl_caller && tl_caller->admin;
+    const svc_claims *c = svc_caller(rq);
+    return c && c->admin;
 }
 
-bool svc_caller_may(const char *user_id)
+bool svc_caller_may(const ew_http_request *rq, const char *user_id)
 {
-    return tl_caller && (tl_caller->admin || (user_id && !strcmp(tl_caller->sub, user_id)));
+    const svc_claims *c = svc_caller(rq);
+    return c && (c->admin || (user_id && !strcmp(c->sub, user_id)));
 }
 
-int svc_allow_user(ew_http_response *res, const char *user_id)
+int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char *user_id)
 {
-    if (svc_caller_may(user_id)) return 0;
+    if (svc_caller_may(rq, user_id)) return 0;
     ew_http_reply_error(res, 403, NULL, "forbidden: only the user themselves or an admin may");
     return -1;
 }
 
-int svc_require_admin(ew_http_response *res)
+int svc_require_admin(const ew_http_request *rq, ew_http_response *res)
 {
-    if (svc_caller_admin()) return 0;
+    if (svc_caller_admin(rq)) return 0;
     ew_http_reply_error(res, 403, NULL, "forbidden: only an admin may");
     return -1;
+}
+
+const char *svc_path_user(const ew_http_request *rq, ew_http_response *res, const char *param,
+                          const char *what)
+{
+    const char *id = ew_http_param(rq, param);
+    if (svc_allow_user(rq, res, id)) return NULL;
+    if (svc_uuid_valid(id)) return id;
+    if (what)
+        ew_http_reply_error(res, 404, NULL, "no %s %.64s", what, id ? id : "");
+    else
+        svc_require_uuid(res, param, id);
+    return NULL;
 }
 
 static void reply_401(ew_http_response *res, const char *error, const char *why)
@@ -227,9 +245,7 @@ static void guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 500, NULL, "internal error");
         return;
     }
-    tl_caller = c;
     g->fn(rq, res, g->ud);
-    tl_caller = NULL;
 }
 
 int svc_route(svc *s, const char *route, unsigned flags, ew_http_handler fn, void *ud,
@@ -275,6 +291,22 @@ void svc_random_uuid(char out[37])
     }
     *o = '\0';
     sodium_memzero(b, sizeof b);
+}
+
+void svc_secret_new(char out[SVC_SECRET_LEN + 1])
+{
+    unsigned char raw[32];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(out, SVC_SECRET_LEN + 1, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(raw, sizeof raw);
+}
+
+void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1])
+{
+    unsigned char h[32];
+    crypto_generichash(h, sizeof h, (const unsigned char *)secret, strlen(secret), NULL, 0);
+    sodium_bin2hex(out, SVC_SECRET_HASH_LEN + 1, h, sizeof h);
 }
 
 void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before)
@@ -380,7 +412,7 @@ static void audit_evauth(svc *s, ew_evauth_notice_kind kind, const ew_event *ev,
         }
     }
     ew_buf_putc(&d, '}');
-    if (!d.oom) svc_audit(s, actor, action, ev ? ew_event_id(ev) : NULL, d.data);
+    if (!d.oom) svc_audit(s, NULL, actor, action, ev ? ew_event_id(ev) : NULL, d.data);
     ew_buf_release(&d);
 }
 
@@ -389,12 +421,12 @@ static void on_evauth(void *ud, ew_evauth_notice_kind kind, const ew_event *ev, 
     audit_evauth(ud, kind, ev, detail);
 }
 
-void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
-               const char *details)
+void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char *action,
+               const char *subject, const char *details)
 {
     char who[64];
     if (!actor) {
-        const svc_claims *c = svc_caller();
+        const svc_claims *c = svc_caller(rq);
         if (c)
             snprintf(who, sizeof who, "user:%s", c->sub);
         else
@@ -488,14 +520,16 @@ static bool runs_for_erased(ew_type_id t)
            t == EW_T_USER_TOKENS_REVOKED;
 }
 
-/* The user an event is about: its data's user_id. */
-static const char *user_of(const ew_event *ev)
+const char *svc_event_user(const ew_event *ev)
 {
-    const ew_type_info *t = ew_event_info(ev);
-    const ew_field_info *f = ew_type_field(t, "user_id");
+    const ew_type_info *ti = ew_event_info(ev);
+    const ew_field_info *f = ti ? ew_type_field(ti, "user_id") : NULL;
     if (!f || f->kind != EW_FIELD_UUID) return NULL;
-    return *(const char *const *)(const void *)((const char *)ew_event_data_as(ev, t->id) +
-                                                f->offset);
+    const char *data = ew_event_data_as(ev, ti->id);
+    if (!data) return NULL;
+    const char *v;
+    memcpy(&v, data + f->offset, sizeof v);
+    return v && *v ? v : NULL;
 }
 
 static int found_row(void *ud, const ew_row *row)
@@ -510,7 +544,7 @@ static ew_handler_result erasure_guard(const ew_event *ev, ew_handler_ctx *ctx, 
     svc_sub *w = ud;
     if (w->s->def->runs_for_erased_users || runs_for_erased(ew_event_type_id(ev)))
         return w->fn(ev, ctx, w->ud);
-    const char *user = user_of(ev);
+    const char *user = svc_event_user(ev);
     bool erased = ew_event_erased(ev);
     ew_txn *t = ew_ctx_txn(ctx);
     if (!erased && user && t) {
@@ -666,13 +700,62 @@ static void relay_stop(svc *s)
     s->relay_started = 0;
 }
 
-/* ---- the inbox: the database's, and a wake-up of the relay after commits that emitted ----- */
+/* ---- the inbox: the database's, and a wake-up of the relay after commits that emitted -----
+ *
+ * The dispatcher hands the inbox's transaction to the handler (ew_ctx_txn) and then to commit()
+ * or rollback(): the transaction is what links an emit to its commit. svc_ctx_emit() notes it in
+ * s->emitted; commit() takes it out and wakes the relay once the commit is done -- at the release
+ * when the committing thread holds the database (a batch of deliveries, ew_inbox_ops.hold): its
+ * commit happens there, and a relay woken earlier would only commit it early. */
+
+static bool emitted_find(svc *s, void *txn, size_t *at)
+{
+    for (size_t i = 0; i < s->nemitted; i++)
+        if (s->emitted[i] == txn) {
+            *at = i;
+            return true;
+        }
+    return false;
+}
+
+static int emitted_add(svc *s, void *txn, ew_error *err)
+{
+    pthread_mutex_lock(&s->hmu);
+    size_t at;
+    int rc = 0;
+    if (!emitted_find(s, txn, &at)) {
+        if (s->nemitted == s->cap_emitted) {
+            size_t cap = s->cap_emitted ? s->cap_emitted * 2 : 8;
+            void **p = realloc(s->emitted, cap * sizeof *p);
+            if (p) {
+                s->emitted = p;
+                s->cap_emitted = cap;
+            }
+        }
+        if (s->nemitted < s->cap_emitted)
+            s->emitted[s->nemitted++] = txn;
+        else
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    }
+    pthread_mutex_unlock(&s->hmu);
+    return rc;
+}
+
+/* Whether an event was emitted in txn; forgets it. */
+static bool emitted_take(svc *s, void *txn)
+{
+    pthread_mutex_lock(&s->hmu);
+    size_t at;
+    bool found = emitted_find(s, txn, &at);
+    if (found) s->emitted[at] = s->emitted[--s->nemitted];
+    pthread_mutex_unlock(&s->hmu);
+    return found;
+}
 
 static int ib_begin(void *self, const char *handler, const char *event_id, void **txn,
                     ew_error *err)
 {
     svc *s = self;
-    tl_emitted = 0;
     return s->inner.ops->begin(s->inner.self, handler, event_id, txn, err);
 }
 
@@ -680,21 +763,21 @@ static int ib_commit(void *self, const char *handler, const char *event_id, void
                      ew_error *err)
 {
     svc *s = self;
+    bool emitted = emitted_take(s, txn);
     int rc = s->inner.ops->commit(s->inner.self, handler, event_id, txn, err);
-    if (!rc && tl_emitted) {
-        if (tl_holding) /* committed at the release: the relay would only commit it early */
-            tl_wake = 1;
-        else
-            relay_wake(s);
-    }
-    tl_emitted = 0;
-    return rc;
+    if (rc || !emitted) return rc;
+    pthread_mutex_lock(&s->hmu);
+    bool later = s->holding && pthread_equal(s->holder, pthread_self());
+    if (later) s->wake_at_release = true; /* committed at the release */
+    pthread_mutex_unlock(&s->hmu);
+    if (!later) relay_wake(s);
+    return 0;
 }
 
 static void ib_rollback(void *self, void *txn)
 {
     svc *s = self;
-    tl_emitted = 0;
+    emitted_take(s, txn);
     s->inner.ops->rollback(s->inner.self, txn);
 }
 
@@ -702,8 +785,13 @@ static int ib_hold(void *self, ew_error *err)
 {
     svc *s = self;
     int rc = s->inner.ops->hold(s->inner.self, err);
-    tl_holding = rc == 0;
-    tl_wake = 0;
+    if (rc == 0) { /* one holder per handle: the store refuses a second */
+        pthread_mutex_lock(&s->hmu);
+        s->holding = true;
+        s->holder = pthread_self();
+        s->wake_at_release = false;
+        pthread_mutex_unlock(&s->hmu);
+    }
     return rc;
 }
 
@@ -711,8 +799,12 @@ static int ib_release(void *self, ew_error *err)
 {
     svc *s = self;
     int rc = s->inner.ops->release(s->inner.self, err);
-    if (tl_wake) relay_wake(s); /* also after a failure: what did commit is worth sending */
-    tl_holding = tl_wake = 0;
+    pthread_mutex_lock(&s->hmu);
+    bool mine = s->holding && pthread_equal(s->holder, pthread_self());
+    bool wake = mine && s->wake_at_release;
+    if (mine) s->holding = s->wake_at_release = false;
+    pthread_mutex_unlock(&s->hmu);
+    if (wake) relay_wake(s); /* also after a failure: what did commit is worth sending */
     return rc;
 }
 
@@ -737,9 +829,38 @@ static int emit(ew_txn *t, ew_type_id type, const void *data, const ew_event_att
     return rc;
 }
 
+static int count_row(void *ud, const ew_row *row)
+{
+    *(long long *)ud = row->ncols && row->values[0] ? atoll(row->values[0]) : 0;
+    return 0;
+}
+
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err)
+{
+    if (s->outbox_max <= 0) return 0;
+    /* counts no further than the bound: the unsent rows have an index of their own */
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM (SELECT 1 FROM event_store.outbox WHERE sent_at IS NULL "
+             "LIMIT %lld) AS pending",
+             (long long)s->outbox_max);
+    long long n = 0;
+    int rc = ew_txn_query(t, sql, NULL, 0, count_row, &n, err);
+    if (rc) return rc;
+    if (n < s->outbox_max) return 0;
+    return ew_error_set(err, EW_EAGAIN,
+                        "the outbox holds %lld events not yet published (OUTBOX_MAX_PENDING): "
+                        "the bus is down or slow",
+                        n);
+}
+
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err)
 {
+    if (rq) {
+        int rc = svc_outbox_room(s, t, err);
+        if (rc) return rc;
+    }
     ew_event_attrs a = {.source = s->def->name,
                         .subject = subject,
                         .traceparent = rq ? ew_http_traceparent(rq) : NULL};
@@ -770,7 +891,7 @@ int svc_ctx_emit(svc *s, ew_handler_ctx *ctx, ew_type_id type, const void *data,
     a.source = s->def->name;
     a.subject = subject;
     int rc = emit(t, type, data, &a, err);
-    if (!rc) tl_emitted = 1;
+    if (!rc) rc = emitted_add(s, t, err);
     return rc;
 }
 
@@ -840,11 +961,20 @@ void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew
 {
     int code = err ? err->code : 0;
     svc_log(s, EW_LOG_ERROR, "%s: %s", what, err && err->msg[0] ? err->msg : ew_strerror(code));
-    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN)
+    if (code == EW_ECONNECT || code == EW_ETIMEDOUT || code == EW_EAGAIN) {
+        ew_http_header_add(res, "Retry-After", SVC_RETRY_AFTER_S);
         ew_http_reply_error(res, 503, NULL, "%s: the service is unavailable; try again later",
                             what);
-    else
+    } else
         ew_http_reply_error(res, 500, NULL, "%s: internal error (see the service's log)", what);
+}
+
+void svc_reply_too_many(ew_http_response *res, int64_t wait_s, const char *what)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+    ew_http_header_add(res, "Retry-After", v);
+    ew_http_reply_error(res, 429, NULL, "too many %s; try again in %s s", what, v);
 }
 
 /* ---- health -------------------------------------------------------------------------------- */
@@ -896,8 +1026,8 @@ static int create_schema(svc *s, ew_error *err)
                          "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
                          " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
                          NULL, 0, NULL, err);
-    for (size_t i = 0; !rc && i < s->def->nschema; i++)
-        rc = ew_txn_exec(t, s->def->schema[i], NULL, 0, NULL, err);
+    for (const char *const *sql = s->def->schema; !rc && sql && *sql; sql++)
+        rc = ew_txn_exec(t, *sql, NULL, 0, NULL, err);
     if (rc) {
         ew_txn_rollback(t);
         return rc;
@@ -997,6 +1127,7 @@ static int configure(svc *s, const char *const *settings, ew_error *err)
     if (rc) return rc;
     if ((rc = check_origins(ew_config_get(s->cfg, "HTTP_CORS_ORIGINS"), err))) return rc;
     s->poll_ms = ew_config_get_int(s->cfg, "OUTBOX_POLL_MS");
+    s->outbox_max = ew_config_get_int(s->cfg, "OUTBOX_MAX_PENDING");
     s->db_url = expand_name(ew_config_get(s->cfg, "SERVICE_DB_URL"), s->def->name);
     if (!s->db_url) return ew_error_set(err, EW_ENOMEM, "out of memory");
     return 0;
@@ -1088,7 +1219,8 @@ static int sagas_start(svc *s, ew_error *err)
                                  .store = s->saga_db,
                                  .config = s->cfg,
                                  .log = ew_logger_sink,
-                                 .log_ud = s->log};
+                                 .log_ud = s->log,
+                                 .audit = s->audit};
     if (rc) return rc;
     /* the deletion waits for every service holding user data */
     svc_names l;
@@ -1111,6 +1243,8 @@ static void close_all(svc *s)
     relay_stop(s);
     svc_keeper_stop(s->keeper);
     s->keeper = NULL;
+    svc_gdpr_tables_free(s->erase_tables);
+    s->erase_tables = NULL;
     /* the engine stops first, the bus calls its handlers until it is closed, then it goes */
     if (s->sagas) ew_saga_engine_stop(s->sagas);
     if (s->bus && ew_bus_close(s->bus) == EW_ETIMEDOUT)
@@ -1150,17 +1284,25 @@ static int start(svc *s, const svc_def *def, const char *const *settings, bool r
     memset(s, 0, sizeof *s);
     s->def = def;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->hmu, NULL);
     ew__cond_init_mono(&s->cv);
     ew__cond_init_mono(&s->passed);
     if (ew_logger_new(&s->log, def->name, EW_LOG_FORMAT_JSON, EW_LOG_INFO, STDERR_FILENO, NULL))
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = open_all(s, settings, err);
     if (!rc && def->setup) rc = def->setup(s, def->ud, err);
+    for (const svc_http_route *r = def->routes; !rc && r && r->route; r++)
+        rc = svc_route(s, r->route, r->flags, r->fn, def->ud, err);
+    for (const svc_handler *h = def->handlers; !rc && h && h->pattern; h++)
+        rc = svc_subscribe(s, h->pattern, h->fn, def->ud, err);
     if (!rc && def->gdpr) rc = svc_gdpr_subscribe(s, err);
     if (rc || routes_only) return rc; /* --routes: the routes are registered */
     if (def->sagas) rc = sagas_start(s, err);
     if (!rc) rc = relay_start(s, err);
-    if (!rc) rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events, s->log, err);
+    if (!rc) rc = svc_gdpr_tables(def->gdpr, &s->erase_tables, err);
+    if (!rc)
+        rc = svc_keeper_start(&s->keeper, s->cfg, s->db, s->events,
+                              (const char *const *)s->erase_tables, s->log, err);
     if (!rc) rc = ew_bus_start(s->bus, err);
     return rc;
 }
@@ -1174,6 +1316,8 @@ static void finish(svc *s)
     }
     ew_logger_free(s->log);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->hmu);
+    free(s->emitted);
     pthread_cond_destroy(&s->cv);
     pthread_cond_destroy(&s->passed);
 }

@@ -12,7 +12,7 @@
  *  3. opens the bus (EVENT_BUS_TYPE, ...) with the database's inbox, so that a handler's writes
  *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
  *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
- *  4. calls svc_def.setup, which registers the routes (svc_route) and handlers (svc_subscribe);
+ *  4. calls svc_def.setup, then registers svc_def.routes (svc_route) and .handlers (svc_subscribe);
  *     with svc_def.gdpr, subscribes the answers to the GDPR events; with svc_def.sagas, starts the
  * saga engine (saga.h) on a handle of its own on the event store, with the three sagas of sagas.h;
  *  5. starts the outbox relay: a thread that publishes what transactions put in the database's
@@ -47,6 +47,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "eventwire/bus.h"
+#include "eventwire/clock.h"
 #include "eventwire/config.h"
 #include "eventwire/http.h"
 #include "eventwire/store.h"
@@ -56,13 +57,32 @@
 typedef struct svc svc;
 typedef struct svc_gdpr svc_gdpr;
 
+/* An HTTP route of a service: "METHOD /path/{param}", its flags (EW_HTTP_JSON, EW_HTTP_JSON_OPT,
+ * SVC_PUBLIC) and its handler. */
+typedef struct svc_http_route {
+    const char *route;
+    unsigned flags;
+    ew_http_handler fn;
+} svc_http_route;
+
+/* An event handler of a service: the pattern it subscribes and the function. */
+typedef struct svc_handler {
+    const char *pattern;
+    ew_handler_fn fn;
+} svc_handler;
+
 typedef struct svc_def {
-    const char *name;          /* "auth-service": SERVICE_NAME, its events' source, its group */
-    int default_port;          /* HTTP_PORT when the environment does not set it */
-    const char *const *schema; /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements */
-    size_t nschema;
-    /* Registers routes and handlers; runs once, before the bus and the HTTP server start. A
-     * nonzero return stops the service with err's message. */
+    const char *name; /* "auth-service": SERVICE_NAME, its events' source, its group */
+    int default_port; /* HTTP_PORT when the environment does not set it */
+    /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements, NULL-terminated (may be NULL) */
+    const char *const *schema;
+    /* Its HTTP routes and event handlers (each may be NULL; the last entry is {0}), registered
+     * with ud as their ud once setup has run. */
+    const svc_http_route *routes;
+    const svc_handler *handlers;
+    /* Reads the service's settings into ud, and registers what routes and handlers do not say;
+     * runs once, before the bus and the HTTP server start. A nonzero return stops the service
+     * with err's message. */
     int (*setup)(svc *s, void *ud, ew_error *err);
     /* Runs once after everything is closed (may be NULL). */
     void (*teardown)(svc *s, void *ud);
@@ -122,35 +142,30 @@ int svc_subscribe(svc *s, const char *pattern, ew_handler_fn fn, void *ud, ew_er
 
 /* A route flag (with EW_HTTP_JSON, EW_HTTP_JSON_OPT): the route needs no token. Every other
  * route answers 401 (WWW-Authenticate: Bearer) unless the request carries a valid access token
- * (svc_auth.h), before its handler runs; the handler then finds the caller in svc_caller(). */
+ * (svc_auth.h), before its handler runs; the handler then finds the caller in svc_caller(rq). */
 #define SVC_PUBLIC 0x100u
 
 /* A table of routes, or of handlers: svc_route, or svc_subscribe, for each, with the same ud;
  * stops at the first failure. */
-typedef struct svc_http_route {
-    const char *route;
-    unsigned flags;
-    ew_http_handler fn;
-} svc_http_route;
 int svc_route_all(svc *s, const svc_http_route *routes, size_t n, void *ud, ew_error *err);
-
-typedef struct svc_handler {
-    const char *pattern;
-    ew_handler_fn fn;
-} svc_handler;
 int svc_subscribe_all(svc *s, const svc_handler *subs, size_t n, void *ud, ew_error *err);
 
 /* ---- the caller (docs/security.md) --------------------------------------------------------- */
 
-/* In the handler of a route without SVC_PUBLIC: what the caller's token says (borrowed until the
- * handler returns); NULL elsewhere. */
-const svc_claims *svc_caller(void);
-/* Is the caller an admin? Is the caller user_id, or an admin? */
-bool svc_caller_admin(void);
-bool svc_caller_may(const char *user_id);
-/* 0 when svc_caller_may(user_id) (svc_caller_admin()); else -1 after answering 403. */
-int svc_allow_user(ew_http_response *res, const char *user_id);
-int svc_require_admin(ew_http_response *res);
+/* What the token of rq says, on a route without SVC_PUBLIC (the guard attached it to the
+ * request: borrowed until the handler returns); NULL on a public route. */
+const svc_claims *svc_caller(const ew_http_request *rq);
+/* Is the caller of rq an admin? Is it user_id, or an admin? */
+bool svc_caller_admin(const ew_http_request *rq);
+bool svc_caller_may(const ew_http_request *rq, const char *user_id);
+/* 0 when svc_caller_may(rq, user_id) (svc_caller_admin(rq)); else -1 after answering 403. */
+int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char *user_id);
+int svc_require_admin(const ew_http_request *rq, ew_http_response *res);
+/* The path parameter `param` of a route about one user: its value when the caller may reach that
+ * user (else 403) and it is a UUID as the services hand them out; else, after answering, NULL:
+ * 404 "no <what> <value>" with what, or 400 naming the parameter when what is NULL. */
+const char *svc_path_user(const ew_http_request *rq, ew_http_response *res, const char *param,
+                          const char *what);
 /* Checks the request's bearer token: 0 and *c, or -1 after answering 401 (503 when the public
  * key cannot be read). What guarded routes do before their handler. */
 int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, svc_claims *c);
@@ -164,13 +179,20 @@ const char *svc_key_dir(const svc *s);
 int64_t svc_token_ttl(const svc *s);
 /* A random (version 4) UUID from libsodium's CSPRNG, for ids that must not be guessed. */
 void svc_random_uuid(char out[37]);
+/* A secret handed to a client (a password-reset or verification token, a download key): 43
+ * characters of URL-safe base64 for 32 bytes of libsodium's CSPRNG. */
+#define SVC_SECRET_LEN 43
+void svc_secret_new(char out[SVC_SECRET_LEN + 1]);
+/* What is stored instead of such a secret: 64 hex digits of its BLAKE2b-256. */
+#define SVC_SECRET_HASH_LEN 64
+void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1]);
 
-/* Appends to the service's audit chain (docs/audit.md): actor NULL means the caller of the
- * request being served ("user:ID", or "anonymous"); action ("auth.login", ...); subject an id
- * or NULL; details a JSON object or NULL. Ids only, never personal data in clear. A failure is
- * logged; the action it records has happened already. */
-void svc_audit(svc *s, const char *actor, const char *action, const char *subject,
-               const char *details);
+/* Appends to the service's audit chain (docs/audit.md): actor NULL means the caller of rq
+ * ("user:ID", or "anonymous" on a public route or without a request); action ("auth.login", ...);
+ * subject an id or NULL; details a JSON object or NULL. Ids only, never personal data in clear. A
+ * failure is logged; the action it records has happened already. */
+void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char *action,
+               const char *subject, const char *details);
 
 /* ---- anywhere ------------------------------------------------------------------------------ */
 
@@ -190,8 +212,16 @@ void svc_log(svc *s, ew_log_level lv, const char *fmt, ...) __attribute__((forma
 /* Begins a transaction on the service's database (ew_store_begin). */
 int svc_begin(svc *s, ew_txn **t, ew_error *err);
 
+/* Whether the outbox in t has room for another event: 0, or EW_EAGAIN with the reason when it
+ * holds OUTBOX_MAX_PENDING events not yet published (the bus down or slow), which
+ * svc_reply_failure() answers 503 with Retry-After; or the database's error. */
+int svc_outbox_room(svc *s, ew_txn *t, ew_error *err);
+
 /* Builds an event (source: the service; subject) and adds it to the outbox in t. rq: the HTTP
- * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. */
+ * request being served, whose span (ew_http_traceparent) the event carries; NULL for none. With
+ * rq, the outbox's bound is checked first (svc_outbox_room): a request past it writes nothing.
+ * Handlers' follow-ups (rq NULL, svc_ctx_emit) are never refused for it: the event they answer
+ * is already in. */
 int svc_emit(svc *s, const ew_http_request *rq, ew_txn *t, ew_type_id type, const void *data,
              const char *subject, ew_error *err);
 
@@ -217,6 +247,10 @@ typedef ew_handler_result (*svc_failure_fn)(svc *s, ew_handler_ctx *ctx, const c
                                             const ew_error *err);
 ew_handler_result svc_retry(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
 ew_handler_result svc_failed(svc *s, ew_handler_ctx *ctx, const char *what, const ew_error *err);
+
+/* The user an event is about: its data's user_id field, when its type has one (a UUID) and it
+ * is set; else NULL. Borrowed from ev. */
+const char *svc_event_user(const ew_event *ev);
 
 /* An event whose data is not of the type the handler was subscribed to: fail. */
 ew_handler_result svc_not_mine(ew_handler_ctx *ctx, const ew_event *ev);
@@ -308,6 +342,12 @@ struct svc_gdpr {
 /* Subscribes the two handlers for svc_def.gdpr (svc_main does, after setup). */
 int svc_gdpr_subscribe(svc *s, ew_error *err);
 
+/* The tables g->deletes delete from ("DELETE FROM event_store.NAME ..."), NULL-terminated, for
+ * the compaction after an erasure (keeper.h); *out NULL when g is NULL. EW_EINVAL for a statement
+ * of another form. Caller frees with svc_gdpr_tables_free(). */
+int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err);
+void svc_gdpr_tables_free(char **tables);
+
 /* The user's data as the service holds it, appended to b (the object described above); *found
  * says whether any part has a row. */
 int svc_user_data(ew_txn *t, const svc_gdpr *g, const char *user_id, ew_buf *b, bool *found,
@@ -321,9 +361,16 @@ void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *re
 
 /* ---- answering ----------------------------------------------------------------------------- */
 
-/* Logs err and answers 503 (a database or broker that cannot be reached, a time-out) or 500
- * (anything else) with a JSON error that names no internals. */
+#define SVC_RETRY_AFTER_S "5" /* seconds, in the Retry-After of svc_reply_failure's 503s */
+
+/* Logs err and answers 503 with Retry-After: SVC_RETRY_AFTER_S (a database or broker that cannot
+ * be reached, a time-out, EW_EAGAIN: the outbox full) or 500 (anything else) with a JSON error
+ * that names no internals. */
 void svc_reply_failure(svc *s, ew_http_response *res, const char *what, const ew_error *err);
+
+/* Answers 429 with Retry-After: wait_s (at least 1), "too many <what>; try again in N s": what a
+ * route answers past one of its limits (svc_limit.h). */
+void svc_reply_too_many(ew_http_response *res, int64_t wait_s, const char *what);
 
 /* ---- reading request bodies ---------------------------------------------------------------- */
 /* Each returns 0 when the value is good, or -1 after answering 400 with the field's name and what
@@ -354,11 +401,18 @@ int svc_json_bool(const ew_http_request *rq, ew_http_response *res, const char *
 int svc_json_object(const ew_http_request *rq, ew_http_response *res, const char *field,
                     int required, char **out);
 
-/* Is s a plausible email address (local@domain.tld, at most 254 bytes)? */
-bool svc_email_valid(const char *s);
-
 /* Is s a UUID in canonical lower-case 8-4-4-4-12 form (what the services hand out)? */
 bool svc_uuid_valid(const char *s);
+
+/* 0 when id is such a UUID; else -1 after answering 400 "<field> must be a UUID ...". */
+int svc_require_uuid(ew_http_response *res, const char *field, const char *id);
+
+/* An email address of a request: 0 when the catalog takes it (ew_field_valid, EW_FIELD_EMAIL: the
+ * rule every event with an address is checked by), else -1 after answering 400 for field. */
+int svc_require_email(ew_http_response *res, const char *field, const char *email);
+
+/* The time now + offset_s seconds, RFC 3339 UTC (ew_time_format), into out. */
+void svc_time(int64_t offset_s, char out[EW_TIME_LEN + 1]);
 
 /* Copies text a client chose freely and nobody checks (a User-Agent header) into out (cap
  * bytes, cap >= 4) as UTF-8 that events and JSON accept: each byte that is not part of

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "core/base64.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "core/files.h"
@@ -38,20 +39,45 @@ const char *svc_token_status_text(svc_token_status st)
 /* ---- keys ------------------------------------------------------------------------------------ */
 
 /* Reads a file of base64 text decoding to exactly n bytes: 0, 1 when it does not exist, -1. */
+int svc_token_key_parse(const char *text, size_t len, unsigned char *out, size_t n)
+{
+    if (len > SVC_TOKEN_KEY_FILE_MAX) return -1;
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    size_t got = 0;
+    /* the whole text is the key: no bytes past the base64 */
+    if (ew__b64url_decode(out, n, text, len, &got) || got != n) {
+        sodium_memzero(out, n);
+        return -1;
+    }
+    if (n == crypto_sign_SECRETKEYBYTES && !svc_token_secret_consistent(out)) {
+        sodium_memzero(out, n);
+        return -1;
+    }
+    return 0;
+}
+
+int svc_token_secret_consistent(const unsigned char sk[crypto_sign_SECRETKEYBYTES])
+{
+    unsigned char pk[crypto_sign_PUBLICKEYBYTES], sk2[crypto_sign_SECRETKEYBYTES];
+    crypto_sign_seed_keypair(pk, sk2, sk);
+    int same = sodium_memcmp(pk, sk + crypto_sign_SEEDBYTES, sizeof pk) == 0;
+    sodium_memzero(sk2, sizeof sk2);
+    return same;
+}
+
+/* Reads a base64 key of n bytes from path into out: 0, 1 when there is no such file, -1 when it
+ * cannot be read or is not such a key (svc_token_key_parse). */
 static int read_b64(const char *path, unsigned char *out, size_t n)
 {
     FILE *f = fopen(path, "r");
     if (!f) return errno == ENOENT ? 1 : -1;
-    char text[256];
-    size_t len = fread(text, 1, sizeof text - 1, f);
+    char text[SVC_TOKEN_KEY_FILE_MAX + 1]; /* one byte more: a longer file is seen as such */
+    size_t len = fread(text, 1, sizeof text, f);
     fclose(f);
-    text[len] = '\0';
-    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
-        text[--len] = '\0';
-    size_t got = 0;
-    int rc = sodium_base642bin(out, n, text, len, NULL, &got, NULL, B64);
+    int rc = svc_token_key_parse(text, len, out, n);
     sodium_memzero(text, sizeof text);
-    return rc || got != n ? -1 : 0;
+    return rc;
 }
 
 /* Writes base64 of bytes to path with mode, whole and only if path does not exist:
@@ -96,7 +122,8 @@ int svc_token_keys_open(svc_token_keys *k, const char *dir, ew_error *err)
     }
     if (rc) {
         return ew_error_set(err, EW_EIO, "cannot read or make the token signing key %s: %s", kpath,
-                            errno ? strerror(errno) : "not a key");
+                            rc > 0 ? "made by another process and gone"
+                                   : "unreadable or not an Ed25519 secret key");
     }
     crypto_sign_ed25519_sk_to_pk(k->pk, k->sk);
     /* the public key, beside it; a stale one (a key made again) is replaced */
@@ -232,16 +259,14 @@ svc_token_status svc_token_verify(const unsigned char pk[crypto_sign_PUBLICKEYBY
     unsigned char sig[crypto_sign_BYTES];
     size_t got = 0;
     const char *s64 = dot2 + 1;
-    if (sodium_base642bin(sig, sizeof sig, s64, len - (size_t)(s64 - token), NULL, &got, NULL,
-                          B64) ||
+    if (ew__b64url_decode(sig, sizeof sig, s64, len - (size_t)(s64 - token), &got) ||
         got != sizeof sig)
         return SVC_TOKEN_MALFORMED;
     if (crypto_sign_verify_detached(sig, (const unsigned char *)token, (size_t)(dot2 - token), pk))
         return SVC_TOKEN_MALFORMED;
     char claims[SVC_TOKEN_MAX];
     const char *c64 = dot1 + 1;
-    if (sodium_base642bin((unsigned char *)claims, sizeof claims, c64, (size_t)(dot2 - c64), NULL,
-                          &got, NULL, B64))
+    if (ew__b64url_decode((unsigned char *)claims, sizeof claims, c64, (size_t)(dot2 - c64), &got))
         return SVC_TOKEN_MALFORMED;
     return read_claims(claims, got, now, c);
 }

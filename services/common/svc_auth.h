@@ -54,6 +54,17 @@ typedef struct svc_token_keys {
     unsigned char sk[crypto_sign_SECRETKEYBYTES];
 } svc_token_keys;
 
+#define SVC_TOKEN_KEY_FILE_MAX 255 /* longest key file read, in bytes */
+
+/* Parses the len bytes of a key file (any bytes): base64url without padding of exactly n bytes,
+ * then nothing but line ends. A secret key (n = 64) must hold its seed's public key
+ * (svc_token_secret_consistent). 0 and out, or -1 (out then holds nothing of it). */
+int svc_token_key_parse(const char *text, size_t len, unsigned char *out, size_t n);
+
+/* Whether sk (an Ed25519 secret key: seed, then public key) holds its seed's public key: with
+ * halves that disagree, tokens would be signed that no service can check. */
+int svc_token_secret_consistent(const unsigned char sk[crypto_sign_SECRETKEYBYTES]);
+
 /* Reads the key pair in dir, or makes it there when there is none (dir made 0700, the secret
  * 0600, the public key 0644; each written to a temporary file and linked into place, so that a
  * reader never sees half a key and two starting processes agree on one pair). */

@@ -191,6 +191,44 @@ static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ct
     return EW_HANDLER_OK;
 }
 
+void svc_gdpr_tables_free(char **tables)
+{
+    for (size_t i = 0; tables && tables[i]; i++)
+        free(tables[i]);
+    free(tables);
+}
+
+int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err)
+{
+    *out = NULL;
+    if (!g || !g->deletes) return 0;
+    static const char head[] = "DELETE FROM event_store.";
+    size_t n = 0;
+    while (g->deletes[n])
+        n++;
+    char **t = calloc(n + 1, sizeof *t);
+    if (!t) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *sql = g->deletes[i], *name = sql + sizeof head - 1;
+        size_t l = strncmp(sql, head, sizeof head - 1) == 0
+                       ? strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_")
+                       : 0;
+        if (l == 0 || (name[l] != ' ' && name[l] != '\0')) {
+            svc_gdpr_tables_free(t);
+            return ew_error_set(err, EW_EINVAL,
+                                "an erasure's statement must be DELETE FROM event_store.TABLE ...: "
+                                "%.80s",
+                                sql);
+        }
+        if (!(t[i] = strndup(name, l))) {
+            svc_gdpr_tables_free(t);
+            return ew_error_set(err, EW_ENOMEM, "out of memory");
+        }
+    }
+    *out = t;
+    return 0;
+}
+
 int svc_gdpr_subscribe(svc *s, ew_error *err)
 {
     static const svc_handler subs[] = {
@@ -204,12 +242,8 @@ int svc_gdpr_subscribe(svc *s, ew_error *err)
 
 void svc_reply_user_data(svc *s, const ew_http_request *rq, ew_http_response *res, const char *what)
 {
-    const char *id = ew_http_param(rq, "user_id");
-    if (svc_allow_user(res, id)) return; /* the user themselves or an admin */
-    if (!svc_uuid_valid(id)) {
-        ew_http_reply_error(res, 400, "user_id", "user_id must be a UUID (lower-case 8-4-4-4-12)");
-        return;
-    }
+    const char *id = svc_path_user(rq, res, "user_id", NULL); /* the user themselves or an admin */
+    if (!id) return;
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(s, &t, &e)) {

@@ -4,6 +4,8 @@
 #include <string.h>
 #include "core/buf.h"
 #include "core/json.h"
+#include "eventwire/catalog.h"
+#include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "svc.h"
 
@@ -130,58 +132,31 @@ int svc_json_object(const ew_http_request *rq, ew_http_response *res, const char
     return 0;
 }
 
-static bool atext(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("!#$%&'*+/=?^_`{|}~-", c));
-}
-
-bool svc_email_valid(const char *s)
-{
-    if (!s) return false;
-    size_t n = strlen(s);
-    const char *at = strchr(s, '@');
-    if (n > 254 || !at || at == s || (size_t)(at - s) > 64 || strchr(at + 1, '@')) return false;
-    /* local part: dot-atoms */
-    if (s[0] == '.' || at[-1] == '.') return false;
-    for (const char *p = s; p < at; p++) {
-        if (*p == '.') {
-            if (p[1] == '.') return false;
-        } else if (!atext(*p)) {
-            return false;
-        }
-    }
-    /* domain: at least two labels of letters, digits and inner hyphens; the last has a letter */
-    const char *d = at + 1;
-    size_t labels = 0;
-    const char *last = NULL;
-    for (const char *p = d;;) {
-        const char *dot = strchr(p, '.');
-        size_t len = dot ? (size_t)(dot - p) : strlen(p);
-        if (len == 0 || len > 63 || p[0] == '-' || p[len - 1] == '-') return false;
-        for (size_t i = 0; i < len; i++) {
-            char c = p[i];
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '-'))
-                return false;
-        }
-        labels++;
-        last = p;
-        if (!dot) break;
-        p = dot + 1;
-    }
-    if (labels < 2) return false;
-    for (const char *p = last; *p; p++)
-        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')) return true;
-    return false;
-}
-
 bool svc_uuid_valid(const char *s)
 {
     if (!s || !ew_uuid_valid(s)) return false;
     for (const char *p = s; *p; p++)
         if (*p >= 'A' && *p <= 'F') return false;
     return true;
+}
+
+int svc_require_uuid(ew_http_response *res, const char *field, const char *id)
+{
+    if (svc_uuid_valid(id)) return 0;
+    ew_http_reply_error(res, 400, field, "%s must be a UUID (lower-case 8-4-4-4-12)", field);
+    return -1;
+}
+
+int svc_require_email(ew_http_response *res, const char *field, const char *email)
+{
+    if (ew_field_valid(EW_FIELD_EMAIL, email)) return 0;
+    ew_http_reply_error(res, 400, field, "'%.64s' is not a valid email address", email);
+    return -1;
+}
+
+void svc_time(int64_t offset_s, char out[EW_TIME_LEN + 1])
+{
+    ew_time_format(ew_now_us() + offset_s * 1000000, out);
 }
 
 char *svc_text_utf8(char *out, size_t cap, const char *in)

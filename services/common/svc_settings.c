@@ -43,6 +43,11 @@ static const ew_setting common[] = {
      "How often a service's outbox relay looks for unsent events, besides being woken by each "
      "commit.",
      EW_SETTING_INT, 10, 60000},
+    {"OUTBOX_MAX_PENDING", "10000", "0..10000000",
+     "Most events a service's outbox may hold unpublished (the broker down or slow); past it, "
+     "requests that would add one are answered 503 with Retry-After and write nothing. 0: no "
+     "bound.",
+     EW_SETTING_INT, 0, 10000000},
     {"OUTBOX_RETENTION_SECONDS", "3600", "0..31536000",
      "How long a service keeps an outbox row after publishing it (then it is deleted, and with "
      "it the copy of the event); 0 keeps them.",

@@ -6,7 +6,7 @@
  * user.data_export_completed goes out. An export still waiting at its deadline fails with
  * user.data_export_failed naming the services that did not answer.
  *
- * Tables (in the service's database, schema event_store; created at start by main.c):
+ * Tables (in the service's database, schema event_store; store.c, created at every start):
  *   export_requests  one row per export: user, status, the services it waits for, deadline,
  *                    and once completed its link, expiry and file
  *   export_answers   one row per (export, service) that answered; the data is kept until the
@@ -41,7 +41,7 @@ typedef struct exporter {
     char *public_url; /* EXPORT_PUBLIC_URL without a trailing '/'; NULL */
     char *http_addr;
     int http_port;      /* 0: discovered when first needed */
-    pthread_mutex_t mu; /* guards base_url */
+    pthread_mutex_t mu; /* guards base_url; made in setup, destroyed in teardown */
     char base_url[512]; /* "" until known */
     /* the sweeper (sweeper.c) */
     ew_store *db2;
@@ -53,36 +53,37 @@ typedef struct exporter {
     bool stop;
 } exporter;
 
-/* main.c: the base of download links ("http://127.0.0.1:8005"), into out; -1 when the HTTP
- * port is not known yet. */
-int export_base_url(exporter *x, char *out, size_t n);
+/* ---- service.c: the service for svc_main(), with x as its state: zeroed, alive as long as the
+ * service runs */
+svc_def export_service(exporter *x);
 
-/* handlers.c: if export_id is pending and its deadline has passed (now: RFC 3339), fails it in t
- * and adds user.data_export_failed to t's outbox; *failed says whether it did. */
-int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *now, bool *failed,
-                    ew_error *err);
-
-/* handlers.c: the names of the services that answered export_id, in order, into l. */
-int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *err);
-
-/* handlers.c: the user's data as export-service holds it: {"exports": [...]}, or {} when it
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route export_routes[];
+extern const svc_handler export_handlers[];
+/* The user's data as export-service holds it (handlers.c): {"exports": [...]}, or {} when it
  * holds nothing; the runtime answers the GDPR events from it, opening an export that came from
  * elsewhere than POST /exports first, and removing the user's documents with their rows. */
 extern const svc_gdpr export_gdpr;
 
-/* The service for svc_main() (service.c), with x as its state: zeroed, alive as long as
- * the service runs. x->mu is the caller's to
- * initialise before svc_main() and destroy after. */
-svc_def export_service(exporter *x);
-
-/* The path of an export's document. */
-void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);
-
-/* Registers the HTTP routes (http.c) and the event handlers (handlers.c); starts and stops the
- * sweeper (sweeper.c). */
-int export_routes(exporter *x, ew_error *err);
-int export_handlers(exporter *x, ew_error *err);
+/* ---- sweeper.c: the deadlines and expired links, on a thread of its own */
 int export_sweeper_start(exporter *x, const char *db_url, ew_error *err);
 void export_sweeper_stop(exporter *x);
+
+/* ---- store.c: the tables and what routes, handlers and the sweeper all use */
+
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
+extern const char *const export_schema[];
+
+/* If export_id is pending and its deadline has passed (now: RFC 3339), fails it in t and adds
+ * user.data_export_failed to t's outbox; *failed says whether it did. */
+int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *now, bool *failed,
+                    ew_error *err);
+
+/* The names of the services that answered export_id, in order, into l. */
+int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *err);
+
+/* The path of an export's document (in EXPORT_DIR). */
+void export_file_path(const exporter *x, const char *file_name, char *out, size_t n);
 
 #endif

@@ -1,5 +1,5 @@
-/* export-service: the event handlers, each in the inbox's transaction, and the two ends of an
- * export: completion (all answered) and failure (deadline passed).
+/* export-service: the event handlers, each in the inbox's transaction, and the completion of an
+ * export when all have answered (its failure at the deadline is store.c's).
  *
  *  user.data_collected         records an answer; the last expected one completes the export
  *
@@ -7,111 +7,74 @@
  *  user.data_export_requested  opens the export when it came from elsewhere than POST /exports,
  *                              and answers for export-service itself
  *  user.deletion_requested     deletes the user's exports, their answers and files */
+#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <sys/stat.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
+#include "core/files.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "export.h"
 
-static void time_text(int64_t offset_s, char out[EW_TIME_LEN + 1])
+/* ---- the base of download links -------------------------------------------------------------- */
+
+/* The port of this process's listening TCP socket (the HTTP server's: the only one), for
+ * HTTP_PORT=0; 0 when there is none yet. svc.h does not say which port the server got. */
+static int listening_port(void)
 {
-    ew_time_format(ew_now_us() + offset_s * 1000000, out);
-}
-
-/* ---- answers --------------------------------------------------------------------------------- */
-
-static int add_name(void *ud, const ew_row *r)
-{
-    svc_names *l = ud;
-    const char *v = r->values[0];
-    if (!v || l->n == SVC_MAX_SERVICES) return 0;
-    size_t used = 0;
-    if (l->n) used = (size_t)(l->name[l->n - 1] - l->buf) + strlen(l->name[l->n - 1]) + 1;
-    size_t len = strlen(v);
-    if (used + len + 1 > sizeof l->buf) return 1;
-    memcpy(l->buf + used, v, len + 1);
-    l->name[l->n++] = l->buf + used;
-    return 0;
-}
-
-int export_answered(ew_txn *t, const char *export_id, svc_names *l, ew_error *err)
-{
-    l->n = 0;
-    const char *p[] = {export_id};
-    return ew_txn_query(t,
-                        "SELECT service FROM event_store.export_answers WHERE export_id = $1"
-                        " ORDER BY service",
-                        p, 1, add_name, l, err);
-}
-
-/* ---- failure at the deadline ----------------------------------------------------------------- */
-
-int export_fail_due(exporter *x, ew_txn *t, const char *export_id, const char *now, bool *failed,
-                    ew_error *err)
-{
-    *failed = false;
-    const char *p[] = {export_id};
-    svc_row r;
-    int rc = svc_query_row(t,
-                           "SELECT user_id, status, expected, deadline_at, correlation_id,"
-                           " created_at FROM event_store.export_requests WHERE export_id = $1",
-                           p, 1, &r, err);
-    if (rc) return rc;
-    if (!r.found || strcmp(r.v[1], "pending") || strcmp(r.v[3], now) > 0) goto done;
-    svc_names expected, answered;
-    if (svc_names_parse(&expected, r.v[2])) expected.n = 0;
-    if ((rc = export_answered(t, export_id, &answered, err))) goto done;
-    const char *missing[SVC_MAX_SERVICES];
-    size_t nm = 0;
-    ew_buf why;
-    ew_buf_init(&why);
-    ew_buf_printf(&why, "no answer by the deadline (%s) from:", r.v[3]);
-    for (size_t i = 0; i < expected.n; i++)
-        if (!svc_names_has(&answered, expected.name[i])) {
-            ew_buf_printf(&why, "%s %s", nm ? "," : "", expected.name[i]);
-            missing[nm++] = expected.name[i];
-        }
-    if (why.oom) {
-        ew_buf_release(&why);
-        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-        goto done;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return 0;
+    int port = 0;
+    for (struct dirent *e; !port && (e = readdir(d));) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || fd < 0 || fd == dirfd(d)) continue;
+        int on = 0;
+        socklen_t l = sizeof on;
+        if (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &l) || !on) continue;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname((int)fd, (struct sockaddr *)&ss, &sl)) continue;
+        if (ss.ss_family == AF_INET)
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
-    const char *pu[] = {export_id, now, why.data};
-    int64_t changes = 0;
-    rc = ew_txn_exec(t,
-                     "UPDATE event_store.export_requests SET status = 'failed', finished_at = $2,"
-                     " reason = $3 WHERE export_id = $1 AND status = 'pending'",
-                     pu, 3, &changes, err);
-    /* the answers that did come are not needed any more */
-    if (!rc && changes == 1)
-        rc = ew_txn_exec(t,
-                         "UPDATE event_store.export_answers SET data = '{}'"
-                         " WHERE export_id = $1",
-                         p, 1, NULL, err);
-    if (!rc && changes == 1) {
-        ew_user_data_export_failed f = {.export_id = export_id,
-                                        .user_id = r.v[0],
-                                        .reason = why.data,
-                                        .missing = {missing, nm}};
-        ew_event_attrs a = {.source = svc_name(x->s), .subject = r.v[0], .correlation_id = r.v[4]};
-        ew_event *ev = NULL;
-        rc = ew_event_new(&ev, EW_T_USER_DATA_EXPORT_FAILED, &f, &a, err);
-        if (!rc) rc = ew_outbox_add(t, ev, err);
-        ew_event_unref(ev);
-        if (!rc) {
-            *failed = true;
-            svc_log(x->s, EW_LOG_WARN, "export %s failed: %s", export_id, why.data);
+    closedir(d);
+    return port;
+}
+
+/* The base of download links ("http://127.0.0.1:8005"), into out; -1 when the HTTP port is not
+ * known yet. */
+static int base_url(exporter *x, char *out, size_t n)
+{
+    if (x->public_url) {
+        snprintf(out, n, "%s", x->public_url);
+        return 0;
+    }
+    pthread_mutex_lock(&x->mu);
+    if (!x->base_url[0]) {
+        int port = x->http_port ? x->http_port : listening_port();
+        if (port) {
+            const char *a = x->http_addr;
+            /* a wildcard address is no place to download from: this host's loopback is */
+            if (!strcmp(a, "0.0.0.0"))
+                a = "127.0.0.1";
+            else if (!strcmp(a, "::"))
+                a = "::1";
+            bool v6 = strchr(a, ':') != NULL;
+            snprintf(x->base_url, sizeof x->base_url, "http://%s%s%s:%d", v6 ? "[" : "", a,
+                     v6 ? "]" : "", port);
         }
     }
-    ew_buf_release(&why);
-done:
-    svc_row_free(&r);
-    return rc;
+    snprintf(out, n, "%s", x->base_url);
+    pthread_mutex_unlock(&x->mu);
+    return out[0] ? 0 : -1;
 }
 
 /* ---- completion ------------------------------------------------------------------------------ */
@@ -132,53 +95,6 @@ static int doc_member(void *ud, const ew_row *r)
     return 0;
 }
 
-static int write_file(const char *path, const char *data, size_t len, char *why, size_t why_len)
-{
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd >= 0 && fchmod(fd, 0600)) { /* 0600 whatever the umask, or a leftover's mode */
-        close(fd);
-        fd = -1;
-    }
-    if (fd < 0) {
-        snprintf(why, why_len, "cannot write %.300s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    const char *p = data;
-    size_t left = len;
-    int bad = 0;
-    while (left && !bad) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0)
-            bad = 1;
-        else {
-            p += w;
-            left -= (size_t)w;
-        }
-    }
-    int e = errno;
-    if (!bad && fsync(fd)) {
-        bad = 1;
-        e = errno;
-    }
-    if (close(fd) && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (!bad && rename(tmp, path)) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad) {
-        snprintf(why, why_len, "cannot write %.300s: %s", path, strerror(e));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 /* When every expected service has answered export_id: writes the document, marks the export
  * completed and emits user.data_export_completed. */
 static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const char *export_id,
@@ -195,21 +111,18 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
         if (!svc_names_has(&answered, expected.name[i])) return EW_HANDLER_OK; /* not yet */
 
     char base[512], url[700], now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1], file[64];
-    if (export_base_url(x, base, sizeof base)) {
+    if (base_url(x, base, sizeof base)) {
         ew_ctx_set_error(ctx, "the HTTP server's port is not known yet");
         return EW_HANDLER_RETRY;
     }
     /* the link carries a capability: 256 bits from the CSPRNG, asked for besides the owner's or
      * an admin's token (http.c) */
-    unsigned char cap[32];
-    char key[64];
-    randombytes_buf(cap, sizeof cap);
-    sodium_bin2base64(key, sizeof key, cap, sizeof cap, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    sodium_memzero(cap, sizeof cap);
+    char key[SVC_SECRET_LEN + 1];
+    svc_secret_new(key);
     snprintf(url, sizeof url, "%s/exports/%s/download?key=%s", base, export_id, key);
     sodium_memzero(key, sizeof key);
-    time_text(0, now);
-    time_text(x->link_ttl_s, expires);
+    svc_time(0, now);
+    svc_time(x->link_ttl_s, expires);
     snprintf(file, sizeof file, "%s.json", export_id);
     const char *pu[] = {export_id, now, url, expires, file};
     int64_t changes = 0;
@@ -243,8 +156,11 @@ static ew_handler_result maybe_complete(exporter *x, ew_handler_ctx *ctx, const 
     ew_buf_puts(&b, "}}\n");
     char path[4200], why[512];
     export_file_path(x, file, path, sizeof path);
-    if (b.oom || write_file(path, b.data, b.len, why, sizeof why)) {
-        if (b.oom) snprintf(why, sizeof why, "out of memory");
+    if (b.oom || ew_file_replace(path, b.data, b.len, 0600)) {
+        if (b.oom)
+            snprintf(why, sizeof why, "out of memory");
+        else
+            snprintf(why, sizeof why, "cannot write %.300s: %s", path, strerror(errno));
         ew_buf_release(&b);
         ew_ctx_set_error(ctx, "export %s: %s", export_id, why);
         svc_log(x->s, EW_LOG_ERROR, "export %s: %s (will retry)", export_id, why);
@@ -296,7 +212,7 @@ static ew_handler_result on_collected(const ew_event *ev, ew_handler_ctx *ctx, v
                 d->export_id, r.v[1]);
     } else {
         char now[EW_TIME_LEN + 1];
-        time_text(0, now);
+        svc_time(0, now);
         const char *pa[] = {d->export_id, d->service, d->data, now};
         if (ew_txn_exec(t,
                         "INSERT INTO event_store.export_answers"
@@ -321,8 +237,8 @@ static ew_handler_result open_export(svc *s, void *ud, const ew_event *ev, ew_ha
     const ew_user_data_export_requested *d = ew_user_data_export_requested_data(ev);
     ew_error e = {0};
     char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];
-    time_text(0, now);
-    time_text(x->timeout_s, deadline);
+    svc_time(0, now);
+    svc_time(x->timeout_s, deadline);
     const char *pi[] = {d->export_id,
                         d->user_id,
                         d->requested_by,
@@ -374,10 +290,7 @@ const svc_gdpr export_gdpr = {
     .failure = svc_retry,
 };
 
-int export_handlers(exporter *x, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.data_collected", on_collected},
-    };
-    return svc_subscribe_all(x->s, subs, sizeof subs / sizeof subs[0], x, err);
-}
+const svc_handler export_handlers[] = {
+    {"user.data_collected", on_collected},
+    {0},
+};

@@ -1,105 +1,16 @@
-/* export-service: what the service is (its tables, settings, the base of its download links
- * and setup), for main.c and for the harnesses that run it in-process (tests/fuzz). */
-#include <dirent.h>
+/* export-service: what the service is -- its settings, routes, handlers, sweeper and tables
+ * wired into a svc_def -- for main.c and for the harnesses that run it in-process (tests/fuzz). */
 #include <errno.h>
-#include <netinet/in.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include "export.h"
 #include "core/files.h"
-
-/* The service's tables. Created at every start, in one transaction; a later change of a table is
- * a new statement here, never an edit of these. */
-static const char *const schema[] = {
-    "CREATE TABLE IF NOT EXISTS event_store.export_requests ("
-    " export_id TEXT PRIMARY KEY,"
-    " user_id TEXT NOT NULL,"
-    " requested_by TEXT,"
-    " status TEXT NOT NULL CHECK (status IN ('pending', 'completed', 'failed')),"
-    " expected TEXT NOT NULL,"
-    " correlation_id TEXT,"
-    " created_at TEXT NOT NULL,"
-    " deadline_at TEXT NOT NULL,"
-    " finished_at TEXT,"
-    " download_url TEXT,"
-    " expires_at TEXT,"
-    " file_name TEXT,"
-    " reason TEXT)",
-    "CREATE TABLE IF NOT EXISTS event_store.export_answers ("
-    " export_id TEXT NOT NULL,"
-    " service TEXT NOT NULL,"
-    " data TEXT NOT NULL,"
-    " received_at TEXT NOT NULL,"
-    " PRIMARY KEY (export_id, service))",
-};
-
-void export_file_path(const exporter *x, const char *file_name, char *out, size_t n)
-{
-    snprintf(out, n, "%s/%s", x->dir, file_name);
-}
-
-/* ---- the base of download links -------------------------------------------------------------- */
-
-/* The port of this process's listening TCP socket (the HTTP server's: the only one), for
- * HTTP_PORT=0; 0 when there is none yet. svc.h does not say which port the server got. */
-static int listening_port(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return 0;
-    int port = 0;
-    for (struct dirent *e; !port && (e = readdir(d));) {
-        char *end;
-        long fd = strtol(e->d_name, &end, 10);
-        if (*end || fd < 0 || fd == dirfd(d)) continue;
-        int on = 0;
-        socklen_t l = sizeof on;
-        if (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &l) || !on) continue;
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        if (getsockname((int)fd, (struct sockaddr *)&ss, &sl)) continue;
-        if (ss.ss_family == AF_INET)
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        else if (ss.ss_family == AF_INET6)
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    }
-    closedir(d);
-    return port;
-}
-
-int export_base_url(exporter *x, char *out, size_t n)
-{
-    if (x->public_url) {
-        snprintf(out, n, "%s", x->public_url);
-        return 0;
-    }
-    pthread_mutex_lock(&x->mu);
-    if (!x->base_url[0]) {
-        int port = x->http_port ? x->http_port : listening_port();
-        if (port) {
-            const char *a = x->http_addr;
-            /* a wildcard address is no place to download from: this host's loopback is */
-            if (!strcmp(a, "0.0.0.0"))
-                a = "127.0.0.1";
-            else if (!strcmp(a, "::"))
-                a = "::1";
-            bool v6 = strchr(a, ':') != NULL;
-            snprintf(x->base_url, sizeof x->base_url, "http://%s%s%s:%d", v6 ? "[" : "", a,
-                     v6 ? "]" : "", port);
-        }
-    }
-    snprintf(out, n, "%s", x->base_url);
-    pthread_mutex_unlock(&x->mu);
-    return out[0] ? 0 : -1;
-}
-
-/* ---- settings and the process ---------------------------------------------------------------- */
+#include "export.h"
 
 static int setup(svc *s, void *ud, ew_error *err)
 {
     exporter *x = ud;
     x->s = s;
+    pthread_mutex_init(&x->mu, NULL);
     const ew_config *c = svc_config(s);
     svc_names l;
     int rc = svc_user_data_services(c, &l, err);
@@ -129,9 +40,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     if (ew_mkdirs(x->dir))
         return ew_error_set(err, EW_EIO, "EXPORT_DIR %s: cannot create it: %s", x->dir,
                             strerror(errno));
-    rc = export_routes(x, err);
-    if (!rc) rc = export_handlers(x, err);
-    if (!rc) rc = export_sweeper_start(x, svc_db_url(s), err);
+    rc = export_sweeper_start(x, svc_db_url(s), err);
     if (!rc)
         svc_log(s, EW_LOG_INFO, "exports wait %lld s for: %s; documents in %s",
                 (long long)x->timeout_s, x->services_csv, x->dir);
@@ -149,6 +58,8 @@ static void teardown(svc *s, void *ud)
     free(x->http_addr);
     free(x->public_url);
     x->dir = x->services_csv = x->http_addr = x->public_url = NULL;
+    if (x->s) pthread_mutex_destroy(&x->mu); /* setup ran */
+    x->s = NULL;
 }
 
 svc_def export_service(exporter *x)
@@ -156,8 +67,9 @@ svc_def export_service(exporter *x)
     return (svc_def){
         .name = EXPORT_SERVICE,
         .default_port = EXPORT_PORT,
-        .schema = schema,
-        .nschema = sizeof schema / sizeof schema[0],
+        .schema = export_schema,
+        .routes = export_routes,
+        .handlers = export_handlers,
         .setup = setup,
         .teardown = teardown,
         .ud = x,

@@ -49,7 +49,7 @@ static int select_ids(exporter *x, const char *sql, const char *now, idrows *l, 
 static int sweep(exporter *x, ew_error *err)
 {
     char now[EW_TIME_LEN + 1];
-    ew_time_format(ew_now_us(), now);
+    svc_time(0, now);
     idrows *l = x->rows;
     /* exports past their deadline */
     int rc = select_ids(x,

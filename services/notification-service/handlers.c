@@ -18,11 +18,6 @@
 
 #define NAME_MAX_BYTES 100 /* of a user's name quoted in a message */
 
-static void now_text(char out[EW_TIME_LEN + 1])
-{
-    ew_time_format(ew_now_us(), out);
-}
-
 /* s cut to at most max bytes on a UTF-8 character boundary, into out (max + 1 bytes). */
 static void cut_utf8(const char *s, char *out, size_t max)
 {
@@ -64,7 +59,7 @@ static ew_handler_result send_once(notif *n, ew_handler_ctx *ctx, const char *us
     char now[EW_TIME_LEN + 1];
     notif_message_id(m->template_name, ref, m->message_id);
     const char *id = m->message_id;
-    now_text(now);
+    svc_time(0, now);
     const char *p[] = {
         id, user_id, m->template_name, ref, m->to, m->subject, n->smtp_url ? "smtp" : "file", now};
     int64_t changes = 0;
@@ -122,7 +117,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
     const ew_user_registered *d = ew_user_registered_data(ev);
     if (!d) return svc_not_mine(ctx, ev);
     char now[EW_TIME_LEN + 1];
-    now_text(now);
+    svc_time(0, now);
     const char *p[] = {d->user_id, d->email, d->username, now};
     ew_error e = {0};
     if (ew_txn_exec(ew_ctx_txn(ctx),
@@ -214,7 +209,7 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
          * waits for it rather than retrying after a back-off */
         svc_row_free(&u);
         char now[EW_TIME_LEN + 1];
-        now_text(now);
+        svc_time(0, now);
         const char *w[] = {d->user_id, d->display_name, now};
         if (ew_txn_exec(ew_ctx_txn(ctx),
                         "INSERT INTO event_store.notification_pending_welcomes"
@@ -382,14 +377,11 @@ const svc_gdpr notif_gdpr = {
     .failure = svc_retry,
 };
 
-int notif_handlers(notif *n, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.registered", on_registered},
-        {"user.profile_created", on_profile_created},
-        {"password.reset_token_issued", on_reset_token},
-        {"user.verification_requested", on_verification},
-        {"user.data_export_completed", on_export_completed},
-    };
-    return svc_subscribe_all(n->s, subs, sizeof subs / sizeof subs[0], n, err);
-}
+const svc_handler notif_handlers[] = {
+    {"user.registered", on_registered},
+    {"user.profile_created", on_profile_created},
+    {"password.reset_token_issued", on_reset_token},
+    {"user.verification_requested", on_verification},
+    {"user.data_export_completed", on_export_completed},
+    {0},
+};

@@ -2,8 +2,6 @@
  * SMTP_URL is set, else as .eml files in MAIL_DIR (a spool that tests and developers read). */
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +30,7 @@ static int parse_from(notif *n, const char *v, ew_error *err)
         addr = strdup(v);
     }
     if (!addr) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (!svc_email_valid(addr)) {
+    if (!ew_field_valid(EW_FIELD_EMAIL, addr)) {
         ew_error_set(err, EW_ECONFIG, "MAIL_FROM: '%.128s' is not a valid address", addr);
         free(addr);
         return EW_ECONFIG;
@@ -111,6 +109,26 @@ void notif_mail_teardown(notif *n)
     free(n->domain);
     free(n->mail_dir);
     n->smtp_url = n->from_header = n->from_addr = n->domain = n->mail_dir = NULL;
+}
+
+void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1])
+{
+    unsigned char h[16];
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, (const unsigned char *)"eventwire-mail", 14, sizeof h);
+    crypto_generichash_update(&st, (const unsigned char *)template_name, strlen(template_name) + 1);
+    crypto_generichash_update(&st, (const unsigned char *)ref, strlen(ref));
+    crypto_generichash_final(&st, h, sizeof h);
+    h[6] = (unsigned char)((h[6] & 0x0f) | 0x80); /* UUID version 8: custom */
+    h[8] = (unsigned char)((h[8] & 0x3f) | 0x80); /* RFC 9562 variant */
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < sizeof h; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[h[i] >> 4];
+        out[o++] = hex[h[i] & 15];
+    }
+    out[o] = '\0';
 }
 
 /* ---- composing ------------------------------------------------------------------------------- */
@@ -199,48 +217,16 @@ static char *compose(notif *n, const notif_mail *m, size_t *len)
 
 /* ---- delivering ------------------------------------------------------------------------------ */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Written under a temporary name and renamed, so that a reader never sees half a message and a
- * retried send of the same message replaces it. */
+/* Written beside and renamed into place (ew_file_replace), so that a reader never sees half a
+ * message and a retried send of the same message replaces it. */
 static int deliver_file(notif *n, const notif_mail *m, const char *text, size_t len, char *why,
                         size_t why_len)
 {
-    char path[4200], tmp[4200];
+    char path[4200];
     snprintf(path, sizeof path, "%s/%s.eml", n->mail_dir, m->message_id);
-    snprintf(tmp, sizeof tmp, "%s/.%s.eml.tmp", n->mail_dir, m->message_id);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd >= 0 && fchmod(fd, 0600)) { /* 0600 whatever the umask, or a leftover's mode */
-        close(fd);
-        fd = -1;
-    }
-    if (fd < 0) {
-        snprintf(why, why_len, "cannot write %.300s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    int bad = write_all(fd, text, len);
-    int e = errno;
-    if (close(fd) && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad || rename(tmp, path)) {
-        if (!bad) e = errno;
-        snprintf(why, why_len, "cannot write %.300s: %s", path, strerror(e));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
+    if (ew_file_replace(path, text, len, 0600) == 0) return 0;
+    snprintf(why, why_len, "cannot write %.300s: %s", path, strerror(errno));
+    return -1;
 }
 
 typedef struct upload {

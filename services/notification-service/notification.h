@@ -1,6 +1,6 @@
 /* notification-service: the emails of the flows (docs/services-notification.md).
  *
- * Tables (in the service's database, schema event_store; created at start by main.c):
+ * Tables (in the service's database, schema event_store; store.c, created at every start):
  *   notification_users     one row per user: the address and name from user.registered
  *   notification_messages  one row per message sent, unique per (user, template, what it is
  *                          about): the record that makes a redelivered or repeated event send
@@ -43,7 +43,27 @@ typedef struct notif_mail {
     char message_id[NOTIF_ID_LEN + 1];
 } notif_mail;
 
-/* mail.c: reads SMTP_URL, SMTP_CA_FILE, MAIL_FROM, MAIL_DIR, SMTP_TIMEOUT_MS; creates MAIL_DIR. */
+/* ---- service.c: the service for svc_main(), with n as its state: zeroed, alive as long as the
+ * service runs. curl_global_init() is the caller's, before any thread starts. */
+svc_def notif_service(notif *n);
+
+/* ---- routes.c and handlers.c: the HTTP routes and the event handlers (svc_def.routes and
+ * .handlers: the last entry is {0}) */
+extern const svc_http_route notif_routes[];
+extern const svc_handler notif_handlers[];
+/* The user's data as notification-service holds it (handlers.c): {"address": {...} or null,
+ * "messages": [...]}, or {} when it holds nothing; the runtime answers the GDPR events from it,
+ * GET /notifications/{user_id} serves it. */
+extern const svc_gdpr notif_gdpr;
+
+/* ---- store.c: the tables */
+
+/* CREATE TABLE IF NOT EXISTS statements, NULL-terminated, run at every start (svc_def.schema). */
+extern const char *const notif_schema[];
+
+/* ---- mail.c: composing and delivering */
+
+/* Reads SMTP_URL, SMTP_CA_FILE, MAIL_FROM, MAIL_DIR, SMTP_TIMEOUT_MS; creates MAIL_DIR. */
 int notif_mail_setup(notif *n, ew_error *err);
 void notif_mail_teardown(notif *n);
 
@@ -55,18 +75,5 @@ void notif_mail_forget(notif *n, const char *message_id);
 
 /* The id of the message `template_name` about `ref` (a user, a reset request, an export). */
 void notif_message_id(const char *template_name, const char *ref, char out[NOTIF_ID_LEN + 1]);
-
-/* The user's data as notification-service holds it (handlers.c): {"address": {...} or null,
- * "messages": [...]}, or {} when it holds nothing; the runtime answers the GDPR events from it,
- * GET /notifications/{user_id} serves it. */
-extern const svc_gdpr notif_gdpr;
-
-/* The service for svc_main() (service.c), with n as its state: zeroed, alive as long as
- * the service runs. curl_global_init() is the caller's, before any thread starts. */
-svc_def notif_service(notif *n);
-
-/* Registers the HTTP routes (http.c) and the event handlers (handlers.c). */
-int notif_routes(notif *n, ew_error *err);
-int notif_handlers(notif *n, ew_error *err);
 
 #endif

@@ -10,8 +10,8 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
     const ew_user_registered *d = ew_user_registered_data(ev);
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
-    char now[32];
-    user_now(now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     svc_row row;
     const char *p[] = {d->user_id, d->username, d->email, now};
     if (svc_query_row(t, "SELECT user_id FROM event_store.user_profiles WHERE user_id = $1", p, 1,
@@ -72,10 +72,7 @@ const svc_gdpr user_gdpr = {
     .failure = svc_failed,
 };
 
-int user_handlers(usvc *u, ew_error *err)
-{
-    static const svc_handler subs[] = {
-        {"user.registered", on_registered},
-    };
-    return svc_subscribe_all(u->s, subs, sizeof subs / sizeof subs[0], u, err);
-}
+const svc_handler user_handlers[] = {
+    {"user.registered", on_registered},
+    {0},
+};

@@ -17,18 +17,6 @@
 #define PREF_KEY_MAX 64
 #define PREF_VALUE_MAX 256
 
-/* The {id} of the path: a user id the system could have made; else 404. */
-static const char *path_user(const ew_http_request *rq, ew_http_response *res)
-{
-    const char *id = ew_http_param(rq, "id");
-    if (svc_allow_user(res, id)) return NULL; /* the user themselves or an admin: else 403 */
-    if (!svc_uuid_valid(id)) {
-        ew_http_reply_error(res, 404, NULL, "no profile for user %.64s", id ? id : "");
-        return NULL;
-    }
-    return id;
-}
-
 static bool website_valid(const char *s)
 {
     const char *rest = !strncmp(s, "https://", 8)  ? s + 8
@@ -85,7 +73,7 @@ static int read_profile(ew_txn *t, const char *user_id, svc_row *row, ew_error *
 static void h_get_profile(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     ew_txn *t;
     ew_error e = {0};
@@ -111,7 +99,7 @@ static void h_get_profile(const ew_http_request *rq, ew_http_response *res, void
 static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     static const char *const fields[] = {"display_name", "bio", "location", "website", NULL};
     const char *display_name, *bio, *location, *website;
@@ -146,8 +134,8 @@ static void h_put_profile(const ew_http_request *rq, ew_http_response *res, void
     ew_buf changes;
     ew_buf_init(&changes);
     ew_json_write(&changes, body);
-    char now[32];
-    user_now(now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
@@ -202,7 +190,7 @@ static bool pref_key_valid(const char *k)
 static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     static const char *const fields[] = {"preferences", NULL};
     if (svc_json_only(rq, res, fields)) return;
@@ -242,8 +230,8 @@ static void h_put_preferences(const ew_http_request *rq, ew_http_response *res, 
     ew_buf text;
     ew_buf_init(&text);
     ew_json_write(&text, prefs);
-    char now[32];
-    user_now(now);
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
@@ -293,7 +281,7 @@ out:
 static void h_get_preferences(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     ew_txn *t;
     ew_error e = {0};
@@ -323,31 +311,21 @@ static void h_get_preferences(const ew_http_request *rq, ew_http_response *res, 
 
 /* ---- POST /users/{id}/verify, POST /users/verify/confirm ---------------------------------- */
 
-static void token_hash(const char *token, char hash[65])
-{
-    unsigned char h[32];
-    crypto_generichash(h, sizeof h, (const unsigned char *)token, strlen(token), NULL, 0);
-    sodium_bin2hex(hash, 65, h, sizeof h);
-}
-
 /* Mails a single-use token to the profile's address (user.verification_requested, which
  * notification-service answers); the address is verified when the token comes back. */
 static void h_verify(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     static const char *const fields[] = {NULL};
     if (svc_json_only(rq, res, fields)) return;
-    char now[32], expires[32], token[64], hash[65];
-    user_now(now);
-    ew_time_format(ew_now_us() + u->verify_ttl_s * 1000000, expires);
-    unsigned char raw[32];
-    randombytes_buf(raw, sizeof raw);
-    sodium_bin2base64(token, sizeof token, raw, sizeof raw,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    sodium_memzero(raw, sizeof raw);
-    token_hash(token, hash);
+    char now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1], token[SVC_SECRET_LEN + 1];
+    char hash[SVC_SECRET_HASH_LEN + 1];
+    svc_time(0, now);
+    svc_time(u->verify_ttl_s, expires);
+    svc_secret_new(token);
+    svc_secret_hash(token, hash);
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
@@ -401,9 +379,9 @@ static void h_verify_confirm(const ew_http_request *rq, ew_http_response *res, v
     const char *token;
     if (svc_json_only(rq, res, fields) || svc_json_str(rq, res, "token", SVC_REQUIRED, 256, &token))
         return;
-    char now[32], hash[65];
-    user_now(now);
-    token_hash(token, hash);
+    char now[EW_TIME_LEN + 1], hash[SVC_SECRET_HASH_LEN + 1];
+    svc_time(0, now);
+    svc_secret_hash(token, hash);
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
@@ -460,7 +438,7 @@ failed:
 static void h_put_consent(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     usvc *u = ud;
-    const char *id = path_user(rq, res);
+    const char *id = svc_path_user(rq, res, "id", "profile for user");
     if (!id) return;
     static const char *const fields[] = {"purpose", "granted", NULL};
     const char *purpose = NULL;
@@ -504,16 +482,13 @@ failed:
     ew_http_obj_end(res);
 }
 
-int user_routes(usvc *u, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"GET /users/{id}/profile", 0, h_get_profile},
-        {"PUT /users/{id}/profile", EW_HTTP_JSON, h_put_profile},
-        {"GET /users/{id}/preferences", 0, h_get_preferences},
-        {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
-        {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
-        {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
-        {"POST /users/verify/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_verify_confirm},
-    };
-    return svc_route_all(u->s, routes, sizeof routes / sizeof routes[0], u, err);
-}
+const svc_http_route user_routes[] = {
+    {"GET /users/{id}/profile", 0, h_get_profile},
+    {"PUT /users/{id}/profile", EW_HTTP_JSON, h_put_profile},
+    {"GET /users/{id}/preferences", 0, h_get_preferences},
+    {"PUT /users/{id}/preferences", EW_HTTP_JSON, h_put_preferences},
+    {"POST /users/{id}/verify", EW_HTTP_JSON_OPT, h_verify},
+    {"PUT /users/{id}/consent", EW_HTTP_JSON, h_put_consent},
+    {"POST /users/verify/confirm", EW_HTTP_JSON | SVC_PUBLIC, h_verify_confirm},
+    {0},
+};

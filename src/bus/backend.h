@@ -36,9 +36,23 @@
  * (publish), fetch messages with their ack tokens (its consumer threads), acknowledge or commit
  * in order and never past the oldest delivery not yet done, bind a group to its patterns
  * (subscribed), close. Everything about events is above it: decoding and the dead letter policy
- * (receive.c), the encoding (binding.c), handlers, retries and the inbox (dispatch.c). The
- * consumer threads, the in-flight window and the in-order acknowledgements are each backend's
- * own code still, behind these ops.
+ * (receive.c), the encoding (binding.c), handlers, retries and the inbox (dispatch.c).
+ *
+ * The consumer core (consumer.h) owns what consuming is on every broker: the consumer thread of
+ * each group and its lifecycle, reconnection with capped, jittered back-off, the bounded in-flight
+ * window and settlement in delivery order. A backend on it states only its transport operations
+ * in an ew__consumer_ops:
+ *
+ *   connect        connect (again), declare or join what the group consumes, start fetching
+ *   fetch          take up to N raw messages, each with its ack token (ew__ack_token), and hand
+ *                  them to ew__consumer_receive() in the broker's order
+ *   settle         acknowledge up to a token (a run in delivery order) or one token alone
+ *   release        give a message back unhandled (requeue); stop_fetching: cancel at stop
+ *   disconnect     drop the connection after an error, or close it at the end
+ *
+ * RabbitMQ and Kafka are on the core. Redis (redis_consumer.c, redis_streams.c) and the SQLite
+ * bus (sqlite_consume.c) still run their own consumer threads, windows and in-order
+ * acknowledgements behind these ops, under the same rules.
  *
  * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
  * follow-up events of a handler are published from its worker), also after ops->stop. done() runs

@@ -150,6 +150,8 @@ static int seal_all(ew_bus *bus, const ew_event *const *evs, size_t n,
 {
     *sealed_out = evs;
     if (!bus->keys || n == 0) return 0;
+    int prc = ew__keyring_prepare(bus->keys, evs, n, err); /* new subjects: one commit */
+    if (prc) return prc;
     ew_event **sealed = calloc(n, sizeof *sealed);
     if (!sealed) return ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {

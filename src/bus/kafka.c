@@ -61,6 +61,7 @@ static void group_free(kgroup *g)
 {
     if (!g) return;
     /* A consumer that never ran closes without rebalance callbacks. */
+    ew__consumer_free(g->core);
     if (g->rk) rd_kafka_destroy_flags(g->rk, g->closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     for (size_t i = 0; i < g->nparts; i++)
         ew__kf_part_free(g->parts[i]);
@@ -73,7 +74,7 @@ static void group_free(kgroup *g)
     free(g->starts);
     free(g->name);
     free(g->group_id);
-    pthread_cond_destroy(&g->cv);
+    free(g->what);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -84,10 +85,25 @@ static kgroup *group_new(kafka *k, const char *name)
     if (!g) return NULL;
     g->k = k;
     pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
     g->name = strdup(name);
     g->group_id = ew__kf_join(k->group_prefix, name);
-    if (!g->name || !g->group_id) {
+    snprintf(g->thread, sizeof g->thread, "ewk:%.11s", name); /* as ps and debuggers show it */
+    if (!g->name || !g->group_id || asprintf(&g->what, "kafka group %s", g->group_id) < 0) {
+        g->what = NULL;
+        group_free(g);
+        return NULL;
+    }
+    ew__consumer_conf conf = {
+        .bus = k->bus,
+        .group = g->name,
+        .what = g->what,
+        .thread = g->thread,
+        .max_inflight = (size_t)k->max_inflight,
+        .max_bytes = k->max_bytes,
+        .ops = &ew__kf_transport,
+        .t = g,
+    };
+    if (ew__consumer_new(&g->core, &conf, NULL)) {
         group_free(g);
         return NULL;
     }
@@ -152,11 +168,7 @@ static int group_start(kgroup *g, ew_error *err)
     if (!(g->commitq = rd_kafka_queue_new(rk)))
         return ew_error_set(err, EW_ENOMEM, "kafka group %s: out of memory", g->group_id);
     if ((rc = group_subscribe(g, err))) return rc;
-    if (pthread_create(&g->th, NULL, ew__kf_consume_main, g))
-        return ew_error_set(err, EW_ENOMEM, "kafka group %s: cannot start a thread", g->group_id);
-    char name[16]; /* "ewk:GROUP", as ps and debuggers show it */
-    snprintf(name, sizeof name, "ewk:%.11s", g->name);
-    pthread_setname_np(g->th, name);
+    if ((rc = ew__consumer_start(g->core, err))) return rc;
     g->running = true;
     return 0;
 }
@@ -331,21 +343,18 @@ static void k_stop(void *self)
 {
     kafka *k = self;
     pthread_mutex_lock(&k->mu);
-    for (kgroup *g = k->groups; g; g = g->next) {
-        atomic_store(&g->stopping, true);
-        if (g->cq) rd_kafka_queue_yield(g->cq);
-    }
-    /* The groups drain and leave side by side. */
-    for (kgroup *g = k->groups; g; g = g->next) {
-        if (g->running) pthread_join(g->th, NULL);
-        g->running = false;
-    }
+    for (kgroup *g = k->groups; g; g = g->next)
+        if (g->running) ew__consumer_stop(g->core);
     pthread_mutex_unlock(&k->mu);
 }
 
 static void k_close(void *self)
 {
-    k_free(self);
+    kafka *k = self;
+    /* The dispatcher drained: each group's core commits what finished and leaves the group. */
+    for (kgroup *g = k->groups; g; g = g->next)
+        if (g->running) ew__consumer_close(g->core);
+    k_free(k);
 }
 
 const ew_bus_ops ew__bus_kafka_ops = {

@@ -1,8 +1,8 @@
 /* eventwire — the Kafka backend's internal header: its state, shared by its files (kafka.c:
  * groups and the ops; kafka_conf.c: librdkafka configuration and settings; kafka_produce.c: the
- * producer; kafka_start.c: where a new group starts; kafka_consume.c: the consumer's windows,
- * rebalances and messages). Nothing here is used outside src/bus/kafka*.c. Each function's
- * contract is stated where it is defined. */
+ * producer; kafka_start.c: where a new group starts; kafka_consume.c: the transport of each group's
+ * consumer core: records, commits and rebalances). Nothing here is used outside src/bus/kafka*.c.
+ * Each function's contract is stated where it is defined. */
 #ifndef EW_BUS_KAFKA_H
 #define EW_BUS_KAFKA_H
 
@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include "bus/backend.h"
 #include "bus/binding.h"
+#include "bus/consumer.h"
 #include "eventwire/catalog.h"
 
 #define POLL_MS 100             /* longest a consumer thread sleeps in poll */
@@ -39,19 +40,6 @@ typedef struct kprod {
     _Atomic(rd_kafka_topic_t *) rkts[EW_T__COUNT];
 } kprod;
 
-/* One message handed to the dispatcher: lives until done() and until every message before it in
- * its partition is done too (the partition's window). */
-typedef struct kmsg {
-    ew_delivery dl; /* first: done() gets &dl */
-    kgroup *g;
-    kpart *part;
-    int64_t offset;
-    int state; /* KM_PENDING, KM_ACKED, KM_ABANDONED */
-    struct kmsg *next;
-} kmsg;
-
-enum { KM_PENDING, KM_ACKED, KM_ABANDONED };
-
 /* Where a partition starts for a group that has committed nothing there (a group new to Kafka):
  * recorded when a subscription of the group was made. */
 typedef struct kstart {
@@ -60,44 +48,38 @@ typedef struct kstart {
     int64_t offset; /* the partition's end then (from now on), or RD_KAFKA_OFFSET_BEGINNING */
 } kstart;
 
-/* An assigned partition and its window of messages not yet committable, in offset order. */
+/* An assigned partition: a lane of the group's consumer core, and its commits. */
 struct kpart {
     char *topic;
     int32_t partition;
+    uint32_t lane;               /* its lane in the consumer core (ew__ack_token.lane) */
     const rd_kafka_topic_t *rkt; /* the handle its messages come with, for a quick match */
-    kmsg *head, *tail;
-    int pending;         /* messages not yet done */
-    int64_t next_commit; /* offset to commit (the one after the last done message); -1: none */
+    int64_t next_commit; /* offset to commit (the one after the last settled message); -1: none */
     int64_t committed;   /* last offset sent in a commit (consumer thread); -1: none */
-    bool assigned;       /* false once revoked: its messages no longer commit */
-    bool blocked;        /* a message was abandoned: never commit past it */
 };
 
 struct kgroup {
     kafka *k;   /* first, as in struct kafka: what the librdkafka callbacks read from the opaque */
     char *name; /* the subscriber group */
-    char *group_id; /* KAFKA_CONSUMER_GROUP.name */
-    bool ephemeral; /* commits nothing: the broker keeps no position for it */
-    char **subs;    /* topics and ^regexes */
+    char *group_id;  /* KAFKA_CONSUMER_GROUP.name */
+    char *what;      /* "kafka group ID", for log lines */
+    char thread[16]; /* its consumer thread's name, "ewk:GROUP" */
+    bool ephemeral;  /* commits nothing: the broker keeps no position for it */
+    char **subs;     /* topics and ^regexes */
     size_t nsubs, capsubs;
     kstart *starts; /* under mu: written by subscribed(), read on assignment */
     size_t nstarts, capstarts;
     rd_kafka_t *rk;
     rd_kafka_queue_t *cq;      /* the consumer queue, to wake the thread */
     rd_kafka_queue_t *commitq; /* results of asynchronous commits, served by the thread */
-    pthread_t th;
-    bool running;
-    atomic_bool stopping;
+    ew__consumer *core;        /* the consumer core running the group (consumer.h) */
+    bool running;              /* core started */
 
-    pthread_mutex_t mu; /* the windows, the parts array, the counters below */
-    pthread_cond_t cv;  /* a revoked partition or the whole group drained */
+    pthread_mutex_t mu; /* the parts array, next_commit, dirty, closed */
     kpart **parts;      /* assigned; changed only by the consumer thread, under mu */
     size_t nparts, capparts;
-    atomic_int inflight; /* delivered, done() not yet called */
-    bool full;           /* the consumer thread waits for room under the in-flight bound */
-    atomic_bool dirty;   /* a next_commit moved (written under mu) */
-    bool draining;       /* stop: waiting for the in-flight messages */
-    bool closed;         /* the consumer is closed: no more commits or wake-ups */
+    atomic_bool dirty; /* a next_commit moved (written under mu) */
+    bool closed;       /* the consumer is closed: no more commits */
 
     /* the consumer thread's own */
     bool commit_inflight;
@@ -159,7 +141,7 @@ void ew__kf_set_start_offsets(kgroup *g, rd_kafka_topic_partition_list_t *parts)
 
 /* ---- kafka_consume.c --------------------------------------------------------------------- */
 
-void *ew__kf_consume_main(void *arg);
+extern const ew__consumer_ops ew__kf_transport;
 void ew__kf_part_free(kpart *p);
 void ew__kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
                          rd_kafka_topic_partition_list_t *parts, void *opaque);

@@ -1,9 +1,9 @@
-/* eventwire — the Kafka backend, consuming: each partition's window of records in flight,
- * commits never past the oldest record not yet done, rebalances, and records through the receive
- * path to the dispatcher. */
+/* eventwire — the Kafka backend, consuming: the transport of each group's consumer core
+ * (consumer.h: its thread, window and in-order settlement), with one lane per assigned
+ * partition: fetch records from librdkafka, commit the offset after each finished run, and
+ * hand partitions over in rebalances. */
 #ifdef EW_HAVE_KAFKA
 
-#include <ctype.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,82 +12,78 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include "bus/backend.h"
 #include "bus/binding.h"
+#include "bus/consumer.h"
 #include "bus/kafka.h"
 #include "bus/receive.h"
-#include "core/buf.h"
-#include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
-/* ---- consuming: the windows ---------------------------------------------------------------- */
+/* ---- partitions: the lanes ------------------------------------------------------------------ */
 
-static kpart *part_new(const char *topic, int32_t partition)
+void ew__kf_part_free(kpart *p)
 {
-    kpart *p = calloc(1, sizeof *p);
-    if (!p) return NULL;
+    if (!p) return;
+    free(p->topic);
+    free(p);
+}
+
+static kpart *find_assigned(kgroup *g, const char *topic, int32_t partition, size_t *index)
+{
+    for (size_t i = 0; i < g->nparts; i++) {
+        kpart *p = g->parts[i];
+        if (p->partition == partition && strcmp(p->topic, topic) == 0) {
+            if (index) *index = i;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* The lowest lane id no assigned partition uses (ids are reused: the core's lane table stays as
+ * small as the assignment). Under mu. */
+static uint32_t free_lane(const kgroup *g)
+{
+    for (uint32_t id = 0;; id++) {
+        bool used = false;
+        for (size_t i = 0; i < g->nparts && !used; i++)
+            used = g->parts[i]->lane == id;
+        if (!used) return id;
+    }
+}
+
+/* Adds a partition to the assigned ones (consumer thread). NULL when out of memory. */
+static kpart *assign_one(kgroup *g, const char *topic, int32_t partition)
+{
+    kpart *p = find_assigned(g, topic, partition, NULL);
+    if (p) return p;
+    if (g->nparts == g->capparts) {
+        size_t cap = g->capparts ? 2 * g->capparts : 16;
+        kpart **np = realloc(g->parts, cap * sizeof *np);
+        if (!np) return NULL;
+        g->parts = np;
+        g->capparts = cap;
+    }
+    if (!(p = calloc(1, sizeof *p))) return NULL;
     if (!(p->topic = strdup(topic))) {
         free(p);
         return NULL;
     }
     p->partition = partition;
     p->next_commit = p->committed = -1;
-    p->assigned = true;
+    p->lane = free_lane(g);
+    g->parts[g->nparts++] = p;
     return p;
 }
 
-void ew__kf_part_free(kpart *p)
+static kpart *part_of_lane(kgroup *g, uint32_t lane)
 {
-    while (p->head) {
-        kmsg *m = p->head;
-        p->head = m->next;
-        free(m);
-    }
-    free(p->topic);
-    free(p);
+    for (size_t i = 0; i < g->nparts; i++)
+        if (g->parts[i]->lane == lane) return g->parts[i];
+    return NULL;
 }
 
-/* done(): the dispatcher is finished with the message. Any worker thread. */
-static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
-{
-    kmsg *m = (kmsg *)dl;
-    kgroup *g = m->g;
-    kpart *p = m->part;
-    bool wake = false;
-    pthread_mutex_lock(&g->mu);
-    m->state = outcome == EW_DELIVERY_ACK ? KM_ACKED : KM_ABANDONED;
-    p->pending--;
-    int left = atomic_fetch_sub(&g->inflight, 1) - 1;
-    bool moved = false;
-    /* Pop what is done from the front of the window: the offset after it is committable, unless
-     * an abandoned message came first (it must be delivered again, so nothing past it may be
-     * committed). */
-    while (p->head && p->head->state != KM_PENDING) {
-        kmsg *h = p->head;
-        if (h->state == KM_ABANDONED) p->blocked = true;
-        if (!p->blocked) {
-            p->next_commit = h->offset + 1;
-            moved = true;
-        }
-        p->head = h->next;
-        if (!p->head) p->tail = NULL;
-        free(h);
-    }
-    if (moved && p->assigned && !g->dirty) {
-        g->dirty = true;
-        wake = true;
-    }
-    if (p->pending == 0 || (g->draining && left == 0) || (g->full && wake) ||
-        (g->full && left <= g->k->max_inflight / 2)) {
-        pthread_cond_broadcast(&g->cv);
-        if (g->draining) wake = true;
-    }
-    if (!p->assigned && !p->head) ew__kf_part_free(p);
-    if (g->closed) wake = false;
-    pthread_mutex_unlock(&g->mu);
-    if (wake) rd_kafka_queue_yield(g->cq);
-}
+/* ---- commits --------------------------------------------------------------------------------- */
 
 /* Commits the offsets that moved (consumer thread). Asynchronous unless sync, one at a time and
  * at most every COMMIT_INTERVAL_MS: how many records a crash makes deliver again against how
@@ -136,6 +132,7 @@ static void commit(kgroup *g, bool sync)
 static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *offs,
                       void *opaque)
 {
+    (void)rk;
     kgroup *g = opaque;
     if (!g) return;
     g->commit_inflight = false;
@@ -164,112 +161,47 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_part
     g->next_commit_ns = ew_mono_ns() + (int64_t)COMMIT_RETRY_MS * 1000000;
 }
 
-/* Stops fetching from the assigned partitions (closing). */
-static void pause_all(kgroup *g)
-{
-    rd_kafka_topic_partition_list_t *l = NULL;
-    if (rd_kafka_assignment(g->rk, &l) == 0 && l) {
-        if (l->cnt) rd_kafka_pause_partitions(g->rk, l);
-        rd_kafka_topic_partition_list_destroy(l);
-    }
-}
+/* ---- rebalances ------------------------------------------------------------------------------ */
 
-/* The in-flight bound: with EVENT_BUS_MAX_IN_FLIGHT messages delivered and not done, the
- * consumer thread stops taking messages from librdkafka (which keeps prefetching up to its own
- * queue limit) until half of them are done. Not pausing the partitions: librdkafka 2.0 resumes
- * a paused partition's fetching only at its broker thread's next second. Not polling for longer
- * than max.poll.interval.ms (5 minutes: handlers stuck that long) makes the consumer leave the
- * group, as any Kafka consumer that stops polling. Waits once: until there is room, offsets to
- * commit, or COMMIT_INTERVAL_MS. */
-static void wait_for_room(kgroup *g)
-{
-    int resume_at = g->k->max_inflight / 2;
-    pthread_mutex_lock(&g->mu);
-    if (atomic_load(&g->inflight) > resume_at && !atomic_load(&g->stopping) && !g->dirty) {
-        g->full = true;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += COMMIT_INTERVAL_MS * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
-        pthread_cond_timedwait(&g->cv, &g->mu, &ts);
-        g->full = false;
-    }
-    pthread_mutex_unlock(&g->mu);
-}
-
-/* ---- consuming: rebalances ----------------------------------------------------------------- */
-
-static kpart *find_assigned(kgroup *g, const char *topic, int32_t partition, size_t *index)
-{
-    for (size_t i = 0; i < g->nparts; i++) {
-        kpart *p = g->parts[i];
-        if (p->partition == partition && strcmp(p->topic, topic) == 0) {
-            if (index) *index = i;
-            return p;
-        }
-    }
-    return NULL;
-}
-
-/* Adds a partition to the assigned ones (consumer thread). NULL when out of memory. */
-static kpart *assign_one(kgroup *g, const char *topic, int32_t partition)
-{
-    kpart *p = find_assigned(g, topic, partition, NULL);
-    if (p) return p;
-    if (g->nparts == g->capparts) {
-        size_t cap = g->capparts ? 2 * g->capparts : 16;
-        kpart **np = realloc(g->parts, cap * sizeof *np);
-        if (!np) return NULL;
-        g->parts = np;
-        g->capparts = cap;
-    }
-    if (!(p = part_new(topic, partition))) return NULL;
-    g->parts[g->nparts++] = p;
-    return p;
-}
-
-/* Revoked partitions: wait (up to EVENT_BUS_DRAIN_TIMEOUT_MS) for their messages in flight,
- * commit what is done, and let go. Messages still in flight then finish without committing:
- * the partition's next owner delivers them again (at least once, never lost). */
+/* Revoked partitions: wait (up to EVENT_BUS_DRAIN_TIMEOUT_MS) for their records in flight,
+ * commit what is done, and let go. Records still in flight then finish without committing: the
+ * partition's next owner delivers them again (at least once, never lost). Lost partitions are
+ * let go at once, committing nothing. */
 static void revoke(kgroup *g, rd_kafka_topic_partition_list_t *parts, bool lost)
 {
     kafka *k = g->k;
-    int64_t end = ew_mono_ns() + (int64_t)k->drain_ms * 1000000;
+    uint32_t local[64], *lanes = local;
+    if (parts->cnt > 64 && !(lanes = malloc((size_t)parts->cnt * sizeof *lanes))) lanes = local;
+    size_t n = 0;
     pthread_mutex_lock(&g->mu);
-    for (int i = 0; i < parts->cnt && !lost; i++) {
+    for (int i = 0; i < parts->cnt && (lanes != local || n < 64); i++) {
         kpart *p = find_assigned(g, parts->elems[i].topic, parts->elems[i].partition, NULL);
-        while (p && p->pending > 0) {
-            int64_t now = ew_mono_ns();
-            if (now >= end) {
-                ew__bus_log(k->bus, EW_LOG_WARN,
-                            "kafka group %s: %s [%d] revoked with %d messages in flight: they will "
-                            "be delivered again",
-                            g->group_id, p->topic, (int)p->partition, p->pending);
-                break;
-            }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t wait = end - now < 100000000 ? end - now : 100000000;
-            ts.tv_nsec += wait;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
-            pthread_cond_timedwait(&g->cv, &g->mu, &ts);
-        }
+        if (p) lanes[n++] = p->lane;
     }
     pthread_mutex_unlock(&g->mu);
-    if (!lost) commit(g, true);
+    if (!lost && n) {
+        ew_error e = {0};
+        size_t busy = ew__consumer_drain_lanes(g->core, lanes, n,
+                                               ew_mono_ns() + (int64_t)k->drain_ms * 1000000, &e);
+        if (busy)
+            ew__bus_log(k->bus, EW_LOG_WARN,
+                        "kafka group %s: %zu partitions revoked with %zu messages in flight: they "
+                        "will be delivered again",
+                        g->group_id, n, busy);
+        commit(g, true);
+    }
+    ew__consumer_forget_lanes(g->core, lanes, n);
     pthread_mutex_lock(&g->mu);
     for (int i = 0; i < parts->cnt; i++) {
         size_t idx;
         kpart *p = find_assigned(g, parts->elems[i].topic, parts->elems[i].partition, &idx);
         if (!p) continue;
         g->parts[idx] = g->parts[--g->nparts];
-        p->assigned = false;
-        if (!p->head) ew__kf_part_free(p);
+        ew__kf_part_free(p);
     }
     g->last = NULL;
     pthread_mutex_unlock(&g->mu);
+    if (lanes != local) free(lanes);
 }
 
 void ew__kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
@@ -295,36 +227,27 @@ void ew__kf_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
     }
 }
 
-/* ---- consuming: messages ------------------------------------------------------------------- */
+/* ---- records --------------------------------------------------------------------------------- */
 
 static kpart *part_of(kgroup *g, const rd_kafka_message_t *m)
 {
     kpart *p = g->last;
     if (p && p->rkt == m->rkt && p->partition == m->partition) return p;
     const char *topic = rd_kafka_topic_name(m->rkt);
+    pthread_mutex_lock(&g->mu);
     p = find_assigned(g, topic, m->partition, NULL);
-    if (!p) {
-        /* not in our assignment (not expected): track it all the same */
-        pthread_mutex_lock(&g->mu);
-        p = assign_one(g, topic, m->partition);
-        pthread_mutex_unlock(&g->mu);
-        if (!p) return NULL;
-    }
+    /* not in our assignment (not expected): track it all the same */
+    if (!p) p = assign_one(g, topic, m->partition);
+    pthread_mutex_unlock(&g->mu);
+    if (!p) return NULL;
     p->rkt = m->rkt;
     g->last = p;
     return p;
 }
 
-/* ew__receive's question while the dead letter sink refuses a record. */
-static bool recv_stopping(void *ud)
-{
-    kgroup *g = ud;
-    return atomic_load(&g->stopping);
-}
-
-/* A record through the receive path (receive.h), by the CloudEvents Kafka binding: every header
- * as received, the binding decides the mode. EW__RECV_DEAD: it is in the dead letter sink. */
-static ew__recv_result receive(kgroup *g, const rd_kafka_message_t *m, ew_event **ev)
+/* A record through the consumer core, by the CloudEvents Kafka binding: every header as
+ * received, the binding decides the mode; its offset in its partition's lane settles it. */
+static void receive(kgroup *g, kpart *p, const rd_kafka_message_t *m)
 {
     rd_kafka_headers_t *h = NULL;
     if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR) h = NULL;
@@ -357,65 +280,39 @@ static ew__recv_result receive(kgroup *g, const rd_kafka_message_t *m, ew_event 
             strncmp(topic, g->k->prefix, np) == 0 && topic[np] == '.' ? topic + np + 1 : NULL,
         .transport = where,
     };
-    ew__recv_result r = ew__receive(g->k->bus, &rm, g->k->max_bytes, recv_stopping, g, ev);
+    ew__consumer_receive(g->core, &rm, (ew__ack_token){.lane = p->lane, .a = (uint64_t)m->offset});
     if (hs != local) free(hs);
-    return r;
-}
-
-/* Puts records in their partitions' windows, in the order given (their offset order), and
- * counts them in flight: before they are delivered, since done() may come at once. */
-static void track(kgroup *g, kmsg *const *kms, size_t n)
-{
-    pthread_mutex_lock(&g->mu);
-    for (size_t i = 0; i < n; i++) {
-        kmsg *km = kms[i];
-        kpart *p = km->part;
-        if (p->tail)
-            p->tail->next = km;
-        else
-            p->head = km;
-        p->tail = km;
-        p->pending++;
-    }
-    atomic_fetch_add(&g->inflight, (int)n);
-    pthread_mutex_unlock(&g->mu);
 }
 
 #define RECV_BATCH 64 /* records taken from librdkafka at once */
 
-typedef struct decoded {
-    kmsg *km;
-    ew_event *ev;
-} decoded;
+/* ---- the transport (consumer.h) -------------------------------------------------------------- */
 
-/* Hands decoded records to the dispatcher. */
-static void deliver(kgroup *g, decoded *d, size_t n)
+/* ops->connect: the consumer was made and subscribed when the group started (kafka.c), and
+ * librdkafka reconnects to the brokers by itself. */
+static int t_connect(void *t, ew_error *err)
 {
-    kmsg *kms[RECV_BATCH];
-    for (size_t i = 0; i < n; i++)
-        kms[i] = d[i].km;
-    track(g, kms, n);
-    for (size_t i = 0; i < n; i++) {
-        d[i].km->dl.event = d[i].ev;
-        ew_error de = {0};
-        if (ew__dispatch_deliver(g->k->disp, &d[i].km->dl, &de)) {
-            ew__bus_log(g->k->bus, EW_LOG_ERROR,
-                        "kafka group %s: event %s not delivered (%s): left for redelivery",
-                        g->group_id, ew_event_id(d[i].ev), de.msg);
-            on_done(&d[i].km->dl, EW_DELIVERY_ABANDONED);
-        }
-        ew_event_unref(d[i].ev);
-    }
+    (void)t, (void)err;
+    return 0;
 }
 
-/* Records from the consumer (at most RECV_BATCH): decoded, then delivered together; a record
- * that does not decode is dead-lettered in its place in the order. */
-static void handle_batch(kgroup *g, rd_kafka_message_t *const *ms, size_t n)
+/* ops->fetch: commits what is due, then what librdkafka has ready, within max; else waits for one
+ * record (not longer than the next commit may be due). Rebalances run in here. */
+static int t_fetch(void *t, size_t max, int wait_ms, ew_error *err)
 {
+    (void)err;
+    kgroup *g = t;
     kafka *k = g->k;
-    decoded d[RECV_BATCH];
-    size_t nd = 0;
-    for (size_t i = 0; i < n; i++) {
+    rd_kafka_message_t *ms[RECV_BATCH];
+    commit(g, false);
+    ssize_t n =
+        rd_kafka_consume_batch_queue(g->cq, 0, ms, max < RECV_BATCH ? max : (size_t)RECV_BATCH);
+    if (n <= 0) {
+        int wait = g->commit_inflight || g->dirty ? COMMIT_INTERVAL_MS : POLL_MS;
+        if (wait > wait_ms) wait = wait_ms;
+        n = (ms[0] = rd_kafka_consumer_poll(g->rk, wait)) != NULL;
+    }
+    for (ssize_t i = 0; i < n; i++) {
         const rd_kafka_message_t *m = ms[i];
         if (m->err) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -426,63 +323,57 @@ static void handle_batch(kgroup *g, rd_kafka_message_t *const *ms, size_t n)
             continue;
         }
         kpart *p = part_of(g, m);
-        kmsg *km = calloc(1, sizeof *km);
-        if (!p || !km) {
-            /* Not delivered: nothing past it in its partition may be committed, so that its
-             * partition's next owner (or this consumer after a restart) gets it again. */
+        if (!p) {
+            /* Not delivered, and with no lane nothing can stop a commit past it: the partition
+             * is forgotten, so that its next owner (or this consumer after a restart) gets it. */
             ew__bus_log(k->bus, EW_LOG_ERROR,
                         "kafka group %s: out of memory: %s [%d] offset %lld left for redelivery",
                         g->group_id, rd_kafka_topic_name(m->rkt), (int)m->partition,
                         (long long)m->offset);
-            if (p) {
-                pthread_mutex_lock(&g->mu);
-                p->blocked = true;
-                pthread_mutex_unlock(&g->mu);
-            }
-            free(km);
             continue;
         }
-        km->g = g;
-        km->part = p;
-        km->offset = m->offset;
-        km->dl.group = g->name;
-        km->dl.done = on_done;
-        ew_event *ev = NULL;
-        ew__recv_result r = receive(g, m, &ev);
-        if (r == EW__RECV_EVENT) {
-            d[nd++] = (decoded){km, ev};
-        } else {
-            /* Dead-lettered: committed like a handled record, in its place in the order (the
-             * records before it go first). The bus stopped while the sink refused it: not
-             * committed (nothing past it is), delivered again. */
-            deliver(g, d, nd);
-            nd = 0;
-            track(g, &km, 1);
-            on_done(&km->dl, r == EW__RECV_DEAD ? EW_DELIVERY_ACK : EW_DELIVERY_ABANDONED);
-        }
+        receive(g, p, m);
     }
-    deliver(g, d, nd);
+    for (ssize_t i = 0; i < n; i++)
+        rd_kafka_message_destroy(ms[i]);
+    return 0;
 }
 
-/* Stop: no more deliveries; wait (up to EVENT_BUS_DRAIN_TIMEOUT_MS) for those in flight,
- * committing as they finish, then leave the group. */
-static void drain(kgroup *g)
+/* ops->settle: a finished run of a partition makes the offset after its newest committable
+ * (sent by commit() at its next turn). */
+static int t_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, ew_error *err)
 {
-    pause_all(g);
+    (void)count, (void)err;
+    kgroup *g = t;
+    if (!upto) return 0;
     pthread_mutex_lock(&g->mu);
-    g->draining = true;
-    pthread_mutex_unlock(&g->mu);
-    int64_t end = ew_mono_ns() + (int64_t)g->k->drain_ms * 1000000;
-    while (atomic_load(&g->inflight) > 0 && ew_mono_ns() < end) {
-        commit(g, false);
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(g->rk, COMMIT_INTERVAL_MS);
-        if (m) rd_kafka_message_destroy(m); /* not delivered, so not committed */
+    kpart *p = part_of_lane(g, tok->lane);
+    if (p && (int64_t)tok->a + 1 > p->next_commit) {
+        p->next_commit = (int64_t)tok->a + 1;
+        g->dirty = true;
     }
-    if (atomic_load(&g->inflight) > 0)
-        ew__bus_log(g->k->bus, EW_LOG_WARN,
-                    "kafka group %s: closing with %d messages in flight: they will be delivered "
-                    "again",
-                    g->group_id, atomic_load(&g->inflight));
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
+/* ops->stop_fetching: stop fetching from the assigned partitions. */
+static int t_stop_fetching(void *t, ew_error *err)
+{
+    (void)err;
+    kgroup *g = t;
+    rd_kafka_topic_partition_list_t *l = NULL;
+    if (rd_kafka_assignment(g->rk, &l) == 0 && l) {
+        if (l->cnt) rd_kafka_pause_partitions(g->rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    return 0;
+}
+
+/* ops->disconnect: at close, commit what finished and leave the group. */
+static void t_disconnect(void *t, bool closing)
+{
+    kgroup *g = t;
+    if (!closing) return;
     commit(g, true);
     rd_kafka_consumer_close(g->rk);
     pthread_mutex_lock(&g->mu);
@@ -490,34 +381,25 @@ static void drain(kgroup *g)
     pthread_mutex_unlock(&g->mu);
 }
 
-void *ew__kf_consume_main(void *arg)
+/* ops->wake: cuts the thread's poll short. */
+static void t_wake(void *t)
 {
-    kgroup *g = arg;
-    kafka *k = g->k;
-    rd_kafka_message_t *ms[RECV_BATCH];
-    while (!atomic_load(&g->stopping)) {
-        int room = k->max_inflight - atomic_load(&g->inflight);
-        commit(g, false);
-        if (room <= 0) {
-            wait_for_room(g);
-            continue;
-        }
-        /* What librdkafka has ready, within the room left; else wait for one record (not
-         * longer than the next commit may be due). */
-        ssize_t n = rd_kafka_consume_batch_queue(g->cq, 0, ms,
-                                                 room < RECV_BATCH ? (size_t)room : RECV_BATCH);
-        if (n <= 0) {
-            int wait = g->commit_inflight || g->dirty ? COMMIT_INTERVAL_MS : POLL_MS;
-            n = (ms[0] = rd_kafka_consumer_poll(g->rk, wait)) != NULL;
-        }
-        /* Records not handled when stopping are not committed: the next consumer gets them. */
-        if (!atomic_load(&g->stopping)) handle_batch(g, ms, (size_t)n);
-        for (ssize_t i = 0; i < n; i++)
-            rd_kafka_message_destroy(ms[i]);
-    }
-    drain(g);
-    return NULL;
+    kgroup *g = t;
+    rd_kafka_queue_yield(g->cq);
 }
+
+const ew__consumer_ops ew__kf_transport = {
+    .connect = t_connect,
+    .fetch = t_fetch,
+    .settle = t_settle,
+    .stop_fetching = t_stop_fetching,
+    .disconnect = t_disconnect,
+    .wake = t_wake,
+    .settle_one = false, /* an offset commit covers everything before it */
+    .backoff_min_ms = 100,
+    .backoff_max_ms = 2000,
+    .idle_ms = POLL_MS,
+};
 
 #else
 typedef int ew__kafka_consume_unused;

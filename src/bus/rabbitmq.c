@@ -5,9 +5,10 @@
  *
  * A rabbitmq-c connection is not thread-safe, so each has one owner: publishers share one
  * connection under a mutex (it also carries the declarations of subscribe), and every subscriber
- * group has a consumer thread with a connection of its own. Dispatcher workers never touch that
- * connection: done() queues the delivery tag and wakes the consumer thread (an eventfd), which
- * sends the acknowledgements, coalescing the oldest ones into one basic.ack with multiple=true.
+ * group has a consumer thread with a connection of its own: the shared consumer core
+ * (consumer.h) runs it, and this backend gives it the transport. Dispatcher workers never touch
+ * that connection: the core queues what they finish and its thread sends the acknowledgements,
+ * coalescing the oldest ones into one basic.ack with multiple=true.
  * docs/bus-rabbitmq.md describes the mapping for users of the broker.
  *
  * This file: the ops; rabbitmq.h lists the others. */
@@ -34,6 +35,7 @@
 #include "bus/backend.h"
 #include "bus/url.h"
 #include "bus/binding.h"
+#include "bus/consumer.h"
 #include "bus/rabbitmq.h"
 #include "bus/receive.h"
 #include "bus/wire.h"
@@ -51,6 +53,7 @@ static void rmq_free(rmq *r)
     free(r->url_buf);
     free(r->exchange);
     free(r->dlx);
+    ew__mq_mgmt_free(r);
     free(r);
 }
 
@@ -100,7 +103,9 @@ static int rmq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *er
     r->pbackoff_ms = BACKOFF_MIN_MS;
     const char *ex = ew_config_get(cfg, "RABBITMQ_EXCHANGE");
     int rc = parse_url(r, ew_config_get(cfg, "RABBITMQ_URL"), err);
-    if (rc || (rc = ew__mq_tls_settings(r, cfg, err))) goto fail;
+    if (rc || (rc = ew__mq_tls_settings(r, cfg, err)) ||
+        (rc = ew__mq_mgmt_settings(r, ew_config_get(cfg, "RABBITMQ_MANAGEMENT_URL"), err)))
+        goto fail;
     if (strlen(ex) + 4 > AMQP_NAME_MAX) {
         rc = ew_error_set(err, EW_ECONFIG, "RABBITMQ_EXCHANGE: '%.64s...' is longer than %d bytes",
                           ex, AMQP_NAME_MAX - 4);
@@ -202,7 +207,7 @@ static int rmq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
         c->patterns[c->npatterns++] = key;
         key = NULL;
     }
-    if (created && r->started) rc = ew__mq_consumer_start(c, err);
+    if (created && r->started) rc = ew__consumer_start(c->core, err);
 unlock:
     pthread_mutex_unlock(&r->mu);
     free(key);
@@ -216,7 +221,7 @@ static int rmq_start(void *self, ew_error *err)
     r->started = true;
     int rc = 0;
     for (size_t i = 0; i < r->ngroups && !rc; i++)
-        rc = ew__mq_consumer_start(r->groups[i], err);
+        rc = ew__consumer_start(r->groups[i]->core, err);
     pthread_mutex_unlock(&r->mu);
     return rc;
 }
@@ -225,30 +230,16 @@ static void rmq_stop(void *self)
 {
     rmq *r = self;
     pthread_mutex_lock(&r->mu);
-    for (size_t i = 0; i < r->ngroups; i++) {
-        consumer *c = r->groups[i];
-        pthread_mutex_lock(&c->mu);
-        c->stopping = true;
-        ew__mq_wake(c);
-        while (c->in_deliver)
-            pthread_cond_wait(&c->cv, &c->mu);
-        pthread_mutex_unlock(&c->mu);
-    }
+    for (size_t i = 0; i < r->ngroups; i++)
+        ew__consumer_stop(r->groups[i]->core);
     pthread_mutex_unlock(&r->mu);
 }
 
 static void rmq_close(void *self)
 {
     rmq *r = self;
-    for (size_t i = 0; i < r->ngroups; i++) {
-        consumer *c = r->groups[i];
-        if (!c->th_started) continue;
-        pthread_mutex_lock(&c->mu);
-        c->stopping = c->quit = true;
-        ew__mq_wake(c);
-        pthread_mutex_unlock(&c->mu);
-        pthread_join(c->th, NULL);
-    }
+    for (size_t i = 0; i < r->ngroups; i++)
+        ew__consumer_close(r->groups[i]->core);
     ew__mq_conn_close(r->pst);
     r->pst = NULL;
     rmq_free(r);

@@ -1,7 +1,8 @@
 /* eventwire — the RabbitMQ backend's internal header: its state, shared by its files
  * (rabbitmq.c: the ops; rabbitmq_conn.c: connections, declarations and small helpers;
- * rabbitmq_publish.c: publishing with confirms; rabbitmq_consume.c: the consumer threads,
- * acknowledgements and the receive path). Nothing here is used outside src/bus/rabbitmq*.c. Each
+ * rabbitmq_publish.c: publishing with confirms; rabbitmq_consume.c: the transport of each
+ * group's consumer core; rabbitmq_lag.c: consumer lag; rabbitmq_mgmt.c: the management plugin's
+ * HTTP API). Nothing here is used outside src/bus/rabbitmq*.c. Each
  * function's contract is stated where it is defined. */
 #ifndef EW_BUS_RABBITMQ_H
 #define EW_BUS_RABBITMQ_H
@@ -30,48 +31,25 @@
 
 typedef struct rmq rmq;
 
-typedef struct ack_item {
-    uint64_t tag, gen;
-} ack_item;
+typedef struct ew__consumer ew__consumer;
 
-/* The consumer of one subscriber group: a thread, its connection, and the acknowledgements that
- * dispatcher workers hand it. */
+/* The consumer of one subscriber group: the transport of a consumer core (consumer.h), which
+ * runs its thread, reconnects, bounds the deliveries in flight and acknowledges them in order.
+ * The connection is the core thread's alone: dispatcher workers never touch it. */
 typedef struct consumer {
     rmq *r;
     char *group, *queue;
+    char *what;      /* "rabbitmq: consumer of queue Q", for log lines */
+    char thread[16]; /* its consumer thread's name, "ewq:GROUP" */
     bool ephemeral;  /* its queue is not durable and goes with its last consumer */
     char **patterns; /* AMQP binding keys, under r->mu */
     size_t npatterns, cappatterns;
-    pthread_t th;
-    bool th_started;
-    int efd; /* wakes the thread: acks queued, stop, quit */
+    ew__consumer *core;
 
-    pthread_mutex_t mu; /* the members down to inflight */
-    pthread_cond_t cv;  /* in_deliver went false */
-    ack_item *acks;     /* done(ACK) tags waiting to be sent */
-    size_t nacks, capacks;
-    bool wake_pending; /* efd was written since the thread last took the acks */
-    bool stopping, quit, in_deliver;
-    atomic_int inflight; /* handed to the dispatcher, done() not yet called */
-
-    /* The thread's own. */
+    /* the core thread's own */
     amqp_connection_state_t st; /* NULL while disconnected */
-    uint64_t gen;               /* connections so far: delivery tags are per connection */
     char *ctag;                 /* the consumer tag the broker gave */
-    bool cancelled;
-    uint64_t *out_tags; /* delivered on this connection, not yet acked or rejected: ascending */
-    bool *out_done;     /* ... and finished with, to be acked */
-    size_t nout, capout;
-    ack_item *scratch; /* the acks taken from the queue */
-    size_t capscratch;
 } consumer;
-
-/* One message handed to the dispatcher. */
-typedef struct rmq_msg {
-    ew_delivery dl; /* first: done() gets it back */
-    consumer *c;
-    uint64_t tag, gen;
-} rmq_msg;
 
 struct rmq {
     ew_bus *bus;
@@ -83,6 +61,10 @@ struct rmq {
     /* amqps:// (ci.ssl): RABBITMQ_TLS_CA_FILE, _CERT_FILE, _KEY_FILE; "" when unset */
     char tls_ca[1024], tls_cert[1024], tls_key[1024];
     char *exchange, *dlx;
+    /* RABBITMQ_MANAGEMENT_URL (rabbitmq_mgmt.c): the API's base URL without user info (NULL:
+     * unset), and the credentials apart, handed to libcurl alone, never into a message. */
+    char *mgmt_base, *mgmt_user, *mgmt_pass;
+    char mgmt_shown[200]; /* the URL as messages show it */
     int connect_ms, max_in_flight;
     size_t max_bytes;
     ew__content_mode content_mode; /* how it publishes: EVENT_CONTENT_MODE (binding.h) */
@@ -117,6 +99,12 @@ int ew__mq_tls_settings(rmq *r, const ew_config *cfg, ew_error *err);
 
 int ew__mq_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *err);
 
+/* ---- rabbitmq_mgmt.c --------------------------------------------------------------------- */
+
+void ew__mq_mgmt_free(rmq *r);
+int ew__mq_mgmt_queue(rmq *r, const char *queue, uint64_t *ready, uint64_t *unacked, ew_error *err);
+int ew__mq_mgmt_settings(rmq *r, const char *url, ew_error *err);
+
 /* ---- rabbitmq_publish.c ------------------------------------------------------------------ */
 
 void ew__mq_pub_check_idle(rmq *r);
@@ -129,7 +117,5 @@ int ew__mq_rmq_publish(void *self, const ew_event *const *evs, size_t n, size_t 
 
 void ew__mq_consumer_free(consumer *c);
 consumer *ew__mq_consumer_new(rmq *r, const char *group, const char *queue);
-int ew__mq_consumer_start(consumer *c, ew_error *err);
-void ew__mq_wake(consumer *c);
 
 #endif

@@ -1,8 +1,9 @@
-/* eventwire — the RabbitMQ backend's consumer lag (ew_bus_ops.lag): the ready messages of the
- * group's queue ({exchange}.{group}), from a passive queue.declare on a connection of its own.
- * AMQP tells only the ready count: messages delivered to a consumer and not yet acknowledged are
- * not in it (the management plugin's HTTP API would tell them; eventwire does not use it), and a
- * broker's queues cannot be listed over AMQP, so the group must be named. */
+/* eventwire — the RabbitMQ backend's consumer lag (ew_bus_ops.lag) of the group's queue
+ * ({exchange}.{group}). With RABBITMQ_MANAGEMENT_URL: its ready plus unacknowledged messages,
+ * from the management plugin's HTTP API (rabbitmq_mgmt.c), as the plugin last collected them.
+ * Without: the ready messages alone, from a passive queue.declare on a connection of its own
+ * (AMQP does not tell the messages delivered to a consumer and not yet acknowledged). A broker's
+ * queues cannot be listed over AMQP, so the group must be named. */
 #ifdef EW_HAVE_RABBITMQ
 
 #include <stdio.h>
@@ -18,6 +19,13 @@ int ew__mq_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *
     int ql = snprintf(queue, sizeof queue, "%s.%s", r->exchange, group);
     if (ql < 0 || ql > AMQP_NAME_MAX)
         return ew_error_set(err, EW_EINVAL, "the queue name of group %.40s... is too long", group);
+    if (r->mgmt_base) {
+        uint64_t ready = 0, unacked = 0;
+        int rc = ew__mq_mgmt_queue(r, queue, &ready, &unacked, err);
+        if (rc) return rc;
+        fn(ud, group, ready + unacked);
+        return 0;
+    }
     amqp_connection_state_t st;
     int rc = ew__mq_conn_open(r, &st, err);
     if (rc) return rc;

@@ -6,6 +6,7 @@
 #include "bus/dispatch.h"
 #include "bus/receive.h"
 #include "bus/redeliver.h"
+#include "catalog/event_internal.h"
 #include "security/keyring.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
@@ -16,8 +17,11 @@ int ew__redelivery_new(ew_event **out, struct ew__keyring *keys, const char *sou
 {
     char *json;
     ew_event *sealed = NULL;
-    int rc = keys ? ew__keyring_seal(keys, ev, &sealed, err) : 0;
-    if (!rc) rc = ew_event_encode(sealed ? sealed : ev, &json, NULL, err);
+    /* The event inside as it was received when it was (a dead letter, a stored event decoded
+     * and upcast): its tag covers that form. */
+    const ew_event *inner = ew__event_received(ev);
+    int rc = keys ? ew__keyring_seal(keys, inner, &sealed, err) : 0;
+    if (!rc) rc = ew_event_encode(sealed ? sealed : inner, &json, NULL, err);
     ew_event_unref(sealed);
     if (rc) return rc;
     ew_bus_redelivery data = {

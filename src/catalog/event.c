@@ -27,6 +27,10 @@ struct ew_event {
     size_t next;
     uint64_t sealed; /* fields (by index) that hold ciphertext (event_internal.h) */
     bool erased;     /* fields whose subject's key was destroyed were emptied */
+    /* The event as it was received (one reference), when this one is not that: decoding
+     * upcast it from an older version, or decryption made a plaintext copy (event_internal.h,
+     * ew__event_received). NULL otherwise. */
+    const ew_event *received;
     /* the data struct, the extension table and the strings follow */
 };
 
@@ -69,21 +73,56 @@ static bool url_valid(const char *s)
     return true;
 }
 
-static bool hex_run(const char *s, int n)
+/* Lower-case hex digits. */
+static const unsigned char hex_digit[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+};
+
+/* Are s[0..n) lower-case hex digits? *nonzero (may be NULL): is one of them not '0'? One pass
+ * without branches: it runs for every event decoded. */
+static bool hex_run(const char *s, int n, bool *nonzero)
 {
-    for (int i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
-    return true;
+    unsigned char ok = 1, nz = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        ok &= hex_digit[c];
+        nz |= (unsigned char)(c ^ '0');
+    }
+    if (nonzero) *nonzero = nz != 0;
+    return ok;
 }
 
 /* W3C trace context: version-traceid-parentid-flags, lower-case hex, ids not all zero. */
 static bool traceparent_valid(const char *s)
 {
-    if (strlen(s) != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
-    if (!hex_run(s, 2) || !hex_run(s + 3, 32) || !hex_run(s + 36, 16) || !hex_run(s + 53, 2))
+    if (strnlen(s, 56) != 55 || s[2] != '-' || s[35] != '-' || s[52] != '-') return false;
+    bool trace, parent;
+    if (!hex_run(s, 2, NULL) || !hex_run(s + 3, 32, &trace) || !hex_run(s + 36, 16, &parent) ||
+        !hex_run(s + 53, 2, NULL))
         return false;
-    if (strncmp(s, "ff", 2) == 0) return false;
-    return strspn(s + 3, "0") < 32 && strspn(s + 36, "0") < 16;
+    return !(s[0] == 'f' && s[1] == 'f') && trace && parent;
+}
+
+bool ew_field_valid(ew_field_kind kind, const char *s)
+{
+    if (!s || !ew_utf8_valid(s, strlen(s))) return false;
+    switch (kind) {
+    case EW_FIELD_STRING:
+        return true;
+    case EW_FIELD_UUID:
+        return ew_uuid_valid(s);
+    case EW_FIELD_EMAIL:
+        return email_valid(s);
+    case EW_FIELD_TIME: {
+        int64_t t_us;
+        return ew_time_parse(s, &t_us) == 0;
+    }
+    case EW_FIELD_URL:
+        return url_valid(s);
+    default:
+        return false;
+    }
 }
 
 /* Checks one field's value against its kind. Inlined: it runs for every field of every event
@@ -518,6 +557,7 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
     ev->next = next;
     ev->sealed = sealed;
     ev->erased = false;
+    ev->received = NULL;
     if (sorted != sorted_stack) free(sorted);
     ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
@@ -574,7 +614,10 @@ void ew_event_unref(const ew_event *ev)
 {
     if (!ev) return;
     ew_event *e = (ew_event *)ev;
-    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) free(e);
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
+        ew_event_unref(e->received);
+        free(e);
+    }
 }
 
 const char *ew_event_id(const ew_event *ev)
@@ -668,13 +711,31 @@ uint64_t ew__event_sealed(const ew_event *ev)
     return ev->sealed;
 }
 
+const ew_event *ew__event_received(const ew_event *ev)
+{
+    return ev->received ? ev->received : ev;
+}
+
+void ew__event_keep_received(ew_event *copy, const ew_event *from)
+{
+    const ew_event *r = ew_event_ref(ew__event_received(from));
+    ew_event_unref(copy->received);
+    copy->received = r;
+}
+
 int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ev->info;
     uint64_t skip = ev->sealed;
     for (size_t i = 0; ev->erased && i < t->nfields && i < 64; i++)
         if (t->fields[i].flags & EW_FIELD_ENCRYPTED) skip |= UINT64_C(1) << i;
-    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), false, err);
+    /* Attributes that are ev's own strings were checked when ev was built (signing adds
+     * extensions only): not again. The extensions are checked either way. */
+    bool own = a->id == ev->id && a->source == ev->source && a->subject == ev->subject &&
+               a->correlation_id == ev->correlation_id && a->causation_id == ev->causation_id &&
+               a->traceparent == ev->traceparent && a->dataschema == ev->dataschema &&
+               a->time_us == ev->time_us;
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), own, err);
     if (rc) return rc;
     (*out)->sealed = ev->sealed;
     (*out)->erased = ev->erased;
@@ -827,6 +888,24 @@ int ew__event_encode_data(const ew_event *ev, ew_buf *b)
     return b->oom ? EW_ENOMEM : 0;
 }
 
+/* v in decimal into buf (room for 12): its length. */
+static int int_text(char *buf, int v)
+{
+    char tmp[12];
+    int n = 0;
+    unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    int l = 0;
+    if (v < 0) buf[l++] = '-';
+    while (n)
+        buf[l++] = tmp[--n];
+    buf[l] = '\0';
+    return l;
+}
+
 int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
 {
     if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
@@ -844,16 +923,23 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
     put_attr(&b, ",\"source\":", ev->source);
     put_attr(&b, ",\"type\":", t->type);
     put_attr(&b, ",\"subject\":", ev->subject);
+    /* no printf on this path: it cost more than the rest of the envelope */
+    char ver[24];
+    int vl = int_text(ver, t->version);
+    ew_buf_puts(&b, ",\"time\":\"");
+    ew_buf_append(&b, tbuf, strlen(tbuf));
+    ew_buf_puts(&b, "\",\"datacontenttype\":\"application/json\"");
     if (ev->dataschema) {
-        ew_buf_printf(&b, ",\"time\":\"%s\",\"datacontenttype\":\"application/json\"", tbuf);
         put_attr(&b, ",\"dataschema\":", ev->dataschema);
-        ew_buf_printf(&b, ",\"eventversion\":%d", t->version);
     } else {
-        ew_buf_printf(&b,
-                      ",\"time\":\"%s\",\"datacontenttype\":\"application/json\","
-                      "\"dataschema\":\"urn:eventwire:schema:%s:%d\",\"eventversion\":%d",
-                      tbuf, t->type, t->version, t->version);
+        ew_buf_puts(&b, ",\"dataschema\":\"urn:eventwire:schema:");
+        ew_buf_puts(&b, t->type);
+        ew_buf_putc(&b, ':');
+        ew_buf_append(&b, ver, (size_t)vl);
+        ew_buf_putc(&b, '"');
     }
+    ew_buf_puts(&b, ",\"eventversion\":");
+    ew_buf_append(&b, ver, (size_t)vl);
     put_attr(&b, ",\"correlationid\":", ev->correlation_id);
     put_attr(&b, ",\"causationid\":", ev->causation_id);
     put_attr(&b, ",\"traceparent\":", ev->traceparent);
@@ -1277,19 +1363,35 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
      * it, replaced by the catalog's after an upcast. */
     at.dataschema = t == latest ? schema : NULL;
 
-    /* Old versions: valid as what they claim to be, then upcast step by step. */
+    /* Old versions: valid as what they claim to be, then upcast step by step. The event as
+     * received, at its own version, is built first and kept beside the upcast one: a tag or a
+     * signature covers that form (docs/bus-auth.md), and a dead letter or a redelivery carries
+     * it on as it came. */
     uint64_t sealed;
+    ew_event *received = NULL;
     while (t != latest) {
-        if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
-        if ((rc = ew__upcast(t, data, a, err))) return rc;
+        if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
+        if (!received) {
+            ew_event_attrs ra = at;
+            ra.dataschema = schema;
+            if ((rc = build(&received, t, tmp, &ra, true, sealed, err))) goto fail;
+        }
+        if ((rc = ew__upcast(t, data, a, err))) goto fail;
         const ew_type_info *up = ew_catalog_find(type, t->version + 1);
-        if (!up)
-            return ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
-                                t->version + 1);
+        if (!up) {
+            rc = ew_error_set(err, EW_EVERSION, "%s has no version %d to upcast to", type,
+                              t->version + 1);
+            goto fail;
+        }
         t = up;
     }
-    if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) return rc;
-    return build(out, t, tmp, &at, true, sealed, err);
+    if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
+    if ((rc = build(out, t, tmp, &at, true, sealed, err))) goto fail;
+    (*out)->received = received;
+    return 0;
+fail:
+    ew_event_unref(received);
+    return rc;
 }
 
 int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,

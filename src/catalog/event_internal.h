@@ -40,4 +40,15 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
 int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
                       uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err);
 
+/* The event as it was received: the one ev was made from when decoding upcast it from an older
+ * version (its data at that version, its producer's dataschema), or when decryption made ev a
+ * plaintext copy (the ciphertext as it came); else ev itself. Borrowed, valid while ev is. What
+ * a received event's tag covers, and what a dead letter or a redelivery of it carries on, so
+ * that replays and retries of old events still verify. */
+const ew_event *ew__event_received(const ew_event *ev);
+
+/* Makes copy (a new event, not yet shared with another thread) keep from's received form:
+ * decryption's plaintext copies. */
+void ew__event_keep_received(ew_event *copy, const ew_event *from);
+
 #endif

@@ -131,15 +131,21 @@ static const ew_setting entries[] = {
      0},
     {"RABBITMQ_EXCHANGE", "events", "[a-z0-9._-]+", "The topic exchange events go to.",
      EW_SETTING_NAME, 0, 0},
+    {"RABBITMQ_MANAGEMENT_URL", "", "http[s]://[user:password@]host:port[/prefix]",
+     "The broker's management plugin HTTP API; when set, a group's consumer lag is its queue's "
+     "ready plus unacknowledged messages (GET /api/queues/VHOST/QUEUE), and without user info "
+     "in it RABBITMQ_URL's user and password log in; unset: the ready messages alone (AMQP).",
+     EW_SETTING_URL, 0, 0},
     {"ENABLE_EVENT_STORE", "false", "true|false",
      "Record every published event in the event store (the audit trail).", EW_SETTING_BOOL, 0, 0},
     {"EVENT_STORE_URL", "sqlite:var/eventwire.db", "sqlite:PATH|postgresql://...",
      "The event store's database.", EW_SETTING_URL, 0, 0},
-    {"KEY_STORE_URL", "", "sqlite:PATH",
+    {"KEY_STORE_URL", "", "sqlite:PATH|postgresql://...",
      "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md, and "
      "the subjects' wrapped data keys, docs/encryption.md); unset: keys/keys.db in the folder of "
      "EVENT_STORE_URL's SQLite file, or var/keys/keys.db when the event store is not SQLite. "
-     "Made 0600 in a 0700 folder.",
+     "Made 0600 in a 0700 folder. On PostgreSQL (schema key_store) it holds the bus keys; the "
+     "data keys stay in the SQLite store that the unset setting names.",
      EW_SETTING_URL, 0, 0},
     {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
      EW_SETTING_INT, 0, 36500},

@@ -50,6 +50,7 @@ struct ew_saga_engine {
     ew_config *cfg;
     ew_log_fn log;
     void *log_ud;
+    ew_audit *audit; /* borrowed; NULL: shreds are not recorded */
     int concurrency;
     int64_t poll_ms;
     bool enabled;
@@ -85,8 +86,25 @@ void ew__saga_engine_log(ew_saga_engine *e, ew_log_level level, const char *fmt,
 
 int ew__saga_shred(ew_saga *s, const char *subject, ew_error *err)
 {
-    ew__keyring *keys = ew__store_keyring(s->t->e->store);
-    return keys ? ew__keyring_shred(keys, subject, err) : 0;
+    ew_saga_engine *e = s->t->e;
+    ew__keyring *keys = ew__store_keyring(e->store);
+    if (!keys) return 0;
+    int rc = ew__keyring_shred(keys, subject, err);
+    if (rc || !e->audit) return rc;
+    /* Who shredded what, by ids: the saga that did it. A transition retried after a conflict
+     * shreds again (idempotent) and is recorded again. An entry that cannot be written does not
+     * undo or hold up the erasure: it is logged. */
+    char actor[MAX_NAME + 16], details[3 * MAX_NAME + 160];
+    snprintf(actor, sizeof actor, "service:%s", e->source);
+    snprintf(details, sizeof details, "{\"saga\":\"%s\",\"saga_id\":\"%s\"}", ew_saga_type(s),
+             ew_saga_id(s));
+    ew_error ae = {0};
+    if (ew_audit_append(e->audit, actor, "key.shredded", subject, details, NULL, &ae))
+        ew__saga_engine_log(e, EW_LOG_ERROR,
+                            "the shred of subject %s's data key is not in the "
+                            "audit chain: %s",
+                            subject, ae.msg);
+    return 0;
 }
 
 const char *ew__saga_engine_source(const ew_saga_engine *e)
@@ -762,6 +780,7 @@ int ew_saga_engine_open(ew_saga_engine **out, const ew_saga_engine_options *o, e
     e->store = o->store;
     e->log = o->log;
     e->log_ud = o->log_ud;
+    e->audit = o->audit;
     e->concurrency = o->concurrency ? o->concurrency : 1;
     e->poll_ms = o->poll_ms ? o->poll_ms : DEFAULT_POLL_MS;
     e->enabled = ew_config_get_int(e->cfg, "ENABLE_SAGAS") != 0;

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
+#include "security/keyfile.h"
 #include "core/files.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
@@ -111,18 +112,17 @@ static int load_or_make_key(ew_audit *a, const char *key_file, ew_error *err)
     int fd = open(key_file, O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         struct stat st;
+        unsigned char buf[sizeof a->sk + 1]; /* one byte more: a longer file is seen as such */
         ssize_t n = -1;
         if (fstat(fd, &st) == 0 && (st.st_mode & 077) == 0 && st.st_uid == geteuid())
-            n = read(fd, a->sk, sizeof a->sk);
+            n = read(fd, buf, sizeof buf);
         close(fd);
         if (n < 0)
             return ew_error_set(err, EW_ECONFIG,
                                 "audit key %s: must be a file of this user's, mode 0600", key_file);
-        if (n != (ssize_t)sizeof a->sk)
-            return ew_error_set(err, EW_ECONFIG, "audit key %s: not an Ed25519 secret key",
-                                key_file);
-        crypto_sign_ed25519_sk_to_pk(a->pk, a->sk);
-        return 0;
+        int rc = ew__audit_key_parse(key_file, buf, (size_t)n, a->sk, a->pk, err);
+        sodium_memzero(buf, sizeof buf);
+        return rc;
     }
     if (errno != ENOENT)
         return ew_error_set(err, EW_ECONFIG, "audit key %s: %s", key_file, strerror(errno));

@@ -12,19 +12,20 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "core/base64.h"
 #include "core/buf.h"
 #include "core/files.h"
 #include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
+#include "security/keyfile.h"
 
 #define EXT_AUTH "ewauth"
 #define EXT_KID "ewkid"
 #define TAG_MAC "mac1:"
 #define TAG_ED "ed1:"
 #define CANON_TAG "eventwire ewauth v1" /* with its NUL, the first bytes of the canonical form */
-#define KEYFILE_MAGIC "ewkey1"
-#define RELOAD_EVERY_US 1000000LL  /* the signer looks at its key file at most this often */
+#define RELOAD_EVERY_US 1000000LL       /* the signer looks at its key file at most this often */
 #define REFRESH_EVERY_US 5000000LL /* the verifiers' cache reads the key store again this often */
 #define MAX_CACHE 4096
 
@@ -81,6 +82,7 @@ static void put_field(ew_buf *b, const char *s)
 
 static int canonical(const ew_event *ev, ew_buf *b)
 {
+    ew_buf_reserve(b, 1024); /* one allocation for an event of the usual size, not five */
     ew_buf_append(b, CANON_TAG, sizeof CANON_TAG); /* with its NUL */
     put_field(b, ew_event_id(ev));
     put_field(b, ew_event_source(ev));
@@ -140,7 +142,15 @@ const char *ew_evauth_key_file(const ew_config *cfg, const char *service, char *
         w = snprintf(buf, n, "%s/%s.bus.key", dir, service);
     } else {
         if (!ew_keys_default_url(cfg, url, sizeof url)) return NULL;
-        const char *path = strncmp(url, "sqlite:", 7) ? url : url + 7;
+        /* a key store on PostgreSQL: the folder its SQLite file would be in */
+        const char *store = cfg ? ew_config_get(cfg, "EVENT_STORE_URL") : NULL;
+        if (strncmp(url, "sqlite:", 7) != 0) {
+            const char *sp = store && !strncmp(store, "sqlite:", 7) ? store + 7 : NULL,
+                       *ss = sp ? strrchr(sp, '/') : NULL;
+            snprintf(url, sizeof url, "sqlite:%.*s%s", ss ? (int)(ss - sp + 1) : 0, sp ? sp : "",
+                     sp ? "keys/keys.db" : "var/keys/keys.db");
+        }
+        const char *path = url + 7;
         const char *slash = strrchr(path, '/');
         w = snprintf(buf, n, "%.*s%s.bus.key", slash ? (int)(slash - path + 1) : 0, path, service);
     }
@@ -156,7 +166,7 @@ typedef struct keyfile {
 } keyfile;
 
 /* Reads path: EW_ENOTFOUND when it does not exist; EW_ECONFIG when it is not ours and 0600 or not
- * a key file. */
+ * a key file (ew__bus_keyfile_parse). */
 static int keyfile_read(const char *path, keyfile *kf, ew_error *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -164,32 +174,28 @@ static int keyfile_read(const char *path, keyfile *kf, ew_error *err)
         if (errno == ENOENT) return ew_error_set(err, EW_ENOTFOUND, "no key file %s", path);
         return ew_error_set(err, EW_ECONFIG, "key file %s: %s", path, strerror(errno));
     }
-    char buf[256];
+    char buf[EW__BUS_KEYFILE_MAX + 1]; /* one byte more: a longer file is seen as such */
     ssize_t n = -1;
     int rc = 0;
     if (fstat(fd, &kf->st) != 0 || kf->st.st_uid != geteuid() || (kf->st.st_mode & 077))
         rc = ew_error_set(err, EW_ECONFIG, "key file %s: must be a file of this user's, mode 0600",
                           path);
     else
-        n = read(fd, buf, sizeof buf - 1);
+        n = read(fd, buf, sizeof buf);
+    int read_errno = errno;
     close(fd);
     if (rc) return rc;
-    if (n <= 0) return ew_error_set(err, EW_ECONFIG, "key file %s: empty or unreadable", path);
-    buf[n] = '\0';
-    char magic[16], kid[32], alg[16], hex[2 * crypto_sign_SECRETKEYBYTES + 2];
-    if (sscanf(buf, "%15s %31s %15s %129s", magic, kid, alg, hex) != 4 ||
-        strcmp(magic, KEYFILE_MAGIC) || strlen(kid) != EW_KEY_ID_LEN ||
-        strspn(kid, "0123456789abcdef") != EW_KEY_ID_LEN || !(kf->alg = ew_key_alg_from_name(alg)))
-        rc = ew_error_set(err, EW_ECONFIG, "key file %s: not an eventwire bus key", path);
-    size_t want = kf->alg == EW_KEY_MAC ? crypto_generichash_KEYBYTES : crypto_sign_SECRETKEYBYTES;
-    if (!rc && (sodium_hex2bin(kf->secret, sizeof kf->secret, hex, strlen(hex), NULL,
-                               &kf->secret_len, NULL) != 0 ||
-                kf->secret_len != want))
-        rc = ew_error_set(err, EW_ECONFIG, "key file %s: its key is not %zu bytes of hex", path,
-                          want);
-    if (!rc) memcpy(kf->kid, kid, sizeof kf->kid);
+    if (n < 0) return ew_error_set(err, EW_ECONFIG, "key file %s: %s", path, strerror(read_errno));
+    ew__bus_keyfile k;
+    rc = ew__bus_keyfile_parse(path, buf, (size_t)n, &k, err);
+    if (!rc) {
+        memcpy(kf->kid, k.kid, sizeof kf->kid);
+        kf->alg = k.alg;
+        memcpy(kf->secret, k.secret, sizeof kf->secret);
+        kf->secret_len = k.secret_len;
+    }
+    sodium_memzero(&k, sizeof k);
     sodium_memzero(buf, sizeof buf);
-    sodium_memzero(hex, sizeof hex);
     return rc;
 }
 
@@ -202,8 +208,8 @@ static int keyfile_write(const char *path, const char *kid, ew_key_alg alg,
                             strerror(errno));
     char hex[2 * crypto_sign_SECRETKEYBYTES + 1], line[300];
     sodium_bin2hex(hex, sizeof hex, secret, len);
-    int n =
-        snprintf(line, sizeof line, "%s %s %s %s\n", KEYFILE_MAGIC, kid, ew_key_alg_name(alg), hex);
+    int n = snprintf(line, sizeof line, "%s %s %s %s\n", EW__BUS_KEYFILE_MAGIC, kid,
+                     ew_key_alg_name(alg), hex);
     int rc = 0;
     if (ew_file_replace(path, line, (size_t)n, 0600))
         rc = ew_error_set(err, EW_ECONFIG, "key file %s: cannot write it: %s", path,
@@ -507,7 +513,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
 
     /* the event again, its extensions but earlier ewauth and ewkid, and the two */
     size_t n = ew_event_extension_count(ev), k = 0;
-    ew_event_ext *x = malloc((n + 2) * sizeof *x);
+    ew_event_ext stack[16], *x = n + 2 <= 16 ? stack : malloc((n + 2) * sizeof *x);
     if (!x) return ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
         const ew_event_ext *e = ew_event_extension_at(ev, i);
@@ -528,7 +534,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
         .nextensions = k,
     };
     int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
-    free(x);
+    if (x != stack) free(x);
     return rc;
 }
 
@@ -623,8 +629,11 @@ static int refuse(ew_evauth *a, const ew_event *ev, int code, ew_error *err, con
     return ew_error_set(err, code, "%s", why);
 }
 
-int ew_evauth_verify(ew_evauth *a, const ew_event *ev, ew_error *err)
+int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
 {
+    /* The event as it came: an old version before its upcast, ciphertext before decryption. Its
+     * publisher's catalog may not know the version this one reads it as. */
+    const ew_event *ev = ew__event_received(ev_in);
     const ew_event_ext *xa = ew_event_extension(ev, EXT_AUTH),
                        *xk = ew_event_extension(ev, EXT_KID);
     const char *type = ew_event_type(ev), *src = ew_event_source(ev);
@@ -661,9 +670,7 @@ int ew_evauth_verify(ew_evauth *a, const ew_event *ev, ew_error *err)
     unsigned char raw[crypto_sign_BYTES];
     const char *v = xa->value;
     if (strncmp(v, prefix, pl) != 0 ||
-        sodium_base642bin(raw, sizeof raw, v + pl, strlen(v + pl), NULL, &got, NULL,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-        got != want)
+        ew__b64url_decode(raw, sizeof raw, v + pl, strlen(v + pl), &got) != 0 || got != want)
         return refuse(a, ev, EW_EAUTH, err, "ewauth is not a %s tag of key %s",
                       ew_key_alg_name(key.alg), key.kid);
     ew_buf b;

@@ -18,6 +18,7 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/keyfile.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
 #define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
@@ -30,6 +31,7 @@
 typedef struct slot {
     char subject[SUBJECT_MAX + 1];
     unsigned char dek[KEY_BYTES];
+    unsigned char sub[KEY_BYTES]; /* own_subkey() of dek */
     bool used, erased;
     int64_t at_us;
 } slot;
@@ -46,7 +48,7 @@ typedef struct wanted {
 struct ew__keyring {
     char *key_file, *store_path;
     int64_t ttl_us;
-    pthread_mutex_t mu;    /* the cache and the queue of wanted keys */
+    pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
@@ -54,6 +56,7 @@ struct ew__keyring {
      * connection, used only under db_mu: nothing else uses this handle. */
     ew_keys *store;
     sqlite3 *db;
+    sqlite3_stmt *read_st; /* read_key's, prepared once: every cache miss runs it */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
     slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
@@ -62,6 +65,16 @@ struct ew__keyring {
     unsigned char nonce_prefix[NONCE_BYTES - 8];
     atomic_uint_fast64_t nonce_seq;
 };
+
+/* XChaCha20-Poly1305 is HChaCha20(key, the nonce's first 16 bytes) as the key of
+ * ChaCha20-Poly1305 (IETF) with the nonce's last 8 bytes. Every field nonce of a keyring starts
+ * with its nonce_prefix, so the subkey of a data key is the same for every field this keyring
+ * encrypts under it: computed once, kept beside the key, and the ciphertext is byte for byte
+ * what crypto_aead_xchacha20poly1305_ietf_encrypt() makes. */
+static void own_subkey(const ew__keyring *k, const unsigned char *dek, unsigned char *sub)
+{
+    crypto_core_hchacha20(sub, k->nonce_prefix, dek, NULL);
+}
 
 static void next_nonce(ew__keyring *k, unsigned char *nonce)
 {
@@ -102,9 +115,12 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     pthread_mutex_init(&k->db_mu, NULL);
     const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
     const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
+    /* The data keys are in an SQLite key store: KEY_STORE_URL's, or with a key store on
+     * PostgreSQL (which holds the bus keys only, so far) the one beside EVENT_STORE_URL's file
+     * that KEY_STORE_URL names when it is unset, whichever store this keyring serves. */
     if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
-        free(k);
-        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: only sqlite:PATH is supported");
+        ks = NULL;
+        store_url = ew_config_get(cfg, "EVENT_STORE_URL");
     }
     /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
     k->key_file = kf && *kf   ? strdup(kf)
@@ -127,6 +143,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
+    sqlite3_finalize(k->read_st);
     ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
@@ -240,14 +257,9 @@ static int read_key_file(const char *path, unsigned char kek[KEY_BYTES], ew_erro
         return ew_error_set(err, EW_ECONFIG,
                             "key-encryption key %s: must be a file of this user's, mode 0600",
                             path);
-    if (n != KEY_BYTES) {
-        sodium_memzero(buf, sizeof buf);
-        return ew_error_set(err, EW_ECONFIG,
-                            "key-encryption key %s: not a key (%zd bytes, 32 expected)", path, n);
-    }
-    memcpy(kek, buf, KEY_BYTES);
+    int rc = ew__kek_parse(path, buf, (size_t)n, kek, err);
     sodium_memzero(buf, sizeof buf);
-    return 1;
+    return rc ? rc : 1;
 }
 
 /* Writes the key to path: only when there is none (excl: 1 when another process made it first),
@@ -382,10 +394,11 @@ typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
                     unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1, &st,
-                           NULL))
+    if (!k->read_st &&
+        sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1,
+                           &k->read_st, NULL))
         return db_fail(k, "reading a data key", err);
+    sqlite3_stmt *st = k->read_st;
     sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st), ret = 0;
     *state = KEY_NONE;
@@ -403,7 +416,8 @@ static int read_key(ew__keyring *k, const char *subject, key_state *state,
     } else if (rc != SQLITE_DONE) {
         ret = db_fail(k, "reading a data key", err);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st); /* ends the read: the store's lock is released */
+    sqlite3_clear_bindings(st);
     return ret;
 }
 
@@ -474,9 +488,10 @@ static size_t slot_of(const char *subject)
     return (size_t)(h % NSLOTS);
 }
 
-/* The subject's data key into dek: KEY_LIVE, KEY_ERASED, or KEY_NONE (only when !create). */
+/* The subject's data key into dek, and its own_subkey() into sub: KEY_LIVE, KEY_ERASED, or
+ * KEY_NONE (only when !create). */
 static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
-                   unsigned char dek[KEY_BYTES], ew_error *err)
+                   unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
 {
     size_t i = slot_of(subject);
     int64_t now = ew_now_us();
@@ -486,6 +501,7 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
         if (s->used && now - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0) {
             *state = s->erased ? KEY_ERASED : KEY_LIVE;
             memcpy(dek, s->dek, KEY_BYTES);
+            memcpy(sub, s->sub, KEY_BYTES);
             pthread_mutex_unlock(&k->mu);
             return 0;
         }
@@ -524,11 +540,13 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     pthread_mutex_unlock(&k->db_mu);
     if (rc || *state == KEY_NONE) return rc;
     if (*state == KEY_ERASED) memset(dek, 0, KEY_BYTES);
+    own_subkey(k, dek, sub);
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
         slot *s = &k->slots[i];
         snprintf(s->subject, sizeof s->subject, "%s", subject);
         memcpy(s->dek, dek, KEY_BYTES);
+        memcpy(s->sub, sub, KEY_BYTES);
         s->erased = *state == KEY_ERASED;
         s->used = true;
         s->at_us = now;
@@ -663,12 +681,37 @@ out:
 
 /* ---- sealing -------------------------------------------------------------------------------- */
 
+/* The value of each character in base64url, -1 for the others: one load per character where a
+ * chain of comparisons cost more than the cipher on short fields. */
+/* clang-format off */
+static const signed char b64_values[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
+/* clang-format on */
+
+/* 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @ (base64url's alphabet and two more). */
 static bool subject_ok(const char *s)
 {
-    size_t n = strlen(s);
-    return n > 0 && n <= SUBJECT_MAX &&
-           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     "0123456789-_:@") == n;
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (n == SUBJECT_MAX || (b64_values[(unsigned char)s[n]] < 0 && s[n] != ':' && s[n] != '@'))
+            return false;
+    return n > 0;
 }
 
 /* Whose key encrypts the event's fields: its data's user_id, else its subject. */
@@ -730,34 +773,37 @@ static size_t b64_encode(char *out, const unsigned char *in, size_t n)
     return o;
 }
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '-') return 62;
-    if (c == '_') return 63;
-    return -1;
-}
-
 /* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
- * that base64url without padding does not have. */
+ * that base64url without padding does not have. Four characters at a time; a bad character
+ * anywhere fails the whole. */
 static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
 {
     if (n % 4 == 1) return -1;
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0, i = 0;
+    int bad = 0; /* the values ORed: negative when one character was not base64url */
+    for (; i + 4 <= n; i += 4) {
+        int a = b64_values[p[i]], b = b64_values[p[i + 1]], c = b64_values[p[i + 2]],
+            d = b64_values[p[i + 3]];
+        bad |= a | b | c | d;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8);
+        out[o++] = (unsigned char)v;
+    }
     uint32_t acc = 0;
     int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value((unsigned char)in[i]);
-        if (v < 0) return -1;
-        acc = acc << 6 | (uint32_t)v;
+    for (; i < n; i++) {
+        int v = b64_values[p[i]];
+        bad |= v;
+        acc = acc << 6 | (uint32_t)(v & 63);
         bits += 6;
         if (bits >= 8) {
             bits -= 8;
             out[o++] = (unsigned char)(acc >> bits);
         }
     }
+    if (bad < 0) return -1;
     if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
     *outlen = o;
     return 0;
@@ -791,13 +837,17 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
                             "- _ : @)",
                             t->type, subject, SUBJECT_MAX);
     key_state state;
-    unsigned char dek[KEY_BYTES];
-    int rc = get_key(k, subject, true, &state, dek, err);
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, sub, err);
     if (rc) return rc;
-    if (state == KEY_ERASED) crypto_aead_xchacha20poly1305_ietf_keygen(dek); /* nobody keeps it */
+    if (state == KEY_ERASED) { /* a key nobody keeps */
+        crypto_aead_xchacha20poly1305_ietf_keygen(dek);
+        own_subkey(k, dek, sub);
+    }
     const char *values[64];
     ew_buf text;
     ew_buf_init(&text);
+    ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
     size_t offs[64];
     for (size_t i = 0; i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
@@ -812,9 +862,11 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         char aad[512];
         size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
         next_nonce(k, c);
-        crypto_aead_xchacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
-                                                   plen, (const unsigned char *)aad, alen, NULL, c,
-                                                   dek);
+        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+        memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
+        crypto_aead_chacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
+                                                  plen, (const unsigned char *)aad, alen, NULL, n12,
+                                                  sub);
         offs[i] = text.len;
         ew_buf_puts(&text, EW__SEALED_PREFIX);
         ew_buf_puts(&text, subject);
@@ -825,6 +877,7 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         if (c != stack) free(c);
     }
     sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
     if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
@@ -832,6 +885,71 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
     }
     ew_buf_release(&text);
+    return rc;
+}
+
+/* Has ev personal or secret fields in clear, which sealing encrypts? */
+static bool has_clear_fields(const ew_event *ev)
+{
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    uint64_t sealed = ew__event_sealed(ev);
+    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+        const ew_field_info *f = &t->fields[i];
+        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
+            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
+            continue;
+        if (*(const char *const *)(const void *)(data + f->offset)) return true;
+    }
+    return false;
+}
+
+/* Is subject's key in the cache, fresh? */
+static bool cached(ew__keyring *k, const char *subject)
+{
+    if (k->ttl_us <= 0) return false;
+    pthread_mutex_lock(&k->mu);
+    const slot *s = &k->slots[slot_of(subject)];
+    bool yes = s->used && ew_now_us() - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0;
+    pthread_mutex_unlock(&k->mu);
+    return yes;
+}
+
+int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err)
+{
+    if (!k || n < 2) return 0;
+    wanted *w = calloc(n, sizeof *w);
+    if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!has_clear_fields(evs[i])) continue;
+        const char *subject = subject_of(evs[i]);
+        /* a bad or missing subject is sealing's to report, event by event */
+        if (!subject || !subject_ok(subject) || cached(k, subject)) continue;
+        w[m++].subject = subject;
+    }
+    int rc = 0;
+    if (m >= 2) {
+        pthread_mutex_lock(&k->mu);
+        for (size_t j = 0; j < m; j++) {
+            w[j].next = k->queue;
+            k->queue = &w[j];
+        }
+        pthread_mutex_unlock(&k->mu);
+        pthread_mutex_lock(&k->db_mu);
+        rc = load_locked(k, err);
+        /* every key queued (ours, and other threads' meanwhile), in one transaction: those
+         * with a row already are left as they are */
+        pthread_mutex_lock(&k->mu);
+        wanted *batch = k->queue;
+        k->queue = NULL;
+        pthread_mutex_unlock(&k->mu);
+        if (!rc) rc = create_keys(k, w[0].subject, batch, err);
+        pthread_mutex_unlock(&k->db_mu);
+        for (size_t j = 0; j < m; j++) /* taken above; a failed load left them queued */
+            dequeue(k, &w[j]);
+    }
+    free(w);
     return rc;
 }
 
@@ -852,7 +970,10 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     /* The fields of one event are nearly always one subject's: its key is looked up once. */
     char last[SUBJECT_MAX + 1] = "";
     key_state state = KEY_NONE;
-    unsigned char dek[KEY_BYTES];
+    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
+     * publisher's: every field it encrypted has it) */
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
+    bool have_other = false;
     for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
@@ -879,8 +1000,9 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
                               t->type, f->name);
         }
         if (!rc && strcmp(subject, last) != 0) {
-            if (!(rc = get_key(k, subject, false, &state, dek, err)))
+            if (!(rc = get_key(k, subject, false, &state, dek, sub, err)))
                 memcpy(last, subject, sizeof last);
+            have_other = false;
         }
         if (!rc && state == KEY_NONE)
             rc = ew_error_set(err, EW_ECRYPTO,
@@ -895,11 +1017,23 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
             char aad[512];
             size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
             offs[i] = text.len;
+            /* the field's nonce is c's first 24 bytes: its prefix picks the subkey */
+            const unsigned char *key = sub;
+            if (memcmp(c, k->nonce_prefix, sizeof k->nonce_prefix) != 0) {
+                if (!have_other || memcmp(c, other_prefix, sizeof other_prefix) != 0) {
+                    crypto_core_hchacha20(other, c, dek, NULL);
+                    memcpy(other_prefix, c, sizeof other_prefix);
+                    have_other = true;
+                }
+                key = other;
+            }
+            unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+            memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
             if (ew_buf_reserve(&text, plen + 1)) {
                 rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            } else if (crypto_aead_xchacha20poly1305_ietf_decrypt(
+            } else if (crypto_aead_chacha20poly1305_ietf_decrypt(
                            (unsigned char *)text.data + text.len, NULL, NULL, c + NONCE_BYTES,
-                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, c, dek) != 0) {
+                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12, key) != 0) {
                 rc = ew_error_set(err, EW_ECRYPTO,
                                   "%s: data.%s does not authenticate under subject %.64s's key "
                                   "(tampered, or moved from another event or field)",
@@ -914,10 +1048,15 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
         if (c != stack) free(c);
     }
     sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
+    sodium_memzero(other, sizeof other);
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
         rc = ew__event_replace(ev, mask, values, 0, erased, out, err);
+        /* the ciphertext as it came stays with the plaintext: what its tag covers, what a dead
+         * letter of it keeps */
+        if (!rc) ew__event_keep_received(*out, ev);
     }
     if (text.data) sodium_memzero(text.data, text.len);
     ew_buf_release(&text);

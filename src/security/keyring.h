@@ -44,6 +44,13 @@ const char *ew__keyring_store_path(const ew__keyring *k);
  * personal data but neither a user_id nor a subject. */
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
 
+/* Makes, in one transaction of the key store, the data keys that the subjects of evs[0..n)
+ * lack, before a batch is sealed event by event: a batch of new subjects costs the key store one
+ * commit instead of one each. Subjects with a key (or a tombstone) are left as they are; events
+ * without personal fields in clear, or whose subject cannot name a key, are skipped (sealing
+ * reports those). */
+int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err);
+
 /* ev with its encrypted fields decrypted and checked as plaintext (a new event, or ev itself when
  * it has none): *out holds one reference. An erased subject's fields come back empty, the event
  * marked erased. EW_ECRYPTO when a field does not authenticate (tampered, or encrypted under a

@@ -1,5 +1,5 @@
 /* eventwire — the key store (eventwire/keys.h): one SQLite file of keys, private to its user,
- * with migrations of its own. */
+ * with migrations of its own; or the same tables on PostgreSQL (keys_postgres.c). */
 #include "eventwire/keys.h"
 
 #include <errno.h>
@@ -14,6 +14,7 @@
 #include "core/files.h"
 #include "eventwire/clock.h"
 #include "security/keys_impl.h"
+#include "security/keys_postgres.h"
 
 #define BUSY_TIMEOUT_MS 10000
 
@@ -50,8 +51,9 @@ static const struct {
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])
 
 struct ew_keys {
-    sqlite3 *db;
-    pthread_mutex_t mu;
+    sqlite3 *db;        /* an SQLite store; NULL on PostgreSQL */
+    ew__keys_pg *pg;    /* a PostgreSQL store; NULL on SQLite */
+    pthread_mutex_t mu; /* serialises the calls on either */
     char *path;
 };
 
@@ -227,12 +229,23 @@ int ew_keys_open(ew_keys **out, const ew_keys_options *opts, ew_error *err)
     char def[4096];
     const char *url = opts->url ? opts->url : ew_keys_default_url(opts->config, def, sizeof def);
     if (!url) return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: the path is too long");
-    if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11))
-        return ew_error_set(err, EW_ENOTSUP,
-                            "KEY_STORE_URL: the key store is an SQLite file (sqlite:PATH); "
-                            "PostgreSQL is not supported yet");
+    if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11)) {
+        ew_keys *k = calloc(1, sizeof *k);
+        if (!k) return ew_error_set(err, EW_ENOMEM, "out of memory");
+        int rc = ew__keys_pg_open(&k->pg, url, err);
+        if (!rc && !(k->path = strdup(ew__keys_pg_name(k->pg))))
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        pthread_mutex_init(&k->mu, NULL);
+        if (rc) {
+            ew_keys_close(k);
+            return rc;
+        }
+        *out = k;
+        return 0;
+    }
     if (strncmp(url, "sqlite:", 7) != 0 || !url[7] || !strcmp(url + 7, ":memory:"))
-        return ew_error_set(err, EW_ECONFIG, "KEY_STORE_URL: '%.100s' is not sqlite:PATH", url);
+        return ew_error_set(err, EW_ECONFIG,
+                            "KEY_STORE_URL: '%.100s' is not sqlite:PATH or postgresql://...", url);
     const char *path = url + 7;
     int rc = private_file(path, err);
     if (rc) return rc;
@@ -265,6 +278,7 @@ void ew_keys_close(ew_keys *k)
 {
     if (!k) return;
     sqlite3_close(k->db);
+    ew__keys_pg_close(k->pg);
     pthread_mutex_destroy(&k->mu);
     free(k->path);
     free(k);
@@ -319,7 +333,7 @@ int ew_keys_add(ew_keys *k, const ew_key *key, ew_error *err)
     int rc = key_ok(key, err);
     if (rc) return rc;
     ew__keys_lock(k);
-    rc = insert(k, key, err);
+    rc = k->pg ? ew__keys_pg_add(k->pg, key, err) : insert(k, key, err);
     ew__keys_unlock(k);
     return rc;
 }
@@ -347,8 +361,10 @@ int ew_keys_get(ew_keys *k, const char *kid, ew_key *out, ew_error *err)
     ew__keys_lock(k);
     sqlite3_stmt *st;
     int rc = 0;
-    if (sqlite3_prepare_v2(k->db, "SELECT " KEY_COLUMNS " FROM keys WHERE kid = ?1", -1, &st,
-                           NULL) != SQLITE_OK) {
+    if (k->pg) {
+        rc = ew__keys_pg_get(k->pg, kid, out, err);
+    } else if (sqlite3_prepare_v2(k->db, "SELECT " KEY_COLUMNS " FROM keys WHERE kid = ?1", -1, &st,
+                                  NULL) != SQLITE_OK) {
         rc = ew__keys_fail(k, "reading a key", err);
     } else {
         sqlite3_bind_text(st, 1, kid, -1, SQLITE_STATIC);
@@ -374,10 +390,12 @@ int ew_keys_list(ew_keys *k, const char *owner, ew_keys_fn fn, void *ud, ew_erro
     ew__keys_lock(k);
     sqlite3_stmt *st;
     int rc = 0;
-    if (sqlite3_prepare_v2(k->db,
-                           "SELECT " KEY_COLUMNS " FROM keys WHERE ?1 IS NULL OR owner = ?1 "
-                           "ORDER BY owner, created_us, kid",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (k->pg) {
+        rc = ew__keys_pg_list(k->pg, owner, &keys, &n, err);
+    } else if (sqlite3_prepare_v2(k->db,
+                                  "SELECT " KEY_COLUMNS " FROM keys WHERE ?1 IS NULL OR owner = ?1 "
+                                  "ORDER BY owner, created_us, kid",
+                                  -1, &st, NULL) != SQLITE_OK) {
         rc = ew__keys_fail(k, "listing keys", err);
     } else {
         if (owner) sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
@@ -412,6 +430,10 @@ int ew_keys_rotate(ew_keys *k, const ew_key *next, int64_t grace_us, int *retire
     if (rc) return rc;
     if (grace_us < 0) return ew_error_set(err, EW_EINVAL, "a grace period is not negative");
     ew__keys_lock(k);
+    if (k->pg) {
+        rc = ew__keys_pg_rotate(k->pg, next, ew_now_us() + grace_us, retired, err);
+        goto out;
+    }
     if ((rc = ew__keys_begin(k, err))) goto out;
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(k->db,

@@ -10,7 +10,8 @@
 #include <sqlite3.h>
 #include "eventwire/keys.h"
 
-/* The connection, locked for the calling thread until ew__keys_unlock(). */
+/* The connection, locked for the calling thread until ew__keys_unlock(); NULL (the handle still
+ * locked) for a store on PostgreSQL, whose tables only keys.c reaches so far. */
 sqlite3 *ew__keys_lock(ew_keys *k);
 void ew__keys_unlock(ew_keys *k);
 

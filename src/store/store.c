@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include "catalog/event_internal.h"
 #include "core/log.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
@@ -608,7 +609,10 @@ static int dlq_put(void *self, const ew_dead_letter *dl, ew_error *err)
     int rc = 0;
     ew__dlq_put p = {0};
     if (dl->event) {
-        if ((rc = ew__store_encode(s, dl->event, &own[0], NULL, err))) return rc;
+        /* as it was received (at its version, its ciphertext as it came): a retry of it
+         * verifies as the first delivery did */
+        if ((rc = ew__store_encode(s, ew__event_received(dl->event), &own[0], NULL, err)))
+            return rc;
         p.event = own[0];
     } else {
         p.event = own[0] =
@@ -876,6 +880,30 @@ int ew_store_inbox_purge(ew_store *s, int64_t max_age_s, size_t *purged, ew_erro
         if (rc || n < DEFAULT_PURGE_BATCH) break;
     }
     if (purged) *purged = total;
+    return rc;
+}
+
+int ew_store_compact(ew_store *s, const char *const *tables, size_t n, ew_error *err)
+{
+    if (!s || (n && !tables)) return ew_error_set(err, EW_EINVAL, "store and tables are required");
+    for (size_t i = 0; i < n; i++) {
+        size_t l = tables[i] ? strlen(tables[i]) : 0;
+        if (l == 0 || l > 63 || strspn(tables[i], "abcdefghijklmnopqrstuvwxyz0123456789_") != l)
+            return ew_error_set(err, EW_EINVAL, "'%.80s' is not a table name ([a-z0-9_]{1,63})",
+                                tables[i] ? tables[i] : "(null)");
+    }
+    /* SQLite's secure_delete has overwritten every deleted row already */
+    if (strcmp(s->ops->name, "postgresql") != 0) return 0;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < n; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "VACUUM FULL event_store.%s", tables[i]);
+        /* one table at a time, each a statement of its own (VACUUM runs in no transaction) */
+        if (!(rc = ew__store_lock(s, err))) {
+            rc = s->ops->script(s->conn, sql, err);
+            ew__store_unlock(s);
+        }
+    }
     return rc;
 }
 

@@ -1227,9 +1227,11 @@ static inline ew_evauth *cf_auth_as(cf_auth *a, const char *service)
 
 static inline void cf_auth_init(cf_auth *a)
 {
-    static const char policy[] = "publish auth-service user.*\n"
-                                 "publish export-service user.data_export_completed\n"
-                                 "subscribe user-service user.deletion_requested user.logged_in\n";
+    static const char policy[] =
+        "publish auth-service user.*\n"
+        "publish export-service user.data_export_completed\n"
+        "publish ewctl eventwire.redelivery\n"
+        "subscribe user-service user.deletion_requested user.logged_in user.registered\n";
     snprintf(a->dir, sizeof a->dir, "/tmp/ew-cfauth-XXXXXX");
     assert_non_null(mkdtemp(a->dir));
     char url[128];
@@ -1407,6 +1409,130 @@ static inline void cf_forged_events_are_dead_lettered(void **state)
     cf_auth_release(&au);
 }
 
+/* A handler of user.registered that fails while `fail` is set, and counts the events it gets as
+ * the latest version (roles, and the address in clear) when it does not. */
+typedef struct cf_upcast_seen {
+    atomic_int fail, handled, latest;
+} cf_upcast_seen;
+
+static inline ew_handler_result cf_upcast_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    cf_upcast_seen *u = ud;
+    if (atomic_load(&u->fail)) {
+        ew_ctx_set_error(ctx, "profile database unavailable");
+        return EW_HANDLER_FAIL;
+    }
+    const ew_user_registered *d = ew_user_registered_data(ev);
+    if (d && ew_event_version(ev) == 2 && d->roles.count == 1 &&
+        strcmp(d->roles.items[0], "user") == 0 && strcmp(d->email, "ada@example.com") == 0)
+        atomic_fetch_add(&u->latest, 1);
+    atomic_fetch_add(&u->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+static inline int cf_count_rows_fn(void *ud, const ew_dlq_row *r)
+{
+    (void)r;
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* An event published at an older version of its type (user.registered v1) by a keyed service
+ * verifies at a consumer whose catalog upcasts it to the current version, through the backend:
+ * the handler gets the upcast event. Its dead letter keeps it as received, so that the retry of
+ * it (read back from the dead letter queue and redelivered by another bus, as `ewctl dlq retry`
+ * does) verifies too; nothing is refused on the way. */
+static inline void cf_upcast_events_verify(void **state)
+{
+    if (!cf_be()->inject_raw) skip();
+    cf_ns ns = cf_new_ns("upc");
+    cf_auth au;
+    cf_auth_init(&au);
+    ew_evauth *user = cf_auth_as(&au, "user-service"), *auth = cf_auth_as(&au, "auth-service"),
+              *ctl = cf_auth_as(&au, "ewctl");
+    ew_store *st;
+    ew_error err = {0};
+    if (ew_store_open(&st, &(ew_store_options){.url = "sqlite::memory:"}, &err))
+        fail_msg("%s", err.msg);
+    ew_bus *bus, *pub, *ops;
+    ew_bus_options bo = {.auth = user, .dlq = ew_store_dlq_sink(st)};
+    CF_OPEN(bus, &ns, "user-service", &bo);
+    cf_upcast_seen u = {.fail = 1};
+    tb_subscribe(bus, "user.registered", cf_upcast_fn, &u,
+                 &(ew_subscribe_opts){.name = "create-profile", .max_attempts = 1});
+    tb_start(bus);
+    CF_OPEN(pub, &ns, "auth-service", &(ew_bus_options){.auth = auth});
+    tb_start(pub);
+    CF_OPEN(ops, &ns, "ewctl", &(ew_bus_options){.auth = ctl});
+    tb_start(ops);
+
+    char uid[EW_UUID_LEN + 1];
+    ew_uuid7(uid);
+    ew_user_registered_v1 d1 = {.user_id = uid, .email = "ada@example.com", .username = "ada"};
+    ew_event *v1;
+    assert_int_equal(ew_event_new(&v1, EW_T_USER_REGISTERED_V1, &d1,
+                                  &(ew_event_attrs){.source = "auth-service", .subject = uid},
+                                  &err),
+                     0);
+    assert_int_equal(ew_bus_publish(pub, v1, &err), 0);
+
+    /* it reached the handler (which failed): a dead letter of the handler, not of <decode> */
+    int64_t id = 0, end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    ew_dlq_filter df = {.handler = "create-profile", .status = -1};
+    while (id == 0 && ew_mono_ns() < end) {
+        assert_int_equal(ew_store_dlq_list(st, &df, cf_first_dead_letter, &id, &err), 0);
+        if (!id) usleep(5000);
+    }
+    int refused = 0;
+    ew_dlq_filter rf = {.handler = "<decode>", .status = -1};
+    assert_int_equal(ew_store_dlq_list(st, &rf, cf_count_rows_fn, &refused, &err), 0);
+    if (!id) {
+        ew_dlq_row r;
+        int64_t rid = 0;
+        ew_store_dlq_list(st, &rf, cf_first_dead_letter, &rid, NULL);
+        if (rid && ew_store_dlq_get(st, rid, &r, NULL) == 0)
+            fail_msg("the v1 event was refused: %s", r.error);
+        fail_msg("the v1 event never reached its handler");
+    }
+    assert_int_equal(refused, 0);
+
+    /* the operator retries it from another bus: the dead letter as stored, decoded and upcast */
+    ew_dlq_row row;
+    assert_int_equal(ew_store_dlq_get(st, id, &row, &err), 0);
+    assert_non_null(strstr(row.error, "profile database unavailable"));
+    assert_non_null(strstr(row.event, "\"eventversion\":1"));
+    ew_event *dead;
+    if (ew_event_decode(&dead, row.event, strlen(row.event), NULL, &err))
+        fail_msg("the dead letter: %s", err.msg);
+    assert_int_equal(ew_event_version(dead), 2);
+    atomic_store(&u.fail, 0);
+    assert_int_equal(ew_store_dlq_set_status(st, id, EW_DLQ_RETRIED, &err), 0);
+    assert_int_equal(ew_bus_redeliver(ops, "user-service", "create-profile", dead, id, &err), 0);
+    cf_wait_count(&u.handled, 1, CF_TIMEOUT_MS, "the retried v1 event");
+    end = ew_mono_ns() + (int64_t)CF_TIMEOUT_MS * 1000000;
+    while (cf_dlq_status(st, id) != EW_DLQ_RESOLVED && ew_mono_ns() < end)
+        usleep(5000);
+    assert_int_equal(cf_dlq_status(st, id), EW_DLQ_RESOLVED);
+    usleep(200000); /* a moment for a refusal, were there one */
+    refused = 0;
+    assert_int_equal(ew_store_dlq_list(st, &rf, cf_count_rows_fn, &refused, &err), 0);
+    assert_int_equal(refused, 0);
+    assert_int_equal(atomic_load(&u.handled), 1);
+    assert_int_equal(atomic_load(&u.latest), 1);
+
+    tb_close(ops);
+    tb_close(pub);
+    tb_close(bus);
+    ew_dlq_row_release(&row);
+    ew_event_unref(dead);
+    ew_event_unref(v1);
+    ew_store_close(st);
+    ew_evauth_close(user);
+    ew_evauth_close(auth);
+    ew_evauth_close(ctl);
+    cf_auth_release(&au);
+}
+
 #define CF_TESTS                                                                                   \
     cmocka_unit_test(cf_publish_subscribe), cmocka_unit_test(cf_event_arrives_intact),             \
         cmocka_unit_test(cf_patterns), cmocka_unit_test(cf_groups),                                \
@@ -1420,6 +1546,7 @@ static inline void cf_forged_events_are_dead_lettered(void **state)
 
 /* The cases of the backends that carry events between processes (not the memory bus, whose
  * events never leave the process and are not checked). */
-#define CF_WIRE_TESTS cmocka_unit_test(cf_forged_events_are_dead_lettered)
+#define CF_WIRE_TESTS                                                                              \
+    cmocka_unit_test(cf_forged_events_are_dead_lettered), cmocka_unit_test(cf_upcast_events_verify)
 
 #endif

@@ -3,6 +3,7 @@
 #include "support/ew_test.h"
 #include "core/json.h"
 #include "eventwire/catalog.h"
+#include "eventwire/event.h"
 
 static void test_catalog_has_every_event_of_the_flows(void **state)
 {
@@ -159,6 +160,49 @@ static void test_patterns_match_like_amqp_topics(void **state)
     assert_false(ew_pattern_valid(NULL));
 }
 
+/* ew_field_valid is the check events make: an address it takes builds a user.registered, one it
+ * refuses does not, whatever the address. */
+static void test_field_values_are_checked_as_events_check_them(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *email;
+        bool ok;
+    } cases[] = {
+        {"ada@example.com", true},   {"a.b+tag@mail.example.org", true},
+        {"ünï@example.com", true},   {"a..b@b.io", true},
+        {"not-an-email", false},     {"a@b", false},
+        {"Ada <a@b.io>", false},     {"a b@b.io", false},
+        {"@example.com", false},     {"a@b@example.com", false},
+        {"a@example.", false},       {"a,b@example.com", false},
+        {"\xff@example.com", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bool valid = ew_field_valid(EW_FIELD_EMAIL, cases[i].email);
+        ew_user_registered d = {.user_id = "01a24ea1-3ad6-7181-91c1-021e551b1aba",
+                                .email = cases[i].email,
+                                .username = "ada",
+                                .roles = {(const char *const[]){"user"}, 1}};
+        ew_event_attrs a = {.source = "test"};
+        ew_event *ev = NULL;
+        int rc = ew_event_new(&ev, EW_T_USER_REGISTERED, &d, &a, NULL);
+        ew_event_unref(ev);
+        if (valid != cases[i].ok || (rc == 0) != valid)
+            fail_msg("'%s': ew_field_valid %d, ew_event_new %d, want %d", cases[i].email, valid, rc,
+                     cases[i].ok);
+    }
+    assert_true(ew_field_valid(EW_FIELD_UUID, "01a24ea1-3ad6-7181-91c1-021e551b1aba"));
+    assert_false(ew_field_valid(EW_FIELD_UUID, "01a24ea1"));
+    assert_true(ew_field_valid(EW_FIELD_TIME, "2026-12-07T03:41:47.163295Z"));
+    assert_false(ew_field_valid(EW_FIELD_TIME, "yesterday"));
+    assert_true(ew_field_valid(EW_FIELD_URL, "https://example.com/x"));
+    assert_false(ew_field_valid(EW_FIELD_URL, "ftp://example.com/x"));
+    assert_true(ew_field_valid(EW_FIELD_STRING, "anything"));
+    assert_false(ew_field_valid(EW_FIELD_STRING, "\xc3"));
+    assert_false(ew_field_valid(EW_FIELD_INT, "1"));
+    assert_false(ew_field_valid(EW_FIELD_EMAIL, NULL));
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_catalog_has_every_event_of_the_flows),
     cmocka_unit_test(test_every_type_is_well_declared),
@@ -166,6 +210,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_schemas_are_json_schema_2020_12),
     cmocka_unit_test(test_schema_of_user_registered),
     cmocka_unit_test(test_patterns_match_like_amqp_topics),
+    cmocka_unit_test(test_field_values_are_checked_as_events_check_them),
 };
 
 EW_TEST_MAIN(tests)

@@ -460,6 +460,19 @@ static void test_api_dead_letter_retry_and_discard(void **state)
     assert_int_equal(r.status, 400);
     http_result_free(&r);
     console_stop(&c);
+    /* the retry and the discard are in the operator's chain, once each, and it holds */
+    char *out, *chain, want[96];
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &chain, NULL), 0);
+    snprintf(want, sizeof want, "\"action\":\"dlq.retried\",\"subject\":\"%lld\"", (long long)id);
+    assert_non_null(strstr(chain, want));
+    snprintf(want, sizeof want, "\"action\":\"dlq.discarded\",\"subject\":\"%lld\"",
+             (long long)id2);
+    assert_non_null(strstr(chain, want));
+    assert_null(strstr(chain, "\"seq\":3,"));
+    free(chain);
+    assert_int_equal(ew_test_ewctl("audit verify --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"ok\":true,\"entries\":2"));
+    free(out);
     env_close(&e);
 }
 

@@ -112,7 +112,8 @@ static void test_write_new_racing_processes(void **state)
         size_t n = read_all(path, buf, sizeof buf);
         if (n) {
             assert_int_equal(n, BYTES); /* never a part-written file */
-            for (size_t j = 1; j < n; j++) assert_int_equal(buf[j], buf[0]);
+            for (size_t j = 1; j < n; j++)
+                assert_int_equal(buf[j], buf[0]);
             seen++;
         }
         int st;

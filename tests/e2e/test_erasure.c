@@ -514,6 +514,14 @@ static void erasure_on(const char *backend)
     http_result_free(&r);
     snprintf(args, sizeof args, "saga show --type UserDeletion --key %s", request);
     free(await_ewctl(args, "\"status\":\"completed\""));
+    /* the shred of the user's data key is in the chain of auth-service, which runs the saga, by
+     * the user's id and the saga's */
+    snprintf(args, sizeof args, "audit list --service auth-service --subject %s", user);
+    char *chain = await_ewctl(args, "\"action\":\"key.shredded\"");
+    assert_non_null(
+        strstr(chain, "\"actor\":\"service:auth-service\",\"action\":\"key.shredded\""));
+    assert_non_null(strstr(chain, "\"saga\":\"UserDeletion\""));
+    free(chain);
     down();
 
     /* the user name is in the email address too: searching for it covers both */
@@ -547,6 +555,14 @@ static void erasure_on(const char *backend)
     http_result_free(&r);
     down();
     nothing_anywhere(backend, s.ns, needles, "after a replay and a retry of every dead letter");
+    /* every chain holds: the services' and the operator's (the retries above, when there were
+     * dead letters) */
+    char *out2, *err2;
+    if (ew_test_ewctl("audit verify", NULL, &out2, &err2) != 0)
+        fail_msg("ewctl audit verify: %s %s", out2, err2);
+    assert_null(strstr(out2, "\"ok\":false"));
+    free(out2);
+    free(err2);
     sys_remove(&s);
 }
 

@@ -68,10 +68,8 @@ static void handle(const ew_http_request *rq, ew_http_response *res, void *ud)
         int req = f[0] == '!';
         if (svc_json_str(rq, res, f + req, req ? SVC_REQUIRED : SVC_OPTIONAL, 254, &strs[i]))
             return;
-        if (strs[i] && !strcmp(f + req, "email") && !svc_email_valid(strs[i])) {
-            ew_http_reply_error(res, 400, "email", "'%.64s' is not a valid email address", strs[i]);
+        if (strs[i] && !strcmp(f + req, "email") && svc_require_email(res, "email", strs[i]))
             return;
-        }
     }
     const char *items[8];
     size_t n = 0;

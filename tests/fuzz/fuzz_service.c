@@ -97,12 +97,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ew_buf_release(&out.body);
     } else {
         ew_event *ev = NULL;
-        int drc = fuzz_event_from_text(&ev, text, len, &e);
+        int drc = fuzz_services_event(&services, &ev, text, len, &e);
         if (getenv("FUZZ_SERVICE_VERBOSE"))
             fprintf(stderr, "%s event: %s\n", services.def[which].name, drc ? e.msg : "ok");
         if (drc == 0) {
-            int rc = ew_bus_publish(svc_bus(services.svc[which]), ev, &e);
-            if (rc) fprintf(stderr, "publishing: %s\n", e.msg);
+            int rc = fuzz_services_deliver(&services, which, ev, &e);
+            if (rc) fprintf(stderr, "delivering: %s\n", e.msg);
             FUZZ_CHECK(rc == 0);
             ew_event_unref(ev);
         }

@@ -26,8 +26,11 @@
 #include <unistd.h>
 #include "analytics.h"
 #include "auth.h"
+#include "bus/backend.h"
+#include "bus/receive.h"
 #include "core/json.h"
 #include "eventwire/clock.h"
+#include "eventwire/evauth.h"
 #include "eventwire/id.h"
 #include "export.h"
 #include "fuzz.h"
@@ -49,6 +52,9 @@ typedef struct fuzz_services {
     exporter exporter;
     char user_id[EW_UUID_LEN + 1], admin_id[EW_UUID_LEN + 1];
     char user_token[SVC_TOKEN_MAX], admin_token[SVC_TOKEN_MAX];
+    /* each service's bus key and the policy, as a peer holds them (EVENT_AUTH=mac): to sign what
+     * a service publishes and to verify what it receives; NULL with EVENT_AUTH=off */
+    ew_evauth *peer[FZ_NSERVICES];
 } fuzz_services;
 
 /* The service an input's first byte picks. */
@@ -109,9 +115,10 @@ static inline int fuzz_services_request(fuzz_services *f, int i, const ew__http_
 }
 
 /* Builds an event from text: CloudEvents structured JSON when it starts with '{' (as a broker
- * delivers it), else "TYPE\nDATA" (ew_event_from_json, source "fuzz", subject the data's
+ * delivers it), else "TYPE\nDATA" (ew_event_from_json, source `source`, subject the data's
  * user_id). 0 and *ev, or the decoder's error. */
-static inline int fuzz_event_from_text(ew_event **ev, const char *text, size_t len, ew_error *err)
+static inline int fuzz_event_from_text(ew_event **ev, const char *text, size_t len,
+                                       const char *source, ew_error *err)
 {
     if (len && text[0] == '{') return ew_event_decode(ev, text, len, NULL, err);
     const char *nl = memchr(text, '\n', len);
@@ -121,14 +128,87 @@ static inline int fuzz_event_from_text(ew_event **ev, const char *text, size_t l
     if (tl >= sizeof type) return ew_error_set(err, EW_EINVAL, "type too long");
     memcpy(type, text, tl);
     type[tl] = '\0';
-    ew_event_attrs a = {.source = "fuzz"};
+    ew_event_attrs a = {.source = source};
     return ew_event_from_json(ev, type, nl + 1, len - tl - 1, &a, err);
 }
 
-/* Publishes ev on service i's bus and waits until the service is quiet (svc_settle). */
+/* The service whose name is ev's source; -1 for none. */
+static inline int fuzz_services_index(const fuzz_services *f, const char *source)
+{
+    for (int i = 0; i < FZ_NSERVICES; i++)
+        if (!strcmp(f->def[i].name, source)) return i;
+    return -1;
+}
+
+/* The event of text as a peer would send it: "TYPE\nDATA" comes from the first service the
+ * policy lets publish TYPE ("fuzz" when none may, or with EVENT_AUTH=off); structured JSON
+ * names its source itself. */
+static inline int fuzz_services_event(fuzz_services *f, ew_event **ev, const char *text, size_t len,
+                                      ew_error *err)
+{
+    int rc = fuzz_event_from_text(ev, text, len, "fuzz", err);
+    if (rc || !f->peer[0] || (len && text[0] == '{')) return rc;
+    for (int j = 0; j < FZ_NSERVICES; j++) {
+        ew_event *as = NULL;
+        if (fuzz_event_from_text(&as, text, len, f->def[j].name, NULL)) break;
+        if (ew_evauth_check_publish(f->peer[j], as, NULL) == 0) {
+            ew_event_unref(*ev);
+            *ev = as;
+            return 0;
+        }
+        ew_event_unref(as);
+    }
+    return 0;
+}
+
+/* Delivers ev to service i and waits until the service is quiet (svc_settle).
+ * With EVENT_AUTH=off, ev is published on the service's memory bus. With it on (the memory bus
+ * neither signs nor verifies), ev goes the way a peer's event comes over a broker: signed with
+ * its source's key when its source is one of the five and the policy lets it publish ev's type
+ * (unless it carries ewauth or ewkid of its own, then it goes as it is),
+ * then checked by the service's receive path (ew_evauth_verify: the tag, the key's owner, the
+ * policy; then ew__recv_decrypt), and either handed to its dispatcher or dead-lettered with the
+ * reason (ew__recv_refused) and never handled. An event its source signed within the policy is
+ * never refused. */
 static inline int fuzz_services_deliver(fuzz_services *f, int i, const ew_event *ev, ew_error *err)
 {
-    int rc = ew_bus_publish(svc_bus(f->svc[i]), ev, err);
+    ew_bus *bus = svc_bus(f->svc[i]);
+    if (!f->peer[i]) {
+        int rc = ew_bus_publish(bus, ev, err);
+        if (!rc) rc = svc_settle(f->svc[i], 20000, err);
+        return rc;
+    }
+    ew_event *signed_ev = NULL;
+    int src = fuzz_services_index(f, ew_event_source(ev));
+    /* an event that carries a tag of its own is delivered with it, as a forger would send it */
+    if (src >= 0 && !ew_event_extension(ev, "ewauth") && !ew_event_extension(ev, "ewkid") &&
+        ew_evauth_check_publish(f->peer[src], ev, NULL) == 0) {
+        int rc = ew_evauth_sign(f->peer[src], ev, &signed_ev, err);
+        if (rc) return rc;
+        ev = signed_ev;
+    }
+    ew_error ve = {0};
+    int rc = ew_evauth_verify(f->peer[i], ev, &ve);
+    if (signed_ev && rc) fprintf(stderr, "fuzz_services: signed and refused: %s\n", ve.msg);
+    FUZZ_CHECK(!(signed_ev && rc));
+    ew_event *plain = NULL;
+    if (!rc) rc = ew__recv_decrypt(bus, ev, &plain, &ve);
+    if (getenv("FUZZ_SERVICE_VERBOSE"))
+        fprintf(stderr, "%s %s from %s: %s\n", f->def[i].name, ew_event_type(ev),
+                ew_event_source(ev),
+                rc          ? ve.msg
+                : signed_ev ? "signed, delivered"
+                            : "delivered");
+    if (rc) {
+        FUZZ_CHECK(rc == EW_EAUTH || rc == EW_EPERM || rc == EW_ECRYPTO || rc == EW_EDATA);
+        FUZZ_CHECK(ew__recv_refused(bus, ev, NULL, "fuzz", rc, ve.msg, NULL, NULL));
+        rc = 0; /* refused and dead-lettered: what the receive path does */
+    } else {
+        ew_delivery dl = {.event = plain ? plain : ev};
+        rc = ew__dispatch_deliver(ew__bus_dispatcher(bus), &dl, err);
+    }
+    ew_event_unref(plain);
+    ew_event_unref(signed_ev);
     if (!rc) rc = svc_settle(f->svc[i], 20000, err);
     return rc;
 }
@@ -192,7 +272,7 @@ static inline void fuzz_services_announce(fuzz_services *f, int i, const char *t
     char *t = fuzz_services_expand(f, (const uint8_t *)text, strlen(text), &len);
     ew_event *ev = NULL;
     ew_error e = {0};
-    if (fuzz_event_from_text(&ev, t, len, &e) || fuzz_services_deliver(f, i, ev, &e))
+    if (fuzz_services_event(f, &ev, t, len, &e) || fuzz_services_deliver(f, i, ev, &e))
         fuzz_services_fail(t, &e);
     ew_event_unref(ev);
     free(t);
@@ -211,8 +291,9 @@ static inline void fuzz_services_close(fuzz_services *f)
     for (int i = FZ_NSERVICES - 1; i >= 0; i--) {
         svc_close(f->svc[i]);
         f->svc[i] = NULL;
+        if (f->peer[i]) ew_evauth_close(f->peer[i]);
+        f->peer[i] = NULL;
     }
-    pthread_mutex_destroy(&f->exporter.mu);
     if (f->dir[0]) nftw(f->dir, fuzz_services_rm, 16, FTW_DEPTH | FTW_PHYS);
     f->dir[0] = '\0';
     curl_global_cleanup();
@@ -258,10 +339,9 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     snprintf(keys, sizeof keys, "AUTH_KEY_DIR=%s/keys", f->dir);
     snprintf(mail, sizeof mail, "MAIL_DIR=%s/mail", f->dir);
     snprintf(exports, sizeof exports, "EXPORT_DIR=%s/exports", f->dir);
-    /* EVENT_AUTH=off: each service's memory bus is its own, and the events an input brings are
-     * no service's (the bus's authentication has its own tests and harness: fuzz_policy) */
+    /* EVENT_AUTH as deployed (mac): each service makes its bus key at its first start; the
+     * events an input brings are signed and checked as peers' (fuzz_services_deliver) */
     const char *settings[64] = {"EVENT_BUS_TYPE=memory",
-                                "EVENT_AUTH=off",
                                 db,
                                 store,
                                 keys,
@@ -284,7 +364,6 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
         settings[n++] = extra[i];
     ew_error e = {0};
     fuzz_services_check_names(settings);
-    pthread_mutex_init(&f->exporter.mu, NULL);
     f->def[FZ_AUTH] = auth_service(&f->auth);
     f->def[FZ_USER] = user_service(&f->user);
     f->def[FZ_NOTIF] = notif_service(&f->notif);
@@ -293,6 +372,12 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     /* auth-service first: it makes the token keys the others read */
     for (int i = 0; i < FZ_NSERVICES; i++)
         if (svc_open(&f->svc[i], &f->def[i], settings, &e)) fuzz_services_fail(f->def[i].name, &e);
+    for (int i = 0; i < FZ_NSERVICES; i++) {
+        if (!strcmp(ew_config_get(svc_config(f->svc[i]), "EVENT_AUTH"), "off")) break;
+        ew_evauth_options ao = {
+            .config = svc_config(f->svc[i]), .service = f->def[i].name, .existing_key_only = true};
+        if (ew_evauth_open(&f->peer[i], &ao, &e)) fuzz_services_fail("a peer's key", &e);
+    }
 
     fuzz_services_register(f, "fuzzuser", f->user_id);
     fuzz_services_register(f, "fuzzadmin", f->admin_id);

@@ -133,7 +133,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(fd >= 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ports[which])};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+    int crc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+    if (crc && errno == EINTR) {
+        /* libFuzzer's timer signal (-timeout) interrupted it: the connection goes on by itself,
+         * and is waited for, not asked for again */
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        int pr;
+        do
+            pr = poll(&p, 1, CLOSE_WITHIN_MS);
+        while (pr < 0 && errno == EINTR);
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+        crc = pr == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0 ? 0
+                                                                                              : -1;
+        if (crc) errno = soerr ? soerr : ETIMEDOUT;
+    }
+    if (crc) {
         fprintf(stderr, "connect: %s\n", strerror(errno));
         abort();
     }

@@ -4,11 +4,14 @@
  * out-of-policy events are refused with the reason; foreign producers are admitted per type but
  * never for a sensitive one; the key file is made 0600 and one open to others is refused; a
  * rotation is picked up by the signer and old events still verify after the grace period; the
- * default policy's rules; ewctl keys and the policy file in docs/ agree with the built-in one. */
+ * default policy's rules; ewctl keys and the policy file in docs/ agree with the built-in one.
+ * Signing and checking run with the key store on PostgreSQL too.
+ * ew-fixture: postgres */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "support/case_db.h"
 #include "support/ew_test.h"
 #include "bus/binding.h"
 #include "eventwire/catalog.h"
@@ -22,6 +25,7 @@ typedef struct fx {
     ew_config *cfg;
     ew_keys *keys;
     ew_policy *policy;
+    char *pg_url; /* the key store's database, when it is on PostgreSQL */
     /* notices seen */
     int made, rotated, refused_in, refused_out;
     char last[400];
@@ -42,15 +46,18 @@ static const char test_policy[] = "publish auth-service user.*\n"
                                   "subscribe user-service user.registered user.deletion_requested\n"
                                   "foreign user.profile_updated\n";
 
-static int setup_mode(void **state, const char *mode)
+static int setup_store(void **state, const char *mode, bool pg)
 {
     fx *f = calloc(1, sizeof *f);
     snprintf(f->dir, sizeof f->dir, "/tmp/ew-evauth-XXXXXX");
     if (!mkdtemp(f->dir)) return -1;
     ew_error err = {0};
-    char url[128];
+    char url[128], tmp[64];
     snprintf(url, sizeof url, "sqlite:%s/events.db", f->dir);
+    if (pg && ew_test_db_create(1, "evauth", "", tmp, &f->pg_url)) return -1;
     if (ew_config_new(&f->cfg, &err) || ew_config_set(f->cfg, "EVENT_STORE_URL", url, &err) ||
+        (pg && (ew_config_set(f->cfg, "KEY_STORE_URL", f->pg_url, &err) ||
+                ew_config_set(f->cfg, "EVENT_KEY_DIR", f->dir, &err))) ||
         ew_config_set(f->cfg, "EVENT_AUTH", mode, &err) ||
         ew_keys_open(&f->keys, &(ew_keys_options){.config = f->cfg}, &err) ||
         ew_policy_parse(&f->policy, test_policy, strlen(test_policy), "test", &err)) {
@@ -63,12 +70,22 @@ static int setup_mode(void **state, const char *mode)
 
 static int setup_mac(void **state)
 {
-    return setup_mode(state, "mac");
+    return setup_store(state, "mac", false);
 }
 
 static int setup_ed(void **state)
 {
-    return setup_mode(state, "ed25519");
+    return setup_store(state, "ed25519", false);
+}
+
+static int setup_mac_pg(void **state)
+{
+    return setup_store(state, "mac", true);
+}
+
+static int setup_ed_pg(void **state)
+{
+    return setup_store(state, "ed25519", true);
 }
 
 static int teardown(void **state)
@@ -80,6 +97,7 @@ static int teardown(void **state)
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
     int rc = system(cmd);
+    if (f->pg_url) ew_test_db_drop(1, "", f->pg_url);
     free(f);
     return rc == 0 ? 0 : -1;
 }
@@ -275,6 +293,87 @@ static void forgeries_are_refused(void **state)
     ew_event_unref(ev);
     ew_evauth_close(auth);
     ew_evauth_close(user);
+}
+
+/* An event published at an older version of its type (user.registered v1, without roles) by a
+ * keyed service verifies at a consumer whose catalog upcasts it to the latest: the tag covers it
+ * as published, and the check runs on that form; what the handlers get is the upcast event. A
+ * v1 event tampered with is still refused, and so is one that claims to be the latest version
+ * with the v1 tag. */
+static void upcast_events_verify(void **state)
+{
+    fx *f = *state;
+    ew_evauth *auth = open_as(f, "auth-service"), *user = open_as(f, "user-service");
+    ew_user_registered_v1 d1 = {.user_id = UID, .email = "ada@example.com", .username = "ada"};
+    ew_event *v1, *s;
+    ew_error err = {0};
+    assert_int_equal(ew_event_new(&v1, EW_T_USER_REGISTERED_V1, &d1,
+                                  &(ew_event_attrs){.source = "auth-service", .subject = UID},
+                                  &err),
+                     0);
+    s = signed_copy(auth, v1);
+    assert_int_equal(ew_event_version(s), 1);
+    char *json;
+    assert_int_equal(ew_event_encode(s, &json, NULL, &err), 0);
+    assert_non_null(strstr(json, "\"eventversion\":1"));
+    ew_event *back;
+    assert_int_equal(ew_event_decode(&back, json, strlen(json), NULL, &err), 0);
+    /* the consumer reads the latest version */
+    assert_int_equal(ew_event_version(back), 2);
+    const ew_user_registered *d2 = ew_user_registered_data(back);
+    assert_non_null(d2);
+    assert_int_equal(d2->roles.count, 1);
+    assert_string_equal(d2->roles.items[0], "user");
+    if (ew_evauth_verify(user, back, &err)) fail_msg("an upcast v1 event: %s", err.msg);
+    ew_event_unref(back);
+    /* and after a binding carried it in binary mode */
+    ew__wire_out o;
+    assert_int_equal(ew__binding_encode(s, EW__BINDING_KAFKA, EW__MODE_BINARY, 0, &o, &err), 0);
+    ew__wire_msg m = {.binding = EW__BINDING_KAFKA,
+                      .body = o.body,
+                      .body_len = o.body_len,
+                      .headers = o.headers,
+                      .nheaders = o.nheaders};
+    if (ew__binding_decode(&m, NULL, &back, NULL, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(back), 2);
+    if (ew_evauth_verify(user, back, &err)) fail_msg("kafka binary mode: %s", err.msg);
+    ew_event_unref(back);
+    ew__wire_out_release(&o);
+    /* tampered v1 data: refused */
+    ew_event *t = edited(s, "ada@example.com", "eve@example.com");
+    assert_int_equal(ew_event_version(t), 2);
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    /* the v1 tag on the event claimed as version 2 (roles added by the forger): refused */
+    char *t0 = strstr(json, "\"eventversion\":1");
+    assert_non_null(t0);
+    t0[sizeof "\"eventversion\":" - 1] = '2';
+    char *forged = malloc(strlen(json) + 40);
+    char *dat = strstr(json, "\"data\":{");
+    assert_non_null(dat);
+    size_t head = (size_t)(dat - json) + strlen("\"data\":{");
+    memcpy(forged, json, head);
+    strcpy(forged + head, "\"roles\":[\"user\"],");
+    strcat(forged, json + head);
+    assert_int_equal(ew_event_decode(&t, forged, strlen(forged), NULL, &err), 0);
+    expect_refused(user, t, EW_EAUTH, "does not verify");
+    ew_event_unref(t);
+    free(forged);
+    free(json);
+    ew_event_unref(s);
+    ew_event_unref(v1);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+}
+
+static void test_upcast_events_verify_mac(void **state)
+{
+    upcast_events_verify(state);
+}
+
+static void test_upcast_events_verify_ed25519(void **state)
+{
+    upcast_events_verify(state);
 }
 
 static void test_foreign_producers(void **state)
@@ -477,6 +576,21 @@ static void test_roundtrip_ed25519(void **state)
     roundtrip(state);
 }
 
+/* The key store on PostgreSQL: the verifier finds the publisher's key there. */
+static void test_roundtrip_postgres_mac(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(strncmp(ew_keys_path(f->keys), "postgres", 8), 0);
+    roundtrip(state);
+    upcast_events_verify(state);
+}
+
+static void test_roundtrip_postgres_ed25519(void **state)
+{
+    roundtrip(state);
+    forgeries_are_refused(state);
+}
+
 static void test_forgeries_refused_mac(void **state)
 {
     forgeries_are_refused(state);
@@ -490,8 +604,12 @@ static void test_forgeries_refused_ed25519(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_roundtrip_mac, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_roundtrip_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_roundtrip_postgres_mac, setup_mac_pg, teardown),
+    cmocka_unit_test_setup_teardown(test_roundtrip_postgres_ed25519, setup_ed_pg, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_mac, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_forgeries_refused_ed25519, setup_ed, teardown),
+    cmocka_unit_test_setup_teardown(test_upcast_events_verify_mac, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_upcast_events_verify_ed25519, setup_ed, teardown),
     cmocka_unit_test_setup_teardown(test_foreign_producers, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_key_file_is_private, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_rotation, setup_mac, teardown),

@@ -169,7 +169,8 @@ static void test_new_keys_from_many_threads_at_once(void **state)
         m[i].k = k;
         assert_int_equal(pthread_create(&th[i], NULL, make_keys, &m[i]), 0);
     }
-    for (int i = 0; i < MAKERS; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    for (int i = 0; i < MAKERS; i++)
+        assert_int_equal(pthread_join(th[i], NULL), 0);
     size_t live = 0, erased = 0;
     ew_error err = {0};
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
@@ -185,6 +186,63 @@ static void test_new_keys_from_many_threads_at_once(void **state)
             ew_event_unref(back);
             free(m[i].json[j]);
         }
+    ew__keyring_free(fresh);
+    ew__keyring_free(k);
+}
+
+/* The key store file's change counter (SQLite's header, bytes 24-27): one more per write
+ * transaction that committed. */
+static unsigned commits_of(const char *path)
+{
+    unsigned char h[28];
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, h, sizeof h, 0), (ssize_t)sizeof h);
+    close(fd);
+    return (unsigned)h[24] << 24 | (unsigned)h[25] << 16 | (unsigned)h[26] << 8 | h[27];
+}
+
+/* A batch of events of new subjects gets their data keys in one commit of the key store
+ * (ew__keyring_prepare, what a batch publish does), not one each; sealing them afterwards
+ * commits nothing; a subject erased before keeps its tombstone; every event opens with a
+ * keyring that has never seen it. */
+static void test_a_batch_makes_its_new_keys_in_one_commit(void **state)
+{
+    enum { N = 50 };
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_load(k, &err), 0);
+    char users[N][EW_UUID_LEN + 1];
+    ew_event *evs[N + 1];
+    for (int i = 0; i < N; i++) {
+        ew_uuid7(users[i]);
+        evs[i] = registered(users[i], "kat@example.com", "kat");
+    }
+    evs[N] = registered(users[0], "kat2@example.com", "kat2"); /* a subject twice */
+    assert_int_equal(ew__keyring_shred(k, users[1], &err), 0); /* erased before */
+    unsigned before = commits_of(ew__keyring_store_path(k));
+    assert_int_equal(ew__keyring_prepare(k, (const ew_event *const *)evs, N + 1, &err), 0);
+    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    char *json[N + 1];
+    for (int i = 0; i <= N; i++)
+        json[i] = sealed_json(k, evs[i]);
+    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    size_t live = 0, erased = 0;
+    assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+    assert_int_equal(live, N - 1);
+    assert_int_equal(erased, 1);
+    ew__keyring *fresh = keyring(f);
+    for (int i = 0; i <= N; i++) {
+        ew_event *back;
+        if (open_json(fresh, json[i], &back, &err)) fail_msg("%s", err.msg);
+        assert_int_equal(ew_event_erased(back), i == 1);
+        if (i != 1)
+            assert_string_equal(ew_user_registered_data(back)->username, i == N ? "kat2" : "kat");
+        ew_event_unref(back);
+        free(json[i]);
+        ew_event_unref(evs[i]);
+    }
     ew__keyring_free(fresh);
     ew__keyring_free(k);
 }
@@ -535,6 +593,7 @@ static void test_encryption_off_refuses_what_it_cannot_read(void **state)
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 static const struct CMUnitTest tests[] = {
     CASE(test_new_keys_from_many_threads_at_once),
+    CASE(test_a_batch_makes_its_new_keys_in_one_commit),
     CASE(test_the_wire_carries_ciphertext),
     CASE(test_a_missing_key_file_is_refused_when_keys_exist),
     CASE(test_a_wrong_or_exposed_key_file_is_refused),

@@ -2,22 +2,28 @@
  * folder, a file open to others refused, keys added, read back and listed, a duplicate kid
  * refused, rotation retiring the old key at the end of its grace period, migrations applied once
  * across reopenings, a second opening in one process that leaves the first one's locks alone,
- * bad URLs refused with their reason. */
+ * bad URLs refused with their reason. Keys, rotation and migrations run on SQLite and on
+ * PostgreSQL (KEY_STORE_URL=postgresql://...).
+ * ew-fixture: postgres */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "eventwire/clock.h"
 #include "eventwire/keys.h"
+#include "support/case_db.h"
 #include "support/ew_test.h"
 
 typedef struct fx {
     char dir[64];
     char url[200];
     char path[160];
+    int pg;
+    char *pg_url; /* PostgreSQL: the case's database */
 } fx;
 
 static int setup(void **state)
@@ -31,9 +37,33 @@ static int setup(void **state)
     return 0;
 }
 
+static int setup_sqlite(void **state)
+{
+    return setup(state);
+}
+
+static int setup_postgres(void **state)
+{
+    fx *f = calloc(1, sizeof *f);
+    char dir[64];
+    if (ew_test_db_create(1, "keys", "", dir, &f->pg_url)) {
+        free(f);
+        return -1;
+    }
+    f->pg = 1;
+    snprintf(f->url, sizeof f->url, "%s", f->pg_url);
+    *state = f;
+    return 0;
+}
+
 static int teardown(void **state)
 {
     fx *f = *state;
+    if (f->pg) {
+        ew_test_db_drop(1, "", f->pg_url);
+        free(f);
+        return 0;
+    }
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
     if (system(cmd) != 0) return -1;
@@ -92,9 +122,8 @@ static void test_file_is_private(void **state)
     assert_null(k2);
 }
 
-static void test_add_get_list(void **state)
+static void add_get_list(fx *f)
 {
-    fx *f = *state;
     ew_keys *k = open_store(f);
     ew_error err = {0};
     ew_key mac, ed;
@@ -153,9 +182,8 @@ static int keep(void *ud, const ew_key *key)
     return 0;
 }
 
-static void test_rotation_retires_after_grace(void **state)
+static void rotation_retires_after_grace(fx *f)
 {
-    fx *f = *state;
     ew_keys *k = open_store(f);
     ew_error err = {0};
     ew_key k1, k2, k3, other;
@@ -205,6 +233,59 @@ static void test_rotation_retires_after_grace(void **state)
     ew_keys_close(k);
 }
 
+BOTH(add_get_list)
+BOTH(rotation_retires_after_grace)
+
+/* Two handles on one PostgreSQL store, as two processes have: the second finds the migrations
+ * applied and the first one's keys, and a rotation by one is what the other reads; its name
+ * (ew_keys_path) shows no password. */
+static void test_postgres_two_handles(void **state)
+{
+    fx *f = *state;
+    ew_keys *a = open_store(f), *b = open_store(f);
+    assert_null(strstr(ew_keys_path(a), "@"));
+    assert_int_equal(strncmp(ew_keys_path(a), "postgres", 8), 0);
+    ew_error err = {0};
+    ew_key k1, k2, got;
+    assert_int_equal(ew_key_generate(&k1, "service:auth-service", EW_KEY_MAC, NULL, &err), 0);
+    assert_int_equal(ew_keys_add(a, &k1, &err), 0);
+    assert_int_equal(ew_keys_get(b, k1.kid, &got, &err), 0);
+    assert_memory_equal(got.material, k1.material, 32);
+    assert_int_equal(ew_keys_add(b, &k1, &err), EW_EEXIST);
+    assert_int_equal(ew_key_generate(&k2, "service:auth-service", EW_KEY_MAC, NULL, &err), 0);
+    int retired = 0;
+    assert_int_equal(ew_keys_rotate(b, &k2, 0, &retired, &err), 0);
+    assert_int_equal(retired, 1);
+    assert_int_equal(ew_keys_get(a, k1.kid, &got, &err), 0);
+    assert_false(ew_key_current(&got, ew_now_us()));
+    ew_keys_close(b);
+    ew_keys_close(a);
+}
+
+/* The server ends the store's session (a restart, an idle timeout): the next call connects again
+ * and answers. */
+static void test_postgres_reconnects(void **state)
+{
+    fx *f = *state;
+    ew_keys *k = open_store(f);
+    ew_error err = {0};
+    ew_key key, got;
+    assert_int_equal(ew_key_generate(&key, "service:auth-service", EW_KEY_MAC, NULL, &err), 0);
+    assert_int_equal(ew_keys_add(k, &key, &err), 0);
+    PGconn *c = PQconnectdb(f->url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = 'eventwire-keys' AND datname = "
+                            "current_database() AND pid <> pg_backend_pid()");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    PQfinish(c);
+    if (ew_keys_get(k, key.kid, &got, &err)) fail_msg("after the session ended: %s", err.msg);
+    assert_memory_equal(got.material, key.material, 32);
+    ew_keys_close(k);
+}
+
 static void test_bad_urls(void **state)
 {
     (void)state;
@@ -214,8 +295,12 @@ static void test_bad_urls(void **state)
     assert_non_null(strstr(err.msg, "KEY_STORE_URL"));
     assert_int_equal(ew_keys_open(&k, &(ew_keys_options){.url = "sqlite::memory:"}, &err),
                      EW_ECONFIG);
-    assert_int_equal(ew_keys_open(&k, &(ew_keys_options){.url = "postgresql://h/db"}, &err),
-                     EW_ENOTSUP);
+    /* a server that is not there: the reason, and not the password */
+    assert_int_equal(
+        ew_keys_open(&k, &(ew_keys_options){.url = "postgresql://ew:hunter2@127.0.0.1:1/db"}, &err),
+        EW_ECONNECT);
+    assert_non_null(strstr(err.msg, "postgresql://127.0.0.1:1/db"));
+    assert_null(strstr(err.msg, "hunter2"));
     assert_int_equal(ew_keys_open(&k, &(ew_keys_options){.url = "sqlite:/proc/nope/keys.db"}, &err),
                      EW_ECONFIG);
     assert_null(k);
@@ -257,8 +342,10 @@ static void test_second_open_keeps_locks(void **state)
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_default_url_beside_the_event_store),
     cmocka_unit_test_setup_teardown(test_file_is_private, setup, teardown),
-    cmocka_unit_test_setup_teardown(test_add_get_list, setup, teardown),
-    cmocka_unit_test_setup_teardown(test_rotation_retires_after_grace, setup, teardown),
+    CASES(add_get_list),
+    CASES(rotation_retires_after_grace),
+    cmocka_unit_test_setup_teardown(test_postgres_two_handles, setup_postgres, teardown),
+    cmocka_unit_test_setup_teardown(test_postgres_reconnects, setup_postgres, teardown),
     cmocka_unit_test_setup_teardown(test_second_open_keeps_locks, setup, teardown),
     cmocka_unit_test(test_bad_urls),
 };

@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include "support/ew_test.h"
 #include "core/json.h"
+#include "core/mono.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "http/http_internal.h"
@@ -15,7 +16,7 @@ typedef struct rig {
     usvc u;
     svc_def def;
     char db[128], store[128], keys[128];
-    const char *settings[8];
+    const char *settings[10];
 } rig;
 
 static void rig_init(rig *r)
@@ -163,9 +164,63 @@ static void test_open_fails_cleanly(void **state)
     rig_release(&r);
 }
 
+static long count_of(svc *s, const char *sql)
+{
+    ew_txn *t;
+    ew_error e = {0};
+    long n = -1;
+    assert_int_equal(ew_store_begin(svc_db(s), &t, &e), 0);
+    assert_int_equal(ew_txn_query(t, sql, NULL, 0, count_unsent, &n, &e), 0);
+    ew_txn_rollback(t);
+    return n;
+}
+
+/* The relay looks at the outbox once every OUTBOX_POLL_MS -- here a minute -- and besides after
+ * every commit that added to it: a handler's events (svc_ctx_emit, noted against its inbox
+ * transaction) are published within moments of its commit, also when the worker committed a
+ * batch of deliveries at its release (ew_inbox_ops.hold). 40 registrations at once: 80 events
+ * emitted (user.profile_created, user.preferences_updated), every one published in 10 s. */
+static void test_a_handler_commit_that_emitted_wakes_the_relay(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.settings[7] = "OUTBOX_POLL_MS=60000"; /* after the others, before the NULL */
+    svc *s;
+    ew_error e = {0};
+    if (svc_open(&s, &r.def, r.settings, &e)) fail_msg("%s", e.msg);
+    enum { N = 40 };
+    for (int i = 0; i < N; i++) {
+        char id[EW_UUID_LEN + 1], data[256];
+        ew_uuid7(id);
+        snprintf(data, sizeof data,
+                 "{\"user_id\":\"%s\",\"username\":\"wake%d\",\"email\":\"w%d@example.com\","
+                 "\"roles\":[\"user\"]}",
+                 id, i, i);
+        ew_event *ev;
+        ew_event_attrs a = {.source = "test"};
+        assert_int_equal(ew_event_from_json(&ev, "user.registered", data, strlen(data), &a, &e), 0);
+        assert_int_equal(ew_bus_publish(svc_bus(s), ev, &e), 0);
+        ew_event_unref(ev);
+    }
+    /* every handler has run (this does not touch the relay, unlike svc_settle) */
+    if (ew_bus_wait_for_events(svc_bus(s), 20000, &e)) fail_msg("%s", e.msg);
+    long sent = 0, unsent = -1;
+    for (int64_t end = ew_mono_ns() + 10 * 1000000000LL; ew_mono_ns() < end; usleep(20000)) {
+        sent = count_of(s, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NOT NULL");
+        unsent = count_of(s, "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL");
+        if (sent == 2 * N && unsent == 0) break;
+    }
+    if (sent != 2 * N || unsent != 0)
+        fail_msg("the relay published %ld of %d events in 10 s (%ld waiting)", sent, 2 * N, unsent);
+    svc_close(s);
+    rig_release(&r);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_a_service_runs_in_process),
     cmocka_unit_test(test_open_fails_cleanly),
+    cmocka_unit_test(test_a_handler_commit_that_emitted_wakes_the_relay),
 };
 
 EW_TEST_MAIN(tests)

@@ -476,7 +476,58 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* ---- the erasure in PostgreSQL's files ------------------------------------------------------ */
+
+/* An erasure leaves nothing of the user in the service's PostgreSQL files: the deleted rows,
+ * which PostgreSQL keeps in the tables' and indexes' pages, are gone once the housekeeping
+ * compacted the tables the erasure deleted from (VACUUM FULL). Found there before the deletion,
+ * so that the search could fail. */
+static void test_erasure_leaves_nothing_in_postgresql_files(void **state)
+{
+    char db[600];
+    char *url = pg_service_db(db);
+    const char *const extra[] = {db, "HOUSEKEEPING_INTERVAL_MS=200", NULL};
+    env *e = up(extra);
+    char user_id[EW_UUID_LEN + 1], name[32], email[64], where[1400];
+    snprintf(name, sizeof name, "ursula%06lld", (long long)(ew_now_us() % 1000000));
+    snprintf(email, sizeof email, "%s@example.com", name);
+    new_user(e, name, user_id);
+    if (pg_files_holding(url, email, where, sizeof where) < 1)
+        fail_msg("the profile's email is in no file of the database: the search sees nothing");
+    char *before = pg_text(url, "SELECT pg_relation_filepath('event_store.user_profiles')");
+
+    char id[EW_UUID_LEN + 1];
+    ew_uuid7(id);
+    ew_user_deletion_requested del = {.request_id = id, .user_id = user_id};
+    ew_error err = {0};
+    if (ew_bus_publish_new(bus(e), EW_T_USER_DELETION_REQUESTED, &del, user_id, &err))
+        fail_msg("%s", err.msg);
+    ew_event_unref(wait_event(e, "user.data_deleted", user_id, 1));
+    int64_t end = ew_mono_ns() + 20000000000LL;
+    int left;
+    while ((left = pg_files_holding(url, email, where, sizeof where)) > 0 && ew_mono_ns() < end)
+        usleep(200000);
+    if (left) {
+        char sql[1600];
+        const char *node = strrchr(where, '/');
+        snprintf(sql, sizeof sql,
+                 "SELECT relname FROM pg_class WHERE pg_relation_filenode(oid) = %ld",
+                 strtol(node ? node + 1 : where, NULL, 10));
+        char *rel = pg_text(url, sql);
+        fail_msg("after the erasure, %d file(s) still hold the email, %s (%s) first", left, where,
+                 rel);
+    }
+    /* the table was rewritten into a new file */
+    char *after = pg_text(url, "SELECT pg_relation_filepath('event_store.user_profiles')");
+    assert_string_not_equal(before, after);
+    free(before);
+    free(after);
+    down(e);
+    ew_test_pg_drop(url);
+}
+
 static const struct CMUnitTest tests[] = {
+    cmocka_unit_test_teardown(test_erasure_leaves_nothing_in_postgresql_files, reap),
     cmocka_unit_test(test_concurrent_verification_confirmations_one_wins),
     cmocka_unit_test(test_concurrent_verification_confirmations_one_wins_on_postgresql),
     cmocka_unit_test(test_profile_is_created_on_registration),

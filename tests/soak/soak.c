@@ -7,7 +7,7 @@
  * lines. Exit status 0 when every check holds, 1 when one does not, 2 for a bad command line.
  *
  *   ew-soak --backend sqlite|redis|rabbitmq|kafka [--seconds N] [--rate OPS] [--keep]
- *   ew-soak --fault broker-down|slow-consumer|disk-full [--backend B] [--seconds N]
+ *   ew-soak --fault broker-down|outbox-full|slow-consumer|disk-full [--backend B] [--seconds N]
  */
 #include <curl/curl.h>
 #include <dirent.h>
@@ -150,7 +150,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: ew-soak --backend sqlite|redis|rabbitmq|kafka [--seconds N] [--rate OPS] "
             "[--keep]\n"
-            "       ew-soak --fault broker-down|slow-consumer|disk-full [--backend B] "
+            "       ew-soak --fault broker-down|outbox-full|slow-consumer|disk-full [--backend B] "
             "[--seconds N] [--keep]\n");
 }
 

@@ -3,6 +3,9 @@
  *   broker-down    the broker down for --seconds while registrations keep coming: HTTP answers
  *                  (201, or 503 with Retry-After), memory stays bounded, and every accepted
  *                  registration completes once the broker is back;
+ *   outbox-full    the broker down while registrations come faster than before: auth-service's
+ *                  outbox fills up to OUTBOX_MAX_PENDING, past which each is answered 503 with
+ *                  Retry-After and writes nothing; every accepted one completes after recovery;
  *   slow-consumer  notification-service runs 50 ms of every 5 s while registrations come at
  *                  20 a second, then catches up on the backlog: nobody's memory grows beyond
  *                  the in-flight window, and every welcome mail is sent;
@@ -283,6 +286,95 @@ static int broker_down(soak_ctx *c, int seconds)
                "every accepted registration completed after recovery",
                "%ld sagas and %ld mails of %ld", done, mails, warm + o.created);
     rss_figures(c, base, peak, 64 * 1024);
+    offer_free(&o);
+    stop_all(c);
+    return 0;
+}
+
+/* ---- the outbox full ----------------------------------------------------------------------- */
+
+#define OUTBOX_BOUND 40
+
+static long auth_outbox_pending(void)
+{
+    return soak_count("auth-service.db",
+                      "SELECT count(*) FROM event_store.outbox WHERE sent_at IS NULL", NULL);
+}
+
+/* OUTBOX_MAX_PENDING reached while the broker is down: registrations come at 20 a second until
+ * auth-service's outbox holds OUTBOX_BOUND events, then each is answered 503 with Retry-After
+ * and writes nothing; once the broker is back, every accepted one completes, and registrations
+ * are accepted again. */
+static int outbox_full(soak_ctx *c, int seconds)
+{
+    if (!strcmp(c->backend, "sqlite")) {
+        fprintf(stderr, "fault: outbox-full needs a broker (redis, rabbitmq, kafka)\n");
+        return -1;
+    }
+    char bound[16];
+    snprintf(bound, sizeof bound, "%d", OUTBOX_BOUND);
+    setenv("OUTBOX_MAX_PENDING", bound, 1);
+    if (start_all(c)) return -1;
+    int serial = 0;
+    int warm = warm_up(c, &serial);
+    if (warm < 0) return -1;
+    soak_say("fault: %s goes down for %d s; auth-service's outbox holds at most %d events",
+             c->backend, seconds, OUTBOX_BOUND);
+    if (soak_broker(c, "down")) {
+        fprintf(stderr, "fault: cannot stop %s\n", c->backend);
+        return -1;
+    }
+    offer o;
+    offer_start(&o, c, 20, &serial);
+    long most = 0;
+    int64_t end = soak_ms() + seconds * 1000LL;
+    while (soak_ms() < end) {
+        long n = auth_outbox_pending();
+        if (n > most) most = n;
+        usleep(250000);
+    }
+    offer_stop(&o);
+    long n = auth_outbox_pending();
+    if (n > most) most = n;
+    long users = soak_count("auth-service.db", "SELECT count(*) FROM event_store.auth_users", NULL);
+    soak_figure(c, "outbox_bound", OUTBOX_BOUND, "count");
+    soak_figure(c, "outbox_most_pending", most, "count");
+    soak_figure(c, "accepted_during_outage", o.created, "count");
+    soak_figure(c, "refused_503_during_outage", o.refused, "count");
+    soak_figure(c, "unanswered_during_outage", o.no_answer, "count");
+    soak_figure(c, "other_answers_during_outage", o.other, "count");
+    /* the situation was reached: the outbox filled up and the bound answered */
+    soak_check(c, most == OUTBOX_BOUND, "auth-service's outbox filled up to its bound",
+               "at most %ld of %d pending", most, OUTBOX_BOUND);
+    soak_check(c, o.refused > 0, "registrations past the bound were answered 503 with Retry-After",
+               "%ld", o.refused);
+    soak_check(c, o.no_answer == 0 && o.other == 0, "HTTP kept answering 201 or 503 Retry-After",
+               "%ld unanswered, %ld other (last %ld)", o.no_answer, o.other, o.worst_other_status);
+    soak_check(c, users == warm + o.created, "a refused registration wrote nothing",
+               "%ld users for %ld accepted", users, warm + o.created);
+    soak_say("fault: %s comes back", c->backend);
+    if (soak_broker(c, "up")) {
+        fprintf(stderr, "fault: cannot start %s again\n", c->backend);
+        offer_free(&o);
+        return -1;
+    }
+    int64_t took = await_delivery(c, NULL, warm + o.created, 180000);
+    soak_figure(c, "delivered_after_recovery_s", took < 0 ? -1 : took / 1000.0, "s");
+    long done = completed_registrations(), mails = welcome_mails();
+    soak_check(c, took >= 0 && done == warm + o.created && mails == warm + o.created,
+               "every accepted registration completed after recovery",
+               "%ld sagas and %ld mails of %ld", done, mails, warm + o.created);
+    soak_check(c, auth_outbox_pending() == 0, "auth-service's outbox emptied", "%ld pending",
+               auth_outbox_pending());
+    /* and the service takes registrations again */
+    offer again;
+    offer_start(&again, c, 5, &serial);
+    sleep(2);
+    offer_stop(&again);
+    soak_check(c, again.created > 0 && again.refused == 0,
+               "registrations are accepted again after recovery", "%ld accepted, %ld refused",
+               again.created, again.refused);
+    offer_free(&again);
     offer_free(&o);
     stop_all(c);
     return 0;
@@ -635,12 +727,16 @@ int soak_fault_main(const char *fault, const char *backend, int seconds, bool ke
     int rc;
     if (!strcmp(fault, "broker-down"))
         rc = broker_down(&c, seconds);
+    else if (!strcmp(fault, "outbox-full"))
+        rc = outbox_full(&c, seconds);
     else if (!strcmp(fault, "slow-consumer"))
         rc = slow_consumer(&c, seconds);
     else if (disk)
         rc = disk_full(&c);
     else {
-        fprintf(stderr, "ew-soak: unknown fault %s (broker-down, slow-consumer, disk-full)\n",
+        fprintf(stderr,
+                "ew-soak: unknown fault %s (broker-down, outbox-full, slow-consumer, "
+                "disk-full)\n",
                 fault);
         soak_close(&c, false);
         return 2;

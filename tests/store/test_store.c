@@ -1602,7 +1602,37 @@ static void postgres_appends_wait_for_the_lock(void **state)
     ew_event_unref(ev);
 }
 
+/* ew_store_compact: the live rows stay; on PostgreSQL the table is rewritten into a new file
+ * (VACUUM FULL), on SQLite there is nothing to do; names that are not table names are refused
+ * before anything runs. */
+static void compact(env *e)
+{
+    ew_store *s = e->s;
+    ew_error err = {0};
+    exec_sql(s, profiles_ddl, NULL, 0, NULL);
+    const char *a[2] = {"u-1", "Ada"}, *b[2] = {"u-2", "Grace"};
+    exec_sql(s, profiles_insert, a, 2, NULL);
+    exec_sql(s, profiles_insert, b, 2, NULL);
+    exec_sql(s, "DELETE FROM event_store.test_profiles WHERE user_id = $1", a, 1, NULL);
+    const char *file = "SELECT pg_relation_filenode('event_store.test_profiles')";
+    int64_t before = e->pg ? query_int(s, file, NULL, 0) : 0;
+    const char *tables[] = {"test_profiles"};
+    if (ew_store_compact(s, tables, 1, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(query_int(s, "SELECT count(*) FROM event_store.test_profiles", NULL, 0), 1);
+    if (e->pg) assert_int_not_equal(query_int(s, file, NULL, 0), before);
+    const char *bad[] = {"test_profiles; DROP TABLE x"}, *empty[] = {""};
+    assert_int_equal(ew_store_compact(s, bad, 1, &err), EW_EINVAL);
+    assert_non_null(strstr(err.msg, "is not a table name"));
+    assert_int_equal(ew_store_compact(s, empty, 1, &err), EW_EINVAL);
+    assert_int_equal(ew_store_compact(s, NULL, 0, &err), 0);
+    /* a table that is not there: PostgreSQL says so; SQLite has nothing to do */
+    const char *missing[] = {"no_such_table"};
+    assert_int_equal(ew_store_compact(s, missing, 1, &err) != 0, e->pg);
+}
+BOTH(compact)
+
 static const struct CMUnitTest tests[] = {
+    CASES(compact),
     CASES(migrations_twice),
     CASES(migrations_concurrent),
     CASES(append_and_read_stream),

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include "eventwire/bus.h"
+#include "eventwire/evauth.h"
 #include "eventwire/event.h"
 #include "eventwire/store.h"
 
@@ -384,14 +385,35 @@ static void test_dlq_and_store_commands(void **state)
     assert_non_null(strstr(out, "\"event\":\"{\\\"specversion\\\""));
     assert_non_null(strstr(out, "\"error\":\"database is locked\""));
     free(out);
+    /* no operator's chain before the operator did anything */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, &errout), 1);
+    assert_non_null(strstr(errout, "the operator's chain holds nothing here yet"));
+    free(out);
+    free(errout);
     assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, NULL), 0);
     assert_non_null(strstr(out, "{\"id\":1,\"status\":\"discarded\"}"));
     free(out);
-    /* discarded already: nothing to discard */
+    /* discarded already: nothing to discard, and nothing recorded */
     assert_int_equal(ew_test_ewctl("dlq discard 1", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "dead letter 1 is discarded already"));
     free(out);
     free(errout);
+    /* the discard is in the operator's chain (in the event store, signed with keys/ewctl's key),
+     * once, by the dead letter's id and its event's, and the chain holds */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    const char *entry = strstr(out, "\"service\":\"ewctl\",\"seq\":1,");
+    assert_non_null(entry);
+    assert_non_null(strstr(entry, "\"actor\":\"operator\",\"action\":\"dlq.discarded\","
+                                  "\"subject\":\"1\""));
+    assert_non_null(strstr(entry, ew_event_id(ev[0])));
+    assert_non_null(strstr(entry, "\"handler\":\"end-session\""));
+    assert_null(strstr(out, "\"seq\":2,"));
+    free(out);
+    char pub[160];
+    snprintf(pub, sizeof pub, "audit verify --key %s/keys/ewctl.audit.key.pub", dir);
+    assert_int_equal(ew_test_ewctl(pub, NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "{\"service\":\"ewctl\",\"ok\":true,\"entries\":1"));
+    free(out);
     /* --limit is checked; a type that is not the catalog's is warned about */
     assert_int_equal(ew_test_ewctl("dlq list --limit ten", NULL, &out, &errout), 2);
     assert_non_null(strstr(errout, "--limit takes a number from 1"));
@@ -655,6 +677,115 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
 /* ewctl keys: list shows keys without secrets, rotate makes and retires, rotate without
  * --service is reserved, policy prints the default; ewctl as itself may not publish a sensitive
  * type, and --as needs the service's key file. */
+/* A handler that fails while `fail` is set, and counts the user.registered events it gets at the
+ * latest version (roles, the address in clear) when it does not. */
+typedef struct upcast_seen {
+    atomic_int fail, handled, latest;
+} upcast_seen;
+
+static ew_handler_result upcast_handle(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    upcast_seen *u = ud;
+    if (atomic_load(&u->fail)) {
+        ew_ctx_set_error(ctx, "profile database unavailable");
+        return EW_HANDLER_FAIL;
+    }
+    const ew_user_registered *d = ew_user_registered_data(ev);
+    if (d && ew_event_version(ev) == 2 && d->roles.count == 1 &&
+        strcmp(d->roles.items[0], "user") == 0 && strcmp(d->email, "ada@example.com") == 0)
+        atomic_fetch_add(&u->latest, 1);
+    atomic_fetch_add(&u->handled, 1);
+    return EW_HANDLER_OK;
+}
+
+static int count_rows(void *ud, const ew_dlq_row *r)
+{
+    (void)r;
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* A keyed service (auth-service) publishes user.registered at version 1; user-service, which
+ * reads version 2 and checks every event (EVENT_AUTH=mac, the default policy), fails to handle
+ * it; `ewctl dlq retry`, another process, hands the dead letter back: it verifies, as published,
+ * and is handled at the latest version; nothing is refused. */
+static void test_dlq_retry_of_an_old_event_verifies(void **state)
+{
+    char dir[] = "/tmp/ewctl-upcast-XXXXXX", url[128], cmd[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "sqlite:%s/ew.db", dir);
+    setenv("EVENT_STORE_URL", url, 1);
+    setenv("EVENT_BUS_TYPE", "sqlite", 1);
+    ew_error err = {0};
+    ew_store *st;
+    if (ew_store_open(&st, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    ew_config *cfg;
+    assert_int_equal(ew_config_new(&cfg, &err), 0);
+    assert_int_equal(ew_config_from_env(cfg, &err), 0);
+    ew_evauth *user, *auth;
+    if (ew_evauth_open(&user, &(ew_evauth_options){.config = cfg, .service = "user-service"},
+                       &err) ||
+        ew_evauth_open(&auth, &(ew_evauth_options){.config = cfg, .service = "auth-service"}, &err))
+        fail_msg("%s", err.msg);
+    ew_bus *bus, *pub;
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "user-service", &err), 0);
+    if (ew_bus_open(&bus,
+                    &(ew_bus_options){.config = cfg, .dlq = ew_store_dlq_sink(st), .auth = user},
+                    &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(ew_config_set(cfg, "SERVICE_NAME", "auth-service", &err), 0);
+    if (ew_bus_open(&pub, &(ew_bus_options){.config = cfg, .auth = auth}, &err))
+        fail_msg("%s", err.msg);
+    ew_config_free(cfg);
+    upcast_seen u = {.fail = 1};
+    ew_subscribe_opts so = {.group = "user-service", .name = "create-profile", .max_attempts = 1};
+    assert_int_equal(ew_bus_subscribe(bus, "user.registered", upcast_handle, &u, &so, &err), 0);
+    assert_int_equal(ew_bus_start(bus, &err), 0);
+    assert_int_equal(ew_bus_start(pub, &err), 0);
+
+    const char *uid = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
+    ew_user_registered_v1 d1 = {.user_id = uid, .email = "ada@example.com", .username = "ada"};
+    ew_event *v1;
+    assert_int_equal(ew_event_new(&v1, EW_T_USER_REGISTERED_V1, &d1,
+                                  &(ew_event_attrs){.source = "auth-service", .subject = uid},
+                                  &err),
+                     0);
+    assert_int_equal(ew_bus_publish(pub, v1, &err), 0);
+    ew_event_unref(v1);
+    probe p = {.st = st, .counter = &u.handled, .want = 1};
+    assert_true(eventually(has_dead_letter, &p));
+    int refused = 0;
+    ew_dlq_filter rf = {.handler = "<decode>", .status = -1};
+    assert_int_equal(ew_store_dlq_list(st, &rf, count_rows, &refused, &err), 0);
+    assert_int_equal(refused, 0);
+
+    atomic_store(&u.fail, 0);
+    char *out, *errout;
+    snprintf(cmd, sizeof cmd, "dlq retry %lld", (long long)p.id);
+    assert_int_equal(ew_test_ewctl(cmd, NULL, &out, &errout), 0);
+    assert_non_null(strstr(out, "\"status\":\"retried\""));
+    free(out);
+    free(errout);
+    assert_true(eventually(counted, &p));
+    assert_true(eventually(resolved, &p));
+    usleep(200000); /* a moment for a refusal, were there one */
+    assert_int_equal(ew_store_dlq_list(st, &rf, count_rows, &refused, &err), 0);
+    assert_int_equal(refused, 0);
+    assert_int_equal(atomic_load(&u.handled), 1);
+    assert_int_equal(atomic_load(&u.latest), 1);
+
+    assert_int_equal(ew_bus_close(pub), 0);
+    assert_int_equal(ew_bus_close(bus), 0);
+    ew_evauth_close(auth);
+    ew_evauth_close(user);
+    ew_store_close(st);
+    unsetenv("EVENT_STORE_URL");
+    unsetenv("EVENT_BUS_TYPE");
+    char rm[128];
+    snprintf(rm, sizeof rm, "rm -rf %s", dir);
+    assert_int_equal(system(rm), 0);
+}
+
 static void test_keys_commands(void **state)
 {
     char dir[] = "/tmp/ewctl-keys-XXXXXX", url[128], cmd[256], path[160];
@@ -683,6 +814,17 @@ static void test_keys_commands(void **state)
     assert_non_null(strstr(second, "\"alg\":\"ed25519\""));
     assert_null(strstr(out, "material"));
     assert_null(strstr(out, "secret"));
+    free(out);
+    /* both rotations are in the operator's chain, by the service and the new key's id */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"seq\":1,"));
+    assert_non_null((second = strstr(out, "\"seq\":2,")));
+    assert_non_null(strstr(second, "\"action\":\"bus.key_rotated\",\"subject\":"
+                                   "\"service:export-service\""));
+    assert_non_null(strstr(second, "\"alg\":\"ed25519\""));
+    free(out);
+    assert_int_equal(ew_test_ewctl("audit verify --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"ok\":true,\"entries\":2"));
     free(out);
     /* bad values; without --service, rotate is the key-encryption key's, which takes neither
      * --alg nor --grace (tests/tools/test_ewctl_keys.c) */
@@ -809,6 +951,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_keys_commands),
     cmocka_unit_test(test_tail_says_what_it_drops),
     cmocka_unit_test(test_dlq_retry_and_store_replay_through_the_bus),
+    cmocka_unit_test(test_dlq_retry_of_an_old_event_verifies),
     cmocka_unit_test(test_dlq_and_store_commands),
     cmocka_unit_test(test_configuration_doc_matches_the_table),
     cmocka_unit_test(test_user_grant_admin_refuses_what_it_cannot_do),

@@ -129,6 +129,21 @@ static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
     assert_int_equal(st, 0);
     assert_non_null(strstr(clear, "\"email\":\"grace@example.com\""));
     free(clear);
+    /* the operator's audit chain has the rotation, with figures only, and holds */
+    if (ewctl("audit list --service ewctl", &out, &err) != 0) fail_msg("audit list: %s", err);
+    assert_non_null(strstr(out, "\"actor\":\"operator\",\"action\":\"keys.kek_rotated\""));
+    assert_non_null(strstr(out, "\"details\":{\"rewrapped\":1,\"erased\":0}"));
+    assert_null(strstr(out, f->user));
+    assert_null(strstr(out, "grace"));
+    free(out);
+    free(err);
+    if (ewctl("audit verify --service ewctl --key var/keys/ewctl.audit.key.pub", &out, &err) != 0)
+        fail_msg("audit verify: %s", err);
+    assert_non_null(strstr(out, "\"service\":\"ewctl\",\"ok\":true,\"entries\":1"));
+    free(out);
+    free(err);
+    assert_int_equal(stat("var/keys/ewctl.audit.key", &after), 0);
+    assert_int_equal(after.st_mode & 0777, 0600);
     /* --alg without --service is a mistake, not a key-encryption key rotation */
     assert_int_equal(ewctl("keys rotate --alg mac", &out, &err), 2);
     free(out);

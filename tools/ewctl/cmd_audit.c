@@ -29,11 +29,34 @@ static const char usage[] =
     "file (the service's KEY.pub) instead of the key written in each checkpoint. checkpoint\n"
     "prints each chain's latest signed head, to keep somewhere else: someone holding a service's\n"
     "key could rewrite its chain and sign it again, but not the copies kept elsewhere.\n"
-    "Without --service, every service whose database exists here.\n"
+    "Without --service, every service whose database exists here, and the operator's own\n"
+    "chain, \"ewctl\": dead letter retries and discards, key rotations and roles granted by\n"
+    "ewctl, kept in the event store.\n"
     "Exit status: 0 ok, 1 a broken chain or an error, 2 usage.\n";
 
-/* Opens the database of service: 0, 1 after saying why, or -1 when it has none here (a SQLite
- * file that does not exist). */
+static int head_row(void *ud, const ew_row *r)
+{
+    (void)r;
+    *(int *)ud = 1;
+    return 0;
+}
+
+/* Does db hold a chain? The event store holds one only once ewctl recorded something. */
+static bool has_chain(ew_store *db)
+{
+    ew_txn *t;
+    int found = 0;
+    if (ew_store_begin(db, &t, NULL)) return false;
+    if (ew_txn_query(t, "SELECT seq FROM event_store.audit_head WHERE id = 1", NULL, 0, head_row,
+                     &found, NULL))
+        found = 0;
+    ew_txn_rollback(t);
+    return found;
+}
+
+/* Opens the database of service (EWCTL_SERVICE: the event store, where the operator's chain
+ * is): 0, 1 after saying why, or -1 when it has none here (a SQLite file that does not exist;
+ * an event store without a chain). */
 static int open_service_db(const char *service, ew_store **db)
 {
     ew_config *cfg = NULL;
@@ -43,7 +66,8 @@ static int open_service_db(const char *service, ew_store **db)
         ew_config_free(cfg);
         return ewctl_fail(1, "%s", err.msg);
     }
-    const char *tmpl = ew_config_get(cfg, "SERVICE_DB_URL");
+    bool oplog = strcmp(service, EWCTL_SERVICE) == 0;
+    const char *tmpl = ew_config_get(cfg, oplog ? "EVENT_STORE_URL" : "SERVICE_DB_URL");
     char url[4096];
     const char *at = strstr(tmpl, "{SERVICE_NAME}");
     if (at)
@@ -62,7 +86,19 @@ static int open_service_db(const char *service, ew_store **db)
         return ewctl_fail(1, "%s: cannot open its database %s: %s", service,
                           ew_url_redact(url, shown, sizeof shown), err.msg);
     }
+    if (oplog && !has_chain(*db)) {
+        ew_store_close(*db);
+        return -1;
+    }
     return 0;
+}
+
+/* The chains: the services', then the operator's (ewctl's, in the event store). */
+static const char *chain_name(int k)
+{
+    const char *name = svc_system_name(k);
+    if (name) return name;
+    return svc_system_name(k - 1) ? EWCTL_SERVICE : NULL;
 }
 
 typedef struct printer {
@@ -116,7 +152,8 @@ int ewctl_audit(int argc, char **argv)
         if (i + 1 >= argc && a[0] == '-') return ewctl_fail(2, "%s needs a value", a);
         if (strcmp(a, "--service") == 0) {
             service = argv[++i];
-            if (!svc_settings_find(service)) return ewctl_unknown_service(service);
+            if (strcmp(service, EWCTL_SERVICE) && !svc_settings_find(service))
+                return ewctl_unknown_service(service);
         } else if (strcmp(a, "--subject") == 0 && strcmp(cmd, "list") == 0) {
             subject = argv[++i];
         } else if (strcmp(a, "--since") == 0 && strcmp(cmd, "list") == 0) {
@@ -134,12 +171,15 @@ int ewctl_audit(int argc, char **argv)
     if (key && read_key(key, key_hex, sizeof key_hex)) return 1;
 
     int status = 0, seen = 0;
-    for (int k = 0; svc_system_name(k); k++) {
-        if (service && strcmp(service, svc_system_name(k)) != 0) continue;
+    for (int k = 0; chain_name(k); k++) {
+        if (service && strcmp(service, chain_name(k)) != 0) continue;
         ew_store *db;
-        int o = open_service_db(svc_system_name(k), &db);
+        int o = open_service_db(chain_name(k), &db);
         if (o < 0) {
-            if (service) status = ewctl_fail(1, "%s has no database here", service);
+            if (service && strcmp(service, EWCTL_SERVICE) == 0)
+                status = ewctl_fail(1, "the operator's chain holds nothing here yet");
+            else if (service)
+                status = ewctl_fail(1, "%s has no database here", service);
             continue;
         }
         if (o) {
@@ -150,7 +190,7 @@ int ewctl_audit(int argc, char **argv)
         ew_error err = {0};
         int rc = 0;
         if (strcmp(cmd, "list") == 0) {
-            printer p = {svc_system_name(k)};
+            printer p = {chain_name(k)};
             rc = ew_audit_list(db, subject, since, print_entry, &p, &err);
         } else if (strcmp(cmd, "verify") == 0) {
             ew_audit_report r;
@@ -160,8 +200,8 @@ int ewctl_audit(int argc, char **argv)
                 ew_buf_init(&b);
                 ew_buf_printf(&b,
                               "{\"service\":\"%s\",\"ok\":%s,\"entries\":%lld,\"checkpoints\":%lld",
-                              svc_system_name(k), r.first_bad ? "false" : "true",
-                              (long long)r.entries, (long long)r.checkpoints);
+                              chain_name(k), r.first_bad ? "false" : "true", (long long)r.entries,
+                              (long long)r.checkpoints);
                 if (r.first_bad) {
                     ew_buf_printf(&b, ",\"first_bad\":%lld", (long long)r.first_bad);
                     ewctl_put_str(&b, "reason", r.reason);
@@ -178,12 +218,12 @@ int ewctl_audit(int argc, char **argv)
             if (!rc && found)
                 printf("{\"service\":\"%s\",\"seq\":%lld,\"hash\":\"%s\",\"signed_at\":\"%s\","
                        "\"public_key\":\"%s\",\"signature\":\"%s\"}\n",
-                       svc_system_name(k), (long long)c.seq, c.hash, c.signed_at, c.public_key,
+                       chain_name(k), (long long)c.seq, c.hash, c.signed_at, c.public_key,
                        c.signature);
             else if (!rc)
-                printf("{\"service\":\"%s\",\"seq\":0}\n", svc_system_name(k));
+                printf("{\"service\":\"%s\",\"seq\":0}\n", chain_name(k));
         }
-        if (rc) status = ewctl_fail(1, "%s: %s", svc_system_name(k), err.msg);
+        if (rc) status = ewctl_fail(1, "%s: %s", chain_name(k), err.msg);
         ew_store_close(db);
     }
     if (!seen && !service && !status)

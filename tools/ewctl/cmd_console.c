@@ -49,7 +49,8 @@ typedef struct console {
     char token[129];
     bool decrypt; /* --decrypt: personal fields in clear */
     ew_store *st;
-    ew_store *log; /* the SQLite bus's log, read by the live feed's thread */
+    ew_audit *oplog; /* the operator's chain: retries and discards go there */
+    ew_store *log;   /* the SQLite bus's log, read by the live feed's thread */
     ew_bus *bus;
     ewctl_bus ebus; /* bus is ebus.bus */
     live *feed;
@@ -339,6 +340,7 @@ static void post_dlq(const ew_http_request *req, ew_http_response *res, void *ud
     } else {
         rc = ew_store_dlq_set_status(c->st, id, EW_DLQ_DISCARDED, &err);
     }
+    if (!rc) ewctl_dlq_audit(c->oplog, retry ? "dlq.retried" : "dlq.discarded", &row);
     ew_dlq_row_release(&row);
     if (rc) return ew_http_reply_error(res, status_of(rc), NULL, "%s", err.msg);
     ew_http_obj_begin(res, 200);
@@ -597,6 +599,7 @@ int ewctl_console(int argc, char **argv)
     else
         random_token(c.token);
     if (ewctl_open_store_or_make(&c.st, true)) goto fail_config;
+    if (ewctl_oplog_open(c.st, &c.oplog)) goto fail_store;
     if (live_new(&c.feed)) {
         ewctl_fail(1, "out of memory");
         goto fail_store;
@@ -684,6 +687,7 @@ fail_bus:
     live_free(c.feed); /* stops the log's reader first */
     if (c.log) ew_store_close(c.log);
 fail_store:
+    ew_audit_close(c.oplog);
     ew_store_close(c.st);
 fail_config:
     ew_config_free(cfg);

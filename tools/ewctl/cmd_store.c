@@ -101,7 +101,8 @@ static int parse_id(const char *s, int64_t *id)
 typedef struct retry {
     ew_store *st;
     ew_bus *bus;
-    size_t retried, failed;
+    ew_audit *oplog;
+    size_t retried, failed, unrecorded;
     ewctl_progress progress;
 } retry;
 
@@ -131,10 +132,29 @@ int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_err
     return rc;
 }
 
+int ewctl_dlq_audit(ew_audit *a, const char *action, const ew_dlq_row *row)
+{
+    char id[24];
+    snprintf(id, sizeof id, "%lld", (long long)row->id);
+    ew_buf d;
+    ew_buf_init(&d);
+    ew_buf_puts(&d, "{\"event_id\":");
+    ew_json_write_string(&d, row->event_id ? row->event_id : "",
+                         row->event_id ? strlen(row->event_id) : 0);
+    ewctl_put_str(&d, "event_name", row->event_name);
+    ewctl_put_str(&d, "handler", row->handler);
+    ewctl_put_str(&d, "subscriber_group", row->subscriber_group);
+    ew_buf_putc(&d, '}');
+    int rc = d.oom ? ewctl_fail(1, "out of memory") : ewctl_oplog(a, action, id, d.data);
+    ew_buf_release(&d);
+    return rc;
+}
+
 static int retry_row(retry *r, const ew_dlq_row *row, ew_error *err)
 {
     int rc = ewctl_dlq_retry_one(r->st, r->bus, row, err);
     if (rc) return rc;
+    if (ewctl_dlq_audit(r->oplog, "dlq.retried", row)) r->unrecorded++;
     ew_buf b;
     ew_buf_init(&b);
     ew_buf_printf(&b, "{\"id\":%lld", (long long)row->id);
@@ -165,8 +185,12 @@ static int retry_listed(void *ud, const ew_dlq_row *row)
 static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
 {
     retry r = {.st = st};
+    if (ewctl_oplog_open(st, &r.oplog)) return 1;
     ewctl_bus b;
-    if (open_bus(&b, &r.bus)) return 1;
+    if (open_bus(&b, &r.bus)) {
+        ew_audit_close(r.oplog);
+        return 1;
+    }
     ew_error err = {0};
     int rc = 0;
     if (id > 0) {
@@ -184,8 +208,9 @@ static int dlq_retry(ew_store *st, int64_t id, ew_dlq_filter *f)
     }
     /* Closing the bus waits for its publishes to be done with. */
     ewctl_bus_close(&b);
+    ew_audit_close(r.oplog);
     if (rc) return ewctl_fail(1, "%s", err.msg);
-    return r.failed ? 1 : 0;
+    return r.failed || r.unrecorded ? 1 : 0;
 }
 
 int ewctl_dlq(int argc, char **argv)
@@ -262,7 +287,7 @@ int ewctl_dlq(int argc, char **argv)
     ew_store *st;
     if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
-    int rc, with_event = strcmp(cmd, "show") == 0;
+    int rc, unrecorded = 0, with_event = strcmp(cmd, "show") == 0;
     if (strcmp(cmd, "list") == 0) {
         rc = ew_store_dlq_list(st, &f, print_row, &with_event, &err);
     } else if (strcmp(cmd, "show") == 0) {
@@ -273,6 +298,12 @@ int ewctl_dlq(int argc, char **argv)
             ew_dlq_row_release(&row);
         }
     } else {
+        /* discard: the chain is opened first, so that a discard it cannot record is not made */
+        ew_audit *oplog = NULL;
+        if (ewctl_oplog_open(st, &oplog)) {
+            ew_store_close(st);
+            return 1;
+        }
         ew_dlq_row row;
         rc = ew_store_dlq_get(st, id, &row, &err);
         if (!rc) {
@@ -280,14 +311,18 @@ int ewctl_dlq(int argc, char **argv)
                 rc = ew_error_set(&err, EW_ESTATE,
                                   "dead letter %lld is %s already: nothing to discard",
                                   (long long)id, ew_dlq_status_name(row.status));
+            if (!rc) rc = ew_store_dlq_set_status(st, id, EW_DLQ_DISCARDED, &err);
+            if (!rc) {
+                printf("{\"id\":%lld,\"status\":\"discarded\"}\n", (long long)id);
+                unrecorded = ewctl_dlq_audit(oplog, "dlq.discarded", &row);
+            }
             ew_dlq_row_release(&row);
         }
-        if (!rc) rc = ew_store_dlq_set_status(st, id, EW_DLQ_DISCARDED, &err);
-        if (!rc) printf("{\"id\":%lld,\"status\":\"discarded\"}\n", (long long)id);
+        ew_audit_close(oplog);
     }
     ew_store_close(st);
     if (rc) return ewctl_fail(1, "%s", err.msg);
-    return 0;
+    return unrecorded;
 }
 
 static int print_stored(void *ud, const ew_stored_event *se)

@@ -78,7 +78,8 @@ int ewctl_user(int argc, char **argv)
 
     ew_config *cfg = NULL;
     ew_error err = {0};
-    ew_store *db = NULL;
+    ew_store *db = NULL, *events = NULL;
+    ew_audit *oplog = NULL;
     ewctl_bus eb = {0};
     ew_event *ev = NULL;
     found f = {0};
@@ -148,6 +149,7 @@ int ewctl_user(int argc, char **argv)
         ewctl_fail(1, "cannot publish user.role_changed: %s", err.msg);
         goto out;
     }
+    if (ewctl_open_store(&events) || ewctl_oplog_open(events, &oplog)) goto out;
     if ((rc = ewctl_bus_open(&eb, cfg, off ? NULL : "auth-service", NULL, true))) goto out;
     if ((rc = ew_bus_publish(eb.bus, ev, &err))) {
         ewctl_fail(1, "cannot publish user.role_changed: %s", err.msg);
@@ -166,11 +168,20 @@ int ewctl_user(int argc, char **argv)
     ewctl_put_str(&b, "event_id", ew_event_id(ev));
     ew_buf_puts(&b, "}");
     printf("%s\n", b.data);
+    /* the operator's chain: the same, without the user's id twice */
+    ew_buf det;
+    ew_buf_init(&det);
+    ew_buf_putc(&det, '{');
+    if (!b.oom) ew_buf_puts(&det, strstr(b.data, ",\"roles\":") + 1);
+    status = det.oom || b.oom ? ewctl_fail(1, "out of memory")
+                              : ewctl_oplog(oplog, "user.role_changed", f.user_id, det.data);
+    ew_buf_release(&det);
     ew_buf_release(&b);
-    status = 0;
 out:
     ew_event_unref(ev);
     ewctl_bus_close(&eb);
+    ew_audit_close(oplog);
+    ew_store_close(events);
     ew_store_close(db);
     ew_config_free(cfg);
     free(f.roles);

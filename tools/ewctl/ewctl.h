@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include "core/buf.h"
+#include "eventwire/audit.h"
 #include "eventwire/bus.h"
 #include "eventwire/saga.h"
 #include "eventwire/store.h"
@@ -75,6 +76,11 @@ void ewctl_dlq_put_row(ew_buf *b, const ew_dlq_row *r, int with_event);
  * marked retried, then redelivered (cmd_store.c). */
 int ewctl_dlq_retry_one(ew_store *st, ew_bus *bus, const ew_dlq_row *row, ew_error *err);
 
+/* Records a dead letter's retry or discard (action "dlq.retried", "dlq.discarded") in the
+ * operator's chain: the dead letter's id as subject; its event's id and type, handler and group
+ * as details. 0, or 1 after saying why (cmd_store.c). */
+int ewctl_dlq_audit(ew_audit *a, const char *action, const ew_dlq_row *row);
+
 /* Appends "groups":[{"group":G,"lag":N,"known":true},...],"groups_from":F to b: the consumer
  * lag of the groups named in wanted[0..nwanted) (F "arguments"; one the backend does not know
  * as "lag":null,"known":false), else of every group the backend lists (F "backend"), else of
@@ -100,6 +106,18 @@ void ewctl_bus_close(ewctl_bus *b);
 
 /* The identity ewctl publishes as without --as. */
 #define EWCTL_SERVICE "ewctl"
+
+/* The operator's audit chain, "ewctl", in the event store st (borrowed until ew_audit_close),
+ * signed with KEY_DIR/ewctl.audit.key (made 0600 at first use; KEY_DIR as the services find
+ * theirs: AUTH_KEY_DIR, else keys beside the SQLite event store): 0, or 1 after saying why on
+ * stderr (oplog.c). A command opens it before it acts, so that one it cannot record does not
+ * act. */
+int ewctl_oplog_open(ew_store *st, ew_audit **out);
+
+/* Appends what the operator did (actor "operator"): action, subject by id (may be NULL), details
+ * a JSON object of ids and figures (may be NULL), never personal data. 0, or 1 after saying on
+ * stderr that it was done but not recorded (oplog.c). */
+int ewctl_oplog(ew_audit *a, const char *action, const char *subject, const char *details);
 
 /* A saga instance's fields as JSON, without the closing brace (cmd_saga.c). */
 void ewctl_saga_put_info(ew_buf *b, const ew_saga_info *in);

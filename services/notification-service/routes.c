@@ -8,7 +8,7 @@ static void get_notifications(const ew_http_request *rq, ew_http_response *res, 
     svc_reply_user_data(n->s, rq, res, "listing notifications");
 }
 
-int notif_routes(notif *n, ew_error *err)
-{
-    return svc_route(n->s, "GET /notifications/{user_id}", 0, get_notifications, n, err);
-}
+const svc_http_route notif_routes[] = {
+    {"GET /notifications/{user_id}", 0, get_notifications},
+    {0},
+};

@@ -19,13 +19,6 @@
 
 #define REQUESTED_BY_MAX 200
 
-static bool bad_id(ew_http_response *res, const char *field, const char *id)
-{
-    if (svc_uuid_valid(id)) return false;
-    ew_http_reply_error(res, 400, field, "%s must be a UUID (lower-case 8-4-4-4-12)", field);
-    return true;
-}
-
 /* ---- POST /exports --------------------------------------------------------------------------- */
 
 static void post_export(const ew_http_request *rq, ew_http_response *res, void *ud)
@@ -37,22 +30,18 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
         svc_json_str(rq, res, "user_id", SVC_REQUIRED, 64, &user_id) ||
         svc_json_str(rq, res, "requested_by", SVC_OPTIONAL, REQUESTED_BY_MAX, &by))
         return;
-    if (bad_id(res, "user_id", user_id)) return;
-    if (svc_allow_user(res, user_id)) return;
+    if (svc_require_uuid(res, "user_id", user_id)) return;
+    if (svc_allow_user(rq, res, user_id)) return;
     /* exports of one user's data, by whoever asks: each one makes every service collect it */
     char key[64];
     snprintf(key, sizeof key, "export:%s", user_id);
     int64_t wait =
         svc_limiter_take(x->limits, key, x->per_user, x->limit_window_s, ew_now_us() / 1000000);
     if (wait) {
-        char v[24];
-        snprintf(v, sizeof v, "%lld", (long long)wait);
-        ew_http_header_add(res, "Retry-After", v);
-        ew_http_reply_error(res, 429, NULL, "too many data exports of this user; try again in %s s",
-                            v);
+        svc_reply_too_many(res, wait, "data exports of this user");
         return;
     }
-    if (!by) by = svc_caller()->sub;
+    if (!by) by = svc_caller(rq)->sub;
     char export_id[EW_UUID_LEN + 1], event_id[EW_UUID_LEN + 1];
     char now[EW_TIME_LEN + 1], deadline[EW_TIME_LEN + 1];
     svc_random_uuid(export_id); /* it names a download: not guessable, not its time */
@@ -83,6 +72,7 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
                             .traceparent = ew_http_traceparent(rq)};
         rc = ew_event_new(&ev, EW_T_USER_DATA_EXPORT_REQUESTED, &d, &a, &e);
     }
+    if (!rc) rc = svc_outbox_room(x->s, t, &e);
     if (!rc) rc = ew_outbox_add(t, ev, &e);
     ew_event_unref(ev);
     if (svc_finish(x->s, t, rc, &e)) {
@@ -91,7 +81,7 @@ static void post_export(const ew_http_request *rq, ew_http_response *res, void *
     }
     char details[80];
     snprintf(details, sizeof details, "{\"export_id\":\"%s\"}", export_id);
-    svc_audit(x->s, NULL, "export.requested", user_id, details);
+    svc_audit(x->s, rq, NULL, "export.requested", user_id, details);
     char loc[80];
     snprintf(loc, sizeof loc, "/exports/%s", export_id);
     ew_http_header_add(res, "Location", loc);
@@ -110,9 +100,9 @@ static void list_exports(const ew_http_request *rq, ew_http_response *res, void 
 {
     exporter *x = ud;
     const char *user_id = ew_http_query(rq, "user_id");
-    if (!user_id) user_id = svc_caller()->sub; /* the caller's own */
-    if (bad_id(res, "user_id", user_id)) return;
-    if (svc_allow_user(res, user_id)) return;
+    if (!user_id) user_id = svc_caller(rq)->sub; /* the caller's own */
+    if (svc_require_uuid(res, "user_id", user_id)) return;
+    if (svc_allow_user(rq, res, user_id)) return;
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(x->s, &t, &e)) {
@@ -165,8 +155,8 @@ static int begin_read(exporter *x, const ew_http_request *rq, ew_http_response *
                       const char **id, char now[EW_TIME_LEN + 1], ew_txn **t)
 {
     *id = ew_http_param(rq, "export_id");
-    if (bad_id(res, "export_id", *id)) return -1;
-    ew_time_format(ew_now_us(), now);
+    if (svc_require_uuid(res, "export_id", *id)) return -1;
+    svc_time(0, now);
     ew_error e = {0};
     if (svc_begin(x->s, t, &e)) {
         svc_reply_failure(x->s, res, "reading an export", &e);
@@ -203,7 +193,7 @@ static void get_export(const ew_http_request *rq, ew_http_response *res, void *u
         svc_row_free(&r);
         return;
     }
-    if (!r.found || !svc_caller_may(r.v[C_USER])) { /* another's: as if there were none */
+    if (!r.found || !svc_caller_may(rq, r.v[C_USER])) { /* another's: as if there were none */
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
         svc_row_free(&r);
         return;
@@ -289,7 +279,7 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
         svc_reply_failure(x->s, res, "reading an export", &e);
         return;
     }
-    if (!r.found || !svc_caller_may(r.v[C_USER])) { /* another's: as if there were none */
+    if (!r.found || !svc_caller_may(rq, r.v[C_USER])) { /* another's: as if there were none */
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
     } else if (!strcmp(r.v[C_STATUS], "pending")) {
         ew_http_reply_error(res, 404, "export_id",
@@ -316,7 +306,7 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
             free(doc);
             char details[80];
             snprintf(details, sizeof details, "{\"export_id\":\"%s\"}", id);
-            svc_audit(x->s, NULL, "export.downloaded", r.v[C_USER], details);
+            svc_audit(x->s, rq, NULL, "export.downloaded", r.v[C_USER], details);
         } else if (errno == ENOENT) {
             ew_http_reply_error(res, 410, "export_id", "the document of export %s is gone", id);
         } else {
@@ -329,13 +319,10 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
     svc_row_free(&r);
 }
 
-int export_routes(exporter *x, ew_error *err)
-{
-    static const svc_http_route routes[] = {
-        {"POST /exports", EW_HTTP_JSON, post_export},
-        {"GET /exports", 0, list_exports},
-        {"GET /exports/{export_id}", 0, get_export},
-        {"GET /exports/{export_id}/download", 0, download},
-    };
-    return svc_route_all(x->s, routes, sizeof routes / sizeof routes[0], x, err);
-}
+const svc_http_route export_routes[] = {
+    {"POST /exports", EW_HTTP_JSON, post_export},
+    {"GET /exports", 0, list_exports},
+    {"GET /exports/{export_id}", 0, get_export},
+    {"GET /exports/{export_id}/download", 0, download},
+    {0},
+};

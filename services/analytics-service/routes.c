@@ -71,7 +71,7 @@ static int64_t count_of(ew_txn *t, const char *sql, const char *const *p, size_t
 static void get_stats(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     analytics *a = ud;
-    if (svc_require_admin(res)) return; /* totals over every user: admins only */
+    if (svc_require_admin(rq, res)) return; /* totals over every user: admins only */
     ew_txn *t;
     ew_error e = {0};
     if (svc_begin(a->s, &t, &e)) {
@@ -143,9 +143,8 @@ static void get_user_stats(const ew_http_request *rq, ew_http_response *res, voi
     svc_reply_user_data(a->s, rq, res, "reading a user's statistics");
 }
 
-int analytics_routes(analytics *a, ew_error *err)
-{
-    int rc = svc_route(a->s, "GET /stats", 0, get_stats, a, err);
-    if (!rc) rc = svc_route(a->s, "GET /stats/users/{user_id}", 0, get_user_stats, a, err);
-    return rc;
-}
+const svc_http_route analytics_routes[] = {
+    {"GET /stats", 0, get_stats},
+    {"GET /stats/users/{user_id}", 0, get_user_stats},
+    {0},
+};
