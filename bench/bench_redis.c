@@ -28,7 +28,9 @@
  * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling).
  * `bench_redis shipped [ROUNDS]` runs publish_to_handled as shipped — authenticated events
  * (EVENT_AUTH=mac), personal fields encrypted (EVENT_ENCRYPTION=on, a data key per subject),
- * metrics on and a span callback — against raw_publish_to_handled, taking turns. */
+ * metrics on and a span callback — against raw_publish_to_handled, taking turns; its events are
+ * about SHIPPED_USERS users, as a deployment's mostly are about users it knows (a new user's data
+ * key is a key-store commit: test_keyring and flow.registration measure that). */
 #ifdef EW_HAVE_REDIS
 #include <hiredis/hiredis.h>
 #include <limits.h>
@@ -196,10 +198,14 @@ static void quiesce(void)
 
 /* ---- events ------------------------------------------------------------------------------ */
 
-static ew_event *user_registered(void)
+/* A user.registered of the user id, or of a new user when id is NULL. */
+static ew_event *user_registered_of(const char *user)
 {
     char id[EW_UUID_LEN + 1];
-    ew_uuid7(id);
+    if (user)
+        snprintf(id, sizeof id, "%s", user);
+    else
+        ew_uuid7(id);
     const char *roles[] = {"user"};
     ew_user_registered d = {
         .user_id = id, .email = "ada.lovelace@example.com", .username = "ada", .roles = {roles, 1}};
@@ -209,6 +215,11 @@ static ew_event *user_registered(void)
                                &err))
         die("event", err.msg);
     return ev;
+}
+
+static ew_event *user_registered(void)
+{
+    return user_registered_of(NULL);
 }
 
 /* ---- raw hiredis ------------------------------------------------------------------------- */
@@ -319,6 +330,8 @@ static double bench_raw_publish_to_handled(void)
 /* ---- the bus ----------------------------------------------------------------------------- */
 
 static ew_event *events[N_EVENTS];
+
+#define SHIPPED_USERS 1000
 
 enum { OBS_DEFAULT, OBS_ON, OBS_OFF }; /* metrics and tracing: as configured, on, off */
 
@@ -515,6 +528,18 @@ int main(int argc, char **argv)
         snprintf(keys_dir, sizeof keys_dir, "/tmp/ew-bench-keys-XXXXXX");
         if (rounds < 1 || !mkdtemp(keys_dir)) die("shipped", "usage: bench_redis shipped [ROUNDS]");
         auth_mac = auth_open("mac");
+        /* As a deployment runs: events about users it knows. Each new user costs the key store
+         * a commit (their data key); SHIPPED_USERS users, whose keys round 0 makes. */
+        char(*users)[EW_UUID_LEN + 1] = calloc(SHIPPED_USERS, sizeof *users);
+        if (!users) die("shipped", "out of memory");
+        for (long i = 0; i < SHIPPED_USERS; i++)
+            ew_uuid7(users[i]);
+        for (long i = 0; i < N_EVENTS; i++) {
+            ew_event_unref(events[i]);
+            events[i] = user_registered_of(users[i % SHIPPED_USERS]);
+        }
+        free(users);
+        printf("# shipped: %ld events over %d users\n", (long)N_EVENTS, SHIPPED_USERS);
         for (int round = 0; round < rounds; round++) {
             double r = 0, b = 0;
             for (int k = 0; k < 2; k++) {
