@@ -113,7 +113,9 @@ typedef struct env {
     char hold_id[EW_UUID_LEN + 1];
     atomic_int holding, released;
     ew_bus *bus2;
-    /* What step three's on_event saw of its instance through the accessors, the first time. */
+    /* What step three's on_event saw of its instance through the accessors, the first time
+     * (claimed through `claimed`: two engines may call it at once). */
+    atomic_int claimed;
     struct seen {
         bool set;
         char id[64], type[32], key[64], correlation[64], subject[64], step[16], reason[64];
@@ -423,7 +425,8 @@ static ew_saga_verdict count_verified(ew_saga *s, const ew_event *ev, void *ud)
         while (!atomic_load(&e->released) && ew_mono_ns() < end)
             usleep(1000);
     }
-    if (!e->seen.set) {
+    int unclaimed = 0;
+    if (atomic_compare_exchange_strong(&e->claimed, &unclaimed, 1)) {
         struct seen *w = &e->seen;
         w->set = true;
         snprintf(w->id, sizeof w->id, "%s", ew_saga_id(s));
