@@ -50,12 +50,14 @@ static ew_handler_result on_deactivated(const ew_event *ev, ew_handler_ctx *ctx,
 
 /* user.role_changed from elsewhere than the HTTP API -- the operator's `ewctl user grant-admin`
  * on the deployment: the roles are set and the user's tokens revoked. The service's own events
- * find the roles set already and change nothing. */
+ * were applied in the transaction that published them: taken again, one that arrives after a
+ * newer change would set the older roles back (and revoke the tokens issued since). */
 static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     auth *a = ud;
     const ew_user_role_changed *d = ew_user_role_changed_data(ev);
     if (!d) return svc_not_mine(ctx, ev);
+    if (strcmp(ew_event_source(ev), svc_name(a->s)) == 0) return EW_HANDLER_OK;
     ew_buf b;
     ew_buf_init(&b);
     ew_buf_putc(&b, '[');
