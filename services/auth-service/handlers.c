@@ -50,9 +50,7 @@ static ew_handler_result on_deactivated(const ew_event *ev, ew_handler_ctx *ctx,
 
 /* user.role_changed from elsewhere than the HTTP API -- the operator's `ewctl user grant-admin`
  * on the deployment: the roles are set and the user's tokens revoked. The service's own events
- * were applied in the transaction that published them, and an event older than the user's last
- * change is not applied: one that came back after a newer change set the older roles back (and
- * revoked the tokens issued since). */
+ * find the roles set already and change nothing. */
 static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     auth *a = ud;
@@ -68,16 +66,14 @@ static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx
     ew_buf_putc(&b, ']');
     char now[EW_TIME_LEN + 1];
     svc_time(0, now);
-    char at[EW_TIME_LEN + 1]; /* the change's own time, in updated_at's form */
-    ew_time_format(ew_event_time_us(ev), at);
-    const char *p[] = {d->user_id, b.data, now, at};
+    const char *p[] = {d->user_id, b.data, now};
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
     int64_t changed = 0;
     int rc = ew_txn_exec(t,
                          "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
-                         "WHERE user_id = $1 AND roles <> $2 AND updated_at <= $4",
-                         p, 4, &changed, &e);
+                         "WHERE user_id = $1 AND roles <> $2",
+                         p, 3, &changed, &e);
     if (!rc && changed) {
         svc_log(a->s, EW_LOG_INFO, "user %s: roles %s (event %s from %s)", d->user_id, b.data,
                 ew_event_id(ev), ew_event_source(ev));
