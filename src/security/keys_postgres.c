@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/buf.h"
+#include "core/text.h"
 #include "eventwire/clock.h"
 
 /* Taken by the migration runner of every process: one applies, the others then find it done. */
@@ -51,16 +52,6 @@ struct ew__keys_pg {
     char *name; /* without user and password */
 };
 
-/* libpq's messages end in a newline and may span lines: one line for err->msg. */
-static void one_line(char *out, size_t n, const char *msg)
-{
-    snprintf(out, n, "%s", msg && *msg ? msg : "unknown error");
-    for (char *p = out; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    for (size_t l = strlen(out); l && out[l - 1] == ' ';)
-        out[--l] = '\0';
-}
-
 /* err from r (cleared) or the connection: EW_EEXIST for a unique violation, EW_ECONNECT for a
  * connection that broke, EW_EIO otherwise. */
 static int fail(ew__keys_pg *p, PGresult *r, const char *what, ew_error *err)
@@ -68,7 +59,7 @@ static int fail(ew__keys_pg *p, PGresult *r, const char *what, ew_error *err)
     char msg[240];
     const char *m = r ? PQresultErrorMessage(r) : NULL;
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    one_line(msg, sizeof msg, m && *m ? m : PQerrorMessage(p->conn));
+    ew_one_line(msg, sizeof msg, m && *m ? m : PQerrorMessage(p->conn));
     int code = state && !strcmp(state, "23505")      ? EW_EEXIST
                : PQstatus(p->conn) == CONNECTION_BAD ? EW_ECONNECT
                                                      : EW_EIO;
@@ -124,7 +115,7 @@ static int ready(ew__keys_pg *p, ew_error *err)
     PQreset(p->conn);
     if (PQstatus(p->conn) != CONNECTION_OK) {
         char msg[240];
-        one_line(msg, sizeof msg, PQerrorMessage(p->conn));
+        ew_one_line(msg, sizeof msg, PQerrorMessage(p->conn));
         return ew_error_set(err, EW_ECONNECT, "key store %s: cannot reconnect: %s", p->name, msg);
     }
     PQsetNoticeProcessor(p->conn, quiet, NULL);
@@ -203,7 +194,7 @@ int ew__keys_pg_open(ew__keys_pg **out, const char *url, ew_error *err)
         rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     } else if (PQstatus(p->conn) != CONNECTION_OK) {
         char msg[240];
-        one_line(msg, sizeof msg, PQerrorMessage(p->conn));
+        ew_one_line(msg, sizeof msg, PQerrorMessage(p->conn));
         rc = ew_error_set(err, EW_ECONNECT, "key store %s: cannot connect: %s", p->name, msg);
     } else {
         PQsetNoticeProcessor(p->conn, quiet, NULL);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/buf.h"
+#include "core/text.h"
 #include "eventwire/clock.h"
 #include "store/migrations.h"
 #include "store/store_impl.h"
@@ -204,21 +205,11 @@ typedef struct pgs {
 
 /* ---- connections ---------------------------------------------------------------------------- */
 
-/* libpq's messages end in a newline and may span lines: one line for err->msg. */
-static void one_line(char *out, size_t n, const char *msg)
-{
-    snprintf(out, n, "%s", msg && *msg ? msg : "unknown error");
-    for (char *p = out; *p; p++)
-        if (*p == '\n' || *p == '\r') *p = ' ';
-    for (size_t l = strlen(out); l && out[l - 1] == ' ';)
-        out[--l] = '\0';
-}
-
 static int fail(session *s, PGresult *r, ew_error *err, const char *what)
 {
     char msg[240];
     const char *m = r ? PQresultErrorMessage(r) : NULL;
-    one_line(msg, sizeof msg, m && *m ? m : PQerrorMessage(s->conn));
+    ew_one_line(msg, sizeof msg, m && *m ? m : PQerrorMessage(s->conn));
     int code = PQstatus(s->conn) == CONNECTION_BAD ? EW_ECONNECT : EW_EIO;
     PQclear(r);
     return ew_error_set(err, code, "postgresql: %s: %s", what, msg);
@@ -228,7 +219,7 @@ static void notice(void *arg, const char *message)
 {
     pgs *c = arg;
     char msg[240];
-    one_line(msg, sizeof msg, message);
+    ew_one_line(msg, sizeof msg, message);
     ew__store_logf(c->log, EW_LOG_DEBUG, "postgresql: %s", msg);
 }
 
@@ -261,7 +252,7 @@ static int session_connect(pgs *c, session *s, ew_error *err)
     if (!s->conn) return ew_error_set(err, EW_ENOMEM, "out of memory");
     if (PQstatus(s->conn) != CONNECTION_OK) {
         char msg[240];
-        one_line(msg, sizeof msg, PQerrorMessage(s->conn));
+        ew_one_line(msg, sizeof msg, PQerrorMessage(s->conn));
         PQfinish(s->conn);
         s->conn = NULL;
         return ew_error_set(err, EW_ECONNECT, "postgresql: cannot connect: %s", msg);
@@ -278,7 +269,7 @@ static int ready(pgs *c, session *s, ew_error *err)
     PQreset(s->conn);
     if (PQstatus(s->conn) != CONNECTION_OK) {
         char msg[240];
-        one_line(msg, sizeof msg, PQerrorMessage(s->conn));
+        ew_one_line(msg, sizeof msg, PQerrorMessage(s->conn));
         return ew_error_set(err, EW_ECONNECT, "postgresql: cannot reconnect: %s", msg);
     }
     return session_setup(c, s, err);
@@ -408,7 +399,7 @@ int ew__pg_url_check(const char *url, ew_error *err)
     PQconninfoOption *o = PQconninfoParse(url, &perr);
     if (!o) {
         char msg[200];
-        one_line(msg, sizeof msg, perr ? perr : "out of memory");
+        ew_one_line(msg, sizeof msg, perr ? perr : "out of memory");
         PQfreemem(perr);
         return ew_error_set(err, EW_ECONFIG, "EVENT_STORE_URL: %s", msg);
     }
