@@ -24,6 +24,7 @@ typedef struct centry {
     ew_delivery dl; /* first: done() gets &dl */
     ew__consumer *c;
     ew__ack_token tok;
+    int64_t at_ns; /* when the core took it (ew__consumer_held) */
     int state;
     bool stale;
     struct centry *next;
@@ -154,11 +155,12 @@ static int push_one(ew__consumer *c, ew__ack_token tok)
 }
 
 /* Settles what finished: per lane the run at the oldest end in one call, then (settle_one) each
- * finished delivery behind the first unfinished one. Entries leave the window under mu; the ops
- * run without it. */
+ * finished delivery behind the first unfinished one; with settle_each, all of them in one call
+ * at the end. Entries leave the window under mu; the ops run without it. */
 static int settle(ew__consumer *c, ew_error *err)
 {
     const ew__consumer_ops *ops = c->ops;
+    bool each = ops->settle_each != NULL, one = each || ops->settle_one;
     pthread_mutex_lock(&c->mu);
     if (!c->dirty) {
         pthread_mutex_unlock(&c->mu);
@@ -167,20 +169,21 @@ static int settle(ew__consumer *c, ew_error *err)
     c->dirty = false;
     size_t nl = c->nlanes;
     pthread_mutex_unlock(&c->mu);
+    c->nones = 0;
     for (size_t i = 0; i < nl; i++) {
         ew__ack_token upto = {0};
         size_t run = 0;
-        c->nones = 0;
+        if (!each) c->nones = 0;
         pthread_mutex_lock(&c->mu);
         lane *l = &c->lanes[i];
         while (l->head && l->head->state != E_PENDING) {
             centry *e = l->head;
             if (e->state == E_ABANDONED) {
                 l->blocked = true;
-            } else if (!l->blocked) {
+            } else if (!l->blocked && !each) {
                 upto = e->tok;
                 run++;
-            } else if (ops->settle_one && push_one(c, e->tok)) {
+            } else if (one && push_one(c, e->tok)) {
                 break; /* out of memory: try again at the next settlement */
             }
             l->head = e->next;
@@ -188,7 +191,7 @@ static int settle(ew__consumer *c, ew_error *err)
             c->held--;
             free(e);
         }
-        if (ops->settle_one && l->head) {
+        if (one && l->head) {
             /* behind one still being handled: one by one */
             centry *prev = l->head;
             for (centry *e = prev->next; e; e = prev->next) {
@@ -203,12 +206,27 @@ static int settle(ew__consumer *c, ew_error *err)
             }
         }
         pthread_mutex_unlock(&c->mu);
+        if (each) continue;
         int rc = run ? ops->settle(c->conf.t, &upto, run, true, err) : 0;
         for (size_t k = 0; k < c->nones && !rc; k++)
             rc = ops->settle(c->conf.t, &c->ones[k], 1, false, err);
         if (rc) return rc;
     }
-    return 0;
+    return each && c->nones ? ops->settle_each(c->conf.t, c->ones, c->nones, err) : 0;
+}
+
+size_t ew__consumer_held(ew__consumer *c, int64_t before_ns, ew__ack_token *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < c->nlanes; i++)
+        for (centry *e = c->lanes[i].head; e; e = e->next)
+            if (e->state != E_ABANDONED && e->at_ns < before_ns) {
+                if (n < max) out[n] = e->tok;
+                n++;
+            }
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }
 
 static bool lanes_busy_locked(ew__consumer *c, const uint32_t *lanes, size_t n, size_t *busy)
@@ -293,6 +311,7 @@ static centry *track_locked(ew__consumer *c, ew__ack_token tok)
     if (!e) return NULL;
     e->c = c;
     e->tok = tok;
+    e->at_ns = ew_mono_ns();
     e->state = E_PENDING;
     if (l->tail)
         l->tail->next = e;
@@ -456,9 +475,11 @@ static void *consumer_main(void *arg)
                     c->conf.what, e.msg);
         ops->disconnect(c->conf.t, false);
         c->connected = false;
-        pthread_mutex_lock(&c->mu);
-        forget_locked(c);
-        pthread_mutex_unlock(&c->mu);
+        if (!ops->keep_on_reconnect) {
+            pthread_mutex_lock(&c->mu);
+            forget_locked(c);
+            pthread_mutex_unlock(&c->mu);
+        }
         backoff = ew__backoff_next(backoff, ops->backoff_min_ms, ops->backoff_max_ms);
         next_try = ew_mono_ns() + (int64_t)ew__jitter_ms(backoff) * 1000000;
         down_logged = true;

@@ -13,7 +13,9 @@
  *                  thread connects again after a back-off that doubles from backoff_min_ms up to
  *                  backoff_max_ms, each wait spread by jitter (wire.h), logging the first failure
  *                  and the recovery. What the lost connection held unsettled the broker delivers
- *                  again: the core forgets its tokens (they belonged to that connection).
+ *                  again: the core forgets its tokens (they belonged to that connection), unless
+ *                  they outlive it (keep_on_reconnect: a Redis stream entry id), when it keeps
+ *                  them and settles them on the next connection.
  *
  *   the window     at most max_inflight deliveries are held: handed to the dispatcher (or
  *                  dead-lettered) and not yet settled. Fetching asks for no more than the room
@@ -33,7 +35,9 @@
  *                  nothing past it is settled as a run; a transport that can settle single tokens
  *                  out of order (settle_one: basic.ack of one tag, XACK of one id) settles the
  *                  finished deliveries behind it, and behind a delivery still being handled, one
- *                  by one at once, so that a slow handler does not hold the broker's window.
+ *                  by one at once, so that a slow handler does not hold the broker's window. A
+ *                  transport with no "up to" at all (settle_each: XACK names each entry id) gets
+ *                  every finished delivery of every lane in one call per settlement.
  *
  * Threads. ew__consumer_receive() and ew__consumer_wake_fd() are for the transport's ops, on the
  * consumer thread. The dispatcher's done() calls arrive on its workers; the core queues them and
@@ -93,10 +97,21 @@ typedef struct ew__consumer_ops {
      * ew__consumer_wake_fd() (rd_kafka_queue_yield). Any thread. NULL: the fd is enough. */
     void (*wake)(void *t);
 
-    bool settle_one;    /* single tokens may be settled out of order (see the top) */
-    int backoff_min_ms; /* reconnection back-off: doubles from this ... */
-    int backoff_max_ms; /* ... up to this */
-    int idle_ms;        /* the longest wait in fetch while idle (the wake-up ends it earlier) */
+    /* Settles each of toks[0..n) on its own, for a broker without "up to" (XACK names every
+     * entry id). When set, the core calls it instead of settle, once per settlement, with every
+     * finished delivery of every lane (oldest first per lane), each as soon as it finished, as
+     * settle_one would. 0, or an error when the connection is unusable: the tokens are the
+     * transport's from the call on (keep_on_reconnect: it settles them on the next connection).
+     * NULL: settle. */
+    int (*settle_each)(void *t, const ew__ack_token *toks, size_t n, ew_error *err);
+
+    bool settle_one;        /* single tokens may be settled out of order (see the top) */
+    bool keep_on_reconnect; /* a token outlives its connection (a stream entry id: XACK from any
+                               connection of the group): after a lost connection the core keeps
+                               what it holds and settles it on the next one */
+    int backoff_min_ms;     /* reconnection back-off: doubles from this ... */
+    int backoff_max_ms;     /* ... up to this */
+    int idle_ms;            /* the longest wait in fetch while idle (the wake-up ends it earlier) */
 } ew__consumer_ops;
 
 /* What the core needs to know of its group. Copied; strings borrowed until ew__consumer_free. */
@@ -146,6 +161,12 @@ size_t ew__consumer_drain_lanes(ew__consumer *c, const uint32_t *lanes, size_t n
 /* Forgets every token of lanes[0..n): nothing of them is settled any more (what is still being
  * handled finishes without it). The lane ids may then be used again. Consumer thread. */
 void ew__consumer_forget_lanes(ew__consumer *c, const uint32_t *lanes, size_t n);
+
+/* The tokens of the deliveries the core holds (handed over, not yet settled, not abandoned) that
+ * it took before before_ns (ew_mono_ns; INT64_MAX: all), into out[0..max), oldest first per lane.
+ * Returns how many there are; those past max are left out. Any thread. (Redis refreshes the
+ * entries held long, and skips those held when it reads its own pending entries again.) */
+size_t ew__consumer_held(ew__consumer *c, int64_t before_ns, ew__ack_token *out, size_t max);
 
 /* For ops->fetch: readable when the consumer thread has work (done() calls to settle, stop). */
 int ew__consumer_wake_fd(const ew__consumer *c);

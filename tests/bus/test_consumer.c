@@ -39,7 +39,9 @@ typedef struct script {
     int64_t connect_at[8];  /* when connect was called (mono ns) */
     int nconnects;
     int fetches;
-    int slow_token; /* its handler waits at gate */
+    int fail_fetch;                /* fetch fails this many more times (the connection is lost) */
+    size_t each_count[N_MSGS + 1]; /* settle_each: how often each token was settled */
+    int slow_token;                /* its handler waits at gate */
     tb_gate gate;
     bool gate_all; /* every handler waits at gate */
 } script;
@@ -57,9 +59,12 @@ static int s_connect(void *t, ew_error *err)
 
 static int s_fetch(void *t, size_t max, int wait_ms, ew_error *err)
 {
-    (void)err;
     script *s = t;
     size_t took = 0;
+    pthread_mutex_lock(&s->mu);
+    bool fail = s->fail_fetch > 0 && s->fail_fetch--;
+    pthread_mutex_unlock(&s->mu);
+    if (fail) return ew_error_set(err, EW_EIO, "the scripted connection broke");
     for (;;) {
         pthread_mutex_lock(&s->mu);
         s->fetches++;
@@ -98,6 +103,23 @@ static int s_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, 
     for (uint64_t k = upto ? 1 : tok->a; k <= tok->a; k++)
         if (!s->finished[k]) s->order_broken = true;
     s->settled += count;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+/* settle_each: every token on its own, whatever the order. */
+static int s_settle_each(void *t, const ew__ack_token *toks, size_t n, ew_error *err)
+{
+    (void)err;
+    script *s = t;
+    pthread_mutex_lock(&s->mu);
+    if (s->nsettles < sizeof s->settles / sizeof *s->settles)
+        s->settles[s->nsettles++] = (settle_call){toks[n - 1].a, n, false};
+    for (size_t i = 0; i < n; i++) {
+        if (!s->finished[toks[i].a]) s->order_broken = true;
+        s->each_count[toks[i].a]++;
+    }
+    s->settled += n;
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
@@ -385,12 +407,98 @@ static void test_without_release_a_hole_stops_only_what_follows(void **state)
     script_close(&s, bus);
 }
 
+/* settle_each (Redis's XACK, which has no "up to"): the deliveries that finished behind a slow
+ * one are settled at once, each exactly once, all of a settlement in one call. */
+static void test_settle_each_does_not_wait_for_the_oldest(void **state)
+{
+    (void)state;
+    static ew__consumer_ops ops;
+    ops = script_ops;
+    ops.settle_each = s_settle_each;
+    script s;
+    ew_bus *bus = script_open_ops(&s, 64, &ops);
+    s.slow_token = 1;
+    assert_int_equal(ew__consumer_start(s.core, NULL), 0);
+    tb_gate_wait_arrivals(&s.gate, 1);
+    int64_t end = ew_mono_ns() + (int64_t)TB_WAIT_MS * 1000000;
+    for (;;) { /* the situation: finished deliveries behind the unfinished first one, settled
+                  (those of its worker wait behind it, unfinished) */
+        pthread_mutex_lock(&s.mu);
+        size_t settled = s.settled, behind = 0;
+        for (int k = 2; k <= N_MSGS; k++)
+            behind += s.finished[k];
+        pthread_mutex_unlock(&s.mu);
+        if (behind >= 1 && settled == behind) break;
+        if (ew_mono_ns() > end)
+            fail_msg("%zu settled of %zu finished behind the slow one", settled, behind);
+        usleep(2000);
+    }
+    pthread_mutex_lock(&s.mu);
+    assert_int_equal(s.each_count[1], 0);
+    pthread_mutex_unlock(&s.mu);
+    ew__ack_token held[4];
+    size_t nheld = ew__consumer_held(s.core, INT64_MAX, held, 4);
+    assert_true(nheld >= 1);
+    assert_int_equal(held[0].a, 1);                             /* the oldest first */
+    assert_int_equal(ew__consumer_held(s.core, 0, held, 4), 0); /* none taken before time 0 */
+    tb_gate_open(&s.gate);
+    script_wait_settled(&s);
+    pthread_mutex_lock(&s.mu);
+    assert_false(s.order_broken);
+    for (int k = 1; k <= N_MSGS; k++)
+        assert_int_equal(s.each_count[k], 1);
+    bool together = false;
+    for (size_t i = 0; i < s.nsettles; i++)
+        together = together || s.settles[i].count >= 2;
+    assert_true(together);
+    pthread_mutex_unlock(&s.mu);
+    script_close(&s, bus);
+}
+
+/* keep_on_reconnect (a stream entry id outlives its connection): what the core held when the
+ * connection broke is settled on the next one, not forgotten. */
+static void test_kept_tokens_are_settled_after_a_reconnection(void **state)
+{
+    (void)state;
+    static ew__consumer_ops ops;
+    ops = script_ops;
+    ops.settle_each = s_settle_each;
+    ops.keep_on_reconnect = true;
+    script s;
+    ew_bus *bus = script_open_ops(&s, 4, &ops);
+    s.gate_all = true;
+    assert_int_equal(ew__consumer_start(s.core, NULL), 0);
+    int64_t end = ew_mono_ns() + (int64_t)TB_WAIT_MS * 1000000;
+    for (;;) {
+        pthread_mutex_lock(&s.mu);
+        size_t n = s.received;
+        pthread_mutex_unlock(&s.mu);
+        if (n == 4) break;
+        if (ew_mono_ns() > end) fail_msg("the window never filled");
+        usleep(2000);
+    }
+    pthread_mutex_lock(&s.mu);
+    s.fail_fetch = 1;
+    pthread_mutex_unlock(&s.mu);
+    tb_gate_open(&s.gate); /* done() wakes the core, whose next fetch breaks the connection */
+    script_wait_settled(&s);
+    pthread_mutex_lock(&s.mu);
+    assert_int_equal(s.fail_fetch, 0); /* the connection did break */
+    assert_true(s.nconnects >= 2);
+    for (int k = 1; k <= N_MSGS; k++)
+        assert_int_equal(s.each_count[k], 1);
+    pthread_mutex_unlock(&s.mu);
+    script_close(&s, bus);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_settles_in_order_never_past_the_oldest),
     cmocka_unit_test(test_the_window_bounds_fetching),
     cmocka_unit_test(test_reconnects_with_growing_back_off),
     cmocka_unit_test(test_stop_releases_what_still_arrives),
     cmocka_unit_test(test_without_release_a_hole_stops_only_what_follows),
+    cmocka_unit_test(test_settle_each_does_not_wait_for_the_oldest),
+    cmocka_unit_test(test_kept_tokens_are_settled_after_a_reconnection),
 };
 
 EW_TEST_MAIN(tests)
