@@ -3,13 +3,16 @@
  * Streams (REDIS_MODE=streams, the default): every event type is a stream PREFIX:TYPE; publish
  * pipelines one XADD per event and returns when Redis has answered them all. Every subscriber
  * group is a Redis consumer group on each stream its patterns match (resolved against the
- * catalog), read by one consumer thread per group with XREADGROUP; a delivery is XACKed by a
- * second thread, in batches, only once the dispatcher is done with it. Entries a dead consumer
- * left pending are taken over with XAUTOCLAIM after REDIS_CLAIM_IDLE_MS; entries still in our
- * hands are kept fresh with XCLAIM JUSTID so that nobody takes them from a live consumer.
+ * catalog), consumed by the shared consumer core (consumer.h: its thread, reconnection, window
+ * and settlement) through this backend's transport (redis_streams.c): XREADGROUP on one
+ * connection, and XACK of each entry once the dispatcher is done with it, in batches, on another.
+ * Entries a dead consumer left pending are taken over with XAUTOCLAIM after REDIS_CLAIM_IDLE_MS;
+ * entries still in our hands are kept fresh with XCLAIM JUSTID so that nobody takes them from a
+ * live consumer.
  *
- * Pub/Sub (REDIS_MODE=pubsub): PUBLISH to channel PREFIX:TYPE and PSUBSCRIBE per group; fire and
- * forget, as the seed had it. docs/bus-redis.md says what each mode promises.
+ * Pub/Sub (REDIS_MODE=pubsub): PUBLISH to channel PREFIX:TYPE and PSUBSCRIBE per group, on the
+ * core too (redis_pubsub.c); fire and forget, as the seed had it. docs/bus-redis.md says what
+ * each mode promises.
  *
  * This file: publish and the lifecycle; redis.h lists the others. */
 #ifdef EW_HAVE_REDIS
@@ -119,25 +122,6 @@ static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
-static void consumer_free(rconsumer *c)
-{
-    if (!c) return;
-    for (size_t i = 0; i < c->nstreams; i++)
-        free(c->streams[i].key);
-    for (size_t i = 0; i < c->nglobs; i++)
-        free(c->globs[i]);
-    free(c->globs);
-    free(c->acks.v);
-    free(c->sending.v);
-    if (c->efd >= 0) close(c->efd);
-    pthread_mutex_destroy(&c->mu);
-    pthread_cond_destroy(&c->cv);
-    pthread_cond_destroy(&c->ack_cv);
-    pthread_cond_destroy(&c->sub_cv);
-    free(c->group);
-    free(c);
-}
-
 static rconsumer *consumer_get(redis_bus *rb, const char *group, ew_error *err)
 {
     for (size_t i = 0; i < rb->ncons; i++)
@@ -149,20 +133,8 @@ static rconsumer *consumer_get(redis_bus *rb, const char *group, ew_error *err)
         rb->cons = v;
         rb->cons_cap = cap;
     }
-    rconsumer *c = calloc(1, sizeof *c);
+    rconsumer *c = ew__rd_consumer_new(rb, group, rb->ncons);
     if (!c) goto oom;
-    c->rb = rb;
-    c->efd = -1;
-    c->group = strdup(group);
-    pthread_mutex_init(&c->mu, NULL);
-    ew__cond_init_mono(&c->cv);
-    ew__cond_init_mono(&c->ack_cv);
-    ew__cond_init_mono(&c->sub_cv);
-    if (!c->group || (rb->pubsub && (c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)) {
-        consumer_free(c);
-        goto oom;
-    }
-    snprintf(c->name, sizeof c->name, "%s-%zu", rb->consumer_base, rb->ncons);
     rb->cons[rb->ncons++] = c;
     return c;
 oom:
@@ -174,15 +146,8 @@ static int consumer_start(rconsumer *c, ew_error *err)
 {
     redis_bus *rb = c->rb;
     if (!c->running) {
-        if (!rb->pubsub) {
-            if (pthread_create(&c->acker, NULL, ew__rd_acker_main, c))
-                return ew_error_set(err, EW_ENOMEM, "cannot start a thread for group %s", c->group);
-            c->acker_started = true;
-        }
-        if (pthread_create(&c->reader, NULL,
-                           rb->pubsub ? ew__rd_pubsub_reader_main : ew__rd_stream_reader_main, c)) {
-            return ew_error_set(err, EW_ENOMEM, "cannot start a thread for group %s", c->group);
-        }
+        int rc = ew__consumer_start(c->core, err);
+        if (rc) return rc;
         c->running = true;
     }
     return rb->pubsub ? ew__rd_pubsub_wait_confirmed(c, err) : 0;
@@ -282,8 +247,7 @@ static int rd_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
             return rc;
         }
         pthread_mutex_lock(&c->mu);
-        c->nstreams = have + nadded;
-        pthread_cond_broadcast(&c->cv);
+        c->nstreams = have + nadded; /* read from the consumer's next read on */
         pthread_mutex_unlock(&c->mu);
     }
     if (rb->started) return consumer_start(c, err);
@@ -301,68 +265,13 @@ static int rd_start(void *self, ew_error *err)
     return 0;
 }
 
-/* Cuts short the readers' blocked XREADGROUP (CLIENT UNBLOCK on the publishing connection). */
-static void unblock_readers(redis_bus *rb)
-{
-    ew_buf b;
-    ew_buf_init(&b);
-    size_t n = 0;
-    for (size_t i = 0; i < rb->ncons; i++) {
-        long long id = atomic_load(&rb->cons[i]->client_id);
-        if (!id) continue;
-        char ids[24];
-        snprintf(ids, sizeof ids, "%lld", id);
-        const char *argv[] = {"CLIENT", "UNBLOCK", ids};
-        ew__rd_put_cmd(&b, 3, argv);
-        n++;
-    }
-    if (n) {
-        redisReply *stack[16];
-        redisReply **r = n <= 16 ? stack : calloc(n, sizeof *r);
-        pthread_mutex_lock(&rb->pub_mu);
-        size_t got = 0;
-        if (r && rb->pub) {
-            ew__rd_pub_exchange(rb, &b, r, n, &got, NULL);
-            ew__rd_free_replies(r, got);
-        }
-        pthread_mutex_unlock(&rb->pub_mu);
-        if (r != stack) free(r);
-    }
-    ew_buf_release(&b);
-}
-
+/* Stops delivering: each group's core stops (its thread cuts its blocked read short with
+ * CLIENT UNBLOCK and keeps its connections to acknowledge what the handlers finish). */
 static void rd_stop(void *self)
 {
     redis_bus *rb = self;
-    for (size_t i = 0; i < rb->ncons; i++) {
-        rconsumer *c = rb->cons[i];
-        pthread_mutex_lock(&c->mu);
-        c->stop = true;
-        pthread_cond_broadcast(&c->cv);
-        pthread_mutex_unlock(&c->mu);
-        if (rb->pubsub) ew__rd_pubsub_wake(c);
-    }
-    /* A reader may be between commands when the unblock arrives: ask again until it is out. */
-    for (int round = 0; round < 100; round++) {
-        bool all = true;
-        if (!rb->pubsub) unblock_readers(rb);
-        for (size_t i = 0; i < rb->ncons; i++) {
-            rconsumer *c = rb->cons[i];
-            if (!c->running) continue;
-            struct timespec ts = ew__mono_deadline(20);
-            pthread_mutex_lock(&c->mu);
-            while (!c->exited)
-                if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) break;
-            all = all && c->exited;
-            pthread_mutex_unlock(&c->mu);
-        }
-        if (all) break;
-    }
-    for (size_t i = 0; i < rb->ncons; i++) {
-        rconsumer *c = rb->cons[i];
-        if (c->running) pthread_join(c->reader, NULL);
-        c->running = false;
-    }
+    for (size_t i = 0; i < rb->ncons; i++)
+        ew__consumer_stop(rb->cons[i]->core);
 }
 
 /* An ephemeral group goes from every stream (XGROUP DESTROY), pending entries and all. */
@@ -433,15 +342,15 @@ static void rd_close(void *self)
     redis_bus *rb = self;
     for (size_t i = 0; i < rb->ncons; i++) {
         rconsumer *c = rb->cons[i];
-        if (c->acker_started) {
-            pthread_mutex_lock(&c->mu);
-            c->ack_stop = true;
-            pthread_cond_broadcast(&c->ack_cv);
-            pthread_mutex_unlock(&c->mu);
-            pthread_join(c->acker, NULL);
-            forget_consumer(rb, c);
+        if (c->running) {
+            ew__consumer_close(c->core); /* the last acknowledgements, the connections closed */
+            c->running = false;
+            if (!rb->pubsub) {
+                ew__rd_consumer_leftovers(c);
+                forget_consumer(rb, c);
+            }
         }
-        consumer_free(c);
+        ew__rd_consumer_free(c);
     }
     free(rb->cons);
     if (rb->pub) ew__rd_conn_free(rb->pub);
@@ -469,7 +378,6 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
         return rc;
     }
     rb->bus = bus;
-    rb->disp = ew__bus_dispatcher(bus);
     if (strchr(rb->url.host, ':'))
         snprintf(rb->addr, sizeof rb->addr, "[%s]:%d", rb->url.host, rb->url.port);
     else
@@ -484,7 +392,6 @@ static int rd_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     rb->connect_ms = (int)ew_config_get_int(cfg, "EVENT_BUS_CONNECT_TIMEOUT_MS");
     rb->io_ms = rb->connect_ms < 5000 ? 5000 : rb->connect_ms;
     rb->max_inflight = (size_t)ew_config_get_int(cfg, "EVENT_BUS_MAX_IN_FLIGHT");
-    rb->low_water = rb->max_inflight - (rb->max_inflight / 4 ? rb->max_inflight / 4 : 1);
     rb->max_bytes = (size_t)ew_config_get_int(cfg, "EVENT_MAX_BYTES");
     rb->prefix = strdup(ew_config_get(cfg, "REDIS_CHANNEL_PREFIX"));
     pthread_mutex_init(&rb->pub_mu, NULL);

@@ -1,6 +1,7 @@
 /* eventwire — the Redis backend's internal header: its state, shared by its files
  * (redis.c: publish and the lifecycle; redis_conn.c: connections and RESP; redis_consumer.c:
- * what both consumers share and the acker; redis_streams.c; redis_pubsub.c). Nothing here is
+ * what both consumer transports share, the acknowledgements; redis_streams.c and redis_pubsub.c:
+ * the transports of the consumer core, consumer.h). Nothing here is
  * used outside src/bus/redis*.c. Each function's contract is stated where it is defined. */
 #ifndef EW_BUS_REDIS_H
 #define EW_BUS_REDIS_H
@@ -14,12 +15,13 @@
 #include <stdint.h>
 #include "bus/url.h"
 #include "bus/backend.h"
+#include "bus/consumer.h"
 #include "core/buf.h"
 #include "eventwire/catalog.h"
 
 #define URL_VAR "REDIS_EVENT_URL"
 #define URL_FORM "redis://[user:password@]host:port[/db] or rediss://... for TLS"
-#define BLOCK_MS 500          /* one XREADGROUP BLOCK; stop() cuts it short with CLIENT UNBLOCK */
+#define BLOCK_MS 500          /* one XREADGROUP BLOCK; stopping cuts it short with CLIENT UNBLOCK */
 #define BACKOFF_MIN_MS 50     /* reconnection back-off, doubling ... */
 #define BACKOFF_MAX_MS 2000   /* ... up to this */
 #define ID_MAX 48             /* a stream entry id: two 64-bit numbers and a dash */
@@ -35,7 +37,8 @@ typedef ew__redis_url rurl; /* bus/url.h */
 
 typedef struct redis_bus redis_bus;
 
-/* One stream a group reads: PREFIX:TYPE. */
+/* One stream a group reads: PREFIX:TYPE. Its index in the group is the lane of its entries'
+ * tokens (consumer.h): lane = stream, (a, b) = the entry id's two numbers. */
 typedef struct rstream {
     char *key;
     size_t key_len;
@@ -43,65 +46,58 @@ typedef struct rstream {
     char cursor[ID_MAX]; /* where the next XAUTOCLAIM starts */
 } rstream;
 
-/* An acknowledgement waiting to be sent. */
-typedef struct rack {
-    uint32_t stream;
-    char id[ID_MAX];
-} rack;
-
-typedef struct rackv {
-    rack *v;
+typedef struct rtoks {
+    ew__ack_token *v;
     size_t n, cap;
-} rackv;
+} rtoks;
 
-typedef struct rmsg rmsg;
-
-/* The consumer of one subscriber group: a thread reading (and, for streams, a thread
- * acknowledging), each with its own connection, since a blocked XREADGROUP holds its
- * connection. */
+/* The consumer of one subscriber group: the transport of a consumer core (consumer.h), which runs
+ * its thread, reconnection, window and settlement. The transport's own state (below "the
+ * consumer thread's") is used on that thread only. */
 typedef struct rconsumer {
     redis_bus *rb;
     char *group;
     char name[128]; /* the Redis consumer name: unique per bus */
     bool ephemeral; /* the group goes with the bus (XGROUP DESTROY at close) */
+    char what[200]; /* "redis: consumer of group G", for log lines */
+    char thread[16];
+    ew__consumer *core;
+    bool running; /* the core started (under the bus's subscribe/start serialisation) */
+    int efd;      /* pubsub: wakes the fetch when a pattern is added */
 
-    pthread_mutex_t mu;
-    pthread_cond_t cv;     /* the reader waits here: room, back-off, streams */
-    pthread_cond_t ack_cv; /* the acker waits here */
+    pthread_mutex_t mu;    /* what subscribed() changes while the thread runs: */
     pthread_cond_t sub_cv; /* pubsub: subscribe() waits for confirmations */
-
-    /* under mu */
     rstream streams[MAX_STREAMS];
     size_t nstreams;
     char **globs; /* pubsub patterns */
     size_t nglobs, globs_cap, nglobs_sent, nglobs_confirmed;
-    rmsg *head, *tail; /* in flight, oldest first (by the time last delivered or refreshed) */
-    size_t inflight;
-    bool room_wait, ack_wait;
-    rackv acks;    /* done(ACK), not yet sent */
-    rackv sending; /* taken by the acker, being sent */
-    bool stop, ack_stop, exited;
 
-    bool running; /* threads started (under the bus's subscribe/start serialisation) */
-    pthread_t reader, acker;
-    bool acker_started;
-    atomic_llong client_id; /* of the reader's connection, for CLIENT UNBLOCK; 0: none */
-    size_t entry_bytes;     /* the reader's running estimate of an entry's size */
-    int efd;                /* pubsub: wakes the reader's poll() */
+    /* the consumer thread's */
+    redisContext *rd;    /* reads: XREADGROUP, XAUTOCLAIM, XTRIM, XGROUP; PSUBSCRIBE */
+    redisContext *ack;   /* streams: XACK, XCLAIM refreshes, CLIENT UNBLOCK */
+    long long client_id; /* rd's, for CLIENT UNBLOCK */
+    int reading;         /* a blocking read out on rd (READ_*), answered in a later fetch */
+    uint32_t rsel[MAX_STREAMS];
+    size_t nrsel;           /* ... and the streams it names */
+    int64_t read_deadline;  /* ... and when its answer is overdue */
+    bool cancelled;         /* stop_fetching: no new read */
+    bool need_pending;      /* our own pending entries are to be read again (after connecting) */
+    uint32_t pend_stream;   /* ... the stream being read */
+    char pend_last[ID_MAX]; /* ... after this id */
+    size_t pend_count;      /* ... entries delivered so far */
+    int64_t next_claim, next_trim, next_refresh, pause_until;
+    size_t rot;          /* the next stream read when fewer fit than there are */
+    size_t entry_bytes;  /* a running estimate of an entry's size */
+    rtoks unsent;        /* to XACK, not sent yet (after a lost connection: on the next) */
+    rtoks sent;          /* XACKed, the answers not read yet */
+    size_t owed;         /* answers owed on ack */
+    ew__ack_token *held; /* room for ew__consumer_held() */
+    size_t held_cap;
+    uint64_t seq; /* pubsub: the tokens */
 } rconsumer;
-
-struct rmsg {
-    ew_delivery dl;
-    rconsumer *c;
-    rmsg *prev, *next;
-    int64_t since_ns; /* delivered or last refreshed */
-    uint32_t stream;
-    char id[ID_MAX];
-};
 
 struct redis_bus {
     ew_bus *bus;
-    ew_dispatcher *disp;
     rurl url;
     char addr[300];      /* host:port, for messages */
     SSL_CTX *tls;        /* rediss://: the settings every connection's TLS starts from; else NULL */
@@ -120,7 +116,7 @@ struct redis_bus {
     size_t ntrims, trims_cap;
     int64_t claim_idle_ms;
     int connect_ms, io_ms;
-    size_t max_inflight, low_water;
+    size_t max_inflight;
     size_t max_bytes;
     char consumer_base[96];
     char xadd_mid[96]; /* the constant part of an XADD after the key */
@@ -165,32 +161,32 @@ int ew__rd_rsend(redisContext *c, const char *buf, size_t len);
 
 /* ---- redis_consumer.c ------------------------------------------------------------ */
 
-void ew__rd_ack_push_locked(rconsumer *c, uint32_t stream, const char *id);
-void *ew__rd_acker_main(void *arg);
-redisContext *ew__rd_consumer_connect(rconsumer *c, int io_ms, int *backoff, bool *was_down,
-                                      const char *role);
-void ew__rd_consumer_drop(rconsumer *c, redisContext **conn, bool *was_down, const char *role);
-bool ew__rd_known_locked(rconsumer *c, uint32_t stream, const char *id);
-void ew__rd_list_append(rconsumer *c, rmsg *m);
-void ew__rd_list_unlink(rconsumer *c, rmsg *m);
-void ew__rd_msg_done(ew_delivery *dl, ew_delivery_outcome outcome);
-ew_event *ew__rd_receive(rconsumer *c, const char *type, const char *where, const char *payload,
-                         size_t len, int code, const char *why, bool *kept);
-void ew__rd_room_freed(rconsumer *c);
-bool ew__rd_stopping(rconsumer *c);
+rconsumer *ew__rd_consumer_new(redis_bus *rb, const char *group, size_t index);
+void ew__rd_consumer_free(rconsumer *c);
+void ew__rd_consumer_leftovers(rconsumer *c);
+bool ew__rd_receive(rconsumer *c, const char *type, const char *where, const char *payload,
+                    size_t len, int code, const char *why, ew__ack_token tok);
+bool ew__rd_token_parse(const char *id, size_t len, uint32_t stream, ew__ack_token *tok);
+void ew__rd_token_id(const ew__ack_token *tok, char *out);
+void ew__rd_acks_queue(rconsumer *c, const ew__ack_token *toks, size_t n);
+void ew__rd_acks_lost(rconsumer *c);
+bool ew__rd_acks_has(const rconsumer *c, const ew__ack_token *tok);
+int ew__rd_acks_flush(rconsumer *c, bool block, ew_error *err);
+int ew__rd_acks_take(rconsumer *c, bool block, ew_error *err);
+int ew__rd_refresh(rconsumer *c, int64_t older_than_ns, ew_error *err);
+int ew__rd_take_reply(redisContext *conn, redisReply **r, ew_error *err);
+int ew__rd_conn_error(redisContext *conn, ew_error *err);
+
+/* ---- redis_streams.c ------------------------------------------------------------- */
 
 /* Trims the stream key by age (REDIS_STREAM_MAX_AGE_SECONDS: XTRIM key MINID now-age) through
  * conn, when its last trim is trim_every_ms old or more; nothing without an age limit. -1 when
  * the connection failed (a refusal by Redis is logged and is not one). Thread-safe. */
 int ew__rd_trim_by_age(redis_bus *rb, redisContext *conn, const char *key);
-size_t ew__rd_wait_room(rconsumer *c);
-bool ew__rd_wait_stop(rconsumer *c, int ms);
-
-/* ---- redis_streams.c ------------------------------------------------------------- */
 
 int ew__rd_create_groups(redis_bus *rb, redisContext *conn, rconsumer *c, rstream *const *ss,
                          size_t n, const char *start_id, ew_error *err);
-void *ew__rd_stream_reader_main(void *arg);
+extern const ew__consumer_ops ew__rd_streams_transport;
 
 /* ---- redis_lag.c ----------------------------------------------------------------- */
 
@@ -199,8 +195,8 @@ int ew__rd_lag(void *self, const char *group, ew_lag_fn fn, void *ud, ew_error *
 /* ---- redis_pubsub.c -------------------------------------------------------------- */
 
 char *ew__rd_pattern_glob(const redis_bus *rb, const char *pattern);
-void *ew__rd_pubsub_reader_main(void *arg);
 int ew__rd_pubsub_wait_confirmed(rconsumer *c, ew_error *err);
 void ew__rd_pubsub_wake(rconsumer *c);
+extern const ew__consumer_ops ew__rd_pubsub_transport;
 
 #endif

@@ -1,6 +1,8 @@
-/* eventwire — the Redis backend, what the Streams and Pub/Sub consumers share: stopping and
- * waiting, the in-flight window, the list of entries in hand, the receive path, reconnecting, and
- * the acker thread that sends XACKs in batches. */
+/* eventwire — the Redis backend, what its two consumer transports share (redis_streams.c and
+ * redis_pubsub.c run on the consumer core, consumer.h): a group's consumer and its core, the
+ * receive, entry ids as ack tokens, and the acknowledgements — XACK for what the core settles
+ * and XCLAIM JUSTID for what it holds long — sent on a connection of their own, one batch on the
+ * wire while the next gathers. */
 #ifdef EW_HAVE_REDIS
 
 #include <errno.h>
@@ -8,397 +10,317 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 #include "bus/backend.h"
-#include "bus/binding.h"
+#include "bus/consumer.h"
 #include "bus/receive.h"
 #include "bus/redis.h"
 #include "bus/wire.h"
 #include "core/buf.h"
-#include "core/json.h"
-#include "eventwire/catalog.h"
-#include "eventwire/clock.h"
-#include "eventwire/id.h"
 
-/* ---- consumers: shared parts ------------------------------------------------------------- */
+/* ---- the consumer of a group --------------------------------------------------------------- */
 
-bool ew__rd_stopping(rconsumer *c)
+rconsumer *ew__rd_consumer_new(redis_bus *rb, const char *group, size_t index)
 {
-    pthread_mutex_lock(&c->mu);
-    bool s = c->stop;
-    pthread_mutex_unlock(&c->mu);
-    return s;
+    rconsumer *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->rb = rb;
+    c->efd = -1;
+    pthread_mutex_init(&c->mu, NULL);
+    ew__cond_init_mono(&c->sub_cv);
+    snprintf(c->name, sizeof c->name, "%s-%zu", rb->consumer_base, index);
+    snprintf(c->what, sizeof c->what, "redis: consumer of group %.160s", group);
+    snprintf(c->thread, sizeof c->thread, "ewr:%.11s", group);
+    c->held_cap = rb->max_inflight;
+    c->group = strdup(group);
+    c->held = calloc(c->held_cap, sizeof *c->held);
+    if (!c->group || !c->held ||
+        (rb->pubsub && (c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0))
+        goto fail;
+    ew__consumer_conf conf = {
+        .bus = rb->bus,
+        .group = c->group,
+        .what = c->what,
+        .thread = c->thread,
+        .max_inflight = rb->max_inflight,
+        .max_bytes = rb->max_bytes,
+        .ops = rb->pubsub ? &ew__rd_pubsub_transport : &ew__rd_streams_transport,
+        .t = c,
+    };
+    if (ew__consumer_new(&c->core, &conf, NULL)) goto fail;
+    return c;
+fail:
+    ew__rd_consumer_free(c);
+    return NULL;
 }
 
-/* Waits ms unless the consumer is stopped first: true then. */
-bool ew__rd_wait_stop(rconsumer *c, int ms)
+void ew__rd_consumer_free(rconsumer *c)
 {
-    struct timespec ts = ew__mono_deadline(ms);
-    pthread_mutex_lock(&c->mu);
-    while (!c->stop)
-        if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT) break;
-    bool s = c->stop;
-    pthread_mutex_unlock(&c->mu);
-    return s;
+    if (!c) return;
+    ew__consumer_free(c->core);
+    ew__rd_conn_free(c->rd);
+    ew__rd_conn_free(c->ack);
+    for (size_t i = 0; i < c->nstreams; i++)
+        free(c->streams[i].key);
+    for (size_t i = 0; i < c->nglobs; i++)
+        free(c->globs[i]);
+    free(c->globs);
+    free(c->unsent.v);
+    free(c->sent.v);
+    free(c->held);
+    if (c->efd >= 0) close(c->efd);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->sub_cv);
+    free(c->group);
+    free(c);
 }
 
-/* Waits for room under EVENT_BUS_MAX_IN_FLIGHT; returns how much, 0 when stopped. */
-size_t ew__rd_wait_room(rconsumer *c)
-{
-    redis_bus *rb = c->rb;
-    pthread_mutex_lock(&c->mu);
-    while (!c->stop && c->inflight >= rb->max_inflight) {
-        c->room_wait = true;
-        pthread_cond_wait(&c->cv, &c->mu);
-    }
-    size_t avail = c->stop ? 0 : rb->max_inflight - c->inflight;
-    pthread_mutex_unlock(&c->mu);
-    return avail;
-}
-
-/* Called under mu when one in-flight delivery finished. */
-void ew__rd_room_freed(rconsumer *c)
-{
-    if (c->room_wait && c->inflight <= c->rb->low_water) {
-        c->room_wait = false;
-        pthread_cond_signal(&c->cv);
-    }
-}
-
-static int rackv_push(rackv *a, uint32_t stream, const char *id)
-{
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 256;
-        rack *v = realloc(a->v, cap * sizeof *v);
-        if (!v) return -1;
-        a->v = v;
-        a->cap = cap;
-    }
-    size_t n = strlen(id);
-    if (n >= ID_MAX) n = ID_MAX - 1;
-    a->v[a->n].stream = stream;
-    memcpy(a->v[a->n].id, id, n);
-    a->v[a->n].id[n] = '\0';
-    a->n++;
-    return 0;
-}
-
-/* Queues an acknowledgement for the acker. Under mu. */
-void ew__rd_ack_push_locked(rconsumer *c, uint32_t stream, const char *id)
-{
-    if (rackv_push(&c->acks, stream, id)) {
-        ew__bus_log(c->rb->bus, EW_LOG_ERROR,
-                    "redis: out of memory acknowledging entry %s: it will be delivered again", id);
-        return;
-    }
-    if (c->ack_wait) {
-        c->ack_wait = false;
-        pthread_cond_signal(&c->ack_cv);
-    }
-}
-
-void ew__rd_list_unlink(rconsumer *c, rmsg *m)
-{
-    if (m->prev)
-        m->prev->next = m->next;
-    else
-        c->head = m->next;
-    if (m->next)
-        m->next->prev = m->prev;
-    else
-        c->tail = m->prev;
-    m->prev = m->next = NULL;
-}
-
-void ew__rd_list_append(rconsumer *c, rmsg *m)
-{
-    m->next = NULL;
-    m->prev = c->tail;
-    if (c->tail)
-        c->tail->next = m;
-    else
-        c->head = m;
-    c->tail = m;
-}
-
-/* The dispatcher is done with a stream entry: acknowledge it (ACK) or leave it pending for
- * redelivery (ABANDONED). Any thread. */
-void ew__rd_msg_done(ew_delivery *dl, ew_delivery_outcome outcome)
-{
-    rmsg *m = dl->token;
-    rconsumer *c = m->c;
-    pthread_mutex_lock(&c->mu);
-    ew__rd_list_unlink(c, m);
-    c->inflight--;
-    if (outcome == EW_DELIVERY_ACK && !c->rb->pubsub) ew__rd_ack_push_locked(c, m->stream, m->id);
-    ew__rd_room_freed(c);
-    pthread_mutex_unlock(&c->mu);
-    free(m);
-}
-
-/* Is this entry ours already: in flight, or acknowledged and not yet confirmed? Under mu. */
-bool ew__rd_known_locked(rconsumer *c, uint32_t stream, const char *id)
-{
-    for (rmsg *m = c->head; m; m = m->next)
-        if (m->stream == stream && strcmp(m->id, id) == 0) return true;
-    for (size_t i = 0; i < c->acks.n; i++)
-        if (c->acks.v[i].stream == stream && strcmp(c->acks.v[i].id, id) == 0) return true;
-    for (size_t i = 0; i < c->sending.n; i++)
-        if (c->sending.v[i].stream == stream && strcmp(c->sending.v[i].id, id) == 0) return true;
-    return false;
-}
-
-/* ew__receive's question while the dead letter sink refuses a message. */
-static bool recv_stopping(void *ud)
-{
-    return ew__rd_stopping(ud);
-}
-
-/* One message through the receive path (receive.h): the event, or NULL when it was
- * dead-lettered (*kept: acknowledge it) or the bus stopped while the sink refused it. */
-ew_event *ew__rd_receive(rconsumer *c, const char *type, const char *where, const char *payload,
-                         size_t len, int code, const char *why, bool *kept)
+/* One message through the core (consumer.h): the receive path (receive.h), then the dispatcher,
+ * or the dead letter sink; settled in its place. Structured: Redis has no CloudEvents binding.
+ * code: the entry has no event to decode (its error and why). False when the core released it:
+ * it stays pending (streams) or is lost (Pub/Sub). */
+bool ew__rd_receive(rconsumer *c, const char *type, const char *where, const char *payload,
+                    size_t len, int code, const char *why, ew__ack_token tok)
 {
     ew__recv_msg rm = {
         .wire = {.binding = EW__BINDING_STRUCTURED, .body = payload, .body_len = len},
         .group = c->group,
         .type_hint = type,
         .transport = where,
-        .predecoded = code != 0, /* the entry has no event to decode */
+        .predecoded = code != 0,
         .error = code,
         .error_msg = why,
     };
-    ew_event *ev = NULL;
-    ew__recv_result r = ew__receive(c->rb->bus, &rm, c->rb->max_bytes, recv_stopping, c, &ev);
-    *kept = r == EW__RECV_DEAD;
-    return ev;
+    return ew__consumer_receive(c->core, &rm, tok);
 }
 
-redisContext *ew__rd_consumer_connect(rconsumer *c, int io_ms, int *backoff, bool *was_down,
-                                      const char *role)
+/* ---- entry ids as tokens ------------------------------------------------------------------- */
+
+/* "MS-SEQ" of stream into *tok. False when it is no entry id. */
+bool ew__rd_token_parse(const char *id, size_t len, uint32_t stream, ew__ack_token *tok)
 {
-    redis_bus *rb = c->rb;
-    if (*backoff && ew__rd_wait_stop(c, ew__jitter_ms(*backoff))) return NULL;
-    ew_error e = {0};
-    redisContext *conn = ew__rd_rconnect(rb, io_ms, false, &e);
-    if (!conn) {
-        if (!*was_down)
-            ew__bus_log(rb->bus, EW_LOG_WARN, "redis: %s of group %s: %s; retrying", role, c->group,
-                        e.msg);
-        *was_down = true;
-        *backoff = ew__backoff_next(*backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-        return NULL;
+    uint64_t v[2] = {0, 0};
+    size_t i = 0;
+    for (int part = 0; part < 2; part++) {
+        size_t from = i;
+        for (; i < len && id[i] >= '0' && id[i] <= '9'; i++) {
+            if (v[part] > (UINT64_MAX - 9) / 10) return false;
+            v[part] = v[part] * 10 + (uint64_t)(id[i] - '0');
+        }
+        if (i == from || (part == 0 && (i == len || id[i++] != '-'))) return false;
     }
-    if (*was_down)
-        ew__bus_log(rb->bus, EW_LOG_INFO, "redis: %s of group %s reconnected to %s", role, c->group,
-                    rb->addr);
-    *was_down = false;
-    *backoff = 0;
-    return conn;
+    if (i != len) return false;
+    *tok = (ew__ack_token){.lane = stream, .a = v[0], .b = v[1]};
+    return true;
 }
 
-void ew__rd_consumer_drop(rconsumer *c, redisContext **conn, bool *was_down, const char *role)
+/* The entry id of tok into out (ID_MAX bytes). */
+void ew__rd_token_id(const ew__ack_token *tok, char *out)
 {
-    if (!*conn) return;
-    if (!ew__rd_stopping(c)) {
-        ew__bus_log(c->rb->bus, EW_LOG_WARN, "redis: %s of group %s lost its connection: %s", role,
-                    c->group, (*conn)->errstr);
-        *was_down = true;
-    }
-    atomic_store(&c->client_id, 0);
-    ew__rd_conn_free(*conn);
-    *conn = NULL;
+    snprintf(out, ID_MAX, "%" PRIu64 "-%" PRIu64, tok->a, tok->b);
 }
-/* ---- the acker --------------------------------------------------------------------------- */
 
-/* Formats XACK commands for the acknowledgements in a (grouped by stream, ACKS_PER_CMD ids
- * each) and XCLAIM ... JUSTID commands for the entries in h (to keep them ours). Returns the
- * number of commands. */
-static size_t format_acks(rconsumer *c, const rackv *a, const rackv *h, ew_buf *b)
+/* ---- acknowledgements ---------------------------------------------------------------------- */
+
+static int toks_push(rtoks *t, const ew__ack_token *v, size_t n)
+{
+    if (t->n + n > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        while (cap < t->n + n)
+            cap *= 2;
+        ew__ack_token *w = realloc(t->v, cap * sizeof *w);
+        if (!w) return -1;
+        t->v = w;
+        t->cap = cap;
+    }
+    memcpy(t->v + t->n, v, n * sizeof *v);
+    t->n += n;
+    return 0;
+}
+
+/* XACK (or, claim, XCLAIM ... 0 IDS JUSTID: resets their idle time) for toks[0..n), one command
+ * per stream and ACKS_PER_CMD ids. Returns the number of commands. */
+static size_t put_per_stream(rconsumer *c, const ew__ack_token *v, size_t n, bool claim, ew_buf *b)
 {
     size_t ncmd = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        const rackv *v = pass == 0 ? a : h;
-        if (!v->n) continue;
-        /* the streams present, in first-seen order */
-        bool seen[MAX_STREAMS] = {false};
-        for (size_t i = 0; i < v->n; i++) {
-            uint32_t s = v->v[i].stream;
-            if (seen[s]) continue;
-            seen[s] = true;
-            size_t total = 0;
-            for (size_t j = i; j < v->n; j++)
-                total += v->v[j].stream == s;
-            for (size_t done = 0, j = i; done < total;) {
-                size_t k = total - done < ACKS_PER_CMD ? total - done : ACKS_PER_CMD;
-                if (pass == 0) {
-                    ew__rd_put_num(b, '*', 3 + k);
-                    ew__rd_put_str(b, "XACK");
-                    ew__rd_put_arg(b, c->streams[s].key, c->streams[s].key_len);
-                    ew__rd_put_str(b, c->group);
-                } else {
-                    ew__rd_put_num(b, '*', 6 + k);
-                    ew__rd_put_str(b, "XCLAIM");
-                    ew__rd_put_arg(b, c->streams[s].key, c->streams[s].key_len);
-                    ew__rd_put_str(b, c->group);
-                    ew__rd_put_str(b, c->name);
-                    ew__rd_put_str(b, "0");
-                }
-                for (size_t put = 0; put < k; j++)
-                    if (v->v[j].stream == s) {
-                        ew__rd_put_str(b, v->v[j].id);
-                        put++;
-                    }
-                if (pass == 1) ew__rd_put_str(b, "JUSTID");
-                done += k;
-                ncmd++;
+    bool seen[MAX_STREAMS] = {false};
+    for (size_t i = 0; i < n; i++) {
+        uint32_t s = v[i].lane;
+        if (s >= MAX_STREAMS || seen[s]) continue;
+        seen[s] = true;
+        size_t total = 0;
+        for (size_t j = i; j < n; j++)
+            total += v[j].lane == s;
+        for (size_t done = 0, j = i; done < total;) {
+            size_t k = total - done < ACKS_PER_CMD ? total - done : ACKS_PER_CMD;
+            ew__rd_put_num(b, '*', (claim ? 6 : 3) + k);
+            ew__rd_put_str(b, claim ? "XCLAIM" : "XACK");
+            ew__rd_put_arg(b, c->streams[s].key, c->streams[s].key_len);
+            ew__rd_put_str(b, c->group);
+            if (claim) {
+                ew__rd_put_str(b, c->name);
+                ew__rd_put_str(b, "0");
             }
+            for (size_t put = 0; put < k; j++)
+                if (v[j].lane == s) {
+                    char id[ID_MAX];
+                    ew__rd_token_id(&v[j], id);
+                    ew__rd_put_str(b, id);
+                    put++;
+                }
+            if (claim) ew__rd_put_str(b, "JUSTID");
+            done += k;
+            ncmd++;
         }
     }
     return ncmd;
 }
 
-/* Entries in flight for longer than half of REDIS_CLAIM_IDLE_MS: refreshed now (XCLAIM with
- * min-idle 0 resets their idle time), so that no other consumer claims them while a handler
- * still works on them. Under mu. */
-static void collect_stale_locked(rconsumer *c, rackv *h, int64_t now)
+int ew__rd_conn_error(redisContext *conn, ew_error *err)
 {
-    int64_t limit = now - c->rb->claim_idle_ms * 1000000 / 2;
-    while (c->head && c->head->since_ns < limit && h->n < 65536) {
-        rmsg *m = c->head;
-        if (rackv_push(h, m->stream, m->id)) break;
-        m->since_ns = now;
-        ew__rd_list_unlink(c, m);
-        ew__rd_list_append(c, m);
+    return ew_error_set(err, EW_EIO, "%s", conn->errstr[0] ? conn->errstr : "connection failed");
+}
+
+/* Takes one complete reply from what conn's reader holds; *r NULL when there is none yet. 0, or
+ * -1 when the stream is no RESP (the connection is unusable). */
+int ew__rd_take_reply(redisContext *conn, redisReply **r, ew_error *err)
+{
+    void *rep = NULL;
+    if (redisGetReplyFromReader(conn, &rep) != REDIS_OK) return ew__rd_conn_error(conn, err);
+    *r = rep;
+    return 0;
+}
+
+/* Is there something to read on conn now? */
+static bool readable(const redisContext *conn)
+{
+    struct pollfd p = {.fd = conn->fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Reads the answers owed on the acknowledging connection: all of them (block), or those that
+ * arrived. Once all are in, the batch they answer is done. 0, or -1: the connection failed. */
+int ew__rd_acks_take(rconsumer *c, bool block, ew_error *err)
+{
+    while (c->owed) {
+        redisReply *r = NULL;
+        if (ew__rd_take_reply(c->ack, &r, err)) return -1;
+        if (!r) {
+            if (!block && !readable(c->ack)) break;
+            if (ew__rd_conn_read(c->ack, !block)) return ew__rd_conn_error(c->ack, err);
+            continue;
+        }
+        if (r->type == REDIS_REPLY_ERROR && !ew__rd_reply_err_starts(r, "NOGROUP"))
+            ew__bus_log(c->rb->bus, EW_LOG_ERROR, "redis: acknowledging entries of group %s: %s",
+                        c->group, r->str);
+        freeReplyObject(r);
+        c->owed--;
     }
+    if (!c->owed) c->sent.n = 0;
+    return 0;
 }
 
-/* Sleeps ms on the acker's condition variable (mu held). */
-static void acker_sleep_locked(rconsumer *c, int ms)
+/* Sends what is waiting to be acknowledged, once the batch before it is answered. */
+int ew__rd_acks_flush(rconsumer *c, bool block, ew_error *err)
 {
-    struct timespec ts = ew__mono_deadline(ms);
-    while (pthread_cond_timedwait(&c->ack_cv, &c->mu, &ts) != ETIMEDOUT)
-        if (c->ack_stop) break;
-}
-
-/* Sends the acknowledgements the dispatcher's done() calls queue, as they come: while one batch
- * is on the wire the next one gathers, so batches grow with the load. Also refreshes entries
- * held long. Runs until close(), after the reader stopped, so that the drain is acknowledged. */
-void *ew__rd_acker_main(void *arg)
-{
-    rconsumer *c = arg;
-    redis_bus *rb = c->rb;
-    redisContext *conn = NULL;
-    int backoff = 0;
-    bool was_down = false;
-    rackv hb = {0};
+    if (c->owed && ew__rd_acks_take(c, block, err)) return -1;
+    if (c->owed || !c->unsent.n) return 0;
     ew_buf b;
     ew_buf_init(&b);
-    int64_t hb_period_ns = rb->claim_idle_ms * 1000000 / 4;
-    int64_t next_hb = ew_mono_ns() + hb_period_ns;
-    int64_t give_up = 0; /* once closing: when unsent acknowledgements are abandoned */
-    pthread_mutex_lock(&c->mu);
-    for (;;) {
-        if (!c->sending.n && !hb.n) {
-            while (!c->acks.n && !c->ack_stop && ew_mono_ns() < next_hb) {
-                c->ack_wait = true;
-                struct timespec ts = ew__mono_deadline((next_hb - ew_mono_ns()) / 1000000 + 1);
-                pthread_cond_timedwait(&c->ack_cv, &c->mu, &ts);
-            }
-            c->ack_wait = false;
-            if (c->ack_stop && !c->acks.n) break;
-        }
-        if (!c->sending.n) {
-            rackv t = c->sending;
-            c->sending = c->acks;
-            c->acks = t;
-            c->acks.n = 0;
-        }
-        int64_t now = ew_mono_ns();
-        if (c->ack_stop) {
-            hb.n = 0;
-            if (!give_up)
-                give_up = now + (int64_t)(rb->connect_ms < 1000 ? 1000 : rb->connect_ms) * 1000000;
-            if (now > give_up) {
-                ew__bus_log(rb->bus, EW_LOG_WARN,
-                            "redis: group %s: %zu acknowledgements not sent before close; those "
-                            "entries will be delivered again",
-                            c->group, c->sending.n + c->acks.n);
-                c->sending.n = c->acks.n = 0;
-                break;
-            }
-        } else if (now >= next_hb) {
-            collect_stale_locked(c, &hb, now);
-            next_hb = now + hb_period_ns;
-        }
-        ew_buf_reset(&b);
-        size_t ncmd = format_acks(c, &c->sending, &hb, &b);
-        pthread_mutex_unlock(&c->mu);
-
-        bool ok = ncmd == 0;
-        if (ncmd && !conn) {
-            ew_error e = {0};
-            if (!(conn = ew__rd_rconnect(rb, rb->io_ms, false, &e))) {
-                if (!was_down)
-                    ew__bus_log(rb->bus, EW_LOG_WARN,
-                                "redis: acknowledgements of group %s wait: %s; retrying", c->group,
-                                e.msg);
-                was_down = true;
-                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-            } else {
-                if (was_down)
-                    ew__bus_log(rb->bus, EW_LOG_INFO,
-                                "redis: acknowledgements of group %s flow again", c->group);
-                was_down = false;
-                backoff = 0;
-            }
-        }
-        if (ncmd && conn) {
-            redisReply *stack[32];
-            redisReply **r = ncmd <= 32 ? stack : malloc(ncmd * sizeof *r);
-            if (!r) {
-                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-            } else if (!ew__rd_rexchange(conn, &b, r, ncmd)) {
-                ew__bus_log(rb->bus, EW_LOG_WARN,
-                            "redis: acknowledgements of group %s: connection lost: %s", c->group,
-                            conn->errstr);
-                ew__rd_conn_free(conn);
-                conn = NULL;
-                was_down = true;
-                backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-            } else {
-                ok = true;
-                for (size_t i = 0; i < ncmd; i++)
-                    if (r[i]->type == REDIS_REPLY_ERROR &&
-                        !ew__rd_reply_err_starts(r[i], "NOGROUP"))
-                        ew__bus_log(rb->bus, EW_LOG_ERROR,
-                                    "redis: acknowledging entries of group %s: %s", c->group,
-                                    r[i]->str);
-            }
-            if (r) ew__rd_free_replies(r, ncmd);
-            if (r != stack) free(r);
-        }
-        pthread_mutex_lock(&c->mu);
-        if (ok) {
-            c->sending.n = 0;
-            hb.n = 0;
-        } else {
-            acker_sleep_locked(c, backoff ? backoff : BACKOFF_MIN_MS);
-        }
-    }
-    pthread_mutex_unlock(&c->mu);
-    if (conn) ew__rd_conn_free(conn);
-    free(hb.v);
+    size_t ncmd = put_per_stream(c, c->unsent.v, c->unsent.n, false, &b);
+    bool oom = b.oom; /* kept for the next flush */
+    int rc = oom ? 0 : ew__rd_rsend(c->ack, b.data, b.len);
     ew_buf_release(&b);
-    return NULL;
+    if (oom) return 0;
+    if (rc) return ew__rd_conn_error(c->ack, err);
+    rtoks t = c->sent;
+    c->sent = c->unsent;
+    c->unsent = t;
+    c->unsent.n = 0;
+    c->owed = ncmd;
+    return 0;
+}
+
+/* Queues toks[0..n) for XACK, sent by the next ew__rd_acks_flush(). They are kept until Redis
+ * answered: a connection lost before that sends them again on the next. */
+void ew__rd_acks_queue(rconsumer *c, const ew__ack_token *toks, size_t n)
+{
+    if (toks_push(&c->unsent, toks, n))
+        ew__bus_log(c->rb->bus, EW_LOG_ERROR,
+                    "redis: out of memory acknowledging %zu entries of group %s: they will be "
+                    "delivered again",
+                    n, c->group);
+}
+
+/* The acknowledging connection is gone: what it had sent unanswered waits for the next. */
+void ew__rd_acks_lost(rconsumer *c)
+{
+    if (c->sent.n) ew__rd_acks_queue(c, c->sent.v, c->sent.n);
+    c->sent.n = 0;
+    c->owed = 0;
+}
+
+/* Is tok acknowledged already, its answer not in yet? */
+bool ew__rd_acks_has(const rconsumer *c, const ew__ack_token *tok)
+{
+    for (int k = 0; k < 2; k++) {
+        const rtoks *t = k ? &c->sent : &c->unsent;
+        for (size_t i = 0; i < t->n; i++)
+            if (t->v[i].lane == tok->lane && t->v[i].a == tok->a && t->v[i].b == tok->b)
+                return true;
+    }
+    return false;
+}
+
+/* The entries the core took before older_than_ns and still holds: XCLAIM with min-idle 0 resets
+ * their idle time, so that no other consumer of the group takes them over from a live one while
+ * a handler still works on them. */
+int ew__rd_refresh(rconsumer *c, int64_t older_than_ns, ew_error *err)
+{
+    size_t n = ew__consumer_held(c->core, older_than_ns, c->held, c->held_cap);
+    if (n > c->held_cap) n = c->held_cap;
+    if (!n) return 0;
+    ew_buf b;
+    ew_buf_init(&b);
+    size_t ncmd = put_per_stream(c, c->held, n, true, &b);
+    bool oom = b.oom; /* not refreshed now: at the next turn */
+    int rc = oom ? 0 : ew__rd_rsend(c->ack, b.data, b.len);
+    ew_buf_release(&b);
+    if (rc) return ew__rd_conn_error(c->ack, err);
+    if (!oom) c->owed += ncmd;
+    return 0;
+}
+
+/* After the core closed: acknowledgements its connection could not send go out on the
+ * publishing connection; what still cannot is delivered again (and said). */
+void ew__rd_consumer_leftovers(rconsumer *c)
+{
+    redis_bus *rb = c->rb;
+    ew__rd_acks_lost(c);
+    if (!c->unsent.n) return;
+    ew_buf b;
+    ew_buf_init(&b);
+    size_t ncmd = put_per_stream(c, c->unsent.v, c->unsent.n, false, &b);
+    redisReply **r = calloc(ncmd ? ncmd : 1, sizeof *r);
+    size_t got = 0;
+    int rc = EW_ENOMEM;
+    pthread_mutex_lock(&rb->pub_mu);
+    if (r && !b.oom) rc = ew__rd_pub_exchange(rb, &b, r, ncmd, &got, NULL);
+    pthread_mutex_unlock(&rb->pub_mu);
+    if (r) ew__rd_free_replies(r, got);
+    free(r);
+    ew_buf_release(&b);
+    if (rc)
+        ew__bus_log(rb->bus, EW_LOG_WARN,
+                    "redis: group %s: %zu acknowledgements not sent before close; those entries "
+                    "will be delivered again",
+                    c->group, c->unsent.n);
+    c->unsent.n = 0;
 }
 
 #else

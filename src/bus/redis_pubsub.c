@@ -1,5 +1,6 @@
-/* eventwire — the Redis backend, the Pub/Sub consumer (REDIS_MODE=pubsub): PSUBSCRIBE per group,
- * fire and forget. */
+/* eventwire — the Redis backend, the Pub/Sub consumer (REDIS_MODE=pubsub): the transport of each
+ * group's consumer core (consumer.h), PSUBSCRIBE per group, fire and forget: nothing to settle,
+ * and what the core releases is lost. */
 #ifdef EW_HAVE_REDIS
 
 #include <errno.h>
@@ -49,22 +50,7 @@ char *ew__rd_pattern_glob(const redis_bus *rb, const char *pattern)
     return g;
 }
 
-typedef struct pmsg {
-    ew_delivery dl;
-    rconsumer *c;
-} pmsg;
-
-static void pmsg_done(ew_delivery *dl, ew_delivery_outcome outcome)
-{
-    pmsg *m = dl->token;
-    rconsumer *c = m->c;
-    pthread_mutex_lock(&c->mu);
-    c->inflight--;
-    ew__rd_room_freed(c);
-    pthread_mutex_unlock(&c->mu);
-    free(m);
-}
-
+/* One reply on the subscribing connection: a confirmation, or a message through the core. */
 static void pubsub_message(rconsumer *c, const redisReply *r)
 {
     redis_bus *rb = c->rb;
@@ -86,39 +72,15 @@ static void pubsub_message(rconsumer *c, const redisReply *r)
     const char *channel = r->element[2]->str;
     size_t pl = strlen(rb->prefix);
     const char *type = strlen(channel) > pl + 1 ? channel + pl + 1 : channel;
-    bool kept;
     char where[300];
     snprintf(where, sizeof where, "redis channel=%.256s", channel);
-    ew_event *ev =
-        ew__rd_receive(c, type, where, r->element[3]->str, r->element[3]->len, 0, NULL, &kept);
-    if (!ev) return;
-    pmsg *m = malloc(sizeof *m);
-    if (!m) {
-        ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: out of memory: event %s lost", ew_event_id(ev));
-        ew_event_unref(ev);
-        return;
-    }
-    *m = (pmsg){.c = c};
-    m->dl.event = ev;
-    m->dl.group = c->group;
-    m->dl.done = pmsg_done;
-    m->dl.token = m;
-    pthread_mutex_lock(&c->mu);
-    c->inflight++;
-    pthread_mutex_unlock(&c->mu);
-    ew_error e = {0};
-    if (ew__dispatch_deliver(rb->disp, &m->dl, &e)) {
-        ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: event %s lost: %s", ew_event_id(ev), e.msg);
-        pthread_mutex_lock(&c->mu);
-        c->inflight--;
-        pthread_mutex_unlock(&c->mu);
-        free(m);
-    }
-    ew_event_unref(ev);
+    /* nothing to settle: the token only orders the core's window */
+    ew__ack_token tok = {.a = ++c->seq};
+    ew__rd_receive(c, type, where, r->element[3]->str, r->element[3]->len, 0, NULL, tok);
 }
 
 /* Sends PSUBSCRIBE for the globs not yet sent on this connection. */
-static int pubsub_send_globs(rconsumer *c, redisContext *conn)
+static int pubsub_send_globs(rconsumer *c, ew_error *err)
 {
     ew_buf b;
     ew_buf_init(&b);
@@ -132,9 +94,10 @@ static int pubsub_send_globs(rconsumer *c, redisContext *conn)
     }
     pthread_mutex_unlock(&c->mu);
     int rc = 0;
-    if (to > from) {
-        rc = b.oom ? -1 : ew__rd_rsend(conn, b.data, b.len);
-        if (!rc) {
+    if (to > from && !b.oom) { /* out of memory: at the next fetch */
+        if (ew__rd_rsend(c->rd, b.data, b.len)) {
+            rc = ew__rd_conn_error(c->rd, err);
+        } else {
             pthread_mutex_lock(&c->mu);
             c->nglobs_sent = to;
             pthread_mutex_unlock(&c->mu);
@@ -144,54 +107,86 @@ static int pubsub_send_globs(rconsumer *c, redisContext *conn)
     return rc;
 }
 
-void *ew__rd_pubsub_reader_main(void *arg)
+/* Hands up to max of the replies the reader holds to pubsub_message. */
+static int pubsub_take(rconsumer *c, size_t max, size_t *got, ew_error *err)
 {
-    rconsumer *c = arg;
-    redis_bus *rb = c->rb;
-    redisContext *conn = NULL;
-    int backoff = 0;
-    bool was_down = false;
-    while (!ew__rd_stopping(c)) {
-        if (!conn) {
-            if (!(conn =
-                      ew__rd_consumer_connect(c, rb->io_ms, &backoff, &was_down, "the subscriber")))
-                continue;
-            pthread_mutex_lock(&c->mu);
-            c->nglobs_sent = c->nglobs_confirmed = 0;
-            pthread_mutex_unlock(&c->mu);
-        }
-        if (pubsub_send_globs(c, conn) || !ew__rd_wait_room(c)) goto drop;
-        struct pollfd pf[2] = {{.fd = conn->fd, .events = POLLIN},
-                               {.fd = c->efd, .events = POLLIN}};
-        int pr = poll(pf, 2, BLOCK_MS);
-        if (pr < 0 && errno != EINTR) goto drop;
-        if (pf[1].revents & POLLIN) {
-            uint64_t v;
-            if (read(c->efd, &v, sizeof v) < 0) { /* nothing to do */
-            }
-        }
-        if (pr > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-            if (ew__rd_conn_read(conn, true)) goto drop;
-            for (;;) {
-                void *r = NULL;
-                if (redisGetReplyFromReader(conn, &r) != REDIS_OK) goto drop;
-                if (!r) break;
-                pubsub_message(c, r);
-                freeReplyObject(r);
-            }
-        }
-        continue;
-    drop:
-        ew__rd_consumer_drop(c, &conn, &was_down, "the subscriber");
-        backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+    while (*got < max) {
+        redisReply *r = NULL;
+        if (ew__rd_take_reply(c->rd, &r, err)) return -1;
+        if (!r) break;
+        pubsub_message(c, r);
+        freeReplyObject(r);
+        (*got)++;
     }
-    ew__rd_consumer_drop(c, &conn, &was_down, "the subscriber");
-    pthread_mutex_lock(&c->mu);
-    c->exited = true;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    return NULL;
+    return 0;
 }
+
+/* ---- the Pub/Sub transport (consumer.h) ----------------------------------------------------- */
+
+static int ps_connect(void *t, ew_error *err)
+{
+    rconsumer *c = t;
+    ew_error e = {0};
+    if (!(c->rd = ew__rd_rconnect(c->rb, c->rb->io_ms, false, &e))) {
+        if (err) *err = e;
+        return e.code ? e.code : EW_ECONNECT;
+    }
+    pthread_mutex_lock(&c->mu);
+    c->nglobs_sent = c->nglobs_confirmed = 0;
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+/* fetch: (re)subscribes what is new, then takes what the reader holds, or waits for the socket,
+ * a new pattern (efd) or the core. */
+static int ps_fetch(void *t, size_t max, int wait_ms, ew_error *err)
+{
+    rconsumer *c = t;
+    size_t got = 0;
+    if (pubsub_send_globs(c, err) || pubsub_take(c, max, &got, err)) return -1;
+    if (got) return 0;
+    struct pollfd p[3] = {{.fd = ew__consumer_wake_fd(c->core), .events = POLLIN},
+                          {.fd = c->rd->fd, .events = POLLIN},
+                          {.fd = c->efd, .events = POLLIN}};
+    int pr = poll(p, 3, wait_ms);
+    if (pr < 0 && errno != EINTR) return ew_error_set(err, EW_EIO, "poll: %s", strerror(errno));
+    if (pr > 0 && p[2].revents) {
+        uint64_t v;
+        if (read(c->efd, &v, sizeof v) < 0) { /* drained already */
+        }
+    }
+    if (pr > 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+        if (ew__rd_conn_read(c->rd, true)) return ew__rd_conn_error(c->rd, err);
+        return pubsub_take(c, max, &got, err);
+    }
+    return 0;
+}
+
+/* Pub/Sub has nothing to acknowledge. */
+static int ps_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, ew_error *err)
+{
+    (void)t, (void)tok, (void)count, (void)upto, (void)err;
+    return 0;
+}
+
+static void ps_disconnect(void *t, bool closing)
+{
+    (void)closing;
+    rconsumer *c = t;
+    ew__rd_conn_free(c->rd);
+    c->rd = NULL;
+}
+
+const ew__consumer_ops ew__rd_pubsub_transport = {
+    .connect = ps_connect,
+    .fetch = ps_fetch,
+    .settle = ps_settle,
+    .disconnect = ps_disconnect,
+    .settle_one = true,
+    .backoff_min_ms = BACKOFF_MIN_MS,
+    .backoff_max_ms = BACKOFF_MAX_MS,
+    .idle_ms = BLOCK_MS,
+};
 
 /* Waits until every glob of c is confirmed by Redis, up to the connect time-out. */
 int ew__rd_pubsub_wait_confirmed(rconsumer *c, ew_error *err)

@@ -1,5 +1,7 @@
-/* eventwire — the Redis backend, the Streams consumer: XREADGROUP, our own pending entries,
- * XAUTOCLAIM, consumer groups created and recreated, and the reader thread. */
+/* eventwire — the Redis backend, the Streams consumer: the transport of each group's consumer
+ * core (consumer.h): XREADGROUP (its blocking read answered while the core settles on the other
+ * connection), our own pending entries read again after a reconnection, XAUTOCLAIM, consumer
+ * groups created and created again, trimming by age; the entry id is the ack token. */
 #ifdef EW_HAVE_REDIS
 
 #include <errno.h>
@@ -78,170 +80,6 @@ int ew__rd_trim_by_age(redis_bus *rb, redisContext *conn, const char *key)
     return 0;
 }
 
-/* ---- the streams consumer ---------------------------------------------------------------- */
-
-/* A batch of entries taken from one XREADGROUP / XAUTOCLAIM reply, ready to deliver. */
-typedef struct rbatch {
-    rmsg **v;
-    size_t n, cap;
-    size_t bytes; /* of the events in it */
-} rbatch;
-
-/* Turns one entry [id, [field, value, ...] | nil] of stream s into a delivery in batch, or
- * acknowledges it (deleted, or dead-lettered). skip_known: drop entries we already hold. */
-static void take_entry(rconsumer *c, uint32_t s, const redisReply *e, rbatch *batch,
-                       bool skip_known)
-{
-    redis_bus *rb = c->rb;
-    if (!ew__rd_reply_is(e, REDIS_REPLY_ARRAY) || e->elements < 2 ||
-        !ew__rd_reply_is(e->element[0], REDIS_REPLY_STRING) || e->element[0]->len >= ID_MAX) {
-        ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: unexpected entry shape in %s: skipped",
-                    c->streams[s].key);
-        return;
-    }
-    const char *id = e->element[0]->str;
-    const redisReply *f = e->element[1];
-    if (skip_known) {
-        pthread_mutex_lock(&c->mu);
-        bool known = ew__rd_known_locked(c, s, id);
-        pthread_mutex_unlock(&c->mu);
-        if (known) return;
-    }
-    if (!ew__rd_reply_is(f, REDIS_REPLY_ARRAY)) { /* deleted (trimmed) while pending */
-        pthread_mutex_lock(&c->mu);
-        ew__rd_ack_push_locked(c, s, id);
-        pthread_mutex_unlock(&c->mu);
-        return;
-    }
-    const redisReply *val = NULL;
-    for (size_t i = 0; i + 1 < f->elements; i += 2)
-        if (f->element[i]->type == REDIS_REPLY_STRING && f->element[i]->len == 5 &&
-            memcmp(f->element[i]->str, "event", 5) == 0) {
-            val = f->element[i + 1];
-            break;
-        }
-    bool kept = false;
-    ew_event *ev = NULL;
-    char where[ID_MAX + 300];
-    snprintf(where, sizeof where, "redis stream=%.256s entry=%s", c->streams[s].key, id);
-    if (!val || val->type != REDIS_REPLY_STRING) {
-        const redisReply *first = f->elements >= 2 ? f->element[1] : NULL;
-        const char *p = first && first->type == REDIS_REPLY_STRING ? first->str : "";
-        size_t pl = first && first->type == REDIS_REPLY_STRING ? first->len : 0;
-        char msg[200];
-        snprintf(msg, sizeof msg, "stream entry %s of %s has no 'event' field", id,
-                 c->streams[s].key);
-        ev = ew__rd_receive(c, c->streams[s].type, where, p, pl, EW_EMISSING, msg, &kept);
-    } else {
-        ev = ew__rd_receive(c, c->streams[s].type, where, val->str, val->len, 0, NULL, &kept);
-        batch->bytes += val->len;
-    }
-    if (!ev) {
-        /* dead-lettered: acknowledged; or the bus stopped while the sink refused it: left
-         * pending, for this group's next reader */
-        if (kept) {
-            pthread_mutex_lock(&c->mu);
-            ew__rd_ack_push_locked(c, s, id);
-            pthread_mutex_unlock(&c->mu);
-        }
-        return;
-    }
-    rmsg *m = malloc(sizeof *m);
-    if (!m || (batch->n == batch->cap &&
-               !(batch->v = realloc(batch->v, (batch->cap = batch->cap ? batch->cap * 2 : 256) *
-                                                  sizeof *batch->v)))) {
-        free(m);
-        ew_event_unref(ev);
-        ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: out of memory: %s left pending", id);
-        return;
-    }
-    *m = (rmsg){.c = c, .stream = s};
-    memcpy(m->id, id, e->element[0]->len + 1);
-    m->dl.event = ev;
-    m->dl.group = c->group;
-    m->dl.done = ew__rd_msg_done;
-    m->dl.token = m;
-    batch->v[batch->n++] = m;
-}
-
-/* Hands a batch to the dispatcher, in order. Every entry counts as in flight first (done() may
- * run before ew__dispatch_deliver() returns). */
-static void deliver_batch(rconsumer *c, rbatch *batch)
-{
-    if (!batch->n) return;
-    int64_t now = ew_mono_ns();
-    pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < batch->n; i++) {
-        batch->v[i]->since_ns = now;
-        ew__rd_list_append(c, batch->v[i]);
-    }
-    c->inflight += batch->n;
-    pthread_mutex_unlock(&c->mu);
-    ew_dispatcher *d = c->rb->disp;
-    for (size_t i = 0; i < batch->n; i++) {
-        rmsg *m = batch->v[i];
-        const ew_event *ev = m->dl.event;
-        ew_error e = {0};
-        if (ew__dispatch_deliver(d, &m->dl, &e)) {
-            /* done() will never be called: the entry stays pending and is claimed again */
-            ew__bus_log(c->rb->bus, EW_LOG_ERROR,
-                        "redis: entry %s of %s (event %s) not handed to the handlers: %s; left "
-                        "pending",
-                        m->id, c->streams[m->stream].key, ew_event_id(ev), e.msg);
-            pthread_mutex_lock(&c->mu);
-            ew__rd_list_unlink(c, m);
-            c->inflight--;
-            pthread_mutex_unlock(&c->mu);
-            free(m);
-        }
-        ew_event_unref(ev);
-    }
-    batch->n = 0;
-}
-
-static uint32_t stream_index(rconsumer *c, const redisReply *key, const uint32_t *sel, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        const rstream *s = &c->streams[sel[i]];
-        if (key->len == s->key_len && memcmp(key->str, s->key, key->len) == 0) return sel[i];
-    }
-    return UINT32_MAX;
-}
-
-/* Reads one XREADGROUP reply ([[key, [entry...]], ...] or nil) into batch. Stores the last id
- * per stream and whether the stream gave a full page in last/full when given. */
-static void take_read_reply(rconsumer *c, const redisReply *r, const uint32_t *sel, size_t nsel,
-                            rbatch *batch, bool skip_known, char (*last)[ID_MAX], bool *full,
-                            size_t page)
-{
-    if (!ew__rd_reply_is(r, REDIS_REPLY_ARRAY)) return;
-    for (size_t i = 0; i < r->elements; i++) {
-        const redisReply *sr = r->element[i];
-        if (!ew__rd_reply_is(sr, REDIS_REPLY_ARRAY) || sr->elements != 2 ||
-            !ew__rd_reply_is(sr->element[0], REDIS_REPLY_STRING) ||
-            !ew__rd_reply_is(sr->element[1], REDIS_REPLY_ARRAY))
-            continue;
-        uint32_t s = stream_index(c, sr->element[0], sel, nsel);
-        if (s == UINT32_MAX) continue;
-        const redisReply *entries = sr->element[1];
-        for (size_t j = 0; j < entries->elements; j++)
-            take_entry(c, s, entries->element[j], batch, skip_known);
-        if (last) {
-            size_t k = 0;
-            while (k < nsel && sel[k] != s)
-                k++;
-            if (k < nsel && entries->elements) {
-                const redisReply *le = entries->element[entries->elements - 1];
-                if (ew__rd_reply_is(le, REDIS_REPLY_ARRAY) && le->elements >= 1 &&
-                    ew__rd_reply_is(le->element[0], REDIS_REPLY_STRING) &&
-                    le->element[0]->len < ID_MAX)
-                    memcpy(last[k], le->element[0]->str, le->element[0]->len + 1);
-            }
-            if (k < nsel) full[k] = entries->elements >= page;
-        }
-    }
-}
-
 /* Creates the group on streams[from..to) of c (XGROUP CREATE key group ID MKSTREAM), pipelined;
  * an existing group is left as it is. */
 int ew__rd_create_groups(redis_bus *rb, redisContext *conn, rconsumer *c, rstream *const *ss,
@@ -295,95 +133,198 @@ static int recreate_groups(rconsumer *c, redisContext *conn)
     return rc;
 }
 
-/* Re-reads this consumer's own pending entries (XREADGROUP ... 0): what the broker handed us
- * on a connection that failed before we received it. Entries we hold are skipped. */
-static int read_own_pending(rconsumer *c, redisContext *conn, rbatch *batch)
+/* ---- the streams transport (consumer.h) ---------------------------------------------------- */
+
+enum { READ_NONE, READ_ENTRIES, READ_WAKE };
+
+/* Entries held long are refreshed every REDIS_CLAIM_IDLE_MS / 4, once half that old: their idle
+ * time in Redis stays under three quarters of it. */
+static int64_t refresh_period_ns(const redis_bus *rb)
 {
-    uint32_t sel[MAX_STREAMS];
-    char last[MAX_STREAMS][ID_MAX];
-    bool full[MAX_STREAMS];
+    return rb->claim_idle_ms * 1000000 / 4;
+}
+
+/* Is tok ours already: held by the core (held[0..nheld), a snapshot), or acknowledged and not
+ * yet answered? */
+static bool known(const rconsumer *c, const ew__ack_token *tok, size_t nheld)
+{
+    for (size_t i = 0; i < nheld; i++)
+        if (c->held[i].lane == tok->lane && c->held[i].a == tok->a && c->held[i].b == tok->b)
+            return true;
+    return ew__rd_acks_has(c, tok);
+}
+
+/* The entries [[id, [field, value, ...] | nil], ...] of stream s, each through the core, in
+ * order; skip_known: not those we hold. Returns how many were handed to the core; *last: the id
+ * of the last entry (when given); *bytes grows by the events' sizes. */
+static size_t take_entries(rconsumer *c, uint32_t s, const redisReply *entries, bool skip_known,
+                           char *last, size_t *bytes)
+{
+    redis_bus *rb = c->rb;
+    size_t got = 0, nheld = 0;
+    if (skip_known && entries->elements) {
+        nheld = ew__consumer_held(c->core, INT64_MAX, c->held, c->held_cap);
+        if (nheld > c->held_cap) nheld = c->held_cap;
+    }
+    for (size_t j = 0; j < entries->elements; j++) {
+        const redisReply *e = entries->element[j];
+        ew__ack_token tok;
+        if (!ew__rd_reply_is(e, REDIS_REPLY_ARRAY) || e->elements < 2 ||
+            !ew__rd_reply_is(e->element[0], REDIS_REPLY_STRING) || e->element[0]->len >= ID_MAX ||
+            !ew__rd_token_parse(e->element[0]->str, e->element[0]->len, s, &tok)) {
+            ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: unexpected entry shape in %s: skipped",
+                        c->streams[s].key);
+            continue;
+        }
+        const char *id = e->element[0]->str;
+        if (last) memcpy(last, id, e->element[0]->len + 1);
+        if (skip_known && known(c, &tok, nheld)) continue;
+        const redisReply *f = e->element[1];
+        if (!ew__rd_reply_is(f, REDIS_REPLY_ARRAY)) { /* deleted (trimmed) while pending */
+            ew__rd_acks_queue(c, &tok, 1);
+            continue;
+        }
+        const redisReply *val = NULL;
+        for (size_t i = 0; i + 1 < f->elements; i += 2)
+            if (f->element[i]->type == REDIS_REPLY_STRING && f->element[i]->len == 5 &&
+                memcmp(f->element[i]->str, "event", 5) == 0) {
+                val = f->element[i + 1];
+                break;
+            }
+        char where[ID_MAX + 300];
+        snprintf(where, sizeof where, "redis stream=%.256s entry=%s", c->streams[s].key, id);
+        if (!val || val->type != REDIS_REPLY_STRING) {
+            const redisReply *first = f->elements >= 2 ? f->element[1] : NULL;
+            bool str = first && first->type == REDIS_REPLY_STRING;
+            char msg[200];
+            snprintf(msg, sizeof msg, "stream entry %s of %s has no 'event' field", id,
+                     c->streams[s].key);
+            ew__rd_receive(c, c->streams[s].type, where, str ? first->str : "",
+                           str ? first->len : 0, EW_EMISSING, msg, tok);
+        } else {
+            ew__rd_receive(c, c->streams[s].type, where, val->str, val->len, 0, NULL, tok);
+            *bytes += val->len;
+        }
+        got++;
+    }
+    return got;
+}
+
+static uint32_t stream_index(const rconsumer *c, const redisReply *key)
+{
+    for (size_t i = 0; i < c->nrsel; i++) {
+        const rstream *s = &c->streams[c->rsel[i]];
+        if (key->len == s->key_len && memcmp(key->str, s->key, key->len) == 0) return c->rsel[i];
+    }
+    return UINT32_MAX;
+}
+
+/* An XREADGROUP answer for the streams of rsel: [[key, [entry...]], ...] or nil. */
+static size_t take_read_reply(rconsumer *c, const redisReply *r)
+{
+    size_t got = 0, bytes = 0;
+    if (!ew__rd_reply_is(r, REDIS_REPLY_ARRAY)) return 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *sr = r->element[i];
+        if (!ew__rd_reply_is(sr, REDIS_REPLY_ARRAY) || sr->elements != 2 ||
+            !ew__rd_reply_is(sr->element[0], REDIS_REPLY_STRING) ||
+            !ew__rd_reply_is(sr->element[1], REDIS_REPLY_ARRAY))
+            continue;
+        uint32_t s = stream_index(c, sr->element[0]);
+        if (s != UINT32_MAX) got += take_entries(c, s, sr->element[1], false, NULL, &bytes);
+    }
+    if (got) c->entry_bytes = (c->entry_bytes + bytes / got) / 2 + 1;
+    return got;
+}
+
+static size_t stream_count(rconsumer *c)
+{
     pthread_mutex_lock(&c->mu);
     size_t n = c->nstreams;
     pthread_mutex_unlock(&c->mu);
-    for (size_t i = 0; i < n; i++) {
-        sel[i] = (uint32_t)i;
-        strcpy(last[i], "0");
-    }
-    char count[16];
-    snprintf(count, sizeof count, "%d", PENDING_PAGE);
-    while (n > 0) {
-        const char *argv[6 + 2 * MAX_STREAMS];
-        int argc = 0;
-        argv[argc++] = "XREADGROUP";
-        argv[argc++] = "GROUP";
-        argv[argc++] = c->group;
-        argv[argc++] = c->name;
-        argv[argc++] = "COUNT";
-        argv[argc++] = count;
-        argv[argc++] = "STREAMS";
-        for (size_t i = 0; i < n; i++)
-            argv[argc++] = c->streams[sel[i]].key;
-        for (size_t i = 0; i < n; i++)
-            argv[argc++] = last[i];
-        redisReply *r = ew__rd_rcmd(conn, argc, argv);
-        if (!r) return -1;
+    return n;
+}
+
+/* An answer with an error: the group vanished (made again), a read cut short at stop, or a
+ * refusal (logged; no read for a while). 0, or -1: the connection failed. */
+static int read_refused(rconsumer *c, const redisReply *r, const char *what)
+{
+    if (ew__rd_reply_err_starts(r, "NOGROUP")) return recreate_groups(c, c->rd) ? -1 : 0;
+    if (ew__rd_reply_err_starts(r, "UNBLOCKED")) return 0;
+    ew__bus_log(c->rb->bus, EW_LOG_ERROR, "redis: %s for group %s: %s", what, c->group, r->str);
+    c->pause_until = ew_mono_ns() + (int64_t)BACKOFF_MAX_MS * 1000000;
+    return 0;
+}
+
+/* Re-reads this consumer's own pending entries (XREADGROUP ... 0), a page of one stream a
+ * call: what the broker handed us on a connection that failed before we received it. Entries
+ * the core holds are skipped. */
+static int read_own_pending(rconsumer *c, size_t max, size_t *got, ew_error *err)
+{
+    size_t n = stream_count(c), want = max < PENDING_PAGE ? max : (size_t)PENDING_PAGE;
+    char count[24];
+    snprintf(count, sizeof count, "%zu", want);
+    while (c->pend_stream < n && !*got) {
+        rstream *st = &c->streams[c->pend_stream];
+        const char *argv[] = {"XREADGROUP", "GROUP",   c->group, c->name,     "COUNT",
+                              count,        "STREAMS", st->key,  c->pend_last};
+        redisReply *r = ew__rd_rcmd(c->rd, 9, argv);
+        if (!r) return ew__rd_conn_error(c->rd, err);
         if (r->type == REDIS_REPLY_ERROR) {
-            bool nogroup = ew__rd_reply_err_starts(r, "NOGROUP");
-            if (!nogroup)
-                ew__bus_log(c->rb->bus, EW_LOG_ERROR, "redis: reading pending entries of %s: %s",
-                            c->group, r->str);
+            int rc = read_refused(c, r, "reading pending entries");
             freeReplyObject(r);
-            return nogroup ? recreate_groups(c, conn) : 0;
+            if (rc) return ew__rd_conn_error(c->rd, err);
+            c->pend_stream = (uint32_t)n; /* the rest: by XAUTOCLAIM, in time */
+            break;
         }
-        for (size_t i = 0; i < n; i++)
-            full[i] = false;
-        take_read_reply(c, r, sel, n, batch, true, last, full, PENDING_PAGE);
+        size_t page = 0, bytes = 0;
+        if (ew__rd_reply_is(r, REDIS_REPLY_ARRAY) && r->elements == 1 &&
+            ew__rd_reply_is(r->element[0], REDIS_REPLY_ARRAY) && r->element[0]->elements == 2 &&
+            ew__rd_reply_is(r->element[0]->element[1], REDIS_REPLY_ARRAY)) {
+            const redisReply *entries = r->element[0]->element[1];
+            page = entries->elements;
+            *got = take_entries(c, c->pend_stream, entries, true, c->pend_last, &bytes);
+        }
         freeReplyObject(r);
-        if (batch->n)
+        if (page < want) {
+            c->pend_stream++;
+            strcpy(c->pend_last, "0");
+        }
+    }
+    c->pend_count += *got;
+    if (c->pend_stream >= n) {
+        c->need_pending = false;
+        if (c->pend_count)
             ew__bus_log(c->rb->bus, EW_LOG_INFO,
                         "redis: group %s: %zu entries the broker gave us before the connection "
-                        "failed are delivered now",
-                        c->group, batch->n);
-        deliver_batch(c, batch);
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++)
-            if (full[i]) {
-                sel[k] = sel[i];
-                memmove(last[k], last[i], ID_MAX);
-                k++;
-            }
-        n = k;
+                        "failed are delivered again",
+                        c->group, c->pend_count);
     }
     return 0;
 }
 
 /* Takes over entries that other (dead) consumers of the group left pending longer than
- * REDIS_CLAIM_IDLE_MS. */
-static int autoclaim(rconsumer *c, redisContext *conn, rbatch *batch, size_t avail)
+ * REDIS_CLAIM_IDLE_MS, at most max. */
+static int autoclaim(rconsumer *c, size_t max, size_t *got, ew_error *err)
 {
     redis_bus *rb = c->rb;
-    pthread_mutex_lock(&c->mu);
-    size_t n = c->nstreams;
-    pthread_mutex_unlock(&c->mu);
-    char idle[24], count[16];
+    size_t n = stream_count(c);
+    char idle[24], count[24];
     snprintf(idle, sizeof idle, "%" PRId64, rb->claim_idle_ms);
-    for (size_t s = 0; s < n && avail > 0; s++) {
+    for (size_t s = 0; s < n && *got < max; s++) {
         rstream *st = &c->streams[s];
-        size_t claimed = 0;
-        for (int page = 0; page < 16 && avail > 0; page++) {
-            size_t want = avail < CLAIM_PAGE ? avail : (size_t)CLAIM_PAGE;
+        size_t claimed = 0, bytes = 0;
+        for (int page = 0; page < 16 && *got < max; page++) {
+            size_t want = max - *got < CLAIM_PAGE ? max - *got : (size_t)CLAIM_PAGE;
             snprintf(count, sizeof count, "%zu", want);
             const char *argv[] = {"XAUTOCLAIM", st->key,    c->group, c->name,
                                   idle,         st->cursor, "COUNT",  count};
-            redisReply *r = ew__rd_rcmd(conn, 8, argv);
-            if (!r) return -1;
+            redisReply *r = ew__rd_rcmd(c->rd, 8, argv);
+            if (!r) return ew__rd_conn_error(c->rd, err);
             if (r->type == REDIS_REPLY_ERROR) {
-                bool nogroup = ew__rd_reply_err_starts(r, "NOGROUP");
-                if (!nogroup)
-                    ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: XAUTOCLAIM %s %s: %s", st->key,
-                                c->group, r->str);
+                int rc = read_refused(c, r, "XAUTOCLAIM");
                 freeReplyObject(r);
-                if (nogroup && recreate_groups(c, conn)) return -1;
+                if (rc) return ew__rd_conn_error(c->rd, err);
                 break;
             }
             bool more = false;
@@ -391,12 +332,9 @@ static int autoclaim(rconsumer *c, redisContext *conn, rbatch *batch, size_t ava
                 ew__rd_reply_is(r->element[0], REDIS_REPLY_STRING) && r->element[0]->len < ID_MAX &&
                 ew__rd_reply_is(r->element[1], REDIS_REPLY_ARRAY)) {
                 memcpy(st->cursor, r->element[0]->str, r->element[0]->len + 1);
-                const redisReply *entries = r->element[1];
-                for (size_t j = 0; j < entries->elements; j++)
-                    take_entry(c, (uint32_t)s, entries->element[j], batch, true);
-                claimed += batch->n;
-                avail = batch->n < avail ? avail - batch->n : 0;
-                deliver_batch(c, batch);
+                size_t g = take_entries(c, (uint32_t)s, r->element[1], true, NULL, &bytes);
+                claimed += g;
+                *got += g;
                 more = strcmp(st->cursor, "0-0") != 0;
             }
             freeReplyObject(r);
@@ -411,14 +349,33 @@ static int autoclaim(rconsumer *c, redisContext *conn, rbatch *batch, size_t ava
     return 0;
 }
 
-/* One XREADGROUP for new entries of the streams sel[0..nsel), COUNT each; BLOCK when block_ms
- * > 0. Returns -1 when the connection failed, else 0 and *got = the entries delivered. */
-static int read_group(rconsumer *c, redisContext *conn, rbatch *batch, const uint32_t *sel,
-                      size_t nsel, size_t count, int block_ms, size_t *got)
+/* Sends a blocking read on rd, answered in a later fetch (wait_read). */
+static int send_read(rconsumer *c, const char *const *argv, int argc, int kind, ew_error *err)
 {
+    ew_buf b;
+    ew_buf_init(&b);
+    ew__rd_put_cmd(&b, argc, argv);
+    int rc = b.oom ? 0 : ew__rd_rsend(c->rd, b.data, b.len);
+    bool oom = b.oom;
+    ew_buf_release(&b);
+    if (oom) return 0; /* nothing sent: tried again at the next fetch */
+    if (rc) return ew__rd_conn_error(c->rd, err);
+    c->reading = kind;
+    c->read_deadline = ew_mono_ns() + (int64_t)(BLOCK_MS + c->rb->io_ms) * 1000000;
+    return 0;
+}
+
+/* Reads new entries, at most max. With room for all streams: one XREADGROUP ... COUNT n BLOCK
+ * for all of them (replies within about READ_BYTES), answered later. COUNT is per stream, so with
+ * room for fewer entries than there are streams, the streams are read max at a time without
+ * blocking, in turn, and when none has anything a plain XREAD ... BLOCK (which takes nothing)
+ * waits for the next XADD on any of them, so that the bound holds. */
+static int start_read(rconsumer *c, size_t max, size_t *got, ew_error *err)
+{
+    size_t n = stream_count(c);
+    if (n == 0) return 0;
     char counts[24], block[16];
-    snprintf(counts, sizeof counts, "%zu", count);
-    snprintf(block, sizeof block, "%d", block_ms);
+    snprintf(block, sizeof block, "%d", BLOCK_MS);
     const char *argv[10 + 2 * MAX_STREAMS];
     int argc = 0;
     argv[argc++] = "XREADGROUP";
@@ -427,77 +384,44 @@ static int read_group(rconsumer *c, redisContext *conn, rbatch *batch, const uin
     argv[argc++] = c->name;
     argv[argc++] = "COUNT";
     argv[argc++] = counts;
-    if (block_ms > 0) {
+    if (max >= n) {
+        size_t count = max / n, fit = READ_BYTES / n / (c->entry_bytes ? c->entry_bytes : 1);
+        snprintf(counts, sizeof counts, "%zu", count < fit ? count : fit ? fit : 1);
         argv[argc++] = "BLOCK";
         argv[argc++] = block;
-    }
-    argv[argc++] = "STREAMS";
-    for (size_t i = 0; i < nsel; i++)
-        argv[argc++] = c->streams[sel[i]].key;
-    for (size_t i = 0; i < nsel; i++)
-        argv[argc++] = ">";
-    *got = 0;
-    redisReply *r = ew__rd_rcmd(conn, argc, argv);
-    if (!r) return -1;
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (ew__rd_reply_err_starts(r, "NOGROUP")) {
-            rc = recreate_groups(c, conn);
-        } else if (!ew__rd_reply_err_starts(r, "UNBLOCKED")) {
-            ew__bus_log(c->rb->bus, EW_LOG_ERROR, "redis: XREADGROUP for group %s: %s", c->group,
-                        r->str);
-            ew__rd_wait_stop(c, BACKOFF_MAX_MS);
+        argv[argc++] = "STREAMS";
+        c->nrsel = n;
+        for (size_t i = 0; i < n; i++) {
+            c->rsel[i] = (uint32_t)i;
+            argv[argc++] = c->streams[i].key;
         }
-    } else {
-        batch->bytes = 0;
-        take_read_reply(c, r, sel, nsel, batch, false, NULL, NULL, 0);
-        if (batch->n) c->entry_bytes = (c->entry_bytes + batch->bytes / batch->n) / 2 + 1;
-    }
-    freeReplyObject(r);
-    *got = batch->n;
-    deliver_batch(c, batch);
-    return rc;
-}
-
-/* Reads new entries, at most avail of them in all. COUNT is per stream, so with room for fewer
- * entries than there are streams, the streams are read `avail` at a time without blocking,
- * in turn, and when none has anything the reader waits for the next XADD on any of them with a
- * plain XREAD (which takes nothing), so that the bound holds. */
-static int read_new(rconsumer *c, redisContext *conn, rbatch *batch, size_t avail, size_t *rot)
-{
-    pthread_mutex_lock(&c->mu);
-    size_t n = c->nstreams;
-    if (n == 0) {
-        struct timespec ts = ew__mono_deadline(BLOCK_MS);
-        if (!c->stop) pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-        pthread_mutex_unlock(&c->mu);
-        return 0;
-    }
-    pthread_mutex_unlock(&c->mu);
-    uint32_t sel[MAX_STREAMS];
-    size_t got = 0;
-    if (avail >= n) {
         for (size_t i = 0; i < n; i++)
-            sel[i] = (uint32_t)i;
-        /* large events: keep one reply within READ_BYTES */
-        size_t count = avail / n, fit = READ_BYTES / n / (c->entry_bytes ? c->entry_bytes : 1);
-        return read_group(c, conn, batch, sel, n,
-                          count < fit ? count
-                          : fit       ? fit
-                                      : 1,
-                          BLOCK_MS, &got);
+            argv[argc++] = ">";
+        return send_read(c, argv, argc, READ_ENTRIES, err);
     }
-    for (size_t tried = 0; tried < n; tried += avail) {
-        for (size_t i = 0; i < avail; i++)
-            sel[i] = (uint32_t)((*rot + i) % n);
-        *rot = (*rot + avail) % n;
-        if (read_group(c, conn, batch, sel, avail, 1, 0, &got)) return -1;
-        if (got) return 0;
+    snprintf(counts, sizeof counts, "1");
+    argv[argc++] = "STREAMS";
+    int fixed = argc;
+    for (size_t tried = 0; tried < n; tried += max) {
+        argc = fixed;
+        c->nrsel = max;
+        for (size_t i = 0; i < max; i++) {
+            c->rsel[i] = (uint32_t)((c->rot + i) % n);
+            argv[argc++] = c->streams[c->rsel[i]].key;
+        }
+        for (size_t i = 0; i < max; i++)
+            argv[argc++] = ">";
+        c->rot = (c->rot + max) % n;
+        redisReply *r = ew__rd_rcmd(c->rd, argc, argv);
+        if (!r) return ew__rd_conn_error(c->rd, err);
+        bool refused = r->type == REDIS_REPLY_ERROR;
+        int rc = refused ? read_refused(c, r, "XREADGROUP") : 0;
+        if (!refused) *got = take_read_reply(c, r);
+        freeReplyObject(r);
+        if (rc) return ew__rd_conn_error(c->rd, err);
+        if (*got || refused) return 0;
     }
-    char block[16];
-    snprintf(block, sizeof block, "%d", BLOCK_MS);
-    const char *argv[6 + 2 * MAX_STREAMS];
-    int argc = 0;
+    argc = 0;
     argv[argc++] = "XREAD";
     argv[argc++] = "COUNT";
     argv[argc++] = "1";
@@ -508,76 +432,179 @@ static int read_new(rconsumer *c, redisContext *conn, rbatch *batch, size_t avai
         argv[argc++] = c->streams[i].key;
     for (size_t i = 0; i < n; i++)
         argv[argc++] = "$";
-    redisReply *r = ew__rd_rcmd(conn, argc, argv);
-    if (!r) return -1;
-    freeReplyObject(r);
+    return send_read(c, argv, argc, READ_WAKE, err);
+}
+
+/* Waits up to wait_ms for the answer of the read out on rd, the answers owed on ack, or the core's
+ * wake-up; takes what came. */
+static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
+{
+    int64_t end = ew_mono_ns() + (int64_t)wait_ms * 1000000;
+    for (;;) {
+        if (c->reading) {
+            redisReply *r;
+            if (ew__rd_take_reply(c->rd, &r, err)) return -1;
+            if (r) {
+                int kind = c->reading, rc = 0;
+                c->reading = READ_NONE;
+                if (r->type == REDIS_REPLY_ERROR)
+                    rc = read_refused(c, r, kind == READ_WAKE ? "XREAD" : "XREADGROUP");
+                else if (kind == READ_ENTRIES)
+                    take_read_reply(c, r);
+                freeReplyObject(r);
+                return rc ? ew__rd_conn_error(c->rd, err) : 0;
+            }
+        }
+        if (c->owed && ew__rd_acks_take(c, false, err)) return -1;
+        int64_t now = ew_mono_ns(), until = end;
+        if (c->reading && c->read_deadline < until) until = c->read_deadline;
+        if (c->reading && now >= c->read_deadline)
+            return ew_error_set(err, EW_EIO, "no answer in time (read timed out)");
+        if (now >= until) return 0;
+        struct pollfd p[3] = {{.fd = ew__consumer_wake_fd(c->core), .events = POLLIN},
+                              {.fd = c->reading ? c->rd->fd : -1, .events = POLLIN},
+                              {.fd = c->owed ? c->ack->fd : -1, .events = POLLIN}};
+        int pr = poll(p, 3, (int)((until - now) / 1000000) + 1);
+        if (pr < 0 && errno != EINTR) return ew_error_set(err, EW_EIO, "poll: %s", strerror(errno));
+        if (pr <= 0) continue;
+        if (p[0].revents) return 0; /* the core has work: settle, stop */
+        if (p[1].revents && ew__rd_conn_read(c->rd, true)) return ew__rd_conn_error(c->rd, err);
+    }
+}
+
+static int st_fetch(void *t, size_t max, int wait_ms, ew_error *err)
+{
+    rconsumer *c = t;
+    redis_bus *rb = c->rb;
+    if (c->owed && ew__rd_acks_take(c, false, err)) return -1;
+    int64_t now = ew_mono_ns();
+    size_t got = 0;
+    int rc = 0;
+    if (!c->reading && !c->cancelled) {
+        if (c->need_pending) rc = read_own_pending(c, max, &got, err);
+        if (!rc && !got && now >= c->next_claim) {
+            int64_t period = rb->claim_idle_ms / 4 < 100    ? 100
+                             : rb->claim_idle_ms / 4 > 5000 ? 5000
+                                                            : rb->claim_idle_ms / 4;
+            c->next_claim = now + period * 1000000;
+            rc = autoclaim(c, max, &got, err);
+        }
+        if (!rc && !got && rb->max_age_ms > 0 && now >= c->next_trim) {
+            size_t n = stream_count(c);
+            for (size_t i = 0; !rc && i < n; i++)
+                if (ew__rd_trim_by_age(rb, c->rd, c->streams[i].key))
+                    rc = ew__rd_conn_error(c->rd, err);
+            c->next_trim = now + rb->trim_every_ms * 1000000;
+        }
+        if (!rc && !got && now >= c->pause_until) rc = start_read(c, max, &got, err);
+        if (rc) return rc;
+    }
+    if (now >= c->next_refresh) {
+        c->next_refresh = now + refresh_period_ns(rb);
+        if (ew__rd_refresh(c, now - 2 * refresh_period_ns(rb), err)) return -1;
+    }
+    if (c->unsent.n && ew__rd_acks_flush(c, false, err)) return -1;
+    return got ? 0 : wait_read(c, wait_ms, err);
+}
+
+/* settle_each: XACK, one batch on the wire at a time. */
+static int st_settle_each(void *t, const ew__ack_token *toks, size_t n, ew_error *err)
+{
+    rconsumer *c = t;
+    ew__rd_acks_queue(c, toks, n);
+    return ew__rd_acks_flush(c, true, err);
+}
+
+/* Unused (settle_each is set), but the core's contract has it. */
+static int st_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, ew_error *err)
+{
+    (void)count, (void)upto;
+    return st_settle_each(t, tok, 1, err);
+}
+
+/* stop_fetching: no new read, and the one blocked in Redis is cut short (CLIENT UNBLOCK from the
+ * other connection); what it still brings is released by the core and stays pending. */
+static int st_stop_fetching(void *t, ew_error *err)
+{
+    rconsumer *c = t;
+    c->cancelled = true;
+    if (!c->reading || !c->client_id) return 0;
+    if (c->owed && ew__rd_acks_take(c, true, err)) return -1;
+    char id[24];
+    snprintf(id, sizeof id, "%lld", c->client_id);
+    const char *argv[] = {"CLIENT", "UNBLOCK", id};
+    redisReply *r = ew__rd_rcmd(c->ack, 3, argv);
+    if (!r) return ew__rd_conn_error(c->ack, err);
+    freeReplyObject(r); /* refused (an ACL without it): the read ends by itself within BLOCK_MS */
     return 0;
 }
 
-void *ew__rd_stream_reader_main(void *arg)
+/* connect: the reading connection and the acknowledging one; what could not be acknowledged on
+ * the last goes out first; our own pending entries are read again (need_pending). */
+static int st_connect(void *t, ew_error *err)
 {
-    rconsumer *c = arg;
+    rconsumer *c = t;
     redis_bus *rb = c->rb;
-    redisContext *conn = NULL;
-    int backoff = 0;
-    bool was_down = false, need_pending = true;
-    rbatch batch = {0};
-    size_t rot = 0;
-    int64_t claim_period_ns = (rb->claim_idle_ms / 4 < 100    ? 100
-                               : rb->claim_idle_ms / 4 > 5000 ? 5000
-                                                              : rb->claim_idle_ms / 4) *
-                              1000000;
-    int64_t next_claim = 0, next_trim = 0;
-    while (!ew__rd_stopping(c)) {
-        if (!conn) {
-            if (!(conn = ew__rd_consumer_connect(c, BLOCK_MS + rb->io_ms, &backoff, &was_down,
-                                                 "the reader")))
-                continue;
-            conn->reader->maxbuf = 0; /* keep the read buffer: replies are large */
-            const char *argv[] = {"CLIENT", "ID"};
-            redisReply *r = ew__rd_rcmd(conn, 2, argv);
-            if (r && r->type == REDIS_REPLY_INTEGER) atomic_store(&c->client_id, r->integer);
-            if (r) freeReplyObject(r);
-            need_pending = true;
-        }
-        int rc = 0;
-        if (need_pending) {
-            rc = read_own_pending(c, conn, &batch);
-            need_pending = rc != 0;
-        }
-        int64_t now = ew_mono_ns();
-        if (!rc && now >= next_claim) {
-            size_t avail = ew__rd_wait_room(c);
-            if (!avail) break;
-            rc = autoclaim(c, conn, &batch, avail);
-            next_claim = now + claim_period_ns;
-        }
-        if (!rc && rb->max_age_ms > 0 && now >= next_trim) {
-            pthread_mutex_lock(&c->mu);
-            size_t n = c->nstreams;
-            pthread_mutex_unlock(&c->mu);
-            for (size_t i = 0; !rc && i < n; i++)
-                rc = ew__rd_trim_by_age(rb, conn, c->streams[i].key);
-            next_trim = now + rb->trim_every_ms * 1000000;
-        }
-        if (!rc) {
-            size_t avail = ew__rd_wait_room(c);
-            if (!avail) break;
-            rc = read_new(c, conn, &batch, avail, &rot);
-        }
-        if (rc) {
-            ew__rd_consumer_drop(c, &conn, &was_down, "the reader");
-            backoff = ew__backoff_next(backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-        }
+    ew_error e = {0};
+    if (!(c->rd = ew__rd_rconnect(rb, rb->io_ms, false, &e)) ||
+        !(c->ack = ew__rd_rconnect(rb, rb->io_ms, false, &e)))
+        goto fail;
+    c->rd->reader->maxbuf = 0; /* keep the read buffer: replies are large */
+    const char *argv[] = {"CLIENT", "ID"};
+    redisReply *r = ew__rd_rcmd(c->rd, 2, argv);
+    if (!r) {
+        ew__rd_conn_error(c->rd, &e);
+        goto fail;
     }
-    ew__rd_consumer_drop(c, &conn, &was_down, "the reader");
-    free(batch.v);
-    pthread_mutex_lock(&c->mu);
-    c->exited = true;
-    pthread_cond_broadcast(&c->cv);
-    pthread_mutex_unlock(&c->mu);
-    return NULL;
+    c->client_id = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    freeReplyObject(r);
+    c->reading = READ_NONE;
+    c->cancelled = false;
+    c->need_pending = true;
+    c->pend_stream = 0;
+    c->pend_count = 0;
+    strcpy(c->pend_last, "0");
+    if (ew__rd_acks_flush(c, true, &e)) goto fail;
+    return 0;
+fail:
+    ew__rd_conn_free(c->rd);
+    ew__rd_conn_free(c->ack);
+    c->rd = c->ack = NULL;
+    ew__rd_acks_lost(c);
+    if (err) *err = e;
+    return e.code ? e.code : EW_EIO;
 }
+
+/* disconnect: at close, the last acknowledgements are sent and answered first (what is still
+ * unsent then goes by the publishing connection, ew__rd_consumer_leftovers). */
+static void st_disconnect(void *t, bool closing)
+{
+    rconsumer *c = t;
+    if (closing && c->ack) {
+        ew_error e = {0};
+        if (!ew__rd_acks_flush(c, true, &e)) ew__rd_acks_take(c, true, &e);
+    }
+    ew__rd_acks_lost(c);
+    ew__rd_conn_free(c->rd);
+    ew__rd_conn_free(c->ack);
+    c->rd = c->ack = NULL;
+    c->reading = READ_NONE;
+    c->client_id = 0;
+}
+
+const ew__consumer_ops ew__rd_streams_transport = {
+    .connect = st_connect,
+    .fetch = st_fetch,
+    .settle = st_settle,
+    .settle_each = st_settle_each,
+    .stop_fetching = st_stop_fetching,
+    .disconnect = st_disconnect,
+    .settle_one = true,
+    .keep_on_reconnect = true, /* XACK of an entry id works from any connection */
+    .backoff_min_ms = BACKOFF_MIN_MS,
+    .backoff_max_ms = BACKOFF_MAX_MS,
+    .idle_ms = BLOCK_MS,
+};
 
 #else
 typedef int ew__redis_streams_unused;
