@@ -50,9 +50,9 @@
  *   release        give a message back unhandled (requeue); stop_fetching: cancel at stop
  *   disconnect     drop the connection after an error, or close it at the end
  *
- * RabbitMQ and Kafka are on the core. Redis (redis_consumer.c, redis_streams.c) and the SQLite
- * bus (sqlite_consume.c) still run their own consumer threads, windows and in-order
- * acknowledgements behind these ops, under the same rules.
+ * RabbitMQ, Kafka and Redis (streams and Pub/Sub) are on the core. The SQLite bus
+ * (sqlite_consume.c) still runs its own consumer thread, window and in-order acknowledgements
+ * behind these ops, under the same rules.
  *
  * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
  * follow-up events of a handler are published from its worker), also after ops->stop. done() runs
