@@ -776,6 +776,79 @@ static void test_two_buses_independent(void **state)
     redisFree(c);
 }
 
+/* The consumer's connections are killed while a handler holds an entry: an entry id outlives
+ * its connection, so what the bus held is acknowledged on the next connection when the handler
+ * finishes, and reading our own pending entries again after the reconnection does not deliver a
+ * second time what is still held. The bus works in database 11, so that the connections killed
+ * are only this test's (the others' tests share the server). */
+static tb_gate lost_gate = TB_GATE_INIT;
+static ew_handler_result lost_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    tb_gate_pass(&lost_gate);
+    atomic_fetch_add((atomic_int *)ud, 1);
+    return EW_HANDLER_OK;
+}
+
+/* Kills every client of database db but c itself. Returns how many. */
+static int kill_clients_of_db(redisContext *c, int db)
+{
+    long long me = raw_int(c, "CLIENT ID");
+    redisReply *r = redisCommand(c, "CLIENT LIST");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char want[16];
+    snprintf(want, sizeof want, " db=%d ", db);
+    int killed = 0;
+    for (char *line = r->str; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        long long id = -1;
+        if (strstr(line, want) && sscanf(line, "id=%lld", &id) == 1 && id != me) {
+            raw_int(c, "CLIENT KILL ID %lld", id);
+            killed++;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    freeReplyObject(r);
+    return killed;
+}
+
+static void test_held_entries_survive_a_lost_connection(void **state)
+{
+    NEED_SERVER();
+    char prefix[64], key[128], url[128];
+    new_prefix(prefix, sizeof prefix, "lst");
+    snprintf(key, sizeof key, "%s:user.verified", prefix);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/11", srv_port());
+    tb_log log = TB_LOG_INIT;
+    ew_bus_options lo = {.log = tb_log_fn, .log_ud = &log};
+    ew_bus *bus;
+    OPEN(bus, &lo, "svc-lst", "REDIS_CHANNEL_PREFIX", prefix, "REDIS_EVENT_URL", url);
+    atomic_int n = 0;
+    tb_subscribe(bus, "user.verified", lost_fn, &n, NULL);
+    tb_start(bus);
+    for (int i = 0; i < 3; i++)
+        tb_publish_owned(bus, tb_event(EW_T_USER_VERIFIED, NULL));
+    tb_gate_wait_arrivals(&lost_gate, 1);
+    redisContext *c = raw(11);
+    wait_until_ll(c, pending, key, "svc-lst", 3, "all three read");
+    assert_true(kill_clients_of_db(c, 11) >= 2); /* the reading and acknowledging connections */
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    while (!tb_log_has(&log, "reconnected") && ew_mono_ns() < end)
+        usleep(5000);
+    assert_true(tb_log_has(&log, "lost its connection")); /* the situation was reached */
+    assert_true(tb_log_has(&log, "reconnected"));
+    usleep(200000); /* room for a wrong redelivery of what is held */
+    tb_gate_open(&lost_gate);
+    wait_atomic(&n, 3, "handled after the reconnection");
+    wait_until_ll(c, pending, key, "svc-lst", 0, "pending after the handlers finished");
+    usleep(300000);
+    assert_int_equal(atomic_load(&n), 3); /* each once */
+    tb_close(bus);
+    raw_int(c, "DEL %s", key);
+    redisFree(c);
+}
+
 /* ---- Pub/Sub ----------------------------------------------------------------------------- */
 
 /* REDIS_MODE=pubsub: PUBLISH to PREFIX:TYPE, pattern subscriptions; nothing is stored, so an
@@ -868,6 +941,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_group_recreated_after_delete),
     cmocka_unit_test(test_pattern_streams),
     cmocka_unit_test(test_two_buses_independent),
+    cmocka_unit_test(test_held_entries_survive_a_lost_connection),
     cmocka_unit_test(test_pubsub_mode),
     cmocka_unit_test(test_pubsub_bad_message),
 };
