@@ -436,7 +436,7 @@ static int start_read(rconsumer *c, size_t max, size_t *got, ew_error *err)
 }
 
 /* Waits up to wait_ms for the answer of the read out on rd, the answers owed on ack, or the core's
- * wake-up; takes what came. */
+ * wake-up; takes what came. Returns at the next refresh (st_fetch makes it). */
 static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
 {
     int64_t end = ew_mono_ns() + (int64_t)wait_ms * 1000000;
@@ -455,9 +455,10 @@ static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
                 return rc ? ew__rd_conn_error(c->rd, err) : 0;
             }
         }
-        if (c->owed && ew__rd_acks_take(c, false, err)) return -1;
+        if ((c->owed || c->unsent.n) && ew__rd_acks_flush(c, false, err)) return -1;
         int64_t now = ew_mono_ns(), until = end;
         if (c->reading && c->read_deadline < until) until = c->read_deadline;
+        if (c->next_refresh < until) until = c->next_refresh; /* then back to st_fetch */
         if (c->reading && now >= c->read_deadline)
             return ew_error_set(err, EW_EIO, "no answer in time (read timed out)");
         if (now >= until) return 0;
@@ -507,12 +508,13 @@ static int st_fetch(void *t, size_t max, int wait_ms, ew_error *err)
     return got ? 0 : wait_read(c, wait_ms, err);
 }
 
-/* settle_each: XACK, one batch on the wire at a time. */
+/* settle_each: XACK, one batch on the wire at a time; this one goes when the one before it is
+ * answered (here, or while the next fetch waits), so that the thread never waits for it. */
 static int st_settle_each(void *t, const ew__ack_token *toks, size_t n, ew_error *err)
 {
     rconsumer *c = t;
     ew__rd_acks_queue(c, toks, n);
-    return ew__rd_acks_flush(c, true, err);
+    return ew__rd_acks_flush(c, false, err);
 }
 
 /* Unused (settle_each is set), but the core's contract has it. */
