@@ -80,6 +80,8 @@ typedef struct rconsumer {
     uint32_t rsel[MAX_STREAMS];
     size_t nrsel;           /* ... and the streams it names */
     int64_t read_deadline;  /* ... and when its answer is overdue */
+    size_t read_max;        /* ... and the room it was sent for */
+    bool refill;            /* a read filled the window: the next waits for a quarter of it */
     bool cancelled;         /* stop_fetching: no new read */
     bool need_pending;      /* our own pending entries are to be read again (after connecting) */
     uint32_t pend_stream;   /* ... the stream being read */

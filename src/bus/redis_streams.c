@@ -397,6 +397,7 @@ static int start_read(rconsumer *c, size_t max, size_t *got, ew_error *err)
         }
         for (size_t i = 0; i < n; i++)
             argv[argc++] = ">";
+        c->read_max = max;
         return send_read(c, argv, argc, READ_ENTRIES, err);
     }
     snprintf(counts, sizeof counts, "1");
@@ -450,7 +451,7 @@ static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
                 if (r->type == REDIS_REPLY_ERROR)
                     rc = read_refused(c, r, kind == READ_WAKE ? "XREAD" : "XREADGROUP");
                 else if (kind == READ_ENTRIES)
-                    take_read_reply(c, r);
+                    c->refill = take_read_reply(c, r) >= c->read_max;
                 freeReplyObject(r);
                 return rc ? ew__rd_conn_error(c->rd, err) : 0;
             }
@@ -497,7 +498,13 @@ static int st_fetch(void *t, size_t max, int wait_ms, ew_error *err)
                     rc = ew__rd_conn_error(c->rd, err);
             c->next_trim = now + rb->trim_every_ms * 1000000;
         }
-        if (!rc && !got && now >= c->pause_until) rc = start_read(c, max, &got, err);
+        /* a window a read filled waits for a quarter of it to be free, so that reads stay large
+         * (one XREADGROUP per few entries would cost Redis and us a round trip each) */
+        if (max * 4 >= rb->max_inflight) c->refill = false;
+        if (!rc && !got && !c->refill && now >= c->pause_until) {
+            rc = start_read(c, max, &got, err);
+            c->refill = got >= max;
+        }
         if (rc) return rc;
     }
     if (now >= c->next_refresh) {
