@@ -18,6 +18,7 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/aead.h"
 #include "security/keyfile.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
@@ -871,9 +872,8 @@ static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, c
     next_nonce(c->k, ct);
     unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
     memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
-    crypto_aead_chacha20poly1305_ietf_encrypt(ct + NONCE_BYTES, NULL, (const unsigned char *)p,
-                                              plen, (const unsigned char *)aad, alen, NULL, n12,
-                                              c->sub);
+    ew__aead_encrypt(ct + NONCE_BYTES, (const unsigned char *)p, plen, (const unsigned char *)aad,
+                     alen, n12, c->sub);
     ew_buf_puts(text, EW__SEALED_PREFIX);
     ew_buf_puts(text, c->subject);
     ew_buf_putc(text, '.');
@@ -1078,9 +1078,9 @@ static int open_field(open_ctx *c, const char *type, const ew_field_info *f, con
         memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
         if (ew_buf_reserve(text, plen + 1)) {
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-        } else if (crypto_aead_chacha20poly1305_ietf_decrypt(
-                       (unsigned char *)text->data + text->len, NULL, NULL, ct + NONCE_BYTES,
-                       clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12, key) != 0) {
+        } else if (ew__aead_decrypt((unsigned char *)text->data + text->len, ct + NONCE_BYTES,
+                                    clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12,
+                                    key) != 0) {
             rc = ew_error_set(err, EW_ECRYPTO,
                               "%s: data.%s does not authenticate under subject %.64s's key "
                               "(tampered, or moved from another event or field)",
