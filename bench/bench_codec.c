@@ -1,8 +1,9 @@
 /* Benchmark of the CloudEvents codec: encode, decode and the round trip of a user.registered
  * event, beside a baseline in the same run: the same document through the bare JSON parser and
- * writer, without the envelope, catalog and validation work. The round trip is measured as
- * services make it, with its personal fields encrypted (EVENT_ENCRYPTION=on, the default: seal,
- * encode, decode, decrypt and check the plaintext), beside the same without encryption. */
+ * writer, without the envelope, catalog and validation work. The round trip is measured as the
+ * stores make it, with its personal fields encrypted (EVENT_ENCRYPTION=on, the default: sealed
+ * while encoded, opened and checked while decoded), beside the same without encryption and the
+ * former encrypted path (seal, encode, decode, unseal: two events built per side). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
