@@ -102,6 +102,23 @@ static uint64_t nonce_of(const char *tok, size_t len, unsigned char prefix[16])
     return c;
 }
 
+/* Is the token's base64url what libsodium's codec makes of the bytes libsodium's decoder reads
+ * in it (canonical base64url without padding)? */
+static void assert_canonical_base64url(const char *tok, size_t len)
+{
+    const char *b64 = strchr(tok + strlen(EW__SEALED_PREFIX), '.') + 1;
+    size_t blen = len - (size_t)(b64 - tok), n = 0;
+    unsigned char bin[1024];
+    char again[1400];
+    assert_int_equal(sodium_base642bin(bin, sizeof bin, b64, blen, NULL, &n, NULL,
+                                       sodium_base64_VARIANT_URLSAFE_NO_PADDING),
+                     0);
+    assert_true(n >= 24 + 16); /* nonce and tag */
+    sodium_bin2base64(again, sizeof again, bin, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    assert_int_equal(strlen(again), blen);
+    assert_memory_equal(again, b64, blen);
+}
+
 /* ev sealed by k and encoded: the JSON the wire and the stores get (caller frees). Made both
  * ways every time: sealed then encoded (two events), and sealed as it is encoded
  * (ew__keyring_encode). The second's bytes are the first's with each sealed value replaced by
@@ -124,6 +141,8 @@ static char *sealed_json(ew__keyring *k, const ew_event *ev)
     const char *from = two;
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(la[i], lb[i]); /* same plaintext length, same subject */
+        assert_canonical_base64url(ta[i], la[i]);
+        assert_canonical_base64url(tb[i], lb[i]);
         unsigned char pa[16], pb[16];
         assert_true(nonce_of(tb[i], lb[i], pb) > nonce_of(ta[i], la[i], pa));
         assert_memory_equal(pa, pb, 16);
