@@ -507,6 +507,9 @@ static void test_validation_runs_on_the_plaintext(void **state)
     assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_DEAD);
     assert_non_null(strstr(why, "EW_EDATA"));
     assert_non_null(strstr(why, "is not an email address"));
+    /* opened while decoded: checked all the same (and as decoding then unsealing does) */
+    assert_int_equal(open_json(k, json, &got, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "is not an email address"));
     /* plaintext that looks like ciphertext is refused when the event is built */
     const char *roles[] = {"user"};
     ew_user_registered d = {
