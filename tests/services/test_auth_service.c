@@ -903,6 +903,92 @@ static void test_on_postgresql(void **state)
     ew_test_pg_drop(url);
 }
 
+/* A database made before roles_version and not_before_ms (at url, the service's database): its
+ * two tables as they were, a user "olduser" with the role user, and a revocation of the user in
+ * whole seconds, 2 s ahead (as a burst of revocations left them), whose not_before it returns.
+ * user_id gets the user's id. */
+static int64_t old_database(const char *url, char *user_id)
+{
+    static const char *const old[] = {
+        "CREATE TABLE event_store.auth_users (user_id TEXT PRIMARY KEY, username TEXT NOT NULL,"
+        " username_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,"
+        " password_hash TEXT NOT NULL, roles TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN"
+        " ('active', 'deactivated')), status_reason TEXT, profile_created INTEGER NOT NULL"
+        " DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+        "CREATE TABLE event_store.auth_token_epochs (user_id TEXT PRIMARY KEY,"
+        " not_before BIGINT NOT NULL)",
+        NULL};
+    ew_store *db;
+    ew_error err = {0};
+    if (ew_store_open(&db, &(ew_store_options){.url = url}, &err)) fail_msg("%s", err.msg);
+    char hash[crypto_pwhash_STRBYTES], nb[24];
+    assert_int_equal(crypto_pwhash_str(hash, "old password", 12, crypto_pwhash_OPSLIMIT_MIN,
+                                       crypto_pwhash_MEMLIMIT_MIN),
+                     0);
+    ew_uuid7(user_id);
+    int64_t not_before = ew_now_us() / 1000000 + 2;
+    snprintf(nb, sizeof nb, "%lld", (long long)not_before);
+    const char *u[] = {user_id, hash}, *e[] = {user_id, nb};
+    ew_txn *t;
+    assert_int_equal(ew_store_begin(db, &t, &err), 0);
+    for (const char *const *sql = old; *sql; sql++)
+        if (ew_txn_exec(t, *sql, NULL, 0, NULL, &err)) fail_msg("%s", err.msg);
+    if (ew_txn_exec(t,
+                    "INSERT INTO event_store.auth_users (user_id, username, username_key, email, "
+                    "password_hash, roles, status, created_at, updated_at) VALUES ($1, 'olduser', "
+                    "'olduser', 'old@example.com', $2, '[\"user\"]', 'active', "
+                    "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+                    u, 2, NULL, &err) ||
+        ew_txn_exec(t,
+                    "INSERT INTO event_store.auth_token_epochs (user_id, not_before) "
+                    "VALUES ($1, $2)",
+                    e, 2, NULL, &err) ||
+        ew_txn_commit(t, &err))
+        fail_msg("%s", err.msg);
+    ew_store_close(db);
+    return not_before;
+}
+
+/* The new columns come to an old database at start, on SQLite and PostgreSQL: its user logs in
+ * (after the revocation kept in seconds, not refused by it) and has roles changed, as version 1. */
+static void upgrade(const char *url, const char *const *extra, const char *dir)
+{
+    char user_id[EW_UUID_LEN + 1], tok[SVC_TOKEN_MAX + 1], path[128];
+    int64_t old_nb = old_database(url, user_id);
+    env *e = up_service(SVC_UNDER_TEST, dir, extra);
+    login(e, "{\"username\":\"olduser\",\"password\":\"old password\"}", tok);
+    snprintf(path, sizeof path, "/auth/users/%s", user_id);
+    http_result r = api(e, "GET", path, NULL, tok);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/auth/users/%s/roles", user_id);
+    r = api(e, "PUT", path, "{\"roles\":[\"user\",\"editor\"]}", NULL);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    ew_event *ev = wait_event(e, "user.role_changed", user_id, 1);
+    assert_int_equal(ew_user_role_changed_data(ev)->roles_version, 1);
+    ew_event_unref(ev);
+    ev = wait_event(e, "user.tokens_revoked", user_id, 1);
+    /* past the revocation kept in seconds, read as milliseconds */
+    assert_true(ew_user_tokens_revoked_data(ev)->not_before_ms > old_nb * 1000);
+    ew_event_unref(ev);
+    down(e);
+}
+
+static void test_an_old_database_is_upgraded_at_start(void **state)
+{
+    char dir[256], url[300];
+    svc_tmpdir(dir);
+    snprintf(url, sizeof url, "sqlite:%s/" SVC_UNDER_TEST ".db", dir);
+    upgrade(url, NULL, dir);
+    char db[600];
+    char *pg = pg_service_db(db);
+    const char *const extra[] = {db, NULL};
+    svc_tmpdir(dir);
+    upgrade(pg, extra, dir);
+    ew_test_pg_drop(pg);
+}
+
 /* ---- abuse limits ------------------------------------------------------------------------------
  */
 
@@ -1096,6 +1182,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_concurrent_hashes_are_capped),
     cmocka_unit_test(test_bad_configuration_stops_at_start),
     cmocka_unit_test(test_on_postgresql),
+    cmocka_unit_test(test_an_old_database_is_upgraded_at_start),
 };
 
 EW_TEST_MAIN(tests)
