@@ -217,6 +217,61 @@ static void test_a_handler_commit_that_emitted_wakes_the_relay(void **state)
     rig_release(&r);
 }
 
+/* A token of k's with these claims (JSON text), signed as auth-service signs, into out. */
+static void sign_claims(const svc_token_keys *k, const char *claims, char *out, size_t cap)
+{
+    const char *roles[] = {"user"};
+    char sub[EW_UUID_LEN + 1];
+    ew_uuid7(sub);
+    assert_int_equal(svc_token_sign(k, sub, sub, roles, 1, 1, 2, out, cap), 0);
+    size_t hl = (size_t)(strchr(out, '.') - out), cl = strlen(claims);
+    out[hl] = '.';
+    sodium_bin2base64(out + hl + 1, cap - hl - 1, (const unsigned char *)claims, cl,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    size_t signed_len = strlen(out);
+    unsigned char sig[crypto_sign_BYTES];
+    crypto_sign_detached(sig, NULL, (const unsigned char *)out, signed_len, k->sk);
+    out[signed_len] = '.';
+    sodium_bin2base64(out + signed_len + 1, cap - signed_len - 1, sig, sizeof sig,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+}
+
+/* iat_ms must name a time within iat's second; otherwise the token is not one of ours. */
+static void test_a_token_whose_iat_ms_is_not_in_its_iat_is_refused(void **state)
+{
+    (void)state;
+    svc_token_keys k;
+    crypto_sign_keypair(k.pk, k.sk);
+    int64_t now = ew_now_us() / 1000000;
+    static const char *const fmt = "{\"iss\":\"auth-service\",\"sub\":\"%s\",\"sid\":\"%s\","
+                                   "\"roles\":[\"user\"],\"iat\":%lld,\"iat_ms\":%s,\"exp\":%lld}";
+    char id[EW_UUID_LEN + 1], claims[512], tok[SVC_TOKEN_MAX], ms[32];
+    ew_uuid7(id);
+    struct {
+        long long iat_ms;
+        const char *text; /* instead of iat_ms when not NULL */
+        svc_token_status want;
+    } cases[] = {
+        {now * 1000, NULL, SVC_TOKEN_OK},
+        {now * 1000 + 999, NULL, SVC_TOKEN_OK},
+        {now * 1000 + 1000, NULL, SVC_TOKEN_MALFORMED},
+        {now * 1000 - 1, NULL, SVC_TOKEN_MALFORMED},
+        {0, "-5", SVC_TOKEN_MALFORMED},
+        {0, "1.5e3", SVC_TOKEN_MALFORMED},
+        {0, "\"1\"", SVC_TOKEN_MALFORMED},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(ms, sizeof ms, "%lld", cases[i].iat_ms);
+        snprintf(claims, sizeof claims, fmt, id, id, (long long)now,
+                 cases[i].text ? cases[i].text : ms, (long long)now + 60);
+        sign_claims(&k, claims, tok, sizeof tok);
+        svc_claims c;
+        if (svc_token_verify(k.pk, tok, now, &c) != cases[i].want)
+            fail_msg("case %zu (%s): want %s", i, claims, svc_token_status_text(cases[i].want));
+    }
+    sodium_memzero(&k, sizeof k);
+}
+
 /* Issue times and revocations in milliseconds (svc_auth.h): a token issued after a revocation
  * within the same second is valid, one issued before it is not, a token without iat_ms counts as
  * issued at the start of its second, and an earlier revocation never undoes a later one. Both
@@ -365,6 +420,7 @@ static void test_an_older_revocation_never_replaces_a_newer_one(void **state)
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_token_issue_times_are_milliseconds),
+    cmocka_unit_test(test_a_token_whose_iat_ms_is_not_in_its_iat_is_refused),
     cmocka_unit_test(test_an_older_revocation_never_replaces_a_newer_one),
     cmocka_unit_test(test_a_service_runs_in_process),
     cmocka_unit_test(test_open_fails_cleanly),
