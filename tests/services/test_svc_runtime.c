@@ -243,8 +243,6 @@ static void test_a_token_whose_iat_ms_is_not_in_its_iat_is_refused(void **state)
     svc_token_keys k;
     crypto_sign_keypair(k.pk, k.sk);
     int64_t now = ew_now_us() / 1000000;
-    static const char *const fmt = "{\"iss\":\"auth-service\",\"sub\":\"%s\",\"sid\":\"%s\","
-                                   "\"roles\":[\"user\"],\"iat\":%lld,\"iat_ms\":%s,\"exp\":%lld}";
     char id[EW_UUID_LEN + 1], claims[512], tok[SVC_TOKEN_MAX], ms[32];
     ew_uuid7(id);
     struct {
@@ -262,8 +260,10 @@ static void test_a_token_whose_iat_ms_is_not_in_its_iat_is_refused(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(ms, sizeof ms, "%lld", cases[i].iat_ms);
-        snprintf(claims, sizeof claims, fmt, id, id, (long long)now,
-                 cases[i].text ? cases[i].text : ms, (long long)now + 60);
+        snprintf(claims, sizeof claims,
+                 "{\"iss\":\"auth-service\",\"sub\":\"%s\",\"sid\":\"%s\","
+                 "\"roles\":[\"user\"],\"iat\":%lld,\"iat_ms\":%s,\"exp\":%lld}",
+                 id, id, (long long)now, cases[i].text ? cases[i].text : ms, (long long)now + 60);
         sign_claims(&k, claims, tok, sizeof tok);
         svc_claims c;
         if (svc_token_verify(k.pk, tok, now, &c) != cases[i].want)
