@@ -11,7 +11,8 @@
 #include "eventwire/keys.h"
 
 /* The connection, locked for the calling thread until ew__keys_unlock(); NULL (the handle still
- * locked) for a store on PostgreSQL, whose tables only keys.c reaches so far. */
+ * locked) for a store on PostgreSQL, whose data-key tables the keyring reaches through
+ * datakeys.h instead. */
 sqlite3 *ew__keys_lock(ew_keys *k);
 void ew__keys_unlock(ew_keys *k);
 

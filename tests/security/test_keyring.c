@@ -221,13 +221,13 @@ static void test_a_batch_makes_its_new_keys_in_one_commit(void **state)
     }
     evs[N] = registered(users[0], "kat2@example.com", "kat2"); /* a subject twice */
     assert_int_equal(ew__keyring_shred(k, users[1], &err), 0); /* erased before */
-    unsigned before = commits_of(ew__keyring_store_path(k));
+    unsigned before = commits_of(ew__keyring_store_name(k));
     assert_int_equal(ew__keyring_prepare(k, (const ew_event *const *)evs, N + 1, &err), 0);
-    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    assert_int_equal(commits_of(ew__keyring_store_name(k)), before + 1);
     char *json[N + 1];
     for (int i = 0; i <= N; i++)
         json[i] = sealed_json(k, evs[i]);
-    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    assert_int_equal(commits_of(ew__keyring_store_name(k)), before + 1);
     size_t live = 0, erased = 0;
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
     assert_int_equal(live, N - 1);
