@@ -67,7 +67,10 @@ struct ew__keyring {
     atomic_size_t store_reads; /* data keys read from the key store (cache misses) */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
-    slot *slots;   /* nsets * WAYS, in memory locked from swapping where the system allows */
+    /* nsets * WAYS, in memory locked from swapping where the system allows; made by the first
+     * load, so that a keyring that never needs a key (a store that only relays ciphertext) costs
+     * none of it. Written under mu and db_mu. */
+    slot *slots;
     size_t nsets;  /* EVENT_KEY_CACHE_SIZE / WAYS */
     uint64_t tick; /* under mu: one more per use of the cache */
     /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
@@ -146,12 +149,10 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
     k->nsets = (size_t)ew_config_get_int(cfg, "EVENT_KEY_CACHE_SIZE") / WAYS;
     if (k->nsets == 0) k->nsets = 1;
-    k->slots = sodium_allocarray(k->nsets * WAYS, sizeof *k->slots);
-    if (!k->key_file || !k->store_url || !k->store_name || !k->slots) {
+    if (!k->key_file || !k->store_url || !k->store_name) {
         ew__keyring_free(k);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
-    memset(k->slots, 0, k->nsets * WAYS * sizeof *k->slots);
     randombytes_buf(k->nonce_prefix, sizeof k->nonce_prefix);
     atomic_init(&k->nonce_seq, 0);
     atomic_init(&k->store_reads, 0);
@@ -325,6 +326,14 @@ static int load_locked(ew__keyring *k, ew_error *err)
                                       k->key_file);
     }
     if ((rc = check_kek(k, 0, err))) return rc;
+    if (k->ttl_us > 0 && !k->slots) {
+        slot *slots = sodium_allocarray(k->nsets * WAYS, sizeof *slots);
+        if (!slots) return ew_error_set(err, EW_ENOMEM, "out of memory for the data-key cache");
+        memset(slots, 0, k->nsets * WAYS * sizeof *slots);
+        pthread_mutex_lock(&k->mu);
+        k->slots = slots;
+        pthread_mutex_unlock(&k->mu);
+    }
     k->loaded = true;
     return 0;
 }
@@ -436,6 +445,7 @@ static slot *set_of(ew__keyring *k, uint64_t h)
 /* Under mu: the subject's slot (fresh or not), or NULL. */
 static slot *lookup(ew__keyring *k, const char *subject, uint64_t h)
 {
+    if (!k->slots) return NULL; /* not loaded yet */
     slot *set = set_of(k, h);
     for (int i = 0; i < WAYS; i++)
         if (set[i].used && set[i].hash == h && strcmp(set[i].subject, subject) == 0) return &set[i];
