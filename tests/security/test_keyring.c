@@ -7,9 +7,7 @@
  * the cases of the key store run on SQLite and on PostgreSQL (KEY_STORE_URL=postgresql://...,
  * the key-encryption key still a file), where a shred must also leave the server's files.
  * ew-fixture: postgres */
-#include <dirent.h>
 #include <fcntl.h>
-#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -19,6 +17,7 @@
 #include "security/keyring.h"
 #include "support/case_db.h"
 #include "support/ew_test.h"
+#include "support/pg.h"
 #include "eventwire/bus.h"
 #include "eventwire/config.h"
 #include "eventwire/dlq.h"
@@ -220,16 +219,8 @@ static void test_new_keys_from_many_threads_at_once(void **state)
  * (malloc'ed; NULL for SQL NULL). */
 static char *pg_value(const fx *f, const char *sql, const char *param)
 {
-    PGconn *c = PQconnectdb(f->pg_url);
-    if (PQstatus(c) != CONNECTION_OK) fail_msg("%s", PQerrorMessage(c));
-    PGresult *r = PQexecParams(c, sql, param ? 1 : 0, NULL, &param, NULL, NULL, 0);
-    ExecStatusType t = PQresultStatus(r);
-    if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK) fail_msg("%s: %s", sql, PQerrorMessage(c));
-    char *v = t == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)
-                  ? strdup(PQgetvalue(r, 0, 0))
-                  : NULL;
-    PQclear(r);
-    PQfinish(c);
+    char *v;
+    if (ew_test_pg_value(f->pg_url, sql, param, &v)) fail_msg("%s failed", sql);
     return v;
 }
 
@@ -643,51 +634,11 @@ static void test_encryption_off_refuses_what_it_cannot_read(void **state)
 
 /* ---- PostgreSQL ------------------------------------------------------------------------------ */
 
-/* Does the file hold the n bytes of needle? */
-static bool file_holds(const char *path, const unsigned char *needle, size_t n)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return false;
-    size_t cap = 1 << 20, len = 0;
-    unsigned char *buf = malloc(cap);
-    bool found = false;
-    for (;;) {
-        size_t got = fread(buf + len, 1, cap - len, fp);
-        len += got;
-        if (memmem(buf, len, needle, n)) {
-            found = true;
-            break;
-        }
-        if (got == 0) break;
-        if (len >= n) { /* keep the tail that a match may straddle */
-            memmove(buf, buf + len - (n - 1), n - 1);
-            len = n - 1;
-        }
-    }
-    free(buf);
-    fclose(fp);
-    return found;
-}
-
-/* How many files of the case's database hold needle, after a checkpoint wrote every page. */
+/* How many files of the case's database hold needle. */
 static int pg_files_holding(const fx *f, const unsigned char *needle, size_t n)
 {
-    free(pg_value(f, "CHECKPOINT", NULL));
-    char *data = pg_value(f, "SHOW data_directory", NULL);
-    char *oid = pg_value(f, "SELECT oid FROM pg_database WHERE datname = current_database()", NULL);
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/base/%s", data, oid);
-    free(data);
-    free(oid);
-    DIR *d = opendir(dir);
-    if (!d) fail_msg("cannot read %s: the test reads the server's files", dir);
-    int count = 0;
-    for (struct dirent *de; (de = readdir(d));) {
-        char path[1400];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (de->d_name[0] != '.' && file_holds(path, needle, n)) count++;
-    }
-    closedir(d);
+    int count = ew_test_pg_files_holding(f->pg_url, needle, n);
+    if (count < 0) fail_msg("the server's files cannot be searched");
     return count;
 }
 

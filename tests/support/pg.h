@@ -18,4 +18,14 @@ char *ew_test_pg_create(char *msg, size_t n);
  * and frees url. NULL is ignored. */
 void ew_test_pg_drop(char *url);
 
+/* The first column of the first row that sql answers on url's database, with one text parameter
+ * (none when param is NULL), into *out (malloc'ed; NULL for SQL NULL or no row). 0, or -1 with
+ * the reason printed. */
+int ew_test_pg_value(const char *url, const char *sql, const char *param, char **out);
+
+/* How many files of url's database (its folder under the server's base/) hold the n bytes of
+ * needle, after a checkpoint has written every page to them; -1 (the reason printed) when they
+ * cannot be read. */
+int ew_test_pg_files_holding(const char *url, const void *needle, size_t n);
+
 #endif
