@@ -497,7 +497,7 @@ static void erasure_on(const char *backend)
     if (g_pg_keys) {
         if (!pg_wrapped_key(user, wrapped))
             fail_msg("the user's data key is not in the PostgreSQL key store");
-        if (ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped) < 1)
+        if (ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped, NULL, 0) < 1)
             fail_msg("the wrapped key is in no file of the database: the search sees nothing");
     }
 
@@ -557,7 +557,7 @@ static void erasure_on(const char *backend)
     if (g_pg_keys) { /* destroyed, and gone from the server's files */
         unsigned char now[72];
         assert_false(pg_wrapped_key(user, now));
-        assert_int_equal(ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped), 0);
+        assert_int_equal(ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped, NULL, 0), 0);
     }
     down();
 

@@ -637,7 +637,7 @@ static void test_encryption_off_refuses_what_it_cannot_read(void **state)
 /* How many files of the case's database hold needle. */
 static int pg_files_holding(const fx *f, const unsigned char *needle, size_t n)
 {
-    int count = ew_test_pg_files_holding(f->pg_url, needle, n);
+    int count = ew_test_pg_files_holding(f->pg_url, needle, n, NULL, 0);
     if (count < 0) fail_msg("the server's files cannot be searched");
     return count;
 }

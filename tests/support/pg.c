@@ -131,8 +131,7 @@ int ew_test_pg_value(const char *url, const char *sql, const char *param, char *
     return rc;
 }
 
-/* Does the file hold the n bytes of needle? */
-static bool file_holds(const char *path, const void *needle, size_t n)
+bool ew_test_file_holds(const char *path, const void *needle, size_t n)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return false;
@@ -157,7 +156,7 @@ static bool file_holds(const char *path, const void *needle, size_t n)
     return found;
 }
 
-int ew_test_pg_files_holding(const char *url, const void *needle, size_t n)
+int ew_test_pg_files_holding(const char *url, const void *needle, size_t n, char *first, size_t cap)
 {
     char *ck = NULL, *data = NULL, *oid = NULL;
     int count = -1;
@@ -178,7 +177,8 @@ int ew_test_pg_files_holding(const char *url, const void *needle, size_t n)
     for (struct dirent *de; (de = readdir(d));) {
         char path[1400];
         snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (de->d_name[0] != '.' && file_holds(path, needle, n)) count++;
+        if (de->d_name[0] != '.' && ew_test_file_holds(path, needle, n) && count++ == 0 && first)
+            snprintf(first, cap, "%s", path);
     }
     closedir(d);
 out:

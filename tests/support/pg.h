@@ -4,6 +4,7 @@
 #ifndef EW_TEST_PG_H
 #define EW_TEST_PG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* The server's URL, malloc'ed: $EW_SERVERS_DIR/postgres.url under CTest, else $EW_PG_URL. NULL
@@ -24,8 +25,12 @@ void ew_test_pg_drop(char *url);
 int ew_test_pg_value(const char *url, const char *sql, const char *param, char **out);
 
 /* How many files of url's database (its folder under the server's base/) hold the n bytes of
- * needle, after a checkpoint has written every page to them; -1 (the reason printed) when they
- * cannot be read. */
-int ew_test_pg_files_holding(const char *url, const void *needle, size_t n);
+ * needle, after a checkpoint has written every page to them, the first one's path into first
+ * (cap bytes; may be NULL); -1 (the reason printed) when they cannot be read. */
+int ew_test_pg_files_holding(const char *url, const void *needle, size_t n, char *first,
+                             size_t cap);
+
+/* Does the file at path hold the n bytes of needle? (false when it cannot be read) */
+bool ew_test_file_holds(const char *path, const void *needle, size_t n);
 
 #endif
