@@ -54,6 +54,11 @@ typedef struct ew__datakeys_ops {
                   ew_error *err);
     int (*count)(ew__datakeys *d, size_t *live, size_t *erased, ew_error *err);
     void (*close)(ew__datakeys *d);
+    /* Every erased subject (a tombstone), to fn as (ud, subject, NULL, 0). */
+    int (*each_erased)(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err);
+    /* Deletes every data key, tombstone and the fingerprint (copied to another store), so that
+     * no key is left in the files. */
+    int (*clear)(ew__datakeys *d, ew_error *err);
 } ew__datakeys_ops;
 
 /* The data-key tables of store (which the caller keeps open, and uses for nothing else while

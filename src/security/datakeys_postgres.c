@@ -150,13 +150,11 @@ static int shred(ew__datakeys *d, const char *subject, ew_error *err)
                 : 0;
 }
 
-static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+/* fn for each row of sql (subject, wrapped in hex or NULL). */
+static int each_row(ew__datakeys *d, const char *sql, ew__dk_fn fn, void *ud, ew_error *err)
 {
     PGresult *r;
-    int rc = exec(d,
-                  "SELECT subject, encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
-                  "wrapped IS NOT NULL",
-                  0, NULL, &r, "reading the data keys", err);
+    int rc = exec(d, sql, 0, NULL, &r, "reading the data keys", err);
     if (rc) return rc;
     for (int i = 0; i < PQntuples(r); i++) {
         char *hex = PQgetvalue(r, i, 1);
@@ -164,11 +162,25 @@ static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
         size_t n = 0, hl = strlen(hex);
         if (sodium_hex2bin(w, sizeof w, hex, hl, NULL, &n, NULL) != 0) n = 0;
         sodium_memzero(hex, hl);
-        if (!rc) rc = fn(ud, PQgetvalue(r, i, 0), w, n);
+        if (!rc) rc = fn(ud, PQgetvalue(r, i, 0), n ? w : NULL, n);
         sodium_memzero(w, sizeof w);
     }
     PQclear(r);
     return rc;
+}
+
+static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+{
+    return each_row(d,
+                    "SELECT subject, encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                    "wrapped IS NOT NULL",
+                    fn, ud, err);
+}
+
+static int each_erased(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+{
+    return each_row(d, "SELECT subject, '' FROM key_store.subject_keys WHERE wrapped IS NULL", fn,
+                    ud, err);
 }
 
 static int rewrap(ew__datakeys *d, const char *subject, const unsigned char *w, size_t len,
@@ -197,6 +209,17 @@ static int count(ew__datakeys *d, size_t *live, size_t *erased, ew_error *err)
     return 0;
 }
 
+static int clear(ew__datakeys *d, ew_error *err)
+{
+    int rc =
+        exec(d, "DELETE FROM key_store.subject_keys", 0, NULL, NULL, "clearing the data keys", err);
+    if (!rc)
+        rc = exec(d, "DELETE FROM key_store.kek", 0, NULL, NULL, "clearing the data keys", err);
+    return rc ? rc
+              : exec(d, "VACUUM FULL key_store.subject_keys", 0, NULL, NULL,
+                     "removing the cleared keys from the files", err);
+}
+
 static void close_dk(ew__datakeys *d)
 {
     free(d);
@@ -216,6 +239,8 @@ static const ew__datakeys_ops postgres_ops = {
     .rewrap = rewrap,
     .count = count,
     .close = close_dk,
+    .each_erased = each_erased,
+    .clear = clear,
 };
 
 int ew__datakeys_postgres(ew__keys_pg *pg, const ew__datakeys_ops **ops, ew__datakeys **out,

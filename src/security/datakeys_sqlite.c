@@ -138,13 +138,11 @@ static int shred(ew__datakeys *d, const char *subject, ew_error *err)
                 params, 2, "destroying a data key", err);
 }
 
-static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+/* fn for each row of sql (subject, wrapped). */
+static int each_row(ew__datakeys *d, const char *sql, ew__dk_fn fn, void *ud, ew_error *err)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(d->db,
-                           "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL",
-                           -1, &st, NULL))
-        return fail(d, "reading the data keys", err);
+    if (sqlite3_prepare_v2(d->db, sql, -1, &st, NULL)) return fail(d, "reading the data keys", err);
     int rc = 0, s;
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW)
         rc = fn(ud, (const char *)sqlite3_column_text(st, 0), sqlite3_column_blob(st, 1),
@@ -152,6 +150,17 @@ static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
     if (!rc && s != SQLITE_DONE) rc = fail(d, "reading the data keys", err);
     sqlite3_finalize(st);
     return rc;
+}
+
+static int each_live(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+{
+    return each_row(d, "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL", fn,
+                    ud, err);
+}
+
+static int each_erased(ew__datakeys *d, ew__dk_fn fn, void *ud, ew_error *err)
+{
+    return each_row(d, "SELECT subject, NULL FROM subject_keys WHERE wrapped IS NULL", fn, ud, err);
 }
 
 static int rewrap(ew__datakeys *d, const char *subject, const unsigned char *w, size_t len,
@@ -184,6 +193,11 @@ static int count(ew__datakeys *d, size_t *live, size_t *erased, ew_error *err)
     return rc;
 }
 
+static int clear(ew__datakeys *d, ew_error *err)
+{
+    return exec(d, "DELETE FROM subject_keys; DELETE FROM kek", "clearing the data keys", err);
+}
+
 static void close_dk(ew__datakeys *d)
 {
     if (!d) return;
@@ -205,6 +219,8 @@ static const ew__datakeys_ops sqlite_ops = {
     .rewrap = rewrap,
     .count = count,
     .close = close_dk,
+    .each_erased = each_erased,
+    .clear = clear,
 };
 
 int ew__datakeys_sqlite(sqlite3 *db, const char *name, const ew__datakeys_ops **ops,

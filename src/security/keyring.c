@@ -54,6 +54,7 @@ struct ew__keyring {
     char *key_file;
     char *store_url;  /* sqlite:PATH or postgresql://... (which may hold a password) */
     char *store_name; /* the file, or the URL without user and password: for messages */
+    char *legacy;     /* on PostgreSQL: where the data keys were before (import_legacy) */
     int64_t ttl_us;
     pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
@@ -139,6 +140,7 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     if (pg) {
         k->store_url = strdup(ks);
         k->store_name = ew__keys_pg_name_of(ks);
+        k->legacy = beside_store(store_url, "keys/", "keys.db");
     } else {
         k->store_name = sqlite ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
         ew_buf url;
@@ -173,6 +175,7 @@ void ew__keyring_free(ew__keyring *k)
     if (k->store_url) sodium_memzero(k->store_url, strlen(k->store_url));
     free(k->store_url);
     free(k->store_name);
+    free(k->legacy);
     free(k);
 }
 
@@ -199,6 +202,53 @@ static int store_open(ew__keyring *k, ew_error *err)
     int rc = ew_keys_open(&k->store, &(ew_keys_options){.url = k->store_url}, err);
     if (rc) return rc;
     return ew__datakeys_open(k->store, &k->ops, &k->dk, err);
+}
+
+/* Inserts one row of the old store into the new one (import_legacy's walks). */
+static int import_row(void *ud, const char *subject, const unsigned char *w, size_t len)
+{
+    void **to = ud; /* the keyring, and an ew_error */
+    ew__keyring *k = to[0];
+    return w ? k->ops->insert(k->dk, subject, w, len, to[1]) : k->ops->shred(k->dk, subject, to[1]);
+}
+
+/* Before a key store on PostgreSQL held the data keys, they were in the SQLite key store beside
+ * EVENT_STORE_URL's file. A PostgreSQL store without a fingerprint takes that file's fingerprint,
+ * keys and tombstones, in one transaction (a second process finds them there and imports
+ * nothing), and the file's copies are then deleted (secure_delete zeroes them). */
+static int import_legacy(ew__keyring *k, ew_error *err)
+{
+    char fp[65];
+    int have = k->ops->fingerprint(k->dk, fp, 0, err);
+    if (have) return have < 0 ? have : 0;
+    if (access(k->legacy, F_OK) != 0) return 0;
+    ew_buf url;
+    ew_buf_init(&url);
+    ew_buf_printf(&url, "sqlite:%s", k->legacy);
+    ew_keys *old = NULL;
+    const ew__datakeys_ops *ops = NULL;
+    ew__datakeys *dk = NULL;
+    int rc = url.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
+                     : ew_keys_open(&old, &(ew_keys_options){.url = url.data}, err);
+    ew_buf_release(&url);
+    if (!rc) rc = ew__datakeys_open(old, &ops, &dk, err);
+    if (!rc && (have = ops->fingerprint(dk, fp, 0, err)) <= 0) rc = have; /* none: nothing */
+    if (!rc && have > 0 && !(rc = k->ops->begin(k->dk, err))) {
+        char now[65];
+        void *to[] = {k, err};
+        have = k->ops->fingerprint(k->dk, now, 2, err); /* another process, meanwhile? */
+        if (have < 0) rc = have;
+        if (!rc && !have && !(rc = k->ops->set_fingerprint(k->dk, fp, false, err)) &&
+            !(rc = ops->each_live(dk, import_row, to, err)))
+            rc = ops->each_erased(dk, import_row, to, err);
+        if (rc)
+            k->ops->rollback(k->dk);
+        else if (!(rc = k->ops->commit(k->dk, err)) && !have)
+            rc = ops->clear(dk, err); /* a later erasure must not find a copy there */
+    }
+    if (ops) ops->close(dk);
+    ew_keys_close(old);
+    return rc;
 }
 
 /* The fingerprint of a key-encryption key: what the store keeps to recognise it. */
@@ -298,6 +348,7 @@ static int load_locked(ew__keyring *k, ew_error *err)
 {
     if (k->loaded) return 0;
     int rc = k->dk ? 0 : store_open(k, err);
+    if (!rc && k->legacy) rc = import_legacy(k, err);
     if (rc) return rc;
     int got = read_key_file(k->key_file, k->kek, err);
     if (got < 0) return got;

@@ -9,6 +9,7 @@
  * ew-fixture: postgres */
 #include <fcntl.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -744,6 +745,62 @@ static void test_the_postgresql_key_store_reconnects(void **state)
     ew__keyring_free(k);
 }
 
+/* A deployment whose key store was on PostgreSQL before the data keys were kept there has them
+ * in the SQLite store beside EVENT_STORE_URL's file: the first keyring on PostgreSQL takes its
+ * fingerprint, keys and tombstones, so old events still open, and erased subjects stay erased;
+ * later keyrings import nothing again. */
+static void test_postgresql_takes_the_data_keys_kept_in_sqlite_before(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "KEY_STORE_URL", "", &err), 0); /* as before */
+    ew__keyring *before = keyring(f);
+    char kept[EW_UUID_LEN + 1], gone[EW_UUID_LEN + 1];
+    ew_uuid7(kept);
+    ew_uuid7(gone);
+    ew_event *a = registered(kept, "kept@example.com", "kept"),
+             *b = registered(gone, "gone@example.com", "gone");
+    char *ja = sealed_json(before, a), *jb = sealed_json(before, b);
+    assert_int_equal(ew__keyring_shred(before, gone, &err), 0);
+    assert_null(strstr(ew__keyring_store_name(before), "postgres"));
+    ew__keyring_free(before);
+    assert_int_equal(ew_config_set(f->cfg, "KEY_STORE_URL", f->pg_url, &err), 0);
+    for (int round = 0; round < 2; round++) {
+        ew__keyring *k = keyring(f);
+        ew_event *back;
+        if (open_json(k, ja, &back, &err)) fail_msg("round %d: %s", round, err.msg);
+        assert_true(ew_event_equal(back, a));
+        ew_event_unref(back);
+        assert_int_equal(open_json(k, jb, &back, &err), 0);
+        assert_true(ew_event_erased(back));
+        ew_event_unref(back);
+        size_t live, erased;
+        assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+        assert_int_equal(live, 1);
+        assert_int_equal(erased, 1);
+        ew__keyring_free(k);
+    }
+    char *n = pg_value(f, "SELECT count(*) FROM key_store.subject_keys", NULL);
+    assert_string_equal(n, "2");
+    free(n);
+    /* the old file keeps no copy that a later erasure would miss */
+    char path[128];
+    snprintf(path, sizeof path, "%s/keys/keys.db", f->dir);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM subject_keys", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(ja);
+    free(jb);
+    ew_event_unref(a);
+    ew_event_unref(b);
+}
+
 /* ---- the cache ------------------------------------------------------------------------------- */
 
 /* Seals an event of each subject of users[0..n): the key store reads that took. */
@@ -854,6 +911,7 @@ static const struct CMUnitTest tests[] = {
     CASE(test_encryption_off_refuses_what_it_cannot_read),
     PG(test_a_shred_leaves_no_trace_in_postgresql_files),
     PG(test_the_postgresql_key_store_reconnects),
+    PG(test_postgresql_takes_the_data_keys_kept_in_sqlite_before),
     CASE(test_the_cache_keeps_the_subjects_it_has_room_for),
     CASE(test_a_full_set_drops_its_least_recently_used),
     STORES(test_a_cached_key_lives_its_seconds_and_no_more),
