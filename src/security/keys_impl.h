@@ -1,9 +1,11 @@
 /* eventwire — what the key store (keys.c) shares with the other files of src/security that keep
  * tables in it: its SQLite connection, under the handle's lock, and its migrations.
  *
- * A module that keeps its own keys in the store adds a migration at the end of the list in
- * keys.c (a new number, never a changed one) and reaches the connection with ew__keys_lock():
- * every statement between it and ew__keys_unlock() runs with the handle to itself. */
+ * A module that keeps its own keys in the store adds a migration at the end of the lists in
+ * keys.c and keys_postgres.c (a new number, never a changed one). To run on both databases it
+ * reaches its tables through a table of operations, as the keyring does (datakeys.h); the SQLite
+ * connection alone is here: every statement between ew__keys_lock() and ew__keys_unlock() runs
+ * with the handle to itself. */
 #ifndef EW_SECURITY_KEYS_IMPL_H
 #define EW_SECURITY_KEYS_IMPL_H
 
