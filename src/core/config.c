@@ -166,8 +166,8 @@ static const ew_setting entries[] = {
      EW_SETTING_INT, 0, 3600},
     {"EVENT_KEY_CACHE_SIZE", "16384", "8..1048576",
      "How many subjects' data keys a process keeps in memory (224 bytes each, locked from "
-     "swapping: 3.5 MiB by default), in sets of 8 that each drop their least recently used key "
-     "when full.",
+     "swapping: 3.5 MiB by default), in sets of 8 (the size rounded down to a multiple of 8) that "
+     "each drop their least recently used key when full.",
      EW_SETTING_INT, 8, 1048576},
     {"ENABLE_SAGAS", "true", "true|false", "Run the saga engine.", EW_SETTING_BOOL, 0, 0},
     {"ENABLE_METRICS", "true", "true|false",
