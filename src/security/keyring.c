@@ -332,16 +332,30 @@ static int check_kek(ew__keyring *k, int lock, ew_error *err)
     return 0;
 }
 
-/* Under db_mu: reads the key file again (after a rotation by another process). */
+/* Under db_mu: reads the key file again (after a rotation by another process). Between that
+ * rotation's commit and the rename of its KEY_FILE.new over the key file, the store's key is in
+ * KEY_FILE.new: it is taken from there when the key file is not the store's key. */
 static int reload_kek(ew__keyring *k, int lock, ew_error *err)
 {
-    unsigned char kek[KEY_BYTES];
-    int got = read_key_file(k->key_file, kek, err);
-    if (got < 0) return got;
-    if (!got) return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing", k->key_file);
-    memcpy(k->kek, kek, KEY_BYTES);
-    sodium_memzero(kek, sizeof kek);
-    return check_kek(k, lock, err);
+    char next[4096 + 8];
+    snprintf(next, sizeof next, "%s.new", k->key_file);
+    const char *paths[] = {k->key_file, next};
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        unsigned char kek[KEY_BYTES];
+        int got = read_key_file(paths[i], kek, i ? NULL : err);
+        if (got <= 0) {
+            if (!i)
+                rc = got ? got
+                         : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing",
+                                        k->key_file);
+            break;
+        }
+        memcpy(k->kek, kek, KEY_BYTES);
+        sodium_memzero(kek, sizeof kek);
+        if ((rc = check_kek(k, lock, i ? NULL : err)) != EW_ECONFIG) break;
+    }
+    return rc;
 }
 
 static int load_locked(ew__keyring *k, ew_error *err)
@@ -376,7 +390,8 @@ static int load_locked(ew__keyring *k, ew_error *err)
                        : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: vanished",
                                       k->key_file);
     }
-    if ((rc = check_kek(k, 0, err))) return rc;
+    if ((rc = check_kek(k, 0, err)) == EW_ECONFIG) rc = reload_kek(k, 0, err);
+    if (rc) return rc;
     if (k->ttl_us > 0 && !k->slots) {
         slot *slots = sodium_allocarray(k->nsets * WAYS, sizeof *slots);
         if (!slots) return ew_error_set(err, EW_ENOMEM, "out of memory for the data-key cache");

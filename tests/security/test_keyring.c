@@ -525,6 +525,69 @@ static void test_rotation_keeps_every_old_event_readable(void **state)
     ew__keyring_free(running);
 }
 
+/* Another process's rotation has committed but not yet renamed KEY_FILE.new over the key file:
+ * a running keyring that needs a new key (or an old one unwrapped) takes the store's key from
+ * KEY_FILE.new instead of failing; any other key there is still refused. */
+static void test_a_rotation_between_commit_and_rename(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SECONDS", "0", &err), 0);
+    ew__keyring *k = keyring(f), *running = keyring(f);
+    char u1[EW_UUID_LEN + 1], u2[EW_UUID_LEN + 1], next[160];
+    ew_uuid7(u1);
+    ew_uuid7(u2);
+    ew_event *e1 = registered(u1, "one@example.com", "one"),
+             *e2 = registered(u2, "two@example.com", "two");
+    char *j1 = sealed_json(k, e1);
+    assert_int_equal(ew__keyring_load(running, &err), 0); /* holds the old key */
+    unsigned char old[32], now[32];
+    FILE *kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(old, 1, 32, kf), 32);
+    fclose(kf);
+    size_t n;
+    if (ew__keyring_rotate(k, &n, &err)) fail_msg("rotate: %s", err.msg);
+    /* back to the moment before the rename: the new key in KEY_FILE.new, the old in the file */
+    kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(now, 1, 32, kf), 32);
+    fclose(kf);
+    snprintf(next, sizeof next, "%s.new", f->kek);
+    write_file(next, now, 32, 0600);
+    write_file(f->kek, old, 32, 0600);
+    char *j2 = sealed_json(running, e2); /* a new key, wrapped with the store's key */
+    ew_event *back;
+    ew__keyring *starting = keyring(f); /* a process that starts in that moment */
+    if (open_json(starting, j1, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e1));
+    ew_event_unref(back);
+    ew__keyring_free(starting);
+    if (open_json(running, j1, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e1));
+    ew_event_unref(back);
+    /* once renamed, every process reads the new key from the file */
+    assert_int_equal(rename(next, f->kek), 0);
+    ew__keyring *fresh = keyring(f);
+    if (open_json(fresh, j2, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e2));
+    ew_event_unref(back);
+    ew__keyring_free(fresh);
+    /* a KEY_FILE.new of another key is no way in */
+    unsigned char other[32];
+    memset(other, 9, sizeof other);
+    write_file(next, other, 32, 0600);
+    write_file(f->kek, old, 32, 0600);
+    fresh = keyring(f);
+    assert_int_equal(ew__keyring_load(fresh, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "is not the key"));
+    ew__keyring_free(fresh);
+    free(j1);
+    free(j2);
+    ew_event_unref(e1);
+    ew_event_unref(e2);
+    ew__keyring_free(running);
+    ew__keyring_free(k);
+}
+
 static void test_a_shredded_subject_decodes_as_erased(void **state)
 {
     fx *f = *state;
@@ -906,6 +969,7 @@ static const struct CMUnitTest tests[] = {
     CASE(test_tampered_ciphertext_is_dead_lettered),
     CASE(test_validation_runs_on_the_plaintext),
     STORES(test_rotation_keeps_every_old_event_readable),
+    STORES(test_a_rotation_between_commit_and_rename),
     STORES(test_a_shredded_subject_decodes_as_erased),
     CASE(test_memory_bus_handlers_get_plaintext),
     CASE(test_encryption_off_refuses_what_it_cannot_read),
