@@ -234,18 +234,31 @@ static void print_metrics_pair(double on, double off)
            cpu_on, cpu_on / cpu_off);
 }
 
-/* `bench_memory metrics [N [ROUNDS]]` runs the metrics pair alone (N events a run, 1,000,000 by
- * default; ROUNDS rounds, 5 by default): quicker to repeat while profiling. */
+/* `bench_memory metrics [N [ROUNDS [on|off]]]` runs the metrics pair alone (N events a run,
+ * 1,000,000 by default; ROUNDS rounds, 5 by default): quicker to repeat while profiling; with
+ * `on` or `off`, only that side, for a profiler to count one side's instructions. */
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "metrics") == 0) {
         long n = argc > 2 ? atol(argv[2]) : 1000000;
         int rounds = argc > 3 ? atoi(argv[3]) : 5;
         if (n < 1 || rounds < 1) {
-            fprintf(stderr, "usage: bench_memory [metrics [N [ROUNDS]]]\n");
+            fprintf(stderr, "usage: bench_memory [metrics [N [ROUNDS [on|off]]]]\n");
             return 2;
         }
         double on, off;
+        if (argc > 4) { /* one side alone, for a profiler: `metrics N 1 on` or `... off` */
+            bool is_on = strcmp(argv[4], "on") == 0;
+            if (!is_on && strcmp(argv[4], "off") != 0) {
+                fprintf(stderr, "usage: bench_memory metrics N ROUNDS [on|off]\n");
+                return 2;
+            }
+            for (int r = 0; r < rounds; r++)
+                bench_bus_obs(n, 1, NULL, is_on ? OBS_ON : OBS_OFF);
+            printf("bench: memory.publish_to_handled.metrics_%s.cpu %.0f events/cpu-s\n", argv[4],
+                   last_cpu_rate);
+            return 0;
+        }
         bench_bus_obs(n / 10 + 1, 1, NULL, OBS_OFF); /* warm up */
         bench_metrics_pair(n, rounds, &on, &off);
         if (atomic_load(&spans) != (long)rounds * n) {

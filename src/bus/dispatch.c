@@ -103,6 +103,8 @@ typedef struct worker {
     int64_t hold_t0;
     int64_t wall_off_us, wall_at_ns; /* spans: wall-clock minus monotonic time, and when read */
     char *span_name[EW_T__COUNT];    /* "TYPE GROUP/HANDLER" by type id: made at its first span */
+    ew_span span;                    /* the one handed to the span callback: its fixed fields set */
+    uint64_t rng;                    /* span ids (span_rand) */
     /* handler_clock: a time-stamp counter reading and the monotonic time at it, and the
      * nanoseconds per tick measured since the one before (0: not yet measured) */
     uint64_t tsc_ref;
@@ -167,6 +169,7 @@ struct ew_dispatcher {
 struct ew_handler_ctx {
     worker *w;
     const ew_event *ev;
+    unsigned type; /* ew_event_type_id(ev), asked once */
     int attempt;
     void *txn;
     bool has_error;
@@ -465,14 +468,37 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
     }
 }
 
+/* 64 random bits, never 0 (an id of zeros means "none"), from the worker's own generator
+ * (wyrand, seeded from ew__rand64 when the worker is made): a span takes one draw, or three for
+ * a new trace, and ew__rand64's thread-local lookup and fork check cost as much again as the draw.
+ * Span ids need to be unique, not secret. */
+static inline uint64_t span_rand(worker *w)
+{
+    w->rng += 0xa0761d6478bd642fULL;
+    __extension__ unsigned __int128 t =
+        (unsigned __int128)w->rng * (w->rng ^ 0xe7037ed1a0b428dbULL);
+    uint64_t r = (uint64_t)(t >> 64) ^ (uint64_t)t;
+    return r ? r : 1;
+}
+
 /* The handler's span: a child of the event's traceparent, or the root of a new trace. */
 static void make_span(ew_handler_ctx *ctx)
 {
     if (ctx->has_span) return;
+    worker *w = ctx->w;
     ew_trace_ctx parent;
     ctx->has_parent = ew_trace_parse(ew_event_traceparent(ctx->ev), &parent);
-    ew_trace_child(ctx->has_parent ? &parent : NULL, &ctx->span);
-    if (ctx->has_parent) memcpy(ctx->parent_span_id, parent.span_id, sizeof ctx->parent_span_id);
+    if (ctx->has_parent) {
+        memcpy(ctx->span.trace_id, parent.trace_id, sizeof ctx->span.trace_id);
+        ctx->span.flags = parent.flags;
+        memcpy(ctx->parent_span_id, parent.span_id, sizeof ctx->parent_span_id);
+    } else {
+        uint64_t id[2] = {span_rand(w), span_rand(w)};
+        memcpy(ctx->span.trace_id, id, sizeof ctx->span.trace_id);
+        ctx->span.flags = 1; /* sampled, as ew_trace_new */
+    }
+    uint64_t id = span_rand(w);
+    memcpy(ctx->span.span_id, &id, sizeof ctx->span.span_id);
     ctx->traceparent[0] = '\0'; /* formatted when a handler asks for it */
     ctx->has_span = true;
 }
@@ -489,32 +515,35 @@ static void span_name(char name[256], const char *type, const char *key)
     name[nt + 1 + nk] = '\0';
 }
 
-/* Reports the handler's call as a consumer span, a child of the event's. */
+/* Reports the handler's call as a consumer span, a child of the event's. The worker's span has
+ * what is the same for every call (kind, group, handler) from worker_new: only the rest is
+ * written here. */
 static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
                         ew_handler_result r)
 {
     const ew_dispatch_host *h = &w->d->host;
-    ew_span sp = {.ctx = ctx->span,
-                  .kind = EW_SPAN_CONSUMER,
-                  .start_us = start_us,
-                  .end_us = end_us,
-                  .error = r != EW_HANDLER_OK,
-                  .event_id = ew_event_id(ctx->ev),
-                  .event_type = ew_event_type(ctx->ev),
-                  .group = w->s->group,
-                  .handler = w->s->name};
-    if (ctx->has_parent) memcpy(sp.parent_span_id, ctx->parent_span_id, sizeof sp.parent_span_id);
+    ew_span *sp = &w->span;
+    sp->ctx = ctx->span;
+    sp->start_us = start_us;
+    sp->end_us = end_us;
+    sp->error = r != EW_HANDLER_OK;
+    sp->event_id = ew_event_id(ctx->ev);
+    sp->event_type = ew_event_type(ctx->ev);
+    if (ctx->has_parent)
+        memcpy(sp->parent_span_id, ctx->parent_span_id, sizeof sp->parent_span_id);
+    else
+        memset(sp->parent_span_id, 0, sizeof sp->parent_span_id);
     /* The name is the same for every event of a type: made once per worker and type (a type
      * outside the catalog, or no memory for it, makes it on the stack each time). */
-    unsigned t = (unsigned)ew_event_type_id(ctx->ev);
+    unsigned t = ctx->type;
     char tmp[256];
     if (t < EW_T__COUNT && w->span_name[t]) {
-        sp.name = w->span_name[t];
+        sp->name = w->span_name[t];
     } else {
-        span_name(tmp, sp.event_type, w->s->inbox_key);
-        sp.name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
+        span_name(tmp, sp->event_type, w->s->inbox_key);
+        sp->name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
     }
-    h->span(h->span_ud, &sp);
+    h->span(h->span_ud, sp);
 }
 
 /* The monotonic clock costs ~30 ns a read here (clock_gettime through the vDSO, more in a
@@ -549,11 +578,12 @@ static inline uint64_t tsc_read(void)
 #define TSC_FIRST_NS 10000000LL   /* and first over at least this long */
 
 /* Now on the monotonic clock, in ns, for timing a handler: from the counter when the worker
- * has measured its rate, else (and every TSC_RECAL_NS, to measure it again) clock_gettime. */
-static int64_t handler_clock(worker *w)
+ * has measured its rate, else (and every TSC_RECAL_NS, to measure it again) clock_gettime.
+ * *tick is the counter's reading, for handler_elapsed. */
+static int64_t handler_clock(worker *w, uint64_t *tick)
 {
     if (!w->d->tsc) return ew_mono_ns();
-    uint64_t t = tsc_read();
+    uint64_t t = *tick = tsc_read();
     double per = w->tsc_ns_per_tick;
     if (per > 0 && t >= w->tsc_ref) {
         int64_t since = (int64_t)((double)(t - w->tsc_ref) * per);
@@ -572,6 +602,19 @@ static int64_t handler_clock(worker *w)
     return now;
 }
 
+/* Nanoseconds since handler_clock gave t0 and tick0: the counter's ticks since then at the
+ * measured rate (the rate is constant, so a recalibration in between does not matter), without
+ * the conversion of an absolute reading. */
+static inline int64_t handler_elapsed(worker *w, int64_t t0, uint64_t tick0)
+{
+    if (w->d->tsc && w->tsc_ns_per_tick > 0) {
+        uint64_t t = tsc_read();
+        if (t >= tick0) return (int64_t)((double)(t - tick0) * w->tsc_ns_per_tick);
+    }
+    int64_t dt = ew_mono_ns() - t0;
+    return dt > 0 ? dt : 0;
+}
+
 static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
 {
     const ew_dispatch_host *h = &w->d->host;
@@ -579,7 +622,8 @@ static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
     if (h->no_metrics && !h->span) return w->fn(ctx->ev, ctx, w->ud);
     int64_t start_us = 0;
     if (h->span) make_span(ctx);
-    int64_t t0 = handler_clock(w);
+    uint64_t tick0 = 0;
+    int64_t t0 = handler_clock(w, &tick0);
     if (h->span) {
         /* A span's start in wall-clock time, from the monotonic clock and the worker's offset
          * between the two, read again each second: one clock read per call fewer. */
@@ -590,9 +634,9 @@ static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
         start_us = t0 / 1000 + w->wall_off_us;
     }
     ew_handler_result r = w->fn(ctx->ev, ctx, w->ud);
-    int64_t t1 = handler_clock(w);
-    if (!h->no_metrics) record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
-    if (h->span) report_span(w, ctx, start_us, start_us + (t1 - t0) / 1000, r);
+    int64_t dt = handler_elapsed(w, t0, tick0);
+    if (!h->no_metrics) record_time(w, (uint64_t)dt);
+    if (h->span) report_span(w, ctx, start_us, start_us + dt / 1000, r);
     return r;
 }
 
@@ -629,12 +673,11 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
     return EW_HANDLER_OK;
 }
 
-/* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of ev's type. */
-static void count_type(worker *w, const ew_event *ev, int outcome)
+/* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of the event's type. */
+static void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
 {
     if (w->d->host.no_metrics) return;
-    unsigned t = (unsigned)ew_event_type_id(ev);
-    if (t < EW_T__COUNT) bump(&w->by_type[t][outcome], 1);
+    if (ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
 }
 
 /* Runs one event through the handler to its final disposition: handled, skipped by the inbox or
@@ -648,6 +691,7 @@ static bool run_item(worker *w, const item *it)
     ew_handler_ctx ctx;
     ctx.w = w;
     ctx.ev = it->ev;
+    ctx.type = (unsigned)ew_event_type_id(it->ev);
     for (int attempt = 1;; attempt++) {
         ew_handler_result r;
         ctx.attempt = attempt;
@@ -676,7 +720,7 @@ static bool run_item(worker *w, const item *it)
             r = settle_ok(w, &ctx, use_inbox);
             if (r == EW_HANDLER_OK) {
                 bump(&w->handled, 1);
-                count_type(w, it->ev, 0);
+                count_type(w, &ctx, 0);
                 settle_done(w, it);
                 return true;
             }
@@ -698,13 +742,13 @@ static bool run_item(worker *w, const item *it)
         if (!first_fail) first_fail = last_fail;
         if (r == EW_HANDLER_RETRY && attempt < s->max_attempts) {
             bump(&w->retried, 1);
-            count_type(w, it->ev, 1);
+            count_type(w, &ctx, 1);
             if (!backoff_wait(w, backoff_us(s, attempt))) return false;
             continue;
         }
         if (!dead_letter(w, &ctx, attempt, first_fail, last_fail)) return false;
         bump(&w->dead_lettered, 1);
-        count_type(w, it->ev, 2);
+        count_type(w, &ctx, 2);
         if (it->dl) atomic_store(&it->dl->ew__failed, 1);
         item_finish(w, it, false);
         return true;
@@ -836,6 +880,10 @@ static worker *worker_new(ew_dispatcher *d, sub *s, ew_handler_fn fn, void *ud)
     w->fn = fn;
     w->ud = ud;
     w->d = d;
+    w->span.kind = EW_SPAN_CONSUMER;
+    w->span.group = s->group;
+    w->span.handler = s->name;
+    w->rng = ew__rand64();
     return w;
 fail_mutex:
     pthread_mutex_destroy(&w->mu);
