@@ -89,6 +89,13 @@ typedef struct ew__consumer_ops {
      * requeue. NULL: leaving it unsettled is enough (the broker delivers it again). */
     int (*release)(void *t, const ew__ack_token *tok, ew_error *err);
 
+    /* Keeps the transport's session alive while the thread is away from ops->fetch: while the
+     * window is full (at least every idle_ms), and while the receive path waits for a dead
+     * letter sink that refuses (every 50 ms). The SQLite bus renews its lease here. 0, or an
+     * error that ends the session as a failed fetch does (the message being dead-lettered is
+     * then released). NULL: nothing to keep. */
+    int (*keepalive)(void *t, ew_error *err);
+
     /* Cuts a wait in ops->fetch short when the transport waits on something other than
      * ew__consumer_wake_fd() (rd_kafka_queue_yield). Any thread. NULL: the fd is enough. */
     void (*wake)(void *t);
