@@ -1,8 +1,7 @@
 /* eventwire — the SQLite bus's internal header: its state, shared by its files (sqlite.c:
  * publishing with group commit, and the ops; sqlite_consume.c: the transport of each group's
- * consumer core). Nothing
- * here is used outside src/bus/sqlite*.c. Each function's contract is stated where it is defined.
- */
+ * consumer core). Nothing here is used outside src/bus/sqlite*.c. Each function's contract is
+ * stated where it is defined. */
 #ifndef EW_BUS_SQLITE_BUS_H
 #define EW_BUS_SQLITE_BUS_H
 
