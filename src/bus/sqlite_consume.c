@@ -128,19 +128,18 @@ static int64_t floor_of(const group *g)
     return g->settled >= g->delivered ? g->read_pos : g->settled;
 }
 
-/* Writes the position when it moved and COMMIT_MS passed, and renews the lease when due (lease_ms
- * 0: the last write, giving the lease up). EW_ECONFLICT when another consumer took the lease over
- * (ours expired): what is in flight finishes without moving the position any more. */
-static int commit_position(group *g, bool force, int64_t lease_ms, ew_error *err)
+/* Writes the position when it moved and COMMIT_MS passed, and renews the lease when due.
+ * EW_ECONFLICT when another consumer took the lease over (ours expired): what is in flight
+ * finishes without moving the position any more. */
+static int commit_position(group *g, ew_error *err)
 {
     int64_t now = mono_ms(), floor = floor_of(g);
-    if (!force && !(floor > g->committed && now - g->last_commit >= COMMIT_MS) &&
-        now < g->next_renew)
+    if (!(floor > g->committed && now - g->last_commit >= COMMIT_MS) && now < g->next_renew)
         return 0;
     int held = 0;
     ew_error e = {0};
     g->last_commit = now;
-    if (ew__store_group_commit(g->st, g->name, g->owner, floor, lease_ms, &held, &e)) {
+    if (ew__store_group_commit(g->st, g->name, g->owner, floor, LEASE_MS, &held, &e)) {
         consumer_error(g, "writing the group's position", &e);
         return 0; /* tried again at the next turn; the lease lasts LEASE_MS */
     }
@@ -318,7 +317,7 @@ static int t_fetch(void *t, size_t max, int wait_ms, ew_error *err)
         if (!g->active) wait_for_work(g, (int64_t)STANDBY_MS * 1000, false);
         return 0;
     }
-    int rc = commit_position(g, false, LEASE_MS, err);
+    int rc = commit_position(g, err);
     if (rc) return rc;
     if (stopping) {
         wait_for_work(g, idle_wait_us(g, now, true), false);
@@ -362,7 +361,7 @@ static int t_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, 
     (void)count;
     group *g = t;
     if (upto && (int64_t)tok->a > g->settled) g->settled = (int64_t)tok->a;
-    return g->active ? commit_position(g, false, LEASE_MS, err) : 0;
+    return g->active ? commit_position(g, err) : 0;
 }
 
 /* ops->keepalive: the lease and the position while the thread is away from fetch (a full
@@ -370,7 +369,7 @@ static int t_settle(void *t, const ew__ack_token *tok, size_t count, bool upto, 
 static int t_keepalive(void *t, ew_error *err)
 {
     group *g = t;
-    return g->active ? commit_position(g, false, LEASE_MS, err) : 0;
+    return g->active ? commit_position(g, err) : 0;
 }
 
 /* ops->release: the row goes again — the read that brought it stops there (on_entry), and the
@@ -391,12 +390,17 @@ static void t_disconnect(void *t, bool closing)
         g->active = false;
         return;
     }
-    ew_error e = {0};
+    g->active = false;
     int64_t floor = floor_of(g);
-    if (commit_position(g, true, 0, &e) == 0)
+    int held = 0;
+    ew_error e = {0};
+    if (ew__store_group_commit(g->st, g->name, g->owner, floor, 0, &held, &e))
+        ew__bus_log(g->b->bus, EW_LOG_ERROR,
+                    "sqlite bus: group %s: position %lld not written at close: %s", g->name,
+                    (long long)floor, e.msg);
+    else if (held)
         ew__bus_log(g->b->bus, EW_LOG_DEBUG, "sqlite bus: %s left group %s at position %lld",
                     g->owner, g->name, (long long)floor);
-    g->active = false;
 }
 
 static const ew__consumer_ops transport = {
