@@ -433,6 +433,52 @@ static void in_flight_window_wraps(void **state)
     }
 }
 
+/* A window that stays full for longer than the lease (EVENT_BUS_MAX_IN_FLIGHT=1, a handler that
+ * takes 6 s), with a second consumer of the group standing by: the consumer keeps renewing its
+ * lease while it waits for room (ops->keepalive), so the standby never takes the group over and
+ * the event is handled once. */
+static atomic_int slow_calls;
+static ew_handler_result slow_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    (void)ev, (void)ctx, (void)ud;
+    if (atomic_fetch_add(&slow_calls, 1) == 0) usleep(6000000);
+    return EW_HANDLER_OK;
+}
+
+static void full_window_keeps_the_lease(void **state)
+{
+    env *e = *state;
+    atomic_store(&slow_calls, 0);
+    ew_bus *c[2];
+    for (int i = 0; i < 2; i++) {
+        ew_config *cfg = config(e, "svc");
+        ew_error err = {0};
+        assert_int_equal(ew_config_set(cfg, "EVENT_BUS_MAX_IN_FLIGHT", "1", &err), 0);
+        assert_int_equal(ew_bus_open(&c[i], &(ew_bus_options){.config = cfg}, &err), 0);
+        ew_config_free(cfg);
+        tb_subscribe(c[i], "user.logged_in", slow_fn, NULL, &(ew_subscribe_opts){.name = "h"});
+        tb_start(c[i]);
+    }
+    wait_until(e, "SELECT owner <> '' FROM bus_groups WHERE group_name = 'svc'", 1,
+               "a consumer holding the lease");
+    char owner[EW__STORE_OWNER_MAX], after[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", owner, sizeof owner);
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    int64_t t0 = ew_mono_ns();
+    publish_n(pub, 1, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 1,
+               "the group's position past the slow event");
+    int64_t took = ew_mono_ns() - t0;
+    usleep(300000); /* a moment for a second delivery to show up, were there one */
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", after, sizeof after);
+    tb_close(pub);
+    tb_close(c[0]);
+    tb_close(c[1]);
+    assert_true(took > 5000LL * 1000000); /* the situation: the window full for longer */
+    assert_int_equal(atomic_load(&slow_calls), 1);
+    assert_string_equal(after, owner);
+}
+
 /* ---- group commit --------------------------------------------------------------------------- */
 
 enum { GC_THREADS = 16, GC_EACH = 50 };
@@ -1281,6 +1327,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(group_positions_survive_restart, setup, teardown),
     cmocka_unit_test_setup_teardown(standby_takes_over_at_close, setup, teardown),
     cmocka_unit_test_setup_teardown(in_flight_window_wraps, setup, teardown),
+    cmocka_unit_test_setup_teardown(full_window_keeps_the_lease, setup, teardown),
     cmocka_unit_test_setup_teardown(group_commit_shares_commits, setup, teardown),
     cmocka_unit_test_setup_teardown(follow_ups_join_the_inbox_transaction, setup, teardown),
     cmocka_unit_test_setup_teardown(held_batch_store_and_the_bus_share_the_file, setup, teardown),
