@@ -433,6 +433,46 @@ static void in_flight_window_wraps(void **state)
     }
 }
 
+/* The lease taken over by another consumer (here: by SQL, for a holder on another machine): the
+ * consumer finds out at its next write (to the core, a lost connection), stands by without
+ * moving the position while the other holds the lease, and takes the group back where it was
+ * left once the lease is free again: every event handled, the position at the head. */
+static void lease_taken_over_and_back(void **state)
+{
+    env *e = *state;
+    atomic_int n = 0;
+    ew_bus *c = open_bus(e, "svc", NULL);
+    tb_subscribe(c, "user.logged_in", count_fn, &n, NULL);
+    tb_start(c);
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 5, "the position");
+    char owner[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", owner, sizeof owner);
+    sql_int(e, "UPDATE bus_groups SET owner = 'elsewhere/1/1/x', "
+               "lease_until = '2999-01-01T00:00:00.000000Z' WHERE group_name = 'svc' RETURNING 1");
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN); /* handled or not before the consumer sees it */
+    usleep(1500000);                        /* past a renewal: the consumer has seen the lease go */
+    /* the situation: standing by, the position not moved by the consumer that lost the lease */
+    assert_int_equal(sql_int(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'"), 5);
+    char now_owner[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", now_owner,
+             sizeof now_owner);
+    assert_string_equal(now_owner, "elsewhere/1/1/x");
+    sql_int(e, "UPDATE bus_groups SET owner = NULL, lease_until = NULL WHERE group_name = 'svc' "
+               "RETURNING 1");
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 15,
+               "the position after the lease came back");
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", now_owner,
+             sizeof now_owner);
+    assert_string_equal(now_owner, owner);
+    tb_close(pub);
+    tb_close(c);
+    /* every event, at least once (those handled while the lease went are delivered again) */
+    assert_true(atomic_load(&n) >= 15);
+}
+
 /* A window that stays full for longer than the lease (EVENT_BUS_MAX_IN_FLIGHT=1, a handler that
  * takes 6 s), with a second consumer of the group standing by: the consumer keeps renewing its
  * lease while it waits for room (ops->keepalive), so the standby never takes the group over and
@@ -1327,6 +1367,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(group_positions_survive_restart, setup, teardown),
     cmocka_unit_test_setup_teardown(standby_takes_over_at_close, setup, teardown),
     cmocka_unit_test_setup_teardown(in_flight_window_wraps, setup, teardown),
+    cmocka_unit_test_setup_teardown(lease_taken_over_and_back, setup, teardown),
     cmocka_unit_test_setup_teardown(full_window_keeps_the_lease, setup, teardown),
     cmocka_unit_test_setup_teardown(group_commit_shares_commits, setup, teardown),
     cmocka_unit_test_setup_teardown(follow_ups_join_the_inbox_transaction, setup, teardown),
