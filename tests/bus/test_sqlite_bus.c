@@ -1,8 +1,9 @@
 /* Tests of the SQLite bus beyond the conformance suite: processes sharing one file with a consumer
  * killed mid-stream and the store's inbox making each effect happen once, group positions across
- * restarts, the lease handed over at close, group commit, follow-up events written in the
- * inbox's transaction, bad settings; and the store functions the bus added (record, scan, data
- * version, groups), those that PostgreSQL has on it too.
+ * restarts, the lease handed over at close, taken over and given back, and kept while the
+ * consumer waits (a full window, a dead letter sink that is down), group commit, follow-up events
+ * written in the inbox's transaction, bad rows, bad settings; and the store functions the bus
+ * added (record, scan, data version, groups), those that PostgreSQL has on it too.
  * ew-fixture: postgres */
 #ifdef EW_HAVE_SQLITE_BUS
 #include <fcntl.h>
