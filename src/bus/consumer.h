@@ -18,7 +18,9 @@
  *   the window     at most max_inflight deliveries are held: handed to the dispatcher (or
  *                  dead-lettered) and not yet settled. Fetching asks for no more than the room
  *                  left, and a full window makes the thread wait for done() calls: a slow handler
- *                  blocks fetching, and memory never grows with the backlog.
+ *                  blocks fetching, and memory never grows with the backlog. Meanwhile (and
+ *                  while a refusing dead letter sink is tried again) ops->keepalive keeps the
+ *                  transport's session: the SQLite bus's lease.
  *
  *   the receive    every message fetched goes through ew__consumer_receive(): the shared receive
  *                  path (receive.h: decode, verify, decrypt, count, or the dead letter under the
