@@ -49,10 +49,9 @@
  *   settle         acknowledge up to a token (a run in delivery order) or one token alone
  *   release        give a message back unhandled (requeue); stop_fetching: cancel at stop
  *   disconnect     drop the connection after an error, or close it at the end
+ *   keepalive      keep the session (a lease) while the thread waits away from fetch
  *
- * RabbitMQ, Kafka and Redis (streams and Pub/Sub) are on the core. The SQLite bus
- * (sqlite_consume.c) still runs its own consumer thread, window and in-order acknowledgements
- * behind these ops, under the same rules.
+ * RabbitMQ, Kafka, Redis (streams and Pub/Sub) and the SQLite bus are all on the core.
  *
  * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
  * follow-up events of a handler are published from its worker), also after ops->stop. done() runs

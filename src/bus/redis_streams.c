@@ -474,6 +474,19 @@ static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
     }
 }
 
+/* keepalive (a full window, a refusing dead letter sink): what is held long is still refreshed,
+ * and the acknowledgements flow. */
+static int st_keepalive(void *t, ew_error *err)
+{
+    rconsumer *c = t;
+    int64_t now = ew_mono_ns();
+    if (now >= c->next_refresh) {
+        c->next_refresh = now + refresh_period_ns(c->rb);
+        if (ew__rd_refresh(c, now - 2 * refresh_period_ns(c->rb), err)) return -1;
+    }
+    return (c->owed || c->unsent.n) ? ew__rd_acks_flush(c, false, err) : 0;
+}
+
 static int st_fetch(void *t, size_t max, int wait_ms, ew_error *err)
 {
     rconsumer *c = t;
@@ -507,11 +520,7 @@ static int st_fetch(void *t, size_t max, int wait_ms, ew_error *err)
         }
         if (rc) return rc;
     }
-    if (now >= c->next_refresh) {
-        c->next_refresh = now + refresh_period_ns(rb);
-        if (ew__rd_refresh(c, now - 2 * refresh_period_ns(rb), err)) return -1;
-    }
-    if (c->unsent.n && ew__rd_acks_flush(c, false, err)) return -1;
+    if (st_keepalive(c, err)) return -1;
     return got ? 0 : wait_read(c, wait_ms, err);
 }
 
@@ -608,6 +617,7 @@ const ew__consumer_ops ew__rd_streams_transport = {
     .settle_each = st_settle_each,
     .stop_fetching = st_stop_fetching,
     .disconnect = st_disconnect,
+    .keepalive = st_keepalive,
     .settle_one = true,
     .keep_on_reconnect = true, /* XACK of an entry id works from any connection */
     .backoff_min_ms = BACKOFF_MIN_MS,

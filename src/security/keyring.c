@@ -1,5 +1,6 @@
 /* eventwire — the keyring (keyring.h): the key-encryption key, the key store of wrapped data
- * keys (SQLite), a bounded cache of unwrapped ones, and the sealing and unsealing of events. */
+ * keys (SQLite or PostgreSQL, through datakeys.h), a bounded cache of unwrapped ones, and the
+ * sealing and unsealing of events. */
 #include "security/keyring.h"
 
 #include <errno.h>
@@ -7,8 +8,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sodium.h>
-#include <sqlite3.h>
-#include "security/keys_impl.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,23 +17,30 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/aead.h"
+#include "security/datakeys.h"
 #include "security/keyfile.h"
+#include "security/keys_postgres.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
 #define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
 #define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES      /* 16 */
 #define WRAPPED_BYTES (NONCE_BYTES + KEY_BYTES + TAG_BYTES)
 #define SUBJECT_MAX 128
-#define NSLOTS 1024 /* the cache: direct-mapped by the subject's hash */
-#define BUSY_MS 10000
+#define WAYS 8 /* the cache: sets of WAYS slots, the subject's hash picks the set */
 
+/* One cached data key (EW__KEYRING_SLOT_BYTES bytes, keyring.h). */
 typedef struct slot {
+    uint64_t hash;    /* of subject, compared first */
+    int64_t at_us;    /* when it was read from the key store: fresh for ttl_us */
+    uint64_t used_at; /* the keyring's tick when last used: a full set drops its least recent */
+    bool used, erased;
     char subject[SUBJECT_MAX + 1];
     unsigned char dek[KEY_BYTES];
     unsigned char sub[KEY_BYTES]; /* own_subkey() of dek */
-    bool used, erased;
-    int64_t at_us;
 } slot;
+
+_Static_assert(sizeof(slot) <= EW__KEYRING_SLOT_BYTES, "keyring.h states a slot's size");
 
 /* A subject whose data key a thread is about to make (get_key). Threads that need new keys at
  * once queue here, and whichever holds db_mu next makes all of them in one transaction: a new
@@ -46,20 +52,29 @@ typedef struct wanted {
 } wanted;
 
 struct ew__keyring {
-    char *key_file, *store_path;
+    char *key_file;
+    char *store_url;  /* sqlite:PATH or postgresql://... (which may hold a password) */
+    char *store_name; /* the file, or the URL without user and password: for messages */
+    char *legacy;     /* on PostgreSQL: where the data keys were before (import_legacy) */
     int64_t ttl_us;
     pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
     /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
-     * connection, used only under db_mu: nothing else uses this handle. */
+     * data-key tables, used only under db_mu: nothing else uses this handle. */
     ew_keys *store;
-    sqlite3 *db;
-    sqlite3_stmt *read_st; /* read_key's, prepared once: every cache miss runs it */
+    const ew__datakeys_ops *ops;
+    ew__datakeys *dk;
+    atomic_size_t store_reads; /* data keys read from the key store (cache misses) */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
-    slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
+    /* nsets * WAYS, in memory locked from swapping where the system allows; made by the first
+     * load, so that a keyring that never needs a key (a store that only relays ciphertext) costs
+     * none of it. Written under mu and db_mu. */
+    slot *slots;
+    size_t nsets;  /* EVENT_KEY_CACHE_SIZE / WAYS */
+    uint64_t tick; /* under mu: one more per use of the cache */
     /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
      * of one keyring share a nonce and none needs a system call for randomness. */
     unsigned char nonce_prefix[NONCE_BYTES - 8];
@@ -115,27 +130,35 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     pthread_mutex_init(&k->db_mu, NULL);
     const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
     const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
-    /* The data keys are in an SQLite key store: KEY_STORE_URL's, or with a key store on
-     * PostgreSQL (which holds the bus keys only, so far) the one beside EVENT_STORE_URL's file
-     * that KEY_STORE_URL names when it is unset, whichever store this keyring serves. */
-    if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
-        ks = NULL;
-        store_url = ew_config_get(cfg, "EVENT_STORE_URL");
+    bool sqlite = ks && !strncmp(ks, "sqlite:", 7), pg = ks && *ks && !sqlite;
+    /* The data keys are in KEY_STORE_URL's store, else in keys/keys.db beside the store this
+     * keyring serves. The key-encryption key sits beside an SQLite key store; with one on
+     * PostgreSQL, in the folder keys beside EVENT_STORE_URL's file. */
+    if (pg) store_url = ew_config_get(cfg, "EVENT_STORE_URL");
+    k->key_file = kf && *kf ? strdup(kf)
+                  : sqlite  ? beside_store(ks, "", "eventwire.kek")
+                            : beside_store(store_url, "keys/", "eventwire.kek");
+    if (pg) {
+        k->store_url = strdup(ks);
+        k->store_name = ew__keys_pg_name_of(ks);
+        k->legacy = beside_store(store_url, "keys/", "keys.db");
+    } else {
+        k->store_name = sqlite ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
+        ew_buf url;
+        ew_buf_init(&url);
+        if (k->store_name) ew_buf_printf(&url, "sqlite:%s", k->store_name);
+        k->store_url = ew_buf_steal(&url, NULL);
     }
-    /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
-    k->key_file = kf && *kf   ? strdup(kf)
-                  : ks && *ks ? beside_store(ks, "", "eventwire.kek")
-                              : beside_store(store_url, "keys/", "eventwire.kek");
-    k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
     k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
-    k->slots = sodium_malloc(NSLOTS * sizeof *k->slots);
-    if (!k->key_file || !k->store_path || !k->slots) {
+    k->nsets = (size_t)ew_config_get_int(cfg, "EVENT_KEY_CACHE_SIZE") / WAYS;
+    if (k->nsets == 0) k->nsets = 1;
+    if (!k->key_file || !k->store_url || !k->store_name) {
         ew__keyring_free(k);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
-    memset(k->slots, 0, NSLOTS * sizeof *k->slots);
     randombytes_buf(k->nonce_prefix, sizeof k->nonce_prefix);
     atomic_init(&k->nonce_seq, 0);
+    atomic_init(&k->store_reads, 0);
     *out = k;
     return 0;
 }
@@ -143,14 +166,17 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
-    sqlite3_finalize(k->read_st);
+    if (k->ops) k->ops->close(k->dk);
     ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
     pthread_mutex_destroy(&k->mu);
     pthread_mutex_destroy(&k->db_mu);
     free(k->key_file);
-    free(k->store_path);
+    if (k->store_url) sodium_memzero(k->store_url, strlen(k->store_url));
+    free(k->store_url);
+    free(k->store_name);
+    free(k->legacy);
     free(k);
 }
 
@@ -159,46 +185,71 @@ const char *ew__keyring_key_file(const ew__keyring *k)
     return k->key_file;
 }
 
-const char *ew__keyring_store_path(const ew__keyring *k)
+const char *ew__keyring_store_name(const ew__keyring *k)
 {
-    return k->store_path;
+    return k->store_name;
+}
+
+size_t ew__keyring_store_reads(ew__keyring *k)
+{
+    return atomic_load(&k->store_reads);
 }
 
 /* ---- the key store ------------------------------------------------------------------------ */
 
-static int db_fail(ew__keyring *k, const char *what, ew_error *err)
-{
-    return ew_error_set(err, EW_EIO, "key store %s: %s: %s", k->store_path, what,
-                        k->db ? sqlite3_errmsg(k->db) : "not open");
-}
-
-static int exec(ew__keyring *k, const char *sql, ew_error *err)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(k->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = ew_error_set(err, EW_EIO, "key store %s: %s", k->store_path,
-                              msg ? msg : sqlite3_errmsg(k->db));
-        sqlite3_free(msg);
-        return rc;
-    }
-    return 0;
-}
-
-/* The key store (eventwire/keys.h) with the tables of its migration 002_subject_keys. */
+/* The key store (eventwire/keys.h) and its data-key tables (migration 002_subject_keys). */
 static int store_open(ew__keyring *k, ew_error *err)
 {
+    int rc = ew_keys_open(&k->store, &(ew_keys_options){.url = k->store_url}, err);
+    if (rc) return rc;
+    return ew__datakeys_open(k->store, &k->ops, &k->dk, err);
+}
+
+/* Inserts one row of the old store into the new one (import_legacy's walks). */
+static int import_row(void *ud, const char *subject, const unsigned char *w, size_t len)
+{
+    void **to = ud; /* the keyring, and an ew_error */
+    ew__keyring *k = to[0];
+    return w ? k->ops->insert(k->dk, subject, w, len, to[1]) : k->ops->shred(k->dk, subject, to[1]);
+}
+
+/* Before a key store on PostgreSQL held the data keys, they were in the SQLite key store beside
+ * EVENT_STORE_URL's file. A PostgreSQL store without a fingerprint takes that file's fingerprint,
+ * keys and tombstones, in one transaction (a second process finds them there and imports
+ * nothing), and the file's copies are then deleted (secure_delete zeroes them). */
+static int import_legacy(ew__keyring *k, ew_error *err)
+{
+    char fp[65];
+    int have = k->ops->fingerprint(k->dk, fp, 0, err);
+    if (have) return have < 0 ? have : 0;
+    if (access(k->legacy, F_OK) != 0) return 0;
     ew_buf url;
     ew_buf_init(&url);
-    ew_buf_printf(&url, "sqlite:%s", k->store_path);
+    ew_buf_printf(&url, "sqlite:%s", k->legacy);
+    ew_keys *old = NULL;
+    const ew__datakeys_ops *ops = NULL;
+    ew__datakeys *dk = NULL;
     int rc = url.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
-                     : ew_keys_open(&k->store, &(ew_keys_options){.url = url.data}, err);
+                     : ew_keys_open(&old, &(ew_keys_options){.url = url.data}, err);
     ew_buf_release(&url);
-    if (rc) return rc;
-    k->db = ew__keys_lock(k->store);
-    ew__keys_unlock(k->store);
-    /* Freed pages zeroed (the store keeps a rollback journal, no WAL): a destroyed key is gone
-     * from the file when its transaction ends. */
-    return exec(k, "PRAGMA secure_delete=ON", err);
+    if (!rc) rc = ew__datakeys_open(old, &ops, &dk, err);
+    if (!rc && (have = ops->fingerprint(dk, fp, 0, err)) <= 0) rc = have; /* none: nothing */
+    if (!rc && have > 0 && !(rc = k->ops->begin(k->dk, err))) {
+        char now[65];
+        void *to[] = {k, err};
+        have = k->ops->fingerprint(k->dk, now, 2, err); /* another process, meanwhile? */
+        if (have < 0) rc = have;
+        if (!rc && !have && !(rc = k->ops->set_fingerprint(k->dk, fp, false, err)) &&
+            !(rc = ops->each_live(dk, import_row, to, err)))
+            rc = ops->each_erased(dk, import_row, to, err);
+        if (rc)
+            k->ops->rollback(k->dk);
+        else if (!(rc = k->ops->commit(k->dk, err)) && !have)
+            rc = ops->clear(dk, err); /* a later erasure must not find a copy there */
+    }
+    if (ops) ops->close(dk);
+    ew_keys_close(old);
+    return rc;
 }
 
 /* The fingerprint of a key-encryption key: what the store keeps to recognise it. */
@@ -208,33 +259,6 @@ static void fingerprint_of(const unsigned char *kek, char out[65])
     unsigned char h[32];
     crypto_generichash(h, sizeof h, (const unsigned char *)label, sizeof label - 1, kek, KEY_BYTES);
     sodium_bin2hex(out, 65, h, sizeof h);
-}
-
-/* The store's fingerprint into out (65 bytes): 1 when there is one, 0 when none, < 0 on error. */
-static int stored_fingerprint(ew__keyring *k, char out[65], ew_error *err)
-{
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "SELECT fingerprint FROM kek WHERE id = 1", -1, &st, NULL))
-        return db_fail(k, "reading the key's fingerprint", err);
-    int rc = sqlite3_step(st), found = 0;
-    if (rc == SQLITE_ROW) {
-        snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        found = db_fail(k, "reading the key's fingerprint", err);
-    }
-    sqlite3_finalize(st);
-    return found;
-}
-
-static int count_where(ew__keyring *k, const char *sql, size_t *n, ew_error *err)
-{
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, sql, -1, &st, NULL)) return db_fail(k, "counting keys", err);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : db_fail(k, "counting keys", err);
-    if (!rc) *n = (size_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return rc;
 }
 
 /* ---- the key-encryption key ---------------------------------------------------------------- */
@@ -278,12 +302,12 @@ static int write_key_file(const char *path, const unsigned char kek[KEY_BYTES], 
     return rc;
 }
 
-/* Under db_mu: the key file matches the store's fingerprint, or the store gets its fingerprint
- * when it has none. */
-static int check_kek(ew__keyring *k, ew_error *err)
+/* Under db_mu: the key file matches the store's fingerprint (read with lock, datakeys.h), or the
+ * store gets its fingerprint when it has none. */
+static int check_kek(ew__keyring *k, int lock, ew_error *err)
 {
     char stored[65];
-    int have = stored_fingerprint(k, stored, err);
+    int have = k->ops->fingerprint(k->dk, stored, lock, err);
     if (have < 0) return have;
     fingerprint_of(k->kek, k->fingerprint);
     if (have) {
@@ -292,58 +316,70 @@ static int check_kek(ew__keyring *k, ew_error *err)
                                 "key-encryption key %s is not the key the key store %s was made "
                                 "with (fingerprint %.16s..., the store's %.16s...): restore the "
                                 "right file; the data keys cannot be read without it",
-                                k->key_file, k->store_path, k->fingerprint, stored);
+                                k->key_file, k->store_name, k->fingerprint, stored);
         return 0;
     }
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "INSERT OR IGNORE INTO kek (id, fingerprint) VALUES (1, ?)", -1,
-                           &st, NULL))
-        return db_fail(k, "recording the key's fingerprint", err);
-    sqlite3_bind_text(st, 1, k->fingerprint, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "recording the fingerprint", err);
-    sqlite3_finalize(st);
+    int rc = k->ops->set_fingerprint(k->dk, k->fingerprint, false, err);
     if (rc) return rc;
     /* A process that started at the same moment may have recorded its own first. */
-    have = stored_fingerprint(k, stored, err);
-    if (have <= 0) return have ? have : db_fail(k, "the fingerprint vanished", err);
+    have = k->ops->fingerprint(k->dk, stored, lock, err);
+    if (have <= 0)
+        return have ? have
+                    : ew_error_set(err, EW_EIO, "key store %s: the fingerprint vanished",
+                                   k->store_name);
     if (strcmp(stored, k->fingerprint) != 0)
         return ew_error_set(err, EW_ECONFIG, "key-encryption key %s changed while starting",
                             k->key_file);
     return 0;
 }
 
-/* Under db_mu: reads the key file again (after a rotation by another process). */
-static int reload_kek(ew__keyring *k, ew_error *err)
+/* Under db_mu: reads the key file again (after a rotation by another process). Between that
+ * rotation's commit and the rename of its KEY_FILE.new over the key file, the store's key is in
+ * KEY_FILE.new: it is taken from there when the key file is not the store's key. */
+static int reload_kek(ew__keyring *k, int lock, ew_error *err)
 {
-    unsigned char kek[KEY_BYTES];
-    int got = read_key_file(k->key_file, kek, err);
-    if (got < 0) return got;
-    if (!got) return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing", k->key_file);
-    memcpy(k->kek, kek, KEY_BYTES);
-    sodium_memzero(kek, sizeof kek);
-    return check_kek(k, err);
+    char next[4096 + 8];
+    snprintf(next, sizeof next, "%s.new", k->key_file);
+    const char *paths[] = {k->key_file, next};
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        unsigned char kek[KEY_BYTES];
+        int got = read_key_file(paths[i], kek, i ? NULL : err);
+        if (got <= 0) {
+            if (!i)
+                rc = got ? got
+                         : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing",
+                                        k->key_file);
+            break;
+        }
+        memcpy(k->kek, kek, KEY_BYTES);
+        sodium_memzero(kek, sizeof kek);
+        if ((rc = check_kek(k, lock, i ? NULL : err)) != EW_ECONFIG) break;
+    }
+    return rc;
 }
 
 static int load_locked(ew__keyring *k, ew_error *err)
 {
     if (k->loaded) return 0;
-    int rc = k->db ? 0 : store_open(k, err);
+    int rc = k->dk ? 0 : store_open(k, err);
+    if (!rc && k->legacy) rc = import_legacy(k, err);
     if (rc) return rc;
     int got = read_key_file(k->key_file, k->kek, err);
     if (got < 0) return got;
     if (!got) {
         /* No key file: made now only when the store has never had a key. */
         char stored[65];
-        size_t n = 0;
-        int have = stored_fingerprint(k, stored, err);
+        size_t live = 0, erased = 0;
+        int have = k->ops->fingerprint(k->dk, stored, 0, err);
         if (have < 0) return have;
-        if ((rc = count_where(k, "SELECT count(*) FROM subject_keys", &n, err))) return rc;
-        if (have || n)
+        if ((rc = k->ops->count(k->dk, &live, &erased, err))) return rc;
+        if (have || live || erased)
             return ew_error_set(err, EW_ECONFIG,
                                 "key-encryption key %s is missing, but the key store %s holds "
                                 "data keys wrapped by one (fingerprint %.16s...): restore the "
                                 "file (a new key would leave every encrypted field unreadable)",
-                                k->key_file, k->store_path, have ? stored : "unknown");
+                                k->key_file, k->store_name, have ? stored : "unknown");
         unsigned char kek[KEY_BYTES];
         crypto_aead_xchacha20poly1305_ietf_keygen(kek);
         rc = write_key_file(k->key_file, kek, true, err);
@@ -355,7 +391,16 @@ static int load_locked(ew__keyring *k, ew_error *err)
                        : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: vanished",
                                       k->key_file);
     }
-    if ((rc = check_kek(k, err))) return rc;
+    if ((rc = check_kek(k, 0, err)) == EW_ECONFIG) rc = reload_kek(k, 0, err);
+    if (rc) return rc;
+    if (k->ttl_us > 0 && !k->slots) {
+        slot *slots = sodium_allocarray(k->nsets * WAYS, sizeof *slots);
+        if (!slots) return ew_error_set(err, EW_ENOMEM, "out of memory for the data-key cache");
+        memset(slots, 0, k->nsets * WAYS * sizeof *slots);
+        pthread_mutex_lock(&k->mu);
+        k->slots = slots;
+        pthread_mutex_unlock(&k->mu);
+    }
     k->loaded = true;
     return 0;
 }
@@ -390,81 +435,50 @@ static int unwrap(const unsigned char *kek, const char *subject, const unsigned 
 
 typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
 
-/* Under db_mu: the subject's row. */
+/* Under db_mu: the subject's row (a wrapped key of another size is read as one of none: wlen 0,
+ * which does not unwrap). */
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
                     unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
 {
-    if (!k->read_st &&
-        sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1,
-                           &k->read_st, NULL))
-        return db_fail(k, "reading a data key", err);
-    sqlite3_stmt *st = k->read_st;
-    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st), ret = 0;
-    *state = KEY_NONE;
-    if (rc == SQLITE_ROW) {
-        const void *b = sqlite3_column_blob(st, 0);
-        int n = sqlite3_column_bytes(st, 0);
-        if (!b) {
-            *state = KEY_ERASED;
-        } else {
-            *state = KEY_LIVE;
-            *wlen = (size_t)n < WRAPPED_BYTES ? (size_t)n : WRAPPED_BYTES;
-            memcpy(w, b, *wlen);
-            if ((size_t)n != WRAPPED_BYTES) *wlen = 0;
-        }
-    } else if (rc != SQLITE_DONE) {
-        ret = db_fail(k, "reading a data key", err);
-    }
-    sqlite3_reset(st); /* ends the read: the store's lock is released */
-    sqlite3_clear_bindings(st);
-    return ret;
+    ew__dk_state st;
+    atomic_fetch_add_explicit(&k->store_reads, 1, memory_order_relaxed);
+    int rc = k->ops->read(k->dk, subject, &st, w, WRAPPED_BYTES, wlen, err);
+    *state = st == EW__DK_LIVE ? KEY_LIVE : st == EW__DK_ERASED ? KEY_ERASED : KEY_NONE;
+    return rc;
 }
 
-/* Under db_mu: one insert of a new data key for subject, unless it has a row already. */
-static int insert_key(ew__keyring *k, sqlite3_stmt *st, const char *subject, ew_error *err)
+/* Under db_mu, in create_keys' transaction: a new data key for subject, unless it has a row. */
+static int insert_key(ew__keyring *k, const char *subject, ew_error *err)
 {
     unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
     crypto_aead_xchacha20poly1305_ietf_keygen(dek);
     wrap(k->kek, subject, dek, w);
     sodium_memzero(dek, sizeof dek);
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 2, w, sizeof w, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 3, ew_now_us() / 1000000);
-    return sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "storing a data key", err);
+    return k->ops->insert(k->dk, subject, w, sizeof w, err);
 }
 
 /* Under db_mu: makes the data keys of subject and of the queued subjects in batch, in one
  * transaction, for those without a row already. */
 static int create_keys(ew__keyring *k, const char *subject, const wanted *batch, ew_error *err)
 {
-    int rc = exec(k, "BEGIN IMMEDIATE", err);
+    int rc = k->ops->begin(k->dk, err);
     if (rc) return rc;
-    /* A rotation by another process: wrap with the key the store knows now. */
+    /* A rotation by another process: wrap with the key the store knows now (and keep the next
+     * rotation out until this commits). */
     char stored[65];
-    int have = stored_fingerprint(k, stored, err);
-    if (have > 0 && strcmp(stored, k->fingerprint) != 0 && (rc = reload_kek(k, err))) goto fail;
+    int have = k->ops->fingerprint(k->dk, stored, 1, err);
+    if (have > 0 && strcmp(stored, k->fingerprint) != 0 && (rc = reload_kek(k, 1, err))) goto fail;
     if (have < 0) {
         rc = have;
         goto fail;
     }
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db,
-                           "INSERT OR IGNORE INTO subject_keys (subject, wrapped, created_at) "
-                           "VALUES (?, ?, ?)",
-                           -1, &st, NULL)) {
-        rc = db_fail(k, "storing a data key", err);
-        goto fail;
-    }
-    rc = insert_key(k, st, subject, err);
+    rc = insert_key(k, subject, err);
     for (const wanted *w = batch; !rc && w; w = w->next)
-        if (strcmp(w->subject, subject) != 0) rc = insert_key(k, st, w->subject, err);
-    sqlite3_finalize(st);
+        if (strcmp(w->subject, subject) != 0) rc = insert_key(k, w->subject, err);
     if (rc) goto fail;
-    return exec(k, "COMMIT", err);
+    return k->ops->commit(k->dk, err);
 fail:
-    exec(k, "ROLLBACK", NULL);
+    k->ops->rollback(k->dk);
     return rc;
 }
 
@@ -480,12 +494,52 @@ static void dequeue(ew__keyring *k, wanted *node)
     pthread_mutex_unlock(&k->mu);
 }
 
-static size_t slot_of(const char *subject)
+/* ---- the cache ------------------------------------------------------------------------------ */
+
+static uint64_t hash_of(const char *subject)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
         h = (h ^ *p) * 1099511628211ull;
-    return (size_t)(h % NSLOTS);
+    return h;
+}
+
+static slot *set_of(ew__keyring *k, uint64_t h)
+{
+    return &k->slots[(size_t)((h ^ h >> 32) % k->nsets) * WAYS];
+}
+
+/* Under mu: the subject's slot (fresh or not), or NULL. */
+static slot *lookup(ew__keyring *k, const char *subject, uint64_t h)
+{
+    if (!k->slots) return NULL; /* not loaded yet */
+    slot *set = set_of(k, h);
+    for (int i = 0; i < WAYS; i++)
+        if (set[i].used && set[i].hash == h && strcmp(set[i].subject, subject) == 0) return &set[i];
+    return NULL;
+}
+
+/* Under mu: the subject's fresh slot, marked used now, or NULL. */
+static slot *cache_get(ew__keyring *k, const char *subject, uint64_t h, int64_t now)
+{
+    slot *s = lookup(k, subject, h);
+    if (!s || now - s->at_us >= k->ttl_us) return NULL;
+    s->used_at = ++k->tick;
+    return s;
+}
+
+/* Under mu: the slot the subject's key goes to: its own, a free one, a stale one, or the least
+ * recently used of its set. */
+static slot *cache_victim(ew__keyring *k, const char *subject, uint64_t h, int64_t now)
+{
+    slot *s = lookup(k, subject, h);
+    if (s) return s;
+    slot *set = set_of(k, h), *best = &set[0];
+    for (int i = 0; i < WAYS; i++) {
+        if (!set[i].used || now - set[i].at_us >= k->ttl_us) return &set[i];
+        if (set[i].used_at < best->used_at) best = &set[i];
+    }
+    return best;
 }
 
 /* The subject's data key into dek, and its own_subkey() into sub: KEY_LIVE, KEY_ERASED, or
@@ -493,12 +547,12 @@ static size_t slot_of(const char *subject)
 static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
                    unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
 {
-    size_t i = slot_of(subject);
+    uint64_t h = hash_of(subject);
     int64_t now = ew_now_us();
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
-        slot *s = &k->slots[i];
-        if (s->used && now - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0) {
+        const slot *s = cache_get(k, subject, h, now);
+        if (s) {
             *state = s->erased ? KEY_ERASED : KEY_LIVE;
             memcpy(dek, s->dek, KEY_BYTES);
             memcpy(sub, s->sub, KEY_BYTES);
@@ -531,7 +585,7 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     if (create) dequeue(k, &me);
     if (!rc && *state == KEY_LIVE) {
         if (unwrap(k->kek, subject, w, wlen, dek) != 0 &&
-            (reload_kek(k, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))
+            (reload_kek(k, 0, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))
             rc = ew_error_set(err, EW_ECRYPTO,
                               "the data key of subject %.64s does not unwrap with the "
                               "key-encryption key %s",
@@ -543,13 +597,15 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     own_subkey(k, dek, sub);
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
-        slot *s = &k->slots[i];
+        slot *s = cache_victim(k, subject, h, now);
+        s->hash = h;
         snprintf(s->subject, sizeof s->subject, "%s", subject);
         memcpy(s->dek, dek, KEY_BYTES);
         memcpy(s->sub, sub, KEY_BYTES);
         s->erased = *state == KEY_ERASED;
         s->used = true;
         s->at_us = now;
+        s->used_at = ++k->tick;
         pthread_mutex_unlock(&k->mu);
     }
     return 0;
@@ -559,8 +615,8 @@ void ew__keyring_forget(ew__keyring *k, const char *subject)
 {
     if (!k || !subject) return;
     pthread_mutex_lock(&k->mu);
-    slot *s = &k->slots[slot_of(subject)];
-    if (s->used && strcmp(s->subject, subject) == 0) sodium_memzero(s, sizeof *s);
+    slot *s = lookup(k, subject, hash_of(subject));
+    if (s) sodium_memzero(s, sizeof *s);
     pthread_mutex_unlock(&k->mu);
 }
 
@@ -570,19 +626,7 @@ int ew__keyring_shred(ew__keyring *k, const char *subject, ew_error *err)
         return ew_error_set(err, EW_EINVAL, "a subject of 1 to %d bytes is required", SUBJECT_MAX);
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
-    sqlite3_stmt *st = NULL;
-    if (!rc && sqlite3_prepare_v2(k->db,
-                                  "INSERT INTO subject_keys (subject, wrapped, created_at, "
-                                  "erased_at) VALUES (?1, NULL, ?2, ?2) ON CONFLICT (subject) DO "
-                                  "UPDATE SET wrapped = NULL, erased_at = coalesce(erased_at, ?2)",
-                                  -1, &st, NULL))
-        rc = db_fail(k, "destroying a data key", err);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
-        if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "destroying a data key", err);
-    }
-    sqlite3_finalize(st);
+    if (!rc) rc = k->ops->shred(k->dk, subject, err);
     pthread_mutex_unlock(&k->db_mu);
     ew__keyring_forget(k, subject);
     return rc;
@@ -592,72 +636,52 @@ int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *er
 {
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
-    if (!rc)
-        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NOT NULL", live,
-                         err);
-    if (!rc)
-        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NULL", erased, err);
+    if (!rc) rc = k->ops->count(k->dk, live, erased, err);
     pthread_mutex_unlock(&k->db_mu);
     return rc;
 }
 
+/* A rotation's walk over the live keys: each unwrapped with the old key, wrapped with next. */
+typedef struct rewrapping {
+    ew__keyring *k;
+    const unsigned char *next;
+    size_t n;
+    ew_error *err;
+} rewrapping;
+
+static int rewrap_one(void *ud, const char *subject, const unsigned char *w, size_t len)
+{
+    rewrapping *r = ud;
+    unsigned char dek[KEY_BYTES], nw[WRAPPED_BYTES];
+    if (unwrap(r->k->kek, subject, w, len, dek) != 0)
+        return ew_error_set(r->err, EW_ECRYPTO,
+                            "the data key of subject %.64s does not unwrap: nothing rotated",
+                            subject);
+    wrap(r->next, subject, dek, nw);
+    sodium_memzero(dek, sizeof dek);
+    r->n++;
+    return r->k->ops->rewrap(r->k->dk, subject, nw, sizeof nw, r->err);
+}
+
 int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err)
 {
-    size_t n = 0;
+    rewrapping r = {.k = k, .err = err};
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
     if (rc) goto out;
     unsigned char next[KEY_BYTES];
     crypto_aead_xchacha20poly1305_ietf_keygen(next);
+    r.next = next;
     char tmp[4096 + 8], fp[65];
     snprintf(tmp, sizeof tmp, "%s.new", k->key_file);
     fingerprint_of(next, fp);
     /* The new key is on disk before the store depends on it. */
     if ((rc = write_key_file(tmp, next, false, err))) goto out_key;
-    if ((rc = exec(k, "BEGIN IMMEDIATE", err))) goto out_key;
-    if ((rc = check_kek(k, err))) goto rollback;
-    sqlite3_stmt *sel = NULL, *upd = NULL;
-    if (sqlite3_prepare_v2(k->db,
-                           "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL",
-                           -1, &sel, NULL) ||
-        sqlite3_prepare_v2(k->db, "UPDATE subject_keys SET wrapped = ? WHERE subject = ?", -1, &upd,
-                           NULL)) {
-        rc = db_fail(k, "rewrapping", err);
-    }
-    while (!rc && sqlite3_step(sel) == SQLITE_ROW) {
-        const char *subject = (const char *)sqlite3_column_text(sel, 0);
-        unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
-        if (unwrap(k->kek, subject, sqlite3_column_blob(sel, 1),
-                   (size_t)sqlite3_column_bytes(sel, 1), dek) != 0) {
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "the data key of subject %.64s does not unwrap: nothing rotated",
-                              subject);
-            break;
-        }
-        wrap(next, subject, dek, w);
-        sodium_memzero(dek, sizeof dek);
-        sqlite3_reset(upd);
-        sqlite3_bind_blob(upd, 1, w, sizeof w, SQLITE_TRANSIENT);
-        sqlite3_bind_text(upd, 2, subject, -1, SQLITE_TRANSIENT);
-        if (sqlite3_step(upd) != SQLITE_DONE) rc = db_fail(k, "rewrapping", err);
-        n++;
-    }
-    sqlite3_finalize(sel);
-    sqlite3_finalize(upd);
-    if (!rc) {
-        sqlite3_stmt *st;
-        if (sqlite3_prepare_v2(k->db, "UPDATE kek SET fingerprint = ?, rotated_at = ? WHERE id = 1",
-                               -1, &st, NULL)) {
-            rc = db_fail(k, "recording the new key", err);
-        } else {
-            sqlite3_bind_text(st, 1, fp, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
-            if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "recording the new key", err);
-            sqlite3_finalize(st);
-        }
-    }
-    if (rc) goto rollback;
-    if ((rc = exec(k, "COMMIT", err))) goto rollback;
+    if ((rc = k->ops->begin(k->dk, err))) goto out_key;
+    if ((rc = check_kek(k, 2, err))) goto rollback;
+    if ((rc = k->ops->each_live(k->dk, rewrap_one, &r, err))) goto rollback;
+    if ((rc = k->ops->set_fingerprint(k->dk, fp, true, err))) goto rollback;
+    if ((rc = k->ops->commit(k->dk, err))) goto rollback;
     if (rename(tmp, k->key_file) != 0) {
         rc = ew_error_set(err, EW_EIO,
                           "the key store now uses the key in %s, which cannot replace %s: %s "
@@ -669,13 +693,13 @@ int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err)
     memcpy(k->fingerprint, fp, sizeof fp);
     goto out_key;
 rollback:
-    exec(k, "ROLLBACK", NULL);
+    k->ops->rollback(k->dk);
     unlink(tmp);
 out_key:
     sodium_memzero(next, sizeof next);
 out:
     pthread_mutex_unlock(&k->db_mu);
-    if (rewrapped) *rewrapped = rc ? 0 : n;
+    if (rewrapped) *rewrapped = rc ? 0 : r.n;
     return rc;
 }
 
@@ -730,10 +754,10 @@ static const char *subject_of(const ew_event *ev)
 
 /* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
  * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
-static size_t aad_of(char *buf, size_t cap, const ew_event *ev, const ew_field_info *f,
-                     const char *subject)
+static size_t aad_of(char *buf, size_t cap, const char *type, const ew_field_info *f,
+                     const char *subject, const char *id)
 {
-    const char *parts[] = {"ewenc1", ew_event_type(ev), f->name, subject, ew_event_id(ev)};
+    const char *parts[] = {"ewenc1", type, f->name, subject, id};
     size_t n = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         size_t l = strlen(parts[i]);
@@ -809,22 +833,31 @@ static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outl
     return 0;
 }
 
-int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+/* What sealing the fields of one event needs: whose key, and its subkey for this keyring's
+ * nonces (own_subkey). */
+typedef struct seal_ctx {
+    ew__keyring *k;
+    const char *subject;
+    unsigned char sub[KEY_BYTES];
+} seal_ctx;
+
+/* The fields of ev that sealing encrypts (*mask, bits by index; 0: none, and nothing else is
+ * done), and the key they are encrypted under into c. */
+static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_ctx *c,
+                      ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
     const char *data = ew_event_data_as(ev, t->id);
-    uint64_t sealed = ew__event_sealed(ev), mask = 0;
+    uint64_t sealed = ew__event_sealed(ev);
+    *mask = 0;
     for (size_t i = 0; i < t->nfields && i < 64; i++) {
         const ew_field_info *f = &t->fields[i];
         if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
             f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
             continue;
-        if (*(const char *const *)(const void *)(data + f->offset)) mask |= UINT64_C(1) << i;
+        if (*(const char *const *)(const void *)(data + f->offset)) *mask |= UINT64_C(1) << i;
     }
-    if (!mask) {
-        *out = ew_event_ref(ev);
-        return 0;
-    }
+    if (!*mask) return 0;
     const char *subject = subject_of(ev);
     if (!subject)
         return ew_error_set(err, EW_EINVAL,
@@ -837,47 +870,67 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
                             "- _ : @)",
                             t->type, subject, SUBJECT_MAX);
     key_state state;
-    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
-    int rc = get_key(k, subject, true, &state, dek, sub, err);
-    if (rc) return rc;
-    if (state == KEY_ERASED) { /* a key nobody keeps */
+    unsigned char dek[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, c->sub, err);
+    if (!rc && state == KEY_ERASED) { /* a key nobody keeps */
         crypto_aead_xchacha20poly1305_ietf_keygen(dek);
-        own_subkey(k, dek, sub);
+        own_subkey(k, dek, c->sub);
     }
+    sodium_memzero(dek, sizeof dek);
+    c->k = k;
+    c->subject = subject;
+    return rc;
+}
+
+/* Appends field f of ev, plaintext p, sealed: "ewenc1.SUBJECT.BASE64URL" of the nonce, the
+ * ciphertext and the tag. */
+static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, const char *p,
+                      ew_buf *text, ew_error *err)
+{
+    size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
+    unsigned char stack[1024], *ct = clen <= sizeof stack ? stack : malloc(clen);
+    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    char aad[512];
+    size_t alen = aad_of(aad, sizeof aad, ew_event_type(ev), f, c->subject, ew_event_id(ev));
+    next_nonce(c->k, ct);
+    unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+    memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
+    ew__aead_encrypt(ct + NONCE_BYTES, (const unsigned char *)p, plen, (const unsigned char *)aad,
+                     alen, n12, c->sub);
+    ew_buf_puts(text, EW__SEALED_PREFIX);
+    ew_buf_puts(text, c->subject);
+    ew_buf_putc(text, '.');
+    if (!ew_buf_reserve(text, clen * 4 / 3 + 4))
+        text->len += b64_encode(text->data + text->len, ct, clen);
+    if (ct != stack) free(ct);
+    return text->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
+}
+
+int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    uint64_t mask;
+    seal_ctx c;
+    int rc = seal_begin(k, ev, &mask, &c, err);
+    if (rc || !mask) {
+        if (!rc) *out = ew_event_ref(ev);
+        return rc;
+    }
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
     const char *values[64];
     ew_buf text;
     ew_buf_init(&text);
     ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
     size_t offs[64];
-    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
-        const char *p = *(const char *const *)(const void *)(data + f->offset);
-        size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
-        unsigned char stack[1024], *c = clen <= sizeof stack ? stack : malloc(clen);
-        if (!c) {
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            break;
-        }
-        char aad[512];
-        size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
-        next_nonce(k, c);
-        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-        memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
-        crypto_aead_chacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
-                                                  plen, (const unsigned char *)aad, alen, NULL, n12,
-                                                  sub);
         offs[i] = text.len;
-        ew_buf_puts(&text, EW__SEALED_PREFIX);
-        ew_buf_puts(&text, subject);
-        ew_buf_putc(&text, '.');
-        if (!ew_buf_reserve(&text, clen * 4 / 3 + 4))
-            text.len += b64_encode(text.data + text.len, c, clen) + 1; /* the values are
-                                                                          NUL-separated */
-        if (c != stack) free(c);
+        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), &text,
+                        err);
+        ew_buf_putc(&text, '\0'); /* the values are NUL-separated */
     }
-    sodium_memzero(dek, sizeof dek);
-    sodium_memzero(sub, sizeof sub);
+    sodium_memzero(c.sub, sizeof c.sub);
     if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
@@ -885,6 +938,32 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
     }
     ew_buf_release(&text);
+    return rc;
+}
+
+/* ew__sealer's seal(): the sealed field as a JSON string. Its characters (the prefix, a subject
+ * that subject_ok() passed, base64url) need no escaping: the bytes are those ew_event_encode()
+ * writes for the sealed event. */
+static int seal_json(void *ud, const ew_event *ev, const ew_field_info *f, const char *p, ew_buf *b,
+                     ew_error *err)
+{
+    ew_buf_putc(b, '"');
+    int rc = seal_field(ud, ev, f, p, b, err);
+    ew_buf_putc(b, '"');
+    return rc;
+}
+
+int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *out_len,
+                       ew_error *err)
+{
+    uint64_t mask;
+    seal_ctx c;
+    int rc = seal_begin(k, ev, &mask, &c, err);
+    if (rc) return rc;
+    if (!mask) return ew_event_encode(ev, out, out_len, err);
+    ew__sealer s = {.fields = mask, .seal = seal_json, .ud = &c};
+    rc = ew__event_encode_sealed(ev, &s, out, out_len, err);
+    sodium_memzero(c.sub, sizeof c.sub);
     return rc;
 }
 
@@ -909,8 +988,7 @@ static bool cached(ew__keyring *k, const char *subject)
 {
     if (k->ttl_us <= 0) return false;
     pthread_mutex_lock(&k->mu);
-    const slot *s = &k->slots[slot_of(subject)];
-    bool yes = s->used && ew_now_us() - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0;
+    bool yes = cache_get(k, subject, hash_of(subject), ew_now_us()) != NULL;
     pthread_mutex_unlock(&k->mu);
     return yes;
 }
@@ -953,6 +1031,93 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
     return rc;
 }
 
+/* What opening the fields of one event needs. Its fields are nearly always one subject's: the
+ * key is looked up once. */
+typedef struct open_ctx {
+    ew__keyring *k;
+    char last[SUBJECT_MAX + 1]; /* the subject of dek, or "" */
+    key_state state;
+    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
+     * publisher's: every field it encrypted has it) */
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
+    bool have_other;
+} open_ctx;
+
+static void open_end(open_ctx *c)
+{
+    sodium_memzero(c->dek, sizeof c->dek);
+    sodium_memzero(c->sub, sizeof c->sub);
+    sodium_memzero(c->other, sizeof c->other);
+}
+
+/* Appends the plaintext of field f (of an event of this type and id), sealed as tok, and a
+ * NUL: 0; 1 when its subject's key was destroyed (nothing appended); < 0 with err. */
+static int open_field(open_ctx *c, const char *type, const ew_field_info *f, const char *id,
+                      const char *tok, ew_buf *text, ew_error *err)
+{
+    const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
+    char subject[SUBJECT_MAX + 1];
+    if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX)
+        return ew_error_set(err, EW_ECRYPTO,
+                            "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", type,
+                            f->name);
+    memcpy(subject, subj, (size_t)(dot - subj));
+    subject[dot - subj] = '\0';
+    const char *enc = dot + 1;
+    size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
+    unsigned char stack[1024], *ct = cap <= sizeof stack ? stack : malloc(cap);
+    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = 0;
+    if (b64_decode(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
+        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url", type,
+                          f->name);
+    if (!rc && strcmp(subject, c->last) != 0) {
+        if (!(rc = get_key(c->k, subject, false, &c->state, c->dek, c->sub, err)))
+            memcpy(c->last, subject, sizeof c->last);
+        c->have_other = false;
+    }
+    if (!rc && c->state == KEY_NONE)
+        rc = ew_error_set(err, EW_ECRYPTO,
+                          "%s: data.%s is encrypted for subject %.64s, whose key this key store "
+                          "never had",
+                          type, f->name, subject);
+    if (!rc && c->state == KEY_ERASED) rc = 1;
+    if (!rc) {
+        size_t plen = clen - NONCE_BYTES - TAG_BYTES;
+        char aad[512];
+        size_t alen = aad_of(aad, sizeof aad, type, f, subject, id);
+        /* the field's nonce is ct's first 24 bytes: its prefix picks the subkey */
+        const unsigned char *key = c->sub;
+        if (memcmp(ct, c->k->nonce_prefix, sizeof c->k->nonce_prefix) != 0) {
+            if (!c->have_other || memcmp(ct, c->other_prefix, sizeof c->other_prefix) != 0) {
+                crypto_core_hchacha20(c->other, ct, c->dek, NULL);
+                memcpy(c->other_prefix, ct, sizeof c->other_prefix);
+                c->have_other = true;
+            }
+            key = c->other;
+        }
+        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+        memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
+        if (ew_buf_reserve(text, plen + 1)) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        } else if (ew__aead_decrypt((unsigned char *)text->data + text->len, ct + NONCE_BYTES,
+                                    clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12,
+                                    key) != 0) {
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "%s: data.%s does not authenticate under subject %.64s's key "
+                              "(tampered, or moved from another event or field)",
+                              type, f->name, subject);
+        } else if (memchr(text->data + text->len, '\0', plen)) {
+            rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", type, f->name);
+        } else {
+            text->data[text->len + plen] = '\0';
+            text->len += plen + 1;
+        }
+    }
+    if (ct != stack) free(ct);
+    return rc;
+}
+
 int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
@@ -967,89 +1132,20 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     ew_buf_init(&text);
     size_t offs[64];
     int rc = 0;
-    /* The fields of one event are nearly always one subject's: its key is looked up once. */
-    char last[SUBJECT_MAX + 1] = "";
-    key_state state = KEY_NONE;
-    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
-     * publisher's: every field it encrypted has it) */
-    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
-    bool have_other = false;
+    open_ctx c = {.k = k, .state = KEY_NONE};
     for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
-        const char *tok = *(const char *const *)(const void *)(data + f->offset);
-        const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
-        char subject[SUBJECT_MAX + 1];
-        if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX) {
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", t->type,
-                              f->name);
-            break;
-        }
-        memcpy(subject, subj, (size_t)(dot - subj));
-        subject[dot - subj] = '\0';
-        const char *enc = dot + 1;
-        size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
-        unsigned char stack[1024], *c = cap <= sizeof stack ? stack : malloc(cap);
-        if (!c) {
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            break;
-        }
-        if (b64_decode(c, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES) {
-            rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
-                              t->type, f->name);
-        }
-        if (!rc && strcmp(subject, last) != 0) {
-            if (!(rc = get_key(k, subject, false, &state, dek, sub, err)))
-                memcpy(last, subject, sizeof last);
-            have_other = false;
-        }
-        if (!rc && state == KEY_NONE)
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "%s: data.%s is encrypted for subject %.64s, whose key this key "
-                              "store never had",
-                              t->type, f->name, subject);
-        if (!rc && state == KEY_ERASED) {
+        offs[i] = text.len;
+        rc = open_field(&c, t->type, f, ew_event_id(ev),
+                        *(const char *const *)(const void *)(data + f->offset), &text, err);
+        if (rc == 1) {
+            rc = 0;
             erased |= UINT64_C(1) << i;
             values[i] = f->kind == EW_FIELD_OBJECT ? "{}" : "";
-        } else if (!rc) {
-            size_t plen = clen - NONCE_BYTES - TAG_BYTES;
-            char aad[512];
-            size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
-            offs[i] = text.len;
-            /* the field's nonce is c's first 24 bytes: its prefix picks the subkey */
-            const unsigned char *key = sub;
-            if (memcmp(c, k->nonce_prefix, sizeof k->nonce_prefix) != 0) {
-                if (!have_other || memcmp(c, other_prefix, sizeof other_prefix) != 0) {
-                    crypto_core_hchacha20(other, c, dek, NULL);
-                    memcpy(other_prefix, c, sizeof other_prefix);
-                    have_other = true;
-                }
-                key = other;
-            }
-            unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-            memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
-            if (ew_buf_reserve(&text, plen + 1)) {
-                rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            } else if (crypto_aead_chacha20poly1305_ietf_decrypt(
-                           (unsigned char *)text.data + text.len, NULL, NULL, c + NONCE_BYTES,
-                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12, key) != 0) {
-                rc = ew_error_set(err, EW_ECRYPTO,
-                                  "%s: data.%s does not authenticate under subject %.64s's key "
-                                  "(tampered, or moved from another event or field)",
-                                  t->type, f->name, subject);
-            } else if (memchr(text.data + text.len, '\0', plen)) {
-                rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", t->type, f->name);
-            } else {
-                text.data[text.len + plen] = '\0';
-                text.len += plen + 1;
-            }
         }
-        if (c != stack) free(c);
     }
-    sodium_memzero(dek, sizeof dek);
-    sodium_memzero(sub, sizeof sub);
-    sodium_memzero(other, sizeof other);
+    open_end(&c);
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
@@ -1061,4 +1157,31 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     if (text.data) sodium_memzero(text.data, text.len);
     ew_buf_release(&text);
     return rc;
+}
+
+/* ew__opener's open(). */
+static int open_json(void *ud, const ew_type_info *t, const ew_field_info *f, const char *id,
+                     const char *token, ew_buf *plain, ew_error *err)
+{
+    return open_field(ud, t->type, f, id, token, plain, err);
+}
+
+int ew__keyring_decode(ew__keyring *k, const char *json, size_t len, const ew_decode_opts *opts,
+                       ew_event **out, ew_error *err)
+{
+    open_ctx c = {.k = k, .state = KEY_NONE};
+    ew__opener o = {.open = open_json, .ud = &c};
+    ew_event *ev;
+    int rc = ew__event_decode_opened(&ev, json, len, opts, &o, err);
+    open_end(&c);
+    if (rc) return rc;
+    if (ew_event_encrypted(ev)) { /* upcast from an older version: opened as upcast */
+        ew_event *plain;
+        rc = ew__keyring_unseal(k, ev, &plain, err);
+        ew_event_unref(ev);
+        if (rc) return rc;
+        ev = plain;
+    }
+    *out = ev;
+    return 0;
 }

@@ -8,48 +8,26 @@
 #include "eventwire/clock.h"
 #include "eventwire/event.h"
 #include "eventwire/id.h"
+#include "support/sample_data.h"
 
-static const char *sample_roles[] = {"user", "admin"};
+static const char *const sample_roles[] = {"user", "admin"};
 
-/* Fills every field of a type's data struct with a valid value of its kind. */
+/* Fills every field of a type's data struct with a valid value of its kind: strings with
+ * escapes and non-ASCII, an integer past 2^53, a nested object. */
 static void fill_sample(const ew_type_info *t, void *data, char uuid[EW_UUID_LEN + 1])
 {
-    memset(data, 0, t->struct_size);
     ew_uuid7(uuid);
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        char *p = (char *)data + f->offset;
-        switch (f->kind) {
-        case EW_FIELD_STRING:
-            *(const char **)(void *)p = "some text \"quoted\" \xc3\xa9\n";
-            break;
-        case EW_FIELD_UUID:
-            *(const char **)(void *)p = uuid;
-            break;
-        case EW_FIELD_EMAIL:
-            *(const char **)(void *)p = "ann.lee+tag@example.com";
-            break;
-        case EW_FIELD_TIME:
-            *(const char **)(void *)p = "2026-11-27T10:00:00Z";
-            break;
-        case EW_FIELD_URL:
-            *(const char **)(void *)p = "http://127.0.0.1:8085/exports/1/download";
-            break;
-        case EW_FIELD_INT:
-            *(int64_t *)(void *)p = -9007199254740993LL;
-            break;
-        case EW_FIELD_BOOL:
-            *(bool *)p = true;
-            break;
-        case EW_FIELD_STRLIST:
-            ((ew_strlist *)(void *)p)->items = sample_roles;
-            ((ew_strlist *)(void *)p)->count = 2;
-            break;
-        case EW_FIELD_OBJECT:
-            *(const char **)(void *)p = "{ \"a\": [1, 2.5, {\"b\": null}], \"c\": \"\\u00e9\" }";
-            break;
-        }
-    }
+    ew_sample_fill(t, data,
+                   &(ew_sample_values){
+                       .uuid = uuid,
+                       .text = "some text \"quoted\" \xc3\xa9\n",
+                       .email = "ann.lee+tag@example.com",
+                       .url = "http://127.0.0.1:8085/exports/1/download",
+                       .object = "{ \"a\": [1, 2.5, {\"b\": null}], \"c\": \"\\u00e9\" }",
+                       .integer = -9007199254740993LL,
+                       .roles = sample_roles,
+                       .nroles = 2,
+                   });
 }
 
 static ew_event *sample_event(const ew_type_info *t)
@@ -256,6 +234,39 @@ static void test_v2_consumer_reads_v1_event(void **state)
         "\"email\":\"a@example.com\",\"username\":\"x\",\"roles\":[\"user\"]}}";
     assert_int_equal(decode_str(bad_v1, &ev, &err), EW_EDATA);
     assert_non_null(strstr(err.msg, "roles"));
+}
+
+/* The other upcasts: user.role_changed v1 reads as v2 without a roles_version (0: applied as the
+ * newest when it arrives); user.tokens_revoked v1's not_before (seconds) reads as v2's
+ * not_before_ms, the same instant. */
+static void test_v1_role_change_and_revocation_read_as_v2(void **state)
+{
+    const char *role =
+        "{\"specversion\":\"1.0\",\"id\":\"r1\",\"source\":\"s\",\"type\":\"user.role_changed\","
+        "\"eventversion\":1,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"roles\":[\"user\",\"admin\"]}}";
+    const char *revoked =
+        "{\"specversion\":\"1.0\",\"id\":\"t1\",\"source\":\"s\",\"type\":\"user.tokens_revoked\","
+        "\"eventversion\":1,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"not_before\":1765000000,\"reason\":\"logout\"}}";
+    ew_event *ev;
+    ew_error err = {0};
+    if (decode_str(role, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_int_equal(ew_user_role_changed_data(ev)->roles.count, 2);
+    assert_int_equal(ew_user_role_changed_data(ev)->roles_version, 0);
+    ew_event_unref(ev);
+    if (decode_str(revoked, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_int_equal(ew_user_tokens_revoked_data(ev)->not_before_ms, 1765000000000LL);
+    assert_string_equal(ew_user_tokens_revoked_data(ev)->reason, "logout");
+    ew_event_unref(ev);
+    /* v2 has no not_before: a v2 event with it is refused, not read as seconds */
+    const char *mixed =
+        "{\"specversion\":\"1.0\",\"id\":\"t2\",\"source\":\"s\",\"type\":\"user.tokens_revoked\","
+        "\"eventversion\":2,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"not_before\":1765000000,\"reason\":\"logout\"}}";
+    assert_int_equal(decode_str(mixed, &ev, &err), EW_EDATA);
 }
 
 static void test_foreign_event_without_optional_attributes(void **state)
@@ -843,6 +854,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_forked_processes_make_different_ids),
     cmocka_unit_test(test_time_format_and_parse),
     cmocka_unit_test(test_v2_consumer_reads_v1_event),
+    cmocka_unit_test(test_v1_role_change_and_revocation_read_as_v2),
     cmocka_unit_test(test_foreign_event_without_optional_attributes),
     cmocka_unit_test(test_malformed_inputs_each_get_their_error),
     cmocka_unit_test(test_oversized_event_refused_before_parsing),
