@@ -438,6 +438,17 @@ void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char 
         svc_log(s, EW_LOG_ERROR, "audit: %s by %s not recorded: %s", action, actor, e.msg);
 }
 
+int svc_audit_in(svc *s, ew_txn *t, const char *actor, const char *action, const char *subject,
+                 const char *details, ew_error *err)
+{
+    char who[160];
+    if (!actor) {
+        snprintf(who, sizeof who, "service:%s", s->def->name);
+        actor = who;
+    }
+    return ew_audit_append_in(s->audit, t, actor, action, subject, details, NULL, err);
+}
+
 /* The token checker, the revocations still in force, and their handler. */
 static int authn_start(svc *s, ew_error *err)
 {
