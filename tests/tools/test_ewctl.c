@@ -679,6 +679,16 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
     assert_null(strchr(out, '{'));
     assert_int_equal((int)(strchr(out, '\n') - out) + 1, (int)strlen(out)); /* one line */
     free(out);
+    /* publishing as auth-service is in the operator's chain, by the event's id and type */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    char want[200];
+    snprintf(want, sizeof want,
+             "\"action\":\"bus.published_as\",\"subject\":\"service:auth-service\","
+             "\"details\":{\"event_id\":\"%s\",\"type\":\"user.logged_out\"}",
+             id);
+    if (!strstr(out, want)) fail_msg("no %s in\n%s", want, out);
+    assert_null(strstr(out, "subj-1"));
+    free(out);
     free(id);
     unsetenv("EVENT_STORE_URL");
     unsetenv("EVENT_BUS_TYPE");
