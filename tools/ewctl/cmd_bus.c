@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "core/json.h"
 #include "ewctl.h"
 #include "security/keyring.h"
 #include "eventwire/audit.h"
@@ -47,7 +48,8 @@ static const char tail_usage[] =
     "one short line per event instead: time, type, source, subject and correlation id.\n"
     "Personal and secret fields are printed as the wire carries them, encrypted\n"
     "(\"ewenc1.SUBJECT.…\"); --decrypt prints them in clear, with the key-encryption key\n"
-    "(EVENT_ENCRYPTION_KEY_FILE), and fails when that cannot be read.\n"
+    "(EVENT_ENCRYPTION_KEY_FILE), and fails when that cannot be read; it is recorded first in\n"
+    "the operator's audit chain in the event store (ewctl audit list --service ewctl).\n"
     "An event it cannot take (undecodable, too large, invalid) gets one line on stderr: its id\n"
     "and type when known, the reason, where it came from and where it went.\n";
 
@@ -330,13 +332,35 @@ int ewctl_tail(int argc, char **argv)
         ew_memdlq_free(mem);
         return ewctl_fail(1, "--decrypt: %s", err.msg);
     }
+    /* Personal data read in clear is recorded in the operator's chain first: what was read,
+     * from where; a tail that cannot be recorded decrypts nothing. */
+    ew_store *ost = NULL;
+    ew_audit *oplog = NULL;
+    int rc = 0;
+    if (decrypt && keys) {
+        ew_buf d;
+        ew_buf_init(&d);
+        ew_buf_puts(&d, "{\"pattern\":");
+        ew_json_write_string(&d, pattern, strlen(pattern));
+        if (!own) ewctl_put_str(&d, "group", group);
+        ew_buf_putc(&d, '}');
+        rc = ewctl_open_store(&ost) || ewctl_oplog_open(ost, &oplog);
+        if (!rc && (rc = d.oom ? ew_error_set(&err, EW_ENOMEM, "out of memory")
+                               : ew_audit_append(oplog, "operator", "events.decrypted", NULL,
+                                                 d.data, NULL, &err)))
+            ewctl_fail(1, "--decrypt: the audit chain cannot record it: %s", err.msg);
+        ew_buf_release(&d);
+    }
     ew_subscribe_opts so = {
         .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
-    if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
+    if (rc || ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) ||
+        ew_bus_start(bus, &err)) {
         ewctl_bus_close(&b);
+        ew_audit_close(oplog);
+        ew_store_close(ost);
         ew_store_close(dlq.st);
         ew_memdlq_free(mem);
-        return ewctl_fail(1, "%s", err.msg);
+        return rc ? 1 : ewctl_fail(1, "%s", err.msg);
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -354,6 +378,8 @@ int ewctl_tail(int argc, char **argv)
     }
     pthread_mutex_unlock(&t.mu);
     ewctl_bus_close(&b);
+    ew_audit_close(oplog);
+    ew_store_close(ost);
     ew_store_close(dlq.st);
     ew_memdlq_free(mem);
     return 0;
