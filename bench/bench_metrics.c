@@ -22,6 +22,7 @@
 #include "eventwire/http.h"
 #include "eventwire/id.h"
 #include "eventwire/metrics.h"
+#include "support/sample_data.h"
 
 #define GROUPS 10
 #define HANDLERS 40 /* per group */
@@ -38,8 +39,6 @@ static ew_handler_result ok(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
     return EW_HANDLER_OK;
 }
 
-static const char *roles[] = {"user"};
-
 /* An event of `type` with every field filled. */
 static ew_event *any_event(ew_type_id type)
 {
@@ -47,44 +46,8 @@ static ew_event *any_event(ew_type_id type)
     _Alignas(16) char data[1024];
     char uuid[EW_UUID_LEN + 1];
     if (t->struct_size > sizeof data) die("event", "data struct too large");
-    memset(data, 0, sizeof data);
     ew_uuid7(uuid);
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        void *p = data + f->offset;
-        const char *s = NULL;
-        switch (f->kind) {
-        case EW_FIELD_STRING:
-            s = "text";
-            break;
-        case EW_FIELD_UUID:
-            s = uuid;
-            break;
-        case EW_FIELD_EMAIL:
-            s = "ann@example.com";
-            break;
-        case EW_FIELD_TIME:
-            s = "2026-11-27T10:00:00Z";
-            break;
-        case EW_FIELD_URL:
-            s = "http://127.0.0.1:8085/exports/1";
-            break;
-        case EW_FIELD_OBJECT:
-            s = "{\"a\":1}";
-            break;
-        case EW_FIELD_INT:
-            *(int64_t *)p = 1;
-            break;
-        case EW_FIELD_BOOL:
-            *(bool *)p = true;
-            break;
-        case EW_FIELD_STRLIST:
-            ((ew_strlist *)p)->items = roles;
-            ((ew_strlist *)p)->count = 1;
-            break;
-        }
-        if (s) *(const char **)p = s;
-    }
+    ew_sample_fill(t, data, &(ew_sample_values){.uuid = uuid, .integer = 1});
     ew_event *ev;
     ew_error err = {0};
     if (ew_event_new(&ev, type, data, &(ew_event_attrs){.source = "bench", .subject = uuid}, &err))

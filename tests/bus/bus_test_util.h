@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "support/ew_test.h"
+#include "support/sample_data.h"
 #include "eventwire/bus.h"
 #include "eventwire/id.h"
 #include "bus/backend.h"
@@ -108,8 +109,6 @@ static inline void tb_close(ew_bus *bus)
 
 /* ---- events ----------------------------------------------------------------------------- */
 
-static const char *const tb_roles[] = {"user"};
-
 /* An event of any catalog type with valid sample data. subject NULL: a new uuid, also used as
  * the data's uuids; seq goes into the first plain string field (for order checks). */
 static inline ew_event *tb_event_full(ew_type_id type, const char *subject, long seq,
@@ -120,47 +119,9 @@ static inline ew_event *tb_event_full(ew_type_id type, const char *subject, long
     _Alignas(16) char data[1024];
     char uuid[EW_UUID_LEN + 1], seqs[32];
     assert_true(t->struct_size <= sizeof data);
-    memset(data, 0, sizeof data);
     ew_uuid7(uuid);
     snprintf(seqs, sizeof seqs, "%ld", seq);
-    bool seq_done = false;
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        void *p = data + f->offset;
-        const char *s = NULL;
-        switch (f->kind) {
-        case EW_FIELD_STRING:
-            s = seq_done ? "text" : seqs;
-            seq_done = true;
-            break;
-        case EW_FIELD_UUID:
-            s = uuid;
-            break;
-        case EW_FIELD_EMAIL:
-            s = "ann@example.com";
-            break;
-        case EW_FIELD_TIME:
-            s = "2026-11-27T10:00:00Z";
-            break;
-        case EW_FIELD_URL:
-            s = "http://127.0.0.1:8085/exports/1";
-            break;
-        case EW_FIELD_OBJECT:
-            s = "{\"a\":1}";
-            break;
-        case EW_FIELD_INT:
-            *(int64_t *)p = seq;
-            break;
-        case EW_FIELD_BOOL:
-            *(bool *)p = true;
-            break;
-        case EW_FIELD_STRLIST:
-            ((ew_strlist *)p)->items = tb_roles;
-            ((ew_strlist *)p)->count = 1;
-            break;
-        }
-        if (s) *(const char **)p = s;
-    }
+    ew_sample_fill(t, data, &(ew_sample_values){.uuid = uuid, .first_text = seqs, .integer = seq});
     ew_event_attrs a = extra ? *extra : (ew_event_attrs){0};
     if (!a.source) a.source = "test";
     a.subject = subject ? subject : uuid;

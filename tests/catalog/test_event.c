@@ -8,48 +8,26 @@
 #include "eventwire/clock.h"
 #include "eventwire/event.h"
 #include "eventwire/id.h"
+#include "support/sample_data.h"
 
-static const char *sample_roles[] = {"user", "admin"};
+static const char *const sample_roles[] = {"user", "admin"};
 
-/* Fills every field of a type's data struct with a valid value of its kind. */
+/* Fills every field of a type's data struct with a valid value of its kind: strings with
+ * escapes and non-ASCII, an integer past 2^53, a nested object. */
 static void fill_sample(const ew_type_info *t, void *data, char uuid[EW_UUID_LEN + 1])
 {
-    memset(data, 0, t->struct_size);
     ew_uuid7(uuid);
-    for (size_t i = 0; i < t->nfields; i++) {
-        const ew_field_info *f = &t->fields[i];
-        char *p = (char *)data + f->offset;
-        switch (f->kind) {
-        case EW_FIELD_STRING:
-            *(const char **)(void *)p = "some text \"quoted\" \xc3\xa9\n";
-            break;
-        case EW_FIELD_UUID:
-            *(const char **)(void *)p = uuid;
-            break;
-        case EW_FIELD_EMAIL:
-            *(const char **)(void *)p = "ann.lee+tag@example.com";
-            break;
-        case EW_FIELD_TIME:
-            *(const char **)(void *)p = "2026-11-27T10:00:00Z";
-            break;
-        case EW_FIELD_URL:
-            *(const char **)(void *)p = "http://127.0.0.1:8085/exports/1/download";
-            break;
-        case EW_FIELD_INT:
-            *(int64_t *)(void *)p = -9007199254740993LL;
-            break;
-        case EW_FIELD_BOOL:
-            *(bool *)p = true;
-            break;
-        case EW_FIELD_STRLIST:
-            ((ew_strlist *)(void *)p)->items = sample_roles;
-            ((ew_strlist *)(void *)p)->count = 2;
-            break;
-        case EW_FIELD_OBJECT:
-            *(const char **)(void *)p = "{ \"a\": [1, 2.5, {\"b\": null}], \"c\": \"\\u00e9\" }";
-            break;
-        }
-    }
+    ew_sample_fill(t, data,
+                   &(ew_sample_values){
+                       .uuid = uuid,
+                       .text = "some text \"quoted\" \xc3\xa9\n",
+                       .email = "ann.lee+tag@example.com",
+                       .url = "http://127.0.0.1:8085/exports/1/download",
+                       .object = "{ \"a\": [1, 2.5, {\"b\": null}], \"c\": \"\\u00e9\" }",
+                       .integer = -9007199254740993LL,
+                       .roles = sample_roles,
+                       .nroles = 2,
+                   });
 }
 
 static ew_event *sample_event(const ew_type_info *t)
