@@ -839,6 +839,24 @@ static void test_on_postgresql(void **state)
     assert_int_equal(ew_user_data_deleted_data(ev)->records, 2);
     ew_event_unref(ev);
     expect(e, "GET", path, NULL, 404, "user_id", NULL);
+    /* an export's link before the address waits for it (notification_pending_exports) */
+    char late[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
+    ew_uuid7(late);
+    ew_uuid7(export_id);
+    static const char *const svcs[] = {"auth-service"};
+    ew_user_data_export_completed c = {.export_id = export_id,
+                                       .user_id = late,
+                                       .download_url = "http://127.0.0.1:8005/exports/x/download",
+                                       .expires_at = "2030-01-02T00:00:00Z",
+                                       .services = {svcs, 1}};
+    publish(e, EW_T_USER_DATA_EXPORT_COMPLETED, &c, late, NULL);
+    usleep(1000000);
+    registered(e, late, "pglate", "pglate@example.com");
+    ev = wait_event(e, "notification.email_sent", late, 1);
+    assert_string_equal(ew_notification_email_sent_data(ev)->template_name, "data_export_ready");
+    ew_event_unref(ev);
+    ew_dlq_filter flt = {.event_name = "user.data_export_completed", .status = -1};
+    assert_int_equal(dead_letters(e, &flt).n, 0);
     down(e);
     ew_test_pg_drop(url);
 }
