@@ -58,7 +58,7 @@ int main(void)
     for (int i = 0; i < 1000; i++) {
         char u[EW_UUID_LEN + 1];
         ew_uuid7(u);
-        svc_authn_revoke(checker, u, NULL, now_s, 900);
+        svc_authn_revoke(checker, u, NULL, now_s * 1000, 900);
     }
 
     /* uncached: every token once, a fresh checker each pass */

@@ -2,6 +2,7 @@
  * it emits (svc_ctx_emit, through the outbox) and the record that the event was handled commit
  * together, so a redelivered event changes nothing twice. The GDPR events the runtime answers from
  * auth_gdpr (svc.h). */
+#include <stdio.h>
 #include <string.h>
 #include "auth.h"
 #include "core/buf.h"
@@ -48,9 +49,13 @@ static ew_handler_result on_deactivated(const ew_event *ev, ew_handler_ctx *ctx,
     return EW_HANDLER_OK;
 }
 
-/* user.role_changed from elsewhere than the HTTP API -- the operator's `ewctl user grant-admin`
- * on the deployment: the roles are set and the user's tokens revoked. The service's own events
- * find the roles set already and change nothing. */
+/* user.role_changed: the roles are set and the user's tokens revoked, unless the row holds the
+ * change already or a newer one. Changes are ordered by the user's roles_version: the HTTP route
+ * applies its change at once and publishes the version it made, so that its own event, coming
+ * back after newer changes, finds a version as new or newer and changes nothing (it used to set
+ * the older roles back and revoke the tokens issued since). An event without a version (0: the
+ * operator's `ewctl user grant-admin`, or v1) is the newest when it arrives: applied when the
+ * roles differ, as the next version. */
 static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     auth *a = ud;
@@ -64,19 +69,26 @@ static ew_handler_result on_role_changed(const ew_event *ev, ew_handler_ctx *ctx
         ew_json_write_string(&b, d->roles.items[i], strlen(d->roles.items[i]));
     }
     ew_buf_putc(&b, ']');
-    char now[EW_TIME_LEN + 1];
+    char now[EW_TIME_LEN + 1], version[24];
     svc_time(0, now);
-    const char *p[] = {d->user_id, b.data, now};
+    snprintf(version, sizeof version, "%lld", (long long)d->roles_version);
+    const char *p[] = {d->user_id, b.data, now, version};
     ew_txn *t = ew_ctx_txn(ctx);
     ew_error e = {0};
     int64_t changed = 0;
-    int rc = ew_txn_exec(t,
-                         "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
-                         "WHERE user_id = $1 AND roles <> $2",
-                         p, 3, &changed, &e);
+    int rc = d->roles_version > 0
+                 ? ew_txn_exec(t,
+                               "UPDATE event_store.auth_users SET roles = $2, roles_version = $4, "
+                               "updated_at = $3 WHERE user_id = $1 AND roles_version < $4",
+                               p, 4, &changed, &e)
+                 : ew_txn_exec(t,
+                               "UPDATE event_store.auth_users SET roles = $2, "
+                               "roles_version = roles_version + 1, updated_at = $3 "
+                               "WHERE user_id = $1 AND roles <> $2",
+                               p, 3, &changed, &e);
     if (!rc && changed) {
-        svc_log(a->s, EW_LOG_INFO, "user %s: roles %s (event %s from %s)", d->user_id, b.data,
-                ew_event_id(ev), ew_event_source(ev));
+        svc_log(a->s, EW_LOG_INFO, "user %s: roles %s (event %s from %s, version %s)", d->user_id,
+                b.data, ew_event_id(ev), ew_event_source(ev), version);
         rc = auth_revoke(a, t, ctx, d->user_id, NULL, "role_change", &e);
     }
     ew_buf_release(&b);

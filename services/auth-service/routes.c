@@ -287,15 +287,20 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     ew_error e = {0};
     svc_row row = {0};
     const char *p[] = {key};
+    /* the token is issued as of this read (its roles are the row's now): a revocation after it
+     * (a role change while the password is checked) refuses it */
+    int64_t read_ms = ew_now_us() / 1000;
     int rc = svc_begin(a->s, &t, &e);
     if (!rc) {
         rc = svc_query_row(t,
                            username ? "SELECT u.user_id, u.password_hash, u.status, u.roles, "
-                                      "e.not_before FROM event_store.auth_users u LEFT JOIN "
+                                      "COALESCE(e.not_before_ms, e.not_before * 1000) FROM "
+                                      "event_store.auth_users u LEFT JOIN "
                                       "event_store.auth_token_epochs e ON e.user_id = u.user_id "
                                       "WHERE u.username_key = $1"
                                     : "SELECT u.user_id, u.password_hash, u.status, u.roles, "
-                                      "e.not_before FROM event_store.auth_users u LEFT JOIN "
+                                      "COALESCE(e.not_before_ms, e.not_before * 1000) FROM "
+                                      "event_store.auth_users u LEFT JOIN "
                                       "event_store.auth_token_epochs e ON e.user_id = u.user_id "
                                       "WHERE u.email = $1",
                            p, 1, &row, &e);
@@ -336,9 +341,9 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     char user_id[EW_UUID_LEN + 1];
     snprintf(user_id, sizeof user_id, "%s", row.v[0]);
     /* a token is issued after the user's last revocation (auth_revoke), else it is refused */
-    int64_t iat = ew_now_us() / 1000000, not_before = row.v[4] ? strtoll(row.v[4], NULL, 10) : 0;
-    if (iat < not_before) iat = not_before;
-    int64_t exp = iat + a->token_ttl_s;
+    int64_t iat_ms = read_ms, not_before = row.v[4] ? strtoll(row.v[4], NULL, 10) : 0;
+    if (iat_ms < not_before) iat_ms = not_before;
+    int64_t exp = iat_ms / 1000 + a->token_ttl_s;
     ew_arena ar;
     ew_arena_init(&ar, NULL, 0);
     const char *roles[ROLES_MAX * 2];
@@ -348,8 +353,8 @@ static void h_login(const ew_http_request *rq, ew_http_response *res, void *ud)
     char token[SVC_TOKEN_MAX + 1], hash[SVC_SECRET_HASH_LEN + 1], session_id[EW_UUID_LEN + 1];
     char now[EW_TIME_LEN + 1], expires[EW_TIME_LEN + 1], agent[USER_AGENT_MAX + 1];
     ew_uuid7(session_id);
-    rc =
-        svc_token_sign(&a->keys, user_id, session_id, roles, nroles, iat, exp, token, sizeof token);
+    rc = svc_token_sign_ms(&a->keys, user_id, session_id, roles, nroles, iat_ms, exp, token,
+                           sizeof token);
     ew_arena_release(&ar);
     if (rc) {
         ew_error_set(&e, rc, "cannot sign a token");
@@ -471,13 +476,22 @@ static void h_roles(const ew_http_request *rq, ew_http_response *res, void *ud)
     if (rc == 0) goto out;
     if (rc < 0) goto failed;
     nprev = parse_roles(row.v[0], &ar, prev, ROLES_MAX * 2);
+    /* the next version of the user's roles, carried in the event (handlers.c orders by it) */
     const char *u[] = {user_id, roles_json, now};
     rc = ew_txn_exec(t,
-                     "UPDATE event_store.auth_users SET roles = $2, updated_at = $3 "
-                     "WHERE user_id = $1",
+                     "UPDATE event_store.auth_users SET roles = $2, "
+                     "roles_version = roles_version + 1, updated_at = $3 WHERE user_id = $1",
                      u, 3, NULL, &e);
-    ew_user_role_changed ev = {
-        .user_id = user_id, .roles = {roles, n}, .previous_roles = {prev, nprev}, .changed_by = by};
+    svc_row_free(&row);
+    if (!rc)
+        rc = svc_query_row(t, "SELECT roles_version FROM event_store.auth_users WHERE user_id = $1",
+                           u, 1, &row, &e);
+    ew_user_role_changed ev = {.user_id = user_id,
+                               .roles = {roles, n},
+                               .previous_roles = {prev, nprev},
+                               .changed_by = by,
+                               .roles_version =
+                                   !rc && row.found && row.v[0] ? strtoll(row.v[0], NULL, 10) : 0};
     if (!rc) rc = svc_emit(a->s, rq, t, EW_T_USER_ROLE_CHANGED, &ev, user_id, &e);
     if (!rc) rc = auth_revoke(a, t, NULL, user_id, NULL, "role_change", &e);
     rc = svc_finish(a->s, t, rc, &e);

@@ -38,46 +38,53 @@ const char *const auth_schema[] = {
     " expires_at TEXT NOT NULL,"
     " used_at TEXT,"
     " UNIQUE (user_id, request_id))",
-    /* tokens of the user issued (iat) before not_before are revoked everywhere */
+    /* tokens of the user issued before not_before_ms (Unix ms; rows from before it have only
+     * not_before, in seconds) are revoked everywhere */
     "CREATE TABLE IF NOT EXISTS event_store.auth_token_epochs ("
     " user_id TEXT PRIMARY KEY,"
     " not_before BIGINT NOT NULL)",
+    "ALTER TABLE event_store.auth_token_epochs ADD COLUMN IF NOT EXISTS not_before_ms BIGINT",
+    /* the version of the user's roles: each change makes the next (handlers.c orders by it) */
+    "ALTER TABLE event_store.auth_users ADD COLUMN IF NOT EXISTS roles_version BIGINT NOT NULL "
+    "DEFAULT 0",
     NULL,
 };
 
 int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
                 const char *session_id, const char *reason, ew_error *err)
 {
-    /* Tokens carry whole seconds: everything issued up to now is before now + 1, and a login
-     * after this gets iat >= not_before (routes.c), so that it is not refused. A second
-     * revocation of the user within the same second must also end the tokens issued after the
-     * first one, which have iat = its not_before: it goes one past the one before. (Each
-     * revocation in one second moves not_before a second ahead; logins then get an iat ahead of
-     * the clock, which other services accept up to SVC_TOKEN_LEEWAY_S.) */
-    int64_t nb = ew_now_us() / 1000000 + 1;
+    /* Milliseconds: every token issued up to now has iat_ms <= now, so before now + 1, and a
+     * login after this gets iat_ms >= not_before_ms (routes.c), so that it is not refused. A
+     * second revocation of the user within the same millisecond must also end the tokens issued
+     * after the first one, which have iat_ms = its not_before_ms: it goes one past the one
+     * before (a millisecond ahead of the clock at most per revocation, well inside
+     * SVC_TOKEN_LEEWAY_S). */
+    int64_t nb = ew_now_us() / 1000 + 1;
     const char *who[] = {user_id};
     svc_row prev = {0};
-    int rc =
-        svc_query_row(t, "SELECT not_before FROM event_store.auth_token_epochs WHERE user_id = $1",
-                      who, 1, &prev, err);
+    int rc = svc_query_row(t,
+                           "SELECT COALESCE(not_before_ms, not_before * 1000) FROM "
+                           "event_store.auth_token_epochs WHERE user_id = $1",
+                           who, 1, &prev, err);
     if (rc) return rc;
     if (prev.found && prev.v[0] && strtoll(prev.v[0], NULL, 10) >= nb)
         nb = strtoll(prev.v[0], NULL, 10) + 1;
     svc_row_free(&prev);
-    char nbs[24];
-    snprintf(nbs, sizeof nbs, "%lld", (long long)nb);
-    const char *p[] = {user_id, nbs};
+    char nbs[24], nb_ms[24];
+    snprintf(nbs, sizeof nbs, "%lld", (long long)(nb / 1000 + 1)); /* the second after */
+    snprintf(nb_ms, sizeof nb_ms, "%lld", (long long)nb);
+    const char *p[] = {user_id, nbs, nb_ms};
     if (!session_id) {
         rc = ew_txn_exec(t, "DELETE FROM event_store.auth_token_epochs WHERE user_id = $1", p, 1,
                          NULL, err);
         if (!rc)
             rc = ew_txn_exec(t,
-                             "INSERT INTO event_store.auth_token_epochs (user_id, not_before) "
-                             "VALUES ($1, $2)",
-                             p, 2, NULL, err);
+                             "INSERT INTO event_store.auth_token_epochs (user_id, not_before, "
+                             "not_before_ms) VALUES ($1, $2, $3)",
+                             p, 3, NULL, err);
     }
     ew_user_tokens_revoked ev = {
-        .user_id = user_id, .session_id = session_id, .not_before = nb, .reason = reason};
+        .user_id = user_id, .session_id = session_id, .not_before_ms = nb, .reason = reason};
     if (!rc)
         rc = ctx ? svc_ctx_emit(a->s, ctx, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err)
                  : svc_emit(a->s, NULL, t, EW_T_USER_TOKENS_REVOKED, &ev, user_id, err);

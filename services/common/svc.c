@@ -309,38 +309,43 @@ void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1])
     sodium_bin2hex(out, SVC_SECRET_HASH_LEN + 1, h, sizeof h);
 }
 
-void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before)
+void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before_ms)
 {
-    svc_authn_revoke(s->authn, user_id, session_id, not_before,
+    svc_authn_revoke(s->authn, user_id, session_id, not_before_ms,
                      s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
 }
 
 /* user.tokens_revoked: remembered in memory, where every request looks, and in the service's
- * database, so that a restart within a token's lifetime remembers it too. */
+ * database, so that a restart within a token's lifetime remembers it too. Of two revocations of
+ * one key the later not_before_ms stays, whichever arrives last (a redelivered or retried old one
+ * must not make tokens valid again). */
 static ew_handler_result on_tokens_revoked(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     svc *s = ud;
     const ew_user_tokens_revoked *d = ew_user_tokens_revoked_data(ev);
     if (!d) return svc_not_mine(ctx, ev);
-    svc_authn_revoke(s->authn, d->user_id, d->session_id, d->not_before,
+    svc_authn_revoke(s->authn, d->user_id, d->session_id, d->not_before_ms,
                      s->token_ttl_s + SVC_TOKEN_LEEWAY_S);
-    char key[80], nb[24], cutoff[24];
+    char key[80], nb[24], nb_ms[24], cutoff[24];
     snprintf(key, sizeof key, "%s/%s", d->user_id, d->session_id ? d->session_id : "");
-    snprintf(nb, sizeof nb, "%lld", (long long)d->not_before);
+    /* not_before: the second after not_before_ms, for the clean-up below */
+    snprintf(nb, sizeof nb, "%lld", (long long)(d->not_before_ms / 1000 + 1));
+    snprintf(nb_ms, sizeof nb_ms, "%lld", (long long)d->not_before_ms);
     /* what can refuse nothing any more (every token it could refuse has expired) goes */
     snprintf(cutoff, sizeof cutoff, "%lld",
              (long long)(ew_now_us() / 1000000 - s->token_ttl_s - SVC_TOKEN_LEEWAY_S));
-    const char *p[] = {key, d->user_id, d->session_id, nb}, *old[] = {cutoff};
+    const char *p[] = {key, d->user_id, d->session_id, nb, nb_ms}, *old[] = {cutoff};
     ew_error e = {0};
     ew_txn *t = ew_ctx_txn(ctx);
     if (ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE not_before < $1", old,
                     1, NULL, &e) ||
-        ew_txn_exec(t, "DELETE FROM event_store.svc_token_revocations WHERE rkey = $1", p, 1, NULL,
-                    &e) ||
         ew_txn_exec(t,
-                    "INSERT INTO event_store.svc_token_revocations (rkey, user_id, session_id, "
-                    "not_before) VALUES ($1, $2, $3, $4)",
-                    p, 4, NULL, &e))
+                    "INSERT INTO event_store.svc_token_revocations AS r (rkey, user_id, "
+                    "session_id, not_before, not_before_ms) VALUES ($1, $2, $3, $4, $5) "
+                    "ON CONFLICT (rkey) DO UPDATE SET not_before = excluded.not_before, "
+                    "not_before_ms = excluded.not_before_ms "
+                    "WHERE COALESCE(r.not_before_ms, r.not_before * 1000) < excluded.not_before_ms",
+                    p, 5, NULL, &e))
         return svc_retry(s, ctx, "recording a token revocation", &e);
     return EW_HANDLER_OK;
 }
@@ -471,8 +476,8 @@ static int authn_start(svc *s, ew_error *err)
                      NULL, err);
     if (!rc)
         rc = ew_txn_query(t,
-                          "SELECT user_id, session_id, not_before FROM "
-                          "event_store.svc_token_revocations",
+                          "SELECT user_id, session_id, COALESCE(not_before_ms, not_before * 1000) "
+                          "FROM event_store.svc_token_revocations",
                           NULL, 0, keep_revocation, s, err);
     if (rc)
         ew_txn_rollback(t);
@@ -1009,25 +1014,66 @@ static char *expand_name(const char *url, const char *name)
     return ew_buf_steal(&b, NULL);
 }
 
+static int count_of(void *ud, const ew_row *r)
+{
+    *(long long *)ud = r->ncols && r->values[0] ? strtoll(r->values[0], NULL, 10) : 0;
+    return 0;
+}
+
+/* Runs a statement of a schema (svc_def.schema). "ALTER TABLE event_store.T ADD COLUMN IF NOT
+ * EXISTS C ..." runs as it is on PostgreSQL; SQLite has no such guard, so the column is looked up
+ * first and added without it when missing. */
+static int schema_exec(svc *s, ew_txn *t, const char *sql, ew_error *err)
+{
+    static const char alter[] = "ALTER TABLE event_store.", add[] = " ADD COLUMN IF NOT EXISTS ";
+    const char *tab = sql + sizeof alter - 1, *tab_end = strchr(tab, ' ');
+    if (strncmp(sql, alter, sizeof alter - 1) || !tab_end ||
+        strncmp(tab_end, add, sizeof add - 1) || strcmp(ew_store_backend(s->db), "sqlite"))
+        return ew_txn_exec(t, sql, NULL, 0, NULL, err);
+    const char *col = tab_end + sizeof add - 1, *col_end = strchr(col, ' ');
+    char table[64], column[64];
+    snprintf(table, sizeof table, "%.*s", (int)(tab_end - tab), tab);
+    snprintf(column, sizeof column, "%.*s", col_end ? (int)(col_end - col) : (int)strlen(col), col);
+    const char *p[] = {table, column};
+    long long n = 0;
+    int rc = ew_txn_query(t,
+                          "SELECT count(*) FROM pragma_table_info($1, 'event_store') "
+                          "WHERE name = $2",
+                          p, 2, count_of, &n, err);
+    if (rc || n) return rc;
+    ew_buf b;
+    ew_buf_init(&b);
+    ew_buf_append(&b, sql, (size_t)(tab_end - sql));
+    ew_buf_puts(&b, " ADD COLUMN ");
+    ew_buf_puts(&b, col);
+    rc = b.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
+               : ew_txn_exec(t, b.data, NULL, 0, NULL, err);
+    ew_buf_release(&b);
+    return rc;
+}
+
 static int create_schema(svc *s, ew_error *err)
 {
     ew_txn *t;
     int rc = ew_store_begin(s->db, &t, err);
     if (rc) return rc;
-    /* the runtime's own: the token revocations this service was told of, and the users whose
-     * data it erased (their tombstones: only the id, and when) */
-    rc = ew_txn_exec(t,
-                     "CREATE TABLE IF NOT EXISTS event_store.svc_token_revocations ("
-                     " rkey TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT,"
-                     " not_before BIGINT NOT NULL)",
-                     NULL, 0, NULL, err);
-    if (!rc)
-        rc = ew_txn_exec(t,
-                         "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
-                         " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
-                         NULL, 0, NULL, err);
+    /* the runtime's own: the token revocations this service was told of (not_before_ms: added
+     * when revocations became milliseconds; not_before, the second after it, is kept for the
+     * clean-up), and the users whose data it erased (their tombstones: only the id, and when) */
+    static const char *const own[] = {
+        "CREATE TABLE IF NOT EXISTS event_store.svc_token_revocations ("
+        " rkey TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_id TEXT,"
+        " not_before BIGINT NOT NULL)",
+        "ALTER TABLE event_store.svc_token_revocations ADD COLUMN IF NOT EXISTS not_before_ms "
+        "BIGINT",
+        "CREATE TABLE IF NOT EXISTS event_store.svc_erased_users ("
+        " user_id TEXT PRIMARY KEY, erased_at BIGINT NOT NULL)",
+        NULL,
+    };
+    for (const char *const *sql = own; !rc && *sql; sql++)
+        rc = schema_exec(s, t, *sql, err);
     for (const char *const *sql = s->def->schema; !rc && sql && *sql; sql++)
-        rc = ew_txn_exec(t, *sql, NULL, 0, NULL, err);
+        rc = schema_exec(s, t, *sql, err);
     if (rc) {
         ew_txn_rollback(t);
         return rc;

@@ -8,7 +8,8 @@
  *     set it, is the service's own port (svc_def.default_port);
  *  2. opens the service's database, an ew_store on SERVICE_DB_URL ("{SERVICE_NAME}" in it becomes
  *     the name), and creates the service's tables there: svc_def.schema, statements of the form
- *     CREATE TABLE IF NOT EXISTS event_store.<table> (...), run in one transaction at every start;
+ *     CREATE TABLE IF NOT EXISTS event_store.<table> (...) (and ALTER TABLE ... ADD COLUMN IF NOT
+ *     EXISTS ... for a column added later), run in one transaction at every start;
  *  3. opens the bus (EVENT_BUS_TYPE, ...) with the database's inbox, so that a handler's writes
  *     (ew_txn_exec on ew_ctx_txn(ctx)) and the record that the event was processed commit
  *     together, and with the event store's dead letter queue (EVENT_STORE_URL) as its sink;
@@ -74,7 +75,9 @@ typedef struct svc_handler {
 typedef struct svc_def {
     const char *name; /* "auth-service": SERVICE_NAME, its events' source, its group */
     int default_port; /* HTTP_PORT when the environment does not set it */
-    /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements, NULL-terminated (may be NULL) */
+    /* CREATE TABLE IF NOT EXISTS event_store.x (...) statements, NULL-terminated (may be NULL),
+     * run in order at every start. A column added later is a statement of its own, "ALTER TABLE
+     * event_store.x ADD COLUMN IF NOT EXISTS c ...", on SQLite too (the runtime looks first). */
     const char *const *schema;
     /* Its HTTP routes and event handlers (each may be NULL; the last entry is {0}), registered
      * with ud as their ud once setup has run. */
@@ -169,10 +172,11 @@ const char *svc_path_user(const ew_http_request *rq, ew_http_response *res, cons
 /* Checks the request's bearer token: 0 and *c, or -1 after answering 401 (503 when the public
  * key cannot be read). What guarded routes do before their handler. */
 int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, svc_claims *c);
-/* Refuses tokens of user_id (with session_id: of that session) issued before not_before in this
- * process at once; user.tokens_revoked carries the same to every service (auth-service calls
- * this when it revokes, so that its own next request already sees it). */
-void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before);
+/* Refuses tokens of user_id (with session_id: of that session) issued before not_before_ms (Unix
+ * milliseconds, svc_authn_revoke) in this process at once; user.tokens_revoked carries the same
+ * to every service (auth-service calls this when it revokes, so that its own next request
+ * already sees it). */
+void svc_revoke(svc *s, const char *user_id, const char *session_id, int64_t not_before_ms);
 /* The folder of auth-service's token keys (AUTH_KEY_DIR, or its default), and
  * AUTH_TOKEN_TTL_SECONDS. */
 const char *svc_key_dir(const svc *s);

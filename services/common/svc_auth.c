@@ -152,9 +152,9 @@ static void header_b64(const unsigned char pk[crypto_sign_PUBLICKEYBYTES], char 
     sodium_bin2base64(out, cap, (const unsigned char *)json, (size_t)n, B64);
 }
 
-int svc_token_sign(const svc_token_keys *k, const char *sub, const char *sid,
-                   const char *const *roles, size_t nroles, int64_t iat, int64_t exp, char *out,
-                   size_t cap)
+/* Signs the claims; iat_ms < 0: without the iat_ms claim. */
+static int sign(const svc_token_keys *k, const char *sub, const char *sid, const char *const *roles,
+                size_t nroles, int64_t iat, int64_t iat_ms, int64_t exp, char *out, size_t cap)
 {
     ew_buf claims;
     ew_buf_init(&claims);
@@ -167,7 +167,9 @@ int svc_token_sign(const svc_token_keys *k, const char *sub, const char *sid,
         if (i) ew_buf_putc(&claims, ',');
         ew_json_write_string(&claims, roles[i], strlen(roles[i]));
     }
-    ew_buf_printf(&claims, "],\"iat\":%lld,\"exp\":%lld}", (long long)iat, (long long)exp);
+    ew_buf_printf(&claims, "],\"iat\":%lld,", (long long)iat);
+    if (iat_ms >= 0) ew_buf_printf(&claims, "\"iat_ms\":%lld,", (long long)iat_ms);
+    ew_buf_printf(&claims, "\"exp\":%lld}", (long long)exp);
     if (claims.oom) {
         ew_buf_release(&claims);
         return EW_ENOMEM;
@@ -190,6 +192,21 @@ int svc_token_sign(const svc_token_keys *k, const char *sub, const char *sid,
     out[signed_len] = '.';
     sodium_bin2base64(out + signed_len + 1, sl + 1, sig, sizeof sig, B64);
     return 0;
+}
+
+int svc_token_sign_ms(const svc_token_keys *k, const char *sub, const char *sid,
+                      const char *const *roles, size_t nroles, int64_t iat_ms, int64_t exp,
+                      char *out, size_t cap)
+{
+    if (iat_ms < 0) return EW_EINVAL;
+    return sign(k, sub, sid, roles, nroles, iat_ms / 1000, iat_ms, exp, out, cap);
+}
+
+int svc_token_sign(const svc_token_keys *k, const char *sub, const char *sid,
+                   const char *const *roles, size_t nroles, int64_t iat, int64_t exp, char *out,
+                   size_t cap)
+{
+    return sign(k, sub, sid, roles, nroles, iat, -1, exp, out, cap);
 }
 
 static bool uuidish(const char *s, size_t n)
@@ -218,17 +235,24 @@ static svc_token_status read_claims(const char *text, size_t len, int64_t now, s
         goto out;
     const ew_json *iss = ew_json_get(j, "iss"), *sub = ew_json_get(j, "sub"),
                   *sid = ew_json_get(j, "sid"), *roles = ew_json_get(j, "roles"),
-                  *iat = ew_json_get(j, "iat"), *exp = ew_json_get(j, "exp");
+                  *iat = ew_json_get(j, "iat"), *exp = ew_json_get(j, "exp"),
+                  *iat_ms = ew_json_get(j, "iat_ms");
     if (!iss || iss->kind != EW_JSON_STRING || strcmp(iss->str, SVC_TOKEN_ISSUER) || !sub ||
         sub->kind != EW_JSON_STRING || !uuidish(sub->str, sub->len) || !sid ||
         sid->kind != EW_JSON_STRING || !uuidish(sid->str, sid->len) || !roles ||
         roles->kind != EW_JSON_ARRAY || !iat || iat->kind != EW_JSON_NUMBER || !iat->is_int ||
         !exp || exp->kind != EW_JSON_NUMBER || !exp->is_int || exp->i64 <= iat->i64)
         goto out;
+    /* iat_ms, when there, is a time within the second iat says */
+    if (iat_ms && (iat_ms->kind != EW_JSON_NUMBER || !iat_ms->is_int || iat_ms->i64 < 0 ||
+                   iat_ms->i64 / 1000 != iat->i64))
+        goto out;
+    if (!iat_ms && (iat->i64 > INT64_MAX / 1000 || iat->i64 < INT64_MIN / 1000)) goto out;
     memset(c, 0, sizeof *c);
     memcpy(c->sub, sub->str, 36);
     memcpy(c->sid, sid->str, 36);
     c->iat = iat->i64;
+    c->iat_ms = iat_ms ? iat_ms->i64 : iat->i64 * 1000;
     c->exp = exp->i64;
     for (const ew_json *r = roles->child; r; r = r->next) {
         if (r->kind != EW_JSON_STRING) goto out;
@@ -289,7 +313,7 @@ typedef struct cached {
 typedef struct revocation {
     struct revocation *next;
     char key[80]; /* user id, or "user id/session id" */
-    int64_t not_before, forget_at;
+    int64_t not_before_ms, forget_at;
 } revocation;
 
 struct svc_authn {
@@ -358,24 +382,24 @@ static size_t bucket_of(const char *key)
     return (size_t)(h % REVOKE_BUCKETS);
 }
 
-/* The not_before of key, 0 when none (under the lock). */
+/* The not_before_ms of key, 0 when none (under the lock). */
 static int64_t revoked_before(svc_authn *a, const char *key)
 {
     for (const revocation *r = a->revoked[bucket_of(key)]; r; r = r->next)
-        if (!strcmp(r->key, key)) return r->not_before;
+        if (!strcmp(r->key, key)) return r->not_before_ms;
     return 0;
 }
 
 static bool is_revoked(svc_authn *a, const svc_claims *c)
 {
     char key[80];
-    if (c->iat < revoked_before(a, c->sub)) return true;
+    if (c->iat_ms < revoked_before(a, c->sub)) return true;
     snprintf(key, sizeof key, "%s/%s", c->sub, c->sid);
-    return c->iat < revoked_before(a, key);
+    return c->iat_ms < revoked_before(a, key);
 }
 
-void svc_authn_revoke(svc_authn *a, const char *user_id, const char *session_id, int64_t not_before,
-                      int64_t keep_s)
+void svc_authn_revoke(svc_authn *a, const char *user_id, const char *session_id,
+                      int64_t not_before_ms, int64_t keep_s)
 {
     char key[80];
     if (session_id)
@@ -400,9 +424,9 @@ void svc_authn_revoke(svc_authn *a, const char *user_id, const char *session_id,
         found->next = a->revoked[bucket_of(key)];
         a->revoked[bucket_of(key)] = found;
     }
-    if (found && not_before > found->not_before) {
-        found->not_before = not_before;
-        found->forget_at = not_before + keep_s;
+    if (found && not_before_ms > found->not_before_ms) {
+        found->not_before_ms = not_before_ms;
+        found->forget_at = not_before_ms / 1000 + 1 + keep_s;
     }
     pthread_rwlock_unlock(&a->lock);
 }

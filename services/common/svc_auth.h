@@ -5,8 +5,14 @@
  *
  *     base64url({"alg":"EdDSA","typ":"JWT","kid":KID}) . base64url(CLAIMS) . base64url(SIGNATURE)
  *
- * CLAIMS = {"iss":"auth-service","sub":USER_ID,"sid":SESSION_ID,"roles":[...],"iat":N,"exp":N};
- * the signature is Ed25519 (crypto_sign_detached) over the first two parts as sent. A checker
+ * CLAIMS = {"iss":"auth-service","sub":USER_ID,"sid":SESSION_ID,"roles":[...],"iat":N,"iat_ms":N,
+ *           "exp":N};
+ * the signature is Ed25519 (crypto_sign_detached) over the first two parts as sent. iat and exp
+ * are Unix seconds; iat_ms, the issue time in Unix milliseconds (iat is its second), orders the
+ * token against revocations, which are in milliseconds too: several revocations of a user within
+ * one second each end the tokens issued before them, and a login after them is valid at once. A
+ * token without iat_ms (signed before it existed, or by svc_token_sign) counts as issued at the
+ * start of its iat second, so that a revocation in that second refuses it. A checker
  * accepts exactly the header of the key it holds (no other algorithm, no other key), then the
  * signature, then the claims; a token that passed is cached (svc_authn), so that a repeated token
  * costs a hash and a look-up instead of a signature check (~50 us).
@@ -35,6 +41,7 @@ typedef struct svc_claims {
     char sid[40]; /* the session (login) it belongs to */
     bool admin;   /* roles holds "admin" */
     int64_t iat, exp;
+    int64_t iat_ms; /* the issue time in Unix ms: the iat_ms claim, else iat * 1000 */
 } svc_claims;
 
 /* Why a token is refused. */
@@ -74,8 +81,15 @@ int svc_token_keys_open(svc_token_keys *k, const char *dir, ew_error *err);
 int svc_token_pub_read(unsigned char pk[crypto_sign_PUBLICKEYBYTES], const char *dir,
                        ew_error *err);
 
-/* Signs a token into out (cap bytes, SVC_TOKEN_MAX is enough): 0, or EW_ETOOBIG. roles: n
- * strings of [a-z0-9_-]. */
+/* Signs a token issued at iat_ms (Unix milliseconds; iat is its second) and expiring at exp (Unix
+ * seconds) into out (cap bytes, SVC_TOKEN_MAX is enough): 0, or EW_ETOOBIG. roles: n strings of
+ * [a-z0-9_-]. */
+int svc_token_sign_ms(const svc_token_keys *k, const char *sub, const char *sid,
+                      const char *const *roles, size_t nroles, int64_t iat_ms, int64_t exp,
+                      char *out, size_t cap);
+
+/* The same, issued at iat (Unix seconds), without the iat_ms claim: a token as signed before it
+ * existed, checked as issued at the start of that second. */
 int svc_token_sign(const svc_token_keys *k, const char *sub, const char *sid,
                    const char *const *roles, size_t nroles, int64_t iat, int64_t exp, char *out,
                    size_t cap);
@@ -101,11 +115,12 @@ void svc_authn_set_key(svc_authn *a, const unsigned char pk[crypto_sign_PUBLICKE
 /* SVC_TOKEN_OK and *c, or why not. now: Unix seconds. */
 svc_token_status svc_authn_check(svc_authn *a, const char *token, int64_t now, svc_claims *c);
 
-/* From now on, tokens of user_id issued before not_before (Unix seconds) are refused; with
- * session_id, only that session's. A revocation is forgotten once every token it could refuse
- * has expired (keep_s after not_before). */
-void svc_authn_revoke(svc_authn *a, const char *user_id, const char *session_id, int64_t not_before,
-                      int64_t keep_s);
+/* From now on, tokens of user_id issued before not_before_ms (Unix milliseconds, compared with
+ * svc_claims.iat_ms) are refused; with session_id, only that session's. A later not_before_ms
+ * replaces an earlier one, never the other way. A revocation is forgotten once every token it
+ * could refuse has expired (keep_s after not_before_ms). */
+void svc_authn_revoke(svc_authn *a, const char *user_id, const char *session_id,
+                      int64_t not_before_ms, int64_t keep_s);
 
 /* How many tokens the cache holds, and how many checks it answered (for tests and benchmarks). */
 void svc_authn_stats(svc_authn *a, size_t *cached, uint64_t *hits, uint64_t *misses);

@@ -236,6 +236,39 @@ static void test_v2_consumer_reads_v1_event(void **state)
     assert_non_null(strstr(err.msg, "roles"));
 }
 
+/* The other upcasts: user.role_changed v1 reads as v2 without a roles_version (0: applied as the
+ * newest when it arrives); user.tokens_revoked v1's not_before (seconds) reads as v2's
+ * not_before_ms, the same instant. */
+static void test_v1_role_change_and_revocation_read_as_v2(void **state)
+{
+    const char *role =
+        "{\"specversion\":\"1.0\",\"id\":\"r1\",\"source\":\"s\",\"type\":\"user.role_changed\","
+        "\"eventversion\":1,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"roles\":[\"user\",\"admin\"]}}";
+    const char *revoked =
+        "{\"specversion\":\"1.0\",\"id\":\"t1\",\"source\":\"s\",\"type\":\"user.tokens_revoked\","
+        "\"eventversion\":1,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"not_before\":1765000000,\"reason\":\"logout\"}}";
+    ew_event *ev;
+    ew_error err = {0};
+    if (decode_str(role, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_int_equal(ew_user_role_changed_data(ev)->roles.count, 2);
+    assert_int_equal(ew_user_role_changed_data(ev)->roles_version, 0);
+    ew_event_unref(ev);
+    if (decode_str(revoked, &ev, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_version(ev), 2);
+    assert_int_equal(ew_user_tokens_revoked_data(ev)->not_before_ms, 1765000000000LL);
+    assert_string_equal(ew_user_tokens_revoked_data(ev)->reason, "logout");
+    ew_event_unref(ev);
+    /* v2 has no not_before: a v2 event with it is refused, not read as seconds */
+    const char *mixed =
+        "{\"specversion\":\"1.0\",\"id\":\"t2\",\"source\":\"s\",\"type\":\"user.tokens_revoked\","
+        "\"eventversion\":2,\"data\":{\"user_id\":\"0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d\","
+        "\"not_before\":1765000000,\"reason\":\"logout\"}}";
+    assert_int_equal(decode_str(mixed, &ev, &err), EW_EDATA);
+}
+
 static void test_foreign_event_without_optional_attributes(void **state)
 {
     /* what another CloudEvents producer might send: no time, no version, string version,
@@ -821,6 +854,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_forked_processes_make_different_ids),
     cmocka_unit_test(test_time_format_and_parse),
     cmocka_unit_test(test_v2_consumer_reads_v1_event),
+    cmocka_unit_test(test_v1_role_change_and_revocation_read_as_v2),
     cmocka_unit_test(test_foreign_event_without_optional_attributes),
     cmocka_unit_test(test_malformed_inputs_each_get_their_error),
     cmocka_unit_test(test_oversized_event_refused_before_parsing),

@@ -287,6 +287,27 @@ static bool same_route(const char *path, const char *tmpl)
     }
 }
 
+/* Stops the five services and frees w (the end of a case that passed). */
+static void demolish(world *w)
+{
+    down(w->e);
+    w->e = NULL;
+    for (int i = 1; i < NSVC; i++)
+        svc_proc_stop(&w->p[i]);
+    free(w);
+    running = NULL;
+}
+
+/* A GET route of each service that the owner may call: what a token of theirs is tried on. */
+static void owner_paths(const world *w, char path[NSVC][300])
+{
+    snprintf(path[AUTH], 300, "/auth/users/%s", w->owner);
+    snprintf(path[USER], 300, "/users/%s/profile", w->owner);
+    snprintf(path[NOTIF], 300, "/notifications/%s", w->owner);
+    snprintf(path[ANALYTICS], 300, "/stats/users/%s", w->owner);
+    snprintf(path[EXPORT], 300, "/exports/%s", w->export_id);
+}
+
 /* Every route each service answers (its --routes) is in the table, with the kind of access it
  * has (a route that takes no token is answered without one, and the other way round), and every
  * row of the table is a route of its service: a route added without a row fails here. */
@@ -440,12 +461,7 @@ static void test_every_route_with_every_kind_of_caller(void **state)
     snprintf(kp, sizeof kp, "%s/keys/auth-token.pub", w->e->dir);
     assert_int_equal(stat(kp, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
-    down(w->e);
-    w->e = NULL;
-    for (int i = 1; i < NSVC; i++)
-        svc_proc_stop(&w->p[i]);
-    free(w);
-    running = NULL;
+    demolish(w);
 }
 
 /* Logout, role change and password reset: the tokens they end are refused by every service
@@ -455,11 +471,7 @@ static void test_revocation_reaches_every_service_within_a_second(void **state)
     (void)state;
     world *w = build();
     char path[NSVC][300];
-    snprintf(path[AUTH], 300, "/auth/users/%s", w->owner);
-    snprintf(path[USER], 300, "/users/%s/profile", w->owner);
-    snprintf(path[NOTIF], 300, "/notifications/%s", w->owner);
-    snprintf(path[ANALYTICS], 300, "/stats/users/%s", w->owner);
-    snprintf(path[EXPORT], 300, "/exports/%s", w->export_id);
+    owner_paths(w, path);
     for (int how = 0; how < 2; how++) {
         char tok[SVC_TOKEN_MAX + 1];
         login(w, "owner", tok);
@@ -496,18 +508,62 @@ static void test_revocation_reaches_every_service_within_a_second(void **state)
         fprintf(stderr, "revocation by %s reached every service in %lld ms\n",
                 how ? "role change" : "logout", (long long)((ew_mono_ns() - t0) / 1000000));
     }
-    down(w->e);
-    w->e = NULL;
-    for (int i = 1; i < NSVC; i++)
-        svc_proc_stop(&w->p[i]);
-    free(w);
-    running = NULL;
+    demolish(w);
+}
+
+/* Many revocations of a user within one second, then a login: its token is good in every service
+ * at once, and stays good once the revocations have reached them. Tokens carried whole seconds,
+ * so each revocation in the same second put the next login's token a second ahead, and past
+ * SVC_TOKEN_LEEWAY_S the other services refused it as issued in the future. */
+static void test_a_login_after_many_revocations_in_a_second_is_valid_everywhere(void **state)
+{
+    (void)state;
+    world *w = build();
+    enum { REVOCATIONS = 8 };
+    char path[NSVC][300], roles[300], admin[SVC_TOKEN_MAX + 1], old[SVC_TOKEN_MAX + 1];
+    char tok[SVC_TOKEN_MAX + 1];
+    owner_paths(w, path);
+    snprintf(roles, sizeof roles, "/auth/users/%s/roles", w->owner);
+    login(w, "root", admin);
+    bool within = false;
+    for (int attempt = 0; attempt < 5 && !within; attempt++) {
+        login(w, "owner", old);
+        int64_t t0 = ew_mono_ns();
+        for (int i = 0; i < REVOCATIONS; i++) {
+            http_result r =
+                call(w, AUTH, "PUT", roles,
+                     i % 2 ? "{\"roles\":[\"user\"]}" : "{\"roles\":[\"user\",\"editor\"]}", admin);
+            if (r.status != 200) fail_msg("PUT %s: %ld %s", roles, r.status, r.body);
+            http_result_free(&r);
+        }
+        within = ew_mono_ns() - t0 < 1000000000LL;
+    }
+    if (!within) fail_msg("%d role changes never fit in one second", REVOCATIONS);
+    login(w, "owner", tok);
+    for (int i = 0; i < NSVC; i++) { /* at once: no service waits for anything */
+        http_result r = call(w, i, "GET", path[i], NULL, tok);
+        if (r.status != 200)
+            fail_msg("%s refused a token issued after %d revocations in a second: %ld %s", names[i],
+                     REVOCATIONS, r.status, r.body);
+        http_result_free(&r);
+    }
+    for (int i = 0; i < NSVC; i++) { /* the revocations arrive: the old token ends, not the new */
+        await_status(w, i, path[i], old, 401);
+        http_result r = call(w, i, "GET", path[i], NULL, tok);
+        if (r.status != 200)
+            fail_msg("%s refused the new token once the revocations came: %ld %s", names[i],
+                     r.status, r.body);
+        http_result_free(&r);
+    }
+    demolish(w);
 }
 
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_every_route_of_every_service_is_in_the_table),
     cmocka_unit_test_teardown(test_every_route_with_every_kind_of_caller, stop_others),
     cmocka_unit_test_teardown(test_revocation_reaches_every_service_within_a_second, stop_others),
+    cmocka_unit_test_teardown(test_a_login_after_many_revocations_in_a_second_is_valid_everywhere,
+                              stop_others),
 };
 
 EW_TEST_MAIN(tests)
