@@ -110,7 +110,17 @@ static int64_t cpu_ns(void)
            ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
 }
 
-static double last_cpu_rate; /* handled events per second of CPU time of the last run */
+/* CPU time of the calling thread, in ns. */
+static int64_t thread_cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
+           ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+}
+
+static double last_cpu_rate;     /* handled events per second of CPU time of the last run */
+static double last_publisher_ns; /* CPU ns per event of the publishing thread, last run */
 
 /* The events are about USERS users, as a deployment's mostly are about users it knows: with
  * encryption on (the default), a new user's data key is a commit of the key store on disk
@@ -145,7 +155,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
     if (ew_bus_start(bus, &err)) die("start", &err);
 
     const char *roles[] = {"user"};
-    int64_t t0 = ew_mono_ns(), c0 = cpu_ns();
+    int64_t t0 = ew_mono_ns(), c0 = cpu_ns(), p0 = thread_cpu_ns();
     for (long i = 0; i < n; i++) {
         const char *id = users[i % USERS];
         ew_user_registered d = {.user_id = id,
@@ -160,7 +170,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
         ew_event_unref(ev);
     }
     if (ew_bus_wait_for_events(bus, -1, &err)) die("wait", &err);
-    int64_t ns = ew_mono_ns() - t0, cpu = cpu_ns() - c0;
+    int64_t ns = ew_mono_ns() - t0, cpu = cpu_ns() - c0, pub = thread_cpu_ns() - p0;
     long handled = 0;
     for (int i = 0; i < handlers; i++)
         handled += counts[i];
@@ -171,6 +181,7 @@ static double bench_bus_obs(long n, int handlers, ew_handler_stats *st0, int obs
     if (st0 && ew_bus_handler_stats(bus, 0, st0)) abort();
     ew_bus_close(bus);
     last_cpu_rate = rate(handled, cpu > 0 ? cpu : 1);
+    last_publisher_ns = (double)pub / (double)n;
     return rate(handled, ns);
 }
 
@@ -234,18 +245,34 @@ static void print_metrics_pair(double on, double off)
            cpu_on, cpu_on / cpu_off);
 }
 
-/* `bench_memory metrics [N [ROUNDS]]` runs the metrics pair alone (N events a run, 1,000,000 by
- * default; ROUNDS rounds, 5 by default): quicker to repeat while profiling. */
+/* `bench_memory metrics [N [ROUNDS [on|off]]]` runs the metrics pair alone (N events a run,
+ * 1,000,000 by default; ROUNDS rounds, 5 by default): quicker to repeat while profiling; with
+ * `on` or `off`, only that side, for a profiler to count one side's instructions. */
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "metrics") == 0) {
         long n = argc > 2 ? atol(argv[2]) : 1000000;
         int rounds = argc > 3 ? atoi(argv[3]) : 5;
         if (n < 1 || rounds < 1) {
-            fprintf(stderr, "usage: bench_memory [metrics [N [ROUNDS]]]\n");
+            fprintf(stderr, "usage: bench_memory [metrics [N [ROUNDS [on|off]]]]\n");
             return 2;
         }
         double on, off;
+        if (argc > 4) { /* one side alone, for a profiler: `metrics N 1 on` or `... off` */
+            bool is_on = strcmp(argv[4], "on") == 0;
+            if (!is_on && strcmp(argv[4], "off") != 0) {
+                fprintf(stderr, "usage: bench_memory metrics N ROUNDS [on|off]\n");
+                return 2;
+            }
+            for (int r = 0; r < rounds; r++) {
+                bench_bus_obs(n, 1, NULL, is_on ? OBS_ON : OBS_OFF);
+                double all_ns = 1e9 / last_cpu_rate;
+                printf("# metrics %s: %.0f events/cpu-s; CPU per event: publishing thread %.0f ns, "
+                       "the rest (the worker) %.0f ns\n",
+                       argv[4], last_cpu_rate, last_publisher_ns, all_ns - last_publisher_ns);
+            }
+            return 0;
+        }
         bench_bus_obs(n / 10 + 1, 1, NULL, OBS_OFF); /* warm up */
         bench_metrics_pair(n, rounds, &on, &off);
         if (atomic_load(&spans) != (long)rounds * n) {

@@ -49,10 +49,11 @@
  *   settle         acknowledge up to a token (a run in delivery order) or one token alone
  *   release        give a message back unhandled (requeue); stop_fetching: cancel at stop
  *   disconnect     drop the connection after an error, or close it at the end
+ *   keepalive      keep the session (a lease) while the thread waits away from fetch
  *
- * RabbitMQ and Kafka are on the core. Redis (redis_consumer.c, redis_streams.c) and the SQLite
- * bus (sqlite_consume.c) still run their own consumer threads, windows and in-order
- * acknowledgements behind these ops, under the same rules.
+ * RabbitMQ, Kafka and the SQLite bus are on the core. Redis (redis_consumer.c, redis_streams.c)
+ * still runs its own consumer threads, window and in-order acknowledgements behind these ops,
+ * under the same rules.
  *
  * Threads. ops->publish may be called from any thread, handlers' worker threads included (the
  * follow-up events of a handler are published from its worker), also after ops->stop. done() runs

@@ -56,6 +56,8 @@ struct ew__consumer {
     size_t nones, capones;
     int release_rc; /* a release that failed during the last fetch */
     ew_error release_err;
+    int keep_rc; /* a keepalive that failed during the last fetch */
+    ew_error keep_err;
 };
 
 static void wake(ew__consumer *c)
@@ -243,9 +245,12 @@ size_t ew__consumer_drain_lanes(ew__consumer *c, const uint32_t *lanes, size_t n
 
 /* ---- receiving ------------------------------------------------------------------------------- */
 
+/* Asked while the dead letter sink refuses: the transport keeps its session meanwhile. */
 static bool recv_stopping(void *ud)
 {
-    return ew__consumer_stopping(ud);
+    ew__consumer *c = ud;
+    if (c->ops->keepalive && !c->keep_rc) c->keep_rc = c->ops->keepalive(c->conf.t, &c->keep_err);
+    return c->keep_rc || ew__consumer_stopping(c);
 }
 
 bool ew__consumer_stopping(ew__consumer *c)
@@ -439,14 +444,19 @@ static void *consumer_main(void *arg)
         size_t room = held < c->conf.max_inflight ? c->conf.max_inflight - held : 0;
         if (stopping) room = c->conf.max_inflight; /* what still arrives is released */
         if (room == 0) {
+            if (ops->keepalive && ops->keepalive(c->conf.t, &e)) goto lost;
             wait_wake(c, ops->idle_ms); /* a full window: fetch nothing until done() */
             continue;
         }
-        c->release_rc = 0;
+        c->release_rc = c->keep_rc = 0;
         int rc = ops->fetch(c->conf.t, room, ops->idle_ms, &e);
         if (!rc && c->release_rc) {
             rc = c->release_rc;
             e = c->release_err;
+        }
+        if (!rc && c->keep_rc) {
+            rc = c->keep_rc;
+            e = c->keep_err;
         }
         if (!rc) continue;
     lost:

@@ -18,7 +18,9 @@
  *   the window     at most max_inflight deliveries are held: handed to the dispatcher (or
  *                  dead-lettered) and not yet settled. Fetching asks for no more than the room
  *                  left, and a full window makes the thread wait for done() calls: a slow handler
- *                  blocks fetching, and memory never grows with the backlog.
+ *                  blocks fetching, and memory never grows with the backlog. Meanwhile (and
+ *                  while a refusing dead letter sink is tried again) ops->keepalive keeps the
+ *                  transport's session: the SQLite bus's lease.
  *
  *   the receive    every message fetched goes through ew__consumer_receive(): the shared receive
  *                  path (receive.h: decode, verify, decrypt, count, or the dead letter under the
@@ -88,6 +90,13 @@ typedef struct ew__consumer_ops {
      * dead letter sink refused it until then, the dispatcher had no memory): basic.reject with
      * requeue. NULL: leaving it unsettled is enough (the broker delivers it again). */
     int (*release)(void *t, const ew__ack_token *tok, ew_error *err);
+
+    /* Keeps the transport's session alive while the thread is away from ops->fetch: while the
+     * window is full (at least every idle_ms), and while the receive path waits for a dead
+     * letter sink that refuses (every 50 ms). The SQLite bus renews its lease here. 0, or an
+     * error that ends the session as a failed fetch does (the message being dead-lettered is
+     * then released). NULL: nothing to keep. */
+    int (*keepalive)(void *t, ew_error *err);
 
     /* Cuts a wait in ops->fetch short when the transport waits on something other than
      * ew__consumer_wake_fd() (rd_kafka_queue_yield). Any thread. NULL: the fd is enough. */

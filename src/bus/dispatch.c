@@ -103,11 +103,15 @@ typedef struct worker {
     int64_t hold_t0;
     int64_t wall_off_us, wall_at_ns; /* spans: wall-clock minus monotonic time, and when read */
     char *span_name[EW_T__COUNT];    /* "TYPE GROUP/HANDLER" by type id: made at its first span */
-    /* handler_clock: a time-stamp counter reading and the monotonic time at it, and the
-     * nanoseconds per tick measured since the one before (0: not yet measured) */
-    uint64_t tsc_ref;
+    /* The running handler's span (make_span), handed to the span callback: kind, group and
+     * handler are set once, in worker_new. */
+    ew_span span;
+    uint64_t rng; /* span ids (span_rand) */
+    /* handler_clock: a time-stamp counter reading and the monotonic time at it; nanoseconds per
+     * tick in 32.32 fixed point, measured since the one before (0: not yet measured), and how
+     * many ticks from tsc_ref on the conversion is used before the rate is measured again. */
+    uint64_t tsc_ref, tsc_mult, tsc_recal_ticks;
     int64_t tsc_mono_ref;
-    double tsc_ns_per_tick;
     size_t pend[HOLD_MAX];
     size_t pendn;
 
@@ -167,15 +171,15 @@ struct ew_dispatcher {
 struct ew_handler_ctx {
     worker *w;
     const ew_event *ev;
+    unsigned type; /* ew_event_type_id(ev), asked once (when metrics or spans are on) */
     int attempt;
     void *txn;
     bool has_error;
     char error[512];
     /* The handler's span, a child of the event's (made when first asked for, or when spans are
-     * reported): follow-up events carry it. */
-    bool has_span, has_parent;
-    ew_trace_ctx span;
-    uint8_t parent_span_id[8];
+     * reported): follow-up events carry it. It is the worker's span (w->span), as one worker
+     * runs one handler call at a time. */
+    bool has_span;
     char traceparent[EW_TRACEPARENT_LEN + 1]; /* "" until asked for */
 };
 
@@ -465,14 +469,37 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
     }
 }
 
+/* 64 random bits, never 0 (an id of zeros means "none"), from the worker's own generator
+ * (wyrand, seeded from ew__rand64 when the worker is made): a span takes one draw, or three for
+ * a new trace, and ew__rand64's thread-local lookup and fork check cost as much again as the draw.
+ * Span ids need to be unique, not secret. */
+static inline uint64_t span_rand(worker *w)
+{
+    w->rng += 0xa0761d6478bd642fULL;
+    __extension__ unsigned __int128 t =
+        (unsigned __int128)w->rng * (w->rng ^ 0xe7037ed1a0b428dbULL);
+    uint64_t r = (uint64_t)(t >> 64) ^ (uint64_t)t;
+    return r ? r : 1;
+}
+
 /* The handler's span: a child of the event's traceparent, or the root of a new trace. */
 static void make_span(ew_handler_ctx *ctx)
 {
     if (ctx->has_span) return;
+    ew_span *sp = &ctx->w->span;
     ew_trace_ctx parent;
-    ctx->has_parent = ew_trace_parse(ew_event_traceparent(ctx->ev), &parent);
-    ew_trace_child(ctx->has_parent ? &parent : NULL, &ctx->span);
-    if (ctx->has_parent) memcpy(ctx->parent_span_id, parent.span_id, sizeof ctx->parent_span_id);
+    if (ew_trace_parse(ew_event_traceparent(ctx->ev), &parent)) {
+        memcpy(sp->ctx.trace_id, parent.trace_id, sizeof sp->ctx.trace_id);
+        sp->ctx.flags = parent.flags;
+        memcpy(sp->parent_span_id, parent.span_id, sizeof sp->parent_span_id);
+    } else {
+        uint64_t id[2] = {span_rand(ctx->w), span_rand(ctx->w)};
+        memcpy(sp->ctx.trace_id, id, sizeof sp->ctx.trace_id);
+        sp->ctx.flags = 1; /* sampled, as ew_trace_new */
+        memset(sp->parent_span_id, 0, sizeof sp->parent_span_id);
+    }
+    uint64_t id = span_rand(ctx->w);
+    memcpy(sp->ctx.span_id, &id, sizeof sp->ctx.span_id);
     ctx->traceparent[0] = '\0'; /* formatted when a handler asks for it */
     ctx->has_span = true;
 }
@@ -489,32 +516,29 @@ static void span_name(char name[256], const char *type, const char *key)
     name[nt + 1 + nk] = '\0';
 }
 
-/* Reports the handler's call as a consumer span, a child of the event's. */
+/* Reports the handler's call as a consumer span, a child of the event's: the worker's span,
+ * which make_span began. */
 static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
                         ew_handler_result r)
 {
     const ew_dispatch_host *h = &w->d->host;
-    ew_span sp = {.ctx = ctx->span,
-                  .kind = EW_SPAN_CONSUMER,
-                  .start_us = start_us,
-                  .end_us = end_us,
-                  .error = r != EW_HANDLER_OK,
-                  .event_id = ew_event_id(ctx->ev),
-                  .event_type = ew_event_type(ctx->ev),
-                  .group = w->s->group,
-                  .handler = w->s->name};
-    if (ctx->has_parent) memcpy(sp.parent_span_id, ctx->parent_span_id, sizeof sp.parent_span_id);
+    ew_span *sp = &w->span;
+    sp->start_us = start_us;
+    sp->end_us = end_us;
+    sp->error = r != EW_HANDLER_OK;
+    sp->event_id = ew_event_id(ctx->ev);
+    sp->event_type = ew_event_type(ctx->ev);
     /* The name is the same for every event of a type: made once per worker and type (a type
      * outside the catalog, or no memory for it, makes it on the stack each time). */
-    unsigned t = (unsigned)ew_event_type_id(ctx->ev);
+    unsigned t = ctx->type;
     char tmp[256];
     if (t < EW_T__COUNT && w->span_name[t]) {
-        sp.name = w->span_name[t];
+        sp->name = w->span_name[t];
     } else {
-        span_name(tmp, sp.event_type, w->s->inbox_key);
-        sp.name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
+        span_name(tmp, sp->event_type, w->s->inbox_key);
+        sp->name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
     }
-    h->span(h->span_ud, &sp);
+    h->span(h->span_ud, sp);
 }
 
 /* The monotonic clock costs ~30 ns a read here (clock_gettime through the vDSO, more in a
@@ -545,31 +569,56 @@ static inline uint64_t tsc_read(void)
 #endif
 }
 
-#define TSC_RECAL_NS 1000000000LL /* the rate is measured again after about this long */
-#define TSC_FIRST_NS 10000000LL   /* and first over at least this long */
+#define TSC_RECAL_NS 1000000000LL  /* the rate is measured again after about this long */
+#define TSC_FIRST_NS 10000000LL    /* and first over at least this long */
+#define WALL_RECAL_NS 1000000000LL /* spans: the wall clock's offset read again after this */
 
-/* Now on the monotonic clock, in ns, for timing a handler: from the counter when the worker
- * has measured its rate, else (and every TSC_RECAL_NS, to measure it again) clock_gettime. */
-static int64_t handler_clock(worker *w)
+/* handler_clock's slow path: the monotonic clock itself, with which the counter's rate is
+ * measured (tsc) and the wall clock's offset kept for spans, each about once a second. */
+static int64_t handler_clock_slow(worker *w, uint64_t t)
 {
-    if (!w->d->tsc) return ew_mono_ns();
-    uint64_t t = tsc_read();
-    double per = w->tsc_ns_per_tick;
-    if (per > 0 && t >= w->tsc_ref) {
-        int64_t since = (int64_t)((double)(t - w->tsc_ref) * per);
-        if (since < TSC_RECAL_NS) return w->tsc_mono_ref + since;
-    }
     int64_t now = ew_mono_ns();
-    if (!w->tsc_mono_ref || t < w->tsc_ref) { /* first reading, or the counter went back */
-        w->tsc_ref = t;
-        w->tsc_mono_ref = now;
-        w->tsc_ns_per_tick = 0;
-    } else if (now - w->tsc_mono_ref >= TSC_FIRST_NS) {
-        w->tsc_ns_per_tick = (double)(now - w->tsc_mono_ref) / (double)(t - w->tsc_ref);
-        w->tsc_ref = t;
-        w->tsc_mono_ref = now;
+    if (w->d->tsc) {
+        if (!w->tsc_mono_ref || t < w->tsc_ref) { /* first reading, or the counter went back */
+            w->tsc_mult = w->tsc_recal_ticks = 0;
+            w->tsc_ref = t;
+            w->tsc_mono_ref = now;
+        } else if (now - w->tsc_mono_ref >= TSC_FIRST_NS) {
+            double per = (double)(now - w->tsc_mono_ref) / (double)(t - w->tsc_ref);
+            w->tsc_mult = (uint64_t)(per * 4294967296.0 + 0.5);
+            w->tsc_recal_ticks = (uint64_t)((double)TSC_RECAL_NS / per);
+            w->tsc_ref = t;
+            w->tsc_mono_ref = now;
+        }
+    }
+    if (!w->wall_at_ns || now - w->wall_at_ns >= WALL_RECAL_NS) {
+        w->wall_off_us = ew_now_us() - now / 1000;
+        w->wall_at_ns = now;
     }
     return now;
+}
+
+/* Now on the monotonic clock, in ns, for timing a handler: from the counter when the worker
+ * has measured its rate (a multiplication), else (and every TSC_RECAL_NS, to measure it again)
+ * clock_gettime. *tick is the counter's reading, for handler_elapsed. */
+static inline int64_t handler_clock(worker *w, uint64_t *tick)
+{
+    uint64_t t = *tick = w->d->tsc ? tsc_read() : 0;
+    if (t - w->tsc_ref < w->tsc_recal_ticks) /* never while not measured: tsc_recal_ticks 0 */
+        return w->tsc_mono_ref + (int64_t)((unsigned __int128)(t - w->tsc_ref) * w->tsc_mult >> 32);
+    return handler_clock_slow(w, t);
+}
+
+/* Nanoseconds since handler_clock gave t0 and tick0: the counter's ticks since then at the
+ * measured rate (the rate is constant, so a recalibration in between does not matter). */
+static inline int64_t handler_elapsed(worker *w, int64_t t0, uint64_t tick0)
+{
+    if (w->tsc_mult) {
+        int64_t ticks = (int64_t)(tsc_read() - tick0);
+        return ticks > 0 ? (int64_t)((unsigned __int128)ticks * w->tsc_mult >> 32) : 0;
+    }
+    int64_t dt = ew_mono_ns() - t0;
+    return dt > 0 ? dt : 0;
 }
 
 static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
@@ -579,20 +628,15 @@ static ew_handler_result call_handler(worker *w, ew_handler_ctx *ctx)
     if (h->no_metrics && !h->span) return w->fn(ctx->ev, ctx, w->ud);
     int64_t start_us = 0;
     if (h->span) make_span(ctx);
-    int64_t t0 = handler_clock(w);
-    if (h->span) {
-        /* A span's start in wall-clock time, from the monotonic clock and the worker's offset
-         * between the two, read again each second: one clock read per call fewer. */
-        if (!w->wall_at_ns || t0 - w->wall_at_ns > 1000000000LL) {
-            w->wall_off_us = ew_now_us() - t0 / 1000;
-            w->wall_at_ns = t0;
-        }
-        start_us = t0 / 1000 + w->wall_off_us;
-    }
+    uint64_t tick0;
+    int64_t t0 = handler_clock(w, &tick0);
+    /* A span's start in wall-clock time, from the monotonic clock and the worker's offset between
+     * the two (handler_clock_slow): one clock read per call fewer. */
+    if (h->span) start_us = t0 / 1000 + w->wall_off_us;
     ew_handler_result r = w->fn(ctx->ev, ctx, w->ud);
-    int64_t t1 = handler_clock(w);
-    if (!h->no_metrics) record_time(w, (uint64_t)(t1 > t0 ? t1 - t0 : 0));
-    if (h->span) report_span(w, ctx, start_us, start_us + (t1 - t0) / 1000, r);
+    int64_t dt = handler_elapsed(w, t0, tick0);
+    if (!h->no_metrics) record_time(w, (uint64_t)dt);
+    if (h->span) report_span(w, ctx, start_us, start_us + dt / 1000, r);
     return r;
 }
 
@@ -629,12 +673,11 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
     return EW_HANDLER_OK;
 }
 
-/* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of ev's type. */
-static void count_type(worker *w, const ew_event *ev, int outcome)
+/* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of the event's type. */
+static void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
 {
     if (w->d->host.no_metrics) return;
-    unsigned t = (unsigned)ew_event_type_id(ev);
-    if (t < EW_T__COUNT) bump(&w->by_type[t][outcome], 1);
+    if (ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
 }
 
 /* Runs one event through the handler to its final disposition: handled, skipped by the inbox or
@@ -648,6 +691,9 @@ static bool run_item(worker *w, const item *it)
     ew_handler_ctx ctx;
     ctx.w = w;
     ctx.ev = it->ev;
+    /* for counting by type and naming spans only (EW_T__COUNT: not asked) */
+    ctx.type =
+        d->host.no_metrics && !d->host.span ? EW_T__COUNT : (unsigned)ew_event_type_id(it->ev);
     for (int attempt = 1;; attempt++) {
         ew_handler_result r;
         ctx.attempt = attempt;
@@ -676,7 +722,7 @@ static bool run_item(worker *w, const item *it)
             r = settle_ok(w, &ctx, use_inbox);
             if (r == EW_HANDLER_OK) {
                 bump(&w->handled, 1);
-                count_type(w, it->ev, 0);
+                count_type(w, &ctx, 0);
                 settle_done(w, it);
                 return true;
             }
@@ -698,13 +744,13 @@ static bool run_item(worker *w, const item *it)
         if (!first_fail) first_fail = last_fail;
         if (r == EW_HANDLER_RETRY && attempt < s->max_attempts) {
             bump(&w->retried, 1);
-            count_type(w, it->ev, 1);
+            count_type(w, &ctx, 1);
             if (!backoff_wait(w, backoff_us(s, attempt))) return false;
             continue;
         }
         if (!dead_letter(w, &ctx, attempt, first_fail, last_fail)) return false;
         bump(&w->dead_lettered, 1);
-        count_type(w, it->ev, 2);
+        count_type(w, &ctx, 2);
         if (it->dl) atomic_store(&it->dl->ew__failed, 1);
         item_finish(w, it, false);
         return true;
@@ -836,6 +882,10 @@ static worker *worker_new(ew_dispatcher *d, sub *s, ew_handler_fn fn, void *ud)
     w->fn = fn;
     w->ud = ud;
     w->d = d;
+    w->span.kind = EW_SPAN_CONSUMER;
+    w->span.group = s->group;
+    w->span.handler = s->name;
+    w->rng = ew__rand64();
     return w;
 fail_mutex:
     pthread_mutex_destroy(&w->mu);
@@ -1445,7 +1495,7 @@ void ew_ctx_set_error(ew_handler_ctx *ctx, const char *fmt, ...)
 const char *ew_ctx_traceparent(ew_handler_ctx *ctx)
 {
     make_span(ctx);
-    if (!ctx->traceparent[0]) ew_trace_format(&ctx->span, ctx->traceparent);
+    if (!ctx->traceparent[0]) ew_trace_format(&ctx->w->span.ctx, ctx->traceparent);
     return ctx->traceparent;
 }
 

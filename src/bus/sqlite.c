@@ -1,13 +1,14 @@
 /* eventwire — the SQLite bus (EVENT_BUS_TYPE=sqlite, the default): the event store's log is the
  * bus. Publishing appends to event_store.events (ew__store_record), with concurrent publishers of
  * one bus gathered into one transaction (group commit). Each subscriber group keeps its position
- * in event_store.bus_groups; one consumer thread per group reads the log after it, hands events
- * to the dispatcher and moves the position up to the oldest delivery not yet done. Several
+ * in event_store.bus_groups; each group's consumer core (consumer.h) reads the log after it
+ * through the transport of sqlite_consume.c, and moves the position up to the oldest delivery
+ * not yet done. Several
  * processes share the file: the consumers of one group compete for a lease on its row, and an
  * idle consumer sleeps until inotify says the WAL changed (or a timer), then asks PRAGMA
  * data_version whether a commit happened. docs/bus-sqlite.md has the details and the numbers.
  *
- * This file: publishing and the ops; sqlite_consume.c: the consumers. */
+ * This file: publishing and the ops; sqlite_consume.c: the consumers' transport. */
 #ifdef EW_HAVE_SQLITE_BUS
 
 #include <errno.h>
@@ -42,12 +43,8 @@
 /* After a commit: this bus's consumers read at once (other processes' see the WAL written). */
 void ew__sq_committed(sqbus *b)
 {
-    for (group *g = atomic_load(&b->groups); g; g = g->next) {
-        pthread_mutex_lock(&g->mu);
-        g->kick = true;
-        ew__sq_wake(g);
-        pthread_mutex_unlock(&g->mu);
-    }
+    for (group *g = atomic_load(&b->groups); g; g = g->next)
+        ew__sq_kick(g);
 }
 
 /* One transaction for the requests of a group commit; when it fails and there were several,
@@ -243,7 +240,6 @@ static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
     sqbus *b = calloc(1, sizeof *b);
     if (!b) return ew_error_set(err, EW_ENOMEM, "out of memory");
     b->bus = bus;
-    b->disp = ew__bus_dispatcher(bus);
     b->cfg = cfg;
     b->wal_fd = -1;
     b->max_inflight = (size_t)ew_config_get_int(cfg, "EVENT_BUS_MAX_IN_FLIGHT");
@@ -329,11 +325,10 @@ static int sq_subscribed(void *self, const ew_backend_sub *bsub, ew_error *err)
             rc = ew_error_set(err, EW_ENOMEM, "out of memory");
         } else {
             g->patterns[g->npatterns++] = p;
-            g->kick = true; /* read with the new pattern from here on */
-            ew__sq_wake(g);
         }
     }
     pthread_mutex_unlock(&g->mu);
+    if (!have && !rc) ew__sq_kick(g); /* read with the new pattern from here on */
     if (rc) {
         if (fresh) ew__sq_group_free(g);
         goto out;
@@ -357,26 +352,19 @@ static int sq_start(void *self, ew_error *err)
     int rc = 0;
     pthread_mutex_lock(&b->mu);
     for (group *g = atomic_load(&b->groups); g && !rc; g = g->next)
-        if (!g->running) rc = ew__sq_group_start(g, err);
+        if (!g->started) rc = ew__sq_group_start(g, err);
     b->started = rc == 0;
     pthread_mutex_unlock(&b->mu);
     return rc;
 }
 
+/* No delivery after it returns; each group's core keeps its connection to write the positions
+ * of what the handlers finish while the bus drains. */
 static void sq_stop(void *self)
 {
     sqbus *b = self;
-    atomic_store(&b->stopping, true);
-    for (group *g = atomic_load(&b->groups); g; g = g->next) {
-        uint64_t one = 1;
-        ssize_t k = write(g->wake_fd, &one, sizeof one);
-        (void)k;
-    }
-    for (group *g = atomic_load(&b->groups); g; g = g->next) {
-        if (!g->running) continue;
-        pthread_join(g->thread, NULL);
-        g->running = false;
-    }
+    for (group *g = atomic_load(&b->groups); g; g = g->next)
+        ew__consumer_stop(g->core);
 }
 
 /* An ephemeral group's row goes with the bus. */
@@ -396,31 +384,17 @@ static void forget_group(sqbus *b, group *g)
                     e.msg);
 }
 
-/* Every done() has been called: writes each group's final position and gives its lease up, so
- * that a standby consumer takes over at once; an ephemeral group is removed instead. */
+/* Every done() has been called: each group's core writes its final position and gives its lease
+ * up (ops->disconnect), so that a standby consumer takes over at once; an ephemeral group is
+ * removed instead. */
 static void sq_close(void *self)
 {
     sqbus *b = self;
     sq_stop(b);
     for (group *g = atomic_load(&b->groups), *next; g; g = next) {
         next = g->next;
-        if (g->ephemeral) {
-            forget_group(b, g);
-        } else if (g->st && g->active) {
-            pthread_mutex_lock(&g->mu);
-            int64_t floor = ew__sq_ring_floor(g);
-            pthread_mutex_unlock(&g->mu);
-            int held = 0;
-            ew_error e = {0};
-            if (ew__store_group_commit(g->st, g->name, g->owner, floor, 0, &held, &e))
-                ew__bus_log(b->bus, EW_LOG_ERROR,
-                            "sqlite bus: group %s: position %lld not written at close: %s", g->name,
-                            (long long)floor, e.msg);
-            else if (held)
-                ew__bus_log(b->bus, EW_LOG_DEBUG, "sqlite bus: %s left group %s at position %lld",
-                            g->owner, g->name, (long long)floor);
-        }
-        ew_store_close(g->st);
+        ew__consumer_close(g->core);
+        if (g->ephemeral) forget_group(b, g);
         ew__sq_group_free(g);
     }
     ew__bus_log(b->bus, EW_LOG_INFO,

@@ -1,7 +1,7 @@
 /* eventwire — the SQLite bus's internal header: its state, shared by its files (sqlite.c:
- * publishing with group commit, and the ops; sqlite_consume.c: the groups' consumers). Nothing
- * here is used outside src/bus/sqlite*.c. Each function's contract is stated where it is defined.
- */
+ * publishing with group commit, and the ops; sqlite_consume.c: the transport of each group's
+ * consumer core). Nothing here is used outside src/bus/sqlite*.c. Each function's contract is
+ * stated where it is defined. */
 #ifndef EW_BUS_SQLITE_BUS_H
 #define EW_BUS_SQLITE_BUS_H
 
@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "bus/backend.h"
+#include "bus/consumer.h"
 #include "store/store_bus.h"
 
 /* A group's lease lasts LEASE_MS unless renewed, which its holder does every RENEW_MS; a
@@ -32,60 +33,51 @@
 #define RETRY_MS 100
 /* One group commit takes at most this many events (and always at least one publish). */
 #define MAX_COMMIT_EVENTS 4096
-/* Slots of deliveries in flight are allocated this many at a time, when first needed. */
-#define CHUNK 1024
 
 typedef struct sqbus sqbus;
 typedef struct group group;
 
-/* ---- deliveries in flight ----------------------------------------------------------------- */
-
-enum { SLOT_BUSY = 1, SLOT_DONE, SLOT_RETRY, SLOT_ABANDONED };
-
-/* One row handed to the dispatcher. Slots form a ring in the order of their positions. */
-typedef struct slot {
-    ew_delivery dl; /* dl.token is the slot */
-    group *g;
-    int64_t position;
-    ew_event *ev; /* our reference, kept to deliver it again after an abandon while running */
-    int state;
-} slot;
-
 /* ---- subscriber groups ---------------------------------------------------------------------- */
 
+/* A group of this bus: its patterns, and the transport its consumer core runs (consumer.h). The
+ * core owns the thread, the window of deliveries in flight and their settlement in order; the
+ * transport owns the lease, reading the log and writing the position. Tokens are log positions,
+ * in one lane. */
 struct group {
     sqbus *b;
     group *next; /* the bus's groups, newest first; never removed before close */
     char *name;
+    char *what; /* how log lines name the consumer */
+    char thread[16];
     bool ephemeral; /* its row goes when the bus closes */
     char owner[EW__STORE_OWNER_MAX];
+    ew__consumer *core;
+    bool started;
 
-    pthread_mutex_t mu; /* everything down to idle */
+    pthread_mutex_t mu; /* the patterns */
     char **patterns;
     size_t npatterns, pcap;
-    /* The ring of max_inflight slots, [head, head + count) in flight, by position. Slots never
-     * move (the dispatcher holds them): they come in chunks of CHUNK, allocated when first
-     * needed, so that a large EVENT_BUS_MAX_IN_FLIGHT costs only what is used. */
-    slot **chunks;
-    size_t nchunks;
-    size_t head, count;
-    int64_t scanned; /* the last position the consumer looked at */
-    bool kick;       /* this bus committed events: read now */
-    bool retry;      /* some slot wants delivering again */
-    bool idle;       /* the consumer sleeps and wants waking for these */
-    bool for_room;   /* ... and for a slot coming free */
-    int wake_fd;     /* eventfd: wakes the sleeping consumer */
+    atomic_bool kick; /* this bus committed events, or a pattern came: read now */
+    atomic_bool idle; /* the consumer sleeps in fetch: a kick writes kick_fd */
+    int kick_fd;      /* eventfd */
 
     /* The consumer thread's own. */
     ew_store *st; /* its connection: reads, data_version, lease and position */
     int ino_fd;   /* inotify on the WAL file; -1 without */
     bool watching;
-    pthread_t thread;
-    bool running;
-    bool active;        /* holds the lease */
-    int64_t read_pos;   /* reads continue after it */
-    int64_t committed;  /* the position in the database */
-    int64_t last_error; /* mono ms of the last logged error, to log a failing loop sparingly */
+    bool active;       /* holds the lease */
+    bool want;         /* there may be rows to read */
+    bool released;     /* the core gave a row back during this read */
+    bool have_dv;      /* dv holds a data_version read before the last read */
+    int64_t dv;        /* PRAGMA data_version */
+    int64_t read_pos;  /* every row up to it was handed to the core or is not wanted */
+    int64_t delivered; /* the last row handed to the core */
+    int64_t settled;   /* every delivery up to it is settled */
+    int64_t committed; /* the position in the database */
+    /* mono ms: of the last position written, when the lease is next renewed, when a standby
+     * next looks at the lease, until when a write to the WAL is looked at again, when reading
+     * may resume after an error, of the last logged error */
+    int64_t last_commit, next_renew, next_lease, settle_until, resume_at, last_error;
 };
 
 /* ---- group commit --------------------------------------------------------------------------- */
@@ -105,7 +97,6 @@ typedef struct pubreq {
 
 struct sqbus {
     ew_bus *bus;
-    ew_dispatcher *disp;
     const ew_config *cfg;
     ew_store *st; /* publishing and group creation */
     size_t max_inflight, max_bytes;
@@ -117,7 +108,6 @@ struct sqbus {
     pthread_mutex_t mu; /* groups, started */
     _Atomic(group *) groups;
     bool started;
-    atomic_bool stopping;
 
     pthread_mutex_t gc_mu; /* the queue of publishes */
     pubreq *q_head, *q_tail;
@@ -131,9 +121,8 @@ group *ew__sq_group_find(sqbus *b, const char *name);
 void ew__sq_group_free(group *g);
 group *ew__sq_group_new(sqbus *b, const char *name);
 int ew__sq_group_start(group *g, ew_error *err);
-int64_t ew__sq_ring_floor(const group *g);
 void ew__sq_store_log(void *ud, const ew_log_record *rec);
-void ew__sq_wake(group *g);
+void ew__sq_kick(group *g);
 
 /* ---- sqlite.c ---------------------------------------------------------------------------- */
 

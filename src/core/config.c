@@ -144,8 +144,7 @@ static const ew_setting entries[] = {
      "The key store: every key of the deployment (the services' bus keys, docs/bus-auth.md, and "
      "the subjects' wrapped data keys, docs/encryption.md); unset: keys/keys.db in the folder of "
      "EVENT_STORE_URL's SQLite file, or var/keys/keys.db when the event store is not SQLite. "
-     "Made 0600 in a 0700 folder. On PostgreSQL (schema key_store) it holds the bus keys; the "
-     "data keys stay in the SQLite store that the unset setting names.",
+     "Made 0600 in a 0700 folder; on PostgreSQL, the schema key_store.",
      EW_SETTING_URL, 0, 0},
     {"EVENT_STORE_TTL_DAYS", "90", "0..36500", "Days events are kept; 0 keeps them forever.",
      EW_SETTING_INT, 0, 36500},
@@ -165,6 +164,11 @@ static const ew_setting entries[] = {
      "again: the longest a destroyed key stays usable in a running process (0: read it for "
      "every event).",
      EW_SETTING_INT, 0, 3600},
+    {"EVENT_KEY_CACHE_SIZE", "16384", "8..1048576",
+     "How many subjects' data keys a process keeps in memory (224 bytes each, locked from "
+     "swapping: 3.5 MiB by default), in sets of 8 (the size rounded down to a multiple of 8) that "
+     "each drop their least recently used key when full.",
+     EW_SETTING_INT, 8, 1048576},
     {"ENABLE_SAGAS", "true", "true|false", "Run the saga engine.", EW_SETTING_BOOL, 0, 0},
     {"ENABLE_METRICS", "true", "true|false",
      "Count the events published and handled by type and time every handler call, for GET "

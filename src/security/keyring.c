@@ -1,5 +1,6 @@
 /* eventwire — the keyring (keyring.h): the key-encryption key, the key store of wrapped data
- * keys (SQLite), a bounded cache of unwrapped ones, and the sealing and unsealing of events. */
+ * keys (SQLite or PostgreSQL, through datakeys.h), a bounded cache of unwrapped ones, and the
+ * sealing and unsealing of events. */
 #include "security/keyring.h"
 
 #include <errno.h>
@@ -7,8 +8,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sodium.h>
-#include <sqlite3.h>
-#include "security/keys_impl.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,23 +17,29 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/datakeys.h"
 #include "security/keyfile.h"
+#include "security/keys_postgres.h"
 
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
 #define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
 #define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES      /* 16 */
 #define WRAPPED_BYTES (NONCE_BYTES + KEY_BYTES + TAG_BYTES)
 #define SUBJECT_MAX 128
-#define NSLOTS 1024 /* the cache: direct-mapped by the subject's hash */
-#define BUSY_MS 10000
+#define WAYS 8 /* the cache: sets of WAYS slots, the subject's hash picks the set */
 
+/* One cached data key (EW__KEYRING_SLOT_BYTES bytes, keyring.h). */
 typedef struct slot {
+    uint64_t hash;    /* of subject, compared first */
+    int64_t at_us;    /* when it was read from the key store: fresh for ttl_us */
+    uint64_t used_at; /* the keyring's tick when last used: a full set drops its least recent */
+    bool used, erased;
     char subject[SUBJECT_MAX + 1];
     unsigned char dek[KEY_BYTES];
     unsigned char sub[KEY_BYTES]; /* own_subkey() of dek */
-    bool used, erased;
-    int64_t at_us;
 } slot;
+
+_Static_assert(sizeof(slot) <= EW__KEYRING_SLOT_BYTES, "keyring.h states a slot's size");
 
 /* A subject whose data key a thread is about to make (get_key). Threads that need new keys at
  * once queue here, and whichever holds db_mu next makes all of them in one transaction: a new
@@ -46,20 +51,29 @@ typedef struct wanted {
 } wanted;
 
 struct ew__keyring {
-    char *key_file, *store_path;
+    char *key_file;
+    char *store_url;  /* sqlite:PATH or postgresql://... (which may hold a password) */
+    char *store_name; /* the file, or the URL without user and password: for messages */
+    char *legacy;     /* on PostgreSQL: where the data keys were before (import_legacy) */
     int64_t ttl_us;
     pthread_mutex_t mu; /* the cache and the queue of wanted keys */
     wanted *queue;
     pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
     bool loaded;
     /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
-     * connection, used only under db_mu: nothing else uses this handle. */
+     * data-key tables, used only under db_mu: nothing else uses this handle. */
     ew_keys *store;
-    sqlite3 *db;
-    sqlite3_stmt *read_st; /* read_key's, prepared once: every cache miss runs it */
+    const ew__datakeys_ops *ops;
+    ew__datakeys *dk;
+    atomic_size_t store_reads; /* data keys read from the key store (cache misses) */
     unsigned char kek[KEY_BYTES];
     char fingerprint[65];
-    slot *slots; /* NSLOTS, in memory locked from swapping where the system allows */
+    /* nsets * WAYS, in memory locked from swapping where the system allows; made by the first
+     * load, so that a keyring that never needs a key (a store that only relays ciphertext) costs
+     * none of it. Written under mu and db_mu. */
+    slot *slots;
+    size_t nsets;  /* EVENT_KEY_CACHE_SIZE / WAYS */
+    uint64_t tick; /* under mu: one more per use of the cache */
     /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
      * of one keyring share a nonce and none needs a system call for randomness. */
     unsigned char nonce_prefix[NONCE_BYTES - 8];
@@ -115,27 +129,35 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
     pthread_mutex_init(&k->db_mu, NULL);
     const char *kf = ew_config_get(cfg, "EVENT_ENCRYPTION_KEY_FILE");
     const char *ks = ew_config_get(cfg, "KEY_STORE_URL");
-    /* The data keys are in an SQLite key store: KEY_STORE_URL's, or with a key store on
-     * PostgreSQL (which holds the bus keys only, so far) the one beside EVENT_STORE_URL's file
-     * that KEY_STORE_URL names when it is unset, whichever store this keyring serves. */
-    if (ks && *ks && strncmp(ks, "sqlite:", 7) != 0) {
-        ks = NULL;
-        store_url = ew_config_get(cfg, "EVENT_STORE_URL");
+    bool sqlite = ks && !strncmp(ks, "sqlite:", 7), pg = ks && *ks && !sqlite;
+    /* The data keys are in KEY_STORE_URL's store, else in keys/keys.db beside the store this
+     * keyring serves. The key-encryption key sits beside an SQLite key store; with one on
+     * PostgreSQL, in the folder keys beside EVENT_STORE_URL's file. */
+    if (pg) store_url = ew_config_get(cfg, "EVENT_STORE_URL");
+    k->key_file = kf && *kf ? strdup(kf)
+                  : sqlite  ? beside_store(ks, "", "eventwire.kek")
+                            : beside_store(store_url, "keys/", "eventwire.kek");
+    if (pg) {
+        k->store_url = strdup(ks);
+        k->store_name = ew__keys_pg_name_of(ks);
+        k->legacy = beside_store(store_url, "keys/", "keys.db");
+    } else {
+        k->store_name = sqlite ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
+        ew_buf url;
+        ew_buf_init(&url);
+        if (k->store_name) ew_buf_printf(&url, "sqlite:%s", k->store_name);
+        k->store_url = ew_buf_steal(&url, NULL);
     }
-    /* the key-encryption key sits beside the key store: KEY_STORE_URL's file when it is set */
-    k->key_file = kf && *kf   ? strdup(kf)
-                  : ks && *ks ? beside_store(ks, "", "eventwire.kek")
-                              : beside_store(store_url, "keys/", "eventwire.kek");
-    k->store_path = ks && *ks ? strdup(ks + 7) : beside_store(store_url, "keys/", "keys.db");
     k->ttl_us = ew_config_get_int(cfg, "EVENT_KEY_CACHE_SECONDS") * 1000000;
-    k->slots = sodium_malloc(NSLOTS * sizeof *k->slots);
-    if (!k->key_file || !k->store_path || !k->slots) {
+    k->nsets = (size_t)ew_config_get_int(cfg, "EVENT_KEY_CACHE_SIZE") / WAYS;
+    if (k->nsets == 0) k->nsets = 1;
+    if (!k->key_file || !k->store_url || !k->store_name) {
         ew__keyring_free(k);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
-    memset(k->slots, 0, NSLOTS * sizeof *k->slots);
     randombytes_buf(k->nonce_prefix, sizeof k->nonce_prefix);
     atomic_init(&k->nonce_seq, 0);
+    atomic_init(&k->store_reads, 0);
     *out = k;
     return 0;
 }
@@ -143,14 +165,17 @@ int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_u
 void ew__keyring_free(ew__keyring *k)
 {
     if (!k) return;
-    sqlite3_finalize(k->read_st);
+    if (k->ops) k->ops->close(k->dk);
     ew_keys_close(k->store);
     if (k->slots) sodium_free(k->slots); /* zeroes them */
     sodium_memzero(k->kek, sizeof k->kek);
     pthread_mutex_destroy(&k->mu);
     pthread_mutex_destroy(&k->db_mu);
     free(k->key_file);
-    free(k->store_path);
+    if (k->store_url) sodium_memzero(k->store_url, strlen(k->store_url));
+    free(k->store_url);
+    free(k->store_name);
+    free(k->legacy);
     free(k);
 }
 
@@ -159,46 +184,71 @@ const char *ew__keyring_key_file(const ew__keyring *k)
     return k->key_file;
 }
 
-const char *ew__keyring_store_path(const ew__keyring *k)
+const char *ew__keyring_store_name(const ew__keyring *k)
 {
-    return k->store_path;
+    return k->store_name;
+}
+
+size_t ew__keyring_store_reads(ew__keyring *k)
+{
+    return atomic_load(&k->store_reads);
 }
 
 /* ---- the key store ------------------------------------------------------------------------ */
 
-static int db_fail(ew__keyring *k, const char *what, ew_error *err)
-{
-    return ew_error_set(err, EW_EIO, "key store %s: %s: %s", k->store_path, what,
-                        k->db ? sqlite3_errmsg(k->db) : "not open");
-}
-
-static int exec(ew__keyring *k, const char *sql, ew_error *err)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(k->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = ew_error_set(err, EW_EIO, "key store %s: %s", k->store_path,
-                              msg ? msg : sqlite3_errmsg(k->db));
-        sqlite3_free(msg);
-        return rc;
-    }
-    return 0;
-}
-
-/* The key store (eventwire/keys.h) with the tables of its migration 002_subject_keys. */
+/* The key store (eventwire/keys.h) and its data-key tables (migration 002_subject_keys). */
 static int store_open(ew__keyring *k, ew_error *err)
 {
+    int rc = ew_keys_open(&k->store, &(ew_keys_options){.url = k->store_url}, err);
+    if (rc) return rc;
+    return ew__datakeys_open(k->store, &k->ops, &k->dk, err);
+}
+
+/* Inserts one row of the old store into the new one (import_legacy's walks). */
+static int import_row(void *ud, const char *subject, const unsigned char *w, size_t len)
+{
+    void **to = ud; /* the keyring, and an ew_error */
+    ew__keyring *k = to[0];
+    return w ? k->ops->insert(k->dk, subject, w, len, to[1]) : k->ops->shred(k->dk, subject, to[1]);
+}
+
+/* Before a key store on PostgreSQL held the data keys, they were in the SQLite key store beside
+ * EVENT_STORE_URL's file. A PostgreSQL store without a fingerprint takes that file's fingerprint,
+ * keys and tombstones, in one transaction (a second process finds them there and imports
+ * nothing), and the file's copies are then deleted (secure_delete zeroes them). */
+static int import_legacy(ew__keyring *k, ew_error *err)
+{
+    char fp[65];
+    int have = k->ops->fingerprint(k->dk, fp, 0, err);
+    if (have) return have < 0 ? have : 0;
+    if (access(k->legacy, F_OK) != 0) return 0;
     ew_buf url;
     ew_buf_init(&url);
-    ew_buf_printf(&url, "sqlite:%s", k->store_path);
+    ew_buf_printf(&url, "sqlite:%s", k->legacy);
+    ew_keys *old = NULL;
+    const ew__datakeys_ops *ops = NULL;
+    ew__datakeys *dk = NULL;
     int rc = url.oom ? ew_error_set(err, EW_ENOMEM, "out of memory")
-                     : ew_keys_open(&k->store, &(ew_keys_options){.url = url.data}, err);
+                     : ew_keys_open(&old, &(ew_keys_options){.url = url.data}, err);
     ew_buf_release(&url);
-    if (rc) return rc;
-    k->db = ew__keys_lock(k->store);
-    ew__keys_unlock(k->store);
-    /* Freed pages zeroed (the store keeps a rollback journal, no WAL): a destroyed key is gone
-     * from the file when its transaction ends. */
-    return exec(k, "PRAGMA secure_delete=ON", err);
+    if (!rc) rc = ew__datakeys_open(old, &ops, &dk, err);
+    if (!rc && (have = ops->fingerprint(dk, fp, 0, err)) <= 0) rc = have; /* none: nothing */
+    if (!rc && have > 0 && !(rc = k->ops->begin(k->dk, err))) {
+        char now[65];
+        void *to[] = {k, err};
+        have = k->ops->fingerprint(k->dk, now, 2, err); /* another process, meanwhile? */
+        if (have < 0) rc = have;
+        if (!rc && !have && !(rc = k->ops->set_fingerprint(k->dk, fp, false, err)) &&
+            !(rc = ops->each_live(dk, import_row, to, err)))
+            rc = ops->each_erased(dk, import_row, to, err);
+        if (rc)
+            k->ops->rollback(k->dk);
+        else if (!(rc = k->ops->commit(k->dk, err)) && !have)
+            rc = ops->clear(dk, err); /* a later erasure must not find a copy there */
+    }
+    if (ops) ops->close(dk);
+    ew_keys_close(old);
+    return rc;
 }
 
 /* The fingerprint of a key-encryption key: what the store keeps to recognise it. */
@@ -208,33 +258,6 @@ static void fingerprint_of(const unsigned char *kek, char out[65])
     unsigned char h[32];
     crypto_generichash(h, sizeof h, (const unsigned char *)label, sizeof label - 1, kek, KEY_BYTES);
     sodium_bin2hex(out, 65, h, sizeof h);
-}
-
-/* The store's fingerprint into out (65 bytes): 1 when there is one, 0 when none, < 0 on error. */
-static int stored_fingerprint(ew__keyring *k, char out[65], ew_error *err)
-{
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "SELECT fingerprint FROM kek WHERE id = 1", -1, &st, NULL))
-        return db_fail(k, "reading the key's fingerprint", err);
-    int rc = sqlite3_step(st), found = 0;
-    if (rc == SQLITE_ROW) {
-        snprintf(out, 65, "%s", (const char *)sqlite3_column_text(st, 0));
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        found = db_fail(k, "reading the key's fingerprint", err);
-    }
-    sqlite3_finalize(st);
-    return found;
-}
-
-static int count_where(ew__keyring *k, const char *sql, size_t *n, ew_error *err)
-{
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, sql, -1, &st, NULL)) return db_fail(k, "counting keys", err);
-    int rc = sqlite3_step(st) == SQLITE_ROW ? 0 : db_fail(k, "counting keys", err);
-    if (!rc) *n = (size_t)sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return rc;
 }
 
 /* ---- the key-encryption key ---------------------------------------------------------------- */
@@ -278,12 +301,12 @@ static int write_key_file(const char *path, const unsigned char kek[KEY_BYTES], 
     return rc;
 }
 
-/* Under db_mu: the key file matches the store's fingerprint, or the store gets its fingerprint
- * when it has none. */
-static int check_kek(ew__keyring *k, ew_error *err)
+/* Under db_mu: the key file matches the store's fingerprint (read with lock, datakeys.h), or the
+ * store gets its fingerprint when it has none. */
+static int check_kek(ew__keyring *k, int lock, ew_error *err)
 {
     char stored[65];
-    int have = stored_fingerprint(k, stored, err);
+    int have = k->ops->fingerprint(k->dk, stored, lock, err);
     if (have < 0) return have;
     fingerprint_of(k->kek, k->fingerprint);
     if (have) {
@@ -292,58 +315,70 @@ static int check_kek(ew__keyring *k, ew_error *err)
                                 "key-encryption key %s is not the key the key store %s was made "
                                 "with (fingerprint %.16s..., the store's %.16s...): restore the "
                                 "right file; the data keys cannot be read without it",
-                                k->key_file, k->store_path, k->fingerprint, stored);
+                                k->key_file, k->store_name, k->fingerprint, stored);
         return 0;
     }
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db, "INSERT OR IGNORE INTO kek (id, fingerprint) VALUES (1, ?)", -1,
-                           &st, NULL))
-        return db_fail(k, "recording the key's fingerprint", err);
-    sqlite3_bind_text(st, 1, k->fingerprint, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "recording the fingerprint", err);
-    sqlite3_finalize(st);
+    int rc = k->ops->set_fingerprint(k->dk, k->fingerprint, false, err);
     if (rc) return rc;
     /* A process that started at the same moment may have recorded its own first. */
-    have = stored_fingerprint(k, stored, err);
-    if (have <= 0) return have ? have : db_fail(k, "the fingerprint vanished", err);
+    have = k->ops->fingerprint(k->dk, stored, lock, err);
+    if (have <= 0)
+        return have ? have
+                    : ew_error_set(err, EW_EIO, "key store %s: the fingerprint vanished",
+                                   k->store_name);
     if (strcmp(stored, k->fingerprint) != 0)
         return ew_error_set(err, EW_ECONFIG, "key-encryption key %s changed while starting",
                             k->key_file);
     return 0;
 }
 
-/* Under db_mu: reads the key file again (after a rotation by another process). */
-static int reload_kek(ew__keyring *k, ew_error *err)
+/* Under db_mu: reads the key file again (after a rotation by another process). Between that
+ * rotation's commit and the rename of its KEY_FILE.new over the key file, the store's key is in
+ * KEY_FILE.new: it is taken from there when the key file is not the store's key. */
+static int reload_kek(ew__keyring *k, int lock, ew_error *err)
 {
-    unsigned char kek[KEY_BYTES];
-    int got = read_key_file(k->key_file, kek, err);
-    if (got < 0) return got;
-    if (!got) return ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing", k->key_file);
-    memcpy(k->kek, kek, KEY_BYTES);
-    sodium_memzero(kek, sizeof kek);
-    return check_kek(k, err);
+    char next[4096 + 8];
+    snprintf(next, sizeof next, "%s.new", k->key_file);
+    const char *paths[] = {k->key_file, next};
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        unsigned char kek[KEY_BYTES];
+        int got = read_key_file(paths[i], kek, i ? NULL : err);
+        if (got <= 0) {
+            if (!i)
+                rc = got ? got
+                         : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: missing",
+                                        k->key_file);
+            break;
+        }
+        memcpy(k->kek, kek, KEY_BYTES);
+        sodium_memzero(kek, sizeof kek);
+        if ((rc = check_kek(k, lock, i ? NULL : err)) != EW_ECONFIG) break;
+    }
+    return rc;
 }
 
 static int load_locked(ew__keyring *k, ew_error *err)
 {
     if (k->loaded) return 0;
-    int rc = k->db ? 0 : store_open(k, err);
+    int rc = k->dk ? 0 : store_open(k, err);
+    if (!rc && k->legacy) rc = import_legacy(k, err);
     if (rc) return rc;
     int got = read_key_file(k->key_file, k->kek, err);
     if (got < 0) return got;
     if (!got) {
         /* No key file: made now only when the store has never had a key. */
         char stored[65];
-        size_t n = 0;
-        int have = stored_fingerprint(k, stored, err);
+        size_t live = 0, erased = 0;
+        int have = k->ops->fingerprint(k->dk, stored, 0, err);
         if (have < 0) return have;
-        if ((rc = count_where(k, "SELECT count(*) FROM subject_keys", &n, err))) return rc;
-        if (have || n)
+        if ((rc = k->ops->count(k->dk, &live, &erased, err))) return rc;
+        if (have || live || erased)
             return ew_error_set(err, EW_ECONFIG,
                                 "key-encryption key %s is missing, but the key store %s holds "
                                 "data keys wrapped by one (fingerprint %.16s...): restore the "
                                 "file (a new key would leave every encrypted field unreadable)",
-                                k->key_file, k->store_path, have ? stored : "unknown");
+                                k->key_file, k->store_name, have ? stored : "unknown");
         unsigned char kek[KEY_BYTES];
         crypto_aead_xchacha20poly1305_ietf_keygen(kek);
         rc = write_key_file(k->key_file, kek, true, err);
@@ -355,7 +390,16 @@ static int load_locked(ew__keyring *k, ew_error *err)
                        : ew_error_set(err, EW_ECONFIG, "key-encryption key %s: vanished",
                                       k->key_file);
     }
-    if ((rc = check_kek(k, err))) return rc;
+    if ((rc = check_kek(k, 0, err)) == EW_ECONFIG) rc = reload_kek(k, 0, err);
+    if (rc) return rc;
+    if (k->ttl_us > 0 && !k->slots) {
+        slot *slots = sodium_allocarray(k->nsets * WAYS, sizeof *slots);
+        if (!slots) return ew_error_set(err, EW_ENOMEM, "out of memory for the data-key cache");
+        memset(slots, 0, k->nsets * WAYS * sizeof *slots);
+        pthread_mutex_lock(&k->mu);
+        k->slots = slots;
+        pthread_mutex_unlock(&k->mu);
+    }
     k->loaded = true;
     return 0;
 }
@@ -390,81 +434,50 @@ static int unwrap(const unsigned char *kek, const char *subject, const unsigned 
 
 typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
 
-/* Under db_mu: the subject's row. */
+/* Under db_mu: the subject's row (a wrapped key of another size is read as one of none: wlen 0,
+ * which does not unwrap). */
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
                     unsigned char w[WRAPPED_BYTES], size_t *wlen, ew_error *err)
 {
-    if (!k->read_st &&
-        sqlite3_prepare_v2(k->db, "SELECT wrapped FROM subject_keys WHERE subject = ?", -1,
-                           &k->read_st, NULL))
-        return db_fail(k, "reading a data key", err);
-    sqlite3_stmt *st = k->read_st;
-    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st), ret = 0;
-    *state = KEY_NONE;
-    if (rc == SQLITE_ROW) {
-        const void *b = sqlite3_column_blob(st, 0);
-        int n = sqlite3_column_bytes(st, 0);
-        if (!b) {
-            *state = KEY_ERASED;
-        } else {
-            *state = KEY_LIVE;
-            *wlen = (size_t)n < WRAPPED_BYTES ? (size_t)n : WRAPPED_BYTES;
-            memcpy(w, b, *wlen);
-            if ((size_t)n != WRAPPED_BYTES) *wlen = 0;
-        }
-    } else if (rc != SQLITE_DONE) {
-        ret = db_fail(k, "reading a data key", err);
-    }
-    sqlite3_reset(st); /* ends the read: the store's lock is released */
-    sqlite3_clear_bindings(st);
-    return ret;
+    ew__dk_state st;
+    atomic_fetch_add_explicit(&k->store_reads, 1, memory_order_relaxed);
+    int rc = k->ops->read(k->dk, subject, &st, w, WRAPPED_BYTES, wlen, err);
+    *state = st == EW__DK_LIVE ? KEY_LIVE : st == EW__DK_ERASED ? KEY_ERASED : KEY_NONE;
+    return rc;
 }
 
-/* Under db_mu: one insert of a new data key for subject, unless it has a row already. */
-static int insert_key(ew__keyring *k, sqlite3_stmt *st, const char *subject, ew_error *err)
+/* Under db_mu, in create_keys' transaction: a new data key for subject, unless it has a row. */
+static int insert_key(ew__keyring *k, const char *subject, ew_error *err)
 {
     unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
     crypto_aead_xchacha20poly1305_ietf_keygen(dek);
     wrap(k->kek, subject, dek, w);
     sodium_memzero(dek, sizeof dek);
-    sqlite3_reset(st);
-    sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_blob(st, 2, w, sizeof w, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 3, ew_now_us() / 1000000);
-    return sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(k, "storing a data key", err);
+    return k->ops->insert(k->dk, subject, w, sizeof w, err);
 }
 
 /* Under db_mu: makes the data keys of subject and of the queued subjects in batch, in one
  * transaction, for those without a row already. */
 static int create_keys(ew__keyring *k, const char *subject, const wanted *batch, ew_error *err)
 {
-    int rc = exec(k, "BEGIN IMMEDIATE", err);
+    int rc = k->ops->begin(k->dk, err);
     if (rc) return rc;
-    /* A rotation by another process: wrap with the key the store knows now. */
+    /* A rotation by another process: wrap with the key the store knows now (and keep the next
+     * rotation out until this commits). */
     char stored[65];
-    int have = stored_fingerprint(k, stored, err);
-    if (have > 0 && strcmp(stored, k->fingerprint) != 0 && (rc = reload_kek(k, err))) goto fail;
+    int have = k->ops->fingerprint(k->dk, stored, 1, err);
+    if (have > 0 && strcmp(stored, k->fingerprint) != 0 && (rc = reload_kek(k, 1, err))) goto fail;
     if (have < 0) {
         rc = have;
         goto fail;
     }
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(k->db,
-                           "INSERT OR IGNORE INTO subject_keys (subject, wrapped, created_at) "
-                           "VALUES (?, ?, ?)",
-                           -1, &st, NULL)) {
-        rc = db_fail(k, "storing a data key", err);
-        goto fail;
-    }
-    rc = insert_key(k, st, subject, err);
+    rc = insert_key(k, subject, err);
     for (const wanted *w = batch; !rc && w; w = w->next)
-        if (strcmp(w->subject, subject) != 0) rc = insert_key(k, st, w->subject, err);
-    sqlite3_finalize(st);
+        if (strcmp(w->subject, subject) != 0) rc = insert_key(k, w->subject, err);
     if (rc) goto fail;
-    return exec(k, "COMMIT", err);
+    return k->ops->commit(k->dk, err);
 fail:
-    exec(k, "ROLLBACK", NULL);
+    k->ops->rollback(k->dk);
     return rc;
 }
 
@@ -480,12 +493,52 @@ static void dequeue(ew__keyring *k, wanted *node)
     pthread_mutex_unlock(&k->mu);
 }
 
-static size_t slot_of(const char *subject)
+/* ---- the cache ------------------------------------------------------------------------------ */
+
+static uint64_t hash_of(const char *subject)
 {
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
     for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
         h = (h ^ *p) * 1099511628211ull;
-    return (size_t)(h % NSLOTS);
+    return h;
+}
+
+static slot *set_of(ew__keyring *k, uint64_t h)
+{
+    return &k->slots[(size_t)((h ^ h >> 32) % k->nsets) * WAYS];
+}
+
+/* Under mu: the subject's slot (fresh or not), or NULL. */
+static slot *lookup(ew__keyring *k, const char *subject, uint64_t h)
+{
+    if (!k->slots) return NULL; /* not loaded yet */
+    slot *set = set_of(k, h);
+    for (int i = 0; i < WAYS; i++)
+        if (set[i].used && set[i].hash == h && strcmp(set[i].subject, subject) == 0) return &set[i];
+    return NULL;
+}
+
+/* Under mu: the subject's fresh slot, marked used now, or NULL. */
+static slot *cache_get(ew__keyring *k, const char *subject, uint64_t h, int64_t now)
+{
+    slot *s = lookup(k, subject, h);
+    if (!s || now - s->at_us >= k->ttl_us) return NULL;
+    s->used_at = ++k->tick;
+    return s;
+}
+
+/* Under mu: the slot the subject's key goes to: its own, a free one, a stale one, or the least
+ * recently used of its set. */
+static slot *cache_victim(ew__keyring *k, const char *subject, uint64_t h, int64_t now)
+{
+    slot *s = lookup(k, subject, h);
+    if (s) return s;
+    slot *set = set_of(k, h), *best = &set[0];
+    for (int i = 0; i < WAYS; i++) {
+        if (!set[i].used || now - set[i].at_us >= k->ttl_us) return &set[i];
+        if (set[i].used_at < best->used_at) best = &set[i];
+    }
+    return best;
 }
 
 /* The subject's data key into dek, and its own_subkey() into sub: KEY_LIVE, KEY_ERASED, or
@@ -493,12 +546,12 @@ static size_t slot_of(const char *subject)
 static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
                    unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
 {
-    size_t i = slot_of(subject);
+    uint64_t h = hash_of(subject);
     int64_t now = ew_now_us();
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
-        slot *s = &k->slots[i];
-        if (s->used && now - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0) {
+        const slot *s = cache_get(k, subject, h, now);
+        if (s) {
             *state = s->erased ? KEY_ERASED : KEY_LIVE;
             memcpy(dek, s->dek, KEY_BYTES);
             memcpy(sub, s->sub, KEY_BYTES);
@@ -531,7 +584,7 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     if (create) dequeue(k, &me);
     if (!rc && *state == KEY_LIVE) {
         if (unwrap(k->kek, subject, w, wlen, dek) != 0 &&
-            (reload_kek(k, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))
+            (reload_kek(k, 0, err) != 0 || unwrap(k->kek, subject, w, wlen, dek) != 0))
             rc = ew_error_set(err, EW_ECRYPTO,
                               "the data key of subject %.64s does not unwrap with the "
                               "key-encryption key %s",
@@ -543,13 +596,15 @@ static int get_key(ew__keyring *k, const char *subject, bool create, key_state *
     own_subkey(k, dek, sub);
     if (k->ttl_us > 0) {
         pthread_mutex_lock(&k->mu);
-        slot *s = &k->slots[i];
+        slot *s = cache_victim(k, subject, h, now);
+        s->hash = h;
         snprintf(s->subject, sizeof s->subject, "%s", subject);
         memcpy(s->dek, dek, KEY_BYTES);
         memcpy(s->sub, sub, KEY_BYTES);
         s->erased = *state == KEY_ERASED;
         s->used = true;
         s->at_us = now;
+        s->used_at = ++k->tick;
         pthread_mutex_unlock(&k->mu);
     }
     return 0;
@@ -559,8 +614,8 @@ void ew__keyring_forget(ew__keyring *k, const char *subject)
 {
     if (!k || !subject) return;
     pthread_mutex_lock(&k->mu);
-    slot *s = &k->slots[slot_of(subject)];
-    if (s->used && strcmp(s->subject, subject) == 0) sodium_memzero(s, sizeof *s);
+    slot *s = lookup(k, subject, hash_of(subject));
+    if (s) sodium_memzero(s, sizeof *s);
     pthread_mutex_unlock(&k->mu);
 }
 
@@ -570,19 +625,7 @@ int ew__keyring_shred(ew__keyring *k, const char *subject, ew_error *err)
         return ew_error_set(err, EW_EINVAL, "a subject of 1 to %d bytes is required", SUBJECT_MAX);
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
-    sqlite3_stmt *st = NULL;
-    if (!rc && sqlite3_prepare_v2(k->db,
-                                  "INSERT INTO subject_keys (subject, wrapped, created_at, "
-                                  "erased_at) VALUES (?1, NULL, ?2, ?2) ON CONFLICT (subject) DO "
-                                  "UPDATE SET wrapped = NULL, erased_at = coalesce(erased_at, ?2)",
-                                  -1, &st, NULL))
-        rc = db_fail(k, "destroying a data key", err);
-    if (!rc) {
-        sqlite3_bind_text(st, 1, subject, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
-        if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "destroying a data key", err);
-    }
-    sqlite3_finalize(st);
+    if (!rc) rc = k->ops->shred(k->dk, subject, err);
     pthread_mutex_unlock(&k->db_mu);
     ew__keyring_forget(k, subject);
     return rc;
@@ -592,72 +635,52 @@ int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *er
 {
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
-    if (!rc)
-        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NOT NULL", live,
-                         err);
-    if (!rc)
-        rc = count_where(k, "SELECT count(*) FROM subject_keys WHERE wrapped IS NULL", erased, err);
+    if (!rc) rc = k->ops->count(k->dk, live, erased, err);
     pthread_mutex_unlock(&k->db_mu);
     return rc;
 }
 
+/* A rotation's walk over the live keys: each unwrapped with the old key, wrapped with next. */
+typedef struct rewrapping {
+    ew__keyring *k;
+    const unsigned char *next;
+    size_t n;
+    ew_error *err;
+} rewrapping;
+
+static int rewrap_one(void *ud, const char *subject, const unsigned char *w, size_t len)
+{
+    rewrapping *r = ud;
+    unsigned char dek[KEY_BYTES], nw[WRAPPED_BYTES];
+    if (unwrap(r->k->kek, subject, w, len, dek) != 0)
+        return ew_error_set(r->err, EW_ECRYPTO,
+                            "the data key of subject %.64s does not unwrap: nothing rotated",
+                            subject);
+    wrap(r->next, subject, dek, nw);
+    sodium_memzero(dek, sizeof dek);
+    r->n++;
+    return r->k->ops->rewrap(r->k->dk, subject, nw, sizeof nw, r->err);
+}
+
 int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err)
 {
-    size_t n = 0;
+    rewrapping r = {.k = k, .err = err};
     pthread_mutex_lock(&k->db_mu);
     int rc = load_locked(k, err);
     if (rc) goto out;
     unsigned char next[KEY_BYTES];
     crypto_aead_xchacha20poly1305_ietf_keygen(next);
+    r.next = next;
     char tmp[4096 + 8], fp[65];
     snprintf(tmp, sizeof tmp, "%s.new", k->key_file);
     fingerprint_of(next, fp);
     /* The new key is on disk before the store depends on it. */
     if ((rc = write_key_file(tmp, next, false, err))) goto out_key;
-    if ((rc = exec(k, "BEGIN IMMEDIATE", err))) goto out_key;
-    if ((rc = check_kek(k, err))) goto rollback;
-    sqlite3_stmt *sel = NULL, *upd = NULL;
-    if (sqlite3_prepare_v2(k->db,
-                           "SELECT subject, wrapped FROM subject_keys WHERE wrapped IS NOT NULL",
-                           -1, &sel, NULL) ||
-        sqlite3_prepare_v2(k->db, "UPDATE subject_keys SET wrapped = ? WHERE subject = ?", -1, &upd,
-                           NULL)) {
-        rc = db_fail(k, "rewrapping", err);
-    }
-    while (!rc && sqlite3_step(sel) == SQLITE_ROW) {
-        const char *subject = (const char *)sqlite3_column_text(sel, 0);
-        unsigned char dek[KEY_BYTES], w[WRAPPED_BYTES];
-        if (unwrap(k->kek, subject, sqlite3_column_blob(sel, 1),
-                   (size_t)sqlite3_column_bytes(sel, 1), dek) != 0) {
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "the data key of subject %.64s does not unwrap: nothing rotated",
-                              subject);
-            break;
-        }
-        wrap(next, subject, dek, w);
-        sodium_memzero(dek, sizeof dek);
-        sqlite3_reset(upd);
-        sqlite3_bind_blob(upd, 1, w, sizeof w, SQLITE_TRANSIENT);
-        sqlite3_bind_text(upd, 2, subject, -1, SQLITE_TRANSIENT);
-        if (sqlite3_step(upd) != SQLITE_DONE) rc = db_fail(k, "rewrapping", err);
-        n++;
-    }
-    sqlite3_finalize(sel);
-    sqlite3_finalize(upd);
-    if (!rc) {
-        sqlite3_stmt *st;
-        if (sqlite3_prepare_v2(k->db, "UPDATE kek SET fingerprint = ?, rotated_at = ? WHERE id = 1",
-                               -1, &st, NULL)) {
-            rc = db_fail(k, "recording the new key", err);
-        } else {
-            sqlite3_bind_text(st, 1, fp, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, ew_now_us() / 1000000);
-            if (sqlite3_step(st) != SQLITE_DONE) rc = db_fail(k, "recording the new key", err);
-            sqlite3_finalize(st);
-        }
-    }
-    if (rc) goto rollback;
-    if ((rc = exec(k, "COMMIT", err))) goto rollback;
+    if ((rc = k->ops->begin(k->dk, err))) goto out_key;
+    if ((rc = check_kek(k, 2, err))) goto rollback;
+    if ((rc = k->ops->each_live(k->dk, rewrap_one, &r, err))) goto rollback;
+    if ((rc = k->ops->set_fingerprint(k->dk, fp, true, err))) goto rollback;
+    if ((rc = k->ops->commit(k->dk, err))) goto rollback;
     if (rename(tmp, k->key_file) != 0) {
         rc = ew_error_set(err, EW_EIO,
                           "the key store now uses the key in %s, which cannot replace %s: %s "
@@ -669,13 +692,13 @@ int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err)
     memcpy(k->fingerprint, fp, sizeof fp);
     goto out_key;
 rollback:
-    exec(k, "ROLLBACK", NULL);
+    k->ops->rollback(k->dk);
     unlink(tmp);
 out_key:
     sodium_memzero(next, sizeof next);
 out:
     pthread_mutex_unlock(&k->db_mu);
-    if (rewrapped) *rewrapped = rc ? 0 : n;
+    if (rewrapped) *rewrapped = rc ? 0 : r.n;
     return rc;
 }
 
@@ -909,8 +932,7 @@ static bool cached(ew__keyring *k, const char *subject)
 {
     if (k->ttl_us <= 0) return false;
     pthread_mutex_lock(&k->mu);
-    const slot *s = &k->slots[slot_of(subject)];
-    bool yes = s->used && ew_now_us() - s->at_us < k->ttl_us && strcmp(s->subject, subject) == 0;
+    bool yes = cache_get(k, subject, hash_of(subject), ew_now_us()) != NULL;
     pthread_mutex_unlock(&k->mu);
     return yes;
 }

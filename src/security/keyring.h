@@ -4,8 +4,10 @@
  * XChaCha20-Poly1305 under the data key of the event's subject (the data's user_id, else the
  * event's subject), and decrypts them again. Data keys live in the deployment's one key store
  * (eventwire/keys.h, KEY_STORE_URL; tables kek and subject_keys, its migration 002) wrapped by
- * the key-encryption key (EVENT_ENCRYPTION_KEY_FILE),
- * and are cached in memory for at most EVENT_KEY_CACHE_SECONDS. Erasing a subject destroys its
+ * the key-encryption key (EVENT_ENCRYPTION_KEY_FILE), on SQLite or PostgreSQL alike (datakeys.h),
+ * and are cached in memory for at most EVENT_KEY_CACHE_SECONDS: EVENT_KEY_CACHE_SIZE of them, in
+ * sets of 8 by the subject's hash, a full set dropping its least recently used (each entry
+ * EW__KEYRING_SLOT_BYTES bytes, in memory locked from swapping). Erasing a subject destroys its
  * data key: every copy of its encrypted fields, wherever it is, can no longer be read, and
  * decrypting them yields an event marked erased (ew_event_erased) instead of an error.
  *
@@ -21,8 +23,12 @@
 
 typedef struct ew__keyring ew__keyring;
 
+/* The memory a cached data key takes (the subject, the key, its subkey, the bookkeeping). */
+#define EW__KEYRING_SLOT_BYTES 224
+
 /* A keyring configured from cfg (EVENT_ENCRYPTION, EVENT_ENCRYPTION_KEY_FILE, KEY_STORE_URL,
- * EVENT_KEY_CACHE_SECONDS); the default files are beside store_url's SQLite file (NULL:
+ * EVENT_KEY_CACHE_SECONDS, EVENT_KEY_CACHE_SIZE); the default files are beside store_url's SQLite
+ * file (NULL: EVENT_STORE_URL's; with KEY_STORE_URL on PostgreSQL, the key file is beside
  * EVENT_STORE_URL's). *out is NULL when EVENT_ENCRYPTION=off. Nothing is read yet: the first
  * call that needs a key loads them (ew__keyring_load). Caller frees it with ew__keyring_free(). */
 int ew__keyring_new(ew__keyring **out, const ew_config *cfg, const char *store_url, ew_error *err);
@@ -34,9 +40,13 @@ void ew__keyring_free(ew__keyring *k);
  * with what is wrong, and nothing is ever written in clear instead. Idempotent. */
 int ew__keyring_load(ew__keyring *k, ew_error *err);
 
-/* The key file and the key store's file this keyring uses. Borrowed, valid until it is freed. */
+/* The key file and the key store this keyring uses (its SQLite file, or its PostgreSQL URL
+ * without user and password). Borrowed, valid until it is freed. */
 const char *ew__keyring_key_file(const ew__keyring *k);
-const char *ew__keyring_store_path(const ew__keyring *k);
+const char *ew__keyring_store_name(const ew__keyring *k);
+
+/* How many times this keyring has read a data key from the key store: its cache misses. */
+size_t ew__keyring_store_reads(ew__keyring *k);
 
 /* ev with its personal and secret fields encrypted (a new event, or ev itself when it has none
  * in clear): *out holds one reference. A subject seen for the first time gets its data key now;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/datakeys.h"
 #include "security/keys_impl.h"
 #include "security/keys_postgres.h"
 
@@ -119,6 +120,12 @@ int ew__keys_commit(ew_keys *k, ew_error *err)
 void ew__keys_rollback(ew_keys *k)
 {
     sqlite3_exec(k->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int ew__datakeys_open(ew_keys *k, const ew__datakeys_ops **ops, ew__datakeys **out, ew_error *err)
+{
+    return k->pg ? ew__datakeys_postgres(k->pg, ops, out, err)
+                 : ew__datakeys_sqlite(k->db, k->path, ops, out, err);
 }
 
 /* ---- open ----------------------------------------------------------------------------------- */

@@ -1,9 +1,11 @@
 /* eventwire — what the key store (keys.c) shares with the other files of src/security that keep
  * tables in it: its SQLite connection, under the handle's lock, and its migrations.
  *
- * A module that keeps its own keys in the store adds a migration at the end of the list in
- * keys.c (a new number, never a changed one) and reaches the connection with ew__keys_lock():
- * every statement between it and ew__keys_unlock() runs with the handle to itself. */
+ * A module that keeps its own keys in the store adds a migration at the end of the lists in
+ * keys.c and keys_postgres.c (a new number, never a changed one). To run on both databases it
+ * reaches its tables through a table of operations, as the keyring does (datakeys.h); the SQLite
+ * connection alone is here: every statement between ew__keys_lock() and ew__keys_unlock() runs
+ * with the handle to itself. */
 #ifndef EW_SECURITY_KEYS_IMPL_H
 #define EW_SECURITY_KEYS_IMPL_H
 
@@ -11,7 +13,8 @@
 #include "eventwire/keys.h"
 
 /* The connection, locked for the calling thread until ew__keys_unlock(); NULL (the handle still
- * locked) for a store on PostgreSQL, whose tables only keys.c reaches so far. */
+ * locked) for a store on PostgreSQL, whose data-key tables the keyring reaches through
+ * datakeys.h instead. */
 sqlite3 *ew__keys_lock(ew_keys *k);
 void ew__keys_unlock(ew_keys *k);
 

@@ -122,8 +122,7 @@ static int ready(ew__keys_pg *p, ew_error *err)
     return 0;
 }
 
-/* postgresql://user:password@host/db -> postgresql://host/db */
-static char *name_of(const char *url)
+char *ew__keys_pg_name_of(const char *url)
 {
     const char *scheme = strstr(url, "://");
     const char *rest = scheme ? scheme + 3 : url;
@@ -181,7 +180,7 @@ int ew__keys_pg_open(ew__keys_pg **out, const char *url, ew_error *err)
 {
     *out = NULL;
     ew__keys_pg *p = calloc(1, sizeof *p);
-    if (!p || !(p->url = strdup(url)) || !(p->name = name_of(url))) {
+    if (!p || !(p->url = strdup(url)) || !(p->name = ew__keys_pg_name_of(url))) {
         ew__keys_pg_close(p);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
@@ -221,6 +220,13 @@ void ew__keys_pg_close(ew__keys_pg *p)
 const char *ew__keys_pg_name(const ew__keys_pg *p)
 {
     return p->name;
+}
+
+int ew__keys_pg_exec(ew__keys_pg *p, const char *sql, int n, const char *const *params,
+                     PGresult **out, const char *what, ew_error *err)
+{
+    int rc = ready(p, err);
+    return rc ? rc : run(p, sql, n, params, out, what, err);
 }
 
 /* ---- keys ----------------------------------------------------------------------------------- */

@@ -13,6 +13,7 @@
 #include "eventwire/keys.h"
 
 typedef struct ew__keys_pg ew__keys_pg;
+struct pg_result; /* libpq's PGresult */
 
 /* Connects to url and applies the migrations the schema lacks (one process at a time, under an
  * advisory lock). EW_ECONNECT when the server cannot be reached, EW_EIO for a database error.
@@ -22,6 +23,10 @@ void ew__keys_pg_close(ew__keys_pg *p);
 
 /* The URL without its user and password, for messages. Borrowed until close. */
 const char *ew__keys_pg_name(const ew__keys_pg *p);
+
+/* The same of any URL (postgresql://user:password@host/db?... -> postgresql://host/db), malloc'ed
+ * (NULL when out of memory). */
+char *ew__keys_pg_name_of(const char *url);
 
 /* As ew_keys_add, ew_keys_get and ew_keys_rotate (the key checked already; retire_at_us is when
  * the owner's current keys of that algorithm retire). */
@@ -33,5 +38,12 @@ int ew__keys_pg_rotate(ew__keys_pg *p, const ew_key *next, int64_t retire_at_us,
 /* The keys of owner (NULL: everyone's), by owner then creation time, into *keys (malloc'ed, n of
  * them; the caller zeroes and frees it). */
 int ew__keys_pg_list(ew__keys_pg *p, const char *owner, ew_key **keys, size_t *n, ew_error *err);
+
+/* For the other tables of the store (datakeys_postgres.c): runs sql with n text parameters (NULL
+ * for SQL NULL) on the connection, made again first if it broke; *out (when out is not NULL)
+ * gets the result, which the caller clears. A statement outside a transaction that meets a
+ * broken connection is run once more on a new one. */
+int ew__keys_pg_exec(ew__keys_pg *p, const char *sql, int n, const char *const *params,
+                     struct pg_result **out, const char *what, ew_error *err);
 
 #endif

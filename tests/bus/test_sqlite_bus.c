@@ -1,8 +1,9 @@
 /* Tests of the SQLite bus beyond the conformance suite: processes sharing one file with a consumer
  * killed mid-stream and the store's inbox making each effect happen once, group positions across
- * restarts, the lease handed over at close, group commit, follow-up events written in the
- * inbox's transaction, bad settings; and the store functions the bus added (record, scan, data
- * version, groups), those that PostgreSQL has on it too.
+ * restarts, the lease handed over at close, taken over and given back, and kept while the
+ * consumer waits (a full window, a dead letter sink that is down), group commit, follow-up events
+ * written in the inbox's transaction, bad rows, bad settings; and the store functions the bus
+ * added (record, scan, data version, groups), those that PostgreSQL has on it too.
  * ew-fixture: postgres */
 #ifdef EW_HAVE_SQLITE_BUS
 #include <fcntl.h>
@@ -433,6 +434,92 @@ static void in_flight_window_wraps(void **state)
     }
 }
 
+/* The lease taken over by another consumer (here: by SQL, for a holder on another machine): the
+ * consumer finds out at its next write (to the core, a lost connection), stands by without
+ * moving the position while the other holds the lease, and takes the group back where it was
+ * left once the lease is free again: every event handled, the position at the head. */
+static void lease_taken_over_and_back(void **state)
+{
+    env *e = *state;
+    atomic_int n = 0;
+    ew_bus *c = open_bus(e, "svc", NULL);
+    tb_subscribe(c, "user.logged_in", count_fn, &n, NULL);
+    tb_start(c);
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 5, "the position");
+    char owner[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", owner, sizeof owner);
+    sql_int(e, "UPDATE bus_groups SET owner = 'elsewhere/1/1/x', "
+               "lease_until = '2999-01-01T00:00:00.000000Z' WHERE group_name = 'svc' RETURNING 1");
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN); /* handled or not before the consumer sees it */
+    usleep(1500000);                        /* past a renewal: the consumer has seen the lease go */
+    /* the situation: standing by, the position not moved by the consumer that lost the lease */
+    assert_int_equal(sql_int(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'"), 5);
+    char now_owner[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", now_owner,
+             sizeof now_owner);
+    assert_string_equal(now_owner, "elsewhere/1/1/x");
+    sql_int(e, "UPDATE bus_groups SET owner = NULL, lease_until = NULL WHERE group_name = 'svc' "
+               "RETURNING 1");
+    publish_n(pub, 5, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 15,
+               "the position after the lease came back");
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", now_owner,
+             sizeof now_owner);
+    assert_string_equal(now_owner, owner);
+    tb_close(pub);
+    tb_close(c);
+    /* every event, at least once (those handled while the lease went are delivered again) */
+    assert_true(atomic_load(&n) >= 15);
+}
+
+/* A window that stays full for longer than the lease (EVENT_BUS_MAX_IN_FLIGHT=1, a handler that
+ * takes 6 s), with a second consumer of the group standing by: the consumer keeps renewing its
+ * lease while it waits for room (ops->keepalive), so the standby never takes the group over and
+ * the event is handled once. */
+static atomic_int slow_calls;
+static ew_handler_result slow_fn(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    (void)ev, (void)ctx, (void)ud;
+    if (atomic_fetch_add(&slow_calls, 1) == 0) usleep(6000000);
+    return EW_HANDLER_OK;
+}
+
+static void full_window_keeps_the_lease(void **state)
+{
+    env *e = *state;
+    atomic_store(&slow_calls, 0);
+    ew_bus *c[2];
+    for (int i = 0; i < 2; i++) {
+        ew_config *cfg = config(e, "svc");
+        ew_error err = {0};
+        assert_int_equal(ew_config_set(cfg, "EVENT_BUS_MAX_IN_FLIGHT", "1", &err), 0);
+        assert_int_equal(ew_bus_open(&c[i], &(ew_bus_options){.config = cfg}, &err), 0);
+        ew_config_free(cfg);
+        tb_subscribe(c[i], "user.logged_in", slow_fn, NULL, &(ew_subscribe_opts){.name = "h"});
+        tb_start(c[i]);
+    }
+    wait_until(e, "SELECT owner <> '' FROM bus_groups WHERE group_name = 'svc'", 1,
+               "a consumer holding the lease");
+    char owner[EW__STORE_OWNER_MAX], after[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", owner, sizeof owner);
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    int64_t t0 = ew_mono_ns();
+    publish_n(pub, 1, EW_T_USER_LOGGED_IN);
+    wait_until(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'", 1,
+               "the group's position past the slow event");
+    int64_t took = ew_mono_ns() - t0;
+    usleep(300000); /* a moment for a second delivery to show up, were there one */
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", after, sizeof after);
+    tb_close(pub);
+    tb_close(c[0]);
+    tb_close(c[1]);
+    assert_true(took > 5000LL * 1000000); /* the situation: the window full for longer */
+    assert_int_equal(atomic_load(&slow_calls), 1);
+    assert_string_equal(after, owner);
+}
+
 /* ---- group commit --------------------------------------------------------------------------- */
 
 enum { GC_THREADS = 16, GC_EACH = 50 };
@@ -753,6 +840,89 @@ static void bad_rows_go_to_the_stores_dead_letters(void **state)
     assert_non_null(strstr(row.event, "\"user_id\":5"));
     ew_dlq_row_release(&row);
     ew_store_close(st);
+}
+
+/* A dead letter sink that is down until a moment, then keeps what it gets. */
+typedef struct down_sink {
+    int64_t until_ns; /* refuses before this (ew_mono_ns) */
+    atomic_int refused, kept;
+    int64_t first_refused_ns, kept_ns;
+    ew_memdlq *q;
+} down_sink;
+
+static int down_put(void *self, const ew_dead_letter *dl, ew_error *err)
+{
+    down_sink *d = self;
+    int64_t now = ew_mono_ns();
+    if (now < d->until_ns) {
+        if (atomic_fetch_add(&d->refused, 1) == 0) d->first_refused_ns = now;
+        return ew_error_set(err, EW_EIO, "the dead letter database is down");
+    }
+    if (atomic_fetch_add(&d->kept, 1) == 0) d->kept_ns = now;
+    ew_dlq_sink s = ew_memdlq_sink(d->q);
+    return s.ops->put(s.self, dl, err);
+}
+
+/* An undecodable row while the dead letter sink is down for longer than the group's lease (5 s),
+ * with a second consumer of the group standing by: the consumer waiting for the sink keeps its
+ * lease meanwhile, so the standby never takes the row over, and the row is dead-lettered once —
+ * then the position moves past it and the next event is handled. (Before the SQLite bus ran on
+ * the consumer core its consumer renewed nothing while it waited for the sink: the standby took
+ * the lease after 5 s and dead-lettered the row a second time.) */
+static void bad_row_dead_lettered_once_while_the_sink_is_down(void **state)
+{
+    env *e = *state;
+    static const ew_dlq_sink_ops down_ops = {.version = 1, .put = down_put};
+    static down_sink d;
+    memset(&d, 0, sizeof d);
+    assert_int_equal(ew_memdlq_new(&d.q, NULL), 0);
+    ew_bus_options o = {.dlq = {.ops = &down_ops, .self = &d}};
+    atomic_int n1 = 0, n2 = 0;
+    ew_bus *c1 = open_bus(e, "svc", &o), *c2 = open_bus(e, "svc", &o);
+    tb_subscribe(c1, "user.registered", count_fn, &n1, &(ew_subscribe_opts){.name = "h"});
+    tb_subscribe(c2, "user.registered", count_fn, &n2, &(ew_subscribe_opts){.name = "h"});
+    tb_start(c1);
+    tb_start(c2);
+    wait_until(e, "SELECT owner <> '' FROM bus_groups WHERE group_name = 'svc'", 1,
+               "a consumer holding the lease");
+    char owner[EW__STORE_OWNER_MAX], after[EW__STORE_OWNER_MAX];
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", owner, sizeof owner);
+    d.until_ns = ew_mono_ns() + 6500LL * 1000000; /* longer than LEASE_MS */
+    ew_store *st = open_store(e->url, NULL);
+    exec_sql(st, "INSERT INTO event_store.events (position, event_id, stream_id, version, "
+                 "event_type, event_version, data, metadata, recorded_at) VALUES ("
+                 "(SELECT coalesce(max(position), 0) + 1 FROM event_store.events), 'raw-1', "
+                 "'raw', 1, 'user.registered', 1, 'null', 'no event', "
+                 "'2026-01-01T00:00:00.000000Z')");
+    wait_count(&d.kept, 1, "the dead letter, once the sink takes it");
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    tb_publish_owned(pub, tb_user_registered());
+    int64_t end = ew_mono_ns() + (int64_t)WAIT_MS * 1000000;
+    while (atomic_load(&n1) + atomic_load(&n2) < 1 && ew_mono_ns() < end)
+        usleep(2000);
+    /* A second copy would come from a consumer still in the sink's back-off: up to 2 s, plus
+     * the jitter (a quarter). */
+    usleep(2700000);
+    sql_text(e, "SELECT owner FROM bus_groups WHERE group_name = 'svc'", after, sizeof after);
+    tb_close(pub);
+    tb_close(c1);
+    tb_close(c2);
+    /* the situation: the sink refused for longer than a lease, with a standby beside */
+    assert_true(atomic_load(&d.refused) >= 3);
+    assert_true(d.kept_ns - d.first_refused_ns > 5000LL * 1000000);
+    assert_int_equal(atomic_load(&d.kept), 1);
+    assert_string_equal(after, owner); /* the lease stayed where it was */
+    assert_int_equal(ew_memdlq_count(d.q), 1);
+    ew_memdlq_entry de;
+    assert_int_equal(ew_memdlq_get(d.q, 0, &de), 0);
+    assert_string_equal(de.handler, "<decode>");
+    assert_string_equal(de.transport, "sqlite position=1");
+    assert_non_null(memmem(de.payload, de.payload_len, "no even", 7));
+    ew_memdlq_entry_release(&de);
+    assert_int_equal(atomic_load(&n1) + atomic_load(&n2), 1);
+    assert_int_equal(sql_int(e, "SELECT position FROM bus_groups WHERE group_name = 'svc'"), 2);
+    ew_store_close(st);
+    ew_memdlq_free(d.q);
 }
 
 /* ---- settings -------------------------------------------------------------------------------- */
@@ -1198,10 +1368,14 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(group_positions_survive_restart, setup, teardown),
     cmocka_unit_test_setup_teardown(standby_takes_over_at_close, setup, teardown),
     cmocka_unit_test_setup_teardown(in_flight_window_wraps, setup, teardown),
+    cmocka_unit_test_setup_teardown(lease_taken_over_and_back, setup, teardown),
+    cmocka_unit_test_setup_teardown(full_window_keeps_the_lease, setup, teardown),
     cmocka_unit_test_setup_teardown(group_commit_shares_commits, setup, teardown),
     cmocka_unit_test_setup_teardown(follow_ups_join_the_inbox_transaction, setup, teardown),
     cmocka_unit_test_setup_teardown(held_batch_store_and_the_bus_share_the_file, setup, teardown),
     cmocka_unit_test_setup_teardown(bad_rows_go_to_the_stores_dead_letters, setup, teardown),
+    cmocka_unit_test_setup_teardown(bad_row_dead_lettered_once_while_the_sink_is_down, setup,
+                                    teardown),
     cmocka_unit_test_setup_teardown(bad_store_url, setup, teardown),
     STORE_CASES(record_across_streams),
     STORE_CASES(record_refuses_big_events),

@@ -7,8 +7,11 @@
  * services' RabbitMQ queues) is searched for the user's email address, user name and reset
  * token: none may be found. Then the services start again, the whole event store is replayed to
  * every service and every dead letter retried, and nothing of the user comes back: no profile,
- * no account, and again no byte of their data anywhere.
+ * no account, and again no byte of their data anywhere. With the key store on PostgreSQL
+ * (KEY_STORE_URL), the user's wrapped data key is found in the server's files before the erasure
+ * and in none after.
  *
+ * ew-fixture: postgres
  * ew-fixture: redis
  * ew-fixture: kafka
  * ew-fixture: rabbitmq */
@@ -22,6 +25,7 @@
 #include <unistd.h>
 #include "http/http_client.h"
 #include "support/ew_test.h"
+#include "support/pg.h"
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 #include "svc_auth.h"
@@ -441,6 +445,27 @@ static void nothing_anywhere(const char *backend, const char *ns, const char *co
 
 /* ---- the case -------------------------------------------------------------------------------- */
 
+/* KEY_STORE_URL of the case when its key store is on PostgreSQL (the case's database), or NULL. */
+static char *g_pg_keys;
+
+/* The user's wrapped data key in the PostgreSQL key store, as bytes into w (72): false when the
+ * row holds none (a tombstone, or no row). */
+static bool pg_wrapped_key(const char *user, unsigned char w[72])
+{
+    char *hex;
+    if (ew_test_pg_value(g_pg_keys,
+                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                         "subject = $1",
+                         user, &hex))
+        fail_msg("the key store cannot be read");
+    if (!hex) return false;
+    assert_int_equal(strlen(hex), 144);
+    for (int i = 0; i < 72; i++)
+        sscanf(hex + 2 * i, "%2hhx", &w[i]);
+    free(hex);
+    return true;
+}
+
 static void erasure_on(const char *backend)
 {
     sys s;
@@ -468,6 +493,13 @@ static void erasure_on(const char *backend)
     free(await_ewctl(args, "\"status\":\"completed\""));
     snprintf(path, sizeof path, "/users/%s/profile", user);
     free(await_http(&s, "user-service", path, user));
+    unsigned char wrapped[72];
+    if (g_pg_keys) {
+        if (!pg_wrapped_key(user, wrapped))
+            fail_msg("the user's data key is not in the PostgreSQL key store");
+        if (ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped, NULL, 0) < 1)
+            fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+    }
 
     char export_id[EW_UUID_LEN + 1];
     snprintf(body, sizeof body, "{\"user_id\":\"%s\"}", user);
@@ -522,6 +554,11 @@ static void erasure_on(const char *backend)
         strstr(chain, "\"actor\":\"service:auth-service\",\"action\":\"key.shredded\""));
     assert_non_null(strstr(chain, "\"saga\":\"UserDeletion\""));
     free(chain);
+    if (g_pg_keys) { /* destroyed, and gone from the server's files */
+        unsigned char now[72];
+        assert_false(pg_wrapped_key(user, now));
+        assert_int_equal(ew_test_pg_files_holding(g_pg_keys, wrapped, sizeof wrapped, NULL, 0), 0);
+    }
     down();
 
     /* the user name is in the email address too: searching for it covers both */
@@ -570,6 +607,17 @@ static void test_erasure_sqlite(void **state)
 {
     erasure_on("sqlite");
 }
+/* The same with every key of the deployment (bus keys, data keys) in a PostgreSQL key store. */
+static void test_erasure_sqlite_with_keys_on_postgresql(void **state)
+{
+    char msg[256];
+    if (!(g_pg_keys = ew_test_pg_create(msg, sizeof msg))) fail_msg("%s", msg);
+    setenv("KEY_STORE_URL", g_pg_keys, 1);
+    erasure_on("sqlite");
+    unsetenv("KEY_STORE_URL");
+    ew_test_pg_drop(g_pg_keys);
+    g_pg_keys = NULL;
+}
 static void test_erasure_redis(void **state)
 {
     erasure_on("redis");
@@ -597,9 +645,8 @@ static int stop_leftovers(void **state)
 
 #define CASE(f) cmocka_unit_test_teardown(f, stop_leftovers)
 static const struct CMUnitTest tests[] = {
-    CASE(test_erasure_sqlite),
-    CASE(test_erasure_redis),
-    CASE(test_erasure_kafka),
+    CASE(test_erasure_sqlite),   CASE(test_erasure_sqlite_with_keys_on_postgresql),
+    CASE(test_erasure_redis),    CASE(test_erasure_kafka),
     CASE(test_erasure_rabbitmq),
 };
 

@@ -9,6 +9,7 @@
 #include "bus/bus_test_util.h"
 #include "core/arena.h"
 #include "core/json.h"
+#include "eventwire/clock.h"
 #include "eventwire/http.h"
 #include "eventwire/otlp.h"
 #include "eventwire/trace.h"
@@ -142,6 +143,62 @@ static void test_a_handler_is_a_child_span_of_its_event(void **state)
     const ew_span *second = span_named(&sp, "user.profile_created auth-service/mark");
     assert_memory_equal(second->ctx.trace_id, root.trace_id, 16);
     assert_memory_equal(second->parent_span_id, handler.span_id, 8);
+}
+
+static ew_handler_result sleep_ms(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    usleep((useconds_t)(*(int *)ud * 1000));
+    return EW_HANDLER_OK;
+}
+
+/* Events that carry no traceparent: each handler call is the root of a trace of its own, with
+ * ids that are never zero and differ from call to call (the worker's own generator makes them),
+ * and its span lasts as long as the handler ran, as the duration histogram says too. */
+static void test_spans_without_a_parent_are_roots_of_their_own(void **state)
+{
+    spans sp = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    ew_bus *bus = tb_open(&(ew_bus_options){.span = keep_span, .span_ud = &sp});
+    int ms = 3;
+    tb_subscribe(bus, "user.registered", sleep_ms, &ms,
+                 &(ew_subscribe_opts){.group = "g", .name = "sleepy"});
+    tb_start(bus);
+    enum { N = 12 };
+    int64_t t0 = ew_now_us();
+    for (int i = 0; i < N; i++)
+        tb_publish_owned(bus, tb_user_registered());
+    tb_wait(bus);
+    int64_t t1 = ew_now_us();
+    ew_handler_stats st = tb_stats(bus, 0);
+    tb_close(bus);
+
+    assert_int_equal(sp.n, N);
+    static const uint8_t zero[16] = {0};
+    for (int i = 0; i < N; i++) {
+        const ew_span *a = &sp.v[i];
+        assert_string_equal(sp.names[i], "user.registered g/sleepy");
+        assert_memory_equal(a->parent_span_id, zero, 8);
+        assert_memory_not_equal(a->ctx.trace_id, zero, 16);
+        assert_memory_not_equal(a->ctx.span_id, zero, 8);
+        assert_int_equal(a->ctx.flags, 1);
+        for (int k = 0; k < i; k++) {
+            assert_memory_not_equal(a->ctx.trace_id, sp.v[k].ctx.trace_id, 16);
+            assert_memory_not_equal(a->ctx.span_id, sp.v[k].ctx.span_id, 8);
+        }
+        /* within the test's own clock readings, at least the sleep long */
+        assert_true(a->start_us >= t0 && a->end_us <= t1);
+        assert_true(a->end_us - a->start_us >= ms * 1000);
+    }
+    assert_int_equal(st.handled, N);
+    assert_true(st.time_total_ns >= (uint64_t)N * ms * 1000000);
+    assert_true(st.time_total_ns <= (uint64_t)(t1 - t0) * 1000);
+    assert_true(st.time_max_ns >= (uint64_t)ms * 1000000);
+    uint64_t calls = 0;
+    for (int b = 0; b < EW_HANDLER_HIST_BUCKETS; b++) {
+        calls += st.time_hist[b];
+        /* bucket b holds the times of bit length b in ns: 3 ms is 22 bits */
+        if (b < 22) assert_int_equal(st.time_hist[b], 0);
+    }
+    assert_int_equal(calls, N);
 }
 
 static void h_ok(const ew_http_request *req, ew_http_response *res, void *ud)
@@ -326,6 +383,7 @@ static void test_a_collector_that_is_down_costs_nothing_but_the_spans(void **sta
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_traceparent_parsing),
     cmocka_unit_test(test_a_handler_is_a_child_span_of_its_event),
+    cmocka_unit_test(test_spans_without_a_parent_are_roots_of_their_own),
     cmocka_unit_test(test_a_request_is_a_server_span),
     cmocka_unit_test(test_spans_reach_an_otlp_collector),
     cmocka_unit_test(test_a_collector_that_is_down_costs_nothing_but_the_spans),

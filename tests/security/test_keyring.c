@@ -2,16 +2,23 @@
  * key refused when it is missing, wrong or readable by others (never a fallback to plaintext),
  * tampered ciphertext dead-lettered with the reason, validation on the plaintext, rotation that
  * keeps every old event readable, a destroyed key that decodes as erased, and EVENT_ENCRYPTION=off
- * refusing what it cannot read. Each case keeps its keys in a folder of its own. */
+ * refusing what it cannot read; the data-key cache (EVENT_KEY_CACHE_SIZE) holding what it has
+ * room for and dropping the least recently used. Each case keeps its keys in a folder of its own;
+ * the cases of the key store run on SQLite and on PostgreSQL (KEY_STORE_URL=postgresql://...,
+ * the key-encryption key still a file), where a shred must also leave the server's files.
+ * ew-fixture: postgres */
 #include <fcntl.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "bus/receive.h"
 #include "catalog/event_internal.h"
 #include "security/keyring.h"
+#include "support/case_db.h"
 #include "support/ew_test.h"
+#include "support/pg.h"
 #include "eventwire/bus.h"
 #include "eventwire/config.h"
 #include "eventwire/dlq.h"
@@ -20,6 +27,7 @@
 typedef struct fx {
     char dir[64], url[128], kek[128];
     ew_config *cfg;
+    char *pg_url; /* PostgreSQL: the case's database, the key store; NULL on SQLite */
 } fx;
 
 static int setup(void **state)
@@ -37,9 +45,27 @@ static int setup(void **state)
     return 0;
 }
 
+static int setup_sqlite(void **state)
+{
+    return setup(state);
+}
+
+static int setup_postgres(void **state)
+{
+    char none[64];
+    if (setup(state)) return -1;
+    fx *f = *state;
+    ew_error err = {0};
+    if (ew_test_db_create(1, "keyring", "", none, &f->pg_url) ||
+        ew_config_set(f->cfg, "KEY_STORE_URL", f->pg_url, &err))
+        return -1;
+    return 0;
+}
+
 static int teardown(void **state)
 {
     fx *f = *state;
+    if (f->pg_url) ew_test_db_drop(1, "", f->pg_url);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
     assert_int_equal(system(cmd), 0);
@@ -190,12 +216,29 @@ static void test_new_keys_from_many_threads_at_once(void **state)
     ew__keyring_free(k);
 }
 
-/* The key store file's change counter (SQLite's header, bytes 24-27): one more per write
- * transaction that committed. */
-static unsigned commits_of(const char *path)
+/* The one value sql (with one parameter, or none) answers on the case's PostgreSQL database
+ * (malloc'ed; NULL for SQL NULL). */
+static char *pg_value(const fx *f, const char *sql, const char *param)
 {
+    char *v;
+    if (ew_test_pg_value(f->pg_url, sql, param, &v)) fail_msg("%s failed", sql);
+    return v;
+}
+
+/* Write transactions the key store has committed: on SQLite, its file's change counter (the
+ * header's bytes 24-27, one more per commit); on PostgreSQL, the transactions that wrote the
+ * rows subject_keys holds now (their distinct xmin). */
+static unsigned key_commits(const fx *f, ew__keyring *k)
+{
+    if (f->pg_url) {
+        char *v =
+            pg_value(f, "SELECT count(DISTINCT xmin::text) FROM key_store.subject_keys", NULL);
+        unsigned n = (unsigned)strtoul(v, NULL, 10);
+        free(v);
+        return n;
+    }
     unsigned char h[28];
-    int fd = open(path, O_RDONLY);
+    int fd = open(ew__keyring_store_name(k), O_RDONLY);
     assert_true(fd >= 0);
     assert_int_equal(pread(fd, h, sizeof h, 0), (ssize_t)sizeof h);
     close(fd);
@@ -221,13 +264,13 @@ static void test_a_batch_makes_its_new_keys_in_one_commit(void **state)
     }
     evs[N] = registered(users[0], "kat2@example.com", "kat2"); /* a subject twice */
     assert_int_equal(ew__keyring_shred(k, users[1], &err), 0); /* erased before */
-    unsigned before = commits_of(ew__keyring_store_path(k));
+    unsigned before = key_commits(f, k);
     assert_int_equal(ew__keyring_prepare(k, (const ew_event *const *)evs, N + 1, &err), 0);
-    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    assert_int_equal(key_commits(f, k), before + 1);
     char *json[N + 1];
     for (int i = 0; i <= N; i++)
         json[i] = sealed_json(k, evs[i]);
-    assert_int_equal(commits_of(ew__keyring_store_path(k)), before + 1);
+    assert_int_equal(key_commits(f, k), before + 1);
     size_t live = 0, erased = 0;
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
     assert_int_equal(live, N - 1);
@@ -482,6 +525,69 @@ static void test_rotation_keeps_every_old_event_readable(void **state)
     ew__keyring_free(running);
 }
 
+/* Another process's rotation has committed but not yet renamed KEY_FILE.new over the key file:
+ * a running keyring that needs a new key (or an old one unwrapped) takes the store's key from
+ * KEY_FILE.new instead of failing; any other key there is still refused. */
+static void test_a_rotation_between_commit_and_rename(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SECONDS", "0", &err), 0);
+    ew__keyring *k = keyring(f), *running = keyring(f);
+    char u1[EW_UUID_LEN + 1], u2[EW_UUID_LEN + 1], next[160];
+    ew_uuid7(u1);
+    ew_uuid7(u2);
+    ew_event *e1 = registered(u1, "one@example.com", "one"),
+             *e2 = registered(u2, "two@example.com", "two");
+    char *j1 = sealed_json(k, e1);
+    assert_int_equal(ew__keyring_load(running, &err), 0); /* holds the old key */
+    unsigned char old[32], now[32];
+    FILE *kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(old, 1, 32, kf), 32);
+    fclose(kf);
+    size_t n;
+    if (ew__keyring_rotate(k, &n, &err)) fail_msg("rotate: %s", err.msg);
+    /* back to the moment before the rename: the new key in KEY_FILE.new, the old in the file */
+    kf = fopen(f->kek, "rb");
+    assert_int_equal(fread(now, 1, 32, kf), 32);
+    fclose(kf);
+    snprintf(next, sizeof next, "%s.new", f->kek);
+    write_file(next, now, 32, 0600);
+    write_file(f->kek, old, 32, 0600);
+    char *j2 = sealed_json(running, e2); /* a new key, wrapped with the store's key */
+    ew_event *back;
+    ew__keyring *starting = keyring(f); /* a process that starts in that moment */
+    if (open_json(starting, j1, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e1));
+    ew_event_unref(back);
+    ew__keyring_free(starting);
+    if (open_json(running, j1, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e1));
+    ew_event_unref(back);
+    /* once renamed, every process reads the new key from the file */
+    assert_int_equal(rename(next, f->kek), 0);
+    ew__keyring *fresh = keyring(f);
+    if (open_json(fresh, j2, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e2));
+    ew_event_unref(back);
+    ew__keyring_free(fresh);
+    /* a KEY_FILE.new of another key is no way in */
+    unsigned char other[32];
+    memset(other, 9, sizeof other);
+    write_file(next, other, 32, 0600);
+    write_file(f->kek, old, 32, 0600);
+    fresh = keyring(f);
+    assert_int_equal(ew__keyring_load(fresh, &err), EW_ECONFIG);
+    assert_non_null(strstr(err.msg, "is not the key"));
+    ew__keyring_free(fresh);
+    free(j1);
+    free(j2);
+    ew_event_unref(e1);
+    ew_event_unref(e2);
+    ew__keyring_free(running);
+    ew__keyring_free(k);
+}
+
 static void test_a_shredded_subject_decodes_as_erased(void **state)
 {
     fx *f = *state;
@@ -590,19 +696,289 @@ static void test_encryption_off_refuses_what_it_cannot_read(void **state)
     assert_int_equal(ew_bus_close(bus), 0);
 }
 
+/* ---- PostgreSQL ------------------------------------------------------------------------------ */
+
+/* How many files of the case's database hold needle. */
+static int pg_files_holding(const fx *f, const unsigned char *needle, size_t n)
+{
+    int count = ew_test_pg_files_holding(f->pg_url, needle, n, NULL, 0);
+    if (count < 0) fail_msg("the server's files cannot be searched");
+    return count;
+}
+
+/* On PostgreSQL a shred leaves the destroyed key in none of the server's files (the row version
+ * that held it is not left for a vacuum to maybe overwrite): found there before, so that the
+ * search could fail. The key store's other subject keeps its key. */
+static void test_a_shred_leaves_no_trace_in_postgresql_files(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char gone[EW_UUID_LEN + 1], kept[EW_UUID_LEN + 1];
+    ew_uuid7(gone);
+    ew_uuid7(kept);
+    ew_event *a = registered(gone, "gone@example.com", "gone"),
+             *b = registered(kept, "kept@example.com", "kept");
+    char *ja = sealed_json(k, a), *jb = sealed_json(k, b);
+    char *hex = pg_value(f,
+                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                         "subject = $1",
+                         gone);
+    assert_non_null(hex);
+    unsigned char wrapped[72];
+    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
+    for (size_t i = 0; i < sizeof wrapped; i++)
+        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
+    free(hex);
+    if (pg_files_holding(f, wrapped, sizeof wrapped) < 1)
+        fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_shred(k, gone, &err), 0);
+    assert_int_equal(pg_files_holding(f, wrapped, sizeof wrapped), 0);
+    assert_int_equal(ew__keyring_shred(k, gone, &err), 0); /* idempotent */
+    ew__keyring *fresh = keyring(f);
+    ew_event *back;
+    assert_int_equal(open_json(fresh, ja, &back, &err), 0);
+    assert_true(ew_event_erased(back));
+    ew_event_unref(back);
+    if (open_json(fresh, jb, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, b));
+    ew_event_unref(back);
+    size_t live, erased;
+    assert_int_equal(ew__keyring_count(fresh, &live, &erased, &err), 0);
+    assert_int_equal(live, 1);
+    assert_int_equal(erased, 1);
+    ew__keyring_free(fresh);
+    free(ja);
+    free(jb);
+    ew_event_unref(a);
+    ew_event_unref(b);
+    ew__keyring_free(k);
+}
+
+/* Ends the sessions of the key store's connections, as a server restart or an idle timeout
+ * does. */
+static void end_key_store_sessions(const fx *f)
+{
+    char *n = pg_value(f,
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                       "application_name = 'eventwire-keys' AND datname = current_database()",
+                       NULL);
+    assert_string_equal(n, "1");
+    free(n);
+}
+
+/* The server ends the key store's session: the keyring connects again at its next read, new
+ * key, shred and rotation. */
+static void test_the_postgresql_key_store_reconnects(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SECONDS", "0", &err), 0);
+    ew__keyring *k = keyring(f);
+    char u1[EW_UUID_LEN + 1], u2[EW_UUID_LEN + 1];
+    ew_uuid7(u1);
+    ew_uuid7(u2);
+    ew_event *e1 = registered(u1, "one@example.com", "one"),
+             *e2 = registered(u2, "two@example.com", "two");
+    char *j1 = sealed_json(k, e1);
+    end_key_store_sessions(f);
+    ew_event *back;
+    if (open_json(k, j1, &back, &err)) fail_msg("a read after the session ended: %s", err.msg);
+    assert_true(ew_event_equal(back, e1));
+    ew_event_unref(back);
+    end_key_store_sessions(f);
+    char *j2 = sealed_json(k, e2); /* a new subject: a read, then a transaction */
+    end_key_store_sessions(f);
+    size_t n = 0;
+    if (ew__keyring_rotate(k, &n, &err))
+        fail_msg("a rotation after the session ended: %s", err.msg);
+    assert_int_equal(n, 2);
+    end_key_store_sessions(f);
+    if (ew__keyring_shred(k, u1, &err)) fail_msg("a shred after the session ended: %s", err.msg);
+    assert_int_equal(open_json(k, j1, &back, &err), 0);
+    assert_true(ew_event_erased(back));
+    ew_event_unref(back);
+    if (open_json(k, j2, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, e2));
+    ew_event_unref(back);
+    free(j1);
+    free(j2);
+    ew_event_unref(e1);
+    ew_event_unref(e2);
+    ew__keyring_free(k);
+}
+
+/* A deployment whose key store was on PostgreSQL before the data keys were kept there has them
+ * in the SQLite store beside EVENT_STORE_URL's file: the first keyring on PostgreSQL takes its
+ * fingerprint, keys and tombstones, so old events still open, and erased subjects stay erased;
+ * later keyrings import nothing again. */
+static void test_postgresql_takes_the_data_keys_kept_in_sqlite_before(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "KEY_STORE_URL", "", &err), 0); /* as before */
+    ew__keyring *before = keyring(f);
+    char kept[EW_UUID_LEN + 1], gone[EW_UUID_LEN + 1];
+    ew_uuid7(kept);
+    ew_uuid7(gone);
+    ew_event *a = registered(kept, "kept@example.com", "kept"),
+             *b = registered(gone, "gone@example.com", "gone");
+    char *ja = sealed_json(before, a), *jb = sealed_json(before, b);
+    assert_int_equal(ew__keyring_shred(before, gone, &err), 0);
+    assert_null(strstr(ew__keyring_store_name(before), "postgres"));
+    ew__keyring_free(before);
+    assert_int_equal(ew_config_set(f->cfg, "KEY_STORE_URL", f->pg_url, &err), 0);
+    for (int round = 0; round < 2; round++) {
+        ew__keyring *k = keyring(f);
+        ew_event *back;
+        if (open_json(k, ja, &back, &err)) fail_msg("round %d: %s", round, err.msg);
+        assert_true(ew_event_equal(back, a));
+        ew_event_unref(back);
+        assert_int_equal(open_json(k, jb, &back, &err), 0);
+        assert_true(ew_event_erased(back));
+        ew_event_unref(back);
+        size_t live, erased;
+        assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+        assert_int_equal(live, 1);
+        assert_int_equal(erased, 1);
+        ew__keyring_free(k);
+    }
+    char *n = pg_value(f, "SELECT count(*) FROM key_store.subject_keys", NULL);
+    assert_string_equal(n, "2");
+    free(n);
+    /* the old file keeps no copy that a later erasure would miss */
+    char path[128];
+    snprintf(path, sizeof path, "%s/keys/keys.db", f->dir);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM subject_keys", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(ja);
+    free(jb);
+    ew_event_unref(a);
+    ew_event_unref(b);
+}
+
+/* ---- the cache ------------------------------------------------------------------------------- */
+
+/* Seals an event of each subject of users[0..n): the key store reads that took. */
+static size_t seal_all(ew__keyring *k, char (*users)[EW_UUID_LEN + 1], size_t n)
+{
+    size_t before = ew__keyring_store_reads(k);
+    for (size_t i = 0; i < n; i++) {
+        ew_event *ev = registered(users[i], "c@example.com", "cached");
+        free(sealed_json(k, ev));
+        ew_event_unref(ev);
+    }
+    return ew__keyring_store_reads(k) - before;
+}
+
+/* The 1,000 users that the direct-mapped cache of 1,024 slots let collide (every miss a key store
+ * read) all stay cached in the default one: sealing their events again reads nothing. */
+static void test_the_cache_keeps_the_subjects_it_has_room_for(void **state)
+{
+    enum { N = 1000 };
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    static char users[N][EW_UUID_LEN + 1];
+    for (int i = 0; i < N; i++)
+        ew_uuid7(users[i]);
+    assert_true(seal_all(k, users, N) >= N); /* each key read (made) once */
+    assert_int_equal(seal_all(k, users, N), 0);
+    assert_int_equal(seal_all(k, users, N), 0);
+    ew__keyring_free(k);
+}
+
+/* A cache of one set (EVENT_KEY_CACHE_SIZE=8): a ninth subject drops the least recently used one,
+ * which is read again when next needed, and not the one used a moment ago. */
+static void test_a_full_set_drops_its_least_recently_used(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SIZE", "8", &err), 0);
+    ew__keyring *k = keyring(f);
+    char users[9][EW_UUID_LEN + 1];
+    for (int i = 0; i < 9; i++)
+        ew_uuid7(users[i]);
+    assert_true(seal_all(k, users, 8) >= 8);
+    assert_int_equal(seal_all(k, users, 8), 0);     /* eight fit */
+    assert_int_equal(seal_all(k, users, 1), 0);     /* users[0] used last: users[1] is the oldest */
+    assert_int_equal(seal_all(k, users + 8, 1), 2); /* read, made, read: users[1] dropped */
+    assert_int_equal(seal_all(k, users, 1), 0);
+    assert_int_equal(seal_all(k, users + 8, 1), 0);
+    assert_int_equal(seal_all(k, users + 1, 1), 1); /* read again (dropping users[2]) */
+    assert_int_equal(seal_all(k, users + 2, 1), 1);
+    /* too small a cache is refused with its range */
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SIZE", "7", &err), EW_ECONFIG);
+    ew__keyring_free(k);
+}
+
+/* A key another process destroyed stays usable here for at most EVENT_KEY_CACHE_SECONDS; a
+ * shred in this process drops it at once. */
+static void test_a_cached_key_lives_its_seconds_and_no_more(void **state)
+{
+    fx *f = *state;
+    ew_error err = {0};
+    assert_int_equal(ew_config_set(f->cfg, "EVENT_KEY_CACHE_SECONDS", "1", &err), 0);
+    ew__keyring *k = keyring(f), *other = keyring(f);
+    char a[EW_UUID_LEN + 1], b[EW_UUID_LEN + 1];
+    ew_uuid7(a);
+    ew_uuid7(b);
+    ew_event *ea = registered(a, "a@example.com", "a"), *eb = registered(b, "b@example.com", "b");
+    char *ja = sealed_json(k, ea), *jb = sealed_json(k, eb);
+    assert_int_equal(ew__keyring_shred(other, a, &err), 0);
+    ew_event *back;
+    if (open_json(k, ja, &back, &err)) fail_msg("%s", err.msg);
+    assert_false(ew_event_erased(back)); /* cached: still the key */
+    ew_event_unref(back);
+    assert_int_equal(ew__keyring_shred(k, b, &err), 0);
+    assert_int_equal(open_json(k, jb, &back, &err), 0);
+    assert_true(ew_event_erased(back)); /* this process's own shred: at once */
+    ew_event_unref(back);
+    usleep(1100 * 1000);
+    assert_int_equal(open_json(k, ja, &back, &err), 0);
+    assert_true(ew_event_erased(back)); /* read again after its second */
+    ew_event_unref(back);
+    free(ja);
+    free(jb);
+    ew_event_unref(ea);
+    ew_event_unref(eb);
+    ew__keyring_free(other);
+    ew__keyring_free(k);
+}
+
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+/* A case of the key store, on SQLite and on PostgreSQL (case_db.h's BOTH takes another form). */
+#define STORES(f)                                                                                  \
+    {#f "_on_sqlite", f, setup_sqlite, teardown, NULL},                                            \
+    {                                                                                              \
+#f "_on_postgresql", f, setup_postgres, teardown, NULL                                     \
+    }
+#define PG(f) cmocka_unit_test_setup_teardown(f, setup_postgres, teardown)
 static const struct CMUnitTest tests[] = {
-    CASE(test_new_keys_from_many_threads_at_once),
-    CASE(test_a_batch_makes_its_new_keys_in_one_commit),
+    STORES(test_new_keys_from_many_threads_at_once),
+    STORES(test_a_batch_makes_its_new_keys_in_one_commit),
     CASE(test_the_wire_carries_ciphertext),
-    CASE(test_a_missing_key_file_is_refused_when_keys_exist),
-    CASE(test_a_wrong_or_exposed_key_file_is_refused),
+    STORES(test_a_missing_key_file_is_refused_when_keys_exist),
+    STORES(test_a_wrong_or_exposed_key_file_is_refused),
     CASE(test_tampered_ciphertext_is_dead_lettered),
     CASE(test_validation_runs_on_the_plaintext),
-    CASE(test_rotation_keeps_every_old_event_readable),
-    CASE(test_a_shredded_subject_decodes_as_erased),
+    STORES(test_rotation_keeps_every_old_event_readable),
+    STORES(test_a_rotation_between_commit_and_rename),
+    STORES(test_a_shredded_subject_decodes_as_erased),
     CASE(test_memory_bus_handlers_get_plaintext),
     CASE(test_encryption_off_refuses_what_it_cannot_read),
+    PG(test_a_shred_leaves_no_trace_in_postgresql_files),
+    PG(test_the_postgresql_key_store_reconnects),
+    PG(test_postgresql_takes_the_data_keys_kept_in_sqlite_before),
+    CASE(test_the_cache_keeps_the_subjects_it_has_room_for),
+    CASE(test_a_full_set_drops_its_least_recently_used),
+    STORES(test_a_cached_key_lives_its_seconds_and_no_more),
 };
 
 EW_TEST_MAIN(tests)

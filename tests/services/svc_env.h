@@ -196,53 +196,12 @@ static inline char *pg_text(const char *url, const char *sql)
     return v;
 }
 
-/* Does the file at path hold needle anywhere in its bytes? */
-static inline bool file_holds(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    size_t n = strlen(needle), cap = 1 << 20, len = 0;
-    char *buf = malloc(cap);
-    bool found = false;
-    for (;;) {
-        size_t got = fread(buf + len, 1, cap - len, f);
-        len += got;
-        if (memmem(buf, len, needle, n)) {
-            found = true;
-            break;
-        }
-        if (got == 0) break;
-        if (len >= n) { /* keep the tail that a match may straddle */
-            memmove(buf, buf + len - (n - 1), n - 1);
-            len = n - 1;
-        }
-    }
-    free(buf);
-    fclose(f);
-    return found;
-}
-
 /* How many files of url's database (its folder under the server's base/) hold needle, after a
  * checkpoint has written every page to them; the first one's name in first. */
 static inline int pg_files_holding(const char *url, const char *needle, char *first, size_t n)
 {
-    free(pg_text(url, "CHECKPOINT"));
-    char *data = pg_text(url, "SHOW data_directory");
-    char *oid = pg_text(url, "SELECT oid FROM pg_database WHERE datname = current_database()");
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/base/%s", data, oid);
-    free(data);
-    free(oid);
-    DIR *d = opendir(dir);
-    if (!d) fail_msg("cannot read %s: the test reads the server's files", dir);
-    int count = 0;
-    for (struct dirent *de; (de = readdir(d));) {
-        char path[1400];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (de->d_name[0] != '.' && file_holds(path, needle) && count++ == 0)
-            snprintf(first, n, "%s", path);
-    }
-    closedir(d);
+    int count = ew_test_pg_files_holding(url, needle, strlen(needle), first, n);
+    if (count < 0) fail_msg("the server's files cannot be searched");
     return count;
 }
 

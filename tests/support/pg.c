@@ -1,6 +1,8 @@
 /* Test support: per-case PostgreSQL databases (pg.h). */
+#include <dirent.h>
 #include <libpq-fe.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,4 +109,81 @@ void ew_test_pg_drop(char *url)
     }
     free(server);
     free(url);
+}
+
+int ew_test_pg_value(const char *url, const char *sql, const char *param, char **out)
+{
+    *out = NULL;
+    PGconn *c = PQconnectdb(url);
+    PGresult *r = PQstatus(c) == CONNECTION_OK
+                      ? PQexecParams(c, sql, param ? 1 : 0, NULL, &param, NULL, NULL, 0)
+                      : NULL;
+    ExecStatusType t = PQresultStatus(r);
+    int rc = 0;
+    if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK) {
+        fprintf(stderr, "postgres: %s: %s", sql, PQerrorMessage(c));
+        rc = -1;
+    } else if (t == PGRES_TUPLES_OK && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)) {
+        *out = strdup(PQgetvalue(r, 0, 0));
+    }
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+bool ew_test_file_holds(const char *path, const void *needle, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    bool found = false;
+    for (;;) {
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (memmem(buf, len, needle, n)) {
+            found = true;
+            break;
+        }
+        if (got == 0) break;
+        if (len >= n) { /* keep the tail that a match may straddle */
+            memmove(buf, buf + len - (n - 1), n - 1);
+            len = n - 1;
+        }
+    }
+    free(buf);
+    fclose(f);
+    return found;
+}
+
+int ew_test_pg_files_holding(const char *url, const void *needle, size_t n, char *first, size_t cap)
+{
+    char *ck = NULL, *data = NULL, *oid = NULL;
+    int count = -1;
+    if (ew_test_pg_value(url, "CHECKPOINT", NULL, &ck) ||
+        ew_test_pg_value(url, "SHOW data_directory", NULL, &data) ||
+        ew_test_pg_value(url, "SELECT oid FROM pg_database WHERE datname = current_database()",
+                         NULL, &oid) ||
+        !data || !oid)
+        goto out;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/base/%s", data, oid);
+    DIR *d = opendir(dir);
+    if (!d) {
+        fprintf(stderr, "postgres: cannot read %s: the test reads the server's files\n", dir);
+        goto out;
+    }
+    count = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        char path[1400];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (de->d_name[0] != '.' && ew_test_file_holds(path, needle, n) && count++ == 0 && first)
+            snprintf(first, cap, "%s", path);
+    }
+    closedir(d);
+out:
+    free(ck);
+    free(data);
+    free(oid);
+    return count;
 }

@@ -1,15 +1,19 @@
 /* ewctl and encrypted fields: what `ewctl store` and `ewctl tail` print without the key file
  * (ciphertext) and with `tail --decrypt` (plaintext), and `ewctl keys rotate` (the key-encryption
  * key's rotation), which keeps every stored event readable. On the embedded SQLite bus, in a
- * folder of the case's own. */
+ * folder of the case's own; with the key store in it, and on PostgreSQL (KEY_STORE_URL).
+ * ew-fixture: postgres */
+#include <libpq-fe.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "support/case_db.h"
 #include "support/ew_test.h"
 #include "eventwire/id.h"
 
 typedef struct fx {
     char dir[64], user[EW_UUID_LEN + 1];
+    char *pg_url; /* the key store on PostgreSQL: the case's database; NULL on SQLite */
 } fx;
 
 static int setup(void **state)
@@ -26,9 +30,21 @@ static int setup(void **state)
     return 0;
 }
 
+static int setup_postgres(void **state)
+{
+    char none[64];
+    if (setup(state)) return -1;
+    fx *f = *state;
+    if (ew_test_db_create(1, "ctlkeys", "", none, &f->pg_url)) return -1;
+    setenv("KEY_STORE_URL", f->pg_url, 1);
+    return 0;
+}
+
 static int teardown(void **state)
 {
     fx *f = *state;
+    unsetenv("KEY_STORE_URL");
+    if (f->pg_url) ew_test_db_drop(1, "", f->pg_url);
     char cmd[128];
     assert_int_equal(chdir("/"), 0);
     snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
@@ -112,6 +128,15 @@ static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
     unsigned char old[32], now[32];
     assert_int_equal(fread(old, 1, 32, k), 32);
     fclose(k);
+    if (f->pg_url) { /* the data key is in PostgreSQL */
+        PGconn *c = PQconnectdb(f->pg_url);
+        PGresult *r = PQexec(c, "SELECT count(*) FROM key_store.subject_keys WHERE wrapped IS NOT "
+                                "NULL");
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        assert_string_equal(PQgetvalue(r, 0, 0), "1");
+        PQclear(r);
+        PQfinish(c);
+    }
     char *out, *err;
     if (ewctl("keys rotate", &out, &err) != 0) fail_msg("keys rotate: %s", err);
     assert_non_null(strstr(out, "\"rewrapped\":1"));
@@ -161,6 +186,8 @@ static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
 static const struct CMUnitTest tests[] = {
     CASE(test_tail_prints_ciphertext_unless_decrypt),
     CASE(test_keys_rotate_rewraps_and_keeps_events_readable),
+    {"test_keys_rotate_rewraps_and_keeps_events_readable_on_postgresql",
+     test_keys_rotate_rewraps_and_keeps_events_readable, setup_postgres, teardown, NULL},
 };
 
 EW_TEST_MAIN(tests)
