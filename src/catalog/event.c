@@ -29,9 +29,19 @@ struct ew_event {
     bool erased;     /* fields whose subject's key was destroyed were emptied */
     /* The event as it was received (one reference), when this one is not that: decoding
      * upcast it from an older version, or decryption made a plaintext copy (event_internal.h,
-     * ew__event_received). NULL otherwise. */
-    const ew_event *received;
+     * ew__event_received). NULL otherwise, or not made yet: an event decrypted while it was
+     * decoded keeps its ciphertext in `cipher`, and the received form is built from it the
+     * first time it is asked for (atomically: the event may be shared by then). */
+    _Atomic(const ew_event *) received;
+    struct cipher *cipher;
     /* the data struct, the extension table and the strings follow */
+};
+
+/* The ciphertext of the fields an event had sealed when it was received, by field index: what
+ * its received form is built from (ew__event_received). One malloc, the strings after it. */
+struct cipher {
+    uint64_t fields;
+    const char *tok[64];
 };
 
 #define DEFAULT_MAX_BYTES (1u << 20)
@@ -557,7 +567,8 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
     ev->next = next;
     ev->sealed = sealed;
     ev->erased = false;
-    ev->received = NULL;
+    atomic_init(&ev->received, NULL);
+    ev->cipher = NULL;
     if (sorted != sorted_stack) free(sorted);
     ev->time_us = a->time_us ? a->time_us : now;
     ev->data = d;
@@ -615,7 +626,8 @@ void ew_event_unref(const ew_event *ev)
     if (!ev) return;
     ew_event *e = (ew_event *)ev;
     if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) == 1) {
-        ew_event_unref(e->received);
+        ew_event_unref(atomic_load_explicit(&e->received, memory_order_acquire));
+        free(e->cipher);
         free(e);
     }
 }
@@ -711,16 +723,35 @@ uint64_t ew__event_sealed(const ew_event *ev)
     return ev->sealed;
 }
 
+/* ev's received form from its ciphertext: ev's data with the sealed fields as they came. */
+static int sealed_form(const ew_event *ev, ew_event **out)
+{
+    const struct cipher *c = ev->cipher;
+    int rc = ew__event_replace(ev, c->fields, c->tok, c->fields, 0, out, NULL);
+    if (!rc) (*out)->erased = false; /* as received: ciphertext, whatever its key's fate */
+    return rc;
+}
+
 const ew_event *ew__event_received(const ew_event *ev)
 {
-    return ev->received ? ev->received : ev;
+    ew_event *e = (ew_event *)ev;
+    const ew_event *r = atomic_load_explicit(&e->received, memory_order_acquire);
+    if (r || !ev->cipher) return r ? r : ev;
+    ew_event *made;
+    if (sealed_form(ev, &made)) return ev; /* out of memory: see event_internal.h */
+    const ew_event *none = NULL;
+    if (!atomic_compare_exchange_strong_explicit(&e->received, &none, made, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        ew_event_unref(made); /* another thread made it first */
+        return none;
+    }
+    return made;
 }
 
 void ew__event_keep_received(ew_event *copy, const ew_event *from)
 {
     const ew_event *r = ew_event_ref(ew__event_received(from));
-    ew_event_unref(copy->received);
-    copy->received = r;
+    ew_event_unref(atomic_exchange_explicit(&copy->received, r, memory_order_acq_rel));
 }
 
 int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event **out, ew_error *err)
@@ -834,8 +865,10 @@ static void put_attr(ew_buf *b, const char *name, const char *v)
     ew_json_write_string(b, v, strlen(v));
 }
 
-/* Writes the members of the event's data object (compact JSON, no braces). */
-static HOT_INLINE void write_data(ew_buf *b, const ew_event *ev)
+/* Writes the members of the event's data object (compact JSON, no braces); the fields the
+ * sealer names (NULL: none) sealed as they are written. */
+static HOT_INLINE int write_data(ew_buf *b, const ew_event *ev, const ew__sealer *sealer,
+                                 ew_error *err)
 {
     const ew_type_info *t = ev->info;
     int first = 1;
@@ -851,6 +884,11 @@ static HOT_INLINE void write_data(ew_buf *b, const ew_event *ev)
         first = 0;
         ew_json_write_string(b, f->name, strlen(f->name));
         ew_buf_putc(b, ':');
+        if (sealer && i < 64 && ((sealer->fields >> i) & 1)) {
+            int rc = sealer->seal(sealer->ud, ev, f, s, b, err);
+            if (rc) return rc;
+            continue;
+        }
         switch (f->kind) {
         case EW_FIELD_INT:
             ew_buf_printf(b, "%lld", (long long)*(const int64_t *)(const void *)p);
@@ -878,12 +916,13 @@ static HOT_INLINE void write_data(ew_buf *b, const ew_event *ev)
             ew_json_write_string(b, s, strlen(s));
         }
     }
+    return 0;
 }
 
 int ew__event_encode_data(const ew_event *ev, ew_buf *b)
 {
     ew_buf_putc(b, '{');
-    write_data(b, ev);
+    write_data(b, ev, NULL, NULL);
     ew_buf_putc(b, '}');
     return b->oom ? EW_ENOMEM : 0;
 }
@@ -906,7 +945,8 @@ static int int_text(char *buf, int v)
     return l;
 }
 
-int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
+static HOT_INLINE int encode(const ew_event *ev, const ew__sealer *sealer, char **out,
+                             size_t *out_len, ew_error *err)
 {
     if (!ev || !out) return ew_error_set(err, EW_EINVAL, "event and out are required");
     const ew_type_info *t = ev->info;
@@ -954,14 +994,26 @@ int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *e
             ew_buf_puts(&b, x->value);
     }
     ew_buf_puts(&b, ",\"data\":{");
-    write_data(&b, ev);
+    int rc = write_data(&b, ev, sealer, err);
     ew_buf_puts(&b, "}}");
-    if (b.oom) {
+    if (!rc && b.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (rc) {
         ew_buf_release(&b);
-        return ew_error_set(err, EW_ENOMEM, "out of memory");
+        return rc;
     }
     *out = ew_buf_steal(&b, out_len);
     return 0;
+}
+
+int ew_event_encode(const ew_event *ev, char **out, size_t *out_len, ew_error *err)
+{
+    return encode(ev, NULL, out, out_len, err);
+}
+
+int ew__event_encode_sealed(const ew_event *ev, const ew__sealer *sealer, char **out,
+                            size_t *out_len, ew_error *err)
+{
+    return encode(ev, sealer, out, out_len, err);
 }
 
 /* ---- decoding ------------------------------------------------------------------------- */
@@ -1264,7 +1316,66 @@ static int version_by_data(const ew_type_info *latest, const ew_json *data, void
     return rc;
 }
 
-static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_error *err)
+/* The one event of a decoding that opens its sealed fields (ew__event_decode_opened): tmp's
+ * sealed fields (ciphertext, in the parser's arena) become their plaintext, checked as
+ * ew_event_new() checks it, or the emptied value of an erased field; the ciphertext is kept in
+ * the event, what its received form is made of. */
+static int build_opened(ew_event **out, const ew_type_info *t, void *tmp, const ew_event_attrs *at,
+                        uint64_t sealed, const ew__opener *o, ew_error *err)
+{
+    const char *tok[64];
+    size_t off[64], clen = 0;
+    uint64_t erased = 0;
+    bool plain_object = false;
+    ew_buf plain;
+    ew_buf_init(&plain);
+    int rc = 0;
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
+        if (!((sealed >> i) & 1)) continue;
+        const ew_field_info *f = &t->fields[i];
+        tok[i] = *(const char **)(void *)((char *)tmp + f->offset);
+        clen += strlen(tok[i]) + 1;
+        off[i] = plain.len;
+        rc = o->open(o->ud, t, f, at->id, tok[i], &plain, err);
+        if (rc == 1) {
+            erased |= UINT64_C(1) << i;
+            rc = 0;
+        } else if (!rc && f->kind == EW_FIELD_OBJECT) {
+            plain_object = true;
+        }
+    }
+    if (!rc && plain.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    struct cipher *c = NULL;
+    if (!rc && !(c = malloc(sizeof *c + clen))) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!rc) {
+        c->fields = sealed;
+        char *p = (char *)(c + 1);
+        for (size_t i = 0; i < t->nfields && i < 64; i++) {
+            if (!((sealed >> i) & 1)) continue;
+            const ew_field_info *f = &t->fields[i];
+            c->tok[i] = put(&p, tok[i], strlen(tok[i]));
+            *(const char **)(void *)((char *)tmp + f->offset) = !((erased >> i) & 1)
+                                                                    ? plain.data + off[i]
+                                                                : f->kind == EW_FIELD_OBJECT ? "{}"
+                                                                                             : "";
+        }
+        /* the erased fields are not checked: a destroyed key's emptied values */
+        rc = build(out, t, tmp, at, !plain_object, erased, err);
+    }
+    if (!rc) {
+        (*out)->sealed = 0; /* build() took the erased fields' bits for sealed ones */
+        (*out)->erased = erased != 0;
+        (*out)->cipher = c;
+    } else {
+        free(c);
+    }
+    if (plain.data) explicit_bzero(plain.data, plain.len);
+    ew_buf_release(&plain);
+    return rc;
+}
+
+static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, const ew__opener *opener,
+                       ew_error *err)
 {
     int rc;
     if (root->kind != EW_JSON_OBJECT)
@@ -1386,16 +1497,18 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, ew_erro
         t = up;
     }
     if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
+    /* An upcast event's fields are opened by the caller, on the event as upcast. */
+    if (opener && sealed && !received) return build_opened(out, t, tmp, &at, sealed, opener, err);
     if ((rc = build(out, t, tmp, &at, true, sealed, err))) goto fail;
-    (*out)->received = received;
+    atomic_store_explicit(&(*out)->received, received, memory_order_release);
     return 0;
 fail:
     ew_event_unref(received);
     return rc;
 }
 
-int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,
-                    ew_error *err)
+static int decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,
+                  const ew__opener *o, ew_error *err)
 {
     if (!out || (!json && len)) return ew_error_set(err, EW_EINVAL, "out and json are required");
     ew_json_limits lim = {.max_bytes = DEFAULT_MAX_BYTES, .max_depth = DEFAULT_MAX_DEPTH};
@@ -1406,9 +1519,21 @@ int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decod
     ew_arena_init(&a, stack, sizeof stack);
     ew_json *root;
     int rc = ew_json_parse(&root, json ? json : "", len, &lim, &a, err);
-    if (rc == 0) rc = decode_tree(out, root, &a, err);
+    if (rc == 0) rc = decode_tree(out, root, &a, o, err);
     ew_arena_release(&a);
     return rc;
+}
+
+int ew_event_decode(ew_event **out, const char *json, size_t len, const ew_decode_opts *opts,
+                    ew_error *err)
+{
+    return decode(out, json, len, opts, NULL, err);
+}
+
+int ew__event_decode_opened(ew_event **out, const char *json, size_t len,
+                            const ew_decode_opts *opts, const ew__opener *o, ew_error *err)
+{
+    return decode(out, json, len, opts, o, err);
 }
 
 int ew_event_from_json(ew_event **out, const char *type, const char *data_json, size_t len,

@@ -24,6 +24,39 @@ int ew__event_encode_data(const ew_event *ev, ew_buf *b);
  * encoding writes a sealed field back as that string. */
 #define EW__SEALED_PREFIX "ewenc1."
 
+/* Sealing while encoding and opening while decoding (src/security/keyring.c): the encoder
+ * writes each field a sealer names through it, the decoder hands each sealed field to an
+ * opener before it builds the event, so that each side builds one event where sealing then
+ * encoding, or decoding then opening, built two. */
+typedef struct ew__sealer {
+    uint64_t fields; /* the fields (bits by index) seal() writes; each holds a string */
+    /* Appends to b the JSON string (quotes included) that carries field f of ev, whose
+     * plaintext is p, sealed. 0, or an EW_E… code with err. */
+    int (*seal)(void *ud, const ew_event *ev, const ew_field_info *f, const char *p, ew_buf *b,
+                ew_error *err);
+    void *ud;
+} ew__sealer;
+
+typedef struct ew__opener {
+    /* Appends to plain the plaintext of field f of an event of type t with id `id`, sealed as
+     * token, and a NUL: 0; 1 when its subject's key was destroyed (nothing appended: the field
+     * is erased); or an EW_E… code with err. */
+    int (*open)(void *ud, const ew_type_info *t, const ew_field_info *f, const char *id,
+                const char *token, ew_buf *plain, ew_error *err);
+    void *ud;
+} ew__opener;
+
+/* ew_event_encode() with the fields s names sealed by it on the way. */
+int ew__event_encode_sealed(const ew_event *ev, const ew__sealer *s, char **out, size_t *out_len,
+                            ew_error *err);
+
+/* ew_event_decode() with the sealed fields opened by o: the plaintext checked as ew_event_new()
+ * checks it, in the one event built, whose received form (ew__event_received) is made from
+ * the ciphertext when first asked for. An event upcast from an older version comes back still
+ * sealed (ew_event_encrypted): the caller opens it as upcast. */
+int ew__event_decode_opened(ew_event **out, const char *json, size_t len,
+                            const ew_decode_opts *opts, const ew__opener *o, ew_error *err);
+
 /* The fields of ev (bits by index) that hold ciphertext. */
 uint64_t ew__event_sealed(const ew_event *ev);
 
@@ -44,7 +77,9 @@ int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *v
  * version (its data at that version, its producer's dataschema), or when decryption made ev a
  * plaintext copy (the ciphertext as it came); else ev itself. Borrowed, valid while ev is. What
  * a received event's tag covers, and what a dead letter or a redelivery of it carries on, so
- * that replays and retries of old events still verify. */
+ * that replays and retries of old events still verify. Thread-safe: the received form of an
+ * event opened while decoding is built at the first call; when memory for it runs out, this
+ * gives ev itself (the plaintext), which the stores and redelivery seal again. */
 const ew_event *ew__event_received(const ew_event *ev);
 
 /* Makes copy (a new event, not yet shared with another thread) keep from's received form:

@@ -17,6 +17,7 @@
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "security/aead.h"
 #include "security/datakeys.h"
 #include "security/keyfile.h"
 #include "security/keys_postgres.h"
@@ -753,10 +754,10 @@ static const char *subject_of(const ew_event *ev)
 
 /* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
  * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
-static size_t aad_of(char *buf, size_t cap, const ew_event *ev, const ew_field_info *f,
-                     const char *subject)
+static size_t aad_of(char *buf, size_t cap, const char *type, const ew_field_info *f,
+                     const char *subject, const char *id)
 {
-    const char *parts[] = {"ewenc1", ew_event_type(ev), f->name, subject, ew_event_id(ev)};
+    const char *parts[] = {"ewenc1", type, f->name, subject, id};
     size_t n = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         size_t l = strlen(parts[i]);
@@ -832,22 +833,31 @@ static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outl
     return 0;
 }
 
-int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+/* What sealing the fields of one event needs: whose key, and its subkey for this keyring's
+ * nonces (own_subkey). */
+typedef struct seal_ctx {
+    ew__keyring *k;
+    const char *subject;
+    unsigned char sub[KEY_BYTES];
+} seal_ctx;
+
+/* The fields of ev that sealing encrypts (*mask, bits by index; 0: none, and nothing else is
+ * done), and the key they are encrypted under into c. */
+static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_ctx *c,
+                      ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
     const char *data = ew_event_data_as(ev, t->id);
-    uint64_t sealed = ew__event_sealed(ev), mask = 0;
+    uint64_t sealed = ew__event_sealed(ev);
+    *mask = 0;
     for (size_t i = 0; i < t->nfields && i < 64; i++) {
         const ew_field_info *f = &t->fields[i];
         if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
             f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
             continue;
-        if (*(const char *const *)(const void *)(data + f->offset)) mask |= UINT64_C(1) << i;
+        if (*(const char *const *)(const void *)(data + f->offset)) *mask |= UINT64_C(1) << i;
     }
-    if (!mask) {
-        *out = ew_event_ref(ev);
-        return 0;
-    }
+    if (!*mask) return 0;
     const char *subject = subject_of(ev);
     if (!subject)
         return ew_error_set(err, EW_EINVAL,
@@ -860,47 +870,67 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
                             "- _ : @)",
                             t->type, subject, SUBJECT_MAX);
     key_state state;
-    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
-    int rc = get_key(k, subject, true, &state, dek, sub, err);
-    if (rc) return rc;
-    if (state == KEY_ERASED) { /* a key nobody keeps */
+    unsigned char dek[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, c->sub, err);
+    if (!rc && state == KEY_ERASED) { /* a key nobody keeps */
         crypto_aead_xchacha20poly1305_ietf_keygen(dek);
-        own_subkey(k, dek, sub);
+        own_subkey(k, dek, c->sub);
     }
+    sodium_memzero(dek, sizeof dek);
+    c->k = k;
+    c->subject = subject;
+    return rc;
+}
+
+/* Appends field f of ev, plaintext p, sealed: "ewenc1.SUBJECT.BASE64URL" of the nonce, the
+ * ciphertext and the tag. */
+static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, const char *p,
+                      ew_buf *text, ew_error *err)
+{
+    size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
+    unsigned char stack[1024], *ct = clen <= sizeof stack ? stack : malloc(clen);
+    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    char aad[512];
+    size_t alen = aad_of(aad, sizeof aad, ew_event_type(ev), f, c->subject, ew_event_id(ev));
+    next_nonce(c->k, ct);
+    unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+    memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
+    ew__aead_encrypt(ct + NONCE_BYTES, (const unsigned char *)p, plen, (const unsigned char *)aad,
+                     alen, n12, c->sub);
+    ew_buf_puts(text, EW__SEALED_PREFIX);
+    ew_buf_puts(text, c->subject);
+    ew_buf_putc(text, '.');
+    if (!ew_buf_reserve(text, clen * 4 / 3 + 4))
+        text->len += b64_encode(text->data + text->len, ct, clen);
+    if (ct != stack) free(ct);
+    return text->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
+}
+
+int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    uint64_t mask;
+    seal_ctx c;
+    int rc = seal_begin(k, ev, &mask, &c, err);
+    if (rc || !mask) {
+        if (!rc) *out = ew_event_ref(ev);
+        return rc;
+    }
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
     const char *values[64];
     ew_buf text;
     ew_buf_init(&text);
     ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
     size_t offs[64];
-    for (size_t i = 0; i < t->nfields && i < 64; i++) {
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
-        const char *p = *(const char *const *)(const void *)(data + f->offset);
-        size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
-        unsigned char stack[1024], *c = clen <= sizeof stack ? stack : malloc(clen);
-        if (!c) {
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            break;
-        }
-        char aad[512];
-        size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
-        next_nonce(k, c);
-        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-        memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
-        crypto_aead_chacha20poly1305_ietf_encrypt(c + NONCE_BYTES, NULL, (const unsigned char *)p,
-                                                  plen, (const unsigned char *)aad, alen, NULL, n12,
-                                                  sub);
         offs[i] = text.len;
-        ew_buf_puts(&text, EW__SEALED_PREFIX);
-        ew_buf_puts(&text, subject);
-        ew_buf_putc(&text, '.');
-        if (!ew_buf_reserve(&text, clen * 4 / 3 + 4))
-            text.len += b64_encode(text.data + text.len, c, clen) + 1; /* the values are
-                                                                          NUL-separated */
-        if (c != stack) free(c);
+        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), &text,
+                        err);
+        ew_buf_putc(&text, '\0'); /* the values are NUL-separated */
     }
-    sodium_memzero(dek, sizeof dek);
-    sodium_memzero(sub, sizeof sub);
+    sodium_memzero(c.sub, sizeof c.sub);
     if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
@@ -908,6 +938,32 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
     }
     ew_buf_release(&text);
+    return rc;
+}
+
+/* ew__sealer's seal(): the sealed field as a JSON string. Its characters (the prefix, a subject
+ * that subject_ok() passed, base64url) need no escaping: the bytes are those ew_event_encode()
+ * writes for the sealed event. */
+static int seal_json(void *ud, const ew_event *ev, const ew_field_info *f, const char *p, ew_buf *b,
+                     ew_error *err)
+{
+    ew_buf_putc(b, '"');
+    int rc = seal_field(ud, ev, f, p, b, err);
+    ew_buf_putc(b, '"');
+    return rc;
+}
+
+int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *out_len,
+                       ew_error *err)
+{
+    uint64_t mask;
+    seal_ctx c;
+    int rc = seal_begin(k, ev, &mask, &c, err);
+    if (rc) return rc;
+    if (!mask) return ew_event_encode(ev, out, out_len, err);
+    ew__sealer s = {.fields = mask, .seal = seal_json, .ud = &c};
+    rc = ew__event_encode_sealed(ev, &s, out, out_len, err);
+    sodium_memzero(c.sub, sizeof c.sub);
     return rc;
 }
 
@@ -975,6 +1031,93 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
     return rc;
 }
 
+/* What opening the fields of one event needs. Its fields are nearly always one subject's: the
+ * key is looked up once. */
+typedef struct open_ctx {
+    ew__keyring *k;
+    char last[SUBJECT_MAX + 1]; /* the subject of dek, or "" */
+    key_state state;
+    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
+     * publisher's: every field it encrypted has it) */
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
+    bool have_other;
+} open_ctx;
+
+static void open_end(open_ctx *c)
+{
+    sodium_memzero(c->dek, sizeof c->dek);
+    sodium_memzero(c->sub, sizeof c->sub);
+    sodium_memzero(c->other, sizeof c->other);
+}
+
+/* Appends the plaintext of field f (of an event of this type and id), sealed as tok, and a
+ * NUL: 0; 1 when its subject's key was destroyed (nothing appended); < 0 with err. */
+static int open_field(open_ctx *c, const char *type, const ew_field_info *f, const char *id,
+                      const char *tok, ew_buf *text, ew_error *err)
+{
+    const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
+    char subject[SUBJECT_MAX + 1];
+    if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX)
+        return ew_error_set(err, EW_ECRYPTO,
+                            "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", type,
+                            f->name);
+    memcpy(subject, subj, (size_t)(dot - subj));
+    subject[dot - subj] = '\0';
+    const char *enc = dot + 1;
+    size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
+    unsigned char stack[1024], *ct = cap <= sizeof stack ? stack : malloc(cap);
+    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    int rc = 0;
+    if (b64_decode(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
+        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url", type,
+                          f->name);
+    if (!rc && strcmp(subject, c->last) != 0) {
+        if (!(rc = get_key(c->k, subject, false, &c->state, c->dek, c->sub, err)))
+            memcpy(c->last, subject, sizeof c->last);
+        c->have_other = false;
+    }
+    if (!rc && c->state == KEY_NONE)
+        rc = ew_error_set(err, EW_ECRYPTO,
+                          "%s: data.%s is encrypted for subject %.64s, whose key this key store "
+                          "never had",
+                          type, f->name, subject);
+    if (!rc && c->state == KEY_ERASED) rc = 1;
+    if (!rc) {
+        size_t plen = clen - NONCE_BYTES - TAG_BYTES;
+        char aad[512];
+        size_t alen = aad_of(aad, sizeof aad, type, f, subject, id);
+        /* the field's nonce is ct's first 24 bytes: its prefix picks the subkey */
+        const unsigned char *key = c->sub;
+        if (memcmp(ct, c->k->nonce_prefix, sizeof c->k->nonce_prefix) != 0) {
+            if (!c->have_other || memcmp(ct, c->other_prefix, sizeof c->other_prefix) != 0) {
+                crypto_core_hchacha20(c->other, ct, c->dek, NULL);
+                memcpy(c->other_prefix, ct, sizeof c->other_prefix);
+                c->have_other = true;
+            }
+            key = c->other;
+        }
+        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
+        memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
+        if (ew_buf_reserve(text, plen + 1)) {
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        } else if (ew__aead_decrypt((unsigned char *)text->data + text->len, ct + NONCE_BYTES,
+                                    clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12,
+                                    key) != 0) {
+            rc = ew_error_set(err, EW_ECRYPTO,
+                              "%s: data.%s does not authenticate under subject %.64s's key "
+                              "(tampered, or moved from another event or field)",
+                              type, f->name, subject);
+        } else if (memchr(text->data + text->len, '\0', plen)) {
+            rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", type, f->name);
+        } else {
+            text->data[text->len + plen] = '\0';
+            text->len += plen + 1;
+        }
+    }
+    if (ct != stack) free(ct);
+    return rc;
+}
+
 int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
@@ -989,89 +1132,20 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     ew_buf_init(&text);
     size_t offs[64];
     int rc = 0;
-    /* The fields of one event are nearly always one subject's: its key is looked up once. */
-    char last[SUBJECT_MAX + 1] = "";
-    key_state state = KEY_NONE;
-    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
-     * publisher's: every field it encrypted has it) */
-    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
-    bool have_other = false;
+    open_ctx c = {.k = k, .state = KEY_NONE};
     for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
-        const char *tok = *(const char *const *)(const void *)(data + f->offset);
-        const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
-        char subject[SUBJECT_MAX + 1];
-        if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX) {
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", t->type,
-                              f->name);
-            break;
-        }
-        memcpy(subject, subj, (size_t)(dot - subj));
-        subject[dot - subj] = '\0';
-        const char *enc = dot + 1;
-        size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
-        unsigned char stack[1024], *c = cap <= sizeof stack ? stack : malloc(cap);
-        if (!c) {
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            break;
-        }
-        if (b64_decode(c, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES) {
-            rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
-                              t->type, f->name);
-        }
-        if (!rc && strcmp(subject, last) != 0) {
-            if (!(rc = get_key(k, subject, false, &state, dek, sub, err)))
-                memcpy(last, subject, sizeof last);
-            have_other = false;
-        }
-        if (!rc && state == KEY_NONE)
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "%s: data.%s is encrypted for subject %.64s, whose key this key "
-                              "store never had",
-                              t->type, f->name, subject);
-        if (!rc && state == KEY_ERASED) {
+        offs[i] = text.len;
+        rc = open_field(&c, t->type, f, ew_event_id(ev),
+                        *(const char *const *)(const void *)(data + f->offset), &text, err);
+        if (rc == 1) {
+            rc = 0;
             erased |= UINT64_C(1) << i;
             values[i] = f->kind == EW_FIELD_OBJECT ? "{}" : "";
-        } else if (!rc) {
-            size_t plen = clen - NONCE_BYTES - TAG_BYTES;
-            char aad[512];
-            size_t alen = aad_of(aad, sizeof aad, ev, f, subject);
-            offs[i] = text.len;
-            /* the field's nonce is c's first 24 bytes: its prefix picks the subkey */
-            const unsigned char *key = sub;
-            if (memcmp(c, k->nonce_prefix, sizeof k->nonce_prefix) != 0) {
-                if (!have_other || memcmp(c, other_prefix, sizeof other_prefix) != 0) {
-                    crypto_core_hchacha20(other, c, dek, NULL);
-                    memcpy(other_prefix, c, sizeof other_prefix);
-                    have_other = true;
-                }
-                key = other;
-            }
-            unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-            memcpy(n12 + 4, c + NONCE_BYTES - 8, 8);
-            if (ew_buf_reserve(&text, plen + 1)) {
-                rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-            } else if (crypto_aead_chacha20poly1305_ietf_decrypt(
-                           (unsigned char *)text.data + text.len, NULL, NULL, c + NONCE_BYTES,
-                           clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12, key) != 0) {
-                rc = ew_error_set(err, EW_ECRYPTO,
-                                  "%s: data.%s does not authenticate under subject %.64s's key "
-                                  "(tampered, or moved from another event or field)",
-                                  t->type, f->name, subject);
-            } else if (memchr(text.data + text.len, '\0', plen)) {
-                rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", t->type, f->name);
-            } else {
-                text.data[text.len + plen] = '\0';
-                text.len += plen + 1;
-            }
         }
-        if (c != stack) free(c);
     }
-    sodium_memzero(dek, sizeof dek);
-    sodium_memzero(sub, sizeof sub);
-    sodium_memzero(other, sizeof other);
+    open_end(&c);
     if (!rc) {
         for (size_t i = 0; i < t->nfields && i < 64; i++)
             if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
@@ -1083,4 +1157,31 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
     if (text.data) sodium_memzero(text.data, text.len);
     ew_buf_release(&text);
     return rc;
+}
+
+/* ew__opener's open(). */
+static int open_json(void *ud, const ew_type_info *t, const ew_field_info *f, const char *id,
+                     const char *token, ew_buf *plain, ew_error *err)
+{
+    return open_field(ud, t->type, f, id, token, plain, err);
+}
+
+int ew__keyring_decode(ew__keyring *k, const char *json, size_t len, const ew_decode_opts *opts,
+                       ew_event **out, ew_error *err)
+{
+    open_ctx c = {.k = k, .state = KEY_NONE};
+    ew__opener o = {.open = open_json, .ud = &c};
+    ew_event *ev;
+    int rc = ew__event_decode_opened(&ev, json, len, opts, &o, err);
+    open_end(&c);
+    if (rc) return rc;
+    if (ew_event_encrypted(ev)) { /* upcast from an older version: opened as upcast */
+        ew_event *plain;
+        rc = ew__keyring_unseal(k, ev, &plain, err);
+        ew_event_unref(ev);
+        if (rc) return rc;
+        ev = plain;
+    }
+    *out = ev;
+    return 0;
 }

@@ -54,6 +54,12 @@ size_t ew__keyring_store_reads(ew__keyring *k);
  * personal data but neither a user_id nor a subject. */
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
 
+/* ew_event_encode() of ew__keyring_seal()'s event, without building it: each field is
+ * encrypted as the encoder writes it. The same bytes, for the same nonces; the same errors.
+ * Caller frees *out. */
+int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *out_len,
+                       ew_error *err);
+
 /* Makes, in one transaction of the key store, the data keys that the subjects of evs[0..n)
  * lack, before a batch is sealed event by event: a batch of new subjects costs the key store one
  * commit instead of one each. Subjects with a key (or a tombstone) are left as they are; events
@@ -66,6 +72,13 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
  * marked erased. EW_ECRYPTO when a field does not authenticate (tampered, or encrypted under a
  * key this store never had); EW_EDATA when the plaintext is not what its field holds. */
 int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
+
+/* ew_event_decode() then ew__keyring_unseal(), building one event: each sealed field is
+ * decrypted and checked as the decoder builds the event's data. The same event and the same
+ * errors; its received form (the ciphertext as it came) is built only if asked for
+ * (ew__event_received). *out holds one reference. */
+int ew__keyring_decode(ew__keyring *k, const char *json, size_t len, const ew_decode_opts *opts,
+                       ew_event **out, ew_error *err);
 
 /* Destroys the subject's data key (crypto-shredding), keeping a tombstone so that no new key is
  * made for it, and forgets it in this keyring's cache. Other processes stop using theirs within

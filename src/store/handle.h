@@ -67,6 +67,12 @@ struct ew_store {
     struct ew__keyring *keys;
 };
 
+/* Decodes json as ew_event_decode() then ew__store_unseal() do, building one event: each
+ * encrypted field decrypted and checked as the decoder builds the data (ew__keyring_decode)
+ * when the store's keyring is on. On success *out holds one reference. */
+int ew__store_decode(const ew_store *s, const char *json, size_t len, const ew_decode_opts *opts,
+                     ew_event **out, ew_error *err);
+
 /* Encodes ev as ew_event_encode() does, its personal and secret fields encrypted when the
  * store's keyring is on. *out is malloc'ed: caller frees it. */
 int ew__store_encode(const ew_store *s, const ew_event *ev, char **out, size_t *len, ew_error *err);

@@ -171,15 +171,17 @@ int ew__store_unseal(const ew_store *s, ew_event **ev, ew_error *err)
     return 0;
 }
 
+int ew__store_decode(const ew_store *s, const char *json, size_t len, const ew_decode_opts *opts,
+                     ew_event **out, ew_error *err)
+{
+    if (!s->keys) return ew_event_decode(out, json, len, opts, err);
+    return ew__keyring_decode(s->keys, json, len, opts, out, err); /* opened as it is read */
+}
+
 int ew__store_encode(const ew_store *s, const ew_event *ev, char **out, size_t *len, ew_error *err)
 {
     if (!s->keys) return ew_event_encode(ev, out, len, err);
-    ew_event *sealed;
-    int rc = ew__keyring_seal(s->keys, ev, &sealed, err);
-    if (rc) return rc;
-    rc = ew_event_encode(sealed, out, len, err);
-    ew_event_unref(sealed);
-    return rc;
+    return ew__keyring_encode(s->keys, ev, out, len, err); /* sealed as it is written */
 }
 
 /* Encodes ev and splits the text in place into the envelope without data and data: the encoder

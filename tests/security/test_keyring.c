@@ -9,6 +9,7 @@
  * ew-fixture: postgres */
 #include <fcntl.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -95,28 +96,129 @@ static ew_event *registered(const char *user, const char *email, const char *use
     return ev;
 }
 
-/* ev sealed by k and encoded: the JSON the wire and the stores get (caller frees). */
+/* The sealed values in json, in order: where each starts (after its quote) and its length. */
+enum { MAX_TOKENS = 8 };
+static size_t tokens(const char *json, const char *at[MAX_TOKENS], size_t len[MAX_TOKENS])
+{
+    size_t n = 0;
+    for (const char *p = json; (p = strstr(p, "\"" EW__SEALED_PREFIX)) && n < MAX_TOKENS; n++) {
+        at[n] = ++p;
+        len[n] = strcspn(p, "\"");
+        p += len[n];
+    }
+    return n;
+}
+
+/* The counter of a sealed value's nonce (its last 8 bytes, little-endian), and its 16 first
+ * bytes into prefix. */
+static uint64_t nonce_of(const char *tok, size_t len, unsigned char prefix[16])
+{
+    const char *b64 = strchr(tok + strlen(EW__SEALED_PREFIX), '.') + 1;
+    unsigned char nonce[24];
+    size_t n = 0;
+    assert_true((size_t)(b64 - tok) + 32 <= len);
+    assert_int_equal(sodium_base642bin(nonce, sizeof nonce, b64, 32, NULL, &n, NULL,
+                                       sodium_base64_VARIANT_URLSAFE_NO_PADDING),
+                     0);
+    assert_int_equal(n, 24);
+    memcpy(prefix, nonce, 16);
+    uint64_t c = 0;
+    for (int i = 0; i < 8; i++)
+        c |= (uint64_t)nonce[16 + i] << (8 * i);
+    return c;
+}
+
+/* Is the token's base64url what libsodium's codec makes of the bytes libsodium's decoder reads
+ * in it (canonical base64url without padding)? */
+static void assert_canonical_base64url(const char *tok, size_t len)
+{
+    const char *b64 = strchr(tok + strlen(EW__SEALED_PREFIX), '.') + 1;
+    size_t blen = len - (size_t)(b64 - tok), n = 0;
+    unsigned char bin[1024];
+    char again[1400];
+    assert_int_equal(sodium_base642bin(bin, sizeof bin, b64, blen, NULL, &n, NULL,
+                                       sodium_base64_VARIANT_URLSAFE_NO_PADDING),
+                     0);
+    assert_true(n >= 24 + 16); /* nonce and tag */
+    sodium_bin2base64(again, sizeof again, bin, n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    assert_int_equal(strlen(again), blen);
+    assert_memory_equal(again, b64, blen);
+}
+
+/* ev sealed by k and encoded: the JSON the wire and the stores get (caller frees). Made both
+ * ways every time: sealed then encoded (two events), and sealed as it is encoded
+ * (ew__keyring_encode). The second's bytes are the first's with each sealed value replaced by
+ * one under a later nonce of the same keyring: nothing else differs. The second is returned. */
 static char *sealed_json(ew__keyring *k, const ew_event *ev)
 {
     ew_event *s;
     ew_error err = {0};
     if (ew__keyring_seal(k, ev, &s, &err)) fail_msg("seal: %s", err.msg);
-    char *json;
-    assert_int_equal(ew_event_encode(s, &json, NULL, &err), 0);
+    char *two, *one;
+    size_t two_len, one_len;
+    assert_int_equal(ew_event_encode(s, &two, &two_len, &err), 0);
     ew_event_unref(s);
-    return json;
+    if (ew__keyring_encode(k, ev, &one, &one_len, &err)) fail_msg("encode: %s", err.msg);
+    const char *ta[MAX_TOKENS], *tb[MAX_TOKENS];
+    size_t la[MAX_TOKENS], lb[MAX_TOKENS];
+    size_t n = tokens(two, ta, la);
+    assert_int_equal(tokens(one, tb, lb), n);
+    char *swapped = malloc(two_len + one_len + 1), *w = swapped;
+    const char *from = two;
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(la[i], lb[i]); /* same plaintext length, same subject */
+        assert_canonical_base64url(ta[i], la[i]);
+        assert_canonical_base64url(tb[i], lb[i]);
+        unsigned char pa[16], pb[16];
+        assert_true(nonce_of(tb[i], lb[i], pb) > nonce_of(ta[i], la[i], pa));
+        assert_memory_equal(pa, pb, 16);
+        memcpy(w, from, (size_t)(ta[i] - from));
+        w += ta[i] - from;
+        memcpy(w, tb[i], lb[i]);
+        w += lb[i];
+        from = ta[i] + la[i];
+    }
+    strcpy(w, from);
+    assert_string_equal(swapped, one);
+    assert_int_equal(strlen(one), one_len);
+    free(swapped);
+    free(two);
+    return one;
 }
 
-/* Decodes json and decrypts it with k: 0 and *out, or the error. */
+/* Decodes json and decrypts it with k: 0 and *out, or the error. Both ways every time:
+ * decoded then unsealed (two events), and opened as it is decoded (ew__keyring_decode), which
+ * must give an equal event, or the same error, and the same received form. */
 static int open_json(ew__keyring *k, const char *json, ew_event **out, ew_error *err)
 {
-    ew_event *ev;
+    ew_event *ev, *one = NULL;
+    ew_error e1 = {0};
+    int rc1 = ew__keyring_decode(k, json, strlen(json), NULL, &one, &e1);
     int rc = ew_event_decode(&ev, json, strlen(json), NULL, err);
-    if (rc) return rc;
-    assert_true(ew_event_encrypted(ev));
-    rc = ew__keyring_unseal(k, ev, out, err);
-    ew_event_unref(ev);
-    return rc;
+    bool sealed = !rc && ew_event_encrypted(ev);
+    if (!rc) {
+        rc = ew__keyring_unseal(k, ev, out, err);
+        ew_event_unref(ev);
+    }
+    if (rc1 != rc) fail_msg("%d (%s) where decoding then unsealing gave %d", rc1, e1.msg, rc);
+    if (rc) {
+        assert_string_equal(e1.msg, err->msg);
+        assert_null(one);
+        return rc;
+    }
+    assert_true(ew_event_equal(one, *out));
+    assert_false(ew_event_encrypted(one));
+    const ew_event *r = ew__event_received(one);
+    assert_true(r != one || !sealed);
+    assert_int_equal(ew_event_encrypted(r), sealed);
+    assert_ptr_equal(ew__event_received(one), r); /* made once */
+    assert_true(ew_event_equal(r, ew__event_received(*out)));
+    char *again;
+    assert_int_equal(ew_event_encode(r, &again, NULL, err), 0);
+    assert_string_equal(again, json); /* the ciphertext as it came */
+    free(again);
+    ew_event_unref(one);
+    return 0;
 }
 
 static void test_the_wire_carries_ciphertext(void **state)
@@ -448,6 +550,9 @@ static void test_validation_runs_on_the_plaintext(void **state)
     assert_int_equal(receive(bus, json, &got, why, sizeof why), EW__RECV_DEAD);
     assert_non_null(strstr(why, "EW_EDATA"));
     assert_non_null(strstr(why, "is not an email address"));
+    /* opened while decoded: checked all the same (and as decoding then unsealing does) */
+    assert_int_equal(open_json(k, json, &got, &err), EW_EDATA);
+    assert_non_null(strstr(err.msg, "is not an email address"));
     /* plaintext that looks like ciphertext is refused when the event is built */
     const char *roles[] = {"user"};
     ew_user_registered d = {
@@ -635,6 +740,125 @@ static void test_a_shredded_subject_decodes_as_erased(void **state)
     ew_event_unref(b);
     ew__keyring_free(k);
     assert_int_equal(ew_bus_close(bus), 0);
+}
+
+/* An object field (JSON text) sealed as it is encoded and opened as it is decoded comes back
+ * as the same compact JSON; an absent optional personal field stays absent. */
+static void test_object_and_absent_fields_seal_and_open_while_coded(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_user_preferences_updated p = {.user_id = user,
+                                     .preferences = "{ \"theme\": \"dark\", \"lang\": [\"fr\"] }"};
+    ew_user_profile_created c = {.user_id = user}; /* no display_name */
+    ew_event *ev, *pc;
+    ew_error err = {0};
+    assert_int_equal(
+        ew_user_preferences_updated_new(&ev, &p, &(ew_event_attrs){.source = "t"}, &err), 0);
+    assert_int_equal(ew_user_profile_created_new(&pc, &c, &(ew_event_attrs){.source = "t"}, &err),
+                     0);
+    char *json = sealed_json(k, ev), *jc = sealed_json(k, pc);
+    assert_null(strstr(json, "dark"));
+    assert_non_null(strstr(json, "\"preferences\":\"ewenc1."));
+    assert_null(strstr(jc, "display_name"));
+    ew_event *back;
+    if (open_json(k, json, &back, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(ew_user_preferences_updated_data(back)->preferences,
+                        "{\"theme\":\"dark\",\"lang\":[\"fr\"]}");
+    assert_true(ew_event_equal(back, ev));
+    ew_event_unref(back);
+    if (open_json(k, jc, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, pc));
+    assert_ptr_equal(ew__event_received(back), back); /* nothing was sealed */
+    ew_event_unref(back);
+    free(json);
+    free(jc);
+    ew_event_unref(ev);
+    ew_event_unref(pc);
+    ew__keyring_free(k);
+}
+
+/* A v1 user.registered (before roles), sealed: opened after its upcast to v2, and its
+ * received form is the v1 event as it came. */
+static void test_an_old_version_is_opened_as_upcast(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "old@example.com", "old_timer");
+    char *json = sealed_json(k, ev);
+    /* v2's text made v1's: the version, the schema, no roles (the ciphertext's associated data
+     * names the type, not the version) */
+    char *v1 = malloc(strlen(json) + 1);
+    const char *cuts[][2] = {{"\"eventversion\":2", "\"eventversion\":1"},
+                             {"user.registered:2\"", "user.registered:1\""},
+                             {",\"roles\":[\"user\"]", ""}};
+    strcpy(v1, json);
+    for (size_t i = 0; i < 3; i++) {
+        char *at = strstr(v1, cuts[i][0]);
+        assert_non_null(at);
+        size_t ol = strlen(cuts[i][0]), nl = strlen(cuts[i][1]);
+        memmove(at + nl, at + ol, strlen(at + ol) + 1);
+        memcpy(at, cuts[i][1], nl);
+    }
+    ew_event *back;
+    ew_error err = {0};
+    if (ew__keyring_decode(k, v1, strlen(v1), NULL, &back, &err)) fail_msg("%s", err.msg);
+    assert_false(ew_event_encrypted(back));
+    assert_int_equal(ew_event_version(back), 2);
+    const ew_user_registered *d = ew_user_registered_data(back);
+    assert_string_equal(d->email, "old@example.com");
+    assert_int_equal(d->roles.count, 1);
+    const ew_event *r = ew__event_received(back);
+    assert_int_equal(ew_event_version(r), 1);
+    assert_true(ew_event_encrypted(r));
+    ew_event_unref(back);
+    free(v1);
+    free(json);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
+/* The received form of an event opened while decoded is made the first time it is asked for:
+ * threads asking at once all get the one made. */
+enum { ASKERS = 8 };
+
+static void *ask_received(void *arg)
+{
+    return (void *)ew__event_received(arg);
+}
+
+static void test_the_received_form_is_made_once_for_all_threads(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    ew_event *ev = registered(user, "many@example.com", "many");
+    char *json = sealed_json(k, ev);
+    for (int round = 0; round < 20; round++) {
+        ew_event *back;
+        ew_error err = {0};
+        if (ew__keyring_decode(k, json, strlen(json), NULL, &back, &err)) fail_msg("%s", err.msg);
+        pthread_t th[ASKERS];
+        void *got[ASKERS];
+        for (int i = 0; i < ASKERS; i++)
+            assert_int_equal(pthread_create(&th[i], NULL, ask_received, back), 0);
+        for (int i = 0; i < ASKERS; i++)
+            assert_int_equal(pthread_join(th[i], &got[i]), 0);
+        for (int i = 0; i < ASKERS; i++) {
+            assert_ptr_equal(got[i], got[0]);
+            assert_ptr_not_equal(got[i], back);
+        }
+        assert_true(ew_event_encrypted(got[0]));
+        ew_event_unref(back); /* frees the received form too: ASan's leak check */
+    }
+    free(json);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
 }
 
 static ew_handler_result remember(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
@@ -964,6 +1188,9 @@ static const struct CMUnitTest tests[] = {
     STORES(test_new_keys_from_many_threads_at_once),
     STORES(test_a_batch_makes_its_new_keys_in_one_commit),
     CASE(test_the_wire_carries_ciphertext),
+    CASE(test_object_and_absent_fields_seal_and_open_while_coded),
+    CASE(test_an_old_version_is_opened_as_upcast),
+    CASE(test_the_received_form_is_made_once_for_all_threads),
     STORES(test_a_missing_key_file_is_refused_when_keys_exist),
     STORES(test_a_wrong_or_exposed_key_file_is_refused),
     CASE(test_tampered_ciphertext_is_dead_lettered),

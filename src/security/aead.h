@@ -1,0 +1,23 @@
+/* eventwire — ChaCha20-Poly1305 (IETF, RFC 8439 §2.8) for the short fields of events: the
+ * bytes of libsodium's crypto_aead_chacha20poly1305_ietf_encrypt() and _decrypt(), at less
+ * cost on fields of a few dozen bytes, where libsodium's two ChaCha20 calls and six Poly1305
+ * calls per field cost more than the blocks they compute. Longer inputs go to libsodium. */
+#ifndef EW_SECURITY_AEAD_H
+#define EW_SECURITY_AEAD_H
+
+#include <stddef.h>
+
+#define EW__AEAD_TAG_BYTES 16
+
+/* c gets mlen bytes of ciphertext then the tag (mlen + EW__AEAD_TAG_BYTES in all). */
+void ew__aead_encrypt(unsigned char *c, const unsigned char *m, size_t mlen,
+                      const unsigned char *ad, size_t alen, const unsigned char nonce[12],
+                      const unsigned char key[32]);
+
+/* m gets clen - EW__AEAD_TAG_BYTES bytes of plaintext: 0; or -1 when clen is shorter than a
+ * tag or the tag does not verify, and m holds no plaintext (left as it was, or zeroed on
+ * libsodium's path for long fields). */
+int ew__aead_decrypt(unsigned char *m, const unsigned char *c, size_t clen, const unsigned char *ad,
+                     size_t alen, const unsigned char nonce[12], const unsigned char key[32]);
+
+#endif
