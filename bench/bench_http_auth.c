@@ -48,7 +48,9 @@ int main(void)
         char sub[EW_UUID_LEN + 1], sid[EW_UUID_LEN + 1];
         ew_uuid7(sub);
         ew_uuid7(sid);
-        if (svc_token_sign(&k, sub, sid, roles, 1, now_s, now_s + 900, tokens[i], sizeof tokens[i]))
+        /* as auth-service signs them: with iat_ms */
+        if (svc_token_sign_ms(&k, sub, sid, roles, 1, now_s * 1000 + i % 1000, now_s + 900,
+                              tokens[i], sizeof tokens[i]))
             return 1;
     }
     ew_error err = {0};

@@ -46,6 +46,14 @@ void ew_audit_close(ew_audit *a);
 int ew_audit_append(ew_audit *a, const char *actor, const char *action, const char *subject,
                     const char *details, int64_t *seq, ew_error *err);
 
+/* Appends one entry as ew_audit_append does, but in t, a transaction the caller has open on
+ * the chain's own store (the db of ew_audit_open; EW_EINVAL for another): the entry commits or
+ * rolls back with t, so an action and its record are there together or not at all. The
+ * chain's head stays locked until t ends; a failure leaves t able only to roll back. *seq (when
+ * not NULL) gets the number the entry has once t commits. From the thread that has t open. */
+int ew_audit_append_in(ew_audit *a, ew_txn *t, const char *actor, const char *action,
+                       const char *subject, const char *details, int64_t *seq, ew_error *err);
+
 /* Signs the head now (nothing when there is no entry). */
 int ew_audit_checkpoint(ew_audit *a, ew_error *err);
 

@@ -606,6 +606,11 @@ static void h_reset_request(const ew_http_request *rq, ew_http_response *res, vo
     ew_event_unref(evs[1]);
     rc = svc_finish(a->s, t, rc, &e);
     sodium_memzero(token, sizeof token);
+    if (!rc) { /* the account by id, never the address asked for */
+        char details[80];
+        snprintf(details, sizeof details, "{\"request_id\":\"%s\"}", request_id);
+        svc_audit(a->s, rq, "anonymous", "auth.password_reset_requested", row.v[0], details);
+    }
 failed:
     if (rc) {
         svc_row_free(&row);
@@ -623,6 +628,16 @@ accepted:
 }
 
 /* ---- POST /auth/password-reset/confirm ------------------------------------------------------ */
+
+/* A reset token of the user's that was shown again once used or expired (a leaked mail?): by
+ * the ids of the user and the request. A token that matches nothing names nobody and is not
+ * recorded. */
+static void reset_refused(auth *a, const char *request_id, const char *user_id, const char *why)
+{
+    char details[120];
+    snprintf(details, sizeof details, "{\"request_id\":\"%s\",\"reason\":\"%s\"}", request_id, why);
+    svc_audit(a->s, NULL, "anonymous", "auth.password_reset_refused", user_id, details);
+}
 
 /* The reset of token's hash: 0 and its request and user when it can be used, 1 after answering
  * 400 when it cannot, < 0 for a failure (in e). */
@@ -647,6 +662,7 @@ static int reset_lookup(auth *a, ew_http_response *res, const char *hash, const 
     else if (!row->v[2] || strcmp(row->v[2], now) <= 0)
         why = "the reset token has expired";
     if (!why) return 0;
+    if (row->found) reset_refused(a, row->v[0], row->v[1], row->v[3] ? "used" : "expired");
     svc_row_free(row);
     ew_http_reply_error(res, 400, "token", "%s", why);
     return 1;
@@ -701,6 +717,7 @@ static void h_reset_confirm(const ew_http_request *rq, ew_http_response *res, vo
                      u0, 2, &spent, &e);
     if (!rc && spent != 1) {
         ew_txn_rollback(t);
+        reset_refused(a, request_id, user_id, "used");
         svc_row_free(&row);
         sodium_memzero(pwhash, sizeof pwhash);
         ew_http_reply_error(res, 400, "token", "the reset token was used already");

@@ -133,10 +133,37 @@ typedef struct guard {
 } guard;
 
 /* The caller travels with the request: the guard attaches the token's claims to it
- * (ew_http_set_data), and every question about the caller is asked of the request. */
+ * (ew_http_set_data), and every question about the caller is asked of the request. With them go
+ * the service and the route, for the audit entry of a refusal (svc_audit_refusal). */
+typedef struct caller {
+    svc_claims c; /* first: svc_caller's answer is the caller's address */
+    svc *s;
+    const guard *route; /* set when the route's handler runs */
+} caller;
+
 const svc_claims *svc_caller(const ew_http_request *rq)
 {
     return rq ? ew_http_data(rq) : NULL;
+}
+
+void svc_audit_refusal(const ew_http_request *rq, const char *subject, const char *reason)
+{
+    const caller *w = rq ? ew_http_data(rq) : NULL;
+    if (!w || !w->s) return;
+    ew_buf d;
+    ew_buf_init(&d);
+    ew_buf_puts(&d, "{\"route\":");
+    if (w->route && w->route->method && w->route->tmpl)
+        ew_buf_printf(&d, "\"%s %s\"", w->route->method, w->route->tmpl); /* ours: no quotes */
+    else
+        ew_buf_puts(&d, "null");
+    ew_buf_puts(&d, ",\"reason\":");
+    ew_json_write_string(&d, reason, strlen(reason));
+    ew_buf_putc(&d, '}');
+    /* a path parameter that is no id as the services hand them out may be anything: not kept */
+    if (!d.oom)
+        svc_audit(w->s, rq, NULL, "http.refused", svc_uuid_valid(subject) ? subject : NULL, d.data);
+    ew_buf_release(&d);
 }
 
 bool svc_caller_admin(const ew_http_request *rq)
@@ -154,6 +181,7 @@ bool svc_caller_may(const ew_http_request *rq, const char *user_id)
 int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char *user_id)
 {
     if (svc_caller_may(rq, user_id)) return 0;
+    svc_audit_refusal(rq, user_id, "neither the user nor an admin");
     ew_http_reply_error(res, 403, NULL, "forbidden: only the user themselves or an admin may");
     return -1;
 }
@@ -161,6 +189,7 @@ int svc_allow_user(const ew_http_request *rq, ew_http_response *res, const char 
 int svc_require_admin(const ew_http_request *rq, ew_http_response *res)
 {
     if (svc_caller_admin(rq)) return 0;
+    svc_audit_refusal(rq, NULL, "not an admin");
     ew_http_reply_error(res, 403, NULL, "forbidden: only an admin may");
     return -1;
 }
@@ -213,9 +242,9 @@ int svc_authenticate(svc *s, const ew_http_request *rq, ew_http_response *res, s
     return -1;
 }
 
-static void claims_free(void *p)
+static void caller_free(void *p)
 {
-    sodium_memzero(p, sizeof(svc_claims));
+    sodium_memzero(p, sizeof(caller));
     free(p);
 }
 
@@ -224,27 +253,29 @@ static void claims_free(void *p)
 static void http_guard(ew_http_request *rq, ew_http_response *res, void *ud)
 {
     svc *s = ud;
-    svc_claims *c = malloc(sizeof *c);
-    if (!c) {
+    caller *w = calloc(1, sizeof *w);
+    if (!w) {
         ew_http_reply_error(res, 503, NULL, "out of memory");
         return;
     }
-    if (svc_authenticate(s, rq, res, c)) {
-        claims_free(c);
+    if (svc_authenticate(s, rq, res, &w->c)) {
+        caller_free(w);
         return;
     }
-    ew_http_set_data(rq, c, claims_free);
+    w->s = s;
+    ew_http_set_data(rq, w, caller_free);
 }
 
 /* The handler of a guarded route, with the caller the guard found. */
 static void guarded(const ew_http_request *rq, ew_http_response *res, void *ud)
 {
     guard *g = ud;
-    const svc_claims *c = ew_http_data(rq);
-    if (!c) { /* never: the guard answers every request it does not pass */
+    caller *w = ew_http_data(rq);
+    if (!w) { /* never: the guard answers every request it does not pass */
         ew_http_reply_error(res, 500, NULL, "internal error");
         return;
     }
+    w->route = g;
     g->fn(rq, res, g->ud);
 }
 
@@ -441,6 +472,17 @@ void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char 
     ew_error e = {0};
     if (ew_audit_append(s->audit, actor, action, subject, details, NULL, &e))
         svc_log(s, EW_LOG_ERROR, "audit: %s by %s not recorded: %s", action, actor, e.msg);
+}
+
+int svc_audit_in(svc *s, ew_txn *t, const char *actor, const char *action, const char *subject,
+                 const char *details, ew_error *err)
+{
+    char who[160];
+    if (!actor) {
+        snprintf(who, sizeof who, "service:%s", s->def->name);
+        actor = who;
+    }
+    return ew_audit_append_in(s->audit, t, actor, action, subject, details, NULL, err);
 }
 
 /* The token checker, the revocations still in force, and their handler. */

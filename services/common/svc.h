@@ -197,6 +197,16 @@ void svc_secret_hash(const char *secret, char out[SVC_SECRET_HASH_LEN + 1]);
  * failure is logged; the action it records has happened already. */
 void svc_audit(svc *s, const ew_http_request *rq, const char *actor, const char *action,
                const char *subject, const char *details);
+/* A request refused for who its caller is (a 403, or a 404 that hides another's resource):
+ * "http.refused" by the caller, on subject (a user's id; anything that is no UUID is left out),
+ * with the route and reason (a fixed text: no personal data). svc_allow_user and
+ * svc_require_admin call it when they refuse. Nothing on a public route. */
+void svc_audit_refusal(const ew_http_request *rq, const char *subject, const char *reason);
+/* The same in t, a transaction on the service's database (svc_begin, or ew_ctx_txn in a
+ * handler): the entry commits or rolls back with t (ew_audit_append_in). actor NULL means the
+ * service itself ("service:NAME"). A failure is returned, and leaves t only to roll back. */
+int svc_audit_in(svc *s, ew_txn *t, const char *actor, const char *action, const char *subject,
+                 const char *details, ew_error *err);
 
 /* ---- anywhere ------------------------------------------------------------------------------ */
 

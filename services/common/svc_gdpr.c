@@ -2,7 +2,8 @@
  * description of the tables it holds (svc_def.gdpr).
  *
  *  user.data_export_requested  user.data_collected with the user's data (svc_user_data)
- *  user.deletion_requested     the deletes and the service's hooks, in the inbox's transaction;
+ *  user.deletion_requested     the deletes and the service's hooks, the tombstone and the audit
+ *                              entry user.data_erased, in the inbox's transaction;
  *                              user.data_deleted with the number of rows deleted */
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,44 @@ static void names_release(names *l)
     memset(l, 0, sizeof *l);
 }
 
+/* The table a "DELETE FROM event_store.TABLE ..." statement deletes from, and *len its name's
+ * length; NULL for a statement of another form (svc_gdpr_tables refuses those at start). */
+static const char *table_of(const char *sql, size_t *len)
+{
+    static const char head[] = "DELETE FROM event_store.";
+    if (strncmp(sql, head, sizeof head - 1) != 0) return NULL;
+    const char *name = sql + sizeof head - 1;
+    size_t l = strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_");
+    if (l == 0 || (name[l] != ' ' && name[l] != '\0')) return NULL;
+    *len = l;
+    return name;
+}
+
+/* The erasure's audit entry (docs/audit.md): by ids and figures only, what each table lost. */
+static void erased_details(ew_buf *b, const svc_gdpr *g, const ew_event *ev,
+                           const ew_user_deletion_requested *d, const int64_t *counts,
+                           int64_t records, size_t files)
+{
+    const char *corr = ew_event_correlation_id(ev);
+    ew_buf_puts(b, "{\"request_id\":");
+    ew_json_write_string(b, d->request_id, strlen(d->request_id));
+    ew_buf_puts(b, ",\"correlation_id\":");
+    ew_json_write_string(b, corr, strlen(corr));
+    ew_buf_puts(b, ",\"event_id\":");
+    ew_json_write_string(b, ew_event_id(ev), strlen(ew_event_id(ev)));
+    ew_buf_printf(b, ",\"records\":%lld,\"tables\":{", (long long)records);
+    for (size_t i = 0; g->deletes[i]; i++) {
+        size_t l = 0;
+        const char *name = table_of(g->deletes[i], &l);
+        if (i) ew_buf_putc(b, ',');
+        ew_json_write_string(b, name ? name : "?", name ? l : 1);
+        ew_buf_printf(b, ":%lld", (long long)counts[i]);
+    }
+    ew_buf_putc(b, '}');
+    if (g->leftovers) ew_buf_printf(b, ",\"files\":%zu", files);
+    ew_buf_puts(b, ",\"tombstone\":true}");
+}
+
 static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     svc *s = ud;
@@ -160,10 +199,14 @@ static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ct
         rc = ew_txn_query(t, g->leftovers, p, 1, add_name, &left, &e);
         if (!rc && left.oom) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
     }
-    for (const char *const *sql = g->deletes; !rc && *sql; sql++) {
-        int64_t n = 0;
-        rc = ew_txn_exec(t, *sql, p, 1, &n, &e);
-        records += n;
+    size_t ndeletes = 0;
+    while (g->deletes[ndeletes])
+        ndeletes++;
+    int64_t *counts = calloc(ndeletes + 1, sizeof *counts);
+    if (!rc && !counts) rc = ew_error_set(&e, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < ndeletes; i++) {
+        rc = ew_txn_exec(t, g->deletes[i], p, 1, &counts[i], &e);
+        records += counts[i];
     }
     if (!rc && g->after_delete) rc = g->after_delete(s, def->ud, t, d->user_id, &e);
     /* The tombstone: the user's old events, replayed or retried, re-create nothing (svc.c). */
@@ -175,6 +218,17 @@ static ew_handler_result on_deletion_requested(const ew_event *ev, ew_handler_ct
                          "INSERT INTO event_store.svc_erased_users (user_id, erased_at) VALUES "
                          "($1, $2) ON CONFLICT (user_id) DO NOTHING",
                          tp, 2, NULL, &e);
+    /* Who erased what, in the same transaction: the entry is there exactly when the rows are
+     * gone (a retried delivery rolled back writes none). */
+    if (!rc) {
+        ew_buf det;
+        ew_buf_init(&det);
+        erased_details(&det, g, ev, d, counts, records, left.n);
+        rc = det.oom ? ew_error_set(&e, EW_ENOMEM, "out of memory")
+                     : svc_audit_in(s, t, NULL, "user.data_erased", d->user_id, det.data, &e);
+        ew_buf_release(&det);
+    }
+    free(counts);
     if (!rc && g->forget)
         for (size_t i = 0; i < left.n; i++)
             g->forget(s, def->ud, left.v[i]);
@@ -202,23 +256,20 @@ int svc_gdpr_tables(const svc_gdpr *g, char ***out, ew_error *err)
 {
     *out = NULL;
     if (!g || !g->deletes) return 0;
-    static const char head[] = "DELETE FROM event_store.";
     size_t n = 0;
     while (g->deletes[n])
         n++;
     char **t = calloc(n + 1, sizeof *t);
     if (!t) return ew_error_set(err, EW_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        const char *sql = g->deletes[i], *name = sql + sizeof head - 1;
-        size_t l = strncmp(sql, head, sizeof head - 1) == 0
-                       ? strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_")
-                       : 0;
-        if (l == 0 || (name[l] != ' ' && name[l] != '\0')) {
+        size_t l;
+        const char *name = table_of(g->deletes[i], &l);
+        if (!name) {
             svc_gdpr_tables_free(t);
             return ew_error_set(err, EW_EINVAL,
                                 "an erasure's statement must be DELETE FROM event_store.TABLE ...: "
                                 "%.80s",
-                                sql);
+                                g->deletes[i]);
         }
         if (!(t[i] = strndup(name, l))) {
             svc_gdpr_tables_free(t);

@@ -194,6 +194,7 @@ static void get_export(const ew_http_request *rq, ew_http_response *res, void *u
         return;
     }
     if (!r.found || !svc_caller_may(rq, r.v[C_USER])) { /* another's: as if there were none */
+        if (r.found) svc_audit_refusal(rq, r.v[C_USER], "another user's export");
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
         svc_row_free(&r);
         return;
@@ -280,6 +281,7 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
         return;
     }
     if (!r.found || !svc_caller_may(rq, r.v[C_USER])) { /* another's: as if there were none */
+        if (r.found) svc_audit_refusal(rq, r.v[C_USER], "another user's export");
         ew_http_reply_error(res, 404, "export_id", "no export %s", id);
     } else if (!strcmp(r.v[C_STATUS], "pending")) {
         ew_http_reply_error(res, 404, "export_id",
@@ -288,6 +290,7 @@ static void download(const ew_http_request *rq, ew_http_response *res, void *ud)
         ew_http_reply_error(res, 404, "export_id", "export %s failed: %s", id,
                             r.v[C_REASON] ? r.v[C_REASON] : "unknown reason");
     } else if (!key_matches(r.v[C_URL], ew_http_query(rq, "key"))) {
+        if (ew_http_query(rq, "key")) svc_audit_refusal(rq, r.v[C_USER], "wrong download key");
         ew_http_reply_error(res, 404, "key", "no export %s with this key", id);
     } else if (!r.v[C_FILE] || !r.v[C_EXPIRES] || strcmp(r.v[C_EXPIRES], now) <= 0) {
         ew_http_reply_error(res, 410, "export_id", "the download link of export %s expired at %s",

@@ -88,26 +88,10 @@ static ew_handler_result send_once(notif *n, ew_handler_ctx *ctx, const char *us
     return EW_HANDLER_OK;
 }
 
-/* The address and name notification-service keeps for a user; RETRY when it has none yet. */
-static ew_handler_result find_user(notif *n, ew_handler_ctx *ctx, const char *user_id, svc_row *u)
-{
-    ew_error e = {0};
-    const char *p[] = {user_id};
-    if (svc_query_row(ew_ctx_txn(ctx),
-                      "SELECT email, username FROM event_store.notification_users"
-                      " WHERE user_id = $1",
-                      p, 1, u, &e))
-        return svc_retry(n->s, ctx, "reading a user", &e);
-    if (!u->found) {
-        /* user.registered may simply not have been handled yet: its subscription runs apart */
-        ew_ctx_set_error(ctx, "no address known for user %s (user.registered not seen)", user_id);
-        return EW_HANDLER_RETRY;
-    }
-    return EW_HANDLER_OK;
-}
-
 static ew_handler_result send_welcome(notif *n, ew_handler_ctx *ctx, const char *user_id,
                                       const char *display_name, svc_row *u);
+static ew_handler_result send_pending_exports(notif *n, ew_handler_ctx *ctx, const char *user_id,
+                                              svc_row *u);
 
 /* ---- user.registered: keep the address ------------------------------------------------------- */
 
@@ -128,7 +112,7 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
                     " updated_at = excluded.updated_at",
                     p, 4, NULL, &e))
         return svc_retry(n->s, ctx, "recording a user", &e);
-    /* a welcome that arrived first (user.profile_created) is owed now */
+    /* a welcome (user.profile_created) and export links that arrived first are owed now */
     svc_row w;
     const char *q[] = {d->user_id};
     if (svc_query_row(ew_ctx_txn(ctx),
@@ -136,20 +120,19 @@ static ew_handler_result on_registered(const ew_event *ev, ew_handler_ctx *ctx, 
                       " WHERE user_id = $1",
                       q, 1, &w, &e))
         return svc_retry(n->s, ctx, "reading a pending welcome", &e);
-    if (!w.found) {
-        svc_row_free(&w);
-        return EW_HANDLER_OK;
-    }
     svc_row u = {.found = true, .n = 2, .v = {strdup(d->email), strdup(d->username)}};
     ew_handler_result r = EW_HANDLER_RETRY;
     if (!u.v[0] || !u.v[1])
         ew_ctx_set_error(ctx, "out of memory");
+    else if (!w.found)
+        r = EW_HANDLER_OK;
     else if (ew_txn_exec(ew_ctx_txn(ctx),
                          "DELETE FROM event_store.notification_pending_welcomes WHERE user_id = $1",
                          q, 1, NULL, &e))
         r = svc_retry(n->s, ctx, "taking a pending welcome", &e);
     else
         r = send_welcome(n, ctx, d->user_id, w.v[0], &u);
+    if (r == EW_HANDLER_OK) r = send_pending_exports(n, ctx, d->user_id, &u);
     svc_row_free(&u);
     svc_row_free(&w);
     return r;
@@ -303,43 +286,112 @@ static ew_handler_result on_verification(const ew_event *ev, ew_handler_ctx *ctx
 
 /* ---- user.data_export_completed: the download link ------------------------------------------- */
 
-static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+/* The mail of export export_id's link to user_id, whose address and name are in u, once. */
+static ew_handler_result send_export(notif *n, ew_handler_ctx *ctx, const char *user_id,
+                                     const char *export_id, const char *url, const char *expires_at,
+                                     svc_row *u)
 {
-    notif *n = ud;
-    const ew_user_data_export_completed *d = ew_user_data_export_completed_data(ev);
-    if (!d) return svc_not_mine(ctx, ev);
-    svc_row u;
-    ew_handler_result r = find_user(n, ctx, d->user_id, &u);
-    if (r != EW_HANDLER_OK) return r;
     char name[NAME_MAX_BYTES + 1], *body = NULL;
-    cut_utf8(u.v[1], name, NAME_MAX_BYTES);
+    cut_utf8(u->v[1], name, NAME_MAX_BYTES);
     if (asprintf(&body,
                  "Hello %s,\n\n"
                  "the copy of your data that you asked for is ready. Download it here:\n\n"
                  "    %s\n\n"
                  "The link works until %s.\n\n"
                  "-- \neventwire\n",
-                 name, d->download_url, d->expires_at) < 0) {
-        svc_row_free(&u);
+                 name, url, expires_at) < 0) {
         ew_ctx_set_error(ctx, "out of memory");
         return EW_HANDLER_RETRY;
     }
-    notif_mail m = {.to = u.v[0],
+    notif_mail m = {.to = u->v[0],
                     .subject = "Your data export is ready",
                     .body = body,
                     .template_name = "data_export_ready"};
     bool sent;
-    r = send_once(n, ctx, d->user_id, d->export_id, &m, &sent);
+    ew_handler_result r = send_once(n, ctx, user_id, export_id, &m, &sent);
     if (r == EW_HANDLER_OK && sent) {
-        ew_notification_email_sent s = {.user_id = d->user_id,
-                                        .email = u.v[0],
+        ew_notification_email_sent s = {.user_id = user_id,
+                                        .email = u->v[0],
                                         .template_name = "data_export_ready",
                                         .message_id = m.message_id};
-        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, d->user_id);
+        r = svc_ctx_emit_or_retry(n->s, ctx, EW_T_NOTIFICATION_EMAIL_SENT, &s, user_id);
     }
+    /* the link is a capability: do not leave it in freed memory */
+    sodium_memzero(body, strlen(body));
     free(body);
-    svc_row_free(&u);
     return r;
+}
+
+/* The export links kept for user_id until its address came (on_export_completed), mailed now
+ * and forgotten. */
+static ew_handler_result send_pending_exports(notif *n, ew_handler_ctx *ctx, const char *user_id,
+                                              svc_row *u)
+{
+    const char *q[] = {user_id};
+    for (;;) {
+        svc_row x;
+        ew_error e = {0};
+        if (svc_query_row(ew_ctx_txn(ctx),
+                          "SELECT export_id, download_url, expires_at"
+                          " FROM event_store.notification_pending_exports WHERE user_id = $1"
+                          " ORDER BY created_at, export_id LIMIT 1",
+                          q, 1, &x, &e))
+            return svc_retry(n->s, ctx, "reading a pending export link", &e);
+        if (!x.found) {
+            svc_row_free(&x);
+            return EW_HANDLER_OK;
+        }
+        const char *p[] = {x.v[0]};
+        ew_handler_result r;
+        if (ew_txn_exec(ew_ctx_txn(ctx),
+                        "DELETE FROM event_store.notification_pending_exports WHERE export_id = $1",
+                        p, 1, NULL, &e))
+            r = svc_retry(n->s, ctx, "taking a pending export link", &e);
+        else
+            r = send_export(n, ctx, user_id, x.v[0], x.v[1], x.v[2], u);
+        if (x.v[1]) sodium_memzero(x.v[1], strlen(x.v[1]));
+        svc_row_free(&x);
+        if (r != EW_HANDLER_OK) return r;
+    }
+}
+
+static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    notif *n = ud;
+    const ew_user_data_export_completed *d = ew_user_data_export_completed_data(ev);
+    if (!d) return svc_not_mine(ctx, ev);
+    svc_row u;
+    ew_error e = {0};
+    const char *p[] = {d->user_id};
+    if (svc_query_row(ew_ctx_txn(ctx),
+                      "SELECT email, username FROM event_store.notification_users"
+                      " WHERE user_id = $1",
+                      p, 1, &u, &e))
+        return svc_retry(n->s, ctx, "reading a user", &e);
+    if (u.found) {
+        ew_handler_result r =
+            send_export(n, ctx, d->user_id, d->export_id, d->download_url, d->expires_at, &u);
+        svc_row_free(&u);
+        return r;
+    }
+    svc_row_free(&u);
+    /* user.registered has not been handled yet (its subscription runs apart, and a consumer
+     * killed while holding it leaves it pending until it is reclaimed, REDIS_CLAIM_IDLE_MS):
+     * the link waits for the address rather than retrying after back-offs that may all end
+     * before then and dead-letter it. Links past their expiry are no use to anyone: dropped. */
+    char now[EW_TIME_LEN + 1];
+    svc_time(0, now);
+    const char *w[] = {d->export_id, d->user_id, d->download_url, d->expires_at, now};
+    if (ew_txn_exec(ew_ctx_txn(ctx),
+                    "DELETE FROM event_store.notification_pending_exports WHERE expires_at <= $1",
+                    w + 4, 1, NULL, &e) ||
+        ew_txn_exec(ew_ctx_txn(ctx),
+                    "INSERT INTO event_store.notification_pending_exports"
+                    " (export_id, user_id, download_url, expires_at, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (export_id) DO NOTHING",
+                    w, 5, NULL, &e))
+        return svc_retry(n->s, ctx, "keeping an export link for later", &e);
+    return EW_HANDLER_OK;
 }
 
 /* ---- GDPR: the runtime answers from this ---------------------------------------------------- */
@@ -370,6 +422,7 @@ const svc_gdpr notif_gdpr = {
             "DELETE FROM event_store.notification_messages WHERE user_id = $1",
             "DELETE FROM event_store.notification_users WHERE user_id = $1",
             "DELETE FROM event_store.notification_pending_welcomes WHERE user_id = $1",
+            "DELETE FROM event_store.notification_pending_exports WHERE user_id = $1",
             NULL,
         },
     .leftovers = "SELECT message_id FROM event_store.notification_messages WHERE user_id = $1",

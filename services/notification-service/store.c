@@ -26,5 +26,14 @@ const char *const notif_schema[] = {
     " user_id TEXT PRIMARY KEY,"
     " display_name TEXT,"
     " created_at TEXT NOT NULL)",
+    /* An export's link owed to a user whose address is not known yet (user.data_export_completed
+     * handled before user.registered); mailed and deleted when the address comes, deleted with
+     * the user's data, dropped once expired. */
+    "CREATE TABLE IF NOT EXISTS event_store.notification_pending_exports ("
+    " export_id TEXT PRIMARY KEY,"
+    " user_id TEXT NOT NULL,"
+    " download_url TEXT NOT NULL,"
+    " expires_at TEXT NOT NULL,"
+    " created_at TEXT NOT NULL)",
     NULL,
 };

@@ -475,6 +475,11 @@ failed:
         svc_reply_failure(u->s, res, "recording the consent", &e);
         return;
     }
+    /* who gave or withdrew which consent, and when: what GDPR art. 7(1) asks to show */
+    char details[METHOD_MAX + 48];
+    snprintf(details, sizeof details, "{\"purpose\":\"%s\",\"granted\":%s}", purpose,
+             granted ? "true" : "false");
+    svc_audit(u->s, rq, NULL, "user.consent_changed", id, details);
     ew_http_obj_begin(res, 200);
     ew_http_obj_str(res, "user_id", id);
     ew_http_obj_str(res, "purpose", purpose);

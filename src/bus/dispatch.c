@@ -469,6 +469,30 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
     }
 }
 
+/* a * b as 128 bits: one instruction where the compiler has 128-bit integers. */
+static inline void mul_64x64(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo)
+{
+#if defined(__SIZEOF_INT128__)
+    __extension__ unsigned __int128 p = (unsigned __int128)a * b;
+    *hi = (uint64_t)(p >> 64);
+    *lo = (uint64_t)p;
+#else
+    uint64_t al = a & 0xffffffffu, ah = a >> 32, bl = b & 0xffffffffu, bh = b >> 32;
+    uint64_t ll = al * bl, lh = al * bh, hl = ah * bl, hh = ah * bh;
+    uint64_t mid = (ll >> 32) + (lh & 0xffffffffu) + (hl & 0xffffffffu);
+    *lo = (mid << 32) | (ll & 0xffffffffu);
+    *hi = hh + (lh >> 32) + (hl >> 32) + (mid >> 32);
+#endif
+}
+
+/* (a * b) >> 32, for a count of time-stamp counter ticks times a 32.32 fixed-point rate. */
+static inline uint64_t mul_shr32(uint64_t a, uint64_t b)
+{
+    uint64_t hi, lo;
+    mul_64x64(a, b, &hi, &lo);
+    return hi << 32 | lo >> 32;
+}
+
 /* 64 random bits, never 0 (an id of zeros means "none"), from the worker's own generator
  * (wyrand, seeded from ew__rand64 when the worker is made): a span takes one draw, or three for
  * a new trace, and ew__rand64's thread-local lookup and fork check cost as much again as the draw.
@@ -476,9 +500,9 @@ static bool dead_letter(worker *w, const ew_handler_ctx *ctx, int attempts, int6
 static inline uint64_t span_rand(worker *w)
 {
     w->rng += 0xa0761d6478bd642fULL;
-    __extension__ unsigned __int128 t =
-        (unsigned __int128)w->rng * (w->rng ^ 0xe7037ed1a0b428dbULL);
-    uint64_t r = (uint64_t)(t >> 64) ^ (uint64_t)t;
+    uint64_t hi, lo;
+    mul_64x64(w->rng, w->rng ^ 0xe7037ed1a0b428dbULL, &hi, &lo);
+    uint64_t r = hi ^ lo;
     return r ? r : 1;
 }
 
@@ -605,7 +629,7 @@ static inline int64_t handler_clock(worker *w, uint64_t *tick)
 {
     uint64_t t = *tick = w->d->tsc ? tsc_read() : 0;
     if (t - w->tsc_ref < w->tsc_recal_ticks) /* never while not measured: tsc_recal_ticks 0 */
-        return w->tsc_mono_ref + (int64_t)((unsigned __int128)(t - w->tsc_ref) * w->tsc_mult >> 32);
+        return w->tsc_mono_ref + (int64_t)mul_shr32(t - w->tsc_ref, w->tsc_mult);
     return handler_clock_slow(w, t);
 }
 
@@ -615,7 +639,7 @@ static inline int64_t handler_elapsed(worker *w, int64_t t0, uint64_t tick0)
 {
     if (w->tsc_mult) {
         int64_t ticks = (int64_t)(tsc_read() - tick0);
-        return ticks > 0 ? (int64_t)((unsigned __int128)ticks * w->tsc_mult >> 32) : 0;
+        return ticks > 0 ? (int64_t)mul_shr32((uint64_t)ticks, w->tsc_mult) : 0;
     }
     int64_t dt = ew_mono_ns() - t0;
     return dt > 0 ? dt : 0;

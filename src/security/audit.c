@@ -15,6 +15,7 @@
 #include "eventwire/clock.h"
 #include "security/keyfile.h"
 #include "core/files.h"
+#include "store/handle.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 
@@ -37,8 +38,9 @@ struct ew_audit {
     char *service;
     unsigned char sk[crypto_sign_SECRETKEYBYTES];
     unsigned char pk[crypto_sign_PUBLICKEYBYTES];
-    pthread_mutex_t mu;
-    int64_t unsigned_from; /* entries after the last checkpoint, by this process: the first */
+    pthread_mutex_t mu;       /* one ew_audit_append or checkpoint at a time */
+    pthread_mutex_t state_mu; /* guards unsigned_from; never held while waiting for the store */
+    int64_t unsigned_from;    /* entries after the last checkpoint, by this process: the first */
 };
 
 /* ---- the hash and the signature ------------------------------------------------------------ */
@@ -184,19 +186,15 @@ static int sign_in(ew_audit *a, ew_txn *t, int64_t seq, const char *hash, ew_err
                        p, 6, NULL, err);
 }
 
-int ew_audit_append(ew_audit *a, const char *actor, const char *action, const char *subject,
-                    const char *details, int64_t *seq, ew_error *err)
+/* The entry, written in t: the head moves on (its row lock orders appends, across processes
+ * too), and every EW_AUDIT_CHECKPOINT_EVERY entries it is signed. *seq gets its number. */
+static int append_in(ew_audit *a, ew_txn *t, const char *actor, const char *action,
+                     const char *subject, const char *details, int64_t *seq, bool *signed_now,
+                     ew_error *err)
 {
-    if (!a || !actor || !*actor || !action || !*action)
-        return ew_error_set(err, EW_EINVAL, "an audit entry needs an actor and an action");
-    pthread_mutex_lock(&a->mu);
-    ew_txn *t;
-    int rc = ew_store_begin(a->db, &t, err);
-    if (rc) goto out;
-    /* the head's row lock orders appends, across processes too */
     head h = {0};
-    rc = ew_txn_exec(t, "UPDATE event_store.audit_head SET seq = seq + 1 WHERE id = 1", NULL, 0,
-                     NULL, err);
+    int rc = ew_txn_exec(t, "UPDATE event_store.audit_head SET seq = seq + 1 WHERE id = 1", NULL, 0,
+                         NULL, err);
     if (!rc)
         rc = ew_txn_query(t, "SELECT seq, hash FROM event_store.audit_head WHERE id = 1", NULL, 0,
                           read_head, &h, err);
@@ -221,25 +219,75 @@ int ew_audit_append(ew_audit *a, const char *actor, const char *action, const ch
         rc = ew_txn_exec(t, "UPDATE event_store.audit_head SET hash = $1 WHERE id = 1", p, 1, NULL,
                          err);
     }
-    bool signed_now = false;
+    *signed_now = false;
     if (!rc && h.seq % EW_AUDIT_CHECKPOINT_EVERY == 0) {
         rc = sign_in(a, t, h.seq, hash, err);
-        signed_now = true;
+        *signed_now = true;
     }
+    *seq = h.seq;
+    return rc;
+}
+
+/* After entry seq was written: whether the head needs signing when the chain closes. */
+static void note_unsigned(ew_audit *a, int64_t seq, bool signed_now)
+{
+    pthread_mutex_lock(&a->state_mu);
+    if (signed_now)
+        a->unsigned_from = 0;
+    else if (!a->unsigned_from)
+        a->unsigned_from = seq;
+    pthread_mutex_unlock(&a->state_mu);
+}
+
+static int entry_check(const ew_audit *a, const char *actor, const char *action, ew_error *err)
+{
+    if (!a || !actor || !*actor || !action || !*action)
+        return ew_error_set(err, EW_EINVAL, "an audit entry needs an actor and an action");
+    return 0;
+}
+
+int ew_audit_append(ew_audit *a, const char *actor, const char *action, const char *subject,
+                    const char *details, int64_t *seq, ew_error *err)
+{
+    int rc = entry_check(a, actor, action, err);
+    if (rc) return rc;
+    pthread_mutex_lock(&a->mu);
+    ew_txn *t;
+    int64_t n = 0;
+    bool signed_now = false;
+    if ((rc = ew_store_begin(a->db, &t, err))) goto out;
+    rc = append_in(a, t, actor, action, subject, details, &n, &signed_now, err);
     if (rc) {
         ew_txn_rollback(t);
         goto out;
     }
     if (!(rc = ew_txn_commit(t, err))) {
-        if (signed_now)
-            a->unsigned_from = 0;
-        else if (!a->unsigned_from)
-            a->unsigned_from = h.seq;
-        if (seq) *seq = h.seq;
+        note_unsigned(a, n, signed_now);
+        if (seq) *seq = n;
     }
 out:
     pthread_mutex_unlock(&a->mu);
     return rc;
+}
+
+int ew_audit_append_in(ew_audit *a, ew_txn *t, const char *actor, const char *action,
+                       const char *subject, const char *details, int64_t *seq, ew_error *err)
+{
+    int rc = entry_check(a, actor, action, err);
+    if (rc) return rc;
+    if (!t || t->s != a->db)
+        return ew_error_set(err, EW_EINVAL,
+                            "an audit entry in a transaction: one on the chain's own store");
+    /* Not a->mu: ew_audit_append takes it and then waits for the store, which t holds. t's
+     * hold on the store is what serialises this append with the others. */
+    int64_t n = 0;
+    bool signed_now = false;
+    rc = append_in(a, t, actor, action, subject, details, &n, &signed_now, err);
+    if (rc) return rc;
+    /* t may still be rolled back: then the chain's head is signed once more than needed */
+    note_unsigned(a, n, signed_now);
+    if (seq) *seq = n;
+    return 0;
 }
 
 int ew_audit_checkpoint(ew_audit *a, ew_error *err)
@@ -254,8 +302,11 @@ int ew_audit_checkpoint(ew_audit *a, ew_error *err)
     if (!rc && h.seq > 0) rc = sign_in(a, t, h.seq, h.hash, err);
     if (rc)
         ew_txn_rollback(t);
-    else if (!(rc = ew_txn_commit(t, err)))
+    else if (!(rc = ew_txn_commit(t, err))) {
+        pthread_mutex_lock(&a->state_mu);
         a->unsigned_from = 0;
+        pthread_mutex_unlock(&a->state_mu);
+    }
     pthread_mutex_unlock(&a->mu);
     return rc;
 }
@@ -274,6 +325,7 @@ int ew_audit_open(ew_audit **out, ew_store *db, const char *service, const char 
     }
     a->db = db;
     pthread_mutex_init(&a->mu, NULL);
+    pthread_mutex_init(&a->state_mu, NULL);
     int rc = load_or_make_key(a, key_file, err);
     ew_txn *t = NULL;
     if (!rc) rc = ew_store_begin(db, &t, err);
@@ -287,6 +339,7 @@ int ew_audit_open(ew_audit **out, ew_store *db, const char *service, const char 
     }
     if (rc) {
         sodium_memzero(a->sk, sizeof a->sk);
+        pthread_mutex_destroy(&a->state_mu);
         pthread_mutex_destroy(&a->mu);
         free(a->service);
         free(a);
@@ -301,6 +354,7 @@ void ew_audit_close(ew_audit *a)
     if (!a) return;
     if (a->unsigned_from) ew_audit_checkpoint(a, NULL);
     sodium_memzero(a->sk, sizeof a->sk);
+    pthread_mutex_destroy(&a->state_mu);
     pthread_mutex_destroy(&a->mu);
     free(a->service);
     free(a);

@@ -43,14 +43,18 @@ static int begin(ew__datakeys *d, ew_error *err)
     return exec(d, "BEGIN IMMEDIATE", "begin", err);
 }
 
-static int commit(ew__datakeys *d, ew_error *err)
-{
-    return exec(d, "COMMIT", "commit", err);
-}
-
 static void rollback(ew__datakeys *d)
 {
     sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* A COMMIT that fails may leave the transaction open, holding the file's write lock against
+ * every other connection (SQLITE_BUSY leaves it so by design): it is rolled back. */
+static int commit(ew__datakeys *d, ew_error *err)
+{
+    int rc = exec(d, "COMMIT", "commit", err);
+    if (rc && !sqlite3_get_autocommit(d->db)) rollback(d);
+    return rc;
 }
 
 static int fingerprint(ew__datakeys *d, char out[65], int lock, ew_error *err)

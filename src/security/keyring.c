@@ -475,8 +475,11 @@ static int create_keys(ew__keyring *k, const char *subject, const wanted *batch,
     rc = insert_key(k, subject, err);
     for (const wanted *w = batch; !rc && w; w = w->next)
         if (strcmp(w->subject, subject) != 0) rc = insert_key(k, w->subject, err);
-    if (rc) goto fail;
-    return k->ops->commit(k->dk, err);
+    /* a COMMIT that fails (SQLITE_BUSY while a reader holds the file past the busy timeout, an
+     * I/O error, no memory) may leave the transaction open, and with it the key store's write
+     * lock, for every other connection, for good: it is rolled back like any failure */
+    if (!rc) rc = k->ops->commit(k->dk, err);
+    if (!rc) return 0;
 fail:
     k->ops->rollback(k->dk);
     return rc;

@@ -112,9 +112,13 @@ int ew__keys_begin(ew_keys *k, ew_error *err)
     return exec(k, "BEGIN IMMEDIATE", "begin", err);
 }
 
+/* A COMMIT that fails may leave the transaction open, holding the file's write lock against
+ * every other connection (SQLITE_BUSY leaves it so by design): it is rolled back. */
 int ew__keys_commit(ew_keys *k, ew_error *err)
 {
-    return exec(k, "COMMIT", "commit", err);
+    int rc = exec(k, "COMMIT", "commit", err);
+    if (rc && !sqlite3_get_autocommit(k->db)) ew__keys_rollback(k);
+    return rc;
 }
 
 void ew__keys_rollback(ew_keys *k)

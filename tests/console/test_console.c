@@ -580,6 +580,15 @@ static void test_console_decrypts_only_when_asked(void **state)
         http_result_free(&r);
         console_stop(&c);
     }
+    /* the console that decrypted is in the operator's chain, once */
+    char *out;
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    static const char decrypted[] = "\"action\":\"events.decrypted\",\"subject\":null,"
+                                    "\"details\":{\"console\":true}";
+    const char *at = strstr(out, decrypted);
+    if (!at) fail_msg("no %s in\n%s", decrypted, out);
+    assert_null(strstr(at + sizeof decrypted - 1, "events.decrypted"));
+    free(out);
     ew_event_unref(ev[0]);
     ew_event_unref(ev[1]);
     env_close(&e);

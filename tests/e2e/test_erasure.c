@@ -443,6 +443,34 @@ static void nothing_anywhere(const char *backend, const char *ns, const char *co
     print_message("%s: %d files searched, nothing of the user found\n", when, g_files);
 }
 
+/* The service's chain holds its user.data_erased of the user, by ids and counts: the row that
+ * named the user among what went, the request's id, the tombstone. */
+static void erasure_recorded(const char *service, const char *user, const char *request)
+{
+    static const struct {
+        const char *service, *table;
+    } main_rows[] = {
+        {"auth-service", "\"auth_users\":1"},
+        {"user-service", "\"user_profiles\":1"},
+        {"notification-service", "\"notification_users\":1"},
+        {"analytics-service", "\"analytics_users\":1"},
+        {"export-service", "\"export_requests\":1"},
+    };
+    char args[256], actor[96], req[96];
+    snprintf(args, sizeof args, "audit list --service %s --subject %s", service, user);
+    char *chain = await_ewctl(args, "\"action\":\"user.data_erased\"");
+    snprintf(actor, sizeof actor, "\"actor\":\"service:%s\",\"action\":\"user.data_erased\"",
+             service);
+    snprintf(req, sizeof req, "\"request_id\":\"%s\"", request);
+    if (!strstr(chain, actor)) fail_msg("%s: no erasure by the service: %s", service, chain);
+    if (!strstr(chain, req)) fail_msg("%s: not the request %s: %s", service, request, chain);
+    for (size_t i = 0; i < sizeof main_rows / sizeof main_rows[0]; i++)
+        if (strcmp(main_rows[i].service, service) == 0 && !strstr(chain, main_rows[i].table))
+            fail_msg("%s: %s not in %s", service, main_rows[i].table, chain);
+    if (!strstr(chain, "\"tombstone\":true")) fail_msg("%s: no tombstone in %s", service, chain);
+    free(chain);
+}
+
 /* ---- the case -------------------------------------------------------------------------------- */
 
 /* KEY_STORE_URL of the case when its key store is on PostgreSQL (the case's database), or NULL. */
@@ -554,6 +582,9 @@ static void erasure_on(const char *backend)
         strstr(chain, "\"actor\":\"service:auth-service\",\"action\":\"key.shredded\""));
     assert_non_null(strstr(chain, "\"saga\":\"UserDeletion\""));
     free(chain);
+    /* each service recorded its own erasure in its own chain, in the transaction that deleted */
+    for (int i = 0; i < NSERVICES; i++)
+        erasure_recorded(services[i], user, request);
     if (g_pg_keys) { /* destroyed, and gone from the server's files */
         unsigned char now[72];
         assert_false(pg_wrapped_key(user, now));
@@ -598,6 +629,11 @@ static void erasure_on(const char *backend)
     if (ew_test_ewctl("audit verify", NULL, &out2, &err2) != 0)
         fail_msg("ewctl audit verify: %s %s", out2, err2);
     assert_null(strstr(out2, "\"ok\":false"));
+    for (int i = 0; i < NSERVICES; i++) { /* each service's chain was read and holds */
+        char line[96];
+        snprintf(line, sizeof line, "{\"service\":\"%s\",\"ok\":true,", services[i]);
+        if (!strstr(out2, line)) fail_msg("ewctl audit verify: no %s in %s", line, out2);
+    }
     free(out2);
     free(err2);
     sys_remove(&s);

@@ -299,6 +299,14 @@ static inline void fuzz_services_close(fuzz_services *f)
     curl_global_cleanup();
 }
 
+/* The bus authentication the services run: FUZZ_EVENT_AUTH (mac, ed25519, off), mac by
+ * default as deployed. */
+static inline const char *fuzz_services_auth_mode(void)
+{
+    const char *m = getenv("FUZZ_EVENT_AUTH");
+    return m && *m ? m : "mac";
+}
+
 /* Aborts unless each "NAME=value" of settings names a setting the library or some service reads:
  * svc_open() ignores the names a service does not read, so a misspelt one would go unnoticed. */
 static inline void fuzz_services_check_names(const char *const *settings)
@@ -339,8 +347,9 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     snprintf(keys, sizeof keys, "AUTH_KEY_DIR=%s/keys", f->dir);
     snprintf(mail, sizeof mail, "MAIL_DIR=%s/mail", f->dir);
     snprintf(exports, sizeof exports, "EXPORT_DIR=%s/exports", f->dir);
-    /* EVENT_AUTH as deployed (mac): each service makes its bus key at its first start; the
-     * events an input brings are signed and checked as peers' (fuzz_services_deliver) */
+    /* EVENT_AUTH as deployed (mac), or the mode FUZZ_EVENT_AUTH names (ed25519, off): each
+     * service makes its bus key at its first start; the events an input brings are signed and
+     * checked as peers' (fuzz_services_deliver) */
     const char *settings[64] = {"EVENT_BUS_TYPE=memory",
                                 db,
                                 store,
@@ -360,6 +369,10 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     size_t n = 0;
     while (settings[n])
         n++;
+    char mode[64];
+    const char *want = fuzz_services_auth_mode();
+    snprintf(mode, sizeof mode, "EVENT_AUTH=%s", want);
+    settings[n++] = mode;
     for (size_t i = 0; extra && extra[i] && n + 1 < sizeof settings / sizeof settings[0]; i++)
         settings[n++] = extra[i];
     ew_error e = {0};
@@ -373,10 +386,19 @@ static inline void fuzz_services_open(fuzz_services *f, const char *const *extra
     for (int i = 0; i < FZ_NSERVICES; i++)
         if (svc_open(&f->svc[i], &f->def[i], settings, &e)) fuzz_services_fail(f->def[i].name, &e);
     for (int i = 0; i < FZ_NSERVICES; i++) {
-        if (!strcmp(ew_config_get(svc_config(f->svc[i]), "EVENT_AUTH"), "off")) break;
+        /* the mode asked for is the one the services run (a misspelt mode fails svc_open) */
+        if (strcmp(ew_config_get(svc_config(f->svc[i]), "EVENT_AUTH"), want)) abort();
+        if (!strcmp(want, "off")) break;
         ew_evauth_options ao = {
             .config = svc_config(f->svc[i]), .service = f->def[i].name, .existing_key_only = true};
         if (ew_evauth_open(&f->peer[i], &ao, &e)) fuzz_services_fail("a peer's key", &e);
+        /* and the key each service signs with is of that mode's algorithm */
+        ew_key_alg alg = !strcmp(want, "ed25519") ? EW_KEY_ED25519 : EW_KEY_MAC;
+        if (ew_evauth_alg(f->peer[i]) != alg) {
+            fprintf(stderr, "fuzz_services: %s signs with the wrong algorithm for EVENT_AUTH=%s\n",
+                    f->def[i].name, want);
+            abort();
+        }
     }
 
     fuzz_services_register(f, "fuzzuser", f->user_id);

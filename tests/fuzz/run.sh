@@ -3,24 +3,26 @@
 # New inputs go to WORK_DIR/NAME/corpus (the committed seeds in FUZZ_DIR/corpus/NAME are read,
 # never written); a crash, leak, UB report, timeout or memory blow-up is written to
 # WORK_DIR/NAME/artifacts/ and fails the run. FUZZ_DIR/NAME.dict is used when there is one.
-# Each run appends "NAME SECONDS EXECS" to WORK_DIR/seconds.log.
+# Each run appends "NAME SECONDS EXECS" to WORK_DIR/seconds.log (NAME.MODE with FUZZ_EVENT_AUTH).
 set -eu
 exe=$1 name=$2 src=$3 work=$4
 seconds=${FUZZ_SECONDS:-300}
 mkdir -p "$work/$name/corpus" "$work/$name/artifacts"
 dict=
 if [ -f "$src/$name.dict" ]; then dict="-dict=$src/$name.dict"; fi
-log="$work/$name/last.log"
+# a harness run in another mode (FUZZ_EVENT_AUTH: fuzz_service, fuzz_socket) is counted apart
+label=$name${FUZZ_EVENT_AUTH:+.$FUZZ_EVENT_AUTH}
+log="$work/$name/last${FUZZ_EVENT_AUTH:+.$FUZZ_EVENT_AUTH}.log"
 status=0
 # -timeout: one input taking 10 s is a finding; -malloc_limit_mb: so is one malloc over 256 MiB.
 "$exe" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 \
     -print_final_stats=1 -artifact_prefix="$work/$name/artifacts/" $dict \
     "$work/$name/corpus" "$src/corpus/$name" >"$log" 2>&1 || status=$?
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-echo "$name $seconds ${execs:-0}" >>"$work/seconds.log"
+echo "$label $seconds ${execs:-0}" >>"$work/seconds.log"
 if [ "$status" -ne 0 ]; then
     tail -n 60 "$log"
-    echo "fuzz $name: FAILED (exit $status); the input is in $work/$name/artifacts/" >&2
+    echo "fuzz $label: FAILED (exit $status); the input is in $work/$name/artifacts/" >&2
     exit "$status"
 fi
-echo "fuzz $name: ${seconds}s, ${execs:-?} inputs, no finding"
+echo "fuzz $label: ${seconds}s, ${execs:-?} inputs, no finding"

@@ -1,8 +1,10 @@
 /* Tests of the audit chain (eventwire/audit.h) on SQLite and PostgreSQL: entries chain and
  * checkpoints sign; verification names the first entry after an edit, a deletion, an insertion,
  * a swap, a cut-off tail, and a checkpoint signed by another key; the key file is made private
- * and a key file open to others is refused; `ewctl audit` lists, verifies and prints heads.
+ * and a key file open to others is refused; an entry appended in a transaction commits and
+ * rolls back with it; `ewctl audit` lists, verifies and prints heads.
  * ew-fixture: postgres */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -172,6 +174,70 @@ static void every_tampering_is_named(env *e)
 }
 BOTH(every_tampering_is_named)
 
+/* An ew_audit_append waiting for the store while another thread's transaction holds it. */
+typedef struct waiter {
+    ew_audit *a;
+    int rc;
+} waiter;
+
+static void *append_one(void *ud)
+{
+    waiter *w = ud;
+    ew_error err = {0};
+    w->rc = ew_audit_append(w->a, "operator", "dlq.retried", "d-1", NULL, NULL, &err);
+    return NULL;
+}
+
+/* ew_audit_append_in: the entry commits and rolls back with the caller's transaction, the
+ * chain holds either way, and it does not wait for an ew_audit_append that waits for it. */
+static void entries_in_a_transaction_go_with_it(env *e)
+{
+    keydir k;
+    keydir_make(&k);
+    ew_audit *a = open_chain(e, &k);
+    append_n(a, 3);
+    ew_txn *t;
+    ew_error err = {0};
+    int64_t seq = 0;
+    /* rolled back: no entry, and the next one takes its number */
+    assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
+    assert_int_equal(ew_audit_append_in(a, t, "service:user-service", "user.data_erased", "u-1",
+                                        "{\"records\":2}", &seq, &err),
+                     0);
+    assert_int_equal(seq, 4);
+    ew_txn_rollback(t);
+    ew_audit_report r = verify(e, NULL);
+    assert_int_equal(r.first_bad, 0);
+    assert_int_equal(r.entries, 3);
+    /* committed, with an ew_audit_append of another thread waiting for the store meanwhile */
+    assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
+    waiter w = {a, -1};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, append_one, &w), 0);
+    usleep(100 * 1000); /* it holds the chain's mutex and waits for the store, which t holds */
+    assert_int_equal(ew_audit_append_in(a, t, "service:user-service", "user.data_erased", "u-1",
+                                        "{\"records\":2}", &seq, &err),
+                     0);
+    assert_int_equal(seq, 4);
+    assert_int_equal(ew_txn_commit(t, &err), 0);
+    pthread_join(th, NULL);
+    assert_int_equal(w.rc, 0);
+    r = verify(e, NULL);
+    assert_int_equal(r.first_bad, 0);
+    assert_int_equal(r.entries, 5);
+    /* an entry without an actor is refused; the chain stays whole */
+    assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
+    assert_int_equal(ew_audit_append_in(a, t, "", "user.data_erased", "u-1", NULL, NULL, &err),
+                     EW_EINVAL);
+    ew_txn_rollback(t);
+    ew_audit_close(a); /* signs the head: 5 */
+    r = verify(e, NULL);
+    assert_int_equal(r.first_bad, 0);
+    assert_int_equal(r.checkpoints, 1);
+    ew_test_rmtree(k.dir);
+}
+BOTH(entries_in_a_transaction_go_with_it)
+
 static void a_key_file_open_to_others_is_refused(env *e)
 {
     keydir k;
@@ -237,6 +303,7 @@ static void test_ewctl_audit(void **state)
 static const struct CMUnitTest tests[] = {
     CASES(chain_holds_and_checkpoints_sign),
     CASES(every_tampering_is_named),
+    CASES(entries_in_a_transaction_go_with_it),
     CASES(a_key_file_open_to_others_is_refused),
     cmocka_unit_test_setup_teardown(test_ewctl_audit, setup_sqlite, teardown),
 };

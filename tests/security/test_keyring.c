@@ -392,6 +392,43 @@ static void test_a_batch_makes_its_new_keys_in_one_commit(void **state)
     ew__keyring_free(k);
 }
 
+/* A commit of new keys that fails ends its transaction: the key store is not left locked for
+ * every other connection. Here the COMMIT gets SQLITE_BUSY because another connection reads the
+ * store for longer than the busy timeout (10 s); a leak hunt of the service fuzz harness met the
+ * same with one injected SQLite allocation failure, after which every service's writes to the key
+ * store answered "database is locked" for good. */
+static void test_a_failed_commit_leaves_the_key_store_unlocked(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char a[EW_UUID_LEN + 1], b[EW_UUID_LEN + 1], path[160];
+    ew_uuid7(a);
+    ew_uuid7(b);
+    ew_event *ev = registered(a, "ada@example.com", "ada");
+    free(sealed_json(k, ev)); /* the store and a first key */
+    ew_event_unref(ev);
+    snprintf(path, sizeof path, "%s/keys/keys.db", f->dir);
+    sqlite3 *r;
+    assert_int_equal(sqlite3_open_v2(path, &r, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(r, "BEGIN; SELECT count(*) FROM subject_keys", NULL, NULL, NULL),
+                     SQLITE_OK);
+    ev = registered(b, "bob@example.com", "bob");
+    ew_event *s = NULL;
+    ew_error err = {0};
+    assert_int_not_equal(ew__keyring_seal(k, ev, &s, &err), 0); /* its key could not commit */
+    assert_non_null(strstr(err.msg, "locked"));
+    assert_int_equal(sqlite3_exec(r, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    /* nobody holds the store now: another connection writes at once */
+    char *msg = NULL;
+    int rc = sqlite3_exec(r, "BEGIN IMMEDIATE; COMMIT", NULL, NULL, &msg);
+    if (rc != SQLITE_OK) fail_msg("the key store is still locked: %s", msg ? msg : "?");
+    sqlite3_close(r);
+    /* and the keyring makes the key at its next try */
+    free(sealed_json(k, ev));
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
 static void test_a_missing_key_file_is_refused_when_keys_exist(void **state)
 {
     fx *f = *state;
@@ -1188,6 +1225,7 @@ static const struct CMUnitTest tests[] = {
     STORES(test_new_keys_from_many_threads_at_once),
     STORES(test_a_batch_makes_its_new_keys_in_one_commit),
     CASE(test_the_wire_carries_ciphertext),
+    CASE(test_a_failed_commit_leaves_the_key_store_unlocked),
     CASE(test_object_and_absent_fields_seal_and_open_while_coded),
     CASE(test_an_old_version_is_opened_as_upcast),
     CASE(test_the_received_form_is_made_once_for_all_threads),

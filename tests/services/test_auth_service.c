@@ -555,8 +555,9 @@ static void test_password_reset(void **state)
     assert_string_equal(ti->email, "barbara@example.com");
     char body[256];
     snprintf(body, sizeof body, "{\"token\":\"%s\",\"password\":\"new password 1\"}", ti->token);
-    char request_id[EW_UUID_LEN + 1], weak[256];
+    char request_id[EW_UUID_LEN + 1], weak[256], first_token[128];
     snprintf(request_id, sizeof request_id, "%s", ti->request_id);
+    snprintf(first_token, sizeof first_token, "%s", ti->token);
     snprintf(weak, sizeof weak, "{\"token\":\"%s\",\"password\":\"1234\"}", ti->token);
     ew_event_unref(req);
     ew_event_unref(iss);
@@ -588,6 +589,36 @@ static void test_password_reset(void **state)
     usleep(2200000);
     expect(e, "POST", "/auth/password-reset/confirm", body, 400, "token", "expired");
     assert_int_equal(count_events(e, "password.reset_completed", NULL, NULL), 1);
+    /* the chain: two requests (not the unknown address's), one reset, the used token and the
+     * expired one shown again -- by the user's id, never the address or a token */
+    char url[400], want[3][220];
+    snprintf(url, sizeof url, "sqlite:%s/{SERVICE_NAME}.db", e->dir);
+    setenv("SERVICE_DB_URL", url, 1);
+    char *out;
+    assert_int_equal(ew_test_ewctl("audit list --service auth-service", NULL, &out, NULL), 0);
+    snprintf(want[0], sizeof want[0],
+             "\"actor\":\"anonymous\",\"action\":\"auth.password_reset_requested\","
+             "\"subject\":\"%s\",\"details\":{\"request_id\":\"%s\"}",
+             user_id, request_id);
+    snprintf(want[1], sizeof want[1], "\"action\":\"auth.password_reset\",\"subject\":\"%s\"",
+             user_id);
+    snprintf(want[2], sizeof want[2],
+             "\"action\":\"auth.password_reset_refused\",\"subject\":\"%s\","
+             "\"details\":{\"request_id\":\"%s\",\"reason\":\"used\"}",
+             user_id, request_id);
+    for (int i = 0; i < 3; i++)
+        if (!strstr(out, want[i])) fail_msg("no %s in\n%s", want[i], out);
+    assert_non_null(strstr(out, "\"reason\":\"expired\"}"));
+    const char *at = out;
+    int requests = 0;
+    while ((at = strstr(at, "\"action\":\"auth.password_reset_requested\"")))
+        requests++, at++;
+    assert_int_equal(requests, 2);
+    assert_null(strstr(out, "\"action\":\"auth.password_reset_requested\",\"subject\":null"));
+    assert_null(strstr(out, "example.com"));
+    assert_null(strstr(out, first_token));
+    free(out);
+    unsetenv("SERVICE_DB_URL");
     down(e);
 }
 

@@ -461,6 +461,28 @@ static void test_every_route_with_every_kind_of_caller(void **state)
     snprintf(kp, sizeof kp, "%s/keys/auth-token.pub", w->e->dir);
     assert_int_equal(stat(kp, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
+    /* each service recorded the other user's refused calls on the owner's data, by ids and the
+     * route; the export's hidden 404s too; and every chain holds */
+    for (int i = 0; i < NSVC; i++) {
+        char args[200], want[300], *out;
+        snprintf(args, sizeof args, "audit list --service %s --subject %s", names[i], w->owner);
+        if (ew_test_ewctl(args, NULL, &out, NULL)) fail_msg("ewctl %s", args);
+        snprintf(want, sizeof want,
+                 "\"actor\":\"user:%s\",\"action\":\"http.refused\",\"subject\":\"%s\","
+                 "\"details\":{\"route\":\"",
+                 w->other, w->owner);
+        if (!strstr(out, want)) fail_msg("%s: no %s in\n%s", names[i], want, out);
+        if (i == EXPORT && (!strstr(out, "\"route\":\"GET /exports/{export_id}/download\","
+                                         "\"reason\":\"another user's export\"}") ||
+                            !strstr(out, "\"route\":\"GET /exports/{export_id}\",")))
+            fail_msg("export-service: the hidden exports are not recorded:\n%s", out);
+        assert_null(strstr(out, "example.com"));
+        free(out);
+    }
+    char *verified;
+    if (ew_test_ewctl("audit verify", NULL, &verified, NULL)) fail_msg("ewctl audit verify");
+    assert_null(strstr(verified, "\"ok\":false"));
+    free(verified);
     demolish(w);
 }
 

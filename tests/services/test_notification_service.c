@@ -257,6 +257,56 @@ static void test_export_link_is_mailed(void **state)
     down(e);
 }
 
+/* user.data_export_completed handled before user.registered (a notification-service killed
+ * while holding user.registered leaves it pending until it is reclaimed, REDIS_CLAIM_IDLE_MS:
+ * the 10-minute soak on redis dead-lettered the export's mail so): the link waits for the
+ * address, past every back-off, and is mailed when it comes. */
+static void test_export_before_registration_waits_for_the_address(void **state)
+{
+    env *e = start(NULL);
+    char user_id[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
+    ew_uuid7(user_id);
+    ew_uuid7(export_id);
+    char url[200];
+    snprintf(url, sizeof url, "http://127.0.0.1:8005/exports/%s/download?c=secret", export_id);
+    static const char *const svcs[] = {"auth-service", "export-service"};
+    ew_user_data_export_completed c = {.export_id = export_id,
+                                       .user_id = user_id,
+                                       .download_url = url,
+                                       .expires_at = "2030-01-02T00:00:00Z",
+                                       .services = {svcs, 2}};
+    publish(e, EW_T_USER_DATA_EXPORT_COMPLETED, &c, user_id, NULL);
+    /* five attempts 20 to 100 ms apart would all have ended within a second */
+    usleep(1000000);
+    ew_dlq_filter flt = {.event_name = "user.data_export_completed", .status = -1};
+    assert_int_equal(dead_letters(e, &flt).n, 0);
+    assert_int_equal(db_count(e,
+                              "SELECT count(*) FROM event_store.notification_pending_exports"
+                              " WHERE user_id = $1",
+                              user_id),
+                     1);
+    assert_int_equal(count_events(e, "notification.email_sent", user_id, NULL), 0);
+    registered(e, user_id, "edsger", "edsger@example.com");
+    ew_event *ev = wait_event(e, "notification.email_sent", user_id, 1);
+    const ew_notification_email_sent *s = ew_notification_email_sent_data(ev);
+    assert_string_equal(s->template_name, "data_export_ready");
+    assert_string_equal(s->email, "edsger@example.com");
+    char *text = mail_file(e, s->message_id);
+    assert_non_null(strstr(text, url));
+    free(text);
+    ew_event_unref(ev);
+    /* mailed once, and the link is no longer kept */
+    assert_int_equal(db_count(e,
+                              "SELECT count(*) FROM event_store.notification_pending_exports"
+                              " WHERE user_id = $1",
+                              user_id),
+                     0);
+    assert_int_equal(dead_letters(e, &flt).n, 0);
+    usleep(200000);
+    assert_int_equal(count_events(e, "notification.email_sent", user_id, NULL), 1);
+    down(e);
+}
+
 /* A port nothing listens on. */
 static int closed_port(void)
 {
@@ -789,6 +839,24 @@ static void test_on_postgresql(void **state)
     assert_int_equal(ew_user_data_deleted_data(ev)->records, 2);
     ew_event_unref(ev);
     expect(e, "GET", path, NULL, 404, "user_id", NULL);
+    /* an export's link before the address waits for it (notification_pending_exports) */
+    char late[EW_UUID_LEN + 1], export_id[EW_UUID_LEN + 1];
+    ew_uuid7(late);
+    ew_uuid7(export_id);
+    static const char *const svcs[] = {"auth-service"};
+    ew_user_data_export_completed c = {.export_id = export_id,
+                                       .user_id = late,
+                                       .download_url = "http://127.0.0.1:8005/exports/x/download",
+                                       .expires_at = "2030-01-02T00:00:00Z",
+                                       .services = {svcs, 1}};
+    publish(e, EW_T_USER_DATA_EXPORT_COMPLETED, &c, late, NULL);
+    usleep(1000000);
+    registered(e, late, "pglate", "pglate@example.com");
+    ev = wait_event(e, "notification.email_sent", late, 1);
+    assert_string_equal(ew_notification_email_sent_data(ev)->template_name, "data_export_ready");
+    ew_event_unref(ev);
+    ew_dlq_filter flt = {.event_name = "user.data_export_completed", .status = -1};
+    assert_int_equal(dead_letters(e, &flt).n, 0);
     down(e);
     ew_test_pg_drop(url);
 }
@@ -798,6 +866,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_teardown(test_profile_before_registration_waits_for_the_address, reap),
     cmocka_unit_test_teardown(test_password_reset_email_holds_the_token, reap),
     cmocka_unit_test_teardown(test_export_link_is_mailed, reap),
+    cmocka_unit_test_teardown(test_export_before_registration_waits_for_the_address, reap),
     cmocka_unit_test_teardown(test_smtp_failure_publishes_email_failed_and_dead_letters, reap),
     cmocka_unit_test_teardown(test_smtp_delivery, reap),
     cmocka_unit_test_teardown(test_smtp_starttls_and_auth, reap_smtp),

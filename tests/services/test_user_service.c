@@ -301,6 +301,19 @@ static void test_consent_is_published(void **state)
     expect(e, "PUT", opath, "{\"purpose\":\"analytics\",\"granted\":true}", 404, "(null)",
            "no profile");
     assert_int_equal(count_events(e, "user.consent_changed", NULL, NULL), 1);
+    /* the consent withdrawn is in user-service's chain, by the user's id; the refused ones not */
+    char url[400], want[200], *out;
+    snprintf(url, sizeof url, "sqlite:%s/{SERVICE_NAME}.db", e->dir);
+    setenv("SERVICE_DB_URL", url, 1);
+    assert_int_equal(ew_test_ewctl("audit list --service user-service", NULL, &out, NULL), 0);
+    snprintf(want, sizeof want,
+             "\"action\":\"user.consent_changed\",\"subject\":\"%s\","
+             "\"details\":{\"purpose\":\"analytics\",\"granted\":false}",
+             user_id);
+    if (!strstr(out, want)) fail_msg("no %s in\n%s", want, out);
+    assert_null(strstr(strstr(out, want) + strlen(want), "user.consent_changed"));
+    free(out);
+    unsetenv("SERVICE_DB_URL");
     down(e);
 }
 

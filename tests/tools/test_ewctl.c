@@ -448,6 +448,13 @@ static void test_dlq_and_store_commands(void **state)
     assert_non_null(strstr(errout, "purged 0 events in "));
     free(out);
     free(errout);
+    /* the purge is the operator's second entry, with its count */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    entry = strstr(out, "\"seq\":2,");
+    assert_non_null(entry);
+    assert_non_null(strstr(entry, "\"actor\":\"operator\",\"action\":\"store.purged\","
+                                  "\"subject\":null,\"details\":{\"purged\":0}"));
+    free(out);
     setenv("EVENT_STORE_URL", "oracle://x", 1);
     assert_int_equal(ew_test_ewctl("dlq list", NULL, &out, &errout), 1);
     assert_non_null(strstr(errout, "cannot open the event store"));
@@ -616,6 +623,11 @@ static void test_dlq_retry_and_store_replay_through_the_bus(void **state)
     usleep(200000);
     assert_int_equal(atomic_load(&late), 1);
     assert_int_equal(atomic_load(&f.handled), 1);
+    /* the replay is in the operator's chain: to which group, from where, what, how many */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    assert_non_null(strstr(out, "\"action\":\"store.replayed\",\"subject\":\"late-projection\","
+                                "\"details\":{\"from\":1,\"pattern\":\"user.#\",\"replayed\":1}"));
+    free(out);
     assert_int_equal(ew_test_ewctl("store replay 'user.#' --to-group x", NULL, &out, &errout), 2);
     assert_non_null(strstr(errout, "--from"));
     free(out);
@@ -666,6 +678,16 @@ static void test_tail_brief_prints_one_line_per_event(void **state)
     assert_non_null(strstr(out, corr));
     assert_null(strchr(out, '{'));
     assert_int_equal((int)(strchr(out, '\n') - out) + 1, (int)strlen(out)); /* one line */
+    free(out);
+    /* publishing as auth-service is in the operator's chain, by the event's id and type */
+    assert_int_equal(ew_test_ewctl("audit list --service ewctl", NULL, &out, NULL), 0);
+    char want[200];
+    snprintf(want, sizeof want,
+             "\"action\":\"bus.published_as\",\"subject\":\"service:auth-service\","
+             "\"details\":{\"event_id\":\"%s\",\"type\":\"user.logged_out\"}",
+             id);
+    if (!strstr(out, want)) fail_msg("no %s in\n%s", want, out);
+    assert_null(strstr(out, "subj-1"));
     free(out);
     free(id);
     unsetenv("EVENT_STORE_URL");

@@ -116,6 +116,17 @@ static void test_tail_prints_ciphertext_unless_decrypt(void **state)
     assert_non_null(strstr(msg, "is missing"));
     assert_null(strstr(msg, "grace@example.com"));
     free(msg);
+    /* the one tail that decrypted is in the operator's chain: what, never what it read */
+    assert_int_equal(ewctl("audit list --service ewctl", &out, &err), 0);
+    static const char decrypted[] =
+        "\"actor\":\"operator\",\"action\":\"events.decrypted\",\"subject\":null,"
+        "\"details\":{\"pattern\":\"user.registered\"}";
+    const char *e1 = strstr(out, decrypted);
+    assert_non_null(e1);
+    assert_null(strstr(e1 + sizeof decrypted - 1, "events.decrypted"));
+    assert_null(strstr(out, "grace"));
+    free(out);
+    free(err);
 }
 
 static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
@@ -154,7 +165,8 @@ static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
     assert_int_equal(st, 0);
     assert_non_null(strstr(clear, "\"email\":\"grace@example.com\""));
     free(clear);
-    /* the operator's audit chain has the rotation, with figures only, and holds */
+    /* the operator's audit chain has the rotation, with figures only, then the tail that
+     * decrypted, and holds */
     if (ewctl("audit list --service ewctl", &out, &err) != 0) fail_msg("audit list: %s", err);
     assert_non_null(strstr(out, "\"actor\":\"operator\",\"action\":\"keys.kek_rotated\""));
     assert_non_null(strstr(out, "\"details\":{\"rewrapped\":1,\"erased\":0}"));
@@ -164,7 +176,7 @@ static void test_keys_rotate_rewraps_and_keeps_events_readable(void **state)
     free(err);
     if (ewctl("audit verify --service ewctl --key var/keys/ewctl.audit.key.pub", &out, &err) != 0)
         fail_msg("audit verify: %s", err);
-    assert_non_null(strstr(out, "\"service\":\"ewctl\",\"ok\":true,\"entries\":1"));
+    assert_non_null(strstr(out, "\"service\":\"ewctl\",\"ok\":true,\"entries\":2"));
     free(out);
     free(err);
     assert_int_equal(stat("var/keys/ewctl.audit.key", &after), 0);

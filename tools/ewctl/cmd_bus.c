@@ -9,8 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 #include "bus/backend.h"
+#include "core/json.h"
 #include "ewctl.h"
 #include "security/keyring.h"
+#include "eventwire/audit.h"
 #include "eventwire/bus.h"
 #include "eventwire/clock.h"
 #include "eventwire/config.h"
@@ -27,10 +29,11 @@ static const char publish_usage[] =
     "id once the backend has it. --data @FILE reads the data from a file, - from standard input.\n"
     "The event is authenticated (EVENT_AUTH, docs/bus-auth.md) as ewctl itself, which the\n"
     "default policy lets publish nothing sensitive, or with --as SERVICE as that service, with\n"
-    "its key file (EVENT_KEY_DIR/SERVICE.bus.key), which must exist; the source is that identity\n"
-    "(another --source is refused by the policy check). A publish the policy does not allow\n"
-    "fails (EW_EPERM) and nothing is sent. With EVENT_AUTH=off --source defaults to\n"
-    "SERVICE_NAME, or \"ewctl\" when that is unset.\n";
+    "its key file (EVENT_KEY_DIR/SERVICE.bus.key), which must exist, recorded first in the\n"
+    "operator's audit chain in the event store (ewctl audit list --service ewctl). The source\n"
+    "is that identity (another --source is refused by the policy check). A publish the policy\n"
+    "does not allow fails (EW_EPERM) and nothing is sent. With EVENT_AUTH=off --source\n"
+    "defaults to SERVICE_NAME, or \"ewctl\" when that is unset.\n";
 
 static const char tail_usage[] =
     "usage: ewctl tail [PATTERN] [--group G] [--from-beginning] [--count N] [--brief]\n"
@@ -45,7 +48,8 @@ static const char tail_usage[] =
     "one short line per event instead: time, type, source, subject and correlation id.\n"
     "Personal and secret fields are printed as the wire carries them, encrypted\n"
     "(\"ewenc1.SUBJECT.…\"); --decrypt prints them in clear, with the key-encryption key\n"
-    "(EVENT_ENCRYPTION_KEY_FILE), and fails when that cannot be read.\n"
+    "(EVENT_ENCRYPTION_KEY_FILE), and fails when that cannot be read; it is recorded first in\n"
+    "the operator's audit chain in the event store (ewctl audit list --service ewctl).\n"
     "An event it cannot take (undecodable, too large, invalid) gets one line on stderr: its id\n"
     "and type when known, the reason, where it came from and where it went.\n";
 
@@ -124,17 +128,44 @@ int ewctl_publish(int argc, char **argv)
     int rc = ew_event_from_json(&ev, type, data, len, &a, &err);
     free(owned);
     if (rc) return ewctl_fail(1, "%s: %s", ew_err_name(rc), err.msg);
+    /* Publishing as a service, with its key, is recorded in the operator's chain (by the event's
+     * id and type: its data may be personal) before the event leaves; a publish that cannot be
+     * recorded is not made. */
+    ew_store *st = NULL;
+    ew_audit *oplog = NULL;
+    if (as && (ewctl_open_store(&st) || ewctl_oplog_open(st, &oplog))) {
+        ew_store_close(st);
+        ew_event_unref(ev);
+        return 1;
+    }
     ewctl_bus b;
     if ((rc = ewctl_bus_open(&b, NULL, as, NULL, true))) {
+        ew_audit_close(oplog);
+        ew_store_close(st);
         ew_event_unref(ev);
         return rc;
     }
-    rc = ew_bus_publish(b.bus, ev, &err);
-    if (rc == 0) printf("%s\n", ew_event_id(ev));
+    if (oplog) {
+        char subject[160], details[200];
+        snprintf(subject, sizeof subject, "service:%s", as);
+        snprintf(details, sizeof details, "{\"event_id\":\"%s\",\"type\":\"%s\"}", ew_event_id(ev),
+                 ew_event_type(ev));
+        if ((rc = ew_audit_append(oplog, "operator", "bus.published_as", subject, details, NULL,
+                                  &err)))
+            ewctl_fail(1, "not published: the audit chain cannot record it: %s", err.msg);
+    }
+    if (!rc) {
+        rc = ew_bus_publish(b.bus, ev, &err);
+        if (rc == 0)
+            printf("%s\n", ew_event_id(ev));
+        else
+            ewctl_fail(1, "publish failed: %s: %s", ew_err_name(rc), err.msg);
+    }
     ew_event_unref(ev);
     ewctl_bus_close(&b);
-    if (rc) return ewctl_fail(1, "publish failed: %s: %s", ew_err_name(rc), err.msg);
-    return 0;
+    ew_audit_close(oplog);
+    ew_store_close(st);
+    return rc ? 1 : 0;
 }
 
 typedef struct tail {
@@ -301,13 +332,35 @@ int ewctl_tail(int argc, char **argv)
         ew_memdlq_free(mem);
         return ewctl_fail(1, "--decrypt: %s", err.msg);
     }
+    /* Personal data read in clear is recorded in the operator's chain first: what was read,
+     * from where; a tail that cannot be recorded decrypts nothing. */
+    ew_store *ost = NULL;
+    ew_audit *oplog = NULL;
+    int rc = 0;
+    if (decrypt && keys) {
+        ew_buf d;
+        ew_buf_init(&d);
+        ew_buf_puts(&d, "{\"pattern\":");
+        ew_json_write_string(&d, pattern, strlen(pattern));
+        if (!own) ewctl_put_str(&d, "group", group);
+        ew_buf_putc(&d, '}');
+        rc = ewctl_open_store(&ost) || ewctl_oplog_open(ost, &oplog);
+        if (!rc && (rc = d.oom ? ew_error_set(&err, EW_ENOMEM, "out of memory")
+                               : ew_audit_append(oplog, "operator", "events.decrypted", NULL,
+                                                 d.data, NULL, &err)))
+            ewctl_fail(1, "--decrypt: the audit chain cannot record it: %s", err.msg);
+        ew_buf_release(&d);
+    }
     ew_subscribe_opts so = {
         .group = group, .name = "tail", .from_beginning = from_beginning, .ephemeral = own};
-    if (ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) || ew_bus_start(bus, &err)) {
+    if (rc || ew_bus_subscribe(bus, pattern, print_event, &t, &so, &err) ||
+        ew_bus_start(bus, &err)) {
         ewctl_bus_close(&b);
+        ew_audit_close(oplog);
+        ew_store_close(ost);
         ew_store_close(dlq.st);
         ew_memdlq_free(mem);
-        return ewctl_fail(1, "%s", err.msg);
+        return rc ? 1 : ewctl_fail(1, "%s", err.msg);
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
@@ -325,6 +378,8 @@ int ewctl_tail(int argc, char **argv)
     }
     pthread_mutex_unlock(&t.mu);
     ewctl_bus_close(&b);
+    ew_audit_close(oplog);
+    ew_store_close(ost);
     ew_store_close(dlq.st);
     ew_memdlq_free(mem);
     return 0;

@@ -39,7 +39,8 @@ static const char console_usage[] =
     "(var/log). Every API call needs the operator token: CONSOLE_TOKEN, or a random one printed\n"
     "at start. The page, its script and style are in the binary: no network is needed. Stops on\n"
     "Ctrl-C. Personal fields show as encrypted; --decrypt shows the live events and timelines\n"
-    "in clear, opened with the key-encryption key (EVENT_ENCRYPTION_KEY_FILE), which it needs.\n";
+    "in clear, opened with the key-encryption key (EVENT_ENCRYPTION_KEY_FILE), which it needs,\n"
+    "and is recorded first in the operator's audit chain.\n";
 
 /* How far back the timeline looks in the log, in events. */
 #define TIMELINE_WINDOW 200000
@@ -613,6 +614,11 @@ int ewctl_console(int argc, char **argv)
     } else if ((ew__bus_keyring(c.bus) && ew__keyring_load(ew__bus_keyring(c.bus), &err)) ||
                (ew__store_keyring(c.st) && ew__keyring_load(ew__store_keyring(c.st), &err))) {
         ewctl_fail(1, "--decrypt: %s", err.msg);
+        goto fail_bus;
+    } else if (ew_audit_append(c.oplog, "operator", "events.decrypted", NULL, "{\"console\":true}",
+                               NULL, &err)) {
+        /* personal data in clear for as long as it runs: recorded first, or not shown */
+        ewctl_fail(1, "--decrypt: the audit chain cannot record it: %s", err.msg);
         goto fail_bus;
     }
     int rc;

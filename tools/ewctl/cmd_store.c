@@ -408,8 +408,14 @@ static int store_replay(int argc, char **argv)
     if (ewctl_open_store(&st)) return 1;
     ew_error err = {0};
     replay r = {.group = group, .err = &err};
+    ew_audit *oplog;
+    if (ewctl_oplog_open(st, &oplog)) {
+        ew_store_close(st);
+        return 1;
+    }
     ewctl_bus b;
     if (open_bus(&b, &r.bus)) {
+        ew_audit_close(oplog);
         ew_store_close(st);
         return 1;
     }
@@ -428,16 +434,28 @@ static int store_replay(int argc, char **argv)
     ewctl_progress_end(&r.progress);
     if (!rc && r.rc) rc = r.rc;
     ewctl_bus_close(&b);
+    /* what was handed to the group, by position, pattern and count: also a replay that stopped */
+    ew_buf d;
+    ew_buf_init(&d);
+    ew_buf_printf(&d, "{\"from\":%lld", (long long)from);
+    ewctl_put_str(&d, "pattern", pattern);
+    ew_buf_printf(&d, ",\"replayed\":%zu}", r.replayed);
+    int unrecorded = d.oom ? ewctl_fail(1, "out of memory")
+                           : ewctl_oplog(oplog, "store.replayed", group, d.data);
+    ew_buf_release(&d);
+    ew_audit_close(oplog);
     ew_store_close(st);
     if (rc) return ewctl_fail(1, "replay stopped after %zu events: %s", r.replayed, err.msg);
     printf("{\"replayed\":%zu,\"group\":\"%s\"}\n", r.replayed, group);
-    return 0;
+    return unrecorded;
 }
 
 /* The purge in batches, with progress; the time is fixed at the start, so it ends even while
  * events keep expiring. */
 static int store_purge(ew_store *st, ew_error *err)
 {
+    ew_audit *oplog;
+    if (ewctl_oplog_open(st, &oplog)) return ew_error_set(err, EW_ECONFIG, "nothing purged");
     const int64_t now = ew_now_us();
     const size_t batch = 1000;
     ewctl_progress p;
@@ -451,6 +469,12 @@ static int store_purge(ew_store *st, ew_error *err)
     }
     ewctl_progress_end(&p);
     if (!rc) printf("{\"purged\":%llu}\n", (unsigned long long)p.done);
+    /* how many events went, also when a batch failed after others */
+    char details[64];
+    snprintf(details, sizeof details, "{\"purged\":%llu}", (unsigned long long)p.done);
+    if (ewctl_oplog(oplog, "store.purged", NULL, details) && !rc)
+        rc = ew_error_set(err, EW_EIO, "the purge is not in the operator's audit chain");
+    ew_audit_close(oplog);
     return rc;
 }
 
