@@ -24,7 +24,6 @@ typedef enum { EW__DK_NONE, EW__DK_LIVE, EW__DK_ERASED } ew__dk_state;
 typedef int (*ew__dk_fn)(void *ud, const char *subject, const unsigned char *wrapped, size_t len);
 
 typedef struct ew__datakeys_ops {
-    int version; /* 1; the table only grows at its end */
     /* A write transaction: another process's begin waits until it commits or rolls back (SQLite's
      * BEGIN IMMEDIATE; on PostgreSQL, the lock on the kek row that fingerprint(lock) takes). */
     int (*begin)(ew__datakeys *d, ew_error *err);

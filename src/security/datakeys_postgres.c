@@ -226,7 +226,6 @@ static void close_dk(ew__datakeys *d)
 }
 
 static const ew__datakeys_ops postgres_ops = {
-    .version = 1,
     .begin = begin,
     .commit = commit,
     .rollback = rollback,

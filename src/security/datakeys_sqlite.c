@@ -210,7 +210,6 @@ static void close_dk(ew__datakeys *d)
 }
 
 static const ew__datakeys_ops sqlite_ops = {
-    .version = 1,
     .begin = begin,
     .commit = commit,
     .rollback = rollback,
