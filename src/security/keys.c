@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include "core/files.h"
 #include "eventwire/clock.h"
+#include "store/migrations.h" /* ew_migration: number, name, SQL */
 #include "security/datakeys.h"
 #include "security/keys_impl.h"
 #include "security/keys_postgres.h"
@@ -21,11 +22,7 @@
 
 /* The key store's migrations, applied in order at open; a number is never reused or changed, and
  * new ones go at the end. */
-static const struct {
-    int number;
-    const char *name;
-    const char *sql;
-} migrations[] = {
+static const ew_migration migrations[] = {
     {1, "001_keys",
      "CREATE TABLE keys ("
      " kid TEXT PRIMARY KEY,"

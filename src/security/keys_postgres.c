@@ -11,17 +11,14 @@
 #include "core/buf.h"
 #include "core/text.h"
 #include "eventwire/clock.h"
+#include "store/migrations.h" /* ew_migration: number, name, SQL */
 
 /* Taken by the migration runner of every process: one applies, the others then find it done. */
 #define MIGRATION_LOCK "8231632784560172090"
 
 /* The key store's migrations on PostgreSQL: the numbers and names of keys.c's, the same tables
  * and columns (bytea for blobs, bigint for times). A number is never reused or changed. */
-static const struct {
-    int number;
-    const char *name;
-    const char *sql;
-} migrations[] = {
+static const ew_migration migrations[] = {
     {1, "001_keys",
      "CREATE TABLE key_store.keys ("
      " kid text PRIMARY KEY,"
