@@ -174,6 +174,17 @@ static ew_handler_result send_welcome(notif *n, ew_handler_ctx *ctx, const char 
     return r;
 }
 
+/* The user's address and name, as user.registered left them (u->found is 0 until it has been
+ * handled). */
+static int read_user(ew_handler_ctx *ctx, const char *user_id, svc_row *u, ew_error *e)
+{
+    const char *p[] = {user_id};
+    return svc_query_row(ew_ctx_txn(ctx),
+                         "SELECT email, username FROM event_store.notification_users"
+                         " WHERE user_id = $1",
+                         p, 1, u, e);
+}
+
 static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
 {
     notif *n = ud;
@@ -181,12 +192,7 @@ static ew_handler_result on_profile_created(const ew_event *ev, ew_handler_ctx *
     if (!d) return svc_not_mine(ctx, ev);
     svc_row u;
     ew_error e = {0};
-    const char *p[] = {d->user_id};
-    if (svc_query_row(ew_ctx_txn(ctx),
-                      "SELECT email, username FROM event_store.notification_users"
-                      " WHERE user_id = $1",
-                      p, 1, &u, &e))
-        return svc_retry(n->s, ctx, "reading a user", &e);
+    if (read_user(ctx, d->user_id, &u, &e)) return svc_retry(n->s, ctx, "reading a user", &e);
     if (!u.found) {
         /* user.registered has not been handled yet (its subscription runs apart): the welcome
          * waits for it rather than retrying after a back-off */
@@ -362,12 +368,7 @@ static ew_handler_result on_export_completed(const ew_event *ev, ew_handler_ctx 
     if (!d) return svc_not_mine(ctx, ev);
     svc_row u;
     ew_error e = {0};
-    const char *p[] = {d->user_id};
-    if (svc_query_row(ew_ctx_txn(ctx),
-                      "SELECT email, username FROM event_store.notification_users"
-                      " WHERE user_id = $1",
-                      p, 1, &u, &e))
-        return svc_retry(n->s, ctx, "reading a user", &e);
+    if (read_user(ctx, d->user_id, &u, &e)) return svc_retry(n->s, ctx, "reading a user", &e);
     if (u.found) {
         ew_handler_result r =
             send_export(n, ctx, d->user_id, d->export_id, d->download_url, d->expires_at, &u);
