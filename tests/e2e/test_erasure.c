@@ -145,7 +145,8 @@ static http_result call_as(sys *s, const char *token, const char *svc, const cha
                            const char *path, const char *body)
 {
     char url[512], auth[SVC_TOKEN_MAX + 32];
-    snprintf(url, sizeof url, "%s%s", s->url[url_index(svc)], path);
+    if (snprintf(url, sizeof url, "%s%s", s->url[url_index(svc)], path) >= (int)sizeof url)
+        fail_msg("url too long: %s", path);
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
     const char *const hdrs[] = {auth, "Content-Type: application/json", NULL};
     http_req rq = {.method = method, .body = body, .headers = hdrs};
