@@ -4,16 +4,20 @@
  *
  * A destroyed key must leave the files: PostgreSQL keeps the row version that held it until a
  * vacuum, and a plain vacuum does not overwrite the space it frees, so shred rewrites the table
- * (VACUUM FULL: the old file is truncated and unlinked, the new one never held the key). */
+ * (VACUUM FULL: the old file is truncated and unlinked, the new one never held the key), again
+ * until the rewrite had no dead version left to copy (rewrite_until_clean). */
 #include <libpq-fe.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "eventwire/clock.h"
 #include "security/datakeys.h"
 
-#define WRAPPED_MAX 128 /* bytes; a wrapped key is 72 */
+#define WRAPPED_MAX 128    /* bytes; a wrapped key is 72 */
+#define SHRED_WAIT_MS 5000 /* how long a shred waits for older snapshots to end */
+#define RESHRED_S "600"    /* a shred again within this many seconds rewrites again */
 
 struct ew__datakeys {
     ew__keys_pg *pg; /* the key store's: borrowed */
@@ -123,6 +127,26 @@ static int insert(ew__datakeys *d, const char *subject, const unsigned char *w, 
                 3, params, NULL, "storing a data key", err);
 }
 
+/* Rewrites subject_keys until no dead row version is left in it, waiting for the snapshots
+ * older than the shred that can still see one (a session's open transaction on this database,
+ * a backend still connecting on any): VACUUM FULL copies such versions into the new file. */
+static int rewrite_until_clean(ew__datakeys *d, ew_error *err)
+{
+    int64_t deadline = ew_mono_ns() + (int64_t)SHRED_WAIT_MS * 1000000;
+    for (long pause_us = 20000;; pause_us = pause_us < 500000 ? 2 * pause_us : pause_us) {
+        long left = 0;
+        int rc = ew__keys_pg_vacuum_full(d->pg, "key_store.subject_keys", &left, err);
+        if (rc || left == 0) return rc;
+        if (ew_mono_ns() + pause_us * 1000 > deadline)
+            return ew_error_set(err, EW_EAGAIN,
+                                "key store: the destroyed key is still in %ld dead row "
+                                "version(s) that a transaction older than the shred can see; "
+                                "shred again once it ends",
+                                left);
+        nanosleep(&(struct timespec){pause_us / 1000000, pause_us % 1000000 * 1000}, NULL);
+    }
+}
+
 static int shred(ew__datakeys *d, const char *subject, ew_error *err)
 {
     char now[32];
@@ -134,20 +158,32 @@ static int shred(ew__datakeys *d, const char *subject, ew_error *err)
     int rc = exec(d,
                   "INSERT INTO key_store.subject_keys (subject, wrapped, created_at, erased_at) "
                   "VALUES ($1, NULL, $2::bigint, $2::bigint) ON CONFLICT (subject) DO NOTHING",
-                  2, params, NULL, "destroying a data key", err);
-    if (!rc)
-        rc = exec(d,
-                  "UPDATE key_store.subject_keys SET wrapped = NULL, erased_at = $2::bigint "
-                  "WHERE subject = $1 AND wrapped IS NOT NULL",
                   2, params, &r, "destroying a data key", err);
     if (rc) return rc;
-    /* Only a row that held a key until now has a dead version to remove: a second shred, or a
-     * tombstone made new, rewrites nothing. */
+    /* A tombstone made now: the subject never had a key, nothing to remove. */
+    bool made = strcmp(PQcmdTuples(r), "1") == 0;
+    PQclear(r);
+    if (made) return 0;
+    rc = exec(d,
+              "UPDATE key_store.subject_keys SET wrapped = NULL, erased_at = $2::bigint "
+              "WHERE subject = $1 AND wrapped IS NOT NULL",
+              2, params, &r, "destroying a data key", err);
+    if (rc) return rc;
+    /* A dead version to remove: the key destroyed now, or in the last RESHRED_S seconds by a
+     * shred that returned EW_EAGAIN (or whose rewrite an older snapshot may have outwaited) and
+     * is tried again. A shred long done rewrites nothing. */
     bool held = strcmp(PQcmdTuples(r), "1") == 0;
     PQclear(r);
-    return held ? exec(d, "VACUUM FULL key_store.subject_keys", 0, NULL, NULL,
-                       "removing the destroyed key from the files", err)
-                : 0;
+    if (!held) {
+        rc = exec(d,
+                  "SELECT 1 FROM key_store.subject_keys WHERE subject = $1 AND "
+                  "erased_at >= $2::bigint - " RESHRED_S,
+                  2, params, &r, "destroying a data key", err);
+        if (rc) return rc;
+        held = PQntuples(r) > 0;
+        PQclear(r);
+    }
+    return held ? rewrite_until_clean(d, err) : 0;
 }
 
 /* fn for each row of sql (subject, wrapped in hex or NULL). */

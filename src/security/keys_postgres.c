@@ -226,6 +226,32 @@ int ew__keys_pg_exec(ew__keys_pg *p, const char *sql, int n, const char *const *
     return rc ? rc : run(p, sql, n, params, out, what, err);
 }
 
+/* The server's INFO of a VACUUM (FULL, VERBOSE), read for its count of dead row versions that
+ * could not be removed yet (cluster.c's copy_table_data: "%.0f dead row versions cannot be
+ * removed yet."). In English only: a server with lc_messages in another language gives 0. */
+static void vacuum_notice(void *ud, const PGresult *r)
+{
+    const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+    long n;
+    if (detail && sscanf(detail, "%ld dead row versions cannot be removed yet", &n) == 1)
+        *(long *)ud += n;
+}
+
+int ew__keys_pg_vacuum_full(ew__keys_pg *p, const char *table, long *recently_dead, ew_error *err)
+{
+    int rc = ready(p, err);
+    if (rc) return rc;
+    char sql[256];
+    snprintf(sql, sizeof sql, "VACUUM (FULL, VERBOSE) %s", table);
+    long n = 0;
+    /* libpq's default receiver, put back after, takes no argument of its own */
+    PQnoticeReceiver old = PQsetNoticeReceiver(p->conn, vacuum_notice, &n);
+    rc = run(p, sql, 0, NULL, NULL, "rewriting a table of the key store", err);
+    PQsetNoticeReceiver(p->conn, old, NULL);
+    *recently_dead = n;
+    return rc;
+}
+
 /* ---- keys ----------------------------------------------------------------------------------- */
 
 static int insert(ew__keys_pg *p, const ew_key *key, ew_error *err)

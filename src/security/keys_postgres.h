@@ -46,4 +46,10 @@ int ew__keys_pg_list(ew__keys_pg *p, const char *owner, ew_key **keys, size_t *n
 int ew__keys_pg_exec(ew__keys_pg *p, const char *sql, int n, const char *const *params,
                      struct pg_result **out, const char *what, ew_error *err);
 
+/* VACUUM (FULL, VERBOSE) of table (a trusted name) on the connection: a new file for the table,
+ * the old one emptied. *recently_dead gets the number of dead row versions it had to copy into
+ * the new file because a snapshot older than their deletion can still see them (the server's
+ * "N dead row versions cannot be removed yet"). */
+int ew__keys_pg_vacuum_full(ew__keys_pg *p, const char *table, long *recently_dead, ew_error *err);
+
 #endif

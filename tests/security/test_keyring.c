@@ -8,6 +8,7 @@
  * the key-encryption key still a file), where a shred must also leave the server's files.
  * ew-fixture: postgres */
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <sqlite3.h>
@@ -1016,6 +1017,53 @@ static void test_a_shred_leaves_no_trace_in_postgresql_files(void **state)
     ew__keyring_free(k);
 }
 
+/* A session in a transaction older than the shred can still see the row version that held the
+ * key, and VACUUM FULL copies such a version into its new file: the shred rewrites again until
+ * none is left, and when the older transaction outlasts its wait it says so (EW_EAGAIN) and
+ * leaves the tombstone; shredding again once that transaction ended leaves no trace. */
+static void test_a_shred_outwaits_an_older_snapshot_in_postgresql_files(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = keyring(f);
+    char gone[EW_UUID_LEN + 1];
+    ew_uuid7(gone);
+    ew_event *a = registered(gone, "gone@example.com", "gone");
+    char *ja = sealed_json(k, a);
+    char *hex = pg_value(f,
+                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                         "subject = $1",
+                         gone);
+    assert_non_null(hex);
+    unsigned char wrapped[72];
+    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
+    for (size_t i = 0; i < sizeof wrapped; i++)
+        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
+    free(hex);
+    /* the older transaction: a snapshot taken before the shred, and held */
+    PGconn *old = PQconnectdb(f->pg_url);
+    assert_int_equal(PQstatus(old), CONNECTION_OK);
+    PGresult *r = PQexec(old, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    ew_error err = {0};
+    assert_int_equal(ew__keyring_shred(k, gone, &err), EW_EAGAIN);
+    assert_non_null(strstr(err.msg, "older than the shred"));
+    /* the situation the case names: the rewrite kept the key for the older snapshot */
+    assert_true(pg_files_holding(f, wrapped, sizeof wrapped) >= 1);
+    ew_event *back;
+    assert_int_equal(open_json(k, ja, &back, &err), 0);
+    assert_true(ew_event_erased(back)); /* the key is destroyed all the same */
+    ew_event_unref(back);
+    r = PQexec(old, "COMMIT");
+    PQclear(r);
+    PQfinish(old);
+    assert_int_equal(ew__keyring_shred(k, gone, &err), 0);
+    assert_int_equal(pg_files_holding(f, wrapped, sizeof wrapped), 0);
+    free(ja);
+    ew_event_unref(a);
+    ew__keyring_free(k);
+}
+
 /* Ends the sessions of the key store's connections, as a server restart or an idle timeout
  * does. */
 static void end_key_store_sessions(const fx *f)
@@ -1239,6 +1287,7 @@ static const struct CMUnitTest tests[] = {
     CASE(test_memory_bus_handlers_get_plaintext),
     CASE(test_encryption_off_refuses_what_it_cannot_read),
     PG(test_a_shred_leaves_no_trace_in_postgresql_files),
+    PG(test_a_shred_outwaits_an_older_snapshot_in_postgresql_files),
     PG(test_the_postgresql_key_store_reconnects),
     PG(test_postgresql_takes_the_data_keys_kept_in_sqlite_before),
     CASE(test_the_cache_keeps_the_subjects_it_has_room_for),
