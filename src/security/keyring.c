@@ -197,12 +197,13 @@ size_t ew__keyring_store_reads(ew__keyring *k)
 
 /* ---- the key store ------------------------------------------------------------------------ */
 
-/* The key store (eventwire/keys.h) and its data-key tables (migration 002_subject_keys). */
+/* The key store (eventwire/keys.h) and its data-key tables (migration 002_subject_keys). The
+ * store opened by an earlier try whose data-key tables failed to open is kept, not opened again
+ * (and lost). */
 static int store_open(ew__keyring *k, ew_error *err)
 {
-    int rc = ew_keys_open(&k->store, &(ew_keys_options){.url = k->store_url}, err);
-    if (rc) return rc;
-    return ew__datakeys_open(k->store, &k->ops, &k->dk, err);
+    int rc = k->store ? 0 : ew_keys_open(&k->store, &(ew_keys_options){.url = k->store_url}, err);
+    return rc ? rc : ew__datakeys_open(k->store, &k->ops, &k->dk, err);
 }
 
 /* Inserts one row of the old store into the new one (import_legacy's walks). */
