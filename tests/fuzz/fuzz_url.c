@@ -30,8 +30,10 @@ static size_t count_of(const char *hay, const char *needle)
 }
 
 /* Is pass written as it is, once, where a password goes: in the user info (up to the last '@'
- * before the first '/', the widest any of the parsers reads) or after "password="? A password
- * the parser decoded from %-escapes is not, and its decoded form may match other text. */
+ * before the first '/', the widest any of the parsers reads) right after a ':' and up to an '@',
+ * or after "password="? A password the parser decoded from %-escapes is not, and its decoded
+ * form may match other text: "%40" is the password "@" that a user name "h>%40@"
+ * holds as text (corpus/url/decoded-password-in-the-user-name). */
 static int written_once_as_password(const char *url, const char *pass)
 {
     const char *at = strstr(url, pass), *p = strstr(url, "://");
@@ -41,7 +43,8 @@ static int written_once_as_password(const char *url, const char *pass)
         const char *last = NULL;
         for (const char *q = p; q < p + strcspn(p, "/"); q++)
             if (*q == '@') last = q;
-        if (last && at >= p && at + strlen(pass) <= last) return 1;
+        if (last && at > p && at + strlen(pass) <= last && at[-1] == ':' && at[strlen(pass)] == '@')
+            return 1;
     }
     return at - url >= 9 && strncasecmp(at - 9, "password=", 9) == 0;
 }
