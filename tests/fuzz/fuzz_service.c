@@ -17,6 +17,9 @@
  * clear error, and nothing here fails but the input); a 405 names what is allowed; every answer
  * but /metrics' is a JSON object; with the user's token, nothing under the admin's id answers
  * 2xx; after every input the service settles (its events handled) within 20 s. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include "fuzz_request.h"
 #include "fuzz_services.h"
 
@@ -31,11 +34,45 @@ static void close_services(void)
     fuzz_services_close(&services);
 }
 
+/* FUZZ_LEAK_CHECK_THREAD=MS (ASan builds): a thread of its own asks LeakSanitizer for a leak
+ * check every 0 to MS milliseconds, at whatever point the harness and the services' background
+ * threads are, and aborts on a report (libFuzzer keeps the input being run). libFuzzer checks
+ * only between inputs, and only after one that made more mallocs than frees; this samples every
+ * moment, to widen any window in which memory in use is out of LeakSanitizer's sight
+ * (docs/fuzzing.md, the open report). Off by default: each check stops every thread for the whole
+ * heap's scan. */
+__attribute__((weak)) int __lsan_do_recoverable_leak_check(void);
+static atomic_ulong leak_checks;
+
+static void *leak_checker(void *arg)
+{
+    unsigned ms = (unsigned)(uintptr_t)arg, seed = (unsigned)time(NULL);
+    for (;;) {
+        long wait_us = ms ? (long)(rand_r(&seed) % (ms * 1000u)) : 0;
+        struct timespec ts = {wait_us / 1000000, (wait_us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+        unsigned long n = atomic_fetch_add(&leak_checks, 1) + 1;
+        if (__lsan_do_recoverable_leak_check()) {
+            fprintf(stderr, "leak check %lu of FUZZ_LEAK_CHECK_THREAD found a leak\n", n);
+            abort();
+        }
+        if (n % 1000 == 0) fprintf(stderr, "FUZZ_LEAK_CHECK_THREAD: %lu leak checks\n", n);
+    }
+    return NULL;
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc, (void)argv;
     fuzz_services_open(&services, NULL);
     atexit(close_services);
+    const char *every = getenv("FUZZ_LEAK_CHECK_THREAD");
+    if (every && __lsan_do_recoverable_leak_check) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, leak_checker, (void *)(uintptr_t)strtoul(every, NULL, 10)))
+            abort();
+        pthread_detach(th);
+    }
     return 0;
 }
 
