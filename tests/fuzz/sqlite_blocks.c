@@ -16,7 +16,8 @@
  *
  * asks LeakSanitizer whether it takes such a B-tree for a leak while a thread opens it: for
  * SECONDS, two slots run threads one after the other (each started, running the sweeper query for
- * 0 to 20 ms on its own connection, joined), while another thread asks for leak checks without a
+ * 0 to 20 ms, joined), on a connection of the slot's that the main thread holds as the service
+ * holds the sweeper's, while another thread asks for leak checks without a
  * pause (__lsan_do_recoverable_leak_check; each report goes to stderr with its stacks). Nothing
  * here leaks: a report is LeakSanitizer's mistake. Prints "threads: N checks, K with a report, T
  * threads, Q queries". */
@@ -103,12 +104,11 @@ int __lsan_do_recoverable_leak_check(void);
 static atomic_int stopping;
 static atomic_long checks, reported, nthreads, queries;
 
-static void *query_thread(void *path)
+static void *query_thread(void *conn)
 {
-    sqlite3 *db;
+    sqlite3 *db = conn;
     sqlite3_stmt *st;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db,
+    if (sqlite3_prepare_v2(db,
                            "SELECT export_id FROM export_requests WHERE status = 'pending'"
                            " AND deadline_at <= ?1 ORDER BY deadline_at LIMIT 100",
                            -1, &st, NULL) != SQLITE_OK) {
@@ -128,7 +128,6 @@ static void *query_thread(void *path)
     } while (!atomic_load(&stopping) &&
              (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
     sqlite3_finalize(st);
-    sqlite3_close(db);
     return NULL;
 }
 
@@ -157,19 +156,24 @@ static int threads(int seconds, const char *folder)
         fprintf(stderr, "sqlite-blocks: %s: %s\n", path, sqlite3_errmsg(db));
         return 2;
     }
+    sqlite3 *slot[2];
+    for (int i = 0; i < 2; i++)
+        if (sqlite3_open_v2(path, &slot[i], SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) return 2;
     pthread_t ck;
     if (pthread_create(&ck, NULL, checker, NULL)) return 2;
     time_t end = time(NULL) + seconds;
     while (time(NULL) < end) {
         pthread_t a, b;
-        if (pthread_create(&a, NULL, query_thread, path)) return 2;
-        if (pthread_create(&b, NULL, query_thread, path)) return 2;
+        if (pthread_create(&a, NULL, query_thread, slot[0])) return 2;
+        if (pthread_create(&b, NULL, query_thread, slot[1])) return 2;
         pthread_join(a, NULL);
         pthread_join(b, NULL);
         atomic_fetch_add(&nthreads, 2);
     }
     atomic_store(&stopping, 1);
     pthread_join(ck, NULL);
+    sqlite3_close(slot[0]);
+    sqlite3_close(slot[1]);
     sqlite3_close(db);
     unlink(path);
     printf("threads: %ld checks, %ld with a report, %ld threads, %ld queries\n",
