@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "catalog/event_internal.h"
+#include "core/base64.h"
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
@@ -500,12 +501,21 @@ static void dequeue(ew__keyring *k, wanted *node)
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 
+/* The subject's hash, eight bytes at a time: it picks the subject's set and is compared before
+ * the subject itself. Not keyed: subjects that share a set only evict each other sooner. */
 static uint64_t hash_of(const char *subject)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return h;
+    size_t n = strlen(subject);
+    uint64_t h = UINT64_C(0x9E3779B97F4A7C15) ^ n, w;
+    for (; n >= 8; n -= 8, subject += 8) {
+        memcpy(&w, subject, 8);
+        h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, subject, n);
+    h = (h ^ w) * UINT64_C(0xc4ceb9fe1a85ec53);
+    return h ^ h >> 29;
 }
 
 static slot *set_of(ew__keyring *k, uint64_t h)
@@ -709,37 +719,14 @@ out:
 
 /* ---- sealing -------------------------------------------------------------------------------- */
 
-/* The value of each character in base64url, -1 for the others: one load per character where a
- * chain of comparisons cost more than the cipher on short fields. */
-/* clang-format off */
-static const signed char b64_values[256] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-};
-/* clang-format on */
-
-/* 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @ (base64url's alphabet and two more). */
-static bool subject_ok(const char *s)
+/* The length of subject when it can name a data key: 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @
+ * (base64url's alphabet and two more); else 0. */
+static size_t subject_len(const char *s)
 {
     size_t n = 0;
-    for (; s[n]; n++)
-        if (n == SUBJECT_MAX || (b64_values[(unsigned char)s[n]] < 0 && s[n] != ':' && s[n] != '@'))
-            return false;
-    return n > 0;
+    for (unsigned char c; n <= SUBJECT_MAX && (c = (unsigned char)s[n]) != '\0'; n++)
+        if (!ew__b64url_char(c) && c != ':' && c != '@') return 0;
+    return n <= SUBJECT_MAX ? n : 0;
 }
 
 /* Whose key encrypts the event's fields: its data's user_id, else its subject. */
@@ -757,84 +744,21 @@ static const char *subject_of(const ew_event *ev)
 }
 
 /* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
- * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
-static size_t aad_of(char *buf, size_t cap, const char *type, const ew_field_info *f,
-                     const char *subject, const char *id)
+ * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID", into buf (AAD_MAX bytes, which every real one fits: a
+ * longer one is cut there). */
+#define AAD_MAX 512
+static size_t aad_of(char *buf, const ew_type_info *t, const ew_field_info *f,
+                     const char *subject, size_t subject_len, const char *id)
 {
-    const char *parts[] = {"ewenc1", type, f->name, subject, id};
+    const char *parts[] = {"ewenc1|", t->type, "|", f->name, "|", subject, "|", id};
+    const size_t lens[] = {7, t->type_len, 1, f->name_len, 1, subject_len, 1, strlen(id)};
     size_t n = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        size_t l = strlen(parts[i]);
-        if (i && n < cap) buf[n++] = '|';
-        if (l > cap - n) l = cap - n;
+        size_t l = lens[i] < AAD_MAX - n ? lens[i] : AAD_MAX - n;
         memcpy(buf + n, parts[i], l);
         n += l;
     }
     return n;
-}
-
-/* base64url without padding (RFC 4648 §5). Ciphertext is not secret: no need for libsodium's
- * constant-time codec, which costs more than the cipher on short fields. */
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static size_t b64_encode(char *out, const unsigned char *in, size_t n)
-{
-    size_t o = 0, i = 0;
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-        out[o++] = b64[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
-
-/* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
- * that base64url without padding does not have. Four characters at a time; a bad character
- * anywhere fails the whole. */
-static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
-{
-    if (n % 4 == 1) return -1;
-    const unsigned char *p = (const unsigned char *)in;
-    size_t o = 0, i = 0;
-    int bad = 0; /* the values ORed: negative when one character was not base64url */
-    for (; i + 4 <= n; i += 4) {
-        int a = b64_values[p[i]], b = b64_values[p[i + 1]], c = b64_values[p[i + 2]],
-            d = b64_values[p[i + 3]];
-        bad |= a | b | c | d;
-        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
-        out[o++] = (unsigned char)(v >> 16);
-        out[o++] = (unsigned char)(v >> 8);
-        out[o++] = (unsigned char)v;
-    }
-    uint32_t acc = 0;
-    int bits = 0;
-    for (; i < n; i++) {
-        int v = b64_values[p[i]];
-        bad |= v;
-        acc = acc << 6 | (uint32_t)(v & 63);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    if (bad < 0) return -1;
-    if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
-    *outlen = o;
-    return 0;
 }
 
 /* What sealing the fields of one event needs: whose key, and its subkey for this keyring's
@@ -842,6 +766,7 @@ static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outl
 typedef struct seal_ctx {
     ew__keyring *k;
     const char *subject;
+    size_t subject_len;
     unsigned char sub[KEY_BYTES];
 } seal_ctx;
 
@@ -868,7 +793,8 @@ static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_c
                             "%s has personal data but neither a user_id nor a subject to "
                             "encrypt it for",
                             t->type);
-    if (!subject_ok(subject))
+    size_t slen = subject_len(subject);
+    if (!slen)
         return ew_error_set(err, EW_EINVAL,
                             "%s: subject '%.64s' cannot name a data key (1 to %d of A-Z a-z 0-9 "
                             "- _ : @)",
@@ -883,31 +809,41 @@ static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_c
     sodium_memzero(dek, sizeof dek);
     c->k = k;
     c->subject = subject;
+    c->subject_len = slen;
     return rc;
 }
 
 /* Appends field f of ev, plaintext p, sealed: "ewenc1.SUBJECT.BASE64URL" of the nonce, the
- * ciphertext and the tag. */
+ * ciphertext and the tag; in quotes when quoted (a JSON string: none of its characters needs
+ * escaping). */
 static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, const char *p,
-                      ew_buf *text, ew_error *err)
+                      bool quoted, ew_buf *text, ew_error *err)
 {
     size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
+    size_t need = 2 + sizeof EW__SEALED_PREFIX + c->subject_len + EW__B64URL_LEN(clen) + 1;
+    if (ew_buf_reserve(text, need)) return ew_error_set(err, EW_ENOMEM, "out of memory");
     unsigned char stack[1024], *ct = clen <= sizeof stack ? stack : malloc(clen);
     if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    char aad[512];
-    size_t alen = aad_of(aad, sizeof aad, ew_event_type(ev), f, c->subject, ew_event_id(ev));
+    char aad[AAD_MAX];
+    size_t alen = aad_of(aad, ew_event_info(ev), f, c->subject, c->subject_len, ew_event_id(ev));
     next_nonce(c->k, ct);
     unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
     memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
     ew__aead_encrypt(ct + NONCE_BYTES, (const unsigned char *)p, plen, (const unsigned char *)aad,
                      alen, n12, c->sub);
-    ew_buf_puts(text, EW__SEALED_PREFIX);
-    ew_buf_puts(text, c->subject);
-    ew_buf_putc(text, '.');
-    if (!ew_buf_reserve(text, clen * 4 / 3 + 4))
-        text->len += b64_encode(text->data + text->len, ct, clen);
+    char *o = text->data + text->len;
+    if (quoted) *o++ = '"';
+    memcpy(o, EW__SEALED_PREFIX, sizeof EW__SEALED_PREFIX - 1);
+    o += sizeof EW__SEALED_PREFIX - 1;
+    memcpy(o, c->subject, c->subject_len);
+    o += c->subject_len;
+    *o++ = '.';
+    o += ew__b64url_encode_public(o, ct, clen);
+    if (quoted) *o++ = '"';
+    *o = '\0';
+    text->len = (size_t)(o - text->data);
     if (ct != stack) free(ct);
-    return text->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
+    return 0;
 }
 
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
@@ -930,8 +866,8 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
         offs[i] = text.len;
-        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), &text,
-                        err);
+        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), false,
+                        &text, err);
         ew_buf_putc(&text, '\0'); /* the values are NUL-separated */
     }
     sodium_memzero(c.sub, sizeof c.sub);
@@ -946,15 +882,12 @@ int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_erro
 }
 
 /* ew__sealer's seal(): the sealed field as a JSON string. Its characters (the prefix, a subject
- * that subject_ok() passed, base64url) need no escaping: the bytes are those ew_event_encode()
+ * that subject_len() passed, base64url) need no escaping: the bytes are those ew_event_encode()
  * writes for the sealed event. */
 static int seal_json(void *ud, const ew_event *ev, const ew_field_info *f, const char *p, ew_buf *b,
                      ew_error *err)
 {
-    ew_buf_putc(b, '"');
-    int rc = seal_field(ud, ev, f, p, b, err);
-    ew_buf_putc(b, '"');
-    return rc;
+    return seal_field(ud, ev, f, p, true, b, err);
 }
 
 int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *out_len,
@@ -1007,7 +940,7 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
         if (!has_clear_fields(evs[i])) continue;
         const char *subject = subject_of(evs[i]);
         /* a bad or missing subject is sealing's to report, event by event */
-        if (!subject || !subject_ok(subject) || cached(k, subject)) continue;
+        if (!subject || !subject_len(subject) || cached(k, subject)) continue;
         w[m++].subject = subject;
     }
     int rc = 0;
@@ -1056,14 +989,14 @@ static void open_end(open_ctx *c)
 
 /* Appends the plaintext of field f (of an event of this type and id), sealed as tok, and a
  * NUL: 0; 1 when its subject's key was destroyed (nothing appended); < 0 with err. */
-static int open_field(open_ctx *c, const char *type, const ew_field_info *f, const char *id,
+static int open_field(open_ctx *c, const ew_type_info *t, const ew_field_info *f, const char *id,
                       const char *tok, ew_buf *text, ew_error *err)
 {
     const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
     char subject[SUBJECT_MAX + 1];
     if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX)
         return ew_error_set(err, EW_ECRYPTO,
-                            "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", type,
+                            "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", t->type,
                             f->name);
     memcpy(subject, subj, (size_t)(dot - subj));
     subject[dot - subj] = '\0';
@@ -1072,8 +1005,9 @@ static int open_field(open_ctx *c, const char *type, const ew_field_info *f, con
     unsigned char stack[1024], *ct = cap <= sizeof stack ? stack : malloc(cap);
     if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = 0;
-    if (b64_decode(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
-        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url", type,
+    if (ew__b64url_decode_public(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
+        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
+                          t->type,
                           f->name);
     if (!rc && strcmp(subject, c->last) != 0) {
         if (!(rc = get_key(c->k, subject, false, &c->state, c->dek, c->sub, err)))
@@ -1084,12 +1018,12 @@ static int open_field(open_ctx *c, const char *type, const ew_field_info *f, con
         rc = ew_error_set(err, EW_ECRYPTO,
                           "%s: data.%s is encrypted for subject %.64s, whose key this key store "
                           "never had",
-                          type, f->name, subject);
+                          t->type, f->name, subject);
     if (!rc && c->state == KEY_ERASED) rc = 1;
     if (!rc) {
         size_t plen = clen - NONCE_BYTES - TAG_BYTES;
-        char aad[512];
-        size_t alen = aad_of(aad, sizeof aad, type, f, subject, id);
+        char aad[AAD_MAX];
+        size_t alen = aad_of(aad, t, f, subject, (size_t)(dot - subj), id);
         /* the field's nonce is ct's first 24 bytes: its prefix picks the subkey */
         const unsigned char *key = c->sub;
         if (memcmp(ct, c->k->nonce_prefix, sizeof c->k->nonce_prefix) != 0) {
@@ -1110,9 +1044,9 @@ static int open_field(open_ctx *c, const char *type, const ew_field_info *f, con
             rc = ew_error_set(err, EW_ECRYPTO,
                               "%s: data.%s does not authenticate under subject %.64s's key "
                               "(tampered, or moved from another event or field)",
-                              type, f->name, subject);
+                              t->type, f->name, subject);
         } else if (memchr(text->data + text->len, '\0', plen)) {
-            rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", type, f->name);
+            rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", t->type, f->name);
         } else {
             text->data[text->len + plen] = '\0';
             text->len += plen + 1;
@@ -1141,7 +1075,7 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
         if (!((mask >> i) & 1)) continue;
         const ew_field_info *f = &t->fields[i];
         offs[i] = text.len;
-        rc = open_field(&c, t->type, f, ew_event_id(ev),
+        rc = open_field(&c, t, f, ew_event_id(ev),
                         *(const char *const *)(const void *)(data + f->offset), &text, err);
         if (rc == 1) {
             rc = 0;
@@ -1167,7 +1101,7 @@ int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_er
 static int open_json(void *ud, const ew_type_info *t, const ew_field_info *f, const char *id,
                      const char *token, ew_buf *plain, ew_error *err)
 {
-    return open_field(ud, t->type, f, id, token, plain, err);
+    return open_field(ud, t, f, id, token, plain, err);
 }
 
 int ew__keyring_decode(ew__keyring *k, const char *json, size_t len, const ew_decode_opts *opts,
