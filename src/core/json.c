@@ -25,6 +25,14 @@
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
+/* x86-64 always has SSE2: strings are scanned sixteen bytes at a time there, eight elsewhere. */
+#if defined(__SSE2__) && HAVE_SWAR
+#include <emmintrin.h>
+#define HAVE_SSE2 1
+#else
+#define HAVE_SSE2 0
+#endif
+
 typedef struct parser {
     const char *text, *end;
     ew_arena *arena;
@@ -400,11 +408,31 @@ static char *unescape(const char *p, const char *end, char *d)
 }
 
 /* p is at the opening quote. Sets *out to an unescaped, NUL-terminated arena copy. */
+#if HAVE_SSE2
+/* Bit i set for each byte p[i] (of 16) that is '"', '\\', a control character or non-ASCII: a
+ * signed comparison with 0x20 takes the last two at once. */
+static inline unsigned string_special16(const char *p)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    m = _mm_or_si128(m, _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 static const char *parse_string(parser *ps, const char *p, const char **out, size_t *out_len)
 {
     const char *open = p, *end = ps->end, *esc = NULL, *body = p + 1;
     p = body;
     for (;;) {
+#if HAVE_SSE2
+        for (unsigned m; end - p >= 16; p += 16)
+            if ((m = string_special16(p)) != 0) {
+                p += __builtin_ctz(m);
+                goto special;
+            }
+#endif
 #if HAVE_SWAR
         while (end - p >= 8) {
             uint64_t x, m;
@@ -415,6 +443,9 @@ static const char *parse_string(parser *ps, const char *p, const char **out, siz
             }
             p += 8;
         }
+#endif
+#if HAVE_SSE2
+    special:
 #endif
         if (p >= end) return fail(ps, open, EW_EJSON, "unterminated string");
         unsigned char c = (unsigned char)*p;
@@ -1043,9 +1074,32 @@ static inline uint64_t escape_special(uint64_t x)
     return ((q - ONES) | (b - ONES) | (x - ONES * 0x20)) & ~x & HIGHS;
 }
 
+#if HAVE_SSE2
+/* Bit i set for each byte s[i] (of 16) that must be escaped: '"', '\\' or a control character
+ * (unsigned, at most 0x1F: max(x, 0x1F) is 0x1F). */
+static inline unsigned escape_special16(const char *s)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)s), ctl = _mm_set1_epi8(0x1F);
+    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 /* The index of the first byte of s[i..n) that must be escaped, or n. */
 static inline size_t next_escape(const char *s, size_t i, size_t n)
 {
+#if HAVE_SSE2
+    for (; n - i >= 16; i += 16) {
+        unsigned m = escape_special16(s + i);
+        if (m) return i + (size_t)__builtin_ctz(m);
+    }
+    if (i < n && n >= 16) { /* the rest, in the string's last 16 bytes: those before i dropped */
+        unsigned m = escape_special16(s + n - 16) >> (16 - (n - i));
+        return m ? i + (size_t)__builtin_ctz(m) : n;
+    }
+#endif
 #if HAVE_SWAR
     for (; n - i >= 8; i += 8) {
         uint64_t x, m;
