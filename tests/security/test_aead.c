@@ -150,6 +150,32 @@ static void test_poly1305_edges_are_libsodiums(void **state)
         }
 }
 
+/* The keystream (AVX2, two blocks at a time, where the CPU has it) against libsodium's, for
+ * every count of blocks the short path asks for and one more, under random keys and nonces and
+ * under keys and nonces of all ones (the counter's lanes next to the nonce's). */
+static void test_keystream_is_libsodiums(void **state)
+{
+    (void)state;
+    assert_true(sodium_init() >= 0);
+    unsigned char key[32], nonce[12], mine[64 * 7], theirs[64 * 7];
+    for (int round = 0; round < 500; round++)
+        for (size_t n = 1; n <= 7; n++) {
+            if (round == 0) {
+                memset(key, 0xFF, sizeof key);
+                memset(nonce, 0xFF, sizeof nonce);
+            } else {
+                randombytes_buf(key, sizeof key);
+                randombytes_buf(nonce, sizeof nonce);
+            }
+            memset(mine, 0xA5, sizeof mine);
+            ew__chacha20_keystream(mine, n, nonce, key);
+            crypto_stream_chacha20_ietf(theirs, 64 * n, nonce, key);
+            assert_memory_equal(mine, theirs, 64 * n);
+            for (size_t i = 64 * n; i < sizeof mine; i++) /* nothing written past n blocks */
+                assert_int_equal(mine[i], 0xA5);
+        }
+}
+
 static void test_a_changed_byte_is_refused(void **state)
 {
     (void)state;
@@ -187,6 +213,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_rfc_8439_vector),
     cmocka_unit_test(test_every_padding_is_libsodiums),
     cmocka_unit_test(test_poly1305_edges_are_libsodiums),
+    cmocka_unit_test(test_keystream_is_libsodiums),
     cmocka_unit_test(test_a_changed_byte_is_refused),
 };
 
