@@ -23,7 +23,8 @@ static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv
 /* For the decoder, the value already in place for each of a group's four characters (shifted by
  * 18, 12, 6 and 0 bits), and bit 31 set for a byte outside the alphabet: a group is the OR of
  * four loads, and one test of bit 31 at the end refuses a bad byte anywhere. */
-#define B64_AT(c, shift) (B64_VALUE(c) < 0 ? UINT32_C(0x80000000) : (uint32_t)B64_VALUE(c) << (shift))
+#define B64_AT(c, shift)                                                                           \
+    (B64_VALUE(c) < 0 ? UINT32_C(0x80000000) : (uint32_t)B64_VALUE(c) << (shift))
 #define B64_AT18(c) B64_AT(c, 18)
 #define B64_AT12(c) B64_AT(c, 12)
 #define B64_AT6(c) B64_AT(c, 6)
