@@ -227,8 +227,7 @@ typedef enum attrs_state {
     ATTRS_KNOWN      /* an existing event's: nothing checked again */
 } attrs_state;
 
-static int check_attrs(const ew_event_attrs *a, attrs_state st, size_t alen[A_COUNT],
-                       ew_error *err)
+static int check_attrs(const ew_event_attrs *a, attrs_state st, size_t alen[A_COUNT], ew_error *err)
 {
     if (!a || !a->source || !*a->source)
         return ew_error_set(err, EW_EEMPTY, "attribute 'source' is required and must not be empty");
@@ -819,9 +818,8 @@ int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *v
                         .nextensions = ev->next};
     /* Untouched fields keep what the event had: ciphertext stays ciphertext. */
     uint64_t keep = ev->sealed & ~replace;
-    int rc =
-        build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace, ATTRS_KNOWN,
-                    err);
+    int rc = build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace,
+                         ATTRS_KNOWN, err);
     if (rc) return rc;
     (*out)->sealed = sealed | keep;
     (*out)->erased = ev->erased || erased != 0;

@@ -414,8 +414,8 @@ static char *unescape(const char *p, const char *end, char *d)
 static inline unsigned string_special16(const char *p)
 {
     __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    __m128i m =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
     m = _mm_or_si128(m, _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
     return (unsigned)_mm_movemask_epi8(m);
 }
@@ -1080,8 +1080,8 @@ static inline uint64_t escape_special(uint64_t x)
 static inline unsigned escape_special16(const char *s)
 {
     __m128i x = _mm_loadu_si128((const __m128i *)(const void *)s), ctl = _mm_set1_epi8(0x1F);
-    __m128i m = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    __m128i m =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
     m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl));
     return (unsigned)_mm_movemask_epi8(m);
 }

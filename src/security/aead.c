@@ -167,8 +167,8 @@ __attribute__((target("avx2"))) static void keystream_avx2(unsigned char *ks, si
                                                            const unsigned char nonce[12],
                                                            const unsigned char key[32])
 {
-    const __m256i r0 = _mm256_setr_epi32(0x61707865, 0x3320646e, 0x79622d32, 0x6b206574,
-                                         0x61707865, 0x3320646e, 0x79622d32, 0x6b206574);
+    const __m256i r0 = _mm256_setr_epi32(0x61707865, 0x3320646e, 0x79622d32, 0x6b206574, 0x61707865,
+                                         0x3320646e, 0x79622d32, 0x6b206574);
     const __m256i r1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)key));
     const __m256i r2 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(key + 16)));
     uint32_t n0, n1, n2;
@@ -177,8 +177,8 @@ __attribute__((target("avx2"))) static void keystream_avx2(unsigned char *ks, si
     memcpy(&n2, nonce + 8, 4);
     __m256i r3 = _mm256_setr_epi32(0, (int)n0, (int)n1, (int)n2, 1, (int)n0, (int)n1, (int)n2);
     const __m256i two = _mm256_setr_epi32(2, 0, 0, 0, 2, 0, 0, 0);
-    const __m256i rot16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
-                                           2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    const __m256i rot16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2,
+                                           3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
     const __m256i rot8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3,
                                           0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
 #define QUARTER_ROUNDS(a, b, c, d)                                                                 \

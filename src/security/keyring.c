@@ -100,6 +100,16 @@ static void next_nonce(ew__keyring *k, unsigned char *nonce)
         nonce[sizeof k->nonce_prefix + (size_t)i] = (unsigned char)(n >> (8 * i));
 }
 
+void ew__keyring_set_nonces(ew__keyring *k, const unsigned char prefix[16], uint64_t next)
+{
+    pthread_mutex_lock(&k->mu);
+    memcpy(k->nonce_prefix, prefix, sizeof k->nonce_prefix);
+    atomic_store(&k->nonce_seq, next);
+    if (k->slots) /* their subkeys are of the old prefix */
+        sodium_memzero(k->slots, k->nsets * WAYS * sizeof *k->slots);
+    pthread_mutex_unlock(&k->mu);
+}
+
 /* ---- paths -------------------------------------------------------------------------------- */
 
 /* SUB FILE in the folder of the store's SQLite file, or var/SUB FILE. */
@@ -747,8 +757,8 @@ static const char *subject_of(const ew_event *ev)
  * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID", into buf (AAD_MAX bytes, which every real one fits: a
  * longer one is cut there). */
 #define AAD_MAX 512
-static size_t aad_of(char *buf, const ew_type_info *t, const ew_field_info *f,
-                     const char *subject, size_t subject_len, const char *id)
+static size_t aad_of(char *buf, const ew_type_info *t, const ew_field_info *f, const char *subject,
+                     size_t subject_len, const char *id)
 {
     const char *parts[] = {"ewenc1|", t->type, "|", f->name, "|", subject, "|", id};
     const size_t lens[] = {7, t->type_len, 1, f->name_len, 1, subject_len, 1, strlen(id)};
@@ -1006,8 +1016,7 @@ static int open_field(open_ctx *c, const ew_type_info *t, const ew_field_info *f
     if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
     int rc = 0;
     if (ew__b64url_decode_public(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
-        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url",
-                          t->type,
+        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url", t->type,
                           f->name);
     if (!rc && strcmp(subject, c->last) != 0) {
         if (!(rc = get_key(c->k, subject, false, &c->state, c->dek, c->sub, err)))

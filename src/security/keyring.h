@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "eventwire/config.h"
 #include "eventwire/error.h"
 #include "eventwire/event.h"
@@ -93,6 +94,12 @@ void ew__keyring_forget(ew__keyring *k, const char *subject);
  * not touched. *rewrapped (may be NULL) gets the number of data keys. Running processes pick
  * the new key file up when an unwrap or a wrap meets the new key. */
 int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err);
+
+/* For the tests of the wire format only (test_keyring's golden vectors): the field nonces of
+ * this keyring start with prefix from now on and count from next, and the cache is emptied (its
+ * subkeys are of the old prefix). Nonces must never repeat under one data key: a keyring in
+ * service never calls this. */
+void ew__keyring_set_nonces(ew__keyring *k, const unsigned char prefix[16], uint64_t next);
 
 /* Counts of the key store: live data keys and erased subjects. */
 int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *err);

@@ -937,12 +937,12 @@ static void reference_escape(ew_buf *b, const unsigned char *s, size_t n)
         unsigned char c = s[i];
         const char *e = c == '"'    ? "\\\""
                         : c == '\\' ? "\\\\"
-                        : c == '\b'  ? "\\b"
-                        : c == '\f'  ? "\\f"
-                        : c == '\n'  ? "\\n"
-                        : c == '\r'  ? "\\r"
-                        : c == '\t'  ? "\\t"
-                                     : NULL;
+                        : c == '\b' ? "\\b"
+                        : c == '\f' ? "\\f"
+                        : c == '\n' ? "\\n"
+                        : c == '\r' ? "\\r"
+                        : c == '\t' ? "\\t"
+                                    : NULL;
         if (e)
             ew_buf_puts(b, e);
         else if (c < 0x20)
