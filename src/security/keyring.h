@@ -11,7 +11,8 @@
  * data key: every copy of its encrypted fields, wherever it is, can no longer be read, and
  * decrypting them yields an event marked erased (ew_event_erased) instead of an error.
  *
- * Every function is thread-safe. Two keyrings share nothing but the files. */
+ * Every function is thread-safe. Two keyrings share nothing but the files. keyring.c keeps the
+ * keys and the cache, keyring_seal.c seals and opens fields (keyring_impl.h: what they share). */
 #ifndef EW_SECURITY_KEYRING_H
 #define EW_SECURITY_KEYRING_H
 
