@@ -970,6 +970,24 @@ static int pg_files_holding(const fx *f, const unsigned char *needle, size_t n)
     return count;
 }
 
+/* The subject's wrapped data key as the PostgreSQL key store holds it (72 bytes), found in the
+ * server's files before anything is shredded: so that a search that later finds it in none of
+ * them could have failed. */
+static void wrapped_key_of(const fx *f, const char *subject, unsigned char out[72])
+{
+    char *hex = pg_value(f,
+                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                         "subject = $1",
+                         subject);
+    assert_non_null(hex);
+    assert_int_equal(strlen(hex), 2 * 72);
+    for (size_t i = 0; i < 72; i++)
+        assert_int_equal(sscanf(hex + 2 * i, "%2hhx", &out[i]), 1);
+    free(hex);
+    if (pg_files_holding(f, out, 72) < 1)
+        fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+}
+
 /* On PostgreSQL a shred leaves the destroyed key in none of the server's files (the row version
  * that held it is not left for a vacuum to maybe overwrite): found there before, so that the
  * search could fail. The key store's other subject keeps its key. */
@@ -983,18 +1001,8 @@ static void test_a_shred_leaves_no_trace_in_postgresql_files(void **state)
     ew_event *a = registered(gone, "gone@example.com", "gone"),
              *b = registered(kept, "kept@example.com", "kept");
     char *ja = sealed_json(k, a), *jb = sealed_json(k, b);
-    char *hex = pg_value(f,
-                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
-                         "subject = $1",
-                         gone);
-    assert_non_null(hex);
     unsigned char wrapped[72];
-    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
-    for (size_t i = 0; i < sizeof wrapped; i++)
-        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
-    free(hex);
-    if (pg_files_holding(f, wrapped, sizeof wrapped) < 1)
-        fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+    wrapped_key_of(f, gone, wrapped);
     ew_error err = {0};
     assert_int_equal(ew__keyring_shred(k, gone, &err), 0);
     assert_int_equal(pg_files_holding(f, wrapped, sizeof wrapped), 0);
@@ -1031,16 +1039,8 @@ static void test_a_shred_outwaits_an_older_snapshot_in_postgresql_files(void **s
     ew_uuid7(gone);
     ew_event *a = registered(gone, "gone@example.com", "gone");
     char *ja = sealed_json(k, a);
-    char *hex = pg_value(f,
-                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
-                         "subject = $1",
-                         gone);
-    assert_non_null(hex);
     unsigned char wrapped[72];
-    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
-    for (size_t i = 0; i < sizeof wrapped; i++)
-        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
-    free(hex);
+    wrapped_key_of(f, gone, wrapped);
     /* the older transaction: a snapshot taken before the shred, and held */
     PGconn *old = PQconnectdb(f->pg_url);
     assert_int_equal(PQstatus(old), CONNECTION_OK);
