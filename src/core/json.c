@@ -688,9 +688,14 @@ static int keyset_add(parser *ps, keyset *s, const ew_json *m)
 
 /* ---- containers ----------------------------------------------------------------------------- */
 
+/* JSON's white space as bits of a word: a byte above ' ' (what compact JSON has between its
+ * tokens) is told apart with one comparison. */
+#define WS_BITS                                                                                    \
+    (UINT64_C(1) << ' ' | UINT64_C(1) << '\n' | UINT64_C(1) << '\r' | UINT64_C(1) << '\t')
+
 static inline const char *skip_ws(const char *p, const char *end)
 {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    while (p < end && (unsigned char)*p <= ' ' && (WS_BITS >> (unsigned char)*p & 1))
         p++;
     return p;
 }
@@ -782,6 +787,7 @@ static const char *duplicate(parser *ps, const char *at, const ew_json *m)
 /* The names seen so far in one object. */
 typedef struct names {
     uint32_t sig[SMALL_OBJECT]; /* of the first members: compared before any memcmp */
+    uint64_t seen;              /* bit sig % 64 of each of them: most names meet no earlier one */
     keyset set;                 /* all of them, once there are more */
 } names;
 
@@ -819,13 +825,15 @@ static int check_name(parser *ps, const char *at, const char *name_end, ew_json 
          * bytes just copied would wait for the copy's stores. */
         const char *src = (size_t)(name_end - at) == n->key_len + 2 ? at + 1 : n->key;
         uint32_t sig = name_sig(src, n->key_len);
-        for (size_t i = 0; i < count && r; i++) {
+        uint64_t bit = UINT64_C(1) << (sig & 63);
+        for (size_t i = 0; (nm->seen & bit) && i < count && r; i++) {
             if (nm->sig[i] != sig) continue;
             const ew_json *m = obj->child;
             for (size_t j = 0; j < i; j++)
                 m = m->next;
             r = !(m->key_len == n->key_len && memcmp(m->key, n->key, n->key_len) == 0);
         }
+        nm->seen |= bit;
         nm->sig[count] = sig;
     } else {
         keyset *set = &nm->set;
@@ -854,8 +862,9 @@ __attribute__((noinline)) static const char *parse_object(parser *ps, const char
     names nm;
     char shown[16];
     v->kind = EW_JSON_OBJECT;
-    nm.set.slot = NULL; /* the fingerprints need no initialisation */
+    nm.set.slot = NULL; /* the fingerprints need no initialisation; their bits do */
     nm.set.n = 0;
+    nm.seen = 0;
     p = skip_ws(p + 1, end);
     if (p < end && *p == '}') return p + 1;
     for (;;) {
