@@ -219,7 +219,15 @@ enum {
     A_COUNT
 };
 
-static int check_attrs(const ew_event_attrs *a, size_t alen[A_COUNT], ew_error *err)
+/* How far an event's attributes were checked before it is built. */
+typedef enum attrs_state {
+    ATTRS_UNCHECKED, /* given by a caller: everything checked here */
+    ATTRS_PARSED,    /* decoded: the JSON parser checked their UTF-8 and decode_tree() the
+                        traceparent; their lengths are still checked here */
+    ATTRS_KNOWN      /* an existing event's: nothing checked again */
+} attrs_state;
+
+static int check_attrs(const ew_event_attrs *a, attrs_state st, size_t alen[A_COUNT], ew_error *err)
 {
     if (!a || !a->source || !*a->source)
         return ew_error_set(err, EW_EEMPTY, "attribute 'source' is required and must not be empty");
@@ -235,11 +243,11 @@ static int check_attrs(const ew_event_attrs *a, size_t alen[A_COUNT], ew_error *
         if (n > MAX_ATTR_LEN)
             return ew_error_set(err, EW_ETOOBIG, "attribute '%s' is %zu bytes, more than %d",
                                 names[i], n, MAX_ATTR_LEN);
-        if (!ew_utf8_valid(vals[i], n))
+        if (st != ATTRS_PARSED && !ew_utf8_valid(vals[i], n))
             return ew_error_set(err, EW_EUTF8, "attribute '%s' is not valid UTF-8", names[i]);
     }
     alen[A_TRACEPARENT] = a->traceparent ? strlen(a->traceparent) : 0;
-    if (a->traceparent && !traceparent_valid(a->traceparent))
+    if (st != ATTRS_PARSED && a->traceparent && !traceparent_valid(a->traceparent))
         return ew_error_set(err, EW_EINVAL,
                             "attribute 'traceparent' '%.60s' is not W3C trace context "
                             "(00-<32 hex>-<16 hex>-<2 hex>)",
@@ -443,11 +451,11 @@ static void attr_lens(const ew_event_attrs *a, size_t alen[A_COUNT])
 
 /* Validates and builds. `canon_given` tells that object fields are already compact JSON from our
  * own parser (decoding), so they are copied as they are. `sealed` fields hold ciphertext and
- * are not checked; `known` fields (and with attrs_known the attributes) come from an event that
- * was checked already, and are not checked again. */
+ * are not checked; `known` fields come from an event that was checked already, and are not
+ * checked again; `attrs` says what of the attributes was. */
 static int build_known(ew_event **out, const ew_type_info *t, const void *data,
                        const ew_event_attrs *a, bool canon_given, uint64_t sealed, uint64_t known,
-                       bool attrs_known, ew_error *err)
+                       attrs_state attrs, ew_error *err)
 {
     size_t alen[A_COUNT], flen[64];
     if (t->nfields > 64) return ew_error_set(err, EW_EINVAL, "%s has too many fields", t->type);
@@ -459,9 +467,9 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
         a = &norm;
     }
     int rc = 0;
-    if (attrs_known)
+    if (attrs == ATTRS_KNOWN)
         attr_lens(a, alen);
-    else if ((rc = check_attrs(a, alen, err)))
+    else if ((rc = check_attrs(a, attrs, alen, err)))
         return rc;
     if (a->nextensions && !a->extensions)
         return ew_error_set(err, EW_EINVAL, "%zu extensions but no array", a->nextensions);
@@ -601,7 +609,14 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
 static int build(ew_event **out, const ew_type_info *t, const void *data, const ew_event_attrs *a,
                  bool canon_given, uint64_t sealed, ew_error *err)
 {
-    return build_known(out, t, data, a, canon_given, sealed, 0, false, err);
+    return build_known(out, t, data, a, canon_given, sealed, 0, ATTRS_UNCHECKED, err);
+}
+
+/* build() of a decoded event, whose attributes decode_tree() took from the parser's tree. */
+static int build_decoded(ew_event **out, const ew_type_info *t, const void *data,
+                         const ew_event_attrs *a, bool canon_given, uint64_t sealed, ew_error *err)
+{
+    return build_known(out, t, data, a, canon_given, sealed, 0, ATTRS_PARSED, err);
 }
 
 int ew_event_new(ew_event **out, ew_type_id type, const void *data, const ew_event_attrs *attrs,
@@ -766,7 +781,8 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
                a->correlation_id == ev->correlation_id && a->causation_id == ev->causation_id &&
                a->traceparent == ev->traceparent && a->dataschema == ev->dataschema &&
                a->time_us == ev->time_us;
-    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0), own, err);
+    int rc = build_known(out, t, ev->data, a, true, skip, ~UINT64_C(0),
+                         own ? ATTRS_KNOWN : ATTRS_UNCHECKED, err);
     if (rc) return rc;
     (*out)->sealed = ev->sealed;
     (*out)->erased = ev->erased;
@@ -802,8 +818,8 @@ int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *v
                         .nextensions = ev->next};
     /* Untouched fields keep what the event had: ciphertext stays ciphertext. */
     uint64_t keep = ev->sealed & ~replace;
-    int rc =
-        build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace, true, err);
+    int rc = build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace,
+                         ATTRS_KNOWN, err);
     if (rc) return rc;
     (*out)->sealed = sealed | keep;
     (*out)->erased = ev->erased || erased != 0;
@@ -1360,7 +1376,7 @@ static int build_opened(ew_event **out, const ew_type_info *t, void *tmp, const 
                                                                                              : "";
         }
         /* the erased fields are not checked: a destroyed key's emptied values */
-        rc = build(out, t, tmp, at, !plain_object, erased, err);
+        rc = build_decoded(out, t, tmp, at, !plain_object, erased, err);
     }
     if (!rc) {
         (*out)->sealed = 0; /* build() took the erased fields' bits for sealed ones */
@@ -1485,7 +1501,7 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, const e
         if (!received) {
             ew_event_attrs ra = at;
             ra.dataschema = schema;
-            if ((rc = build(&received, t, tmp, &ra, true, sealed, err))) goto fail;
+            if ((rc = build_decoded(&received, t, tmp, &ra, true, sealed, err))) goto fail;
         }
         if ((rc = ew__upcast(t, data, a, err))) goto fail;
         const ew_type_info *up = ew_catalog_find(type, t->version + 1);
@@ -1499,7 +1515,7 @@ static int decode_tree(ew_event **out, const ew_json *root, ew_arena *a, const e
     if ((rc = data_from_json(t, data, tmp, a, &sealed, err))) goto fail;
     /* An upcast event's fields are opened by the caller, on the event as upcast. */
     if (opener && sealed && !received) return build_opened(out, t, tmp, &at, sealed, opener, err);
-    if ((rc = build(out, t, tmp, &at, true, sealed, err))) goto fail;
+    if ((rc = build_decoded(out, t, tmp, &at, true, sealed, err))) goto fail;
     atomic_store_explicit(&(*out)->received, received, memory_order_release);
     return 0;
 fail:

@@ -25,6 +25,14 @@
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
+/* x86-64 always has SSE2: strings are scanned sixteen bytes at a time there, eight elsewhere. */
+#if defined(__SSE2__) && HAVE_SWAR
+#include <emmintrin.h>
+#define HAVE_SSE2 1
+#else
+#define HAVE_SSE2 0
+#endif
+
 typedef struct parser {
     const char *text, *end;
     ew_arena *arena;
@@ -400,11 +408,31 @@ static char *unescape(const char *p, const char *end, char *d)
 }
 
 /* p is at the opening quote. Sets *out to an unescaped, NUL-terminated arena copy. */
+#if HAVE_SSE2
+/* Bit i set for each byte p[i] (of 16) that is '"', '\\', a control character or non-ASCII: a
+ * signed comparison with 0x20 takes the last two at once. */
+static inline unsigned string_special16(const char *p)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i m =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    m = _mm_or_si128(m, _mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 static const char *parse_string(parser *ps, const char *p, const char **out, size_t *out_len)
 {
     const char *open = p, *end = ps->end, *esc = NULL, *body = p + 1;
     p = body;
     for (;;) {
+#if HAVE_SSE2
+        for (unsigned m; end - p >= 16; p += 16)
+            if ((m = string_special16(p)) != 0) {
+                p += __builtin_ctz(m);
+                goto special;
+            }
+#endif
 #if HAVE_SWAR
         while (end - p >= 8) {
             uint64_t x, m;
@@ -415,6 +443,9 @@ static const char *parse_string(parser *ps, const char *p, const char **out, siz
             }
             p += 8;
         }
+#endif
+#if HAVE_SSE2
+    special:
 #endif
         if (p >= end) return fail(ps, open, EW_EJSON, "unterminated string");
         unsigned char c = (unsigned char)*p;
@@ -657,9 +688,14 @@ static int keyset_add(parser *ps, keyset *s, const ew_json *m)
 
 /* ---- containers ----------------------------------------------------------------------------- */
 
+/* JSON's white space as bits of a word: a byte above ' ' (what compact JSON has between its
+ * tokens) is told apart with one comparison. */
+#define WS_BITS                                                                                    \
+    (UINT64_C(1) << ' ' | UINT64_C(1) << '\n' | UINT64_C(1) << '\r' | UINT64_C(1) << '\t')
+
 static inline const char *skip_ws(const char *p, const char *end)
 {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    while (p < end && (unsigned char)*p <= ' ' && (WS_BITS >> (unsigned char)*p & 1))
         p++;
     return p;
 }
@@ -751,6 +787,7 @@ static const char *duplicate(parser *ps, const char *at, const ew_json *m)
 /* The names seen so far in one object. */
 typedef struct names {
     uint32_t sig[SMALL_OBJECT]; /* of the first members: compared before any memcmp */
+    uint64_t seen;              /* bit sig % 64 of each of them: most names meet no earlier one */
     keyset set;                 /* all of them, once there are more */
 } names;
 
@@ -788,13 +825,15 @@ static int check_name(parser *ps, const char *at, const char *name_end, ew_json 
          * bytes just copied would wait for the copy's stores. */
         const char *src = (size_t)(name_end - at) == n->key_len + 2 ? at + 1 : n->key;
         uint32_t sig = name_sig(src, n->key_len);
-        for (size_t i = 0; i < count && r; i++) {
+        uint64_t bit = UINT64_C(1) << (sig & 63);
+        for (size_t i = 0; (nm->seen & bit) && i < count && r; i++) {
             if (nm->sig[i] != sig) continue;
             const ew_json *m = obj->child;
             for (size_t j = 0; j < i; j++)
                 m = m->next;
             r = !(m->key_len == n->key_len && memcmp(m->key, n->key, n->key_len) == 0);
         }
+        nm->seen |= bit;
         nm->sig[count] = sig;
     } else {
         keyset *set = &nm->set;
@@ -823,8 +862,9 @@ __attribute__((noinline)) static const char *parse_object(parser *ps, const char
     names nm;
     char shown[16];
     v->kind = EW_JSON_OBJECT;
-    nm.set.slot = NULL; /* the fingerprints need no initialisation */
+    nm.set.slot = NULL; /* the fingerprints need no initialisation; their bits do */
     nm.set.n = 0;
+    nm.seen = 0;
     p = skip_ws(p + 1, end);
     if (p < end && *p == '}') return p + 1;
     for (;;) {
@@ -1043,9 +1083,32 @@ static inline uint64_t escape_special(uint64_t x)
     return ((q - ONES) | (b - ONES) | (x - ONES * 0x20)) & ~x & HIGHS;
 }
 
+#if HAVE_SSE2
+/* Bit i set for each byte s[i] (of 16) that must be escaped: '"', '\\' or a control character
+ * (unsigned, at most 0x1F: max(x, 0x1F) is 0x1F). */
+static inline unsigned escape_special16(const char *s)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)s), ctl = _mm_set1_epi8(0x1F);
+    __m128i m =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(_mm_max_epu8(x, ctl), ctl));
+    return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
 /* The index of the first byte of s[i..n) that must be escaped, or n. */
 static inline size_t next_escape(const char *s, size_t i, size_t n)
 {
+#if HAVE_SSE2
+    for (; n - i >= 16; i += 16) {
+        unsigned m = escape_special16(s + i);
+        if (m) return i + (size_t)__builtin_ctz(m);
+    }
+    if (i < n && n >= 16) { /* the rest, in the string's last 16 bytes: those before i dropped */
+        unsigned m = escape_special16(s + n - 16) >> (16 - (n - i));
+        return m ? i + (size_t)__builtin_ctz(m) : n;
+    }
+#endif
 #if HAVE_SWAR
     for (; n - i >= 8; i += 8) {
         uint64_t x, m;

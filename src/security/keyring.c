@@ -1,102 +1,31 @@
 /* eventwire — the keyring (keyring.h): the key-encryption key, the key store of wrapped data
- * keys (SQLite or PostgreSQL, through datakeys.h), a bounded cache of unwrapped ones, and the
- * sealing and unsealing of events. */
+ * keys (SQLite or PostgreSQL, through datakeys.h), a bounded cache of unwrapped ones, and which
+ * key seals an event. The sealing and unsealing of events is keyring_seal.c's. */
 #include "security/keyring.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "catalog/event_internal.h"
+#include "core/base64.h"
 #include "core/buf.h"
 #include "core/files.h"
 #include "eventwire/clock.h"
-#include "security/aead.h"
-#include "security/datakeys.h"
 #include "security/keyfile.h"
+#include "security/keyring_impl.h"
 #include "security/keys_postgres.h"
 
-#define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES    /* 32 */
-#define NONCE_BYTES crypto_aead_xchacha20poly1305_ietf_NPUBBYTES /* 24 */
-#define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES      /* 16 */
-#define WRAPPED_BYTES (NONCE_BYTES + KEY_BYTES + TAG_BYTES)
-#define SUBJECT_MAX 128
-#define WAYS 8 /* the cache: sets of WAYS slots, the subject's hash picks the set */
-
-/* One cached data key (EW__KEYRING_SLOT_BYTES bytes, keyring.h). */
-typedef struct slot {
-    uint64_t hash;    /* of subject, compared first */
-    int64_t at_us;    /* when it was read from the key store: fresh for ttl_us */
-    uint64_t used_at; /* the keyring's tick when last used: a full set drops its least recent */
-    bool used, erased;
-    char subject[SUBJECT_MAX + 1];
-    unsigned char dek[KEY_BYTES];
-    unsigned char sub[KEY_BYTES]; /* own_subkey() of dek */
-} slot;
-
-_Static_assert(sizeof(slot) <= EW__KEYRING_SLOT_BYTES, "keyring.h states a slot's size");
-
-/* A subject whose data key a thread is about to make (get_key). Threads that need new keys at
- * once queue here, and whichever holds db_mu next makes all of them in one transaction: a new
- * subject costs the key store a commit, and one commit serves many. A node lives on its thread's
- * stack and leaves the queue under db_mu, before its thread returns. */
-typedef struct wanted {
-    struct wanted *next;
-    const char *subject;
-} wanted;
-
-struct ew__keyring {
-    char *key_file;
-    char *store_url;  /* sqlite:PATH or postgresql://... (which may hold a password) */
-    char *store_name; /* the file, or the URL without user and password: for messages */
-    char *legacy;     /* on PostgreSQL: where the data keys were before (import_legacy) */
-    int64_t ttl_us;
-    pthread_mutex_t mu; /* the cache and the queue of wanted keys */
-    wanted *queue;
-    pthread_mutex_t db_mu; /* the key store's connection, the key-encryption key, loading */
-    bool loaded;
-    /* The keyring's own handle on the deployment's key store (eventwire/keys.h), and its
-     * data-key tables, used only under db_mu: nothing else uses this handle. */
-    ew_keys *store;
-    const ew__datakeys_ops *ops;
-    ew__datakeys *dk;
-    atomic_size_t store_reads; /* data keys read from the key store (cache misses) */
-    unsigned char kek[KEY_BYTES];
-    char fingerprint[65];
-    /* nsets * WAYS, in memory locked from swapping where the system allows; made by the first
-     * load, so that a keyring that never needs a key (a store that only relays ciphertext) costs
-     * none of it. Written under mu and db_mu. */
-    slot *slots;
-    size_t nsets;  /* EVENT_KEY_CACHE_SIZE / WAYS */
-    uint64_t tick; /* under mu: one more per use of the cache */
-    /* Field nonces: 16 random bytes of this keyring and a counter, so that no two encryptions
-     * of one keyring share a nonce and none needs a system call for randomness. */
-    unsigned char nonce_prefix[NONCE_BYTES - 8];
-    atomic_uint_fast64_t nonce_seq;
-};
-
-/* XChaCha20-Poly1305 is HChaCha20(key, the nonce's first 16 bytes) as the key of
- * ChaCha20-Poly1305 (IETF) with the nonce's last 8 bytes. Every field nonce of a keyring starts
- * with its nonce_prefix, so the subkey of a data key is the same for every field this keyring
- * encrypts under it: computed once, kept beside the key, and the ciphertext is byte for byte
- * what crypto_aead_xchacha20poly1305_ietf_encrypt() makes. */
-static void own_subkey(const ew__keyring *k, const unsigned char *dek, unsigned char *sub)
+void ew__keyring_set_nonces(ew__keyring *k, const unsigned char prefix[16], uint64_t next)
 {
-    crypto_core_hchacha20(sub, k->nonce_prefix, dek, NULL);
-}
-
-static void next_nonce(ew__keyring *k, unsigned char *nonce)
-{
-    uint64_t n = atomic_fetch_add_explicit(&k->nonce_seq, 1, memory_order_relaxed);
-    memcpy(nonce, k->nonce_prefix, sizeof k->nonce_prefix);
-    for (int i = 0; i < 8; i++)
-        nonce[sizeof k->nonce_prefix + (size_t)i] = (unsigned char)(n >> (8 * i));
+    pthread_mutex_lock(&k->mu);
+    memcpy(k->nonce_prefix, prefix, sizeof k->nonce_prefix);
+    atomic_store(&k->nonce_seq, next);
+    if (k->slots) /* their subkeys are of the old prefix */
+        sodium_memzero(k->slots, k->nsets * WAYS * sizeof *k->slots);
+    pthread_mutex_unlock(&k->mu);
 }
 
 /* ---- paths -------------------------------------------------------------------------------- */
@@ -434,8 +363,6 @@ static int unwrap(const unsigned char *kek, const char *subject, const unsigned 
         strlen(subject), w, kek);
 }
 
-typedef enum { KEY_NONE, KEY_LIVE, KEY_ERASED } key_state;
-
 /* Under db_mu: the subject's row (a wrapped key of another size is read as one of none: wlen 0,
  * which does not unwrap). */
 static int read_key(ew__keyring *k, const char *subject, key_state *state,
@@ -500,12 +427,21 @@ static void dequeue(ew__keyring *k, wanted *node)
 
 /* ---- the cache ------------------------------------------------------------------------------ */
 
+/* The subject's hash, eight bytes at a time: it picks the subject's set and is compared before
+ * the subject itself. Not keyed: subjects that share a set only evict each other sooner. */
 static uint64_t hash_of(const char *subject)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)subject; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return h;
+    size_t n = strlen(subject);
+    uint64_t h = UINT64_C(0x9E3779B97F4A7C15) ^ n, w;
+    for (; n >= 8; n -= 8, subject += 8) {
+        memcpy(&w, subject, 8);
+        h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, subject, n);
+    h = (h ^ w) * UINT64_C(0xc4ceb9fe1a85ec53);
+    return h ^ h >> 29;
 }
 
 static slot *set_of(ew__keyring *k, uint64_t h)
@@ -548,8 +484,8 @@ static slot *cache_victim(ew__keyring *k, const char *subject, uint64_t h, int64
 
 /* The subject's data key into dek, and its own_subkey() into sub: KEY_LIVE, KEY_ERASED, or
  * KEY_NONE (only when !create). */
-static int get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
-                   unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
+int ew__keyring_get_key(ew__keyring *k, const char *subject, bool create, key_state *state,
+                        unsigned char dek[KEY_BYTES], unsigned char sub[KEY_BYTES], ew_error *err)
 {
     uint64_t h = hash_of(subject);
     int64_t now = ew_now_us();
@@ -707,43 +643,20 @@ out:
     return rc;
 }
 
-/* ---- sealing -------------------------------------------------------------------------------- */
+/* ---- which key seals an event ------------------------------------------------------------- */
 
-/* The value of each character in base64url, -1 for the others: one load per character where a
- * chain of comparisons cost more than the cipher on short fields. */
-/* clang-format off */
-static const signed char b64_values[256] = {
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1,
-    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
-    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, 63,
-    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
-    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-};
-/* clang-format on */
-
-/* 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @ (base64url's alphabet and two more). */
-static bool subject_ok(const char *s)
+/* The length of subject when it can name a data key: 1 to SUBJECT_MAX of A-Z a-z 0-9 - _ : @
+ * (base64url's alphabet and two more); else 0. */
+size_t ew__keyring_subject_len(const char *s)
 {
     size_t n = 0;
-    for (; s[n]; n++)
-        if (n == SUBJECT_MAX || (b64_values[(unsigned char)s[n]] < 0 && s[n] != ':' && s[n] != '@'))
-            return false;
-    return n > 0;
+    for (unsigned char c; n <= SUBJECT_MAX && (c = (unsigned char)s[n]) != '\0'; n++)
+        if (!ew__b64url_char(c) && c != ':' && c != '@') return 0;
+    return n <= SUBJECT_MAX ? n : 0;
 }
 
 /* Whose key encrypts the event's fields: its data's user_id, else its subject. */
-static const char *subject_of(const ew_event *ev)
+const char *ew__keyring_subject_of(const ew_event *ev)
 {
     const ew_type_info *t = ew_event_info(ev);
     const ew_field_info *f = ew_type_field(t, "user_id");
@@ -756,223 +669,8 @@ static const char *subject_of(const ew_event *ev)
     return ew_event_subject(ev);
 }
 
-/* The associated data: what a ciphertext belongs to, so that it cannot be moved elsewhere:
- * "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (truncated to cap, which every real one fits). */
-static size_t aad_of(char *buf, size_t cap, const char *type, const ew_field_info *f,
-                     const char *subject, const char *id)
-{
-    const char *parts[] = {"ewenc1", type, f->name, subject, id};
-    size_t n = 0;
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        size_t l = strlen(parts[i]);
-        if (i && n < cap) buf[n++] = '|';
-        if (l > cap - n) l = cap - n;
-        memcpy(buf + n, parts[i], l);
-        n += l;
-    }
-    return n;
-}
-
-/* base64url without padding (RFC 4648 §5). Ciphertext is not secret: no need for libsodium's
- * constant-time codec, which costs more than the cipher on short fields. */
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static size_t b64_encode(char *out, const unsigned char *in, size_t n)
-{
-    size_t o = 0, i = 0;
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-        out[o++] = b64[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64[v >> 18];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = b64[(v >> 6) & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
-
-/* Decodes n characters into out (room for n * 3 / 4 bytes); -1 for a character or a length
- * that base64url without padding does not have. Four characters at a time; a bad character
- * anywhere fails the whole. */
-static int b64_decode(unsigned char *out, const char *in, size_t n, size_t *outlen)
-{
-    if (n % 4 == 1) return -1;
-    const unsigned char *p = (const unsigned char *)in;
-    size_t o = 0, i = 0;
-    int bad = 0; /* the values ORed: negative when one character was not base64url */
-    for (; i + 4 <= n; i += 4) {
-        int a = b64_values[p[i]], b = b64_values[p[i + 1]], c = b64_values[p[i + 2]],
-            d = b64_values[p[i + 3]];
-        bad |= a | b | c | d;
-        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
-        out[o++] = (unsigned char)(v >> 16);
-        out[o++] = (unsigned char)(v >> 8);
-        out[o++] = (unsigned char)v;
-    }
-    uint32_t acc = 0;
-    int bits = 0;
-    for (; i < n; i++) {
-        int v = b64_values[p[i]];
-        bad |= v;
-        acc = acc << 6 | (uint32_t)(v & 63);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
-    }
-    if (bad < 0) return -1;
-    if (bits && (acc & ((1u << bits) - 1))) return -1; /* non-zero padding bits */
-    *outlen = o;
-    return 0;
-}
-
-/* What sealing the fields of one event needs: whose key, and its subkey for this keyring's
- * nonces (own_subkey). */
-typedef struct seal_ctx {
-    ew__keyring *k;
-    const char *subject;
-    unsigned char sub[KEY_BYTES];
-} seal_ctx;
-
-/* The fields of ev that sealing encrypts (*mask, bits by index; 0: none, and nothing else is
- * done), and the key they are encrypted under into c. */
-static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_ctx *c,
-                      ew_error *err)
-{
-    const ew_type_info *t = ew_event_info(ev);
-    const char *data = ew_event_data_as(ev, t->id);
-    uint64_t sealed = ew__event_sealed(ev);
-    *mask = 0;
-    for (size_t i = 0; i < t->nfields && i < 64; i++) {
-        const ew_field_info *f = &t->fields[i];
-        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
-            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
-            continue;
-        if (*(const char *const *)(const void *)(data + f->offset)) *mask |= UINT64_C(1) << i;
-    }
-    if (!*mask) return 0;
-    const char *subject = subject_of(ev);
-    if (!subject)
-        return ew_error_set(err, EW_EINVAL,
-                            "%s has personal data but neither a user_id nor a subject to "
-                            "encrypt it for",
-                            t->type);
-    if (!subject_ok(subject))
-        return ew_error_set(err, EW_EINVAL,
-                            "%s: subject '%.64s' cannot name a data key (1 to %d of A-Z a-z 0-9 "
-                            "- _ : @)",
-                            t->type, subject, SUBJECT_MAX);
-    key_state state;
-    unsigned char dek[KEY_BYTES];
-    int rc = get_key(k, subject, true, &state, dek, c->sub, err);
-    if (!rc && state == KEY_ERASED) { /* a key nobody keeps */
-        crypto_aead_xchacha20poly1305_ietf_keygen(dek);
-        own_subkey(k, dek, c->sub);
-    }
-    sodium_memzero(dek, sizeof dek);
-    c->k = k;
-    c->subject = subject;
-    return rc;
-}
-
-/* Appends field f of ev, plaintext p, sealed: "ewenc1.SUBJECT.BASE64URL" of the nonce, the
- * ciphertext and the tag. */
-static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, const char *p,
-                      ew_buf *text, ew_error *err)
-{
-    size_t plen = strlen(p), clen = NONCE_BYTES + plen + TAG_BYTES;
-    unsigned char stack[1024], *ct = clen <= sizeof stack ? stack : malloc(clen);
-    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    char aad[512];
-    size_t alen = aad_of(aad, sizeof aad, ew_event_type(ev), f, c->subject, ew_event_id(ev));
-    next_nonce(c->k, ct);
-    unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-    memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
-    ew__aead_encrypt(ct + NONCE_BYTES, (const unsigned char *)p, plen, (const unsigned char *)aad,
-                     alen, n12, c->sub);
-    ew_buf_puts(text, EW__SEALED_PREFIX);
-    ew_buf_puts(text, c->subject);
-    ew_buf_putc(text, '.');
-    if (!ew_buf_reserve(text, clen * 4 / 3 + 4))
-        text->len += b64_encode(text->data + text->len, ct, clen);
-    if (ct != stack) free(ct);
-    return text->oom ? ew_error_set(err, EW_ENOMEM, "out of memory") : 0;
-}
-
-int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
-{
-    uint64_t mask;
-    seal_ctx c;
-    int rc = seal_begin(k, ev, &mask, &c, err);
-    if (rc || !mask) {
-        if (!rc) *out = ew_event_ref(ev);
-        return rc;
-    }
-    const ew_type_info *t = ew_event_info(ev);
-    const char *data = ew_event_data_as(ev, t->id);
-    const char *values[64];
-    ew_buf text;
-    ew_buf_init(&text);
-    ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
-    size_t offs[64];
-    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
-        if (!((mask >> i) & 1)) continue;
-        const ew_field_info *f = &t->fields[i];
-        offs[i] = text.len;
-        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), &text,
-                        err);
-        ew_buf_putc(&text, '\0'); /* the values are NUL-separated */
-    }
-    sodium_memzero(c.sub, sizeof c.sub);
-    if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (!rc) {
-        for (size_t i = 0; i < t->nfields && i < 64; i++)
-            if ((mask >> i) & 1) values[i] = text.data + offs[i];
-        rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
-    }
-    ew_buf_release(&text);
-    return rc;
-}
-
-/* ew__sealer's seal(): the sealed field as a JSON string. Its characters (the prefix, a subject
- * that subject_ok() passed, base64url) need no escaping: the bytes are those ew_event_encode()
- * writes for the sealed event. */
-static int seal_json(void *ud, const ew_event *ev, const ew_field_info *f, const char *p, ew_buf *b,
-                     ew_error *err)
-{
-    ew_buf_putc(b, '"');
-    int rc = seal_field(ud, ev, f, p, b, err);
-    ew_buf_putc(b, '"');
-    return rc;
-}
-
-int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *out_len,
-                       ew_error *err)
-{
-    uint64_t mask;
-    seal_ctx c;
-    int rc = seal_begin(k, ev, &mask, &c, err);
-    if (rc) return rc;
-    if (!mask) return ew_event_encode(ev, out, out_len, err);
-    ew__sealer s = {.fields = mask, .seal = seal_json, .ud = &c};
-    rc = ew__event_encode_sealed(ev, &s, out, out_len, err);
-    sodium_memzero(c.sub, sizeof c.sub);
-    return rc;
-}
-
 /* Has ev personal or secret fields in clear, which sealing encrypts? */
-static bool has_clear_fields(const ew_event *ev)
+bool ew__keyring_has_clear_fields(const ew_event *ev)
 {
     const ew_type_info *t = ew_event_info(ev);
     const char *data = ew_event_data_as(ev, t->id);
@@ -1004,10 +702,10 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
     if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!has_clear_fields(evs[i])) continue;
-        const char *subject = subject_of(evs[i]);
+        if (!ew__keyring_has_clear_fields(evs[i])) continue;
+        const char *subject = ew__keyring_subject_of(evs[i]);
         /* a bad or missing subject is sealing's to report, event by event */
-        if (!subject || !subject_ok(subject) || cached(k, subject)) continue;
+        if (!subject || !ew__keyring_subject_len(subject) || cached(k, subject)) continue;
         w[m++].subject = subject;
     }
     int rc = 0;
@@ -1033,159 +731,4 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
     }
     free(w);
     return rc;
-}
-
-/* What opening the fields of one event needs. Its fields are nearly always one subject's: the
- * key is looked up once. */
-typedef struct open_ctx {
-    ew__keyring *k;
-    char last[SUBJECT_MAX + 1]; /* the subject of dek, or "" */
-    key_state state;
-    /* dek's subkey for this keyring's nonce prefix, and for the last other prefix met (the
-     * publisher's: every field it encrypted has it) */
-    unsigned char dek[KEY_BYTES], sub[KEY_BYTES], other[KEY_BYTES], other_prefix[NONCE_BYTES - 8];
-    bool have_other;
-} open_ctx;
-
-static void open_end(open_ctx *c)
-{
-    sodium_memzero(c->dek, sizeof c->dek);
-    sodium_memzero(c->sub, sizeof c->sub);
-    sodium_memzero(c->other, sizeof c->other);
-}
-
-/* Appends the plaintext of field f (of an event of this type and id), sealed as tok, and a
- * NUL: 0; 1 when its subject's key was destroyed (nothing appended); < 0 with err. */
-static int open_field(open_ctx *c, const char *type, const ew_field_info *f, const char *id,
-                      const char *tok, ew_buf *text, ew_error *err)
-{
-    const char *subj = tok + sizeof EW__SEALED_PREFIX - 1, *dot = strchr(subj, '.');
-    char subject[SUBJECT_MAX + 1];
-    if (!dot || dot == subj || (size_t)(dot - subj) > SUBJECT_MAX)
-        return ew_error_set(err, EW_ECRYPTO,
-                            "%s: data.%s is not " EW__SEALED_PREFIX "SUBJECT.CIPHERTEXT", type,
-                            f->name);
-    memcpy(subject, subj, (size_t)(dot - subj));
-    subject[dot - subj] = '\0';
-    const char *enc = dot + 1;
-    size_t enclen = strlen(enc), cap = enclen * 3 / 4 + 3, clen = 0;
-    unsigned char stack[1024], *ct = cap <= sizeof stack ? stack : malloc(cap);
-    if (!ct) return ew_error_set(err, EW_ENOMEM, "out of memory");
-    int rc = 0;
-    if (b64_decode(ct, enc, enclen, &clen) != 0 || clen < NONCE_BYTES + TAG_BYTES)
-        rc = ew_error_set(err, EW_ECRYPTO, "%s: data.%s: the ciphertext is not base64url", type,
-                          f->name);
-    if (!rc && strcmp(subject, c->last) != 0) {
-        if (!(rc = get_key(c->k, subject, false, &c->state, c->dek, c->sub, err)))
-            memcpy(c->last, subject, sizeof c->last);
-        c->have_other = false;
-    }
-    if (!rc && c->state == KEY_NONE)
-        rc = ew_error_set(err, EW_ECRYPTO,
-                          "%s: data.%s is encrypted for subject %.64s, whose key this key store "
-                          "never had",
-                          type, f->name, subject);
-    if (!rc && c->state == KEY_ERASED) rc = 1;
-    if (!rc) {
-        size_t plen = clen - NONCE_BYTES - TAG_BYTES;
-        char aad[512];
-        size_t alen = aad_of(aad, sizeof aad, type, f, subject, id);
-        /* the field's nonce is ct's first 24 bytes: its prefix picks the subkey */
-        const unsigned char *key = c->sub;
-        if (memcmp(ct, c->k->nonce_prefix, sizeof c->k->nonce_prefix) != 0) {
-            if (!c->have_other || memcmp(ct, c->other_prefix, sizeof c->other_prefix) != 0) {
-                crypto_core_hchacha20(c->other, ct, c->dek, NULL);
-                memcpy(c->other_prefix, ct, sizeof c->other_prefix);
-                c->have_other = true;
-            }
-            key = c->other;
-        }
-        unsigned char n12[crypto_aead_chacha20poly1305_ietf_NPUBBYTES] = {0};
-        memcpy(n12 + 4, ct + NONCE_BYTES - 8, 8);
-        if (ew_buf_reserve(text, plen + 1)) {
-            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-        } else if (ew__aead_decrypt((unsigned char *)text->data + text->len, ct + NONCE_BYTES,
-                                    clen - NONCE_BYTES, (const unsigned char *)aad, alen, n12,
-                                    key) != 0) {
-            rc = ew_error_set(err, EW_ECRYPTO,
-                              "%s: data.%s does not authenticate under subject %.64s's key "
-                              "(tampered, or moved from another event or field)",
-                              type, f->name, subject);
-        } else if (memchr(text->data + text->len, '\0', plen)) {
-            rc = ew_error_set(err, EW_EDATA, "%s: data.%s holds a NUL", type, f->name);
-        } else {
-            text->data[text->len + plen] = '\0';
-            text->len += plen + 1;
-        }
-    }
-    if (ct != stack) free(ct);
-    return rc;
-}
-
-int ew__keyring_unseal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
-{
-    const ew_type_info *t = ew_event_info(ev);
-    const char *data = ew_event_data_as(ev, t->id);
-    uint64_t mask = ew__event_sealed(ev), erased = 0;
-    if (!mask) {
-        *out = ew_event_ref(ev);
-        return 0;
-    }
-    const char *values[64];
-    ew_buf text;
-    ew_buf_init(&text);
-    size_t offs[64];
-    int rc = 0;
-    open_ctx c = {.k = k, .state = KEY_NONE};
-    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
-        if (!((mask >> i) & 1)) continue;
-        const ew_field_info *f = &t->fields[i];
-        offs[i] = text.len;
-        rc = open_field(&c, t->type, f, ew_event_id(ev),
-                        *(const char *const *)(const void *)(data + f->offset), &text, err);
-        if (rc == 1) {
-            rc = 0;
-            erased |= UINT64_C(1) << i;
-            values[i] = f->kind == EW_FIELD_OBJECT ? "{}" : "";
-        }
-    }
-    open_end(&c);
-    if (!rc) {
-        for (size_t i = 0; i < t->nfields && i < 64; i++)
-            if (((mask >> i) & 1) && !((erased >> i) & 1)) values[i] = text.data + offs[i];
-        rc = ew__event_replace(ev, mask, values, 0, erased, out, err);
-        /* the ciphertext as it came stays with the plaintext: what its tag covers, what a dead
-         * letter of it keeps */
-        if (!rc) ew__event_keep_received(*out, ev);
-    }
-    if (text.data) sodium_memzero(text.data, text.len);
-    ew_buf_release(&text);
-    return rc;
-}
-
-/* ew__opener's open(). */
-static int open_json(void *ud, const ew_type_info *t, const ew_field_info *f, const char *id,
-                     const char *token, ew_buf *plain, ew_error *err)
-{
-    return open_field(ud, t->type, f, id, token, plain, err);
-}
-
-int ew__keyring_decode(ew__keyring *k, const char *json, size_t len, const ew_decode_opts *opts,
-                       ew_event **out, ew_error *err)
-{
-    open_ctx c = {.k = k, .state = KEY_NONE};
-    ew__opener o = {.open = open_json, .ud = &c};
-    ew_event *ev;
-    int rc = ew__event_decode_opened(&ev, json, len, opts, &o, err);
-    open_end(&c);
-    if (rc) return rc;
-    if (ew_event_encrypted(ev)) { /* upcast from an older version: opened as upcast */
-        ew_event *plain;
-        rc = ew__keyring_unseal(k, ev, &plain, err);
-        ew_event_unref(ev);
-        if (rc) return rc;
-        ev = plain;
-    }
-    *out = ev;
-    return 0;
 }

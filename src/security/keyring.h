@@ -11,12 +11,14 @@
  * data key: every copy of its encrypted fields, wherever it is, can no longer be read, and
  * decrypting them yields an event marked erased (ew_event_erased) instead of an error.
  *
- * Every function is thread-safe. Two keyrings share nothing but the files. */
+ * Every function is thread-safe. Two keyrings share nothing but the files. keyring.c keeps the
+ * keys and the cache, keyring_seal.c seals and opens fields (keyring_impl.h: what they share). */
 #ifndef EW_SECURITY_KEYRING_H
 #define EW_SECURITY_KEYRING_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "eventwire/config.h"
 #include "eventwire/error.h"
 #include "eventwire/event.h"
@@ -93,6 +95,12 @@ void ew__keyring_forget(ew__keyring *k, const char *subject);
  * not touched. *rewrapped (may be NULL) gets the number of data keys. Running processes pick
  * the new key file up when an unwrap or a wrap meets the new key. */
 int ew__keyring_rotate(ew__keyring *k, size_t *rewrapped, ew_error *err);
+
+/* For the tests of the wire format only (test_keyring's golden vectors): the field nonces of
+ * this keyring start with prefix from now on and count from next, and the cache is emptied (its
+ * subkeys are of the old prefix). Nonces must never repeat under one data key: a keyring in
+ * service never calls this. */
+void ew__keyring_set_nonces(ew__keyring *k, const unsigned char prefix[16], uint64_t next);
 
 /* Counts of the key store: live data keys and erased subjects. */
 int ew__keyring_count(ew__keyring *k, size_t *live, size_t *erased, ew_error *err);

@@ -929,6 +929,69 @@ static void test_write_string_long_runs(void **state)
     }
 }
 
+/* The escapes of a string, byte by byte: what ew_json_write_string() must write. */
+static void reference_escape(ew_buf *b, const unsigned char *s, size_t n)
+{
+    ew_buf_putc(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        const char *e = c == '"'    ? "\\\""
+                        : c == '\\' ? "\\\\"
+                        : c == '\b' ? "\\b"
+                        : c == '\f' ? "\\f"
+                        : c == '\n' ? "\\n"
+                        : c == '\r' ? "\\r"
+                        : c == '\t' ? "\\t"
+                                    : NULL;
+        if (e)
+            ew_buf_puts(b, e);
+        else if (c < 0x20)
+            ew_buf_printf(b, "\\u%04x", c);
+        else
+            ew_buf_putc(b, (char)c);
+    }
+    ew_buf_putc(b, '"');
+}
+
+/* Strings of every length up to 50 with one byte of each kind at every offset: those the writer
+ * escapes ('"', '\\', controls) and those it must not (0x20, 0x7F, 0xFF), through the 16-byte,
+ * 8-byte and byte-by-byte scans and the overlapping last load. The writer matches the
+ * byte-by-byte reference, and the parser, reading the written string as the whole document from
+ * an exact-size copy (its scan meets the end of input), gives the bytes back. */
+static void test_every_special_byte_at_every_offset(void **state)
+{
+    static const unsigned char kinds[] = {'"', '\\', '\n', 0x01, 0x1F, 0x20, 0x7F, 0xFF};
+    for (size_t n = 1; n <= 50; n++)
+        for (size_t at = 0; at < n; at++)
+            for (size_t k = 0; k < sizeof kinds; k++) {
+                unsigned char in[50];
+                memset(in, 'x', n);
+                in[at] = kinds[k];
+                ew_buf got, want;
+                ew_buf_init(&got);
+                ew_buf_init(&want);
+                ew_json_write_string(&got, (const char *)in, n);
+                reference_escape(&want, in, n);
+                assert_int_equal(got.len, want.len);
+                assert_memory_equal(got.data, want.data, want.len);
+                if (kinds[k] != 0xFF) { /* a lone 0xFF is not UTF-8: the parser refuses it */
+                    char *doc = malloc(got.len);
+                    assert_non_null(doc);
+                    memcpy(doc, got.data, got.len);
+                    ew_arena a;
+                    ew_arena_init(&a, NULL, 0);
+                    ew_json *v = NULL;
+                    assert_int_equal(ew_json_parse(&v, doc, got.len, NULL, &a, NULL), 0);
+                    assert_int_equal(v->len, n);
+                    assert_memory_equal(v->str, in, n);
+                    ew_arena_release(&a);
+                    free(doc);
+                }
+                ew_buf_release(&got);
+                ew_buf_release(&want);
+            }
+}
+
 static void test_write_compact_form(void **state)
 {
     ew_arena a;
@@ -1096,6 +1159,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_write_keeps_number_text),
     cmocka_unit_test(test_escapes_round_trip),
     cmocka_unit_test(test_parse_a_cloudevent),
+    cmocka_unit_test(test_every_special_byte_at_every_offset),
 };
 
 EW_TEST_MAIN(tests)

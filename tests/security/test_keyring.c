@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include "bus/receive.h"
 #include "catalog/event_internal.h"
+#include "security/datakeys.h"
 #include "security/keyring.h"
 #include "support/case_db.h"
 #include "support/ew_test.h"
@@ -25,6 +26,7 @@
 #include "eventwire/config.h"
 #include "eventwire/dlq.h"
 #include "eventwire/id.h"
+#include "eventwire/keys.h"
 
 typedef struct fx {
     char dir[64], url[128], kek[128];
@@ -968,6 +970,24 @@ static int pg_files_holding(const fx *f, const unsigned char *needle, size_t n)
     return count;
 }
 
+/* The subject's wrapped data key as the PostgreSQL key store holds it (72 bytes), found in the
+ * server's files before anything is shredded: so that a search that later finds it in none of
+ * them could have failed. */
+static void wrapped_key_of(const fx *f, const char *subject, unsigned char out[72])
+{
+    char *hex = pg_value(f,
+                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
+                         "subject = $1",
+                         subject);
+    assert_non_null(hex);
+    assert_int_equal(strlen(hex), 2 * 72);
+    for (size_t i = 0; i < 72; i++)
+        assert_int_equal(sscanf(hex + 2 * i, "%2hhx", &out[i]), 1);
+    free(hex);
+    if (pg_files_holding(f, out, 72) < 1)
+        fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+}
+
 /* On PostgreSQL a shred leaves the destroyed key in none of the server's files (the row version
  * that held it is not left for a vacuum to maybe overwrite): found there before, so that the
  * search could fail. The key store's other subject keeps its key. */
@@ -981,18 +1001,8 @@ static void test_a_shred_leaves_no_trace_in_postgresql_files(void **state)
     ew_event *a = registered(gone, "gone@example.com", "gone"),
              *b = registered(kept, "kept@example.com", "kept");
     char *ja = sealed_json(k, a), *jb = sealed_json(k, b);
-    char *hex = pg_value(f,
-                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
-                         "subject = $1",
-                         gone);
-    assert_non_null(hex);
     unsigned char wrapped[72];
-    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
-    for (size_t i = 0; i < sizeof wrapped; i++)
-        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
-    free(hex);
-    if (pg_files_holding(f, wrapped, sizeof wrapped) < 1)
-        fail_msg("the wrapped key is in no file of the database: the search sees nothing");
+    wrapped_key_of(f, gone, wrapped);
     ew_error err = {0};
     assert_int_equal(ew__keyring_shred(k, gone, &err), 0);
     assert_int_equal(pg_files_holding(f, wrapped, sizeof wrapped), 0);
@@ -1029,16 +1039,8 @@ static void test_a_shred_outwaits_an_older_snapshot_in_postgresql_files(void **s
     ew_uuid7(gone);
     ew_event *a = registered(gone, "gone@example.com", "gone");
     char *ja = sealed_json(k, a);
-    char *hex = pg_value(f,
-                         "SELECT encode(wrapped, 'hex') FROM key_store.subject_keys WHERE "
-                         "subject = $1",
-                         gone);
-    assert_non_null(hex);
     unsigned char wrapped[72];
-    assert_int_equal(strlen(hex), 2 * sizeof wrapped);
-    for (size_t i = 0; i < sizeof wrapped; i++)
-        sscanf(hex + 2 * i, "%2hhx", &wrapped[i]);
-    free(hex);
+    wrapped_key_of(f, gone, wrapped);
     /* the older transaction: a snapshot taken before the shred, and held */
     PGconn *old = PQconnectdb(f->pg_url);
     assert_int_equal(PQstatus(old), CONNECTION_OK);
@@ -1261,6 +1263,165 @@ static void test_a_cached_key_lives_its_seconds_and_no_more(void **state)
     ew__keyring_free(k);
 }
 
+/* ---- golden vectors: the wire format of a sealed field, pinned ------------------------------ */
+
+/* The fixed inputs: the key-encryption key, the subject's data key, the keyring's nonce prefix
+ * (its counter starts at 0), the event. */
+#define G_SUBJECT "0190a4c2-7b1e-7c3d-8e4f-5a6b7c8d9e0f"
+#define G_ID "0190a4c2-7b1e-7c3d-8e4f-000000000001"
+#define G_TIME_US INT64_C(1767225600000000) /* 2026-01-01T00:00:00Z */
+
+static void golden_bytes(unsigned char *b, size_t n, unsigned char first)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = (unsigned char)(first + i);
+}
+
+/* The event of the vectors: user.registered of G_SUBJECT, id G_ID, at G_TIME_US. */
+static ew_event *golden_event(void)
+{
+    const char *roles[] = {"user"};
+    ew_user_registered d = {.user_id = G_SUBJECT,
+                            .email = "ada.lovelace@example.com",
+                            .username = "ada",
+                            .roles = {roles, 1}};
+    ew_event *ev;
+    ew_error err = {0};
+    ew_event_attrs a = {
+        .source = "auth-service", .subject = G_SUBJECT, .id = G_ID, .time_us = G_TIME_US};
+    if (ew_user_registered_new(&ev, &d, &a, &err)) fail_msg("%s", err.msg);
+    return ev;
+}
+
+/* A keyring of f whose key-encryption key, G_SUBJECT's data key and nonces are the fixed ones:
+ * the key file written before the first load, the data key put in the key store wrapped by it
+ * (through the data-key tables, as the keyring itself would), the nonces through
+ * ew__keyring_set_nonces. */
+static ew__keyring *golden_keyring(fx *f)
+{
+    unsigned char kek[32], dek[32], w[24 + 32 + 16], prefix[16];
+    golden_bytes(kek, sizeof kek, 0x40);
+    golden_bytes(dek, sizeof dek, 0x80);
+    golden_bytes(prefix, sizeof prefix, 0xA0);
+    char folder[96];
+    snprintf(folder, sizeof folder, "%s/keys", f->dir);
+    assert_int_equal(mkdir(folder, 0700), 0);
+    int fd = open(f->kek, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, kek, sizeof kek), (ssize_t)sizeof kek);
+    close(fd);
+    /* the data key wrapped as the keyring wraps one: XChaCha20-Poly1305 under the
+     * key-encryption key, the subject as associated data, the nonce first */
+    golden_bytes(w, 24, 0x10);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(w + 24, NULL, dek, sizeof dek,
+                                               (const unsigned char *)G_SUBJECT, strlen(G_SUBJECT),
+                                               NULL, w, kek);
+    ew_keys *store;
+    const ew__datakeys_ops *ops;
+    ew__datakeys *dk;
+    ew_error err = {0};
+    char url[160];
+    snprintf(url, sizeof url, "sqlite:%s/keys.db", folder);
+    if (ew_keys_open(&store, &(ew_keys_options){.url = url}, &err) ||
+        ew__datakeys_open(store, &ops, &dk, &err) || ops->insert(dk, G_SUBJECT, w, sizeof w, &err))
+        fail_msg("%s", err.msg);
+    ops->close(dk);
+    ew_keys_close(store);
+    ew__keyring *k = keyring(f);
+    if (ew__keyring_load(k, &err)) fail_msg("%s", err.msg);
+    ew__keyring_set_nonces(k, prefix, 0);
+    return k;
+}
+
+/* What the sealed field must be, made here from libsodium's primitives and nothing of the
+ * keyring's: "ewenc1." SUBJECT "." base64url(nonce || XChaCha20-Poly1305 ciphertext || tag),
+ * without padding, the nonce the prefix then the counter (64 bits, little-endian), the
+ * associated data "ewenc1|TYPE|FIELD|SUBJECT|EVENT_ID" (docs/encryption.md). */
+static void golden_token(char *out, size_t cap, const char *field, const char *plain,
+                         uint64_t counter)
+{
+    unsigned char dek[32], nonce[24], sealed[24 + 64 + 16];
+    golden_bytes(dek, sizeof dek, 0x80);
+    golden_bytes(nonce, 16, 0xA0);
+    for (int i = 0; i < 8; i++)
+        nonce[16 + i] = (unsigned char)(counter >> (8 * i));
+    char aad[160];
+    int alen = snprintf(aad, sizeof aad, "ewenc1|user.registered|%s|" G_SUBJECT "|" G_ID, field);
+    size_t plen = strlen(plain);
+    assert_true(plen <= 64);
+    memcpy(sealed, nonce, 24);
+    crypto_aead_xchacha20poly1305_ietf_encrypt(sealed + 24, NULL, (const unsigned char *)plain,
+                                               plen, (const unsigned char *)aad, (size_t)alen, NULL,
+                                               nonce, dek);
+    char b64[200];
+    sodium_bin2base64(b64, sizeof b64, sealed, 24 + plen + 16,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, cap, "ewenc1." G_SUBJECT ".%s", b64);
+}
+
+/* The two sealed fields and the whole event, as they must be on the wire byte for byte. */
+#define G_EMAIL                                                                                    \
+    "ewenc1." G_SUBJECT                                                                            \
+    ".oKGio6SlpqeoqaqrrK2urwAAAAAAAAAACqREzwvWeOx2pnGhggD_p83CdEa4gvLXQekrccGPu0OA"                \
+    "olRjfl6tew"
+#define G_USERNAME "ewenc1." G_SUBJECT ".oKGio6SlpqeoqaqrrK2urwEAAAAAAAAA3rhuQCIG4_D_WtIQ_PuJQ686gA"
+static const char golden_json[] =
+    "{\"specversion\":\"1.0\",\"id\":\"" G_ID "\",\"source\":\"auth-service\","
+    "\"type\":\"user.registered\",\"subject\":\"" G_SUBJECT "\","
+    "\"time\":\"2026-01-01T00:00:00.000000Z\",\"datacontenttype\":\"application/json\","
+    "\"dataschema\":\"urn:eventwire:schema:user.registered:2\",\"eventversion\":2,"
+    "\"correlationid\":\"" G_ID "\",\"data\":{\"user_id\":\"" G_SUBJECT "\","
+    "\"email\":\"" G_EMAIL "\",\"username\":\"" G_USERNAME "\",\"roles\":[\"user\"]}}";
+
+/* Golden vectors: with a fixed key-encryption key, data key and nonces, the sealed fields and
+ * the whole encoded user.registered are exactly these bytes, whichever way they are made
+ * (sealed while encoded, or sealed then encoded), they are what libsodium's primitives make
+ * of the documented layout, and they decode back to the event. A change of alphabet, layout,
+ * associated data or nonce on both sides at once fails here. */
+static void test_golden_vectors_pin_the_wire_format(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = golden_keyring(f);
+    ew_event *ev = golden_event();
+    char want[256];
+    golden_token(want, sizeof want, "email", "ada.lovelace@example.com", 0);
+    assert_string_equal(want, G_EMAIL);
+    golden_token(want, sizeof want, "username", "ada", 1);
+    assert_string_equal(want, G_USERNAME);
+
+    ew_error err = {0};
+    char *json;
+    size_t len;
+    if (ew__keyring_encode(k, ev, &json, &len, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(json, golden_json);
+    assert_int_equal(len, sizeof golden_json - 1);
+    free(json);
+
+    unsigned char prefix[16];
+    golden_bytes(prefix, sizeof prefix, 0xA0);
+    ew__keyring_set_nonces(k, prefix, 0); /* the same nonces again, the other way */
+    ew_event *sealed;
+    if (ew__keyring_seal(k, ev, &sealed, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(ew_event_encode(sealed, &json, &len, &err), 0);
+    assert_string_equal(json, golden_json);
+    free(json);
+    ew_event_unref(sealed);
+
+    ew_event *back;
+    if (open_json(k, golden_json, &back, &err)) fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, ev));
+    ew_event_unref(back);
+    /* a keyring that never had these nonces opens them too: the nonce travels in the field */
+    ew__keyring *other = keyring(f);
+    if (ew__keyring_decode(other, golden_json, sizeof golden_json - 1, NULL, &back, &err))
+        fail_msg("%s", err.msg);
+    assert_true(ew_event_equal(back, ev));
+    ew_event_unref(back);
+    ew__keyring_free(other);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 /* A case of the key store, on SQLite and on PostgreSQL (case_db.h's BOTH takes another form). */
 #define STORES(f)                                                                                  \
@@ -1273,6 +1434,7 @@ static const struct CMUnitTest tests[] = {
     STORES(test_new_keys_from_many_threads_at_once),
     STORES(test_a_batch_makes_its_new_keys_in_one_commit),
     CASE(test_the_wire_carries_ciphertext),
+    CASE(test_golden_vectors_pin_the_wire_format),
     CASE(test_a_failed_commit_leaves_the_key_store_unlocked),
     CASE(test_object_and_absent_fields_seal_and_open_while_coded),
     CASE(test_an_old_version_is_opened_as_upcast),
