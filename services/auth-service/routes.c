@@ -200,8 +200,13 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
-    int rc = svc_begin(a->s, &t, &e);
+    /* The new user's data key, made before the transaction (docs/services.md#auth-service): made
+     * inside it, its durable commit to the key store would hold the database while it syncs,
+     * and registrations would make their keys one at a time; made here, concurrent ones share
+     * a commit. A registration refused below (a name taken) leaves a key that nothing uses. */
+    int rc = ew_store_prepare_key(svc_db(a->s), user_id, &e);
     if (rc) goto failed;
+    if ((rc = svc_begin(a->s, &t, &e))) goto failed;
     const char *q[] = {key, email};
     rc = svc_query_row(t,
                        "SELECT username_key, email FROM event_store.auth_users "

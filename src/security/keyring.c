@@ -997,6 +997,19 @@ static bool cached(ew__keyring *k, const char *subject)
     return yes;
 }
 
+int ew__keyring_ready(ew__keyring *k, const char *subject, ew_error *err)
+{
+    if (!k) return 0;
+    if (!subject || !subject_ok(subject))
+        return ew_error_set(err, EW_EINVAL, "no data key can be named after this subject");
+    key_state state;
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
+    int rc = get_key(k, subject, true, &state, dek, sub, err); /* queued: one commit for many */
+    sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
+    return rc;
+}
+
 int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err)
 {
     if (!k || n < 2) return 0;

@@ -67,6 +67,14 @@ int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *o
  * reports those). */
 int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err);
 
+/* Makes subject's data key unless it has one (or a tombstone), and caches it: what the first
+ * seal under a new subject does, done ahead of time. A caller about to write events of a new
+ * subject inside a transaction of a store calls it first, so that the key store's commit is not
+ * made while that transaction holds the store; threads doing it at once share one commit of the
+ * key store. The key is durable when it returns. EW_EINVAL for a subject that cannot name a
+ * key. */
+int ew__keyring_ready(ew__keyring *k, const char *subject, ew_error *err);
+
 /* ev with its encrypted fields decrypted and checked as plaintext (a new event, or ev itself when
  * it has none): *out holds one reference. An erased subject's fields come back empty, the event
  * marked erased. EW_ECRYPTO when a field does not authenticate (tampered, or encrypted under a

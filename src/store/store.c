@@ -160,6 +160,12 @@ struct ew__keyring *ew__store_keyring(const ew_store *s)
     return s->keys;
 }
 
+int ew_store_prepare_key(ew_store *s, const char *subject, ew_error *err)
+{
+    if (!s) return ew_error_set(err, EW_EINVAL, "a store is required");
+    return s->keys ? ew__keyring_ready(s->keys, subject, err) : 0;
+}
+
 int ew__store_unseal(const ew_store *s, ew_event **ev, ew_error *err)
 {
     if (!s->keys || !ew_event_encrypted(*ev)) return 0;
