@@ -413,11 +413,11 @@ static void test_a_key_made_ahead_of_a_transaction(void **state)
     ew_uuid7(user);
     size_t live = 0, erased = 0;
     unsigned before = key_commits(f, k);
-    assert_int_equal(ew_store_prepare_key(st, user, &err), 0);
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err), 0);
     assert_int_equal(key_commits(f, k), before + 1);
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
     assert_int_equal(live, 1);
-    assert_int_equal(ew_store_prepare_key(st, user, &err), 0); /* has one: nothing to do */
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err), 0); /* has one: nothing to do */
     assert_int_equal(key_commits(f, k), before + 1);
     ew_txn *t;
     assert_int_equal(ew_store_begin(st, &t, &err), 0);
@@ -428,7 +428,7 @@ static void test_a_key_made_ahead_of_a_transaction(void **state)
     assert_int_equal(key_commits(f, k), before + 1);
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
     assert_int_equal(live, 1);
-    assert_int_equal(ew_store_prepare_key(st, "no spaces", &err), EW_EINVAL);
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){"no spaces"}, 1, &err), EW_EINVAL);
     ew_store_close(st);
 }
 
