@@ -21,7 +21,7 @@ typedef struct auth_ids auth_ids;
 
 typedef struct auth {
     svc *s;
-    auth_ids *ids; /* new users' ids with their data keys made (user_ids.c) */
+    auth_ids *ids;               /* new users' ids with their data keys made (user_ids.c) */
     unsigned long long opslimit; /* crypto_pwhash limits (AUTH_PASSWORD_HASH) */
     size_t memlimit;
     int64_t token_ttl_s, reset_ttl_s;

@@ -11,9 +11,9 @@
 #include "eventwire/clock.h"
 #include "eventwire/id.h"
 
-#define IDS_MAX 64             /* ids made at once, at most */
-#define WINDOW_US 100000       /* demand is counted over this long: the next batch is its size */
-#define IDS_AGE_US 1000000     /* an id kept longer is dropped (its key stays in the store, unused) */
+#define IDS_MAX 64         /* ids made at once, at most */
+#define WINDOW_US 100000   /* demand is counted over this long: the next batch is its size */
+#define IDS_AGE_US 1000000 /* an id kept longer is dropped (its key stays in the store, unused) */
 
 struct auth_ids {
     pthread_mutex_t mu; /* everything; held while a batch is made, which the others wait for */

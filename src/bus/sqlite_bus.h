@@ -103,7 +103,7 @@ struct sqbus {
     size_t max_inflight, max_bytes;
     char *wal_path;    /* the database's WAL file, synced after each group commit */
     char *signal_path; /* PATH-signal (store_bus.h), which idle consumers watch */
-    int wal_fd;     /* open on it, to sync it after each group commit; -1: FULL commits instead */
+    int wal_fd; /* open on it, to sync it after each group commit; -1: FULL commits instead */
     char host[64], pidns[32];
     pid_t pid;
 

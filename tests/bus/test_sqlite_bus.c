@@ -191,8 +191,8 @@ static void another_connection_picks_up_promptly(void **state)
             lat[j] = lat[j - 1];
             lat[j - 1] = x;
         }
-    print_message("pickup from another connection: median %.2f ms, max %.2f ms\n",
-                  lat[N / 2] / 1e6, lat[N - 1] / 1e6);
+    print_message("pickup from another connection: median %.2f ms, max %.2f ms\n", lat[N / 2] / 1e6,
+                  lat[N - 1] / 1e6);
     assert_true(lat[N / 2] < 50 * 1000000LL); /* the publish (its sync included) and the pickup */
     tb_close(pub);
     tb_close(c);
@@ -1486,8 +1486,7 @@ static const struct CMUnitTest tests[] = {
                                     teardown),
     cmocka_unit_test_setup_teardown(bad_store_url, setup, teardown),
     cmocka_unit_test_setup_teardown(another_connection_picks_up_promptly, setup, teardown),
-    cmocka_unit_test_setup_teardown(commits_with_events_signal, setup_store_sqlite,
-                                    teardown_store),
+    cmocka_unit_test_setup_teardown(commits_with_events_signal, setup_store_sqlite, teardown_store),
     STORE_CASES(record_across_streams),
     STORE_CASES(record_refuses_big_events),
     STORE_CASES(groups_and_leases),

@@ -417,7 +417,8 @@ static void test_a_key_made_ahead_of_a_transaction(void **state)
     assert_int_equal(key_commits(f, k), before + 1);
     assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
     assert_int_equal(live, 1);
-    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err), 0); /* has one: nothing to do */
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err),
+                     0); /* has one: nothing to do */
     assert_int_equal(key_commits(f, k), before + 1);
     ew_txn *t;
     assert_int_equal(ew_store_begin(st, &t, &err), 0);
