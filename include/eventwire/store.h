@@ -254,6 +254,16 @@ void ew_txn_rollback(ew_txn *t);
  * has committed and a relay runs. */
 int ew_outbox_add(ew_txn *t, const ew_event *ev, ew_error *err);
 
+/* Makes the data keys that events about subjects[0..n) (user ids) are encrypted under, those the
+ * key store lacks, before a transaction that adds such events: otherwise the first
+ * ew_outbox_add of a new subject makes its key inside the transaction, and the key store's
+ * commit (durable: synced to disk) is then made while the transaction holds the handle, one at
+ * a time. The n keys take one commit of the key store, and threads calling it at once share
+ * one. The keys are durable when it returns, before anything encrypted under them is written.
+ * Nothing to do (0) when the store does not encrypt (EVENT_ENCRYPTION=off); EW_EINVAL when a
+ * subject cannot name a key. */
+int ew_store_prepare_keys(ew_store *s, const char *const *subjects, size_t n, ew_error *err);
+
 /* Publishes up to `batch` unsent outbox events in order, through `publish` (normally a bus
  * publish of the batch), then marks them sent. A crash between the two publishes them again
  * on the next run: at least once, never lost. *sent gets the count. */

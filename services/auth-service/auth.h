@@ -17,8 +17,11 @@
 #define AUTH_SERVICE "auth-service"
 #define AUTH_PORT 8001
 
+typedef struct auth_ids auth_ids;
+
 typedef struct auth {
     svc *s;
+    auth_ids *ids;               /* new users' ids with their data keys made (user_ids.c) */
     unsigned long long opslimit; /* crypto_pwhash limits (AUTH_PASSWORD_HASH) */
     size_t memlimit;
     int64_t token_ttl_s, reset_ttl_s;
@@ -56,5 +59,14 @@ extern const char *const auth_schema[];
  * logins from now on get tokens issued after (auth_token_epochs). Publishes user.tokens_revoked. */
 int auth_revoke(auth *a, ew_txn *t, ew_handler_ctx *ctx, const char *user_id,
                 const char *session_id, const char *reason, ew_error *err);
+
+/* ---- user_ids.c: new users' ids */
+
+auth_ids *auth_ids_new(void); /* NULL when out of memory */
+void auth_ids_free(auth_ids *p);
+/* A new user id into out, whose data key the key store of db holds already (durable): made in
+ * batches the size of the recent demand, one commit of the key store each (ew_store_prepare_keys).
+ * Thread-safe. An id is handed out once, and never more than a second after it was made. */
+int auth_ids_take(auth_ids *p, ew_store *db, char out[37], ew_error *err);
 
 #endif

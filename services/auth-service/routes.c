@@ -192,7 +192,6 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
         return;
     }
     char user_id[EW_UUID_LEN + 1], now[32];
-    ew_uuid7(user_id);
     svc_time(0, now);
     static const char *const roles[] = {"user"};
     char *roles_json = json_strlist(roles, 1);
@@ -200,8 +199,12 @@ static void h_register(const ew_http_request *rq, ew_http_response *res, void *u
     ew_txn *t;
     ew_error e = {0};
     svc_row row = {0};
-    int rc = svc_begin(a->s, &t, &e);
+    /* The new user's id comes with its data key made (user_ids.c): made inside the transaction,
+     * the key store's durable commit would hold the database while it syncs, one registration at
+     * a time. A registration refused below (a name taken) leaves a key that nothing uses. */
+    int rc = auth_ids_take(a->ids, svc_db(a->s), user_id, &e);
     if (rc) goto failed;
+    if ((rc = svc_begin(a->s, &t, &e))) goto failed;
     const char *q[] = {key, email};
     rc = svc_query_row(t,
                        "SELECT username_key, email FROM event_store.auth_users "

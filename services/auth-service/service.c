@@ -36,6 +36,7 @@ static int setup(svc *s, void *ud, ew_error *err)
     a->resets_email = ew_config_get_int(c, "AUTH_RESETS_PER_EMAIL");
     a->registrations_address = ew_config_get_int(c, "AUTH_REGISTRATIONS_PER_ADDRESS");
     if (!(a->limits = svc_limiter_new(16384))) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    if (!(a->ids = auth_ids_new())) return ew_error_set(err, EW_ENOMEM, "out of memory");
     a->reset_ttl_s = ew_config_get_int(c, "AUTH_RESET_TOKEN_TTL_SECONDS");
     /* unknown users cost a login as much as known ones */
     char pw[SVC_SECRET_LEN + 1];
@@ -54,6 +55,8 @@ static void teardown(svc *s, void *ud)
     auth *a = ud;
     svc_limiter_free(a->limits);
     a->limits = NULL;
+    auth_ids_free(a->ids);
+    a->ids = NULL;
     if (a->max_hashes) {
         pthread_mutex_destroy(&a->hash_mu);
         pthread_cond_destroy(&a->hash_cv);

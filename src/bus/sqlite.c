@@ -261,6 +261,10 @@ static int sq_open(void **self, ew_bus *bus, const ew_config *cfg, ew_error *err
      * database syncs the WAL before and the database after, before the WAL may be reused. (The
      * WAL exists while a connection is open: ours is.) When the WAL cannot be opened: FULL. */
     size_t len = strlen(url + 7);
+    if ((b->signal_path = malloc(len + sizeof EW__STORE_SIGNAL_SUFFIX))) {
+        memcpy(b->signal_path, url + 7, len);
+        memcpy(b->signal_path + len, EW__STORE_SIGNAL_SUFFIX, sizeof EW__STORE_SIGNAL_SUFFIX);
+    }
     if ((b->wal_path = malloc(len + 5))) {
         memcpy(b->wal_path, url + 7, len);
         memcpy(b->wal_path + len, "-wal", 5);
@@ -403,6 +407,7 @@ static void sq_close(void *self)
     ew_store_close(b->st);
     if (b->wal_fd >= 0) close(b->wal_fd);
     free(b->wal_path);
+    free(b->signal_path);
     pthread_mutex_destroy(&b->gc_mu);
     pthread_mutex_destroy(&b->mu);
     free(b);

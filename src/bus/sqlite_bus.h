@@ -22,9 +22,10 @@
 #define STANDBY_MS 100
 /* A position that moved is written at most every COMMIT_MS. */
 #define COMMIT_MS 10
-/* An idle consumer with inotify checks data_version every FALLBACK_MS anyway; without inotify it
- * polls every POLL_US. After a write to the WAL with no commit visible yet (a commit being synced
- * in the lock: SQLite's synchronous=FULL), it looks again every SETTLE_US for SETTLE_MS. */
+/* An idle consumer with inotify (on the store's signal file, else on the WAL) checks
+ * data_version every FALLBACK_MS anyway; without inotify it polls every POLL_US. After a change
+ * of the watched file with no commit visible yet (watching the WAL: a commit being synced in
+ * the lock, SQLite's synchronous=FULL), it looks again every SETTLE_US for SETTLE_MS. */
 #define FALLBACK_MS 100
 #define POLL_US 2000
 #define SETTLE_US 1000
@@ -100,8 +101,9 @@ struct sqbus {
     const ew_config *cfg;
     ew_store *st; /* publishing and group creation */
     size_t max_inflight, max_bytes;
-    char *wal_path; /* the database's WAL file, which idle consumers watch */
-    int wal_fd;     /* open on it, to sync it after each group commit; -1: FULL commits instead */
+    char *wal_path;    /* the database's WAL file, synced after each group commit */
+    char *signal_path; /* PATH-signal (store_bus.h), which idle consumers watch */
+    int wal_fd; /* open on it, to sync it after each group commit; -1: FULL commits instead */
     char host[64], pidns[32];
     pid_t pid;
 

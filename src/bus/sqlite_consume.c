@@ -158,12 +158,17 @@ static int commit_position(group *g, ew_error *err)
 
 enum { WOKE_KICK = 1, WOKE_WRITE = 2 };
 
-/* Watches the WAL: a commit by anyone writes it (IN_MODIFY). Without inotify (a limit reached,
- * a file system that has none) the consumer polls. */
+/* Watches the store's signal file, which every connection of this library writes after a
+ * commit that added events (store_bus.h: IN_MODIFY once per such commit); where it cannot be
+ * watched, the WAL, which every commit of anyone writes, page by page. Without inotify (a limit
+ * reached, a file system that has none) the consumer polls. */
 static void watch_wal(group *g)
 {
-    if (g->ino_fd < 0 || g->watching || !g->b->wal_path) return;
-    g->watching = inotify_add_watch(g->ino_fd, g->b->wal_path, IN_MODIFY) >= 0;
+    if (g->ino_fd < 0 || g->watching) return;
+    if (g->b->signal_path)
+        g->watching = inotify_add_watch(g->ino_fd, g->b->signal_path, IN_MODIFY) >= 0;
+    if (!g->watching && g->b->wal_path)
+        g->watching = inotify_add_watch(g->ino_fd, g->b->wal_path, IN_MODIFY) >= 0;
 }
 
 static int drain_inotify(group *g)

@@ -695,6 +695,44 @@ static bool cached(ew__keyring *k, const char *subject)
     return yes;
 }
 
+int ew__keyring_ready(ew__keyring *k, const char *const *subjects, size_t n, ew_error *err)
+{
+    if (!k || !n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!subjects[i] || !subject_ok(subjects[i]))
+            return ew_error_set(err, EW_EINVAL, "no data key can be named after subject %zu", i);
+    int rc = 0;
+    if (n >= 2) { /* every key queued (these, and other threads' meanwhile) in one transaction */
+        wanted *w = calloc(n, sizeof *w);
+        if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
+        pthread_mutex_lock(&k->mu);
+        for (size_t i = 0; i < n; i++) {
+            w[i] = (wanted){.next = k->queue, .subject = subjects[i]};
+            k->queue = &w[i];
+        }
+        pthread_mutex_unlock(&k->mu);
+        pthread_mutex_lock(&k->db_mu);
+        rc = load_locked(k, err);
+        pthread_mutex_lock(&k->mu);
+        wanted *batch = k->queue;
+        k->queue = NULL;
+        pthread_mutex_unlock(&k->mu);
+        if (!rc) rc = create_keys(k, subjects[0], batch, err);
+        pthread_mutex_unlock(&k->db_mu);
+        for (size_t i = 0; i < n; i++) /* taken above; a failed load left them queued */
+            dequeue(k, &w[i]);
+        free(w);
+    }
+    /* each key into the cache (read, or made when n is 1: queued, one commit for many) */
+    key_state state;
+    unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = get_key(k, subjects[i], true, &state, dek, sub, err);
+    sodium_memzero(dek, sizeof dek);
+    sodium_memzero(sub, sizeof sub);
+    return rc;
+}
+
 int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err)
 {
     if (!k || n < 2) return 0;

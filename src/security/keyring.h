@@ -69,6 +69,14 @@ int ew__keyring_encode(ew__keyring *k, const ew_event *ev, char **out, size_t *o
  * reports those). */
 int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew_error *err);
 
+/* Makes the data keys of subjects[0..n) that the key store lacks (a subject with a key or a
+ * tombstone is left as it is), and caches them: what the first seal under a new subject does,
+ * done ahead of time. A caller about to write events of new subjects inside a transaction of a
+ * store calls it first, so that the key store's commit is not made while that transaction holds
+ * the store. Several subjects at once take one commit, and so do threads calling it at once.
+ * The keys are durable when it returns. EW_EINVAL for a subject that cannot name a key. */
+int ew__keyring_ready(ew__keyring *k, const char *const *subjects, size_t n, ew_error *err);
+
 /* ev with its encrypted fields decrypted and checked as plaintext (a new event, or ev itself when
  * it has none): *out holds one reference. An erased subject's fields come back empty, the event
  * marked erased. EW_ECRYPTO when a field does not authenticate (tampered, or encrypted under a

@@ -55,6 +55,26 @@ struct ew_keys {
     char *path;
 };
 
+/* Another connection holds the lock the statement needs: with the rollback journal, a reader
+ * waits while a writer commits (which syncs the disk several times), and a commit waits for the
+ * readers to end. SQLite's own busy timeout sleeps 1, 2, 5, 10 ... up to 100 ms at a time, which
+ * every service paid in latency when it read a new user's key while auth-service made another's;
+ * here a waiter sleeps 50 us, doubling to 1.6 ms, and gives up after BUSY_TIMEOUT_MS (as the
+ * store's busy_wait in src/store/sqlite.c). */
+static int busy_wait(void *ud, int count)
+{
+    (void)ud;
+    static const int64_t limit_us = (int64_t)BUSY_TIMEOUT_MS * 1000;
+    int64_t slept = 0, step = 50;
+    for (int i = 0; i < count && slept < limit_us; i++) {
+        slept += step;
+        if (step < 1600) step *= 2;
+    }
+    if (slept >= limit_us) return 0;
+    usleep((useconds_t)step);
+    return 1;
+}
+
 const char *ew_key_alg_name(ew_key_alg alg)
 {
     switch (alg) {
@@ -271,7 +291,7 @@ int ew_keys_open(ew_keys **out, const ew_keys_options *opts, ew_error *err)
                           k->db ? sqlite3_errmsg(k->db) : "cannot open it");
         goto fail;
     }
-    sqlite3_busy_timeout(k->db, BUSY_TIMEOUT_MS);
+    sqlite3_busy_handler(k->db, busy_wait, NULL);
     /* No WAL: its -wal and -shm files would be made with the process's umask, not 0600. */
     if ((rc = exec(k, "PRAGMA journal_mode=DELETE", "journal mode", err))) goto fail;
     if ((rc = migrate(k, err))) goto fail;

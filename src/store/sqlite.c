@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "eventwire/clock.h"
 #include "core/files.h"
 #include "store/migrations.h"
+#include "store/store_bus.h"
 #include "store/store_impl.h"
 
 #define BUSY_TIMEOUT_MS 10000
@@ -163,6 +165,8 @@ typedef struct sq {
     const ew__store_log *log;
     sqlite3_stmt *st[S__COUNT];
     cached cache[EXEC_CACHE];
+    int signal_fd; /* PATH-signal (EW__STORE_SIGNAL_SUFFIX), open for writing; -1: none */
+    bool appended; /* the open transaction added events to the log */
 } sq;
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -232,14 +236,32 @@ static int begin_tx(void *conn, ew_error *err)
 static void rollback_tx(void *conn)
 {
     sq *c = conn;
+    c->appended = false;
     if (!sqlite3_get_autocommit(c->db)) run(c, S_ROLLBACK, NULL);
+}
+
+/* After a commit that added events to the log: a byte written to the signal file, whose
+ * IN_MODIFY wakes the consumers of other connections (the SQLite bus's, which watch it with
+ * inotify) once per commit that gave them something to read -- not at every write of the WAL,
+ * which a commit makes several of and positions, leases and inbox records make too. A failed
+ * write only leaves them to their timer. */
+static void signal_commit(sq *c)
+{
+    static const char one = 1;
+    if (c->signal_fd >= 0 && pwrite(c->signal_fd, &one, 1, 0) < 0)
+        ew__store_logf(c->log, EW_LOG_DEBUG, "sqlite: cannot write the commit signal: %s",
+                       strerror(errno));
 }
 
 static int commit_tx(void *conn, ew_error *err)
 {
     sq *c = conn;
     int rc = run(c, S_COMMIT, err);
-    if (rc) rollback_tx(c);
+    if (rc)
+        rollback_tx(c);
+    else if (c->appended)
+        signal_commit(c);
+    c->appended = false;
     return rc;
 }
 
@@ -319,6 +341,7 @@ static void sq_close(void *conn)
         free(c->cache[i].sql);
     }
     sqlite3_close(c->db);
+    if (c->signal_fd >= 0) close(c->signal_fd);
     free(c);
 }
 
@@ -365,6 +388,7 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
     sq *c = calloc(1, sizeof *c);
     if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
     c->log = log;
+    c->signal_fd = -1;
     if (sqlite3_open_v2(":memory:", &c->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -402,6 +426,16 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
      * erasure must leave nothing readable: docs/security.md#erasure). */
     if ((rc = pragma(c, "PRAGMA event_store.secure_delete=ON", NULL, 0, err))) goto fail;
     if ((rc = migrate(c, err))) goto fail;
+    if (!memory) { /* made 0600 like the database; without it, consumers poll on a timer */
+        char sig[4096];
+        if (snprintf(sig, sizeof sig, "%s%s", path, EW__STORE_SIGNAL_SUFFIX) < (int)sizeof sig)
+            c->signal_fd = open(sig, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (c->signal_fd < 0)
+            ew__store_logf(log, EW_LOG_WARN,
+                           "sqlite: cannot open %s%s (%s): consumers in other processes will "
+                           "learn of this connection's events by their timer only",
+                           path, EW__STORE_SIGNAL_SUFFIX, strerror(errno));
+    }
     *conn = c;
     return 0;
 fail:
@@ -468,6 +502,7 @@ static int sq_append(void *conn, const ew__append_args *a, ew_append_result *res
     }
     sqlite3_clear_bindings(ins);
     if (appended) {
+        c->appended = true;
         if ((rc = commit_tx(c, err))) return rc;
     } else {
         rollback_tx(c);
@@ -645,6 +680,7 @@ static int sq_record(void *conn, const ew__record_args *a, ew_append_result *res
     res->last_position = appended ? pos : 0;
     res->appended = appended;
     res->duplicates = dups;
+    if (appended) c->appended = true;
     return 0;
 }
 

@@ -160,6 +160,13 @@ struct ew__keyring *ew__store_keyring(const ew_store *s)
     return s->keys;
 }
 
+int ew_store_prepare_keys(ew_store *s, const char *const *subjects, size_t n, ew_error *err)
+{
+    if (!s || (n && !subjects))
+        return ew_error_set(err, EW_EINVAL, "a store and the subjects are required");
+    return s->keys ? ew__keyring_ready(s->keys, subjects, n, err) : 0;
+}
+
 int ew__store_unseal(const ew_store *s, ew_event **ev, ew_error *err)
 {
     if (!s->keys || !ew_event_encrypted(*ev)) return 0;

@@ -63,6 +63,14 @@ int ew__store_scan(ew_store *s, int64_t from_position, const char *const *patter
  * PostgreSQL. */
 int ew__store_data_version(ew_store *s, int64_t *version, ew_error *err);
 
+/* Beside a SQLite store's file PATH, the file PATH-signal (0600), to which every connection of
+ * this library writes a byte after each commit that added events to the log. Its IN_MODIFY
+ * (inotify) tells consumers in other processes that there is something new to read, once per
+ * such commit; the WAL, which they watched before, changes at every page written, by any
+ * commit (positions, leases, inbox records). A writer that does not write it (another program,
+ * the sqlite3 shell) is noticed by the consumers' timer. */
+#define EW__STORE_SIGNAL_SUFFIX "-signal"
+
 /* Makes every commit of this handle wait until it is on disk (on = 1), or not (on = 0, the
  * default). SQLite: PRAGMA synchronous=FULL, which syncs the WAL at each commit, instead of
  * NORMAL, which syncs it only at checkpoints — a commit is then safe from a crash of the process

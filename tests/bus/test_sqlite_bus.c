@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -144,6 +145,58 @@ static void wait_count(atomic_int *n, int want, const char *what)
 }
 
 #define HEAD "SELECT coalesce(max(position), 0) FROM events"
+
+/* ---- a consumer of another connection learns of a commit promptly ------------------------- */
+
+typedef struct pickup {
+    atomic_int n;
+    _Atomic int64_t at_ns;
+} pickup;
+
+static ew_handler_result picked_up(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    (void)ev, (void)ctx;
+    pickup *p = ud;
+    atomic_store(&p->at_ns, ew_mono_ns());
+    atomic_fetch_add(&p->n, 1);
+    return EW_HANDLER_OK;
+}
+
+/* An idle consumer of another bus (its own connection, as in another process: the publisher's
+ * kick does not reach it) handles each event soon after its publish returns: it is woken by the
+ * store's signal file, not by its 100 ms timer (FALLBACK_MS). Of 20 publishes 100 ms apart, the
+ * median pickup must be well under that timer; lost wake-ups would show as ~50-100 ms each. */
+static void another_connection_picks_up_promptly(void **state)
+{
+    enum { N = 20 };
+    env *e = *state;
+    pickup p = {0};
+    ew_bus *c = open_bus(e, "consumer", NULL);
+    tb_subscribe(c, "user.logged_in", picked_up, &p, NULL);
+    tb_start(c);
+    ew_bus *pub = open_bus(e, "publisher", NULL);
+    tb_start(pub);
+    int64_t lat[N];
+    for (int i = 0; i < N; i++) {
+        usleep(100000); /* the consumer is idle again */
+        int64_t sent = ew_mono_ns();
+        tb_publish_owned(pub, tb_event(EW_T_USER_LOGGED_IN, NULL));
+        wait_count(&p.n, i + 1, "pickup");
+        lat[i] = atomic_load(&p.at_ns) - sent;
+        if (lat[i] < 0) lat[i] = 0;
+    }
+    for (int i = 1; i < N; i++) /* insertion sort */
+        for (int j = i; j > 0 && lat[j - 1] > lat[j]; j--) {
+            int64_t x = lat[j];
+            lat[j] = lat[j - 1];
+            lat[j - 1] = x;
+        }
+    print_message("pickup from another connection: median %.2f ms, max %.2f ms\n", lat[N / 2] / 1e6,
+                  lat[N - 1] / 1e6);
+    assert_true(lat[N / 2] < 50 * 1000000LL); /* the publish (its sync included) and the pickup */
+    tb_close(pub);
+    tb_close(c);
+}
 
 /* ---- three processes, one file, one group, a consumer killed -------------------------------- */
 
@@ -1213,6 +1266,61 @@ static void batch_txn_and_data_version(void **state)
     ew_store_close(mem);
 }
 
+/* Whether the inotify descriptor fd has an event waiting (read without blocking). */
+static bool signalled(int fd)
+{
+    _Alignas(struct inotify_event) char buf[4096];
+    bool any = false;
+    while (read(fd, buf, sizeof buf) > 0)
+        any = true;
+    return any;
+}
+
+/* The store writes PATH-signal after each commit that added events, and only then: after a
+ * record, after a transaction that recorded (at its commit, not before), not after one that
+ * rolled back, nor after writes that add no event (a position, a lease). Consumers of other
+ * connections watch it to learn of new events (the SQLite bus). The file is 0600. */
+static void commits_with_events_signal(void **state)
+{
+    senv *e = *state;
+    char sig[200];
+    snprintf(sig, sizeof sig, "%s%s", e->fs.path, EW__STORE_SIGNAL_SUFFIX);
+    struct stat st;
+    assert_int_equal(stat(sig, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_true(inotify_add_watch(fd, sig, IN_MODIFY) >= 0);
+    ew_error err = {0};
+    ew_event *ev = ev_with(EW_T_USER_LOGGED_IN, NULL);
+    const ew_event *evs[] = {ev};
+    assert_int_equal(ew__store_record(e->s, evs, 1, NULL, &err), 0);
+    assert_true(signalled(fd));
+    assert_int_equal(ew__store_record(e->s, evs, 1, NULL, &err), 0); /* a duplicate: nothing */
+    assert_false(signalled(fd));
+    ew_txn *t;
+    ew_event *ev2 = ev_with(EW_T_USER_LOGGED_IN, NULL);
+    const ew_event *evs2[] = {ev2};
+    assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
+    assert_int_equal(ew__txn_record(t, evs2, 1, NULL, &err), 0);
+    assert_false(signalled(fd)); /* not before its commit */
+    ew_txn_rollback(t);
+    assert_false(signalled(fd));
+    assert_int_equal(ew_store_begin(e->s, &t, &err), 0);
+    assert_int_equal(ew__txn_record(t, evs2, 1, NULL, &err), 0);
+    assert_int_equal(ew_txn_commit(t, &err), 0);
+    assert_true(signalled(fd));
+    assert_int_equal(ew__store_group_open(e->s, "g", 0, NULL, &err), 0);
+    int held = 0;
+    assert_int_equal(ew__store_group_lease(e->s, "g", "me", NULL, 1000, &held, &err), 0);
+    assert_int_equal(held, 1);
+    assert_int_equal(ew__store_group_commit(e->s, "g", "me", 2, 1000, &held, &err), 0);
+    assert_false(signalled(fd));
+    close(fd);
+    ew_event_unref(ev2);
+    ew_event_unref(ev);
+}
+
 typedef struct scanned {
     int n, bad;
     int64_t positions[16];
@@ -1377,6 +1485,8 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(bad_row_dead_lettered_once_while_the_sink_is_down, setup,
                                     teardown),
     cmocka_unit_test_setup_teardown(bad_store_url, setup, teardown),
+    cmocka_unit_test_setup_teardown(another_connection_picks_up_promptly, setup, teardown),
+    cmocka_unit_test_setup_teardown(commits_with_events_signal, setup_store_sqlite, teardown_store),
     STORE_CASES(record_across_streams),
     STORE_CASES(record_refuses_big_events),
     STORE_CASES(groups_and_leases),

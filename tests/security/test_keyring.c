@@ -19,6 +19,7 @@
 #include "catalog/event_internal.h"
 #include "security/datakeys.h"
 #include "security/keyring.h"
+#include "store/handle.h"
 #include "support/case_db.h"
 #include "support/ew_test.h"
 #include "support/pg.h"
@@ -27,6 +28,7 @@
 #include "eventwire/dlq.h"
 #include "eventwire/id.h"
 #include "eventwire/keys.h"
+#include "eventwire/store.h"
 
 typedef struct fx {
     char dir[64], url[128], kek[128];
@@ -393,6 +395,44 @@ static void test_a_batch_makes_its_new_keys_in_one_commit(void **state)
     }
     ew__keyring_free(fresh);
     ew__keyring_free(k);
+}
+
+/* ew_store_prepare_key makes a new subject's data key before the transaction that writes its
+ * events (what auth-service's registration does): the key store commits then, once, and the
+ * transaction's ew_outbox_add seals under the cached key without a commit of its own — made
+ * inside, the key store's synced commit held the store's handle, and concurrent registrations
+ * made their keys one at a time. A subject that cannot name a key is refused. */
+static void test_a_key_made_ahead_of_a_transaction(void **state)
+{
+    fx *f = *state;
+    ew_store *st;
+    ew_error err = {0};
+    if (ew_store_open(&st, &(ew_store_options){.config = f->cfg}, &err)) fail_msg("%s", err.msg);
+    ew__keyring *k = ew__store_keyring(st);
+    assert_non_null(k);
+    assert_int_equal(ew__keyring_load(k, &err), 0);
+    char user[EW_UUID_LEN + 1];
+    ew_uuid7(user);
+    size_t live = 0, erased = 0;
+    unsigned before = key_commits(f, k);
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err), 0);
+    assert_int_equal(key_commits(f, k), before + 1);
+    assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+    assert_int_equal(live, 1);
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){user}, 1, &err),
+                     0); /* has one: nothing to do */
+    assert_int_equal(key_commits(f, k), before + 1);
+    ew_txn *t;
+    assert_int_equal(ew_store_begin(st, &t, &err), 0);
+    ew_event *ev = registered(user, "lin@example.com", "lin");
+    assert_int_equal(ew_outbox_add(t, ev, &err), 0);
+    assert_int_equal(ew_txn_commit(t, &err), 0);
+    ew_event_unref(ev);
+    assert_int_equal(key_commits(f, k), before + 1);
+    assert_int_equal(ew__keyring_count(k, &live, &erased, &err), 0);
+    assert_int_equal(live, 1);
+    assert_int_equal(ew_store_prepare_keys(st, (const char *[]){"no spaces"}, 1, &err), EW_EINVAL);
+    ew_store_close(st);
 }
 
 /* A commit of new keys that fails ends its transaction: the key store is not left locked for
@@ -1433,6 +1473,7 @@ static void test_golden_vectors_pin_the_wire_format(void **state)
 static const struct CMUnitTest tests[] = {
     STORES(test_new_keys_from_many_threads_at_once),
     STORES(test_a_batch_makes_its_new_keys_in_one_commit),
+    STORES(test_a_key_made_ahead_of_a_transaction),
     CASE(test_the_wire_carries_ciphertext),
     CASE(test_golden_vectors_pin_the_wire_format),
     CASE(test_a_failed_commit_leaves_the_key_store_unlocked),

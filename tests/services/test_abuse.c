@@ -344,7 +344,7 @@ static int stop_up(void **state)
 
 typedef struct modes {
     int bad;
-    int dirs, db, wal, shm, key, pub, log, pid, eml, json, conf;
+    int dirs, db, wal, shm, sig, key, pub, log, pid, eml, json, conf;
 } modes;
 
 static bool ends_with(const char *s, const char *suffix)
@@ -374,6 +374,7 @@ static void walk(const char *path, modes *m)
             m->db += ends_with(p, ".db");
             m->wal += ends_with(p, ".db-wal");
             m->shm += ends_with(p, ".db-shm");
+            m->sig += ends_with(p, ".db-signal");
             m->key += ends_with(p, ".key");
             m->pub += ends_with(p, ".pub");
             m->log += ends_with(p, ".log");
@@ -471,16 +472,17 @@ static void test_everything_the_services_create_is_private_whatever_the_umask(vo
         usleep(100000);
     }
     fprintf(stderr,
-            "under var/: %d folders, %d databases (%d -wal, %d -shm), %d keys (%d public), "
-            "%d logs, %d pid files, %d mails, %d exports, %d bus policy; %d of the wrong mode\n",
-            m.dirs + 1, m.db, m.wal, m.shm, m.key, m.pub, m.log, m.pid, m.eml, m.json, m.conf,
-            m.bad);
+            "under var/: %d folders, %d databases (%d -wal, %d -shm, %d -signal), %d keys (%d "
+            "public), %d logs, %d pid files, %d mails, %d exports, %d bus policy; %d of the wrong "
+            "mode\n",
+            m.dirs + 1, m.db, m.wal, m.shm, m.sig, m.key, m.pub, m.log, m.pid, m.eml, m.json,
+            m.conf, m.bad);
     struct stat st;
     assert_int_equal(stat("var", &st), 0);
     assert_int_equal(st.st_mode & 07777, 0700);
     assert_int_equal(m.bad, 0);
     assert_true(m.db >= 6); /* the event store and the five services' (and the key store's) */
-    assert_true(m.wal >= 6 && m.shm >= 6);
+    assert_true(m.wal >= 6 && m.shm >= 6 && m.sig >= 6);
     assert_true(m.key >= 6 && m.log == 5 && m.pid == 5);
     assert_true(m.eml >= 1 && m.json >= 1 && m.conf == 1);
     assert_int_equal(ew_test_ewctl("down", NULL, &out, &err), 0);
