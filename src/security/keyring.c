@@ -699,7 +699,7 @@ int ew__keyring_ready(ew__keyring *k, const char *const *subjects, size_t n, ew_
 {
     if (!k || !n) return 0;
     for (size_t i = 0; i < n; i++)
-        if (!subjects[i] || !subject_ok(subjects[i]))
+        if (!subjects[i] || !ew__keyring_subject_len(subjects[i]))
             return ew_error_set(err, EW_EINVAL, "no data key can be named after subject %zu", i);
     int rc = 0;
     if (n >= 2) { /* every key queued (these, and other threads' meanwhile) in one transaction */
@@ -727,7 +727,7 @@ int ew__keyring_ready(ew__keyring *k, const char *const *subjects, size_t n, ew_
     key_state state;
     unsigned char dek[KEY_BYTES], sub[KEY_BYTES];
     for (size_t i = 0; !rc && i < n; i++)
-        rc = get_key(k, subjects[i], true, &state, dek, sub, err);
+        rc = ew__keyring_get_key(k, subjects[i], true, &state, dek, sub, err);
     sodium_memzero(dek, sizeof dek);
     sodium_memzero(sub, sizeof sub);
     return rc;
