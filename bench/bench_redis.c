@@ -22,6 +22,12 @@
  *                           received, docs/bus-auth.md), beside publish_to_handled without
  *                           (EVENT_AUTH=off) in the same rounds
  *
+ * Every bus figure but .shipped runs with field encryption off (EVENT_ENCRYPTION=off): the raw
+ * loop carries the same events in clear, and with it on each event about a new user makes its
+ * data key (a key-store commit on the publishing side, a key-store read on the receiving side),
+ * which held every figure here at ~12-15 k/s whatever the bus did. The cost of encryption is
+ * .shipped's (below) and bench_codec's.
+ *
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
  * (found from $EW_SOURCE_DIR, the working folder or beside this executable) and stopped at the
@@ -365,7 +371,7 @@ static ew_evauth *auth_open(const char *mode)
     return a;
 }
 
-static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
+static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs, bool sealed)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -373,7 +379,8 @@ static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
         ew_config_set(cfg, "SERVICE_NAME", auth ? "auth-service" : "bench", &err) ||
         ew_config_set(cfg, "REDIS_EVENT_URL", url, &err) ||
         ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err) ||
-        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
+        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)) ||
+        (!sealed && ew_config_set(cfg, "EVENT_ENCRYPTION", "off", &err)))
         die("config", err.msg);
     ew_bus *bus;
     ew_bus_options o = {.config = cfg, .auth = auth, .span = obs == OBS_ON ? span_fn : NULL};
@@ -384,7 +391,7 @@ static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
 
 static ew_bus *bus_open(const char *pfx)
 {
-    return bus_open_with(pfx, NULL, OBS_DEFAULT);
+    return bus_open_with(pfx, NULL, OBS_DEFAULT, false);
 }
 
 /* How many of the events a bus run publishes: N_EVENTS, or fewer (bench_redis auth ... N). */
@@ -438,7 +445,7 @@ static void wait_count(counter *c, long n)
     }
 }
 
-static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int obs)
+static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int obs, bool sealed)
 {
     quiesce();
     char pfx[96], key[160];
@@ -448,7 +455,7 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
                                 : "e",
              obs);
     snprintf(key, sizeof key, "%s:user.registered", pfx);
-    ew_bus *bus = bus_open_with(pfx, auth, obs);
+    ew_bus *bus = bus_open_with(pfx, auth, obs, sealed);
     counter cnt = {0};
     ew_error err = {0};
     if (ew_bus_subscribe(bus, "user.registered", count_fn, &cnt, NULL, &err) ||
@@ -465,7 +472,7 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
 
 static double bench_bus_publish_to_handled(int round)
 {
-    return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT);
+    return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT, false);
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -546,7 +553,7 @@ int main(int argc, char **argv)
                 if ((k + round) % 2 == 0)
                     r = bench_raw_publish_to_handled();
                 else
-                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON);
+                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON, true);
             }
             if (r > raw_e2e) raw_e2e = r;
             if (b > e2e) e2e = b;
@@ -586,7 +593,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 2; k++) {
                 bool is_mac = (k + round) % 2 == 1;
                 if (only && strcmp(only, is_mac ? "mac" : "off") != 0) continue;
-                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT);
+                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT,
+                                                      false);
                 if (is_mac && v > mac) mac = v;
                 if (!is_mac && v > off) off = v;
             }
@@ -631,8 +639,10 @@ int main(int argc, char **argv)
     for (int round = 0; round < ROUNDS; round++) {
         for (int k = 0; k < 2; k++) {
             if ((k + round) % 2 == 0) {
-                if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_ON)) > m_on) m_on = v;
-            } else if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_OFF)) > m_off) {
+                if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_ON, false)) > m_on)
+                    m_on = v;
+            } else if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_OFF, false)) >
+                       m_off) {
                 m_off = v;
             }
         }
@@ -649,13 +659,13 @@ int main(int argc, char **argv)
         for (int k = 0; k < 3; k++) {
             int which = (k + round) % 3;
             if (which == 0 &&
-                (v = bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT)) > off)
+                (v = bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT, false)) > off)
                 off = v;
             if (which == 1 &&
-                (v = bench_bus_publish_to_handled_with(round, auth_mac, OBS_DEFAULT)) > mac)
+                (v = bench_bus_publish_to_handled_with(round, auth_mac, OBS_DEFAULT, false)) > mac)
                 mac = v;
             if (which == 2 &&
-                (v = bench_bus_publish_to_handled_with(round, auth_ed, OBS_DEFAULT)) > ed)
+                (v = bench_bus_publish_to_handled_with(round, auth_ed, OBS_DEFAULT, false)) > ed)
                 ed = v;
         }
     }
