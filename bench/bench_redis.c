@@ -31,7 +31,8 @@
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
  * (found from $EW_SOURCE_DIR, the working folder or beside this executable) and stopped at the
- * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling).
+ * end. `bench_redis e2e [bus|raw|both [N]]` runs only the end-to-end loops, five times (for
+ * profiling; N events a bus run), with the CPU time of the whole process per event of each.
  * `bench_redis shipped [ROUNDS]` runs publish_to_handled as shipped — authenticated events
  * (EVENT_AUTH=mac), personal fields encrypted (EVENT_ENCRYPTION=on, a data key per subject),
  * metrics on and a span callback — against raw_publish_to_handled, taking turns; its events are
@@ -475,6 +476,15 @@ static double bench_bus_publish_to_handled(int round)
     return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT, false);
 }
 
+/* The CPU time of the whole process (every thread, user and system), in seconds. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+}
+
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -573,9 +583,16 @@ int main(int argc, char **argv)
     if (only_e2e) {
         bool raw = argc > 2 && strcmp(argv[2], "raw") == 0,
              bus = argc > 2 && strcmp(argv[2], "bus") == 0;
-        for (int round = 0; round < 5; round++)
-            printf("bus e2e %.0f raw e2e %.0f\n", raw ? 0 : bench_bus_publish_to_handled(round),
-                   bus ? 0 : bench_raw_publish_to_handled());
+        if (argc > 3 && atol(argv[3]) > 0 && atol(argv[3]) < N_EVENTS) n_bus_events = atol(argv[3]);
+        for (int round = 0; round < 5; round++) {
+            double b = 0, r = 0, cpu0 = cpu_s(), cpu1;
+            if (!raw) b = bench_bus_publish_to_handled(round);
+            cpu1 = cpu_s();
+            if (!bus) r = bench_raw_publish_to_handled();
+            printf("bus e2e %.0f raw e2e %.0f (cpu per event: bus %.2f us, raw %.2f us)\n", b, r,
+                   raw ? 0 : (cpu1 - cpu0) * 1e6 / (double)n_bus_events,
+                   bus ? 0 : (cpu_s() - cpu1) * 1e6 / N_EVENTS);
+        }
         return 0;
     }
     /* bench_redis auth [off|mac|both [N]]: only publish_to_handled without authentication and
