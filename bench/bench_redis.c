@@ -22,10 +22,17 @@
  *                           received, docs/bus-auth.md), beside publish_to_handled without
  *                           (EVENT_AUTH=off) in the same rounds
  *
+ * Every bus figure but .shipped runs with field encryption off (EVENT_ENCRYPTION=off): the raw
+ * loop carries the same events in clear, and with it on each event about a new user makes its
+ * data key (a key-store commit on the publishing side, a key-store read on the receiving side),
+ * which held every figure here at ~12-15 k/s whatever the bus did. The cost of encryption is
+ * .shipped's (below) and bench_codec's.
+ *
  * Each throughput figure is the best of four rounds (raw and bus take turns going first), since
  * the machine is shared. The server: $EW_REDIS_URL, or one started here with scripts/test-servers
  * (found from $EW_SOURCE_DIR, the working folder or beside this executable) and stopped at the
- * end. `bench_redis e2e [bus|raw]` runs only the end-to-end loops, five times (for profiling).
+ * end. `bench_redis e2e [bus|raw|both [N]]` runs only the end-to-end loops, five times (for
+ * profiling; N events a bus run), with the CPU time of the whole process per event of each.
  * `bench_redis shipped [ROUNDS]` runs publish_to_handled as shipped — authenticated events
  * (EVENT_AUTH=mac), personal fields encrypted (EVENT_ENCRYPTION=on, a data key per subject),
  * metrics on and a span callback — against raw_publish_to_handled, taking turns; its events are
@@ -365,7 +372,7 @@ static ew_evauth *auth_open(const char *mode)
     return a;
 }
 
-static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
+static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs, bool sealed)
 {
     ew_config *cfg;
     ew_error err = {0};
@@ -373,7 +380,8 @@ static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
         ew_config_set(cfg, "SERVICE_NAME", auth ? "auth-service" : "bench", &err) ||
         ew_config_set(cfg, "REDIS_EVENT_URL", url, &err) ||
         ew_config_set(cfg, "REDIS_CHANNEL_PREFIX", pfx, &err) ||
-        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)))
+        (obs == OBS_OFF && ew_config_set(cfg, "ENABLE_METRICS", "false", &err)) ||
+        (!sealed && ew_config_set(cfg, "EVENT_ENCRYPTION", "off", &err)))
         die("config", err.msg);
     ew_bus *bus;
     ew_bus_options o = {.config = cfg, .auth = auth, .span = obs == OBS_ON ? span_fn : NULL};
@@ -384,7 +392,7 @@ static ew_bus *bus_open_with(const char *pfx, ew_evauth *auth, int obs)
 
 static ew_bus *bus_open(const char *pfx)
 {
-    return bus_open_with(pfx, NULL, OBS_DEFAULT);
+    return bus_open_with(pfx, NULL, OBS_DEFAULT, false);
 }
 
 /* How many of the events a bus run publishes: N_EVENTS, or fewer (bench_redis auth ... N). */
@@ -438,7 +446,7 @@ static void wait_count(counter *c, long n)
     }
 }
 
-static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int obs)
+static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int obs, bool sealed)
 {
     quiesce();
     char pfx[96], key[160];
@@ -448,7 +456,7 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
                                 : "e",
              obs);
     snprintf(key, sizeof key, "%s:user.registered", pfx);
-    ew_bus *bus = bus_open_with(pfx, auth, obs);
+    ew_bus *bus = bus_open_with(pfx, auth, obs, sealed);
     counter cnt = {0};
     ew_error err = {0};
     if (ew_bus_subscribe(bus, "user.registered", count_fn, &cnt, NULL, &err) ||
@@ -465,7 +473,16 @@ static double bench_bus_publish_to_handled_with(int round, ew_evauth *auth, int 
 
 static double bench_bus_publish_to_handled(int round)
 {
-    return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT);
+    return bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT, false);
+}
+
+/* The CPU time of the whole process (every thread, user and system), in seconds. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -546,7 +563,7 @@ int main(int argc, char **argv)
                 if ((k + round) % 2 == 0)
                     r = bench_raw_publish_to_handled();
                 else
-                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON);
+                    b = bench_bus_publish_to_handled_with(round, auth_mac, OBS_ON, true);
             }
             if (r > raw_e2e) raw_e2e = r;
             if (b > e2e) e2e = b;
@@ -566,9 +583,16 @@ int main(int argc, char **argv)
     if (only_e2e) {
         bool raw = argc > 2 && strcmp(argv[2], "raw") == 0,
              bus = argc > 2 && strcmp(argv[2], "bus") == 0;
-        for (int round = 0; round < 5; round++)
-            printf("bus e2e %.0f raw e2e %.0f\n", raw ? 0 : bench_bus_publish_to_handled(round),
-                   bus ? 0 : bench_raw_publish_to_handled());
+        if (argc > 3 && atol(argv[3]) > 0 && atol(argv[3]) < N_EVENTS) n_bus_events = atol(argv[3]);
+        for (int round = 0; round < 5; round++) {
+            double b = 0, r = 0, cpu0 = cpu_s(), cpu1;
+            if (!raw) b = bench_bus_publish_to_handled(round);
+            cpu1 = cpu_s();
+            if (!bus) r = bench_raw_publish_to_handled();
+            printf("bus e2e %.0f raw e2e %.0f (cpu per event: bus %.2f us, raw %.2f us)\n", b, r,
+                   raw ? 0 : (cpu1 - cpu0) * 1e6 / (double)n_bus_events,
+                   bus ? 0 : (cpu_s() - cpu1) * 1e6 / N_EVENTS);
+        }
         return 0;
     }
     /* bench_redis auth [off|mac|both [N]]: only publish_to_handled without authentication and
@@ -586,7 +610,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 2; k++) {
                 bool is_mac = (k + round) % 2 == 1;
                 if (only && strcmp(only, is_mac ? "mac" : "off") != 0) continue;
-                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT);
+                v = bench_bus_publish_to_handled_with(round, is_mac ? auth_mac : NULL, OBS_DEFAULT,
+                                                      false);
                 if (is_mac && v > mac) mac = v;
                 if (!is_mac && v > off) off = v;
             }
@@ -631,8 +656,10 @@ int main(int argc, char **argv)
     for (int round = 0; round < ROUNDS; round++) {
         for (int k = 0; k < 2; k++) {
             if ((k + round) % 2 == 0) {
-                if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_ON)) > m_on) m_on = v;
-            } else if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_OFF)) > m_off) {
+                if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_ON, false)) > m_on)
+                    m_on = v;
+            } else if ((v = bench_bus_publish_to_handled_with(round, NULL, OBS_OFF, false)) >
+                       m_off) {
                 m_off = v;
             }
         }
@@ -649,13 +676,13 @@ int main(int argc, char **argv)
         for (int k = 0; k < 3; k++) {
             int which = (k + round) % 3;
             if (which == 0 &&
-                (v = bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT)) > off)
+                (v = bench_bus_publish_to_handled_with(round, NULL, OBS_DEFAULT, false)) > off)
                 off = v;
             if (which == 1 &&
-                (v = bench_bus_publish_to_handled_with(round, auth_mac, OBS_DEFAULT)) > mac)
+                (v = bench_bus_publish_to_handled_with(round, auth_mac, OBS_DEFAULT, false)) > mac)
                 mac = v;
             if (which == 2 &&
-                (v = bench_bus_publish_to_handled_with(round, auth_ed, OBS_DEFAULT)) > ed)
+                (v = bench_bus_publish_to_handled_with(round, auth_ed, OBS_DEFAULT, false)) > ed)
                 ed = v;
         }
     }

@@ -45,6 +45,10 @@ struct ew__consumer {
     lane *lanes;
     size_t nlanes;
     size_t held;       /* entries alive: in lanes, or stale and waiting for done() */
+    size_t unfinished; /* entries handed over whose done() has not come */
+    size_t quiet;      /* done() calls since the thread last took its wake-up */
+    size_t wake_every; /* ... that wake it (see on_done) */
+    int64_t woken_ns;  /* when done() last woke it */
     bool dirty;        /* a done() came since the thread last settled */
     bool wake_pending; /* efd was written since the thread last read it */
     bool stopping, quit, in_deliver;
@@ -93,12 +97,22 @@ static lane *lane_of(ew__consumer *c, uint32_t id)
     return &c->lanes[id];
 }
 
-/* done(): every handler is finished with the delivery, or the bus closed first. Any thread. */
+/* A done() this long after the thread last woke wakes it (see on_done). */
+#define WAKE_AFTER_NS 1000000
+
+/* done(): every handler is finished with the delivery, or the bus closed first. Any thread.
+ * It wakes the consumer thread to settle when nothing the thread handed over is still being
+ * handled, when wake_every done() calls (an eighth of the window) came since the thread last
+ * woke, or when that was 1 ms ago or more; a done() that wakes nothing is settled at the thread's
+ * next turn (within idle_ms). Not at every done(): under load that cost a wake-up, a poll and a
+ * settlement (an XACK of a few entries) every few events, twice the context switches of the
+ * threads the Redis bus had before the core (bench/README.md). */
 static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
 {
     centry *e = (centry *)dl;
     ew__consumer *c = e->c;
     pthread_mutex_lock(&c->mu);
+    c->unfinished--;
     if (e->stale) {
         c->held--;
         free(e);
@@ -107,7 +121,14 @@ static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
         c->dirty = true;
         if (c->lane_wait) pthread_cond_broadcast(&c->cv);
     }
-    wake_locked(c);
+    if (!c->wake_pending) {
+        int64_t now = ew_mono_ns();
+        if (c->unfinished == 0 || ++c->quiet >= c->wake_every ||
+            now - c->woken_ns >= WAKE_AFTER_NS) {
+            c->woken_ns = now;
+            wake_locked(c);
+        }
+    }
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -299,6 +320,7 @@ static bool release(ew__consumer *c, const ew__ack_token *tok)
     centry *e = track_locked(c, *tok);
     if (e) {
         e->state = E_ABANDONED;
+        c->unfinished--;
         c->dirty = true;
     } else {
         lane *l = lane_of(c, tok->lane); /* out of memory: block the lane from now on */
@@ -318,6 +340,7 @@ static centry *track_locked(ew__consumer *c, ew__ack_token tok)
     e->tok = tok;
     e->at_ns = ew_mono_ns();
     e->state = E_PENDING;
+    c->unfinished++;
     if (l->tail)
         l->tail->next = e;
     else
@@ -385,6 +408,7 @@ bool ew__consumer_receive(ew__consumer *c, const ew__recv_msg *m, ew__ack_token 
         *pp = e->next;
         if (l->tail == e) l->tail = prev;
         c->held--;
+        c->unfinished--; /* no done() comes for it */
         free(e);
     }
     c->in_deliver = false;
@@ -409,6 +433,7 @@ static void drain_wake(ew__consumer *c)
     (void)rd;
     pthread_mutex_lock(&c->mu);
     c->wake_pending = false;
+    c->quiet = 0;
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -510,6 +535,7 @@ int ew__consumer_new(ew__consumer **out, const ew__consumer_conf *conf, ew_error
     if (!c) return ew_error_set(err, EW_ENOMEM, "out of memory");
     c->conf = *conf;
     if (c->conf.max_inflight < 1) c->conf.max_inflight = 1;
+    c->wake_every = c->conf.max_inflight / 8 ? c->conf.max_inflight / 8 : 1;
     c->ops = conf->ops;
     c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->efd < 0) {

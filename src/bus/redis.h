@@ -31,6 +31,39 @@
 #define READ_BYTES (16 << 20) /* what one XREADGROUP should bring at most, roughly */
 #define MAX_STREAMS EW_T__COUNT
 
+/* ---- redis_resp.c ---------------------------------------------------------------- */
+
+#define EW__RESP_DEPTH 8 /* arrays in arrays: an XREADGROUP answer has 5 */
+
+/* How far the scan of a reply being received got; zeroed for each new reply. */
+typedef struct ew__resp_scan {
+    size_t pos;                     /* buf[0, pos) is checked */
+    bool started;                   /* the first item is */
+    int depth;                      /* arrays open at pos ... */
+    long long left[EW__RESP_DEPTH]; /* ... and the items each still has to come */
+} ew__resp_scan;
+
+/* Is the RESP2 reply that starts at buf[0] complete in buf[0, len)? 1: yes, it is buf[0, *end);
+ * 0: more bytes are needed (call again with them appended: what was checked is not looked at
+ * again); -1: this is no RESP2, or arrays nest deeper than EW__RESP_DEPTH. */
+int ew__resp_complete(ew__resp_scan *s, const char *buf, size_t len, size_t *end);
+
+/* One item of a complete reply in buf[0, end): type is '*' (n elements follow, -1: nil), '$'
+ * (str[0, len) are its bytes; n = -1: nil), ':' (n), '+' or '-' (str[0, len) is the line). */
+typedef struct ew__resp_item {
+    char type;
+    long long n;
+    const char *str;
+    size_t len;
+} ew__resp_item;
+
+/* Reads the item at *pos and moves *pos past it (past an array's header only). False when buf
+ * holds no item there. */
+bool ew__resp_next(const char *buf, size_t end, size_t *pos, ew__resp_item *it);
+
+/* Moves *pos past the whole item there (an array with everything in it). False as above. */
+bool ew__resp_skip(const char *buf, size_t end, size_t *pos);
+
 /* ---- settings ---------------------------------------------------------------------------- */
 
 typedef ew__redis_url rurl; /* bus/url.h */
@@ -77,6 +110,8 @@ typedef struct rconsumer {
     redisContext *ack;   /* streams: XACK, XCLAIM refreshes, CLIENT UNBLOCK */
     long long client_id; /* rd's, for CLIENT UNBLOCK */
     int reading;         /* a blocking read out on rd (READ_*), answered in a later fetch */
+    ew_buf answer;       /* ... its answer as it arrives, read in place (redis_resp.c) */
+    ew__resp_scan scan;  /* ... and how far it was checked */
     uint32_t rsel[MAX_STREAMS];
     size_t nrsel;           /* ... and the streams it names */
     int64_t read_deadline;  /* ... and when its answer is overdue */
@@ -142,6 +177,7 @@ struct redis_bus {
 
 void ew__rd_conn_free(redisContext *c);
 int ew__rd_conn_read(redisContext *c, bool nowait);
+int ew__rd_conn_recv(redisContext *c, ew_buf *into);
 void ew__rd_free_replies(redisReply **r, size_t n);
 /* ew__redis_url_parse (bus/url.h), in redis_conn.c. */
 int ew__rd_pub_conn(redis_bus *rb, bool *fresh, ew_error *err);
@@ -169,7 +205,7 @@ void ew__rd_consumer_leftovers(rconsumer *c);
 bool ew__rd_receive(rconsumer *c, const char *type, const char *where, const char *payload,
                     size_t len, int code, const char *why, ew__ack_token tok);
 bool ew__rd_token_parse(const char *id, size_t len, uint32_t stream, ew__ack_token *tok);
-void ew__rd_token_id(const ew__ack_token *tok, char *out);
+size_t ew__rd_token_id(const ew__ack_token *tok, char *out);
 void ew__rd_acks_queue(rconsumer *c, const ew__ack_token *toks, size_t n);
 void ew__rd_acks_lost(rconsumer *c);
 bool ew__rd_acks_has(const rconsumer *c, const ew__ack_token *tok);

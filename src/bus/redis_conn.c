@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -226,6 +227,46 @@ int ew__rd_conn_read(redisContext *c, bool nowait)
         }
         /* what OpenSSL decrypted and holds is invisible to poll(): take it all now */
     } while (SSL_pending(t->ssl) > 0);
+    return 0;
+}
+
+/* As ew__rd_conn_read(c, true), but what arrived is appended to into, not to c's reader: for a
+ * reply read in place (redis_resp.c). Reads in chunks of 64 KiB or more, not hiredis's 16. */
+int ew__rd_conn_recv(redisContext *c, ew_buf *into)
+{
+    tls_conn *t = tls_of(c);
+    if (t) t->nowait = true;
+    do {
+        if (ew_buf_reserve(into, 65536)) {
+            conn_fail(c, "out of memory reading a reply");
+            return -1;
+        }
+        size_t room = into->cap - into->len - 1; /* ew_buf keeps a byte for its NUL */
+        if (t) {
+            ERR_clear_error();
+            errno = 0;
+            int r = SSL_read(t->ssl, into->data + into->len, room > INT_MAX ? INT_MAX : (int)room);
+            if (r <= 0) {
+                int saved = errno;
+                if (SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_READ) break;
+                char why[120];
+                tls_why(t, r, saved, why, sizeof why);
+                conn_fail(c, why);
+                return -1;
+            }
+            into->len += (size_t)r;
+            continue; /* what OpenSSL decrypted and holds is invisible to poll(): take it all */
+        }
+        ssize_t r = recv(c->fd, into->data + into->len, room, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
+        if (r <= 0) {
+            conn_fail(c, r == 0 ? "Server closed the connection" : strerror(errno));
+            return -1;
+        }
+        into->len += (size_t)r;
+        if ((size_t)r < room) break; /* the socket is drained */
+    } while (!t || SSL_pending(t->ssl) > 0);
+    into->data[into->len] = '\0';
     return 0;
 }
 

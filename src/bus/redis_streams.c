@@ -154,67 +154,182 @@ static bool known(const rconsumer *c, const ew__ack_token *tok, size_t nheld)
     return ew__rd_acks_has(c, tok);
 }
 
+/* "redis stream=KEY entry=ID" (the key cut at 256 bytes) into out (ID_MAX + 300 bytes): where
+ * a message came from, for dead letters and log lines. Copied rather than printed: it is made
+ * for every entry received. */
+static void where_of(char *out, const rstream *st, const char *id, size_t id_len)
+{
+    size_t kl = st->key_len < 256 ? st->key_len : 256;
+    char *p = out;
+    memcpy(p, "redis stream=", 13);
+    p += 13;
+    memcpy(p, st->key, kl);
+    p += kl;
+    memcpy(p, " entry=", 7);
+    p += 7;
+    memcpy(p, id, id_len); /* < ID_MAX */
+    p[id_len] = '\0';
+}
+
+/* One stream entry as received, from a hiredis reply or read in place: its id, its fields
+ * (-1: nil, the entry was deleted while pending), the value of its first field named 'event'
+ * and the value of its first field (NULL: none, or not a string). */
+typedef struct rentry {
+    bool ok; /* the shape of an entry: [id, [field, value, ...] | nil] */
+    const char *id;
+    size_t id_len;
+    long long fields;
+    bool has_event;
+    const char *event, *first;
+    size_t event_len, first_len;
+} rentry;
+
+/* The index-th field name and its value (NULL: not strings). */
+static void rentry_field(rentry *e, size_t index, const char *name, size_t name_len,
+                         const char *val, size_t val_len)
+{
+    if (index == 0) {
+        e->first = val;
+        e->first_len = val_len;
+    }
+    if (!e->has_event && name && name_len == 5 && memcmp(name, "event", 5) == 0) {
+        e->has_event = true;
+        e->event = val;
+        e->event_len = val_len;
+    }
+}
+
+static rentry rentry_of_reply(const redisReply *r)
+{
+    rentry e = {0};
+    if (!ew__rd_reply_is(r, REDIS_REPLY_ARRAY) || r->elements < 2 ||
+        !ew__rd_reply_is(r->element[0], REDIS_REPLY_STRING))
+        return e;
+    e.ok = true;
+    e.id = r->element[0]->str;
+    e.id_len = r->element[0]->len;
+    const redisReply *f = r->element[1];
+    e.fields = ew__rd_reply_is(f, REDIS_REPLY_ARRAY) ? (long long)f->elements : -1;
+    for (size_t i = 0; e.fields > 0 && i + 1 < f->elements; i += 2) {
+        const redisReply *k = f->element[i], *v = f->element[i + 1];
+        bool ks = k->type == REDIS_REPLY_STRING, vs = v->type == REDIS_REPLY_STRING;
+        rentry_field(&e, i / 2, ks ? k->str : NULL, ks ? k->len : 0, vs ? v->str : NULL,
+                     vs ? v->len : 0);
+    }
+    return e;
+}
+
+/* The item at *pos of a complete answer in buf[0, end), and *pos past it whole (an array with
+ * all it holds). False when the answer is malformed there. */
+static bool item_whole(const char *buf, size_t end, size_t *pos, ew__resp_item *it)
+{
+    size_t at = *pos;
+    if (!ew__resp_next(buf, end, pos, it)) return false;
+    if (it->type != '*' || it->n <= 0) return true;
+    *pos = at;
+    return ew__resp_skip(buf, end, pos);
+}
+
+/* The entry at *pos of a complete answer in buf[0, end) (redis_resp.c), as rentry_of_reply
+ * reads one from hiredis. False when the answer is malformed there. */
+static bool rentry_at(const char *buf, size_t end, size_t *pos, rentry *e)
+{
+    *e = (rentry){0};
+    size_t at = *pos;
+    ew__resp_item it, id, f;
+    if (!ew__resp_next(buf, end, pos, &it)) return false;
+    if (it.type != '*' || it.n < 2) { /* no entry: passed over (e->ok false) */
+        *pos = at;
+        return item_whole(buf, end, pos, &it);
+    }
+    if (!item_whole(buf, end, pos, &id)) return false;
+    e->ok = id.type == '$' && id.n >= 0;
+    e->id = id.str;
+    e->id_len = id.len;
+    at = *pos;
+    if (!ew__resp_next(buf, end, pos, &f)) return false;
+    e->fields = f.type == '*' ? f.n : -1;
+    if (f.type != '*') { /* not an array: passed over */
+        *pos = at;
+        if (!item_whole(buf, end, pos, &f)) return false;
+    }
+    ew__resp_item name = {0};
+    for (long long k = 0; k < e->fields; k++) {
+        ew__resp_item v;
+        if (!item_whole(buf, end, pos, &v)) return false;
+        bool str = v.type == '$' && v.n >= 0;
+        if (k % 2 == 0) {
+            name = str ? v : (ew__resp_item){0};
+        } else {
+            rentry_field(e, (size_t)k / 2, name.str, name.len, str ? v.str : NULL, str ? v.len : 0);
+        }
+    }
+    for (long long k = 2; k < it.n; k++) { /* more than [id, fields]: passed over */
+        ew__resp_item v;
+        if (!item_whole(buf, end, pos, &v)) return false;
+    }
+    return true;
+}
+
+/* One entry of stream s through the core; skip_known: not one we hold (held[0..nheld)). 1 when
+ * it was handed to the core, else 0. *last: its id (when given); *bytes grows by its event's
+ * size. */
+static size_t take_entry(rconsumer *c, uint32_t s, const rentry *e, bool skip_known, size_t nheld,
+                         char *last, size_t *bytes)
+{
+    ew__ack_token tok;
+    if (!e->ok || e->id_len >= ID_MAX || !ew__rd_token_parse(e->id, e->id_len, s, &tok)) {
+        ew__bus_log(c->rb->bus, EW_LOG_ERROR, "redis: unexpected entry shape in %s: skipped",
+                    c->streams[s].key);
+        return 0;
+    }
+    char id[ID_MAX];
+    memcpy(id, e->id, e->id_len);
+    id[e->id_len] = '\0';
+    if (last) memcpy(last, id, e->id_len + 1);
+    if (skip_known && known(c, &tok, nheld)) return 0;
+    if (e->fields < 0) { /* deleted (trimmed) while pending */
+        ew__rd_acks_queue(c, &tok, 1);
+        return 0;
+    }
+    char where[ID_MAX + 300];
+    where_of(where, &c->streams[s], id, e->id_len);
+    if (!e->has_event || !e->event) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "stream entry %s of %s has no 'event' field", id,
+                 c->streams[s].key);
+        ew__rd_receive(c, c->streams[s].type, where, e->first ? e->first : "",
+                       e->first ? e->first_len : 0, EW_EMISSING, msg, tok);
+    } else {
+        ew__rd_receive(c, c->streams[s].type, where, e->event, e->event_len, 0, NULL, tok);
+        *bytes += e->event_len;
+    }
+    return 1;
+}
+
 /* The entries [[id, [field, value, ...] | nil], ...] of stream s, each through the core, in
  * order; skip_known: not those we hold. Returns how many were handed to the core; *last: the id
  * of the last entry (when given); *bytes grows by the events' sizes. */
 static size_t take_entries(rconsumer *c, uint32_t s, const redisReply *entries, bool skip_known,
                            char *last, size_t *bytes)
 {
-    redis_bus *rb = c->rb;
     size_t got = 0, nheld = 0;
     if (skip_known && entries->elements) {
         nheld = ew__consumer_held(c->core, INT64_MAX, c->held, c->held_cap);
         if (nheld > c->held_cap) nheld = c->held_cap;
     }
     for (size_t j = 0; j < entries->elements; j++) {
-        const redisReply *e = entries->element[j];
-        ew__ack_token tok;
-        if (!ew__rd_reply_is(e, REDIS_REPLY_ARRAY) || e->elements < 2 ||
-            !ew__rd_reply_is(e->element[0], REDIS_REPLY_STRING) || e->element[0]->len >= ID_MAX ||
-            !ew__rd_token_parse(e->element[0]->str, e->element[0]->len, s, &tok)) {
-            ew__bus_log(rb->bus, EW_LOG_ERROR, "redis: unexpected entry shape in %s: skipped",
-                        c->streams[s].key);
-            continue;
-        }
-        const char *id = e->element[0]->str;
-        if (last) memcpy(last, id, e->element[0]->len + 1);
-        if (skip_known && known(c, &tok, nheld)) continue;
-        const redisReply *f = e->element[1];
-        if (!ew__rd_reply_is(f, REDIS_REPLY_ARRAY)) { /* deleted (trimmed) while pending */
-            ew__rd_acks_queue(c, &tok, 1);
-            continue;
-        }
-        const redisReply *val = NULL;
-        for (size_t i = 0; i + 1 < f->elements; i += 2)
-            if (f->element[i]->type == REDIS_REPLY_STRING && f->element[i]->len == 5 &&
-                memcmp(f->element[i]->str, "event", 5) == 0) {
-                val = f->element[i + 1];
-                break;
-            }
-        char where[ID_MAX + 300];
-        snprintf(where, sizeof where, "redis stream=%.256s entry=%s", c->streams[s].key, id);
-        if (!val || val->type != REDIS_REPLY_STRING) {
-            const redisReply *first = f->elements >= 2 ? f->element[1] : NULL;
-            bool str = first && first->type == REDIS_REPLY_STRING;
-            char msg[200];
-            snprintf(msg, sizeof msg, "stream entry %s of %s has no 'event' field", id,
-                     c->streams[s].key);
-            ew__rd_receive(c, c->streams[s].type, where, str ? first->str : "",
-                           str ? first->len : 0, EW_EMISSING, msg, tok);
-        } else {
-            ew__rd_receive(c, c->streams[s].type, where, val->str, val->len, 0, NULL, tok);
-            *bytes += val->len;
-        }
-        got++;
+        rentry e = rentry_of_reply(entries->element[j]);
+        got += take_entry(c, s, &e, skip_known, nheld, last, bytes);
     }
     return got;
 }
 
-static uint32_t stream_index(const rconsumer *c, const redisReply *key)
+static uint32_t stream_index_of(const rconsumer *c, const char *key, size_t len)
 {
     for (size_t i = 0; i < c->nrsel; i++) {
         const rstream *s = &c->streams[c->rsel[i]];
-        if (key->len == s->key_len && memcmp(key->str, s->key, key->len) == 0) return c->rsel[i];
+        if (len == s->key_len && memcmp(key, s->key, len) == 0) return c->rsel[i];
     }
     return UINT32_MAX;
 }
@@ -230,13 +345,41 @@ static size_t take_read_reply(rconsumer *c, const redisReply *r)
             !ew__rd_reply_is(sr->element[0], REDIS_REPLY_STRING) ||
             !ew__rd_reply_is(sr->element[1], REDIS_REPLY_ARRAY))
             continue;
-        uint32_t s = stream_index(c, sr->element[0]);
+        uint32_t s = stream_index_of(c, sr->element[0]->str, sr->element[0]->len);
         if (s != UINT32_MAX) got += take_entries(c, s, sr->element[1], false, NULL, &bytes);
     }
     if (got) c->entry_bytes = (c->entry_bytes + bytes / got) / 2 + 1;
     return got;
 }
 
+/* The same, read in place from the complete answer buf[0, end) that starts with an array
+ * (redis_resp.c). -1 when it is malformed (the connection cannot be trusted any more). */
+static long take_read_answer(rconsumer *c, const char *buf, size_t end)
+{
+    size_t got = 0, bytes = 0, pos = 0;
+    ew__resp_item top;
+    if (!ew__resp_next(buf, end, &pos, &top) || top.type != '*') return -1;
+    for (long long i = 0; i < top.n; i++) {
+        size_t at = pos;
+        ew__resp_item sr, key, entries;
+        if (!ew__resp_next(buf, end, &pos, &sr)) return -1;
+        if (sr.type != '*' || sr.n != 2 || !ew__resp_next(buf, end, &pos, &key) ||
+            key.type != '$' || key.n < 0 || !ew__resp_next(buf, end, &pos, &entries) ||
+            entries.type != '*') { /* not [key, [entry...]]: passed over */
+            pos = at;
+            if (!item_whole(buf, end, &pos, &sr)) return -1;
+            continue;
+        }
+        uint32_t s = stream_index_of(c, key.str, key.len);
+        for (long long j = 0; j < entries.n; j++) {
+            rentry e;
+            if (!rentry_at(buf, end, &pos, &e)) return -1;
+            if (s != UINT32_MAX) got += take_entry(c, s, &e, false, 0, NULL, &bytes);
+        }
+    }
+    if (got) c->entry_bytes = (c->entry_bytes + bytes / got) / 2 + 1;
+    return (long)got;
+}
 static size_t stream_count(rconsumer *c)
 {
     pthread_mutex_lock(&c->mu);
@@ -361,6 +504,8 @@ static int send_read(rconsumer *c, const char *const *argv, int argc, int kind, 
     if (oom) return 0; /* nothing sent: tried again at the next fetch */
     if (rc) return ew__rd_conn_error(c->rd, err);
     c->reading = kind;
+    c->answer.len = 0;
+    memset(&c->scan, 0, sizeof c->scan);
     c->read_deadline = ew_mono_ns() + (int64_t)(BLOCK_MS + c->rb->io_ms) * 1000000;
     return 0;
 }
@@ -436,26 +581,55 @@ static int start_read(rconsumer *c, size_t max, size_t *got, ew_error *err)
     return send_read(c, argv, argc, READ_WAKE, err);
 }
 
+/* The answer of the read out on rd, once all of it is in c->answer (*taken then): its entries
+ * through the core, read in place; an error answer through hiredis (read_refused). 0, or -1: the
+ * connection failed, or sent what is no RESP. */
+static int take_answer(rconsumer *c, bool *taken, ew_error *err)
+{
+    *taken = false;
+    size_t end = 0;
+    int done = c->answer.len ? ew__resp_complete(&c->scan, c->answer.data, c->answer.len, &end) : 0;
+    if (done < 0) return ew_error_set(err, EW_EIO, "Redis answered a read with no RESP");
+    if (done == 0) return 0;
+    *taken = true;
+    int kind = c->reading, rc = 0;
+    c->reading = READ_NONE;
+    const char *a = c->answer.data;
+    if (a[0] == '-') { /* refused: hiredis makes the error of it */
+        redisReply *r = NULL;
+        if (redisReaderFeed(c->rd->reader, a, end) != REDIS_OK ||
+            ew__rd_take_reply(c->rd, &r, err) || !r) {
+            if (r) freeReplyObject(r);
+            rc = ew_error_set(err, EW_EIO, "reading an error answer: %s", c->rd->reader->errstr);
+        } else {
+            rc = read_refused(c, r, kind == READ_WAKE ? "XREAD" : "XREADGROUP");
+            freeReplyObject(r);
+            if (rc) rc = ew__rd_conn_error(c->rd, err);
+        }
+    } else if (kind == READ_ENTRIES) { /* XREAD's answer only woke us */
+        long got = take_read_answer(c, a, end);
+        if (got < 0)
+            rc = ew_error_set(err, EW_EIO, "Redis answered XREADGROUP with no entries' shape");
+        else
+            c->refill = (size_t)got >= c->read_max;
+    }
+    /* one command is out on rd at a time: nothing follows its answer */
+    if (!rc && c->answer.len > end)
+        rc = ew_error_set(err, EW_EIO, "Redis sent more than the answer to a read");
+    c->answer.len = 0;
+    memset(&c->scan, 0, sizeof c->scan);
+    return rc;
+}
+
 /* Waits up to wait_ms for the answer of the read out on rd, the answers owed on ack, or the core's
  * wake-up; takes what came. Returns at the next refresh (st_fetch makes it). */
 static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
 {
     int64_t end = ew_mono_ns() + (int64_t)wait_ms * 1000000;
     for (;;) {
-        if (c->reading) {
-            redisReply *r;
-            if (ew__rd_take_reply(c->rd, &r, err)) return -1;
-            if (r) {
-                int kind = c->reading, rc = 0;
-                c->reading = READ_NONE;
-                if (r->type == REDIS_REPLY_ERROR)
-                    rc = read_refused(c, r, kind == READ_WAKE ? "XREAD" : "XREADGROUP");
-                else if (kind == READ_ENTRIES)
-                    c->refill = take_read_reply(c, r) >= c->read_max;
-                freeReplyObject(r);
-                return rc ? ew__rd_conn_error(c->rd, err) : 0;
-            }
-        }
+        bool taken = false;
+        if (c->reading && take_answer(c, &taken, err)) return -1;
+        if (c->reading == READ_NONE && taken) return 0;
         if ((c->owed || c->unsent.n) && ew__rd_acks_flush(c, false, err)) return -1;
         int64_t now = ew_mono_ns(), until = end;
         if (c->reading && c->read_deadline < until) until = c->read_deadline;
@@ -470,7 +644,8 @@ static int wait_read(rconsumer *c, int wait_ms, ew_error *err)
         if (pr < 0 && errno != EINTR) return ew_error_set(err, EW_EIO, "poll: %s", strerror(errno));
         if (pr <= 0) continue;
         if (p[0].revents) return 0; /* the core has work: settle, stop */
-        if (p[1].revents && ew__rd_conn_read(c->rd, true)) return ew__rd_conn_error(c->rd, err);
+        if (p[1].revents && ew__rd_conn_recv(c->rd, &c->answer))
+            return ew__rd_conn_error(c->rd, err);
     }
 }
 
@@ -607,6 +782,8 @@ static void st_disconnect(void *t, bool closing)
     ew__rd_conn_free(c->ack);
     c->rd = c->ack = NULL;
     c->reading = READ_NONE;
+    ew_buf_release(&c->answer); /* the largest answer's room: given back while disconnected */
+    memset(&c->scan, 0, sizeof c->scan);
     c->client_id = 0;
 }
 

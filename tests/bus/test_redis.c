@@ -643,8 +643,9 @@ static void test_abandoned_is_redelivered(void **state)
     redisFree(c);
 }
 
-/* An entry without the `event` field (a foreign producer's) is dead-lettered with EW_EMISSING and
- * acknowledged; the consumer carries on. */
+/* An entry without the `event` field (a foreign producer's) is dead-lettered with EW_EMISSING,
+ * its first value and where it came from (stream and entry id), and acknowledged; the consumer
+ * carries on. */
 static void test_foreign_entry_without_event_field(void **state)
 {
     NEED_SERVER();
@@ -658,6 +659,9 @@ static void test_foreign_entry_without_event_field(void **state)
     tb_start(bus);
     redisContext *c = raw(0);
     redisReply *r = redisCommand(c, "XADD %s * payload hello", key);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    char where[256];
+    snprintf(where, sizeof where, "redis stream=%s entry=%s", key, r->str);
     freeReplyObject(r);
     tb_publish_owned(bus, tb_user_registered());
     wait_atomic(&n, 1, "the good event");
@@ -673,6 +677,8 @@ static void test_foreign_entry_without_event_field(void **state)
     assert_string_equal(e.group, "svc-frn");
     assert_string_equal(e.event_type, "user.registered");
     assert_int_equal(e.payload_len, 5);
+    assert_memory_equal(e.payload, "hello", 5); /* the first field's value: all it had */
+    assert_string_equal(e.transport, where);
     ew_memdlq_entry_release(&e);
     wait_until_ll(c, pending, key, "svc-frn", 0, "pending after the dead letter");
     tb_close(bus);
