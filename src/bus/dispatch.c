@@ -527,7 +527,8 @@ static void make_span(ew_handler_ctx *ctx)
     if (ctx->has_span) return;
     ew_span *sp = &ctx->w->span;
     ew_trace_ctx parent;
-    if (ew_trace_parse(ew_event_traceparent(ctx->ev), &parent)) {
+    const char *tp = ew_event_traceparent(ctx->ev);
+    if (tp && ew_trace_parse(tp, &parent)) {
         memcpy(sp->ctx.trace_id, parent.trace_id, sizeof sp->ctx.trace_id);
         sp->ctx.flags = parent.flags;
         memcpy(sp->parent_span_id, parent.span_id, sizeof sp->parent_span_id);
@@ -909,8 +910,9 @@ static void *worker_main(void *arg)
             if (!run_item(w, &w->batch[w->bi])) break;
             w->bi++;
             /* now: the end of the call just made when it was timed (call_end), else the clock */
-            if (w->holding && (w->pendn == HOLD_MAX ||
-                               (w->chained ? w->last.ns : ew_mono_ns()) - w->hold_t0 >= HOLD_MAX_NS))
+            if (w->holding &&
+                (w->pendn == HOLD_MAX ||
+                 (w->chained ? w->last.ns : ew_mono_ns()) - w->hold_t0 >= HOLD_MAX_NS))
                 hold_end(w);
         }
         hold_end(w);
