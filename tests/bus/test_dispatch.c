@@ -3,6 +3,7 @@
  * handler context and the handler metrics. Back-offs are 1-5 ms without jitter; nothing here
  * waits on the clock to synchronise: wait_for_events, gates and atomics do. */
 #include <stdlib.h>
+#include <unistd.h>
 #include "bus_test_util.h"
 
 /* ---- retries and dead letters ------------------------------------------------------------- */
@@ -727,6 +728,40 @@ static void test_handler_stats_and_queue_depth(void **state)
     tb_close(bus);
 }
 
+/* A worker going straight from one call to the next starts timing the next where the one before
+ * ended (one clock reading a call): a wait in between, for work or a retry's back-off, must not
+ * count in the next call's time. The handler does nothing, so each call takes microseconds;
+ * WAIT_MS is what a call would show if a wait were counted in it. */
+#define WAIT_MS 300
+static void test_handler_times_leave_out_waits(void **state)
+{
+    ew_bus *bus = tb_open(NULL);
+    attempts a = ATTEMPTS_INIT(2, EW_HANDLER_RETRY); /* retry, then ok, for every event */
+    tb_subscribe(bus, "user.registered", record_attempt, &a,
+                 &(ew_subscribe_opts){.group = "g",
+                                      .max_attempts = 2,
+                                      .backoff_initial_ms = WAIT_MS,
+                                      .backoff_max_ms = WAIT_MS,
+                                      .no_jitter = true});
+    tb_start(bus);
+    tb_publish_owned(bus, tb_user_registered()); /* two calls with a back-off between */
+    tb_wait(bus);
+    usleep(WAIT_MS * 1000); /* the worker waits for work */
+    tb_publish_owned(bus, tb_user_registered());
+    tb_wait(bus);
+    ew_handler_stats s = tb_stats(bus, 0);
+    tb_close(bus);
+    assert_int_equal(s.handled, 2);
+    assert_int_equal(s.retried, 2);
+    uint64_t calls = 0;
+    for (int b = 0; b < EW_HANDLER_HIST_BUCKETS; b++)
+        calls += s.time_hist[b];
+    assert_int_equal(calls, 4); /* every call timed */
+    /* half the wait: room for a loaded machine, far below a wait counted in */
+    assert_true(s.time_max_ns < (uint64_t)WAIT_MS * 1000000 / 2);
+    assert_true(s.time_total_ns < (uint64_t)WAIT_MS * 1000000 / 2);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_retry_then_succeed),
     cmocka_unit_test(test_retries_exhausted_go_to_dead_letters),
@@ -747,6 +782,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_handler_context),
     cmocka_unit_test(test_wait_from_a_handler_is_refused),
     cmocka_unit_test(test_handler_stats_and_queue_depth),
+    cmocka_unit_test(test_handler_times_leave_out_waits),
 };
 
 EW_TEST_MAIN(tests)
