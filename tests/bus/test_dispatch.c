@@ -595,6 +595,46 @@ static void test_inbox_hooks_around_the_handler(void **state)
     tb_close(bus);
 }
 
+/* The outcome of each handler call as its span reports it, in order. */
+typedef struct span_errors {
+    pthread_mutex_t mu;
+    bool error[8];
+    int n;
+} span_errors;
+
+static void note_span_error(void *ud, const ew_span *sp)
+{
+    span_errors *e = ud;
+    pthread_mutex_lock(&e->mu);
+    if (e->n < 8) e->error[e->n++] = sp->error;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* A span ends when its call is settled: a call whose handler said ok and whose inbox commit
+ * failed (so that it runs again) is an error, as the retry it turns into. */
+static void test_a_span_reports_the_settled_outcome(void **state)
+{
+    spy_inbox spy = {.mu = PTHREAD_MUTEX_INITIALIZER, .fail_commits = 1};
+    span_errors se = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    ew_bus *bus = tb_open(
+        &(ew_bus_options){.inbox = {&spy_ops, &spy}, .span = note_span_error, .span_ud = &se});
+    tb_subscribe(bus, "user.registered", take_txn, &spy,
+                 &(ew_subscribe_opts){.group = "billing",
+                                      .name = "charge",
+                                      .max_attempts = 5,
+                                      .backoff_initial_ms = 1,
+                                      .no_jitter = true});
+    tb_start(bus);
+    tb_publish_owned(bus, tb_user_registered());
+    tb_wait(bus);
+    tb_close(bus);
+    /* attempt 1: the handler said retry; 2: ok, commit refused; 3: ok, committed */
+    assert_int_equal(se.n, 3);
+    assert_true(se.error[0]);
+    assert_true(se.error[1]);
+    assert_false(se.error[2]);
+}
+
 static void test_inbox_does_not_record_dead_letters(void **state)
 {
     ew_meminbox *ib;
@@ -778,6 +818,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_follow_up_dropped_when_handler_fails),
     cmocka_unit_test(test_inbox_skips_redelivered_event),
     cmocka_unit_test(test_inbox_hooks_around_the_handler),
+    cmocka_unit_test(test_a_span_reports_the_settled_outcome),
     cmocka_unit_test(test_inbox_does_not_record_dead_letters),
     cmocka_unit_test(test_handler_context),
     cmocka_unit_test(test_wait_from_a_handler_is_refused),
