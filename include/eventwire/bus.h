@@ -228,7 +228,7 @@ typedef struct ew_handler_stats {
     uint64_t dead_lettered;             /* sent to the dead letter sink */
     uint64_t duplicates;                /* skipped because the inbox had them */
     uint64_t queue_depth;               /* waiting now */
-    uint64_t time_total_ns;             /* in the handler, all calls */
+    uint64_t time_total_ns;             /* on handler calls, all (docs/metrics.md says what) */
     uint64_t time_max_ns;
     double time_p50_ms, time_p99_ms;             /* from a log2 histogram: within a factor of 2 */
     uint64_t time_hist[EW_HANDLER_HIST_BUCKETS]; /* calls by duration, as above */

@@ -58,7 +58,8 @@ typedef struct ew_span {
     const char *name; /* "user.registered user-service/create_profile", "POST /auth/register" */
     ew_span_kind kind;
     int64_t start_us, end_us; /* wall clock, microseconds since the epoch */
-    bool error;               /* the handler did not return ok; the HTTP status was 5xx */
+    bool error; /* the handler call did not end ok (its result, or its follow-ups or inbox commit
+                   failed); the HTTP status was 5xx */
     /* attributes, NULL when not known */
     const char *event_id, *event_type, *group, *handler; /* consumer spans */
     const char *http_method, *http_route;                /* server spans */

@@ -140,8 +140,10 @@ static void bus_metrics(ew_buf *b, ew_bus *bus, const ew_handler_stats *hs, size
         bounds[k] = (double)((uint64_t)1 << (HB_FIRST + HB_STEP * k)) / 1e9;
     ew__prom_buckets bk;
     ew__prom_buckets_init(&bk, bounds, HB_N);
-    ew__prom_family(b, "eventwire_handler_duration_seconds", "histogram",
-                    "Time in the handler per call, by group and handler.");
+    ew__prom_family(
+        b, "eventwire_handler_duration_seconds", "histogram",
+        "Time a worker spent on each handler call (the inbox, the handler, its follow-up "
+        "events), by group and handler.");
     for (size_t i = 0; i < nh; i++) {
         uint64_t counts[HB_N + 1] = {0};
         for (int bkt = 0; bkt < EW_HANDLER_HIST_BUCKETS; bkt++) {

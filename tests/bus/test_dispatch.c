@@ -3,6 +3,7 @@
  * handler context and the handler metrics. Back-offs are 1-5 ms without jitter; nothing here
  * waits on the clock to synchronise: wait_for_events, gates and atomics do. */
 #include <stdlib.h>
+#include <unistd.h>
 #include "bus_test_util.h"
 
 /* ---- retries and dead letters ------------------------------------------------------------- */
@@ -594,6 +595,46 @@ static void test_inbox_hooks_around_the_handler(void **state)
     tb_close(bus);
 }
 
+/* The outcome of each handler call as its span reports it, in order. */
+typedef struct span_errors {
+    pthread_mutex_t mu;
+    bool error[8];
+    int n;
+} span_errors;
+
+static void note_span_error(void *ud, const ew_span *sp)
+{
+    span_errors *e = ud;
+    pthread_mutex_lock(&e->mu);
+    if (e->n < 8) e->error[e->n++] = sp->error;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* A span ends when its call is settled: a call whose handler said ok and whose inbox commit
+ * failed (so that it runs again) is an error, as the retry it turns into. */
+static void test_a_span_reports_the_settled_outcome(void **state)
+{
+    spy_inbox spy = {.mu = PTHREAD_MUTEX_INITIALIZER, .fail_commits = 1};
+    span_errors se = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    ew_bus *bus = tb_open(
+        &(ew_bus_options){.inbox = {&spy_ops, &spy}, .span = note_span_error, .span_ud = &se});
+    tb_subscribe(bus, "user.registered", take_txn, &spy,
+                 &(ew_subscribe_opts){.group = "billing",
+                                      .name = "charge",
+                                      .max_attempts = 5,
+                                      .backoff_initial_ms = 1,
+                                      .no_jitter = true});
+    tb_start(bus);
+    tb_publish_owned(bus, tb_user_registered());
+    tb_wait(bus);
+    tb_close(bus);
+    /* attempt 1: the handler said retry; 2: ok, commit refused; 3: ok, committed */
+    assert_int_equal(se.n, 3);
+    assert_true(se.error[0]);
+    assert_true(se.error[1]);
+    assert_false(se.error[2]);
+}
+
 static void test_inbox_does_not_record_dead_letters(void **state)
 {
     ew_meminbox *ib;
@@ -727,6 +768,40 @@ static void test_handler_stats_and_queue_depth(void **state)
     tb_close(bus);
 }
 
+/* A worker going straight from one call to the next starts timing the next where the one before
+ * ended (one clock reading a call): a wait in between, for work or a retry's back-off, must not
+ * count in the next call's time. The handler does nothing, so each call takes microseconds;
+ * WAIT_MS is what a call would show if a wait were counted in it. */
+#define WAIT_MS 300
+static void test_handler_times_leave_out_waits(void **state)
+{
+    ew_bus *bus = tb_open(NULL);
+    attempts a = ATTEMPTS_INIT(2, EW_HANDLER_RETRY); /* retry, then ok, for every event */
+    tb_subscribe(bus, "user.registered", record_attempt, &a,
+                 &(ew_subscribe_opts){.group = "g",
+                                      .max_attempts = 2,
+                                      .backoff_initial_ms = WAIT_MS,
+                                      .backoff_max_ms = WAIT_MS,
+                                      .no_jitter = true});
+    tb_start(bus);
+    tb_publish_owned(bus, tb_user_registered()); /* two calls with a back-off between */
+    tb_wait(bus);
+    usleep(WAIT_MS * 1000); /* the worker waits for work */
+    tb_publish_owned(bus, tb_user_registered());
+    tb_wait(bus);
+    ew_handler_stats s = tb_stats(bus, 0);
+    tb_close(bus);
+    assert_int_equal(s.handled, 2);
+    assert_int_equal(s.retried, 2);
+    uint64_t calls = 0;
+    for (int b = 0; b < EW_HANDLER_HIST_BUCKETS; b++)
+        calls += s.time_hist[b];
+    assert_int_equal(calls, 4); /* every call timed */
+    /* half the wait: room for a loaded machine, far below a wait counted in */
+    assert_true(s.time_max_ns < (uint64_t)WAIT_MS * 1000000 / 2);
+    assert_true(s.time_total_ns < (uint64_t)WAIT_MS * 1000000 / 2);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_retry_then_succeed),
     cmocka_unit_test(test_retries_exhausted_go_to_dead_letters),
@@ -743,10 +818,12 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_follow_up_dropped_when_handler_fails),
     cmocka_unit_test(test_inbox_skips_redelivered_event),
     cmocka_unit_test(test_inbox_hooks_around_the_handler),
+    cmocka_unit_test(test_a_span_reports_the_settled_outcome),
     cmocka_unit_test(test_inbox_does_not_record_dead_letters),
     cmocka_unit_test(test_handler_context),
     cmocka_unit_test(test_wait_from_a_handler_is_refused),
     cmocka_unit_test(test_handler_stats_and_queue_depth),
+    cmocka_unit_test(test_handler_times_leave_out_waits),
 };
 
 EW_TEST_MAIN(tests)
