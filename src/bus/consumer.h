@@ -44,7 +44,8 @@
  * Threads. ew__consumer_receive() and ew__consumer_wake_fd() are for the transport's ops, on the
  * consumer thread. The dispatcher's done() calls arrive on its workers; the core queues them and
  * wakes the consumer thread, which settles (not at every one: see on_done in consumer.c; at the
- * latest the thread settles at its next turn, within idle_ms). start, stop and close are the backend's ops->start,
+ * latest the thread settles at its next turn, within idle_ms). start, stop and close are the
+ * backend's ops->start,
  * ->stop and ->close (serialised by the bus). */
 #ifndef EW_BUS_CONSUMER_H
 #define EW_BUS_CONSUMER_H
