@@ -669,20 +669,43 @@ const char *ew__keyring_subject_of(const ew_event *ev)
     return ew_event_subject(ev);
 }
 
-/* Has ev personal or secret fields in clear, which sealing encrypts? */
-bool ew__keyring_has_clear_fields(const ew_event *ev)
+/* The personal or secret fields of ev in clear, which sealing encrypts (bits by index; 0: none). */
+uint64_t ew__keyring_clear_fields(const ew_event *ev)
 {
     const ew_type_info *t = ew_event_info(ev);
     const char *data = ew_event_data_as(ev, t->id);
-    uint64_t sealed = ew__event_sealed(ev);
+    uint64_t sealed = ew__event_sealed(ev), mask = 0;
     for (size_t i = 0; i < t->nfields && i < 64; i++) {
         const ew_field_info *f = &t->fields[i];
         if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
             f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
             continue;
-        if (*(const char *const *)(const void *)(data + f->offset)) return true;
+        if (*(const char *const *)(const void *)(data + f->offset)) mask |= UINT64_C(1) << i;
     }
-    return false;
+    return mask;
+}
+
+/* The keys of the subjects of w[0..n) made in one transaction, with every other key queued by
+ * other threads meanwhile; those with a row already are left as they are. */
+static int create_wanted(ew__keyring *k, wanted *w, size_t n, ew_error *err)
+{
+    pthread_mutex_lock(&k->mu);
+    for (size_t i = 0; i < n; i++) {
+        w[i].next = k->queue;
+        k->queue = &w[i];
+    }
+    pthread_mutex_unlock(&k->mu);
+    pthread_mutex_lock(&k->db_mu);
+    int rc = load_locked(k, err);
+    pthread_mutex_lock(&k->mu);
+    wanted *batch = k->queue;
+    k->queue = NULL;
+    pthread_mutex_unlock(&k->mu);
+    if (!rc) rc = create_keys(k, w[0].subject, batch, err);
+    pthread_mutex_unlock(&k->db_mu);
+    for (size_t i = 0; i < n; i++) /* taken above; a failed load left them queued */
+        dequeue(k, &w[i]);
+    return rc;
 }
 
 /* Is subject's key in the cache, fresh? */
@@ -702,25 +725,12 @@ int ew__keyring_ready(ew__keyring *k, const char *const *subjects, size_t n, ew_
         if (!subjects[i] || !ew__keyring_subject_len(subjects[i]))
             return ew_error_set(err, EW_EINVAL, "no data key can be named after subject %zu", i);
     int rc = 0;
-    if (n >= 2) { /* every key queued (these, and other threads' meanwhile) in one transaction */
+    if (n >= 2) {
         wanted *w = calloc(n, sizeof *w);
         if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
-        pthread_mutex_lock(&k->mu);
-        for (size_t i = 0; i < n; i++) {
-            w[i] = (wanted){.next = k->queue, .subject = subjects[i]};
-            k->queue = &w[i];
-        }
-        pthread_mutex_unlock(&k->mu);
-        pthread_mutex_lock(&k->db_mu);
-        rc = load_locked(k, err);
-        pthread_mutex_lock(&k->mu);
-        wanted *batch = k->queue;
-        k->queue = NULL;
-        pthread_mutex_unlock(&k->mu);
-        if (!rc) rc = create_keys(k, subjects[0], batch, err);
-        pthread_mutex_unlock(&k->db_mu);
-        for (size_t i = 0; i < n; i++) /* taken above; a failed load left them queued */
-            dequeue(k, &w[i]);
+        for (size_t i = 0; i < n; i++)
+            w[i].subject = subjects[i];
+        rc = create_wanted(k, w, n, err);
         free(w);
     }
     /* each key into the cache (read, or made when n is 1: queued, one commit for many) */
@@ -740,33 +750,13 @@ int ew__keyring_prepare(ew__keyring *k, const ew_event *const *evs, size_t n, ew
     if (!w) return ew_error_set(err, EW_ENOMEM, "out of memory");
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
-        if (!ew__keyring_has_clear_fields(evs[i])) continue;
+        if (!ew__keyring_clear_fields(evs[i])) continue;
         const char *subject = ew__keyring_subject_of(evs[i]);
         /* a bad or missing subject is sealing's to report, event by event */
         if (!subject || !ew__keyring_subject_len(subject) || cached(k, subject)) continue;
         w[m++].subject = subject;
     }
-    int rc = 0;
-    if (m >= 2) {
-        pthread_mutex_lock(&k->mu);
-        for (size_t j = 0; j < m; j++) {
-            w[j].next = k->queue;
-            k->queue = &w[j];
-        }
-        pthread_mutex_unlock(&k->mu);
-        pthread_mutex_lock(&k->db_mu);
-        rc = load_locked(k, err);
-        /* every key queued (ours, and other threads' meanwhile), in one transaction: those
-         * with a row already are left as they are */
-        pthread_mutex_lock(&k->mu);
-        wanted *batch = k->queue;
-        k->queue = NULL;
-        pthread_mutex_unlock(&k->mu);
-        if (!rc) rc = create_keys(k, w[0].subject, batch, err);
-        pthread_mutex_unlock(&k->db_mu);
-        for (size_t j = 0; j < m; j++) /* taken above; a failed load left them queued */
-            dequeue(k, &w[j]);
-    }
+    int rc = m >= 2 ? create_wanted(k, w, m, err) : 0;
     free(w);
     return rc;
 }

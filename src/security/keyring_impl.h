@@ -106,7 +106,8 @@ size_t ew__keyring_subject_len(const char *s);
 /* Whose key encrypts the event's fields: its data's user_id, else its subject (NULL: none). */
 const char *ew__keyring_subject_of(const ew_event *ev);
 
-/* Has ev personal or secret fields in clear, which sealing encrypts? */
-bool ew__keyring_has_clear_fields(const ew_event *ev);
+/* The personal or secret fields of ev in clear, which sealing encrypts (bits by field index; 0:
+ * none). */
+uint64_t ew__keyring_clear_fields(const ew_event *ev);
 
 #endif

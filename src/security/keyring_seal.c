@@ -43,17 +43,7 @@ static int seal_begin(ew__keyring *k, const ew_event *ev, uint64_t *mask, seal_c
                       ew_error *err)
 {
     const ew_type_info *t = ew_event_info(ev);
-    const char *data = ew_event_data_as(ev, t->id);
-    uint64_t sealed = ew__event_sealed(ev);
-    *mask = 0;
-    for (size_t i = 0; i < t->nfields && i < 64; i++) {
-        const ew_field_info *f = &t->fields[i];
-        if (!(f->flags & EW_FIELD_ENCRYPTED) || f->kind == EW_FIELD_STRLIST ||
-            f->kind == EW_FIELD_INT || f->kind == EW_FIELD_BOOL || ((sealed >> i) & 1))
-            continue;
-        if (*(const char *const *)(const void *)(data + f->offset)) *mask |= UINT64_C(1) << i;
-    }
-    if (!*mask) return 0;
+    if (!(*mask = ew__keyring_clear_fields(ev))) return 0;
     const char *subject = ew__keyring_subject_of(ev);
     if (!subject)
         return ew_error_set(err, EW_EINVAL,
