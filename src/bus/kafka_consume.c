@@ -433,6 +433,7 @@ const ew__consumer_ops ew__kf_transport = {
     .backoff_min_ms = 100,
     .backoff_max_ms = 2000,
     .idle_ms = POLL_MS,
+    .settle_delay_ms = COMMIT_INTERVAL_MS, /* a commit goes out at most this often */
 };
 
 #else
