@@ -10,7 +10,9 @@
  * each side's figure is the median of its turns: on the mock cluster and a shared two-core
  * machine single turns, and single producer instances, vary by ±40 %. The latency line of raw
  * librdkafka, same settings, is printed as a comment: the floor the mock cluster sets.
- * EW_BENCH_VERBOSE=1 prints every turn and the CPU each side spends per event (stderr). */
+ * EW_BENCH_VERBOSE=1 prints every turn and the CPU each side spends per event (stderr).
+ * `bench_kafka e2e [raw|bus|both]` runs only publish_to_handled, for profiling: raw or bus runs
+ * that side alone (its turns, no ratio). */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -544,8 +546,11 @@ typedef struct pair {
     sink s;
 } pair;
 
-int main(void)
+int main(int argc, char **argv)
 {
+    bool only_e2e = argc > 1 && strcmp(argv[1], "e2e") == 0;
+    bool run_raw = !(only_e2e && argc > 2 && strcmp(argv[2], "bus") == 0),
+         run_bus = !(only_e2e && argc > 2 && strcmp(argv[2], "raw") == 0);
     const char *url = getenv("EW_KAFKA_URL");
     if (url && *url)
         snprintf(servers, sizeof servers, "%s", url);
@@ -559,15 +564,15 @@ int main(void)
     events_make(&e, E2E_CHUNK);
     events pe = slice(&e, 0, PUB_CHUNK), one = slice(&e, 0, 1);
     bool verbose = getenv("EW_BENCH_VERBOSE") != NULL;
-    double raw_rates[PUB_PAIRS * PUB_TURNS + E2E_PAIRS * E2E_TURNS],
-        bus_rates[sizeof raw_rates / sizeof raw_rates[0]];
+    enum { NRATES = PUB_PAIRS * PUB_TURNS + E2E_PAIRS * E2E_TURNS };
+    double raw_rates[NRATES] = {0}, bus_rates[NRATES] = {0};
     int n = 0;
     int64_t raw_cpu = 0, bus_cpu = 0;
 
     /* publish: pairs of a raw producer and a bus, warmed up (connections, producer ids,
      * topics), taking turns into one topic. Producer instances differ by ±20 % on the mock
      * cluster, hence several pairs. */
-    for (int k = 0; k < PUB_PAIRS; k++) {
+    for (int k = 0; k < PUB_PAIRS && !only_e2e; k++) {
         pair p = {0};
         p.rk = raw_producer(&p.delivered);
         snprintf(prefix, sizeof prefix, "%s.pub%d", ns, k);
@@ -591,15 +596,16 @@ int main(void)
         ew_bus_close(p.bus);
         rd_kafka_destroy(p.rk);
     }
-    if (verbose)
+    if (verbose && !only_e2e)
         for (int r = 0; r < n; r++)
             fprintf(stderr, "# publish turn %d: raw %.0f bus %.0f\n", r, raw_rates[r],
                     bus_rates[r]);
-    if (verbose)
+    if (verbose && !only_e2e)
         fprintf(stderr,
                 "# publish: the publishing thread's CPU per event: raw %.2f us, bus %.2f us\n",
                 (double)raw_cpu / 1e3 / n / PUB_CHUNK, (double)bus_cpu / 1e3 / n / PUB_CHUNK);
-    double raw_pub = median(raw_rates, n), bus_pub = median(bus_rates, n);
+    double raw_pub = only_e2e ? 0 : median(raw_rates, n),
+           bus_pub = only_e2e ? 0 : median(bus_rates, n);
 
     /* publish to handled: pairs of a raw producer with a raw group consumer and a bus
      * subscribed to what it publishes, each side with a topic of its own (of the same shape),
@@ -629,18 +635,23 @@ int main(void)
     }
     n = 0;
     raw_cpu = bus_cpu = 0;
+    int64_t pub_ns[2] = {0, 0}; /* publishing's share of the turns */
     for (int t = 0; t < E2E_TURNS; t++) {
         for (int k = 0; k < E2E_PAIRS; k++, n++) {
             pair *p = &ps[k];
             for (int side = 0; side < 2; side++) {
                 int64_t t0 = ew_mono_ns(), c0 = process_cpu_ns();
                 if (side == (t + k) % 2) {
+                    if (!run_raw) continue;
                     raw_produce_all(p->rk, &p->delivered, p->topic, &e);
+                    pub_ns[0] += ew_mono_ns() - t0;
                     wait_for(&p->c.consumed, 1 + (t + 1) * (long)E2E_CHUNK);
                     raw_rates[n] = rate(E2E_CHUNK, ew_mono_ns() - t0);
                     raw_cpu += process_cpu_ns() - c0;
                 } else {
+                    if (!run_bus) continue;
                     bus_publish_all(p->bus, &e);
+                    pub_ns[1] += ew_mono_ns() - t0;
                     wait_for(&p->s.handled, 1 + (t + 1) * (long)E2E_CHUNK);
                     bus_rates[n] = rate(E2E_CHUNK, ew_mono_ns() - t0);
                     bus_cpu += process_cpu_ns() - c0;
@@ -652,9 +663,25 @@ int main(void)
         for (int r = 0; r < n; r++)
             fprintf(stderr, "# e2e turn %d: raw %.0f bus %.0f\n", r, raw_rates[r], bus_rates[r]);
     if (verbose)
-        fprintf(stderr, "# to handled: this process's CPU per event: raw %.2f us, bus %.2f us\n",
-                (double)raw_cpu / 1e3 / n / E2E_CHUNK, (double)bus_cpu / 1e3 / n / E2E_CHUNK);
+        fprintf(stderr,
+                "# to handled: this process's CPU per event: raw %.2f us, bus %.2f us; "
+                "publishing alone: raw %.0f, bus %.0f events/s\n",
+                (double)raw_cpu / 1e3 / n / E2E_CHUNK, (double)bus_cpu / 1e3 / n / E2E_CHUNK,
+                rate((long)n * E2E_CHUNK, pub_ns[0]), rate((long)n * E2E_CHUNK, pub_ns[1]));
     double raw_e2e = median(raw_rates, n), bus_e2e = median(bus_rates, n);
+    if (only_e2e) {
+        for (int k = 0; k < E2E_PAIRS; k++) {
+            raw_consumer_stop(&ps[k].c);
+            rd_kafka_destroy(ps[k].rk);
+            ew_bus_close(ps[k].bus);
+        }
+        if (run_raw) printf("bench: bus.kafka.raw_publish_to_handled %.0f events/s\n", raw_e2e);
+        if (run_bus) printf("bench: bus.kafka.publish_to_handled %.0f events/s\n", bus_e2e);
+        if (run_raw && run_bus) printf("# ratio %.2f\n", bus_e2e / raw_e2e);
+        events_free(&e);
+        stop_own_cluster();
+        return 0;
+    }
 
     double p50, p99, raw_p50, raw_p99;
     bus_latency(ps[0].bus, &ps[0].s, &p50, &p99);

@@ -106,7 +106,11 @@ static lane *lane_of(ew__consumer *c, uint32_t id)
  * woke, or when that was 1 ms ago or more; a done() that wakes nothing is settled at the thread's
  * next turn (within idle_ms). Not at every done(): under load that cost a wake-up, a poll and a
  * settlement (an XACK of a few entries) every few events, twice the context switches of the
- * threads the Redis bus had before the core (bench/README.md). */
+ * threads the Redis bus had before the core (bench/README.md). With ops->settle_delay_ms (Kafka,
+ * whose commits go out at most that often anyway) only wake_every done() calls wake it (room in
+ * the window), and the thread comes back within the delay by itself while it holds deliveries
+ * (consumer_main): a handler that finishes before the thread needs it costs no wake-up, where
+ * "nothing still being handled" woke it after every few records. */
 static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
 {
     centry *e = (centry *)dl;
@@ -123,8 +127,13 @@ static void on_done(ew_delivery *dl, ew_delivery_outcome outcome)
     }
     if (!c->wake_pending) {
         int64_t now = ew_mono_ns();
-        if (c->unfinished == 0 || ++c->quiet >= c->wake_every ||
-            now - c->woken_ns >= WAKE_AFTER_NS) {
+        bool wake_now;
+        if (c->ops->settle_delay_ms)
+            wake_now = ++c->quiet >= c->wake_every;
+        else
+            wake_now = c->unfinished == 0 || ++c->quiet >= c->wake_every ||
+                       now - c->woken_ns >= WAKE_AFTER_NS;
+        if (wake_now) {
             c->woken_ns = now;
             wake_locked(c);
         }
@@ -487,13 +496,19 @@ static void *consumer_main(void *arg)
         }
         size_t room = held < c->conf.max_inflight ? c->conf.max_inflight - held : 0;
         if (stopping) room = c->conf.max_inflight; /* what still arrives is released */
+        /* With settle_delay_ms, done() calls seldom wake the thread: while it holds deliveries
+         * it comes back within the delay by itself to settle what finished. (Only this thread
+         * adds to held: with none held no done() can come during the wait.) */
+        int wait_ms = ops->idle_ms;
+        if (ops->settle_delay_ms && held && ops->settle_delay_ms < wait_ms)
+            wait_ms = ops->settle_delay_ms;
         if (room == 0) {
             if (ops->keepalive && ops->keepalive(c->conf.t, &e)) goto lost;
-            wait_wake(c, ops->idle_ms); /* a full window: fetch nothing until done() */
+            wait_wake(c, wait_ms); /* a full window: fetch nothing until done() */
             continue;
         }
         c->release_rc = c->keep_rc = 0;
-        int rc = ops->fetch(c->conf.t, room, ops->idle_ms, &e);
+        int rc = ops->fetch(c->conf.t, room, wait_ms, &e);
         if (!rc && c->release_rc) {
             rc = c->release_rc;
             e = c->release_err;

@@ -123,6 +123,11 @@ typedef struct ew__consumer_ops {
     int backoff_min_ms;     /* reconnection back-off: doubles from this ... */
     int backoff_max_ms;     /* ... up to this */
     int idle_ms;            /* the longest wait in fetch while idle (the wake-up ends it earlier) */
+    /* 0: done() wakes the thread to settle soon (see on_done in consumer.c). Otherwise settling
+     * sooner than this is of no use to the transport (Kafka commits at most this often): done()
+     * wakes the thread only for room in the window (every eighth of it), and while the thread
+     * holds deliveries its waits (in fetch, or for room) last at most this long. */
+    int settle_delay_ms;
 } ew__consumer_ops;
 
 /* What the core needs to know of its group. Copied; strings borrowed until ew__consumer_free. */

@@ -491,6 +491,51 @@ static void test_kept_tokens_are_settled_after_a_reconnection(void **state)
     script_close(&s, bus);
 }
 
+/* settle_delay_ms (Kafka: commits go out at most that often): done() calls do not wake the
+ * thread after every few deliveries, yet nothing waits for the thread's long idle wait (5 s
+ * here): while it holds deliveries it comes back within the delay by itself. Settlement still
+ * never passes the oldest delivery being handled. */
+static void test_settle_delay_settles_without_wake_ups(void **state)
+{
+    (void)state;
+    static ew__consumer_ops ops;
+    ops = script_ops;
+    ops.idle_ms = 5000;
+    ops.settle_delay_ms = 20;
+    script s;
+    ew_bus *bus = script_open_ops(&s, 64, &ops);
+    s.slow_token = 1;
+    assert_int_equal(ew__consumer_start(s.core, NULL), 0);
+    tb_gate_wait_arrivals(&s.gate, 1);
+    int64_t end = ew_mono_ns() + 2000000000LL;
+    size_t behind = 0;
+    while (ew_mono_ns() < end) {
+        pthread_mutex_lock(&s.mu);
+        behind = 0;
+        for (int k = 2; k <= N_MSGS; k++)
+            behind += s.finished[k];
+        pthread_mutex_unlock(&s.mu);
+        if (behind >= N_MSGS / 2) break;
+        usleep(2000);
+    }
+    usleep(100000); /* the thread comes back several times meanwhile: nothing to settle */
+    pthread_mutex_lock(&s.mu);
+    size_t settled_while_slow = s.settled;
+    pthread_mutex_unlock(&s.mu);
+    assert_true(behind >= 1);
+    assert_int_equal(settled_while_slow, 0);
+    int64_t t0 = ew_mono_ns();
+    tb_gate_open(&s.gate); /* one done(): below wake_every, it wakes nothing */
+    script_wait_settled(&s);
+    /* settled when the thread came back by itself, not at the end of a 5 s wait */
+    assert_true(ew_mono_ns() - t0 < 2500000000LL);
+    pthread_mutex_lock(&s.mu);
+    assert_false(s.order_broken);
+    assert_int_equal(s.settled, N_MSGS);
+    pthread_mutex_unlock(&s.mu);
+    script_close(&s, bus);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_settles_in_order_never_past_the_oldest),
     cmocka_unit_test(test_the_window_bounds_fetching),
@@ -499,6 +544,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_without_release_a_hole_stops_only_what_follows),
     cmocka_unit_test(test_settle_each_does_not_wait_for_the_oldest),
     cmocka_unit_test(test_kept_tokens_are_settled_after_a_reconnection),
+    cmocka_unit_test(test_settle_delay_settles_without_wake_ups),
 };
 
 EW_TEST_MAIN(tests)

@@ -571,6 +571,16 @@ static void test_bad_binary_is_dead_lettered(void **state)
         /* the payload is the message as structured JSON, attributes and all */
         assert_non_null(strstr(e.payload, "\"specversion\":\"1.0\""));
         assert_non_null(strstr(e.payload, "\"source\":\"x\""));
+        /* where it came from: "kafka topic=T partition=P offset=O", exactly */
+        char want[256];
+        int part = -1;
+        long long off = -1;
+        snprintf(want, sizeof want, "kafka topic=%s partition=", topic);
+        assert_int_equal(strncmp(e.transport, want, strlen(want)), 0);
+        assert_int_equal(sscanf(e.transport + strlen(want), "%d offset=%lld", &part, &off), 2);
+        assert_true(part >= 0 && off >= 0);
+        snprintf(want, sizeof want, "kafka topic=%s partition=%d offset=%lld", topic, part, off);
+        assert_string_equal(e.transport, want);
         ew_memdlq_entry_release(&e);
     }
     tb_close(bus);
