@@ -421,14 +421,6 @@ static int sq_open(void **conn, const char *path, const ew__store_log *log, ew_e
                            "for writers",
                            path, mode);
         if ((rc = pragma(c, "PRAGMA event_store.synchronous=NORMAL", NULL, 0, err))) goto fail;
-        /* The file's pages are read through a mapping, not a pread each: every commit of another
-         * connection (the bus, the groups, the other services) empties this connection's page
-         * cache, so each transaction read its pages again, ~78 system calls per registration of
-         * the registration flow (bench_flow), ~52 with it (the rest are pages still in the WAL,
-         * which SQLite reads with pread either way). Writes still go through pwrite and the WAL:
-         * durability is unchanged. The cost: an I/O error while reading the file is a SIGBUS
-         * instead of an SQLITE_IOERR (sqlite.org/mmap.html). Up to 256 MB of the file. */
-        if ((rc = pragma(c, "PRAGMA event_store.mmap_size=268435456", NULL, 0, err))) goto fail;
     }
     /* What is deleted is overwritten with zeros in the file, not left in freed pages (an
      * erasure must leave nothing readable: docs/security.md#erasure). */
