@@ -254,7 +254,9 @@ static void eventwire_to_sdk(broker b, const char *mode)
         FILE *p = popen(cmd, "r");
         assert_non_null(p);
         char line[8192];
-        assert_non_null(fgets(line, sizeof line, p));
+        if (!fgets(line, sizeof line, p)) /* exit status 77: the npm packages are missing */
+            fail_msg("the SDK's consumer ended before it was ready: exit status %d",
+                     interop_status(pclose(p)));
         assert_string_equal(line, "ready\n");
         assert_int_equal(ew_bus_publish(bus, ev, &err), 0);
         if (!fgets(line, sizeof line, p)) line[0] = '\0';
