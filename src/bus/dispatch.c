@@ -125,6 +125,7 @@ typedef struct worker {
      * clock reading per call instead of two (see call_start). */
     stamp last;
     bool chained;
+    bool metrics; /* !d->host.no_metrics: handler times and counts by type are kept */
     size_t pend[HOLD_MAX];
     size_t pendn;
 
@@ -512,16 +513,22 @@ static inline uint64_t mul_shr32(uint64_t a, uint64_t b)
     return hi << 32 | lo >> 32;
 }
 
-/* One step of wyrand on the state *st: 64 random bits, never 0 (an id of zeros means "none").
- * Each worker has its own generator, seeded from ew__rand64 when the worker is made: a span
- * takes one draw, or three for a new trace, and ew__rand64's thread-local lookup and fork check
- * cost as much again as the draw. Span ids need to be unique, not secret. The state is passed
- * by value and stored back once per span, so that the draws of a span stay in registers. */
-static inline uint64_t span_rand(uint64_t *st)
+/* One step of wyrand on the state *st: 64 random bits. Each worker has its own generator, seeded
+ * from ew__rand64 when the worker is made: a span takes one draw, or three for a new trace, and
+ * ew__rand64's thread-local lookup and fork check cost as much again as the draw. Span ids need to
+ * be unique, not secret. The state is passed by value and stored back once per span, so that the
+ * draws of a span stay in registers. */
+static inline uint64_t rand_bits(uint64_t *st)
 {
     uint64_t x = *st += 0xa0761d6478bd642fULL, hi, lo;
     mul_64x64(x, x ^ 0xe7037ed1a0b428dbULL, &hi, &lo);
-    uint64_t r = hi ^ lo;
+    return hi ^ lo;
+}
+
+/* The same, never 0: an id of zeros means "none" (a trace id takes one such half). */
+static inline uint64_t span_rand(uint64_t *st)
+{
+    uint64_t r = rand_bits(st);
     return r ? r : 1;
 }
 
@@ -539,7 +546,7 @@ static inline void make_span(ew_handler_ctx *ctx)
         sp->ctx.flags = parent.flags;
         memcpy(sp->parent_span_id, parent.span_id, sizeof sp->parent_span_id);
     } else {
-        uint64_t id[2] = {span_rand(&st), span_rand(&st)};
+        uint64_t id[2] = {rand_bits(&st), span_rand(&st)};
         memcpy(sp->ctx.trace_id, id, sizeof sp->ctx.trace_id);
         sp->ctx.flags = 1; /* sampled, as ew_trace_new */
         memset(sp->parent_span_id, 0, sizeof sp->parent_span_id);
@@ -705,7 +712,7 @@ static inline void call_end(worker *w, ew_handler_ctx *ctx, stamp t0, ew_handler
     const ew_dispatch_host *h = &w->d->host;
     stamp t1 = handler_clock(w);
     uint64_t dt = handler_elapsed(w, t0, t1);
-    if (!h->no_metrics) record_time(w, dt);
+    if (w->metrics) record_time(w, dt);
     /* A span's start in wall-clock time, from the monotonic clock and the worker's offset between
      * the two (handler_clock_slow): no wall-clock reading per call. The monotonic time is
      * positive: divided unsigned, by a multiplication and a shift. */
@@ -750,10 +757,9 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
 }
 
 /* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of the event's type. */
-static void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
+static inline void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
 {
-    if (w->d->host.no_metrics) return;
-    if (ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
+    if (w->metrics && ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
 }
 
 /* Runs one event through the handler to its final disposition: handled, skipped by the inbox or
@@ -768,8 +774,7 @@ static bool run_item(worker *w, const item *it)
     ctx.w = w;
     ctx.ev = it->ev;
     /* for counting by type and naming spans only (EW_T__COUNT: not asked) */
-    ctx.type =
-        d->host.no_metrics && !d->host.span ? EW_T__COUNT : (unsigned)ew_event_type_id(it->ev);
+    ctx.type = timing ? (unsigned)ew_event_type_id(it->ev) : EW_T__COUNT;
     for (int attempt = 1;; attempt++) {
         ew_handler_result r;
         bool called = false;
@@ -984,6 +989,7 @@ static worker *worker_new(ew_dispatcher *d, sub *s, ew_handler_fn fn, void *ud)
     w->span.group = s->group;
     w->span.handler = s->name;
     w->span_type = EW_T__COUNT;
+    w->metrics = !d->host.no_metrics;
     w->rng = ew__rand64();
     return w;
 fail_mutex:
