@@ -29,6 +29,7 @@
 #include "bus/wire.h"
 #include "core/rand.h"
 #include "store/batch.h"
+#include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
@@ -540,7 +541,7 @@ static inline void make_span(ew_handler_ctx *ctx)
     ew_span *sp = &w->span;
     uint64_t st = w->rng;
     ew_trace_ctx parent;
-    const char *tp = ew_event_traceparent(ctx->ev);
+    const char *tp = ctx->ev->traceparent; /* event_internal.h: a load, not a call */
     if (__builtin_expect(tp != NULL, 0) && ew_trace_parse(tp, &parent)) {
         memcpy(sp->ctx.trace_id, parent.trace_id, sizeof sp->ctx.trace_id);
         sp->ctx.flags = parent.flags;
@@ -599,7 +600,7 @@ static inline void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us,
     sp->start_us = start_us;
     sp->end_us = end_us;
     sp->error = r != EW_HANDLER_OK;
-    sp->event_id = ew_event_id(ctx->ev);
+    sp->event_id = ctx->ev->id;
     if (__builtin_expect(ctx->type != w->span_type || ctx->type >= EW_T__COUNT, 0))
         span_set_type(w, ctx, tmp);
     h->span(h->span_ud, sp);
@@ -774,7 +775,7 @@ static bool run_item(worker *w, const item *it)
     ctx.w = w;
     ctx.ev = it->ev;
     /* for counting by type and naming spans only (EW_T__COUNT: not asked) */
-    ctx.type = timing ? (unsigned)ew_event_type_id(it->ev) : EW_T__COUNT;
+    ctx.type = timing ? (unsigned)it->ev->info->id : EW_T__COUNT;
     for (int attempt = 1;; attempt++) {
         ew_handler_result r;
         bool called = false;
