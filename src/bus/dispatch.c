@@ -439,15 +439,15 @@ static int64_t backoff_us(const sub *s, int attempt)
     return d;
 }
 
-/* Into the histogram: bucket b for a time of bit length b (0 for 0 ns; 64, which no time of a
- * call reaches, into the last), without a branch. */
+/* Into the histogram: bucket b for a time of bit length b (0 for 0 ns), the highest set bit of
+ * 2 ns + 1: a shift, an or and a bsr, no branch, and never past the 64 buckets (a time of 2^63
+ * ns or more, which no call takes, would lose its top bit). */
 static inline void record_time(worker *w, uint64_t ns)
 {
     _Static_assert(HIST_BUCKETS == 64, "bit lengths 0 to 63");
     bump(&w->time_total_ns, ns);
     if (ns > get(&w->time_max_ns)) atomic_store_explicit(&w->time_max_ns, ns, memory_order_relaxed);
-    int b = (ns != 0) + 63 - __builtin_clzll(ns | 1);
-    bump(&w->hist[b - (b >> 6)], 1);
+    bump(&w->hist[63 - __builtin_clzll(ns << 1 | 1)], 1);
 }
 
 /* Hands the dead letter to the sink, again and again with back-off while the sink refuses it:
