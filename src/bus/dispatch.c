@@ -29,6 +29,7 @@
 #include "bus/wire.h"
 #include "core/rand.h"
 #include "store/batch.h"
+#include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
 
@@ -113,7 +114,8 @@ typedef struct worker {
     /* The running handler's span (make_span), handed to the span callback: kind, group and
      * handler are set once, in worker_new. */
     ew_span span;
-    uint64_t rng; /* span ids (span_rand) */
+    unsigned span_type; /* the type id whose name span holds (span_set_type); EW_T__COUNT: none */
+    uint64_t rng;       /* span ids (span_rand) */
     /* handler_clock: a time-stamp counter reading and the monotonic time at it; nanoseconds per
      * tick in 32.32 fixed point, measured since the one before (0: not yet measured), and how
      * many ticks from tsc_ref on the conversion is used before the rate is measured again. */
@@ -124,6 +126,7 @@ typedef struct worker {
      * clock reading per call instead of two (see call_start). */
     stamp last;
     bool chained;
+    bool metrics; /* !d->host.no_metrics: handler times and counts by type are kept */
     size_t pend[HOLD_MAX];
     size_t pendn;
 
@@ -436,12 +439,15 @@ static int64_t backoff_us(const sub *s, int attempt)
     return d;
 }
 
-static void record_time(worker *w, uint64_t ns)
+/* Into the histogram: bucket b for a time of bit length b (0 for 0 ns), the highest set bit of
+ * 2 ns + 1: a shift, an or and a bsr, no branch, and never past the 64 buckets (a time of 2^63
+ * ns or more, which no call takes, would lose its top bit). */
+static inline void record_time(worker *w, uint64_t ns)
 {
+    _Static_assert(HIST_BUCKETS == 64, "bit lengths 0 to 63");
     bump(&w->time_total_ns, ns);
     if (ns > get(&w->time_max_ns)) atomic_store_explicit(&w->time_max_ns, ns, memory_order_relaxed);
-    int b = ns ? 64 - __builtin_clzll(ns) : 0;
-    bump(&w->hist[b < HIST_BUCKETS ? b : HIST_BUCKETS - 1], 1);
+    bump(&w->hist[63 - __builtin_clzll(ns << 1 | 1)], 1);
 }
 
 /* Hands the dead letter to the sink, again and again with back-off while the sink refuses it:
@@ -508,38 +514,47 @@ static inline uint64_t mul_shr32(uint64_t a, uint64_t b)
     return hi << 32 | lo >> 32;
 }
 
-/* 64 random bits, never 0 (an id of zeros means "none"), from the worker's own generator
- * (wyrand, seeded from ew__rand64 when the worker is made): a span takes one draw, or three for
- * a new trace, and ew__rand64's thread-local lookup and fork check cost as much again as the draw.
- * Span ids need to be unique, not secret. */
-static inline uint64_t span_rand(worker *w)
+/* One step of wyrand on the state *st: 64 random bits. Each worker has its own generator, seeded
+ * from ew__rand64 when the worker is made: a span takes one draw, or three for a new trace, and
+ * ew__rand64's thread-local lookup and fork check cost as much again as the draw. Span ids need to
+ * be unique, not secret. The state is passed by value and stored back once per span, so that the
+ * draws of a span stay in registers. */
+static inline uint64_t rand_bits(uint64_t *st)
 {
-    w->rng += 0xa0761d6478bd642fULL;
-    uint64_t hi, lo;
-    mul_64x64(w->rng, w->rng ^ 0xe7037ed1a0b428dbULL, &hi, &lo);
-    uint64_t r = hi ^ lo;
+    uint64_t x = *st += 0xa0761d6478bd642fULL, hi, lo;
+    mul_64x64(x, x ^ 0xe7037ed1a0b428dbULL, &hi, &lo);
+    return hi ^ lo;
+}
+
+/* The same, never 0: an id of zeros means "none" (a trace id takes one such half). */
+static inline uint64_t span_rand(uint64_t *st)
+{
+    uint64_t r = rand_bits(st);
     return r ? r : 1;
 }
 
 /* The handler's span: a child of the event's traceparent, or the root of a new trace. */
-static void make_span(ew_handler_ctx *ctx)
+static inline void make_span(ew_handler_ctx *ctx)
 {
     if (ctx->has_span) return;
-    ew_span *sp = &ctx->w->span;
+    worker *w = ctx->w;
+    ew_span *sp = &w->span;
+    uint64_t st = w->rng;
     ew_trace_ctx parent;
-    const char *tp = ew_event_traceparent(ctx->ev);
-    if (tp && ew_trace_parse(tp, &parent)) {
+    const char *tp = ctx->ev->traceparent; /* event_internal.h: a load, not a call */
+    if (__builtin_expect(tp != NULL, 0) && ew_trace_parse(tp, &parent)) {
         memcpy(sp->ctx.trace_id, parent.trace_id, sizeof sp->ctx.trace_id);
         sp->ctx.flags = parent.flags;
         memcpy(sp->parent_span_id, parent.span_id, sizeof sp->parent_span_id);
     } else {
-        uint64_t id[2] = {span_rand(ctx->w), span_rand(ctx->w)};
+        uint64_t id[2] = {rand_bits(&st), span_rand(&st)};
         memcpy(sp->ctx.trace_id, id, sizeof sp->ctx.trace_id);
         sp->ctx.flags = 1; /* sampled, as ew_trace_new */
         memset(sp->parent_span_id, 0, sizeof sp->parent_span_id);
     }
-    uint64_t id = span_rand(ctx->w);
+    uint64_t id = span_rand(&st);
     memcpy(sp->ctx.span_id, &id, sizeof sp->ctx.span_id);
+    w->rng = st;
     ctx->traceparent[0] = '\0'; /* formatted when a handler asks for it */
     ctx->has_span = true;
 }
@@ -556,28 +571,38 @@ static void span_name(char name[256], const char *type, const char *key)
     name[nt + 1 + nk] = '\0';
 }
 
-/* Reports the handler's call as a consumer span, a child of the event's: the worker's span,
- * which make_span began. */
-static void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
-                        ew_handler_result r)
+/* The span's name and event type for events of type t: "TYPE GROUP/HANDLER" made once per
+ * worker and type, and kept in the worker's span while the type stays the same from one call to
+ * the next (a type outside the catalog, or no memory for its name, makes it in tmp each time). */
+static void span_set_type(worker *w, ew_handler_ctx *ctx, char tmp[256])
 {
-    const ew_dispatch_host *h = &w->d->host;
     ew_span *sp = &w->span;
-    sp->start_us = start_us;
-    sp->end_us = end_us;
-    sp->error = r != EW_HANDLER_OK;
-    sp->event_id = ew_event_id(ctx->ev);
-    sp->event_type = ew_event_type(ctx->ev);
-    /* The name is the same for every event of a type: made once per worker and type (a type
-     * outside the catalog, or no memory for it, makes it on the stack each time). */
     unsigned t = ctx->type;
-    char tmp[256];
+    sp->event_type = ew_event_type(ctx->ev);
     if (t < EW_T__COUNT && w->span_name[t]) {
         sp->name = w->span_name[t];
     } else {
         span_name(tmp, sp->event_type, w->s->inbox_key);
         sp->name = t < EW_T__COUNT && (w->span_name[t] = strdup(tmp)) ? w->span_name[t] : tmp;
     }
+    /* the type whose name and type the span holds (EW_T__COUNT: none, or made in tmp) */
+    w->span_type = sp->name == tmp ? EW_T__COUNT : t;
+}
+
+/* Reports the handler's call as a consumer span, a child of the event's: the worker's span,
+ * which make_span began. */
+static inline void report_span(worker *w, ew_handler_ctx *ctx, int64_t start_us, int64_t end_us,
+                               ew_handler_result r)
+{
+    const ew_dispatch_host *h = &w->d->host;
+    ew_span *sp = &w->span;
+    char tmp[256];
+    sp->start_us = start_us;
+    sp->end_us = end_us;
+    sp->error = r != EW_HANDLER_OK;
+    sp->event_id = ctx->ev->id;
+    if (__builtin_expect(ctx->type != w->span_type || ctx->type >= EW_T__COUNT, 0))
+        span_set_type(w, ctx, tmp);
     h->span(h->span_ud, sp);
 }
 
@@ -650,17 +675,15 @@ static inline stamp handler_clock(worker *w)
 }
 
 /* Nanoseconds from a to b (a before b): the counter's ticks at the measured rate (constant, so
- * a new measurement in between does not matter), else the monotonic times'. Never negative. */
-static inline int64_t handler_elapsed(const worker *w, stamp a, stamp b)
+ * a new measurement in between does not matter), else the monotonic times'. Never negative,
+ * and below 2^63. */
+static inline uint64_t handler_elapsed(const worker *w, stamp a, stamp b)
 {
-    int64_t dt;
     if (w->tsc_mult) {
-        int64_t ticks = (int64_t)(b.tick - a.tick);
-        dt = ticks > 0 ? (int64_t)mul_shr32((uint64_t)ticks, w->tsc_mult) : 0;
-    } else {
-        dt = b.ns - a.ns;
+        uint64_t ticks = b.tick - a.tick;
+        return (int64_t)ticks > 0 ? mul_shr32(ticks, w->tsc_mult) : 0;
     }
-    return dt > 0 ? dt : 0;
+    return b.ns > a.ns ? (uint64_t)(b.ns - a.ns) : 0;
 }
 
 /* Are handler calls timed (metrics on, or spans reported)? */
@@ -689,13 +712,14 @@ static inline void call_end(worker *w, ew_handler_ctx *ctx, stamp t0, ew_handler
 {
     const ew_dispatch_host *h = &w->d->host;
     stamp t1 = handler_clock(w);
-    int64_t dt = handler_elapsed(w, t0, t1);
-    if (!h->no_metrics) record_time(w, (uint64_t)dt);
+    uint64_t dt = handler_elapsed(w, t0, t1);
+    if (w->metrics) record_time(w, dt);
     /* A span's start in wall-clock time, from the monotonic clock and the worker's offset between
-     * the two (handler_clock_slow): no wall-clock reading per call. */
+     * the two (handler_clock_slow): no wall-clock reading per call. The monotonic time is
+     * positive: divided unsigned, by a multiplication and a shift. */
     if (h->span) {
-        int64_t start_us = t0.ns / 1000 + w->wall_off_us;
-        report_span(w, ctx, start_us, start_us + dt / 1000, r);
+        int64_t start_us = (int64_t)((uint64_t)t0.ns / 1000) + w->wall_off_us;
+        report_span(w, ctx, start_us, start_us + (int64_t)(dt / 1000), r);
     }
     w->last = t1;
 }
@@ -734,10 +758,9 @@ static ew_handler_result settle_ok(worker *w, ew_handler_ctx *ctx, bool use_inbo
 }
 
 /* Counts one outcome (0 handled, 1 retried, 2 dead-lettered) of the event's type. */
-static void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
+static inline void count_type(worker *w, const ew_handler_ctx *ctx, int outcome)
 {
-    if (w->d->host.no_metrics) return;
-    if (ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
+    if (w->metrics && ctx->type < EW_T__COUNT) bump(&w->by_type[ctx->type][outcome], 1);
 }
 
 /* Runs one event through the handler to its final disposition: handled, skipped by the inbox or
@@ -752,8 +775,7 @@ static bool run_item(worker *w, const item *it)
     ctx.w = w;
     ctx.ev = it->ev;
     /* for counting by type and naming spans only (EW_T__COUNT: not asked) */
-    ctx.type =
-        d->host.no_metrics && !d->host.span ? EW_T__COUNT : (unsigned)ew_event_type_id(it->ev);
+    ctx.type = timing ? (unsigned)it->ev->info->id : EW_T__COUNT;
     for (int attempt = 1;; attempt++) {
         ew_handler_result r;
         bool called = false;
@@ -967,6 +989,8 @@ static worker *worker_new(ew_dispatcher *d, sub *s, ew_handler_fn fn, void *ud)
     w->span.kind = EW_SPAN_CONSUMER;
     w->span.group = s->group;
     w->span.handler = s->name;
+    w->span_type = EW_T__COUNT;
+    w->metrics = !d->host.no_metrics;
     w->rng = ew__rand64();
     return w;
 fail_mutex:

@@ -16,30 +16,9 @@
 #include "eventwire/event.h"
 #include "eventwire/id.h"
 
-struct ew_event {
-    atomic_int refs;
-    const ew_type_info *info;
-    const char *id, *source, *subject, *correlation_id, *causation_id, *traceparent;
-    const char *dataschema; /* NULL: the catalog's */
-    int64_t time_us;
-    void *data;
-    const ew_event_ext *ext; /* sorted by name, names unique */
-    size_t next;
-    uint64_t sealed; /* fields (by index) that hold ciphertext (event_internal.h) */
-    bool erased;     /* fields whose subject's key was destroyed were emptied */
-    /* The event as it was received (one reference), when this one is not that: decoding
-     * upcast it from an older version, or decryption made a plaintext copy (event_internal.h,
-     * ew__event_received). NULL otherwise, or not made yet: an event decrypted while it was
-     * decoded keeps its ciphertext in `cipher`, and the received form is built from it the
-     * first time it is asked for (atomically: the event may be shared by then). */
-    _Atomic(const ew_event *) received;
-    struct cipher *cipher;
-    /* the data struct, the extension table and the strings follow */
-};
-
 /* The ciphertext of the fields an event had sealed when it was received, by field index: what
  * its received form is built from (ew__event_received). One malloc, the strings after it. */
-struct cipher {
+struct ew__event_cipher {
     uint64_t fields;
     const char *tok[64];
 };
@@ -741,7 +720,7 @@ uint64_t ew__event_sealed(const ew_event *ev)
 /* ev's received form from its ciphertext: ev's data with the sealed fields as they came. */
 static int sealed_form(const ew_event *ev, ew_event **out)
 {
-    const struct cipher *c = ev->cipher;
+    const struct ew__event_cipher *c = ev->cipher;
     int rc = ew__event_replace(ev, c->fields, c->tok, c->fields, 0, out, NULL);
     if (!rc) (*out)->erased = false; /* as received: ciphertext, whatever its key's fate */
     return rc;
@@ -1361,7 +1340,7 @@ static int build_opened(ew_event **out, const ew_type_info *t, void *tmp, const 
         }
     }
     if (!rc && plain.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    struct cipher *c = NULL;
+    struct ew__event_cipher *c = NULL;
     if (!rc && !(c = malloc(sizeof *c + clen))) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
     if (!rc) {
         c->fields = sealed;

@@ -1,12 +1,40 @@
-/* eventwire — what the codec shares with the protocol bindings (src/bus/binding.c). */
+/* eventwire — what the codec shares with the protocol bindings (src/bus/binding.c) and the rest
+ * of the library. */
 #ifndef EW_CATALOG_EVENT_INTERNAL_H
 #define EW_CATALOG_EVENT_INTERNAL_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include "core/buf.h"
+#include "eventwire/catalog.h"
 #include "eventwire/event.h"
+
+/* The event object's layout (event.c owns it): internal, so that the dispatcher's per-call
+ * reads of an event's type, id and traceparent (src/bus/dispatch.c) cost a load, not a call.
+ * Everything else goes through the functions of eventwire/event.h. */
+struct ew__event_cipher;
+struct ew_event {
+    atomic_int refs;
+    const ew_type_info *info;
+    const char *id, *source, *subject, *correlation_id, *causation_id, *traceparent;
+    const char *dataschema; /* NULL: the catalog's */
+    int64_t time_us;
+    void *data;
+    const ew_event_ext *ext; /* sorted by name, names unique */
+    size_t next;
+    uint64_t sealed; /* fields (by index) that hold ciphertext (event_internal.h) */
+    bool erased;     /* fields whose subject's key was destroyed were emptied */
+    /* The event as it was received (one reference), when this one is not that: decoding
+     * upcast it from an older version, or decryption made a plaintext copy (event_internal.h,
+     * ew__event_received). NULL otherwise, or not made yet: an event decrypted while it was
+     * decoded keeps its ciphertext in `cipher`, and the received form is built from it the
+     * first time it is asked for (atomically: the event may be shared by then). */
+    _Atomic(const ew_event *) received;
+    struct ew__event_cipher *cipher;
+    /* the data struct, the extension table and the strings follow */
+};
 
 /* Is the media type s[0..n) JSON by the CloudEvents JSON format's rule: application/json,
  * text/json or any type/subtype+json, parameters (; charset=utf-8) and case aside? */

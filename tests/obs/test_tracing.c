@@ -201,6 +201,63 @@ static void test_spans_without_a_parent_are_roots_of_their_own(void **state)
     assert_int_equal(calls, N);
 }
 
+/* Each span's name and event type, as its callback saw them. */
+typedef struct span_types {
+    pthread_mutex_t mu;
+    char names[16][128], types[16][64], ids[16][EW_UUID_LEN + 1];
+    int n;
+} span_types;
+
+static void keep_span_type(void *ud, const ew_span *sp)
+{
+    span_types *s = ud;
+    pthread_mutex_lock(&s->mu);
+    if (s->n < 16) {
+        snprintf(s->names[s->n], sizeof s->names[0], "%s", sp->name);
+        snprintf(s->types[s->n], sizeof s->types[0], "%s", sp->event_type);
+        snprintf(s->ids[s->n], sizeof s->ids[0], "%s", sp->event_id);
+        s->n++;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static ew_handler_result ok(const ew_event *ev, ew_handler_ctx *ctx, void *ud)
+{
+    return EW_HANDLER_OK;
+}
+
+/* A worker keeps the span's name and type from one call to the next while the type stays the
+ * same: events of two types in turns, in runs of one and of two, each name their own. */
+static void test_a_span_names_the_type_of_its_own_event(void **state)
+{
+    span_types st = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    ew_bus *bus = tb_open(&(ew_bus_options){.span = keep_span_type, .span_ud = &st});
+    tb_subscribe(bus, "user.*", ok, NULL, &(ew_subscribe_opts){.group = "g", .name = "h"});
+    static const ew_type_id order[] = {
+        EW_T_USER_REGISTERED, EW_T_USER_LOGGED_IN, EW_T_USER_LOGGED_IN, EW_T_USER_REGISTERED,
+        EW_T_USER_REGISTERED, EW_T_USER_LOGGED_IN, EW_T_USER_REGISTERED};
+    enum { N = sizeof order / sizeof order[0] };
+    char ids[N][EW_UUID_LEN + 1];
+    for (int i = 0; i < N; i++) {
+        ew_event *ev = tb_event_full(order[i], "one-subject", i, NULL);
+        snprintf(ids[i], sizeof ids[i], "%s", ew_event_id(ev));
+        tb_publish_owned(bus, ev);
+    }
+    tb_start(bus); /* the events queued first: the worker runs them as one batch */
+    tb_wait(bus);
+    tb_close(bus);
+
+    assert_int_equal(st.n, N);
+    for (int i = 0; i < N; i++) {
+        const char *type = ew_catalog_get(order[i])->type;
+        char name[128];
+        snprintf(name, sizeof name, "%s g/h", type);
+        assert_string_equal(st.ids[i], ids[i]);
+        assert_string_equal(st.types[i], type);
+        assert_string_equal(st.names[i], name);
+    }
+}
+
 static void h_ok(const ew_http_request *req, ew_http_response *res, void *ud)
 {
     char *tp = ud;
@@ -384,6 +441,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_traceparent_parsing),
     cmocka_unit_test(test_a_handler_is_a_child_span_of_its_event),
     cmocka_unit_test(test_spans_without_a_parent_are_roots_of_their_own),
+    cmocka_unit_test(test_a_span_names_the_type_of_its_own_event),
     cmocka_unit_test(test_a_request_is_a_server_span),
     cmocka_unit_test(test_spans_reach_an_otlp_collector),
     cmocka_unit_test(test_a_collector_that_is_down_costs_nothing_but_the_spans),
