@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,15 @@
 #define RELOAD_EVERY_US 1000000LL       /* the signer looks at its key file at most this often */
 #define REFRESH_EVERY_US 5000000LL /* the verifiers' cache reads the key store again this often */
 #define MAX_CACHE 4096
+#define POLICY_ROWS 16 /* the sources whose policy answers are kept (the service's own first) */
+
+/* The policy's answers for one source, by type id: 0 not asked yet, 1 allowed, 2 refused. A
+ * policy never changes (policy.h has no call that would), so an answer holds for the handle's
+ * life; asking the policy is a walk over its lines with a pattern match each, per event. */
+typedef struct policy_row {
+    char *source; /* set before the row is counted, and never changed */
+    atomic_uchar ok[EW_T__COUNT];
+} policy_row;
 
 struct ew_evauth {
     char *service;
@@ -52,6 +62,10 @@ struct ew_evauth {
     ew_key *cache;
     size_t ncache, capcache;
     int64_t refreshed_us;
+
+    pthread_mutex_t rows_mu; /* adding a row; rows[0..nrows) are read without it */
+    policy_row rows[POLICY_ROWS];
+    atomic_size_t nrows;
 };
 
 static void note(ew_evauth *a, ew_evauth_notice_kind k, const ew_event *ev, const char *detail)
@@ -351,6 +365,7 @@ int ew_evauth_open(ew_evauth **out, const ew_evauth_options *opts, ew_error *err
     }
     pthread_mutex_init(&a->sign_mu, NULL);
     pthread_mutex_init(&a->cache_mu, NULL);
+    pthread_mutex_init(&a->rows_mu, NULL);
     a->notice = opts->notice;
     a->notice_ud = opts->notice_ud;
     a->mode = ew_key_alg_from_name(mode);
@@ -408,6 +423,9 @@ void ew_evauth_close(ew_evauth *a)
     sodium_memzero(a->secret, sizeof a->secret);
     if (a->cache) sodium_memzero(a->cache, a->capcache * sizeof *a->cache);
     free(a->cache);
+    for (size_t i = 0; i < atomic_load(&a->nrows); i++)
+        free(a->rows[i].source);
+    pthread_mutex_destroy(&a->rows_mu);
     free(a->service);
     free(a->owner);
     free(a->key_file);
@@ -431,6 +449,42 @@ ew_key_alg ew_evauth_alg(const ew_evauth *a)
     return a->alg;
 }
 
+/* ---- the policy's answers ------------------------------------------------------------------ */
+
+/* The row of src: found, added, or NULL when the rows are full (then the policy is asked). */
+static policy_row *row_of(ew_evauth *a, const char *src)
+{
+    size_t n = atomic_load_explicit(&a->nrows, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(a->rows[i].source, src)) return &a->rows[i];
+    policy_row *r = NULL;
+    pthread_mutex_lock(&a->rows_mu);
+    n = atomic_load_explicit(&a->nrows, memory_order_relaxed);
+    for (size_t i = 0; i < n && !r; i++)
+        if (!strcmp(a->rows[i].source, src)) r = &a->rows[i];
+    if (!r && n < POLICY_ROWS && (a->rows[n].source = strdup(src))) {
+        r = &a->rows[n];
+        atomic_store_explicit(&a->nrows, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&a->rows_mu);
+    return r;
+}
+
+/* ew_policy_may_publish(a->policy, src, ev's type), remembered by source and type id. */
+static bool may_publish(ew_evauth *a, const char *src, const ew_event *ev)
+{
+    const char *type = ew_event_type(ev);
+    unsigned t = (unsigned)ew_event_type_id(ev);
+    policy_row *r = t > EW_T_NONE && t < EW_T__COUNT ? row_of(a, src) : NULL;
+    if (!r) return ew_policy_may_publish(a->policy, src, type);
+    unsigned char v = atomic_load_explicit(&r->ok[t], memory_order_relaxed);
+    if (!v) {
+        v = ew_policy_may_publish(a->policy, src, type) ? 1 : 2;
+        atomic_store_explicit(&r->ok[t], v, memory_order_relaxed);
+    }
+    return v == 1;
+}
+
 /* ---- publishing ---------------------------------------------------------------------------- */
 
 int ew_evauth_check_publish(ew_evauth *a, const ew_event *ev, ew_error *err)
@@ -440,7 +494,7 @@ int ew_evauth_check_publish(ew_evauth *a, const ew_event *ev, ew_error *err)
     if (strcmp(src, a->service) != 0)
         snprintf(why, sizeof why, "%s publishes as itself, not as %.100s (the event's source)",
                  a->service, src);
-    else if (!ew_policy_may_publish(a->policy, a->service, type))
+    else if (!may_publish(a, a->service, ev))
         snprintf(why, sizeof why, "the policy does not let %s publish %s", a->service, type);
     else
         return 0;
@@ -508,8 +562,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
     ew_buf_release(&b);
     size_t pl = strlen(prefix);
     memcpy(tag, prefix, pl);
-    sodium_bin2base64(tag + pl, sizeof tag - pl, raw, rawlen,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    ew__b64url_encode_public(tag + pl, raw, rawlen); /* a tag is public: it is on the wire */
 
     /* the event again, its extensions but earlier ewauth and ewkid, and the two */
     size_t n = ew_event_extension_count(ev), k = 0;
@@ -669,8 +722,10 @@ int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
     size_t pl = strlen(prefix), want = key.alg == EW_KEY_MAC ? 32 : crypto_sign_BYTES, got = 0;
     unsigned char raw[crypto_sign_BYTES];
     const char *v = xa->value;
-    if (strncmp(v, prefix, pl) != 0 ||
-        ew__b64url_decode(raw, sizeof raw, v + pl, strlen(v + pl), &got) != 0 || got != want)
+    /* the tag as it came is public (the decoder of public bytes); the comparison below of what
+     * it should be is in constant time */
+    if (strncmp(v, prefix, pl) != 0 || strlen(v + pl) != EW__B64URL_LEN(want) ||
+        ew__b64url_decode_public(raw, v + pl, EW__B64URL_LEN(want), &got) != 0 || got != want)
         return refuse(a, ev, EW_EAUTH, err, "ewauth is not a %s tag of key %s",
                       ew_key_alg_name(key.alg), key.kid);
     ew_buf b;
@@ -695,7 +750,7 @@ int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
         return refuse(a, ev, EW_EAUTH, err,
                       "the tag of %s %s does not verify with key %s: forged or altered", type,
                       ew_event_id(ev), xk->value);
-    if (!ew_policy_may_publish(a->policy, src, type))
+    if (!may_publish(a, src, ev))
         return refuse(a, ev, EW_EPERM, err, "the policy does not let %.100s publish %s", src, type);
     return 0;
 }
