@@ -19,6 +19,7 @@
 #include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
+#include "security/evauth_internal.h"
 #include "security/keyfile.h"
 
 #define EXT_AUTH "ewauth"
@@ -94,7 +95,9 @@ static void put_field(ew_buf *b, const char *s)
     ew_buf_append(b, s, n);
 }
 
-static int canonical(const ew_event *ev, ew_buf *b)
+/* The canonical form of ev, or with sealer (not NULL) of the event that sealing ev with it
+ * makes: its data is what that event's encoding carries. */
+static int canonical_sealed(const ew_event *ev, const ew__sealer *sealer, ew_buf *b)
 {
     ew_buf_reserve(b, 1024); /* one allocation for an event of the usual size, not five */
     ew_buf_append(b, CANON_TAG, sizeof CANON_TAG); /* with its NUL */
@@ -124,12 +127,17 @@ static int canonical(const ew_event *ev, ew_buf *b)
     }
     size_t at = b->len;
     put_u64(b, 0); /* the data's length, written below */
-    if (ew__event_encode_data(ev, b)) return EW_ENOMEM;
+    if (ew__event_encode_data_sealed(ev, sealer, b, NULL)) return EW_ENOMEM;
     if (b->oom) return EW_ENOMEM;
     uint64_t dl = b->len - at - 8;
     for (int i = 7; i >= 0; i--, dl >>= 8)
         ((unsigned char *)b->data)[at + (size_t)i] = (unsigned char)dl;
     return 0;
+}
+
+static int canonical(const ew_event *ev, ew_buf *b)
+{
+    return canonical_sealed(ev, NULL, b);
 }
 
 int ew_evauth_canonical(const ew_event *ev, unsigned char **out, size_t *len, ew_error *err)
@@ -533,11 +541,30 @@ static void maybe_reload(ew_evauth *a)
     sodium_memzero(&kf, sizeof kf);
 }
 
-int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *err)
+/* The sealer of sign_sealed(): writes the sealed text it was given (values, by field index) as
+ * the JSON string that the sealed event's encoding has there (none of its characters needs
+ * escaping: ew__keyring_seal_fields). */
+static int write_sealed(void *ud, const ew_event *ev, const ew_field_info *f, const char *p,
+                        ew_buf *b, ew_error *err)
+{
+    (void)p, (void)err;
+    const char *const *values = ud;
+    const char *v = values[f - ew_event_info(ev)->fields];
+    ew_buf_putc(b, '"');
+    ew_buf_puts(b, v);
+    ew_buf_putc(b, '"');
+    return 0;
+}
+
+/* ev signed: with mask (not 0), the fields of ev it names replaced by the sealed text values[i],
+ * in the same copy; the tag covers that copy. */
+static int sign_sealed(ew_evauth *a, const ew_event *ev, uint64_t mask, const char *const *values,
+                       ew_event **out, ew_error *err)
 {
     ew_buf b;
     ew_buf_init(&b);
-    if (canonical(ev, &b)) {
+    ew__sealer sealer = {.fields = mask, .seal = write_sealed, .ud = (void *)values};
+    if (canonical_sealed(ev, mask ? &sealer : NULL, &b)) {
         ew_buf_release(&b);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
@@ -574,21 +601,37 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
     }
     x[k++] = (ew_event_ext){EXT_AUTH, EW_EXT_STRING, tag};
     x[k++] = (ew_event_ext){EXT_KID, EW_EXT_STRING, kid};
-    ew_event_attrs at = {
-        .source = ew_event_source(ev),
-        .subject = ew_event_subject(ev),
-        .id = ew_event_id(ev),
-        .time_us = ew_event_time_us(ev),
-        .correlation_id = ew_event_correlation_id(ev),
-        .causation_id = ew_event_causation_id(ev),
-        .traceparent = ew_event_traceparent(ev),
-        .dataschema = ew_event_dataschema(ev),
-        .extensions = x,
-        .nextensions = k,
-    };
-    int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
+    int rc;
+    if (mask) { /* one copy, sealed and signed */
+        rc = ew__event_replace_exts(ev, mask, values, mask, 0, x, k, out, err);
+    } else {
+        ew_event_attrs at = {
+            .source = ew_event_source(ev),
+            .subject = ew_event_subject(ev),
+            .id = ew_event_id(ev),
+            .time_us = ew_event_time_us(ev),
+            .correlation_id = ew_event_correlation_id(ev),
+            .causation_id = ew_event_causation_id(ev),
+            .traceparent = ew_event_traceparent(ev),
+            .dataschema = ew_event_dataschema(ev),
+            .extensions = x,
+            .nextensions = k,
+        };
+        rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
+    }
     if (x != stack) free(x);
     return rc;
+}
+
+int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    return sign_sealed(a, ev, 0, NULL, out, err);
+}
+
+int ew__evauth_sign_sealed(ew_evauth *a, const ew_event *ev, uint64_t mask,
+                           const char *const *values, ew_event **out, ew_error *err)
+{
+    return sign_sealed(a, ev, mask, values, out, err);
 }
 
 /* ---- verifying ----------------------------------------------------------------------------- */
