@@ -13,6 +13,7 @@
 #include "bus/dispatch.h"
 #include "bus/receive.h"
 #include "bus/redeliver.h"
+#include "security/evauth_internal.h"
 #include "security/keyring.h"
 #include "eventwire/bus.h"
 #include "eventwire/catalog.h"
@@ -147,7 +148,7 @@ static int record(ew_bus *bus, const ew_event *const *evs, size_t n, const ew__b
 
 /* The events as they leave the process: personal and secret fields encrypted (the events
  * themselves when encryption is off). *sealed_out is evs, or an array of n references the caller
- * releases with unseal_all(). */
+ * releases with release_signed(). */
 static int seal_all(ew_bus *bus, const ew_event *const *evs, size_t n,
                     const ew_event *const **sealed_out, ew_error *err)
 {
@@ -170,12 +171,35 @@ static int seal_all(ew_bus *bus, const ew_event *const *evs, size_t n,
     return 0;
 }
 
-static void unseal_all(const ew_event *const *evs, const ew_event *const *sealed, size_t n)
+/* The events as they leave the process when they are also signed: each sealed and signed in one
+ * copy (ew__evauth_sign_sealed), where seal_all() then signing made two. *out: n references the
+ * caller releases with release_signed(). */
+static int seal_sign_all(ew_bus *bus, const ew_event *const *evs, size_t n, ew_event ***out,
+                         ew_error *err)
 {
-    if (sealed == evs) return;
-    for (size_t i = 0; i < n; i++)
-        ew_event_unref(sealed[i]);
-    free((void *)sealed);
+    *out = NULL;
+    int rc = ew__keyring_prepare(bus->keys, evs, n, err); /* new subjects: one commit */
+    if (rc) return rc;
+    ew_event **signed_evs = calloc(n ? n : 1, sizeof *signed_evs);
+    if (!signed_evs) return ew_error_set(err, EW_ENOMEM, "out of memory");
+    ew_buf text;
+    ew_buf_init(&text);
+    for (size_t i = 0; !rc && i < n; i++) {
+        uint64_t mask;
+        const char *values[64];
+        ew_buf_reset(&text);
+        rc = ew__keyring_seal_fields(bus->keys, evs[i], &mask, values, &text, err);
+        if (!rc) rc = ew__evauth_sign_sealed(bus->auth, evs[i], mask, values, &signed_evs[i], err);
+    }
+    ew_buf_release(&text);
+    if (rc) {
+        for (size_t i = 0; i < n; i++)
+            ew_event_unref(signed_evs[i]);
+        free(signed_evs);
+        return rc;
+    }
+    *out = signed_evs;
+    return 0;
 }
 
 static void release_signed(ew_event **evs, size_t n)
@@ -195,9 +219,9 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
 {
     ew_bus *bus = self;
     size_t done = 0;
-    ew_event **signed_evs = NULL;
+    ew_event **own = NULL; /* the events as they leave when they are not evs_in: n references */
     int rc = 0;
-    const ew_event *const *evs = evs_in, *const *sealed = evs_in;
+    const ew_event *const *evs = evs_in;
     if (bus->auth) {
         /* the whole batch within the policy, or nothing leaves */
         for (size_t i = 0; i < n && !rc; i++) {
@@ -209,19 +233,29 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
                 ew_error_set(err, rc, "%s", e.msg);
         }
     }
-    if (!rc) rc = seal_all(bus, evs_in, n, &sealed, err);
-    if (!rc) evs = sealed;
-    if (!rc && bus->auth && bus->sign && !(signed_evs = calloc(n, sizeof *signed_evs)))
-        rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    for (size_t i = 0; !rc && signed_evs && i < n; i++)
-        rc = ew_evauth_sign(bus->auth, evs[i], &signed_evs[i], err);
-    if (!rc && signed_evs) evs = (const ew_event *const *)signed_evs;
+    bool sign = bus->auth && bus->sign;
+    if (!rc && bus->keys && sign && n) {
+        rc = seal_sign_all(bus, evs_in, n, &own, err);
+    } else if (!rc) {
+        const ew_event *const *sealed;
+        rc = seal_all(bus, evs_in, n, &sealed, err);
+        if (!rc && sealed != evs_in) own = (ew_event **)sealed;
+        ew_event **signed_evs = NULL;
+        if (!rc && sign && !(signed_evs = calloc(n ? n : 1, sizeof *signed_evs)))
+            rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+        for (size_t i = 0; !rc && signed_evs && i < n; i++)
+            rc = ew_evauth_sign(bus->auth, own ? own[i] : evs_in[i], &signed_evs[i], err);
+        if (signed_evs) {
+            release_signed(rc ? signed_evs : own, n);
+            if (!rc) own = signed_evs;
+        }
+    }
+    if (!rc && own) evs = (const ew_event *const *)own;
     if (!rc && bus->audit) rc = record(bus, evs, n, batch, err);
     if (rc) {
         atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
         if (npublished) *npublished = 0;
-        release_signed(signed_evs, n);
-        unseal_all(evs_in, sealed, n);
+        release_signed(own, n);
         return rc;
     }
     rc = bus->ops->publish(bus->be, evs, n, &done, batch, err);
@@ -234,8 +268,7 @@ static int publish_internal(void *self, const ew_event *const *evs_in, size_t n,
                                   memory_order_relaxed);
         i = k;
     }
-    release_signed(signed_evs, n);
-    unseal_all(evs_in, sealed, n);
+    release_signed(own, n);
     if (rc) atomic_fetch_add_explicit(&bus->publish_errors, 1, memory_order_relaxed);
     if (npublished) *npublished = done;
     return rc;

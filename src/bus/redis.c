@@ -98,6 +98,8 @@ static int rd_publish(void *self, const ew_event *const *evs, size_t n, size_t *
     int rc = ew__rd_pub_exchange(rb, &b, replies, n, &nread, err);
     /* each stream written to is trimmed by age now and then (REDIS_STREAM_MAX_AGE_SECONDS) */
     for (size_t i = 0; !rc && !rb->pubsub && rb->max_age_ms > 0 && i < n; i++) {
+        /* once a stream a batch: the events of a batch are mostly of one type */
+        if (i && ew_event_type(evs[i]) == ew_event_type(evs[i - 1])) continue;
         char key[300];
         snprintf(key, sizeof key, "%s:%s", rb->prefix, ew_event_type(evs[i]));
         if (rb->pub && ew__rd_trim_by_age(rb, rb->pub, key)) ew__rd_pub_drop(rb);

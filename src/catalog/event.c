@@ -203,7 +203,8 @@ typedef enum attrs_state {
     ATTRS_UNCHECKED, /* given by a caller: everything checked here */
     ATTRS_PARSED,    /* decoded: the JSON parser checked their UTF-8 and decode_tree() the
                         traceparent; their lengths are still checked here */
-    ATTRS_KNOWN      /* an existing event's: nothing checked again */
+    ATTRS_KNOWN,     /* an existing event's: nothing checked again */
+    ATTRS_KNOWN_ALL  /* an existing event's with its own extensions (checked, sorted): neither */
 } attrs_state;
 
 static int check_attrs(const ew_event_attrs *a, attrs_state st, size_t alen[A_COUNT], ew_error *err)
@@ -251,8 +252,9 @@ static bool attr_name_reserved(const char *s)
         "specversion",     "id",         "source", "type",         "subject",       "time",
         "datacontenttype", "dataschema", "data",   "eventversion", "correlationid", "causationid",
         "traceparent"};
+    /* the first letter first: every event's extensions are checked each time one is built */
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(s, names[i]) == 0) return true;
+        if (s[0] == names[i][0] && strcmp(s, names[i]) == 0) return true;
     return false;
 }
 
@@ -331,7 +333,13 @@ static int check_exts(const ew_event_attrs *a, const ew_event_ext **sorted, size
         sorted[i] = x;
         *text += strlen(x->name) + 1 + vn + 1;
     }
-    if (a->nextensions > 1) qsort(sorted, a->nextensions, sizeof *sorted, ext_cmp);
+    if (a->nextensions == 2 && ext_cmp(&sorted[0], &sorted[1]) > 0) { /* a signed event's */
+        const ew_event_ext *t = sorted[0];
+        sorted[0] = sorted[1];
+        sorted[1] = t;
+    } else if (a->nextensions > 2) {
+        qsort(sorted, a->nextensions, sizeof *sorted, ext_cmp);
+    }
     for (size_t i = 1; i < a->nextensions; i++)
         if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0)
             return ew_error_set(err, EW_EINVAL, "extension attribute '%.40s' is given twice",
@@ -446,7 +454,7 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
         a = &norm;
     }
     int rc = 0;
-    if (attrs == ATTRS_KNOWN)
+    if (attrs == ATTRS_KNOWN || attrs == ATTRS_KNOWN_ALL)
         attr_lens(a, alen);
     else if ((rc = check_attrs(a, attrs, alen, err)))
         return rc;
@@ -480,7 +488,12 @@ static int build_known(ew_event **out, const ew_type_info *t, const void *data,
     size_t next = a->nextensions, ext_text = 0;
     if (next > 16 && !(sorted = malloc(next * sizeof *sorted)))
         return ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (next && (rc = check_exts(a, sorted, &ext_text, err))) {
+    if (attrs == ATTRS_KNOWN_ALL) {
+        for (size_t i = 0; i < next; i++) {
+            sorted[i] = &a->extensions[i];
+            ext_text += strlen(sorted[i]->name) + 1 + strlen(sorted[i]->value) + 1;
+        }
+    } else if (next && (rc = check_exts(a, sorted, &ext_text, err))) {
         if (sorted != sorted_stack) free(sorted);
         return rc;
     }
@@ -768,8 +781,29 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
     return 0;
 }
 
+static int replace_impl(const ew_event *ev, uint64_t replace, const char *const *values,
+                        uint64_t sealed, uint64_t erased, const ew_event_ext *exts, size_t nexts,
+                        ew_event **out, ew_error *err);
+
 int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
                       uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err)
+{
+    return replace_impl(ev, replace, values, sealed, erased, NULL, 0, out, err);
+}
+
+int ew__event_replace_exts(const ew_event *ev, uint64_t replace, const char *const *values,
+                           uint64_t sealed, uint64_t erased, const ew_event_ext *exts, size_t nexts,
+                           ew_event **out, ew_error *err)
+{
+    static const ew_event_ext none;
+    if (!exts && nexts) return ew_error_set(err, EW_EINVAL, "%zu extensions but no array", nexts);
+    return replace_impl(ev, replace, values, sealed, erased, exts ? exts : &none, nexts, out, err);
+}
+
+/* exts NULL: ev's own, as they are (checked and sorted when ev was built). */
+static int replace_impl(const ew_event *ev, uint64_t replace, const char *const *values,
+                        uint64_t sealed, uint64_t erased, const ew_event_ext *exts, size_t nexts,
+                        ew_event **out, ew_error *err)
 {
     const ew_type_info *t = ev->info;
     _Alignas(max_align_t) char tmp[1024];
@@ -793,12 +827,12 @@ int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *v
                         .causation_id = ev->causation_id,
                         .traceparent = ev->traceparent,
                         .dataschema = ev->dataschema,
-                        .extensions = ev->ext,
-                        .nextensions = ev->next};
+                        .extensions = exts ? exts : ev->ext,
+                        .nextensions = exts ? nexts : ev->next};
     /* Untouched fields keep what the event had: ciphertext stays ciphertext. */
     uint64_t keep = ev->sealed & ~replace;
     int rc = build_known(out, t, tmp, &a, !plain_object, sealed | erased | keep, ~replace,
-                         ATTRS_KNOWN, err);
+                         exts ? ATTRS_KNOWN : ATTRS_KNOWN_ALL, err);
     if (rc) return rc;
     (*out)->sealed = sealed | keep;
     (*out)->erased = ev->erased || erased != 0;
@@ -916,10 +950,17 @@ static HOT_INLINE int write_data(ew_buf *b, const ew_event *ev, const ew__sealer
 
 int ew__event_encode_data(const ew_event *ev, ew_buf *b)
 {
+    return ew__event_encode_data_sealed(ev, NULL, b, NULL);
+}
+
+int ew__event_encode_data_sealed(const ew_event *ev, const ew__sealer *sealer, ew_buf *b,
+                                 ew_error *err)
+{
     ew_buf_putc(b, '{');
-    write_data(b, ev, NULL, NULL);
+    int rc = write_data(b, ev, sealer, err);
     ew_buf_putc(b, '}');
-    return b->oom ? EW_ENOMEM : 0;
+    if (!rc && b->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    return rc;
 }
 
 /* v in decimal into buf (room for 12): its length. */

@@ -74,6 +74,11 @@ typedef struct ew__opener {
     void *ud;
 } ew__opener;
 
+/* ew__event_encode_data() with the fields s names (may be NULL) sealed by it on the way: the
+ * data of the event that sealing would make, without making it. 0, or an EW_E… code with err
+ * (the sealer's, or EW_ENOMEM). */
+int ew__event_encode_data_sealed(const ew_event *ev, const ew__sealer *s, ew_buf *b, ew_error *err);
+
 /* ew_event_encode() with the fields s names sealed by it on the way. */
 int ew__event_encode_sealed(const ew_event *ev, const ew__sealer *s, char **out, size_t *out_len,
                             ew_error *err);
@@ -100,6 +105,12 @@ int ew__event_with_attrs(const ew_event *ev, const ew_event_attrs *a, ew_event *
  * success *out holds one reference. */
 int ew__event_replace(const ew_event *ev, uint64_t replace, const char *const *values,
                       uint64_t sealed, uint64_t erased, ew_event **out, ew_error *err);
+
+/* ew__event_replace() whose copy has the extension attributes exts[0..nexts) instead of ev's
+ * (checked as ew_event_new() checks them): sealing and signing an event in one copy. */
+int ew__event_replace_exts(const ew_event *ev, uint64_t replace, const char *const *values,
+                           uint64_t sealed, uint64_t erased, const ew_event_ext *exts, size_t nexts,
+                           ew_event **out, ew_error *err);
 
 /* The event as it was received: the one ev was made from when decoding upcast it from an older
  * version (its data at that version, its producer's dataschema), or when decryption made ev a

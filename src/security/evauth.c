@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "catalog/event_internal.h"
 #include "eventwire/catalog.h"
 #include "eventwire/clock.h"
+#include "security/evauth_internal.h"
 #include "security/keyfile.h"
 
 #define EXT_AUTH "ewauth"
@@ -28,6 +30,15 @@
 #define RELOAD_EVERY_US 1000000LL       /* the signer looks at its key file at most this often */
 #define REFRESH_EVERY_US 5000000LL /* the verifiers' cache reads the key store again this often */
 #define MAX_CACHE 4096
+#define POLICY_ROWS 16 /* the sources whose policy answers are kept (the service's own first) */
+
+/* The policy's answers for one source, by type id: 0 not asked yet, 1 allowed, 2 refused. A
+ * policy never changes (policy.h has no call that would), so an answer holds for the handle's
+ * life; asking the policy is a walk over its lines with a pattern match each, per event. */
+typedef struct policy_row {
+    char *source; /* set before the row is counted, and never changed */
+    atomic_uchar ok[EW_T__COUNT];
+} policy_row;
 
 struct ew_evauth {
     char *service;
@@ -52,6 +63,10 @@ struct ew_evauth {
     ew_key *cache;
     size_t ncache, capcache;
     int64_t refreshed_us;
+
+    pthread_mutex_t rows_mu; /* adding a row; rows[0..nrows) are read without it */
+    policy_row rows[POLICY_ROWS];
+    atomic_size_t nrows;
 };
 
 static void note(ew_evauth *a, ew_evauth_notice_kind k, const ew_event *ev, const char *detail)
@@ -80,7 +95,9 @@ static void put_field(ew_buf *b, const char *s)
     ew_buf_append(b, s, n);
 }
 
-static int canonical(const ew_event *ev, ew_buf *b)
+/* The canonical form of ev, or with sealer (not NULL) of the event that sealing ev with it
+ * makes: its data is what that event's encoding carries. */
+static int canonical_sealed(const ew_event *ev, const ew__sealer *sealer, ew_buf *b)
 {
     ew_buf_reserve(b, 1024); /* one allocation for an event of the usual size, not five */
     ew_buf_append(b, CANON_TAG, sizeof CANON_TAG); /* with its NUL */
@@ -110,12 +127,17 @@ static int canonical(const ew_event *ev, ew_buf *b)
     }
     size_t at = b->len;
     put_u64(b, 0); /* the data's length, written below */
-    if (ew__event_encode_data(ev, b)) return EW_ENOMEM;
+    if (ew__event_encode_data_sealed(ev, sealer, b, NULL)) return EW_ENOMEM;
     if (b->oom) return EW_ENOMEM;
     uint64_t dl = b->len - at - 8;
     for (int i = 7; i >= 0; i--, dl >>= 8)
         ((unsigned char *)b->data)[at + (size_t)i] = (unsigned char)dl;
     return 0;
+}
+
+static int canonical(const ew_event *ev, ew_buf *b)
+{
+    return canonical_sealed(ev, NULL, b);
 }
 
 int ew_evauth_canonical(const ew_event *ev, unsigned char **out, size_t *len, ew_error *err)
@@ -351,6 +373,7 @@ int ew_evauth_open(ew_evauth **out, const ew_evauth_options *opts, ew_error *err
     }
     pthread_mutex_init(&a->sign_mu, NULL);
     pthread_mutex_init(&a->cache_mu, NULL);
+    pthread_mutex_init(&a->rows_mu, NULL);
     a->notice = opts->notice;
     a->notice_ud = opts->notice_ud;
     a->mode = ew_key_alg_from_name(mode);
@@ -408,6 +431,9 @@ void ew_evauth_close(ew_evauth *a)
     sodium_memzero(a->secret, sizeof a->secret);
     if (a->cache) sodium_memzero(a->cache, a->capcache * sizeof *a->cache);
     free(a->cache);
+    for (size_t i = 0; i < atomic_load(&a->nrows); i++)
+        free(a->rows[i].source);
+    pthread_mutex_destroy(&a->rows_mu);
     free(a->service);
     free(a->owner);
     free(a->key_file);
@@ -431,6 +457,42 @@ ew_key_alg ew_evauth_alg(const ew_evauth *a)
     return a->alg;
 }
 
+/* ---- the policy's answers ------------------------------------------------------------------ */
+
+/* The row of src: found, added, or NULL when the rows are full (then the policy is asked). */
+static policy_row *row_of(ew_evauth *a, const char *src)
+{
+    size_t n = atomic_load_explicit(&a->nrows, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(a->rows[i].source, src)) return &a->rows[i];
+    policy_row *r = NULL;
+    pthread_mutex_lock(&a->rows_mu);
+    n = atomic_load_explicit(&a->nrows, memory_order_relaxed);
+    for (size_t i = 0; i < n && !r; i++)
+        if (!strcmp(a->rows[i].source, src)) r = &a->rows[i];
+    if (!r && n < POLICY_ROWS && (a->rows[n].source = strdup(src))) {
+        r = &a->rows[n];
+        atomic_store_explicit(&a->nrows, n + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&a->rows_mu);
+    return r;
+}
+
+/* ew_policy_may_publish(a->policy, src, ev's type), remembered by source and type id. */
+static bool may_publish(ew_evauth *a, const char *src, const ew_event *ev)
+{
+    const char *type = ew_event_type(ev);
+    unsigned t = (unsigned)ew_event_type_id(ev);
+    policy_row *r = t > EW_T_NONE && t < EW_T__COUNT ? row_of(a, src) : NULL;
+    if (!r) return ew_policy_may_publish(a->policy, src, type);
+    unsigned char v = atomic_load_explicit(&r->ok[t], memory_order_relaxed);
+    if (!v) {
+        v = ew_policy_may_publish(a->policy, src, type) ? 1 : 2;
+        atomic_store_explicit(&r->ok[t], v, memory_order_relaxed);
+    }
+    return v == 1;
+}
+
 /* ---- publishing ---------------------------------------------------------------------------- */
 
 int ew_evauth_check_publish(ew_evauth *a, const ew_event *ev, ew_error *err)
@@ -440,7 +502,7 @@ int ew_evauth_check_publish(ew_evauth *a, const ew_event *ev, ew_error *err)
     if (strcmp(src, a->service) != 0)
         snprintf(why, sizeof why, "%s publishes as itself, not as %.100s (the event's source)",
                  a->service, src);
-    else if (!ew_policy_may_publish(a->policy, a->service, type))
+    else if (!may_publish(a, a->service, ev))
         snprintf(why, sizeof why, "the policy does not let %s publish %s", a->service, type);
     else
         return 0;
@@ -479,11 +541,30 @@ static void maybe_reload(ew_evauth *a)
     sodium_memzero(&kf, sizeof kf);
 }
 
-int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *err)
+/* The sealer of sign_sealed(): writes the sealed text it was given (values, by field index) as
+ * the JSON string that the sealed event's encoding has there (none of its characters needs
+ * escaping: ew__keyring_seal_fields). */
+static int write_sealed(void *ud, const ew_event *ev, const ew_field_info *f, const char *p,
+                        ew_buf *b, ew_error *err)
+{
+    (void)p, (void)err;
+    const char *const *values = ud;
+    const char *v = values[f - ew_event_info(ev)->fields];
+    ew_buf_putc(b, '"');
+    ew_buf_puts(b, v);
+    ew_buf_putc(b, '"');
+    return 0;
+}
+
+/* ev signed: with mask (not 0), the fields of ev it names replaced by the sealed text values[i],
+ * in the same copy; the tag covers that copy. */
+static int sign_sealed(ew_evauth *a, const ew_event *ev, uint64_t mask, const char *const *values,
+                       ew_event **out, ew_error *err)
 {
     ew_buf b;
     ew_buf_init(&b);
-    if (canonical(ev, &b)) {
+    ew__sealer sealer = {.fields = mask, .seal = write_sealed, .ud = (void *)values};
+    if (canonical_sealed(ev, mask ? &sealer : NULL, &b)) {
         ew_buf_release(&b);
         return ew_error_set(err, EW_ENOMEM, "out of memory");
     }
@@ -508,8 +589,7 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
     ew_buf_release(&b);
     size_t pl = strlen(prefix);
     memcpy(tag, prefix, pl);
-    sodium_bin2base64(tag + pl, sizeof tag - pl, raw, rawlen,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    ew__b64url_encode_public(tag + pl, raw, rawlen); /* a tag is public: it is on the wire */
 
     /* the event again, its extensions but earlier ewauth and ewkid, and the two */
     size_t n = ew_event_extension_count(ev), k = 0;
@@ -521,21 +601,37 @@ int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *e
     }
     x[k++] = (ew_event_ext){EXT_AUTH, EW_EXT_STRING, tag};
     x[k++] = (ew_event_ext){EXT_KID, EW_EXT_STRING, kid};
-    ew_event_attrs at = {
-        .source = ew_event_source(ev),
-        .subject = ew_event_subject(ev),
-        .id = ew_event_id(ev),
-        .time_us = ew_event_time_us(ev),
-        .correlation_id = ew_event_correlation_id(ev),
-        .causation_id = ew_event_causation_id(ev),
-        .traceparent = ew_event_traceparent(ev),
-        .dataschema = ew_event_dataschema(ev),
-        .extensions = x,
-        .nextensions = k,
-    };
-    int rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
+    int rc;
+    if (mask) { /* one copy, sealed and signed */
+        rc = ew__event_replace_exts(ev, mask, values, mask, 0, x, k, out, err);
+    } else {
+        ew_event_attrs at = {
+            .source = ew_event_source(ev),
+            .subject = ew_event_subject(ev),
+            .id = ew_event_id(ev),
+            .time_us = ew_event_time_us(ev),
+            .correlation_id = ew_event_correlation_id(ev),
+            .causation_id = ew_event_causation_id(ev),
+            .traceparent = ew_event_traceparent(ev),
+            .dataschema = ew_event_dataschema(ev),
+            .extensions = x,
+            .nextensions = k,
+        };
+        rc = ew__event_with_attrs(ev, &at, out, err); /* encrypted fields stay encrypted */
+    }
     if (x != stack) free(x);
     return rc;
+}
+
+int ew_evauth_sign(ew_evauth *a, const ew_event *ev, ew_event **out, ew_error *err)
+{
+    return sign_sealed(a, ev, 0, NULL, out, err);
+}
+
+int ew__evauth_sign_sealed(ew_evauth *a, const ew_event *ev, uint64_t mask,
+                           const char *const *values, ew_event **out, ew_error *err)
+{
+    return sign_sealed(a, ev, mask, values, out, err);
 }
 
 /* ---- verifying ----------------------------------------------------------------------------- */
@@ -669,8 +765,10 @@ int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
     size_t pl = strlen(prefix), want = key.alg == EW_KEY_MAC ? 32 : crypto_sign_BYTES, got = 0;
     unsigned char raw[crypto_sign_BYTES];
     const char *v = xa->value;
-    if (strncmp(v, prefix, pl) != 0 ||
-        ew__b64url_decode(raw, sizeof raw, v + pl, strlen(v + pl), &got) != 0 || got != want)
+    /* the tag as it came is public (the decoder of public bytes); the comparison below of what
+     * it should be is in constant time */
+    if (strncmp(v, prefix, pl) != 0 || strlen(v + pl) != EW__B64URL_LEN(want) ||
+        ew__b64url_decode_public(raw, v + pl, EW__B64URL_LEN(want), &got) != 0 || got != want)
         return refuse(a, ev, EW_EAUTH, err, "ewauth is not a %s tag of key %s",
                       ew_key_alg_name(key.alg), key.kid);
     ew_buf b;
@@ -695,7 +793,7 @@ int ew_evauth_verify(ew_evauth *a, const ew_event *ev_in, ew_error *err)
         return refuse(a, ev, EW_EAUTH, err,
                       "the tag of %s %s does not verify with key %s: forged or altered", type,
                       ew_event_id(ev), xk->value);
-    if (!ew_policy_may_publish(a->policy, src, type))
+    if (!may_publish(a, src, ev))
         return refuse(a, ev, EW_EPERM, err, "the policy does not let %.100s publish %s", src, type);
     return 0;
 }

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "core/buf.h"
 #include "eventwire/config.h"
 #include "eventwire/error.h"
 #include "eventwire/event.h"
@@ -55,6 +56,13 @@ size_t ew__keyring_store_reads(ew__keyring *k);
  * an erased subject's fields are encrypted under a key nobody keeps. EW_EINVAL when the event has
  * personal data but neither a user_id nor a subject. */
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err);
+
+/* What ew__keyring_seal() puts in its copy of ev, without making the copy: *mask the fields it
+ * encrypts (bits by index; 0: none, nothing else done), and for each, values[i] its sealed text
+ * ("ewenc1.SUBJECT.BASE64URL"), NUL-terminated in text (the caller's, released by it). For one
+ * copy of an event that is sealed and changed otherwise too (signed: ew__evauth_sign_sealed). */
+int ew__keyring_seal_fields(ew__keyring *k, const ew_event *ev, uint64_t *mask,
+                            const char *values[64], ew_buf *text, ew_error *err);
 
 /* ew_event_encode() of ew__keyring_seal()'s event, without building it: each field is
  * encrypted as the encoder writes it. The same bytes, for the same nonces; the same errors.

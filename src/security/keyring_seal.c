@@ -103,37 +103,40 @@ static int seal_field(seal_ctx *c, const ew_event *ev, const ew_field_info *f, c
     return 0;
 }
 
+int ew__keyring_seal_fields(ew__keyring *k, const ew_event *ev, uint64_t *mask,
+                            const char *values[64], ew_buf *text, ew_error *err)
+{
+    seal_ctx c;
+    int rc = seal_begin(k, ev, mask, &c, err);
+    if (rc || !*mask) return rc;
+    const ew_type_info *t = ew_event_info(ev);
+    const char *data = ew_event_data_as(ev, t->id);
+    ew_buf_reserve(text, 512); /* the fields of most events, in one allocation */
+    size_t offs[64];
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
+        if (!((*mask >> i) & 1)) continue;
+        const ew_field_info *f = &t->fields[i];
+        offs[i] = text->len;
+        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), false,
+                        text, err);
+        ew_buf_putc(text, '\0'); /* the values are NUL-separated */
+    }
+    sodium_memzero(c.sub, sizeof c.sub);
+    if (!rc && text->oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
+    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++)
+        if ((*mask >> i) & 1) values[i] = text->data + offs[i];
+    return rc;
+}
+
 int ew__keyring_seal(ew__keyring *k, const ew_event *ev, ew_event **out, ew_error *err)
 {
     uint64_t mask;
-    seal_ctx c;
-    int rc = seal_begin(k, ev, &mask, &c, err);
-    if (rc || !mask) {
-        if (!rc) *out = ew_event_ref(ev);
-        return rc;
-    }
-    const ew_type_info *t = ew_event_info(ev);
-    const char *data = ew_event_data_as(ev, t->id);
     const char *values[64];
     ew_buf text;
     ew_buf_init(&text);
-    ew_buf_reserve(&text, 512); /* the fields of most events, in one allocation */
-    size_t offs[64];
-    for (size_t i = 0; !rc && i < t->nfields && i < 64; i++) {
-        if (!((mask >> i) & 1)) continue;
-        const ew_field_info *f = &t->fields[i];
-        offs[i] = text.len;
-        rc = seal_field(&c, ev, f, *(const char *const *)(const void *)(data + f->offset), false,
-                        &text, err);
-        ew_buf_putc(&text, '\0'); /* the values are NUL-separated */
-    }
-    sodium_memzero(c.sub, sizeof c.sub);
-    if (!rc && text.oom) rc = ew_error_set(err, EW_ENOMEM, "out of memory");
-    if (!rc) {
-        for (size_t i = 0; i < t->nfields && i < 64; i++)
-            if ((mask >> i) & 1) values[i] = text.data + offs[i];
-        rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
-    }
+    int rc = ew__keyring_seal_fields(k, ev, &mask, values, &text, err);
+    if (!rc && !mask) *out = ew_event_ref(ev);
+    if (!rc && mask) rc = ew__event_replace(ev, mask, values, mask, 0, out, err);
     ew_buf_release(&text);
     return rc;
 }

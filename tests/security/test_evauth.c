@@ -503,6 +503,64 @@ static void test_rotation(void **state)
     ew_evauth_close(user);
 }
 
+/* The policy's answers are remembered by source and type (a policy never changes): each
+ * source keeps its own answer, asked again and again, also past the sources remembered (16),
+ * and a tag of the wrong length or alphabet is refused before any comparison. */
+static void test_policy_answers_by_source(void **state)
+{
+    fx *f = *state;
+    enum { N = 20 };
+    ew_evauth *verifier = open_as(f, "user-service"), *signers[N];
+    ew_event *evs[N];
+    char name[32];
+    ew_error err = {0};
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, i == 7 ? "auth-service" : "svc-%d", i);
+        signers[i] = open_as(f, name);
+        ew_event *ev = registered(name, "ada@example.com");
+        evs[i] = signed_copy(signers[i], ev);
+        /* publishing: only auth-service may publish user.registered, asked twice each */
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(ew_evauth_check_publish(signers[i], ev, &err), i == 7 ? 0 : EW_EPERM);
+        ew_event_unref(ev);
+    }
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < N; i++) {
+            if (i == 7)
+                assert_int_equal(ew_evauth_verify(verifier, evs[i], &err), 0);
+            else
+                expect_refused(verifier, evs[i], EW_EPERM, "the policy does not let svc-");
+        }
+    /* user-service may publish user.profile_created and not user.registered */
+    ew_user_profile_created pd = {.user_id = UID, .display_name = "Ada"};
+    ew_event *pc;
+    if (ew_user_profile_created_new(&pc, &pd, &(ew_event_attrs){.source = "user-service"}, &err))
+        fail_msg("%s", err.msg);
+    ew_event *mine = registered("user-service", "ada@example.com");
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(ew_evauth_check_publish(verifier, pc, &err), 0);
+        assert_int_equal(ew_evauth_check_publish(verifier, mine, &err), EW_EPERM);
+    }
+    ew_event_unref(pc);
+    ew_event_unref(mine);
+    /* a tag one character short or long, or with a character outside base64url */
+    const char *tag = ew_event_extension(evs[7], "ewauth")->value;
+    char bad[3][128];
+    snprintf(bad[0], sizeof bad[0], "%.*s", (int)strlen(tag) - 1, tag);
+    snprintf(bad[1], sizeof bad[1], "%sA", tag);
+    snprintf(bad[2], sizeof bad[2], "%.*s=", (int)strlen(tag) - 1, tag);
+    for (int i = 0; i < 3; i++) {
+        ew_event *t = edited(evs[7], tag, bad[i]);
+        expect_refused(verifier, t, EW_EAUTH, "ewauth is not a");
+        ew_event_unref(t);
+    }
+    for (int i = 0; i < N; i++) {
+        ew_event_unref(evs[i]);
+        ew_evauth_close(signers[i]);
+    }
+    ew_evauth_close(verifier);
+}
+
 static void test_default_policy(void **state)
 {
     (void)state;
@@ -613,6 +671,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_foreign_producers, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_key_file_is_private, setup_mac, teardown),
     cmocka_unit_test_setup_teardown(test_rotation, setup_mac, teardown),
+    cmocka_unit_test_setup_teardown(test_policy_answers_by_source, setup_mac, teardown),
     cmocka_unit_test(test_default_policy),
     cmocka_unit_test(test_docs_policy_is_the_default),
 };

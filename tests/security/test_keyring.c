@@ -18,6 +18,7 @@
 #include "bus/receive.h"
 #include "catalog/event_internal.h"
 #include "security/datakeys.h"
+#include "security/evauth_internal.h"
 #include "security/keyring.h"
 #include "store/handle.h"
 #include "support/case_db.h"
@@ -1462,6 +1463,87 @@ static void test_golden_vectors_pin_the_wire_format(void **state)
     ew__keyring_free(k);
 }
 
+/* The bus's publish seals and signs in one copy of each event (ew__evauth_sign_sealed): the
+ * event is the one that sealing then signing made — the same bytes under the same nonces, a
+ * tag that verifies, fields that open; an event with nothing to seal is signed as before. */
+static void test_sealed_and_signed_in_one_copy(void **state)
+{
+    fx *f = *state;
+    ew__keyring *k = golden_keyring(f);
+    ew_event *ev = golden_event();
+    ew_policy *pol;
+    ew_evauth *a;
+    ew_error err = {0};
+    char key_file[128];
+    snprintf(key_file, sizeof key_file, "%s/keys/auth-service.bus.key", f->dir);
+    if (ew_policy_parse(&pol, "publish * #\n", 12, "test", &err) ||
+        ew_evauth_open(
+            &a,
+            &(ew_evauth_options){
+                .config = f->cfg, .service = "auth-service", .key_file = key_file, .policy = pol},
+            &err))
+        fail_msg("%s", err.msg);
+    unsigned char prefix[16];
+    golden_bytes(prefix, sizeof prefix, 0xA0);
+    ew__keyring_set_nonces(k, prefix, 0);
+    ew_event *sealed, *two, *one;
+    if (ew__keyring_seal(k, ev, &sealed, &err) || ew_evauth_sign(a, sealed, &two, &err))
+        fail_msg("%s", err.msg);
+    ew__keyring_set_nonces(k, prefix, 0); /* the same nonces again, the other way */
+    uint64_t mask;
+    const char *values[64];
+    ew_buf text;
+    ew_buf_init(&text);
+    if (ew__keyring_seal_fields(k, ev, &mask, values, &text, &err) ||
+        ew__evauth_sign_sealed(a, ev, mask, values, &one, &err))
+        fail_msg("%s", err.msg);
+    assert_true(mask != 0);
+    ew_buf_release(&text);
+    char *j1, *j2;
+    assert_int_equal(ew_event_encode(one, &j1, NULL, &err), 0);
+    assert_int_equal(ew_event_encode(two, &j2, NULL, &err), 0);
+    assert_string_equal(j1, j2);
+    assert_non_null(strstr(j1, G_EMAIL));
+    assert_true(ew_event_encrypted(one));
+    assert_int_equal(ew_evauth_verify(a, one, &err), 0);
+    ew_event *plain;
+    if (ew__keyring_unseal(k, one, &plain, &err)) fail_msg("%s", err.msg);
+    assert_string_equal(ew_user_registered_data(plain)->email, "ada.lovelace@example.com");
+    assert_string_equal(ew_user_registered_data(plain)->username, "ada");
+    ew_event_unref(plain);
+    free(j1);
+    free(j2);
+    ew_event_unref(one);
+    ew_event_unref(two);
+    ew_event_unref(sealed);
+
+    /* nothing to seal: what ew_evauth_sign makes */
+    ew_event *done;
+    const char *svcs[] = {"user-service"};
+    assert_int_equal(
+        ew_user_deletion_completed_new(
+            &done,
+            &(ew_user_deletion_completed){
+                .request_id = G_ID, .user_id = G_SUBJECT, .services = {svcs, 1}},
+            &(ew_event_attrs){.source = "auth-service", .id = G_ID, .time_us = G_TIME_US}, &err),
+        0);
+    if (ew__keyring_seal_fields(k, done, &mask, values, &text, &err) ||
+        ew__evauth_sign_sealed(a, done, mask, values, &one, &err) ||
+        ew_evauth_sign(a, done, &two, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(mask, 0);
+    assert_true(ew_event_equal(one, two));
+    assert_int_equal(ew_evauth_verify(a, one, &err), 0);
+    ew_buf_release(&text);
+    ew_event_unref(one);
+    ew_event_unref(two);
+    ew_event_unref(done);
+    ew_evauth_close(a);
+    ew_policy_free(pol);
+    ew_event_unref(ev);
+    ew__keyring_free(k);
+}
+
 #define CASE(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 /* A case of the key store, on SQLite and on PostgreSQL (case_db.h's BOTH takes another form). */
 #define STORES(f)                                                                                  \
@@ -1476,6 +1558,7 @@ static const struct CMUnitTest tests[] = {
     STORES(test_a_key_made_ahead_of_a_transaction),
     CASE(test_the_wire_carries_ciphertext),
     CASE(test_golden_vectors_pin_the_wire_format),
+    CASE(test_sealed_and_signed_in_one_copy),
     CASE(test_a_failed_commit_leaves_the_key_store_unlocked),
     CASE(test_object_and_absent_fields_seal_and_open_while_coded),
     CASE(test_an_old_version_is_opened_as_upcast),
