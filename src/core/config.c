@@ -487,12 +487,48 @@ static bool has_ci(const char *s, size_t len, const char *needle)
     return false;
 }
 
+/* What shown_url() hides: spans of the URL given in order of their starts; overlapping or
+ * touching spans become one "***". */
+typedef struct hider {
+    out *o;
+    const char *v;
+    size_t done;   /* v[0..done) is written */
+    size_t hs, he; /* the span being gathered, when open */
+    bool open;
+} hider;
+
+static void hide_flush(hider *h)
+{
+    if (!h->open) return;
+    put(h->o, h->v + h->done, h->hs - h->done);
+    put(h->o, "***", 3);
+    h->done = h->he;
+    h->open = false;
+}
+
+static void hide(hider *h, size_t s, size_t e)
+{
+    if (h->open && s <= h->he) {
+        if (e > h->he) h->he = e;
+        return;
+    }
+    hide_flush(h);
+    h->open = true;
+    h->hs = s;
+    h->he = e;
+}
+
 /* A URL: the password of its user info, and of password= in its query, become ***. The user
  * info ends at the last '@' before the first '/': libpq and librabbitmq read a '?' or '#' there
  * as part of the password, so cutting at them (as RFC 3986 does) would show it. A password= value
- * ends at '&' only, as libpq reads it. */
+ * ends at '&' only, as libpq reads it. Both are looked for in the whole URL and what they cover
+ * together is hidden: a query's password= can sit inside what the user info rule takes
+ * ("postgresql://u:p@h?password=@x/db", whose password for libpq is "@x/db"), and hiding each
+ * part apart showed it. */
 static void shown_url(out *o, const char *v)
 {
+    hider h = {.o = o, .v = v};
+    size_t u0 = 0, u1 = 0; /* the user info's password, when u1 > 0 */
     const char *p = strstr(v, "://");
     if (p) {
         p += 3;
@@ -502,23 +538,24 @@ static void shown_url(out *o, const char *v)
             if (p[i] == '@') at = p + i;
         const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
         if (colon) {
-            put(o, v, (size_t)(colon + 1 - v));
-            put(o, "***", 3);
-            v = at;
+            u0 = (size_t)(colon + 1 - v);
+            u1 = (size_t)(at - v);
         }
     }
-    while (*v) {
-        const char *q = strpbrk(v, "?&");
-        if (!q) break;
-        put(o, v, (size_t)(q + 1 - v));
-        v = q + 1;
-        if (strncasecmp(v, "password=", 9) == 0) {
-            put(o, v, 9);
-            put(o, "***", 3);
-            v += 9 + strcspn(v + 9, "&");
+    bool user_done = u1 == 0;
+    /* the query begins at the first '?'; '&' parts it from there on */
+    for (const char *q = strchr(v, '?'); q; q = strpbrk(q + 1, "?&")) {
+        if (strncasecmp(q + 1, "password=", 9) != 0) continue;
+        size_t s = (size_t)(q + 10 - v), e = s + strcspn(q + 10, "&");
+        if (!user_done && u0 <= s) {
+            hide(&h, u0, u1);
+            user_done = true;
         }
+        hide(&h, s, e);
     }
-    put(o, v, strlen(v));
+    if (!user_done) hide(&h, u0, u1);
+    hide_flush(&h);
+    put(o, v + h.done, strlen(v + h.done));
 }
 
 /* key=value items (EW_SETTING_PAIRS): the values of secret-looking keys become ***. */

@@ -146,6 +146,12 @@ static void test_redact_hides_a_password_holding_hash_or_question_mark(void **st
         {"amqp://app:s#cret@mq:5672/", "amqp://app:***@mq:5672/"},
         {"redis://:x?y#z@cache:6379/0", "redis://:***@cache:6379/0"},
         {"postgresql://db/x?user=u&password=p#q", "postgresql://db/x?user=u&password=***"},
+        /* found by fuzzing (tests/fuzz/corpus/url/pg-query-password-after-user-info): libpq's
+         * password is the query's "@[::1]:5433/db", which the user info rule's last '@' before
+         * the first '/' left outside the part it hid */
+        {"postgresql://u:a@b?password=@[::1]:5433/db", "postgresql://u:***"},
+        {"postgresql://u:a@h/db?password=b&x=1", "postgresql://u:***@h/db?password=***&x=1"},
+        {"postgresql://u:a&password=b@h/db", "postgresql://u:***@h/db"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         assert_string_equal(ew_url_redact(cases[i].url, buf, sizeof buf), cases[i].shown);
