@@ -229,6 +229,24 @@ static void script_close(script *s, ew_bus *bus)
         free(s->json[i]);
 }
 
+/* While token 1 is held by its slow handler: waits up to 2 s for half of the others to finish
+ * behind it, and returns how many did. */
+static size_t wait_finished_behind(script *s)
+{
+    int64_t end = ew_mono_ns() + 2000000000LL;
+    size_t behind = 0;
+    while (ew_mono_ns() < end) {
+        pthread_mutex_lock(&s->mu);
+        behind = 0;
+        for (int k = 2; k <= N_MSGS; k++)
+            behind += s->finished[k];
+        pthread_mutex_unlock(&s->mu);
+        if (behind >= N_MSGS / 2) break;
+        usleep(2000);
+    }
+    return behind;
+}
+
 /* One slow handler (token 1) while the others finish: nothing is settled past it until it
  * returns, then the whole finished run goes in one call. */
 static void test_settles_in_order_never_past_the_oldest(void **state)
@@ -240,17 +258,7 @@ static void test_settles_in_order_never_past_the_oldest(void **state)
     assert_int_equal(ew__consumer_start(s.core, NULL), 0);
     tb_gate_wait_arrivals(&s.gate, 1);
     /* the others finish behind it (workers are chosen by subject: most run beside it) */
-    int64_t end = ew_mono_ns() + 2000000000LL;
-    size_t behind = 0;
-    while (ew_mono_ns() < end) {
-        pthread_mutex_lock(&s.mu);
-        behind = 0;
-        for (int k = 2; k <= N_MSGS; k++)
-            behind += s.finished[k];
-        pthread_mutex_unlock(&s.mu);
-        if (behind >= N_MSGS / 2) break;
-        usleep(2000);
-    }
+    size_t behind = wait_finished_behind(&s);
     usleep(100000); /* time for a settlement that must not come */
     pthread_mutex_lock(&s.mu);
     size_t settled_while_slow = s.settled;
@@ -507,17 +515,7 @@ static void test_settle_delay_settles_without_wake_ups(void **state)
     s.slow_token = 1;
     assert_int_equal(ew__consumer_start(s.core, NULL), 0);
     tb_gate_wait_arrivals(&s.gate, 1);
-    int64_t end = ew_mono_ns() + 2000000000LL;
-    size_t behind = 0;
-    while (ew_mono_ns() < end) {
-        pthread_mutex_lock(&s.mu);
-        behind = 0;
-        for (int k = 2; k <= N_MSGS; k++)
-            behind += s.finished[k];
-        pthread_mutex_unlock(&s.mu);
-        if (behind >= N_MSGS / 2) break;
-        usleep(2000);
-    }
+    size_t behind = wait_finished_behind(&s);
     usleep(100000); /* the thread comes back several times meanwhile: nothing to settle */
     pthread_mutex_lock(&s.mu);
     size_t settled_while_slow = s.settled;
